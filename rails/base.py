@@ -1,0 +1,160 @@
+"""The one small interface every rail family implements, and the values it speaks in.
+
+An adapter is pure decision code: it asks the chain only through the `Transport` it is
+handed and never touches storage. It is built once per resolved `Rail`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from rails.codes import FailureCode
+from registry.catalog import Rail
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Status(StrEnum):
+    verified = "verified"
+    failed = "failed"
+    pending = "pending"
+    requires_review = "requires_review"
+
+
+class Terms(Model):
+    """What the payer was asked to do: the session, as pure data (no storage row)."""
+
+    recipient: str
+    amount: int = Field(gt=0)
+    at_least: bool = False
+    asset: str | None = None  # None: the rail's asset
+    reference: str | None = None
+    memo: str | None = None
+    not_before: datetime | None = None  # session created_at
+    not_after: datetime | None = None  # session expires_at
+    now: datetime  # the engine's clock (fixed when replaying recorded chains)
+    sender: str | None = None  # when the payment names its payer (x402)
+
+
+class Settlement(Model):
+    """What the chain says about how final one transfer is. `is_final` applies the rail's
+    finality policy; `reorged` means the transfer left the canonical chain."""
+
+    ref: str  # the normalized proof reference it is about
+    finality: str  # solana: processed|confirmed|finalized; evm/tron: confirmed|finalized; or not_found|reorged
+    is_final: bool = False
+    reorged: bool = False
+    slot: int | None = None
+    block_number: int | None = None
+    block_hash: str | None = None
+    confirmations: int | None = None
+    detail: str = ""
+
+
+class Verdict(Model):
+    status: Status
+    code: FailureCode | None = None
+    detail: str = ""
+    observed: dict[str, Any] = Field(default_factory=dict)
+    settlement: Settlement | None = None
+    # For duplicate_payment: the on-chain transfer's identity (one transfer pays one session).
+    transfer_key: str | None = None
+
+    @classmethod
+    def ok(cls, detail: str = "", **kw: Any) -> "Verdict":
+        return cls(status=Status.verified, detail=detail, **kw)
+
+    @classmethod
+    def fail(cls, code: FailureCode, detail: str, **kw: Any) -> "Verdict":
+        return cls(status=Status.failed, code=code, detail=detail, **kw)
+
+    @classmethod
+    def wait(cls, code: FailureCode, detail: str, **kw: Any) -> "Verdict":
+        return cls(status=Status.pending, code=code, detail=detail, **kw)
+
+    @classmethod
+    def review(cls, code: FailureCode, detail: str, **kw: Any) -> "Verdict":
+        return cls(status=Status.requires_review, code=code, detail=detail, **kw)
+
+
+class PaymentRequirements(Model):
+    """What the payer must do, in the rail's own vocabulary (`data`), plus a URL where the
+    rail has one (Solana Pay)."""
+
+    rail_id: str
+    network: str
+    asset: str
+    recipient: str
+    amount: str  # base units, as a string
+    reference: str | None = None
+    memo: str | None = None
+    url: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionShape(Model):
+    """What `prepare` needs of a session."""
+
+    id: str
+    recipient: str
+    amount: int
+    reference: str | None
+    memo: str | None
+    expires_at: datetime
+    access_product_id: str
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Chain I/O: one JSON-RPC method call, returning the raw `result` member.
+
+    Raises rails.errors.TransportError (transient or malformed) or CassetteError."""
+
+    source: str  # "live" or "cassette"
+
+    def call(self, method: str, params: list[Any]) -> Any: ...
+
+
+class Adapter(Protocol):
+    family: ClassVar[str]
+    rail: Rail
+
+    def normalize_proof(self, proof_type: str, raw: str) -> str:
+        """The normalized reference used in the fingerprint; raises ProofMalformed."""
+
+    def normalize_address(self, address: str, field: str = "recipient") -> str:
+        """A valid address for this family in canonical form; raises ProofMalformed."""
+
+    def new_reference(self) -> str | None:
+        """A fresh reference for a session when the caller asks for "auto" (None: none)."""
+
+    def prepare(self, session: SessionShape) -> PaymentRequirements: ...
+
+    def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
+        """`proof` is the raw proof as submitted (already shape-checked by normalize_proof)."""
+
+    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
+        """Batched settlement refresh for normalized refs of verified proofs."""
+
+    @classmethod
+    def live_transport(cls, urls: list[str], network: str) -> Transport:
+        """The live JSON-RPC transport for this family (retries, failover)."""
+
+
+def canonical_json(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def fingerprint(family: str, network: str, proof_type: str, ref: str) -> str:
+    """sha256 of canonical JSON {"v":1,"family","network","proof_type","ref"}. The owner is
+    deliberately not part of it, so a proof replayed by another owner collides."""
+    doc = {"v": 1, "family": family, "network": network, "proof_type": proof_type, "ref": ref}
+    return hashlib.sha256(canonical_json(doc)).hexdigest()

@@ -1,0 +1,1 @@
+"""The rail registry: catalog, stages, proof contracts, approvals rules, readiness. Pure code."""

@@ -1,0 +1,1 @@
+"""The railproof engine: storage, verification service, settlement, apply gate, API, CLI."""
