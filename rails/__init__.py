@@ -1,4 +1,4 @@
-"""Rail families and chain transports. `adapter_for(rail)` looks a family's adapter up in the
+"""Rail families and chain transports. `adapter_for(rail)` looks the family's adapter up in a
 catalog's [families] table and builds it for one resolved rail."""
 
 from __future__ import annotations
@@ -7,17 +7,21 @@ import importlib
 from functools import lru_cache
 
 from rails.base import Adapter
-from registry.catalog import Rail, load_catalog
+from registry.catalog import Catalog, Rail, load_catalog
 
 
 @lru_cache(maxsize=None)
-def adapter_class(family: str) -> type:
-    target = load_catalog().families.get(family)
-    if target is None:
-        raise KeyError(f"rail family {family!r} is not registered in the catalog")
+def _load(target: str) -> type:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def adapter_for(rail: Rail) -> Adapter:
-    return adapter_class(rail.family)(rail)
+def adapter_class(family: str, catalog: Catalog | None = None) -> type:
+    target = (catalog or load_catalog()).families.get(family)
+    if target is None:
+        raise KeyError(f"rail family {family!r} is not registered in the catalog")
+    return _load(target)
+
+
+def adapter_for(rail: Rail, catalog: Catalog | None = None) -> Adapter:
+    return adapter_class(rail.family, catalog)(rail)

@@ -1,0 +1,115 @@
+"""Shared fixtures: an engine on SQLite and on PostgreSQL (RAILPROOF_TEST_POSTGRES_URL), the
+fake rail, and an HTTP client. PostgreSQL tests skip with a reason when no URL is given, and
+fail instead of skipping under CI."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timezone
+from typing import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from tests.fake_rail import ScriptedChain, catalog_with_fake
+from verifier.api import create_app
+from verifier.config import Settings
+from verifier.engine import Engine
+from verifier.storage.db import Database, upgrade
+
+PG_URL = os.environ.get("RAILPROOF_TEST_POSTGRES_URL")
+SERVICE_TOKEN = "svc-token-alice"
+OTHER_SERVICE_TOKEN = "svc-token-bob"
+STAFF_TOKEN = "staff-token-ops1"
+STAFF_TOKEN_2 = "staff-token-ops2"
+CLOCK = datetime(2026, 1, 1, tzinfo=timezone.utc)
+_TEMPLATE = "railproof_tpl_" + uuid.uuid4().hex[:8]
+
+
+def _pg_admin():
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("RAILPROOF_TEST_POSTGRES_URL is unset under CI: PostgreSQL tests must run")
+        pytest.skip("PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
+                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+    admin = _pg_admin()
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{_TEMPLATE}"'))
+    upgrade(_with_db(PG_URL, _TEMPLATE))
+    create_engine(_with_db(PG_URL, _TEMPLATE)).dispose()
+    yield _TEMPLATE
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{_TEMPLATE}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def make_pg_db(template: str) -> tuple[str, callable]:
+    name = "railproof_t_" + uuid.uuid4().hex[:12]
+    admin = _pg_admin()
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return _with_db(PG_URL, name), drop
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/railproof.db"
+        upgrade(url)
+        yield url
+        return
+    template = request.getfixturevalue("pg_template")
+    url, drop = make_pg_db(template)
+    yield url
+    drop()
+
+
+def make_settings(db_url: str, **kw) -> Settings:
+    base = dict(database_url=db_url, chain="cassette",
+                service_tokens={SERVICE_TOKEN: ["alice", "alice-2"], OTHER_SERVICE_TOKEN: ["bob"]},
+                staff_tokens={STAFF_TOKEN: "ops1", STAFF_TOKEN_2: "ops2"},
+                apply_rail_allowlist=["solana_usdc", "fake_live"], clock=CLOCK, env={})
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture
+def chain() -> ScriptedChain:
+    return ScriptedChain()
+
+
+@pytest.fixture
+def engine(db_url, chain) -> Iterator[Engine]:
+    e = Engine(make_settings(db_url), catalog=catalog_with_fake())
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    yield e
+    e.db.dispose()
+
+
+@pytest.fixture
+def client(engine) -> Iterator[TestClient]:
+    with TestClient(create_app(engine), raise_server_exceptions=False) as c:
+        yield c
+
+
+def auth(token: str = SERVICE_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

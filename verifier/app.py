@@ -1,0 +1,14 @@
+"""The ASGI application factory used by `railproof serve` (one engine per process)."""
+
+from fastapi import FastAPI
+
+from verifier.api import create_app
+from verifier.engine import Engine
+from verifier.storage.db import require_migrated
+
+
+def make_app() -> FastAPI:
+    engine = Engine()
+    require_migrated(engine.db.engine)
+    engine.ensure_rail_states()
+    return create_app(engine)

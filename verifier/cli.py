@@ -1,0 +1,230 @@
+"""The `railproof` command line (Typer). Thin: each command parses, calls one service, prints.
+
+Exit codes: 0 done; 1 refused (a blocker, a 4xx); 2 usage or connection error, with a message
+on stderr that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="railproof: rail-proof verification engine for on-chain payments")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Prometheus alert rules from the metric spec.")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+app.add_typer(alerts_app, name="alerts")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings():
+    from pydantic import ValidationError
+
+    from verifier.config import load_settings
+    try:
+        return load_settings()
+    except (ValidationError, ValueError) as e:
+        fail(f"configuration: {e}".splitlines()[0] + " (check RAILPROOF_* variables)")
+
+
+def _engine(require_migrated: bool = True):
+    from verifier.engine import Engine
+    from verifier.storage.db import NotMigrated
+    from verifier.storage.db import require_migrated as check
+    engine = Engine(_settings())
+    if require_migrated:
+        try:
+            check(engine.db.engine)
+        except NotMigrated as e:
+            fail(str(e))
+        except Exception as e:  # connection refused, bad URL
+            fail(f"database: cannot open {engine.settings.database_url.split('@')[-1]}: "
+                 f"{type(e).__name__}")
+        engine.ensure_rail_states()
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the database at RAILPROOF_DATABASE_URL to the latest schema."""
+    from verifier.storage.db import upgrade
+    settings = _settings()
+    try:
+        upgrade(settings.database_url, revision)
+    except Exception as e:
+        fail(f"migration failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+    typer.echo(f"database at {revision}: {settings.database_url.split('@')[-1]}")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: Annotated[Optional[int], typer.Option()] = None,
+          workers: int = 1) -> None:
+    """Serve the HTTP API (refuses an unmigrated database)."""
+    import uvicorn
+
+    from verifier.logs import configure_logging
+    configure_logging()
+    port = port or int(os.environ.get("PORT", "8000"))
+    _engine()  # refuse early, with the migration hint, before binding the port
+    uvicorn.run("verifier.app:make_app", factory=True, host=host, port=port,
+                workers=workers, log_config=None, access_log=False)
+
+
+@app.command()
+def worker(once: bool = typer.Option(False, help="one sweep, then exit"),
+           interval: float = typer.Option(2.0, help="seconds between sweeps"),
+           batch: int = typer.Option(100, help="proofs per sweep"),
+           name: Optional[str] = typer.Option(None, help="worker name in attempts")) -> None:
+    """Re-verify pending proofs, refresh finality, check reorgs, auto-apply when enabled."""
+    from verifier.logs import configure_logging
+    from verifier.worker import run_worker
+    configure_logging()
+    run_worker(_engine(), once=once, interval=interval, batch=batch, name=name)
+
+
+def _dt(value: Optional[str], flag: str) -> Optional[datetime]:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{flag}: not an ISO-8601 time: {value!r}")
+
+
+@app.command("verify-offline")
+def verify_offline_cmd(
+    rail: Annotated[str, typer.Option(help="rail id, e.g. solana_usdc")],
+    proof: Annotated[str, typer.Option(help="signature / tx hash / x402 payload file or header")],
+    recipient: Annotated[str, typer.Option(help="who must receive")],
+    amount: Annotated[str, typer.Option(help="base units, an integer")],
+    cassette: Annotated[Optional[Path], typer.Option(help="recorded chain responses")] = None,
+    asset: Optional[str] = None, network: Optional[str] = None,
+    reference: Optional[str] = None, memo: Optional[str] = None,
+    not_before: Annotated[Optional[str], typer.Option("--not-before")] = None,
+    not_after: Annotated[Optional[str], typer.Option("--not-after")] = None,
+    now: Optional[str] = None,
+    at_least: Annotated[bool, typer.Option("--at-least", help="accept overpayment")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Verify one recorded proof against an expected payment: no database, no network."""
+    from verifier.offline import OfflineRequest, UsageError, verify_offline
+    if not amount.isdigit():
+        fail("--amount: must be an integer of base units, e.g. 1500000")
+    if cassette is None and rail != "x402":
+        fail("--cassette: required for this rail")
+    req = OfflineRequest(rail=rail, proof=proof, recipient=recipient, amount=int(amount),
+                         cassette=cassette, asset=asset, network=network, reference=reference,
+                         memo=memo, not_before=_dt(not_before, "--not-before"),
+                         not_after=_dt(not_after, "--not-after"), now=_dt(now, "--now"),
+                         at_least=at_least)
+    try:
+        out = verify_offline(req)
+    except UsageError as e:
+        fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(out) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"{rail}: {out['status']}")
+    t.add_column("field")
+    t.add_column("value")
+    t.add_row("failure_code", str(out["failure_code"]))
+    t.add_row("detail", out["detail"])
+    for k, v in out["observed"].items():
+        t.add_row(k, str(v))
+    t.add_row("rpc_calls", str(out["rpc_calls"]))
+    Console().print(t)
+
+
+@app.command()
+def record(network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ethereum, base")],
+           out: Annotated[Path, typer.Option(help="cassette file to write")],
+           proof: Annotated[list[str], typer.Option(help="signature / tx hash; repeatable")],
+           rail: Annotated[str, typer.Option(help="rail whose adapter makes the calls")] = "solana_usdc",
+           rpc: Annotated[Optional[list[str]], typer.Option(help="RPC URL; default RAILPROOF_RPC_<NETWORK>")] = None) -> None:
+    """Record a cassette from a live RPC: the calls one verification makes, per proof."""
+    from verifier.recorder import record_cassette
+    settings = _settings()
+    urls = rpc or settings.rpc_urls(network)
+    if not urls:
+        fail(f"--rpc: no RPC URL given and RAILPROOF_RPC_{network.upper().replace('-', '_')} is unset")
+    try:
+        n = record_cassette(rail, network, urls, proof, out)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(f"wrote {out} ({n} calls)")
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check the audit hash chain; names the first broken link."""
+    from verifier.audit import verify_chain
+    engine = _engine()
+    with engine.db.tx() as s:
+        rep = verify_chain(s)
+    if as_json:
+        typer.echo(json.dumps(rep.as_dict()))
+    else:
+        typer.echo(f"{'ok' if rep.ok else 'BROKEN'}: {rep.message} ({rep.events} events checked)")
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+@alerts_app.command("generate")
+def alerts_generate(out: Annotated[Optional[Path], typer.Option(help="file; default stdout")] = None) -> None:
+    """Write Prometheus alert rules generated from the metric spec."""
+    from verifier.alerts import render_rules
+    text = render_rules()
+    if out:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def demo(base_url: Annotated[Optional[str], typer.Option(help="API base URL")] = None) -> None:
+    """Walk one Solana USDC payment from session to active entitlement against `make serve`."""
+    from verifier.demo import run_demo
+    code = run_demo(base_url)
+    raise typer.Exit(code)
+
+
+@app.command()
+def bench(proofs: Annotated[int, typer.Option("--proofs", min=10)] = 2000,
+          database_url: Annotated[Optional[str], typer.Option("--database-url")] = None,
+          stored: Annotated[Optional[int], typer.Option("--stored", help="proofs stored for dry-run latency")] = None,
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Measure verification, submission and dry-run-apply throughput (JSON with --json)."""
+    from verifier.bench import run_bench
+    result = run_bench(proofs=proofs, database_url=database_url, stored=stored)
+    typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+
+def _register_operator_commands() -> None:
+    from verifier import cli_ops
+    cli_ops.register(app)
+
+
+_register_operator_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Configuration from the environment (RAILPROOF_*), read once through pydantic-settings.
+
+Per-rail and per-network values (RAILPROOF_TREASURY_<RAIL_ID>, RAILPROOF_NETWORK_<RAIL_ID>,
+RAILPROOF_ASSET_<RAIL_ID>, RAILPROOF_RPC_<NETWORK>) have open-ended names, so they are read
+from the environment mapping the settings were built from.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from registry.catalog import RailOverrides
+
+REPO_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAILPROOF_", extra="ignore")
+
+    database_url: str = "sqlite:///./railproof.db"
+    chain: Literal["cassette", "live"] = "cassette"
+    cassette_dir: Path = REPO_FIXTURES
+    service_tokens: dict[str, list[str]] = Field(default_factory=dict)
+    staff_tokens: dict[str, str] = Field(default_factory=dict)
+    live_apply: bool = False
+    auto_apply: bool = False
+    apply_rail_allowlist: CsvList = Field(default_factory=lambda: ["solana_usdc"])
+    receipt_creation_rails: CsvList = Field(default_factory=list)
+    clock: datetime | None = None
+    api_base_url: str = "http://127.0.0.1:8000"
+    staff_token: str | None = None
+    # engine policies
+    session_ttl_seconds: int = Field(default=3600, ge=60)
+    max_session_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    tx_not_found_grace_seconds: int = Field(default=900, ge=0)
+    stuck_claim_seconds: int = Field(default=300, ge=1)
+    rpc_quorum: int = Field(default=1, ge=1)
+    env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
+
+    @field_validator("apply_rail_allowlist", "receipt_creation_rails", mode="before")
+    @classmethod
+    def _csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("service_tokens", "staff_tokens", mode="before")
+    @classmethod
+    def _json(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return json.loads(v) if v.strip() else {}
+        return v
+
+    @field_validator("clock", mode="after")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        return v
+
+    @model_validator(mode="after")
+    def _no_fixed_clock_live(self) -> "Settings":
+        # SECURITY: a fixed clock would let expired sessions and authorizations pass on live data.
+        if self.chain == "live" and self.clock is not None:
+            raise ValueError("RAILPROOF_CLOCK is refused when RAILPROOF_CHAIN=live")
+        return self
+
+    # -- derived ------------------------------------------------------------------------
+    def now(self) -> datetime:
+        return self.clock or datetime.now(timezone.utc)
+
+    def rail_overrides(self, rail_id: str) -> RailOverrides:
+        key = rail_id.upper()
+        return RailOverrides(
+            network=self.env.get(f"RAILPROOF_NETWORK_{key}") or None,
+            asset=self.env.get(f"RAILPROOF_ASSET_{key}") or None,
+            treasury=self.env.get(f"RAILPROOF_TREASURY_{key}") or None,
+        )
+
+    def rpc_urls(self, network: str) -> list[str]:
+        raw = self.env.get("RAILPROOF_RPC_" + network.upper().replace("-", "_"), "")
+        return [u.strip() for u in raw.split(",") if u.strip()]
+
+    def service_owners(self, token: str) -> list[str] | None:
+        return _lookup(self.service_tokens, token)
+
+    def staff_name(self, token: str) -> str | None:
+        return _lookup(self.staff_tokens, token)
+
+
+def _lookup(table: Mapping[str, Any], token: str) -> Any:
+    # SECURITY: compare every configured token in constant time, and do not stop at the first
+    # match, so timing says nothing about which token (or how much of one) was right.
+    found = None
+    given = token.encode()
+    for candidate, value in table.items():
+        if hmac.compare_digest(candidate.encode(), given):
+            found = value
+    return found
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,92 @@
+"""The engine's wiring: settings, database, catalog, chains, metrics and the clock, plus the
+rail lookups every service needs. Services are modules of functions over an Engine."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rails import adapter_for
+from rails.base import Adapter
+from rails.codes import FailureCode
+from registry.catalog import Catalog, CatalogError, Rail, RailOverrides, Stage, load_catalog
+from verifier.chains import Chains
+from verifier.config import Settings, load_settings
+from verifier.errors import BadInput
+from verifier.metrics import Metrics
+from verifier.storage.db import Database
+from verifier.storage.models import RailState
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None, db: Database | None = None,
+                 chains: Chains | None = None, catalog: Catalog | None = None):
+        self.settings = settings or load_settings()
+        self.db = db or Database(self.settings.database_url)
+        self.catalog = catalog or load_catalog()
+        self.chains = chains or Chains(self.settings, self.catalog)
+        self.metrics = Metrics()
+        self._adapters: dict[tuple[str, str, str], Adapter] = {}
+        self._lock = threading.Lock()
+        # Fault injection for the rollback test of apply (never set outside tests).
+        self.fail_after_receipt_insert = False
+
+    def now(self) -> datetime:
+        return self.settings.now()
+
+    # -- rails ----------------------------------------------------------------------------
+    def has_rail(self, rail_id: str) -> bool:
+        return rail_id in self.catalog.rails
+
+    def rail(self, rail_id: str, network: str | None = None, asset: str | None = None) -> Rail:
+        if rail_id not in self.catalog.rails:
+            raise BadInput(FailureCode.rail_not_registered, f"rail_id: unknown rail {rail_id!r}",
+                           field="rail_id")
+        o = self.settings.rail_overrides(rail_id)
+        if network or asset:
+            o = RailOverrides(network=network or o.network, asset=asset or o.asset,
+                              treasury=o.treasury)
+        try:
+            return self.catalog.resolve(rail_id, o)
+        except CatalogError as e:
+            raise BadInput("configuration_error", str(e), field="rail_id") from e
+
+    def adapter(self, rail: Rail) -> Adapter:
+        key = (rail.rail_id, rail.network, rail.asset)
+        with self._lock:
+            a = self._adapters.get(key)
+            if a is None:
+                a = self._adapters[key] = adapter_for(rail, self.catalog)
+            return a
+
+    def ensure_rail_states(self) -> None:
+        with self.db.tx() as s:
+            have = set(s.scalars(select(RailState.rail_id)).all())
+            for rail_id, d in self.catalog.rails.items():
+                if rail_id not in have:
+                    s.add(RailState(rail_id=rail_id, production_enabled=d.production_enabled,
+                                    paused=False, updated_at=self.now(), updated_by="catalog"))
+
+    def rail_state(self, s: Session, rail_id: str, lock: bool = False) -> RailState:
+        q = select(RailState).where(RailState.rail_id == rail_id)
+        if lock and self.db.postgres:
+            q = q.with_for_update()
+        st = s.scalar(q)
+        if st is None:
+            d = self.catalog.rails[rail_id]
+            st = RailState(rail_id=rail_id, production_enabled=d.production_enabled,
+                           paused=False, updated_at=self.now(), updated_by="catalog")
+            s.add(st)
+            s.flush()
+        return st
+
+    def production_enabled(self, st: RailState) -> bool:
+        # SECURITY: whatever the database says, a review_only rail is never in production.
+        return st.production_enabled and self.catalog.rails[st.rail_id].stage is not Stage.review_only
+
+    def treasury(self, s: Session, rail: Rail) -> str | None:
+        st = self.rail_state(s, rail.rail_id)
+        return st.treasury or rail.treasury

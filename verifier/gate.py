@@ -1,0 +1,249 @@
+"""The apply gate: where a verified payment becomes a receipt and an active entitlement.
+
+`dry_run_apply` evaluates every check and reports all of them (never stopping at the first);
+`apply` evaluates the same checks inside one transaction and then creates the receipt,
+activates the entitlement, marks the session paid and writes the audit events — or, on any
+blocker or error, does nothing at all. A blocker's code is the name of the check that failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.catalog import Stage
+from verifier import audit
+from verifier.engine import Engine
+from verifier.errors import BadInput, Conflict, NotFound, Refused
+from verifier.proofs import latest_settlement, latest_verified_attempt, load_proof
+from verifier.storage.models import (
+    Entitlement,
+    EntitlementStatus,
+    PaymentSession,
+    Proof,
+    ProofStatus,
+    Receipt,
+    SessionStatus,
+)
+from verifier.timeutil import utc
+
+
+class Via(StrEnum):
+    auto = "auto"  # the service or worker, no human in the loop
+    staff = "staff"  # a staff member through the admin API
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def _evaluate(engine: Engine, s: Session, p: Proof, via: Via) -> tuple[list[Check], dict[str, Any]]:
+    settings = engine.settings
+    checks: list[Check] = []
+    add = lambda name, ok, detail: checks.append(Check(name, bool(ok), detail))  # noqa: E731
+    ctx: dict[str, Any] = {}
+
+    add("proof_verified", p.status == ProofStatus.verified,
+        f"status {p.status}" + (f" ({p.failure_code})" if p.failure_code else ""))
+
+    ev = latest_settlement(s, p.id)
+    ctx["settlement"] = ev
+    if ev is None:
+        add("settlement_final", False, "no settlement evidence")
+    elif ev.reorged:
+        add("settlement_final", False, "reorged: the transfer left the canonical chain")
+    else:
+        rail_def = engine.catalog.rails.get(p.rail_id)
+        want = rail_def.finality.level or f"{rail_def.finality.confirmations} confirmations" \
+            if rail_def else "final"
+        add("settlement_final", ev.is_final,
+            f"{ev.finality}" + ("" if ev.is_final else f"; {want} required"))
+
+    registered = engine.has_rail(p.rail_id)
+    add("rail_registered", registered, p.rail_id if registered else "not in the catalog")
+    stage = engine.catalog.rails[p.rail_id].stage if registered else None
+    st = engine.rail_state(s, p.rail_id) if registered else None
+    add("rail_not_paused", st is not None and not st.paused,
+        "paused (kill switch)" if st is not None and st.paused else "running")
+    prod = st is not None and engine.production_enabled(st)
+    add("rail_production_enabled", prod,
+        "enabled" if prod else f"not production-enabled (stage {stage})")
+    allow = p.rail_id in settings.apply_rail_allowlist
+    add("rail_allowlisted", allow, "in RAILPROOF_APPLY_RAIL_ALLOWLIST" if allow
+        else "not in RAILPROOF_APPLY_RAIL_ALLOWLIST")
+    if stage is Stage.live:
+        add("live_apply_enabled", True, "not required for a live rail")
+    else:
+        add("live_apply_enabled", settings.live_apply,
+            "RAILPROOF_LIVE_APPLY=1" if settings.live_apply
+            else f"stage {stage}: RAILPROOF_LIVE_APPLY is off")
+    add(*_receipt_creation(engine, p.rail_id, stage, via))
+    ok, detail = _tuple_bound(engine, s, p, ctx)
+    add("tuple_bound", ok, detail)
+    return checks, ctx
+
+
+def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Via):
+    if stage is Stage.live:
+        return "receipt_creation_allowed", True, "automatic for a live rail"
+    if stage is Stage.gated:
+        listed = rail_id in engine.settings.receipt_creation_rails
+        if via is not Via.staff:
+            return "receipt_creation_allowed", False, "gated rail: staff path only"
+        return ("receipt_creation_allowed", listed, "staff path, rail in "
+                "RAILPROOF_RECEIPT_CREATION_RAILS" if listed
+                else "gated rail not in RAILPROOF_RECEIPT_CREATION_RAILS")
+    # SECURITY: review_only rails never create receipts, whatever the flags say.
+    return "receipt_creation_allowed", False, f"stage {stage}: never creates receipts"
+
+
+def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> tuple[bool, str]:
+    """proof ↔ session ↔ owner ↔ product ↔ receipt all agree, and the chain paid what the
+    session asked, to whom it asked, on its rail."""
+    ps = s.get(PaymentSession, p.session_id)
+    ent = s.scalar(select(Entitlement).where(Entitlement.session_id == p.session_id))
+    ctx["session"], ctx["entitlement"] = ps, ent
+    problems = []
+    if ps is None:
+        return False, "session missing"
+    if ps.owner_id != p.owner_id:
+        problems.append("proof owner differs from session owner")
+    if ps.rail_id != p.rail_id:
+        problems.append("proof rail differs from session rail")
+    if ent is None or ent.owner_id != ps.owner_id or ent.access_product_id != ps.access_product_id:
+        problems.append("entitlement does not match session owner/product")
+    receipt_for_session = s.scalar(select(Receipt).where(Receipt.session_id == ps.id))
+    receipt_for_proof = s.scalar(select(Receipt).where(Receipt.proof_id == p.id))
+    ctx["receipt"] = receipt_for_proof
+    if receipt_for_session is not None and receipt_for_session.proof_id != p.id:
+        problems.append("session already paid by another proof")
+    if receipt_for_proof is not None and receipt_for_proof.session_id != ps.id:
+        problems.append("proof already backs another session")
+    if ps.status != SessionStatus.open and not (
+            ps.status == SessionStatus.paid and receipt_for_proof is not None):
+        problems.append(f"session is {ps.status}")
+    att = latest_verified_attempt(s, p.id)
+    if att is None:
+        problems.append("no verified attempt")
+    else:
+        obs = att.observed or {}
+        if str(obs.get("amount")) != str(ps.amount):
+            problems.append(f"observed amount {obs.get('amount')} != session {ps.amount}")
+        rcpt = str(obs.get("recipient") or "")
+        if rcpt.lower() != ps.recipient.lower():
+            problems.append("observed recipient differs from session recipient")
+        bt = obs.get("block_time")
+        if isinstance(bt, int):
+            if not utc(ps.created_at).timestamp() <= bt <= utc(ps.expires_at).timestamp():
+                problems.append("transfer time outside the session window")
+    if problems:
+        return False, "; ".join(problems)
+    return True, "owner, session, product, amount, recipient and rail agree"
+
+
+def _report(p: Proof, checks: list[Check], ctx: dict[str, Any]) -> dict[str, Any]:
+    blockers = [{"code": c.name, "detail": c.detail} for c in checks if not c.passed]
+    applied = ctx.get("receipt") is not None
+    ent = ctx.get("entitlement")
+    would = not blockers and not applied
+    return {
+        "proof_id": p.id, "rail_id": p.rail_id, "would_apply": would,
+        "would_create_receipt": would,
+        "would_activate_entitlement": would and ent is not None
+        and ent.status == EntitlementStatus.pending,
+        "already_applied": applied,
+        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
+        "blockers": blockers,
+    }
+
+
+def dry_run_apply(engine: Engine, proof_id: str, op: audit.Operator | None = None,
+                  via: Via = Via.staff) -> dict[str, Any]:
+    """Every check, reported; nothing changes (staff calls are audited with their context)."""
+    with engine.db.tx() as s:
+        p = load_proof(engine, s, proof_id, None)
+        checks, ctx = _evaluate(engine, s, p, via)
+        report = _report(p, checks, ctx)
+        if op is not None:
+            audit.append(s, engine.now(), op, "proof.dry_run_apply", "proof", p.id,
+                         {"would_apply": report["would_apply"],
+                          "blockers": [b["code"] for b in report["blockers"]]})
+    return report
+
+
+def apply(engine: Engine, proof_id: str, op: audit.Operator, via: Via = Via.staff) -> dict[str, Any]:
+    """Apply inside one transaction. Idempotent: an applied proof returns its receipt again."""
+    with engine.db.tx() as s:
+        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
+        if p is None:
+            raise NotFound("proof_not_found", f"no proof {proof_id!r}")
+        ps = s.get(PaymentSession, p.session_id, with_for_update=engine.db.postgres)
+        checks, ctx = _evaluate(engine, s, p, via)
+        report = _report(p, checks, ctx)
+        if ctx.get("receipt") is not None:
+            r = ctx["receipt"]
+            ent = ctx["entitlement"]
+            return {"applied": True, "already_applied": True, "receipt_id": r.id,
+                    "entitlement_id": ent.id if ent else None}
+        if report["blockers"]:
+            blocked = report
+        else:
+            blocked = None
+            now = engine.now()
+            ev = ctx["settlement"]
+            r = Receipt(proof_id=p.id, session_id=ps.id, settlement_id=ev.id,
+                        owner_id=ps.owner_id, access_product_id=ps.access_product_id,
+                        rail_id=ps.rail_id, amount=ps.amount, created_by=op.actor,
+                        created_at=now)
+            s.add(r)
+            s.flush()
+            if engine.fail_after_receipt_insert:
+                raise RuntimeError("injected failure after receipt insert")
+            ent = ctx["entitlement"]
+            ent.status = EntitlementStatus.active
+            ent.receipt_id = r.id
+            ent.updated_at = now
+            ps.status = SessionStatus.paid
+            ps.paid_at = now
+            audit.append(s, now, op, "receipt.created", "receipt", r.id,
+                         {"proof_id": p.id, "session_id": ps.id, "amount": str(ps.amount)})
+            audit.append(s, now, op, "entitlement.activated", "entitlement", ent.id,
+                         {"receipt_id": r.id, "owner_id": ent.owner_id,
+                          "product": ent.access_product_id})
+            audit.append(s, now, op, "proof.applied", "proof", p.id,
+                         {"receipt_id": r.id, "via": via.value})
+            result = {"applied": True, "already_applied": False, "receipt_id": r.id,
+                      "entitlement_id": ent.id}
+    if blocked is not None:
+        for b in blocked["blockers"]:
+            engine.metrics.inc("apply_gate_blocks_total", rail_id=p.rail_id, blocker=b["code"])
+        raise Refused("apply_blocked", "apply gate blocked: " +
+                      ", ".join(b["code"] for b in blocked["blockers"]),
+                      extra={"report": blocked})
+    engine.metrics.inc("receipts_total", rail_id=p.rail_id)
+    return result
+
+
+def revoke(engine: Engine, entitlement_id: str, op: audit.Operator) -> dict[str, Any]:
+    if not op.incident_id or not op.reason:
+        raise BadInput("operator_context_required",
+                       "incident_id and operator_reason: required to revoke", field="incident_id")
+    with engine.db.tx() as s:
+        ent = s.get(Entitlement, entitlement_id, with_for_update=engine.db.postgres)
+        if ent is None:
+            raise NotFound("entitlement_not_found", f"no entitlement {entitlement_id!r}")
+        if ent.status != EntitlementStatus.active:
+            raise Conflict("entitlement_not_active", f"entitlement is {ent.status}; only an "
+                           "active entitlement can be revoked")
+        ent.status = EntitlementStatus.revoked
+        ent.updated_at = engine.now()
+        audit.append(s, engine.now(), op, "entitlement.revoked", "entitlement", ent.id,
+                     {"receipt_id": ent.receipt_id})
+        return {"id": ent.id, "status": ent.status, "receipt_id": ent.receipt_id}

@@ -1,0 +1,98 @@
+"""Idempotency-Key claims for mutating endpoints.
+
+A claim row (principal, endpoint, key, request_hash, status, response) is written before the
+work starts. Same key and body → the stored response; same key, other body → 409
+idempotency_conflict; still in progress → 409 idempotency_in_progress. A claim whose work
+crashed stays in_progress and is listed by `list-stuck-idempotency-claims`; there is
+deliberately no command that deletes claims.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any, Callable
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from rails.base import canonical_json
+from verifier.engine import Engine
+from verifier.errors import BadInput, Conflict, EngineError
+from verifier.storage.models import ClaimStatus, IdempotencyClaim
+from verifier.timeutil import iso
+
+MAX_KEY = 256
+
+
+def request_hash(body: Any) -> str:
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def run_idempotent(engine: Engine, principal: str, endpoint: str, key: str | None, body: Any,
+                   work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
+    """Run `work` at most once per (principal, endpoint, key); returns (status, body)."""
+    if key is None:
+        return _run_plain(work)
+    if not key or len(key) > MAX_KEY:
+        raise BadInput("invalid_idempotency_key",
+                       f"Idempotency-Key: 1 to {MAX_KEY} characters", field="Idempotency-Key")
+    h = request_hash(body)
+    pk = {"principal": principal, "endpoint": endpoint, "key": key}
+    try:
+        with engine.db.tx() as s:
+            s.add(IdempotencyClaim(**pk, request_hash=h, status=ClaimStatus.in_progress,
+                                   created_at=engine.now()))
+    except IntegrityError:
+        with engine.db.tx() as s:
+            c = s.get(IdempotencyClaim, (principal, endpoint, key))
+        if c is None:  # pragma: no cover - a claim is never deleted once completed
+            raise Conflict("idempotency_in_progress", "retry shortly")
+        if c.request_hash != h:
+            engine.metrics.inc("idempotency_conflicts_total", kind="body_mismatch")
+            raise Conflict("idempotency_conflict",
+                           "Idempotency-Key was used with a different request body",
+                           field="Idempotency-Key")
+        if c.status != ClaimStatus.completed:
+            engine.metrics.inc("idempotency_conflicts_total", kind="in_progress")
+            raise Conflict("idempotency_in_progress",
+                           "a request with this Idempotency-Key is still in progress",
+                           field="Idempotency-Key")
+        return c.response_code or 200, c.response
+    try:
+        status, out = work()
+    except EngineError as e:
+        # A refusal is an answer too: the same request gets the same refusal.
+        status, out = e.status, e.body()
+    except BaseException:
+        # Unexpected failure: release the claim so the client's retry can run the work.
+        with engine.db.tx() as s:
+            s.execute(delete(IdempotencyClaim).where(
+                IdempotencyClaim.principal == principal, IdempotencyClaim.endpoint == endpoint,
+                IdempotencyClaim.key == key, IdempotencyClaim.status == ClaimStatus.in_progress))
+        raise
+    with engine.db.tx() as s:
+        c = s.get(IdempotencyClaim, (principal, endpoint, key))
+        c.status, c.response_code, c.response = ClaimStatus.completed, status, out
+        c.completed_at = engine.now()
+    return status, out
+
+
+def _run_plain(work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
+    try:
+        return work()
+    except EngineError as e:
+        return e.status, e.body()
+
+
+def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dict[str, Any]]:
+    age = min_age_seconds if min_age_seconds is not None else engine.settings.stuck_claim_seconds
+    cutoff = engine.now() - timedelta(seconds=age)
+    with engine.db.tx() as s:
+        rows = s.scalars(select(IdempotencyClaim)
+                         .where(IdempotencyClaim.status == ClaimStatus.in_progress,
+                                IdempotencyClaim.created_at <= cutoff)
+                         .order_by(IdempotencyClaim.created_at)).all()
+        return [{"principal": c.principal, "endpoint": c.endpoint, "key": c.key,
+                 "request_hash": c.request_hash, "status": c.status,
+                 "created_at": iso(c.created_at)} for c in rows]

@@ -1,0 +1,40 @@
+"""Structured JSON logs with redaction: tokens, signatures and payloads never reach a log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import orjson
+
+_SECRETS = re.compile(
+    r"(Bearer\s+)[^\s\"']+|(\"?(?:signature|token|secret|payload|authorization)\"?\s*[:=]\s*\"?)"
+    r"[^\s\",}]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "msg": redact(record.getMessage())}
+        for k in ("proof_id", "rail_id", "status", "code", "worker"):
+            if hasattr(record, k):
+                doc[k] = getattr(record, k)
+        if record.exc_info:
+            doc["error"] = redact(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
+        return orjson.dumps(doc).decode()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [h]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,102 @@
+"""Offline verification of one recorded proof: no database, no network. The same adapter and
+run_verify as the service, over a cassette."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rails import adapter_for
+from rails.base import Terms
+from rails.cassette import CassetteTransport
+from rails.errors import CassetteError, ProofMalformed, UnmatchedRequest
+from registry.catalog import CatalogError, RailOverrides, load_catalog
+from verifier.checking import run_verify
+
+
+class UsageError(ValueError):
+    """Bad arguments or an unreadable cassette (the CLI exits 2 with this message)."""
+
+
+@dataclass
+class OfflineRequest:
+    rail: str
+    proof: str
+    recipient: str
+    amount: int
+    cassette: Path | None = None
+    asset: str | None = None
+    network: str | None = None
+    reference: str | None = None
+    memo: str | None = None
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    now: datetime | None = None
+    at_least: bool = False
+
+
+class _Watch:
+    """Remembers an unmatched request: the cassette does not hold this proof."""
+
+    def __init__(self, inner: CassetteTransport):
+        self.inner, self.source, self.unmatched = inner, inner.source, None
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        try:
+            return self.inner.call(method, params)
+        except UnmatchedRequest as e:
+            self.unmatched = e
+            raise
+
+
+def _utc(d: datetime | None) -> datetime | None:
+    return None if d is None else (d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d)
+
+
+def verify_offline(req: OfflineRequest) -> dict[str, Any]:
+    cat = load_catalog()
+    if req.rail not in cat.rails:
+        raise UsageError(f"--rail: unknown rail {req.rail!r} (known: {', '.join(cat.rails)})")
+    try:
+        rail = cat.resolve(req.rail, RailOverrides(network=req.network, asset=req.asset))
+    except CatalogError as e:
+        raise UsageError(f"--network/--asset: {e}") from e
+    if req.amount <= 0:
+        raise UsageError("--amount: must be a positive integer of base units")
+    adapter = adapter_for(rail)
+    proof = req.proof
+    p = Path(proof)
+    if len(proof) < 4096 and p.is_file():
+        proof = p.read_text()
+    try:
+        adapter.normalize_proof(rail.proof_types[0], proof)
+        recipient = adapter.normalize_address(req.recipient, "recipient")
+    except ProofMalformed as e:
+        field = "--proof" if e.field == "proof" else f"--{e.field}"
+        raise UsageError(f"{field}: {e.message}") from e
+    try:
+        chain = (CassetteTransport.from_files([req.cassette]) if req.cassette
+                 else CassetteTransport([]))
+    except CassetteError as e:
+        raise UsageError(f"--cassette: {e}") from e
+    watch = _Watch(chain)
+    terms = Terms(recipient=recipient, amount=req.amount, at_least=req.at_least,
+                  asset=rail.asset, reference=req.reference, memo=req.memo,
+                  not_before=_utc(req.not_before), not_after=_utc(req.not_after),
+                  now=_utc(req.now) or datetime.now(timezone.utc))
+    checked = run_verify(adapter, proof, terms, watch)
+    if watch.unmatched is not None and req.cassette is not None:
+        raise UsageError(f"--cassette: {req.cassette} has {watch.unmatched}")
+    v = checked.verdict
+    observed = dict(v.observed)
+    if v.settlement is not None:
+        observed["finality"] = v.settlement.finality
+        if v.settlement.slot is not None:
+            observed.setdefault("slot", v.settlement.slot)
+        if v.settlement.block_number is not None:
+            observed.setdefault("block_number", v.settlement.block_number)
+    return {"status": v.status.value, "failure_code": v.code.value if v.code else None,
+            "detail": v.detail, "observed": observed, "rpc_calls": checked.rpc_calls,
+            "source": checked.source}

@@ -1,0 +1,132 @@
+"""Staff actions on rails: kill switch, two-person approvals, readiness, contracts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from registry.catalog import Stage
+from registry.contracts import proof_contracts
+from registry.readiness import DeploymentConfig, StoredState, readiness
+from verifier import audit
+from verifier.engine import Engine
+from verifier.errors import BadInput, Conflict, Forbidden, NotFound
+from verifier.storage.models import Approval, ApprovalStatus, RailState
+from verifier.timeutil import iso
+
+
+def _known(engine: Engine, rail_id: str) -> None:
+    if not engine.has_rail(rail_id):
+        raise NotFound("rail_not_registered", f"no rail {rail_id!r}")
+
+
+def list_rails(engine: Engine) -> list[dict[str, Any]]:
+    with engine.db.tx() as s:
+        out = []
+        for rail_id, d in engine.catalog.rails.items():
+            st = engine.rail_state(s, rail_id)
+            rail = engine.rail(rail_id)
+            out.append({"rail_id": rail_id, "family": d.family, "stage": d.stage.value,
+                        "network": rail.network, "asset": rail.asset,
+                        "asset_symbol": d.asset_symbol, "decimals": d.decimals,
+                        "proof_types": list(d.proof_types),
+                        "production_enabled": engine.production_enabled(st),
+                        "paused": st.paused, "treasury": st.treasury or rail.treasury})
+        return out
+
+
+def rail_readiness(engine: Engine) -> list[dict[str, Any]]:
+    st = engine.settings
+    with engine.db.tx() as s:
+        states = {r.rail_id: StoredState(r.production_enabled, r.paused)
+                  for r in s.scalars(select(RailState)).all()}
+    networks = {rid: engine.rail(rid).network for rid in engine.catalog.rails}
+    cfg = DeploymentConfig(
+        chain_mode=st.chain,
+        rpc_networks=frozenset(n for n in set(networks.values()) if st.rpc_urls(n)),
+        apply_allowlist=frozenset(st.apply_rail_allowlist),
+        receipt_creation_rails=frozenset(st.receipt_creation_rails),
+        live_apply=st.live_apply, networks=networks)
+    return readiness(engine.catalog, states, cfg)
+
+
+def contracts(engine: Engine, rail_id: str | None = None) -> list[dict[str, Any]]:
+    if rail_id:
+        _known(engine, rail_id)
+    return proof_contracts(engine.catalog, rail_id)
+
+
+def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -> dict[str, Any]:
+    _known(engine, rail_id)
+    if not op.incident_id or not op.reason:
+        raise BadInput("operator_context_required",
+                       "incident_id and operator_reason: required to pause or resume",
+                       field="incident_id")
+    with engine.db.tx() as s:
+        st = engine.rail_state(s, rail_id, lock=True)
+        changed = st.paused != paused
+        st.paused = paused
+        st.updated_at, st.updated_by = engine.now(), op.actor
+        audit.append(s, engine.now(), op, "rail.paused" if paused else "rail.resumed", "rail",
+                     rail_id, {"changed": changed})
+    return {"rail_id": rail_id, "paused": paused, "changed": changed}
+
+
+def _approval_view(a: Approval) -> dict[str, Any]:
+    return {"approval_id": a.id, "rail_id": a.rail_id, "kind": a.kind, "value": a.value,
+            "status": a.status, "requested_by": a.requested_by, "approved_by": a.approved_by,
+            "incident_id": a.incident_id, "reason": a.reason, "created_at": iso(a.created_at),
+            "decided_at": iso(a.decided_at)}
+
+
+def request_change(engine: Engine, rail_id: str, kind: str, value: str,
+                   op: audit.Operator) -> dict[str, Any]:
+    _known(engine, rail_id)
+    if not op.incident_id or not op.reason:
+        raise BadInput("operator_context_required",
+                       "incident_id and operator_reason: required", field="incident_id")
+    stage = engine.catalog.rails[rail_id].stage
+    if kind == "production" and value == "true" and stage is Stage.review_only:
+        # SECURITY: review_only rails can never be production-enabled, not even by two people.
+        raise Conflict("review_only_rail", f"{rail_id} is review_only and can never be "
+                       "production-enabled")
+    if kind == "treasury":
+        value = engine.adapter(engine.rail(rail_id)).normalize_address(value, "treasury")
+    with engine.db.tx() as s:
+        a = Approval(rail_id=rail_id, kind=kind, value=value, requested_by=op.actor,
+                     incident_id=op.incident_id, reason=op.reason, created_at=engine.now())
+        s.add(a)
+        s.flush()
+        audit.append(s, engine.now(), op, f"approval.requested", "approval", a.id,
+                     {"rail_id": rail_id, "kind": kind, "value": value})
+        return _approval_view(a)
+
+
+def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
+    with engine.db.tx() as s:
+        a = s.get(Approval, approval_id, with_for_update=engine.db.postgres)
+        if a is None:
+            raise NotFound("approval_not_found", f"no approval {approval_id!r}")
+        if a.status != ApprovalStatus.pending:
+            raise Conflict("approval_decided", f"approval is already {a.status}")
+        if a.requested_by == op.actor:
+            # SECURITY: two-person rule: the requester cannot approve their own change.
+            raise Forbidden("two_person_rule", "the requester cannot approve their own request")
+        a.status, a.approved_by, a.decided_at = ApprovalStatus.approved, op.actor, engine.now()
+        st = engine.rail_state(s, a.rail_id, lock=True)
+        if a.kind == "production":
+            st.production_enabled = a.value == "true"
+        else:
+            st.treasury = a.value
+        st.updated_at, st.updated_by = engine.now(), op.actor
+        audit.append(s, engine.now(), op, "approval.approved", "approval", a.id,
+                     {"rail_id": a.rail_id, "kind": a.kind, "value": a.value,
+                      "requested_by": a.requested_by})
+        return _approval_view(a)
+
+
+def list_approvals(engine: Engine) -> list[dict[str, Any]]:
+    with engine.db.tx() as s:
+        return [_approval_view(a) for a in
+                s.scalars(select(Approval).order_by(Approval.created_at.desc())).all()]

@@ -1,0 +1,121 @@
+"""Payment sessions: what an owner is asked to pay, on which rail, for which product."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from rails.base import SessionShape
+from rails.codes import FailureCode
+from rails.errors import ProofMalformed
+from verifier import audit
+from verifier.engine import Engine
+from verifier.errors import BadInput, Conflict, NotFound, Refused
+from verifier.storage.models import Entitlement, PaymentSession
+from verifier.timeutil import utc
+from verifier.views import session_view
+
+AUTO = "auto"
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class NewSession:
+    owner_id: str
+    rail_id: str
+    access_product_id: str
+    amount: int
+    recipient: str | None = None
+    reference: str | None = AUTO
+    memo: str | None = None
+    expires_in_seconds: int | None = None
+
+
+def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
+    rail = engine.rail(req.rail_id)
+    adapter = engine.adapter(rail)
+    now = engine.now()
+    if req.amount <= 0:
+        raise BadInput("invalid_amount", "amount: must be a positive integer of base units",
+                       field="amount")
+    ttl = req.expires_in_seconds or engine.settings.session_ttl_seconds
+    if not 0 < ttl <= engine.settings.max_session_ttl_seconds:
+        raise BadInput("invalid_expiry", "expires_in_seconds: must be between 1 and "
+                       f"{engine.settings.max_session_ttl_seconds}", field="expires_in_seconds")
+    with engine.db.tx() as s:
+        st = engine.rail_state(s, rail.rail_id)
+        if st.paused:
+            engine.metrics.inc("rail_paused_attempts_total", rail_id=rail.rail_id)
+            raise Refused(FailureCode.rail_paused, f"rail {rail.rail_id} is paused")
+        recipient = req.recipient or engine.treasury(s, rail)
+        if not recipient:
+            raise BadInput("recipient_required", f"recipient: no treasury is configured for "
+                           f"{rail.rail_id}; pass recipient", field="recipient")
+        try:
+            recipient = adapter.normalize_address(recipient, "recipient")
+            reference = _reference(adapter, req.reference)
+        except ProofMalformed as e:
+            raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
+        if req.memo is not None and adapter.new_reference() is None:
+            raise BadInput("invalid_memo", f"memo: rail {rail.rail_id} cannot bind a memo on "
+                           "chain", field="memo")
+        ps = PaymentSession(owner_id=req.owner_id, rail_id=rail.rail_id,
+                            access_product_id=req.access_product_id, amount=req.amount,
+                            network=rail.network, asset=rail.asset, recipient=recipient,
+                            reference=reference, memo=req.memo, created_at=now,
+                            expires_at=now + timedelta(seconds=ttl))
+        s.add(ps)
+        try:
+            s.flush()
+        except IntegrityError as e:
+            raise Conflict("reference_in_use", "reference: already used by another session "
+                           "on this rail", field="reference") from e
+        s.add(Entitlement(owner_id=ps.owner_id, access_product_id=ps.access_product_id,
+                          session_id=ps.id, created_at=now, updated_at=now))
+        audit.append(s, now, audit.Operator(actor), "session.opened", "payment_session", ps.id,
+                     {"owner_id": ps.owner_id, "rail_id": ps.rail_id,
+                      "amount": str(ps.amount), "product": ps.access_product_id})
+    return session_view(ps, requirements(engine, ps))
+
+
+def _reference(adapter: Any, given: str | None) -> str | None:
+    if given is None:
+        return None
+    if given == AUTO:
+        return adapter.new_reference()
+    if adapter.new_reference() is None:
+        raise ProofMalformed("reference", "this rail cannot bind a reference on chain")
+    return adapter.normalize_address(given, "reference")
+
+
+def requirements(engine: Engine, ps: PaymentSession) -> dict[str, Any]:
+    rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
+    shape = SessionShape(id=ps.id, recipient=ps.recipient, amount=ps.amount,
+                         reference=ps.reference, memo=ps.memo, expires_at=utc(ps.expires_at),
+                         access_product_id=ps.access_product_id)
+    return engine.adapter(rail).prepare(shape).model_dump(mode="json")
+
+
+def load_session(engine: Engine, s: Any, session_id: str, owners: list[str] | None,
+                 lock: bool = False) -> PaymentSession:
+    """The session if the caller may see it; otherwise 404, counted as an isolation denial
+    when it exists for someone else (the answer is the same, so ids leak nothing)."""
+    q = s.query(PaymentSession).filter(PaymentSession.id == session_id)
+    if lock and engine.db.postgres:
+        q = q.with_for_update()
+    ps = q.one_or_none()
+    if ps is not None and owners is not None and ps.owner_id not in owners:
+        engine.metrics.inc("owner_isolation_denials_total", reason="session")
+        ps = None
+    if ps is None:
+        raise NotFound(FailureCode.session_not_found, f"no payment session {session_id!r}")
+    return ps
+
+
+def get_session(engine: Engine, session_id: str, owners: list[str] | None) -> dict[str, Any]:
+    with engine.db.tx() as s:
+        ps = load_session(engine, s, session_id, owners)
+    return session_view(ps, requirements(engine, ps))

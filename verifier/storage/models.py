@@ -1,0 +1,281 @@
+"""Typed tables. Invariants the database can hold are named constraints; the rest are checked
+by `railproof assurance`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class SessionStatus(StrEnum):
+    open = "open"
+    paid = "paid"
+    expired = "expired"
+    cancelled = "cancelled"
+
+
+class ProofStatus(StrEnum):
+    verified = "verified"
+    failed = "failed"
+    pending = "pending"
+    requires_review = "requires_review"
+
+
+class EntitlementStatus(StrEnum):
+    pending = "pending"
+    active = "active"
+    revoked = "revoked"
+
+
+class ApprovalStatus(StrEnum):
+    pending = "pending"
+    approved = "approved"
+
+
+class ClaimStatus(StrEnum):
+    in_progress = "in_progress"
+    completed = "completed"
+
+
+def _in(col: str, enum: type[StrEnum]) -> str:
+    return f"{col} IN ({', '.join(repr(e.value) for e in enum)})"
+
+
+class RailState(Base):
+    __tablename__ = "rail_state"
+    rail_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    production_enabled: Mapped[bool] = mapped_column(Boolean)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    treasury: Mapped[str | None] = mapped_column(String(128))
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+    __table_args__ = (
+        CheckConstraint(_in("status", ApprovalStatus), name="status"),
+        # SECURITY: two-person rule held by the database too: nobody approves their own request.
+        CheckConstraint("approved_by IS NULL OR approved_by <> requested_by", name="two_person"),
+        CheckConstraint("kind IN ('production', 'treasury')", name="kind"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    rail_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(128))  # "true"/"false" or a treasury address
+    status: Mapped[str] = mapped_column(String(16), default=ApprovalStatus.pending)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    approved_by: Mapped[str | None] = mapped_column(String(128))
+    incident_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+
+
+class PaymentSession(Base):
+    __tablename__ = "payment_sessions"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(_in("status", SessionStatus), name="status"),
+        CheckConstraint("expires_at > created_at", name="expiry_after_creation"),
+        # A reference key identifies one session on its rail.
+        UniqueConstraint("rail_id", "reference"),
+        Index("ix_payment_sessions_owner", "owner_id", "created_at"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(String(128))
+    rail_id: Mapped[str] = mapped_column(String(64))
+    access_product_id: Mapped[str] = mapped_column(String(128))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    network: Mapped[str] = mapped_column(String(32))
+    asset: Mapped[str] = mapped_column(String(128))
+    recipient: Mapped[str] = mapped_column(String(128))
+    reference: Mapped[str | None] = mapped_column(String(128))
+    memo: Mapped[str | None] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default=SessionStatus.open)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    paid_at: Mapped[datetime | None]
+
+
+class Proof(Base):
+    __tablename__ = "proofs"
+    __table_args__ = (
+        # SECURITY: one row per on-chain proof whatever the owner or the race; a lost insert
+        # race re-reads the winner's row (verifier.proofs).
+        UniqueConstraint("fingerprint"),
+        CheckConstraint(_in("status", ProofStatus), name="status"),
+        Index("ix_proofs_rail_created", "rail_id", "created_at"),
+        Index("ix_proofs_due", "status", "next_check_at"),
+        Index("ix_proofs_session", "session_id"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    rail_id: Mapped[str] = mapped_column(String(64))
+    proof_type: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[str] = mapped_column(String(256))
+    # The proof as submitted, kept to re-verify; never shown in evidence or logs (an x402
+    # payload carries a signature).
+    raw: Mapped[str] = mapped_column(Text)
+    owner_id: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[str] = mapped_column(ForeignKey("payment_sessions.id"))
+    status: Mapped[str] = mapped_column(String(16), default=ProofStatus.pending)
+    failure_code: Mapped[str | None] = mapped_column(String(48))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_check_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class VerificationAttempt(Base):
+    __tablename__ = "verification_attempts"
+    __table_args__ = (
+        CheckConstraint(_in("status", ProofStatus), name="status"),
+        CheckConstraint("source IN ('live', 'cassette', 'local')", name="source"),
+        Index("ix_verification_attempts_proof", "proof_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    proof_id: Mapped[str] = mapped_column(ForeignKey("proofs.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    failure_code: Mapped[str | None] = mapped_column(String(48))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    observed: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    rpc_calls: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class SettlementEvidence(Base):
+    __tablename__ = "settlement_evidence"
+    __table_args__ = (Index("ix_settlement_evidence_proof", "proof_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    proof_id: Mapped[str] = mapped_column(ForeignKey("proofs.id"))
+    # SECURITY: evidence always points at the verified attempt it settles.
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("verification_attempts.id"))
+    finality: Mapped[str] = mapped_column(String(16))
+    is_final: Mapped[bool] = mapped_column(Boolean)
+    reorged: Mapped[bool] = mapped_column(Boolean, default=False)
+    slot: Mapped[int | None] = mapped_column(BigInteger)
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    block_hash: Mapped[str | None] = mapped_column(String(80))
+    confirmations: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(16))
+    observed_at: Mapped[datetime]
+
+
+class Receipt(Base):
+    __tablename__ = "receipts"
+    __table_args__ = (
+        # SECURITY: one receipt per proof and one per session: a transfer pays once.
+        UniqueConstraint("proof_id"),
+        UniqueConstraint("session_id"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    proof_id: Mapped[str] = mapped_column(ForeignKey("proofs.id"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("payment_sessions.id"))
+    settlement_id: Mapped[int] = mapped_column(ForeignKey("settlement_evidence.id"))
+    owner_id: Mapped[str] = mapped_column(String(128))
+    access_product_id: Mapped[str] = mapped_column(String(128))
+    rail_id: Mapped[str] = mapped_column(String(64))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class Entitlement(Base):
+    __tablename__ = "entitlements"
+    __table_args__ = (
+        UniqueConstraint("session_id"),
+        CheckConstraint(_in("status", EntitlementStatus), name="status"),
+        # SECURITY: no active (or revoked) entitlement without the receipt that activated it.
+        CheckConstraint("status = 'pending' OR receipt_id IS NOT NULL", name="receipt_required"),
+        Index("ix_entitlements_owner", "owner_id", "access_product_id"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(String(128))
+    access_product_id: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[str] = mapped_column(ForeignKey("payment_sessions.id"))
+    status: Mapped[str] = mapped_column(String(16), default=EntitlementStatus.pending)
+    receipt_id: Mapped[str | None] = mapped_column(ForeignKey("receipts.id"))
+    reorg_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        # The chain is linear: two events can never claim the same predecessor.
+        UniqueConstraint("prev_hash"),
+        Index("ix_audit_events_subject", "subject_type", "subject_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(128))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    incident_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class IdempotencyClaim(Base):
+    __tablename__ = "idempotency_claims"
+    __table_args__ = (
+        CheckConstraint(_in("status", ClaimStatus), name="status"),
+        Index("ix_idempotency_claims_status", "status", "created_at"),
+    )
+    principal: Mapped[str] = mapped_column(String(128), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=ClaimStatus.in_progress)
+    response_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]

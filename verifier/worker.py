@@ -1,0 +1,184 @@
+"""The worker: re-verifies due pending proofs (with backoff), refreshes settlement finality in
+batches, flags reorgs, and applies verified final proofs when RAILPROOF_AUTO_APPLY=1.
+
+Work is claimed before it is done: a claim sets `claimed_by`/`claimed_until` on the proof
+row in a short transaction (FOR UPDATE SKIP LOCKED on PostgreSQL, so several workers share
+the queue and never take the same proof; SQLite serializes writers anyway). A worker that
+dies leaves a claim that expires after the lease, and the proof is taken again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from rails.base import Settlement
+from verifier import audit, gate
+from verifier.engine import Engine
+from verifier.errors import EngineError
+from verifier.proofs import (
+    backoff,
+    latest_settlement,
+    latest_verified_attempt,
+    record_settlement,
+    verify_proof,
+)
+from verifier.storage.models import (
+    Entitlement,
+    EntitlementStatus,
+    PaymentSession,
+    Proof,
+    ProofStatus,
+    Receipt,
+)
+
+log = logging.getLogger("railproof.worker")
+LEASE = timedelta(seconds=120)
+SYSTEM = audit.Operator("worker")
+
+
+def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[str]:
+    now = engine.now()
+    with engine.db.tx() as s:
+        q = (select(Proof).where(Proof.status == status, Proof.next_check_at.is_not(None),
+                                 Proof.next_check_at <= now,
+                                 or_(Proof.claimed_until.is_(None), Proof.claimed_until < now))
+             .order_by(Proof.next_check_at).limit(batch))
+        if engine.db.postgres:
+            q = q.with_for_update(skip_locked=True)
+        rows = s.scalars(q).all()
+        for p in rows:
+            p.claimed_by, p.claimed_until = name, now + LEASE
+        return [p.id for p in rows]
+
+
+def reverify_pending(engine: Engine, name: str, batch: int) -> int:
+    ids = claim(engine, ProofStatus.pending, name, batch)
+    for pid in ids:
+        try:
+            verify_proof(engine, pid, worker=name)
+        except Exception:  # one bad proof must not stop the sweep
+            log.exception("re-verification failed", extra={"proof_id": pid})
+    return len(ids)
+
+
+def refresh_finality(engine: Engine, name: str, batch: int) -> int:
+    """Verified proofs whose settlement is not final yet: one batched finality call per
+    (rail, network) per sweep."""
+    ids = claim(engine, ProofStatus.verified, name, batch)
+    if not ids:
+        return 0
+    groups: dict[tuple[str, str, str], list[Proof]] = defaultdict(list)
+    with engine.db.tx() as s:
+        for pid in ids:
+            p = s.get(Proof, pid)
+            ps = s.get(PaymentSession, p.session_id)
+            groups[(p.rail_id, ps.network, ps.asset)].append(p)
+    for (rail_id, network, asset), plist in groups.items():
+        rail = engine.rail(rail_id, network=network, asset=asset)
+        adapter = engine.adapter(rail)
+        chain = engine.chains.transport(rail.family, rail.network)
+        try:
+            settlements = adapter.finality([p.ref for p in plist], chain)
+        except Exception as e:
+            engine.metrics.inc("rpc_errors_total", network=network, kind="finality")
+            log.warning("finality refresh failed: %s", type(e).__name__, extra={"rail_id": rail_id})
+            _release(engine, plist)
+            continue
+        by_ref = {st.ref: st for st in settlements}
+        for p in plist:
+            st = by_ref.get(p.ref)
+            _record_finality(engine, p.id, st, chain.source)
+    return len(ids)
+
+
+def _release(engine: Engine, plist: list[Proof]) -> None:
+    with engine.db.tx() as s:
+        for p in plist:
+            row = s.get(Proof, p.id)
+            row.claimed_by = row.claimed_until = None
+            row.next_check_at = engine.now() + backoff(2)
+
+
+def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, source: str) -> None:
+    now = engine.now()
+    with engine.db.tx() as s:
+        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
+        p.claimed_by = p.claimed_until = None
+        att = latest_verified_attempt(s, p.id)
+        if st is None or att is None:
+            p.next_check_at = now + backoff(2)
+            return
+        prev = latest_settlement(s, p.id)
+        changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
+            st.finality, st.is_final and not st.reorged, st.reorged)
+        if changed:
+            record_settlement(engine, s, p, att.id, st, source)
+        if st.reorged:
+            engine.metrics.inc("reorgs_total", rail_id=p.rail_id)
+            _flag_reorg(engine, s, p)
+            p.next_check_at = None
+        elif st.is_final:
+            p.next_check_at = None
+        else:
+            p.next_check_at = now + backoff(min(p.attempts + 1, 6))
+        if changed:
+            audit.append(s, now, SYSTEM, "settlement." + ("reorged" if st.reorged else
+                         "finalized" if st.is_final else "observed"), "proof", p.id,
+                         {"finality": st.finality})
+
+
+def _flag_reorg(engine: Engine, s: Any, p: Proof) -> None:
+    # A reorg under an active entitlement is a critical finding, never a silent revoke.
+    r = s.scalar(select(Receipt).where(Receipt.proof_id == p.id))
+    if r is None:
+        return
+    ent = s.scalar(select(Entitlement).where(Entitlement.receipt_id == r.id))
+    if ent is not None and ent.status == EntitlementStatus.active and not ent.reorg_flagged:
+        ent.reorg_flagged = True
+        audit.append(s, engine.now(), SYSTEM, "entitlement.reorg_flagged", "entitlement",
+                     ent.id, {"proof_id": p.id})
+
+
+def auto_apply(engine: Engine, batch: int) -> int:
+    """Apply verified, final proofs whose gate passes on the automatic path."""
+    with engine.db.tx() as s:
+        q = (select(Proof.id).outerjoin(Receipt, Receipt.proof_id == Proof.id)
+             .where(Proof.status == ProofStatus.verified, Proof.next_check_at.is_(None),
+                    Receipt.id.is_(None)).limit(batch))
+        ids = list(s.scalars(q).all())
+    applied = 0
+    for pid in ids:
+        try:
+            gate.apply(engine, pid, SYSTEM, gate.Via.auto)
+            applied += 1
+        except EngineError:
+            pass  # blockers are counted by the gate; staff see them in dry-run
+    return applied
+
+
+def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
+    out = {"reverified": reverify_pending(engine, name, batch),
+           "finality_refreshed": refresh_finality(engine, name, batch)}
+    if engine.settings.auto_apply:
+        out["applied"] = auto_apply(engine, batch)
+    return out
+
+
+def run_worker(engine: Engine, once: bool = False, interval: float = 2.0, batch: int = 100,
+               name: str | None = None) -> None:
+    name = name or f"{socket.gethostname()}:{os.getpid()}"
+    while True:
+        done = sweep(engine, name, batch)
+        log.info("sweep %s", done, extra={"worker": name})
+        if once:
+            return
+        if not any(done.values()):
+            time.sleep(interval)
