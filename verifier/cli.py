@@ -4,7 +4,6 @@ Exit codes: 0 done; 1 refused (a blocker, a 4xx); 2 usage or connection error, w
 on stderr that says what to do.
 """
 
-from __future__ import annotations
 
 import json
 import os
@@ -15,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="railproof: rail-proof verification engine for on-chain payments")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
@@ -154,6 +153,7 @@ def verify_offline_cmd(
 def record(network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ethereum, base")],
            out: Annotated[Path, typer.Option(help="cassette file to write")],
            proof: Annotated[list[str], typer.Option(help="signature / tx hash; repeatable")],
+           recipient: Annotated[str, typer.Option(help="the expected recipient (shapes the calls)")],
            rail: Annotated[str, typer.Option(help="rail whose adapter makes the calls")] = "solana_usdc",
            rpc: Annotated[Optional[list[str]], typer.Option(help="RPC URL; default RAILPROOF_RPC_<NETWORK>")] = None) -> None:
     """Record a cassette from a live RPC: the calls one verification makes, per proof."""
@@ -163,7 +163,7 @@ def record(network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ether
     if not urls:
         fail(f"--rpc: no RPC URL given and RAILPROOF_RPC_{network.upper().replace('-', '_')} is unset")
     try:
-        n = record_cassette(rail, network, urls, proof, out)
+        n = record_cassette(rail, network, urls, proof, out, recipient)
     except ValueError as e:
         fail(str(e))
     typer.echo(f"wrote {out} ({n} calls)")

@@ -5,7 +5,6 @@ Every command prints a readable table, or JSON with --json; --incident-id and
 Exit codes: 0 done; 1 refused (a blocker or a 4xx); 2 usage or connection error.
 """
 
-from __future__ import annotations
 
 import json
 import os

@@ -1,0 +1,42 @@
+"""`railproof record`: make a cassette from a live RPC by running exactly the calls one
+verification and one finality refresh make, through a recording transport."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rails import adapter_for
+from rails.base import Terms
+from rails.errors import ProofMalformed, RailError
+from rails.recording import RecordingTransport, live_transport_for
+from registry.catalog import CatalogError, RailOverrides, load_catalog
+
+
+def record_cassette(rail_id: str, network: str, urls: list[str], proofs: list[str],
+                    out: Path, recipient: str, amount: int = 1) -> int:
+    cat = load_catalog()
+    if rail_id not in cat.rails:
+        raise ValueError(f"--rail: unknown rail {rail_id!r}")
+    try:
+        rail = cat.resolve(rail_id, RailOverrides(network=network))
+    except CatalogError as e:
+        raise ValueError(f"--network: {e}") from e
+    adapter = adapter_for(rail)
+    try:
+        recipient = adapter.normalize_address(recipient, "recipient")
+        refs = [adapter.normalize_proof(rail.proof_types[0], p) for p in proofs]
+    except ProofMalformed as e:
+        raise ValueError(f"--{e.field}: {e.message}") from e
+    rec = RecordingTransport(live_transport_for(network, urls))
+    terms = Terms(recipient=recipient, amount=amount, at_least=True,
+                  now=datetime.now(timezone.utc))
+    try:
+        for p in proofs:
+            adapter.verify(p, terms, rec)
+        adapter.finality(refs, rec)
+    except RailError as e:
+        raise ValueError(f"recording stopped: {type(e).__name__}: {e}") from e
+    hosts = ", ".join(u.split("//")[-1].split("/")[0] for u in urls)
+    rec.write(out, network, f"railproof record from {hosts}")
+    return len(rec.calls)
