@@ -93,9 +93,9 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
         p = Proof(fingerprint=fp, rail_id=rail.rail_id, proof_type=ptype, ref=ref, raw=raw,
                   owner_id=ps.owner_id, session_id=ps.id, status=ProofStatus.pending,
                   detail="submitted", next_check_at=now, created_at=now, updated_at=now)
-        s.add(p)
         try:
-            with s.begin_nested():
+            with s.begin_nested():  # the savepoint must exist before the insert is flushed
+                s.add(p)
                 s.flush()
         except IntegrityError:
             # Lost the insert race on the fingerprint: the winner's row decides.

@@ -1,0 +1,709 @@
+"""EVM rail family (`base_usdc`, `evm_usdc`, review-only `erc20_usdt`): an ERC-20 payment
+proven from the transaction's receipt.
+
+What a proof is worth is read from the ledger's effect, never from the transaction's input:
+the amount is the sum of the ERC-20 `Transfer(from, to, value)` logs that the rail's token
+contract emitted to the session's recipient. A receipt may hold other tokens' logs (a swap),
+and `tx.to` may be a router rather than the token; neither matters.
+
+Check order (one check, one code; chain calls just before the checks that need them):
+
+    shape (proof_malformed) → eth_chainId (chain_mismatch) → eth_getTransactionReceipt
+    (null: pending tx_not_found; status 0: tx_failed_onchain) → wrong_asset → wrong_recipient
+    → amount_mismatch → sender_mismatch (only when the terms name a payer) → reference/memo
+    (EVM transfers carry none) → eth_getBlockByNumber(receipt block) → time window
+    (session_not_open, session_expired) → settlement (eth_blockNumber, `finalized` block).
+
+Finality is a pure policy (`is_final_at_depth`) over an observation the adapter refreshes:
+
+    confirmations = head − block + 1;
+    final  ⇔ confirmations ≥ policy.confirmations, or (policy.finalized_tag and
+             block ≤ the node's `finalized` block).
+
+Why the catalog defaults are what they are:
+
+- Ethereum (`evm_usdc`, `erc20_usdt`): 64 confirmations ≈ two epochs of 32 slots, the depth
+  at which Casper FFG normally finalizes a block (≈ 13 minutes); the `finalized` tag reports
+  exactly that checkpoint, so a block at or under it is final even if the count is short.
+- Base (`base_usdc`, x402): 10 confirmations of 2-second L2 blocks (≈ 20 s) makes a reorg by
+  the sequencer unlikely but not impossible; `finalized` means the L2 block's batch was posted
+  to L1 and that L1 block is finalized (≈ 15–20 minutes), which is the only point where the
+  block cannot change. A deployment wanting that strictly drops the depth rule in the catalog.
+
+Reorg detection: the canonical block hash at the receipt's height (eth_getBlockByNumber) no
+longer equals the receipt's `blockHash`, or the receipt vanished → `Settlement(reorged=True,
+finality="reorged")`; the apply gate blocks on it.
+
+Transport exceptions (rails.errors.TransportError) are not caught here: the engine turns them
+into `pending rpc_unavailable`. A receipt about another transaction than the one asked for, or
+with fields that are not what JSON-RPC promises, is a `MalformedResponse` (a lying or broken
+node), never a verdict.
+
+Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `token_transfers`,
+`parse_receipt`, `settlement_for_receipt`, `is_final_at_depth`, `read_head`, and
+`EvmAdapter(rail).verify` for any Rail with a chain_id and an asset.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Callable, ClassVar, Iterable, Sequence, TypeVar
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+from eth_utils import is_checksum_address, is_checksum_formatted_address, keccak, to_checksum_address
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from web3 import HTTPProvider
+
+from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.codes import FailureCode
+from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
+from registry.catalog import FinalityPolicy, Rail
+
+PROOF_TYPE = "evm_tx_hash"
+# keccak256("Transfer(address,address,uint256)"): topic0 of every ERC-20 (and ERC-721) Transfer.
+TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes: proofs and addresses
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_tx_hash(raw: str, field: str = "proof") -> str:
+    if not isinstance(raw, str) or not _TX_HASH.fullmatch(raw):
+        raise ProofMalformed(field, "an EVM transaction hash is 0x followed by 64 hex digits")
+    return raw.lower()
+
+
+def normalize_evm_address(address: str, field: str = "recipient") -> str:
+    """A 20-byte hex address in checksum form. An all-lower or all-upper address is accepted
+    as is; a mixed-case one must carry a valid EIP-55 checksum (a typo guard)."""
+    if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
+        raise ProofMalformed(field, "an EVM address is 0x followed by 40 hex digits")
+    # eth_utils 6's is_address no longer checks EIP-55, so the checksum is checked here.
+    if is_checksum_formatted_address(address) and not is_checksum_address(address):
+        raise ProofMalformed(field, "mixed-case address with an invalid EIP-55 checksum")
+    return to_checksum_address(address)
+
+
+def same_address(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.lower() == b.lower()
+
+
+# --------------------------------------------------------------------------------------------
+# Receipts and Transfer logs (pure)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenTransfer:
+    """One ERC-20 Transfer log, decoded."""
+
+    token: str  # checksum address of the emitting contract
+    sender: str
+    recipient: str
+    value: int
+    log_index: int | None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The fields of an eth_getTransactionReceipt result the rail relies on, typed."""
+
+    tx_hash: str
+    success: bool
+    block_number: int
+    block_hash: str
+    tx_from: str | None
+    tx_to: str | None
+    logs: tuple[dict[str, Any], ...]
+
+
+def hex_int(value: Any, what: str) -> int:
+    """A JSON-RPC quantity ("0x1a") as an int; anything else is a malformed answer."""
+    if isinstance(value, str) and value.startswith(("0x", "0X")):
+        try:
+            return int(value, 16)
+        except ValueError:
+            pass
+    raise MalformedResponse(f"{what}: expected a hex quantity, got {value!r}")
+
+
+def _hex_str(value: Any, what: str) -> str:
+    if isinstance(value, str) and value.startswith("0x"):
+        return value.lower()
+    raise MalformedResponse(f"{what}: expected hex data, got {value!r}")
+
+
+def parse_receipt(raw: Any, tx_hash: str) -> Receipt:
+    """Type a receipt and make sure it is about `tx_hash`."""
+    if not isinstance(raw, dict):
+        raise MalformedResponse(f"receipt: expected an object, got {type(raw).__name__}")
+    got = raw.get("transactionHash")
+    # SECURITY: a node answering with another transaction's receipt (lying, buggy or a
+    # mis-keyed cache) must not make that transaction's transfer count for this proof.
+    if not isinstance(got, str) or got.lower() != tx_hash.lower():
+        raise MalformedResponse(f"receipt is for {got!r}, not the asked {tx_hash}")
+    if "status" not in raw:
+        # Pre-Byzantium receipts carry a state root instead; success cannot be read.
+        raise MalformedResponse("receipt has no status field")
+    status = hex_int(raw["status"], "receipt.status")
+    logs = raw.get("logs")
+    if not isinstance(logs, list) or not all(isinstance(x, dict) for x in logs):
+        raise MalformedResponse("receipt.logs: expected a list of objects")
+    return Receipt(
+        tx_hash=tx_hash.lower(),
+        success=status == 1,
+        block_number=hex_int(raw.get("blockNumber"), "receipt.blockNumber"),
+        block_hash=_hex_str(raw.get("blockHash"), "receipt.blockHash"),
+        tx_from=raw.get("from"),
+        tx_to=raw.get("to"),
+        logs=tuple(logs),
+    )
+
+
+def decode_transfer(log: dict[str, Any]) -> TokenTransfer | None:
+    """The ERC-20 Transfer a log records, or None when the log is something else.
+
+    Only the exact ERC-20 shape counts: topic0 = Transfer, from/to indexed (3 topics) and one
+    32-byte value in data. ERC-721 Transfers (tokenId indexed, 4 topics) and logs with dirty
+    address padding are not ERC-20 transfers and are skipped, never guessed at."""
+    topics = log.get("topics")
+    if not isinstance(topics, list) or len(topics) != 3:
+        return None
+    if not isinstance(topics[0], str) or topics[0].lower() != TRANSFER_TOPIC:
+        return None
+    # SECURITY: a log the node marks removed belongs to a block that left the canonical chain.
+    if log.get("removed") is True:
+        return None
+    address = log.get("address")
+    if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
+        return None
+    try:
+        data = bytes.fromhex(_strip0x(log.get("data")))
+        if len(data) != 32:
+            return None
+        (sender,) = abi_decode(["address"], bytes.fromhex(_strip0x(topics[1])))
+        (recipient,) = abi_decode(["address"], bytes.fromhex(_strip0x(topics[2])))
+        (value,) = abi_decode(["uint256"], data)
+    except (DecodingError, ValueError, TypeError):
+        return None
+    index = log.get("logIndex")
+    return TokenTransfer(
+        token=to_checksum_address(address),
+        sender=to_checksum_address(sender),
+        recipient=to_checksum_address(recipient),
+        value=value,
+        log_index=int(index, 16) if isinstance(index, str) and index.startswith("0x") else None,
+    )
+
+
+def _strip0x(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("hex string expected")
+    return value[2:] if value[:2] in ("0x", "0X") else value
+
+
+def token_transfers(logs: Iterable[dict[str, Any]]) -> list[TokenTransfer]:
+    """Every ERC-20 Transfer in a receipt's logs, any token."""
+    return [t for t in (decode_transfer(log) for log in logs) if t is not None]
+
+
+def transfers_in_receipt(receipt: dict[str, Any] | Receipt, token: str,
+                         recipient: str) -> tuple[int, list[str]]:
+    """(amount, senders): the sum of Transfer values emitted by `token` to `recipient`, and
+    the distinct senders of those logs in log order. Pure; addresses compared case-insensitively.
+    Accepts a raw JSON-RPC receipt or a parsed `Receipt`."""
+    logs = receipt.logs if isinstance(receipt, Receipt) else receipt.get("logs") or []
+    amount, senders = 0, []
+    for t in token_transfers(logs):
+        # SECURITY: only the rail's token contract mints value; a look-alike token's Transfer
+        # (or any other contract emitting the same event) is not a payment.
+        if same_address(t.token, token) and same_address(t.recipient, recipient):
+            amount += t.value
+            if t.sender not in senders:
+                senders.append(t.sender)
+    return amount, senders
+
+
+# --------------------------------------------------------------------------------------------
+# Finality (pure policy + the observation it needs)
+# --------------------------------------------------------------------------------------------
+
+
+def confirmations_at(head: int, block_number: int) -> int:
+    """Blocks on top of and including the transfer's block; 0 when the node is behind it."""
+    return max(0, head - block_number + 1)
+
+
+def is_final_at_depth(policy: FinalityPolicy, block_number: int, head: int,
+                      finalized_block: int | None = None) -> bool:
+    """The depth policy: deep enough, or (when the policy trusts the tag) at or below the
+    node's `finalized` block."""
+    if policy.mode != "depth":
+        raise ValueError(f"not a depth finality policy: {policy.mode}")
+    deep = policy.confirmations is not None and \
+        confirmations_at(head, block_number) >= policy.confirmations
+    tagged = policy.finalized_tag and finalized_block is not None and block_number <= finalized_block
+    return deep or tagged
+
+
+@dataclass(frozen=True)
+class Head:
+    """One sweep's view of the chain tip: the latest block and the `finalized` block."""
+
+    number: int
+    finalized: int | None
+
+
+def read_head(chain: Transport, policy: FinalityPolicy) -> Head:
+    """eth_blockNumber, plus the `finalized` block when the policy uses the tag (a node that
+    does not know the tag answers null: then only depth counts)."""
+    number = hex_int(chain.call("eth_blockNumber", []), "eth_blockNumber")
+    finalized = None
+    if policy.finalized_tag:
+        block = chain.call("eth_getBlockByNumber", ["finalized", False])
+        if block is not None:
+            finalized = hex_int(_as_dict(block, "finalized block").get("number"), "finalized.number")
+    return Head(number, finalized)
+
+
+def read_block(chain: Transport, number: int) -> dict[str, Any] | None:
+    """The canonical block at `number` (header only), checked to be the block asked for."""
+    block = chain.call("eth_getBlockByNumber", [hex(number), False])
+    if block is None:
+        return None
+    block = _as_dict(block, "block")
+    if hex_int(block.get("number"), "block.number") != number:
+        raise MalformedResponse(f"asked for block {number}, got {block.get('number')!r}")
+    _hex_str(block.get("hash"), "block.hash")
+    return block
+
+
+def _as_dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedResponse(f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def settlement_for_receipt(ref: str, block_number: int, block_hash: str,
+                           canonical_hash: str | None, head: Head,
+                           policy: FinalityPolicy) -> Settlement:
+    """Pure: how final a transfer mined in (block_number, block_hash) is, given the canonical
+    hash at that height now (None: the node has no block there yet) and the chain head."""
+    confirmations = confirmations_at(head.number, block_number)
+    # SECURITY: the block holding the transfer is no longer the chain's block at that height,
+    # so the transfer may not exist any more; nothing may be applied from it.
+    if canonical_hash is not None and canonical_hash.lower() != block_hash.lower():
+        return Settlement(
+            ref=ref, finality="reorged", is_final=False, reorged=True,
+            block_number=block_number, block_hash=block_hash, confirmations=0,
+            detail=f"block {block_number} is now {canonical_hash}, not {block_hash}",
+        )
+    if canonical_hash is None:
+        return Settlement(
+            ref=ref, finality="confirmed", is_final=False, block_number=block_number,
+            block_hash=block_hash, confirmations=confirmations,
+            detail=f"the node has no canonical block {block_number} yet",
+        )
+    final = is_final_at_depth(policy, block_number, head.number, head.finalized)
+    return Settlement(
+        ref=ref, finality="finalized" if final else "confirmed", is_final=final,
+        block_number=block_number, block_hash=block_hash, confirmations=confirmations,
+        detail=_finality_detail(policy, confirmations, block_number, head.finalized, final),
+    )
+
+
+def _finality_detail(policy: FinalityPolicy, confirmations: int, block_number: int,
+                     finalized: int | None, final: bool) -> str:
+    need = f"{confirmations}/{policy.confirmations} confirmations"
+    if policy.finalized_tag:
+        tag = "unknown" if finalized is None else str(finalized)
+        need += f"; finalized block {tag}"
+    return ("final: " if final else "not final: ") + need
+
+
+def vanished_settlement(ref: str, detail: str) -> Settlement:
+    # SECURITY: a verified receipt that is gone (or no longer a success) means the transfer
+    # left the canonical chain; it counts as reorged until a new verification says otherwise.
+    return Settlement(ref=ref, finality="reorged", reorged=True, is_final=False, detail=detail)
+
+
+# --------------------------------------------------------------------------------------------
+# Time window (shared with the Tron rail)
+# --------------------------------------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> datetime:
+    # Session times without a zone are stored as UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def check_window(when: datetime, terms: Terms, observed: dict[str, Any]) -> Verdict | None:
+    """The transfer's chain time must fall inside the session's window."""
+    # SECURITY: a transfer older than the session cannot pay it (stops re-using an old payment
+    # to the same treasury for a new session).
+    if terms.not_before is not None and when < _utc(terms.not_before):
+        return Verdict.fail(FailureCode.session_not_open,
+                            f"transfer at {when.isoformat()} predates the session "
+                            f"({_utc(terms.not_before).isoformat()})", observed=observed)
+    # SECURITY: a payment after the session expired does not pay it (the price may be stale).
+    if terms.not_after is not None and when > _utc(terms.not_after):
+        return Verdict.fail(FailureCode.session_expired,
+                            f"transfer at {when.isoformat()} is after the session expired "
+                            f"({_utc(terms.not_after).isoformat()})", observed=observed)
+    return None
+
+
+def check_amount(received: int, terms: Terms, observed: dict[str, Any]) -> Verdict | None:
+    # SECURITY: exact amount (or at least it, when the session says so): stops underpayment.
+    ok = received >= terms.amount if terms.at_least else received == terms.amount
+    if ok:
+        return None
+    want = f"at least {terms.amount}" if terms.at_least else str(terms.amount)
+    return Verdict.fail(FailureCode.amount_mismatch,
+                        f"received {received} base units, session asks {want}", observed=observed)
+
+
+def check_no_binding(terms: Terms, family: str, observed: dict[str, Any]) -> Verdict | None:
+    """EVM and TRC-20 transfers carry no reference key or memo. A session that asks for one
+    cannot be proven bound to this transfer, so it goes to a human instead of passing."""
+    if terms.reference is not None:
+        return Verdict.review(FailureCode.reference_missing,
+                              f"{family} token transfers carry no reference; the session's "
+                              "reference cannot be proven", observed=observed)
+    if terms.memo is not None:
+        return Verdict.review(FailureCode.memo_mismatch,
+                              f"{family} token transfers carry no memo; the session's memo "
+                              "cannot be proven", observed=observed)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Live transport: retries and failover (shared with the Tron rail)
+# --------------------------------------------------------------------------------------------
+
+
+class Transient(Exception):
+    """A failure worth retrying (timeout, connection error, 429, 5xx)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3  # per URL
+    per_url_seconds: float = 10.0  # wall-clock bound per URL, retries included
+    total_seconds: float = 25.0  # wall-clock bound across every URL
+    initial_wait: float = 0.2
+    max_wait: float = 2.0
+    jitter: float = 0.2
+    timeout: float = 8.0  # one HTTP request
+
+
+def call_with_failover(urls: Sequence[str], attempt: Callable[[str], T], policy: RetryPolicy,
+                       what: str) -> T:
+    """Call `attempt(url)` for each URL in order until one answers. `attempt` raises
+    `Transient` for what is worth retrying (tenacity: bounded attempts and time, exponential
+    backoff with jitter) and anything else to stop at once. Every URL down → RpcUnavailable."""
+    if not urls:
+        raise RpcUnavailable(f"{what}: no RPC URL configured")
+    deadline = time.monotonic() + policy.total_seconds
+    failures: list[str] = []
+    for url in urls:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            failures.append(f"{url}: not tried (time budget spent)")
+            break
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts) | stop_after_delay(min(left, policy.per_url_seconds)),
+            wait=wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_wait,
+                                         jitter=policy.jitter),
+            retry=retry_if_exception_type(Transient),
+            reraise=False,
+        )
+        try:
+            return retrying(attempt, url)
+        except RetryError as e:
+            failures.append(f"{url}: {e.last_attempt.exception()}")
+        except RpcUnavailable as e:  # a URL that is unusable but not transient (401, 404)
+            failures.append(f"{url}: {e}")
+    raise RpcUnavailable(f"{what}: every RPC URL failed: " + "; ".join(failures))
+
+
+def classify_http_status(status: int, url: str) -> None:
+    """Raise for an HTTP status that is not a usable answer."""
+    if status == 429 or status >= 500:
+        raise Transient(f"HTTP {status}")
+    if status >= 400:
+        raise RpcUnavailable(f"{url}: HTTP {status}")
+
+
+class EvmHttpTransport:
+    """JSON-RPC over HTTP through web3.py's HTTPProvider (`make_request`), returning the raw
+    `result`. web3's own retry is switched off so tenacity is the only retry layer."""
+
+    source: ClassVar[str] = "live"
+
+    def __init__(self, urls: Sequence[str], network: str = "",
+                 policy: RetryPolicy | None = None):
+        self.urls = list(urls)
+        self.network = network
+        self.policy = policy or RetryPolicy()
+        self._providers = {
+            url: HTTPProvider(url, request_kwargs={"timeout": self.policy.timeout},
+                              exception_retry_configuration=None)
+            for url in self.urls
+        }
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        response = call_with_failover(
+            self.urls, lambda url: self._once(url, method, params), self.policy, method)
+        return _rpc_result(method, response)
+
+    def _once(self, url: str, method: str, params: list[Any]) -> Any:
+        try:
+            return self._providers[url].make_request(method, params)
+        except requests.HTTPError as e:
+            status = e.response.status_code if e.response is not None else 599
+            classify_http_status(status, url)
+            raise RpcUnavailable(f"{url}: HTTP {status}") from e
+        except (requests.Timeout, requests.ConnectionError) as e:
+            raise Transient(f"{type(e).__name__}: {e}") from e
+        except ValueError as e:  # not JSON (JSONDecodeError, UnicodeDecodeError)
+            raise MalformedResponse(f"{url} {method}: answer is not JSON ({e})") from e
+
+
+def _rpc_result(method: str, response: Any) -> Any:
+    if not isinstance(response, dict):
+        raise MalformedResponse(f"{method}: not a JSON-RPC response object")
+    if response.get("error") is not None:
+        raise RpcErrorResponse(method, response["error"])
+    if "result" not in response:
+        raise MalformedResponse(f"{method}: JSON-RPC response without result or error")
+    return response["result"]
+
+
+# --------------------------------------------------------------------------------------------
+# The adapter
+# --------------------------------------------------------------------------------------------
+
+
+class EvmAdapter:
+    family: ClassVar[str] = "evm"
+
+    def __init__(self, rail: Rail):
+        if rail.chain_id is None:
+            raise ValueError(f"rail {rail.rail_id}: an EVM rail needs a chain id")
+        if rail.finality.mode != "depth":
+            raise ValueError(f"rail {rail.rail_id}: EVM finality is depth-based")
+        self.rail = rail
+        self.token = normalize_evm_address(rail.asset, "asset")
+
+    # -- shapes ------------------------------------------------------------------------------
+
+    def normalize_proof(self, proof_type: str, raw: str) -> str:
+        if proof_type != PROOF_TYPE:
+            raise ProofMalformed("proof_type", f"EVM rails take {PROOF_TYPE}, not {proof_type!r}")
+        return normalize_tx_hash(raw)
+
+    def normalize_address(self, address: str, field: str = "recipient") -> str:
+        return normalize_evm_address(address, field)
+
+    def new_reference(self) -> str | None:
+        return None  # an ERC-20 transfer has nowhere to carry a reference key
+
+    def prepare(self, session: SessionShape) -> PaymentRequirements:
+        recipient = self.normalize_address(session.recipient)
+        data = {
+            "recipient": recipient,
+            "contract": self.token,
+            "chain_id": self.rail.chain_id,
+            "amount": str(session.amount),
+            "decimals": self.rail.decimals,
+            "network": self.rail.network,
+        }
+        return PaymentRequirements(
+            rail_id=self.rail.rail_id, network=self.rail.network, asset=self.token,
+            recipient=recipient, amount=str(session.amount), data=data,
+        )
+
+    # -- verification ------------------------------------------------------------------------
+
+    def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
+        tx_hash = normalize_tx_hash(proof)
+        token = normalize_evm_address(terms.asset or self.rail.asset, "asset")
+        recipient = normalize_evm_address(terms.recipient)
+
+        mismatch = self._check_chain_id(chain)
+        if mismatch is not None:
+            return mismatch
+        raw = chain.call("eth_getTransactionReceipt", [tx_hash])
+        if raw is None:
+            return Verdict.wait(FailureCode.tx_not_found,
+                                f"no receipt for {tx_hash} on {self.rail.network} (yet)")
+        receipt = parse_receipt(raw, tx_hash)
+        observed = self._observed(receipt, token, recipient)
+        # SECURITY: a reverted transaction moved nothing, whatever its input or logs say.
+        if not receipt.success:
+            return Verdict.fail(FailureCode.tx_failed_onchain,
+                                f"transaction {tx_hash} reverted (status 0)", observed=observed)
+
+        transfers = token_transfers(receipt.logs)
+        amount, senders = transfers_in_receipt(receipt, token, recipient)
+        observed |= {"amount": str(amount), "sender": senders[0] if len(senders) == 1 else None,
+                     "senders": senders}
+        verdict = (self._check_asset(transfers, token, observed)
+                   or self._check_recipient(transfers, token, recipient, observed)
+                   or check_amount(amount, terms, observed)
+                   or self._check_sender(senders, terms, observed)
+                   or check_no_binding(terms, "ERC-20", observed))
+        if verdict is not None:
+            return verdict
+
+        block = read_block(chain, receipt.block_number)
+        if block is None:
+            raise MalformedResponse(
+                f"receipt in block {receipt.block_number} but the node has no such block")
+        when = self._block_time(block, receipt, terms)
+        if when is not None:
+            observed["block_time"] = when.isoformat()
+            verdict = check_window(when, terms, observed)
+            if verdict is not None:
+                return verdict
+
+        settlement = settlement_for_receipt(
+            tx_hash, receipt.block_number, receipt.block_hash, block["hash"],
+            read_head(chain, self.rail.finality), self.rail.finality)
+        return Verdict.ok(
+            f"{amount} base units of {token} to {recipient} in block {receipt.block_number}",
+            observed=observed, settlement=settlement,
+            transfer_key=f"eip155:{self.rail.chain_id}:{tx_hash}",
+        )
+
+    def _check_chain_id(self, chain: Transport) -> Verdict | None:
+        chain_id = hex_int(chain.call("eth_chainId", []), "eth_chainId")
+        # SECURITY: the same hash format exists on every EVM chain; a receipt read from a
+        # testnet or another L2 must not pay a mainnet session.
+        if chain_id != self.rail.chain_id:
+            return Verdict.fail(FailureCode.chain_mismatch,
+                                f"node is on chain {chain_id}; rail {self.rail.rail_id} is on "
+                                f"{self.rail.chain_id} ({self.rail.network})",
+                                observed={"chain_id": chain_id, "expected_chain_id": self.rail.chain_id})
+        return None
+
+    def _observed(self, receipt: Receipt, token: str, recipient: str) -> dict[str, Any]:
+        return {
+            "tx_hash": receipt.tx_hash,
+            "chain_id": self.rail.chain_id,
+            "network": self.rail.network,
+            "status": "success" if receipt.success else "reverted",
+            "block_number": receipt.block_number,
+            "block_hash": receipt.block_hash,
+            "tx_from": receipt.tx_from,
+            "tx_to": receipt.tx_to,
+            "asset": token,
+            "recipient": recipient,
+        }
+
+    @staticmethod
+    def _check_asset(transfers: list[TokenTransfer], token: str,
+                     observed: dict[str, Any]) -> Verdict | None:
+        if any(same_address(t.token, token) for t in transfers):
+            return None
+        others = sorted({t.token for t in transfers})
+        return Verdict.fail(FailureCode.wrong_asset,
+                            f"no Transfer emitted by {token}"
+                            + (f" (transfers of {', '.join(others)} only)" if others else ""),
+                            observed=observed | {"other_tokens": others})
+
+    @staticmethod
+    def _check_recipient(transfers: list[TokenTransfer], token: str, recipient: str,
+                         observed: dict[str, Any]) -> Verdict | None:
+        # SECURITY: value moved by the right token to someone else does not pay this session.
+        if any(same_address(t.token, token) and same_address(t.recipient, recipient)
+               for t in transfers):
+            return None
+        got = sorted({t.recipient for t in transfers if same_address(t.token, token)})
+        return Verdict.fail(FailureCode.wrong_recipient,
+                            f"{token} moved only to {', '.join(got)}, not to {recipient}",
+                            observed=observed | {"token_recipients": got})
+
+    @staticmethod
+    def _check_sender(senders: list[str], terms: Terms,
+                      observed: dict[str, Any]) -> Verdict | None:
+        if terms.sender is None:
+            return None
+        # SECURITY: when the payment names its payer (x402), every counted transfer must come
+        # from that payer; someone else's transfer to the treasury is not their payment.
+        if senders and all(same_address(s, terms.sender) for s in senders):
+            return None
+        return Verdict.fail(FailureCode.sender_mismatch,
+                            f"paid by {', '.join(senders)}, the payment names {terms.sender}",
+                            observed=observed)
+
+    @staticmethod
+    def _block_time(block: dict[str, Any], receipt: Receipt, terms: Terms) -> datetime | None:
+        """The block's timestamp; newer nodes also put it on each log (`blockTimestamp`)."""
+        raw = block.get("timestamp")
+        if raw is None:
+            raw = next((log.get("blockTimestamp") for log in receipt.logs
+                        if log.get("blockTimestamp") is not None), None)
+        if raw is None:
+            if terms.not_before is None and terms.not_after is None:
+                return None
+            # Real nodes always return the timestamp; without it the window cannot be checked.
+            raise MalformedResponse(f"block {receipt.block_number} has no timestamp")
+        return datetime.fromtimestamp(hex_int(raw, "block.timestamp"), tz=UTC)
+
+    # -- finality ----------------------------------------------------------------------------
+
+    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
+        """One eth_blockNumber (+ one `finalized` read) per sweep, then per ref the receipt and
+        the canonical hash at its height."""
+        if not refs:
+            return []
+        head = read_head(chain, self.rail.finality)
+        return [self._settle_one(normalize_tx_hash(ref), head, chain) for ref in refs]
+
+    def _settle_one(self, tx_hash: str, head: Head, chain: Transport) -> Settlement:
+        raw = chain.call("eth_getTransactionReceipt", [tx_hash])
+        if raw is None:
+            return vanished_settlement(tx_hash, "the receipt is gone from the node")
+        receipt = parse_receipt(raw, tx_hash)
+        if not receipt.success:
+            return vanished_settlement(tx_hash, "the transaction was re-mined and reverted")
+        block = read_block(chain, receipt.block_number)
+        canonical = block["hash"] if block is not None else None
+        return settlement_for_receipt(tx_hash, receipt.block_number, receipt.block_hash,
+                                      canonical, head, self.rail.finality)
+
+    # -- transport ---------------------------------------------------------------------------
+
+    @classmethod
+    def live_transport(cls, urls: list[str], network: str) -> Transport:
+        return EvmHttpTransport(urls, network)
+
+
+__all__ = [
+    "EvmAdapter", "EvmHttpTransport", "Head", "Receipt", "RetryPolicy", "TokenTransfer",
+    "TRANSFER_TOPIC", "call_with_failover", "check_window", "confirmations_at",
+    "decode_transfer", "is_final_at_depth", "normalize_evm_address", "normalize_tx_hash",
+    "parse_receipt", "read_block", "read_head", "settlement_for_receipt", "token_transfers",
+    "transfers_in_receipt",
+]

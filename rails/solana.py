@@ -1,0 +1,600 @@
+"""The Solana rail family (solana_usdc live, solana_usdt review-only).
+
+A payment is proved from the ledger's effect, not from what an instruction claims: the
+received amount is the net change of the rail's mint across the token accounts the recipient
+owns, read from `preTokenBalances`/`postTokenBalances` of one `getTransaction` answer. That
+makes the verdict independent of instruction order and of whatever else a wallet put in the
+transaction (compute budget, assertions, memos, swaps).
+
+Checks run in a fixed order, each a small function returning a `Finding` or None:
+
+    shape (the node answered about the asked signature) → tx_failed_onchain → wrong_asset →
+    decimals_mismatch → ambiguous_transfer (owners unknown) → wrong_recipient →
+    amount_mismatch → reference_missing → memo_mismatch → session_not_open/session_expired
+
+A verification is exactly two calls: `getTransaction`, then — only when every check passed —
+one `getSignatureStatuses` for the settlement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, ClassVar, Iterable
+from urllib.parse import quote
+
+import base58
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+
+from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.codes import FailureCode
+from rails.errors import MalformedResponse, ProofMalformed
+from registry.catalog import FinalityPolicy, Rail
+
+PROOF_TYPE = "solana_tx_signature"
+TOKEN_PROGRAMS = frozenset({
+    "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",  # SPL Token
+    "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb",  # Token-2022
+})
+ATA_PROGRAM = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"
+MEMO_PROGRAMS = frozenset({
+    "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",  # spl-memo v2/v3
+    "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo",  # spl-memo v1
+})
+# getSignatureStatuses accepts at most this many signatures per request.
+STATUS_BATCH = 256
+COMMITMENT_RANK = {"processed": 0, "confirmed": 1, "finalized": 2}
+MEMO_EVIDENCE_MAX = 200
+
+GET_TX_OPTIONS = {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0, "commitment": "confirmed"}
+STATUS_OPTIONS = {"searchTransactionHistory": True}
+
+
+# -- finality policy (pure) ------------------------------------------------------------------
+
+def is_final(commitment: str | None, policy: FinalityPolicy) -> bool:
+    """Whether a Solana commitment level satisfies the rail's policy.
+
+    processed < confirmed < finalized; anything else (not_found, unknown) is never final.
+    """
+    # SECURITY: "confirmed" can still be rolled back; it passes only a policy that asks for
+    # no more than "confirmed". The live rail asks for "finalized".
+    if policy.mode != "commitment" or policy.level is None:
+        return False
+    rank = COMMITMENT_RANK.get(commitment or "")
+    return rank is not None and rank >= COMMITMENT_RANK[policy.level]
+
+
+def finality_code(settlement: Settlement | None) -> FailureCode | None:
+    """`not_final` while a settlement does not satisfy its policy (for gates and the worker)."""
+    if settlement is None or not settlement.is_final:
+        return FailureCode.not_final
+    return None
+
+
+def settlement_from_status(ref: str, status: Any, policy: FinalityPolicy) -> Settlement:
+    """One entry of a getSignatureStatuses `value` list, read against the rail's policy."""
+    if status is None:
+        return Settlement(ref=ref, finality="not_found", detail="the node has no status for this signature")
+    if not isinstance(status, dict):
+        raise MalformedResponse(f"getSignatureStatuses: status entry is not an object: {status!r}")
+    commitment = status.get("confirmationStatus")
+    if commitment is None:
+        # Older nodes omit confirmationStatus; `confirmations: null` there means rooted.
+        confs = status.get("confirmations")
+        commitment = "finalized" if confs is None else ("processed" if confs == 0 else "confirmed")
+    if commitment not in COMMITMENT_RANK:
+        raise MalformedResponse(f"getSignatureStatuses: unknown confirmationStatus {commitment!r}")
+    slot = status.get("slot")
+    failed = status.get("err") is not None
+    return Settlement(
+        ref=ref,
+        finality=commitment,
+        # SECURITY: a transaction that failed on chain settles nothing, however final.
+        is_final=is_final(commitment, policy) and not failed,
+        slot=slot if isinstance(slot, int) else None,
+        confirmations=status.get("confirmations") if isinstance(status.get("confirmations"), int) else None,
+        detail="failed on chain" if failed else "",
+    )
+
+
+# -- what a getTransaction answer says ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Instr:
+    program_id: str
+    parsed: Any  # dict for parsed instructions, str for memos, None when only raw data is known
+    accounts: tuple[str, ...] = ()
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenBalance:
+    account: str
+    mint: str
+    owner: str | None
+    amount: int
+    decimals: int
+
+
+@dataclass(frozen=True)
+class TxView:
+    signature: str
+    slot: int | None
+    block_time: int | None
+    err: Any
+    account_keys: tuple[str, ...]
+    instructions: tuple[Instr, ...]  # top-level then inner, in order
+    pre: tuple[TokenBalance, ...]
+    post: tuple[TokenBalance, ...]
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise MalformedResponse(f"getTransaction: {msg}")
+
+
+def account_keys_of(message: dict[str, Any], meta: dict[str, Any]) -> tuple[str, ...]:
+    """The transaction's account index space.
+
+    jsonParsed lists every key as an object, lookup-table keys already merged in (source
+    "lookupTable"). The raw json encoding lists only the static keys as strings; the loaded
+    ones follow in `meta.loadedAddresses`: static ++ writable ++ readonly.
+    """
+    keys = message.get("accountKeys")
+    _need(isinstance(keys, list), "message.accountKeys is not a list")
+    out: list[str] = []
+    for k in keys:
+        key = k.get("pubkey") if isinstance(k, dict) else k
+        _need(isinstance(key, str), f"bad account key {k!r}")
+        out.append(key)
+    if keys and all(isinstance(k, str) for k in keys):
+        loaded = meta.get("loadedAddresses") or {}
+        for part in ("writable", "readonly"):
+            extra = loaded.get(part) or []
+            _need(all(isinstance(x, str) for x in extra), f"bad loadedAddresses.{part}")
+            out.extend(extra)
+    return tuple(out)
+
+
+def _instr(raw: dict[str, Any], keys: tuple[str, ...]) -> Instr:
+    _need(isinstance(raw, dict), f"bad instruction {raw!r}")
+    if "programIdIndex" in raw:  # json encoding: indices into the account index space
+        idx = [raw["programIdIndex"], *raw.get("accounts", [])]
+        _need(all(isinstance(i, int) and 0 <= i < len(keys) for i in idx), "instruction index out of range")
+        return Instr(keys[idx[0]], None, tuple(keys[i] for i in idx[1:]), raw.get("data"))
+    pid = raw.get("programId")
+    _need(isinstance(pid, str), f"instruction without programId {raw!r}")
+    return Instr(pid, raw.get("parsed"), tuple(raw.get("accounts") or ()), raw.get("data"))
+
+
+def instructions_of(message: dict[str, Any], meta: dict[str, Any], keys: tuple[str, ...]) -> tuple[Instr, ...]:
+    out = [_instr(i, keys) for i in message.get("instructions") or []]
+    for group in meta.get("innerInstructions") or []:
+        out.extend(_instr(i, keys) for i in group.get("instructions") or [])
+    return tuple(out)
+
+
+def _balance(raw: dict[str, Any], keys: tuple[str, ...]) -> TokenBalance:
+    idx = raw.get("accountIndex")
+    _need(isinstance(idx, int) and 0 <= idx < len(keys), f"token balance index {idx!r} out of range")
+    ui = raw.get("uiTokenAmount") or {}
+    amount, decimals = ui.get("amount"), ui.get("decimals")
+    # Integer base units only: uiAmount is a float and is never read.
+    _need(isinstance(amount, str) and amount.isdigit(), f"token amount {amount!r} is not an integer string")
+    _need(isinstance(decimals, int), f"token decimals {decimals!r} is not an integer")
+    owner = raw.get("owner")
+    _need(owner is None or isinstance(owner, str), f"bad token owner {owner!r}")
+    _need(isinstance(raw.get("mint"), str), "token balance without mint")
+    return TokenBalance(keys[idx], raw["mint"], owner, int(amount), decimals)
+
+
+def parse_transaction(result: Any, asked: str) -> TxView:
+    """Read a getTransaction result (jsonParsed or json encoding); raise MalformedResponse for
+    anything that is not the shape of a transaction, or not the transaction asked for."""
+    _need(isinstance(result, dict), "result is not an object")
+    tx, meta = result.get("transaction"), result.get("meta")
+    _need(isinstance(tx, dict) and isinstance(meta, dict), "no transaction/meta")
+    sigs = tx.get("signatures")
+    _need(isinstance(sigs, list) and sigs, "no signatures")
+    # SECURITY: a broken or lying node could answer with another (successful) transaction;
+    # the first signature is the transaction's id and must be the one we asked about.
+    if sigs[0] != asked:
+        raise MalformedResponse(f"getTransaction: asked for {asked}, the node answered {sigs[0]}")
+    message = tx.get("message")
+    _need(isinstance(message, dict), "no message")
+    keys = account_keys_of(message, meta)
+    slot, block_time = result.get("slot"), result.get("blockTime")
+    _need(slot is None or isinstance(slot, int), "slot is not an integer")
+    _need(block_time is None or isinstance(block_time, int), "blockTime is not an integer")
+    return TxView(
+        signature=asked,
+        slot=slot,
+        block_time=block_time,
+        err=meta.get("err"),
+        account_keys=keys,
+        instructions=instructions_of(message, meta, keys),
+        pre=tuple(_balance(b, keys) for b in meta.get("preTokenBalances") or []),
+        post=tuple(_balance(b, keys) for b in meta.get("postTokenBalances") or []),
+    )
+
+
+def memos_of(view: TxView) -> list[str]:
+    out = []
+    for ins in view.instructions:
+        if ins.program_id not in MEMO_PROGRAMS:
+            continue
+        if isinstance(ins.parsed, str):
+            out.append(ins.parsed)
+        elif ins.data:
+            try:
+                out.append(base58.b58decode(ins.data).decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                continue  # not text: cannot equal a session memo
+    return out
+
+
+# -- token-account ownership -----------------------------------------------------------------
+
+_INIT_TYPES = {"initializeAccount", "initializeAccount2", "initializeAccount3"}
+_OWNER_SIGNED = {"approve", "approveChecked", "revoke"}
+
+
+def owners_from_instructions(view: TxView) -> tuple[dict[str, str], set[str]]:
+    """Token-account owners that the transaction itself proves, for balances that lack `owner`
+    (older nodes). Returns (owner by account, accounts whose owner changed in this tx).
+
+    Only instructions that can succeed solely for the true owner count: initializeAccount*
+    (sets it), the associated-token-account program's create (derives the account from the
+    wallet), approve/revoke (signed by the owner). A transfer's `authority` may be a delegate,
+    so it never names an owner.
+    """
+    owners: dict[str, str] = {}
+    changed: set[str] = set()
+    for ins in view.instructions:
+        if not isinstance(ins.parsed, dict):
+            continue
+        kind, info = ins.parsed.get("type"), ins.parsed.get("info") or {}
+        if ins.program_id in TOKEN_PROGRAMS and kind in _INIT_TYPES:
+            _claim(owners, info.get("account"), info.get("owner"))
+        elif ins.program_id == ATA_PROGRAM and kind in {"create", "createIdempotent"}:
+            _claim(owners, info.get("account"), info.get("wallet"))
+        elif ins.program_id in TOKEN_PROGRAMS and kind in _OWNER_SIGNED:
+            _claim(owners, info.get("source"), info.get("owner") or info.get("multisigOwner"))
+        elif ins.program_id in TOKEN_PROGRAMS and kind == "setAuthority" \
+                and info.get("authorityType") == "accountOwner" and isinstance(info.get("account"), str):
+            changed.add(info["account"])
+    return owners, changed
+
+
+def _claim(owners: dict[str, str], account: Any, owner: Any) -> None:
+    if not (isinstance(account, str) and isinstance(owner, str)):
+        return
+    # Two instructions naming different owners: keep neither (the caller sees "unknown").
+    if owners.setdefault(account, owner) != owner:
+        owners[account] = ""
+
+
+@dataclass(frozen=True)
+class Movement:
+    """The net effect on one token account of the asked mint."""
+
+    account: str
+    owner: str | None  # None: unknown
+    delta: int
+    decimals: frozenset[int]
+    owner_changed: bool = False
+
+
+def movements(view: TxView, mint: str) -> list[Movement]:
+    """Per token account of `mint`, post minus pre (a missing entry is 0: an account created
+    or closed in this transaction)."""
+    pre = {b.account: b for b in view.pre if b.mint == mint}
+    post = {b.account: b for b in view.post if b.mint == mint}
+    resolved, reassigned = owners_from_instructions(view)
+    out = []
+    for account in sorted(pre.keys() | post.keys()):
+        a, b = pre.get(account), post.get(account)
+        owners = {x.owner for x in (a, b) if x is not None and x.owner}
+        if not owners and account not in reassigned:
+            owners = {resolved[account]} if resolved.get(account) else set()
+        out.append(Movement(
+            account=account,
+            owner=next(iter(owners)) if len(owners) == 1 else None,
+            delta=(b.amount if b else 0) - (a.amount if a else 0),
+            decimals=frozenset(x.decimals for x in (a, b) if x is not None),
+            owner_changed=len(owners) > 1 or account in reassigned,
+        ))
+    return out
+
+
+# -- the checks ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Finding:
+    code: FailureCode
+    detail: str
+
+
+@dataclass
+class Context:
+    view: TxView
+    terms: Terms
+    mint: str
+    decimals: int
+    moves: list[Movement] = field(default_factory=list)
+    memos: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[Movement]:
+        return [m for m in self.moves if m.delta != 0]
+
+    def received(self) -> int:
+        return sum(m.delta for m in self.changed if m.owner == self.terms.recipient)
+
+
+def check_not_failed(c: Context) -> Finding | None:
+    # SECURITY: a failed transaction moves no tokens, whatever its instructions say.
+    if c.view.err is not None:
+        return Finding(FailureCode.tx_failed_onchain, f"transaction failed on chain: {c.view.err}")
+    return None
+
+
+def check_asset(c: Context) -> Finding | None:
+    # SECURITY: only the rail's mint counts; a look-alike token with the same decimals is not USDC.
+    if not c.changed:
+        return Finding(FailureCode.wrong_asset, f"no balance of mint {c.mint} changed")
+    return None
+
+
+def check_decimals(c: Context) -> Finding | None:
+    seen = set().union(*(m.decimals for m in c.moves))
+    if seen != {c.decimals}:
+        return Finding(FailureCode.decimals_mismatch, f"mint decimals {sorted(seen)}, rail expects {c.decimals}")
+    return None
+
+
+def check_owners_known(c: Context) -> Finding | None:
+    # SECURITY: never guess whose account moved; an unknown or changed owner goes to review.
+    unknown = [m.account for m in c.changed if m.owner is None or m.owner_changed]
+    if unknown:
+        return Finding(FailureCode.ambiguous_transfer,
+                       f"owner of token account(s) {', '.join(unknown)} is unknown or changed in the transaction")
+    return None
+
+
+def check_recipient(c: Context) -> Finding | None:
+    # SECURITY: the session's wallet must end up with more of the mint than it started with.
+    if c.received() <= 0:
+        return Finding(FailureCode.wrong_recipient, f"{c.terms.recipient} received no {c.mint}")
+    return None
+
+
+def check_amount(c: Context) -> Finding | None:
+    got, want = c.received(), c.terms.amount
+    # SECURITY: exact by default, so an overpayment is not silently accepted as another price.
+    ok = got >= want if c.terms.at_least else got == want
+    if not ok:
+        policy = "at least " if c.terms.at_least else ""
+        return Finding(FailureCode.amount_mismatch, f"received {got}, expected {policy}{want} base units")
+    return None
+
+
+def check_reference(c: Context) -> Finding | None:
+    # SECURITY: binds the transfer to this session, so one payment cannot be claimed twice.
+    ref = c.terms.reference
+    if ref is not None and ref not in c.view.account_keys:
+        return Finding(FailureCode.reference_missing, f"reference {ref} is not among the account keys")
+    return None
+
+
+def check_memo(c: Context) -> Finding | None:
+    memo = c.terms.memo
+    if memo is not None and memo not in c.memos:
+        return Finding(FailureCode.memo_mismatch, f"no memo instruction equals {memo!r}")
+    return None
+
+
+def check_window(c: Context) -> Finding | None:
+    lo, hi = c.terms.not_before, c.terms.not_after
+    if lo is None and hi is None:
+        return None
+    t = c.view.block_time
+    if t is None:
+        return Finding(FailureCode.ambiguous_transfer, "no blockTime: the transfer cannot be placed in the session window")
+    # SECURITY: a transfer made before the session opened (or after it expired) pays another session.
+    if lo is not None and t < _epoch(lo):
+        return Finding(FailureCode.session_not_open, f"blockTime {t} is before the session opened ({lo.isoformat()})")
+    if hi is not None and t > _epoch(hi):
+        return Finding(FailureCode.session_expired, f"blockTime {t} is after the session expired ({hi.isoformat()})")
+    return None
+
+
+def _epoch(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())
+
+
+CHECKS: tuple[Callable[[Context], Finding | None], ...] = (
+    check_not_failed,
+    check_asset,
+    check_decimals,
+    check_owners_known,
+    check_recipient,
+    check_amount,
+    check_reference,
+    check_memo,
+    check_window,
+)
+_REVIEW_CODES = frozenset({FailureCode.ambiguous_transfer})
+
+
+def first_finding(c: Context) -> Finding | None:
+    for check in CHECKS:
+        found = check(c)
+        if found is not None:
+            return found
+    return None
+
+
+def observe(c: Context) -> dict[str, Any]:
+    """Redacted evidence: what the chain said, amounts as strings of base units."""
+    known = all(m.owner is not None and not m.owner_changed for m in c.changed)
+    senders = sorted({m.owner for m in c.changed if m.delta < 0 and m.owner})
+    decimals = sorted(set().union(*(m.decimals for m in c.moves))) if c.moves else []
+    memo = c.terms.memo if c.terms.memo in c.memos else (c.memos[0] if c.memos else None)
+    return {
+        "amount": str(c.received()) if known else None,
+        "recipient": c.terms.recipient,
+        "sender": ",".join(senders) or None,
+        "asset": c.mint,
+        "decimals": decimals[0] if len(decimals) == 1 else (decimals or None),
+        "slot": c.view.slot,
+        "block_time": c.view.block_time,
+        "reference_found": (c.terms.reference in c.view.account_keys) if c.terms.reference else None,
+        "memo": memo[:MEMO_EVIDENCE_MAX] if memo is not None else None,
+    }
+
+
+def verdict_for(found: Finding, observed: dict[str, Any]) -> Verdict:
+    if found.code in _REVIEW_CODES:
+        return Verdict.review(found.code, found.detail, observed=observed)
+    return Verdict.fail(found.code, found.detail, observed=observed)
+
+
+# -- the adapter -----------------------------------------------------------------------------
+
+def ui_amount(base_units: int, decimals: int) -> str:
+    """Base units as a decimal string (25000000, 6 → "25"; 1500, 6 → "0.0015"), no floats."""
+    if base_units < 0:
+        raise ValueError("amount must not be negative")
+    whole, frac = divmod(base_units, 10**decimals)
+    frac_s = str(frac).rjust(decimals, "0").rstrip("0") if decimals else ""
+    return f"{whole}.{frac_s}" if frac_s else str(whole)
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class SolanaAdapter:
+    family: ClassVar[str] = "solana"
+
+    def __init__(self, rail: Rail):
+        self.rail = rail
+
+    # -- shapes ---------------------------------------------------------------------------------
+
+    def normalize_proof(self, proof_type: str, raw: str) -> str:
+        if proof_type != PROOF_TYPE:
+            raise ProofMalformed("proof_type", f"the {self.family} family takes {PROOF_TYPE}, not {proof_type!r}")
+        if not isinstance(raw, str) or not raw:
+            raise ProofMalformed("proof", "a transaction signature (base58) is required")
+        try:
+            sig = Signature.from_string(raw)
+        except ValueError as e:
+            raise ProofMalformed("proof", f"not a base58 transaction signature of 64 bytes ({e})") from None
+        # base58 is case-sensitive and canonical: the signature is kept exactly as given.
+        if str(sig) != raw or len(base58.b58decode(raw)) != 64:
+            raise ProofMalformed("proof", "not the canonical base58 form of a 64-byte signature")
+        return raw
+
+    def normalize_address(self, address: str, field: str = "recipient") -> str:
+        if not isinstance(address, str) or not address:
+            raise ProofMalformed(field, "a base58 Solana address is required")
+        try:
+            key = Pubkey.from_string(address)
+        except ValueError as e:
+            raise ProofMalformed(field, f"not a base58 Solana address of 32 bytes ({e})") from None
+        if str(key) != address:
+            raise ProofMalformed(field, "not the canonical base58 form of a 32-byte address")
+        return address
+
+    def new_reference(self) -> str | None:
+        # A fresh public key nobody holds the secret of: it only marks the transaction.
+        return str(Keypair().pubkey())
+
+    # -- what the payer must do -----------------------------------------------------------------
+
+    def prepare(self, session: SessionShape) -> PaymentRequirements:
+        amount_ui = ui_amount(session.amount, self.rail.decimals)
+        query = [f"amount={amount_ui}", f"spl-token={self.rail.asset}"]
+        if session.reference:
+            query.append(f"reference={session.reference}")
+        if session.memo:
+            query.append(f"memo={quote(session.memo, safe='')}")
+        url = f"solana:{session.recipient}?{'&'.join(query)}"
+        return PaymentRequirements(
+            rail_id=self.rail.rail_id,
+            network=self.rail.network,
+            asset=self.rail.asset,
+            recipient=session.recipient,
+            amount=str(session.amount),
+            reference=session.reference,
+            memo=session.memo,
+            url=url,
+            data={
+                "scheme": "solana-pay-transfer-request",
+                "recipient": session.recipient,
+                "spl_token": self.rail.asset,
+                "amount": str(session.amount),
+                "ui_amount": amount_ui,
+                "decimals": self.rail.decimals,
+                "reference": session.reference,
+                "memo": session.memo,
+                "expires_at": session.expires_at.isoformat(),
+                "session_id": session.id,
+            },
+        )
+
+    # -- verification -----------------------------------------------------------------------------
+
+    def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
+        result = chain.call("getTransaction", [proof, dict(GET_TX_OPTIONS)])
+        if result is None:
+            # Not found is transient (not yet propagated, or another node): never "failed".
+            return Verdict.wait(FailureCode.tx_not_found, f"the node does not know transaction {proof} (yet)")
+        try:
+            view = parse_transaction(result, proof)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise MalformedResponse(f"getTransaction: unexpected shape ({e!r})") from e
+        mint = terms.asset or self.rail.asset
+        ctx = Context(view, terms, mint, self.rail.decimals, movements(view, mint), memos_of(view))
+        observed = observe(ctx)
+        found = first_finding(ctx)
+        if found is not None:
+            return verdict_for(found, observed)
+        settlement = self._status(proof, chain)
+        observed["finality"] = settlement.finality
+        return Verdict.ok(
+            f"received {observed['amount']} base units of {mint}; {settlement.finality}",
+            observed=observed,
+            settlement=settlement,
+            transfer_key=f"{self.rail.network}:{proof}",
+        )
+
+    def _status(self, sig: str, chain: Transport) -> Settlement:
+        return self._statuses([sig], chain)[0]
+
+    def _statuses(self, sigs: list[str], chain: Transport) -> list[Settlement]:
+        result = chain.call("getSignatureStatuses", [list(sigs), dict(STATUS_OPTIONS)])
+        values = result.get("value") if isinstance(result, dict) else None
+        if not isinstance(values, list) or len(values) != len(sigs):
+            raise MalformedResponse(f"getSignatureStatuses: expected {len(sigs)} statuses, got {result!r:.200}")
+        return [settlement_from_status(s, v, self.rail.finality) for s, v in zip(sigs, values)]
+
+    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
+        out: list[Settlement] = []
+        for batch in _batches(list(refs), STATUS_BATCH):
+            out.extend(self._statuses(batch, chain))
+        return out
+
+    @classmethod
+    def live_transport(cls, urls: list[str], network: str) -> Transport:
+        from rails.solana_live import SolanaRpcTransport  # the HTTP stack loads only when needed
+
+        return SolanaRpcTransport(urls, network)

@@ -1,0 +1,442 @@
+"""Tron rail family (review-only `tron_usdt`): a TRC-20 payment proven from
+`wallet/gettransactioninfobyid`.
+
+A TRC-20 transfer emits the same `Transfer(address,address,uint256)` event as ERC-20, so the
+log is decoded with eth-abi; only the address forms differ:
+
+- a T-address is base58check of 21 bytes: 0x41 followed by the 20-byte account;
+- the node writes hex addresses 41-prefixed (`contract_address`) or as bare 20 bytes
+  (`log[].address`, and the low 20 bytes of the indexed topics).
+
+`normalize_address` accepts all three and returns the T-address; comparisons are on the
+20-byte account.
+
+Check order: shape → gettransactioninfobyid ({}: pending tx_not_found) → execution result
+(`receipt.result` other than SUCCESS, e.g. OUT_OF_ENERGY or REVERT, or top-level
+`result: FAILED` → tx_failed_onchain) → wrong_asset → wrong_recipient → amount_mismatch →
+sender_mismatch → reference/memo → time window (`blockTimeStamp`, ms) → settlement.
+`contractResult` is deliberately not read: USDT's `transfer()` returns nothing meaningful, and
+a successful transfer shows a zero word there.
+
+Finality: confirmations = `getnowblock` height − block + 1 against the rail's depth (19 by
+default: a Tron block is irreversible once 2/3 + 1 of the 27 super representatives have built
+on it, i.e. after 19 blocks ≈ 57 s — the node's "solidified" block). The transaction-info
+answer carries no block hash, so a reorg shows only as the transaction vanishing from the node.
+The Tron HTTP API has no chain id: which network a node serves is configuration.
+
+Transport exceptions propagate (the engine makes them `pending rpc_unavailable`).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, Callable, ClassVar, Sequence
+
+import base58
+import httpx
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+
+from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.codes import FailureCode
+from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
+from rails.evm import (
+    TRANSFER_TOPIC,
+    RetryPolicy,
+    Transient,
+    call_with_failover,
+    check_amount,
+    check_no_binding,
+    check_window,
+    confirmations_at,
+    is_final_at_depth,
+    vanished_settlement,
+)
+from registry.catalog import Rail
+
+PROOF_TYPE = "tron_tx_id"
+TRON_PREFIX = 0x41
+_TX_ID = re.compile(r"[0-9a-fA-F]{64}")
+_TRANSFER_TOPIC = TRANSFER_TOPIC[2:]  # Tron writes hex without 0x
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses
+# --------------------------------------------------------------------------------------------
+
+
+def account_bytes(address: str, field: str = "recipient") -> bytes:
+    """The 20-byte account of a T-address, a 41-prefixed hex address or a bare 20-byte hex
+    address (each optionally 0x-prefixed when hex)."""
+    if not isinstance(address, str) or not address:
+        raise ProofMalformed(field, "a Tron address is a T-address or hex")
+    if address.startswith("T"):
+        try:
+            raw = base58.b58decode_check(address)
+        except ValueError as e:
+            raise ProofMalformed(field, f"not a valid base58check T-address ({e})") from e
+        if len(raw) != 21 or raw[0] != TRON_PREFIX:
+            raise ProofMalformed(field, "a T-address decodes to 0x41 + 20 bytes")
+        return raw[1:]
+    text = address[2:] if address[:2] in ("0x", "0X") else address
+    if not re.fullmatch(r"[0-9a-fA-F]+", text):
+        raise ProofMalformed(field, "not a T-address and not hex")
+    raw = bytes.fromhex(text) if len(text) % 2 == 0 else b""
+    if len(raw) == 21 and raw[0] == TRON_PREFIX:
+        return raw[1:]
+    if len(raw) == 20:
+        return raw
+    raise ProofMalformed(field, "hex Tron addresses are 41 + 20 bytes or 20 bytes")
+
+
+def to_base58(account: bytes) -> str:
+    """The T-address of a 20-byte account."""
+    if len(account) != 20:
+        raise ValueError("a Tron account is 20 bytes")
+    return base58.b58encode_check(bytes([TRON_PREFIX]) + account).decode()
+
+
+def normalize_tron_address(address: str, field: str = "recipient") -> str:
+    return to_base58(account_bytes(address, field))
+
+
+def normalize_tx_id(raw: str, field: str = "proof") -> str:
+    if not isinstance(raw, str) or not _TX_ID.fullmatch(raw):
+        raise ProofMalformed(field, "a Tron transaction id is 64 hex digits")
+    return raw.lower()
+
+
+# --------------------------------------------------------------------------------------------
+# Transaction info and TRC-20 logs (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def decode_trc20_transfer(log: Any) -> tuple[bytes, bytes, bytes, int] | None:
+    """(token, sender, recipient, value) as 20-byte accounts, or None when the log is not an
+    exact TRC-20 Transfer (3 topics, one 32-byte value)."""
+    if not isinstance(log, dict):
+        return None
+    topics = log.get("topics")
+    if not isinstance(topics, list) or len(topics) != 3:
+        return None
+    if not isinstance(topics[0], str) or topics[0].lower().removeprefix("0x") != _TRANSFER_TOPIC:
+        return None
+    try:
+        token = account_bytes(str(log.get("address")), "log.address")
+        data = bytes.fromhex(str(log.get("data", "")).removeprefix("0x"))
+        if len(data) != 32:
+            return None
+        (sender,) = abi_decode(["address"], bytes.fromhex(topics[1].removeprefix("0x")))
+        (recipient,) = abi_decode(["address"], bytes.fromhex(topics[2].removeprefix("0x")))
+        (value,) = abi_decode(["uint256"], data)
+    except (ProofMalformed, DecodingError, ValueError, TypeError, AttributeError):
+        return None
+    return token, bytes.fromhex(sender[2:]), bytes.fromhex(recipient[2:]), value
+
+
+def trc20_transfers_in_info(info: dict[str, Any], token: str, recipient: str) -> tuple[int, list[str]]:
+    """(amount, senders as T-addresses): the sum of Transfer values emitted by `token` to
+    `recipient` in a gettransactioninfobyid answer. Pure."""
+    token_acct, recipient_acct = account_bytes(token, "asset"), account_bytes(recipient)
+    amount, senders = 0, []
+    for t in _transfers(info):
+        # SECURITY: only the rail's TRC-20 contract counts; the same event from another
+        # contract is not USDT.
+        if t[0] == token_acct and t[2] == recipient_acct:
+            amount += t[3]
+            sender = to_base58(t[1])
+            if sender not in senders:
+                senders.append(sender)
+    return amount, senders
+
+
+def _transfers(info: dict[str, Any]) -> list[tuple[bytes, bytes, bytes, int]]:
+    logs = info.get("log") or []
+    if not isinstance(logs, list):
+        raise MalformedResponse("transaction info: log is not a list")
+    return [t for t in map(decode_trc20_transfer, logs) if t is not None]
+
+
+def execution_failure(info: dict[str, Any]) -> str | None:
+    """Why the transaction failed on chain, or None when it succeeded."""
+    receipt = info.get("receipt") or {}
+    if not isinstance(receipt, dict):
+        raise MalformedResponse("transaction info: receipt is not an object")
+    outcome = receipt.get("result")
+    # A plain TRX transfer has no receipt.result; a contract call always has one. Only an
+    # explicit SUCCESS (and no top-level FAILED) passes; contractResult is not a status.
+    if info.get("result") == "FAILED" or (outcome is not None and outcome != "SUCCESS"):
+        message = _res_message(info.get("resMessage"))
+        return f"{outcome or 'FAILED'}" + (f": {message}" if message else "")
+    return None
+
+
+def _res_message(raw: Any) -> str:
+    if not isinstance(raw, str):
+        return ""
+    try:
+        return bytes.fromhex(raw).decode("utf-8", errors="replace")[:200]
+    except ValueError:
+        return raw[:200]
+
+
+def block_time(info: dict[str, Any]) -> datetime:
+    ms = info.get("blockTimeStamp")
+    if not isinstance(ms, int) or isinstance(ms, bool):
+        raise MalformedResponse(f"transaction info: blockTimeStamp {ms!r} is not an integer")
+    # Integer arithmetic on milliseconds: no float touches the timestamp.
+    return datetime.fromtimestamp(ms // 1000, tz=UTC) + timedelta(milliseconds=ms % 1000)
+
+
+def _block_number(info: dict[str, Any]) -> int:
+    number = info.get("blockNumber")
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise MalformedResponse(f"transaction info: blockNumber {number!r} is not an integer")
+    return number
+
+
+def read_now_block(chain: Transport) -> int:
+    block = chain.call("getnowblock", [])
+    try:
+        number = block["block_header"]["raw_data"]["number"]
+    except (KeyError, TypeError) as e:
+        raise MalformedResponse(f"getnowblock: no block_header.raw_data.number ({e})") from e
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise MalformedResponse(f"getnowblock: number {number!r} is not an integer")
+    return number
+
+
+# --------------------------------------------------------------------------------------------
+# Live transport: the Tron HTTP API
+# --------------------------------------------------------------------------------------------
+
+# The seam's method names mapped to the HTTP API's request bodies.
+_BODIES: dict[str, Callable[[list[Any]], dict[str, Any]]] = {
+    "gettransactioninfobyid": lambda params: {"value": params[0]},
+    "getnowblock": lambda params: {},
+}
+
+
+class TronHttpTransport:
+    """POST {url}/wallet/<method> with a JSON body, exposing the same `call(method, params)`
+    seam as the JSON-RPC transports; retries and failover as the EVM transport."""
+
+    source: ClassVar[str] = "live"
+
+    def __init__(self, urls: Sequence[str], network: str = "", policy: RetryPolicy | None = None,
+                 client: httpx.Client | None = None):
+        self.urls = [u.rstrip("/") for u in urls]
+        self.network = network
+        self.policy = policy or RetryPolicy()
+        self._client = client or httpx.Client(timeout=self.policy.timeout)
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method not in _BODIES:
+            raise ValueError(f"the Tron transport does not speak {method!r}")
+        body = _BODIES[method](params)
+        answer = call_with_failover(
+            self.urls, lambda url: self._once(url, method, body), self.policy, method)
+        if isinstance(answer, dict) and "Error" in answer:
+            raise RpcErrorResponse(method, answer["Error"])
+        return answer
+
+    def _once(self, url: str, method: str, body: dict[str, Any]) -> Any:
+        try:
+            response = self._client.post(f"{url}/wallet/{method}", json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as e:
+            raise Transient(f"{type(e).__name__}: {e}") from e
+        if response.status_code == 429 or response.status_code >= 500:
+            raise Transient(f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise RpcUnavailable(f"{url}: HTTP {response.status_code}")
+        try:
+            answer = response.json()
+        except ValueError as e:
+            raise MalformedResponse(f"{url} {method}: answer is not JSON") from e
+        if not isinstance(answer, dict):
+            raise MalformedResponse(f"{url} {method}: answer is not a JSON object")
+        return answer
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The adapter
+# --------------------------------------------------------------------------------------------
+
+
+class TronAdapter:
+    family: ClassVar[str] = "tron"
+
+    def __init__(self, rail: Rail):
+        if rail.finality.mode != "depth":
+            raise ValueError(f"rail {rail.rail_id}: Tron finality is depth-based")
+        self.rail = rail
+        self.token = normalize_tron_address(rail.asset, "asset")
+
+    def normalize_proof(self, proof_type: str, raw: str) -> str:
+        if proof_type != PROOF_TYPE:
+            raise ProofMalformed("proof_type", f"Tron rails take {PROOF_TYPE}, not {proof_type!r}")
+        return normalize_tx_id(raw)
+
+    def normalize_address(self, address: str, field: str = "recipient") -> str:
+        return normalize_tron_address(address, field)
+
+    def new_reference(self) -> str | None:
+        return None  # a TRC-20 transfer has nowhere to carry a reference key
+
+    def prepare(self, session: SessionShape) -> PaymentRequirements:
+        recipient = self.normalize_address(session.recipient)
+        data = {
+            "recipient": recipient,
+            "contract": self.token,
+            "amount": str(session.amount),
+            "decimals": self.rail.decimals,
+            "network": self.rail.network,
+        }
+        return PaymentRequirements(
+            rail_id=self.rail.rail_id, network=self.rail.network, asset=self.token,
+            recipient=recipient, amount=str(session.amount), data=data,
+        )
+
+    def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
+        tx_id = normalize_tx_id(proof)
+        token = normalize_tron_address(terms.asset or self.rail.asset, "asset")
+        recipient = normalize_tron_address(terms.recipient)
+
+        info = chain.call("gettransactioninfobyid", [tx_id])
+        # The node answers {} for a transaction it does not know (yet).
+        if not info:
+            return Verdict.wait(FailureCode.tx_not_found, f"no transaction info for {tx_id} (yet)")
+        info = self._checked_info(info, tx_id)
+        observed = self._observed(info, tx_id, token, recipient)
+        failure = execution_failure(info)
+        # SECURITY: a failed contract call moved no tokens, whatever it targeted or paid in fees.
+        if failure is not None:
+            return Verdict.fail(FailureCode.tx_failed_onchain, f"transaction {tx_id} failed: {failure}",
+                                observed=observed)
+
+        transfers = _transfers(info)
+        amount, senders = trc20_transfers_in_info(info, token, recipient)
+        observed |= {"amount": str(amount), "sender": senders[0] if len(senders) == 1 else None,
+                     "senders": senders}
+        verdict = (self._check_asset(transfers, token, observed)
+                   or self._check_recipient(transfers, token, recipient, observed)
+                   or check_amount(amount, terms, observed)
+                   or self._check_sender(senders, terms, observed)
+                   or check_no_binding(terms, "TRC-20", observed)
+                   or check_window(block_time(info), terms, observed))
+        if verdict is not None:
+            return verdict
+
+        settlement = self._settlement(tx_id, _block_number(info), read_now_block(chain))
+        return Verdict.ok(
+            f"{amount} base units of {token} to {recipient} in block {_block_number(info)}",
+            observed=observed, settlement=settlement,
+            transfer_key=f"tron:{self.rail.network}:{tx_id}",
+        )
+
+    @staticmethod
+    def _checked_info(info: Any, tx_id: str) -> dict[str, Any]:
+        if not isinstance(info, dict):
+            raise MalformedResponse("gettransactioninfobyid: expected an object")
+        # SECURITY: an answer about another transaction must never count for this proof.
+        if str(info.get("id", "")).lower() != tx_id:
+            raise MalformedResponse(f"transaction info is for {info.get('id')!r}, not {tx_id}")
+        return info
+
+    def _observed(self, info: dict[str, Any], tx_id: str, token: str,
+                  recipient: str) -> dict[str, Any]:
+        receipt = info.get("receipt") if isinstance(info.get("receipt"), dict) else {}
+        contract = info.get("contract_address")
+        try:
+            contract = normalize_tron_address(contract, "contract_address") if contract else None
+        except ProofMalformed:
+            contract = None
+        return {
+            "tx_id": tx_id,
+            "network": self.rail.network,
+            "block_number": _block_number(info),
+            "block_time": block_time(info).isoformat(),
+            "receipt_result": receipt.get("result"),
+            "fee_sun": info.get("fee"),
+            "contract_address": contract,
+            "asset": token,
+            "recipient": recipient,
+        }
+
+    @staticmethod
+    def _check_asset(transfers: list[tuple[bytes, bytes, bytes, int]], token: str,
+                     observed: dict[str, Any]) -> Verdict | None:
+        token_acct = account_bytes(token, "asset")
+        if any(t[0] == token_acct for t in transfers):
+            return None
+        return Verdict.fail(FailureCode.wrong_asset, f"no Transfer emitted by {token}",
+                            observed=observed)
+
+    @staticmethod
+    def _check_recipient(transfers: list[tuple[bytes, bytes, bytes, int]], token: str,
+                         recipient: str, observed: dict[str, Any]) -> Verdict | None:
+        token_acct, recipient_acct = account_bytes(token, "asset"), account_bytes(recipient)
+        # SECURITY: USDT moved to someone else does not pay this session.
+        if any(t[0] == token_acct and t[2] == recipient_acct for t in transfers):
+            return None
+        got = sorted({to_base58(t[2]) for t in transfers if t[0] == token_acct})
+        return Verdict.fail(FailureCode.wrong_recipient,
+                            f"{token} moved only to {', '.join(got)}, not to {recipient}",
+                            observed=observed | {"token_recipients": got})
+
+    @staticmethod
+    def _check_sender(senders: list[str], terms: Terms,
+                      observed: dict[str, Any]) -> Verdict | None:
+        if terms.sender is None:
+            return None
+        expected = account_bytes(terms.sender, "sender")
+        # SECURITY: when the payment names its payer, every counted transfer must be theirs.
+        if senders and all(account_bytes(s) == expected for s in senders):
+            return None
+        return Verdict.fail(FailureCode.sender_mismatch,
+                            f"paid by {', '.join(senders)}, the payment names {terms.sender}",
+                            observed=observed)
+
+    def _settlement(self, tx_id: str, block_number: int, head: int) -> Settlement:
+        final = is_final_at_depth(self.rail.finality, block_number, head)
+        confirmations = confirmations_at(head, block_number)
+        return Settlement(
+            ref=tx_id, finality="finalized" if final else "confirmed", is_final=final,
+            block_number=block_number, confirmations=confirmations,
+            detail=("final: " if final else "not final: ")
+            + f"{confirmations}/{self.rail.finality.confirmations} confirmations",
+        )
+
+    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
+        """One getnowblock per sweep, then per ref the transaction info."""
+        if not refs:
+            return []
+        head = read_now_block(chain)
+        out = []
+        for ref in refs:
+            tx_id = normalize_tx_id(ref)
+            info = chain.call("gettransactioninfobyid", [tx_id])
+            if not info:
+                out.append(vanished_settlement(tx_id, "the transaction is gone from the node"))
+                continue
+            info = self._checked_info(info, tx_id)
+            if execution_failure(info) is not None:
+                out.append(vanished_settlement(tx_id, "the transaction now shows as failed"))
+                continue
+            out.append(self._settlement(tx_id, _block_number(info), head))
+        return out
+
+    @classmethod
+    def live_transport(cls, urls: list[str], network: str) -> Transport:
+        return TronHttpTransport(urls, network)
+
+
+__all__ = [
+    "TronAdapter", "TronHttpTransport", "account_bytes", "decode_trc20_transfer",
+    "execution_failure", "normalize_tron_address", "normalize_tx_id", "to_base58",
+    "trc20_transfers_in_info",
+]

@@ -1,0 +1,801 @@
+"""x402 exact scheme on EVM: an EIP-3009 `transferWithAuthorization` signed by the payer.
+
+The proof is the x402 PaymentPayload, as JSON text or as the base64 `X-PAYMENT` header value,
+in either protocol shape:
+
+    v1  {"x402Version": 1, "scheme": "exact", "network": "base-sepolia",
+         "payload": {"signature": "0x…", "authorization": {from, to, value, validAfter,
+                                                           validBefore, nonce}}}
+    v2  {"x402Version": 2, "accepted": {"scheme": "exact", "network": "eip155:84532",
+         "asset": "0x…", "payTo": "0x…", "amount": "…", …}, "payload": {…same…}}
+
+Verification is offline: the signed authorization is the payment, and the token will execute
+exactly what it says. Checks run in this fixed order, each one small function, one code:
+
+    1. scheme is "exact"                                   chain_mismatch
+    2. the payload's network is the rail's chain           chain_mismatch
+    3. the asset is the expected token                     wrong_asset
+    4. authorization.to is the session's recipient         wrong_recipient
+    5. authorization.value is the session's amount         amount_mismatch
+    6. the EIP-712 signature recovers to authorization.from,
+       under the token domain PINNED by the rail           signature_invalid
+    7. authorization.from is the named payer (if any)      sender_mismatch
+    8. validAfter <= now                                   authorization_not_yet_valid
+    9. now < validBefore                                   authorization_expired
+   10. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled)
+
+Amount and recipient come before the signature on purpose: a tampered `value` against an
+unchanged session is reported as the business mismatch it is (amount_mismatch); a tampered
+value that happens to match what the session asks (or an at-least session) falls through to
+the signature, which no longer recovers the payer (signature_invalid).
+
+The fast path computes the EIP-712 digest with a precomputed domain separator and one keccak
+over the fixed 32-byte struct encoding, and recovers the key with libsecp256k1 (coincurve).
+`recover_signer_eth_account` is the slow reference path (eth-account) kept for tests.
+
+The normalized proof (the fingerprint's ref) is `chain_id:asset:from:nonce`, lower-cased:
+EIP-3009's on-chain replay unit — a token accepts each (from, nonce) once.
+
+Settlement is the facilitator's transaction: the token's `AuthorizationUsed(authorizer,
+nonce)` log leads to it, and its receipt must hold the matching `Transfer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+import orjson
+from coincurve import PublicKey
+from eth_hash.auto import keccak
+from eth_utils import is_checksum_address, to_checksum_address
+
+from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.codes import FailureCode
+from rails.errors import MalformedResponse, ProofMalformed
+from registry.catalog import Rail, load_catalog
+
+PROOF_TYPE = "x402_payment_payload"
+SCHEME_EXACT = "exact"
+
+# A real payload is well under 2 KB (v2 with a resource description); refuse anything that
+# could only be an attempt to make us parse a lot.
+MAX_PROOF_CHARS = 16 * 1024
+MAX_SIGNATURE_BYTES = 1024  # ERC-6492 wrapped signatures are longer than 65 bytes, not huge
+
+UINT256_MAX = (1 << 256) - 1
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SECP256K1_HALF_N = SECP256K1_N // 2
+
+TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak(
+    b"TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
+    b"uint256 validBefore,bytes32 nonce)"
+)
+EIP712_DOMAIN_TYPEHASH = keccak(
+    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+# authorizationState(address,bytes32) -> bool
+AUTHORIZATION_STATE_SELECTOR = keccak(b"authorizationState(address,bytes32)")[:4]
+AUTHORIZATION_USED_TOPIC = "0x" + keccak(b"AuthorizationUsed(address,bytes32)").hex()
+TRANSFER_TOPIC = "0x" + keccak(b"Transfer(address,address,uint256)").hex()
+
+_ZERO12 = b"\x00" * 12
+
+
+# -- decoded payment ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """EIP-3009 TransferWithAuthorization fields, decoded to bytes and ints."""
+
+    from_: bytes  # 20 bytes
+    to: bytes  # 20 bytes
+    value: int
+    valid_after: int
+    valid_before: int
+    nonce: bytes  # 32 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """One decoded x402 exact-scheme payload (either protocol version)."""
+
+    version: int
+    scheme: str
+    network: str  # as the payload names it: "base-sepolia" (v1) or "eip155:84532" (v2)
+    chain_id: int | None  # None: a network we cannot map to an EVM chain
+    asset: bytes | None  # v2 names its token (accepted.asset); v1 implies it by network
+    authorization: Authorization
+    signature: bytes
+
+
+def decode_proof(raw: str) -> dict[str, Any]:
+    """The payload document from JSON text or a base64 `X-PAYMENT` value; raises ProofMalformed."""
+    if not isinstance(raw, str):
+        raise ProofMalformed("proof", "must be a string (payload JSON or base64 header value)")
+    if len(raw) > MAX_PROOF_CHARS:
+        raise ProofMalformed("proof", f"longer than {MAX_PROOF_CHARS} characters")
+    text = raw.strip()
+    if not text:
+        raise ProofMalformed("proof", "empty")
+    body = text.encode() if text[0] == "{" else _unbase64(text)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise ProofMalformed("proof", f"not valid JSON ({e.msg})") from None
+    if not isinstance(doc, dict):
+        raise ProofMalformed("proof", "the payload must be a JSON object")
+    return doc
+
+
+def _unbase64(text: str) -> bytes:
+    # Headers are standard base64; tolerate the URL-safe alphabet and dropped padding.
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        if "-" in text or "_" in text:
+            return base64.b64decode(padded, altchars=b"-_", validate=True)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProofMalformed("proof", "neither JSON nor valid base64") from None
+
+
+def parse_payment(doc: Mapping[str, Any]) -> Payment:
+    """Shape-check an x402 payload document (v1 or v2); raises ProofMalformed."""
+    version = doc.get("x402Version")
+    if version == 1 and type(version) is int:
+        scheme = _str(doc, "scheme", "scheme")
+        network = _str(doc, "network", "network")
+        chain_id = _legacy_chain_id(network)
+        asset = None
+    elif version == 2 and type(version) is int:
+        accepted = doc.get("accepted")
+        if not isinstance(accepted, dict):
+            raise ProofMalformed("accepted", "a v2 payload needs an `accepted` object")
+        scheme = _str(accepted, "scheme", "accepted.scheme")
+        network = _str(accepted, "network", "accepted.network")
+        chain_id = _caip2_chain_id(network)
+        asset = _address(accepted.get("asset"), "accepted.asset")
+    else:
+        raise ProofMalformed("x402Version", "must be 1 or 2")
+    inner = doc.get("payload")
+    if not isinstance(inner, dict):
+        raise ProofMalformed("payload", "must be an object with signature and authorization")
+    auth = inner.get("authorization")
+    if not isinstance(auth, dict):
+        raise ProofMalformed("payload.authorization", "missing (only EIP-3009 payloads are accepted)")
+    return Payment(
+        version=version,
+        scheme=scheme,
+        network=network,
+        chain_id=chain_id,
+        asset=asset,
+        authorization=Authorization(
+            from_=_address(auth.get("from"), "authorization.from"),
+            to=_address(auth.get("to"), "authorization.to"),
+            value=_uint256(auth.get("value"), "authorization.value"),
+            valid_after=_uint256(auth.get("validAfter"), "authorization.validAfter"),
+            valid_before=_uint256(auth.get("validBefore"), "authorization.validBefore"),
+            nonce=_hex_bytes(auth.get("nonce"), "authorization.nonce", exact=32),
+        ),
+        signature=_hex_bytes(inner.get("signature"), "payload.signature", limit=MAX_SIGNATURE_BYTES),
+    )
+
+
+def _str(obj: Mapping[str, Any], key: str, field: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise ProofMalformed(field, "must be a non-empty string")
+    return value
+
+
+def _address(value: Any, field: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 42 or value[:2] not in ("0x", "0X"):
+        raise ProofMalformed(field, "must be a 0x-prefixed 20-byte hex address")
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError:
+        raise ProofMalformed(field, "must be a 0x-prefixed 20-byte hex address") from None
+
+
+def _uint256(value: Any, field: str) -> int:
+    # x402 sends uint256 fields as decimal strings; plain JSON integers are tolerated.
+    # int() alone would also accept " 1", "+1", "1_000": only bare digits are amounts.
+    if type(value) is int:
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 78:
+        number = int(value)
+    else:
+        raise ProofMalformed(field, "must be a uint256 as a decimal string")
+    if not 0 <= number <= UINT256_MAX:
+        raise ProofMalformed(field, "out of uint256 range")
+    return number
+
+
+def _hex_bytes(value: Any, field: str, exact: int | None = None, limit: int | None = None) -> bytes:
+    if not isinstance(value, str) or value[:2] not in ("0x", "0X"):
+        raise ProofMalformed(field, "must be 0x-prefixed hex")
+    try:
+        data = bytes.fromhex(value[2:])
+    except ValueError:
+        raise ProofMalformed(field, "must be 0x-prefixed hex") from None
+    if exact is not None and len(data) != exact:
+        raise ProofMalformed(field, f"must be {exact} bytes")
+    if limit is not None and not 0 < len(data) <= limit:
+        raise ProofMalformed(field, f"must be 1 to {limit} bytes")
+    return data
+
+
+@lru_cache(maxsize=1)
+def _legacy_networks() -> dict[str, int]:
+    # v1 names networks the way the catalog does ("base", "base-sepolia").
+    return {name: n.chain_id for name, n in load_catalog().networks.items() if n.chain_id}
+
+
+def _legacy_chain_id(network: str) -> int | None:
+    return _legacy_networks().get(network)
+
+
+def _caip2_chain_id(network: str) -> int | None:
+    namespace, _, reference = network.partition(":")
+    if namespace != "eip155" or not reference.isascii() or not reference.isdigit():
+        return None
+    return int(reference)
+
+
+# -- EIP-712 digest and signer recovery --------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def domain_separator(name: str, version: str, chain_id: int, verifying_contract: bytes) -> bytes:
+    """hashStruct(EIP712Domain), computed once per (token domain, chain, contract)."""
+    return keccak(
+        EIP712_DOMAIN_TYPEHASH
+        + keccak(name.encode())
+        + keccak(version.encode())
+        + chain_id.to_bytes(32, "big")
+        + _ZERO12 + verifying_contract
+    )
+
+
+def authorization_digest(auth: Authorization, separator: bytes) -> bytes:
+    """keccak256(0x1901 ‖ domainSeparator ‖ hashStruct(TransferWithAuthorization)).
+
+    Every struct field is static, so its ABI encoding is plain 32-byte words."""
+    struct_hash = keccak(
+        TRANSFER_WITH_AUTHORIZATION_TYPEHASH
+        + _ZERO12 + auth.from_
+        + _ZERO12 + auth.to
+        + auth.value.to_bytes(32, "big")
+        + auth.valid_after.to_bytes(32, "big")
+        + auth.valid_before.to_bytes(32, "big")
+        + auth.nonce
+    )
+    return keccak(b"\x19\x01" + separator + struct_hash)
+
+
+def recover_signer(digest: bytes, signature: bytes) -> tuple[bytes | None, str]:
+    """The 20-byte address that signed `digest`, or (None, why not)."""
+    if len(signature) != 65:
+        return None, (f"signature is {len(signature)} bytes; only 65-byte EOA signatures "
+                      "can be verified offline")
+    v = signature[64]
+    if v >= 27:
+        v -= 27
+    if v not in (0, 1):
+        return None, "signature v must be 27/28 (or 0/1)"
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    if not 0 < r < SECP256K1_N:
+        return None, "signature r out of range"
+    # SECURITY: reject malleable high-s signatures, as the token's ECRecover does: a second
+    # valid-looking encoding of one signature must not pass as a different proof.
+    if not 0 < s <= SECP256K1_HALF_N:
+        return None, "signature s is not in the lower half of the curve order (malleable)"
+    try:
+        public = PublicKey.from_signature_and_message(
+            signature[:64] + bytes((v,)), digest, hasher=None
+        )
+    except (ValueError, TypeError):
+        return None, "no public key recovers from this signature"
+    return keccak(public.format(compressed=False)[1:])[12:], ""
+
+
+def recover_signer_eth_account(
+    authorization: Mapping[str, Any], signature: str, name: str, version: str,
+    chain_id: int, verifying_contract: str,
+) -> str:
+    """Reference (slow) path: eth-account's EIP-712 encoding and recovery. Used by tests to
+    show the fast path agrees; returns the checksum address eth-account recovers."""
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
+    typed = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "TransferWithAuthorization": [
+                {"name": "from", "type": "address"},
+                {"name": "to", "type": "address"},
+                {"name": "value", "type": "uint256"},
+                {"name": "validAfter", "type": "uint256"},
+                {"name": "validBefore", "type": "uint256"},
+                {"name": "nonce", "type": "bytes32"},
+            ],
+        },
+        "primaryType": "TransferWithAuthorization",
+        "domain": {"name": name, "version": version, "chainId": chain_id,
+                   "verifyingContract": verifying_contract},
+        "message": {
+            "from": authorization["from"],
+            "to": authorization["to"],
+            "value": int(authorization["value"]),
+            "validAfter": int(authorization["validAfter"]),
+            "validBefore": int(authorization["validBefore"]),
+            "nonce": authorization["nonce"],
+        },
+    }
+    return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
+
+
+# -- the checks --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """What one verification expects, resolved once from the rail and the terms."""
+
+    chain_id: int
+    network: str
+    asset: bytes  # the token the session asks for (terms.asset or the rail's)
+    implied_asset: bytes  # the token a v1 payload means: the rail's, for the rail's network
+    recipient: bytes
+    amount: int
+    at_least: bool
+    sender: bytes | None
+    now: int  # unix seconds
+    separator: bytes  # the pinned domain's separator for (chain, asset)
+
+
+Check = Callable[[Payment, Expect], "tuple[FailureCode, str] | None"]
+
+
+def check_scheme(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    if p.scheme != SCHEME_EXACT:
+        return FailureCode.chain_mismatch, f"scheme {p.scheme!r}: this rail settles only 'exact'"
+    return None
+
+
+def check_network(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    # SECURITY: an authorization signed for another chain pays there, not here.
+    if p.chain_id != e.chain_id:
+        return FailureCode.chain_mismatch, f"payload is for {p.network}, rail is {e.network} (chain {e.chain_id})"
+    return None
+
+
+def check_asset(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    # SECURITY: a payment in another token is not this payment. v2 names its token; v1 means
+    # the rail's token on its network. (The signature's domain binds the token either way.)
+    asset = p.asset if p.asset is not None else e.implied_asset
+    if asset != e.asset:
+        return FailureCode.wrong_asset, f"asset 0x{asset.hex()} is not 0x{e.asset.hex()}"
+    return None
+
+
+def check_recipient(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    # SECURITY: the token moves funds to authorization.to, whatever else the payload says.
+    if p.authorization.to != e.recipient:
+        return FailureCode.wrong_recipient, f"authorization pays 0x{p.authorization.to.hex()}"
+    return None
+
+
+def check_amount(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    # SECURITY: the signed value is exactly what the token will transfer.
+    value = p.authorization.value
+    if value == e.amount or (e.at_least and value > e.amount):
+        return None
+    want = f"at least {e.amount}" if e.at_least else str(e.amount)
+    return FailureCode.amount_mismatch, f"authorization value {value}, required {want}"
+
+
+def check_signature(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    # SECURITY: the domain is the rail's pinned one (name, version, chain, token), never the
+    # payload's `extra`: a signature made for another domain recovers another address.
+    digest = authorization_digest(p.authorization, e.separator)
+    signer, why = recover_signer(digest, p.signature)
+    if signer is None:
+        return FailureCode.signature_invalid, why
+    if signer != p.authorization.from_:
+        return FailureCode.signature_invalid, (
+            f"signature recovers to 0x{signer.hex()}, not authorization.from")
+    return None
+
+
+def check_sender(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    if e.sender is not None and p.authorization.from_ != e.sender:
+        return FailureCode.sender_mismatch, f"payer is 0x{p.authorization.from_.hex()}"
+    return None
+
+
+def check_valid_after(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    # The token itself demands block.timestamp > validAfter; accepting equality here only
+    # means settlement lands a second later.
+    if p.authorization.valid_after > e.now:
+        return FailureCode.authorization_not_yet_valid, (
+            f"valid after {p.authorization.valid_after}, now {e.now}")
+    return None
+
+
+def check_valid_before(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    # SECURITY: an expired authorization can never settle (the token reverts).
+    if e.now >= p.authorization.valid_before:
+        return FailureCode.authorization_expired, (
+            f"valid before {p.authorization.valid_before}, now {e.now}")
+    return None
+
+
+CHECKS: tuple[Check, ...] = (
+    check_scheme,
+    check_network,
+    check_asset,
+    check_recipient,
+    check_amount,
+    check_signature,
+    check_sender,
+    check_valid_after,
+    check_valid_before,
+)
+
+
+def first_failure(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+    for check in CHECKS:
+        failed = check(p, e)
+        if failed is not None:
+            return failed
+    return None
+
+
+# -- chain reads (live verification and settlement) --------------------------------------
+#
+# Settlement is an ordinary EVM token transfer, so receipts, Transfer logs, the chain head and
+# the depth/reorg policy are the EVM rail's (rails.evm), imported where used: offline
+# verification above needs none of it.
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementTx:
+    """The facilitator transaction that consumed one authorization."""
+
+    tx_hash: str
+    block_number: int
+    block_hash: str
+    to: bytes | None  # the Transfer that followed AuthorizationUsed (None: none found)
+    value: int | None
+
+
+def _word(hexstr: Any, what: str) -> int:
+    if not isinstance(hexstr, str) or not hexstr.startswith("0x"):
+        raise MalformedResponse(f"{what}: expected a hex quantity, got {hexstr!r}")
+    try:
+        return int(hexstr, 16) if len(hexstr) > 2 else 0
+    except ValueError:
+        raise MalformedResponse(f"{what}: expected a hex quantity, got {hexstr!r}") from None
+
+
+def authorization_used(chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes) -> bool:
+    """The token's `authorizationState(from, nonce)` (true: used or cancelled)."""
+    data = AUTHORIZATION_STATE_SELECTOR + _ZERO12 + auth_from + nonce
+    result = chain.call("eth_call", [{"to": "0x" + asset.hex(), "data": "0x" + data.hex()}, "latest"])
+    return _word(result, "authorizationState") != 0
+
+
+def find_settlement(chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes) -> SettlementTx | None:
+    """The successful transaction that used (from, nonce), via the token's AuthorizationUsed log."""
+    from rails.evm import parse_receipt
+
+    # Both event arguments are indexed, so the filter is exact; a node that refuses the
+    # whole-history range answers an error, which stays a transient transport failure.
+    logs = chain.call("eth_getLogs", [{
+        "address": "0x" + asset.hex(),
+        "topics": [AUTHORIZATION_USED_TOPIC, "0x" + (_ZERO12 + auth_from).hex(), "0x" + nonce.hex()],
+        "fromBlock": "0x0",
+        "toBlock": "latest",
+    }])
+    if not isinstance(logs, list):
+        raise MalformedResponse(f"eth_getLogs: expected a list, got {type(logs).__name__}")
+    # SECURITY: a removed log belongs to a block that left the canonical chain.
+    live = [lg for lg in logs if isinstance(lg, dict) and lg.get("removed") is not True]
+    if not live:
+        return None
+    tx_hash = live[0].get("transactionHash")
+    if not isinstance(tx_hash, str):
+        raise MalformedResponse("eth_getLogs: log without transactionHash")
+    raw = chain.call("eth_getTransactionReceipt", [tx_hash])
+    if raw is None:
+        return None
+    receipt = parse_receipt(raw, tx_hash)
+    if not receipt.success:
+        return None  # a reverted transaction consumed nothing
+    to, value = transfer_after_authorization(receipt.logs, asset, auth_from, nonce)
+    return SettlementTx(receipt.tx_hash, receipt.block_number, receipt.block_hash.lower(), to, value)
+
+
+def transfer_after_authorization(
+    logs: Iterable[Any], asset: bytes, auth_from: bytes, nonce: bytes,
+) -> tuple[bytes | None, int | None]:
+    """The token's Transfer(from → to, value) emitted right after AuthorizationUsed(from, nonce).
+
+    EIP-3009 tokens (FiatToken v2) mark the authorization used and then transfer, so the pair
+    is adjacent among the token's logs; taking the adjacent Transfer keeps a transaction that
+    settles several authorizations unambiguous."""
+    from rails.evm import decode_transfer
+
+    asset_hex = "0x" + asset.hex()
+    wanted = [AUTHORIZATION_USED_TOPIC, "0x" + (_ZERO12 + auth_from).hex(), "0x" + nonce.hex()]
+    ours = [lg for lg in logs if isinstance(lg, dict) and str(lg.get("address", "")).lower() == asset_hex]
+    for i, lg in enumerate(ours[:-1]):
+        if [str(t).lower() for t in lg.get("topics") or []] != wanted:
+            continue
+        transfer = decode_transfer(ours[i + 1])
+        if transfer is not None and transfer.sender.lower() == "0x" + auth_from.hex():
+            return bytes.fromhex(transfer.recipient[2:]), transfer.value
+    return None, None
+
+
+class _SweepHead:
+    """The chain head (and finalized block), read at most once per sweep and only when a
+    settlement needs it."""
+
+    def __init__(self, chain: Transport, rail: Rail):
+        self.chain = chain
+        self.rail = rail
+        self._head: Any = None
+
+    def get(self) -> Any:
+        from rails.evm import read_head
+
+        if self._head is None:
+            self._head = read_head(self.chain, self.rail.finality)
+        return self._head
+
+
+def _settlement(ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, rail: Rail) -> Settlement:
+    """How final the settlement transaction is: the EVM rail's depth, finalized-tag and reorg
+    policy (the canonical hash at the receipt's height must still be the receipt's block)."""
+    from rails.evm import read_block, settlement_for_receipt
+
+    block = read_block(chain, tx.block_number)
+    canonical = block["hash"] if block is not None else None
+    s = settlement_for_receipt(ref, tx.block_number, tx.block_hash, canonical, head.get(), rail.finality)
+    to = f"0x{tx.to.hex()}" if tx.to is not None else "?"
+    return s.model_copy(update={
+        "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}"})
+
+
+# -- the adapter -------------------------------------------------------------------------
+
+
+class X402Adapter:
+    family: ClassVar[str] = "x402"
+
+    def __init__(self, rail: Rail):
+        if rail.chain_id is None or rail.eip712 is None:
+            # A configuration mistake, caught when the adapter is built rather than as a
+            # wrong verdict later: without a pinned domain no signature can be checked.
+            raise ValueError(
+                f"rail {rail.rail_id} on {rail.network}: x402 needs a chain id and a pinned "
+                "EIP-712 token domain for the network")
+        self.rail = rail
+        self._asset = _address(rail.asset, "asset")
+
+    # -- proofs and addresses ------------------------------------------------------------
+
+    def parse(self, raw: str) -> Payment:
+        return parse_payment(decode_proof(raw))
+
+    def normalize_proof(self, proof_type: str, raw: str) -> str:
+        if proof_type != PROOF_TYPE:
+            raise ProofMalformed("proof_type", f"x402 takes {PROOF_TYPE}, not {proof_type!r}")
+        p = self.parse(raw)
+        if p.chain_id is None:
+            raise ProofMalformed("network", f"{p.network!r} is not a known EVM network")
+        asset = p.asset if p.asset is not None else self._implied_asset(p)
+        a = p.authorization
+        return f"{p.chain_id}:0x{asset.hex()}:0x{a.from_.hex()}:0x{a.nonce.hex()}"
+
+    def _implied_asset(self, p: Payment) -> bytes:
+        """A v1 payload names no token: it is the rail's token for the payload's network."""
+        if p.chain_id == self.rail.chain_id:
+            return self._asset
+        known = load_catalog().rails.get(self.rail.rail_id)
+        asset = known.assets.get(p.network) if known else None
+        if not asset:
+            raise ProofMalformed("network", f"no known {self.rail.asset_symbol} token on {p.network!r}")
+        return _address(asset, "asset")
+
+    def normalize_address(self, address: str, field: str = "recipient") -> str:
+        if not isinstance(address, str):
+            raise ProofMalformed(field, "must be a 0x-prefixed 20-byte hex address")
+        _address(address, field)
+        body = address[2:]
+        # A mixed-case address carries an EIP-55 checksum; a wrong one is a typo, not a payee.
+        if body != body.lower() and body != body.upper() and not is_checksum_address("0x" + body):
+            raise ProofMalformed(field, "EIP-55 checksum does not match")
+        return to_checksum_address("0x" + body.lower())
+
+    def new_reference(self) -> str | None:
+        # The authorization's nonce already makes every payment unique on chain.
+        return None
+
+    # -- requirements --------------------------------------------------------------------
+
+    def prepare(self, session: SessionShape, now: datetime | None = None) -> PaymentRequirements:
+        """x402 (v2) PaymentRequirements for the session; the token domain is the pinned one."""
+        domain = self.rail.eip712
+        assert domain is not None  # checked in __init__
+        moment = now or datetime.now(timezone.utc)
+        timeout = max(1, int((_aware(session.expires_at) - _aware(moment)).total_seconds()))
+        asset = to_checksum_address(self.rail.asset)
+        pay_to = self.normalize_address(session.recipient)
+        data = {
+            "scheme": SCHEME_EXACT,
+            "network": f"eip155:{self.rail.chain_id}",
+            "amount": str(session.amount),
+            "maxAmountRequired": str(session.amount),  # the v1 name of the same field
+            "asset": asset,
+            "payTo": pay_to,
+            "maxTimeoutSeconds": timeout,
+            "extra": {"name": domain.name, "version": domain.version},
+        }
+        return PaymentRequirements(
+            rail_id=self.rail.rail_id,
+            network=self.rail.network,
+            asset=asset,
+            recipient=pay_to,
+            amount=str(session.amount),
+            data=data,
+        )
+
+    # -- verification --------------------------------------------------------------------
+
+    def expect(self, terms: Terms) -> Expect:
+        asset = _address(terms.asset, "asset") if terms.asset else self._asset
+        domain = self.rail.eip712
+        assert domain is not None and self.rail.chain_id is not None  # checked in __init__
+        return Expect(
+            chain_id=self.rail.chain_id,
+            network=self.rail.network,
+            asset=asset,
+            implied_asset=self._asset,
+            recipient=_address(terms.recipient, "recipient"),
+            amount=terms.amount,
+            at_least=terms.at_least,
+            sender=_address(terms.sender, "sender") if terms.sender else None,
+            now=_epoch(terms.now),
+            separator=domain_separator(domain.name, domain.version, self.rail.chain_id, asset),
+        )
+
+    def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
+        try:
+            p = self.parse(proof)
+        except ProofMalformed as e:
+            return Verdict.fail(FailureCode.proof_malformed, str(e))
+        e = self.expect(terms)
+        observed = _observed(p, e, self.rail.network)
+        failed = first_failure(p, e)
+        if failed is not None:
+            return Verdict.fail(failed[0], failed[1], observed=observed)
+        key = _ref(e.chain_id, e.asset, p.authorization)
+        if chain.source != "live":
+            # Offline, a nonce's use is known only from our own records (the engine's).
+            return Verdict.ok("authorization verified offline", observed=observed, transfer_key=key)
+        return self._verify_on_chain(p, e, chain, observed, key)
+
+    def _verify_on_chain(self, p: Payment, e: Expect, chain: Transport,
+                         observed: dict[str, Any], key: str) -> Verdict:
+        a = p.authorization
+        if not authorization_used(chain, e.asset, a.from_, a.nonce):
+            return Verdict.ok("authorization verified; nonce unused on chain",
+                              observed=observed, transfer_key=key)
+        tx = find_settlement(chain, e.asset, a.from_, a.nonce)
+        # SECURITY: a used nonce is this payment only if its settlement moved exactly these
+        # funds; otherwise the payer spent the nonce elsewhere (or cancelled it).
+        if tx is None or tx.to != a.to or tx.value != a.value:
+            where = f" by {tx.tx_hash}" if tx else ""
+            return Verdict.fail(FailureCode.nonce_reused,
+                                f"nonce already used on chain{where} by another transfer",
+                                observed=observed)
+        settlement = _settlement(key, tx, chain, _SweepHead(chain, self.rail), self.rail)
+        observed = {**observed, "block_number": tx.block_number, "tx_hash": tx.tx_hash,
+                    "finality": settlement.finality}
+        return Verdict.ok("authorization already settled on chain", observed=observed,
+                          settlement=settlement, transfer_key=key)
+
+    # -- settlement ----------------------------------------------------------------------
+
+    def finality(self, refs: list[str], chain: Transport,
+                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+        """Settlement of each ref (`chain_id:asset:from:nonce`): the facilitator's transaction.
+
+        A ref alone does not say where the money had to go; pass `expected` (ref → (payTo,
+        amount)) to have a settlement that paid someone else reported as not ours."""
+        head = _SweepHead(chain, self.rail)
+        return [self._settle_one(ref, chain, head, (expected or {}).get(ref)) for ref in refs]
+
+    def _settle_one(self, ref: str, chain: Transport, head: _SweepHead,
+                    expected: tuple[str, int] | None) -> Settlement:
+        parts = ref.split(":")
+        if len(parts) != 4 or parts[0] != str(self.rail.chain_id):
+            return Settlement(ref=ref, finality="not_found", detail="not a ref of this rail's chain")
+        asset = _address(parts[1], "asset")
+        auth_from = _address(parts[2], "from")
+        nonce = _hex_bytes(parts[3], "nonce", exact=32)
+        tx = find_settlement(chain, asset, auth_from, nonce)
+        if tx is None:
+            return Settlement(ref=ref, finality="not_found", detail="authorization not used on chain yet")
+        if tx.to is None:
+            return Settlement(ref=ref, finality="not_found",
+                              detail=f"{tx.tx_hash} used the authorization without a Transfer")
+        if expected is not None:
+            pay_to, amount = expected
+            # SECURITY: the nonce may have been spent on another authorization of the payer.
+            if tx.to != _address(pay_to, "recipient") or tx.value != amount:
+                return Settlement(ref=ref, finality="not_found", detail=(
+                    f"nonce used by {tx.tx_hash} paying 0x{tx.to.hex()} {tx.value}, not this payment"))
+        return _settlement(ref, tx, chain, head, self.rail)
+
+    @classmethod
+    def live_transport(cls, urls: list[str], network: str) -> Transport:
+        # Same JSON-RPC as any EVM rail: one transport implementation, with its retries.
+        from rails.evm import EvmAdapter
+
+        return EvmAdapter.live_transport(urls, network)
+
+
+# -- small helpers -----------------------------------------------------------------------
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _epoch(moment: datetime) -> int:
+    # Floor to whole seconds, as block timestamps are; naive datetimes are UTC.
+    return int(_aware(moment).timestamp() // 1)
+
+
+def _ref(chain_id: int, asset: bytes, a: Authorization) -> str:
+    return f"{chain_id}:0x{asset.hex()}:0x{a.from_.hex()}:0x{a.nonce.hex()}"
+
+
+@lru_cache(maxsize=4096)
+def checksum_address(address: bytes) -> str:
+    """EIP-55 form of a 20-byte address. eth_utils' version validates its input at length
+    (~25 µs); this sits on the verify hot path with already-decoded bytes."""
+    body = address.hex()
+    digest = keccak(body.encode()).hex()
+    return "0x" + "".join(c.upper() if d in "89abcdef" else c for c, d in zip(body, digest))
+
+
+def _observed(p: Payment, e: Expect, network: str) -> dict[str, Any]:
+    """Redacted evidence: what the authorization says, never the signature."""
+    a = p.authorization
+    asset = p.asset if p.asset is not None else e.implied_asset
+    return {
+        "amount": str(a.value),
+        "recipient": checksum_address(a.to),
+        "sender": checksum_address(a.from_),
+        "asset": checksum_address(asset),
+        "network": network if p.chain_id == e.chain_id else p.network,
+        "valid_after": a.valid_after,
+        "valid_before": a.valid_before,
+        "nonce": "0x" + a.nonce.hex(),
+    }
