@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,6 +110,7 @@ class SessionShape(Model):
     memo: str | None
     expires_at: datetime
     access_product_id: str
+    now: datetime | None = None  # the engine's clock (fixed when replaying recorded chains)
 
 
 @runtime_checkable
@@ -141,8 +142,11 @@ class Adapter(Protocol):
     def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
         """`proof` is the raw proof as submitted (already shape-checked by normalize_proof)."""
 
-    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
-        """Batched settlement refresh for normalized refs of verified proofs."""
+    def finality(self, refs: list[str], chain: Transport,
+                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+        """Batched settlement refresh for normalized refs of verified proofs. `expected`
+        (ref → (recipient, amount)) lets a rail whose ref does not pin the transfer itself
+        (x402: a nonce) check that the settlement paid what the session asked."""
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Transport:

@@ -50,7 +50,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Callable, ClassVar, Iterable, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, TypeVar
 
 import requests
 from eth_abi import decode as abi_decode
@@ -673,7 +673,9 @@ class EvmAdapter:
 
     # -- finality ----------------------------------------------------------------------------
 
-    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
+    def finality(self, refs: list[str], chain: Transport,
+                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+        # `expected` is unused: the ref (a signature / tx hash) is the very transfer verified.
         """One eth_blockNumber (+ one `finalized` read) per sweep, then per ref the receipt and
         the canonical hash at its height."""
         if not refs:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 from urllib.parse import quote
 
 import base58
@@ -587,7 +587,9 @@ class SolanaAdapter:
             raise MalformedResponse(f"getSignatureStatuses: expected {len(sigs)} statuses, got {result!r:.200}")
         return [settlement_from_status(s, v, self.rail.finality) for s, v in zip(sigs, values)]
 
-    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
+    def finality(self, refs: list[str], chain: Transport,
+                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+        # `expected` is unused: the ref (a signature / tx hash) is the very transfer verified.
         out: list[Settlement] = []
         for batch in _batches(list(refs), STATUS_BATCH):
             out.extend(self._statuses(batch, chain))

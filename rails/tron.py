@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import base58
 import httpx
@@ -411,7 +411,9 @@ class TronAdapter:
             + f"{confirmations}/{self.rail.finality.confirmations} confirmations",
         )
 
-    def finality(self, refs: list[str], chain: Transport) -> list[Settlement]:
+    def finality(self, refs: list[str], chain: Transport,
+                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+        # `expected` is unused: the ref (a signature / tx hash) is the very transfer verified.
         """One getnowblock per sweep, then per ref the transaction info."""
         if not refs:
             return []

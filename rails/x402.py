@@ -641,7 +641,7 @@ class X402Adapter:
         """x402 (v2) PaymentRequirements for the session; the token domain is the pinned one."""
         domain = self.rail.eip712
         assert domain is not None  # checked in __init__
-        moment = now or datetime.now(timezone.utc)
+        moment = now or session.now or datetime.now(timezone.utc)
         timeout = max(1, int((_aware(session.expires_at) - _aware(moment)).total_seconds()))
         asset = to_checksum_address(self.rail.asset)
         pay_to = self.normalize_address(session.recipient)

@@ -95,7 +95,7 @@ def requirements(engine: Engine, ps: PaymentSession) -> dict[str, Any]:
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     shape = SessionShape(id=ps.id, recipient=ps.recipient, amount=ps.amount,
                          reference=ps.reference, memo=ps.memo, expires_at=utc(ps.expires_at),
-                         access_product_id=ps.access_product_id)
+                         access_product_id=ps.access_product_id, now=engine.now())
     return engine.adapter(rail).prepare(shape).model_dump(mode="json")
 
 
