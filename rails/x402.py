@@ -585,6 +585,9 @@ def _settlement(ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, 
 
 class X402Adapter:
     family: ClassVar[str] = "x402"
+    # The engine's answer when an authorization already backs another session: on chain a
+    # nonce settles once, so a second session can never be paid by it.
+    replay_code: ClassVar[FailureCode] = FailureCode.nonce_reused
 
     def __init__(self, rail: Rail):
         if rail.chain_id is None or rail.eip712 is None:

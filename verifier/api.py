@@ -17,9 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verifier import audit, gate, idempotency, proofs, rails_admin, sessions
 from verifier.assurance import assurance_report
+from verifier.body_guard import BodyGuard
 from verifier.engine import Engine
 from verifier.errors import BadInput, EngineError, NotFound
 from verifier.metrics import spec_document
+from verifier.ratelimit import RateLimiter
 from verifier.storage.models import AuditEvent, Entitlement
 from verifier.timeutil import iso
 from verifier.views import entitlement_view
@@ -107,6 +109,8 @@ def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="railproof", version="0.1.0",
                   description="Rail-proof verification engine for on-chain payments")
     app.state.engine = engine
+    app.state.rate_limiter = RateLimiter.from_settings(engine.settings)
+    app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)  # chunked and deep bodies
 
     def service_owners(authorization: Annotated[str | None, Header()] = None) -> tuple[str, list[str]]:
         token = _bearer_or_401(authorization)
@@ -116,12 +120,20 @@ def create_app(engine: Engine) -> FastAPI:
                                field="Authorization")
         return "svc:" + ",".join(sorted(owners)), owners
 
-    def staff(authorization: Annotated[str | None, Header()] = None) -> str:
+    def staff(request: Request, authorization: Annotated[str | None, Header()] = None,
+              incident: Annotated[str | None, Header(alias="X-Incident-Id", max_length=128)] = None,
+              reason: Annotated[str | None, Header(alias="X-Operator-Reason", max_length=1000)] = None) -> str:
         token = _bearer_or_401(authorization)
         name = engine.settings.staff_name(token)
         if name is None:
             raise Unauthorized("unauthorized", "Authorization: unknown staff token",
                                field="Authorization")
+        if request.method == "GET" and (incident or reason):
+            # Operator context travels with reads too, so an inspection during an incident
+            # is on the record next to the actions it led to.
+            with engine.db.tx() as s:
+                audit.append(s, engine.now(), audit.Operator(name, incident, reason),
+                             "staff.read", "path", request.url.path[:128])
         return name
 
     def _bearer_or_401(authorization: str | None) -> str:
@@ -134,6 +146,12 @@ def create_app(engine: Engine) -> FastAPI:
     Staff = Annotated[str, Depends(staff)]
     IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
+    def limited(endpoint: str):
+        # After auth (the Service dependency is shared and cached): 401 comes before 429.
+        def check(request: Request, svc: Service) -> None:
+            request.app.state.rate_limiter.check(svc[0], endpoint)
+        return [Depends(check)]
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         size = request.headers.get("content-length")
@@ -145,7 +163,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, e: EngineError):
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        headers = ({"WWW-Authenticate": "Bearer"} if e.status == 401
+                   else getattr(e, "headers", None))  # e.g. Retry-After on 429
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -188,7 +207,8 @@ def create_app(engine: Engine) -> FastAPI:
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
     # -- service ---------------------------------------------------------------------------
-    @app.post("/v1/payment-sessions", status_code=201)
+    @app.post("/v1/payment-sessions", status_code=201,
+              dependencies=limited("POST /v1/payment-sessions"))
     def create_session(body: SessionIn, svc: Service, key: IdemKey = None) -> JSONResponse:
         principal, owners = svc
 
@@ -207,7 +227,7 @@ def create_app(engine: Engine) -> FastAPI:
     def read_session(session_id: str, svc: Service) -> dict[str, Any]:
         return sessions.get_session(engine, session_id, svc[1])
 
-    @app.post("/v1/proofs", status_code=201)
+    @app.post("/v1/proofs", status_code=201, dependencies=limited("POST /v1/proofs"))
     def submit(body: ProofIn, svc: Service, key: IdemKey = None) -> JSONResponse:
         principal, owners = svc
 

@@ -1,0 +1,56 @@
+"""x402 through the engine: the signed spec payload verifies offline, the authorization can
+back one session only (nonce_reused), and a gated rail never applies without its gates."""
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_settings
+from verifier import gate, proofs, sessions
+from verifier.engine import Engine
+from verifier.errors import Conflict
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
+PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+
+
+@pytest.fixture
+def x402_engine(db_url):
+    e = Engine(make_settings(db_url, clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=timezone.utc),
+                             env={"RAILPROOF_NETWORK_X402": "base-sepolia"}))
+    e.ensure_rail_states()
+    yield e
+    e.db.dispose()
+
+
+def open_x402(engine):
+    req = sessions.NewSession(owner_id="alice", rail_id="x402", access_product_id="api",
+                              amount=10000, recipient=PAY_TO, reference=None)
+    return sessions.open_session(engine, req, actor="test")
+
+
+def test_payload_verifies_and_replay_for_another_session_is_nonce_reused(x402_engine):
+    s1 = open_x402(x402_engine)
+    assert s1["payment_requirements"]["data"]["extra"] == {"name": "USDC", "version": "2"}
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, created = proofs.submit_proof(x402_engine, s1["id"], header, ["alice"])
+    assert created and view["status"] == "verified", view
+    assert view["reference"].startswith("84532:0x036cbd53842c5426634e7929541ec2318f3dcf7e:")
+    attempts = proofs.list_attempts(x402_engine, view["id"])
+    assert attempts[0]["observed"]["sender"].lower() == "0x857b06519e91e3a54538791bdbb0e22373e36b66"
+    assert "signature" not in attempts[0]["observed"]
+    # The JSON form of the same authorization is the same proof.
+    json_form = (FIX / "x402_base_sepolia_payload_v1.json").read_text()
+    again, created = proofs.submit_proof(x402_engine, s1["id"], json_form, ["alice"])
+    assert not created and again["id"] == view["id"]
+    s2 = open_x402(x402_engine)
+    with pytest.raises(Conflict) as e:
+        proofs.submit_proof(x402_engine, s2["id"], json_form, ["alice"])
+    assert e.value.code == "nonce_reused"
+    # Verified offline, but no settlement yet and a gated rail: every gate says no.
+    rep = gate.dry_run_apply(x402_engine, view["id"])
+    blockers = {b["code"] for b in rep["blockers"]}
+    assert not rep["would_apply"]
+    assert {"settlement_final", "rail_production_enabled", "rail_allowlisted",
+            "live_apply_enabled", "receipt_creation_allowed"} <= blockers
