@@ -77,6 +77,10 @@ class OperatorIn(Body):
     operator_reason: Annotated[str, Field(max_length=1000)] | None = None
 
 
+class DryRunIn(OperatorIn):
+    path: Literal["apply", "receipt"] = "apply"  # which staff path to evaluate
+
+
 class ConfirmIn(OperatorIn):
     confirm: bool = False
 
@@ -329,8 +333,10 @@ def create_app(engine: Engine) -> FastAPI:
                            field="confirm")
 
     @app.post("/v1/admin/proofs/{proof_id}/dry-run-apply")
-    def admin_dry_run(proof_id: str, actor: Staff, body: OperatorIn | None = None):
-        return gate.dry_run_apply(engine, proof_id, op(actor, body or OperatorIn()))
+    def admin_dry_run(proof_id: str, actor: Staff, body: DryRunIn | None = None):
+        body = body or DryRunIn()
+        via = gate.Via.staff_receipt if body.path == "receipt" else gate.Via.staff
+        return gate.dry_run_apply(engine, proof_id, op(actor, body), via)
 
     @app.post("/v1/admin/proofs/{proof_id}/apply")
     def admin_apply(proof_id: str, body: ConfirmIn, actor: Staff):
@@ -340,7 +346,7 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/v1/admin/proofs/{proof_id}/receipt")
     def admin_receipt(proof_id: str, body: ConfirmIn, actor: Staff):
         confirmed(body)
-        return gate.apply(engine, proof_id, op(actor, body), gate.Via.staff)
+        return gate.apply(engine, proof_id, op(actor, body), gate.Via.staff_receipt)
 
     @app.post("/v1/admin/rails/{rail_id}/pause")
     def admin_pause(rail_id: str, body: ConfirmIn, actor: Staff):

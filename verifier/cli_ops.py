@@ -162,10 +162,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("dry-run-rail-proof-apply")
     def dry_run(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
-                operator_reason: Reason = None):
+                operator_reason: Reason = None,
+                receipt_path: Annotated[bool, typer.Option(
+                    "--receipt-path", help="evaluate the staff receipt path (gated rails)")] = False):
         """What would apply do? Every check, nothing changes. Exit 1 when a blocker stands."""
         c = Client(incident_id, operator_reason)
-        s, d = c.request("POST", f"/v1/admin/proofs/{proof_id}/dry-run-apply", c.context)
+        body = {**c.context, "path": "receipt" if receipt_path else "apply"}
+        s, d = c.request("POST", f"/v1/admin/proofs/{proof_id}/dry-run-apply", body)
         if s >= 400:
             _out(s, d, as_json)
         if as_json:

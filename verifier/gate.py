@@ -9,6 +9,7 @@ blocker or error, does nothing at all. A blocker's code is the name of the check
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -32,9 +33,23 @@ from verifier.storage.models import (
 from verifier.timeutil import utc
 
 
+# A depth-final EVM/Tron settlement can still leave the canonical chain (a deep reorg, a node
+# that answered wrongly). Once a receipt depends on it, the worker re-checks it every
+# REORG_RECHECK for REORG_WATCH after the receipt, so a reorg under an active entitlement is
+# flagged. Commitment-final (Solana `finalized`) settlements are irreversible: not watched.
+REORG_RECHECK = timedelta(minutes=10)
+REORG_WATCH = timedelta(hours=6)
+
+
+def watches_reorgs(engine: Engine, rail_id: str) -> bool:
+    rail_def = engine.catalog.rails.get(rail_id)
+    return rail_def is not None and rail_def.finality.mode == "depth"
+
+
 class Via(StrEnum):
     auto = "auto"  # the service or worker, no human in the loop
-    staff = "staff"  # a staff member through the admin API
+    staff = "staff"  # a staff member applying (POST /v1/admin/proofs/{id}/apply)
+    staff_receipt = "staff_receipt"  # staff receipt creation (POST …/receipt): gated rails' path
 
 
 @dataclass(frozen=True)
@@ -95,8 +110,9 @@ def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Vi
         return "receipt_creation_allowed", True, "automatic for a live rail"
     if stage is Stage.gated:
         listed = rail_id in engine.settings.receipt_creation_rails
-        if via is not Via.staff:
-            return "receipt_creation_allowed", False, "gated rail: staff path only"
+        if via is not Via.staff_receipt:
+            return ("receipt_creation_allowed", False, "gated rail: receipts only through "
+                    "the staff receipt path (POST /v1/admin/proofs/{id}/receipt)")
         return ("receipt_creation_allowed", listed, "staff path, rail in "
                 "RAILPROOF_RECEIPT_CREATION_RAILS" if listed
                 else "gated rail not in RAILPROOF_RECEIPT_CREATION_RAILS")
@@ -139,13 +155,28 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> t
         rcpt = str(obs.get("recipient") or "")
         if rcpt.lower() != ps.recipient.lower():
             problems.append("observed recipient differs from session recipient")
-        bt = obs.get("block_time")
-        if isinstance(bt, int):
+        bt = _epoch(obs.get("block_time"))
+        if bt is not None:
             if not utc(ps.created_at).timestamp() <= bt <= utc(ps.expires_at).timestamp():
                 problems.append("transfer time outside the session window")
     if problems:
         return False, "; ".join(problems)
     return True, "owner, session, product, amount, recipient and rail agree"
+
+
+def _epoch(value: Any) -> float | None:
+    """The transfer time from the evidence: Solana and the fake rail record epoch seconds, the
+    EVM/Tron adapters an ISO-8601 string. Either way the gate re-checks it against the session."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return utc(datetime.fromisoformat(value.replace("Z", "+00:00"))).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def _report(p: Proof, checks: list[Check], ctx: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +243,8 @@ def apply(engine: Engine, proof_id: str, op: audit.Operator, via: Via = Via.staf
             ent.updated_at = now
             ps.status = SessionStatus.paid
             ps.paid_at = now
+            if watches_reorgs(engine, p.rail_id):
+                p.next_check_at = now + REORG_RECHECK
             audit.append(s, now, op, "receipt.created", "receipt", r.id,
                          {"proof_id": p.id, "session_id": ps.id, "amount": str(ps.amount)})
             audit.append(s, now, op, "entitlement.activated", "entitlement", ent.id,

@@ -17,9 +17,10 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from rails.base import Settlement
+from registry.catalog import Stage
 from verifier import audit, gate
 from verifier.engine import Engine
 from verifier.errors import EngineError
@@ -37,7 +38,9 @@ from verifier.storage.models import (
     Proof,
     ProofStatus,
     Receipt,
+    SettlementEvidence,
 )
+from verifier.timeutil import utc
 
 log = logging.getLogger("railproof.worker")
 LEASE = timedelta(seconds=120)
@@ -126,13 +129,24 @@ def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, sourc
             _flag_reorg(engine, s, p)
             p.next_check_at = None
         elif st.is_final:
-            p.next_check_at = None
+            p.next_check_at = _reorg_watch(engine, s, p, now)
         else:
             p.next_check_at = now + backoff(min(p.attempts + 1, 6))
         if changed:
             audit.append(s, now, SYSTEM, "settlement." + ("reorged" if st.reorged else
                          "finalized" if st.is_final else "observed"), "proof", p.id,
                          {"finality": st.finality})
+
+
+def _reorg_watch(engine: Engine, s: Any, p: Proof, now: Any) -> Any:
+    """Next re-check of a final settlement: only while a receipt depends on it, on a rail whose
+    finality is depth-based, within the watch window (see gate.REORG_WATCH)."""
+    if not gate.watches_reorgs(engine, p.rail_id):
+        return None
+    created = s.scalar(select(Receipt.created_at).where(Receipt.proof_id == p.id))
+    if created is None or now >= utc(created) + gate.REORG_WATCH:
+        return None
+    return now + gate.REORG_RECHECK
 
 
 def _flag_reorg(engine: Engine, s: Any, p: Proof) -> None:
@@ -149,10 +163,21 @@ def _flag_reorg(engine: Engine, s: Any, p: Proof) -> None:
 
 def auto_apply(engine: Engine, batch: int) -> int:
     """Apply verified, final proofs whose gate passes on the automatic path."""
+    # Only proofs whose latest settlement is final: a reorged or unfinished one would only be
+    # blocked again on every sweep (and inflate apply_gate_blocks_total).
+    latest = (select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
+              .group_by(SettlementEvidence.proof_id).subquery())
+    # Only live rails: the automatic path can never pass a gated or review-only rail's
+    # receipt_creation_allowed check, so trying them would only count blocks every sweep.
+    live = [r for r, d in engine.catalog.rails.items() if d.stage is Stage.live]
     with engine.db.tx() as s:
-        q = (select(Proof.id).outerjoin(Receipt, Receipt.proof_id == Proof.id)
-             .where(Proof.status == ProofStatus.verified, Proof.next_check_at.is_(None),
-                    Receipt.id.is_(None)).limit(batch))
+        q = (select(Proof.id)
+             .join(latest, latest.c.proof_id == Proof.id)
+             .join(SettlementEvidence, SettlementEvidence.id == latest.c.mid)
+             .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+             .where(Proof.status == ProofStatus.verified, Proof.rail_id.in_(live),
+                    SettlementEvidence.is_final.is_(True), Receipt.id.is_(None))
+             .order_by(Proof.created_at).limit(batch))
         ids = list(s.scalars(q).all())
     applied = 0
     for pid in ids:

@@ -1,0 +1,86 @@
+"""Small helpers shared by the gate, worker, CLI and HTTP end-to-end tests."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import func, select
+
+from rails.cassette import Call, CassetteTransport
+from tests.conftest import CLOCK, make_settings
+from tests.fake_rail import catalog_with_fake
+from verifier.engine import Engine
+from verifier.storage.models import (
+    Approval,
+    AuditEvent,
+    Entitlement,
+    IdempotencyClaim,
+    PaymentSession,
+    Proof,
+    RailState,
+    Receipt,
+    SettlementEvidence,
+    VerificationAttempt,
+)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+GATE_CHECKS = ["proof_verified", "settlement_final", "rail_registered", "rail_not_paused",
+               "rail_production_enabled", "rail_allowlisted", "live_apply_enabled",
+               "receipt_creation_allowed", "tuple_bound"]
+TABLES = (RailState, Approval, PaymentSession, Proof, VerificationAttempt, SettlementEvidence,
+          Receipt, Entitlement, AuditEvent, IdempotencyClaim)
+
+
+def cassette_engine(db_url: str, clock=CLOCK, **kw: Any) -> Engine:
+    """An engine replaying the repository's recorded chains (plus the fake rails)."""
+    e = Engine(make_settings(db_url, chain="cassette", cassette_dir=FIXTURES, clock=clock, **kw),
+               catalog=catalog_with_fake())
+    e.ensure_rail_states()
+    return e
+
+
+def advance(engine: Engine, seconds: float) -> None:
+    """Move the engine's pinned clock forward (recorded chains need a fixed clock)."""
+    engine.settings.clock = engine.settings.now() + timedelta(seconds=seconds)
+
+
+def recorded_calls(path: Path) -> list[dict[str, Any]]:
+    return copy.deepcopy(json.loads(Path(path).read_text())["calls"])
+
+
+class SwitchableTransport:
+    """A cassette transport whose recorded calls the test replaces mid-test (the chain moves
+    on: confirmed → finalized, or a block is reorged), counting every call by method."""
+
+    source = "cassette"
+
+    def __init__(self, calls: Iterable[dict[str, Any]]):
+        self._lock = threading.Lock()
+        self.by_method: dict[str, int] = {}
+        self.load(calls)
+
+    def load(self, calls: Iterable[dict[str, Any]]) -> None:
+        self._inner = CassetteTransport([Call(c) for c in calls])
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        with self._lock:
+            self.by_method[method] = self.by_method.get(method, 0) + 1
+        return self._inner.call(method, params)
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    with engine.db.tx() as s:
+        return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) for t in TABLES}
+
+
+def audit_actions(engine: Engine, subject_id: str | None = None) -> list[AuditEvent]:
+    with engine.db.tx() as s:
+        q = select(AuditEvent).order_by(AuditEvent.id)
+        if subject_id is not None:
+            q = q.where(AuditEvent.subject_id == subject_id)
+        return list(s.scalars(q).all())

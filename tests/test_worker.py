@@ -1,0 +1,298 @@
+"""The worker: re-verification with backoff, giving up only after expiry plus grace, finality
+refresh in one batched call, reorg flagging under an active entitlement, the automatic apply
+path, and several workers sharing one database without processing a proof twice."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from rails.errors import RpcUnavailable
+from tests.conftest import make_settings
+from tests.fake_rail import ScriptedChain, catalog_with_fake
+from tests.helpers import FIXTURES, SwitchableTransport, advance, cassette_engine, recorded_calls
+from tests.test_e2e_http import EVM_CLOCK, EVM_USDC_AMOUNT, EVM_USDC_TO, EVM_USDC_TX
+from tests.test_gate import OP, paid_proof
+from verifier import gate, proofs, rails_admin, worker
+from verifier.assurance import assurance_report, refresh_gauges
+from verifier.engine import Engine
+from verifier.sessions import NewSession, open_session
+from verifier.storage.models import Entitlement, Proof, RailState, Receipt, VerificationAttempt
+from verifier.timeutil import utc
+
+
+def proof_row(engine, pid) -> Proof:
+    with engine.db.tx() as s:
+        return s.get(Proof, pid)
+
+
+def attempts(engine, pid) -> list[VerificationAttempt]:
+    with engine.db.tx() as s:
+        return list(s.scalars(select(VerificationAttempt).where(VerificationAttempt.proof_id == pid)
+                              .order_by(VerificationAttempt.id)).all())
+
+
+def due(engine, pid) -> None:
+    """Move the clock to just past the proof's next check."""
+    nxt = utc(proof_row(engine, pid).next_check_at)
+    engine.settings.clock = nxt + timedelta(seconds=1)
+
+
+def test_pending_proofs_are_rechecked_with_growing_backoff(engine, chain):
+    _, view = paid_proof(engine, chain, found=False)
+    pid = view["id"]
+    first = utc(proof_row(engine, pid).next_check_at)
+    assert first > engine.now()
+
+    # Not due yet: the sweep leaves it alone.
+    assert worker.sweep(engine, "w1")["reverified"] == 0
+    gaps = []
+    for _ in range(3):
+        due(engine, pid)
+        now = engine.now()
+        assert worker.sweep(engine, "w1")["reverified"] == 1
+        p = proof_row(engine, pid)
+        assert (p.status, p.failure_code, p.claimed_by) == ("pending", "tx_not_found", None)
+        gaps.append((utc(p.next_check_at) - now).total_seconds())
+    assert gaps[0] < gaps[1] < gaps[2]  # exponential (jitter ±20 % cannot reorder doublings)
+    assert [a.worker for a in attempts(engine, pid)] == [None, "w1", "w1", "w1"]
+
+
+def test_gives_up_only_after_session_expiry_plus_grace(engine, chain):
+    sess, view = paid_proof(engine, chain, found=False)
+    pid = view["id"]
+    expires = utc(proof_row(engine, pid).created_at) + timedelta(
+        seconds=engine.settings.session_ttl_seconds)
+    grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
+
+    engine.settings.clock = expires + grace - timedelta(seconds=5)
+    worker.sweep(engine, "w1")
+    assert proof_row(engine, pid).status == "pending"  # expired, but within the grace
+
+    # (past the backoff of the sweep just run, too)
+    engine.settings.clock = expires + grace + timedelta(seconds=60)
+    worker.sweep(engine, "w1")
+    p = proof_row(engine, pid)
+    assert (p.status, p.failure_code, p.next_check_at) == ("failed", "tx_not_found", None)
+    assert "grace" in p.detail
+    # Definitive: nothing picks it up again.
+    advance(engine, 3600)
+    assert worker.sweep(engine, "w1")["reverified"] == 0
+
+
+def test_rpc_errors_keep_proofs_pending(engine, chain):
+    sess, view = paid_proof(engine, chain, found=False)
+    pid = view["id"]
+    chain.fail_with = RpcUnavailable("node down")
+    for _ in range(2):
+        due(engine, pid)
+        worker.sweep(engine, "w1")
+    p = proof_row(engine, pid)
+    assert (p.status, p.failure_code) == ("pending", "rpc_unavailable")
+    assert p.next_check_at is not None
+    # Long past the session's expiry: an unavailable RPC still never turns into `failed`.
+    advance(engine, 10 * 24 * 3600)
+    worker.sweep(engine, "w1")
+    assert proof_row(engine, pid).status == "pending"
+    assert b'railproof_rpc_errors_total{kind="verify",network="fakenet"}' in engine.metrics.render()
+
+    chain.fail_with = None
+    chain.txs[p.ref] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000, "asset": "fusd",
+                        "refs": [sess["reference"]], "time": int(utc(p.created_at).timestamp()) + 30}
+    due(engine, pid)
+    worker.sweep(engine, "w1")
+    # The session is long expired by now, but the transfer was inside its window: verified.
+    assert proof_row(engine, pid).status == "verified"
+
+
+def test_finality_refresh_is_one_batched_call_per_sweep(engine, chain):
+    ids = [paid_proof(engine, chain, finality="confirmed")[1]["id"] for _ in range(7)]
+    assert all(proof_row(engine, i).status == "verified" for i in ids)
+    for i in ids:
+        chain.statuses[proof_row(engine, i).ref] = "finalized"
+    advance(engine, 60)
+    calls = chain.calls
+    out = worker.sweep(engine, "w1")
+    assert out == {"reverified": 0, "finality_refreshed": 7}
+    assert chain.calls - calls == 1
+    for i in ids:
+        assert gate.dry_run_apply(engine, i)["would_apply"] is True
+
+
+def test_finality_refresh_rpc_error_keeps_proofs_for_later(engine, chain):
+    pid = paid_proof(engine, chain, finality="confirmed")[1]["id"]
+    advance(engine, 60)
+    chain.fail_with = RpcUnavailable("down")
+    assert worker.refresh_finality(engine, "w1", 10) == 1
+    p = proof_row(engine, pid)
+    assert p.claimed_by is None and utc(p.next_check_at) > engine.now()
+    chain.fail_with = None
+    chain.statuses[p.ref] = "finalized"
+    due(engine, pid)
+    worker.refresh_finality(engine, "w1", 10)
+    assert gate.dry_run_apply(engine, pid)["would_apply"] is True
+
+
+def _activate_evm_usdc(e: Engine) -> tuple[str, str]:
+    """The real Ethereum USDC transfer through the gated staff path to an active entitlement."""
+    e.settings.live_apply = True
+    e.settings.apply_rail_allowlist = ["evm_usdc"]
+    e.settings.receipt_creation_rails = ["evm_usdc"]
+    a = rails_admin.request_change(e, "evm_usdc", "production", "true", OP)
+    rails_admin.approve(e, a["approval_id"], OP.__class__("ops2", "INC-1", "second pair of eyes"))
+    sess = open_session(e, NewSession(owner_id="alice", rail_id="evm_usdc", access_product_id="pro",
+                                      amount=EVM_USDC_AMOUNT, recipient=EVM_USDC_TO,
+                                      reference=None), actor="svc")
+    view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
+    assert view["status"] == "verified" and view["settlement"]["is_final"], view
+    out = gate.apply(e, view["id"], OP, gate.Via.staff_receipt)
+    return view["id"], out["entitlement_id"]
+
+
+def test_reorg_under_active_entitlement_is_flagged_not_revoked(db_url):
+    e = cassette_engine(db_url, clock=EVM_CLOCK)
+    try:
+        calls = recorded_calls(FIXTURES / "evm" / "eth_usdc_transfer.json")
+        chain = SwitchableTransport(calls)
+        e.chains.set_transport("ethereum", chain)
+        pid, ent_id = _activate_evm_usdc(e)
+        assert assurance_report(e)["summary"]["status"] == "ok"
+
+        # The worker keeps watching a depth-final settlement while the chain is stable...
+        advance(e, 3600)
+        worker.sweep(e, "w1")
+        with e.db.tx() as s:
+            assert s.get(Entitlement, ent_id).reorg_flagged is False
+
+        # ...then the block at the receipt's height is replaced.
+        for c in calls:
+            if c["method"] == "eth_getBlockByNumber" and c["params"][0] == "0x14e6867":
+                c["result"]["hash"] = "0x" + "cd" * 32
+        chain.load(calls)
+        advance(e, 3600)
+        worker.sweep(e, "w1")
+
+        with e.db.tx() as s:
+            ent = s.get(Entitlement, ent_id)
+            assert (ent.status, ent.reorg_flagged) == ("active", True)  # flagged, not revoked
+            assert s.scalar(select(Receipt).where(Receipt.proof_id == pid)) is not None
+        rep = assurance_report(e)
+        assert rep["summary"]["status"] == "critical"
+        assert any(i["category"] == "active_entitlement_unsettled" and ent_id in i["subject"]
+                   and "reorged" in i["repair"] for i in rep["issues"])
+        refresh_gauges(e)
+        text = e.metrics.render().decode()
+        assert 'railproof_reorgs_total{rail_id="evm_usdc"} 1.0' in text
+        assert "railproof_reorged_active_entitlements 1.0" in text
+        assert gate.dry_run_apply(e, pid)["blockers"][0]["code"] == "settlement_final"
+    finally:
+        e.db.dispose()
+
+
+def test_auto_apply_applies_live_proofs_only(engine, chain):
+    engine.settings.auto_apply = True
+    # Every flag a gated or review-only rail could want is on: the automatic path still
+    # never creates their receipts.
+    engine.settings.live_apply = True
+    engine.settings.apply_rail_allowlist = ["fake_live", "fake_gated", "fake_review"]
+    engine.settings.receipt_creation_rails = ["fake_gated", "fake_review"]
+    with engine.db.tx() as s:
+        for r in ("fake_gated", "fake_review"):
+            s.get(RailState, r).production_enabled = True
+    live = paid_proof(engine, chain, rail_id="fake_live")[1]["id"]
+    later = paid_proof(engine, chain, rail_id="fake_live", finality="confirmed")[1]["id"]
+    gated = paid_proof(engine, chain, rail_id="fake_gated")[1]["id"]
+    review = paid_proof(engine, chain, rail_id="fake_review")[1]["id"]
+
+    out = worker.sweep(engine, "w1")
+    assert out["applied"] == 1
+
+    def receipt(pid):
+        with engine.db.tx() as s:
+            return s.scalar(select(Receipt.id).where(Receipt.proof_id == pid))
+
+    assert receipt(live) is not None
+    assert receipt(later) is None and receipt(gated) is None and receipt(review) is None
+
+    chain.statuses[proof_row(engine, later).ref] = "finalized"
+    advance(engine, 60)
+    worker.sweep(engine, "w1")
+    assert receipt(later) is not None
+    assert receipt(gated) is None and receipt(review) is None
+    with engine.db.tx() as s:
+        assert len(s.scalars(select(Receipt)).all()) == 2
+
+
+def test_auto_apply_off_applies_nothing(engine, chain):
+    pid = paid_proof(engine, chain)[1]["id"]
+    assert "applied" not in worker.sweep(engine, "w1")
+    assert gate.dry_run_apply(engine, pid)["would_apply"] is True
+
+
+def test_three_workers_share_the_work_and_never_process_a_proof_twice(db_url, chain):
+    main = Engine(make_settings(db_url), catalog=catalog_with_fake())
+    main.chains.set_transport("fakenet", chain)
+    main.ensure_rail_states()
+    n = 30
+    made = [paid_proof(main, chain, found=False) for _ in range(n)]
+    pending = [view["id"] for _, view in made]
+    assert not chain.txs  # nothing was found at submit: every proof waits for the worker
+    # The transfers land on chain before the workers look again.
+    for sess, view in made:
+        chain.txs[view["reference"]] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000,
+                                        "asset": "fusd", "refs": [sess["reference"]]}
+    latest = max(utc(proof_row(main, pid).next_check_at) for pid in pending)
+    clock = latest + timedelta(seconds=1)
+
+    workers = []
+    for i in range(3):
+        e = Engine(make_settings(db_url, clock=clock), catalog=catalog_with_fake())
+        e.chains.set_transport("fakenet", _Slow(chain))
+        workers.append(e)
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def run(e: Engine, name: str) -> None:
+        try:
+            start.wait()
+            while worker.sweep(e, name, batch=4)["reverified"]:
+                pass
+        except BaseException as ex:  # surfaced below; a thread's exception is otherwise lost
+            errors.append(ex)
+
+    threads = [threading.Thread(target=run, args=(e, f"worker-{i}")) for i, e in enumerate(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for e in workers:
+        e.db.dispose()
+    assert not errors, errors
+
+    by_worker: dict[str, int] = {}
+    for pid in pending:
+        named = [a.worker for a in attempts(main, pid) if a.worker is not None]
+        assert len(named) == 1, (pid, named)
+        by_worker[named[0]] = by_worker.get(named[0], 0) + 1
+        assert proof_row(main, pid).status == "verified"
+    assert sum(by_worker.values()) == n
+    assert len(by_worker) >= 2, by_worker  # the work was shared
+    main.db.dispose()
+
+
+class _Slow:
+    """The shared scripted chain with a little latency, so workers overlap for real."""
+
+    source = "cassette"
+
+    def __init__(self, inner: ScriptedChain):
+        self.inner = inner
+        self._lock = threading.Lock()
+
+    def call(self, method, params):
+        time.sleep(0.005)
+        with self._lock:
+            return self.inner.call(method, params)
