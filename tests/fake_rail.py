@@ -68,7 +68,7 @@ class FakeAdapter:
         return Settlement(ref=ref.lower(), finality=fin, is_final=fin == "finalized",
                           reorged=fin == "reorged", slot=tx.get("slot", 1))
 
-    def finality(self, refs: list[str], chain: Any) -> list[Settlement]:
+    def finality(self, refs: list[str], chain: Any, expected: Any = None) -> list[Settlement]:
         got = chain.call("fake_getStatuses", [refs])
         return [Settlement(ref=r, finality=f, is_final=f == "finalized", reorged=f == "reorged")
                 for r, f in zip(refs, got)]

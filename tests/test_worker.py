@@ -187,7 +187,12 @@ def test_reorg_under_active_entitlement_is_flagged_not_revoked(db_url):
         text = e.metrics.render().decode()
         assert 'railproof_reorgs_total{rail_id="evm_usdc"} 1.0' in text
         assert "railproof_reorged_active_entitlements 1.0" in text
-        assert gate.dry_run_apply(e, pid)["blockers"][0]["code"] == "settlement_final"
+        # The proof is back to pending (`reorged`, through an attempt of its own) and is
+        # verified again by the next sweep; the gate blocks on both counts meanwhile.
+        blockers = {b["code"] for b in gate.dry_run_apply(e, pid)["blockers"]}
+        assert {"proof_verified", "settlement_final"} <= blockers
+        assert proofs.get_proof(e, pid, None)["failure_code"] == "reorged"
+        assert proofs.list_attempts(e, pid)[-1]["failure_code"] == "reorged"
     finally:
         e.db.dispose()
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 
 from rails.base import Settlement
+from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier import audit, gate
 from verifier.engine import Engine
@@ -39,6 +40,7 @@ from verifier.storage.models import (
     ProofStatus,
     Receipt,
     SettlementEvidence,
+    VerificationAttempt,
 )
 from verifier.timeutil import utc
 
@@ -79,17 +81,21 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
     if not ids:
         return 0
     groups: dict[tuple[str, str, str], list[Proof]] = defaultdict(list)
+    expected: dict[str, tuple[str, int]] = {}
     with engine.db.tx() as s:
         for pid in ids:
             p = s.get(Proof, pid)
             ps = s.get(PaymentSession, p.session_id)
             groups[(p.rail_id, ps.network, ps.asset)].append(p)
+            # SECURITY: where the money had to go, for rails whose ref does not pin the
+            # transfer itself (an x402 nonce can be settled by another authorization).
+            expected[p.ref] = (ps.recipient, ps.amount)
     for (rail_id, network, asset), plist in groups.items():
         rail = engine.rail(rail_id, network=network, asset=asset)
         adapter = engine.adapter(rail)
         chain = engine.chains.transport(rail.family, rail.network)
         try:
-            settlements = adapter.finality([p.ref for p in plist], chain)
+            settlements = adapter.finality([p.ref for p in plist], chain, expected=expected)
         except Exception as e:
             engine.metrics.inc("rpc_errors_total", network=network, kind="finality")
             log.warning("finality refresh failed: %s", type(e).__name__, extra={"rail_id": rail_id})
@@ -122,12 +128,16 @@ def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, sourc
         prev = latest_settlement(s, p.id)
         changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
             st.finality, st.is_final and not st.reorged, st.reorged)
-        if changed:
+        # A transfer mined again in another block after a reorg can look final again; the
+        # block it was verified in is gone, so it must be verified afresh.
+        moved = (prev is not None and prev.block_hash and st.block_hash
+                 and prev.block_hash.lower() != st.block_hash.lower())
+        if changed or moved:
             record_settlement(engine, s, p, att.id, st, source)
-        if st.reorged:
+        if st.reorged or moved:
             engine.metrics.inc("reorgs_total", rail_id=p.rail_id)
             _flag_reorg(engine, s, p)
-            p.next_check_at = None
+            _reopen_after_reorg(engine, s, p, st, source, now)
         elif st.is_final:
             p.next_check_at = _reorg_watch(engine, s, p, now)
         else:
@@ -147,6 +157,22 @@ def _reorg_watch(engine: Engine, s: Any, p: Proof, now: Any) -> Any:
     if created is None or now >= utc(created) + gate.REORG_WATCH:
         return None
     return now + gate.REORG_RECHECK
+
+
+def _reopen_after_reorg(engine: Engine, s: Any, p: Proof, st: Settlement, source: str,
+                        now: Any) -> None:
+    """The verified transfer left the canonical chain: the proof goes back to pending
+    (`reorged`) through an attempt of its own, and is verified again at once — re-included
+    transfers verify again, vanished ones end tx_not_found once the session is over."""
+    s.add(VerificationAttempt(proof_id=p.id, status=ProofStatus.pending,
+                              failure_code=FailureCode.reorged.value,
+                              detail=f"settlement reorged: {st.detail or st.finality}",
+                              observed={"block_number": st.block_number,
+                                        "block_hash": st.block_hash, "finality": st.finality},
+                              rpc_calls=0, latency_ms=0, source=source, created_at=now))
+    p.status, p.failure_code = ProofStatus.pending, FailureCode.reorged.value
+    p.detail = "settlement reorged; re-verifying"
+    p.updated_at, p.next_check_at = now, now
 
 
 def _flag_reorg(engine: Engine, s: Any, p: Proof) -> None:
