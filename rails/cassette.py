@@ -84,9 +84,19 @@ class CassetteTransport:
 
     def __init__(self, calls: Iterable[Call], network: str | None = None):
         self.network = network
-        self._by_method: dict[str, list[Call]] = {}
-        for c in calls:
-            self._by_method.setdefault(c.method, []).append(c)
+        # A recorded call can only match a request whose first positional param equals its
+        # own (see Call.matches), so calls are indexed by (method, first param) when that is
+        # a plain string or list of strings (a signature, a tx hash, [signatures]). A lookup
+        # then costs the same for a cassette of five calls or of a million; the rest (no
+        # params, an object first) stay in a per-method list searched in order.
+        self._by_key: dict[tuple[str, Any], list[tuple[int, Call]]] = {}
+        self._other: dict[str, list[tuple[int, Call]]] = {}
+        for pos, c in enumerate(calls):
+            key = _first_param_key(c.params)
+            if key is None:
+                self._other.setdefault(c.method, []).append((pos, c))
+            else:
+                self._by_key.setdefault((c.method, key), []).append((pos, c))
 
     @classmethod
     def from_files(cls, paths: Iterable[Path], network: str | None = None) -> "CassetteTransport":
@@ -102,12 +112,38 @@ class CassetteTransport:
         return cls.from_files(discover(Path(directory)), network)
 
     def call(self, method: str, params: list[Any]) -> Any:
-        for c in self._by_method.get(method, ()):
-            if c.matches(method, params):
-                if c.has_error:
-                    raise RpcErrorResponse(method, c.error)
-                return c.result
-        raise UnmatchedRequest(method, params)
+        found: tuple[int, Call] | None = None
+        key = _first_param_key(params)
+        if key is not None:
+            found = _first_match(self._by_key.get((method, key), ()), method, params)
+        # The first recorded match wins across both tables (sorted path order, then file order).
+        other = _first_match(self._other.get(method, ()), method, params)
+        if other is not None and (found is None or other[0] < found[0]):
+            found = other
+        if found is None:
+            raise UnmatchedRequest(method, params)
+        c = found[1]
+        if c.has_error:
+            raise RpcErrorResponse(method, c.error)
+        return c.result
+
+
+def _first_param_key(params: list[Any]) -> Any:
+    if not params:
+        return None
+    first = params[0]
+    if isinstance(first, str):
+        return first
+    if isinstance(first, list) and all(isinstance(x, str) for x in first):
+        return tuple(first)
+    return None
+
+
+def _first_match(calls: Iterable[tuple[int, Call]], method: str, params: list[Any]) -> tuple[int, Call] | None:
+    for pos, c in calls:
+        if c.matches(method, params):
+            return pos, c
+    return None
 
 
 class CountingTransport:

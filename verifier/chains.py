@@ -1,16 +1,32 @@
 """Which transport answers for a network: the cassette directory (replay) or live RPC URLs.
-Everything above this line is the same code either way."""
+Everything above this line is the same code either way.
+
+Two shapes of live access:
+
+- `transport(family, network)`: one transport over every configured URL, tried in order
+  (retries per URL, then failover) — the first URL that answers is believed;
+- `independent(family, network)`: one transport per distinct URL, each with its own retries
+  and no failover, for the RPC quorum (RAILPROOF_RPC_QUORUM > 1): `verify` then asks every
+  node and believes only what a quorum of them agree on (verifier.checking.decide_quorum).
+
+Cassette replay is one recorded chain, so the quorum does not apply to it.
+"""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 from rails import adapter_class
-from rails.base import Transport
+from rails.base import Adapter, Terms, Transport
 from rails.cassette import Call, CassetteTransport, discover, read_cassette
 from rails.errors import RpcUnavailable
+from verifier.checking import Checked, run_verify, run_verify_quorum
 from verifier.config import Settings
+
+# (family, urls, network) → a live transport; the default is the family adapter's own.
+LiveFactory = Callable[[str, list[str], str], Transport]
 
 
 class _NoRpc:
@@ -25,12 +41,17 @@ class _NoRpc:
 
 
 class Chains:
-    def __init__(self, settings: Settings, catalog=None):
+    def __init__(self, settings: Settings, catalog=None, live_factory: LiveFactory | None = None):
         self.settings = settings
         self.catalog = catalog
+        self._live_factory = live_factory or self._default_live
         self._lock = threading.Lock()
         self._by_network: dict[str, Transport] = {}
+        self._independent: dict[str, list[Transport]] = {}
         self._cassette_calls: dict[str, list[Call]] | None = None
+
+    def _default_live(self, family: str, urls: list[str], network: str) -> Transport:
+        return adapter_class(family, self.catalog).live_transport(urls, network)
 
     def _load_cassettes(self) -> dict[str, list[Call]]:
         if self._cassette_calls is None:
@@ -41,6 +62,8 @@ class Chains:
                 calls.setdefault(doc["network"], []).extend(Call(c) for c in doc["calls"])
             self._cassette_calls = calls
         return self._cassette_calls
+
+    # -- one transport per network (failover across URLs) ------------------------------------
 
     def transport(self, family: str, network: str) -> Transport:
         with self._lock:
@@ -56,9 +79,47 @@ class Chains:
         urls = self.settings.rpc_urls(network)
         if not urls:
             return _NoRpc(network)
-        return adapter_class(family, self.catalog).live_transport(urls, network)
+        return self._live_factory(family, urls, network)
 
     def set_transport(self, network: str, transport: Transport) -> None:
         """Tests and local chains plug a transport in for a network."""
         with self._lock:
             self._by_network[network] = transport
+
+    # -- one transport per URL (the quorum) ---------------------------------------------------
+
+    def quorum(self, network: str) -> int:
+        """How many independent nodes must agree for `network`: RAILPROOF_RPC_QUORUM on live
+        chains (or where a test plugged independent transports), 1 on a recorded chain."""
+        with self._lock:
+            plugged = network in self._independent
+        if self.settings.chain == "live" or plugged:
+            return self.settings.rpc_quorum
+        return 1
+
+    def independent(self, family: str, network: str) -> list[Transport]:
+        with self._lock:
+            ts = self._independent.get(network)
+            if ts is None:
+                # The same URL listed twice is one node, not two votes.
+                urls = list(dict.fromkeys(self.settings.rpc_urls(network)))
+                ts = [self._live_factory(family, [url], network) for url in urls]
+                self._independent[network] = ts
+            return ts
+
+    def set_independent_transports(self, network: str, transports: list[Transport]) -> None:
+        """Tests plug the quorum's nodes in for a network."""
+        with self._lock:
+            self._independent[network] = list(transports)
+
+    # -- one verification ------------------------------------------------------------------------
+
+    def verify(self, adapter: Adapter, proof: str, terms: Terms) -> Checked:
+        """One verification of `proof` on the adapter's rail: through the quorum of independent
+        nodes when one is configured, otherwise through the network's transport."""
+        rail = adapter.rail
+        quorum = self.quorum(rail.network)
+        if quorum > 1:
+            return run_verify_quorum(adapter, proof, terms,
+                                     self.independent(rail.family, rail.network), quorum)
+        return run_verify(adapter, proof, terms, self.transport(rail.family, rail.network))

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_session_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     tx_not_found_grace_seconds: int = Field(default=900, ge=0)
     stuck_claim_seconds: int = Field(default=300, ge=1)
+    claim_lease_seconds: int = Field(default=120, ge=1)
     rpc_quorum: int = Field(default=1, ge=1)
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 

@@ -157,7 +157,8 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> t
             problems.append("observed recipient differs from session recipient")
         bt = _epoch(obs.get("block_time"))
         if bt is not None:
-            if not utc(ps.created_at).timestamp() <= bt <= utc(ps.expires_at).timestamp():
+            # Chain times are whole seconds: compare at that resolution, as the adapters do.
+            if not int(utc(ps.created_at).timestamp()) <= bt <= utc(ps.expires_at).timestamp():
                 problems.append("transfer time outside the session window")
     if problems:
         return False, "; ".join(problems)

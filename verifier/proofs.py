@@ -22,7 +22,6 @@ from rails.base import Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
 from verifier import audit
-from verifier.checking import run_verify
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, NotFound, Refused
 from verifier.sessions import load_session
@@ -68,13 +67,13 @@ class _OwnerConflict(Exception):
 def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
             proof_type: str | None, actor: str, verify: bool) -> tuple[dict[str, Any], bool]:
     now = engine.now()
+    # 1. Checks and the proof row, committed before the chain is asked: a process that dies
+    #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
         ps = load_session(engine, s, session_id, owners)
         rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
         adapter = engine.adapter(rail)
-        if engine.rail_state(s, rail.rail_id).paused:
-            engine.metrics.inc("rail_paused_attempts_total", rail_id=rail.rail_id)
-            raise Refused(FailureCode.rail_paused, f"rail {rail.rail_id} is paused")
+        _refuse_if_paused(engine, s, rail.rail_id)
         ptype = proof_type or rail.proof_types[0]
         if ptype not in rail.proof_types:
             raise BadInput("invalid_proof_type", f"proof_type: {rail.rail_id} accepts "
@@ -105,10 +104,23 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
             return _replay(engine, s, winner, ps, adapter, actor), False
         audit.append(s, now, audit.Operator(actor), "proof.submitted", "proof", p.id,
                      {"session_id": ps.id, "rail_id": rail.rail_id, "fingerprint": fp})
-        proof_id = p.id
-    if verify:
-        verify_proof(engine, proof_id)
-    return get_proof(engine, proof_id, None), True
+        if not verify:
+            return _view(s, p), True
+    # 2. The chain, outside any transaction (bounded by the transport's retry budget).
+    checked = engine.chains.verify(adapter, raw, terms_for(engine, ps))
+    # 3. The attempt, the new status, any settlement and the answer, in one transaction.
+    with engine.db.tx() as s:
+        p = s.get(Proof, p.id, with_for_update=engine.db.postgres)
+        verdict = _record_attempt(engine, s, p, ps, checked, None)
+        view = _view(s, p)
+    _count(engine, rail, checked, verdict)
+    return view, True
+
+
+def _refuse_if_paused(engine: Engine, s: Session, rail_id: str) -> None:
+    if engine.rail_state(s, rail_id).paused:
+        engine.metrics.inc("rail_paused_attempts_total", rail_id=rail_id)
+        raise Refused(FailureCode.rail_paused, f"rail {rail_id} is paused")
 
 
 def _raw_proof(proof: Any) -> str:
@@ -160,8 +172,22 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
         ps = s.get(PaymentSession, p.session_id)
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
-    chain = engine.chains.transport(rail.family, rail.network)
-    checked = run_verify(adapter, p.raw, terms_for(engine, ps), chain)
+    checked = engine.chains.verify(adapter, p.raw, terms_for(engine, ps))
+    with engine.db.tx() as s:
+        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
+        if worker is not None and p.claimed_by != worker:
+            # Our lease ran out during a slow chain call and another worker holds the proof
+            # now: its answer will be recorded, ours is dropped (one attempt per claim).
+            return checked.verdict
+        verdict = _record_attempt(engine, s, p, ps, checked, worker)
+    _count(engine, rail, checked, verdict)
+    return verdict
+
+
+def _record_attempt(engine: Engine, s: Session, p: Proof, ps: PaymentSession, checked: Any,
+                    worker: str | None) -> Verdict:
+    """The attempt row, the proof's new status (its latest attempt's), settlement evidence
+    for a verified attempt, the next check, and an audit row when the status changes."""
     verdict = checked.verdict
     now = engine.now()
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
@@ -171,36 +197,37 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
         verdict = Verdict.fail(FailureCode.tx_not_found,
                                f"{verdict.detail}; not found by session expiry plus "
                                f"{int(grace.total_seconds())} s grace")
-    with engine.db.tx() as s:
-        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
-        att = VerificationAttempt(proof_id=p.id, status=verdict.status.value,
-                                  failure_code=verdict.code.value if verdict.code else None,
-                                  detail=verdict.detail, observed=_redact(verdict.observed),
-                                  rpc_calls=checked.rpc_calls, latency_ms=checked.latency_ms,
-                                  source=checked.source, worker=worker, created_at=now)
-        s.add(att)
-        s.flush()
-        old = p.status
-        p.status = verdict.status.value
-        p.failure_code = att.failure_code
-        p.detail = verdict.detail
-        p.attempts += 1
-        p.updated_at = now
-        p.claimed_until = None
-        p.claimed_by = None
-        if verdict.status is Status.verified and verdict.settlement is not None:
-            record_settlement(engine, s, p, att.id, verdict.settlement, checked.source)
-        p.next_check_at = _next_check(p, verdict, now)
-        if old != p.status:
-            audit.append(s, now, SYSTEM, f"proof.{p.status}", "proof", p.id,
-                         {"code": p.failure_code, "attempt_id": att.id})
+    att = VerificationAttempt(proof_id=p.id, status=verdict.status.value,
+                              failure_code=verdict.code.value if verdict.code else None,
+                              detail=verdict.detail, observed=_redact(verdict.observed),
+                              rpc_calls=checked.rpc_calls, latency_ms=checked.latency_ms,
+                              source=checked.source, worker=worker, created_at=now)
+    s.add(att)
+    s.flush()
+    old = p.status if p.attempts else None  # a new proof's first attempt always counts
+    p.status = verdict.status.value
+    p.failure_code = att.failure_code
+    p.detail = verdict.detail
+    p.attempts += 1
+    p.updated_at = now
+    p.claimed_until = None
+    p.claimed_by = None
+    if verdict.status is Status.verified and verdict.settlement is not None:
+        record_settlement(engine, s, p, att.id, verdict.settlement, checked.source)
+    p.next_check_at = _next_check(p, verdict, now)
+    if old != p.status:
+        audit.append(s, now, SYSTEM, f"proof.{p.status}", "proof", p.id,
+                     {"code": p.failure_code, "attempt_id": att.id})
+    return verdict
+
+
+def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
     engine.metrics.inc("verification_attempts_total", rail_id=rail.rail_id,
-                       status=verdict.status.value, code=att.failure_code or "")
+                       status=verdict.status.value, code=verdict.code.value if verdict.code else "")
     engine.metrics.observe("verification_latency_seconds", checked.latency_ms / 1000,
                            rail_id=rail.rail_id)
     if verdict.code is FailureCode.rpc_unavailable:
         engine.metrics.inc("rpc_errors_total", network=rail.network, kind="verify")
-    return verdict
 
 
 def _next_check(p: Proof, verdict: Verdict, now: Any) -> Any:

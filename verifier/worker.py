@@ -45,7 +45,6 @@ from verifier.storage.models import (
 from verifier.timeutil import utc
 
 log = logging.getLogger("railproof.worker")
-LEASE = timedelta(seconds=120)
 SYSTEM = audit.Operator("worker")
 
 
@@ -60,7 +59,8 @@ def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[st
             q = q.with_for_update(skip_locked=True)
         rows = s.scalars(q).all()
         for p in rows:
-            p.claimed_by, p.claimed_until = name, now + LEASE
+            lease = timedelta(seconds=engine.settings.claim_lease_seconds)
+            p.claimed_by, p.claimed_until = name, now + lease
         return [p.id for p in rows]
 
 

@@ -1,0 +1,65 @@
+"""`railproof bench` runs end to end with tiny numbers and returns every figure of the contract.
+
+Nothing here looks at how fast anything was: timings depend on the machine. Counts do not:
+a verified Solana proof costs exactly two RPC calls, and every synthetic proof verifies."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from rails.base import Status, Terms
+from rails.cassette import CassetteTransport
+from verifier import bench
+from verifier.checking import run_verify
+
+CONTRACT = {
+    "verify_offline_per_s": float, "submit_verify_per_s": float, "dry_run_apply_p50_ms": float,
+    "dry_run_apply_p95_ms": float, "rpc_calls_per_verified_proof": float,
+    "x402_verify_per_s": float, "x402_sdk_verify_per_s": float, "peak_rss_mb": float,
+    "proofs": int, "database": str, "stored": int,
+}
+
+
+def test_run_bench_small_returns_the_contract_keys():
+    out = bench.run_bench(proofs=20, stored=50)
+    for key, kind in CONTRACT.items():
+        assert isinstance(out[key], kind), (key, out[key])
+    assert out["proofs"] == 20
+    assert out["database"] == "sqlite"
+    assert out["stored"] == 50
+    assert out["rpc_calls_per_verified_proof"] <= 2
+    assert out["offline_verified"] == 20
+    assert set(out["submit_statuses"]) == {"verified"}
+    assert out["x402_valid"] == {"ours": 20, "sdk": 20, "of": 20}
+
+
+def test_synthetic_proofs_are_distinct_and_verify_with_their_own_amounts():
+    proofs = bench.synthetic_proofs(len(bench.TEMPLATES) * 2)
+    assert len({p.signature for p in proofs}) == len(proofs)
+    refs = [p.reference for p in proofs if p.reference]
+    assert len(set(refs)) == len(refs)
+    chain = CassetteTransport([c for p in proofs for c in p.calls], bench.NETWORK)
+    adapter = bench.adapter_for(bench.load_catalog().resolve(bench.RAIL_ID))
+    for p in proofs:
+        ok = run_verify(adapter, p.signature, bench._terms(p), chain)
+        assert ok.verdict.status is Status.verified, ok.verdict
+        assert ok.verdict.observed["amount"] == str(p.amount)
+        assert ok.rpc_calls == 2
+        # The amount was changed consistently: any other amount is refused.
+        other = Terms(**{**bench._terms(p).model_dump(), "amount": p.amount + 1})
+        assert run_verify(adapter, p.signature, other, chain).verdict.status is Status.failed
+
+
+def test_cli_bench_prints_one_json_object():
+    res = CliRunner().invoke(bench_app(), ["bench", "--proofs", "10", "--stored", "15", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["proofs"] == 10 and out["stored"] == 15
+
+
+def bench_app():
+    from verifier.cli import app
+
+    return app

@@ -1,0 +1,337 @@
+"""PostgreSQL as the shared store of many processes: two API deployments (`railproof serve
+--workers 3` and a single-process `railproof serve`) and two `railproof worker` processes with
+automatic apply, all on one fresh database migrated by `railproof db upgrade`, replaying the
+recorded Solana chain with the demo clock.
+
+Hundreds of concurrent HTTP requests then race on overlapping work: the same proof for the
+same session many times (with and without one Idempotency-Key), the same proof for other
+sessions of the same owner and of other owners, two transfers for one session, and staff
+applies on every proof from several threads while the workers auto-apply. Afterwards the
+database must hold: one proof per fingerprint, one receipt per proof and per session, no
+active entitlement without a final settlement, receipts exactly where a final verified proof
+paid an unpaid session, no idempotency claim left in progress, an intact audit chain — and
+every answer was a JSON 2xx/4xx (no 5xx).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from tests.fault_rpc import FIXTURES, SOLANA_GENERATED
+from tests.procs import Api, PgDatabase, Worker, base_env, migrate, wait_until
+from verifier.audit import verify_chain
+from verifier.storage.db import Database
+from verifier.storage.models import (
+    AuditEvent,
+    Entitlement,
+    IdempotencyClaim,
+    PaymentSession,
+    Proof,
+    Receipt,
+    SettlementEvidence,
+    VerificationAttempt,
+)
+
+pytestmark = pytest.mark.postgres
+PG_URL = os.environ.get("RAILPROOF_TEST_POSTGRES_URL")
+CLOCK = "2026-01-01T00:00:00Z"
+TOKENS = {"tok-a": ["owner-a1", "owner-a2"], "tok-b": ["owner-b"], "tok-c": ["owner-c"]}
+OWNER_TOKEN = {o: t for t, owners in TOKENS.items() for o in owners}
+STAFF = {"Authorization": "Bearer staff-1"}
+PHASE_TIMEOUT_S = 120.0
+POOL = 32
+
+
+def _proof_set() -> list[dict[str, Any]]:
+    """Every generated Solana cassette with an expected payment (verified, failed, not final),
+    each a distinct signature, plus the real mainnet USDC transfer (outside the demo window)."""
+    out = []
+    for path in sorted(SOLANA_GENERATED.glob("*.json")):
+        doc = json.loads(path.read_text())
+        want = doc.get("expect") or doc.get("demo")
+        if not want or "recipient" not in want or want.get("asset"):
+            continue
+        sig = next(c["params"][0] for c in doc["calls"] if c["method"] == "getTransaction")
+        out.append({"name": path.stem, "signature": sig, "recipient": want["recipient"],
+                    "amount": int(want["amount"])})
+    real = json.loads((FIXTURES / "solana" / "usdc_transfer.json").read_text())
+    out.append({"name": "real_usdc_transfer", "amount": 1000,
+                "recipient": "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui",
+                "signature": next(c["params"][0] for c in real["calls"] if c["method"] == "getTransaction")})
+    return out
+
+
+@pytest.fixture
+def pg_db() -> Iterator[PgDatabase]:
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("RAILPROOF_TEST_POSTGRES_URL is unset under CI: PostgreSQL tests must run")
+        pytest.skip("PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
+                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+    db = PgDatabase(PG_URL)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+class Recorder:
+    """Every HTTP answer, checked to be JSON and below 500."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.answers: list[tuple[str, int, Any]] = []
+        self.problems: list[str] = []
+
+    def send(self, client: httpx.Client, what: str, method: str, url: str, **kw: Any) -> tuple[int, Any]:
+        try:
+            r = client.request(method, url, **kw)
+        except httpx.HTTPError as e:
+            with self.lock:
+                self.problems.append(f"{what}: {type(e).__name__}: {e}")
+            return 0, None
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        with self.lock:
+            self.answers.append((what, r.status_code, body))
+            if r.status_code >= 500 or body is None:
+                self.problems.append(f"{what}: {r.status_code} {r.text[:300]}")
+            elif r.status_code >= 400 and not (isinstance(body, dict) and "error" in body):
+                self.problems.append(f"{what}: {r.status_code} without an error object")
+        return r.status_code, body
+
+
+def run_all(jobs: list, timeout: float = PHASE_TIMEOUT_S) -> list[Any]:
+    with ThreadPoolExecutor(POOL) as pool:
+        futures = [pool.submit(j) for j in jobs]
+        done, not_done = wait(futures, timeout=timeout)
+        for f in not_done:
+            f.cancel()
+        assert not not_done, f"{len(not_done)} requests did not finish within {timeout:g}s"
+        return [f.result() for f in futures]
+
+
+def test_many_processes_share_one_postgresql(pg_db, tmp_path):
+    env = base_env(database_url=pg_db.url, chain="cassette", cassette_dir=str(FIXTURES),
+                   clock=CLOCK, service_tokens=json.dumps(TOKENS),
+                   staff_tokens=json.dumps({"staff-1": "ops1", "staff-2": "ops2"}))
+    migrate(env)
+    apply_env = {**env, "RAILPROOF_AUTO_APPLY": "1"}
+    procs: list[Any] = []
+    rng = random.Random(7)
+    rec = Recorder()
+    try:
+        # Everything starts at once on the fresh database (startup races are part of the test).
+        apis = [Api(env, tmp_path, workers=3, name="api-multi"), Api(env, tmp_path, name="api-single")]
+        procs += apis
+        # Two workers sweep the same queue throughout (claims under FOR UPDATE SKIP LOCKED).
+        procs += [Worker(env, tmp_path, "w1"), Worker(env, tmp_path, "w2")]
+        for api in apis:
+            api.wait_ready()
+        bases = [api.url for api in apis]
+        limits = httpx.Limits(max_connections=POOL * 2, max_keepalive_connections=POOL * 2)
+        client = httpx.Client(timeout=60.0, limits=limits)
+
+        # -- sessions: every proof gets sessions of three owners (two sharing a token) --------
+        proofs_set = _proof_set()
+        assert len(proofs_set) >= 10
+        plan = []  # (proof, owner)
+        for p in proofs_set:
+            for owner in ("owner-a1", "owner-a1", "owner-a2", "owner-b", "owner-b", "owner-c"):
+                plan.append((p, owner))
+        shared = [p for p in proofs_set if p["name"].startswith("extra_instructions")]
+        assert len(shared) == 2  # two transfers that both pay 3 USDC with the same memo
+
+        def open_session(i: int, p: dict[str, Any], owner: str, key: str | None) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {OWNER_TOKEN[owner]}"}
+            if key:
+                headers["Idempotency-Key"] = key
+            body = {"owner_id": owner, "rail_id": "solana_usdc", "access_product_id": f"prod-{p['name']}",
+                    "amount": p["amount"], "recipient": p["recipient"], "reference": None}
+            return rec.send(client, "session", "POST", bases[i % 2] + "/v1/payment-sessions",
+                            headers=headers, json=body)
+
+        jobs = []
+        for i, (p, owner) in enumerate(plan):
+            key = f"sess-{i}"
+            # Half the sessions are created twice with one key, concurrently, on both APIs.
+            for j in range(2 if i % 2 == 0 else 1):
+                jobs.append(lambda i=i, j=j, p=p, owner=owner, key=key: (i, open_session(i + j, p, owner, key)))
+        jobs.append(lambda: (-1, open_session(0, shared[0], "owner-c", "sess-shared")))
+        rng.shuffle(jobs)
+        sessions: dict[int, dict[str, Any]] = {}
+        for i, (status, body) in run_all(jobs):
+            assert status in (201, 409), (status, body)
+            if status == 201:
+                if i in sessions:
+                    assert sessions[i]["id"] == body["id"]  # the replay is the same session
+                sessions[i] = body
+            else:
+                assert body["error"]["code"] == "idempotency_in_progress", body
+        assert set(sessions) == set(range(len(plan))) | {-1}, "a session was lost"
+
+        # -- proofs: the same proof many times, for its own and for other sessions -------------
+        def submit(i: int, sess: dict[str, Any], sig: str, key: str | None) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {OWNER_TOKEN[sess['owner_id']]}"}
+            if key:
+                headers["Idempotency-Key"] = key
+            return rec.send(client, "proof", "POST", bases[i % 2] + "/v1/proofs", headers=headers,
+                            json={"session_id": sess["id"], "proof": sig})
+
+        jobs = []
+        n = 0
+        for i, (p, _owner) in enumerate(plan):
+            sess = sessions[i]
+            for rep in range(4):
+                key = f"proof-{i}" if rep < 2 else None  # two with one key, two without
+                jobs.append(lambda n=n, sess=sess, sig=p["signature"], key=key: (sess, sig, submit(n, sess, sig, key)))
+                n += 1
+        for p in shared:  # both 3 USDC transfers offered to one session
+            for rep in range(3):
+                jobs.append(lambda n=n, sig=p["signature"]: (sessions[-1], sig, submit(n, sessions[-1], sig, None)))
+                n += 1
+        rng.shuffle(jobs)
+        results = run_all(jobs)
+        assert len(results) >= 250
+        codes = Counter()
+        for sess, sig, (status, body) in results:
+            assert status in (200, 201, 409), (status, body)
+            if status == 409:
+                codes[body["error"]["code"]] += 1
+                assert body["error"]["code"] in ("duplicate_payment", "proof_owner_conflict",
+                                                 "idempotency_in_progress"), body
+            else:
+                codes[status] += 1
+                assert body["session_id"] == sess["id"] and body["owner_id"] == sess["owner_id"]
+        # The races were really run: each outcome happened.
+        assert codes[201] >= 1 and codes[200] >= 1
+        assert codes["duplicate_payment"] >= 1 and codes["proof_owner_conflict"] >= 1
+
+        # -- apply: staff on every proof from several threads, while the workers auto-apply ----
+        staff_view = client.get(bases[0] + "/v1/admin/proofs", headers=STAFF, params={"limit": 1000})
+        assert staff_view.status_code == 200
+        stored = staff_view.json()
+        jobs = []
+        for p in stored:
+            for rep in range(4):
+                jobs.append(lambda pid=p["id"], rep=rep: (pid, rec.send(
+                    client, "apply", "POST", bases[rep % 2] + f"/v1/admin/proofs/{pid}/apply",
+                    headers=STAFF, json={"confirm": True, "incident_id": "INC-1",
+                                         "operator_reason": "concurrency test"})))
+        rng.shuffle(jobs)
+        # Two automatic-apply workers race the staff: the kill switch holds them back until
+        # both have swept (blocked) at least once, then the rail resumes and everyone applies.
+        ops = {"confirm": True, "incident_id": "INC-1", "operator_reason": "concurrency test"}
+        r = client.post(bases[0] + "/v1/admin/rails/solana_usdc/pause", headers=STAFF, json=ops)
+        assert r.status_code == 200, r.text
+        appliers = [Worker(apply_env, tmp_path, f"auto{i}", interval=0.05) for i in (1, 2)]
+        procs += appliers
+        for w in appliers:
+            wait_until(f"{w.name} to sweep", lambda w=w: '"sweep' in w.output(), 30.0, 0.1)
+        r = client.post(bases[1] + "/v1/admin/rails/solana_usdc/resume", headers=STAFF, json=ops)
+        assert r.status_code == 200, r.text
+        applied_fresh: Counter = Counter()
+        for pid, (status, body) in run_all(jobs):
+            assert status in (200, 409), (status, body)
+            if status == 200:
+                assert body["applied"] is True
+                if not body["already_applied"]:
+                    applied_fresh[pid] += 1
+            else:
+                assert body["error"]["code"] == "apply_blocked", body
+        assert all(v == 1 for v in applied_fresh.values()), applied_fresh
+
+        # Let the workers finish whatever auto-apply they had started.
+        db = Database(pg_db.url)
+        try:
+            def settled() -> bool:
+                with db.tx() as s:
+                    n_final = s.scalar(select(func.count(func.distinct(Proof.session_id)))
+                                       .join(SettlementEvidence, SettlementEvidence.proof_id == Proof.id)
+                                       .where(Proof.status == "verified", SettlementEvidence.is_final))
+                    return n_final == s.scalar(select(func.count()).select_from(Receipt))
+            wait_until("every final verified proof to be applied", settled, 30.0, 0.2)
+            for proc in procs:
+                assert proc.alive(), f"{proc.name} died: {proc.output()}"
+            check_invariants(db, proofs_set)
+            with db.tx() as s:
+                applied = s.scalars(select(AuditEvent).where(AuditEvent.action == "proof.applied")).all()
+            # Exactly one apply per receipt, whoever won it (staff or a worker).
+            assert len(applied) == len({a.subject_id for a in applied})
+            staff_applied = {a.subject_id for a in applied if a.data.get("via") == "staff"}
+            assert staff_applied == set(applied_fresh)
+            assert len(applied) >= 5
+            print(f"applies: {len(staff_applied)} by staff, {len(applied) - len(staff_applied)} "
+                  f"automatic; proof answers {dict(codes)}")
+        finally:
+            db.dispose()
+        client.close()
+        assert not rec.problems, rec.problems[:10]
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def check_invariants(db: Database, proofs_set: list[dict[str, Any]]) -> None:
+    with db.tx() as s:
+        proofs = s.scalars(select(Proof)).all()
+        # One proof per fingerprint, and every submitted transfer is stored exactly once.
+        assert len({p.fingerprint for p in proofs}) == len(proofs)
+        assert sorted(p.ref for p in proofs) == sorted(x["signature"] for x in proofs_set)
+        by_id = {p.id: p for p in proofs}
+
+        receipts = s.scalars(select(Receipt)).all()
+        assert len({r.proof_id for r in receipts}) == len(receipts), "two receipts for one proof"
+        assert len({r.session_id for r in receipts}) == len(receipts), "two receipts for one session"
+        sessions = {ps.id: ps for ps in s.scalars(select(PaymentSession)).all()}
+        for r in receipts:
+            p, ps = by_id[r.proof_id], sessions[r.session_id]
+            assert p.session_id == ps.id and p.status == "verified"
+            assert (r.owner_id, r.access_product_id, r.amount) == (ps.owner_id, ps.access_product_id, ps.amount)
+            ev = s.scalar(select(SettlementEvidence).where(SettlementEvidence.proof_id == p.id)
+                          .order_by(SettlementEvidence.id.desc()).limit(1))
+            assert ev is not None and ev.is_final and not ev.reorged
+            assert ps.status == "paid"
+
+        # Nothing lost: every session a final verified proof paid has its receipt.
+        final_sessions = {p.session_id for p in proofs if p.status == "verified" and s.scalar(
+            select(SettlementEvidence.is_final).where(SettlementEvidence.proof_id == p.id)
+            .order_by(SettlementEvidence.id.desc()).limit(1))}
+        assert {r.session_id for r in receipts} == final_sessions
+
+        receipt_by_id = {r.id: r for r in receipts}
+        per_session = defaultdict(int)
+        for ent in s.scalars(select(Entitlement)).all():
+            per_session[ent.session_id] += 1
+            if ent.status == "active":
+                # No active entitlement without a receipt whose settlement is final.
+                assert ent.receipt_id in receipt_by_id
+                assert receipt_by_id[ent.receipt_id].session_id == ent.session_id
+            else:
+                assert ent.status == "pending" and ent.receipt_id is None
+        assert all(v == 1 for v in per_session.values()) and len(per_session) == len(sessions)
+
+        # Every verification run left exactly its attempt row.
+        for p in proofs:
+            n = s.scalar(select(func.count()).select_from(VerificationAttempt)
+                         .where(VerificationAttempt.proof_id == p.id))
+            assert n == p.attempts >= 1
+
+        stuck = s.scalar(select(func.count()).select_from(IdempotencyClaim)
+                         .where(IdempotencyClaim.status != "completed"))
+        assert stuck == 0
+        report = verify_chain(s)
+        assert report.ok, report.message
+        assert report.events > len(sessions) + len(proofs)
