@@ -123,7 +123,10 @@ def decode_proof(raw: str) -> dict[str, Any]:
     text = raw.strip()
     if not text:
         raise ProofMalformed("proof", "empty")
-    body = text.encode() if text[0] == "{" else _unbase64(text)
+    try:
+        body = text.encode() if text[0] == "{" else _unbase64(text)
+    except UnicodeEncodeError as e:  # lone surrogates cannot be a payload
+        raise ProofMalformed("proof", "not valid UTF-8 text") from e
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:

@@ -12,12 +12,12 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verifier import audit, gate, idempotency, proofs, rails_admin, sessions
 from verifier.assurance import assurance_report
-from verifier.body_guard import BodyGuard
+from verifier.body_guard import BodyGuard, encodable_object
 from verifier.engine import Engine
 from verifier.errors import BadInput, EngineError, NotFound
 from verifier.metrics import spec_document
@@ -25,6 +25,7 @@ from verifier.ratelimit import RateLimiter
 from verifier.storage.models import AuditEvent, Entitlement
 from verifier.timeutil import iso
 from verifier.views import entitlement_view
+from verifier.webhook_api import webhook_router
 
 log = logging.getLogger("railproof.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -67,7 +68,8 @@ class SessionIn(Body):
 
 class ProofIn(Body):
     session_id: Annotated[str, Field(min_length=1, max_length=64)]
-    proof: Annotated[str, Field(min_length=1, max_length=proofs.MAX_PROOF_BYTES)] | dict[str, Any]
+    proof: Annotated[Annotated[str, Field(min_length=1, max_length=proofs.MAX_PROOF_BYTES)]
+                     | dict[str, Any], AfterValidator(encodable_object)]
     proof_type: Literal["solana_tx_signature", "evm_tx_hash", "x402_payment_payload",
                         "tron_tx_id"] | None = None
 
@@ -290,7 +292,8 @@ def create_app(engine: Engine) -> FastAPI:
         return proofs.list_evidence(engine, proof_id)
 
     @app.get("/v1/admin/idempotency-claims/stuck")
-    def admin_stuck(_: Staff, min_age_seconds: Annotated[int | None, Query(ge=0)] = None):
+    def admin_stuck(_: Staff, min_age_seconds: Annotated[int | None,  # ≤ 10 years: a
+                    Query(ge=0, le=315_360_000)] = None):  # bigger one overflows datetime
         return idempotency.stuck_claims(engine, min_age_seconds)
 
     @app.get("/v1/admin/approvals")
@@ -382,4 +385,5 @@ def create_app(engine: Engine) -> FastAPI:
         confirmed(body)
         return gate.revoke(engine, entitlement_id, op(actor, body))
 
+    app.include_router(webhook_router(engine, service_owners, staff))
     return app

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
+from registry.catalog import Stage
 from verifier import audit
 from verifier.engine import Engine
 from verifier.storage.models import (
@@ -80,11 +81,14 @@ def assurance_report(engine: Engine) -> dict[str, Any]:
         for ref, n in s.execute(q):
             issues.append(_issue("transfer_claimed_twice", "critical", f"transfer {ref[:16]}…",
                                  f"{n} receipts: revoke all but the first, with incident id"))
-        # Verified and final proofs on the live path without a receipt past the SLA.
+        # Verified and final proofs on the live path without a receipt past the SLA. Gated
+        # rails wait for staff by design, so their proofs are not findings.
+        live = [r for r, d in engine.catalog.rails.items() if d.stage is Stage.live]
         q = (select(Proof.id).join(cur, cur.c.proof_id == Proof.id)
              .outerjoin(Receipt, Receipt.proof_id == Proof.id)
              .where(Proof.status == ProofStatus.verified, cur.c.is_final.is_(True),
-                    Receipt.id.is_(None), Proof.updated_at < now - VERIFIED_WITHOUT_RECEIPT_SLA)
+                    Proof.rail_id.in_(live), Receipt.id.is_(None),
+                    Proof.updated_at < now - VERIFIED_WITHOUT_RECEIPT_SLA)
              .limit(LIMIT))
         for (pid,) in s.execute(q):
             issues.append(_issue("verified_without_receipt", "warning", f"proof {pid}",
@@ -122,3 +126,5 @@ def refresh_gauges(engine: Engine) -> None:
     age = (now - utc(oldest)).total_seconds() if oldest is not None else 0
     engine.metrics.set("pending_entitlement_age_seconds", max(0.0, age))
     engine.metrics.set("reorged_active_entitlements", flagged)
+    from verifier.webhooks import refresh_webhook_gauges
+    refresh_webhook_gauges(engine)

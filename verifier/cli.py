@@ -214,9 +214,20 @@ def bench(proofs: Annotated[int, typer.Option("--proofs", min=10)] = 2000,
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
+@app.command()
+def rehearse(database_url: Annotated[str, typer.Option("--database-url", help="a disposable database")],
+             out: Annotated[Path, typer.Option(help="evidence JSON to write")],
+             confirmed: Annotated[bool, typer.Option("--i-understand-this-is-not-production",
+                                                     help="allow a URL that looks production-like")] = False) -> None:
+    """Migrate a disposable database and run the live rail end to end on recorded chains."""
+    from verifier.rehearse import run_rehearsal
+    raise typer.Exit(run_rehearsal(database_url, out, confirmed, echo=typer.echo))
+
+
 def _register_operator_commands() -> None:
-    from verifier import cli_ops
+    from verifier import cli_ops, cli_webhooks
     cli_ops.register(app)
+    cli_webhooks.register(app)
 
 
 _register_operator_commands()

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.catalog import Stage
-from verifier import audit
+from verifier import audit, events
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, NotFound, Refused
 from verifier.proofs import latest_settlement, latest_verified_attempt, load_proof
@@ -31,6 +31,7 @@ from verifier.storage.models import (
     SessionStatus,
 )
 from verifier.timeutil import utc
+from verifier.views import entitlement_view, receipt_view
 
 
 # A depth-final EVM/Tron settlement can still leave the canonical chain (a deep reorg, a node
@@ -253,6 +254,9 @@ def apply(engine: Engine, proof_id: str, op: audit.Operator, via: Via = Via.staf
                           "product": ent.access_product_id})
             audit.append(s, now, op, "proof.applied", "proof", p.id,
                          {"receipt_id": r.id, "via": via.value})
+            events.emit(s, now, "receipt.created", r.owner_id, "receipt", r.id, receipt_view(r))
+            events.emit(s, now, "entitlement.activated", ent.owner_id, "entitlement", ent.id,
+                        entitlement_view(ent))
             result = {"applied": True, "already_applied": False, "receipt_id": r.id,
                       "entitlement_id": ent.id}
     if blocked is not None:
@@ -280,4 +284,6 @@ def revoke(engine: Engine, entitlement_id: str, op: audit.Operator) -> dict[str,
         ent.updated_at = engine.now()
         audit.append(s, engine.now(), op, "entitlement.revoked", "entitlement", ent.id,
                      {"receipt_id": ent.receipt_id})
+        events.emit(s, engine.now(), "entitlement.revoked", ent.owner_id, "entitlement", ent.id,
+                    entitlement_view(ent))
         return {"id": ent.id, "status": ent.status, "receipt_id": ent.receipt_id}

@@ -9,8 +9,8 @@ import sys
 import orjson
 
 _SECRETS = re.compile(
-    r"(Bearer\s+)[^\s\"']+|(\"?(?:signature|token|secret|payload|authorization)\"?\s*[:=]\s*\"?)"
-    r"[^\s\",}]+", re.IGNORECASE)
+    r"(Bearer\s+)[^\s\"']+|(\"?(?:signature|token|secret|payload|authorization)\"?\s*[:=]\s*\"?"
+    r"(?:Bearer\s+)?)[^\s\",}]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from rails.base import Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
-from verifier import audit
+from verifier import audit, events
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, NotFound, Refused
 from verifier.sessions import load_session
@@ -212,12 +212,18 @@ def _record_attempt(engine: Engine, s: Session, p: Proof, ps: PaymentSession, ch
     p.updated_at = now
     p.claimed_until = None
     p.claimed_by = None
+    ev = None
     if verdict.status is Status.verified and verdict.settlement is not None:
-        record_settlement(engine, s, p, att.id, verdict.settlement, checked.source)
+        ev = record_settlement(engine, s, p, att.id, verdict.settlement, checked.source)
     p.next_check_at = _next_check(p, verdict, now)
     if old != p.status:
         audit.append(s, now, SYSTEM, f"proof.{p.status}", "proof", p.id,
                      {"code": p.failure_code, "attempt_id": att.id})
+        if p.status != ProofStatus.pending:
+            events.emit(s, now, f"proof.{p.status}", p.owner_id, "proof", p.id, _view(s, p))
+            if ev is not None and (ev.is_final or ev.reorged):
+                events.emit(s, now, "settlement.reorged" if ev.reorged else
+                            "settlement.finalized", p.owner_id, "proof", p.id, _view(s, p))
     return verdict
 
 

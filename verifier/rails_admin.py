@@ -6,10 +6,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from rails.errors import ProofMalformed
 from registry.catalog import Stage
 from registry.contracts import proof_contracts
 from registry.readiness import DeploymentConfig, StoredState, readiness
-from verifier import audit
+from verifier import audit, events
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, Forbidden, NotFound
 from verifier.storage.models import Approval, ApprovalStatus, RailState
@@ -70,6 +71,10 @@ def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -
         st.updated_at, st.updated_by = engine.now(), op.actor
         audit.append(s, engine.now(), op, "rail.paused" if paused else "rail.resumed", "rail",
                      rail_id, {"changed": changed})
+        if changed:
+            events.emit(s, engine.now(), "rail.paused" if paused else "rail.resumed", None,
+                        "rail", rail_id, {"rail_id": rail_id, "paused": paused,
+                                          "updated_at": iso(st.updated_at)})
     return {"rail_id": rail_id, "paused": paused, "changed": changed}
 
 
@@ -92,7 +97,10 @@ def request_change(engine: Engine, rail_id: str, kind: str, value: str,
         raise Conflict("review_only_rail", f"{rail_id} is review_only and can never be "
                        "production-enabled")
     if kind == "treasury":
-        value = engine.adapter(engine.rail(rail_id)).normalize_address(value, "treasury")
+        try:
+            value = engine.adapter(engine.rail(rail_id)).normalize_address(value, "treasury")
+        except ProofMalformed as e:
+            raise BadInput("invalid_treasury", str(e), field="treasury") from e
     with engine.db.tx() as s:
         a = Approval(rail_id=rail_id, kind=kind, value=value, requested_by=op.actor,
                      incident_id=op.incident_id, reason=op.reason, created_at=engine.now())

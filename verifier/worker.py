@@ -22,7 +22,7 @@ from sqlalchemy import func, or_, select
 from rails.base import Settlement
 from rails.codes import FailureCode
 from registry.catalog import Stage
-from verifier import audit, gate
+from verifier import audit, events, gate, webhooks
 from verifier.engine import Engine
 from verifier.errors import EngineError
 from verifier.proofs import (
@@ -32,6 +32,7 @@ from verifier.proofs import (
     record_settlement,
     verify_proof,
 )
+from verifier.views import proof_view
 from verifier.storage.models import (
     Entitlement,
     EntitlementStatus,
@@ -146,6 +147,11 @@ def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, sourc
             audit.append(s, now, SYSTEM, "settlement." + ("reorged" if st.reorged else
                          "finalized" if st.is_final else "observed"), "proof", p.id,
                          {"finality": st.finality})
+        kind = "reorged" if st.reorged or moved else "finalized" if st.is_final else None
+        if kind and (changed or moved):
+            events.emit(s, now, f"settlement.{kind}", p.owner_id, "proof", p.id,
+                        proof_view(p, latest_settlement(s, p.id),
+                                   s.scalar(select(Receipt.id).where(Receipt.proof_id == p.id))))
 
 
 def _reorg_watch(engine: Engine, s: Any, p: Proof, now: Any) -> Any:
@@ -220,6 +226,9 @@ def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
            "finality_refreshed": refresh_finality(engine, name, batch)}
     if engine.settings.auto_apply:
         out["applied"] = auto_apply(engine, batch)
+    delivered = webhooks.deliver_due(engine, name, batch)["delivered"]
+    if delivered:
+        out["webhooks_delivered"] = delivered
     return out
 
 

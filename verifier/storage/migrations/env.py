@@ -2,6 +2,7 @@ from alembic import context
 
 from verifier.storage.db import make_engine
 from verifier.storage.models import Base
+from verifier.storage import webhook_models  # noqa: F401  (registers the webhook tables on Base)
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,253 @@
+"""Assurance: every finding type of verifier/assurance.py, each condition created directly in
+the database (bypassing the engine where it would refuse), reported by GET
+/v1/admin/assurance and by the operator CLI `railproof assurance` over a real socket."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import select, text
+from typer.testing import CliRunner
+
+from tests.conftest import STAFF_TOKEN, auth
+from tests.helpers import advance
+from tests.live_server import LiveServer
+from verifier.cli import app as cli_app
+from verifier.storage.models import (
+    AuditEvent,
+    Entitlement,
+    EntitlementStatus,
+    PaymentSession,
+    Proof,
+    Receipt,
+    SettlementEvidence,
+    VerificationAttempt,
+)
+
+SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
+           "amount": 1500000, "recipient": "fatreasury"}
+OP = {"confirm": True, "incident_id": "INC-9", "operator_reason": "assurance test"}
+
+
+def report(client) -> dict:
+    r = client.get("/v1/admin/assurance", headers=auth(STAFF_TOKEN))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert set(doc) == {"summary", "issues"}
+    assert set(doc["summary"]) == {"status", "score", "alert_count"}
+    assert doc["summary"]["alert_count"] == len(doc["issues"])
+    for i in doc["issues"]:
+        assert set(i) == {"category", "severity", "subject", "repair"} and i["repair"]
+    return doc
+
+
+def categories(doc: dict) -> dict[str, str]:
+    return {i["category"]: i["severity"] for i in doc["issues"]}
+
+
+def paid(client, chain, tx: str, finality: str = "finalized", apply: bool = True) -> dict:
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
+    chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": 1500000, "asset": "fusd",
+                     "refs": [sess["reference"]], "finality": finality}
+    proof = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
+                                                            "proof": tx}).json()
+    assert proof["status"] == "verified", proof
+    if apply:
+        r = client.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN),
+                        json=OP)
+        assert r.status_code == 200, r.text
+        proof["entitlement_id"] = r.json()["entitlement_id"]
+        proof["receipt_id"] = r.json()["receipt_id"]
+    return proof
+
+
+def test_clean_database_is_ok_100(client, chain):
+    assert report(client) == {"summary": {"status": "ok", "score": 100, "alert_count": 0},
+                              "issues": []}
+    paid(client, chain, "fx000000a1")
+    # A healthy applied payment, and a revoked one, are not findings.
+    p = paid(client, chain, "fx000000a2")
+    client.post(f"/v1/admin/entitlements/{p['entitlement_id']}/revoke",
+                headers=auth(STAFF_TOKEN), json=OP)
+    assert report(client)["summary"] == {"status": "ok", "score": 100, "alert_count": 0}
+
+
+def test_verified_proof_without_receipt_past_sla(client, engine, chain):
+    p = paid(client, chain, "fx000000b1", apply=False)
+    assert report(client)["issues"] == []  # within the SLA: apply may simply not have run yet
+    advance(engine, 2 * 3600)
+    doc = report(client)
+    assert categories(doc) == {"verified_without_receipt": "warning"}
+    assert doc["issues"][0]["subject"] == f"proof {p['id']}"
+    assert doc["summary"] == {"status": "warning", "score": 90, "alert_count": 1}
+
+
+def test_gated_rail_proof_waiting_for_staff_is_not_a_finding(client, engine, chain):
+    # A gated rail's verified proof waits for a staff decision by design.
+    sess = client.post("/v1/payment-sessions", headers=auth(),
+                       json={**SESSION, "rail_id": "fake_gated"}).json()
+    chain.txs["fx000000b2"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
+                               "asset": "fusd", "refs": [sess["reference"]]}
+    p = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
+                                                        "proof": "fx000000b2"}).json()
+    assert p["status"] == "verified"
+    advance(engine, 2 * 3600)
+    assert report(client)["issues"] == []
+
+
+def test_pending_proof_past_sla(client, engine, chain):
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
+    p = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
+                                                        "proof": "fx000000c1"}).json()
+    assert p["status"] == "pending"  # the chain has not seen it (yet)
+    assert report(client)["issues"] == []
+    advance(engine, 3 * 3600)
+    doc = report(client)
+    assert categories(doc) == {"pending_past_sla": "warning"}
+    assert doc["issues"][0]["subject"] == f"proof {p['id']}"
+
+
+def test_receipt_without_active_entitlement(client, engine, chain):
+    p = paid(client, chain, "fx000000d1")
+    with engine.db.tx() as s:  # what a half-applied write would leave
+        s.get(Entitlement, p["entitlement_id"]).status = EntitlementStatus.pending
+    doc = report(client)
+    assert categories(doc) == {"receipt_without_active_entitlement": "critical"}
+    assert doc["issues"][0]["subject"] == f"receipt {p['receipt_id']}"
+    assert doc["summary"]["status"] == "critical" and doc["summary"]["score"] == 60
+
+
+@pytest.mark.parametrize("finality,reorged,shown", [("reorged", True, "reorged"),
+                                                    ("confirmed", False, "confirmed")])
+def test_active_entitlement_whose_settlement_is_reorged_or_not_final(
+        client, engine, chain, finality, reorged, shown):
+    p = paid(client, chain, "fx000000e1")
+    with engine.db.tx() as s:  # the chain moved after apply: a newer observation
+        att = s.scalar(select(VerificationAttempt).where(VerificationAttempt.proof_id == p["id"]))
+        s.add(SettlementEvidence(proof_id=p["id"], attempt_id=att.id, finality=finality,
+                                 is_final=False, reorged=reorged, slot=2, detail="moved",
+                                 source="cassette", observed_at=engine.now()))
+    doc = report(client)
+    assert categories(doc) == {"active_entitlement_unsettled": "critical"}
+    issue = doc["issues"][0]
+    assert issue["subject"] == f"entitlement {p['entitlement_id']}"
+    assert shown in issue["repair"]
+
+
+def test_one_transfer_claimed_twice(client, engine, chain):
+    p = paid(client, chain, "fx000000f1")
+    # A second receipt for the same on-chain transfer, under another fingerprint (what a
+    # normalization bug or a second network spelling would let through).
+    with engine.db.tx() as s:
+        orig = s.get(Proof, p["id"])
+        ps = s.get(PaymentSession, orig.session_id)
+        now = engine.now()
+        ps2 = PaymentSession(owner_id="alice", rail_id=ps.rail_id, access_product_id="pro",
+                             amount=ps.amount, network=ps.network, asset=ps.asset,
+                             recipient=ps.recipient, reference="fa" + uuid.uuid4().hex[:12],
+                             status="paid", created_at=now, expires_at=ps.expires_at)
+        s.add(ps2)
+        s.flush()
+        p2 = Proof(fingerprint=uuid.uuid4().hex * 2, rail_id=orig.rail_id,
+                   proof_type=orig.proof_type, ref=orig.ref, raw=orig.raw.upper(),
+                   owner_id="alice", session_id=ps2.id, status="verified", detail="dup",
+                   created_at=now, updated_at=now)
+        s.add(p2)
+        s.flush()
+        att = VerificationAttempt(proof_id=p2.id, status="verified", detail="dup",
+                                  observed={}, rpc_calls=1, latency_ms=1, source="cassette",
+                                  created_at=now)
+        s.add(att)
+        s.flush()
+        ev = SettlementEvidence(proof_id=p2.id, attempt_id=att.id, finality="finalized",
+                                is_final=True, reorged=False, detail="dup", source="cassette",
+                                observed_at=now)
+        s.add(ev)
+        s.flush()
+        r = Receipt(proof_id=p2.id, session_id=ps2.id, settlement_id=ev.id, owner_id="alice",
+                    access_product_id="pro", rail_id=orig.rail_id, amount=ps.amount,
+                    created_by="nobody", created_at=now)
+        s.add(r)
+        s.flush()
+        s.add(Entitlement(owner_id="alice", access_product_id="pro", session_id=ps2.id,
+                          status="active", receipt_id=r.id, created_at=now, updated_at=now))
+    doc = report(client)
+    assert categories(doc) == {"transfer_claimed_twice": "critical"}
+    assert "2 receipts" in doc["issues"][0]["repair"]
+
+
+def _tamper_audit(engine) -> int:
+    """Rewrite one audit row's reason: the append-only trigger must go first."""
+    with engine.db.tx() as s:
+        target = s.scalar(select(AuditEvent.id).order_by(AuditEvent.id).offset(1).limit(1))
+        if engine.db.postgres:
+            s.execute(text("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only"))
+        else:
+            s.execute(text("DROP TRIGGER audit_events_no_update"))
+        s.execute(text("UPDATE audit_events SET reason = 'nothing to see' WHERE id = :i"),
+                  {"i": target})
+        if engine.db.postgres:
+            s.execute(text("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only"))
+    return target
+
+
+def test_append_only_trigger_refuses_updates(client, engine, chain):
+    paid(client, chain, "fx000000a9")
+    with pytest.raises(Exception) as e:
+        with engine.db.tx() as s:
+            s.execute(text("UPDATE audit_events SET reason = 'x'"))
+    assert "append-only" in str(e.value)
+
+
+def test_broken_audit_chain(client, engine, chain):
+    paid(client, chain, "fx000000a8")
+    broken = _tamper_audit(engine)
+    doc = report(client)
+    assert categories(doc) == {"audit_chain_broken": "critical"}
+    assert doc["issues"][0]["subject"] == f"audit event {broken}"
+    assert doc["summary"]["status"] == "critical"
+
+
+def test_findings_add_up_in_the_score(client, engine, chain):
+    p = paid(client, chain, "fx000000b9")
+    with engine.db.tx() as s:
+        s.get(Entitlement, p["entitlement_id"]).status = EntitlementStatus.pending
+    paid(client, chain, "fx000000b8", apply=False)
+    _tamper_audit(engine)
+    advance(engine, 3 * 3600)
+    doc = report(client)
+    assert set(categories(doc)) == {"receipt_without_active_entitlement", "verified_without_receipt",
+                                    "audit_chain_broken"}
+    assert doc["summary"]["score"] == 100 - 40 - 40 - 10 and doc["summary"]["status"] == "critical"
+
+
+# -- the operator CLI ----------------------------------------------------------------------
+
+
+def _cli(server_url: str, *args: str):
+    env = {"RAILPROOF_API_BASE_URL": server_url, "RAILPROOF_STAFF_TOKEN": STAFF_TOKEN}
+    return CliRunner().invoke(cli_app, ["assurance", *args], env=env)
+
+
+def test_cli_assurance_reports_the_same(client, engine, chain):
+    with LiveServer(client.app) as srv:
+        r = _cli(srv.url, "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["summary"] == {"status": "ok", "score": 100, "alert_count": 0}
+        r = _cli(srv.url)
+        assert r.exit_code == 0 and "assurance: ok (score 100, 0 findings)" in r.stdout
+
+        p = paid(client, chain, "fx000000c9", apply=False)
+        advance(engine, 2 * 3600)
+        r = _cli(srv.url, "--json")
+        assert r.exit_code == 0, r.output  # warnings do not fail the command
+        doc = json.loads(r.stdout)
+        assert doc == report(client)
+        assert doc["issues"][0]["subject"] == f"proof {p['id']}"
+
+        _tamper_audit(engine)
+        r = _cli(srv.url)
+        assert r.exit_code == 1, r.output  # a critical finding does
+        assert "assurance: critical" in r.stdout and "audit_chain_broken" in r.stdout
