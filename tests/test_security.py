@@ -233,9 +233,6 @@ def test_redact_masks_bearer_tokens_signatures_and_payloads():
     assert '"amount": "5"' in redact(cases[2]) and "x402" in redact(cases[4])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "verifier/logs.py _SECRETS: for 'Authorization: Bearer X' the key alternative matches "
-    "first and masks only the word 'Bearer', so the token itself stays in the log line"))
 @pytest.mark.parametrize("text", [f"Authorization: Bearer {SERVICE_TOKEN}",
                                   f'{{"authorization": "Bearer {SERVICE_TOKEN}"}}'])
 def test_redact_masks_a_full_authorization_header(text):
