@@ -191,48 +191,50 @@ def register(app: typer.Typer) -> None:
             _die(f"{what} changes production state: add --confirm (and --incident-id, "
                  "--operator-reason)")
 
+    def _confirmed_post(what: str, path: str, confirm: bool, as_json: bool,
+                        incident_id: str | None, operator_reason: str | None) -> None:
+        """A state-changing staff call: refused here without --confirm, sent with the
+        operator context otherwise."""
+        _confirmed(confirm, what)
+        c = Client(incident_id, operator_reason)
+        _out(*c.request("POST", path, {"confirm": True, **c.context}), as_json)
+
     Confirm = Annotated[bool, typer.Option("--confirm", help="yes, do it")]
 
     @app.command("pause-rail")
     def pause(rail_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
               incident_id: Incident = None, operator_reason: Reason = None):
         """Kill switch: refuse new sessions and proofs on a rail, block apply."""
-        _confirmed(confirm, "pause-rail")
-        c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", f"/v1/admin/rails/{rail_id}/pause", {"confirm": True, **c.context}), as_json)
+        _confirmed_post("pause-rail", f"/v1/admin/rails/{rail_id}/pause", confirm, as_json, incident_id,
+                        operator_reason)
 
     @app.command("resume-rail")
     def resume(rail_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                incident_id: Incident = None, operator_reason: Reason = None):
         """Lift the kill switch of a rail."""
-        _confirmed(confirm, "resume-rail")
-        c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", f"/v1/admin/rails/{rail_id}/resume", {"confirm": True, **c.context}), as_json)
+        _confirmed_post("resume-rail", f"/v1/admin/rails/{rail_id}/resume", confirm, as_json, incident_id,
+                        operator_reason)
 
     @app.command("apply-rail-proof")
     def apply(proof_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
               incident_id: Incident = None, operator_reason: Reason = None):
         """Apply a verified, final proof: receipt + active entitlement, or nothing."""
-        _confirmed(confirm, "apply-rail-proof")
-        c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", f"/v1/admin/proofs/{proof_id}/apply", {"confirm": True, **c.context}), as_json)
+        _confirmed_post("apply-rail-proof", f"/v1/admin/proofs/{proof_id}/apply", confirm, as_json, incident_id,
+                        operator_reason)
 
     @app.command("create-rail-proof-receipt")
     def receipt(proof_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                 incident_id: Incident = None, operator_reason: Reason = None):
         """Staff receipt creation for a gated rail (RAILPROOF_RECEIPT_CREATION_RAILS)."""
-        _confirmed(confirm, "create-rail-proof-receipt")
-        c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", f"/v1/admin/proofs/{proof_id}/receipt", {"confirm": True, **c.context}), as_json)
+        _confirmed_post("create-rail-proof-receipt", f"/v1/admin/proofs/{proof_id}/receipt", confirm, as_json, incident_id,
+                        operator_reason)
 
     @app.command("revoke-entitlement")
     def revoke(entitlement_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                incident_id: Incident = None, operator_reason: Reason = None):
         """Revoke an active entitlement (needs --incident-id and --operator-reason)."""
-        _confirmed(confirm, "revoke-entitlement")
-        c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", f"/v1/admin/entitlements/{entitlement_id}/revoke",
-                        {"confirm": True, **c.context}), as_json)
+        _confirmed_post("revoke-entitlement", f"/v1/admin/entitlements/{entitlement_id}/revoke", confirm, as_json, incident_id,
+                        operator_reason)
 
     @app.command("request-rail-production")
     def request_production(rail_id: str, enable: Annotated[bool, typer.Option("--enable/--disable")] = True,
@@ -247,10 +249,8 @@ def register(app: typer.Typer) -> None:
     def approve(approval_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                 incident_id: Incident = None, operator_reason: Reason = None):
         """Approve another staff member's request (two-person rule)."""
-        _confirmed(confirm, "approve-rail-change")
-        c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", f"/v1/admin/approvals/{approval_id}/approve",
-                        {"confirm": True, **c.context}), as_json)
+        _confirmed_post("approve-rail-change", f"/v1/admin/approvals/{approval_id}/approve", confirm, as_json, incident_id,
+                        operator_reason)
 
     @app.command("assurance")
     def assurance(as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
