@@ -86,9 +86,7 @@ def test_zero_rate_turns_limiting_off():
 
 
 def _settings(**values) -> Settings:
-    fields = {k: v for k, v in values.items() if k in Settings.model_fields}
-    env = {"RAILPROOF_" + k.upper(): str(v) for k, v in values.items()}
-    return Settings(env=env, **fields)
+    return Settings(env={}, **values)
 
 
 def test_configuration_defaults_and_overrides():

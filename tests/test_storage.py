@@ -108,3 +108,71 @@ def test_audit_chain_detects_a_deleted_event(db_url):
         rep = audit.verify_chain(s)
     assert not rep.ok and rep.first_broken_id == ids[2]
     db.dispose()
+
+
+def test_models_match_the_migrations(db_url):
+    # Every table, index and constraint the migrations make is declared in the models, and
+    # the other way round (what `alembic check` would report).
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from verifier.storage.models import Base
+
+    eng = create_engine(db_url)
+    try:
+        with eng.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        eng.dispose()
+    assert diffs == []
+
+
+def test_audit_head_cache_never_outlives_its_transaction(db_url):
+    # audit.append keeps the chain head per transaction; a rolled-back savepoint, a commit
+    # followed by more appends on the same Session, and appends from another Session in
+    # between must all still leave one intact chain.
+    from sqlalchemy.orm import Session
+
+    db = Database(db_url)
+    at, op = datetime(2026, 1, 1), audit.Operator("ops")
+    s = Session(db.engine)
+    try:
+        audit.append(s, at, op, "test.event", "thing", "a1")
+        try:
+            with s.begin_nested():
+                audit.append(s, at, op, "test.event", "thing", "gone")
+                raise RuntimeError("roll back the savepoint")
+        except RuntimeError:
+            pass
+        audit.append(s, at, op, "test.event", "thing", "a2")
+        s.commit()
+        with db.tx() as other:
+            audit.append(other, at, op, "test.event", "thing", "b1")
+        audit.append(s, at, op, "test.event", "thing", "a3")  # a new transaction, same Session
+        s.commit()
+    finally:
+        s.close()
+    with db.tx() as s2:
+        rep = audit.verify_chain(s2)
+        subjects = list(s2.scalars(text("SELECT subject_id FROM audit_events ORDER BY id")))
+    assert rep.ok and rep.events == 4, rep
+    assert subjects == ["a1", "a2", "b1", "a3"]
+    db.dispose()
+
+
+def test_sqlite_synchronous_setting(tmp_path, monkeypatch):
+    from verifier.config import Settings
+    from verifier.engine import Engine
+
+    assert Settings().sqlite_synchronous == "NORMAL"
+    monkeypatch.setenv("RAILPROOF_SQLITE_SYNCHRONOUS", "full")
+    url = f"sqlite:///{tmp_path}/sync.db"
+    engine = Engine(Settings(database_url=url))
+    try:
+        with engine.db.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        engine.db.dispose()
+    with pytest.raises(ValueError):
+        Settings(sqlite_synchronous="OFF")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
@@ -38,22 +38,46 @@ def event_hash(prev_hash: str, at: datetime, actor: str, action: str, subject_ty
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
+# Built once: SQLAlchemy's compiled cache then serves every append without re-compiling.
+_INSERT = insert(AuditEvent.__table__)
+_HEAD = select(AuditEvent.__table__.c.hash).order_by(AuditEvent.__table__.c.id.desc()).limit(1)
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_HEAD_KEY = "railproof.audit_head"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_head(session: Session, _transaction: Any) -> None:
+    # Every Session, however made: once its transaction ends (commit, rollback, close) or any
+    # savepoint in it does, the cached head may no longer be the chain's head.
+    session.info.pop(_HEAD_KEY, None)
+
+
 def append(s: Session, now: datetime, op: Operator, action: str, subject_type: str,
-           subject_id: str, data: dict[str, Any] | None = None) -> AuditEvent:
+           subject_id: str, data: dict[str, Any] | None = None) -> int:
     """Append one event inside the caller's transaction (it commits or rolls back with the
-    state change it describes)."""
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
-    prev = s.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)) or GENESIS
+    state change it describes); returns its id.
+
+    The chain's head is read once per transaction, under the lock that keeps every other
+    appender out until this transaction ends (PostgreSQL: the advisory lock; SQLite: the
+    write lock BEGIN IMMEDIATE took), and then kept in `s.info`: later appends in the same
+    transaction link to the event this one wrote. The end of the transaction, or of any
+    savepoint in it, drops it (`_forget_head`), so it never outlives what it describes."""
+    conn = s.connection()
+    prev = s.info.get(_HEAD_KEY)
+    if prev is None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(_LOCK, {"k": _PG_AUDIT_LOCK})
+        prev = conn.execute(_HEAD).scalar() or GENESIS
     data = data or {}
-    ev = AuditEvent(at=now, actor=op.actor, action=action, subject_type=subject_type,
-                    subject_id=subject_id, data=data, incident_id=op.incident_id,
-                    reason=op.reason, prev_hash=prev)
-    ev.hash = event_hash(prev, now, op.actor, action, subject_type, subject_id, data,
-                         op.incident_id, op.reason)
-    s.add(ev)
-    s.flush()
-    return ev
+    h = event_hash(prev, now, op.actor, action, subject_type, subject_id, data,
+                   op.incident_id, op.reason)
+    row = {"at": now, "actor": op.actor, "action": action, "subject_type": subject_type,
+           "subject_id": subject_id, "data": data, "incident_id": op.incident_id,
+           "reason": op.reason, "prev_hash": prev, "hash": h}
+    # A Core insert: the row is write-only here, so the ORM's unit of work buys nothing.
+    (event_id,) = conn.execute(_INSERT, row).inserted_primary_key
+    s.info[_HEAD_KEY] = h
+    return event_id
 
 
 @dataclass(frozen=True)

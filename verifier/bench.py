@@ -548,6 +548,9 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
         engine = Engine(settings)
         engine.ensure_rail_states()
         out["database"] = engine.db.engine.dialect.name
+        if out["database"] == "sqlite":
+            # Commit durability decides much of the submit rate (docs/bench.md): say which.
+            out["sqlite_synchronous"] = settings.sqlite_synchronous
         out.update(bench_submit(engine, synthetic))
         del synthetic
         out["stored"] = fill_stored(engine, stored)

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAILPROOF_", extra="ignore")
 
     database_url: str = "sqlite:///./railproof.db"
+    # SQLite only. NORMAL (WAL) survives any application or process crash, but a power loss
+    # or OS crash may drop the last commits; FULL fsyncs every commit (up to ~1.7 ms each on
+    # the development machine's busy disk, three per submission). See docs/bench.md.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
     chain: Literal["cassette", "live"] = "cassette"
     cassette_dir: Path = REPO_FIXTURES
     service_tokens: dict[str, list[str]] = Field(default_factory=dict)
@@ -46,6 +50,8 @@ class Settings(BaseSettings):
     tx_not_found_grace_seconds: int = Field(default=900, ge=0)
     stuck_claim_seconds: int = Field(default=300, ge=1)
     claim_lease_seconds: int = Field(default=120, ge=1)
+    rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0 turns limiting off
+    rate_limit_burst: int = Field(default=40, ge=1)
     rpc_quorum: int = Field(default=1, ge=1)
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 
@@ -62,6 +68,11 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return json.loads(v) if v.strip() else {}
         return v
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("clock", mode="after")
     @classmethod

@@ -7,6 +7,7 @@ import threading
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rails import adapter_for
@@ -18,6 +19,7 @@ from verifier.config import Settings, load_settings
 from verifier.errors import BadInput
 from verifier.metrics import Metrics
 from verifier.storage.db import Database
+from verifier.storage.db import get as db_get
 from verifier.storage.models import RailState
 
 
@@ -25,7 +27,7 @@ class Engine:
     def __init__(self, settings: Settings | None = None, db: Database | None = None,
                  chains: Chains | None = None, catalog: Catalog | None = None):
         self.settings = settings or load_settings()
-        self.db = db or Database(self.settings.database_url)
+        self.db = db or Database(self.settings.database_url, self.settings.sqlite_synchronous)
         self.catalog = catalog or load_catalog()
         self.chains = chains or Chains(self.settings, self.catalog)
         self.metrics = Metrics()
@@ -63,18 +65,31 @@ class Engine:
             return a
 
     def ensure_rail_states(self) -> None:
-        with self.db.tx() as s:
-            have = set(s.scalars(select(RailState.rail_id)).all())
-            for rail_id, d in self.catalog.rails.items():
-                if rail_id not in have:
-                    s.add(RailState(rail_id=rail_id, production_enabled=d.production_enabled,
-                                    paused=False, updated_at=self.now(), updated_by="catalog"))
+        # API processes and workers starting at once on a fresh PostgreSQL database can both
+        # find a rail's row missing; the loser's insert fails, and its retry finds the rows.
+        for retry in (False, True):
+            try:
+                with self.db.tx() as s:
+                    have = set(s.scalars(select(RailState.rail_id)).all())
+                    for rail_id, d in self.catalog.rails.items():
+                        if rail_id not in have:
+                            s.add(RailState(rail_id=rail_id,
+                                            production_enabled=d.production_enabled,
+                                            paused=False, updated_at=self.now(),
+                                            updated_by="catalog"))
+                return
+            except IntegrityError:
+                if retry:
+                    raise
 
     def rail_state(self, s: Session, rail_id: str, lock: bool = False) -> RailState:
-        q = select(RailState).where(RailState.rail_id == rail_id)
+        # One read per transaction: a repeat is answered from the session's identity map;
+        # nothing is cached across transactions (a pause must be seen by the next one). A
+        # locking read always goes to the database.
         if lock and self.db.postgres:
-            q = q.with_for_update()
-        st = s.scalar(q)
+            st = s.get(RailState, rail_id, with_for_update=True)
+        else:
+            st = db_get(s, RailState, rail_id)
         if st is None:
             d = self.catalog.rails[rail_id]
             st = RailState(rail_id=rail_id, production_enabled=d.production_enabled,

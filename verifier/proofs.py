@@ -14,9 +14,10 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from rails.base import Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
@@ -25,6 +26,7 @@ from verifier import audit, events
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, NotFound, Refused
 from verifier.sessions import load_session
+from verifier.storage.db import get as db_get
 from verifier.storage.models import (
     PaymentSession,
     Proof,
@@ -33,6 +35,7 @@ from verifier.storage.models import (
     SessionStatus,
     SettlementEvidence,
     VerificationAttempt,
+    new_id,
 )
 from verifier.timeutil import utc
 from verifier.views import attempt_view, evidence_view, proof_view
@@ -83,19 +86,30 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
         except ProofMalformed as e:
             raise BadInput(FailureCode.proof_malformed, str(e), field="proof") from e
         fp = fingerprint(rail.family, rail.network, ptype, ref)
-        existing = s.scalar(select(Proof).where(Proof.fingerprint == fp))
+        conn = s.connection()
+        existing = conn.execute(_PROOF_BY_FINGERPRINT, {"fp": fp}).scalar()
         if existing is not None:
-            return _replay(engine, s, existing, ps, adapter, actor), False
+            return _replay(engine, s, s.get(Proof, existing), ps, adapter, actor), False
         if ps.status != SessionStatus.open:
             raise Conflict(FailureCode.session_not_open,
                            f"session {ps.id} is {ps.status}; it takes no new proofs")
-        p = Proof(fingerprint=fp, rail_id=rail.rail_id, proof_type=ptype, ref=ref, raw=raw,
-                  owner_id=ps.owner_id, session_id=ps.id, status=ProofStatus.pending,
-                  detail="submitted", next_check_at=now, created_at=now, updated_at=now)
+        p = Proof(id=new_id(), fingerprint=fp, rail_id=rail.rail_id, proof_type=ptype, ref=ref,
+                  raw=raw, owner_id=ps.owner_id, session_id=ps.id,
+                  status=ProofStatus.pending.value, failure_code=None, detail="submitted",
+                  attempts=0, next_check_at=now, claimed_until=None, claimed_by=None,
+                  created_at=now, updated_at=now)
         try:
-            with s.begin_nested():  # the savepoint must exist before the insert is flushed
-                s.add(p)
-                s.flush()
+            # A Core insert with a client-side id: nothing in this transaction reads the row
+            # back, so the ORM's unit of work would only add cost.
+            if engine.db.postgres:
+                # A failed statement aborts a PostgreSQL transaction: the savepoint keeps it
+                # usable to read the winner.
+                with conn.begin_nested():
+                    conn.execute(_INSERT_PROOF, _row(p, _PROOF_COLS))
+            else:
+                # SQLite undoes only the failed statement. (Under BEGIN IMMEDIATE the race
+                # cannot happen there; the handling stays for safety.)
+                conn.execute(_INSERT_PROOF, _row(p, _PROOF_COLS))
         except IntegrityError:
             # Lost the insert race on the fingerprint: the winner's row decides.
             winner = s.scalar(select(Proof).where(Proof.fingerprint == fp))
@@ -105,16 +119,37 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
         audit.append(s, now, audit.Operator(actor), "proof.submitted", "proof", p.id,
                      {"session_id": ps.id, "rail_id": rail.rail_id, "fingerprint": fp})
         if not verify:
-            return _view(s, p), True
+            # Not committed yet, so nothing can refer to it: no settlement, no receipt.
+            return proof_view(p, None, None), True
     # 2. The chain, outside any transaction (bounded by the transport's retry budget).
     checked = engine.chains.verify(adapter, raw, terms_for(engine, ps))
     # 3. The attempt, the new status, any settlement and the answer, in one transaction.
     with engine.db.tx() as s:
-        p = s.get(Proof, p.id, with_for_update=engine.db.postgres)
-        verdict = _record_attempt(engine, s, p, ps, checked, None)
-        view = _view(s, p)
+        p = _get_proof(engine, s, p.id)
+        verdict, view = _record_attempt(engine, s, p, ps, checked, None, want_view=True)
     _count(engine, rail, checked, verdict)
     return view, True
+
+
+_PROOF_BY_FINGERPRINT = select(Proof.__table__.c.id).where(
+    Proof.__table__.c.fingerprint == bindparam("fp"))
+_INSERT_PROOF = insert(Proof.__table__)
+_INSERT_ATTEMPT = insert(VerificationAttempt.__table__)
+_INSERT_EVIDENCE = insert(SettlementEvidence.__table__)
+_UPDATE_PROOF = update(Proof.__table__).where(Proof.__table__.c.id == bindparam("pid"))
+_PROOF_COLS = tuple(c.key for c in Proof.__table__.columns)
+
+
+def _row(obj: Any, cols: tuple[str, ...]) -> dict[str, Any]:
+    return {c: getattr(obj, c) for c in cols}
+
+
+def _get_proof(engine: Engine, s: Session, proof_id: str) -> Proof:
+    """The proof row to record an attempt on: locked on PostgreSQL (SQLite's BEGIN IMMEDIATE
+    already holds the write lock)."""
+    if engine.db.postgres:
+        return s.get(Proof, proof_id, with_for_update=True)
+    return db_get(s, Proof, proof_id)
 
 
 def _refuse_if_paused(engine: Engine, s: Session, rail_id: str) -> None:
@@ -174,20 +209,22 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     adapter = engine.adapter(rail)
     checked = engine.chains.verify(adapter, p.raw, terms_for(engine, ps))
     with engine.db.tx() as s:
-        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
+        p = _get_proof(engine, s, proof_id)
         if worker is not None and p.claimed_by != worker:
             # Our lease ran out during a slow chain call and another worker holds the proof
             # now: its answer will be recorded, ours is dropped (one attempt per claim).
             return checked.verdict
-        verdict = _record_attempt(engine, s, p, ps, checked, worker)
+        verdict, _ = _record_attempt(engine, s, p, ps, checked, worker)
     _count(engine, rail, checked, verdict)
     return verdict
 
 
 def _record_attempt(engine: Engine, s: Session, p: Proof, ps: PaymentSession, checked: Any,
-                    worker: str | None) -> Verdict:
+                    worker: str | None, want_view: bool = False
+                    ) -> tuple[Verdict, dict[str, Any] | None]:
     """The attempt row, the proof's new status (its latest attempt's), settlement evidence
-    for a verified attempt, the next check, and an audit row when the status changes."""
+    for a verified attempt, the next check, and an audit row when the status changes.
+    Returns the verdict and, when asked for or needed for an event, the proof's view."""
     verdict = checked.verdict
     now = engine.now()
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
@@ -197,34 +234,51 @@ def _record_attempt(engine: Engine, s: Session, p: Proof, ps: PaymentSession, ch
         verdict = Verdict.fail(FailureCode.tx_not_found,
                                f"{verdict.detail}; not found by session expiry plus "
                                f"{int(grace.total_seconds())} s grace")
-    att = VerificationAttempt(proof_id=p.id, status=verdict.status.value,
-                              failure_code=verdict.code.value if verdict.code else None,
-                              detail=verdict.detail, observed=_redact(verdict.observed),
-                              rpc_calls=checked.rpc_calls, latency_ms=checked.latency_ms,
-                              source=checked.source, worker=worker, created_at=now)
-    s.add(att)
-    s.flush()
-    old = p.status if p.attempts else None  # a new proof's first attempt always counts
-    p.status = verdict.status.value
-    p.failure_code = att.failure_code
-    p.detail = verdict.detail
-    p.attempts += 1
-    p.updated_at = now
-    p.claimed_until = None
-    p.claimed_by = None
+    # Read under the proof's row lock (PostgreSQL FOR UPDATE, SQLite's write lock): a proof
+    # without any attempt was never verified, so it has no settlement evidence (written only
+    # with or after a verified attempt) and no receipt (the gate requires `verified`).
+    first = not p.attempts
+    failure_code = verdict.code.value if verdict.code else None
+    # Core insert: the attempt is write-only here; its id comes back from the insert.
+    (attempt_id,) = s.connection().execute(_INSERT_ATTEMPT, {
+        "proof_id": p.id, "status": verdict.status.value, "failure_code": failure_code,
+        "detail": verdict.detail, "observed": _redact(verdict.observed),
+        "rpc_calls": checked.rpc_calls, "latency_ms": checked.latency_ms,
+        "source": checked.source, "worker": worker, "created_at": now}).inserted_primary_key
+    old = None if first else p.status  # a new proof's first attempt always counts
     ev = None
     if verdict.status is Status.verified and verdict.settlement is not None:
-        ev = record_settlement(engine, s, p, att.id, verdict.settlement, checked.source)
-    p.next_check_at = _next_check(p, verdict, now)
+        ev = record_settlement(engine, s, p, attempt_id, verdict.settlement, checked.source)
+    attempts = p.attempts + 1
+    _update_proof(s, p, status=verdict.status.value, failure_code=failure_code,
+                  detail=verdict.detail, attempts=attempts, updated_at=now, claimed_until=None,
+                  claimed_by=None, next_check_at=_next_check(attempts, verdict, now))
+    view = None
     if old != p.status:
         audit.append(s, now, SYSTEM, f"proof.{p.status}", "proof", p.id,
-                     {"code": p.failure_code, "attempt_id": att.id})
+                     {"code": p.failure_code, "attempt_id": attempt_id})
         if p.status != ProofStatus.pending:
-            events.emit(s, now, f"proof.{p.status}", p.owner_id, "proof", p.id, _view(s, p))
+            # One view for every event and the answer: nothing below changes the proof, its
+            # settlement or its receipt (emit copies the payload it stores).
+            view = _view_after_attempt(s, p, ev, first)
+            events.emit(s, now, f"proof.{p.status}", p.owner_id, "proof", p.id, view)
             if ev is not None and (ev.is_final or ev.reorged):
                 events.emit(s, now, "settlement.reorged" if ev.reorged else
-                            "settlement.finalized", p.owner_id, "proof", p.id, _view(s, p))
-    return verdict
+                            "settlement.finalized", p.owner_id, "proof", p.id, view)
+    if want_view and view is None:
+        view = _view_after_attempt(s, p, ev, first)
+    return verdict, view
+
+
+def _view_after_attempt(s: Session, p: Proof, ev: SettlementEvidence | None,
+                        first: bool) -> dict[str, Any]:
+    """The proof's view from what the attempt has in hand: the evidence it just wrote is the
+    latest (written under the proof's row lock); a first attempt has no older evidence and no
+    receipt, so only a re-verification asks the database."""
+    if first:
+        return proof_view(p, ev, None)
+    rid = s.scalar(_RECEIPT_ID, {"pid": p.id})
+    return proof_view(p, ev if ev is not None else latest_settlement(s, p.id), rid)
 
 
 def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
@@ -236,9 +290,19 @@ def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
         engine.metrics.inc("rpc_errors_total", network=rail.network, kind="verify")
 
 
-def _next_check(p: Proof, verdict: Verdict, now: Any) -> Any:
+def _update_proof(s: Session, p: Proof, **values: Any) -> None:
+    """One Core UPDATE of the proof row, and the same values set on `p` as its committed
+    state: the object stays in step with the row without the unit of work's change tracking
+    (and its flush) on the hot path."""
+    s.flush([p])  # anything already pending on p goes first, as a flush would order it
+    s.connection().execute(_UPDATE_PROOF, {"pid": p.id, **values})
+    for k, v in values.items():
+        set_committed_value(p, k, v)
+
+
+def _next_check(attempts: int, verdict: Verdict, now: Any) -> Any:
     if verdict.status is Status.pending:
-        return now + backoff(p.attempts)
+        return now + backoff(attempts)
     if verdict.status is Status.verified:
         st = verdict.settlement
         if st is None or not st.is_final:
@@ -255,35 +319,42 @@ def _redact(observed: dict[str, Any]) -> dict[str, Any]:
 
 def record_settlement(engine: Engine, s: Session, p: Proof, attempt_id: int, st: Settlement,
                       source: str) -> SettlementEvidence:
-    ev = SettlementEvidence(proof_id=p.id, attempt_id=attempt_id, finality=st.finality,
-                            is_final=st.is_final and not st.reorged, reorged=st.reorged,
-                            slot=st.slot, block_number=st.block_number,
-                            block_hash=st.block_hash, confirmations=st.confirmations,
-                            detail=st.detail, source=source, observed_at=engine.now())
-    s.add(ev)
+    row = {"proof_id": p.id, "attempt_id": attempt_id, "finality": st.finality,
+           "is_final": st.is_final and not st.reorged, "reorged": st.reorged, "slot": st.slot,
+           "block_number": st.block_number, "block_hash": st.block_hash,
+           "confirmations": st.confirmations, "detail": st.detail, "source": source,
+           "observed_at": engine.now()}
+    # Core insert (write-only evidence); the returned object is not attached to the session.
+    # Flush first: the attempt it points at may still be pending in the session.
     s.flush()
-    return ev
+    (ev_id,) = s.connection().execute(_INSERT_EVIDENCE, row).inserted_primary_key
+    return SettlementEvidence(id=ev_id, **row)
+
+
+_SE, _VA = SettlementEvidence, VerificationAttempt
+# Built once, so every call is a compiled-cache hit without rebuilding the statement.
+_LATEST_SETTLEMENT = (select(_SE).where(_SE.proof_id == bindparam("pid"))
+                      .order_by(_SE.id.desc()).limit(1))
+_LATEST_VERIFIED = (select(_VA).where(_VA.proof_id == bindparam("pid"),
+                                      _VA.status == ProofStatus.verified.value)
+                    .order_by(_VA.id.desc()).limit(1))
+_RECEIPT_ID = select(Receipt.id).where(Receipt.proof_id == bindparam("pid"))
 
 
 def latest_settlement(s: Session, proof_id: str) -> SettlementEvidence | None:
-    return s.scalar(select(SettlementEvidence).where(SettlementEvidence.proof_id == proof_id)
-                    .order_by(SettlementEvidence.id.desc()).limit(1))
+    return s.scalar(_LATEST_SETTLEMENT, {"pid": proof_id})
 
 
 def latest_verified_attempt(s: Session, proof_id: str) -> VerificationAttempt | None:
-    return s.scalar(select(VerificationAttempt)
-                    .where(VerificationAttempt.proof_id == proof_id,
-                           VerificationAttempt.status == ProofStatus.verified)
-                    .order_by(VerificationAttempt.id.desc()).limit(1))
+    return s.scalar(_LATEST_VERIFIED, {"pid": proof_id})
 
 
 def _view(s: Session, p: Proof) -> dict[str, Any]:
-    rid = s.scalar(select(Receipt.id).where(Receipt.proof_id == p.id))
-    return proof_view(p, latest_settlement(s, p.id), rid)
+    return proof_view(p, latest_settlement(s, p.id), s.scalar(_RECEIPT_ID, {"pid": p.id}))
 
 
 def load_proof(engine: Engine, s: Session, proof_id: str, owners: list[str] | None) -> Proof:
-    p = s.get(Proof, proof_id)
+    p = db_get(s, Proof, proof_id)
     if p is not None and owners is not None and p.owner_id not in owners:
         engine.metrics.inc("owner_isolation_denials_total", reason="proof")
         p = None

@@ -12,8 +12,7 @@ to); an unknown token is refused with 401 before any bucket is touched, so guess
 cannot fill the table.
 
 Configuration: RAILPROOF_RATE_LIMIT_PER_SECOND (default 20; 0 turns limiting off) and
-RAILPROOF_RATE_LIMIT_BURST (default 40), read from Settings fields when they exist and from
-the settings' environment mapping otherwise.
+RAILPROOF_RATE_LIMIT_BURST (default 40), Settings fields.
 """
 
 from __future__ import annotations
@@ -91,18 +90,4 @@ class RateLimiter:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "RateLimiter":
-        return cls(rate=_setting(settings, "rate_limit_per_second", DEFAULT_RATE, float),
-                   burst=_setting(settings, "rate_limit_burst", DEFAULT_BURST, int))
-
-
-def _setting(settings: Any, name: str, default: Any, kind: type) -> Any:
-    value = getattr(settings, name, None)
-    if value is None:
-        env = getattr(settings, "env", None) or {}
-        value = env.get("RAILPROOF_" + name.upper())
-    if value is None or value == "":
-        return default
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"RAILPROOF_{name.upper()}: not a number: {value!r}") from None
+        return cls(rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from rails.base import SessionShape
@@ -14,7 +15,14 @@ from rails.errors import ProofMalformed
 from verifier import audit
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, NotFound, Refused
-from verifier.storage.models import Entitlement, PaymentSession
+from verifier.storage.db import get as db_get
+from verifier.storage.models import (
+    Entitlement,
+    EntitlementStatus,
+    PaymentSession,
+    SessionStatus,
+    new_id,
+)
 from verifier.timeutil import utc
 from verifier.views import session_view
 
@@ -62,23 +70,44 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
         if req.memo is not None and adapter.new_reference() is None:
             raise BadInput("invalid_memo", f"memo: rail {rail.rail_id} cannot bind a memo on "
                            "chain", field="memo")
-        ps = PaymentSession(owner_id=req.owner_id, rail_id=rail.rail_id,
+        ps = PaymentSession(id=new_id(), owner_id=req.owner_id, rail_id=rail.rail_id,
                             access_product_id=req.access_product_id, amount=req.amount,
                             network=rail.network, asset=rail.asset, recipient=recipient,
-                            reference=reference, memo=req.memo, created_at=now,
-                            expires_at=now + timedelta(seconds=ttl))
-        s.add(ps)
+                            reference=reference, memo=req.memo, status=SessionStatus.open.value,
+                            created_at=now, expires_at=now + timedelta(seconds=ttl),
+                            paid_at=None)
+        # Core inserts with client-side ids: both rows are written once and read back by
+        # nobody in this transaction, so the ORM's unit of work would be pure overhead.
+        conn = s.connection()
         try:
-            s.flush()
+            if engine.db.postgres:
+                # A failed statement aborts a PostgreSQL transaction: keep it usable for the
+                # refusal path behind a savepoint.
+                with conn.begin_nested():
+                    conn.execute(_INSERT_SESSION, _row(ps, _SESSION_COLS))
+            else:
+                # SQLite undoes only the failed statement; the transaction stays usable.
+                conn.execute(_INSERT_SESSION, _row(ps, _SESSION_COLS))
         except IntegrityError as e:
             raise Conflict("reference_in_use", "reference: already used by another session "
                            "on this rail", field="reference") from e
-        s.add(Entitlement(owner_id=ps.owner_id, access_product_id=ps.access_product_id,
-                          session_id=ps.id, created_at=now, updated_at=now))
+        conn.execute(_INSERT_ENTITLEMENT, {
+            "id": new_id(), "owner_id": ps.owner_id, "access_product_id": ps.access_product_id,
+            "session_id": ps.id, "status": EntitlementStatus.pending.value, "receipt_id": None,
+            "reorg_flagged": False, "created_at": now, "updated_at": now})
         audit.append(s, now, audit.Operator(actor), "session.opened", "payment_session", ps.id,
                      {"owner_id": ps.owner_id, "rail_id": ps.rail_id,
                       "amount": str(ps.amount), "product": ps.access_product_id})
     return session_view(ps, requirements(engine, ps))
+
+
+_INSERT_SESSION = insert(PaymentSession.__table__)
+_INSERT_ENTITLEMENT = insert(Entitlement.__table__)
+_SESSION_COLS = tuple(c.key for c in PaymentSession.__table__.columns)
+
+
+def _row(obj: Any, cols: tuple[str, ...]) -> dict[str, Any]:
+    return {c: getattr(obj, c) for c in cols}
 
 
 def _reference(adapter: Any, given: str | None) -> str | None:
@@ -103,10 +132,10 @@ def load_session(engine: Engine, s: Any, session_id: str, owners: list[str] | No
                  lock: bool = False) -> PaymentSession:
     """The session if the caller may see it; otherwise 404, counted as an isolation denial
     when it exists for someone else (the answer is the same, so ids leak nothing)."""
-    q = s.query(PaymentSession).filter(PaymentSession.id == session_id)
     if lock and engine.db.postgres:
-        q = q.with_for_update()
-    ps = q.one_or_none()
+        ps = s.get(PaymentSession, session_id, with_for_update=True)
+    else:
+        ps = db_get(s, PaymentSession, session_id)
     if ps is not None and owners is not None and ps.owner_id not in owners:
         engine.metrics.inc("owner_isolation_denials_total", reason="session")
         ps = None

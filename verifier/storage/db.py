@@ -11,14 +11,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, Select, bindparam, create_engine, event, select
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 
 UPGRADE_HINT = "railproof db upgrade"
 
@@ -27,8 +27,14 @@ class NotMigrated(RuntimeError):
     pass
 
 
-def make_engine(url: str) -> Engine:
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
     if url.startswith("sqlite"):
+        sync = sqlite_synchronous.upper()
+        if sync not in SQLITE_SYNCHRONOUS:
+            raise ValueError(f"sqlite_synchronous: one of {', '.join(SQLITE_SYNCHRONOUS)}")
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -38,6 +44,10 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # WAL + NORMAL: a commit is durable once in the WAL file, fsynced at checkpoints
+            # only; an application crash loses nothing, a power loss may lose the last commits.
+            # FULL fsyncs the WAL on every commit (Settings.sqlite_synchronous).
+            cur.execute(f"PRAGMA synchronous={sync}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -87,14 +97,11 @@ def require_migrated(engine: Engine) -> None:
 
 
 class Database:
-    def __init__(self, url: str):
+    def __init__(self, url: str, sqlite_synchronous: str = "NORMAL"):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, sqlite_synchronous)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @property
-    def postgres(self) -> bool:
-        return is_postgres(self.engine)
+        self.postgres = is_postgres(self.engine)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -104,6 +111,32 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+M = TypeVar("M")
+_BY_PK: dict[type, Select] = {}
+
+
+def get(s: Session, model: type[M], pk: Any) -> M | None:
+    """`s.get(model, pk)` for a model with a single-column primary key, at about half the cost
+    on a miss: one Core SELECT (a statement built once, so always a compiled-cache hit) and
+    the row adopted into the session as a persistent, unmodified object — tracked like any
+    loaded object, so changes to it flush as usual. An object the session already holds is
+    answered by `Session.get` itself, exactly as before."""
+    if (model, (pk,), None) in s.identity_map:
+        return s.get(model, pk)
+    stmt = _BY_PK.get(model)
+    if stmt is None:
+        table = model.__table__  # type: ignore[attr-defined]
+        (key,) = table.primary_key.columns
+        stmt = _BY_PK[model] = select(*table.columns).where(key == bindparam("pk"))
+    row = s.connection().execute(stmt, {"pk": pk}).first()
+    if row is None:
+        return None
+    obj = model(**row._mapping)
+    make_transient_to_detached(obj)  # as if loaded: every attribute committed, none changed
+    s.add(obj)
+    return obj
 
 
 def sqlite_path(url: str) -> Path | None:

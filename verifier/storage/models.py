@@ -143,6 +143,9 @@ class Proof(Base):
         Index("ix_proofs_rail_created", "rail_id", "created_at"),
         Index("ix_proofs_due", "status", "next_check_at"),
         Index("ix_proofs_session", "session_id"),
+        # Migration 0003: the auto-apply sweep and pending-past-SLA check; the proof listing.
+        Index("ix_proofs_status_created", "status", "created_at"),
+        Index("ix_proofs_created", "created_at", "id"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     fingerprint: Mapped[str] = mapped_column(String(64))
@@ -232,6 +235,8 @@ class Entitlement(Base):
         # SECURITY: no active (or revoked) entitlement without the receipt that activated it.
         CheckConstraint("status = 'pending' OR receipt_id IS NOT NULL", name="receipt_required"),
         Index("ix_entitlements_owner", "owner_id", "access_product_id"),
+        # Migration 0003: the entitlement a receipt activated (reorg handling, assurance).
+        Index("ix_entitlements_receipt", "receipt_id"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(String(128))
@@ -250,6 +255,8 @@ class AuditEvent(Base):
         # The chain is linear: two events can never claim the same predecessor.
         UniqueConstraint("prev_hash"),
         Index("ix_audit_events_subject", "subject_type", "subject_id"),
+        # Migration 0003: the admin audit view by subject id, newest first.
+        Index("ix_audit_events_subject_id", "subject_id", "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
