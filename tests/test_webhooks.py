@@ -105,7 +105,7 @@ def emit_now(engine, type_: str, owner: str | None = "alice", rtype: str = "proo
              rid: str = "p1", data: dict[str, Any] | None = None) -> str:
     with engine.db.tx() as s:
         return emit(s, engine.now(), type_, owner, rtype, rid,
-                    data if data is not None else {"id": rid, "type": type_}).id
+                    data if data is not None else {"id": rid, "type": type_})
 
 
 def deliveries(engine) -> list[WebhookDelivery]:

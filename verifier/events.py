@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from verifier.audit import _PG_AUDIT_LOCK
@@ -26,6 +26,7 @@ from verifier.storage.webhook_models import (
     OutboxEvent,
     WebhookDelivery,
     WebhookEndpoint,
+    prefixed_id,
 )
 from verifier.timeutil import iso
 
@@ -35,30 +36,45 @@ __all__ = ["EventType", "emit", "envelope", "OWNERLESS"]
 OWNERLESS = frozenset({EventType.rail_paused, EventType.rail_resumed})
 
 
+# Built once; SQLAlchemy's compiled cache serves every emit. Core statements: these rows are
+# write-only here, so the ORM's unit of work would only add cost on the hot path.
+_OUTBOX, _ENDPOINTS = OutboxEvent.__table__, WebhookEndpoint.__table__
+_NEXT_SEQ = select(func.max(_OUTBOX.c.sequence)).where(
+    _OUTBOX.c.resource_type == bindparam("rt"), _OUTBOX.c.resource_id == bindparam("rid"))
+_ACTIVE = (select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types, _ENDPOINTS.c.owners)
+           .where(_ENDPOINTS.c.active.is_(True))
+           .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id))
+_INSERT_EVENT = insert(_OUTBOX)
+_INSERT_DELIVERY = insert(WebhookDelivery.__table__)
+
+
 def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_type: str,
-         resource_id: str, resource: dict[str, Any]) -> OutboxEvent:
-    """Write one event and its deliveries in the caller's transaction (never commits)."""
+         resource_id: str, resource: dict[str, Any]) -> str:
+    """Write one event and its deliveries in the caller's transaction (never commits);
+    returns the event id."""
     et = EventType(type)  # an unknown type is a programming error, not a runtime condition
     if et in OWNERLESS:
         owner_id = None
     elif not owner_id:
         # SECURITY: an owner event without an owner could not be routed to its owner only.
         raise ValueError(f"{et}: owner_id is required")
-    # Freeze a JSON copy now: the caller may keep mutating its dict after the flush.
+    # Freeze a JSON copy now: the caller may keep mutating its dict afterwards.
     payload = orjson.loads(orjson.dumps(resource))
     _serialize(s)
-    seq = (s.scalar(select(func.max(OutboxEvent.sequence))
-                    .where(OutboxEvent.resource_type == resource_type,
-                           OutboxEvent.resource_id == resource_id)) or 0) + 1
-    ev = OutboxEvent(type=et.value, owner_id=owner_id, resource_type=resource_type,
-                     resource_id=resource_id, sequence=seq, payload=payload, created_at=now)
-    s.add(ev)
-    s.flush()
-    for ep in _subscribers(s, et, owner_id):
-        s.add(WebhookDelivery(event_id=ev.id, endpoint_id=ep.id, status=DeliveryStatus.pending,
-                              attempts=0, next_attempt_at=now, created_at=now, updated_at=now))
-    s.flush()
-    return ev
+    s.flush()  # ORM changes the caller made first are written first
+    conn = s.connection()
+    seq = (conn.execute(_NEXT_SEQ, {"rt": resource_type, "rid": resource_id}).scalar() or 0) + 1
+    event_id = prefixed_id("evt")
+    conn.execute(_INSERT_EVENT, {"id": event_id, "type": et.value, "owner_id": owner_id,
+                                 "resource_type": resource_type, "resource_id": resource_id,
+                                 "sequence": seq, "payload": payload, "created_at": now})
+    rows = [{"id": prefixed_id("whd"), "event_id": event_id, "endpoint_id": ep_id,
+             "status": DeliveryStatus.pending.value, "attempts": 0, "next_attempt_at": now,
+             "created_at": now, "updated_at": now}
+            for ep_id in _subscribers(conn, et, owner_id)]
+    if rows:
+        conn.execute(_INSERT_DELIVERY, rows)
+    return event_id
 
 
 def _serialize(s: Session) -> None:
@@ -70,19 +86,18 @@ def _serialize(s: Session) -> None:
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
 
 
-def _subscribers(s: Session, et: EventType, owner_id: str | None) -> list[WebhookEndpoint]:
+def _subscribers(conn: Any, et: EventType, owner_id: str | None) -> list[str]:
     # Endpoints are few (capped per token), so filtering JSON lists in Python keeps one query
     # that works the same on SQLite and PostgreSQL.
     out = []
-    for ep in s.scalars(select(WebhookEndpoint).where(WebhookEndpoint.active.is_(True))
-                        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)):
-        if et.value not in (ep.event_types or []):
+    for ep_id, types, owners in conn.execute(_ACTIVE):
+        if et.value not in (types or []):
             continue
         # SECURITY: owner isolation: an owner's event only reaches endpoints of tokens that
         # act for that owner.
-        if owner_id is not None and owner_id not in (ep.owners or []):
+        if owner_id is not None and owner_id not in (owners or []):
             continue
-        out.append(ep)
+        out.append(ep_id)
     return out
 
 
