@@ -142,6 +142,7 @@ def test_unfinal_settlement_blocks(engine, chain):
     _, view = paid_proof(engine, chain, finality="confirmed")
     rep = gate.dry_run_apply(engine, view["id"])
     assert [b["code"] for b in rep["blockers"]] == ["settlement_final"]
+    assert rep["blockers"][0]["detail"].startswith("not_final: confirmed")
     assert "finalized required" in rep["blockers"][0]["detail"]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier import audit, events
 from verifier.engine import Engine
@@ -74,13 +75,14 @@ def _evaluate(engine: Engine, s: Session, p: Proof, via: Via) -> tuple[list[Chec
     if ev is None:
         add("settlement_final", False, "no settlement evidence")
     elif ev.reorged:
-        add("settlement_final", False, "reorged: the transfer left the canonical chain")
+        add("settlement_final", False,
+            f"{FailureCode.reorged}: the transfer left the canonical chain")
     else:
         rail_def = engine.catalog.rails.get(p.rail_id)
         want = rail_def.finality.level or f"{rail_def.finality.confirmations} confirmations" \
             if rail_def else "final"
-        add("settlement_final", ev.is_final,
-            f"{ev.finality}" + ("" if ev.is_final else f"; {want} required"))
+        add("settlement_final", ev.is_final, f"{ev.finality}" if ev.is_final
+            else f"{FailureCode.not_final}: {ev.finality}; {want} required")
 
     registered = engine.has_rail(p.rail_id)
     add("rail_registered", registered, p.rail_id if registered else "not in the catalog")

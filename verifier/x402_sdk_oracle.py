@@ -64,22 +64,22 @@ class StubSigner:
         raise RuntimeError(f"stub signer: {function_name} is not emulated")
 
     def verify_typed_data(self, *args: Any, **kwargs: Any) -> bool:  # not used by exact verify
-        raise NotImplementedError
+        raise RuntimeError("not used by offline verification")
 
     def write_contract(self, *args: Any, **kwargs: Any) -> str:
-        raise NotImplementedError("the oracle never settles")
+        raise RuntimeError("the oracle verifies only; it never settles")
 
     def send_transaction(self, to: str, data: bytes) -> str:
-        raise NotImplementedError("the oracle never settles")
+        raise RuntimeError("the oracle verifies only; it never settles")
 
     def wait_for_transaction_receipt(self, tx_hash: str) -> Any:
-        raise NotImplementedError("the oracle never settles")
+        raise RuntimeError("the oracle verifies only; it never settles")
 
     def get_balance(self, address: str, token_address: str) -> int:
-        raise NotImplementedError
+        raise RuntimeError("not used by offline verification")
 
     def get_chain_id(self) -> int:
-        raise NotImplementedError
+        raise RuntimeError("not used by offline verification")
 
 
 def make_facilitator(signer: StubSigner) -> x402FacilitatorSync:
