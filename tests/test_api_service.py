@@ -198,3 +198,13 @@ def test_oversized_body_is_refused(client):
 def test_unknown_path_is_json(client):
     r = client.get("/v1/nothing-here")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_unknown_rail_and_session_codes(client, engine):
+    before = rows(engine)
+    r = client.post("/v1/payment-sessions", headers=auth(), json={**SESSION, "rail_id": "doge_coin"})
+    assert r.status_code == 422
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("rail_not_registered", "rail_id")
+    r = client.post("/v1/proofs", headers=auth(), json={"session_id": "no-such", "proof": "fx12345678"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+    assert rows(engine) == before
