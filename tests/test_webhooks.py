@@ -41,7 +41,7 @@ from verifier.storage.webhook_models import DeliveryStatus, OutboxEvent, Webhook
 from verifier.webhook_api import webhook_router
 from verifier.webhooks import verify_signature
 
-FAST = webhooks.DeliveryConfig(timeout_s=0.3, max_attempts=3, backoff_initial_s=1.0,
+FAST = webhooks.DeliveryConfig(timeout_s=1.5, max_attempts=3, backoff_initial_s=1.0,
                                backoff_max_s=4.0, backoff_jitter_s=0.5, lease_s=5.0,
                                concurrency=4)
 ALL_TYPES = [e.value for e in EventType]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,7 @@ from verifier.errors import BadInput
 from verifier.metrics import Metrics
 from verifier.storage.db import Database
 from verifier.storage.db import get as db_get
+from verifier.storage.db import read as db_read
 from verifier.storage.models import RailState
 
 
@@ -32,6 +34,9 @@ class Engine:
         self.chains = chains or Chains(self.settings, self.catalog)
         self.metrics = Metrics()
         self._adapters: dict[tuple[str, str, str], Adapter] = {}
+        self._rails: dict[tuple[str, str | None, str | None, str | None], Rail] = {}
+        self._rails_catalog = self.catalog
+        self._binds_reference: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
         # Fault injection for the rollback test of apply (never set outside tests).
         self.fail_after_receipt_insert = False
@@ -48,13 +53,24 @@ class Engine:
             raise BadInput(FailureCode.rail_not_registered, f"rail_id: unknown rail {rail_id!r}",
                            field="rail_id")
         o = self.settings.rail_overrides(rail_id)
-        if network or asset:
-            o = RailOverrides(network=network or o.network, asset=asset or o.asset,
-                              treasury=o.treasury)
-        try:
-            return self.catalog.resolve(rail_id, o)
-        except CatalogError as e:
-            raise BadInput("configuration_error", str(e), field="rail_id") from e
+        # Resolving builds and validates pydantic models; the result depends only on the
+        # catalog and the overrides (read from the environment on every call, so a changed
+        # setting is never served stale) and is frozen, so it is shared.
+        if self._rails_catalog is not self.catalog:
+            self._rails.clear()
+            self._rails_catalog = self.catalog
+        key = (rail_id, network or o.network, asset or o.asset, o.treasury)
+        r = self._rails.get(key)
+        if r is None:
+            if network or asset:
+                o = RailOverrides(network=network or o.network, asset=asset or o.asset,
+                                  treasury=o.treasury)
+            try:
+                r = self.catalog.resolve(rail_id, o)
+            except CatalogError as e:
+                raise BadInput("configuration_error", str(e), field="rail_id") from e
+            self._rails[key] = r
+        return r
 
     def adapter(self, rail: Rail) -> Adapter:
         key = (rail.rail_id, rail.network, rail.asset)
@@ -63,6 +79,16 @@ class Engine:
             if a is None:
                 a = self._adapters[key] = adapter_for(rail, self.catalog)
             return a
+
+    def binds_reference(self, rail: Rail) -> bool:
+        """Whether the rail's adapter can bind a session reference (or memo) on chain, that is
+        whether `new_reference()` gives one. Asked once per adapter: on Solana the answer
+        costs a key pair generation (~50 µs), and it is a property of the rail, not the call."""
+        key = (rail.rail_id, rail.network, rail.asset)
+        b = self._binds_reference.get(key)
+        if b is None:
+            b = self._binds_reference[key] = self.adapter(rail).new_reference() is not None
+        return b
 
     def ensure_rail_states(self) -> None:
         # API processes and workers starting at once on a fresh PostgreSQL database can both
@@ -98,10 +124,19 @@ class Engine:
             s.flush()
         return st
 
+    def rail_state_read(self, s: Session, rail_id: str) -> Any:
+        """`rail_state` for a caller that only reads it (paused, treasury): the session's own
+        object when it holds one, otherwise the row as a plain record, without building an
+        ORM instance. A missing row is created exactly as `rail_state` does."""
+        st = db_read(s, RailState, rail_id)
+        return st if st is not None else self.rail_state(s, rail_id)
+
     def production_enabled(self, st: RailState) -> bool:
         # SECURITY: whatever the database says, a review_only rail is never in production.
         return st.production_enabled and self.catalog.rails[st.rail_id].stage is not Stage.review_only
 
-    def treasury(self, s: Session, rail: Rail) -> str | None:
-        st = self.rail_state(s, rail.rail_id)
+    def treasury(self, s: Session, rail: Rail, st: Any = None) -> str | None:
+        """`st`: the rail's state when the caller has already read it in this transaction."""
+        if st is None:
+            st = self.rail_state_read(s, rail.rail_id)
         return st.treasury or rail.treasury

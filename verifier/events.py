@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy import bindparam, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from verifier.audit import _PG_AUDIT_LOCK
@@ -60,37 +60,81 @@ def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_ty
         raise ValueError(f"{et}: owner_id is required")
     # Freeze a JSON copy now: the caller may keep mutating its dict afterwards.
     payload = orjson.loads(orjson.dumps(resource))
-    _serialize(s)
-    s.flush()  # ORM changes the caller made first are written first
     conn = s.connection()
-    seq = (conn.execute(_NEXT_SEQ, {"rt": resource_type, "rid": resource_id}).scalar() or 0) + 1
+    info = s.info
+    if _LOCKED_KEY not in info:
+        _serialize(conn)
+        info[_LOCKED_KEY] = True
+    s.flush()  # ORM changes the caller made first are written first
+    seqs = info.get(_SEQ_KEY)
+    if seqs is None:
+        seqs = info[_SEQ_KEY] = {}
+    last = seqs.get((resource_type, resource_id))
+    if last is None:
+        last = conn.execute(_NEXT_SEQ, {"rt": resource_type, "rid": resource_id}).scalar() or 0
+    seq = last + 1
     event_id = prefixed_id("evt")
     conn.execute(_INSERT_EVENT, {"id": event_id, "type": et.value, "owner_id": owner_id,
                                  "resource_type": resource_type, "resource_id": resource_id,
                                  "sequence": seq, "payload": payload, "created_at": now})
+    seqs[(resource_type, resource_id)] = seq  # only once the row is written: no gaps
     rows = [{"id": prefixed_id("whd"), "event_id": event_id, "endpoint_id": ep_id,
              "status": DeliveryStatus.pending.value, "attempts": 0, "next_attempt_at": now,
              "created_at": now, "updated_at": now}
-            for ep_id in _subscribers(conn, et, owner_id)]
+            for ep_id in _subscribers(s, conn, et, owner_id)]
     if rows:
         conn.execute(_INSERT_DELIVERY, rows)
     return event_id
 
 
-def _serialize(s: Session) -> None:
+# Per transaction, in `s.info` (dropped by `_forget`): whether this transaction holds the
+# lock, the last sequence number it wrote per resource, and the active endpoints.
+_LOCKED_KEY = "railproof.outbox_locked"
+_SEQ_KEY = "railproof.outbox_seq"
+_ENDPOINTS_KEY = "railproof.outbox_endpoints"
+_KEYS = (_LOCKED_KEY, _SEQ_KEY, _ENDPOINTS_KEY)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, _transaction: Any) -> None:
+    # Every Session, however made: once its transaction ends (commit, rollback, close) or any
+    # savepoint in it does, the lock may be gone and a rolled-back event or endpoint with it.
+    for k in _KEYS:
+        session.info.pop(k, None)
+
+
+@event.listens_for(Session, "after_flush")
+def _forget_on_flush(session: Session, _context: Any) -> None:
+    # An ORM flush may have written an endpoint or an outbox row this transaction's cache has
+    # not seen; emit's own statements are Core and never flush. (The lock is kept: it is a
+    # transaction-level lock.)
+    session.info.pop(_SEQ_KEY, None)
+    session.info.pop(_ENDPOINTS_KEY, None)
+
+
+def _serialize(conn: Any) -> None:
     """Sequence numbers are max+1 per resource; two PostgreSQL transactions must not compute
     the same one. We take the audit chain's advisory lock (every state change appends to the
     audit chain in the same transaction anyway, so this adds no new contention, and one lock
     for both means no lock-order deadlock). SQLite transactions are already serial."""
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK, {"k": _PG_AUDIT_LOCK})
 
 
-def _subscribers(conn: Any, et: EventType, owner_id: str | None) -> list[str]:
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+
+
+def _subscribers(s: Session, conn: Any, et: EventType, owner_id: str | None) -> list[str]:
     # Endpoints are few (capped per token), so filtering JSON lists in Python keeps one query
-    # that works the same on SQLite and PostgreSQL.
+    # that works the same on SQLite and PostgreSQL. The list is read once per transaction,
+    # under the lock `_serialize` took, and shared by its emits: creating or deleting an
+    # endpoint appends to the audit chain, so it takes the same lock and commits before this
+    # transaction's first emit or after all of them, never in between.
+    active = s.info.get(_ENDPOINTS_KEY)
+    if active is None:
+        active = s.info[_ENDPOINTS_KEY] = conn.execute(_ACTIVE).all()
     out = []
-    for ep_id, types, owners in conn.execute(_ACTIVE):
+    for ep_id, types, owners in active:
         if et.value not in (types or []):
             continue
         # SECURITY: owner isolation: an owner's event only reaches endpoints of tokens that

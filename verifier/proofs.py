@@ -26,7 +26,9 @@ from verifier import audit, events
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, NotFound, Refused
 from verifier.sessions import load_session
+from verifier.storage.db import Record
 from verifier.storage.db import get as db_get
+from verifier.storage.db import read as db_read
 from verifier.storage.models import (
     PaymentSession,
     Proof,
@@ -73,7 +75,8 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
-        ps = load_session(engine, s, session_id, owners)
+        # Read only: the session is not changed by a submission.
+        ps = load_session(engine, s, session_id, owners, read_only=True)
         rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
         adapter = engine.adapter(rail)
         _refuse_if_paused(engine, s, rail.rail_id)
@@ -93,11 +96,12 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
         if ps.status != SessionStatus.open:
             raise Conflict(FailureCode.session_not_open,
                            f"session {ps.id} is {ps.status}; it takes no new proofs")
-        p = Proof(id=new_id(), fingerprint=fp, rail_id=rail.rail_id, proof_type=ptype, ref=ref,
-                  raw=raw, owner_id=ps.owner_id, session_id=ps.id,
-                  status=ProofStatus.pending.value, failure_code=None, detail="submitted",
-                  attempts=0, next_check_at=now, claimed_until=None, claimed_by=None,
-                  created_at=now, updated_at=now)
+        row = {"id": new_id(), "fingerprint": fp, "rail_id": rail.rail_id,
+               "proof_type": ptype, "ref": ref, "raw": raw, "owner_id": ps.owner_id,
+               "session_id": ps.id, "status": ProofStatus.pending.value, "failure_code": None,
+               "detail": "submitted", "attempts": 0, "next_check_at": now,
+               "claimed_until": None, "claimed_by": None, "created_at": now, "updated_at": now}
+        p = Record(row)  # the row as written; only read below (its id, the view)
         try:
             # A Core insert with a client-side id: nothing in this transaction reads the row
             # back, so the ORM's unit of work would only add cost.
@@ -105,11 +109,11 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
                 # A failed statement aborts a PostgreSQL transaction: the savepoint keeps it
                 # usable to read the winner.
                 with conn.begin_nested():
-                    conn.execute(_INSERT_PROOF, _row(p, _PROOF_COLS))
+                    conn.execute(_INSERT_PROOF, row)
             else:
                 # SQLite undoes only the failed statement. (Under BEGIN IMMEDIATE the race
                 # cannot happen there; the handling stays for safety.)
-                conn.execute(_INSERT_PROOF, _row(p, _PROOF_COLS))
+                conn.execute(_INSERT_PROOF, row)
         except IntegrityError:
             # Lost the insert race on the fingerprint: the winner's row decides.
             winner = s.scalar(select(Proof).where(Proof.fingerprint == fp))
@@ -137,23 +141,19 @@ _INSERT_PROOF = insert(Proof.__table__)
 _INSERT_ATTEMPT = insert(VerificationAttempt.__table__)
 _INSERT_EVIDENCE = insert(SettlementEvidence.__table__)
 _UPDATE_PROOF = update(Proof.__table__).where(Proof.__table__.c.id == bindparam("pid"))
-_PROOF_COLS = tuple(c.key for c in Proof.__table__.columns)
 
 
-def _row(obj: Any, cols: tuple[str, ...]) -> dict[str, Any]:
-    return {c: getattr(obj, c) for c in cols}
-
-
-def _get_proof(engine: Engine, s: Session, proof_id: str) -> Proof:
+def _get_proof(engine: Engine, s: Session, proof_id: str) -> Any:
     """The proof row to record an attempt on: locked on PostgreSQL (SQLite's BEGIN IMMEDIATE
-    already holds the write lock)."""
+    already holds the write lock). On SQLite it may come back as a plain record: the attempt
+    writes it back with a Core UPDATE (`_update_proof`), never through the unit of work."""
     if engine.db.postgres:
         return s.get(Proof, proof_id, with_for_update=True)
-    return db_get(s, Proof, proof_id)
+    return db_read(s, Proof, proof_id)
 
 
 def _refuse_if_paused(engine: Engine, s: Session, rail_id: str) -> None:
-    if engine.rail_state(s, rail_id).paused:
+    if engine.rail_state_read(s, rail_id).paused:
         engine.metrics.inc("rail_paused_attempts_total", rail_id=rail_id)
         raise Refused(FailureCode.rail_paused, f"rail {rail_id} is paused")
 
@@ -294,6 +294,11 @@ def _update_proof(s: Session, p: Proof, **values: Any) -> None:
     """One Core UPDATE of the proof row, and the same values set on `p` as its committed
     state: the object stays in step with the row without the unit of work's change tracking
     (and its flush) on the hot path."""
+    if isinstance(p, Record):
+        # Not in the session: nothing of it is pending, and its attributes are plain ones.
+        s.connection().execute(_UPDATE_PROOF, {"pid": p.id, **values})
+        p.__dict__.update(values)
+        return
     s.flush([p])  # anything already pending on p goes first, as a flush would order it
     s.connection().execute(_UPDATE_PROOF, {"pid": p.id, **values})
     for k, v in values.items():
@@ -318,17 +323,19 @@ def _redact(observed: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_settlement(engine: Engine, s: Session, p: Proof, attempt_id: int, st: Settlement,
-                      source: str) -> SettlementEvidence:
+                      source: str) -> Any:
     row = {"proof_id": p.id, "attempt_id": attempt_id, "finality": st.finality,
            "is_final": st.is_final and not st.reorged, "reorged": st.reorged, "slot": st.slot,
            "block_number": st.block_number, "block_hash": st.block_hash,
            "confirmations": st.confirmations, "detail": st.detail, "source": source,
            "observed_at": engine.now()}
-    # Core insert (write-only evidence); the returned object is not attached to the session.
+    # Core insert (write-only evidence); the returned record of the row is not attached to the
+    # session (callers only read it).
     # Flush first: the attempt it points at may still be pending in the session.
     s.flush()
     (ev_id,) = s.connection().execute(_INSERT_EVIDENCE, row).inserted_primary_key
-    return SettlementEvidence(id=ev_id, **row)
+    row["id"] = ev_id
+    return Record(row)
 
 
 _SE, _VA = SettlementEvidence, VerificationAttempt

@@ -15,7 +15,9 @@ from rails.errors import ProofMalformed
 from verifier import audit
 from verifier.engine import Engine
 from verifier.errors import BadInput, Conflict, NotFound, Refused
+from verifier.storage.db import Record
 from verifier.storage.db import get as db_get
+from verifier.storage.db import read as db_read
 from verifier.storage.models import (
     Entitlement,
     EntitlementStatus,
@@ -54,28 +56,29 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
         raise BadInput("invalid_expiry", "expires_in_seconds: must be between 1 and "
                        f"{engine.settings.max_session_ttl_seconds}", field="expires_in_seconds")
     with engine.db.tx() as s:
-        st = engine.rail_state(s, rail.rail_id)
+        st = engine.rail_state_read(s, rail.rail_id)  # read only: paused, treasury
         if st.paused:
             engine.metrics.inc("rail_paused_attempts_total", rail_id=rail.rail_id)
             raise Refused(FailureCode.rail_paused, f"rail {rail.rail_id} is paused")
-        recipient = req.recipient or engine.treasury(s, rail)
+        recipient = req.recipient or engine.treasury(s, rail, st)
         if not recipient:
             raise BadInput("recipient_required", f"recipient: no treasury is configured for "
                            f"{rail.rail_id}; pass recipient", field="recipient")
         try:
             recipient = adapter.normalize_address(recipient, "recipient")
-            reference = _reference(adapter, req.reference)
+            reference = _reference(adapter, req.reference, engine.binds_reference(rail))
         except ProofMalformed as e:
             raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
-        if req.memo is not None and adapter.new_reference() is None:
+        if req.memo is not None and not engine.binds_reference(rail):
             raise BadInput("invalid_memo", f"memo: rail {rail.rail_id} cannot bind a memo on "
                            "chain", field="memo")
-        ps = PaymentSession(id=new_id(), owner_id=req.owner_id, rail_id=rail.rail_id,
-                            access_product_id=req.access_product_id, amount=req.amount,
-                            network=rail.network, asset=rail.asset, recipient=recipient,
-                            reference=reference, memo=req.memo, status=SessionStatus.open.value,
-                            created_at=now, expires_at=now + timedelta(seconds=ttl),
-                            paid_at=None)
+        row = {"id": new_id(), "owner_id": req.owner_id, "rail_id": rail.rail_id,
+               "access_product_id": req.access_product_id, "amount": req.amount,
+               "network": rail.network, "asset": rail.asset, "recipient": recipient,
+               "reference": reference, "memo": req.memo, "status": SessionStatus.open.value,
+               "created_at": now, "expires_at": now + timedelta(seconds=ttl), "paid_at": None}
+        # A plain record of the row: only read from here on (the view, the requirements).
+        ps = Record(row)
         # Core inserts with client-side ids: both rows are written once and read back by
         # nobody in this transaction, so the ORM's unit of work would be pure overhead.
         conn = s.connection()
@@ -84,10 +87,10 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 # A failed statement aborts a PostgreSQL transaction: keep it usable for the
                 # refusal path behind a savepoint.
                 with conn.begin_nested():
-                    conn.execute(_INSERT_SESSION, _row(ps, _SESSION_COLS))
+                    conn.execute(_INSERT_SESSION, row)
             else:
                 # SQLite undoes only the failed statement; the transaction stays usable.
-                conn.execute(_INSERT_SESSION, _row(ps, _SESSION_COLS))
+                conn.execute(_INSERT_SESSION, row)
         except IntegrityError as e:
             raise Conflict("reference_in_use", "reference: already used by another session "
                            "on this rail", field="reference") from e
@@ -103,19 +106,15 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
 
 _INSERT_SESSION = insert(PaymentSession.__table__)
 _INSERT_ENTITLEMENT = insert(Entitlement.__table__)
-_SESSION_COLS = tuple(c.key for c in PaymentSession.__table__.columns)
 
 
-def _row(obj: Any, cols: tuple[str, ...]) -> dict[str, Any]:
-    return {c: getattr(obj, c) for c in cols}
-
-
-def _reference(adapter: Any, given: str | None) -> str | None:
+def _reference(adapter: Any, given: str | None, binds: bool) -> str | None:
+    """`binds`: whether the rail can bind a reference on chain (Engine.binds_reference)."""
     if given is None:
         return None
     if given == AUTO:
         return adapter.new_reference()
-    if adapter.new_reference() is None:
+    if not binds:
         raise ProofMalformed("reference", "this rail cannot bind a reference on chain")
     return adapter.normalize_address(given, "reference")
 
@@ -129,11 +128,16 @@ def requirements(engine: Engine, ps: PaymentSession) -> dict[str, Any]:
 
 
 def load_session(engine: Engine, s: Any, session_id: str, owners: list[str] | None,
-                 lock: bool = False) -> PaymentSession:
+                 lock: bool = False, read_only: bool = False) -> PaymentSession:
     """The session if the caller may see it; otherwise 404, counted as an isolation denial
-    when it exists for someone else (the answer is the same, so ids leak nothing)."""
+    when it exists for someone else (the answer is the same, so ids leak nothing).
+
+    `read_only`: the caller only reads the session, so the row may come back as a plain
+    record (see storage.db.read) rather than an ORM instance; never with `lock`."""
     if lock and engine.db.postgres:
         ps = s.get(PaymentSession, session_id, with_for_update=True)
+    elif read_only and not lock:
+        ps = db_read(s, PaymentSession, session_id)
     else:
         ps = db_get(s, PaymentSession, session_id)
     if ps is not None and owners is not None and ps.owner_id not in owners:
@@ -146,5 +150,5 @@ def load_session(engine: Engine, s: Any, session_id: str, owners: list[str] | No
 
 def get_session(engine: Engine, session_id: str, owners: list[str] | None) -> dict[str, Any]:
     with engine.db.tx() as s:
-        ps = load_session(engine, s, session_id, owners)
+        ps = load_session(engine, s, session_id, owners, read_only=True)
     return session_view(ps, requirements(engine, ps))

@@ -50,9 +50,17 @@ def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.close()
 
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):  # pragma: no cover - driver hook
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin_immediate(dbapi_conn):  # pragma: no cover - driver hook
+            # The dialect's own begin hook rather than a "begin" event listener: any connection
+            # event listener turns on event dispatch around every statement this engine runs.
+            # A failure here is wrapped like any statement's (Connection._begin_impl).
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            finally:
+                cur.close()
+
+        engine.dialect.do_begin = _begin_immediate  # this engine's dialect instance only
 
         return engine
     if url.startswith("postgresql://"):
@@ -125,18 +133,45 @@ def get(s: Session, model: type[M], pk: Any) -> M | None:
     answered by `Session.get` itself, exactly as before."""
     if (model, (pk,), None) in s.identity_map:
         return s.get(model, pk)
-    stmt = _BY_PK.get(model)
-    if stmt is None:
-        table = model.__table__  # type: ignore[attr-defined]
-        (key,) = table.primary_key.columns
-        stmt = _BY_PK[model] = select(*table.columns).where(key == bindparam("pk"))
-    row = s.connection().execute(stmt, {"pk": pk}).first()
+    row = s.connection().execute(_by_pk(model), {"pk": pk}).first()
     if row is None:
         return None
     obj = model(**row._mapping)
     make_transient_to_detached(obj)  # as if loaded: every attribute committed, none changed
     s.add(obj)
     return obj
+
+
+class Record:
+    """A row as a plain object: attribute access like a model instance, none of the ORM's
+    instrumentation. For rows a transaction only reads, or writes back itself with a Core
+    statement; it is never attached to a session, so nothing flushes it."""
+
+    def __init__(self, values: Any):
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        return f"Record({self.__dict__!r})"
+
+
+def _by_pk(model: type) -> Select:
+    stmt = _BY_PK.get(model)
+    if stmt is None:
+        table = model.__table__  # type: ignore[attr-defined]
+        (key,) = table.primary_key.columns
+        stmt = _BY_PK[model] = select(*table.columns).where(key == bindparam("pk"))
+    return stmt
+
+
+def read(s: Session, model: type[M], pk: Any) -> Any:
+    """The row with primary key `pk` for a caller that only reads it: the object the session
+    already holds (with any change not flushed yet, exactly as `get` answers), otherwise a
+    `Record` of the row as stored, without building and adopting an ORM instance. None when
+    there is no such row."""
+    if (model, (pk,), None) in s.identity_map:
+        return s.get(model, pk)
+    row = s.connection().execute(_by_pk(model), {"pk": pk}).first()
+    return None if row is None else Record(row._mapping)
 
 
 def sqlite_path(url: str) -> Path | None:
