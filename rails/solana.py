@@ -498,8 +498,9 @@ class SolanaAdapter:
             sig = Signature.from_string(raw)
         except ValueError as e:
             raise ProofMalformed("proof", f"not a base58 transaction signature of 64 bytes ({e})") from None
-        # base58 is case-sensitive and canonical: the signature is kept exactly as given.
-        if str(sig) != raw or len(base58.b58decode(raw)) != 64:
+        # base58 is case-sensitive and canonical: the signature is kept exactly as given. A
+        # string that re-encodes to itself is the canonical form of those 64 bytes.
+        if str(sig) != raw:
             raise ProofMalformed("proof", "not the canonical base58 form of a 64-byte signature")
         return raw
 

@@ -163,3 +163,40 @@ def test_session_of_another_owner_is_not_found(engine):
     with pytest.raises(NotFound):
         proofs.submit_proof(engine, sess["id"], "fxaaaaaaaa", ["bob"])
     assert count(engine, Proof) == 0
+
+
+def test_worker_verifying_between_proof_row_and_attempt_is_not_overwritten(engine, chain):
+    """A new proof is committed, and due, before the chain is asked: a worker may verify it
+    in that window. The submission's own attempt then lands second: it counts as a
+    re-verification (no second status change, event or audit row), never as a first one."""
+    from verifier import audit, worker
+    from verifier.storage.webhook_models import OutboxEvent
+
+    sess = open_session(engine)
+    pay(chain, "fx7a7a7a7a", sess)
+    plain_call, raced = chain.call, []
+
+    def call(method, params):
+        if not raced:
+            raced.append(True)
+            assert worker.reverify_pending(engine, "w1", 10) == 1  # claims and verifies it
+        return plain_call(method, params)
+
+    chain.call = call
+    view, created = proofs.submit_proof(engine, sess["id"], "fx7a7a7a7a", ["alice"])
+    assert created and raced and view["status"] == "verified"
+    with engine.db.tx() as s:
+        p = s.scalar(select(Proof))
+        attempts = s.scalars(select(VerificationAttempt).order_by(VerificationAttempt.id)).all()
+        assert p.attempts == 2 and p.status == "verified"
+        assert [a.worker for a in attempts] == ["w1", None]
+        assert [a.status for a in attempts] == ["verified", "verified"]
+        events = s.execute(select(OutboxEvent.type, OutboxEvent.sequence)
+                           .where(OutboxEvent.resource_id == p.id)
+                           .order_by(OutboxEvent.sequence)).all()
+        verified_audits = s.scalar(select(func.count()).select_from(AuditEvent)
+                                   .where(AuditEvent.action == "proof.verified"))
+        assert audit.verify_chain(s).ok
+    assert [t for t, _ in events].count("proof.verified") == 1
+    assert [n for _, n in events] == list(range(1, len(events) + 1))
+    assert verified_audits == 1

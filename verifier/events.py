@@ -49,9 +49,10 @@ _INSERT_DELIVERY = insert(WebhookDelivery.__table__)
 
 
 def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_type: str,
-         resource_id: str, resource: dict[str, Any]) -> str:
+         resource_id: str, resource: dict[str, Any], first_of_resource: bool = False) -> str:
     """Write one event and its deliveries in the caller's transaction (never commits);
-    returns the event id."""
+    returns the event id. `first_of_resource`: the caller knows, under the resource's lock,
+    that no event about it exists yet (its sequence starts at 1 without a lookup)."""
     et = EventType(type)  # an unknown type is a programming error, not a runtime condition
     if et in OWNERLESS:
         owner_id = None
@@ -71,7 +72,8 @@ def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_ty
         seqs = info[_SEQ_KEY] = {}
     last = seqs.get((resource_type, resource_id))
     if last is None:
-        last = conn.execute(_NEXT_SEQ, {"rt": resource_type, "rid": resource_id}).scalar() or 0
+        last = 0 if first_of_resource else (
+            conn.execute(_NEXT_SEQ, {"rt": resource_type, "rid": resource_id}).scalar() or 0)
     seq = last + 1
     event_id = prefixed_id("evt")
     conn.execute(_INSERT_EVENT, {"id": event_id, "type": et.value, "owner_id": owner_id,

@@ -90,10 +90,12 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
             raise BadInput(FailureCode.proof_malformed, str(e), field="proof") from e
         fp = fingerprint(rail.family, rail.network, ptype, ref)
         conn = s.connection()
-        existing = conn.execute(_PROOF_BY_FINGERPRINT, {"fp": fp}).scalar()
-        if existing is not None:
-            return _replay(engine, s, s.get(Proof, existing), ps, adapter, actor), False
         if ps.status != SessionStatus.open:
+            # A closed session takes no new proof, but a resubmission of one it took is
+            # still answered (or refused) as a replay.
+            existing = conn.execute(_PROOF_BY_FINGERPRINT, {"fp": fp}).scalar()
+            if existing is not None:
+                return _replay(engine, s, s.get(Proof, existing), ps, adapter, actor), False
             raise Conflict(FailureCode.session_not_open,
                            f"session {ps.id} is {ps.status}; it takes no new proofs")
         row = {"id": new_id(), "fingerprint": fp, "rail_id": rail.rail_id,
@@ -103,19 +105,19 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
                "claimed_until": None, "claimed_by": None, "created_at": now, "updated_at": now}
         p = Record(row)  # the row as written; only read below (its id, the view)
         try:
-            # A Core insert with a client-side id: nothing in this transaction reads the row
-            # back, so the ORM's unit of work would only add cost.
+            # Insert first: the fingerprint's unique index answers "seen before?" and the
+            # usual new proof costs no lookup. A Core insert with a client-side id: nothing in
+            # this transaction reads the row back, so the ORM's unit of work would only add cost.
             if engine.db.postgres:
                 # A failed statement aborts a PostgreSQL transaction: the savepoint keeps it
                 # usable to read the winner.
                 with conn.begin_nested():
                     conn.execute(_INSERT_PROOF, row)
             else:
-                # SQLite undoes only the failed statement. (Under BEGIN IMMEDIATE the race
-                # cannot happen there; the handling stays for safety.)
+                # SQLite undoes only the failed statement; the transaction stays usable.
                 conn.execute(_INSERT_PROOF, row)
         except IntegrityError:
-            # Lost the insert race on the fingerprint: the winner's row decides.
+            # Seen before (or lost the insert race on the fingerprint): that row decides.
             winner = s.scalar(select(Proof).where(Proof.fingerprint == fp))
             if winner is None:
                 raise
@@ -129,8 +131,10 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
     checked = engine.chains.verify(adapter, raw, terms_for(engine, ps))
     # 3. The attempt, the new status, any settlement and the answer, in one transaction.
     with engine.db.tx() as s:
-        p = _get_proof(engine, s, p.id)
-        verdict, view = _record_attempt(engine, s, p, ps, checked, None, want_view=True)
+        # `p` is the row as step 1 wrote it, unless a worker verified it meanwhile (a new
+        # proof is due at once): `_record_attempt` checks that as it writes the attempt.
+        verdict, view = _record_attempt(engine, s, p, ps, checked, None, want_view=True,
+                                        as_written=True)
     _count(engine, rail, checked, verdict)
     return view, True
 
@@ -219,12 +223,17 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     return verdict
 
 
-def _record_attempt(engine: Engine, s: Session, p: Proof, ps: PaymentSession, checked: Any,
-                    worker: str | None, want_view: bool = False
+def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, checked: Any,
+                    worker: str | None, want_view: bool = False, as_written: bool = False
                     ) -> tuple[Verdict, dict[str, Any] | None]:
     """The attempt row, the proof's new status (its latest attempt's), settlement evidence
     for a verified attempt, the next check, and an audit row when the status changes.
-    Returns the verdict and, when asked for or needed for an event, the proof's view."""
+    Returns the verdict and, when asked for or needed for an event, the proof's view.
+
+    `p`: the proof read under its row lock (`_get_proof`), or with `as_written` the record
+    a submission inserted in an earlier transaction, which holds only while the row has no
+    attempt: the first attempt's UPDATE checks exactly that, and the row is read (and locked)
+    only when it fails."""
     verdict = checked.verdict
     now = engine.now()
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
@@ -234,25 +243,35 @@ def _record_attempt(engine: Engine, s: Session, p: Proof, ps: PaymentSession, ch
         verdict = Verdict.fail(FailureCode.tx_not_found,
                                f"{verdict.detail}; not found by session expiry plus "
                                f"{int(grace.total_seconds())} s grace")
-    # Read under the proof's row lock (PostgreSQL FOR UPDATE, SQLite's write lock): a proof
-    # without any attempt was never verified, so it has no settlement evidence (written only
-    # with or after a verified attempt) and no receipt (the gate requires `verified`).
-    first = not p.attempts
     failure_code = verdict.code.value if verdict.code else None
+
+    def new_state(attempts: int) -> dict[str, Any]:
+        return {"status": verdict.status.value, "failure_code": failure_code,
+                "detail": verdict.detail, "attempts": attempts, "updated_at": now,
+                "claimed_until": None, "claimed_by": None,
+                "next_check_at": _next_check(attempts, verdict, now)}
+
+    # Under the proof's row lock (PostgreSQL FOR UPDATE or the UPDATE's own lock, SQLite's
+    # write lock): a proof without any attempt was never verified, so it has no settlement
+    # evidence (written only with or after a verified attempt), no receipt (the gate requires
+    # `verified`) and no event (proof events are written with or after its first attempt).
+    if as_written and _update_unattempted(s, p, new_state(1)):
+        first, old = True, None
+    else:
+        if as_written:
+            p = _get_proof(engine, s, p.id)
+        first = not p.attempts
+        old = None if first else p.status  # a new proof's first attempt always counts
+        _update_proof(s, p, **new_state(p.attempts + 1))
     # Core insert: the attempt is write-only here; its id comes back from the insert.
     (attempt_id,) = s.connection().execute(_INSERT_ATTEMPT, {
         "proof_id": p.id, "status": verdict.status.value, "failure_code": failure_code,
         "detail": verdict.detail, "observed": _redact(verdict.observed),
         "rpc_calls": checked.rpc_calls, "latency_ms": checked.latency_ms,
         "source": checked.source, "worker": worker, "created_at": now}).inserted_primary_key
-    old = None if first else p.status  # a new proof's first attempt always counts
     ev = None
     if verdict.status is Status.verified and verdict.settlement is not None:
         ev = record_settlement(engine, s, p, attempt_id, verdict.settlement, checked.source)
-    attempts = p.attempts + 1
-    _update_proof(s, p, status=verdict.status.value, failure_code=failure_code,
-                  detail=verdict.detail, attempts=attempts, updated_at=now, claimed_until=None,
-                  claimed_by=None, next_check_at=_next_check(attempts, verdict, now))
     view = None
     if old != p.status:
         audit.append(s, now, SYSTEM, f"proof.{p.status}", "proof", p.id,
@@ -261,7 +280,8 @@ def _record_attempt(engine: Engine, s: Session, p: Proof, ps: PaymentSession, ch
             # One view for every event and the answer: nothing below changes the proof, its
             # settlement or its receipt (emit copies the payload it stores).
             view = _view_after_attempt(s, p, ev, first)
-            events.emit(s, now, f"proof.{p.status}", p.owner_id, "proof", p.id, view)
+            events.emit(s, now, f"proof.{p.status}", p.owner_id, "proof", p.id, view,
+                        first_of_resource=first)
             if ev is not None and (ev.is_final or ev.reorged):
                 events.emit(s, now, "settlement.reorged" if ev.reorged else
                             "settlement.finalized", p.owner_id, "proof", p.id, view)
@@ -288,6 +308,18 @@ def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
                            rail_id=rail.rail_id)
     if verdict.code is FailureCode.rpc_unavailable:
         engine.metrics.inc("rpc_errors_total", network=rail.network, kind="verify")
+
+
+_UPDATE_UNATTEMPTED = _UPDATE_PROOF.where(Proof.__table__.c.attempts == 0)
+
+
+def _update_unattempted(s: Session, p: Any, values: dict[str, Any]) -> bool:
+    """The first attempt's UPDATE of a proof still without attempts; False (nothing
+    written) when another attempt got there first. `p` is a plain record, kept in step."""
+    if s.connection().execute(_UPDATE_UNATTEMPTED, {"pid": p.id, **values}).rowcount != 1:
+        return False
+    p.__dict__.update(values)
+    return True
 
 
 def _update_proof(s: Session, p: Proof, **values: Any) -> None:

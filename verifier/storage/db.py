@@ -8,11 +8,13 @@ FOR UPDATE SKIP LOCKED and the audit chain is appended under an advisory lock.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -30,12 +32,25 @@ class NotMigrated(RuntimeError):
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
+def _json_dumps(value: Any) -> str:
+    # JSON columns (evidence, audit data, event payloads) are written on every submission:
+    # orjson, with the standard library for what it refuses (integers beyond 64 bits).
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+_JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
     if url.startswith("sqlite"):
         sync = sqlite_synchronous.upper()
         if sync not in SQLITE_SYNCHRONOUS:
             raise ValueError(f"sqlite_synchronous: one of {', '.join(SQLITE_SYNCHRONOUS)}")
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               **_JSON)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - driver hook
@@ -65,7 +80,7 @@ def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **_JSON)
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -254,8 +254,8 @@ class AuditEvent(Base):
     __table_args__ = (
         # The chain is linear: two events can never claim the same predecessor.
         UniqueConstraint("prev_hash"),
-        Index("ix_audit_events_subject", "subject_type", "subject_id"),
-        # Migration 0003: the admin audit view by subject id, newest first.
+        # Migration 0003: the admin audit view by subject id, newest first. (0004 dropped the
+        # (subject_type, subject_id) index: nothing filters on the type.)
         Index("ix_audit_events_subject_id", "subject_id", "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
