@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
 from verifier.storage.models import AuditEvent
+from verifier.storage.prepared import Prepared
 from verifier.timeutil import iso
 
 GENESIS = "0" * 64
@@ -38,9 +39,10 @@ def event_hash(prev_hash: str, at: datetime, actor: str, action: str, subject_ty
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
-# Built once: SQLAlchemy's compiled cache then serves every append without re-compiling.
-_INSERT = insert(AuditEvent.__table__)
-_HEAD = select(AuditEvent.__table__.c.hash).order_by(AuditEvent.__table__.c.id.desc()).limit(1)
+# Built and prepared once (storage.prepared): every append runs the same compiled statements.
+_INSERT = Prepared(insert(AuditEvent.__table__))
+_HEAD = Prepared(select(AuditEvent.__table__.c.hash)
+                 .order_by(AuditEvent.__table__.c.id.desc()).limit(1))
 _LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _HEAD_KEY = "railproof.audit_head"
 
@@ -67,15 +69,15 @@ def append(s: Session, now: datetime, op: Operator, action: str, subject_type: s
     if prev is None:
         if conn.dialect.name == "postgresql":
             conn.execute(_LOCK, {"k": _PG_AUDIT_LOCK})
-        prev = conn.execute(_HEAD).scalar() or GENESIS
+        prev = _HEAD.scalar(conn) or GENESIS
     data = data or {}
     h = event_hash(prev, now, op.actor, action, subject_type, subject_id, data,
                    op.incident_id, op.reason)
     row = {"at": now, "actor": op.actor, "action": action, "subject_type": subject_type,
            "subject_id": subject_id, "data": data, "incident_id": op.incident_id,
            "reason": op.reason, "prev_hash": prev, "hash": h}
-    # A Core insert: the row is write-only here, so the ORM's unit of work buys nothing.
-    (event_id,) = conn.execute(_INSERT, row).inserted_primary_key
+    # A prepared insert: the row is write-only here, so the ORM's unit of work buys nothing.
+    event_id = _INSERT.insert(conn, row)
     s.info[_HEAD_KEY] = h
     return event_id
 

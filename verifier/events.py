@@ -28,6 +28,7 @@ from verifier.storage.webhook_models import (
     WebhookEndpoint,
     prefixed_id,
 )
+from verifier.storage.prepared import Prepared
 from verifier.timeutil import iso
 
 __all__ = ["EventType", "emit", "envelope", "OWNERLESS"]
@@ -36,15 +37,15 @@ __all__ = ["EventType", "emit", "envelope", "OWNERLESS"]
 OWNERLESS = frozenset({EventType.rail_paused, EventType.rail_resumed})
 
 
-# Built once; SQLAlchemy's compiled cache serves every emit. Core statements: these rows are
-# write-only here, so the ORM's unit of work would only add cost on the hot path.
+# Built and prepared once (storage.prepared). Core statements: these rows are write-only
+# here, so the ORM's unit of work would only add cost on the hot path.
 _OUTBOX, _ENDPOINTS = OutboxEvent.__table__, WebhookEndpoint.__table__
-_NEXT_SEQ = select(func.max(_OUTBOX.c.sequence)).where(
-    _OUTBOX.c.resource_type == bindparam("rt"), _OUTBOX.c.resource_id == bindparam("rid"))
-_ACTIVE = (select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types, _ENDPOINTS.c.owners)
-           .where(_ENDPOINTS.c.active.is_(True))
-           .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id))
-_INSERT_EVENT = insert(_OUTBOX)
+_NEXT_SEQ = Prepared(select(func.max(_OUTBOX.c.sequence)).where(
+    _OUTBOX.c.resource_type == bindparam("rt"), _OUTBOX.c.resource_id == bindparam("rid")))
+_ACTIVE = Prepared(select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types, _ENDPOINTS.c.owners)
+                   .where(_ENDPOINTS.c.active.is_(True))
+                   .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id))
+_INSERT_EVENT = Prepared(insert(_OUTBOX))
 _INSERT_DELIVERY = insert(WebhookDelivery.__table__)
 
 
@@ -73,12 +74,12 @@ def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_ty
     last = seqs.get((resource_type, resource_id))
     if last is None:
         last = 0 if first_of_resource else (
-            conn.execute(_NEXT_SEQ, {"rt": resource_type, "rid": resource_id}).scalar() or 0)
+            _NEXT_SEQ.scalar(conn, {"rt": resource_type, "rid": resource_id}) or 0)
     seq = last + 1
     event_id = prefixed_id("evt")
-    conn.execute(_INSERT_EVENT, {"id": event_id, "type": et.value, "owner_id": owner_id,
-                                 "resource_type": resource_type, "resource_id": resource_id,
-                                 "sequence": seq, "payload": payload, "created_at": now})
+    _INSERT_EVENT.insert(conn, {"id": event_id, "type": et.value, "owner_id": owner_id,
+                                "resource_type": resource_type, "resource_id": resource_id,
+                                "sequence": seq, "payload": payload, "created_at": now})
     seqs[(resource_type, resource_id)] = seq  # only once the row is written: no gaps
     rows = [{"id": prefixed_id("whd"), "event_id": event_id, "endpoint_id": ep_id,
              "status": DeliveryStatus.pending.value, "attempts": 0, "next_attempt_at": now,
@@ -134,7 +135,7 @@ def _subscribers(s: Session, conn: Any, et: EventType, owner_id: str | None) -> 
     # transaction's first emit or after all of them, never in between.
     active = s.info.get(_ENDPOINTS_KEY)
     if active is None:
-        active = s.info[_ENDPOINTS_KEY] = conn.execute(_ACTIVE).all()
+        active = s.info[_ENDPOINTS_KEY] = _ACTIVE.all(conn)
     out = []
     for ep_id, types, owners in active:
         if et.value not in (types or []):

@@ -29,6 +29,7 @@ from verifier.sessions import load_session
 from verifier.storage.db import Record
 from verifier.storage.db import get as db_get
 from verifier.storage.db import read as db_read
+from verifier.storage.prepared import Prepared
 from verifier.storage.models import (
     PaymentSession,
     Proof,
@@ -93,7 +94,7 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
         if ps.status != SessionStatus.open:
             # A closed session takes no new proof, but a resubmission of one it took is
             # still answered (or refused) as a replay.
-            existing = conn.execute(_PROOF_BY_FINGERPRINT, {"fp": fp}).scalar()
+            existing = _PROOF_BY_FINGERPRINT.scalar(conn, {"fp": fp})
             if existing is not None:
                 return _replay(engine, s, s.get(Proof, existing), ps, adapter, actor), False
             raise Conflict(FailureCode.session_not_open,
@@ -112,10 +113,10 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
                 # A failed statement aborts a PostgreSQL transaction: the savepoint keeps it
                 # usable to read the winner.
                 with conn.begin_nested():
-                    conn.execute(_INSERT_PROOF, row)
+                    _INSERT_PROOF.insert(conn, row)
             else:
                 # SQLite undoes only the failed statement; the transaction stays usable.
-                conn.execute(_INSERT_PROOF, row)
+                _INSERT_PROOF.insert(conn, row)
         except IntegrityError:
             # Seen before (or lost the insert race on the fingerprint): that row decides.
             winner = s.scalar(select(Proof).where(Proof.fingerprint == fp))
@@ -139,12 +140,14 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
     return view, True
 
 
-_PROOF_BY_FINGERPRINT = select(Proof.__table__.c.id).where(
-    Proof.__table__.c.fingerprint == bindparam("fp"))
-_INSERT_PROOF = insert(Proof.__table__)
-_INSERT_ATTEMPT = insert(VerificationAttempt.__table__)
-_INSERT_EVIDENCE = insert(SettlementEvidence.__table__)
-_UPDATE_PROOF = update(Proof.__table__).where(Proof.__table__.c.id == bindparam("pid"))
+# Built and prepared once (storage.prepared): the submission's own statements.
+_PROOF_BY_FINGERPRINT = Prepared(select(Proof.__table__.c.id).where(
+    Proof.__table__.c.fingerprint == bindparam("fp")))
+_INSERT_PROOF = Prepared(insert(Proof.__table__))
+_INSERT_ATTEMPT = Prepared(insert(VerificationAttempt.__table__))
+_INSERT_EVIDENCE = Prepared(insert(SettlementEvidence.__table__))
+_BY_ID = update(Proof.__table__).where(Proof.__table__.c.id == bindparam("pid"))
+_UPDATE_PROOF = Prepared(_BY_ID)
 
 
 def _get_proof(engine: Engine, s: Session, proof_id: str) -> Any:
@@ -264,11 +267,11 @@ def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, chec
         old = None if first else p.status  # a new proof's first attempt always counts
         _update_proof(s, p, **new_state(p.attempts + 1))
     # Core insert: the attempt is write-only here; its id comes back from the insert.
-    (attempt_id,) = s.connection().execute(_INSERT_ATTEMPT, {
+    attempt_id = _INSERT_ATTEMPT.insert(s.connection(), {
         "proof_id": p.id, "status": verdict.status.value, "failure_code": failure_code,
         "detail": verdict.detail, "observed": _redact(verdict.observed),
         "rpc_calls": checked.rpc_calls, "latency_ms": checked.latency_ms,
-        "source": checked.source, "worker": worker, "created_at": now}).inserted_primary_key
+        "source": checked.source, "worker": worker, "created_at": now})
     ev = None
     if verdict.status is Status.verified and verdict.settlement is not None:
         ev = record_settlement(engine, s, p, attempt_id, verdict.settlement, checked.source)
@@ -310,13 +313,13 @@ def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
         engine.metrics.inc("rpc_errors_total", network=rail.network, kind="verify")
 
 
-_UPDATE_UNATTEMPTED = _UPDATE_PROOF.where(Proof.__table__.c.attempts == 0)
+_UPDATE_UNATTEMPTED = Prepared(_BY_ID.where(Proof.__table__.c.attempts == 0))
 
 
 def _update_unattempted(s: Session, p: Any, values: dict[str, Any]) -> bool:
     """The first attempt's UPDATE of a proof still without attempts; False (nothing
     written) when another attempt got there first. `p` is a plain record, kept in step."""
-    if s.connection().execute(_UPDATE_UNATTEMPTED, {"pid": p.id, **values}).rowcount != 1:
+    if _UPDATE_UNATTEMPTED.execute(s.connection(), {"pid": p.id, **values}) != 1:
         return False
     p.__dict__.update(values)
     return True
@@ -328,11 +331,11 @@ def _update_proof(s: Session, p: Proof, **values: Any) -> None:
     (and its flush) on the hot path."""
     if isinstance(p, Record):
         # Not in the session: nothing of it is pending, and its attributes are plain ones.
-        s.connection().execute(_UPDATE_PROOF, {"pid": p.id, **values})
+        _UPDATE_PROOF.execute(s.connection(), {"pid": p.id, **values})
         p.__dict__.update(values)
         return
     s.flush([p])  # anything already pending on p goes first, as a flush would order it
-    s.connection().execute(_UPDATE_PROOF, {"pid": p.id, **values})
+    _UPDATE_PROOF.execute(s.connection(), {"pid": p.id, **values})
     for k, v in values.items():
         set_committed_value(p, k, v)
 
@@ -365,7 +368,7 @@ def record_settlement(engine: Engine, s: Session, p: Proof, attempt_id: int, st:
     # session (callers only read it).
     # Flush first: the attempt it points at may still be pending in the session.
     s.flush()
-    (ev_id,) = s.connection().execute(_INSERT_EVIDENCE, row).inserted_primary_key
+    ev_id = _INSERT_EVIDENCE.insert(s.connection(), row)
     row["id"] = ev_id
     return Record(row)
 

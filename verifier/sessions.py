@@ -18,6 +18,7 @@ from verifier.errors import BadInput, Conflict, NotFound, Refused
 from verifier.storage.db import Record
 from verifier.storage.db import get as db_get
 from verifier.storage.db import read as db_read
+from verifier.storage.prepared import Prepared
 from verifier.storage.models import (
     Entitlement,
     EntitlementStatus,
@@ -79,7 +80,7 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                "created_at": now, "expires_at": now + timedelta(seconds=ttl), "paid_at": None}
         # A plain record of the row: only read from here on (the view, the requirements).
         ps = Record(row)
-        # Core inserts with client-side ids: both rows are written once and read back by
+        # Prepared inserts with client-side ids: both rows are written once and read back by
         # nobody in this transaction, so the ORM's unit of work would be pure overhead.
         conn = s.connection()
         try:
@@ -87,14 +88,14 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 # A failed statement aborts a PostgreSQL transaction: keep it usable for the
                 # refusal path behind a savepoint.
                 with conn.begin_nested():
-                    conn.execute(_INSERT_SESSION, row)
+                    _INSERT_SESSION.insert(conn, row)
             else:
                 # SQLite undoes only the failed statement; the transaction stays usable.
-                conn.execute(_INSERT_SESSION, row)
+                _INSERT_SESSION.insert(conn, row)
         except IntegrityError as e:
             raise Conflict("reference_in_use", "reference: already used by another session "
                            "on this rail", field="reference") from e
-        conn.execute(_INSERT_ENTITLEMENT, {
+        _INSERT_ENTITLEMENT.insert(conn, {
             "id": new_id(), "owner_id": ps.owner_id, "access_product_id": ps.access_product_id,
             "session_id": ps.id, "status": EntitlementStatus.pending.value, "receipt_id": None,
             "reorg_flagged": False, "created_at": now, "updated_at": now})
@@ -104,8 +105,8 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
     return session_view(ps, requirements(engine, ps))
 
 
-_INSERT_SESSION = insert(PaymentSession.__table__)
-_INSERT_ENTITLEMENT = insert(Entitlement.__table__)
+_INSERT_SESSION = Prepared(insert(PaymentSession.__table__))
+_INSERT_ENTITLEMENT = Prepared(insert(Entitlement.__table__))
 
 
 def _reference(adapter: Any, given: str | None, binds: bool) -> str | None:

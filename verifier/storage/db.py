@@ -19,8 +19,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Select, bindparam, create_engine, event, select
+from sqlalchemy import Engine, bindparam, create_engine, event, select
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
+
+from verifier.storage.prepared import Prepared
 
 UPGRADE_HINT = "railproof db upgrade"
 
@@ -137,7 +139,7 @@ class Database:
 
 
 M = TypeVar("M")
-_BY_PK: dict[type, Select] = {}
+_BY_PK: dict[type, Prepared] = {}
 
 
 def get(s: Session, model: type[M], pk: Any) -> M | None:
@@ -148,10 +150,10 @@ def get(s: Session, model: type[M], pk: Any) -> M | None:
     answered by `Session.get` itself, exactly as before."""
     if (model, (pk,), None) in s.identity_map:
         return s.get(model, pk)
-    row = s.connection().execute(_by_pk(model), {"pk": pk}).first()
-    if row is None:
+    values = _row_by_pk(s, model, pk)
+    if values is None:
         return None
-    obj = model(**row._mapping)
+    obj = model(**values)
     make_transient_to_detached(obj)  # as if loaded: every attribute committed, none changed
     s.add(obj)
     return obj
@@ -169,13 +171,15 @@ class Record:
         return f"Record({self.__dict__!r})"
 
 
-def _by_pk(model: type) -> Select:
+def _row_by_pk(s: Session, model: type, pk: Any) -> dict[str, Any] | None:
+    """The row as stored, by a statement built and prepared once per model."""
     stmt = _BY_PK.get(model)
     if stmt is None:
         table = model.__table__  # type: ignore[attr-defined]
         (key,) = table.primary_key.columns
-        stmt = _BY_PK[model] = select(*table.columns).where(key == bindparam("pk"))
-    return stmt
+        stmt = _BY_PK[model] = Prepared(select(*table.columns).where(key == bindparam("pk")))
+    row = stmt.first(s.connection(), {"pk": pk})
+    return None if row is None else dict(zip(stmt.keys(), row))
 
 
 def read(s: Session, model: type[M], pk: Any) -> Any:
@@ -185,8 +189,8 @@ def read(s: Session, model: type[M], pk: Any) -> Any:
     there is no such row."""
     if (model, (pk,), None) in s.identity_map:
         return s.get(model, pk)
-    row = s.connection().execute(_by_pk(model), {"pk": pk}).first()
-    return None if row is None else Record(row._mapping)
+    values = _row_by_pk(s, model, pk)
+    return None if values is None else Record(values)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -1,0 +1,155 @@
+"""Prepared statements for the hot paths: a session and a submission write about a dozen rows.
+
+`Prepared(stmt)` compiles a Core statement once per SQLite dialect, with SQLAlchemy's own
+compiler, and runs it on the driver cursor of the caller's connection (so inside the caller's
+transaction) with the column types' own bind and result processors: the SQL, the values sent,
+the values read back and the exception types are those of `Connection.execute`. What it
+leaves out is the execution context SQLAlchemy builds around every call, which here costs
+more than SQLite's own work for these rows (docs/bench.md, "Where the time goes").
+
+On PostgreSQL every statement is a network round trip that dwarfs that overhead, and
+SQLAlchemy's disconnect handling matters more: there `Prepared` calls `Connection.execute`.
+
+A compiled form of an INSERT or UPDATE names the columns the call supplies. Python-side column
+defaults are SQLAlchemy's to apply, not the driver's: a statement that would leave out a
+column that has one is refused rather than written without it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Insert, Update
+
+
+class _Form:
+    """One compiled form: the SQL, its positional parameter names with their processors, the
+    values of binds the statement fixes itself (a LIMIT), and the result columns'
+    processors."""
+
+    __slots__ = ("sql", "names", "binders", "fixed", "results")
+
+    def __init__(self, stmt: Any, dialect: Any, keys: frozenset[str] | None):
+        compiled = stmt.compile(dialect=dialect, column_keys=sorted(keys) if keys else None)
+        self.sql = str(compiled)
+        self.names = tuple(compiled.positiontup or ())
+        self.binders = tuple(compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect)
+                             for n in self.names)
+        self.fixed = {n: compiled.binds[n].effective_value for n in self.names
+                      if not compiled.binds[n].required}
+        cols = getattr(stmt, "selected_columns", None) or ()
+        self.results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None)
+                             for c in cols)
+
+
+class Prepared:
+    def __init__(self, stmt: Any):
+        self.stmt = stmt
+        self._dml = isinstance(stmt, (Insert, Update))
+        self._forms: weakref.WeakKeyDictionary[Any, dict[frozenset[str] | None, _Form]] = (
+            weakref.WeakKeyDictionary())
+        self._checked: set[frozenset[str]] = set()
+        table = getattr(stmt, "table", None)
+        pk = list(table.primary_key.columns) if self._dml and table is not None else []
+        self._pk = pk[0] if len(pk) == 1 else None
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _form(self, dialect: Any, params: dict[str, Any]) -> _Form:
+        forms = self._forms.get(dialect)
+        if forms is None:
+            forms = self._forms[dialect] = {}
+        keys = frozenset(params) if self._dml else None
+        form = forms.get(keys)
+        if form is None:
+            form = forms[keys] = _Form(self.stmt, dialect, keys)
+        return form
+
+    def _check(self, params: dict[str, Any]) -> None:
+        """On every database alike, so a statement that works on one works on the other."""
+        keys = frozenset(params)
+        if keys in self._checked:
+            return
+        insert = isinstance(self.stmt, Insert)
+        for col in self.stmt.table.columns:
+            default = col.default if insert else col.onupdate
+            if default is not None and col.key not in params:
+                raise ValueError(f"{self.stmt.table.name}.{col.key}: has a Python-side default; "
+                                 "a prepared statement must be given its value")
+        self._checked.add(keys)
+
+    def _cursor(self, conn: Connection, params: dict[str, Any]) -> tuple[Any, _Form]:
+        dialect = conn.dialect
+        form = self._form(dialect, params)
+        fixed = form.fixed
+        values = [params[n] if n in params or n not in fixed else fixed[n] for n in form.names]
+        # Every value goes through its processor, None included (a JSON column writes 'null').
+        values = [v if p is None else p(v) for p, v in zip(form.binders, values)]
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.execute(form.sql, values)
+        except dialect.loaded_dbapi.Error as e:
+            cur.close()
+            raise exc.DBAPIError.instance(form.sql, values, e, dialect.loaded_dbapi.Error,
+                                          dialect=dialect) from e
+        return cur, form
+
+    @staticmethod
+    def _fast(conn: Connection) -> bool:
+        return conn.dialect.name == "sqlite"
+
+    def insert(self, conn: Connection, row: dict[str, Any]) -> Any:
+        """Insert one row; returns its primary key (the one given, or the one assigned)."""
+        self._check(row)
+        if not self._fast(conn):
+            (key,) = conn.execute(self.stmt, row).inserted_primary_key
+            return key
+        cur, _ = self._cursor(conn, row)
+        try:
+            if self._pk is not None and self._pk.key in row:
+                return row[self._pk.key]
+            return cur.lastrowid  # an INTEGER PRIMARY KEY is the rowid
+        finally:
+            cur.close()
+
+    def execute(self, conn: Connection, params: dict[str, Any]) -> int:
+        """Run an UPDATE (or DELETE); returns the number of rows it matched."""
+        self._check(params)
+        if not self._fast(conn):
+            return conn.execute(self.stmt, params).rowcount
+        cur, _ = self._cursor(conn, params)
+        try:
+            return cur.rowcount
+        finally:
+            cur.close()
+
+    def first(self, conn: Connection, params: dict[str, Any] | None = None) -> tuple | None:
+        rows = self._fetch(conn, params or {}, one=True)
+        return rows[0] if rows else None
+
+    def scalar(self, conn: Connection, params: dict[str, Any] | None = None) -> Any:
+        row = self.first(conn, params)
+        return None if row is None else row[0]
+
+    def all(self, conn: Connection, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self._fetch(conn, params or {}, one=False)
+
+    def _fetch(self, conn: Connection, params: dict[str, Any], one: bool) -> list[tuple]:
+        if not self._fast(conn):
+            result = conn.execute(self.stmt, params)
+            rows = [result.first()] if one else result.all()
+            return [tuple(r) for r in rows if r is not None]
+        cur, form = self._cursor(conn, params)
+        try:
+            raw = cur.fetchmany(1) if one else cur.fetchall()
+        finally:
+            cur.close()
+        procs = form.results
+        return [tuple(v if p is None else p(v) for p, v in zip(procs, r)) for r in raw]
+
+    def keys(self) -> list[str]:
+        """The result columns' keys, in order (as `Row._mapping` names them)."""
+        return [c.key for c in self.stmt.selected_columns]
