@@ -63,3 +63,22 @@ def bench_app():
     from verifier.cli import app
 
     return app
+
+
+def test_history_is_stored_first_and_submissions_follow_it(db_url):
+    """Submission is timed against the stored history (how its cost grows): on PostgreSQL the
+    history's explicit attempt and evidence ids must not collide with the service's next
+    ones, and the audit chain runs on through both."""
+    from verifier import audit
+    from verifier.storage.db import Database
+
+    out = bench.run_bench(proofs=12, stored=40, database_url=db_url)
+    assert out["stored"] == 40
+    assert out["submit_statuses"] == {"verified": 10}  # 2 warm-up proofs are not timed
+    assert out["rpc_calls_per_verified_proof"] == 2.0  # this run's attempts, not the history's
+    db = Database(db_url)
+    try:
+        with db.tx() as s:
+            assert audit.verify_chain(s).ok
+    finally:
+        db.dispose()
