@@ -46,6 +46,9 @@ class _Form:
 
 
 class Prepared:
+    """A Core statement built once at import; `insert`, `execute`, `first`, `scalar` and `all`
+    run it in the caller's transaction (`conn`: the transaction's `Session.connection()`)."""
+
     def __init__(self, stmt: Any):
         self.stmt = stmt
         self._dml = isinstance(stmt, (Insert, Update))
