@@ -78,6 +78,15 @@ TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak(
 EIP712_DOMAIN_TYPEHASH = keccak(
     b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
+# EIP-3009's struct as EIP-712 typed data (the reference path and the fixture generator).
+TRANSFER_WITH_AUTHORIZATION_FIELDS = [
+    {"name": "from", "type": "address"},
+    {"name": "to", "type": "address"},
+    {"name": "value", "type": "uint256"},
+    {"name": "validAfter", "type": "uint256"},
+    {"name": "validBefore", "type": "uint256"},
+    {"name": "nonce", "type": "bytes32"},
+]
 # authorizationState(address,bytes32) -> bool
 AUTHORIZATION_STATE_SELECTOR = keccak(b"authorizationState(address,bytes32)")[:4]
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(b"AuthorizationUsed(address,bytes32)").hex()
@@ -325,14 +334,7 @@ def recover_signer_eth_account(
                 {"name": "chainId", "type": "uint256"},
                 {"name": "verifyingContract", "type": "address"},
             ],
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"},
-                {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"},
-                {"name": "nonce", "type": "bytes32"},
-            ],
+            "TransferWithAuthorization": TRANSFER_WITH_AUTHORIZATION_FIELDS,
         },
         "primaryType": "TransferWithAuthorization",
         "domain": {"name": name, "version": version, "chainId": chain_id,

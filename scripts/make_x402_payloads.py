@@ -22,6 +22,8 @@ from typing import Any
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
+from rails.x402 import TRANSFER_WITH_AUTHORIZATION_FIELDS
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "fixtures" / "x402"
 SPEC = ROOT / "fixtures" / "raw" / "x402_exact_evm_base_sepolia_eip3009_spec.json"
@@ -40,16 +42,7 @@ VALID_AFTER = 1767225600  # 2026-01-01T00:00:00Z
 VALID_BEFORE = VALID_AFTER + 3600
 NOW = VALID_AFTER + 600  # a clock inside the window, for tests
 
-TYPES = {
-    "TransferWithAuthorization": [
-        {"name": "from", "type": "address"},
-        {"name": "to", "type": "address"},
-        {"name": "value", "type": "uint256"},
-        {"name": "validAfter", "type": "uint256"},
-        {"name": "validBefore", "type": "uint256"},
-        {"name": "nonce", "type": "bytes32"},
-    ]
-}
+TYPES = {"TransferWithAuthorization": TRANSFER_WITH_AUTHORIZATION_FIELDS}
 
 
 def nonce(i: int) -> str:
