@@ -12,12 +12,14 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
 # The offline demo deployment: recorded chains, a clock pinned to when the demo payment was
-# recorded, demo tokens, and the demo treasury. Override any of them in the environment.
+# recorded, demo tokens, a demo audit key, and the demo treasury. Override any of them in the
+# environment.
 DEMO_ENV := RAILPROOF_DATABASE_URL=$${RAILPROOF_DATABASE_URL:-sqlite:///./railproof.db} \
 	RAILPROOF_CHAIN=$${RAILPROOF_CHAIN:-cassette} \
 	RAILPROOF_CLOCK=$${RAILPROOF_CLOCK-2026-01-01T00:00:00Z} \
 	RAILPROOF_SERVICE_TOKENS=$${RAILPROOF_SERVICE_TOKENS:-'{"demo-service-token": ["demo-owner"]}'} \
 	RAILPROOF_STAFF_TOKENS=$${RAILPROOF_STAFF_TOKENS:-'{"demo-staff-token": "demo-operator", "demo-staff-token-2": "demo-approver"}'} \
+	RAILPROOF_AUDIT_KEY=$${RAILPROOF_AUDIT_KEY-$$([ -n "$${RAILPROOF_AUDIT_KEY_FILE:-}" ] || echo demo-audit-key)} \
 	RAILPROOF_TREASURY_SOLANA_USDC=$${RAILPROOF_TREASURY_SOLANA_USDC:-C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg}
 
 .PHONY: serve test worker demo clean bench

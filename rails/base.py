@@ -65,8 +65,9 @@ class Verdict(Model):
     detail: str = ""
     observed: dict[str, Any] = Field(default_factory=dict)
     settlement: Settlement | None = None
-    # For duplicate_payment: the on-chain transfer's identity (one transfer pays one session).
-    transfer_key: str | None = None
+    # The on-chain transfer's identities, whatever proof type named it: a proof that holds its
+    # transfer holds every key, so one transfer backs one session (duplicate_payment).
+    transfer_keys: tuple[str, ...] = ()
 
     @classmethod
     def ok(cls, detail: str = "", **kw: Any) -> "Verdict":
@@ -125,7 +126,22 @@ class Transport(Protocol):
 
 
 class Adapter(Protocol):
+    """What a rail family is, declared (the core reads these, never the family's name), and
+    what it does."""
+
     family: ClassVar[str]
+    proof_types: ClassVar[tuple[str, ...]]
+    # Whether a session reference (and memo) can be bound on chain: when True every session
+    # carries a reference only its payment has (sessions generate one by default).
+    binds_reference: ClassVar[bool]
+    # Whether the transfer's sender can be checked against a session's payer
+    # (sender_mismatch).
+    binds_payer: ClassVar[bool]
+    # Whether a session must name its payer: rails that can bind neither a reference nor an
+    # authorization bind the transfer to a session by its sender.
+    requires_payer: ClassVar[bool]
+    # The refusal when the transfer already backs another session of the same owner.
+    replay_code: ClassVar[FailureCode]
     rail: Rail
 
     def normalize_proof(self, proof_type: str, raw: str) -> str:
@@ -136,6 +152,10 @@ class Adapter(Protocol):
 
     def new_reference(self) -> str | None:
         """A fresh reference for a session when the caller asks for "auto" (None: none)."""
+
+    def reserved_references(self) -> frozenset[str]:
+        """Accounts every transfer of the rail may carry (programs, sysvars, the asset), so
+        never a session's reference: a reference must single out one payment."""
 
     def prepare(self, session: SessionShape) -> PaymentRequirements: ...
 
@@ -162,3 +182,9 @@ def fingerprint(family: str, network: str, proof_type: str, ref: str) -> str:
     deliberately not part of it, so a proof replayed by another owner collides."""
     doc = {"v": 1, "family": family, "network": network, "proof_type": proof_type, "ref": ref}
     return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def eip3009_key(chain_id: int, token: str, authorizer: str, nonce: str) -> str:
+    """The transfer identity of one EIP-3009 authorization, shared by every proof type that
+    can name it: an x402 payload, or the hash of the transaction that settled it."""
+    return f"eip3009:{chain_id}:{token.lower()}:{authorizer.lower()}:{nonce.lower()}"

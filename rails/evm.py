@@ -47,7 +47,7 @@ Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `tok
 from __future__ import annotations
 
 import re
-import time
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, TypeVar
@@ -66,9 +66,18 @@ from tenacity import (
 )
 from web3 import HTTPProvider
 
-from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.base import (
+    PaymentRequirements,
+    SessionShape,
+    Settlement,
+    Terms,
+    Transport,
+    Verdict,
+    eip3009_key,
+)
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
+from rails.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 from registry.catalog import FinalityPolicy, Rail
 
 PROOF_TYPE = "evm_tx_hash"
@@ -415,30 +424,45 @@ class RetryPolicy:
     jitter: float = 0.2
     timeout: float = 8.0  # one HTTP request
 
+    @classmethod
+    def of(cls, policy: RpcPolicy) -> "RetryPolicy":
+        return cls(attempts=policy.attempts, per_url_seconds=policy.total_s,
+                   total_seconds=policy.total_s, timeout=policy.timeout_s)
 
-def call_with_failover(urls: Sequence[str], attempt: Callable[[str], T], policy: RetryPolicy,
-                       what: str) -> T:
-    """Call `attempt(url)` for each URL in order until one answers. `attempt` raises
+
+def call_with_failover(urls: Sequence[str], attempt: Callable[[str, float], T],
+                       policy: RetryPolicy, what: str, deadline: float | None = None) -> T:
+    """Call `attempt(url, timeout)` for each URL in order until one answers. `attempt` raises
     `Transient` for what is worth retrying (tenacity: bounded attempts and time, exponential
-    backoff with jitter) and anything else to stop at once. Every URL down → RpcUnavailable."""
+    backoff with jitter) and anything else to stop at once. Every URL down → RpcUnavailable.
+    `timeout` is the policy's request timeout clipped to the time left before `deadline`
+    (time.monotonic()) or the policy's total, whichever comes first; no try starts after it."""
     if not urls:
         raise RpcUnavailable(f"{what}: no RPC URL configured")
-    deadline = time.monotonic() + policy.total_seconds
+    end = call_end(policy.total_seconds, deadline)
     failures: list[str] = []
+
+    def bounded(url: str) -> T:
+        timeout = min(policy.timeout, time_left(end))
+        if timeout <= 0:
+            raise Transient("time budget spent")
+        return attempt(url, timeout)
+
     for url in urls:
-        left = deadline - time.monotonic()
+        left = time_left(end)
         if left <= 0:
             failures.append(f"{url}: not tried (time budget spent)")
             break
         retrying = Retrying(
-            stop=stop_after_attempt(policy.attempts) | stop_after_delay(min(left, policy.per_url_seconds)),
+            stop=(stop_after_attempt(policy.attempts)
+                  | stop_after_delay(min(left, policy.per_url_seconds)) | stop_at(end)),
             wait=wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_wait,
                                          jitter=policy.jitter),
             retry=retry_if_exception_type(Transient),
             reraise=False,
         )
         try:
-            return retrying(attempt, url)
+            return retrying(bounded, url)
         except RetryError as e:
             failures.append(f"{url}: {e.last_attempt.exception()}")
         except RpcUnavailable as e:  # a URL that is unusable but not transient (401, 404)
@@ -454,31 +478,54 @@ def classify_http_status(status: int, url: str) -> None:
         raise RpcUnavailable(f"{url}: HTTP {status}")
 
 
+class _Provider(HTTPProvider):
+    """web3's HTTPProvider with the timeout chosen per request (clipped to a deadline), for
+    the calling thread: one provider serves every thread, each with its own deadline."""
+
+    def __init__(self, url: str):
+        super().__init__(url, exception_retry_configuration=None)
+        self._local = threading.local()
+
+    def request(self, method: str, params: list[Any], timeout: float) -> Any:
+        self._local.timeout = timeout
+        try:
+            return self.make_request(method, params)  # type: ignore[arg-type]
+        finally:
+            self._local.timeout = None
+
+    def get_request_kwargs(self) -> Any:
+        kwargs = super().get_request_kwargs()
+        timeout = getattr(self._local, "timeout", None)
+        return kwargs if timeout is None else {**kwargs, "timeout": timeout}
+
+
 class EvmHttpTransport:
     """JSON-RPC over HTTP through web3.py's HTTPProvider (`make_request`), returning the raw
     `result`. web3's own retry is switched off so tenacity is the only retry layer."""
 
     source: ClassVar[str] = "live"
+    honours_deadline: ClassVar[bool] = True
 
     def __init__(self, urls: Sequence[str], network: str = "",
                  policy: RetryPolicy | None = None):
         self.urls = list(urls)
         self.network = network
         self.policy = policy or RetryPolicy()
-        self._providers = {
-            url: HTTPProvider(url, request_kwargs={"timeout": self.policy.timeout},
-                              exception_retry_configuration=None)
-            for url in self.urls
-        }
+        self._providers = {url: _Provider(url) for url in self.urls}
 
-    def call(self, method: str, params: list[Any]) -> Any:
+    def set_policy(self, policy: RpcPolicy) -> None:
+        """The deployment's bounds for this network (settings)."""
+        self.policy = RetryPolicy.of(policy)
+
+    def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
         response = call_with_failover(
-            self.urls, lambda url: self._once(url, method, params), self.policy, method)
+            self.urls, lambda url, timeout: self._once(url, method, params, timeout),
+            self.policy, method, deadline)
         return _rpc_result(method, response)
 
-    def _once(self, url: str, method: str, params: list[Any]) -> Any:
+    def _once(self, url: str, method: str, params: list[Any], timeout: float) -> Any:
         try:
-            return self._providers[url].make_request(method, params)
+            return self._providers[url].request(method, params, timeout)
         except requests.HTTPError as e:
             status = e.response.status_code if e.response is not None else 599
             classify_http_status(status, url)
@@ -504,8 +551,33 @@ def _rpc_result(method: str, response: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+AUTHORIZATION_USED_TOPIC = "0x" + keccak(b"AuthorizationUsed(address,bytes32)").hex()
+
+
+def authorization_keys(receipt: Receipt, token: str, chain_id: int) -> list[str]:
+    """eip3009_key of every AuthorizationUsed(authorizer, nonce) the token emitted in the
+    receipt: the transaction settled those authorizations."""
+    keys = []
+    for log in receipt.logs:
+        topics = log.get("topics")
+        if (log.get("removed") is True or not isinstance(topics, list) or len(topics) != 3
+                or not isinstance(topics[0], str) or topics[0].lower() != AUTHORIZATION_USED_TOPIC
+                or not same_address(log.get("address"), token)):
+            continue
+        authorizer, nonce = str(topics[1]), str(topics[2])
+        if len(authorizer) == 66 and len(nonce) == 66:
+            keys.append(eip3009_key(chain_id, token, "0x" + authorizer[-40:], nonce))
+    return keys
+
+
 class EvmAdapter:
     family: ClassVar[str] = "evm"
+    proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    binds_reference: ClassVar[bool] = False
+    # SECURITY: an ERC-20 transfer carries no session reference; the payer binds it.
+    binds_payer: ClassVar[bool] = True
+    requires_payer: ClassVar[bool] = True
+    replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
 
     def __init__(self, rail: Rail):
         if rail.chain_id is None:
@@ -527,6 +599,9 @@ class EvmAdapter:
 
     def new_reference(self) -> str | None:
         return None  # an ERC-20 transfer has nowhere to carry a reference key
+
+    def reserved_references(self) -> frozenset[str]:
+        return frozenset()
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:
         recipient = self.normalize_address(session.recipient)
@@ -593,7 +668,8 @@ class EvmAdapter:
         return Verdict.ok(
             f"{amount} base units of {token} to {recipient} in block {receipt.block_number}",
             observed=observed, settlement=settlement,
-            transfer_key=f"eip155:{self.rail.chain_id}:{tx_hash}",
+            transfer_keys=(f"eip155:{self.rail.chain_id}:{tx_hash}:{token.lower()}:{recipient.lower()}",
+                           *authorization_keys(receipt, token, self.rail.chain_id)),
         )
 
     def _check_chain_id(self, chain: Transport) -> Verdict | None:

@@ -8,9 +8,13 @@ transaction (compute budget, assertions, memos, swaps).
 
 Checks run in a fixed order, each a small function returning a `Finding` or None:
 
-    shape (the node answered about the asked signature) → tx_failed_onchain → wrong_asset →
-    decimals_mismatch → ambiguous_transfer (owners unknown) → wrong_recipient →
-    amount_mismatch → reference_missing → memo_mismatch → session_not_open/session_expired
+    shape (the node answered about the asked signature) → tx_failed_onchain →
+    reference_missing → wrong_asset → decimals_mismatch → ambiguous_transfer (owners
+    unknown) → wrong_recipient → amount_mismatch → memo_mismatch →
+    session_not_open/session_expired
+
+The session's reference comes first: a transfer that does not carry it is another session's
+payment, whatever else it is (and must not end in review, which would hold it).
 
 A verification is exactly two calls: `getTransaction`, then — only when every check passed —
 one `getSignatureStatuses` for the settlement.
@@ -24,6 +28,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 from urllib.parse import quote
 
 import base58
+from solders import compute_budget, system_program, sysvar
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
@@ -420,12 +425,15 @@ def _epoch(dt: datetime) -> int:
 
 CHECKS: tuple[Callable[[Context], Finding | None], ...] = (
     check_not_failed,
+    # SECURITY: before anything that can end in review: a transfer without the session's
+    # reference is not this session's payment, and a review verdict would hold it for the
+    # session that claimed it (blocking the session it was made for).
+    check_reference,
     check_asset,
     check_decimals,
     check_owners_known,
     check_recipient,
     check_amount,
-    check_reference,
     check_memo,
     check_window,
 )
@@ -481,8 +489,32 @@ def _batches(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[i:i + size]
 
 
+# Accounts that ordinary transfers carry whoever pays (programs a wallet invokes, sysvars,
+# the native mint): a session reference equal to one of them would be "found" in other
+# tenants' payments. Library constants where the libraries have them.
+WELL_KNOWN_ACCOUNTS = TOKEN_PROGRAMS | MEMO_PROGRAMS | {ATA_PROGRAM} | frozenset(str(k) for k in (
+    system_program.ID, compute_budget.ID, sysvar.CLOCK, sysvar.EPOCH_SCHEDULE, sysvar.INSTRUCTIONS, sysvar.RECENT_BLOCKHASHES,
+    sysvar.RENT, sysvar.REWARDS, sysvar.SLOT_HASHES, sysvar.STAKE_HISTORY,
+)) | frozenset((
+    "So11111111111111111111111111111111111111112",  # wrapped SOL mint
+    "AddressLookupTab1e1111111111111111111111111",
+    "BPFLoaderUpgradeab1e11111111111111111111111", "BPFLoader2111111111111111111111111111111111",
+    "BPFLoader1111111111111111111111111111111111", "Config1111111111111111111111111111111111111",
+    "Stake11111111111111111111111111111111111111", "Vote111111111111111111111111111111111111111",
+    "Ed25519SigVerify111111111111111111111111111", "KeccakSecp256k11111111111111111111111111111",
+    "SysvarFees111111111111111111111111111111111", "SysvarS1otHistory11111111111111111111111111",
+    "SysvarEpochRewards1111111111111111111111111", "SysvarLastRestartS1ot1111111111111111111111",
+    "JUP6LkbZbjS1jKKwapdHNy74zcZ3tLUZoi5QNyVTaV4",  # Jupiter v6 aggregator
+))
+
+
 class SolanaAdapter:
     family: ClassVar[str] = "solana"
+    proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    binds_reference: ClassVar[bool] = True
+    binds_payer: ClassVar[bool] = False
+    requires_payer: ClassVar[bool] = False
+    replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
 
     def __init__(self, rail: Rail):
         self.rail = rail
@@ -518,6 +550,9 @@ class SolanaAdapter:
     def new_reference(self) -> str | None:
         # A fresh public key nobody holds the secret of: it only marks the transaction.
         return str(Keypair().pubkey())
+
+    def reserved_references(self) -> frozenset[str]:
+        return WELL_KNOWN_ACCOUNTS | {self.rail.asset}
 
     # -- what the payer must do -----------------------------------------------------------------
 
@@ -575,7 +610,7 @@ class SolanaAdapter:
             f"received {observed['amount']} base units of {mint}; {settlement.finality}",
             observed=observed,
             settlement=settlement,
-            transfer_key=f"{self.rail.network}:{proof}",
+            transfer_keys=(f"solana:{self.rail.network}:{proof}:{mint}:{terms.recipient}",),
         )
 
     def _status(self, sig: str, chain: Transport) -> Settlement:

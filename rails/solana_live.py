@@ -4,7 +4,8 @@ client) driven from synchronous code, with bounded tenacity retries and URL fail
 The transport returns the JSON-RPC `result` member untouched, exactly what a cassette holds,
 so the adapter parses live and recorded answers with the same code.
 
-What happens to one call, per configured URL in order:
+What happens to one call, per configured URL in order, all within the policy's total time
+(and the caller's deadline, when it gives one):
 
     timeout, connection error, HTTP 429, HTTP 5xx  → retried (exponential backoff with full
                                                      jitter, bounded attempts AND bounded time),
@@ -14,7 +15,9 @@ What happens to one call, per configured URL in order:
     a body that is not a JSON-RPC response         → MalformedResponse
     every URL failed                               → RpcUnavailable
 
-A verdict is never retried: only the read of one answer is.
+A verdict is never retried: only the read of one answer is. Each request's timeout is the
+policy's, clipped to the time left, so a node that accepts and never answers costs no more
+than the call's budget.
 """
 
 from __future__ import annotations
@@ -36,23 +39,28 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
     wait_random_exponential,
 )
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
+from rails.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounds for one URL: at most `attempts` tries and `total_seconds` of trying (a try that
-    starts inside the budget may run up to `timeout` more)."""
+    """Bounds for one call: at most `attempts` tries per URL and `total_seconds` of trying
+    across every URL; no request outlives either."""
 
     attempts: int = 4
     timeout: float = 8.0  # per HTTP request
     total_seconds: float = 20.0
     backoff_initial: float = 0.25
     backoff_max: float = 2.0
+
+    @classmethod
+    def of(cls, policy: RpcPolicy) -> "RetryPolicy":
+        return cls(attempts=policy.attempts, timeout=policy.timeout_s,
+                   total_seconds=policy.total_s)
 
 
 class _Transient(Exception):
@@ -95,6 +103,7 @@ class _LoopThread:
 
 class SolanaRpcTransport:
     source = "live"
+    honours_deadline = True
 
     def __init__(self, urls: list[str], network: str, policy: RetryPolicy | None = None):
         if not urls:
@@ -110,14 +119,23 @@ class SolanaRpcTransport:
 
     # -- the Transport seam -----------------------------------------------------------------------
 
-    def call(self, method: str, params: list[Any]) -> Any:
+    def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
+        """`deadline` (time.monotonic()): the caller's own bound, on top of the policy's."""
+        end = call_end(self.policy.total_seconds, deadline)
         failures: list[str] = []
         for url in self.urls:
+            if time_left(end) <= 0:
+                failures.append(f"{redact_url(url)}: not tried (time budget spent)")
+                break
             try:
-                return self._call_url(url, method, params)
+                return self._call_url(url, method, params, end)
             except (_Transient, _UrlUnusable) as e:
                 failures.append(f"{redact_url(url)}: {e}")
         raise RpcUnavailable(f"{method}: every RPC URL failed ({'; '.join(failures)})")
+
+    def set_policy(self, policy: RpcPolicy) -> None:
+        """The deployment's bounds for this network (settings), set before the first call."""
+        self.policy = RetryPolicy.of(policy)
 
     def close(self) -> None:
         with self._lock:
@@ -139,27 +157,30 @@ class SolanaRpcTransport:
 
     # -- one URL, with retries ------------------------------------------------------------------
 
-    def _call_url(self, url: str, method: str, params: list[Any]) -> Any:
+    def _call_url(self, url: str, method: str, params: list[Any], end: float) -> Any:
         p = self.policy
         retrying = Retrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(p.attempts) | stop_after_delay(p.total_seconds),
+            stop=stop_after_attempt(p.attempts) | stop_at(end),
             wait=wait_random_exponential(multiplier=p.backoff_initial, max=p.backoff_max),
             reraise=True,
         )
         try:
-            return retrying(self._once, url, method, params)
+            return retrying(self._once, url, method, params, end)
         except RetryError as e:  # only when reraise cannot apply; keep the last cause
             raise _Transient(str(e.last_attempt.exception())) from e
 
-    def _once(self, url: str, method: str, params: list[Any]) -> Any:
+    def _once(self, url: str, method: str, params: list[Any], end: float) -> Any:
+        timeout = min(self.policy.timeout, time_left(end))
+        if timeout <= 0:
+            raise _Transient("time budget spent")
         with self._lock:
             self.attempts += 1
             request_id = next(self._ids)
         request = JsonRpcRequest(method=method, params=params, id=request_id)
         try:
-            # The loop-side timeout is a backstop; httpx's own timeout normally fires first.
-            return self._loop_thread().run(self._send(url, request), timeout=self.policy.timeout + 2)
+            # The loop-side timeout is a backstop; the request's own wait_for fires first.
+            return self._loop_thread().run(self._send(url, request, timeout), timeout=timeout + 2)
         except SolanaRpcException as e:
             raise _classify_http(e.__cause__) from e
         except SolanaJsonRpcError as e:
@@ -167,16 +188,18 @@ class SolanaRpcTransport:
         except (ValidationError, ValueError) as e:
             raise MalformedResponse(f"{method}: the answer of {redact_url(url)} is not a JSON-RPC response") from e
         except TimeoutError as e:
-            raise _Transient(f"no answer within {self.policy.timeout:g}s") from e
+            raise _Transient(f"no answer within {timeout:.3g}s") from e
 
-    async def _send(self, url: str, request: JsonRpcRequest) -> Any:
+    async def _send(self, url: str, request: JsonRpcRequest, timeout: float) -> Any:
         client = self._clients.get(url)
         if client is None:
             # Created on the loop that will use it; solana-py's own transport retry is off so
             # that the one retry policy above is the only one.
             client = AsyncClient(url, timeout=self.policy.timeout, http2=False, max_transport_retries=0)
             self._clients[url] = client
-        return await client.send_rpc_request(request, Any)
+        # The client's timeout applies to each read; this bounds the whole request, clipped
+        # to the time the call has left.
+        return await asyncio.wait_for(client.send_rpc_request(request, Any), timeout)
 
     def _loop_thread(self) -> _LoopThread:
         with self._lock:

@@ -53,6 +53,7 @@ from rails.evm import (
     is_final_at_depth,
     vanished_settlement,
 )
+from rails.rpc_policy import RpcPolicy
 from registry.catalog import Rail
 
 PROOF_TYPE = "tron_tx_id"
@@ -223,6 +224,7 @@ class TronHttpTransport:
     seam as the JSON-RPC transports; retries and failover as the EVM transport."""
 
     source: ClassVar[str] = "live"
+    honours_deadline: ClassVar[bool] = True
 
     def __init__(self, urls: Sequence[str], network: str = "", policy: RetryPolicy | None = None,
                  client: httpx.Client | None = None):
@@ -231,19 +233,25 @@ class TronHttpTransport:
         self.policy = policy or RetryPolicy()
         self._client = client or httpx.Client(timeout=self.policy.timeout)
 
-    def call(self, method: str, params: list[Any]) -> Any:
+    def set_policy(self, policy: RpcPolicy) -> None:
+        """The deployment's bounds for this network (settings)."""
+        self.policy = RetryPolicy.of(policy)
+
+    def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
         if method not in _BODIES:
             raise ValueError(f"the Tron transport does not speak {method!r}")
         body = _BODIES[method](params)
         answer = call_with_failover(
-            self.urls, lambda url: self._once(url, method, body), self.policy, method)
+            self.urls, lambda url, timeout: self._once(url, method, body, timeout), self.policy,
+            method, deadline)
         if isinstance(answer, dict) and "Error" in answer:
             raise RpcErrorResponse(method, answer["Error"])
         return answer
 
-    def _once(self, url: str, method: str, body: dict[str, Any]) -> Any:
+    def _once(self, url: str, method: str, body: dict[str, Any], timeout: float) -> Any:
         try:
-            response = self._client.post(f"{url}/wallet/{method}", json=body)
+            # Per request: the policy's timeout clipped to the call's time left.
+            response = self._client.post(f"{url}/wallet/{method}", json=body, timeout=timeout)
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise Transient(f"{type(e).__name__}: {e}") from e
         if response.status_code == 429 or response.status_code >= 500:
@@ -269,6 +277,12 @@ class TronHttpTransport:
 
 class TronAdapter:
     family: ClassVar[str] = "tron"
+    proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    binds_reference: ClassVar[bool] = False
+    # SECURITY: a TRC-20 transfer carries no session reference; the payer binds it.
+    binds_payer: ClassVar[bool] = True
+    requires_payer: ClassVar[bool] = True
+    replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
 
     def __init__(self, rail: Rail):
         if rail.finality.mode != "depth":
@@ -286,6 +300,9 @@ class TronAdapter:
 
     def new_reference(self) -> str | None:
         return None  # a TRC-20 transfer has nowhere to carry a reference key
+
+    def reserved_references(self) -> frozenset[str]:
+        return frozenset()
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:
         recipient = self.normalize_address(session.recipient)
@@ -335,7 +352,7 @@ class TronAdapter:
         return Verdict.ok(
             f"{amount} base units of {token} to {recipient} in block {_block_number(info)}",
             observed=observed, settlement=settlement,
-            transfer_key=f"tron:{self.rail.network}:{tx_id}",
+            transfer_keys=(f"tron:{self.rail.network}:{tx_id}:{token}:{recipient}",),
         )
 
     @staticmethod

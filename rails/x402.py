@@ -54,7 +54,15 @@ from coincurve import PublicKey
 from eth_hash.auto import keccak
 from eth_utils import is_checksum_address, to_checksum_address
 
-from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.base import (
+    PaymentRequirements,
+    SessionShape,
+    Settlement,
+    Terms,
+    Transport,
+    Verdict,
+    eip3009_key,
+)
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed
 from registry.catalog import Rail, load_catalog
@@ -590,6 +598,11 @@ def _settlement(ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, 
 
 class X402Adapter:
     family: ClassVar[str] = "x402"
+    proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    binds_reference: ClassVar[bool] = False
+    # The signed authorization binds payTo, value, window and nonce; a payer is optional.
+    binds_payer: ClassVar[bool] = True
+    requires_payer: ClassVar[bool] = False
     # The engine's answer when an authorization already backs another session: on chain a
     # nonce settles once, so a second session can never be paid by it.
     replay_code: ClassVar[FailureCode] = FailureCode.nonce_reused
@@ -642,6 +655,9 @@ class X402Adapter:
     def new_reference(self) -> str | None:
         # The authorization's nonce already makes every payment unique on chain.
         return None
+
+    def reserved_references(self) -> frozenset[str]:
+        return frozenset()
 
     # -- requirements --------------------------------------------------------------------
 
@@ -701,18 +717,19 @@ class X402Adapter:
         failed = first_failure(p, e)
         if failed is not None:
             return Verdict.fail(failed[0], failed[1], observed=observed)
-        key = _ref(e.chain_id, e.asset, p.authorization)
+        a = p.authorization
+        key = (eip3009_key(e.chain_id, "0x" + e.asset.hex(), "0x" + a.from_.hex(), "0x" + a.nonce.hex()),)
         if chain.source != "live":
             # Offline, a nonce's use is known only from our own records (the engine's).
-            return Verdict.ok("authorization verified offline", observed=observed, transfer_key=key)
+            return Verdict.ok("authorization verified offline", observed=observed, transfer_keys=key)
         return self._verify_on_chain(p, e, chain, observed, key)
 
     def _verify_on_chain(self, p: Payment, e: Expect, chain: Transport,
-                         observed: dict[str, Any], key: str) -> Verdict:
+                         observed: dict[str, Any], key: tuple[str, ...]) -> Verdict:
         a = p.authorization
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
             return Verdict.ok("authorization verified; nonce unused on chain",
-                              observed=observed, transfer_key=key)
+                              observed=observed, transfer_keys=key)
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
         # SECURITY: a used nonce is this payment only if its settlement moved exactly these
         # funds; otherwise the payer spent the nonce elsewhere (or cancelled it).
@@ -721,11 +738,12 @@ class X402Adapter:
             return Verdict.fail(FailureCode.nonce_reused,
                                 f"nonce already used on chain{where} by another transfer",
                                 observed=observed)
-        settlement = _settlement(key, tx, chain, _SweepHead(chain, self.rail), self.rail)
+        ref = _ref(e.chain_id, e.asset, a)
+        settlement = _settlement(ref, tx, chain, _SweepHead(chain, self.rail), self.rail)
         observed = {**observed, "block_number": tx.block_number, "tx_hash": tx.tx_hash,
                     "finality": settlement.finality}
         return Verdict.ok("authorization already settled on chain", observed=observed,
-                          settlement=settlement, transfer_key=key)
+                          settlement=settlement, transfer_keys=key)
 
     # -- settlement ----------------------------------------------------------------------
 

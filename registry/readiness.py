@@ -3,7 +3,7 @@ function of (catalog, stored rail state, configuration)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from registry.catalog import Catalog, Stage
@@ -23,6 +23,9 @@ class DeploymentConfig:
     receipt_creation_rails: frozenset[str]
     live_apply: bool
     networks: Mapping[str, str]  # rail_id -> network in use
+    # network -> its live RPC bounds (timeout_s, attempts, total_s, submit_budget_s), shown
+    # as they are: informative, never a blocker.
+    rpc_policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def readiness(catalog: Catalog, states: Mapping[str, StoredState],
@@ -57,5 +60,6 @@ def readiness(catalog: Catalog, states: Mapping[str, StoredState],
             "paused": st.paused, "live_verifier_configured": live_verifier,
             "apply_allowlisted": allowlisted, "receipt_creation_allowed": receipts,
             "ready": not blockers, "blockers": blockers,
+            "rpc_policy": dict(cfg.rpc_policies.get(network, {})),
         })
     return out

@@ -404,6 +404,12 @@ def build() -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     ref, demo_ref = key("reference:order-1001").pubkey(), key("reference:demo").pubkey()
+
+    def ref_of(case: str) -> Pubkey:
+        # Every payment carries a Solana Pay reference of its own: a session binds one, and
+        # no two sessions share it.
+        return key(f"reference:{case}").pubkey()
+
     t0 = DEMO_BLOCK_TIME
 
     ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 1_500_000, 6, reference=ref), memo("order-1001", ALICE)],
@@ -414,77 +420,96 @@ def build() -> dict[str, dict[str, Any]]:
                                              "memo": "order-1001", "sender": str(ALICE.pubkey())})
 
     table = c.make_table("treasury", [treasury_ata, USDC])
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 2_000_000, 6)], [ALICE], v0_tables=[table], block_time=t0 + 120)
+    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 2_000_000, 6, reference=ref_of("v0_lookup_table_usdc"))], [ALICE],
+                v0_tables=[table], block_time=t0 + 120)
     out["v0_lookup_table_usdc"] = written(ex, c, "v0 USDC TransferChecked of 2000000 whose recipient token account "
                                           "(and the mint) come from an address lookup table", expect={
-                                              "recipient": str(TREASURY), "amount": 2_000_000})
+                                              "recipient": str(TREASURY), "amount": 2_000_000,
+                                              "reference": str(ref_of("v0_lookup_table_usdc"))})
 
-    pay = transfer_checked(ALICE, usdc, TREASURY, 3_000_000, 6)
+    pay = transfer_checked(ALICE, usdc, TREASURY, 3_000_000, 6, reference=ref_of("order-1002"))
     ex = c.send([set_compute_unit_limit(200_000), set_compute_unit_price(5_000),
                  transfer(TransferParams(from_pubkey=ALICE.pubkey(), to_pubkey=TIP, lamports=1_000_000)),
                  pay, memo("order-1002", ALICE)], [ALICE], block_time=t0 + 180)
     out["extra_instructions_a"] = written(ex, c, "wallet-style transaction: compute budget limit and price, an "
                                           "unrelated SOL tip transfer, then USDC TransferChecked of 3000000, then "
                                           "memo 'order-1002'", expect={"recipient": str(TREASURY), "amount": 3_000_000,
-                                                                       "memo": "order-1002"})
+                                                                       "memo": "order-1002",
+                                                                       "reference": str(ref_of("order-1002"))})
     ex = c.send([memo("order-1002", ALICE), transfer(TransferParams(from_pubkey=ALICE.pubkey(), to_pubkey=TIP,
                                                                     lamports=1_000_001)),
                  pay, set_compute_unit_price(5_001),
                  set_compute_unit_limit(200_001)], [ALICE], block_time=t0 + 181)
     out["extra_instructions_b"] = written(ex, c, "the same payment with the instructions in another order: memo "
                                           "first, SOL tip, USDC TransferChecked of 3000000, compute budget last",
-                                          expect={"recipient": str(TREASURY), "amount": 3_000_000, "memo": "order-1002"})
+                                          expect={"recipient": str(TREASURY), "amount": 3_000_000, "memo": "order-1002",
+                                                  "reference": str(ref_of("order-1002"))})
 
     ex = c.send([ti.create_idempotent_associated_token_account(BOB.pubkey(), MERCHANT, usdc),
-                 transfer_checked(BOB, usdc, MERCHANT, 4_200_000, 6)], [BOB], block_time=t0 + 240)
+                 transfer_checked(BOB, usdc, MERCHANT, 4_200_000, 6, reference=ref_of("ata_created_same_tx"))], [BOB],
+                block_time=t0 + 240)
     out["ata_created_same_tx"] = written(ex, c, "recipient's associated token account created in the same "
                                          "transaction (no pre-balance entry), then USDC TransferChecked of 4200000",
                                          expect={"recipient": str(MERCHANT), "amount": 4_200_000,
-                                                 "sender": str(BOB.pubkey())})
+                                                 "sender": str(BOB.pubkey()),
+                                                 "reference": str(ref_of("ata_created_same_tx"))})
 
-    ex = c.send([transfer_checked(ALICE, t22, TREASURY, 1_000_000, 6, program=TOKEN_2022_PROGRAM_ID)], [ALICE],
+    ex = c.send([transfer_checked(ALICE, t22, TREASURY, 1_000_000, 6, program=TOKEN_2022_PROGRAM_ID,
+                                  reference=ref_of("token2022_transfer_fee"))], [ALICE],
                 block_time=t0 + 300)
     out["token2022_transfer_fee"] = written(ex, c, "Token-2022 TransferChecked of 1000000 on a mint with a 1% "
                                             "transfer fee: 10000 withheld, the recipient's net is 990000",
                                             expect={"recipient": str(TREASURY), "amount": 990_000, "asset": str(t22),
-                                                    "gross": 1_000_000})
+                                                    "gross": 1_000_000,
+                                                    "reference": str(ref_of("token2022_transfer_fee"))})
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 5_000_000, 6)], [ALICE], block_time=t0 + 360)
+    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 5_000_000, 6, reference=ref_of("confirmed_not_final"))],
+                [ALICE], block_time=t0 + 360)
     out["confirmed_not_final"] = written(ex, c, "USDC TransferChecked of 5000000 whose status is 'confirmed', "
                                          "not yet finalized", commitment="confirmed",
-                                         expect={"recipient": str(TREASURY), "amount": 5_000_000})
+                                         expect={"recipient": str(TREASURY), "amount": 5_000_000,
+                                                 "reference": str(ref_of("confirmed_not_final"))})
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 24_000_000, 6, reference=demo_ref),
+    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 24_000_000, 6, reference=ref_of("underpayment")),
                  memo("railproof-demo", ALICE)], [ALICE], block_time=t0 + 420)
     out["underpayment"] = written(ex, c, "USDC TransferChecked of 24000000 where the session asked 25000000",
-                                  expect={"recipient": str(TREASURY), "amount": 25_000_000, "paid": 24_000_000})
+                                  expect={"recipient": str(TREASURY), "amount": 25_000_000, "paid": 24_000_000,
+                                          "reference": str(ref_of("underpayment"))})
 
-    ex = c.send([transfer_checked(ALICE, fake, TREASURY, 25_000_000, 6)], [ALICE], block_time=t0 + 480)
+    ex = c.send([transfer_checked(ALICE, fake, TREASURY, 25_000_000, 6, reference=ref_of("wrong_mint"))], [ALICE],
+                block_time=t0 + 480)
     out["wrong_mint"] = written(ex, c, "TransferChecked of 25000000 of a look-alike 6-decimal token (not the USDC "
                                 "mint) to the treasury", expect={"recipient": str(TREASURY), "amount": 25_000_000,
-                                                                 "asset": str(fake)})
+                                                                 "asset": str(fake),
+                                                                 "reference": str(ref_of("wrong_mint"))})
 
-    ex = c.send([transfer_checked(ALICE, nine, TREASURY, 25_000_000, 9)], [ALICE], block_time=t0 + 540)
+    ex = c.send([transfer_checked(ALICE, nine, TREASURY, 25_000_000, 9, reference=ref_of("decimals_mismatch"))],
+                [ALICE], block_time=t0 + 540)
     out["decimals_mismatch"] = written(ex, c, "TransferChecked of a 9-decimal mint; a rail of 6 decimals pointed at "
                                        "this mint must refuse it", expect={"recipient": str(TREASURY),
-                                                                           "amount": 25_000_000, "asset": str(nine)})
+                                                                           "amount": 25_000_000, "asset": str(nine),
+                                                                           "reference": str(ref_of("decimals_mismatch"))})
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 6_000_000, 6)], [ALICE], block_time=t0 + 600)
+    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 6_000_000, 6, reference=ref_of("old_format_ambiguous"))],
+                [ALICE], block_time=t0 + 600)
     out["old_format_ambiguous"] = written(ex, c, "USDC TransferChecked of 6000000 rendered in the older node format "
                                           "(token balances without owner/programId) and with no instruction that "
                                           "proves who owns the accounts", with_owner=False,
-                                          expect={"recipient": str(TREASURY), "amount": 6_000_000})
+                                          expect={"recipient": str(TREASURY), "amount": 6_000_000,
+                                                  "reference": str(ref_of("old_format_ambiguous"))})
 
     alice_ata = ti.get_associated_token_address(ALICE.pubkey(), usdc)
     ex = c.send([ti.revoke(tm.RevokeParams(program_id=TOKEN_PROGRAM_ID, account=alice_ata, owner=ALICE.pubkey())),
                  ti.create_idempotent_associated_token_account(ALICE.pubkey(), OTHER, usdc),
-                 transfer_checked(ALICE, usdc, OTHER, 7_000_000, 6)], [ALICE], block_time=t0 + 660)
+                 transfer_checked(ALICE, usdc, OTHER, 7_000_000, 6, reference=ref_of("old_format_resolved"))], [ALICE],
+                block_time=t0 + 660)
     out["old_format_resolved"] = written(ex, c, "USDC TransferChecked of 7000000 in the older node format (no owner "
                                          "in token balances); the owners are proved by the transaction itself: the "
                                          "sender signs a Revoke on its account, the recipient's account is created "
                                          "by the associated-token-account program", with_owner=False,
                                          expect={"recipient": str(OTHER), "amount": 7_000_000,
-                                                 "sender": str(ALICE.pubkey())})
+                                                 "sender": str(ALICE.pubkey()),
+                                                 "reference": str(ref_of("old_format_resolved"))})
 
     ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 25_000_000, 6, reference=demo_ref),
                  memo("railproof-demo", ALICE)], [ALICE], block_time=DEMO_BLOCK_TIME)

@@ -86,7 +86,8 @@ def make_settings(db_url: str, **kw) -> Settings:
     base = dict(database_url=db_url, chain="cassette",
                 service_tokens={SERVICE_TOKEN: ["alice", "alice-2"], OTHER_SERVICE_TOKEN: ["bob"]},
                 staff_tokens={STAFF_TOKEN: "ops1", STAFF_TOKEN_2: "ops2"},
-                apply_rail_allowlist=["solana_usdc", "fake_live"], clock=CLOCK, env={})
+                apply_rail_allowlist=["solana_usdc", "fake_live"], clock=CLOCK, env={},
+                audit_key="test-audit-key")
     base.update(kw)
     return Settings(**base)
 

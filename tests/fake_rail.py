@@ -19,6 +19,11 @@ _ADDR = re.compile(r"^fa[0-9a-z]{4,40}$")
 
 class FakeAdapter:
     family = "fake"
+    proof_types = ("fake_tx",)
+    binds_reference = True
+    binds_payer = False
+    requires_payer = False
+    replay_code = FailureCode.duplicate_payment
 
     def __init__(self, rail: Rail):
         self.rail = rail
@@ -35,6 +40,9 @@ class FakeAdapter:
 
     def new_reference(self) -> str | None:
         return "fa" + secrets.token_hex(8)
+
+    def reserved_references(self) -> frozenset[str]:
+        return frozenset({"fawellknown"})
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:
         return PaymentRequirements(rail_id=self.rail.rail_id, network=self.rail.network,

@@ -44,6 +44,12 @@ def cassette_engine(db_url: str, clock=CLOCK, **kw: Any) -> Engine:
     return e
 
 
+def cassette_expect(path: Path) -> dict[str, Any]:
+    """What a generated cassette's payment is (recipient, amount, its reference key...)."""
+    doc = json.loads(Path(path).read_text())
+    return doc.get("expect") or doc.get("demo") or {}
+
+
 def advance(engine: Engine, seconds: float) -> None:
     """Move the engine's pinned clock forward (recorded chains need a fixed clock)."""
     engine.settings.clock = engine.settings.now() + timedelta(seconds=seconds)

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 RAILPROOF = str(Path(sys.executable).parent / "railproof")
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
+AUDIT_KEY = b"test-audit-key"
 CLI_TIMEOUT_S = 60.0
 
 
@@ -39,6 +40,7 @@ def base_env(**railproof: str) -> dict[str, str]:
     (`database_url="…"` → RAILPROOF_DATABASE_URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAILPROOF_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["RAILPROOF_AUDIT_KEY"] = AUDIT_KEY.decode()  # a test deployment's own key
     for k, v in railproof.items():
         env["RAILPROOF_" + k.upper()] = v
     return env

@@ -4,6 +4,10 @@ stopping at 401. Bounded and derandomized, so CI runs the same cases every time.
 
 Every answer must be: below 500; free of stack trace text; JSON (the Prometheus text of
 /metrics aside); and an error body {"error": {"code", "message"}} whenever it is a 4xx.
+Many cases also carry control characters (NUL above all, which PostgreSQL text cannot hold)
+in one path parameter, query parameter, header or body string (schemathesis itself keeps
+them out of paths): those must be a 422 naming that field. Everything runs on SQLite and on
+PostgreSQL.
 Plus the hand-written hostile bodies no generator produces: 10,000 nested arrays, a few
 hundred levels inside `proof`, a body over the size limit with and without Content-Length.
 """
@@ -11,14 +15,17 @@ hundred levels inside `proof`, a body over the size limit with and without Conte
 from __future__ import annotations
 
 import json
+import re
 import zlib
+from urllib.parse import quote
 
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
-from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth, make_settings
+from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth, make_pg_db, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.helpers import FIXTURES
 from verifier.api import MAX_BODY_BYTES, create_app
@@ -34,9 +41,7 @@ X402_PAY_TO = "0x02188583AC333178Dc88122B141B4e169BbdB22e"
 SOLANA_TREASURY = "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg"
 
 
-def _app(tmp_path):
-    url = f"sqlite:///{tmp_path}/fuzz.db"
-    upgrade(url)
+def _app(url: str):
     engine = Engine(make_settings(url, cassette_dir=FIXTURES,
                                   env={"RAILPROOF_TREASURY_X402": X402_PAY_TO,
                                        "RAILPROOF_TREASURY_SOLANA_USDC": SOLANA_TREASURY}),
@@ -90,22 +95,115 @@ def steer(case, path: str, seeds: dict[str, list[str]]) -> None:
         case.path_parameters = params
 
 
-def _operations() -> list[tuple[str, str]]:
+def _operations() -> tuple[list[tuple[str, str]], dict[tuple[str, str], list[tuple[str, str]]]]:
+    """Every (method, path), and each one's parameters as (location, name)."""
     # The schema without a database: building the app opens no connection.
     engine = Engine(make_settings("sqlite:///unused-for-schema.db"), catalog=catalog_with_fake())
     spec = create_app(engine).openapi()
-    return [(m.upper(), path) for path, item in sorted(spec["paths"].items())
-            for m in sorted(item)]
+    ops = [(m.upper(), path) for path, item in sorted(spec["paths"].items()) for m in sorted(item)]
+    params = {(m.upper(), path): [(p["in"], p["name"]) for p in op.get("parameters", [])]
+              for path, item in spec["paths"].items() for m, op in item.items()}
+    return ops, params
 
 
-OPERATIONS = _operations()
+OPERATIONS, PARAMETERS = _operations()
+
+
+@pytest.fixture(scope="module",
+                params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fuzz_db_url(request, tmp_path_factory):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('fuzz')}/fuzz.db"
+        upgrade(url)
+        yield url
+        return
+    url, drop = make_pg_db(request.getfixturevalue("pg_template"))
+    yield url
+    drop()
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory):
-    app, engine = _app(tmp_path_factory.mktemp("fuzz"))
+def api_schema(fuzz_db_url):
+    app, engine = _app(fuzz_db_url)
     yield schemathesis.openapi.from_asgi("/openapi.json", app), _seed(engine)
     engine.db.dispose()
+
+
+# -- control characters -------------------------------------------------------------------
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP allows HTAB in a header
+# NUL most of all; then any C0 control character or DEL, alone or in a run.
+BAD_TEXT = (st.sampled_from(["\x00", "a\x00b", "\x00\x01", "\x7f", "\n", "\t", "\r\n", "\x1b[0m"])
+            | st.text(st.characters(max_codepoint=0x1f) | st.just("\x7f"), min_size=1, max_size=4))
+TAINT = st.none() | st.tuples(st.integers(0, 2**31), BAD_TEXT)
+
+
+def body_strings(value, keys: tuple = ()):
+    """(keys, text) of every string in a JSON value; the API names one by ".".join(keys)."""
+    if isinstance(value, str):
+        yield keys, value
+    elif isinstance(value, (dict, list)):
+        for k, v in (value.items() if isinstance(value, dict) else enumerate(value)):
+            yield from body_strings(v, (*keys, k))
+
+
+def _dotted(keys: tuple) -> str:
+    return ".".join(map(str, keys)) or "body"
+
+
+def taint(case, method: str, path: str, taint_with) -> None:
+    """Put control characters into one parameter, header or body string of the case."""
+    if taint_with is None:
+        return
+    pick, bad = taint_with
+    spots: dict[str, list] = {}
+    for loc, name in PARAMETERS[(method, path)]:
+        spots.setdefault(loc, []).append(name)
+    if isinstance(case.body, (dict, list)):
+        spots["body"] = [keys for keys, _ in body_strings(case.body) if keys] or None
+    kinds = sorted(k for k, v in spots.items() if v)  # each kind as often, however many names
+    if not kinds:
+        return
+    loc = kinds[pick % len(kinds)]
+    name = spots[loc][pick // len(kinds) % len(spots[loc])]
+    if loc == "path":  # schemathesis sends path parameters as it holds them: percent-encoded
+        params = dict(case.path_parameters or {})
+        params[name] = str(params.get(name, "")) + quote(bad, safe="")
+        case.path_parameters = params
+    elif loc == "query":
+        case.query = {**(case.query or {}), name: f"{(case.query or {}).get(name, '')}{bad}"}
+    elif loc == "header":
+        headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != name.lower()}
+        # The HTTP client itself refuses CR and LF in a header (and HTAB is allowed there).
+        kept = "".join(c for c in bad if c not in "\t\r\n") or "\x00"
+        case.headers = {**headers, name: "k" + kept}
+    else:
+        parent = case.body
+        for k in name[:-1]:
+            parent = parent[k]
+        parent[name[-1]] = parent[name[-1]][:1] + bad + parent[name[-1]][1:]
+
+
+def refused_fields(case) -> set[str]:
+    """The names the API may give what the case holds and must refuse (lower-cased)."""
+    out = {k.lower() for k, v in (case.headers or {}).items() if HEADER_CONTROL.search(str(v))}
+    out |= {"query" if CONTROL.search(k) else k.lower() for k, v in (case.query or {}).items()
+            if CONTROL.search(f"{k}{v}")}
+    out |= {k.lower() for k, v in (case.path_parameters or {}).items()
+            if re.search(r"%(?:[01][0-9A-Fa-f]|7[Ff])", str(v))}
+    if isinstance(case.body, (dict, list)):
+        out |= {_dotted(k).lower() for k, text in body_strings(case.body) if "\x00" in text}
+        out |= {_dotted(k).lower() for k in _objects_with_nul_keys(case.body)}
+    return out
+
+
+def _objects_with_nul_keys(value, keys: tuple = ()):
+    if isinstance(value, (dict, list)):
+        for k, v in (value.items() if isinstance(value, dict) else enumerate(value)):
+            if isinstance(k, str) and "\x00" in k:
+                yield keys
+            yield from _objects_with_nul_keys(v, (*keys, k))
 
 
 def assert_sound(response, path: str) -> None:
@@ -142,11 +240,19 @@ def test_fuzz_operation(api_schema, method, path):
     @settings(max_examples=25, deadline=None, derandomize=True, database=None,
               phases=(Phase.explicit, Phase.generate), report_multiple_bugs=False,
               suppress_health_check=list(HealthCheck))
-    @given(case=op.as_strategy())
-    def run(case):
+    @given(case=op.as_strategy(), taint_with=TAINT)
+    def run(case, taint_with):
         case.headers = {**(case.headers or {}), **headers}
         steer(case, path, seeds)
-        assert_sound(case.call(), path)
+        taint(case, method, path, taint_with)
+        refused = refused_fields(case)
+        response = case.call()
+        assert_sound(response, path)
+        if refused:
+            err = response.json()["error"]
+            assert response.status_code == 422 and err["code"] == "invalid_request", \
+                (refused, response.text)
+            assert err["field"].lower() in refused, (refused, err)
 
     run()
 
@@ -155,8 +261,8 @@ def test_fuzz_operation(api_schema, method, path):
 
 
 @pytest.fixture
-def hostile_client(tmp_path):
-    app, engine = _app(tmp_path)
+def hostile_client(db_url):
+    app, engine = _app(db_url)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
     engine.db.dispose()

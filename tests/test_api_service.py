@@ -135,11 +135,16 @@ def test_idempotency_replay_conflict_and_in_progress(client, engine):
     assert [c["key"] for c in stuck] == ["k-stuck"]
 
 
-def test_idempotent_refusal_is_replayed_too(client):
+def test_idempotent_refusal_is_not_stored(client, engine):
+    # Only executed requests are stored: a refusal releases its key, and the retry runs again.
     h = {**auth(), "Idempotency-Key": "k-bad"}
     body = {"session_id": "nope", "proof": "fx12345678"}
-    r1, r2 = client.post("/v1/proofs", headers=h, json=body), client.post("/v1/proofs", headers=h, json=body)
-    assert r1.status_code == r2.status_code == 404 and r1.json() == r2.json()
+    r1 = client.post("/v1/proofs", headers=h, json=body)
+    assert r1.status_code == 404 and r1.json()["error"]["code"] == "session_not_found"
+    with engine.db.tx() as s:
+        assert s.scalar(select(func.count()).select_from(IdempotencyClaim)) == 0
+    r2 = client.post("/v1/proofs", headers=h, json=body)
+    assert r2.status_code == 404 and r1.json() == r2.json()
 
 
 BAD_SESSIONS = [

@@ -14,6 +14,7 @@ from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import cassette_engine
 from tests.live_server import LiveServer, closed_port
 from tests.test_gate import paid_proof
+from verifier import timeutil
 from verifier.api import create_app
 from verifier.cli import app as cli_app
 from verifier.storage.models import Entitlement, IdempotencyClaim
@@ -169,10 +170,10 @@ def test_stuck_idempotency_claims(world):
     with e.db.tx() as s:
         s.add(IdempotencyClaim(principal="svc:alice", endpoint="POST /v1/proofs", key="k-stuck",
                                request_hash="0" * 64, status="in_progress",
-                               created_at=e.now() - timedelta(minutes=20)))
+                               created_at=timeutil.process_now() - timedelta(minutes=20)))
         s.add(IdempotencyClaim(principal="svc:alice", endpoint="POST /v1/proofs", key="k-fresh",
                                request_hash="1" * 64, status="in_progress",
-                               created_at=e.now() - timedelta(seconds=30)))
+                               created_at=timeutil.process_now() - timedelta(seconds=30)))
     assert [c["key"] for c in jrun(world, "list-stuck-idempotency-claims")] == ["k-stuck"]
     keys = [c["key"] for c in jrun(world, "list-stuck-idempotency-claims", "--min-age-seconds", "10")]
     assert keys == ["k-stuck", "k-fresh"]

@@ -17,6 +17,7 @@ from tests.helpers import (
     GATE_CHECKS,
     SwitchableTransport,
     advance,
+    cassette_expect,
     audit_actions,
     cassette_engine,
     counts,
@@ -36,6 +37,7 @@ OPS = {"incident_id": "INC-7", "operator_reason": "customer ticket 42"}
 EVM_USDC_TX = "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7"
 EVM_USDC_TO = "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8"
 EVM_USDC_AMOUNT = 59691936965
+EVM_USDC_FROM = "0x28C6c06298d514Db089934071355E5743bf21d60"
 EVM_CLOCK = datetime(2025, 2, 24, 10, 30, tzinfo=timezone.utc)
 
 
@@ -52,7 +54,7 @@ def sol_engine(db_url):
 
 def open_session(c: TestClient, key: str | None = None, token=None, **body):
     body = {"owner_id": "alice", "rail_id": "solana_usdc", "access_product_id": "pro",
-            "recipient": TREASURY, "reference": None, **body}
+            "recipient": TREASURY, **body}
     headers = auth(token) if token else auth()
     if key:
         headers["Idempotency-Key"] = key
@@ -86,13 +88,14 @@ def test_session_to_finalized_apply_and_revoke(sol_engine):
     sol_engine.chains.set_transport("solana-mainnet", chain)
     c = _client(sol_engine)
 
-    r = open_session(c, key="sess-1", amount="5000000")
+    ref = cassette_expect(SOL / "confirmed_not_final.json")["reference"]
+    r = open_session(c, key="sess-1", amount="5000000", reference=ref)
     assert r.status_code == 201, r.text
     sess = r.json()
     assert sess["status"] == "open" and sess["amount"] == "5000000"
     assert sess["payment_requirements"]["url"].startswith(f"solana:{TREASURY}?amount=5")
     # The same Idempotency-Key and body answer the stored session, not a second one.
-    again = open_session(c, key="sess-1", amount="5000000")
+    again = open_session(c, key="sess-1", amount="5000000", reference=ref)
     assert again.status_code == 201 and again.json()["id"] == sess["id"]
 
     r = c.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": sig})
@@ -174,7 +177,8 @@ def test_gated_rail_needs_every_gate_and_the_staff_receipt_path(db_url):
     e = cassette_engine(db_url, clock=EVM_CLOCK)
     c = _client(e)
     try:
-        r = open_session(c, rail_id="evm_usdc", recipient=EVM_USDC_TO, amount=EVM_USDC_AMOUNT)
+        r = open_session(c, rail_id="evm_usdc", recipient=EVM_USDC_TO, amount=EVM_USDC_AMOUNT,
+                         payer=EVM_USDC_FROM)
         assert r.status_code == 201, r.text
         r = c.post("/v1/proofs", headers=auth(), json={"session_id": r.json()["id"],
                                                        "proof": EVM_USDC_TX})
@@ -263,7 +267,7 @@ def test_review_only_proof_never_would_apply_whatever_flags(db_url):
             s.get(RailState, "erc20_usdt").production_enabled = True
 
         r = open_session(c, rail_id="erc20_usdt", recipient="0x901c7c311d39e0b26257219765e71e8db3107a81",
-                         amount=4361142255)
+                         amount=4361142255, payer="0xa82f91562e1cef9dec93a4ad328d01ea7827910a")
         assert r.status_code == 201, r.text
         r = c.post("/v1/proofs", headers=auth(), json={
             "session_id": r.json()["id"],

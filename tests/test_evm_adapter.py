@@ -110,7 +110,10 @@ def test_real_ethereum_usdc_transfer_verifies_with_sender_and_finality():
     s = verdict.settlement
     assert (s.ref, s.block_number, s.confirmations) == (USDC_TX, USDC_BLOCK, 0x14E68A7 - USDC_BLOCK + 1)
     assert s.is_final and not s.reorged and s.finality == "finalized"
-    assert verdict.transfer_key == f"eip155:1:{USDC_TX}"
+    # The transfer's identity: the transaction's transfer of the token to the recipient (no
+    # EIP-3009 authorization was used in it).
+    assert verdict.transfer_keys == (
+        f"eip155:1:{USDC_TX}:{o['asset'].lower()}:{USDC_TO.lower()}",)
     # Exactly the calls the cassette records, with its params.
     assert chain.calls == [
         ("eth_chainId", []),

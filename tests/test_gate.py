@@ -246,12 +246,19 @@ def test_tuple_binding_rechecks_the_transfer_time_on_evm_too(db_url):
     only trust the adapter), also where the evidence states the time as ISO-8601 (EVM)."""
     from datetime import timedelta
     from tests.helpers import cassette_engine
-    from tests.test_e2e_http import EVM_CLOCK, EVM_USDC_AMOUNT, EVM_USDC_TO, EVM_USDC_TX
+    from tests.test_e2e_http import (
+        EVM_CLOCK,
+        EVM_USDC_AMOUNT,
+        EVM_USDC_FROM,
+        EVM_USDC_TO,
+        EVM_USDC_TX,
+    )
     e = cassette_engine(db_url, clock=EVM_CLOCK)
     try:
         sess = open_session(e, NewSession(owner_id="alice", rail_id="evm_usdc",
                                           access_product_id="pro", amount=EVM_USDC_AMOUNT,
-                                          recipient=EVM_USDC_TO, reference=None), actor="svc")
+                                          recipient=EVM_USDC_TO, payer=EVM_USDC_FROM),
+                           actor="svc")
         view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
         assert view["status"] == "verified"
         assert gate.dry_run_apply(e, view["id"])["checks"][-1]["passed"] is True

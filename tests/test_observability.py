@@ -238,7 +238,8 @@ def test_metric_name_parser():
 
 def test_cli_logs_are_one_json_object_per_line(tmp_path):
     env = {**os.environ, "RAILPROOF_DATABASE_URL": f"sqlite:///{tmp_path}/obs.db",
-           "RAILPROOF_CHAIN": "cassette", "RAILPROOF_CLOCK": "2026-01-01T00:00:00Z"}
+           "RAILPROOF_CHAIN": "cassette", "RAILPROOF_CLOCK": "2026-01-01T00:00:00Z",
+           "RAILPROOF_AUDIT_KEY": "test-audit-key"}
     up = subprocess.run([str(BIN / "railproof"), "db", "upgrade"], env=env,
                         capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr

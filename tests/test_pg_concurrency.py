@@ -3,14 +3,17 @@
 automatic apply, all on one fresh database migrated by `railproof db upgrade`, replaying the
 recorded Solana chain with the demo clock.
 
-Hundreds of concurrent HTTP requests then race on overlapping work: the same proof for the
-same session many times (with and without one Idempotency-Key), the same proof for other
-sessions of the same owner and of other owners, two transfers for one session, and staff
+Hundreds of concurrent HTTP requests then race on overlapping work: each transfer's own
+session (bound by the transfer's reference) submits it many times (with and without one
+Idempotency-Key) while hostile tenants — other owners and another session of the same owner,
+each with a session of the same amount on the same shared treasury — submit the same
+transfer for their own sessions at the same moment; two transfers for one session; and staff
 applies on every proof from several threads while the workers auto-apply. Afterwards the
-database must hold: one proof per fingerprint, one receipt per proof and per session, no
-active entitlement without a final settlement, receipts exactly where a final verified proof
-paid an unpaid session, no idempotency claim left in progress, an intact audit chain — and
-every answer was a JSON 2xx/4xx (no 5xx).
+database must hold: the transfer held only by the session it was made for (never a thief's,
+whoever submitted first), one holding proof per fingerprint, one receipt per proof and per
+session, no active entitlement without a final settlement, receipts exactly where a final
+verified proof paid an unpaid session, no idempotency claim left in progress, an intact audit
+chain — and every answer was a JSON 2xx/4xx (no 5xx).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.fault_rpc import FIXTURES, SOLANA_GENERATED
-from tests.procs import Api, PgDatabase, Worker, base_env, migrate, wait_until
+from tests.procs import AUDIT_KEY, Api, PgDatabase, Worker, base_env, migrate, wait_until
 from verifier.audit import verify_chain
 from verifier.storage.db import Database
 from verifier.storage.models import (
@@ -54,7 +57,7 @@ POOL = 32
 
 def _proof_set() -> list[dict[str, Any]]:
     """Every generated Solana cassette with an expected payment (verified, failed, not final),
-    each a distinct signature, plus the real mainnet USDC transfer (outside the demo window)."""
+    each a distinct signature with the Solana Pay reference its session binds."""
     out = []
     for path in sorted(SOLANA_GENERATED.glob("*.json")):
         doc = json.loads(path.read_text())
@@ -63,11 +66,8 @@ def _proof_set() -> list[dict[str, Any]]:
             continue
         sig = next(c["params"][0] for c in doc["calls"] if c["method"] == "getTransaction")
         out.append({"name": path.stem, "signature": sig, "recipient": want["recipient"],
-                    "amount": int(want["amount"])})
-    real = json.loads((FIXTURES / "solana" / "usdc_transfer.json").read_text())
-    out.append({"name": "real_usdc_transfer", "amount": 1000,
-                "recipient": "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui",
-                "signature": next(c["params"][0] for c in real["calls"] if c["method"] == "getTransaction")})
+                    "amount": int(want["amount"]), "reference": want["reference"],
+                    "memo": want.get("memo")})
     return out
 
 
@@ -144,32 +144,42 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
         limits = httpx.Limits(max_connections=POOL * 2, max_keepalive_connections=POOL * 2)
         client = httpx.Client(timeout=60.0, limits=limits)
 
-        # -- sessions: every proof gets sessions of three owners (two sharing a token) --------
+        # -- sessions: each transfer's own session, and hostile sessions of the same amount ----
         proofs_set = _proof_set()
         assert len(proofs_set) >= 10
-        plan = []  # (proof, owner)
+        owners = ("owner-a1", "owner-a2", "owner-b", "owner-c")
+        # Two transfers carry one reference (one order paid twice): one session for both.
+        by_ref: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for p in proofs_set:
-            for owner in ("owner-a1", "owner-a1", "owner-a2", "owner-b", "owner-b", "owner-c"):
-                plan.append((p, owner))
-        shared = [p for p in proofs_set if p["name"].startswith("extra_instructions")]
-        assert len(shared) == 2  # two transfers that both pay 3 USDC with the same memo
+            by_ref[p["reference"]].append(p)
+        assert any(len(v) == 2 for v in by_ref.values())
+        plan = []  # (transfers it is for, owner, bound?) — a bound session carries the reference
+        for k, (ref, ps_) in enumerate(sorted(by_ref.items())):
+            rightful = owners[k % len(owners)]
+            plan.append((ps_, rightful, True))
+            # Thieves: every other owner, and another session of the rightful owner.
+            plan += [(ps_, o, False) for o in owners if o != rightful] + [(ps_, rightful, False)]
 
-        def open_session(i: int, p: dict[str, Any], owner: str, key: str | None) -> tuple[int, Any]:
+        def open_session(i: int, ps_: list[dict[str, Any]], owner: str, bound: bool,
+                         key: str | None) -> tuple[int, Any]:
             headers = {"Authorization": f"Bearer {OWNER_TOKEN[owner]}"}
             if key:
                 headers["Idempotency-Key"] = key
+            p = ps_[0]
             body = {"owner_id": owner, "rail_id": "solana_usdc", "access_product_id": f"prod-{p['name']}",
-                    "amount": p["amount"], "recipient": p["recipient"], "reference": None}
+                    "amount": p["amount"], "recipient": p["recipient"]}
+            if bound:
+                body.update(reference=p["reference"], memo=p["memo"])
             return rec.send(client, "session", "POST", bases[i % 2] + "/v1/payment-sessions",
                             headers=headers, json=body)
 
         jobs = []
-        for i, (p, owner) in enumerate(plan):
+        for i, (ps_, owner, bound) in enumerate(plan):
             key = f"sess-{i}"
             # Half the sessions are created twice with one key, concurrently, on both APIs.
             for j in range(2 if i % 2 == 0 else 1):
-                jobs.append(lambda i=i, j=j, p=p, owner=owner, key=key: (i, open_session(i + j, p, owner, key)))
-        jobs.append(lambda: (-1, open_session(0, shared[0], "owner-c", "sess-shared")))
+                jobs.append(lambda i=i, j=j, ps_=ps_, owner=owner, bound=bound, key=key:
+                            (i, open_session(i + j, ps_, owner, bound, key)))
         rng.shuffle(jobs)
         sessions: dict[int, dict[str, Any]] = {}
         for i, (status, body) in run_all(jobs):
@@ -180,9 +190,11 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
                 sessions[i] = body
             else:
                 assert body["error"]["code"] == "idempotency_in_progress", body
-        assert set(sessions) == set(range(len(plan))) | {-1}, "a session was lost"
+        assert set(sessions) == set(range(len(plan))), "a session was lost"
+        rightful_session = {p["signature"]: sessions[i]["id"]
+                            for i, (ps_, _o, bound) in enumerate(plan) if bound for p in ps_}
 
-        # -- proofs: the same proof many times, for its own and for other sessions -------------
+        # -- proofs: each transfer by its own session and, at the same time, by the thieves ----
         def submit(i: int, sess: dict[str, Any], sig: str, key: str | None) -> tuple[int, Any]:
             headers = {"Authorization": f"Bearer {OWNER_TOKEN[sess['owner_id']]}"}
             if key:
@@ -192,19 +204,17 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
 
         jobs = []
         n = 0
-        for i, (p, _owner) in enumerate(plan):
+        for i, (ps_, _owner, bound) in enumerate(plan):
             sess = sessions[i]
-            for rep in range(4):
-                key = f"proof-{i}" if rep < 2 else None  # two with one key, two without
-                jobs.append(lambda n=n, sess=sess, sig=p["signature"], key=key: (sess, sig, submit(n, sess, sig, key)))
-                n += 1
-        for p in shared:  # both 3 USDC transfers offered to one session
-            for rep in range(3):
-                jobs.append(lambda n=n, sig=p["signature"]: (sessions[-1], sig, submit(n, sessions[-1], sig, None)))
-                n += 1
+            for p in ps_:
+                for rep in range(6 if bound else 3):
+                    key = f"proof-{i}-{p['name']}" if rep < 2 else None  # two with one key
+                    jobs.append(lambda n=n, sess=sess, sig=p["signature"], key=key:
+                                (sess, sig, submit(n, sess, sig, key)))
+                    n += 1
         rng.shuffle(jobs)
         results = run_all(jobs)
-        assert len(results) >= 250
+        assert len(results) >= 150
         codes = Counter()
         for sess, sig, (status, body) in results:
             assert status in (200, 201, 409), (status, body)
@@ -212,9 +222,15 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
                 codes[body["error"]["code"]] += 1
                 assert body["error"]["code"] in ("duplicate_payment", "proof_owner_conflict",
                                                  "idempotency_in_progress"), body
+                # SECURITY: the session the transfer was made for is never refused it.
+                assert body["error"]["code"] == "idempotency_in_progress" or \
+                    sess["id"] != rightful_session[sig], (sess, body)
             else:
                 codes[status] += 1
                 assert body["session_id"] == sess["id"] and body["owner_id"] == sess["owner_id"]
+                # SECURITY: a thief's session never holds someone else's transfer.
+                if sess["id"] != rightful_session[sig]:
+                    assert body["status"] in ("failed", "pending"), body
         # The races were really run: each outcome happened.
         assert codes[201] >= 1 and codes[200] >= 1
         assert codes["duplicate_payment"] >= 1 and codes["proof_owner_conflict"] >= 1
@@ -254,7 +270,7 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
         assert all(v == 1 for v in applied_fresh.values()), applied_fresh
 
         # Let the workers finish whatever auto-apply they had started.
-        db = Database(pg_db.url)
+        db = Database(pg_db.url, audit_key=AUDIT_KEY)
         try:
             def settled() -> bool:
                 with db.tx() as s:
@@ -265,7 +281,7 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             wait_until("every final verified proof to be applied", settled, 30.0, 0.2)
             for proc in procs:
                 assert proc.alive(), f"{proc.name} died: {proc.output()}"
-            check_invariants(db, proofs_set)
+            check_invariants(db, proofs_set, rightful_session)
             with db.tx() as s:
                 applied = s.scalars(select(AuditEvent).where(AuditEvent.action == "proof.applied")).all()
             # Exactly one apply per receipt, whoever won it (staff or a worker).
@@ -284,12 +300,18 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             proc.stop()
 
 
-def check_invariants(db: Database, proofs_set: list[dict[str, Any]]) -> None:
+def check_invariants(db: Database, proofs_set: list[dict[str, Any]],
+                     rightful_session: dict[str, str]) -> None:
     with db.tx() as s:
         proofs = s.scalars(select(Proof)).all()
-        # One proof per fingerprint, and every submitted transfer is stored exactly once.
-        assert len({p.fingerprint for p in proofs}) == len(proofs)
-        assert sorted(p.ref for p in proofs) == sorted(x["signature"] for x in proofs_set)
+        # One proof per fingerprint and session; every submitted transfer is stored; and the
+        # only proof that holds a transfer is its own session's.
+        assert len({(p.fingerprint, p.session_id) for p in proofs}) == len(proofs)
+        assert {p.ref for p in proofs} == {x["signature"] for x in proofs_set}
+        holding = [p for p in proofs if p.status in ("verified", "requires_review")]
+        assert len({p.fingerprint for p in holding}) == len(holding)
+        for p in holding:
+            assert p.session_id == rightful_session[p.ref], f"{p.ref} held by another session"
         by_id = {p.id: p for p in proofs}
 
         receipts = s.scalars(select(Receipt)).all()
@@ -305,7 +327,8 @@ def check_invariants(db: Database, proofs_set: list[dict[str, Any]]) -> None:
             assert ev is not None and ev.is_final and not ev.reorged
             assert ps.status == "paid"
 
-        # Nothing lost: every session a final verified proof paid has its receipt.
+        # Nothing lost: every session a final verified proof paid has its receipt (a session
+        # that two transfers paid has one receipt; the other transfer waits for a refund).
         final_sessions = {p.session_id for p in proofs if p.status == "verified" and s.scalar(
             select(SettlementEvidence.is_final).where(SettlementEvidence.proof_id == p.id)
             .order_by(SettlementEvidence.id.desc()).limit(1))}

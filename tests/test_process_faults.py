@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text, update
 
 from tests.fault_rpc import DEMO_CASSETTE, FIXTURES, Behaviour, FaultRpcNode, now_block_time
-from tests.procs import Api, PgDatabase, Worker, base_env, cli_json, migrate, wait_until
+from tests.procs import AUDIT_KEY, Api, PgDatabase, Worker, base_env, cli_json, migrate, wait_until
 from verifier.audit import _PG_AUDIT_LOCK, verify_chain
 from verifier.storage.db import Database
 from verifier.storage.models import (
@@ -121,7 +121,7 @@ def test_api_killed_mid_verification(any_db, node, procs, tmp_path):
     api = Api(env, tmp_path)
     procs.append(api)
     api.wait_ready()
-    db = Database(any_db)
+    db = Database(any_db, audit_key=AUDIT_KEY)
     client = httpx.Client(timeout=30.0)
     try:
         sess = demo_session(client, api.url)
@@ -189,7 +189,7 @@ def test_api_killed_mid_apply(pg_url, procs, tmp_path):
     api = Api(env, tmp_path)
     procs.append(api)
     api.wait_ready()
-    db = Database(pg_url)
+    db = Database(pg_url, audit_key=AUDIT_KEY)
     holder = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     client = httpx.Client(timeout=30.0)
     try:
@@ -264,7 +264,7 @@ def test_worker_killed_mid_verification(pg_url, node, procs, tmp_path):
     api = Api(env, tmp_path)
     procs.append(api)
     api.wait_ready()
-    db = Database(pg_url)
+    db = Database(pg_url, audit_key=AUDIT_KEY)
     client = httpx.Client(timeout=30.0)
     try:
         sess = demo_session(client, api.url)

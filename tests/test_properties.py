@@ -8,7 +8,12 @@ cassette reader. Each property is a rule a caller (or an attacker) relies on:
 - whatever bytes arrive as an x402 proof, decoding either gives a payload or raises
   ProofMalformed — never another exception (which would be a 500);
 - whatever file sits in a cassette directory, reading it either gives a cassette or raises
-  CassetteUnreadable, and recorded calls match by the rules of DESIGN.md.
+  CassetteUnreadable, and recorded calls match by the rules of DESIGN.md;
+- whatever text arrives as an HTTP body, query string or header, the guards in front of the
+  API find every NUL (and control character in ids) and name where it is, so none reaches
+  the database;
+- whatever `verify-offline --proof` is given, deciding whether it names a file gives the
+  proof text or a usage error, never another exception (a traceback).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import copy
 import json
 import random
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
 
 import base58
 import pytest
@@ -35,6 +41,8 @@ from rails.errors import (
 )
 from rails.x402 import decode_proof, parse_payment
 from registry.catalog import RailOverrides, load_catalog
+from verifier.body_guard import body_nul_field, param_control_field
+from verifier.offline import UsageError, proof_text
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 PROPS = settings(max_examples=150, deadline=None, derandomize=True,
@@ -371,3 +379,68 @@ def test_cassette_first_file_in_sorted_order_wins(tmp_path):
             "cassette": 1, "network": "n", "calls": [{"method": "m", "params": [1],
                                                      "result": answer}]}))
     assert CassetteTransport.from_dir(tmp_path, "n").call("m", [1]) == "first"
+
+
+# -- hostile HTTP input: NUL and control characters -----------------------------------------
+
+# Text where NUL and other control characters are common, not one draw in thousands.
+nasty_text = st.text(st.sampled_from("\x00\x01\x1f\x7f\t\n\\\"/%=&a\u00e9\u2028"),
+                     max_size=8)
+nasty_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | nasty_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(nasty_text, inner, max_size=3),
+    max_leaves=12)
+
+
+def _nul_paths(value, path=""):
+    """Every name the API may give a NUL: a string's dotted path, or a key's object."""
+    if isinstance(value, str):
+        return {path or "body"} if "\x00" in value else set()
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    out = set()
+    for k, v in items:
+        if "\x00" in str(k):
+            out.add(path or "body")
+        out |= _nul_paths(v, f"{path}.{k}" if path else str(k))
+    return out
+
+
+@PROPS
+@given(nasty_json, st.booleans())
+def test_every_nul_in_a_json_body_is_found_and_named(value, ascii_only):
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    found = body_nul_field(body)
+    expected = _nul_paths(value)
+    assert (found is None) == (not expected)
+    assert found is None or found in expected
+
+
+@PROPS
+@given(st.lists(st.tuples(nasty_text, nasty_text), max_size=4),
+       st.lists(st.tuples(st.sampled_from([b"idempotency-key", b"x-operator-reason"]),
+                          st.binary(max_size=6)), max_size=2))
+def test_every_control_character_in_a_query_or_header_is_named(query, headers):
+    qs = urlencode(query)
+    field = param_control_field({"query_string": qs.encode(), "headers": headers})
+    control = lambda t: any(ord(c) < 0x20 or c == "\x7f" for c in t)  # noqa: E731
+    bad = [n.decode().title() for n, v in headers
+           if control(v.decode("latin-1").replace("\t", ""))]  # HTTP allows HTAB there
+    bad += ["query" if control(n) else n for n, v in parse_qsl(qs, keep_blank_values=True)
+            if control(n + v)]
+    assert field == (bad[0] if bad else None)
+
+
+@PROPS
+@given(st.text(max_size=40) | st.builds(lambda a, n: a * n, st.sampled_from(["A", "a/", "/"]),
+                                        st.integers(1, 2500)))
+@example("x" * 700)
+@example("\x00")
+@example("/" * 5000)
+@example(".")
+def test_offline_proof_argument_is_text_or_a_usage_error(arg):
+    try:
+        text = proof_text(arg)
+    except UsageError:
+        return
+    assert isinstance(text, str)

@@ -39,7 +39,10 @@ def test_migration_from_empty_and_refusal_before(empty_url):
     names = set(inspect(db.engine).get_table_names())
     assert TABLES <= names
     uniques = {u["name"] for u in inspect(db.engine).get_unique_constraints("proofs")}
-    assert "uq_proofs_fingerprint" in uniques
+    # One proof per fingerprint and session; one *holding* proof per fingerprint (partial index).
+    assert "uq_proofs_fingerprint_session_id" in uniques
+    indexes = {i["name"]: i for i in inspect(db.engine).get_indexes("proofs")}
+    assert indexes["ux_proofs_holding_fingerprint"]["unique"]
     db.dispose()
 
 

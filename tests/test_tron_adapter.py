@@ -84,7 +84,7 @@ def test_real_usdt_transfer_is_review_only_with_sender_and_evidence():
     assert (o["block_number"], o["block_time"], o["receipt_result"]) == (BLOCK, BLOCK_TIME.isoformat(), "SUCCESS")
     s = v.settlement
     assert (s.block_number, s.confirmations, s.is_final) == (BLOCK, HEAD - BLOCK + 1, True)
-    assert v.transfer_key == f"tron:tron-mainnet:{OK_TX}"
+    assert v.transfer_keys == (f"tron:tron-mainnet:{OK_TX}:{USDT}:{RECIPIENT}",)
     assert checked.rpc_calls == 2
 
 

@@ -14,7 +14,13 @@ from rails.errors import RpcUnavailable
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.helpers import FIXTURES, SwitchableTransport, advance, cassette_engine, recorded_calls
-from tests.test_e2e_http import EVM_CLOCK, EVM_USDC_AMOUNT, EVM_USDC_TO, EVM_USDC_TX
+from tests.test_e2e_http import (
+    EVM_CLOCK,
+    EVM_USDC_AMOUNT,
+    EVM_USDC_FROM,
+    EVM_USDC_TO,
+    EVM_USDC_TX,
+)
 from tests.test_gate import OP, paid_proof
 from verifier import gate, proofs, rails_admin, worker
 from verifier.assurance import assurance_report, refresh_gauges
@@ -145,7 +151,7 @@ def _activate_evm_usdc(e: Engine) -> tuple[str, str]:
     rails_admin.approve(e, a["approval_id"], OP.__class__("ops2", "INC-1", "second pair of eyes"))
     sess = open_session(e, NewSession(owner_id="alice", rail_id="evm_usdc", access_product_id="pro",
                                       amount=EVM_USDC_AMOUNT, recipient=EVM_USDC_TO,
-                                      reference=None), actor="svc")
+                                      payer=EVM_USDC_FROM), actor="svc")
     view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
     assert view["status"] == "verified" and view["settlement"]["is_final"], view
     out = gate.apply(e, view["id"], OP, gate.Via.staff_receipt)

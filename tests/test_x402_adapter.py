@@ -139,7 +139,9 @@ def test_spec_payload_verifies_inside_its_window(sepolia, form, now):
         "valid_before": VALID_BEFORE,
         "nonce": NONCE,
     }
-    assert verdict.transfer_key == REF
+    # The same identity an EVM proof of the settlement's transaction takes from its
+    # AuthorizationUsed log: one transfer, whichever proof type names it.
+    assert verdict.transfer_keys == (f"eip3009:{REF}",)
 
 
 def test_observed_evidence_never_carries_the_signature(sepolia):

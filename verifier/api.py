@@ -12,16 +12,18 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verifier import audit, gate, idempotency, proofs, rails_admin, sessions
 from verifier.assurance import assurance_report
-from verifier.body_guard import BodyGuard, encodable_object
+from verifier.body_guard import BodyGuard, InputGuard, control_field, encodable_object
 from verifier.engine import Engine
 from verifier.errors import BadInput, EngineError, NotFound
 from verifier.metrics import spec_document
 from verifier.ratelimit import RateLimiter
+from verifier.storage.db import is_busy
 from verifier.storage.models import AuditEvent, Entitlement
 from verifier.timeutil import iso
 from verifier.views import entitlement_view
@@ -62,6 +64,7 @@ class SessionIn(Body):
     amount: Amount
     recipient: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     reference: Annotated[str, Field(min_length=1, max_length=128)] | None = sessions.AUTO
+    payer: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     memo: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     expires_in_seconds: Annotated[int, Field(gt=0, le=30 * 24 * 3600, strict=True)] | None = None
 
@@ -84,11 +87,12 @@ class DryRunIn(OperatorIn):
 
 
 class ConfirmIn(OperatorIn):
-    confirm: bool = False
+    # Strict: only JSON true confirms; "yes", 1 or "on" are refused, not read as true.
+    confirm: StrictBool = False
 
 
 class ProductionIn(OperatorIn):
-    enable: bool
+    enable: StrictBool
 
 
 class TreasuryIn(OperatorIn):
@@ -111,12 +115,23 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def clean_path_params(request: Request) -> None:
+    # Ids never hold control characters, and PostgreSQL text cannot hold NUL (%00).
+    field = control_field(request.path_params)
+    if field is not None:
+        raise BadInput("invalid_request", f"{field}: must not contain control characters",
+                       field=field)
+
+
 def create_app(engine: Engine) -> FastAPI:
+    # clean_path_params runs first on every route (included routers too), before auth.
     app = FastAPI(title="railproof", version="0.1.0",
-                  description="Rail-proof verification engine for on-chain payments")
+                  description="Rail-proof verification engine for on-chain payments",
+                  dependencies=[Depends(clean_path_params)])
     app.state.engine = engine
     app.state.rate_limiter = RateLimiter.from_settings(engine.settings)
-    app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)  # chunked and deep bodies
+    app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)  # chunked, deep, NUL in bodies
+    app.add_middleware(InputGuard)  # control characters in query and headers
 
     def service_owners(authorization: Annotated[str | None, Header()] = None) -> tuple[str, list[str]]:
         token = _bearer_or_401(authorization)
@@ -196,6 +211,15 @@ def create_app(engine: Engine) -> FastAPI:
         return JSONResponse({"error": {"code": "internal_error",
                                        "message": "internal error; nothing was applied"}},
                             status_code=500)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, e: DBAPIError):
+        if not is_busy(e):
+            return await unexpected(request, e)
+        # A lock or statement timeout: the transaction rolled back, so retrying is safe.
+        return JSONResponse({"error": {"code": "database_busy", "message":
+                                       "the database is busy; nothing was changed, retry shortly"}},
+                            status_code=503, headers={"Retry-After": "2"})
 
     def reply(status_body: tuple[int, Any]) -> JSONResponse:
         status, body = status_body

@@ -10,20 +10,23 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, select
+from sqlalchemy.orm import aliased
 
 from registry.catalog import Stage
-from verifier import audit
+from verifier import audit, timeutil
 from verifier.engine import Engine
 from verifier.storage.models import (
+    ClaimStatus,
     Entitlement,
     EntitlementStatus,
+    IdempotencyClaim,
     Proof,
     ProofStatus,
     Receipt,
     SettlementEvidence,
     VerificationAttempt,
 )
-from verifier.timeutil import utc
+from verifier.timeutil import iso, utc
 
 PENALTY = {"critical": 40, "warning": 10, "info": 1}
 VERIFIED_WITHOUT_RECEIPT_SLA = timedelta(hours=1)
@@ -99,6 +102,10 @@ def assurance_report(engine: Engine) -> dict[str, Any]:
         for (pid,) in s.execute(q):
             issues.append(_issue("pending_past_sla", "warning", f"proof {pid}",
                                  "check RPC health and the worker; inspect-rail-proof"))
+        issues += _uncredited_transfers(s)
+        at = timeutil.process_now()  # leases and claim ages are process time, never pinned
+        issues += _lapsed_leases(s, at)
+        issues += _stuck_claims(engine, s, at)
         chain = audit.verify_chain(s)
         if not chain.ok:
             issues.append(_issue("audit_chain_broken", "critical",
@@ -109,6 +116,53 @@ def assurance_report(engine: Engine) -> dict[str, Any]:
               else "warning" if issues else "ok")
     return {"summary": {"status": status, "score": score, "alert_count": len(issues)},
             "issues": issues}
+
+
+def _uncredited_transfers(s: Any) -> list[dict[str, str]]:
+    """Verified transfers no receipt can credit: their session was paid by another transfer
+    (the payer paid twice, or two transfers raced for one session). The money arrived; it
+    must not vanish from view."""
+    other = aliased(Receipt)
+    credited = (select(other.id).where(other.session_id == Proof.session_id,
+                                       other.proof_id != Proof.id).exists())
+    q = (select(Proof.id, Proof.session_id, Proof.owner_id)
+         .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+         .where(Proof.status == ProofStatus.verified, Receipt.id.is_(None), credited)
+         .order_by(Proof.created_at).limit(LIMIT))
+    return [_issue("verified_transfer_not_credited", "warning", f"proof {pid}",
+                   f"a verified transfer for session {sid} (owner {owner}), which another "
+                   "transfer already paid: refund the payer, or credit it by hand under an "
+                   "incident id; it never creates a second receipt")
+            for pid, sid, owner in s.execute(q)]
+
+
+def _lapsed_leases(s: Any, at: Any) -> list[dict[str, str]]:
+    """Proofs still claimed by a worker whose lease ran out: it died or stalled mid-work."""
+    q = (select(Proof.id, Proof.claimed_by, Proof.claimed_until)
+         .where(Proof.claimed_by.is_not(None), Proof.claimed_until < at)
+         .order_by(Proof.claimed_until).limit(LIMIT))
+    return [_issue("claim_lease_lapsed", "warning", f"proof {pid}",
+                   f"claimed by worker {by} until {iso(until)}, never finished: a running "
+                   "worker takes it again once it is due; check that workers run and what "
+                   f"stopped {by} (its logs)")
+            for pid, by, until in s.execute(q)]
+
+
+def _stuck_claims(engine: Engine, s: Any, at: Any) -> list[dict[str, str]]:
+    """Idempotency claims whose request never completed (the process died mid-request): the
+    client's retries get idempotency_in_progress for good. Claims are never deleted."""
+    cutoff = at - timedelta(seconds=engine.settings.stuck_claim_seconds)
+    q = (select(IdempotencyClaim.principal, IdempotencyClaim.endpoint, IdempotencyClaim.key,
+                IdempotencyClaim.created_at)
+         .where(IdempotencyClaim.status == ClaimStatus.in_progress,
+                IdempotencyClaim.created_at <= cutoff)
+         .order_by(IdempotencyClaim.created_at).limit(LIMIT))
+    return [_issue("idempotency_claim_stuck", "warning",
+                   f"idempotency claim {principal} {endpoint} key {key[:64]}",
+                   f"in progress since {iso(created)}: find whether its work was done "
+                   "(audit, list-rail-proofs) and have the client retry with a new "
+                   "Idempotency-Key; list-stuck-idempotency-claims lists them all")
+            for principal, endpoint, key, created in s.execute(q)]
 
 
 def refresh_gauges(engine: Engine) -> None:

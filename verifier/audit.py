@@ -1,18 +1,26 @@
 """The audit log: append-only and hash-chained. Each event's hash covers its fields and the
 previous event's hash, so changing, deleting or reordering any row breaks every link after it.
+
+The hash is an HMAC-SHA256 under a key kept out of the database (RAILPROOF_AUDIT_KEY or
+RAILPROOF_AUDIT_KEY_FILE, bound to the Database and carried by its Sessions): whoever can
+write the table but lacks the key cannot recompute a chain that verifies. Removing the newest
+events leaves a shorter chain that still links; signed checkpoints, kept off the host, catch
+that (docs/security.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
+from verifier.storage.db import AUDIT_KEY_INFO
 from verifier.storage.models import AuditEvent
 from verifier.storage.prepared import Prepared
 from verifier.timeutil import iso
@@ -30,13 +38,23 @@ class Operator:
     reason: str | None = None
 
 
+class AuditKeyMissing(RuntimeError):
+    """An operation that needs the audit key (a checkpoint) was asked for without one."""
+
+
 def event_hash(prev_hash: str, at: datetime, actor: str, action: str, subject_type: str,
                subject_id: str, data: dict[str, Any], incident_id: str | None,
-               reason: str | None) -> str:
+               reason: str | None, key: bytes | None = None) -> str:
     doc = {"prev": prev_hash, "at": iso(at), "actor": actor, "action": action,
            "subject_type": subject_type, "subject_id": subject_id, "data": data,
            "incident_id": incident_id, "reason": reason}
-    return hashlib.sha256(canonical_json(doc)).hexdigest()
+    if key is None:
+        # Unkeyed: a Database made without a key (library use, tests, disposable benchmark
+        # databases). The service and the worker refuse to start without one.
+        return hashlib.sha256(canonical_json(doc)).hexdigest()
+    # SECURITY: keyed with a secret that is not in the database, so a rewritten chain cannot
+    # be re-hashed into one that verifies by anyone who can only write the table.
+    return hmac.digest(key, canonical_json(doc), "sha256").hex()
 
 
 # Built and prepared once (storage.prepared): every append runs the same compiled statements.
@@ -65,6 +83,7 @@ def append(s: Session, now: datetime, op: Operator, action: str, subject_type: s
     transaction link to the event this one wrote. The end of the transaction, or of any
     savepoint in it, drops it (`_forget_head`), so it never outlives what it describes."""
     conn = s.connection()
+    key = s.info.get(AUDIT_KEY_INFO)
     prev = s.info.get(_HEAD_KEY)
     if prev is None:
         if conn.dialect.name == "postgresql":
@@ -72,7 +91,7 @@ def append(s: Session, now: datetime, op: Operator, action: str, subject_type: s
         prev = _HEAD.scalar(conn) or GENESIS
     data = data or {}
     h = event_hash(prev, now, op.actor, action, subject_type, subject_id, data,
-                   op.incident_id, op.reason)
+                   op.incident_id, op.reason, key)
     row = {"at": now, "actor": op.actor, "action": action, "subject_type": subject_type,
            "subject_id": subject_id, "data": data, "incident_id": op.incident_id,
            "reason": op.reason, "prev_hash": prev, "hash": h}
@@ -88,26 +107,109 @@ class ChainReport:
     events: int
     first_broken_id: int | None = None
     message: str = "audit chain intact"
+    keyed: bool = True
+    head_id: int | None = None  # the last event checked, and its hash
+    head_hash: str = GENESIS
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "events": self.events, "first_broken_id": self.first_broken_id,
-                "message": self.message}
+                "message": self.message, "keyed": self.keyed}
 
 
 def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
+    key = s.info.get(AUDIT_KEY_INFO)
     prev, count, last_id = GENESIS, 0, 0
     while True:
         rows = s.scalars(select(AuditEvent).where(AuditEvent.id > last_id)
                          .order_by(AuditEvent.id).limit(batch)).all()
         if not rows:
-            return ChainReport(True, count)
+            return ChainReport(True, count, keyed=key is not None,
+                               head_id=last_id or None, head_hash=prev)
         for ev in rows:
+            # SECURITY: every link and every hash, from the genesis on.
             if ev.prev_hash != prev:
                 return ChainReport(False, count, ev.id,
-                                   f"event {ev.id}: prev_hash does not link to the event before it")
+                                   f"event {ev.id}: prev_hash does not link to the event before it",
+                                   keyed=key is not None)
             want = event_hash(ev.prev_hash, ev.at, ev.actor, ev.action, ev.subject_type,
-                              ev.subject_id, ev.data or {}, ev.incident_id, ev.reason)
+                              ev.subject_id, ev.data or {}, ev.incident_id, ev.reason, key)
             if want != ev.hash:
                 return ChainReport(False, count, ev.id,
-                                   f"event {ev.id}: contents do not match its hash")
+                                   f"event {ev.id}: contents do not match its hash",
+                                   keyed=key is not None)
             prev, count, last_id = ev.hash, count + 1, ev.id
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+# A checkpoint records the chain's head and length, signed with the audit key. Kept off the
+# host, it catches what the chain alone cannot: the newest events removed (the rest still
+# links), or the whole chain rebuilt.
+
+CHECKPOINT_FIELDS = ("head_id", "head_hash", "events", "at")
+_CHECKPOINT_DOMAIN = "railproof.audit_checkpoint.v1"  # never an event's canonical document
+
+
+def _checkpoint_mac(key: bytes, cp: Mapping[str, Any]) -> str:
+    doc = {"kind": _CHECKPOINT_DOMAIN, **{f: cp[f] for f in CHECKPOINT_FIELDS}}
+    return hmac.digest(key, canonical_json(doc), "sha256").hex()
+
+
+def make_checkpoint(s: Session, now: datetime) -> tuple[ChainReport, dict[str, Any] | None]:
+    """The chain's report and, when it is intact, a signed checkpoint of its head. None for a
+    broken chain: a checkpoint must never vouch for tampering."""
+    key = s.info.get(AUDIT_KEY_INFO)
+    if key is None:
+        raise AuditKeyMissing("a checkpoint is signed with the audit key")
+    rep = verify_chain(s)
+    if not rep.ok:
+        return rep, None
+    cp: dict[str, Any] = {"head_id": rep.head_id, "head_hash": rep.head_hash,
+                          "events": rep.events, "at": iso(now)}
+    cp["mac"] = _checkpoint_mac(key, cp)
+    return rep, cp
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    ok: bool
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "message": self.message}
+
+
+def check_checkpoint(s: Session, cp: Mapping[str, Any], rep: ChainReport) -> CheckpointReport:
+    """Whether the chain `rep` describes (verified in this transaction) still holds the
+    checkpoint's head event with the same hash, at the same position, and at least as many
+    events as when the checkpoint was taken."""
+    key = s.info.get(AUDIT_KEY_INFO)
+    if key is None:
+        raise AuditKeyMissing("a checkpoint is checked with the audit key")
+    # SECURITY: nothing in a checkpoint is believed before its signature verifies.
+    try:
+        valid = hmac.compare_digest(str(cp["mac"]).encode(), _checkpoint_mac(key, cp).encode())
+    except (KeyError, TypeError):  # not a checkpoint's shape, or values JSON cannot carry
+        valid = False
+    if not valid:
+        return CheckpointReport(False, "checkpoint signature invalid")
+    head_id, head_hash, events = cp["head_id"], cp["head_hash"], cp["events"]
+    # SECURITY: the checkpoint's head must still be there, unchanged, with as many events
+    # before it as then, and the chain no shorter than it was.
+    if head_id is not None:
+        stored = s.scalar(select(AuditEvent.hash).where(AuditEvent.id == head_id))
+        if stored is None:
+            return CheckpointReport(False, f"checkpoint head event {head_id} is gone: "
+                                           "the chain was truncated or rebuilt")
+        if stored != head_hash:
+            return CheckpointReport(False, f"event {head_id} no longer has the checkpoint's "
+                                           "hash: the chain was rewritten")
+        before = s.scalar(select(func.count()).select_from(AuditEvent)
+                          .where(AuditEvent.id <= head_id))
+        if before != events:
+            return CheckpointReport(False, f"{before} events up to event {head_id}, the "
+                                           f"checkpoint saw {events}: the chain was rewritten")
+    if rep.events < events:
+        return CheckpointReport(False, f"{rep.events} events, the checkpoint saw {events}: "
+                                       "events were removed")
+    head = "empty chain" if head_id is None else f"head event {head_id}"
+    return CheckpointReport(True, f"checkpoint of {cp['at']} holds ({events} events, {head})")

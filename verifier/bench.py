@@ -5,18 +5,23 @@ Every phase runs the production code paths: `run_verify` over a `CassetteTranspo
 verification; `open_session` + `submit_proof` (which verifies and writes the attempt) on a real
 database; `gate.dry_run_apply` as the admin API calls it (with an operator, so audited). Only
 the chain is replayed, and the engine's clock is pinned inside the cassettes' blockTime window.
+One phase replaces the chain with a node that never answers (`SilentNode`), to show what a
+hanging RPC node costs a submission under the verification budget.
 
 Nothing here prints; the CLI prints the returned dict.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import resource
 import shutil
+import socket
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -45,6 +50,10 @@ CLOCK = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SESSION_TTL = 3600
 SEED = 7  # synthetic proofs are reproducible run to run
 DRY_RUN_SAMPLES = 500
+# The hanging-node phase: the submission budget is shrunk from its 3 s default so the phase
+# takes about samples × budget seconds; the figure is the budget plus the engine's own cost.
+HANGING_SAMPLES = 10
+HANGING_BUDGET_S = 0.2
 FILL_BATCH = 2000
 
 SOLANA = REPO_FIXTURES / "solana"
@@ -68,17 +77,17 @@ TEMPLATES = (
     Template("generated/demo_payment.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
              25_000_000, "5d1GsdrxZkmihE9ZaxSproXqTukLq6L64GjYQFspbPBP", "railproof-demo"),
     Template("generated/v0_lookup_table_usdc.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             2_000_000),
+             2_000_000, "4MM9Nq4Hxcb7NyvdKHzDsak4NjhiSctJsNb6Eo2EaDbF"),
     Template("generated/extra_instructions_a.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             3_000_000, memo="order-1002"),
+             3_000_000, "7sTUSSsCLNu2mVFWMu4SdAcuZCxBRjAZT36KaZBsYvxm", memo="order-1002"),
     Template("generated/extra_instructions_b.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             3_000_000, memo="order-1002"),
+             3_000_000, "7sTUSSsCLNu2mVFWMu4SdAcuZCxBRjAZT36KaZBsYvxm", memo="order-1002"),
     Template("generated/ata_created_same_tx.json", "A6L3a9vm1Uvfx2ra1S9m7tXLkna9WSFJ9qJWDZxoRHt3",
-             4_200_000),
+             4_200_000, "FAi1Bz93mbhmKVqCkVN7GRWHvje61FzJSzpaHfNZDyes"),
     Template("generated/old_format_resolved.json", "CJ81KRVNTRESph1YqNreU8C1mmwnQcPVgWQdHLKu7ZgM",
-             7_000_000),
-    Template("usdc_transfer.json", "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui", 1000,
-             block_time=1767225700),
+             7_000_000, "BpZEX5wSmFQJ1fNLfiXXksXdKSoDj4Lbjbf3dxgKPvc2"),
+    # Every session binds a reference, so only transfers that carry one are templates (the
+    # real mainnet transfers carry none; they are verified in the adapter tests).
 )
 
 
@@ -286,6 +295,86 @@ def bench_dry_run(engine: Any, samples: int, seed: int = SEED) -> dict[str, Any]
             "dry_run_samples": len(took), "dry_run_would_or_did_apply": would}
 
 
+class SilentNode:
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte: an RPC
+    node that hangs. `url` is its address; `accepted` counts connections."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._sock.settimeout(0.05)  # so the accept loop sees stop()
+        self._conns: list[socket.socket] = []
+        self._stopped = threading.Event()
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, name="silent-node", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/"
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self._conns.append(conn)  # held open, never read, never answered
+            self.accepted += 1
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        for c in [*self._conns, self._sock]:
+            c.close()
+
+    def __enter__(self) -> "SilentNode":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def bench_submit_hanging_node(settings: Any, samples: int = HANGING_SAMPLES,
+                              budget_s: float = HANGING_BUDGET_S) -> dict[str, Any]:
+    """Submission latency while the rail's only RPC node accepts and never answers, with the
+    submission budget set to `budget_s` and the default RPC policy (which alone would hold a
+    submission for its whole total time). Every submission is answered pending."""
+    from rails.solana_live import SolanaRpcTransport
+    from verifier.engine import Engine
+    from verifier.proofs import submit_proof
+    from verifier.sessions import NewSession, open_session
+
+    engine = Engine(settings.model_copy(update={"submit_verify_budget_s": budget_s}))
+    rng = random.Random(SEED + 1)
+    took: list[float] = []
+    statuses: dict[str, int] = {}
+    with SilentNode() as node:
+        transport = SolanaRpcTransport([node.url], NETWORK)
+        transport.set_policy(settings.rpc_policy(NETWORK))
+        engine.chains.set_transport(NETWORK, transport)
+        try:
+            for i in range(samples + 1):  # the first warms the HTTP client up, untimed
+                owner = f"bench-hang-{i}"
+                s = open_session(engine, NewSession(
+                    owner_id=owner, rail_id=RAIL_ID, access_product_id="bench-product",
+                    amount=1_000_000, recipient=TEMPLATES[0].recipient,
+                    expires_in_seconds=SESSION_TTL), actor="bench")
+                signature = base58.b58encode(rng.randbytes(64)).decode()
+                started = time.perf_counter()
+                view, _ = submit_proof(engine, s["id"], signature, [owner])
+                if i:
+                    took.append((time.perf_counter() - started) * 1000)
+                    statuses[view["status"]] = statuses.get(view["status"], 0) + 1
+        finally:
+            transport.close()
+            engine.db.dispose()
+    took.sort()
+    return {"submit_p99_ms_hanging_node": round(took[math.ceil(0.99 * len(took)) - 1], 1),
+            "hanging_node_budget_s": budget_s,
+            "hanging_node_default_budget_s": settings.submit_verify_budget_s,
+            "hanging_node_samples": len(took), "hanging_node_statuses": statuses}
+
+
 # -- x402, ours and the SDK's -----------------------------------------------------------------
 
 X402_NETWORK = "base"
@@ -407,8 +496,9 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
     from verifier.audit import GENESIS, event_hash
     from verifier.storage.models import (
         AuditEvent, Entitlement, PaymentSession, Proof, Receipt, SettlementEvidence,
-        VerificationAttempt, new_id,
+        TransferHold, VerificationAttempt, new_id,
     )
+    from verifier.storage import holds
 
     db = engine.db
     with db.tx() as s:
@@ -423,7 +513,8 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
     recipients = sorted({t.recipient for t in TEMPLATES})
     for start in range(0, missing, FILL_BATCH):
         rows: dict[str, list[dict[str, Any]]] = {k: [] for k in (
-            "sessions", "entitlements", "proofs", "attempts", "evidence", "receipts", "audit")}
+            "sessions", "entitlements", "proofs", "attempts", "evidence", "receipts", "holds",
+            "audit")}
         for _ in range(min(FILL_BATCH, missing - start)):
             created = CLOCK - timedelta(seconds=rng.randint(3600, 90 * 86400))
             owner = f"owner-{rng.randint(1, 20_000)}"
@@ -467,6 +558,10 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
                                {"code": rows["proofs"][-1]["failure_code"], "attempt_id": aid}))
             receipt_id = None
             if status == "verified":
+                rows["holds"] += [dict(transfer_key=k, proof_id=pid, session_id=sid, owner_id=owner,
+                                       created_at=at)
+                                  for k in (holds.fingerprint_key(fp),
+                                            f"solana:{rail.network}:{sig}:{rail.asset}:{recipient}")]
                 ev_id = next_evidence
                 next_evidence += 1
                 rows["evidence"].append(dict(
@@ -489,7 +584,8 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
                 status="active" if applied else "pending", receipt_id=receipt_id,
                 reorg_flagged=False, created_at=created, updated_at=at))
             for actor, action, stype, subject, data in events:
-                h = event_hash(head, at, actor, action, stype, subject, data, None, None)
+                h = event_hash(head, at, actor, action, stype, subject, data, None, None,
+                               engine.db.audit_key)
                 rows["audit"].append(dict(at=at, actor=actor, action=action, subject_type=stype,
                                           subject_id=subject, data=data, incident_id=None,
                                           reason=None, prev_hash=head, hash=h))
@@ -499,7 +595,7 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
             for model, key in ((PaymentSession, "sessions"), (Proof, "proofs"),
                                (VerificationAttempt, "attempts"), (SettlementEvidence, "evidence"),
                                (Receipt, "receipts"), (Entitlement, "entitlements"),
-                               (AuditEvent, "audit")):
+                               (TransferHold, "holds"), (AuditEvent, "audit")):
                 if rows[key]:
                     _bulk_insert(conn, model.__table__, rows[key])
     if db.postgres and missing:
@@ -527,7 +623,8 @@ def _bulk_insert(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
 # -- the whole run ----------------------------------------------------------------------------
 
 def run_bench(proofs: int = 2000, database_url: str | None = None,
-              stored: int | None = None) -> dict[str, Any]:
+              stored: int | None = None,
+              hanging_node_samples: int = HANGING_SAMPLES) -> dict[str, Any]:
     """Every figure of the benchmark contract (DESIGN.md, "Benchmark"), as one dict.
 
     `database_url`: None runs on a fresh, migrated SQLite file in a temporary directory
@@ -535,6 +632,7 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
     disposable database (a PostgreSQL database that does not exist yet is created).
     `stored`: proofs in the database when submission is timed and dry-run-apply latency
     measured (default: `proofs`): `stored - proofs` are bulk-inserted as history first.
+    `hanging_node_samples`: submissions timed against a node that never answers (0: skip).
     """
     from verifier.config import Settings
     from verifier.engine import Engine
@@ -568,6 +666,8 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
         del synthetic
         out["stored"] = fill_stored(engine, stored)  # adds nothing unless a submission failed
         out.update(bench_dry_run(engine, min(DRY_RUN_SAMPLES, max(20, out["stored"]))))
+        if hanging_node_samples > 0:
+            out.update(bench_submit_hanging_node(settings, hanging_node_samples))
         out.update(bench_x402(proofs))
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return out

@@ -1,4 +1,5 @@
-"""An ASGI guard in front of the API for hostile bodies: too large, or nested too deep.
+"""ASGI guards in front of the API for hostile input: bodies too large or nested too deep,
+and control characters where no text needs them.
 
 The Content-Length check alone misses a chunked body (no Content-Length), so the guard
 counts the bytes as they arrive and stops reading at the limit. A small body can still be
@@ -6,15 +7,30 @@ nested thousands of levels deep: Python's parser gives up with a RecursionError,
 hundred levels inside `proof` pass parsing but overflow the canonical-JSON encoder used for
 fingerprints and idempotency hashes. No request this API takes nests deeper than a handful
 of levels, so anything past MAX_JSON_DEPTH is refused before it is parsed.
+
+PostgreSQL text cannot hold NUL: a \\u0000 in a JSON string, or %00 in a path or query,
+would reach the database as a DataError (a 500 and a dropped connection). So, before any
+handler runs (422 naming the field): NUL in any string or key of a JSON body (named by its
+dotted path); any C0 control character or DEL in path and query parameters (all of them
+ids, names or numbers; path parameters are checked once a route has matched, by a
+dependency of every route); and in headers, every control character HTTP forbids there (all
+but HTAB). Body text (reasons, memos) may hold other control characters: PostgreSQL stores
+them fine.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
 MAX_JSON_DEPTH = 32
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP allows HTAB only
+_NUL_ESCAPE = re.compile(rb"\\u0000")  # how NUL appears in a JSON body
 
 
 def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -75,6 +91,11 @@ class BodyGuard:
             await _refuse(send, 422, "body_too_deep",
                           f"body: JSON nested deeper than {self.max_depth} levels")
             return
+        field = body_nul_field(body)
+        if field is not None:
+            await _refuse(send, 422, "invalid_request",
+                          f"{field}: must not contain NUL characters (\\u0000)", field)
+            return
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -87,8 +108,76 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
 
-async def _refuse(send: Any, status: int, code: str, message: str) -> None:
-    payload = orjson.dumps({"error": {"code": code, "message": message, "field": "body"}})
+def nul_path(value: Any, path: str = "") -> str | None:
+    """The dotted path (list items by index) of the first string in a parsed JSON value that
+    holds a NUL; for a key holding one, the path of its object. None when there is none."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for k, v in items:
+        if isinstance(k, str) and "\x00" in k:
+            return path or "body"
+        found = nul_path(v, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+def body_nul_field(body: bytes) -> str | None:
+    if not _NUL_ESCAPE.search(body):  # a raw NUL byte is not valid JSON: the parser's business
+        return None
+    try:
+        doc = json.loads(body)  # the parser FastAPI uses, so both read the same strings
+    except (ValueError, RecursionError):
+        return None
+    return nul_path(doc)
+
+
+def _header_name(raw: bytes) -> str:
+    return "-".join(p.capitalize() for p in raw.decode("latin-1").split("-"))
+
+
+def control_field(params: dict[str, Any]) -> str | None:
+    """The name of the first parameter whose value holds a control character."""
+    return next((k for k, v in params.items() if isinstance(v, str) and _CONTROL.search(v)), None)
+
+
+def param_control_field(scope: dict[str, Any]) -> str | None:
+    """The name of the first header or query parameter holding a character it must not hold
+    (see the module docstring); None when all are clean. Path parameters are named only once
+    a route has matched: see `control_field`, run as a dependency of every route."""
+    for name, value in scope.get("headers", ()):
+        if _HEADER_CONTROL.search(value):
+            return _header_name(name)
+    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                 keep_blank_values=True):  # as Starlette parses it
+        if _CONTROL.search(name):
+            return "query"
+        if _CONTROL.search(value):
+            return name
+    return None
+
+
+class InputGuard:
+    """Refuses control characters in query parameters and headers (422 naming the one)
+    before routing, so no handler or dependency ever sees them."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            field = param_control_field(scope)
+            if field is not None:
+                await _refuse(send, 422, "invalid_request",
+                              f"{field}: must not contain control characters", field)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Any, status: int, code: str, message: str, field: str = "body") -> None:
+    payload = orjson.dumps({"error": {"code": code, "message": message, "field": field}})
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(payload)).encode())]})

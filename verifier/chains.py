@@ -10,19 +10,30 @@ Two shapes of live access:
   node and believes only what a quorum of them agree on (verifier.checking.decide_quorum).
 
 Cassette replay is one recorded chain, so the quorum does not apply to it.
+
+Live transports get the network's RPC policy from settings (Settings.rpc_policy: timeout,
+attempts, total time). `verify(..., budget_s=)` bounds one whole verification further (the
+submission path, verifier.checking.verify_within); `finality` is the worker's refresh, through
+the quorum when there is one.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from rails import adapter_class
-from rails.base import Adapter, Terms, Transport
+from rails.base import Adapter, Settlement, Terms, Transport
 from rails.cassette import Call, CassetteTransport, discover, read_cassette
 from rails.errors import RpcUnavailable
-from verifier.checking import Checked, run_verify, run_verify_quorum
+from verifier.checking import (
+    Checked,
+    run_finality_quorum,
+    run_verify,
+    run_verify_quorum,
+    verify_within,
+)
 from verifier.config import Settings
 
 # (family, urls, network) → a live transport; the default is the family adapter's own.
@@ -51,7 +62,13 @@ class Chains:
         self._cassette_calls: dict[str, list[Call]] | None = None
 
     def _default_live(self, family: str, urls: list[str], network: str) -> Transport:
-        return adapter_class(family, self.catalog).live_transport(urls, network)
+        transport = adapter_class(family, self.catalog).live_transport(urls, network)
+        # The family builds its transport; the deployment's bounds for the network are set on
+        # it here, so adapters never read settings.
+        set_policy = getattr(transport, "set_policy", None)
+        if set_policy is not None:
+            set_policy(self.settings.rpc_policy(network))
+        return transport
 
     def _load_cassettes(self) -> dict[str, list[Call]]:
         if self._cassette_calls is None:
@@ -114,12 +131,39 @@ class Chains:
 
     # -- one verification ------------------------------------------------------------------------
 
-    def verify(self, adapter: Adapter, proof: str, terms: Terms) -> Checked:
+    def verify(self, adapter: Adapter, proof: str, terms: Terms,
+               budget_s: float | None = None) -> Checked:
         """One verification of `proof` on the adapter's rail: through the quorum of independent
-        nodes when one is configured, otherwise through the network's transport."""
+        nodes when one is configured, otherwise through the network's transport. `budget_s`:
+        answer within that time (pending rpc_unavailable when the chain has not decided)."""
+        rail = adapter.rail
+        quorum = self.quorum(rail.network)
+        transports: list[Transport]
+        if quorum > 1:
+            transports = self.independent(rail.family, rail.network)
+
+            def run(ts: list[Transport]) -> Checked:
+                return run_verify_quorum(adapter, proof, terms, ts, quorum)
+        else:
+            transports = [self.transport(rail.family, rail.network)]
+
+            def run(ts: list[Transport]) -> Checked:
+                return run_verify(adapter, proof, terms, ts[0])
+        # A recorded chain answers from memory: nothing to bound, no thread to pay for.
+        if budget_s is None or all(t.source == "cassette" for t in transports):
+            return run(transports)
+        return verify_within(budget_s, transports, run)
+
+    def finality(self, adapter: Adapter, refs: list[str],
+                 expected: Mapping[str, tuple[str, int]] | None = None
+                 ) -> tuple[list[Settlement], str]:
+        """The settlements of `refs` (normalized refs of verified proofs) and their source:
+        with a quorum, only those the nodes agree on (verifier.checking.decide_settlement)."""
         rail = adapter.rail
         quorum = self.quorum(rail.network)
         if quorum > 1:
-            return run_verify_quorum(adapter, proof, terms,
-                                     self.independent(rail.family, rail.network), quorum)
-        return run_verify(adapter, proof, terms, self.transport(rail.family, rail.network))
+            nodes = self.independent(rail.family, rail.network)
+            return (run_finality_quorum(adapter, refs, nodes, quorum, expected),
+                    nodes[0].source if nodes else "live")
+        chain = self.transport(rail.family, rail.network)
+        return adapter.finality(refs, chain, expected=expected), chain.source

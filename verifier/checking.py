@@ -19,19 +19,29 @@ RPC URL and `decide_quorum` reads the answers together:
                                             nodes report it (tx_not_found), else rpc_unavailable
 
 A single node — honest but behind, or lying — can therefore neither verify nor fail a proof.
+
+Finality under the quorum (`run_finality_quorum`, the worker's refresh) follows the same rule:
+a settlement becomes final only when a quorum of nodes answer for it, they agree on its block
+and every one of them calls it final; it becomes reorged only when a quorum say so. Anything
+else leaves the stored settlement as it is, to be asked again later.
+
+A budget (`verify_within`, the submission path) bounds one verification in time: the
+transports get its deadline, and a run that still has not finished shortly after it is
+abandoned and answered `pending rpc_unavailable`; the worker finishes the proof.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
 
-from rails.base import Adapter, Status, Terms, Transport, Verdict, canonical_json
+from rails.base import Adapter, Settlement, Status, Terms, Transport, Verdict, canonical_json
 from rails.cassette import CountingTransport
 from rails.codes import FailureCode
-from rails.errors import CassetteError, TransportError
+from rails.errors import CassetteError, RpcUnavailable, TransportError
 from registry.catalog import Stage
 
 # What two nodes must both report for their answers to count as the same transfer. Finality
@@ -159,14 +169,15 @@ def _least_final(verdicts: list[Verdict]) -> Verdict:
     """Among agreeing answers, the one whose settlement claims the least: a reorg first, then
     not-final before final, then the lowest commitment or confirmation count. Finality is
     never taken from the most optimistic node."""
-    def rank(v: Verdict) -> tuple[int, int, int, int]:
-        st = v.settlement
-        if st is None:
-            return (0, 0, 0, 0)
-        return (0 if st.reorged else 1, 1 if st.is_final else 0,
-                _FINALITY_RANK.get(st.finality, 0),
-                st.confirmations if st.confirmations is not None else 1 << 62)
-    return min(verdicts, key=rank)
+    return min(verdicts, key=lambda v: _settlement_rank(v.settlement))
+
+
+def _settlement_rank(st: Settlement | None) -> tuple[int, int, int, int]:
+    if st is None:
+        return (0, 0, 0, 0)
+    return (0 if st.reorged else 1, 1 if st.is_final else 0,
+            _FINALITY_RANK.get(st.finality, 0),
+            st.confirmations if st.confirmations is not None else 1 << 62)
 
 
 def _label(v: Verdict) -> str:
@@ -181,3 +192,138 @@ def _summary(verdicts: Sequence[Verdict]) -> str:
                          if obs.get(k) is not None)
         parts.append(f"node {i}: {_label(v)}" + (f" ({what})" if what else ""))
     return "; ".join(parts)
+
+
+# -- finality under the quorum ------------------------------------------------------------------
+
+def run_finality_quorum(adapter: Adapter, refs: list[str], transports: Sequence[Transport],
+                        quorum: int, expected: Mapping[str, tuple[str, int]] | None = None
+                        ) -> list[Settlement]:
+    """The adapter's batched finality over each independent transport (concurrently), then
+    `decide_settlement` per ref. Refs without a decision are left out (the caller keeps what
+    it has and asks later). RpcUnavailable when fewer nodes than the quorum answered."""
+    transports = list(transports)
+    if len(transports) < quorum:
+        raise RpcUnavailable(f"RPC quorum {quorum} needs {quorum} independent RPC URLs; "
+                             f"{len(transports)} configured")
+
+    def ask(t: Transport) -> dict[str, Settlement] | Exception:
+        try:
+            return {st.ref: st for st in adapter.finality(refs, t, expected=expected)}
+        except (TransportError, CassetteError) as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=len(transports), thread_name_prefix="rpc-quorum") as pool:
+        answers = list(pool.map(ask, transports))
+    views = [a for a in answers if isinstance(a, dict)]
+    if len(views) < quorum:
+        errors = "; ".join(f"node {i}: {type(a).__name__}: {a}" for i, a in enumerate(answers, 1)
+                           if not isinstance(a, dict))
+        raise RpcUnavailable(f"finality: {len(views)} of {len(transports)} RPC nodes answered, "
+                             f"the quorum is {quorum} ({errors})")
+    decided = (decide_settlement([v.get(ref) for v in views], quorum) for ref in refs)
+    return [st for st in decided if st is not None]
+
+
+def decide_settlement(answers: Sequence[Settlement | None], quorum: int) -> Settlement | None:
+    """One transfer's settlement from the nodes that answered (None: a node said nothing
+    about it). None when the nodes do not settle it between them."""
+    seen = [a for a in answers if a is not None]
+    if len(seen) < quorum:
+        return None
+    reorged = [a for a in seen if a.reorged]
+    if len(reorged) >= quorum:
+        return _agreed(reorged[0], len(reorged), len(seen), quorum)
+    # SECURITY: a reorg claimed by fewer than the quorum, or nodes naming different blocks,
+    # decides nothing: one lying node can neither undo a settlement nor make one final.
+    if reorged or len({_block_of(a) for a in seen}) > 1:
+        return None
+    # The same block on every node: final only if every one of them says so (least final).
+    return _agreed(min(seen, key=_settlement_rank), len(seen), len(seen), quorum)
+
+
+def _block_of(st: Settlement) -> tuple[Any, ...]:
+    return (st.slot, st.block_number, (st.block_hash or "").lower())
+
+
+def _agreed(st: Settlement, agreeing: int, total: int, quorum: int) -> Settlement:
+    return st.model_copy(update={"detail": f"{st.detail}; {agreeing} of {total} RPC nodes "
+                                           f"agree (quorum {quorum})".lstrip("; ")})
+
+
+# -- a time budget for one verification ---------------------------------------------------------
+
+# How long after its deadline a budgeted run may still finish before it is abandoned. The live
+# transports stop at the deadline themselves; this only catches a call that cannot be bounded.
+ABANDON_GRACE_S = 0.25
+
+
+class Budgeted:
+    """A transport as one budgeted verification sees it: a call gets the deadline (when the
+    transport honours one), none starts after it, and none at all once the run is abandoned."""
+
+    def __init__(self, inner: Transport, deadline: float):
+        self.inner = inner
+        self.deadline = deadline
+        self.source = inner.source
+        self.calls = 0
+        self.spent = False  # the deadline cut a call short or stopped one from starting
+        self.abandoned = False
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if self.abandoned or time.monotonic() >= self.deadline:
+            self.spent = True
+            raise RpcUnavailable(f"{method}: not asked, the time budget is spent")
+        self.calls += 1
+        try:
+            if getattr(self.inner, "honours_deadline", False):
+                return self.inner.call(method, params, deadline=self.deadline)  # type: ignore[call-arg]
+            return self.inner.call(method, params)
+        except TransportError:
+            self.spent = self.spent or time.monotonic() >= self.deadline
+            raise
+
+
+def verify_within(budget_s: float, transports: Sequence[Transport],
+                  run: Callable[[list[Transport]], Checked]) -> Checked:
+    """`run` over `transports` (wrapped in `Budgeted`), answered within `budget_s` (plus the
+    abandon grace): what the chain did not decide by then is `pending rpc_unavailable`, with a
+    detail saying the budget ran out. `run` goes on a thread of its own so that even a call
+    that ignores the deadline cannot hold the caller."""
+    started = time.monotonic()
+    bounded = [Budgeted(t, started + budget_s) for t in transports]
+    box: list[Checked | BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box.append(run(list(bounded)))
+        except BaseException as e:  # a bug in the run: the caller raises it
+            box.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="verify-budget", daemon=True).start()
+    if not done.wait(budget_s + ABANDON_GRACE_S):
+        # Abandoned: its later chain calls are refused, and whatever it concludes goes nowhere
+        # (a run only computes; the caller records, and it records this answer instead).
+        for b in bounded:
+            b.abandoned = True
+        verdict = Verdict.wait(FailureCode.rpc_unavailable, _spent(
+            budget_s, "the chain did not answer and the call could not be cut short"))
+        return Checked(verdict, sum(b.calls for b in bounded),
+                       int((time.monotonic() - started) * 1000),
+                       transports[0].source if transports else "live")
+    out = box[0]
+    if isinstance(out, BaseException):
+        raise out
+    v = out.verdict
+    if v.status is Status.pending and v.code is FailureCode.rpc_unavailable and any(
+            b.spent for b in bounded):
+        out = replace(out, verdict=v.model_copy(update={"detail": _spent(budget_s, v.detail)}))
+    return out
+
+
+def _spent(budget_s: float, detail: str) -> str:
+    return (f"verification budget of {budget_s:g}s ran out before the chain decided; the worker "
+            f"finishes this proof ({detail})")

@@ -39,11 +39,22 @@ def _settings():
         fail(f"configuration: {e}".splitlines()[0] + " (check RAILPROOF_* variables)")
 
 
-def _engine(require_migrated: bool = True):
+AUDIT_KEY_MISSING = ("no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
+                     "(a file holding it); the audit log is keyed with it (docs/security.md)")
+
+
+def _engine(require_migrated: bool = True, writes: bool = True):
+    """The engine, refused (exit 2) on an unmigrated database and, when the command `writes`,
+    without an audit key."""
     from verifier.engine import Engine
     from verifier.storage.db import NotMigrated
     from verifier.storage.db import require_migrated as check
-    engine = Engine(_settings())
+    settings = _settings()
+    try:
+        key = settings.audit_key_bytes()
+    except ValueError as e:
+        fail(f"configuration: {e}")
+    engine = Engine(settings)
     if require_migrated:
         try:
             check(engine.db.engine)
@@ -52,6 +63,11 @@ def _engine(require_migrated: bool = True):
         except Exception as e:  # connection refused, bad URL
             fail(f"database: cannot open {engine.settings.database_url.split('@')[-1]}: "
                  f"{type(e).__name__}")
+    # SECURITY: nothing that appends to the audit log runs without the key: an unkeyed chain
+    # can be rewritten and re-hashed by anyone who can write the table.
+    if writes and key is None:
+        fail(AUDIT_KEY_MISSING)
+    if require_migrated and writes:
         engine.ensure_rail_states()
     return engine
 
@@ -120,7 +136,7 @@ def verify_offline_cmd(
 ) -> None:
     """Verify one recorded proof against an expected payment: no database, no network."""
     from verifier.offline import OfflineRequest, UsageError, verify_offline
-    if not amount.isdigit():
+    if not (amount.isascii() and amount.isdigit()):  # "²".isdigit() is True, int() refuses it
         fail("--amount: must be an integer of base units, e.g. 1500000")
     if cassette is None and rail != "x402":
         fail("--cassette: required for this rail")
@@ -170,17 +186,61 @@ def record(network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ether
 
 
 @audit_app.command("verify")
-def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Check the audit hash chain; names the first broken link."""
-    from verifier.audit import verify_chain
-    engine = _engine()
+def audit_verify(
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="a file from `railproof audit checkpoint`: the chain must still hold its head")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check the audit hash chain (and a checkpoint of it); names the first broken link.
+    Exit 0 intact, 1 broken."""
+    from verifier.audit import check_checkpoint, verify_chain
+    cp = None
+    if checkpoint is not None:
+        try:
+            cp = json.loads(checkpoint.read_text())
+        except (OSError, ValueError) as e:
+            fail(f"--checkpoint: cannot read {checkpoint}: {e}")
+    engine = _engine(writes=False)
+    if engine.db.audit_key is None:
+        if cp is not None:
+            fail(AUDIT_KEY_MISSING)
+        typer.echo("warning: no audit key (RAILPROOF_AUDIT_KEY or RAILPROOF_AUDIT_KEY_FILE): "
+                   "checked as an unkeyed chain, which anyone who can write the table can "
+                   "recompute", err=True)
     with engine.db.tx() as s:
         rep = verify_chain(s)
+        cpr = check_checkpoint(s, cp, rep) if cp is not None else None
+    ok = rep.ok and (cpr is None or cpr.ok)
     if as_json:
-        typer.echo(json.dumps(rep.as_dict()))
+        doc = rep.as_dict()
+        if cpr is not None:
+            doc.update(ok=ok, checkpoint=cpr.as_dict())
+        typer.echo(json.dumps(doc))
     else:
         typer.echo(f"{'ok' if rep.ok else 'BROKEN'}: {rep.message} ({rep.events} events checked)")
-    raise typer.Exit(0 if rep.ok else 1)
+        if cpr is not None:
+            typer.echo(f"{'ok' if cpr.ok else 'BROKEN'}: {cpr.message}")
+    raise typer.Exit(0 if ok else 1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(out: Annotated[Optional[Path], typer.Option(help="file; default stdout")] = None) -> None:
+    """Sign the chain's head and length with the audit key. Keep the output off this host and
+    check it later with `railproof audit verify --checkpoint FILE`."""
+    from verifier.audit import make_checkpoint
+    engine = _engine(writes=False)
+    if engine.db.audit_key is None:
+        fail(AUDIT_KEY_MISSING)
+    with engine.db.tx() as s:
+        rep, cp = make_checkpoint(s, engine.now())
+    if cp is None:
+        fail(f"audit chain BROKEN, no checkpoint written: {rep.message}", 1)
+    text = json.dumps(cp) + "\n"
+    if out:
+        out.write_text(text)
+        typer.echo(f"wrote {out} ({cp['events']} events, head event {cp['head_id']})")
+    else:
+        sys.stdout.write(text)
 
 
 @alerts_app.command("generate")

@@ -1,8 +1,9 @@
 """Configuration from the environment (RAILPROOF_*), read once through pydantic-settings.
 
 Per-rail and per-network values (RAILPROOF_TREASURY_<RAIL_ID>, RAILPROOF_NETWORK_<RAIL_ID>,
-RAILPROOF_ASSET_<RAIL_ID>, RAILPROOF_RPC_<NETWORK>) have open-ended names, so they are read
-from the environment mapping the settings were built from.
+RAILPROOF_ASSET_<RAIL_ID>, RAILPROOF_RPC_<NETWORK>, RAILPROOF_RPC_{TIMEOUT_S,ATTEMPTS,TOTAL_S}_
+<NETWORK>) have open-ended names, so they are read from the environment mapping the settings
+were built from.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from rails.rpc_policy import RpcPolicy
 from registry.catalog import RailOverrides
 
 REPO_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -53,6 +55,19 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0 turns limiting off
     rate_limit_burst: int = Field(default=40, ge=1)
     rpc_quorum: int = Field(default=1, ge=1)
+    # Live RPC bounds; each also per network (rpc_policy). Defaults of RpcPolicy.
+    rpc_timeout_s: float = Field(default=8.0, gt=0)
+    rpc_attempts: int = Field(default=3, ge=1, le=100)
+    rpc_total_s: float = Field(default=20.0, gt=0)
+    # What is not decided by then is answered pending and finished by the worker, which
+    # keeps the RPC policy's longer bounds.
+    submit_verify_budget_s: float = Field(default=3.0, gt=0)
+    # PostgreSQL: no transaction waits for a lock, or runs a statement, for ever (0: no limit).
+    pg_lock_timeout_ms: int = Field(default=5000, ge=0)
+    pg_statement_timeout_ms: int = Field(default=30000, ge=0)
+    # The audit chain's HMAC key (docs/security.md): never stored in the database.
+    audit_key: SecretStr | None = None
+    audit_key_file: str | None = None
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 
     @field_validator("apply_rail_allowlist", "receipt_creation_rails", mode="before")
@@ -88,6 +103,15 @@ class Settings(BaseSettings):
             raise ValueError("RAILPROOF_CLOCK is refused when RAILPROOF_CHAIN=live")
         return self
 
+    @model_validator(mode="after")
+    def _rpc_policies(self) -> "Settings":
+        # Per-network RPC bounds fail at startup, naming the variable, not at the first call.
+        for key in self.env:
+            for prefix in _RPC_POLICY_KEYS:
+                if key.startswith(prefix) and len(key) > len(prefix):
+                    self.rpc_policy(key[len(prefix):])
+        return self
+
     # -- derived ------------------------------------------------------------------------
     def now(self) -> datetime:
         return self.clock or datetime.now(timezone.utc)
@@ -104,11 +128,50 @@ class Settings(BaseSettings):
         raw = self.env.get("RAILPROOF_RPC_" + network.upper().replace("-", "_"), "")
         return [u.strip() for u in raw.split(",") if u.strip()]
 
+    def rpc_policy(self, network: str) -> RpcPolicy:
+        """The live RPC bounds for `network`: RAILPROOF_RPC_<BOUND>_<NETWORK> where set,
+        else the global RAILPROOF_RPC_<BOUND>."""
+        key = network.upper().replace("-", "_")
+        values: dict[str, Any] = {"timeout_s": self.rpc_timeout_s, "attempts": self.rpc_attempts,
+                                  "total_s": self.rpc_total_s}
+        for prefix, field in _RPC_POLICY_KEYS.items():
+            raw = self.env.get(prefix + key, "").strip()
+            if raw:
+                values[field] = raw
+        try:
+            return RpcPolicy(**values)
+        except ValueError as e:
+            raise ValueError(f"RPC policy for {network} (RAILPROOF_RPC_*_{key}): {e}") from None
+
     def service_owners(self, token: str) -> list[str] | None:
         return _lookup(self.service_tokens, token)
 
     def staff_name(self, token: str) -> str | None:
         return _lookup(self.staff_tokens, token)
+
+    def audit_key_bytes(self) -> bytes | None:
+        """The audit chain's key: RAILPROOF_AUDIT_KEY, or the contents (stripped) of
+        RAILPROOF_AUDIT_KEY_FILE; None when neither is set. ValueError when both are set or
+        the file cannot be read or is empty."""
+        text = self.audit_key.get_secret_value() if self.audit_key is not None else ""
+        path = Path(self.audit_key_file) if self.audit_key_file else None
+        if path is None:
+            return text.encode() or None
+        # SECURITY: two sources that could disagree would key processes differently.
+        if text:
+            raise ValueError("RAILPROOF_AUDIT_KEY and RAILPROOF_AUDIT_KEY_FILE are both set; "
+                             "set one of them")
+        try:
+            key = path.read_bytes().strip()
+        except OSError as e:
+            raise ValueError(f"RAILPROOF_AUDIT_KEY_FILE: cannot read {path}: {e.strerror}") from None
+        if not key:
+            raise ValueError(f"RAILPROOF_AUDIT_KEY_FILE: {path} is empty")
+        return key
+
+
+_RPC_POLICY_KEYS = {"RAILPROOF_RPC_TIMEOUT_S_": "timeout_s", "RAILPROOF_RPC_ATTEMPTS_": "attempts",
+                    "RAILPROOF_RPC_TOTAL_S_": "total_s"}
 
 
 def _lookup(table: Mapping[str, Any], token: str) -> Any:

@@ -7,7 +7,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,24 +19,32 @@ from verifier.chains import Chains
 from verifier.config import Settings, load_settings
 from verifier.errors import BadInput
 from verifier.metrics import Metrics
-from verifier.storage.db import Database
+from verifier.storage.db import Database, Record
 from verifier.storage.db import get as db_get
 from verifier.storage.db import read as db_read
 from verifier.storage.models import RailState
+from verifier.storage.prepared import Prepared
+
+_STATE = RailState.__table__
+# The rail's state under a share lock, held to the end of the caller's transaction.
+_STATE_FOR_SHARE = Prepared(select(*_STATE.columns).where(_STATE.c.rail_id == bindparam("pk"))
+                            .with_for_update(read=True))
 
 
 class Engine:
     def __init__(self, settings: Settings | None = None, db: Database | None = None,
                  chains: Chains | None = None, catalog: Catalog | None = None):
         self.settings = settings or load_settings()
-        self.db = db or Database(self.settings.database_url, self.settings.sqlite_synchronous)
+        self.db = db or Database(self.settings.database_url, self.settings.sqlite_synchronous,
+                                 self.settings.audit_key_bytes(),
+                                 pg_lock_timeout_ms=self.settings.pg_lock_timeout_ms,
+                                 pg_statement_timeout_ms=self.settings.pg_statement_timeout_ms)
         self.catalog = catalog or load_catalog()
         self.chains = chains or Chains(self.settings, self.catalog)
         self.metrics = Metrics()
         self._adapters: dict[tuple[str, str, str], Adapter] = {}
         self._rails: dict[tuple[str, str | None, str | None, str | None], Rail] = {}
         self._rails_catalog = self.catalog
-        self._binds_reference: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
         # Fault injection for the rollback test of apply (never set outside tests).
         self.fail_after_receipt_insert = False
@@ -81,14 +89,15 @@ class Engine:
             return a
 
     def binds_reference(self, rail: Rail) -> bool:
-        """Whether the rail's adapter can bind a session reference (or memo) on chain, that is
-        whether `new_reference()` gives one. Asked once per adapter: on Solana the answer
-        costs a key pair generation (~50 µs), and it is a property of the rail, not the call."""
-        key = (rail.rail_id, rail.network, rail.asset)
-        b = self._binds_reference.get(key)
-        if b is None:
-            b = self._binds_reference[key] = self.adapter(rail).new_reference() is not None
-        return b
+        """Whether the rail's adapter can bind a session reference (or memo) on chain."""
+        return bool(self.adapter(rail).binds_reference)
+
+    def treasuries(self, s: Session) -> set[str]:
+        """Every treasury address the deployment knows: the catalog's, the environment's and
+        the approved ones stored per rail."""
+        out = {r for rid in self.catalog.rails if (r := self.rail(rid).treasury)}
+        out.update(t for t in s.scalars(select(RailState.treasury)).all() if t)
+        return out
 
     def ensure_rail_states(self) -> None:
         # API processes and workers starting at once on a fresh PostgreSQL database can both
@@ -127,7 +136,24 @@ class Engine:
     def rail_state_read(self, s: Session, rail_id: str) -> Any:
         """`rail_state` for a caller that only reads it (paused, treasury): the session's own
         object when it holds one, otherwise the row as a plain record, without building an
-        ORM instance. A missing row is created exactly as `rail_state` does."""
+        ORM instance. A missing row is created exactly as `rail_state` does.
+
+        For the paths that create a session, a proof or a receipt: the read orders them with
+        a pause (`rails_admin.set_paused`). On PostgreSQL the row is read FOR SHARE, held until
+        the caller's transaction ends: a pause (FOR UPDATE on the row, behind a table lock
+        that queues later readers) waits for every transaction that read the rail running, and
+        one that reads after the pause waits for it to commit and then sees it paused. Take it
+        first in the transaction, before any other row lock, insert or audit append, so the
+        wait cannot close a cycle. On SQLite every transaction holds the database's one writer
+        lock from BEGIN IMMEDIATE."""
+        if self.db.postgres:
+            # SECURITY: the share lock is what keeps work from committing after a pause.
+            row = _STATE_FOR_SHARE.first(s.connection(), {"pk": rail_id})
+            if row is None:
+                return self.rail_state(s, rail_id)
+            if (RailState, (rail_id,), None) in s.identity_map:
+                return s.get(RailState, rail_id)
+            return Record(zip(_STATE_FOR_SHARE.keys(), row))
         st = db_read(s, RailState, rail_id)
         return st if st is not None else self.rail_state(s, rail_id)
 

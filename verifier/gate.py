@@ -31,7 +31,7 @@ from verifier.storage.models import (
     Receipt,
     SessionStatus,
 )
-from verifier.timeutil import utc
+from verifier.timeutil import epoch_of, utc
 from verifier.views import entitlement_view, receipt_view
 
 
@@ -61,7 +61,9 @@ class Check:
     detail: str
 
 
-def _evaluate(engine: Engine, s: Session, p: Proof, via: Via) -> tuple[list[Check], dict[str, Any]]:
+def _evaluate(engine: Engine, s: Session, p: Proof, via: Via,
+              st: Any = None) -> tuple[list[Check], dict[str, Any]]:
+    """`st`: the rail's state when the caller has read it (apply: under its share lock)."""
     settings = engine.settings
     checks: list[Check] = []
     add = lambda name, ok, detail: checks.append(Check(name, bool(ok), detail))  # noqa: E731
@@ -87,7 +89,8 @@ def _evaluate(engine: Engine, s: Session, p: Proof, via: Via) -> tuple[list[Chec
     registered = engine.has_rail(p.rail_id)
     add("rail_registered", registered, p.rail_id if registered else "not in the catalog")
     stage = engine.catalog.rails[p.rail_id].stage if registered else None
-    st = engine.rail_state(s, p.rail_id) if registered else None
+    if st is None and registered:
+        st = engine.rail_state(s, p.rail_id)
     add("rail_not_paused", st is not None and not st.paused,
         "paused (kill switch)" if st is not None and st.paused else "running")
     prod = st is not None and engine.production_enabled(st)
@@ -158,7 +161,10 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> t
         rcpt = str(obs.get("recipient") or "")
         if rcpt.lower() != ps.recipient.lower():
             problems.append("observed recipient differs from session recipient")
-        bt = _epoch(obs.get("block_time"))
+        # SECURITY: a session that names its payer binds the transfer's sender.
+        if ps.payer and str(obs.get("sender") or "").lower() != ps.payer.lower():
+            problems.append("observed sender differs from the session's payer")
+        bt = epoch_of(obs.get("block_time"))
         if bt is not None:
             # Chain times are whole seconds: compare at that resolution, as the adapters do.
             if not int(utc(ps.created_at).timestamp()) <= bt <= utc(ps.expires_at).timestamp():
@@ -166,21 +172,6 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> t
     if problems:
         return False, "; ".join(problems)
     return True, "owner, session, product, amount, recipient and rail agree"
-
-
-def _epoch(value: Any) -> float | None:
-    """The transfer time from the evidence: Solana and the fake rail record epoch seconds, the
-    EVM/Tron adapters an ISO-8601 string. Either way the gate re-checks it against the session."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return utc(datetime.fromisoformat(value.replace("Z", "+00:00"))).timestamp()
-        except ValueError:
-            return None
-    return None
 
 
 def _report(p: Proof, checks: list[Check], ctx: dict[str, Any]) -> dict[str, Any]:
@@ -216,11 +207,19 @@ def dry_run_apply(engine: Engine, proof_id: str, op: audit.Operator | None = Non
 def apply(engine: Engine, proof_id: str, op: audit.Operator, via: Via = Via.staff) -> dict[str, Any]:
     """Apply inside one transaction. Idempotent: an applied proof returns its receipt again."""
     with engine.db.tx() as s:
-        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
-        if p is None:
+        # SECURITY: the rail's state first, under its share lock (Engine.rail_state_read), so
+        # a pause either waits for this apply to commit or is seen by it: no receipt commits
+        # after the pause has answered. First, before the proof's and the session's row locks
+        # and the audit chain's lock, as on every path that takes it: a pause takes the rail
+        # state's table lock, the rail's row, then the audit lock, and only waits on
+        # transactions that already hold their rail-state lock, so no wait closes a cycle.
+        rail_id = s.scalar(select(Proof.rail_id).where(Proof.id == proof_id))
+        if rail_id is None:
             raise NotFound("proof_not_found", f"no proof {proof_id!r}")
+        st = engine.rail_state_read(s, rail_id) if engine.has_rail(rail_id) else None
+        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
         ps = s.get(PaymentSession, p.session_id, with_for_update=engine.db.postgres)
-        checks, ctx = _evaluate(engine, s, p, via)
+        checks, ctx = _evaluate(engine, s, p, via, st)
         report = _report(p, checks, ctx)
         if ctx.get("receipt") is not None:
             r = ctx["receipt"]

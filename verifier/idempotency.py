@@ -2,8 +2,13 @@
 
 A claim row (principal, endpoint, key, request_hash, status, response) is written before the
 work starts. Same key and body → the stored response; same key, other body → 409
-idempotency_conflict; still in progress → 409 idempotency_in_progress. A claim whose work
-crashed stays in_progress and is listed by `list-stuck-idempotency-claims`; there is
+idempotency_conflict; still in progress → 409 idempotency_in_progress.
+
+Only requests that executed are stored, i.e. successful (2xx) answers. A refusal (any
+EngineError the work raises: rail_paused, not found, invalid input, a conflict) or an
+unexpected failure releases the claim, so a retry with the same key runs again: a request
+refused while a rail was paused goes through once it is resumed. A claim whose process
+died stays in_progress and is listed by `list-stuck-idempotency-claims`; there is
 deliberately no command that deletes claims.
 """
 
@@ -17,8 +22,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from rails.base import canonical_json
+from verifier import timeutil
 from verifier.engine import Engine
-from verifier.errors import BadInput, Conflict, EngineError
+from verifier.errors import BadInput, Conflict
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
 from verifier.timeutil import iso
 
@@ -33,16 +39,18 @@ def run_idempotent(engine: Engine, principal: str, endpoint: str, key: str | Non
                    work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body)."""
     if key is None:
-        return _run_plain(work)
-    if not key or len(key) > MAX_KEY:
-        raise BadInput("invalid_idempotency_key",
-                       f"Idempotency-Key: 1 to {MAX_KEY} characters", field="Idempotency-Key")
+        return work()
+    # A key is an id: no control characters (NUL would break PostgreSQL text).
+    if not key or len(key) > MAX_KEY or not key.isprintable():
+        raise BadInput("invalid_idempotency_key", f"Idempotency-Key: 1 to {MAX_KEY} "
+                       "printable characters", field="Idempotency-Key")
     h = request_hash(body)
     pk = {"principal": principal, "endpoint": endpoint, "key": key}
     try:
         with engine.db.tx() as s:
+            # Process time, not the business clock: a pinned clock would never age a claim.
             s.add(IdempotencyClaim(**pk, request_hash=h, status=ClaimStatus.in_progress,
-                                   created_at=engine.now()))
+                                   created_at=timeutil.process_now()))
     except IntegrityError:
         with engine.db.tx() as s:
             c = s.get(IdempotencyClaim, (principal, endpoint, key))
@@ -61,11 +69,9 @@ def run_idempotent(engine: Engine, principal: str, endpoint: str, key: str | Non
         return c.response_code or 200, c.response
     try:
         status, out = work()
-    except EngineError as e:
-        # A refusal is an answer too: the same request gets the same refusal.
-        status, out = e.status, e.body()
     except BaseException:
-        # Unexpected failure: release the claim so the client's retry can run the work.
+        # A refusal ran nothing worth replaying, and an unexpected failure may not have
+        # finished: release the claim so the client's retry runs the work again.
         with engine.db.tx() as s:
             s.execute(delete(IdempotencyClaim).where(
                 IdempotencyClaim.principal == principal, IdempotencyClaim.endpoint == endpoint,
@@ -74,20 +80,13 @@ def run_idempotent(engine: Engine, principal: str, endpoint: str, key: str | Non
     with engine.db.tx() as s:
         c = s.get(IdempotencyClaim, (principal, endpoint, key))
         c.status, c.response_code, c.response = ClaimStatus.completed, status, out
-        c.completed_at = engine.now()
+        c.completed_at = timeutil.process_now()
     return status, out
-
-
-def _run_plain(work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
-    try:
-        return work()
-    except EngineError as e:
-        return e.status, e.body()
 
 
 def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dict[str, Any]]:
     age = min_age_seconds if min_age_seconds is not None else engine.settings.stuck_claim_seconds
-    cutoff = engine.now() - timedelta(seconds=age)
+    cutoff = timeutil.process_now() - timedelta(seconds=age)  # claim ages are process time
     with engine.db.tx() as s:
         rows = s.scalars(select(IdempotencyClaim)
                          .where(IdempotencyClaim.status == ClaimStatus.in_progress,

@@ -52,6 +52,11 @@ SPEC: tuple[MetricSpec, ...] = (
                "Idempotency-Key reuse with another body, or while in progress", ("kind",),
                (Alert("RailproofIdempotencyConflicts", "increase({m}[15m]) > 5",
                       "warning", "Clients reuse idempotency keys"),)),
+    MetricSpec("replay_refusals_total", "counter",
+               "Proofs refused because their transfer already backs another session "
+               "(duplicate_payment, nonce_reused, proof_owner_conflict)", ("rail_id", "code"),
+               (Alert("RailproofReplayRefusals", "sum by (rail_id, code) (increase({m}[15m])) > 0",
+                      "warning", "A transfer was claimed for a second session"),)),
     MetricSpec("rail_paused_attempts_total", "counter",
                "Sessions/proofs refused because the rail is paused or disabled", ("rail_id",),
                (Alert("RailproofPausedRailAttempts", "increase({m}[10m]) > 0",

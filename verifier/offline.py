@@ -55,6 +55,23 @@ def _utc(d: datetime | None) -> datetime | None:
     return None if d is None else (d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d)
 
 
+def proof_text(arg: str) -> str:
+    """--proof is a file (an x402 payload saved as JSON or header text) or the proof itself.
+    Deciding which never raises: a value the OS cannot take as a path (an X-PAYMENT header is
+    longer than a file name may be, and may hold `/`, NUL or anything) is the proof itself."""
+    try:
+        is_file = Path(arg).is_file()
+    except (OSError, ValueError):  # name too long, NUL in the name, ...
+        return arg
+    if not is_file:
+        return arg
+    try:
+        return Path(arg).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--proof: cannot read {arg}: {type(e).__name__}: "
+                         f"{getattr(e, 'strerror', None) or e}") from e
+
+
 def verify_offline(req: OfflineRequest) -> dict[str, Any]:
     cat = load_catalog()
     if req.rail not in cat.rails:
@@ -66,10 +83,7 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
     if req.amount <= 0:
         raise UsageError("--amount: must be a positive integer of base units")
     adapter = adapter_for(rail)
-    proof = req.proof
-    p = Path(proof)
-    if len(proof) < 4096 and p.is_file():
-        proof = p.read_text()
+    proof = proof_text(req.proof)
     try:
         adapter.normalize_proof(rail.proof_types[0], proof)
         recipient = adapter.normalize_address(req.recipient, "recipient")

@@ -1,25 +1,34 @@
 """Proofs: submission (shape, fingerprint, replay rules), verification attempts, settlement
 evidence and reads.
 
-Replay rules (the fingerprint leaves the owner out on purpose):
-- same fingerprint, same owner, same session → the existing proof (idempotent, no new row);
-- same fingerprint, another owner → proof_owner_conflict, audited and counted;
-- same fingerprint, same owner, another session → duplicate_payment (one transfer, one session).
+Replay rules (the fingerprint leaves the owner out on purpose). A proof *holds* its transfer
+while it is verified or requires_review for its session (storage.holds: its fingerprint and
+every identity the rail gives the transfer, across proof types):
+- same fingerprint, same session → the existing proof (idempotent, no new row);
+- a transfer held for another owner's session → proof_owner_conflict, audited and counted;
+- a transfer held for another session of the same owner → duplicate_payment (nonce_reused
+  for x402), audited and counted;
+- a pending or failed proof holds nothing: submitting someone else's transfer first (and
+  failing against one's own session's binding) never blocks the session it was made for.
+The refusal is decided before the chain is asked when the fingerprint is already held, and
+otherwise when the verdict would make the proof hold (the hold's insert decides any race).
+A transfer without a reference that could back more than one open session is never
+`verified`: it is requires_review (ambiguous_transfer) naming every candidate session.
 """
 
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from rails.base import Settlement, Status, Terms, Verdict, fingerprint
+from rails.base import Adapter, Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
 from verifier import audit, events
@@ -30,17 +39,20 @@ from verifier.storage.db import Record
 from verifier.storage.db import get as db_get
 from verifier.storage.db import read as db_read
 from verifier.storage.prepared import Prepared
+from verifier.storage import holds
 from verifier.storage.models import (
+    HOLDING,
     PaymentSession,
     Proof,
     ProofStatus,
     Receipt,
     SessionStatus,
     SettlementEvidence,
+    TransferHold,
     VerificationAttempt,
     new_id,
 )
-from verifier.timeutil import utc
+from verifier.timeutil import epoch_of, utc
 from verifier.views import attempt_view, evidence_view, proof_view
 
 MAX_PROOF_BYTES = 16_384
@@ -54,20 +66,54 @@ def submit_proof(engine: Engine, session_id: str, proof: Any, owners: list[str] 
     raw = _raw_proof(proof)
     try:
         return _submit(engine, session_id, raw, owners, proof_type, actor, verify)
-    except _OwnerConflict as c:
-        # Refused, but on the record: the audit row is written in a transaction of its own.
-        engine.metrics.inc("owner_isolation_denials_total", reason="proof_owner_conflict")
+    except _Held as h:
+        # Refused before any proof row: on the record in a transaction of its own.
         with engine.db.tx() as s:
-            audit.append(s, engine.now(), audit.Operator(actor), "proof.owner_conflict",
-                         "proof", c.proof_id, {"claimed_by_owner": c.owner_id,
-                                               "session_id": c.session_id})
-        raise Conflict(FailureCode.proof_owner_conflict,
-                       "this proof was already submitted by another owner") from None
+            _audit_refusal(engine, s, h, actor)
+        _count_refusal(engine, h)
+        raise h.conflict() from None
 
 
-class _OwnerConflict(Exception):
-    def __init__(self, proof_id: str, owner_id: str, session_id: str):
-        self.proof_id, self.owner_id, self.session_id = proof_id, owner_id, session_id
+class _Held(Exception):
+    """The transfer already backs another session: the refusal, and who holds it."""
+
+    def __init__(self, code: str, holder: holds.Holder, rail_id: str, owner_id: str,
+                 session_id: str, proof_id: str | None = None):
+        self.code, self.holder, self.rail_id = code, holder, rail_id
+        self.owner_id, self.session_id, self.proof_id = owner_id, session_id, proof_id
+
+    @classmethod
+    def of(cls, adapter: Adapter, holder: holds.Holder, ps: Any,
+           proof_id: str | None = None) -> "_Held":
+        code = (FailureCode.proof_owner_conflict if holder.owner_id != ps.owner_id
+                else adapter.replay_code)
+        return cls(code.value, holder, ps.rail_id, ps.owner_id, ps.id, proof_id)
+
+    @property
+    def message(self) -> str:
+        if self.code == FailureCode.proof_owner_conflict:
+            # Another owner's session id is theirs: not named to this caller.
+            return "this transfer already backs another owner's payment session"
+        return f"this transfer already backs session {self.holder.session_id}"
+
+    def conflict(self) -> Conflict:
+        extra = {"proof_id": self.proof_id} if self.proof_id else None
+        return Conflict(self.code, self.message, extra=extra)
+
+
+def _audit_refusal(engine: Engine, s: Session, h: _Held, actor: str) -> None:
+    action = ("proof.owner_conflict" if h.code == FailureCode.proof_owner_conflict
+              else f"proof.{h.code}")
+    audit.append(s, engine.now(), audit.Operator(actor), action, "proof", h.holder.proof_id,
+                 {"code": h.code, "held_by_session_id": h.holder.session_id,
+                  "held_by_owner_id": h.holder.owner_id, "claimed_by_owner": h.owner_id,
+                  "session_id": h.session_id, "refused_proof_id": h.proof_id})
+
+
+def _count_refusal(engine: Engine, h: _Held) -> None:
+    engine.metrics.inc("replay_refusals_total", rail_id=h.rail_id, code=h.code)
+    if h.code == FailureCode.proof_owner_conflict:
+        engine.metrics.inc("owner_isolation_denials_total", reason="proof_owner_conflict")
 
 
 def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
@@ -91,12 +137,17 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
             raise BadInput(FailureCode.proof_malformed, str(e), field="proof") from e
         fp = fingerprint(rail.family, rail.network, ptype, ref)
         conn = s.connection()
+        # SECURITY: a transfer another session holds is refused before the chain is asked.
+        # (Only a hold refuses: someone else's failed or pending claim reserves nothing.)
+        held = holds.holder(conn, holds.fingerprint_key(fp), ps.id)
+        if held is not None:
+            raise _Held.of(adapter, held, ps)
         if ps.status != SessionStatus.open:
             # A closed session takes no new proof, but a resubmission of one it took is
-            # still answered (or refused) as a replay.
-            existing = _PROOF_BY_FINGERPRINT.scalar(conn, {"fp": fp})
+            # still answered as a replay.
+            existing = _PROOF_BY_FP_SESSION.scalar(conn, {"fp": fp, "sid": ps.id})
             if existing is not None:
-                return _replay(engine, s, s.get(Proof, existing), ps, adapter, actor), False
+                return _view(s, s.get(Proof, existing)), False
             raise Conflict(FailureCode.session_not_open,
                            f"session {ps.id} is {ps.status}; it takes no new proofs")
         row = {"id": new_id(), "fingerprint": fp, "rail_id": rail.rail_id,
@@ -118,31 +169,38 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
                 # SQLite undoes only the failed statement; the transaction stays usable.
                 _INSERT_PROOF.insert(conn, row)
         except IntegrityError:
-            # Seen before (or lost the insert race on the fingerprint): that row decides.
-            winner = s.scalar(select(Proof).where(Proof.fingerprint == fp))
+            # Submitted to this session before (or lost the insert race): that row answers.
+            winner = s.scalar(select(Proof).where(Proof.fingerprint == fp,
+                                                  Proof.session_id == ps.id))
             if winner is None:
                 raise
-            return _replay(engine, s, winner, ps, adapter, actor), False
+            return _view(s, winner), False
         audit.append(s, now, audit.Operator(actor), "proof.submitted", "proof", p.id,
                      {"session_id": ps.id, "rail_id": rail.rail_id, "fingerprint": fp})
         if not verify:
             # Not committed yet, so nothing can refer to it: no settlement, no receipt.
             return proof_view(p, None, None), True
-    # 2. The chain, outside any transaction (bounded by the transport's retry budget).
-    checked = engine.chains.verify(adapter, raw, terms_for(engine, ps))
+    # 2. The chain, outside any transaction, within the submission budget: what it cannot
+    #    decide by then is answered pending and finished by the worker.
+    checked = engine.chains.verify(adapter, raw, terms_for(engine, ps),
+                                   budget_s=engine.settings.submit_verify_budget_s)
     # 3. The attempt, the new status, any settlement and the answer, in one transaction.
     with engine.db.tx() as s:
         # `p` is the row as step 1 wrote it, unless a worker verified it meanwhile (a new
         # proof is due at once): `_record_attempt` checks that as it writes the attempt.
-        verdict, view = _record_attempt(engine, s, p, ps, checked, None, want_view=True,
-                                        as_written=True)
+        verdict, view, refused = _record_attempt(engine, s, p, ps, checked, None,
+                                                 want_view=True, as_written=True, actor=actor)
     _count(engine, rail, checked, verdict)
+    if refused is not None:
+        _count_refusal(engine, refused)
+        raise refused.conflict()
     return view, True
 
 
 # Built and prepared once (storage.prepared): the submission's own statements.
-_PROOF_BY_FINGERPRINT = Prepared(select(Proof.__table__.c.id).where(
-    Proof.__table__.c.fingerprint == bindparam("fp")))
+_PROOF_BY_FP_SESSION = Prepared(select(Proof.__table__.c.id).where(
+    Proof.__table__.c.fingerprint == bindparam("fp"),
+    Proof.__table__.c.session_id == bindparam("sid")))
 _INSERT_PROOF = Prepared(insert(Proof.__table__))
 _INSERT_ATTEMPT = Prepared(insert(VerificationAttempt.__table__))
 _INSERT_EVIDENCE = Prepared(insert(SettlementEvidence.__table__))
@@ -181,20 +239,10 @@ def _raw_proof(proof: Any) -> str:
     return raw
 
 
-def _replay(engine: Engine, s: Session, existing: Proof, ps: PaymentSession, adapter: Any,
-            actor: str) -> dict[str, Any]:
-    if existing.owner_id != ps.owner_id:
-        raise _OwnerConflict(existing.id, ps.owner_id, ps.id)
-    if existing.session_id != ps.id:
-        code = getattr(adapter, "replay_code", FailureCode.duplicate_payment)
-        raise Conflict(code, f"this transfer already backs session {existing.session_id}")
-    return _view(s, existing)
-
-
 def terms_for(engine: Engine, ps: PaymentSession) -> Terms:
     return Terms(recipient=ps.recipient, amount=ps.amount, asset=ps.asset,
                  reference=ps.reference, memo=ps.memo, not_before=utc(ps.created_at),
-                 not_after=utc(ps.expires_at), now=engine.now())
+                 not_after=utc(ps.expires_at), now=engine.now(), sender=ps.payer)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -221,17 +269,20 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
             # Our lease ran out during a slow chain call and another worker holds the proof
             # now: its answer will be recorded, ours is dropped (one attempt per claim).
             return checked.verdict
-        verdict, _ = _record_attempt(engine, s, p, ps, checked, worker)
+        verdict, _, refused = _record_attempt(engine, s, p, ps, checked, worker)
     _count(engine, rail, checked, verdict)
+    if refused is not None:
+        _count_refusal(engine, refused)
     return verdict
 
 
 def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, checked: Any,
-                    worker: str | None, want_view: bool = False, as_written: bool = False
-                    ) -> tuple[Verdict, dict[str, Any] | None]:
-    """The attempt row, the proof's new status (its latest attempt's), settlement evidence
-    for a verified attempt, the next check, and an audit row when the status changes.
-    Returns the verdict and, when asked for or needed for an event, the proof's view.
+                    worker: str | None, want_view: bool = False, as_written: bool = False,
+                    actor: str = "system") -> tuple[Verdict, dict[str, Any] | None, "_Held | None"]:
+    """The attempt row, the proof's new status (its latest attempt's), the transfer holds,
+    settlement evidence for a verified attempt, the next check, and an audit row when the
+    status changes. Returns the verdict, the proof's view when asked for or needed for an
+    event, and the refusal when another session holds the transfer.
 
     `p`: the proof read under its row lock (`_get_proof`), or with `as_written` the record
     a submission inserted in an earlier transaction, which holds only while the row has no
@@ -246,6 +297,29 @@ def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, chec
         verdict = Verdict.fail(FailureCode.tx_not_found,
                                f"{verdict.detail}; not found by session expiry plus "
                                f"{int(grace.total_seconds())} s grace")
+    if verdict.status is Status.verified and ps.reference is None:
+        verdict = _unambiguous(engine, s, ps, verdict)
+    if as_written and engine.db.postgres:
+        # Lock order on PostgreSQL: the proof's row, then its holds (as the worker does), so
+        # a submission and a worker recording the same proof never wait on each other
+        # crosswise. SQLite's single writer needs no order.
+        p, as_written = _get_proof(engine, s, p.id), False
+    refused = None
+    if verdict.status.value in HOLDING:
+        # SECURITY: the hold is what makes a verdict count for this session; the insert
+        # decides between concurrent claims of one transfer, on every identity it has.
+        taken = holds.hold(s.connection(), (holds.fingerprint_key(p.fingerprint),
+                                            *verdict.transfer_keys),
+                           p.id, ps.id, ps.owner_id, now)
+        if taken:
+            adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network,
+                                                 asset=ps.asset))
+            refused = _Held.of(adapter, taken[0], ps, p.id)
+            holds.release(s.connection(), p.id)
+            verdict = Verdict.fail(FailureCode(refused.code), refused.message,
+                                   observed={**verdict.observed,
+                                             "held_by_session_id": taken[0].session_id,
+                                             "held_by_proof_id": taken[0].proof_id})
     failure_code = verdict.code.value if verdict.code else None
 
     def new_state(attempts: int) -> dict[str, Any]:
@@ -266,12 +340,16 @@ def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, chec
         first = not p.attempts
         old = None if first else p.status  # a new proof's first attempt always counts
         _update_proof(s, p, **new_state(p.attempts + 1))
+    if verdict.status is Status.failed and not first and refused is None:
+        holds.release(s.connection(), p.id)  # a failed proof holds nothing (unless credited)
     # Core insert: the attempt is write-only here; its id comes back from the insert.
     attempt_id = _INSERT_ATTEMPT.insert(s.connection(), {
         "proof_id": p.id, "status": verdict.status.value, "failure_code": failure_code,
         "detail": verdict.detail, "observed": _redact(verdict.observed),
         "rpc_calls": checked.rpc_calls, "latency_ms": checked.latency_ms,
         "source": checked.source, "worker": worker, "created_at": now})
+    if refused is not None:
+        _audit_refusal(engine, s, refused, actor)
     ev = None
     if verdict.status is Status.verified and verdict.settlement is not None:
         ev = record_settlement(engine, s, p, attempt_id, verdict.settlement, checked.source)
@@ -290,7 +368,49 @@ def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, chec
                             "settlement.finalized", p.owner_id, "proof", p.id, view)
     if want_view and view is None:
         view = _view_after_attempt(s, p, ev, first)
-    return verdict, view
+    return verdict, view, refused
+
+
+_CANDIDATES = (select(PaymentSession.id, PaymentSession.owner_id)
+               .where(PaymentSession.rail_id == bindparam("rail_id"),
+                      PaymentSession.recipient == bindparam("recipient"),
+                      PaymentSession.amount == bindparam("amount"),
+                      PaymentSession.asset == bindparam("asset"),
+                      PaymentSession.id != bindparam("sid"),
+                      PaymentSession.status == SessionStatus.open.value,
+                      PaymentSession.reference.is_(None),
+                      PaymentSession.created_at <= bindparam("at"),
+                      PaymentSession.expires_at >= bindparam("at"),
+                      or_(PaymentSession.payer.is_(None),
+                          func.lower(PaymentSession.payer) == bindparam("sender")),
+                      # A session another transfer already backs is not waiting for this one.
+                      ~select(TransferHold.transfer_key)
+                      .where(TransferHold.session_id == PaymentSession.id).exists())
+               .order_by(PaymentSession.created_at).limit(20))
+
+
+def _unambiguous(engine: Engine, s: Session, ps: PaymentSession, verdict: Verdict) -> Verdict:
+    """A verified transfer without a reference counts only when no other open session could
+    take it too (same rail, recipient, asset and amount; the payer where a session names
+    one; the transfer inside its window). Otherwise it is held for review with every
+    candidate named in the evidence: amount and treasury never single out a session."""
+    t = epoch_of(verdict.observed.get("block_time"))
+    at = datetime.fromtimestamp(t, timezone.utc) if t is not None else engine.now()
+    sender = verdict.observed.get("sender")
+    others = s.execute(_CANDIDATES, {
+        "rail_id": ps.rail_id, "recipient": ps.recipient, "amount": ps.amount,
+        "asset": ps.asset, "sid": ps.id, "at": at,
+        "sender": sender.lower() if isinstance(sender, str) else None}).all()
+    if not others:
+        return verdict
+    # SECURITY: first come would be first served with someone else's payment.
+    candidates = [ps.id, *(o.id for o in others)]
+    return Verdict.review(
+        FailureCode.ambiguous_transfer,
+        f"this transfer could back {len(candidates)} open sessions (same recipient, asset and "
+        "amount); held for review",
+        observed={**verdict.observed, "candidate_sessions": candidates},
+        transfer_keys=verdict.transfer_keys)
 
 
 def _view_after_attempt(s: Session, p: Proof, ev: SettlementEvidence | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from rails.errors import ProofMalformed
 from registry.catalog import Stage
@@ -48,7 +48,10 @@ def rail_readiness(engine: Engine) -> list[dict[str, Any]]:
         rpc_networks=frozenset(n for n in set(networks.values()) if st.rpc_urls(n)),
         apply_allowlist=frozenset(st.apply_rail_allowlist),
         receipt_creation_rails=frozenset(st.receipt_creation_rails),
-        live_apply=st.live_apply, networks=networks)
+        live_apply=st.live_apply, networks=networks,
+        rpc_policies={n: {**st.rpc_policy(n).model_dump(),
+                          "submit_budget_s": st.submit_verify_budget_s}
+                      for n in set(networks.values())})
     return readiness(engine.catalog, states, cfg)
 
 
@@ -58,6 +61,9 @@ def contracts(engine: Engine, rail_id: str | None = None) -> list[dict[str, Any]
     return proof_contracts(engine.catalog, rail_id)
 
 
+_LOCK_RAIL_STATE = text(f"LOCK TABLE {RailState.__tablename__} IN EXCLUSIVE MODE")
+
+
 def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -> dict[str, Any]:
     _known(engine, rail_id)
     if not op.incident_id or not op.reason:
@@ -65,6 +71,17 @@ def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -
                        "incident_id and operator_reason: required to pause or resume",
                        field="incident_id")
     with engine.db.tx() as s:
+        # SECURITY: FOR UPDATE on the rail's row, first in this transaction: it waits for every
+        # session, proof and apply holding the row FOR SHARE (Engine.rail_state_read) to
+        # commit, and makes those that come later wait and then see the pause. So once this
+        # answers, nothing of the rail commits that read it running.
+        if engine.db.postgres:
+            # A row lock has no queue: new FOR SHARE readers are let in past a waiting FOR
+            # UPDATE, so under steady traffic the pause would wait for as long as it lasts.
+            # Table locks are queued: once this one waits (on the transactions that read rail
+            # state FOR SHARE, any rail's), later readers wait behind it. Plain reads of the
+            # table are not held up; pauses are rare and those transactions short.
+            s.execute(_LOCK_RAIL_STATE)
         st = engine.rail_state(s, rail_id, lock=True)
         changed = st.paused != paused
         st.paused = paused

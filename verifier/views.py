@@ -21,7 +21,7 @@ def session_view(ps: PaymentSession, requirements: dict[str, Any] | None = None)
         "id": ps.id, "status": ps.status, "owner_id": ps.owner_id, "rail_id": ps.rail_id,
         "access_product_id": ps.access_product_id, "amount": str(ps.amount),
         "network": ps.network, "asset": ps.asset, "recipient": ps.recipient,
-        "reference": ps.reference, "memo": ps.memo, "created_at": iso(ps.created_at),
+        "reference": ps.reference, "payer": ps.payer, "memo": ps.memo, "created_at": iso(ps.created_at),
         "expires_at": iso(ps.expires_at), "paid_at": iso(ps.paid_at),
         "payment_requirements": requirements,
     }

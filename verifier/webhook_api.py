@@ -20,7 +20,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select, update
 
 from verifier import audit, webhooks
@@ -47,7 +47,7 @@ class EndpointIn(_Body):
 
 
 class ReplayIn(_Body):
-    confirm: bool = False
+    confirm: StrictBool = False  # only JSON true confirms
     reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
     incident_id: Annotated[str, Field(max_length=128)] | None = None
 

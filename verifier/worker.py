@@ -4,7 +4,8 @@ batches, flags reorgs, and applies verified final proofs when RAILPROOF_AUTO_APP
 Work is claimed before it is done: a claim sets `claimed_by`/`claimed_until` on the proof
 row in a short transaction (FOR UPDATE SKIP LOCKED on PostgreSQL, so several workers share
 the queue and never take the same proof; SQLite serializes writers anyway). A worker that
-dies leaves a claim that expires after the lease, and the proof is taken again.
+dies leaves a claim that expires after the lease, and the proof is taken again. Leases run on
+process time (timeutil.process_now), not on the business clock, which may be pinned.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import func, or_, select
 from rails.base import Settlement
 from rails.codes import FailureCode
 from registry.catalog import Stage
-from verifier import audit, events, gate, webhooks
+from verifier import audit, events, gate, timeutil, webhooks
 from verifier.engine import Engine
 from verifier.errors import EngineError
 from verifier.proofs import (
@@ -50,18 +51,21 @@ SYSTEM = audit.Operator("worker")
 
 
 def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[str]:
-    now = engine.now()
+    now = engine.now()  # when a proof is due: the payment's clock (backoff, session windows)
+    # The lease is process time: on a clock pinned to replay recorded chains, a lease would
+    # never lapse and the proofs of a worker that died would stay claimed for good.
+    held = timeutil.process_now()
+    lease = timedelta(seconds=engine.settings.claim_lease_seconds)
     with engine.db.tx() as s:
         q = (select(Proof).where(Proof.status == status, Proof.next_check_at.is_not(None),
                                  Proof.next_check_at <= now,
-                                 or_(Proof.claimed_until.is_(None), Proof.claimed_until < now))
+                                 or_(Proof.claimed_until.is_(None), Proof.claimed_until < held))
              .order_by(Proof.next_check_at).limit(batch))
         if engine.db.postgres:
             q = q.with_for_update(skip_locked=True)
         rows = s.scalars(q).all()
         for p in rows:
-            lease = timedelta(seconds=engine.settings.claim_lease_seconds)
-            p.claimed_by, p.claimed_until = name, now + lease
+            p.claimed_by, p.claimed_until = name, held + lease
         return [p.id for p in rows]
 
 
@@ -77,7 +81,8 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
 
 def refresh_finality(engine: Engine, name: str, batch: int) -> int:
     """Verified proofs whose settlement is not final yet: one batched finality call per
-    (rail, network) per sweep."""
+    (rail, network) per sweep — per node with RAILPROOF_RPC_QUORUM > 1, where a settlement
+    changes only as a quorum of nodes agree (Chains.finality); otherwise it is asked again."""
     ids = claim(engine, ProofStatus.verified, name, batch)
     if not ids:
         return 0
@@ -94,9 +99,8 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
     for (rail_id, network, asset), plist in groups.items():
         rail = engine.rail(rail_id, network=network, asset=asset)
         adapter = engine.adapter(rail)
-        chain = engine.chains.transport(rail.family, rail.network)
         try:
-            settlements = adapter.finality([p.ref for p in plist], chain, expected=expected)
+            settlements, source = engine.chains.finality(adapter, [p.ref for p in plist], expected)
         except Exception as e:
             engine.metrics.inc("rpc_errors_total", network=network, kind="finality")
             log.warning("finality refresh failed: %s", type(e).__name__, extra={"rail_id": rail_id})
@@ -104,8 +108,10 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
             continue
         by_ref = {st.ref: st for st in settlements}
         for p in plist:
-            st = by_ref.get(p.ref)
-            _record_finality(engine, p.id, st, chain.source)
+            try:
+                _record_finality(engine, p.id, by_ref.get(p.ref), source)
+            except Exception:  # e.g. a lock timeout: one proof must not stop the sweep
+                log.exception("recording finality failed", extra={"proof_id": p.id})
     return len(ids)
 
 

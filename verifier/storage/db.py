@@ -3,12 +3,16 @@
 SQLite (embedded default) serializes writers: every transaction begins IMMEDIATE so a
 read-then-write (the audit chain's head, an idempotency claim) cannot interleave.
 PostgreSQL (production) runs several API processes and workers; rows are claimed with
-FOR UPDATE SKIP LOCKED and the audit chain is appended under an advisory lock.
+FOR UPDATE SKIP LOCKED and the audit chain is appended under an advisory lock. A
+Database's connections set lock_timeout and statement_timeout, so a stuck client cannot
+hold the gate's locks (or run a statement) for ever: the waiting statement fails
+(`is_busy`), its transaction rolls back, and the API answers 503 database_busy.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -46,7 +50,9 @@ def _json_dumps(value: Any) -> str:
 _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
-def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
+def make_engine(url: str, sqlite_synchronous: str = "NORMAL", *,
+                pg_lock_timeout_ms: int | None = None,
+                pg_statement_timeout_ms: int | None = None) -> Engine:
     if url.startswith("sqlite"):
         sync = sqlite_synchronous.upper()
         if sync not in SQLITE_SYNCHRONOUS:
@@ -82,7 +88,26 @@ def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **_JSON)
+    # Startup options, so they hold on every connection from its first statement (0: off).
+    # None (migrations, tools): the server's own, so a long migration is not cut short.
+    options = " ".join(f"-c {name}={int(ms)}" for name, ms in (
+        ("lock_timeout", pg_lock_timeout_ms), ("statement_timeout", pg_statement_timeout_ms))
+        if ms is not None)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args={"options": options} if options else {}, **_JSON)
+
+
+def is_busy(error: BaseException) -> bool:
+    """The database gave up waiting (a lock or statement timeout, or SQLite still locked after
+    its busy timeout): the work was rolled back and may be retried."""
+    orig = getattr(error, "orig", error)
+    if isinstance(orig, sqlite3.OperationalError):
+        return "locked" in str(orig)
+    try:
+        from psycopg import errors
+    except ImportError:  # pragma: no cover - psycopg is installed with the package
+        return False
+    return isinstance(orig, (errors.LockNotAvailable, errors.QueryCanceled))
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -121,11 +146,22 @@ def require_migrated(engine: Engine) -> None:
         )
 
 
+# Where a Session made by `Database.sessions` carries the audit chain's key (verifier.audit).
+AUDIT_KEY_INFO = "railproof.audit_key"
+
+
 class Database:
-    def __init__(self, url: str, sqlite_synchronous: str = "NORMAL"):
+    def __init__(self, url: str, sqlite_synchronous: str = "NORMAL",
+                 audit_key: bytes | None = None, *, pg_lock_timeout_ms: int = 5000,
+                 pg_statement_timeout_ms: int = 30000):
         self.url = url
-        self.engine = make_engine(url, sqlite_synchronous)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.engine = make_engine(url, sqlite_synchronous, pg_lock_timeout_ms=pg_lock_timeout_ms,
+                                  pg_statement_timeout_ms=pg_statement_timeout_ms)
+        self.audit_key = audit_key
+        # The key is bound here, once, and reaches every append through the Session; it is
+        # never written to the database. None: an unkeyed chain (verifier.audit.event_hash).
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False,
+                                     info={AUDIT_KEY_INFO: audit_key})
         self.postgres = is_postgres(self.engine)
 
     @contextmanager

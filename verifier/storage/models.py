@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -76,6 +77,11 @@ def _in(col: str, enum: type[StrEnum]) -> str:
     return f"{col} IN ({', '.join(repr(e.value) for e in enum)})"
 
 
+# The statuses in which a proof holds its transfer for its session.
+HOLDING = (ProofStatus.verified.value, ProofStatus.requires_review.value)
+HOLDING_SQL = f"status IN ('{HOLDING[0]}', '{HOLDING[1]}')"
+
+
 class RailState(Base):
     __tablename__ = "rail_state"
     rail_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -113,9 +119,12 @@ class PaymentSession(Base):
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint(_in("status", SessionStatus), name="status"),
         CheckConstraint("expires_at > created_at", name="expiry_after_creation"),
-        # A reference key identifies one session on its rail.
-        UniqueConstraint("rail_id", "reference"),
+        # SECURITY: a reference key identifies one session, ever: a transfer carrying it pays
+        # that session and no other (migration 0005 widened it from per rail).
+        UniqueConstraint("reference"),
         Index("ix_payment_sessions_owner", "owner_id", "created_at"),
+        # Migration 0005: open sessions a transfer without a reference could back.
+        Index("ix_payment_sessions_match", "rail_id", "recipient", "amount"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(String(128))
@@ -126,6 +135,8 @@ class PaymentSession(Base):
     asset: Mapped[str] = mapped_column(String(128))
     recipient: Mapped[str] = mapped_column(String(128))
     reference: Mapped[str | None] = mapped_column(String(128))
+    # Rails without a reference bind the transfer by its sender (migration 0005).
+    payer: Mapped[str | None] = mapped_column(String(128))
     memo: Mapped[str | None] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16), default=SessionStatus.open)
     created_at: Mapped[datetime]
@@ -136,9 +147,14 @@ class PaymentSession(Base):
 class Proof(Base):
     __tablename__ = "proofs"
     __table_args__ = (
-        # SECURITY: one row per on-chain proof whatever the owner or the race; a lost insert
-        # race re-reads the winner's row (verifier.proofs).
-        UniqueConstraint("fingerprint"),
+        # One row per proof and session: a resubmission (or a lost insert race) re-reads the
+        # existing row (verifier.proofs).
+        UniqueConstraint("fingerprint", "session_id"),
+        # SECURITY: one *holding* proof per fingerprint whatever the owner or the race. Only
+        # verified / requires_review proofs hold: a pending or failed claim of someone else's
+        # transfer reserves nothing (migration 0005).
+        Index("ux_proofs_holding_fingerprint", "fingerprint", unique=True,
+              sqlite_where=text(HOLDING_SQL), postgresql_where=text(HOLDING_SQL)),
         CheckConstraint(_in("status", ProofStatus), name="status"),
         Index("ix_proofs_rail_created", "rail_id", "created_at"),
         Index("ix_proofs_due", "status", "next_check_at"),
@@ -166,6 +182,24 @@ class Proof(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class TransferHold(Base):
+    """The transfers a holding proof holds, by every identity the rail gives them (a Solana
+    signature, an EVM transaction's transfer to the recipient, an EIP-3009 authorization),
+    so one transfer backs one session across proof types. A row is written in the
+    transaction that makes its proof hold and removed when the proof fails without a receipt
+    (a reorged proof keeps its holds while it is re-verified)."""
+
+    __tablename__ = "transfer_holds"
+    __table_args__ = (Index("ix_transfer_holds_proof", "proof_id"),
+                      Index("ix_transfer_holds_session", "session_id"))
+    # SECURITY: the primary key is the guarantee: a second holder's insert fails.
+    transfer_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    proof_id: Mapped[str] = mapped_column(ForeignKey("proofs.id"))
+    session_id: Mapped[str] = mapped_column(String(32))
+    owner_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
 
 
 class VerificationAttempt(Base):

@@ -1,0 +1,302 @@
+"""The audit log against someone who can write its table: TRUNCATE is refused, a rewritten
+chain does not verify without the key, a signed checkpoint catches removed newest events, the
+service and the worker refuse to start without a key, and the runtime role of
+docs/security.md cannot switch the guards off. SQLite and PostgreSQL where both apply."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from tests.conftest import make_pg_db
+from verifier import audit
+from verifier.cli import app
+from verifier.storage.db import AUDIT_KEY_INFO, Database, upgrade
+from verifier.storage.models import AuditEvent
+
+KEY = b"test-audit-key"  # tests/conftest.py make_settings
+SECURITY_MD = Path(__file__).resolve().parent.parent / "docs" / "security.md"
+
+
+@pytest.fixture
+def pg_url(request) -> Iterator[str]:
+    # pg_template skips (or fails under CI) without PostgreSQL.
+    url, drop = make_pg_db(request.getfixturevalue("pg_template"))
+    yield url
+    drop()
+
+
+@pytest.fixture
+def cli_env(db_url, monkeypatch):
+    """The CLI on `db_url` with the tests' audit key."""
+    monkeypatch.setenv("RAILPROOF_DATABASE_URL", db_url)
+    monkeypatch.setenv("RAILPROOF_AUDIT_KEY", KEY.decode())
+    monkeypatch.delenv("RAILPROOF_AUDIT_KEY_FILE", raising=False)
+    monkeypatch.delenv("RAILPROOF_CLOCK", raising=False)
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def append_events(db: Database, n: int, first: int = 0) -> list[int]:
+    with db.tx() as s:
+        return [audit.append(s, datetime(2026, 1, 1, i % 24), audit.Operator("ops", "INC-7", "why"),
+                             "test.event", "thing", f"t{i}", {"n": i})
+                for i in range(first, first + n)]
+
+
+def as_superuser(db: Database, *sql: str, params: dict | None = None) -> None:
+    """What a superuser (or a stolen owner login) can do: switch the append-only guard off
+    for the statements given."""
+    with db.engine.begin() as c:
+        if db.postgres:
+            c.execute(text("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only"))
+        else:
+            c.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
+            c.execute(text("DROP TRIGGER IF EXISTS audit_events_no_delete"))
+        for stmt in sql:
+            c.execute(text(stmt), params or {})
+        if db.postgres:
+            c.execute(text("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only"))
+
+
+def verify(db: Database) -> audit.ChainReport:
+    with db.tx() as s:
+        return audit.verify_chain(s)
+
+
+# -- TRUNCATE -----------------------------------------------------------------------------------
+
+@pytest.mark.postgres
+def test_truncate_is_refused_on_postgresql_even_for_the_owner(pg_url):
+    db = Database(pg_url, audit_key=KEY)
+    try:
+        append_events(db, 3)
+        with db.engine.connect() as c:
+            owner, me = c.execute(text("SELECT tableowner, current_user FROM pg_tables "
+                                       "WHERE tablename = 'audit_events'")).one()
+        assert owner == me
+        with pytest.raises(DBAPIError, match="append-only"):
+            with db.engine.begin() as c:
+                c.execute(text("TRUNCATE audit_events"))
+        rep = verify(db)
+        assert rep.ok and rep.events == 3
+    finally:
+        db.dispose()
+
+
+# -- the keyed chain ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("forger_key", [None, b"wrong-key"], ids=["unkeyed", "wrong_key"])
+def test_rewritten_and_rehashed_chain_is_detected(db_url, cli_env, forger_key):
+    db = Database(db_url, audit_key=KEY)
+    try:
+        ids = append_events(db, 5)
+        assert verify(db).ok
+        # Edit event 3, then recompute its hash and every later one, as someone with write
+        # access to the table but without the key would.
+        with db.tx() as s:
+            rows = s.scalars(text("SELECT id FROM audit_events ORDER BY id")).all()
+            evs = [s.get(AuditEvent, i) for i in rows]
+        prev, stmts = evs[1].hash, []
+        for ev in evs[2:]:
+            data = {"n": 99} if ev.id == ids[2] else ev.data
+            h = audit.event_hash(prev, ev.at, ev.actor, ev.action, ev.subject_type, ev.subject_id,
+                                 data, ev.incident_id, ev.reason, forger_key)
+            stmts.append((ev.id, json.dumps(data), prev, h))
+            prev = h
+        for i, data, p, h in stmts:
+            as_superuser(db, "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h "
+                             "WHERE id = :i", params={"d": data, "p": p, "h": h, "i": i})
+        rep = verify(db)
+        assert not rep.ok and rep.first_broken_id == ids[2] and rep.keyed
+        r = cli("audit", "verify")
+        assert r.exit_code == 1 and f"event {ids[2]}" in r.output
+    finally:
+        db.dispose()
+
+
+def test_keyed_hash_depends_on_the_key():
+    args = (audit.GENESIS, datetime(2026, 1, 1), "ops", "a", "t", "i", {}, None, None)
+    assert len({audit.event_hash(*args), audit.event_hash(*args, KEY),
+                audit.event_hash(*args, b"other")}) == 3
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+def _checkpoint(tmp_path: Path) -> tuple[Path, dict]:
+    out = tmp_path / "checkpoint.json"
+    r = cli("audit", "checkpoint", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    return out, json.loads(out.read_text())
+
+
+def test_checkpoint_catches_removed_newest_events(db_url, cli_env, tmp_path):
+    db = Database(db_url, audit_key=KEY)
+    try:
+        ids = append_events(db, 5)
+        out, cp = _checkpoint(tmp_path)
+        assert set(cp) == {"head_id", "head_hash", "events", "at", "mac"}
+        assert cp["head_id"] == ids[-1] and cp["events"] == 5
+        assert cli("audit", "verify", "--checkpoint", str(out)).exit_code == 0
+        # The two newest events go: what is left still links, so the chain alone says intact.
+        as_superuser(db, f"DELETE FROM audit_events WHERE id IN ({ids[3]}, {ids[4]})")
+        assert cli("audit", "verify").exit_code == 0
+        r = cli("audit", "verify", "--checkpoint", str(out))
+        assert r.exit_code == 1 and f"event {ids[4]} is gone" in r.output, r.output
+        # New events bring the count back; the checkpoint's head is still missing.
+        append_events(db, 2, first=5)
+        r = cli("audit", "verify", "--checkpoint", str(out), "--json")
+        doc = json.loads(r.stdout)
+        assert r.exit_code == 1 and doc["ok"] is False and doc["events"] == 5
+        assert doc["checkpoint"]["ok"] is False
+    finally:
+        db.dispose()
+
+
+def test_forged_checkpoint_is_refused(db_url, cli_env, tmp_path):
+    db = Database(db_url, audit_key=KEY)
+    try:
+        ids = append_events(db, 5)
+        out, cp = _checkpoint(tmp_path)
+        as_superuser(db, f"DELETE FROM audit_events WHERE id IN ({ids[3]}, {ids[4]})")
+        with db.tx() as s:
+            h3 = s.scalar(text(f"SELECT hash FROM audit_events WHERE id = {ids[2]}"))
+        # A checkpoint edited to match the shortened chain: with the old signature, signed
+        # under another key, and unsigned.
+        forged = dict(cp, head_id=ids[2], head_hash=h3, events=3)
+        resigned = dict(forged, mac=audit._checkpoint_mac(b"wrong-key", forged))
+        unsigned = {k: v for k, v in forged.items() if k != "mac"}
+        for doc in (forged, resigned, unsigned, [forged], "x"):
+            out.write_text(json.dumps(doc))
+            r = cli("audit", "verify", "--checkpoint", str(out))
+            assert r.exit_code == 1 and "checkpoint signature invalid" in r.output, r.output
+    finally:
+        db.dispose()
+
+
+def test_no_checkpoint_of_a_broken_chain(db_url, cli_env, tmp_path):
+    db = Database(db_url, audit_key=KEY)
+    try:
+        ids = append_events(db, 3)
+        as_superuser(db, f"UPDATE audit_events SET actor = 'mallory' WHERE id = {ids[1]}")
+        out = tmp_path / "cp.json"
+        r = cli("audit", "checkpoint", "--out", str(out))
+        assert r.exit_code == 1 and f"event {ids[1]}" in r.output and not out.exists()
+    finally:
+        db.dispose()
+
+
+# -- refusing to start without a key ------------------------------------------------------------
+
+@pytest.fixture
+def migrated_sqlite(tmp_path, monkeypatch) -> str:
+    url = f"sqlite:///{tmp_path}/railproof.db"
+    upgrade(url)
+    monkeypatch.setenv("RAILPROOF_DATABASE_URL", url)
+    for name in ("RAILPROOF_AUDIT_KEY", "RAILPROOF_AUDIT_KEY_FILE", "RAILPROOF_CLOCK"):
+        monkeypatch.delenv(name, raising=False)
+    return url
+
+
+@pytest.mark.parametrize("args", [["serve", "--port", "1"], ["worker", "--once"],
+                                  ["audit", "checkpoint"]], ids=["serve", "worker", "checkpoint"])
+def test_refuses_to_start_without_an_audit_key(migrated_sqlite, args, monkeypatch):
+    import uvicorn
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)  # a serve that got past: exit 0
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    assert "RAILPROOF_AUDIT_KEY " in r.output and "RAILPROOF_AUDIT_KEY_FILE" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_audit_key_from_a_file_and_never_from_two_places(migrated_sqlite, monkeypatch, tmp_path):
+    key_file = tmp_path / "audit.key"
+    key_file.write_text("  file-key\n")
+    monkeypatch.setenv("RAILPROOF_AUDIT_KEY_FILE", str(key_file))
+    assert cli("worker", "--once").exit_code == 0
+    db = Database(migrated_sqlite, audit_key=b"file-key")
+    try:
+        append_events(db, 2)
+    finally:
+        db.dispose()
+    assert cli("audit", "verify").exit_code == 0  # the file's key, stripped
+    monkeypatch.setenv("RAILPROOF_AUDIT_KEY", "another")
+    r = cli("worker", "--once")
+    assert r.exit_code == 2 and "both set" in r.output
+    monkeypatch.delenv("RAILPROOF_AUDIT_KEY")
+    key_file.write_text("\n")
+    r = cli("worker", "--once")
+    assert r.exit_code == 2 and "is empty" in r.output
+
+
+# -- least privilege (docs/security.md) ---------------------------------------------------------
+
+def documented_sql(marker: str, role: str) -> list[str]:
+    """The statements of the ```sql block after `<!-- marker -->` in docs/security.md, with
+    the runtime role renamed."""
+    doc = SECURITY_MD.read_text()
+    m = re.search(rf"<!-- {marker} -->\s*```sql\n(.*?)```", doc, re.S)
+    assert m, f"docs/security.md: no sql block marked {marker}"
+    body = "\n".join(line for line in m.group(1).splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip().replace("railproof_app", role) for s in body.split(";") if s.strip()]
+
+
+@pytest.mark.postgres
+def test_runtime_role_cannot_switch_the_guards_off(pg_url):
+    role = "railproof_app_" + uuid.uuid4().hex[:10]
+    db = Database(pg_url, audit_key=KEY)
+    owner = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        ids = append_events(db, 2)
+        with owner.connect() as c:
+            c.execute(text(f'CREATE ROLE "{role}" NOLOGIN'))
+            for stmt in documented_sql("sql:runtime-role", role):
+                c.execute(text(stmt))
+
+        def as_role(sql: str, match: str) -> None:
+            with pytest.raises(DBAPIError, match=match):
+                with db.engine.begin() as c:
+                    c.execute(text(f'SET LOCAL ROLE "{role}"'))
+                    c.execute(text(sql))
+
+        as_role("ALTER TABLE audit_events DISABLE TRIGGER ALL", "must be owner")
+        as_role("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only", "must be owner")
+        as_role("TRUNCATE audit_events", "permission denied")
+        as_role(f"UPDATE audit_events SET actor = 'mallory' WHERE id = {ids[0]}", "append-only")
+        as_role(f"DELETE FROM audit_events WHERE id = {ids[1]}", "append-only")
+        # What the service needs it still has: appending (sequence, advisory lock, insert).
+        with db.engine.begin() as c:
+            c.execute(text(f'SET LOCAL ROLE "{role}"'))
+            s = Session(bind=c, info={AUDIT_KEY_INFO: KEY})
+            audit.append(s, datetime(2026, 1, 2), audit.Operator("svc"), "test.event", "thing", "r1")
+            s.close()
+        # A TRUNCATE grant given by mistake still meets the trigger.
+        with owner.connect() as c:
+            c.execute(text(f'GRANT TRUNCATE ON audit_events TO "{role}"'))
+        as_role("TRUNCATE audit_events", "append-only")
+        # The optional tightening: no UPDATE or DELETE on the log at all.
+        with owner.connect() as c:
+            for stmt in documented_sql("sql:runtime-role-tighter", role):
+                c.execute(text(stmt))
+        as_role(f"UPDATE audit_events SET actor = 'mallory' WHERE id = {ids[0]}", "permission denied")
+        rep = verify(db)
+        assert rep.ok and rep.events == 3
+    finally:
+        db.dispose()
+        with owner.connect() as c:
+            if c.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
+                c.execute(text(f'DROP OWNED BY "{role}"'))  # its grants in this database
+                c.execute(text(f'DROP ROLE "{role}"'))
+        owner.dispose()

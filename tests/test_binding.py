@@ -1,0 +1,299 @@
+"""A transfer pays only the session it was made for.
+
+Treasuries are shared by every tenant, so amount and recipient never identify a session: a
+Solana session binds a reference only its payment carries; EVM/Tron sessions bind the payer;
+a transfer that could back two open sessions goes to review; and a failed (or pending) claim
+of someone else's transfer reserves nothing. On SQLite and PostgreSQL; the many-process
+version of the cross-owner race is tests/test_pg_concurrency.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from rails.codes import FailureCode
+from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
+from tests.helpers import FIXTURES, audit_actions, cassette_engine
+from tests.test_e2e_http import (
+    EVM_CLOCK,
+    EVM_USDC_AMOUNT,
+    EVM_USDC_FROM,
+    EVM_USDC_TO,
+    EVM_USDC_TX,
+)
+from verifier import gate, proofs, sessions
+from verifier.api import create_app
+from verifier.assurance import assurance_report
+from verifier.audit import Operator
+from verifier.errors import BadInput, Conflict
+from verifier.storage.db import Database, upgrade
+from verifier.storage.models import Proof, TransferHold, VerificationAttempt
+
+DEMO = json.loads((FIXTURES / "solana" / "generated" / "demo_payment.json").read_text())["demo"]
+TREASURY = DEMO["recipient"]
+USDC_MINT = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+STAFF = auth(STAFF_TOKEN)
+OPS = {"incident_id": "INC-9", "operator_reason": "binding test"}
+WELL_KNOWN = {
+    "memo program": "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",
+    "token program": "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",
+    "the rail's mint": USDC_MINT,
+    "clock sysvar": "SysvarC1ock11111111111111111111111111111111",
+    "system program": "11111111111111111111111111111111",
+    "the session's recipient": TREASURY,
+    "a configured treasury": "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui",
+}
+
+
+@pytest.fixture
+def sol(db_url):
+    e = cassette_engine(db_url, env={"RAILPROOF_TREASURY_SOLANA_USDT": WELL_KNOWN["a configured treasury"]})
+    with TestClient(create_app(e), raise_server_exceptions=False) as c:
+        yield e, c
+    e.db.dispose()
+
+
+def solana_session(c, token=SERVICE_TOKEN, owner="alice", **body):
+    body = {"owner_id": owner, "rail_id": "solana_usdc", "access_product_id": "pro",
+            "amount": DEMO["amount"], "recipient": TREASURY, **body}
+    return c.post("/v1/payment-sessions", headers=auth(token), json=body)
+
+
+def submit(c, session_id, proof, token=SERVICE_TOKEN):
+    return c.post("/v1/proofs", headers=auth(token), json={"session_id": session_id, "proof": proof})
+
+
+# -- Solana: the reference ----------------------------------------------------------------
+
+
+def test_a_session_without_a_reference_is_refused_on_solana(sol):
+    _, c = sol
+    r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=None)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "reference"
+
+
+@pytest.mark.parametrize("what", sorted(WELL_KNOWN))
+def test_a_well_known_account_is_no_reference(sol, what):
+    _, c = sol
+    r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=WELL_KNOWN[what])
+    assert r.status_code == 422, (what, r.text)
+    assert r.json()["error"]["field"] == "reference"
+
+
+def test_by_default_every_session_gets_a_fresh_reference(sol):
+    _, c = sol
+    refs = {solana_session(c).json()["reference"] for _ in range(5)}
+    assert len(refs) == 5 and None not in refs
+
+
+def test_cross_owner_theft_of_a_payment_is_refused_and_cannot_block_it(sol):
+    """Alice pays her session; Bob opens one of the same amount on the same treasury and
+    submits Alice's signature first. Bob is never paid, and Alice still is."""
+    e, c = sol
+    alice = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"])
+    assert alice.status_code == 201, alice.text
+    # Bob cannot bind Alice's reference, nor go unbound.
+    r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=DEMO["reference"])
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "reference_in_use")
+    bob = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob")
+    assert bob.status_code == 201 and bob.json()["reference"] != DEMO["reference"]
+
+    # Bob first: his proof fails against his own session's binding, and holds nothing.
+    r = submit(c, bob.json()["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == ("failed", "reference_missing")
+    bob_proof = r.json()["id"]
+
+    # Alice's own submission is not blocked.
+    r = submit(c, alice.json()["id"], DEMO["signature"])
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "verified", r.json()
+    alice_proof = r.json()["id"]
+
+    # Now the transfer is held: Bob again is refused before the chain is asked, audited.
+    r = submit(c, bob.json()["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_owner_conflict")
+    assert alice.json()["id"] not in r.text and "alice" not in r.text
+    conflicts = [a for a in audit_actions(e, alice_proof) if a.action == "proof.owner_conflict"]
+    assert len(conflicts) == 1
+    assert conflicts[0].data["claimed_by_owner"] == "bob"
+    assert conflicts[0].data["held_by_session_id"] == alice.json()["id"]
+    metrics = c.get("/metrics").text
+    assert 'railproof_replay_refusals_total{code="proof_owner_conflict",rail_id="solana_usdc"} 1.0' in metrics
+
+    # Bob's failed claim stays on record, the apply credits Alice only.
+    attempts = c.get(f"/v1/admin/proofs/{bob_proof}/attempts", headers=STAFF).json()
+    assert [a["failure_code"] for a in attempts] == ["reference_missing"]
+    r = c.post(f"/v1/admin/proofs/{alice_proof}/apply", headers=STAFF, json={"confirm": True, **OPS})
+    assert r.status_code == 200 and r.json()["applied"] is True, r.text
+    ents = c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()
+    assert [x["status"] for x in ents] == ["active"]
+    ents = c.get("/v1/entitlements", params={"owner_id": "bob"},
+                 headers=auth(OTHER_SERVICE_TOKEN)).json()
+    assert [x["status"] for x in ents] == ["pending"]
+
+
+# -- the fake rail: holds, refusals, two transfers for one session ----------------------
+
+
+def fake_session(engine, owner="alice", amount=1_500_000, **kw):
+    return sessions.open_session(engine, sessions.NewSession(
+        owner_id=owner, rail_id="fake_live", access_product_id="pro", amount=amount,
+        recipient="fatreasury", **kw), actor="test")
+
+
+def pay(chain, tx, sess, amount=1_500_000):
+    chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": amount, "asset": "fusd",
+                     "refs": [sess["reference"]]}
+
+
+def test_a_pending_claim_reserves_nothing_either(engine, chain):
+    alice, bob = fake_session(engine), fake_session(engine, owner="bob")
+    # Not on chain yet: Bob's claim is pending, and Alice's is not refused for it.
+    view, _ = proofs.submit_proof(engine, bob["id"], "fx0101010101", ["bob"])
+    assert view["status"] == "pending"
+    pay(chain, "fx0101010101", alice)
+    view, _ = proofs.submit_proof(engine, alice["id"], "fx0101010101", ["alice"])
+    assert view["status"] == "verified"
+    # Bob's pending proof re-verified later fails its own binding; Alice's hold stands.
+    with engine.db.tx() as s:
+        bob_pid = s.scalar(select(Proof.id).where(Proof.session_id == bob["id"]))
+    v = proofs.verify_proof(engine, bob_pid)
+    assert v.code is FailureCode.reference_missing
+    with engine.db.tx() as s:
+        held = s.scalars(select(TransferHold.session_id)).all()
+    assert set(held) == {alice["id"]}
+
+
+def test_same_owner_second_session_is_duplicate_payment(engine, chain):
+    a, b = fake_session(engine), fake_session(engine)
+    pay(chain, "fx0202020202", a)
+    proofs.submit_proof(engine, a["id"], "fx0202020202", ["alice"])
+    with pytest.raises(Conflict) as e:
+        proofs.submit_proof(engine, b["id"], "fx0202020202", ["alice"])
+    assert e.value.code == "duplicate_payment"
+    assert any(x.action == "proof.duplicate_payment" for x in audit_actions(engine))
+    assert b'replay_refusals_total{code="duplicate_payment",rail_id="fake_live"} 1.0' in \
+        engine.metrics.render()
+
+
+def test_two_transfers_for_one_session_the_uncredited_one_is_reported(engine, chain):
+    sess = fake_session(engine)
+    pay(chain, "fx0303030303", sess)
+    pay(chain, "fx0404040404", sess)  # the payer paid twice, both carry the reference
+    first, _ = proofs.submit_proof(engine, sess["id"], "fx0303030303", ["alice"])
+    second, _ = proofs.submit_proof(engine, sess["id"], "fx0404040404", ["alice"])
+    assert first["status"] == second["status"] == "verified"
+    op = Operator("ops1", "INC-9", "credit the first")
+    assert gate.apply(engine, first["id"], op, gate.Via.staff)["applied"] is True
+    rep = assurance_report(engine)
+    found = [i for i in rep["issues"] if i["category"] == "verified_transfer_not_credited"]
+    assert [i["subject"] for i in found] == [f"proof {second['id']}"]
+    assert "refund" in found[0]["repair"]
+    assert rep["summary"]["status"] != "ok"
+
+
+# -- EVM: the payer ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def evm(db_url):
+    e = cassette_engine(db_url, clock=EVM_CLOCK)
+    yield e
+    e.db.dispose()
+
+
+def evm_session(engine, owner="alice", payer=EVM_USDC_FROM, **kw):
+    return sessions.open_session(engine, sessions.NewSession(
+        owner_id=owner, rail_id="evm_usdc", access_product_id="pro", amount=EVM_USDC_AMOUNT,
+        recipient=EVM_USDC_TO, payer=payer, **kw), actor="test")
+
+
+def test_evm_sessions_must_name_the_payer(evm):
+    with pytest.raises(BadInput) as e:
+        evm_session(evm, payer=None)
+    assert e.value.field == "payer"
+    with pytest.raises(BadInput) as e:
+        evm_session(evm, payer="0x1234")
+    assert e.value.field == "payer"
+    with pytest.raises(BadInput) as e:  # Solana binds by reference, not payer
+        sessions.open_session(evm, sessions.NewSession(
+            owner_id="alice", rail_id="solana_usdc", access_product_id="pro", amount=1,
+            recipient=TREASURY, payer=EVM_USDC_FROM), actor="test")
+    assert e.value.field == "payer"
+
+
+def test_evm_transfer_from_another_payer_is_sender_mismatch(evm):
+    sess = evm_session(evm, payer="0x" + "11" * 20)
+    view, _ = proofs.submit_proof(evm, sess["id"], EVM_USDC_TX, ["alice"])
+    assert (view["status"], view["failure_code"]) == ("failed", "sender_mismatch")
+
+
+def test_evm_transfer_two_open_sessions_could_take_is_held_for_review(evm):
+    """Same rail, recipient, amount and payer, both windows open: first come is not first
+    served with someone else's payment."""
+    mine = evm_session(evm)
+    theirs = evm_session(evm, owner="bob")
+    view, _ = proofs.submit_proof(evm, mine["id"], EVM_USDC_TX, ["alice"])
+    assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
+    with evm.db.tx() as s:
+        att = s.scalar(select(VerificationAttempt).where(VerificationAttempt.proof_id == view["id"]))
+        assert att.observed["candidate_sessions"] == [mine["id"], theirs["id"]]
+    # Review holds the transfer for review: the other session cannot take it meanwhile.
+    with pytest.raises(Conflict) as e:
+        proofs.submit_proof(evm, theirs["id"], EVM_USDC_TX, ["bob"])
+    assert e.value.code == "proof_owner_conflict"
+    # Never applied by the gate.
+    assert gate.dry_run_apply(evm, view["id"])["would_apply"] is False
+
+
+def test_evm_session_of_another_payer_is_no_candidate(evm):
+    mine = evm_session(evm)
+    evm_session(evm, owner="bob", payer="0x" + "22" * 20)
+    view, _ = proofs.submit_proof(evm, mine["id"], EVM_USDC_TX, ["alice"])
+    assert view["status"] == "verified", view
+
+
+def test_evm_transfer_mined_before_the_session_opened_is_not_its_payment(db_url):
+    e = cassette_engine(db_url, clock=EVM_CLOCK + timedelta(days=1))
+    try:
+        sess = evm_session(e)
+        view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
+        assert (view["status"], view["failure_code"]) == ("failed", "session_not_open")
+    finally:
+        e.db.dispose()
+
+
+# -- the migration keeps what holds today ------------------------------------------------
+
+
+def test_upgrade_gives_todays_holding_proofs_their_hold(tmp_path):
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(url, "0004")
+    db = Database(url)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
+            "network, asset, recipient, reference, memo, status, created_at, expires_at) VALUES "
+            "('s1', 'alice', 'solana_usdc', 'pro', 5, 'solana-mainnet', 'm', 'r', NULL, NULL, "
+            "'open', ?, ?)", (now, now + timedelta(hours=1)))
+        for pid, fp, status in (("p1", "f" * 64, "verified"), ("p2", "e" * 64, "failed")):
+            conn.exec_driver_sql(
+                "INSERT INTO proofs (id, fingerprint, rail_id, proof_type, ref, raw, owner_id, "
+                "session_id, status, detail, attempts, created_at, updated_at) VALUES "
+                "(?, ?, 'solana_usdc', 't', 'x', 'x', 'alice', 's1', ?, '', 1, ?, ?)",
+                (pid, fp, status, now, now))
+    db.dispose()
+    upgrade(url)
+    db = Database(url)
+    with db.tx() as s:
+        holds = s.scalars(select(TransferHold)).all()
+    assert [(h.transfer_key, h.proof_id) for h in holds] == [("proof:" + "f" * 64, "p1")]
+    db.dispose()

@@ -1,0 +1,477 @@
+"""Bounded latency when the chain or the database is slow.
+
+Proven here (on verdicts and stored rows, never on wall-clock timings):
+- a submission verifies within RAILPROOF_SUBMIT_VERIFY_BUDGET_S: against a node that accepts
+  and never answers it is answered `pending rpc_unavailable` (the budget ran out), and the
+  worker, which keeps the RPC policy's longer bounds, finishes it once the chain answers;
+- a verification that ignores its deadline is abandoned, and the abandoned run records nothing;
+- RPC timeouts, attempts and total time are read per network, and readiness shows them;
+- with RAILPROOF_RPC_QUORUM=2 a single lying node cannot make a settlement final (or reorged);
+- PostgreSQL: a client holding the gate's row lock makes apply and submission answer 503
+  database_busy with Retry-After once lock_timeout passes, and nothing half-done is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import timedelta
+from typing import Any, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.exc import OperationalError
+
+from rails.base import Settlement, Terms
+from rails.cassette import Call, CassetteTransport, read_cassette
+from rails.rpc_policy import RpcPolicy
+from rails.solana_live import SolanaRpcTransport
+from tests.conftest import STAFF_TOKEN, auth, make_pg_db, make_settings
+from tests.fake_rail import ScriptedChain, catalog_with_fake
+from tests.fault_rpc import DEMO_CASSETTE, Behaviour, FaultRpcNode, now_block_time
+from tests.jsonrpc_server import Fault
+from tests.test_gate import paid_proof
+from verifier import worker
+from verifier.api import create_app
+from verifier.bench import SilentNode
+from verifier.chains import Chains
+from verifier.checking import decide_settlement
+from verifier.config import Settings
+from verifier.engine import Engine
+from verifier.storage.db import Database, is_busy, upgrade
+from verifier.storage.models import (
+    AuditEvent,
+    Entitlement,
+    IdempotencyClaim,
+    PaymentSession,
+    Proof,
+    RailState,
+    Receipt,
+    VerificationAttempt,
+)
+
+DEMO = json.loads(DEMO_CASSETTE.read_text())["demo"]
+NETWORK = "solana-mainnet"
+SERVICE = "svc-alice"
+
+
+# -- a live engine whose transports come from settings --------------------------------------------
+
+class Live:
+    """Live mode on its own SQLite file, with the default Chains: the transports and their RPC
+    policy come from settings, as in a deployment."""
+
+    def __init__(self, url: str, urls: list[str], **settings: Any):
+        env = {"RAILPROOF_RPC_SOLANA_MAINNET": ",".join(urls), **settings.pop("env", {})}
+        self.settings = Settings(database_url=url, chain="live", env=env,
+                                 service_tokens={SERVICE: ["alice"]},
+                                 staff_tokens={STAFF_TOKEN: "ops1"}, **settings)
+        self.engine = Engine(self.settings)
+        self.engine.ensure_rail_states()
+        self.client = TestClient(create_app(self.engine), raise_server_exceptions=False)
+        self.extra: list[Any] = []
+
+    def close(self) -> None:
+        self.client.close()
+        chains = self.engine.chains
+        for t in [*chains._by_network.values(), *sum(chains._independent.values(), []), *self.extra]:
+            if hasattr(t, "close"):
+                t.close()
+        self.engine.db.dispose()
+
+    def pay(self, **over: Any) -> dict[str, Any]:
+        body = {"owner_id": "alice", "rail_id": "solana_usdc", "access_product_id": "pro",
+                "amount": DEMO["amount"], "recipient": DEMO["recipient"],
+                "reference": DEMO["reference"], "memo": DEMO["memo"], **over}
+        r = self.client.post("/v1/payment-sessions", headers=auth(SERVICE), json=body)
+        assert r.status_code == 201, r.text
+        r = self.client.post("/v1/proofs", headers=auth(SERVICE),
+                             json={"session_id": r.json()["id"], "proof": DEMO["signature"]})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def proof(self, pid: str) -> dict[str, Any]:
+        r = self.client.get(f"/v1/proofs/{pid}", headers=auth(SERVICE))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def attempts(self, pid: str) -> list[str]:
+        with self.engine.db.tx() as s:
+            return list(s.scalars(select(VerificationAttempt.status)
+                                  .where(VerificationAttempt.proof_id == pid)
+                                  .order_by(VerificationAttempt.id)))
+
+    def make_due(self, pid: str) -> None:
+        """The worker's next look at the proof is now (live mode runs on the real clock)."""
+        with self.engine.db.tx() as s:
+            s.execute(update(Proof).where(Proof.id == pid)
+                      .values(next_check_at=self.engine.now() - timedelta(seconds=1)))
+
+
+@pytest.fixture
+def live(tmp_path) -> Iterator[Any]:
+    made: list[Live] = []
+
+    def make(urls: list[str], **settings: Any) -> Live:
+        url = f"sqlite:///{tmp_path}/live-{len(made)}.db"
+        upgrade(url)
+        made.append(Live(url, urls, **settings))
+        return made[-1]
+
+    yield make
+    for lv in made:
+        lv.close()
+
+
+@pytest.fixture
+def nodes() -> Iterator[Any]:
+    started: list[FaultRpcNode] = []
+
+    def start(n: int = 1) -> list[FaultRpcNode]:
+        for _ in range(n):
+            started.append(FaultRpcNode([DEMO_CASSETTE], block_time=now_block_time).start())
+        return started[-n:]
+
+    yield start
+    for node in started:
+        node.release()
+        node.stop()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentNode]:
+    with SilentNode() as node:
+        yield node
+
+
+# -- the submission budget ------------------------------------------------------------------------
+
+def test_a_hanging_node_is_answered_pending_and_the_worker_finishes_it(live, silent, nodes):
+    lv = live([silent.url], submit_verify_budget_s=0.5)
+    view = lv.pay()
+    assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable"), view
+    assert "verification budget of 0.5s ran out" in view["detail"]
+    assert silent.accepted >= 1  # the node was asked, and never answered
+    assert lv.attempts(view["id"]) == ["pending"]
+
+    # The chain answers again (here: another node, serving the recorded payment).
+    (honest,) = nodes()
+    answering = SolanaRpcTransport([honest.url], NETWORK)
+    lv.extra.append(answering)
+    lv.engine.chains.set_transport(NETWORK, answering)
+    lv.make_due(view["id"])
+    assert worker.sweep(lv.engine, "w1")["reverified"] == 1
+    done = lv.proof(view["id"])
+    assert done["status"] == "verified", done
+    assert lv.attempts(view["id"]) == ["pending", "verified"]
+
+
+def test_the_worker_is_not_held_to_the_submission_budget(live, nodes):
+    """A node slower than the submission budget but inside the RPC policy: the submission
+    answers pending at once, the worker's own verification of the same proof succeeds."""
+    (slow,) = nodes()
+    slow.always(Fault.slow(1.0))
+    lv = live([slow.url], submit_verify_budget_s=0.3)
+    view = lv.pay()
+    assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable"), view
+    assert "budget of 0.3s ran out" in view["detail"]
+
+    lv.make_due(view["id"])
+    assert worker.sweep(lv.engine, "w1")["reverified"] == 1
+    assert lv.proof(view["id"])["status"] == "verified"
+
+
+class _Stuck:
+    """A live transport whose calls ignore any deadline: the first blocks until released, then
+    it answers from the recorded demo payment."""
+
+    source = "live"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = threading.Event()
+        self._recorded = CassetteTransport(
+            [Call(c) for c in read_cassette(DEMO_CASSETTE)["calls"]], NETWORK)
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        self.calls.append(method)
+        self.release.wait(30)
+        return self._recorded.call(method, params)
+
+
+def _budget_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "verify-budget"]
+
+
+def test_a_call_that_cannot_be_cut_short_is_abandoned_and_records_nothing(live, silent):
+    lv = live([silent.url], submit_verify_budget_s=0.2)
+    stuck = _Stuck()
+    lv.engine.chains.set_transport(NETWORK, stuck)
+    try:
+        view = lv.pay()
+    finally:
+        stuck.release.set()
+    assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable"), view
+    assert "budget of 0.2s ran out" in view["detail"]
+
+    for t in _budget_threads():  # let the abandoned run finish
+        t.join(10)
+    # It got its first answer late: its next chain call was refused, and nothing it concluded
+    # reached the database.
+    assert stuck.calls == ["getTransaction"]
+    assert lv.attempts(view["id"]) == ["pending"]
+    assert lv.proof(view["id"])["status"] == "pending"
+
+
+def test_a_recorded_chain_is_not_budgeted(tmp_path):
+    """Cassette replay answers from memory: no thread, and the budget never cuts it."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    upgrade(url)
+    settings = make_settings(url, submit_verify_budget_s=0.001)
+    e = Engine(settings)
+    try:
+        adapter = e.adapter(e.rail("solana_usdc"))
+        terms = Terms(recipient=DEMO["recipient"], amount=int(DEMO["amount"]),
+                      reference=DEMO["reference"], memo=DEMO["memo"], now=settings.now())
+        e.chains.set_transport(NETWORK, CassetteTransport(
+            [Call(c) for c in read_cassette(DEMO_CASSETTE)["calls"]], NETWORK))
+        before = len(_budget_threads())
+        checked = e.chains.verify(adapter, DEMO["signature"], terms, budget_s=0.001)
+        assert checked.rpc_calls == 2 and "budget" not in checked.verdict.detail
+        assert len(_budget_threads()) == before
+    finally:
+        e.db.dispose()
+
+
+# -- the RPC policy, per network ------------------------------------------------------------------
+
+def test_rpc_policy_is_read_per_network():
+    s = Settings(rpc_total_s=7, env={
+        "RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5", "RAILPROOF_RPC_ATTEMPTS_SOLANA_MAINNET": "5",
+        "RAILPROOF_RPC_TOTAL_S_BASE": "4"})
+    assert s.rpc_policy("solana-mainnet") == RpcPolicy(timeout_s=1.5, attempts=5, total_s=7)
+    assert s.rpc_policy("solana-devnet") == RpcPolicy(timeout_s=8, attempts=3, total_s=7)
+    assert s.rpc_policy("base") == RpcPolicy(timeout_s=8, attempts=3, total_s=4)
+    assert Settings(env={}).rpc_policy("base") == RpcPolicy()
+
+
+def test_global_rpc_policy_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RAILPROOF_RPC_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("RAILPROOF_RPC_ATTEMPTS", "2")
+    monkeypatch.setenv("RAILPROOF_SUBMIT_VERIFY_BUDGET_S", "1.5")
+    s = Settings()
+    assert s.rpc_policy("ethereum") == RpcPolicy(timeout_s=2.5, attempts=2, total_s=20)
+    assert s.submit_verify_budget_s == 1.5
+
+
+@pytest.mark.parametrize("key,value", [("RAILPROOF_RPC_TIMEOUT_S_BASE", "0"),
+                                       ("RAILPROOF_RPC_ATTEMPTS_ETHEREUM", "many")])
+def test_a_bad_per_network_bound_is_refused_at_startup(key, value):
+    with pytest.raises(ValidationError) as e:
+        Settings(env={key: value})
+    assert key.rsplit("_", 1)[-1] in str(e.value)
+
+
+def test_live_transports_get_their_networks_policy():
+    s = Settings(chain="live", env={
+        "RAILPROOF_RPC_SOLANA_MAINNET": "http://127.0.0.1:9/", "RAILPROOF_RPC_ETHEREUM": "http://127.0.0.1:9/",
+        "RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5", "RAILPROOF_RPC_ATTEMPTS_ETHEREUM": "7"})
+    chains = Chains(s)
+    sol = chains.transport("solana", "solana-mainnet")  # built, never called
+    evm = chains.transport("evm", "ethereum")
+    try:
+        assert (sol.policy.timeout, sol.policy.attempts) == (1.5, 3)
+        assert (evm.policy.timeout, evm.policy.attempts) == (8.0, 7)
+    finally:
+        sol.close()
+
+
+def test_readiness_shows_each_rails_rpc_policy(live, silent):
+    lv = live([silent.url], submit_verify_budget_s=2.0, rpc_attempts=2,
+              env={"RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5"})
+    r = lv.client.get("/v1/admin/rails/readiness", headers=auth(STAFF_TOKEN))
+    assert r.status_code == 200, r.text
+    rails = {row["rail_id"]: row for row in r.json()}
+    assert rails["solana_usdc"]["rpc_policy"] == {"timeout_s": 1.5, "attempts": 2, "total_s": 20.0,
+                                                 "submit_budget_s": 2.0}
+    assert rails["evm_usdc"]["rpc_policy"] == {"timeout_s": 8.0, "attempts": 2, "total_s": 20.0,
+                                              "submit_budget_s": 2.0}
+    # Added, nothing taken away.
+    assert {"blockers", "ready", "live_verifier_configured"} <= set(rails["solana_usdc"])
+
+
+# -- finality under the quorum --------------------------------------------------------------------
+
+def test_a_lying_node_cannot_make_a_settlement_final(live, nodes):
+    truth, liar = nodes(2)
+    truth.behave(Behaviour.lagging)
+    liar.behave(Behaviour.lagging)
+    lv = live([truth.url, liar.url], rpc_quorum=2)
+    view = lv.pay()
+    assert view["status"] == "verified" and view["settlement"]["is_final"] is False, view
+
+    # The chain has not finalized it (the honest node says confirmed); one node says finalized.
+    liar.behave(Behaviour.honest)
+    lv.make_due(view["id"])
+    assert worker.refresh_finality(lv.engine, "w1", 10) == 1
+    assert lv.proof(view["id"])["settlement"]["is_final"] is False
+    # Nor can a node that says it never saw the transaction move it anywhere.
+    liar.behave(Behaviour.behind)
+    truth.behave(Behaviour.honest)
+    lv.make_due(view["id"])
+    worker.refresh_finality(lv.engine, "w1", 10)
+    assert lv.proof(view["id"])["settlement"]["finality"] == "confirmed"
+
+    # Both nodes see it finalized: now it is final.
+    liar.behave(Behaviour.honest)
+    lv.make_due(view["id"])
+    worker.refresh_finality(lv.engine, "w1", 10)
+    settled = lv.proof(view["id"])["settlement"]
+    assert settled["is_final"] is True and settled["finality"] == "finalized", settled
+
+
+def _st(finality: str, *, final: bool = False, reorged: bool = False, block: str = "0xa") -> Settlement:
+    return Settlement(ref="0x1", finality=finality, is_final=final, reorged=reorged,
+                      block_number=7, block_hash=block)
+
+
+def test_decide_settlement_needs_a_quorum_for_final_and_for_reorged():
+    final, confirmed = _st("finalized", final=True), _st("confirmed")
+    reorged = _st("reorged", reorged=True)
+    assert decide_settlement([final, final], 2).is_final
+    assert decide_settlement([final, None], 2) is None  # one answer is not a quorum
+    assert decide_settlement([final, confirmed], 2).finality == "confirmed"  # least final
+    assert decide_settlement([final, _st("finalized", final=True, block="0xb")], 2) is None
+    assert decide_settlement([final, reorged], 2) is None  # one node alone cannot undo it
+    assert decide_settlement([final, final, reorged], 2) is None  # nor be outvoted into final
+    assert decide_settlement([reorged, reorged, final], 2).reorged
+
+
+# -- PostgreSQL: lock and statement timeouts -------------------------------------------------------
+
+@pytest.fixture
+def pg_url(pg_template) -> Iterator[str]:
+    url, drop = make_pg_db(pg_template)
+    yield url
+    drop()
+
+
+@pytest.fixture
+def pg(pg_url) -> Iterator[tuple[Engine, ScriptedChain, TestClient]]:
+    db = Database(pg_url, pg_lock_timeout_ms=300, pg_statement_timeout_ms=20_000)
+    e = Engine(make_settings(pg_url), db=db, catalog=catalog_with_fake())
+    chain = ScriptedChain()
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    with TestClient(create_app(e), raise_server_exceptions=False) as client:
+        yield e, chain, client
+    e.db.dispose()
+
+
+class _RowLock:
+    """Another client holding the rail's state row FOR UPDATE in an open transaction."""
+
+    def __init__(self, url: str, rail_id: str):
+        self._engine = create_engine(url)
+        self._conn = self._engine.connect()
+        self._conn.execute(text(f"SELECT rail_id FROM {RailState.__tablename__} "
+                                "WHERE rail_id = :r FOR UPDATE"), {"r": rail_id})
+
+    def release(self) -> None:
+        self._conn.rollback()
+        self._conn.close()
+        self._engine.dispose()
+
+
+def _busy(r: Any) -> None:
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "database_busy" and "Traceback" not in r.text
+    assert int(r.headers["Retry-After"]) > 0
+
+
+@pytest.mark.postgres
+def test_connections_carry_the_timeouts(pg):
+    e, _, _ = pg
+    with e.db.tx() as s:
+        assert s.scalar(text("SHOW lock_timeout")) == "300ms"
+        assert s.scalar(text("SHOW statement_timeout")) == "20s"
+
+
+@pytest.mark.postgres
+def test_a_held_lock_makes_apply_answer_503_and_change_nothing(pg, pg_url):
+    e, chain, client = pg
+    sess, view = paid_proof(e, chain)
+    lock = _RowLock(pg_url, "fake_live")
+    try:
+        r = client.post(f"/v1/admin/proofs/{view['id']}/apply", headers=auth(STAFF_TOKEN),
+                        json={"confirm": True})
+    finally:
+        lock.release()
+    _busy(r)
+    with e.db.tx() as s:
+        assert s.scalars(select(Receipt)).all() == []
+        ent = s.scalar(select(Entitlement).where(Entitlement.session_id == sess["id"]))
+        assert (ent.status, ent.receipt_id) == ("pending", None)
+        assert s.get(PaymentSession, sess["id"]).status == "open"
+        assert not s.scalars(select(AuditEvent).where(AuditEvent.action == "proof.applied")).all()
+
+    r = client.post(f"/v1/admin/proofs/{view['id']}/apply", headers=auth(STAFF_TOKEN),
+                    json={"confirm": True})
+    assert r.status_code == 200 and r.json()["applied"] is True, r.text
+
+
+@pytest.mark.postgres
+def test_a_held_lock_makes_a_submission_answer_503_and_store_nothing(pg, pg_url):
+    e, chain, client = pg
+    r = client.post("/v1/payment-sessions", headers=auth(), json={
+        "owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
+        "amount": 1_500_000, "recipient": "fatreasury"})
+    assert r.status_code == 201, r.text
+    sess = r.json()
+    chain.txs["fx00b05e01"] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000,
+                            "asset": "fusd", "refs": [sess["reference"]], "finality": "finalized"}
+    body = {"session_id": sess["id"], "proof": "fx00b05e01"}
+    headers = {**auth(), "Idempotency-Key": "busy-1"}
+
+    lock = _RowLock(pg_url, "fake_live")
+    try:
+        r = client.post("/v1/proofs", headers=headers, json=body)
+    finally:
+        lock.release()
+    _busy(r)
+    with e.db.tx() as s:
+        assert s.scalars(select(Proof).where(Proof.session_id == sess["id"])).all() == []
+        assert not s.scalars(select(AuditEvent).where(AuditEvent.action == "proof.submitted")).all()
+        assert s.scalars(select(IdempotencyClaim)).all() == []  # released for the retry
+
+    r = client.post("/v1/proofs", headers=headers, json=body)  # the client's retry
+    assert r.status_code == 201 and r.json()["status"] == "verified", r.text
+
+
+def test_busy_means_a_timeout_not_any_database_error():
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    other = OperationalError("INSERT", {}, sqlite3.OperationalError("no such table: proofs"))
+    assert is_busy(locked) and not is_busy(other)
+    psycopg = pytest.importorskip("psycopg")
+    assert is_busy(OperationalError("SELECT", {}, psycopg.errors.LockNotAvailable()))
+    assert is_busy(OperationalError("SELECT", {}, psycopg.errors.QueryCanceled()))
+    assert not is_busy(OperationalError("SELECT", {}, psycopg.errors.UndefinedTable()))
+
+
+def test_bench_measures_submission_against_a_hanging_node(tmp_path):
+    from verifier import bench
+
+    url = f"sqlite:///{tmp_path}/bench.db"
+    upgrade(url)
+    settings = Settings(database_url=url, chain="cassette", clock=bench.CLOCK, env={},
+                        cassette_dir=tmp_path / "none")
+    e = Engine(settings)
+    e.ensure_rail_states()
+    e.db.dispose()
+    out = bench.bench_submit_hanging_node(settings, samples=2, budget_s=0.1)
+    assert out["hanging_node_statuses"] == {"pending": 2}
+    assert (out["hanging_node_budget_s"], out["hanging_node_default_budget_s"]) == (0.1, 3.0)
+    assert isinstance(out["submit_p99_ms_hanging_node"], float)

@@ -1,0 +1,276 @@
+"""One transfer, one session, whatever proof names it.
+
+The x402 spec's genuine Base Sepolia payload is settled on a local chain (py-evm, chain id
+84532) by the EIP-3009 test token placed at the real Base Sepolia USDC address: the
+facilitator's `transferWithAuthorization` with the payload's own signature, inside its window.
+The payload (rail x402) and the settlement's transaction hash (rail base_usdc) are then the
+same transfer: the engine holds it by its `eip3009:` identity, taken from the payload by the
+x402 rail and from the receipt's `AuthorizationUsed` log by the EVM rail, so the second proof
+is refused (409 duplicate_payment / nonce_reused for the same owner, proof_owner_conflict for
+another), audited and counted, and stored failed with that code. An ordinary transfer of the
+same amount by the same payer is another transfer and is not refused.
+
+Through the HTTP API, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from eth_tester.backends.pyevm.main import get_default_account_keys
+from fastapi.testclient import TestClient
+
+from rails.base import Status, Terms, eip3009_key
+from rails.evm import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, EvmAdapter
+from rails.x402 import X402Adapter, domain_separator
+from registry.catalog import RailOverrides, load_catalog
+from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth, make_settings
+from tests.evm_chain import BASE_SEPOLIA_CHAIN_ID, BASE_SEPOLIA_USDC, LocalEvmChain
+from verifier.api import create_app
+from verifier.engine import Engine
+from verifier.metrics import PREFIX
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
+PAYLOAD = json.loads((FIX / "x402_base_sepolia_payload_v1.json").read_text())
+HEADER = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+AUTH = PAYLOAD["payload"]["authorization"]
+SIGNATURE = PAYLOAD["payload"]["signature"]
+PAYER, PAY_TO, VALUE, NONCE = AUTH["from"], AUTH["to"], int(AUTH["value"]), AUTH["nonce"]
+VALID_AFTER, VALID_BEFORE = int(AUTH["validAfter"]), int(AUTH["validBefore"])
+
+OPENED_AT = 1740672100  # the engine's clock: sessions open, the payload is valid
+SETTLED_AT = 1740672120  # the facilitator's settlement block, inside the window
+ORDINARY_AT = 1740672130  # an ordinary transfer by the same payer
+assert VALID_AFTER < OPENED_AT < SETTLED_AT < ORDINARY_AT < VALID_BEFORE
+
+# eth-tester's first two test accounts (private keys 1 and 2): the facilitator that settles,
+# and an account the payer approved in the genesis state (its transferFrom is a transfer
+# without any authorization).
+FACILITATOR, SPENDER = (k.public_key.to_checksum_address() for k in get_default_account_keys(2))
+
+IDENTITY = eip3009_key(BASE_SEPOLIA_CHAIN_ID, BASE_SEPOLIA_USDC, PAYER, NONCE)
+REFUSAL_ACTIONS = {"duplicate_payment": "proof.duplicate_payment",
+                   "nonce_reused": "proof.nonce_reused",
+                   "proof_owner_conflict": "proof.owner_conflict"}
+TOKENS = {"alice": SERVICE_TOKEN, "bob": OTHER_SERVICE_TOKEN}
+
+
+# -- the chain ---------------------------------------------------------------------------
+
+
+class Settled:
+    """A Base Sepolia chain where the payload's authorization was settled (and, apart, an
+    ordinary transfer of the same amount by the same payer was made)."""
+
+    def __init__(self, as_bytes: bool = False):
+        self.chain = LocalEvmChain.base_sepolia(allowances={(PAYER, SPENDER): VALUE})
+        assert self.chain.accounts[:2] == [FACILITATOR, SPENDER]
+        self.token = self.chain.eip3009_token()
+        self.token.functions.mint(PAYER, 3 * VALUE).transact({"from": FACILITATOR})
+        self.chain.set_next_block_timestamp(SETTLED_AT)
+        self.settlement = self.chain.transfer_with_authorization(
+            self.token, AUTH, SIGNATURE, sender=FACILITATOR, as_bytes=as_bytes)
+        self.chain.set_next_block_timestamp(ORDINARY_AT)
+        self.ordinary = self.token.functions.transferFrom(PAYER, PAY_TO, VALUE).transact(
+            {"from": SPENDER}).to_0x_hex()
+
+    def receipt(self, tx: str) -> dict[str, Any]:
+        return self.chain.call("eth_getTransactionReceipt", [tx])
+
+
+@pytest.fixture
+def settled() -> Settled:
+    return Settled()
+
+
+# -- the engine, over HTTP ---------------------------------------------------------------
+
+
+@pytest.fixture
+def api(db_url, settled) -> Iterator["Api"]:
+    engine = Engine(make_settings(
+        db_url, clock=datetime.fromtimestamp(OPENED_AT, tz=timezone.utc),
+        env={"RAILPROOF_NETWORK_X402": "base-sepolia",
+             "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia"}))
+    engine.ensure_rail_states()
+    # Both rails are on base-sepolia: one chain answers for both.
+    engine.chains.set_transport("base-sepolia", settled.chain)
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        yield Api(engine, client)
+    engine.db.dispose()
+
+
+class Api:
+    def __init__(self, engine: Engine, client: TestClient):
+        self.engine, self.client = engine, client
+
+    def open(self, rail_id: str, owner: str = "alice") -> str:
+        body = {"owner_id": owner, "rail_id": rail_id, "access_product_id": "api",
+                "amount": VALUE, "recipient": PAY_TO}
+        if rail_id == "base_usdc":
+            body["payer"] = PAYER  # EVM rails bind a transfer to its session by the payer
+        r = self.client.post("/v1/payment-sessions", json=body, headers=auth(TOKENS[owner]))
+        assert r.status_code == 201, r.text
+        assert r.json()["payment_requirements"]["network"] == "base-sepolia"
+        return r.json()["id"]
+
+    def submit(self, session_id: str, proof: str, owner: str = "alice"):
+        return self.client.post("/v1/proofs", json={"session_id": session_id, "proof": proof},
+                                headers=auth(TOKENS[owner]))
+
+    def verified(self, session_id: str, proof: str, owner: str = "alice") -> dict[str, Any]:
+        r = self.submit(session_id, proof, owner)
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "verified", r.json()
+        return r.json()
+
+    def proof(self, proof_id: str, owner: str = "alice") -> dict[str, Any]:
+        r = self.client.get(f"/v1/proofs/{proof_id}", headers=auth(TOKENS[owner]))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def audit(self) -> list[dict[str, Any]]:
+        r = self.client.get("/v1/admin/audit", params={"limit": 1000}, headers=auth(STAFF_TOKEN))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def refusals(self, rail_id: str, code: str) -> float:
+        value = self.engine.metrics.registry.get_sample_value(
+            PREFIX + "replay_refusals_total", {"rail_id": rail_id, "code": code})
+        return value or 0.0
+
+
+def assert_refused(api: Api, response, code: str, rail_id: str, owner: str,
+                   held_by_session: str, held_by_proof: str, session_id: str) -> str:
+    """The second proof was refused with `code`: 409, stored failed with the code, one audit
+    event naming both sessions, counted once. Returns the refused proof's id."""
+    assert response.status_code == 409, response.text
+    err = response.json()["error"]
+    assert err["code"] == code, err
+    if code == "proof_owner_conflict":
+        assert held_by_session not in err["message"]  # another owner's session is not named
+    else:
+        assert held_by_session in err["message"]
+    refused_id = err["proof_id"]
+    stored = api.proof(refused_id, owner)
+    assert (stored["status"], stored["failure_code"]) == ("failed", code), stored
+    assert stored["session_id"] == session_id
+
+    events = [e for e in api.audit() if e["action"] == REFUSAL_ACTIONS[code]]
+    assert len(events) == 1, events
+    data = events[0]["data"]
+    assert events[0]["subject_id"] == held_by_proof
+    assert (data["code"], data["held_by_session_id"], data["session_id"],
+            data["refused_proof_id"]) == (code, held_by_session, session_id, refused_id)
+    assert api.refusals(rail_id, code) == 1
+    return refused_id
+
+
+# -- the token and the two identities, without the engine --------------------------------
+
+
+def test_the_real_payload_settles_on_the_local_base_sepolia_token(settled):
+    chain, token = settled.chain, settled.token
+    assert chain.call("eth_chainId", []) == hex(84532)
+    # The token's domain, computed at call time at the real address, is the one x402 pins.
+    assert token.functions.DOMAIN_SEPARATOR().call() == domain_separator(
+        "USDC", "2", BASE_SEPOLIA_CHAIN_ID, bytes.fromhex(BASE_SEPOLIA_USDC[2:]))
+    assert token.functions.decimals().call() == 6
+
+    receipt = settled.receipt(settled.settlement)
+    assert receipt["status"] == "0x1" and receipt["to"] == BASE_SEPOLIA_USDC
+    block = chain.call("eth_getBlockByNumber", [receipt["blockNumber"], False])
+    assert int(block["timestamp"], 16) == SETTLED_AT
+    used, transfer = receipt["logs"]
+    assert used["topics"] == [AUTHORIZATION_USED_TOPIC, "0x" + PAYER[2:].lower().rjust(64, "0"),
+                              NONCE.lower()]
+    assert transfer["topics"][0] == TRANSFER_TOPIC and int(transfer["data"], 16) == VALUE
+    assert token.functions.authorizationState(PAYER, NONCE).call() is True
+    assert token.functions.balanceOf(PAY_TO).call() == 2 * VALUE  # settlement + ordinary
+
+    # A second settlement of the same authorization is refused by the token (mined, reverted).
+    again = chain.transfer_with_authorization(token, AUTH, SIGNATURE, as_bytes=True)
+    assert settled.receipt(again)["status"] == "0x0"
+
+
+def test_outside_its_window_the_authorization_does_not_settle():
+    chain = LocalEvmChain.base_sepolia()
+    token = chain.eip3009_token()
+    token.functions.mint(PAYER, VALUE).transact({"from": FACILITATOR})
+    chain.set_next_block_timestamp(VALID_BEFORE)  # validBefore is exclusive
+    tx = chain.transfer_with_authorization(token, AUTH, SIGNATURE)
+    assert chain.call("eth_getTransactionReceipt", [tx])["status"] == "0x0"
+    assert token.functions.authorizationState(PAYER, NONCE).call() is False
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["vrs", "bytes_signature"])
+def test_payload_and_settlement_receipt_name_the_same_transfer(as_bytes):
+    settled = Settled(as_bytes=as_bytes)
+    catalog = load_catalog()
+    on_sepolia = RailOverrides(network="base-sepolia")
+    x402 = X402Adapter(catalog.resolve("x402", on_sepolia))
+    evm = EvmAdapter(catalog.resolve("base_usdc", on_sepolia))
+    now = datetime.fromtimestamp(OPENED_AT, tz=timezone.utc)
+
+    by_payload = x402.verify(HEADER, Terms(recipient=PAY_TO, amount=VALUE, now=now),
+                             settled.chain)
+    by_receipt = evm.verify(settled.settlement,
+                            Terms(recipient=PAY_TO, amount=VALUE, now=now, sender=PAYER),
+                            settled.chain)
+    ordinary = evm.verify(settled.ordinary,
+                          Terms(recipient=PAY_TO, amount=VALUE, now=now, sender=PAYER),
+                          settled.chain)
+    assert by_payload.status is by_receipt.status is ordinary.status is Status.verified
+    assert by_payload.transfer_keys == (IDENTITY,)
+    assert IDENTITY in by_receipt.transfer_keys
+    assert not any(k.startswith("eip3009:") for k in ordinary.transfer_keys)
+    assert set(ordinary.transfer_keys).isdisjoint(by_receipt.transfer_keys)
+
+
+# -- through the engine ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("owner, code", [("alice", "duplicate_payment"),
+                                         ("bob", "proof_owner_conflict")],
+                         ids=["same_owner", "other_owner"])
+def test_payload_first_then_its_settlement_hash_is_refused(api, settled, owner, code):
+    a = api.open("x402")
+    held = api.verified(a, HEADER)
+    b = api.open("base_usdc", owner)
+    r = api.submit(b, settled.settlement, owner)
+    assert_refused(api, r, code, "base_usdc", owner, held_by_session=a, held_by_proof=held["id"],
+                   session_id=b)
+    assert api.proof(held["id"])["status"] == "verified"  # the holder keeps its transfer
+
+
+@pytest.mark.parametrize("owner, code", [("alice", "nonce_reused"),
+                                         ("bob", "proof_owner_conflict")],
+                         ids=["same_owner", "other_owner"])
+def test_settlement_hash_first_then_the_payload_is_refused(api, settled, owner, code):
+    a = api.open("base_usdc")
+    held = api.verified(a, settled.settlement)
+    b = api.open("x402", owner)
+    r = api.submit(b, HEADER, owner)
+    assert_refused(api, r, code, "x402", owner, held_by_session=a, held_by_proof=held["id"],
+                   session_id=b)
+    assert api.proof(held["id"])["status"] == "verified"
+
+
+def test_an_ordinary_transfer_by_the_same_payer_is_another_transfer(api, settled):
+    a = api.open("x402")
+    held = api.verified(a, HEADER)
+    # Same payer, recipient, token and amount, but no authorization: not the x402 transfer.
+    b = api.open("base_usdc")
+    api.verified(b, settled.ordinary)
+    assert api.refusals("base_usdc", "duplicate_payment") == 0
+    assert not [e for e in api.audit() if e["action"] in REFUSAL_ACTIONS.values()]
+    # The settlement itself still is the x402 transfer, and is refused for a third session
+    # (the sessions B took and A took are no longer waiting for a payment).
+    c = api.open("base_usdc")
+    r = api.submit(c, settled.settlement)
+    assert_refused(api, r, "duplicate_payment", "base_usdc", "alice", held_by_session=a,
+                   held_by_proof=held["id"], session_id=c)
