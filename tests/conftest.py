@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from tests.fake_rail import ScriptedChain, catalog_with_fake
-from verifier.api import create_app
-from verifier.config import Settings
-from verifier.engine import Engine
+from verifier.http.api import create_app
+from verifier.core.config import Settings
+from verifier.core.engine import Engine
 from verifier.storage.db import Database, upgrade
 
 PG_URL = os.environ.get("RAILPROOF_TEST_POSTGRES_URL")

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from rails.cassette import Call, CassetteTransport
 from tests.conftest import CLOCK, make_settings
 from tests.fake_rail import catalog_with_fake
-from verifier.engine import Engine
+from verifier.core.engine import Engine
 from verifier.storage.models import (
     Approval,
     AuditEvent,

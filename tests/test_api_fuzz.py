@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth, make_pg_db, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.helpers import FIXTURES
-from verifier.api import MAX_BODY_BYTES, create_app
-from verifier.engine import Engine
-from verifier.proofs import submit_proof
-from verifier.ratelimit import RateLimiter
-from verifier.sessions import NewSession, open_session
+from verifier.http.api import MAX_BODY_BYTES, create_app
+from verifier.core.engine import Engine
+from verifier.services.proofs import submit_proof
+from verifier.http.ratelimit import RateLimiter
+from verifier.services.sessions import NewSession, open_session
 from verifier.storage.db import upgrade
 
 TRACE_MARKERS = ("Traceback", 'File "')

@@ -5,8 +5,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
-from verifier.api import SessionIn
-from verifier.idempotency import request_hash
+from verifier.http.api import SessionIn
+from verifier.services.idempotency import request_hash
 from verifier.storage.models import (
     AuditEvent,
     IdempotencyClaim,
@@ -123,7 +123,7 @@ def test_idempotency_replay_conflict_and_in_progress(client, engine):
         s.add(IdempotencyClaim(principal="svc:alice,alice-2", endpoint="POST /v1/payment-sessions",
                                key="k-stuck", request_hash="x" * 64,
                                created_at=engine.now()))
-    from verifier.idempotency import request_hash
+    from verifier.services.idempotency import request_hash
     with engine.db.tx() as s:
         c = s.get(IdempotencyClaim, ("svc:alice,alice-2", "POST /v1/payment-sessions", "k-stuck"))
         c.request_hash = request_hash(SessionIn(**SESSION).model_dump(mode="json"))

@@ -1,4 +1,4 @@
-"""Assurance: every finding type of verifier/assurance.py, each condition created directly in
+"""Assurance: every finding type of verifier/services/assurance.py, each condition created directly in
 the database (bypassing the engine where it would refuse), reported by GET
 /v1/admin/assurance and by the operator CLI `railproof assurance` over a real socket."""
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import advance
 from tests.live_server import LiveServer
-from verifier.cli import app as cli_app
+from verifier.cli.main import app as cli_app
 from verifier.storage.models import (
     AuditEvent,
     Entitlement,

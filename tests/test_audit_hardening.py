@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tests.conftest import make_pg_db
-from verifier import audit
-from verifier.cli import app
+from verifier.services import audit
+from verifier.cli.main import app
 from verifier.storage.db import AUDIT_KEY_INFO, Database, upgrade
 from verifier.storage.models import AuditEvent
 

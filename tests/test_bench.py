@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from rails.base import Status, Terms
 from rails.cassette import CassetteTransport
-from verifier import bench
-from verifier.checking import run_verify
+from verifier.tools import bench
+from verifier.core.checking import run_verify
 
 CONTRACT = {
     "verify_offline_per_s": float, "submit_verify_per_s": float, "dry_run_apply_p50_ms": float,
@@ -60,7 +60,7 @@ def test_cli_bench_prints_one_json_object():
 
 
 def bench_app():
-    from verifier.cli import app
+    from verifier.cli.main import app
 
     return app
 
@@ -69,7 +69,7 @@ def test_history_is_stored_first_and_submissions_follow_it(db_url):
     """Submission is timed against the stored history (how its cost grows): on PostgreSQL the
     history's explicit attempt and evidence ids must not collide with the service's next
     ones, and the audit chain runs on through both."""
-    from verifier import audit
+    from verifier.services import audit
     from verifier.storage.db import Database
 
     out = bench.run_bench(proofs=12, stored=40, database_url=db_url)

@@ -26,11 +26,11 @@ from tests.test_e2e_http import (
     EVM_USDC_TO,
     EVM_USDC_TX,
 )
-from verifier import gate, proofs, sessions
-from verifier.api import create_app
-from verifier.assurance import assurance_report
-from verifier.audit import Operator
-from verifier.errors import BadInput, Conflict
+from verifier.services import gate, proofs, sessions
+from verifier.http.api import create_app
+from verifier.services.assurance import assurance_report
+from verifier.services.audit import Operator
+from verifier.core.errors import BadInput, Conflict
 from verifier.storage.db import Database, upgrade
 from verifier.storage.models import Proof, TransferHold, VerificationAttempt
 

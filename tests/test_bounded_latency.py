@@ -34,13 +34,13 @@ from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.fault_rpc import DEMO_CASSETTE, Behaviour, FaultRpcNode, now_block_time
 from tests.jsonrpc_server import Fault
 from tests.test_gate import paid_proof
-from verifier import worker
-from verifier.api import create_app
-from verifier.bench import SilentNode
-from verifier.chains import Chains
-from verifier.checking import decide_settlement
-from verifier.config import Settings
-from verifier.engine import Engine
+from verifier.worker import loop as worker
+from verifier.http.api import create_app
+from verifier.tools.bench import SilentNode
+from verifier.core.chains import Chains
+from verifier.core.checking import decide_settlement
+from verifier.core.config import Settings
+from verifier.core.engine import Engine
 from verifier.storage.db import Database, is_busy, upgrade
 from verifier.storage.models import (
     AuditEvent,
@@ -462,7 +462,7 @@ def test_busy_means_a_timeout_not_any_database_error():
 
 
 def test_bench_measures_submission_against_a_hanging_node(tmp_path):
-    from verifier import bench
+    from verifier.tools import bench
 
     url = f"sqlite:///{tmp_path}/bench.db"
     upgrade(url)

@@ -29,11 +29,11 @@ from rails.solana_live import RetryPolicy, SolanaRpcTransport
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.fault_rpc import DEMO_CASSETTE, SOLANA_GENERATED, Behaviour, FaultRpcNode, now_block_time
 from tests.jsonrpc_server import Fault
-from verifier import proofs
-from verifier.api import create_app
-from verifier.chains import Chains
-from verifier.config import Settings
-from verifier.engine import Engine
+from verifier.services import proofs
+from verifier.http.api import create_app
+from verifier.core.chains import Chains
+from verifier.core.config import Settings
+from verifier.core.engine import Engine
 from verifier.storage.db import upgrade
 from verifier.storage.models import Proof, VerificationAttempt
 

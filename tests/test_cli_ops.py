@@ -14,9 +14,9 @@ from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import cassette_engine
 from tests.live_server import LiveServer, closed_port
 from tests.test_gate import paid_proof
-from verifier import timeutil
-from verifier.api import create_app
-from verifier.cli import app as cli_app
+from verifier.core import timeutil
+from verifier.http.api import create_app
+from verifier.cli.main import app as cli_app
 from verifier.storage.models import Entitlement, IdempotencyClaim
 
 from sqlalchemy import select

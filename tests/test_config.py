@@ -4,8 +4,8 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from verifier.cli import app
-from verifier.config import Settings
+from verifier.cli.main import app
+from verifier.core.config import Settings
 
 
 def test_environment_names(monkeypatch):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rails.codes import FailureCode
 from registry.catalog import load_catalog
-from verifier.config import Settings
+from verifier.core.config import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -56,7 +56,7 @@ def documented_statuses(code: str, family: str) -> set[str]:
 def test_status_column_says_what_each_family_gives():
     # Terms each family checks differently: a reference or memo the transfer does not carry,
     # and an amount it did not pay. The verdict must be in the table, for that family.
-    from verifier.offline import OfflineRequest, verify_offline
+    from verifier.services.offline import OfflineRequest, verify_offline
     other_key = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"  # not in the Solana transfer
     for family, (rail, cassette, proof, recipient, amount) in RUNS.items():
         for terms in ({"reference": other_key}, {"memo": "order-42"}, {"amount": amount + 1}):

@@ -23,8 +23,8 @@ from tests.helpers import (
     counts,
     recorded_calls,
 )
-from verifier import worker
-from verifier.api import create_app
+from verifier.worker import loop as worker
+from verifier.http.api import create_app
 from verifier.storage.models import RailState, Receipt
 
 SOL = FIXTURES / "solana" / "generated"
@@ -365,9 +365,9 @@ def test_demo_walks_to_an_active_entitlement_against_a_served_api(tmp_path, monk
     """`railproof demo` against the deployment `make serve` starts (demo tokens, treasury from
     the environment, recorded chains, the demo's clock), through the public API only."""
     from tests.live_server import LiveServer, closed_port
-    from verifier.config import Settings
-    from verifier.demo import run_demo
-    from verifier.engine import Engine
+    from verifier.core.config import Settings
+    from verifier.tools.demo import run_demo
+    from verifier.core.engine import Engine
     from verifier.storage.db import upgrade
 
     url = f"sqlite:///{tmp_path}/demo.db"

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from rails.errors import RpcUnavailable
-from verifier import proofs, sessions
-from verifier.errors import Conflict, NotFound, Refused
+from verifier.services import proofs, sessions
+from verifier.core.errors import Conflict, NotFound, Refused
 from verifier.storage.models import AuditEvent, Proof, VerificationAttempt
 
 
@@ -139,7 +139,7 @@ def test_review_only_rail_ends_in_review(engine, chain):
 
 
 def test_paused_rail_refuses_new_work_but_reads_continue(engine, chain):
-    from verifier import audit, rails_admin
+    from verifier.services import audit, rails_admin
     sess = open_session(engine)
     pay(chain, "fx88888888", sess)
     done, _ = proofs.submit_proof(engine, sess["id"], "fx88888888", ["alice"])
@@ -169,7 +169,8 @@ def test_worker_verifying_between_proof_row_and_attempt_is_not_overwritten(engin
     """A new proof is committed, and due, before the chain is asked: a worker may verify it
     in that window. The submission's own attempt then lands second: it counts as a
     re-verification (no second status change, event or audit row), never as a first one."""
-    from verifier import audit, worker
+    from verifier.services import audit
+    from verifier.worker import loop as worker
     from verifier.storage.webhook_models import OutboxEvent
 
     sess = open_session(engine)

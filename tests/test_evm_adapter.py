@@ -27,7 +27,7 @@ from rails.evm import (
     transfers_in_receipt,
 )
 from registry.catalog import FinalityPolicy, load_catalog
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "evm"
 

@@ -13,7 +13,7 @@ from rails.codes import FailureCode
 from rails.evm import EvmAdapter
 from registry.catalog import Stage
 from tests.evm_chain import LocalEvmChain
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 PAID = 25_000_000  # 25.00 test USDC
 

@@ -8,9 +8,9 @@ from sqlalchemy import select
 
 from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import GATE_CHECKS, audit_actions, counts
-from verifier import audit, gate, proofs
-from verifier.errors import BadInput, Conflict, Refused
-from verifier.sessions import NewSession, open_session
+from verifier.services import audit, gate, proofs
+from verifier.core.errors import BadInput, Conflict, Refused
+from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import (
     Entitlement,
     PaymentSession,
@@ -200,7 +200,7 @@ def test_revoke_only_an_active_entitlement_with_operator_context(engine, chain):
 
 
 def test_proof_of_a_rail_gone_from_the_catalog_is_reported_not_crashed(engine, chain, db_url):
-    from verifier.engine import Engine
+    from verifier.core.engine import Engine
     from tests.conftest import make_settings
     _, view = paid_proof(engine, chain)
     shipped = Engine(make_settings(db_url))  # the shipped catalog: no fake rails

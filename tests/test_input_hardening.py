@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 
 from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import counts
-from verifier import idempotency
-from verifier.errors import BadInput
+from verifier.services import idempotency
+from verifier.core.errors import BadInput
 from verifier.storage.models import IdempotencyClaim
 
 ROOT = Path(__file__).resolve().parent.parent

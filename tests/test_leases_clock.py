@@ -13,11 +13,13 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from tests.conftest import CLOCK, STAFF_TOKEN, auth
-from verifier import idempotency, proofs, timeutil, worker
-from verifier.assurance import assurance_report
-from verifier.sessions import NewSession, open_session
+from verifier.core import timeutil
+from verifier.services import idempotency, proofs
+from verifier.worker import loop as worker
+from verifier.services.assurance import assurance_report
+from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import IdempotencyClaim, Proof, ProofStatus
-from verifier.timeutil import utc
+from verifier.core.timeutil import utc
 
 
 def later(monkeypatch, seconds: float) -> None:

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import OTHER_SERVICE_TOKEN, STAFF_TOKEN, auth
-from verifier.metrics import SPEC
+from verifier.core.metrics import SPEC
 
 BIN = Path(sys.executable).parent
 SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",

@@ -23,10 +23,10 @@ from sqlalchemy import event, func, select
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.test_gate import OP, paid_proof
-from verifier import gate, proofs, rails_admin
-from verifier.engine import Engine
-from verifier.errors import EngineError
-from verifier.sessions import NewSession, open_session
+from verifier.services import gate, proofs, rails_admin
+from verifier.core.engine import Engine
+from verifier.core.errors import EngineError
+from verifier.services.sessions import NewSession, open_session
 from verifier.storage.db import Database
 from verifier.storage.models import PaymentSession, Proof, Receipt
 

@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 
 from tests.fault_rpc import FIXTURES, SOLANA_GENERATED
 from tests.procs import AUDIT_KEY, Api, PgDatabase, Worker, base_env, migrate, wait_until
-from verifier.audit import verify_chain
+from verifier.services.audit import verify_chain
 from verifier.storage.db import Database
 from verifier.storage.models import (
     AuditEvent,

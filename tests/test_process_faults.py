@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, func, select, text, update
 
 from tests.fault_rpc import DEMO_CASSETTE, FIXTURES, Behaviour, FaultRpcNode, now_block_time
 from tests.procs import AUDIT_KEY, Api, PgDatabase, Worker, base_env, cli_json, migrate, wait_until
-from verifier.audit import _PG_AUDIT_LOCK, verify_chain
+from verifier.services.audit import _PG_AUDIT_LOCK, verify_chain
 from verifier.storage.db import Database
 from verifier.storage.models import (
     AuditEvent,

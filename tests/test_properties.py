@@ -41,8 +41,8 @@ from rails.errors import (
 )
 from rails.x402 import decode_proof, parse_payment
 from registry.catalog import RailOverrides, load_catalog
-from verifier.body_guard import body_nul_field, param_control_field
-from verifier.offline import UsageError, proof_text
+from verifier.http.guards import body_nul_field, param_control_field
+from verifier.services.offline import UsageError, proof_text
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 PROPS = settings(max_examples=150, deadline=None, derandomize=True,

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from rails.base import canonical_json
 from tests.conftest import PG_URL, _pg_admin, _with_db
-from verifier.cli import app as cli_app
-from verifier.config import REPO_FIXTURES
-from verifier.rehearse import disposable_reason
+from verifier.cli.main import app as cli_app
+from verifier.core.config import REPO_FIXTURES
+from verifier.tools.rehearse import disposable_reason
 
 STEPS = ["migrate", "session", "proof", "verify", "finality", "dry_run", "apply",
          "entitlement_active", "apply_idempotent", "revoke", "rollback_session",
@@ -141,7 +141,7 @@ def test_disposable_rule(url, disposable):
 
 
 def test_confirmation_flag_overrides_the_rule():
-    from verifier.rehearse import Refusal, check_target
+    from verifier.tools.rehearse import Refusal, check_target
     url = "postgresql+psycopg://postgres@127.0.0.1:5432/railproof"
     with pytest.raises(Refusal):
         check_target(url, confirmed=False)

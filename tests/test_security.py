@@ -18,7 +18,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-import verifier.config as config_mod
+import verifier.core.config as config_mod
 from tests.conftest import (
     OTHER_SERVICE_TOKEN,
     SERVICE_TOKEN,
@@ -27,9 +27,9 @@ from tests.conftest import (
     auth,
 )
 from tests.helpers import FIXTURES, cassette_engine
-from verifier.api import create_app
-from verifier.config import Settings
-from verifier.logs import JsonFormatter, configure_logging, redact
+from verifier.http.api import create_app
+from verifier.core.config import Settings
+from verifier.core.logs import JsonFormatter, configure_logging, redact
 
 PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 ALL_TOKENS = (SERVICE_TOKEN, OTHER_SERVICE_TOKEN, STAFF_TOKEN, STAFF_TOKEN_2)
@@ -197,7 +197,7 @@ def test_tokens_never_appear_in_logs(client, engine, chain, json_logs, monkeypat
     def boom(*a, **k):
         raise RuntimeError(f"exploded; authorization={STAFF_TOKEN}")
 
-    monkeypatch.setattr("verifier.rails_admin.list_rails", boom)
+    monkeypatch.setattr("verifier.services.rails_admin.list_rails", boom)
     r = client.get("/v1/admin/rails", headers=auth(STAFF_TOKEN))
     assert r.status_code == 500 and STAFF_TOKEN not in r.text and "Traceback" not in r.text
     try:

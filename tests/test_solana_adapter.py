@@ -28,7 +28,7 @@ from rails.solana import (
     ui_amount,
 )
 from registry.catalog import FinalityPolicy, load_catalog
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 GEN = Path(__file__).resolve().parent.parent / "fixtures" / "solana" / "generated"
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"

@@ -18,7 +18,7 @@ from rails.cassette import Call, CassetteTransport
 from rails.codes import FailureCode
 from rails.solana import memos_of, movements, owners_from_instructions, parse_transaction
 from registry.catalog import load_catalog
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 SOL = Path(__file__).resolve().parent.parent / "fixtures" / "solana"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -24,7 +24,7 @@ from rails.solana import SolanaAdapter
 from rails.solana_live import RetryPolicy, SolanaRpcTransport, redact_url
 from registry.catalog import load_catalog
 from tests.jsonrpc_server import Fault, JsonRpcServer
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 SOL = Path(__file__).resolve().parent.parent / "fixtures" / "solana"
 USDC_SIG = "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"

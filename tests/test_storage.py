@@ -8,8 +8,8 @@ from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from tests.conftest import make_pg_db
-from verifier import audit
-from verifier.cli import app
+from verifier.services import audit
+from verifier.cli.main import app
 from verifier.storage.db import Database, NotMigrated, current_revision, head_revision, require_migrated, upgrade
 
 TABLES = {"rail_state", "approvals", "payment_sessions", "proofs", "verification_attempts",
@@ -165,8 +165,8 @@ def test_audit_head_cache_never_outlives_its_transaction(db_url):
 
 
 def test_sqlite_synchronous_setting(tmp_path, monkeypatch):
-    from verifier.config import Settings
-    from verifier.engine import Engine
+    from verifier.core.config import Settings
+    from verifier.core.engine import Engine
 
     assert Settings().sqlite_synchronous == "NORMAL"
     monkeypatch.setenv("RAILPROOF_SQLITE_SYNCHRONOUS", "full")

@@ -30,9 +30,9 @@ from rails.x402 import X402Adapter, domain_separator
 from registry.catalog import RailOverrides, load_catalog
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth, make_settings
 from tests.evm_chain import BASE_SEPOLIA_CHAIN_ID, BASE_SEPOLIA_USDC, LocalEvmChain
-from verifier.api import create_app
-from verifier.engine import Engine
-from verifier.metrics import PREFIX
+from verifier.http.api import create_app
+from verifier.core.engine import Engine
+from verifier.core.metrics import PREFIX
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
 PAYLOAD = json.loads((FIX / "x402_base_sepolia_payload_v1.json").read_text())

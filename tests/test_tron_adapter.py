@@ -27,7 +27,7 @@ from rails.tron import (
 )
 from registry.catalog import load_catalog
 from tests.evm_chain import ScriptedNode, closed_port_url
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tron"
 

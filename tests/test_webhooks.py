@@ -10,8 +10,6 @@ until those modules call verifier.events / verifier.webhooks.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import re
 import threading
 import time
@@ -32,14 +30,15 @@ from typer.testing import CliRunner
 
 from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.webhook_receiver import Receiver
-from verifier import cli_webhooks, webhooks
-from verifier.api import Unauthorized, create_app
-from verifier.events import EventType, emit
+from verifier.cli import webhooks as cli_webhooks
+from verifier.services import webhooks
+from verifier.http.api import Unauthorized, create_app
+from verifier.services.events import EventType, emit
 from verifier.storage.db import alembic_config, upgrade
 from verifier.storage.models import AuditEvent, Base
 from verifier.storage.webhook_models import DeliveryStatus, OutboxEvent, WebhookDelivery
-from verifier.webhook_api import webhook_router
-from verifier.webhooks import verify_signature
+from verifier.http.webhook_routes import webhook_router
+from verifier.services.webhooks import verify_signature
 
 FAST = webhooks.DeliveryConfig(timeout_s=1.5, max_attempts=3, backoff_initial_s=1.0,
                                backoff_max_s=4.0, backoff_jitter_s=0.5, lease_s=5.0,
@@ -513,7 +512,7 @@ def test_cli_list_inspect_replay(engine, api, receiver, monkeypatch):
         return api.request(method, url.removeprefix(base), headers=headers, json=json,
                            params=params)
 
-    monkeypatch.setattr("verifier.cli_ops.httpx.request", via_test_client)
+    monkeypatch.setattr("verifier.cli.ops.httpx.request", via_test_client)
     app = typer.Typer()
     cli_webhooks.register(app)
     run = CliRunner().invoke
@@ -538,32 +537,7 @@ def test_cli_list_inspect_replay(engine, api, receiver, monkeypatch):
         assert (a.incident_id, a.reason) == ("INC-7", "receiver fixed")
 
 
-# -- end to end through real state changes (skip until those emit events) -------------------------
-def _source_mentions(module: str, pattern: str) -> bool:
-    return re.search(pattern, inspect.getsource(importlib.import_module(module))) is not None
-
-
-_EMITS = (r"from verifier(\.events)? import [^\n]*\b(events|emit)\b"
-          r"|import verifier\.events")
-
-
-def wiring(*parts: str):
-    checks = {
-        "proofs": lambda: _source_mentions("verifier.proofs", _EMITS),
-        "worker": lambda: _source_mentions("verifier.worker", _EMITS)
-        and _source_mentions("verifier.worker", r"deliver_due"),
-        "gate": lambda: _source_mentions("verifier.gate", _EMITS),
-        "rails_admin": lambda: _source_mentions("verifier.rails_admin", _EMITS),
-        "api": lambda: _source_mentions("verifier.api", r"webhook_router"),
-        "cli": lambda: _source_mentions("verifier.cli", r"cli_webhooks"),
-        "metrics": lambda: {"webhook_delivery_latency_seconds", "webhook_delivery_failures_total",
-                            "webhook_dead_letter_depth"} <= {m.name for m in
-                                                             importlib.import_module(
-                                                                 "verifier.metrics").SPEC},
-    }
-    missing = [p for p in parts if not checks[p]()]
-    return pytest.mark.skipif(bool(missing), reason="needs the webhook wiring in "
-                              + ", ".join(f"verifier/{p}.py" for p in missing))
+# -- end to end through real state changes -------------------------------------------------
 
 
 def _session(api, rail: str = "fake_live") -> dict[str, Any]:
@@ -594,9 +568,8 @@ def _types_by_resource(got: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-@wiring("proofs", "worker", "gate", "rails_admin")
 def test_wired_payment_lifecycle_events_reach_the_receiver_in_order(engine, api, receiver, chain):
-    from verifier import worker
+    from verifier.worker import loop as worker
     subscribe(api, receiver)
     sess = _session(api)
     _paid(chain, sess, "fx00aa11bb", finality="confirmed")
@@ -628,7 +601,6 @@ def test_wired_payment_lifecycle_events_reach_the_receiver_in_order(engine, api,
     assert verified["owner_id"] == "alice"
 
 
-@wiring("proofs")
 def test_wired_failed_review_and_pending_proofs(engine, api, receiver, chain):
     subscribe(api, receiver)
     failed_sess, review_sess = _session(api), _session(api, "fake_review")
@@ -645,9 +617,8 @@ def test_wired_failed_review_and_pending_proofs(engine, api, receiver, chain):
     assert by == {failed["id"]: ["proof.failed"], review["id"]: ["proof.requires_review"]}
 
 
-@wiring("proofs", "worker")
 def test_wired_reorg_emits_settlement_reorged(engine, api, receiver, chain):
-    from verifier import worker
+    from verifier.worker import loop as worker
     subscribe(api, receiver, ["settlement.reorged"])
     sess = _session(api)
     _paid(chain, sess, "fx00cc11dd", finality="confirmed")
@@ -660,7 +631,6 @@ def test_wired_reorg_emits_settlement_reorged(engine, api, receiver, chain):
         ("settlement.reorged", proof["id"])]
 
 
-@wiring("proofs", "gate")
 def test_wired_rolled_back_apply_emits_nothing(engine, api, receiver, chain):
     subscribe(api, receiver, ["receipt.created", "entitlement.activated"])
     sess = _session(api)
@@ -682,10 +652,9 @@ def test_wired_rolled_back_apply_emits_nothing(engine, api, receiver, chain):
                                                                 "receipt.created"]
 
 
-@wiring("metrics", "cli", "api")
 def test_wired_metrics_spec_cli_and_router(engine, api, receiver):
-    from verifier.cli import app as cli_app
-    from verifier.metrics import SPEC
+    from verifier.cli.main import app as cli_app
+    from verifier.core.metrics import SPEC
     spec = {m.name: m for m in SPEC}
     assert spec["webhook_delivery_latency_seconds"].kind == "histogram"
     assert spec["webhook_delivery_failures_total"].kind == "counter"

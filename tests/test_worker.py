@@ -22,12 +22,13 @@ from tests.test_e2e_http import (
     EVM_USDC_TX,
 )
 from tests.test_gate import OP, paid_proof
-from verifier import gate, proofs, rails_admin, worker
-from verifier.assurance import assurance_report, refresh_gauges
-from verifier.engine import Engine
-from verifier.sessions import NewSession, open_session
+from verifier.services import gate, proofs, rails_admin
+from verifier.worker import loop as worker
+from verifier.services.assurance import assurance_report, refresh_gauges
+from verifier.core.engine import Engine
+from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import Entitlement, Proof, RailState, Receipt, VerificationAttempt
-from verifier.timeutil import utc
+from verifier.core.timeutil import utc
 
 
 def proof_row(engine, pid) -> Proof:

@@ -33,7 +33,7 @@ from rails.x402 import (
     recover_signer_eth_account,
 )
 from registry.catalog import RailOverrides, load_catalog
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
 

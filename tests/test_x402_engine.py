@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings
-from verifier import gate, proofs, sessions
-from verifier.engine import Engine
-from verifier.errors import Conflict
+from verifier.services import gate, proofs, sessions
+from verifier.core.engine import Engine
+from verifier.core.errors import Conflict
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"

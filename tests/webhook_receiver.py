@@ -11,7 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from verifier.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
+from verifier.services.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
 
 HANG_SECONDS = 5.0  # far past any test timeout; released at once when the receiver stops
 

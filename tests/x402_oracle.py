@@ -2,7 +2,7 @@
 lives in verifier.x402_sdk_oracle because `railproof bench` runs it too (and the installed
 package must not import from tests/)."""
 
-from verifier.x402_sdk_oracle import (  # noqa: F401
+from verifier.tools.x402_sdk_oracle import (  # noqa: F401
     FACILITATOR_ADDRESS,
     SDK_CLOCK_MODULES,
     StubSigner,

@@ -22,11 +22,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from rails.base import canonical_json
-from verifier import timeutil
-from verifier.engine import Engine
-from verifier.errors import BadInput, Conflict
+from verifier.core import timeutil
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, Conflict
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
-from verifier.timeutil import iso
+from verifier.core.timeutil import iso
 
 MAX_KEY = 256
 

@@ -12,9 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from rails.base import Adapter, SessionShape
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
-from verifier import audit
-from verifier.engine import Engine
-from verifier.errors import BadInput, NotFound, Refused
+from verifier.services import audit
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, NotFound, Refused
 from verifier.storage.db import Record
 from verifier.storage.db import get as db_get
 from verifier.storage.db import read as db_read
@@ -26,8 +26,8 @@ from verifier.storage.models import (
     SessionStatus,
     new_id,
 )
-from verifier.timeutil import utc
-from verifier.views import session_view
+from verifier.core.timeutil import utc
+from verifier.services.views import session_view
 
 AUTO = "auto"
 _UNSET: Any = object()

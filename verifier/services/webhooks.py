@@ -41,18 +41,18 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from rails.base import canonical_json
-from verifier import audit
-from verifier.engine import Engine
-from verifier.errors import BadInput, Conflict, NotFound
-from verifier.events import envelope
-from verifier.metrics import SPEC
+from verifier.services import audit
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, Conflict, NotFound
+from verifier.services.events import envelope
+from verifier.core.metrics import SPEC
 from verifier.storage.webhook_models import (
     DeliveryStatus,
     OutboxEvent,
     WebhookDelivery,
     WebhookEndpoint,
 )
-from verifier.timeutil import iso, utc
+from verifier.core.timeutil import iso, utc
 
 log = logging.getLogger("railproof.webhooks")
 

@@ -31,10 +31,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from rails.base import Adapter, Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
-from verifier import audit, events
-from verifier.engine import Engine
-from verifier.errors import BadInput, Conflict, NotFound, Refused
-from verifier.sessions import load_session
+from verifier.services import audit, events
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, Conflict, NotFound, Refused
+from verifier.services.sessions import load_session
 from verifier.storage.db import Record
 from verifier.storage.db import get as db_get
 from verifier.storage.db import read as db_read
@@ -52,8 +52,8 @@ from verifier.storage.models import (
     VerificationAttempt,
     new_id,
 )
-from verifier.timeutil import epoch_of, utc
-from verifier.views import attempt_view, evidence_view, proof_view
+from verifier.core.timeutil import epoch_of, utc
+from verifier.services.views import attempt_view, evidence_view, proof_view
 
 MAX_PROOF_BYTES = 16_384
 SYSTEM = audit.Operator("system")

@@ -13,7 +13,7 @@ from verifier.storage.models import (
     SettlementEvidence,
     VerificationAttempt,
 )
-from verifier.timeutil import iso
+from verifier.core.timeutil import iso
 
 
 def session_view(ps: PaymentSession, requirements: dict[str, Any] | None = None) -> dict[str, Any]:

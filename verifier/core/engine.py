@@ -15,10 +15,10 @@ from rails import adapter_for
 from rails.base import Adapter
 from rails.codes import FailureCode
 from registry.catalog import Catalog, CatalogError, Rail, RailOverrides, Stage, load_catalog
-from verifier.chains import Chains
-from verifier.config import Settings, load_settings
-from verifier.errors import BadInput
-from verifier.metrics import Metrics
+from verifier.core.chains import Chains
+from verifier.core.config import Settings, load_settings
+from verifier.core.errors import BadInput
+from verifier.core.metrics import Metrics
 from verifier.storage.db import Database, Record
 from verifier.storage.db import get as db_get
 from verifier.storage.db import read as db_read

@@ -27,14 +27,14 @@ from rails import adapter_class
 from rails.base import Adapter, Settlement, Terms, Transport
 from rails.cassette import Call, CassetteTransport, discover, read_cassette
 from rails.errors import RpcUnavailable
-from verifier.checking import (
+from verifier.core.checking import (
     Checked,
     run_finality_quorum,
     run_verify,
     run_verify_quorum,
     verify_within,
 )
-from verifier.config import Settings
+from verifier.core.config import Settings
 
 # (family, urls, network) → a live transport; the default is the family adapter's own.
 LiveFactory = Callable[[str, list[str], str], Transport]

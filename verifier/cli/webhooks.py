@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from verifier.cli_ops import Client, Incident, JsonOpt, _die, _out
+from verifier.cli.ops import Client, Incident, JsonOpt, _die, _out
 
 _LIST_COLUMNS = ["delivery_id", "event_id", "type", "owner_id", "resource_id", "status",
                  "attempts", "last_status_code", "last_error", "next_attempt_at", "url"]

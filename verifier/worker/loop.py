@@ -23,17 +23,18 @@ from sqlalchemy import func, or_, select
 from rails.base import Settlement
 from rails.codes import FailureCode
 from registry.catalog import Stage
-from verifier import audit, events, gate, timeutil, webhooks
-from verifier.engine import Engine
-from verifier.errors import EngineError
-from verifier.proofs import (
+from verifier.core import timeutil
+from verifier.services import audit, events, gate, webhooks
+from verifier.core.engine import Engine
+from verifier.core.errors import EngineError
+from verifier.services.proofs import (
     backoff,
     latest_settlement,
     latest_verified_attempt,
     record_settlement,
     verify_proof,
 )
-from verifier.views import proof_view
+from verifier.services.views import proof_view
 from verifier.storage.models import (
     Entitlement,
     EntitlementStatus,
@@ -44,7 +45,7 @@ from verifier.storage.models import (
     SettlementEvidence,
     VerificationAttempt,
 )
-from verifier.timeutil import utc
+from verifier.core.timeutil import utc
 
 log = logging.getLogger("railproof.worker")
 SYSTEM = audit.Operator("worker")

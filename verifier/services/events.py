@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import bindparam, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
-from verifier.audit import _PG_AUDIT_LOCK
+from verifier.services.audit import _PG_AUDIT_LOCK
 from verifier.storage.webhook_models import (
     DeliveryStatus,
     EventType,
@@ -29,7 +29,7 @@ from verifier.storage.webhook_models import (
     prefixed_id,
 )
 from verifier.storage.prepared import Prepared
-from verifier.timeutil import iso
+from verifier.core.timeutil import iso
 
 __all__ = ["EventType", "emit", "envelope", "OWNERLESS"]
 

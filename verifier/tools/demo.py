@@ -13,7 +13,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from verifier.config import REPO_FIXTURES
+from verifier.core.config import REPO_FIXTURES
 
 DEMO_CASSETTE = "solana/generated/demo_payment.json"
 DEMO_SERVICE_TOKEN = "demo-service-token"

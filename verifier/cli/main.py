@@ -32,7 +32,7 @@ def fail(message: str, code: int = 2) -> None:
 def _settings():
     from pydantic import ValidationError
 
-    from verifier.config import load_settings
+    from verifier.core.config import load_settings
     try:
         return load_settings()
     except (ValidationError, ValueError) as e:
@@ -46,7 +46,7 @@ AUDIT_KEY_MISSING = ("no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPRO
 def _engine(require_migrated: bool = True, writes: bool = True):
     """The engine, refused (exit 2) on an unmigrated database and, when the command `writes`,
     without an audit key."""
-    from verifier.engine import Engine
+    from verifier.core.engine import Engine
     from verifier.storage.db import NotMigrated
     from verifier.storage.db import require_migrated as check
     settings = _settings()
@@ -90,11 +90,11 @@ def serve(host: str = "127.0.0.1", port: Annotated[Optional[int], typer.Option()
     """Serve the HTTP API (refuses an unmigrated database)."""
     import uvicorn
 
-    from verifier.logs import configure_logging
+    from verifier.core.logs import configure_logging
     configure_logging()
     port = port or int(os.environ.get("PORT", "8000"))
     _engine()  # refuse early, with the migration hint, before binding the port
-    uvicorn.run("verifier.app:make_app", factory=True, host=host, port=port,
+    uvicorn.run("verifier.http.asgi:make_app", factory=True, host=host, port=port,
                 workers=workers, log_config=None, access_log=False)
 
 
@@ -104,8 +104,8 @@ def worker(once: bool = typer.Option(False, help="one sweep, then exit"),
            batch: int = typer.Option(100, help="proofs per sweep"),
            name: Optional[str] = typer.Option(None, help="worker name in attempts")) -> None:
     """Re-verify pending proofs, refresh finality, check reorgs, auto-apply when enabled."""
-    from verifier.logs import configure_logging
-    from verifier.worker import run_worker
+    from verifier.core.logs import configure_logging
+    from verifier.worker.loop import run_worker
     configure_logging()
     run_worker(_engine(), once=once, interval=interval, batch=batch, name=name)
 
@@ -135,7 +135,7 @@ def verify_offline_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Verify one recorded proof against an expected payment: no database, no network."""
-    from verifier.offline import OfflineRequest, UsageError, verify_offline
+    from verifier.services.offline import OfflineRequest, UsageError, verify_offline
     if not (amount.isascii() and amount.isdigit()):  # "²".isdigit() is True, int() refuses it
         fail("--amount: must be an integer of base units, e.g. 1500000")
     if cassette is None and rail != "x402":
@@ -173,7 +173,7 @@ def record(network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ether
            rail: Annotated[str, typer.Option(help="rail whose adapter makes the calls")] = "solana_usdc",
            rpc: Annotated[Optional[list[str]], typer.Option(help="RPC URL; default RAILPROOF_RPC_<NETWORK>")] = None) -> None:
     """Record a cassette from a live RPC: the calls one verification makes, per proof."""
-    from verifier.recorder import record_cassette
+    from verifier.tools.recorder import record_cassette
     settings = _settings()
     urls = rpc or settings.rpc_urls(network)
     if not urls:
@@ -193,7 +193,7 @@ def audit_verify(
 ) -> None:
     """Check the audit hash chain (and a checkpoint of it); names the first broken link.
     Exit 0 intact, 1 broken."""
-    from verifier.audit import check_checkpoint, verify_chain
+    from verifier.services.audit import check_checkpoint, verify_chain
     cp = None
     if checkpoint is not None:
         try:
@@ -227,7 +227,7 @@ def audit_verify(
 def audit_checkpoint(out: Annotated[Optional[Path], typer.Option(help="file; default stdout")] = None) -> None:
     """Sign the chain's head and length with the audit key. Keep the output off this host and
     check it later with `railproof audit verify --checkpoint FILE`."""
-    from verifier.audit import make_checkpoint
+    from verifier.services.audit import make_checkpoint
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         fail(AUDIT_KEY_MISSING)
@@ -246,7 +246,7 @@ def audit_checkpoint(out: Annotated[Optional[Path], typer.Option(help="file; def
 @alerts_app.command("generate")
 def alerts_generate(out: Annotated[Optional[Path], typer.Option(help="file; default stdout")] = None) -> None:
     """Write Prometheus alert rules generated from the metric spec."""
-    from verifier.alerts import render_rules
+    from verifier.services.alerts import render_rules
     text = render_rules()
     if out:
         out.write_text(text)
@@ -258,7 +258,7 @@ def alerts_generate(out: Annotated[Optional[Path], typer.Option(help="file; defa
 @app.command()
 def demo(base_url: Annotated[Optional[str], typer.Option(help="API base URL")] = None) -> None:
     """Walk one Solana USDC payment from session to active entitlement against `make serve`."""
-    from verifier.demo import run_demo
+    from verifier.tools.demo import run_demo
     code = run_demo(base_url)
     raise typer.Exit(code)
 
@@ -269,7 +269,7 @@ def bench(proofs: Annotated[int, typer.Option("--proofs", min=10)] = 2000,
           stored: Annotated[Optional[int], typer.Option("--stored", help="proofs stored for dry-run latency")] = None,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Measure verification, submission and dry-run-apply throughput (JSON with --json)."""
-    from verifier.bench import run_bench
+    from verifier.tools.bench import run_bench
     result = run_bench(proofs=proofs, database_url=database_url, stored=stored)
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
@@ -280,12 +280,12 @@ def rehearse(database_url: Annotated[str, typer.Option("--database-url", help="a
              confirmed: Annotated[bool, typer.Option("--i-understand-this-is-not-production",
                                                      help="allow a URL that looks production-like")] = False) -> None:
     """Migrate a disposable database and run the live rail end to end on recorded chains."""
-    from verifier.rehearse import run_rehearsal
+    from verifier.tools.rehearse import run_rehearsal
     raise typer.Exit(run_rehearsal(database_url, out, confirmed, echo=typer.echo))
 
 
 def _register_operator_commands() -> None:
-    from verifier import cli_ops, cli_webhooks
+    from verifier.cli import ops as cli_ops, webhooks as cli_webhooks
     cli_ops.register(app)
     cli_webhooks.register(app)
 

@@ -22,7 +22,7 @@ from typing_extensions import Annotated
 from rails.rpc_policy import RpcPolicy
 from registry.catalog import RailOverrides
 
-REPO_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+REPO_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 CsvList = Annotated[list[str], NoDecode]
 

@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 
 from rails.base import canonical_json
 from rails.cassette import CassetteTransport
-from verifier.config import REPO_FIXTURES
+from verifier.core.config import REPO_FIXTURES
 
 DISPOSABLE_WORDS = ("rehearsal", "test", "tmp", "scratch")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -194,10 +194,10 @@ def _refuse_non_empty(url: str) -> None:
 def _run(reh: Rehearsal, url: str, cassettes: list[Path]) -> None:
     from fastapi.testclient import TestClient
 
-    from verifier.api import create_app
-    from verifier.config import Settings
-    from verifier.engine import Engine
-    from verifier.ratelimit import RateLimiter
+    from verifier.http.api import create_app
+    from verifier.core.config import Settings
+    from verifier.core.engine import Engine
+    from verifier.http.ratelimit import RateLimiter
     from verifier.storage.db import current_revision, head_revision, upgrade
 
     upgrade(url)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from verifier.errors import EngineError
+from verifier.core.errors import EngineError
 
 DEFAULT_RATE = 20.0
 DEFAULT_BURST = 40

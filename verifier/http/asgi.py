@@ -2,8 +2,8 @@
 
 from fastapi import FastAPI
 
-from verifier.api import create_app
-from verifier.engine import Engine
+from verifier.http.api import create_app
+from verifier.core.engine import Engine
 from verifier.storage.db import require_migrated
 
 

@@ -3,7 +3,7 @@ rules file is written as JSON that Prometheus and any YAML parser read)."""
 
 import json
 
-from verifier.metrics import alert_rules
+from verifier.core.metrics import alert_rules
 
 
 def render_rules() -> str:

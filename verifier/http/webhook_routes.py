@@ -23,16 +23,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select, update
 
-from verifier import audit, webhooks
-from verifier.engine import Engine
-from verifier.errors import BadInput, Conflict, NotFound
+from verifier.services import audit, webhooks
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, Conflict, NotFound
 from verifier.storage.webhook_models import (
     DeliveryStatus,
     EventType,
     WebhookDelivery,
     WebhookEndpoint,
 )
-from verifier.timeutil import iso
+from verifier.core.timeutil import iso
 
 MAX_ENDPOINTS_PER_TOKEN = 16  # bounds the fan-out one token can cause per event
 

@@ -38,8 +38,8 @@ from rails.base import Status, Terms, fingerprint
 from rails.cassette import Call, CassetteTransport
 from rails.solana import GET_TX_OPTIONS, STATUS_OPTIONS, movements, parse_transaction
 from registry.catalog import RailOverrides, load_catalog
-from verifier.checking import run_verify
-from verifier.config import REPO_FIXTURES
+from verifier.core.checking import run_verify
+from verifier.core.config import REPO_FIXTURES
 
 RAIL_ID = "solana_usdc"
 NETWORK = "solana-mainnet"
@@ -232,8 +232,8 @@ def bench_verify_offline(proofs: list[Synthetic]) -> dict[str, Any]:
 
 
 def bench_submit(engine: Any, proofs: list[Synthetic]) -> dict[str, Any]:
-    from verifier.proofs import submit_proof
-    from verifier.sessions import NewSession, open_session
+    from verifier.services.proofs import submit_proof
+    from verifier.services.sessions import NewSession, open_session
     from verifier.storage.models import VerificationAttempt
 
     engine.chains.set_transport(NETWORK, CassetteTransport([c for p in proofs for c in p.calls], NETWORK))
@@ -270,8 +270,8 @@ def bench_submit(engine: Any, proofs: list[Synthetic]) -> dict[str, Any]:
 
 
 def bench_dry_run(engine: Any, samples: int, seed: int = SEED) -> dict[str, Any]:
-    from verifier import audit
-    from verifier.gate import dry_run_apply
+    from verifier.services import audit
+    from verifier.services.gate import dry_run_apply
     from verifier.storage.models import Proof
 
     with engine.db.tx() as s:
@@ -340,9 +340,9 @@ def bench_submit_hanging_node(settings: Any, samples: int = HANGING_SAMPLES,
     submission budget set to `budget_s` and the default RPC policy (which alone would hold a
     submission for its whole total time). Every submission is answered pending."""
     from rails.solana_live import SolanaRpcTransport
-    from verifier.engine import Engine
-    from verifier.proofs import submit_proof
-    from verifier.sessions import NewSession, open_session
+    from verifier.core.engine import Engine
+    from verifier.services.proofs import submit_proof
+    from verifier.services.sessions import NewSession, open_session
 
     engine = Engine(settings.model_copy(update={"submit_verify_budget_s": budget_s}))
     rng = random.Random(SEED + 1)
@@ -390,7 +390,7 @@ def x402_payloads(n: int, seed: int = SEED) -> list[tuple[dict[str, Any], dict[s
     from eth_hash.auto import keccak
 
     from rails.x402 import Authorization, authorization_digest, domain_separator
-    from verifier.x402_sdk_oracle import requirements_doc
+    from verifier.tools.x402_sdk_oracle import requirements_doc
 
     rng = random.Random(seed)
     key = PrivateKey(keccak(b"railproof x402 test payer #1"))
@@ -434,7 +434,7 @@ class _Offline:
 
 
 def bench_x402(n: int) -> dict[str, Any]:
-    from verifier import x402_sdk_oracle as oracle
+    from verifier.tools import x402_sdk_oracle as oracle
 
     rail = load_catalog().resolve("x402", RailOverrides(network=X402_NETWORK))
     adapter = adapter_for(rail)
@@ -493,7 +493,7 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
     its entitlement, the proof, a verification attempt and (when verified) settlement evidence
     and audit events that continue the hash chain; most verified proofs are applied (receipt,
     active entitlement, paid session). Returns the number of proofs stored afterwards."""
-    from verifier.audit import GENESIS, event_hash
+    from verifier.services.audit import GENESIS, event_hash
     from verifier.storage.models import (
         AuditEvent, Entitlement, PaymentSession, Proof, Receipt, SettlementEvidence,
         TransferHold, VerificationAttempt, new_id,
@@ -634,8 +634,8 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
     measured (default: `proofs`): `stored - proofs` are bulk-inserted as history first.
     `hanging_node_samples`: submissions timed against a node that never answers (0: skip).
     """
-    from verifier.config import Settings
-    from verifier.engine import Engine
+    from verifier.core.config import Settings
+    from verifier.core.engine import Engine
 
     if proofs < 10:
         raise ValueError("proofs: at least 10")

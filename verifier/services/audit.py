@@ -23,7 +23,7 @@ from rails.base import canonical_json
 from verifier.storage.db import AUDIT_KEY_INFO
 from verifier.storage.models import AuditEvent
 from verifier.storage.prepared import Prepared
-from verifier.timeutil import iso
+from verifier.core.timeutil import iso
 
 GENESIS = "0" * 64
 _PG_AUDIT_LOCK = 0x7261696C  # one advisory lock serializes appends to the chain

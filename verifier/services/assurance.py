@@ -13,8 +13,9 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import aliased
 
 from registry.catalog import Stage
-from verifier import audit, timeutil
-from verifier.engine import Engine
+from verifier.core import timeutil
+from verifier.services import audit
+from verifier.core.engine import Engine
 from verifier.storage.models import (
     ClaimStatus,
     Entitlement,
@@ -26,7 +27,7 @@ from verifier.storage.models import (
     SettlementEvidence,
     VerificationAttempt,
 )
-from verifier.timeutil import iso, utc
+from verifier.core.timeutil import iso, utc
 
 PENALTY = {"critical": 40, "warning": 10, "info": 1}
 VERIFIED_WITHOUT_RECEIPT_SLA = timedelta(hours=1)
@@ -180,5 +181,5 @@ def refresh_gauges(engine: Engine) -> None:
     age = (now - utc(oldest)).total_seconds() if oldest is not None else 0
     engine.metrics.set("pending_entitlement_age_seconds", max(0.0, age))
     engine.metrics.set("reorged_active_entitlements", flagged)
-    from verifier.webhooks import refresh_webhook_gauges
+    from verifier.services.webhooks import refresh_webhook_gauges
     refresh_webhook_gauges(engine)

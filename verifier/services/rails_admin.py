@@ -10,11 +10,11 @@ from rails.errors import ProofMalformed
 from registry.catalog import Stage
 from registry.contracts import proof_contracts
 from registry.readiness import DeploymentConfig, StoredState, readiness
-from verifier import audit, events
-from verifier.engine import Engine
-from verifier.errors import BadInput, Conflict, Forbidden, NotFound
+from verifier.services import audit, events
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, Conflict, Forbidden, NotFound
 from verifier.storage.models import Approval, ApprovalStatus, RailState
-from verifier.timeutil import iso
+from verifier.core.timeutil import iso
 
 
 def _known(engine: Engine, rail_id: str) -> None:

@@ -13,7 +13,7 @@ from rails.base import Terms
 from rails.cassette import CassetteTransport
 from rails.errors import CassetteError, ProofMalformed, UnmatchedRequest
 from registry.catalog import CatalogError, RailOverrides, load_catalog
-from verifier.checking import run_verify
+from verifier.core.checking import run_verify
 
 
 class UsageError(ValueError):

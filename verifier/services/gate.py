@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 
 from rails.codes import FailureCode
 from registry.catalog import Stage
-from verifier import audit, events
-from verifier.engine import Engine
-from verifier.errors import BadInput, Conflict, NotFound, Refused
-from verifier.proofs import latest_settlement, latest_verified_attempt, load_proof
+from verifier.services import audit, events
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, Conflict, NotFound, Refused
+from verifier.services.proofs import latest_settlement, latest_verified_attempt, load_proof
 from verifier.storage.models import (
     Entitlement,
     EntitlementStatus,
@@ -31,8 +31,8 @@ from verifier.storage.models import (
     Receipt,
     SessionStatus,
 )
-from verifier.timeutil import epoch_of, utc
-from verifier.views import entitlement_view, receipt_view
+from verifier.core.timeutil import epoch_of, utc
+from verifier.services.views import entitlement_view, receipt_view
 
 
 # A depth-final EVM/Tron settlement can still leave the canonical chain (a deep reorg, a node

@@ -16,18 +16,18 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from verifier import audit, gate, idempotency, proofs, rails_admin, sessions
-from verifier.assurance import assurance_report
-from verifier.body_guard import BodyGuard, InputGuard, control_field, encodable_object
-from verifier.engine import Engine
-from verifier.errors import BadInput, EngineError, NotFound
-from verifier.metrics import spec_document
-from verifier.ratelimit import RateLimiter
+from verifier.services import audit, gate, idempotency, proofs, rails_admin, sessions
+from verifier.services.assurance import assurance_report
+from verifier.http.guards import BodyGuard, InputGuard, control_field, encodable_object
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, EngineError, NotFound
+from verifier.core.metrics import spec_document
+from verifier.http.ratelimit import RateLimiter
 from verifier.storage.db import is_busy
 from verifier.storage.models import AuditEvent, Entitlement
-from verifier.timeutil import iso
-from verifier.views import entitlement_view
-from verifier.webhook_api import webhook_router
+from verifier.core.timeutil import iso
+from verifier.services.views import entitlement_view
+from verifier.http.webhook_routes import webhook_router
 
 log = logging.getLogger("railproof.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -232,7 +232,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        from verifier.assurance import refresh_gauges
+        from verifier.services.assurance import refresh_gauges
         refresh_gauges(engine)
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -1,0 +1,1 @@
+"""The `railproof` command line (Typer)."""

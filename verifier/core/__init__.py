@@ -1,0 +1,1 @@
+"""The engine's core: configuration, wiring, chains and verification runs, errors, time."""

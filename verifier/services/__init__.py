@@ -1,0 +1,2 @@
+"""Business rules and transaction boundaries: sessions, proofs, the apply gate, audit,
+events, webhooks, idempotency, assurance. Routes and commands call these; these call storage."""

@@ -1,0 +1,1 @@
+"""Development and operations tools: benchmark, rehearsal, recorder, demo, SDK oracle."""

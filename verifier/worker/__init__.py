@@ -1,0 +1,1 @@
+"""The background worker: re-verification, finality, auto-apply, deliveries."""
