@@ -1,6 +1,7 @@
 # railproof — two commands on a fresh machine:
 #   make serve   set up, migrate the SQLite file, serve on 127.0.0.1:$(PORT) with recorded chains
 #   make test    set up with dev dependencies, run the whole suite (SQLite and PostgreSQL)
+#   make lint    ruff and mypy (strict) on rails/ and registry/
 
 PYTHON ?= python3
 VENV   := .venv
@@ -22,7 +23,7 @@ DEMO_ENV := RAILPROOF_DATABASE_URL=$${RAILPROOF_DATABASE_URL:-sqlite:///./railpr
 	RAILPROOF_AUDIT_KEY=$${RAILPROOF_AUDIT_KEY-$$([ -n "$${RAILPROOF_AUDIT_KEY_FILE:-}" ] || echo demo-audit-key)} \
 	RAILPROOF_TREASURY_SOLANA_USDC=$${RAILPROOF_TREASURY_SOLANA_USDC:-C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg}
 
-.PHONY: serve test worker demo clean bench
+.PHONY: serve test lint worker demo clean bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +42,8 @@ serve: $(RUNTIME_STAMP)
 	@echo "railproof on http://127.0.0.1:$(PORT) — chain: recorded cassettes (offline)"
 	@echo "  service token: demo-service-token (owner demo-owner)"
 	@echo "  staff tokens:  demo-staff-token (demo-operator), demo-staff-token-2 (demo-approver)"
-	@echo "  try:  RAILPROOF_STAFF_TOKEN=demo-staff-token $(BIN)/railproof demo"
+	@echo "  the CLI finds this server at RAILPROOF_API_BASE_URL, else http://127.0.0.1:\$$PORT (8000)"
+	@echo "  try:  PORT=$${PORT:-$(PORT)} RAILPROOF_STAFF_TOKEN=demo-staff-token $(BIN)/railproof demo"
 	@env $(DEMO_ENV) PORT=$${PORT:-$(PORT)} $(BIN)/railproof serve --host 127.0.0.1
 
 worker: $(RUNTIME_STAMP)
@@ -54,6 +56,15 @@ test: $(DEV_STAMP)
 	@url="$${RAILPROOF_TEST_POSTGRES_URL:-$$($(BIN)/python scripts/find_postgres.py)}"; \
 	if [ -z "$$url" ]; then echo "note: no PostgreSQL answers on 127.0.0.1:5432; PostgreSQL tests will be skipped (set RAILPROOF_TEST_POSTGRES_URL)"; fi; \
 	RAILPROOF_TEST_POSTGRES_URL="$$url" $(BIN)/pytest $(PYTEST_ARGS)
+
+# Lint: ruff (rules and format) on the paths held to it, mypy --strict on the packages listed
+# in pyproject's [tool.mypy] files (rails/, registry/). Widen both lists as code is brought in.
+LINT_PATHS := rails registry tests/fake_rail.py tests/voucher_rail.py tests/test_new_proof_type.py
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 bench: $(DEV_STAMP)
 	$(BIN)/railproof bench --json

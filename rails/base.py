@@ -7,12 +7,14 @@ handed and never touches storage. It is built once per resolved `Rail`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from rails.codes import FailureCode
 from registry.catalog import Rail
@@ -49,7 +51,8 @@ class Settlement(Model):
     finality policy; `reorged` means the transfer left the canonical chain."""
 
     ref: str  # the normalized proof reference it is about
-    finality: str  # solana: processed|confirmed|finalized; evm/tron: confirmed|finalized; or not_found|reorged
+    # solana: processed|confirmed|finalized; evm/tron: confirmed|finalized; or not_found|reorged
+    finality: str
     is_final: bool = False
     reorged: bool = False
     slot: int | None = None
@@ -59,31 +62,103 @@ class Settlement(Model):
     detail: str = ""
 
 
+class Observed(BaseModel):
+    """Redacted evidence of what the chain (or the signed payload) said, one shape for every
+    family. Amounts are strings of integer base units; `block_time` is a datetime here and
+    ISO-8601 text once dumped (`as_dict`), which is how it is stored and returned.
+
+    Families add their own evidence keys (slot, tx_hash, nonce…): `extra="allow"` keeps them
+    without this model knowing each family."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    amount: str | None = None
+    recipient: str | None = None
+    sender: str | None = None
+    asset: str | None = None
+    network: str | None = None
+    block_time: datetime | None = None
+    block_number: int | None = None
+
+    @field_serializer("block_time", when_used="json")
+    def _iso(self, moment: datetime | None) -> str | None:
+        # datetime.isoformat ("+00:00"), as the EVM and Tron evidence has always been stored.
+        return moment.isoformat() if moment is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stored JSON shape: datetimes as ISO text; unset family fields left out."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def observed_dict(obs: Observed | Mapping[str, Any]) -> dict[str, Any]:
+    return obs.as_dict() if isinstance(obs, Observed) else dict(obs)
+
+
 class Verdict(Model):
     status: Status
     code: FailureCode | None = None
     detail: str = ""
+    # The stored JSON shape of an `Observed` (verification_attempts.observed): the engine
+    # reads "amount", "sender", "recipient" and "block_time" (ISO text) from it.
     observed: dict[str, Any] = Field(default_factory=dict)
     settlement: Settlement | None = None
     # The on-chain transfer's identities, whatever proof type named it: a proof that holds its
     # transfer holds every key, so one transfer backs one session (duplicate_payment).
     transfer_keys: tuple[str, ...] = ()
 
+    @field_validator("observed", mode="before")
     @classmethod
-    def ok(cls, detail: str = "", **kw: Any) -> "Verdict":
+    def _observed_as_dict(cls, value: Any) -> Any:
+        return value.as_dict() if isinstance(value, Observed) else value
+
+    @classmethod
+    def ok(cls, detail: str = "", **kw: Any) -> Verdict:
         return cls(status=Status.verified, detail=detail, **kw)
 
     @classmethod
-    def fail(cls, code: FailureCode, detail: str, **kw: Any) -> "Verdict":
+    def fail(cls, code: FailureCode, detail: str, **kw: Any) -> Verdict:
         return cls(status=Status.failed, code=code, detail=detail, **kw)
 
     @classmethod
-    def wait(cls, code: FailureCode, detail: str, **kw: Any) -> "Verdict":
+    def wait(cls, code: FailureCode, detail: str, **kw: Any) -> Verdict:
         return cls(status=Status.pending, code=code, detail=detail, **kw)
 
     @classmethod
-    def review(cls, code: FailureCode, detail: str, **kw: Any) -> "Verdict":
+    def review(cls, code: FailureCode, detail: str, **kw: Any) -> Verdict:
         return cls(status=Status.requires_review, code=code, detail=detail, **kw)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one failed check says: its code and why. `review` holds the proof for a human
+    instead of failing it (the chain data cannot decide); `evidence` adds observed keys."""
+
+    code: FailureCode
+    detail: str
+    review: bool = False
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def verdict(self, observed: Observed | Mapping[str, Any]) -> Verdict:
+        obs = observed_dict(observed) | dict(self.evidence)
+        if self.review:
+            return Verdict.review(self.code, self.detail, observed=obs)
+        return Verdict.fail(self.code, self.detail, observed=obs)
+
+
+C = TypeVar("C")
+
+# The one shape of a check in every family: the family's context in, a Finding or None out.
+# A family lists its checks in a tuple, in the fixed order of rails.codes.
+Check: TypeAlias = Callable[[C], Finding | None]
+
+
+def first_finding(checks: Iterable[Check[C]], ctx: C) -> Finding | None:
+    """The first check that finds something, in the order given."""
+    for check in checks:
+        found = check(ctx)
+        if found is not None:
+            return found
+    return None
 
 
 class PaymentRequirements(Model):
@@ -120,7 +195,10 @@ class Transport(Protocol):
 
     Raises rails.errors.TransportError (transient or malformed) or CassetteError."""
 
-    source: str  # "live" or "cassette"
+    @property
+    def source(self) -> str:
+        """ "live" or "cassette" (a class attribute or an instance attribute)."""
+        ...
 
     def call(self, method: str, params: list[Any]) -> Any: ...
 
@@ -130,7 +208,16 @@ class Adapter(Protocol):
     what it does."""
 
     family: ClassVar[str]
+    # The networks the family settles on, as the catalog's [networks] tables name their
+    # family (x402's exact scheme runs on "evm" networks). The catalog's [families] entry
+    # states the same (registry cannot import rails); `rails.adapter_class` checks they agree.
+    network_family: ClassVar[str]
     proof_types: ClassVar[tuple[str, ...]]
+    # Per proof type, what a caller must submit (the proof contract's `required_fields`).
+    proof_fields: ClassVar[Mapping[str, tuple[str, ...]]]
+    # Whether verifying a proof reads the chain (a transaction id: offline that needs a
+    # cassette), or the proof carries everything the checks need (a signed authorization).
+    reads_chain: ClassVar[bool]
     # Whether a session reference (and memo) can be bound on chain: when True every session
     # carries a reference only its payment has (sessions generate one by default).
     binds_reference: ClassVar[bool]
@@ -143,6 +230,8 @@ class Adapter(Protocol):
     # The refusal when the transfer already backs another session of the same owner.
     replay_code: ClassVar[FailureCode]
     rail: Rail
+
+    def __init__(self, rail: Rail) -> None: ...
 
     def normalize_proof(self, proof_type: str, raw: str) -> str:
         """The normalized reference used in the fingerprint; raises ProofMalformed."""
@@ -162,8 +251,12 @@ class Adapter(Protocol):
     def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
         """`proof` is the raw proof as submitted (already shape-checked by normalize_proof)."""
 
-    def finality(self, refs: list[str], chain: Transport,
-                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+    def finality(
+        self,
+        refs: list[str],
+        chain: Transport,
+        expected: Mapping[str, tuple[str, int]] | None = None,
+    ) -> list[Settlement]:
         """Batched settlement refresh for normalized refs of verified proofs. `expected`
         (ref → (recipient, amount)) lets a rail whose ref does not pin the transfer itself
         (x402: a nonce) check that the settlement paid what the session asked."""

@@ -55,7 +55,7 @@ class CassetteUnreadable(CassetteError):
 
 
 class UnmatchedRequest(CassetteError):
-    def __init__(self, method: str, params: list):
+    def __init__(self, method: str, params: list[Any]):
         super().__init__(f"no recorded call matches {method} {params!r}")
         self.method = method
         self.params = params

@@ -47,26 +47,25 @@ Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `tok
 from __future__ import annotations
 
 import re
-import threading
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import requests
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
-from eth_utils import is_checksum_address, is_checksum_formatted_address, keccak, to_checksum_address
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
+from eth_utils.address import (
+    is_checksum_address,
+    is_checksum_formatted_address,
+    to_checksum_address,
 )
-from web3 import HTTPProvider
+from eth_utils.crypto import keccak
 
 from rails.base import (
+    Adapter,
+    Check,
+    Finding,
+    Observed,
     PaymentRequirements,
     SessionShape,
     Settlement,
@@ -74,10 +73,10 @@ from rails.base import (
     Transport,
     Verdict,
     eip3009_key,
+    first_finding,
 )
 from rails.codes import FailureCode
-from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
-from rails.rpc_policy import RpcPolicy, call_end, stop_at, time_left
+from rails.errors import MalformedResponse, ProofMalformed
 from registry.catalog import FinalityPolicy, Rail
 
 PROOF_TYPE = "evm_tx_hash"
@@ -235,8 +234,9 @@ def token_transfers(logs: Iterable[dict[str, Any]]) -> list[TokenTransfer]:
     return [t for t in (decode_transfer(log) for log in logs) if t is not None]
 
 
-def transfers_in_receipt(receipt: dict[str, Any] | Receipt, token: str,
-                         recipient: str) -> tuple[int, list[str]]:
+def transfers_in_receipt(
+    receipt: dict[str, Any] | Receipt, token: str, recipient: str
+) -> tuple[int, list[str]]:
     """(amount, senders): the sum of Transfer values emitted by `token` to `recipient`, and
     the distinct senders of those logs in log order. Pure; addresses compared case-insensitively.
     Accepts a raw JSON-RPC receipt or a parsed `Receipt`."""
@@ -262,15 +262,20 @@ def confirmations_at(head: int, block_number: int) -> int:
     return max(0, head - block_number + 1)
 
 
-def is_final_at_depth(policy: FinalityPolicy, block_number: int, head: int,
-                      finalized_block: int | None = None) -> bool:
+def is_final_at_depth(
+    policy: FinalityPolicy, block_number: int, head: int, finalized_block: int | None = None
+) -> bool:
     """The depth policy: deep enough, or (when the policy trusts the tag) at or below the
     node's `finalized` block."""
     if policy.mode != "depth":
         raise ValueError(f"not a depth finality policy: {policy.mode}")
-    deep = policy.confirmations is not None and \
-        confirmations_at(head, block_number) >= policy.confirmations
-    tagged = policy.finalized_tag and finalized_block is not None and block_number <= finalized_block
+    deep = (
+        policy.confirmations is not None
+        and confirmations_at(head, block_number) >= policy.confirmations
+    )
+    tagged = (
+        policy.finalized_tag and finalized_block is not None and block_number <= finalized_block
+    )
     return deep or tagged
 
 
@@ -290,7 +295,9 @@ def read_head(chain: Transport, policy: FinalityPolicy) -> Head:
     if policy.finalized_tag:
         block = chain.call("eth_getBlockByNumber", ["finalized", False])
         if block is not None:
-            finalized = hex_int(_as_dict(block, "finalized block").get("number"), "finalized.number")
+            finalized = hex_int(
+                _as_dict(block, "finalized block").get("number"), "finalized.number"
+            )
     return Head(number, finalized)
 
 
@@ -312,9 +319,14 @@ def _as_dict(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def settlement_for_receipt(ref: str, block_number: int, block_hash: str,
-                           canonical_hash: str | None, head: Head,
-                           policy: FinalityPolicy) -> Settlement:
+def settlement_for_receipt(
+    ref: str,
+    block_number: int,
+    block_hash: str,
+    canonical_hash: str | None,
+    head: Head,
+    policy: FinalityPolicy,
+) -> Settlement:
     """Pure: how final a transfer mined in (block_number, block_hash) is, given the canonical
     hash at that height now (None: the node has no block there yet) and the chain head."""
     confirmations = confirmations_at(head.number, block_number)
@@ -322,26 +334,44 @@ def settlement_for_receipt(ref: str, block_number: int, block_hash: str,
     # so the transfer may not exist any more; nothing may be applied from it.
     if canonical_hash is not None and canonical_hash.lower() != block_hash.lower():
         return Settlement(
-            ref=ref, finality="reorged", is_final=False, reorged=True,
-            block_number=block_number, block_hash=block_hash, confirmations=0,
+            ref=ref,
+            finality="reorged",
+            is_final=False,
+            reorged=True,
+            block_number=block_number,
+            block_hash=block_hash,
+            confirmations=0,
             detail=f"block {block_number} is now {canonical_hash}, not {block_hash}",
         )
     if canonical_hash is None:
         return Settlement(
-            ref=ref, finality="confirmed", is_final=False, block_number=block_number,
-            block_hash=block_hash, confirmations=confirmations,
+            ref=ref,
+            finality="confirmed",
+            is_final=False,
+            block_number=block_number,
+            block_hash=block_hash,
+            confirmations=confirmations,
             detail=f"the node has no canonical block {block_number} yet",
         )
     final = is_final_at_depth(policy, block_number, head.number, head.finalized)
     return Settlement(
-        ref=ref, finality="finalized" if final else "confirmed", is_final=final,
-        block_number=block_number, block_hash=block_hash, confirmations=confirmations,
+        ref=ref,
+        finality="finalized" if final else "confirmed",
+        is_final=final,
+        block_number=block_number,
+        block_hash=block_hash,
+        confirmations=confirmations,
         detail=_finality_detail(policy, confirmations, block_number, head.finalized, final),
     )
 
 
-def _finality_detail(policy: FinalityPolicy, confirmations: int, block_number: int,
-                     finalized: int | None, final: bool) -> str:
+def _finality_detail(
+    policy: FinalityPolicy,
+    confirmations: int,
+    block_number: int,
+    finalized: int | None,
+    final: bool,
+) -> str:
     need = f"{confirmations}/{policy.confirmations} confirmations"
     if policy.finalized_tag:
         tag = "unknown" if finalized is None else str(finalized)
@@ -365,185 +395,128 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def check_window(when: datetime, terms: Terms, observed: dict[str, Any]) -> Verdict | None:
+@dataclass
+class TokenCtx:
+    """What the token-transfer checks read, shared by the EVM and Tron families: the session's
+    terms and what the receipt's Transfer logs add up to for the session's recipient."""
+
+    terms: Terms
+    token: str
+    recipient: str
+    amount: int
+    senders: list[str]
+    kind: str  # "ERC-20", "TRC-20": how a detail names the transfer
+    when: datetime | None = None  # the block's time, once read
+
+
+@dataclass
+class EvmCtx(TokenCtx):
+    transfers: list[TokenTransfer] = field(default_factory=list)
+
+
+def check_window(c: TokenCtx) -> Finding | None:
     """The transfer's chain time must fall inside the session's window."""
+    when, terms = c.when, c.terms
+    if when is None:  # no window asked for, so the block time was not needed
+        return None
     # SECURITY: a transfer older than the session cannot pay it (stops re-using an old payment
     # to the same treasury for a new session).
     if terms.not_before is not None and when < _utc(terms.not_before):
-        return Verdict.fail(FailureCode.session_not_open,
-                            f"transfer at {when.isoformat()} predates the session "
-                            f"({_utc(terms.not_before).isoformat()})", observed=observed)
+        return Finding(
+            FailureCode.session_not_open,
+            f"transfer at {when.isoformat()} predates the session "
+            f"({_utc(terms.not_before).isoformat()})",
+        )
     # SECURITY: a payment after the session expired does not pay it (the price may be stale).
     if terms.not_after is not None and when > _utc(terms.not_after):
-        return Verdict.fail(FailureCode.session_expired,
-                            f"transfer at {when.isoformat()} is after the session expired "
-                            f"({_utc(terms.not_after).isoformat()})", observed=observed)
+        return Finding(
+            FailureCode.session_expired,
+            f"transfer at {when.isoformat()} is after the session expired "
+            f"({_utc(terms.not_after).isoformat()})",
+        )
     return None
 
 
-def check_amount(received: int, terms: Terms, observed: dict[str, Any]) -> Verdict | None:
+def check_amount(c: TokenCtx) -> Finding | None:
+    terms = c.terms
     # SECURITY: exact amount (or at least it, when the session says so): stops underpayment.
-    ok = received >= terms.amount if terms.at_least else received == terms.amount
+    ok = c.amount >= terms.amount if terms.at_least else c.amount == terms.amount
     if ok:
         return None
     want = f"at least {terms.amount}" if terms.at_least else str(terms.amount)
-    return Verdict.fail(FailureCode.amount_mismatch,
-                        f"received {received} base units, session asks {want}", observed=observed)
+    return Finding(
+        FailureCode.amount_mismatch, f"received {c.amount} base units, session asks {want}"
+    )
 
 
-def check_no_binding(terms: Terms, family: str, observed: dict[str, Any]) -> Verdict | None:
+def check_no_binding(c: TokenCtx) -> Finding | None:
     """EVM and TRC-20 transfers carry no reference key or memo. A session that asks for one
     cannot be proven bound to this transfer, so it goes to a human instead of passing."""
-    if terms.reference is not None:
-        return Verdict.review(FailureCode.reference_missing,
-                              f"{family} token transfers carry no reference; the session's "
-                              "reference cannot be proven", observed=observed)
-    if terms.memo is not None:
-        return Verdict.review(FailureCode.memo_mismatch,
-                              f"{family} token transfers carry no memo; the session's memo "
-                              "cannot be proven", observed=observed)
+    if c.terms.reference is not None:
+        return Finding(
+            FailureCode.reference_missing,
+            f"{c.kind} token transfers carry no reference; the session's "
+            "reference cannot be proven",
+            review=True,
+        )
+    if c.terms.memo is not None:
+        return Finding(
+            FailureCode.memo_mismatch,
+            f"{c.kind} token transfers carry no memo; the session's memo cannot be proven",
+            review=True,
+        )
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# Live transport: retries and failover (shared with the Tron rail)
-# --------------------------------------------------------------------------------------------
+def check_asset(c: EvmCtx) -> Finding | None:
+    if any(same_address(t.token, c.token) for t in c.transfers):
+        return None
+    others = sorted({t.token for t in c.transfers})
+    return Finding(
+        FailureCode.wrong_asset,
+        f"no Transfer emitted by {c.token}"
+        + (f" (transfers of {', '.join(others)} only)" if others else ""),
+        evidence={"other_tokens": others},
+    )
 
 
-class Transient(Exception):
-    """A failure worth retrying (timeout, connection error, 429, 5xx)."""
+def check_recipient(c: EvmCtx) -> Finding | None:
+    # SECURITY: value moved by the right token to someone else does not pay this session.
+    if any(
+        same_address(t.token, c.token) and same_address(t.recipient, c.recipient)
+        for t in c.transfers
+    ):
+        return None
+    got = sorted({t.recipient for t in c.transfers if same_address(t.token, c.token)})
+    return Finding(
+        FailureCode.wrong_recipient,
+        f"{c.token} moved only to {', '.join(got)}, not to {c.recipient}",
+        evidence={"token_recipients": got},
+    )
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 3  # per URL
-    per_url_seconds: float = 10.0  # wall-clock bound per URL, retries included
-    total_seconds: float = 25.0  # wall-clock bound across every URL
-    initial_wait: float = 0.2
-    max_wait: float = 2.0
-    jitter: float = 0.2
-    timeout: float = 8.0  # one HTTP request
-
-    @classmethod
-    def of(cls, policy: RpcPolicy) -> "RetryPolicy":
-        return cls(attempts=policy.attempts, per_url_seconds=policy.total_s,
-                   total_seconds=policy.total_s, timeout=policy.timeout_s)
+def check_sender(c: TokenCtx) -> Finding | None:
+    if c.terms.sender is None:
+        return None
+    # SECURITY: when the payment names its payer (x402), every counted transfer must come
+    # from that payer; someone else's transfer to the treasury is not their payment.
+    if c.senders and all(same_address(s, c.terms.sender) for s in c.senders):
+        return None
+    return Finding(
+        FailureCode.sender_mismatch,
+        f"paid by {', '.join(c.senders)}, the payment names {c.terms.sender}",
+    )
 
 
-def call_with_failover(urls: Sequence[str], attempt: Callable[[str, float], T],
-                       policy: RetryPolicy, what: str, deadline: float | None = None) -> T:
-    """Call `attempt(url, timeout)` for each URL in order until one answers. `attempt` raises
-    `Transient` for what is worth retrying (tenacity: bounded attempts and time, exponential
-    backoff with jitter) and anything else to stop at once. Every URL down → RpcUnavailable.
-    `timeout` is the policy's request timeout clipped to the time left before `deadline`
-    (time.monotonic()) or the policy's total, whichever comes first; no try starts after it."""
-    if not urls:
-        raise RpcUnavailable(f"{what}: no RPC URL configured")
-    end = call_end(policy.total_seconds, deadline)
-    failures: list[str] = []
-
-    def bounded(url: str) -> T:
-        timeout = min(policy.timeout, time_left(end))
-        if timeout <= 0:
-            raise Transient("time budget spent")
-        return attempt(url, timeout)
-
-    for url in urls:
-        left = time_left(end)
-        if left <= 0:
-            failures.append(f"{url}: not tried (time budget spent)")
-            break
-        retrying = Retrying(
-            stop=(stop_after_attempt(policy.attempts)
-                  | stop_after_delay(min(left, policy.per_url_seconds)) | stop_at(end)),
-            wait=wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_wait,
-                                         jitter=policy.jitter),
-            retry=retry_if_exception_type(Transient),
-            reraise=False,
-        )
-        try:
-            return retrying(bounded, url)
-        except RetryError as e:
-            failures.append(f"{url}: {e.last_attempt.exception()}")
-        except RpcUnavailable as e:  # a URL that is unusable but not transient (401, 404)
-            failures.append(f"{url}: {e}")
-    raise RpcUnavailable(f"{what}: every RPC URL failed: " + "; ".join(failures))
-
-
-def classify_http_status(status: int, url: str) -> None:
-    """Raise for an HTTP status that is not a usable answer."""
-    if status == 429 or status >= 500:
-        raise Transient(f"HTTP {status}")
-    if status >= 400:
-        raise RpcUnavailable(f"{url}: HTTP {status}")
-
-
-class _Provider(HTTPProvider):
-    """web3's HTTPProvider with the timeout chosen per request (clipped to a deadline), for
-    the calling thread: one provider serves every thread, each with its own deadline."""
-
-    def __init__(self, url: str):
-        super().__init__(url, exception_retry_configuration=None)
-        self._local = threading.local()
-
-    def request(self, method: str, params: list[Any], timeout: float) -> Any:
-        self._local.timeout = timeout
-        try:
-            return self.make_request(method, params)  # type: ignore[arg-type]
-        finally:
-            self._local.timeout = None
-
-    def get_request_kwargs(self) -> Any:
-        kwargs = super().get_request_kwargs()
-        timeout = getattr(self._local, "timeout", None)
-        return kwargs if timeout is None else {**kwargs, "timeout": timeout}
-
-
-class EvmHttpTransport:
-    """JSON-RPC over HTTP through web3.py's HTTPProvider (`make_request`), returning the raw
-    `result`. web3's own retry is switched off so tenacity is the only retry layer."""
-
-    source: ClassVar[str] = "live"
-    honours_deadline: ClassVar[bool] = True
-
-    def __init__(self, urls: Sequence[str], network: str = "",
-                 policy: RetryPolicy | None = None):
-        self.urls = list(urls)
-        self.network = network
-        self.policy = policy or RetryPolicy()
-        self._providers = {url: _Provider(url) for url in self.urls}
-
-    def set_policy(self, policy: RpcPolicy) -> None:
-        """The deployment's bounds for this network (settings)."""
-        self.policy = RetryPolicy.of(policy)
-
-    def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
-        response = call_with_failover(
-            self.urls, lambda url, timeout: self._once(url, method, params, timeout),
-            self.policy, method, deadline)
-        return _rpc_result(method, response)
-
-    def _once(self, url: str, method: str, params: list[Any], timeout: float) -> Any:
-        try:
-            return self._providers[url].request(method, params, timeout)
-        except requests.HTTPError as e:
-            status = e.response.status_code if e.response is not None else 599
-            classify_http_status(status, url)
-            raise RpcUnavailable(f"{url}: HTTP {status}") from e
-        except (requests.Timeout, requests.ConnectionError) as e:
-            raise Transient(f"{type(e).__name__}: {e}") from e
-        except ValueError as e:  # not JSON (JSONDecodeError, UnicodeDecodeError)
-            raise MalformedResponse(f"{url} {method}: answer is not JSON ({e})") from e
-
-
-def _rpc_result(method: str, response: Any) -> Any:
-    if not isinstance(response, dict):
-        raise MalformedResponse(f"{method}: not a JSON-RPC response object")
-    if response.get("error") is not None:
-        raise RpcErrorResponse(method, response["error"])
-    if "result" not in response:
-        raise MalformedResponse(f"{method}: JSON-RPC response without result or error")
-    return response["result"]
+# Before the block read (the receipt alone decides them), then after it.
+RECEIPT_CHECKS: tuple[Check[EvmCtx], ...] = (
+    check_asset,
+    check_recipient,
+    check_amount,
+    check_sender,
+    check_no_binding,
+)
+BLOCK_CHECKS: tuple[Check[EvmCtx], ...] = (check_window,)
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,9 +533,14 @@ def authorization_keys(receipt: Receipt, token: str, chain_id: int) -> list[str]
     keys = []
     for log in receipt.logs:
         topics = log.get("topics")
-        if (log.get("removed") is True or not isinstance(topics, list) or len(topics) != 3
-                or not isinstance(topics[0], str) or topics[0].lower() != AUTHORIZATION_USED_TOPIC
-                or not same_address(log.get("address"), token)):
+        if (
+            log.get("removed") is True
+            or not isinstance(topics, list)
+            or len(topics) != 3
+            or not isinstance(topics[0], str)
+            or topics[0].lower() != AUTHORIZATION_USED_TOPIC
+            or not same_address(log.get("address"), token)
+        ):
             continue
         authorizer, nonce = str(topics[1]), str(topics[2])
         if len(authorizer) == 66 and len(nonce) == 66:
@@ -572,7 +550,12 @@ def authorization_keys(receipt: Receipt, token: str, chain_id: int) -> list[str]
 
 class EvmAdapter:
     family: ClassVar[str] = "evm"
+    network_family: ClassVar[str] = "evm"
     proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    proof_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        PROOF_TYPE: ("transaction hash (0x + 64 hex)",),
+    }
+    reads_chain: ClassVar[bool] = True
     binds_reference: ClassVar[bool] = False
     # SECURITY: an ERC-20 transfer carries no session reference; the payer binds it.
     binds_payer: ClassVar[bool] = True
@@ -585,6 +568,7 @@ class EvmAdapter:
         if rail.finality.mode != "depth":
             raise ValueError(f"rail {rail.rail_id}: EVM finality is depth-based")
         self.rail = rail
+        self.chain_id: int = rail.chain_id
         self.token = normalize_evm_address(rail.asset, "asset")
 
     # -- shapes ------------------------------------------------------------------------------
@@ -614,8 +598,12 @@ class EvmAdapter:
             "network": self.rail.network,
         }
         return PaymentRequirements(
-            rail_id=self.rail.rail_id, network=self.rail.network, asset=self.token,
-            recipient=recipient, amount=str(session.amount), data=data,
+            rail_id=self.rail.rail_id,
+            network=self.rail.network,
+            asset=self.token,
+            recipient=recipient,
+            amount=str(session.amount),
+            data=data,
         )
 
     # -- verification ------------------------------------------------------------------------
@@ -630,46 +618,68 @@ class EvmAdapter:
             return mismatch
         raw = chain.call("eth_getTransactionReceipt", [tx_hash])
         if raw is None:
-            return Verdict.wait(FailureCode.tx_not_found,
-                                f"no receipt for {tx_hash} on {self.rail.network} (yet)")
+            return Verdict.wait(
+                FailureCode.tx_not_found, f"no receipt for {tx_hash} on {self.rail.network} (yet)"
+            )
         receipt = parse_receipt(raw, tx_hash)
         observed = self._observed(receipt, token, recipient)
         # SECURITY: a reverted transaction moved nothing, whatever its input or logs say.
         if not receipt.success:
-            return Verdict.fail(FailureCode.tx_failed_onchain,
-                                f"transaction {tx_hash} reverted (status 0)", observed=observed)
+            return Verdict.fail(
+                FailureCode.tx_failed_onchain,
+                f"transaction {tx_hash} reverted (status 0)",
+                observed=observed,
+            )
 
-        transfers = token_transfers(receipt.logs)
         amount, senders = transfers_in_receipt(receipt, token, recipient)
-        observed |= {"amount": str(amount), "sender": senders[0] if len(senders) == 1 else None,
-                     "senders": senders}
-        verdict = (self._check_asset(transfers, token, observed)
-                   or self._check_recipient(transfers, token, recipient, observed)
-                   or check_amount(amount, terms, observed)
-                   or self._check_sender(senders, terms, observed)
-                   or check_no_binding(terms, "ERC-20", observed))
-        if verdict is not None:
-            return verdict
+        observed = observed.model_copy(
+            update={
+                "amount": str(amount),
+                "sender": senders[0] if len(senders) == 1 else None,
+                "senders": senders,
+            }
+        )
+        ctx = EvmCtx(
+            terms,
+            token,
+            recipient,
+            amount,
+            senders,
+            "ERC-20",
+            transfers=token_transfers(receipt.logs),
+        )
+        found = first_finding(RECEIPT_CHECKS, ctx)
+        if found is not None:
+            return found.verdict(observed)
 
         block = read_block(chain, receipt.block_number)
         if block is None:
             raise MalformedResponse(
-                f"receipt in block {receipt.block_number} but the node has no such block")
-        when = self._block_time(block, receipt, terms)
-        if when is not None:
-            observed["block_time"] = when.isoformat()
-            verdict = check_window(when, terms, observed)
-            if verdict is not None:
-                return verdict
+                f"receipt in block {receipt.block_number} but the node has no such block"
+            )
+        ctx.when = self._block_time(block, receipt, terms)
+        if ctx.when is not None:
+            observed = observed.model_copy(update={"block_time": ctx.when})
+        found = first_finding(BLOCK_CHECKS, ctx)
+        if found is not None:
+            return found.verdict(observed)
 
         settlement = settlement_for_receipt(
-            tx_hash, receipt.block_number, receipt.block_hash, block["hash"],
-            read_head(chain, self.rail.finality), self.rail.finality)
+            tx_hash,
+            receipt.block_number,
+            receipt.block_hash,
+            block["hash"],
+            read_head(chain, self.rail.finality),
+            self.rail.finality,
+        )
         return Verdict.ok(
             f"{amount} base units of {token} to {recipient} in block {receipt.block_number}",
-            observed=observed, settlement=settlement,
-            transfer_keys=(f"eip155:{self.rail.chain_id}:{tx_hash}:{token.lower()}:{recipient.lower()}",
-                           *authorization_keys(receipt, token, self.rail.chain_id)),
+            observed=observed,
+            settlement=settlement,
+            transfer_keys=(
+                f"eip155:{self.rail.chain_id}:{tx_hash}:{token.lower()}:{recipient.lower()}",
+                *authorization_keys(receipt, token, self.chain_id),
+            ),
         )
 
     def _check_chain_id(self, chain: Transport) -> Verdict | None:
@@ -677,69 +687,41 @@ class EvmAdapter:
         # SECURITY: the same hash format exists on every EVM chain; a receipt read from a
         # testnet or another L2 must not pay a mainnet session.
         if chain_id != self.rail.chain_id:
-            return Verdict.fail(FailureCode.chain_mismatch,
-                                f"node is on chain {chain_id}; rail {self.rail.rail_id} is on "
-                                f"{self.rail.chain_id} ({self.rail.network})",
-                                observed={"chain_id": chain_id, "expected_chain_id": self.rail.chain_id})
+            return Verdict.fail(
+                FailureCode.chain_mismatch,
+                f"node is on chain {chain_id}; rail {self.rail.rail_id} is on "
+                f"{self.rail.chain_id} ({self.rail.network})",
+                observed=Observed(chain_id=chain_id, expected_chain_id=self.rail.chain_id),
+            )
         return None
 
-    def _observed(self, receipt: Receipt, token: str, recipient: str) -> dict[str, Any]:
-        return {
-            "tx_hash": receipt.tx_hash,
-            "chain_id": self.rail.chain_id,
-            "network": self.rail.network,
-            "status": "success" if receipt.success else "reverted",
-            "block_number": receipt.block_number,
-            "block_hash": receipt.block_hash,
-            "tx_from": receipt.tx_from,
-            "tx_to": receipt.tx_to,
-            "asset": token,
-            "recipient": recipient,
-        }
-
-    @staticmethod
-    def _check_asset(transfers: list[TokenTransfer], token: str,
-                     observed: dict[str, Any]) -> Verdict | None:
-        if any(same_address(t.token, token) for t in transfers):
-            return None
-        others = sorted({t.token for t in transfers})
-        return Verdict.fail(FailureCode.wrong_asset,
-                            f"no Transfer emitted by {token}"
-                            + (f" (transfers of {', '.join(others)} only)" if others else ""),
-                            observed=observed | {"other_tokens": others})
-
-    @staticmethod
-    def _check_recipient(transfers: list[TokenTransfer], token: str, recipient: str,
-                         observed: dict[str, Any]) -> Verdict | None:
-        # SECURITY: value moved by the right token to someone else does not pay this session.
-        if any(same_address(t.token, token) and same_address(t.recipient, recipient)
-               for t in transfers):
-            return None
-        got = sorted({t.recipient for t in transfers if same_address(t.token, token)})
-        return Verdict.fail(FailureCode.wrong_recipient,
-                            f"{token} moved only to {', '.join(got)}, not to {recipient}",
-                            observed=observed | {"token_recipients": got})
-
-    @staticmethod
-    def _check_sender(senders: list[str], terms: Terms,
-                      observed: dict[str, Any]) -> Verdict | None:
-        if terms.sender is None:
-            return None
-        # SECURITY: when the payment names its payer (x402), every counted transfer must come
-        # from that payer; someone else's transfer to the treasury is not their payment.
-        if senders and all(same_address(s, terms.sender) for s in senders):
-            return None
-        return Verdict.fail(FailureCode.sender_mismatch,
-                            f"paid by {', '.join(senders)}, the payment names {terms.sender}",
-                            observed=observed)
+    def _observed(self, receipt: Receipt, token: str, recipient: str) -> Observed:
+        return Observed(
+            tx_hash=receipt.tx_hash,
+            chain_id=self.rail.chain_id,
+            network=self.rail.network,
+            status="success" if receipt.success else "reverted",
+            block_number=receipt.block_number,
+            block_hash=receipt.block_hash,
+            tx_from=receipt.tx_from,
+            tx_to=receipt.tx_to,
+            asset=token,
+            recipient=recipient,
+        )
 
     @staticmethod
     def _block_time(block: dict[str, Any], receipt: Receipt, terms: Terms) -> datetime | None:
         """The block's timestamp; newer nodes also put it on each log (`blockTimestamp`)."""
         raw = block.get("timestamp")
         if raw is None:
-            raw = next((log.get("blockTimestamp") for log in receipt.logs
-                        if log.get("blockTimestamp") is not None), None)
+            raw = next(
+                (
+                    log.get("blockTimestamp")
+                    for log in receipt.logs
+                    if log.get("blockTimestamp") is not None
+                ),
+                None,
+            )
         if raw is None:
             if terms.not_before is None and terms.not_after is None:
                 return None
@@ -749,8 +731,12 @@ class EvmAdapter:
 
     # -- finality ----------------------------------------------------------------------------
 
-    def finality(self, refs: list[str], chain: Transport,
-                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+    def finality(
+        self,
+        refs: list[str],
+        chain: Transport,
+        expected: Mapping[str, tuple[str, int]] | None = None,
+    ) -> list[Settlement]:
         # `expected` is unused: the ref (a signature / tx hash) is the very transfer verified.
         """One eth_blockNumber (+ one `finalized` read) per sweep, then per ref the receipt and
         the canonical hash at its height."""
@@ -768,20 +754,39 @@ class EvmAdapter:
             return vanished_settlement(tx_hash, "the transaction was re-mined and reverted")
         block = read_block(chain, receipt.block_number)
         canonical = block["hash"] if block is not None else None
-        return settlement_for_receipt(tx_hash, receipt.block_number, receipt.block_hash,
-                                      canonical, head, self.rail.finality)
+        return settlement_for_receipt(
+            tx_hash, receipt.block_number, receipt.block_hash, canonical, head, self.rail.finality
+        )
 
     # -- transport ---------------------------------------------------------------------------
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Transport:
+        from rails.transport.evm_http import EvmHttpTransport  # loads web3 only when needed
+
         return EvmHttpTransport(urls, network)
 
 
 __all__ = [
-    "EvmAdapter", "EvmHttpTransport", "Head", "Receipt", "RetryPolicy", "TokenTransfer",
-    "TRANSFER_TOPIC", "call_with_failover", "check_window", "confirmations_at",
-    "decode_transfer", "is_final_at_depth", "normalize_evm_address", "normalize_tx_hash",
-    "parse_receipt", "read_block", "read_head", "settlement_for_receipt", "token_transfers",
+    "EvmAdapter",
+    "Head",
+    "Receipt",
+    "TokenTransfer",
+    "TRANSFER_TOPIC",
+    "check_window",
+    "confirmations_at",
+    "decode_transfer",
+    "is_final_at_depth",
+    "normalize_evm_address",
+    "normalize_tx_hash",
+    "parse_receipt",
+    "read_block",
+    "read_head",
+    "settlement_for_receipt",
+    "token_transfers",
     "transfers_in_receipt",
 ]
+
+
+if TYPE_CHECKING:  # mypy holds the family to the Adapter protocol
+    _conforms: type[Adapter] = EvmAdapter

@@ -22,9 +22,10 @@ one `getSignatureStatuses` for the settlement.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from urllib.parse import quote
 
 import base58
@@ -33,31 +34,52 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.base import (
+    Adapter,
+    Check,
+    Finding,
+    Observed,
+    PaymentRequirements,
+    SessionShape,
+    Settlement,
+    Terms,
+    Transport,
+    Verdict,
+    first_finding,
+)
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed
 from registry.catalog import FinalityPolicy, Rail
 
 PROOF_TYPE = "solana_tx_signature"
-TOKEN_PROGRAMS = frozenset({
-    "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",  # SPL Token
-    "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb",  # Token-2022
-})
+TOKEN_PROGRAMS = frozenset(
+    {
+        "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",  # SPL Token
+        "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb",  # Token-2022
+    }
+)
 ATA_PROGRAM = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"
-MEMO_PROGRAMS = frozenset({
-    "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",  # spl-memo v2/v3
-    "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo",  # spl-memo v1
-})
+MEMO_PROGRAMS = frozenset(
+    {
+        "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",  # spl-memo v2/v3
+        "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo",  # spl-memo v1
+    }
+)
 # getSignatureStatuses accepts at most this many signatures per request.
 STATUS_BATCH = 256
 COMMITMENT_RANK = {"processed": 0, "confirmed": 1, "finalized": 2}
 MEMO_EVIDENCE_MAX = 200
 
-GET_TX_OPTIONS = {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0, "commitment": "confirmed"}
+GET_TX_OPTIONS = {
+    "encoding": "jsonParsed",
+    "maxSupportedTransactionVersion": 0,
+    "commitment": "confirmed",
+}
 STATUS_OPTIONS = {"searchTransactionHistory": True}
 
 
 # -- finality policy (pure) ------------------------------------------------------------------
+
 
 def is_final(commitment: str | None, policy: FinalityPolicy) -> bool:
     """Whether a Solana commitment level satisfies the rail's policy.
@@ -82,7 +104,9 @@ def finality_code(settlement: Settlement | None) -> FailureCode | None:
 def settlement_from_status(ref: str, status: Any, policy: FinalityPolicy) -> Settlement:
     """One entry of a getSignatureStatuses `value` list, read against the rail's policy."""
     if status is None:
-        return Settlement(ref=ref, finality="not_found", detail="the node has no status for this signature")
+        return Settlement(
+            ref=ref, finality="not_found", detail="the node has no status for this signature"
+        )
     if not isinstance(status, dict):
         raise MalformedResponse(f"getSignatureStatuses: status entry is not an object: {status!r}")
     commitment = status.get("confirmationStatus")
@@ -100,12 +124,15 @@ def settlement_from_status(ref: str, status: Any, policy: FinalityPolicy) -> Set
         # SECURITY: a transaction that failed on chain settles nothing, however final.
         is_final=is_final(commitment, policy) and not failed,
         slot=slot if isinstance(slot, int) else None,
-        confirmations=status.get("confirmations") if isinstance(status.get("confirmations"), int) else None,
+        confirmations=status.get("confirmations")
+        if isinstance(status.get("confirmations"), int)
+        else None,
         detail="failed on chain" if failed else "",
     )
 
 
 # -- what a getTransaction answer says ---------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Instr:
@@ -136,9 +163,8 @@ class TxView:
     post: tuple[TokenBalance, ...]
 
 
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise MalformedResponse(f"getTransaction: {msg}")
+def _bad(msg: str) -> NoReturn:
+    raise MalformedResponse(f"getTransaction: {msg}")
 
 
 def account_keys_of(message: dict[str, Any], meta: dict[str, Any]) -> tuple[str, ...]:
@@ -149,33 +175,41 @@ def account_keys_of(message: dict[str, Any], meta: dict[str, Any]) -> tuple[str,
     ones follow in `meta.loadedAddresses`: static ++ writable ++ readonly.
     """
     keys = message.get("accountKeys")
-    _need(isinstance(keys, list), "message.accountKeys is not a list")
+    if not isinstance(keys, list):
+        _bad("message.accountKeys is not a list")
     out: list[str] = []
     for k in keys:
         key = k.get("pubkey") if isinstance(k, dict) else k
-        _need(isinstance(key, str), f"bad account key {k!r}")
+        if not isinstance(key, str):
+            _bad(f"bad account key {k!r}")
         out.append(key)
     if keys and all(isinstance(k, str) for k in keys):
         loaded = meta.get("loadedAddresses") or {}
         for part in ("writable", "readonly"):
             extra = loaded.get(part) or []
-            _need(all(isinstance(x, str) for x in extra), f"bad loadedAddresses.{part}")
+            if not all(isinstance(x, str) for x in extra):
+                _bad(f"bad loadedAddresses.{part}")
             out.extend(extra)
     return tuple(out)
 
 
 def _instr(raw: dict[str, Any], keys: tuple[str, ...]) -> Instr:
-    _need(isinstance(raw, dict), f"bad instruction {raw!r}")
+    if not isinstance(raw, dict):
+        _bad(f"bad instruction {raw!r}")
     if "programIdIndex" in raw:  # json encoding: indices into the account index space
         idx = [raw["programIdIndex"], *raw.get("accounts", [])]
-        _need(all(isinstance(i, int) and 0 <= i < len(keys) for i in idx), "instruction index out of range")
+        if not all(isinstance(i, int) and 0 <= i < len(keys) for i in idx):
+            _bad("instruction index out of range")
         return Instr(keys[idx[0]], None, tuple(keys[i] for i in idx[1:]), raw.get("data"))
     pid = raw.get("programId")
-    _need(isinstance(pid, str), f"instruction without programId {raw!r}")
+    if not isinstance(pid, str):
+        _bad(f"instruction without programId {raw!r}")
     return Instr(pid, raw.get("parsed"), tuple(raw.get("accounts") or ()), raw.get("data"))
 
 
-def instructions_of(message: dict[str, Any], meta: dict[str, Any], keys: tuple[str, ...]) -> tuple[Instr, ...]:
+def instructions_of(
+    message: dict[str, Any], meta: dict[str, Any], keys: tuple[str, ...]
+) -> tuple[Instr, ...]:
     out = [_instr(i, keys) for i in message.get("instructions") or []]
     for group in meta.get("innerInstructions") or []:
         out.extend(_instr(i, keys) for i in group.get("instructions") or [])
@@ -184,36 +218,47 @@ def instructions_of(message: dict[str, Any], meta: dict[str, Any], keys: tuple[s
 
 def _balance(raw: dict[str, Any], keys: tuple[str, ...]) -> TokenBalance:
     idx = raw.get("accountIndex")
-    _need(isinstance(idx, int) and 0 <= idx < len(keys), f"token balance index {idx!r} out of range")
+    if not (isinstance(idx, int) and 0 <= idx < len(keys)):
+        _bad(f"token balance index {idx!r} out of range")
     ui = raw.get("uiTokenAmount") or {}
     amount, decimals = ui.get("amount"), ui.get("decimals")
     # Integer base units only: uiAmount is a float and is never read.
-    _need(isinstance(amount, str) and amount.isdigit(), f"token amount {amount!r} is not an integer string")
-    _need(isinstance(decimals, int), f"token decimals {decimals!r} is not an integer")
+    if not (isinstance(amount, str) and amount.isdigit()):
+        _bad(f"token amount {amount!r} is not an integer string")
+    if not isinstance(decimals, int):
+        _bad(f"token decimals {decimals!r} is not an integer")
     owner = raw.get("owner")
-    _need(owner is None or isinstance(owner, str), f"bad token owner {owner!r}")
-    _need(isinstance(raw.get("mint"), str), "token balance without mint")
+    if not (owner is None or isinstance(owner, str)):
+        _bad(f"bad token owner {owner!r}")
+    if not isinstance(raw.get("mint"), str):
+        _bad("token balance without mint")
     return TokenBalance(keys[idx], raw["mint"], owner, int(amount), decimals)
 
 
 def parse_transaction(result: Any, asked: str) -> TxView:
     """Read a getTransaction result (jsonParsed or json encoding); raise MalformedResponse for
     anything that is not the shape of a transaction, or not the transaction asked for."""
-    _need(isinstance(result, dict), "result is not an object")
+    if not isinstance(result, dict):
+        _bad("result is not an object")
     tx, meta = result.get("transaction"), result.get("meta")
-    _need(isinstance(tx, dict) and isinstance(meta, dict), "no transaction/meta")
+    if not (isinstance(tx, dict) and isinstance(meta, dict)):
+        _bad("no transaction/meta")
     sigs = tx.get("signatures")
-    _need(isinstance(sigs, list) and sigs, "no signatures")
+    if not (isinstance(sigs, list) and sigs):
+        _bad("no signatures")
     # SECURITY: a broken or lying node could answer with another (successful) transaction;
     # the first signature is the transaction's id and must be the one we asked about.
     if sigs[0] != asked:
         raise MalformedResponse(f"getTransaction: asked for {asked}, the node answered {sigs[0]}")
     message = tx.get("message")
-    _need(isinstance(message, dict), "no message")
+    if not isinstance(message, dict):
+        _bad("no message")
     keys = account_keys_of(message, meta)
     slot, block_time = result.get("slot"), result.get("blockTime")
-    _need(slot is None or isinstance(slot, int), "slot is not an integer")
-    _need(block_time is None or isinstance(block_time, int), "blockTime is not an integer")
+    if not (slot is None or isinstance(slot, int)):
+        _bad("slot is not an integer")
+    if not (block_time is None or isinstance(block_time, int)):
+        _bad("blockTime is not an integer")
     return TxView(
         signature=asked,
         slot=slot,
@@ -268,8 +313,12 @@ def owners_from_instructions(view: TxView) -> tuple[dict[str, str], set[str]]:
             _claim(owners, info.get("account"), info.get("wallet"))
         elif ins.program_id in TOKEN_PROGRAMS and kind in _OWNER_SIGNED:
             _claim(owners, info.get("source"), info.get("owner") or info.get("multisigOwner"))
-        elif ins.program_id in TOKEN_PROGRAMS and kind == "setAuthority" \
-                and info.get("authorityType") == "accountOwner" and isinstance(info.get("account"), str):
+        elif (
+            ins.program_id in TOKEN_PROGRAMS
+            and kind == "setAuthority"
+            and info.get("authorityType") == "accountOwner"
+            and isinstance(info.get("account"), str)
+        ):
             changed.add(info["account"])
     return owners, changed
 
@@ -305,22 +354,19 @@ def movements(view: TxView, mint: str) -> list[Movement]:
         owners = {x.owner for x in (a, b) if x is not None and x.owner}
         if not owners and account not in reassigned:
             owners = {resolved[account]} if resolved.get(account) else set()
-        out.append(Movement(
-            account=account,
-            owner=next(iter(owners)) if len(owners) == 1 else None,
-            delta=(b.amount if b else 0) - (a.amount if a else 0),
-            decimals=frozenset(x.decimals for x in (a, b) if x is not None),
-            owner_changed=len(owners) > 1 or account in reassigned,
-        ))
+        out.append(
+            Movement(
+                account=account,
+                owner=next(iter(owners)) if len(owners) == 1 else None,
+                delta=(b.amount if b else 0) - (a.amount if a else 0),
+                decimals=frozenset(x.decimals for x in (a, b) if x is not None),
+                owner_changed=len(owners) > 1 or account in reassigned,
+            )
+        )
     return out
 
 
 # -- the checks ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Finding:
-    code: FailureCode
-    detail: str
 
 
 @dataclass
@@ -357,7 +403,10 @@ def check_asset(c: Context) -> Finding | None:
 def check_decimals(c: Context) -> Finding | None:
     seen = set().union(*(m.decimals for m in c.moves))
     if seen != {c.decimals}:
-        return Finding(FailureCode.decimals_mismatch, f"mint decimals {sorted(seen)}, rail expects {c.decimals}")
+        return Finding(
+            FailureCode.decimals_mismatch,
+            f"mint decimals {sorted(seen)}, rail expects {c.decimals}",
+        )
     return None
 
 
@@ -365,8 +414,12 @@ def check_owners_known(c: Context) -> Finding | None:
     # SECURITY: never guess whose account moved; an unknown or changed owner goes to review.
     unknown = [m.account for m in c.changed if m.owner is None or m.owner_changed]
     if unknown:
-        return Finding(FailureCode.ambiguous_transfer,
-                       f"owner of token account(s) {', '.join(unknown)} is unknown or changed in the transaction")
+        return Finding(
+            FailureCode.ambiguous_transfer,
+            f"owner of token account(s) {', '.join(unknown)} is unknown or changed in the "
+            "transaction",
+            review=True,
+        )
     return None
 
 
@@ -383,7 +436,9 @@ def check_amount(c: Context) -> Finding | None:
     ok = got >= want if c.terms.at_least else got == want
     if not ok:
         policy = "at least " if c.terms.at_least else ""
-        return Finding(FailureCode.amount_mismatch, f"received {got}, expected {policy}{want} base units")
+        return Finding(
+            FailureCode.amount_mismatch, f"received {got}, expected {policy}{want} base units"
+        )
     return None
 
 
@@ -391,7 +446,9 @@ def check_reference(c: Context) -> Finding | None:
     # SECURITY: binds the transfer to this session, so one payment cannot be claimed twice.
     ref = c.terms.reference
     if ref is not None and ref not in c.view.account_keys:
-        return Finding(FailureCode.reference_missing, f"reference {ref} is not among the account keys")
+        return Finding(
+            FailureCode.reference_missing, f"reference {ref} is not among the account keys"
+        )
     return None
 
 
@@ -408,22 +465,33 @@ def check_window(c: Context) -> Finding | None:
         return None
     t = c.view.block_time
     if t is None:
-        return Finding(FailureCode.ambiguous_transfer, "no blockTime: the transfer cannot be placed in the session window")
-    # SECURITY: a transfer made before the session opened (or after it expired) pays another session.
+        return Finding(
+            FailureCode.ambiguous_transfer,
+            "no blockTime: the transfer cannot be placed in the session window",
+            review=True,
+        )
+    # SECURITY: a transfer made before the session opened (or after it expired) pays another
+    # session.
     if lo is not None and t < _epoch(lo):
-        return Finding(FailureCode.session_not_open, f"blockTime {t} is before the session opened ({lo.isoformat()})")
+        return Finding(
+            FailureCode.session_not_open,
+            f"blockTime {t} is before the session opened ({lo.isoformat()})",
+        )
     if hi is not None and t > _epoch(hi):
-        return Finding(FailureCode.session_expired, f"blockTime {t} is after the session expired ({hi.isoformat()})")
+        return Finding(
+            FailureCode.session_expired,
+            f"blockTime {t} is after the session expired ({hi.isoformat()})",
+        )
     return None
 
 
 def _epoch(dt: datetime) -> int:
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())
 
 
-CHECKS: tuple[Callable[[Context], Finding | None], ...] = (
+CHECKS: tuple[Check[Context], ...] = (
     check_not_failed,
     # SECURITY: before anything that can end in review: a transfer without the session's
     # reference is not this session's payment, and a review verdict would hold it for the
@@ -437,43 +505,30 @@ CHECKS: tuple[Callable[[Context], Finding | None], ...] = (
     check_memo,
     check_window,
 )
-_REVIEW_CODES = frozenset({FailureCode.ambiguous_transfer})
 
 
-def first_finding(c: Context) -> Finding | None:
-    for check in CHECKS:
-        found = check(c)
-        if found is not None:
-            return found
-    return None
-
-
-def observe(c: Context) -> dict[str, Any]:
+def observe(c: Context) -> Observed:
     """Redacted evidence: what the chain said, amounts as strings of base units."""
     known = all(m.owner is not None and not m.owner_changed for m in c.changed)
     senders = sorted({m.owner for m in c.changed if m.delta < 0 and m.owner})
     decimals = sorted(set().union(*(m.decimals for m in c.moves))) if c.moves else []
     memo = c.terms.memo if c.terms.memo in c.memos else (c.memos[0] if c.memos else None)
-    return {
-        "amount": str(c.received()) if known else None,
-        "recipient": c.terms.recipient,
-        "sender": ",".join(senders) or None,
-        "asset": c.mint,
-        "decimals": decimals[0] if len(decimals) == 1 else (decimals or None),
-        "slot": c.view.slot,
-        "block_time": c.view.block_time,
-        "reference_found": (c.terms.reference in c.view.account_keys) if c.terms.reference else None,
-        "memo": memo[:MEMO_EVIDENCE_MAX] if memo is not None else None,
-    }
-
-
-def verdict_for(found: Finding, observed: dict[str, Any]) -> Verdict:
-    if found.code in _REVIEW_CODES:
-        return Verdict.review(found.code, found.detail, observed=observed)
-    return Verdict.fail(found.code, found.detail, observed=observed)
+    t = c.view.block_time
+    return Observed(
+        amount=str(c.received()) if known else None,
+        recipient=c.terms.recipient,
+        sender=",".join(senders) or None,
+        asset=c.mint,
+        decimals=decimals[0] if len(decimals) == 1 else (decimals or None),
+        slot=c.view.slot,
+        block_time=datetime.fromtimestamp(t, tz=UTC) if t is not None else None,
+        reference_found=(c.terms.reference in c.view.account_keys) if c.terms.reference else None,
+        memo=memo[:MEMO_EVIDENCE_MAX] if memo is not None else None,
+    )
 
 
 # -- the adapter -----------------------------------------------------------------------------
+
 
 def ui_amount(base_units: int, decimals: int) -> str:
     """Base units as a decimal string (25000000, 6 → "25"; 1500, 6 → "0.0015"), no floats."""
@@ -486,31 +541,61 @@ def ui_amount(base_units: int, decimals: int) -> str:
 
 def _batches(items: list[str], size: int) -> Iterable[list[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 # Accounts that ordinary transfers carry whoever pays (programs a wallet invokes, sysvars,
 # the native mint): a session reference equal to one of them would be "found" in other
 # tenants' payments. Library constants where the libraries have them.
-WELL_KNOWN_ACCOUNTS = TOKEN_PROGRAMS | MEMO_PROGRAMS | {ATA_PROGRAM} | frozenset(str(k) for k in (
-    system_program.ID, compute_budget.ID, sysvar.CLOCK, sysvar.EPOCH_SCHEDULE, sysvar.INSTRUCTIONS, sysvar.RECENT_BLOCKHASHES,
-    sysvar.RENT, sysvar.REWARDS, sysvar.SLOT_HASHES, sysvar.STAKE_HISTORY,
-)) | frozenset((
-    "So11111111111111111111111111111111111111112",  # wrapped SOL mint
-    "AddressLookupTab1e1111111111111111111111111",
-    "BPFLoaderUpgradeab1e11111111111111111111111", "BPFLoader2111111111111111111111111111111111",
-    "BPFLoader1111111111111111111111111111111111", "Config1111111111111111111111111111111111111",
-    "Stake11111111111111111111111111111111111111", "Vote111111111111111111111111111111111111111",
-    "Ed25519SigVerify111111111111111111111111111", "KeccakSecp256k11111111111111111111111111111",
-    "SysvarFees111111111111111111111111111111111", "SysvarS1otHistory11111111111111111111111111",
-    "SysvarEpochRewards1111111111111111111111111", "SysvarLastRestartS1ot1111111111111111111111",
-    "JUP6LkbZbjS1jKKwapdHNy74zcZ3tLUZoi5QNyVTaV4",  # Jupiter v6 aggregator
-))
+WELL_KNOWN_ACCOUNTS = (
+    TOKEN_PROGRAMS
+    | MEMO_PROGRAMS
+    | {ATA_PROGRAM}
+    | frozenset(
+        str(k)
+        for k in (
+            system_program.ID,
+            compute_budget.ID,
+            sysvar.CLOCK,
+            sysvar.EPOCH_SCHEDULE,
+            sysvar.INSTRUCTIONS,
+            sysvar.RECENT_BLOCKHASHES,
+            sysvar.RENT,
+            sysvar.REWARDS,
+            sysvar.SLOT_HASHES,
+            sysvar.STAKE_HISTORY,
+        )
+    )
+    | frozenset(
+        (
+            "So11111111111111111111111111111111111111112",  # wrapped SOL mint
+            "AddressLookupTab1e1111111111111111111111111",
+            "BPFLoaderUpgradeab1e11111111111111111111111",
+            "BPFLoader2111111111111111111111111111111111",
+            "BPFLoader1111111111111111111111111111111111",
+            "Config1111111111111111111111111111111111111",
+            "Stake11111111111111111111111111111111111111",
+            "Vote111111111111111111111111111111111111111",
+            "Ed25519SigVerify111111111111111111111111111",
+            "KeccakSecp256k11111111111111111111111111111",
+            "SysvarFees111111111111111111111111111111111",
+            "SysvarS1otHistory11111111111111111111111111",
+            "SysvarEpochRewards1111111111111111111111111",
+            "SysvarLastRestartS1ot1111111111111111111111",
+            "JUP6LkbZbjS1jKKwapdHNy74zcZ3tLUZoi5QNyVTaV4",  # Jupiter v6 aggregator
+        )
+    )
+)
 
 
 class SolanaAdapter:
     family: ClassVar[str] = "solana"
+    network_family: ClassVar[str] = "solana"
     proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    proof_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        PROOF_TYPE: ("signature (base58, 64 bytes)",),
+    }
+    reads_chain: ClassVar[bool] = True
     binds_reference: ClassVar[bool] = True
     binds_payer: ClassVar[bool] = False
     requires_payer: ClassVar[bool] = False
@@ -523,13 +608,17 @@ class SolanaAdapter:
 
     def normalize_proof(self, proof_type: str, raw: str) -> str:
         if proof_type != PROOF_TYPE:
-            raise ProofMalformed("proof_type", f"the {self.family} family takes {PROOF_TYPE}, not {proof_type!r}")
+            raise ProofMalformed(
+                "proof_type", f"the {self.family} family takes {PROOF_TYPE}, not {proof_type!r}"
+            )
         if not isinstance(raw, str) or not raw:
             raise ProofMalformed("proof", "a transaction signature (base58) is required")
         try:
             sig = Signature.from_string(raw)
         except ValueError as e:
-            raise ProofMalformed("proof", f"not a base58 transaction signature of 64 bytes ({e})") from None
+            raise ProofMalformed(
+                "proof", f"not a base58 transaction signature of 64 bytes ({e})"
+            ) from None
         # base58 is case-sensitive and canonical: the signature is kept exactly as given. A
         # string that re-encodes to itself is the canonical form of those 64 bytes.
         if str(sig) != raw:
@@ -593,7 +682,9 @@ class SolanaAdapter:
         result = chain.call("getTransaction", [proof, dict(GET_TX_OPTIONS)])
         if result is None:
             # Not found is transient (not yet propagated, or another node): never "failed".
-            return Verdict.wait(FailureCode.tx_not_found, f"the node does not know transaction {proof} (yet)")
+            return Verdict.wait(
+                FailureCode.tx_not_found, f"the node does not know transaction {proof} (yet)"
+            )
         try:
             view = parse_transaction(result, proof)
         except (KeyError, TypeError, AttributeError) as e:
@@ -601,14 +692,13 @@ class SolanaAdapter:
         mint = terms.asset or self.rail.asset
         ctx = Context(view, terms, mint, self.rail.decimals, movements(view, mint), memos_of(view))
         observed = observe(ctx)
-        found = first_finding(ctx)
+        found = first_finding(CHECKS, ctx)
         if found is not None:
-            return verdict_for(found, observed)
+            return found.verdict(observed)
         settlement = self._status(proof, chain)
-        observed["finality"] = settlement.finality
         return Verdict.ok(
-            f"received {observed['amount']} base units of {mint}; {settlement.finality}",
-            observed=observed,
+            f"received {observed.amount} base units of {mint}; {settlement.finality}",
+            observed=observed.model_copy(update={"finality": settlement.finality}),
             settlement=settlement,
             transfer_keys=(f"solana:{self.rail.network}:{proof}:{mint}:{terms.recipient}",),
         )
@@ -620,11 +710,20 @@ class SolanaAdapter:
         result = chain.call("getSignatureStatuses", [list(sigs), dict(STATUS_OPTIONS)])
         values = result.get("value") if isinstance(result, dict) else None
         if not isinstance(values, list) or len(values) != len(sigs):
-            raise MalformedResponse(f"getSignatureStatuses: expected {len(sigs)} statuses, got {result!r:.200}")
-        return [settlement_from_status(s, v, self.rail.finality) for s, v in zip(sigs, values)]
+            raise MalformedResponse(
+                f"getSignatureStatuses: expected {len(sigs)} statuses, got {result!r:.200}"
+            )
+        return [
+            settlement_from_status(s, v, self.rail.finality)
+            for s, v in zip(sigs, values, strict=True)
+        ]
 
-    def finality(self, refs: list[str], chain: Transport,
-                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+    def finality(
+        self,
+        refs: list[str],
+        chain: Transport,
+        expected: Mapping[str, tuple[str, int]] | None = None,
+    ) -> list[Settlement]:
         # `expected` is unused: the ref (a signature / tx hash) is the very transfer verified.
         out: list[Settlement] = []
         for batch in _batches(list(refs), STATUS_BATCH):
@@ -633,6 +732,12 @@ class SolanaAdapter:
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Transport:
-        from rails.solana_live import SolanaRpcTransport  # the HTTP stack loads only when needed
+        from rails.transport.solana_http import (
+            SolanaRpcTransport,  # the HTTP stack loads only when needed
+        )
 
         return SolanaRpcTransport(urls, network)
+
+
+if TYPE_CHECKING:  # mypy holds the family to the Adapter protocol
+    _conforms: type[Adapter] = SolanaAdapter

@@ -30,22 +30,33 @@ Transport exceptions propagate (the engine makes them `pending rpc_unavailable`)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import base58
-import httpx
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 
-from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Transport, Verdict
+from rails.base import (
+    Adapter,
+    Check,
+    Finding,
+    Observed,
+    PaymentRequirements,
+    SessionShape,
+    Settlement,
+    Terms,
+    Transport,
+    Verdict,
+    first_finding,
+)
 from rails.codes import FailureCode
-from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
+from rails.errors import MalformedResponse, ProofMalformed
 from rails.evm import (
     TRANSFER_TOPIC,
-    RetryPolicy,
-    Transient,
-    call_with_failover,
+    TokenCtx,
     check_amount,
     check_no_binding,
     check_window,
@@ -53,7 +64,6 @@ from rails.evm import (
     is_final_at_depth,
     vanished_settlement,
 )
-from rails.rpc_policy import RpcPolicy
 from registry.catalog import Rail
 
 PROOF_TYPE = "tron_tx_id"
@@ -136,7 +146,9 @@ def decode_trc20_transfer(log: Any) -> tuple[bytes, bytes, bytes, int] | None:
     return token, bytes.fromhex(sender[2:]), bytes.fromhex(recipient[2:]), value
 
 
-def trc20_transfers_in_info(info: dict[str, Any], token: str, recipient: str) -> tuple[int, list[str]]:
+def trc20_transfers_in_info(
+    info: dict[str, Any], token: str, recipient: str
+) -> tuple[int, list[str]]:
     """(amount, senders as T-addresses): the sum of Transfer values emitted by `token` to
     `recipient` in a gettransactioninfobyid answer. Pure."""
     token_acct, recipient_acct = account_bytes(token, "asset"), account_bytes(recipient)
@@ -209,65 +221,58 @@ def read_now_block(chain: Transport) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Live transport: the Tron HTTP API
+# The checks (amount, binding and window are the EVM family's, on the same context)
 # --------------------------------------------------------------------------------------------
 
-# The seam's method names mapped to the HTTP API's request bodies.
-_BODIES: dict[str, Callable[[list[Any]], dict[str, Any]]] = {
-    "gettransactioninfobyid": lambda params: {"value": params[0]},
-    "getnowblock": lambda params: {},
-}
+Trc20Transfer = tuple[bytes, bytes, bytes, int]  # (token, sender, recipient, value), accounts
 
 
-class TronHttpTransport:
-    """POST {url}/wallet/<method> with a JSON body, exposing the same `call(method, params)`
-    seam as the JSON-RPC transports; retries and failover as the EVM transport."""
+@dataclass
+class TronCtx(TokenCtx):
+    transfers: list[Trc20Transfer] = field(default_factory=list)
 
-    source: ClassVar[str] = "live"
-    honours_deadline: ClassVar[bool] = True
 
-    def __init__(self, urls: Sequence[str], network: str = "", policy: RetryPolicy | None = None,
-                 client: httpx.Client | None = None):
-        self.urls = [u.rstrip("/") for u in urls]
-        self.network = network
-        self.policy = policy or RetryPolicy()
-        self._client = client or httpx.Client(timeout=self.policy.timeout)
+def check_asset(c: TronCtx) -> Finding | None:
+    token_acct = account_bytes(c.token, "asset")
+    if any(t[0] == token_acct for t in c.transfers):
+        return None
+    return Finding(FailureCode.wrong_asset, f"no Transfer emitted by {c.token}")
 
-    def set_policy(self, policy: RpcPolicy) -> None:
-        """The deployment's bounds for this network (settings)."""
-        self.policy = RetryPolicy.of(policy)
 
-    def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
-        if method not in _BODIES:
-            raise ValueError(f"the Tron transport does not speak {method!r}")
-        body = _BODIES[method](params)
-        answer = call_with_failover(
-            self.urls, lambda url, timeout: self._once(url, method, body, timeout), self.policy,
-            method, deadline)
-        if isinstance(answer, dict) and "Error" in answer:
-            raise RpcErrorResponse(method, answer["Error"])
-        return answer
+def check_recipient(c: TronCtx) -> Finding | None:
+    token_acct, recipient_acct = account_bytes(c.token, "asset"), account_bytes(c.recipient)
+    # SECURITY: USDT moved to someone else does not pay this session.
+    if any(t[0] == token_acct and t[2] == recipient_acct for t in c.transfers):
+        return None
+    got = sorted({to_base58(t[2]) for t in c.transfers if t[0] == token_acct})
+    return Finding(
+        FailureCode.wrong_recipient,
+        f"{c.token} moved only to {', '.join(got)}, not to {c.recipient}",
+        evidence={"token_recipients": got},
+    )
 
-    def _once(self, url: str, method: str, body: dict[str, Any], timeout: float) -> Any:
-        try:
-            # Per request: the policy's timeout clipped to the call's time left.
-            response = self._client.post(f"{url}/wallet/{method}", json=body, timeout=timeout)
-        except (httpx.TimeoutException, httpx.TransportError) as e:
-            raise Transient(f"{type(e).__name__}: {e}") from e
-        if response.status_code == 429 or response.status_code >= 500:
-            raise Transient(f"HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise RpcUnavailable(f"{url}: HTTP {response.status_code}")
-        try:
-            answer = response.json()
-        except ValueError as e:
-            raise MalformedResponse(f"{url} {method}: answer is not JSON") from e
-        if not isinstance(answer, dict):
-            raise MalformedResponse(f"{url} {method}: answer is not a JSON object")
-        return answer
 
-    def close(self) -> None:
-        self._client.close()
+def check_sender(c: TronCtx) -> Finding | None:
+    if c.terms.sender is None:
+        return None
+    expected = account_bytes(c.terms.sender, "sender")
+    # SECURITY: when the payment names its payer, every counted transfer must be theirs.
+    if c.senders and all(account_bytes(s) == expected for s in c.senders):
+        return None
+    return Finding(
+        FailureCode.sender_mismatch,
+        f"paid by {', '.join(c.senders)}, the payment names {c.terms.sender}",
+    )
+
+
+CHECKS: tuple[Check[TronCtx], ...] = (
+    check_asset,
+    check_recipient,
+    check_amount,
+    check_sender,
+    check_no_binding,
+    check_window,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +282,12 @@ class TronHttpTransport:
 
 class TronAdapter:
     family: ClassVar[str] = "tron"
+    network_family: ClassVar[str] = "tron"
     proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    proof_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        PROOF_TYPE: ("transaction id (64 hex)",),
+    }
+    reads_chain: ClassVar[bool] = True
     binds_reference: ClassVar[bool] = False
     # SECURITY: a TRC-20 transfer carries no session reference; the payer binds it.
     binds_payer: ClassVar[bool] = True
@@ -314,8 +324,12 @@ class TronAdapter:
             "network": self.rail.network,
         }
         return PaymentRequirements(
-            rail_id=self.rail.rail_id, network=self.rail.network, asset=self.token,
-            recipient=recipient, amount=str(session.amount), data=data,
+            rail_id=self.rail.rail_id,
+            network=self.rail.network,
+            asset=self.token,
+            recipient=recipient,
+            amount=str(session.amount),
+            data=data,
         )
 
     def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
@@ -332,26 +346,39 @@ class TronAdapter:
         failure = execution_failure(info)
         # SECURITY: a failed contract call moved no tokens, whatever it targeted or paid in fees.
         if failure is not None:
-            return Verdict.fail(FailureCode.tx_failed_onchain, f"transaction {tx_id} failed: {failure}",
-                                observed=observed)
+            return Verdict.fail(
+                FailureCode.tx_failed_onchain,
+                f"transaction {tx_id} failed: {failure}",
+                observed=observed,
+            )
 
-        transfers = _transfers(info)
         amount, senders = trc20_transfers_in_info(info, token, recipient)
-        observed |= {"amount": str(amount), "sender": senders[0] if len(senders) == 1 else None,
-                     "senders": senders}
-        verdict = (self._check_asset(transfers, token, observed)
-                   or self._check_recipient(transfers, token, recipient, observed)
-                   or check_amount(amount, terms, observed)
-                   or self._check_sender(senders, terms, observed)
-                   or check_no_binding(terms, "TRC-20", observed)
-                   or check_window(block_time(info), terms, observed))
-        if verdict is not None:
-            return verdict
+        observed = observed.model_copy(
+            update={
+                "amount": str(amount),
+                "sender": senders[0] if len(senders) == 1 else None,
+                "senders": senders,
+            }
+        )
+        ctx = TronCtx(
+            terms,
+            token,
+            recipient,
+            amount,
+            senders,
+            "TRC-20",
+            when=block_time(info),
+            transfers=_transfers(info),
+        )
+        found = first_finding(CHECKS, ctx)
+        if found is not None:
+            return found.verdict(observed)
 
         settlement = self._settlement(tx_id, _block_number(info), read_now_block(chain))
         return Verdict.ok(
             f"{amount} base units of {token} to {recipient} in block {_block_number(info)}",
-            observed=observed, settlement=settlement,
+            observed=observed,
+            settlement=settlement,
             transfer_keys=(f"tron:{self.rail.network}:{tx_id}:{token}:{recipient}",),
         )
 
@@ -364,72 +391,45 @@ class TronAdapter:
             raise MalformedResponse(f"transaction info is for {info.get('id')!r}, not {tx_id}")
         return info
 
-    def _observed(self, info: dict[str, Any], tx_id: str, token: str,
-                  recipient: str) -> dict[str, Any]:
-        receipt = info.get("receipt") if isinstance(info.get("receipt"), dict) else {}
+    def _observed(self, info: dict[str, Any], tx_id: str, token: str, recipient: str) -> Observed:
+        raw_receipt = info.get("receipt")
+        receipt: dict[str, Any] = raw_receipt if isinstance(raw_receipt, dict) else {}
         contract = info.get("contract_address")
         try:
             contract = normalize_tron_address(contract, "contract_address") if contract else None
         except ProofMalformed:
             contract = None
-        return {
-            "tx_id": tx_id,
-            "network": self.rail.network,
-            "block_number": _block_number(info),
-            "block_time": block_time(info).isoformat(),
-            "receipt_result": receipt.get("result"),
-            "fee_sun": info.get("fee"),
-            "contract_address": contract,
-            "asset": token,
-            "recipient": recipient,
-        }
-
-    @staticmethod
-    def _check_asset(transfers: list[tuple[bytes, bytes, bytes, int]], token: str,
-                     observed: dict[str, Any]) -> Verdict | None:
-        token_acct = account_bytes(token, "asset")
-        if any(t[0] == token_acct for t in transfers):
-            return None
-        return Verdict.fail(FailureCode.wrong_asset, f"no Transfer emitted by {token}",
-                            observed=observed)
-
-    @staticmethod
-    def _check_recipient(transfers: list[tuple[bytes, bytes, bytes, int]], token: str,
-                         recipient: str, observed: dict[str, Any]) -> Verdict | None:
-        token_acct, recipient_acct = account_bytes(token, "asset"), account_bytes(recipient)
-        # SECURITY: USDT moved to someone else does not pay this session.
-        if any(t[0] == token_acct and t[2] == recipient_acct for t in transfers):
-            return None
-        got = sorted({to_base58(t[2]) for t in transfers if t[0] == token_acct})
-        return Verdict.fail(FailureCode.wrong_recipient,
-                            f"{token} moved only to {', '.join(got)}, not to {recipient}",
-                            observed=observed | {"token_recipients": got})
-
-    @staticmethod
-    def _check_sender(senders: list[str], terms: Terms,
-                      observed: dict[str, Any]) -> Verdict | None:
-        if terms.sender is None:
-            return None
-        expected = account_bytes(terms.sender, "sender")
-        # SECURITY: when the payment names its payer, every counted transfer must be theirs.
-        if senders and all(account_bytes(s) == expected for s in senders):
-            return None
-        return Verdict.fail(FailureCode.sender_mismatch,
-                            f"paid by {', '.join(senders)}, the payment names {terms.sender}",
-                            observed=observed)
+        return Observed(
+            tx_id=tx_id,
+            network=self.rail.network,
+            block_number=_block_number(info),
+            block_time=block_time(info),
+            receipt_result=receipt.get("result"),
+            fee_sun=info.get("fee"),
+            contract_address=contract,
+            asset=token,
+            recipient=recipient,
+        )
 
     def _settlement(self, tx_id: str, block_number: int, head: int) -> Settlement:
         final = is_final_at_depth(self.rail.finality, block_number, head)
         confirmations = confirmations_at(head, block_number)
         return Settlement(
-            ref=tx_id, finality="finalized" if final else "confirmed", is_final=final,
-            block_number=block_number, confirmations=confirmations,
+            ref=tx_id,
+            finality="finalized" if final else "confirmed",
+            is_final=final,
+            block_number=block_number,
+            confirmations=confirmations,
             detail=("final: " if final else "not final: ")
             + f"{confirmations}/{self.rail.finality.confirmations} confirmations",
         )
 
-    def finality(self, refs: list[str], chain: Transport,
-                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+    def finality(
+        self,
+        refs: list[str],
+        chain: Transport,
+        expected: Mapping[str, tuple[str, int]] | None = None,
+    ) -> list[Settlement]:
         # `expected` is unused: the ref (a signature / tx hash) is the very transfer verified.
         """One getnowblock per sweep, then per ref the transaction info."""
         if not refs:
@@ -451,11 +451,22 @@ class TronAdapter:
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Transport:
+        from rails.transport.tron_http import TronHttpTransport  # loads httpx only when needed
+
         return TronHttpTransport(urls, network)
 
 
 __all__ = [
-    "TronAdapter", "TronHttpTransport", "account_bytes", "decode_trc20_transfer",
-    "execution_failure", "normalize_tron_address", "normalize_tx_id", "to_base58",
+    "TronAdapter",
+    "account_bytes",
+    "decode_trc20_transfer",
+    "execution_failure",
+    "normalize_tron_address",
+    "normalize_tx_id",
+    "to_base58",
     "trc20_transfers_in_info",
 ]
+
+
+if TYPE_CHECKING:  # mypy holds the family to the Adapter protocol
+    _conforms: type[Adapter] = TronAdapter

@@ -44,17 +44,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from coincurve import PublicKey
 from eth_hash.auto import keccak
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_utils.address import is_checksum_address, to_checksum_address
 
 from rails.base import (
+    Adapter,
+    Check,
+    Finding,
+    Observed,
     PaymentRequirements,
     SessionShape,
     Settlement,
@@ -62,6 +67,7 @@ from rails.base import (
     Transport,
     Verdict,
     eip3009_key,
+    first_finding,
 )
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed
@@ -187,7 +193,9 @@ def parse_payment(doc: Mapping[str, Any]) -> Payment:
         raise ProofMalformed("payload", "must be an object with signature and authorization")
     auth = inner.get("authorization")
     if not isinstance(auth, dict):
-        raise ProofMalformed("payload.authorization", "missing (only EIP-3009 payloads are accepted)")
+        raise ProofMalformed(
+            "payload.authorization", "missing (only EIP-3009 payloads are accepted)"
+        )
     return Payment(
         version=version,
         scheme=scheme,
@@ -202,7 +210,9 @@ def parse_payment(doc: Mapping[str, Any]) -> Payment:
             valid_before=_uint256(auth.get("validBefore"), "authorization.validBefore"),
             nonce=_hex_bytes(auth.get("nonce"), "authorization.nonce", exact=32),
         ),
-        signature=_hex_bytes(inner.get("signature"), "payload.signature", limit=MAX_SIGNATURE_BYTES),
+        signature=_hex_bytes(
+            inner.get("signature"), "payload.signature", limit=MAX_SIGNATURE_BYTES
+        ),
     )
 
 
@@ -278,7 +288,8 @@ def domain_separator(name: str, version: str, chain_id: int, verifying_contract:
         + keccak(name.encode())
         + keccak(version.encode())
         + chain_id.to_bytes(32, "big")
-        + _ZERO12 + verifying_contract
+        + _ZERO12
+        + verifying_contract
     )
 
 
@@ -288,8 +299,10 @@ def authorization_digest(auth: Authorization, separator: bytes) -> bytes:
     Every struct field is static, so its ABI encoding is plain 32-byte words."""
     struct_hash = keccak(
         TRANSFER_WITH_AUTHORIZATION_TYPEHASH
-        + _ZERO12 + auth.from_
-        + _ZERO12 + auth.to
+        + _ZERO12
+        + auth.from_
+        + _ZERO12
+        + auth.to
         + auth.value.to_bytes(32, "big")
         + auth.valid_after.to_bytes(32, "big")
         + auth.valid_before.to_bytes(32, "big")
@@ -301,8 +314,10 @@ def authorization_digest(auth: Authorization, separator: bytes) -> bytes:
 def recover_signer(digest: bytes, signature: bytes) -> tuple[bytes | None, str]:
     """The 20-byte address that signed `digest`, or (None, why not)."""
     if len(signature) != 65:
-        return None, (f"signature is {len(signature)} bytes; only 65-byte EOA signatures "
-                      "can be verified offline")
+        return None, (
+            f"signature is {len(signature)} bytes; only 65-byte EOA signatures "
+            "can be verified offline"
+        )
     v = signature[64]
     if v >= 27:
         v -= 27
@@ -326,8 +341,12 @@ def recover_signer(digest: bytes, signature: bytes) -> tuple[bytes | None, str]:
 
 
 def recover_signer_eth_account(
-    authorization: Mapping[str, Any], signature: str, name: str, version: str,
-    chain_id: int, verifying_contract: str,
+    authorization: Mapping[str, Any],
+    signature: str,
+    name: str,
+    version: str,
+    chain_id: int,
+    verifying_contract: str,
 ) -> str:
     """Reference (slow) path: eth-account's EIP-712 encoding and recovery. Used by tests to
     show the fast path agrees; returns the checksum address eth-account recovers."""
@@ -345,8 +364,12 @@ def recover_signer_eth_account(
             "TransferWithAuthorization": TRANSFER_WITH_AUTHORIZATION_FIELDS,
         },
         "primaryType": "TransferWithAuthorization",
-        "domain": {"name": name, "version": version, "chainId": chain_id,
-                   "verifyingContract": verifying_contract},
+        "domain": {
+            "name": name,
+            "version": version,
+            "chainId": chain_id,
+            "verifyingContract": verifying_contract,
+        },
         "message": {
             "from": authorization["from"],
             "to": authorization["to"],
@@ -356,7 +379,10 @@ def recover_signer_eth_account(
             "nonce": authorization["nonce"],
         },
     }
-    return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
+    signer: str = Account.recover_message(
+        encode_typed_data(full_message=typed), signature=signature
+    )
+    return signer
 
 
 # -- the checks --------------------------------------------------------------------------
@@ -378,84 +404,111 @@ class Expect:
     separator: bytes  # the pinned domain's separator for (chain, asset)
 
 
-Check = Callable[[Payment, Expect], "tuple[FailureCode, str] | None"]
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """What every x402 check reads: the decoded payment and what the session expects."""
+
+    p: Payment
+    e: Expect
 
 
-def check_scheme(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_scheme(c: Ctx) -> Finding | None:
+    p = c.p
     if p.scheme != SCHEME_EXACT:
-        return FailureCode.chain_mismatch, f"scheme {p.scheme!r}: this rail settles only 'exact'"
+        return Finding(
+            FailureCode.chain_mismatch, f"scheme {p.scheme!r}: this rail settles only 'exact'"
+        )
     return None
 
 
-def check_network(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_network(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     # SECURITY: an authorization signed for another chain pays there, not here.
     if p.chain_id != e.chain_id:
-        return FailureCode.chain_mismatch, f"payload is for {p.network}, rail is {e.network} (chain {e.chain_id})"
+        return Finding(
+            FailureCode.chain_mismatch,
+            f"payload is for {p.network}, rail is {e.network} (chain {e.chain_id})",
+        )
     return None
 
 
-def check_asset(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_asset(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     # SECURITY: a payment in another token is not this payment. v2 names its token; v1 means
     # the rail's token on its network. (The signature's domain binds the token either way.)
     asset = p.asset if p.asset is not None else e.implied_asset
     if asset != e.asset:
-        return FailureCode.wrong_asset, f"asset 0x{asset.hex()} is not 0x{e.asset.hex()}"
+        return Finding(FailureCode.wrong_asset, f"asset 0x{asset.hex()} is not 0x{e.asset.hex()}")
     return None
 
 
-def check_recipient(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_recipient(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     # SECURITY: the token moves funds to authorization.to, whatever else the payload says.
     if p.authorization.to != e.recipient:
-        return FailureCode.wrong_recipient, f"authorization pays 0x{p.authorization.to.hex()}"
+        return Finding(
+            FailureCode.wrong_recipient, f"authorization pays 0x{p.authorization.to.hex()}"
+        )
     return None
 
 
-def check_amount(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_amount(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     # SECURITY: the signed value is exactly what the token will transfer.
     value = p.authorization.value
     if value == e.amount or (e.at_least and value > e.amount):
         return None
     want = f"at least {e.amount}" if e.at_least else str(e.amount)
-    return FailureCode.amount_mismatch, f"authorization value {value}, required {want}"
+    return Finding(FailureCode.amount_mismatch, f"authorization value {value}, required {want}")
 
 
-def check_signature(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_signature(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     # SECURITY: the domain is the rail's pinned one (name, version, chain, token), never the
     # payload's `extra`: a signature made for another domain recovers another address.
     digest = authorization_digest(p.authorization, e.separator)
     signer, why = recover_signer(digest, p.signature)
     if signer is None:
-        return FailureCode.signature_invalid, why
+        return Finding(FailureCode.signature_invalid, why)
     if signer != p.authorization.from_:
-        return FailureCode.signature_invalid, (
-            f"signature recovers to 0x{signer.hex()}, not authorization.from")
+        return Finding(
+            FailureCode.signature_invalid,
+            (f"signature recovers to 0x{signer.hex()}, not authorization.from"),
+        )
     return None
 
 
-def check_sender(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_sender(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     if e.sender is not None and p.authorization.from_ != e.sender:
-        return FailureCode.sender_mismatch, f"payer is 0x{p.authorization.from_.hex()}"
+        return Finding(FailureCode.sender_mismatch, f"payer is 0x{p.authorization.from_.hex()}")
     return None
 
 
-def check_valid_after(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_valid_after(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     # The token itself demands block.timestamp > validAfter; accepting equality here only
     # means settlement lands a second later.
     if p.authorization.valid_after > e.now:
-        return FailureCode.authorization_not_yet_valid, (
-            f"valid after {p.authorization.valid_after}, now {e.now}")
+        return Finding(
+            FailureCode.authorization_not_yet_valid,
+            (f"valid after {p.authorization.valid_after}, now {e.now}"),
+        )
     return None
 
 
-def check_valid_before(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
+def check_valid_before(c: Ctx) -> Finding | None:
+    p, e = c.p, c.e
     # SECURITY: an expired authorization can never settle (the token reverts).
     if e.now >= p.authorization.valid_before:
-        return FailureCode.authorization_expired, (
-            f"valid before {p.authorization.valid_before}, now {e.now}")
+        return Finding(
+            FailureCode.authorization_expired,
+            (f"valid before {p.authorization.valid_before}, now {e.now}"),
+        )
     return None
 
 
-CHECKS: tuple[Check, ...] = (
+CHECKS: tuple[Check[Ctx], ...] = (
     check_scheme,
     check_network,
     check_asset,
@@ -468,12 +521,8 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def first_failure(p: Payment, e: Expect) -> tuple[FailureCode, str] | None:
-    for check in CHECKS:
-        failed = check(p, e)
-        if failed is not None:
-            return failed
-    return None
+def first_failure(p: Payment, e: Expect) -> Finding | None:
+    return first_finding(CHECKS, Ctx(p, e))
 
 
 # -- chain reads (live verification and settlement) --------------------------------------
@@ -506,22 +555,35 @@ def _word(hexstr: Any, what: str) -> int:
 def authorization_used(chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes) -> bool:
     """The token's `authorizationState(from, nonce)` (true: used or cancelled)."""
     data = AUTHORIZATION_STATE_SELECTOR + _ZERO12 + auth_from + nonce
-    result = chain.call("eth_call", [{"to": "0x" + asset.hex(), "data": "0x" + data.hex()}, "latest"])
+    result = chain.call(
+        "eth_call", [{"to": "0x" + asset.hex(), "data": "0x" + data.hex()}, "latest"]
+    )
     return _word(result, "authorizationState") != 0
 
 
-def find_settlement(chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes) -> SettlementTx | None:
+def find_settlement(
+    chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes
+) -> SettlementTx | None:
     """The successful transaction that used (from, nonce), via the token's AuthorizationUsed log."""
     from rails.evm import parse_receipt
 
     # Both event arguments are indexed, so the filter is exact; a node that refuses the
     # whole-history range answers an error, which stays a transient transport failure.
-    logs = chain.call("eth_getLogs", [{
-        "address": "0x" + asset.hex(),
-        "topics": [AUTHORIZATION_USED_TOPIC, "0x" + (_ZERO12 + auth_from).hex(), "0x" + nonce.hex()],
-        "fromBlock": "0x0",
-        "toBlock": "latest",
-    }])
+    logs = chain.call(
+        "eth_getLogs",
+        [
+            {
+                "address": "0x" + asset.hex(),
+                "topics": [
+                    AUTHORIZATION_USED_TOPIC,
+                    "0x" + (_ZERO12 + auth_from).hex(),
+                    "0x" + nonce.hex(),
+                ],
+                "fromBlock": "0x0",
+                "toBlock": "latest",
+            }
+        ],
+    )
     if not isinstance(logs, list):
         raise MalformedResponse(f"eth_getLogs: expected a list, got {type(logs).__name__}")
     # SECURITY: a removed log belongs to a block that left the canonical chain.
@@ -538,11 +600,16 @@ def find_settlement(chain: Transport, asset: bytes, auth_from: bytes, nonce: byt
     if not receipt.success:
         return None  # a reverted transaction consumed nothing
     to, value = transfer_after_authorization(receipt.logs, asset, auth_from, nonce)
-    return SettlementTx(receipt.tx_hash, receipt.block_number, receipt.block_hash.lower(), to, value)
+    return SettlementTx(
+        receipt.tx_hash, receipt.block_number, receipt.block_hash.lower(), to, value
+    )
 
 
 def transfer_after_authorization(
-    logs: Iterable[Any], asset: bytes, auth_from: bytes, nonce: bytes,
+    logs: Iterable[Any],
+    asset: bytes,
+    auth_from: bytes,
+    nonce: bytes,
 ) -> tuple[bytes | None, int | None]:
     """The token's Transfer(from → to, value) emitted right after AuthorizationUsed(from, nonce).
 
@@ -553,7 +620,11 @@ def transfer_after_authorization(
 
     asset_hex = "0x" + asset.hex()
     wanted = [AUTHORIZATION_USED_TOPIC, "0x" + (_ZERO12 + auth_from).hex(), "0x" + nonce.hex()]
-    ours = [lg for lg in logs if isinstance(lg, dict) and str(lg.get("address", "")).lower() == asset_hex]
+    ours = [
+        lg
+        for lg in logs
+        if isinstance(lg, dict) and str(lg.get("address", "")).lower() == asset_hex
+    ]
     for i, lg in enumerate(ours[:-1]):
         if [str(t).lower() for t in lg.get("topics") or []] != wanted:
             continue
@@ -580,17 +651,24 @@ class _SweepHead:
         return self._head
 
 
-def _settlement(ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, rail: Rail) -> Settlement:
+def _settlement(
+    ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, rail: Rail
+) -> Settlement:
     """How final the settlement transaction is: the EVM rail's depth, finalized-tag and reorg
     policy (the canonical hash at the receipt's height must still be the receipt's block)."""
     from rails.evm import read_block, settlement_for_receipt
 
     block = read_block(chain, tx.block_number)
     canonical = block["hash"] if block is not None else None
-    s = settlement_for_receipt(ref, tx.block_number, tx.block_hash, canonical, head.get(), rail.finality)
+    s = settlement_for_receipt(
+        ref, tx.block_number, tx.block_hash, canonical, head.get(), rail.finality
+    )
     to = f"0x{tx.to.hex()}" if tx.to is not None else "?"
-    return s.model_copy(update={
-        "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}"})
+    return s.model_copy(
+        update={
+            "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}"
+        }
+    )
 
 
 # -- the adapter -------------------------------------------------------------------------
@@ -598,7 +676,14 @@ def _settlement(ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, 
 
 class X402Adapter:
     family: ClassVar[str] = "x402"
+    # The exact scheme settles on EVM networks (the catalog's [families] entry says so too).
+    network_family: ClassVar[str] = "evm"
     proof_types: ClassVar[tuple[str, ...]] = (PROOF_TYPE,)
+    proof_fields: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        PROOF_TYPE: ("payload JSON or base64 X-PAYMENT header (exact scheme, EIP-3009)",),
+    }
+    # The signed authorization is the payment: offline it verifies without any chain read.
+    reads_chain: ClassVar[bool] = False
     binds_reference: ClassVar[bool] = False
     # The signed authorization binds payTo, value, window and nonce; a payer is optional.
     binds_payer: ClassVar[bool] = True
@@ -613,7 +698,8 @@ class X402Adapter:
             # wrong verdict later: without a pinned domain no signature can be checked.
             raise ValueError(
                 f"rail {rail.rail_id} on {rail.network}: x402 needs a chain id and a pinned "
-                "EIP-712 token domain for the network")
+                "EIP-712 token domain for the network"
+            )
         self.rail = rail
         self._asset = _address(rail.asset, "asset")
 
@@ -639,7 +725,9 @@ class X402Adapter:
         known = load_catalog().rails.get(self.rail.rail_id)
         asset = known.assets.get(p.network) if known else None
         if not asset:
-            raise ProofMalformed("network", f"no known {self.rail.asset_symbol} token on {p.network!r}")
+            raise ProofMalformed(
+                "network", f"no known {self.rail.asset_symbol} token on {p.network!r}"
+            )
         return _address(asset, "asset")
 
     def normalize_address(self, address: str, field: str = "recipient") -> str:
@@ -665,7 +753,7 @@ class X402Adapter:
         """x402 (v2) PaymentRequirements for the session; the token domain is the pinned one."""
         domain = self.rail.eip712
         assert domain is not None  # checked in __init__
-        moment = now or session.now or datetime.now(timezone.utc)
+        moment = now or session.now or datetime.now(UTC)
         timeout = max(1, int((_aware(session.expires_at) - _aware(moment)).total_seconds()))
         asset = to_checksum_address(self.rail.asset)
         pay_to = self.normalize_address(session.recipient)
@@ -710,45 +798,70 @@ class X402Adapter:
     def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
         try:
             p = self.parse(proof)
-        except ProofMalformed as e:
-            return Verdict.fail(FailureCode.proof_malformed, str(e))
+        except ProofMalformed as err:
+            return Verdict.fail(FailureCode.proof_malformed, str(err))
         e = self.expect(terms)
         observed = _observed(p, e, self.rail.network)
         failed = first_failure(p, e)
         if failed is not None:
-            return Verdict.fail(failed[0], failed[1], observed=observed)
+            return failed.verdict(observed)
         a = p.authorization
-        key = (eip3009_key(e.chain_id, "0x" + e.asset.hex(), "0x" + a.from_.hex(), "0x" + a.nonce.hex()),)
+        key = (
+            eip3009_key(
+                e.chain_id, "0x" + e.asset.hex(), "0x" + a.from_.hex(), "0x" + a.nonce.hex()
+            ),
+        )
         if chain.source != "live":
             # Offline, a nonce's use is known only from our own records (the engine's).
-            return Verdict.ok("authorization verified offline", observed=observed, transfer_keys=key)
+            return Verdict.ok(
+                "authorization verified offline", observed=observed, transfer_keys=key
+            )
         return self._verify_on_chain(p, e, chain, observed, key)
 
-    def _verify_on_chain(self, p: Payment, e: Expect, chain: Transport,
-                         observed: dict[str, Any], key: tuple[str, ...]) -> Verdict:
+    def _verify_on_chain(
+        self, p: Payment, e: Expect, chain: Transport, observed: Observed, key: tuple[str, ...]
+    ) -> Verdict:
         a = p.authorization
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
-            return Verdict.ok("authorization verified; nonce unused on chain",
-                              observed=observed, transfer_keys=key)
+            return Verdict.ok(
+                "authorization verified; nonce unused on chain",
+                observed=observed,
+                transfer_keys=key,
+            )
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
         # SECURITY: a used nonce is this payment only if its settlement moved exactly these
         # funds; otherwise the payer spent the nonce elsewhere (or cancelled it).
         if tx is None or tx.to != a.to or tx.value != a.value:
             where = f" by {tx.tx_hash}" if tx else ""
-            return Verdict.fail(FailureCode.nonce_reused,
-                                f"nonce already used on chain{where} by another transfer",
-                                observed=observed)
+            return Verdict.fail(
+                FailureCode.nonce_reused,
+                f"nonce already used on chain{where} by another transfer",
+                observed=observed,
+            )
         ref = _ref(e.chain_id, e.asset, a)
         settlement = _settlement(ref, tx, chain, _SweepHead(chain, self.rail), self.rail)
-        observed = {**observed, "block_number": tx.block_number, "tx_hash": tx.tx_hash,
-                    "finality": settlement.finality}
-        return Verdict.ok("authorization already settled on chain", observed=observed,
-                          settlement=settlement, transfer_keys=key)
+        observed = observed.model_copy(
+            update={
+                "block_number": tx.block_number,
+                "tx_hash": tx.tx_hash,
+                "finality": settlement.finality,
+            }
+        )
+        return Verdict.ok(
+            "authorization already settled on chain",
+            observed=observed,
+            settlement=settlement,
+            transfer_keys=key,
+        )
 
     # -- settlement ----------------------------------------------------------------------
 
-    def finality(self, refs: list[str], chain: Transport,
-                 expected: Mapping[str, tuple[str, int]] | None = None) -> list[Settlement]:
+    def finality(
+        self,
+        refs: list[str],
+        chain: Transport,
+        expected: Mapping[str, tuple[str, int]] | None = None,
+    ) -> list[Settlement]:
         """Settlement of each ref (`chain_id:asset:from:nonce`): the facilitator's transaction.
 
         A ref alone does not say where the money had to go; pass `expected` (ref → (payTo,
@@ -756,26 +869,40 @@ class X402Adapter:
         head = _SweepHead(chain, self.rail)
         return [self._settle_one(ref, chain, head, (expected or {}).get(ref)) for ref in refs]
 
-    def _settle_one(self, ref: str, chain: Transport, head: _SweepHead,
-                    expected: tuple[str, int] | None) -> Settlement:
+    def _settle_one(
+        self, ref: str, chain: Transport, head: _SweepHead, expected: tuple[str, int] | None
+    ) -> Settlement:
         parts = ref.split(":")
         if len(parts) != 4 or parts[0] != str(self.rail.chain_id):
-            return Settlement(ref=ref, finality="not_found", detail="not a ref of this rail's chain")
+            return Settlement(
+                ref=ref, finality="not_found", detail="not a ref of this rail's chain"
+            )
         asset = _address(parts[1], "asset")
         auth_from = _address(parts[2], "from")
         nonce = _hex_bytes(parts[3], "nonce", exact=32)
         tx = find_settlement(chain, asset, auth_from, nonce)
         if tx is None:
-            return Settlement(ref=ref, finality="not_found", detail="authorization not used on chain yet")
+            return Settlement(
+                ref=ref, finality="not_found", detail="authorization not used on chain yet"
+            )
         if tx.to is None:
-            return Settlement(ref=ref, finality="not_found",
-                              detail=f"{tx.tx_hash} used the authorization without a Transfer")
+            return Settlement(
+                ref=ref,
+                finality="not_found",
+                detail=f"{tx.tx_hash} used the authorization without a Transfer",
+            )
         if expected is not None:
             pay_to, amount = expected
             # SECURITY: the nonce may have been spent on another authorization of the payer.
             if tx.to != _address(pay_to, "recipient") or tx.value != amount:
-                return Settlement(ref=ref, finality="not_found", detail=(
-                    f"nonce used by {tx.tx_hash} paying 0x{tx.to.hex()} {tx.value}, not this payment"))
+                return Settlement(
+                    ref=ref,
+                    finality="not_found",
+                    detail=(
+                        f"nonce used by {tx.tx_hash} paying 0x{tx.to.hex()} {tx.value}, "
+                        "not this payment"
+                    ),
+                )
         return _settlement(ref, tx, chain, head, self.rail)
 
     @classmethod
@@ -790,7 +917,7 @@ class X402Adapter:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _epoch(moment: datetime) -> int:
@@ -808,20 +935,26 @@ def checksum_address(address: bytes) -> str:
     (~25 µs); this sits on the verify hot path with already-decoded bytes."""
     body = address.hex()
     digest = keccak(body.encode()).hex()
-    return "0x" + "".join(c.upper() if d in "89abcdef" else c for c, d in zip(body, digest))
+    return "0x" + "".join(
+        c.upper() if d in "89abcdef" else c for c, d in zip(body, digest, strict=False)
+    )
 
 
-def _observed(p: Payment, e: Expect, network: str) -> dict[str, Any]:
+def _observed(p: Payment, e: Expect, network: str) -> Observed:
     """Redacted evidence: what the authorization says, never the signature."""
     a = p.authorization
     asset = p.asset if p.asset is not None else e.implied_asset
-    return {
-        "amount": str(a.value),
-        "recipient": checksum_address(a.to),
-        "sender": checksum_address(a.from_),
-        "asset": checksum_address(asset),
-        "network": network if p.chain_id == e.chain_id else p.network,
-        "valid_after": a.valid_after,
-        "valid_before": a.valid_before,
-        "nonce": "0x" + a.nonce.hex(),
-    }
+    return Observed(
+        amount=str(a.value),
+        recipient=checksum_address(a.to),
+        sender=checksum_address(a.from_),
+        asset=checksum_address(asset),
+        network=network if p.chain_id == e.chain_id else p.network,
+        valid_after=a.valid_after,
+        valid_before=a.valid_before,
+        nonce="0x" + a.nonce.hex(),
+    )
+
+
+if TYPE_CHECKING:  # mypy holds the family to the Adapter protocol
+    _conforms: type[Adapter] = X402Adapter

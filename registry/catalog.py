@@ -10,9 +10,9 @@ import tomllib
 from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Stage(StrEnum):
@@ -42,6 +42,19 @@ class FinalityPolicy(_Frozen):
 class Eip712Domain(_Frozen):
     name: str
     version: str
+
+
+class FamilyDef(_Frozen):
+    """A registered rail family: where its adapter is, and which networks it settles on.
+
+    `network_family` is the family of the [networks] tables its rails may use; it defaults to
+    the family's own name. It repeats the adapter's declared `network_family` because this
+    package cannot import rails; `rails.adapter_class` refuses an adapter that disagrees.
+    In the TOML a family is either the adapter target alone or a table:
+    `x402 = { adapter = "rails.x402:X402Adapter", network_family = "evm" }`."""
+
+    adapter: str
+    network_family: str | None = None
 
 
 class NetworkDef(_Frozen):
@@ -91,19 +104,31 @@ class CatalogError(ValueError):
 
 
 class Catalog(_Frozen):
-    families: dict[str, str]
+    families: dict[str, FamilyDef]
     networks: dict[str, NetworkDef]
     rails: dict[str, RailDef]
 
+    @field_validator("families", mode="before")
+    @classmethod
+    def _family_shorthand(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: {"adapter": v} if isinstance(v, str) else v for k, v in value.items()}
+
     def rail_ids(self) -> list[str]:
         return list(self.rails)
+
+    def network_family(self, family: str) -> str:
+        """The family of the networks `family`'s rails settle on."""
+        d = self.families[family]
+        return d.network_family or family
 
     def resolve(self, rail_id: str, overrides: RailOverrides | None = None) -> Rail:
         d = self.rails[rail_id]
         o = overrides or RailOverrides()
         network = o.network or d.network
         net = self.networks.get(network)
-        if net is None or net.family != _network_family(d.family):
+        if net is None or net.family != self.network_family(d.family):
             raise CatalogError(f"rail {rail_id}: network {network!r} is not a {d.family} network")
         asset = o.asset or d.assets.get(network)
         if not asset:
@@ -123,11 +148,6 @@ class Catalog(_Frozen):
             eip712=d.eip712.get(network),
             default_production_enabled=d.production_enabled,
         )
-
-
-def _network_family(family: str) -> str:
-    # x402's exact scheme settles on EVM networks.
-    return "evm" if family == "x402" else family
 
 
 def parse_catalog(text: str) -> Catalog:

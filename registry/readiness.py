@@ -3,8 +3,9 @@ function of (catalog, stored rail state, configuration)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from registry.catalog import Catalog, Stage
 
@@ -28,16 +29,24 @@ class DeploymentConfig:
     rpc_policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-def readiness(catalog: Catalog, states: Mapping[str, StoredState],
-              cfg: DeploymentConfig) -> list[dict[str, Any]]:
+def live_verifier_configured(cfg: DeploymentConfig, network: str) -> bool:
+    """The one fact behind readiness' `live_verifier_configured` and the proof contracts'
+    `live_verification`: the deployment reads a live chain and has RPC URLs for `network`."""
+    return cfg.chain_mode == "live" and network in cfg.rpc_networks
+
+
+def readiness(
+    catalog: Catalog, states: Mapping[str, StoredState], cfg: DeploymentConfig
+) -> list[dict[str, Any]]:
     out = []
     for rail_id, d in catalog.rails.items():
         st = states.get(rail_id, StoredState(d.production_enabled, False))
         network = cfg.networks.get(rail_id, d.network)
-        live_verifier = cfg.chain_mode == "live" and network in cfg.rpc_networks
+        live_verifier = live_verifier_configured(cfg, network)
         allowlisted = rail_id in cfg.apply_allowlist
         receipts = d.stage is Stage.live or (
-            d.stage is Stage.gated and rail_id in cfg.receipt_creation_rails)
+            d.stage is Stage.gated and rail_id in cfg.receipt_creation_rails
+        )
         blockers = []
         if st.paused:
             blockers.append("rail_paused")
@@ -54,12 +63,19 @@ def readiness(catalog: Catalog, states: Mapping[str, StoredState],
             blockers.append("receipt_creation_allowed")
         if not live_verifier:
             blockers.append("live_verifier_configured")
-        out.append({
-            "rail_id": rail_id, "stage": d.stage.value, "network": network,
-            "production_enabled": st.production_enabled and d.stage is not Stage.review_only,
-            "paused": st.paused, "live_verifier_configured": live_verifier,
-            "apply_allowlisted": allowlisted, "receipt_creation_allowed": receipts,
-            "ready": not blockers, "blockers": blockers,
-            "rpc_policy": dict(cfg.rpc_policies.get(network, {})),
-        })
+        out.append(
+            {
+                "rail_id": rail_id,
+                "stage": d.stage.value,
+                "network": network,
+                "production_enabled": st.production_enabled and d.stage is not Stage.review_only,
+                "paused": st.paused,
+                "live_verifier_configured": live_verifier,
+                "apply_allowlisted": allowlisted,
+                "receipt_creation_allowed": receipts,
+                "ready": not blockers,
+                "blockers": blockers,
+                "rpc_policy": dict(cfg.rpc_policies.get(network, {})),
+            }
+        )
     return out

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
-from rails.base import PaymentRequirements, SessionShape, Settlement, Terms, Verdict
+from rails.base import (
+    Observed,
+    PaymentRequirements,
+    SessionShape,
+    Settlement,
+    Terms,
+    Verdict,
+)
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
-from registry.catalog import Rail, parse_catalog
+from registry.catalog import Catalog, Rail, parse_catalog
 
 _TX = re.compile(r"^fx[0-9a-f]{8,64}$")
 _ADDR = re.compile(r"^fa[0-9a-z]{4,40}$")
@@ -19,7 +28,10 @@ _ADDR = re.compile(r"^fa[0-9a-z]{4,40}$")
 
 class FakeAdapter:
     family = "fake"
+    network_family = "fake"
     proof_types = ("fake_tx",)
+    proof_fields = {"fake_tx": ("fake tx id (fx + 8..64 hex)",)}
+    reads_chain = True
     binds_reference = True
     binds_payer = False
     requires_payer = False
@@ -45,10 +57,16 @@ class FakeAdapter:
         return frozenset({"fawellknown"})
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:
-        return PaymentRequirements(rail_id=self.rail.rail_id, network=self.rail.network,
-                                   asset=self.rail.asset, recipient=session.recipient,
-                                   amount=str(session.amount), reference=session.reference,
-                                   memo=session.memo, url=f"fake:{session.recipient}")
+        return PaymentRequirements(
+            rail_id=self.rail.rail_id,
+            network=self.rail.network,
+            asset=self.rail.asset,
+            recipient=session.recipient,
+            amount=str(session.amount),
+            reference=session.reference,
+            memo=session.memo,
+            url=f"fake:{session.recipient}",
+        )
 
     def verify(self, proof: str, terms: Terms, chain: Any) -> Verdict:
         tx = chain.call("fake_getTransfer", [proof.lower()])
@@ -56,8 +74,13 @@ class FakeAdapter:
             return Verdict.wait(FailureCode.tx_not_found, "not found")
         if tx["status"] != "ok":
             return Verdict.fail(FailureCode.tx_failed_onchain, "failed on chain")
-        obs = {"amount": str(tx["amount"]), "recipient": tx["to"], "asset": tx["asset"],
-               "block_time": tx.get("time")}
+        t = tx.get("time")
+        obs = Observed(
+            amount=str(tx["amount"]),
+            recipient=tx["to"],
+            asset=tx["asset"],
+            block_time=datetime.fromtimestamp(t, tz=UTC) if t is not None else None,
+        )
         if tx["asset"] != (terms.asset or self.rail.asset):
             return Verdict.fail(FailureCode.wrong_asset, "other asset", observed=obs)
         if tx["to"] != terms.recipient:
@@ -66,20 +89,26 @@ class FakeAdapter:
             return Verdict.fail(FailureCode.amount_mismatch, "other amount", observed=obs)
         if terms.reference and terms.reference not in tx.get("refs", []):
             return Verdict.fail(FailureCode.reference_missing, "no reference", observed=obs)
-        t = tx.get("time")
         if t is not None and terms.not_after and t > terms.not_after.timestamp():
             return Verdict.fail(FailureCode.session_expired, "late", observed=obs)
         return Verdict.ok("paid", observed=obs, settlement=self._settlement(proof, tx))
 
     def _settlement(self, ref: str, tx: dict[str, Any]) -> Settlement:
         fin = tx.get("finality", "finalized")
-        return Settlement(ref=ref.lower(), finality=fin, is_final=fin == "finalized",
-                          reorged=fin == "reorged", slot=tx.get("slot", 1))
+        return Settlement(
+            ref=ref.lower(),
+            finality=fin,
+            is_final=fin == "finalized",
+            reorged=fin == "reorged",
+            slot=tx.get("slot", 1),
+        )
 
     def finality(self, refs: list[str], chain: Any, expected: Any = None) -> list[Settlement]:
         got = chain.call("fake_getStatuses", [refs])
-        return [Settlement(ref=r, finality=f, is_final=f == "finalized", reorged=f == "reorged")
-                for r, f in zip(refs, got)]
+        return [
+            Settlement(ref=r, finality=f, is_final=f == "finalized", reorged=f == "reorged")
+            for r, f in zip(refs, got, strict=True)
+        ]
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Any:
@@ -124,13 +153,17 @@ assets = { fakenet = "fusd" }
 """
 
 
-def catalog_with_fake():
-    """The shipped catalog plus the fake rails (adding rails touches only the catalog)."""
-    from importlib import resources
+def catalog_text_with_fake() -> str:
+    """The shipped catalog's TOML plus the fake rails (adding rails touches only the catalog)."""
     shipped = resources.files("registry").joinpath("catalog.toml").read_text()
-    text = shipped.replace("[families]\n", "[families]\nfake = \"tests.fake_rail:FakeAdapter\"\n", 1)
+    text = shipped.replace("[families]\n", '[families]\nfake = "tests.fake_rail:FakeAdapter"\n', 1)
     extra = FAKE_CATALOG_EXTRA.split("[networks.fakenet]", 1)[1]
-    return parse_catalog(text + "\n[networks.fakenet]" + extra)
+    return text + "\n[networks.fakenet]" + extra
+
+
+def catalog_with_fake(fragment: str = "") -> Catalog:
+    """The shipped catalog plus the fake rails, plus a test's own catalog fragment."""
+    return parse_catalog(catalog_text_with_fake() + fragment)
 
 
 class ScriptedChain:

@@ -33,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from rails.cassette import Call, read_cassette
+from rails.transport.cassette import Call, read_cassette
 from tests.jsonrpc_server import Fault, JsonRpcServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

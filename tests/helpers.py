@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import func, select
 
-from rails.cassette import Call, CassetteTransport
+from rails.transport.cassette import Call, CassetteTransport
 from tests.conftest import CLOCK, make_settings
 from tests.fake_rail import catalog_with_fake
 from verifier.core.engine import Engine

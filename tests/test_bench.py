@@ -10,7 +10,7 @@ import json
 from typer.testing import CliRunner
 
 from rails.base import Status, Terms
-from rails.cassette import CassetteTransport
+from rails.transport.cassette import CassetteTransport
 from verifier.tools import bench
 from verifier.core.checking import run_verify
 
@@ -23,7 +23,7 @@ CONTRACT = {
 
 
 def test_run_bench_small_returns_the_contract_keys():
-    out = bench.run_bench(proofs=20, stored=50)
+    out = bench.run_bench(proofs=20, stored=50, discovery_sessions=50, reconcile_inflows=200)
     for key, kind in CONTRACT.items():
         assert isinstance(out[key], kind), (key, out[key])
     assert out["proofs"] == 20
@@ -33,6 +33,9 @@ def test_run_bench_small_returns_the_contract_keys():
     assert out["offline_verified"] == 20
     assert set(out["submit_statuses"]) == {"verified"}
     assert out["x402_valid"] == {"ours": 20, "sdk": 20, "of": 20}
+    # One shared treasury watch per cycle, not one poll per session.
+    assert out["discovery_payments"] == 50 and out["discovery_rpc_calls_per_payment"] <= 1.2
+    assert out["reconcile_status"] == "complete" and out["reconcile_inflows_checked"] == 200
 
 
 def test_synthetic_proofs_are_distinct_and_verify_with_their_own_amounts():
@@ -72,7 +75,7 @@ def test_history_is_stored_first_and_submissions_follow_it(db_url):
     from verifier.services import audit
     from verifier.storage.db import Database
 
-    out = bench.run_bench(proofs=12, stored=40, database_url=db_url)
+    out = bench.run_bench(proofs=12, stored=40, database_url=db_url, discovery_sessions=0)
     assert out["stored"] == 40
     assert out["submit_statuses"] == {"verified": 10}  # 2 warm-up proofs are not timed
     assert out["rpc_calls_per_verified_proof"] == 2.0  # this run's attempts, not the history's

@@ -26,9 +26,9 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from rails.base import Settlement, Terms
-from rails.cassette import Call, CassetteTransport, read_cassette
-from rails.rpc_policy import RpcPolicy
-from rails.solana_live import SolanaRpcTransport
+from rails.transport.cassette import Call, CassetteTransport, read_cassette
+from rails.transport.rpc_policy import RpcPolicy
+from rails.transport.solana_http import SolanaRpcTransport
 from tests.conftest import STAFF_TOKEN, auth, make_pg_db, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.fault_rpc import DEMO_CASSETTE, Behaviour, FaultRpcNode, now_block_time

@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from rails.solana_live import RetryPolicy, SolanaRpcTransport
+from rails.transport.solana_http import RetryPolicy, SolanaRpcTransport
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.fault_rpc import DEMO_CASSETTE, SOLANA_GENERATED, Behaviour, FaultRpcNode, now_block_time
 from tests.jsonrpc_server import Fault

@@ -92,11 +92,14 @@ def test_read_commands_print_tables_and_json(world):
 
 
 def test_dry_run_exit_codes_and_operator_context(world):
+    # The report was produced: exit 0 whatever it says; --fail-on-blockers exits 1 on one.
     r = run(world, "dry-run-rail-proof-apply", world["blocked"])
-    assert r.exit_code == 1
+    assert r.exit_code == 0, r.output
     assert "would_apply=False" in r.stdout and "live_apply_enabled" in r.stdout and "NO" in r.stdout
+    assert run(world, "dry-run-rail-proof-apply", world["blocked"],
+               "--fail-on-blockers").exit_code == 1
     r = run(world, "dry-run-rail-proof-apply", world["blocked"], "--json")
-    assert r.exit_code == 1
+    assert r.exit_code == 0
     rep = json.loads(r.stdout)
     assert {"live_apply_enabled", "rail_production_enabled", "rail_allowlisted"} <= {
         b["code"] for b in rep["blockers"]}
@@ -114,7 +117,8 @@ def test_apply_and_revoke_need_confirm_and_store_context(world):
     e, pid = world["engine"], world["ready"]
     r = run(world, "apply-rail-proof", pid)
     assert r.exit_code == 2 and "--confirm" in r.stderr
-    r = run(world, "apply-rail-proof", world["blocked"], "--confirm")
+    r = run(world, "apply-rail-proof", world["blocked"], "--confirm", "--incident-id", "INC-12",
+            "--operator-reason", "check")
     assert r.exit_code == 1 and "apply_blocked" in r.stderr and "rail_allowlisted" in r.stdout
 
     r = run(world, "apply-rail-proof", pid, "--confirm", "--json", "--incident-id", "INC-12",
@@ -124,13 +128,14 @@ def test_apply_and_revoke_need_confirm_and_store_context(world):
     assert out["applied"] is True
     applied = [a for a in audit(world, pid) if a["action"] == "proof.applied"]
     assert (applied[0]["incident_id"], applied[0]["reason"]) == ("INC-12", "customer paid")
-    again = run(world, "apply-rail-proof", pid, "--confirm", "--json")
+    again = run(world, "apply-rail-proof", pid, "--confirm", "--json", "--incident-id", "INC-12",
+                "--operator-reason", "again")
     assert again.exit_code == 0 and json.loads(again.stdout)["already_applied"] is True
 
     ent = out["entitlement_id"]
     assert run(world, "revoke-entitlement", ent).exit_code == 2
-    r = run(world, "revoke-entitlement", ent, "--confirm")
-    assert r.exit_code == 1 and "operator_context_required" in r.stderr
+    r = run(world, "revoke-entitlement", ent, "--confirm")  # refused before any request
+    assert r.exit_code == 2 and "--incident-id" in r.stderr and "--operator-reason" in r.stderr
     r = run(world, "revoke-entitlement", ent, "--confirm", "--incident-id", "INC-13",
             "--operator-reason", "fraud report")
     assert r.exit_code == 0, r.output
@@ -144,14 +149,16 @@ def test_apply_and_revoke_need_confirm_and_store_context(world):
 
 def test_pause_and_resume(world):
     assert run(world, "pause-rail", "fake_live").exit_code == 2
-    r = run(world, "pause-rail", "fake_live", "--confirm")
-    assert r.exit_code == 1 and "operator_context_required" in r.stderr
+    r = run(world, "pause-rail", "fake_live", "--confirm")  # refused before any request
+    assert r.exit_code == 2 and "--incident-id" in r.stderr and "--operator-reason" in r.stderr
     r = run(world, "pause-rail", "fake_live", "--confirm", "--json", "--incident-id", "INC-14",
             "--operator-reason", "rpc provider incident")
     assert r.exit_code == 0 and json.loads(r.stdout) == {"rail_id": "fake_live", "paused": True,
                                                          "changed": True}
     r = run(world, "dry-run-rail-proof-apply", world["ready"], "--json")
-    assert r.exit_code == 1
+    assert r.exit_code == 0
+    assert run(world, "dry-run-rail-proof-apply", world["ready"],
+               "--fail-on-blockers").exit_code == 1
     assert [b["code"] for b in json.loads(r.stdout)["blockers"]] == ["rail_not_paused"]
     assert run(world, "pause-rail", "no_such_rail", "--confirm", "--incident-id", "I",
                "--operator-reason", "r").exit_code == 1
@@ -159,7 +166,8 @@ def test_pause_and_resume(world):
     r = run(world, "resume-rail", "fake_live", "--confirm", "--incident-id", "INC-14",
             "--operator-reason", "provider back")
     assert r.exit_code == 0 and "False" in r.stdout
-    assert run(world, "dry-run-rail-proof-apply", world["ready"]).exit_code == 0
+    assert run(world, "dry-run-rail-proof-apply", world["ready"],
+               "--fail-on-blockers").exit_code == 0
     events = [(a["action"], a["incident_id"], a["reason"]) for a in audit(world, "fake_live")]
     assert events == [("rail.resumed", "INC-14", "provider back"),
                       ("rail.paused", "INC-14", "rpc provider incident")]

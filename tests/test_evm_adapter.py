@@ -13,19 +13,19 @@ import pytest
 
 from tests.evm_chain import ScriptedNode, closed_port_url, jsonrpc_answer
 from rails.base import Status, Terms
-from rails.cassette import Call, CassetteTransport
+from rails.transport.cassette import Call, CassetteTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
 from rails.evm import (
     EvmAdapter,
-    EvmHttpTransport,
     Head,
-    RetryPolicy,
     decode_transfer,
     is_final_at_depth,
     settlement_for_receipt,
     transfers_in_receipt,
 )
+from rails.transport.evm_http import EvmHttpTransport
+from rails.transport.failover import RetryPolicy
 from registry.catalog import FinalityPolicy, load_catalog
 from verifier.core.checking import run_verify
 

@@ -1,4 +1,4 @@
-"""Prepared statements (storage.prepared) write and read exactly what `Connection.execute`
+"""Prepared statements (storage.repo.prepared) write and read exactly what `Connection.execute`
 does, on SQLite (the driver path) and PostgreSQL (SQLAlchemy's own path)."""
 
 from datetime import datetime, timedelta, timezone
@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from verifier.storage.db import Database
 from verifier.storage.models import AuditEvent
-from verifier.storage.prepared import Prepared
+from verifier.storage.repo.prepared import Prepared
 from verifier.storage.webhook_models import OutboxEvent, WebhookEndpoint
 
 T0 = datetime(2026, 1, 1, 12, 30, 45, 123456, tzinfo=timezone.utc)
@@ -139,3 +139,26 @@ def test_refuses_to_leave_out_a_column_with_a_python_default(db):
     with db.tx() as s:
         with pytest.raises(ValueError, match="webhook_endpoints.active"):
             ins.insert(s.connection(), row)
+
+
+def test_statement_listeners_see_every_prepared_statement(db):
+    # The driver path bypasses SQLAlchemy's execution events; with a listener on the engine
+    # the statements go through Connection.execute, so the listener misses none.
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def listen(_conn, _cursor, statement, *_rest):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+        ins, by_id = Prepared(insert(EP)), Prepared(select(EP.c.url).where(EP.c.id == bindparam("k")))
+        with db.tx() as s:
+            conn = s.connection()
+            ins.insert(conn, endpoint(1))
+            assert by_id.scalar(conn, {"k": "whe_1"}) == "http://127.0.0.1:9/1"
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listen)
+    assert sum("INSERT INTO webhook_endpoints" in q for q in seen) == 1
+    assert sum(q.startswith("SELECT webhook_endpoints.url") for q in seen) == 1

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from rails import adapter_for
 from rails.base import fingerprint
-from rails.cassette import Call, CassetteTransport, read_cassette
+from rails.transport.cassette import Call, CassetteTransport, read_cassette
 from rails.errors import (
     CassetteUnreadable,
     ProofMalformed,

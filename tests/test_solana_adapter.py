@@ -16,7 +16,7 @@ from solders.keypair import Keypair
 
 from rails import adapter_for
 from rails.base import SessionShape, Status, Terms
-from rails.cassette import Call, CassetteTransport, CountingTransport
+from rails.transport.cassette import Call, CassetteTransport, CountingTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed, UnmatchedRequest
 from rails.solana import (
@@ -261,7 +261,7 @@ def test_demo_payment_verifies_inside_its_window(adapter):
               not_after=datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc), now=NOW)
     c = run_verify(adapter, demo["signature"], t, CassetteTransport.from_files([GEN / "demo_payment.json"]))
     assert c.verdict.status is Status.verified and c.rpc_calls == 2 and c.source == "cassette"
-    assert c.verdict.observed["block_time"] == 1767225660 and c.verdict.settlement.is_final
+    assert c.verdict.observed["block_time"] == "2026-01-01T00:01:00+00:00" and c.verdict.settlement.is_final
 
 
 # -- generated cassettes: every failure code ------------------------------------------------------------

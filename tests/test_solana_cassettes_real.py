@@ -14,7 +14,7 @@ import pytest
 
 from rails import adapter_for
 from rails.base import Status, Terms
-from rails.cassette import Call, CassetteTransport
+from rails.transport.cassette import Call, CassetteTransport
 from rails.codes import FailureCode
 from rails.solana import memos_of, movements, owners_from_instructions, parse_transaction
 from registry.catalog import load_catalog
@@ -77,7 +77,7 @@ def test_usdc_transfer_verifies_1000_to_the_new_ata_owner(adapter):
     assert v.status is Status.verified and c.rpc_calls == 2
     assert v.observed["amount"] == "1000"
     assert (v.observed["sender"], v.observed["asset"], v.observed["decimals"]) == (USDC_FROM, USDC, 6)
-    assert (v.observed["slot"], v.observed["block_time"], v.observed["memo"]) == (184930610, 1679899845, "transfer")
+    assert (v.observed["slot"], v.observed["block_time"], v.observed["memo"]) == (184930610, "2023-03-27T06:50:45+00:00", "transfer")
     assert v.settlement.finality == "finalized" and v.settlement.is_final
 
 

@@ -16,12 +16,12 @@ import pytest
 
 from rails import adapter_for
 from rails.base import Status, Terms
-from rails.cassette import CassetteTransport
+from rails.transport.cassette import CassetteTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
-from rails.recording import RecordingTransport, record
+from rails.transport.recording import RecordingTransport, record
 from rails.solana import SolanaAdapter
-from rails.solana_live import RetryPolicy, SolanaRpcTransport, redact_url
+from rails.transport.solana_http import RetryPolicy, SolanaRpcTransport, redact_url
 from registry.catalog import load_catalog
 from tests.jsonrpc_server import Fault, JsonRpcServer
 from verifier.core.checking import run_verify

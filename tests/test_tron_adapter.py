@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from rails.base import Status, Terms
-from rails.cassette import Call, CassetteTransport
+from rails.transport.cassette import Call, CassetteTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
-from rails.evm import RetryPolicy
+from rails.transport.failover import RetryPolicy
+from rails.transport.tron_http import TronHttpTransport
 from rails.tron import (
     TronAdapter,
-    TronHttpTransport,
     account_bytes,
     normalize_tron_address,
     to_base58,

@@ -528,7 +528,11 @@ def test_cli_list_inspect_replay(engine, api, receiver, monkeypatch):
     r = run(app, ["replay-webhook-event", ev, "--reason", "receiver fixed", "--confirm",
                   "--incident-id", "INC-7", "--json"])
     assert r.exit_code == 0, r.output
-    assert run(app, ["replay-webhook-event", ev, "--reason", "x", "--confirm"]).exit_code == 1
+    # Without incident context the CLI refuses before sending anything (exit 2); with it, the
+    # API refuses a second replay of an event that is not dead (exit 1).
+    assert run(app, ["replay-webhook-event", ev, "--reason", "x", "--confirm"]).exit_code == 2
+    assert run(app, ["replay-webhook-event", ev, "--reason", "x", "--confirm",
+                     "--incident-id", "INC-7"]).exit_code == 1
     receiver.recover()
     webhooks.deliver_due(engine, "w1", config=FAST)  # replays are due on the wall clock
     assert receiver.ids() == [ev]

@@ -561,7 +561,7 @@ def live_chain(used: bool, logs: list[dict[str, Any]] | None = None, head: int =
 
 
 def test_offline_verification_makes_no_chain_call(sepolia):
-    from rails.cassette import CassetteTransport
+    from rails.transport.cassette import CassetteTransport
 
     checked = run_verify(sepolia, V1_JSON, terms(), CassetteTransport([]))
     assert checked.verdict.status is Status.verified and checked.rpc_calls == 0
@@ -671,7 +671,7 @@ def test_finality_reverted_or_foreign_refs(sepolia):
 
 
 def test_live_transport_is_the_evm_rails():
-    from rails.evm import EvmHttpTransport
+    from rails.transport.evm_http import EvmHttpTransport
 
     transport = X402Adapter.live_transport(["http://127.0.0.1:9"], "base-sepolia")  # built, never called
     assert isinstance(transport, EvmHttpTransport) and transport.source == "live"

@@ -138,7 +138,8 @@ def verify_offline_cmd(
     from verifier.services.offline import OfflineRequest, UsageError, verify_offline
     if not (amount.isascii() and amount.isdigit()):  # "²".isdigit() is True, int() refuses it
         fail("--amount: must be an integer of base units, e.g. 1500000")
-    if cassette is None and rail != "x402":
+    from rails import reads_chain
+    if cassette is None and reads_chain(rail):  # the proof is a chain transaction
         fail("--cassette: required for this rail")
     req = OfflineRequest(rail=rail, proof=proof, recipient=recipient, amount=int(amount),
                          cassette=cassette, asset=asset, network=network, reference=reference,
@@ -286,8 +287,10 @@ def rehearse(database_url: Annotated[str, typer.Option("--database-url", help="a
 
 def _register_operator_commands() -> None:
     from verifier.cli import ops as cli_ops, webhooks as cli_webhooks
+    app.callback()(cli_ops.global_options)  # --base-url, --staff-token-file before the command
     cli_ops.register(app)
     cli_webhooks.register(app)
+    from verifier.cli import reconcile as cli_reconcile; cli_reconcile.register(app)  # noqa: E702
 
 
 _register_operator_commands()

@@ -1,32 +1,136 @@
-"""Operator commands: a client of the staff API (RAILPROOF_API_BASE_URL, RAILPROOF_STAFF_TOKEN).
+"""Operator commands: a client of the staff API.
+
+Where the API is and who calls it: --base-url and --staff-token-file, given before the
+command (`railproof --base-url URL list-rail-proofs`) or after it, else RAILPROOF_API_BASE_URL
+(or the loopback $PORT `make serve` uses) and RAILPROOF_STAFF_TOKEN.
 
 Every command prints a readable table, or JSON with --json; --incident-id and
---operator-reason travel with every call and are stored with it (in the audit log).
+--operator-reason travel with every call and are stored with it (in the audit log). Every
+command that changes state requires both (and --confirm) and refuses, before sending
+anything, when one is missing. Tables print whole values when stdout is not a terminal.
 Exit codes: 0 done; 1 refused (a blocker or a 4xx); 2 usage or connection error.
 """
 
 
+import functools
+import inspect
 import json
 import os
-from typing import Annotated, Any, Optional
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
 
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from verifier.core.config import default_api_base_url
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 Incident = Annotated[Optional[str], typer.Option("--incident-id", help="incident this belongs to")]
 Reason = Annotated[Optional[str], typer.Option("--operator-reason", help="why you do this")]
+Confirm = Annotated[bool, typer.Option("--confirm", help="yes, do it")]
+Limit = Annotated[Optional[int], typer.Option("--limit", min=1, max=1000,
+                                              help="at most this many rows")]
+BaseUrl = Annotated[Optional[str], typer.Option(
+    "--base-url", show_default=False,
+    help="API base URL (default: RAILPROOF_API_BASE_URL, else http://127.0.0.1:$PORT)")]
+TokenFile = Annotated[Optional[Path], typer.Option(
+    "--staff-token-file", show_default=False,
+    help="file holding the staff token (default: RAILPROOF_STAFF_TOKEN)")]
+
+# Table width when stdout is not a terminal: wide enough that no value is ever cut or wrapped
+# (a table is only as wide as its content needs).
+_UNBOUNDED = 1_000_000
+
+
+# Where the command in progress sends its requests: (base URL, staff token file) from the
+# options after the command name, else those before it; set only while the invocation runs.
+# Every Client reads it, so any command built on Client honours the global options.
+_CONNECTION: ContextVar[tuple[Optional[str], Optional[Path]]] = ContextVar(
+    "railproof_cli_connection", default=(None, None))
+
+
+def global_options(ctx: typer.Context, base_url: BaseUrl = None,
+                   staff_token_file: TokenFile = None) -> None:
+    """Typer callback of the `railproof` app: --base-url and --staff-token-file before the
+    command name apply to the operator command that follows."""
+    if base_url or staff_token_file:
+        token = _CONNECTION.set((base_url, staff_token_file))
+        ctx.call_on_close(lambda: _CONNECTION.reset(token))  # one invocation only
+
+
+def _staff_token() -> str:
+    path = _CONNECTION.get()[1]
+    if path is not None:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as e:
+            _die(f"--staff-token-file: cannot read {path} ({type(e).__name__})")
+        if not token:
+            _die(f"--staff-token-file: {path} is empty")
+        return token
+    token = os.environ.get("RAILPROOF_STAFF_TOKEN")
+    if not token:
+        _die("RAILPROOF_STAFF_TOKEN is not set: export the staff token the API was "
+             "started with (`make serve` prints one), or pass --staff-token-file")
+    return token
+
+
+def operator_command(app: typer.Typer, name: str) -> Callable[[Callable[..., Any]], Any]:
+    """`app.command(name)` that also takes --base-url and --staff-token-file after the
+    command name (they win over the same options given before it)."""
+    def deco(fn: Callable[..., Any]) -> Any:
+        sig = inspect.signature(fn, eval_str=True)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, base_url: str | None = None,
+                    staff_token_file: Path | None = None, **kwargs: Any) -> Any:
+            outer_url, outer_file = _CONNECTION.get()  # given before the command name
+            token = _CONNECTION.set((base_url or outer_url, staff_token_file or outer_file))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _CONNECTION.reset(token)
+
+        kw = inspect.Parameter.KEYWORD_ONLY
+        extra = [inspect.Parameter("base_url", kw, default=None, annotation=BaseUrl),
+                 inspect.Parameter("staff_token_file", kw, default=None, annotation=TokenFile)]
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
+        wrapper.__annotations__ = {**{p.name: p.annotation for p in sig.parameters.values()},
+                                   "base_url": BaseUrl, "staff_token_file": TokenFile}
+        return app.command(name)(wrapper)
+    return deco
+
+
+def require_operator_context(what: str, incident_id: str | None, operator_reason: str | None,
+                             confirm: bool | None = None, confirm_flag: str = "--confirm") -> None:
+    """A state-changing command: exit 2, naming every missing flag, before any request."""
+    missing = []
+    if confirm is not None and not confirm:
+        missing.append(confirm_flag)
+    if not (incident_id or "").strip():
+        missing.append("--incident-id")
+    if not (operator_reason or "").strip():
+        missing.append("--operator-reason")
+    if missing:
+        needs = "--incident-id and --operator-reason"
+        if confirm is not None:
+            needs = f"{confirm_flag}, {needs}"
+        _die(f"{what} changes production state: missing {', '.join(missing)} (it needs "
+             f"{needs}; nothing was sent)")
+
+
+def limited(rows: Any, limit: int | None) -> Any:
+    """At most `limit` rows, for endpoints that return every row."""
+    return rows[:limit] if limit is not None and isinstance(rows, list) else rows
 
 
 class Client:
     def __init__(self, incident_id: str | None, reason: str | None):
-        self.base = os.environ.get("RAILPROOF_API_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
-        token = os.environ.get("RAILPROOF_STAFF_TOKEN")
-        if not token:
-            _die("RAILPROOF_STAFF_TOKEN is not set: export the staff token the API was "
-                 "started with (`make serve` prints one)")
+        self.base = (_CONNECTION.get()[0] or default_api_base_url()).rstrip("/")
+        token = _staff_token()
         self.headers = {"Authorization": f"Bearer {token}"}
         if incident_id:
             self.headers["X-Incident-Id"] = incident_id
@@ -42,14 +146,15 @@ class Client:
                               timeout=30.0)
         except httpx.HTTPError as e:
             _die(f"cannot reach the API at {self.base} ({type(e).__name__}); is "
-                 "`railproof serve` running? set RAILPROOF_API_BASE_URL")
+                 "`railproof serve` running? pass --base-url or set RAILPROOF_API_BASE_URL "
+                 "(or PORT, as `make serve` uses)")
         try:
             data = r.json()
         except ValueError:
             _die(f"the API answered {r.status_code} without JSON")
         if r.status_code in (401, 403):
             _die(f"{r.status_code}: {data.get('error', {}).get('message', data)}; check "
-                 "RAILPROOF_STAFF_TOKEN", 1 if r.status_code == 403 else 2)
+                 "RAILPROOF_STAFF_TOKEN (or --staff-token-file)", 1 if r.status_code == 403 else 2)
         return r.status_code, data
 
 
@@ -77,12 +182,24 @@ def _out(status: int, data: Any, as_json: bool, columns: list[str] | None = None
         typer.echo("(none)")
         return
     cols = columns or list(rows[0].keys())
-    t = Table(title=title or None)
-    for c in cols:
-        t.add_column(c)
+    t = _table(title or None, cols)
     for row in rows:
         t.add_row(*[_cell(row.get(c)) for c in cols])
-    Console().print(t)
+    _console().print(t)
+
+
+def _table(title: str | None, columns: list[str]) -> Table:
+    # Never an ellipsis: a cut id is useless in an incident note. On a terminal a long value
+    # folds onto the next line; elsewhere _console() leaves room for every value whole.
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+def _console() -> Console:
+    c = Console()
+    return c if c.is_terminal else Console(width=_UNBOUNDED)
 
 
 def _cell(v: Any) -> str:
@@ -94,33 +211,52 @@ def _cell(v: Any) -> str:
 
 
 def _report(rep: dict[str, Any]) -> None:
-    t = Table(title=f"dry-run apply {rep['proof_id']}: would_apply={rep['would_apply']}")
-    for c in ("check", "passed", "detail"):
-        t.add_column(c)
+    if rep.get("already_applied"):
+        # Applied before: nothing would change, and that is not a blocker.
+        state = f"already applied (receipt {rep.get('receipt_id') or 'on record'}); nothing to do"
+    else:
+        state = f"would_apply={rep['would_apply']}"
+    t = _table(f"dry-run apply {rep['proof_id']}: {state}", ["check", "passed", "detail"])
     for c in rep["checks"]:
         t.add_row(c["name"], "yes" if c["passed"] else "NO", c["detail"])
-    Console().print(t)
+    _console().print(t)
+
+
+_STUCK_COLUMNS = ["principal", "endpoint", "key", "status", "created_at"]
+
+
+def _endpoint_matches(claimed: str, wanted: str) -> bool:
+    """`--endpoint "POST /v1/proofs"` matches exactly; `--endpoint /v1/proofs` matches that
+    path under any method."""
+    if claimed == wanted:
+        return True
+    return " " not in wanted.strip() and claimed.partition(" ")[2] == wanted.strip()
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("rail-production-readiness")
-    def readiness(as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
+    command = functools.partial(operator_command, app)
+
+    @command("rail-production-readiness")
+    def readiness(limit: Limit = None, as_json: JsonOpt = False, incident_id: Incident = None,
+                  operator_reason: Reason = None):
         """Per rail: stage, production state, pause, verifier, allowlists, blockers."""
         s, d = Client(incident_id, operator_reason).request("GET", "/v1/admin/rails/readiness")
-        _out(s, d, as_json, ["rail_id", "stage", "production_enabled", "paused",
+        _out(s, limited(d, limit), as_json, ["rail_id", "stage", "production_enabled", "paused",
                              "live_verifier_configured", "apply_allowlisted",
                              "receipt_creation_allowed", "blockers"], "rail readiness")
 
-    @app.command("list-proof-contracts")
+    @command("list-proof-contracts")
     def contracts(rail_id: Annotated[Optional[str], typer.Option("--rail-id")] = None,
+                  limit: Limit = None,
                   as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
         """What each rail accepts and what a verified proof may lead to."""
         s, d = Client(incident_id, operator_reason).request(
             "GET", "/v1/admin/proof-contracts", params={"rail_id": rail_id})
-        _out(s, d, as_json, ["rail_id", "stage", "accepted_proof_types", "finality_requirement",
-                             "receipt_mapping", "activation"], "proof contracts")
+        _out(s, limited(d, limit), as_json, ["rail_id", "stage", "accepted_proof_types",
+                                             "finality_requirement", "receipt_mapping",
+                                             "activation"], "proof contracts")
 
-    @app.command("list-rail-proofs")
+    @command("list-rail-proofs")
     def list_proofs(rail_id: Annotated[Optional[str], typer.Option("--rail-id")] = None,
                     status: Annotated[Optional[str], typer.Option("--status")] = None,
                     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
@@ -131,9 +267,9 @@ def register(app: typer.Typer) -> None:
         _out(s, d, as_json, ["id", "rail_id", "status", "failure_code", "owner_id",
                              "session_id", "receipt_id", "created_at"], "proofs")
 
-    @app.command("inspect-rail-proof")
-    def inspect(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
-                operator_reason: Reason = None):
+    @command("inspect-rail-proof")
+    def inspect_proof(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
+                      operator_reason: Reason = None):
         """One proof with its status, settlement and receipt."""
         s, d = Client(incident_id, operator_reason).request("GET", f"/v1/admin/proofs/{proof_id}")
         if s < 400 and not as_json:
@@ -142,30 +278,37 @@ def register(app: typer.Typer) -> None:
             return
         _out(s, d, as_json)
 
-    @app.command("list-rail-proof-verification-attempts")
-    def attempts(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
-                 operator_reason: Reason = None):
+    @command("list-rail-proof-verification-attempts")
+    def attempts(proof_id: str, limit: Limit = None, as_json: JsonOpt = False,
+                 incident_id: Incident = None, operator_reason: Reason = None):
         """Every verification attempt of a proof, with the redacted evidence."""
         s, d = Client(incident_id, operator_reason).request(
             "GET", f"/v1/admin/proofs/{proof_id}/attempts")
-        _out(s, d, as_json, ["id", "status", "failure_code", "rpc_calls", "latency_ms",
-                             "source", "created_at", "observed"], "verification attempts")
+        _out(s, limited(d, limit), as_json, ["id", "status", "failure_code", "rpc_calls",
+                                             "latency_ms", "source", "created_at", "observed"],
+             "verification attempts")
 
-    @app.command("list-rail-proof-settlement-evidence")
-    def evidence(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
-                 operator_reason: Reason = None):
+    @command("list-rail-proof-settlement-evidence")
+    def evidence(proof_id: str, limit: Limit = None, as_json: JsonOpt = False,
+                 incident_id: Incident = None, operator_reason: Reason = None):
         """Settlement evidence rows (finality over time) of a proof."""
         s, d = Client(incident_id, operator_reason).request(
             "GET", f"/v1/admin/proofs/{proof_id}/settlement-evidence")
-        _out(s, d, as_json, ["id", "attempt_id", "finality", "is_final", "reorged", "slot",
-                             "block_number", "confirmations", "observed_at"], "settlement evidence")
+        _out(s, limited(d, limit), as_json, ["id", "attempt_id", "finality", "is_final",
+                                             "reorged", "slot", "block_number", "confirmations",
+                                             "observed_at"], "settlement evidence")
 
-    @app.command("dry-run-rail-proof-apply")
+    @command("dry-run-rail-proof-apply")
     def dry_run(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
                 operator_reason: Reason = None,
                 receipt_path: Annotated[bool, typer.Option(
-                    "--receipt-path", help="evaluate the staff receipt path (gated rails)")] = False):
-        """What would apply do? Every check, nothing changes. Exit 1 when a blocker stands."""
+                    "--receipt-path", help="evaluate the staff receipt path (gated rails)")] = False,
+                fail_on_blockers: Annotated[bool, typer.Option(
+                    "--fail-on-blockers",
+                    help="exit 1 when a blocker stands (and the proof is not applied yet)")] = False):
+        """What would apply do? Every check, nothing changes. Exit 0 when the report was
+        produced, whatever it says (1 with --fail-on-blockers when a blocker stands); 1 when
+        the call is refused."""
         c = Client(incident_id, operator_reason)
         body = {**c.context, "path": "receipt" if receipt_path else "apply"}
         s, d = c.request("POST", f"/v1/admin/proofs/{proof_id}/dry-run-apply", body)
@@ -175,84 +318,91 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(d))
         else:
             _report(d)
-        raise typer.Exit(0 if d.get("would_apply") or d.get("already_applied") else 1)
+        blocked = not (d.get("would_apply") or d.get("already_applied"))
+        raise typer.Exit(1 if fail_on_blockers and blocked else 0)
 
-    @app.command("list-stuck-idempotency-claims")
+    @command("list-stuck-idempotency-claims")
     def stuck(min_age_seconds: Annotated[Optional[int], typer.Option("--min-age-seconds", min=0)] = None,
+              endpoint: Annotated[Optional[str], typer.Option(
+                  "--endpoint", help='only claims of this endpoint, e.g. "POST /v1/proofs" '
+                                     "(a bare path matches every method)")] = None,
+              limit: Limit = None,
               as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
         """Idempotency claims still in progress past the threshold (never deleted)."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", "/v1/admin/idempotency-claims/stuck", params={"min_age_seconds": min_age_seconds})
-        _out(s, d, as_json, ["principal", "endpoint", "key", "status", "created_at"],
-             "stuck idempotency claims")
-
-    def _confirmed(confirm: bool, what: str) -> None:
-        if not confirm:
-            _die(f"{what} changes production state: add --confirm (and --incident-id, "
-                 "--operator-reason)")
+            "GET", "/v1/admin/idempotency-claims/stuck",
+            params={"min_age_seconds": min_age_seconds, "endpoint": endpoint, "limit": limit})
+        if s < 400 and isinstance(d, list):
+            # Filtered here as well: the API may not take these parameters.
+            if endpoint:
+                d = [c for c in d if _endpoint_matches(str(c.get("endpoint", "")), endpoint)]
+            d = limited(d, limit)
+        cols = _STUCK_COLUMNS
+        if isinstance(d, list) and d:  # whatever else the API says of a claim (evidence)
+            cols = cols + [k for k in d[0] if k not in cols and k != "request_hash"]
+        _out(s, d, as_json, cols, "stuck idempotency claims")
 
     def _confirmed_post(what: str, path: str, confirm: bool, as_json: bool,
                         incident_id: str | None, operator_reason: str | None) -> None:
-        """A state-changing staff call: refused here without --confirm, sent with the
-        operator context otherwise."""
-        _confirmed(confirm, what)
+        """A state-changing staff call: refused here without --confirm, --incident-id and
+        --operator-reason; sent with the operator context otherwise."""
+        require_operator_context(what, incident_id, operator_reason, confirm)
         c = Client(incident_id, operator_reason)
         _out(*c.request("POST", path, {"confirm": True, **c.context}), as_json)
 
-    Confirm = Annotated[bool, typer.Option("--confirm", help="yes, do it")]
-
-    @app.command("pause-rail")
+    @command("pause-rail")
     def pause(rail_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
               incident_id: Incident = None, operator_reason: Reason = None):
         """Kill switch: refuse new sessions and proofs on a rail, block apply."""
         _confirmed_post("pause-rail", f"/v1/admin/rails/{rail_id}/pause", confirm, as_json, incident_id,
                         operator_reason)
 
-    @app.command("resume-rail")
+    @command("resume-rail")
     def resume(rail_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                incident_id: Incident = None, operator_reason: Reason = None):
         """Lift the kill switch of a rail."""
         _confirmed_post("resume-rail", f"/v1/admin/rails/{rail_id}/resume", confirm, as_json, incident_id,
                         operator_reason)
 
-    @app.command("apply-rail-proof")
+    @command("apply-rail-proof")
     def apply(proof_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
               incident_id: Incident = None, operator_reason: Reason = None):
         """Apply a verified, final proof: receipt + active entitlement, or nothing."""
         _confirmed_post("apply-rail-proof", f"/v1/admin/proofs/{proof_id}/apply", confirm, as_json, incident_id,
                         operator_reason)
 
-    @app.command("create-rail-proof-receipt")
+    @command("create-rail-proof-receipt")
     def receipt(proof_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                 incident_id: Incident = None, operator_reason: Reason = None):
         """Staff receipt creation for a gated rail (RAILPROOF_RECEIPT_CREATION_RAILS)."""
         _confirmed_post("create-rail-proof-receipt", f"/v1/admin/proofs/{proof_id}/receipt", confirm, as_json, incident_id,
                         operator_reason)
 
-    @app.command("revoke-entitlement")
+    @command("revoke-entitlement")
     def revoke(entitlement_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                incident_id: Incident = None, operator_reason: Reason = None):
         """Revoke an active entitlement (needs --incident-id and --operator-reason)."""
         _confirmed_post("revoke-entitlement", f"/v1/admin/entitlements/{entitlement_id}/revoke", confirm, as_json, incident_id,
                         operator_reason)
 
-    @app.command("request-rail-production")
+    @command("request-rail-production")
     def request_production(rail_id: str, enable: Annotated[bool, typer.Option("--enable/--disable")] = True,
                            as_json: JsonOpt = False, incident_id: Incident = None,
                            operator_reason: Reason = None):
         """Ask for a production state change (a second staff member approves)."""
+        require_operator_context("request-rail-production", incident_id, operator_reason)
         c = Client(incident_id, operator_reason)
         _out(*c.request("POST", f"/v1/admin/rails/{rail_id}/production/request",
                         {"enable": enable, **c.context}), as_json)
 
-    @app.command("approve-rail-change")
+    @command("approve-rail-change")
     def approve(approval_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
                 incident_id: Incident = None, operator_reason: Reason = None):
         """Approve another staff member's request (two-person rule)."""
         _confirmed_post("approve-rail-change", f"/v1/admin/approvals/{approval_id}/approve", confirm, as_json, incident_id,
                         operator_reason)
 
-    @app.command("assurance")
+    @command("assurance")
     def assurance(as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
         """Invariant findings with severity and repair. Exit 1 when any finding is critical."""
         s, d = Client(incident_id, operator_reason).request("GET", "/v1/admin/assurance")

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     apply_rail_allowlist: CsvList = Field(default_factory=lambda: ["solana_usdc"])
     receipt_creation_rails: CsvList = Field(default_factory=list)
     clock: datetime | None = None
-    api_base_url: str = "http://127.0.0.1:8000"
+    api_base_url: str = Field(default_factory=lambda: default_api_base_url())
     staff_token: str | None = None
     # engine policies
     session_ttl_seconds: int = Field(default=3600, ge=60)
@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     # The audit chain's HMAC key (docs/security.md): never stored in the database.
     audit_key: SecretStr | None = None
     audit_key_file: str | None = None
+    # Reconciliation (verifier.services.reconciliation) and discovery (…discovery).
+    reconcile_verified_sla_seconds: int = Field(default=3600, ge=0)
+    reconcile_pending_sla_seconds: int = Field(default=7200, ge=0)
+    reconcile_max_pages: int = Field(default=50, ge=1)  # getSignaturesForAddress pages per run
+    reconcile_evm_max_range: int = Field(default=2000, ge=1)  # eth_getLogs blocks per request
+    # None: on with RAILPROOF_CHAIN=live for rails whose treasury is configured; off otherwise.
+    discovery: bool | None = None
+    discovery_page_limit: int = Field(default=1000, ge=1, le=1000)
+    discovery_max_backoff_s: float = Field(default=60.0, ge=0)
+    discovery_evm_lookback_blocks: int = Field(default=2000, ge=1)
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 
     @field_validator("apply_rail_allowlist", "receipt_creation_rails", mode="before")
@@ -183,6 +193,16 @@ def _lookup(table: Mapping[str, Any], token: str) -> Any:
         if hmac.compare_digest(candidate.encode(), given):
             found = value
     return found
+
+
+def default_api_base_url(environ: Mapping[str, str] | None = None) -> str:
+    """Where the operator CLI and the demo find the API: RAILPROOF_API_BASE_URL, else the
+    loopback port `railproof serve` (and `make serve`) listens on: $PORT, else 8000."""
+    env = os.environ if environ is None else environ
+    url = env.get("RAILPROOF_API_BASE_URL")
+    if url:
+        return url.rstrip("/")
+    return f"http://127.0.0.1:{env.get('PORT') or 8000}"
 
 
 def load_settings(**overrides: Any) -> Settings:

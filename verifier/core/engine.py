@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,16 +17,10 @@ from verifier.core.chains import Chains
 from verifier.core.config import Settings, load_settings
 from verifier.core.errors import BadInput
 from verifier.core.metrics import Metrics
-from verifier.storage.db import Database, Record
-from verifier.storage.db import get as db_get
-from verifier.storage.db import read as db_read
+from verifier.storage.db import Database
 from verifier.storage.models import RailState
-from verifier.storage.prepared import Prepared
-
-_STATE = RailState.__table__
-# The rail's state under a share lock, held to the end of the caller's transaction.
-_STATE_FOR_SHARE = Prepared(select(*_STATE.columns).where(_STATE.c.rail_id == bindparam("pk"))
-                            .with_for_update(read=True))
+from verifier.storage.repo import rail_state as rail_state_repo
+from verifier.storage.repo.rows import Record
 
 
 class Engine:
@@ -96,7 +88,7 @@ class Engine:
         """Every treasury address the deployment knows: the catalog's, the environment's and
         the approved ones stored per rail."""
         out = {r for rid in self.catalog.rails if (r := self.rail(rid).treasury)}
-        out.update(t for t in s.scalars(select(RailState.treasury)).all() if t)
+        out.update(rail_state_repo.treasuries(s))
         return out
 
     def ensure_rail_states(self) -> None:
@@ -105,10 +97,10 @@ class Engine:
         for retry in (False, True):
             try:
                 with self.db.tx() as s:
-                    have = set(s.scalars(select(RailState.rail_id)).all())
+                    have = rail_state_repo.rail_ids(s)
                     for rail_id, d in self.catalog.rails.items():
                         if rail_id not in have:
-                            s.add(RailState(rail_id=rail_id,
+                            rail_state_repo.add(s, RailState(rail_id=rail_id,
                                             production_enabled=d.production_enabled,
                                             paused=False, updated_at=self.now(),
                                             updated_by="catalog"))
@@ -121,19 +113,15 @@ class Engine:
         # One read per transaction: a repeat is answered from the session's identity map;
         # nothing is cached across transactions (a pause must be seen by the next one). A
         # locking read always goes to the database.
-        if lock and self.db.postgres:
-            st = s.get(RailState, rail_id, with_for_update=True)
-        else:
-            st = db_get(s, RailState, rail_id)
+        st = rail_state_repo.get(s, rail_id, lock=lock)
         if st is None:
             d = self.catalog.rails[rail_id]
-            st = RailState(rail_id=rail_id, production_enabled=d.production_enabled,
-                           paused=False, updated_at=self.now(), updated_by="catalog")
-            s.add(st)
-            s.flush()
+            st = rail_state_repo.add(s, RailState(
+                rail_id=rail_id, production_enabled=d.production_enabled, paused=False,
+                updated_at=self.now(), updated_by="catalog"))
         return st
 
-    def rail_state_read(self, s: Session, rail_id: str) -> Any:
+    def rail_state_read(self, s: Session, rail_id: str) -> RailState | Record:
         """`rail_state` for a caller that only reads it (paused, treasury): the session's own
         object when it holds one, otherwise the row as a plain record, without building an
         ORM instance. A missing row is created exactly as `rail_state` does.
@@ -146,22 +134,17 @@ class Engine:
         first in the transaction, before any other row lock, insert or audit append, so the
         wait cannot close a cycle. On SQLite every transaction holds the database's one writer
         lock from BEGIN IMMEDIATE."""
-        if self.db.postgres:
-            # SECURITY: the share lock is what keeps work from committing after a pause.
-            row = _STATE_FOR_SHARE.first(s.connection(), {"pk": rail_id})
-            if row is None:
-                return self.rail_state(s, rail_id)
-            if (RailState, (rail_id,), None) in s.identity_map:
-                return s.get(RailState, rail_id)
-            return Record(zip(_STATE_FOR_SHARE.keys(), row))
-        st = db_read(s, RailState, rail_id)
+        # SECURITY: the share lock is what keeps work from committing after a pause
+        # (storage.repo.rail_state.read_shared).
+        st = rail_state_repo.read_shared(s, rail_id)
         return st if st is not None else self.rail_state(s, rail_id)
 
-    def production_enabled(self, st: RailState) -> bool:
+    def production_enabled(self, st: RailState | Record) -> bool:
         # SECURITY: whatever the database says, a review_only rail is never in production.
         return st.production_enabled and self.catalog.rails[st.rail_id].stage is not Stage.review_only
 
-    def treasury(self, s: Session, rail: Rail, st: Any = None) -> str | None:
+    def treasury(self, s: Session, rail: Rail,
+                 st: RailState | Record | None = None) -> str | None:
         """`st`: the rail's state when the caller has already read it in this transaction."""
         if st is None:
             st = self.rail_state_read(s, rail.rail_id)

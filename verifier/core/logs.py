@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar
 
 import orjson
 
@@ -24,9 +25,18 @@ class JsonFormatter(logging.Formatter):
         for k in ("proof_id", "rail_id", "status", "code", "worker"):
             if hasattr(record, k):
                 doc[k] = getattr(record, k)
+        doc.update(getattr(record, "http_request", {}))
+        rid = request_id_var.get()
+        if rid:
+            doc.setdefault("request_id", rid)
         if record.exc_info:
             doc["error"] = redact(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
         return orjson.dumps(doc).decode()
+
+
+# The request being served (set by verifier.http.request_log): every log line and audit event
+# it causes carries its id.
+request_id_var: ContextVar[str | None] = ContextVar("railproof_request_id", default=None)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -89,6 +89,11 @@ SPEC: tuple[MetricSpec, ...] = (
                "Webhook deliveries in the dead-letter queue (replay after fixing the receiver)", (),
                (Alert("RailproofWebhookDeadLetters", "{m} > 10", "warning",
                       "Webhook dead-letter queue above 10: inspect and replay"),)),
+    MetricSpec("reconciliation_drift", "gauge",
+               "Unresolved findings of the latest reconciliation run, by kind", ("kind",),
+               (Alert("RailproofReconciliationDrift", "sum({m}) > 0", "warning",
+                      "The latest reconciliation run left unresolved drift: inspect the run",
+                      "30m"),)),
 )
 
 

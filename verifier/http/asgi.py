@@ -2,13 +2,13 @@
 
 from fastapi import FastAPI
 
-from verifier.http.api import create_app
 from verifier.core.engine import Engine
-from verifier.storage.db import require_migrated
+from verifier.http.app import create_app
+from verifier.services.queries import schema_is_current
 
 
 def make_app() -> FastAPI:
     engine = Engine()
-    require_migrated(engine.db.engine)
+    schema_is_current(engine)
     engine.ensure_rail_states()
     return create_app(engine)

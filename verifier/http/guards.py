@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from verifier.http.errors import ApiErrorCode
+
 MAX_JSON_DEPTH = 32
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP allows HTAB only
@@ -80,7 +82,7 @@ class BodyGuard:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _refuse(send, 413, "body_too_large",
+                await _refuse(send, 413, ApiErrorCode.body_too_large,
                               f"body: larger than {self.max_bytes} bytes")
                 return
             chunks.append(chunk)
@@ -88,12 +90,12 @@ class BodyGuard:
                 break
         body = b"".join(chunks)
         if json_depth_exceeds(body, self.max_depth):
-            await _refuse(send, 422, "body_too_deep",
+            await _refuse(send, 422, ApiErrorCode.body_too_deep,
                           f"body: JSON nested deeper than {self.max_depth} levels")
             return
         field = body_nul_field(body)
         if field is not None:
-            await _refuse(send, 422, "invalid_request",
+            await _refuse(send, 422, ApiErrorCode.invalid_request,
                           f"{field}: must not contain NUL characters (\\u0000)", field)
             return
         replayed = False
@@ -170,13 +172,14 @@ class InputGuard:
         if scope["type"] == "http":
             field = param_control_field(scope)
             if field is not None:
-                await _refuse(send, 422, "invalid_request",
+                await _refuse(send, 422, ApiErrorCode.invalid_request,
                               f"{field}: must not contain control characters", field)
                 return
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Any, status: int, code: str, message: str, field: str = "body") -> None:
+async def _refuse(send: Any, status: int, code: ApiErrorCode, message: str,
+                  field: str = "body") -> None:
     payload = orjson.dumps({"error": {"code": code, "message": message, "field": field}})
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from verifier.core.errors import EngineError
+from verifier.http.errors import ApiErrorCode
 
 DEFAULT_RATE = 20.0
 DEFAULT_BURST = 40
@@ -34,8 +35,8 @@ class RateLimited(EngineError):
     status = 429
 
     def __init__(self, endpoint: str, retry_after: int):
-        super().__init__("rate_limited", f"too many requests to {endpoint}; retry after "
-                         f"{retry_after} s", extra={"retry_after": retry_after})
+        super().__init__(ApiErrorCode.rate_limited, f"too many requests to {endpoint}; "
+                         f"retry after {retry_after} s", extra={"retry_after": retry_after})
         self.headers = {"Retry-After": str(retry_after)}
 
 

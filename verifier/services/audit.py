@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
 from verifier.storage.db import AUDIT_KEY_INFO
-from verifier.storage.models import AuditEvent
-from verifier.storage.prepared import Prepared
+from verifier.storage.repo import audit as audit_repo
+from verifier.core.logs import request_id_var
 from verifier.core.timeutil import iso
 
 GENESIS = "0" * 64
-_PG_AUDIT_LOCK = 0x7261696C  # one advisory lock serializes appends to the chain
+_PG_AUDIT_LOCK = audit_repo.CHAIN_LOCK_KEY  # one advisory lock serializes appends to the chain
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,6 @@ def event_hash(prev_hash: str, at: datetime, actor: str, action: str, subject_ty
     return hmac.digest(key, canonical_json(doc), "sha256").hex()
 
 
-# Built and prepared once (storage.prepared): every append runs the same compiled statements.
-_INSERT = Prepared(insert(AuditEvent.__table__))
-_HEAD = Prepared(select(AuditEvent.__table__.c.hash)
-                 .order_by(AuditEvent.__table__.c.id.desc()).limit(1))
-_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _HEAD_KEY = "railproof.audit_head"
 
 
@@ -82,21 +77,23 @@ def append(s: Session, now: datetime, op: Operator, action: str, subject_type: s
     write lock BEGIN IMMEDIATE took), and then kept in `s.info`: later appends in the same
     transaction link to the event this one wrote. The end of the transaction, or of any
     savepoint in it, drops it (`_forget_head`), so it never outlives what it describes."""
-    conn = s.connection()
     key = s.info.get(AUDIT_KEY_INFO)
     prev = s.info.get(_HEAD_KEY)
     if prev is None:
-        if conn.dialect.name == "postgresql":
-            conn.execute(_LOCK, {"k": _PG_AUDIT_LOCK})
-        prev = _HEAD.scalar(conn) or GENESIS
+        audit_repo.lock_chain(s)
+        prev = audit_repo.head_hash(s) or GENESIS
     data = data or {}
+    rid = request_id_var.get()
+    if rid is not None and "request_id" not in data:
+        # The HTTP request that caused it (X-Request-Id), covered by the hash like the rest.
+        data = {**data, "request_id": rid}
     h = event_hash(prev, now, op.actor, action, subject_type, subject_id, data,
                    op.incident_id, op.reason, key)
     row = {"at": now, "actor": op.actor, "action": action, "subject_type": subject_type,
            "subject_id": subject_id, "data": data, "incident_id": op.incident_id,
            "reason": op.reason, "prev_hash": prev, "hash": h}
-    # A prepared insert: the row is write-only here, so the ORM's unit of work buys nothing.
-    event_id = _INSERT.insert(conn, row)
+    # A Core insert: the row is write-only here, so the ORM's unit of work buys nothing.
+    event_id = audit_repo.insert_event(s, row)
     s.info[_HEAD_KEY] = h
     return event_id
 
@@ -120,8 +117,7 @@ def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
     key = s.info.get(AUDIT_KEY_INFO)
     prev, count, last_id = GENESIS, 0, 0
     while True:
-        rows = s.scalars(select(AuditEvent).where(AuditEvent.id > last_id)
-                         .order_by(AuditEvent.id).limit(batch)).all()
+        rows = audit_repo.events_after(s, last_id, batch)
         if not rows:
             return ChainReport(True, count, keyed=key is not None,
                                head_id=last_id or None, head_hash=prev)
@@ -196,15 +192,14 @@ def check_checkpoint(s: Session, cp: Mapping[str, Any], rep: ChainReport) -> Che
     # SECURITY: the checkpoint's head must still be there, unchanged, with as many events
     # before it as then, and the chain no shorter than it was.
     if head_id is not None:
-        stored = s.scalar(select(AuditEvent.hash).where(AuditEvent.id == head_id))
+        stored = audit_repo.hash_of(s, head_id)
         if stored is None:
             return CheckpointReport(False, f"checkpoint head event {head_id} is gone: "
                                            "the chain was truncated or rebuilt")
         if stored != head_hash:
             return CheckpointReport(False, f"event {head_id} no longer has the checkpoint's "
                                            "hash: the chain was rewritten")
-        before = s.scalar(select(func.count()).select_from(AuditEvent)
-                          .where(AuditEvent.id <= head_id))
+        before = audit_repo.count_through(s, head_id)
         if before != events:
             return CheckpointReport(False, f"{before} events up to event {head_id}, the "
                                            f"checkpoint saw {events}: the chain was rewritten")

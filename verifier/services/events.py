@@ -16,37 +16,22 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, event, func, insert, select, text
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from verifier.services.audit import _PG_AUDIT_LOCK
+from verifier.storage.repo import outbox as outbox_repo
 from verifier.storage.webhook_models import (
     DeliveryStatus,
     EventType,
     OutboxEvent,
-    WebhookDelivery,
-    WebhookEndpoint,
     prefixed_id,
 )
-from verifier.storage.prepared import Prepared
 from verifier.core.timeutil import iso
 
 __all__ = ["EventType", "emit", "envelope", "OWNERLESS"]
 
 # Events about the platform rather than one owner's payment; every subscriber may see them.
 OWNERLESS = frozenset({EventType.rail_paused, EventType.rail_resumed})
-
-
-# Built and prepared once (storage.prepared). Core statements: these rows are write-only
-# here, so the ORM's unit of work would only add cost on the hot path.
-_OUTBOX, _ENDPOINTS = OutboxEvent.__table__, WebhookEndpoint.__table__
-_NEXT_SEQ = Prepared(select(func.max(_OUTBOX.c.sequence)).where(
-    _OUTBOX.c.resource_type == bindparam("rt"), _OUTBOX.c.resource_id == bindparam("rid")))
-_ACTIVE = Prepared(select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types, _ENDPOINTS.c.owners)
-                   .where(_ENDPOINTS.c.active.is_(True))
-                   .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id))
-_INSERT_EVENT = Prepared(insert(_OUTBOX))
-_INSERT_DELIVERY = insert(WebhookDelivery.__table__)
 
 
 def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_type: str,
@@ -62,10 +47,11 @@ def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_ty
         raise ValueError(f"{et}: owner_id is required")
     # Freeze a JSON copy now: the caller may keep mutating its dict afterwards.
     payload = orjson.loads(orjson.dumps(resource))
-    conn = s.connection()
     info = s.info
     if _LOCKED_KEY not in info:
-        _serialize(conn)
+        # Sequence numbers are max+1 per resource: computed under the audit chain's lock
+        # (storage.repo.outbox.lock_sequences), taken once per transaction.
+        outbox_repo.lock_sequences(s)
         info[_LOCKED_KEY] = True
     s.flush()  # ORM changes the caller made first are written first
     seqs = info.get(_SEQ_KEY)
@@ -73,20 +59,19 @@ def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_ty
         seqs = info[_SEQ_KEY] = {}
     last = seqs.get((resource_type, resource_id))
     if last is None:
-        last = 0 if first_of_resource else (
-            _NEXT_SEQ.scalar(conn, {"rt": resource_type, "rid": resource_id}) or 0)
+        last = 0 if first_of_resource else outbox_repo.last_sequence(s, resource_type,
+                                                                     resource_id)
     seq = last + 1
     event_id = prefixed_id("evt")
-    _INSERT_EVENT.insert(conn, {"id": event_id, "type": et.value, "owner_id": owner_id,
-                                "resource_type": resource_type, "resource_id": resource_id,
-                                "sequence": seq, "payload": payload, "created_at": now})
+    outbox_repo.insert_event(s, {"id": event_id, "type": et.value, "owner_id": owner_id,
+                                 "resource_type": resource_type, "resource_id": resource_id,
+                                 "sequence": seq, "payload": payload, "created_at": now})
     seqs[(resource_type, resource_id)] = seq  # only once the row is written: no gaps
     rows = [{"id": prefixed_id("whd"), "event_id": event_id, "endpoint_id": ep_id,
              "status": DeliveryStatus.pending.value, "attempts": 0, "next_attempt_at": now,
              "created_at": now, "updated_at": now}
-            for ep_id in _subscribers(s, conn, et, owner_id)]
-    if rows:
-        conn.execute(_INSERT_DELIVERY, rows)
+            for ep_id in _subscribers(s, et, owner_id)]
+    outbox_repo.insert_deliveries(s, rows)
     return event_id
 
 
@@ -115,27 +100,15 @@ def _forget_on_flush(session: Session, _context: Any) -> None:
     session.info.pop(_ENDPOINTS_KEY, None)
 
 
-def _serialize(conn: Any) -> None:
-    """Sequence numbers are max+1 per resource; two PostgreSQL transactions must not compute
-    the same one. We take the audit chain's advisory lock (every state change appends to the
-    audit chain in the same transaction anyway, so this adds no new contention, and one lock
-    for both means no lock-order deadlock). SQLite transactions are already serial."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_LOCK, {"k": _PG_AUDIT_LOCK})
-
-
-_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
-
-
-def _subscribers(s: Session, conn: Any, et: EventType, owner_id: str | None) -> list[str]:
+def _subscribers(s: Session, et: EventType, owner_id: str | None) -> list[str]:
     # Endpoints are few (capped per token), so filtering JSON lists in Python keeps one query
     # that works the same on SQLite and PostgreSQL. The list is read once per transaction,
-    # under the lock `_serialize` took, and shared by its emits: creating or deleting an
+    # under the lock `lock_sequences` took, and shared by its emits: creating or deleting an
     # endpoint appends to the audit chain, so it takes the same lock and commits before this
     # transaction's first emit or after all of them, never in between.
     active = s.info.get(_ENDPOINTS_KEY)
     if active is None:
-        active = s.info[_ENDPOINTS_KEY] = _ACTIVE.all(conn)
+        active = s.info[_ENDPOINTS_KEY] = outbox_repo.active_endpoints(s)
     out = []
     for ep_id, types, owners in active:
         if et.value not in (types or []):

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rails.codes import FailureCode
@@ -23,14 +22,18 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound, Refused
 from verifier.services.proofs import latest_settlement, latest_verified_attempt, load_proof
 from verifier.storage.models import (
-    Entitlement,
     EntitlementStatus,
-    PaymentSession,
     Proof,
     ProofStatus,
+    RailState,
     Receipt,
     SessionStatus,
 )
+from verifier.storage.repo import entitlements as entitlement_repo
+from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import receipts as receipt_repo
+from verifier.storage.repo import sessions as session_repo
+from verifier.storage.repo.rows import Record
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services.views import entitlement_view, receipt_view
 
@@ -62,7 +65,7 @@ class Check:
 
 
 def _evaluate(engine: Engine, s: Session, p: Proof, via: Via,
-              st: Any = None) -> tuple[list[Check], dict[str, Any]]:
+              st: RailState | Record | None = None) -> tuple[list[Check], dict[str, Any]]:
     """`st`: the rail's state when the caller has read it (apply: under its share lock)."""
     settings = engine.settings
     checks: list[Check] = []
@@ -129,8 +132,8 @@ def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Vi
 def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> tuple[bool, str]:
     """proof ↔ session ↔ owner ↔ product ↔ receipt all agree, and the chain paid what the
     session asked, to whom it asked, on its rail."""
-    ps = s.get(PaymentSession, p.session_id)
-    ent = s.scalar(select(Entitlement).where(Entitlement.session_id == p.session_id))
+    ps = session_repo.get(s, p.session_id)
+    ent = entitlement_repo.for_session(s, p.session_id)
     ctx["session"], ctx["entitlement"] = ps, ent
     problems = []
     if ps is None:
@@ -141,8 +144,8 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> t
         problems.append("proof rail differs from session rail")
     if ent is None or ent.owner_id != ps.owner_id or ent.access_product_id != ps.access_product_id:
         problems.append("entitlement does not match session owner/product")
-    receipt_for_session = s.scalar(select(Receipt).where(Receipt.session_id == ps.id))
-    receipt_for_proof = s.scalar(select(Receipt).where(Receipt.proof_id == p.id))
+    receipt_for_session = receipt_repo.for_session(s, ps.id)
+    receipt_for_proof = receipt_repo.for_proof(s, p.id)
     ctx["receipt"] = receipt_for_proof
     if receipt_for_session is not None and receipt_for_session.proof_id != p.id:
         problems.append("session already paid by another proof")
@@ -213,12 +216,15 @@ def apply(engine: Engine, proof_id: str, op: audit.Operator, via: Via = Via.staf
         # and the audit chain's lock, as on every path that takes it: a pause takes the rail
         # state's table lock, the rail's row, then the audit lock, and only waits on
         # transactions that already hold their rail-state lock, so no wait closes a cycle.
-        rail_id = s.scalar(select(Proof.rail_id).where(Proof.id == proof_id))
+        rail_id = proof_repo.rail_id_of(s, proof_id)
         if rail_id is None:
             raise NotFound("proof_not_found", f"no proof {proof_id!r}")
         st = engine.rail_state_read(s, rail_id) if engine.has_rail(rail_id) else None
-        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
-        ps = s.get(PaymentSession, p.session_id, with_for_update=engine.db.postgres)
+        # Then the proof's row and its session's, locked in that order (PostgreSQL).
+        p = proof_repo.get(s, proof_id, lock=True)
+        assert p is not None  # a proof row is never deleted
+        ps = session_repo.get(s, p.session_id, lock=True)
+        assert ps is not None  # nor its session (foreign key)
         checks, ctx = _evaluate(engine, s, p, via, st)
         report = _report(p, checks, ctx)
         if ctx.get("receipt") is not None:
@@ -236,8 +242,7 @@ def apply(engine: Engine, proof_id: str, op: audit.Operator, via: Via = Via.staf
                         owner_id=ps.owner_id, access_product_id=ps.access_product_id,
                         rail_id=ps.rail_id, amount=ps.amount, created_by=op.actor,
                         created_at=now)
-            s.add(r)
-            s.flush()
+            receipt_repo.add(s, r)
             if engine.fail_after_receipt_insert:
                 raise RuntimeError("injected failure after receipt insert")
             ent = ctx["entitlement"]
@@ -275,7 +280,7 @@ def revoke(engine: Engine, entitlement_id: str, op: audit.Operator) -> dict[str,
         raise BadInput("operator_context_required",
                        "incident_id and operator_reason: required to revoke", field="incident_id")
     with engine.db.tx() as s:
-        ent = s.get(Entitlement, entitlement_id, with_for_update=engine.db.postgres)
+        ent = entitlement_repo.get_locked(s, entitlement_id)
         if ent is None:
             raise NotFound("entitlement_not_found", f"no entitlement {entitlement_id!r}")
         if ent.status != EntitlementStatus.active:

@@ -18,7 +18,6 @@ import hashlib
 from datetime import timedelta
 from typing import Any, Callable
 
-from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from rails.base import canonical_json
@@ -26,6 +25,7 @@ from verifier.core import timeutil
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
+from verifier.storage.repo import idempotency as claim_repo
 from verifier.core.timeutil import iso
 
 MAX_KEY = 256
@@ -49,11 +49,12 @@ def run_idempotent(engine: Engine, principal: str, endpoint: str, key: str | Non
     try:
         with engine.db.tx() as s:
             # Process time, not the business clock: a pinned clock would never age a claim.
-            s.add(IdempotencyClaim(**pk, request_hash=h, status=ClaimStatus.in_progress,
-                                   created_at=timeutil.process_now()))
+            claim_repo.add_claim(s, IdempotencyClaim(
+                **pk, request_hash=h, status=ClaimStatus.in_progress,
+                created_at=timeutil.process_now()))
     except IntegrityError:
         with engine.db.tx() as s:
-            c = s.get(IdempotencyClaim, (principal, endpoint, key))
+            c = claim_repo.get(s, principal, endpoint, key)
         if c is None:  # pragma: no cover - a claim is never deleted once completed
             raise Conflict("idempotency_in_progress", "retry shortly")
         if c.request_hash != h:
@@ -73,12 +74,11 @@ def run_idempotent(engine: Engine, principal: str, endpoint: str, key: str | Non
         # A refusal ran nothing worth replaying, and an unexpected failure may not have
         # finished: release the claim so the client's retry runs the work again.
         with engine.db.tx() as s:
-            s.execute(delete(IdempotencyClaim).where(
-                IdempotencyClaim.principal == principal, IdempotencyClaim.endpoint == endpoint,
-                IdempotencyClaim.key == key, IdempotencyClaim.status == ClaimStatus.in_progress))
+            claim_repo.release_in_progress(s, principal, endpoint, key)
         raise
     with engine.db.tx() as s:
-        c = s.get(IdempotencyClaim, (principal, endpoint, key))
+        c = claim_repo.get(s, principal, endpoint, key)
+        assert c is not None  # ours, in progress: only we complete or release it
         c.status, c.response_code, c.response = ClaimStatus.completed, status, out
         c.completed_at = timeutil.process_now()
     return status, out
@@ -88,10 +88,7 @@ def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dic
     age = min_age_seconds if min_age_seconds is not None else engine.settings.stuck_claim_seconds
     cutoff = timeutil.process_now() - timedelta(seconds=age)  # claim ages are process time
     with engine.db.tx() as s:
-        rows = s.scalars(select(IdempotencyClaim)
-                         .where(IdempotencyClaim.status == ClaimStatus.in_progress,
-                                IdempotencyClaim.created_at <= cutoff)
-                         .order_by(IdempotencyClaim.created_at)).all()
+        rows = claim_repo.in_progress_since(s, cutoff)
         return [{"principal": c.principal, "endpoint": c.endpoint, "key": c.key,
                  "request_hash": c.request_hash, "status": c.status,
                  "created_at": iso(c.created_at)} for c in rows]

@@ -2,7 +2,7 @@
 evidence and reads.
 
 Replay rules (the fingerprint leaves the owner out on purpose). A proof *holds* its transfer
-while it is verified or requires_review for its session (storage.holds: its fingerprint and
+while it is verified or requires_review for its session (storage.repo.holds: its fingerprint and
 every identity the rail gives the transfer, across proof types):
 - same fingerprint, same session → the existing proof (idempotent, no new row);
 - a transfer held for another owner's session → proof_owner_conflict, audited and counted;
@@ -23,10 +23,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from rails.base import Adapter, Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
@@ -35,23 +33,23 @@ from verifier.services import audit, events
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound, Refused
 from verifier.services.sessions import load_session
-from verifier.storage.db import Record
-from verifier.storage.db import get as db_get
-from verifier.storage.db import read as db_read
-from verifier.storage.prepared import Prepared
-from verifier.storage import holds
 from verifier.storage.models import (
     HOLDING,
     PaymentSession,
     Proof,
     ProofStatus,
-    Receipt,
     SessionStatus,
     SettlementEvidence,
-    TransferHold,
     VerificationAttempt,
     new_id,
 )
+from verifier.storage.repo import attempts as attempt_repo
+from verifier.storage.repo import holds
+from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import receipts as receipt_repo
+from verifier.storage.repo import sessions as session_repo
+from verifier.storage.repo import settlements as settlement_repo
+from verifier.storage.repo.rows import Record
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services.views import attempt_view, evidence_view, proof_view
 
@@ -83,7 +81,7 @@ class _Held(Exception):
         self.owner_id, self.session_id, self.proof_id = owner_id, session_id, proof_id
 
     @classmethod
-    def of(cls, adapter: Adapter, holder: holds.Holder, ps: Any,
+    def of(cls, adapter: Adapter, holder: holds.Holder, ps: PaymentSession | Record,
            proof_id: str | None = None) -> "_Held":
         code = (FailureCode.proof_owner_conflict if holder.owner_id != ps.owner_id
                 else adapter.replay_code)
@@ -136,18 +134,17 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
         except ProofMalformed as e:
             raise BadInput(FailureCode.proof_malformed, str(e), field="proof") from e
         fp = fingerprint(rail.family, rail.network, ptype, ref)
-        conn = s.connection()
         # SECURITY: a transfer another session holds is refused before the chain is asked.
         # (Only a hold refuses: someone else's failed or pending claim reserves nothing.)
-        held = holds.holder(conn, holds.fingerprint_key(fp), ps.id)
+        held = holds.holder(s, holds.fingerprint_key(fp), ps.id)
         if held is not None:
             raise _Held.of(adapter, held, ps)
         if ps.status != SessionStatus.open:
             # A closed session takes no new proof, but a resubmission of one it took is
             # still answered as a replay.
-            existing = _PROOF_BY_FP_SESSION.scalar(conn, {"fp": fp, "sid": ps.id})
+            existing = proof_repo.by_fingerprint(s, fp, ps.id)
             if existing is not None:
-                return _view(s, s.get(Proof, existing)), False
+                return _view(s, existing), False
             raise Conflict(FailureCode.session_not_open,
                            f"session {ps.id} is {ps.status}; it takes no new proofs")
         row = {"id": new_id(), "fingerprint": fp, "rail_id": rail.rail_id,
@@ -155,23 +152,14 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
                "session_id": ps.id, "status": ProofStatus.pending.value, "failure_code": None,
                "detail": "submitted", "attempts": 0, "next_check_at": now,
                "claimed_until": None, "claimed_by": None, "created_at": now, "updated_at": now}
-        p = Record(row)  # the row as written; only read below (its id, the view)
         try:
             # Insert first: the fingerprint's unique index answers "seen before?" and the
-            # usual new proof costs no lookup. A Core insert with a client-side id: nothing in
-            # this transaction reads the row back, so the ORM's unit of work would only add cost.
-            if engine.db.postgres:
-                # A failed statement aborts a PostgreSQL transaction: the savepoint keeps it
-                # usable to read the winner.
-                with conn.begin_nested():
-                    _INSERT_PROOF.insert(conn, row)
-            else:
-                # SQLite undoes only the failed statement; the transaction stays usable.
-                _INSERT_PROOF.insert(conn, row)
+            # usual new proof costs no lookup. `p` is the row as written; only read below
+            # (its id, the view).
+            p = proof_repo.insert_proof(s, row)
         except IntegrityError:
             # Submitted to this session before (or lost the insert race): that row answers.
-            winner = s.scalar(select(Proof).where(Proof.fingerprint == fp,
-                                                  Proof.session_id == ps.id))
+            winner = proof_repo.by_fingerprint(s, fp, ps.id)
             if winner is None:
                 raise
             return _view(s, winner), False
@@ -197,24 +185,13 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
     return view, True
 
 
-# Built and prepared once (storage.prepared): the submission's own statements.
-_PROOF_BY_FP_SESSION = Prepared(select(Proof.__table__.c.id).where(
-    Proof.__table__.c.fingerprint == bindparam("fp"),
-    Proof.__table__.c.session_id == bindparam("sid")))
-_INSERT_PROOF = Prepared(insert(Proof.__table__))
-_INSERT_ATTEMPT = Prepared(insert(VerificationAttempt.__table__))
-_INSERT_EVIDENCE = Prepared(insert(SettlementEvidence.__table__))
-_BY_ID = update(Proof.__table__).where(Proof.__table__.c.id == bindparam("pid"))
-_UPDATE_PROOF = Prepared(_BY_ID)
-
-
-def _get_proof(engine: Engine, s: Session, proof_id: str) -> Any:
-    """The proof row to record an attempt on: locked on PostgreSQL (SQLite's BEGIN IMMEDIATE
-    already holds the write lock). On SQLite it may come back as a plain record: the attempt
-    writes it back with a Core UPDATE (`_update_proof`), never through the unit of work."""
-    if engine.db.postgres:
-        return s.get(Proof, proof_id, with_for_update=True)
-    return db_read(s, Proof, proof_id)
+def _get_proof(s: Session, proof_id: str) -> Proof | Record:
+    """The proof row to record an attempt on, under its row lock (storage.repo.proofs
+    .for_attempt): written back with `proof_repo.update`, never through the unit of work."""
+    p = proof_repo.for_attempt(s, proof_id)
+    if p is None:  # pragma: no cover - a proof row is never deleted
+        raise NotFound("proof_not_found", f"no proof {proof_id!r}")
+    return p
 
 
 def _refuse_if_paused(engine: Engine, s: Session, rail_id: str) -> None:
@@ -239,7 +216,7 @@ def _raw_proof(proof: Any) -> str:
     return raw
 
 
-def terms_for(engine: Engine, ps: PaymentSession) -> Terms:
+def terms_for(engine: Engine, ps: PaymentSession | Record) -> Terms:
     return Terms(recipient=ps.recipient, amount=ps.amount, asset=ps.asset,
                  reference=ps.reference, memo=ps.memo, not_before=utc(ps.created_at),
                  not_after=utc(ps.expires_at), now=engine.now(), sender=ps.payer)
@@ -256,28 +233,30 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     """One verification run: fetch through the chain transport (outside any transaction),
     then record the attempt, the proof's new status and any settlement in one transaction."""
     with engine.db.tx() as s:
-        p = s.get(Proof, proof_id)
+        p = proof_repo.get(s, proof_id)
         if p is None:
             raise NotFound("proof_not_found", f"no proof {proof_id!r}")
-        ps = s.get(PaymentSession, p.session_id)
+        ps = session_repo.get(s, p.session_id)
+        assert ps is not None  # a proof's session is never deleted (foreign key)
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
     checked = engine.chains.verify(adapter, p.raw, terms_for(engine, ps))
     with engine.db.tx() as s:
-        p = _get_proof(engine, s, proof_id)
-        if worker is not None and p.claimed_by != worker:
+        locked = _get_proof(s, proof_id)
+        if worker is not None and locked.claimed_by != worker:
             # Our lease ran out during a slow chain call and another worker holds the proof
             # now: its answer will be recorded, ours is dropped (one attempt per claim).
             return checked.verdict
-        verdict, _, refused = _record_attempt(engine, s, p, ps, checked, worker)
+        verdict, _, refused = _record_attempt(engine, s, locked, ps, checked, worker)
     _count(engine, rail, checked, verdict)
     if refused is not None:
         _count_refusal(engine, refused)
     return verdict
 
 
-def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, checked: Any,
-                    worker: str | None, want_view: bool = False, as_written: bool = False,
+def _record_attempt(engine: Engine, s: Session, p: Proof | Record, ps: PaymentSession | Record,
+                    checked: Any, worker: str | None, want_view: bool = False,
+                    as_written: bool = False,
                     actor: str = "system") -> tuple[Verdict, dict[str, Any] | None, "_Held | None"]:
     """The attempt row, the proof's new status (its latest attempt's), the transfer holds,
     settlement evidence for a verified attempt, the next check, and an audit row when the
@@ -299,23 +278,22 @@ def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, chec
                                f"{int(grace.total_seconds())} s grace")
     if verdict.status is Status.verified and ps.reference is None:
         verdict = _unambiguous(engine, s, ps, verdict)
-    if as_written and engine.db.postgres:
+    if as_written and proof_repo.locks_rows(s):
         # Lock order on PostgreSQL: the proof's row, then its holds (as the worker does), so
         # a submission and a worker recording the same proof never wait on each other
         # crosswise. SQLite's single writer needs no order.
-        p, as_written = _get_proof(engine, s, p.id), False
+        p, as_written = _get_proof(s, p.id), False
     refused = None
     if verdict.status.value in HOLDING:
         # SECURITY: the hold is what makes a verdict count for this session; the insert
         # decides between concurrent claims of one transfer, on every identity it has.
-        taken = holds.hold(s.connection(), (holds.fingerprint_key(p.fingerprint),
-                                            *verdict.transfer_keys),
+        taken = holds.hold(s, (holds.fingerprint_key(p.fingerprint), *verdict.transfer_keys),
                            p.id, ps.id, ps.owner_id, now)
         if taken:
             adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network,
                                                  asset=ps.asset))
             refused = _Held.of(adapter, taken[0], ps, p.id)
-            holds.release(s.connection(), p.id)
+            holds.release(s, p.id)
             verdict = Verdict.fail(FailureCode(refused.code), refused.message,
                                    observed={**verdict.observed,
                                              "held_by_session_id": taken[0].session_id,
@@ -332,18 +310,19 @@ def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, chec
     # write lock): a proof without any attempt was never verified, so it has no settlement
     # evidence (written only with or after a verified attempt), no receipt (the gate requires
     # `verified`) and no event (proof events are written with or after its first attempt).
-    if as_written and _update_unattempted(s, p, new_state(1)):
+    if (as_written and isinstance(p, Record)
+            and proof_repo.update_unattempted(s, p, new_state(1))):
         first, old = True, None
     else:
         if as_written:
-            p = _get_proof(engine, s, p.id)
+            p = _get_proof(s, p.id)
         first = not p.attempts
         old = None if first else p.status  # a new proof's first attempt always counts
-        _update_proof(s, p, **new_state(p.attempts + 1))
+        proof_repo.update(s, p, new_state(p.attempts + 1))
     if verdict.status is Status.failed and not first and refused is None:
-        holds.release(s.connection(), p.id)  # a failed proof holds nothing (unless credited)
+        holds.release(s, p.id)  # a failed proof holds nothing (unless credited)
     # Core insert: the attempt is write-only here; its id comes back from the insert.
-    attempt_id = _INSERT_ATTEMPT.insert(s.connection(), {
+    attempt_id = attempt_repo.insert_attempt(s, {
         "proof_id": p.id, "status": verdict.status.value, "failure_code": failure_code,
         "detail": verdict.detail, "observed": _redact(verdict.observed),
         "rpc_calls": checked.rpc_calls, "latency_ms": checked.latency_ms,
@@ -371,25 +350,8 @@ def _record_attempt(engine: Engine, s: Session, p: Any, ps: PaymentSession, chec
     return verdict, view, refused
 
 
-_CANDIDATES = (select(PaymentSession.id, PaymentSession.owner_id)
-               .where(PaymentSession.rail_id == bindparam("rail_id"),
-                      PaymentSession.recipient == bindparam("recipient"),
-                      PaymentSession.amount == bindparam("amount"),
-                      PaymentSession.asset == bindparam("asset"),
-                      PaymentSession.id != bindparam("sid"),
-                      PaymentSession.status == SessionStatus.open.value,
-                      PaymentSession.reference.is_(None),
-                      PaymentSession.created_at <= bindparam("at"),
-                      PaymentSession.expires_at >= bindparam("at"),
-                      or_(PaymentSession.payer.is_(None),
-                          func.lower(PaymentSession.payer) == bindparam("sender")),
-                      # A session another transfer already backs is not waiting for this one.
-                      ~select(TransferHold.transfer_key)
-                      .where(TransferHold.session_id == PaymentSession.id).exists())
-               .order_by(PaymentSession.created_at).limit(20))
-
-
-def _unambiguous(engine: Engine, s: Session, ps: PaymentSession, verdict: Verdict) -> Verdict:
+def _unambiguous(engine: Engine, s: Session, ps: PaymentSession | Record,
+                 verdict: Verdict) -> Verdict:
     """A verified transfer without a reference counts only when no other open session could
     take it too (same rail, recipient, asset and amount; the payer where a session names
     one; the transfer inside its window). Otherwise it is held for review with every
@@ -397,10 +359,8 @@ def _unambiguous(engine: Engine, s: Session, ps: PaymentSession, verdict: Verdic
     t = epoch_of(verdict.observed.get("block_time"))
     at = datetime.fromtimestamp(t, timezone.utc) if t is not None else engine.now()
     sender = verdict.observed.get("sender")
-    others = s.execute(_CANDIDATES, {
-        "rail_id": ps.rail_id, "recipient": ps.recipient, "amount": ps.amount,
-        "asset": ps.asset, "sid": ps.id, "at": at,
-        "sender": sender.lower() if isinstance(sender, str) else None}).all()
+    others = session_repo.other_open_candidates(
+        s, ps, at, sender.lower() if isinstance(sender, str) else None)
     if not others:
         return verdict
     # SECURITY: first come would be first served with someone else's payment.
@@ -413,14 +373,14 @@ def _unambiguous(engine: Engine, s: Session, ps: PaymentSession, verdict: Verdic
         transfer_keys=verdict.transfer_keys)
 
 
-def _view_after_attempt(s: Session, p: Proof, ev: SettlementEvidence | None,
+def _view_after_attempt(s: Session, p: Proof | Record, ev: SettlementEvidence | Record | None,
                         first: bool) -> dict[str, Any]:
     """The proof's view from what the attempt has in hand: the evidence it just wrote is the
     latest (written under the proof's row lock); a first attempt has no older evidence and no
     receipt, so only a re-verification asks the database."""
     if first:
         return proof_view(p, ev, None)
-    rid = s.scalar(_RECEIPT_ID, {"pid": p.id})
+    rid = receipt_repo.id_for_proof(s, p.id)
     return proof_view(p, ev if ev is not None else latest_settlement(s, p.id), rid)
 
 
@@ -433,34 +393,7 @@ def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
         engine.metrics.inc("rpc_errors_total", network=rail.network, kind="verify")
 
 
-_UPDATE_UNATTEMPTED = Prepared(_BY_ID.where(Proof.__table__.c.attempts == 0))
-
-
-def _update_unattempted(s: Session, p: Any, values: dict[str, Any]) -> bool:
-    """The first attempt's UPDATE of a proof still without attempts; False (nothing
-    written) when another attempt got there first. `p` is a plain record, kept in step."""
-    if _UPDATE_UNATTEMPTED.execute(s.connection(), {"pid": p.id, **values}) != 1:
-        return False
-    p.__dict__.update(values)
-    return True
-
-
-def _update_proof(s: Session, p: Proof, **values: Any) -> None:
-    """One Core UPDATE of the proof row, and the same values set on `p` as its committed
-    state: the object stays in step with the row without the unit of work's change tracking
-    (and its flush) on the hot path."""
-    if isinstance(p, Record):
-        # Not in the session: nothing of it is pending, and its attributes are plain ones.
-        _UPDATE_PROOF.execute(s.connection(), {"pid": p.id, **values})
-        p.__dict__.update(values)
-        return
-    s.flush([p])  # anything already pending on p goes first, as a flush would order it
-    _UPDATE_PROOF.execute(s.connection(), {"pid": p.id, **values})
-    for k, v in values.items():
-        set_committed_value(p, k, v)
-
-
-def _next_check(attempts: int, verdict: Verdict, now: Any) -> Any:
+def _next_check(attempts: int, verdict: Verdict, now: datetime) -> datetime | None:
     if verdict.status is Status.pending:
         return now + backoff(attempts)
     if verdict.status is Status.verified:
@@ -477,46 +410,33 @@ def _redact(observed: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in observed.items() if k.lower() not in banned}
 
 
-def record_settlement(engine: Engine, s: Session, p: Proof, attempt_id: int, st: Settlement,
-                      source: str) -> Any:
+def record_settlement(engine: Engine, s: Session, p: Proof | Record, attempt_id: int,
+                      st: Settlement, source: str) -> Record:
     row = {"proof_id": p.id, "attempt_id": attempt_id, "finality": st.finality,
            "is_final": st.is_final and not st.reorged, "reorged": st.reorged, "slot": st.slot,
            "block_number": st.block_number, "block_hash": st.block_hash,
            "confirmations": st.confirmations, "detail": st.detail, "source": source,
            "observed_at": engine.now()}
-    # Core insert (write-only evidence); the returned record of the row is not attached to the
-    # session (callers only read it).
-    # Flush first: the attempt it points at may still be pending in the session.
-    s.flush()
-    ev_id = _INSERT_EVIDENCE.insert(s.connection(), row)
-    row["id"] = ev_id
+    # Write-only evidence; the returned record of the row is not attached to the session
+    # (callers only read it).
+    row["id"] = settlement_repo.insert_evidence(s, row)
     return Record(row)
 
 
-_SE, _VA = SettlementEvidence, VerificationAttempt
-# Built once, so every call is a compiled-cache hit without rebuilding the statement.
-_LATEST_SETTLEMENT = (select(_SE).where(_SE.proof_id == bindparam("pid"))
-                      .order_by(_SE.id.desc()).limit(1))
-_LATEST_VERIFIED = (select(_VA).where(_VA.proof_id == bindparam("pid"),
-                                      _VA.status == ProofStatus.verified.value)
-                    .order_by(_VA.id.desc()).limit(1))
-_RECEIPT_ID = select(Receipt.id).where(Receipt.proof_id == bindparam("pid"))
-
-
 def latest_settlement(s: Session, proof_id: str) -> SettlementEvidence | None:
-    return s.scalar(_LATEST_SETTLEMENT, {"pid": proof_id})
+    return settlement_repo.latest(s, proof_id)
 
 
 def latest_verified_attempt(s: Session, proof_id: str) -> VerificationAttempt | None:
-    return s.scalar(_LATEST_VERIFIED, {"pid": proof_id})
+    return attempt_repo.latest_verified(s, proof_id)
 
 
-def _view(s: Session, p: Proof) -> dict[str, Any]:
-    return proof_view(p, latest_settlement(s, p.id), s.scalar(_RECEIPT_ID, {"pid": p.id}))
+def _view(s: Session, p: Proof | Record) -> dict[str, Any]:
+    return proof_view(p, latest_settlement(s, p.id), receipt_repo.id_for_proof(s, p.id))
 
 
 def load_proof(engine: Engine, s: Session, proof_id: str, owners: list[str] | None) -> Proof:
-    p = db_get(s, Proof, proof_id)
+    p = proof_repo.get(s, proof_id)
     if p is not None and owners is not None and p.owner_id not in owners:
         engine.metrics.inc("owner_isolation_denials_total", reason="proof")
         p = None
@@ -533,30 +453,21 @@ def get_proof(engine: Engine, proof_id: str, owners: list[str] | None) -> dict[s
 def list_proofs(engine: Engine, rail_id: str | None = None, status: str | None = None,
                 limit: int = 50) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
-        q = select(Proof).order_by(Proof.created_at.desc(), Proof.id).limit(limit)
-        if rail_id:
-            q = q.where(Proof.rail_id == rail_id)
-        if status:
-            q = q.where(Proof.status == status)
-        return [_view(s, p) for p in s.scalars(q).all()]
+        return [_view(s, p) for p in proof_repo.recent(s, rail_id, status, limit)]
 
 
 def list_attempts(engine: Engine, proof_id: str) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
         load_proof(engine, s, proof_id, None)
-        rows = s.scalars(select(VerificationAttempt).where(VerificationAttempt.proof_id == proof_id)
-                         .order_by(VerificationAttempt.id)).all()
-        return [attempt_view(a) for a in rows]
+        return [attempt_view(a) for a in attempt_repo.for_proof(s, proof_id)]
 
 
 def list_evidence(engine: Engine, proof_id: str) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
         load_proof(engine, s, proof_id, None)
-        rows = s.scalars(select(SettlementEvidence).where(SettlementEvidence.proof_id == proof_id)
-                         .order_by(SettlementEvidence.id)).all()
-        return [evidence_view(e) for e in rows]
+        return [evidence_view(e) for e in settlement_repo.for_proof(s, proof_id)]
 
 
 def count_proofs(engine: Engine) -> int:
     with engine.db.tx() as s:
-        return s.scalar(select(func.count()).select_from(Proof)) or 0
+        return proof_repo.count(s)

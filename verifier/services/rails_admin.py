@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, text
-
+from rails import proof_fields
 from rails.errors import ProofMalformed
 from registry.catalog import Stage
 from registry.contracts import proof_contracts
@@ -13,7 +12,9 @@ from registry.readiness import DeploymentConfig, StoredState, readiness
 from verifier.services import audit, events
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, Forbidden, NotFound
-from verifier.storage.models import Approval, ApprovalStatus, RailState
+from verifier.storage.models import Approval, ApprovalStatus
+from verifier.storage.repo import approvals as approval_repo
+from verifier.storage.repo import rail_state as rail_state_repo
 from verifier.core.timeutil import iso
 
 
@@ -38,10 +39,16 @@ def list_rails(engine: Engine) -> list[dict[str, Any]]:
 
 
 def rail_readiness(engine: Engine) -> list[dict[str, Any]]:
-    st = engine.settings
     with engine.db.tx() as s:
         states = {r.rail_id: StoredState(r.production_enabled, r.paused)
-                  for r in s.scalars(select(RailState)).all()}
+                  for r in rail_state_repo.all_states(s)}
+    return readiness(engine.catalog, states, deployment(engine))
+
+
+def deployment(engine: Engine) -> DeploymentConfig:
+    """What the deployment configures, as registry's pure readiness and contracts read it:
+    one fact for both (a rail claims live verification only where readiness agrees)."""
+    st = engine.settings
     networks = {rid: engine.rail(rid).network for rid in engine.catalog.rails}
     cfg = DeploymentConfig(
         chain_mode=st.chain,
@@ -52,16 +59,14 @@ def rail_readiness(engine: Engine) -> list[dict[str, Any]]:
         rpc_policies={n: {**st.rpc_policy(n).model_dump(),
                           "submit_budget_s": st.submit_verify_budget_s}
                       for n in set(networks.values())})
-    return readiness(engine.catalog, states, cfg)
+    return cfg
 
 
 def contracts(engine: Engine, rail_id: str | None = None) -> list[dict[str, Any]]:
     if rail_id:
         _known(engine, rail_id)
-    return proof_contracts(engine.catalog, rail_id)
-
-
-_LOCK_RAIL_STATE = text(f"LOCK TABLE {RailState.__tablename__} IN EXCLUSIVE MODE")
+    return proof_contracts(engine.catalog, rail_id, proof_fields=proof_fields(engine.catalog),
+                           cfg=deployment(engine))
 
 
 def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -> dict[str, Any]:
@@ -75,13 +80,10 @@ def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -
         # session, proof and apply holding the row FOR SHARE (Engine.rail_state_read) to
         # commit, and makes those that come later wait and then see the pause. So once this
         # answers, nothing of the rail commits that read it running.
-        if engine.db.postgres:
-            # A row lock has no queue: new FOR SHARE readers are let in past a waiting FOR
-            # UPDATE, so under steady traffic the pause would wait for as long as it lasts.
-            # Table locks are queued: once this one waits (on the transactions that read rail
-            # state FOR SHARE, any rail's), later readers wait behind it. Plain reads of the
-            # table are not held up; pauses are rare and those transactions short.
-            s.execute(_LOCK_RAIL_STATE)
+        # On PostgreSQL behind the rail state's table lock, which is queued where a row lock
+        # is not (storage.repo.rail_state.lock_for_pause): pauses are rare and the readers'
+        # transactions short.
+        rail_state_repo.lock_for_pause(s)
         st = engine.rail_state(s, rail_id, lock=True)
         changed = st.paused != paused
         st.paused = paused
@@ -121,8 +123,7 @@ def request_change(engine: Engine, rail_id: str, kind: str, value: str,
     with engine.db.tx() as s:
         a = Approval(rail_id=rail_id, kind=kind, value=value, requested_by=op.actor,
                      incident_id=op.incident_id, reason=op.reason, created_at=engine.now())
-        s.add(a)
-        s.flush()
+        approval_repo.add(s, a)
         audit.append(s, engine.now(), op, f"approval.requested", "approval", a.id,
                      {"rail_id": rail_id, "kind": kind, "value": value})
         return _approval_view(a)
@@ -130,7 +131,7 @@ def request_change(engine: Engine, rail_id: str, kind: str, value: str,
 
 def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
     with engine.db.tx() as s:
-        a = s.get(Approval, approval_id, with_for_update=engine.db.postgres)
+        a = approval_repo.get_locked(s, approval_id)
         if a is None:
             raise NotFound("approval_not_found", f"no approval {approval_id!r}")
         if a.status != ApprovalStatus.pending:
@@ -154,4 +155,4 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
 def list_approvals(engine: Engine) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
         return [_approval_view(a) for a in
-                s.scalars(select(Approval).order_by(Approval.created_at.desc())).all()]
+                approval_repo.newest_first(s)]

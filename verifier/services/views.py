@@ -14,9 +14,11 @@ from verifier.storage.models import (
     VerificationAttempt,
 )
 from verifier.core.timeutil import iso
+from verifier.storage.repo.rows import Record
 
 
-def session_view(ps: PaymentSession, requirements: dict[str, Any] | None = None) -> dict[str, Any]:
+def session_view(ps: PaymentSession | Record,
+                 requirements: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": ps.id, "status": ps.status, "owner_id": ps.owner_id, "rail_id": ps.rail_id,
         "access_product_id": ps.access_product_id, "amount": str(ps.amount),
@@ -27,7 +29,8 @@ def session_view(ps: PaymentSession, requirements: dict[str, Any] | None = None)
     }
 
 
-def settlement_view(ev: SettlementEvidence | None) -> dict[str, Any] | None:
+def settlement_view(ev: SettlementEvidence | Record | None,
+                    ) -> dict[str, Any] | None:
     if ev is None:
         return None
     out: dict[str, Any] = {"finality": ev.finality, "is_final": ev.is_final,
@@ -40,7 +43,7 @@ def settlement_view(ev: SettlementEvidence | None) -> dict[str, Any] | None:
     return out
 
 
-def proof_view(p: Proof, settlement: SettlementEvidence | None,
+def proof_view(p: Proof | Record, settlement: SettlementEvidence | Record | None,
                receipt_id: str | None) -> dict[str, Any]:
     return {
         "id": p.id, "fingerprint": p.fingerprint, "rail_id": p.rail_id,

@@ -37,8 +37,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import tenacity
-from sqlalchemy import exists, func, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
 from verifier.services import audit
@@ -52,6 +51,7 @@ from verifier.storage.webhook_models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from verifier.storage.repo import webhooks as delivery_repo
 from verifier.core.timeutil import iso, utc
 
 log = logging.getLogger("railproof.webhooks")
@@ -241,25 +241,9 @@ def claim(engine: Engine, worker_name: str, limit: int, now: datetime,
     """Lease up to `limit` due deliveries, each the earliest pending event of its resource
     for its endpoint. Attempts are counted here, before the POST, so a delivery that kills
     its worker every time still runs out of tries."""
-    D, E, EP = WebhookDelivery, OutboxEvent, WebhookEndpoint
-    d2, e2 = aliased(WebhookDelivery), aliased(OutboxEvent)
-    earlier_pending = (exists().where(d2.endpoint_id == D.endpoint_id,
-                                      d2.status == DeliveryStatus.pending,
-                                      d2.event_id == e2.id,
-                                      e2.resource_type == E.resource_type,
-                                      e2.resource_id == E.resource_id,
-                                      e2.sequence < E.sequence))
-    q = (select(D, E, EP).join(E, E.id == D.event_id).join(EP, EP.id == D.endpoint_id)
-         .where(D.status == DeliveryStatus.pending, EP.active.is_(True),
-                or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
-                or_(D.claimed_until.is_(None), D.claimed_until < now),
-                ~earlier_pending)
-         .order_by(D.next_attempt_at, E.created_at, E.sequence).limit(limit))
     jobs: list[Job] = []
     with engine.db.tx() as s:
-        if engine.db.postgres:
-            q = q.with_for_update(skip_locked=True, of=D)
-        for d, ev, ep in s.execute(q).all():
+        for d, ev, ep in delivery_repo.due(s, now, limit):
             d.updated_at = now
             if d.attempts >= cfg.max_attempts:
                 # The previous holder died during the final try: out of tries, not lost.
@@ -322,7 +306,7 @@ def _record(engine: Engine, job: Job, res: Result, worker_name: str, cfg: Delive
                     extra={"delivery_id": job.delivery_id, "event_id": job.event_id})
     t = now or wall_now()
     with engine.db.tx() as s:
-        d = s.get(WebhookDelivery, job.delivery_id, with_for_update=engine.db.postgres)
+        d = delivery_repo.delivery_locked(s, job.delivery_id)
         if d is None or d.status != DeliveryStatus.pending:
             return "stale"  # decided meanwhile (another worker after our lease, or staff)
         d.updated_at = t
@@ -356,8 +340,7 @@ def _metric(engine: Engine, kind: str, name: str, value: float = 1, **labels: st
 
 def dead_letter_depth(engine: Engine) -> int:
     with engine.db.tx() as s:
-        return s.scalar(select(func.count()).select_from(WebhookDelivery)
-                        .where(WebhookDelivery.status == DeliveryStatus.dead_letter)) or 0
+        return delivery_repo.count_dead_letters(s)
 
 
 def refresh_webhook_gauges(engine: Engine) -> None:
@@ -377,31 +360,21 @@ def _delivery_view(d: WebhookDelivery, ev: OutboxEvent, ep: WebhookEndpoint) -> 
             "created_at": iso(d.created_at), "updated_at": iso(d.updated_at)}
 
 
-def _joined():
-    return (select(WebhookDelivery, OutboxEvent, WebhookEndpoint)
-            .join(OutboxEvent, OutboxEvent.id == WebhookDelivery.event_id)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id))
-
-
 def list_events(engine: Engine, status: str | None = None,
                 limit: int = 100) -> list[dict[str, Any]]:
     """Deliveries (event × endpoint), newest first, optionally by status."""
     if status is not None and status not in {s.value for s in DeliveryStatus}:
         raise BadInput("invalid_status", f"status: one of {', '.join(DeliveryStatus)}",
                        field="status")
-    q = _joined().order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id).limit(limit)
-    if status:
-        q = q.where(WebhookDelivery.status == status)
     with engine.db.tx() as s:
-        return [_delivery_view(*row) for row in s.execute(q).all()]
+        return [_delivery_view(*row) for row in delivery_repo.newest(s, status, limit)]
 
 
 def inspect_event(engine: Engine, any_id: str) -> dict[str, Any]:
     """An event (by event id, or by the id of one of its deliveries) with all deliveries."""
     with engine.db.tx() as s:
         ev = _event_of(s, any_id)
-        rows = s.execute(_joined().where(WebhookDelivery.event_id == ev.id)
-                         .order_by(WebhookDelivery.created_at, WebhookDelivery.id)).all()
+        rows = delivery_repo.of_event(s, ev.id)
         return {"event": envelope(ev), "resource_type": ev.resource_type,
                 "resource_id": ev.resource_id, "sequence": ev.sequence,
                 "deliveries": [_delivery_view(*row) for row in rows]}
@@ -410,10 +383,10 @@ def inspect_event(engine: Engine, any_id: str) -> dict[str, Any]:
 def _event_of(s: Session, any_id: str) -> OutboxEvent:
     if not well_formed_id(any_id):
         raise NotFound("webhook_event_not_found", f"no webhook event or delivery {any_id!r}")
-    ev = s.get(OutboxEvent, any_id)
+    ev = delivery_repo.event(s, any_id)
     if ev is None:
-        d = s.get(WebhookDelivery, any_id)
-        ev = s.get(OutboxEvent, d.event_id) if d is not None else None
+        d = delivery_repo.delivery(s, any_id)
+        ev = delivery_repo.event(s, d.event_id) if d is not None else None
     if ev is None:
         raise NotFound("webhook_event_not_found", f"no webhook event or delivery {any_id!r}")
     return ev
@@ -428,13 +401,8 @@ def replay(engine: Engine, any_id: str, op: audit.Operator,
     t = now or wall_now()
     with engine.db.tx() as s:
         ev = _event_of(s, any_id)
-        q = _joined().where(WebhookDelivery.event_id == ev.id,
-                            WebhookDelivery.status == DeliveryStatus.dead_letter)
-        if any_id != ev.id:
-            q = q.where(WebhookDelivery.id == any_id)
-        if engine.db.postgres:
-            q = q.with_for_update(of=WebhookDelivery)
-        rows = s.execute(q).all()
+        rows = delivery_repo.dead_letters_locked(s, ev.id,
+                                                 any_id if any_id != ev.id else None)
         if not rows:
             raise Conflict("not_dead_letter", f"{any_id}: nothing in the dead-letter queue")
         replayed = []

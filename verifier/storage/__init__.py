@@ -1,2 +1,3 @@
-"""Storage: SQLAlchemy 2 models, the database handle, Alembic migrations. The only layer that
-talks to the database; it never talks to the chain."""
+"""Storage: SQLAlchemy 2 models, the database handle, Alembic migrations, and the repo
+(`storage.repo`), the only code that writes SQL or asks which database it runs on. It never
+talks to the chain."""

@@ -16,17 +16,15 @@ import sqlite3
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterator
 
 import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, bindparam, create_engine, event, select
-from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
-
-from verifier.storage.prepared import Prepared
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
 
 UPGRADE_HINT = "railproof db upgrade"
 
@@ -172,61 +170,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-M = TypeVar("M")
-_BY_PK: dict[type, Prepared] = {}
-
-
-def get(s: Session, model: type[M], pk: Any) -> M | None:
-    """`s.get(model, pk)` for a model with a single-column primary key, at about half the cost
-    on a miss: one Core SELECT (a statement built once, so always a compiled-cache hit) and
-    the row adopted into the session as a persistent, unmodified object — tracked like any
-    loaded object, so changes to it flush as usual. An object the session already holds is
-    answered by `Session.get` itself, exactly as before."""
-    if (model, (pk,), None) in s.identity_map:
-        return s.get(model, pk)
-    values = _row_by_pk(s, model, pk)
-    if values is None:
-        return None
-    obj = model(**values)
-    make_transient_to_detached(obj)  # as if loaded: every attribute committed, none changed
-    s.add(obj)
-    return obj
-
-
-class Record:
-    """A row as a plain object: attribute access like a model instance, none of the ORM's
-    instrumentation. For rows a transaction only reads, or writes back itself with a Core
-    statement; it is never attached to a session, so nothing flushes it."""
-
-    def __init__(self, values: Any):
-        self.__dict__.update(values)
-
-    def __repr__(self) -> str:
-        return f"Record({self.__dict__!r})"
-
-
-def _row_by_pk(s: Session, model: type, pk: Any) -> dict[str, Any] | None:
-    """The row as stored, by a statement built and prepared once per model."""
-    stmt = _BY_PK.get(model)
-    if stmt is None:
-        table = model.__table__  # type: ignore[attr-defined]
-        (key,) = table.primary_key.columns
-        stmt = _BY_PK[model] = Prepared(select(*table.columns).where(key == bindparam("pk")))
-    row = stmt.first(s.connection(), {"pk": pk})
-    return None if row is None else dict(zip(stmt.keys(), row))
-
-
-def read(s: Session, model: type[M], pk: Any) -> Any:
-    """The row with primary key `pk` for a caller that only reads it: the object the session
-    already holds (with any change not flushed yet, exactly as `get` answers), otherwise a
-    `Record` of the row as stored, without building and adopting an ORM instance. None when
-    there is no such row."""
-    if (model, (pk,), None) in s.identity_map:
-        return s.get(model, pk)
-    values = _row_by_pk(s, model, pk)
-    return None if values is None else Record(values)
 
 
 def sqlite_path(url: str) -> Path | None:

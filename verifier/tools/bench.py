@@ -498,7 +498,7 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
         AuditEvent, Entitlement, PaymentSession, Proof, Receipt, SettlementEvidence,
         TransferHold, VerificationAttempt, new_id,
     )
-    from verifier.storage import holds
+    from verifier.storage.repo import holds
 
     db = engine.db
     with db.tx() as s:
@@ -624,7 +624,8 @@ def _bulk_insert(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
 
 def run_bench(proofs: int = 2000, database_url: str | None = None,
               stored: int | None = None,
-              hanging_node_samples: int = HANGING_SAMPLES) -> dict[str, Any]:
+              hanging_node_samples: int = HANGING_SAMPLES,
+              discovery_sessions: int = 1000, reconcile_inflows: int = 10_000) -> dict[str, Any]:
     """Every figure of the benchmark contract (DESIGN.md, "Benchmark"), as one dict.
 
     `database_url`: None runs on a fresh, migrated SQLite file in a temporary directory
@@ -633,6 +634,8 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
     `stored`: proofs in the database when submission is timed and dry-run-apply latency
     measured (default: `proofs`): `stored - proofs` are bulk-inserted as history first.
     `hanging_node_samples`: submissions timed against a node that never answers (0: skip).
+    `discovery_sessions`, `reconcile_inflows`: open sessions paid in one watched window, and
+    inflows in one reconciled window (bench_discovery; 0 sessions: skip).
     """
     from verifier.core.config import Settings
     from verifier.core.engine import Engine
@@ -669,6 +672,9 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
         if hanging_node_samples > 0:
             out.update(bench_submit_hanging_node(settings, hanging_node_samples))
         out.update(bench_x402(proofs))
+        if discovery_sessions > 0:
+            from verifier.tools.bench_discovery import discovery_figures
+            out.update(discovery_figures(discovery_sessions, reconcile_inflows))
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return out
     finally:

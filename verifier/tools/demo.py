@@ -13,7 +13,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from verifier.core.config import REPO_FIXTURES
+from verifier.core.config import REPO_FIXTURES, default_api_base_url
 
 DEMO_CASSETTE = "solana/generated/demo_payment.json"
 DEMO_SERVICE_TOKEN = "demo-service-token"
@@ -40,7 +40,7 @@ def _show(r: httpx.Response) -> Any:
 
 
 def run_demo(base_url: str | None = None) -> int:
-    base = (base_url or os.environ.get("RAILPROOF_API_BASE_URL", "http://127.0.0.1:8000")).rstrip("/")
+    base = (base_url or default_api_base_url()).rstrip("/")
     svc = {"Authorization": "Bearer " + os.environ.get("RAILPROOF_DEMO_SERVICE_TOKEN", DEMO_SERVICE_TOKEN)}
     staff = {"Authorization": "Bearer " + os.environ.get("RAILPROOF_STAFF_TOKEN", DEMO_STAFF_TOKEN)}
     pay = demo_payment()

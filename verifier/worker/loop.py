@@ -16,15 +16,15 @@ import socket
 import time
 from collections import defaultdict
 from datetime import timedelta
-from typing import Any
+from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from rails.base import Settlement
 from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier.core import timeutil
-from verifier.services import audit, events, gate, webhooks
+from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
 from verifier.services.proofs import (
@@ -36,15 +36,16 @@ from verifier.services.proofs import (
 )
 from verifier.services.views import proof_view
 from verifier.storage.models import (
-    Entitlement,
     EntitlementStatus,
-    PaymentSession,
     Proof,
     ProofStatus,
-    Receipt,
-    SettlementEvidence,
     VerificationAttempt,
 )
+from verifier.storage.repo import attempts as attempt_repo
+from verifier.storage.repo import entitlements as entitlement_repo
+from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import receipts as receipt_repo
+from verifier.storage.repo import sessions as session_repo
 from verifier.core.timeutil import utc
 
 log = logging.getLogger("railproof.worker")
@@ -58,13 +59,7 @@ def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[st
     held = timeutil.process_now()
     lease = timedelta(seconds=engine.settings.claim_lease_seconds)
     with engine.db.tx() as s:
-        q = (select(Proof).where(Proof.status == status, Proof.next_check_at.is_not(None),
-                                 Proof.next_check_at <= now,
-                                 or_(Proof.claimed_until.is_(None), Proof.claimed_until < held))
-             .order_by(Proof.next_check_at).limit(batch))
-        if engine.db.postgres:
-            q = q.with_for_update(skip_locked=True)
-        rows = s.scalars(q).all()
+        rows = proof_repo.claim_due(s, status, now, held, batch)
         for p in rows:
             p.claimed_by, p.claimed_until = name, held + lease
         return [p.id for p in rows]
@@ -91,8 +86,10 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
     expected: dict[str, tuple[str, int]] = {}
     with engine.db.tx() as s:
         for pid in ids:
-            p = s.get(Proof, pid)
-            ps = s.get(PaymentSession, p.session_id)
+            p = proof_repo.get(s, pid)
+            ps = session_repo.get(s, p.session_id) if p is not None else None
+            if p is None or ps is None:  # pragma: no cover - proofs and sessions stay
+                continue
             groups[(p.rail_id, ps.network, ps.asset)].append(p)
             # SECURITY: where the money had to go, for rails whose ref does not pin the
             # transfer itself (an x402 nonce can be settled by another authorization).
@@ -119,7 +116,9 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
 def _release(engine: Engine, plist: list[Proof]) -> None:
     with engine.db.tx() as s:
         for p in plist:
-            row = s.get(Proof, p.id)
+            row = proof_repo.get(s, p.id)
+            if row is None:  # pragma: no cover - a proof row is never deleted
+                continue
             row.claimed_by = row.claimed_until = None
             row.next_check_at = engine.now() + backoff(2)
 
@@ -127,7 +126,9 @@ def _release(engine: Engine, plist: list[Proof]) -> None:
 def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, source: str) -> None:
     now = engine.now()
     with engine.db.tx() as s:
-        p = s.get(Proof, proof_id, with_for_update=engine.db.postgres)
+        p = proof_repo.get(s, proof_id, lock=True)
+        if p is None:  # pragma: no cover - a proof row is never deleted
+            return
         p.claimed_by = p.claimed_until = None
         att = latest_verified_attempt(s, p.id)
         if st is None or att is None:
@@ -158,26 +159,26 @@ def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, sourc
         if kind and (changed or moved):
             events.emit(s, now, f"settlement.{kind}", p.owner_id, "proof", p.id,
                         proof_view(p, latest_settlement(s, p.id),
-                                   s.scalar(select(Receipt.id).where(Receipt.proof_id == p.id))))
+                                   receipt_repo.id_for_proof(s, p.id)))
 
 
-def _reorg_watch(engine: Engine, s: Any, p: Proof, now: Any) -> Any:
+def _reorg_watch(engine: Engine, s: Session, p: Proof, now: datetime) -> datetime | None:
     """Next re-check of a final settlement: only while a receipt depends on it, on a rail whose
     finality is depth-based, within the watch window (see gate.REORG_WATCH)."""
     if not gate.watches_reorgs(engine, p.rail_id):
         return None
-    created = s.scalar(select(Receipt.created_at).where(Receipt.proof_id == p.id))
+    created = receipt_repo.created_at_for_proof(s, p.id)
     if created is None or now >= utc(created) + gate.REORG_WATCH:
         return None
     return now + gate.REORG_RECHECK
 
 
-def _reopen_after_reorg(engine: Engine, s: Any, p: Proof, st: Settlement, source: str,
-                        now: Any) -> None:
+def _reopen_after_reorg(engine: Engine, s: Session, p: Proof, st: Settlement, source: str,
+                        now: datetime) -> None:
     """The verified transfer left the canonical chain: the proof goes back to pending
     (`reorged`) through an attempt of its own, and is verified again at once — re-included
     transfers verify again, vanished ones end tx_not_found once the session is over."""
-    s.add(VerificationAttempt(proof_id=p.id, status=ProofStatus.pending,
+    attempt_repo.add(s, VerificationAttempt(proof_id=p.id, status=ProofStatus.pending,
                               failure_code=FailureCode.reorged.value,
                               detail=f"settlement reorged: {st.detail or st.finality}",
                               observed={"block_number": st.block_number,
@@ -188,12 +189,12 @@ def _reopen_after_reorg(engine: Engine, s: Any, p: Proof, st: Settlement, source
     p.updated_at, p.next_check_at = now, now
 
 
-def _flag_reorg(engine: Engine, s: Any, p: Proof) -> None:
+def _flag_reorg(engine: Engine, s: Session, p: Proof) -> None:
     # A reorg under an active entitlement is a critical finding, never a silent revoke.
-    r = s.scalar(select(Receipt).where(Receipt.proof_id == p.id))
+    r = receipt_repo.for_proof(s, p.id)
     if r is None:
         return
-    ent = s.scalar(select(Entitlement).where(Entitlement.receipt_id == r.id))
+    ent = entitlement_repo.for_receipt(s, r.id)
     if ent is not None and ent.status == EntitlementStatus.active and not ent.reorg_flagged:
         ent.reorg_flagged = True
         audit.append(s, engine.now(), SYSTEM, "entitlement.reorg_flagged", "entitlement",
@@ -204,20 +205,11 @@ def auto_apply(engine: Engine, batch: int) -> int:
     """Apply verified, final proofs whose gate passes on the automatic path."""
     # Only proofs whose latest settlement is final: a reorged or unfinished one would only be
     # blocked again on every sweep (and inflate apply_gate_blocks_total).
-    latest = (select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
-              .group_by(SettlementEvidence.proof_id).subquery())
     # Only live rails: the automatic path can never pass a gated or review-only rail's
     # receipt_creation_allowed check, so trying them would only count blocks every sweep.
     live = [r for r, d in engine.catalog.rails.items() if d.stage is Stage.live]
     with engine.db.tx() as s:
-        q = (select(Proof.id)
-             .join(latest, latest.c.proof_id == Proof.id)
-             .join(SettlementEvidence, SettlementEvidence.id == latest.c.mid)
-             .outerjoin(Receipt, Receipt.proof_id == Proof.id)
-             .where(Proof.status == ProofStatus.verified, Proof.rail_id.in_(live),
-                    SettlementEvidence.is_final.is_(True), Receipt.id.is_(None))
-             .order_by(Proof.created_at).limit(batch))
-        ids = list(s.scalars(q).all())
+        ids = proof_repo.final_unapplied(s, live, batch)
     applied = 0
     for pid in ids:
         try:
@@ -229,10 +221,13 @@ def auto_apply(engine: Engine, batch: int) -> int:
 
 
 def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
+    discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
     out = {"reverified": reverify_pending(engine, name, batch),
            "finality_refreshed": refresh_finality(engine, name, batch)}
     if engine.settings.auto_apply:
         out["applied"] = auto_apply(engine, batch)
+    if discovered:
+        out["discovered"] = discovered
     delivered = webhooks.deliver_due(engine, name, batch)["delivered"]
     if delivered:
         out["webhooks_delivered"] = delivered

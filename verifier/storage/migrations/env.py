@@ -3,6 +3,7 @@ from alembic import context
 from verifier.storage.db import make_engine
 from verifier.storage.models import Base
 from verifier.storage import webhook_models  # noqa: F401  (registers the webhook tables on Base)
+from verifier.storage import reconciliation_models  # noqa: F401  (registers the reconciliation tables)
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,18 +1,21 @@
 """Transfer holds: which proof holds each on-chain transfer identity (storage.models
-TransferHold). The only code that writes their SQL; the rules live in verifier.proofs."""
+TransferHold). The only code that writes their SQL; the rules live in
+verifier.services.proofs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
-from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from verifier.storage.models import Receipt, TransferHold
+from verifier.storage.repo.rows import is_postgres, table
 
-_T = TransferHold.__table__
+_T = table(TransferHold)
 FINGERPRINT_PREFIX = "proof:"
 
 
@@ -29,41 +32,42 @@ def fingerprint_key(fingerprint: str) -> str:
     return FINGERPRINT_PREFIX + fingerprint
 
 
-def hold(conn: Connection, keys: Iterable[str], proof_id: str, session_id: str, owner_id: str,
+def hold(s: Session, keys: Iterable[str], proof_id: str, session_id: str, owner_id: str,
          now: datetime) -> list[Holder]:
     """Take every key for the proof; keys another proof holds are left to it. Returns the
     holders of the keys that are not this proof's (empty: the proof holds them all).
 
     Under concurrency the insert of a key another transaction is inserting waits for that
     transaction (both databases), so the read that follows sees the winner."""
-    rows = [{"transfer_key": k, "proof_id": proof_id, "session_id": session_id,
-             "owner_id": owner_id, "created_at": now} for k in dict.fromkeys(keys)]
-    if not rows:
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
         return []
-    ins = (postgresql.insert(_T) if conn.dialect.name == "postgresql" else sqlite.insert(_T))
-    conn.execute(ins.on_conflict_do_nothing(index_elements=["transfer_key"]), rows)
-    return [h for h in holders(conn, [r["transfer_key"] for r in rows]) if h.proof_id != proof_id]
+    rows = [{"transfer_key": k, "proof_id": proof_id, "session_id": session_id,
+             "owner_id": owner_id, "created_at": now} for k in wanted]
+    ins = postgresql.insert(_T) if is_postgres(s) else sqlite.insert(_T)
+    s.connection().execute(ins.on_conflict_do_nothing(index_elements=["transfer_key"]), rows)
+    return [h for h in holders(s, wanted) if h.proof_id != proof_id]
 
 
 _HOLDERS = select(_T.c.transfer_key, _T.c.proof_id, _T.c.session_id, _T.c.owner_id).where(
     _T.c.transfer_key.in_(bindparam("keys", expanding=True)))
 
 
-def holders(conn: Connection, keys: list[str]) -> list[Holder]:
-    return [Holder(*r) for r in conn.execute(_HOLDERS, {"keys": keys})]
+def holders(s: Session, keys: list[str]) -> list[Holder]:
+    return [Holder(*r) for r in s.connection().execute(_HOLDERS, {"keys": keys})]
 
 
-def holder(conn: Connection, key: str, other_than_session: str) -> Holder | None:
+def holder(s: Session, key: str, other_than_session: str) -> Holder | None:
     """The holder of `key` when it holds it for another session than the given one."""
-    for h in holders(conn, [key]):
+    for h in holders(s, [key]):
         if h.session_id != other_than_session:
             return h
     return None
 
 
-def release(conn: Connection, proof_id: str) -> None:
+def release(s: Session, proof_id: str) -> None:
     """Drop a proof's holds, unless a receipt stands on it (a receipted transfer stays held
     whatever its proof's status: it was credited)."""
-    conn.execute(delete(_T).where(
+    s.connection().execute(delete(_T).where(
         _T.c.proof_id == proof_id,
         ~select(Receipt.id).where(Receipt.proof_id == proof_id).exists()))

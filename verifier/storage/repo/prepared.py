@@ -1,4 +1,5 @@
-"""Prepared statements for the hot paths: a session and a submission write about a dozen rows.
+"""Prepared statements for the repo's hot paths (a session and a submission write a dozen
+rows).
 
 `Prepared(stmt)` compiles a Core statement once per SQLite dialect, with SQLAlchemy's own
 compiler, and runs it on the driver cursor of the caller's connection (so inside the caller's
@@ -8,7 +9,13 @@ leaves out is the execution context SQLAlchemy builds around every call, which h
 more than SQLite's own work for these rows (docs/bench.md, "Where the time goes").
 
 On PostgreSQL every statement is a network round trip that dwarfs that overhead, and
-SQLAlchemy's disconnect handling matters more: there `Prepared` calls `Connection.execute`.
+SQLAlchemy's disconnect handling matters more: there `Prepared` calls `Connection.execute`. So
+it does on SQLite when the engine or connection has execution event listeners
+(`before_cursor_execute` and the like): the driver path would hide the statements from them.
+
+Used only inside `verifier.storage.repo`, by the hot-path functions that opt in; why it is
+kept rather than removed is measured in docs/bench.md ("The repo layer and prepared
+statements").
 
 A compiled form of an INSERT or UPDATE names the columns the call supplies. Python-side column
 defaults are SQLAlchemy's to apply, not the driver's: a statement that would leave out a
@@ -102,7 +109,10 @@ class Prepared:
 
     @staticmethod
     def _fast(conn: Connection) -> bool:
-        return conn.dialect.name == "sqlite"
+        # The driver path skips SQLAlchemy's execution events: taken only where nobody listens
+        # for them (a statement listener, for tracing or counting, sees every statement).
+        return (conn.dialect.name == "sqlite"
+                and not (conn._has_events or conn.engine._has_events))
 
     def insert(self, conn: Connection, row: dict[str, Any]) -> Any:
         """Insert one row; returns its primary key (the one given, or the one assigned)."""

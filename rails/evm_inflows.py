@@ -1,0 +1,114 @@
+"""Watching an EVM treasury: the token's `Transfer(to=treasury)` logs over bounded block
+ranges, pure functions over a `Transport`.
+
+Providers cap `eth_getLogs` (a block range, or a number of results) and refuse a larger
+request with an error (-32005, -32602, …): the range is split in two and each half asked
+again, down to one block. A refusal of one block, or a node that cannot be reached, ends the
+scan with what was read and the error: never "no transfers".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rails.base import Transport
+from rails.errors import CassetteError, MalformedResponse, RpcErrorResponse, TransportError
+from rails.evm import TRANSFER_TOPIC, decode_transfer, hex_int
+
+
+def address_topic(address: str) -> str:
+    return "0x" + "0" * 24 + address.lower().removeprefix("0x")
+
+
+@dataclass(frozen=True)
+class EvmInflow:
+    tx_hash: str
+    block_number: int
+    log_index: int | None
+    sender: str
+    recipient: str
+    value: int
+
+
+@dataclass
+class LogScan:
+    inflows: list[EvmInflow] = field(default_factory=list)  # oldest first
+    calls: int = 0
+    scanned_to: int | None = None  # every block up to here was read
+    error: str | None = None
+
+
+def head(chain: Transport) -> int:
+    return hex_int(chain.call("eth_blockNumber", []), "eth_blockNumber")
+
+
+def transfer_logs(
+    chain: Transport,
+    token: str,
+    recipient: str,
+    from_block: int,
+    to_block: int,
+    *,
+    max_range: int = 2000,
+) -> LogScan:
+    """Transfers of `token` to `recipient` in [from_block, to_block], in block order."""
+    scan = LogScan(scanned_to=from_block - 1)
+    todo: list[tuple[int, int]] = []
+    lo = from_block
+    while lo <= to_block:  # bounded ranges, oldest first
+        hi = min(to_block, lo + max(1, max_range) - 1)
+        todo.append((lo, hi))
+        lo = hi + 1
+    todo.reverse()
+    while todo:
+        lo, hi = todo.pop()
+        scan.calls += 1
+        try:
+            logs = chain.call(
+                "eth_getLogs",
+                [
+                    {
+                        "address": token,
+                        "fromBlock": hex(lo),
+                        "toBlock": hex(hi),
+                        "topics": [TRANSFER_TOPIC, None, address_topic(recipient)],
+                    }
+                ],
+            )
+            if not isinstance(logs, list):
+                raise MalformedResponse(f"eth_getLogs: expected a list, got {logs!r:.120}")
+        except RpcErrorResponse as e:
+            if hi > lo:  # the node refuses the range: ask for each half
+                mid = (lo + hi) // 2
+                todo.extend([(mid + 1, hi), (lo, mid)])
+                continue
+            scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
+            return scan
+        except (TransportError, CassetteError) as e:
+            scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
+            return scan
+        for log in logs:
+            t = decode_transfer(log) if isinstance(log, dict) else None
+            if (
+                t is None
+                or t.token.lower() != token.lower()
+                or t.recipient.lower() != recipient.lower()
+            ):
+                continue
+            tx = log.get("transactionHash")
+            bn = log.get("blockNumber")
+            if not isinstance(tx, str) or not isinstance(bn, str):
+                continue
+            scan.inflows.append(
+                EvmInflow(
+                    tx.lower(),
+                    hex_int(bn, "log.blockNumber"),
+                    t.log_index,
+                    t.sender,
+                    t.recipient,
+                    t.value,
+                )
+            )
+        scan.scanned_to = hi
+    scan.inflows.sort(key=lambda i: (i.block_number, i.log_index or 0))
+    return scan

@@ -1,0 +1,151 @@
+"""Watching a Solana treasury: pure functions over a `Transport`.
+
+The watched address is the treasury's *token account* for the rail's mint (an SPL transfer
+names the destination token account, not the owner wallet). `getSignaturesForAddress` lists
+newest first: pages go backwards with `before` = the oldest signature seen, and stop at
+`until` (the newest signature already processed), at a blockTime older than the window, or
+after `max_pages`. A node error mid-scan is returned with what was read, never swallowed:
+the caller reports the scan incomplete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from solders.pubkey import Pubkey
+
+from rails.base import Transport
+from rails.errors import CassetteError, MalformedResponse, TransportError
+from rails.solana import GET_TX_OPTIONS, movements, parse_transaction
+
+TOKEN_PROGRAM = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
+ATA_PROGRAM = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"
+MAX_PAGE = 1000
+
+
+def token_account(owner: str, mint: str, token_program: str = TOKEN_PROGRAM) -> str:
+    """The associated token account of `owner` for `mint` under `token_program`."""
+    addr, _ = Pubkey.find_program_address(
+        [
+            bytes(Pubkey.from_string(owner)),
+            bytes(Pubkey.from_string(token_program)),
+            bytes(Pubkey.from_string(mint)),
+        ],
+        Pubkey.from_string(ATA_PROGRAM),
+    )
+    return str(addr)
+
+
+@dataclass(frozen=True)
+class SignatureEntry:
+    signature: str
+    slot: int | None
+    block_time: int | None
+    failed: bool
+
+
+@dataclass
+class SignatureScan:
+    entries: list[SignatureEntry] = field(default_factory=list)  # newest first
+    calls: int = 0
+    error: str | None = None  # why the scan stopped before its end
+    reached_end: bool = False  # the history (or `until`, or the window's start) was reached
+
+
+def _entry(raw: Any) -> SignatureEntry:
+    if not isinstance(raw, dict) or not isinstance(raw.get("signature"), str):
+        raise MalformedResponse(f"getSignaturesForAddress: bad entry {raw!r:.120}")
+    slot, bt = raw.get("slot"), raw.get("blockTime")
+    return SignatureEntry(
+        raw["signature"],
+        slot if isinstance(slot, int) else None,
+        bt if isinstance(bt, int) else None,
+        raw.get("err") is not None,
+    )
+
+
+def list_signatures(
+    chain: Transport,
+    address: str,
+    *,
+    until: str | None = None,
+    not_before: int | None = None,
+    page_limit: int = MAX_PAGE,
+    max_pages: int = 20,
+    commitment: str = "confirmed",
+) -> SignatureScan:
+    """Signatures touching `address`, newest first, down to `until` (exclusive) or the first
+    entry whose blockTime is before `not_before`."""
+    scan = SignatureScan()
+    before: str | None = None
+    limit = max(1, min(MAX_PAGE, page_limit))
+    for _ in range(max_pages):
+        opts: dict[str, Any] = {"limit": limit, "commitment": commitment}
+        if before is not None:
+            opts["before"] = before
+        if until is not None:
+            opts["until"] = until
+        scan.calls += 1
+        try:
+            page = chain.call("getSignaturesForAddress", [address, opts])
+            if not isinstance(page, list):
+                raise MalformedResponse(
+                    f"getSignaturesForAddress: expected a list, got {page!r:.120}"
+                )
+            entries = [_entry(x) for x in page]
+        except (TransportError, CassetteError) as e:
+            scan.error = f"getSignaturesForAddress({address}): {e}"
+            return scan
+        for entry in entries:
+            t = entry.block_time
+            if not_before is not None and t is not None and t < not_before:
+                scan.reached_end = True
+                return scan
+            scan.entries.append(entry)
+        if len(entries) < limit:
+            scan.reached_end = True
+            return scan
+        before = entries[-1].signature
+    scan.error = (
+        f"getSignaturesForAddress({address}): more than {max_pages} pages; narrow the window"
+    )
+    return scan
+
+
+@dataclass(frozen=True)
+class SolanaInflow:
+    """One transaction that moved the rail's mint into the treasury's token account."""
+
+    signature: str
+    slot: int | None
+    block_time: int | None
+    amount: int  # net base units received by the treasury owner
+    sender: str | None
+    account_keys: tuple[str, ...]
+    result: Any  # the getTransaction answer, for the rail's own checks
+
+
+def fetch_inflow(chain: Transport, signature: str, mint: str, treasury: str) -> SolanaInflow | None:
+    """The transaction's effect on `treasury` (an owner wallet); None when it moved no `mint`
+    into it (an outflow, a failed or unrelated transaction). Transport errors propagate."""
+    result = chain.call("getTransaction", [signature, dict(GET_TX_OPTIONS)])
+    if result is None:
+        raise MalformedResponse(f"getTransaction: {signature} listed for the address but not found")
+    view = parse_transaction(result, signature)
+    if view.err is not None:
+        return None
+    moves = movements(view, mint)
+    received = sum(m.delta for m in moves if m.owner == treasury and m.delta != 0)
+    if received <= 0:
+        return None
+    senders = sorted({m.owner for m in moves if m.delta < 0 and m.owner})
+    return SolanaInflow(
+        signature,
+        view.slot,
+        view.block_time,
+        received,
+        ",".join(senders) or None,
+        view.account_keys,
+        result,
+    )

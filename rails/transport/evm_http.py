@@ -1,0 +1,93 @@
+"""Live EVM transport: JSON-RPC over HTTP through web3.py's HTTPProvider, returning the raw
+`result` member (what a cassette holds), with the retries and failover of
+`rails.transport.failover`. web3's own retry is switched off so tenacity is the only one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import requests
+from web3 import HTTPProvider
+
+from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
+from rails.transport.failover import (
+    RetryPolicy,
+    Transient,
+    call_with_failover,
+    classify_http_status,
+)
+from rails.transport.rpc_policy import RpcPolicy
+
+
+class _Provider(HTTPProvider):
+    """web3's HTTPProvider with the timeout chosen per request (clipped to a deadline), for
+    the calling thread: one provider serves every thread, each with its own deadline."""
+
+    def __init__(self, url: str):
+        super().__init__(url, exception_retry_configuration=None)
+        self._local = threading.local()
+
+    def request(self, method: str, params: list[Any], timeout: float) -> Any:
+        self._local.timeout = timeout
+        try:
+            return self.make_request(method, params)
+        finally:
+            self._local.timeout = None
+
+    def get_request_kwargs(self) -> Any:
+        kwargs = super().get_request_kwargs()
+        timeout = getattr(self._local, "timeout", None)
+        return kwargs if timeout is None else {**kwargs, "timeout": timeout}
+
+
+class EvmHttpTransport:
+    """JSON-RPC over HTTP through web3.py's HTTPProvider (`make_request`), returning the raw
+    `result`. web3's own retry is switched off so tenacity is the only retry layer."""
+
+    source: ClassVar[str] = "live"
+    honours_deadline: ClassVar[bool] = True
+
+    def __init__(self, urls: Sequence[str], network: str = "", policy: RetryPolicy | None = None):
+        self.urls = list(urls)
+        self.network = network
+        self.policy = policy or RetryPolicy()
+        self._providers = {url: _Provider(url) for url in self.urls}
+
+    def set_policy(self, policy: RpcPolicy) -> None:
+        """The deployment's bounds for this network (settings)."""
+        self.policy = RetryPolicy.of(policy)
+
+    def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
+        response = call_with_failover(
+            self.urls,
+            lambda url, timeout: self._once(url, method, params, timeout),
+            self.policy,
+            method,
+            deadline,
+        )
+        return _rpc_result(method, response)
+
+    def _once(self, url: str, method: str, params: list[Any], timeout: float) -> Any:
+        try:
+            return self._providers[url].request(method, params, timeout)
+        except requests.HTTPError as e:
+            status = e.response.status_code if e.response is not None else 599
+            classify_http_status(status, url)
+            raise RpcUnavailable(f"{url}: HTTP {status}") from e
+        except (requests.Timeout, requests.ConnectionError) as e:
+            raise Transient(f"{type(e).__name__}: {e}") from e
+        except ValueError as e:  # not JSON (JSONDecodeError, UnicodeDecodeError)
+            raise MalformedResponse(f"{url} {method}: answer is not JSON ({e})") from e
+
+
+def _rpc_result(method: str, response: Any) -> Any:
+    if not isinstance(response, dict):
+        raise MalformedResponse(f"{method}: not a JSON-RPC response object")
+    if response.get("error") is not None:
+        raise RpcErrorResponse(method, response["error"])
+    if "result" not in response:
+        raise MalformedResponse(f"{method}: JSON-RPC response without result or error")
+    return response["result"]

@@ -1,0 +1,109 @@
+"""Retries and URL failover for the live HTTP transports (EVM JSON-RPC, the Tron HTTP API).
+
+One call, per configured URL in order, within the policy's total time and the caller's
+deadline: a `Transient` failure (timeout, connection error, HTTP 429, 5xx) is retried with
+exponential backoff and jitter, a URL that is unusable but not transient (401, 404) is
+skipped at once, and when every URL failed the call raises `RpcUnavailable`. A verdict is
+never retried, only the read of one answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from rails.errors import RpcUnavailable
+from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
+
+T = TypeVar("T")
+
+
+class Transient(Exception):
+    """A failure worth retrying (timeout, connection error, 429, 5xx)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3  # per URL
+    per_url_seconds: float = 10.0  # wall-clock bound per URL, retries included
+    total_seconds: float = 25.0  # wall-clock bound across every URL
+    initial_wait: float = 0.2
+    max_wait: float = 2.0
+    jitter: float = 0.2
+    timeout: float = 8.0  # one HTTP request
+
+    @classmethod
+    def of(cls, policy: RpcPolicy) -> RetryPolicy:
+        return cls(
+            attempts=policy.attempts,
+            per_url_seconds=policy.total_s,
+            total_seconds=policy.total_s,
+            timeout=policy.timeout_s,
+        )
+
+
+def call_with_failover(
+    urls: Sequence[str],
+    attempt: Callable[[str, float], T],
+    policy: RetryPolicy,
+    what: str,
+    deadline: float | None = None,
+) -> T:
+    """Call `attempt(url, timeout)` for each URL in order until one answers. `attempt` raises
+    `Transient` for what is worth retrying (tenacity: bounded attempts and time, exponential
+    backoff with jitter) and anything else to stop at once. Every URL down → RpcUnavailable.
+    `timeout` is the policy's request timeout clipped to the time left before `deadline`
+    (time.monotonic()) or the policy's total, whichever comes first; no try starts after it."""
+    if not urls:
+        raise RpcUnavailable(f"{what}: no RPC URL configured")
+    end = call_end(policy.total_seconds, deadline)
+    failures: list[str] = []
+
+    def bounded(url: str) -> T:
+        timeout = min(policy.timeout, time_left(end))
+        if timeout <= 0:
+            raise Transient("time budget spent")
+        return attempt(url, timeout)
+
+    for url in urls:
+        left = time_left(end)
+        if left <= 0:
+            failures.append(f"{url}: not tried (time budget spent)")
+            break
+        retrying = Retrying(
+            stop=(
+                stop_after_attempt(policy.attempts)
+                | stop_after_delay(min(left, policy.per_url_seconds))
+                | stop_at(end)
+            ),
+            wait=wait_exponential_jitter(
+                multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
+            ),
+            retry=retry_if_exception_type(Transient),
+            reraise=False,
+        )
+        try:
+            return retrying(bounded, url)
+        except RetryError as e:
+            failures.append(f"{url}: {e.last_attempt.exception()}")
+        except RpcUnavailable as e:  # a URL that is unusable but not transient (401, 404)
+            failures.append(f"{url}: {e}")
+    raise RpcUnavailable(f"{what}: every RPC URL failed: " + "; ".join(failures))
+
+
+def classify_http_status(status: int, url: str) -> None:
+    """Raise for an HTTP status that is not a usable answer."""
+    if status == 429 or status >= 500:
+        raise Transient(f"HTTP {status}")
+    if status >= 400:
+        raise RpcUnavailable(f"{url}: HTTP {status}")

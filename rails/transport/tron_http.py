@@ -1,0 +1,82 @@
+"""Live Tron transport: POST {url}/wallet/<method> with a JSON body behind the same
+`call(method, params)` seam as the JSON-RPC transports, with the retries and failover of
+`rails.transport.failover`. The answer is returned as the node sent it (a cassette holds the
+same); a body with an `Error` member is the node's error answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
+from rails.transport.failover import RetryPolicy, Transient, call_with_failover
+from rails.transport.rpc_policy import RpcPolicy
+
+# The seam's method names mapped to the HTTP API's request bodies.
+_BODIES: dict[str, Callable[[list[Any]], dict[str, Any]]] = {
+    "gettransactioninfobyid": lambda params: {"value": params[0]},
+    "getnowblock": lambda params: {},
+}
+
+
+class TronHttpTransport:
+    """POST {url}/wallet/<method> with a JSON body, exposing the same `call(method, params)`
+    seam as the JSON-RPC transports; retries and failover as the EVM transport."""
+
+    source: ClassVar[str] = "live"
+    honours_deadline: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        network: str = "",
+        policy: RetryPolicy | None = None,
+        client: httpx.Client | None = None,
+    ):
+        self.urls = [u.rstrip("/") for u in urls]
+        self.network = network
+        self.policy = policy or RetryPolicy()
+        self._client = client or httpx.Client(timeout=self.policy.timeout)
+
+    def set_policy(self, policy: RpcPolicy) -> None:
+        """The deployment's bounds for this network (settings)."""
+        self.policy = RetryPolicy.of(policy)
+
+    def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
+        if method not in _BODIES:
+            raise ValueError(f"the Tron transport does not speak {method!r}")
+        body = _BODIES[method](params)
+        answer = call_with_failover(
+            self.urls,
+            lambda url, timeout: self._once(url, method, body, timeout),
+            self.policy,
+            method,
+            deadline,
+        )
+        if isinstance(answer, dict) and "Error" in answer:
+            raise RpcErrorResponse(method, answer["Error"])
+        return answer
+
+    def _once(self, url: str, method: str, body: dict[str, Any], timeout: float) -> Any:
+        try:
+            # Per request: the policy's timeout clipped to the call's time left.
+            response = self._client.post(f"{url}/wallet/{method}", json=body, timeout=timeout)
+        except (httpx.TimeoutException, httpx.TransportError) as e:
+            raise Transient(f"{type(e).__name__}: {e}") from e
+        if response.status_code == 429 or response.status_code >= 500:
+            raise Transient(f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise RpcUnavailable(f"{url}: HTTP {response.status_code}")
+        try:
+            answer = response.json()
+        except ValueError as e:
+            raise MalformedResponse(f"{url} {method}: answer is not JSON") from e
+        if not isinstance(answer, dict):
+            raise MalformedResponse(f"{url} {method}: answer is not a JSON object")
+        return answer
+
+    def close(self) -> None:
+        self._client.close()

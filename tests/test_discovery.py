@@ -1,0 +1,272 @@
+"""Discovery in the worker: a session whose client never submitted anything is paid end to
+end (discovered, verified, finalized, applied to an active entitlement) on SQLite and
+PostgreSQL; the treasury is watched once per cycle, whatever the number of open sessions."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import orjson
+import pytest
+from solders.keypair import Keypair
+from sqlalchemy import select
+
+from tests.helpers import FIXTURES, SwitchableTransport, cassette_engine
+from tests.test_reconciliation import evm, evm_session  # noqa: F401  (the local EVM chain)
+from verifier.services import discovery
+from verifier.services.sessions import NewSession, open_session
+from verifier.storage.models import Entitlement, Proof
+from verifier.worker import loop as worker
+
+INFLOWS = FIXTURES / "solana" / "generated" / "inflows" / "treasury_inflows.json"
+DOC = json.loads(INFLOWS.read_text())
+EXPECT = DOC["expect"]
+
+
+def make_engine(db_url, **kw):
+    opts = {
+        "discovery": True,
+        "auto_apply": True,
+        "live_apply": True,
+        "discovery_page_limit": DOC["page"],
+        "env": {"RAILPROOF_TREASURY_SOLANA_USDC": DOC["treasury"]},
+        **kw,
+    }
+    return cassette_engine(db_url, **opts)
+
+
+def session_for(engine, case: str, reference: str | None = None, amount: int | None = None):
+    exp = EXPECT[case]
+    return open_session(
+        engine,
+        NewSession(
+            owner_id="alice",
+            rail_id="solana_usdc",
+            access_product_id="pro",
+            amount=amount or exp["amount"],
+            reference=reference or exp["reference"],
+        ),
+        actor="svc",
+    )
+
+
+def test_discovery_pays_a_session_nobody_submitted_end_to_end(db_url):
+    e = make_engine(db_url)
+    try:
+        paid = session_for(e, "discovered")
+        waiting = session_for(e, "bound", reference=str(Keypair().pubkey()))  # never paid
+        out = worker.sweep(e, "w1")
+        assert out["discovered"] == 1 and out["applied"] == 1
+        with e.db.tx() as s:
+            [p] = s.scalars(select(Proof).where(Proof.session_id == paid["id"])).all()
+            assert p.status == "verified" and p.ref == EXPECT["discovered"]["signature"]
+            ent = s.scalar(select(Entitlement).where(Entitlement.session_id == paid["id"]))
+            assert ent.status == "active"
+            assert s.scalars(select(Proof).where(Proof.session_id == waiting["id"])).all() == []
+        from verifier.storage.models import AuditEvent
+
+        with e.db.tx() as s:
+            actor = s.scalar(
+                select(AuditEvent.actor).where(
+                    AuditEvent.subject_id == p.id, AuditEvent.action == "proof.submitted"
+                )
+            )
+        assert actor == "discovery"
+        # The next cycle submits nothing twice.
+        again = worker.sweep(e, "w1")
+        assert "discovered" not in again
+    finally:
+        e.db.dispose()
+
+
+def test_discovery_is_off_without_setting_on_recorded_chains(db_url):
+    e = cassette_engine(db_url, env={"RAILPROOF_TREASURY_SOLANA_USDC": DOC["treasury"]})
+    try:
+        session_for(e, "discovered")
+        assert "discovered" not in worker.sweep(e, "w1")
+    finally:
+        e.db.dispose()
+
+
+def synthetic_chain(n: int) -> tuple[SwitchableTransport, list[tuple[str, str]]]:
+    """n copies of the recorded "discovered" transfer, each with a fresh signature and
+    reference (swapped as text), listed in one page of the treasury's token account."""
+    calls = {c["method"] + ":" + json.dumps(c["params"][0]): c for c in DOC["calls"]}
+    sig, ref = EXPECT["discovered"]["signature"], EXPECT["discovered"]["reference"]
+    tx = calls["getTransaction:" + json.dumps(sig)]
+    status = calls["getSignatureStatuses:" + json.dumps([sig])]
+    blob = orjson.dumps(tx["result"]).decode()
+    out, pairs, entries = [], [], []
+    for _ in range(n):
+        kp = Keypair()
+        new_sig, new_ref = str(kp.sign_message(b"railproof-discovery")), str(Keypair().pubkey())
+        result = json.loads(blob.replace(sig, new_sig).replace(ref, new_ref))
+        out.append(
+            {"method": "getTransaction", "params": [new_sig, tx["params"][1]], "result": result}
+        )
+        out.append(
+            {
+                "method": "getSignatureStatuses",
+                "params": [[new_sig], status["params"][1]],
+                "result": status["result"],
+            }
+        )
+        entries.append(
+            {
+                "blockTime": EXPECT["discovered"]["block_time"],
+                "confirmationStatus": "finalized",
+                "err": None,
+                "memo": None,
+                "signature": new_sig,
+                "slot": result["slot"],
+            }
+        )
+        pairs.append((new_sig, new_ref))
+    page = {
+        "method": "getSignaturesForAddress",
+        "params": [DOC["token_account"], {"limit": 1000}],
+        "result": list(reversed(entries)),
+    }
+    return SwitchableTransport([page, *out]), pairs
+
+
+@pytest.mark.parametrize("n", [200])
+def test_one_shared_watch_per_cycle_not_one_poll_per_session(db_url, n):
+    e = make_engine(db_url, discovery_page_limit=1000)
+    try:
+        chain, pairs = synthetic_chain(n)
+        e.chains.set_transport("solana-mainnet", chain)
+        for _, ref in pairs:
+            session_for(e, "discovered", reference=ref)
+        for _ in range(n // 2):  # open sessions nobody pays in this window
+            session_for(e, "discovered", reference=str(Keypair().pubkey()))
+        out = discovery.watch_solana(e, e.rail("solana_usdc"))
+        assert out["submitted"] == n
+        assert chain.by_method["getSignaturesForAddress"] == 1
+        # Discovery's own calls: one listing + one transaction fetch per new inflow.
+        assert out["rpc_calls"] / out["submitted"] <= 1.2
+        with e.db.tx() as s:
+            assert s.scalar(select(Proof.id).where(Proof.status != "verified")) is None
+    finally:
+        e.db.dispose()
+
+
+def test_evm_discovery_watches_the_treasury_logs_from_the_last_block(evm):  # noqa: F811
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    s5 = evm_session(e, evm["payer"], 5_000_000)
+    tx = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000)
+    chain.transfer(token, evm["other"], evm["treasury"], 5_000_000)  # not the session's payer
+    chain.mine(1)
+    out = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert out["submitted"] == 1 and out["inflows"] == 2
+    [p] = [p for p in _proofs(e) if p.session_id == s5["id"]]
+    assert p.ref == tx.lower() and p.status == "verified"
+    # The next watch reads from the block after the last one read: nothing is submitted twice.
+    again = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert again["submitted"] == 0 and again["rpc_calls"] == 0  # the session is paid: no poll
+    s7 = evm_session(e, evm["payer"], 7_000_000)
+    chain.transfer(token, evm["payer"], evm["treasury"], 7_000_000)
+    third = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert third["submitted"] == 1 and third["inflows"] == 1  # only the new block's transfer
+    assert [p.session_id for p in _proofs(e) if p.session_id == s7["id"]] == [s7["id"]]
+
+
+def _proofs(e):
+    with e.db.tx() as s:
+        return list(s.scalars(select(Proof)).all())
+
+
+class _Quiet:
+    """A node whose treasury sees nothing new: every listing is empty."""
+
+    source = "cassette"
+
+    def __init__(self):
+        self.calls = 0
+
+    def call(self, method, params):
+        assert method == "getSignaturesForAddress"
+        self.calls += 1
+        return []
+
+
+def test_watch_backs_off_while_nothing_arrives_and_stops_after_expiry(db_url):
+    e = make_engine(db_url)
+    try:
+        session_for(e, "bound", reference=str(Keypair().pubkey()))  # nobody pays it
+        node = _Quiet()
+        e.chains.set_transport("solana-mainnet", node)
+        rail = e.rail("solana_usdc")
+        polls = []
+        for step in (0, 0, 2, 1, 1, 2, 2):  # seconds the clock moves before each cycle
+            e.settings.clock = e.settings.now() + timedelta(seconds=step)
+            before = node.calls
+            discovery.watch_solana(e, rail)
+            polls.append(node.calls - before)
+        # Polled at once, then after 2 s, then after 4 s (backoff doubles while idle).
+        assert polls == [1, 0, 1, 0, 0, 1, 0]
+        # Past expiry plus the not-found grace the session is no longer watched at all.
+        e.settings.clock = e.settings.now() + timedelta(
+            seconds=3600 + e.settings.tx_not_found_grace_seconds + 1
+        )
+        before = node.calls
+        assert discovery.watch_solana(e, rail)["rpc_calls"] == 0 and node.calls == before
+    finally:
+        e.db.dispose()
+
+
+def test_bench_figures_of_discovery_and_reconciliation():
+    from verifier.tools.bench_discovery import discovery_figures
+
+    out = discovery_figures(sessions=50, inflows=1200)  # more than one page of 1,000
+    assert out["discovery_payments"] == 50
+    assert out["discovery_rpc_calls_per_payment"] <= 1.2
+    assert out["reconcile_status"] == "complete" and out["reconcile_inflows_checked"] == 1200
+    assert out["reconcile_inflows_per_s"] > 0
+
+
+def test_a_session_paying_another_recipient_is_looked_up_by_its_reference(db_url):
+    # The recorded transfer to a merchant's wallet (its token account created in the same
+    # transaction): not the treasury, so the watch asks for the reference's signatures.
+    path = FIXTURES / "solana" / "generated" / "ata_created_same_tx.json"
+    doc = json.loads(path.read_text())
+    exp = doc["expect"]
+    sig = doc["calls"][0]["params"][0]
+    listing = {
+        "method": "getSignaturesForAddress",
+        "params": [exp["reference"], {"limit": 10}],
+        "result": [
+            {
+                "signature": sig,
+                "slot": doc["calls"][0]["result"]["slot"],
+                "blockTime": doc["calls"][0]["result"]["blockTime"],
+                "err": None,
+                "memo": None,
+                "confirmationStatus": "finalized",
+            }
+        ],
+    }
+    e = make_engine(db_url)
+    try:
+        chain = SwitchableTransport([listing, *doc["calls"]])
+        e.chains.set_transport("solana-mainnet", chain)
+        s = open_session(
+            e,
+            NewSession(
+                owner_id="alice",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=exp["amount"],
+                recipient=exp["recipient"],
+                reference=exp["reference"],
+            ),
+            actor="svc",
+        )
+        out = discovery.watch_solana(e, e.rail("solana_usdc"))
+        assert out["submitted"] == 1 and chain.by_method["getSignaturesForAddress"] == 1
+        [p] = [p for p in _proofs(e) if p.session_id == s["id"]]
+        assert (p.ref, p.status) == (sig, "verified")
+    finally:
+        e.db.dispose()

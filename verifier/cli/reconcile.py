@@ -1,0 +1,128 @@
+"""Reconciliation commands, with the runbook's names: a client of the staff API
+(RAILPROOF_API_BASE_URL, RAILPROOF_STAFF_TOKEN), like the other operator commands.
+
+  railproof reconcile --scope SCOPE [--rail-id R] [--since ISO --until ISO] [--limit N]
+                      [--apply --confirm] --incident-id … --operator-reason …
+  railproof list-reconciliation-runs [--scope] [--limit]
+  railproof inspect-reconciliation-run RUN_ID
+
+A run is a dry run unless --apply (with --confirm); incident id and reason are required for
+both. Exit codes: 0 the run is complete; 1 refused, or the run is incomplete or failed (what
+could not be checked is in its detail); 2 usage or connection error.
+"""
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from verifier.cli.ops import Client, Incident, JsonOpt, Reason, _die, _out
+
+RUN_COLUMNS = [
+    "id",
+    "scope",
+    "rail_id",
+    "dry_run",
+    "status",
+    "started_at",
+    "staff",
+    "incident_id",
+    "summary",
+]
+FINDING_COLUMNS = [
+    "id",
+    "kind",
+    "severity",
+    "subjects",
+    "detail",
+    "proposed_repair",
+    "repair_status",
+    "repair_result",
+]
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    Console().print(
+        f"reconciliation run {run['id']}: {run['status']} "
+        f"({'dry run' if run['dry_run'] else 'apply'}, scope {run['scope']})"
+    )
+    if run.get("detail"):
+        typer.echo(run["detail"])
+    typer.echo("summary: " + json.dumps(run.get("summary", {}), sort_keys=True))
+    _out(200, run.get("findings", []), False, FINDING_COLUMNS, "findings")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("reconcile")
+    def reconcile(
+        scope: Annotated[str, typer.Option("--scope", help="rail_proofs | chain_inflows")],
+        rail_id: Annotated[str | None, typer.Option("--rail-id")] = None,
+        since: Annotated[str | None, typer.Option("--since", help="ISO-8601")] = None,
+        until: Annotated[str | None, typer.Option("--until", help="ISO-8601")] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
+        apply: Annotated[bool, typer.Option("--apply", help="repair (default: dry run)")] = False,
+        confirm: Annotated[bool, typer.Option("--confirm", help="yes, apply")] = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """A reconciliation run, persisted with its findings (dry run unless --apply)."""
+        if not incident_id or not operator_reason:
+            _die(
+                "--incident-id and --operator-reason are required for every reconciliation "
+                "run (dry runs too)"
+            )
+        if apply and not confirm:
+            _die("--apply changes state: add --confirm")
+        c = Client(incident_id, operator_reason)
+        body = {
+            "scope": scope,
+            "rail_id": rail_id,
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "apply": apply,
+            "confirm": confirm,
+            **c.context,
+        }
+        status, data = c.request(
+            "POST",
+            "/v1/admin/reconciliation-runs",
+            {k: v for k, v in body.items() if v is not None},
+        )
+        if status >= 400 or as_json:
+            _out(status, data, as_json)
+        else:
+            _print_run(data)
+        raise typer.Exit(0 if data.get("status") == "complete" else 1)
+
+    @app.command("list-reconciliation-runs")
+    def list_runs(
+        scope: Annotated[str | None, typer.Option("--scope")] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Reconciliation runs, newest first."""
+        s, d = Client(incident_id, operator_reason).request(
+            "GET", "/v1/admin/reconciliation-runs", params={"scope": scope, "limit": limit}
+        )
+        _out(s, d, as_json, RUN_COLUMNS, "reconciliation runs")
+
+    @app.command("inspect-reconciliation-run")
+    def inspect(
+        run_id: str,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """A reconciliation run with its findings and their repairs."""
+        s, d = Client(incident_id, operator_reason).request(
+            "GET", f"/v1/admin/reconciliation-runs/{run_id}"
+        )
+        if s >= 400 or as_json:
+            _out(s, d, as_json)
+        else:
+            _print_run(d)

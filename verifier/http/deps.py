@@ -1,0 +1,110 @@
+"""Request dependencies, as `Annotated` types routes name in their signatures: the engine,
+who is calling (a service token bound to its owners, or a staff member), the
+Idempotency-Key header, and per-token rate limits.
+
+Tokens are bearer tokens. `HTTPBearer` is there to declare the scheme in the OpenAPI
+document (auto_error off): it reads the scheme case-insensitively and would answer 403 on
+its own, while this API accepts exactly `Bearer <token>` and refuses anything else with 401
+`unauthorized` naming the Authorization header.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NamedTuple
+
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, NotFound
+from verifier.http.errors import ApiErrorCode, Unauthorized
+from verifier.http.guards import control_field
+from verifier.services import queries
+
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="A service token (service routes) or a staff token "
+                    "(/v1/admin routes), as `Authorization: Bearer <token>`")
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def bearer_token(request: Request,
+                 _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
+    raw = request.headers.get("authorization")
+    if not raw or not raw.startswith("Bearer ") or not raw[7:]:
+        raise Unauthorized(ApiErrorCode.unauthorized,
+                           "Authorization: a Bearer token is required", field="Authorization")
+    return raw[7:]
+
+
+Token = Annotated[str, Depends(bearer_token)]
+
+
+class ServicePrincipal(NamedTuple):
+    # A tuple, so a dependency answering (principal, owners) serves the same routes.
+    name: str  # keys idempotency claims, rate-limit buckets and webhook endpoints
+    owners: list[str]  # the owners this token may act for; any other answers 404
+
+
+def service_principal(engine: EngineDep, token: Token) -> ServicePrincipal:
+    owners = engine.settings.service_owners(token)
+    if owners is None:
+        raise Unauthorized(ApiErrorCode.unauthorized, "Authorization: unknown service token",
+                           field="Authorization")
+    return ServicePrincipal("svc:" + ",".join(sorted(owners)), owners)
+
+
+def staff_member(request: Request, engine: EngineDep, token: Token,
+                 incident: Annotated[str | None, Header(alias="X-Incident-Id",
+                                                        max_length=128)] = None,
+                 reason: Annotated[str | None, Header(alias="X-Operator-Reason",
+                                                      max_length=1000)] = None) -> str:
+    name = engine.settings.staff_name(token)
+    if name is None:
+        raise Unauthorized(ApiErrorCode.unauthorized, "Authorization: unknown staff token",
+                           field="Authorization")
+    if request.method == "GET" and (incident or reason):
+        queries.record_staff_read(engine, name, incident, reason, request.url.path)
+    return name
+
+
+ServiceDep = Annotated[ServicePrincipal, Depends(service_principal)]
+StaffDep = Annotated[str, Depends(staff_member)]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", description="Same key and body: the stored answer again; same "
+    "key, other body: 409 idempotency_conflict. 1 to 256 printable characters.")]
+
+
+class RateLimit:
+    """A route dependency: one token from the caller's bucket for `endpoint`, or 429. It
+    needs the principal, so 401 comes before 429 (and the principal is resolved once)."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def __call__(self, request: Request, svc: ServiceDep) -> None:
+        request.app.state.rate_limiter.check(svc.name, self.endpoint)
+
+
+def acting_for(engine: Engine, svc: ServicePrincipal, owner_id: str, reason: str,
+               field: str | None = None) -> None:
+    """404 `owner_not_found` (an owner-isolation denial) unless the token acts for owner_id."""
+    if owner_id not in svc.owners:
+        engine.metrics.inc("owner_isolation_denials_total", reason=reason)
+        raise NotFound(ApiErrorCode.owner_not_found, f"owner_id: {owner_id!r} is not an owner "
+                       "this token acts for", field=field)
+
+
+def clean_path_params(request: Request) -> None:
+    # Ids never hold control characters, and PostgreSQL text cannot hold NUL (%00). Run by
+    # every route, before auth, once the route has matched (see guards.py).
+    field = control_field(request.path_params)
+    if field is not None:
+        raise BadInput(ApiErrorCode.invalid_request,
+                       f"{field}: must not contain control characters", field=field)

@@ -1,0 +1,105 @@
+"""The API's error codes and how the HTTP layer documents its error answers.
+
+Every error answer is `{"error": {"code", "message", "field"?, ...}}` (models.ErrorOut). Its
+`code` is one of two families: a verification failure code (verifier.core.checking
+FailureCode: session_not_found, rail_paused, proof_owner_conflict, ...), or one of the API
+codes below, which say what the request itself got wrong. Both are stable strings clients
+may branch on.
+
+EngineError (verifier.core.errors)
+ ├── Unauthorized    401: no bearer token, or one this API does not know for the route
+ └── RateLimited     429 (verifier.http.ratelimit), with Retry-After
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from verifier.core.errors import EngineError
+
+
+class ApiErrorCode(StrEnum):
+    # the request's shape (422, 413)
+    invalid_request = "invalid_request"
+    body_too_large = "body_too_large"
+    body_too_deep = "body_too_deep"
+    invalid_idempotency_key = "invalid_idempotency_key"
+    invalid_amount = "invalid_amount"
+    invalid_expiry = "invalid_expiry"
+    invalid_memo = "invalid_memo"
+    invalid_proof_type = "invalid_proof_type"
+    invalid_reference = "invalid_reference"
+    reference_in_use = "reference_in_use"
+    recipient_required = "recipient_required"
+    invalid_status = "invalid_status"
+    invalid_treasury = "invalid_treasury"
+    invalid_url = "invalid_url"
+    invalid_event_type = "invalid_event_type"
+    confirmation_required = "confirmation_required"
+    operator_context_required = "operator_context_required"
+    # who is asking (401, 403, 429)
+    unauthorized = "unauthorized"
+    two_person_rule = "two_person_rule"
+    rate_limited = "rate_limited"
+    # what is asked for (404, 405)
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
+    owner_not_found = "owner_not_found"
+    proof_not_found = "proof_not_found"
+    approval_not_found = "approval_not_found"
+    entitlement_not_found = "entitlement_not_found"
+    webhook_endpoint_not_found = "webhook_endpoint_not_found"
+    webhook_event_not_found = "webhook_event_not_found"
+    # the state it is in (409)
+    idempotency_conflict = "idempotency_conflict"
+    idempotency_in_progress = "idempotency_in_progress"
+    apply_blocked = "apply_blocked"
+    approval_decided = "approval_decided"
+    entitlement_not_active = "entitlement_not_active"
+    webhook_endpoint_exists = "webhook_endpoint_exists"
+    webhook_endpoint_limit = "webhook_endpoint_limit"
+    not_dead_letter = "not_dead_letter"
+    endpoint_inactive = "endpoint_inactive"
+    # the server (5xx)
+    database_busy = "database_busy"
+    internal_error = "internal_error"
+    http_error = "http_error"
+
+
+class Unauthorized(EngineError):
+    status = 401  # the app's handler adds WWW-Authenticate: Bearer
+
+
+_WHEN = {
+    401: "No bearer token, or one this route does not accept (`unauthorized`).",
+    403: "The caller may not do this (`two_person_rule`).",
+    404: "No such resource, or not one of the caller's owners: both answer the same.",
+    409: "The resource's state refuses the request (idempotency, replay, apply gate, ...).",
+    413: "The body is larger than the limit (`body_too_large`).",
+    422: "A field is missing or malformed; `field` names it.",
+    429: "Too many requests for this token (`rate_limited`); see Retry-After.",
+    500: "An unexpected failure (`internal_error`); nothing was applied.",
+    503: "The database is busy (`database_busy`); nothing changed, retry after Retry-After.",
+}
+
+
+_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    429: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries: each status answered with the shared error model."""
+    # Imported here: this module is a leaf the guards and the rate limiter import, and the
+    # models import the guards.
+    from verifier.http.models import ErrorOut
+
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        out[status] = {"model": ErrorOut, "description": _WHEN[status]}
+        if status in _HEADERS:
+            out[status]["headers"] = _HEADERS[status]
+    return out

@@ -1,0 +1,486 @@
+"""Request and response models of the HTTP API: the OpenAPI document is the contract clients
+are generated from, so every body in and out has a model here.
+
+Out models mirror exactly the dicts services/views.py (and the other services) produce:
+amounts as strings of base units, times as ISO-8601 UTC strings. Routes validate the
+service's dict into its model and answer the keys the service set (see routes.Router), so a
+service that adds, drops or retypes a key fails loudly in the tests instead of drifting from
+the documented contract.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+)
+
+from verifier.http.guards import encodable_object
+from verifier.services import proofs, sessions
+from verifier.services.events import EventType
+
+MAX_AMOUNT = 2**63 - 1
+
+
+class Model(BaseModel):
+    # Shared by every body in and out: an unknown key is a client's typo on the way in, and
+    # a service's undocumented key on the way out; both are refused, never passed along.
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def checked(cls, data: Any) -> dict[str, Any]:
+        """`data` validated by this model, as JSON: the keys it had, nothing added. For the
+        routes that build their own response (status 200 or 201, stored idempotent answers)."""
+        return cls.model_validate(data).model_dump(mode="json", exclude_unset=True)
+
+
+# -- field types ----------------------------------------------------------------------------
+
+def parse_amount(v: Any) -> int:
+    # Amounts are integers of base units: an int, or a string of digits. Never a float.
+    if isinstance(v, bool) or isinstance(v, float):
+        raise ValueError("must be an integer of base units (no decimals), e.g. 1500000")
+    if isinstance(v, int):
+        n = v
+    elif isinstance(v, str) and v.isascii() and v.isdigit():
+        n = int(v)
+    else:
+        raise ValueError("must be an integer of base units or a string of digits")
+    if not 0 < n <= MAX_AMOUNT:
+        raise ValueError("must be a positive integer of base units")
+    return n
+
+
+_AMOUNT_DOC = "base units of the rail's asset (USDC: 1500000 is 1.50), never a decimal"
+Amount = Annotated[int, BeforeValidator(parse_amount), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT},
+              {"type": "string", "pattern": "^[0-9]+$", "maxLength": 19}],
+    "description": f"An integer, or a string of digits: {_AMOUNT_DOC}."})]
+AmountText = Annotated[str, Field(pattern=r"^[0-9]+$",
+                                  description=f"A string of digits: {_AMOUNT_DOC}.")]
+Time = Annotated[str, Field(json_schema_extra={"format": "date-time"},
+                            description="ISO-8601, UTC")]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
+Text = Annotated[str, Field(min_length=1, max_length=128)]
+Json = dict[str, Any]
+
+
+# -- bodies in ------------------------------------------------------------------------------
+
+class SessionIn(Model):
+    owner_id: Id
+    rail_id: Annotated[str, Field(min_length=1, max_length=64)]
+    access_product_id: Id
+    amount: Amount
+    recipient: Text | None = None
+    reference: Text | None = Field(sessions.AUTO, description=(
+        '"auto" (the default): railproof generates a reference only this payment carries; '
+        "null: none (rails that bind by payer); else a client-chosen one"))
+    payer: Text | None = None
+    memo: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    expires_in_seconds: Annotated[int, Field(gt=0, le=30 * 24 * 3600, strict=True)] | None = None
+
+
+class ProofIn(Model):
+    session_id: Annotated[str, Field(min_length=1, max_length=64)]
+    proof: Annotated[Annotated[str, Field(min_length=1, max_length=proofs.MAX_PROOF_BYTES)]
+                     | Json, AfterValidator(encodable_object)]
+    # Any of the session's rail's proof types (GET /v1/admin/proof-contracts lists them): the
+    # service checks it against the rail (422 invalid_proof_type), so a new rail family needs
+    # no change here. Default: the rail's first proof type.
+    proof_type: Annotated[str, Field(min_length=1, max_length=64,
+                                     pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+
+
+class OperatorIn(Model):
+    incident_id: Annotated[str, Field(max_length=128)] | None = None
+    operator_reason: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class DryRunIn(OperatorIn):
+    path: Literal["apply", "receipt"] = "apply"  # which staff path to evaluate
+
+
+class ConfirmIn(OperatorIn):
+    # Strict: only JSON true confirms; "yes", 1 or "on" are refused, not read as true.
+    confirm: StrictBool = False
+
+
+class ProductionIn(OperatorIn):
+    enable: StrictBool
+
+
+class TreasuryIn(OperatorIn):
+    treasury: Text
+
+
+class EndpointIn(Model):
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    event_types: Annotated[list[str], Field(min_length=1, max_length=len(EventType))]
+
+
+class ReplayIn(Model):
+    confirm: StrictBool = False  # only JSON true confirms
+    reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    incident_id: Annotated[str, Field(max_length=128)] | None = None
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+class ErrorDetail(Model):
+    # Open: a refusal may carry what the caller needs to act on it (below), and more later.
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(description="A stable snake_case code: an API error code "
+                      "(verifier.http.errors.ApiErrorCode) or a verification failure code")
+    message: str
+    field: str | None = Field(None, description="The request field at fault, when there is one")
+    report: DryRunOut | None = Field(None, description="apply_blocked: every check of the gate")
+    proof_id: str | None = Field(None, description="A refused transfer's stored proof")
+    retry_after: int | None = Field(None, description="rate_limited: seconds to wait")
+
+
+class ErrorOut(Model):
+    error: ErrorDetail
+
+
+# -- bodies out: service ---------------------------------------------------------------------
+
+class HealthOut(Model):
+    status: str
+    chain: str
+
+
+class SessionOut(Model):
+    id: str
+    status: str
+    owner_id: str
+    rail_id: str
+    access_product_id: str
+    amount: AmountText
+    network: str
+    asset: str
+    recipient: str
+    reference: str | None
+    payer: str | None
+    memo: str | None
+    created_at: Time
+    expires_at: Time
+    paid_at: Time | None
+    payment_requirements: Json | None = Field(
+        description="What the payer must do; its shape is the rail family's")
+
+
+class SettlementOut(Model):
+    # slot (Solana) or block_number and confirmations (EVM) appear only where they apply.
+    finality: str
+    is_final: bool
+    reorged: bool
+    observed_at: Time
+    slot: int | None = None
+    block_number: int | None = None
+    confirmations: int | None = None
+
+
+class ProofOut(Model):
+    id: str
+    fingerprint: str
+    rail_id: str
+    proof_type: str
+    reference: str
+    session_id: str
+    owner_id: str
+    status: str = Field(description="verified | failed | pending | requires_review")
+    failure_code: str | None
+    detail: str | None
+    attempts: int
+    settlement: SettlementOut | None
+    receipt_id: str | None
+    created_at: Time
+    updated_at: Time
+
+
+class EntitlementOut(Model):
+    id: str
+    owner_id: str
+    access_product_id: str
+    status: str = Field(description="pending | active | revoked")
+    receipt_id: str | None
+    session_id: str | None
+    reorg_flagged: bool
+    updated_at: Time
+
+
+class EndpointOut(Model):
+    id: str
+    url: str
+    event_types: list[str]
+    owners: list[str]
+    active: bool
+    created_at: Time
+
+
+class EndpointCreatedOut(EndpointOut):
+    secret: str = Field(description="The signing secret: shown in this answer only")
+
+
+class EndpointDeletedOut(EndpointOut):
+    cancelled_deliveries: int
+
+
+# -- bodies out: staff -----------------------------------------------------------------------
+
+class RailOut(Model):
+    rail_id: str
+    family: str
+    stage: str
+    network: str
+    asset: str
+    asset_symbol: str
+    decimals: int
+    proof_types: list[str]
+    production_enabled: bool
+    paused: bool
+    treasury: str | None
+
+
+class ReadinessOut(Model):
+    rail_id: str
+    stage: str
+    network: str
+    production_enabled: bool
+    paused: bool
+    live_verifier_configured: bool
+    apply_allowlisted: bool
+    receipt_creation_allowed: bool
+    ready: bool
+    blockers: list[str]
+    rpc_policy: Json
+
+
+class ProofContractOut(Model):
+    rail_id: str
+    stage: str
+    family: str
+    network: str
+    asset_symbol: str
+    decimals: int
+    accepted_proof_types: list[str]
+    required_fields: dict[str, list[str]]
+    finality_requirement: str
+    live_verification: bool
+    receipt_mapping: str
+    activation: str
+
+
+class AttemptOut(Model):
+    id: int
+    proof_id: str
+    status: str
+    failure_code: str | None
+    detail: str | None
+    observed: Json | None = Field(description="What the chain said, redacted")
+    rpc_calls: int
+    latency_ms: int
+    source: str
+    worker: str | None
+    created_at: Time
+
+
+class EvidenceOut(Model):
+    id: int
+    proof_id: str
+    attempt_id: int | None
+    finality: str
+    is_final: bool
+    reorged: bool
+    slot: int | None
+    block_number: int | None
+    block_hash: str | None
+    confirmations: int | None
+    detail: str | None
+    source: str | None
+    observed_at: Time
+
+
+class StuckClaimOut(Model):
+    principal: str
+    endpoint: str
+    key: str
+    request_hash: str
+    status: str
+    created_at: Time
+
+
+class ApprovalOut(Model):
+    approval_id: str
+    rail_id: str
+    kind: str
+    value: str
+    status: str
+    requested_by: str
+    approved_by: str | None
+    incident_id: str | None
+    reason: str | None
+    created_at: Time
+    decided_at: Time | None
+
+
+class ApprovalRequestOut(Model):
+    approval_id: str
+    status: str
+
+
+class AuditEventOut(Model):
+    id: int
+    at: Time
+    actor: str
+    action: str
+    subject_type: str
+    subject_id: str | None
+    data: Json | None
+    incident_id: str | None
+    reason: str | None
+    hash: str
+
+
+class AuditChainOut(Model):
+    ok: bool
+    events: int
+    first_broken_id: int | None
+    message: str
+    keyed: bool
+
+
+class AssuranceSummaryOut(Model):
+    status: str = Field(description="ok | warning | critical")
+    score: int
+    alert_count: int
+
+
+class AssuranceIssueOut(Model):
+    category: str
+    severity: str
+    subject: str
+    repair: str
+
+
+class AssuranceOut(Model):
+    summary: AssuranceSummaryOut
+    issues: list[AssuranceIssueOut]
+
+
+class AlertSpecOut(Model):
+    name: str
+    expr: str
+    severity: str
+    summary: str
+    for_: str
+
+
+class MetricSpecOut(Model):
+    name: str
+    kind: str
+    help: str
+    labels: list[str]
+    alerts: list[AlertSpecOut]
+
+
+class ObservabilitySpecOut(Model):
+    metrics: list[MetricSpecOut]
+
+
+class CheckOut(Model):
+    name: str
+    passed: bool
+    detail: str
+
+
+class BlockerOut(Model):
+    code: str = Field(description="The name of the check that failed")
+    detail: str
+
+
+class DryRunOut(Model):
+    proof_id: str
+    rail_id: str
+    would_apply: bool
+    would_create_receipt: bool
+    would_activate_entitlement: bool
+    already_applied: bool
+    checks: list[CheckOut]
+    blockers: list[BlockerOut]
+
+
+class ApplyOut(Model):
+    applied: bool
+    already_applied: bool
+    receipt_id: str
+    entitlement_id: str | None
+
+
+class PauseOut(Model):
+    rail_id: str
+    paused: bool
+    changed: bool
+
+
+class RevokeOut(Model):
+    id: str
+    status: str
+    receipt_id: str | None
+
+
+class DeliveryOut(Model):
+    delivery_id: str
+    event_id: str
+    type: str
+    owner_id: str | None
+    resource_type: str
+    resource_id: str
+    sequence: int
+    endpoint_id: str
+    url: str = Field(description="The endpoint's URL, redacted")
+    endpoint_active: bool
+    status: str
+    attempts: int
+    last_error: str | None
+    last_status_code: int | None
+    next_attempt_at: Time | None
+    delivered_at: Time | None
+    claimed_by: str | None
+    claimed_until: Time | None
+    created_at: Time
+    updated_at: Time
+
+
+class EventEnvelopeOut(Model):
+    id: str
+    type: str
+    created_at: Time
+    owner_id: str | None
+    data: Json
+
+
+class EventOut(Model):
+    event: EventEnvelopeOut
+    resource_type: str
+    resource_id: str
+    sequence: int
+    deliveries: list[DeliveryOut]
+
+
+class ReplayOut(Model):
+    event_id: str
+    replayed: list[str]
+    status: str
+    next_attempt_at: Time
+
+
+ErrorDetail.model_rebuild()

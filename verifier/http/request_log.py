@@ -1,0 +1,150 @@
+"""One structured log line per HTTP request, and the request id the rest of the request sees.
+
+A pure ASGI middleware (no BaseHTTPMiddleware: bodies stream through untouched). Per request it
+logs, on the `railproof.request` logger, one record whose `http_request` attribute holds:
+
+    request_id   X-Request-Id when the caller sent a well-formed one, else a new uuid4 hex
+    method       GET, POST, ...
+    route        the route template (/v1/admin/proofs/{proof_id}) once routing matched,
+                 else the raw path
+    status       the response status (500 when the app raised before answering)
+    duration_ms  wall time from the first byte in to the last byte out
+    principal    staff | service | none: which kind of token, never the token itself
+    owner        the service token's owners, or the staff member's name, when known
+    incident_id  X-Incident-Id when given
+
+The request id is echoed in the X-Request-Id response header and held in `request_id_var`
+for the duration of the request, so anything the request causes (log lines, audit events)
+can carry it: `current_request_id()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+# Defined in core: the log formatter and audit events read it too.
+from verifier.core.logs import request_id_var
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+# token -> (kind, owner) with kind "staff" or "service"; None for a token nobody holds.
+PrincipalOf = Callable[[str], tuple[str, str | None] | None]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+# A caller's id is kept only when it cannot forge a log line or smuggle data into one.
+_GOOD_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_MAX_INCIDENT = 128
+
+log = logging.getLogger("railproof.request")
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served in this context, None outside a request."""
+    return request_id_var.get()
+
+
+def settings_principal(settings: Any) -> PrincipalOf:
+    """Classify a bearer token with the API's own settings (staff_name, service_owners)."""
+    def principal_of(token: str) -> tuple[str, str | None] | None:
+        name = settings.staff_name(token)
+        if name is not None:
+            return "staff", name
+        owners = settings.service_owners(token)
+        if owners is not None:
+            return "service", ",".join(sorted(owners))
+        return None
+    return principal_of
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in scope.get("headers") or []:
+        out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+    return out
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else scope.get("path", "")
+
+
+class RequestLogMiddleware:
+    """Wrap an ASGI app: `RequestLogMiddleware(app, principal=settings_principal(settings))`
+    or `app.add_middleware(RequestLogMiddleware, principal=...)` (added last: outermost, so
+    answers of the other middleware are logged too).
+
+    `emit` receives each request's document instead of the logger (tests, other sinks)."""
+
+    def __init__(self, app: Any, principal: PrincipalOf | None = None,
+                 emit: Callable[[dict[str, Any]], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.app = app
+        self.principal = principal
+        self.emit = emit or _log
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = self.clock()
+        headers = _headers(scope)
+        given = headers.get("x-request-id", "").strip()
+        rid = given if _GOOD_ID.fullmatch(given) else uuid.uuid4().hex
+        status: list[int] = []
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                raw = [(k, v) for k, v in message.get("headers", [])
+                       if k.lower() != b"x-request-id"]
+                raw.append((b"x-request-id", rid.encode("latin-1")))
+                message = {**message, "headers": raw}
+            await send(message)
+
+        token = request_id_var.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            try:
+                self.emit(self._document(scope, headers, rid, status[0] if status else 500,
+                                         started))
+            except Exception:  # a log sink never breaks a request
+                log.exception("request log line failed")
+            request_id_var.reset(token)
+
+    def _document(self, scope: Scope, headers: Mapping[str, str], rid: str, status: int,
+                  started: float) -> dict[str, Any]:
+        kind, owner = self._principal(headers.get("authorization"))
+        doc: dict[str, Any] = {
+            "request_id": rid, "method": scope.get("method", ""), "route": _route_of(scope),
+            "status": status, "duration_ms": round((self.clock() - started) * 1000, 3),
+            "principal": kind}
+        if owner:
+            doc["owner"] = owner
+        incident = headers.get("x-incident-id", "").strip()
+        if incident:
+            doc["incident_id"] = incident[:_MAX_INCIDENT]
+        return doc
+
+    def _principal(self, authorization: str | None) -> tuple[str, str | None]:
+        if not authorization or not authorization.startswith("Bearer ") or self.principal is None:
+            return "none", None
+        try:
+            found = self.principal(authorization[7:])
+        except Exception:
+            found = None
+        return found if found is not None else ("none", None)
+
+
+def _log(doc: dict[str, Any]) -> None:
+    log.info("%s %s %s %.1fms", doc["method"], doc["route"], doc["status"], doc["duration_ms"],
+             extra={"http_request": doc})

@@ -1,0 +1,23 @@
+"""Entitlements of one owner of the token."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Query
+
+from verifier.http.deps import EngineDep, ServiceDep, acting_for
+from verifier.http.errors import error_responses
+from verifier.http.models import EntitlementOut
+from verifier.http.routes import service_router
+from verifier.services import queries
+
+router = service_router("entitlements")
+
+
+@router.get("/v1/entitlements", response_model=list[EntitlementOut],
+            responses=error_responses(404))
+def entitlements(svc: ServiceDep, engine: EngineDep,
+                 owner_id: Annotated[str, Query(min_length=1)]) -> list[dict[str, Any]]:
+    acting_for(engine, svc, owner_id, "entitlements", field="owner_id")
+    return queries.entitlements_of(engine, owner_id)

@@ -1,0 +1,38 @@
+"""Proofs: submit one for a session of the token's owners, read it back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends
+from fastapi.responses import JSONResponse
+
+from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep
+from verifier.http.errors import error_responses
+from verifier.http.models import ProofIn, ProofOut
+from verifier.http.routes import WITH_BODY, reply, service_router
+from verifier.services import idempotency, proofs
+
+router = service_router("proofs")
+SUBMIT = "POST /v1/proofs"
+
+
+@router.post("/v1/proofs", status_code=201, response_model=ProofOut,
+             dependencies=[Depends(RateLimit(SUBMIT))],
+             responses={200: {"model": ProofOut, "description": "The same proof again (same "
+                              "transfer, owner and session): nothing new was stored"},
+                        **WITH_BODY, **error_responses(404, 409, 429)})
+def submit_proof(body: ProofIn, svc: ServiceDep, engine: EngineDep,
+                 key: IdempotencyKey = None) -> JSONResponse:
+    def work() -> tuple[int, dict[str, Any]]:
+        view, created = proofs.submit_proof(engine, body.session_id, body.proof, svc.owners,
+                                            body.proof_type, actor=svc.name)
+        return (201 if created else 200), ProofOut.checked(view)
+
+    return reply(idempotency.run_idempotent(engine, svc.name, SUBMIT, key,
+                                            body.model_dump(mode="json"), work))
+
+
+@router.get("/v1/proofs/{proof_id}", response_model=ProofOut, responses=error_responses(404))
+def read_proof(proof_id: str, svc: ServiceDep, engine: EngineDep) -> dict[str, Any]:
+    return proofs.get_proof(engine, proof_id, svc.owners)

@@ -1,0 +1,85 @@
+"""Staff routes of reconciliation runs: start one (dry-run unless `apply` with `confirm`),
+list them, read one with its findings. Every run carries its incident id and reason."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Query
+from pydantic import Field, StrictBool
+
+from verifier.http.deps import EngineDep, StaffDep
+from verifier.http.errors import error_responses
+from verifier.http.models import Model
+from verifier.http.routes import WITH_BODY, staff_router
+from verifier.services import reconciliation
+
+router = staff_router("reconciliation")
+Scope = Literal["rail_proofs", "chain_inflows"]
+
+
+class RunIn(Model):
+    scope: Scope
+    rail_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: Annotated[int, Field(ge=1, le=reconciliation.MAX_LIMIT, strict=True)] = 1000
+    apply: StrictBool = False
+    confirm: StrictBool = False  # only JSON true confirms
+    incident_id: Annotated[str, Field(max_length=128)] | None = None
+    operator_reason: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class FindingOut(Model):
+    id: int
+    kind: str
+    severity: str
+    subjects: dict[str, Any]
+    detail: str
+    proposed_repair: str
+    repair_status: str
+    repair_result: dict[str, Any] | None = None
+
+
+class RunOut(Model):
+    id: str
+    scope: str
+    rail_id: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int | None = None
+    dry_run: bool
+    incident_id: str
+    operator_reason: str
+    staff: str
+    started_at: str
+    finished_at: str | None = None
+    status: str
+    detail: str
+    summary: dict[str, Any]
+
+
+class RunWithFindingsOut(RunOut):
+    findings: list[FindingOut]
+
+
+@router.post("/reconciliation-runs", status_code=201, response_model=RunWithFindingsOut,
+             responses={**WITH_BODY, **error_responses(404, 409)})
+def create_run(body: RunIn, engine: EngineDep, actor: StaffDep) -> dict[str, Any]:
+    return reconciliation.run(engine, reconciliation.RunRequest(
+        scope=body.scope, rail_id=body.rail_id, since=body.since, until=body.until,
+        limit=body.limit, apply=body.apply, confirm=body.confirm,
+        incident_id=body.incident_id, operator_reason=body.operator_reason), actor)
+
+
+@router.get("/reconciliation-runs", response_model=list[RunOut])
+def list_runs(engine: EngineDep, _: StaffDep, scope: Scope | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+    return reconciliation.list_runs(engine, scope, limit)
+
+
+@router.get("/reconciliation-runs/{run_id}", response_model=RunWithFindingsOut,
+            responses=error_responses(404))
+def read_run(run_id: str, engine: EngineDep, _: StaffDep) -> dict[str, Any]:
+    return reconciliation.get_run(engine, run_id)

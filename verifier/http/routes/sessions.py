@@ -1,0 +1,39 @@
+"""Payment sessions: open one for an owner of the token, read it back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends
+from fastapi.responses import JSONResponse
+
+from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep, acting_for
+from verifier.http.errors import error_responses
+from verifier.http.models import SessionIn, SessionOut
+from verifier.http.routes import WITH_BODY, reply, service_router
+from verifier.services import idempotency, sessions
+
+router = service_router("payment sessions")
+CREATE = "POST /v1/payment-sessions"
+
+
+@router.post("/v1/payment-sessions", status_code=201, response_model=SessionOut,
+             dependencies=[Depends(RateLimit(CREATE))],
+             responses={**WITH_BODY, **error_responses(404, 409, 429)})
+def create_session(body: SessionIn, svc: ServiceDep, engine: EngineDep,
+                   key: IdempotencyKey = None) -> JSONResponse:
+    def work() -> tuple[int, dict[str, Any]]:
+        acting_for(engine, svc, body.owner_id, "session_create")
+        view = sessions.open_session(engine, sessions.NewSession(**body.model_dump()),
+                                     actor=svc.name)
+        return 201, SessionOut.checked(view)
+
+    # A replay answers the stored body as it was stored.
+    return reply(idempotency.run_idempotent(engine, svc.name, CREATE, key,
+                                            body.model_dump(mode="json"), work))
+
+
+@router.get("/v1/payment-sessions/{session_id}", response_model=SessionOut,
+            responses=error_responses(404))
+def read_session(session_id: str, svc: ServiceDep, engine: EngineDep) -> dict[str, Any]:
+    return sessions.get_session(engine, session_id, svc.owners)

@@ -1,0 +1,759 @@
+"""Reconciliation runs: stored data against its invariants (`rail_proofs`) and the chain
+against the database (`chain_inflows`), persisted with their findings and operator context.
+
+Every run names an incident and a reason (dry runs too) and is kept, so an incident note can
+cite its id. A chain that cannot be read makes the run `incomplete` with what it did check:
+never "no drift" for what it could not see.
+
+Apply only ever submits an `orphan_bound` inflow as its bound session's proof through
+`proofs.submit_proof` (actor = the staff member): the proof is verified like any other and
+receipts still come only from the apply gate. A transfer a proof already holds is `matched`
+by the next run, so a second apply run attaches nothing twice.
+
+Binding (README, "binding rules"): a Solana inflow is bound when it carries the reference of
+exactly one session; an EVM inflow when exactly one open session names its sender as payer
+with that amount and recipient. Anything else needs a person (`orphan_unbound`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rails.base import fingerprint
+from rails.errors import CassetteError, TransportError
+from registry.catalog import Rail, Stage
+from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, EngineError, NotFound
+from verifier.core.timeutil import iso, utc
+from verifier.services import audit
+from verifier.storage.models import new_id
+from verifier.storage.reconciliation_models import RepairStatus, RunStatus, Scope
+from verifier.storage.repo import reconciliation as repo
+
+MAX_LIMIT = 10_000
+INFLOW_FAMILIES = ("solana", "evm")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    scope: str
+    incident_id: str | None
+    operator_reason: str | None
+    rail_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 1000
+    apply: bool = False
+    confirm: bool = False
+
+
+@dataclass
+class Outcome:
+    findings: list[dict[str, Any]]
+    status: RunStatus = RunStatus.complete
+    detail: str = ""
+    counts: Counter | None = None  # what was looked at (matched, inflows, rpc calls …)
+
+
+def _finding(
+    kind: str,
+    severity: str,
+    subjects: dict[str, Any],
+    detail: str,
+    repair: str = "",
+    status: RepairStatus = RepairStatus.none,
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "severity": severity,
+        "subjects": subjects,
+        "detail": detail,
+        "proposed_repair": repair,
+        "repair_status": status.value,
+    }
+
+
+def _validate(engine: Engine, req: RunRequest) -> None:
+    # SECURITY: every run, dry or not, is on the record with who asked and why.
+    if not (req.incident_id or "").strip():
+        raise BadInput(
+            "incident_id_required",
+            "incident_id: every reconciliation run needs an incident id (dry runs too)",
+            field="incident_id",
+        )
+    if not (req.operator_reason or "").strip():
+        raise BadInput(
+            "operator_reason_required",
+            "operator_reason: every reconciliation run needs a reason (dry runs too)",
+            field="operator_reason",
+        )
+    if req.scope not in {s.value for s in Scope}:
+        raise BadInput(
+            "invalid_scope", f"scope: one of {', '.join(s.value for s in Scope)}", field="scope"
+        )
+    if req.apply and not req.confirm:
+        raise BadInput(
+            "confirmation_required",
+            "confirm: apply needs an explicit confirmation",
+            field="confirm",
+        )
+    if req.apply and req.scope != Scope.chain_inflows:
+        raise BadInput(
+            "invalid_apply",
+            "apply: only chain_inflows has repairs railproof makes; "
+            "rail_proofs findings name the staff action",
+            field="apply",
+        )
+    if req.scope == Scope.chain_inflows and not req.rail_id:
+        raise BadInput(
+            "rail_id_required", "rail_id: chain_inflows reads one rail's treasury", field="rail_id"
+        )
+    if req.rail_id is not None:
+        engine.rail(req.rail_id)  # unknown rail: 422 rail_not_registered
+    if req.scope == Scope.chain_inflows:
+        rail = engine.rail(req.rail_id)
+        if rail.family in INFLOW_FAMILIES and not _treasury(engine, rail):
+            raise BadInput(
+                "treasury_required",
+                f"rail_id: no treasury is configured for {rail.rail_id}",
+                field="rail_id",
+            )
+    if not 1 <= req.limit <= MAX_LIMIT:
+        raise BadInput("invalid_limit", f"limit: between 1 and {MAX_LIMIT}", field="limit")
+    if req.since and req.until and utc(req.since) >= utc(req.until):
+        raise BadInput("invalid_window", "since: must be before until", field="since")
+
+
+def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
+    """One reconciliation run, persisted with its findings; returns its view."""
+    _validate(engine, req)
+    op = audit.Operator(staff, req.incident_id, req.operator_reason)
+    run_id = new_id()
+    started = engine.now()
+    with engine.db.tx() as s:
+        repo.insert_run(
+            s,
+            {
+                "id": run_id,
+                "scope": req.scope,
+                "rail_id": req.rail_id,
+                "since": utc(req.since),
+                "until": utc(req.until),
+                "row_limit": req.limit,
+                "dry_run": not req.apply,
+                "incident_id": req.incident_id.strip(),
+                "operator_reason": req.operator_reason.strip(),
+                "staff": staff,
+                "started_at": started,
+                "finished_at": None,
+                "status": RunStatus.running.value,
+                "detail": "",
+                "summary": {},
+            },
+        )
+        audit.append(
+            s,
+            started,
+            op,
+            "reconciliation.started",
+            "reconciliation_run",
+            run_id,
+            {"scope": req.scope, "rail_id": req.rail_id, "dry_run": not req.apply},
+        )
+    try:
+        if req.scope == Scope.rail_proofs:
+            out = _rail_proofs(engine, req)
+        else:
+            out = _chain_inflows(engine, req)
+        if req.apply:
+            _apply(engine, out.findings, staff)
+    except Exception as e:  # recorded, never lost: the run says it failed and why
+        out = Outcome([], RunStatus.failed, f"{type(e).__name__}: {e}"[:2000])
+    kinds = Counter(f["kind"] for f in out.findings)
+    unresolved = Counter(
+        f["kind"] for f in out.findings if f["repair_status"] != RepairStatus.applied.value
+    )
+    summary = {
+        "findings": len(out.findings),
+        "by_kind": dict(kinds),
+        "unresolved": dict(unresolved),
+        "applied": sum(1 for f in out.findings if f["repair_status"] == RepairStatus.applied.value),
+        **{k: v for k, v in (out.counts or {}).items()},
+    }
+    finished = engine.now()
+    with engine.db.tx() as s:
+        repo.insert_findings(s, run_id, out.findings)
+        repo.finish_run(s, run_id, out.status.value, finished, summary, out.detail)
+        audit.append(
+            s,
+            finished,
+            op,
+            "reconciliation.finished",
+            "reconciliation_run",
+            run_id,
+            {
+                "status": out.status.value,
+                "findings": len(out.findings),
+                "applied": summary["applied"],
+            },
+        )
+    refresh_drift_gauge(engine)
+    return get_run(engine, run_id)
+
+
+# -- scope rail_proofs ------------------------------------------------------------------------
+
+
+def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
+    now = engine.now()
+    st = engine.settings
+    since, until, n = utc(req.since), utc(req.until), req.limit
+    live = [
+        r
+        for r, d in engine.catalog.rails.items()
+        if d.stage is Stage.live and (req.rail_id is None or r == req.rail_id)
+    ]
+    f: list[dict[str, Any]] = []
+    with engine.db.tx() as s:
+        for r in repo.verified_final_without_receipt(
+            s, live, now - timedelta(seconds=st.reconcile_verified_sla_seconds), since, until, n
+        ):
+            f.append(
+                _finding(
+                    "verified_without_receipt",
+                    "warning",
+                    {"proof_id": r.id, "session_id": r.session_id},
+                    f"verified and final on live rail {r.rail_id} since "
+                    f"{iso(r.updated_at)}, no receipt past the SLA",
+                    "dry-run-rail-proof-apply to see the blockers, then apply-rail-proof",
+                )
+            )
+        for r in repo.receipts_without_active_entitlement(s, since, until, n, req.rail_id):
+            f.append(
+                _finding(
+                    "receipt_without_active_entitlement",
+                    "critical",
+                    {
+                        "receipt_id": r.id,
+                        "proof_id": r.proof_id,
+                        "session_id": r.session_id,
+                        "entitlement_id": r.ent,
+                    },
+                    "a receipt whose entitlement is neither active nor revoked",
+                    "re-run apply-rail-proof for its proof (idempotent)",
+                )
+            )
+        for r in repo.paid_sessions_without_receipt(s, since, until, n, req.rail_id):
+            f.append(
+                _finding(
+                    "paid_session_without_receipt",
+                    "critical",
+                    {"session_id": r.id},
+                    "the session is paid but no receipt credits it",
+                    "investigate the writer; inspect the session's proofs",
+                )
+            )
+        for r in repo.pending_past(
+            s,
+            now - timedelta(seconds=st.reconcile_pending_sla_seconds),
+            since,
+            until,
+            n,
+            req.rail_id,
+        ):
+            f.append(
+                _finding(
+                    "pending_past_sla",
+                    "warning",
+                    {"proof_id": r.id, "session_id": r.session_id},
+                    f"pending since {iso(r.created_at)} ({r.failure_code or 'submitted'})",
+                    "check RPC health and the worker; inspect-rail-proof",
+                )
+            )
+        for r in repo.failed_then_paid(s, since, until, n, req.rail_id):
+            f.append(
+                _finding(
+                    "failed_then_paid",
+                    "info",
+                    {
+                        "proof_id": r.failed_id,
+                        "paid_proof_id": r.paid_id,
+                        "session_id": r.session_id,
+                        "receipt_id": r.receipt_id,
+                    },
+                    f"an earlier proof failed ({r.failure_code}); the payer later paid "
+                    "the session successfully",
+                    "none: tell support the failure is resolved"
+                    if r.receipt_id
+                    else "apply the verified proof once final",
+                )
+            )
+        for r in repo.verified_not_credited(s, since, until, n, req.rail_id):
+            f.append(
+                _finding(
+                    "verified_transfer_not_credited",
+                    "warning",
+                    {"proof_id": r.id, "session_id": r.session_id},
+                    f"a verified transfer for session {r.session_id} (owner "
+                    f"{r.owner_id}) that another transfer already paid",
+                    "refund the payer, or review; it never creates a second receipt",
+                )
+            )
+        for r in repo.transfers_behind_two_proofs(s, since, until, n, req.rail_id):
+            f.append(
+                _finding(
+                    "transfer_behind_two_proofs",
+                    "critical",
+                    {"transfer": r.ref, "proof_ids": [r.first_id, r.last_id]},
+                    f"one {r.rail_id} transfer is held by {r.n} proofs of different sessions",
+                    "revoke all but the first under an incident id",
+                )
+            )
+        for r in repo.reorged_entitlements(s, since, until, n, req.rail_id):
+            f.append(
+                _finding(
+                    "entitlement_settlement_reorged",
+                    "critical",
+                    {"entitlement_id": r.id, "receipt_id": r.receipt_id, "proof_id": r.proof_id},
+                    "an active entitlement whose settlement reorged",
+                    "watch the re-verification; revoke-entitlement if the transfer "
+                    "does not come back",
+                )
+            )
+    return Outcome(f)
+
+
+# -- scope chain_inflows ----------------------------------------------------------------------
+
+
+def _treasury(engine: Engine, rail: Rail) -> str | None:
+    with engine.db.tx() as s:
+        return engine.treasury(s, rail)
+
+
+def _chain_inflows(engine: Engine, req: RunRequest) -> Outcome:
+    rail = engine.rail(req.rail_id)
+    treasury = _treasury(engine, rail)
+    if rail.family not in INFLOW_FAMILIES:
+        # Tron (review-only) and x402: no inflow scan; nothing was checked, so no "no drift".
+        return Outcome(
+            [],
+            RunStatus.incomplete,
+            f"no treasury inflow scan for the {rail.family} family: review its "
+            "transfers by hand; nothing was checked",
+        )
+    if rail.family == "solana":
+        return solana_inflows(engine, rail, treasury, utc(req.since), utc(req.until), req.limit)
+    return evm_inflows(engine, rail, treasury, utc(req.since), utc(req.until), req.limit)
+
+
+def _epoch(dt: datetime | None) -> int | None:
+    return int(dt.timestamp()) if dt is not None else None
+
+
+def solana_inflows(
+    engine: Engine,
+    rail: Rail,
+    treasury: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    chain: Any = None,
+) -> Outcome:
+    from rails.solana_inflows import fetch_inflow, list_signatures, token_account
+    from verifier.services.proofs import terms_for
+
+    chain = chain or engine.chains.transport(rail.family, rail.network)
+    adapter = engine.adapter(rail)
+    ptype = rail.proof_types[0]
+    watched = token_account(treasury, rail.asset)
+    scan = list_signatures(
+        chain,
+        watched,
+        not_before=_epoch(since),
+        page_limit=engine.settings.discovery_page_limit,
+        max_pages=engine.settings.reconcile_max_pages,
+    )
+    counts: Counter = Counter(rpc_calls=scan.calls)
+    hi = _epoch(until)
+    entries = [
+        e
+        for e in scan.entries
+        if not e.failed and (hi is None or e.block_time is None or e.block_time < hi)
+    ]
+    counts["failed_transactions_skipped"] = sum(1 for e in scan.entries if e.failed)
+    problems = [scan.error] if scan.error else []
+    fps = {e.signature: fingerprint(rail.family, rail.network, ptype, e.signature) for e in entries}
+    with engine.db.tx() as s:
+        known = repo.proofs_by_fingerprint(s, list(fps.values()))
+    findings: list[dict[str, Any]] = []
+    inflows = []
+    for e in entries[:limit]:
+        holders = [p for p in known.get(fps[e.signature], ()) if p.status in repo.KNOWN]
+        if holders:
+            counts["matched"] += 1
+            continue
+        counts["rpc_calls"] += 1
+        try:
+            inflow = fetch_inflow(chain, e.signature, rail.asset, treasury)
+        except (TransportError, CassetteError) as err:
+            problems.append(f"getTransaction({e.signature}): {err}")
+            counts["unreadable"] += 1
+            break  # the node fails: what is left is unchecked, and the run says so
+        if inflow is not None:
+            inflows.append(inflow)
+    if len(entries) > limit:
+        problems.append(f"{len(entries) - limit} more transactions in the window than --limit")
+    counts["inflows"] = counts["matched"] + len(inflows)
+    refs = sorted({k for i in inflows for k in i.account_keys})
+    checks: list[tuple[Any, str, dict[str, Any], Any]] = []
+    with engine.db.tx() as s:
+        by_ref = repo.sessions_by_reference(s, refs)
+        held = repo.session_has_hold(s, [ps.id for ps in by_ref.values()])
+        for i in inflows:
+            subjects = {"transfer": i.signature, "amount": str(i.amount), "sender": i.sender}
+            sessions = [by_ref[k] for k in i.account_keys if k in by_ref]
+            if len(sessions) != 1:
+                findings.append(
+                    _finding(
+                        "orphan_unbound",
+                        "warning",
+                        subjects,
+                        "no session carries a reference of this transfer"
+                        if not sessions
+                        else f"the transfer carries the references of {len(sessions)} sessions",
+                        "needs a person: refund the sender, or attach by hand under an incident id",
+                    )
+                )
+                continue
+            ps = sessions[0]
+            subjects["session_id"] = ps.id
+            if ps.status != "open" or ps.id in held:
+                findings.append(
+                    _finding(
+                        "orphan_unbound",
+                        "warning",
+                        subjects,
+                        f"bound by reference to session {ps.id}, which is {ps.status} or already "
+                        "backed by another transfer",
+                        "refund the sender, or review",
+                    )
+                )
+            else:
+                checks.append((i, ps.id, subjects, terms_for(engine, ps)))
+    for i, sid, subjects, terms in checks:
+        # The rail's own checks, on the transaction already fetched (only the settlement
+        # status is asked of the node, for a transfer that passes them).
+        replay = _Fetched(chain, i.signature, i.result)
+        try:
+            verdict = adapter.verify(i.signature, terms, replay)
+        except (TransportError, CassetteError) as err:
+            problems.append(f"checks of {i.signature}: {err}")
+            continue
+        finally:
+            counts["rpc_calls"] += replay.forwarded
+        if verdict.status.value == "verified":
+            findings.append(_bound(rail, subjects, sid, "by reference"))
+        else:
+            findings.append(
+                _finding(
+                    "orphan_unbound",
+                    "warning",
+                    subjects,
+                    f"bound by reference to session {sid} but fails its checks: "
+                    f"{verdict.code.value if verdict.code else verdict.status.value} "
+                    f"({verdict.detail})",
+                    "refund the sender, or review",
+                )
+            )
+    return _outcome(findings, problems, counts)
+
+
+class _Fetched:
+    """A transport that answers `getTransaction` for one signature from the answer already
+    fetched, and forwards anything else to the chain (counted)."""
+
+    def __init__(self, chain: Any, signature: str, result: Any):
+        self.chain, self.signature, self.result = chain, signature, result
+        self.source = getattr(chain, "source", "live")
+        self.forwarded = 0
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method == "getTransaction" and params and params[0] == self.signature:
+            return self.result
+        self.forwarded += 1
+        return self.chain.call(method, params)
+
+
+def _bound(rail: Rail, subjects: dict[str, Any], session_id: str, how: str) -> dict[str, Any]:
+    review = rail.stage is Stage.review_only
+    return _finding(
+        "orphan_bound",
+        "warning",
+        subjects,
+        f"bound {how} to session {session_id}; no proof was submitted",
+        "review-only rail: report, never repaired"
+        if review
+        else f"submit the transfer as session {session_id}'s proof (apply)",
+        RepairStatus.none if review else RepairStatus.proposed,
+    )
+
+
+def _outcome(findings: list[dict[str, Any]], problems: list[str], counts: Counter) -> Outcome:
+    if problems:
+        return Outcome(
+            findings,
+            RunStatus.incomplete,
+            "the chain could not be read in full; unchecked: " + "; ".join(problems)[:1800],
+            counts,
+        )
+    return Outcome(findings, RunStatus.complete, "", counts)
+
+
+def _block_at(chain: Any, when: int, head: int) -> int:
+    """The first block at or after `when` (epoch seconds): a binary search on timestamps."""
+    from rails.evm import hex_int, read_block
+
+    lo, hi = 0, head + 1  # head + 1: every block is older than `when`
+    while lo < hi:
+        mid = (lo + hi) // 2
+        block = read_block(chain, mid) or {}
+        if hex_int(block.get("timestamp", "0x0"), "block.timestamp") < when:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def evm_inflows(
+    engine: Engine,
+    rail: Rail,
+    treasury: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    chain: Any = None,
+    from_block: int | None = None,
+    to_block: int | None = None,
+) -> Outcome:
+    from rails.evm_inflows import head as read_head
+    from rails.evm_inflows import transfer_logs
+
+    chain = chain or engine.chains.transport(rail.family, rail.network)
+    counts: Counter = Counter()
+    try:
+        top = read_head(chain)
+        counts["rpc_calls"] += 1
+        lo = (
+            from_block
+            if from_block is not None
+            else (
+                _block_at(chain, _epoch(since), top)
+                if since
+                else max(0, top - 10 * engine.settings.reconcile_evm_max_range)
+            )
+        )
+        hi = (
+            to_block
+            if to_block is not None
+            else (_block_at(chain, _epoch(until), top) - 1 if until else top)
+        )
+    except (TransportError, CassetteError) as err:
+        return Outcome([], RunStatus.incomplete, f"the chain could not be read: {err}", counts)
+    scan = transfer_logs(
+        chain, rail.asset, treasury, lo, hi, max_range=engine.settings.reconcile_evm_max_range
+    )
+    counts["rpc_calls"] += scan.calls
+    problems = [scan.error] if scan.error else []
+    adapter = engine.adapter(rail)
+    ptype = rail.proof_types[0]
+    fps = {
+        i.tx_hash: fingerprint(
+            rail.family, rail.network, ptype, adapter.normalize_proof(ptype, i.tx_hash)
+        )
+        for i in scan.inflows
+    }
+    findings: list[dict[str, Any]] = []
+    with engine.db.tx() as s:
+        known = repo.proofs_by_fingerprint(s, list(fps.values()))
+        fresh = [
+            i
+            for i in scan.inflows[:limit]
+            if not [p for p in known.get(fps[i.tx_hash], ()) if p.status in repo.KNOWN]
+        ]
+        counts["matched"] = min(len(scan.inflows), limit) - len(fresh)
+        counts["inflows"] = min(len(scan.inflows), limit)
+        cands = repo.sessions_for_payer(
+            s, rail.rail_id, treasury, [(i.sender, i.value) for i in fresh]
+        )
+        held = repo.session_has_hold(s, [ps.id for v in cands.values() for ps in v])
+        for i in fresh:
+            subjects = {
+                "transfer": i.tx_hash,
+                "log_index": i.log_index,
+                "amount": str(i.value),
+                "sender": i.sender,
+                "block_number": i.block_number,
+            }
+            sessions = [
+                ps for ps in cands.get((i.sender.lower(), i.value), ()) if ps.id not in held
+            ]
+            if len(sessions) == 1:
+                subjects["session_id"] = sessions[0].id
+                findings.append(_bound(rail, subjects, sessions[0].id, "by payer and amount"))
+            else:
+                findings.append(
+                    _finding(
+                        "orphan_unbound",
+                        "warning",
+                        subjects,
+                        "no open session names this sender as payer with this amount"
+                        if not sessions
+                        else f"{len(sessions)} open sessions could take this transfer",
+                        "needs a person: refund the sender, or attach by hand under an incident id",
+                    )
+                )
+    if len(scan.inflows) > limit:
+        problems.append(f"{len(scan.inflows) - limit} more inflows in the window than --limit")
+    return _outcome(findings, problems, counts)
+
+
+# -- apply ------------------------------------------------------------------------------------
+
+
+def _apply(engine: Engine, findings: list[dict[str, Any]], staff: str) -> None:
+    from verifier.services.proofs import submit_proof
+
+    for f in findings:
+        if f["kind"] != "orphan_bound" or f["repair_status"] != RepairStatus.proposed.value:
+            continue
+        sid, transfer = f["subjects"]["session_id"], f["subjects"]["transfer"]
+        try:
+            # The normal submission path: checks, holds, audit (actor = the staff member).
+            view, created = submit_proof(engine, sid, transfer, None, actor=staff)
+        except EngineError as e:
+            f["repair_status"] = RepairStatus.failed.value
+            f["repair_result"] = {"code": e.code, "message": e.message}
+            continue
+        f["repair_status"] = RepairStatus.applied.value
+        f["repair_result"] = {
+            "proof_id": view["id"],
+            "proof_status": view["status"],
+            "created": created,
+        }
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def run_view(r: Any, findings: Iterable[Any] | None = None) -> dict[str, Any]:
+    out = {
+        "id": r.id,
+        "scope": r.scope,
+        "rail_id": r.rail_id,
+        "since": iso(r.since),
+        "until": iso(r.until),
+        "limit": r.row_limit,
+        "dry_run": r.dry_run,
+        "incident_id": r.incident_id,
+        "operator_reason": r.operator_reason,
+        "staff": r.staff,
+        "started_at": iso(r.started_at),
+        "finished_at": iso(r.finished_at),
+        "status": r.status,
+        "detail": r.detail,
+        "summary": dict(r.summary or {}),
+    }
+    if findings is not None:
+        out["findings"] = [finding_view(f) for f in findings]
+    return out
+
+
+def finding_view(f: Any) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "kind": f.kind,
+        "severity": f.severity,
+        "subjects": dict(f.subjects or {}),
+        "detail": f.detail,
+        "proposed_repair": f.proposed_repair,
+        "repair_status": f.repair_status,
+        "repair_result": f.repair_result,
+    }
+
+
+def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
+    with engine.db.tx() as s:
+        r = repo.get_run(s, run_id)
+        if r is None:
+            raise NotFound("reconciliation_run_not_found", f"no reconciliation run {run_id!r}")
+        return run_view(r, repo.findings_of(s, run_id))
+
+
+def list_runs(engine: Engine, scope: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    if scope is not None and scope not in {s.value for s in Scope}:
+        raise BadInput(
+            "invalid_scope", f"scope: one of {', '.join(s.value for s in Scope)}", field="scope"
+        )
+    with engine.db.tx() as s:
+        return [run_view(r) for r in repo.list_runs(s, scope, max(1, min(limit, 1000)))]
+
+
+# -- assurance and metrics --------------------------------------------------------------------
+
+
+def assurance_issues(engine: Engine) -> list[dict[str, str]]:
+    """The latest finished run's unresolved findings, as `railproof assurance` issues."""
+    with engine.db.tx() as s:
+        r = repo.latest_finished_run(s)
+        if r is None:
+            return []
+        out = [
+            {
+                "category": f"reconciliation_{f.kind}",
+                "severity": f.severity,
+                "subject": f"reconciliation run {r.id} finding {f.id}",
+                "repair": f.proposed_repair or f.detail,
+            }
+            for f in repo.findings_of(s, r.id)
+            if f.repair_status != RepairStatus.applied.value and f.severity != "info"
+        ]
+        if r.status != RunStatus.complete.value:
+            out.append(
+                {
+                    "category": "reconciliation_incomplete",
+                    "severity": "warning",
+                    "subject": f"reconciliation run {r.id}",
+                    "repair": f"the run is {r.status}: {r.detail[:200]}; re-run it",
+                }
+            )
+        return out
+
+
+def refresh_drift_gauge(engine: Engine) -> None:
+    with engine.db.tx() as s:
+        r = repo.latest_finished_run(s)
+        counts = repo.unresolved_counts(s, r.id) if r is not None else {}
+    for kind, n in counts.items():
+        engine.metrics.set("reconciliation_drift", n, kind=kind)
+    # Kinds the latest run no longer reports drop to zero rather than keep an old value.
+    for kind in _DRIFT_KINDS - set(counts):
+        engine.metrics.set("reconciliation_drift", 0, kind=kind)
+    _DRIFT_KINDS.update(counts)
+
+
+_DRIFT_KINDS: set[str] = set()
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput("invalid_time", f"{field}: an ISO-8601 time", field=field) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

@@ -1,0 +1,111 @@
+"""Tables of reconciliation and discovery: persisted runs with their findings, and the
+position the worker's treasury watch has reached per rail.
+
+On the same `Base` (and naming convention) as the engine's models, so Alembic sees one schema
+(migration 0007).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from verifier.storage.models import Base, new_id
+
+
+class RunStatus(StrEnum):
+    running = "running"
+    complete = "complete"
+    incomplete = "incomplete"
+    failed = "failed"
+
+
+class Scope(StrEnum):
+    rail_proofs = "rail_proofs"
+    chain_inflows = "chain_inflows"
+
+
+class RepairStatus(StrEnum):
+    none = "none"  # nothing to repair (matched) or nothing railproof may do (a person acts)
+    proposed = "proposed"  # dry run: what apply would do
+    applied = "applied"  # apply submitted the transfer as its session's proof
+    failed = "failed"  # apply tried and was refused
+
+
+def _in(col: str, enum: type[StrEnum]) -> str:
+    return f"{col} IN ({', '.join(repr(e.value) for e in enum)})"
+
+
+class ReconciliationRun(Base):
+    __tablename__ = "reconciliation_runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RunStatus), name="status"),
+        CheckConstraint(_in("scope", Scope), name="scope"),
+        # Every run carries its operator context, dry runs too.
+        CheckConstraint("incident_id <> '' AND operator_reason <> ''", name="operator_context"),
+        Index("ix_reconciliation_runs_started", "started_at", "id"),
+        Index("ix_reconciliation_runs_scope", "scope", "started_at"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    scope: Mapped[str] = mapped_column(String(32))
+    rail_id: Mapped[str | None] = mapped_column(String(64))
+    since: Mapped[datetime | None]
+    until: Mapped[datetime | None]
+    row_limit: Mapped[int | None] = mapped_column(Integer)
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    incident_id: Mapped[str] = mapped_column(String(128))
+    operator_reason: Mapped[str] = mapped_column(Text)
+    staff: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.running)
+    # What could not be checked (an unreadable chain), or why the run failed.
+    detail: Mapped[str] = mapped_column(Text, default="")
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ReconciliationFinding(Base):
+    __tablename__ = "reconciliation_findings"
+    __table_args__ = (
+        CheckConstraint("severity IN ('critical', 'warning', 'info')", name="severity"),
+        CheckConstraint(_in("repair_status", RepairStatus), name="repair_status"),
+        Index("ix_reconciliation_findings_run", "run_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("reconciliation_runs.id"))
+    kind: Mapped[str] = mapped_column(String(48))
+    severity: Mapped[str] = mapped_column(String(16))
+    # proof / session / receipt / entitlement / transfer ids, whichever the finding is about
+    subjects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    proposed_repair: Mapped[str] = mapped_column(Text, default="")
+    repair_status: Mapped[str] = mapped_column(String(16), default=RepairStatus.none)
+    repair_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class DiscoveryCursor(Base):
+    """How far the worker's watch of one address (a treasury token account, a treasury on an
+    EVM chain, or one session's reference) has read, and when to look again."""
+
+    __tablename__ = "discovery_cursors"
+    watch_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    rail_id: Mapped[str] = mapped_column(String(64))
+    last_signature: Mapped[str | None] = mapped_column(String(128))
+    last_block: Mapped[int | None] = mapped_column(BigInteger)
+    idle_polls: Mapped[int] = mapped_column(Integer, default=0)
+    next_poll_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

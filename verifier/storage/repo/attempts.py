@@ -1,0 +1,38 @@
+"""Verification attempts (storage.models VerificationAttempt): one row per verification run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.orm import Session
+
+from verifier.storage.models import ProofStatus, VerificationAttempt
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+
+_VA = VerificationAttempt
+_INSERT = Prepared(insert(rows.table(_VA)))
+# Built once, so every call is a compiled-cache hit without rebuilding the statement.
+_LATEST_VERIFIED = (select(_VA).where(_VA.proof_id == bindparam("pid"),
+                                      _VA.status == ProofStatus.verified.value)
+                    .order_by(_VA.id.desc()).limit(1))
+
+
+def insert_attempt(s: Session, row: dict[str, Any]) -> int:
+    """Write one attempt (Core insert: write-only in its transaction); returns its id."""
+    return int(_INSERT.insert(s.connection(), row))
+
+
+def add(s: Session, attempt: VerificationAttempt) -> VerificationAttempt:
+    """An attempt built as a model, written with the session's other changes."""
+    s.add(attempt)
+    return attempt
+
+
+def latest_verified(s: Session, proof_id: str) -> VerificationAttempt | None:
+    return s.scalar(_LATEST_VERIFIED, {"pid": proof_id})
+
+
+def for_proof(s: Session, proof_id: str) -> list[VerificationAttempt]:
+    return list(s.scalars(select(_VA).where(_VA.proof_id == proof_id).order_by(_VA.id)).all())

@@ -1,0 +1,54 @@
+"""The audit chain's rows (storage.models AuditEvent) and the lock that serializes appends.
+The hashing and the rules are verifier.services.audit's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.orm import Session
+
+from verifier.storage.models import AuditEvent
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+
+# One PostgreSQL advisory lock serializes appends to the chain (and outbox sequence numbers,
+# storage.repo.outbox): one lock for both means no lock-order deadlock between them.
+CHAIN_LOCK_KEY = 0x7261696C
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+# Built and prepared once (storage.repo.prepared): every append runs the same statements.
+_INSERT = Prepared(insert(rows.table(AuditEvent)))
+_HEAD = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+
+
+def lock_chain(s: Session) -> None:
+    """Hold the chain's lock to the end of the transaction: the advisory lock on PostgreSQL;
+    on SQLite the write lock BEGIN IMMEDIATE took already keeps every other appender out."""
+    if rows.is_postgres(s):
+        s.connection().execute(_LOCK, {"k": CHAIN_LOCK_KEY})
+
+
+def head_hash(s: Session) -> str | None:
+    """The newest event's hash (None: an empty chain). Read it under `lock_chain`."""
+    h = _HEAD.scalar(s.connection())
+    return None if h is None else str(h)
+
+
+def insert_event(s: Session, row: dict[str, Any]) -> int:
+    """Write one event (Core insert: write-only here); returns its id."""
+    return int(_INSERT.insert(s.connection(), row))
+
+
+def events_after(s: Session, last_id: int, limit: int) -> list[AuditEvent]:
+    return list(s.scalars(select(AuditEvent).where(AuditEvent.id > last_id)
+                          .order_by(AuditEvent.id).limit(limit)).all())
+
+
+def hash_of(s: Session, event_id: int) -> str | None:
+    return s.scalar(select(AuditEvent.hash).where(AuditEvent.id == event_id))
+
+
+def count_through(s: Session, event_id: int) -> int:
+    """Events with an id up to and including `event_id`."""
+    return s.scalar(select(func.count()).select_from(AuditEvent)
+                    .where(AuditEvent.id <= event_id)) or 0

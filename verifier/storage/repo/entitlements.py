@@ -1,0 +1,48 @@
+"""Entitlements (storage.models Entitlement): what a paid session grants its owner."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from verifier.storage.models import Entitlement, EntitlementStatus, Proof, ProofStatus
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+
+_INSERT = Prepared(insert(rows.table(Entitlement)))
+
+
+def insert_entitlement(s: Session, row: dict[str, Any]) -> None:
+    """Write a new entitlement (Core insert, client-side id; write-only in its transaction)."""
+    _INSERT.insert(s.connection(), row)
+
+
+def get_locked(s: Session, entitlement_id: str) -> Entitlement | None:
+    return rows.get_locked(s, Entitlement, entitlement_id)
+
+
+def for_session(s: Session, session_id: str) -> Entitlement | None:
+    return s.scalar(select(Entitlement).where(Entitlement.session_id == session_id))
+
+
+def for_receipt(s: Session, receipt_id: str) -> Entitlement | None:
+    return s.scalar(select(Entitlement).where(Entitlement.receipt_id == receipt_id))
+
+
+def oldest_paid_pending_since(s: Session) -> datetime | None:
+    """When the oldest verified proof whose entitlement is still pending was last updated:
+    only entitlements someone has paid for (an unpaid session's entitlement waits by
+    design)."""
+    return s.scalar(select(func.min(Proof.updated_at))
+                    .join(Entitlement, Entitlement.session_id == Proof.session_id)
+                    .where(Entitlement.status == EntitlementStatus.pending,
+                           Proof.status == ProofStatus.verified))
+
+
+def count_reorg_flagged_active(s: Session) -> int:
+    return s.scalar(select(func.count()).select_from(Entitlement)
+                    .where(Entitlement.status == EntitlementStatus.active,
+                           Entitlement.reorg_flagged.is_(True))) or 0

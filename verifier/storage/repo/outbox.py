@@ -1,0 +1,52 @@
+"""The transactional outbox's rows (storage.webhook_models OutboxEvent, WebhookDelivery) as
+`verifier.services.events.emit` writes them: Core statements, write-only there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy.orm import Session
+
+from verifier.storage.repo import audit as audit_repo
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+from verifier.storage.webhook_models import OutboxEvent, WebhookDelivery, WebhookEndpoint
+
+_OUTBOX, _ENDPOINTS = rows.table(OutboxEvent), rows.table(WebhookEndpoint)
+# Built and prepared once (storage.repo.prepared).
+_LAST_SEQ = Prepared(select(func.max(_OUTBOX.c.sequence)).where(
+    _OUTBOX.c.resource_type == bindparam("rt"), _OUTBOX.c.resource_id == bindparam("rid")))
+_ACTIVE = Prepared(select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types, _ENDPOINTS.c.owners)
+                   .where(_ENDPOINTS.c.active.is_(True))
+                   .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id))
+_INSERT_EVENT = Prepared(insert(_OUTBOX))
+_INSERT_DELIVERY = insert(rows.table(WebhookDelivery))
+
+
+def lock_sequences(s: Session) -> None:
+    """Sequence numbers are max+1 per resource; two PostgreSQL transactions must not compute
+    the same one. This takes the audit chain's advisory lock (every state change appends to
+    the audit chain in the same transaction anyway, so this adds no new contention, and one
+    lock for both means no lock-order deadlock). SQLite transactions are already serial."""
+    audit_repo.lock_chain(s)
+
+
+def last_sequence(s: Session, resource_type: str, resource_id: str) -> int:
+    """The resource's last event sequence number (0: none yet). Read under `lock_sequences`."""
+    return int(_LAST_SEQ.scalar(s.connection(), {"rt": resource_type, "rid": resource_id}) or 0)
+
+
+def active_endpoints(s: Session) -> list[tuple[str, list[str] | None, list[str] | None]]:
+    """(id, event types, owners) of every active endpoint, oldest first."""
+    return [(r[0], r[1], r[2]) for r in _ACTIVE.all(s.connection())]
+
+
+def insert_event(s: Session, row: dict[str, Any]) -> None:
+    _INSERT_EVENT.insert(s.connection(), row)
+
+
+def insert_deliveries(s: Session, rows: list[dict[str, Any]]) -> None:
+    """Every delivery of one event in one executemany."""
+    if rows:
+        s.connection().execute(_INSERT_DELIVERY, rows)

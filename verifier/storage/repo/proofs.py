@@ -1,0 +1,137 @@
+"""Proofs (storage.models Proof): submission rows, their status as attempts record it, and
+the worker's queue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from verifier.storage.models import Proof, ProofStatus, Receipt, SettlementEvidence
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.rows import Record
+
+_P = rows.table(Proof)
+# Built and prepared once (storage.repo.prepared): the submission's own statements.
+_INSERT = Prepared(insert(_P))
+_BY_ID = sql_update(_P).where(_P.c.id == bindparam("pid"))
+_UPDATE = Prepared(_BY_ID)
+_UPDATE_UNATTEMPTED = Prepared(_BY_ID.where(_P.c.attempts == 0))
+
+
+def insert_proof(s: Session, row: dict[str, Any]) -> Record:
+    """Write a new proof (Core insert, client-side id: nothing in this transaction reads the
+    row back) and return it as a record. The fingerprint's unique indexes answer "seen
+    before?": a conflict raises IntegrityError and leaves the transaction usable."""
+    conn = s.connection()
+    with rows.guarded(conn):
+        _INSERT.insert(conn, row)
+    return Record(row)
+
+
+def by_fingerprint(s: Session, fingerprint: str, session_id: str) -> Proof | None:
+    return s.scalar(select(Proof).where(Proof.fingerprint == fingerprint,
+                                        Proof.session_id == session_id))
+
+
+def get(s: Session, proof_id: str, lock: bool = False) -> Proof | None:
+    """The proof as a session object; `lock`: under its row lock (FOR UPDATE on PostgreSQL;
+    SQLite's BEGIN IMMEDIATE already holds the write lock)."""
+    if lock:
+        return rows.get_locked(s, Proof, proof_id)
+    return rows.get(s, Proof, proof_id)
+
+
+def locks_rows(s: Session) -> bool:
+    """Whether proof rows are locked one by one (PostgreSQL, FOR UPDATE) rather than by the
+    database's one writer lock (SQLite, from BEGIN IMMEDIATE). Where they are, a caller
+    holding a proof written in an earlier transaction locks its row (`for_attempt`) before
+    inserting its transfer holds: the order every other writer of the proof takes."""
+    return rows.is_postgres(s)
+
+
+def for_attempt(s: Session, proof_id: str) -> Proof | Record | None:
+    """The proof row to record an attempt on: locked on PostgreSQL (a session object); on
+    SQLite, whose write lock is already held, it may come back as a plain record. Either way
+    it is written back with `update`, never through the unit of work."""
+    if rows.is_postgres(s):
+        return s.get(Proof, proof_id, with_for_update=True)
+    return rows.read(s, Proof, proof_id)
+
+
+def update_unattempted(s: Session, p: Record, values: dict[str, Any]) -> bool:
+    """The first attempt's UPDATE of a proof still without attempts; False (nothing written)
+    when another attempt got there first. `p` is a plain record, kept in step."""
+    if _UPDATE_UNATTEMPTED.execute(s.connection(), {"pid": p.id, **values}) != 1:
+        return False
+    p.__dict__.update(values)
+    return True
+
+
+def update(s: Session, p: Proof | Record, values: dict[str, Any]) -> None:
+    """One Core UPDATE of the proof row, and the same values set on `p` as its committed
+    state: the object stays in step with the row without the unit of work's change tracking
+    (and its flush) on the hot path."""
+    if isinstance(p, Record):
+        # Not in the session: nothing of it is pending, and its attributes are plain ones.
+        _UPDATE.execute(s.connection(), {"pid": p.id, **values})
+        p.__dict__.update(values)
+        return
+    s.flush([p])  # anything already pending on p goes first, as a flush would order it
+    _UPDATE.execute(s.connection(), {"pid": p.id, **values})
+    for k, v in values.items():
+        set_committed_value(p, k, v)
+
+
+def rail_id_of(s: Session, proof_id: str) -> str | None:
+    """The proof's rail, read without locking the row."""
+    return s.scalar(select(Proof.rail_id).where(Proof.id == proof_id))
+
+
+def recent(s: Session, rail_id: str | None, status: str | None, limit: int) -> list[Proof]:
+    q = select(Proof).order_by(Proof.created_at.desc(), Proof.id).limit(limit)
+    if rail_id:
+        q = q.where(Proof.rail_id == rail_id)
+    if status:
+        q = q.where(Proof.status == status)
+    return list(s.scalars(q).all())
+
+
+def count(s: Session) -> int:
+    return s.scalar(select(func.count()).select_from(Proof)) or 0
+
+
+def claim_due(s: Session, status: ProofStatus, due: datetime, lease_free_at: datetime,
+              limit: int) -> list[Proof]:
+    """Proofs in `status` due by `due` whose lease (if any) ended before `lease_free_at`,
+    earliest due first. On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so several
+    workers share the queue and never take the same proof; SQLite serializes writers."""
+    q = (select(Proof).where(Proof.status == status, Proof.next_check_at.is_not(None),
+                             Proof.next_check_at <= due,
+                             or_(Proof.claimed_until.is_(None),
+                                 Proof.claimed_until < lease_free_at))
+         .order_by(Proof.next_check_at).limit(limit))
+    if rows.is_postgres(s):
+        q = q.with_for_update(skip_locked=True)
+    return list(s.scalars(q).all())
+
+
+def final_unapplied(s: Session, rail_ids: Sequence[str], limit: int) -> list[str]:
+    """Verified proofs on the given rails whose latest settlement is final and that have no
+    receipt yet, oldest first."""
+    latest = (select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
+              .group_by(SettlementEvidence.proof_id).subquery())
+    q = (select(Proof.id)
+         .join(latest, latest.c.proof_id == Proof.id)
+         .join(SettlementEvidence, SettlementEvidence.id == latest.c.mid)
+         .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+         .where(Proof.status == ProofStatus.verified, Proof.rail_id.in_(list(rail_ids)),
+                SettlementEvidence.is_final.is_(True), Receipt.id.is_(None))
+         .order_by(Proof.created_at).limit(limit))
+    return list(s.scalars(q).all())

@@ -1,0 +1,472 @@
+"""SQL of reconciliation and discovery: runs and findings, the stored-data checks of the
+`rail_proofs` scope, the lookups that classify chain inflows, and the discovery cursors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from verifier.storage.models import (
+    HOLDING,
+    Entitlement,
+    EntitlementStatus,
+    PaymentSession,
+    Proof,
+    ProofStatus,
+    Receipt,
+    SessionStatus,
+    SettlementEvidence,
+)
+from verifier.storage.reconciliation_models import (
+    DiscoveryCursor,
+    ReconciliationFinding,
+    ReconciliationRun,
+    RepairStatus,
+    RunStatus,
+)
+
+# Proof statuses that say "we have this transfer" (a failed claim of it holds nothing).
+KNOWN = (*HOLDING, ProofStatus.pending.value)
+
+
+# -- runs and findings -----------------------------------------------------------------------
+
+
+def insert_run(s: Session, row: dict[str, Any]) -> None:
+    s.execute(ReconciliationRun.__table__.insert().values(**row))
+
+
+def finish_run(
+    s: Session,
+    run_id: str,
+    status: str,
+    finished_at: datetime,
+    summary: dict[str, Any],
+    detail: str,
+) -> None:
+    s.execute(
+        update(ReconciliationRun.__table__)
+        .where(ReconciliationRun.__table__.c.id == run_id)
+        .values(status=status, finished_at=finished_at, summary=summary, detail=detail)
+    )
+
+
+def insert_findings(s: Session, run_id: str, findings: Iterable[dict[str, Any]]) -> None:
+    rows = [
+        {
+            "run_id": run_id,
+            "repair_result": None,
+            "repair_status": RepairStatus.none.value,
+            "detail": "",
+            "proposed_repair": "",
+            **f,
+        }
+        for f in findings
+    ]
+    if rows:
+        s.execute(ReconciliationFinding.__table__.insert(), rows)
+
+
+def get_run(s: Session, run_id: str) -> ReconciliationRun | None:
+    return s.get(ReconciliationRun, run_id)
+
+
+def list_runs(s: Session, scope: str | None, limit: int) -> list[ReconciliationRun]:
+    q = (
+        select(ReconciliationRun)
+        .order_by(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc())
+        .limit(limit)
+    )
+    if scope:
+        q = q.where(ReconciliationRun.scope == scope)
+    return list(s.scalars(q).all())
+
+
+def findings_of(s: Session, run_id: str) -> list[ReconciliationFinding]:
+    return list(
+        s.scalars(
+            select(ReconciliationFinding)
+            .where(ReconciliationFinding.run_id == run_id)
+            .order_by(ReconciliationFinding.id)
+        ).all()
+    )
+
+
+def latest_finished_run(s: Session, scope: str | None = None) -> ReconciliationRun | None:
+    q = (
+        select(ReconciliationRun)
+        .where(ReconciliationRun.status != RunStatus.running.value)
+        .order_by(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc())
+        .limit(1)
+    )
+    if scope:
+        q = q.where(ReconciliationRun.scope == scope)
+    return s.scalar(q)
+
+
+# -- scope rail_proofs: stored data against its invariants -----------------------------------
+
+
+def _window(q: Any, col: Any, since: datetime | None, until: datetime | None) -> Any:
+    if since is not None:
+        q = q.where(col >= since)
+    if until is not None:
+        q = q.where(col < until)
+    return q
+
+
+def _rail(q: Any, col: Any, rail_id: str | None) -> Any:
+    return q if rail_id is None else q.where(col == rail_id)
+
+
+def _latest_settlement() -> Any:
+    latest = (
+        select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
+        .group_by(SettlementEvidence.proof_id)
+        .subquery()
+    )
+    return select(SettlementEvidence).join(latest, SettlementEvidence.id == latest.c.mid).subquery()
+
+
+def verified_final_without_receipt(
+    s: Session,
+    rails: list[str],
+    older_than: datetime,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> list[Any]:
+    cur = _latest_settlement()
+    q = (
+        select(Proof.id, Proof.session_id, Proof.rail_id, Proof.updated_at)
+        .join(cur, cur.c.proof_id == Proof.id)
+        .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+        .where(
+            Proof.status == ProofStatus.verified.value,
+            cur.c.is_final.is_(True),
+            Proof.rail_id.in_(rails),
+            Receipt.id.is_(None),
+            Proof.updated_at < older_than,
+        )
+    )
+    return list(
+        s.execute(
+            _window(q, Proof.created_at, since, until).order_by(Proof.created_at).limit(limit)
+        ).all()
+    )
+
+
+def receipts_without_active_entitlement(
+    s: Session,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    rail_id: str | None = None,
+) -> list[Any]:
+    # A revoked entitlement was revoked on purpose (audited): not drift.
+    q = (
+        select(Receipt.id, Receipt.proof_id, Receipt.session_id, Entitlement.id.label("ent"))
+        .outerjoin(Entitlement, Entitlement.receipt_id == Receipt.id)
+        .where((Entitlement.id.is_(None)) | (Entitlement.status == EntitlementStatus.pending.value))
+    )
+    return list(
+        s.execute(
+            _window(_rail(q, Receipt.rail_id, rail_id), Receipt.created_at, since, until)
+            .order_by(Receipt.created_at)
+            .limit(limit)
+        ).all()
+    )
+
+
+def paid_sessions_without_receipt(
+    s: Session,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    rail_id: str | None = None,
+) -> list[Any]:
+    q = (
+        select(PaymentSession.id, PaymentSession.owner_id)
+        .outerjoin(Receipt, Receipt.session_id == PaymentSession.id)
+        .where(PaymentSession.status == SessionStatus.paid.value, Receipt.id.is_(None))
+    )
+    return list(
+        s.execute(
+            _window(
+                _rail(q, PaymentSession.rail_id, rail_id), PaymentSession.created_at, since, until
+            )
+            .order_by(PaymentSession.created_at)
+            .limit(limit)
+        ).all()
+    )
+
+
+def pending_past(
+    s: Session,
+    older_than: datetime,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    rail_id: str | None = None,
+) -> list[Any]:
+    q = select(Proof.id, Proof.session_id, Proof.failure_code, Proof.created_at).where(
+        Proof.status == ProofStatus.pending.value, Proof.created_at < older_than
+    )
+    return list(
+        s.execute(
+            _window(_rail(q, Proof.rail_id, rail_id), Proof.created_at, since, until)
+            .order_by(Proof.created_at)
+            .limit(limit)
+        ).all()
+    )
+
+
+def failed_then_paid(
+    s: Session,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    rail_id: str | None = None,
+) -> list[Any]:
+    """Sessions with a failed proof and a later proof of the same session that verified."""
+    later = aliased(Proof)
+    q = (
+        select(
+            Proof.id.label("failed_id"),
+            Proof.failure_code,
+            later.id.label("paid_id"),
+            Proof.session_id,
+            Receipt.id.label("receipt_id"),
+        )
+        .join(
+            later,
+            and_(
+                later.session_id == Proof.session_id,
+                later.id != Proof.id,
+                later.created_at >= Proof.created_at,
+                later.status == ProofStatus.verified.value,
+            ),
+        )
+        .outerjoin(Receipt, Receipt.proof_id == later.id)
+        .where(Proof.status == ProofStatus.failed.value)
+    )
+    return list(
+        s.execute(
+            _window(_rail(q, Proof.rail_id, rail_id), Proof.created_at, since, until)
+            .order_by(Proof.created_at)
+            .limit(limit)
+        ).all()
+    )
+
+
+def verified_not_credited(
+    s: Session,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    rail_id: str | None = None,
+) -> list[Any]:
+    other = aliased(Receipt)
+    credited = (
+        select(other.id)
+        .where(other.session_id == Proof.session_id, other.proof_id != Proof.id)
+        .exists()
+    )
+    q = (
+        select(Proof.id, Proof.session_id, Proof.owner_id)
+        .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+        .where(Proof.status == ProofStatus.verified.value, Receipt.id.is_(None), credited)
+    )
+    return list(
+        s.execute(
+            _window(_rail(q, Proof.rail_id, rail_id), Proof.created_at, since, until)
+            .order_by(Proof.created_at)
+            .limit(limit)
+        ).all()
+    )
+
+
+def transfers_behind_two_proofs(
+    s: Session,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    rail_id: str | None = None,
+) -> list[Any]:
+    q = select(
+        Proof.rail_id,
+        Proof.ref,
+        func.count(Proof.id).label("n"),
+        func.min(Proof.id).label("first_id"),
+        func.max(Proof.id).label("last_id"),
+    ).where(Proof.status.in_(HOLDING))
+    q = _window(_rail(q, Proof.rail_id, rail_id), Proof.created_at, since, until)
+    return list(
+        s.execute(
+            q.group_by(Proof.rail_id, Proof.ref)
+            .having(func.count(func.distinct(Proof.session_id)) > 1)
+            .limit(limit)
+        ).all()
+    )
+
+
+def reorged_entitlements(
+    s: Session,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    rail_id: str | None = None,
+) -> list[Any]:
+    cur = _latest_settlement()
+    q = (
+        select(
+            Entitlement.id,
+            Entitlement.status,
+            Receipt.id.label("receipt_id"),
+            Receipt.proof_id,
+            Entitlement.reorg_flagged,
+            cur.c.reorged,
+        )
+        .join(Receipt, Receipt.id == Entitlement.receipt_id)
+        .outerjoin(cur, cur.c.proof_id == Receipt.proof_id)
+        .where(
+            Entitlement.status == EntitlementStatus.active.value,
+            (Entitlement.reorg_flagged.is_(True)) | (cur.c.reorged.is_(True)),
+        )
+    )
+    return list(
+        s.execute(
+            _window(_rail(q, Receipt.rail_id, rail_id), Entitlement.created_at, since, until)
+            .order_by(Entitlement.created_at)
+            .limit(limit)
+        ).all()
+    )
+
+
+# -- scope chain_inflows: what we hold, and who a transfer is bound to -----------------------
+
+
+def proofs_by_fingerprint(s: Session, fingerprints: list[str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for i in range(0, len(fingerprints), 500):
+        part = fingerprints[i : i + 500]
+        for row in s.execute(
+            select(Proof.id, Proof.fingerprint, Proof.session_id, Proof.status).where(
+                Proof.fingerprint.in_(part)
+            )
+        ):
+            out.setdefault(row.fingerprint, []).append(row)
+    return out
+
+
+def sessions_by_reference(s: Session, references: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i in range(0, len(references), 500):
+        part = references[i : i + 500]
+        for row in s.execute(select(PaymentSession).where(PaymentSession.reference.in_(part))):
+            out[row[0].reference] = row[0]
+    return out
+
+
+def sessions_for_payer(
+    s: Session, rail_id: str, recipient: str, pairs: list[tuple[str, int]]
+) -> dict[tuple[str, int], list[Any]]:
+    """Open sessions of `rail_id` paying `recipient` that name one of the (payer, amount)."""
+    out: dict[tuple[str, int], list[Any]] = {}
+    payers = sorted({p.lower() for p, _ in pairs})
+    for i in range(0, len(payers), 500):
+        part = payers[i : i + 500]
+        q = select(PaymentSession).where(
+            PaymentSession.rail_id == rail_id,
+            func.lower(PaymentSession.recipient) == recipient.lower(),
+            PaymentSession.status == SessionStatus.open.value,
+            func.lower(PaymentSession.payer).in_(part),
+        )
+        for (ps,) in s.execute(q):
+            out.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
+    return out
+
+
+def session_has_hold(s: Session, session_ids: list[str]) -> set[str]:
+    if not session_ids:
+        return set()
+    q = select(Proof.session_id).where(Proof.session_id.in_(session_ids), Proof.status.in_(KNOWN))
+    return set(s.scalars(q).all())
+
+
+# -- discovery --------------------------------------------------------------------------------
+
+
+def open_sessions(s: Session, rail_id: str, alive_after: datetime, limit: int) -> list[Any]:
+    """Open sessions of a rail still worth watching (expiry plus grace not past), with no
+    proof that holds or waits for a transfer."""
+    waiting = (
+        select(Proof.id)
+        .where(Proof.session_id == PaymentSession.id, Proof.status.in_(KNOWN))
+        .exists()
+    )
+    q = (
+        select(PaymentSession)
+        .where(
+            PaymentSession.rail_id == rail_id,
+            PaymentSession.status == SessionStatus.open.value,
+            PaymentSession.expires_at >= alive_after,
+            ~waiting,
+        )
+        .order_by(PaymentSession.created_at)
+        .limit(limit)
+    )
+    return list(s.scalars(q).all())
+
+
+def get_cursor(s: Session, key: str) -> DiscoveryCursor | None:
+    return s.get(DiscoveryCursor, key)
+
+
+def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> None:
+    """Create or move a watch's cursor. Two workers watching at once may both create it: the
+    loser's insert is dropped (the watch is idempotent, its next cycle reads again)."""
+    t = DiscoveryCursor.__table__
+    done = s.execute(update(t).where(t.c.watch_key == key).values(**values)).rowcount
+    if done:
+        return
+    row = {
+        "watch_key": key,
+        "rail_id": rail_id,
+        "last_signature": None,
+        "last_block": None,
+        "idle_polls": 0,
+        "next_poll_at": None,
+        **values,
+    }
+    try:
+        with s.begin_nested():
+            s.execute(t.insert().values(**row))
+    except IntegrityError:
+        pass
+
+
+def unresolved_counts(s: Session, run_id: str) -> dict[str, int]:
+    q = (
+        select(ReconciliationFinding.kind, func.count())
+        .where(
+            ReconciliationFinding.run_id == run_id,
+            ReconciliationFinding.kind != "matched",
+            ReconciliationFinding.repair_status != RepairStatus.applied.value,
+        )
+        .group_by(ReconciliationFinding.kind)
+    )
+    return {k: n for k, n in s.execute(q)}
+
+
+def set_repair(s: Session, finding_id: int, status: str, result: dict[str, Any]) -> None:
+    s.execute(
+        update(ReconciliationFinding.__table__)
+        .where(ReconciliationFinding.__table__.c.id == finding_id)
+        .values(repair_status=status, repair_result=result)
+    )

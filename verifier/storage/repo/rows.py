@@ -1,0 +1,104 @@
+"""Rows by primary key, plain records, and the one place the repo asks which database it runs
+on. Shared by the repo's modules; nothing outside `storage.repo` imports it for SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy.orm import Session, make_transient_to_detached
+
+from verifier.storage.repo.prepared import Prepared
+
+M = TypeVar("M")
+_BY_PK: dict[type, Prepared] = {}
+
+
+def table(model: type) -> Table:
+    """A model's table, typed as one (`Model.__table__` is declared as a FromClause)."""
+    t = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(t, Table)
+    return t
+
+
+class Record:
+    """A row as a plain object: attribute access like a model instance, none of the ORM's
+    instrumentation. For rows a transaction only reads, or writes back itself with a Core
+    statement; it is never attached to a session, so nothing flushes it."""
+
+    def __init__(self, values: Any):
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str) -> Any:  # typing only: every column is set in __init__
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"Record({self.__dict__!r})"
+
+
+def is_postgres(s: Session | Connection) -> bool:
+    """Which database the session's (or connection's) engine is: the repo's dialect branch.
+    Asked of the bind, so it never begins a transaction by itself."""
+    bind = s.get_bind() if isinstance(s, Session) else s
+    return bind.dialect.name == "postgresql"
+
+
+@contextmanager
+def guarded(conn: Connection) -> Iterator[None]:
+    """Around a statement whose failure (a unique violation) the caller handles and then goes
+    on in the same transaction: a failed statement aborts a PostgreSQL transaction, so there
+    it runs behind a savepoint; SQLite undoes only the failed statement."""
+    if conn.dialect.name == "postgresql":
+        with conn.begin_nested():
+            yield
+    else:
+        yield
+
+
+def get(s: Session, model: type[M], pk: Any) -> M | None:
+    """`s.get(model, pk)` for a model with a single-column primary key, at about half the cost
+    on a miss: one Core SELECT (a statement built once, so always a compiled-cache hit) and
+    the row adopted into the session as a persistent, unmodified object — tracked like any
+    loaded object, so changes to it flush as usual. An object the session already holds is
+    answered by `Session.get` itself, exactly as before."""
+    if (model, (pk,), None) in s.identity_map:
+        return s.get(model, pk)
+    values = _row_by_pk(s, model, pk)
+    if values is None:
+        return None
+    obj = model(**values)
+    make_transient_to_detached(obj)  # as if loaded: every attribute committed, none changed
+    s.add(obj)
+    return obj
+
+
+def get_locked(s: Session, model: type[M], pk: Any) -> M | None:
+    """`get` under the row's lock to the end of the transaction: FOR UPDATE on PostgreSQL;
+    SQLite's BEGIN IMMEDIATE already holds the database's one write lock."""
+    if is_postgres(s):
+        return s.get(model, pk, with_for_update=True)
+    return get(s, model, pk)
+
+
+def _row_by_pk(s: Session, model: type, pk: Any) -> dict[str, Any] | None:
+    """The row as stored, by a statement built and prepared once per model."""
+    stmt = _BY_PK.get(model)
+    if stmt is None:
+        t = table(model)
+        (key,) = t.primary_key.columns
+        stmt = _BY_PK[model] = Prepared(select(*t.columns).where(key == bindparam("pk")))
+    row = stmt.first(s.connection(), {"pk": pk})
+    return None if row is None else dict(zip(stmt.keys(), row, strict=True))
+
+
+def read(s: Session, model: type[M], pk: Any) -> M | Record | None:
+    """The row with primary key `pk` for a caller that only reads it: the object the session
+    already holds (with any change not flushed yet, exactly as `get` answers), otherwise a
+    `Record` of the row as stored, without building and adopting an ORM instance. None when
+    there is no such row."""
+    if (model, (pk,), None) in s.identity_map:
+        return s.get(model, pk)
+    values = _row_by_pk(s, model, pk)
+    return None if values is None else Record(values)

@@ -1,0 +1,75 @@
+"""Payment sessions (storage.models PaymentSession)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy.orm import Session
+
+from verifier.storage.models import PaymentSession, SessionStatus, TransferHold
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.rows import Record
+
+_INSERT = Prepared(insert(rows.table(PaymentSession)))
+
+
+def insert_session(s: Session, row: dict[str, Any]) -> Record:
+    """Write a new session (a Core insert with its client-side id: nothing in the creating
+    transaction reads it back, so the unit of work would be pure overhead). A reference
+    another session used raises IntegrityError, and the transaction stays usable."""
+    conn = s.connection()
+    with rows.guarded(conn):
+        _INSERT.insert(conn, row)
+    return Record(row)
+
+
+def get(s: Session, session_id: str, lock: bool = False) -> PaymentSession | None:
+    """The session as a session object; `lock`: under its row lock (FOR UPDATE on
+    PostgreSQL)."""
+    if lock:
+        return rows.get_locked(s, PaymentSession, session_id)
+    return rows.get(s, PaymentSession, session_id)
+
+
+def read(s: Session, session_id: str) -> PaymentSession | Record | None:
+    """The session for a caller that only reads it (storage.repo.rows.read)."""
+    return rows.read(s, PaymentSession, session_id)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    owner_id: str
+
+
+_CANDIDATES = (select(PaymentSession.id, PaymentSession.owner_id)
+               .where(PaymentSession.rail_id == bindparam("rail_id"),
+                      PaymentSession.recipient == bindparam("recipient"),
+                      PaymentSession.amount == bindparam("amount"),
+                      PaymentSession.asset == bindparam("asset"),
+                      PaymentSession.id != bindparam("sid"),
+                      PaymentSession.status == SessionStatus.open.value,
+                      PaymentSession.reference.is_(None),
+                      PaymentSession.created_at <= bindparam("at"),
+                      PaymentSession.expires_at >= bindparam("at"),
+                      or_(PaymentSession.payer.is_(None),
+                          func.lower(PaymentSession.payer) == bindparam("sender")),
+                      # A session another transfer already backs is not waiting for this one.
+                      ~select(TransferHold.transfer_key)
+                      .where(TransferHold.session_id == PaymentSession.id).exists())
+               .order_by(PaymentSession.created_at).limit(20))
+
+
+def other_open_candidates(s: Session, ps: PaymentSession | Record, at: datetime,
+                          sender: str | None) -> list[Candidate]:
+    """Other open sessions without a reference that a transfer to `ps`'s recipient, of its
+    asset and amount, made at `at` by `sender` (lower case) could back too: same rail, the
+    transfer inside their window, their payer (when they name one) the sender, and no
+    transfer holding them yet. At most 20, oldest first."""
+    return [Candidate(r.id, r.owner_id) for r in s.execute(_CANDIDATES, {
+        "rail_id": ps.rail_id, "recipient": ps.recipient, "amount": ps.amount,
+        "asset": ps.asset, "sid": ps.id, "at": at, "sender": sender}).all()]

@@ -1,0 +1,32 @@
+"""Settlement evidence (storage.models SettlementEvidence): what the chain said about a
+verified transfer's finality, newest last."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.orm import Session
+
+from verifier.storage.models import SettlementEvidence
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+
+_SE = SettlementEvidence
+_INSERT = Prepared(insert(rows.table(_SE)))
+_LATEST = select(_SE).where(_SE.proof_id == bindparam("pid")).order_by(_SE.id.desc()).limit(1)
+
+
+def insert_evidence(s: Session, row: dict[str, Any]) -> int:
+    """Write one piece of evidence (Core insert, write-only); returns its id. Flushes first:
+    the attempt it points at may still be pending in the session."""
+    s.flush()
+    return int(_INSERT.insert(s.connection(), row))
+
+
+def latest(s: Session, proof_id: str) -> SettlementEvidence | None:
+    return s.scalar(_LATEST, {"pid": proof_id})
+
+
+def for_proof(s: Session, proof_id: str) -> list[SettlementEvidence]:
+    return list(s.scalars(select(_SE).where(_SE.proof_id == proof_id).order_by(_SE.id)).all())
