@@ -44,16 +44,34 @@ def compile_source(solc_dir: Path) -> tuple[str, dict]:
     standard_input = {
         "language": "Solidity",
         "sources": {SRC.name: {"content": SRC.read_text()}},
-        "settings": SETTINGS | {"outputSelection": {"*": {"*": [
-            "abi", "evm.bytecode.object", "evm.deployedBytecode.object",
-            "evm.deployedBytecode.immutableReferences", "storageLayout"]}}},
+        "settings": SETTINGS
+        | {
+            "outputSelection": {
+                "*": {
+                    "*": [
+                        "abi",
+                        "evm.bytecode.object",
+                        "evm.deployedBytecode.object",
+                        "evm.deployedBytecode.immutableReferences",
+                        "storageLayout",
+                    ]
+                }
+            }
+        },
     }
     env = os.environ | {"NODE_PATH": str(solc_dir / "node_modules")}
-    done = subprocess.run(["node", "-e", _COMPILE_JS], input=json.dumps(standard_input),
-                          capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(
+        ["node", "-e", _COMPILE_JS],
+        input=json.dumps(standard_input),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if done.returncode != 0:
-        sys.exit(f"node/solc failed (is solc@{SOLC_VERSION} installed in {solc_dir}?):\n"
-                 f"{done.stderr}")
+        sys.exit(
+            f"node/solc failed (is solc@{SOLC_VERSION} installed in {solc_dir}?):\n{done.stderr}"
+        )
     answer = json.loads(done.stdout)
     output = answer["output"]
     errors = [e for e in output.get("errors", []) if e["severity"] == "error"]

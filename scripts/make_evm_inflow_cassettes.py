@@ -45,7 +45,9 @@ class LogsNode:
         f = dict(params[0])
         lo, hi = int(f.pop("fromBlock"), 16), int(f.pop("toBlock"), 16)
         if self.cap is not None and hi - lo + 1 > self.cap:
-            raise RpcErrorResponse(method, {"code": -32005, "message": f"query exceeds max block range {self.cap}"})
+            raise RpcErrorResponse(
+                method, {"code": -32005, "message": f"query exceeds max block range {self.cap}"}
+            )
         r = self.chain.w3.provider.make_request(method, [{"from_block": lo, "to_block": hi, **f}])
         if "error" in r:
             raise RpcErrorResponse(method, r["error"])
@@ -74,24 +76,42 @@ def build() -> dict[str, Any]:
     payer, other, treasury = chain.accounts[1], chain.accounts[3], chain.accounts[2]
     for who in (payer, other):
         token.functions.mint(who, 1_000 * 10**6).transact({"from": chain.accounts[0]})
-    sent = [chain.transfer(token, payer, treasury, 5_000_000),
-            chain.transfer(token, other, treasury, 7_000_000),
-            chain.transfer(token, payer, chain.accounts[4], 1_000_000),  # not to the treasury
-            chain.transfer(token, payer, treasury, 9_000_000)]
+    sent = [
+        chain.transfer(token, payer, treasury, 5_000_000),
+        chain.transfer(token, other, treasury, 7_000_000),
+        chain.transfer(token, payer, chain.accounts[4], 1_000_000),  # not to the treasury
+        chain.transfer(token, payer, treasury, 9_000_000),
+    ]
     chain.mine(3)
     rec = Recorder(LogsNode(chain))
     top = head(rec)
     scan = transfer_logs(rec, token.address, treasury, 0, top, max_range=MAX_RANGE)
     assert scan.error is None and len(scan.inflows) == 3, scan
-    return {"cassette": 1, "network": NETWORK,
-            "source": "generated: the local EVM chain (eth-tester, py-evm) with the test token",
-            "how": "scripts/make_evm_inflow_cassettes.py; the node refuses ranges over "
-                   f"{CAP} blocks (-32005), the scan asks for {MAX_RANGE}",
-            "expect": {"token": token.address, "treasury": treasury, "head": top, "cap": CAP,
-                       "max_range": MAX_RANGE, "sent": sent,
-                       "inflows": [{"tx_hash": i.tx_hash, "sender": i.sender, "value": i.value,
-                                    "block_number": i.block_number} for i in scan.inflows]},
-            "calls": rec.calls}
+    return {
+        "cassette": 1,
+        "network": NETWORK,
+        "source": "generated: the local EVM chain (eth-tester, py-evm) with the test token",
+        "how": "scripts/make_evm_inflow_cassettes.py; the node refuses ranges over "
+        f"{CAP} blocks (-32005), the scan asks for {MAX_RANGE}",
+        "expect": {
+            "token": token.address,
+            "treasury": treasury,
+            "head": top,
+            "cap": CAP,
+            "max_range": MAX_RANGE,
+            "sent": sent,
+            "inflows": [
+                {
+                    "tx_hash": i.tx_hash,
+                    "sender": i.sender,
+                    "value": i.value,
+                    "block_number": i.block_number,
+                }
+                for i in scan.inflows
+            ],
+        },
+        "calls": rec.calls,
+    }
 
 
 def main() -> None:

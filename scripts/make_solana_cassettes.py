@@ -24,6 +24,8 @@ from typing import Any
 
 import base58
 import orjson
+import spl.token.instructions as ti
+import spl.token.models as tm
 from solders.account import Account
 from solders.address_lookup_table_account import ID as ALT_PROGRAM
 from solders.address_lookup_table_account import AddressLookupTableAccount, LookupTableMeta
@@ -37,8 +39,6 @@ from solders.pubkey import Pubkey
 from solders.system_program import CreateAccountParams, TransferParams, create_account, transfer
 from solders.token.state import TokenAccount
 from solders.transaction import VersionedTransaction
-import spl.token.instructions as ti
-import spl.token.models as tm
 from spl.memo.instructions import create_memo
 from spl.memo.models import MemoParams
 from spl.token.constants import MINT_LEN, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID
@@ -56,9 +56,11 @@ TOKEN_PROGRAMS = {TOKEN_PROGRAM_ID: "spl-token", TOKEN_2022_PROGRAM_ID: "spl-tok
 # length, the account-type byte, then one TLV entry (2 + 2 + 108 bytes).
 FEE_MINT_LEN = 165 + 1 + 4 + 108
 DEMO_BLOCK_TIME = 1767225660  # 2026-01-01T00:01:00Z
-HOW = ("real signed transaction executed by the SPL programs in LiteSVM (solders 0.29); accounts read before "
-       "and after execution and rendered as getTransaction jsonParsed by scripts/make_solana_cassettes.py; "
-       "slot, blockTime and getSignatureStatuses chosen by the script")
+HOW = (
+    "real signed transaction executed by the SPL programs in LiteSVM (solders 0.29); accounts read before "
+    "and after execution and rendered as getTransaction jsonParsed by scripts/make_solana_cassettes.py; "
+    "slot, blockTime and getSignatureStatuses chosen by the script"
+)
 
 
 def key(name: str) -> Keypair:
@@ -74,6 +76,7 @@ TIP = key("tip-account").pubkey()
 
 
 # -- a small LiteSVM harness ---------------------------------------------------------------------
+
 
 @dataclass
 class Executed:
@@ -98,8 +101,15 @@ class Chain:
         for who in (PAYER, ALICE, BOB):
             self.svm.airdrop(who.pubkey(), 100 * 10**9)
 
-    def send(self, ixs: list[Instruction], signers: list[Keypair], *, v0_tables: list[Pubkey] | None = None,
-             block_time: int = DEMO_BLOCK_TIME, expect_ok: bool = True) -> Executed:
+    def send(
+        self,
+        ixs: list[Instruction],
+        signers: list[Keypair],
+        *,
+        v0_tables: list[Pubkey] | None = None,
+        block_time: int = DEMO_BLOCK_TIME,
+        expect_ok: bool = True,
+    ) -> Executed:
         self.svm.expire_blockhash()
         bh = self.svm.latest_blockhash()
         if v0_tables is None:
@@ -131,29 +141,65 @@ class Chain:
                 table = self.tables[lk.account_key]
                 writable += [table[i] for i in lk.writable_indexes]
                 readonly += [table[i] for i in lk.readonly_indexes]
-                lookups.append({"accountKey": str(lk.account_key), "readonlyIndexes": list(lk.readonly_indexes),
-                                "writableIndexes": list(lk.writable_indexes)})
+                lookups.append(
+                    {
+                        "accountKey": str(lk.account_key),
+                        "readonlyIndexes": list(lk.readonly_indexes),
+                        "writableIndexes": list(lk.writable_indexes),
+                    }
+                )
             keys += writable + readonly
             sources += ["lookupTable"] * (len(writable) + len(readonly))
         return keys, sources, lookups
 
     # -- setup helpers (their transactions are not written out) ----------------------------------
 
-    def make_mint(self, name: str, decimals: int, *, at: Pubkey | None = None, program: Pubkey = TOKEN_PROGRAM_ID,
-                  fee_bps: int | None = None) -> Pubkey:
+    def make_mint(
+        self,
+        name: str,
+        decimals: int,
+        *,
+        at: Pubkey | None = None,
+        program: Pubkey = TOKEN_PROGRAM_ID,
+        fee_bps: int | None = None,
+    ) -> Pubkey:
         mint = key(f"mint:{name}")
         space = FEE_MINT_LEN if fee_bps is not None else MINT_LEN
-        ixs = [create_account(CreateAccountParams(
-            from_pubkey=PAYER.pubkey(), to_pubkey=mint.pubkey(), owner=program, space=space,
-            lamports=self.svm.minimum_balance_for_rent_exemption(space)))]
+        ixs = [
+            create_account(
+                CreateAccountParams(
+                    from_pubkey=PAYER.pubkey(),
+                    to_pubkey=mint.pubkey(),
+                    owner=program,
+                    space=space,
+                    lamports=self.svm.minimum_balance_for_rent_exemption(space),
+                )
+            )
+        ]
         if fee_bps is not None:
-            ixs.append(ti.initialize_transfer_fee_config(tm.InitializeTransferFeeConfigParams(
-                program_id=program, mint=mint.pubkey(), transfer_fee_config_authority=PAYER.pubkey(),
-                withdraw_withheld_authority=PAYER.pubkey(), transfer_fee_basis_points=fee_bps,
-                maximum_fee=10**12)))
-        ixs.append(ti.initialize_mint(tm.InitializeMintParams(
-            program_id=program, mint=mint.pubkey(), decimals=decimals, mint_authority=PAYER.pubkey(),
-            freeze_authority=None)))
+            ixs.append(
+                ti.initialize_transfer_fee_config(
+                    tm.InitializeTransferFeeConfigParams(
+                        program_id=program,
+                        mint=mint.pubkey(),
+                        transfer_fee_config_authority=PAYER.pubkey(),
+                        withdraw_withheld_authority=PAYER.pubkey(),
+                        transfer_fee_basis_points=fee_bps,
+                        maximum_fee=10**12,
+                    )
+                )
+            )
+        ixs.append(
+            ti.initialize_mint(
+                tm.InitializeMintParams(
+                    program_id=program,
+                    mint=mint.pubkey(),
+                    decimals=decimals,
+                    mint_authority=PAYER.pubkey(),
+                    freeze_authority=None,
+                )
+            )
+        )
         self.send(ixs, [PAYER, mint])
         address = mint.pubkey()
         if at is not None:
@@ -165,48 +211,86 @@ class Chain:
         self.decimals[address] = decimals
         return address
 
-    def fund(self, owner: Pubkey, mint: Pubkey, amount: int, program: Pubkey = TOKEN_PROGRAM_ID) -> Pubkey:
+    def fund(
+        self, owner: Pubkey, mint: Pubkey, amount: int, program: Pubkey = TOKEN_PROGRAM_ID
+    ) -> Pubkey:
         ata = ti.get_associated_token_address(owner, mint, program)
-        self.send([
-            ti.create_idempotent_associated_token_account(PAYER.pubkey(), owner, mint, program),
-            ti.mint_to(tm.MintToParams(program_id=program, mint=mint, dest=ata, mint_authority=PAYER.pubkey(),
-                                       amount=amount)),
-        ], [PAYER])
+        self.send(
+            [
+                ti.create_idempotent_associated_token_account(PAYER.pubkey(), owner, mint, program),
+                ti.mint_to(
+                    tm.MintToParams(
+                        program_id=program,
+                        mint=mint,
+                        dest=ata,
+                        mint_authority=PAYER.pubkey(),
+                        amount=amount,
+                    )
+                ),
+            ],
+            [PAYER],
+        )
         return ata
 
     def open_account(self, owner: Pubkey, mint: Pubkey) -> Pubkey:
         ata = ti.get_associated_token_address(owner, mint)
-        self.send([ti.create_idempotent_associated_token_account(PAYER.pubkey(), owner, mint)], [PAYER])
+        self.send(
+            [ti.create_idempotent_associated_token_account(PAYER.pubkey(), owner, mint)], [PAYER]
+        )
         return ata
 
     def make_table(self, name: str, addresses: list[Pubkey]) -> Pubkey:
         """An address lookup table written in place; its addresses are active from the next slot."""
         table = key(f"alt:{name}").pubkey()
-        meta = LookupTableMeta(last_extended_slot=self.svm.get_clock().slot, authority=PAYER.pubkey())
-        data = (struct.pack("<I", 1) + bytes(meta)).ljust(56, b"\0") + b"".join(bytes(a) for a in addresses)
+        meta = LookupTableMeta(
+            last_extended_slot=self.svm.get_clock().slot, authority=PAYER.pubkey()
+        )
+        data = (struct.pack("<I", 1) + bytes(meta)).ljust(56, b"\0") + b"".join(
+            bytes(a) for a in addresses
+        )
         self.svm.set_account(table, Account(10**7, data, ALT_PROGRAM, False, 0))
         self.svm.warp_to_slot(self.svm.get_clock().slot + 2)
         self.tables[table] = addresses
         return table
 
 
-def transfer_checked(source_owner: Keypair, mint: Pubkey, dest_owner: Pubkey, amount: int, decimals: int,
-                     *, program: Pubkey = TOKEN_PROGRAM_ID, reference: Pubkey | None = None) -> Instruction:
-    ix = ti.transfer_checked(tm.TransferCheckedParams(
-        program_id=program, source=ti.get_associated_token_address(source_owner.pubkey(), mint, program),
-        mint=mint, dest=ti.get_associated_token_address(dest_owner, mint, program), owner=source_owner.pubkey(),
-        amount=amount, decimals=decimals))
+def transfer_checked(
+    source_owner: Keypair,
+    mint: Pubkey,
+    dest_owner: Pubkey,
+    amount: int,
+    decimals: int,
+    *,
+    program: Pubkey = TOKEN_PROGRAM_ID,
+    reference: Pubkey | None = None,
+) -> Instruction:
+    ix = ti.transfer_checked(
+        tm.TransferCheckedParams(
+            program_id=program,
+            source=ti.get_associated_token_address(source_owner.pubkey(), mint, program),
+            mint=mint,
+            dest=ti.get_associated_token_address(dest_owner, mint, program),
+            owner=source_owner.pubkey(),
+            amount=amount,
+            decimals=decimals,
+        )
+    )
     if reference is not None:
         # Solana Pay: the reference is appended as a read-only, non-signer key.
-        ix = Instruction(ix.program_id, ix.data, [*ix.accounts, AccountMeta(reference, False, False)])
+        ix = Instruction(
+            ix.program_id, ix.data, [*ix.accounts, AccountMeta(reference, False, False)]
+        )
     return ix
 
 
 def memo(text: str, signer: Keypair) -> Instruction:
-    return create_memo(MemoParams(program_id=MEMO_PROGRAM, signer=signer.pubkey(), message=text.encode()))
+    return create_memo(
+        MemoParams(program_id=MEMO_PROGRAM, signer=signer.pubkey(), message=text.encode())
+    )
 
 
 # -- rendering as a node's jsonParsed answer ---------------------------------------------------------
+
 
 def ui_amount_string(amount: int, decimals: int) -> str:
     whole, frac = divmod(amount, 10**decimals)
@@ -217,12 +301,16 @@ def ui_amount_string(amount: int, decimals: int) -> str:
 def token_amount(amount: int, decimals: int) -> dict[str, Any]:
     s = ui_amount_string(amount, decimals)
     # uiAmount is the node's float field, reproduced for shape only; railproof reads "amount".
-    return {"amount": str(amount), "decimals": decimals, "uiAmount": float(s) if amount else None,
-            "uiAmountString": s}
+    return {
+        "amount": str(amount),
+        "decimals": decimals,
+        "uiAmount": float(s) if amount else None,
+        "uiAmountString": s,
+    }
 
 
 def _authority(info: dict[str, Any], accounts: list[str], first: int) -> dict[str, Any]:
-    signers = accounts[first + 1:]
+    signers = accounts[first + 1 :]
     if signers:  # extra keys make the node read the authority as a multisig
         info["multisigAuthority"], info["signers"] = accounts[first], signers
     else:
@@ -230,32 +318,53 @@ def _authority(info: dict[str, Any], accounts: list[str], first: int) -> dict[st
     return info
 
 
-def parse_token(data: bytes, accounts: list[str], decimals_of: dict[str, int]) -> dict[str, Any] | None:
+def parse_token(
+    data: bytes, accounts: list[str], decimals_of: dict[str, int]
+) -> dict[str, Any] | None:
     tag = data[0]
     if tag == 3:  # Transfer
-        info = {"source": accounts[0], "destination": accounts[1], "amount": str(struct.unpack_from("<Q", data, 1)[0])}
+        info = {
+            "source": accounts[0],
+            "destination": accounts[1],
+            "amount": str(struct.unpack_from("<Q", data, 1)[0]),
+        }
         return {"type": "transfer", "info": _authority(info, accounts, 2)}
     if tag == 12:  # TransferChecked
         amount, decimals = struct.unpack_from("<QB", data, 1)
-        info = {"source": accounts[0], "mint": accounts[1], "destination": accounts[2],
-                "tokenAmount": token_amount(amount, decimals)}
+        info = {
+            "source": accounts[0],
+            "mint": accounts[1],
+            "destination": accounts[2],
+            "tokenAmount": token_amount(amount, decimals),
+        }
         return {"type": "transferChecked", "info": _authority(info, accounts, 3)}
     if tag == 21:  # GetAccountDataSize
         names = {7: "immutableOwner"}
-        exts = [names.get(struct.unpack_from("<H", data, i)[0], "unknown") for i in range(1, len(data) - 1, 2)]
+        exts = [
+            names.get(struct.unpack_from("<H", data, i)[0], "unknown")
+            for i in range(1, len(data) - 1, 2)
+        ]
         return {"type": "getAccountDataSize", "info": {"mint": accounts[0], "extensionTypes": exts}}
     if tag == 22:
         return {"type": "initializeImmutableOwner", "info": {"account": accounts[0]}}
     if tag == 18:  # InitializeAccount3
         owner = str(Pubkey.from_bytes(data[1:33]))
-        return {"type": "initializeAccount3", "info": {"account": accounts[0], "mint": accounts[1], "owner": owner}}
+        return {
+            "type": "initializeAccount3",
+            "info": {"account": accounts[0], "mint": accounts[1], "owner": owner},
+        }
     if tag == 5:  # Revoke
         return {"type": "revoke", "info": {"source": accounts[0], "owner": accounts[1]}}
     return None
 
 
-def parse_instruction(program: str, accounts: list[str], data: bytes, decimals_of: dict[str, int],
-                      stack_height: int | None) -> dict[str, Any]:
+def parse_instruction(
+    program: str,
+    accounts: list[str],
+    data: bytes,
+    decimals_of: dict[str, int],
+    stack_height: int | None,
+) -> dict[str, Any]:
     pid = Pubkey.from_string(program)
     parsed: Any = None
     name = None
@@ -265,37 +374,79 @@ def parse_instruction(program: str, accounts: list[str], data: bytes, decimals_o
         parsed, name = data.decode("utf-8"), "spl-memo"
     elif pid == ATA_PROGRAM:
         kind = "createIdempotent" if data[:1] == b"\x01" else "create"
-        parsed, name = {"type": kind, "info": {
-            "source": accounts[0], "account": accounts[1], "wallet": accounts[2], "mint": accounts[3],
-            "systemProgram": accounts[4], "tokenProgram": accounts[5]}}, "spl-associated-token-account"
+        parsed, name = (
+            {
+                "type": kind,
+                "info": {
+                    "source": accounts[0],
+                    "account": accounts[1],
+                    "wallet": accounts[2],
+                    "mint": accounts[3],
+                    "systemProgram": accounts[4],
+                    "tokenProgram": accounts[5],
+                },
+            },
+            "spl-associated-token-account",
+        )
     elif pid == SYSTEM_PROGRAM and data[:4] == struct.pack("<I", 2):
-        parsed, name = {"type": "transfer", "info": {
-            "source": accounts[0], "destination": accounts[1],
-            "lamports": struct.unpack_from("<Q", data, 4)[0]}}, "system"
+        parsed, name = (
+            {
+                "type": "transfer",
+                "info": {
+                    "source": accounts[0],
+                    "destination": accounts[1],
+                    "lamports": struct.unpack_from("<Q", data, 4)[0],
+                },
+            },
+            "system",
+        )
     elif pid == SYSTEM_PROGRAM and data[:4] == struct.pack("<I", 0):
         lamports, space = struct.unpack_from("<QQ", data, 4)
-        parsed, name = {"type": "createAccount", "info": {
-            "source": accounts[0], "newAccount": accounts[1], "lamports": lamports, "space": space,
-            "owner": str(Pubkey.from_bytes(data[20:52]))}}, "system"
+        parsed, name = (
+            {
+                "type": "createAccount",
+                "info": {
+                    "source": accounts[0],
+                    "newAccount": accounts[1],
+                    "lamports": lamports,
+                    "space": space,
+                    "owner": str(Pubkey.from_bytes(data[20:52])),
+                },
+            },
+            "system",
+        )
     if parsed is None:  # what a node shows for programs it cannot parse (compute budget …)
-        return {"accounts": accounts, "data": base58.b58encode(data).decode(), "programId": program,
-                "stackHeight": stack_height}
+        return {
+            "accounts": accounts,
+            "data": base58.b58encode(data).decode(),
+            "programId": program,
+            "stackHeight": stack_height,
+        }
     return {"parsed": parsed, "program": name, "programId": program, "stackHeight": stack_height}
 
 
 def _inner(g: Any, keys: list[str], decimals_of: dict[str, int]) -> dict[str, Any]:
     ix = g.instruction()
-    return parse_instruction(keys[ix.program_id_index], [keys[a] for a in ix.accounts], bytes(ix.data),
-                             decimals_of, g.stack_height())
+    return parse_instruction(
+        keys[ix.program_id_index],
+        [keys[a] for a in ix.accounts],
+        bytes(ix.data),
+        decimals_of,
+        g.stack_height(),
+    )
 
 
-def token_balances(ex: Executed, state: dict[Pubkey, Any], chain: Chain, with_owner: bool) -> list[dict[str, Any]]:
+def token_balances(
+    ex: Executed, state: dict[Pubkey, Any], chain: Chain, with_owner: bool
+) -> list[dict[str, Any]]:
     out = []
     for i, k in enumerate(ex.keys):
         acct = state.get(k)
         if acct is None or acct.owner not in TOKEN_PROGRAMS or len(acct.data) < 165:
             continue
-        if len(acct.data) > 165 and bytes(acct.data)[165] != 2:  # Token-2022: 1 = mint, 2 = token account
+        if (
+            len(acct.data) > 165 and bytes(acct.data)[165] != 2
+        ):  # Token-2022: 1 = mint, 2 = token account
             continue
         ta = TokenAccount.from_bytes(bytes(acct.data)[:165])
         entry: dict[str, Any] = {"accountIndex": i, "mint": str(ta.mint)}
@@ -314,18 +465,30 @@ def render(ex: Executed, chain: Chain, *, with_owner: bool = True) -> dict[str, 
 
     def writable(i: int) -> bool:
         if i >= n_static:
-            return ex.sources[i] == "lookupTable" and i < n_static + sum(len(x["writableIndexes"]) for x in ex.lookups)
+            return ex.sources[i] == "lookupTable" and i < n_static + sum(
+                len(x["writableIndexes"]) for x in ex.lookups
+            )
         if i < n_sig:
             return i < n_sig - header.num_readonly_signed_accounts
         return i < n_static - header.num_readonly_unsigned_accounts
 
     decimals_of = {str(m): d for m, d in chain.decimals.items()}
-    instructions = [parse_instruction(keys[ix.program_id_index], [keys[a] for a in ix.accounts], bytes(ix.data),
-                                      decimals_of, None) for ix in msg.instructions]
+    instructions = [
+        parse_instruction(
+            keys[ix.program_id_index],
+            [keys[a] for a in ix.accounts],
+            bytes(ix.data),
+            decimals_of,
+            None,
+        )
+        for ix in msg.instructions
+    ]
     inner = []
     for idx, group in enumerate(ex.meta.inner_instructions()):
         if group:
-            inner.append({"index": idx, "instructions": [_inner(g, keys, decimals_of) for g in group]})
+            inner.append(
+                {"index": idx, "instructions": [_inner(g, keys, decimals_of) for g in group]}
+            )
     balance = lambda state: [state[k].lamports if state.get(k) is not None else 0 for k in ex.keys]  # noqa: E731
     result = {
         "blockTime": ex.block_time,
@@ -345,8 +508,15 @@ def render(ex: Executed, chain: Chain, *, with_owner: bool = True) -> dict[str, 
         "slot": ex.slot,
         "transaction": {
             "message": {
-                "accountKeys": [{"pubkey": k, "signer": i < n_sig, "source": ex.sources[i], "writable": writable(i)}
-                                for i, k in enumerate(keys)],
+                "accountKeys": [
+                    {
+                        "pubkey": k,
+                        "signer": i < n_sig,
+                        "source": ex.sources[i],
+                        "writable": writable(i),
+                    }
+                    for i, k in enumerate(keys)
+                ],
                 "addressTableLookups": ex.lookups if isinstance(msg, MessageV0) else None,
                 "instructions": instructions,
                 "recentBlockhash": str(msg.recent_blockhash),
@@ -359,32 +529,67 @@ def render(ex: Executed, chain: Chain, *, with_owner: bool = True) -> dict[str, 
 
 
 def status(slot: int, commitment: str = "finalized") -> dict[str, Any]:
-    return {"context": {"slot": slot + 40}, "value": [{
-        "slot": slot, "confirmations": None if commitment == "finalized" else 12, "err": None,
-        "status": {"Ok": None}, "confirmationStatus": commitment}]}
+    return {
+        "context": {"slot": slot + 40},
+        "value": [
+            {
+                "slot": slot,
+                "confirmations": None if commitment == "finalized" else 12,
+                "err": None,
+                "status": {"Ok": None},
+                "confirmationStatus": commitment,
+            }
+        ],
+    }
 
 
 def cassette(what: str, calls: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {"cassette": 1, "network": NETWORK, "source": f"generated: {what}", "how": HOW, **extra, "calls": calls}
+    return {
+        "cassette": 1,
+        "network": NETWORK,
+        "source": f"generated: {what}",
+        "how": HOW,
+        **extra,
+        "calls": calls,
+    }
 
 
 def tx_calls(sig: str, result: Any, commitment: str | None = "finalized") -> list[dict[str, Any]]:
-    calls = [{"method": "getTransaction",
-              "params": [sig, {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0}],
-              "result": result}]
+    calls = [
+        {
+            "method": "getTransaction",
+            "params": [sig, {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0}],
+            "result": result,
+        }
+    ]
     if commitment is not None and result is not None:
-        calls.append({"method": "getSignatureStatuses", "params": [[sig], {"searchTransactionHistory": True}],
-                      "result": status(result["slot"], commitment)})
+        calls.append(
+            {
+                "method": "getSignatureStatuses",
+                "params": [[sig], {"searchTransactionHistory": True}],
+                "result": status(result["slot"], commitment),
+            }
+        )
     return calls
 
 
-def written(ex: Executed, chain: Chain, what: str, *, commitment: str = "finalized", with_owner: bool = True,
-            **extra: Any) -> dict[str, Any]:
+def written(
+    ex: Executed,
+    chain: Chain,
+    what: str,
+    *,
+    commitment: str = "finalized",
+    with_owner: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
     result = render(ex, chain, with_owner=with_owner)
-    return cassette(what, tx_calls(result["transaction"]["signatures"][0], result, commitment), **extra)
+    return cassette(
+        what, tx_calls(result["transaction"]["signatures"][0], result, commitment), **extra
+    )
 
 
 # -- the cases ---------------------------------------------------------------------------------------
+
 
 def build() -> dict[str, dict[str, Any]]:
     c = Chain()
@@ -412,137 +617,362 @@ def build() -> dict[str, dict[str, Any]]:
 
     t0 = DEMO_BLOCK_TIME
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 1_500_000, 6, reference=ref), memo("order-1001", ALICE)],
-                [ALICE], block_time=t0 + 60)
-    out["usdc_reference_memo"] = written(ex, c, "USDC TransferChecked of 1500000 to the treasury with a Solana Pay "
-                                         "reference key appended and memo 'order-1001'", expect={
-                                             "recipient": str(TREASURY), "amount": 1_500_000, "reference": str(ref),
-                                             "memo": "order-1001", "sender": str(ALICE.pubkey())})
+    ex = c.send(
+        [
+            transfer_checked(ALICE, usdc, TREASURY, 1_500_000, 6, reference=ref),
+            memo("order-1001", ALICE),
+        ],
+        [ALICE],
+        block_time=t0 + 60,
+    )
+    out["usdc_reference_memo"] = written(
+        ex,
+        c,
+        "USDC TransferChecked of 1500000 to the treasury with a Solana Pay "
+        "reference key appended and memo 'order-1001'",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 1_500_000,
+            "reference": str(ref),
+            "memo": "order-1001",
+            "sender": str(ALICE.pubkey()),
+        },
+    )
 
     table = c.make_table("treasury", [treasury_ata, USDC])
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 2_000_000, 6, reference=ref_of("v0_lookup_table_usdc"))], [ALICE],
-                v0_tables=[table], block_time=t0 + 120)
-    out["v0_lookup_table_usdc"] = written(ex, c, "v0 USDC TransferChecked of 2000000 whose recipient token account "
-                                          "(and the mint) come from an address lookup table", expect={
-                                              "recipient": str(TREASURY), "amount": 2_000_000,
-                                              "reference": str(ref_of("v0_lookup_table_usdc"))})
+    ex = c.send(
+        [
+            transfer_checked(
+                ALICE, usdc, TREASURY, 2_000_000, 6, reference=ref_of("v0_lookup_table_usdc")
+            )
+        ],
+        [ALICE],
+        v0_tables=[table],
+        block_time=t0 + 120,
+    )
+    out["v0_lookup_table_usdc"] = written(
+        ex,
+        c,
+        "v0 USDC TransferChecked of 2000000 whose recipient token account "
+        "(and the mint) come from an address lookup table",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 2_000_000,
+            "reference": str(ref_of("v0_lookup_table_usdc")),
+        },
+    )
 
     pay = transfer_checked(ALICE, usdc, TREASURY, 3_000_000, 6, reference=ref_of("order-1002"))
-    ex = c.send([set_compute_unit_limit(200_000), set_compute_unit_price(5_000),
-                 transfer(TransferParams(from_pubkey=ALICE.pubkey(), to_pubkey=TIP, lamports=1_000_000)),
-                 pay, memo("order-1002", ALICE)], [ALICE], block_time=t0 + 180)
-    out["extra_instructions_a"] = written(ex, c, "wallet-style transaction: compute budget limit and price, an "
-                                          "unrelated SOL tip transfer, then USDC TransferChecked of 3000000, then "
-                                          "memo 'order-1002'", expect={"recipient": str(TREASURY), "amount": 3_000_000,
-                                                                       "memo": "order-1002",
-                                                                       "reference": str(ref_of("order-1002"))})
-    ex = c.send([memo("order-1002", ALICE), transfer(TransferParams(from_pubkey=ALICE.pubkey(), to_pubkey=TIP,
-                                                                    lamports=1_000_001)),
-                 pay, set_compute_unit_price(5_001),
-                 set_compute_unit_limit(200_001)], [ALICE], block_time=t0 + 181)
-    out["extra_instructions_b"] = written(ex, c, "the same payment with the instructions in another order: memo "
-                                          "first, SOL tip, USDC TransferChecked of 3000000, compute budget last",
-                                          expect={"recipient": str(TREASURY), "amount": 3_000_000, "memo": "order-1002",
-                                                  "reference": str(ref_of("order-1002"))})
+    ex = c.send(
+        [
+            set_compute_unit_limit(200_000),
+            set_compute_unit_price(5_000),
+            transfer(TransferParams(from_pubkey=ALICE.pubkey(), to_pubkey=TIP, lamports=1_000_000)),
+            pay,
+            memo("order-1002", ALICE),
+        ],
+        [ALICE],
+        block_time=t0 + 180,
+    )
+    out["extra_instructions_a"] = written(
+        ex,
+        c,
+        "wallet-style transaction: compute budget limit and price, an "
+        "unrelated SOL tip transfer, then USDC TransferChecked of 3000000, then "
+        "memo 'order-1002'",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 3_000_000,
+            "memo": "order-1002",
+            "reference": str(ref_of("order-1002")),
+        },
+    )
+    ex = c.send(
+        [
+            memo("order-1002", ALICE),
+            transfer(TransferParams(from_pubkey=ALICE.pubkey(), to_pubkey=TIP, lamports=1_000_001)),
+            pay,
+            set_compute_unit_price(5_001),
+            set_compute_unit_limit(200_001),
+        ],
+        [ALICE],
+        block_time=t0 + 181,
+    )
+    out["extra_instructions_b"] = written(
+        ex,
+        c,
+        "the same payment with the instructions in another order: memo "
+        "first, SOL tip, USDC TransferChecked of 3000000, compute budget last",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 3_000_000,
+            "memo": "order-1002",
+            "reference": str(ref_of("order-1002")),
+        },
+    )
 
-    ex = c.send([ti.create_idempotent_associated_token_account(BOB.pubkey(), MERCHANT, usdc),
-                 transfer_checked(BOB, usdc, MERCHANT, 4_200_000, 6, reference=ref_of("ata_created_same_tx"))], [BOB],
-                block_time=t0 + 240)
-    out["ata_created_same_tx"] = written(ex, c, "recipient's associated token account created in the same "
-                                         "transaction (no pre-balance entry), then USDC TransferChecked of 4200000",
-                                         expect={"recipient": str(MERCHANT), "amount": 4_200_000,
-                                                 "sender": str(BOB.pubkey()),
-                                                 "reference": str(ref_of("ata_created_same_tx"))})
+    ex = c.send(
+        [
+            ti.create_idempotent_associated_token_account(BOB.pubkey(), MERCHANT, usdc),
+            transfer_checked(
+                BOB, usdc, MERCHANT, 4_200_000, 6, reference=ref_of("ata_created_same_tx")
+            ),
+        ],
+        [BOB],
+        block_time=t0 + 240,
+    )
+    out["ata_created_same_tx"] = written(
+        ex,
+        c,
+        "recipient's associated token account created in the same "
+        "transaction (no pre-balance entry), then USDC TransferChecked of 4200000",
+        expect={
+            "recipient": str(MERCHANT),
+            "amount": 4_200_000,
+            "sender": str(BOB.pubkey()),
+            "reference": str(ref_of("ata_created_same_tx")),
+        },
+    )
 
-    ex = c.send([transfer_checked(ALICE, t22, TREASURY, 1_000_000, 6, program=TOKEN_2022_PROGRAM_ID,
-                                  reference=ref_of("token2022_transfer_fee"))], [ALICE],
-                block_time=t0 + 300)
-    out["token2022_transfer_fee"] = written(ex, c, "Token-2022 TransferChecked of 1000000 on a mint with a 1% "
-                                            "transfer fee: 10000 withheld, the recipient's net is 990000",
-                                            expect={"recipient": str(TREASURY), "amount": 990_000, "asset": str(t22),
-                                                    "gross": 1_000_000,
-                                                    "reference": str(ref_of("token2022_transfer_fee"))})
+    ex = c.send(
+        [
+            transfer_checked(
+                ALICE,
+                t22,
+                TREASURY,
+                1_000_000,
+                6,
+                program=TOKEN_2022_PROGRAM_ID,
+                reference=ref_of("token2022_transfer_fee"),
+            )
+        ],
+        [ALICE],
+        block_time=t0 + 300,
+    )
+    out["token2022_transfer_fee"] = written(
+        ex,
+        c,
+        "Token-2022 TransferChecked of 1000000 on a mint with a 1% "
+        "transfer fee: 10000 withheld, the recipient's net is 990000",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 990_000,
+            "asset": str(t22),
+            "gross": 1_000_000,
+            "reference": str(ref_of("token2022_transfer_fee")),
+        },
+    )
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 5_000_000, 6, reference=ref_of("confirmed_not_final"))],
-                [ALICE], block_time=t0 + 360)
-    out["confirmed_not_final"] = written(ex, c, "USDC TransferChecked of 5000000 whose status is 'confirmed', "
-                                         "not yet finalized", commitment="confirmed",
-                                         expect={"recipient": str(TREASURY), "amount": 5_000_000,
-                                                 "reference": str(ref_of("confirmed_not_final"))})
+    ex = c.send(
+        [
+            transfer_checked(
+                ALICE, usdc, TREASURY, 5_000_000, 6, reference=ref_of("confirmed_not_final")
+            )
+        ],
+        [ALICE],
+        block_time=t0 + 360,
+    )
+    out["confirmed_not_final"] = written(
+        ex,
+        c,
+        "USDC TransferChecked of 5000000 whose status is 'confirmed', not yet finalized",
+        commitment="confirmed",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 5_000_000,
+            "reference": str(ref_of("confirmed_not_final")),
+        },
+    )
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 24_000_000, 6, reference=ref_of("underpayment")),
-                 memo("railproof-demo", ALICE)], [ALICE], block_time=t0 + 420)
-    out["underpayment"] = written(ex, c, "USDC TransferChecked of 24000000 where the session asked 25000000",
-                                  expect={"recipient": str(TREASURY), "amount": 25_000_000, "paid": 24_000_000,
-                                          "reference": str(ref_of("underpayment"))})
+    ex = c.send(
+        [
+            transfer_checked(
+                ALICE, usdc, TREASURY, 24_000_000, 6, reference=ref_of("underpayment")
+            ),
+            memo("railproof-demo", ALICE),
+        ],
+        [ALICE],
+        block_time=t0 + 420,
+    )
+    out["underpayment"] = written(
+        ex,
+        c,
+        "USDC TransferChecked of 24000000 where the session asked 25000000",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 25_000_000,
+            "paid": 24_000_000,
+            "reference": str(ref_of("underpayment")),
+        },
+    )
 
-    ex = c.send([transfer_checked(ALICE, fake, TREASURY, 25_000_000, 6, reference=ref_of("wrong_mint"))], [ALICE],
-                block_time=t0 + 480)
-    out["wrong_mint"] = written(ex, c, "TransferChecked of 25000000 of a look-alike 6-decimal token (not the USDC "
-                                "mint) to the treasury", expect={"recipient": str(TREASURY), "amount": 25_000_000,
-                                                                 "asset": str(fake),
-                                                                 "reference": str(ref_of("wrong_mint"))})
+    ex = c.send(
+        [transfer_checked(ALICE, fake, TREASURY, 25_000_000, 6, reference=ref_of("wrong_mint"))],
+        [ALICE],
+        block_time=t0 + 480,
+    )
+    out["wrong_mint"] = written(
+        ex,
+        c,
+        "TransferChecked of 25000000 of a look-alike 6-decimal token (not the USDC "
+        "mint) to the treasury",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 25_000_000,
+            "asset": str(fake),
+            "reference": str(ref_of("wrong_mint")),
+        },
+    )
 
-    ex = c.send([transfer_checked(ALICE, nine, TREASURY, 25_000_000, 9, reference=ref_of("decimals_mismatch"))],
-                [ALICE], block_time=t0 + 540)
-    out["decimals_mismatch"] = written(ex, c, "TransferChecked of a 9-decimal mint; a rail of 6 decimals pointed at "
-                                       "this mint must refuse it", expect={"recipient": str(TREASURY),
-                                                                           "amount": 25_000_000, "asset": str(nine),
-                                                                           "reference": str(ref_of("decimals_mismatch"))})
+    ex = c.send(
+        [
+            transfer_checked(
+                ALICE, nine, TREASURY, 25_000_000, 9, reference=ref_of("decimals_mismatch")
+            )
+        ],
+        [ALICE],
+        block_time=t0 + 540,
+    )
+    out["decimals_mismatch"] = written(
+        ex,
+        c,
+        "TransferChecked of a 9-decimal mint; a rail of 6 decimals pointed at "
+        "this mint must refuse it",
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 25_000_000,
+            "asset": str(nine),
+            "reference": str(ref_of("decimals_mismatch")),
+        },
+    )
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 6_000_000, 6, reference=ref_of("old_format_ambiguous"))],
-                [ALICE], block_time=t0 + 600)
-    out["old_format_ambiguous"] = written(ex, c, "USDC TransferChecked of 6000000 rendered in the older node format "
-                                          "(token balances without owner/programId) and with no instruction that "
-                                          "proves who owns the accounts", with_owner=False,
-                                          expect={"recipient": str(TREASURY), "amount": 6_000_000,
-                                                  "reference": str(ref_of("old_format_ambiguous"))})
+    ex = c.send(
+        [
+            transfer_checked(
+                ALICE, usdc, TREASURY, 6_000_000, 6, reference=ref_of("old_format_ambiguous")
+            )
+        ],
+        [ALICE],
+        block_time=t0 + 600,
+    )
+    out["old_format_ambiguous"] = written(
+        ex,
+        c,
+        "USDC TransferChecked of 6000000 rendered in the older node format "
+        "(token balances without owner/programId) and with no instruction that "
+        "proves who owns the accounts",
+        with_owner=False,
+        expect={
+            "recipient": str(TREASURY),
+            "amount": 6_000_000,
+            "reference": str(ref_of("old_format_ambiguous")),
+        },
+    )
 
     alice_ata = ti.get_associated_token_address(ALICE.pubkey(), usdc)
-    ex = c.send([ti.revoke(tm.RevokeParams(program_id=TOKEN_PROGRAM_ID, account=alice_ata, owner=ALICE.pubkey())),
-                 ti.create_idempotent_associated_token_account(ALICE.pubkey(), OTHER, usdc),
-                 transfer_checked(ALICE, usdc, OTHER, 7_000_000, 6, reference=ref_of("old_format_resolved"))], [ALICE],
-                block_time=t0 + 660)
-    out["old_format_resolved"] = written(ex, c, "USDC TransferChecked of 7000000 in the older node format (no owner "
-                                         "in token balances); the owners are proved by the transaction itself: the "
-                                         "sender signs a Revoke on its account, the recipient's account is created "
-                                         "by the associated-token-account program", with_owner=False,
-                                         expect={"recipient": str(OTHER), "amount": 7_000_000,
-                                                 "sender": str(ALICE.pubkey()),
-                                                 "reference": str(ref_of("old_format_resolved"))})
+    ex = c.send(
+        [
+            ti.revoke(
+                tm.RevokeParams(
+                    program_id=TOKEN_PROGRAM_ID, account=alice_ata, owner=ALICE.pubkey()
+                )
+            ),
+            ti.create_idempotent_associated_token_account(ALICE.pubkey(), OTHER, usdc),
+            transfer_checked(
+                ALICE, usdc, OTHER, 7_000_000, 6, reference=ref_of("old_format_resolved")
+            ),
+        ],
+        [ALICE],
+        block_time=t0 + 660,
+    )
+    out["old_format_resolved"] = written(
+        ex,
+        c,
+        "USDC TransferChecked of 7000000 in the older node format (no owner "
+        "in token balances); the owners are proved by the transaction itself: the "
+        "sender signs a Revoke on its account, the recipient's account is created "
+        "by the associated-token-account program",
+        with_owner=False,
+        expect={
+            "recipient": str(OTHER),
+            "amount": 7_000_000,
+            "sender": str(ALICE.pubkey()),
+            "reference": str(ref_of("old_format_resolved")),
+        },
+    )
 
-    ex = c.send([transfer_checked(ALICE, usdc, TREASURY, 25_000_000, 6, reference=demo_ref),
-                 memo("railproof-demo", ALICE)], [ALICE], block_time=DEMO_BLOCK_TIME)
-    demo = written(ex, c, "the demo payment: USDC TransferChecked of 25000000 (25 USDC) to the treasury owner with "
-                   "a reference key and memo 'railproof-demo', finalized")
+    ex = c.send(
+        [
+            transfer_checked(ALICE, usdc, TREASURY, 25_000_000, 6, reference=demo_ref),
+            memo("railproof-demo", ALICE),
+        ],
+        [ALICE],
+        block_time=DEMO_BLOCK_TIME,
+    )
+    demo = written(
+        ex,
+        c,
+        "the demo payment: USDC TransferChecked of 25000000 (25 USDC) to the treasury owner with "
+        "a reference key and memo 'railproof-demo', finalized",
+    )
     sig = demo["calls"][0]["result"]["transaction"]["signatures"][0]
-    demo["demo"] = {"recipient": str(TREASURY), "amount": "25000000", "reference": str(demo_ref),
-                    "memo": "railproof-demo", "signature": sig, "clock": "2026-01-01T00:00:00Z"}
+    demo["demo"] = {
+        "recipient": str(TREASURY),
+        "amount": "25000000",
+        "reference": str(demo_ref),
+        "memo": "railproof-demo",
+        "signature": sig,
+        "clock": "2026-01-01T00:00:00Z",
+    }
     out["demo_payment"] = demo
 
     # A signed transaction that was never sent: the node answers null.
     bh = Hash(hashlib.sha256(b"railproof-fixture:never-sent").digest())
-    unsent = VersionedTransaction(Message.new_with_blockhash([memo("never sent", ALICE)], ALICE.pubkey(), bh), [ALICE])
-    out["tx_not_found"] = cassette("getTransaction of a signed transaction that was never submitted: null",
-                                   tx_calls(str(unsent.signatures[0]), None))
+    unsent = VersionedTransaction(
+        Message.new_with_blockhash([memo("never sent", ALICE)], ALICE.pubkey(), bh), [ALICE]
+    )
+    out["tx_not_found"] = cassette(
+        "getTransaction of a signed transaction that was never submitted: null",
+        tx_calls(str(unsent.signatures[0]), None),
+    )
     # Another never-sent transaction, so that replaying the whole directory keeps both cases.
     bh2 = Hash(hashlib.sha256(b"railproof-fixture:never-sent-2").digest())
-    unsent2 = VersionedTransaction(Message.new_with_blockhash([memo("never sent 2", ALICE)], ALICE.pubkey(), bh2),
-                                   [ALICE])
-    out["rpc_error"] = cassette("getTransaction answered with a JSON-RPC error object (node unhealthy)", [{
-        "method": "getTransaction", "params": [str(unsent2.signatures[0])],
-        "error": {"code": -32005, "message": "Node is unhealthy", "data": {"numSlotsBehind": 120}}}],
-        expect={"signature": str(unsent2.signatures[0])})
+    unsent2 = VersionedTransaction(
+        Message.new_with_blockhash([memo("never sent 2", ALICE)], ALICE.pubkey(), bh2), [ALICE]
+    )
+    out["rpc_error"] = cassette(
+        "getTransaction answered with a JSON-RPC error object (node unhealthy)",
+        [
+            {
+                "method": "getTransaction",
+                "params": [str(unsent2.signatures[0])],
+                "error": {
+                    "code": -32005,
+                    "message": "Node is unhealthy",
+                    "data": {"numSlotsBehind": 120},
+                },
+            }
+        ],
+        expect={"signature": str(unsent2.signatures[0])},
+    )
     # A node that answers a question about one signature with another (successful) transaction.
     lying = render(ex, c)
     asked = str(key("lying-node-victim").sign_message(b"railproof-fixture:lying-node"))
-    out["lying_node"] = cassette("getTransaction for one signature answered with the demo payment's transaction "
-                                 "(a different signature)", tx_calls(asked, lying), expect={"signature": asked})
+    out["lying_node"] = cassette(
+        "getTransaction for one signature answered with the demo payment's transaction "
+        "(a different signature)",
+        tx_calls(asked, lying),
+        expect={"signature": asked},
+    )
     return out
 
 
 def json_loaded_addresses_cassette() -> dict[str, Any]:
-    raw = orjson.loads((ROOT / "fixtures" / "raw" / "sol_v0_json_loadedaddresses_usdc_swap_mainnet.json").read_bytes())
+    raw = orjson.loads(
+        (
+            ROOT / "fixtures" / "raw" / "sol_v0_json_loadedaddresses_usdc_swap_mainnet.json"
+        ).read_bytes()
+    )
     result = raw["data"]["result"]
     sig = result["transaction"]["signatures"][0]
     src = raw["source"]

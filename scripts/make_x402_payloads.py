@@ -32,8 +32,12 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 BASE_CHAIN_ID = 8453
 BASE_USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
-BASE_DOMAIN = {"name": "USD Coin", "version": "2", "chainId": BASE_CHAIN_ID,
-               "verifyingContract": BASE_USDC}
+BASE_DOMAIN = {
+    "name": "USD Coin",
+    "version": "2",
+    "chainId": BASE_CHAIN_ID,
+    "verifyingContract": BASE_USDC,
+}
 
 PAYER_KEY = keccak(text="railproof x402 test payer #1")
 OTHER_KEY = keccak(text="railproof x402 test payer #2")
@@ -61,22 +65,37 @@ def authorization(key: bytes, value: int, n: int) -> dict[str, str]:
 
 
 def sign(key: bytes, auth: dict[str, str], domain: dict[str, Any]) -> bytes:
-    message = {**auth, "value": int(auth["value"]), "validAfter": int(auth["validAfter"]),
-               "validBefore": int(auth["validBefore"]), "nonce": bytes.fromhex(auth["nonce"][2:])}
+    message = {
+        **auth,
+        "value": int(auth["value"]),
+        "validAfter": int(auth["validAfter"]),
+        "validBefore": int(auth["validBefore"]),
+        "nonce": bytes.fromhex(auth["nonce"][2:]),
+    }
     return bytes(Account.sign_typed_data(key, domain, TYPES, message).signature)
 
 
 def v1(auth: dict[str, str], signature: bytes) -> dict[str, Any]:
-    return {"x402Version": 1, "scheme": "exact", "network": "base",
-            "payload": {"signature": "0x" + signature.hex(), "authorization": auth}}
+    return {
+        "x402Version": 1,
+        "scheme": "exact",
+        "network": "base",
+        "payload": {"signature": "0x" + signature.hex(), "authorization": auth},
+    }
 
 
 def v2(auth: dict[str, str], signature: bytes) -> dict[str, Any]:
     return {
         "x402Version": 2,
-        "accepted": {"scheme": "exact", "network": f"eip155:{BASE_CHAIN_ID}", "asset": BASE_USDC,
-                     "payTo": PAY_TO, "amount": auth["value"], "maxTimeoutSeconds": 60,
-                     "extra": {"name": "USD Coin", "version": "2"}},
+        "accepted": {
+            "scheme": "exact",
+            "network": f"eip155:{BASE_CHAIN_ID}",
+            "asset": BASE_USDC,
+            "payTo": PAY_TO,
+            "amount": auth["value"],
+            "maxTimeoutSeconds": 60,
+            "extra": {"name": "USD Coin", "version": "2"},
+        },
         "payload": {"signature": "0x" + signature.hex(), "authorization": auth},
     }
 
@@ -96,32 +115,49 @@ def signed_payloads() -> dict[str, Any]:
     auth3 = authorization(PAYER_KEY, 10000, 3)
     sig3 = sign(PAYER_KEY, auth3, {**BASE_DOMAIN, "name": "USDC"})
     entries = {
-        "valid_v1": ("payer #1 signs 10000 to the treasury on the Base USDC domain; v1 shape",
-                     v1(auth1, sig1)),
-        "valid_v2": ("the same authorization and signature in the v2 shape (accepted.*)",
-                     v2(auth1, sig1)),
-        "valid_v_01": ("valid_v1 with the signature's v byte written as 0/1 instead of 27/28",
-                       v1(auth1, sig1[:64] + bytes((sig1[64] - 27,)))),
-        "high_s_twin": ("valid_v1's signature in its malleable form (s = n - s, v flipped): "
-                        "ecrecover gives the same payer, FiatToken's ECRecover refuses it",
-                        v1(auth1, high_s_twin(sig1))),
-        "valid_payer2_20000": ("payer #2 signs 20000 to the treasury on the Base USDC domain; v2",
-                               v2(auth2, sig2)),
-        "wrong_domain_name": ("payer #1 signs on chain 8453 but with domain name 'USDC' (the "
-                              "Base Sepolia token's name): recovers another address on Base",
-                              v1(auth3, sig3)),
+        "valid_v1": (
+            "payer #1 signs 10000 to the treasury on the Base USDC domain; v1 shape",
+            v1(auth1, sig1),
+        ),
+        "valid_v2": (
+            "the same authorization and signature in the v2 shape (accepted.*)",
+            v2(auth1, sig1),
+        ),
+        "valid_v_01": (
+            "valid_v1 with the signature's v byte written as 0/1 instead of 27/28",
+            v1(auth1, sig1[:64] + bytes((sig1[64] - 27,))),
+        ),
+        "high_s_twin": (
+            "valid_v1's signature in its malleable form (s = n - s, v flipped): "
+            "ecrecover gives the same payer, FiatToken's ECRecover refuses it",
+            v1(auth1, high_s_twin(sig1)),
+        ),
+        "valid_payer2_20000": (
+            "payer #2 signs 20000 to the treasury on the Base USDC domain; v2",
+            v2(auth2, sig2),
+        ),
+        "wrong_domain_name": (
+            "payer #1 signs on chain 8453 but with domain name 'USDC' (the "
+            "Base Sepolia token's name): recovers another address on Base",
+            v1(auth3, sig3),
+        ),
     }
     return {
         "made_by": "scripts/make_x402_payloads.py",
-        "how": ("signed with eth-account Account.sign_typed_data by deterministic test keys "
-                "(keccak256 of 'railproof x402 test payer #1' / '#2'); domain "
-                f"{json.dumps(BASE_DOMAIN)}; window [{VALID_AFTER}, {VALID_BEFORE})"),
+        "how": (
+            "signed with eth-account Account.sign_typed_data by deterministic test keys "
+            "(keccak256 of 'railproof x402 test payer #1' / '#2'); domain "
+            f"{json.dumps(BASE_DOMAIN)}; window [{VALID_AFTER}, {VALID_BEFORE})"
+        ),
         "network": "base",
         "chain_id": BASE_CHAIN_ID,
         "asset": BASE_USDC,
         "pay_to": PAY_TO,
         "now": NOW,
-        "payers": {"#1": Account.from_key(PAYER_KEY).address, "#2": Account.from_key(OTHER_KEY).address},
+        "payers": {
+            "#1": Account.from_key(PAYER_KEY).address,
+            "#2": Account.from_key(OTHER_KEY).address,
+        },
         "payloads": {name: {"how": how, "payload": doc} for name, (how, doc) in entries.items()},
     }
 

@@ -6,25 +6,25 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from tests.fake_rail import ScriptedChain, catalog_with_fake
-from verifier.http.api import create_app
 from verifier.core.config import Settings
 from verifier.core.engine import Engine
-from verifier.storage.db import Database, upgrade
+from verifier.http.api import create_app
+from verifier.storage.db import upgrade
 
 PG_URL = os.environ.get("RAILPROOF_TEST_POSTGRES_URL")
 SERVICE_TOKEN = "svc-token-alice"
 OTHER_SERVICE_TOKEN = "svc-token-bob"
 STAFF_TOKEN = "staff-token-ops1"
 STAFF_TOKEN_2 = "staff-token-ops2"
-CLOCK = datetime(2026, 1, 1, tzinfo=timezone.utc)
+CLOCK = datetime(2026, 1, 1, tzinfo=UTC)
 _TEMPLATE = "railproof_tpl_" + uuid.uuid4().hex[:8]
 
 
@@ -37,8 +37,10 @@ def pg_template() -> Iterator[str]:
     if not PG_URL:
         if os.environ.get("CI"):
             pytest.fail("RAILPROOF_TEST_POSTGRES_URL is unset under CI: PostgreSQL tests must run")
-        pytest.skip("PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
-                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+        pytest.skip(
+            "PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
+            "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"
+        )
     admin = _pg_admin()
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{_TEMPLATE}"'))
@@ -83,11 +85,16 @@ def db_url(request, tmp_path) -> Iterator[str]:
 
 
 def make_settings(db_url: str, **kw) -> Settings:
-    base = dict(database_url=db_url, chain="cassette",
-                service_tokens={SERVICE_TOKEN: ["alice", "alice-2"], OTHER_SERVICE_TOKEN: ["bob"]},
-                staff_tokens={STAFF_TOKEN: "ops1", STAFF_TOKEN_2: "ops2"},
-                apply_rail_allowlist=["solana_usdc", "fake_live"], clock=CLOCK, env={},
-                audit_key="test-audit-key")
+    base = dict(
+        database_url=db_url,
+        chain="cassette",
+        service_tokens={SERVICE_TOKEN: ["alice", "alice-2"], OTHER_SERVICE_TOKEN: ["bob"]},
+        staff_tokens={STAFF_TOKEN: "ops1", STAFF_TOKEN_2: "ops2"},
+        apply_rail_allowlist=["solana_usdc", "fake_live"],
+        clock=CLOCK,
+        env={},
+        audit_key="test-audit-key",
+    )
     base.update(kw)
     return Settings(**base)
 

@@ -35,9 +35,10 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from eth_tester import EthereumTester, PyEVMBackend
 from eth_tester.backends.pyevm.main import ZERO_ADDRESS
@@ -95,8 +96,9 @@ def mapping_slot(slot: int, *keys: str | int | bytes) -> int:
     return slot
 
 
-def eip3009_token_account(balances: dict[str, int] | None = None,
-                          allowances: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
+def eip3009_token_account(
+    balances: dict[str, int] | None = None, allowances: dict[tuple[str, str], int] | None = None
+) -> dict[str, Any]:
     """A genesis account holding the EIP-3009 test token's runtime code, with balances and
     allowances ((owner, spender) → value) already in its storage, as if minted and approved
     before the chain's first block."""
@@ -150,9 +152,11 @@ class _Backend(PyEVMBackend):
             self.chain.__class__ = type(base.__name__, (base,), {"chain_id": self._chain_id})
         if genesis_state:
             # eth-tester makes one key per genesis account; the contracts' are not funded.
-            keys = tuple(k for k in self.account_keys
-                         if genesis_state.get(k.public_key.to_canonical_address(), {})
-                         .get("balance"))
+            keys = tuple(
+                k
+                for k in self.account_keys
+                if genesis_state.get(k.public_key.to_canonical_address(), {}).get("balance")
+            )
             self.account_keys = keys
         self._follow_parent()
 
@@ -161,22 +165,33 @@ def _genesis_account(spec: dict[str, Any]) -> dict[str, Any]:
     code = spec.get("code", b"")
     if isinstance(code, str):
         code = bytes.fromhex(code.removeprefix("0x"))
-    return {"balance": int(spec.get("balance", 0)), "nonce": int(spec.get("nonce", 0)),
-            "code": code, "storage": {int(k): int(v) for k, v in spec.get("storage", {}).items()}}
+    return {
+        "balance": int(spec.get("balance", 0)),
+        "nonce": int(spec.get("nonce", 0)),
+        "code": code,
+        "storage": {int(k): int(v) for k, v in spec.get("storage", {}).items()},
+    }
 
 
 class LocalEvmChain:
     source = "local"
 
-    def __init__(self, finalized_lag: int | None = None, chain_id: int | None = None,
-                 genesis_timestamp: int | None = None,
-                 genesis_accounts: dict[str, dict[str, Any]] | None = None,
-                 block_time: int | None = None):
+    def __init__(
+        self,
+        finalized_lag: int | None = None,
+        chain_id: int | None = None,
+        genesis_timestamp: int | None = None,
+        genesis_accounts: dict[str, dict[str, Any]] | None = None,
+        block_time: int | None = None,
+    ):
         """`chain_id`, `genesis_timestamp`, `genesis_accounts` ({address: {"code", "storage",
         "balance", "nonce"}}), `block_time`: see the module's docstring; None keeps
         eth-tester's defaults."""
-        params = (PyEVMBackend.generate_genesis_params({"timestamp": genesis_timestamp})
-                  if genesis_timestamp is not None else None)
+        params = (
+            PyEVMBackend.generate_genesis_params({"timestamp": genesis_timestamp})
+            if genesis_timestamp is not None
+            else None
+        )
         state = None
         if genesis_accounts:
             state = PyEVMBackend.generate_genesis_state()
@@ -185,13 +200,14 @@ class LocalEvmChain:
         if chain_id is None and params is None and state is None and block_time is None:
             backend = PyEVMBackend()
         else:
-            backend = _Backend(chain_id, block_time, genesis_parameters=params,
-                               genesis_state=state)
+            backend = _Backend(chain_id, block_time, genesis_parameters=params, genesis_state=state)
         self.tester = EthereumTester(backend)
         endpoints = None
         if chain_id is not None:
-            endpoints = {**API_ENDPOINTS,
-                         "eth": {**API_ENDPOINTS["eth"], "chainId": static_return(chain_id)}}
+            endpoints = {
+                **API_ENDPOINTS,
+                "eth": {**API_ENDPOINTS["eth"], "chainId": static_return(chain_id)},
+            }
         self.w3 = Web3(EthereumTesterProvider(self.tester, api_endpoints=endpoints))
         self.accounts = self.w3.eth.accounts
         self.finalized_lag = finalized_lag
@@ -200,18 +216,26 @@ class LocalEvmChain:
         self.abi, self.bytecode = doc["abi"], doc["bytecode"]
 
     @classmethod
-    def base_sepolia(cls, genesis_timestamp: int = BASE_SEPOLIA_GENESIS_TIMESTAMP,
-                     block_time: int = 2,
-                     balances: dict[str, int] | None = None,
-                     allowances: dict[tuple[str, str], int] | None = None,
-                     **kw: Any) -> "LocalEvmChain":
+    def base_sepolia(
+        cls,
+        genesis_timestamp: int = BASE_SEPOLIA_GENESIS_TIMESTAMP,
+        block_time: int = 2,
+        balances: dict[str, int] | None = None,
+        allowances: dict[tuple[str, str], int] | None = None,
+        **kw: Any,
+    ) -> LocalEvmChain:
         """Base Sepolia (chain 84532) with the EIP-3009 test token's runtime code at the real
         USDC address (`eip3009_token()`); `balances` and `allowances` are in its genesis
         storage. Blocks follow each other every `block_time` seconds (Base: 2) from the
         genesis time, whatever the wall clock says."""
         token = eip3009_token_account(balances, allowances)
-        return cls(chain_id=BASE_SEPOLIA_CHAIN_ID, genesis_timestamp=genesis_timestamp,
-                   genesis_accounts={BASE_SEPOLIA_USDC: token}, block_time=block_time, **kw)
+        return cls(
+            chain_id=BASE_SEPOLIA_CHAIN_ID,
+            genesis_timestamp=genesis_timestamp,
+            genesis_accounts={BASE_SEPOLIA_USDC: token},
+            block_time=block_time,
+            **kw,
+        )
 
     # -- the Transport seam ------------------------------------------------------------------
 
@@ -228,7 +252,8 @@ class LocalEvmChain:
         result = response["result"]
         if method == "eth_getBlockByNumber" and isinstance(result, dict):
             result = {k: v for k, v in result.items() if k != "transactions"} | {
-                "transactions": [to_wire(t) for t in result.get("transactions", [])]}
+                "transactions": [to_wire(t) for t in result.get("transactions", [])]
+            }
         return to_wire(result)
 
     # -- driving the chain -------------------------------------------------------------------
@@ -257,26 +282,40 @@ class LocalEvmChain:
         abi = json.loads(TOKEN_3009_JSON.read_text())["abi"]
         return self.w3.eth.contract(address=to_checksum_address(address), abi=abi)
 
-    def transfer_with_authorization(self, token, authorization: dict[str, Any], signature: str,
-                                    sender: str | None = None, as_bytes: bool = False,
-                                    gas: int = 200_000) -> str:
+    def transfer_with_authorization(
+        self,
+        token,
+        authorization: dict[str, Any],
+        signature: str,
+        sender: str | None = None,
+        as_bytes: bool = False,
+        gas: int = 200_000,
+    ) -> str:
         """Settle a signed EIP-3009 authorization (an x402 payload's `authorization` and
         `signature`) as a facilitator does: `sender` (default: the first test account) calls
         transferWithAuthorization with (v, r, s), or with the 65-byte signature when
         `as_bytes`. The gas is given: eth-tester estimates gas in a block timed by the wall
         clock, not in the pending block (whose time may be pinned inside the window)."""
         a = authorization
-        args = [a["from"], a["to"], int(a["value"]), int(a["validAfter"]),
-                int(a["validBefore"]), a["nonce"]]
+        args = [
+            a["from"],
+            a["to"],
+            int(a["value"]),
+            int(a["validAfter"]),
+            int(a["validBefore"]),
+            a["nonce"],
+        ]
         sig = bytes.fromhex(signature.removeprefix("0x"))
         if as_bytes:
             fn = token.get_function_by_signature(
-                "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)")
+                "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+            )
             call = fn(*args, sig)
         else:
             fn = token.get_function_by_signature(
                 "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,"
-                "uint8,bytes32,bytes32)")
+                "uint8,bytes32,bytes32)"
+            )
             call = fn(*args, sig[64], sig[:32], sig[32:64])
         return call.transact({"from": sender or self.accounts[0], "gas": gas}).to_0x_hex()
 
@@ -284,7 +323,8 @@ class LocalEvmChain:
         deployer = deployer or self.accounts[0]
         factory = self.w3.eth.contract(abi=self.abi, bytecode=self.bytecode)
         receipt = self.w3.eth.wait_for_transaction_receipt(
-            factory.constructor().transact({"from": deployer}))
+            factory.constructor().transact({"from": deployer})
+        )
         return self.w3.eth.contract(address=receipt.contractAddress, abi=self.abi)
 
     def transfer(self, token, sender: str, to: str, amount: int, gas: int | None = None) -> str:
@@ -300,15 +340,30 @@ class LocalEvmChain:
         """evm_revert: the chain goes back to the snapshot; blocks mined since are dropped."""
         self.w3.provider.make_request("evm_revert", [snapshot_id])
 
-    def rail(self, token_address: str, confirmations: int = 3, finalized_tag: bool = False,
-             stage: Stage = Stage.gated, rail_id: str = "local_usdc") -> Rail:
+    def rail(
+        self,
+        token_address: str,
+        confirmations: int = 3,
+        finalized_tag: bool = False,
+        stage: Stage = Stage.gated,
+        rail_id: str = "local_usdc",
+    ) -> Rail:
         """A rail for this chain and token: the catalog's shape with local values."""
         return Rail(
-            rail_id=rail_id, family="evm", stage=stage, network="local", chain_id=self.chain_id,
-            asset=token_address, asset_symbol="USDC", decimals=6, proof_types=("evm_tx_hash",),
-            finality=FinalityPolicy(mode="depth", confirmations=confirmations,
-                                    finalized_tag=finalized_tag),
-            treasury=None, default_production_enabled=False,
+            rail_id=rail_id,
+            family="evm",
+            stage=stage,
+            network="local",
+            chain_id=self.chain_id,
+            asset=token_address,
+            asset_symbol="USDC",
+            decimals=6,
+            proof_types=("evm_tx_hash",),
+            finality=FinalityPolicy(
+                mode="depth", confirmations=confirmations, finalized_tag=finalized_tag
+            ),
+            treasury=None,
+            default_production_enabled=False,
         )
 
 
@@ -359,8 +414,9 @@ class ScriptedNode:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -377,8 +433,11 @@ def jsonrpc_answer(table: Callable[[str, list[Any]], Any]) -> Callable[[str, Any
             result = table(body["method"], body.get("params", []))
             doc = {"jsonrpc": "2.0", "id": body.get("id"), "result": result}
         except KeyError:
-            doc = {"jsonrpc": "2.0", "id": body.get("id"),
-                   "error": {"code": -32601, "message": "method not found"}}
+            doc = {
+                "jsonrpc": "2.0",
+                "id": body.get("id"),
+                "error": {"code": -32601, "message": "method not found"},
+            }
         return 200, json.dumps(doc).encode()
 
     return answer

@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from rails.transport.cassette import Call, read_cassette
 from tests.jsonrpc_server import Fault, JsonRpcServer
@@ -61,7 +62,10 @@ def now_block_time() -> int:
 def double_received(result: dict[str, Any]) -> dict[str, Any]:
     """Forgery: every post token balance that grew grows twice as much."""
     meta = result["meta"]
-    pre = {b["accountIndex"]: int(b["uiTokenAmount"]["amount"]) for b in meta.get("preTokenBalances") or []}
+    pre = {
+        b["accountIndex"]: int(b["uiTokenAmount"]["amount"])
+        for b in meta.get("preTokenBalances") or []
+    }
     for b in meta.get("postTokenBalances") or []:
         before = pre.get(b["accountIndex"], 0)
         after = int(b["uiTokenAmount"]["amount"])
@@ -73,15 +77,20 @@ def double_received(result: dict[str, Any]) -> dict[str, Any]:
 
 
 class FaultRpcNode(JsonRpcServer):
-    def __init__(self, cassettes: Iterable[Path] = (DEMO_CASSETTE,), *,
-                 block_time: Callable[[], int] | None = None,
-                 forge: Callable[[dict[str, Any]], dict[str, Any]] = double_received):
+    def __init__(
+        self,
+        cassettes: Iterable[Path] = (DEMO_CASSETTE,),
+        *,
+        block_time: Callable[[], int] | None = None,
+        forge: Callable[[dict[str, Any]], dict[str, Any]] = double_received,
+    ):
         super().__init__()
         self._calls: list[Call] = []
         for path in cassettes:
             self._calls.extend(Call(c) for c in read_cassette(Path(path))["calls"])
-        self._decoy = next((c.result for c in self._calls
-                            if c.method == "getTransaction" and c.result), None)
+        self._decoy = next(
+            (c.result for c in self._calls if c.method == "getTransaction" and c.result), None
+        )
         self.block_time = block_time
         self.forge = forge
         self.behaviour = Behaviour.honest
@@ -94,11 +103,11 @@ class FaultRpcNode(JsonRpcServer):
 
     # -- what the test controls --------------------------------------------------------------
 
-    def behave(self, behaviour: Behaviour) -> "FaultRpcNode":
+    def behave(self, behaviour: Behaviour) -> FaultRpcNode:
         self.behaviour = Behaviour(behaviour)
         return self
 
-    def always(self, fault: Fault | None) -> "FaultRpcNode":
+    def always(self, fault: Fault | None) -> FaultRpcNode:
         """Every request (once the queued faults are spent) gets `fault`; None: back to normal."""
         with self._lock:
             self._always = fault
@@ -143,9 +152,16 @@ class FaultRpcNode(JsonRpcServer):
             asked = params[0] if params else None
             if result is not None and result["transaction"]["signatures"][0] == asked:
                 # Asked for the decoy itself: lie with another recorded transaction.
-                result = next((copy.deepcopy(c.result) for c in self._calls
-                               if c.method == "getTransaction" and c.result
-                               and c.result["transaction"]["signatures"][0] != asked), None)
+                result = next(
+                    (
+                        copy.deepcopy(c.result)
+                        for c in self._calls
+                        if c.method == "getTransaction"
+                        and c.result
+                        and c.result["transaction"]["signatures"][0] != asked
+                    ),
+                    None,
+                )
         else:
             result = self._recorded("getTransaction", params)
         if result is None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -29,17 +30,37 @@ from verifier.storage.models import (
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-GATE_CHECKS = ["proof_verified", "settlement_final", "rail_registered", "rail_not_paused",
-               "rail_production_enabled", "rail_allowlisted", "live_apply_enabled",
-               "receipt_creation_allowed", "tuple_bound"]
-TABLES = (RailState, Approval, PaymentSession, Proof, VerificationAttempt, SettlementEvidence,
-          Receipt, Entitlement, AuditEvent, IdempotencyClaim)
+GATE_CHECKS = [
+    "proof_verified",
+    "settlement_final",
+    "rail_registered",
+    "rail_not_paused",
+    "rail_production_enabled",
+    "rail_allowlisted",
+    "live_apply_enabled",
+    "receipt_creation_allowed",
+    "tuple_bound",
+]
+TABLES = (
+    RailState,
+    Approval,
+    PaymentSession,
+    Proof,
+    VerificationAttempt,
+    SettlementEvidence,
+    Receipt,
+    Entitlement,
+    AuditEvent,
+    IdempotencyClaim,
+)
 
 
 def cassette_engine(db_url: str, clock=CLOCK, **kw: Any) -> Engine:
     """An engine replaying the repository's recorded chains (plus the fake rails)."""
-    e = Engine(make_settings(db_url, chain="cassette", cassette_dir=FIXTURES, clock=clock, **kw),
-               catalog=catalog_with_fake())
+    e = Engine(
+        make_settings(db_url, chain="cassette", cassette_dir=FIXTURES, clock=clock, **kw),
+        catalog=catalog_with_fake(),
+    )
     e.ensure_rail_states()
     return e
 

@@ -16,9 +16,10 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,27 +31,27 @@ class Fault:
     error: dict | None = None
 
     @classmethod
-    def status(cls, code: int) -> "Fault":
+    def status(cls, code: int) -> Fault:
         """Answer with this HTTP status and an empty JSON body."""
         return cls("status", status_code=code)
 
     @classmethod
-    def slow(cls, seconds: float) -> "Fault":
+    def slow(cls, seconds: float) -> Fault:
         """Wait, then answer normally (a timeout when `seconds` exceeds the client's)."""
         return cls("slow", seconds=seconds)
 
     @classmethod
-    def malformed(cls, body: bytes = b"<html>not json</html>") -> "Fault":
+    def malformed(cls, body: bytes = b"<html>not json</html>") -> Fault:
         """Answer 200 with a body that is not a JSON-RPC response."""
         return cls("malformed", body=body)
 
     @classmethod
-    def rpc_error(cls, code: int = -32005, message: str = "Node is unhealthy") -> "Fault":
+    def rpc_error(cls, code: int = -32005, message: str = "Node is unhealthy") -> Fault:
         """Answer 200 with a JSON-RPC error object."""
         return cls("rpc_error", error={"code": code, "message": message})
 
     @classmethod
-    def drop(cls) -> "Fault":
+    def drop(cls) -> Fault:
         """Close the connection without answering."""
         return cls("drop")
 
@@ -63,7 +64,9 @@ class JsonRpcServer:
         self.requests: list[dict[str, Any]] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -82,7 +85,7 @@ class JsonRpcServer:
         with self._lock:
             return sum(1 for r in self.requests if method is None or r.get("method") == method)
 
-    def start(self) -> "JsonRpcServer":
+    def start(self) -> JsonRpcServer:
         self._thread.start()
         return self
 
@@ -90,7 +93,7 @@ class JsonRpcServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> "JsonRpcServer":
+    def __enter__(self) -> JsonRpcServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

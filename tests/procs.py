@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -46,7 +47,9 @@ def base_env(**railproof: str) -> dict[str, str]:
     return env
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+def wait_until(
+    what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if check():
@@ -63,8 +66,14 @@ class Proc:
         self.name = name
         self.log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._fh = self.log.open("wb")
-        self.popen = subprocess.Popen(args, env=dict(env), cwd=REPO, stdout=self._fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            args,
+            env=dict(env),
+            cwd=REPO,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.popen.pid
 
     def alive(self) -> bool:
@@ -102,15 +111,34 @@ class Proc:
 
 
 class Api(Proc):
-    def __init__(self, env: Mapping[str, str], log_dir: Path, workers: int = 1,
-                 port: int | None = None, name: str = "api"):
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        workers: int = 1,
+        port: int | None = None,
+        name: str = "api",
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(name, [RAILPROOF, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                "--workers", str(workers)], env, log_dir)
+        super().__init__(
+            name,
+            [
+                RAILPROOF,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            env,
+            log_dir,
+        )
         self.workers = workers
 
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> "Api":
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> Api:
         # With several uvicorn workers, every one must answer: ask until `workers` distinct
         # connections succeed in a row (they share one listening socket).
         def ready() -> bool:
@@ -124,13 +152,20 @@ class Api(Proc):
                 return True
             except httpx.HTTPError:
                 return False
+
         wait_until(f"{self.name} on {self.url}", ready, timeout, 0.1)
         return self
 
 
 class Worker(Proc):
-    def __init__(self, env: Mapping[str, str], log_dir: Path, name: str, interval: float = 0.2,
-                 once: bool = False):
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        name: str,
+        interval: float = 0.2,
+        once: bool = False,
+    ):
         args = [RAILPROOF, "worker", "--name", name, "--interval", str(interval)]
         if once:
             args.append("--once")
@@ -143,14 +178,19 @@ class Worker(Proc):
             self._fh.close()
 
 
-def cli(args: list[str], env: Mapping[str, str], timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run([RAILPROOF, *args], env=dict(env), cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+def cli(
+    args: list[str], env: Mapping[str, str], timeout: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RAILPROOF, *args], env=dict(env), cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def cli_json(args: list[str], env: Mapping[str, str]) -> Any:
     out = cli([*args, "--json"], env)
-    assert out.returncode == 0, f"railproof {' '.join(args)}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+    assert out.returncode == 0, (
+        f"railproof {' '.join(args)}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+    )
     return json.loads(out.stdout)
 
 

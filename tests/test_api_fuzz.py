@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth, make_pg_db, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.helpers import FIXTURES
-from verifier.http.api import MAX_BODY_BYTES, create_app
 from verifier.core.engine import Engine
-from verifier.services.proofs import submit_proof
+from verifier.http.api import MAX_BODY_BYTES, create_app
 from verifier.http.ratelimit import RateLimiter
+from verifier.services.proofs import submit_proof
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.db import upgrade
 
@@ -42,13 +42,24 @@ SOLANA_TREASURY = "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg"
 
 
 def _app(url: str):
-    engine = Engine(make_settings(url, cassette_dir=FIXTURES,
-                                  env={"RAILPROOF_TREASURY_X402": X402_PAY_TO,
-                                       "RAILPROOF_TREASURY_SOLANA_USDC": SOLANA_TREASURY}),
-                    catalog=catalog_with_fake())
+    engine = Engine(
+        make_settings(
+            url,
+            cassette_dir=FIXTURES,
+            env={
+                "RAILPROOF_TREASURY_X402": X402_PAY_TO,
+                "RAILPROOF_TREASURY_SOLANA_USDC": SOLANA_TREASURY,
+            },
+        ),
+        catalog=catalog_with_fake(),
+    )
     chain = ScriptedChain()
-    chain.txs["fx0123abcd"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
-                               "asset": "fusd"}
+    chain.txs["fx0123abcd"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+    }
     engine.chains.set_transport("fakenet", chain)
     engine.ensure_rail_states()
     app = create_app(engine)
@@ -59,13 +70,19 @@ def _app(url: str):
 def _seed(engine) -> dict[str, list[str]]:
     """Real ids for the fuzzer to aim at, so generated bodies get past the 404s."""
     out: dict[str, list[str]] = {"session": [], "proof": []}
-    for rail_id, recipient in (("fake_live", "fatreasury"), ("solana_usdc", None),
-                               ("x402", None)):
-        sess = open_session(engine, NewSession(owner_id="alice", rail_id=rail_id,
-                                               access_product_id="pro", amount=1500000,
-                                               recipient=recipient,
-                                               reference=None if rail_id == "x402" else "auto"),
-                            actor="fuzz-seed")
+    for rail_id, recipient in (("fake_live", "fatreasury"), ("solana_usdc", None), ("x402", None)):
+        sess = open_session(
+            engine,
+            NewSession(
+                owner_id="alice",
+                rail_id=rail_id,
+                access_product_id="pro",
+                amount=1500000,
+                recipient=recipient,
+                reference=None if rail_id == "x402" else "auto",
+            ),
+            actor="fuzz-seed",
+        )
         out["session"].append(sess["id"])
     view, _ = submit_proof(engine, out["session"][0], "fx0123abcd", ["alice"], actor="fuzz-seed")
     out["proof"].append(view["id"])
@@ -101,16 +118,20 @@ def _operations() -> tuple[list[tuple[str, str]], dict[tuple[str, str], list[tup
     engine = Engine(make_settings("sqlite:///unused-for-schema.db"), catalog=catalog_with_fake())
     spec = create_app(engine).openapi()
     ops = [(m.upper(), path) for path, item in sorted(spec["paths"].items()) for m in sorted(item)]
-    params = {(m.upper(), path): [(p["in"], p["name"]) for p in op.get("parameters", [])]
-              for path, item in spec["paths"].items() for m, op in item.items()}
+    params = {
+        (m.upper(), path): [(p["in"], p["name"]) for p in op.get("parameters", [])]
+        for path, item in spec["paths"].items()
+        for m, op in item.items()
+    }
     return ops, params
 
 
 OPERATIONS, PARAMETERS = _operations()
 
 
-@pytest.fixture(scope="module",
-                params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def fuzz_db_url(request, tmp_path_factory):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('fuzz')}/fuzz.db"
@@ -134,8 +155,9 @@ def api_schema(fuzz_db_url):
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP allows HTAB in a header
 # NUL most of all; then any C0 control character or DEL, alone or in a run.
-BAD_TEXT = (st.sampled_from(["\x00", "a\x00b", "\x00\x01", "\x7f", "\n", "\t", "\r\n", "\x1b[0m"])
-            | st.text(st.characters(max_codepoint=0x1f) | st.just("\x7f"), min_size=1, max_size=4))
+BAD_TEXT = st.sampled_from(
+    ["\x00", "a\x00b", "\x00\x01", "\x7f", "\n", "\t", "\r\n", "\x1b[0m"]
+) | st.text(st.characters(max_codepoint=0x1F) | st.just("\x7f"), min_size=1, max_size=4)
 TAINT = st.none() | st.tuples(st.integers(0, 2**31), BAD_TEXT)
 
 
@@ -144,7 +166,7 @@ def body_strings(value, keys: tuple = ()):
     if isinstance(value, str):
         yield keys, value
     elif isinstance(value, (dict, list)):
-        for k, v in (value.items() if isinstance(value, dict) else enumerate(value)):
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
             yield from body_strings(v, (*keys, k))
 
 
@@ -188,10 +210,16 @@ def taint(case, method: str, path: str, taint_with) -> None:
 def refused_fields(case) -> set[str]:
     """The names the API may give what the case holds and must refuse (lower-cased)."""
     out = {k.lower() for k, v in (case.headers or {}).items() if HEADER_CONTROL.search(str(v))}
-    out |= {"query" if CONTROL.search(k) else k.lower() for k, v in (case.query or {}).items()
-            if CONTROL.search(f"{k}{v}")}
-    out |= {k.lower() for k, v in (case.path_parameters or {}).items()
-            if re.search(r"%(?:[01][0-9A-Fa-f]|7[Ff])", str(v))}
+    out |= {
+        "query" if CONTROL.search(k) else k.lower()
+        for k, v in (case.query or {}).items()
+        if CONTROL.search(f"{k}{v}")
+    }
+    out |= {
+        k.lower()
+        for k, v in (case.path_parameters or {}).items()
+        if re.search(r"%(?:[01][0-9A-Fa-f]|7[Ff])", str(v))
+    }
     if isinstance(case.body, (dict, list)):
         out |= {_dotted(k).lower() for k, text in body_strings(case.body) if "\x00" in text}
         out |= {_dotted(k).lower() for k in _objects_with_nul_keys(case.body)}
@@ -200,7 +228,7 @@ def refused_fields(case) -> set[str]:
 
 def _objects_with_nul_keys(value, keys: tuple = ()):
     if isinstance(value, (dict, list)):
-        for k, v in (value.items() if isinstance(value, dict) else enumerate(value)):
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
             if isinstance(k, str) and "\x00" in k:
                 yield keys
             yield from _objects_with_nul_keys(v, (*keys, k))
@@ -232,14 +260,23 @@ def test_every_route_is_in_the_fuzzed_schema():
 @pytest.mark.parametrize("method,path", OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_fuzz_operation(api_schema, method, path):
     api, seeds = api_schema
-    op = next(r.ok() for r in api.get_all_operations()
-              if r.ok().method.upper() == method and r.ok().path == path)
+    op = next(
+        r.ok()
+        for r in api.get_all_operations()
+        if r.ok().method.upper() == method and r.ok().path == path
+    )
     headers = {"Authorization": f"Bearer {token_for(path)}"}
 
     # No shrinking: a failure is reported as found (with its curl line), in bounded time.
-    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
-              phases=(Phase.explicit, Phase.generate), report_multiple_bugs=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=(Phase.explicit, Phase.generate),
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=op.as_strategy(), taint_with=TAINT)
     def run(case, taint_with):
         case.headers = {**(case.headers or {}), **headers}
@@ -250,8 +287,10 @@ def test_fuzz_operation(api_schema, method, path):
         assert_sound(response, path)
         if refused:
             err = response.json()["error"]
-            assert response.status_code == 422 and err["code"] == "invalid_request", \
-                (refused, response.text)
+            assert response.status_code == 422 and err["code"] == "invalid_request", (
+                refused,
+                response.text,
+            )
             assert err["field"].lower() in refused, (refused, err)
 
     run()
@@ -289,8 +328,11 @@ def test_deep_proof_object_is_refused_not_a_500(hostile_client):
 
 
 def test_brackets_inside_strings_do_not_count_as_depth(hostile_client):
-    r = hostile_client.post("/v1/proofs", headers=JSON_HEADERS, content=json.dumps(
-        {"session_id": "nope", "proof": "[" * 1000 + "{" * 1000}).encode())
+    r = hostile_client.post(
+        "/v1/proofs",
+        headers=JSON_HEADERS,
+        content=json.dumps({"session_id": "nope", "proof": "[" * 1000 + "{" * 1000}).encode(),
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
 
 
@@ -302,15 +344,24 @@ def test_oversized_body_with_and_without_content_length(hostile_client):
     def chunked():  # no Content-Length: the size is counted as the bytes arrive
         yield big[:1000]
         for i in range(1000, len(big), 8192):
-            yield big[i:i + 8192]
+            yield big[i : i + 8192]
 
     r = hostile_client.post("/v1/proofs", headers=JSON_HEADERS, content=chunked())
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     assert_sound(r, "/v1/proofs")
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe\x00", b'{"session_id": ', b"null", b"[]",
-                                     b'{"session_id": "s", "proof": 12}', b"\x00" * 100])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe\x00",
+        b'{"session_id": ',
+        b"null",
+        b"[]",
+        b'{"session_id": "s", "proof": 12}',
+        b"\x00" * 100,
+    ],
+)
 def test_garbage_bodies_are_json_4xx(hostile_client, content):
     r = hostile_client.post("/v1/proofs", headers=JSON_HEADERS, content=content)
     assert 400 <= r.status_code < 500
@@ -323,19 +374,20 @@ def test_proof_object_canonical_json_cannot_encode_is_a_422(hostile_client, proo
     # Found by the fuzzer: a proof object with a lone surrogate or an integer beyond 64 bits
     # broke the canonical-JSON encoder behind fingerprints and idempotency hashes (a 500).
     headers = {**JSON_HEADERS, **({"Idempotency-Key": key} if key else {})}
-    r = hostile_client.post("/v1/proofs", headers=headers,
-                            content=b'{"session_id": "s", "proof": ' + proof + b"}")
+    r = hostile_client.post(
+        "/v1/proofs", headers=headers, content=b'{"session_id": "s", "proof": ' + proof + b"}"
+    )
     assert r.status_code == 422 and r.json()["error"]["field"].startswith("proof"), r.text
 
 
-@pytest.mark.parametrize("rail_id,treasury", [("solana_usdc", "0"), ("tron_usdt", "1\x13"),
-                                              ("evm_usdc", "0xnothex")])
+@pytest.mark.parametrize(
+    "rail_id,treasury", [("solana_usdc", "0"), ("tron_usdt", "1\x13"), ("evm_usdc", "0xnothex")]
+)
 def test_malformed_treasury_request_is_a_422(hostile_client, rail_id, treasury):
     # Found by the fuzzer: the adapter's ProofMalformed escaped as a 500.
-    r = hostile_client.post(f"/v1/admin/rails/{rail_id}/treasury/request",
-                            headers=auth(STAFF_TOKEN),
-                            json={"treasury": treasury, "incident_id": "INC-1",
-                                  "operator_reason": "fuzz finding"})
+    r = hostile_client.post(
+        f"/v1/admin/rails/{rail_id}/treasury/request",
+        headers=auth(STAFF_TOKEN),
+        json={"treasury": treasury, "incident_id": "INC-1", "operator_reason": "fuzz finding"},
+    )
     assert r.status_code == 422, r.text
-
-

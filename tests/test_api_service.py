@@ -14,14 +14,21 @@ from verifier.storage.models import (
     Proof,
 )
 
-SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-           "amount": 1500000, "recipient": "fatreasury"}
+SESSION = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+}
 
 
 def rows(engine):
     with engine.db.tx() as s:
-        return tuple(s.scalar(select(func.count()).select_from(m))
-                     for m in (PaymentSession, Proof, AuditEvent))
+        return tuple(
+            s.scalar(select(func.count()).select_from(m))
+            for m in (PaymentSession, Proof, AuditEvent)
+        )
 
 
 def new_session(client, token=SERVICE_TOKEN, **kw):
@@ -31,8 +38,13 @@ def new_session(client, token=SERVICE_TOKEN, **kw):
 
 
 def paid_proof(client, chain, sess, tx="fx0123abcd"):
-    chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": 1500000, "asset": "fusd",
-                     "refs": [sess["reference"]]}
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
     r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx})
     assert r.status_code == 201, r.text
     return r.json()
@@ -47,27 +59,54 @@ def test_health_and_openapi(client):
 def test_session_shape_and_amount_as_string(client):
     body = new_session(client, amount="2500000")
     assert body["amount"] == "2500000" and body["status"] == "open"
-    for k in ("id", "owner_id", "rail_id", "access_product_id", "recipient", "reference",
-              "memo", "created_at", "expires_at", "payment_requirements"):
+    for k in (
+        "id",
+        "owner_id",
+        "rail_id",
+        "access_product_id",
+        "recipient",
+        "reference",
+        "memo",
+        "created_at",
+        "expires_at",
+        "payment_requirements",
+    ):
         assert k in body
 
 
 def test_proof_shape_and_status_codes(client, chain):
     sess = new_session(client)
     proof = paid_proof(client, chain, sess)
-    for k in ("id", "fingerprint", "rail_id", "session_id", "owner_id", "status",
-              "failure_code", "detail", "settlement", "receipt_id"):
+    for k in (
+        "id",
+        "fingerprint",
+        "rail_id",
+        "session_id",
+        "owner_id",
+        "status",
+        "failure_code",
+        "detail",
+        "settlement",
+        "receipt_id",
+    ):
         assert k in proof
     assert proof["settlement"]["finality"] == "finalized"
-    again = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                            "proof": "fx0123abcd"})
+    again = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0123abcd"}
+    )
     assert again.status_code == 200 and again.json()["id"] == proof["id"]
     assert client.get(f"/v1/proofs/{proof['id']}", headers=auth()).json()["status"] == "verified"
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
-                                     {"Authorization": "Basic abc"},
-                                     {"Authorization": f"Bearer {STAFF_TOKEN}"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": f"Bearer {STAFF_TOKEN}"},
+    ],
+)
 def test_missing_or_wrong_token_is_401_and_writes_nothing(client, engine, headers):
     before = rows(engine)
     r = client.post("/v1/payment-sessions", headers=headers, json=SESSION)
@@ -86,8 +125,10 @@ def test_owner_isolation_on_every_service_endpoint(client, engine, chain):
     proof = paid_proof(client, chain, sess)
     bob = auth(OTHER_SERVICE_TOKEN)
     denials = lambda: sum(  # noqa: E731
-        float(line.split()[-1]) for line in engine.metrics.render().decode().splitlines()
-        if line.startswith("railproof_owner_isolation_denials_total{"))
+        float(line.split()[-1])
+        for line in engine.metrics.render().decode().splitlines()
+        if line.startswith("railproof_owner_isolation_denials_total{")
+    )
     start = denials()
     calls = [
         ("post", "/v1/payment-sessions", {**SESSION}),  # bob acting for alice
@@ -120,18 +161,26 @@ def test_idempotency_replay_conflict_and_in_progress(client, engine):
     # A claim whose work never completed (a crashed process) answers "in progress" and is
     # listed as stuck; it is never deleted.
     with engine.db.tx() as s:
-        s.add(IdempotencyClaim(principal="svc:alice,alice-2", endpoint="POST /v1/payment-sessions",
-                               key="k-stuck", request_hash="x" * 64,
-                               created_at=engine.now()))
-    from verifier.services.idempotency import request_hash
+        s.add(
+            IdempotencyClaim(
+                principal="svc:alice,alice-2",
+                endpoint="POST /v1/payment-sessions",
+                key="k-stuck",
+                request_hash="x" * 64,
+                created_at=engine.now(),
+            )
+        )
+
     with engine.db.tx() as s:
         c = s.get(IdempotencyClaim, ("svc:alice,alice-2", "POST /v1/payment-sessions", "k-stuck"))
         c.request_hash = request_hash(SessionIn(**SESSION).model_dump(mode="json"))
-    r4 = client.post("/v1/payment-sessions", headers={**auth(), "Idempotency-Key": "k-stuck"},
-                     json=SESSION)
+    r4 = client.post(
+        "/v1/payment-sessions", headers={**auth(), "Idempotency-Key": "k-stuck"}, json=SESSION
+    )
     assert r4.status_code == 409 and r4.json()["error"]["code"] == "idempotency_in_progress"
-    stuck = client.get("/v1/admin/idempotency-claims/stuck?min_age_seconds=0",
-                       headers=auth(STAFF_TOKEN)).json()
+    stuck = client.get(
+        "/v1/admin/idempotency-claims/stuck?min_age_seconds=0", headers=auth(STAFF_TOKEN)
+    ).json()
     assert [c["key"] for c in stuck] == ["k-stuck"]
 
 
@@ -175,28 +224,47 @@ def test_bad_session_input_names_the_field_and_writes_nothing(client, engine, bo
 
 def test_malformed_json_body(client, engine):
     before = rows(engine)
-    r = client.post("/v1/payment-sessions", headers={**auth(), "Content-Type": "application/json"},
-                    content=b'{"owner_id": "alice", ')
+    r = client.post(
+        "/v1/payment-sessions",
+        headers={**auth(), "Content-Type": "application/json"},
+        content=b'{"owner_id": "alice", ',
+    )
     assert r.status_code == 422 and r.json()["error"]["field"] == "body"
     assert rows(engine) == before
 
 
 def test_wrong_length_solana_signature_is_refused(client, engine):
-    r = client.post("/v1/payment-sessions", headers=auth(), json={
-        **SESSION, "rail_id": "solana_usdc", "amount": 1000,
-        "recipient": "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui"})
+    r = client.post(
+        "/v1/payment-sessions",
+        headers=auth(),
+        json={
+            **SESSION,
+            "rail_id": "solana_usdc",
+            "amount": 1000,
+            "recipient": "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui",
+        },
+    )
     assert r.status_code == 201, r.text
     before = rows(engine)
-    r = client.post("/v1/proofs", headers=auth(), json={
-        "session_id": r.json()["id"], "proof": "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2"})
+    r = client.post(
+        "/v1/proofs",
+        headers=auth(),
+        json={
+            "session_id": r.json()["id"],
+            "proof": "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2",
+        },
+    )
     assert r.status_code == 422
     assert r.json()["error"] == {**r.json()["error"], "code": "proof_malformed", "field": "proof"}
     assert rows(engine) == before
 
 
 def test_oversized_body_is_refused(client):
-    r = client.post("/v1/proofs", headers=auth(), content=b"{" + b" " * 70_000 + b"}",
-                    )
+    r = client.post(
+        "/v1/proofs",
+        headers=auth(),
+        content=b"{" + b" " * 70_000 + b"}",
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
 
@@ -207,9 +275,16 @@ def test_unknown_path_is_json(client):
 
 def test_unknown_rail_and_session_codes(client, engine):
     before = rows(engine)
-    r = client.post("/v1/payment-sessions", headers=auth(), json={**SESSION, "rail_id": "doge_coin"})
+    r = client.post(
+        "/v1/payment-sessions", headers=auth(), json={**SESSION, "rail_id": "doge_coin"}
+    )
     assert r.status_code == 422
-    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("rail_not_registered", "rail_id")
-    r = client.post("/v1/proofs", headers=auth(), json={"session_id": "no-such", "proof": "fx12345678"})
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (
+        "rail_not_registered",
+        "rail_id",
+    )
+    r = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": "no-such", "proof": "fx12345678"}
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
     assert rows(engine) == before

@@ -17,15 +17,31 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES: dict[str, tuple[str, ...]] = {
     "registry": ("rails", "verifier"),  # pure: the catalog, stages, contracts, readiness
     "rails": ("verifier",),  # adapters and transports: no database, no engine
-    "verifier.core": ("verifier.services", "verifier.http", "verifier.cli", "verifier.worker",
-                      "verifier.tools"),
-    "verifier.storage": ("verifier.services", "verifier.http", "verifier.cli",
-                         "verifier.worker", "verifier.tools", "rails"),
+    "verifier.core": (
+        "verifier.services",
+        "verifier.http",
+        "verifier.cli",
+        "verifier.worker",
+        "verifier.tools",
+    ),
+    "verifier.storage": (
+        "verifier.services",
+        "verifier.http",
+        "verifier.cli",
+        "verifier.worker",
+        "verifier.tools",
+        "rails",
+    ),
     "verifier.services": ("verifier.http", "verifier.cli", "verifier.worker", "verifier.tools"),
     "verifier.worker": ("verifier.http", "verifier.cli", "verifier.tools"),
     # Routes call services; only services (through storage.repo) reach the database.
-    "verifier.http": ("verifier.storage", "verifier.cli", "verifier.worker", "verifier.tools",
-                      "sqlalchemy"),
+    "verifier.http": (
+        "verifier.storage",
+        "verifier.cli",
+        "verifier.worker",
+        "verifier.tools",
+        "sqlalchemy",
+    ),
 }
 
 
@@ -50,8 +66,12 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 
 def _sources() -> list[Path]:
-    return sorted(p for top in ("registry", "rails", "verifier") for p in (ROOT / top).rglob("*.py")
-                  if "migrations" not in p.parts)
+    return sorted(
+        p
+        for top in ("registry", "rails", "verifier")
+        for p in (ROOT / top).rglob("*.py")
+        if "migrations" not in p.parts
+    )
 
 
 def _within(name: str, prefix: str) -> bool:

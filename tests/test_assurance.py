@@ -26,8 +26,13 @@ from verifier.storage.models import (
     VerificationAttempt,
 )
 
-SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-           "amount": 1500000, "recipient": "fatreasury"}
+SESSION = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+}
 OP = {"confirm": True, "incident_id": "INC-9", "operator_reason": "assurance test"}
 
 
@@ -49,14 +54,20 @@ def categories(doc: dict) -> dict[str, str]:
 
 def paid(client, chain, tx: str, finality: str = "finalized", apply: bool = True) -> dict:
     sess = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
-    chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": 1500000, "asset": "fusd",
-                     "refs": [sess["reference"]], "finality": finality}
-    proof = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                            "proof": tx}).json()
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": finality,
+    }
+    proof = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx}
+    ).json()
     assert proof["status"] == "verified", proof
     if apply:
-        r = client.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN),
-                        json=OP)
+        r = client.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN), json=OP)
         assert r.status_code == 200, r.text
         proof["entitlement_id"] = r.json()["entitlement_id"]
         proof["receipt_id"] = r.json()["receipt_id"]
@@ -64,13 +75,16 @@ def paid(client, chain, tx: str, finality: str = "finalized", apply: bool = True
 
 
 def test_clean_database_is_ok_100(client, chain):
-    assert report(client) == {"summary": {"status": "ok", "score": 100, "alert_count": 0},
-                              "issues": []}
+    assert report(client) == {
+        "summary": {"status": "ok", "score": 100, "alert_count": 0},
+        "issues": [],
+    }
     paid(client, chain, "fx000000a1")
     # A healthy applied payment, and a revoked one, are not findings.
     p = paid(client, chain, "fx000000a2")
-    client.post(f"/v1/admin/entitlements/{p['entitlement_id']}/revoke",
-                headers=auth(STAFF_TOKEN), json=OP)
+    client.post(
+        f"/v1/admin/entitlements/{p['entitlement_id']}/revoke", headers=auth(STAFF_TOKEN), json=OP
+    )
     assert report(client)["summary"] == {"status": "ok", "score": 100, "alert_count": 0}
 
 
@@ -86,12 +100,19 @@ def test_verified_proof_without_receipt_past_sla(client, engine, chain):
 
 def test_gated_rail_proof_waiting_for_staff_is_not_a_finding(client, engine, chain):
     # A gated rail's verified proof waits for a staff decision by design.
-    sess = client.post("/v1/payment-sessions", headers=auth(),
-                       json={**SESSION, "rail_id": "fake_gated"}).json()
-    chain.txs["fx000000b2"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
-                               "asset": "fusd", "refs": [sess["reference"]]}
-    p = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                        "proof": "fx000000b2"}).json()
+    sess = client.post(
+        "/v1/payment-sessions", headers=auth(), json={**SESSION, "rail_id": "fake_gated"}
+    ).json()
+    chain.txs["fx000000b2"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
+    p = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx000000b2"}
+    ).json()
     assert p["status"] == "verified"
     advance(engine, 2 * 3600)
     assert report(client)["issues"] == []
@@ -99,8 +120,9 @@ def test_gated_rail_proof_waiting_for_staff_is_not_a_finding(client, engine, cha
 
 def test_pending_proof_past_sla(client, engine, chain):
     sess = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
-    p = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                        "proof": "fx000000c1"}).json()
+    p = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx000000c1"}
+    ).json()
     assert p["status"] == "pending"  # the chain has not seen it (yet)
     assert report(client)["issues"] == []
     advance(engine, 3 * 3600)
@@ -119,16 +141,28 @@ def test_receipt_without_active_entitlement(client, engine, chain):
     assert doc["summary"]["status"] == "critical" and doc["summary"]["score"] == 60
 
 
-@pytest.mark.parametrize("finality,reorged,shown", [("reorged", True, "reorged"),
-                                                    ("confirmed", False, "confirmed")])
+@pytest.mark.parametrize(
+    "finality,reorged,shown", [("reorged", True, "reorged"), ("confirmed", False, "confirmed")]
+)
 def test_active_entitlement_whose_settlement_is_reorged_or_not_final(
-        client, engine, chain, finality, reorged, shown):
+    client, engine, chain, finality, reorged, shown
+):
     p = paid(client, chain, "fx000000e1")
     with engine.db.tx() as s:  # the chain moved after apply: a newer observation
         att = s.scalar(select(VerificationAttempt).where(VerificationAttempt.proof_id == p["id"]))
-        s.add(SettlementEvidence(proof_id=p["id"], attempt_id=att.id, finality=finality,
-                                 is_final=False, reorged=reorged, slot=2, detail="moved",
-                                 source="cassette", observed_at=engine.now()))
+        s.add(
+            SettlementEvidence(
+                proof_id=p["id"],
+                attempt_id=att.id,
+                finality=finality,
+                is_final=False,
+                reorged=reorged,
+                slot=2,
+                detail="moved",
+                source="cassette",
+                observed_at=engine.now(),
+            )
+        )
     doc = report(client)
     assert categories(doc) == {"active_entitlement_unsettled": "critical"}
     issue = doc["issues"][0]
@@ -144,35 +178,84 @@ def test_one_transfer_claimed_twice(client, engine, chain):
         orig = s.get(Proof, p["id"])
         ps = s.get(PaymentSession, orig.session_id)
         now = engine.now()
-        ps2 = PaymentSession(owner_id="alice", rail_id=ps.rail_id, access_product_id="pro",
-                             amount=ps.amount, network=ps.network, asset=ps.asset,
-                             recipient=ps.recipient, reference="fa" + uuid.uuid4().hex[:12],
-                             status="paid", created_at=now, expires_at=ps.expires_at)
+        ps2 = PaymentSession(
+            owner_id="alice",
+            rail_id=ps.rail_id,
+            access_product_id="pro",
+            amount=ps.amount,
+            network=ps.network,
+            asset=ps.asset,
+            recipient=ps.recipient,
+            reference="fa" + uuid.uuid4().hex[:12],
+            status="paid",
+            created_at=now,
+            expires_at=ps.expires_at,
+        )
         s.add(ps2)
         s.flush()
-        p2 = Proof(fingerprint=uuid.uuid4().hex * 2, rail_id=orig.rail_id,
-                   proof_type=orig.proof_type, ref=orig.ref, raw=orig.raw.upper(),
-                   owner_id="alice", session_id=ps2.id, status="verified", detail="dup",
-                   created_at=now, updated_at=now)
+        p2 = Proof(
+            fingerprint=uuid.uuid4().hex * 2,
+            rail_id=orig.rail_id,
+            proof_type=orig.proof_type,
+            ref=orig.ref,
+            raw=orig.raw.upper(),
+            owner_id="alice",
+            session_id=ps2.id,
+            status="verified",
+            detail="dup",
+            created_at=now,
+            updated_at=now,
+        )
         s.add(p2)
         s.flush()
-        att = VerificationAttempt(proof_id=p2.id, status="verified", detail="dup",
-                                  observed={}, rpc_calls=1, latency_ms=1, source="cassette",
-                                  created_at=now)
+        att = VerificationAttempt(
+            proof_id=p2.id,
+            status="verified",
+            detail="dup",
+            observed={},
+            rpc_calls=1,
+            latency_ms=1,
+            source="cassette",
+            created_at=now,
+        )
         s.add(att)
         s.flush()
-        ev = SettlementEvidence(proof_id=p2.id, attempt_id=att.id, finality="finalized",
-                                is_final=True, reorged=False, detail="dup", source="cassette",
-                                observed_at=now)
+        ev = SettlementEvidence(
+            proof_id=p2.id,
+            attempt_id=att.id,
+            finality="finalized",
+            is_final=True,
+            reorged=False,
+            detail="dup",
+            source="cassette",
+            observed_at=now,
+        )
         s.add(ev)
         s.flush()
-        r = Receipt(proof_id=p2.id, session_id=ps2.id, settlement_id=ev.id, owner_id="alice",
-                    access_product_id="pro", rail_id=orig.rail_id, amount=ps.amount,
-                    created_by="nobody", created_at=now)
+        r = Receipt(
+            proof_id=p2.id,
+            session_id=ps2.id,
+            settlement_id=ev.id,
+            owner_id="alice",
+            access_product_id="pro",
+            rail_id=orig.rail_id,
+            amount=ps.amount,
+            created_by="nobody",
+            created_at=now,
+        )
         s.add(r)
         s.flush()
-        s.add(Entitlement(owner_id="alice", access_product_id="pro", session_id=ps2.id,
-                          status="active", receipt_id=r.id, created_at=now, updated_at=now))
+        s.add(
+            Entitlement(
+                owner_id="alice",
+                access_product_id="pro",
+                session_id=ps2.id,
+                status="active",
+                receipt_id=r.id,
+                created_at=now,
+                updated_at=now,
+            )
+        )
     doc = report(client)
     assert categories(doc) == {"transfer_claimed_twice": "critical"}
     assert "2 receipts" in doc["issues"][0]["repair"]
@@ -186,8 +269,9 @@ def _tamper_audit(engine) -> int:
             s.execute(text("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only"))
         else:
             s.execute(text("DROP TRIGGER audit_events_no_update"))
-        s.execute(text("UPDATE audit_events SET reason = 'nothing to see' WHERE id = :i"),
-                  {"i": target})
+        s.execute(
+            text("UPDATE audit_events SET reason = 'nothing to see' WHERE id = :i"), {"i": target}
+        )
         if engine.db.postgres:
             s.execute(text("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only"))
     return target
@@ -218,8 +302,11 @@ def test_findings_add_up_in_the_score(client, engine, chain):
     _tamper_audit(engine)
     advance(engine, 3 * 3600)
     doc = report(client)
-    assert set(categories(doc)) == {"receipt_without_active_entitlement", "verified_without_receipt",
-                                    "audit_chain_broken"}
+    assert set(categories(doc)) == {
+        "receipt_without_active_entitlement",
+        "verified_without_receipt",
+        "audit_chain_broken",
+    }
     assert doc["summary"]["score"] == 100 - 40 - 40 - 10 and doc["summary"]["status"] == "critical"
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tests.conftest import make_pg_db
-from verifier.services import audit
 from verifier.cli.main import app
+from verifier.services import audit
 from verifier.storage.db import AUDIT_KEY_INFO, Database, upgrade
 from verifier.storage.models import AuditEvent
 
@@ -51,9 +51,18 @@ def cli(*args: str):
 
 def append_events(db: Database, n: int, first: int = 0) -> list[int]:
     with db.tx() as s:
-        return [audit.append(s, datetime(2026, 1, 1, i % 24), audit.Operator("ops", "INC-7", "why"),
-                             "test.event", "thing", f"t{i}", {"n": i})
-                for i in range(first, first + n)]
+        return [
+            audit.append(
+                s,
+                datetime(2026, 1, 1, i % 24),
+                audit.Operator("ops", "INC-7", "why"),
+                "test.event",
+                "thing",
+                f"t{i}",
+                {"n": i},
+            )
+            for i in range(first, first + n)
+        ]
 
 
 def as_superuser(db: Database, *sql: str, params: dict | None = None) -> None:
@@ -78,14 +87,19 @@ def verify(db: Database) -> audit.ChainReport:
 
 # -- TRUNCATE -----------------------------------------------------------------------------------
 
+
 @pytest.mark.postgres
 def test_truncate_is_refused_on_postgresql_even_for_the_owner(pg_url):
     db = Database(pg_url, audit_key=KEY)
     try:
         append_events(db, 3)
         with db.engine.connect() as c:
-            owner, me = c.execute(text("SELECT tableowner, current_user FROM pg_tables "
-                                       "WHERE tablename = 'audit_events'")).one()
+            owner, me = c.execute(
+                text(
+                    "SELECT tableowner, current_user FROM pg_tables "
+                    "WHERE tablename = 'audit_events'"
+                )
+            ).one()
         assert owner == me
         with pytest.raises(DBAPIError, match="append-only"):
             with db.engine.begin() as c:
@@ -97,6 +111,7 @@ def test_truncate_is_refused_on_postgresql_even_for_the_owner(pg_url):
 
 
 # -- the keyed chain ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("forger_key", [None, b"wrong-key"], ids=["unkeyed", "wrong_key"])
 def test_rewritten_and_rehashed_chain_is_detected(db_url, cli_env, forger_key):
@@ -112,13 +127,26 @@ def test_rewritten_and_rehashed_chain_is_detected(db_url, cli_env, forger_key):
         prev, stmts = evs[1].hash, []
         for ev in evs[2:]:
             data = {"n": 99} if ev.id == ids[2] else ev.data
-            h = audit.event_hash(prev, ev.at, ev.actor, ev.action, ev.subject_type, ev.subject_id,
-                                 data, ev.incident_id, ev.reason, forger_key)
+            h = audit.event_hash(
+                prev,
+                ev.at,
+                ev.actor,
+                ev.action,
+                ev.subject_type,
+                ev.subject_id,
+                data,
+                ev.incident_id,
+                ev.reason,
+                forger_key,
+            )
             stmts.append((ev.id, json.dumps(data), prev, h))
             prev = h
         for i, data, p, h in stmts:
-            as_superuser(db, "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h "
-                             "WHERE id = :i", params={"d": data, "p": p, "h": h, "i": i})
+            as_superuser(
+                db,
+                "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h WHERE id = :i",
+                params={"d": data, "p": p, "h": h, "i": i},
+            )
         rep = verify(db)
         assert not rep.ok and rep.first_broken_id == ids[2] and rep.keyed
         r = cli("audit", "verify")
@@ -129,11 +157,20 @@ def test_rewritten_and_rehashed_chain_is_detected(db_url, cli_env, forger_key):
 
 def test_keyed_hash_depends_on_the_key():
     args = (audit.GENESIS, datetime(2026, 1, 1), "ops", "a", "t", "i", {}, None, None)
-    assert len({audit.event_hash(*args), audit.event_hash(*args, KEY),
-                audit.event_hash(*args, b"other")}) == 3
+    assert (
+        len(
+            {
+                audit.event_hash(*args),
+                audit.event_hash(*args, KEY),
+                audit.event_hash(*args, b"other"),
+            }
+        )
+        == 3
+    )
 
 
 # -- checkpoints --------------------------------------------------------------------------------
+
 
 def _checkpoint(tmp_path: Path) -> tuple[Path, dict]:
     out = tmp_path / "checkpoint.json"
@@ -200,6 +237,7 @@ def test_no_checkpoint_of_a_broken_chain(db_url, cli_env, tmp_path):
 
 # -- refusing to start without a key ------------------------------------------------------------
 
+
 @pytest.fixture
 def migrated_sqlite(tmp_path, monkeypatch) -> str:
     url = f"sqlite:///{tmp_path}/railproof.db"
@@ -210,10 +248,14 @@ def migrated_sqlite(tmp_path, monkeypatch) -> str:
     return url
 
 
-@pytest.mark.parametrize("args", [["serve", "--port", "1"], ["worker", "--once"],
-                                  ["audit", "checkpoint"]], ids=["serve", "worker", "checkpoint"])
+@pytest.mark.parametrize(
+    "args",
+    [["serve", "--port", "1"], ["worker", "--once"], ["audit", "checkpoint"]],
+    ids=["serve", "worker", "checkpoint"],
+)
 def test_refuses_to_start_without_an_audit_key(migrated_sqlite, args, monkeypatch):
     import uvicorn
+
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)  # a serve that got past: exit 0
     r = cli(*args)
     assert r.exit_code == 2, r.output
@@ -242,6 +284,7 @@ def test_audit_key_from_a_file_and_never_from_two_places(migrated_sqlite, monkey
 
 
 # -- least privilege (docs/security.md) ---------------------------------------------------------
+
 
 def documented_sql(marker: str, role: str) -> list[str]:
     """The statements of the ```sql block after `<!-- marker -->` in docs/security.md, with
@@ -272,7 +315,9 @@ def test_runtime_role_cannot_switch_the_guards_off(pg_url):
                     c.execute(text(sql))
 
         as_role("ALTER TABLE audit_events DISABLE TRIGGER ALL", "must be owner")
-        as_role("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only", "must be owner")
+        as_role(
+            "ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only", "must be owner"
+        )
         as_role("TRUNCATE audit_events", "permission denied")
         as_role(f"UPDATE audit_events SET actor = 'mallory' WHERE id = {ids[0]}", "append-only")
         as_role(f"DELETE FROM audit_events WHERE id = {ids[1]}", "append-only")
@@ -280,7 +325,9 @@ def test_runtime_role_cannot_switch_the_guards_off(pg_url):
         with db.engine.begin() as c:
             c.execute(text(f'SET LOCAL ROLE "{role}"'))
             s = Session(bind=c, info={AUDIT_KEY_INFO: KEY})
-            audit.append(s, datetime(2026, 1, 2), audit.Operator("svc"), "test.event", "thing", "r1")
+            audit.append(
+                s, datetime(2026, 1, 2), audit.Operator("svc"), "test.event", "thing", "r1"
+            )
             s.close()
         # A TRUNCATE grant given by mistake still meets the trigger.
         with owner.connect() as c:
@@ -290,7 +337,9 @@ def test_runtime_role_cannot_switch_the_guards_off(pg_url):
         with owner.connect() as c:
             for stmt in documented_sql("sql:runtime-role-tighter", role):
                 c.execute(text(stmt))
-        as_role(f"UPDATE audit_events SET actor = 'mallory' WHERE id = {ids[0]}", "permission denied")
+        as_role(
+            f"UPDATE audit_events SET actor = 'mallory' WHERE id = {ids[0]}", "permission denied"
+        )
         rep = verify(db)
         assert rep.ok and rep.events == 3
     finally:

@@ -11,14 +11,21 @@ from typer.testing import CliRunner
 
 from rails.base import Status, Terms
 from rails.transport.cassette import CassetteTransport
-from verifier.tools import bench
 from verifier.core.checking import run_verify
+from verifier.tools import bench
 
 CONTRACT = {
-    "verify_offline_per_s": float, "submit_verify_per_s": float, "dry_run_apply_p50_ms": float,
-    "dry_run_apply_p95_ms": float, "rpc_calls_per_verified_proof": float,
-    "x402_verify_per_s": float, "x402_sdk_verify_per_s": float, "peak_rss_mb": float,
-    "proofs": int, "database": str, "stored": int,
+    "verify_offline_per_s": float,
+    "submit_verify_per_s": float,
+    "dry_run_apply_p50_ms": float,
+    "dry_run_apply_p95_ms": float,
+    "rpc_calls_per_verified_proof": float,
+    "x402_verify_per_s": float,
+    "x402_sdk_verify_per_s": float,
+    "peak_rss_mb": float,
+    "proofs": int,
+    "database": str,
+    "stored": int,
 }
 
 

@@ -10,7 +10,7 @@ version of the cross-owner race is tests/test_pg_concurrency.py.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,11 +26,11 @@ from tests.test_e2e_http import (
     EVM_USDC_TO,
     EVM_USDC_TX,
 )
-from verifier.services import gate, proofs, sessions
+from verifier.core.errors import BadInput, Conflict
 from verifier.http.api import create_app
+from verifier.services import gate, proofs, sessions
 from verifier.services.assurance import assurance_report
 from verifier.services.audit import Operator
-from verifier.core.errors import BadInput, Conflict
 from verifier.storage.db import Database, upgrade
 from verifier.storage.models import Proof, TransferHold, VerificationAttempt
 
@@ -52,20 +52,30 @@ WELL_KNOWN = {
 
 @pytest.fixture
 def sol(db_url):
-    e = cassette_engine(db_url, env={"RAILPROOF_TREASURY_SOLANA_USDT": WELL_KNOWN["a configured treasury"]})
+    e = cassette_engine(
+        db_url, env={"RAILPROOF_TREASURY_SOLANA_USDT": WELL_KNOWN["a configured treasury"]}
+    )
     with TestClient(create_app(e), raise_server_exceptions=False) as c:
         yield e, c
     e.db.dispose()
 
 
 def solana_session(c, token=SERVICE_TOKEN, owner="alice", **body):
-    body = {"owner_id": owner, "rail_id": "solana_usdc", "access_product_id": "pro",
-            "amount": DEMO["amount"], "recipient": TREASURY, **body}
+    body = {
+        "owner_id": owner,
+        "rail_id": "solana_usdc",
+        "access_product_id": "pro",
+        "amount": DEMO["amount"],
+        "recipient": TREASURY,
+        **body,
+    }
     return c.post("/v1/payment-sessions", headers=auth(token), json=body)
 
 
 def submit(c, session_id, proof, token=SERVICE_TOKEN):
-    return c.post("/v1/proofs", headers=auth(token), json={"session_id": session_id, "proof": proof})
+    return c.post(
+        "/v1/proofs", headers=auth(token), json={"session_id": session_id, "proof": proof}
+    )
 
 
 # -- Solana: the reference ----------------------------------------------------------------
@@ -125,17 +135,23 @@ def test_cross_owner_theft_of_a_payment_is_refused_and_cannot_block_it(sol):
     assert conflicts[0].data["claimed_by_owner"] == "bob"
     assert conflicts[0].data["held_by_session_id"] == alice.json()["id"]
     metrics = c.get("/metrics").text
-    assert 'railproof_replay_refusals_total{code="proof_owner_conflict",rail_id="solana_usdc"} 1.0' in metrics
+    assert (
+        'railproof_replay_refusals_total{code="proof_owner_conflict",rail_id="solana_usdc"} 1.0'
+        in metrics
+    )
 
     # Bob's failed claim stays on record, the apply credits Alice only.
     attempts = c.get(f"/v1/admin/proofs/{bob_proof}/attempts", headers=STAFF).json()
     assert [a["failure_code"] for a in attempts] == ["reference_missing"]
-    r = c.post(f"/v1/admin/proofs/{alice_proof}/apply", headers=STAFF, json={"confirm": True, **OPS})
+    r = c.post(
+        f"/v1/admin/proofs/{alice_proof}/apply", headers=STAFF, json={"confirm": True, **OPS}
+    )
     assert r.status_code == 200 and r.json()["applied"] is True, r.text
     ents = c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()
     assert [x["status"] for x in ents] == ["active"]
-    ents = c.get("/v1/entitlements", params={"owner_id": "bob"},
-                 headers=auth(OTHER_SERVICE_TOKEN)).json()
+    ents = c.get(
+        "/v1/entitlements", params={"owner_id": "bob"}, headers=auth(OTHER_SERVICE_TOKEN)
+    ).json()
     assert [x["status"] for x in ents] == ["pending"]
 
 
@@ -143,14 +159,28 @@ def test_cross_owner_theft_of_a_payment_is_refused_and_cannot_block_it(sol):
 
 
 def fake_session(engine, owner="alice", amount=1_500_000, **kw):
-    return sessions.open_session(engine, sessions.NewSession(
-        owner_id=owner, rail_id="fake_live", access_product_id="pro", amount=amount,
-        recipient="fatreasury", **kw), actor="test")
+    return sessions.open_session(
+        engine,
+        sessions.NewSession(
+            owner_id=owner,
+            rail_id="fake_live",
+            access_product_id="pro",
+            amount=amount,
+            recipient="fatreasury",
+            **kw,
+        ),
+        actor="test",
+    )
 
 
 def pay(chain, tx, sess, amount=1_500_000):
-    chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": amount, "asset": "fusd",
-                     "refs": [sess["reference"]]}
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": amount,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
 
 
 def test_a_pending_claim_reserves_nothing_either(engine, chain):
@@ -179,8 +209,10 @@ def test_same_owner_second_session_is_duplicate_payment(engine, chain):
         proofs.submit_proof(engine, b["id"], "fx0202020202", ["alice"])
     assert e.value.code == "duplicate_payment"
     assert any(x.action == "proof.duplicate_payment" for x in audit_actions(engine))
-    assert b'replay_refusals_total{code="duplicate_payment",rail_id="fake_live"} 1.0' in \
-        engine.metrics.render()
+    assert (
+        b'replay_refusals_total{code="duplicate_payment",rail_id="fake_live"} 1.0'
+        in engine.metrics.render()
+    )
 
 
 def test_two_transfers_for_one_session_the_uncredited_one_is_reported(engine, chain):
@@ -210,9 +242,19 @@ def evm(db_url):
 
 
 def evm_session(engine, owner="alice", payer=EVM_USDC_FROM, **kw):
-    return sessions.open_session(engine, sessions.NewSession(
-        owner_id=owner, rail_id="evm_usdc", access_product_id="pro", amount=EVM_USDC_AMOUNT,
-        recipient=EVM_USDC_TO, payer=payer, **kw), actor="test")
+    return sessions.open_session(
+        engine,
+        sessions.NewSession(
+            owner_id=owner,
+            rail_id="evm_usdc",
+            access_product_id="pro",
+            amount=EVM_USDC_AMOUNT,
+            recipient=EVM_USDC_TO,
+            payer=payer,
+            **kw,
+        ),
+        actor="test",
+    )
 
 
 def test_evm_sessions_must_name_the_payer(evm):
@@ -223,9 +265,18 @@ def test_evm_sessions_must_name_the_payer(evm):
         evm_session(evm, payer="0x1234")
     assert e.value.field == "payer"
     with pytest.raises(BadInput) as e:  # Solana binds by reference, not payer
-        sessions.open_session(evm, sessions.NewSession(
-            owner_id="alice", rail_id="solana_usdc", access_product_id="pro", amount=1,
-            recipient=TREASURY, payer=EVM_USDC_FROM), actor="test")
+        sessions.open_session(
+            evm,
+            sessions.NewSession(
+                owner_id="alice",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=1,
+                recipient=TREASURY,
+                payer=EVM_USDC_FROM,
+            ),
+            actor="test",
+        )
     assert e.value.field == "payer"
 
 
@@ -243,7 +294,9 @@ def test_evm_transfer_two_open_sessions_could_take_is_held_for_review(evm):
     view, _ = proofs.submit_proof(evm, mine["id"], EVM_USDC_TX, ["alice"])
     assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
     with evm.db.tx() as s:
-        att = s.scalar(select(VerificationAttempt).where(VerificationAttempt.proof_id == view["id"]))
+        att = s.scalar(
+            select(VerificationAttempt).where(VerificationAttempt.proof_id == view["id"])
+        )
         assert att.observed["candidate_sessions"] == [mine["id"], theirs["id"]]
     # Review holds the transfer for review: the other session cannot take it meanwhile.
     with pytest.raises(Conflict) as e:
@@ -277,19 +330,22 @@ def test_upgrade_gives_todays_holding_proofs_their_hold(tmp_path):
     url = f"sqlite:///{tmp_path}/old.db"
     upgrade(url, "0004")
     db = Database(url)
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     with db.engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
             "network, asset, recipient, reference, memo, status, created_at, expires_at) VALUES "
             "('s1', 'alice', 'solana_usdc', 'pro', 5, 'solana-mainnet', 'm', 'r', NULL, NULL, "
-            "'open', ?, ?)", (now, now + timedelta(hours=1)))
+            "'open', ?, ?)",
+            (now, now + timedelta(hours=1)),
+        )
         for pid, fp, status in (("p1", "f" * 64, "verified"), ("p2", "e" * 64, "failed")):
             conn.exec_driver_sql(
                 "INSERT INTO proofs (id, fingerprint, rail_id, proof_type, ref, raw, owner_id, "
                 "session_id, status, detail, attempts, created_at, updated_at) VALUES "
                 "(?, ?, 'solana_usdc', 't', 'x', 'x', 'alice', 's1', ?, '', 1, ?, ?)",
-                (pid, fp, status, now, now))
+                (pid, fp, status, now, now),
+            )
     db.dispose()
     upgrade(url)
     db = Database(url)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -34,13 +35,11 @@ from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.fault_rpc import DEMO_CASSETTE, Behaviour, FaultRpcNode, now_block_time
 from tests.jsonrpc_server import Fault
 from tests.test_gate import paid_proof
-from verifier.worker import loop as worker
-from verifier.http.api import create_app
-from verifier.tools.bench import SilentNode
 from verifier.core.chains import Chains
 from verifier.core.checking import decide_settlement
 from verifier.core.config import Settings
 from verifier.core.engine import Engine
+from verifier.http.api import create_app
 from verifier.storage.db import Database, is_busy, upgrade
 from verifier.storage.models import (
     AuditEvent,
@@ -52,6 +51,8 @@ from verifier.storage.models import (
     Receipt,
     VerificationAttempt,
 )
+from verifier.tools.bench import SilentNode
+from verifier.worker import loop as worker
 
 DEMO = json.loads(DEMO_CASSETTE.read_text())["demo"]
 NETWORK = "solana-mainnet"
@@ -60,15 +61,21 @@ SERVICE = "svc-alice"
 
 # -- a live engine whose transports come from settings --------------------------------------------
 
+
 class Live:
     """Live mode on its own SQLite file, with the default Chains: the transports and their RPC
     policy come from settings, as in a deployment."""
 
     def __init__(self, url: str, urls: list[str], **settings: Any):
         env = {"RAILPROOF_RPC_SOLANA_MAINNET": ",".join(urls), **settings.pop("env", {})}
-        self.settings = Settings(database_url=url, chain="live", env=env,
-                                 service_tokens={SERVICE: ["alice"]},
-                                 staff_tokens={STAFF_TOKEN: "ops1"}, **settings)
+        self.settings = Settings(
+            database_url=url,
+            chain="live",
+            env=env,
+            service_tokens={SERVICE: ["alice"]},
+            staff_tokens={STAFF_TOKEN: "ops1"},
+            **settings,
+        )
         self.engine = Engine(self.settings)
         self.engine.ensure_rail_states()
         self.client = TestClient(create_app(self.engine), raise_server_exceptions=False)
@@ -77,19 +84,33 @@ class Live:
     def close(self) -> None:
         self.client.close()
         chains = self.engine.chains
-        for t in [*chains._by_network.values(), *sum(chains._independent.values(), []), *self.extra]:
+        for t in [
+            *chains._by_network.values(),
+            *sum(chains._independent.values(), []),
+            *self.extra,
+        ]:
             if hasattr(t, "close"):
                 t.close()
         self.engine.db.dispose()
 
     def pay(self, **over: Any) -> dict[str, Any]:
-        body = {"owner_id": "alice", "rail_id": "solana_usdc", "access_product_id": "pro",
-                "amount": DEMO["amount"], "recipient": DEMO["recipient"],
-                "reference": DEMO["reference"], "memo": DEMO["memo"], **over}
+        body = {
+            "owner_id": "alice",
+            "rail_id": "solana_usdc",
+            "access_product_id": "pro",
+            "amount": DEMO["amount"],
+            "recipient": DEMO["recipient"],
+            "reference": DEMO["reference"],
+            "memo": DEMO["memo"],
+            **over,
+        }
         r = self.client.post("/v1/payment-sessions", headers=auth(SERVICE), json=body)
         assert r.status_code == 201, r.text
-        r = self.client.post("/v1/proofs", headers=auth(SERVICE),
-                             json={"session_id": r.json()["id"], "proof": DEMO["signature"]})
+        r = self.client.post(
+            "/v1/proofs",
+            headers=auth(SERVICE),
+            json={"session_id": r.json()["id"], "proof": DEMO["signature"]},
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -100,15 +121,22 @@ class Live:
 
     def attempts(self, pid: str) -> list[str]:
         with self.engine.db.tx() as s:
-            return list(s.scalars(select(VerificationAttempt.status)
-                                  .where(VerificationAttempt.proof_id == pid)
-                                  .order_by(VerificationAttempt.id)))
+            return list(
+                s.scalars(
+                    select(VerificationAttempt.status)
+                    .where(VerificationAttempt.proof_id == pid)
+                    .order_by(VerificationAttempt.id)
+                )
+            )
 
     def make_due(self, pid: str) -> None:
         """The worker's next look at the proof is now (live mode runs on the real clock)."""
         with self.engine.db.tx() as s:
-            s.execute(update(Proof).where(Proof.id == pid)
-                      .values(next_check_at=self.engine.now() - timedelta(seconds=1)))
+            s.execute(
+                update(Proof)
+                .where(Proof.id == pid)
+                .values(next_check_at=self.engine.now() - timedelta(seconds=1))
+            )
 
 
 @pytest.fixture
@@ -148,6 +176,7 @@ def silent() -> Iterator[SilentNode]:
 
 
 # -- the submission budget ------------------------------------------------------------------------
+
 
 def test_a_hanging_node_is_answered_pending_and_the_worker_finishes_it(live, silent, nodes):
     lv = live([silent.url], submit_verify_budget_s=0.5)
@@ -194,7 +223,8 @@ class _Stuck:
         self.calls: list[str] = []
         self.release = threading.Event()
         self._recorded = CassetteTransport(
-            [Call(c) for c in read_cassette(DEMO_CASSETTE)["calls"]], NETWORK)
+            [Call(c) for c in read_cassette(DEMO_CASSETTE)["calls"]], NETWORK
+        )
 
     def call(self, method: str, params: list[Any]) -> Any:
         self.calls.append(method)
@@ -234,10 +264,17 @@ def test_a_recorded_chain_is_not_budgeted(tmp_path):
     e = Engine(settings)
     try:
         adapter = e.adapter(e.rail("solana_usdc"))
-        terms = Terms(recipient=DEMO["recipient"], amount=int(DEMO["amount"]),
-                      reference=DEMO["reference"], memo=DEMO["memo"], now=settings.now())
-        e.chains.set_transport(NETWORK, CassetteTransport(
-            [Call(c) for c in read_cassette(DEMO_CASSETTE)["calls"]], NETWORK))
+        terms = Terms(
+            recipient=DEMO["recipient"],
+            amount=int(DEMO["amount"]),
+            reference=DEMO["reference"],
+            memo=DEMO["memo"],
+            now=settings.now(),
+        )
+        e.chains.set_transport(
+            NETWORK,
+            CassetteTransport([Call(c) for c in read_cassette(DEMO_CASSETTE)["calls"]], NETWORK),
+        )
         before = len(_budget_threads())
         checked = e.chains.verify(adapter, DEMO["signature"], terms, budget_s=0.001)
         assert checked.rpc_calls == 2 and "budget" not in checked.verdict.detail
@@ -248,10 +285,16 @@ def test_a_recorded_chain_is_not_budgeted(tmp_path):
 
 # -- the RPC policy, per network ------------------------------------------------------------------
 
+
 def test_rpc_policy_is_read_per_network():
-    s = Settings(rpc_total_s=7, env={
-        "RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5", "RAILPROOF_RPC_ATTEMPTS_SOLANA_MAINNET": "5",
-        "RAILPROOF_RPC_TOTAL_S_BASE": "4"})
+    s = Settings(
+        rpc_total_s=7,
+        env={
+            "RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5",
+            "RAILPROOF_RPC_ATTEMPTS_SOLANA_MAINNET": "5",
+            "RAILPROOF_RPC_TOTAL_S_BASE": "4",
+        },
+    )
     assert s.rpc_policy("solana-mainnet") == RpcPolicy(timeout_s=1.5, attempts=5, total_s=7)
     assert s.rpc_policy("solana-devnet") == RpcPolicy(timeout_s=8, attempts=3, total_s=7)
     assert s.rpc_policy("base") == RpcPolicy(timeout_s=8, attempts=3, total_s=4)
@@ -267,8 +310,10 @@ def test_global_rpc_policy_comes_from_the_environment(monkeypatch):
     assert s.submit_verify_budget_s == 1.5
 
 
-@pytest.mark.parametrize("key,value", [("RAILPROOF_RPC_TIMEOUT_S_BASE", "0"),
-                                       ("RAILPROOF_RPC_ATTEMPTS_ETHEREUM", "many")])
+@pytest.mark.parametrize(
+    "key,value",
+    [("RAILPROOF_RPC_TIMEOUT_S_BASE", "0"), ("RAILPROOF_RPC_ATTEMPTS_ETHEREUM", "many")],
+)
 def test_a_bad_per_network_bound_is_refused_at_startup(key, value):
     with pytest.raises(ValidationError) as e:
         Settings(env={key: value})
@@ -276,9 +321,15 @@ def test_a_bad_per_network_bound_is_refused_at_startup(key, value):
 
 
 def test_live_transports_get_their_networks_policy():
-    s = Settings(chain="live", env={
-        "RAILPROOF_RPC_SOLANA_MAINNET": "http://127.0.0.1:9/", "RAILPROOF_RPC_ETHEREUM": "http://127.0.0.1:9/",
-        "RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5", "RAILPROOF_RPC_ATTEMPTS_ETHEREUM": "7"})
+    s = Settings(
+        chain="live",
+        env={
+            "RAILPROOF_RPC_SOLANA_MAINNET": "http://127.0.0.1:9/",
+            "RAILPROOF_RPC_ETHEREUM": "http://127.0.0.1:9/",
+            "RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5",
+            "RAILPROOF_RPC_ATTEMPTS_ETHEREUM": "7",
+        },
+    )
     chains = Chains(s)
     sol = chains.transport("solana", "solana-mainnet")  # built, never called
     evm = chains.transport("evm", "ethereum")
@@ -290,20 +341,33 @@ def test_live_transports_get_their_networks_policy():
 
 
 def test_readiness_shows_each_rails_rpc_policy(live, silent):
-    lv = live([silent.url], submit_verify_budget_s=2.0, rpc_attempts=2,
-              env={"RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5"})
+    lv = live(
+        [silent.url],
+        submit_verify_budget_s=2.0,
+        rpc_attempts=2,
+        env={"RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1.5"},
+    )
     r = lv.client.get("/v1/admin/rails/readiness", headers=auth(STAFF_TOKEN))
     assert r.status_code == 200, r.text
     rails = {row["rail_id"]: row for row in r.json()}
-    assert rails["solana_usdc"]["rpc_policy"] == {"timeout_s": 1.5, "attempts": 2, "total_s": 20.0,
-                                                 "submit_budget_s": 2.0}
-    assert rails["evm_usdc"]["rpc_policy"] == {"timeout_s": 8.0, "attempts": 2, "total_s": 20.0,
-                                              "submit_budget_s": 2.0}
+    assert rails["solana_usdc"]["rpc_policy"] == {
+        "timeout_s": 1.5,
+        "attempts": 2,
+        "total_s": 20.0,
+        "submit_budget_s": 2.0,
+    }
+    assert rails["evm_usdc"]["rpc_policy"] == {
+        "timeout_s": 8.0,
+        "attempts": 2,
+        "total_s": 20.0,
+        "submit_budget_s": 2.0,
+    }
     # Added, nothing taken away.
     assert {"blockers", "ready", "live_verifier_configured"} <= set(rails["solana_usdc"])
 
 
 # -- finality under the quorum --------------------------------------------------------------------
+
 
 def test_a_lying_node_cannot_make_a_settlement_final(live, nodes):
     truth, liar = nodes(2)
@@ -333,9 +397,17 @@ def test_a_lying_node_cannot_make_a_settlement_final(live, nodes):
     assert settled["is_final"] is True and settled["finality"] == "finalized", settled
 
 
-def _st(finality: str, *, final: bool = False, reorged: bool = False, block: str = "0xa") -> Settlement:
-    return Settlement(ref="0x1", finality=finality, is_final=final, reorged=reorged,
-                      block_number=7, block_hash=block)
+def _st(
+    finality: str, *, final: bool = False, reorged: bool = False, block: str = "0xa"
+) -> Settlement:
+    return Settlement(
+        ref="0x1",
+        finality=finality,
+        is_final=final,
+        reorged=reorged,
+        block_number=7,
+        block_hash=block,
+    )
 
 
 def test_decide_settlement_needs_a_quorum_for_final_and_for_reorged():
@@ -351,6 +423,7 @@ def test_decide_settlement_needs_a_quorum_for_final_and_for_reorged():
 
 
 # -- PostgreSQL: lock and statement timeouts -------------------------------------------------------
+
 
 @pytest.fixture
 def pg_url(pg_template) -> Iterator[str]:
@@ -377,8 +450,10 @@ class _RowLock:
     def __init__(self, url: str, rail_id: str):
         self._engine = create_engine(url)
         self._conn = self._engine.connect()
-        self._conn.execute(text(f"SELECT rail_id FROM {RailState.__tablename__} "
-                                "WHERE rail_id = :r FOR UPDATE"), {"r": rail_id})
+        self._conn.execute(
+            text(f"SELECT rail_id FROM {RailState.__tablename__} WHERE rail_id = :r FOR UPDATE"),
+            {"r": rail_id},
+        )
 
     def release(self) -> None:
         self._conn.rollback()
@@ -406,8 +481,11 @@ def test_a_held_lock_makes_apply_answer_503_and_change_nothing(pg, pg_url):
     sess, view = paid_proof(e, chain)
     lock = _RowLock(pg_url, "fake_live")
     try:
-        r = client.post(f"/v1/admin/proofs/{view['id']}/apply", headers=auth(STAFF_TOKEN),
-                        json={"confirm": True})
+        r = client.post(
+            f"/v1/admin/proofs/{view['id']}/apply",
+            headers=auth(STAFF_TOKEN),
+            json={"confirm": True},
+        )
     finally:
         lock.release()
     _busy(r)
@@ -418,21 +496,36 @@ def test_a_held_lock_makes_apply_answer_503_and_change_nothing(pg, pg_url):
         assert s.get(PaymentSession, sess["id"]).status == "open"
         assert not s.scalars(select(AuditEvent).where(AuditEvent.action == "proof.applied")).all()
 
-    r = client.post(f"/v1/admin/proofs/{view['id']}/apply", headers=auth(STAFF_TOKEN),
-                    json={"confirm": True})
+    r = client.post(
+        f"/v1/admin/proofs/{view['id']}/apply", headers=auth(STAFF_TOKEN), json={"confirm": True}
+    )
     assert r.status_code == 200 and r.json()["applied"] is True, r.text
 
 
 @pytest.mark.postgres
 def test_a_held_lock_makes_a_submission_answer_503_and_store_nothing(pg, pg_url):
     e, chain, client = pg
-    r = client.post("/v1/payment-sessions", headers=auth(), json={
-        "owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-        "amount": 1_500_000, "recipient": "fatreasury"})
+    r = client.post(
+        "/v1/payment-sessions",
+        headers=auth(),
+        json={
+            "owner_id": "alice",
+            "rail_id": "fake_live",
+            "access_product_id": "pro",
+            "amount": 1_500_000,
+            "recipient": "fatreasury",
+        },
+    )
     assert r.status_code == 201, r.text
     sess = r.json()
-    chain.txs["fx00b05e01"] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000,
-                            "asset": "fusd", "refs": [sess["reference"]], "finality": "finalized"}
+    chain.txs["fx00b05e01"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": "finalized",
+    }
     body = {"session_id": sess["id"], "proof": "fx00b05e01"}
     headers = {**auth(), "Idempotency-Key": "busy-1"}
 
@@ -466,8 +559,13 @@ def test_bench_measures_submission_against_a_hanging_node(tmp_path):
 
     url = f"sqlite:///{tmp_path}/bench.db"
     upgrade(url)
-    settings = Settings(database_url=url, chain="cassette", clock=bench.CLOCK, env={},
-                        cassette_dir=tmp_path / "none")
+    settings = Settings(
+        database_url=url,
+        chain="cassette",
+        clock=bench.CLOCK,
+        env={},
+        cassette_dir=tmp_path / "none",
+    )
     e = Engine(settings)
     e.ensure_rail_states()
     e.db.dispose()

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,17 +30,19 @@ from rails.transport.solana_http import RetryPolicy, SolanaRpcTransport
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.fault_rpc import DEMO_CASSETTE, SOLANA_GENERATED, Behaviour, FaultRpcNode, now_block_time
 from tests.jsonrpc_server import Fault
-from verifier.services import proofs
-from verifier.http.api import create_app
 from verifier.core.chains import Chains
 from verifier.core.config import Settings
 from verifier.core.engine import Engine
+from verifier.http.api import create_app
+from verifier.services import proofs
 from verifier.storage.db import upgrade
 from verifier.storage.models import Proof, VerificationAttempt
 
 DEMO = json.loads(DEMO_CASSETTE.read_text())["demo"]
 OTHER_CASSETTE = SOLANA_GENERATED / "usdc_reference_memo.json"
-FAST = RetryPolicy(attempts=3, timeout=0.5, total_seconds=4.0, backoff_initial=0.01, backoff_max=0.05)
+FAST = RetryPolicy(
+    attempts=3, timeout=0.5, total_seconds=4.0, backoff_initial=0.01, backoff_max=0.05
+)
 # A generous safety bound for "it stopped trying"; not a speed claim.
 BOUND_S = 15.0
 
@@ -74,10 +77,14 @@ class Live:
             self.transports.append(t)
             return t
 
-        settings = Settings(database_url=db_url, chain="live", rpc_quorum=quorum,
-                            service_tokens={SERVICE_TOKEN: ["alice"]},
-                            staff_tokens={STAFF_TOKEN: "ops1"},
-                            env={"RAILPROOF_RPC_SOLANA_MAINNET": ",".join(urls)})
+        settings = Settings(
+            database_url=db_url,
+            chain="live",
+            rpc_quorum=quorum,
+            service_tokens={SERVICE_TOKEN: ["alice"]},
+            staff_tokens={STAFF_TOKEN: "ops1"},
+            env={"RAILPROOF_RPC_SOLANA_MAINNET": ",".join(urls)},
+        )
         self.engine = Engine(settings, chains=Chains(settings, live_factory=factory))
         self.engine.ensure_rail_states()
         self.client = TestClient(create_app(self.engine), raise_server_exceptions=False)
@@ -89,15 +96,24 @@ class Live:
         self.engine.db.dispose()
 
     def session(self, **over: Any) -> dict[str, Any]:
-        body = {"owner_id": "alice", "rail_id": "solana_usdc", "access_product_id": "pro",
-                "amount": DEMO["amount"], "recipient": DEMO["recipient"],
-                "reference": DEMO["reference"], "memo": DEMO["memo"], **over}
+        body = {
+            "owner_id": "alice",
+            "rail_id": "solana_usdc",
+            "access_product_id": "pro",
+            "amount": DEMO["amount"],
+            "recipient": DEMO["recipient"],
+            "reference": DEMO["reference"],
+            "memo": DEMO["memo"],
+            **over,
+        }
         r = self.client.post("/v1/payment-sessions", headers=auth(), json=body)
         assert r.status_code == 201, r.text
         return r.json()
 
     def submit(self, session_id: str, proof: str = DEMO["signature"]) -> dict[str, Any]:
-        r = self.client.post("/v1/proofs", headers=auth(), json={"session_id": session_id, "proof": proof})
+        r = self.client.post(
+            "/v1/proofs", headers=auth(), json={"session_id": session_id, "proof": proof}
+        )
         assert r.status_code in (200, 201), r.text
         return r.json()
 
@@ -106,12 +122,18 @@ class Live:
 
     def attempts(self, proof_id: str) -> list[VerificationAttempt]:
         with self.engine.db.tx() as s:
-            return list(s.scalars(select(VerificationAttempt)
-                                  .where(VerificationAttempt.proof_id == proof_id)
-                                  .order_by(VerificationAttempt.id)).all())
+            return list(
+                s.scalars(
+                    select(VerificationAttempt)
+                    .where(VerificationAttempt.proof_id == proof_id)
+                    .order_by(VerificationAttempt.id)
+                ).all()
+            )
 
     def dry_run(self, proof_id: str) -> dict[str, Any]:
-        r = self.client.post(f"/v1/admin/proofs/{proof_id}/dry-run-apply", headers=auth(STAFF_TOKEN), json={})
+        r = self.client.post(
+            f"/v1/admin/proofs/{proof_id}/dry-run-apply", headers=auth(STAFF_TOKEN), json={}
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -139,6 +161,7 @@ def assert_pending(view: dict[str, Any], code: str = "rpc_unavailable") -> None:
 
 # -- one node ------------------------------------------------------------------------------------
 
+
 def test_honest_node_verifies_the_recorded_payment(nodes, live):
     (node,) = nodes()
     lv = live([node.url])
@@ -149,9 +172,17 @@ def test_honest_node_verifies_the_recorded_payment(nodes, live):
     assert lv.dry_run(view["id"])["would_apply"] is True
 
 
-@pytest.mark.parametrize("fault", [
-    Fault.status(429), Fault.status(500), Fault.status(503), Fault.slow(1.5), Fault.drop(),
-], ids=["429", "500", "503", "timeout", "dropped"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.status(429),
+        Fault.status(500),
+        Fault.status(503),
+        Fault.slow(1.5),
+        Fault.drop(),
+    ],
+    ids=["429", "500", "503", "timeout", "dropped"],
+)
 def test_transient_faults_are_pending_then_verify_once_the_node_recovers(nodes, live, fault):
     (node,) = nodes()
     node.always(fault)
@@ -193,7 +224,9 @@ def test_a_few_transient_faults_are_retried_into_the_real_answer(nodes, live):
 def test_retries_are_bounded_in_time_as_well_as_count(nodes, live):
     (node,) = nodes()
     node.always(Fault.slow(1.0))
-    policy = RetryPolicy(attempts=100, timeout=0.2, total_seconds=1.0, backoff_initial=0.01, backoff_max=0.02)
+    policy = RetryPolicy(
+        attempts=100, timeout=0.2, total_seconds=1.0, backoff_initial=0.01, backoff_max=0.02
+    )
     lv = live([node.url], policy=policy)
     started = time.monotonic()
     view = lv.pay()
@@ -212,9 +245,16 @@ def test_failover_reaches_the_next_url(nodes, live):
     assert up.count() == 2
 
 
-@pytest.mark.parametrize("body", [b"<html>502 bad gateway</html>", b"{\"jsonrpc\": \"2.0\", \"id\": 1",
-                                  b"[]", b"{\"jsonrpc\": \"2.0\", \"id\": 1}"],
-                         ids=["html", "truncated", "array", "no-result"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>502 bad gateway</html>",
+        b'{"jsonrpc": "2.0", "id": 1',
+        b"[]",
+        b'{"jsonrpc": "2.0", "id": 1}',
+    ],
+    ids=["html", "truncated", "array", "no-result"],
+)
 def test_malformed_answers_are_rejected_not_trusted(nodes, live, body):
     (node,) = nodes()
     node.always(Fault.malformed(body))
@@ -257,6 +297,7 @@ def test_without_a_quorum_one_forging_node_decides_alone(nodes, live):
 
 # -- RAILPROOF_RPC_QUORUM=2 ---------------------------------------------------------------------
 
+
 def test_quorum_two_honest_nodes_verify(nodes, live):
     a, b = nodes(2)
     lv = live([a.url, b.url], quorum=2)
@@ -270,7 +311,9 @@ def test_quorum_two_honest_nodes_verify(nodes, live):
     assert report["would_apply"] is True, report["blockers"]
 
 
-@pytest.mark.parametrize("liar", [Behaviour.lying, Behaviour.forging], ids=["other-tx", "forged-amount"])
+@pytest.mark.parametrize(
+    "liar", [Behaviour.lying, Behaviour.forging], ids=["other-tx", "forged-amount"]
+)
 def test_quorum_one_honest_one_lying_node_is_not_verified(nodes, live, liar):
     honest, lying = nodes(2)
     lying.behave(liar)
@@ -376,6 +419,7 @@ def test_quorum_with_fewer_independent_urls_than_needed_never_verifies(nodes, li
 
 
 # -- the adapter and the gate agree on the session window at whole-second resolution ---------
+
 
 def test_same_second_payment_is_verified_and_applicable(nodes, live):
     (node,) = nodes()

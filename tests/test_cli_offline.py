@@ -17,13 +17,25 @@ RAILPROOF = str(Path(sys.executable).parent / "railproof")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RAILPROOF, "verify-offline", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [RAILPROOF, "verify-offline", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
 
 
 def solana(*extra: str, amount: str = "1000", cassette: str = "solana/usdc_transfer.json"):
-    return run("--rail", "solana_usdc", "--cassette", str(FIX / cassette), "--proof", SOL_SIG,
-               "--recipient", SOL_TO, "--amount", amount, *extra)
+    return run(
+        "--rail",
+        "solana_usdc",
+        "--cassette",
+        str(FIX / cassette),
+        "--proof",
+        SOL_SIG,
+        "--recipient",
+        SOL_TO,
+        "--amount",
+        amount,
+        *extra,
+    )
 
 
 def test_verified_json_contract():
@@ -48,20 +60,28 @@ def test_table_output_without_json():
     assert r.returncode == 0 and "verified" in r.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--rail", "nope"], "--rail"),
-    (["--amount", "1.5"], "--amount"),
-    (["--amount", "-3"], "--amount"),
-    (["--proof", SOL_SIG[:40]], "--proof"),
-    (["--recipient", "0xnot-solana"], "--recipient"),
-    (["--not-before", "yesterday"], "--not-before"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--rail", "nope"], "--rail"),
+        (["--amount", "1.5"], "--amount"),
+        (["--amount", "-3"], "--amount"),
+        (["--proof", SOL_SIG[:40]], "--proof"),
+        (["--recipient", "0xnot-solana"], "--recipient"),
+        (["--not-before", "yesterday"], "--not-before"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_message(args, needle):
-    base = {"--rail": "solana_usdc", "--cassette": str(FIX / "solana/usdc_transfer.json"),
-            "--proof": SOL_SIG, "--recipient": SOL_TO, "--amount": "1000"}
+    base = {
+        "--rail": "solana_usdc",
+        "--cassette": str(FIX / "solana/usdc_transfer.json"),
+        "--proof": SOL_SIG,
+        "--recipient": SOL_TO,
+        "--amount": "1000",
+    }
     flags = dict(base)
     extra = []
-    for k, v in zip(args[::2], args[1::2]):
+    for k, v in zip(args[::2], args[1::2], strict=False):
         if k in flags:
             flags[k] = v
         else:
@@ -73,54 +93,129 @@ def test_bad_arguments_exit_2_with_a_message(args, needle):
 
 
 def test_unreadable_cassette_exits_2(tmp_path):
-    missing = run("--rail", "solana_usdc", "--cassette", str(tmp_path / "none.json"), "--proof",
-                  SOL_SIG, "--recipient", SOL_TO, "--amount", "1000", "--json")
+    missing = run(
+        "--rail",
+        "solana_usdc",
+        "--cassette",
+        str(tmp_path / "none.json"),
+        "--proof",
+        SOL_SIG,
+        "--recipient",
+        SOL_TO,
+        "--amount",
+        "1000",
+        "--json",
+    )
     assert missing.returncode == 2 and "--cassette" in missing.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    r = run("--rail", "solana_usdc", "--cassette", str(bad), "--proof", SOL_SIG,
-            "--recipient", SOL_TO, "--amount", "1000", "--json")
+    r = run(
+        "--rail",
+        "solana_usdc",
+        "--cassette",
+        str(bad),
+        "--proof",
+        SOL_SIG,
+        "--recipient",
+        SOL_TO,
+        "--amount",
+        "1000",
+        "--json",
+    )
     assert r.returncode == 2 and "--cassette" in r.stderr and "Traceback" not in r.stderr
     notcassette = tmp_path / "x.json"
     notcassette.write_text('{"hello": 1}')
-    r = run("--rail", "solana_usdc", "--cassette", str(notcassette), "--proof", SOL_SIG,
-            "--recipient", SOL_TO, "--amount", "1000", "--json")
+    r = run(
+        "--rail",
+        "solana_usdc",
+        "--cassette",
+        str(notcassette),
+        "--proof",
+        SOL_SIG,
+        "--recipient",
+        SOL_TO,
+        "--amount",
+        "1000",
+        "--json",
+    )
     assert r.returncode == 2 and "not a cassette" in r.stderr
 
 
 def test_proof_missing_from_the_cassette_names_the_call():
-    other = "5hJfaZoyjTrJcchXLFXRySgDMtGRiLsqvmrtpXcQjZq1Zc2d7Qj3LisaAtaFDtS9tDdv4aZ5n4fbtJNfVMCNV8Lj"
-    r = run("--rail", "solana_usdc", "--cassette", str(FIX / "solana/usdc_transfer.json"),
-            "--proof", other, "--recipient", SOL_TO, "--amount", "1000", "--json")
+    other = (
+        "5hJfaZoyjTrJcchXLFXRySgDMtGRiLsqvmrtpXcQjZq1Zc2d7Qj3LisaAtaFDtS9tDdv4aZ5n4fbtJNfVMCNV8Lj"
+    )
+    r = run(
+        "--rail",
+        "solana_usdc",
+        "--cassette",
+        str(FIX / "solana/usdc_transfer.json"),
+        "--proof",
+        other,
+        "--recipient",
+        SOL_TO,
+        "--amount",
+        "1000",
+        "--json",
+    )
     assert r.returncode == 2 and "getTransaction" in r.stderr and other in r.stderr
 
 
 def test_evm_rail():
-    r = run("--rail", "evm_usdc", "--cassette", str(FIX / "evm/eth_usdc_transfer.json"),
-            "--proof", "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7",
-            "--recipient", "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8",
-            "--amount", "59691936965", "--json")
+    r = run(
+        "--rail",
+        "evm_usdc",
+        "--cassette",
+        str(FIX / "evm/eth_usdc_transfer.json"),
+        "--proof",
+        "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7",
+        "--recipient",
+        "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8",
+        "--amount",
+        "59691936965",
+        "--json",
+    )
     out = json.loads(r.stdout)
     assert out["status"] == "verified", out
     assert out["observed"]["block_number"] == 21915751
 
 
 def test_review_only_rails_end_in_review():
-    r = run("--rail", "tron_usdt", "--cassette", str(FIX / "tron/usdt_transfer.json"),
-            "--proof", "b69c51db8f9d974e6a38c76852c8ce1adcb682dbacb25ad8ad4f6876121fe9dc",
-            "--recipient", "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn", "--amount", "3500000", "--json")
+    r = run(
+        "--rail",
+        "tron_usdt",
+        "--cassette",
+        str(FIX / "tron/usdt_transfer.json"),
+        "--proof",
+        "b69c51db8f9d974e6a38c76852c8ce1adcb682dbacb25ad8ad4f6876121fe9dc",
+        "--recipient",
+        "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn",
+        "--amount",
+        "3500000",
+        "--json",
+    )
     out = json.loads(r.stdout)
     assert (out["status"], out["failure_code"]) == ("requires_review", "review_only_rail")
     assert out["observed"]["sender"] == "TJoaVSdktrnndU4dmKm33SWMKoXt4LLFbU"
 
 
-@pytest.mark.parametrize("proof_file", ["x402_base_sepolia_payload_v1.json",
-                                        "x402_base_sepolia_payload_v1.b64"])
+@pytest.mark.parametrize(
+    "proof_file", ["x402_base_sepolia_payload_v1.json", "x402_base_sepolia_payload_v1.b64"]
+)
 def test_x402_payload_file_or_header_with_pinned_clock(proof_file):
-    common = ["--rail", "x402", "--network", "base-sepolia",
-              "--proof", str(FIX / "x402" / proof_file),
-              "--recipient", "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "--amount", "10000",
-              "--json"]
+    common = [
+        "--rail",
+        "x402",
+        "--network",
+        "base-sepolia",
+        "--proof",
+        str(FIX / "x402" / proof_file),
+        "--recipient",
+        "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        "--amount",
+        "10000",
+        "--json",
+    ]
     inside = json.loads(run(*common, "--now", "2025-02-27T16:02:00Z").stdout)
     assert inside["status"] == "verified", inside
     assert inside["observed"]["sender"].lower() == "0x857b06519e91e3a54538791bdbb0e22373e36b66"

@@ -51,20 +51,38 @@ LIST_COMMANDS = {  # list command -> arguments it needs
     "list-stuck-idempotency-claims": ["--min-age-seconds", "0"],
     "list-webhook-events": [],
 }
-OPERATOR_COMMANDS = set(STATE_CHANGING) | set(LIST_COMMANDS) | {
-    "rail-production-readiness", "inspect-rail-proof", "dry-run-rail-proof-apply", "assurance",
-    "inspect-webhook-event"}
+OPERATOR_COMMANDS = (
+    set(STATE_CHANGING)
+    | set(LIST_COMMANDS)
+    | {
+        "rail-production-readiness",
+        "inspect-rail-proof",
+        "dry-run-rail-proof-apply",
+        "assurance",
+        "inspect-webhook-event",
+    }
+)
 
 
 def cli(*args: str, env: dict[str, str | None] | None = None):
-    base = {"RAILPROOF_API_BASE_URL": None, "RAILPROOF_STAFF_TOKEN": None, "PORT": None,
-            "COLUMNS": "200"}
+    base = {
+        "RAILPROOF_API_BASE_URL": None,
+        "RAILPROOF_STAFF_TOKEN": None,
+        "PORT": None,
+        "COLUMNS": "200",
+    }
     return CliRunner().invoke(cli_app, list(args), env={**base, **(env or {})})
 
 
 def served(world, *args: str, columns: str = "200"):
-    return cli(*args, env={"RAILPROOF_API_BASE_URL": world["url"],
-                           "RAILPROOF_STAFF_TOKEN": STAFF_TOKEN, "COLUMNS": columns})
+    return cli(
+        *args,
+        env={
+            "RAILPROOF_API_BASE_URL": world["url"],
+            "RAILPROOF_STAFF_TOKEN": STAFF_TOKEN,
+            "COLUMNS": columns,
+        },
+    )
 
 
 def served_json(world, *args: str):
@@ -75,16 +93,21 @@ def served_json(world, *args: str):
 
 # -- item 3: incident context on every state-changing command -------------------------------
 
+
 @pytest.mark.parametrize("command", sorted(STATE_CHANGING))
 def test_state_changing_commands_refuse_without_context_before_any_request(command):
     # An API that is not there: a request sent would fail with "cannot reach the API".
-    env = {"RAILPROOF_API_BASE_URL": f"http://127.0.0.1:{closed_port()}",
-           "RAILPROOF_STAFF_TOKEN": STAFF_TOKEN}
+    env = {
+        "RAILPROOF_API_BASE_URL": f"http://127.0.0.1:{closed_port()}",
+        "RAILPROOF_STAFF_TOKEN": STAFF_TOKEN,
+    }
     args = [command, *STATE_CHANGING[command]]
-    cases = [([], ["--incident-id", "--operator-reason"]),
-             (["--incident-id", "INC-1"], ["--operator-reason"]),
-             (["--operator-reason", "why"], ["--incident-id"]),
-             (["--incident-id", "  ", "--operator-reason", "why"], ["--incident-id"])]
+    cases = [
+        ([], ["--incident-id", "--operator-reason"]),
+        (["--incident-id", "INC-1"], ["--operator-reason"]),
+        (["--operator-reason", "why"], ["--incident-id"]),
+        (["--incident-id", "  ", "--operator-reason", "why"], ["--incident-id"]),
+    ]
     for extra, missing in cases:
         r = cli(*args, *extra, env=env)
         assert r.exit_code == 2, (extra, r.output)
@@ -108,8 +131,9 @@ def test_context_reaches_the_audit_log_of_a_production_request(world):
     r = served(world, "request-rail-production", "fake_gated", "--json", *CTX)
     assert r.exit_code == 0, r.output
     approval = json.loads(r.stdout)["approval_id"]
-    rows = httpx.get(world["url"] + "/v1/admin/audit", params={"limit": 1000},
-                     headers=auth(STAFF_TOKEN)).json()
+    rows = httpx.get(
+        world["url"] + "/v1/admin/audit", params={"limit": 1000}, headers=auth(STAFF_TOKEN)
+    ).json()
     mine = [a for a in rows if approval in (a["subject_id"], json.dumps(a.get("detail")))]
     assert mine and {(a["incident_id"], a["reason"]) for a in mine} == {("INC-77", "runbook step")}
     r = served(world, "approve-rail-change", approval, "--confirm")
@@ -118,27 +142,39 @@ def test_context_reaches_the_audit_log_of_a_production_request(world):
 
 # -- item 5: the runbook's flags ---------------------------------------------------------------
 
+
 def test_stuck_claims_by_endpoint_and_limit(world):
     old = timeutil.process_now() - timedelta(minutes=30)
     with world["engine"].db.tx() as s:
-        for i, endpoint in enumerate(["POST /v1/proofs", "POST /v1/proofs",
-                                      "POST /v1/payment-sessions"]):
-            s.add(IdempotencyClaim(principal="svc:alice", endpoint=endpoint,
-                                   key=f"k-{i}-{'x' * 60}", request_hash=f"{i}" * 64,
-                                   status="in_progress", created_at=old + timedelta(seconds=i)))
+        for i, endpoint in enumerate(
+            ["POST /v1/proofs", "POST /v1/proofs", "POST /v1/payment-sessions"]
+        ):
+            s.add(
+                IdempotencyClaim(
+                    principal="svc:alice",
+                    endpoint=endpoint,
+                    key=f"k-{i}-{'x' * 60}",
+                    request_hash=f"{i}" * 64,
+                    status="in_progress",
+                    created_at=old + timedelta(seconds=i),
+                )
+            )
     everything = served_json(world, "list-stuck-idempotency-claims")
     assert len(everything) == 3
     proofs = served_json(world, "list-stuck-idempotency-claims", "--endpoint", "POST /v1/proofs")
     assert [c["endpoint"] for c in proofs] == ["POST /v1/proofs"] * 2
-    by_path = served_json(world, "list-stuck-idempotency-claims",
-                          "--endpoint", "/v1/payment-sessions")
+    by_path = served_json(
+        world, "list-stuck-idempotency-claims", "--endpoint", "/v1/payment-sessions"
+    )
     assert [c["endpoint"] for c in by_path] == ["POST /v1/payment-sessions"]
-    one = served_json(world, "list-stuck-idempotency-claims", "--endpoint", "POST /v1/proofs",
-                      "--limit", "1")
+    one = served_json(
+        world, "list-stuck-idempotency-claims", "--endpoint", "POST /v1/proofs", "--limit", "1"
+    )
     assert [c["key"] for c in one] == [proofs[0]["key"]]
     assert served_json(world, "list-stuck-idempotency-claims", "--endpoint", "GET /nope") == []
-    r = served(world, "list-stuck-idempotency-claims", "--endpoint", "POST /v1/proofs",
-               columns="60")  # narrow, but not a terminal: whole keys
+    r = served(
+        world, "list-stuck-idempotency-claims", "--endpoint", "POST /v1/proofs", columns="60"
+    )  # narrow, but not a terminal: whole keys
     assert r.exit_code == 0 and all(c["key"] in r.stdout for c in proofs)
     with world["engine"].db.tx() as s:  # listing never deletes
         assert len(s.scalars(select(IdempotencyClaim)).all()) == 3
@@ -172,8 +208,16 @@ def test_replay_takes_confirm_no_live_payment_and_the_generic_confirm(world):
     for flag in ("--confirm-no-live-payment", "--confirm"):
         r = served(world, "replay-webhook-event", ev, flag, *CTX)
         assert r.exit_code == 1 and "not_dead_letter" in r.stderr, (flag, r.output)
-    r = served(world, "replay-webhook-event", ev, "--confirm", "--reason", "old spelling",
-               "--incident-id", "INC-1")
+    r = served(
+        world,
+        "replay-webhook-event",
+        ev,
+        "--confirm",
+        "--reason",
+        "old spelling",
+        "--incident-id",
+        "INC-1",
+    )
     assert r.exit_code == 1 and "not_dead_letter" in r.stderr
     r = served(world, "replay-webhook-event", ev, *CTX)
     assert r.exit_code == 2 and "--confirm-no-live-payment" in r.stderr
@@ -192,6 +236,7 @@ def test_limit_on_every_list_command(world):
 
 # -- item 6: --base-url and --staff-token-file --------------------------------------------------
 
+
 def test_every_operator_command_takes_base_url_and_staff_token_file():
     for command in sorted(OPERATOR_COMMANDS):
         r = cli(command, "--help", env={"COLUMNS": "250"})
@@ -209,8 +254,13 @@ def test_base_url_before_or_after_the_command_and_the_environment_defaults(world
     r = cli("--base-url", world["url"], "list-rail-proofs", "--json", env=token)
     assert r.exit_code == 0, r.output
     assert {p["id"] for p in json.loads(r.stdout)} == proofs
-    r = cli("list-rail-proofs", "--json", "--base-url", world["url"],
-            env={**token, "RAILPROOF_API_BASE_URL": closed})  # the flag wins over the variable
+    r = cli(
+        "list-rail-proofs",
+        "--json",
+        "--base-url",
+        world["url"],
+        env={**token, "RAILPROOF_API_BASE_URL": closed},
+    )  # the flag wins over the variable
     assert r.exit_code == 0, r.output
     r = cli("--base-url", closed, "list-rail-proofs", "--base-url", world["url"], env=token)
     assert r.exit_code == 0, r.output  # after the command name wins
@@ -220,22 +270,38 @@ def test_base_url_before_or_after_the_command_and_the_environment_defaults(world
     port = world["url"].rsplit(":", 1)[1]
     r = cli("list-rail-proofs", "--json", env={**token, "PORT": port})  # make serve's PORT
     assert r.exit_code == 0, r.output
-    r = cli("list-rail-proofs", env={**token, "RAILPROOF_API_BASE_URL": world["url"],
-                                     "PORT": str(closed_port())})
+    r = cli(
+        "list-rail-proofs",
+        env={**token, "RAILPROOF_API_BASE_URL": world["url"], "PORT": str(closed_port())},
+    )
     assert r.exit_code == 0, r.output  # RAILPROOF_API_BASE_URL before PORT
 
     tok = tmp_path / "staff.token"
     tok.write_text(STAFF_TOKEN + "\n")
-    r = cli("--staff-token-file", str(tok), "--base-url", world["url"], "inspect-rail-proof",
-            world["ready"], "--json")
+    r = cli(
+        "--staff-token-file",
+        str(tok),
+        "--base-url",
+        world["url"],
+        "inspect-rail-proof",
+        world["ready"],
+        "--json",
+    )
     assert r.exit_code == 0 and json.loads(r.stdout)["id"] == world["ready"], r.output
-    r = cli("inspect-webhook-event", "evt_missing", "--staff-token-file", str(tok),
-            "--base-url", world["url"])
+    r = cli(
+        "inspect-webhook-event",
+        "evt_missing",
+        "--staff-token-file",
+        str(tok),
+        "--base-url",
+        world["url"],
+    )
     assert r.exit_code == 1 and "webhook_event_not_found" in r.stderr
     wrong = tmp_path / "wrong.token"
     wrong.write_text("not-a-staff-token")
-    r = cli("list-rail-proofs", "--base-url", world["url"], "--staff-token-file", str(wrong),
-            env=token)  # the file wins over RAILPROOF_STAFF_TOKEN
+    r = cli(
+        "list-rail-proofs", "--base-url", world["url"], "--staff-token-file", str(wrong), env=token
+    )  # the file wins over RAILPROOF_STAFF_TOKEN
     assert r.exit_code == 2 and "401" in r.stderr
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
@@ -247,6 +313,7 @@ def test_base_url_before_or_after_the_command_and_the_environment_defaults(world
 
 
 # -- item 7: whole ids off a terminal ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("columns", ["40", "80"])
 def test_tables_print_whole_ids_when_stdout_is_not_a_terminal(world, columns):
@@ -262,6 +329,7 @@ def test_tables_print_whole_ids_when_stdout_is_not_a_terminal(world, columns):
 
 
 # -- item 10: dry-run exit codes ---------------------------------------------------------------
+
 
 def test_dry_run_exit_codes(world):
     blocked, ready = world["blocked"], world["ready"]

@@ -13,7 +13,12 @@ def test_environment_names(monkeypatch):
     monkeypatch.setenv("RAILPROOF_SERVICE_TOKENS", '{"t1": ["o1", "o2"]}')
     monkeypatch.setenv("RAILPROOF_STAFF_TOKENS", '{"s1": "ana"}')
     monkeypatch.setenv("RAILPROOF_LIVE_APPLY", "1")
-    s = Settings(env={"RAILPROOF_TREASURY_SOLANA_USDC": "T", "RAILPROOF_RPC_SOLANA_MAINNET": "http://127.0.0.1:1, http://127.0.0.1:2"})
+    s = Settings(
+        env={
+            "RAILPROOF_TREASURY_SOLANA_USDC": "T",
+            "RAILPROOF_RPC_SOLANA_MAINNET": "http://127.0.0.1:1, http://127.0.0.1:2",
+        }
+    )
     assert s.apply_rail_allowlist == ["solana_usdc", "base_usdc"]
     assert s.service_owners("t1") == ["o1", "o2"] and s.service_owners("t2") is None
     assert s.staff_name("s1") == "ana" and s.staff_name("") is None

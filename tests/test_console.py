@@ -20,10 +20,22 @@ from verifier.http.console.auth import SESSION_COOKIE
 from verifier.services import console_reads as queries
 from verifier.storage.models import Approval, AuditEvent, Entitlement, RailState, Receipt
 
-SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-           "amount": 1500000, "recipient": "fatreasury"}
-PAGES = ["/console", "/console/health", "/console/rails", "/console/proofs",
-         "/console/approvals", "/console/reconciliation", "/console/assurance"]
+SESSION = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+}
+PAGES = [
+    "/console",
+    "/console/health",
+    "/console/rails",
+    "/console/proofs",
+    "/console/approvals",
+    "/console/reconciliation",
+    "/console/assurance",
+]
 OPS = {"incident_id": "INC-9", "operator_reason": "console test", "confirm": "yes"}
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -69,8 +81,13 @@ def paid_proof(c: TestClient, chain, tx: str = "fx0123abcd", **session) -> dict:
     r = c.post("/v1/payment-sessions", headers=auth(), json={**SESSION, **session})
     assert r.status_code == 201, r.text
     sess = r.json()
-    chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": sess_amount(sess),
-                     "asset": "fusd", "refs": [sess["reference"]]}
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": sess_amount(sess),
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
     r = c.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx})
     assert r.status_code == 201, r.text
     return r.json()
@@ -82,8 +99,9 @@ def sess_amount(sess: dict) -> int:
 
 def audit_rows(engine, action: str) -> list[AuditEvent]:
     with engine.db.tx() as s:
-        rows = s.scalars(select(AuditEvent).where(AuditEvent.action == action)
-                         .order_by(AuditEvent.id)).all()
+        rows = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
+        ).all()
         s.expunge_all()
         return rows
 
@@ -143,8 +161,14 @@ def test_login_needs_its_csrf_token(c):
 
 def test_login_redirects_only_inside_the_console(c):
     form = c.get("/console/login")
-    r = c.post("/console/login", data={"token": STAFF_TOKEN, "next": "https://evil.example/",
-                                       "csrf_token": _CSRF.search(form.text)[1]})
+    r = c.post(
+        "/console/login",
+        data={
+            "token": STAFF_TOKEN,
+            "next": "https://evil.example/",
+            "csrf_token": _CSRF.search(form.text)[1],
+        },
+    )
     assert r.headers["location"] == "/console"
 
 
@@ -172,8 +196,9 @@ def test_forged_or_tampered_cookie_is_refused(c):
     value = c.cookies.get(SESSION_COOKIE)
     body, mac = value.split(".")
     c.cookies.clear()
-    c.cookies.set(SESSION_COOKIE, body + "." + ("0" if mac[0] != "0" else "1") + mac[1:],
-                  path="/console")
+    c.cookies.set(
+        SESSION_COOKIE, body + "." + ("0" if mac[0] != "0" else "1") + mac[1:], path="/console"
+    )
     assert c.get("/console/rails").status_code == 303
 
 
@@ -199,8 +224,10 @@ def test_removing_a_staff_token_ends_its_sessions(c, engine):
 def test_sessions_verify_in_another_process_of_the_deployment(engine, app, clock):
     # Another API process: its own router built from the same settings, no shared memory.
     other = create_app(engine, console=console_router(engine, clock=clock))
-    with TestClient(app, follow_redirects=False) as a, \
-            TestClient(other, follow_redirects=False) as b:
+    with (
+        TestClient(app, follow_redirects=False) as a,
+        TestClient(other, follow_redirects=False) as b,
+    ):
         login(a)
         b.cookies.set(SESSION_COOKIE, a.cookies.get(SESSION_COOKIE), path="/console")
         assert b.get("/console/rails").status_code == 200
@@ -208,9 +235,14 @@ def test_sessions_verify_in_another_process_of_the_deployment(engine, app, clock
 
 # -- CSRF and operator context ----------------------------------------------------------------
 def _actions(proof_id: str) -> list[str]:
-    return [f"/console/proofs/{proof_id}/apply", f"/console/proofs/{proof_id}/receipt",
-            f"/console/proofs/{proof_id}/dry-run", "/console/rails/fake_live/pause",
-            "/console/rails/fake_live/resume", "/console/logout"]
+    return [
+        f"/console/proofs/{proof_id}/apply",
+        f"/console/proofs/{proof_id}/receipt",
+        f"/console/proofs/{proof_id}/dry-run",
+        "/console/rails/fake_live/pause",
+        "/console/rails/fake_live/resume",
+        "/console/logout",
+    ]
 
 
 def test_every_post_without_the_csrf_token_is_403_and_changes_nothing(c, engine, chain):
@@ -241,8 +273,11 @@ def test_cross_site_posts_are_refused_even_with_the_token(c, engine, chain):
     login(c)
     token = csrf(c)
     for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
-        r = c.post(f"/console/proofs/{proof['id']}/apply", data={**OPS, "csrf_token": token},
-                   headers=headers)
+        r = c.post(
+            f"/console/proofs/{proof['id']}/apply",
+            data={**OPS, "csrf_token": token},
+            headers=headers,
+        )
         assert r.status_code == 403
     assert receipts(engine) == 0
 
@@ -253,16 +288,29 @@ def test_every_action_needs_confirm_incident_and_reason(c, engine, chain, missin
     login(c)
     token = csrf(c)
     with engine.db.tx() as s:
-        s.add(Approval(rail_id="fake_live", kind="treasury", value="fanew", requested_by="ops2",
-                       created_at=engine.now(), incident_id="INC-1", reason="r"))
+        s.add(
+            Approval(
+                rail_id="fake_live",
+                kind="treasury",
+                value="fanew",
+                requested_by="ops2",
+                created_at=engine.now(),
+                incident_id="INC-1",
+                reason="r",
+            )
+        )
     with engine.db.tx() as s:
         approval_id = s.scalars(select(Approval.id)).one()
     data = {k: v for k, v in OPS.items() if k != missing}
     if missing != "confirm":
         data[missing] = "   "  # blank is missing
-    for url in (f"/console/proofs/{proof['id']}/apply", f"/console/proofs/{proof['id']}/receipt",
-                "/console/rails/fake_live/pause", "/console/rails/fake_live/resume",
-                f"/console/approvals/{approval_id}/approve"):
+    for url in (
+        f"/console/proofs/{proof['id']}/apply",
+        f"/console/proofs/{proof['id']}/receipt",
+        "/console/rails/fake_live/pause",
+        "/console/rails/fake_live/resume",
+        f"/console/approvals/{approval_id}/approve",
+    ):
         r = c.post(url, data={**data, "csrf_token": token})
         assert r.status_code == 422, (url, r.status_code)
         assert "Nothing was done" in r.text
@@ -280,14 +328,23 @@ def test_dry_run_then_apply_leave_the_apis_audit_rows(c, engine, chain):
     page = c.get(f"/console/proofs/{proof['id']}")
     assert page.status_code == 200 and proof["id"] in page.text
     token = _CSRF.search(page.text)[1]
-    r = c.post(f"/console/proofs/{proof['id']}/dry-run",
-               data={"csrf_token": token, "incident_id": "INC-9", "operator_reason": "look"})
+    r = c.post(
+        f"/console/proofs/{proof['id']}/dry-run",
+        data={"csrf_token": token, "incident_id": "INC-9", "operator_reason": "look"},
+    )
     assert r.status_code == 200
     checks = re.findall(r'<tr class="(pass|fail)"><th scope="row">(\w+)</th>', r.text)
-    assert [n for _, n in checks] == ["proof_verified", "settlement_final", "rail_registered",
-                                      "rail_not_paused", "rail_production_enabled",
-                                      "rail_allowlisted", "live_apply_enabled",
-                                      "receipt_creation_allowed", "tuple_bound"]
+    assert [n for _, n in checks] == [
+        "proof_verified",
+        "settlement_final",
+        "rail_registered",
+        "rail_not_paused",
+        "rail_production_enabled",
+        "rail_allowlisted",
+        "live_apply_enabled",
+        "receipt_creation_allowed",
+        "tuple_bound",
+    ]
     assert all(p == "pass" for p, _ in checks)
     (dry,) = audit_rows(engine, "proof.dry_run_apply")
     assert (dry.actor, dry.incident_id, dry.reason) == ("ops1", "INC-9", "look")
@@ -319,8 +376,9 @@ def test_pause_from_the_console_blocks_apply_with_the_gates_report(c, engine, ch
     (row,) = audit_rows(engine, "rail.paused")
     assert (row.actor, row.subject_id, row.incident_id) == ("ops1", "fake_live", "INC-9")
     rails = c.get("/console/rails").text
-    assert re.search(r'id="rail-fake_live">.*?class="rail-state"><span class="badge failed">paused',
-                     rails, re.S)
+    assert re.search(
+        r'id="rail-fake_live">.*?class="rail-state"><span class="badge failed">paused', rails, re.S
+    )
     r = c.post(f"/console/proofs/{proof['id']}/apply", data={**OPS, "csrf_token": token})
     assert r.status_code == 409 and "apply_blocked" not in r.text  # the message, not the code
     assert '<tr class="fail"><th scope="row">rail_not_paused</th>' in r.text
@@ -340,8 +398,17 @@ def test_unknown_rail_or_proof_answers_404_page(c):
 
 def test_the_requester_cannot_approve_another_staff_member_can(c, engine, app):
     with engine.db.tx() as s:
-        s.add(Approval(rail_id="fake_live", kind="treasury", value="fanew", requested_by="ops1",
-                       created_at=engine.now(), incident_id="INC-1", reason="r"))
+        s.add(
+            Approval(
+                rail_id="fake_live",
+                kind="treasury",
+                value="fanew",
+                requested_by="ops1",
+                created_at=engine.now(),
+                incident_id="INC-1",
+                reason="r",
+            )
+        )
     with engine.db.tx() as s:
         approval_id = s.scalars(select(Approval.id)).one()
     login(c)
@@ -351,8 +418,9 @@ def test_the_requester_cannot_approve_another_staff_member_can(c, engine, app):
     assert r.status_code == 403 and "cannot approve" in r.text
     with TestClient(app, follow_redirects=False) as other:
         login(other, STAFF_TOKEN_2)
-        r = other.post(f"/console/approvals/{approval_id}/approve",
-                       data={**OPS, "csrf_token": csrf(other)})
+        r = other.post(
+            f"/console/approvals/{approval_id}/approve", data={**OPS, "csrf_token": csrf(other)}
+        )
         assert r.status_code == 303
     (row,) = audit_rows(engine, "approval.approved")
     assert (row.actor, row.incident_id) == ("ops2", "INC-9")
@@ -363,10 +431,16 @@ def test_proofs_filter_and_page(c, chain, monkeypatch):
     ok = paid_proof(c, chain, tx="fxaaaa0001")
     r = c.post("/v1/payment-sessions", headers=auth(), json=SESSION)
     sess = r.json()
-    chain.txs["fxbbbb0002"] = {"status": "ok", "to": "fatreasury", "amount": 999, "asset": "fusd",
-                               "refs": [sess["reference"]]}
-    bad = c.post("/v1/proofs", headers=auth(),
-                 json={"session_id": sess["id"], "proof": "fxbbbb0002"}).json()
+    chain.txs["fxbbbb0002"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 999,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
+    bad = c.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fxbbbb0002"}
+    ).json()
     assert bad["status"] == "failed"
     login(c)
     page = c.get("/console/proofs?status=failed").text
@@ -406,29 +480,46 @@ def test_pages_carry_security_headers_and_no_secrets(c, chain):
 
 
 def test_observed_data_is_redacted_at_any_depth():
-    got = queries.redact({"amount": "1", "Signature": "s", "nested": {"payload": {"x": 1},
-                          "list": [{"authorization": "a", "ok": 2}]}})
-    assert got == {"amount": "1", "Signature": "[redacted]",
-                   "nested": {"payload": "[redacted]",
-                              "list": [{"authorization": "[redacted]", "ok": 2}]}}
+    got = queries.redact(
+        {
+            "amount": "1",
+            "Signature": "s",
+            "nested": {"payload": {"x": 1}, "list": [{"authorization": "a", "ok": 2}]},
+        }
+    )
+    assert got == {
+        "amount": "1",
+        "Signature": "[redacted]",
+        "nested": {"payload": "[redacted]", "list": [{"authorization": "[redacted]", "ok": 2}]},
+    }
 
 
-def test_reconciliation_dry_run_from_the_console_is_a_persisted_run_on_the_record(c, engine,
-                                                                               chain):
+def test_reconciliation_dry_run_from_the_console_is_a_persisted_run_on_the_record(c, engine, chain):
     pytest.importorskip("verifier.services.reconciliation")
     paid_proof(c, chain)
     login(c)
     page = c.get("/console/reconciliation").text
     assert "No runs yet" in page and 'id="assurance-score"' in page
     token = _CSRF.search(page)[1]
-    r = c.post("/console/reconciliation/runs", data={"csrf_token": token, "scope": "rail_proofs",
-                                                     "incident_id": " ", "operator_reason": "x"})
+    r = c.post(
+        "/console/reconciliation/runs",
+        data={
+            "csrf_token": token,
+            "scope": "rail_proofs",
+            "incident_id": " ",
+            "operator_reason": "x",
+        },
+    )
     assert r.status_code == 422 and "Nothing was done" in r.text
-    assert c.post("/console/reconciliation/runs",
-                  data={"scope": "rail_proofs", **OPS}).status_code == 403  # no CSRF token
+    assert (
+        c.post("/console/reconciliation/runs", data={"scope": "rail_proofs", **OPS}).status_code
+        == 403
+    )  # no CSRF token
     assert audit_rows(engine, "reconciliation.started") == []
-    r = c.post("/console/reconciliation/runs", data={"csrf_token": token, "scope": "rail_proofs",
-                                                     "rail_id": "", **OPS})
+    r = c.post(
+        "/console/reconciliation/runs",
+        data={"csrf_token": token, "scope": "rail_proofs", "rail_id": "", **OPS},
+    )
     assert r.status_code == 303
     run_page = c.get(r.headers["location"])
     assert run_page.status_code == 200 and 'id="run"' in run_page.text

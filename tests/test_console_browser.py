@@ -47,8 +47,11 @@ def _browser_or_skip(profile: Path):
     except ImportError:
         missing.append("the selenium package (pip install -e '.[dev]')")
     if missing:
-        why = ("browser test needs " + ", ".join(missing) +
-               " (apt-get install -y chromium chromium-driver)")
+        why = (
+            "browser test needs "
+            + ", ".join(missing)
+            + " (apt-get install -y chromium chromium-driver)"
+        )
         if os.environ.get("CI"):
             pytest.fail(why + ": it must run under CI")
         pytest.skip(why)
@@ -59,10 +62,19 @@ def _browser_or_skip(profile: Path):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     opts.add_argument(f"--user-data-dir={profile}")  # a profile of its own, never shared
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--disable-extensions", "--no-first-run",
-                "--disable-background-networking", "--disable-sync",
-                "--disable-component-update", "--disable-default-apps"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--disable-extensions",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-component-update",
+        "--disable-default-apps",
+    ):
         opts.add_argument(arg)
     for attempt in range(3):  # a loaded machine can miss the driver's start-up deadline
         try:
@@ -76,12 +88,20 @@ def _browser_or_skip(profile: Path):
 def demo_engine(tmp_path):
     url = f"sqlite:///{tmp_path}/console.db"
     upgrade(url)
-    e = Engine(Settings(database_url=url, chain="cassette", clock=DEMO["clock"],
-                        service_tokens={"demo-service-token": ["demo-owner"]},
-                        staff_tokens={"demo-staff-token": "demo-operator",
-                                      "demo-staff-token-2": "demo-approver"},
-                        audit_key="demo-audit-key",
-                        env={"RAILPROOF_TREASURY_SOLANA_USDC": DEMO["recipient"]}))
+    e = Engine(
+        Settings(
+            database_url=url,
+            chain="cassette",
+            clock=DEMO["clock"],
+            service_tokens={"demo-service-token": ["demo-owner"]},
+            staff_tokens={
+                "demo-staff-token": "demo-operator",
+                "demo-staff-token-2": "demo-approver",
+            },
+            audit_key="demo-audit-key",
+            env={"RAILPROOF_TREASURY_SOLANA_USDC": DEMO["recipient"]},
+        )
+    )
     e.ensure_rail_states()
     yield e
     e.db.dispose()
@@ -145,6 +165,7 @@ def submit(driver, css: str) -> None:
 
 def fill(driver, by_id: dict[str, str]) -> None:
     from selenium.webdriver.common.by import By
+
     for element_id, value in by_id.items():
         el = driver.find_element(By.ID, element_id)
         el.clear()
@@ -158,13 +179,24 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
     with LiveServer(app) as srv:
         # The backend's part, through the public API: a session and the payer's proof.
         with httpx.Client(base_url=srv.url, timeout=30) as api:
-            r = api.post("/v1/payment-sessions", headers=SVC, json={
-                "owner_id": "demo-owner", "rail_id": "solana_usdc",
-                "access_product_id": "pro-monthly", "amount": DEMO["amount"],
-                "reference": DEMO["reference"], "memo": DEMO["memo"]})
+            r = api.post(
+                "/v1/payment-sessions",
+                headers=SVC,
+                json={
+                    "owner_id": "demo-owner",
+                    "rail_id": "solana_usdc",
+                    "access_product_id": "pro-monthly",
+                    "amount": DEMO["amount"],
+                    "reference": DEMO["reference"],
+                    "memo": DEMO["memo"],
+                },
+            )
             assert r.status_code == 201, r.text
-            r = api.post("/v1/proofs", headers=SVC, json={"session_id": r.json()["id"],
-                                                          "proof": DEMO["signature"]})
+            r = api.post(
+                "/v1/proofs",
+                headers=SVC,
+                json={"session_id": r.json()["id"], "proof": DEMO["signature"]},
+            )
             assert r.status_code == 201 and r.json()["status"] == "verified", r.text
             proof_id = r.json()["id"]
 
@@ -197,12 +229,24 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         fill(d, {"dry-incident": "OPS-1", "dry-reason": "first payment"})
         submit(d, "#dry-run-form button")
         rows = d.find_elements(By.CSS_SELECTOR, "#checks tbody tr")
-        checks = {r.find_element(By.TAG_NAME, "th").text: r.find_elements(By.TAG_NAME, "td")[0].text
-                  for r in rows}
-        assert checks == {name: "pass" for name in (
-            "proof_verified", "settlement_final", "rail_registered", "rail_not_paused",
-            "rail_production_enabled", "rail_allowlisted", "live_apply_enabled",
-            "receipt_creation_allowed", "tuple_bound")}
+        checks = {
+            r.find_element(By.TAG_NAME, "th").text: r.find_elements(By.TAG_NAME, "td")[0].text
+            for r in rows
+        }
+        assert checks == {
+            name: "pass"
+            for name in (
+                "proof_verified",
+                "settlement_final",
+                "rail_registered",
+                "rail_not_paused",
+                "rail_production_enabled",
+                "rail_allowlisted",
+                "live_apply_enabled",
+                "receipt_creation_allowed",
+                "tuple_bound",
+            )
+        }
         check_page(d, shots, "03-proof-dry-run")
 
         # 4. Apply, with confirm and the incident context (kept from the dry-run form).
@@ -212,8 +256,12 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         assert "done=applied" in d.current_url
         assert d.find_element(By.CSS_SELECTOR, "#entitlement .badge").text == "active"
         trail = d.find_element(By.ID, "audit").text
-        for action in ("proof.dry_run_apply", "receipt.created", "entitlement.activated",
-                       "proof.applied"):
+        for action in (
+            "proof.dry_run_apply",
+            "receipt.created",
+            "entitlement.activated",
+            "proof.applied",
+        ):
             assert action in trail
         assert "OPS-1" in trail and "demo-operator" in trail
         assert DEMO["signature"] in d.page_source  # the public tx id, as the API shows it
@@ -230,9 +278,16 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         assert d.find_element(By.CSS_SELECTOR, "#rail-solana_usdc .rail-state").text == "paused"
         check_page(d, shots, "05-rails-paused")
         with httpx.Client(base_url=srv.url, timeout=30) as api:
-            r = api.post("/v1/payment-sessions", headers=SVC, json={
-                "owner_id": "demo-owner", "rail_id": "solana_usdc",
-                "access_product_id": "pro-monthly", "amount": "1000000"})
+            r = api.post(
+                "/v1/payment-sessions",
+                headers=SVC,
+                json={
+                    "owner_id": "demo-owner",
+                    "rail_id": "solana_usdc",
+                    "access_product_id": "pro-monthly",
+                    "amount": "1000000",
+                },
+            )
             assert r.status_code == 409 and r.json()["error"]["code"] == "rail_paused"
         d.get(f"{srv.url}/console/proofs/{proof_id}")
         submit(d, "#dry-run-form button")
@@ -248,8 +303,11 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         check_page(d, shots, "08-reconciliation-run")
 
         # 7. The other pages: health charts, approvals and assurance.
-        for name, link in (("06-health", "/console"), ("07-approvals", "/console/approvals"),
-                           ("09-assurance", "/console/assurance")):
+        for name, link in (
+            ("06-health", "/console"),
+            ("07-approvals", "/console/approvals"),
+            ("09-assurance", "/console/assurance"),
+        ):
             submit(d, f"nav a[href='{link}']")
             assert d.find_element(By.TAG_NAME, "h1").text
             check_page(d, shots, name)

@@ -31,14 +31,27 @@ def test_every_setting_is_documented():
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 SOL_SIG = "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"
 RUNS = {  # family: (rail, cassette, proof, recipient, amount), proofs that verify as given
-    "Solana": ("solana_usdc", "solana/usdc_transfer.json", SOL_SIG,
-               "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui", 1000),
-    "EVM": ("evm_usdc", "evm/eth_usdc_transfer.json",
-            "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7",
-            "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8", 59691936965),
-    "Tron": ("tron_usdt", "tron/usdt_transfer.json",
-             "b69c51db8f9d974e6a38c76852c8ce1adcb682dbacb25ad8ad4f6876121fe9dc",
-             "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn", 3500000),
+    "Solana": (
+        "solana_usdc",
+        "solana/usdc_transfer.json",
+        SOL_SIG,
+        "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui",
+        1000,
+    ),
+    "EVM": (
+        "evm_usdc",
+        "evm/eth_usdc_transfer.json",
+        "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7",
+        "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8",
+        59691936965,
+    ),
+    "Tron": (
+        "tron_usdt",
+        "tron/usdt_transfer.json",
+        "b69c51db8f9d974e6a38c76852c8ce1adcb682dbacb25ad8ad4f6876121fe9dc",
+        "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn",
+        3500000,
+    ),
 }
 
 
@@ -57,12 +70,22 @@ def test_status_column_says_what_each_family_gives():
     # Terms each family checks differently: a reference or memo the transfer does not carry,
     # and an amount it did not pay. The verdict must be in the table, for that family.
     from verifier.services.offline import OfflineRequest, verify_offline
+
     other_key = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"  # not in the Solana transfer
     for family, (rail, cassette, proof, recipient, amount) in RUNS.items():
         for terms in ({"reference": other_key}, {"memo": "order-42"}, {"amount": amount + 1}):
-            req = OfflineRequest(rail=rail, proof=proof, recipient=recipient,
-                                 cassette=FIX / cassette, **{"amount": amount, **terms})
+            req = OfflineRequest(
+                rail=rail,
+                proof=proof,
+                recipient=recipient,
+                cassette=FIX / cassette,
+                **{"amount": amount, **terms},
+            )
             out = verify_offline(req)
             assert out["failure_code"] is not None, (family, terms, out)
-            assert out["status"] in documented_statuses(out["failure_code"], family), \
-                (family, terms, out["status"], out["failure_code"])
+            assert out["status"] in documented_statuses(out["failure_code"], family), (
+                family,
+                terms,
+                out["status"],
+                out["failure_code"],
+            )

@@ -5,7 +5,7 @@ SPL programs), with the clock pinned to when each payment happened."""
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,15 +17,15 @@ from tests.helpers import (
     GATE_CHECKS,
     SwitchableTransport,
     advance,
-    cassette_expect,
     audit_actions,
     cassette_engine,
+    cassette_expect,
     counts,
     recorded_calls,
 )
-from verifier.worker import loop as worker
 from verifier.http.api import create_app
 from verifier.storage.models import RailState, Receipt
+from verifier.worker import loop as worker
 
 SOL = FIXTURES / "solana" / "generated"
 TREASURY = "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg"
@@ -38,7 +38,7 @@ EVM_USDC_TX = "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def
 EVM_USDC_TO = "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8"
 EVM_USDC_AMOUNT = 59691936965
 EVM_USDC_FROM = "0x28C6c06298d514Db089934071355E5743bf21d60"
-EVM_CLOCK = datetime(2025, 2, 24, 10, 30, tzinfo=timezone.utc)
+EVM_CLOCK = datetime(2025, 2, 24, 10, 30, tzinfo=UTC)
 
 
 def _client(engine) -> TestClient:
@@ -53,8 +53,13 @@ def sol_engine(db_url):
 
 
 def open_session(c: TestClient, key: str | None = None, token=None, **body):
-    body = {"owner_id": "alice", "rail_id": "solana_usdc", "access_product_id": "pro",
-            "recipient": TREASURY, **body}
+    body = {
+        "owner_id": "alice",
+        "rail_id": "solana_usdc",
+        "access_product_id": "pro",
+        "recipient": TREASURY,
+        **body,
+    }
     headers = auth(token) if token else auth()
     if key:
         headers["Idempotency-Key"] = key
@@ -67,7 +72,9 @@ def demo_session_and_proof(c: TestClient) -> tuple[dict, dict]:
     r = open_session(c, amount=demo["amount"], reference=demo["reference"], memo=demo["memo"])
     assert r.status_code == 201, r.text
     sess = r.json()
-    r = c.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": demo["signature"]})
+    r = c.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": demo["signature"]}
+    )
     assert r.status_code == 201, r.text
     assert r.json()["status"] == "verified", r.json()
     return sess, r.json()
@@ -121,7 +128,10 @@ def test_session_to_finalized_apply_and_revoke(sol_engine):
     proof = c.get(f"/v1/proofs/{pid}", headers=auth()).json()
     assert proof["settlement"]["finality"] == "finalized" and proof["settlement"]["is_final"]
     ev = c.get(f"/v1/admin/proofs/{pid}/settlement-evidence", headers=STAFF).json()
-    assert [(e["finality"], e["is_final"]) for e in ev] == [("confirmed", False), ("finalized", True)]
+    assert [(e["finality"], e["is_final"]) for e in ev] == [
+        ("confirmed", False),
+        ("finalized", True),
+    ]
 
     rep = c.post(f"/v1/admin/proofs/{pid}/dry-run-apply", headers=STAFF, json=OPS).json()
     assert rep["would_apply"] and rep["would_create_receipt"] and rep["would_activate_entitlement"]
@@ -134,7 +144,8 @@ def test_session_to_finalized_apply_and_revoke(sol_engine):
     assert applied["applied"] is True and applied["receipt_id"]
     ents = c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()
     assert [(e["status"], e["receipt_id"], e["id"]) for e in ents] == [
-        ("active", applied["receipt_id"], applied["entitlement_id"])]
+        ("active", applied["receipt_id"], applied["entitlement_id"])
+    ]
     assert c.get(f"/v1/payment-sessions/{sess['id']}", headers=auth()).json()["status"] == "paid"
     assert c.get(f"/v1/proofs/{pid}", headers=auth()).json()["receipt_id"] == applied["receipt_id"]
 
@@ -155,21 +166,37 @@ def test_session_to_finalized_apply_and_revoke(sol_engine):
     assert r.status_code == 422 and r.json()["error"]["code"] == "operator_context_required"
     r = c.post(url, headers=STAFF, json={"confirm": True, "incident_id": "INC-7"})
     assert r.status_code == 422
-    assert c.get("/v1/entitlements", params={"owner_id": "alice"},
-                 headers=auth()).json()[0]["status"] == "active"
-    r = c.post(url, headers=STAFF, json={"confirm": True, "incident_id": "INC-9",
-                                         "operator_reason": "chargeback confirmed"})
+    assert (
+        c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()[0]["status"]
+        == "active"
+    )
+    r = c.post(
+        url,
+        headers=STAFF,
+        json={"confirm": True, "incident_id": "INC-9", "operator_reason": "chargeback confirmed"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "revoked"
-    assert c.get("/v1/entitlements", params={"owner_id": "alice"},
-                 headers=auth()).json()[0]["status"] == "revoked"
-    assert c.post(url, headers=STAFF, json={"confirm": True, "incident_id": "INC-9",
-                                            "operator_reason": "again"}).status_code == 409
+    assert (
+        c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()[0]["status"]
+        == "revoked"
+    )
+    assert (
+        c.post(
+            url,
+            headers=STAFF,
+            json={"confirm": True, "incident_id": "INC-9", "operator_reason": "again"},
+        ).status_code
+        == 409
+    )
     audit = c.get("/v1/admin/audit", params={"subject_id": ent_id}, headers=STAFF).json()
     revoked = [a for a in audit if a["action"] == "entitlement.revoked"]
     assert len(revoked) == 1
     assert (revoked[0]["incident_id"], revoked[0]["reason"], revoked[0]["actor"]) == (
-        "INC-9", "chargeback confirmed", "ops1")
+        "INC-9",
+        "chargeback confirmed",
+        "ops1",
+    )
     assert c.get("/v1/admin/audit/verify", headers=STAFF).json()["ok"] is True
 
 
@@ -177,39 +204,55 @@ def test_gated_rail_needs_every_gate_and_the_staff_receipt_path(db_url):
     e = cassette_engine(db_url, clock=EVM_CLOCK)
     c = _client(e)
     try:
-        r = open_session(c, rail_id="evm_usdc", recipient=EVM_USDC_TO, amount=EVM_USDC_AMOUNT,
-                         payer=EVM_USDC_FROM)
+        r = open_session(
+            c,
+            rail_id="evm_usdc",
+            recipient=EVM_USDC_TO,
+            amount=EVM_USDC_AMOUNT,
+            payer=EVM_USDC_FROM,
+        )
         assert r.status_code == 201, r.text
-        r = c.post("/v1/proofs", headers=auth(), json={"session_id": r.json()["id"],
-                                                       "proof": EVM_USDC_TX})
+        r = c.post(
+            "/v1/proofs", headers=auth(), json={"session_id": r.json()["id"], "proof": EVM_USDC_TX}
+        )
         assert r.status_code == 201, r.text
         proof = r.json()
         assert proof["status"] == "verified", proof
-        assert proof["settlement"]["is_final"] and proof["settlement"]["block_number"] == 0x14e6867
+        assert proof["settlement"]["is_final"] and proof["settlement"]["block_number"] == 0x14E6867
         pid = proof["id"]
 
         def blockers() -> set[str]:
-            rep = c.post(f"/v1/admin/proofs/{pid}/dry-run-apply", headers=STAFF,
-                         json={"path": "receipt"}).json()
+            rep = c.post(
+                f"/v1/admin/proofs/{pid}/dry-run-apply", headers=STAFF, json={"path": "receipt"}
+            ).json()
             assert [ch["name"] for ch in rep["checks"]] == GATE_CHECKS
             assert rep["would_apply"] is (not rep["blockers"])
             return {b["code"] for b in rep["blockers"]}
 
-        assert blockers() == {"live_apply_enabled", "rail_production_enabled", "rail_allowlisted",
-                              "receipt_creation_allowed"}
+        assert blockers() == {
+            "live_apply_enabled",
+            "rail_production_enabled",
+            "rail_allowlisted",
+            "receipt_creation_allowed",
+        }
         receipt_url = f"/v1/admin/proofs/{pid}/receipt"
         r = c.post(receipt_url, headers=STAFF, json={"confirm": True, **OPS})
         assert r.status_code == 409 and r.json()["error"]["code"] == "apply_blocked"
 
         # Production enablement: two different staff members.
-        r = c.post("/v1/admin/rails/evm_usdc/production/request", headers=STAFF,
-                   json={"enable": True, **OPS})
+        r = c.post(
+            "/v1/admin/rails/evm_usdc/production/request",
+            headers=STAFF,
+            json={"enable": True, **OPS},
+        )
         assert r.status_code == 201 and r.json()["status"] == "pending"
         approval = r.json()["approval_id"]
         r = c.post(f"/v1/admin/approvals/{approval}/approve", headers=STAFF, json={"confirm": True})
         assert r.status_code == 403 and r.json()["error"]["code"] == "two_person_rule"
         assert "rail_production_enabled" in blockers()
-        r = c.post(f"/v1/admin/approvals/{approval}/approve", headers=STAFF2, json={"confirm": True})
+        r = c.post(
+            f"/v1/admin/approvals/{approval}/approve", headers=STAFF2, json={"confirm": True}
+        )
         assert r.status_code == 200 and r.json()["approved_by"] == "ops2"
         assert blockers() == {"live_apply_enabled", "rail_allowlisted", "receipt_creation_allowed"}
 
@@ -222,7 +265,9 @@ def test_gated_rail_needs_every_gate_and_the_staff_receipt_path(db_url):
         # Staff apply is not the receipt path for a gated rail.
         r = c.post(f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json={"confirm": True, **OPS})
         assert r.status_code == 409
-        assert [b["code"] for b in r.json()["error"]["report"]["blockers"]] == ["receipt_creation_allowed"]
+        assert [b["code"] for b in r.json()["error"]["report"]["blockers"]] == [
+            "receipt_creation_allowed"
+        ]
 
         r = c.post(receipt_url, headers=STAFF, json=OPS)
         assert r.status_code == 422 and r.json()["error"]["field"] == "confirm"
@@ -231,8 +276,11 @@ def test_gated_rail_needs_every_gate_and_the_staff_receipt_path(db_url):
         rid = r.json()["receipt_id"]
         ents = c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()
         assert [(x["status"], x["receipt_id"]) for x in ents] == [("active", rid)]
-        created = [a for a in c.get("/v1/admin/audit", params={"subject_id": rid},
-                                    headers=STAFF).json() if a["action"] == "receipt.created"]
+        created = [
+            a
+            for a in c.get("/v1/admin/audit", params={"subject_id": rid}, headers=STAFF).json()
+            if a["action"] == "receipt.created"
+        ]
         assert created and created[0]["actor"] == "ops1" and created[0]["incident_id"] == "INC-7"
     finally:
         e.db.dispose()
@@ -251,27 +299,43 @@ def _usdt_swap_calls() -> tuple[list[dict], int]:
 
 def test_review_only_proof_never_would_apply_whatever_flags(db_url):
     calls, ts = _usdt_swap_calls()
-    e = cassette_engine(db_url, clock=datetime.fromtimestamp(ts - 600, tz=timezone.utc),
-                        live_apply=True,
-                        apply_rail_allowlist=["solana_usdc", "erc20_usdt"],
-                        receipt_creation_rails=["erc20_usdt"])
+    e = cassette_engine(
+        db_url,
+        clock=datetime.fromtimestamp(ts - 600, tz=UTC),
+        live_apply=True,
+        apply_rail_allowlist=["solana_usdc", "erc20_usdt"],
+        receipt_creation_rails=["erc20_usdt"],
+    )
     e.chains.set_transport("ethereum", SwitchableTransport(calls))
     c = _client(e)
     try:
         # Review-only rails can never be production-enabled, not even by two people...
-        r = c.post("/v1/admin/rails/erc20_usdt/production/request", headers=STAFF,
-                   json={"enable": True, **OPS})
+        r = c.post(
+            "/v1/admin/rails/erc20_usdt/production/request",
+            headers=STAFF,
+            json={"enable": True, **OPS},
+        )
         assert r.status_code == 409 and r.json()["error"]["code"] == "review_only_rail"
         # ...and a database row that says otherwise is not believed.
         with e.db.tx() as s:
             s.get(RailState, "erc20_usdt").production_enabled = True
 
-        r = open_session(c, rail_id="erc20_usdt", recipient="0x901c7c311d39e0b26257219765e71e8db3107a81",
-                         amount=4361142255, payer="0xa82f91562e1cef9dec93a4ad328d01ea7827910a")
+        r = open_session(
+            c,
+            rail_id="erc20_usdt",
+            recipient="0x901c7c311d39e0b26257219765e71e8db3107a81",
+            amount=4361142255,
+            payer="0xa82f91562e1cef9dec93a4ad328d01ea7827910a",
+        )
         assert r.status_code == 201, r.text
-        r = c.post("/v1/proofs", headers=auth(), json={
-            "session_id": r.json()["id"],
-            "proof": "0xcd718a69d478340dc28fdf6bf8056374a52dc95841b44083163ced8dfe29310c"})
+        r = c.post(
+            "/v1/proofs",
+            headers=auth(),
+            json={
+                "session_id": r.json()["id"],
+                "proof": "0xcd718a69d478340dc28fdf6bf8056374a52dc95841b44083163ced8dfe29310c",
+            },
+        )
         assert r.status_code == 201, r.text
         proof = r.json()
         assert (proof["status"], proof["failure_code"]) == ("requires_review", "review_only_rail")
@@ -283,8 +347,11 @@ def test_review_only_proof_never_would_apply_whatever_flags(db_url):
         codes = {b["code"] for b in rep["blockers"]}
         assert {"proof_verified", "rail_production_enabled", "receipt_creation_allowed"} <= codes
         for path in ("apply", "receipt"):
-            r = c.post(f"/v1/admin/proofs/{proof['id']}/{path}", headers=STAFF,
-                       json={"confirm": True, **OPS})
+            r = c.post(
+                f"/v1/admin/proofs/{proof['id']}/{path}",
+                headers=STAFF,
+                json={"confirm": True, **OPS},
+            )
             assert r.status_code == 409, r.text
         with e.db.tx() as s:
             assert s.scalars(select(Receipt)).all() == []
@@ -312,15 +379,22 @@ def test_paused_rail_blocks_apply_refuses_new_work_and_keeps_reads(sol_engine):
 
     r = open_session(c, amount=1000000)
     assert r.status_code == 409 and r.json()["error"]["code"] == "rail_paused"
-    r = c.post("/v1/proofs", headers=auth(), json={
-        "session_id": other.json()["id"],
-        "proof": "jWBMRhxbBNqUUrt8PotW9D6Jkc66fULBhVA98XS69siqT6br4z5iaqXPMjdFLYDzFpjEb2pqe5vvvoxdf6bbH8i"})
+    r = c.post(
+        "/v1/proofs",
+        headers=auth(),
+        json={
+            "session_id": other.json()["id"],
+            "proof": "jWBMRhxbBNqUUrt8PotW9D6Jkc66fULBhVA98XS69siqT6br4z5iaqXPMjdFLYDzFpjEb2pqe5vvvoxdf6bbH8i",
+        },
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "rail_paused"
 
     # Reads keep working.
     assert c.get(f"/v1/proofs/{pid}", headers=auth()).json()["status"] == "verified"
     assert c.get(f"/v1/payment-sessions/{sess['id']}", headers=auth()).json()["status"] == "open"
-    assert c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).status_code == 200
+    assert (
+        c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).status_code == 200
+    )
     assert len(c.get("/v1/admin/proofs", headers=STAFF).json()) == 1
     ready = {x["rail_id"]: x for x in c.get("/v1/admin/rails/readiness", headers=STAFF).json()}
     assert ready["solana_usdc"]["paused"] is True
@@ -343,8 +417,11 @@ def test_cross_owner_replay_is_refused_and_the_original_untouched(sol_engine):
     sig = __import__("json").loads((SOL / "demo_payment.json").read_text())["demo"]["signature"]
     before = counts(sol_engine)
 
-    r = c.post("/v1/proofs", headers=auth(OTHER_SERVICE_TOKEN),
-               json={"session_id": bob.json()["id"], "proof": sig})
+    r = c.post(
+        "/v1/proofs",
+        headers=auth(OTHER_SERVICE_TOKEN),
+        json={"session_id": bob.json()["id"], "proof": sig},
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "proof_owner_conflict"
     assert "alice" not in r.text and proof["id"] not in r.text
 
@@ -354,9 +431,14 @@ def test_cross_owner_replay_is_refused_and_the_original_untouched(sol_engine):
     assert after["audit_events"] == before["audit_events"] + 1
     again = c.get(f"/v1/proofs/{proof['id']}", headers=auth()).json()
     assert (again["owner_id"], again["status"], again["session_id"]) == (
-        "alice", "verified", proof["session_id"])
+        "alice",
+        "verified",
+        proof["session_id"],
+    )
     assert c.get(f"/v1/proofs/{proof['id']}", headers=auth(OTHER_SERVICE_TOKEN)).status_code == 404
-    conflict = [a for a in audit_actions(sol_engine, proof["id"]) if a.action == "proof.owner_conflict"]
+    conflict = [
+        a for a in audit_actions(sol_engine, proof["id"]) if a.action == "proof.owner_conflict"
+    ]
     assert len(conflict) == 1 and conflict[0].data["claimed_by_owner"] == "bob"
     assert 'reason="proof_owner_conflict"' in c.get("/metrics").text
 
@@ -366,18 +448,26 @@ def test_demo_walks_to_an_active_entitlement_against_a_served_api(tmp_path, monk
     the environment, recorded chains, the demo's clock), through the public API only."""
     from tests.live_server import LiveServer, closed_port
     from verifier.core.config import Settings
-    from verifier.tools.demo import run_demo
     from verifier.core.engine import Engine
     from verifier.storage.db import upgrade
+    from verifier.tools.demo import run_demo
 
     url = f"sqlite:///{tmp_path}/demo.db"
     upgrade(url)
     demo = __import__("json").loads((SOL / "demo_payment.json").read_text())["demo"]
-    e = Engine(Settings(database_url=url, chain="cassette", clock=demo["clock"],
-                        service_tokens={"demo-service-token": ["demo-owner"]},
-                        staff_tokens={"demo-staff-token": "demo-operator",
-                                      "demo-staff-token-2": "demo-approver"},
-                        env={"RAILPROOF_TREASURY_SOLANA_USDC": demo["recipient"]}))
+    e = Engine(
+        Settings(
+            database_url=url,
+            chain="cassette",
+            clock=demo["clock"],
+            service_tokens={"demo-service-token": ["demo-owner"]},
+            staff_tokens={
+                "demo-staff-token": "demo-operator",
+                "demo-staff-token-2": "demo-approver",
+            },
+            env={"RAILPROOF_TREASURY_SOLANA_USDC": demo["recipient"]},
+        )
+    )
     e.ensure_rail_states()
     monkeypatch.setenv("RAILPROOF_STAFF_TOKEN", "demo-staff-token")
     monkeypatch.delenv("RAILPROOF_CASSETTE_DIR", raising=False)

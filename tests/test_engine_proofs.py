@@ -8,20 +8,32 @@ import pytest
 from sqlalchemy import func, select
 
 from rails.errors import RpcUnavailable
-from verifier.services import proofs, sessions
 from verifier.core.errors import Conflict, NotFound, Refused
+from verifier.services import proofs, sessions
 from verifier.storage.models import AuditEvent, Proof, VerificationAttempt
 
 
 def open_session(engine, owner="alice", rail="fake_live", amount=1_500_000, **kw):
-    req = sessions.NewSession(owner_id=owner, rail_id=rail, access_product_id="pro",
-                              amount=amount, recipient="fatreasury", **kw)
+    req = sessions.NewSession(
+        owner_id=owner,
+        rail_id=rail,
+        access_product_id="pro",
+        amount=amount,
+        recipient="fatreasury",
+        **kw,
+    )
     return sessions.open_session(engine, req, actor="test")
 
 
 def pay(chain, tx, sess, amount=1_500_000, **kw):
-    chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": amount, "asset": "fusd",
-                     "refs": [sess["reference"]], **kw}
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": amount,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        **kw,
+    }
 
 
 def count(engine, model):
@@ -56,7 +68,10 @@ def test_other_owner_gets_conflict_audited_and_original_untouched(engine, chain)
     with pytest.raises(Conflict) as e:
         proofs.submit_proof(engine, bob["id"], "fx11111111", ["bob"])
     assert e.value.code == "proof_owner_conflict"
-    assert b'owner_isolation_denials_total{reason="proof_owner_conflict"} 1.0' in engine.metrics.render()
+    assert (
+        b'owner_isolation_denials_total{reason="proof_owner_conflict"} 1.0'
+        in engine.metrics.render()
+    )
     assert before != engine.metrics.render()
     with engine.db.tx() as s:
         ev = s.scalar(select(AuditEvent).where(AuditEvent.action == "proof.owner_conflict"))
@@ -140,6 +155,7 @@ def test_review_only_rail_ends_in_review(engine, chain):
 
 def test_paused_rail_refuses_new_work_but_reads_continue(engine, chain):
     from verifier.services import audit, rails_admin
+
     sess = open_session(engine)
     pay(chain, "fx88888888", sess)
     done, _ = proofs.submit_proof(engine, sess["id"], "fx88888888", ["alice"])
@@ -170,8 +186,8 @@ def test_worker_verifying_between_proof_row_and_attempt_is_not_overwritten(engin
     in that window. The submission's own attempt then lands second: it counts as a
     re-verification (no second status change, event or audit row), never as a first one."""
     from verifier.services import audit
-    from verifier.worker import loop as worker
     from verifier.storage.webhook_models import OutboxEvent
+    from verifier.worker import loop as worker
 
     sess = open_session(engine)
     pay(chain, "fx7a7a7a7a", sess)
@@ -192,11 +208,16 @@ def test_worker_verifying_between_proof_row_and_attempt_is_not_overwritten(engin
         assert p.attempts == 2 and p.status == "verified"
         assert [a.worker for a in attempts] == ["w1", None]
         assert [a.status for a in attempts] == ["verified", "verified"]
-        events = s.execute(select(OutboxEvent.type, OutboxEvent.sequence)
-                           .where(OutboxEvent.resource_id == p.id)
-                           .order_by(OutboxEvent.sequence)).all()
-        verified_audits = s.scalar(select(func.count()).select_from(AuditEvent)
-                                   .where(AuditEvent.action == "proof.verified"))
+        events = s.execute(
+            select(OutboxEvent.type, OutboxEvent.sequence)
+            .where(OutboxEvent.resource_id == p.id)
+            .order_by(OutboxEvent.sequence)
+        ).all()
+        verified_audits = s.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.action == "proof.verified")
+        )
         assert audit.verify_chain(s).ok
     assert [t for t, _ in events].count("proof.verified") == 1
     assert [n for _, n in events] == list(range(1, len(events) + 1))

@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.evm_chain import ScriptedNode, closed_port_url, jsonrpc_answer
 from rails.base import Status, Terms
-from rails.transport.cassette import Call, CassetteTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
 from rails.evm import (
@@ -24,9 +22,11 @@ from rails.evm import (
     settlement_for_receipt,
     transfers_in_receipt,
 )
+from rails.transport.cassette import Call, CassetteTransport
 from rails.transport.evm_http import EvmHttpTransport
 from rails.transport.failover import RetryPolicy
 from registry.catalog import FinalityPolicy, load_catalog
+from tests.evm_chain import ScriptedNode, closed_port_url, jsonrpc_answer
 from verifier.core.checking import run_verify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "evm"
@@ -108,12 +108,15 @@ def test_real_ethereum_usdc_transfer_verifies_with_sender_and_finality():
     assert o["block_number"] == USDC_BLOCK
     assert o["tx_to"].lower() == o["asset"].lower()  # a direct transfer() call
     s = verdict.settlement
-    assert (s.ref, s.block_number, s.confirmations) == (USDC_TX, USDC_BLOCK, 0x14E68A7 - USDC_BLOCK + 1)
+    assert (s.ref, s.block_number, s.confirmations) == (
+        USDC_TX,
+        USDC_BLOCK,
+        0x14E68A7 - USDC_BLOCK + 1,
+    )
     assert s.is_final and not s.reorged and s.finality == "finalized"
     # The transfer's identity: the transaction's transfer of the token to the recipient (no
     # EIP-3009 authorization was used in it).
-    assert verdict.transfer_keys == (
-        f"eip155:1:{USDC_TX}:{o['asset'].lower()}:{USDC_TO.lower()}",)
+    assert verdict.transfer_keys == (f"eip155:1:{USDC_TX}:{o['asset'].lower()}:{USDC_TO.lower()}",)
     # Exactly the calls the cassette records, with its params.
     assert chain.calls == [
         ("eth_chainId", []),
@@ -125,14 +128,18 @@ def test_real_ethereum_usdc_transfer_verifies_with_sender_and_finality():
 
 
 def test_usdc_proof_and_recipient_compare_case_insensitively():
-    v = adapter("evm_usdc").verify(USDC_TX.upper().replace("0X", "0x"), terms(recipient=USDC_TO.lower()),
-                                   cassette("eth_usdc_transfer.json"))
+    v = adapter("evm_usdc").verify(
+        USDC_TX.upper().replace("0X", "0x"),
+        terms(recipient=USDC_TO.lower()),
+        cassette("eth_usdc_transfer.json"),
+    )
     assert v.status is Status.verified and v.observed["recipient"] == USDC_TO
 
 
 def test_real_usdt_in_a_swap_is_review_only_with_full_evidence():
-    checked = run_verify(adapter("erc20_usdt"), USDT_TX, terms(SWAPPER, USDT_AMOUNT),
-                         cassette("eth_usdt_swap.json"))
+    checked = run_verify(
+        adapter("erc20_usdt"), USDT_TX, terms(SWAPPER, USDT_AMOUNT), cassette("eth_usdt_swap.json")
+    )
     v = checked.verdict
     assert v.status is Status.requires_review and v.code is FailureCode.review_only_rail
     o = v.observed
@@ -147,8 +154,9 @@ def test_real_usdt_in_a_swap_is_review_only_with_full_evidence():
 
 
 def test_usdt_swap_is_not_a_usdt_payment_to_the_pool():
-    v = run_verify(adapter("erc20_usdt"), USDT_TX, terms(POOL, 1),
-                   cassette("eth_usdt_swap.json")).verdict
+    v = run_verify(
+        adapter("erc20_usdt"), USDT_TX, terms(POOL, 1), cassette("eth_usdt_swap.json")
+    ).verdict
     assert v.status is Status.failed and v.code is FailureCode.wrong_recipient
     assert [r.lower() for r in v.observed["token_recipients"]] == [SWAPPER]
     assert v.observed["amount"] == "0"
@@ -164,7 +172,9 @@ def test_the_other_tokens_transfer_in_the_swap_is_not_usdt():
 
 
 def test_usdc_rail_on_the_usdt_swap_is_wrong_asset():
-    v = adapter("evm_usdc").verify(USDT_TX, terms(SWAPPER, USDT_AMOUNT), cassette("eth_usdt_swap.json"))
+    v = adapter("evm_usdc").verify(
+        USDT_TX, terms(SWAPPER, USDT_AMOUNT), cassette("eth_usdt_swap.json")
+    )
     assert v.status is Status.failed and v.code is FailureCode.wrong_asset
     assert {t.lower() for t in v.observed["other_tokens"]} == {USDT.lower(), OTHER_TOKEN}
 
@@ -172,15 +182,19 @@ def test_usdc_rail_on_the_usdt_swap_is_wrong_asset():
 # --- each failure code ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("amount,at_least,expected", [
-    (USDC_AMOUNT - 1, False, FailureCode.amount_mismatch),  # overpaid is not exact
-    (USDC_AMOUNT + 1, False, FailureCode.amount_mismatch),  # underpaid
-    (USDC_AMOUNT + 1, True, FailureCode.amount_mismatch),   # underpaid, at-least session
-    (USDC_AMOUNT - 1, True, None),                           # overpaid, at-least session
-])
+@pytest.mark.parametrize(
+    "amount,at_least,expected",
+    [
+        (USDC_AMOUNT - 1, False, FailureCode.amount_mismatch),  # overpaid is not exact
+        (USDC_AMOUNT + 1, False, FailureCode.amount_mismatch),  # underpaid
+        (USDC_AMOUNT + 1, True, FailureCode.amount_mismatch),  # underpaid, at-least session
+        (USDC_AMOUNT - 1, True, None),  # overpaid, at-least session
+    ],
+)
 def test_amount_is_exact_unless_at_least(amount, at_least, expected):
-    v = adapter("evm_usdc").verify(USDC_TX, terms(amount=amount, at_least=at_least),
-                                   cassette("eth_usdc_transfer.json"))
+    v = adapter("evm_usdc").verify(
+        USDC_TX, terms(amount=amount, at_least=at_least), cassette("eth_usdc_transfer.json")
+    )
     assert v.code == expected
     assert v.status is (Status.verified if expected is None else Status.failed)
     assert v.observed["amount"] == str(USDC_AMOUNT)
@@ -195,13 +209,21 @@ def test_sender_is_checked_only_when_the_terms_name_one():
 
 def test_time_window_uses_the_block_time():
     a, chain = adapter("evm_usdc"), cassette("eth_usdc_transfer.json")
-    inside = a.verify(USDC_TX, terms(not_before=USDC_TIME - timedelta(minutes=5),
-                                     not_after=USDC_TIME + timedelta(minutes=5)), chain)
+    inside = a.verify(
+        USDC_TX,
+        terms(
+            not_before=USDC_TIME - timedelta(minutes=5), not_after=USDC_TIME + timedelta(minutes=5)
+        ),
+        chain,
+    )
     assert inside.status is Status.verified
     assert inside.observed["block_time"] == USDC_TIME.isoformat()
 
-    late = a.verify(USDC_TX, terms(not_before=USDC_TIME - timedelta(hours=2),
-                                   not_after=USDC_TIME - timedelta(hours=1)), chain)
+    late = a.verify(
+        USDC_TX,
+        terms(not_before=USDC_TIME - timedelta(hours=2), not_after=USDC_TIME - timedelta(hours=1)),
+        chain,
+    )
     assert (late.status, late.code) == (Status.failed, FailureCode.session_expired)
 
     early = a.verify(USDC_TX, terms(not_before=USDC_TIME + timedelta(seconds=1)), chain)
@@ -211,23 +233,40 @@ def test_time_window_uses_the_block_time():
 def test_block_timestamp_is_preferred_over_the_log_timestamp():
     calls = calls_of("eth_usdc_transfer.json")
     block_time = USDC_TIME + timedelta(days=1)
-    with_result(calls, "eth_getBlockByNumber", hex(USDC_BLOCK),
-                {"number": hex(USDC_BLOCK), "timestamp": hex(int(block_time.timestamp())),
-                 "hash": "0x3da09c83e6beee5b50540a0fd330a1b3c5f7528bc8f5be43ef1c7fd6df6851fa"})
-    v = adapter("evm_usdc").verify(USDC_TX, terms(not_after=USDC_TIME + timedelta(hours=1)),
-                                   transport_from(calls))
+    with_result(
+        calls,
+        "eth_getBlockByNumber",
+        hex(USDC_BLOCK),
+        {
+            "number": hex(USDC_BLOCK),
+            "timestamp": hex(int(block_time.timestamp())),
+            "hash": "0x3da09c83e6beee5b50540a0fd330a1b3c5f7528bc8f5be43ef1c7fd6df6851fa",
+        },
+    )
+    v = adapter("evm_usdc").verify(
+        USDC_TX, terms(not_after=USDC_TIME + timedelta(hours=1)), transport_from(calls)
+    )
     assert v.code is FailureCode.session_expired
 
 
 def test_no_timestamp_anywhere_with_a_window_is_an_unusable_answer_not_a_verdict():
     # The USDT cassette's block carries no timestamp and its logs none either.
-    checked = run_verify(adapter("erc20_usdt"), USDT_TX,
-                         terms(SWAPPER, USDT_AMOUNT, not_after=NOW), cassette("eth_usdt_swap.json"))
-    assert (checked.verdict.status, checked.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    checked = run_verify(
+        adapter("erc20_usdt"),
+        USDT_TX,
+        terms(SWAPPER, USDT_AMOUNT, not_after=NOW),
+        cassette("eth_usdt_swap.json"),
+    )
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    )
 
 
 def test_reverted_receipt_is_tx_failed_onchain():
-    v = adapter("evm_usdc").verify(REVERTED_TX, terms(), cassette("synthetic/reverted_status0.json"))
+    v = adapter("evm_usdc").verify(
+        REVERTED_TX, terms(), cassette("synthetic/reverted_status0.json")
+    )
     assert (v.status, v.code) == (Status.failed, FailureCode.tx_failed_onchain)
     assert v.observed["status"] == "reverted" and v.settlement is None
 
@@ -238,7 +277,9 @@ def test_null_receipt_is_pending_tx_not_found():
 
 
 def test_node_on_another_chain_is_chain_mismatch():
-    v = adapter("base_usdc").verify(USDC_TX, terms(), cassette("synthetic/base_rpc_answers_chain_1.json"))
+    v = adapter("base_usdc").verify(
+        USDC_TX, terms(), cassette("synthetic/base_rpc_answers_chain_1.json")
+    )
     assert (v.status, v.code) == (Status.failed, FailureCode.chain_mismatch)
     assert v.observed == {"chain_id": 1, "expected_chain_id": 8453}
 
@@ -255,10 +296,15 @@ def test_receipt_whose_block_left_the_chain_settles_reorged():
 
 
 def test_settlement_not_final_until_deep_enough():
-    calls = with_result(calls_of("eth_usdc_transfer.json"), "eth_blockNumber", None,
-                        hex(USDC_BLOCK + 9))
-    with_result(calls, "eth_getBlockByNumber", "finalized",
-                {"number": hex(USDC_BLOCK - 1), "hash": "0x" + "11" * 32})
+    calls = with_result(
+        calls_of("eth_usdc_transfer.json"), "eth_blockNumber", None, hex(USDC_BLOCK + 9)
+    )
+    with_result(
+        calls,
+        "eth_getBlockByNumber",
+        "finalized",
+        {"number": hex(USDC_BLOCK - 1), "hash": "0x" + "11" * 32},
+    )
     v = adapter("evm_usdc").verify(USDC_TX, terms(), transport_from(calls))
     assert v.status is Status.verified
     s = v.settlement
@@ -267,10 +313,15 @@ def test_settlement_not_final_until_deep_enough():
 
 
 def test_finalized_tag_makes_a_shallow_block_final():
-    calls = with_result(calls_of("eth_usdc_transfer.json"), "eth_blockNumber", None,
-                        hex(USDC_BLOCK + 9))
-    with_result(calls, "eth_getBlockByNumber", "finalized",
-                {"number": hex(USDC_BLOCK), "hash": "0x" + "11" * 32})
+    calls = with_result(
+        calls_of("eth_usdc_transfer.json"), "eth_blockNumber", None, hex(USDC_BLOCK + 9)
+    )
+    with_result(
+        calls,
+        "eth_getBlockByNumber",
+        "finalized",
+        {"number": hex(USDC_BLOCK), "hash": "0x" + "11" * 32},
+    )
     s = adapter("evm_usdc").verify(USDC_TX, terms(), transport_from(calls)).settlement
     assert (s.confirmations, s.is_final, s.finality) == (10, True, "finalized")
 
@@ -283,31 +334,47 @@ def test_lying_node_receipt_for_another_hash_is_never_a_verdict():
     with pytest.raises(MalformedResponse):
         adapter("evm_usdc").verify(REORGED_TX, terms(), chain)
     checked = run_verify(adapter("evm_usdc"), REORGED_TX, terms(), chain)
-    assert (checked.verdict.status, checked.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    )
 
 
 def test_rpc_error_is_pending_rpc_unavailable_through_run_verify():
-    calls = [{"method": "eth_chainId", "params": [], "result": "0x1"},
-             {"method": "eth_getTransactionReceipt", "params": [USDC_TX],
-              "error": {"code": -32000, "message": "header not found"}}]
+    calls = [
+        {"method": "eth_chainId", "params": [], "result": "0x1"},
+        {
+            "method": "eth_getTransactionReceipt",
+            "params": [USDC_TX],
+            "error": {"code": -32000, "message": "header not found"},
+        },
+    ]
     checked = run_verify(adapter("evm_usdc"), USDC_TX, terms(), transport_from(calls))
-    assert (checked.verdict.status, checked.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    )
     assert "header not found" in checked.verdict.detail
 
 
 def test_a_session_reference_cannot_be_proven_on_evm_and_goes_to_review():
-    v = adapter("evm_usdc").verify(USDC_TX, terms(reference="R-1"), cassette("eth_usdc_transfer.json"))
+    v = adapter("evm_usdc").verify(
+        USDC_TX, terms(reference="R-1"), cassette("eth_usdc_transfer.json")
+    )
     assert (v.status, v.code) == (Status.requires_review, FailureCode.reference_missing)
 
 
-@pytest.mark.parametrize("raw", [
-    USDC_TX[2:],                  # no 0x
-    USDC_TX[:-1],                 # 63 hex digits
-    USDC_TX + "0",                # 65
-    USDC_TX[:-1] + "g",           # not hex
-    " " + USDC_TX,                # whitespace
-    "",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        USDC_TX[2:],  # no 0x
+        USDC_TX[:-1],  # 63 hex digits
+        USDC_TX + "0",  # 65
+        USDC_TX[:-1] + "g",  # not hex
+        " " + USDC_TX,  # whitespace
+        "",
+    ],
+)
 def test_malformed_tx_hash_is_proof_malformed(raw):
     with pytest.raises(ProofMalformed) as e:
         adapter("evm_usdc").normalize_proof("evm_tx_hash", raw)
@@ -327,7 +394,7 @@ def test_normalize_address_checksums_and_rejects_bad_checksums():
     assert a.normalize_address(USDC_TO.lower()) == USDC_TO
     assert a.normalize_address(USDC_TO.upper().replace("0X", "0x")) == USDC_TO
     i = max(k for k, ch in enumerate(USDC_TO) if ch.isalpha() and k > 1)
-    bad_checksum = USDC_TO[:i] + USDC_TO[i].swapcase() + USDC_TO[i + 1:]
+    bad_checksum = USDC_TO[:i] + USDC_TO[i].swapcase() + USDC_TO[i + 1 :]
     for bad in (bad_checksum, USDC_TO[:-2], USDC_TO[2:], "0x" + "zz" * 20):
         with pytest.raises(ProofMalformed) as e:
             a.normalize_address(bad, "recipient")
@@ -337,11 +404,25 @@ def test_normalize_address_checksums_and_rejects_bad_checksums():
 def test_prepare_tells_the_payer_contract_chain_and_amount():
     from rails.base import SessionShape
 
-    req = adapter("base_usdc").prepare(SessionShape(
-        id="s1", recipient=USDC_TO.lower(), amount=25_000_000, reference=None, memo=None,
-        expires_at=NOW, access_product_id="p"))
-    assert req.data == {"recipient": USDC_TO, "contract": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
-                        "chain_id": 8453, "amount": "25000000", "decimals": 6, "network": "base"}
+    req = adapter("base_usdc").prepare(
+        SessionShape(
+            id="s1",
+            recipient=USDC_TO.lower(),
+            amount=25_000_000,
+            reference=None,
+            memo=None,
+            expires_at=NOW,
+            access_product_id="p",
+        )
+    )
+    assert req.data == {
+        "recipient": USDC_TO,
+        "contract": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+        "chain_id": 8453,
+        "amount": "25000000",
+        "decimals": 6,
+        "network": "base",
+    }
     assert (req.amount, req.recipient, req.network) == ("25000000", USDC_TO, "base")
     assert adapter("base_usdc").new_reference() is None
 
@@ -361,7 +442,9 @@ def test_finality_sweep_reads_the_head_once_for_many_proofs():
 
 
 def test_finality_of_a_vanished_receipt_is_reorged():
-    calls = with_result(calls_of("eth_usdc_transfer.json"), "eth_getTransactionReceipt", USDC_TX, None)
+    calls = with_result(
+        calls_of("eth_usdc_transfer.json"), "eth_getTransactionReceipt", USDC_TX, None
+    )
     [s] = adapter("evm_usdc").finality([USDC_TX], transport_from(calls))
     assert (s.reorged, s.finality, s.is_final) == (True, "reorged", False)
 
@@ -390,18 +473,23 @@ def test_decode_transfer_reads_only_exact_erc20_transfers():
 
 def test_transfers_to_the_recipient_are_summed():
     receipt = {"logs": [_log(), _log(logIndex="0xc4"), _log(address=OTHER_TOKEN)]}
-    assert transfers_in_receipt(receipt, "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", USDC_TO) == \
-        (2 * USDC_AMOUNT, [USDC_FROM])
+    assert transfers_in_receipt(receipt, "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", USDC_TO) == (
+        2 * USDC_AMOUNT,
+        [USDC_FROM],
+    )
 
 
-@pytest.mark.parametrize("confs,tag,block,head,finalized,final", [
-    (64, True, 100, 163, None, True),    # 64 confirmations
-    (64, True, 100, 162, None, False),   # 63
-    (64, True, 100, 110, 100, True),     # at the finalized block
-    (64, True, 100, 110, 99, False),     # just above it
-    (64, False, 100, 110, 200, False),   # tag not trusted by this policy
-    (10, True, 100, 90, None, False),    # node behind the block
-])
+@pytest.mark.parametrize(
+    "confs,tag,block,head,finalized,final",
+    [
+        (64, True, 100, 163, None, True),  # 64 confirmations
+        (64, True, 100, 162, None, False),  # 63
+        (64, True, 100, 110, 100, True),  # at the finalized block
+        (64, True, 100, 110, 99, False),  # just above it
+        (64, False, 100, 110, 200, False),  # tag not trusted by this policy
+        (10, True, 100, 90, None, False),  # node behind the block
+    ],
+)
 def test_depth_policy(confs, tag, block, head, finalized, final):
     policy = FinalityPolicy(mode="depth", confirmations=confs, finalized_tag=tag)
     assert is_final_at_depth(policy, block, head, finalized) is final
@@ -417,8 +505,15 @@ def test_settlement_for_receipt_flags_a_different_canonical_hash():
 
 # --- the live transport against scripted nodes on 127.0.0.1 -----------------------------------
 
-FAST = RetryPolicy(attempts=3, per_url_seconds=5, total_seconds=10, initial_wait=0.01,
-                   max_wait=0.02, jitter=0.01, timeout=2)
+FAST = RetryPolicy(
+    attempts=3,
+    per_url_seconds=5,
+    total_seconds=10,
+    initial_wait=0.01,
+    max_wait=0.02,
+    jitter=0.01,
+    timeout=2,
+)
 
 
 def usdc_node_table():
@@ -454,8 +549,12 @@ def test_live_transport_verifies_through_web3_http_provider(nodes):
     v = adapter("evm_usdc").verify(USDC_TX, terms(), chain)
     assert v.status is Status.verified and v.observed["amount"] == str(USDC_AMOUNT)
     assert [b["method"] for _, b in node.requests] == [
-        "eth_chainId", "eth_getTransactionReceipt", "eth_getBlockByNumber", "eth_blockNumber",
-        "eth_getBlockByNumber"]
+        "eth_chainId",
+        "eth_getTransactionReceipt",
+        "eth_getBlockByNumber",
+        "eth_blockNumber",
+        "eth_getBlockByNumber",
+    ]
 
 
 def test_live_transport_retries_500_and_429(nodes):
@@ -487,12 +586,17 @@ def test_all_urls_down_is_rpc_unavailable_and_pending(nodes):
         chain.call("eth_chainId", [])
     assert always_500.url in str(e.value)
     checked = run_verify(adapter("evm_usdc"), USDC_TX, terms(), chain)
-    assert (checked.verdict.status, checked.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    )
     assert checked.source == "live"
 
 
 def test_jsonrpc_error_and_garbage_are_not_retried_into_an_answer(nodes):
-    erroring = nodes(answer=jsonrpc_answer(lambda method, params: (_ for _ in ()).throw(KeyError(method))))
+    erroring = nodes(
+        answer=jsonrpc_answer(lambda method, params: (_ for _ in ()).throw(KeyError(method)))
+    )
     with pytest.raises(RpcErrorResponse) as e:
         EvmHttpTransport([erroring.url], "ethereum", FAST).call("eth_chainId", [])
     assert e.value.error["code"] == -32601 and len(erroring.requests) == 1
@@ -500,6 +604,10 @@ def test_jsonrpc_error_and_garbage_are_not_retried_into_an_answer(nodes):
     garbage = nodes(answer=lambda path, body: (200, b"<html>not json</html>"))
     with pytest.raises(MalformedResponse):
         EvmHttpTransport([garbage.url], "ethereum", FAST).call("eth_chainId", [])
-    checked = run_verify(adapter("evm_usdc"), USDC_TX, terms(),
-                         EvmHttpTransport([garbage.url], "ethereum", FAST))
-    assert (checked.verdict.status, checked.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    checked = run_verify(
+        adapter("evm_usdc"), USDC_TX, terms(), EvmHttpTransport([garbage.url], "ethereum", FAST)
+    )
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    )

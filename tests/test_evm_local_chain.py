@@ -56,7 +56,10 @@ def test_a_real_transfer_verifies(chain, token):
     assert (o["amount"], o["sender"], o["recipient"]) == (str(PAID), payer(chain), treasury(chain))
     assert o["tx_to"] == token.address and o["chain_id"] == chain.chain_id
     receipt = chain.w3.eth.get_transaction_receipt(tx)
-    assert (o["block_number"], o["block_hash"]) == (receipt.blockNumber, receipt.blockHash.to_0x_hex())
+    assert (o["block_number"], o["block_hash"]) == (
+        receipt.blockNumber,
+        receipt.blockHash.to_0x_hex(),
+    )
     assert token.functions.balanceOf(treasury(chain)).call() == PAID  # the ledger agrees
 
 
@@ -187,6 +190,9 @@ def test_review_only_rail_on_a_real_transfer_ends_in_review(chain, token):
     adapter = EvmAdapter(chain.rail(token.address, stage=Stage.review_only, rail_id="local_usdt"))
     tx = chain.transfer(token, payer(chain), treasury(chain), PAID)
     checked = run_verify(adapter, tx, terms(chain), chain)
-    assert (checked.verdict.status, checked.verdict.code) == (Status.requires_review, FailureCode.review_only_rail)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.requires_review,
+        FailureCode.review_only_rail,
+    )
     assert checked.verdict.observed["amount"] == str(PAID)
     assert checked.source == "local" and checked.rpc_calls == 4

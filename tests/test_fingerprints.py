@@ -34,8 +34,9 @@ def test_evm_hash_folds_case():
     a = adapter("evm_usdc")
     h = "0x225853C513C75A4276979841A480AD1856BC649C496C16765107CB5D62D1DEF7"
     assert a.normalize_proof("evm_tx_hash", h) == h.lower()
-    assert fingerprint("evm", "ethereum", "evm_tx_hash", a.normalize_proof("evm_tx_hash", h)) == \
-        fingerprint("evm", "ethereum", "evm_tx_hash", a.normalize_proof("evm_tx_hash", h.lower()))
+    assert fingerprint(
+        "evm", "ethereum", "evm_tx_hash", a.normalize_proof("evm_tx_hash", h)
+    ) == fingerprint("evm", "ethereum", "evm_tx_hash", a.normalize_proof("evm_tx_hash", h.lower()))
     for bad in (h[:-1], h[2:] + "00", "0x" + "g" * 64):
         with pytest.raises(ProofMalformed):
             a.normalize_proof("evm_tx_hash", bad)
@@ -45,9 +46,11 @@ def test_x402_reduces_to_chain_asset_from_nonce_for_json_and_header_forms():
     a = adapter("x402", network="base-sepolia")
     text = (FIX / "x402" / "x402_base_sepolia_payload_v1.json").read_text()
     header = base64.b64encode(text.encode()).decode()
-    want = ("84532:0x036cbd53842c5426634e7929541ec2318f3dcf7e:"
-            "0x857b06519e91e3a54538791bdbb0e22373e36b66:"
-            "0xf3746613c2d920b5fdabc0856f2aeb2d4f88ee6037b8cc5d04a71a4462f13480")
+    want = (
+        "84532:0x036cbd53842c5426634e7929541ec2318f3dcf7e:"
+        "0x857b06519e91e3a54538791bdbb0e22373e36b66:"
+        "0xf3746613c2d920b5fdabc0856f2aeb2d4f88ee6037b8cc5d04a71a4462f13480"
+    )
     assert a.normalize_proof("x402_payment_payload", text) == want
     assert a.normalize_proof("x402_payment_payload", header) == want
     reformatted = json.dumps(json.loads(text), indent=4)
@@ -59,7 +62,16 @@ def test_fingerprint_is_canonical_and_leaves_the_owner_out():
     assert len(fp) == 64
     assert fp != fingerprint("solana", "solana-devnet", "solana_tx_signature", SIG)
     import hashlib
-    doc = json.dumps({"family": "solana", "network": "solana-mainnet",
-                      "proof_type": "solana_tx_signature", "ref": SIG, "v": 1},
-                     separators=(",", ":"), sort_keys=True)
+
+    doc = json.dumps(
+        {
+            "family": "solana",
+            "network": "solana-mainnet",
+            "proof_type": "solana_tx_signature",
+            "ref": SIG,
+            "v": 1,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
     assert fp == hashlib.sha256(doc.encode()).hexdigest()

@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import GATE_CHECKS, audit_actions, counts
-from verifier.services import audit, gate, proofs
 from verifier.core.errors import BadInput, Conflict, Refused
+from verifier.services import audit, gate, proofs
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import (
     Entitlement,
@@ -26,17 +26,38 @@ STAFF = auth(STAFF_TOKEN)
 _n = iter(range(10_000))
 
 
-def paid_proof(engine, chain, rail_id="fake_live", finality="finalized", found=True,
-               amount=1_500_000, session=None):
+def paid_proof(
+    engine,
+    chain,
+    rail_id="fake_live",
+    finality="finalized",
+    found=True,
+    amount=1_500_000,
+    session=None,
+):
     """A session on a fake rail and a proof of a transfer that pays it (if `found`)."""
     if session is None:
-        session = open_session(engine, NewSession(owner_id="alice", rail_id=rail_id,
-                                                  access_product_id="pro", amount=amount,
-                                                  recipient="fatreasury"), actor="svc")
+        session = open_session(
+            engine,
+            NewSession(
+                owner_id="alice",
+                rail_id=rail_id,
+                access_product_id="pro",
+                amount=amount,
+                recipient="fatreasury",
+            ),
+            actor="svc",
+        )
     tx = f"fx{next(_n):08x}"
     if found:
-        chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": amount, "asset": "fusd",
-                         "refs": [session["reference"]], "finality": finality}
+        chain.txs[tx] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": amount,
+            "asset": "fusd",
+            "refs": [session["reference"]],
+            "finality": finality,
+        }
     view, created = proofs.submit_proof(engine, session["id"], tx, ["alice"])
     assert created
     return session, view
@@ -46,11 +67,19 @@ def snapshot(engine) -> dict:
     """Every row a dry run could touch, as plain values."""
     with engine.db.tx() as s:
         out = {}
-        for model in (PaymentSession, Proof, Entitlement, Receipt, RailState, VerificationAttempt,
-                      SettlementEvidence):
+        for model in (
+            PaymentSession,
+            Proof,
+            Entitlement,
+            Receipt,
+            RailState,
+            VerificationAttempt,
+            SettlementEvidence,
+        ):
             out[model.__tablename__] = sorted(
                 tuple(str(getattr(r, c.key)) for c in model.__table__.columns)
-                for r in s.scalars(select(model)).all())
+                for r in s.scalars(select(model)).all()
+            )
         return out
 
 
@@ -59,25 +88,44 @@ def test_dry_run_reports_all_nine_checks_and_writes_only_its_audit_row(engine, c
     assert view["status"] == "pending"
     before_rows, before_counts = snapshot(engine), counts(engine)
 
-    r = client.post(f"/v1/admin/proofs/{view['id']}/dry-run-apply", headers=STAFF,
-                    json={"incident_id": "INC-3", "operator_reason": "why blocked?"})
+    r = client.post(
+        f"/v1/admin/proofs/{view['id']}/dry-run-apply",
+        headers=STAFF,
+        json={"incident_id": "INC-3", "operator_reason": "why blocked?"},
+    )
     assert r.status_code == 200
     rep = r.json()
     assert [c["name"] for c in rep["checks"]] == GATE_CHECKS
     failed = [c["name"] for c in rep["checks"] if not c["passed"]]
-    assert failed == ["proof_verified", "settlement_final", "rail_production_enabled",
-                      "rail_allowlisted", "live_apply_enabled", "receipt_creation_allowed",
-                      "tuple_bound"]
+    assert failed == [
+        "proof_verified",
+        "settlement_final",
+        "rail_production_enabled",
+        "rail_allowlisted",
+        "live_apply_enabled",
+        "receipt_creation_allowed",
+        "tuple_bound",
+    ]
     assert [b["code"] for b in rep["blockers"]] == failed
     assert all(b["detail"] for b in rep["blockers"])
-    assert rep["would_apply"] is rep["would_create_receipt"] is rep["would_activate_entitlement"] is False
+    assert (
+        rep["would_apply"]
+        is rep["would_create_receipt"]
+        is rep["would_activate_entitlement"]
+        is False
+    )
 
     after_counts = counts(engine)
     assert snapshot(engine) == before_rows
     assert after_counts == {**before_counts, "audit_events": before_counts["audit_events"] + 1}
     last = audit_actions(engine)[-1]
     assert (last.action, last.subject_id, last.actor, last.incident_id, last.reason) == (
-        "proof.dry_run_apply", view["id"], "ops1", "INC-3", "why blocked?")
+        "proof.dry_run_apply",
+        view["id"],
+        "ops1",
+        "INC-3",
+        "why blocked?",
+    )
     assert last.data["blockers"] == failed
 
 
@@ -181,8 +229,9 @@ def test_review_only_never_applies_whatever_flags(engine, chain):
     for via in gate.Via:
         rep = gate.dry_run_apply(engine, view["id"], via=via)
         assert rep["would_apply"] is False
-        assert {"proof_verified", "rail_production_enabled",
-                "receipt_creation_allowed"} <= {b["code"] for b in rep["blockers"]}
+        assert {"proof_verified", "rail_production_enabled", "receipt_creation_allowed"} <= {
+            b["code"] for b in rep["blockers"]
+        }
         with pytest.raises(Refused):
             gate.apply(engine, view["id"], OP, via)
 
@@ -200,15 +249,20 @@ def test_revoke_only_an_active_entitlement_with_operator_context(engine, chain):
 
 
 def test_proof_of_a_rail_gone_from_the_catalog_is_reported_not_crashed(engine, chain, db_url):
-    from verifier.core.engine import Engine
     from tests.conftest import make_settings
+    from verifier.core.engine import Engine
+
     _, view = paid_proof(engine, chain)
     shipped = Engine(make_settings(db_url))  # the shipped catalog: no fake rails
     try:
         rep = gate.dry_run_apply(shipped, view["id"], OP)
         assert [c["name"] for c in rep["checks"]] == GATE_CHECKS
-        assert {"rail_registered", "rail_not_paused", "rail_production_enabled",
-                "receipt_creation_allowed"} <= {b["code"] for b in rep["blockers"]}
+        assert {
+            "rail_registered",
+            "rail_not_paused",
+            "rail_production_enabled",
+            "receipt_creation_allowed",
+        } <= {b["code"] for b in rep["blockers"]}
         with pytest.raises(Refused):
             gate.apply(shipped, view["id"], OP)
     finally:
@@ -217,6 +271,7 @@ def test_proof_of_a_rail_gone_from_the_catalog_is_reported_not_crashed(engine, c
 
 def test_concurrent_applies_create_one_receipt(engine, chain):
     import threading
+
     _, view = paid_proof(engine, chain)
     results, errors = [], []
     start = threading.Barrier(4)
@@ -245,6 +300,7 @@ def test_tuple_binding_rechecks_the_transfer_time_on_evm_too(db_url):
     """The gate re-checks the transfer time against the session window itself (it does not
     only trust the adapter), also where the evidence states the time as ISO-8601 (EVM)."""
     from datetime import timedelta
+
     from tests.helpers import cassette_engine
     from tests.test_e2e_http import (
         EVM_CLOCK,
@@ -253,12 +309,21 @@ def test_tuple_binding_rechecks_the_transfer_time_on_evm_too(db_url):
         EVM_USDC_TO,
         EVM_USDC_TX,
     )
+
     e = cassette_engine(db_url, clock=EVM_CLOCK)
     try:
-        sess = open_session(e, NewSession(owner_id="alice", rail_id="evm_usdc",
-                                          access_product_id="pro", amount=EVM_USDC_AMOUNT,
-                                          recipient=EVM_USDC_TO, payer=EVM_USDC_FROM),
-                           actor="svc")
+        sess = open_session(
+            e,
+            NewSession(
+                owner_id="alice",
+                rail_id="evm_usdc",
+                access_product_id="pro",
+                amount=EVM_USDC_AMOUNT,
+                recipient=EVM_USDC_TO,
+                payer=EVM_USDC_FROM,
+            ),
+            actor="svc",
+        )
         view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
         assert view["status"] == "verified"
         assert gate.dry_run_apply(e, view["id"])["checks"][-1]["passed"] is True

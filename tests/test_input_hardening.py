@@ -22,15 +22,20 @@ from sqlalchemy import func, select
 
 from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import counts
-from verifier.services import idempotency
 from verifier.core.errors import BadInput
+from verifier.services import idempotency
 from verifier.storage.models import IdempotencyClaim
 
 ROOT = Path(__file__).resolve().parent.parent
 X402 = ROOT / "fixtures" / "x402"
 RAILPROOF = str(Path(sys.executable).parent / "railproof")
-SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-           "amount": 1500000, "recipient": "fatreasury"}
+SESSION = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+}
 STAFF = auth(STAFF_TOKEN)
 CONTEXT = {"incident_id": "INC-7", "operator_reason": "input hardening test"}
 
@@ -71,8 +76,9 @@ def test_control_characters_in_path_ids_name_the_param(client, engine):
         for method, template, name, body in PATH_ROUTES:
             token = STAFF if "/admin/" in template else auth()
             url = template.format(quote("fake_live" + bad, safe=""))
-            r = client.request(method.upper(), url, headers=token,
-                               **({"json": body} if body is not None else {}))
+            r = client.request(
+                method.upper(), url, headers=token, **({"json": body} if body is not None else {})
+            )
             refused(r, name)
     assert counts(engine) == before
     # The database connection survived: the same client still gets real answers.
@@ -105,19 +111,30 @@ NUL_BODIES = [
     ("/v1/payment-sessions", {**SESSION, "reference": "\x00"}, "reference"),
     ("/v1/proofs", {"session_id": "s\x00", "proof": "fx0123abcd"}, "session_id"),
     ("/v1/proofs", {"session_id": "s", "proof": "fx01\x00"}, "proof"),
-    ("/v1/proofs", {"session_id": "s", "proof": {"payload": {"authorization": {
-        "nonce": "0x\x00"}}}}, "proof.payload.authorization.nonce"),
+    (
+        "/v1/proofs",
+        {"session_id": "s", "proof": {"payload": {"authorization": {"nonce": "0x\x00"}}}},
+        "proof.payload.authorization.nonce",
+    ),
     ("/v1/proofs", {"session_id": "s", "proof": {"list": ["a", "b\x00"]}}, "proof.list.1"),
     ("/v1/proofs", {"session_id": "s", "proof": {"k\x00": "v"}}, "proof"),
-    ("/v1/webhook-endpoints", {"url": "https://example.com/\x00",
-                               "event_types": ["proof.verified"]}, "url"),
-    ("/v1/webhook-endpoints", {"url": "https://example.com/h",
-                               "event_types": ["proof.verified", "x\x00"]}, "event_types.1"),
+    (
+        "/v1/webhook-endpoints",
+        {"url": "https://example.com/\x00", "event_types": ["proof.verified"]},
+        "url",
+    ),
+    (
+        "/v1/webhook-endpoints",
+        {"url": "https://example.com/h", "event_types": ["proof.verified", "x\x00"]},
+        "event_types.1",
+    ),
     ("/v1/admin/proofs/pr_1/dry-run-apply", {"operator_reason": "why\x00"}, "operator_reason"),
-    ("/v1/admin/rails/fake_live/pause", {"confirm": True, "incident_id": "INC\x00",
-                                         "operator_reason": "r"}, "incident_id"),
-    ("/v1/admin/rails/fake_gated/treasury/request", {"treasury": "fa\x00", **CONTEXT},
-     "treasury"),
+    (
+        "/v1/admin/rails/fake_live/pause",
+        {"confirm": True, "incident_id": "INC\x00", "operator_reason": "r"},
+        "incident_id",
+    ),
+    ("/v1/admin/rails/fake_gated/treasury/request", {"treasury": "fa\x00", **CONTEXT}, "treasury"),
 ]
 
 
@@ -132,8 +149,11 @@ def test_nul_in_a_json_body_names_the_dotted_field(client, engine):
 
 def test_other_control_characters_in_free_text_are_stored(client):
     # Only NUL is refused in body text: PostgreSQL stores tabs and newlines fine.
-    r = client.post("/v1/admin/rails/fake_live/pause", headers=STAFF, json={
-        "confirm": True, "incident_id": "INC-8", "operator_reason": "line 1\nline 2\tx\x1b"})
+    r = client.post(
+        "/v1/admin/rails/fake_live/pause",
+        headers=STAFF,
+        json={"confirm": True, "incident_id": "INC-8", "operator_reason": "line 1\nline 2\tx\x1b"},
+    )
     assert r.status_code == 200 and r.json()["paused"] is True, r.text
     audit = client.get("/v1/admin/audit?subject_id=fake_live", headers=STAFF).json()
     assert audit[0]["reason"] == "line 1\nline 2\tx\x1b"
@@ -142,28 +162,33 @@ def test_other_control_characters_in_free_text_are_stored(client):
 def test_escaped_backslash_u0000_is_text_not_nul(client):
     body = json.dumps({**SESSION, "memo": "\\u0000"}).encode()  # the six characters \u0000
     assert b"\\\\u0000" in body
-    r = client.post("/v1/payment-sessions", headers={**auth(), "Content-Type": "application/json"},
-                    content=body)
+    r = client.post(
+        "/v1/payment-sessions", headers={**auth(), "Content-Type": "application/json"}, content=body
+    )
     assert r.status_code == 201 and r.json()["memo"] == "\\u0000", r.text
 
 
 def test_control_characters_in_headers_name_the_header(client, engine):
     before = counts(engine)
-    for name, value in (("Idempotency-Key", "k\x00"), ("Idempotency-Key", "k\x01"),
-                        ("X-Operator-Reason", "why\x00"), ("X-Incident-Id", "INC\x7f")):
+    for name, value in (
+        ("Idempotency-Key", "k\x00"),
+        ("Idempotency-Key", "k\x01"),
+        ("X-Operator-Reason", "why\x00"),
+        ("X-Incident-Id", "INC\x7f"),
+    ):
         if name.startswith("X-"):
             r = client.get("/v1/admin/rails", headers={**STAFF, name: value})
         else:
-            r = client.post("/v1/payment-sessions", headers={**auth(), name: value},
-                            json=SESSION)
+            r = client.post("/v1/payment-sessions", headers={**auth(), name: value}, json=SESSION)
         refused(r, name)
     assert counts(engine) == before
 
 
 def test_idempotency_key_is_printable(client, engine):
     # HTTP allows a tab inside a header value; a key is an id and refuses it all the same.
-    r = client.post("/v1/payment-sessions", headers={**auth(), "Idempotency-Key": "k\tk"},
-                    json=SESSION)
+    r = client.post(
+        "/v1/payment-sessions", headers={**auth(), "Idempotency-Key": "k\tk"}, json=SESSION
+    )
     assert r.status_code == 422 and r.json()["error"]["field"] == "Idempotency-Key", r.text
     with pytest.raises(BadInput):
         idempotency.run_idempotent(engine, "svc:x", "POST /x", "k\x00", {}, lambda: (201, {}))
@@ -173,23 +198,36 @@ def test_idempotency_key_is_printable(client, engine):
 
 
 def paused(client, rail_id: str = "fake_live") -> bool:
-    return next(r["paused"] for r in client.get("/v1/admin/rails", headers=STAFF).json()
-                if r["rail_id"] == rail_id)
+    return next(
+        r["paused"]
+        for r in client.get("/v1/admin/rails", headers=STAFF).json()
+        if r["rail_id"] == rail_id
+    )
 
 
 def test_only_json_true_confirms(client, engine):
     before = counts(engine)
     for value in ("yes", 1, "on", "true", "1", 1.0):
-        for path in ("/v1/admin/rails/fake_live/pause", "/v1/admin/proofs/pr_1/apply",
-                     "/v1/admin/approvals/ap_1/approve", "/v1/admin/webhook-events/we_1/replay"):
-            refused(client.post(path, headers=STAFF, json={"confirm": value, **CONTEXT}),
-                    "confirm")
-        refused(client.post("/v1/admin/rails/fake_gated/production/request", headers=STAFF,
-                            json={"enable": value, **CONTEXT}), "enable")
+        for path in (
+            "/v1/admin/rails/fake_live/pause",
+            "/v1/admin/proofs/pr_1/apply",
+            "/v1/admin/approvals/ap_1/approve",
+            "/v1/admin/webhook-events/we_1/replay",
+        ):
+            refused(client.post(path, headers=STAFF, json={"confirm": value, **CONTEXT}), "confirm")
+        refused(
+            client.post(
+                "/v1/admin/rails/fake_gated/production/request",
+                headers=STAFF,
+                json={"enable": value, **CONTEXT},
+            ),
+            "enable",
+        )
     assert not paused(client)
     assert counts(engine) == before
-    r = client.post("/v1/admin/rails/fake_live/pause", headers=STAFF,
-                    json={"confirm": True, **CONTEXT})
+    r = client.post(
+        "/v1/admin/rails/fake_live/pause", headers=STAFF, json={"confirm": True, **CONTEXT}
+    )
     assert r.status_code == 200 and paused(client)
 
 
@@ -203,8 +241,9 @@ def claims(engine) -> int:
 
 def test_refusal_under_a_key_is_not_replayed_after_resume(client, engine):
     def switch(action: str) -> None:
-        r = client.post(f"/v1/admin/rails/fake_live/{action}", headers=STAFF,
-                        json={"confirm": True, **CONTEXT})
+        r = client.post(
+            f"/v1/admin/rails/fake_live/{action}", headers=STAFF, json={"confirm": True, **CONTEXT}
+        )
         assert r.status_code == 200, r.text
 
     h = {**auth(), "Idempotency-Key": "K-paused"}
@@ -222,21 +261,37 @@ def test_refusal_under_a_key_is_not_replayed_after_resume(client, engine):
 
 # -- verify-offline --proof ---------------------------------------------------------------
 
-X402_ARGS = ["--rail", "x402", "--network", "base-sepolia",
-             "--recipient", "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "--amount", "10000",
-             "--now", "2025-02-27T16:02:00Z", "--json"]
+X402_ARGS = [
+    "--rail",
+    "x402",
+    "--network",
+    "base-sepolia",
+    "--recipient",
+    "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+    "--amount",
+    "10000",
+    "--now",
+    "2025-02-27T16:02:00Z",
+    "--json",
+]
 
 
 def verify_offline(proof: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RAILPROOF, "verify-offline", "--proof", proof, *X402_ARGS],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [RAILPROOF, "verify-offline", "--proof", proof, *X402_ARGS],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_real_x402_proofs_inline_verify_offline():
     # Each is longer than a file name may be: deciding "is it a file?" used to raise.
     v2 = json.loads((X402 / "x402_base_sepolia_payload_v2.json").read_text())
-    proofs = [(X402 / f"x402_base_sepolia_payload_{v}.b64").read_text().strip()
-              for v in ("v1", "v2")]  # X-PAYMENT headers (base64 of ASCII JSON has no `/`)
+    proofs = [
+        (X402 / f"x402_base_sepolia_payload_{v}.b64").read_text().strip() for v in ("v1", "v2")
+    ]  # X-PAYMENT headers (base64 of ASCII JSON has no `/`)
     proofs.append(json.dumps(v2))  # the payload itself, with `/` in its resource URL
     assert all(len(p) >= 600 for p in proofs)
     assert ["/" in p for p in proofs] == [False, False, True]
@@ -250,8 +305,14 @@ def test_real_x402_proofs_inline_verify_offline():
 def test_proof_that_is_neither_a_file_nor_a_payload_exits_2(tmp_path):
     not_utf8 = tmp_path / "payload.bin"
     not_utf8.write_bytes(b"\xff\xfe\x00garbage")
-    for proof in ("A" * 700, "eyJ4/" * 150, "a/" * 2100, str(tmp_path), str(not_utf8),
-                  str(tmp_path / "missing.json")):
+    for proof in (
+        "A" * 700,
+        "eyJ4/" * 150,
+        "a/" * 2100,
+        str(tmp_path),
+        str(not_utf8),
+        str(tmp_path / "missing.json"),
+    ):
         r = verify_offline(proof)
         assert r.returncode == 2, (proof[:40], r.returncode, r.stderr[-300:])
         assert "--proof" in r.stderr and "Traceback" not in r.stderr, r.stderr[-300:]
@@ -259,7 +320,22 @@ def test_proof_that_is_neither_a_file_nor_a_payload_exits_2(tmp_path):
 
 
 def test_non_ascii_digit_amount_exits_2():
-    r = subprocess.run([RAILPROOF, "verify-offline", "--rail", "x402", "--proof", "x",
-                        "--recipient", "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
-                        "--amount", "²"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [
+            RAILPROOF,
+            "verify-offline",
+            "--rail",
+            "x402",
+            "--proof",
+            "x",
+            "--recipient",
+            "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+            "--amount",
+            "²",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 2 and "--amount" in r.stderr and "Traceback" not in r.stderr

@@ -14,12 +14,12 @@ from sqlalchemy import select
 
 from tests.conftest import CLOCK, STAFF_TOKEN, auth
 from verifier.core import timeutil
+from verifier.core.timeutil import utc
 from verifier.services import idempotency, proofs
-from verifier.worker import loop as worker
 from verifier.services.assurance import assurance_report
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import IdempotencyClaim, Proof, ProofStatus
-from verifier.core.timeutil import utc
+from verifier.worker import loop as worker
 
 
 def later(monkeypatch, seconds: float) -> None:
@@ -33,11 +33,25 @@ def issues(engine, category: str) -> list[dict]:
 
 
 def test_a_dead_workers_claim_lapses_in_process_time(engine, chain, monkeypatch):
-    sess = open_session(engine, NewSession(owner_id="alice", rail_id="fake_live",
-                                           access_product_id="pro", amount=1_500_000,
-                                           recipient="fatreasury"), actor="svc")
-    chain.txs["fx0000cafe"] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000,
-                               "asset": "fusd", "refs": [sess["reference"]], "finality": "finalized"}
+    sess = open_session(
+        engine,
+        NewSession(
+            owner_id="alice",
+            rail_id="fake_live",
+            access_product_id="pro",
+            amount=1_500_000,
+            recipient="fatreasury",
+        ),
+        actor="svc",
+    )
+    chain.txs["fx0000cafe"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": "finalized",
+    }
     # Stored but not verified yet (as when the API died right after storing it): due now.
     view, _ = proofs.submit_proof(engine, sess["id"], "fx0000cafe", ["alice"], verify=False)
     pid = view["id"]
@@ -78,8 +92,10 @@ def test_a_stuck_idempotency_claim_is_listed_in_process_time(engine, client, mon
         assert release.wait(30)
         return 200, {"ok": True}
 
-    t = threading.Thread(target=idempotency.run_idempotent,
-                         args=(engine, "svc:alice", "POST /v1/proofs", "k-hung", {"a": 1}, work))
+    t = threading.Thread(
+        target=idempotency.run_idempotent,
+        args=(engine, "svc:alice", "POST /v1/proofs", "k-hung", {"a": 1}, work),
+    )
     t.start()
     try:
         assert started.wait(30)

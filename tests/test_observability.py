@@ -18,8 +18,13 @@ from tests.conftest import OTHER_SERVICE_TOKEN, STAFF_TOKEN, auth
 from verifier.core.metrics import SPEC
 
 BIN = Path(sys.executable).parent
-SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-           "amount": 1500000, "recipient": "fatreasury"}
+SESSION = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+}
 STAFF = auth(STAFF_TOKEN)
 OP = {"confirm": True, "incident_id": "INC-7", "operator_reason": "observability test"}
 
@@ -73,7 +78,7 @@ def test_admin_spec_lists_the_spec(client):
     assert r.status_code == 200
     doc = r.json()
     assert [m["name"] for m in doc["metrics"]] == [s.full_name for s in SPEC]
-    for m, s in zip(doc["metrics"], SPEC):
+    for m, s in zip(doc["metrics"], SPEC, strict=False):
         assert m["kind"] == s.kind and m["labels"] == list(s.labels) and m["help"] == s.help
         assert [a["name"] for a in m["alerts"]] == [a.name for a in s.alerts]
     assert client.get("/v1/admin/observability/spec", headers=auth()).status_code == 401
@@ -87,8 +92,12 @@ def test_counters_move_on_real_events(client, chain):
 
     # Owner isolation: bob reads alice's session.
     before = value(client, "railproof_owner_isolation_denials_total", reason="session")
-    assert client.get(f"/v1/payment-sessions/{sess['id']}",
-                      headers=auth(OTHER_SERVICE_TOKEN)).status_code == 404
+    assert (
+        client.get(
+            f"/v1/payment-sessions/{sess['id']}", headers=auth(OTHER_SERVICE_TOKEN)
+        ).status_code
+        == 404
+    )
     assert value(client, "railproof_owner_isolation_denials_total", reason="session") == before + 1
 
     # Idempotency conflict: one key, two bodies.
@@ -99,80 +108,143 @@ def test_counters_move_on_real_events(client, chain):
     assert value(client, "railproof_idempotency_conflicts_total", kind="body_mismatch") == 1
 
     # Verification failure by code: the chain paid the wrong amount.
-    chain.txs["fx00000bad"] = {"status": "ok", "to": "fatreasury", "amount": 1,
-                               "asset": "fusd", "refs": [sess["reference"]]}
-    r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                        "proof": "fx00000bad"})
+    chain.txs["fx00000bad"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
+    r = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx00000bad"}
+    )
     assert r.json()["failure_code"] == "amount_mismatch"
-    assert value(client, "railproof_verification_attempts_total", status="failed",
-                 code="amount_mismatch", rail_id="fake_live") == 1
+    assert (
+        value(
+            client,
+            "railproof_verification_attempts_total",
+            status="failed",
+            code="amount_mismatch",
+            rail_id="fake_live",
+        )
+        == 1
+    )
 
     # Apply-gate block: a verified proof whose settlement is only confirmed.
     sess2 = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
-    chain.txs["fx0000c0f1"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
-                               "asset": "fusd", "refs": [sess2["reference"]],
-                               "finality": "confirmed"}
-    p2 = client.post("/v1/proofs", headers=auth(), json={"session_id": sess2["id"],
-                                                         "proof": "fx0000c0f1"}).json()
+    chain.txs["fx0000c0f1"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess2["reference"]],
+        "finality": "confirmed",
+    }
+    p2 = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess2["id"], "proof": "fx0000c0f1"}
+    ).json()
     assert p2["status"] == "verified"
     assert value(client, "railproof_verification_attempts_total", status="verified") >= 1
     assert value(client, "railproof_verification_latency_seconds_count") >= 2
     r = client.post(f"/v1/admin/proofs/{p2['id']}/apply", headers=STAFF, json=OP)
     assert r.status_code == 409
-    assert value(client, "railproof_apply_gate_blocks_total", rail_id="fake_live",
-                 blocker="settlement_final") == 1
+    assert (
+        value(
+            client,
+            "railproof_apply_gate_blocks_total",
+            rail_id="fake_live",
+            blocker="settlement_final",
+        )
+        == 1
+    )
 
     # A receipt is counted when apply goes through.
     sess3 = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
-    chain.txs["fx0000900d"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
-                               "asset": "fusd", "refs": [sess3["reference"]]}
-    p3 = client.post("/v1/proofs", headers=auth(), json={"session_id": sess3["id"],
-                                                         "proof": "fx0000900d"}).json()
-    assert client.post(f"/v1/admin/proofs/{p3['id']}/apply", headers=STAFF,
-                       json=OP).status_code == 200
+    chain.txs["fx0000900d"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess3["reference"]],
+    }
+    p3 = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess3["id"], "proof": "fx0000900d"}
+    ).json()
+    assert (
+        client.post(f"/v1/admin/proofs/{p3['id']}/apply", headers=STAFF, json=OP).status_code == 200
+    )
     assert value(client, "railproof_receipts_total", rail_id="fake_live") == 1
 
     # Paused rail: new sessions and proofs are refused and counted.
     assert client.post("/v1/admin/rails/fake_live/pause", headers=STAFF, json=OP).status_code == 200
     assert client.post("/v1/payment-sessions", headers=auth(), json=SESSION).status_code == 409
-    r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                        "proof": "fx0000abcd"})
+    r = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000abcd"}
+    )
     assert r.json()["error"]["code"] == "rail_paused"
     assert value(client, "railproof_rail_paused_attempts_total", rail_id="fake_live") == 2
 
     # RPC errors: a transport failure is pending rpc_unavailable and counted.
     client.post("/v1/admin/rails/fake_live/resume", headers=STAFF, json=OP)
     from rails.errors import RpcUnavailable
+
     chain.fail_with = RpcUnavailable("node down")
-    r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                        "proof": "fx0000dead"})
+    r = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000dead"}
+    )
     assert r.json()["status"] == "pending" and r.json()["failure_code"] == "rpc_unavailable"
     assert value(client, "railproof_rpc_errors_total", kind="verify") == 1
 
 
 def test_pending_entitlement_age_gauge(client, engine, chain):
     sess = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
-    chain.txs["fx0000c0f2"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
-                               "asset": "fusd", "refs": [sess["reference"]],
-                               "finality": "confirmed"}
-    client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"],
-                                                    "proof": "fx0000c0f2"})
+    chain.txs["fx0000c0f2"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": "confirmed",
+    }
+    client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000c0f2"}
+    )
     assert value(client, "railproof_pending_entitlement_age_seconds") == 0
     from tests.helpers import advance
+
     advance(engine, 7200)
     assert value(client, "railproof_pending_entitlement_age_seconds") == pytest.approx(7200)
 
 
 # -- generated alert rules -----------------------------------------------------------------
 
-PROMQL_WORDS = {"sum", "by", "rate", "increase", "irate", "avg", "max", "min", "count",
-                "without", "on", "and", "or", "unless", "offset"}
+PROMQL_WORDS = {
+    "sum",
+    "by",
+    "rate",
+    "increase",
+    "irate",
+    "avg",
+    "max",
+    "min",
+    "count",
+    "without",
+    "on",
+    "and",
+    "or",
+    "unless",
+    "offset",
+}
 
 
 def _generate(tmp_path: Path) -> Path:
     out = tmp_path / "rules.yml"
-    r = subprocess.run([str(BIN / "railproof"), "alerts", "generate", "--out", str(out)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(BIN / "railproof"), "alerts", "generate", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -191,8 +263,7 @@ def _metric_names(expr: str) -> set[str]:
     # inside {…} and PromQL keywords.
     stripped = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)  # label matchers, ranges
     stripped = re.sub(r"\((?:[a-z_, ]+)\)\s*\(", "(", stripped)  # by (a, b) (…)
-    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", stripped)
-            if w not in PROMQL_WORDS}
+    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", stripped) if w not in PROMQL_WORDS}
 
 
 def test_alert_rules_file_parses_and_has_prometheus_shape(tmp_path):
@@ -211,10 +282,16 @@ def test_alert_rules_file_parses_and_has_prometheus_shape(tmp_path):
     # One rule per alert in the spec, and every alert class the issue asks for.
     assert names == {a.name for s in SPEC for a in s.alerts}
     covered = {s.name for s in SPEC if s.alerts}
-    assert covered >= {"pending_entitlement_age_seconds", "rail_paused_attempts_total",
-                       "idempotency_conflicts_total", "owner_isolation_denials_total",
-                       "verification_attempts_total", "rpc_errors_total", "reorgs_total",
-                       "apply_gate_blocks_total"}
+    assert covered >= {
+        "pending_entitlement_age_seconds",
+        "rail_paused_attempts_total",
+        "idempotency_conflicts_total",
+        "owner_isolation_denials_total",
+        "verification_attempts_total",
+        "rpc_errors_total",
+        "reorgs_total",
+        "apply_gate_blocks_total",
+    }
 
 
 def test_alert_rules_name_only_metrics_that_exist(tmp_path):
@@ -228,8 +305,9 @@ def test_alert_rules_name_only_metrics_that_exist(tmp_path):
 
 
 def test_metric_name_parser():
-    assert _metric_names('sum by (rail_id, code) (rate(railproof_x_total{status="failed"}[15m]))'
-                         ' > 0.5') == {"railproof_x_total"}
+    assert _metric_names(
+        'sum by (rail_id, code) (rate(railproof_x_total{status="failed"}[15m])) > 0.5'
+    ) == {"railproof_x_total"}
     assert _metric_names("railproof_gauge > 3600") == {"railproof_gauge"}
 
 
@@ -237,14 +315,28 @@ def test_metric_name_parser():
 
 
 def test_cli_logs_are_one_json_object_per_line(tmp_path):
-    env = {**os.environ, "RAILPROOF_DATABASE_URL": f"sqlite:///{tmp_path}/obs.db",
-           "RAILPROOF_CHAIN": "cassette", "RAILPROOF_CLOCK": "2026-01-01T00:00:00Z",
-           "RAILPROOF_AUDIT_KEY": "test-audit-key"}
-    up = subprocess.run([str(BIN / "railproof"), "db", "upgrade"], env=env,
-                        capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "RAILPROOF_DATABASE_URL": f"sqlite:///{tmp_path}/obs.db",
+        "RAILPROOF_CHAIN": "cassette",
+        "RAILPROOF_CLOCK": "2026-01-01T00:00:00Z",
+        "RAILPROOF_AUDIT_KEY": "test-audit-key",
+    }
+    up = subprocess.run(
+        [str(BIN / "railproof"), "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert up.returncode == 0, up.stderr
-    r = subprocess.run([str(BIN / "railproof"), "worker", "--once"], env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(BIN / "railproof"), "worker", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert lines, "the worker logged nothing"

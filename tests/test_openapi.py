@@ -47,8 +47,12 @@ def operations(app) -> list[tuple[str, str]]:
     """(method, path) of every API route: the app's own and every router's."""
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     routes += [r for router in (*MOUNTED, *INCLUDED) for r in router.routes]
-    out = {(m.lower(), r.path) for r in routes if r.include_in_schema
-           for m in r.methods - {"HEAD", "OPTIONS"}}
+    out = {
+        (m.lower(), r.path)
+        for r in routes
+        if r.include_in_schema
+        for m in r.methods - {"HEAD", "OPTIONS"}
+    }
     return sorted(out)
 
 
@@ -98,8 +102,13 @@ def test_json_answers_are_named_models_that_refuse_unknown_keys(app, spec):
 
 def test_every_non_public_operation_declares_bearer_security(app, spec):
     schemes = spec["components"]["securitySchemes"]
-    assert schemes == {"bearer": {"type": "http", "scheme": "bearer",
-                                  "description": schemes["bearer"]["description"]}}
+    assert schemes == {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": schemes["bearer"]["description"],
+        }
+    }
     for method, path in operations(app):
         op = spec["paths"][path][method]
         if path in PUBLIC:
@@ -118,8 +127,9 @@ def test_every_documented_error_is_the_shared_error_model(app, spec):
             if code.startswith("2"):
                 continue
             assert code[0] in "45", (path, code)
-            assert r["content"] == {"application/json": {"schema": {"$ref": ERROR_REF}}}, \
+            assert r["content"] == {"application/json": {"schema": {"$ref": ERROR_REF}}}, (
                 f"{method.upper()} {path} {code}: {r}"
+            )
     # FastAPI's own {"detail": [...]} 422 never appears: the API does not answer it.
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     assert "ValidationError" not in spec["components"]["schemas"]
@@ -136,14 +146,17 @@ def test_the_error_model(spec):
     assert detail["additionalProperties"] is True
 
 
-@pytest.mark.parametrize("method,path,statuses", [
-    ("post", "/v1/payment-sessions", {"401", "404", "409", "413", "422", "429", "503"}),
-    ("post", "/v1/proofs", {"401", "404", "409", "413", "422", "429", "503"}),
-    ("get", "/v1/entitlements", {"401", "404", "422", "503"}),
-    ("post", "/v1/admin/proofs/{proof_id}/apply", {"401", "404", "409", "422", "503"}),
-    ("post", "/v1/admin/approvals/{approval_id}/approve", {"401", "403", "404", "409"}),
-    ("delete", "/v1/webhook-endpoints/{endpoint_id}", {"401", "404", "422"}),
-])
+@pytest.mark.parametrize(
+    "method,path,statuses",
+    [
+        ("post", "/v1/payment-sessions", {"401", "404", "409", "413", "422", "429", "503"}),
+        ("post", "/v1/proofs", {"401", "404", "409", "413", "422", "429", "503"}),
+        ("get", "/v1/entitlements", {"401", "404", "422", "503"}),
+        ("post", "/v1/admin/proofs/{proof_id}/apply", {"401", "404", "409", "422", "503"}),
+        ("post", "/v1/admin/approvals/{approval_id}/approve", {"401", "403", "404", "409"}),
+        ("delete", "/v1/webhook-endpoints/{endpoint_id}", {"401", "404", "422"}),
+    ],
+)
 def test_errors_that_can_happen_are_documented(spec, method, path, statuses):
     assert statuses <= set(spec["paths"][path][method]["responses"])
 
@@ -152,7 +165,8 @@ def test_proof_submission_answers_201_new_and_200_the_same_again(spec):
     responses = spec["paths"]["/v1/proofs"]["post"]["responses"]
     for code in ("200", "201"):
         assert responses[code]["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/ProofOut"}
+            "$ref": "#/components/schemas/ProofOut"
+        }
 
 
 def test_amount_is_an_integer_or_a_digit_string(spec):
@@ -196,15 +210,21 @@ def test_the_document_is_valid_openapi_3_1(spec):
     except ImportError:  # pragma: no cover - the structural checks below still run
         OPENAPI_31 = None
     if OPENAPI_31 is not None:
-        errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}"
-                  for e in jsonschema_rs.Draft202012Validator(OPENAPI_31).iter_errors(spec)]
+        errors = [
+            f"{'/'.join(map(str, e.instance_path))}: {e.message}"
+            for e in jsonschema_rs.Draft202012Validator(OPENAPI_31).iter_errors(spec)
+        ]
         assert not errors, "\n".join(errors[:20])
     for schema in spec["components"]["schemas"].values():
         jsonschema_rs.meta.validate(schema)  # each model is a valid JSON Schema (2020-12)
     for ref in set(_refs(spec)):
         resolve(spec, ref)  # every $ref resolves
-    ids = [op["operationId"] for item in spec["paths"].values()
-           for m, op in item.items() if m in METHODS]
+    ids = [
+        op["operationId"]
+        for item in spec["paths"].values()
+        for m, op in item.items()
+        if m in METHODS
+    ]
     assert len(ids) == len(set(ids)), "operationIds must be unique"
     for path, item in spec["paths"].items():
         for m, op in item.items():

@@ -23,9 +23,9 @@ from sqlalchemy import event, func, select
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.test_gate import OP, paid_proof
-from verifier.services import gate, proofs, rails_admin
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
+from verifier.services import gate, proofs, rails_admin
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.db import Database
 from verifier.storage.models import PaymentSession, Proof, Receipt
@@ -53,14 +53,25 @@ def burst_engine(url: str, chain: ScriptedChain) -> Engine:
 
 
 def new_session(engine: Engine, product: str) -> dict:
-    return open_session(engine, NewSession(owner_id="alice", rail_id=RAIL, access_product_id=product,
-                                           amount=1_500_000, recipient="fatreasury"), actor="svc")
+    return open_session(
+        engine,
+        NewSession(
+            owner_id="alice",
+            rail_id=RAIL,
+            access_product_id=product,
+            amount=1_500_000,
+            recipient="fatreasury",
+        ),
+        actor="svc",
+    )
 
 
 def rail_rows(db: Database) -> dict[str, int]:
     with db.tx() as s:
-        return {m.__tablename__: s.scalar(select(func.count()).select_from(m).where(m.rail_id == RAIL))
-                for m in (PaymentSession, Proof, Receipt)}
+        return {
+            m.__tablename__: s.scalar(select(func.count()).select_from(m).where(m.rail_id == RAIL))
+            for m in (PaymentSession, Proof, Receipt)
+        }
 
 
 def run_job(engine: Engine, kind: str, arg) -> str:
@@ -88,11 +99,20 @@ def test_nothing_of_a_rail_commits_after_its_pause_answered(db_url, engine, chai
     for i in range(PER_KIND):
         sess = new_session(engine, f"sub-{i}")
         tx = f"fx{next(_tx):08x}"
-        chain.txs[tx] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000, "asset": "fusd",
-                         "refs": [sess["reference"]], "finality": "finalized"}
+        chain.txs[tx] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": 1_500_000,
+            "asset": "fusd",
+            "refs": [sess["reference"]],
+            "finality": "finalized",
+        }
         submittable.append((sess["id"], tx))
-    jobs = ([("apply", pid) for pid in applicable] + [("proof", x) for x in submittable]
-            + [("session", f"new-{i}") for i in range(PER_KIND)])
+    jobs = (
+        [("apply", pid) for pid in applicable]
+        + [("proof", x) for x in submittable]
+        + [("session", f"new-{i}") for i in range(PER_KIND)]
+    )
     random.Random(11).shuffle(jobs)
     todo: queue.Queue = queue.Queue()
     for j in jobs:

@@ -23,8 +23,9 @@ import os
 import random
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -65,9 +66,16 @@ def _proof_set() -> list[dict[str, Any]]:
         if not want or "recipient" not in want or want.get("asset"):
             continue
         sig = next(c["params"][0] for c in doc["calls"] if c["method"] == "getTransaction")
-        out.append({"name": path.stem, "signature": sig, "recipient": want["recipient"],
-                    "amount": int(want["amount"]), "reference": want["reference"],
-                    "memo": want.get("memo")})
+        out.append(
+            {
+                "name": path.stem,
+                "signature": sig,
+                "recipient": want["recipient"],
+                "amount": int(want["amount"]),
+                "reference": want["reference"],
+                "memo": want.get("memo"),
+            }
+        )
     return out
 
 
@@ -76,8 +84,10 @@ def pg_db() -> Iterator[PgDatabase]:
     if not PG_URL:
         if os.environ.get("CI"):
             pytest.fail("RAILPROOF_TEST_POSTGRES_URL is unset under CI: PostgreSQL tests must run")
-        pytest.skip("PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
-                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+        pytest.skip(
+            "PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
+            "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"
+        )
     db = PgDatabase(PG_URL)
     try:
         yield db
@@ -93,7 +103,9 @@ class Recorder:
         self.answers: list[tuple[str, int, Any]] = []
         self.problems: list[str] = []
 
-    def send(self, client: httpx.Client, what: str, method: str, url: str, **kw: Any) -> tuple[int, Any]:
+    def send(
+        self, client: httpx.Client, what: str, method: str, url: str, **kw: Any
+    ) -> tuple[int, Any]:
         try:
             r = client.request(method, url, **kw)
         except httpx.HTTPError as e:
@@ -124,9 +136,14 @@ def run_all(jobs: list, timeout: float = PHASE_TIMEOUT_S) -> list[Any]:
 
 
 def test_many_processes_share_one_postgresql(pg_db, tmp_path):
-    env = base_env(database_url=pg_db.url, chain="cassette", cassette_dir=str(FIXTURES),
-                   clock=CLOCK, service_tokens=json.dumps(TOKENS),
-                   staff_tokens=json.dumps({"staff-1": "ops1", "staff-2": "ops2"}))
+    env = base_env(
+        database_url=pg_db.url,
+        chain="cassette",
+        cassette_dir=str(FIXTURES),
+        clock=CLOCK,
+        service_tokens=json.dumps(TOKENS),
+        staff_tokens=json.dumps({"staff-1": "ops1", "staff-2": "ops2"}),
+    )
     migrate(env)
     apply_env = {**env, "RAILPROOF_AUTO_APPLY": "1"}
     procs: list[Any] = []
@@ -134,7 +151,10 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
     rec = Recorder()
     try:
         # Everything starts at once on the fresh database (startup races are part of the test).
-        apis = [Api(env, tmp_path, workers=3, name="api-multi"), Api(env, tmp_path, name="api-single")]
+        apis = [
+            Api(env, tmp_path, workers=3, name="api-multi"),
+            Api(env, tmp_path, name="api-single"),
+        ]
         procs += apis
         # Two workers sweep the same queue throughout (claims under FOR UPDATE SKIP LOCKED).
         procs += [Worker(env, tmp_path, "w1"), Worker(env, tmp_path, "w2")]
@@ -154,32 +174,48 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             by_ref[p["reference"]].append(p)
         assert any(len(v) == 2 for v in by_ref.values())
         plan = []  # (transfers it is for, owner, bound?) — a bound session carries the reference
-        for k, (ref, ps_) in enumerate(sorted(by_ref.items())):
+        for k, (_ref, ps_) in enumerate(sorted(by_ref.items())):
             rightful = owners[k % len(owners)]
             plan.append((ps_, rightful, True))
             # Thieves: every other owner, and another session of the rightful owner.
             plan += [(ps_, o, False) for o in owners if o != rightful] + [(ps_, rightful, False)]
 
-        def open_session(i: int, ps_: list[dict[str, Any]], owner: str, bound: bool,
-                         key: str | None) -> tuple[int, Any]:
+        def open_session(
+            i: int, ps_: list[dict[str, Any]], owner: str, bound: bool, key: str | None
+        ) -> tuple[int, Any]:
             headers = {"Authorization": f"Bearer {OWNER_TOKEN[owner]}"}
             if key:
                 headers["Idempotency-Key"] = key
             p = ps_[0]
-            body = {"owner_id": owner, "rail_id": "solana_usdc", "access_product_id": f"prod-{p['name']}",
-                    "amount": p["amount"], "recipient": p["recipient"]}
+            body = {
+                "owner_id": owner,
+                "rail_id": "solana_usdc",
+                "access_product_id": f"prod-{p['name']}",
+                "amount": p["amount"],
+                "recipient": p["recipient"],
+            }
             if bound:
                 body.update(reference=p["reference"], memo=p["memo"])
-            return rec.send(client, "session", "POST", bases[i % 2] + "/v1/payment-sessions",
-                            headers=headers, json=body)
+            return rec.send(
+                client,
+                "session",
+                "POST",
+                bases[i % 2] + "/v1/payment-sessions",
+                headers=headers,
+                json=body,
+            )
 
         jobs = []
         for i, (ps_, owner, bound) in enumerate(plan):
             key = f"sess-{i}"
             # Half the sessions are created twice with one key, concurrently, on both APIs.
             for j in range(2 if i % 2 == 0 else 1):
-                jobs.append(lambda i=i, j=j, ps_=ps_, owner=owner, bound=bound, key=key:
-                            (i, open_session(i + j, ps_, owner, bound, key)))
+                jobs.append(
+                    lambda i=i, j=j, ps_=ps_, owner=owner, bound=bound, key=key: (
+                        i,
+                        open_session(i + j, ps_, owner, bound, key),
+                    )
+                )
         rng.shuffle(jobs)
         sessions: dict[int, dict[str, Any]] = {}
         for i, (status, body) in run_all(jobs):
@@ -191,16 +227,26 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             else:
                 assert body["error"]["code"] == "idempotency_in_progress", body
         assert set(sessions) == set(range(len(plan))), "a session was lost"
-        rightful_session = {p["signature"]: sessions[i]["id"]
-                            for i, (ps_, _o, bound) in enumerate(plan) if bound for p in ps_}
+        rightful_session = {
+            p["signature"]: sessions[i]["id"]
+            for i, (ps_, _o, bound) in enumerate(plan)
+            if bound
+            for p in ps_
+        }
 
         # -- proofs: each transfer by its own session and, at the same time, by the thieves ----
         def submit(i: int, sess: dict[str, Any], sig: str, key: str | None) -> tuple[int, Any]:
             headers = {"Authorization": f"Bearer {OWNER_TOKEN[sess['owner_id']]}"}
             if key:
                 headers["Idempotency-Key"] = key
-            return rec.send(client, "proof", "POST", bases[i % 2] + "/v1/proofs", headers=headers,
-                            json={"session_id": sess["id"], "proof": sig})
+            return rec.send(
+                client,
+                "proof",
+                "POST",
+                bases[i % 2] + "/v1/proofs",
+                headers=headers,
+                json={"session_id": sess["id"], "proof": sig},
+            )
 
         jobs = []
         n = 0
@@ -209,8 +255,13 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             for p in ps_:
                 for rep in range(6 if bound else 3):
                     key = f"proof-{i}-{p['name']}" if rep < 2 else None  # two with one key
-                    jobs.append(lambda n=n, sess=sess, sig=p["signature"], key=key:
-                                (sess, sig, submit(n, sess, sig, key)))
+                    jobs.append(
+                        lambda n=n, sess=sess, sig=p["signature"], key=key: (
+                            sess,
+                            sig,
+                            submit(n, sess, sig, key),
+                        )
+                    )
                     n += 1
         rng.shuffle(jobs)
         results = run_all(jobs)
@@ -220,11 +271,16 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             assert status in (200, 201, 409), (status, body)
             if status == 409:
                 codes[body["error"]["code"]] += 1
-                assert body["error"]["code"] in ("duplicate_payment", "proof_owner_conflict",
-                                                 "idempotency_in_progress"), body
+                assert body["error"]["code"] in (
+                    "duplicate_payment",
+                    "proof_owner_conflict",
+                    "idempotency_in_progress",
+                ), body
                 # SECURITY: the session the transfer was made for is never refused it.
-                assert body["error"]["code"] == "idempotency_in_progress" or \
-                    sess["id"] != rightful_session[sig], (sess, body)
+                assert (
+                    body["error"]["code"] == "idempotency_in_progress"
+                    or sess["id"] != rightful_session[sig]
+                ), (sess, body)
             else:
                 codes[status] += 1
                 assert body["session_id"] == sess["id"] and body["owner_id"] == sess["owner_id"]
@@ -236,16 +292,31 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
         assert codes["duplicate_payment"] >= 1 and codes["proof_owner_conflict"] >= 1
 
         # -- apply: staff on every proof from several threads, while the workers auto-apply ----
-        staff_view = client.get(bases[0] + "/v1/admin/proofs", headers=STAFF, params={"limit": 1000})
+        staff_view = client.get(
+            bases[0] + "/v1/admin/proofs", headers=STAFF, params={"limit": 1000}
+        )
         assert staff_view.status_code == 200
         stored = staff_view.json()
         jobs = []
         for p in stored:
             for rep in range(4):
-                jobs.append(lambda pid=p["id"], rep=rep: (pid, rec.send(
-                    client, "apply", "POST", bases[rep % 2] + f"/v1/admin/proofs/{pid}/apply",
-                    headers=STAFF, json={"confirm": True, "incident_id": "INC-1",
-                                         "operator_reason": "concurrency test"})))
+                jobs.append(
+                    lambda pid=p["id"], rep=rep: (
+                        pid,
+                        rec.send(
+                            client,
+                            "apply",
+                            "POST",
+                            bases[rep % 2] + f"/v1/admin/proofs/{pid}/apply",
+                            headers=STAFF,
+                            json={
+                                "confirm": True,
+                                "incident_id": "INC-1",
+                                "operator_reason": "concurrency test",
+                            },
+                        ),
+                    )
+                )
         rng.shuffle(jobs)
         # Two automatic-apply workers race the staff: the kill switch holds them back until
         # both have swept (blocked) at least once, then the rail resumes and everyone applies.
@@ -272,25 +343,33 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
         # Let the workers finish whatever auto-apply they had started.
         db = Database(pg_db.url, audit_key=AUDIT_KEY)
         try:
+
             def settled() -> bool:
                 with db.tx() as s:
-                    n_final = s.scalar(select(func.count(func.distinct(Proof.session_id)))
-                                       .join(SettlementEvidence, SettlementEvidence.proof_id == Proof.id)
-                                       .where(Proof.status == "verified", SettlementEvidence.is_final))
+                    n_final = s.scalar(
+                        select(func.count(func.distinct(Proof.session_id)))
+                        .join(SettlementEvidence, SettlementEvidence.proof_id == Proof.id)
+                        .where(Proof.status == "verified", SettlementEvidence.is_final)
+                    )
                     return n_final == s.scalar(select(func.count()).select_from(Receipt))
+
             wait_until("every final verified proof to be applied", settled, 30.0, 0.2)
             for proc in procs:
                 assert proc.alive(), f"{proc.name} died: {proc.output()}"
             check_invariants(db, proofs_set, rightful_session)
             with db.tx() as s:
-                applied = s.scalars(select(AuditEvent).where(AuditEvent.action == "proof.applied")).all()
+                applied = s.scalars(
+                    select(AuditEvent).where(AuditEvent.action == "proof.applied")
+                ).all()
             # Exactly one apply per receipt, whoever won it (staff or a worker).
             assert len(applied) == len({a.subject_id for a in applied})
             staff_applied = {a.subject_id for a in applied if a.data.get("via") == "staff"}
             assert staff_applied == set(applied_fresh)
             assert len(applied) >= 5
-            print(f"applies: {len(staff_applied)} by staff, {len(applied) - len(staff_applied)} "
-                  f"automatic; proof answers {dict(codes)}")
+            print(
+                f"applies: {len(staff_applied)} by staff, {len(applied) - len(staff_applied)} "
+                f"automatic; proof answers {dict(codes)}"
+            )
         finally:
             db.dispose()
         client.close()
@@ -300,8 +379,9 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             proc.stop()
 
 
-def check_invariants(db: Database, proofs_set: list[dict[str, Any]],
-                     rightful_session: dict[str, str]) -> None:
+def check_invariants(
+    db: Database, proofs_set: list[dict[str, Any]], rightful_session: dict[str, str]
+) -> None:
     with db.tx() as s:
         proofs = s.scalars(select(Proof)).all()
         # One proof per fingerprint and session; every submitted transfer is stored; and the
@@ -316,22 +396,40 @@ def check_invariants(db: Database, proofs_set: list[dict[str, Any]],
 
         receipts = s.scalars(select(Receipt)).all()
         assert len({r.proof_id for r in receipts}) == len(receipts), "two receipts for one proof"
-        assert len({r.session_id for r in receipts}) == len(receipts), "two receipts for one session"
+        assert len({r.session_id for r in receipts}) == len(receipts), (
+            "two receipts for one session"
+        )
         sessions = {ps.id: ps for ps in s.scalars(select(PaymentSession)).all()}
         for r in receipts:
             p, ps = by_id[r.proof_id], sessions[r.session_id]
             assert p.session_id == ps.id and p.status == "verified"
-            assert (r.owner_id, r.access_product_id, r.amount) == (ps.owner_id, ps.access_product_id, ps.amount)
-            ev = s.scalar(select(SettlementEvidence).where(SettlementEvidence.proof_id == p.id)
-                          .order_by(SettlementEvidence.id.desc()).limit(1))
+            assert (r.owner_id, r.access_product_id, r.amount) == (
+                ps.owner_id,
+                ps.access_product_id,
+                ps.amount,
+            )
+            ev = s.scalar(
+                select(SettlementEvidence)
+                .where(SettlementEvidence.proof_id == p.id)
+                .order_by(SettlementEvidence.id.desc())
+                .limit(1)
+            )
             assert ev is not None and ev.is_final and not ev.reorged
             assert ps.status == "paid"
 
         # Nothing lost: every session a final verified proof paid has its receipt (a session
         # that two transfers paid has one receipt; the other transfer waits for a refund).
-        final_sessions = {p.session_id for p in proofs if p.status == "verified" and s.scalar(
-            select(SettlementEvidence.is_final).where(SettlementEvidence.proof_id == p.id)
-            .order_by(SettlementEvidence.id.desc()).limit(1))}
+        final_sessions = {
+            p.session_id
+            for p in proofs
+            if p.status == "verified"
+            and s.scalar(
+                select(SettlementEvidence.is_final)
+                .where(SettlementEvidence.proof_id == p.id)
+                .order_by(SettlementEvidence.id.desc())
+                .limit(1)
+            )
+        }
         assert {r.session_id for r in receipts} == final_sessions
 
         receipt_by_id = {r.id: r for r in receipts}
@@ -348,12 +446,18 @@ def check_invariants(db: Database, proofs_set: list[dict[str, Any]],
 
         # Every verification run left exactly its attempt row.
         for p in proofs:
-            n = s.scalar(select(func.count()).select_from(VerificationAttempt)
-                         .where(VerificationAttempt.proof_id == p.id))
+            n = s.scalar(
+                select(func.count())
+                .select_from(VerificationAttempt)
+                .where(VerificationAttempt.proof_id == p.id)
+            )
             assert n == p.attempts >= 1
 
-        stuck = s.scalar(select(func.count()).select_from(IdempotencyClaim)
-                         .where(IdempotencyClaim.status != "completed"))
+        stuck = s.scalar(
+            select(func.count())
+            .select_from(IdempotencyClaim)
+            .where(IdempotencyClaim.status != "completed")
+        )
         assert stuck == 0
         report = verify_chain(s)
         assert report.ok, report.message

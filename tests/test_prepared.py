@@ -1,7 +1,7 @@
 """Prepared statements (storage.repo.prepared) write and read exactly what `Connection.execute`
 does, on SQLite (the driver path) and PostgreSQL (SQLAlchemy's own path)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import bindparam, insert, select, text, update
@@ -12,7 +12,7 @@ from verifier.storage.models import AuditEvent
 from verifier.storage.repo.prepared import Prepared
 from verifier.storage.webhook_models import OutboxEvent, WebhookEndpoint
 
-T0 = datetime(2026, 1, 1, 12, 30, 45, 123456, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 30, 45, 123456, tzinfo=UTC)
 EP, EV, AU = WebhookEndpoint.__table__, OutboxEvent.__table__, AuditEvent.__table__
 
 
@@ -24,10 +24,17 @@ def db(db_url):
 
 
 def endpoint(i: int, **kw):
-    row = {"id": f"whe_{i}", "principal": "svc:alice", "owners": ["alice", "bob"],
-           "url": f"http://127.0.0.1:9/{i}", "event_types": ["proof.verified"],
-           "secret": "s" * 32, "active": True, "created_at": T0 + timedelta(seconds=i),
-           "deactivated_at": None}
+    row = {
+        "id": f"whe_{i}",
+        "principal": "svc:alice",
+        "owners": ["alice", "bob"],
+        "url": f"http://127.0.0.1:9/{i}",
+        "event_types": ["proof.verified"],
+        "secret": "s" * 32,
+        "active": True,
+        "created_at": T0 + timedelta(seconds=i),
+        "deactivated_at": None,
+    }
     row.update(kw)
     return row
 
@@ -65,18 +72,33 @@ def test_insert_stores_what_a_core_insert_stores(db):
 
 def test_insert_returns_the_assigned_integer_key(db):
     ins = Prepared(insert(AU))
-    rows = [{"at": T0, "actor": "t", "action": "a", "subject_type": "x", "subject_id": str(i),
-             "data": {"n": i, "big": 2 ** 70}, "incident_id": None, "reason": None,
-             "prev_hash": f"{i:064x}", "hash": f"{i + 1:064x}"} for i in range(3)]
+    rows = [
+        {
+            "at": T0,
+            "actor": "t",
+            "action": "a",
+            "subject_type": "x",
+            "subject_id": str(i),
+            "data": {"n": i, "big": 2**70},
+            "incident_id": None,
+            "reason": None,
+            "prev_hash": f"{i:064x}",
+            "hash": f"{i + 1:064x}",
+        }
+        for i in range(3)
+    ]
     with db.tx() as s:
         conn = s.connection()
-        ids = [ins.insert(conn, rows[0]), conn.execute(insert(AU), rows[1]).inserted_primary_key[0],
-               ins.insert(conn, rows[2])]
+        ids = [
+            ins.insert(conn, rows[0]),
+            conn.execute(insert(AU), rows[1]).inserted_primary_key[0],
+            ins.insert(conn, rows[2]),
+        ]
     assert ids[0] < ids[1] < ids[2]
     with db.engine.connect() as c:
         data = dict(c.execute(select(AU.c.id, AU.c.data)).all())
     # An integer beyond 64 bits still round-trips (orjson refuses it; the fallback does not).
-    assert data[ids[2]] == {"n": 2, "big": 2 ** 70}
+    assert data[ids[2]] == {"n": 2, "big": 2**70}
 
 
 def test_reads_match_core_reads_including_fixed_binds(db):
@@ -84,8 +106,11 @@ def test_reads_match_core_reads_including_fixed_binds(db):
         conn = s.connection()
         for i in range(3):
             conn.execute(insert(EP), endpoint(i, active=i != 1))
-    active = (select(EP.c.id, EP.c.owners, EP.c.active, EP.c.created_at)
-              .where(EP.c.active.is_(True)).order_by(EP.c.created_at.desc()))
+    active = (
+        select(EP.c.id, EP.c.owners, EP.c.active, EP.c.created_at)
+        .where(EP.c.active.is_(True))
+        .order_by(EP.c.created_at.desc())
+    )
     newest = select(EP.c.id).order_by(EP.c.created_at.desc()).limit(1)  # LIMIT is a bind
     by_id = select(EP.c.url).where(EP.c.id == bindparam("k"))
     with db.tx() as s:
@@ -116,8 +141,16 @@ def test_update_counts_matched_rows(db):
 
 def test_constraint_violation_is_sqlalchemys_integrity_error_and_the_transaction_goes_on(db):
     ins = Prepared(insert(EV))
-    row = {"id": "evt_1", "type": "proof.verified", "owner_id": "alice", "resource_type": "proof",
-           "resource_id": "p1", "sequence": 1, "payload": {"a": 1}, "created_at": T0}
+    row = {
+        "id": "evt_1",
+        "type": "proof.verified",
+        "owner_id": "alice",
+        "resource_type": "proof",
+        "resource_id": "p1",
+        "sequence": 1,
+        "payload": {"a": 1},
+        "created_at": T0,
+    }
     with db.tx() as s:
         conn = s.connection()
         ins.insert(conn, row)
@@ -153,7 +186,10 @@ def test_statement_listeners_see_every_prepared_statement(db):
 
     event.listen(db.engine, "before_cursor_execute", listen)
     try:
-        ins, by_id = Prepared(insert(EP)), Prepared(select(EP.c.url).where(EP.c.id == bindparam("k")))
+        ins, by_id = (
+            Prepared(insert(EP)),
+            Prepared(select(EP.c.url).where(EP.c.id == bindparam("k"))),
+        )
         with db.tx() as s:
             conn = s.connection()
             ins.insert(conn, endpoint(1))

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -44,8 +45,9 @@ DEMO = json.loads(DEMO_CASSETTE.read_text())["demo"]
 SVC = {"Authorization": "Bearer svc-1"}
 STAFF = {"Authorization": "Bearer staff-1"}
 OPS = {"confirm": True, "incident_id": "INC-9", "operator_reason": "process fault test"}
-TOKENS = dict(service_tokens=json.dumps({"svc-1": ["alice"]}),
-              staff_tokens=json.dumps({"staff-1": "ops1"}))
+TOKENS = dict(
+    service_tokens=json.dumps({"svc-1": ["alice"]}), staff_tokens=json.dumps({"staff-1": "ops1"})
+)
 WAIT_S = 30.0
 
 
@@ -53,8 +55,10 @@ def _need_pg() -> None:
     if not PG_URL:
         if os.environ.get("CI"):
             pytest.fail("RAILPROOF_TEST_POSTGRES_URL is unset under CI: PostgreSQL tests must run")
-        pytest.skip("PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
-                    "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+        pytest.skip(
+            "PostgreSQL tests skipped: set RAILPROOF_TEST_POSTGRES_URL "
+            "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"
+        )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -97,10 +101,19 @@ def node() -> Iterator[FaultRpcNode]:
 
 
 def demo_session(client: httpx.Client, base: str) -> dict[str, Any]:
-    r = client.post(base + "/v1/payment-sessions", headers=SVC, json={
-        "owner_id": "alice", "rail_id": "solana_usdc", "access_product_id": "pro",
-        "amount": DEMO["amount"], "recipient": DEMO["recipient"], "reference": DEMO["reference"],
-        "memo": DEMO["memo"]})
+    r = client.post(
+        base + "/v1/payment-sessions",
+        headers=SVC,
+        json={
+            "owner_id": "alice",
+            "rail_id": "solana_usdc",
+            "access_product_id": "pro",
+            "amount": DEMO["amount"],
+            "recipient": DEMO["recipient"],
+            "reference": DEMO["reference"],
+            "memo": DEMO["memo"],
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -129,8 +142,11 @@ def test_api_killed_mid_verification(any_db, node, procs, tmp_path):
 
         def submit() -> None:
             try:
-                client.post(api.url + "/v1/proofs", headers={**SVC, "Idempotency-Key": "K-1"},
-                            json={"session_id": sess["id"], "proof": DEMO["signature"]})
+                client.post(
+                    api.url + "/v1/proofs",
+                    headers={**SVC, "Idempotency-Key": "K-1"},
+                    json={"session_id": sess["id"], "proof": DEMO["signature"]},
+                )
             except httpx.HTTPError:
                 pass  # the server died under the request: the client sees no answer
 
@@ -152,14 +168,20 @@ def test_api_killed_mid_verification(any_db, node, procs, tmp_path):
         api2 = Api(env, tmp_path, name="api-restarted")
         procs.append(api2)
         api2.wait_ready()
-        r = client.post(api2.url + "/v1/proofs", headers={**SVC, "Idempotency-Key": "K-1"},
-                        json={"session_id": sess["id"], "proof": DEMO["signature"]})
-        assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_in_progress", r.text
+        r = client.post(
+            api2.url + "/v1/proofs",
+            headers={**SVC, "Idempotency-Key": "K-1"},
+            json={"session_id": sess["id"], "proof": DEMO["signature"]},
+        )
+        assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_in_progress", (
+            r.text
+        )
 
         ops_env = {**env, "RAILPROOF_API_BASE_URL": api2.url, "RAILPROOF_STAFF_TOKEN": "staff-1"}
         stuck = cli_json(["list-stuck-idempotency-claims", "--min-age-seconds", "0"], ops_env)
         assert [(c["key"], c["endpoint"], c["status"]) for c in stuck] == [
-            ("K-1", "POST /v1/proofs", "in_progress")]
+            ("K-1", "POST /v1/proofs", "in_progress")
+        ]
 
         # The worker finishes the interrupted verification, once.
         w = Worker(env, tmp_path, "w-after", once=True)
@@ -169,8 +191,11 @@ def test_api_killed_mid_verification(any_db, node, procs, tmp_path):
         assert (att.status, att.worker) == ("verified", "w-after")
 
         # A resubmission (new key) replays the one proof; nothing was doubled.
-        r = client.post(api2.url + "/v1/proofs", headers={**SVC, "Idempotency-Key": "K-2"},
-                        json={"session_id": sess["id"], "proof": DEMO["signature"]})
+        r = client.post(
+            api2.url + "/v1/proofs",
+            headers={**SVC, "Idempotency-Key": "K-2"},
+            json={"session_id": sess["id"], "proof": DEMO["signature"]},
+        )
         assert r.status_code == 200, r.text
         assert (r.json()["id"], r.json()["status"]) == (proof.id, "verified")
         assert count(db, Proof) == 1 and count(db, VerificationAttempt) == 1
@@ -183,8 +208,13 @@ def test_api_killed_mid_verification(any_db, node, procs, tmp_path):
 
 
 def test_api_killed_mid_apply(pg_url, procs, tmp_path):
-    env = base_env(database_url=pg_url, chain="cassette", cassette_dir=str(FIXTURES),
-                   clock=DEMO["clock"], **TOKENS)
+    env = base_env(
+        database_url=pg_url,
+        chain="cassette",
+        cassette_dir=str(FIXTURES),
+        clock=DEMO["clock"],
+        **TOKENS,
+    )
     migrate(env)
     api = Api(env, tmp_path)
     procs.append(api)
@@ -194,8 +224,11 @@ def test_api_killed_mid_apply(pg_url, procs, tmp_path):
     client = httpx.Client(timeout=30.0)
     try:
         sess = demo_session(client, api.url)
-        r = client.post(api.url + "/v1/proofs", headers=SVC,
-                        json={"session_id": sess["id"], "proof": DEMO["signature"]})
+        r = client.post(
+            api.url + "/v1/proofs",
+            headers=SVC,
+            json={"session_id": sess["id"], "proof": DEMO["signature"]},
+        )
         assert r.status_code == 201 and r.json()["status"] == "verified", r.text
         pid = r.json()["id"]
 
@@ -214,21 +247,37 @@ def test_api_killed_mid_apply(pg_url, procs, tmp_path):
             blocked: list[int] = []
 
             def apply_blocked_after_receipt_insert() -> bool:
-                found = lock_conn.execute(text(
-                    "SELECT w.pid FROM pg_locks w WHERE w.locktype = 'advisory' AND NOT w.granted "
-                    "AND EXISTS (SELECT 1 FROM pg_locks r JOIN pg_class c ON c.oid = r.relation "
-                    "            WHERE r.pid = w.pid AND c.relname = 'receipts' "
-                    "            AND r.mode = 'RowExclusiveLock')")).scalars().all()
+                found = (
+                    lock_conn.execute(
+                        text(
+                            "SELECT w.pid FROM pg_locks w WHERE w.locktype = 'advisory' AND NOT w.granted "
+                            "AND EXISTS (SELECT 1 FROM pg_locks r JOIN pg_class c ON c.oid = r.relation "
+                            "            WHERE r.pid = w.pid AND c.relname = 'receipts' "
+                            "            AND r.mode = 'RowExclusiveLock')"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
                 blocked[:] = found
                 return bool(found)
 
-            wait_until("apply to block inside its transaction", apply_blocked_after_receipt_insert, WAIT_S)
+            wait_until(
+                "apply to block inside its transaction", apply_blocked_after_receipt_insert, WAIT_S
+            )
             api.kill()
             t.join(WAIT_S)
             lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_AUDIT_LOCK})
             # The orphaned backend gets the lock, finds its client gone and rolls back.
-            wait_until("the killed API's transaction to end", lambda: not lock_conn.execute(
-                text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": blocked[0]}).first(), WAIT_S)
+            wait_until(
+                "the killed API's transaction to end",
+                lambda: (
+                    not lock_conn.execute(
+                        text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": blocked[0]}
+                    ).first()
+                ),
+                WAIT_S,
+            )
 
         assert count(db, Receipt) == 0
         (ent,) = rows(db, Entitlement)
@@ -242,8 +291,14 @@ def test_api_killed_mid_apply(pg_url, procs, tmp_path):
         procs.append(api2)
         api2.wait_ready()
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: client.post(
-                api2.url + f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json=OPS), range(6)))
+            answers = list(
+                pool.map(
+                    lambda _: client.post(
+                        api2.url + f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json=OPS
+                    ),
+                    range(6),
+                )
+            )
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
         assert sum(not a.json()["already_applied"] for a in answers) == 1
         assert count(db, Receipt) == 1
@@ -269,8 +324,11 @@ def test_worker_killed_mid_verification(pg_url, node, procs, tmp_path):
     try:
         sess = demo_session(client, api.url)
         node.behave(Behaviour.behind)  # not seen yet: pending, for the worker
-        r = client.post(api.url + "/v1/proofs", headers=SVC,
-                        json={"session_id": sess["id"], "proof": DEMO["signature"]})
+        r = client.post(
+            api.url + "/v1/proofs",
+            headers=SVC,
+            json={"session_id": sess["id"], "proof": DEMO["signature"]},
+        )
         assert r.status_code == 201 and r.json()["failure_code"] == "tx_not_found", r.text
         pid = r.json()["id"]
         api.stop()
@@ -298,8 +356,11 @@ def test_worker_killed_mid_verification(pg_url, node, procs, tmp_path):
         # The lease runs out (the test stands in for the 120 s passing), and w3 finishes.
         node.release()
         with db.tx() as s:
-            s.execute(update(Proof).where(Proof.id == pid)
-                      .values(claimed_until=datetime.now(timezone.utc) - timedelta(seconds=1)))
+            s.execute(
+                update(Proof)
+                .where(Proof.id == pid)
+                .values(claimed_until=datetime.now(UTC) - timedelta(seconds=1))
+            )
         w3 = Worker(env, tmp_path, "w3", once=True)
         procs.append(w3)
         assert w3.wait() == 0, w3.output()
@@ -307,7 +368,9 @@ def test_worker_killed_mid_verification(pg_url, node, procs, tmp_path):
         assert (p.status, p.claimed_by, p.attempts) == ("verified", None, 2)
         atts = rows(db, VerificationAttempt)
         assert [(a.status, a.worker) for a in sorted(atts, key=lambda a: a.id)] == [
-            ("pending", None), ("verified", "w3")]
+            ("pending", None),
+            ("verified", "w3"),
+        ]
     finally:
         client.close()
         db.dispose()

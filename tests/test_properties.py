@@ -32,22 +32,25 @@ from hypothesis import strategies as st
 
 from rails import adapter_for
 from rails.base import fingerprint
-from rails.transport.cassette import Call, CassetteTransport, read_cassette
 from rails.errors import (
     CassetteUnreadable,
     ProofMalformed,
     RpcErrorResponse,
     UnmatchedRequest,
 )
+from rails.transport.cassette import Call, CassetteTransport, read_cassette
 from rails.x402 import decode_proof, parse_payment
 from registry.catalog import RailOverrides, load_catalog
 from verifier.http.guards import body_nul_field, param_control_field
 from verifier.services.offline import UsageError, proof_text
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
-PROPS = settings(max_examples=150, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                        HealthCheck.too_slow])
+PROPS = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def adapter(rail_id: str, **o):
@@ -102,7 +105,7 @@ def test_solana_arbitrary_text_is_a_signature_or_proof_malformed(text):
 
 
 def _case_variant(draw_bools: list[bool], hexdigits: str) -> str:
-    return "".join(c.upper() if flip else c for c, flip in zip(hexdigits, draw_bools))
+    return "".join(c.upper() if flip else c for c, flip in zip(hexdigits, draw_bools, strict=False))
 
 
 @PROPS
@@ -117,8 +120,9 @@ def test_evm_and_tron_hashes_fold_case_and_fingerprint_the_same(h, flips):
     assert tron_ref == lower
     assert TRON.normalize_proof("tron_tx_id", tron_ref) == tron_ref
     fp = lambda ref: fingerprint("evm", "ethereum", "evm_tx_hash", ref)  # noqa: E731
-    assert fp(EVM.normalize_proof("evm_tx_hash", "0x" + mixed)) == \
-        fp(EVM.normalize_proof("evm_tx_hash", "0x" + lower.upper()))
+    assert fp(EVM.normalize_proof("evm_tx_hash", "0x" + mixed)) == fp(
+        EVM.normalize_proof("evm_tx_hash", "0x" + lower.upper())
+    )
 
 
 @PROPS
@@ -139,10 +143,14 @@ def test_evm_and_tron_arbitrary_text_is_a_hash_or_proof_malformed(text):
 
 # -- x402 payload decoding ----------------------------------------------------------------
 
-PAYLOADS = [json.loads((FIX / "x402" / n).read_text())
-            for n in ("x402_base_sepolia_payload_v1.json", "x402_base_sepolia_payload_v2.json")]
-BASE_PAYLOADS = [c["payload"] for c in json.loads(
-    (FIX / "x402" / "x402_base_signed.json").read_text())["payloads"].values()]
+PAYLOADS = [
+    json.loads((FIX / "x402" / n).read_text())
+    for n in ("x402_base_sepolia_payload_v1.json", "x402_base_sepolia_payload_v2.json")
+]
+BASE_PAYLOADS = [
+    c["payload"]
+    for c in json.loads((FIX / "x402" / "x402_base_signed.json").read_text())["payloads"].values()
+]
 
 
 def _x402_for(doc: dict):
@@ -175,9 +183,12 @@ def reformatted(draw):
     rnd = random.Random(draw(st.integers(0, 2**32)))
     if draw(st.booleans()):
         doc = _upper_hex(doc)
-    text = json.dumps(_shuffled(doc, rnd), indent=draw(st.sampled_from([None, 0, 1, 4, "\t"])),
-                      separators=draw(st.sampled_from([None, (",", ":"), (" , ", " : ")])),
-                      ensure_ascii=draw(st.booleans()))
+    text = json.dumps(
+        _shuffled(doc, rnd),
+        indent=draw(st.sampled_from([None, 0, 1, 4, "\t"])),
+        separators=draw(st.sampled_from([None, (",", ":"), (" , ", " : ")])),
+        ensure_ascii=draw(st.booleans()),
+    )
     form = draw(st.sampled_from(["json", "b64", "b64-nopad", "b64-url"]))
     if form == "b64":
         text = base64.b64encode(text.encode()).decode()
@@ -215,9 +226,11 @@ def _decode_all(text: str) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                 max_size=4),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @PROPS
@@ -304,15 +317,26 @@ def test_cassette_arbitrary_bytes_raise_only_cassette_unreadable(tmp_path_factor
 @st.composite
 def cassette_like(draw):
     """Documents shaped almost like cassettes: each member may be missing or of a wrong type."""
-    call = st.fixed_dictionaries({}, optional={
-        "method": st.text(max_size=10) | json_values,
-        "params": st.lists(json_values, max_size=3) | json_values,
-        "result": json_values, "error": json_values})
-    doc = draw(st.fixed_dictionaries({}, optional={
-        "cassette": st.sampled_from([1, 1.0, True, "1", 2, None]),
-        "network": st.text(max_size=10) | json_values,
-        "calls": st.lists(call, max_size=4) | json_values,
-        "source": json_values}))
+    call = st.fixed_dictionaries(
+        {},
+        optional={
+            "method": st.text(max_size=10) | json_values,
+            "params": st.lists(json_values, max_size=3) | json_values,
+            "result": json_values,
+            "error": json_values,
+        },
+    )
+    doc = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "cassette": st.sampled_from([1, 1.0, True, "1", 2, None]),
+                "network": st.text(max_size=10) | json_values,
+                "calls": st.lists(call, max_size=4) | json_values,
+                "source": json_values,
+            },
+        )
+    )
     return doc
 
 
@@ -333,15 +357,29 @@ def test_cassette_malformed_documents_raise_only_cassette_unreadable(tmp_path_fa
 
 # Matching: JSON scalars without booleans, so Python's 1 == True cannot blur two values.
 scalar = st.integers(-5, 5) | st.text(alphabet="abcXYZ019", max_size=6) | st.none()
-options = st.dictionaries(st.sampled_from(["encoding", "commitment", "maxSupportedTransactionVersion",
-                                           "searchTransactionHistory", "x"]), scalar, max_size=4)
+options = st.dictionaries(
+    st.sampled_from(
+        [
+            "encoding",
+            "commitment",
+            "maxSupportedTransactionVersion",
+            "searchTransactionHistory",
+            "x",
+        ]
+    ),
+    scalar,
+    max_size=4,
+)
 
 
 @PROPS
 @given(st.lists(scalar, min_size=1, max_size=3), options, st.booleans(), options)
 def test_cassette_matching_rules(positional, recorded_opts, recorded_has_opts, asked_extra):
-    recorded = {"method": "m", "params": positional + ([recorded_opts] if recorded_has_opts else []),
-                "result": "answer"}
+    recorded = {
+        "method": "m",
+        "params": positional + ([recorded_opts] if recorded_has_opts else []),
+        "result": "answer",
+    }
     t = CassetteTransport([Call(recorded)])
     asked_opts = {**asked_extra, **(recorded_opts if recorded_has_opts else {})}
 
@@ -375,29 +413,40 @@ def test_cassette_matching_rules(positional, recorded_opts, recorded_has_opts, a
 
 def test_cassette_first_file_in_sorted_order_wins(tmp_path):
     for name, answer in (("b.json", "second"), ("a.json", "first")):
-        (tmp_path / name).write_text(json.dumps({
-            "cassette": 1, "network": "n", "calls": [{"method": "m", "params": [1],
-                                                     "result": answer}]}))
+        (tmp_path / name).write_text(
+            json.dumps(
+                {
+                    "cassette": 1,
+                    "network": "n",
+                    "calls": [{"method": "m", "params": [1], "result": answer}],
+                }
+            )
+        )
     assert CassetteTransport.from_dir(tmp_path, "n").call("m", [1]) == "first"
 
 
 # -- hostile HTTP input: NUL and control characters -----------------------------------------
 
 # Text where NUL and other control characters are common, not one draw in thousands.
-nasty_text = st.text(st.sampled_from("\x00\x01\x1f\x7f\t\n\\\"/%=&a\u00e9\u2028"),
-                     max_size=8)
+nasty_text = st.text(st.sampled_from('\x00\x01\x1f\x7f\t\n\\"/%=&a\u00e9\u2028'), max_size=8)
 nasty_json = st.recursive(
     st.none() | st.booleans() | st.integers() | nasty_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(nasty_text, inner, max_size=3),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 def _nul_paths(value, path=""):
     """Every name the API may give a NUL: a string's dotted path, or a key's object."""
     if isinstance(value, str):
         return {path or "body"} if "\x00" in value else set()
-    items = value.items() if isinstance(value, dict) else enumerate(value) \
-        if isinstance(value, list) else ()
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
     out = set()
     for k, v in items:
         if "\x00" in str(k):
@@ -417,23 +466,35 @@ def test_every_nul_in_a_json_body_is_found_and_named(value, ascii_only):
 
 
 @PROPS
-@given(st.lists(st.tuples(nasty_text, nasty_text), max_size=4),
-       st.lists(st.tuples(st.sampled_from([b"idempotency-key", b"x-operator-reason"]),
-                          st.binary(max_size=6)), max_size=2))
+@given(
+    st.lists(st.tuples(nasty_text, nasty_text), max_size=4),
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"idempotency-key", b"x-operator-reason"]), st.binary(max_size=6)
+        ),
+        max_size=2,
+    ),
+)
 def test_every_control_character_in_a_query_or_header_is_named(query, headers):
     qs = urlencode(query)
     field = param_control_field({"query_string": qs.encode(), "headers": headers})
     control = lambda t: any(ord(c) < 0x20 or c == "\x7f" for c in t)  # noqa: E731
-    bad = [n.decode().title() for n, v in headers
-           if control(v.decode("latin-1").replace("\t", ""))]  # HTTP allows HTAB there
-    bad += ["query" if control(n) else n for n, v in parse_qsl(qs, keep_blank_values=True)
-            if control(n + v)]
+    bad = [
+        n.decode().title() for n, v in headers if control(v.decode("latin-1").replace("\t", ""))
+    ]  # HTTP allows HTAB there
+    bad += [
+        "query" if control(n) else n
+        for n, v in parse_qsl(qs, keep_blank_values=True)
+        if control(n + v)
+    ]
     assert field == (bad[0] if bad else None)
 
 
 @PROPS
-@given(st.text(max_size=40) | st.builds(lambda a, n: a * n, st.sampled_from(["A", "a/", "/"]),
-                                        st.integers(1, 2500)))
+@given(
+    st.text(max_size=40)
+    | st.builds(lambda a, n: a * n, st.sampled_from(["A", "a/", "/"]), st.integers(1, 2500))
+)
 @example("x" * 700)
 @example("\x00")
 @example("/" * 5000)

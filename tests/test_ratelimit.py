@@ -12,8 +12,13 @@ from tests.helpers import counts
 from verifier.core.config import Settings
 from verifier.http.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimited, RateLimiter
 
-SESSION = {"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-           "amount": 1500000, "recipient": "fatreasury"}
+SESSION = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+}
 
 
 class FakeClock:
@@ -114,10 +119,14 @@ def test_session_creation_is_limited_per_token_with_retry_after(client, engine):
     assert counts(engine) == before  # a refused request writes nothing, not even a claim
     # Another token has its own bucket; reads are not limited.
     bob = {**SESSION, "owner_id": "bob"}
-    assert client.post("/v1/payment-sessions", headers=auth(OTHER_SERVICE_TOKEN),
-                       json=bob).status_code == 201
-    assert client.get("/v1/entitlements", headers=auth(),
-                      params={"owner_id": "alice"}).status_code == 200
+    assert (
+        client.post("/v1/payment-sessions", headers=auth(OTHER_SERVICE_TOKEN), json=bob).status_code
+        == 201
+    )
+    assert (
+        client.get("/v1/entitlements", headers=auth(), params={"owner_id": "alice"}).status_code
+        == 200
+    )
     clock.t += 1.0
     assert client.post("/v1/payment-sessions", headers=auth(), json=SESSION).status_code == 201
 
@@ -125,8 +134,13 @@ def test_session_creation_is_limited_per_token_with_retry_after(client, engine):
 def test_proof_submission_is_limited_separately(client, engine, chain):
     _limit(client, burst=3)
     sess = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
-    chain.txs["fx0123abcd"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
-                               "asset": "fusd", "refs": [sess["reference"]]}
+    chain.txs["fx0123abcd"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
     body = {"session_id": sess["id"], "proof": "fx0123abcd"}
     codes = [client.post("/v1/proofs", headers=auth(), json=body).status_code for _ in range(5)]
     assert codes == [201, 200, 200, 429, 429]
@@ -141,6 +155,9 @@ def test_auth_is_checked_before_the_limit(client):
         r = client.post("/v1/proofs", headers=auth("unknown-token"), json={})
         assert r.status_code == 401
     # The unknown token took nothing from the real one's bucket.
-    r = client.post("/v1/proofs", headers=auth(SERVICE_TOKEN),
-                    json={"session_id": "nope", "proof": "fx12345678"})
+    r = client.post(
+        "/v1/proofs",
+        headers=auth(SERVICE_TOKEN),
+        json={"session_id": "nope", "proof": "fx12345678"},
+    )
     assert r.status_code == 404

@@ -39,8 +39,11 @@ def test_make_serve_demo_then_the_curl_walkthrough(tmp_path: Path):
             pytest.fail(f"{missing} missing under CI")
         pytest.skip(f"the walk-through needs {missing}")
     port = str(free_port())
-    env = _env(PORT=port, RAILPROOF_DATABASE_URL=f"sqlite:///{tmp_path}/quickstart.db",
-               PATH=f"{Path(RAILPROOF).parent}:{os.environ['PATH']}")
+    env = _env(
+        PORT=port,
+        RAILPROOF_DATABASE_URL=f"sqlite:///{tmp_path}/quickstart.db",
+        PATH=f"{Path(RAILPROOF).parent}:{os.environ['PATH']}",
+    )
     serve = Proc("make-serve", ["make", "-s", "serve"], {**env}, tmp_path)
     try:
         import httpx
@@ -52,22 +55,37 @@ def test_make_serve_demo_then_the_curl_walkthrough(tmp_path: Path):
                 return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
+
         wait_until("make serve", up, 90.0, 0.2)
         assert f"http://127.0.0.1:{port}" in serve.output()
 
         # The demo finds the server from PORT alone, as `make serve` says.
-        demo = subprocess.run([RAILPROOF, "demo"], env={**env, "RAILPROOF_STAFF_TOKEN": "demo-staff-token"},
-                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        demo = subprocess.run(
+            [RAILPROOF, "demo"],
+            env={**env, "RAILPROOF_STAFF_TOKEN": "demo-staff-token"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
         assert demo.returncode == 0, demo.stdout + demo.stderr
 
-        walk = subprocess.run(["bash", "-euo", "pipefail", "-c", _walkthrough()], env=env,
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        walk = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _walkthrough()],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
         assert walk.returncode == 0, walk.stdout + walk.stderr
         out = walk.stdout
         assert '"verified"' in out and "order-1001" in out, out
         # The last command prints the owner's entitlements: the demo's and the walk-through's.
-        ents = json.loads(out[out.rindex("\n[") + 1:])
-        assert sorted(e["access_product_id"] for e in ents if e["status"] == "active") == \
-            ["api-credits", "pro-monthly"], out
+        ents = json.loads(out[out.rindex("\n[") + 1 :])
+        assert sorted(e["access_product_id"] for e in ents if e["status"] == "active") == [
+            "api-credits",
+            "pro-monthly",
+        ], out
     finally:
         serve.stop()

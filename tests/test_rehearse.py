@@ -19,10 +19,24 @@ from verifier.cli.main import app as cli_app
 from verifier.core.config import REPO_FIXTURES
 from verifier.tools.rehearse import disposable_reason
 
-STEPS = ["migrate", "session", "proof", "verify", "finality", "dry_run", "apply",
-         "entitlement_active", "apply_idempotent", "revoke", "rollback_session",
-         "rollback_proof", "forced_rollback", "apply_after_rollback", "audit_chain",
-         "assurance"]
+STEPS = [
+    "migrate",
+    "session",
+    "proof",
+    "verify",
+    "finality",
+    "dry_run",
+    "apply",
+    "entitlement_active",
+    "apply_idempotent",
+    "revoke",
+    "rollback_session",
+    "rollback_proof",
+    "forced_rollback",
+    "apply_after_rollback",
+    "audit_chain",
+    "assurance",
+]
 
 
 def rehearse(*args: str):
@@ -36,7 +50,9 @@ def check_evidence(path: Path) -> dict:
     assert all(s["ok"] for s in ev["steps"]), [s for s in ev["steps"] if not s["ok"]]
     # Checksums: the cassettes replayed, and each response's canonical JSON.
     assert {c["path"] for c in ev["cassettes"]} == {
-        "solana/generated/demo_payment.json", "solana/generated/usdc_reference_memo.json"}
+        "solana/generated/demo_payment.json",
+        "solana/generated/usdc_reference_memo.json",
+    }
     for c in ev["cassettes"]:
         assert c["sha256"] == hashlib.sha256((REPO_FIXTURES / c["path"]).read_bytes()).hexdigest()
     with_response = [s for s in ev["steps"] if s["response"] is not None]
@@ -50,7 +66,9 @@ def check_evidence(path: Path) -> dict:
     assert '"receipt": null' in by["forced_rollback"]["detail"]
     assert by["revoke"]["response"]["status"] == "revoked"
     # No credential reaches the evidence.
-    assert "rehearsal-service-" not in path.read_text() and "rehearsal-staff-" not in path.read_text()
+    assert (
+        "rehearsal-service-" not in path.read_text() and "rehearsal-staff-" not in path.read_text()
+    )
     return ev
 
 
@@ -62,8 +80,12 @@ def test_rehearsal_on_sqlite(tmp_path):
     ev = check_evidence(out)
     assert ev["database"].endswith("rehearsal.db")
     # Run again on the same database: it now holds data, so it is no longer disposable.
-    r = rehearse("--database-url", f"sqlite:///{tmp_path}/rehearsal.db", "--out",
-                 str(tmp_path / "again.json"))
+    r = rehearse(
+        "--database-url",
+        f"sqlite:///{tmp_path}/rehearsal.db",
+        "--out",
+        str(tmp_path / "again.json"),
+    )
     assert r.exit_code == 2 and "already holds" in r.output
     assert not (tmp_path / "again.json").exists()
 
@@ -120,28 +142,32 @@ def test_production_like_postgres_is_refused_and_nothing_is_migrated(tmp_path):
         admin.dispose()
 
 
-@pytest.mark.parametrize("url,disposable", [
-    ("sqlite:////tmp/x/rehearsal.db", True),
-    ("sqlite:///./railproof.db", False),
-    ("sqlite:////var/lib/railproof/railproof.db", False),
-    ("sqlite://", False),
-    ("sqlite:///:memory:", False),
-    ("postgresql+psycopg://postgres@127.0.0.1:5432/railproof_rehearsal", True),
-    ("postgresql://u:pw@localhost/scratch_1", True),
-    ("postgresql+psycopg://postgres@127.0.0.1:5432/TMP_db", True),
-    ("postgresql+psycopg://postgres@127.0.0.1:5432/railproof", False),
-    ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", False),
-    ("postgresql+psycopg://postgres@db.internal:5432/railproof_test", False),
-    ("postgresql+psycopg://postgres@10.0.0.5/rehearsal", False),
-    ("mysql://u@127.0.0.1/test", False),
-    ("not a url", False),
-])
+@pytest.mark.parametrize(
+    "url,disposable",
+    [
+        ("sqlite:////tmp/x/rehearsal.db", True),
+        ("sqlite:///./railproof.db", False),
+        ("sqlite:////var/lib/railproof/railproof.db", False),
+        ("sqlite://", False),
+        ("sqlite:///:memory:", False),
+        ("postgresql+psycopg://postgres@127.0.0.1:5432/railproof_rehearsal", True),
+        ("postgresql://u:pw@localhost/scratch_1", True),
+        ("postgresql+psycopg://postgres@127.0.0.1:5432/TMP_db", True),
+        ("postgresql+psycopg://postgres@127.0.0.1:5432/railproof", False),
+        ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", False),
+        ("postgresql+psycopg://postgres@db.internal:5432/railproof_test", False),
+        ("postgresql+psycopg://postgres@10.0.0.5/rehearsal", False),
+        ("mysql://u@127.0.0.1/test", False),
+        ("not a url", False),
+    ],
+)
 def test_disposable_rule(url, disposable):
     assert (disposable_reason(url) is None) is disposable, disposable_reason(url)
 
 
 def test_confirmation_flag_overrides_the_rule():
     from verifier.tools.rehearse import Refusal, check_target
+
     url = "postgresql+psycopg://postgres@127.0.0.1:5432/railproof"
     with pytest.raises(Refusal):
         check_target(url, confirmed=False)

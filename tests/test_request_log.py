@@ -52,25 +52,38 @@ def tiny_app() -> FastAPI:
 @pytest.fixture
 def logged():
     docs: list[dict[str, Any]] = []
-    app = RequestLogMiddleware(tiny_app(), principal=settings_principal(FakeSettings()),
-                               emit=docs.append)
+    app = RequestLogMiddleware(
+        tiny_app(), principal=settings_principal(FakeSettings()), emit=docs.append
+    )
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, docs
 
 
 def test_one_line_per_request_with_route_template_principal_and_incident(logged):
     client, docs = logged
-    r = client.get("/v1/items/it_42", headers={"Authorization": f"Bearer {STAFF}",
-                                                "X-Request-Id": "req-abc.1",
-                                                "X-Incident-Id": "INC-9"})
+    r = client.get(
+        "/v1/items/it_42",
+        headers={
+            "Authorization": f"Bearer {STAFF}",
+            "X-Request-Id": "req-abc.1",
+            "X-Incident-Id": "INC-9",
+        },
+    )
     assert r.status_code == 200
     assert r.headers["X-Request-Id"] == "req-abc.1"
     assert r.json() == {"item_id": "it_42", "request_id": "req-abc.1"}  # seen by the handler
     [doc] = docs
     assert doc["duration_ms"] >= 0
     del doc["duration_ms"]
-    assert doc == {"request_id": "req-abc.1", "method": "GET", "route": "/v1/items/{item_id}",
-                   "status": 200, "principal": "staff", "owner": "ops1", "incident_id": "INC-9"}
+    assert doc == {
+        "request_id": "req-abc.1",
+        "method": "GET",
+        "route": "/v1/items/{item_id}",
+        "status": 200,
+        "principal": "staff",
+        "owner": "ops1",
+        "incident_id": "INC-9",
+    }
     assert STAFF not in json.dumps(doc)
 
     r = client.post("/v1/items/x/touch", headers={"Authorization": f"Bearer {SERVICE}"})
@@ -90,12 +103,14 @@ def test_unknown_or_missing_token_unmatched_route_and_fresh_ids(logged):
     r2 = client.get("/nowhere/123")
     assert (r1.status_code, r2.status_code) == (404, 404)
     assert [(d["route"], d["status"], d["principal"]) for d in docs] == [
-        ("/nowhere/123", 404, "none"), ("/nowhere/123", 404, "none")]
+        ("/nowhere/123", 404, "none"),
+        ("/nowhere/123", 404, "none"),
+    ]
     assert "owner" not in docs[0] and "who-knows" not in json.dumps(docs[0])
     assert r1.headers["X-Request-Id"] != r2.headers["X-Request-Id"]
 
 
-@pytest.mark.parametrize("bad", ["has space", "x" * 129, "semi;colon", "quote\"d"])
+@pytest.mark.parametrize("bad", ["has space", "x" * 129, "semi;colon", 'quote"d'])
 def test_a_malformed_request_id_is_replaced(logged, bad):
     client, docs = logged
     r = client.get("/v1/items/a", headers={"X-Request-Id": bad})
@@ -109,14 +124,20 @@ def test_a_failing_handler_is_logged_as_500_and_the_context_is_reset(logged):
     r = client.get("/v1/boom", headers={"X-Request-Id": "rid-boom"})
     assert r.status_code == 500
     assert [(d["route"], d["status"], d["request_id"]) for d in docs] == [
-        ("/v1/boom", 500, "rid-boom")]
+        ("/v1/boom", 500, "rid-boom")
+    ]
     assert current_request_id() is None and request_id_var.get() is None
 
 
 def test_the_app_header_is_replaced_not_doubled():
     async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 204,
-                    "headers": [(b"x-request-id", b"from-app")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 204,
+                "headers": [(b"x-request-id", b"from-app")],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
 
     client = TestClient(RequestLogMiddleware(app, emit=lambda d: None))  # no lifespan
@@ -127,8 +148,9 @@ def test_the_app_header_is_replaced_not_doubled():
 def test_default_sink_is_one_log_record_carrying_the_document(caplog):
     app = RequestLogMiddleware(tiny_app(), principal=settings_principal(FakeSettings()))
     with caplog.at_level(logging.INFO, logger="railproof.request"), TestClient(app) as client:
-        client.get("/v1/items/z", headers={"Authorization": f"Bearer {STAFF}",
-                                            "X-Request-Id": "rid-log"})
+        client.get(
+            "/v1/items/z", headers={"Authorization": f"Bearer {STAFF}", "X-Request-Id": "rid-log"}
+        )
     records = [r for r in caplog.records if r.name == "railproof.request"]
     assert len(records) == 1
     rec = records[0]
@@ -154,6 +176,7 @@ def test_non_http_scopes_pass_through():
         seen.append(scope["type"])
 
     import asyncio
+
     asyncio.run(RequestLogMiddleware(app, emit=seen.append)({"type": "lifespan"}, None, None))
     assert seen == ["lifespan"]
 
@@ -161,13 +184,15 @@ def test_non_http_scopes_pass_through():
 def test_added_as_fastapi_middleware_it_still_sees_the_route_template():
     docs: list[dict[str, Any]] = []
     app = tiny_app()
-    app.add_middleware(RequestLogMiddleware, principal=settings_principal(FakeSettings()),
-                       emit=docs.append)
+    app.add_middleware(
+        RequestLogMiddleware, principal=settings_principal(FakeSettings()), emit=docs.append
+    )
     with TestClient(app) as client:
         r = client.get("/v1/items/q", headers={"X-Incident-Id": "INC-1"})
     assert r.json()["request_id"] == r.headers["X-Request-Id"]
     assert [(d["route"], d["status"], d["incident_id"]) for d in docs] == [
-        ("/v1/items/{item_id}", 200, "INC-1")]
+        ("/v1/items/{item_id}", 200, "INC-1")
+    ]
 
 
 def test_the_app_echoes_the_request_id_and_stamps_it_on_audit_events(client, engine):
@@ -176,9 +201,17 @@ def test_the_app_echoes_the_request_id_and_stamps_it_on_audit_events(client, eng
     from tests.conftest import auth
     from verifier.storage.models import AuditEvent
 
-    r = client.post("/v1/payment-sessions", headers={**auth(), "X-Request-Id": "req-42"},
-                    json={"owner_id": "alice", "rail_id": "fake_live", "access_product_id": "p",
-                          "amount": 5, "recipient": "fatreasury"})
+    r = client.post(
+        "/v1/payment-sessions",
+        headers={**auth(), "X-Request-Id": "req-42"},
+        json={
+            "owner_id": "alice",
+            "rail_id": "fake_live",
+            "access_product_id": "p",
+            "amount": 5,
+            "recipient": "fatreasury",
+        },
+    )
     assert r.status_code == 201, r.text
     assert r.headers["X-Request-Id"] == "req-42"
     with engine.db.tx() as s:

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,9 +27,9 @@ from tests.conftest import (
     auth,
 )
 from tests.helpers import FIXTURES, cassette_engine
-from verifier.http.api import create_app
 from verifier.core.config import Settings
 from verifier.core.logs import JsonFormatter, configure_logging, redact
+from verifier.http.api import create_app
 
 PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 ALL_TOKENS = (SERVICE_TOKEN, OTHER_SERVICE_TOKEN, STAFF_TOKEN, STAFF_TOKEN_2)
@@ -73,9 +73,13 @@ def test_admin_routes_refuse_service_tokens_and_no_token(client):
     for method, path in api_routes(client.app):
         if not path.startswith("/v1/admin"):
             continue
-        for headers in ({}, auth(SERVICE_TOKEN), auth(OTHER_SERVICE_TOKEN),
-                        {"Authorization": "Bearer not-a-token"},
-                        {"Authorization": STAFF_TOKEN}):  # no "Bearer " scheme
+        for headers in (
+            {},
+            auth(SERVICE_TOKEN),
+            auth(OTHER_SERVICE_TOKEN),
+            {"Authorization": "Bearer not-a-token"},
+            {"Authorization": STAFF_TOKEN},
+        ):  # no "Bearer " scheme
             r = call(client, method, concrete(path), headers)
             assert r.status_code == 401, (method, path, headers, r.text)
             assert r.json()["error"]["code"] == "unauthorized"
@@ -89,8 +93,13 @@ def test_service_routes_refuse_staff_tokens_and_no_token(client):
         if path.startswith("/v1/admin"):
             continue
         url = concrete(path) + ("?owner_id=alice" if path == "/v1/entitlements" else "")
-        for headers in ({}, auth(STAFF_TOKEN), auth(STAFF_TOKEN_2),
-                        {"Authorization": "Bearer "}, {"Authorization": "bearer " + SERVICE_TOKEN}):
+        for headers in (
+            {},
+            auth(STAFF_TOKEN),
+            auth(STAFF_TOKEN_2),
+            {"Authorization": "Bearer "},
+            {"Authorization": "bearer " + SERVICE_TOKEN},
+        ):
             r = call(client, method, url, headers)
             assert r.status_code == 401, (method, path, headers, r.text)
             assert r.json()["error"]["field"] == "Authorization"
@@ -109,13 +118,27 @@ def test_the_right_token_gets_past_auth_everywhere(client):
 
 
 def _alice_world(client, chain):
-    sess = client.post("/v1/payment-sessions", headers=auth(), json={
-        "owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-        "amount": 1500000, "recipient": "fatreasury"}).json()
-    chain.txs["fx0123abcd"] = {"status": "ok", "to": "fatreasury", "amount": 1500000,
-                               "asset": "fusd", "refs": [sess["reference"]]}
-    proof = client.post("/v1/proofs", headers=auth(), json={
-        "session_id": sess["id"], "proof": "fx0123abcd"}).json()
+    sess = client.post(
+        "/v1/payment-sessions",
+        headers=auth(),
+        json={
+            "owner_id": "alice",
+            "rail_id": "fake_live",
+            "access_product_id": "pro",
+            "amount": 1500000,
+            "recipient": "fatreasury",
+        },
+    ).json()
+    chain.txs["fx0123abcd"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+    }
+    proof = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0123abcd"}
+    ).json()
     assert proof["status"] == "verified"
     return sess, proof
 
@@ -142,17 +165,27 @@ def test_owner_isolation_on_every_service_path_with_an_id(client, engine, chain)
     assert covered >= 2
 
     # Ids in bodies and queries: acting for alice, or on alice's session, with bob's token.
-    r = client.post("/v1/proofs", headers=bob, json={"session_id": sess["id"],
-                                                     "proof": "fx0123abcd"})
+    r = client.post(
+        "/v1/proofs", headers=bob, json={"session_id": sess["id"], "proof": "fx0123abcd"}
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
-    r = client.post("/v1/proofs", headers=bob, json={"session_id": sess["id"],
-                                                     "proof": "fx9999abcd"})
+    r = client.post(
+        "/v1/proofs", headers=bob, json={"session_id": sess["id"], "proof": "fx9999abcd"}
+    )
     assert r.status_code == 404
     r = client.get("/v1/entitlements", headers=bob, params={"owner_id": "alice"})
     assert r.status_code == 404 and r.json()["error"]["field"] == "owner_id"
-    r = client.post("/v1/payment-sessions", headers=bob, json={
-        "owner_id": "alice", "rail_id": "fake_live", "access_product_id": "pro",
-        "amount": 1, "recipient": "fatreasury"})
+    r = client.post(
+        "/v1/payment-sessions",
+        headers=bob,
+        json={
+            "owner_id": "alice",
+            "rail_id": "fake_live",
+            "access_product_id": "pro",
+            "amount": 1,
+            "recipient": "fatreasury",
+        },
+    )
     assert r.status_code == 404
     # An id that does not exist answers exactly like someone else's.
     nobody = client.get("/v1/proofs/0000000000000000", headers=bob)
@@ -186,10 +219,14 @@ def test_tokens_never_appear_in_logs(client, engine, chain, json_logs, monkeypat
     client.get("/v1/admin/rails", headers=auth(SERVICE_TOKEN))
     client.get(f"/v1/proofs/{proof['id']}", headers=auth(OTHER_SERVICE_TOKEN))
     client.post("/v1/proofs", headers=auth(STAFF_TOKEN_2), json={"session_id": "x"})
-    client.post("/v1/proofs", headers={**auth(), "Content-Type": "application/json"},
-                content=b"{not json")
-    client.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN),
-                json={"confirm": True, "incident_id": "INC-1", "operator_reason": "t"})
+    client.post(
+        "/v1/proofs", headers={**auth(), "Content-Type": "application/json"}, content=b"{not json"
+    )
+    client.post(
+        f"/v1/admin/proofs/{proof['id']}/apply",
+        headers=auth(STAFF_TOKEN),
+        json={"confirm": True, "incident_id": "INC-1", "operator_reason": "t"},
+    )
     # Code that carelessly logs a credential in a key=value or header shape is still masked.
     logging.getLogger("railproof.test").warning("retrying with Bearer %s", SERVICE_TOKEN)
     logging.getLogger("railproof.test").info('{"token": "%s"}', STAFF_TOKEN)
@@ -233,19 +270,23 @@ def test_redact_masks_bearer_tokens_signatures_and_payloads():
     assert '"amount": "5"' in redact(cases[2]) and "x402" in redact(cases[4])
 
 
-@pytest.mark.parametrize("text", [f"Authorization: Bearer {SERVICE_TOKEN}",
-                                  f'{{"authorization": "Bearer {SERVICE_TOKEN}"}}'])
+@pytest.mark.parametrize(
+    "text",
+    [f"Authorization: Bearer {SERVICE_TOKEN}", f'{{"authorization": "Bearer {SERVICE_TOKEN}"}}'],
+)
 def test_redact_masks_a_full_authorization_header(text):
     assert SERVICE_TOKEN not in redact(text), redact(text)
 
 
 def test_json_formatter_redacts_message_and_exception():
-    rec = logging.LogRecord("railproof", logging.ERROR, __file__, 1,
-                            "calling with Bearer %s", (SERVICE_TOKEN,), None)
+    rec = logging.LogRecord(
+        "railproof", logging.ERROR, __file__, 1, "calling with Bearer %s", (SERVICE_TOKEN,), None
+    )
     try:
         raise ValueError(f"token={STAFF_TOKEN}")
     except ValueError:
         import sys
+
         rec.exc_info = sys.exc_info()
     line = JsonFormatter().format(rec)
     doc = json.loads(line)
@@ -273,25 +314,36 @@ def _walk_keys(obj):
 def _evidence_text(client, proof_id: str) -> tuple[list, str]:
     staff = auth(STAFF_TOKEN)
     attempts = client.get(f"/v1/admin/proofs/{proof_id}/attempts", headers=staff).json()
-    texts = [json.dumps(attempts),
-             client.get(f"/v1/admin/proofs/{proof_id}", headers=staff).text,
-             client.get(f"/v1/admin/proofs/{proof_id}/settlement-evidence", headers=staff).text,
-             client.get(f"/v1/proofs/{proof_id}", headers=auth()).text]
+    texts = [
+        json.dumps(attempts),
+        client.get(f"/v1/admin/proofs/{proof_id}", headers=staff).text,
+        client.get(f"/v1/admin/proofs/{proof_id}/settlement-evidence", headers=staff).text,
+        client.get(f"/v1/proofs/{proof_id}", headers=auth()).text,
+    ]
     return attempts, "\n".join(texts)
 
 
 def test_x402_evidence_holds_no_signature_or_payload(db_url):
     case = X402_SIGNED["payloads"]["valid_v1"]["payload"]
-    now = datetime.fromtimestamp(X402_SIGNED["now"], timezone.utc)
+    now = datetime.fromtimestamp(X402_SIGNED["now"], UTC)
     engine = cassette_engine(db_url, clock=now)
     with TestClient(create_app(engine), raise_server_exceptions=False) as client:
-        sess = client.post("/v1/payment-sessions", headers=auth(), json={
-            "owner_id": "alice", "rail_id": "x402", "access_product_id": "pro",
-            "amount": case["payload"]["authorization"]["value"],
-            "recipient": X402_SIGNED["pay_to"], "reference": None})
+        sess = client.post(
+            "/v1/payment-sessions",
+            headers=auth(),
+            json={
+                "owner_id": "alice",
+                "rail_id": "x402",
+                "access_product_id": "pro",
+                "amount": case["payload"]["authorization"]["value"],
+                "recipient": X402_SIGNED["pay_to"],
+                "reference": None,
+            },
+        )
         assert sess.status_code == 201, sess.text
-        r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess.json()["id"],
-                                                            "proof": case})
+        r = client.post(
+            "/v1/proofs", headers=auth(), json={"session_id": sess.json()["id"], "proof": case}
+        )
         assert r.status_code == 201 and r.json()["status"] == "verified", r.text
         attempts, text = _evidence_text(client, r.json()["id"])
     engine.db.dispose()
@@ -305,13 +357,25 @@ def test_x402_evidence_holds_no_signature_or_payload(db_url):
 def test_solana_evidence_holds_no_signature_key_or_raw_transaction(db_url):
     engine = cassette_engine(db_url)
     with TestClient(create_app(engine), raise_server_exceptions=False) as client:
-        sess = client.post("/v1/payment-sessions", headers=auth(), json={
-            "owner_id": "alice", "rail_id": "solana_usdc", "access_product_id": "pro",
-            "amount": DEMO["amount"], "recipient": DEMO["recipient"],
-            "reference": DEMO["reference"], "memo": DEMO["memo"]})
+        sess = client.post(
+            "/v1/payment-sessions",
+            headers=auth(),
+            json={
+                "owner_id": "alice",
+                "rail_id": "solana_usdc",
+                "access_product_id": "pro",
+                "amount": DEMO["amount"],
+                "recipient": DEMO["recipient"],
+                "reference": DEMO["reference"],
+                "memo": DEMO["memo"],
+            },
+        )
         assert sess.status_code == 201, sess.text
-        r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess.json()["id"],
-                                                            "proof": DEMO["signature"]})
+        r = client.post(
+            "/v1/proofs",
+            headers=auth(),
+            json={"session_id": sess.json()["id"], "proof": DEMO["signature"]},
+        )
         assert r.status_code == 201 and r.json()["status"] == "verified", r.text
         attempts, text = _evidence_text(client, r.json()["id"])
     engine.db.dispose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from solders.keypair import Keypair
 
 from rails import adapter_for
 from rails.base import SessionShape, Status, Terms
-from rails.transport.cassette import Call, CassetteTransport, CountingTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed, UnmatchedRequest
 from rails.solana import (
@@ -27,12 +26,13 @@ from rails.solana import (
     parse_transaction,
     ui_amount,
 )
+from rails.transport.cassette import Call, CassetteTransport, CountingTransport
 from registry.catalog import FinalityPolicy, load_catalog
 from verifier.core.checking import run_verify
 
 GEN = Path(__file__).resolve().parent.parent / "fixtures" / "solana" / "generated"
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
-NOW = datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
 
 
 def rail(rail_id: str = "solana_usdc"):
@@ -85,18 +85,28 @@ class MethodLog:
 
 # -- shapes -------------------------------------------------------------------------------------
 
-REAL_SIG = "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"
+REAL_SIG = (
+    "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"
+)
 
 
 def test_normalize_proof_keeps_a_signature_exactly_as_given(adapter):
     assert adapter.normalize_proof("solana_tx_signature", REAL_SIG) == REAL_SIG
 
 
-@pytest.mark.parametrize("raw", [
-    "", "abc", REAL_SIG[:40], REAL_SIG + "1", " " + REAL_SIG, "0x" + "ab" * 64,
-    REAL_SIG.replace("2", "0", 1),  # '0' is not a base58 digit
-    "1" * 43,
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "abc",
+        REAL_SIG[:40],
+        REAL_SIG + "1",
+        " " + REAL_SIG,
+        "0x" + "ab" * 64,
+        REAL_SIG.replace("2", "0", 1),  # '0' is not a base58 digit
+        "1" * 43,
+    ],
+)
 def test_normalize_proof_rejects_what_is_not_a_64_byte_base58_signature(adapter, raw):
     with pytest.raises(ProofMalformed) as e:
         adapter.normalize_proof("solana_tx_signature", raw)
@@ -111,8 +121,12 @@ def test_normalize_proof_rejects_another_families_proof_type(adapter):
 
 def test_normalize_address(adapter):
     assert adapter.normalize_address(USDC) == USDC
-    for bad in ["", "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEG", "0xdAC17F958D2ee523a2206206994597C13D831ec7",
-                "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v "]:
+    for bad in [
+        "",
+        "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEG",
+        "0xdAC17F958D2ee523a2206206994597C13D831ec7",
+        "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v ",
+    ]:
         with pytest.raises(ProofMalformed) as e:
             adapter.normalize_address(bad, field="recipient")
         assert e.value.field == "recipient"
@@ -127,10 +141,19 @@ def test_new_reference_is_a_fresh_valid_pubkey(adapter):
 
 # -- prepare --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("units,decimals,ui", [
-    (25_000_000, 6, "25"), (1_500, 6, "0.0015"), (1, 6, "0.000001"), (0, 6, "0"),
-    (10**18 + 1, 6, "1000000000000.000001"), (123_456_789, 6, "123.456789"), (7, 0, "7"),
-])
+
+@pytest.mark.parametrize(
+    "units,decimals,ui",
+    [
+        (25_000_000, 6, "25"),
+        (1_500, 6, "0.0015"),
+        (1, 6, "0.000001"),
+        (0, 6, "0"),
+        (10**18 + 1, 6, "1000000000000.000001"),
+        (123_456_789, 6, "123.456789"),
+        (7, 0, "7"),
+    ],
+)
 def test_ui_amount_is_exact_decimal_text(units, decimals, ui):
     assert ui_amount(units, decimals) == ui
 
@@ -138,12 +161,25 @@ def test_ui_amount_is_exact_decimal_text(units, decimals, ui):
 def test_prepare_builds_a_solana_pay_transfer_request(adapter):
     ref = str(Keypair.from_seed(bytes([9] * 32)).pubkey())
     treasury = str(Keypair.from_seed(bytes([8] * 32)).pubkey())
-    s = SessionShape(id="s1", recipient=treasury, amount=25_000_000, reference=ref, memo="order 1/2&x=y",
-                     expires_at=NOW, access_product_id="p1")
+    s = SessionShape(
+        id="s1",
+        recipient=treasury,
+        amount=25_000_000,
+        reference=ref,
+        memo="order 1/2&x=y",
+        expires_at=NOW,
+        access_product_id="p1",
+    )
     req = adapter.prepare(s)
-    assert req.url == (f"solana:{treasury}?amount=25&spl-token={USDC}&reference={ref}"
-                       f"&memo=order%201%2F2%26x%3Dy")
-    assert (req.rail_id, req.network, req.asset, req.amount) == ("solana_usdc", "solana-mainnet", USDC, "25000000")
+    assert req.url == (
+        f"solana:{treasury}?amount=25&spl-token={USDC}&reference={ref}&memo=order%201%2F2%26x%3Dy"
+    )
+    assert (req.rail_id, req.network, req.asset, req.amount) == (
+        "solana_usdc",
+        "solana-mainnet",
+        USDC,
+        "25000000",
+    )
     assert req.data["amount"] == "25000000" and req.data["ui_amount"] == "25"
     bare = adapter.prepare(s.model_copy(update={"reference": None, "memo": None, "amount": 1_500}))
     assert bare.url == f"solana:{treasury}?amount=0.0015&spl-token={USDC}"
@@ -151,11 +187,20 @@ def test_prepare_builds_a_solana_pay_transfer_request(adapter):
 
 # -- finality policy --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("commitment,level,final", [
-    ("processed", "finalized", False), ("confirmed", "finalized", False), ("finalized", "finalized", True),
-    ("processed", "confirmed", False), ("confirmed", "confirmed", True), ("finalized", "confirmed", True),
-    ("not_found", "finalized", False), (None, "processed", False),
-])
+
+@pytest.mark.parametrize(
+    "commitment,level,final",
+    [
+        ("processed", "finalized", False),
+        ("confirmed", "finalized", False),
+        ("finalized", "finalized", True),
+        ("processed", "confirmed", False),
+        ("confirmed", "confirmed", True),
+        ("finalized", "confirmed", True),
+        ("not_found", "finalized", False),
+        (None, "processed", False),
+    ],
+)
 def test_is_final_policy(commitment, level, final):
     assert is_final(commitment, FinalityPolicy(mode="commitment", level=level)) is final
 
@@ -167,12 +212,16 @@ def test_the_live_rail_needs_finalized():
 
 # -- generated cassettes: passing cases ---------------------------------------------------------------
 
+
 def test_reference_and_memo_transfer_verifies_with_two_calls(adapter):
     exp = doc("usdc_reference_memo")["expect"]
     log = MethodLog(chain("usdc_reference_memo"))
     meter = CountingTransport(log)
-    v = adapter.verify(sig_of("usdc_reference_memo"),
-                       terms("usdc_reference_memo", reference=exp["reference"], memo=exp["memo"]), meter)
+    v = adapter.verify(
+        sig_of("usdc_reference_memo"),
+        terms("usdc_reference_memo", reference=exp["reference"], memo=exp["memo"]),
+        meter,
+    )
     assert v.status is Status.verified, v.detail
     assert meter.calls == 2 and log.methods == ["getTransaction", "getSignatureStatuses"]
     assert v.observed["amount"] == "1500000" and isinstance(v.observed["amount"], str)
@@ -187,15 +236,26 @@ def test_reference_appended_to_transfer_checked_shows_as_multisig_signer():
     # The scenario the generated data must show: the node reads the appended reference as a signer.
     exp = doc("usdc_reference_memo")["expect"]
     ins = doc("usdc_reference_memo")["calls"][0]["result"]["transaction"]["message"]["instructions"]
-    tc = next(i for i in ins if isinstance(i.get("parsed"), dict) and i["parsed"]["type"] == "transferChecked")
-    assert tc["parsed"]["info"]["signers"] == [exp["reference"]] and "authority" not in tc["parsed"]["info"]
+    tc = next(
+        i
+        for i in ins
+        if isinstance(i.get("parsed"), dict) and i["parsed"]["type"] == "transferChecked"
+    )
+    assert (
+        tc["parsed"]["info"]["signers"] == [exp["reference"]]
+        and "authority" not in tc["parsed"]["info"]
+    )
 
 
 def test_v0_recipient_token_account_from_lookup_table_verifies(adapter):
     res = doc("v0_lookup_table_usdc")["calls"][0]["result"]
     keys = res["transaction"]["message"]["accountKeys"]
     post = {b["accountIndex"]: b for b in res["meta"]["postTokenBalances"]}
-    recipient_idx = next(i for i, b in post.items() if b["owner"] == doc("v0_lookup_table_usdc")["expect"]["recipient"])
+    recipient_idx = next(
+        i
+        for i, b in post.items()
+        if b["owner"] == doc("v0_lookup_table_usdc")["expect"]["recipient"]
+    )
     assert res["version"] == 0 and keys[recipient_idx]["source"] == "lookupTable"
     c = check(adapter, "v0_lookup_table_usdc")
     assert c.verdict.status is Status.verified and c.verdict.observed["amount"] == "2000000"
@@ -218,8 +278,9 @@ def test_every_permutation_of_instructions_gives_the_same_verdict(adapter):
     for perm in itertools.permutations(result["transaction"]["message"]["instructions"]):
         r = copy.deepcopy(result)
         r["transaction"]["message"]["instructions"] = list(perm)
-        tr = CassetteTransport([Call({"method": "getTransaction", "params": [sig], "result": r}),
-                                Call(d["calls"][1])])
+        tr = CassetteTransport(
+            [Call({"method": "getTransaction", "params": [sig], "result": r}), Call(d["calls"][1])]
+        )
         v = adapter.verify(sig, t, tr)
         seen.add((v.status, v.code, v.observed["amount"]))
     assert seen == {(Status.verified, None, "3000000")}
@@ -228,11 +289,19 @@ def test_every_permutation_of_instructions_gives_the_same_verdict(adapter):
 def test_ata_created_in_the_same_transaction_has_no_pre_balance_and_counts(adapter):
     res = doc("ata_created_same_tx")["calls"][0]["result"]
     exp = doc("ata_created_same_tx")["expect"]
-    post_idx = {b["accountIndex"] for b in res["meta"]["postTokenBalances"] if b["owner"] == exp["recipient"]}
+    post_idx = {
+        b["accountIndex"]
+        for b in res["meta"]["postTokenBalances"]
+        if b["owner"] == exp["recipient"]
+    }
     pre_idx = {b["accountIndex"] for b in res["meta"]["preTokenBalances"]}
     assert post_idx and not (post_idx & pre_idx)
     v = check(adapter, "ata_created_same_tx").verdict
-    assert v.status is Status.verified and v.observed["amount"] == "4200000" and v.observed["sender"] == exp["sender"]
+    assert (
+        v.status is Status.verified
+        and v.observed["amount"] == "4200000"
+        and v.observed["sender"] == exp["sender"]
+    )
 
 
 def test_token2022_transfer_fee_counts_the_recipients_net(adapter):
@@ -243,12 +312,16 @@ def test_token2022_transfer_fee_counts_the_recipients_net(adapter):
     at_least = check(adapter, "token2022_transfer_fee", amount=exp["gross"], at_least=True).verdict
     assert at_least.code is FailureCode.amount_mismatch
     # On the default rail (USDC mint) this token is simply the wrong asset.
-    assert check(adapter, "token2022_transfer_fee", asset=None).verdict.code is FailureCode.wrong_asset
+    assert (
+        check(adapter, "token2022_transfer_fee", asset=None).verdict.code is FailureCode.wrong_asset
+    )
 
 
 def test_old_format_balances_resolved_through_the_transactions_own_instructions(adapter):
     res = doc("old_format_resolved")["calls"][0]["result"]
-    assert all("owner" not in b for b in res["meta"]["preTokenBalances"] + res["meta"]["postTokenBalances"])
+    assert all(
+        "owner" not in b for b in res["meta"]["preTokenBalances"] + res["meta"]["postTokenBalances"]
+    )
     v = check(adapter, "old_format_resolved").verdict
     assert v.status is Status.verified, v.detail
     assert v.observed["sender"] == doc("old_format_resolved")["expect"]["sender"]
@@ -256,29 +329,54 @@ def test_old_format_balances_resolved_through_the_transactions_own_instructions(
 
 def test_demo_payment_verifies_inside_its_window(adapter):
     demo = doc("demo_payment")["demo"]
-    t = Terms(recipient=demo["recipient"], amount=int(demo["amount"]), reference=demo["reference"],
-              memo=demo["memo"], not_before=datetime.fromisoformat(demo["clock"]),
-              not_after=datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc), now=NOW)
-    c = run_verify(adapter, demo["signature"], t, CassetteTransport.from_files([GEN / "demo_payment.json"]))
+    t = Terms(
+        recipient=demo["recipient"],
+        amount=int(demo["amount"]),
+        reference=demo["reference"],
+        memo=demo["memo"],
+        not_before=datetime.fromisoformat(demo["clock"]),
+        not_after=datetime(2026, 1, 1, 0, 30, tzinfo=UTC),
+        now=NOW,
+    )
+    c = run_verify(
+        adapter, demo["signature"], t, CassetteTransport.from_files([GEN / "demo_payment.json"])
+    )
     assert c.verdict.status is Status.verified and c.rpc_calls == 2 and c.source == "cassette"
-    assert c.verdict.observed["block_time"] == "2026-01-01T00:01:00+00:00" and c.verdict.settlement.is_final
+    assert (
+        c.verdict.observed["block_time"] == "2026-01-01T00:01:00+00:00"
+        and c.verdict.settlement.is_final
+    )
 
 
 # -- generated cassettes: every failure code ------------------------------------------------------------
 
+
 def test_tx_not_found_is_pending_after_one_call(adapter):
-    c = run_verify(adapter, sig_of("tx_not_found"), Terms(recipient=USDC, amount=1, now=NOW), chain("tx_not_found"))
-    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (Status.pending, FailureCode.tx_not_found, 1)
+    c = run_verify(
+        adapter,
+        sig_of("tx_not_found"),
+        Terms(recipient=USDC, amount=1, now=NOW),
+        chain("tx_not_found"),
+    )
+    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (
+        Status.pending,
+        FailureCode.tx_not_found,
+        1,
+    )
 
 
 def test_rpc_error_is_pending_rpc_unavailable_never_failed(adapter):
-    c = run_verify(adapter, sig_of("rpc_error"), Terms(recipient=USDC, amount=1, now=NOW), chain("rpc_error"))
+    c = run_verify(
+        adapter, sig_of("rpc_error"), Terms(recipient=USDC, amount=1, now=NOW), chain("rpc_error")
+    )
     assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
 
 
 def test_unmatched_cassette_request_is_pending_not_failed(adapter):
     other = Keypair.from_seed(bytes([7] * 32)).sign_message(b"x")
-    c = run_verify(adapter, str(other), Terms(recipient=USDC, amount=1, now=NOW), chain("demo_payment"))
+    c = run_verify(
+        adapter, str(other), Terms(recipient=USDC, amount=1, now=NOW), chain("demo_payment")
+    )
     assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
     with pytest.raises(UnmatchedRequest):
         adapter.verify(str(other), Terms(recipient=USDC, amount=1, now=NOW), chain("demo_payment"))
@@ -315,43 +413,82 @@ def test_wrong_recipient(adapter):
 
 def test_amount_mismatch_on_underpayment_and_at_least_policy(adapter):
     v = check(adapter, "underpayment").verdict
-    assert (v.status, v.code, v.observed["amount"]) == (Status.failed, FailureCode.amount_mismatch, "24000000")
+    assert (v.status, v.code, v.observed["amount"]) == (
+        Status.failed,
+        FailureCode.amount_mismatch,
+        "24000000",
+    )
     assert check(adapter, "underpayment", amount=24_000_000).verdict.status is Status.verified
-    assert check(adapter, "underpayment", amount=20_000_000, at_least=True).verdict.status is Status.verified
+    assert (
+        check(adapter, "underpayment", amount=20_000_000, at_least=True).verdict.status
+        is Status.verified
+    )
     # Exact by default: an overpayment is a mismatch too.
-    assert check(adapter, "underpayment", amount=20_000_000).verdict.code is FailureCode.amount_mismatch
+    assert (
+        check(adapter, "underpayment", amount=20_000_000).verdict.code
+        is FailureCode.amount_mismatch
+    )
 
 
 def test_reference_missing(adapter):
     fresh = adapter.new_reference()
     v = check(adapter, "usdc_reference_memo", reference=fresh).verdict
-    assert (v.status, v.code, v.observed["reference_found"]) == (Status.failed, FailureCode.reference_missing, False)
+    assert (v.status, v.code, v.observed["reference_found"]) == (
+        Status.failed,
+        FailureCode.reference_missing,
+        False,
+    )
 
 
 def test_memo_mismatch(adapter):
     v = check(adapter, "usdc_reference_memo", memo="order-9999").verdict
     assert (v.status, v.code) == (Status.failed, FailureCode.memo_mismatch)
-    assert check(adapter, "confirmed_not_final", memo="anything").verdict.code is FailureCode.memo_mismatch
+    assert (
+        check(adapter, "confirmed_not_final", memo="anything").verdict.code
+        is FailureCode.memo_mismatch
+    )
 
 
 def test_session_window(adapter):
     demo = doc("demo_payment")["demo"]
     base = dict(recipient=demo["recipient"], amount=25_000_000, now=NOW)
     tr = CassetteTransport.from_files([GEN / "demo_payment.json"])
-    late = run_verify(adapter, demo["signature"], Terms(**base, not_after=datetime(2026, 1, 1, 0, 0, 30,
-                                                                                   tzinfo=timezone.utc)), tr)
+    late = run_verify(
+        adapter,
+        demo["signature"],
+        Terms(**base, not_after=datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)),
+        tr,
+    )
     assert (late.verdict.status, late.verdict.code) == (Status.failed, FailureCode.session_expired)
-    early = run_verify(adapter, demo["signature"], Terms(**base, not_before=datetime(2026, 1, 1, 0, 2,
-                                                                                     tzinfo=timezone.utc)), tr)
-    assert (early.verdict.status, early.verdict.code) == (Status.failed, FailureCode.session_not_open)
-    edge = run_verify(adapter, demo["signature"], Terms(**base, not_before=datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc),
-                                                        not_after=datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc)), tr)
+    early = run_verify(
+        adapter,
+        demo["signature"],
+        Terms(**base, not_before=datetime(2026, 1, 1, 0, 2, tzinfo=UTC)),
+        tr,
+    )
+    assert (early.verdict.status, early.verdict.code) == (
+        Status.failed,
+        FailureCode.session_not_open,
+    )
+    edge = run_verify(
+        adapter,
+        demo["signature"],
+        Terms(
+            **base,
+            not_before=datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
+            not_after=datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
+        ),
+        tr,
+    )
     assert edge.verdict.status is Status.verified
 
 
 def test_ambiguous_owners_go_to_review_never_a_guess(adapter):
     c = check(adapter, "old_format_ambiguous")
-    assert (c.verdict.status, c.verdict.code) == (Status.requires_review, FailureCode.ambiguous_transfer)
+    assert (c.verdict.status, c.verdict.code) == (
+        Status.requires_review,
+        FailureCode.ambiguous_transfer,
+    )
     assert c.verdict.observed["amount"] is None and c.rpc_calls == 1
 
 
@@ -364,8 +501,11 @@ def test_token_account_owner_change_is_ambiguous(adapter):
         if b["owner"] == exp["sender"]:
             b["owner"] = exp["recipient"]
     sig = r["transaction"]["signatures"][0]
-    v = adapter.verify(sig, terms("usdc_reference_memo"), CassetteTransport([
-        Call({"method": "getTransaction", "params": [sig], "result": r})]))
+    v = adapter.verify(
+        sig,
+        terms("usdc_reference_memo"),
+        CassetteTransport([Call({"method": "getTransaction", "params": [sig], "result": r})]),
+    )
     assert (v.status, v.code) == (Status.requires_review, FailureCode.ambiguous_transfer)
 
 
@@ -376,22 +516,32 @@ def test_confirmed_is_verified_but_not_final(adapter):
     assert (s.finality, s.is_final) == ("confirmed", False)
     assert finality_code(s) is FailureCode.not_final
     assert c.verdict.observed["finality"] == "confirmed"
-    lenient = SolanaAdapter(rail().model_copy(update={"finality": FinalityPolicy(mode="commitment", level="confirmed")}))
+    lenient = SolanaAdapter(
+        rail().model_copy(update={"finality": FinalityPolicy(mode="commitment", level="confirmed")})
+    )
     assert check(lenient, "confirmed_not_final").verdict.settlement.is_final
 
 
 def test_review_only_rail_never_ends_verified():
     usdt = adapter_for(rail("solana_usdt"))
     c = check(usdt, "usdc_reference_memo", asset=USDC)
-    assert (c.verdict.status, c.verdict.code) == (Status.requires_review, FailureCode.review_only_rail)
+    assert (c.verdict.status, c.verdict.code) == (
+        Status.requires_review,
+        FailureCode.review_only_rail,
+    )
 
 
 def test_failing_checks_cost_one_call(adapter):
-    for name, over in [("wrong_mint", {"asset": None}), ("underpayment", {}), ("decimals_mismatch", {})]:
+    for name, over in [
+        ("wrong_mint", {"asset": None}),
+        ("underpayment", {}),
+        ("decimals_mismatch", {}),
+    ]:
         assert check(adapter, name, **over).rpc_calls == 1
 
 
 # -- finality batching ------------------------------------------------------------------------------------
+
 
 class StatusNode:
     """Answers getSignatureStatuses for any batch: finalized, except unknown signatures."""
@@ -405,9 +555,18 @@ class StatusNode:
         assert method == "getSignatureStatuses" and params[1] == {"searchTransactionHistory": True}
         sigs = params[0]
         self.batches.append(len(sigs))
-        value = [None if s in self.unknown else {"slot": 10, "confirmations": None, "err": None,
-                                                  "status": {"Ok": None}, "confirmationStatus": "finalized"}
-                 for s in sigs]
+        value = [
+            None
+            if s in self.unknown
+            else {
+                "slot": 10,
+                "confirmations": None,
+                "err": None,
+                "status": {"Ok": None},
+                "confirmationStatus": "finalized",
+            }
+            for s in sigs
+        ]
         return {"context": {"slot": 50}, "value": value}
 
 
@@ -448,10 +607,19 @@ def test_the_whole_fixtures_directory_replays_each_case_as_alone(adapter):
     # RAILPROOF_CASSETTE_DIR replays every cassette together; no case may shadow another.
     everything = CassetteTransport.from_dir(GEN.parent.parent, "solana-mainnet")
     demo = doc("demo_payment")["demo"]
-    t = Terms(recipient=demo["recipient"], amount=25_000_000, reference=demo["reference"], memo=demo["memo"], now=NOW)
+    t = Terms(
+        recipient=demo["recipient"],
+        amount=25_000_000,
+        reference=demo["reference"],
+        memo=demo["memo"],
+        now=NOW,
+    )
     assert run_verify(adapter, demo["signature"], t, everything).verdict.status is Status.verified
-    for name, code in [("tx_not_found", FailureCode.tx_not_found), ("rpc_error", FailureCode.rpc_unavailable),
-                       ("lying_node", FailureCode.rpc_unavailable)]:
+    for name, code in [
+        ("tx_not_found", FailureCode.tx_not_found),
+        ("rpc_error", FailureCode.rpc_unavailable),
+        ("lying_node", FailureCode.rpc_unavailable),
+    ]:
         alone = run_verify(adapter, sig_of(name), t, chain(name)).verdict
         together = run_verify(adapter, sig_of(name), t, everything).verdict
         assert alone.code is together.code is code

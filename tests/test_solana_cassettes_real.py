@@ -4,7 +4,7 @@ fixtures/raw/SOURCES.md) verifies as its source says it should."""
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +14,52 @@ import pytest
 
 from rails import adapter_for
 from rails.base import Status, Terms
-from rails.transport.cassette import Call, CassetteTransport
 from rails.codes import FailureCode
 from rails.solana import memos_of, movements, owners_from_instructions, parse_transaction
+from rails.transport.cassette import Call, CassetteTransport
 from registry.catalog import load_catalog
 from verifier.core.checking import run_verify
 
 SOL = Path(__file__).resolve().parent.parent / "fixtures" / "solana"
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
 USDT = "Es9vMFrzaCERmJfrF4H2FYD4KCoNkY11McCe8BenwNYB"
 KIN = "kinXdEcpDQeHPEuQnqmUgtYykqKGVFq6CeVX5iAHJq6"
 
-USDC_SIG = "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"
+USDC_SIG = (
+    "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"
+)
 USDC_TO = "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui"
 USDC_FROM = "8fusVwhgo4oS1fGpZKeRaXrJXQk9auKnAgcj9A97wR3t"
 USDC_NEW_ATA = "H51DXRt3ubThhdhNeDMScfkbC5X4AWzYfHaZS3JKEfPh"
 FEE_PAYER = "FG4Y3yX4AAchp1HvNZ7LfzFTewF2f6nDoMDCohTFrdpT"
-FAILED_SIG = "376DxeSPgG1ynjpGFLLx5xFTTkVmQ54MmUcTuopKyEQXWQCu9PRzUZ2EijYi4YZq4eAPpRDdoQHzy59bfuNndLX4"
+FAILED_SIG = (
+    "376DxeSPgG1ynjpGFLLx5xFTTkVmQ54MmUcTuopKyEQXWQCu9PRzUZ2EijYi4YZq4eAPpRDdoQHzy59bfuNndLX4"
+)
 FAILED_OWNER = "G8PrkEwmVx3kt3rXBin5o1bdDC1cvz7oBnXbHksNg7R4"
-SWAP_SIG = "2ML2h2YwBmRqgmF86EvxdZMJCBwBDtspaqANpqdm4ajuKCnL7K7nXuHK7AMeBe9Zk7yJp3KR4V28WZ8tPApaQB6t"
+SWAP_SIG = (
+    "2ML2h2YwBmRqgmF86EvxdZMJCBwBDtspaqANpqdm4ajuKCnL7K7nXuHK7AMeBe9Zk7yJp3KR4V28WZ8tPApaQB6t"
+)
 
 NATIVE = [  # (cassette, signature, recipient, lamports) — native SOL, no token moved
-    ("native_transfer_memo.json",
-     "5QMfuqThWSMMpLCRe3tk7qn7iSwWKfJV8EvD1ZPvyqAWa7Z2JftZ4rPq8YCxCwzSykX7dMkDB8RrovQMoL9ZZWKY",
-     "2b7iQq3PbWwWTotRSDFNXT9DauU418aCHK4jcAzETUem", 1_000_000),
-    ("native_transfer_plain.json",
-     "5hJfaZoyjTrJcchXLFXRySgDMtGRiLsqvmrtpXcQjZq1Zc2d7Qj3LisaAtaFDtS9tDdv4aZ5n4fbtJNfVMCNV8Lj",
-     "3h1zGmCwsRJnVk5BuRNMLsPaQu1y2aqXqXDWYCgrp5UG", 10_000_000),
-    ("v0_lookup_table_native_transfer.json",
-     "4LwygRtiF9ZCrbGKoh8MEzmxowaRHPaDc1nsinkv72uXU2cUCuZ8YskBBgsvbBEMZ5Pqpf6C6WcXtCkqAuLZand1",
-     "buffaAJKmNLao65TDTUGq8oB9HgxkfPLGqPMFQapotJ", 1_000),
+    (
+        "native_transfer_memo.json",
+        "5QMfuqThWSMMpLCRe3tk7qn7iSwWKfJV8EvD1ZPvyqAWa7Z2JftZ4rPq8YCxCwzSykX7dMkDB8RrovQMoL9ZZWKY",
+        "2b7iQq3PbWwWTotRSDFNXT9DauU418aCHK4jcAzETUem",
+        1_000_000,
+    ),
+    (
+        "native_transfer_plain.json",
+        "5hJfaZoyjTrJcchXLFXRySgDMtGRiLsqvmrtpXcQjZq1Zc2d7Qj3LisaAtaFDtS9tDdv4aZ5n4fbtJNfVMCNV8Lj",
+        "3h1zGmCwsRJnVk5BuRNMLsPaQu1y2aqXqXDWYCgrp5UG",
+        10_000_000,
+    ),
+    (
+        "v0_lookup_table_native_transfer.json",
+        "4LwygRtiF9ZCrbGKoh8MEzmxowaRHPaDc1nsinkv72uXU2cUCuZ8YskBBgsvbBEMZ5Pqpf6C6WcXtCkqAuLZand1",
+        "buffaAJKmNLao65TDTUGq8oB9HgxkfPLGqPMFQapotJ",
+        1_000,
+    ),
 ]
 
 
@@ -62,28 +77,47 @@ def result_of(name: str) -> dict[str, Any]:
 
 
 def test_every_real_solana_cassette_is_covered_here():
-    covered = {"usdc_transfer.json", "failed_tx.json", "v0_json_loadedaddresses_usdc_swap.json"} | {n[0] for n in NATIVE}
+    covered = {"usdc_transfer.json", "failed_tx.json", "v0_json_loadedaddresses_usdc_swap.json"} | {
+        n[0] for n in NATIVE
+    }
     assert {p.name for p in SOL.glob("*.json")} == covered
 
 
 # -- sol_usdc_transferchecked_memo_mainnet ---------------------------------------------------------------
 
+
 def test_usdc_transfer_verifies_1000_to_the_new_ata_owner(adapter):
     res = result_of("usdc_transfer.json")
     keys = [k["pubkey"] for k in res["transaction"]["message"]["accountKeys"]]
-    assert keys.index(USDC_NEW_ATA) not in {b["accountIndex"] for b in res["meta"]["preTokenBalances"]}
-    c = verify(adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000, memo="transfer")
+    assert keys.index(USDC_NEW_ATA) not in {
+        b["accountIndex"] for b in res["meta"]["preTokenBalances"]
+    }
+    c = verify(
+        adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000, memo="transfer"
+    )
     v = c.verdict
     assert v.status is Status.verified and c.rpc_calls == 2
     assert v.observed["amount"] == "1000"
-    assert (v.observed["sender"], v.observed["asset"], v.observed["decimals"]) == (USDC_FROM, USDC, 6)
-    assert (v.observed["slot"], v.observed["block_time"], v.observed["memo"]) == (184930610, "2023-03-27T06:50:45+00:00", "transfer")
+    assert (v.observed["sender"], v.observed["asset"], v.observed["decimals"]) == (
+        USDC_FROM,
+        USDC,
+        6,
+    )
+    assert (v.observed["slot"], v.observed["block_time"], v.observed["memo"]) == (
+        184930610,
+        "2023-03-27T06:50:45+00:00",
+        "transfer",
+    )
     assert v.settlement.finality == "finalized" and v.settlement.is_final
 
 
 def test_usdc_transfer_required_2000_is_amount_mismatch(adapter):
     v = verify(adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=2000).verdict
-    assert (v.status, v.code, v.observed["amount"]) == (Status.failed, FailureCode.amount_mismatch, "1000")
+    assert (v.status, v.code, v.observed["amount"]) == (
+        Status.failed,
+        FailureCode.amount_mismatch,
+        "1000",
+    )
 
 
 def test_usdc_transfer_to_someone_else_is_wrong_recipient(adapter):
@@ -93,37 +127,66 @@ def test_usdc_transfer_to_someone_else_is_wrong_recipient(adapter):
 
 
 def test_usdc_transfer_is_not_a_usdt_payment(adapter):
-    v = verify(adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000, asset=USDT).verdict
+    v = verify(
+        adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000, asset=USDT
+    ).verdict
     assert (v.status, v.code) == (Status.failed, FailureCode.wrong_asset)
 
 
 def test_usdc_transfer_reference_and_memo(adapter):
-    ok = verify(adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000, reference=USDC_NEW_ATA)
+    ok = verify(
+        adapter,
+        "usdc_transfer.json",
+        USDC_SIG,
+        recipient=USDC_TO,
+        amount=1000,
+        reference=USDC_NEW_ATA,
+    )
     assert ok.verdict.status is Status.verified and ok.verdict.observed["reference_found"] is True
-    missing = verify(adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000,
-                     reference="So11111111111111111111111111111111111111112").verdict
+    missing = verify(
+        adapter,
+        "usdc_transfer.json",
+        USDC_SIG,
+        recipient=USDC_TO,
+        amount=1000,
+        reference="So11111111111111111111111111111111111111112",
+    ).verdict
     assert missing.code is FailureCode.reference_missing
-    memo = verify(adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000, memo="Transfer").verdict
+    memo = verify(
+        adapter, "usdc_transfer.json", USDC_SIG, recipient=USDC_TO, amount=1000, memo="Transfer"
+    ).verdict
     assert memo.code is FailureCode.memo_mismatch  # memos compare exactly
 
 
 # -- native SOL transfers -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name,sig,recipient,lamports", NATIVE)
-def test_native_sol_transfers_are_wrong_asset_for_the_usdc_rail(adapter, name, sig, recipient, lamports):
+def test_native_sol_transfers_are_wrong_asset_for_the_usdc_rail(
+    adapter, name, sig, recipient, lamports
+):
     res = result_of(name)
     keys = [k["pubkey"] for k in res["transaction"]["message"]["accountKeys"]]
     i = keys.index(recipient)
-    assert res["meta"]["postBalances"][i] - res["meta"]["preBalances"][i] == lamports  # what the source shows
+    assert (
+        res["meta"]["postBalances"][i] - res["meta"]["preBalances"][i] == lamports
+    )  # what the source shows
     c = verify(adapter, name, sig, recipient=recipient, amount=lamports)
-    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (Status.failed, FailureCode.wrong_asset, 1)
+    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (
+        Status.failed,
+        FailureCode.wrong_asset,
+        1,
+    )
 
 
 def test_v0_native_transfer_recipient_is_a_lookup_table_key(adapter):
     name, sig, recipient, _ = NATIVE[2]
     view = parse_transaction(result_of(name), sig)
     keys = result_of(name)["transaction"]["message"]["accountKeys"]
-    assert recipient in view.account_keys and keys[view.account_keys.index(recipient)]["source"] == "lookupTable"
+    assert (
+        recipient in view.account_keys
+        and keys[view.account_keys.index(recipient)]["source"] == "lookupTable"
+    )
     # The lookup-table key is seen as an account key: used as a reference, it is found.
     v = verify(adapter, name, sig, recipient=recipient, amount=1000, reference=recipient).verdict
     assert v.observed["reference_found"] is True
@@ -131,10 +194,22 @@ def test_v0_native_transfer_recipient_is_a_lookup_table_key(adapter):
 
 # -- sol_failed_tx_err_instructionerror_mainnet -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("asset", [None, KIN, "So11111111111111111111111111111111111111112"])
 def test_failed_transaction_is_failed_whatever_its_instructions_say(adapter, asset):
-    c = verify(adapter, "failed_tx.json", FAILED_SIG, recipient=FAILED_OWNER, amount=10_000_000, asset=asset)
-    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (Status.failed, FailureCode.tx_failed_onchain, 1)
+    c = verify(
+        adapter,
+        "failed_tx.json",
+        FAILED_SIG,
+        recipient=FAILED_OWNER,
+        amount=10_000_000,
+        asset=asset,
+    )
+    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (
+        Status.failed,
+        FailureCode.tx_failed_onchain,
+        1,
+    )
 
 
 def test_old_format_owners_resolved_only_from_owner_proving_instructions():
@@ -143,12 +218,16 @@ def test_old_format_owners_resolved_only_from_owner_proving_instructions():
     owners, changed = owners_from_instructions(view)
     # initializeAccount names the temporary wSOL account's owner; approve is signed by the
     # KIN account's owner. The swap's pool accounts stay unknown.
-    assert owners == {"5tDsFnGDNvosPizMhtmGkhhjFheiCmUBM7rLZdcNkz2b": FAILED_OWNER,
-                      "2xKofw1wK2CVMVUssGTv3G5pVrUALAR9r8J9zZnwtrUG": FAILED_OWNER}
+    assert owners == {
+        "5tDsFnGDNvosPizMhtmGkhhjFheiCmUBM7rLZdcNkz2b": FAILED_OWNER,
+        "2xKofw1wK2CVMVUssGTv3G5pVrUALAR9r8J9zZnwtrUG": FAILED_OWNER,
+    }
     assert changed == set()
     kin = {m.account: m.owner for m in movements(view, KIN)}
-    assert kin == {"2xKofw1wK2CVMVUssGTv3G5pVrUALAR9r8J9zZnwtrUG": FAILED_OWNER,
-                   "CzcUkjjimSCHSCnCapqsbrkpvKzVbgWfDHchBYmzG8sB": None}
+    assert kin == {
+        "2xKofw1wK2CVMVUssGTv3G5pVrUALAR9r8J9zZnwtrUG": FAILED_OWNER,
+        "CzcUkjjimSCHSCnCapqsbrkpvKzVbgWfDHchBYmzG8sB": None,
+    }
 
 
 def test_old_format_movement_to_an_unknown_owner_goes_to_review(adapter):
@@ -160,28 +239,47 @@ def test_old_format_movement_to_an_unknown_owner_goes_to_review(adapter):
     post = {b["accountIndex"]: b for b in r["meta"]["postTokenBalances"]}
     post[3]["uiTokenAmount"]["amount"] = str(int(pre[3]["uiTokenAmount"]["amount"]) - 1000)
     post[4]["uiTokenAmount"]["amount"] = str(int(pre[4]["uiTokenAmount"]["amount"]) + 1000)
-    tr = CassetteTransport([Call({"method": "getTransaction", "params": [FAILED_SIG], "result": r})])
+    tr = CassetteTransport(
+        [Call({"method": "getTransaction", "params": [FAILED_SIG], "result": r})]
+    )
     kin_rail = load_catalog().resolve("solana_usdc").model_copy(update={"decimals": 5})
     for recipient in (FAILED_OWNER, "CzcUkjjimSCHSCnCapqsbrkpvKzVbgWfDHchBYmzG8sB"):
-        c = run_verify(adapter_for(kin_rail), FAILED_SIG, Terms(recipient=recipient, amount=1000, asset=KIN, now=NOW), tr)
-        assert (c.verdict.status, c.verdict.code) == (Status.requires_review, FailureCode.ambiguous_transfer)
+        c = run_verify(
+            adapter_for(kin_rail),
+            FAILED_SIG,
+            Terms(recipient=recipient, amount=1000, asset=KIN, now=NOW),
+            tr,
+        )
+        assert (c.verdict.status, c.verdict.code) == (
+            Status.requires_review,
+            FailureCode.ambiguous_transfer,
+        )
 
 
 # -- sol_v0_json_loadedaddresses_usdc_swap_mainnet (encoding json) ---------------------------------------
+
 
 def test_json_encoding_index_space_includes_loaded_addresses():
     view = parse_transaction(result_of("v0_json_loadedaddresses_usdc_swap.json"), SWAP_SIG)
     assert len(view.account_keys) == 16 + 17 + 9
     moves = {m.account: (m.owner, m.delta) for m in movements(view, USDC) if m.delta}
-    assert moves[view.account_keys[24]] == ("3HSYXeGc3LjEPCuzoNDjQN37F1ebsSiR4CqXVqQCdekZ", 54_178_834)
-    assert moves["JSvtokJbtGsYhneKomFBjnJh4djEQLdHV2kAeS43bBZ"] == ("2MFoS3MPtvyQ4Wh4M9pdfPjz6UhVoNbFbGJAskCPCj3h", 14_516)
+    assert moves[view.account_keys[24]] == (
+        "3HSYXeGc3LjEPCuzoNDjQN37F1ebsSiR4CqXVqQCdekZ",
+        54_178_834,
+    )
+    assert moves["JSvtokJbtGsYhneKomFBjnJh4djEQLdHV2kAeS43bBZ"] == (
+        "2MFoS3MPtvyQ4Wh4M9pdfPjz6UhVoNbFbGJAskCPCj3h",
+        14_516,
+    )
     assert sum(d for _, d in moves.values()) == 0
 
 
 def test_swap_pays_the_loaded_address_owner(adapter):
     name = "v0_json_loadedaddresses_usdc_swap.json"
     owner = "3HSYXeGc3LjEPCuzoNDjQN37F1ebsSiR4CqXVqQCdekZ"
-    at_least = verify(adapter, name, SWAP_SIG, recipient=owner, amount=54_000_000, at_least=True).verdict
+    at_least = verify(
+        adapter, name, SWAP_SIG, recipient=owner, amount=54_000_000, at_least=True
+    ).verdict
     assert at_least.status is Status.verified and at_least.observed["amount"] == "54178834"
     assert at_least.observed["sender"] == "5Q544fKrFoe6tsEbD7S8EmxGTJYAKtTVhAW5Q5pge4j1"
     exact = verify(adapter, name, SWAP_SIG, recipient=owner, amount=54_000_000).verdict
@@ -189,8 +287,13 @@ def test_swap_pays_the_loaded_address_owner(adapter):
 
 
 def test_swap_signer_received_no_usdc(adapter):
-    v = verify(adapter, "v0_json_loadedaddresses_usdc_swap.json", SWAP_SIG,
-               recipient="8dbEDtUgZZ3EFFGfeAg65cCiBCrj4ccxGeijQFiVwxjt", amount=1).verdict
+    v = verify(
+        adapter,
+        "v0_json_loadedaddresses_usdc_swap.json",
+        SWAP_SIG,
+        recipient="8dbEDtUgZZ3EFFGfeAg65cCiBCrj4ccxGeijQFiVwxjt",
+        amount=1,
+    ).verdict
     assert (v.status, v.code) == (Status.failed, FailureCode.wrong_recipient)
 
 
@@ -200,13 +303,26 @@ def test_memo_in_json_encoding_is_read_from_raw_instruction_data(adapter):
     # The memo program as one more loaded read-only key: index 16 + 17 + 9 = 42.
     r["meta"]["loadedAddresses"]["readonly"].append("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
     r["transaction"]["message"]["instructions"].append(
-        {"programIdIndex": 42, "accounts": [], "data": base58.b58encode(b"invoice 7").decode()})
+        {"programIdIndex": 42, "accounts": [], "data": base58.b58encode(b"invoice 7").decode()}
+    )
     assert memos_of(parse_transaction(r, SWAP_SIG)) == ["invoice 7"]
-    tr = CassetteTransport([Call({"method": "getTransaction", "params": [SWAP_SIG], "result": r}),
-                            *[Call(c) for c in orjson.loads((SOL / "v0_json_loadedaddresses_usdc_swap.json")
-                                                            .read_bytes())["calls"][1:]]])
+    tr = CassetteTransport(
+        [
+            Call({"method": "getTransaction", "params": [SWAP_SIG], "result": r}),
+            *[
+                Call(c)
+                for c in orjson.loads(
+                    (SOL / "v0_json_loadedaddresses_usdc_swap.json").read_bytes()
+                )["calls"][1:]
+            ],
+        ]
+    )
     owner = "3HSYXeGc3LjEPCuzoNDjQN37F1ebsSiR4CqXVqQCdekZ"
-    ok = run_verify(adapter, SWAP_SIG, Terms(recipient=owner, amount=54_178_834, memo="invoice 7", now=NOW), tr)
+    ok = run_verify(
+        adapter, SWAP_SIG, Terms(recipient=owner, amount=54_178_834, memo="invoice 7", now=NOW), tr
+    )
     assert ok.verdict.status is Status.verified
-    bad = run_verify(adapter, SWAP_SIG, Terms(recipient=owner, amount=54_178_834, memo="invoice 8", now=NOW), tr)
+    bad = run_verify(
+        adapter, SWAP_SIG, Terms(recipient=owner, amount=54_178_834, memo="invoice 8", now=NOW), tr
+    )
     assert bad.verdict.code is FailureCode.memo_mismatch

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +16,25 @@ import pytest
 
 from rails import adapter_for
 from rails.base import Status, Terms
-from rails.transport.cassette import CassetteTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
-from rails.transport.recording import RecordingTransport, record
 from rails.solana import SolanaAdapter
+from rails.transport.cassette import CassetteTransport
+from rails.transport.recording import RecordingTransport, record
 from rails.transport.solana_http import RetryPolicy, SolanaRpcTransport, redact_url
 from registry.catalog import load_catalog
 from tests.jsonrpc_server import Fault, JsonRpcServer
 from verifier.core.checking import run_verify
 
 SOL = Path(__file__).resolve().parent.parent / "fixtures" / "solana"
-USDC_SIG = "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"
+USDC_SIG = (
+    "2S2rTZjaqzxYRw9mnqzwtyqitKtSsnE8GVqLn1KrD5R2YpXZnU4GdjppsgfSAbrzJfaqadfi8CtrqEBy588WVQ3E"
+)
 USDC_TO = "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui"
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-FAST = RetryPolicy(attempts=3, timeout=0.5, total_seconds=5.0, backoff_initial=0.01, backoff_max=0.05)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+FAST = RetryPolicy(
+    attempts=3, timeout=0.5, total_seconds=5.0, backoff_initial=0.01, backoff_max=0.05
+)
 # Generous safety bound for a test that must finish; not a speed claim.
 BOUND_S = 10.0
 
@@ -76,7 +80,10 @@ def real_answers() -> dict[str, Any]:
 
 def serve_usdc(s: JsonRpcServer) -> None:
     answers = real_answers()
-    s.answer("getTransaction", lambda params: answers["getTransaction"] if params[0] == USDC_SIG else None)
+    s.answer(
+        "getTransaction",
+        lambda params: answers["getTransaction"] if params[0] == USDC_SIG else None,
+    )
     s.answer("getSignatureStatuses", answers["getSignatureStatuses"])
 
 
@@ -90,6 +97,7 @@ def adapter() -> SolanaAdapter:
 
 
 # -- plain answers ----------------------------------------------------------------------------------
+
 
 def test_returns_the_raw_result_and_sends_params_verbatim(srv, transport_for):
     srv.answer("getSlot", 123)
@@ -108,27 +116,37 @@ def test_live_verification_is_verified_with_two_calls(srv, transport_for, adapte
     assert c.verdict.status is Status.verified, c.verdict.detail
     assert (c.rpc_calls, c.source) == (2, "live")
     assert [r["method"] for r in srv.requests] == ["getTransaction", "getSignatureStatuses"]
-    assert srv.requests[0]["params"][1] == {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0,
-                                            "commitment": "confirmed"}
+    assert srv.requests[0]["params"][1] == {
+        "encoding": "jsonParsed",
+        "maxSupportedTransactionVersion": 0,
+        "commitment": "confirmed",
+    }
 
 
 def test_live_lying_node_is_not_verified(srv, transport_for, adapter):
     answers = real_answers()
     srv.answer("getTransaction", answers["getTransaction"])  # whatever is asked
     srv.answer("getSignatureStatuses", answers["getSignatureStatuses"])
-    other = "5hJfaZoyjTrJcchXLFXRySgDMtGRiLsqvmrtpXcQjZq1Zc2d7Qj3LisaAtaFDtS9tDdv4aZ5n4fbtJNfVMCNV8Lj"
+    other = (
+        "5hJfaZoyjTrJcchXLFXRySgDMtGRiLsqvmrtpXcQjZq1Zc2d7Qj3LisaAtaFDtS9tDdv4aZ5n4fbtJNfVMCNV8Lj"
+    )
     c = run_verify(adapter, other, usdc_terms(), transport_for([srv.url]))
     assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
 
 
 # -- retries -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("faults", [
-    [Fault.status(429), Fault.status(429)],
-    [Fault.status(500), Fault.status(503)],
-    [Fault.slow(1.5)],  # longer than the 0.5 s request timeout
-    [Fault.drop(), Fault.status(502)],
-], ids=["429", "5xx", "timeout", "dropped"])
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [Fault.status(429), Fault.status(429)],
+        [Fault.status(500), Fault.status(503)],
+        [Fault.slow(1.5)],  # longer than the 0.5 s request timeout
+        [Fault.drop(), Fault.status(502)],
+    ],
+    ids=["429", "5xx", "timeout", "dropped"],
+)
 def test_transient_faults_are_retried_on_the_same_url(srv, transport_for, faults):
     srv.answer("getSlot", 7)
     srv.push(*faults)
@@ -156,7 +174,9 @@ def test_a_client_error_status_fails_over_without_retrying(srv, srv2, transport_
 def test_total_time_per_url_is_bounded(srv, transport_for):
     srv.push(*[Fault.slow(0.4)] * 50)
     srv.answer("getSlot", 1)
-    policy = RetryPolicy(attempts=50, timeout=0.2, total_seconds=0.6, backoff_initial=0.01, backoff_max=0.02)
+    policy = RetryPolicy(
+        attempts=50, timeout=0.2, total_seconds=0.6, backoff_initial=0.01, backoff_max=0.02
+    )
     t = transport_for([srv.url], policy)
     started = time.monotonic()
     with pytest.raises(RpcUnavailable):
@@ -190,6 +210,7 @@ def test_every_url_throttled_is_pending_never_failed(srv, srv2, transport_for, a
 
 # -- answers that are not results -----------------------------------------------------------------------
 
+
 def test_json_rpc_error_is_raised_not_retried(srv, srv2, transport_for, adapter):
     srv.push(Fault.rpc_error(-32005, "Node is unhealthy"))
     t = transport_for([srv.url, srv2.url])
@@ -201,7 +222,9 @@ def test_json_rpc_error_is_raised_not_retried(srv, srv2, transport_for, adapter)
     assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
 
 
-@pytest.mark.parametrize("body", [b"<html>gateway</html>", b"[1, 2]", b'{"jsonrpc": "2.0", "id": 1}', b""])
+@pytest.mark.parametrize(
+    "body", [b"<html>gateway</html>", b"[1, 2]", b'{"jsonrpc": "2.0", "id": 1}', b""]
+)
 def test_garbage_is_a_malformed_response(srv, transport_for, body):
     srv.push(Fault.malformed(body))
     with pytest.raises(MalformedResponse):
@@ -243,6 +266,7 @@ def test_live_transport_classmethod_builds_this_transport():
 
 # -- recording -------------------------------------------------------------------------------------------
 
+
 def test_recorded_cassette_replays_to_the_same_verdict(srv, transport_for, adapter, tmp_path):
     serve_usdc(srv)
     rec = RecordingTransport(transport_for([srv.url]))
@@ -258,11 +282,22 @@ def test_record_writes_results_and_errors(srv, tmp_path):
     srv.answer("getTransaction", lambda params: None)
     srv.answer("getSlot", 77)
     srv.push(Fault.rpc_error(-32009, "Slot skipped"))  # the first request gets an error object
-    out = record("solana-mainnet", [srv.url + "secret-path"],
-                 [("getBlock", [1]), ("getTransaction", [USDC_SIG, {"encoding": "jsonParsed"}]), ("getSlot", [])],
-                 tmp_path / "out" / "c.json")
+    out = record(
+        "solana-mainnet",
+        [srv.url + "secret-path"],
+        [
+            ("getBlock", [1]),
+            ("getTransaction", [USDC_SIG, {"encoding": "jsonParsed"}]),
+            ("getSlot", []),
+        ],
+        tmp_path / "out" / "c.json",
+    )
     doc = orjson.loads(out.read_bytes())
-    assert doc["cassette"] == 1 and doc["network"] == "solana-mainnet" and "secret-path" not in doc["source"]
+    assert (
+        doc["cassette"] == 1
+        and doc["network"] == "solana-mainnet"
+        and "secret-path" not in doc["source"]
+    )
     assert [c["method"] for c in doc["calls"]] == ["getBlock", "getTransaction", "getSlot"]
     assert doc["calls"][0]["error"]["code"] == -32009
     assert doc["calls"][1]["result"] is None and doc["calls"][2]["result"] == 77

@@ -1,19 +1,37 @@
 """Migrations are the only way the schema is made; the service refuses an unmigrated
 database; the audit chain detects tampering. On SQLite and PostgreSQL."""
 
-import pytest
 from datetime import datetime
 
+import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from tests.conftest import make_pg_db
-from verifier.services import audit
 from verifier.cli.main import app
-from verifier.storage.db import Database, NotMigrated, current_revision, head_revision, require_migrated, upgrade
+from verifier.services import audit
+from verifier.storage.db import (
+    Database,
+    NotMigrated,
+    current_revision,
+    head_revision,
+    require_migrated,
+    upgrade,
+)
 
-TABLES = {"rail_state", "approvals", "payment_sessions", "proofs", "verification_attempts",
-          "settlement_evidence", "receipts", "entitlements", "audit_events", "idempotency_claims"}
+TABLES = {
+    "rail_state",
+    "approvals",
+    "payment_sessions",
+    "proofs",
+    "verification_attempts",
+    "settlement_evidence",
+    "receipts",
+    "entitlements",
+    "audit_events",
+    "idempotency_claims",
+}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -77,13 +95,20 @@ def test_audit_chain_is_append_only_and_detects_tampering(db_url, monkeypatch):
     db = Database(db_url)
     with db.tx() as s:
         for i in range(5):
-            audit.append(s, datetime(2026, 1, 1, i), audit.Operator("ops", "INC-9", "why"),
-                         "test.event", "thing", f"t{i}", {"n": i})
+            audit.append(
+                s,
+                datetime(2026, 1, 1, i),
+                audit.Operator("ops", "INC-9", "why"),
+                "test.event",
+                "thing",
+                f"t{i}",
+                {"n": i},
+            )
     with db.tx() as s:
         rep = audit.verify_chain(s)
     assert rep.ok and rep.events == 5
     # The database itself refuses edits and deletes.
-    with pytest.raises(Exception):
+    with pytest.raises(DBAPIError):
         with db.engine.begin() as c:
             c.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE id = 3"))
     with db.tx() as s:
@@ -102,8 +127,9 @@ def test_audit_chain_detects_a_deleted_event(db_url):
     db = Database(db_url)
     with db.tx() as s:
         for i in range(4):
-            audit.append(s, datetime(2026, 1, 1, i), audit.Operator("ops"),
-                         "test.event", "thing", f"t{i}")
+            audit.append(
+                s, datetime(2026, 1, 1, i), audit.Operator("ops"), "test.event", "thing", f"t{i}"
+            )
     with db.tx() as s:
         ids = [r[0] for r in s.execute(text("SELECT id FROM audit_events ORDER BY id"))]
     _tamper(db, f"DELETE FROM audit_events WHERE id = {ids[1]}")

@@ -16,9 +16,10 @@ Through the HTTP API, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from eth_tester.backends.pyevm.main import get_default_account_keys
@@ -30,9 +31,9 @@ from rails.x402 import X402Adapter, domain_separator
 from registry.catalog import RailOverrides, load_catalog
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth, make_settings
 from tests.evm_chain import BASE_SEPOLIA_CHAIN_ID, BASE_SEPOLIA_USDC, LocalEvmChain
-from verifier.http.api import create_app
 from verifier.core.engine import Engine
 from verifier.core.metrics import PREFIX
+from verifier.http.api import create_app
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
 PAYLOAD = json.loads((FIX / "x402_base_sepolia_payload_v1.json").read_text())
@@ -53,9 +54,11 @@ assert VALID_AFTER < OPENED_AT < SETTLED_AT < ORDINARY_AT < VALID_BEFORE
 FACILITATOR, SPENDER = (k.public_key.to_checksum_address() for k in get_default_account_keys(2))
 
 IDENTITY = eip3009_key(BASE_SEPOLIA_CHAIN_ID, BASE_SEPOLIA_USDC, PAYER, NONCE)
-REFUSAL_ACTIONS = {"duplicate_payment": "proof.duplicate_payment",
-                   "nonce_reused": "proof.nonce_reused",
-                   "proof_owner_conflict": "proof.owner_conflict"}
+REFUSAL_ACTIONS = {
+    "duplicate_payment": "proof.duplicate_payment",
+    "nonce_reused": "proof.nonce_reused",
+    "proof_owner_conflict": "proof.owner_conflict",
+}
 TOKENS = {"alice": SERVICE_TOKEN, "bob": OTHER_SERVICE_TOKEN}
 
 
@@ -73,10 +76,14 @@ class Settled:
         self.token.functions.mint(PAYER, 3 * VALUE).transact({"from": FACILITATOR})
         self.chain.set_next_block_timestamp(SETTLED_AT)
         self.settlement = self.chain.transfer_with_authorization(
-            self.token, AUTH, SIGNATURE, sender=FACILITATOR, as_bytes=as_bytes)
+            self.token, AUTH, SIGNATURE, sender=FACILITATOR, as_bytes=as_bytes
+        )
         self.chain.set_next_block_timestamp(ORDINARY_AT)
-        self.ordinary = self.token.functions.transferFrom(PAYER, PAY_TO, VALUE).transact(
-            {"from": SPENDER}).to_0x_hex()
+        self.ordinary = (
+            self.token.functions.transferFrom(PAYER, PAY_TO, VALUE)
+            .transact({"from": SPENDER})
+            .to_0x_hex()
+        )
 
     def receipt(self, tx: str) -> dict[str, Any]:
         return self.chain.call("eth_getTransactionReceipt", [tx])
@@ -91,11 +98,17 @@ def settled() -> Settled:
 
 
 @pytest.fixture
-def api(db_url, settled) -> Iterator["Api"]:
-    engine = Engine(make_settings(
-        db_url, clock=datetime.fromtimestamp(OPENED_AT, tz=timezone.utc),
-        env={"RAILPROOF_NETWORK_X402": "base-sepolia",
-             "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia"}))
+def api(db_url, settled) -> Iterator[Api]:
+    engine = Engine(
+        make_settings(
+            db_url,
+            clock=datetime.fromtimestamp(OPENED_AT, tz=UTC),
+            env={
+                "RAILPROOF_NETWORK_X402": "base-sepolia",
+                "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia",
+            },
+        )
+    )
     engine.ensure_rail_states()
     # Both rails are on base-sepolia: one chain answers for both.
     engine.chains.set_transport("base-sepolia", settled.chain)
@@ -109,8 +122,13 @@ class Api:
         self.engine, self.client = engine, client
 
     def open(self, rail_id: str, owner: str = "alice") -> str:
-        body = {"owner_id": owner, "rail_id": rail_id, "access_product_id": "api",
-                "amount": VALUE, "recipient": PAY_TO}
+        body = {
+            "owner_id": owner,
+            "rail_id": rail_id,
+            "access_product_id": "api",
+            "amount": VALUE,
+            "recipient": PAY_TO,
+        }
         if rail_id == "base_usdc":
             body["payer"] = PAYER  # EVM rails bind a transfer to its session by the payer
         r = self.client.post("/v1/payment-sessions", json=body, headers=auth(TOKENS[owner]))
@@ -119,8 +137,11 @@ class Api:
         return r.json()["id"]
 
     def submit(self, session_id: str, proof: str, owner: str = "alice"):
-        return self.client.post("/v1/proofs", json={"session_id": session_id, "proof": proof},
-                                headers=auth(TOKENS[owner]))
+        return self.client.post(
+            "/v1/proofs",
+            json={"session_id": session_id, "proof": proof},
+            headers=auth(TOKENS[owner]),
+        )
 
     def verified(self, session_id: str, proof: str, owner: str = "alice") -> dict[str, Any]:
         r = self.submit(session_id, proof, owner)
@@ -140,12 +161,21 @@ class Api:
 
     def refusals(self, rail_id: str, code: str) -> float:
         value = self.engine.metrics.registry.get_sample_value(
-            PREFIX + "replay_refusals_total", {"rail_id": rail_id, "code": code})
+            PREFIX + "replay_refusals_total", {"rail_id": rail_id, "code": code}
+        )
         return value or 0.0
 
 
-def assert_refused(api: Api, response, code: str, rail_id: str, owner: str,
-                   held_by_session: str, held_by_proof: str, session_id: str) -> str:
+def assert_refused(
+    api: Api,
+    response,
+    code: str,
+    rail_id: str,
+    owner: str,
+    held_by_session: str,
+    held_by_proof: str,
+    session_id: str,
+) -> str:
     """The second proof was refused with `code`: 409, stored failed with the code, one audit
     event naming both sessions, counted once. Returns the refused proof's id."""
     assert response.status_code == 409, response.text
@@ -164,8 +194,12 @@ def assert_refused(api: Api, response, code: str, rail_id: str, owner: str,
     assert len(events) == 1, events
     data = events[0]["data"]
     assert events[0]["subject_id"] == held_by_proof
-    assert (data["code"], data["held_by_session_id"], data["session_id"],
-            data["refused_proof_id"]) == (code, held_by_session, session_id, refused_id)
+    assert (
+        data["code"],
+        data["held_by_session_id"],
+        data["session_id"],
+        data["refused_proof_id"],
+    ) == (code, held_by_session, session_id, refused_id)
     assert api.refusals(rail_id, code) == 1
     return refused_id
 
@@ -178,7 +212,8 @@ def test_the_real_payload_settles_on_the_local_base_sepolia_token(settled):
     assert chain.call("eth_chainId", []) == hex(84532)
     # The token's domain, computed at call time at the real address, is the one x402 pins.
     assert token.functions.DOMAIN_SEPARATOR().call() == domain_separator(
-        "USDC", "2", BASE_SEPOLIA_CHAIN_ID, bytes.fromhex(BASE_SEPOLIA_USDC[2:]))
+        "USDC", "2", BASE_SEPOLIA_CHAIN_ID, bytes.fromhex(BASE_SEPOLIA_USDC[2:])
+    )
     assert token.functions.decimals().call() == 6
 
     receipt = settled.receipt(settled.settlement)
@@ -186,8 +221,11 @@ def test_the_real_payload_settles_on_the_local_base_sepolia_token(settled):
     block = chain.call("eth_getBlockByNumber", [receipt["blockNumber"], False])
     assert int(block["timestamp"], 16) == SETTLED_AT
     used, transfer = receipt["logs"]
-    assert used["topics"] == [AUTHORIZATION_USED_TOPIC, "0x" + PAYER[2:].lower().rjust(64, "0"),
-                              NONCE.lower()]
+    assert used["topics"] == [
+        AUTHORIZATION_USED_TOPIC,
+        "0x" + PAYER[2:].lower().rjust(64, "0"),
+        NONCE.lower(),
+    ]
     assert transfer["topics"][0] == TRANSFER_TOPIC and int(transfer["data"], 16) == VALUE
     assert token.functions.authorizationState(PAYER, NONCE).call() is True
     assert token.functions.balanceOf(PAY_TO).call() == 2 * VALUE  # settlement + ordinary
@@ -214,16 +252,19 @@ def test_payload_and_settlement_receipt_name_the_same_transfer(as_bytes):
     on_sepolia = RailOverrides(network="base-sepolia")
     x402 = X402Adapter(catalog.resolve("x402", on_sepolia))
     evm = EvmAdapter(catalog.resolve("base_usdc", on_sepolia))
-    now = datetime.fromtimestamp(OPENED_AT, tz=timezone.utc)
+    now = datetime.fromtimestamp(OPENED_AT, tz=UTC)
 
-    by_payload = x402.verify(HEADER, Terms(recipient=PAY_TO, amount=VALUE, now=now),
-                             settled.chain)
-    by_receipt = evm.verify(settled.settlement,
-                            Terms(recipient=PAY_TO, amount=VALUE, now=now, sender=PAYER),
-                            settled.chain)
-    ordinary = evm.verify(settled.ordinary,
-                          Terms(recipient=PAY_TO, amount=VALUE, now=now, sender=PAYER),
-                          settled.chain)
+    by_payload = x402.verify(HEADER, Terms(recipient=PAY_TO, amount=VALUE, now=now), settled.chain)
+    by_receipt = evm.verify(
+        settled.settlement,
+        Terms(recipient=PAY_TO, amount=VALUE, now=now, sender=PAYER),
+        settled.chain,
+    )
+    ordinary = evm.verify(
+        settled.ordinary,
+        Terms(recipient=PAY_TO, amount=VALUE, now=now, sender=PAYER),
+        settled.chain,
+    )
     assert by_payload.status is by_receipt.status is ordinary.status is Status.verified
     assert by_payload.transfer_keys == (IDENTITY,)
     assert IDENTITY in by_receipt.transfer_keys
@@ -234,29 +275,35 @@ def test_payload_and_settlement_receipt_name_the_same_transfer(as_bytes):
 # -- through the engine ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("owner, code", [("alice", "duplicate_payment"),
-                                         ("bob", "proof_owner_conflict")],
-                         ids=["same_owner", "other_owner"])
+@pytest.mark.parametrize(
+    "owner, code",
+    [("alice", "duplicate_payment"), ("bob", "proof_owner_conflict")],
+    ids=["same_owner", "other_owner"],
+)
 def test_payload_first_then_its_settlement_hash_is_refused(api, settled, owner, code):
     a = api.open("x402")
     held = api.verified(a, HEADER)
     b = api.open("base_usdc", owner)
     r = api.submit(b, settled.settlement, owner)
-    assert_refused(api, r, code, "base_usdc", owner, held_by_session=a, held_by_proof=held["id"],
-                   session_id=b)
+    assert_refused(
+        api, r, code, "base_usdc", owner, held_by_session=a, held_by_proof=held["id"], session_id=b
+    )
     assert api.proof(held["id"])["status"] == "verified"  # the holder keeps its transfer
 
 
-@pytest.mark.parametrize("owner, code", [("alice", "nonce_reused"),
-                                         ("bob", "proof_owner_conflict")],
-                         ids=["same_owner", "other_owner"])
+@pytest.mark.parametrize(
+    "owner, code",
+    [("alice", "nonce_reused"), ("bob", "proof_owner_conflict")],
+    ids=["same_owner", "other_owner"],
+)
 def test_settlement_hash_first_then_the_payload_is_refused(api, settled, owner, code):
     a = api.open("base_usdc")
     held = api.verified(a, settled.settlement)
     b = api.open("x402", owner)
     r = api.submit(b, HEADER, owner)
-    assert_refused(api, r, code, "x402", owner, held_by_session=a, held_by_proof=held["id"],
-                   session_id=b)
+    assert_refused(
+        api, r, code, "x402", owner, held_by_session=a, held_by_proof=held["id"], session_id=b
+    )
     assert api.proof(held["id"])["status"] == "verified"
 
 
@@ -272,5 +319,13 @@ def test_an_ordinary_transfer_by_the_same_payer_is_another_transfer(api, settled
     # (the sessions B took and A took are no longer waiting for a payment).
     c = api.open("base_usdc")
     r = api.submit(c, settled.settlement)
-    assert_refused(api, r, "duplicate_payment", "base_usdc", "alice", held_by_session=a,
-                   held_by_proof=held["id"], session_id=c)
+    assert_refused(
+        api,
+        r,
+        "duplicate_payment",
+        "base_usdc",
+        "alice",
+        held_by_session=a,
+        held_by_proof=held["id"],
+        session_id=c,
+    )

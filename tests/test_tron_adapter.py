@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from rails.base import Status, Terms
-from rails.transport.cassette import Call, CassetteTransport
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed, RpcErrorResponse, RpcUnavailable
+from rails.transport.cassette import Call, CassetteTransport
 from rails.transport.failover import RetryPolicy
 from rails.transport.tron_http import TronHttpTransport
 from rails.tron import (
@@ -61,11 +61,18 @@ def ok_info() -> dict[str, Any]:
 
 
 def chain_with(info: Any, head: int = HEAD, tx: str = OK_TX) -> CassetteTransport:
-    return CassetteTransport([
-        Call({"method": "gettransactioninfobyid", "params": [tx], "result": info}),
-        Call({"method": "getnowblock", "params": [],
-              "result": {"block_header": {"raw_data": {"number": head}}}}),
-    ])
+    return CassetteTransport(
+        [
+            Call({"method": "gettransactioninfobyid", "params": [tx], "result": info}),
+            Call(
+                {
+                    "method": "getnowblock",
+                    "params": [],
+                    "result": {"block_header": {"raw_data": {"number": head}}},
+                }
+            ),
+        ]
+    )
 
 
 def terms(recipient: str = RECIPIENT, amount: int = AMOUNT, **kw: Any) -> Terms:
@@ -80,8 +87,17 @@ def test_real_usdt_transfer_is_review_only_with_sender_and_evidence():
     v = checked.verdict
     assert (v.status, v.code) == (Status.requires_review, FailureCode.review_only_rail)
     o = v.observed
-    assert (o["amount"], o["recipient"], o["sender"], o["asset"]) == (str(AMOUNT), RECIPIENT, SENDER, USDT)
-    assert (o["block_number"], o["block_time"], o["receipt_result"]) == (BLOCK, BLOCK_TIME.isoformat(), "SUCCESS")
+    assert (o["amount"], o["recipient"], o["sender"], o["asset"]) == (
+        str(AMOUNT),
+        RECIPIENT,
+        SENDER,
+        USDT,
+    )
+    assert (o["block_number"], o["block_time"], o["receipt_result"]) == (
+        BLOCK,
+        BLOCK_TIME.isoformat(),
+        "SUCCESS",
+    )
     s = v.settlement
     assert (s.block_number, s.confirmations, s.is_final) == (BLOCK, HEAD - BLOCK + 1, True)
     assert v.transfer_keys == (f"tron:tron-mainnet:{OK_TX}:{USDT}:{RECIPIENT}",)
@@ -135,11 +151,14 @@ def test_another_token_is_wrong_asset():
     assert (v.status, v.code) == (Status.failed, FailureCode.wrong_asset)
 
 
-@pytest.mark.parametrize("amount,at_least,code", [
-    (AMOUNT + 1, False, FailureCode.amount_mismatch),
-    (AMOUNT - 1, False, FailureCode.amount_mismatch),
-    (AMOUNT - 1, True, None),
-])
+@pytest.mark.parametrize(
+    "amount,at_least,code",
+    [
+        (AMOUNT + 1, False, FailureCode.amount_mismatch),
+        (AMOUNT - 1, False, FailureCode.amount_mismatch),
+        (AMOUNT - 1, True, None),
+    ],
+)
 def test_amount(amount, at_least, code):
     v = adapter().verify(OK_TX, terms(amount=amount, at_least=at_least), chain_with(ok_info()))
     assert v.code == code
@@ -158,7 +177,10 @@ def test_time_window_from_block_timestamp_in_ms():
     assert v.code is FailureCode.session_expired
     v = a.verify(OK_TX, terms(not_before=BLOCK_TIME + timedelta(milliseconds=1)), chain)
     assert v.code is FailureCode.session_not_open
-    assert a.verify(OK_TX, terms(not_before=BLOCK_TIME, not_after=BLOCK_TIME), chain).status is Status.verified
+    assert (
+        a.verify(OK_TX, terms(not_before=BLOCK_TIME, not_after=BLOCK_TIME), chain).status
+        is Status.verified
+    )
 
 
 def test_not_final_below_19_confirmations():
@@ -208,14 +230,17 @@ def test_hex_and_base58_addresses_convert_both_ways():
     assert trc20_transfers_in_info(ok_info(), USDT_HEX41, RECIPIENT_HEX20) == (AMOUNT, [SENDER])
 
 
-@pytest.mark.parametrize("bad", [
-    RECIPIENT[:-1] + ("X" if RECIPIENT[-1] != "X" else "Y"),  # checksum broken
-    "T" + "1" * 33,
-    "42" + RECIPIENT_HEX20,       # wrong prefix byte
-    RECIPIENT_HEX20[:-2],         # 19 bytes
-    "not an address",
-    "",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        RECIPIENT[:-1] + ("X" if RECIPIENT[-1] != "X" else "Y"),  # checksum broken
+        "T" + "1" * 33,
+        "42" + RECIPIENT_HEX20,  # wrong prefix byte
+        RECIPIENT_HEX20[:-2],  # 19 bytes
+        "not an address",
+        "",
+    ],
+)
 def test_bad_tron_addresses_are_malformed(bad):
     with pytest.raises(ProofMalformed) as e:
         adapter().normalize_address(bad, "recipient")
@@ -235,22 +260,45 @@ def test_tx_id_is_lower_cased_and_prepare_names_the_contract():
         a.normalize_proof("evm_tx_hash", OK_TX)
     from rails.base import SessionShape
 
-    req = a.prepare(SessionShape(id="s", recipient=RECIPIENT_HEX20, amount=AMOUNT, reference=None,
-                                 memo=None, expires_at=BLOCK_TIME, access_product_id="p"))
-    assert req.data == {"recipient": RECIPIENT, "contract": USDT, "amount": str(AMOUNT),
-                        "decimals": 6, "network": "tron-mainnet"}
+    req = a.prepare(
+        SessionShape(
+            id="s",
+            recipient=RECIPIENT_HEX20,
+            amount=AMOUNT,
+            reference=None,
+            memo=None,
+            expires_at=BLOCK_TIME,
+            access_product_id="p",
+        )
+    )
+    assert req.data == {
+        "recipient": RECIPIENT,
+        "contract": USDT,
+        "amount": str(AMOUNT),
+        "decimals": 6,
+        "network": "tron-mainnet",
+    }
     assert a.new_reference() is None
 
 
 # --- the Tron HTTP transport against scripted nodes on 127.0.0.1 -------------------------------
 
-FAST = RetryPolicy(attempts=3, per_url_seconds=5, total_seconds=10, initial_wait=0.01,
-                   max_wait=0.02, jitter=0.01, timeout=2)
+FAST = RetryPolicy(
+    attempts=3,
+    per_url_seconds=5,
+    total_seconds=10,
+    initial_wait=0.01,
+    max_wait=0.02,
+    jitter=0.01,
+    timeout=2,
+)
 
 
 def tron_api(path: str, body: Any):
-    answers = {"/wallet/gettransactioninfobyid": ok_info() if body == {"value": OK_TX} else {},
-               "/wallet/getnowblock": {"block_header": {"raw_data": {"number": HEAD}}}}
+    answers = {
+        "/wallet/gettransactioninfobyid": ok_info() if body == {"value": OK_TX} else {},
+        "/wallet/getnowblock": {"block_header": {"raw_data": {"number": HEAD}}},
+    }
     return 200, json.dumps(answers[path]).encode()
 
 
@@ -273,8 +321,10 @@ def test_http_transport_posts_the_wallet_api_and_verifies(nodes):
     chain = TronHttpTransport([node.url], "tron-mainnet", FAST)
     v = adapter().verify(OK_TX, terms(), chain)
     assert v.status is Status.verified and v.observed["sender"] == SENDER
-    assert node.requests[2:] == [("/wallet/gettransactioninfobyid", {"value": OK_TX}),
-                                 ("/wallet/getnowblock", {})]
+    assert node.requests[2:] == [
+        ("/wallet/gettransactioninfobyid", {"value": OK_TX}),
+        ("/wallet/getnowblock", {}),
+    ]
     assert len(node.requests) == 4  # two retried failures first
     assert TronAdapter.live_transport([node.url], "tron-mainnet").source == "live"
 
@@ -294,7 +344,9 @@ def test_http_transport_fails_over_and_reports_all_down(nodes):
 
 
 def test_http_transport_error_object_and_garbage(nodes):
-    erroring = nodes(answer=lambda path, body: (200, b'{"Error": "class java.lang.NullPointerException"}'))
+    erroring = nodes(
+        answer=lambda path, body: (200, b'{"Error": "class java.lang.NullPointerException"}')
+    )
     with pytest.raises(RpcErrorResponse):
         TronHttpTransport([erroring.url], "tron-mainnet", FAST).call("getnowblock", [])
     assert len(erroring.requests) == 1

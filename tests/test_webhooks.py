@@ -10,7 +10,6 @@ until those modules call verifier.events / verifier.webhooks.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import replace
@@ -31,18 +30,24 @@ from typer.testing import CliRunner
 from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.webhook_receiver import Receiver
 from verifier.cli import webhooks as cli_webhooks
-from verifier.services import webhooks
 from verifier.http.api import Unauthorized, create_app
+from verifier.http.webhook_routes import webhook_router
+from verifier.services import webhooks
 from verifier.services.events import EventType, emit
+from verifier.services.webhooks import verify_signature
 from verifier.storage.db import alembic_config, upgrade
 from verifier.storage.models import AuditEvent, Base
 from verifier.storage.webhook_models import DeliveryStatus, OutboxEvent, WebhookDelivery
-from verifier.http.webhook_routes import webhook_router
-from verifier.services.webhooks import verify_signature
 
-FAST = webhooks.DeliveryConfig(timeout_s=1.5, max_attempts=3, backoff_initial_s=1.0,
-                               backoff_max_s=4.0, backoff_jitter_s=0.5, lease_s=5.0,
-                               concurrency=4)
+FAST = webhooks.DeliveryConfig(
+    timeout_s=1.5,
+    max_attempts=3,
+    backoff_initial_s=1.0,
+    backoff_max_s=4.0,
+    backoff_jitter_s=0.5,
+    lease_s=5.0,
+    concurrency=4,
+)
 ALL_TYPES = [e.value for e in EventType]
 WEBHOOK_TABLES = {"webhook_endpoints", "outbox_events", "webhook_deliveries"}
 
@@ -54,9 +59,11 @@ def _service_dep(engine):
         token = authorization[7:] if authorization and authorization.startswith("Bearer ") else ""
         owners = engine.settings.service_owners(token) if token else None
         if owners is None:
-            raise Unauthorized("unauthorized", "Authorization: unknown service token",
-                               field="Authorization")
+            raise Unauthorized(
+                "unauthorized", "Authorization: unknown service token", field="Authorization"
+            )
         return "svc:" + ",".join(sorted(owners)), owners
+
     return dep
 
 
@@ -65,9 +72,11 @@ def _staff_dep(engine):
         token = authorization[7:] if authorization and authorization.startswith("Bearer ") else ""
         name = engine.settings.staff_name(token) if token else None
         if name is None:
-            raise Unauthorized("unauthorized", "Authorization: unknown staff token",
-                               field="Authorization")
+            raise Unauthorized(
+                "unauthorized", "Authorization: unknown staff token", field="Authorization"
+            )
         return name
+
     return dep
 
 
@@ -91,26 +100,46 @@ def receiver():
         yield r
 
 
-def subscribe(api, rcv: Receiver, types: list[str] | None = None,
-              token: str = SERVICE_TOKEN) -> dict[str, Any]:
-    r = api.post("/v1/webhook-endpoints", headers=auth(token),
-                 json={"url": rcv.url, "event_types": types or ALL_TYPES})
+def subscribe(
+    api, rcv: Receiver, types: list[str] | None = None, token: str = SERVICE_TOKEN
+) -> dict[str, Any]:
+    r = api.post(
+        "/v1/webhook-endpoints",
+        headers=auth(token),
+        json={"url": rcv.url, "event_types": types or ALL_TYPES},
+    )
     assert r.status_code == 201, r.text
     rcv.secret = r.json()["secret"]
     return r.json()
 
 
-def emit_now(engine, type_: str, owner: str | None = "alice", rtype: str = "proof",
-             rid: str = "p1", data: dict[str, Any] | None = None) -> str:
+def emit_now(
+    engine,
+    type_: str,
+    owner: str | None = "alice",
+    rtype: str = "proof",
+    rid: str = "p1",
+    data: dict[str, Any] | None = None,
+) -> str:
     with engine.db.tx() as s:
-        return emit(s, engine.now(), type_, owner, rtype, rid,
-                    data if data is not None else {"id": rid, "type": type_})
+        return emit(
+            s,
+            engine.now(),
+            type_,
+            owner,
+            rtype,
+            rid,
+            data if data is not None else {"id": rid, "type": type_},
+        )
 
 
 def deliveries(engine) -> list[WebhookDelivery]:
     with engine.db.tx() as s:
-        return list(s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.created_at,
-                                                               WebhookDelivery.id)))
+        return list(
+            s.scalars(
+                select(WebhookDelivery).order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+            )
+        )
 
 
 def delivery_of(engine, event_id: str) -> WebhookDelivery:
@@ -120,12 +149,16 @@ def delivery_of(engine, event_id: str) -> WebhookDelivery:
 
 def pending_count(engine) -> int:
     with engine.db.tx() as s:
-        return s.scalar(select(func.count()).select_from(WebhookDelivery)
-                        .where(WebhookDelivery.status == DeliveryStatus.pending))
+        return s.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.status == DeliveryStatus.pending)
+        )
 
 
-def drain(engine, cfg: webhooks.DeliveryConfig = FAST, start: datetime = CLOCK,
-          rounds: int = 25) -> datetime:
+def drain(
+    engine, cfg: webhooks.DeliveryConfig = FAST, start: datetime = CLOCK, rounds: int = 25
+) -> datetime:
     """Sweep, moving the clock past the longest backoff each time, until nothing is pending."""
     t = start
     for _ in range(rounds):
@@ -138,8 +171,10 @@ def drain(engine, cfg: webhooks.DeliveryConfig = FAST, start: datetime = CLOCK,
 
 def sequences(engine) -> dict[str, tuple[str, int]]:
     with engine.db.tx() as s:
-        return {e.id: (f"{e.resource_type}:{e.resource_id}", e.sequence)
-                for e in s.scalars(select(OutboxEvent))}
+        return {
+            e.id: (f"{e.resource_type}:{e.resource_id}", e.sequence)
+            for e in s.scalars(select(OutboxEvent))
+        }
 
 
 # -- signed delivery ------------------------------------------------------------------------------
@@ -148,9 +183,14 @@ def test_signed_delivery_of_each_event_type(engine, api, receiver):
     ids = {}
     for i, et in enumerate(EventType):
         ownerless = et.value.startswith("rail.")
-        ids[et.value] = emit_now(engine, et, None if ownerless else "alice",
-                                 "rail" if ownerless else et.value.split(".")[0],
-                                 "fake_live" if ownerless else f"r{i}", {"id": f"r{i}", "n": i})
+        ids[et.value] = emit_now(
+            engine,
+            et,
+            None if ownerless else "alice",
+            "rail" if ownerless else et.value.split(".")[0],
+            "fake_live" if ownerless else f"r{i}",
+            {"id": f"r{i}", "n": i},
+        )
     out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
     assert out["delivered"] == len(EventType), out
     got = receiver.wait_for(len(EventType))
@@ -193,9 +233,19 @@ def test_forged_and_stale_signatures_are_rejected(receiver):
         "stale": webhooks.sign(secret, payload, now - 3600),
         "good": webhooks.sign(secret, payload, now),
     }
-    codes = {k: httpx.post(receiver.url, content=payload, timeout=5, headers={
-        "Railproof-Signature": v, "Railproof-Event-Id": "evt_x",
-        "Content-Type": "application/json"}).status_code for k, v in sent.items()}
+    codes = {
+        k: httpx.post(
+            receiver.url,
+            content=payload,
+            timeout=5,
+            headers={
+                "Railproof-Signature": v,
+                "Railproof-Event-Id": "evt_x",
+                "Content-Type": "application/json",
+            },
+        ).status_code
+        for k, v in sent.items()
+    }
     assert codes == {"forged": 400, "stale": 400, "good": 200}
     assert receiver.rejected == 2 and receiver.ids() == ["evt_x"]
 
@@ -203,12 +253,15 @@ def test_forged_and_stale_signatures_are_rejected(receiver):
 # -- retries, order, dead letters -----------------------------------------------------------------
 def test_failing_receiver_recovers_and_gets_every_event_once_in_order(engine, api, receiver):
     subscribe(api, receiver)
-    plan = [("proof.verified", "alice", "proof", "pA"),
-            ("settlement.finalized", "alice", "proof", "pA"),
-            ("entitlement.activated", "alice", "entitlement", "eB"),
-            ("entitlement.revoked", "alice", "entitlement", "eB"),
-            ("proof.failed", "alice-2", "proof", "pC"),
-            ("rail.paused", None, "rail", "fake_live"), ("rail.resumed", None, "rail", "fake_live")]
+    plan = [
+        ("proof.verified", "alice", "proof", "pA"),
+        ("settlement.finalized", "alice", "proof", "pA"),
+        ("entitlement.activated", "alice", "entitlement", "eB"),
+        ("entitlement.revoked", "alice", "entitlement", "eB"),
+        ("proof.failed", "alice-2", "proof", "pC"),
+        ("rail.paused", None, "rail", "fake_live"),
+        ("rail.resumed", None, "rail", "fake_live"),
+    ]
     ids = [emit_now(engine, t, o, rt, rid) for t, o, rt, rid in plan]
     receiver.fail_next = 5  # the first five requests fail outright
     receiver.fail_after_processing = 2  # then two are taken but the answer is lost
@@ -249,8 +302,13 @@ def test_later_event_waits_until_earlier_is_delivered_or_dead_lettered(engine, a
 def test_silent_receiver_dead_letters_and_staff_replay_delivers(engine, api, receiver):
     ep = subscribe(api, receiver)
     receiver.hang = True
-    ev = emit_now(engine, "receipt.created", rtype="receipt", rid="rc1",
-                  data={"id": "rc1", "amount": "1500000"})
+    ev = emit_now(
+        engine,
+        "receipt.created",
+        rtype="receipt",
+        rid="rc1",
+        data={"id": "rc1", "amount": "1500000"},
+    )
     drain(engine)
     d = delivery_of(engine, ev)
     assert d.status == DeliveryStatus.dead_letter and d.attempts == FAST.max_attempts
@@ -275,16 +333,23 @@ def test_silent_receiver_dead_letters_and_staff_replay_delivers(engine, api, rec
     r = api.post(url, headers=staff, json={"confirm": True})
     assert r.status_code == 422 and r.json()["error"]["field"] == "reason"
     receiver.recover()
-    r = api.post(url, headers=staff, json={"confirm": True, "reason": "receiver fixed",
-                                           "incident_id": "INC-42"})
+    r = api.post(
+        url,
+        headers=staff,
+        json={"confirm": True, "reason": "receiver fixed", "incident_id": "INC-42"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["replayed"] == [d.id]
     again = api.post(url, headers=staff, json={"confirm": True, "reason": "again"})
     assert again.status_code == 409 and again.json()["error"]["code"] == "not_dead_letter"
     with engine.db.tx() as s:
         a = s.scalar(select(AuditEvent).where(AuditEvent.action == "webhook.replayed"))
-        assert (a.actor, a.subject_id, a.incident_id, a.reason) == ("ops1", d.id, "INC-42",
-                                                                     "receiver fixed")
+        assert (a.actor, a.subject_id, a.incident_id, a.reason) == (
+            "ops1",
+            d.id,
+            "INC-42",
+            "receiver fixed",
+        )
         assert a.data["previous"]["last_error"].startswith("timeout")
 
     webhooks.deliver_due(engine, "w1", config=FAST)  # a replay is due now, on the wall clock
@@ -308,8 +373,9 @@ def test_worker_killed_after_claiming_loses_nothing(engine, api, receiver):
     out = webhooks.deliver_due(engine, "rescuer", now=later, config=FAST)
     assert out["delivered"] == 6, out
     assert sorted(receiver.ids()) == sorted(ids) and receiver.duplicates == 0
-    assert all(d.status == DeliveryStatus.delivered and d.claimed_by is None
-               for d in deliveries(engine))
+    assert all(
+        d.status == DeliveryStatus.delivered and d.claimed_by is None for d in deliveries(engine)
+    )
 
 
 class _Killed(BaseException):
@@ -317,7 +383,8 @@ class _Killed(BaseException):
 
 
 def test_worker_killed_between_post_and_record_redelivers_and_receiver_dedupes(
-        engine, api, receiver, monkeypatch):
+    engine, api, receiver, monkeypatch
+):
     subscribe(api, receiver)
     ids = [emit_now(engine, "proof.verified", rid=f"p{i}") for i in range(3)]
     real_record, died = webhooks._record, []
@@ -377,8 +444,15 @@ def test_no_event_for_a_rolled_back_transaction(engine, api, receiver):
     with pytest.raises(RuntimeError):
         with engine.db.tx() as s:
             emit(s, engine.now(), "receipt.created", "alice", "receipt", "rc1", {"id": "rc1"})
-            emit(s, engine.now(), "entitlement.activated", "alice", "entitlement", "e1",
-                 {"id": "e1", "status": "active"})
+            emit(
+                s,
+                engine.now(),
+                "entitlement.activated",
+                "alice",
+                "entitlement",
+                "e1",
+                {"id": "e1", "status": "active"},
+            )
             raise RuntimeError("apply failed after the receipt insert")
     with engine.db.tx() as s:
         assert s.scalar(select(func.count()).select_from(OutboxEvent)) == 0
@@ -392,8 +466,9 @@ def test_no_event_for_a_rolled_back_transaction(engine, api, receiver):
 
 
 # -- endpoints API --------------------------------------------------------------------------------
-def test_endpoints_api_secret_once_validation_and_owner_isolation(engine, api, receiver,
-                                                                  monkeypatch):
+def test_endpoints_api_secret_once_validation_and_owner_isolation(
+    engine, api, receiver, monkeypatch
+):
     monkeypatch.delenv(webhooks.ALLOW_ANY_HOST_ENV, raising=False)
     ep = subscribe(api, receiver, ["rail.paused", "proof.verified", "proof.verified"])
     assert ep["secret"].startswith("whsec_") and ep["owners"] == ["alice", "alice-2"]
@@ -401,8 +476,11 @@ def test_endpoints_api_secret_once_validation_and_owner_isolation(engine, api, r
     listed = api.get("/v1/webhook-endpoints", headers=auth())
     assert [e["id"] for e in listed.json()] == [ep["id"]]
     assert "secret" not in listed.json()[0] and ep["secret"] not in listed.text
-    again = api.post("/v1/webhook-endpoints", headers=auth(),
-                     json={"url": receiver.url, "event_types": ["proof.verified"]})
+    again = api.post(
+        "/v1/webhook-endpoints",
+        headers=auth(),
+        json={"url": receiver.url, "event_types": ["proof.verified"]},
+    )
     assert again.status_code == 409 and again.json()["error"]["code"] == "webhook_endpoint_exists"
 
     def refused(body: dict[str, Any], field: str) -> None:
@@ -414,12 +492,18 @@ def test_endpoints_api_secret_once_validation_and_owner_isolation(engine, api, r
     refused({**ok, "url": "http://example.com/hook"}, "url")  # off this machine
     refused({**ok, "url": "http://user:pw@127.0.0.1/hook"}, "url")
     refused({**ok, "url": "not a url"}, "url")
-    for raw, field in ((b'{"url": "http://127.0.0.1/\\ud800", "event_types": ["proof.verified"]}',
-                        "url"),  # a lone surrogate, as JSON escapes carry it
-                       (b'{"url": "http://127.0.0.1/x", "event_types": ["\\ud800"]}',
-                        "event_types")):
-        r = api.post("/v1/webhook-endpoints", headers={**auth(), "Content-Type":
-                                                       "application/json"}, content=raw)
+    for raw, field in (
+        (
+            b'{"url": "http://127.0.0.1/\\ud800", "event_types": ["proof.verified"]}',
+            "url",
+        ),  # a lone surrogate, as JSON escapes carry it
+        (b'{"url": "http://127.0.0.1/x", "event_types": ["\\ud800"]}', "event_types"),
+    ):
+        r = api.post(
+            "/v1/webhook-endpoints",
+            headers={**auth(), "Content-Type": "application/json"},
+            content=raw,
+        )
         assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
     refused({"url": receiver.url + "2", "event_types": ["proof.nope"]}, "event_types")
     refused({"url": receiver.url + "2", "event_types": []}, "event_types")
@@ -429,8 +513,10 @@ def test_endpoints_api_secret_once_validation_and_owner_isolation(engine, api, r
     # Bob's token sees nothing of Alice's and cannot delete it (404, as if missing).
     with Receiver() as bob_rcv:
         bob = subscribe(api, bob_rcv, ["proof.verified", "rail.paused"], OTHER_SERVICE_TOKEN)
-        assert [e["id"] for e in api.get("/v1/webhook-endpoints",
-                                         headers=auth(OTHER_SERVICE_TOKEN)).json()] == [bob["id"]]
+        assert [
+            e["id"]
+            for e in api.get("/v1/webhook-endpoints", headers=auth(OTHER_SERVICE_TOKEN)).json()
+        ] == [bob["id"]]
         r = api.delete(f"/v1/webhook-endpoints/{ep['id']}", headers=auth(OTHER_SERVICE_TOKEN))
         assert r.status_code == 404 and r.json()["error"]["code"] == "webhook_endpoint_not_found"
         alice_ev = emit_now(engine, "proof.verified", "alice")
@@ -459,9 +545,11 @@ def test_endpoints_api_secret_once_validation_and_owner_isolation(engine, api, r
 
 def test_send_time_host_check_when_a_setting_is_withdrawn(engine, api, monkeypatch):
     monkeypatch.setenv(webhooks.ALLOW_ANY_HOST_ENV, "1")
-    r = api.post("/v1/webhook-endpoints", headers=auth(),
-                 json={"url": "https://hooks.example.invalid/railproof",
-                       "event_types": ["proof.verified"]})
+    r = api.post(
+        "/v1/webhook-endpoints",
+        headers=auth(),
+        json={"url": "https://hooks.example.invalid/railproof", "event_types": ["proof.verified"]},
+    )
     assert r.status_code == 201, r.text
     monkeypatch.delenv(webhooks.ALLOW_ANY_HOST_ENV)
     ev = emit_now(engine, "proof.verified")
@@ -481,8 +569,9 @@ def test_backoff_is_exponential_bounded_and_jittered():
     with pytest.raises(ValueError):
         webhooks.DeliveryConfig(timeout_s=10, lease_s=5)
     env = {"RAILPROOF_WEBHOOK_TIMEOUT_SECONDS": "2.5", "RAILPROOF_WEBHOOK_MAX_ATTEMPTS": "4"}
-    assert webhooks.DeliveryConfig.from_env(env) == webhooks.DeliveryConfig(timeout_s=2.5,
-                                                                             max_attempts=4)
+    assert webhooks.DeliveryConfig.from_env(env) == webhooks.DeliveryConfig(
+        timeout_s=2.5, max_attempts=4
+    )
 
 
 def test_migration_0002_matches_the_models(db_url):
@@ -509,8 +598,9 @@ def test_cli_list_inspect_replay(engine, api, receiver, monkeypatch):
     monkeypatch.setenv("RAILPROOF_STAFF_TOKEN", STAFF_TOKEN)
 
     def via_test_client(method, url, headers=None, json=None, params=None, timeout=None):
-        return api.request(method, url.removeprefix(base), headers=headers, json=json,
-                           params=params)
+        return api.request(
+            method, url.removeprefix(base), headers=headers, json=json, params=params
+        )
 
     monkeypatch.setattr("verifier.cli.ops.httpx.request", via_test_client)
     app = typer.Typer()
@@ -519,20 +609,36 @@ def test_cli_list_inspect_replay(engine, api, receiver, monkeypatch):
 
     r = run(app, ["list-webhook-events", "--status", "dead_letter", "--json"])
     assert r.exit_code == 0, r.output
-    assert '"event_id": "%s"' % ev in r.output
+    assert f'"event_id": "{ev}"' in r.output
     assert run(app, ["list-webhook-events", "--status", "dead_letter"]).exit_code == 0
     assert run(app, ["inspect-webhook-event", ev]).exit_code == 0
     assert run(app, ["inspect-webhook-event", "evt_missing"]).exit_code == 1
     assert run(app, ["replay-webhook-event", ev, "--reason", "fixed"]).exit_code == 2
     assert run(app, ["replay-webhook-event", ev, "--confirm"]).exit_code == 2  # no --reason
-    r = run(app, ["replay-webhook-event", ev, "--reason", "receiver fixed", "--confirm",
-                  "--incident-id", "INC-7", "--json"])
+    r = run(
+        app,
+        [
+            "replay-webhook-event",
+            ev,
+            "--reason",
+            "receiver fixed",
+            "--confirm",
+            "--incident-id",
+            "INC-7",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     # Without incident context the CLI refuses before sending anything (exit 2); with it, the
     # API refuses a second replay of an event that is not dead (exit 1).
     assert run(app, ["replay-webhook-event", ev, "--reason", "x", "--confirm"]).exit_code == 2
-    assert run(app, ["replay-webhook-event", ev, "--reason", "x", "--confirm",
-                     "--incident-id", "INC-7"]).exit_code == 1
+    assert (
+        run(
+            app,
+            ["replay-webhook-event", ev, "--reason", "x", "--confirm", "--incident-id", "INC-7"],
+        ).exit_code
+        == 1
+    )
     receiver.recover()
     webhooks.deliver_due(engine, "w1", config=FAST)  # replays are due on the wall clock
     assert receiver.ids() == [ev]
@@ -545,17 +651,32 @@ def test_cli_list_inspect_replay(engine, api, receiver, monkeypatch):
 
 
 def _session(api, rail: str = "fake_live") -> dict[str, Any]:
-    r = api.post("/v1/payment-sessions", headers=auth(), json={
-        "owner_id": "alice", "rail_id": rail, "access_product_id": "pro",
-        "amount": 1500000, "recipient": "fatreasury"})
+    r = api.post(
+        "/v1/payment-sessions",
+        headers=auth(),
+        json={
+            "owner_id": "alice",
+            "rail_id": rail,
+            "access_product_id": "pro",
+            "amount": 1500000,
+            "recipient": "fatreasury",
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
-def _paid(chain, sess: dict[str, Any], tx: str, finality: str = "finalized",
-          status: str = "ok") -> None:
-    chain.txs[tx] = {"status": status, "to": "fatreasury", "amount": 1500000, "asset": "fusd",
-                     "refs": [sess["reference"]], "finality": finality}
+def _paid(
+    chain, sess: dict[str, Any], tx: str, finality: str = "finalized", status: str = "ok"
+) -> None:
+    chain.txs[tx] = {
+        "status": status,
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": finality,
+    }
 
 
 def _submit(api, sess: dict[str, Any], tx: str) -> dict[str, Any]:
@@ -574,6 +695,7 @@ def _types_by_resource(got: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 def test_wired_payment_lifecycle_events_reach_the_receiver_in_order(engine, api, receiver, chain):
     from verifier.worker import loop as worker
+
     subscribe(api, receiver)
     sess = _session(api)
     _paid(chain, sess, "fx00aa11bb", finality="confirmed")
@@ -587,8 +709,10 @@ def test_wired_payment_lifecycle_events_reach_the_receiver_in_order(engine, api,
     assert r.status_code == 200, r.text
     receipt_id, ent_id = r.json()["receipt_id"], r.json()["entitlement_id"]
     ctx = {"confirm": True, "incident_id": "INC-1", "operator_reason": "test"}
-    assert api.post(f"/v1/admin/entitlements/{ent_id}/revoke", headers=staff,
-                    json=ctx).status_code == 200
+    assert (
+        api.post(f"/v1/admin/entitlements/{ent_id}/revoke", headers=staff, json=ctx).status_code
+        == 200
+    )
     assert api.post("/v1/admin/rails/fake_live/pause", headers=staff, json=ctx).status_code == 200
     assert api.post("/v1/admin/rails/fake_live/resume", headers=staff, json=ctx).status_code == 200
     worker.sweep(engine, "w1")  # the worker's sweep delivers
@@ -615,7 +739,10 @@ def test_wired_failed_review_and_pending_proofs(engine, api, receiver, chain):
     review = _submit(api, review_sess, "fx00000002")
     pending = _submit(api, pending_sess, "fx00000003")  # not on chain yet: no event
     assert (failed["status"], review["status"], pending["status"]) == (
-        "failed", "requires_review", "pending")
+        "failed",
+        "requires_review",
+        "pending",
+    )
     webhooks.deliver_due(engine, "w1", config=FAST)
     by = _types_by_resource(receiver.wait_for(2))
     assert by == {failed["id"]: ["proof.failed"], review["id"]: ["proof.requires_review"]}
@@ -623,6 +750,7 @@ def test_wired_failed_review_and_pending_proofs(engine, api, receiver, chain):
 
 def test_wired_reorg_emits_settlement_reorged(engine, api, receiver, chain):
     from verifier.worker import loop as worker
+
     subscribe(api, receiver, ["settlement.reorged"])
     sess = _session(api)
     _paid(chain, sess, "fx00cc11dd", finality="confirmed")
@@ -632,7 +760,8 @@ def test_wired_reorg_emits_settlement_reorged(engine, api, receiver, chain):
     worker.sweep(engine, "w1")
     webhooks.deliver_due(engine, "w1", config=FAST)
     assert [(e["type"], e["data"]["id"]) for e in receiver.wait_for(1)] == [
-        ("settlement.reorged", proof["id"])]
+        ("settlement.reorged", proof["id"])
+    ]
 
 
 def test_wired_rolled_back_apply_emits_nothing(engine, api, receiver, chain):
@@ -641,24 +770,35 @@ def test_wired_rolled_back_apply_emits_nothing(engine, api, receiver, chain):
     _paid(chain, sess, "fx00ee11ff")
     proof = _submit(api, sess, "fx00ee11ff")
     engine.fail_after_receipt_insert = True
-    r = api.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN),
-                 json={"confirm": True})
+    r = api.post(
+        f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN), json={"confirm": True}
+    )
     assert r.status_code == 500
     with engine.db.tx() as s:
-        assert s.scalar(select(func.count()).select_from(OutboxEvent).where(
-            OutboxEvent.type.in_(["receipt.created", "entitlement.activated"]))) == 0
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(OutboxEvent)
+                .where(OutboxEvent.type.in_(["receipt.created", "entitlement.activated"]))
+            )
+            == 0
+        )
     engine.fail_after_receipt_insert = False
-    r = api.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN),
-                 json={"confirm": True})
+    r = api.post(
+        f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN), json={"confirm": True}
+    )
     assert r.status_code == 200, r.text
     webhooks.deliver_due(engine, "w1", config=FAST)
-    assert sorted(e["type"] for e in receiver.wait_for(2)) == ["entitlement.activated",
-                                                                "receipt.created"]
+    assert sorted(e["type"] for e in receiver.wait_for(2)) == [
+        "entitlement.activated",
+        "receipt.created",
+    ]
 
 
 def test_wired_metrics_spec_cli_and_router(engine, api, receiver):
     from verifier.cli.main import app as cli_app
     from verifier.core.metrics import SPEC
+
     spec = {m.name: m for m in SPEC}
     assert spec["webhook_delivery_latency_seconds"].kind == "histogram"
     assert spec["webhook_delivery_failures_total"].kind == "counter"

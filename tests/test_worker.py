@@ -22,13 +22,13 @@ from tests.test_e2e_http import (
     EVM_USDC_TX,
 )
 from tests.test_gate import OP, paid_proof
-from verifier.services import gate, proofs, rails_admin
-from verifier.worker import loop as worker
-from verifier.services.assurance import assurance_report, refresh_gauges
 from verifier.core.engine import Engine
+from verifier.core.timeutil import utc
+from verifier.services import gate, proofs, rails_admin
+from verifier.services.assurance import assurance_report, refresh_gauges
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import Entitlement, Proof, RailState, Receipt, VerificationAttempt
-from verifier.core.timeutil import utc
+from verifier.worker import loop as worker
 
 
 def proof_row(engine, pid) -> Proof:
@@ -38,8 +38,13 @@ def proof_row(engine, pid) -> Proof:
 
 def attempts(engine, pid) -> list[VerificationAttempt]:
     with engine.db.tx() as s:
-        return list(s.scalars(select(VerificationAttempt).where(VerificationAttempt.proof_id == pid)
-                              .order_by(VerificationAttempt.id)).all())
+        return list(
+            s.scalars(
+                select(VerificationAttempt)
+                .where(VerificationAttempt.proof_id == pid)
+                .order_by(VerificationAttempt.id)
+            ).all()
+        )
 
 
 def due(engine, pid) -> None:
@@ -72,7 +77,8 @@ def test_gives_up_only_after_session_expiry_plus_grace(engine, chain):
     sess, view = paid_proof(engine, chain, found=False)
     pid = view["id"]
     expires = utc(proof_row(engine, pid).created_at) + timedelta(
-        seconds=engine.settings.session_ttl_seconds)
+        seconds=engine.settings.session_ttl_seconds
+    )
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
 
     engine.settings.clock = expires + grace - timedelta(seconds=5)
@@ -107,8 +113,14 @@ def test_rpc_errors_keep_proofs_pending(engine, chain):
     assert b'railproof_rpc_errors_total{kind="verify",network="fakenet"}' in engine.metrics.render()
 
     chain.fail_with = None
-    chain.txs[p.ref] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000, "asset": "fusd",
-                        "refs": [sess["reference"]], "time": int(utc(p.created_at).timestamp()) + 30}
+    chain.txs[p.ref] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "time": int(utc(p.created_at).timestamp()) + 30,
+    }
     due(engine, pid)
     worker.sweep(engine, "w1")
     # The session is long expired by now, but the transfer was inside its window: verified.
@@ -150,9 +162,18 @@ def _activate_evm_usdc(e: Engine) -> tuple[str, str]:
     e.settings.receipt_creation_rails = ["evm_usdc"]
     a = rails_admin.request_change(e, "evm_usdc", "production", "true", OP)
     rails_admin.approve(e, a["approval_id"], OP.__class__("ops2", "INC-1", "second pair of eyes"))
-    sess = open_session(e, NewSession(owner_id="alice", rail_id="evm_usdc", access_product_id="pro",
-                                      amount=EVM_USDC_AMOUNT, recipient=EVM_USDC_TO,
-                                      payer=EVM_USDC_FROM), actor="svc")
+    sess = open_session(
+        e,
+        NewSession(
+            owner_id="alice",
+            rail_id="evm_usdc",
+            access_product_id="pro",
+            amount=EVM_USDC_AMOUNT,
+            recipient=EVM_USDC_TO,
+            payer=EVM_USDC_FROM,
+        ),
+        actor="svc",
+    )
     view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
     assert view["status"] == "verified" and view["settlement"]["is_final"], view
     out = gate.apply(e, view["id"], OP, gate.Via.staff_receipt)
@@ -188,8 +209,12 @@ def test_reorg_under_active_entitlement_is_flagged_not_revoked(db_url):
             assert s.scalar(select(Receipt).where(Receipt.proof_id == pid)) is not None
         rep = assurance_report(e)
         assert rep["summary"]["status"] == "critical"
-        assert any(i["category"] == "active_entitlement_unsettled" and ent_id in i["subject"]
-                   and "reorged" in i["repair"] for i in rep["issues"])
+        assert any(
+            i["category"] == "active_entitlement_unsettled"
+            and ent_id in i["subject"]
+            and "reorged" in i["repair"]
+            for i in rep["issues"]
+        )
         refresh_gauges(e)
         text = e.metrics.render().decode()
         assert 'railproof_reorgs_total{rail_id="evm_usdc"} 1.0' in text
@@ -254,13 +279,18 @@ def test_three_workers_share_the_work_and_never_process_a_proof_twice(db_url, ch
     assert not chain.txs  # nothing was found at submit: every proof waits for the worker
     # The transfers land on chain before the workers look again.
     for sess, view in made:
-        chain.txs[view["reference"]] = {"status": "ok", "to": "fatreasury", "amount": 1_500_000,
-                                        "asset": "fusd", "refs": [sess["reference"]]}
+        chain.txs[view["reference"]] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": 1_500_000,
+            "asset": "fusd",
+            "refs": [sess["reference"]],
+        }
     latest = max(utc(proof_row(main, pid).next_check_at) for pid in pending)
     clock = latest + timedelta(seconds=1)
 
     workers = []
-    for i in range(3):
+    for _ in range(3):
         e = Engine(make_settings(db_url, clock=clock), catalog=catalog_with_fake())
         e.chains.set_transport("fakenet", _Slow(chain))
         workers.append(e)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ REF = f"84532:{SEPOLIA_USDC.lower()}:{PAYER.lower()}:{NONCE}"
 
 
 def at(ts: int | float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def rail_on(network: str):
@@ -153,7 +153,7 @@ def test_observed_evidence_never_carries_the_signature(sepolia):
 
 @pytest.mark.parametrize("form", SPEC_FORMS)
 def test_spec_payload_at_the_real_clock_is_expired(sepolia, form):
-    verdict = sepolia.verify(SPEC_FORMS[form], terms(datetime.now(timezone.utc).timestamp()), NoChain())
+    verdict = sepolia.verify(SPEC_FORMS[form], terms(datetime.now(UTC).timestamp()), NoChain())
     assert (verdict.status, verdict.code) == (Status.failed, FailureCode.authorization_expired)
 
 
@@ -165,12 +165,18 @@ def test_expiry_is_exclusive_at_valid_before(sepolia):
 @pytest.mark.parametrize("form", SPEC_FORMS)
 def test_spec_payload_before_valid_after_is_not_yet_valid(sepolia, form):
     verdict = sepolia.verify(SPEC_FORMS[form], terms(VALID_AFTER - 1), NoChain())
-    assert (verdict.status, verdict.code) == (Status.failed, FailureCode.authorization_not_yet_valid)
+    assert (verdict.status, verdict.code) == (
+        Status.failed,
+        FailureCode.authorization_not_yet_valid,
+    )
 
 
 def test_naive_clock_is_read_as_utc(sepolia):
     naive = at(INSIDE).replace(tzinfo=None)
-    assert sepolia.verify(V1_JSON, terms().model_copy(update={"now": naive}), NoChain()).status is Status.verified
+    assert (
+        sepolia.verify(V1_JSON, terms().model_copy(update={"now": naive}), NoChain()).status
+        is Status.verified
+    )
 
 
 def test_same_signature_on_the_base_mainnet_domain_is_signature_invalid(base):
@@ -229,7 +235,10 @@ def test_at_least_accepts_more_and_exact_refuses_more(sepolia):
 
 
 def test_session_recipient_other_than_payto_is_wrong_recipient(sepolia):
-    assert sepolia.verify(V1_JSON, terms(recipient=OTHER), NoChain()).code is FailureCode.wrong_recipient
+    assert (
+        sepolia.verify(V1_JSON, terms(recipient=OTHER), NoChain()).code
+        is FailureCode.wrong_recipient
+    )
 
 
 def test_authorization_to_tampered_is_wrong_recipient(sepolia):
@@ -248,53 +257,86 @@ def test_v2_accepted_asset_tampered_is_wrong_asset(sepolia):
     assert sepolia.verify(raw, terms(), NoChain()).code is FailureCode.wrong_asset
 
 
-@pytest.mark.parametrize("path,value", [
-    ("network", "base"),  # v1, a known network but not this rail's
-    ("network", "polygon-amoy-unknown"),  # v1, a name we cannot map
-])
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("network", "base"),  # v1, a known network but not this rail's
+        ("network", "polygon-amoy-unknown"),  # v1, a name we cannot map
+    ],
+)
 def test_v1_other_network_is_chain_mismatch(sepolia, path, value):
-    assert sepolia.verify(tamper(V1_JSON, path, value), terms(), NoChain()).code is FailureCode.chain_mismatch
+    assert (
+        sepolia.verify(tamper(V1_JSON, path, value), terms(), NoChain()).code
+        is FailureCode.chain_mismatch
+    )
 
 
-@pytest.mark.parametrize("network", ["eip155:8453", "eip155:1", "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"])
+@pytest.mark.parametrize(
+    "network", ["eip155:8453", "eip155:1", "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"]
+)
 def test_v2_other_network_is_chain_mismatch(sepolia, network):
     raw = tamper(V2_JSON, "accepted.network", network)
     assert sepolia.verify(raw, terms(), NoChain()).code is FailureCode.chain_mismatch
 
 
 def test_other_scheme_is_chain_mismatch(sepolia):
-    assert sepolia.verify(tamper(V1_JSON, "scheme", "upto"), terms(), NoChain()).code is FailureCode.chain_mismatch
-    assert sepolia.verify(tamper(V2_JSON, "accepted.scheme", "upto"), terms(), NoChain()).code is FailureCode.chain_mismatch
+    assert (
+        sepolia.verify(tamper(V1_JSON, "scheme", "upto"), terms(), NoChain()).code
+        is FailureCode.chain_mismatch
+    )
+    assert (
+        sepolia.verify(tamper(V2_JSON, "accepted.scheme", "upto"), terms(), NoChain()).code
+        is FailureCode.chain_mismatch
+    )
 
 
 def test_named_sender(sepolia):
     assert sepolia.verify(V1_JSON, terms(sender=PAYER.lower()), NoChain()).status is Status.verified
-    assert sepolia.verify(V1_JSON, terms(sender=OTHER), NoChain()).code is FailureCode.sender_mismatch
+    assert (
+        sepolia.verify(V1_JSON, terms(sender=OTHER), NoChain()).code is FailureCode.sender_mismatch
+    )
 
 
-@pytest.mark.parametrize("path,value", [
-    ("payload.authorization.nonce", "0x" + "11" * 32),
-    ("payload.authorization.validBefore", str(VALID_BEFORE + 3600)),
-    ("payload.authorization.validAfter", str(VALID_AFTER - 1)),
-    ("payload.authorization.from", OTHER),
-])
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("payload.authorization.nonce", "0x" + "11" * 32),
+        ("payload.authorization.validBefore", str(VALID_BEFORE + 3600)),
+        ("payload.authorization.validAfter", str(VALID_AFTER - 1)),
+        ("payload.authorization.from", OTHER),
+    ],
+)
 def test_signed_fields_tampered_are_signature_invalid(sepolia, path, value):
-    assert sepolia.verify(tamper(V1_JSON, path, value), terms(), NoChain()).code is FailureCode.signature_invalid
+    assert (
+        sepolia.verify(tamper(V1_JSON, path, value), terms(), NoChain()).code
+        is FailureCode.signature_invalid
+    )
 
 
 def test_precedence_follows_the_documented_order(sepolia):
     # Everything wrong at once: the first check in order (network) wins, then asset, …
-    worst = tamper(tamper(tamper(V2_JSON, "accepted.network", "eip155:1"), "accepted.asset", OTHER),
-                   "payload.authorization.value", "1")
-    assert sepolia.verify(worst, terms(recipient=OTHER), NoChain()).code is FailureCode.chain_mismatch
+    worst = tamper(
+        tamper(tamper(V2_JSON, "accepted.network", "eip155:1"), "accepted.asset", OTHER),
+        "payload.authorization.value",
+        "1",
+    )
+    assert (
+        sepolia.verify(worst, terms(recipient=OTHER), NoChain()).code is FailureCode.chain_mismatch
+    )
     no_net = tamper(worst, "accepted.network", "eip155:84532")
     assert sepolia.verify(no_net, terms(recipient=OTHER), NoChain()).code is FailureCode.wrong_asset
     no_asset = tamper(no_net, "accepted.asset", SEPOLIA_USDC)
-    assert sepolia.verify(no_asset, terms(recipient=OTHER), NoChain()).code is FailureCode.wrong_recipient
+    assert (
+        sepolia.verify(no_asset, terms(recipient=OTHER), NoChain()).code
+        is FailureCode.wrong_recipient
+    )
     assert sepolia.verify(no_asset, terms(), NoChain()).code is FailureCode.amount_mismatch
     # a bad signature outranks the time window
     bad_sig = tamper(V1_JSON, "payload.authorization.nonce", "0x" + "22" * 32)
-    assert sepolia.verify(bad_sig, terms(VALID_BEFORE + 10), NoChain()).code is FailureCode.signature_invalid
+    assert (
+        sepolia.verify(bad_sig, terms(VALID_BEFORE + 10), NoChain()).code
+        is FailureCode.signature_invalid
+    )
 
 
 # -- signature encodings -----------------------------------------------------------------
@@ -319,33 +361,47 @@ def test_high_s_twin_is_refused_though_ecrecover_accepts_it(sepolia):
     # plain ecrecover (eth-account) still finds the payer: the refusal is our policy, the
     # same one the token's ECRecover enforces, not a recovery failure
     auth = json.loads(raw)["payload"]["authorization"]
-    assert recover_signer_eth_account(auth, "0x" + twin.hex(), "USDC", "2", 84532, SEPOLIA_USDC) == PAYER
+    assert (
+        recover_signer_eth_account(auth, "0x" + twin.hex(), "USDC", "2", 84532, SEPOLIA_USDC)
+        == PAYER
+    )
     verdict = sepolia.verify(raw, terms(), NoChain())
     assert verdict.code is FailureCode.signature_invalid and "malleable" in verdict.detail
 
 
-@pytest.mark.parametrize("sig", [
-    SPEC_SIG[:64] + b"\x1d",  # v = 29
-    SPEC_SIG[:64] + b"\x02",  # v = 2
-    SPEC_SIG[:64],  # 64 bytes
-    SPEC_SIG + b"\x00" * 32,  # longer (smart-wallet shaped): not verifiable offline
-    b"\x00" * 32 + SPEC_SIG[32:],  # r = 0
-    SPEC_SIG[:32] + b"\x00" * 32 + SPEC_SIG[64:],  # s = 0
-    SECP256K1_N.to_bytes(32, "big") + SPEC_SIG[32:],  # r = n
-    b"\xff" * 65,
-])
+@pytest.mark.parametrize(
+    "sig",
+    [
+        SPEC_SIG[:64] + b"\x1d",  # v = 29
+        SPEC_SIG[:64] + b"\x02",  # v = 2
+        SPEC_SIG[:64],  # 64 bytes
+        SPEC_SIG + b"\x00" * 32,  # longer (smart-wallet shaped): not verifiable offline
+        b"\x00" * 32 + SPEC_SIG[32:],  # r = 0
+        SPEC_SIG[:32] + b"\x00" * 32 + SPEC_SIG[64:],  # s = 0
+        SECP256K1_N.to_bytes(32, "big") + SPEC_SIG[32:],  # r = n
+        b"\xff" * 65,
+    ],
+)
 def test_unusable_signatures_are_signature_invalid(sepolia, sig):
-    assert sepolia.verify(_with_signature(V1_JSON, sig), terms(), NoChain()).code is FailureCode.signature_invalid
+    assert (
+        sepolia.verify(_with_signature(V1_JSON, sig), terms(), NoChain()).code
+        is FailureCode.signature_invalid
+    )
 
 
-@pytest.mark.parametrize("variant", [
-    {},
-    {"payload.authorization.value": "20000"},
-    {"payload.authorization.to": OTHER},
-    {"payload.authorization.nonce": "0x" + "ab" * 32},
-    {"payload.authorization.validBefore": "1740672999"},
-])
-@pytest.mark.parametrize("domain", [("USDC", "2", 84532, SEPOLIA_USDC), ("USD Coin", "2", 8453, BASE_USDC)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"payload.authorization.value": "20000"},
+        {"payload.authorization.to": OTHER},
+        {"payload.authorization.nonce": "0x" + "ab" * 32},
+        {"payload.authorization.validBefore": "1740672999"},
+    ],
+)
+@pytest.mark.parametrize(
+    "domain", [("USDC", "2", 84532, SEPOLIA_USDC), ("USD Coin", "2", 8453, BASE_USDC)]
+)
 def test_fast_path_agrees_with_eth_account_and_the_sdk_digest(variant, domain):
     # Our digest + coincurve recovery vs eth-account's typed-data encoding + recovery vs the
     # SDK's own EIP-712 hashing, on the genuine payload and tampered copies, on both domains.
@@ -359,12 +415,18 @@ def test_fast_path_agrees_with_eth_account_and_the_sdk_digest(variant, domain):
     doc = json.loads(raw)
     p = parse_payment(doc)
     name, version, chain_id, contract = domain
-    digest = authorization_digest(p.authorization, domain_separator(name, version, chain_id, bytes.fromhex(contract[2:])))
+    digest = authorization_digest(
+        p.authorization, domain_separator(name, version, chain_id, bytes.fromhex(contract[2:]))
+    )
     auth = doc["payload"]["authorization"]
     sdk_auth = sdk_types.ExactEIP3009Payload.from_dict(doc["payload"]).authorization
-    assert digest == sdk_eip712.hash_eip3009_authorization(sdk_auth, chain_id, contract, name, version)
+    assert digest == sdk_eip712.hash_eip3009_authorization(
+        sdk_auth, chain_id, contract, name, version
+    )
     fast, _ = recover_signer(digest, p.signature)
-    slow = recover_signer_eth_account(auth, doc["payload"]["signature"], name, version, chain_id, contract)
+    slow = recover_signer_eth_account(
+        auth, doc["payload"]["signature"], name, version, chain_id, contract
+    )
     assert to_checksum_address(fast) == slow
     assert (slow == PAYER) == (variant == {} and chain_id == 84532)
 
@@ -373,33 +435,57 @@ def test_fast_path_agrees_with_eth_account_on_freshly_signed_payloads():
     for name, entry in SIGNED["payloads"].items():
         doc = entry["payload"]
         p = parse_payment(doc)
-        digest = authorization_digest(p.authorization, domain_separator("USD Coin", "2", 8453, bytes.fromhex(BASE_USDC[2:])))
-        slow = recover_signer_eth_account(doc["payload"]["authorization"], doc["payload"]["signature"],
-                                          "USD Coin", "2", 8453, BASE_USDC)
+        digest = authorization_digest(
+            p.authorization, domain_separator("USD Coin", "2", 8453, bytes.fromhex(BASE_USDC[2:]))
+        )
+        slow = recover_signer_eth_account(
+            doc["payload"]["authorization"],
+            doc["payload"]["signature"],
+            "USD Coin",
+            "2",
+            8453,
+            BASE_USDC,
+        )
         fast, why = recover_signer(digest, p.signature)
         if name == "high_s_twin":
             assert fast is None and "malleable" in why
             assert slow == doc["payload"]["authorization"]["from"]
         else:
             assert to_checksum_address(fast) == slow, name
-            assert (slow == doc["payload"]["authorization"]["from"]) == (name != "wrong_domain_name"), name
+            assert (slow == doc["payload"]["authorization"]["from"]) == (
+                name != "wrong_domain_name"
+            ), name
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("valid_v1", None), ("valid_v2", None), ("valid_v_01", None),
-    ("valid_payer2_20000", None),
-    ("high_s_twin", FailureCode.signature_invalid),
-    ("wrong_domain_name", FailureCode.signature_invalid),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("valid_v1", None),
+        ("valid_v2", None),
+        ("valid_v_01", None),
+        ("valid_payer2_20000", None),
+        ("high_s_twin", FailureCode.signature_invalid),
+        ("wrong_domain_name", FailureCode.signature_invalid),
+    ],
+)
 def test_freshly_signed_base_payloads(base, name, expected):
     doc = SIGNED["payloads"][name]["payload"]
     amount = int(doc["payload"]["authorization"]["value"])
-    verdict = base.verify(json.dumps(doc), terms(SIGNED["now"], recipient=SIGNED["pay_to"], amount=amount), NoChain())
+    verdict = base.verify(
+        json.dumps(doc), terms(SIGNED["now"], recipient=SIGNED["pay_to"], amount=amount), NoChain()
+    )
     assert verdict.code is expected, verdict.detail
     # the same payload on the Base Sepolia rail is on the wrong chain
-    assert X402Adapter(rail_on("base-sepolia")).verify(
-        json.dumps(doc), terms(SIGNED["now"], recipient=SIGNED["pay_to"], amount=amount), NoChain()
-    ).code is FailureCode.chain_mismatch
+    assert (
+        X402Adapter(rail_on("base-sepolia"))
+        .verify(
+            json.dumps(doc),
+            terms(SIGNED["now"], recipient=SIGNED["pay_to"], amount=amount),
+            NoChain(),
+        )
+        .code
+        is FailureCode.chain_mismatch
+    )
 
 
 # -- decoding and normalization ----------------------------------------------------------
@@ -473,7 +559,9 @@ def test_unknown_network_or_proof_type_does_not_normalize(sepolia):
     with pytest.raises(ProofMalformed):
         sepolia.normalize_proof("x402_payment_payload", tamper(V1_JSON, "network", "nowhere"))
     with pytest.raises(ProofMalformed):
-        sepolia.normalize_proof("x402_payment_payload", tamper(V2_JSON, "accepted.network", "solana:mainnet"))
+        sepolia.normalize_proof(
+            "x402_payment_payload", tamper(V2_JSON, "accepted.network", "solana:mainnet")
+        )
     with pytest.raises(ProofMalformed) as e:
         sepolia.normalize_proof("evm_tx_hash", V1_JSON)
     assert e.value.field == "proof_type"
@@ -484,7 +572,13 @@ def test_normalize_address(sepolia):
     assert sepolia.normalize_address(PAY_TO) == PAY_TO
     assert sepolia.normalize_address("0x" + PAY_TO[2:].upper()) == PAY_TO
     bad_checksum = PAY_TO[:-1] + ("c" if PAY_TO[-1] == "C" else "C")
-    for bad in (bad_checksum, PAY_TO[:-1], "209693Bc6afc0C5328bA36FaF03C514EF312287C00", "", "0x" + "z" * 40):
+    for bad in (
+        bad_checksum,
+        PAY_TO[:-1],
+        "209693Bc6afc0C5328bA36FaF03C514EF312287C00",
+        "",
+        "0x" + "z" * 40,
+    ):
         with pytest.raises(ProofMalformed) as e:
             sepolia.normalize_address(bad, field="treasury")
         assert e.value.field == "treasury"
@@ -496,14 +590,31 @@ def test_normalize_address(sepolia):
 
 def test_prepare_gives_x402_requirements_with_the_pinned_domain(sepolia):
     now = at(INSIDE)
-    session = SessionShape(id="s1", recipient=PAY_TO.lower(), amount=10000, reference=None, memo=None,
-                           expires_at=now + timedelta(seconds=900), access_product_id="p")
+    session = SessionShape(
+        id="s1",
+        recipient=PAY_TO.lower(),
+        amount=10000,
+        reference=None,
+        memo=None,
+        expires_at=now + timedelta(seconds=900),
+        access_product_id="p",
+    )
     req = sepolia.prepare(session, now=now)
     assert (req.rail_id, req.network, req.asset, req.recipient, req.amount) == (
-        "x402", "base-sepolia", SEPOLIA_USDC, PAY_TO, "10000")
+        "x402",
+        "base-sepolia",
+        SEPOLIA_USDC,
+        PAY_TO,
+        "10000",
+    )
     assert req.data == {
-        "scheme": "exact", "network": "eip155:84532", "amount": "10000", "maxAmountRequired": "10000",
-        "asset": SEPOLIA_USDC, "payTo": PAY_TO, "maxTimeoutSeconds": 900,
+        "scheme": "exact",
+        "network": "eip155:84532",
+        "amount": "10000",
+        "maxAmountRequired": "10000",
+        "asset": SEPOLIA_USDC,
+        "payTo": PAY_TO,
+        "maxTimeoutSeconds": 900,
         "extra": {"name": "USDC", "version": "2"},
     }
     expired = SessionShape(**{**session.model_dump(), "expires_at": now - timedelta(seconds=5)})
@@ -523,12 +634,22 @@ def _topic(address: str) -> str:
     return "0x" + "00" * 12 + address[2:].lower()
 
 
-def settlement_logs(to: str = PAY_TO, value: int = 10000, asset: str = SEPOLIA_USDC) -> list[dict[str, Any]]:
+def settlement_logs(
+    to: str = PAY_TO, value: int = 10000, asset: str = SEPOLIA_USDC
+) -> list[dict[str, Any]]:
     return [
-        {"address": asset.lower(), "topics": [AUTHORIZATION_USED_TOPIC, _topic(PAYER), NONCE],
-         "data": "0x", "logIndex": "0x0"},
-        {"address": asset.lower(), "topics": [TRANSFER_TOPIC, _topic(PAYER), _topic(to)],
-         "data": "0x" + value.to_bytes(32, "big").hex(), "logIndex": "0x1"},
+        {
+            "address": asset.lower(),
+            "topics": [AUTHORIZATION_USED_TOPIC, _topic(PAYER), NONCE],
+            "data": "0x",
+            "logIndex": "0x0",
+        },
+        {
+            "address": asset.lower(),
+            "topics": [TRANSFER_TOPIC, _topic(PAYER), _topic(to)],
+            "data": "0x" + value.to_bytes(32, "big").hex(),
+            "logIndex": "0x1",
+        },
     ]
 
 
@@ -537,27 +658,44 @@ BLOCK_HASH = "0x" + "cd" * 32
 
 
 def receipt(logs: list[dict[str, Any]], status: str = "0x1", block: int = 100) -> dict[str, Any]:
-    return {"transactionHash": TX, "status": status, "blockNumber": hex(block), "blockHash": BLOCK_HASH,
-            "logs": logs}
+    return {
+        "transactionHash": TX,
+        "status": status,
+        "blockNumber": hex(block),
+        "blockHash": BLOCK_HASH,
+        "logs": logs,
+    }
 
 
-def live_chain(used: bool, logs: list[dict[str, Any]] | None = None, head: int = 104,
-               finalized: int | None = 50, canonical: str = BLOCK_HASH, **extra: Any) -> ScriptedChain:
+def live_chain(
+    used: bool,
+    logs: list[dict[str, Any]] | None = None,
+    head: int = 104,
+    finalized: int | None = 50,
+    canonical: str = BLOCK_HASH,
+    **extra: Any,
+) -> ScriptedChain:
     auth_log = [{"transactionHash": TX, "blockNumber": "0x64", "removed": False}] if logs else []
 
     def block(params: list[Any]) -> Any:
         if params[0] == "finalized":  # a node without the tag answers null
-            return {"number": hex(finalized), "hash": "0x" + "ee" * 32} if finalized is not None else None
+            return (
+                {"number": hex(finalized), "hash": "0x" + "ee" * 32}
+                if finalized is not None
+                else None
+            )
         return {"number": params[0], "hash": canonical}
 
-    return ScriptedChain({
-        "eth_call": "0x" + ("1" if used else "0").rjust(64, "0"),
-        "eth_getLogs": auth_log,
-        "eth_getTransactionReceipt": receipt(logs or []),
-        "eth_blockNumber": hex(head),
-        "eth_getBlockByNumber": block,
-        **extra,
-    })
+    return ScriptedChain(
+        {
+            "eth_call": "0x" + ("1" if used else "0").rjust(64, "0"),
+            "eth_getLogs": auth_log,
+            "eth_getTransactionReceipt": receipt(logs or []),
+            "eth_blockNumber": hex(head),
+            "eth_getBlockByNumber": block,
+            **extra,
+        }
+    )
 
 
 def test_offline_verification_makes_no_chain_call(sepolia):
@@ -574,7 +712,8 @@ def test_live_unused_nonce_reads_authorization_state_once(sepolia):
     assert chain.methods() == ["eth_call"]
     call, tag = chain.calls[0][1]
     expected = keccak(text="authorizationState(address,bytes32)")[:4] + abi_encode(
-        ["address", "bytes32"], [PAYER, bytes.fromhex(NONCE[2:])])
+        ["address", "bytes32"], [PAYER, bytes.fromhex(NONCE[2:])]
+    )
     assert call == {"to": SEPOLIA_USDC.lower(), "data": "0x" + expected.hex()} and tag == "latest"
 
 
@@ -584,18 +723,28 @@ def test_live_used_nonce_settled_by_this_payment_reports_the_settlement(sepolia)
     assert verdict.status is Status.verified
     s = verdict.settlement
     assert (s.ref, s.block_number, s.block_hash, s.confirmations) == (REF, 100, BLOCK_HASH, 5)
-    assert (s.finality, s.is_final) == ("confirmed", False)  # 5 of 10 confirmations, above finalized
+    assert (s.finality, s.is_final) == (
+        "confirmed",
+        False,
+    )  # 5 of 10 confirmations, above finalized
     assert verdict.observed["tx_hash"] == TX and verdict.observed["block_number"] == 100
     filt = chain.calls[1][1][0]
-    assert filt["address"] == SEPOLIA_USDC.lower() and filt["topics"] == [AUTHORIZATION_USED_TOPIC, _topic(PAYER), NONCE]
+    assert filt["address"] == SEPOLIA_USDC.lower() and filt["topics"] == [
+        AUTHORIZATION_USED_TOPIC,
+        _topic(PAYER),
+        NONCE,
+    ]
 
 
-@pytest.mark.parametrize("logs", [
-    settlement_logs(to=OTHER),  # the payer spent the nonce on another authorization
-    settlement_logs(value=9999),
-    settlement_logs()[:1],  # AuthorizationUsed without a Transfer
-    [],  # used but no AuthorizationUsed log: cancelled
-])
+@pytest.mark.parametrize(
+    "logs",
+    [
+        settlement_logs(to=OTHER),  # the payer spent the nonce on another authorization
+        settlement_logs(value=9999),
+        settlement_logs()[:1],  # AuthorizationUsed without a Transfer
+        [],  # used but no AuthorizationUsed log: cancelled
+    ],
+)
 def test_live_used_nonce_not_settled_as_this_payment_is_nonce_reused(sepolia, logs):
     verdict = sepolia.verify(V1_JSON, terms(), live_chain(used=True, logs=logs))
     assert (verdict.status, verdict.code) == (Status.failed, FailureCode.nonce_reused)
@@ -603,7 +752,9 @@ def test_live_used_nonce_not_settled_as_this_payment_is_nonce_reused(sepolia, lo
 
 def test_live_chain_only_asked_after_offline_checks_pass(sepolia):
     chain = live_chain(used=False)
-    assert sepolia.verify(V1_JSON, terms(recipient=OTHER), chain).code is FailureCode.wrong_recipient
+    assert (
+        sepolia.verify(V1_JSON, terms(recipient=OTHER), chain).code is FailureCode.wrong_recipient
+    )
     assert chain.calls == []
 
 
@@ -612,7 +763,10 @@ def test_live_transport_trouble_is_pending_not_failed(sepolia):
         raise RpcUnavailable("connection refused")
 
     checked = run_verify(sepolia, V1_JSON, terms(), live_chain(used=False, eth_call=down))
-    assert (checked.verdict.status, checked.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    )
 
 
 # -- finality ----------------------------------------------------------------------------
@@ -625,12 +779,15 @@ def test_finality_not_settled_yet(sepolia):
     assert "eth_blockNumber" not in chain.methods()
 
 
-@pytest.mark.parametrize("head,finalized,want", [
-    (104, None, ("confirmed", False, 5)),  # 5 < 10 confirmations, no finalized tag answer
-    (109, None, ("finalized", True, 10)),  # the rail's depth reached
-    (104, 100, ("finalized", True, 5)),  # under the node's finalized block
-    (104, 99, ("confirmed", False, 5)),
-])
+@pytest.mark.parametrize(
+    "head,finalized,want",
+    [
+        (104, None, ("confirmed", False, 5)),  # 5 < 10 confirmations, no finalized tag answer
+        (109, None, ("finalized", True, 10)),  # the rail's depth reached
+        (104, 100, ("finalized", True, 5)),  # under the node's finalized block
+        (104, 99, ("confirmed", False, 5)),
+    ],
+)
 def test_finality_depth_and_finalized_tag(sepolia, head, finalized, want):
     chain = live_chain(used=True, logs=settlement_logs(), head=head, finalized=finalized)
     [s] = sepolia.finality([REF], chain)
@@ -644,7 +801,9 @@ def test_finality_reads_the_head_once_per_sweep(sepolia):
     settlements = sepolia.finality([REF, REF, REF], chain)
     assert len(settlements) == 3 and all(s.is_final for s in settlements)
     assert chain.methods().count("eth_blockNumber") == 1
-    finalized_reads = [p for m, p in chain.calls if m == "eth_getBlockByNumber" and p[0] == "finalized"]
+    finalized_reads = [
+        p for m, p in chain.calls if m == "eth_getBlockByNumber" and p[0] == "finalized"
+    ]
     assert len(finalized_reads) == 1
 
 
@@ -652,7 +811,11 @@ def test_finality_checks_where_the_money_went_when_told(sepolia):
     chain = live_chain(used=True, logs=settlement_logs(to=OTHER))
     [s] = sepolia.finality([REF], chain, expected={REF: (PAY_TO, 10000)})
     assert (s.finality, s.is_final) == ("not_found", False) and "not this payment" in s.detail
-    [ok] = sepolia.finality([REF], live_chain(used=True, logs=settlement_logs(), head=120), expected={REF: (PAY_TO, 10000)})
+    [ok] = sepolia.finality(
+        [REF],
+        live_chain(used=True, logs=settlement_logs(), head=120),
+        expected={REF: (PAY_TO, 10000)},
+    )
     assert ok.is_final
 
 
@@ -673,5 +836,7 @@ def test_finality_reverted_or_foreign_refs(sepolia):
 def test_live_transport_is_the_evm_rails():
     from rails.transport.evm_http import EvmHttpTransport
 
-    transport = X402Adapter.live_transport(["http://127.0.0.1:9"], "base-sepolia")  # built, never called
+    transport = X402Adapter.live_transport(
+        ["http://127.0.0.1:9"], "base-sepolia"
+    )  # built, never called
     assert isinstance(transport, EvmHttpTransport) and transport.source == "live"

@@ -1,15 +1,15 @@
 """x402 through the engine: the signed spec payload verifies offline, the authorization can
 back one session only (nonce_reused), and a gated rail never applies without its gates."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import make_settings
-from verifier.services import gate, proofs, sessions
 from verifier.core.engine import Engine
 from verifier.core.errors import Conflict
+from verifier.services import gate, proofs, sessions
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
@@ -17,16 +17,27 @@ PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 
 @pytest.fixture
 def x402_engine(db_url):
-    e = Engine(make_settings(db_url, clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=timezone.utc),
-                             env={"RAILPROOF_NETWORK_X402": "base-sepolia"}))
+    e = Engine(
+        make_settings(
+            db_url,
+            clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=UTC),
+            env={"RAILPROOF_NETWORK_X402": "base-sepolia"},
+        )
+    )
     e.ensure_rail_states()
     yield e
     e.db.dispose()
 
 
 def open_x402(engine):
-    req = sessions.NewSession(owner_id="alice", rail_id="x402", access_product_id="api",
-                              amount=10000, recipient=PAY_TO, reference=None)
+    req = sessions.NewSession(
+        owner_id="alice",
+        rail_id="x402",
+        access_product_id="api",
+        amount=10000,
+        recipient=PAY_TO,
+        reference=None,
+    )
     return sessions.open_session(engine, req, actor="test")
 
 
@@ -52,5 +63,10 @@ def test_payload_verifies_and_replay_for_another_session_is_nonce_reused(x402_en
     rep = gate.dry_run_apply(x402_engine, view["id"])
     blockers = {b["code"] for b in rep["blockers"]}
     assert not rep["would_apply"]
-    assert {"settlement_final", "rail_production_enabled", "rail_allowlisted",
-            "live_apply_enabled", "receipt_creation_allowed"} <= blockers
+    assert {
+        "settlement_final",
+        "rail_production_enabled",
+        "rail_allowlisted",
+        "live_apply_enabled",
+        "receipt_creation_allowed",
+    } <= blockers

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import x402_oracle as oracle
 from rails.base import SessionShape, Status, Terms
 from rails.x402 import X402Adapter
 from registry.catalog import RailOverrides, load_catalog
+from tests import x402_oracle as oracle
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
 SEPOLIA_USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
@@ -49,13 +49,19 @@ def facilitator():
 def pin(monkeypatch, now: int) -> None:
     """The SDK reads time.time() in its facilitator modules; pin it there only."""
     for module in oracle.SDK_CLOCK_MODULES:
-        monkeypatch.setattr(module, "time", type("Clock", (), {"time": staticmethod(lambda: float(now))}))
+        monkeypatch.setattr(
+            module, "time", type("Clock", (), {"time": staticmethod(lambda: float(now))})
+        )
 
 
 def ours(network: str, payload: dict[str, Any], requirements: dict[str, Any], now: int) -> Any:
     amount = int(requirements.get("amount") or requirements["maxAmountRequired"])
-    terms = Terms(recipient=requirements["payTo"], amount=amount, asset=requirements["asset"],
-                  now=datetime.fromtimestamp(now, timezone.utc))
+    terms = Terms(
+        recipient=requirements["payTo"],
+        amount=amount,
+        asset=requirements["asset"],
+        now=datetime.fromtimestamp(now, UTC),
+    )
     return adapter(network).verify(json.dumps(payload), terms, _NoChain())
 
 
@@ -88,11 +94,19 @@ def variants(doc: dict[str, Any], other_network: str) -> dict[str, dict[str, Any
     auth = "payload.authorization."
     return {
         "valid": doc,
-        "value": tampered(doc, auth + "value", str(int(doc["payload"]["authorization"]["value"]) + 10000)),
+        "value": tampered(
+            doc, auth + "value", str(int(doc["payload"]["authorization"]["value"]) + 10000)
+        ),
         "to": tampered(doc, auth + "to", OTHER),
         "network": tampered(doc, network_path, other_network),
-        "valid_before_later": tampered(doc, auth + "validBefore", str(int(doc["payload"]["authorization"]["validBefore"]) + 600)),
-        "valid_before_earlier": tampered(doc, auth + "validBefore", str(int(doc["payload"]["authorization"]["validAfter"]) + 1)),
+        "valid_before_later": tampered(
+            doc,
+            auth + "validBefore",
+            str(int(doc["payload"]["authorization"]["validBefore"]) + 600),
+        ),
+        "valid_before_earlier": tampered(
+            doc, auth + "validBefore", str(int(doc["payload"]["authorization"]["validAfter"]) + 1)
+        ),
         "sig_byte_0": flip_signature_byte(doc, 0),
         "sig_byte_40": flip_signature_byte(doc, 40),
         "sig_v": flip_signature_byte(doc, 64),
@@ -109,15 +123,24 @@ SPEC_CASES = [
 
 
 @pytest.mark.parametrize("case,payload,requirements,_", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
-def test_spec_payload_and_tampered_variants_agree_with_the_sdk(facilitator, monkeypatch, case, payload, requirements, _):
+def test_spec_payload_and_tampered_variants_agree_with_the_sdk(
+    facilitator, monkeypatch, case, payload, requirements, _
+):
     pin(monkeypatch, INSIDE)
     sdk = oracle.sdk_verify(facilitator, payload, requirements)
     mine = ours("base-sepolia", payload, requirements, INSIDE)
-    assert (mine.status is Status.verified) == sdk.is_valid, (case, mine.code, mine.detail, sdk.invalid_reason)
+    assert (mine.status is Status.verified) == sdk.is_valid, (
+        case,
+        mine.code,
+        mine.detail,
+        sdk.invalid_reason,
+    )
     assert sdk.is_valid == case.endswith(":valid")
 
 
-@pytest.mark.parametrize("now", [VALID_AFTER - 1, VALID_AFTER, INSIDE, VALID_BEFORE - 7, VALID_BEFORE, 1900000000])
+@pytest.mark.parametrize(
+    "now", [VALID_AFTER - 1, VALID_AFTER, INSIDE, VALID_BEFORE - 7, VALID_BEFORE, 1900000000]
+)
 def test_time_window_agrees_with_the_sdk(facilitator, monkeypatch, now):
     pin(monkeypatch, now)
     for doc, req in ((V1, V1_REQ), (V2, V2_REQ)):
@@ -138,15 +161,25 @@ def test_sdk_settlement_buffer_is_the_only_window_difference(facilitator, monkey
 def _signed_requirements(doc: dict[str, Any]) -> dict[str, Any]:
     version = doc["x402Version"]
     return oracle.requirements_doc(
-        version, "base" if version == 1 else "eip155:8453", SIGNED["asset"], SIGNED["pay_to"],
-        int(doc["payload"]["authorization"]["value"]), "USD Coin", "2")
+        version,
+        "base" if version == 1 else "eip155:8453",
+        SIGNED["asset"],
+        SIGNED["pay_to"],
+        int(doc["payload"]["authorization"]["value"]),
+        "USD Coin",
+        "2",
+    )
 
 
 SIGNED_CASES = [
     (f"{entry}:{name}", variant)
     for entry in ("valid_v1", "valid_v2", "valid_v_01", "valid_payer2_20000", "wrong_domain_name")
-    for name, variant in variants(SIGNED["payloads"][entry]["payload"], "base-sepolia"
-                                  if SIGNED["payloads"][entry]["payload"]["x402Version"] == 1 else "eip155:84532").items()
+    for name, variant in variants(
+        SIGNED["payloads"][entry]["payload"],
+        "base-sepolia"
+        if SIGNED["payloads"][entry]["payload"]["x402Version"] == 1
+        else "eip155:84532",
+    ).items()
 ]
 
 
@@ -158,7 +191,12 @@ def test_freshly_signed_base_payloads_agree_with_the_sdk(facilitator, monkeypatc
     requirements = _signed_requirements(SIGNED["payloads"][entry]["payload"])
     sdk = oracle.sdk_verify(facilitator, payload, requirements)
     mine = ours("base", payload, requirements, SIGNED["now"])
-    assert (mine.status is Status.verified) == sdk.is_valid, (case, mine.code, mine.detail, sdk.invalid_reason)
+    assert (mine.status is Status.verified) == sdk.is_valid, (
+        case,
+        mine.code,
+        mine.detail,
+        sdk.invalid_reason,
+    )
     assert sdk.is_valid == (case.endswith(":valid") and entry != "wrong_domain_name")
 
 
@@ -176,7 +214,9 @@ def test_used_nonce_both_refuse(monkeypatch):
     # authorizationState says so. The SDK learns it from its simulation (v2 maps the revert).
     pin(monkeypatch, INSIDE)
     auth = V2["payload"]["authorization"]
-    used = oracle.make_facilitator(oracle.StubSigner(contracts=[SEPOLIA_USDC], used_nonces=[(auth["from"], auth["nonce"])]))
+    used = oracle.make_facilitator(
+        oracle.StubSigner(contracts=[SEPOLIA_USDC], used_nonces=[(auth["from"], auth["nonce"])])
+    )
     sdk = oracle.sdk_verify(used, V2, V2_REQ)
     assert not sdk.is_valid and "nonce" in sdk.invalid_reason
 
@@ -186,7 +226,7 @@ def test_used_nonce_both_refuse(monkeypatch):
         def call(self, method, params):
             return {"eth_call": "0x" + "0" * 63 + "1", "eth_getLogs": []}[method]
 
-    terms = Terms(recipient=V1_REQ["payTo"], amount=10000, now=datetime.fromtimestamp(INSIDE, timezone.utc))
+    terms = Terms(recipient=V1_REQ["payTo"], amount=10000, now=datetime.fromtimestamp(INSIDE, UTC))
     assert adapter("base-sepolia").verify(json.dumps(V2), terms, UsedChain()).code == "nonce_reused"
 
 
@@ -194,9 +234,16 @@ def test_prepared_requirements_are_what_the_sdk_verifies_against(facilitator, mo
     # Our prepare() output, fed to the SDK as v2 PaymentRequirements, accepts the spec's v2
     # payload; with the v1 network name swapped in, the v1 payload too.
     pin(monkeypatch, INSIDE)
-    now = datetime.fromtimestamp(INSIDE, timezone.utc)
-    session = SessionShape(id="s", recipient=V1_REQ["payTo"], amount=10000, reference=None, memo=None,
-                           expires_at=now + timedelta(seconds=60), access_product_id="p")
+    now = datetime.fromtimestamp(INSIDE, UTC)
+    session = SessionShape(
+        id="s",
+        recipient=V1_REQ["payTo"],
+        amount=10000,
+        reference=None,
+        memo=None,
+        expires_at=now + timedelta(seconds=60),
+        access_product_id="p",
+    )
     data = adapter("base-sepolia").prepare(session, now=now).data
     assert oracle.sdk_verify(facilitator, V2, data).is_valid
     v1_data = {**data, "network": "base-sepolia", "resource": "https://example.test/r"}

@@ -31,8 +31,9 @@ class Receiver:
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), daemon=True
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -40,7 +41,7 @@ class Receiver:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/hooks"
 
-    def __enter__(self) -> "Receiver":
+    def __enter__(self) -> Receiver:
         self._thread.start()
         return self
 
@@ -78,9 +79,15 @@ class Receiver:
         signature = headers.get(SIGNATURE_HEADER, "")
         ok = self.secret is not None and verify_signature(self.secret, signature, body)
         with self.lock:
-            self.requests.append({"event_id": event_id, "signature": signature,
-                                  "body": body, "verified": ok,
-                                  "content_type": headers.get("Content-Type")})
+            self.requests.append(
+                {
+                    "event_id": event_id,
+                    "signature": signature,
+                    "body": body,
+                    "verified": ok,
+                    "content_type": headers.get("Content-Type"),
+                }
+            )
             if not ok:
                 self.rejected += 1
                 return 400

@@ -4,18 +4,21 @@ Exit codes: 0 done; 1 refused (a blocker, a 4xx); 2 usage or connection error, w
 on stderr that says what to do.
 """
 
-
 import json
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="railproof: rail-proof verification engine for on-chain payments")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="railproof: rail-proof verification engine for on-chain payments",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
 alerts_app = typer.Typer(no_args_is_help=True, help="Prometheus alert rules from the metric spec.")
@@ -24,7 +27,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(alerts_app, name="alerts")
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -33,14 +36,17 @@ def _settings():
     from pydantic import ValidationError
 
     from verifier.core.config import load_settings
+
     try:
         return load_settings()
     except (ValidationError, ValueError) as e:
         fail(f"configuration: {e}".splitlines()[0] + " (check RAILPROOF_* variables)")
 
 
-AUDIT_KEY_MISSING = ("no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
-                     "(a file holding it); the audit log is keyed with it (docs/security.md)")
+AUDIT_KEY_MISSING = (
+    "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
+    "(a file holding it); the audit log is keyed with it (docs/security.md)"
+)
 
 
 def _engine(require_migrated: bool = True, writes: bool = True):
@@ -49,6 +55,7 @@ def _engine(require_migrated: bool = True, writes: bool = True):
     from verifier.core.engine import Engine
     from verifier.storage.db import NotMigrated
     from verifier.storage.db import require_migrated as check
+
     settings = _settings()
     try:
         key = settings.audit_key_bytes()
@@ -61,8 +68,10 @@ def _engine(require_migrated: bool = True, writes: bool = True):
         except NotMigrated as e:
             fail(str(e))
         except Exception as e:  # connection refused, bad URL
-            fail(f"database: cannot open {engine.settings.database_url.split('@')[-1]}: "
-                 f"{type(e).__name__}")
+            fail(
+                f"database: cannot open {engine.settings.database_url.split('@')[-1]}: "
+                f"{type(e).__name__}"
+            )
     # SECURITY: nothing that appends to the audit log runs without the key: an unkeyed chain
     # can be rewritten and re-hashed by anyone who can write the table.
     if writes and key is None:
@@ -76,6 +85,7 @@ def _engine(require_migrated: bool = True, writes: bool = True):
 def db_upgrade(revision: str = "head") -> None:
     """Migrate the database at RAILPROOF_DATABASE_URL to the latest schema."""
     from verifier.storage.db import upgrade
+
     settings = _settings()
     try:
         upgrade(settings.database_url, revision)
@@ -85,32 +95,44 @@ def db_upgrade(revision: str = "head") -> None:
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: Annotated[Optional[int], typer.Option()] = None,
-          workers: int = 1) -> None:
+def serve(
+    host: str = "127.0.0.1", port: Annotated[int | None, typer.Option()] = None, workers: int = 1
+) -> None:
     """Serve the HTTP API (refuses an unmigrated database)."""
     import uvicorn
 
     from verifier.core.logs import configure_logging
+
     configure_logging()
     port = port or int(os.environ.get("PORT", "8000"))
     _engine()  # refuse early, with the migration hint, before binding the port
-    uvicorn.run("verifier.http.asgi:make_app", factory=True, host=host, port=port,
-                workers=workers, log_config=None, access_log=False)
+    uvicorn.run(
+        "verifier.http.asgi:make_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command()
-def worker(once: bool = typer.Option(False, help="one sweep, then exit"),
-           interval: float = typer.Option(2.0, help="seconds between sweeps"),
-           batch: int = typer.Option(100, help="proofs per sweep"),
-           name: Optional[str] = typer.Option(None, help="worker name in attempts")) -> None:
+def worker(
+    once: bool = typer.Option(False, help="one sweep, then exit"),
+    interval: float = typer.Option(2.0, help="seconds between sweeps"),
+    batch: int = typer.Option(100, help="proofs per sweep"),
+    name: str | None = typer.Option(None, help="worker name in attempts"),
+) -> None:
     """Re-verify pending proofs, refresh finality, check reorgs, auto-apply when enabled."""
     from verifier.core.logs import configure_logging
     from verifier.worker.loop import run_worker
+
     configure_logging()
     run_worker(_engine(), once=once, interval=interval, batch=batch, name=name)
 
 
-def _dt(value: Optional[str], flag: str) -> Optional[datetime]:
+def _dt(value: str | None, flag: str) -> datetime | None:
     if value is None:
         return None
     try:
@@ -125,27 +147,41 @@ def verify_offline_cmd(
     proof: Annotated[str, typer.Option(help="signature / tx hash / x402 payload file or header")],
     recipient: Annotated[str, typer.Option(help="who must receive")],
     amount: Annotated[str, typer.Option(help="base units, an integer")],
-    cassette: Annotated[Optional[Path], typer.Option(help="recorded chain responses")] = None,
-    asset: Optional[str] = None, network: Optional[str] = None,
-    reference: Optional[str] = None, memo: Optional[str] = None,
-    not_before: Annotated[Optional[str], typer.Option("--not-before")] = None,
-    not_after: Annotated[Optional[str], typer.Option("--not-after")] = None,
-    now: Optional[str] = None,
+    cassette: Annotated[Path | None, typer.Option(help="recorded chain responses")] = None,
+    asset: str | None = None,
+    network: str | None = None,
+    reference: str | None = None,
+    memo: str | None = None,
+    not_before: Annotated[str | None, typer.Option("--not-before")] = None,
+    not_after: Annotated[str | None, typer.Option("--not-after")] = None,
+    now: str | None = None,
     at_least: Annotated[bool, typer.Option("--at-least", help="accept overpayment")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Verify one recorded proof against an expected payment: no database, no network."""
     from verifier.services.offline import OfflineRequest, UsageError, verify_offline
+
     if not (amount.isascii() and amount.isdigit()):  # "²".isdigit() is True, int() refuses it
         fail("--amount: must be an integer of base units, e.g. 1500000")
     from rails import reads_chain
+
     if cassette is None and reads_chain(rail):  # the proof is a chain transaction
         fail("--cassette: required for this rail")
-    req = OfflineRequest(rail=rail, proof=proof, recipient=recipient, amount=int(amount),
-                         cassette=cassette, asset=asset, network=network, reference=reference,
-                         memo=memo, not_before=_dt(not_before, "--not-before"),
-                         not_after=_dt(not_after, "--not-after"), now=_dt(now, "--now"),
-                         at_least=at_least)
+    req = OfflineRequest(
+        rail=rail,
+        proof=proof,
+        recipient=recipient,
+        amount=int(amount),
+        cassette=cassette,
+        asset=asset,
+        network=network,
+        reference=reference,
+        memo=memo,
+        not_before=_dt(not_before, "--not-before"),
+        not_after=_dt(not_after, "--not-after"),
+        now=_dt(now, "--now"),
+        at_least=at_least,
+    )
     try:
         out = verify_offline(req)
     except UsageError as e:
@@ -155,6 +191,7 @@ def verify_offline_cmd(
         return
     from rich.console import Console
     from rich.table import Table
+
     t = Table(title=f"{rail}: {out['status']}")
     t.add_column("field")
     t.add_column("value")
@@ -167,18 +204,26 @@ def verify_offline_cmd(
 
 
 @app.command()
-def record(network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ethereum, base")],
-           out: Annotated[Path, typer.Option(help="cassette file to write")],
-           proof: Annotated[list[str], typer.Option(help="signature / tx hash; repeatable")],
-           recipient: Annotated[str, typer.Option(help="the expected recipient (shapes the calls)")],
-           rail: Annotated[str, typer.Option(help="rail whose adapter makes the calls")] = "solana_usdc",
-           rpc: Annotated[Optional[list[str]], typer.Option(help="RPC URL; default RAILPROOF_RPC_<NETWORK>")] = None) -> None:
+def record(
+    network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ethereum, base")],
+    out: Annotated[Path, typer.Option(help="cassette file to write")],
+    proof: Annotated[list[str], typer.Option(help="signature / tx hash; repeatable")],
+    recipient: Annotated[str, typer.Option(help="the expected recipient (shapes the calls)")],
+    rail: Annotated[str, typer.Option(help="rail whose adapter makes the calls")] = "solana_usdc",
+    rpc: Annotated[
+        list[str] | None, typer.Option(help="RPC URL; default RAILPROOF_RPC_<NETWORK>")
+    ] = None,
+) -> None:
     """Record a cassette from a live RPC: the calls one verification makes, per proof."""
     from verifier.tools.recorder import record_cassette
+
     settings = _settings()
     urls = rpc or settings.rpc_urls(network)
     if not urls:
-        fail(f"--rpc: no RPC URL given and RAILPROOF_RPC_{network.upper().replace('-', '_')} is unset")
+        fail(
+            "--rpc: no RPC URL given and "
+            f"RAILPROOF_RPC_{network.upper().replace('-', '_')} is unset"
+        )
     try:
         n = record_cassette(rail, network, urls, proof, out, recipient)
     except ValueError as e:
@@ -188,13 +233,18 @@ def record(network: Annotated[str, typer.Option(help="e.g. solana-mainnet, ether
 
 @audit_app.command("verify")
 def audit_verify(
-    checkpoint: Annotated[Optional[Path], typer.Option(
-        help="a file from `railproof audit checkpoint`: the chain must still hold its head")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="a file from `railproof audit checkpoint`: the chain must still hold its head"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check the audit hash chain (and a checkpoint of it); names the first broken link.
     Exit 0 intact, 1 broken."""
     from verifier.services.audit import check_checkpoint, verify_chain
+
     cp = None
     if checkpoint is not None:
         try:
@@ -205,9 +255,12 @@ def audit_verify(
     if engine.db.audit_key is None:
         if cp is not None:
             fail(AUDIT_KEY_MISSING)
-        typer.echo("warning: no audit key (RAILPROOF_AUDIT_KEY or RAILPROOF_AUDIT_KEY_FILE): "
-                   "checked as an unkeyed chain, which anyone who can write the table can "
-                   "recompute", err=True)
+        typer.echo(
+            "warning: no audit key (RAILPROOF_AUDIT_KEY or RAILPROOF_AUDIT_KEY_FILE): "
+            "checked as an unkeyed chain, which anyone who can write the table can "
+            "recompute",
+            err=True,
+        )
     with engine.db.tx() as s:
         rep = verify_chain(s)
         cpr = check_checkpoint(s, cp, rep) if cp is not None else None
@@ -225,10 +278,13 @@ def audit_verify(
 
 
 @audit_app.command("checkpoint")
-def audit_checkpoint(out: Annotated[Optional[Path], typer.Option(help="file; default stdout")] = None) -> None:
+def audit_checkpoint(
+    out: Annotated[Path | None, typer.Option(help="file; default stdout")] = None,
+) -> None:
     """Sign the chain's head and length with the audit key. Keep the output off this host and
     check it later with `railproof audit verify --checkpoint FILE`."""
     from verifier.services.audit import make_checkpoint
+
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         fail(AUDIT_KEY_MISSING)
@@ -245,9 +301,12 @@ def audit_checkpoint(out: Annotated[Optional[Path], typer.Option(help="file; def
 
 
 @alerts_app.command("generate")
-def alerts_generate(out: Annotated[Optional[Path], typer.Option(help="file; default stdout")] = None) -> None:
+def alerts_generate(
+    out: Annotated[Path | None, typer.Option(help="file; default stdout")] = None,
+) -> None:
     """Write Prometheus alert rules generated from the metric spec."""
     from verifier.services.alerts import render_rules
+
     text = render_rules()
     if out:
         out.write_text(text)
@@ -257,40 +316,57 @@ def alerts_generate(out: Annotated[Optional[Path], typer.Option(help="file; defa
 
 
 @app.command()
-def demo(base_url: Annotated[Optional[str], typer.Option(help="API base URL")] = None) -> None:
+def demo(base_url: Annotated[str | None, typer.Option(help="API base URL")] = None) -> None:
     """Walk one Solana USDC payment from session to active entitlement against `make serve`."""
     from verifier.tools.demo import run_demo
+
     code = run_demo(base_url)
     raise typer.Exit(code)
 
 
 @app.command()
-def bench(proofs: Annotated[int, typer.Option("--proofs", min=10)] = 2000,
-          database_url: Annotated[Optional[str], typer.Option("--database-url")] = None,
-          stored: Annotated[Optional[int], typer.Option("--stored", help="proofs stored for dry-run latency")] = None,
-          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def bench(
+    proofs: Annotated[int, typer.Option("--proofs", min=10)] = 2000,
+    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
+    stored: Annotated[
+        int | None, typer.Option("--stored", help="proofs stored for dry-run latency")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Measure verification, submission and dry-run-apply throughput (JSON with --json)."""
     from verifier.tools.bench import run_bench
+
     result = run_bench(proofs=proofs, database_url=database_url, stored=stored)
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
 @app.command()
-def rehearse(database_url: Annotated[str, typer.Option("--database-url", help="a disposable database")],
-             out: Annotated[Path, typer.Option(help="evidence JSON to write")],
-             confirmed: Annotated[bool, typer.Option("--i-understand-this-is-not-production",
-                                                     help="allow a URL that looks production-like")] = False) -> None:
+def rehearse(
+    database_url: Annotated[str, typer.Option("--database-url", help="a disposable database")],
+    out: Annotated[Path, typer.Option(help="evidence JSON to write")],
+    confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--i-understand-this-is-not-production", help="allow a URL that looks production-like"
+        ),
+    ] = False,
+) -> None:
     """Migrate a disposable database and run the live rail end to end on recorded chains."""
     from verifier.tools.rehearse import run_rehearsal
+
     raise typer.Exit(run_rehearsal(database_url, out, confirmed, echo=typer.echo))
 
 
 def _register_operator_commands() -> None:
-    from verifier.cli import ops as cli_ops, webhooks as cli_webhooks
+    from verifier.cli import ops as cli_ops
+    from verifier.cli import webhooks as cli_webhooks
+
     app.callback()(cli_ops.global_options)  # --base-url, --staff-token-file before the command
     cli_ops.register(app)
     cli_webhooks.register(app)
-    from verifier.cli import reconcile as cli_reconcile; cli_reconcile.register(app)  # noqa: E702
+    from verifier.cli import reconcile as cli_reconcile
+
+    cli_reconcile.register(app)  # noqa: E702
 
 
 _register_operator_commands()

@@ -11,14 +11,14 @@ anything, when one is missing. Tables print whole values when stdout is not a te
 Exit codes: 0 done; 1 refused (a blocker or a 4xx); 2 usage or connection error.
 """
 
-
 import functools
 import inspect
 import json
 import os
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -28,17 +28,28 @@ from rich.table import Table
 from verifier.core.config import default_api_base_url
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-Incident = Annotated[Optional[str], typer.Option("--incident-id", help="incident this belongs to")]
-Reason = Annotated[Optional[str], typer.Option("--operator-reason", help="why you do this")]
+Incident = Annotated[str | None, typer.Option("--incident-id", help="incident this belongs to")]
+Reason = Annotated[str | None, typer.Option("--operator-reason", help="why you do this")]
 Confirm = Annotated[bool, typer.Option("--confirm", help="yes, do it")]
-Limit = Annotated[Optional[int], typer.Option("--limit", min=1, max=1000,
-                                              help="at most this many rows")]
-BaseUrl = Annotated[Optional[str], typer.Option(
-    "--base-url", show_default=False,
-    help="API base URL (default: RAILPROOF_API_BASE_URL, else http://127.0.0.1:$PORT)")]
-TokenFile = Annotated[Optional[Path], typer.Option(
-    "--staff-token-file", show_default=False,
-    help="file holding the staff token (default: RAILPROOF_STAFF_TOKEN)")]
+Limit = Annotated[
+    int | None, typer.Option("--limit", min=1, max=1000, help="at most this many rows")
+]
+BaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        show_default=False,
+        help="API base URL (default: RAILPROOF_API_BASE_URL, else http://127.0.0.1:$PORT)",
+    ),
+]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--staff-token-file",
+        show_default=False,
+        help="file holding the staff token (default: RAILPROOF_STAFF_TOKEN)",
+    ),
+]
 
 # Table width when stdout is not a terminal: wide enough that no value is ever cut or wrapped
 # (a table is only as wide as its content needs).
@@ -48,12 +59,14 @@ _UNBOUNDED = 1_000_000
 # Where the command in progress sends its requests: (base URL, staff token file) from the
 # options after the command name, else those before it; set only while the invocation runs.
 # Every Client reads it, so any command built on Client honours the global options.
-_CONNECTION: ContextVar[tuple[Optional[str], Optional[Path]]] = ContextVar(
-    "railproof_cli_connection", default=(None, None))
+_CONNECTION: ContextVar[tuple[str | None, Path | None]] = ContextVar(
+    "railproof_cli_connection", default=(None, None)
+)
 
 
-def global_options(ctx: typer.Context, base_url: BaseUrl = None,
-                   staff_token_file: TokenFile = None) -> None:
+def global_options(
+    ctx: typer.Context, base_url: BaseUrl = None, staff_token_file: TokenFile = None
+) -> None:
     """Typer callback of the `railproof` app: --base-url and --staff-token-file before the
     command name apply to the operator command that follows."""
     if base_url or staff_token_file:
@@ -71,22 +84,29 @@ def _staff_token() -> str:
         if not token:
             _die(f"--staff-token-file: {path} is empty")
         return token
-    token = os.environ.get("RAILPROOF_STAFF_TOKEN")
-    if not token:
-        _die("RAILPROOF_STAFF_TOKEN is not set: export the staff token the API was "
-             "started with (`make serve` prints one), or pass --staff-token-file")
-    return token
+    env_token = os.environ.get("RAILPROOF_STAFF_TOKEN")
+    if not env_token:
+        _die(
+            "RAILPROOF_STAFF_TOKEN is not set: export the staff token the API was "
+            "started with (`make serve` prints one), or pass --staff-token-file"
+        )
+    return env_token
 
 
 def operator_command(app: typer.Typer, name: str) -> Callable[[Callable[..., Any]], Any]:
     """`app.command(name)` that also takes --base-url and --staff-token-file after the
     command name (they win over the same options given before it)."""
+
     def deco(fn: Callable[..., Any]) -> Any:
         sig = inspect.signature(fn, eval_str=True)
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, base_url: str | None = None,
-                    staff_token_file: Path | None = None, **kwargs: Any) -> Any:
+        def wrapper(
+            *args: Any,
+            base_url: str | None = None,
+            staff_token_file: Path | None = None,
+            **kwargs: Any,
+        ) -> Any:
             outer_url, outer_file = _CONNECTION.get()  # given before the command name
             token = _CONNECTION.set((base_url or outer_url, staff_token_file or outer_file))
             try:
@@ -95,17 +115,31 @@ def operator_command(app: typer.Typer, name: str) -> Callable[[Callable[..., Any
                 _CONNECTION.reset(token)
 
         kw = inspect.Parameter.KEYWORD_ONLY
-        extra = [inspect.Parameter("base_url", kw, default=None, annotation=BaseUrl),
-                 inspect.Parameter("staff_token_file", kw, default=None, annotation=TokenFile)]
-        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
-        wrapper.__annotations__ = {**{p.name: p.annotation for p in sig.parameters.values()},
-                                   "base_url": BaseUrl, "staff_token_file": TokenFile}
+        extra = [
+            inspect.Parameter("base_url", kw, default=None, annotation=BaseUrl),
+            inspect.Parameter("staff_token_file", kw, default=None, annotation=TokenFile),
+        ]
+        # setattr: functools.wraps's result type does not declare __signature__ (inspect reads it).
+        setattr(  # noqa: B010
+            wrapper, "__signature__", sig.replace(parameters=[*sig.parameters.values(), *extra])
+        )
+        wrapper.__annotations__ = {
+            **{p.name: p.annotation for p in sig.parameters.values()},
+            "base_url": BaseUrl,
+            "staff_token_file": TokenFile,
+        }
         return app.command(name)(wrapper)
+
     return deco
 
 
-def require_operator_context(what: str, incident_id: str | None, operator_reason: str | None,
-                             confirm: bool | None = None, confirm_flag: str = "--confirm") -> None:
+def require_operator_context(
+    what: str,
+    incident_id: str | None,
+    operator_reason: str | None,
+    confirm: bool | None = None,
+    confirm_flag: str = "--confirm",
+) -> None:
     """A state-changing command: exit 2, naming every missing flag, before any request."""
     missing = []
     if confirm is not None and not confirm:
@@ -118,8 +152,10 @@ def require_operator_context(what: str, incident_id: str | None, operator_reason
         needs = "--incident-id and --operator-reason"
         if confirm is not None:
             needs = f"{confirm_flag}, {needs}"
-        _die(f"{what} changes production state: missing {', '.join(missing)} (it needs "
-             f"{needs}; nothing was sent)")
+        _die(
+            f"{what} changes production state: missing {', '.join(missing)} (it needs "
+            f"{needs}; nothing was sent)"
+        )
 
 
 def limited(rows: Any, limit: int | None) -> Any:
@@ -138,33 +174,49 @@ class Client:
             self.headers["X-Operator-Reason"] = reason
         self.context = {"incident_id": incident_id, "operator_reason": reason}
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                params: dict[str, Any] | None = None) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[int, Any]:
         try:
-            r = httpx.request(method, self.base + path, headers=self.headers, json=body,
-                              params={k: v for k, v in (params or {}).items() if v is not None},
-                              timeout=30.0)
+            r = httpx.request(
+                method,
+                self.base + path,
+                headers=self.headers,
+                json=body,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                timeout=30.0,
+            )
         except httpx.HTTPError as e:
-            _die(f"cannot reach the API at {self.base} ({type(e).__name__}); is "
-                 "`railproof serve` running? pass --base-url or set RAILPROOF_API_BASE_URL "
-                 "(or PORT, as `make serve` uses)")
+            _die(
+                f"cannot reach the API at {self.base} ({type(e).__name__}); is "
+                "`railproof serve` running? pass --base-url or set RAILPROOF_API_BASE_URL "
+                "(or PORT, as `make serve` uses)"
+            )
         try:
             data = r.json()
         except ValueError:
             _die(f"the API answered {r.status_code} without JSON")
         if r.status_code in (401, 403):
-            _die(f"{r.status_code}: {data.get('error', {}).get('message', data)}; check "
-                 "RAILPROOF_STAFF_TOKEN (or --staff-token-file)", 1 if r.status_code == 403 else 2)
+            _die(
+                f"{r.status_code}: {data.get('error', {}).get('message', data)}; check "
+                "RAILPROOF_STAFF_TOKEN (or --staff-token-file)",
+                1 if r.status_code == 403 else 2,
+            )
         return r.status_code, data
 
 
-def _die(message: str, code: int = 2) -> None:
+def _die(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _out(status: int, data: Any, as_json: bool, columns: list[str] | None = None,
-         title: str = "") -> None:
+def _out(
+    status: int, data: Any, as_json: bool, columns: list[str] | None = None, title: str = ""
+) -> None:
     if status >= 400:
         err = data.get("error", {}) if isinstance(data, dict) else {}
         if as_json:
@@ -237,75 +289,185 @@ def register(app: typer.Typer) -> None:
     command = functools.partial(operator_command, app)
 
     @command("rail-production-readiness")
-    def readiness(limit: Limit = None, as_json: JsonOpt = False, incident_id: Incident = None,
-                  operator_reason: Reason = None):
+    def readiness(
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Per rail: stage, production state, pause, verifier, allowlists, blockers."""
         s, d = Client(incident_id, operator_reason).request("GET", "/v1/admin/rails/readiness")
-        _out(s, limited(d, limit), as_json, ["rail_id", "stage", "production_enabled", "paused",
-                             "live_verifier_configured", "apply_allowlisted",
-                             "receipt_creation_allowed", "blockers"], "rail readiness")
+        _out(
+            s,
+            limited(d, limit),
+            as_json,
+            [
+                "rail_id",
+                "stage",
+                "production_enabled",
+                "paused",
+                "live_verifier_configured",
+                "apply_allowlisted",
+                "receipt_creation_allowed",
+                "blockers",
+            ],
+            "rail readiness",
+        )
 
     @command("list-proof-contracts")
-    def contracts(rail_id: Annotated[Optional[str], typer.Option("--rail-id")] = None,
-                  limit: Limit = None,
-                  as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
+    def contracts(
+        rail_id: Annotated[str | None, typer.Option("--rail-id")] = None,
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """What each rail accepts and what a verified proof may lead to."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", "/v1/admin/proof-contracts", params={"rail_id": rail_id})
-        _out(s, limited(d, limit), as_json, ["rail_id", "stage", "accepted_proof_types",
-                                             "finality_requirement", "receipt_mapping",
-                                             "activation"], "proof contracts")
+            "GET", "/v1/admin/proof-contracts", params={"rail_id": rail_id}
+        )
+        _out(
+            s,
+            limited(d, limit),
+            as_json,
+            [
+                "rail_id",
+                "stage",
+                "accepted_proof_types",
+                "finality_requirement",
+                "receipt_mapping",
+                "activation",
+            ],
+            "proof contracts",
+        )
 
     @command("list-rail-proofs")
-    def list_proofs(rail_id: Annotated[Optional[str], typer.Option("--rail-id")] = None,
-                    status: Annotated[Optional[str], typer.Option("--status")] = None,
-                    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
-                    as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
+    def list_proofs(
+        rail_id: Annotated[str | None, typer.Option("--rail-id")] = None,
+        status: Annotated[str | None, typer.Option("--status")] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Recent proofs, newest first."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", "/v1/admin/proofs", params={"rail_id": rail_id, "status": status, "limit": limit})
-        _out(s, d, as_json, ["id", "rail_id", "status", "failure_code", "owner_id",
-                             "session_id", "receipt_id", "created_at"], "proofs")
+            "GET", "/v1/admin/proofs", params={"rail_id": rail_id, "status": status, "limit": limit}
+        )
+        _out(
+            s,
+            d,
+            as_json,
+            [
+                "id",
+                "rail_id",
+                "status",
+                "failure_code",
+                "owner_id",
+                "session_id",
+                "receipt_id",
+                "created_at",
+            ],
+            "proofs",
+        )
 
     @command("inspect-rail-proof")
-    def inspect_proof(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
-                      operator_reason: Reason = None):
+    def inspect_proof(
+        proof_id: str,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """One proof with its status, settlement and receipt."""
         s, d = Client(incident_id, operator_reason).request("GET", f"/v1/admin/proofs/{proof_id}")
         if s < 400 and not as_json:
-            _out(s, [{"field": k, "value": v} for k, v in d.items()], False, ["field", "value"],
-                 f"proof {proof_id}")
+            _out(
+                s,
+                [{"field": k, "value": v} for k, v in d.items()],
+                False,
+                ["field", "value"],
+                f"proof {proof_id}",
+            )
             return
         _out(s, d, as_json)
 
     @command("list-rail-proof-verification-attempts")
-    def attempts(proof_id: str, limit: Limit = None, as_json: JsonOpt = False,
-                 incident_id: Incident = None, operator_reason: Reason = None):
+    def attempts(
+        proof_id: str,
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Every verification attempt of a proof, with the redacted evidence."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", f"/v1/admin/proofs/{proof_id}/attempts")
-        _out(s, limited(d, limit), as_json, ["id", "status", "failure_code", "rpc_calls",
-                                             "latency_ms", "source", "created_at", "observed"],
-             "verification attempts")
+            "GET", f"/v1/admin/proofs/{proof_id}/attempts"
+        )
+        _out(
+            s,
+            limited(d, limit),
+            as_json,
+            [
+                "id",
+                "status",
+                "failure_code",
+                "rpc_calls",
+                "latency_ms",
+                "source",
+                "created_at",
+                "observed",
+            ],
+            "verification attempts",
+        )
 
     @command("list-rail-proof-settlement-evidence")
-    def evidence(proof_id: str, limit: Limit = None, as_json: JsonOpt = False,
-                 incident_id: Incident = None, operator_reason: Reason = None):
+    def evidence(
+        proof_id: str,
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Settlement evidence rows (finality over time) of a proof."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", f"/v1/admin/proofs/{proof_id}/settlement-evidence")
-        _out(s, limited(d, limit), as_json, ["id", "attempt_id", "finality", "is_final",
-                                             "reorged", "slot", "block_number", "confirmations",
-                                             "observed_at"], "settlement evidence")
+            "GET", f"/v1/admin/proofs/{proof_id}/settlement-evidence"
+        )
+        _out(
+            s,
+            limited(d, limit),
+            as_json,
+            [
+                "id",
+                "attempt_id",
+                "finality",
+                "is_final",
+                "reorged",
+                "slot",
+                "block_number",
+                "confirmations",
+                "observed_at",
+            ],
+            "settlement evidence",
+        )
 
     @command("dry-run-rail-proof-apply")
-    def dry_run(proof_id: str, as_json: JsonOpt = False, incident_id: Incident = None,
-                operator_reason: Reason = None,
-                receipt_path: Annotated[bool, typer.Option(
-                    "--receipt-path", help="evaluate the staff receipt path (gated rails)")] = False,
-                fail_on_blockers: Annotated[bool, typer.Option(
-                    "--fail-on-blockers",
-                    help="exit 1 when a blocker stands (and the proof is not applied yet)")] = False):
+    def dry_run(
+        proof_id: str,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+        receipt_path: Annotated[
+            bool,
+            typer.Option("--receipt-path", help="evaluate the staff receipt path (gated rails)"),
+        ] = False,
+        fail_on_blockers: Annotated[
+            bool,
+            typer.Option(
+                "--fail-on-blockers",
+                help="exit 1 when a blocker stands (and the proof is not applied yet)",
+            ),
+        ] = False,
+    ):
         """What would apply do? Every check, nothing changes. Exit 0 when the report was
         produced, whatever it says (1 with --fail-on-blockers when a blocker stands); 1 when
         the call is refused."""
@@ -322,16 +484,27 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(1 if fail_on_blockers and blocked else 0)
 
     @command("list-stuck-idempotency-claims")
-    def stuck(min_age_seconds: Annotated[Optional[int], typer.Option("--min-age-seconds", min=0)] = None,
-              endpoint: Annotated[Optional[str], typer.Option(
-                  "--endpoint", help='only claims of this endpoint, e.g. "POST /v1/proofs" '
-                                     "(a bare path matches every method)")] = None,
-              limit: Limit = None,
-              as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
+    def stuck(
+        min_age_seconds: Annotated[int | None, typer.Option("--min-age-seconds", min=0)] = None,
+        endpoint: Annotated[
+            str | None,
+            typer.Option(
+                "--endpoint",
+                help='only claims of this endpoint, e.g. "POST /v1/proofs" '
+                "(a bare path matches every method)",
+            ),
+        ] = None,
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Idempotency claims still in progress past the threshold (never deleted)."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", "/v1/admin/idempotency-claims/stuck",
-            params={"min_age_seconds": min_age_seconds, "endpoint": endpoint, "limit": limit})
+            "GET",
+            "/v1/admin/idempotency-claims/stuck",
+            params={"min_age_seconds": min_age_seconds, "endpoint": endpoint, "limit": limit},
+        )
         if s < 400 and isinstance(d, list):
             # Filtered here as well: the API may not take these parameters.
             if endpoint:
@@ -342,8 +515,14 @@ def register(app: typer.Typer) -> None:
             cols = cols + [k for k in d[0] if k not in cols and k != "request_hash"]
         _out(s, d, as_json, cols, "stuck idempotency claims")
 
-    def _confirmed_post(what: str, path: str, confirm: bool, as_json: bool,
-                        incident_id: str | None, operator_reason: str | None) -> None:
+    def _confirmed_post(
+        what: str,
+        path: str,
+        confirm: bool,
+        as_json: bool,
+        incident_id: str | None,
+        operator_reason: str | None,
+    ) -> None:
         """A state-changing staff call: refused here without --confirm, --incident-id and
         --operator-reason; sent with the operator context otherwise."""
         require_operator_context(what, incident_id, operator_reason, confirm)
@@ -351,59 +530,137 @@ def register(app: typer.Typer) -> None:
         _out(*c.request("POST", path, {"confirm": True, **c.context}), as_json)
 
     @command("pause-rail")
-    def pause(rail_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
-              incident_id: Incident = None, operator_reason: Reason = None):
+    def pause(
+        rail_id: str,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Kill switch: refuse new sessions and proofs on a rail, block apply."""
-        _confirmed_post("pause-rail", f"/v1/admin/rails/{rail_id}/pause", confirm, as_json, incident_id,
-                        operator_reason)
+        _confirmed_post(
+            "pause-rail",
+            f"/v1/admin/rails/{rail_id}/pause",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+        )
 
     @command("resume-rail")
-    def resume(rail_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
-               incident_id: Incident = None, operator_reason: Reason = None):
+    def resume(
+        rail_id: str,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Lift the kill switch of a rail."""
-        _confirmed_post("resume-rail", f"/v1/admin/rails/{rail_id}/resume", confirm, as_json, incident_id,
-                        operator_reason)
+        _confirmed_post(
+            "resume-rail",
+            f"/v1/admin/rails/{rail_id}/resume",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+        )
 
     @command("apply-rail-proof")
-    def apply(proof_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
-              incident_id: Incident = None, operator_reason: Reason = None):
+    def apply(
+        proof_id: str,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Apply a verified, final proof: receipt + active entitlement, or nothing."""
-        _confirmed_post("apply-rail-proof", f"/v1/admin/proofs/{proof_id}/apply", confirm, as_json, incident_id,
-                        operator_reason)
+        _confirmed_post(
+            "apply-rail-proof",
+            f"/v1/admin/proofs/{proof_id}/apply",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+        )
 
     @command("create-rail-proof-receipt")
-    def receipt(proof_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
-                incident_id: Incident = None, operator_reason: Reason = None):
+    def receipt(
+        proof_id: str,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Staff receipt creation for a gated rail (RAILPROOF_RECEIPT_CREATION_RAILS)."""
-        _confirmed_post("create-rail-proof-receipt", f"/v1/admin/proofs/{proof_id}/receipt", confirm, as_json, incident_id,
-                        operator_reason)
+        _confirmed_post(
+            "create-rail-proof-receipt",
+            f"/v1/admin/proofs/{proof_id}/receipt",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+        )
 
     @command("revoke-entitlement")
-    def revoke(entitlement_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
-               incident_id: Incident = None, operator_reason: Reason = None):
+    def revoke(
+        entitlement_id: str,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Revoke an active entitlement (needs --incident-id and --operator-reason)."""
-        _confirmed_post("revoke-entitlement", f"/v1/admin/entitlements/{entitlement_id}/revoke", confirm, as_json, incident_id,
-                        operator_reason)
+        _confirmed_post(
+            "revoke-entitlement",
+            f"/v1/admin/entitlements/{entitlement_id}/revoke",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+        )
 
     @command("request-rail-production")
-    def request_production(rail_id: str, enable: Annotated[bool, typer.Option("--enable/--disable")] = True,
-                           as_json: JsonOpt = False, incident_id: Incident = None,
-                           operator_reason: Reason = None):
+    def request_production(
+        rail_id: str,
+        enable: Annotated[bool, typer.Option("--enable/--disable")] = True,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Ask for a production state change (a second staff member approves)."""
         require_operator_context("request-rail-production", incident_id, operator_reason)
         c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", f"/v1/admin/rails/{rail_id}/production/request",
-                        {"enable": enable, **c.context}), as_json)
+        _out(
+            *c.request(
+                "POST",
+                f"/v1/admin/rails/{rail_id}/production/request",
+                {"enable": enable, **c.context},
+            ),
+            as_json,
+        )
 
     @command("approve-rail-change")
-    def approve(approval_id: str, confirm: Confirm = False, as_json: JsonOpt = False,
-                incident_id: Incident = None, operator_reason: Reason = None):
+    def approve(
+        approval_id: str,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
         """Approve another staff member's request (two-person rule)."""
-        _confirmed_post("approve-rail-change", f"/v1/admin/approvals/{approval_id}/approve", confirm, as_json, incident_id,
-                        operator_reason)
+        _confirmed_post(
+            "approve-rail-change",
+            f"/v1/admin/approvals/{approval_id}/approve",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+        )
 
     @command("assurance")
-    def assurance(as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None):
+    def assurance(
+        as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None
+    ):
         """Invariant findings with severity and repair. Exit 1 when any finding is critical."""
         s, d = Client(incident_id, operator_reason).request("GET", "/v1/admin/assurance")
         if s >= 400:
@@ -412,7 +669,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(d))
         else:
             sm = d["summary"]
-            typer.echo(f"assurance: {sm['status']} (score {sm['score']}, {sm['alert_count']} findings)")
+            typer.echo(
+                f"assurance: {sm['status']} (score {sm['score']}, {sm['alert_count']} findings)"
+            )
             if d["issues"]:
                 _out(200, d["issues"], False, ["severity", "category", "subject", "repair"])
         raise typer.Exit(1 if d["summary"]["status"] == "critical" else 0)

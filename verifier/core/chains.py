@@ -20,8 +20,8 @@ the quorum when there is one.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from rails import adapter_class
 from rails.base import Adapter, Settlement, Terms, Transport
@@ -131,8 +131,9 @@ class Chains:
 
     # -- one verification ------------------------------------------------------------------------
 
-    def verify(self, adapter: Adapter, proof: str, terms: Terms,
-               budget_s: float | None = None) -> Checked:
+    def verify(
+        self, adapter: Adapter, proof: str, terms: Terms, budget_s: float | None = None
+    ) -> Checked:
         """One verification of `proof` on the adapter's rail: through the quorum of independent
         nodes when one is configured, otherwise through the network's transport. `budget_s`:
         answer within that time (pending rpc_unavailable when the chain has not decided)."""
@@ -149,21 +150,27 @@ class Chains:
 
             def run(ts: list[Transport]) -> Checked:
                 return run_verify(adapter, proof, terms, ts[0])
+
         # A recorded chain answers from memory: nothing to bound, no thread to pay for.
         if budget_s is None or all(t.source == "cassette" for t in transports):
             return run(transports)
         return verify_within(budget_s, transports, run)
 
-    def finality(self, adapter: Adapter, refs: list[str],
-                 expected: Mapping[str, tuple[str, int]] | None = None
-                 ) -> tuple[list[Settlement], str]:
+    def finality(
+        self,
+        adapter: Adapter,
+        refs: list[str],
+        expected: Mapping[str, tuple[str, int]] | None = None,
+    ) -> tuple[list[Settlement], str]:
         """The settlements of `refs` (normalized refs of verified proofs) and their source:
         with a quorum, only those the nodes agree on (verifier.checking.decide_settlement)."""
         rail = adapter.rail
         quorum = self.quorum(rail.network)
         if quorum > 1:
             nodes = self.independent(rail.family, rail.network)
-            return (run_finality_quorum(adapter, refs, nodes, quorum, expected),
-                    nodes[0].source if nodes else "live")
+            return (
+                run_finality_quorum(adapter, refs, nodes, quorum, expected),
+                nodes[0].source if nodes else "live",
+            )
         chain = self.transport(rail.family, rail.network)
         return adapter.finality(refs, chain, expected=expected), chain.source

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from rails.base import Adapter, Settlement, Status, Terms, Transport, Verdict, canonical_json
 from rails.cassette import CountingTransport
@@ -59,8 +60,9 @@ class Checked:
 
 def run_verify(adapter: Adapter, proof: str, terms: Terms, chain: Transport) -> Checked:
     checked = _run(adapter, proof, terms, chain)
-    return Checked(apply_stage(adapter, checked.verdict), checked.rpc_calls, checked.latency_ms,
-                   checked.source)
+    return Checked(
+        apply_stage(adapter, checked.verdict), checked.rpc_calls, checked.latency_ms, checked.source
+    )
 
 
 def _run(adapter: Adapter, proof: str, terms: Terms, chain: Transport) -> Checked:
@@ -78,18 +80,24 @@ def _run(adapter: Adapter, proof: str, terms: Terms, chain: Transport) -> Checke
 def apply_stage(adapter: Adapter, verdict: Verdict) -> Verdict:
     # SECURITY: review_only rails record evidence but can never end verified (so never apply).
     if adapter.rail.stage is Stage.review_only and verdict.status is Status.verified:
-        return verdict.model_copy(update={
-            "status": Status.requires_review,
-            "code": FailureCode.review_only_rail,
-            "detail": f"{verdict.detail}; rail {adapter.rail.rail_id} is review-only".lstrip("; "),
-        })
+        return verdict.model_copy(
+            update={
+                "status": Status.requires_review,
+                "code": FailureCode.review_only_rail,
+                "detail": f"{verdict.detail}; rail {adapter.rail.rail_id} is review-only".lstrip(
+                    "; "
+                ),
+            }
+        )
     return verdict
 
 
 # -- quorum ------------------------------------------------------------------------------------
 
-def run_verify_quorum(adapter: Adapter, proof: str, terms: Terms,
-                      transports: Sequence[Transport], quorum: int) -> Checked:
+
+def run_verify_quorum(
+    adapter: Adapter, proof: str, terms: Terms, transports: Sequence[Transport], quorum: int
+) -> Checked:
     """The adapter over each independent transport (concurrently, so a slow node costs its own
     retry budget once, not once per node), then `decide_quorum`, then the stage rules."""
     if quorum < 1:
@@ -99,9 +107,11 @@ def run_verify_quorum(adapter: Adapter, proof: str, terms: Terms,
     started = time.perf_counter()
     if len(transports) < quorum:
         # A configuration mistake must not quietly lower the bar to one node.
-        verdict = Verdict.wait(FailureCode.rpc_unavailable,
-                               f"RPC quorum {quorum} needs {quorum} independent RPC URLs; "
-                               f"{len(transports)} configured")
+        verdict = Verdict.wait(
+            FailureCode.rpc_unavailable,
+            f"RPC quorum {quorum} needs {quorum} independent RPC URLs; "
+            f"{len(transports)} configured",
+        )
         return Checked(apply_stage(adapter, verdict), 0, 0, source)
     with ThreadPoolExecutor(max_workers=len(transports), thread_name_prefix="rpc-quorum") as pool:
         runs = list(pool.map(lambda t: _run(adapter, proof, terms, t), transports))
@@ -114,8 +124,10 @@ def agreement_key(verdict: Verdict) -> bytes:
     """Two conclusive answers agree when this is equal: same status and code, and the same
     transfer as far as the chain showed it."""
     obs = verdict.observed or {}
-    doc: dict[str, Any] = {"status": verdict.status.value,
-                           "code": verdict.code.value if verdict.code else None}
+    doc: dict[str, Any] = {
+        "status": verdict.status.value,
+        "code": verdict.code.value if verdict.code else None,
+    }
     for name in AGREEMENT_FIELDS:
         value = obs.get(name)
         doc[name] = None if value is None else str(value)
@@ -133,20 +145,27 @@ def decide_quorum(verdicts: Sequence[Verdict], quorum: int) -> Verdict:
     # SECURITY: two nodes telling different stories about one transaction means at least one
     # of them is wrong (lying, forked or broken); neither story may move money or fail a proof.
     if len(conclusive) > 1:
-        return Verdict.wait(FailureCode.rpc_unavailable,
-                            f"RPC nodes disagree about this transaction: {_summary(verdicts)}")
+        return Verdict.wait(
+            FailureCode.rpc_unavailable,
+            f"RPC nodes disagree about this transaction: {_summary(verdicts)}",
+        )
 
     if conclusive:
         agreeing = next(iter(conclusive.values()))
         if len(agreeing) >= quorum:
             chosen = _least_final([verdicts[i] for i in agreeing])
-            return chosen.model_copy(update={
-                "detail": f"{chosen.detail}; {len(agreeing)} of {total} RPC nodes agree "
-                          f"(quorum {quorum})"})
+            return chosen.model_copy(
+                update={
+                    "detail": f"{chosen.detail}; {len(agreeing)} of {total} RPC nodes agree "
+                    f"(quorum {quorum})"
+                }
+            )
         v = verdicts[agreeing[0]]
-        return Verdict.wait(FailureCode.rpc_unavailable,
-                            f"only {len(agreeing)} of the {quorum} RPC nodes the quorum needs "
-                            f"answered {_label(v)}: {_summary(verdicts)}")
+        return Verdict.wait(
+            FailureCode.rpc_unavailable,
+            f"only {len(agreeing)} of the {quorum} RPC nodes the quorum needs "
+            f"answered {_label(v)}: {_summary(verdicts)}",
+        )
 
     # Every node is pending. A shared transient code (tx_not_found) is kept only when a quorum
     # of nodes reports it, so one lagging node cannot start the not-found clock on its own.
@@ -156,10 +175,16 @@ def decide_quorum(verdicts: Sequence[Verdict], quorum: int) -> Verdict:
     for code, idx in codes.items():
         if code is not FailureCode.rpc_unavailable and len(idx) >= quorum:
             first = verdicts[idx[0]]
-            return first.model_copy(update={
-                "detail": f"{first.detail}; {len(idx)} of {total} RPC nodes agree (quorum {quorum})"})
-    return Verdict.wait(FailureCode.rpc_unavailable,
-                        f"no RPC quorum ({quorum} of {total} needed): {_summary(verdicts)}")
+            return first.model_copy(
+                update={
+                    "detail": f"{first.detail}; {len(idx)} of {total} RPC nodes agree "
+                    f"(quorum {quorum})"
+                }
+            )
+    return Verdict.wait(
+        FailureCode.rpc_unavailable,
+        f"no RPC quorum ({quorum} of {total} needed): {_summary(verdicts)}",
+    )
 
 
 _FINALITY_RANK = {"not_found": 0, "processed": 1, "confirmed": 2, "finalized": 3}
@@ -175,9 +200,12 @@ def _least_final(verdicts: list[Verdict]) -> Verdict:
 def _settlement_rank(st: Settlement | None) -> tuple[int, int, int, int]:
     if st is None:
         return (0, 0, 0, 0)
-    return (0 if st.reorged else 1, 1 if st.is_final else 0,
-            _FINALITY_RANK.get(st.finality, 0),
-            st.confirmations if st.confirmations is not None else 1 << 62)
+    return (
+        0 if st.reorged else 1,
+        1 if st.is_final else 0,
+        _FINALITY_RANK.get(st.finality, 0),
+        st.confirmations if st.confirmations is not None else 1 << 62,
+    )
 
 
 def _label(v: Verdict) -> str:
@@ -188,24 +216,31 @@ def _summary(verdicts: Sequence[Verdict]) -> str:
     parts = []
     for i, v in enumerate(verdicts, 1):
         obs = v.observed or {}
-        what = ", ".join(f"{k}={obs[k]}" for k in ("amount", "slot", "block_number")
-                         if obs.get(k) is not None)
+        what = ", ".join(
+            f"{k}={obs[k]}" for k in ("amount", "slot", "block_number") if obs.get(k) is not None
+        )
         parts.append(f"node {i}: {_label(v)}" + (f" ({what})" if what else ""))
     return "; ".join(parts)
 
 
 # -- finality under the quorum ------------------------------------------------------------------
 
-def run_finality_quorum(adapter: Adapter, refs: list[str], transports: Sequence[Transport],
-                        quorum: int, expected: Mapping[str, tuple[str, int]] | None = None
-                        ) -> list[Settlement]:
+
+def run_finality_quorum(
+    adapter: Adapter,
+    refs: list[str],
+    transports: Sequence[Transport],
+    quorum: int,
+    expected: Mapping[str, tuple[str, int]] | None = None,
+) -> list[Settlement]:
     """The adapter's batched finality over each independent transport (concurrently), then
     `decide_settlement` per ref. Refs without a decision are left out (the caller keeps what
     it has and asks later). RpcUnavailable when fewer nodes than the quorum answered."""
     transports = list(transports)
     if len(transports) < quorum:
-        raise RpcUnavailable(f"RPC quorum {quorum} needs {quorum} independent RPC URLs; "
-                             f"{len(transports)} configured")
+        raise RpcUnavailable(
+            f"RPC quorum {quorum} needs {quorum} independent RPC URLs; {len(transports)} configured"
+        )
 
     def ask(t: Transport) -> dict[str, Settlement] | Exception:
         try:
@@ -217,10 +252,15 @@ def run_finality_quorum(adapter: Adapter, refs: list[str], transports: Sequence[
         answers = list(pool.map(ask, transports))
     views = [a for a in answers if isinstance(a, dict)]
     if len(views) < quorum:
-        errors = "; ".join(f"node {i}: {type(a).__name__}: {a}" for i, a in enumerate(answers, 1)
-                           if not isinstance(a, dict))
-        raise RpcUnavailable(f"finality: {len(views)} of {len(transports)} RPC nodes answered, "
-                             f"the quorum is {quorum} ({errors})")
+        errors = "; ".join(
+            f"node {i}: {type(a).__name__}: {a}"
+            for i, a in enumerate(answers, 1)
+            if not isinstance(a, dict)
+        )
+        raise RpcUnavailable(
+            f"finality: {len(views)} of {len(transports)} RPC nodes answered, "
+            f"the quorum is {quorum} ({errors})"
+        )
     decided = (decide_settlement([v.get(ref) for v in views], quorum) for ref in refs)
     return [st for st in decided if st is not None]
 
@@ -247,8 +287,12 @@ def _block_of(st: Settlement) -> tuple[Any, ...]:
 
 
 def _agreed(st: Settlement, agreeing: int, total: int, quorum: int) -> Settlement:
-    return st.model_copy(update={"detail": f"{st.detail}; {agreeing} of {total} RPC nodes "
-                                           f"agree (quorum {quorum})".lstrip("; ")})
+    return st.model_copy(
+        update={
+            "detail": f"{st.detail}; {agreeing} of {total} RPC nodes "
+            f"agree (quorum {quorum})".lstrip("; ")
+        }
+    )
 
 
 # -- a time budget for one verification ---------------------------------------------------------
@@ -284,8 +328,9 @@ class Budgeted:
             raise
 
 
-def verify_within(budget_s: float, transports: Sequence[Transport],
-                  run: Callable[[list[Transport]], Checked]) -> Checked:
+def verify_within(
+    budget_s: float, transports: Sequence[Transport], run: Callable[[list[Transport]], Checked]
+) -> Checked:
     """`run` over `transports` (wrapped in `Budgeted`), answered within `budget_s` (plus the
     abandon grace): what the chain did not decide by then is `pending rpc_unavailable`, with a
     detail saying the budget ran out. `run` goes on a thread of its own so that even a call
@@ -309,21 +354,31 @@ def verify_within(budget_s: float, transports: Sequence[Transport],
         # (a run only computes; the caller records, and it records this answer instead).
         for b in bounded:
             b.abandoned = True
-        verdict = Verdict.wait(FailureCode.rpc_unavailable, _spent(
-            budget_s, "the chain did not answer and the call could not be cut short"))
-        return Checked(verdict, sum(b.calls for b in bounded),
-                       int((time.monotonic() - started) * 1000),
-                       transports[0].source if transports else "live")
+        verdict = Verdict.wait(
+            FailureCode.rpc_unavailable,
+            _spent(budget_s, "the chain did not answer and the call could not be cut short"),
+        )
+        return Checked(
+            verdict,
+            sum(b.calls for b in bounded),
+            int((time.monotonic() - started) * 1000),
+            transports[0].source if transports else "live",
+        )
     out = box[0]
     if isinstance(out, BaseException):
         raise out
     v = out.verdict
-    if v.status is Status.pending and v.code is FailureCode.rpc_unavailable and any(
-            b.spent for b in bounded):
+    if (
+        v.status is Status.pending
+        and v.code is FailureCode.rpc_unavailable
+        and any(b.spent for b in bounded)
+    ):
         out = replace(out, verdict=v.model_copy(update={"detail": _spent(budget_s, v.detail)}))
     return out
 
 
 def _spent(budget_s: float, detail: str) -> str:
-    return (f"verification budget of {budget_s:g}s ran out before the chain decided; the worker "
-            f"finishes this proof ({detail})")
+    return (
+        f"verification budget of {budget_s:g}s ran out before the chain decided; the worker "
+        f"finishes this proof ({detail})"
+    )

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from rails.rpc_policy import RpcPolicy
 from registry.catalog import RailOverrides
@@ -103,28 +103,28 @@ class Settings(BaseSettings):
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
-            v = v.replace(tzinfo=timezone.utc)
+            v = v.replace(tzinfo=UTC)
         return v
 
     @model_validator(mode="after")
-    def _no_fixed_clock_live(self) -> "Settings":
+    def _no_fixed_clock_live(self) -> Settings:
         # SECURITY: a fixed clock would let expired sessions and authorizations pass on live data.
         if self.chain == "live" and self.clock is not None:
             raise ValueError("RAILPROOF_CLOCK is refused when RAILPROOF_CHAIN=live")
         return self
 
     @model_validator(mode="after")
-    def _rpc_policies(self) -> "Settings":
+    def _rpc_policies(self) -> Settings:
         # Per-network RPC bounds fail at startup, naming the variable, not at the first call.
         for key in self.env:
             for prefix in _RPC_POLICY_KEYS:
                 if key.startswith(prefix) and len(key) > len(prefix):
-                    self.rpc_policy(key[len(prefix):])
+                    self.rpc_policy(key[len(prefix) :])
         return self
 
     # -- derived ------------------------------------------------------------------------
     def now(self) -> datetime:
-        return self.clock or datetime.now(timezone.utc)
+        return self.clock or datetime.now(UTC)
 
     def rail_overrides(self, rail_id: str) -> RailOverrides:
         key = rail_id.upper()
@@ -142,8 +142,11 @@ class Settings(BaseSettings):
         """The live RPC bounds for `network`: RAILPROOF_RPC_<BOUND>_<NETWORK> where set,
         else the global RAILPROOF_RPC_<BOUND>."""
         key = network.upper().replace("-", "_")
-        values: dict[str, Any] = {"timeout_s": self.rpc_timeout_s, "attempts": self.rpc_attempts,
-                                  "total_s": self.rpc_total_s}
+        values: dict[str, Any] = {
+            "timeout_s": self.rpc_timeout_s,
+            "attempts": self.rpc_attempts,
+            "total_s": self.rpc_total_s,
+        }
         for prefix, field in _RPC_POLICY_KEYS.items():
             raw = self.env.get(prefix + key, "").strip()
             if raw:
@@ -169,19 +172,25 @@ class Settings(BaseSettings):
             return text.encode() or None
         # SECURITY: two sources that could disagree would key processes differently.
         if text:
-            raise ValueError("RAILPROOF_AUDIT_KEY and RAILPROOF_AUDIT_KEY_FILE are both set; "
-                             "set one of them")
+            raise ValueError(
+                "RAILPROOF_AUDIT_KEY and RAILPROOF_AUDIT_KEY_FILE are both set; set one of them"
+            )
         try:
             key = path.read_bytes().strip()
         except OSError as e:
-            raise ValueError(f"RAILPROOF_AUDIT_KEY_FILE: cannot read {path}: {e.strerror}") from None
+            raise ValueError(
+                f"RAILPROOF_AUDIT_KEY_FILE: cannot read {path}: {e.strerror}"
+            ) from None
         if not key:
             raise ValueError(f"RAILPROOF_AUDIT_KEY_FILE: {path} is empty")
         return key
 
 
-_RPC_POLICY_KEYS = {"RAILPROOF_RPC_TIMEOUT_S_": "timeout_s", "RAILPROOF_RPC_ATTEMPTS_": "attempts",
-                    "RAILPROOF_RPC_TOTAL_S_": "total_s"}
+_RPC_POLICY_KEYS = {
+    "RAILPROOF_RPC_TIMEOUT_S_": "timeout_s",
+    "RAILPROOF_RPC_ATTEMPTS_": "attempts",
+    "RAILPROOF_RPC_TOTAL_S_": "total_s",
+}
 
 
 def _lookup(table: Mapping[str, Any], token: str) -> Any:

@@ -24,13 +24,21 @@ from verifier.storage.repo.rows import Record
 
 
 class Engine:
-    def __init__(self, settings: Settings | None = None, db: Database | None = None,
-                 chains: Chains | None = None, catalog: Catalog | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        db: Database | None = None,
+        chains: Chains | None = None,
+        catalog: Catalog | None = None,
+    ):
         self.settings = settings or load_settings()
-        self.db = db or Database(self.settings.database_url, self.settings.sqlite_synchronous,
-                                 self.settings.audit_key_bytes(),
-                                 pg_lock_timeout_ms=self.settings.pg_lock_timeout_ms,
-                                 pg_statement_timeout_ms=self.settings.pg_statement_timeout_ms)
+        self.db = db or Database(
+            self.settings.database_url,
+            self.settings.sqlite_synchronous,
+            self.settings.audit_key_bytes(),
+            pg_lock_timeout_ms=self.settings.pg_lock_timeout_ms,
+            pg_statement_timeout_ms=self.settings.pg_statement_timeout_ms,
+        )
         self.catalog = catalog or load_catalog()
         self.chains = chains or Chains(self.settings, self.catalog)
         self.metrics = Metrics()
@@ -50,8 +58,11 @@ class Engine:
 
     def rail(self, rail_id: str, network: str | None = None, asset: str | None = None) -> Rail:
         if rail_id not in self.catalog.rails:
-            raise BadInput(FailureCode.rail_not_registered, f"rail_id: unknown rail {rail_id!r}",
-                           field="rail_id")
+            raise BadInput(
+                FailureCode.rail_not_registered,
+                f"rail_id: unknown rail {rail_id!r}",
+                field="rail_id",
+            )
         o = self.settings.rail_overrides(rail_id)
         # Resolving builds and validates pydantic models; the result depends only on the
         # catalog and the overrides (read from the environment on every call, so a changed
@@ -63,8 +74,9 @@ class Engine:
         r = self._rails.get(key)
         if r is None:
             if network or asset:
-                o = RailOverrides(network=network or o.network, asset=asset or o.asset,
-                                  treasury=o.treasury)
+                o = RailOverrides(
+                    network=network or o.network, asset=asset or o.asset, treasury=o.treasury
+                )
             try:
                 r = self.catalog.resolve(rail_id, o)
             except CatalogError as e:
@@ -100,10 +112,16 @@ class Engine:
                     have = rail_state_repo.rail_ids(s)
                     for rail_id, d in self.catalog.rails.items():
                         if rail_id not in have:
-                            rail_state_repo.add(s, RailState(rail_id=rail_id,
-                                            production_enabled=d.production_enabled,
-                                            paused=False, updated_at=self.now(),
-                                            updated_by="catalog"))
+                            rail_state_repo.add(
+                                s,
+                                RailState(
+                                    rail_id=rail_id,
+                                    production_enabled=d.production_enabled,
+                                    paused=False,
+                                    updated_at=self.now(),
+                                    updated_by="catalog",
+                                ),
+                            )
                 return
             except IntegrityError:
                 if retry:
@@ -116,9 +134,16 @@ class Engine:
         st = rail_state_repo.get(s, rail_id, lock=lock)
         if st is None:
             d = self.catalog.rails[rail_id]
-            st = rail_state_repo.add(s, RailState(
-                rail_id=rail_id, production_enabled=d.production_enabled, paused=False,
-                updated_at=self.now(), updated_by="catalog"))
+            st = rail_state_repo.add(
+                s,
+                RailState(
+                    rail_id=rail_id,
+                    production_enabled=d.production_enabled,
+                    paused=False,
+                    updated_at=self.now(),
+                    updated_by="catalog",
+                ),
+            )
         return st
 
     def rail_state_read(self, s: Session, rail_id: str) -> RailState | Record:
@@ -141,10 +166,11 @@ class Engine:
 
     def production_enabled(self, st: RailState | Record) -> bool:
         # SECURITY: whatever the database says, a review_only rail is never in production.
-        return st.production_enabled and self.catalog.rails[st.rail_id].stage is not Stage.review_only
+        return (
+            st.production_enabled and self.catalog.rails[st.rail_id].stage is not Stage.review_only
+        )
 
-    def treasury(self, s: Session, rail: Rail,
-                 st: RailState | Record | None = None) -> str | None:
+    def treasury(self, s: Session, rail: Rail, st: RailState | Record | None = None) -> str | None:
         """`st`: the rail's state when the caller has already read it in this transaction."""
         if st is None:
             st = self.rail_state_read(s, rail.rail_id)

@@ -17,8 +17,9 @@ from typing import Any
 class EngineError(Exception):
     status = 400
 
-    def __init__(self, code: str, message: str, field: str | None = None,
-                 extra: dict[str, Any] | None = None):
+    def __init__(
+        self, code: str, message: str, field: str | None = None, extra: dict[str, Any] | None = None
+    ):
         super().__init__(message)
         self.code = code
         self.message = message

@@ -11,7 +11,9 @@ import orjson
 
 _SECRETS = re.compile(
     r"(Bearer\s+)[^\s\"']+|(\"?(?:signature|token|secret|payload|authorization)\"?\s*[:=]\s*\"?"
-    r"(?:Bearer\s+)?)[^\s\",}]+", re.IGNORECASE)
+    r"(?:Bearer\s+)?)[^\s\",}]+",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
@@ -20,8 +22,12 @@ def redact(text: str) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "msg": redact(record.getMessage())}
+        doc = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
         for k in ("proof_id", "rail_id", "status", "code", "worker"):
             if hasattr(record, k):
                 doc[k] = getattr(record, k)
@@ -30,7 +36,9 @@ class JsonFormatter(logging.Formatter):
         if rid:
             doc.setdefault("request_id", rid)
         if record.exc_info:
-            doc["error"] = redact(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
+            exc_type, exc, _ = record.exc_info
+            if exc_type is not None:  # exc_info=True outside an except block: (None, None, None)
+                doc["error"] = redact(f"{exc_type.__name__}: {exc}")
         return orjson.dumps(doc).decode()
 
 

@@ -1,12 +1,17 @@
 """Times are UTC everywhere; SQLite hands back naive datetimes, which are UTC too."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import overload
 
 
+@overload
+def utc(dt: datetime) -> datetime: ...
+@overload
+def utc(dt: None) -> None: ...
 def utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -19,7 +24,7 @@ def process_now() -> datetime:
     measured on it, never on the business clock (Settings.now), which may be pinned to replay
     recorded chains and then never moves. Call it through the module
     (`timeutil.process_now()`), so a test can stand in for the time passing."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def epoch_of(value: object) -> float | None:
@@ -31,7 +36,7 @@ def epoch_of(value: object) -> float | None:
         return float(value)
     if isinstance(value, str):
         try:
-            return utc(datetime.fromisoformat(value.replace("Z", "+00:00"))).timestamp()  # type: ignore[union-attr]
+            return utc(datetime.fromisoformat(value.replace("Z", "+00:00"))).timestamp()
         except ValueError:
             return None
     return None

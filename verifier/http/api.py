@@ -15,6 +15,17 @@ from verifier.http.models import (
     parse_amount,
 )
 
-__all__ = ["MAX_AMOUNT", "MAX_BODY_BYTES", "ConfirmIn", "DryRunIn", "OperatorIn",
-           "ProductionIn", "ProofIn", "SessionIn", "TreasuryIn", "Unauthorized", "create_app",
-           "parse_amount"]
+__all__ = [
+    "MAX_AMOUNT",
+    "MAX_BODY_BYTES",
+    "ConfirmIn",
+    "DryRunIn",
+    "OperatorIn",
+    "ProductionIn",
+    "ProofIn",
+    "SessionIn",
+    "TreasuryIn",
+    "Unauthorized",
+    "create_app",
+    "parse_amount",
+]

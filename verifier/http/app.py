@@ -47,16 +47,26 @@ staff token. Errors are always `{"error": {"code", "message", "field"?}}`, never
 
 
 # Every router of the API, in the order routes are matched (tests walk these).
-MOUNTED = (health.router, sessions.router, proofs.router, entitlements.router, admin.router,
-           reconciliation.router)
+MOUNTED = (
+    health.router,
+    sessions.router,
+    proofs.router,
+    entitlements.router,
+    admin.router,
+    reconciliation.router,
+)
 INCLUDED = (webhooks.router,)
 
 
 def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     """`console`: the operator console's router (default: `console_router(engine)`)."""
     # clean_path_params runs first on every route (included routers too), before auth.
-    app = FastAPI(title="railproof", version="0.1.0", description=DESCRIPTION,
-                  dependencies=[Depends(clean_path_params)])
+    app = FastAPI(
+        title="railproof",
+        version="0.1.0",
+        description=DESCRIPTION,
+        dependencies=[Depends(clean_path_params)],
+    )
     app.state.engine = engine
     app.state.rate_limiter = RateLimiter.from_settings(engine.settings)
     app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)  # chunked, deep, NUL in bodies
@@ -77,22 +87,29 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     return app
 
 
-def _error(status: int, code: ApiErrorCode, message: str, field: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    code: ApiErrorCode,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     err: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         err["field"] = field
     return JSONResponse({"error": err}, status_code=status, headers=headers)
 
 
-async def limit_declared_body(request: Request,
-                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+async def limit_declared_body(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
     # A declared Content-Length over the limit is refused before a byte is read; BodyGuard
     # counts the bytes of a body that declares none.
     size = request.headers.get("content-length")
     if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-        return _error(413, ApiErrorCode.body_too_large,
-                      f"body: larger than {MAX_BODY_BYTES} bytes", "body")
+        return _error(
+            413, ApiErrorCode.body_too_large, f"body: larger than {MAX_BODY_BYTES} bytes", "body"
+        )
     return await call_next(request)
 
 
@@ -104,8 +121,9 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, e: EngineError) -> JSONResponse:
-        headers = ({"WWW-Authenticate": "Bearer"} if e.status == 401
-                   else getattr(e, "headers", None))  # e.g. Retry-After on 429
+        headers = (
+            {"WWW-Authenticate": "Bearer"} if e.status == 401 else getattr(e, "headers", None)
+        )  # e.g. Retry-After on 429
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -120,8 +138,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: ApiErrorCode.not_found,
-                405: ApiErrorCode.method_not_allowed}.get(e.status_code, ApiErrorCode.http_error)
+        code = {404: ApiErrorCode.not_found, 405: ApiErrorCode.method_not_allowed}.get(
+            e.status_code, ApiErrorCode.http_error
+        )
         return _error(e.status_code, code, str(e.detail))
 
     @app.exception_handler(Exception)
@@ -134,6 +153,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if not database_busy(e):
             return await unexpected(request, e)
         # A lock or statement timeout: the transaction rolled back, so retrying is safe.
-        return _error(503, ApiErrorCode.database_busy,
-                      "the database is busy; nothing was changed, retry shortly",
-                      headers={"Retry-After": "2"})
+        return _error(
+            503,
+            ApiErrorCode.database_busy,
+            "the database is busy; nothing was changed, retry shortly",
+            headers={"Retry-After": "2"},
+        )

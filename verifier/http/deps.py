@@ -21,9 +21,12 @@ from verifier.http.errors import ApiErrorCode, Unauthorized
 from verifier.http.guards import control_field
 from verifier.services import queries
 
-bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
-                    description="A service token (service routes) or a staff token "
-                    "(/v1/admin routes), as `Authorization: Bearer <token>`")
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="A service token (service routes) or a staff token "
+    "(/v1/admin routes), as `Authorization: Bearer <token>`",
+)
 
 
 def get_engine(request: Request) -> Engine:
@@ -34,12 +37,16 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def bearer_token(request: Request,
-                 _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
+def bearer_token(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> str:
     raw = request.headers.get("authorization")
     if not raw or not raw.startswith("Bearer ") or not raw[7:]:
-        raise Unauthorized(ApiErrorCode.unauthorized,
-                           "Authorization: a Bearer token is required", field="Authorization")
+        raise Unauthorized(
+            ApiErrorCode.unauthorized,
+            "Authorization: a Bearer token is required",
+            field="Authorization",
+        )
     return raw[7:]
 
 
@@ -55,20 +62,24 @@ class ServicePrincipal(NamedTuple):
 def service_principal(engine: EngineDep, token: Token) -> ServicePrincipal:
     owners = engine.settings.service_owners(token)
     if owners is None:
-        raise Unauthorized(ApiErrorCode.unauthorized, "Authorization: unknown service token",
-                           field="Authorization")
+        raise Unauthorized(
+            ApiErrorCode.unauthorized, "Authorization: unknown service token", field="Authorization"
+        )
     return ServicePrincipal("svc:" + ",".join(sorted(owners)), owners)
 
 
-def staff_member(request: Request, engine: EngineDep, token: Token,
-                 incident: Annotated[str | None, Header(alias="X-Incident-Id",
-                                                        max_length=128)] = None,
-                 reason: Annotated[str | None, Header(alias="X-Operator-Reason",
-                                                      max_length=1000)] = None) -> str:
+def staff_member(
+    request: Request,
+    engine: EngineDep,
+    token: Token,
+    incident: Annotated[str | None, Header(alias="X-Incident-Id", max_length=128)] = None,
+    reason: Annotated[str | None, Header(alias="X-Operator-Reason", max_length=1000)] = None,
+) -> str:
     name = engine.settings.staff_name(token)
     if name is None:
-        raise Unauthorized(ApiErrorCode.unauthorized, "Authorization: unknown staff token",
-                           field="Authorization")
+        raise Unauthorized(
+            ApiErrorCode.unauthorized, "Authorization: unknown staff token", field="Authorization"
+        )
     if request.method == "GET" and (incident or reason):
         queries.record_staff_read(engine, name, incident, reason, request.url.path)
     return name
@@ -76,9 +87,14 @@ def staff_member(request: Request, engine: EngineDep, token: Token,
 
 ServiceDep = Annotated[ServicePrincipal, Depends(service_principal)]
 StaffDep = Annotated[str, Depends(staff_member)]
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", description="Same key and body: the stored answer again; same "
-    "key, other body: 409 idempotency_conflict. 1 to 256 printable characters.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Same key and body: the stored answer again; same "
+        "key, other body: 409 idempotency_conflict. 1 to 256 printable characters.",
+    ),
+]
 
 
 class RateLimit:
@@ -92,13 +108,17 @@ class RateLimit:
         request.app.state.rate_limiter.check(svc.name, self.endpoint)
 
 
-def acting_for(engine: Engine, svc: ServicePrincipal, owner_id: str, reason: str,
-               field: str | None = None) -> None:
+def acting_for(
+    engine: Engine, svc: ServicePrincipal, owner_id: str, reason: str, field: str | None = None
+) -> None:
     """404 `owner_not_found` (an owner-isolation denial) unless the token acts for owner_id."""
     if owner_id not in svc.owners:
         engine.metrics.inc("owner_isolation_denials_total", reason=reason)
-        raise NotFound(ApiErrorCode.owner_not_found, f"owner_id: {owner_id!r} is not an owner "
-                       "this token acts for", field=field)
+        raise NotFound(
+            ApiErrorCode.owner_not_found,
+            f"owner_id: {owner_id!r} is not an owner this token acts for",
+            field=field,
+        )
 
 
 def clean_path_params(request: Request) -> None:
@@ -106,5 +126,8 @@ def clean_path_params(request: Request) -> None:
     # every route, before auth, once the route has matched (see guards.py).
     field = control_field(request.path_params)
     if field is not None:
-        raise BadInput(ApiErrorCode.invalid_request,
-                       f"{field}: must not contain control characters", field=field)
+        raise BadInput(
+            ApiErrorCode.invalid_request,
+            f"{field}: must not contain control characters",
+            field=field,
+        )

@@ -82,21 +82,34 @@ class BodyGuard:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _refuse(send, 413, ApiErrorCode.body_too_large,
-                              f"body: larger than {self.max_bytes} bytes")
+                await _refuse(
+                    send,
+                    413,
+                    ApiErrorCode.body_too_large,
+                    f"body: larger than {self.max_bytes} bytes",
+                )
                 return
             chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
         body = b"".join(chunks)
         if json_depth_exceeds(body, self.max_depth):
-            await _refuse(send, 422, ApiErrorCode.body_too_deep,
-                          f"body: JSON nested deeper than {self.max_depth} levels")
+            await _refuse(
+                send,
+                422,
+                ApiErrorCode.body_too_deep,
+                f"body: JSON nested deeper than {self.max_depth} levels",
+            )
             return
         field = body_nul_field(body)
         if field is not None:
-            await _refuse(send, 422, ApiErrorCode.invalid_request,
-                          f"{field}: must not contain NUL characters (\\u0000)", field)
+            await _refuse(
+                send,
+                422,
+                ApiErrorCode.invalid_request,
+                f"{field}: must not contain NUL characters (\\u0000)",
+                field,
+            )
             return
         replayed = False
 
@@ -115,8 +128,13 @@ def nul_path(value: Any, path: str = "") -> str | None:
     holds a NUL; for a key holding one, the path of its object. None when there is none."""
     if isinstance(value, str):
         return (path or "body") if "\x00" in value else None
-    items = (value.items() if isinstance(value, dict)
-             else enumerate(value) if isinstance(value, list) else ())
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
     for k, v in items:
         if isinstance(k, str) and "\x00" in k:
             return path or "body"
@@ -152,8 +170,9 @@ def param_control_field(scope: dict[str, Any]) -> str | None:
     for name, value in scope.get("headers", ()):
         if _HEADER_CONTROL.search(value):
             return _header_name(name)
-    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                                 keep_blank_values=True):  # as Starlette parses it
+    for name, value in parse_qsl(
+        scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+    ):  # as Starlette parses it
         if _CONTROL.search(name):
             return "query"
         if _CONTROL.search(value):
@@ -172,18 +191,31 @@ class InputGuard:
         if scope["type"] == "http":
             field = param_control_field(scope)
             if field is not None:
-                await _refuse(send, 422, ApiErrorCode.invalid_request,
-                              f"{field}: must not contain control characters", field)
+                await _refuse(
+                    send,
+                    422,
+                    ApiErrorCode.invalid_request,
+                    f"{field}: must not contain control characters",
+                    field,
+                )
                 return
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Any, status: int, code: ApiErrorCode, message: str,
-                  field: str = "body") -> None:
+async def _refuse(
+    send: Any, status: int, code: ApiErrorCode, message: str, field: str = "body"
+) -> None:
     payload = orjson.dumps({"error": {"code": code, "message": message, "field": field}})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -195,6 +227,7 @@ def encodable_object(value: Any) -> Any:
         try:
             orjson.dumps(value)
         except TypeError:  # orjson.JSONEncodeError is a TypeError
-            raise ValueError("must be JSON whose integers fit in 64 bits and whose strings "
-                             "are valid Unicode") from None
+            raise ValueError(
+                "must be JSON whose integers fit in 64 bits and whose strings are valid Unicode"
+            ) from None
     return value

@@ -43,6 +43,7 @@ class Model(BaseModel):
 
 # -- field types ----------------------------------------------------------------------------
 
+
 def parse_amount(v: Any) -> int:
     # Amounts are integers of base units: an int, or a string of digits. Never a float.
     if isinstance(v, bool) or isinstance(v, float):
@@ -59,14 +60,23 @@ def parse_amount(v: Any) -> int:
 
 
 _AMOUNT_DOC = "base units of the rail's asset (USDC: 1500000 is 1.50), never a decimal"
-Amount = Annotated[int, BeforeValidator(parse_amount), WithJsonSchema({
-    "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT},
-              {"type": "string", "pattern": "^[0-9]+$", "maxLength": 19}],
-    "description": f"An integer, or a string of digits: {_AMOUNT_DOC}."})]
-AmountText = Annotated[str, Field(pattern=r"^[0-9]+$",
-                                  description=f"A string of digits: {_AMOUNT_DOC}.")]
-Time = Annotated[str, Field(json_schema_extra={"format": "date-time"},
-                            description="ISO-8601, UTC")]
+Amount = Annotated[
+    int,
+    BeforeValidator(parse_amount),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT},
+                {"type": "string", "pattern": "^[0-9]+$", "maxLength": 19},
+            ],
+            "description": f"An integer, or a string of digits: {_AMOUNT_DOC}.",
+        }
+    ),
+]
+AmountText = Annotated[
+    str, Field(pattern=r"^[0-9]+$", description=f"A string of digits: {_AMOUNT_DOC}.")
+]
+Time = Annotated[str, Field(json_schema_extra={"format": "date-time"}, description="ISO-8601, UTC")]
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 Text = Annotated[str, Field(min_length=1, max_length=128)]
 Json = dict[str, Any]
@@ -74,15 +84,20 @@ Json = dict[str, Any]
 
 # -- bodies in ------------------------------------------------------------------------------
 
+
 class SessionIn(Model):
     owner_id: Id
     rail_id: Annotated[str, Field(min_length=1, max_length=64)]
     access_product_id: Id
     amount: Amount
     recipient: Text | None = None
-    reference: Text | None = Field(sessions.AUTO, description=(
-        '"auto" (the default): railproof generates a reference only this payment carries; '
-        "null: none (rails that bind by payer); else a client-chosen one"))
+    reference: Text | None = Field(
+        sessions.AUTO,
+        description=(
+            '"auto" (the default): railproof generates a reference only this payment carries; '
+            "null: none (rails that bind by payer); else a client-chosen one"
+        ),
+    )
     payer: Text | None = None
     memo: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     expires_in_seconds: Annotated[int, Field(gt=0, le=30 * 24 * 3600, strict=True)] | None = None
@@ -90,13 +105,16 @@ class SessionIn(Model):
 
 class ProofIn(Model):
     session_id: Annotated[str, Field(min_length=1, max_length=64)]
-    proof: Annotated[Annotated[str, Field(min_length=1, max_length=proofs.MAX_PROOF_BYTES)]
-                     | Json, AfterValidator(encodable_object)]
+    proof: Annotated[
+        Annotated[str, Field(min_length=1, max_length=proofs.MAX_PROOF_BYTES)] | Json,
+        AfterValidator(encodable_object),
+    ]
     # Any of the session's rail's proof types (GET /v1/admin/proof-contracts lists them): the
     # service checks it against the rail (422 invalid_proof_type), so a new rail family needs
     # no change here. Default: the rail's first proof type.
-    proof_type: Annotated[str, Field(min_length=1, max_length=64,
-                                     pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    proof_type: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")] | None
+    ) = None
 
 
 class OperatorIn(Model):
@@ -134,11 +152,14 @@ class ReplayIn(Model):
 
 # -- errors ---------------------------------------------------------------------------------
 
+
 class ErrorDetail(Model):
     # Open: a refusal may carry what the caller needs to act on it (below), and more later.
     model_config = ConfigDict(extra="allow")
-    code: str = Field(description="A stable snake_case code: an API error code "
-                      "(verifier.http.errors.ApiErrorCode) or a verification failure code")
+    code: str = Field(
+        description="A stable snake_case code: an API error code "
+        "(verifier.http.errors.ApiErrorCode) or a verification failure code"
+    )
     message: str
     field: str | None = Field(None, description="The request field at fault, when there is one")
     report: DryRunOut | None = Field(None, description="apply_blocked: every check of the gate")
@@ -151,6 +172,7 @@ class ErrorOut(Model):
 
 
 # -- bodies out: service ---------------------------------------------------------------------
+
 
 class HealthOut(Model):
     status: str
@@ -174,7 +196,8 @@ class SessionOut(Model):
     expires_at: Time
     paid_at: Time | None
     payment_requirements: Json | None = Field(
-        description="What the payer must do; its shape is the rail family's")
+        description="What the payer must do; its shape is the rail family's"
+    )
 
 
 class SettlementOut(Model):
@@ -235,6 +258,7 @@ class EndpointDeletedOut(EndpointOut):
 
 
 # -- bodies out: staff -----------------------------------------------------------------------
+
 
 class RailOut(Model):
     rail_id: str

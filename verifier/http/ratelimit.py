@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from verifier.core.errors import EngineError
 from verifier.http.errors import ApiErrorCode
@@ -35,8 +36,11 @@ class RateLimited(EngineError):
     status = 429
 
     def __init__(self, endpoint: str, retry_after: int):
-        super().__init__(ApiErrorCode.rate_limited, f"too many requests to {endpoint}; "
-                         f"retry after {retry_after} s", extra={"retry_after": retry_after})
+        super().__init__(
+            ApiErrorCode.rate_limited,
+            f"too many requests to {endpoint}; retry after {retry_after} s",
+            extra={"retry_after": retry_after},
+        )
         self.headers = {"Retry-After": str(retry_after)}
 
 
@@ -49,8 +53,12 @@ class _Bucket:
 class RateLimiter:
     """Thread-safe token buckets; `clock` is injectable so tests need not sleep."""
 
-    def __init__(self, rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if burst < 1 and rate > 0:
             raise ValueError("rate limit burst must be at least 1")
         self.rate = float(rate)
@@ -90,5 +98,5 @@ class RateLimiter:
             raise RateLimited(endpoint, max(1, math.ceil(wait)))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "RateLimiter":
+    def from_settings(cls, settings: Any) -> RateLimiter:
         return cls(rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst)

@@ -52,6 +52,7 @@ def current_request_id() -> str | None:
 
 def settings_principal(settings: Any) -> PrincipalOf:
     """Classify a bearer token with the API's own settings (staff_name, service_owners)."""
+
     def principal_of(token: str) -> tuple[str, str | None] | None:
         name = settings.staff_name(token)
         if name is not None:
@@ -60,6 +61,7 @@ def settings_principal(settings: Any) -> PrincipalOf:
         if owners is not None:
             return "service", ",".join(sorted(owners))
         return None
+
     return principal_of
 
 
@@ -83,9 +85,13 @@ class RequestLogMiddleware:
 
     `emit` receives each request's document instead of the logger (tests, other sinks)."""
 
-    def __init__(self, app: Any, principal: PrincipalOf | None = None,
-                 emit: Callable[[dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        app: Any,
+        principal: PrincipalOf | None = None,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.app = app
         self.principal = principal
         self.emit = emit or _log
@@ -104,8 +110,9 @@ class RequestLogMiddleware:
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
-                raw = [(k, v) for k, v in message.get("headers", [])
-                       if k.lower() != b"x-request-id"]
+                raw = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
                 raw.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": raw}
             await send(message)
@@ -115,19 +122,25 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             try:
-                self.emit(self._document(scope, headers, rid, status[0] if status else 500,
-                                         started))
+                self.emit(
+                    self._document(scope, headers, rid, status[0] if status else 500, started)
+                )
             except Exception:  # a log sink never breaks a request
                 log.exception("request log line failed")
             request_id_var.reset(token)
 
-    def _document(self, scope: Scope, headers: Mapping[str, str], rid: str, status: int,
-                  started: float) -> dict[str, Any]:
+    def _document(
+        self, scope: Scope, headers: Mapping[str, str], rid: str, status: int, started: float
+    ) -> dict[str, Any]:
         kind, owner = self._principal(headers.get("authorization"))
         doc: dict[str, Any] = {
-            "request_id": rid, "method": scope.get("method", ""), "route": _route_of(scope),
-            "status": status, "duration_ms": round((self.clock() - started) * 1000, 3),
-            "principal": kind}
+            "request_id": rid,
+            "method": scope.get("method", ""),
+            "route": _route_of(scope),
+            "status": status,
+            "duration_ms": round((self.clock() - started) * 1000, 3),
+            "principal": kind,
+        }
         if owner:
             doc["owner"] = owner
         incident = headers.get("x-incident-id", "").strip()
@@ -146,5 +159,11 @@ class RequestLogMiddleware:
 
 
 def _log(doc: dict[str, Any]) -> None:
-    log.info("%s %s %s %.1fms", doc["method"], doc["route"], doc["status"], doc["duration_ms"],
-             extra={"http_request": doc})
+    log.info(
+        "%s %s %s %.1fms",
+        doc["method"],
+        doc["route"],
+        doc["status"],
+        doc["duration_ms"],
+        extra={"http_request": doc},
+    )

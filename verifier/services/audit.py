@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
-from verifier.storage.db import AUDIT_KEY_INFO
-from verifier.storage.repo import audit as audit_repo
 from verifier.core.logs import request_id_var
 from verifier.core.timeutil import iso
+from verifier.storage.db import AUDIT_KEY_INFO
+from verifier.storage.repo import audit as audit_repo
 
 GENESIS = "0" * 64
 _PG_AUDIT_LOCK = audit_repo.CHAIN_LOCK_KEY  # one advisory lock serializes appends to the chain
@@ -42,12 +43,29 @@ class AuditKeyMissing(RuntimeError):
     """An operation that needs the audit key (a checkpoint) was asked for without one."""
 
 
-def event_hash(prev_hash: str, at: datetime, actor: str, action: str, subject_type: str,
-               subject_id: str, data: dict[str, Any], incident_id: str | None,
-               reason: str | None, key: bytes | None = None) -> str:
-    doc = {"prev": prev_hash, "at": iso(at), "actor": actor, "action": action,
-           "subject_type": subject_type, "subject_id": subject_id, "data": data,
-           "incident_id": incident_id, "reason": reason}
+def event_hash(
+    prev_hash: str,
+    at: datetime,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    data: dict[str, Any],
+    incident_id: str | None,
+    reason: str | None,
+    key: bytes | None = None,
+) -> str:
+    doc = {
+        "prev": prev_hash,
+        "at": iso(at),
+        "actor": actor,
+        "action": action,
+        "subject_type": subject_type,
+        "subject_id": subject_id,
+        "data": data,
+        "incident_id": incident_id,
+        "reason": reason,
+    }
     if key is None:
         # Unkeyed: a Database made without a key (library use, tests, disposable benchmark
         # databases). The service and the worker refuse to start without one.
@@ -67,8 +85,15 @@ def _forget_head(session: Session, _transaction: Any) -> None:
     session.info.pop(_HEAD_KEY, None)
 
 
-def append(s: Session, now: datetime, op: Operator, action: str, subject_type: str,
-           subject_id: str, data: dict[str, Any] | None = None) -> int:
+def append(
+    s: Session,
+    now: datetime,
+    op: Operator,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    data: dict[str, Any] | None = None,
+) -> int:
     """Append one event inside the caller's transaction (it commits or rolls back with the
     state change it describes); returns its id.
 
@@ -87,11 +112,21 @@ def append(s: Session, now: datetime, op: Operator, action: str, subject_type: s
     if rid is not None and "request_id" not in data:
         # The HTTP request that caused it (X-Request-Id), covered by the hash like the rest.
         data = {**data, "request_id": rid}
-    h = event_hash(prev, now, op.actor, action, subject_type, subject_id, data,
-                   op.incident_id, op.reason, key)
-    row = {"at": now, "actor": op.actor, "action": action, "subject_type": subject_type,
-           "subject_id": subject_id, "data": data, "incident_id": op.incident_id,
-           "reason": op.reason, "prev_hash": prev, "hash": h}
+    h = event_hash(
+        prev, now, op.actor, action, subject_type, subject_id, data, op.incident_id, op.reason, key
+    )
+    row = {
+        "at": now,
+        "actor": op.actor,
+        "action": action,
+        "subject_type": subject_type,
+        "subject_id": subject_id,
+        "data": data,
+        "incident_id": op.incident_id,
+        "reason": op.reason,
+        "prev_hash": prev,
+        "hash": h,
+    }
     # A Core insert: the row is write-only here, so the ORM's unit of work buys nothing.
     event_id = audit_repo.insert_event(s, row)
     s.info[_HEAD_KEY] = h
@@ -109,8 +144,13 @@ class ChainReport:
     head_hash: str = GENESIS
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events": self.events, "first_broken_id": self.first_broken_id,
-                "message": self.message, "keyed": self.keyed}
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "first_broken_id": self.first_broken_id,
+            "message": self.message,
+            "keyed": self.keyed,
+        }
 
 
 def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
@@ -119,20 +159,39 @@ def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
     while True:
         rows = audit_repo.events_after(s, last_id, batch)
         if not rows:
-            return ChainReport(True, count, keyed=key is not None,
-                               head_id=last_id or None, head_hash=prev)
+            return ChainReport(
+                True, count, keyed=key is not None, head_id=last_id or None, head_hash=prev
+            )
         for ev in rows:
             # SECURITY: every link and every hash, from the genesis on.
             if ev.prev_hash != prev:
-                return ChainReport(False, count, ev.id,
-                                   f"event {ev.id}: prev_hash does not link to the event before it",
-                                   keyed=key is not None)
-            want = event_hash(ev.prev_hash, ev.at, ev.actor, ev.action, ev.subject_type,
-                              ev.subject_id, ev.data or {}, ev.incident_id, ev.reason, key)
+                return ChainReport(
+                    False,
+                    count,
+                    ev.id,
+                    f"event {ev.id}: prev_hash does not link to the event before it",
+                    keyed=key is not None,
+                )
+            want = event_hash(
+                ev.prev_hash,
+                ev.at,
+                ev.actor,
+                ev.action,
+                ev.subject_type,
+                ev.subject_id,
+                ev.data or {},
+                ev.incident_id,
+                ev.reason,
+                key,
+            )
             if want != ev.hash:
-                return ChainReport(False, count, ev.id,
-                                   f"event {ev.id}: contents do not match its hash",
-                                   keyed=key is not None)
+                return ChainReport(
+                    False,
+                    count,
+                    ev.id,
+                    f"event {ev.id}: contents do not match its hash",
+                    keyed=key is not None,
+                )
             prev, count, last_id = ev.hash, count + 1, ev.id
 
 
@@ -159,8 +218,12 @@ def make_checkpoint(s: Session, now: datetime) -> tuple[ChainReport, dict[str, A
     rep = verify_chain(s)
     if not rep.ok:
         return rep, None
-    cp: dict[str, Any] = {"head_id": rep.head_id, "head_hash": rep.head_hash,
-                          "events": rep.events, "at": iso(now)}
+    cp: dict[str, Any] = {
+        "head_id": rep.head_id,
+        "head_hash": rep.head_hash,
+        "events": rep.events,
+        "at": iso(now),
+    }
     cp["mac"] = _checkpoint_mac(key, cp)
     return rep, cp
 
@@ -194,17 +257,25 @@ def check_checkpoint(s: Session, cp: Mapping[str, Any], rep: ChainReport) -> Che
     if head_id is not None:
         stored = audit_repo.hash_of(s, head_id)
         if stored is None:
-            return CheckpointReport(False, f"checkpoint head event {head_id} is gone: "
-                                           "the chain was truncated or rebuilt")
+            return CheckpointReport(
+                False,
+                f"checkpoint head event {head_id} is gone: the chain was truncated or rebuilt",
+            )
         if stored != head_hash:
-            return CheckpointReport(False, f"event {head_id} no longer has the checkpoint's "
-                                           "hash: the chain was rewritten")
+            return CheckpointReport(
+                False,
+                f"event {head_id} no longer has the checkpoint's hash: the chain was rewritten",
+            )
         before = audit_repo.count_through(s, head_id)
         if before != events:
-            return CheckpointReport(False, f"{before} events up to event {head_id}, the "
-                                           f"checkpoint saw {events}: the chain was rewritten")
+            return CheckpointReport(
+                False,
+                f"{before} events up to event {head_id}, the "
+                f"checkpoint saw {events}: the chain was rewritten",
+            )
     if rep.events < events:
-        return CheckpointReport(False, f"{rep.events} events, the checkpoint saw {events}: "
-                                       "events were removed")
+        return CheckpointReport(
+            False, f"{rep.events} events, the checkpoint saw {events}: events were removed"
+        )
     head = "empty chain" if head_id is None else f"head event {head_id}"
     return CheckpointReport(True, f"checkpoint of {cp['at']} holds ({events} events, {head})")

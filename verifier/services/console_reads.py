@@ -18,18 +18,34 @@ from verifier.storage.models import ProofStatus
 from verifier.storage.repo import console as repo
 
 PROOF_STATUSES = [s.value for s in ProofStatus]
-AGES = {"10m": timedelta(minutes=10), "1h": timedelta(hours=1), "2h": timedelta(hours=2),
-        "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+AGES = {
+    "10m": timedelta(minutes=10),
+    "1h": timedelta(hours=1),
+    "2h": timedelta(hours=2),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+}
 # Keys never shown from observed chain data or audit data (as services.proofs redacts
 # evidence when it stores it), at any depth.
-_REDACTED = {"signature", "signatures", "payload", "raw", "authorization", "secret", "token",
-             "private_key", "proof"}
+_REDACTED = {
+    "signature",
+    "signatures",
+    "payload",
+    "raw",
+    "authorization",
+    "secret",
+    "token",
+    "private_key",
+    "proof",
+}
 
 
 def redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: ("[redacted]" if str(k).lower() in _REDACTED else redact(v))
-                for k, v in value.items()}
+        return {
+            k: ("[redacted]" if str(k).lower() in _REDACTED else redact(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
@@ -46,16 +62,24 @@ class ProofFilter:
     page: int = 1
 
 
-def list_proofs(engine: Engine, f: ProofFilter, page_size: int = 25
-                ) -> tuple[list[dict[str, Any]], bool]:
+def list_proofs(
+    engine: Engine, f: ProofFilter, page_size: int = 25
+) -> tuple[list[dict[str, Any]], bool]:
     """One page of proofs (as the staff API shows them), newest first, and whether a next
     page exists."""
     before = engine.now() - AGES[f.older_than] if f.older_than in AGES else None
     with engine.db.tx() as s:
-        rows = repo.proofs_page(s, status=f.status, rail_id=f.rail_id,
-                                failure_code=f.failure_code, owner_id=f.owner_id,
-                                created_before=before, term=(f.q or "").strip() or None,
-                                offset=(f.page - 1) * page_size, limit=page_size + 1)
+        rows = repo.proofs_page(
+            s,
+            status=f.status,
+            rail_id=f.rail_id,
+            failure_code=f.failure_code,
+            owner_id=f.owner_id,
+            created_before=before,
+            term=(f.q or "").strip() or None,
+            offset=(f.page - 1) * page_size,
+            limit=page_size + 1,
+        )
         more = len(rows) > page_size
         rows = rows[:page_size]
         ids = [p.id for p in rows]
@@ -69,8 +93,9 @@ def failure_codes(engine: Engine) -> list[str]:
         return repo.failure_codes(s)
 
 
-def receipt_and_entitlement(engine: Engine, proof_id: str, session_id: str
-                            ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def receipt_and_entitlement(
+    engine: Engine, proof_id: str, session_id: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     with engine.db.tx() as s:
         r = repo.receipt_of_proof(s, proof_id)
         e = repo.entitlement_of_session(s, session_id)
@@ -78,9 +103,17 @@ def receipt_and_entitlement(engine: Engine, proof_id: str, session_id: str
 
 
 def _event(e: Any) -> dict[str, Any]:
-    return {"id": e.id, "at": iso(e.at), "actor": e.actor, "action": e.action,
-            "subject_type": e.subject_type, "subject_id": e.subject_id,
-            "data": redact(e.data), "incident_id": e.incident_id, "reason": e.reason}
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "subject_type": e.subject_type,
+        "subject_id": e.subject_id,
+        "data": redact(e.data),
+        "incident_id": e.incident_id,
+        "reason": e.reason,
+    }
 
 
 def audit_trail(engine: Engine, subject_ids: list[str], limit: int = 200) -> list[dict[str, Any]]:
@@ -111,8 +144,12 @@ HOURS = 24
 DAYS = 14
 MAX_ROWS = 200_000  # the charts read at most this many rows per window
 PENDING_BUCKETS: list[tuple[str, timedelta | None]] = [
-    ("< 10 min", timedelta(minutes=10)), ("10–60 min", timedelta(hours=1)),
-    ("1–2 h", timedelta(hours=2)), ("2–24 h", timedelta(hours=24)), ("> 24 h", None)]
+    ("< 10 min", timedelta(minutes=10)),
+    ("10–60 min", timedelta(hours=1)),
+    ("1–2 h", timedelta(hours=2)),
+    ("2–24 h", timedelta(hours=24)),
+    ("> 24 h", None),
+]
 
 
 def health(engine: Engine) -> dict[str, Any]:

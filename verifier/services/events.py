@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from verifier.core.timeutil import iso
 from verifier.storage.repo import outbox as outbox_repo
 from verifier.storage.webhook_models import (
     DeliveryStatus,
@@ -26,7 +27,6 @@ from verifier.storage.webhook_models import (
     OutboxEvent,
     prefixed_id,
 )
-from verifier.core.timeutil import iso
 
 __all__ = ["EventType", "emit", "envelope", "OWNERLESS"]
 
@@ -34,8 +34,16 @@ __all__ = ["EventType", "emit", "envelope", "OWNERLESS"]
 OWNERLESS = frozenset({EventType.rail_paused, EventType.rail_resumed})
 
 
-def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_type: str,
-         resource_id: str, resource: dict[str, Any], first_of_resource: bool = False) -> str:
+def emit(
+    s: Session,
+    now: datetime,
+    type: str,
+    owner_id: str | None,
+    resource_type: str,
+    resource_id: str,
+    resource: dict[str, Any],
+    first_of_resource: bool = False,
+) -> str:
     """Write one event and its deliveries in the caller's transaction (never commits);
     returns the event id. `first_of_resource`: the caller knows, under the resource's lock,
     that no event about it exists yet (its sequence starts at 1 without a lookup)."""
@@ -59,18 +67,36 @@ def emit(s: Session, now: datetime, type: str, owner_id: str | None, resource_ty
         seqs = info[_SEQ_KEY] = {}
     last = seqs.get((resource_type, resource_id))
     if last is None:
-        last = 0 if first_of_resource else outbox_repo.last_sequence(s, resource_type,
-                                                                     resource_id)
+        last = 0 if first_of_resource else outbox_repo.last_sequence(s, resource_type, resource_id)
     seq = last + 1
     event_id = prefixed_id("evt")
-    outbox_repo.insert_event(s, {"id": event_id, "type": et.value, "owner_id": owner_id,
-                                 "resource_type": resource_type, "resource_id": resource_id,
-                                 "sequence": seq, "payload": payload, "created_at": now})
+    outbox_repo.insert_event(
+        s,
+        {
+            "id": event_id,
+            "type": et.value,
+            "owner_id": owner_id,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "sequence": seq,
+            "payload": payload,
+            "created_at": now,
+        },
+    )
     seqs[(resource_type, resource_id)] = seq  # only once the row is written: no gaps
-    rows = [{"id": prefixed_id("whd"), "event_id": event_id, "endpoint_id": ep_id,
-             "status": DeliveryStatus.pending.value, "attempts": 0, "next_attempt_at": now,
-             "created_at": now, "updated_at": now}
-            for ep_id in _subscribers(s, et, owner_id)]
+    rows = [
+        {
+            "id": prefixed_id("whd"),
+            "event_id": event_id,
+            "endpoint_id": ep_id,
+            "status": DeliveryStatus.pending.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for ep_id in _subscribers(s, et, owner_id)
+    ]
     outbox_repo.insert_deliveries(s, rows)
     return event_id
 
@@ -123,5 +149,10 @@ def _subscribers(s: Session, et: EventType, owner_id: str | None) -> list[str]:
 
 def envelope(ev: OutboxEvent) -> dict[str, Any]:
     """The JSON body receivers get."""
-    return {"id": ev.id, "type": ev.type, "created_at": iso(ev.created_at),
-            "owner_id": ev.owner_id, "data": ev.payload}
+    return {
+        "id": ev.id,
+        "type": ev.type,
+        "created_at": iso(ev.created_at),
+        "owner_id": ev.owner_id,
+        "data": ev.payload,
+    }

@@ -15,8 +15,9 @@ deliberately no command that deletes claims.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -24,9 +25,9 @@ from rails.base import canonical_json
 from verifier.core import timeutil
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict
+from verifier.core.timeutil import iso
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
 from verifier.storage.repo import idempotency as claim_repo
-from verifier.core.timeutil import iso
 
 MAX_KEY = 256
 
@@ -35,38 +36,57 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
-def run_idempotent(engine: Engine, principal: str, endpoint: str, key: str | None, body: Any,
-                   work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
+def run_idempotent(
+    engine: Engine,
+    principal: str,
+    endpoint: str,
+    key: str | None,
+    body: Any,
+    work: Callable[[], tuple[int, Any]],
+) -> tuple[int, Any]:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body)."""
     if key is None:
         return work()
     # A key is an id: no control characters (NUL would break PostgreSQL text).
     if not key or len(key) > MAX_KEY or not key.isprintable():
-        raise BadInput("invalid_idempotency_key", f"Idempotency-Key: 1 to {MAX_KEY} "
-                       "printable characters", field="Idempotency-Key")
+        raise BadInput(
+            "invalid_idempotency_key",
+            f"Idempotency-Key: 1 to {MAX_KEY} printable characters",
+            field="Idempotency-Key",
+        )
     h = request_hash(body)
     pk = {"principal": principal, "endpoint": endpoint, "key": key}
     try:
         with engine.db.tx() as s:
             # Process time, not the business clock: a pinned clock would never age a claim.
-            claim_repo.add_claim(s, IdempotencyClaim(
-                **pk, request_hash=h, status=ClaimStatus.in_progress,
-                created_at=timeutil.process_now()))
+            claim_repo.add_claim(
+                s,
+                IdempotencyClaim(
+                    **pk,
+                    request_hash=h,
+                    status=ClaimStatus.in_progress,
+                    created_at=timeutil.process_now(),
+                ),
+            )
     except IntegrityError:
         with engine.db.tx() as s:
             c = claim_repo.get(s, principal, endpoint, key)
-        if c is None:  # pragma: no cover - a claim is never deleted once completed
-            raise Conflict("idempotency_in_progress", "retry shortly")
+        if c is None:  # released by a refusal between our insert and this read
+            raise Conflict("idempotency_in_progress", "retry shortly") from None
         if c.request_hash != h:
             engine.metrics.inc("idempotency_conflicts_total", kind="body_mismatch")
-            raise Conflict("idempotency_conflict",
-                           "Idempotency-Key was used with a different request body",
-                           field="Idempotency-Key")
+            raise Conflict(
+                "idempotency_conflict",
+                "Idempotency-Key was used with a different request body",
+                field="Idempotency-Key",
+            ) from None
         if c.status != ClaimStatus.completed:
             engine.metrics.inc("idempotency_conflicts_total", kind="in_progress")
-            raise Conflict("idempotency_in_progress",
-                           "a request with this Idempotency-Key is still in progress",
-                           field="Idempotency-Key")
+            raise Conflict(
+                "idempotency_in_progress",
+                "a request with this Idempotency-Key is still in progress",
+                field="Idempotency-Key",
+            ) from None
         return c.response_code or 200, c.response
     try:
         status, out = work()
@@ -89,6 +109,14 @@ def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dic
     cutoff = timeutil.process_now() - timedelta(seconds=age)  # claim ages are process time
     with engine.db.tx() as s:
         rows = claim_repo.in_progress_since(s, cutoff)
-        return [{"principal": c.principal, "endpoint": c.endpoint, "key": c.key,
-                 "request_hash": c.request_hash, "status": c.status,
-                 "created_at": iso(c.created_at)} for c in rows]
+        return [
+            {
+                "principal": c.principal,
+                "endpoint": c.endpoint,
+                "key": c.key,
+                "request_hash": c.request_hash,
+                "status": c.status,
+                "created_at": iso(c.created_at),
+            }
+            for c in rows
+        ]

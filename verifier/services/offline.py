@@ -4,7 +4,7 @@ run_verify as the service, over a cassette."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ class _Watch:
     """Remembers an unmatched request: the cassette does not hold this proof."""
 
     def __init__(self, inner: CassetteTransport):
-        self.inner, self.source, self.unmatched = inner, inner.source, None
+        self.inner, self.source = inner, inner.source
+        self.unmatched: UnmatchedRequest | None = None
 
     def call(self, method: str, params: list[Any]) -> Any:
         try:
@@ -52,7 +53,7 @@ class _Watch:
 
 
 def _utc(d: datetime | None) -> datetime | None:
-    return None if d is None else (d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d)
+    return None if d is None else (d.replace(tzinfo=UTC) if d.tzinfo is None else d)
 
 
 def proof_text(arg: str) -> str:
@@ -68,8 +69,9 @@ def proof_text(arg: str) -> str:
     try:
         return Path(arg).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--proof: cannot read {arg}: {type(e).__name__}: "
-                         f"{getattr(e, 'strerror', None) or e}") from e
+        raise UsageError(
+            f"--proof: cannot read {arg}: {type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+        ) from e
 
 
 def verify_offline(req: OfflineRequest) -> dict[str, Any]:
@@ -91,15 +93,23 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         field = "--proof" if e.field == "proof" else f"--{e.field}"
         raise UsageError(f"{field}: {e.message}") from e
     try:
-        chain = (CassetteTransport.from_files([req.cassette]) if req.cassette
-                 else CassetteTransport([]))
+        chain = (
+            CassetteTransport.from_files([req.cassette]) if req.cassette else CassetteTransport([])
+        )
     except CassetteError as e:
         raise UsageError(f"--cassette: {e}") from e
     watch = _Watch(chain)
-    terms = Terms(recipient=recipient, amount=req.amount, at_least=req.at_least,
-                  asset=rail.asset, reference=req.reference, memo=req.memo,
-                  not_before=_utc(req.not_before), not_after=_utc(req.not_after),
-                  now=_utc(req.now) or datetime.now(timezone.utc))
+    terms = Terms(
+        recipient=recipient,
+        amount=req.amount,
+        at_least=req.at_least,
+        asset=rail.asset,
+        reference=req.reference,
+        memo=req.memo,
+        not_before=_utc(req.not_before),
+        not_after=_utc(req.not_after),
+        now=_utc(req.now) or datetime.now(UTC),
+    )
     checked = run_verify(adapter, proof, terms, watch)
     if watch.unmatched is not None and req.cassette is not None:
         raise UsageError(f"--cassette: {req.cassette} has {watch.unmatched}")
@@ -111,6 +121,11 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
             observed.setdefault("slot", v.settlement.slot)
         if v.settlement.block_number is not None:
             observed.setdefault("block_number", v.settlement.block_number)
-    return {"status": v.status.value, "failure_code": v.code.value if v.code else None,
-            "detail": v.detail, "observed": observed, "rpc_calls": checked.rpc_calls,
-            "source": checked.source}
+    return {
+        "status": v.status.value,
+        "failure_code": v.code.value if v.code else None,
+        "detail": v.detail,
+        "observed": observed,
+        "rpc_calls": checked.rpc_calls,
+        "source": checked.source,
+    }

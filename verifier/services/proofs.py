@@ -19,7 +19,7 @@ A transfer without a reference that could back more than one open session is nev
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -29,10 +29,12 @@ from sqlalchemy.orm import Session
 from rails.base import Adapter, Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
-from verifier.services import audit, events
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound, Refused
+from verifier.core.timeutil import epoch_of, utc
+from verifier.services import audit, events
 from verifier.services.sessions import load_session
+from verifier.services.views import attempt_view, evidence_view, proof_view
 from verifier.storage.models import (
     HOLDING,
     PaymentSession,
@@ -50,16 +52,20 @@ from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo import settlements as settlement_repo
 from verifier.storage.repo.rows import Record
-from verifier.core.timeutil import epoch_of, utc
-from verifier.services.views import attempt_view, evidence_view, proof_view
 
 MAX_PROOF_BYTES = 16_384
 SYSTEM = audit.Operator("system")
 
 
-def submit_proof(engine: Engine, session_id: str, proof: Any, owners: list[str] | None,
-                 proof_type: str | None = None, actor: str = "service",
-                 verify: bool = True) -> tuple[dict[str, Any], bool]:
+def submit_proof(
+    engine: Engine,
+    session_id: str,
+    proof: Any,
+    owners: list[str] | None,
+    proof_type: str | None = None,
+    actor: str = "service",
+    verify: bool = True,
+) -> tuple[dict[str, Any], bool]:
     """Returns (proof view, created)."""
     raw = _raw_proof(proof)
     try:
@@ -75,16 +81,31 @@ def submit_proof(engine: Engine, session_id: str, proof: Any, owners: list[str] 
 class _Held(Exception):
     """The transfer already backs another session: the refusal, and who holds it."""
 
-    def __init__(self, code: str, holder: holds.Holder, rail_id: str, owner_id: str,
-                 session_id: str, proof_id: str | None = None):
+    def __init__(
+        self,
+        code: str,
+        holder: holds.Holder,
+        rail_id: str,
+        owner_id: str,
+        session_id: str,
+        proof_id: str | None = None,
+    ):
         self.code, self.holder, self.rail_id = code, holder, rail_id
         self.owner_id, self.session_id, self.proof_id = owner_id, session_id, proof_id
 
     @classmethod
-    def of(cls, adapter: Adapter, holder: holds.Holder, ps: PaymentSession | Record,
-           proof_id: str | None = None) -> "_Held":
-        code = (FailureCode.proof_owner_conflict if holder.owner_id != ps.owner_id
-                else adapter.replay_code)
+    def of(
+        cls,
+        adapter: Adapter,
+        holder: holds.Holder,
+        ps: PaymentSession | Record,
+        proof_id: str | None = None,
+    ) -> _Held:
+        code = (
+            FailureCode.proof_owner_conflict
+            if holder.owner_id != ps.owner_id
+            else adapter.replay_code
+        )
         return cls(code.value, holder, ps.rail_id, ps.owner_id, ps.id, proof_id)
 
     @property
@@ -100,12 +121,25 @@ class _Held(Exception):
 
 
 def _audit_refusal(engine: Engine, s: Session, h: _Held, actor: str) -> None:
-    action = ("proof.owner_conflict" if h.code == FailureCode.proof_owner_conflict
-              else f"proof.{h.code}")
-    audit.append(s, engine.now(), audit.Operator(actor), action, "proof", h.holder.proof_id,
-                 {"code": h.code, "held_by_session_id": h.holder.session_id,
-                  "held_by_owner_id": h.holder.owner_id, "claimed_by_owner": h.owner_id,
-                  "session_id": h.session_id, "refused_proof_id": h.proof_id})
+    action = (
+        "proof.owner_conflict" if h.code == FailureCode.proof_owner_conflict else f"proof.{h.code}"
+    )
+    audit.append(
+        s,
+        engine.now(),
+        audit.Operator(actor),
+        action,
+        "proof",
+        h.holder.proof_id,
+        {
+            "code": h.code,
+            "held_by_session_id": h.holder.session_id,
+            "held_by_owner_id": h.holder.owner_id,
+            "claimed_by_owner": h.owner_id,
+            "session_id": h.session_id,
+            "refused_proof_id": h.proof_id,
+        },
+    )
 
 
 def _count_refusal(engine: Engine, h: _Held) -> None:
@@ -114,8 +148,15 @@ def _count_refusal(engine: Engine, h: _Held) -> None:
         engine.metrics.inc("owner_isolation_denials_total", reason="proof_owner_conflict")
 
 
-def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
-            proof_type: str | None, actor: str, verify: bool) -> tuple[dict[str, Any], bool]:
+def _submit(
+    engine: Engine,
+    session_id: str,
+    raw: str,
+    owners: list[str] | None,
+    proof_type: str | None,
+    actor: str,
+    verify: bool,
+) -> tuple[dict[str, Any], bool]:
     now = engine.now()
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
@@ -127,8 +168,11 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
         _refuse_if_paused(engine, s, rail.rail_id)
         ptype = proof_type or rail.proof_types[0]
         if ptype not in rail.proof_types:
-            raise BadInput("invalid_proof_type", f"proof_type: {rail.rail_id} accepts "
-                           f"{', '.join(rail.proof_types)}", field="proof_type")
+            raise BadInput(
+                "invalid_proof_type",
+                f"proof_type: {rail.rail_id} accepts {', '.join(rail.proof_types)}",
+                field="proof_type",
+            )
         try:
             ref = adapter.normalize_proof(ptype, raw)
         except ProofMalformed as e:
@@ -145,13 +189,29 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
             existing = proof_repo.by_fingerprint(s, fp, ps.id)
             if existing is not None:
                 return _view(s, existing), False
-            raise Conflict(FailureCode.session_not_open,
-                           f"session {ps.id} is {ps.status}; it takes no new proofs")
-        row = {"id": new_id(), "fingerprint": fp, "rail_id": rail.rail_id,
-               "proof_type": ptype, "ref": ref, "raw": raw, "owner_id": ps.owner_id,
-               "session_id": ps.id, "status": ProofStatus.pending.value, "failure_code": None,
-               "detail": "submitted", "attempts": 0, "next_check_at": now,
-               "claimed_until": None, "claimed_by": None, "created_at": now, "updated_at": now}
+            raise Conflict(
+                FailureCode.session_not_open,
+                f"session {ps.id} is {ps.status}; it takes no new proofs",
+            )
+        row = {
+            "id": new_id(),
+            "fingerprint": fp,
+            "rail_id": rail.rail_id,
+            "proof_type": ptype,
+            "ref": ref,
+            "raw": raw,
+            "owner_id": ps.owner_id,
+            "session_id": ps.id,
+            "status": ProofStatus.pending.value,
+            "failure_code": None,
+            "detail": "submitted",
+            "attempts": 0,
+            "next_check_at": now,
+            "claimed_until": None,
+            "claimed_by": None,
+            "created_at": now,
+            "updated_at": now,
+        }
         try:
             # Insert first: the fingerprint's unique index answers "seen before?" and the
             # usual new proof costs no lookup. `p` is the row as written; only read below
@@ -163,25 +223,36 @@ def _submit(engine: Engine, session_id: str, raw: str, owners: list[str] | None,
             if winner is None:
                 raise
             return _view(s, winner), False
-        audit.append(s, now, audit.Operator(actor), "proof.submitted", "proof", p.id,
-                     {"session_id": ps.id, "rail_id": rail.rail_id, "fingerprint": fp})
+        audit.append(
+            s,
+            now,
+            audit.Operator(actor),
+            "proof.submitted",
+            "proof",
+            p.id,
+            {"session_id": ps.id, "rail_id": rail.rail_id, "fingerprint": fp},
+        )
         if not verify:
             # Not committed yet, so nothing can refer to it: no settlement, no receipt.
             return proof_view(p, None, None), True
     # 2. The chain, outside any transaction, within the submission budget: what it cannot
     #    decide by then is answered pending and finished by the worker.
-    checked = engine.chains.verify(adapter, raw, terms_for(engine, ps),
-                                   budget_s=engine.settings.submit_verify_budget_s)
+    checked = engine.chains.verify(
+        adapter, raw, terms_for(engine, ps), budget_s=engine.settings.submit_verify_budget_s
+    )
     # 3. The attempt, the new status, any settlement and the answer, in one transaction.
     with engine.db.tx() as s:
         # `p` is the row as step 1 wrote it, unless a worker verified it meanwhile (a new
         # proof is due at once): `_record_attempt` checks that as it writes the attempt.
-        verdict, view, refused = _record_attempt(engine, s, p, ps, checked, None,
-                                                 want_view=True, as_written=True, actor=actor)
+        verdict, view, refused = _record_attempt(
+            engine, s, p, ps, checked, None, want_view=True, as_written=True, actor=actor
+        )
     _count(engine, rail, checked, verdict)
     if refused is not None:
         _count_refusal(engine, refused)
         raise refused.conflict()
+    if view is None:  # want_view=True: _record_attempt always builds the view
+        raise RuntimeError("the attempt was recorded without the proof's view")
     return view, True
 
 
@@ -206,20 +277,32 @@ def _raw_proof(proof: Any) -> str:
     elif isinstance(proof, str):
         raw = proof.strip()
     else:
-        raise BadInput(FailureCode.proof_malformed, "proof: must be a string or a JSON object",
-                       field="proof")
+        raise BadInput(
+            FailureCode.proof_malformed, "proof: must be a string or a JSON object", field="proof"
+        )
     if not raw:
         raise BadInput(FailureCode.proof_malformed, "proof: is empty", field="proof")
     if len(raw) > MAX_PROOF_BYTES:
-        raise BadInput(FailureCode.proof_malformed,
-                       f"proof: longer than {MAX_PROOF_BYTES} bytes", field="proof")
+        raise BadInput(
+            FailureCode.proof_malformed,
+            f"proof: longer than {MAX_PROOF_BYTES} bytes",
+            field="proof",
+        )
     return raw
 
 
 def terms_for(engine: Engine, ps: PaymentSession | Record) -> Terms:
-    return Terms(recipient=ps.recipient, amount=ps.amount, asset=ps.asset,
-                 reference=ps.reference, memo=ps.memo, not_before=utc(ps.created_at),
-                 not_after=utc(ps.expires_at), now=engine.now(), sender=ps.payer)
+    return Terms(
+        recipient=ps.recipient,
+        amount=ps.amount,
+        asset=ps.asset,
+        reference=ps.reference,
+        memo=ps.memo,
+        not_before=utc(ps.created_at),
+        not_after=utc(ps.expires_at),
+        now=engine.now(),
+        sender=ps.payer,
+    )
 
 
 def backoff(attempts: int) -> timedelta:
@@ -254,10 +337,17 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     return verdict
 
 
-def _record_attempt(engine: Engine, s: Session, p: Proof | Record, ps: PaymentSession | Record,
-                    checked: Any, worker: str | None, want_view: bool = False,
-                    as_written: bool = False,
-                    actor: str = "system") -> tuple[Verdict, dict[str, Any] | None, "_Held | None"]:
+def _record_attempt(
+    engine: Engine,
+    s: Session,
+    p: Proof | Record,
+    ps: PaymentSession | Record,
+    checked: Any,
+    worker: str | None,
+    want_view: bool = False,
+    as_written: bool = False,
+    actor: str = "system",
+) -> tuple[Verdict, dict[str, Any] | None, _Held | None]:
     """The attempt row, the proof's new status (its latest attempt's), the transfer holds,
     settlement evidence for a verified attempt, the next check, and an audit row when the
     status changes. Returns the verdict, the proof's view when asked for or needed for an
@@ -270,12 +360,17 @@ def _record_attempt(engine: Engine, s: Session, p: Proof | Record, ps: PaymentSe
     verdict = checked.verdict
     now = engine.now()
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
-    if (verdict.status is Status.pending and verdict.code is FailureCode.tx_not_found
-            and now > utc(ps.expires_at) + grace):
+    if (
+        verdict.status is Status.pending
+        and verdict.code is FailureCode.tx_not_found
+        and now > utc(ps.expires_at) + grace
+    ):
         # Give up only when the session is long over: the transfer can no longer count.
-        verdict = Verdict.fail(FailureCode.tx_not_found,
-                               f"{verdict.detail}; not found by session expiry plus "
-                               f"{int(grace.total_seconds())} s grace")
+        verdict = Verdict.fail(
+            FailureCode.tx_not_found,
+            f"{verdict.detail}; not found by session expiry plus "
+            f"{int(grace.total_seconds())} s grace",
+        )
     if verdict.status is Status.verified and ps.reference is None:
         verdict = _unambiguous(engine, s, ps, verdict)
     if as_written and proof_repo.locks_rows(s):
@@ -287,31 +382,46 @@ def _record_attempt(engine: Engine, s: Session, p: Proof | Record, ps: PaymentSe
     if verdict.status.value in HOLDING:
         # SECURITY: the hold is what makes a verdict count for this session; the insert
         # decides between concurrent claims of one transfer, on every identity it has.
-        taken = holds.hold(s, (holds.fingerprint_key(p.fingerprint), *verdict.transfer_keys),
-                           p.id, ps.id, ps.owner_id, now)
+        taken = holds.hold(
+            s,
+            (holds.fingerprint_key(p.fingerprint), *verdict.transfer_keys),
+            p.id,
+            ps.id,
+            ps.owner_id,
+            now,
+        )
         if taken:
-            adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network,
-                                                 asset=ps.asset))
+            adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network, asset=ps.asset))
             refused = _Held.of(adapter, taken[0], ps, p.id)
             holds.release(s, p.id)
-            verdict = Verdict.fail(FailureCode(refused.code), refused.message,
-                                   observed={**verdict.observed,
-                                             "held_by_session_id": taken[0].session_id,
-                                             "held_by_proof_id": taken[0].proof_id})
+            verdict = Verdict.fail(
+                FailureCode(refused.code),
+                refused.message,
+                observed={
+                    **verdict.observed,
+                    "held_by_session_id": taken[0].session_id,
+                    "held_by_proof_id": taken[0].proof_id,
+                },
+            )
     failure_code = verdict.code.value if verdict.code else None
 
     def new_state(attempts: int) -> dict[str, Any]:
-        return {"status": verdict.status.value, "failure_code": failure_code,
-                "detail": verdict.detail, "attempts": attempts, "updated_at": now,
-                "claimed_until": None, "claimed_by": None,
-                "next_check_at": _next_check(attempts, verdict, now)}
+        return {
+            "status": verdict.status.value,
+            "failure_code": failure_code,
+            "detail": verdict.detail,
+            "attempts": attempts,
+            "updated_at": now,
+            "claimed_until": None,
+            "claimed_by": None,
+            "next_check_at": _next_check(attempts, verdict, now),
+        }
 
     # Under the proof's row lock (PostgreSQL FOR UPDATE or the UPDATE's own lock, SQLite's
     # write lock): a proof without any attempt was never verified, so it has no settlement
     # evidence (written only with or after a verified attempt), no receipt (the gate requires
     # `verified`) and no event (proof events are written with or after its first attempt).
-    if (as_written and isinstance(p, Record)
-            and proof_repo.update_unattempted(s, p, new_state(1))):
+    if as_written and isinstance(p, Record) and proof_repo.update_unattempted(s, p, new_state(1)):
         first, old = True, None
     else:
         if as_written:
@@ -322,11 +432,21 @@ def _record_attempt(engine: Engine, s: Session, p: Proof | Record, ps: PaymentSe
     if verdict.status is Status.failed and not first and refused is None:
         holds.release(s, p.id)  # a failed proof holds nothing (unless credited)
     # Core insert: the attempt is write-only here; its id comes back from the insert.
-    attempt_id = attempt_repo.insert_attempt(s, {
-        "proof_id": p.id, "status": verdict.status.value, "failure_code": failure_code,
-        "detail": verdict.detail, "observed": _redact(verdict.observed),
-        "rpc_calls": checked.rpc_calls, "latency_ms": checked.latency_ms,
-        "source": checked.source, "worker": worker, "created_at": now})
+    attempt_id = attempt_repo.insert_attempt(
+        s,
+        {
+            "proof_id": p.id,
+            "status": verdict.status.value,
+            "failure_code": failure_code,
+            "detail": verdict.detail,
+            "observed": _redact(verdict.observed),
+            "rpc_calls": checked.rpc_calls,
+            "latency_ms": checked.latency_ms,
+            "source": checked.source,
+            "worker": worker,
+            "created_at": now,
+        },
+    )
     if refused is not None:
         _audit_refusal(engine, s, refused, actor)
     ev = None
@@ -334,33 +454,57 @@ def _record_attempt(engine: Engine, s: Session, p: Proof | Record, ps: PaymentSe
         ev = record_settlement(engine, s, p, attempt_id, verdict.settlement, checked.source)
     view = None
     if old != p.status:
-        audit.append(s, now, SYSTEM, f"proof.{p.status}", "proof", p.id,
-                     {"code": p.failure_code, "attempt_id": attempt_id})
+        audit.append(
+            s,
+            now,
+            SYSTEM,
+            f"proof.{p.status}",
+            "proof",
+            p.id,
+            {"code": p.failure_code, "attempt_id": attempt_id},
+        )
         if p.status != ProofStatus.pending:
             # One view for every event and the answer: nothing below changes the proof, its
             # settlement or its receipt (emit copies the payload it stores).
             view = _view_after_attempt(s, p, ev, first)
-            events.emit(s, now, f"proof.{p.status}", p.owner_id, "proof", p.id, view,
-                        first_of_resource=first)
+            events.emit(
+                s,
+                now,
+                f"proof.{p.status}",
+                p.owner_id,
+                "proof",
+                p.id,
+                view,
+                first_of_resource=first,
+            )
             if ev is not None and (ev.is_final or ev.reorged):
-                events.emit(s, now, "settlement.reorged" if ev.reorged else
-                            "settlement.finalized", p.owner_id, "proof", p.id, view)
+                events.emit(
+                    s,
+                    now,
+                    "settlement.reorged" if ev.reorged else "settlement.finalized",
+                    p.owner_id,
+                    "proof",
+                    p.id,
+                    view,
+                )
     if want_view and view is None:
         view = _view_after_attempt(s, p, ev, first)
     return verdict, view, refused
 
 
-def _unambiguous(engine: Engine, s: Session, ps: PaymentSession | Record,
-                 verdict: Verdict) -> Verdict:
+def _unambiguous(
+    engine: Engine, s: Session, ps: PaymentSession | Record, verdict: Verdict
+) -> Verdict:
     """A verified transfer without a reference counts only when no other open session could
     take it too (same rail, recipient, asset and amount; the payer where a session names
     one; the transfer inside its window). Otherwise it is held for review with every
     candidate named in the evidence: amount and treasury never single out a session."""
     t = epoch_of(verdict.observed.get("block_time"))
-    at = datetime.fromtimestamp(t, timezone.utc) if t is not None else engine.now()
+    at = datetime.fromtimestamp(t, UTC) if t is not None else engine.now()
     sender = verdict.observed.get("sender")
     others = session_repo.other_open_candidates(
-        s, ps, at, sender.lower() if isinstance(sender, str) else None)
+        s, ps, at, sender.lower() if isinstance(sender, str) else None
+    )
     if not others:
         return verdict
     # SECURITY: first come would be first served with someone else's payment.
@@ -370,11 +514,13 @@ def _unambiguous(engine: Engine, s: Session, ps: PaymentSession | Record,
         f"this transfer could back {len(candidates)} open sessions (same recipient, asset and "
         "amount); held for review",
         observed={**verdict.observed, "candidate_sessions": candidates},
-        transfer_keys=verdict.transfer_keys)
+        transfer_keys=verdict.transfer_keys,
+    )
 
 
-def _view_after_attempt(s: Session, p: Proof | Record, ev: SettlementEvidence | Record | None,
-                        first: bool) -> dict[str, Any]:
+def _view_after_attempt(
+    s: Session, p: Proof | Record, ev: SettlementEvidence | Record | None, first: bool
+) -> dict[str, Any]:
     """The proof's view from what the attempt has in hand: the evidence it just wrote is the
     latest (written under the proof's row lock); a first attempt has no older evidence and no
     receipt, so only a re-verification asks the database."""
@@ -385,10 +531,15 @@ def _view_after_attempt(s: Session, p: Proof | Record, ev: SettlementEvidence | 
 
 
 def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
-    engine.metrics.inc("verification_attempts_total", rail_id=rail.rail_id,
-                       status=verdict.status.value, code=verdict.code.value if verdict.code else "")
-    engine.metrics.observe("verification_latency_seconds", checked.latency_ms / 1000,
-                           rail_id=rail.rail_id)
+    engine.metrics.inc(
+        "verification_attempts_total",
+        rail_id=rail.rail_id,
+        status=verdict.status.value,
+        code=verdict.code.value if verdict.code else "",
+    )
+    engine.metrics.observe(
+        "verification_latency_seconds", checked.latency_ms / 1000, rail_id=rail.rail_id
+    )
     if verdict.code is FailureCode.rpc_unavailable:
         engine.metrics.inc("rpc_errors_total", network=rail.network, kind="verify")
 
@@ -410,13 +561,23 @@ def _redact(observed: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in observed.items() if k.lower() not in banned}
 
 
-def record_settlement(engine: Engine, s: Session, p: Proof | Record, attempt_id: int,
-                      st: Settlement, source: str) -> Record:
-    row = {"proof_id": p.id, "attempt_id": attempt_id, "finality": st.finality,
-           "is_final": st.is_final and not st.reorged, "reorged": st.reorged, "slot": st.slot,
-           "block_number": st.block_number, "block_hash": st.block_hash,
-           "confirmations": st.confirmations, "detail": st.detail, "source": source,
-           "observed_at": engine.now()}
+def record_settlement(
+    engine: Engine, s: Session, p: Proof | Record, attempt_id: int, st: Settlement, source: str
+) -> Record:
+    row = {
+        "proof_id": p.id,
+        "attempt_id": attempt_id,
+        "finality": st.finality,
+        "is_final": st.is_final and not st.reorged,
+        "reorged": st.reorged,
+        "slot": st.slot,
+        "block_number": st.block_number,
+        "block_hash": st.block_hash,
+        "confirmations": st.confirmations,
+        "detail": st.detail,
+        "source": source,
+        "observed_at": engine.now(),
+    }
     # Write-only evidence; the returned record of the row is not attached to the session
     # (callers only read it).
     row["id"] = settlement_repo.insert_evidence(s, row)
@@ -450,8 +611,9 @@ def get_proof(engine: Engine, proof_id: str, owners: list[str] | None) -> dict[s
         return _view(s, load_proof(engine, s, proof_id, owners))
 
 
-def list_proofs(engine: Engine, rail_id: str | None = None, status: str | None = None,
-                limit: int = 50) -> list[dict[str, Any]]:
+def list_proofs(
+    engine: Engine, rail_id: str | None = None, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
         return [_view(s, p) for p in proof_repo.recent(s, rail_id, status, limit)]
 

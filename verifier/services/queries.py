@@ -22,22 +22,41 @@ from verifier.services.views import entitlement_view
 from verifier.storage.db import is_busy, require_migrated
 from verifier.storage.models import AuditEvent, Entitlement
 
-__all__ = ["DatabaseError", "audit_chain", "audit_events", "database_busy", "entitlements_of",
-           "record_staff_read", "schema_is_current"]
+__all__ = [
+    "DatabaseError",
+    "audit_chain",
+    "audit_events",
+    "database_busy",
+    "entitlements_of",
+    "record_staff_read",
+    "schema_is_current",
+]
 
 
 def entitlements_of(engine: Engine, owner_id: str) -> list[dict[str, Any]]:
     """The owner's entitlements, oldest first. The caller has checked the owner is theirs."""
     with engine.db.tx() as s:
-        rows = s.scalars(select(Entitlement).where(Entitlement.owner_id == owner_id)
-                         .order_by(Entitlement.created_at)).all()
+        rows = s.scalars(
+            select(Entitlement)
+            .where(Entitlement.owner_id == owner_id)
+            .order_by(Entitlement.created_at)
+        ).all()
         return [entitlement_view(e) for e in rows]
 
 
 def audit_event_view(e: AuditEvent) -> dict[str, Any]:
-    return {"id": e.id, "at": iso(e.at), "actor": e.actor, "action": e.action,
-            "subject_type": e.subject_type, "subject_id": e.subject_id, "data": e.data,
-            "incident_id": e.incident_id, "reason": e.reason, "hash": e.hash}
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "subject_type": e.subject_type,
+        "subject_id": e.subject_id,
+        "data": e.data,
+        "incident_id": e.incident_id,
+        "reason": e.reason,
+        "hash": e.hash,
+    }
 
 
 def audit_events(engine: Engine, limit: int, subject_id: str | None = None) -> list[dict[str, Any]]:
@@ -46,8 +65,10 @@ def audit_events(engine: Engine, limit: int, subject_id: str | None = None) -> l
     if subject_id:
         q = q.where(AuditEvent.subject_id == subject_id)
     with engine.db.tx() as s:
-        return [audit_event_view(e)
-                for e in s.scalars(q.order_by(AuditEvent.id.desc()).limit(limit)).all()]
+        return [
+            audit_event_view(e)
+            for e in s.scalars(q.order_by(AuditEvent.id.desc()).limit(limit)).all()
+        ]
 
 
 def audit_chain(engine: Engine) -> dict[str, Any]:
@@ -56,13 +77,20 @@ def audit_chain(engine: Engine) -> dict[str, Any]:
         return audit.verify_chain(s).as_dict()
 
 
-def record_staff_read(engine: Engine, staff: str, incident_id: str | None, reason: str | None,
-                      path: str) -> None:
+def record_staff_read(
+    engine: Engine, staff: str, incident_id: str | None, reason: str | None, path: str
+) -> None:
     # The one write here: operator context travels with reads too, so an inspection during
     # an incident is on the record next to the actions it led to.
     with engine.db.tx() as s:
-        audit.append(s, engine.now(), audit.Operator(staff, incident_id, reason),
-                     "staff.read", "path", path[:128])
+        audit.append(
+            s,
+            engine.now(),
+            audit.Operator(staff, incident_id, reason),
+            "staff.read",
+            "path",
+            path[:128],
+        )
 
 
 def database_busy(error: BaseException) -> bool:

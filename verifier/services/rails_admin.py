@@ -9,13 +9,13 @@ from rails.errors import ProofMalformed
 from registry.catalog import Stage
 from registry.contracts import proof_contracts
 from registry.readiness import DeploymentConfig, StoredState, readiness
-from verifier.services import audit, events
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, Forbidden, NotFound
+from verifier.core.timeutil import iso
+from verifier.services import audit, events
 from verifier.storage.models import Approval, ApprovalStatus
 from verifier.storage.repo import approvals as approval_repo
 from verifier.storage.repo import rail_state as rail_state_repo
-from verifier.core.timeutil import iso
 
 
 def _known(engine: Engine, rail_id: str) -> None:
@@ -29,19 +29,30 @@ def list_rails(engine: Engine) -> list[dict[str, Any]]:
         for rail_id, d in engine.catalog.rails.items():
             st = engine.rail_state(s, rail_id)
             rail = engine.rail(rail_id)
-            out.append({"rail_id": rail_id, "family": d.family, "stage": d.stage.value,
-                        "network": rail.network, "asset": rail.asset,
-                        "asset_symbol": d.asset_symbol, "decimals": d.decimals,
-                        "proof_types": list(d.proof_types),
-                        "production_enabled": engine.production_enabled(st),
-                        "paused": st.paused, "treasury": st.treasury or rail.treasury})
+            out.append(
+                {
+                    "rail_id": rail_id,
+                    "family": d.family,
+                    "stage": d.stage.value,
+                    "network": rail.network,
+                    "asset": rail.asset,
+                    "asset_symbol": d.asset_symbol,
+                    "decimals": d.decimals,
+                    "proof_types": list(d.proof_types),
+                    "production_enabled": engine.production_enabled(st),
+                    "paused": st.paused,
+                    "treasury": st.treasury or rail.treasury,
+                }
+            )
         return out
 
 
 def rail_readiness(engine: Engine) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
-        states = {r.rail_id: StoredState(r.production_enabled, r.paused)
-                  for r in rail_state_repo.all_states(s)}
+        states = {
+            r.rail_id: StoredState(r.production_enabled, r.paused)
+            for r in rail_state_repo.all_states(s)
+        }
     return readiness(engine.catalog, states, deployment(engine))
 
 
@@ -55,26 +66,32 @@ def deployment(engine: Engine) -> DeploymentConfig:
         rpc_networks=frozenset(n for n in set(networks.values()) if st.rpc_urls(n)),
         apply_allowlist=frozenset(st.apply_rail_allowlist),
         receipt_creation_rails=frozenset(st.receipt_creation_rails),
-        live_apply=st.live_apply, networks=networks,
-        rpc_policies={n: {**st.rpc_policy(n).model_dump(),
-                          "submit_budget_s": st.submit_verify_budget_s}
-                      for n in set(networks.values())})
+        live_apply=st.live_apply,
+        networks=networks,
+        rpc_policies={
+            n: {**st.rpc_policy(n).model_dump(), "submit_budget_s": st.submit_verify_budget_s}
+            for n in set(networks.values())
+        },
+    )
     return cfg
 
 
 def contracts(engine: Engine, rail_id: str | None = None) -> list[dict[str, Any]]:
     if rail_id:
         _known(engine, rail_id)
-    return proof_contracts(engine.catalog, rail_id, proof_fields=proof_fields(engine.catalog),
-                           cfg=deployment(engine))
+    return proof_contracts(
+        engine.catalog, rail_id, proof_fields=proof_fields(engine.catalog), cfg=deployment(engine)
+    )
 
 
 def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -> dict[str, Any]:
     _known(engine, rail_id)
     if not op.incident_id or not op.reason:
-        raise BadInput("operator_context_required",
-                       "incident_id and operator_reason: required to pause or resume",
-                       field="incident_id")
+        raise BadInput(
+            "operator_context_required",
+            "incident_id and operator_reason: required to pause or resume",
+            field="incident_id",
+        )
     with engine.db.tx() as s:
         # SECURITY: FOR UPDATE on the rail's row, first in this transaction: it waits for every
         # session, proof and apply holding the row FOR SHARE (Engine.rail_state_read) to
@@ -88,44 +105,85 @@ def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -
         changed = st.paused != paused
         st.paused = paused
         st.updated_at, st.updated_by = engine.now(), op.actor
-        audit.append(s, engine.now(), op, "rail.paused" if paused else "rail.resumed", "rail",
-                     rail_id, {"changed": changed})
+        audit.append(
+            s,
+            engine.now(),
+            op,
+            "rail.paused" if paused else "rail.resumed",
+            "rail",
+            rail_id,
+            {"changed": changed},
+        )
         if changed:
-            events.emit(s, engine.now(), "rail.paused" if paused else "rail.resumed", None,
-                        "rail", rail_id, {"rail_id": rail_id, "paused": paused,
-                                          "updated_at": iso(st.updated_at)})
+            events.emit(
+                s,
+                engine.now(),
+                "rail.paused" if paused else "rail.resumed",
+                None,
+                "rail",
+                rail_id,
+                {"rail_id": rail_id, "paused": paused, "updated_at": iso(st.updated_at)},
+            )
     return {"rail_id": rail_id, "paused": paused, "changed": changed}
 
 
 def _approval_view(a: Approval) -> dict[str, Any]:
-    return {"approval_id": a.id, "rail_id": a.rail_id, "kind": a.kind, "value": a.value,
-            "status": a.status, "requested_by": a.requested_by, "approved_by": a.approved_by,
-            "incident_id": a.incident_id, "reason": a.reason, "created_at": iso(a.created_at),
-            "decided_at": iso(a.decided_at)}
+    return {
+        "approval_id": a.id,
+        "rail_id": a.rail_id,
+        "kind": a.kind,
+        "value": a.value,
+        "status": a.status,
+        "requested_by": a.requested_by,
+        "approved_by": a.approved_by,
+        "incident_id": a.incident_id,
+        "reason": a.reason,
+        "created_at": iso(a.created_at),
+        "decided_at": iso(a.decided_at),
+    }
 
 
-def request_change(engine: Engine, rail_id: str, kind: str, value: str,
-                   op: audit.Operator) -> dict[str, Any]:
+def request_change(
+    engine: Engine, rail_id: str, kind: str, value: str, op: audit.Operator
+) -> dict[str, Any]:
     _known(engine, rail_id)
     if not op.incident_id or not op.reason:
-        raise BadInput("operator_context_required",
-                       "incident_id and operator_reason: required", field="incident_id")
+        raise BadInput(
+            "operator_context_required",
+            "incident_id and operator_reason: required",
+            field="incident_id",
+        )
     stage = engine.catalog.rails[rail_id].stage
     if kind == "production" and value == "true" and stage is Stage.review_only:
         # SECURITY: review_only rails can never be production-enabled, not even by two people.
-        raise Conflict("review_only_rail", f"{rail_id} is review_only and can never be "
-                       "production-enabled")
+        raise Conflict(
+            "review_only_rail", f"{rail_id} is review_only and can never be production-enabled"
+        )
     if kind == "treasury":
         try:
             value = engine.adapter(engine.rail(rail_id)).normalize_address(value, "treasury")
         except ProofMalformed as e:
             raise BadInput("invalid_treasury", str(e), field="treasury") from e
     with engine.db.tx() as s:
-        a = Approval(rail_id=rail_id, kind=kind, value=value, requested_by=op.actor,
-                     incident_id=op.incident_id, reason=op.reason, created_at=engine.now())
+        a = Approval(
+            rail_id=rail_id,
+            kind=kind,
+            value=value,
+            requested_by=op.actor,
+            incident_id=op.incident_id,
+            reason=op.reason,
+            created_at=engine.now(),
+        )
         approval_repo.add(s, a)
-        audit.append(s, engine.now(), op, f"approval.requested", "approval", a.id,
-                     {"rail_id": rail_id, "kind": kind, "value": value})
+        audit.append(
+            s,
+            engine.now(),
+            op,
+            "approval.requested",
+            "approval",
+            a.id,
+            {"rail_id": rail_id, "kind": kind, "value": value},
+        )
         return _approval_view(a)
 
 
@@ -146,13 +204,23 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
         else:
             st.treasury = a.value
         st.updated_at, st.updated_by = engine.now(), op.actor
-        audit.append(s, engine.now(), op, "approval.approved", "approval", a.id,
-                     {"rail_id": a.rail_id, "kind": a.kind, "value": a.value,
-                      "requested_by": a.requested_by})
+        audit.append(
+            s,
+            engine.now(),
+            op,
+            "approval.approved",
+            "approval",
+            a.id,
+            {
+                "rail_id": a.rail_id,
+                "kind": a.kind,
+                "value": a.value,
+                "requested_by": a.requested_by,
+            },
+        )
         return _approval_view(a)
 
 
 def list_approvals(engine: Engine) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
-        return [_approval_view(a) for a in
-                approval_repo.newest_first(s)]
+        return [_approval_view(a) for a in approval_repo.newest_first(s)]

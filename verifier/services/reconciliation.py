@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from rails.base import fingerprint
 from rails.errors import CassetteError, TransportError
@@ -77,15 +77,18 @@ def _finding(
     }
 
 
-def _validate(engine: Engine, req: RunRequest) -> None:
+def _validate(engine: Engine, req: RunRequest) -> tuple[str, str]:
+    """Refuses a request that cannot run; returns its incident id and reason, stripped."""
     # SECURITY: every run, dry or not, is on the record with who asked and why.
-    if not (req.incident_id or "").strip():
+    incident_id = (req.incident_id or "").strip()
+    if not incident_id:
         raise BadInput(
             "incident_id_required",
             "incident_id: every reconciliation run needs an incident id (dry runs too)",
             field="incident_id",
         )
-    if not (req.operator_reason or "").strip():
+    operator_reason = (req.operator_reason or "").strip()
+    if not operator_reason:
         raise BadInput(
             "operator_reason_required",
             "operator_reason: every reconciliation run needs a reason (dry runs too)",
@@ -114,7 +117,7 @@ def _validate(engine: Engine, req: RunRequest) -> None:
         )
     if req.rail_id is not None:
         engine.rail(req.rail_id)  # unknown rail: 422 rail_not_registered
-    if req.scope == Scope.chain_inflows:
+    if req.scope == Scope.chain_inflows and req.rail_id:  # (a rail_id: checked above)
         rail = engine.rail(req.rail_id)
         if rail.family in INFLOW_FAMILIES and not _treasury(engine, rail):
             raise BadInput(
@@ -126,11 +129,12 @@ def _validate(engine: Engine, req: RunRequest) -> None:
         raise BadInput("invalid_limit", f"limit: between 1 and {MAX_LIMIT}", field="limit")
     if req.since and req.until and utc(req.since) >= utc(req.until):
         raise BadInput("invalid_window", "since: must be before until", field="since")
+    return incident_id, operator_reason
 
 
 def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
     """One reconciliation run, persisted with its findings; returns its view."""
-    _validate(engine, req)
+    incident_id, operator_reason = _validate(engine, req)
     op = audit.Operator(staff, req.incident_id, req.operator_reason)
     run_id = new_id()
     started = engine.now()
@@ -145,8 +149,8 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
                 "until": utc(req.until),
                 "row_limit": req.limit,
                 "dry_run": not req.apply,
-                "incident_id": req.incident_id.strip(),
-                "operator_reason": req.operator_reason.strip(),
+                "incident_id": incident_id,
+                "operator_reason": operator_reason,
                 "staff": staff,
                 "started_at": started,
                 "finished_at": None,
@@ -336,6 +340,8 @@ def _treasury(engine: Engine, rail: Rail) -> str | None:
 
 
 def _chain_inflows(engine: Engine, req: RunRequest) -> Outcome:
+    if req.rail_id is None:  # _validate refuses chain_inflows without one
+        raise ValueError("rail_id: chain_inflows reads one rail's treasury")
     rail = engine.rail(req.rail_id)
     treasury = _treasury(engine, rail)
     if rail.family not in INFLOW_FAMILIES:
@@ -346,11 +352,17 @@ def _chain_inflows(engine: Engine, req: RunRequest) -> Outcome:
             f"no treasury inflow scan for the {rail.family} family: review its "
             "transfers by hand; nothing was checked",
         )
+    if treasury is None:  # _validate refused it; a failed run if it was unset since
+        raise ValueError(f"no treasury is configured for {rail.rail_id}")
     if rail.family == "solana":
         return solana_inflows(engine, rail, treasury, utc(req.since), utc(req.until), req.limit)
     return evm_inflows(engine, rail, treasury, utc(req.since), utc(req.until), req.limit)
 
 
+@overload
+def _epoch(dt: datetime) -> int: ...
+@overload
+def _epoch(dt: None) -> None: ...
 def _epoch(dt: datetime | None) -> int | None:
     return int(dt.timestamp()) if dt is not None else None
 

@@ -12,17 +12,17 @@ from sqlalchemy.orm import Session
 from rails.base import Adapter, SessionShape
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
-from verifier.services import audit
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, NotFound, Refused
+from verifier.core.timeutil import utc
+from verifier.services import audit
+from verifier.services.views import session_view
 from verifier.storage.models import (
     EntitlementStatus,
     PaymentSession,
     SessionStatus,
     new_id,
 )
-from verifier.core.timeutil import utc
-from verifier.services.views import session_view
 from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo.rows import Record
@@ -49,12 +49,16 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
     adapter = engine.adapter(rail)
     now = engine.now()
     if req.amount <= 0:
-        raise BadInput("invalid_amount", "amount: must be a positive integer of base units",
-                       field="amount")
+        raise BadInput(
+            "invalid_amount", "amount: must be a positive integer of base units", field="amount"
+        )
     ttl = req.expires_in_seconds or engine.settings.session_ttl_seconds
     if not 0 < ttl <= engine.settings.max_session_ttl_seconds:
-        raise BadInput("invalid_expiry", "expires_in_seconds: must be between 1 and "
-                       f"{engine.settings.max_session_ttl_seconds}", field="expires_in_seconds")
+        raise BadInput(
+            "invalid_expiry",
+            f"expires_in_seconds: must be between 1 and {engine.settings.max_session_ttl_seconds}",
+            field="expires_in_seconds",
+        )
     with engine.db.tx() as s:
         st = engine.rail_state_read(s, rail.rail_id)  # read only: paused, treasury
         if st.paused:
@@ -62,8 +66,11 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
             raise Refused(FailureCode.rail_paused, f"rail {rail.rail_id} is paused")
         recipient = req.recipient or engine.treasury(s, rail, st)
         if not recipient:
-            raise BadInput("recipient_required", f"recipient: no treasury is configured for "
-                           f"{rail.rail_id}; pass recipient", field="recipient")
+            raise BadInput(
+                "recipient_required",
+                f"recipient: no treasury is configured for {rail.rail_id}; pass recipient",
+                field="recipient",
+            )
         try:
             recipient = adapter.normalize_address(recipient, "recipient")
             reference = _reference(engine, s, adapter, req.reference, recipient)
@@ -71,14 +78,28 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
         except ProofMalformed as e:
             raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
         if req.memo is not None and not adapter.binds_reference:
-            raise BadInput("invalid_memo", f"memo: rail {rail.rail_id} cannot bind a memo on "
-                           "chain", field="memo")
-        row = {"id": new_id(), "owner_id": req.owner_id, "rail_id": rail.rail_id,
-               "access_product_id": req.access_product_id, "amount": req.amount,
-               "network": rail.network, "asset": rail.asset, "recipient": recipient,
-               "reference": reference, "payer": payer, "memo": req.memo,
-               "status": SessionStatus.open.value,
-               "created_at": now, "expires_at": now + timedelta(seconds=ttl), "paid_at": None}
+            raise BadInput(
+                "invalid_memo",
+                f"memo: rail {rail.rail_id} cannot bind a memo on chain",
+                field="memo",
+            )
+        row = {
+            "id": new_id(),
+            "owner_id": req.owner_id,
+            "rail_id": rail.rail_id,
+            "access_product_id": req.access_product_id,
+            "amount": req.amount,
+            "network": rail.network,
+            "asset": rail.asset,
+            "recipient": recipient,
+            "reference": reference,
+            "payer": payer,
+            "memo": req.memo,
+            "status": SessionStatus.open.value,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl),
+            "paid_at": None,
+        }
         try:
             # Written with client-side ids and read back by nobody in this transaction; the
             # record of the row is only read from here on (the view, the requirements).
@@ -86,20 +107,45 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
         except IntegrityError as e:
             # SECURITY: a reference another session ever used would let that session's
             # payment be claimed here (the unique constraint decides under any race).
-            raise BadInput("reference_in_use", "reference: already used by another session; "
-                           "omit it to have a fresh one generated", field="reference") from e
-        entitlement_repo.insert_entitlement(s, {
-            "id": new_id(), "owner_id": ps.owner_id, "access_product_id": ps.access_product_id,
-            "session_id": ps.id, "status": EntitlementStatus.pending.value, "receipt_id": None,
-            "reorg_flagged": False, "created_at": now, "updated_at": now})
-        audit.append(s, now, audit.Operator(actor), "session.opened", "payment_session", ps.id,
-                     {"owner_id": ps.owner_id, "rail_id": ps.rail_id,
-                      "amount": str(ps.amount), "product": ps.access_product_id})
+            raise BadInput(
+                "reference_in_use",
+                "reference: already used by another session; omit it to have a fresh one generated",
+                field="reference",
+            ) from e
+        entitlement_repo.insert_entitlement(
+            s,
+            {
+                "id": new_id(),
+                "owner_id": ps.owner_id,
+                "access_product_id": ps.access_product_id,
+                "session_id": ps.id,
+                "status": EntitlementStatus.pending.value,
+                "receipt_id": None,
+                "reorg_flagged": False,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        audit.append(
+            s,
+            now,
+            audit.Operator(actor),
+            "session.opened",
+            "payment_session",
+            ps.id,
+            {
+                "owner_id": ps.owner_id,
+                "rail_id": ps.rail_id,
+                "amount": str(ps.amount),
+                "product": ps.access_product_id,
+            },
+        )
     return session_view(ps, requirements(engine, ps))
 
 
-def _reference(engine: Engine, s: Session, adapter: Adapter, given: str | None,
-               recipient: str) -> str | None:
+def _reference(
+    engine: Engine, s: Session, adapter: Adapter, given: str | None, recipient: str
+) -> str | None:
     """The session's reference: generated by default where the rail binds one."""
     if given == AUTO:
         return adapter.new_reference() if adapter.binds_reference else None
@@ -112,14 +158,20 @@ def _reference(engine: Engine, s: Session, adapter: Adapter, given: str | None,
     # payments carry too (a program, a sysvar, the mint, a treasury), could claim another
     # tenant's payment.
     if given is None:
-        raise ProofMalformed("reference", "null is refused on this rail: every session binds a "
-                             "reference only its payment carries; omit the field to have one "
-                             "generated")
+        raise ProofMalformed(
+            "reference",
+            "null is refused on this rail: every session binds a "
+            "reference only its payment carries; omit the field to have one "
+            "generated",
+        )
     ref = adapter.normalize_address(given, "reference")
     if ref == recipient or ref in adapter.reserved_references() or ref in engine.treasuries(s):
-        raise ProofMalformed("reference", "a well-known account (program, sysvar, mint or "
-                             "treasury) is in other payments too; use a fresh key or omit "
-                             "the field")
+        raise ProofMalformed(
+            "reference",
+            "a well-known account (program, sysvar, mint or "
+            "treasury) is in other payments too; use a fresh key or omit "
+            "the field",
+        )
     return ref
 
 
@@ -127,8 +179,9 @@ def _payer(adapter: Adapter, given: str | None) -> str | None:
     if given is None:
         if adapter.requires_payer:
             # SECURITY: without a reference, the sender is what ties a transfer to a session.
-            raise ProofMalformed("payer", "required on this rail: the transfer's sender "
-                                 "binds it to the session")
+            raise ProofMalformed(
+                "payer", "required on this rail: the transfer's sender binds it to the session"
+            )
         return None
     if not adapter.binds_payer:
         raise ProofMalformed("payer", "this rail binds payments by reference, not by payer")
@@ -137,14 +190,27 @@ def _payer(adapter: Adapter, given: str | None) -> str | None:
 
 def requirements(engine: Engine, ps: PaymentSession | Record) -> dict[str, Any]:
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
-    shape = SessionShape(id=ps.id, recipient=ps.recipient, amount=ps.amount,
-                         reference=ps.reference, memo=ps.memo, expires_at=utc(ps.expires_at),
-                         access_product_id=ps.access_product_id, now=engine.now())
+    shape = SessionShape(
+        id=ps.id,
+        recipient=ps.recipient,
+        amount=ps.amount,
+        reference=ps.reference,
+        memo=ps.memo,
+        expires_at=utc(ps.expires_at),
+        access_product_id=ps.access_product_id,
+        now=engine.now(),
+    )
     return engine.adapter(rail).prepare(shape).model_dump(mode="json")
 
 
-def load_session(engine: Engine, s: Session, session_id: str, owners: list[str] | None,
-                 lock: bool = False, read_only: bool = False) -> PaymentSession | Record:
+def load_session(
+    engine: Engine,
+    s: Session,
+    session_id: str,
+    owners: list[str] | None,
+    lock: bool = False,
+    read_only: bool = False,
+) -> PaymentSession | Record:
     """The session if the caller may see it; otherwise 404, counted as an isolation denial
     when it exists for someone else (the answer is the same, so ids leak nothing).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from verifier.core.timeutil import iso
 from verifier.storage.models import (
     Entitlement,
     PaymentSession,
@@ -13,28 +14,43 @@ from verifier.storage.models import (
     SettlementEvidence,
     VerificationAttempt,
 )
-from verifier.core.timeutil import iso
 from verifier.storage.repo.rows import Record
 
 
-def session_view(ps: PaymentSession | Record,
-                 requirements: dict[str, Any] | None = None) -> dict[str, Any]:
+def session_view(
+    ps: PaymentSession | Record, requirements: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
-        "id": ps.id, "status": ps.status, "owner_id": ps.owner_id, "rail_id": ps.rail_id,
-        "access_product_id": ps.access_product_id, "amount": str(ps.amount),
-        "network": ps.network, "asset": ps.asset, "recipient": ps.recipient,
-        "reference": ps.reference, "payer": ps.payer, "memo": ps.memo, "created_at": iso(ps.created_at),
-        "expires_at": iso(ps.expires_at), "paid_at": iso(ps.paid_at),
+        "id": ps.id,
+        "status": ps.status,
+        "owner_id": ps.owner_id,
+        "rail_id": ps.rail_id,
+        "access_product_id": ps.access_product_id,
+        "amount": str(ps.amount),
+        "network": ps.network,
+        "asset": ps.asset,
+        "recipient": ps.recipient,
+        "reference": ps.reference,
+        "payer": ps.payer,
+        "memo": ps.memo,
+        "created_at": iso(ps.created_at),
+        "expires_at": iso(ps.expires_at),
+        "paid_at": iso(ps.paid_at),
         "payment_requirements": requirements,
     }
 
 
-def settlement_view(ev: SettlementEvidence | Record | None,
-                    ) -> dict[str, Any] | None:
+def settlement_view(
+    ev: SettlementEvidence | Record | None,
+) -> dict[str, Any] | None:
     if ev is None:
         return None
-    out: dict[str, Any] = {"finality": ev.finality, "is_final": ev.is_final,
-                           "reorged": ev.reorged, "observed_at": iso(ev.observed_at)}
+    out: dict[str, Any] = {
+        "finality": ev.finality,
+        "is_final": ev.is_final,
+        "reorged": ev.reorged,
+        "observed_at": iso(ev.observed_at),
+    }
     if ev.slot is not None:
         out["slot"] = ev.slot
     if ev.block_number is not None:
@@ -43,41 +59,84 @@ def settlement_view(ev: SettlementEvidence | Record | None,
     return out
 
 
-def proof_view(p: Proof | Record, settlement: SettlementEvidence | Record | None,
-               receipt_id: str | None) -> dict[str, Any]:
+def proof_view(
+    p: Proof | Record, settlement: SettlementEvidence | Record | None, receipt_id: str | None
+) -> dict[str, Any]:
     return {
-        "id": p.id, "fingerprint": p.fingerprint, "rail_id": p.rail_id,
-        "proof_type": p.proof_type, "reference": p.ref, "session_id": p.session_id,
-        "owner_id": p.owner_id, "status": p.status, "failure_code": p.failure_code,
-        "detail": p.detail, "attempts": p.attempts, "settlement": settlement_view(settlement),
-        "receipt_id": receipt_id, "created_at": iso(p.created_at),
+        "id": p.id,
+        "fingerprint": p.fingerprint,
+        "rail_id": p.rail_id,
+        "proof_type": p.proof_type,
+        "reference": p.ref,
+        "session_id": p.session_id,
+        "owner_id": p.owner_id,
+        "status": p.status,
+        "failure_code": p.failure_code,
+        "detail": p.detail,
+        "attempts": p.attempts,
+        "settlement": settlement_view(settlement),
+        "receipt_id": receipt_id,
+        "created_at": iso(p.created_at),
         "updated_at": iso(p.updated_at),
     }
 
 
 def attempt_view(a: VerificationAttempt) -> dict[str, Any]:
-    return {"id": a.id, "proof_id": a.proof_id, "status": a.status,
-            "failure_code": a.failure_code, "detail": a.detail, "observed": a.observed,
-            "rpc_calls": a.rpc_calls, "latency_ms": a.latency_ms, "source": a.source,
-            "worker": a.worker, "created_at": iso(a.created_at)}
+    return {
+        "id": a.id,
+        "proof_id": a.proof_id,
+        "status": a.status,
+        "failure_code": a.failure_code,
+        "detail": a.detail,
+        "observed": a.observed,
+        "rpc_calls": a.rpc_calls,
+        "latency_ms": a.latency_ms,
+        "source": a.source,
+        "worker": a.worker,
+        "created_at": iso(a.created_at),
+    }
 
 
 def evidence_view(ev: SettlementEvidence) -> dict[str, Any]:
-    return {"id": ev.id, "proof_id": ev.proof_id, "attempt_id": ev.attempt_id,
-            "finality": ev.finality, "is_final": ev.is_final, "reorged": ev.reorged,
-            "slot": ev.slot, "block_number": ev.block_number, "block_hash": ev.block_hash,
-            "confirmations": ev.confirmations, "detail": ev.detail, "source": ev.source,
-            "observed_at": iso(ev.observed_at)}
+    return {
+        "id": ev.id,
+        "proof_id": ev.proof_id,
+        "attempt_id": ev.attempt_id,
+        "finality": ev.finality,
+        "is_final": ev.is_final,
+        "reorged": ev.reorged,
+        "slot": ev.slot,
+        "block_number": ev.block_number,
+        "block_hash": ev.block_hash,
+        "confirmations": ev.confirmations,
+        "detail": ev.detail,
+        "source": ev.source,
+        "observed_at": iso(ev.observed_at),
+    }
 
 
 def entitlement_view(e: Entitlement) -> dict[str, Any]:
-    return {"id": e.id, "owner_id": e.owner_id, "access_product_id": e.access_product_id,
-            "status": e.status, "receipt_id": e.receipt_id, "session_id": e.session_id,
-            "reorg_flagged": e.reorg_flagged, "updated_at": iso(e.updated_at)}
+    return {
+        "id": e.id,
+        "owner_id": e.owner_id,
+        "access_product_id": e.access_product_id,
+        "status": e.status,
+        "receipt_id": e.receipt_id,
+        "session_id": e.session_id,
+        "reorg_flagged": e.reorg_flagged,
+        "updated_at": iso(e.updated_at),
+    }
 
 
 def receipt_view(r: Receipt) -> dict[str, Any]:
-    return {"id": r.id, "proof_id": r.proof_id, "session_id": r.session_id,
-            "owner_id": r.owner_id, "access_product_id": r.access_product_id,
-            "rail_id": r.rail_id, "amount": str(r.amount), "created_by": r.created_by,
-            "created_at": iso(r.created_at)}
+    return {
+        "id": r.id,
+        "proof_id": r.proof_id,
+        "session_id": r.session_id,
+        "owner_id": r.owner_id,
+        "access_product_id": r.access_product_id,
+        "rail_id": r.rail_id,
+        "amount": str(r.amount),
+        "created_by": r.created_by,
+        "created_at": iso(r.created_at),
+    }

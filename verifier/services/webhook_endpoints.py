@@ -14,6 +14,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound
 from verifier.core.timeutil import iso
 from verifier.services import audit, webhooks
+from verifier.storage.repo.rows import rowcount
 from verifier.storage.webhook_models import (
     DeliveryStatus,
     EventType,
@@ -26,8 +27,14 @@ MAX_ENDPOINTS_PER_TOKEN = 16  # bounds the fan-out one token can cause per event
 
 def endpoint_view(ep: WebhookEndpoint) -> dict[str, Any]:
     # SECURITY: no secret here; only create_endpoint adds it, once.
-    return {"id": ep.id, "url": ep.url, "event_types": list(ep.event_types),
-            "owners": list(ep.owners), "active": ep.active, "created_at": iso(ep.created_at)}
+    return {
+        "id": ep.id,
+        "url": ep.url,
+        "event_types": list(ep.event_types),
+        "owners": list(ep.owners),
+        "active": ep.active,
+        "created_at": iso(ep.created_at),
+    }
 
 
 def _event_types(given: list[str]) -> list[str]:
@@ -35,45 +42,72 @@ def _event_types(given: list[str]) -> list[str]:
     unknown = [t for t in given if t not in known]
     if unknown:
         # ascii(): the refused values are echoed escaped, whatever text they hold.
-        raise BadInput("invalid_event_type", f"event_types: unknown "
-                       f"{', '.join(ascii(t) for t in unknown[:5])}; "
-                       f"known: {', '.join(sorted(known))}", field="event_types")
+        raise BadInput(
+            "invalid_event_type",
+            f"event_types: unknown "
+            f"{', '.join(ascii(t) for t in unknown[:5])}; "
+            f"known: {', '.join(sorted(known))}",
+            field="event_types",
+        )
     return sorted(set(given), key=[e.value for e in EventType].index)
 
 
-def create_endpoint(engine: Engine, principal: str, owners: list[str], url: str,
-                    event_types: list[str]) -> dict[str, Any]:
+def create_endpoint(
+    engine: Engine, principal: str, owners: list[str], url: str, event_types: list[str]
+) -> dict[str, Any]:
     problem = webhooks.url_problem(url)
     if problem:
         raise BadInput("invalid_url", f"url: {problem}", field="url")
     types = _event_types(event_types)
     now = engine.now()
     with engine.db.tx() as s:
-        mine = s.scalars(select(WebhookEndpoint).where(WebhookEndpoint.principal == principal,
-                                                       WebhookEndpoint.active.is_(True))).all()
+        mine = s.scalars(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.principal == principal, WebhookEndpoint.active.is_(True)
+            )
+        ).all()
         if any(ep.url == url for ep in mine):
             # A retried create must not double every delivery; delete to rotate the secret.
-            raise Conflict("webhook_endpoint_exists", "url: this token already has an active "
-                           "endpoint for this URL", field="url")
+            raise Conflict(
+                "webhook_endpoint_exists",
+                "url: this token already has an active endpoint for this URL",
+                field="url",
+            )
         if len(mine) >= MAX_ENDPOINTS_PER_TOKEN:
-            raise Conflict("webhook_endpoint_limit", f"at most {MAX_ENDPOINTS_PER_TOKEN} "
-                           "active endpoints per token")
-        ep = WebhookEndpoint(principal=principal, owners=sorted(owners), url=url,
-                             event_types=types, secret="whsec_" + secrets.token_urlsafe(32),
-                             active=True, created_at=now)
+            raise Conflict(
+                "webhook_endpoint_limit",
+                f"at most {MAX_ENDPOINTS_PER_TOKEN} active endpoints per token",
+            )
+        ep = WebhookEndpoint(
+            principal=principal,
+            owners=sorted(owners),
+            url=url,
+            event_types=types,
+            secret="whsec_" + secrets.token_urlsafe(32),
+            active=True,
+            created_at=now,
+        )
         s.add(ep)
         s.flush()
-        audit.append(s, now, audit.Operator(principal), "webhook_endpoint.created",
-                     "webhook_endpoint", ep.id,
-                     {"url": webhooks.redact_url(url), "event_types": types})
+        audit.append(
+            s,
+            now,
+            audit.Operator(principal),
+            "webhook_endpoint.created",
+            "webhook_endpoint",
+            ep.id,
+            {"url": webhooks.redact_url(url), "event_types": types},
+        )
         return {**endpoint_view(ep), "secret": ep.secret}
 
 
 def list_endpoints(engine: Engine, principal: str) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
-        rows = s.scalars(select(WebhookEndpoint).where(WebhookEndpoint.principal == principal,
-                                                       WebhookEndpoint.active.is_(True))
-                         .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)).all()
+        rows = s.scalars(
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.principal == principal, WebhookEndpoint.active.is_(True))
+            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+        ).all()
         return [endpoint_view(ep) for ep in rows]
 
 
@@ -90,13 +124,30 @@ def delete_endpoint(engine: Engine, principal: str, endpoint_id: str) -> dict[st
         if ep is None or not ep.active:
             raise NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
         ep.active, ep.deactivated_at = False, now
-        cancelled = s.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.endpoint_id == ep.id,
-                   WebhookDelivery.status == DeliveryStatus.pending)
-            .values(status=DeliveryStatus.cancelled, next_attempt_at=None, claimed_by=None,
-                    claimed_until=None, last_error="endpoint deleted", updated_at=now)
-        ).rowcount
-        audit.append(s, now, audit.Operator(principal), "webhook_endpoint.deleted",
-                     "webhook_endpoint", ep.id, {"cancelled_deliveries": cancelled})
+        cancelled = rowcount(
+            s.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.endpoint_id == ep.id,
+                    WebhookDelivery.status == DeliveryStatus.pending,
+                )
+                .values(
+                    status=DeliveryStatus.cancelled,
+                    next_attempt_at=None,
+                    claimed_by=None,
+                    claimed_until=None,
+                    last_error="endpoint deleted",
+                    updated_at=now,
+                )
+            )
+        )
+        audit.append(
+            s,
+            now,
+            audit.Operator(principal),
+            "webhook_endpoint.deleted",
+            "webhook_endpoint",
+            ep.id,
+            {"cancelled_deliveries": cancelled},
+        )
         return {**endpoint_view(ep), "cancelled_deliveries": cancelled}

@@ -29,10 +29,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,19 +41,19 @@ import tenacity
 from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
-from verifier.services import audit
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound
-from verifier.services.events import envelope
 from verifier.core.metrics import SPEC
+from verifier.core.timeutil import iso, utc
+from verifier.services import audit
+from verifier.services.events import envelope
+from verifier.storage.repo import webhooks as delivery_repo
 from verifier.storage.webhook_models import (
     DeliveryStatus,
     OutboxEvent,
     WebhookDelivery,
     WebhookEndpoint,
 )
-from verifier.storage.repo import webhooks as delivery_repo
-from verifier.core.timeutil import iso, utc
 
 log = logging.getLogger("railproof.webhooks")
 
@@ -76,8 +77,9 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def verify_signature(secret: str, header: str, body: bytes | str, tolerance_s: int = 300,
-                     now: float | None = None) -> bool:
+def verify_signature(
+    secret: str, header: str, body: bytes | str, tolerance_s: int = 300, now: float | None = None
+) -> bool:
     """Receiver side: True only for a signature made with `secret` over exactly `body`, at a
     time within `tolerance_s` of `now` (default: the current time). Needs only hashlib, hmac
     and time from the standard library."""
@@ -159,13 +161,17 @@ class DeliveryConfig:
             raise ValueError("webhook delivery: the lease must be longer than the timeout")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "DeliveryConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DeliveryConfig:
         env = os.environ if env is None else env
-        names = {"timeout_s": "TIMEOUT_SECONDS", "max_attempts": "MAX_ATTEMPTS",
-                 "backoff_initial_s": "BACKOFF_INITIAL_SECONDS",
-                 "backoff_max_s": "BACKOFF_MAX_SECONDS",
-                 "backoff_jitter_s": "BACKOFF_JITTER_SECONDS", "lease_s": "LEASE_SECONDS",
-                 "concurrency": "CONCURRENCY"}
+        names = {
+            "timeout_s": "TIMEOUT_SECONDS",
+            "max_attempts": "MAX_ATTEMPTS",
+            "backoff_initial_s": "BACKOFF_INITIAL_SECONDS",
+            "backoff_max_s": "BACKOFF_MAX_SECONDS",
+            "backoff_jitter_s": "BACKOFF_JITTER_SECONDS",
+            "lease_s": "LEASE_SECONDS",
+            "concurrency": "CONCURRENCY",
+        }
         kw: dict[str, Any] = {}
         for field, suffix in names.items():
             raw = env.get(f"RAILPROOF_WEBHOOK_{suffix}")
@@ -174,19 +180,24 @@ class DeliveryConfig:
         return cls(**kw)
 
 
+# The retry manager a RetryCallState names; the wait strategy reads only the attempt number.
+_NO_RETRYING = tenacity.Retrying()
+
+
 def backoff(attempt: int, cfg: DeliveryConfig) -> timedelta:
     """Wait before the try after `attempt` failed tries: tenacity's exponential backoff with
     jitter (initial × 2^(attempt-1) + uniform(0, jitter), never above the maximum). Called as
     a function of the attempt number because the retry loop spans worker sweeps."""
-    wait = tenacity.wait_exponential_jitter(multiplier=cfg.backoff_initial_s,
-                                            max=cfg.backoff_max_s, jitter=cfg.backoff_jitter_s)
-    state = tenacity.RetryCallState(None, None, (), {})
+    wait = tenacity.wait_exponential_jitter(
+        multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_jitter_s
+    )
+    state = tenacity.RetryCallState(_NO_RETRYING, None, (), {})
     state.attempt_number = max(1, attempt)
     return timedelta(seconds=wait(state))
 
 
 def wall_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # -- the delivery sweep ---------------------------------------------------------------------------
@@ -213,31 +224,43 @@ class Result:
     latency_s: float
 
 
-def deliver_due(engine: Engine, worker_name: str, batch: int = 100, *,
-                now: datetime | None = None, config: DeliveryConfig | None = None,
-                ) -> dict[str, int]:
+def deliver_due(
+    engine: Engine,
+    worker_name: str,
+    batch: int = 100,
+    *,
+    now: datetime | None = None,
+    config: DeliveryConfig | None = None,
+) -> dict[str, int]:
     """Deliver what is due, at most `batch` attempts. Rounds repeat so that event n+1 of a
     resource goes out in the same sweep once event n is delivered."""
     cfg = config or DeliveryConfig.from_env()
     out = {"claimed": 0, "delivered": 0, "retrying": 0, "dead_lettered": 0, "stale": 0}
-    with httpx.Client(timeout=cfg.timeout_s, follow_redirects=False,
-                      headers={"User-Agent": USER_AGENT}) as http:
+    with httpx.Client(
+        timeout=cfg.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
+    ) as http:
         while out["claimed"] < batch:
-            jobs = claim(engine, worker_name, min(cfg.concurrency, batch - out["claimed"]),
-                         now or wall_now(), cfg)
+            jobs = claim(
+                engine,
+                worker_name,
+                min(cfg.concurrency, batch - out["claimed"]),
+                now or wall_now(),
+                cfg,
+            )
             if not jobs:
                 break
             out["claimed"] += len(jobs)
             with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
                 results = list(pool.map(lambda j: post(http, j), jobs))
-            for job, res in zip(jobs, results):
+            for job, res in zip(jobs, results, strict=False):
                 out[_record(engine, job, res, worker_name, cfg, now)] += 1
     refresh_webhook_gauges(engine)
     return out
 
 
-def claim(engine: Engine, worker_name: str, limit: int, now: datetime,
-          cfg: DeliveryConfig) -> list[Job]:
+def claim(
+    engine: Engine, worker_name: str, limit: int, now: datetime, cfg: DeliveryConfig
+) -> list[Job]:
     """Lease up to `limit` due deliveries, each the earliest pending event of its resource
     for its endpoint. Attempts are counted here, before the POST, so a delivery that kills
     its worker every time still runs out of tries."""
@@ -264,26 +287,36 @@ def post(http: httpx.Client, job: Job) -> Result:
         # SECURITY: re-checked at send time, so a URL stored before a setting changed (or
         # written to the table directly) still cannot make this machine send elsewhere.
         return Result(False, None, f"not sent: url {problem}", "host_not_allowed", 0.0)
-    headers = {"Content-Type": "application/json", EVENT_ID_HEADER: job.event_id,
-               SIGNATURE_HEADER: sign(job.secret, job.body, int(time.time()))}
+    headers = {
+        "Content-Type": "application/json",
+        EVENT_ID_HEADER: job.event_id,
+        SIGNATURE_HEADER: sign(job.secret, job.body, int(time.time())),
+    }
     start = time.perf_counter()
     try:
         with http.stream("POST", job.url, content=job.body, headers=headers) as r:
             snippet = _read_some(r)
             code = r.status_code
     except httpx.TimeoutException as e:
-        return Result(False, None, f"timeout: {type(e).__name__}", "timeout",
-                      time.perf_counter() - start)
+        return Result(
+            False, None, f"timeout: {type(e).__name__}", "timeout", time.perf_counter() - start
+        )
     except httpx.HTTPError as e:
-        return Result(False, None, f"{type(e).__name__}: {str(e)[:_ERROR_CHARS]}", "connect",
-                      time.perf_counter() - start)
+        return Result(
+            False,
+            None,
+            f"{type(e).__name__}: {str(e)[:_ERROR_CHARS]}",
+            "connect",
+            time.perf_counter() - start,
+        )
     except Exception as e:  # noqa: BLE001 - one broken receiver must not stop the sweep
         return Result(False, None, f"{type(e).__name__}", "error", time.perf_counter() - start)
     latency = time.perf_counter() - start
     if 200 <= code < 300:
         return Result(True, code, None, "delivered", latency)
-    return Result(False, code, f"HTTP {code}: {snippet}".rstrip(": "), f"http_{code // 100}xx",
-                  latency)
+    return Result(
+        False, code, f"HTTP {code}: {snippet}".rstrip(": "), f"http_{code // 100}xx", latency
+    )
 
 
 def _read_some(r: httpx.Response) -> str:
@@ -296,14 +329,23 @@ def _read_some(r: httpx.Response) -> str:
     return got[:_ERROR_CHARS].decode("utf-8", "replace").strip()
 
 
-def _record(engine: Engine, job: Job, res: Result, worker_name: str, cfg: DeliveryConfig,
-            now: datetime | None) -> str:
+def _record(
+    engine: Engine,
+    job: Job,
+    res: Result,
+    worker_name: str,
+    cfg: DeliveryConfig,
+    now: datetime | None,
+) -> str:
     """Write one attempt's outcome; returns the counter it belongs to."""
     _metric(engine, "observe", "webhook_delivery_latency_seconds", res.latency_s)
     if not res.ok:
         _metric(engine, "inc", "webhook_delivery_failures_total", reason=res.reason)
-        log.warning("webhook delivery failed: %s", res.reason,
-                    extra={"delivery_id": job.delivery_id, "event_id": job.event_id})
+        log.warning(
+            "webhook delivery failed: %s",
+            res.reason,
+            extra={"delivery_id": job.delivery_id, "event_id": job.event_id},
+        )
     t = now or wall_now()
     with engine.db.tx() as s:
         d = delivery_repo.delivery_locked(s, job.delivery_id)
@@ -350,22 +392,38 @@ def refresh_webhook_gauges(engine: Engine) -> None:
 
 # -- staff operations ----------------------------------------------------------------------------
 def _delivery_view(d: WebhookDelivery, ev: OutboxEvent, ep: WebhookEndpoint) -> dict[str, Any]:
-    return {"delivery_id": d.id, "event_id": ev.id, "type": ev.type, "owner_id": ev.owner_id,
-            "resource_type": ev.resource_type, "resource_id": ev.resource_id,
-            "sequence": ev.sequence, "endpoint_id": ep.id, "url": redact_url(ep.url),
-            "endpoint_active": ep.active, "status": d.status, "attempts": d.attempts,
-            "last_error": d.last_error, "last_status_code": d.last_status_code,
-            "next_attempt_at": iso(d.next_attempt_at), "delivered_at": iso(d.delivered_at),
-            "claimed_by": d.claimed_by, "claimed_until": iso(d.claimed_until),
-            "created_at": iso(d.created_at), "updated_at": iso(d.updated_at)}
+    return {
+        "delivery_id": d.id,
+        "event_id": ev.id,
+        "type": ev.type,
+        "owner_id": ev.owner_id,
+        "resource_type": ev.resource_type,
+        "resource_id": ev.resource_id,
+        "sequence": ev.sequence,
+        "endpoint_id": ep.id,
+        "url": redact_url(ep.url),
+        "endpoint_active": ep.active,
+        "status": d.status,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "last_status_code": d.last_status_code,
+        "next_attempt_at": iso(d.next_attempt_at),
+        "delivered_at": iso(d.delivered_at),
+        "claimed_by": d.claimed_by,
+        "claimed_until": iso(d.claimed_until),
+        "created_at": iso(d.created_at),
+        "updated_at": iso(d.updated_at),
+    }
 
 
-def list_events(engine: Engine, status: str | None = None,
-                limit: int = 100) -> list[dict[str, Any]]:
+def list_events(
+    engine: Engine, status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """Deliveries (event × endpoint), newest first, optionally by status."""
     if status is not None and status not in {s.value for s in DeliveryStatus}:
-        raise BadInput("invalid_status", f"status: one of {', '.join(DeliveryStatus)}",
-                       field="status")
+        raise BadInput(
+            "invalid_status", f"status: one of {', '.join(DeliveryStatus)}", field="status"
+        )
     with engine.db.tx() as s:
         return [_delivery_view(*row) for row in delivery_repo.newest(s, status, limit)]
 
@@ -375,9 +433,13 @@ def inspect_event(engine: Engine, any_id: str) -> dict[str, Any]:
     with engine.db.tx() as s:
         ev = _event_of(s, any_id)
         rows = delivery_repo.of_event(s, ev.id)
-        return {"event": envelope(ev), "resource_type": ev.resource_type,
-                "resource_id": ev.resource_id, "sequence": ev.sequence,
-                "deliveries": [_delivery_view(*row) for row in rows]}
+        return {
+            "event": envelope(ev),
+            "resource_type": ev.resource_type,
+            "resource_id": ev.resource_id,
+            "sequence": ev.sequence,
+            "deliveries": [_delivery_view(*row) for row in rows],
+        }
 
 
 def _event_of(s: Session, any_id: str) -> OutboxEvent:
@@ -392,8 +454,9 @@ def _event_of(s: Session, any_id: str) -> OutboxEvent:
     return ev
 
 
-def replay(engine: Engine, any_id: str, op: audit.Operator,
-           now: datetime | None = None) -> dict[str, Any]:
+def replay(
+    engine: Engine, any_id: str, op: audit.Operator, now: datetime | None = None
+) -> dict[str, Any]:
     """Put dead letters back in the queue (a delivery id: that one; an event id: all of its
     dead letters) for a fresh set of tries, audited with the operator's reason."""
     if not op.reason:
@@ -401,23 +464,38 @@ def replay(engine: Engine, any_id: str, op: audit.Operator,
     t = now or wall_now()
     with engine.db.tx() as s:
         ev = _event_of(s, any_id)
-        rows = delivery_repo.dead_letters_locked(s, ev.id,
-                                                 any_id if any_id != ev.id else None)
+        rows = delivery_repo.dead_letters_locked(s, ev.id, any_id if any_id != ev.id else None)
         if not rows:
             raise Conflict("not_dead_letter", f"{any_id}: nothing in the dead-letter queue")
         replayed = []
         for d, _, ep in rows:
             if not ep.active:
-                raise Conflict("endpoint_inactive", f"endpoint {ep.id} was deleted; its "
-                               "deliveries cannot be replayed")
-            prev = {"attempts": d.attempts, "last_error": d.last_error,
-                    "last_status_code": d.last_status_code}
+                raise Conflict(
+                    "endpoint_inactive",
+                    f"endpoint {ep.id} was deleted; its deliveries cannot be replayed",
+                )
+            prev = {
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "last_status_code": d.last_status_code,
+            }
             d.status, d.attempts, d.next_attempt_at = DeliveryStatus.pending, 0, t
             d.claimed_by = d.claimed_until = None
             d.updated_at = t
-            audit.append(s, engine.now(), op, "webhook.replayed", "webhook_delivery", d.id,
-                         {"event_id": ev.id, "endpoint_id": ep.id, "previous": prev})
+            audit.append(
+                s,
+                engine.now(),
+                op,
+                "webhook.replayed",
+                "webhook_delivery",
+                d.id,
+                {"event_id": ev.id, "endpoint_id": ep.id, "previous": prev},
+            )
             replayed.append(d.id)
     refresh_webhook_gauges(engine)
-    return {"event_id": ev.id, "replayed": replayed, "status": DeliveryStatus.pending.value,
-            "next_attempt_at": iso(utc(t))}
+    return {
+        "event_id": ev.id,
+        "replayed": replayed,
+        "status": DeliveryStatus.pending.value,
+        "next_attempt_at": iso(utc(t)),
+    }

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 from alembic import command
@@ -48,15 +49,20 @@ def _json_dumps(value: Any) -> str:
 _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
-def make_engine(url: str, sqlite_synchronous: str = "NORMAL", *,
-                pg_lock_timeout_ms: int | None = None,
-                pg_statement_timeout_ms: int | None = None) -> Engine:
+def make_engine(
+    url: str,
+    sqlite_synchronous: str = "NORMAL",
+    *,
+    pg_lock_timeout_ms: int | None = None,
+    pg_statement_timeout_ms: int | None = None,
+) -> Engine:
     if url.startswith("sqlite"):
         sync = sqlite_synchronous.upper()
         if sync not in SQLITE_SYNCHRONOUS:
             raise ValueError(f"sqlite_synchronous: one of {', '.join(SQLITE_SYNCHRONOUS)}")
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               **_JSON)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **_JSON
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - driver hook
@@ -81,18 +87,30 @@ def make_engine(url: str, sqlite_synchronous: str = "NORMAL", *,
             finally:
                 cur.close()
 
-        engine.dialect.do_begin = _begin_immediate  # this engine's dialect instance only
+        # This engine's dialect instance only (setattr: mypy refuses assigning to a method).
+        setattr(engine.dialect, "do_begin", _begin_immediate)  # noqa: B010
 
         return engine
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     # Startup options, so they hold on every connection from its first statement (0: off).
     # None (migrations, tools): the server's own, so a long migration is not cut short.
-    options = " ".join(f"-c {name}={int(ms)}" for name, ms in (
-        ("lock_timeout", pg_lock_timeout_ms), ("statement_timeout", pg_statement_timeout_ms))
-        if ms is not None)
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                         connect_args={"options": options} if options else {}, **_JSON)
+    options = " ".join(
+        f"-c {name}={int(ms)}"
+        for name, ms in (
+            ("lock_timeout", pg_lock_timeout_ms),
+            ("statement_timeout", pg_statement_timeout_ms),
+        )
+        if ms is not None
+    )
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"options": options} if options else {},
+        **_JSON,
+    )
 
 
 def is_busy(error: BaseException) -> bool:
@@ -114,7 +132,9 @@ def is_postgres(engine: Engine) -> bool:
 
 def alembic_config(url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(resources.files("verifier") / "storage" / "migrations"))
+    cfg.set_main_option(
+        "script_location", str(resources.files("verifier") / "storage" / "migrations")
+    )
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
@@ -124,7 +144,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def head_revision(url: str) -> str:
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    if head is None:  # the package always ships its migrations
+        raise RuntimeError("no migration revisions found")
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -149,17 +172,28 @@ AUDIT_KEY_INFO = "railproof.audit_key"
 
 
 class Database:
-    def __init__(self, url: str, sqlite_synchronous: str = "NORMAL",
-                 audit_key: bytes | None = None, *, pg_lock_timeout_ms: int = 5000,
-                 pg_statement_timeout_ms: int = 30000):
+    def __init__(
+        self,
+        url: str,
+        sqlite_synchronous: str = "NORMAL",
+        audit_key: bytes | None = None,
+        *,
+        pg_lock_timeout_ms: int = 5000,
+        pg_statement_timeout_ms: int = 30000,
+    ):
         self.url = url
-        self.engine = make_engine(url, sqlite_synchronous, pg_lock_timeout_ms=pg_lock_timeout_ms,
-                                  pg_statement_timeout_ms=pg_statement_timeout_ms)
+        self.engine = make_engine(
+            url,
+            sqlite_synchronous,
+            pg_lock_timeout_ms=pg_lock_timeout_ms,
+            pg_statement_timeout_ms=pg_statement_timeout_ms,
+        )
         self.audit_key = audit_key
         # The key is bound here, once, and reaches every append through the Session; it is
         # never written to the database. None: an unkeyed chain (verifier.audit.event_hash).
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False,
-                                     info={AUDIT_KEY_INFO: audit_key})
+        self.sessions = sessionmaker(
+            self.engine, expire_on_commit=False, info={AUDIT_KEY_INFO: audit_key}
+        )
         self.postgres = is_postgres(self.engine)
 
     @contextmanager
@@ -174,5 +208,5 @@ class Database:
 
 def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
+        return Path(url[len("sqlite:///") :])
     return None

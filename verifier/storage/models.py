@@ -153,8 +153,13 @@ class Proof(Base):
         # SECURITY: one *holding* proof per fingerprint whatever the owner or the race. Only
         # verified / requires_review proofs hold: a pending or failed claim of someone else's
         # transfer reserves nothing (migration 0005).
-        Index("ux_proofs_holding_fingerprint", "fingerprint", unique=True,
-              sqlite_where=text(HOLDING_SQL), postgresql_where=text(HOLDING_SQL)),
+        Index(
+            "ux_proofs_holding_fingerprint",
+            "fingerprint",
+            unique=True,
+            sqlite_where=text(HOLDING_SQL),
+            postgresql_where=text(HOLDING_SQL),
+        ),
         CheckConstraint(_in("status", ProofStatus), name="status"),
         Index("ix_proofs_rail_created", "rail_id", "created_at"),
         Index("ix_proofs_due", "status", "next_check_at"),
@@ -192,8 +197,10 @@ class TransferHold(Base):
     (a reorged proof keeps its holds while it is re-verified)."""
 
     __tablename__ = "transfer_holds"
-    __table_args__ = (Index("ix_transfer_holds_proof", "proof_id"),
-                      Index("ix_transfer_holds_session", "session_id"))
+    __table_args__ = (
+        Index("ix_transfer_holds_proof", "proof_id"),
+        Index("ix_transfer_holds_session", "session_id"),
+    )
     # SECURITY: the primary key is the guarantee: a second holder's insert fails.
     transfer_key: Mapped[str] = mapped_column(String(256), primary_key=True)
     proof_id: Mapped[str] = mapped_column(ForeignKey("proofs.id"))

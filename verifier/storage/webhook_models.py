@@ -66,8 +66,9 @@ class WebhookEndpoint(Base):
         Index("ix_webhook_endpoints_principal", "principal", "active"),
         Index("ix_webhook_endpoints_active", "active"),
     )
-    id: Mapped[str] = mapped_column(String(40), primary_key=True,
-                                    default=lambda: prefixed_id("whe"))
+    id: Mapped[str] = mapped_column(
+        String(40), primary_key=True, default=lambda: prefixed_id("whe")
+    )
     # The service token's identity as the API names it: "svc:<owners sorted, comma-joined>".
     principal: Mapped[str] = mapped_column(String(512))
     # SECURITY: the owners whose events this endpoint may receive, fixed at creation from the
@@ -93,8 +94,9 @@ class OutboxEvent(Base):
         Index("ix_outbox_events_created", "created_at"),
         Index("ix_outbox_events_owner", "owner_id", "created_at"),
     )
-    id: Mapped[str] = mapped_column(String(40), primary_key=True,
-                                    default=lambda: prefixed_id("evt"))
+    id: Mapped[str] = mapped_column(
+        String(40), primary_key=True, default=lambda: prefixed_id("evt")
+    )
     type: Mapped[str] = mapped_column(String(48))
     owner_id: Mapped[str | None] = mapped_column(String(128))  # None for rail.* events
     resource_type: Mapped[str] = mapped_column(String(32))
@@ -115,8 +117,9 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_endpoint", "endpoint_id", "status"),
     )
-    id: Mapped[str] = mapped_column(String(40), primary_key=True,
-                                    default=lambda: prefixed_id("whd"))
+    id: Mapped[str] = mapped_column(
+        String(40), primary_key=True, default=lambda: prefixed_id("whd")
+    )
     event_id: Mapped[str] = mapped_column(ForeignKey("outbox_events.id"))
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending)

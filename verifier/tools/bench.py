@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ NETWORK = "solana-mainnet"
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
 # All generated cassettes have their blockTime in the first quarter hour of 2026; sessions open
 # at this pinned clock and live an hour, so every synthetic transfer falls inside its window.
-CLOCK = datetime(2026, 1, 1, tzinfo=timezone.utc)
+CLOCK = datetime(2026, 1, 1, tzinfo=UTC)
 SESSION_TTL = 3600
 SEED = 7  # synthetic proofs are reproducible run to run
 DRY_RUN_SAMPLES = 500
@@ -72,26 +72,59 @@ class Template:
 
 
 TEMPLATES = (
-    Template("generated/usdc_reference_memo.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             1_500_000, "5EgHDWBUEbpZyrLBFVikjVKZY9MsRbEUtMvPdDr9ytPE", "order-1001"),
-    Template("generated/demo_payment.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             25_000_000, "5d1GsdrxZkmihE9ZaxSproXqTukLq6L64GjYQFspbPBP", "railproof-demo"),
-    Template("generated/v0_lookup_table_usdc.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             2_000_000, "4MM9Nq4Hxcb7NyvdKHzDsak4NjhiSctJsNb6Eo2EaDbF"),
-    Template("generated/extra_instructions_a.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             3_000_000, "7sTUSSsCLNu2mVFWMu4SdAcuZCxBRjAZT36KaZBsYvxm", memo="order-1002"),
-    Template("generated/extra_instructions_b.json", "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-             3_000_000, "7sTUSSsCLNu2mVFWMu4SdAcuZCxBRjAZT36KaZBsYvxm", memo="order-1002"),
-    Template("generated/ata_created_same_tx.json", "A6L3a9vm1Uvfx2ra1S9m7tXLkna9WSFJ9qJWDZxoRHt3",
-             4_200_000, "FAi1Bz93mbhmKVqCkVN7GRWHvje61FzJSzpaHfNZDyes"),
-    Template("generated/old_format_resolved.json", "CJ81KRVNTRESph1YqNreU8C1mmwnQcPVgWQdHLKu7ZgM",
-             7_000_000, "BpZEX5wSmFQJ1fNLfiXXksXdKSoDj4Lbjbf3dxgKPvc2"),
+    Template(
+        "generated/usdc_reference_memo.json",
+        "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+        1_500_000,
+        "5EgHDWBUEbpZyrLBFVikjVKZY9MsRbEUtMvPdDr9ytPE",
+        "order-1001",
+    ),
+    Template(
+        "generated/demo_payment.json",
+        "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+        25_000_000,
+        "5d1GsdrxZkmihE9ZaxSproXqTukLq6L64GjYQFspbPBP",
+        "railproof-demo",
+    ),
+    Template(
+        "generated/v0_lookup_table_usdc.json",
+        "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+        2_000_000,
+        "4MM9Nq4Hxcb7NyvdKHzDsak4NjhiSctJsNb6Eo2EaDbF",
+    ),
+    Template(
+        "generated/extra_instructions_a.json",
+        "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+        3_000_000,
+        "7sTUSSsCLNu2mVFWMu4SdAcuZCxBRjAZT36KaZBsYvxm",
+        memo="order-1002",
+    ),
+    Template(
+        "generated/extra_instructions_b.json",
+        "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+        3_000_000,
+        "7sTUSSsCLNu2mVFWMu4SdAcuZCxBRjAZT36KaZBsYvxm",
+        memo="order-1002",
+    ),
+    Template(
+        "generated/ata_created_same_tx.json",
+        "A6L3a9vm1Uvfx2ra1S9m7tXLkna9WSFJ9qJWDZxoRHt3",
+        4_200_000,
+        "FAi1Bz93mbhmKVqCkVN7GRWHvje61FzJSzpaHfNZDyes",
+    ),
+    Template(
+        "generated/old_format_resolved.json",
+        "CJ81KRVNTRESph1YqNreU8C1mmwnQcPVgWQdHLKu7ZgM",
+        7_000_000,
+        "BpZEX5wSmFQJ1fNLfiXXksXdKSoDj4Lbjbf3dxgKPvc2",
+    ),
     # Every session binds a reference, so only transfers that carry one are templates (the
     # real mainnet transfers carry none; they are verified in the adapter tests).
 )
 
 
 # -- synthetic proofs -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Synthetic:
@@ -124,7 +157,9 @@ class _Recipe:
         into = [m for m in moves if m.owner == t.recipient and m.delta > 0]
         out = [m for m in moves if m.delta == -t.amount]
         if len(into) != 1 or into[0].delta != t.amount:
-            raise ValueError(f"{t.cassette}: expected one account of {t.recipient} receiving {t.amount}")
+            raise ValueError(
+                f"{t.cassette}: expected one account of {t.recipient} receiving {t.amount}"
+            )
         keys = view.account_keys
         meta = result["meta"]
 
@@ -146,13 +181,24 @@ class _Recipe:
         # Instructions that state the amount (transfer / transferChecked) say the new one too.
         self.instr_paths: list[tuple[str, int, int | None]] = []
         groups = [("instructions", result["transaction"]["message"]["instructions"])]
-        groups += [(f"inner{g}", grp["instructions"]) for g, grp in enumerate(meta.get("innerInstructions") or [])]
+        groups += [
+            (f"inner{g}", grp["instructions"])
+            for g, grp in enumerate(meta.get("innerInstructions") or [])
+        ]
         for name, instrs in groups:
             for k, ins in enumerate(instrs):
-                info = (ins.get("parsed") or {}).get("info") if isinstance(ins.get("parsed"), dict) else None
+                info = (
+                    (ins.get("parsed") or {}).get("info")
+                    if isinstance(ins.get("parsed"), dict)
+                    else None
+                )
                 if not info:
                     continue
-                amt = info.get("tokenAmount", {}).get("amount") if "tokenAmount" in info else info.get("amount")
+                amt = (
+                    info.get("tokenAmount", {}).get("amount")
+                    if "tokenAmount" in info
+                    else info.get("amount")
+                )
                 if amt == str(t.amount):
                     self.instr_paths.append((name, k, None))
 
@@ -170,17 +216,31 @@ class _Recipe:
         for part, i in self.patches:
             _shift(meta[part][i]["uiTokenAmount"], d)
         for name, k, _ in self.instr_paths:
-            instrs = (result["transaction"]["message"]["instructions"] if name == "instructions"
-                      else meta["innerInstructions"][int(name[5:])]["instructions"])
+            instrs = (
+                result["transaction"]["message"]["instructions"]
+                if name == "instructions"
+                else meta["innerInstructions"][int(name[5:])]["instructions"]
+            )
             info = instrs[k]["parsed"]["info"]
             if "tokenAmount" in info:
                 _set_amount(info["tokenAmount"], amount)
             else:
                 info["amount"] = str(amount)
         calls = (
-            Call({"method": "getTransaction", "params": [sig, dict(GET_TX_OPTIONS)], "result": result}),
-            Call({"method": "getSignatureStatuses", "params": [[sig], dict(STATUS_OPTIONS)],
-                  "result": self.status}),
+            Call(
+                {
+                    "method": "getTransaction",
+                    "params": [sig, dict(GET_TX_OPTIONS)],
+                    "result": result,
+                }
+            ),
+            Call(
+                {
+                    "method": "getSignatureStatuses",
+                    "params": [[sig], dict(STATUS_OPTIONS)],
+                    "result": self.status,
+                }
+            ),
         )
         return Synthetic(sig, t.recipient, amount, reference, t.memo, calls)
 
@@ -207,28 +267,39 @@ def synthetic_proofs(n: int, seed: int = SEED) -> list[Synthetic]:
 
 
 def _terms(p: Synthetic) -> Terms:
-    return Terms(recipient=p.recipient, amount=p.amount, asset=USDC, reference=p.reference,
-                 memo=p.memo, not_before=CLOCK, not_after=CLOCK + timedelta(seconds=SESSION_TTL),
-                 now=CLOCK)
+    return Terms(
+        recipient=p.recipient,
+        amount=p.amount,
+        asset=USDC,
+        reference=p.reference,
+        memo=p.memo,
+        not_before=CLOCK,
+        not_after=CLOCK + timedelta(seconds=SESSION_TTL),
+        now=CLOCK,
+    )
 
 
 # -- phases ---------------------------------------------------------------------------------
+
 
 def bench_verify_offline(proofs: list[Synthetic]) -> dict[str, Any]:
     adapter = adapter_for(load_catalog().resolve(RAIL_ID))
     chain = CassetteTransport([c for p in proofs for c in p.calls], NETWORK)
     terms = [_terms(p) for p in proofs]
-    for p, t in zip(proofs[:20], terms):  # warm caches and lazy imports
+    for p, t in zip(proofs[:20], terms, strict=False):  # warm caches and lazy imports
         run_verify(adapter, p.signature, t, chain)
     verified = calls = 0
     started = time.perf_counter()
-    for p, t in zip(proofs, terms):
+    for p, t in zip(proofs, terms, strict=False):
         checked = run_verify(adapter, p.signature, t, chain)
         calls += checked.rpc_calls
         verified += checked.verdict.status is Status.verified
     elapsed = time.perf_counter() - started
-    return {"verify_offline_per_s": _rate(len(proofs), elapsed), "offline_verified": verified,
-            "offline_rpc_calls": calls}
+    return {
+        "verify_offline_per_s": _rate(len(proofs), elapsed),
+        "offline_verified": verified,
+        "offline_rpc_calls": calls,
+    }
 
 
 def bench_submit(engine: Any, proofs: list[Synthetic]) -> dict[str, Any]:
@@ -236,15 +307,26 @@ def bench_submit(engine: Any, proofs: list[Synthetic]) -> dict[str, Any]:
     from verifier.services.sessions import NewSession, open_session
     from verifier.storage.models import VerificationAttempt
 
-    engine.chains.set_transport(NETWORK, CassetteTransport([c for p in proofs for c in p.calls], NETWORK))
+    engine.chains.set_transport(
+        NETWORK, CassetteTransport([c for p in proofs for c in p.calls], NETWORK)
+    )
 
     def one(i: int, p: Synthetic) -> str:
         owner = f"bench-owner-{i % 97}"
-        s = open_session(engine, NewSession(owner_id=owner, rail_id=RAIL_ID,
-                                            access_product_id="bench-product", amount=p.amount,
-                                            recipient=p.recipient, reference=p.reference,
-                                            memo=p.memo, expires_in_seconds=SESSION_TTL),
-                         actor="bench")
+        s = open_session(
+            engine,
+            NewSession(
+                owner_id=owner,
+                rail_id=RAIL_ID,
+                access_product_id="bench-product",
+                amount=p.amount,
+                recipient=p.recipient,
+                reference=p.reference,
+                memo=p.memo,
+                expires_in_seconds=SESSION_TTL,
+            ),
+            actor="bench",
+        )
         view, _ = submit_proof(engine, s["id"], p.signature, [owner])
         return view["status"]
 
@@ -262,11 +344,17 @@ def bench_submit(engine: Any, proofs: list[Synthetic]) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     VA = VerificationAttempt
     with engine.db.tx() as s:
-        calls, verified = s.execute(select(
-            func.coalesce(func.sum(VA.rpc_calls), 0),
-            func.count().filter(VA.status == "verified")).where(VA.id >= first_attempt)).one()
-    return {"submit_verify_per_s": _rate(len(timed), elapsed), "submit_statuses": statuses,
-            "rpc_calls_per_verified_proof": round(calls / verified, 3) if verified else None}
+        calls, verified = s.execute(
+            select(
+                func.coalesce(func.sum(VA.rpc_calls), 0),
+                func.count().filter(VA.status == "verified"),
+            ).where(VA.id >= first_attempt)
+        ).one()
+    return {
+        "submit_verify_per_s": _rate(len(timed), elapsed),
+        "submit_statuses": statuses,
+        "rpc_calls_per_verified_proof": round(calls / verified, 3) if verified else None,
+    }
 
 
 def bench_dry_run(engine: Any, samples: int, seed: int = SEED) -> dict[str, Any]:
@@ -290,9 +378,12 @@ def bench_dry_run(engine: Any, samples: int, seed: int = SEED) -> dict[str, Any]
         took.append((time.perf_counter() - started) * 1000)
         would += bool(report["would_apply"] or report["already_applied"])
     took.sort()
-    return {"dry_run_apply_p50_ms": round(statistics.median(took), 3),
-            "dry_run_apply_p95_ms": round(took[int(0.95 * (len(took) - 1))], 3),
-            "dry_run_samples": len(took), "dry_run_would_or_did_apply": would}
+    return {
+        "dry_run_apply_p50_ms": round(statistics.median(took), 3),
+        "dry_run_apply_p95_ms": round(took[int(0.95 * (len(took) - 1))], 3),
+        "dry_run_samples": len(took),
+        "dry_run_would_or_did_apply": would,
+    }
 
 
 class SilentNode:
@@ -327,15 +418,16 @@ class SilentNode:
         for c in [*self._conns, self._sock]:
             c.close()
 
-    def __enter__(self) -> "SilentNode":
+    def __enter__(self) -> SilentNode:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
 
-def bench_submit_hanging_node(settings: Any, samples: int = HANGING_SAMPLES,
-                              budget_s: float = HANGING_BUDGET_S) -> dict[str, Any]:
+def bench_submit_hanging_node(
+    settings: Any, samples: int = HANGING_SAMPLES, budget_s: float = HANGING_BUDGET_S
+) -> dict[str, Any]:
     """Submission latency while the rail's only RPC node accepts and never answers, with the
     submission budget set to `budget_s` and the default RPC policy (which alone would hold a
     submission for its whole total time). Every submission is answered pending."""
@@ -355,10 +447,18 @@ def bench_submit_hanging_node(settings: Any, samples: int = HANGING_SAMPLES,
         try:
             for i in range(samples + 1):  # the first warms the HTTP client up, untimed
                 owner = f"bench-hang-{i}"
-                s = open_session(engine, NewSession(
-                    owner_id=owner, rail_id=RAIL_ID, access_product_id="bench-product",
-                    amount=1_000_000, recipient=TEMPLATES[0].recipient,
-                    expires_in_seconds=SESSION_TTL), actor="bench")
+                s = open_session(
+                    engine,
+                    NewSession(
+                        owner_id=owner,
+                        rail_id=RAIL_ID,
+                        access_product_id="bench-product",
+                        amount=1_000_000,
+                        recipient=TEMPLATES[0].recipient,
+                        expires_in_seconds=SESSION_TTL,
+                    ),
+                    actor="bench",
+                )
                 signature = base58.b58encode(rng.randbytes(64)).decode()
                 started = time.perf_counter()
                 view, _ = submit_proof(engine, s["id"], signature, [owner])
@@ -369,10 +469,13 @@ def bench_submit_hanging_node(settings: Any, samples: int = HANGING_SAMPLES,
             transport.close()
             engine.db.dispose()
     took.sort()
-    return {"submit_p99_ms_hanging_node": round(took[math.ceil(0.99 * len(took)) - 1], 1),
-            "hanging_node_budget_s": budget_s,
-            "hanging_node_default_budget_s": settings.submit_verify_budget_s,
-            "hanging_node_samples": len(took), "hanging_node_statuses": statuses}
+    return {
+        "submit_p99_ms_hanging_node": round(took[math.ceil(0.99 * len(took)) - 1], 1),
+        "hanging_node_budget_s": budget_s,
+        "hanging_node_default_budget_s": settings.submit_verify_budget_s,
+        "hanging_node_samples": len(took),
+        "hanging_node_statuses": statuses,
+    }
 
 
 # -- x402, ours and the SDK's -----------------------------------------------------------------
@@ -397,25 +500,41 @@ def x402_payloads(n: int, seed: int = SEED) -> list[tuple[dict[str, Any], dict[s
     payer = keccak(key.public_key.format(compressed=False)[1:])[12:]
     to = bytes.fromhex(X402_PAY_TO[2:])
     rail = load_catalog().resolve("x402", RailOverrides(network=X402_NETWORK))
-    sep = domain_separator(rail.eip712.name, rail.eip712.version, rail.chain_id, bytes.fromhex(BASE_USDC[2:]))
+    sep = domain_separator(
+        rail.eip712.name, rail.eip712.version, rail.chain_id, bytes.fromhex(BASE_USDC[2:])
+    )
     out = []
     for i in range(n):
         amount = rng.randint(1, 50_000) * 100
         auth = Authorization(payer, to, amount, X402_NOW - 600, X402_NOW + 3600, rng.randbytes(32))
         sig = key.sign_recoverable(authorization_digest(auth, sep), hasher=None)
         signature = "0x" + (sig[:64] + bytes((sig[64] + 27,))).hex()
-        a = {"from": _checksum(payer), "to": X402_PAY_TO, "value": str(amount),
-             "validAfter": str(auth.valid_after), "validBefore": str(auth.valid_before),
-             "nonce": "0x" + auth.nonce.hex()}
+        a = {
+            "from": _checksum(payer),
+            "to": X402_PAY_TO,
+            "value": str(amount),
+            "validAfter": str(auth.valid_after),
+            "validBefore": str(auth.valid_before),
+            "nonce": "0x" + auth.nonce.hex(),
+        }
         version = 1 if i % 2 == 0 else 2
         network = X402_NETWORK if version == 1 else f"eip155:{rail.chain_id}"
-        req = requirements_doc(version, network, BASE_USDC, X402_PAY_TO, amount,
-                               rail.eip712.name, rail.eip712.version)
+        req = requirements_doc(
+            version, network, BASE_USDC, X402_PAY_TO, amount, rail.eip712.name, rail.eip712.version
+        )
         if version == 1:
-            doc = {"x402Version": 1, "scheme": "exact", "network": network,
-                   "payload": {"signature": signature, "authorization": a}}
+            doc = {
+                "x402Version": 1,
+                "scheme": "exact",
+                "network": network,
+                "payload": {"signature": signature, "authorization": a},
+            }
         else:
-            doc = {"x402Version": 2, "accepted": req, "payload": {"signature": signature, "authorization": a}}
+            doc = {
+                "x402Version": 2,
+                "accepted": req,
+                "payload": {"signature": signature, "authorization": a},
+            }
         out.append((doc, req, amount))
     return out
 
@@ -439,16 +558,18 @@ def bench_x402(n: int) -> dict[str, Any]:
     rail = load_catalog().resolve("x402", RailOverrides(network=X402_NETWORK))
     adapter = adapter_for(rail)
     payloads = x402_payloads(n)
-    now = datetime.fromtimestamp(X402_NOW, timezone.utc)
+    now = datetime.fromtimestamp(X402_NOW, UTC)
     texts = [orjson.dumps(doc).decode() for doc, _, _ in payloads]
-    terms = [Terms(recipient=X402_PAY_TO, amount=amount, asset=BASE_USDC, now=now)
-             for _, _, amount in payloads]
+    terms = [
+        Terms(recipient=X402_PAY_TO, amount=amount, asset=BASE_USDC, now=now)
+        for _, _, amount in payloads
+    ]
     chain = _Offline()
-    for t, tm in zip(texts[:20], terms):
+    for t, tm in zip(texts[:20], terms, strict=False):
         run_verify(adapter, t, tm, chain)
     ours_ok = 0
     started = time.perf_counter()
-    for t, tm in zip(texts, terms):
+    for t, tm in zip(texts, terms, strict=False):
         ours_ok += run_verify(adapter, t, tm, chain).verdict.status is Status.verified
     ours_s = time.perf_counter() - started
 
@@ -461,11 +582,15 @@ def bench_x402(n: int) -> dict[str, Any]:
         for doc, req, _ in payloads:
             sdk_ok += oracle.sdk_verify(facilitator, doc, req).is_valid
         sdk_s = time.perf_counter() - started
-    return {"x402_verify_per_s": _rate(n, ours_s), "x402_sdk_verify_per_s": _rate(n, sdk_s),
-            "x402_valid": {"ours": ours_ok, "sdk": sdk_ok, "of": n}}
+    return {
+        "x402_verify_per_s": _rate(n, ours_s),
+        "x402_sdk_verify_per_s": _rate(n, sdk_s),
+        "x402_valid": {"ours": ours_ok, "sdk": sdk_ok, "of": n},
+    }
 
 
 # -- storage ------------------------------------------------------------------------------------
+
 
 def _prepare_database(url: str) -> None:
     """Create a PostgreSQL database named in the URL if it does not exist; then migrate."""
@@ -475,12 +600,15 @@ def _prepare_database(url: str) -> None:
     if u.get_backend_name() == "postgresql" and u.database:
         from sqlalchemy import create_engine
 
-        admin = create_engine(u.set(drivername="postgresql+psycopg", database="postgres"),
-                              isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            u.set(drivername="postgresql+psycopg", database="postgres"),
+            isolation_level="AUTOCOMMIT",
+        )
         try:
             with admin.connect() as conn:
-                exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                                     {"n": u.database})
+                exists = conn.scalar(
+                    text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": u.database}
+                )
                 if not exists:
                     conn.execute(text(f'CREATE DATABASE "{u.database}"'))
         finally:
@@ -495,8 +623,15 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
     active entitlement, paid session). Returns the number of proofs stored afterwards."""
     from verifier.services.audit import GENESIS, event_hash
     from verifier.storage.models import (
-        AuditEvent, Entitlement, PaymentSession, Proof, Receipt, SettlementEvidence,
-        TransferHold, VerificationAttempt, new_id,
+        AuditEvent,
+        Entitlement,
+        PaymentSession,
+        Proof,
+        Receipt,
+        SettlementEvidence,
+        TransferHold,
+        VerificationAttempt,
+        new_id,
     )
     from verifier.storage.repo import holds
 
@@ -512,9 +647,19 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
     rail = engine.rail(RAIL_ID)
     recipients = sorted({t.recipient for t in TEMPLATES})
     for start in range(0, missing, FILL_BATCH):
-        rows: dict[str, list[dict[str, Any]]] = {k: [] for k in (
-            "sessions", "entitlements", "proofs", "attempts", "evidence", "receipts", "holds",
-            "audit")}
+        rows: dict[str, list[dict[str, Any]]] = {
+            k: []
+            for k in (
+                "sessions",
+                "entitlements",
+                "proofs",
+                "attempts",
+                "evidence",
+                "receipts",
+                "holds",
+                "audit",
+            )
+        }
         for _ in range(min(FILL_BATCH, missing - start)):
             created = CLOCK - timedelta(seconds=rng.randint(3600, 90 * 86400))
             owner = f"owner-{rng.randint(1, 20_000)}"
@@ -526,76 +671,224 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
             status = "verified" if roll < 0.85 else ("failed" if roll < 0.95 else "pending")
             applied = status == "verified" and roll < 0.7
             at = created + timedelta(seconds=rng.randint(5, 600))
-            rows["sessions"].append(dict(
-                id=sid, owner_id=owner, rail_id=RAIL_ID, access_product_id="bench-product",
-                amount=amount, network=rail.network, asset=rail.asset, recipient=recipient,
-                reference=base58.b58encode(rng.randbytes(32)).decode(), memo=None,
-                status="paid" if applied else "open", created_at=created,
-                expires_at=created + timedelta(seconds=SESSION_TTL), paid_at=at if applied else None))
+            rows["sessions"].append(
+                dict(
+                    id=sid,
+                    owner_id=owner,
+                    rail_id=RAIL_ID,
+                    access_product_id="bench-product",
+                    amount=amount,
+                    network=rail.network,
+                    asset=rail.asset,
+                    recipient=recipient,
+                    reference=base58.b58encode(rng.randbytes(32)).decode(),
+                    memo=None,
+                    status="paid" if applied else "open",
+                    created_at=created,
+                    expires_at=created + timedelta(seconds=SESSION_TTL),
+                    paid_at=at if applied else None,
+                )
+            )
             fp = fingerprint("solana", rail.network, "solana_tx_signature", sig)
-            rows["proofs"].append(dict(
-                id=pid, fingerprint=fp, rail_id=RAIL_ID, proof_type="solana_tx_signature", ref=sig,
-                raw=sig, owner_id=owner, session_id=sid, status=status,
-                failure_code={"failed": "amount_mismatch", "pending": "tx_not_found"}.get(status),
-                detail=status, attempts=1, next_check_at=at + timedelta(seconds=5) if status == "pending" else None,
-                claimed_until=None, claimed_by=None, created_at=at, updated_at=at))
+            rows["proofs"].append(
+                dict(
+                    id=pid,
+                    fingerprint=fp,
+                    rail_id=RAIL_ID,
+                    proof_type="solana_tx_signature",
+                    ref=sig,
+                    raw=sig,
+                    owner_id=owner,
+                    session_id=sid,
+                    status=status,
+                    failure_code={"failed": "amount_mismatch", "pending": "tx_not_found"}.get(
+                        status
+                    ),
+                    detail=status,
+                    attempts=1,
+                    next_check_at=at + timedelta(seconds=5) if status == "pending" else None,
+                    claimed_until=None,
+                    claimed_by=None,
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
             aid = next_attempt
             next_attempt += 1
-            observed = {"amount": str(amount), "recipient": recipient, "sender": None, "asset": rail.asset,
-                        "decimals": 6, "slot": 435888000 + aid, "block_time": int(at.timestamp()) - 2,
-                        "reference_found": True, "memo": None}
-            rows["attempts"].append(dict(
-                id=aid, proof_id=pid, status=status,
-                failure_code=rows["proofs"][-1]["failure_code"], detail=status, observed=observed,
-                rpc_calls=2 if status == "verified" else 1, latency_ms=1, source="cassette",
-                worker=None, created_at=at))
-            events = [("service", "session.opened", "payment_session", sid,
-                       {"owner_id": owner, "rail_id": RAIL_ID, "amount": str(amount), "product": "bench-product"}),
-                      ("service", "proof.submitted", "proof", pid,
-                       {"session_id": sid, "rail_id": RAIL_ID, "fingerprint": fp})]
+            observed = {
+                "amount": str(amount),
+                "recipient": recipient,
+                "sender": None,
+                "asset": rail.asset,
+                "decimals": 6,
+                "slot": 435888000 + aid,
+                "block_time": int(at.timestamp()) - 2,
+                "reference_found": True,
+                "memo": None,
+            }
+            rows["attempts"].append(
+                dict(
+                    id=aid,
+                    proof_id=pid,
+                    status=status,
+                    failure_code=rows["proofs"][-1]["failure_code"],
+                    detail=status,
+                    observed=observed,
+                    rpc_calls=2 if status == "verified" else 1,
+                    latency_ms=1,
+                    source="cassette",
+                    worker=None,
+                    created_at=at,
+                )
+            )
+            events = [
+                (
+                    "service",
+                    "session.opened",
+                    "payment_session",
+                    sid,
+                    {
+                        "owner_id": owner,
+                        "rail_id": RAIL_ID,
+                        "amount": str(amount),
+                        "product": "bench-product",
+                    },
+                ),
+                (
+                    "service",
+                    "proof.submitted",
+                    "proof",
+                    pid,
+                    {"session_id": sid, "rail_id": RAIL_ID, "fingerprint": fp},
+                ),
+            ]
             if status != "pending":
-                events.append(("system", f"proof.{status}", "proof", pid,
-                               {"code": rows["proofs"][-1]["failure_code"], "attempt_id": aid}))
+                events.append(
+                    (
+                        "system",
+                        f"proof.{status}",
+                        "proof",
+                        pid,
+                        {"code": rows["proofs"][-1]["failure_code"], "attempt_id": aid},
+                    )
+                )
             receipt_id = None
             if status == "verified":
-                rows["holds"] += [dict(transfer_key=k, proof_id=pid, session_id=sid, owner_id=owner,
-                                       created_at=at)
-                                  for k in (holds.fingerprint_key(fp),
-                                            f"solana:{rail.network}:{sig}:{rail.asset}:{recipient}")]
+                rows["holds"] += [
+                    dict(
+                        transfer_key=k, proof_id=pid, session_id=sid, owner_id=owner, created_at=at
+                    )
+                    for k in (
+                        holds.fingerprint_key(fp),
+                        f"solana:{rail.network}:{sig}:{rail.asset}:{recipient}",
+                    )
+                ]
                 ev_id = next_evidence
                 next_evidence += 1
-                rows["evidence"].append(dict(
-                    id=ev_id, proof_id=pid, attempt_id=aid, finality="finalized", is_final=True,
-                    reorged=False, slot=435888000 + aid, block_number=None, block_hash=None,
-                    confirmations=None, detail="", source="cassette", observed_at=at))
+                rows["evidence"].append(
+                    dict(
+                        id=ev_id,
+                        proof_id=pid,
+                        attempt_id=aid,
+                        finality="finalized",
+                        is_final=True,
+                        reorged=False,
+                        slot=435888000 + aid,
+                        block_number=None,
+                        block_hash=None,
+                        confirmations=None,
+                        detail="",
+                        source="cassette",
+                        observed_at=at,
+                    )
+                )
                 if applied:
                     receipt_id = new_id()
-                    rows["receipts"].append(dict(
-                        id=receipt_id, proof_id=pid, session_id=sid, settlement_id=ev_id,
-                        owner_id=owner, access_product_id="bench-product", rail_id=RAIL_ID,
-                        amount=amount, created_by="auto", created_at=at))
-                    events += [("auto", "receipt.created", "receipt", receipt_id,
-                                {"proof_id": pid, "session_id": sid, "amount": str(amount)}),
-                               ("auto", "entitlement.activated", "entitlement", eid,
-                                {"receipt_id": receipt_id, "owner_id": owner, "product": "bench-product"}),
-                               ("auto", "proof.applied", "proof", pid, {"receipt_id": receipt_id, "via": "auto"})]
-            rows["entitlements"].append(dict(
-                id=eid, owner_id=owner, access_product_id="bench-product", session_id=sid,
-                status="active" if applied else "pending", receipt_id=receipt_id,
-                reorg_flagged=False, created_at=created, updated_at=at))
+                    rows["receipts"].append(
+                        dict(
+                            id=receipt_id,
+                            proof_id=pid,
+                            session_id=sid,
+                            settlement_id=ev_id,
+                            owner_id=owner,
+                            access_product_id="bench-product",
+                            rail_id=RAIL_ID,
+                            amount=amount,
+                            created_by="auto",
+                            created_at=at,
+                        )
+                    )
+                    events += [
+                        (
+                            "auto",
+                            "receipt.created",
+                            "receipt",
+                            receipt_id,
+                            {"proof_id": pid, "session_id": sid, "amount": str(amount)},
+                        ),
+                        (
+                            "auto",
+                            "entitlement.activated",
+                            "entitlement",
+                            eid,
+                            {
+                                "receipt_id": receipt_id,
+                                "owner_id": owner,
+                                "product": "bench-product",
+                            },
+                        ),
+                        (
+                            "auto",
+                            "proof.applied",
+                            "proof",
+                            pid,
+                            {"receipt_id": receipt_id, "via": "auto"},
+                        ),
+                    ]
+            rows["entitlements"].append(
+                dict(
+                    id=eid,
+                    owner_id=owner,
+                    access_product_id="bench-product",
+                    session_id=sid,
+                    status="active" if applied else "pending",
+                    receipt_id=receipt_id,
+                    reorg_flagged=False,
+                    created_at=created,
+                    updated_at=at,
+                )
+            )
             for actor, action, stype, subject, data in events:
-                h = event_hash(head, at, actor, action, stype, subject, data, None, None,
-                               engine.db.audit_key)
-                rows["audit"].append(dict(at=at, actor=actor, action=action, subject_type=stype,
-                                          subject_id=subject, data=data, incident_id=None,
-                                          reason=None, prev_hash=head, hash=h))
+                h = event_hash(
+                    head, at, actor, action, stype, subject, data, None, None, engine.db.audit_key
+                )
+                rows["audit"].append(
+                    dict(
+                        at=at,
+                        actor=actor,
+                        action=action,
+                        subject_type=stype,
+                        subject_id=subject,
+                        data=data,
+                        incident_id=None,
+                        reason=None,
+                        prev_hash=head,
+                        hash=h,
+                    )
+                )
                 head = h
         with db.engine.begin() as conn:
             # Parents before children (foreign keys); entitlements point at receipts.
-            for model, key in ((PaymentSession, "sessions"), (Proof, "proofs"),
-                               (VerificationAttempt, "attempts"), (SettlementEvidence, "evidence"),
-                               (Receipt, "receipts"), (Entitlement, "entitlements"),
-                               (TransferHold, "holds"), (AuditEvent, "audit")):
+            for model, key in (
+                (PaymentSession, "sessions"),
+                (Proof, "proofs"),
+                (VerificationAttempt, "attempts"),
+                (SettlementEvidence, "evidence"),
+                (Receipt, "receipts"),
+                (Entitlement, "entitlements"),
+                (TransferHold, "holds"),
+                (AuditEvent, "audit"),
+            ):
                 if rows[key]:
                     _bulk_insert(conn, model.__table__, rows[key])
     if db.postgres and missing:
@@ -603,8 +896,12 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
         # or the next row the service writes would take an id already used.
         with db.engine.begin() as conn:
             for table in ("verification_attempts", "settlement_evidence"):
-                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                                  f"(SELECT max(id) FROM {table}))"))
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT max(id) FROM {table}))"
+                    )
+                )
     with db.tx() as s:
         return s.scalar(select(func.count()).select_from(Proof)) or 0
 
@@ -617,15 +914,20 @@ def _bulk_insert(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
     # per row; chunks stay under the protocol's 65,535 bind parameters.
     per = max(1, 30_000 // len(rows[0]))
     for i in range(0, len(rows), per):
-        conn.execute(insert(table).values(rows[i:i + per]))
+        conn.execute(insert(table).values(rows[i : i + per]))
 
 
 # -- the whole run ----------------------------------------------------------------------------
 
-def run_bench(proofs: int = 2000, database_url: str | None = None,
-              stored: int | None = None,
-              hanging_node_samples: int = HANGING_SAMPLES,
-              discovery_sessions: int = 1000, reconcile_inflows: int = 10_000) -> dict[str, Any]:
+
+def run_bench(
+    proofs: int = 2000,
+    database_url: str | None = None,
+    stored: int | None = None,
+    hanging_node_samples: int = HANGING_SAMPLES,
+    discovery_sessions: int = 1000,
+    reconcile_inflows: int = 10_000,
+) -> dict[str, Any]:
     """Every figure of the benchmark contract (DESIGN.md, "Benchmark"), as one dict.
 
     `database_url`: None runs on a fresh, migrated SQLite file in a temporary directory
@@ -653,9 +955,14 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
         out: dict[str, Any] = {"proofs": proofs}
         out.update(bench_verify_offline(synthetic))
         _prepare_database(database_url)
-        settings = Settings(database_url=database_url, chain="cassette", clock=CLOCK,
-                            cassette_dir=Path(tmp or tempfile.gettempdir()) / "no-cassettes",
-                            session_ttl_seconds=SESSION_TTL, auto_apply=False)
+        settings = Settings(
+            database_url=database_url,
+            chain="cassette",
+            clock=CLOCK,
+            cassette_dir=Path(tmp or tempfile.gettempdir()) / "no-cassettes",
+            session_ttl_seconds=SESSION_TTL,
+            auto_apply=False,
+        )
         engine = Engine(settings)
         engine.ensure_rail_states()
         out["database"] = engine.db.engine.dialect.name
@@ -674,6 +981,7 @@ def run_bench(proofs: int = 2000, database_url: str | None = None,
         out.update(bench_x402(proofs))
         if discovery_sessions > 0:
             from verifier.tools.bench_discovery import discovery_figures
+
             out.update(discovery_figures(discovery_sessions, reconcile_inflows))
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return out

@@ -3,7 +3,7 @@ verification and one finality refresh make, through a recording transport."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rails import adapter_for
@@ -13,8 +13,15 @@ from rails.recording import RecordingTransport, live_transport_for
 from registry.catalog import CatalogError, RailOverrides, load_catalog
 
 
-def record_cassette(rail_id: str, network: str, urls: list[str], proofs: list[str],
-                    out: Path, recipient: str, amount: int = 1) -> int:
+def record_cassette(
+    rail_id: str,
+    network: str,
+    urls: list[str],
+    proofs: list[str],
+    out: Path,
+    recipient: str,
+    amount: int = 1,
+) -> int:
     cat = load_catalog()
     if rail_id not in cat.rails:
         raise ValueError(f"--rail: unknown rail {rail_id!r}")
@@ -29,8 +36,7 @@ def record_cassette(rail_id: str, network: str, urls: list[str], proofs: list[st
     except ProofMalformed as e:
         raise ValueError(f"--{e.field}: {e.message}") from e
     rec = RecordingTransport(live_transport_for(network, urls))
-    terms = Terms(recipient=recipient, amount=amount, at_least=True,
-                  now=datetime.now(timezone.utc))
+    terms = Terms(recipient=recipient, amount=amount, at_least=True, now=datetime.now(UTC))
     try:
         for p in proofs:
             adapter.verify(p, terms, rec)

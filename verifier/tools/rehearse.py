@@ -30,10 +30,11 @@ import hashlib
 import json
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
@@ -47,8 +48,10 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEMO_CASSETTE = Path("solana") / "generated" / "demo_payment.json"
 ROLLBACK_CASSETTE = Path("solana") / "generated" / "usdc_reference_memo.json"
 SERVICE_TOKEN = "rehearsal-service-" + uuid.uuid4().hex
-STAFF_TOKENS = {"rehearsal-staff-" + uuid.uuid4().hex: "rehearsal-operator",
-                "rehearsal-staff-" + uuid.uuid4().hex: "rehearsal-approver"}
+STAFF_TOKENS = {
+    "rehearsal-staff-" + uuid.uuid4().hex: "rehearsal-operator",
+    "rehearsal-staff-" + uuid.uuid4().hex: "rehearsal-approver",
+}
 OWNER = "rehearsal-owner"
 OPERATOR = {"incident_id": "REHEARSAL", "operator_reason": "pre-production rehearsal"}
 
@@ -79,8 +82,10 @@ def disposable_reason(url: str) -> str | None:
             return f"PostgreSQL on {u.host or 'a socket'}, not on 127.0.0.1/localhost"
         name = (u.database or "").lower()
         if not any(w in name for w in DISPOSABLE_WORDS):
-            return (f"PostgreSQL database {u.database!r} has none of "
-                    f"{', '.join(DISPOSABLE_WORDS)} in its name")
+            return (
+                f"PostgreSQL database {u.database!r} has none of "
+                f"{', '.join(DISPOSABLE_WORDS)} in its name"
+            )
         return None
     return f"a {backend} database"
 
@@ -88,8 +93,10 @@ def disposable_reason(url: str) -> str | None:
 def check_target(url: str, confirmed: bool) -> None:
     reason = disposable_reason(url)
     if reason is not None and not confirmed:
-        raise Refusal(f"{_safe(url)} looks production-like ({reason}); rehearse on a "
-                      "disposable database, or pass --i-understand-this-is-not-production")
+        raise Refusal(
+            f"{_safe(url)} looks production-like ({reason}); rehearse on a "
+            "disposable database, or pass --i-understand-this-is-not-production"
+        )
 
 
 def _safe(url: str) -> str:
@@ -123,8 +130,14 @@ class Rehearsal:
     def ok(self) -> bool:
         return bool(self.steps) and all(s.ok for s in self.steps)
 
-    def add(self, name: str, ok: bool, detail: str, resp: Any = None,
-            request: dict[str, Any] | None = None) -> bool:
+    def add(
+        self,
+        name: str,
+        ok: bool,
+        detail: str,
+        resp: Any = None,
+        request: dict[str, Any] | None = None,
+    ) -> bool:
         step = Step(name, bool(ok), detail, request)
         if resp is not None:
             step.status = resp.status_code
@@ -137,8 +150,9 @@ class Rehearsal:
         return step.ok
 
 
-def run_rehearsal(database_url: str, out: Path, confirmed: bool = False,
-                  echo: Callable[[str], None] = print) -> int:
+def run_rehearsal(
+    database_url: str, out: Path, confirmed: bool = False, echo: Callable[[str], None] = print
+) -> int:
     """Run the rehearsal; returns the exit code (0 all steps behaved, 1 not, 2 refused)."""
     try:
         check_target(database_url, confirmed)
@@ -147,7 +161,7 @@ def run_rehearsal(database_url: str, out: Path, confirmed: bool = False,
         echo(f"error: {e}")
         return 2
     reh = Rehearsal(database_url)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     cassettes = [REPO_FIXTURES / DEMO_CASSETTE, REPO_FIXTURES / ROLLBACK_CASSETTE]
     try:
         _run(reh, database_url, cassettes)
@@ -158,11 +172,16 @@ def run_rehearsal(database_url: str, out: Path, confirmed: bool = False,
         "database": _safe(database_url),
         "confirmed_not_production": confirmed,
         "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
         "ok": reh.ok,
-        "cassettes": [{"path": str(p.relative_to(REPO_FIXTURES)),
-                       "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                      for p in cassettes if p.is_file()],
+        "cassettes": [
+            {
+                "path": str(p.relative_to(REPO_FIXTURES)),
+                "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            }
+            for p in cassettes
+            if p.is_file()
+        ],
         "steps": [s.__dict__ for s in reh.steps],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +195,7 @@ def run_rehearsal(database_url: str, out: Path, confirmed: bool = False,
 def _refuse_non_empty(url: str) -> None:
     from verifier.storage.db import make_engine
     from verifier.storage.models import PaymentSession
+
     eng = make_engine(url)
     try:
         if not inspect(eng).has_table(PaymentSession.__tablename__):
@@ -187,16 +207,18 @@ def _refuse_non_empty(url: str) -> None:
     finally:
         eng.dispose()
     if n:
-        raise Refusal(f"{_safe(url)} already holds {n} payment sessions; a rehearsal runs "
-                      "on an empty disposable database only")
+        raise Refusal(
+            f"{_safe(url)} already holds {n} payment sessions; a rehearsal runs "
+            "on an empty disposable database only"
+        )
 
 
 def _run(reh: Rehearsal, url: str, cassettes: list[Path]) -> None:
     from fastapi.testclient import TestClient
 
-    from verifier.http.api import create_app
     from verifier.core.config import Settings
     from verifier.core.engine import Engine
+    from verifier.http.api import create_app
     from verifier.http.ratelimit import RateLimiter
     from verifier.storage.db import current_revision, head_revision, upgrade
 
@@ -204,11 +226,18 @@ def _run(reh: Rehearsal, url: str, cassettes: list[Path]) -> None:
     demo_doc = json.loads(cassettes[0].read_text())
     demo = demo_doc["demo"]
     second = json.loads(cassettes[1].read_text())
-    settings = Settings(database_url=url, chain="cassette", cassette_dir=REPO_FIXTURES,
-                        clock=datetime.fromisoformat(demo["clock"].replace("Z", "+00:00")),
-                        service_tokens={SERVICE_TOKEN: [OWNER]}, staff_tokens=STAFF_TOKENS,
-                        apply_rail_allowlist=["solana_usdc"], live_apply=False,
-                        auto_apply=False, env={})
+    settings = Settings(
+        database_url=url,
+        chain="cassette",
+        cassette_dir=REPO_FIXTURES,
+        clock=datetime.fromisoformat(demo["clock"].replace("Z", "+00:00")),
+        service_tokens={SERVICE_TOKEN: [OWNER]},
+        staff_tokens=STAFF_TOKENS,
+        apply_rail_allowlist=["solana_usdc"],
+        live_apply=False,
+        auto_apply=False,
+        env={},
+    )
     engine = Engine(settings)
     try:
         rev, head = current_revision(engine.db.engine), head_revision(url)
@@ -217,7 +246,8 @@ def _run(reh: Rehearsal, url: str, cassettes: list[Path]) -> None:
         engine.ensure_rail_states()
         # Exactly the recorded calls listed in the evidence answer for the network.
         engine.chains.set_transport(
-            "solana-mainnet", CassetteTransport.from_files(cassettes, "solana-mainnet"))
+            "solana-mainnet", CassetteTransport.from_files(cassettes, "solana-mainnet")
+        )
         app = create_app(engine)
         app.state.rate_limiter = RateLimiter(rate=0)
         with TestClient(app, raise_server_exceptions=False) as client:
@@ -226,13 +256,19 @@ def _run(reh: Rehearsal, url: str, cassettes: list[Path]) -> None:
         engine.db.dispose()
 
 
-def _steps(reh: Rehearsal, client: Any, engine: Any, demo: dict[str, Any],
-           second: dict[str, Any]) -> None:
+def _steps(
+    reh: Rehearsal, client: Any, engine: Any, demo: dict[str, Any], second: dict[str, Any]
+) -> None:
     svc = {"Authorization": "Bearer " + SERVICE_TOKEN}
     staff = {"Authorization": "Bearer " + next(iter(STAFF_TOKENS))}
 
-    def call(method: str, path: str, headers: dict[str, str], body: Any = None,
-             params: dict[str, str] | None = None):
+    def call(
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any = None,
+        params: dict[str, str] | None = None,
+    ):
         kw: dict[str, Any] = {"headers": headers}
         if body is not None:
             kw["json"] = body
@@ -241,22 +277,46 @@ def _steps(reh: Rehearsal, client: Any, engine: Any, demo: dict[str, Any],
         return client.request(method, path, **kw), {"method": method, "path": path}
 
     # 1. session, for the recorded demo payment
-    r, req = call("POST", "/v1/payment-sessions", {**svc, "Idempotency-Key": "rehearsal-s1"}, {
-        "owner_id": OWNER, "rail_id": "solana_usdc", "access_product_id": "rehearsal-pro",
-        "amount": demo["amount"], "recipient": demo["recipient"],
-        "reference": demo["reference"], "memo": demo["memo"]})
+    r, req = call(
+        "POST",
+        "/v1/payment-sessions",
+        {**svc, "Idempotency-Key": "rehearsal-s1"},
+        {
+            "owner_id": OWNER,
+            "rail_id": "solana_usdc",
+            "access_product_id": "rehearsal-pro",
+            "amount": demo["amount"],
+            "recipient": demo["recipient"],
+            "reference": demo["reference"],
+            "memo": demo["memo"],
+        },
+    )
     sess = r.json()
-    if not reh.add("session", r.status_code == 201 and sess.get("status") == "open",
-                   f"HTTP {r.status_code}, session {sess.get('id')}", r, req):
+    if not reh.add(
+        "session",
+        r.status_code == 201 and sess.get("status") == "open",
+        f"HTTP {r.status_code}, session {sess.get('id')}",
+        r,
+        req,
+    ):
         return
 
     # 2. proof: the payer's signature
-    r, req = call("POST", "/v1/proofs", {**svc, "Idempotency-Key": "rehearsal-p1"},
-                  {"session_id": sess["id"], "proof": demo["signature"]})
+    r, req = call(
+        "POST",
+        "/v1/proofs",
+        {**svc, "Idempotency-Key": "rehearsal-p1"},
+        {"session_id": sess["id"], "proof": demo["signature"]},
+    )
     proof = r.json()
-    if not reh.add("proof", r.status_code == 201 and proof.get("status") == "verified",
-                   f"HTTP {r.status_code}, status {proof.get('status')} "
-                   f"{proof.get('failure_code') or ''}".strip(), r, req):
+    if not reh.add(
+        "proof",
+        r.status_code == 201 and proof.get("status") == "verified",
+        f"HTTP {r.status_code}, status {proof.get('status')} "
+        f"{proof.get('failure_code') or ''}".strip(),
+        r,
+        req,
+    ):
         return
     pid = proof["id"]
 
@@ -265,51 +325,90 @@ def _steps(reh: Rehearsal, client: Any, engine: Any, demo: dict[str, Any],
     atts = r.json() if r.status_code == 200 else []
     last = atts[-1] if atts else {}
     obs = last.get("observed") or {}
-    reh.add("verify", last.get("status") == "verified" and last.get("source") == "cassette"
-            and str(obs.get("amount")) == str(demo["amount"])
-            and obs.get("recipient") == demo["recipient"],
-            f"{len(atts)} attempt(s); observed amount {obs.get('amount')} to "
-            f"{obs.get('recipient')}", r, req)
+    reh.add(
+        "verify",
+        last.get("status") == "verified"
+        and last.get("source") == "cassette"
+        and str(obs.get("amount")) == str(demo["amount"])
+        and obs.get("recipient") == demo["recipient"],
+        f"{len(atts)} attempt(s); observed amount {obs.get('amount')} to {obs.get('recipient')}",
+        r,
+        req,
+    )
 
     # 4. finality: finalized settlement evidence
     r, req = call("GET", f"/v1/admin/proofs/{pid}/settlement-evidence", staff)
     evs = r.json() if r.status_code == 200 else []
     ev = evs[-1] if evs else {}
-    reh.add("finality", ev.get("finality") == "finalized" and ev.get("is_final") is True
-            and not ev.get("reorged"), f"{ev.get('finality')} at slot {ev.get('slot')}", r, req)
+    reh.add(
+        "finality",
+        ev.get("finality") == "finalized" and ev.get("is_final") is True and not ev.get("reorged"),
+        f"{ev.get('finality')} at slot {ev.get('slot')}",
+        r,
+        req,
+    )
 
     # 5. dry-run: every check passes, nothing changes
     r, req = call("POST", f"/v1/admin/proofs/{pid}/dry-run-apply", staff, OPERATOR)
     rep = r.json()
     failed = [c["name"] for c in rep.get("checks", []) if not c["passed"]]
-    reh.add("dry_run", r.status_code == 200 and rep.get("would_apply") is True and not failed,
-            "would apply" if not failed else "blocked by " + ", ".join(failed), r, req)
+    reh.add(
+        "dry_run",
+        r.status_code == 200 and rep.get("would_apply") is True and not failed,
+        "would apply" if not failed else "blocked by " + ", ".join(failed),
+        r,
+        req,
+    )
 
     # 6. apply, then the entitlement is active; apply again changes nothing
     r, req = call("POST", f"/v1/admin/proofs/{pid}/apply", staff, {"confirm": True, **OPERATOR})
     applied = r.json()
-    if not reh.add("apply", r.status_code == 200 and applied.get("applied") is True
-                   and applied.get("already_applied") is False,
-                   f"receipt {applied.get('receipt_id')}, entitlement "
-                   f"{applied.get('entitlement_id')}", r, req):
+    if not reh.add(
+        "apply",
+        r.status_code == 200
+        and applied.get("applied") is True
+        and applied.get("already_applied") is False,
+        f"receipt {applied.get('receipt_id')}, entitlement {applied.get('entitlement_id')}",
+        r,
+        req,
+    ):
         return
     r, req = call("GET", "/v1/entitlements", svc, params={"owner_id": OWNER})
     ents = {e["id"]: e for e in (r.json() if r.status_code == 200 else [])}
     ent = ents.get(applied["entitlement_id"], {})
-    reh.add("entitlement_active", ent.get("status") == "active"
-            and ent.get("receipt_id") == applied["receipt_id"], f"status {ent.get('status')}",
-            r, req)
+    reh.add(
+        "entitlement_active",
+        ent.get("status") == "active" and ent.get("receipt_id") == applied["receipt_id"],
+        f"status {ent.get('status')}",
+        r,
+        req,
+    )
     r, req = call("POST", f"/v1/admin/proofs/{pid}/apply", staff, {"confirm": True, **OPERATOR})
     again = r.json()
-    reh.add("apply_idempotent", r.status_code == 200 and again.get("already_applied") is True
-            and again.get("receipt_id") == applied["receipt_id"], "second apply changed nothing",
-            r, req)
+    reh.add(
+        "apply_idempotent",
+        r.status_code == 200
+        and again.get("already_applied") is True
+        and again.get("receipt_id") == applied["receipt_id"],
+        "second apply changed nothing",
+        r,
+        req,
+    )
 
     # 7. revoke
-    r, req = call("POST", f"/v1/admin/entitlements/{applied['entitlement_id']}/revoke", staff,
-                  {"confirm": True, **OPERATOR})
-    reh.add("revoke", r.status_code == 200 and r.json().get("status") == "revoked",
-            f"HTTP {r.status_code}, status {r.json().get('status')}", r, req)
+    r, req = call(
+        "POST",
+        f"/v1/admin/entitlements/{applied['entitlement_id']}/revoke",
+        staff,
+        {"confirm": True, **OPERATOR},
+    )
+    reh.add(
+        "revoke",
+        r.status_code == 200 and r.json().get("status") == "revoked",
+        f"HTTP {r.status_code}, status {r.json().get('status')}",
+        r,
+        req,
+    )
 
     # 8. forced rollback: a second payment whose apply fails after the receipt insert
     _forced_rollback(reh, call, engine, svc, staff, second)
@@ -317,44 +416,79 @@ def _steps(reh: Rehearsal, client: Any, engine: Any, demo: dict[str, Any],
     # 9. the stored record holds together
     r, req = call("GET", "/v1/admin/audit/verify", staff)
     chain = r.json()
-    reh.add("audit_chain", r.status_code == 200 and chain.get("ok") is True,
-            f"{chain.get('events')} events, {chain.get('message')}", r, req)
+    reh.add(
+        "audit_chain",
+        r.status_code == 200 and chain.get("ok") is True,
+        f"{chain.get('events')} events, {chain.get('message')}",
+        r,
+        req,
+    )
     r, req = call("GET", "/v1/admin/assurance", staff)
     summary = r.json().get("summary", {})
-    reh.add("assurance", r.status_code == 200 and summary.get("status") == "ok",
-            f"{summary.get('status')} score {summary.get('score')}", r, req)
+    reh.add(
+        "assurance",
+        r.status_code == 200 and summary.get("status") == "ok",
+        f"{summary.get('status')} score {summary.get('score')}",
+        r,
+        req,
+    )
 
 
-def _forced_rollback(reh: Rehearsal, call: Callable, engine: Any, svc: dict[str, str],
-                     staff: dict[str, str], second: dict[str, Any]) -> None:
+def _forced_rollback(
+    reh: Rehearsal,
+    call: Callable,
+    engine: Any,
+    svc: dict[str, str],
+    staff: dict[str, str],
+    second: dict[str, Any],
+) -> None:
     from verifier.storage.models import (
         AuditEvent,
         Entitlement,
         PaymentSession,
         Receipt,
     )
+
     exp = second["expect"]
     sig = second["calls"][0]["params"][0]
-    r, req = call("POST", "/v1/payment-sessions", {**svc, "Idempotency-Key": "rehearsal-s2"}, {
-        "owner_id": OWNER, "rail_id": "solana_usdc", "access_product_id": "rehearsal-rollback",
-        "amount": exp["amount"], "recipient": exp["recipient"], "reference": exp["reference"],
-        "memo": exp["memo"]})
+    r, req = call(
+        "POST",
+        "/v1/payment-sessions",
+        {**svc, "Idempotency-Key": "rehearsal-s2"},
+        {
+            "owner_id": OWNER,
+            "rail_id": "solana_usdc",
+            "access_product_id": "rehearsal-rollback",
+            "amount": exp["amount"],
+            "recipient": exp["recipient"],
+            "reference": exp["reference"],
+            "memo": exp["memo"],
+        },
+    )
     sess = r.json()
     if not reh.add("rollback_session", r.status_code == 201, f"session {sess.get('id')}", r, req):
         return
-    r, req = call("POST", "/v1/proofs", {**svc, "Idempotency-Key": "rehearsal-p2"},
-                  {"session_id": sess["id"], "proof": sig})
+    r, req = call(
+        "POST",
+        "/v1/proofs",
+        {**svc, "Idempotency-Key": "rehearsal-p2"},
+        {"session_id": sess["id"], "proof": sig},
+    )
     proof = r.json()
-    if not reh.add("rollback_proof", r.status_code == 201 and proof.get("status") == "verified",
-                   f"status {proof.get('status')}", r, req):
+    if not reh.add(
+        "rollback_proof",
+        r.status_code == 201 and proof.get("status") == "verified",
+        f"status {proof.get('status')}",
+        r,
+        req,
+    ):
         return
     pid = proof["id"]
     with engine.db.tx() as s:
         audit_before = s.scalar(select(func.count()).select_from(AuditEvent))
     engine.fail_after_receipt_insert = True
     try:
-        r, req = call("POST", f"/v1/admin/proofs/{pid}/apply", staff,
-                      {"confirm": True, **OPERATOR})
+        r, req = call("POST", f"/v1/admin/proofs/{pid}/apply", staff, {"confirm": True, **OPERATOR})
     finally:
         engine.fail_after_receipt_insert = False
     with engine.db.tx() as s:
@@ -362,13 +496,31 @@ def _forced_rollback(reh: Rehearsal, call: Callable, engine: Any, svc: dict[str,
         ent = s.scalar(select(Entitlement).where(Entitlement.session_id == sess["id"]))
         ps = s.get(PaymentSession, sess["id"])
         audit_after = s.scalar(select(func.count()).select_from(AuditEvent))
-        state = {"receipt": receipt, "entitlement": ent.status if ent else None,
-                 "session": ps.status, "audit_rows_added": audit_after - audit_before}
+        state = {
+            "receipt": receipt,
+            "entitlement": ent.status if ent else None,
+            "session": ps.status,
+            "audit_rows_added": audit_after - audit_before,
+        }
     body_ok = r.status_code == 500 and "Traceback" not in r.text
-    reh.add("forced_rollback", body_ok and receipt is None and state["entitlement"] == "pending"
-            and state["session"] == "open" and state["audit_rows_added"] == 0,
-            "apply failed after the receipt insert and left " + json.dumps(state), r, req)
+    reh.add(
+        "forced_rollback",
+        body_ok
+        and receipt is None
+        and state["entitlement"] == "pending"
+        and state["session"] == "open"
+        and state["audit_rows_added"] == 0,
+        "apply failed after the receipt insert and left " + json.dumps(state),
+        r,
+        req,
+    )
     r, req = call("POST", f"/v1/admin/proofs/{pid}/apply", staff, {"confirm": True, **OPERATOR})
-    reh.add("apply_after_rollback", r.status_code == 200 and r.json().get("applied") is True
-            and r.json().get("already_applied") is False,
-            "the same apply succeeds once the fault is gone", r, req)
+    reh.add(
+        "apply_after_rollback",
+        r.status_code == 200
+        and r.json().get("applied") is True
+        and r.json().get("already_applied") is False,
+        "the same apply succeeds once the fault is gone",
+        r,
+        req,
+    )

@@ -20,7 +20,8 @@ import contextlib
 import importlib
 import types
 from collections import Counter
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from x402 import x402FacilitatorSync
 from x402.schemas import PaymentPayload, PaymentRequirements, SchemeNotFoundError, VerifyResponse
@@ -58,7 +59,9 @@ class StubSigner:
         if function_name == "transferWithAuthorization":
             auth_from, nonce = str(args[0]).lower(), "0x" + bytes(args[5]).hex()
             if (auth_from, nonce) in self.used:
-                raise RuntimeError("execution reverted: FiatTokenV2: authorization is used or canceled")
+                raise RuntimeError(
+                    "execution reverted: FiatTokenV2: authorization is used or canceled"
+                )
             return None
         # Anything else (the multicall diagnosis after a failed simulation) is not emulated.
         raise RuntimeError(f"stub signer: {function_name} is not emulated")
@@ -95,8 +98,14 @@ def make_facilitator(signer: StubSigner) -> x402FacilitatorSync:
 
 
 def requirements_doc(
-    version: int, network: str, asset: str, pay_to: str, amount: int,
-    name: str, eip712_version: str, timeout: int = 60,
+    version: int,
+    network: str,
+    asset: str,
+    pay_to: str,
+    amount: int,
+    name: str,
+    eip712_version: str,
+    timeout: int = 60,
 ) -> dict[str, Any]:
     """x402 PaymentRequirements JSON for one version (network in that version's naming)."""
     doc: dict[str, Any] = {
@@ -115,7 +124,9 @@ def requirements_doc(
 
 
 def sdk_verify(
-    facilitator: x402FacilitatorSync, payload: Mapping[str, Any], requirements: Mapping[str, Any],
+    facilitator: x402FacilitatorSync,
+    payload: Mapping[str, Any],
+    requirements: Mapping[str, Any],
 ) -> VerifyResponse:
     """The SDK's verdict on one payload document against one requirements document. A payload
     for a network no scheme is registered for is invalid, as the SDK's HTTP facilitator says."""
@@ -128,19 +139,21 @@ def sdk_verify(
     try:
         return facilitator.verify(p, r)
     except SchemeNotFoundError as e:
-        return VerifyResponse(is_valid=False, invalid_reason="unsupported_scheme",
-                              invalid_message=str(e))
+        return VerifyResponse(
+            is_valid=False, invalid_reason="unsupported_scheme", invalid_message=str(e)
+        )
 
 
 @contextlib.contextmanager
 def sdk_clock(now: int) -> Iterator[None]:
     """Pin the SDK facilitators' `time.time()` to `now` (unix seconds) while active."""
-    saved = [(m, m.time) for m in SDK_CLOCK_MODULES]
+    # getattr/setattr: the modules are imported by name, so their `time` is not declared.
+    saved = [(m, getattr(m, "time")) for m in SDK_CLOCK_MODULES]  # noqa: B009
     pinned = types.SimpleNamespace(time=lambda: float(now))
     try:
         for module, _ in saved:
-            module.time = pinned
+            setattr(module, "time", pinned)  # noqa: B010
         yield
     finally:
         for module, original in saved:
-            module.time = original
+            setattr(module, "time", original)  # noqa: B010

@@ -15,8 +15,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from datetime import timedelta
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -24,9 +23,10 @@ from rails.base import Settlement
 from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier.core import timeutil
-from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
+from verifier.core.timeutil import utc
+from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.services.proofs import (
     backoff,
     latest_settlement,
@@ -46,7 +46,6 @@ from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import proofs as proof_repo
 from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
-from verifier.core.timeutil import utc
 
 log = logging.getLogger("railproof.worker")
 SYSTEM = audit.Operator("worker")
@@ -136,11 +135,18 @@ def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, sourc
             return
         prev = latest_settlement(s, p.id)
         changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
-            st.finality, st.is_final and not st.reorged, st.reorged)
+            st.finality,
+            st.is_final and not st.reorged,
+            st.reorged,
+        )
         # A transfer mined again in another block after a reorg can look final again; the
         # block it was verified in is gone, so it must be verified afresh.
-        moved = (prev is not None and prev.block_hash and st.block_hash
-                 and prev.block_hash.lower() != st.block_hash.lower())
+        moved = (
+            prev is not None
+            and prev.block_hash
+            and st.block_hash
+            and prev.block_hash.lower() != st.block_hash.lower()
+        )
         if changed or moved:
             record_settlement(engine, s, p, att.id, st, source)
         if st.reorged or moved:
@@ -152,14 +158,27 @@ def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, sourc
         else:
             p.next_check_at = now + backoff(min(p.attempts + 1, 6))
         if changed:
-            audit.append(s, now, SYSTEM, "settlement." + ("reorged" if st.reorged else
-                         "finalized" if st.is_final else "observed"), "proof", p.id,
-                         {"finality": st.finality})
+            audit.append(
+                s,
+                now,
+                SYSTEM,
+                "settlement."
+                + ("reorged" if st.reorged else "finalized" if st.is_final else "observed"),
+                "proof",
+                p.id,
+                {"finality": st.finality},
+            )
         kind = "reorged" if st.reorged or moved else "finalized" if st.is_final else None
         if kind and (changed or moved):
-            events.emit(s, now, f"settlement.{kind}", p.owner_id, "proof", p.id,
-                        proof_view(p, latest_settlement(s, p.id),
-                                   receipt_repo.id_for_proof(s, p.id)))
+            events.emit(
+                s,
+                now,
+                f"settlement.{kind}",
+                p.owner_id,
+                "proof",
+                p.id,
+                proof_view(p, latest_settlement(s, p.id), receipt_repo.id_for_proof(s, p.id)),
+            )
 
 
 def _reorg_watch(engine: Engine, s: Session, p: Proof, now: datetime) -> datetime | None:
@@ -173,17 +192,30 @@ def _reorg_watch(engine: Engine, s: Session, p: Proof, now: datetime) -> datetim
     return now + gate.REORG_RECHECK
 
 
-def _reopen_after_reorg(engine: Engine, s: Session, p: Proof, st: Settlement, source: str,
-                        now: datetime) -> None:
+def _reopen_after_reorg(
+    engine: Engine, s: Session, p: Proof, st: Settlement, source: str, now: datetime
+) -> None:
     """The verified transfer left the canonical chain: the proof goes back to pending
     (`reorged`) through an attempt of its own, and is verified again at once — re-included
     transfers verify again, vanished ones end tx_not_found once the session is over."""
-    attempt_repo.add(s, VerificationAttempt(proof_id=p.id, status=ProofStatus.pending,
-                              failure_code=FailureCode.reorged.value,
-                              detail=f"settlement reorged: {st.detail or st.finality}",
-                              observed={"block_number": st.block_number,
-                                        "block_hash": st.block_hash, "finality": st.finality},
-                              rpc_calls=0, latency_ms=0, source=source, created_at=now))
+    attempt_repo.add(
+        s,
+        VerificationAttempt(
+            proof_id=p.id,
+            status=ProofStatus.pending,
+            failure_code=FailureCode.reorged.value,
+            detail=f"settlement reorged: {st.detail or st.finality}",
+            observed={
+                "block_number": st.block_number,
+                "block_hash": st.block_hash,
+                "finality": st.finality,
+            },
+            rpc_calls=0,
+            latency_ms=0,
+            source=source,
+            created_at=now,
+        ),
+    )
     p.status, p.failure_code = ProofStatus.pending, FailureCode.reorged.value
     p.detail = "settlement reorged; re-verifying"
     p.updated_at, p.next_check_at = now, now
@@ -197,8 +229,15 @@ def _flag_reorg(engine: Engine, s: Session, p: Proof) -> None:
     ent = entitlement_repo.for_receipt(s, r.id)
     if ent is not None and ent.status == EntitlementStatus.active and not ent.reorg_flagged:
         ent.reorg_flagged = True
-        audit.append(s, engine.now(), SYSTEM, "entitlement.reorg_flagged", "entitlement",
-                     ent.id, {"proof_id": p.id})
+        audit.append(
+            s,
+            engine.now(),
+            SYSTEM,
+            "entitlement.reorg_flagged",
+            "entitlement",
+            ent.id,
+            {"proof_id": p.id},
+        )
 
 
 def auto_apply(engine: Engine, batch: int) -> int:
@@ -222,8 +261,10 @@ def auto_apply(engine: Engine, batch: int) -> int:
 
 def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
     discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
-    out = {"reverified": reverify_pending(engine, name, batch),
-           "finality_refreshed": refresh_finality(engine, name, batch)}
+    out = {
+        "reverified": reverify_pending(engine, name, batch),
+        "finality_refreshed": refresh_finality(engine, name, batch),
+    }
     if engine.settings.auto_apply:
         out["applied"] = auto_apply(engine, batch)
     if discovered:
@@ -234,8 +275,13 @@ def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
     return out
 
 
-def run_worker(engine: Engine, once: bool = False, interval: float = 2.0, batch: int = 100,
-               name: str | None = None) -> None:
+def run_worker(
+    engine: Engine,
+    once: bool = False,
+    interval: float = 2.0,
+    batch: int = 100,
+    name: str | None = None,
+) -> None:
     name = name or f"{socket.gethostname()}:{os.getpid()}"
     while True:
         done = sweep(engine, name, batch)

@@ -67,13 +67,24 @@ class ConsoleSession:
     expires_at: int
 
     def doc(self) -> dict[str, Any]:
-        return {"v": 1, "sid": self.sid, "sub": self.staff, "th": self.token_hash,
-                "auth": self.auth_at, "exp": self.expires_at}
+        return {
+            "v": 1,
+            "sid": self.sid,
+            "sub": self.staff,
+            "th": self.token_hash,
+            "auth": self.auth_at,
+            "exp": self.expires_at,
+        }
 
 
 class Signer:
-    def __init__(self, key: bytes, clock: Callable[[], float] = time.time,
-                 ttl_s: int = SESSION_TTL_S, max_s: int = SESSION_MAX_S):
+    def __init__(
+        self,
+        key: bytes,
+        clock: Callable[[], float] = time.time,
+        ttl_s: int = SESSION_TTL_S,
+        max_s: int = SESSION_MAX_S,
+    ):
         self.key = key
         self.clock = clock
         self.ttl_s = ttl_s
@@ -85,8 +96,13 @@ class Signer:
     # -- sessions -----------------------------------------------------------------------
     def new_session(self, staff: str, token: str) -> ConsoleSession:
         now = int(self.clock())
-        return ConsoleSession("cs_" + secrets.token_hex(16), staff, token_hash(token), now,
-                              min(now + self.ttl_s, now + self.max_s))
+        return ConsoleSession(
+            "cs_" + secrets.token_hex(16),
+            staff,
+            token_hash(token),
+            now,
+            min(now + self.ttl_s, now + self.max_s),
+        )
 
     def renewed(self, cs: ConsoleSession) -> ConsoleSession | None:
         """A later expiry for a session past half its idle lifetime (None: keep the cookie)."""
@@ -111,8 +127,9 @@ class Signer:
             return None
         try:
             doc = json.loads(_unb64(body))
-            cs = ConsoleSession(str(doc["sid"]), str(doc["sub"]), str(doc["th"]),
-                                int(doc["auth"]), int(doc["exp"]))
+            cs = ConsoleSession(
+                str(doc["sid"]), str(doc["sub"]), str(doc["th"]), int(doc["auth"]), int(doc["exp"])
+            )
         except (ValueError, KeyError, TypeError):
             return None
         now = self.clock()

@@ -52,7 +52,7 @@ PAGE_SIZE = 25  # proofs per page of the list
 SECURITY_HEADERS = {
     # Everything the pages use is served from here: no inline script, no CDN.
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -65,10 +65,14 @@ DONE = {
     "resumed": "Rail resumed.",
     "approved": "Approved: the change is in effect.",
 }
-NAV = [("health", "Health", "/console"), ("rails", "Rails", "/console/rails"),
-       ("proofs", "Proofs", "/console/proofs"), ("approvals", "Approvals", "/console/approvals"),
-       ("reconciliation", "Reconciliation", "/console/reconciliation"),
-       ("assurance", "Assurance", "/console/assurance")]
+NAV = [
+    ("health", "Health", "/console"),
+    ("rails", "Rails", "/console/rails"),
+    ("proofs", "Proofs", "/console/proofs"),
+    ("approvals", "Approvals", "/console/approvals"),
+    ("reconciliation", "Reconciliation", "/console/reconciliation"),
+    ("assurance", "Assurance", "/console/assurance"),
+]
 
 
 class _Refusal(Exception):
@@ -77,8 +81,11 @@ class _Refusal(Exception):
 
 
 def _templates() -> Jinja2Templates:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     return Jinja2Templates(env=env)
 
 
@@ -89,16 +96,24 @@ def _reconciliation_module() -> Any:
         return None
 
 
-def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
-                   secure_cookies: bool | None = None, session_ttl_s: int | None = None,
-                   key: bytes | None = None) -> APIRouter:
+def console_router(
+    engine: Engine,
+    *,
+    clock: Callable[[], float] = time.time,
+    secure_cookies: bool | None = None,
+    session_ttl_s: int | None = None,
+    key: bytes | None = None,
+) -> APIRouter:
     """The console's routes, for the app: `app.include_router(console_router(engine))`.
 
     `secure_cookies`: None marks cookies Secure when the request came over https; True always
     (behind a TLS-terminating proxy), False never. `clock`: wall-clock seconds (tests)."""
     settings = engine.settings
-    signer = Signer(key or derive_key(settings.audit_key_bytes(), dict(settings.staff_tokens)),
-                    clock, **({"ttl_s": session_ttl_s} if session_ttl_s else {}))
+    signer = Signer(
+        key or derive_key(settings.audit_key_bytes(), dict(settings.staff_tokens)),
+        clock,
+        **({"ttl_s": session_ttl_s} if session_ttl_s else {}),
+    )
     templates = _templates()
     css = (HERE / "static" / "console.css").read_bytes()
     router = APIRouter(prefix="/console", include_in_schema=False)
@@ -108,9 +123,15 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         return request.url.scheme == "https" if secure_cookies is None else secure_cookies
 
     def set_session(resp: Response, request: Request, cs: ConsoleSession) -> None:
-        resp.set_cookie(SESSION_COOKIE, signer.dump(cs),
-                        max_age=max(0, cs.expires_at - int(clock())),
-                        path=COOKIE_PATH, httponly=True, samesite="strict", secure=secure(request))
+        resp.set_cookie(
+            SESSION_COOKIE,
+            signer.dump(cs),
+            max_age=max(0, cs.expires_at - int(clock())),
+            path=COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=secure(request),
+        )
 
     def headers(resp: Response) -> Response:
         for k, v in SECURITY_HEADERS.items():
@@ -133,13 +154,19 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         resp.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
         return headers(resp)
 
-    def render(request: Request, cs: ConsoleSession | None, name: str, status: int = 200,
-               **ctx: Any) -> Response:
+    def render(
+        request: Request, cs: ConsoleSession | None, name: str, status: int = 200, **ctx: Any
+    ) -> Response:
         done = request.query_params.get("done")
         ctx.setdefault("error", None)
-        base = {"staff": cs.staff if cs else None, "csrf": signer.csrf_token(cs) if cs else "",
-                "nav": NAV, "active": ctx.pop("active", ""), "done": DONE.get(done or ""),
-                "expires_at": cs.expires_at if cs else None}
+        base = {
+            "staff": cs.staff if cs else None,
+            "csrf": signer.csrf_token(cs) if cs else "",
+            "nav": NAV,
+            "active": ctx.pop("active", ""),
+            "done": DONE.get(done or ""),
+            "expires_at": cs.expires_at if cs else None,
+        }
         resp = templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
         if cs is not None:
             renewed = signer.renewed(cs)
@@ -183,8 +210,13 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         except _Refusal as r:
             return refused(request, cs, r.status, r.message)
         if not same_origin(request) or not signer.csrf_ok(cs, form.get("csrf_token")):
-            return refused(request, cs, 403, "CSRF check failed: reload the page and submit the "
-                                             "form again. Nothing was changed.")
+            return refused(
+                request,
+                cs,
+                403,
+                "CSRF check failed: reload the page and submit the "
+                "form again. Nothing was changed.",
+            )
         return cs, form
 
     def refused(request: Request, cs: ConsoleSession | None, status: int, message: str) -> Response:
@@ -210,19 +242,36 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
     # -- static -----------------------------------------------------------------------------
     @router.get("/static/console.css")
     def stylesheet() -> Response:
-        return Response(css, media_type="text/css",
-                        headers={"Cache-Control": "max-age=300",
-                                 "X-Content-Type-Options": "nosniff"})
+        return Response(
+            css,
+            media_type="text/css",
+            headers={"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
 
     # -- login / logout ----------------------------------------------------------------------
-    def login_page(request: Request, status: int = 200, error: str | None = None,
-                   nxt: str | None = None) -> Response:
+    def login_page(
+        request: Request, status: int = 200, error: str | None = None, nxt: str | None = None
+    ) -> Response:
         nonce = signer.login_nonce()
         nxt = nxt or request.query_params.get("next", "/console")
-        resp = render(request, None, "login.html", status=status, error=error,
-                      login_csrf=signer.login_csrf(nonce), next=_safe_next(nxt))
-        resp.set_cookie(LOGIN_COOKIE, nonce, max_age=LOGIN_TTL_S, path=COOKIE_PATH,
-                        httponly=True, samesite="strict", secure=secure(request))
+        resp = render(
+            request,
+            None,
+            "login.html",
+            status=status,
+            error=error,
+            login_csrf=signer.login_csrf(nonce),
+            next=_safe_next(nxt),
+        )
+        resp.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            max_age=LOGIN_TTL_S,
+            path=COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=secure(request),
+        )
         return resp
 
     @router.get("/login")
@@ -237,9 +286,14 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
             return login_page(request, r.status, r.message)
         nxt = form.get("next")
         if not same_origin(request) or not signer.login_csrf_ok(
-                request.cookies.get(LOGIN_COOKIE), form.get("csrf_token")):
-            return login_page(request, 403, "The login form expired or did not come from this "
-                                            "console: try again.", nxt)
+            request.cookies.get(LOGIN_COOKIE), form.get("csrf_token")
+        ):
+            return login_page(
+                request,
+                403,
+                "The login form expired or did not come from this console: try again.",
+                nxt,
+            )
         token = form.get("token", "")
         staff = settings.staff_name(token) if token else None
         if staff is None:
@@ -249,13 +303,22 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
 
         def record() -> None:
             with engine.db.tx() as s:
-                audit.append(s, engine.now(), audit.Operator(staff), "console.login",
-                             "console_session", cs.sid, {})
+                audit.append(
+                    s,
+                    engine.now(),
+                    audit.Operator(staff),
+                    "console.login",
+                    "console_session",
+                    cs.sid,
+                    {},
+                )
+
         await run_in_threadpool(record)
         resp = RedirectResponse(_safe_next(form.get("next", "/console")), status_code=303)
         set_session(resp, request, cs)
-        resp.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict",
-                           secure=secure(request))
+        resp.delete_cookie(
+            LOGIN_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=secure(request)
+        )
         return headers(resp)
 
     @router.post("/logout")
@@ -267,12 +330,25 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
 
         def record() -> None:
             with engine.db.tx() as s:
-                audit.append(s, engine.now(), audit.Operator(cs.staff), "console.logout",
-                             "console_session", cs.sid, {})
+                audit.append(
+                    s,
+                    engine.now(),
+                    audit.Operator(cs.staff),
+                    "console.logout",
+                    "console_session",
+                    cs.sid,
+                    {},
+                )
+
         await run_in_threadpool(record)
         resp = RedirectResponse("/console/login", status_code=303)
-        resp.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict",
-                           secure=secure(request))
+        resp.delete_cookie(
+            SESSION_COOKIE,
+            path=COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=secure(request),
+        )
         return headers(resp)
 
     # -- health ------------------------------------------------------------------------------
@@ -284,12 +360,16 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
             return to_login(request)
         h = queries.health(engine)
         figs = [
-            charts.stacked_bars("Proofs per hour by status (last 24 h, UTC)", h["hour_labels"],
-                                h["per_hour"]),
+            charts.stacked_bars(
+                "Proofs per hour by status (last 24 h, UTC)", h["hour_labels"], h["per_hour"]
+            ),
             charts.hbars("Failures by code (last 7 days)", h["failures"], series="failed"),
             charts.hbars("Pending proofs by age", h["pending_age"], series="pending"),
-            charts.stacked_bars("Webhook dead letters per day (last 14 days)", h["day_labels"],
-                                {"dead_letter": h["dead_letters"]}),
+            charts.stacked_bars(
+                "Webhook dead letters per day (last 14 days)",
+                h["day_labels"],
+                {"dead_letter": h["dead_letters"]},
+            ),
         ]
         return render(request, cs, "health.html", active="health", h=h, charts=figs)
 
@@ -300,8 +380,9 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         if cs is None:
             return to_login(request)
         ready = {r["rail_id"]: r for r in rails_admin.rail_readiness(engine)}
-        rails = [{**r, "readiness": ready.get(r["rail_id"], {})}
-                 for r in rails_admin.list_rails(engine)]
+        rails = [
+            {**r, "readiness": ready.get(r["rail_id"], {})} for r in rails_admin.list_rails(engine)
+        ]
         history = queries.recent_audit(engine, ("rail.paused", "rail.resumed"), 10)
         return render(request, cs, "rails.html", active="rails", rails=rails, history=history)
 
@@ -318,8 +399,7 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         except EngineError as e:
             return refused(request, cs, e.status, e.message)
         done = "paused" if paused else "resumed"
-        return headers(RedirectResponse("/console/rails?done=" + done,
-                                        status_code=303))
+        return headers(RedirectResponse("/console/rails?done=" + done, status_code=303))
 
     @router.post("/rails/{rail_id}/pause")
     async def pause(request: Request, rail_id: str) -> Response:
@@ -341,22 +421,45 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
             status = None
         page = qp.get("page", "1")
         f = queries.ProofFilter(
-            status=status, rail_id=(qp.get("rail_id") or None),
-            failure_code=(qp.get("failure_code") or None), owner_id=(qp.get("owner_id") or None),
+            status=status,
+            rail_id=(qp.get("rail_id") or None),
+            failure_code=(qp.get("failure_code") or None),
+            owner_id=(qp.get("owner_id") or None),
             older_than=(qp.get("older_than") if qp.get("older_than") in queries.AGES else None),
             q=(qp.get("q") or "")[:200] or None,
-            page=int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1)
+            page=int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1,
+        )
         rows, more = queries.list_proofs(engine, f, PAGE_SIZE)
-        args = {k: v for k, v in (("status", f.status), ("rail_id", f.rail_id),
-                                  ("failure_code", f.failure_code), ("owner_id", f.owner_id),
-                                  ("older_than", f.older_than), ("q", f.q)) if v}
-        prev_url = ("/console/proofs?" + urlencode({**args, "page": f.page - 1})
-                    if f.page > 1 else None)
+        args = {
+            k: v
+            for k, v in (
+                ("status", f.status),
+                ("rail_id", f.rail_id),
+                ("failure_code", f.failure_code),
+                ("owner_id", f.owner_id),
+                ("older_than", f.older_than),
+                ("q", f.q),
+            )
+            if v
+        }
+        prev_url = (
+            "/console/proofs?" + urlencode({**args, "page": f.page - 1}) if f.page > 1 else None
+        )
         next_url = "/console/proofs?" + urlencode({**args, "page": f.page + 1}) if more else None
-        return render(request, cs, "proofs.html", active="proofs", rows=rows, f=f,
-                      statuses=queries.PROOF_STATUSES, rails=sorted(engine.catalog.rails),
-                      codes=queries.failure_codes(engine), ages=list(queries.AGES),
-                      prev_url=prev_url, next_url=next_url)
+        return render(
+            request,
+            cs,
+            "proofs.html",
+            active="proofs",
+            rows=rows,
+            f=f,
+            statuses=queries.PROOF_STATUSES,
+            rails=sorted(engine.catalog.rails),
+            codes=queries.failure_codes(engine),
+            ages=list(queries.AGES),
+            prev_url=prev_url,
+            next_url=next_url,
+        )
 
     def proof_context(proof_id: str) -> dict[str, Any]:
         p = proofs.get_proof(engine, proof_id, None)
@@ -368,20 +471,37 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         sess.pop("payment_requirements", None)
         receipt, ent = queries.receipt_and_entitlement(engine, proof_id, p["session_id"])
         subjects = [proof_id, p["session_id"]] + [x["id"] for x in (receipt, ent) if x]
-        return {"p": p, "attempts": attempts, "evidence": evidence, "session": sess,
-                "receipt": receipt, "entitlement": ent,
-                "trail": queries.audit_trail(engine, subjects),
-                "stage": engine.catalog.rails[p["rail_id"]].stage.value
-                if p["rail_id"] in engine.catalog.rails else "unknown"}
+        return {
+            "p": p,
+            "attempts": attempts,
+            "evidence": evidence,
+            "session": sess,
+            "receipt": receipt,
+            "entitlement": ent,
+            "trail": queries.audit_trail(engine, subjects),
+            "stage": engine.catalog.rails[p["rail_id"]].stage.value
+            if p["rail_id"] in engine.catalog.rails
+            else "unknown",
+        }
 
-    def proof_page(request: Request, cs: ConsoleSession, proof_id: str, status: int = 200,
-                   **extra: Any) -> Response:
+    def proof_page(
+        request: Request, cs: ConsoleSession, proof_id: str, status: int = 200, **extra: Any
+    ) -> Response:
         try:
             ctx = proof_context(proof_id)
         except EngineError as e:
             return refused(request, cs, e.status, e.message)
-        return render(request, cs, "proof.html", status=status, active="proofs",
-                      report=extra.pop("report", None), form=extra.pop("form", {}), **ctx, **extra)
+        return render(
+            request,
+            cs,
+            "proof.html",
+            status=status,
+            active="proofs",
+            report=extra.pop("report", None),
+            form=extra.pop("form", {}),
+            **ctx,
+            **extra,
+        )
 
     @router.get("/proofs/{proof_id}")
     def proof_detail(request: Request, proof_id: str) -> Response:
@@ -404,9 +524,14 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
             return refused(request, cs, r.status, r.message)
         except EngineError as e:
             return refused(request, cs, e.status, e.message)
-        page = partial(proof_page, request, cs, proof_id, report={**report, "path": via.value},
-                       form={"incident_id": op.incident_id or "",
-                             "operator_reason": op.reason or ""})
+        page = partial(
+            proof_page,
+            request,
+            cs,
+            proof_id,
+            report={**report, "path": via.value},
+            form={"incident_id": op.incident_id or "", "operator_reason": op.reason or ""},
+        )
         return await run_in_threadpool(page)
 
     async def apply_action(request: Request, proof_id: str, via: gate.Via) -> Response:
@@ -414,20 +539,28 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         if isinstance(got, Response):
             return got
         cs, form = got
-        keep = {"incident_id": form.get("incident_id", ""),
-                "operator_reason": form.get("operator_reason", "")}
+        keep = {
+            "incident_id": form.get("incident_id", ""),
+            "operator_reason": form.get("operator_reason", ""),
+        }
         try:
             op = operator(cs, form, required=True)
             result = await run_in_threadpool(gate.apply, engine, proof_id, op, via)
         except (_Refusal, EngineError) as err:
             report = err.extra.get("report") if isinstance(err, EngineError) else None
-            page = partial(proof_page, request, cs, proof_id, status=err.status,
-                           error=err.message, form=keep,
-                           report={**report, "path": via.value} if report else None)
+            page = partial(
+                proof_page,
+                request,
+                cs,
+                proof_id,
+                status=err.status,
+                error=err.message,
+                form=keep,
+                report={**report, "path": via.value} if report else None,
+            )
             return await run_in_threadpool(page)
         done = "already_applied" if result.get("already_applied") else "applied"
-        return headers(RedirectResponse(f"/console/proofs/{proof_id}?done={done}",
-                                        status_code=303))
+        return headers(RedirectResponse(f"/console/proofs/{proof_id}?done={done}", status_code=303))
 
     @router.post("/proofs/{proof_id}/apply")
     async def apply(request: Request, proof_id: str) -> Response:
@@ -447,9 +580,14 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         now = engine.now()
         for a in rows:
             a["age"] = queries.age_text(now, a["created_at"])
-        return render(request, cs, "approvals.html", active="approvals",
-                      pending=[a for a in rows if a["status"] == "pending"],
-                      decided=[a for a in rows if a["status"] != "pending"][:50])
+        return render(
+            request,
+            cs,
+            "approvals.html",
+            active="approvals",
+            pending=[a for a in rows if a["status"] == "pending"],
+            decided=[a for a in rows if a["status"] != "pending"][:50],
+        )
 
     @router.post("/approvals/{approval_id}/approve")
     async def approve(request: Request, approval_id: str) -> Response:
@@ -467,17 +605,38 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         return headers(RedirectResponse("/console/approvals?done=approved", status_code=303))
 
     # -- reconciliation and assurance --------------------------------------------------------
-    def reconciliation_page(request: Request, cs: ConsoleSession, status: int = 200,
-                            run: dict[str, Any] | None = None, **extra: Any) -> Response:
+    def reconciliation_page(
+        request: Request,
+        cs: ConsoleSession,
+        status: int = 200,
+        run: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> Response:
         rec = _reconciliation_module()
         runs = rec.list_runs(engine, None, 50) if rec is not None else None
         if run is not None:
-            run = {**run, "findings": [{**f, "subjects": queries.redact(f.get("subjects") or {})}
-                                       for f in run.get("findings", [])]}
-        return render(request, cs, "reconciliation.html", status=status,
-                      active="reconciliation", available=rec is not None, runs=runs, run=run,
-                      scopes=["rail_proofs", "chain_inflows"], rails=sorted(engine.catalog.rails),
-                      report=assurance_report(engine), form=extra.pop("form", {}), **extra)
+            run = {
+                **run,
+                "findings": [
+                    {**f, "subjects": queries.redact(f.get("subjects") or {})}
+                    for f in run.get("findings", [])
+                ],
+            }
+        return render(
+            request,
+            cs,
+            "reconciliation.html",
+            status=status,
+            active="reconciliation",
+            available=rec is not None,
+            runs=runs,
+            run=run,
+            scopes=["rail_proofs", "chain_inflows"],
+            rails=sorted(engine.catalog.rails),
+            report=assurance_report(engine),
+            form=extra.pop("form", {}),
+            **extra,
+        )
 
     @router.get("/reconciliation")
     def reconciliation(request: Request) -> Response:
@@ -515,26 +674,37 @@ def console_router(engine: Engine, *, clock: Callable[[], float] = time.time,
         try:
             op = operator(cs, form, required=False)
             if not op.incident_id or not op.reason:
-                raise _Refusal(422, "Nothing was done: give the incident id and a reason "
-                                    "(every run, dry runs too, is on the record).")
-            req = rec.RunRequest(scope=form.get("scope", ""), incident_id=op.incident_id,
-                                 operator_reason=op.reason, rail_id=form.get("rail_id") or None,
-                                 apply=False, confirm=False)
+                raise _Refusal(
+                    422,
+                    "Nothing was done: give the incident id and a reason "
+                    "(every run, dry runs too, is on the record).",
+                )
+            req = rec.RunRequest(
+                scope=form.get("scope", ""),
+                incident_id=op.incident_id,
+                operator_reason=op.reason,
+                rail_id=form.get("rail_id") or None,
+                apply=False,
+                confirm=False,
+            )
             run = await run_in_threadpool(rec.run, engine, req, cs.staff)
         except (_Refusal, EngineError) as err:
-            page = partial(reconciliation_page, request, cs, err.status, error=err.message,
-                           form=keep)
+            page = partial(
+                reconciliation_page, request, cs, err.status, error=err.message, form=keep
+            )
             return await run_in_threadpool(page)
-        return headers(RedirectResponse(f"/console/reconciliation/runs/{run['id']}",
-                                        status_code=303))
+        return headers(
+            RedirectResponse(f"/console/reconciliation/runs/{run['id']}", status_code=303)
+        )
 
     @router.get("/assurance")
     def assurance_page(request: Request) -> Response:
         cs = current(request)
         if cs is None:
             return to_login(request)
-        return render(request, cs, "assurance.html", active="assurance",
-                      report=assurance_report(engine))
+        return render(
+            request, cs, "assurance.html", active="assurance", report=assurance_report(engine)
+        )
 
     return router
 
@@ -544,4 +714,3 @@ def _safe_next(nxt: str) -> str:
     if not nxt.startswith("/console") or nxt.startswith("//") or "\\" in nxt:
         return "/console"
     return nxt
-

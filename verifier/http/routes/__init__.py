@@ -28,8 +28,9 @@ def service_router(*tags: str) -> Router:
 
 
 def staff_router(*tags: str) -> Router:
-    return Router(prefix="/v1/admin", tags=list(tags),
-                  responses=error_responses(401, 422, 500, 503))
+    return Router(
+        prefix="/v1/admin", tags=list(tags), responses=error_responses(401, 422, 500, 503)
+    )
 
 
 def reply(status_body: tuple[int, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -41,12 +42,30 @@ def reply(status_body: tuple[int, Any], headers: dict[str, str] | None = None) -
 WITH_BODY = error_responses(413)  # any route that reads a JSON body
 
 
-_ROUTE_OPTIONS = ("response_model", "status_code", "tags", "dependencies", "summary",
-                  "description", "response_description", "responses", "deprecated", "name",
-                  "methods", "operation_id", "response_model_include", "response_model_exclude",
-                  "response_model_by_alias", "response_model_exclude_unset",
-                  "response_model_exclude_defaults", "response_model_exclude_none",
-                  "include_in_schema", "response_class", "callbacks", "openapi_extra")
+_ROUTE_OPTIONS = (
+    "response_model",
+    "status_code",
+    "tags",
+    "dependencies",
+    "summary",
+    "description",
+    "response_description",
+    "responses",
+    "deprecated",
+    "name",
+    "methods",
+    "operation_id",
+    "response_model_include",
+    "response_model_exclude",
+    "response_model_by_alias",
+    "response_model_exclude_unset",
+    "response_model_exclude_defaults",
+    "response_model_exclude_none",
+    "include_in_schema",
+    "response_class",
+    "callbacks",
+    "openapi_extra",
+)
 
 
 def mount(app: FastAPI, router: APIRouter) -> None:
@@ -58,5 +77,6 @@ def mount(app: FastAPI, router: APIRouter) -> None:
     for route in router.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"{route!r}: only API routes are mounted")
-        app.router.add_api_route(route.path, route.endpoint,
-                                 **{k: getattr(route, k) for k in _ROUTE_OPTIONS})
+        app.router.add_api_route(
+            route.path, route.endpoint, **{k: getattr(route, k) for k in _ROUTE_OPTIONS}
+        )

@@ -54,12 +54,16 @@ def operator(actor: str, body: OperatorIn) -> audit.Operator:
 
 def confirmed(actor: str, body: ConfirmIn) -> audit.Operator:
     if not body.confirm:
-        raise BadInput(ApiErrorCode.confirmation_required,
-                       "confirm: must be true for this action", field="confirm")
+        raise BadInput(
+            ApiErrorCode.confirmation_required,
+            "confirm: must be true for this action",
+            field="confirm",
+        )
     return operator(actor, body)
 
 
 # -- reads ----------------------------------------------------------------------------------
+
 
 @router.get("/rails", response_model=list[RailOut])
 def rails(_: StaffDep, engine: EngineDep) -> list[dict[str, Any]]:
@@ -72,14 +76,18 @@ def readiness(_: StaffDep, engine: EngineDep) -> list[dict[str, Any]]:
 
 
 @router.get("/proof-contracts", response_model=list[ProofContractOut], responses=NOT_FOUND)
-def contracts(_: StaffDep, engine: EngineDep,
-              rail_id: str | None = None) -> list[dict[str, Any]]:
+def contracts(_: StaffDep, engine: EngineDep, rail_id: str | None = None) -> list[dict[str, Any]]:
     return rails_admin.contracts(engine, rail_id)
 
 
 @router.get("/proofs", response_model=list[ProofOut])
-def list_proofs(_: StaffDep, engine: EngineDep, rail_id: str | None = None,
-                status: ProofStatus | None = None, limit: Limit = 50) -> list[dict[str, Any]]:
+def list_proofs(
+    _: StaffDep,
+    engine: EngineDep,
+    rail_id: str | None = None,
+    status: ProofStatus | None = None,
+    limit: Limit = 50,
+) -> list[dict[str, Any]]:
     return proofs.list_proofs(engine, rail_id, status, limit)
 
 
@@ -88,23 +96,25 @@ def inspect_proof(proof_id: str, _: StaffDep, engine: EngineDep) -> dict[str, An
     return proofs.get_proof(engine, proof_id, None)
 
 
-@router.get("/proofs/{proof_id}/attempts", response_model=list[AttemptOut],
-            responses=NOT_FOUND)
+@router.get("/proofs/{proof_id}/attempts", response_model=list[AttemptOut], responses=NOT_FOUND)
 def attempts(proof_id: str, _: StaffDep, engine: EngineDep) -> list[dict[str, Any]]:
     return proofs.list_attempts(engine, proof_id)
 
 
-@router.get("/proofs/{proof_id}/settlement-evidence", response_model=list[EvidenceOut],
-            responses=NOT_FOUND)
+@router.get(
+    "/proofs/{proof_id}/settlement-evidence", response_model=list[EvidenceOut], responses=NOT_FOUND
+)
 def evidence(proof_id: str, _: StaffDep, engine: EngineDep) -> list[dict[str, Any]]:
     return proofs.list_evidence(engine, proof_id)
 
 
 @router.get("/idempotency-claims/stuck", response_model=list[StuckClaimOut])
-def stuck_claims(_: StaffDep, engine: EngineDep,
-                 # ≤ 10 years: a bigger age overflows datetime arithmetic.
-                 min_age_seconds: Annotated[int | None, Query(ge=0, le=315_360_000)] = None,
-                 ) -> list[dict[str, Any]]:
+def stuck_claims(
+    _: StaffDep,
+    engine: EngineDep,
+    # ≤ 10 years: a bigger age overflows datetime arithmetic.
+    min_age_seconds: Annotated[int | None, Query(ge=0, le=315_360_000)] = None,
+) -> list[dict[str, Any]]:
     return idempotency.stuck_claims(engine, min_age_seconds)
 
 
@@ -114,8 +124,9 @@ def approvals(_: StaffDep, engine: EngineDep) -> list[dict[str, Any]]:
 
 
 @router.get("/audit", response_model=list[AuditEventOut])
-def audit_events(_: StaffDep, engine: EngineDep, limit: Limit = 100,
-                 subject_id: str | None = None) -> list[dict[str, Any]]:
+def audit_events(
+    _: StaffDep, engine: EngineDep, limit: Limit = 100, subject_id: str | None = None
+) -> list[dict[str, Any]]:
     return queries.audit_events(engine, limit, subject_id)
 
 
@@ -136,72 +147,100 @@ def observability_spec(_: StaffDep) -> dict[str, Any]:
 
 # -- actions --------------------------------------------------------------------------------
 
-@router.post("/proofs/{proof_id}/dry-run-apply", response_model=DryRunOut,
-             responses={**WITH_BODY, **NOT_FOUND})
-def dry_run_apply(proof_id: str, actor: StaffDep, engine: EngineDep,
-                  body: DryRunIn | None = None) -> dict[str, Any]:
+
+@router.post(
+    "/proofs/{proof_id}/dry-run-apply",
+    response_model=DryRunOut,
+    responses={**WITH_BODY, **NOT_FOUND},
+)
+def dry_run_apply(
+    proof_id: str, actor: StaffDep, engine: EngineDep, body: DryRunIn | None = None
+) -> dict[str, Any]:
     body = body or DryRunIn()
     via = gate.Via.staff_receipt if body.path == "receipt" else gate.Via.staff
     return gate.dry_run_apply(engine, proof_id, operator(actor, body), via)
 
 
 @router.post("/proofs/{proof_id}/apply", response_model=ApplyOut, responses=ACTION)
-def apply(proof_id: str, body: ConfirmIn, actor: StaffDep,
-          engine: EngineDep) -> dict[str, Any]:
+def apply(proof_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
     return gate.apply(engine, proof_id, confirmed(actor, body), gate.Via.staff)
 
 
 @router.post("/proofs/{proof_id}/receipt", response_model=ApplyOut, responses=ACTION)
-def create_receipt(proof_id: str, body: ConfirmIn, actor: StaffDep,
-                   engine: EngineDep) -> dict[str, Any]:
+def create_receipt(
+    proof_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep
+) -> dict[str, Any]:
     return gate.apply(engine, proof_id, confirmed(actor, body), gate.Via.staff_receipt)
 
 
-@router.post("/rails/{rail_id}/pause", response_model=PauseOut,
-             responses={**WITH_BODY, **NOT_FOUND})
-def pause(rail_id: str, body: ConfirmIn, actor: StaffDep,
-          engine: EngineDep) -> dict[str, Any]:
+@router.post(
+    "/rails/{rail_id}/pause", response_model=PauseOut, responses={**WITH_BODY, **NOT_FOUND}
+)
+def pause(rail_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
     return rails_admin.set_paused(engine, rail_id, True, confirmed(actor, body))
 
 
-@router.post("/rails/{rail_id}/resume", response_model=PauseOut,
-             responses={**WITH_BODY, **NOT_FOUND})
-def resume(rail_id: str, body: ConfirmIn, actor: StaffDep,
-           engine: EngineDep) -> dict[str, Any]:
+@router.post(
+    "/rails/{rail_id}/resume", response_model=PauseOut, responses={**WITH_BODY, **NOT_FOUND}
+)
+def resume(rail_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
     return rails_admin.set_paused(engine, rail_id, False, confirmed(actor, body))
 
 
 def _requested(approval: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(ApprovalRequestOut.checked(
-        {"approval_id": approval["approval_id"], "status": approval["status"]}), status_code=201)
+    return JSONResponse(
+        ApprovalRequestOut.checked(
+            {"approval_id": approval["approval_id"], "status": approval["status"]}
+        ),
+        status_code=201,
+    )
 
 
-@router.post("/rails/{rail_id}/production/request", status_code=201,
-             response_model=ApprovalRequestOut, responses=ACTION)
-def request_production(rail_id: str, body: ProductionIn, actor: StaffDep,
-                       engine: EngineDep) -> JSONResponse:
-    return _requested(rails_admin.request_change(engine, rail_id, "production",
-                                                 "true" if body.enable else "false",
-                                                 operator(actor, body)))
+@router.post(
+    "/rails/{rail_id}/production/request",
+    status_code=201,
+    response_model=ApprovalRequestOut,
+    responses=ACTION,
+)
+def request_production(
+    rail_id: str, body: ProductionIn, actor: StaffDep, engine: EngineDep
+) -> JSONResponse:
+    return _requested(
+        rails_admin.request_change(
+            engine, rail_id, "production", "true" if body.enable else "false", operator(actor, body)
+        )
+    )
 
 
-@router.post("/rails/{rail_id}/treasury/request", status_code=201,
-             response_model=ApprovalRequestOut, responses=ACTION)
-def request_treasury(rail_id: str, body: TreasuryIn, actor: StaffDep,
-                     engine: EngineDep) -> JSONResponse:
-    return _requested(rails_admin.request_change(engine, rail_id, "treasury", body.treasury,
-                                                 operator(actor, body)))
+@router.post(
+    "/rails/{rail_id}/treasury/request",
+    status_code=201,
+    response_model=ApprovalRequestOut,
+    responses=ACTION,
+)
+def request_treasury(
+    rail_id: str, body: TreasuryIn, actor: StaffDep, engine: EngineDep
+) -> JSONResponse:
+    return _requested(
+        rails_admin.request_change(
+            engine, rail_id, "treasury", body.treasury, operator(actor, body)
+        )
+    )
 
 
-@router.post("/approvals/{approval_id}/approve", response_model=ApprovalOut,
-             responses={**ACTION, **error_responses(403)})
-def approve(approval_id: str, body: ConfirmIn, actor: StaffDep,
-            engine: EngineDep) -> dict[str, Any]:
+@router.post(
+    "/approvals/{approval_id}/approve",
+    response_model=ApprovalOut,
+    responses={**ACTION, **error_responses(403)},
+)
+def approve(
+    approval_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep
+) -> dict[str, Any]:
     return rails_admin.approve(engine, approval_id, confirmed(actor, body))
 
 
-@router.post("/entitlements/{entitlement_id}/revoke", response_model=RevokeOut,
-             responses=ACTION)
-def revoke(entitlement_id: str, body: ConfirmIn, actor: StaffDep,
-           engine: EngineDep) -> dict[str, Any]:
+@router.post("/entitlements/{entitlement_id}/revoke", response_model=RevokeOut, responses=ACTION)
+def revoke(
+    entitlement_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep
+) -> dict[str, Any]:
     return gate.revoke(engine, entitlement_id, confirmed(actor, body))

@@ -15,9 +15,9 @@ from verifier.services import queries
 router = service_router("entitlements")
 
 
-@router.get("/v1/entitlements", response_model=list[EntitlementOut],
-            responses=error_responses(404))
-def entitlements(svc: ServiceDep, engine: EngineDep,
-                 owner_id: Annotated[str, Query(min_length=1)]) -> list[dict[str, Any]]:
+@router.get("/v1/entitlements", response_model=list[EntitlementOut], responses=error_responses(404))
+def entitlements(
+    svc: ServiceDep, engine: EngineDep, owner_id: Annotated[str, Query(min_length=1)]
+) -> list[dict[str, Any]]:
     acting_for(engine, svc, owner_id, "entitlements", field="owner_id")
     return queries.entitlements_of(engine, owner_id)

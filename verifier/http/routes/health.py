@@ -20,10 +20,17 @@ def healthz(engine: EngineDep) -> HealthOut:
     return HealthOut(status="ok", chain=engine.settings.chain)
 
 
-@router.get("/metrics", response_class=Response, responses={
-    200: {"description": "Prometheus text exposition",
-          "content": {PROMETHEUS: {"schema": {"type": "string"}}}},
-    **error_responses(503)})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition",
+            "content": {PROMETHEUS: {"schema": {"type": "string"}}},
+        },
+        **error_responses(503),
+    },
+)
 def metrics(engine: EngineDep) -> Response:
     refresh_gauges(engine)
     return Response(engine.metrics.render(), media_type=PROMETHEUS)

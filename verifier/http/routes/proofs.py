@@ -17,20 +17,35 @@ router = service_router("proofs")
 SUBMIT = "POST /v1/proofs"
 
 
-@router.post("/v1/proofs", status_code=201, response_model=ProofOut,
-             dependencies=[Depends(RateLimit(SUBMIT))],
-             responses={200: {"model": ProofOut, "description": "The same proof again (same "
-                              "transfer, owner and session): nothing new was stored"},
-                        **WITH_BODY, **error_responses(404, 409, 429)})
-def submit_proof(body: ProofIn, svc: ServiceDep, engine: EngineDep,
-                 key: IdempotencyKey = None) -> JSONResponse:
+@router.post(
+    "/v1/proofs",
+    status_code=201,
+    response_model=ProofOut,
+    dependencies=[Depends(RateLimit(SUBMIT))],
+    responses={
+        200: {
+            "model": ProofOut,
+            "description": "The same proof again (same "
+            "transfer, owner and session): nothing new was stored",
+        },
+        **WITH_BODY,
+        **error_responses(404, 409, 429),
+    },
+)
+def submit_proof(
+    body: ProofIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
+) -> JSONResponse:
     def work() -> tuple[int, dict[str, Any]]:
-        view, created = proofs.submit_proof(engine, body.session_id, body.proof, svc.owners,
-                                            body.proof_type, actor=svc.name)
+        view, created = proofs.submit_proof(
+            engine, body.session_id, body.proof, svc.owners, body.proof_type, actor=svc.name
+        )
         return (201 if created else 200), ProofOut.checked(view)
 
-    return reply(idempotency.run_idempotent(engine, svc.name, SUBMIT, key,
-                                            body.model_dump(mode="json"), work))
+    return reply(
+        idempotency.run_idempotent(
+            engine, svc.name, SUBMIT, key, body.model_dump(mode="json"), work
+        )
+    )
 
 
 @router.get("/v1/proofs/{proof_id}", response_model=ProofOut, responses=error_responses(404))

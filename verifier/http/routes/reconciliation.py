@@ -64,22 +64,44 @@ class RunWithFindingsOut(RunOut):
     findings: list[FindingOut]
 
 
-@router.post("/reconciliation-runs", status_code=201, response_model=RunWithFindingsOut,
-             responses={**WITH_BODY, **error_responses(404, 409)})
+@router.post(
+    "/reconciliation-runs",
+    status_code=201,
+    response_model=RunWithFindingsOut,
+    responses={**WITH_BODY, **error_responses(404, 409)},
+)
 def create_run(body: RunIn, engine: EngineDep, actor: StaffDep) -> dict[str, Any]:
-    return reconciliation.run(engine, reconciliation.RunRequest(
-        scope=body.scope, rail_id=body.rail_id, since=body.since, until=body.until,
-        limit=body.limit, apply=body.apply, confirm=body.confirm,
-        incident_id=body.incident_id, operator_reason=body.operator_reason), actor)
+    return reconciliation.run(
+        engine,
+        reconciliation.RunRequest(
+            scope=body.scope,
+            rail_id=body.rail_id,
+            since=body.since,
+            until=body.until,
+            limit=body.limit,
+            apply=body.apply,
+            confirm=body.confirm,
+            incident_id=body.incident_id,
+            operator_reason=body.operator_reason,
+        ),
+        actor,
+    )
 
 
 @router.get("/reconciliation-runs", response_model=list[RunOut])
-def list_runs(engine: EngineDep, _: StaffDep, scope: Scope | None = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+def list_runs(
+    engine: EngineDep,
+    _: StaffDep,
+    scope: Scope | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[dict[str, Any]]:
     return reconciliation.list_runs(engine, scope, limit)
 
 
-@router.get("/reconciliation-runs/{run_id}", response_model=RunWithFindingsOut,
-            responses=error_responses(404))
+@router.get(
+    "/reconciliation-runs/{run_id}",
+    response_model=RunWithFindingsOut,
+    responses=error_responses(404),
+)
 def read_run(run_id: str, engine: EngineDep, _: StaffDep) -> dict[str, Any]:
     return reconciliation.get_run(engine, run_id)

@@ -17,23 +17,33 @@ router = service_router("payment sessions")
 CREATE = "POST /v1/payment-sessions"
 
 
-@router.post("/v1/payment-sessions", status_code=201, response_model=SessionOut,
-             dependencies=[Depends(RateLimit(CREATE))],
-             responses={**WITH_BODY, **error_responses(404, 409, 429)})
-def create_session(body: SessionIn, svc: ServiceDep, engine: EngineDep,
-                   key: IdempotencyKey = None) -> JSONResponse:
+@router.post(
+    "/v1/payment-sessions",
+    status_code=201,
+    response_model=SessionOut,
+    dependencies=[Depends(RateLimit(CREATE))],
+    responses={**WITH_BODY, **error_responses(404, 409, 429)},
+)
+def create_session(
+    body: SessionIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
+) -> JSONResponse:
     def work() -> tuple[int, dict[str, Any]]:
         acting_for(engine, svc, body.owner_id, "session_create")
-        view = sessions.open_session(engine, sessions.NewSession(**body.model_dump()),
-                                     actor=svc.name)
+        view = sessions.open_session(
+            engine, sessions.NewSession(**body.model_dump()), actor=svc.name
+        )
         return 201, SessionOut.checked(view)
 
     # A replay answers the stored body as it was stored.
-    return reply(idempotency.run_idempotent(engine, svc.name, CREATE, key,
-                                            body.model_dump(mode="json"), work))
+    return reply(
+        idempotency.run_idempotent(
+            engine, svc.name, CREATE, key, body.model_dump(mode="json"), work
+        )
+    )
 
 
-@router.get("/v1/payment-sessions/{session_id}", response_model=SessionOut,
-            responses=error_responses(404))
+@router.get(
+    "/v1/payment-sessions/{session_id}", response_model=SessionOut, responses=error_responses(404)
+)
 def read_session(session_id: str, svc: ServiceDep, engine: EngineDep) -> dict[str, Any]:
     return sessions.get_session(engine, session_id, svc.owners)

@@ -38,54 +38,78 @@ from verifier.services import audit, webhook_endpoints, webhooks
 ERRORS = error_responses(401, 422, 500, 503)
 
 
-def make_router(service_dep: Callable[..., tuple[str, list[str]]] = service_principal,
-                staff_dep: Callable[..., str] = staff_member) -> Router:
+def make_router(
+    service_dep: Callable[..., tuple[str, list[str]]] = service_principal,
+    staff_dep: Callable[..., str] = staff_member,
+) -> Router:
     # The principals are parameters so a test can mount these routes with its own; the app
     # uses deps.py's.
     router = Router(tags=["webhooks"], responses=ERRORS)
     Service = Annotated[tuple[str, list[str]], Depends(service_dep)]
     Staff = Annotated[str, Depends(staff_dep)]
 
-    @router.post("/v1/webhook-endpoints", status_code=201, response_model=EndpointCreatedOut,
-                 responses={**WITH_BODY, **error_responses(409)})
+    @router.post(
+        "/v1/webhook-endpoints",
+        status_code=201,
+        response_model=EndpointCreatedOut,
+        responses={**WITH_BODY, **error_responses(409)},
+    )
     def create(body: EndpointIn, svc: Service, engine: EngineDep) -> JSONResponse:
         principal, owners = svc
-        view = webhook_endpoints.create_endpoint(engine, principal, owners, body.url,
-                                                 body.event_types)
+        view = webhook_endpoints.create_endpoint(
+            engine, principal, owners, body.url, body.event_types
+        )
         # SECURITY: the only response that carries the secret; no cache may keep it.
-        return JSONResponse(EndpointCreatedOut.checked(view), status_code=201,
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            EndpointCreatedOut.checked(view), status_code=201, headers={"Cache-Control": "no-store"}
+        )
 
     @router.get("/v1/webhook-endpoints", response_model=list[EndpointOut])
     def read_all(svc: Service, engine: EngineDep) -> list[dict[str, Any]]:
         return webhook_endpoints.list_endpoints(engine, svc[0])
 
-    @router.delete("/v1/webhook-endpoints/{endpoint_id}", response_model=EndpointDeletedOut,
-                   responses=error_responses(404))
+    @router.delete(
+        "/v1/webhook-endpoints/{endpoint_id}",
+        response_model=EndpointDeletedOut,
+        responses=error_responses(404),
+    )
     def delete(endpoint_id: str, svc: Service, engine: EngineDep) -> dict[str, Any]:
         return webhook_endpoints.delete_endpoint(engine, svc[0], endpoint_id)
 
     @router.get("/v1/admin/webhook-events", response_model=list[DeliveryOut])
-    def admin_list(_: Staff, engine: EngineDep,
-                   status: Literal["pending", "delivered", "dead_letter",
-                                   "cancelled"] | None = None,
-                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    def admin_list(
+        _: Staff,
+        engine: EngineDep,
+        status: Literal["pending", "delivered", "dead_letter", "cancelled"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
         return webhooks.list_events(engine, status, limit)
 
-    @router.get("/v1/admin/webhook-events/{event_id}", response_model=EventOut,
-                responses=error_responses(404))
+    @router.get(
+        "/v1/admin/webhook-events/{event_id}",
+        response_model=EventOut,
+        responses=error_responses(404),
+    )
     def admin_inspect(event_id: str, _: Staff, engine: EngineDep) -> dict[str, Any]:
         return webhooks.inspect_event(engine, event_id)
 
-    @router.post("/v1/admin/webhook-events/{event_id}/replay", response_model=ReplayOut,
-                 responses={**WITH_BODY, **error_responses(404, 409)})
-    def admin_replay(event_id: str, body: ReplayIn, actor: Staff,
-                     engine: EngineDep) -> dict[str, Any]:
+    @router.post(
+        "/v1/admin/webhook-events/{event_id}/replay",
+        response_model=ReplayOut,
+        responses={**WITH_BODY, **error_responses(404, 409)},
+    )
+    def admin_replay(
+        event_id: str, body: ReplayIn, actor: Staff, engine: EngineDep
+    ) -> dict[str, Any]:
         if not body.confirm:
-            raise BadInput(ApiErrorCode.confirmation_required,
-                           "confirm: must be true for this action", field="confirm")
-        return webhooks.replay(engine, event_id,
-                               audit.Operator(actor, body.incident_id, body.reason))
+            raise BadInput(
+                ApiErrorCode.confirmation_required,
+                "confirm: must be true for this action",
+                field="confirm",
+            )
+        return webhooks.replay(
+            engine, event_id, audit.Operator(actor, body.incident_id, body.reason)
+        )
 
     return router
 

@@ -1,17 +1,23 @@
 from alembic import context
 
+from verifier.storage import (
+    reconciliation_models,  # noqa: F401  (registers the reconciliation tables)
+    webhook_models,  # noqa: F401  (registers the webhook tables on Base)
+)
 from verifier.storage.db import make_engine
 from verifier.storage.models import Base
-from verifier.storage import webhook_models  # noqa: F401  (registers the webhook tables on Base)
-from verifier.storage import reconciliation_models  # noqa: F401  (registers the reconciliation tables)
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -19,7 +25,10 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is None:
-        engine = make_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if url is None:  # alembic_config sets it; a connection is passed otherwise
+            raise RuntimeError("migrations: no sqlalchemy.url and no connection")
+        engine = make_engine(url)
         with engine.connect() as connection:
             _run(connection)
         engine.dispose()

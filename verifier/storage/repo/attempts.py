@@ -14,9 +14,12 @@ from verifier.storage.repo.prepared import Prepared
 _VA = VerificationAttempt
 _INSERT = Prepared(insert(rows.table(_VA)))
 # Built once, so every call is a compiled-cache hit without rebuilding the statement.
-_LATEST_VERIFIED = (select(_VA).where(_VA.proof_id == bindparam("pid"),
-                                      _VA.status == ProofStatus.verified.value)
-                    .order_by(_VA.id.desc()).limit(1))
+_LATEST_VERIFIED = (
+    select(_VA)
+    .where(_VA.proof_id == bindparam("pid"), _VA.status == ProofStatus.verified.value)
+    .order_by(_VA.id.desc())
+    .limit(1)
+)
 
 
 def insert_attempt(s: Session, row: dict[str, Any]) -> int:

@@ -40,8 +40,11 @@ def insert_event(s: Session, row: dict[str, Any]) -> int:
 
 
 def events_after(s: Session, last_id: int, limit: int) -> list[AuditEvent]:
-    return list(s.scalars(select(AuditEvent).where(AuditEvent.id > last_id)
-                          .order_by(AuditEvent.id).limit(limit)).all())
+    return list(
+        s.scalars(
+            select(AuditEvent).where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(limit)
+        ).all()
+    )
 
 
 def hash_of(s: Session, event_id: int) -> str | None:
@@ -50,5 +53,6 @@ def hash_of(s: Session, event_id: int) -> str | None:
 
 def count_through(s: Session, event_id: int) -> int:
     """Events with an id up to and including `event_id`."""
-    return s.scalar(select(func.count()).select_from(AuditEvent)
-                    .where(AuditEvent.id <= event_id)) or 0
+    return (
+        s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.id <= event_id)) or 0
+    )

@@ -21,10 +21,18 @@ from verifier.storage.models import (
 from verifier.storage.webhook_models import DeliveryStatus, WebhookDelivery
 
 
-def proofs_page(s: Session, *, status: str | None, rail_id: str | None,
-                failure_code: str | None, owner_id: str | None,
-                created_before: datetime | None, term: str | None, offset: int,
-                limit: int) -> list[Proof]:
+def proofs_page(
+    s: Session,
+    *,
+    status: str | None,
+    rail_id: str | None,
+    failure_code: str | None,
+    owner_id: str | None,
+    created_before: datetime | None,
+    term: str | None,
+    offset: int,
+    limit: int,
+) -> list[Proof]:
     """Proofs newest first, filtered; `term` matches a proof, session or receipt id, a
     fingerprint or an on-chain reference exactly."""
     q = select(Proof).order_by(Proof.created_at.desc(), Proof.id)
@@ -40,31 +48,50 @@ def proofs_page(s: Session, *, status: str | None, rail_id: str | None,
         q = q.where(Proof.created_at < created_before)
     if term:
         by_receipt = select(Receipt.proof_id).where(Receipt.id == term).scalar_subquery()
-        q = q.where(or_(Proof.id == term, Proof.session_id == term, Proof.fingerprint == term,
-                        Proof.ref == term, Proof.id == by_receipt))
+        q = q.where(
+            or_(
+                Proof.id == term,
+                Proof.session_id == term,
+                Proof.fingerprint == term,
+                Proof.ref == term,
+                Proof.id == by_receipt,
+            )
+        )
     return list(s.scalars(q.offset(offset).limit(limit)).all())
 
 
 def latest_settlements(s: Session, proof_ids: Sequence[str]) -> dict[str, SettlementEvidence]:
     if not proof_ids:
         return {}
-    mids = (select(func.max(SettlementEvidence.id))
-            .where(SettlementEvidence.proof_id.in_(proof_ids))
-            .group_by(SettlementEvidence.proof_id))
-    return {ev.proof_id: ev for ev in
-            s.scalars(select(SettlementEvidence).where(SettlementEvidence.id.in_(mids)))}
+    mids = (
+        select(func.max(SettlementEvidence.id))
+        .where(SettlementEvidence.proof_id.in_(proof_ids))
+        .group_by(SettlementEvidence.proof_id)
+    )
+    return {
+        ev.proof_id: ev
+        for ev in s.scalars(select(SettlementEvidence).where(SettlementEvidence.id.in_(mids)))
+    }
 
 
 def receipt_ids(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
     if not proof_ids:
         return {}
-    return {pid: rid for pid, rid in s.execute(select(Receipt.proof_id, Receipt.id)
-                                               .where(Receipt.proof_id.in_(proof_ids)))}
+    return {
+        pid: rid
+        for pid, rid in s.execute(
+            select(Receipt.proof_id, Receipt.id).where(Receipt.proof_id.in_(proof_ids))
+        )
+    }
 
 
 def failure_codes(s: Session) -> list[str]:
-    return sorted(str(c) for (c,) in s.execute(select(Proof.failure_code).distinct()
-                                          .where(Proof.failure_code.is_not(None))))
+    return sorted(
+        str(c)
+        for (c,) in s.execute(
+            select(Proof.failure_code).distinct().where(Proof.failure_code.is_not(None))
+        )
+    )
 
 
 def receipt_of_proof(s: Session, proof_id: str) -> Receipt | None:
@@ -76,51 +103,93 @@ def entitlement_of_session(s: Session, session_id: str) -> Entitlement | None:
 
 
 def audit_of_subjects(s: Session, subject_ids: Sequence[str], limit: int) -> list[AuditEvent]:
-    return list(s.scalars(select(AuditEvent).where(AuditEvent.subject_id.in_(subject_ids))
-                          .order_by(AuditEvent.id).limit(limit)).all())
+    return list(
+        s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.subject_id.in_(subject_ids))
+            .order_by(AuditEvent.id)
+            .limit(limit)
+        ).all()
+    )
 
 
 def audit_of_actions(s: Session, actions: Sequence[str], limit: int) -> list[AuditEvent]:
-    return list(s.scalars(select(AuditEvent).where(AuditEvent.action.in_(actions))
-                          .order_by(AuditEvent.id.desc()).limit(limit)).all())
+    return list(
+        s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action.in_(actions))
+            .order_by(AuditEvent.id.desc())
+            .limit(limit)
+        ).all()
+    )
 
 
 def has_event(s: Session, subject_id: str, action: str) -> bool:
     """Whether the audit log holds `action` on `subject_id` (by the subject index)."""
-    return s.scalar(select(AuditEvent.id).where(AuditEvent.subject_id == subject_id,
-                                                AuditEvent.action == action).limit(1)) is not None
+    return (
+        s.scalar(
+            select(AuditEvent.id)
+            .where(AuditEvent.subject_id == subject_id, AuditEvent.action == action)
+            .limit(1)
+        )
+        is not None
+    )
 
 
 # -- health --------------------------------------------------------------------------------
 def proofs_created_since(s: Session, since: datetime, limit: int) -> list[tuple[datetime, str]]:
-    return [(at, st) for at, st in s.execute(select(Proof.created_at, Proof.status)
-                                             .where(Proof.created_at >= since).limit(limit))]
+    return [
+        (at, st)
+        for at, st in s.execute(
+            select(Proof.created_at, Proof.status).where(Proof.created_at >= since).limit(limit)
+        )
+    ]
 
 
 def failures_by_code_since(s: Session, since: datetime, limit: int) -> list[tuple[str, int]]:
-    q = (select(Proof.failure_code, func.count())
-         .where(Proof.failure_code.is_not(None), Proof.created_at >= since)
-         .group_by(Proof.failure_code).order_by(func.count().desc(), Proof.failure_code)
-         .limit(limit))
+    q = (
+        select(Proof.failure_code, func.count())
+        .where(Proof.failure_code.is_not(None), Proof.created_at >= since)
+        .group_by(Proof.failure_code)
+        .order_by(func.count().desc(), Proof.failure_code)
+        .limit(limit)
+    )
     return [(str(code), int(n)) for code, n in s.execute(q)]
 
 
 def pending_created_at(s: Session, limit: int) -> list[datetime]:
-    return [c for (c,) in s.execute(select(Proof.created_at)
-                                    .where(Proof.status == ProofStatus.pending).limit(limit))]
+    return [
+        c
+        for (c,) in s.execute(
+            select(Proof.created_at).where(Proof.status == ProofStatus.pending).limit(limit)
+        )
+    ]
 
 
 def dead_letters_since(s: Session, since: datetime, limit: int) -> list[datetime]:
-    return [at for (at,) in s.execute(select(WebhookDelivery.updated_at)
-                                      .where(WebhookDelivery.status == DeliveryStatus.dead_letter,
-                                             WebhookDelivery.updated_at >= since).limit(limit))]
+    return [
+        at
+        for (at,) in s.execute(
+            select(WebhookDelivery.updated_at)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.dead_letter,
+                WebhookDelivery.updated_at >= since,
+            )
+            .limit(limit)
+        )
+    ]
 
 
 def dead_letter_depth(s: Session) -> int:
-    return s.scalar(select(func.count()).select_from(WebhookDelivery)
-                    .where(WebhookDelivery.status == DeliveryStatus.dead_letter)) or 0
+    return (
+        s.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.status == DeliveryStatus.dead_letter)
+        )
+        or 0
+    )
 
 
 def proofs_by_status(s: Session) -> dict[str, int]:
-    return {st: n for st, n in s.execute(select(Proof.status, func.count())
-                                         .group_by(Proof.status))}
+    return {st: n for st, n in s.execute(select(Proof.status, func.count()).group_by(Proof.status))}

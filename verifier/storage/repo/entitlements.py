@@ -36,13 +36,23 @@ def oldest_paid_pending_since(s: Session) -> datetime | None:
     """When the oldest verified proof whose entitlement is still pending was last updated:
     only entitlements someone has paid for (an unpaid session's entitlement waits by
     design)."""
-    return s.scalar(select(func.min(Proof.updated_at))
-                    .join(Entitlement, Entitlement.session_id == Proof.session_id)
-                    .where(Entitlement.status == EntitlementStatus.pending,
-                           Proof.status == ProofStatus.verified))
+    return s.scalar(
+        select(func.min(Proof.updated_at))
+        .join(Entitlement, Entitlement.session_id == Proof.session_id)
+        .where(
+            Entitlement.status == EntitlementStatus.pending, Proof.status == ProofStatus.verified
+        )
+    )
 
 
 def count_reorg_flagged_active(s: Session) -> int:
-    return s.scalar(select(func.count()).select_from(Entitlement)
-                    .where(Entitlement.status == EntitlementStatus.active,
-                           Entitlement.reorg_flagged.is_(True))) or 0
+    return (
+        s.scalar(
+            select(func.count())
+            .select_from(Entitlement)
+            .where(
+                Entitlement.status == EntitlementStatus.active, Entitlement.reorg_flagged.is_(True)
+            )
+        )
+        or 0
+    )

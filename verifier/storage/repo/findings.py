@@ -22,70 +22,102 @@ from verifier.storage.models import (
 
 def _current_settlement() -> Subquery:
     """Each proof's latest settlement evidence."""
-    latest = (select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
-              .group_by(SettlementEvidence.proof_id).subquery())
-    return (select(SettlementEvidence).join(latest, SettlementEvidence.id == latest.c.mid)
-            .subquery())
+    latest = (
+        select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
+        .group_by(SettlementEvidence.proof_id)
+        .subquery()
+    )
+    return select(SettlementEvidence).join(latest, SettlementEvidence.id == latest.c.mid).subquery()
 
 
 def unsettled_active_entitlements(s: Session, limit: int) -> list[tuple[str, str, bool]]:
     """(entitlement id, finality, reorged) of active entitlements whose receipt's proof's
     latest settlement is not final, or reorged."""
     cur = _current_settlement()
-    q = (select(Entitlement.id, cur.c.finality, cur.c.reorged)
-         .join(Receipt, Receipt.id == Entitlement.receipt_id)
-         .join(cur, cur.c.proof_id == Receipt.proof_id)
-         .where(Entitlement.status == EntitlementStatus.active,
-                (cur.c.reorged.is_(True)) | (cur.c.is_final.is_(False))).limit(limit))
+    q = (
+        select(Entitlement.id, cur.c.finality, cur.c.reorged)
+        .join(Receipt, Receipt.id == Entitlement.receipt_id)
+        .join(cur, cur.c.proof_id == Receipt.proof_id)
+        .where(
+            Entitlement.status == EntitlementStatus.active,
+            (cur.c.reorged.is_(True)) | (cur.c.is_final.is_(False)),
+        )
+        .limit(limit)
+    )
     return [(e, f, bool(r)) for e, f, r in s.execute(q)]
 
 
 def receipts_without_active_entitlement(s: Session, limit: int) -> list[str]:
     """Receipts whose entitlement is missing or still pending (a revoked one is deliberate)."""
-    q = (select(Receipt.id).outerjoin(Entitlement, Entitlement.receipt_id == Receipt.id)
-         .where((Entitlement.id.is_(None)) | (Entitlement.status == EntitlementStatus.pending))
-         .limit(limit))
+    q = (
+        select(Receipt.id)
+        .outerjoin(Entitlement, Entitlement.receipt_id == Receipt.id)
+        .where((Entitlement.id.is_(None)) | (Entitlement.status == EntitlementStatus.pending))
+        .limit(limit)
+    )
     return list(s.scalars(q))
 
 
 def receipts_without_final_settlement(s: Session, limit: int) -> list[str]:
-    q = (select(Receipt.id)
-         .join(SettlementEvidence, SettlementEvidence.id == Receipt.settlement_id)
-         .where(SettlementEvidence.is_final.is_(False)).limit(limit))
+    q = (
+        select(Receipt.id)
+        .join(SettlementEvidence, SettlementEvidence.id == Receipt.settlement_id)
+        .where(SettlementEvidence.is_final.is_(False))
+        .limit(limit)
+    )
     return list(s.scalars(q))
 
 
 def settlements_without_verified_attempt(s: Session, limit: int) -> list[int]:
-    q = (select(SettlementEvidence.id)
-         .join(VerificationAttempt, VerificationAttempt.id == SettlementEvidence.attempt_id)
-         .where(VerificationAttempt.status != ProofStatus.verified).limit(limit))
+    q = (
+        select(SettlementEvidence.id)
+        .join(VerificationAttempt, VerificationAttempt.id == SettlementEvidence.attempt_id)
+        .where(VerificationAttempt.status != ProofStatus.verified)
+        .limit(limit)
+    )
     return list(s.scalars(q))
 
 
 def transfers_with_several_receipts(s: Session, limit: int) -> list[tuple[str, int]]:
     """(on-chain reference, receipts) for each reference behind more than one receipt."""
-    q = (select(Proof.ref, func.count(Receipt.id)).join(Receipt, Receipt.proof_id == Proof.id)
-         .group_by(Proof.ref).having(func.count(Receipt.id) > 1).limit(limit))
+    q = (
+        select(Proof.ref, func.count(Receipt.id))
+        .join(Receipt, Receipt.proof_id == Proof.id)
+        .group_by(Proof.ref)
+        .having(func.count(Receipt.id) > 1)
+        .limit(limit)
+    )
     return [(ref, int(n)) for ref, n in s.execute(q)]
 
 
-def final_without_receipt(s: Session, rail_ids: Sequence[str], updated_before: datetime,
-                          limit: int) -> list[str]:
+def final_without_receipt(
+    s: Session, rail_ids: Sequence[str], updated_before: datetime, limit: int
+) -> list[str]:
     """Verified proofs on the given rails, final by their latest settlement, without a
     receipt and last updated before `updated_before`."""
     cur = _current_settlement()
-    q = (select(Proof.id).join(cur, cur.c.proof_id == Proof.id)
-         .outerjoin(Receipt, Receipt.proof_id == Proof.id)
-         .where(Proof.status == ProofStatus.verified, cur.c.is_final.is_(True),
-                Proof.rail_id.in_(list(rail_ids)), Receipt.id.is_(None),
-                Proof.updated_at < updated_before)
-         .limit(limit))
+    q = (
+        select(Proof.id)
+        .join(cur, cur.c.proof_id == Proof.id)
+        .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+        .where(
+            Proof.status == ProofStatus.verified,
+            cur.c.is_final.is_(True),
+            Proof.rail_id.in_(list(rail_ids)),
+            Receipt.id.is_(None),
+            Proof.updated_at < updated_before,
+        )
+        .limit(limit)
+    )
     return list(s.scalars(q))
 
 
 def pending_created_before(s: Session, created_before: datetime, limit: int) -> list[str]:
-    q = (select(Proof.id).where(Proof.status == ProofStatus.pending,
-                                Proof.created_at < created_before).limit(limit))
+    q = (
+        select(Proof.id)
+        .where(Proof.status == ProofStatus.pending, Proof.created_at < created_before)
+        .limit(limit)
+    )
     return list(s.scalars(q))
 
 
@@ -93,20 +125,30 @@ def verified_on_paid_sessions(s: Session, limit: int) -> list[tuple[str, str, st
     """(proof id, session id, owner id) of verified proofs without a receipt whose session
     another proof's receipt paid, oldest first."""
     other = aliased(Receipt)
-    credited = (select(other.id).where(other.session_id == Proof.session_id,
-                                       other.proof_id != Proof.id).exists())
-    q = (select(Proof.id, Proof.session_id, Proof.owner_id)
-         .outerjoin(Receipt, Receipt.proof_id == Proof.id)
-         .where(Proof.status == ProofStatus.verified, Receipt.id.is_(None), credited)
-         .order_by(Proof.created_at).limit(limit))
+    credited = (
+        select(other.id)
+        .where(other.session_id == Proof.session_id, other.proof_id != Proof.id)
+        .exists()
+    )
+    q = (
+        select(Proof.id, Proof.session_id, Proof.owner_id)
+        .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+        .where(Proof.status == ProofStatus.verified, Receipt.id.is_(None), credited)
+        .order_by(Proof.created_at)
+        .limit(limit)
+    )
     return [(p, sid, o) for p, sid, o in s.execute(q)]
 
 
-def lapsed_leases(s: Session, at: datetime,
-                  limit: int) -> list[tuple[str, str | None, datetime | None]]:
+def lapsed_leases(
+    s: Session, at: datetime, limit: int
+) -> list[tuple[str, str | None, datetime | None]]:
     """(proof id, worker, lease end) of proofs still claimed by a lease that ended before
     `at`, earliest lease end first."""
-    q = (select(Proof.id, Proof.claimed_by, Proof.claimed_until)
-         .where(Proof.claimed_by.is_not(None), Proof.claimed_until < at)
-         .order_by(Proof.claimed_until).limit(limit))
+    q = (
+        select(Proof.id, Proof.claimed_by, Proof.claimed_until)
+        .where(Proof.claimed_by.is_not(None), Proof.claimed_until < at)
+        .order_by(Proof.claimed_until)
+        .limit(limit)
+    )
     return [(p, by, until) for p, by, until in s.execute(q)]

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Receipt, TransferHold
+from verifier.storage.repo.prepared import Prepared
 from verifier.storage.repo.rows import is_postgres, table
 
 _T = table(TransferHold)
@@ -32,8 +33,9 @@ def fingerprint_key(fingerprint: str) -> str:
     return FINGERPRINT_PREFIX + fingerprint
 
 
-def hold(s: Session, keys: Iterable[str], proof_id: str, session_id: str, owner_id: str,
-         now: datetime) -> list[Holder]:
+def hold(
+    s: Session, keys: Iterable[str], proof_id: str, session_id: str, owner_id: str, now: datetime
+) -> list[Holder]:
     """Take every key for the proof; keys another proof holds are left to it. Returns the
     holders of the keys that are not this proof's (empty: the proof holds them all).
 
@@ -42,19 +44,40 @@ def hold(s: Session, keys: Iterable[str], proof_id: str, session_id: str, owner_
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return []
-    rows = [{"transfer_key": k, "proof_id": proof_id, "session_id": session_id,
-             "owner_id": owner_id, "created_at": now} for k in wanted]
-    ins = postgresql.insert(_T) if is_postgres(s) else sqlite.insert(_T)
-    s.connection().execute(ins.on_conflict_do_nothing(index_elements=["transfer_key"]), rows)
+    rows = [
+        {
+            "transfer_key": k,
+            "proof_id": proof_id,
+            "session_id": session_id,
+            "owner_id": owner_id,
+            "created_at": now,
+        }
+        for k in wanted
+    ]
+    conn = s.connection()
+    if is_postgres(s):
+        conn.execute(_INSERT_PG, rows)
+    else:
+        for row in rows:  # a prepared statement per row beats executemany's setup for two
+            _INSERT_SQLITE.execute(conn, row)
     return [h for h in holders(s, wanted) if h.proof_id != proof_id]
 
 
-_HOLDERS = select(_T.c.transfer_key, _T.c.proof_id, _T.c.session_id, _T.c.owner_id).where(
-    _T.c.transfer_key.in_(bindparam("keys", expanding=True)))
+# Built once: the submission path runs them for every proof that holds.
+_INSERT_PG = postgresql.insert(_T).on_conflict_do_nothing(index_elements=["transfer_key"])
+_INSERT_SQLITE = Prepared(sqlite.insert(_T).on_conflict_do_nothing(index_elements=["transfer_key"]))
+_HOLDER = Prepared(
+    select(_T.c.transfer_key, _T.c.proof_id, _T.c.session_id, _T.c.owner_id).where(
+        _T.c.transfer_key == bindparam("k")
+    )
+)
 
 
 def holders(s: Session, keys: list[str]) -> list[Holder]:
-    return [Holder(*r) for r in s.connection().execute(_HOLDERS, {"keys": keys})]
+    # One indexed lookup per key (a transfer has one to three): an expanding IN would be
+    # rendered again on every call.
+    conn = s.connection()
+    return [Holder(*r) for k in keys for r in _HOLDER.all(conn, {"k": k})]
 
 
 def holder(s: Session, key: str, other_than_session: str) -> Holder | None:
@@ -68,6 +91,9 @@ def holder(s: Session, key: str, other_than_session: str) -> Holder | None:
 def release(s: Session, proof_id: str) -> None:
     """Drop a proof's holds, unless a receipt stands on it (a receipted transfer stays held
     whatever its proof's status: it was credited)."""
-    s.connection().execute(delete(_T).where(
-        _T.c.proof_id == proof_id,
-        ~select(Receipt.id).where(Receipt.proof_id == proof_id).exists()))
+    s.connection().execute(
+        delete(_T).where(
+            _T.c.proof_id == proof_id,
+            ~select(Receipt.id).where(Receipt.proof_id == proof_id).exists(),
+        )
+    )

@@ -22,18 +22,30 @@ def get(s: Session, principal: str, endpoint: str, key: str) -> IdempotencyClaim
 
 def release_in_progress(s: Session, principal: str, endpoint: str, key: str) -> None:
     """Delete the claim while it is still in progress (a completed one is kept for good)."""
-    s.execute(delete(IdempotencyClaim).where(
-        IdempotencyClaim.principal == principal, IdempotencyClaim.endpoint == endpoint,
-        IdempotencyClaim.key == key, IdempotencyClaim.status == ClaimStatus.in_progress))
+    s.execute(
+        delete(IdempotencyClaim).where(
+            IdempotencyClaim.principal == principal,
+            IdempotencyClaim.endpoint == endpoint,
+            IdempotencyClaim.key == key,
+            IdempotencyClaim.status == ClaimStatus.in_progress,
+        )
+    )
 
 
-def in_progress_since(s: Session, cutoff: datetime, limit: int | None = None,
-                      ) -> list[IdempotencyClaim]:
+def in_progress_since(
+    s: Session,
+    cutoff: datetime,
+    limit: int | None = None,
+) -> list[IdempotencyClaim]:
     """Claims still in progress that were made at or before `cutoff`, oldest first."""
-    q = (select(IdempotencyClaim)
-         .where(IdempotencyClaim.status == ClaimStatus.in_progress,
-                IdempotencyClaim.created_at <= cutoff)
-         .order_by(IdempotencyClaim.created_at))
+    q = (
+        select(IdempotencyClaim)
+        .where(
+            IdempotencyClaim.status == ClaimStatus.in_progress,
+            IdempotencyClaim.created_at <= cutoff,
+        )
+        .order_by(IdempotencyClaim.created_at)
+    )
     if limit is not None:
         q = q.limit(limit)
     return list(s.scalars(q).all())

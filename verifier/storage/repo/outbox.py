@@ -15,11 +15,16 @@ from verifier.storage.webhook_models import OutboxEvent, WebhookDelivery, Webhoo
 
 _OUTBOX, _ENDPOINTS = rows.table(OutboxEvent), rows.table(WebhookEndpoint)
 # Built and prepared once (storage.repo.prepared).
-_LAST_SEQ = Prepared(select(func.max(_OUTBOX.c.sequence)).where(
-    _OUTBOX.c.resource_type == bindparam("rt"), _OUTBOX.c.resource_id == bindparam("rid")))
-_ACTIVE = Prepared(select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types, _ENDPOINTS.c.owners)
-                   .where(_ENDPOINTS.c.active.is_(True))
-                   .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id))
+_LAST_SEQ = Prepared(
+    select(func.max(_OUTBOX.c.sequence)).where(
+        _OUTBOX.c.resource_type == bindparam("rt"), _OUTBOX.c.resource_id == bindparam("rid")
+    )
+)
+_ACTIVE = Prepared(
+    select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types, _ENDPOINTS.c.owners)
+    .where(_ENDPOINTS.c.active.is_(True))
+    .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id)
+)
 _INSERT_EVENT = Prepared(insert(_OUTBOX))
 _INSERT_DELIVERY = insert(rows.table(WebhookDelivery))
 

@@ -43,13 +43,18 @@ class _Form:
         compiled = stmt.compile(dialect=dialect, column_keys=sorted(keys) if keys else None)
         self.sql = str(compiled)
         self.names = tuple(compiled.positiontup or ())
-        self.binders = tuple(compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect)
-                             for n in self.names)
-        self.fixed = {n: compiled.binds[n].effective_value for n in self.names
-                      if not compiled.binds[n].required}
+        self.binders = tuple(
+            compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self.names
+        )
+        self.fixed = {
+            n: compiled.binds[n].effective_value
+            for n in self.names
+            if not compiled.binds[n].required
+        }
         cols = getattr(stmt, "selected_columns", None) or ()
-        self.results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None)
-                             for c in cols)
+        self.results = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols
+        )
 
 
 class Prepared:
@@ -60,7 +65,8 @@ class Prepared:
         self.stmt = stmt
         self._dml = isinstance(stmt, (Insert, Update))
         self._forms: weakref.WeakKeyDictionary[Any, dict[frozenset[str] | None, _Form]] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         self._checked: set[frozenset[str]] = set()
         table = getattr(stmt, "table", None)
         pk = list(table.primary_key.columns) if self._dml and table is not None else []
@@ -87,8 +93,10 @@ class Prepared:
         for col in self.stmt.table.columns:
             default = col.default if insert else col.onupdate
             if default is not None and col.key not in params:
-                raise ValueError(f"{self.stmt.table.name}.{col.key}: has a Python-side default; "
-                                 "a prepared statement must be given its value")
+                raise ValueError(
+                    f"{self.stmt.table.name}.{col.key}: has a Python-side default; "
+                    "a prepared statement must be given its value"
+                )
         self._checked.add(keys)
 
     def _cursor(self, conn: Connection, params: dict[str, Any]) -> tuple[Any, _Form]:
@@ -97,28 +105,34 @@ class Prepared:
         fixed = form.fixed
         values = [params[n] if n in params or n not in fixed else fixed[n] for n in form.names]
         # Every value goes through its processor, None included (a JSON column writes 'null').
-        values = [v if p is None else p(v) for p, v in zip(form.binders, values)]
-        cur = conn.connection.driver_connection.cursor()
+        values = [v if p is None else p(v) for p, v in zip(form.binders, values, strict=False)]
+        driver = conn.connection.driver_connection
+        if driver is None:  # only a closed or invalidated connection has none
+            raise exc.ResourceClosedError("the connection's driver connection is closed")
+        cur = driver.cursor()
         try:
             cur.execute(form.sql, values)
         except dialect.loaded_dbapi.Error as e:
             cur.close()
-            raise exc.DBAPIError.instance(form.sql, values, e, dialect.loaded_dbapi.Error,
-                                          dialect=dialect) from e
+            raise exc.DBAPIError.instance(
+                form.sql, values, e, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from e
         return cur, form
 
     @staticmethod
     def _fast(conn: Connection) -> bool:
         # The driver path skips SQLAlchemy's execution events: taken only where nobody listens
         # for them (a statement listener, for tracing or counting, sees every statement).
-        return (conn.dialect.name == "sqlite"
-                and not (conn._has_events or conn.engine._has_events))
+        return conn.dialect.name == "sqlite" and not (conn._has_events or conn.engine._has_events)
 
     def insert(self, conn: Connection, row: dict[str, Any]) -> Any:
         """Insert one row; returns its primary key (the one given, or the one assigned)."""
         self._check(row)
         if not self._fast(conn):
-            (key,) = conn.execute(self.stmt, row).inserted_primary_key
+            inserted = conn.execute(self.stmt, row).inserted_primary_key
+            if inserted is None:  # an INSERT that ran always reports its primary key
+                raise exc.InvalidRequestError(f"{self.stmt}: no primary key was reported")
+            (key,) = inserted
             return key
         cur, _ = self._cursor(conn, row)
         try:
@@ -135,11 +149,14 @@ class Prepared:
             return conn.execute(self.stmt, params).rowcount
         cur, _ = self._cursor(conn, params)
         try:
-            return cur.rowcount
+            count: int = cur.rowcount
+            return count
         finally:
             cur.close()
 
-    def first(self, conn: Connection, params: dict[str, Any] | None = None) -> tuple | None:
+    def first(
+        self, conn: Connection, params: dict[str, Any] | None = None
+    ) -> tuple[Any, ...] | None:
         rows = self._fetch(conn, params or {}, one=True)
         return rows[0] if rows else None
 
@@ -147,10 +164,10 @@ class Prepared:
         row = self.first(conn, params)
         return None if row is None else row[0]
 
-    def all(self, conn: Connection, params: dict[str, Any] | None = None) -> list[tuple]:
+    def all(self, conn: Connection, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return self._fetch(conn, params or {}, one=False)
 
-    def _fetch(self, conn: Connection, params: dict[str, Any], one: bool) -> list[tuple]:
+    def _fetch(self, conn: Connection, params: dict[str, Any], one: bool) -> list[tuple[Any, ...]]:
         if not self._fast(conn):
             result = conn.execute(self.stmt, params)
             rows = [result.first()] if one else result.all()
@@ -161,7 +178,9 @@ class Prepared:
         finally:
             cur.close()
         procs = form.results
-        return [tuple(v if p is None else p(v) for p, v in zip(procs, r)) for r in raw]
+        return [
+            tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw
+        ]
 
     def keys(self) -> list[str]:
         """The result columns' keys, in order (as `Row._mapping` names them)."""

@@ -36,8 +36,9 @@ def insert_proof(s: Session, row: dict[str, Any]) -> Record:
 
 
 def by_fingerprint(s: Session, fingerprint: str, session_id: str) -> Proof | None:
-    return s.scalar(select(Proof).where(Proof.fingerprint == fingerprint,
-                                        Proof.session_id == session_id))
+    return s.scalar(
+        select(Proof).where(Proof.fingerprint == fingerprint, Proof.session_id == session_id)
+    )
 
 
 def get(s: Session, proof_id: str, lock: bool = False) -> Proof | None:
@@ -107,16 +108,23 @@ def count(s: Session) -> int:
     return s.scalar(select(func.count()).select_from(Proof)) or 0
 
 
-def claim_due(s: Session, status: ProofStatus, due: datetime, lease_free_at: datetime,
-              limit: int) -> list[Proof]:
+def claim_due(
+    s: Session, status: ProofStatus, due: datetime, lease_free_at: datetime, limit: int
+) -> list[Proof]:
     """Proofs in `status` due by `due` whose lease (if any) ended before `lease_free_at`,
     earliest due first. On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so several
     workers share the queue and never take the same proof; SQLite serializes writers."""
-    q = (select(Proof).where(Proof.status == status, Proof.next_check_at.is_not(None),
-                             Proof.next_check_at <= due,
-                             or_(Proof.claimed_until.is_(None),
-                                 Proof.claimed_until < lease_free_at))
-         .order_by(Proof.next_check_at).limit(limit))
+    q = (
+        select(Proof)
+        .where(
+            Proof.status == status,
+            Proof.next_check_at.is_not(None),
+            Proof.next_check_at <= due,
+            or_(Proof.claimed_until.is_(None), Proof.claimed_until < lease_free_at),
+        )
+        .order_by(Proof.next_check_at)
+        .limit(limit)
+    )
     if rows.is_postgres(s):
         q = q.with_for_update(skip_locked=True)
     return list(s.scalars(q).all())
@@ -125,13 +133,23 @@ def claim_due(s: Session, status: ProofStatus, due: datetime, lease_free_at: dat
 def final_unapplied(s: Session, rail_ids: Sequence[str], limit: int) -> list[str]:
     """Verified proofs on the given rails whose latest settlement is final and that have no
     receipt yet, oldest first."""
-    latest = (select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
-              .group_by(SettlementEvidence.proof_id).subquery())
-    q = (select(Proof.id)
-         .join(latest, latest.c.proof_id == Proof.id)
-         .join(SettlementEvidence, SettlementEvidence.id == latest.c.mid)
-         .outerjoin(Receipt, Receipt.proof_id == Proof.id)
-         .where(Proof.status == ProofStatus.verified, Proof.rail_id.in_(list(rail_ids)),
-                SettlementEvidence.is_final.is_(True), Receipt.id.is_(None))
-         .order_by(Proof.created_at).limit(limit))
+    latest = (
+        select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
+        .group_by(SettlementEvidence.proof_id)
+        .subquery()
+    )
+    q = (
+        select(Proof.id)
+        .join(latest, latest.c.proof_id == Proof.id)
+        .join(SettlementEvidence, SettlementEvidence.id == latest.c.mid)
+        .outerjoin(Receipt, Receipt.proof_id == Proof.id)
+        .where(
+            Proof.status == ProofStatus.verified,
+            Proof.rail_id.in_(list(rail_ids)),
+            SettlementEvidence.is_final.is_(True),
+            Receipt.id.is_(None),
+        )
+        .order_by(Proof.created_at)
+        .limit(limit)
+    )
     return list(s.scalars(q).all())

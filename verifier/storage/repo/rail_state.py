@@ -13,8 +13,9 @@ from verifier.storage.repo.rows import Record
 
 _STATE = rows.table(RailState)
 # The rail's state under a share lock, held to the end of the caller's transaction.
-_STATE_FOR_SHARE = Prepared(select(*_STATE.columns).where(_STATE.c.rail_id == bindparam("pk"))
-                            .with_for_update(read=True))
+_STATE_FOR_SHARE = Prepared(
+    select(*_STATE.columns).where(_STATE.c.rail_id == bindparam("pk")).with_for_update(read=True)
+)
 _LOCK_TABLE = text(f"LOCK TABLE {RailState.__tablename__} IN EXCLUSIVE MODE")
 
 
@@ -57,9 +58,14 @@ def rail_ids(s: Session) -> set[str]:
     return set(s.scalars(select(RailState.rail_id)).all())
 
 
+_TREASURIES = Prepared(
+    select(RailState.__table__.c.treasury).where(RailState.__table__.c.treasury.is_not(None))
+)
+
+
 def treasuries(s: Session) -> list[str]:
     """The approved treasuries stored per rail (rails without one left out)."""
-    return [t for t in s.scalars(select(RailState.treasury)).all() if t]
+    return [t for (t,) in _TREASURIES.all(s.connection()) if t]
 
 
 def lock_for_pause(s: Session) -> None:

@@ -29,6 +29,7 @@ from verifier.storage.reconciliation_models import (
     RepairStatus,
     RunStatus,
 )
+from verifier.storage.repo.rows import rowcount, table
 
 # Proof statuses that say "we have this transfer" (a failed claim of it holds nothing).
 KNOWN = (*HOLDING, ProofStatus.pending.value)
@@ -38,7 +39,7 @@ KNOWN = (*HOLDING, ProofStatus.pending.value)
 
 
 def insert_run(s: Session, row: dict[str, Any]) -> None:
-    s.execute(ReconciliationRun.__table__.insert().values(**row))
+    s.execute(table(ReconciliationRun).insert().values(**row))
 
 
 def finish_run(
@@ -50,8 +51,8 @@ def finish_run(
     detail: str,
 ) -> None:
     s.execute(
-        update(ReconciliationRun.__table__)
-        .where(ReconciliationRun.__table__.c.id == run_id)
+        update(table(ReconciliationRun))
+        .where(table(ReconciliationRun).c.id == run_id)
         .values(status=status, finished_at=finished_at, summary=summary, detail=detail)
     )
 
@@ -69,7 +70,7 @@ def insert_findings(s: Session, run_id: str, findings: Iterable[dict[str, Any]])
         for f in findings
     ]
     if rows:
-        s.execute(ReconciliationFinding.__table__.insert(), rows)
+        s.execute(table(ReconciliationFinding).insert(), rows)
 
 
 def get_run(s: Session, run_id: str) -> ReconciliationRun | None:
@@ -368,8 +369,9 @@ def sessions_by_reference(s: Session, references: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i in range(0, len(references), 500):
         part = references[i : i + 500]
-        for row in s.execute(select(PaymentSession).where(PaymentSession.reference.in_(part))):
-            out[row[0].reference] = row[0]
+        for (ps,) in s.execute(select(PaymentSession).where(PaymentSession.reference.in_(part))):
+            if ps.reference is not None:  # always: NULL is in no list
+                out[ps.reference] = ps
     return out
 
 
@@ -388,7 +390,8 @@ def sessions_for_payer(
             func.lower(PaymentSession.payer).in_(part),
         )
         for (ps,) in s.execute(q):
-            out.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
+            if ps.payer is not None:  # always: NULL is in no list
+                out.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
     return out
 
 
@@ -431,8 +434,8 @@ def get_cursor(s: Session, key: str) -> DiscoveryCursor | None:
 def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> None:
     """Create or move a watch's cursor. Two workers watching at once may both create it: the
     loser's insert is dropped (the watch is idempotent, its next cycle reads again)."""
-    t = DiscoveryCursor.__table__
-    done = s.execute(update(t).where(t.c.watch_key == key).values(**values)).rowcount
+    t = table(DiscoveryCursor)
+    done = rowcount(s.execute(update(t).where(t.c.watch_key == key).values(**values)))
     if done:
         return
     row = {
@@ -466,7 +469,7 @@ def unresolved_counts(s: Session, run_id: str) -> dict[str, int]:
 
 def set_repair(s: Session, finding_id: int, status: str, result: dict[str, Any]) -> None:
     s.execute(
-        update(ReconciliationFinding.__table__)
-        .where(ReconciliationFinding.__table__.c.id == finding_id)
+        update(table(ReconciliationFinding))
+        .where(table(ReconciliationFinding).c.id == finding_id)
         .values(repair_status=status, repair_result=result)
     )

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, CursorResult, Result, Table, bindparam, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from verifier.storage.repo.prepared import Prepared
@@ -21,6 +21,14 @@ def table(model: type) -> Table:
     t = model.__table__  # type: ignore[attr-defined]
     assert isinstance(t, Table)
     return t
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. `Session.execute` is declared to return a
+    `Result`; for those statements it is a `CursorResult`, which alone carries the count."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"no row count: {type(result).__name__} is not a CursorResult")
+    return result.rowcount
 
 
 class Record:

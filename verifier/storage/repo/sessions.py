@@ -46,30 +46,50 @@ class Candidate:
     owner_id: str
 
 
-_CANDIDATES = (select(PaymentSession.id, PaymentSession.owner_id)
-               .where(PaymentSession.rail_id == bindparam("rail_id"),
-                      PaymentSession.recipient == bindparam("recipient"),
-                      PaymentSession.amount == bindparam("amount"),
-                      PaymentSession.asset == bindparam("asset"),
-                      PaymentSession.id != bindparam("sid"),
-                      PaymentSession.status == SessionStatus.open.value,
-                      PaymentSession.reference.is_(None),
-                      PaymentSession.created_at <= bindparam("at"),
-                      PaymentSession.expires_at >= bindparam("at"),
-                      or_(PaymentSession.payer.is_(None),
-                          func.lower(PaymentSession.payer) == bindparam("sender")),
-                      # A session another transfer already backs is not waiting for this one.
-                      ~select(TransferHold.transfer_key)
-                      .where(TransferHold.session_id == PaymentSession.id).exists())
-               .order_by(PaymentSession.created_at).limit(20))
+_CANDIDATES = (
+    select(PaymentSession.id, PaymentSession.owner_id)
+    .where(
+        PaymentSession.rail_id == bindparam("rail_id"),
+        PaymentSession.recipient == bindparam("recipient"),
+        PaymentSession.amount == bindparam("amount"),
+        PaymentSession.asset == bindparam("asset"),
+        PaymentSession.id != bindparam("sid"),
+        PaymentSession.status == SessionStatus.open.value,
+        PaymentSession.reference.is_(None),
+        PaymentSession.created_at <= bindparam("at"),
+        PaymentSession.expires_at >= bindparam("at"),
+        or_(
+            PaymentSession.payer.is_(None), func.lower(PaymentSession.payer) == bindparam("sender")
+        ),
+        # A session another transfer already backs is not waiting for this one.
+        ~select(TransferHold.transfer_key)
+        .where(TransferHold.session_id == PaymentSession.id)
+        .exists(),
+    )
+    .order_by(PaymentSession.created_at)
+    .limit(20)
+)
 
 
-def other_open_candidates(s: Session, ps: PaymentSession | Record, at: datetime,
-                          sender: str | None) -> list[Candidate]:
+def other_open_candidates(
+    s: Session, ps: PaymentSession | Record, at: datetime, sender: str | None
+) -> list[Candidate]:
     """Other open sessions without a reference that a transfer to `ps`'s recipient, of its
     asset and amount, made at `at` by `sender` (lower case) could back too: same rail, the
     transfer inside their window, their payer (when they name one) the sender, and no
     transfer holding them yet. At most 20, oldest first."""
-    return [Candidate(r.id, r.owner_id) for r in s.execute(_CANDIDATES, {
-        "rail_id": ps.rail_id, "recipient": ps.recipient, "amount": ps.amount,
-        "asset": ps.asset, "sid": ps.id, "at": at, "sender": sender}).all()]
+    return [
+        Candidate(r.id, r.owner_id)
+        for r in s.execute(
+            _CANDIDATES,
+            {
+                "rail_id": ps.rail_id,
+                "recipient": ps.recipient,
+                "amount": ps.amount,
+                "asset": ps.asset,
+                "sid": ps.id,
+                "at": at,
+                "sender": sender,
+            },
+        ).all()
+    ]

@@ -20,13 +20,17 @@ Joined = tuple[WebhookDelivery, OutboxEvent, WebhookEndpoint]
 
 
 def _joined() -> Select[WebhookDelivery, OutboxEvent, WebhookEndpoint]:
-    return (select(WebhookDelivery, OutboxEvent, WebhookEndpoint)
-            .join(OutboxEvent, OutboxEvent.id == WebhookDelivery.event_id)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id))
+    return (
+        select(WebhookDelivery, OutboxEvent, WebhookEndpoint)
+        .join(OutboxEvent, OutboxEvent.id == WebhookDelivery.event_id)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+    )
 
 
-def _triples(s: Session, q: Select[WebhookDelivery, OutboxEvent, WebhookEndpoint],
-             ) -> list[Joined]:
+def _triples(
+    s: Session,
+    q: Select[WebhookDelivery, OutboxEvent, WebhookEndpoint],
+) -> list[Joined]:
     return [(d, ev, ep) for d, ev, ep in s.execute(q).all()]
 
 
@@ -37,18 +41,26 @@ def due(s: Session, now: datetime, limit: int) -> list[Joined]:
     share the queue without taking the same row."""
     D, E, EP = WebhookDelivery, OutboxEvent, WebhookEndpoint
     d2, e2 = aliased(WebhookDelivery), aliased(OutboxEvent)
-    earlier_pending = (exists().where(d2.endpoint_id == D.endpoint_id,
-                                      d2.status == DeliveryStatus.pending,
-                                      d2.event_id == e2.id,
-                                      e2.resource_type == E.resource_type,
-                                      e2.resource_id == E.resource_id,
-                                      e2.sequence < E.sequence))
-    q = (_joined()
-         .where(D.status == DeliveryStatus.pending, EP.active.is_(True),
-                or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
-                or_(D.claimed_until.is_(None), D.claimed_until < now),
-                ~earlier_pending)
-         .order_by(D.next_attempt_at, E.created_at, E.sequence).limit(limit))
+    earlier_pending = exists().where(
+        d2.endpoint_id == D.endpoint_id,
+        d2.status == DeliveryStatus.pending,
+        d2.event_id == e2.id,
+        e2.resource_type == E.resource_type,
+        e2.resource_id == E.resource_id,
+        e2.sequence < E.sequence,
+    )
+    q = (
+        _joined()
+        .where(
+            D.status == DeliveryStatus.pending,
+            EP.active.is_(True),
+            or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
+            or_(D.claimed_until.is_(None), D.claimed_until < now),
+            ~earlier_pending,
+        )
+        .order_by(D.next_attempt_at, E.created_at, E.sequence)
+        .limit(limit)
+    )
     if rows.is_postgres(s):
         q = q.with_for_update(skip_locked=True, of=D)
     return _triples(s, q)
@@ -67,8 +79,14 @@ def event(s: Session, event_id: str) -> OutboxEvent | None:
 
 
 def count_dead_letters(s: Session) -> int:
-    return s.scalar(select(func.count()).select_from(WebhookDelivery)
-                    .where(WebhookDelivery.status == DeliveryStatus.dead_letter)) or 0
+    return (
+        s.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.status == DeliveryStatus.dead_letter)
+        )
+        or 0
+    )
 
 
 def newest(s: Session, status: str | None, limit: int) -> list[Joined]:
@@ -80,15 +98,20 @@ def newest(s: Session, status: str | None, limit: int) -> list[Joined]:
 
 
 def of_event(s: Session, event_id: str) -> list[Joined]:
-    return _triples(s, _joined().where(WebhookDelivery.event_id == event_id)
-                    .order_by(WebhookDelivery.created_at, WebhookDelivery.id))
+    return _triples(
+        s,
+        _joined()
+        .where(WebhookDelivery.event_id == event_id)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id),
+    )
 
 
 def dead_letters_locked(s: Session, event_id: str, delivery_id: str | None) -> list[Joined]:
     """The event's dead-lettered deliveries (only `delivery_id` when given), their rows
     locked FOR UPDATE on PostgreSQL."""
-    q = _joined().where(WebhookDelivery.event_id == event_id,
-                        WebhookDelivery.status == DeliveryStatus.dead_letter)
+    q = _joined().where(
+        WebhookDelivery.event_id == event_id, WebhookDelivery.status == DeliveryStatus.dead_letter
+    )
     if delivery_id is not None:
         q = q.where(WebhookDelivery.id == delivery_id)
     if rows.is_postgres(s):

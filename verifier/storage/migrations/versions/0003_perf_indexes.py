@@ -16,11 +16,11 @@ Each index serves a query that runs per proof or per sweep (docs/bench.md, "Scal
 
 The matching Index(...) entries belong in verifier/storage/models.py so autogenerate agrees.
 """
+
 from alembic import op
 
-
-revision = '0003'
-down_revision = '0002'
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -8,11 +8,11 @@ The admin audit view filters on subject_id alone, which audit_events(subject_id,
 (0003). The older index was written on every audit append (three per submission) and read by
 nothing.
 """
+
 from alembic import op
 
-
-revision = '0004'
-down_revision = '0003'
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -22,5 +22,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.create_index("ix_audit_events_subject", "audit_events", ["subject_type", "subject_id"],
-                    unique=False)
+    op.create_index(
+        "ix_audit_events_subject", "audit_events", ["subject_type", "subject_id"], unique=False
+    )

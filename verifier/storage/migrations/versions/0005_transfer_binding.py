@@ -11,12 +11,12 @@ fingerprint may have one proof per session, and only a holding proof (verified o
 requires_review) reserves it: a partial unique index. Transfer holds give one transfer one
 session across proof types (an x402 payload and its settlement's transaction hash).
 """
+
 import sqlalchemy as sa
 from alembic import op
 
-
-revision = '0005'
-down_revision = '0004'
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -30,10 +30,17 @@ def upgrade() -> None:
         b.create_unique_constraint("uq_payment_sessions_reference", ["reference"])
     with op.batch_alter_table("proofs") as b:
         b.drop_constraint("uq_proofs_fingerprint", type_="unique")
-        b.create_unique_constraint("uq_proofs_fingerprint_session_id",
-                                   ["fingerprint", "session_id"])
-    op.create_index("ux_proofs_holding_fingerprint", "proofs", ["fingerprint"], unique=True,
-                    sqlite_where=sa.text(HOLDING_SQL), postgresql_where=sa.text(HOLDING_SQL))
+        b.create_unique_constraint(
+            "uq_proofs_fingerprint_session_id", ["fingerprint", "session_id"]
+        )
+    op.create_index(
+        "ux_proofs_holding_fingerprint",
+        "proofs",
+        ["fingerprint"],
+        unique=True,
+        sqlite_where=sa.text(HOLDING_SQL),
+        postgresql_where=sa.text(HOLDING_SQL),
+    )
     op.create_table(
         "transfer_holds",
         sa.Column("transfer_key", sa.String(length=256), nullable=False),
@@ -41,8 +48,9 @@ def upgrade() -> None:
         sa.Column("session_id", sa.String(length=32), nullable=False),
         sa.Column("owner_id", sa.String(length=128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["proof_id"], ["proofs.id"],
-                                name=op.f("fk_transfer_holds_proof_id_proofs")),
+        sa.ForeignKeyConstraint(
+            ["proof_id"], ["proofs.id"], name=op.f("fk_transfer_holds_proof_id_proofs")
+        ),
         sa.PrimaryKeyConstraint("transfer_key", name=op.f("pk_transfer_holds")),
     )
     op.create_index("ix_transfer_holds_proof", "transfer_holds", ["proof_id"])
@@ -52,10 +60,12 @@ def upgrade() -> None:
     op.execute(
         "INSERT INTO transfer_holds (transfer_key, proof_id, session_id, owner_id, created_at) "
         "SELECT 'proof:' || fingerprint, id, session_id, owner_id, updated_at FROM proofs "
-        f"WHERE {HOLDING_SQL} OR id IN (SELECT proof_id FROM receipts)")
+        f"WHERE {HOLDING_SQL} OR id IN (SELECT proof_id FROM receipts)"
+    )
     # The ambiguity check: open sessions a reference-less transfer could back.
-    op.create_index("ix_payment_sessions_match", "payment_sessions",
-                    ["rail_id", "recipient", "amount"])
+    op.create_index(
+        "ix_payment_sessions_match", "payment_sessions", ["rail_id", "recipient", "amount"]
+    )
 
 
 def downgrade() -> None:
@@ -69,6 +79,7 @@ def downgrade() -> None:
         b.create_unique_constraint("uq_proofs_fingerprint", ["fingerprint"])
     with op.batch_alter_table("payment_sessions") as b:
         b.drop_constraint("uq_payment_sessions_reference", type_="unique")
-        b.create_unique_constraint("uq_payment_sessions_rail_id_reference",
-                                   ["rail_id", "reference"])
+        b.create_unique_constraint(
+            "uq_payment_sessions_rail_id_reference", ["rail_id", "reference"]
+        )
         b.drop_column("payer")

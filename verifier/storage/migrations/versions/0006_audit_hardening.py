@@ -8,11 +8,11 @@ Row triggers (0001) refuse UPDATE and DELETE, but TRUNCATE fires no row trigger:
 owner could empty the log, and the chain that is left (none) would verify. A statement
 trigger refuses it, for the owner too. SQLite has no TRUNCATE (its DELETE is covered).
 """
+
 from alembic import op
 
-
-revision = '0006'
-down_revision = '0005'
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
