@@ -59,7 +59,7 @@ test: $(DEV_STAMP)
 
 # Lint: ruff (rules and format) on the paths held to it, mypy --strict on the packages listed
 # in pyproject's [tool.mypy] files (rails/, registry/). Widen both lists as code is brought in.
-LINT_PATHS := rails registry tests/fake_rail.py tests/voucher_rail.py tests/test_new_proof_type.py
+LINT_PATHS := rails registry verifier tests scripts
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

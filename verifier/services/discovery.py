@@ -74,7 +74,7 @@ def _due(engine: Engine, key: str) -> tuple[bool, Any]:
             "idle_polls": c.idle_polls,
             "next_poll_at": c.next_poll_at,
         }
-    nxt = state["next_poll_at"]
+        nxt = c.next_poll_at
     from verifier.core.timeutil import utc
 
     return (nxt is None or utc(nxt) <= engine.now()), state
@@ -111,7 +111,7 @@ def watch_solana(engine: Engine, rail: Any, chain: Transport | None = None) -> d
     elsewhere = [ps for ps in sessions if not (treasury and ps.recipient == treasury)]
     found: list[tuple[Any, str]] = []  # (session, signature)
 
-    if at_treasury:
+    if treasury and at_treasury:  # (sessions at the treasury: there is one)
         key = f"solana:{rail.rail_id}:{rail.network}:treasury:{treasury}"
         due, state = _due(engine, key)
         if due:

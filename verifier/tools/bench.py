@@ -207,7 +207,7 @@ class _Recipe:
         sig = base58.b58encode(rng.randbytes(64)).decode()
         blob = self.blob.replace(self.signature.encode(), sig.encode())
         reference = t.reference
-        if reference is not None:
+        if t.reference is not None:
             reference = base58.b58encode(rng.randbytes(32)).decode()
             blob = blob.replace(t.reference.encode(), reference.encode())
         result = orjson.loads(blob)
@@ -500,9 +500,10 @@ def x402_payloads(n: int, seed: int = SEED) -> list[tuple[dict[str, Any], dict[s
     payer = keccak(key.public_key.format(compressed=False)[1:])[12:]
     to = bytes.fromhex(X402_PAY_TO[2:])
     rail = load_catalog().resolve("x402", RailOverrides(network=X402_NETWORK))
-    sep = domain_separator(
-        rail.eip712.name, rail.eip712.version, rail.chain_id, bytes.fromhex(BASE_USDC[2:])
-    )
+    eip712 = rail.eip712
+    if eip712 is None:  # the catalog's x402 rails all name their token's EIP-712 domain
+        raise ValueError(f"{rail.rail_id}: no EIP-712 domain in the catalog")
+    sep = domain_separator(eip712.name, eip712.version, rail.chain_id, bytes.fromhex(BASE_USDC[2:]))
     out = []
     for i in range(n):
         amount = rng.randint(1, 50_000) * 100
@@ -520,7 +521,7 @@ def x402_payloads(n: int, seed: int = SEED) -> list[tuple[dict[str, Any], dict[s
         version = 1 if i % 2 == 0 else 2
         network = X402_NETWORK if version == 1 else f"eip155:{rail.chain_id}"
         req = requirements_doc(
-            version, network, BASE_USDC, X402_PAY_TO, amount, rail.eip712.name, rail.eip712.version
+            version, network, BASE_USDC, X402_PAY_TO, amount, eip712.name, eip712.version
         )
         if version == 1:
             doc = {
@@ -741,7 +742,7 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
                     created_at=at,
                 )
             )
-            events = [
+            events: list[tuple[str, str, str, str, dict[str, Any]]] = [
                 (
                     "service",
                     "session.opened",
