@@ -426,6 +426,40 @@ def test_the_requester_cannot_approve_another_staff_member_can(c, engine, app):
     assert (row.actor, row.incident_id) == ("ops2", "INC-9")
 
 
+def test_another_staff_member_can_reject_and_nothing_takes_effect(c, engine, app):
+    with engine.db.tx() as s:
+        s.add(
+            Approval(
+                rail_id="fake_live",
+                kind="treasury",
+                value="fanew",
+                requested_by="ops1",
+                created_at=engine.now(),
+                incident_id="INC-1",
+                reason="r",
+            )
+        )
+    with engine.db.tx() as s:
+        approval_id = s.scalars(select(Approval.id)).one()
+    login(c)
+    r = c.post(f"/console/approvals/{approval_id}/reject", data={**OPS, "csrf_token": csrf(c)})
+    assert r.status_code == 403  # the requester decides neither way
+    with TestClient(app, follow_redirects=False) as other:
+        login(other, STAFF_TOKEN_2)
+        page = other.get("/console/approvals").text
+        assert f"/console/approvals/{approval_id}/reject" in page
+        r = other.post(
+            f"/console/approvals/{approval_id}/reject", data={**OPS, "csrf_token": csrf(other)}
+        )
+        assert r.status_code == 303
+    with engine.db.tx() as s:
+        a = s.get(Approval, approval_id)
+        assert (a.status, a.approved_by) == ("rejected", "ops2")
+        assert s.get(RailState, "fake_live").treasury is None
+    (row,) = audit_rows(engine, "approval.rejected")
+    assert (row.actor, row.incident_id) == ("ops2", "INC-9")
+
+
 # -- pages --------------------------------------------------------------------------------------
 def test_proofs_filter_and_page(c, chain, monkeypatch):
     ok = paid_proof(c, chain, tx="fxaaaa0001")

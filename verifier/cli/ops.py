@@ -657,6 +657,24 @@ def register(app: typer.Typer) -> None:
             operator_reason,
         )
 
+    @command("reject-rail-change")
+    def reject(
+        approval_id: str,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Refuse another staff member's request: nothing of it takes effect."""
+        _confirmed_post(
+            "reject-rail-change",
+            f"/v1/admin/approvals/{approval_id}/reject",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+        )
+
     @command("assurance")
     def assurance(
         as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None

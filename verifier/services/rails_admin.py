@@ -221,6 +221,43 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
         return _approval_view(a)
 
 
+def reject(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
+    """Refuse a pending change: nothing of it takes effect. Decided by another staff member
+    (as approval is), with incident id and reason on the record."""
+    if not op.incident_id or not op.reason:
+        field = "incident_id" if not op.incident_id else "operator_reason"
+        raise BadInput(
+            "operator_context_required",
+            f"{field}: a rejection carries an incident id and a reason",
+            field=field,
+        )
+    with engine.db.tx() as s:
+        a = approval_repo.get_locked(s, approval_id)
+        if a is None:
+            raise NotFound("approval_not_found", f"no approval {approval_id!r}")
+        if a.status != ApprovalStatus.pending:
+            raise Conflict("approval_decided", f"approval is already {a.status}")
+        if a.requested_by == op.actor:
+            # SECURITY: the two-person rule decides both ways (the database holds it too).
+            raise Forbidden("two_person_rule", "another staff member decides on this request")
+        a.status, a.approved_by, a.decided_at = ApprovalStatus.rejected, op.actor, engine.now()
+        audit.append(
+            s,
+            engine.now(),
+            op,
+            "approval.rejected",
+            "approval",
+            a.id,
+            {
+                "rail_id": a.rail_id,
+                "kind": a.kind,
+                "value": a.value,
+                "requested_by": a.requested_by,
+            },
+        )
+        return _approval_view(a)
+
+
 def list_approvals(engine: Engine) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
         return [_approval_view(a) for a in approval_repo.newest_first(s)]

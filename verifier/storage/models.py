@@ -66,6 +66,7 @@ class EntitlementStatus(StrEnum):
 class ApprovalStatus(StrEnum):
     pending = "pending"
     approved = "approved"
+    rejected = "rejected"  # migration 0008; `approved_by` then holds who decided
 
 
 class ClaimStatus(StrEnum):

@@ -64,6 +64,7 @@ DONE = {
     "paused": "Rail paused: new sessions and proofs are refused, apply is blocked.",
     "resumed": "Rail resumed.",
     "approved": "Approved: the change is in effect.",
+    "rejected": "Rejected: nothing of the change takes effect.",
 }
 NAV = [
     ("health", "Health", "/console"),
@@ -603,6 +604,21 @@ def console_router(
         except EngineError as e:
             return refused(request, cs, e.status, e.message)
         return headers(RedirectResponse("/console/approvals?done=approved", status_code=303))
+
+    @router.post("/approvals/{approval_id}/reject")
+    async def reject(request: Request, approval_id: str) -> Response:
+        got = await authed_post(request)
+        if isinstance(got, Response):
+            return got
+        cs, form = got
+        try:
+            op = operator(cs, form, required=True)
+            await run_in_threadpool(rails_admin.reject, engine, approval_id, op)
+        except _Refusal as r:
+            return refused(request, cs, r.status, r.message)
+        except EngineError as e:
+            return refused(request, cs, e.status, e.message)
+        return headers(RedirectResponse("/console/approvals?done=rejected", status_code=303))
 
     # -- reconciliation and assurance --------------------------------------------------------
     def reconciliation_page(

@@ -239,6 +239,15 @@ def approve(
     return rails_admin.approve(engine, approval_id, confirmed(actor, body))
 
 
+@router.post(
+    "/approvals/{approval_id}/reject",
+    response_model=ApprovalOut,
+    responses={**ACTION, **error_responses(403)},
+)
+def reject(approval_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
+    return rails_admin.reject(engine, approval_id, confirmed(actor, body))
+
+
 @router.post("/entitlements/{entitlement_id}/revoke", response_model=RevokeOut, responses=ACTION)
 def revoke(
     entitlement_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep

@@ -1,0 +1,58 @@
+"""Rail changes (production state, treasury) are decided by a second staff member, both
+ways: approval applies the change, rejection leaves everything as it was. Over HTTP and the
+CLI's state-changing command."""
+
+from __future__ import annotations
+
+from tests.conftest import STAFF_TOKEN, STAFF_TOKEN_2, auth
+from tests.helpers import audit_actions
+from verifier.storage.models import RailState
+
+OPS = {"incident_id": "INC-3", "operator_reason": "wrong treasury typed"}
+
+
+def _request(client) -> str:
+    r = client.post(
+        "/v1/admin/rails/fake_live/treasury/request",
+        headers=auth(STAFF_TOKEN),
+        json={"treasury": "fanewtreasury", **OPS},
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["approval_id"]
+
+
+def test_reject_by_another_staff_member_changes_nothing(client, engine):
+    aid = _request(client)
+    url = f"/v1/admin/approvals/{aid}/reject"
+    r = client.post(url, headers=auth(STAFF_TOKEN), json={"confirm": True, **OPS})
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "two_person_rule")
+    r = client.post(url, headers=auth(STAFF_TOKEN_2), json={"confirm": True})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "incident_id"
+    r = client.post(url, headers=auth(STAFF_TOKEN_2), json={"confirm": "yes", **OPS})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "confirm"
+    r = client.post(url, headers=auth(STAFF_TOKEN_2), json={"confirm": True, **OPS})
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["approved_by"]) == ("rejected", "ops2")
+    with engine.db.tx() as s:
+        assert s.get(RailState, "fake_live").treasury is None
+    # Decided once: neither a second rejection nor a late approval.
+    for verb in ("reject", "approve"):
+        r = client.post(
+            f"/v1/admin/approvals/{aid}/{verb}",
+            headers=auth(STAFF_TOKEN_2),
+            json={"confirm": True, **OPS},
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "approval_decided")
+    (ev,) = [a for a in audit_actions(engine, aid) if a.action == "approval.rejected"]
+    assert (ev.actor, ev.incident_id, ev.data["value"]) == ("ops2", "INC-3", "fanewtreasury")
+
+
+def test_cli_reject_needs_incident_context_before_sending(monkeypatch):
+    from typer.testing import CliRunner
+
+    from verifier.cli.main import app
+
+    monkeypatch.setenv("RAILPROOF_STAFF_TOKEN", STAFF_TOKEN_2)
+    monkeypatch.setenv("RAILPROOF_API_BASE_URL", "http://127.0.0.1:9")  # nothing listens
+    r = CliRunner().invoke(app, ["reject-rail-change", "a1", "--confirm"])
+    assert r.exit_code == 2 and "--incident-id" in r.output
