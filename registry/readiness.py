@@ -35,6 +35,18 @@ def live_verifier_configured(cfg: DeploymentConfig, network: str) -> bool:
     return cfg.chain_mode == "live" and network in cfg.rpc_networks
 
 
+def _live_verifier_blocker(cfg: DeploymentConfig, network: str) -> str:
+    """The `live_verifier_configured` blocker, saying why and what to set for live."""
+    rpc_var = "RAILPROOF_RPC_" + network.upper().replace("-", "_")
+    if cfg.chain_mode != "live":
+        need = "" if network in cfg.rpc_networks else f" and {rpc_var}"
+        return (
+            f"live_verifier_configured: recorded cassettes (RAILPROOF_CHAIN={cfg.chain_mode}): "
+            f"set RAILPROOF_CHAIN=live{need}"
+        )
+    return f"live_verifier_configured: no RPC URL for {network}: set {rpc_var}"
+
+
 def readiness(
     catalog: Catalog, states: Mapping[str, StoredState], cfg: DeploymentConfig
 ) -> list[dict[str, Any]]:
@@ -62,7 +74,7 @@ def readiness(
         if not receipts:
             blockers.append("receipt_creation_allowed")
         if not live_verifier:
-            blockers.append("live_verifier_configured")
+            blockers.append(_live_verifier_blocker(cfg, network))
         out.append(
             {
                 "rail_id": rail_id,

@@ -6,6 +6,7 @@ from pathlib import Path
 from rails.codes import FailureCode
 from registry.catalog import load_catalog
 from verifier.core.config import Settings
+from verifier.http.errors import ApiErrorCode
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -14,6 +15,26 @@ def test_every_failure_code_is_documented_in_order():
     documented = re.findall(r"^\| `([a-z0-9_]+)` \|", README, flags=re.M)
     codes = [c.value for c in FailureCode]
     assert [d for d in documented if d in codes] == codes
+
+
+def api_error_rows() -> list[tuple[str, str]]:
+    """(code, HTTP status) of each row of the README's "API error codes" table."""
+    section = README.split("### API error codes", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `([a-z0-9_]+)` \| ([^|]+?) \|", section, flags=re.M)
+
+
+def test_every_api_error_code_is_documented_in_order():
+    assert [code for code, _ in api_error_rows()] == [c.value for c in ApiErrorCode]
+
+
+def test_api_error_codes_document_an_http_status():
+    for code, status in api_error_rows():
+        assert re.fullmatch(r"[45]\d\d|other 4xx", status), (code, status)
+    # The statuses the app sets itself (verifier/http/app.py, deps.py, ratelimit.py).
+    rows = dict(api_error_rows())
+    assert rows["body_too_large"] == "413" and rows["unauthorized"] == "401"
+    assert rows["rate_limited"] == "429" and rows["database_busy"] == "503"
+    assert rows["invalid_request"] == "422" and rows["internal_error"] == "500"
 
 
 def test_every_rail_is_documented_with_its_stage():

@@ -31,7 +31,15 @@ from verifier.core.config import Settings
 from verifier.core.logs import JsonFormatter, configure_logging, redact
 from verifier.http.api import create_app
 
-PUBLIC = {"/healthz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+}
 ALL_TOKENS = (SERVICE_TOKEN, OTHER_SERVICE_TOKEN, STAFF_TOKEN, STAFF_TOKEN_2)
 
 

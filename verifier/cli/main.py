@@ -33,14 +33,50 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _settings():
-    from pydantic import ValidationError
+    """The settings, or exit 2 with one `error:` line per invalid variable; unknown
+    RAILPROOF_* variables (likely typos) are warned about on stderr."""
+    from verifier.core.config import describe_error, load_settings, unknown_env
 
-    from verifier.core.config import load_settings
-
+    unknown = unknown_env()
+    if unknown:
+        typer.echo(
+            f"warning: unknown RAILPROOF_* variable(s), ignored (a typo?): {', '.join(unknown)}",
+            err=True,
+        )
     try:
         return load_settings()
-    except (ValidationError, ValueError) as e:
-        fail(f"configuration: {e}".splitlines()[0] + " (check RAILPROOF_* variables)")
+    except ValueError as e:  # pydantic's ValidationError and pydantic-settings' SettingsError
+        lines = describe_error(e)
+        for line in lines[:-1]:
+            typer.echo(f"error: {line}", err=True)
+        fail(lines[-1] if lines else "configuration: invalid RAILPROOF_* variables")
+
+
+def _refuse_unservable(engine) -> None:
+    """`serve` refuses a deployment that could not answer: a live chain without RPC URLs for
+    the live rails' networks, or no service tokens."""
+    from registry.catalog import Stage
+
+    settings = engine.settings
+    if settings.chain == "live":
+        missing = sorted(
+            {
+                "RAILPROOF_RPC_" + engine.rail(rid).network.upper().replace("-", "_")
+                for rid, d in engine.catalog.rails.items()
+                if d.stage is Stage.live and not settings.rpc_urls(engine.rail(rid).network)
+            }
+        )
+        if missing:
+            fail(
+                "RAILPROOF_CHAIN=live but no RPC URL for the live rails' networks: set "
+                + " and ".join(missing)
+                + " (comma-separated URLs), or RAILPROOF_CHAIN=cassette for recorded chains"
+            )
+    if not settings.service_tokens:
+        fail(
+            "no service tokens: set RAILPROOF_SERVICE_TOKENS to a JSON object of token to "
+            """owner ids, e.g. '{"<token>": ["<owner-id>"]}'"""
+        )
 
 
 AUDIT_KEY_MISSING = (
@@ -82,7 +118,11 @@ def _engine(require_migrated: bool = True, writes: bool = True):
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
+def db_upgrade(
+    revision: Annotated[
+        str, typer.Option(help="the Alembic revision to migrate to (see `railproof db history`)")
+    ] = "head",
+) -> None:
     """Migrate the database at RAILPROOF_DATABASE_URL to the latest schema."""
     from verifier.storage.db import upgrade
 
@@ -94,9 +134,54 @@ def db_upgrade(revision: str = "head") -> None:
     typer.echo(f"database at {revision}: {settings.database_url.split('@')[-1]}")
 
 
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's Alembic revision and whether it is at head (exit 1 when not)."""
+    from verifier.storage.db import current_revision, head_revision, make_engine, sqlite_path
+
+    settings = _settings()
+    where = settings.database_url.split("@")[-1]
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():  # opening it would create it
+        fail(f"database: no SQLite file at {path}; run `railproof db upgrade` to create it")
+    try:
+        engine = make_engine(settings.database_url)
+        try:
+            current = current_revision(engine)
+        finally:
+            engine.dispose()
+    except Exception as e:  # connection refused, bad URL
+        fail(f"database: cannot open {where}: {type(e).__name__}")
+    head = head_revision(settings.database_url)
+    if current == head:
+        typer.echo(f"{current} (head): {where}")
+        return
+    state = "empty (never migrated)" if current is None else f"{current}, head is {head}"
+    typer.echo(f"{state}: {where}; run `railproof db upgrade`")
+    raise typer.Exit(1)
+
+
+@db_app.command("history")
+def db_history() -> None:
+    """List the migrations, oldest first, with their one-line descriptions."""
+    from alembic.script import ScriptDirectory
+
+    from verifier.storage.db import alembic_config
+
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    for rev in reversed(list(scripts.walk_revisions())):
+        # rev.doc is the docstring's first paragraph (up to "Revision ID:"), on one line.
+        doc = " ".join((rev.doc or "").split())
+        typer.echo(f"{rev.revision}  {doc}".rstrip())
+
+
 @app.command()
 def serve(
-    host: str = "127.0.0.1", port: Annotated[int | None, typer.Option()] = None, workers: int = 1
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(help="port to listen on (default: $PORT, else 8000)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="API processes")] = 1,
 ) -> None:
     """Serve the HTTP API (refuses an unmigrated database)."""
     import uvicorn
@@ -105,7 +190,8 @@ def serve(
 
     configure_logging()
     port = port or int(os.environ.get("PORT", "8000"))
-    _engine()  # refuse early, with the migration hint, before binding the port
+    # Refuse early, with the migration hint or what to set, before binding the port.
+    _refuse_unservable(_engine())
     uvicorn.run(
         "verifier.http.asgi:make_app",
         factory=True,
@@ -148,15 +234,23 @@ def verify_offline_cmd(
     recipient: Annotated[str, typer.Option(help="who must receive")],
     amount: Annotated[str, typer.Option(help="base units, an integer")],
     cassette: Annotated[Path | None, typer.Option(help="recorded chain responses")] = None,
-    asset: str | None = None,
-    network: str | None = None,
-    reference: str | None = None,
-    memo: str | None = None,
-    not_before: Annotated[str | None, typer.Option("--not-before")] = None,
-    not_after: Annotated[str | None, typer.Option("--not-after")] = None,
-    now: str | None = None,
+    asset: Annotated[str | None, typer.Option(help="expected asset (default: the rail's)")] = None,
+    network: Annotated[
+        str | None, typer.Option(help="expected network (default: the rail's)")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="expected payment reference")] = None,
+    memo: Annotated[str | None, typer.Option(help="expected memo")] = None,
+    not_before: Annotated[
+        str | None, typer.Option("--not-before", help="ISO-8601: paid no earlier than this")
+    ] = None,
+    not_after: Annotated[
+        str | None, typer.Option("--not-after", help="ISO-8601: paid no later than this")
+    ] = None,
+    now: Annotated[
+        str | None, typer.Option(help="ISO-8601: judge as of this time (default: now)")
+    ] = None,
     at_least: Annotated[bool, typer.Option("--at-least", help="accept overpayment")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Verify one recorded proof against an expected payment: no database, no network."""
     from verifier.services.offline import OfflineRequest, UsageError, verify_offline
@@ -239,7 +333,7 @@ def audit_verify(
             help="a file from `railproof audit checkpoint`: the chain must still hold its head"
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check the audit hash chain (and a checkpoint of it); names the first broken link.
     Exit 0 intact, 1 broken."""
@@ -326,12 +420,15 @@ def demo(base_url: Annotated[str | None, typer.Option(help="API base URL")] = No
 
 @app.command()
 def bench(
-    proofs: Annotated[int, typer.Option("--proofs", min=10)] = 2000,
-    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
+    proofs: Annotated[int, typer.Option("--proofs", min=10, help="proofs per measurement")] = 2000,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="a disposable database (default: a temporary SQLite)"),
+    ] = None,
     stored: Annotated[
         int | None, typer.Option("--stored", help="proofs stored for dry-run latency")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print compact JSON")] = False,
 ) -> None:
     """Measure verification, submission and dry-run-apply throughput (JSON with --json)."""
     from verifier.tools.bench import run_bench
@@ -357,11 +454,37 @@ def rehearse(
     raise typer.Exit(run_rehearsal(database_url, out, confirmed, echo=typer.echo))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"railproof {version('railproof')}")
+        except PackageNotFoundError:
+            fail("railproof is not installed as a package (pip install -e .)")
+        raise typer.Exit(0)
+
+
 def _register_operator_commands() -> None:
     from verifier.cli import ops as cli_ops
     from verifier.cli import webhooks as cli_webhooks
 
-    app.callback()(cli_ops.global_options)  # --base-url, --staff-token-file before the command
+    @app.callback()
+    def root(
+        ctx: typer.Context,
+        base_url: cli_ops.BaseUrl = None,
+        staff_token_file: cli_ops.TokenFile = None,
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version", is_eager=True, callback=_print_version, help="print the version"
+            ),
+        ] = False,
+    ) -> None:
+        """railproof: rail-proof verification engine for on-chain payments"""
+        # --base-url, --staff-token-file before the command apply to the command that follows
+        cli_ops.global_options(ctx, base_url, staff_token_file)
+
     cli_ops.register(app)
     cli_webhooks.register(app)
     from verifier.cli import reconcile as cli_reconcile

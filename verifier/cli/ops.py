@@ -316,7 +316,7 @@ def register(app: typer.Typer) -> None:
 
     @command("list-proof-contracts")
     def contracts(
-        rail_id: Annotated[str | None, typer.Option("--rail-id")] = None,
+        rail_id: Annotated[str | None, typer.Option("--rail-id", help="only this rail")] = None,
         limit: Limit = None,
         as_json: JsonOpt = False,
         incident_id: Incident = None,
@@ -343,9 +343,13 @@ def register(app: typer.Typer) -> None:
 
     @command("list-rail-proofs")
     def list_proofs(
-        rail_id: Annotated[str | None, typer.Option("--rail-id")] = None,
-        status: Annotated[str | None, typer.Option("--status")] = None,
-        limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+        rail_id: Annotated[str | None, typer.Option("--rail-id", help="only this rail")] = None,
+        status: Annotated[
+            str | None, typer.Option("--status", help="only proofs in this status, e.g. verified")
+        ] = None,
+        limit: Annotated[
+            int, typer.Option("--limit", min=1, max=1000, help="at most this many rows")
+        ] = 50,
         as_json: JsonOpt = False,
         incident_id: Incident = None,
         operator_reason: Reason = None,
@@ -485,7 +489,15 @@ def register(app: typer.Typer) -> None:
 
     @command("list-stuck-idempotency-claims")
     def stuck(
-        min_age_seconds: Annotated[int | None, typer.Option("--min-age-seconds", min=0)] = None,
+        min_age_seconds: Annotated[
+            int | None,
+            typer.Option(
+                "--min-age-seconds",
+                min=0,
+                help="claimed at least this long ago "
+                "(default: the server's RAILPROOF_STUCK_CLAIM_SECONDS)",
+            ),
+        ] = None,
         endpoint: Annotated[
             str | None,
             typer.Option(
@@ -622,7 +634,9 @@ def register(app: typer.Typer) -> None:
     @command("request-rail-production")
     def request_production(
         rail_id: str,
-        enable: Annotated[bool, typer.Option("--enable/--disable")] = True,
+        enable: Annotated[
+            bool, typer.Option("--enable/--disable", help="turn production on (off)")
+        ] = True,
         as_json: JsonOpt = False,
         incident_id: Incident = None,
         operator_reason: Reason = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,6 +213,78 @@ def default_api_base_url(environ: Mapping[str, str] | None = None) -> str:
     if url:
         return url.rstrip("/")
     return f"http://127.0.0.1:{env.get('PORT') or 8000}"
+
+
+# RAILPROOF_* names read outside the Settings fields: the open-ended per-network and per-rail
+# families, the webhook delivery bounds (verifier.services.webhooks), and the names the CLI,
+# the demo and the test suites read.
+ENV_PREFIXES = (
+    "RAILPROOF_RPC_",  # RAILPROOF_RPC_<NETWORK>, RAILPROOF_RPC_{TIMEOUT_S,ATTEMPTS,TOTAL_S}_<NET>
+    "RAILPROOF_TREASURY_",
+    "RAILPROOF_NETWORK_",
+    "RAILPROOF_ASSET_",
+)
+ENV_NAMES = frozenset(
+    {
+        "RAILPROOF_TEST_POSTGRES_URL",
+        "RAILPROOF_STAFF_TOKEN",
+        "RAILPROOF_API_BASE_URL",
+        "RAILPROOF_DEMO_SERVICE_TOKEN",
+        "RAILPROOF_CONSOLE_SCREENSHOTS",
+        "RAILPROOF_WEBHOOK_ALLOW_ANY_HOST",
+        "RAILPROOF_WEBHOOK_TIMEOUT_SECONDS",
+        "RAILPROOF_WEBHOOK_MAX_ATTEMPTS",
+        "RAILPROOF_WEBHOOK_BACKOFF_INITIAL_SECONDS",
+        "RAILPROOF_WEBHOOK_BACKOFF_MAX_SECONDS",
+        "RAILPROOF_WEBHOOK_BACKOFF_JITTER_SECONDS",
+        "RAILPROOF_WEBHOOK_LEASE_SECONDS",
+        "RAILPROOF_WEBHOOK_CONCURRENCY",
+    }
+)
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets a Settings field."""
+    return "RAILPROOF_" + field.upper()
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """RAILPROOF_* variables in the environment that nothing reads: likely typos."""
+    env = os.environ if environ is None else environ
+    fields = {env_var(f) for f in Settings.model_fields if f != "env"}
+    return sorted(
+        k
+        for k in env
+        if k.startswith("RAILPROOF_")
+        and k not in fields
+        and k not in ENV_NAMES
+        and not any(k.startswith(p) and len(k) > len(p) for p in ENV_PREFIXES)
+    )
+
+
+def describe_error(error: Exception) -> list[str]:
+    """One line per invalid setting, each naming its RAILPROOF_ variable."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        text = str(error).strip()
+        match = re.search(r'field "(\w+)"', text)  # pydantic-settings' SettingsError
+        if match and match.group(1) in Settings.model_fields:
+            return [f"{env_var(match.group(1))}: not valid JSON"]
+        return [text.splitlines()[0] if text else type(error).__name__]
+    lines = []
+    for err in error.errors(include_url=False):
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ").splitlines()[0]
+        loc = err.get("loc") or ()
+        if loc and isinstance(loc[0], str) and loc[0] in Settings.model_fields:
+            name = env_var(loc[0])
+            line = msg if msg.startswith(name) else f"{name}: {msg}"
+        else:
+            line = msg
+        if line not in lines:
+            lines.append(line)
+    return lines
 
 
 def load_settings(**overrides: Any) -> Settings:

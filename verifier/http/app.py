@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from verifier.core.engine import Engine
@@ -57,6 +61,11 @@ MOUNTED = (
 )
 INCLUDED = (webhooks.router,)
 
+# Swagger UI and ReDoc assets shipped in a package (fastapi-offline), served by the app
+# itself: /docs and /redoc work without the internet.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_STATIC = "/docs/static"
+
 
 def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     """`console`: the operator console's router (default: `console_router(engine)`)."""
@@ -66,6 +75,8 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         dependencies=[Depends(clean_path_params)],
+        docs_url=None,  # FastAPI's own pages load their assets from a CDN: _add_docs
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.rate_limiter = RateLimiter.from_settings(engine.settings)
@@ -75,6 +86,7 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     # Outermost: every answer, the guards' refusals included, is logged with its request id.
     app.add_middleware(RequestLogMiddleware, principal=settings_principal(engine.settings))
     _add_error_handlers(app)
+    _add_docs(app)
     for router in MOUNTED:
         mount(app, router)
     # Included, not mounted: app.routes then lists these as one opaque route, as before the
@@ -85,6 +97,31 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     # Server-rendered pages for operators: not part of the API's OpenAPI contract.
     app.include_router(console or console_router(engine))
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+    favicon = f"{DOCS_STATIC}/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
 
 
 def _error(

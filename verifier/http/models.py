@@ -179,6 +179,19 @@ class HealthOut(Model):
     chain: str
 
 
+class ReadyCheckOut(Model):
+    name: str = Field(description="database, schema, or rpc:<rail_id> (live chain only)")
+    ok: bool
+    detail: str = Field(description="what was found; for a failing check, what to set or run")
+
+
+class ReadyOut(Model):
+    """GET /readyz, with 200 (every check passed) and with 503 (the failing ones say why)."""
+
+    status: Literal["ready", "not_ready"]
+    checks: list[ReadyCheckOut]
+
+
 class SessionOut(Model):
     id: str
     status: str

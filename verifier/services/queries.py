@@ -1,6 +1,7 @@
 """Reads the HTTP layer needs that no other service owns: an owner's entitlements, the audit
 trail by subject and its chain check, the record of a staff read made under an incident,
-and, before serving, whether the database schema is migrated.
+and, before serving, whether the database schema is migrated (and, for /readyz, whether the
+deployment could serve now).
 
 Routes never open a transaction or name a table (tests/test_architecture.py forbids
 verifier.http from importing storage or SQLAlchemy); they call these. The database error
@@ -10,16 +11,25 @@ importing SQLAlchemy itself.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError as DatabaseError
 
+from registry.catalog import Stage
 from verifier.core.engine import Engine
+from verifier.core.errors import EngineError
 from verifier.core.timeutil import iso
 from verifier.services import audit
 from verifier.services.views import entitlement_view
-from verifier.storage.db import is_busy, require_migrated
+from verifier.storage.db import (
+    UPGRADE_HINT,
+    current_revision,
+    head_revision,
+    is_busy,
+    require_migrated,
+)
 from verifier.storage.models import AuditEvent, Entitlement
 
 __all__ = [
@@ -28,6 +38,7 @@ __all__ = [
     "audit_events",
     "database_busy",
     "entitlements_of",
+    "readiness_checks",
     "record_staff_read",
     "schema_is_current",
 ]
@@ -102,3 +113,60 @@ def schema_is_current(engine: Engine) -> None:
     """Raise, naming the command that migrates it, unless the schema is at the head revision:
     the service refuses to start on an unmigrated database."""
     require_migrated(engine.db.engine)
+
+
+@cache
+def _head(url: str) -> str:
+    # The head revision is a fact of the installed package's migrations, not of the database.
+    return head_revision(url)
+
+
+def readiness_checks(engine: Engine) -> list[dict[str, Any]]:
+    """What /readyz reports, each check `{"name", "ok", "detail"}`: the database answers, its
+    schema is at the head revision, and with RAILPROOF_CHAIN=live every live-stage rail has
+    an RPC URL configured. Nothing is sent to the chain; no URL or driver message is shown
+    (the route is public), only what failed and what to do about it."""
+    checks: list[dict[str, Any]] = []
+    try:
+        current = current_revision(engine.db.engine)
+    except Exception as e:  # any failure to connect or read is "not reachable"
+        checks.append(
+            {"name": "database", "ok": False, "detail": f"unreachable ({type(e).__name__})"}
+        )
+        checks.append(
+            {"name": "schema", "ok": False, "detail": "unknown: the database is unreachable"}
+        )
+    else:
+        checks.append({"name": "database", "ok": True, "detail": "reachable"})
+        head = _head(engine.db.url)
+        if current == head:
+            checks.append({"name": "schema", "ok": True, "detail": f"at head {head}"})
+        else:
+            state = "empty (never migrated)" if current is None else f"at {current}"
+            checks.append(
+                {
+                    "name": "schema",
+                    "ok": False,
+                    "detail": f"{state}, head is {head}; run `{UPGRADE_HINT}`",
+                }
+            )
+    if engine.settings.chain == "live":
+        for rail_id, d in engine.catalog.rails.items():
+            if d.stage is not Stage.live:
+                continue
+            name = f"rpc:{rail_id}"
+            try:
+                network = engine.rail(rail_id).network
+            except EngineError as e:  # an override the catalog refuses
+                checks.append({"name": name, "ok": False, "detail": e.message})
+                continue
+            if engine.settings.rpc_urls(network):
+                checks.append(
+                    {"name": name, "ok": True, "detail": f"RPC URL configured for {network}"}
+                )
+            else:
+                var = "RAILPROOF_RPC_" + network.upper().replace("-", "_")
+                checks.append(
+                    {"name": name, "ok": False, "detail": f"no RPC URL for {network}: set {var}"}
+                )
+    return checks

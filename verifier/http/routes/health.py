@@ -1,14 +1,20 @@
-"""Public routes: liveness and Prometheus metrics (no token)."""
+"""Public routes (no token): liveness, readiness and Prometheus metrics.
+
+/healthz is liveness only: the process answers. /readyz is readiness: the database answers,
+its schema is at the head migration, and with a live chain every live rail has an RPC URL
+(checked in the configuration, never by calling it); 503 with the same body otherwise."""
 
 from __future__ import annotations
 
 from fastapi import Response
+from fastapi.responses import JSONResponse
 
 from verifier.http.deps import EngineDep
 from verifier.http.errors import error_responses
-from verifier.http.models import HealthOut
+from verifier.http.models import HealthOut, ReadyOut
 from verifier.http.routes import Router
 from verifier.services.assurance import refresh_gauges
+from verifier.services.queries import readiness_checks
 
 # No token; malformed headers (422) and failures can still happen.
 router = Router(tags=["health"], responses=error_responses(422, 500))
@@ -18,6 +24,23 @@ PROMETHEUS = "text/plain; version=0.0.4"
 @router.get("/healthz")
 def healthz(engine: EngineDep) -> HealthOut:
     return HealthOut(status="ok", chain=engine.settings.chain)
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses={
+        503: {
+            "model": ReadyOut,
+            "description": "Not ready: the checks that failed say why (same body as 200).",
+        }
+    },
+)
+def readyz(engine: EngineDep) -> JSONResponse:
+    checks = readiness_checks(engine)
+    ready = all(c["ok"] for c in checks)
+    body = ReadyOut.checked({"status": "ready" if ready else "not_ready", "checks": checks})
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get(

@@ -1,0 +1,171 @@
+"""Configuration errors name the variable; unknown RAILPROOF_* variables are warned about;
+`serve` refuses a deployment it could not serve, saying what to set; readiness says when
+recorded cassettes are why a rail is not live."""
+
+import pytest
+from typer.testing import CliRunner
+
+from registry.catalog import load_catalog
+from registry.readiness import DeploymentConfig, readiness
+from verifier.cli.main import app
+from verifier.core.config import Settings, describe_error, unknown_env
+from verifier.storage.db import upgrade
+
+TOKENS = '{"svc": ["owner"]}'
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A migrated SQLite deployment with an audit key and nothing else RAILPROOF_* set."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("RAILPROOF_")]:
+        monkeypatch.delenv(name)
+    url = f"sqlite:///{tmp_path}/railproof.db"
+    upgrade(url)
+    monkeypatch.setenv("RAILPROOF_DATABASE_URL", url)
+    monkeypatch.setenv("RAILPROOF_AUDIT_KEY", "test-audit-key")
+    return monkeypatch
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """uvicorn.run recorded instead of run: a serve that got past every refusal."""
+    import uvicorn
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "args", [["serve", "--port", "1"], ["worker", "--once"], ["db", "upgrade"]]
+)
+def test_an_invalid_value_names_its_variable(env, args):
+    env.setenv("RAILPROOF_CHAIN", "lve")
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    assert "error: RAILPROOF_CHAIN: Input should be 'cassette' or 'live'" in r.output
+    assert "validation error for Settings" not in r.output and "Traceback" not in r.output
+
+
+def test_every_invalid_variable_gets_its_own_line(env):
+    env.setenv("RAILPROOF_RATE_LIMIT_BURST", "0")
+    env.setenv("RAILPROOF_SESSION_TTL_SECONDS", "soon")
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2
+    lines = r.output.splitlines()
+    assert any(ln.startswith("error: RAILPROOF_RATE_LIMIT_BURST: ") for ln in lines), r.output
+    assert any(ln.startswith("error: RAILPROOF_SESSION_TTL_SECONDS: ") for ln in lines), r.output
+
+
+def test_bad_json_and_cross_field_refusals_name_the_variable(env):
+    env.setenv("RAILPROOF_SERVICE_TOKENS", "{not json")
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2 and "error: RAILPROOF_SERVICE_TOKENS: not valid JSON" in r.output
+    env.delenv("RAILPROOF_SERVICE_TOKENS")
+    env.setenv("RAILPROOF_RPC_TIMEOUT_S_BASE", "-1")
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2 and "RAILPROOF_RPC_*_BASE" in r.output, r.output
+
+
+def test_describe_error_lines():
+    with pytest.raises(ValueError) as e:
+        Settings(chain="live", clock="2026-01-01T00:00:00Z", env={})
+    assert describe_error(e.value) == ["RAILPROOF_CLOCK is refused when RAILPROOF_CHAIN=live"]
+
+
+def test_unknown_railproof_variables_are_warned_about_not_refused(env):
+    env.setenv("RAILPROOF_CHIAN", "live")
+    env.setenv("RAILPROOF_TREASURY_SOLANA_USDC", "T")
+    env.setenv("RAILPROOF_RPC_TIMEOUT_S_BASE", "5")
+    env.setenv("RAILPROOF_STAFF_TOKEN", "x")
+    env.setenv("RAILPROOF_WEBHOOK_MAX_ATTEMPTS", "3")
+    r = cli("db", "upgrade")
+    assert r.exit_code == 0, r.output
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "RAILPROOF_CHIAN" in warnings[0], r.stderr
+    assert "TREASURY" not in warnings[0] and "WEBHOOK" not in warnings[0]
+
+
+def test_known_names_are_not_unknown():
+    names = {"RAILPROOF_" + f.upper(): "x" for f in Settings.model_fields if f != "env"}
+    families = {
+        "RAILPROOF_RPC_SOLANA_MAINNET": "x",
+        "RAILPROOF_RPC_ATTEMPTS_ETHEREUM": "x",
+        "RAILPROOF_NETWORK_X402": "x",
+        "RAILPROOF_ASSET_EVM_USDC": "x",
+        "RAILPROOF_TEST_POSTGRES_URL": "x",
+        "RAILPROOF_API_BASE_URL": "x",
+        "RAILPROOF_DEMO_SERVICE_TOKEN": "x",
+        "RAILPROOF_CONSOLE_SCREENSHOTS": "x",
+        "RAILPROOF_WEBHOOK_ALLOW_ANY_HOST": "x",
+        "PATH": "x",
+    }
+    assert unknown_env({**names, **families}) == []
+    assert unknown_env({"RAILPROOF_DATABASE_ULR": "x", "RAILPROOF_TREASURY_": "x"}) == [
+        "RAILPROOF_DATABASE_ULR",
+        "RAILPROOF_TREASURY_",
+    ]
+
+
+def test_serve_refuses_live_without_rpc_urls(env, served):
+    env.setenv("RAILPROOF_CHAIN", "live")
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    r = cli("serve", "--port", "1")
+    assert r.exit_code == 2 and served == [], r.output
+    assert "set RAILPROOF_RPC_SOLANA_MAINNET" in r.output and "Traceback" not in r.output
+    env.setenv("RAILPROOF_RPC_SOLANA_MAINNET", "http://127.0.0.1:1")
+    r = cli("serve", "--port", "1")
+    assert r.exit_code == 0 and len(served) == 1, r.output
+
+
+def test_serve_refuses_without_service_tokens(env, served):
+    r = cli("serve", "--port", "1")
+    assert r.exit_code == 2 and served == [], r.output
+    assert "set RAILPROOF_SERVICE_TOKENS" in r.output
+
+
+def test_serve_starts_in_cassette_mode_with_tokens(env, served):
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    r = cli("serve", "--port", "1")
+    assert r.exit_code == 0, r.output
+    assert served[0]["port"] == 1 and "warning" not in r.output
+
+
+def _config(chain: str, rpc: frozenset[str]) -> DeploymentConfig:
+    return DeploymentConfig(
+        chain_mode=chain,
+        rpc_networks=rpc,
+        apply_allowlist=frozenset({"solana_usdc"}),
+        receipt_creation_rails=frozenset(),
+        live_apply=False,
+        networks={},
+    )
+
+
+def _solana(cfg: DeploymentConfig) -> dict:
+    return {r["rail_id"]: r for r in readiness(load_catalog(), {}, cfg)}["solana_usdc"]
+
+
+def test_readiness_says_recorded_cassettes_are_why_and_what_to_set():
+    row = _solana(_config("cassette", frozenset()))
+    assert row["ready"] is False and row["live_verifier_configured"] is False
+    assert row["blockers"] == [
+        "live_verifier_configured: recorded cassettes (RAILPROOF_CHAIN=cassette): "
+        "set RAILPROOF_CHAIN=live and RAILPROOF_RPC_SOLANA_MAINNET"
+    ]
+    row = _solana(_config("cassette", frozenset({"solana-mainnet"})))
+    assert row["blockers"] == [
+        "live_verifier_configured: recorded cassettes (RAILPROOF_CHAIN=cassette): "
+        "set RAILPROOF_CHAIN=live"
+    ]
+    row = _solana(_config("live", frozenset()))
+    assert row["blockers"] == [
+        "live_verifier_configured: no RPC URL for solana-mainnet: set RAILPROOF_RPC_SOLANA_MAINNET"
+    ]
+    assert _solana(_config("live", frozenset({"solana-mainnet"})))["ready"] is True
