@@ -396,7 +396,8 @@ def test_unknown_rail_or_proof_answers_404_page(c):
     assert r.status_code == 404
 
 
-def test_the_requester_cannot_approve_another_staff_member_can(c, engine, app):
+def pending_treasury_change(engine) -> str:
+    """A treasury change ops1 asked for, waiting for a second staff member."""
     with engine.db.tx() as s:
         s.add(
             Approval(
@@ -410,7 +411,11 @@ def test_the_requester_cannot_approve_another_staff_member_can(c, engine, app):
             )
         )
     with engine.db.tx() as s:
-        approval_id = s.scalars(select(Approval.id)).one()
+        return s.scalars(select(Approval.id)).one()
+
+
+def test_the_requester_cannot_approve_another_staff_member_can(c, engine, app):
+    approval_id = pending_treasury_change(engine)
     login(c)
     page = c.get("/console/approvals").text
     assert approval_id in page and "your request" in page
@@ -427,20 +432,7 @@ def test_the_requester_cannot_approve_another_staff_member_can(c, engine, app):
 
 
 def test_another_staff_member_can_reject_and_nothing_takes_effect(c, engine, app):
-    with engine.db.tx() as s:
-        s.add(
-            Approval(
-                rail_id="fake_live",
-                kind="treasury",
-                value="fanew",
-                requested_by="ops1",
-                created_at=engine.now(),
-                incident_id="INC-1",
-                reason="r",
-            )
-        )
-    with engine.db.tx() as s:
-        approval_id = s.scalars(select(Approval.id)).one()
+    approval_id = pending_treasury_change(engine)
     login(c)
     r = c.post(f"/console/approvals/{approval_id}/reject", data={**OPS, "csrf_token": csrf(c)})
     assert r.status_code == 403  # the requester decides neither way
