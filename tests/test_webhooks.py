@@ -10,6 +10,9 @@ until those modules call verifier.events / verifier.webhooks.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import threading
 import time
 from dataclasses import replace
@@ -30,6 +33,7 @@ from typer.testing import CliRunner
 from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.webhook_receiver import Receiver
 from verifier.cli import webhooks as cli_webhooks
+from verifier.core.config import Settings, describe_error
 from verifier.http.api import Unauthorized, create_app
 from verifier.http.webhook_routes import webhook_router
 from verifier.services import webhooks
@@ -49,6 +53,7 @@ FAST = webhooks.DeliveryConfig(
     concurrency=4,
 )
 ALL_TYPES = [e.value for e in EventType]
+APPLY = {"confirm": True, "incident_id": "INC-1", "operator_reason": "webhook test"}
 WEBHOOK_TABLES = {"webhook_endpoints", "outbox_events", "webhook_deliveries"}
 
 
@@ -201,9 +206,10 @@ def test_signed_delivery_of_each_event_type(engine, api, receiver):
         assert e["owner_id"] == (None if e["type"].startswith("rail.") else "alice")
     for req in receiver.requests:
         assert req["verified"] and req["content_type"] == "application/json"
-        assert verify_signature(ep["secret"], req["signature"], req["body"])
-        assert not verify_signature("whsec_not-the-secret", req["signature"], req["body"])
-        assert not verify_signature(ep["secret"], req["signature"], req["body"] + b" ")
+        assert req["headers"]["webhook-id"] == json.loads(req["body"])["id"]
+        assert verify_signature(ep["secret"], req["headers"], req["body"])
+        assert not verify_signature(webhooks.new_secret(), req["headers"], req["body"])
+        assert not verify_signature(ep["secret"], req["headers"], req["body"] + b" ")
     assert receiver.rejected == 0 and receiver.duplicates == 0
     rows = deliveries(engine)
     assert {d.status for d in rows} == {DeliveryStatus.delivered}
@@ -211,38 +217,49 @@ def test_signed_delivery_of_each_event_type(engine, api, receiver):
 
 
 def test_forged_and_stale_signatures_are_rejected(receiver):
-    secret, body, t = "whsec_test", b'{"id":"evt_1"}', 1_800_000_000
-    good = webhooks.sign(secret, body, t)
-    assert verify_signature(secret, good, body, now=t + 299)
-    assert verify_signature(secret, good, body.decode(), now=t)
-    assert not verify_signature(secret, good, body, now=t + 301)  # stale: a replay
-    assert not verify_signature(secret, good, body, now=t - 301)  # from the future
-    assert not verify_signature("whsec_other", good, body, now=t)  # forged
-    assert not verify_signature(secret, good, b'{"id":"evt_2"}', now=t)  # tampered
-    for bad in ("", "t=abc,v1=00", f"v1={good.split('v1=')[1]}", f"t={t}", "garbage"):
-        assert not verify_signature(secret, bad, body, now=t)
-    rotated = f"t={t},v1={'0' * 64},v1={good.split('v1=')[1]}"  # old and new secret
-    assert verify_signature(secret, rotated, body, now=t)
+    secret, body, now = webhooks.new_secret(), b'{"id":"evt_1"}', int(time.time())
+    good = webhooks.signed_headers(secret, "evt_1", body, now)
+    assert set(good) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert good["webhook-signature"].startswith("v1,")
+    assert verify_signature(secret, good, body)
+    assert verify_signature(secret, good, body.decode())
+    # The spec's tolerance is five minutes either way (a minute of margin for a slow run).
+    assert verify_signature(secret, webhooks.signed_headers(secret, "evt_1", body, now - 240), body)
+    assert not verify_signature(
+        secret, webhooks.signed_headers(secret, "evt_1", body, now - 3600), body
+    )  # stale: a replay
+    assert not verify_signature(
+        secret, webhooks.signed_headers(secret, "evt_1", body, now + 3600), body
+    )  # from the future
+    assert not verify_signature(webhooks.new_secret(), good, body)  # forged
+    assert not verify_signature(secret, good, b'{"id":"evt_2"}')  # tampered
+    assert not verify_signature(secret, {**good, "webhook-id": "evt_2"}, body)  # another id
+    sig = good["webhook-signature"]
+    for bad in ("", "garbage", "v1", "v1,", "v2," + sig[3:], "v1,!!!", sig[3:]):
+        assert not verify_signature(secret, {**good, "webhook-signature": bad}, body), bad
+    for missing in good:
+        assert not verify_signature(secret, {k: v for k, v in good.items() if k != missing}, body)
+    assert not verify_signature(secret, {**good, "webhook-timestamp": "soon"}, body)
+    assert not verify_signature(secret, good, b"\xff" + body)  # not UTF-8: not what was signed
+    other = webhooks.signed_headers(webhooks.new_secret(), "evt_1", body, now)
+    rotating = {**good, "webhook-signature": f"{other['webhook-signature']} {sig}"}
+    assert verify_signature(secret, rotating, body)  # several signatures while keys rotate
+    assert not verify_signature("whsec_", good, body)  # an empty key never verifies
 
     # The real receiver refuses a forged and a stale request and takes a good one.
     receiver.secret = secret
-    now = int(time.time())
     payload = b'{"id":"evt_x","type":"proof.verified","created_at":"","owner_id":"a","data":{}}'
     sent = {
-        "forged": webhooks.sign("whsec_attacker", payload, now),
-        "stale": webhooks.sign(secret, payload, now - 3600),
-        "good": webhooks.sign(secret, payload, now),
+        "forged": webhooks.signed_headers(webhooks.new_secret(), "evt_x", payload, now),
+        "stale": webhooks.signed_headers(secret, "evt_x", payload, now - 3600),
+        "good": webhooks.signed_headers(secret, "evt_x", payload, now),
     }
     codes = {
         k: httpx.post(
             receiver.url,
             content=payload,
             timeout=5,
-            headers={
-                "Railproof-Signature": v,
-                "Railproof-Event-Id": "evt_x",
-                "Content-Type": "application/json",
-            },
+            headers={**v, "Content-Type": "application/json"},
         ).status_code
         for k, v in sent.items()
     }
@@ -331,7 +348,9 @@ def test_silent_receiver_dead_letters_and_staff_replay_delivers(engine, api, rec
     r = api.post(url, headers=staff, json={"reason": "receiver fixed"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "confirm"
     r = api.post(url, headers=staff, json={"confirm": True})
-    assert r.status_code == 422 and r.json()["error"]["field"] == "reason"
+    assert r.status_code == 422 and r.json()["error"]["field"] == "incident_id"
+    r = api.post(url, headers=staff, json={"confirm": True, "incident_id": "INC-42"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "operator_reason"
     receiver.recover()
     r = api.post(
         url,
@@ -340,7 +359,9 @@ def test_silent_receiver_dead_letters_and_staff_replay_delivers(engine, api, rec
     )
     assert r.status_code == 200, r.text
     assert r.json()["replayed"] == [d.id]
-    again = api.post(url, headers=staff, json={"confirm": True, "reason": "again"})
+    again = api.post(
+        url, headers=staff, json={"confirm": True, "operator_reason": "again", "incident_id": "I"}
+    )
     assert again.status_code == 409 and again.json()["error"]["code"] == "not_dead_letter"
     with engine.db.tx() as s:
         a = s.scalar(select(AuditEvent).where(AuditEvent.action == "webhook.replayed"))
@@ -469,9 +490,12 @@ def test_no_event_for_a_rolled_back_transaction(engine, api, receiver):
 def test_endpoints_api_secret_once_validation_and_owner_isolation(
     engine, api, receiver, monkeypatch
 ):
-    monkeypatch.delenv(webhooks.ALLOW_ANY_HOST_ENV, raising=False)
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", False)
     ep = subscribe(api, receiver, ["rail.paused", "proof.verified", "proof.verified"])
     assert ep["secret"].startswith("whsec_") and ep["owners"] == ["alice", "alice-2"]
+    # A Standard Webhooks secret: strict base64 of 32 random bytes after the prefix.
+    assert len(base64.b64decode(ep["secret"].removeprefix("whsec_"), validate=True)) == 32
+    assert webhooks.secret_problem(ep["secret"]) is None
     assert ep["event_types"] == ["proof.verified", "rail.paused"]
     listed = api.get("/v1/webhook-endpoints", headers=auth())
     assert [e["id"] for e in listed.json()] == [ep["id"]]
@@ -544,14 +568,14 @@ def test_endpoints_api_secret_once_validation_and_owner_isolation(
 
 
 def test_send_time_host_check_when_a_setting_is_withdrawn(engine, api, monkeypatch):
-    monkeypatch.setenv(webhooks.ALLOW_ANY_HOST_ENV, "1")
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", True)
     r = api.post(
         "/v1/webhook-endpoints",
         headers=auth(),
         json={"url": "https://hooks.example.invalid/railproof", "event_types": ["proof.verified"]},
     )
     assert r.status_code == 201, r.text
-    monkeypatch.delenv(webhooks.ALLOW_ANY_HOST_ENV)
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", False)
     ev = emit_now(engine, "proof.verified")
     out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=replace(FAST, max_attempts=1))
     d = delivery_of(engine, ev)
@@ -568,10 +592,32 @@ def test_backoff_is_exponential_bounded_and_jittered():
     assert len({webhooks.backoff(1, cfg) for _ in range(20)}) > 1  # jitter spreads retries
     with pytest.raises(ValueError):
         webhooks.DeliveryConfig(timeout_s=10, lease_s=5)
-    env = {"RAILPROOF_WEBHOOK_TIMEOUT_SECONDS": "2.5", "RAILPROOF_WEBHOOK_MAX_ATTEMPTS": "4"}
-    assert webhooks.DeliveryConfig.from_env(env) == webhooks.DeliveryConfig(
-        timeout_s=2.5, max_attempts=4
+
+
+def test_delivery_settings_come_from_the_settings_class(monkeypatch):
+    for name in [k for k in os.environ if k.startswith("RAILPROOF_WEBHOOK_")]:
+        monkeypatch.delenv(name)
+    # The hand-built defaults are the Settings defaults.
+    assert webhooks.DeliveryConfig.from_settings(Settings(env={})) == webhooks.DeliveryConfig()
+    monkeypatch.setenv("RAILPROOF_WEBHOOK_TIMEOUT_SECONDS", "2.5")
+    monkeypatch.setenv("RAILPROOF_WEBHOOK_MAX_ATTEMPTS", "4")
+    monkeypatch.setenv("RAILPROOF_WEBHOOK_ALLOW_ANY_HOST", "1")
+    monkeypatch.setenv("RAILPROOF_WEBHOOK_CONCURRENCY", "")  # empty: the default, as before
+    assert webhooks.DeliveryConfig.from_settings(Settings(env={})) == webhooks.DeliveryConfig(
+        timeout_s=2.5, max_attempts=4, allow_any_host=True
     )
+    for name, value, words in (
+        ("RAILPROOF_WEBHOOK_MAX_ATTEMPTS", "0", "greater than or equal to 1"),
+        ("RAILPROOF_WEBHOOK_TIMEOUT_SECONDS", "soon", "valid number"),
+        ("RAILPROOF_WEBHOOK_ALLOW_ANY_HOST", "perhaps", "valid boolean"),
+        ("RAILPROOF_WEBHOOK_LEASE_SECONDS", "2", "must be longer than"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ValueError) as e:
+                Settings(env={})
+            lines = describe_error(e.value)
+            assert any(ln.startswith(name) and words in ln for ln in lines), lines
 
 
 def test_migration_0002_matches_the_models(db_url):
@@ -705,10 +751,10 @@ def test_wired_payment_lifecycle_events_reach_the_receiver_in_order(engine, api,
     engine.settings.clock = CLOCK + timedelta(hours=1)  # the finality re-check is due
     worker.sweep(engine, "w1")
     staff = auth(STAFF_TOKEN)
-    r = api.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=staff, json={"confirm": True})
+    ctx = {"confirm": True, "incident_id": "INC-1", "operator_reason": "test"}
+    r = api.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=staff, json=ctx)
     assert r.status_code == 200, r.text
     receipt_id, ent_id = r.json()["receipt_id"], r.json()["entitlement_id"]
-    ctx = {"confirm": True, "incident_id": "INC-1", "operator_reason": "test"}
     assert (
         api.post(f"/v1/admin/entitlements/{ent_id}/revoke", headers=staff, json=ctx).status_code
         == 200
@@ -725,7 +771,9 @@ def test_wired_payment_lifecycle_events_reach_the_receiver_in_order(engine, api,
     assert by["fake_live"] == ["rail.paused", "rail.resumed"]
     assert receiver.rejected == 0 and receiver.duplicates == 0
     verified = next(e for e in got if e["type"] == "proof.verified")
-    assert set(api.get(f"/v1/proofs/{proof['id']}", headers=auth()).json()) <= set(verified["data"])
+    # Every field of the proof read, but the rail's state at read time (`rail_paused`).
+    read = set(api.get(f"/v1/proofs/{proof['id']}", headers=auth()).json()) - {"rail_paused"}
+    assert read <= set(verified["data"])
     assert verified["owner_id"] == "alice"
 
 
@@ -770,9 +818,7 @@ def test_wired_rolled_back_apply_emits_nothing(engine, api, receiver, chain):
     _paid(chain, sess, "fx00ee11ff")
     proof = _submit(api, sess, "fx00ee11ff")
     engine.fail_after_receipt_insert = True
-    r = api.post(
-        f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN), json={"confirm": True}
-    )
+    r = api.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN), json=APPLY)
     assert r.status_code == 500
     with engine.db.tx() as s:
         assert (
@@ -784,9 +830,7 @@ def test_wired_rolled_back_apply_emits_nothing(engine, api, receiver, chain):
             == 0
         )
     engine.fail_after_receipt_insert = False
-    r = api.post(
-        f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN), json={"confirm": True}
-    )
+    r = api.post(f"/v1/admin/proofs/{proof['id']}/apply", headers=auth(STAFF_TOKEN), json=APPLY)
     assert r.status_code == 200, r.text
     webhooks.deliver_due(engine, "w1", config=FAST)
     assert sorted(e["type"] for e in receiver.wait_for(2)) == [

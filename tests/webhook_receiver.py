@@ -1,5 +1,6 @@
 """A real webhook receiver on 127.0.0.1 for tests: a threaded HTTP server that checks the
-Railproof signature the way a backend would, dedupes by event id, records what it got, and can
+Standard Webhooks signature the way a backend would (the reference `standardwebhooks`
+verifier, through verify_signature), dedupes by webhook-id (the event id), records what it got, and can
 be told to misbehave (fail the next N requests, take an event then answer 500 as if the
 answer were lost, fail chosen events, never answer within the client's timeout)."""
 
@@ -11,7 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from verifier.services.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
+from verifier.services.webhooks import ID_HEADER, SIGNATURE_HEADER, verify_signature
 
 HANG_SECONDS = 5.0  # far past any test timeout; released at once when the receiver stops
 
@@ -75,14 +76,16 @@ class Receiver:
 
     # -- the server side --------------------------------------------------------------------
     def _handle(self, headers: Any, body: bytes) -> int:
-        event_id = headers.get(EVENT_ID_HEADER)
+        event_id = headers.get(ID_HEADER)
         signature = headers.get(SIGNATURE_HEADER, "")
-        ok = self.secret is not None and verify_signature(self.secret, signature, body)
+        captured = {k.lower(): v for k, v in headers.items()}
+        ok = self.secret is not None and verify_signature(self.secret, captured, body)
         with self.lock:
             self.requests.append(
                 {
                     "event_id": event_id,
                     "signature": signature,
+                    "headers": captured,
                     "body": body,
                     "verified": ok,
                     "content_type": headers.get("Content-Type"),

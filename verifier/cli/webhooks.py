@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             *c.request(
                 "POST",
                 f"/v1/admin/webhook-events/{event_id}/replay",
-                {"confirm": True, "reason": reason, "incident_id": incident_id},
+                {"confirm": True, **c.context},
             ),
             as_json,
             ["event_id", "replayed", "status", "next_attempt_at"],

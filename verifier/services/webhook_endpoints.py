@@ -1,14 +1,18 @@
 """Webhook endpoints of a service token: create (the signing secret shown once), list,
-delete. Moved out of verifier/http, which may not reach the database
-(tests/test_architecture.py); the delivery side lives in verifier.services.webhooks.
+rotate the secret (the new one shown once), delete. Moved out of verifier/http, which may not
+reach the database (tests/test_architecture.py); the delivery side lives in
+verifier.services.webhooks.
+
+Secrets are Standard Webhooks secrets (whsec_ + base64 of 32 random bytes). An endpoint whose
+stored secret predates that format gets no deliveries until its owner rotates the secret.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound
@@ -55,7 +59,7 @@ def _event_types(given: list[str]) -> list[str]:
 def create_endpoint(
     engine: Engine, principal: str, owners: list[str], url: str, event_types: list[str]
 ) -> dict[str, Any]:
-    problem = webhooks.url_problem(url)
+    problem = webhooks.url_problem(url, engine.settings.webhook_allow_any_host)
     if problem:
         raise BadInput("invalid_url", f"url: {problem}", field="url")
     types = _event_types(event_types)
@@ -83,7 +87,7 @@ def create_endpoint(
             owners=sorted(owners),
             url=url,
             event_types=types,
-            secret="whsec_" + secrets.token_urlsafe(32),
+            secret=webhooks.new_secret(),
             active=True,
             created_at=now,
         )
@@ -111,18 +115,47 @@ def list_endpoints(engine: Engine, principal: str) -> list[dict[str, Any]]:
         return [endpoint_view(ep) for ep in rows]
 
 
-def delete_endpoint(engine: Engine, principal: str, endpoint_id: str) -> dict[str, Any]:
+def _own_active_endpoint(
+    engine: Engine, s: Session, principal: str, endpoint_id: str
+) -> WebhookEndpoint:
+    """The token's active endpoint, locked; NotFound otherwise."""
     if not webhooks.well_formed_id(endpoint_id, "whe"):
         raise NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
+    ep = s.get(WebhookEndpoint, endpoint_id, with_for_update=engine.db.postgres)
+    if ep is not None and ep.principal != principal:
+        # SECURITY: another token's endpoint answers exactly like a missing one.
+        engine.metrics.inc("owner_isolation_denials_total", reason="webhook_endpoint")
+        ep = None
+    if ep is None or not ep.active:
+        raise NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
+    return ep
+
+
+def rotate_secret(engine: Engine, principal: str, endpoint_id: str) -> dict[str, Any]:
+    """A new signing secret for the token's endpoint, shown once; the old one stops signing at
+    once (deliveries already queued go out under the new one). Also how an endpoint whose
+    secret predates Standard Webhooks gets deliveries again."""
     now = engine.now()
     with engine.db.tx() as s:
-        ep = s.get(WebhookEndpoint, endpoint_id, with_for_update=engine.db.postgres)
-        if ep is not None and ep.principal != principal:
-            # SECURITY: another token's endpoint answers exactly like a missing one.
-            engine.metrics.inc("owner_isolation_denials_total", reason="webhook_endpoint")
-            ep = None
-        if ep is None or not ep.active:
-            raise NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
+        ep = _own_active_endpoint(engine, s, principal, endpoint_id)
+        legacy = webhooks.secret_problem(ep.secret) is not None
+        ep.secret = webhooks.new_secret()
+        audit.append(
+            s,
+            now,
+            audit.Operator(principal),
+            "webhook_endpoint.secret_rotated",
+            "webhook_endpoint",
+            ep.id,
+            {"replaced_legacy_secret": legacy},
+        )
+        return {**endpoint_view(ep), "secret": ep.secret}
+
+
+def delete_endpoint(engine: Engine, principal: str, endpoint_id: str) -> dict[str, Any]:
+    now = engine.now()
+    with engine.db.tx() as s:
+        ep = _own_active_endpoint(engine, s, principal, endpoint_id)
         ep.active, ep.deactivated_at = False, now
         cancelled = rowcount(
             s.execute(

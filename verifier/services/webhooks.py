@@ -1,11 +1,18 @@
 """Webhook delivery: signing, the worker's delivery sweep, and staff operations.
 
-Signing (Stripe-style). Each POST carries
-    Railproof-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}.{body}")>
-    Railproof-Event-Id: evt_...
-A receiver recomputes the HMAC over the raw body, compares in constant time, rejects a
-timestamp outside its tolerance (replays) and dedupes by event id (delivery is at least once).
-`verify_signature` below is self-contained so receivers can copy it.
+Signing follows Standard Webhooks (https://www.standardwebhooks.com), through its reference
+package `standardwebhooks`. Each POST carries
+    webhook-id: evt_...            the event id: the same on every retry and replay
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, f"{id}.{timestamp}.{body}")>
+where the key is the base64 part of the endpoint's secret `whsec_<base64>`. Any Standard
+Webhooks verifier checks a delivery (signature, and a timestamp within five minutes) and the
+receiver dedupes by webhook-id (delivery is at least once).
+
+Secrets stored before Standard Webhooks (`whsec_` + URL-safe text, not base64) cannot sign a
+delivery any spec verifier accepts. They are never used to sign: such a delivery is not sent
+and retries with backoff (then dead-letters, replayable) until the endpoint's owner rotates
+the secret (POST /v1/webhook-endpoints/{id}/rotate-secret) and updates its receiver.
 
 Delivery. `deliver_due` claims due deliveries (FOR UPDATE SKIP LOCKED on PostgreSQL) with a
 lease, POSTs them with a timeout, and records the outcome: 2xx → delivered; anything else →
@@ -22,12 +29,12 @@ live in real time. Tests pass `now` explicitly.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
+import binascii
 import ipaddress
 import logging
-import os
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +44,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import standardwebhooks
 import tenacity
 from sqlalchemy.orm import Session
+from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from rails.base import canonical_json
+from verifier.core.config import Settings
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound
 from verifier.core.metrics import SPEC
@@ -57,8 +67,12 @@ from verifier.storage.webhook_models import (
 
 log = logging.getLogger("railproof.webhooks")
 
-SIGNATURE_HEADER = "Railproof-Signature"
-EVENT_ID_HEADER = "Railproof-Event-Id"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32  # the spec asks for 24 to 64 random bytes
+MIN_SECRET_BYTES = 24
 ALLOW_ANY_HOST_ENV = "RAILPROOF_WEBHOOK_ALLOW_ANY_HOST"
 USER_AGENT = "railproof-webhooks/1"
 _ERROR_CHARS = 300  # last_error keeps the start of a receiver's answer, not all of it
@@ -72,40 +86,59 @@ def well_formed_id(value: str, prefix: str | None = None) -> bool:
 
 
 # -- signing ---------------------------------------------------------------------------------
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def new_secret() -> str:
+    """A Standard Webhooks secret: whsec_ + base64 of random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-def verify_signature(
-    secret: str, header: str, body: bytes | str, tolerance_s: int = 300, now: float | None = None
-) -> bool:
-    """Receiver side: True only for a signature made with `secret` over exactly `body`, at a
-    time within `tolerance_s` of `now` (default: the current time). Needs only hashlib, hmac
-    and time from the standard library."""
-    raw = body.encode() if isinstance(body, str) else body
-    ts, candidates = None, []
-    for part in (header or "").split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
-            ts = int(value)
-        elif key == "v1":
-            candidates.append(value)  # several v1 values appear while a secret is rotated
-    if ts is None or not candidates:
+def secret_problem(secret: str) -> str | None:
+    """Why `secret` cannot sign Standard Webhooks deliveries, or None. The reference package
+    decodes leniently (it drops characters that are not base64), so the check is strict here:
+    a secret it would silently mangle must never sign."""
+    if not secret.startswith(SECRET_PREFIX):
+        return f"does not start with {SECRET_PREFIX}"
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        return f"is not base64 after {SECRET_PREFIX} (made before Standard Webhooks)"
+    if len(key) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    return None
+
+
+def signed_headers(secret: str, msg_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """The Standard Webhooks headers of one delivery. ValueError for a secret that
+    `secret_problem` refuses."""
+    problem = secret_problem(secret)
+    if problem is not None:
+        raise ValueError(f"webhook secret {problem}")
+    when = datetime.fromtimestamp(timestamp, UTC)
+    return {
+        ID_HEADER: msg_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: standardwebhooks.Webhook(secret).sign(msg_id, when, body.decode()),
+    }
+
+
+def verify_signature(secret: str, headers: Mapping[str, str], body: bytes | str) -> bool:
+    """Receiver side, by the reference verifier: True only when `headers` carry a signature
+    made with `secret` over exactly `body` and the webhook-id, at a timestamp within five
+    minutes of now."""
+    try:
+        standardwebhooks.Webhook(secret).verify(body, dict(headers), json_parse=False)
+    except (
+        standardwebhooks.WebhookVerificationError,
+        EmptyWebhookSecretError,
+        ValueError,  # malformed base64, signature lists or UTF-8: not a valid signature
+    ):
         return False
-    if abs((time.time() if now is None else now) - ts) > tolerance_s:
-        return False  # stale or from the future: a replayed or forged request
-    expected = hmac.new(secret.encode(), f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
-    return any(hmac.compare_digest(expected, c) for c in candidates)
+    return True
 
 
 # -- where we may send -------------------------------------------------------------------------
-def allow_any_host() -> bool:
-    return os.environ.get(ALLOW_ANY_HOST_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def url_problem(url: str) -> str | None:
-    """Why a webhook URL is refused, or None when it is acceptable."""
+def url_problem(url: str, allow_any_host: bool) -> str | None:
+    """Why a webhook URL is refused, or None when it is acceptable (`allow_any_host`:
+    RAILPROOF_WEBHOOK_ALLOW_ANY_HOST)."""
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
         return "must be ASCII without spaces or control characters (IDN hosts in punycode)"
     try:
@@ -122,7 +155,7 @@ def url_problem(url: str) -> str | None:
         return "must not carry credentials (user:password@)"
     # SECURITY: unless a deployment allows other hosts, deliveries never leave this machine
     # (tests and local runs must not send payment events anywhere else).
-    if not allow_any_host() and not _loopback(parts.hostname):
+    if not allow_any_host and not _loopback(parts.hostname):
         return f"host {parts.hostname!r} is not a loopback address ({ALLOW_ANY_HOST_ENV} is off)"
     return None
 
@@ -145,6 +178,9 @@ def redact_url(url: str) -> str:
 # -- configuration -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeliveryConfig:
+    """The delivery bounds; `from_settings` reads them from RAILPROOF_WEBHOOK_* (the defaults
+    here are the Settings defaults, for tests that build one by hand)."""
+
     timeout_s: float = 10.0
     max_attempts: int = 10
     backoff_initial_s: float = 30.0
@@ -152,6 +188,7 @@ class DeliveryConfig:
     backoff_jitter_s: float = 30.0
     lease_s: float = 120.0
     concurrency: int = 8  # POSTs in flight per round (each round claims this many)
+    allow_any_host: bool = False  # re-checked at send time (url_problem)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.concurrency < 1 or self.timeout_s <= 0:
@@ -161,23 +198,17 @@ class DeliveryConfig:
             raise ValueError("webhook delivery: the lease must be longer than the timeout")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> DeliveryConfig:
-        env = os.environ if env is None else env
-        names = {
-            "timeout_s": "TIMEOUT_SECONDS",
-            "max_attempts": "MAX_ATTEMPTS",
-            "backoff_initial_s": "BACKOFF_INITIAL_SECONDS",
-            "backoff_max_s": "BACKOFF_MAX_SECONDS",
-            "backoff_jitter_s": "BACKOFF_JITTER_SECONDS",
-            "lease_s": "LEASE_SECONDS",
-            "concurrency": "CONCURRENCY",
-        }
-        kw: dict[str, Any] = {}
-        for field, suffix in names.items():
-            raw = env.get(f"RAILPROOF_WEBHOOK_{suffix}")
-            if raw:
-                kw[field] = int(raw) if field in ("max_attempts", "concurrency") else float(raw)
-        return cls(**kw)
+    def from_settings(cls, settings: Settings) -> DeliveryConfig:
+        return cls(
+            timeout_s=settings.webhook_timeout_seconds,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_initial_s=settings.webhook_backoff_initial_seconds,
+            backoff_max_s=settings.webhook_backoff_max_seconds,
+            backoff_jitter_s=settings.webhook_backoff_jitter_seconds,
+            lease_s=settings.webhook_lease_seconds,
+            concurrency=settings.webhook_concurrency,
+            allow_any_host=settings.webhook_allow_any_host,
+        )
 
 
 # The retry manager a RetryCallState names; the wait strategy reads only the attempt number.
@@ -200,6 +231,11 @@ def wall_now() -> datetime:
     return datetime.now(UTC)
 
 
+def signing_time() -> int:
+    """webhook-timestamp: receivers check it against their own clock, so always real time."""
+    return int(time.time())
+
+
 # -- the delivery sweep ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Job:
@@ -207,6 +243,7 @@ class Job:
 
     delivery_id: str
     event_id: str
+    endpoint_id: str
     url: str
     secret: str
     body: bytes
@@ -234,7 +271,7 @@ def deliver_due(
 ) -> dict[str, int]:
     """Deliver what is due, at most `batch` attempts. Rounds repeat so that event n+1 of a
     resource goes out in the same sweep once event n is delivered."""
-    cfg = config or DeliveryConfig.from_env()
+    cfg = config or DeliveryConfig.from_settings(engine.settings)
     out = {"claimed": 0, "delivered": 0, "retrying": 0, "dead_lettered": 0, "stale": 0}
     with httpx.Client(
         timeout=cfg.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
@@ -251,7 +288,7 @@ def deliver_due(
                 break
             out["claimed"] += len(jobs)
             with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-                results = list(pool.map(lambda j: post(http, j), jobs))
+                results = list(pool.map(lambda j: post(http, j, cfg.allow_any_host), jobs))
             for job, res in zip(jobs, results, strict=False):
                 out[_record(engine, job, res, worker_name, cfg, now)] += 1
     refresh_webhook_gauges(engine)
@@ -276,21 +313,33 @@ def claim(
                 continue
             d.attempts += 1
             d.claimed_by, d.claimed_until = worker_name, now + timedelta(seconds=cfg.lease_s)
-            jobs.append(Job(d.id, ev.id, ep.url, ep.secret, canonical_json(envelope(ev))))
+            body = canonical_json(envelope(ev))
+            jobs.append(Job(d.id, ev.id, ep.id, ep.url, ep.secret, body))
     return jobs
 
 
-def post(http: httpx.Client, job: Job) -> Result:
+def post(http: httpx.Client, job: Job, allow_any_host: bool = False) -> Result:
     """One signed POST; never raises (a failure is a result to record)."""
-    problem = url_problem(job.url)
+    problem = url_problem(job.url, allow_any_host)
     if problem is not None:
         # SECURITY: re-checked at send time, so a URL stored before a setting changed (or
         # written to the table directly) still cannot make this machine send elsewhere.
         return Result(False, None, f"not sent: url {problem}", "host_not_allowed", 0.0)
+    problem = secret_problem(job.secret)
+    if problem is not None:
+        # SECURITY: a legacy secret is never used to sign (no verifier could check it, and
+        # the package would silently sign with a mangled key); the owner rotates it.
+        return Result(
+            False,
+            None,
+            f"not sent: the endpoint's secret {problem}; rotate it with "
+            f"POST /v1/webhook-endpoints/{job.endpoint_id}/rotate-secret",
+            "legacy_secret",
+            0.0,
+        )
     headers = {
         "Content-Type": "application/json",
-        EVENT_ID_HEADER: job.event_id,
-        SIGNATURE_HEADER: sign(job.secret, job.body, int(time.time())),
+        **signed_headers(job.secret, job.event_id, job.body, signing_time()),
     }
     start = time.perf_counter()
     try:

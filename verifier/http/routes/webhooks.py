@@ -3,6 +3,7 @@
 Service (bearer service token):
   POST   /v1/webhook-endpoints        {url, event_types} → 201, the signing secret shown once
   GET    /v1/webhook-endpoints        this token's active endpoints (never the secret)
+  POST   /v1/webhook-endpoints/{id}/rotate-secret   a new signing secret, shown once
   DELETE /v1/webhook-endpoints/{id}   404 for another token's endpoint (owner isolation)
 Staff (bearer staff token):
   GET  /v1/admin/webhook-events?status=&limit=    deliveries (event × endpoint)
@@ -32,7 +33,7 @@ from verifier.http.models import (
     ReplayIn,
     ReplayOut,
 )
-from verifier.http.routes import WITH_BODY, Router
+from verifier.http.routes import WITH_BODY, Router, with_context
 from verifier.services import audit, webhook_endpoints, webhooks
 
 ERRORS = error_responses(401, 422, 500, 503)
@@ -67,6 +68,16 @@ def make_router(
     @router.get("/v1/webhook-endpoints", response_model=list[EndpointOut])
     def read_all(svc: Service, engine: EngineDep) -> list[dict[str, Any]]:
         return webhook_endpoints.list_endpoints(engine, svc[0])
+
+    @router.post(
+        "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+        response_model=EndpointCreatedOut,
+        responses=error_responses(404),
+    )
+    def rotate_secret(endpoint_id: str, svc: Service, engine: EngineDep) -> JSONResponse:
+        view = webhook_endpoints.rotate_secret(engine, svc[0], endpoint_id)
+        # SECURITY: carries the new secret; no cache may keep it.
+        return JSONResponse(EndpointCreatedOut.checked(view), headers={"Cache-Control": "no-store"})
 
     @router.delete(
         "/v1/webhook-endpoints/{endpoint_id}",
@@ -107,9 +118,8 @@ def make_router(
                 "confirm: must be true for this action",
                 field="confirm",
             )
-        return webhooks.replay(
-            engine, event_id, audit.Operator(actor, body.incident_id, body.reason)
-        )
+        op = audit.Operator(actor, body.incident_id, body.operator_reason or body.reason)
+        return webhooks.replay(engine, event_id, with_context(op))
 
     return router
 
