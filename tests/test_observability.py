@@ -224,6 +224,7 @@ PROMQL_WORDS = {
     "rate",
     "increase",
     "irate",
+    "histogram_quantile",
     "avg",
     "max",
     "min",

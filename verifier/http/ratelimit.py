@@ -1,22 +1,39 @@
 """Per-token rate limits on the endpoints that write: proof submission and session creation.
 
-A token bucket per (token principal, endpoint): `rate` tokens a second refill it up to
-`burst`; a request takes one token or is refused with 429 `rate_limited` and a `Retry-After`
-header saying, in whole seconds, when one token will be back. Buckets live in the process:
-with several API processes each enforces its own limit, so the effective limit is
-processes × rate — a guard against one client flooding the verifier (and, through it, the
-RPC nodes), not a billing quota.
+A bucket per (token principal, endpoint): a request takes one token or is refused with 429
+`rate_limited` and a `Retry-After` header saying, in whole seconds, when one is back — a
+guard against one client flooding the verifier (and, through it, the RPC nodes), not a
+billing quota.
+
+Where the buckets live:
+
+- in the process (the default): a token bucket, `rate` tokens a second up to `burst`. With
+  several API processes each enforces its own limit, so the effective limit is
+  processes × rate.
+- in Redis, when RAILPROOF_REDIS_URL is set: every API process shares one limit per token
+  and endpoint, kept by the `limits` library as a moving window of `burst` requests per
+  `burst / rate` seconds (rounded to whole seconds, at least one; the defaults give 40 per
+  2 s, the same average and burst as the bucket). Keys start with RAILPROOF_REDIS_KEY_PREFIX.
+
+Redis unreachable: the request is decided by the process's own bucket (fail to local, never
+open and never closed). Refusing every payment because a cache is down would turn a Redis
+outage into a payments outage; waving everything through would remove the flood guard
+exactly when something is already wrong. Each failure is counted
+(`railproof_rate_limit_backend_errors_total`, alert RailproofRateLimitStoreDown) and logged
+once per outage; Redis is tried again after `RETRY_SHARED_S`, so an outage costs each process
+at most one short connect timeout per retry period, not one per request.
 
 Only authenticated callers are limited (the bucket key is the principal the token resolves
 to); an unknown token is refused with 401 before any bucket is touched, so guessing tokens
 cannot fill the table.
 
-Configuration: RAILPROOF_RATE_LIMIT_PER_SECOND (default 20; 0 turns limiting off) and
-RAILPROOF_RATE_LIMIT_BURST (default 40), Settings fields.
+Configuration: RAILPROOF_RATE_LIMIT_PER_SECOND (default 20; 0 turns limiting off),
+RAILPROOF_RATE_LIMIT_BURST (default 40), RAILPROOF_REDIS_URL, RAILPROOF_REDIS_KEY_PREFIX.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -24,12 +41,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from limits import RateLimitItemPerSecond
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
 from verifier.core.errors import EngineError
+from verifier.core.metrics import Metrics
 from verifier.http.errors import ApiErrorCode
+
+log = logging.getLogger("railproof.ratelimit")
 
 DEFAULT_RATE = 20.0
 DEFAULT_BURST = 40
 MAX_BUCKETS = 100_000  # principals are configured tokens, so this is never reached in practice
+REDIS_TIMEOUT_S = 0.25  # a limit check must never hold a request for long
+RETRY_SHARED_S = 5.0  # after a Redis failure, local buckets decide for this long
 
 
 class RateLimited(EngineError):
@@ -50,8 +76,23 @@ class _Bucket:
     at: float
 
 
-class RateLimiter:
-    """Thread-safe token buckets; `clock` is injectable so tests need not sleep."""
+class Limiter:
+    """What the routes call: `check(principal, endpoint)`, raising 429 when the bucket is
+    empty. Subclasses say how long until a token is back (`take`)."""
+
+    def take(self, principal: str, endpoint: str) -> float:
+        raise NotImplementedError
+
+    def check(self, principal: str, endpoint: str) -> None:
+        """Raise RateLimited (429, Retry-After) when the caller's bucket is empty."""
+        wait = self.take(principal, endpoint)
+        if wait > 0:
+            raise RateLimited(endpoint, max(1, math.ceil(wait)))
+
+
+class RateLimiter(Limiter):
+    """Thread-safe token buckets in the process; `clock` is injectable so tests need not
+    sleep."""
 
     def __init__(
         self,
@@ -91,12 +132,91 @@ class RateLimiter:
                 return 0.0
             return (1.0 - b.tokens) / self.rate
 
-    def check(self, principal: str, endpoint: str) -> None:
-        """Raise RateLimited (429, Retry-After) when the caller's bucket is empty."""
-        wait = self.take(principal, endpoint)
-        if wait > 0:
-            raise RateLimited(endpoint, max(1, math.ceil(wait)))
-
     @classmethod
     def from_settings(cls, settings: Any) -> RateLimiter:
         return cls(rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst)
+
+
+class SharedRateLimiter(Limiter):
+    """One limit per (principal, endpoint) for every API process, in Redis (`limits`'
+    moving window). `local` decides while Redis does not answer."""
+
+    def __init__(
+        self,
+        url: str,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        key_prefix: str = "railproof",
+        local: RateLimiter | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rate = float(rate)
+        self.local = local or RateLimiter(rate, burst, clock)
+        self.metrics = metrics
+        self._clock = clock
+        self._down_until = 0.0
+        self._down = False
+        # Storage errors come wrapped as limits.errors.StorageError; the timeouts bound a
+        # check against a Redis that accepts connections and then hangs.
+        self.storage = RedisStorage(
+            url,
+            key_prefix=f"{key_prefix}:ratelimit",
+            wrap_exceptions=True,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+        )
+        self.strategy = MovingWindowRateLimiter(self.storage)
+        window = max(1, round(burst / self.rate)) if self.rate > 0 else 1
+        self.item = RateLimitItemPerSecond(max(1, int(burst)), window)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self, principal: str, endpoint: str) -> float:
+        if not self.enabled:
+            return 0.0
+        if self._clock() < self._down_until:
+            return self.local.take(principal, endpoint)
+        try:
+            if self.strategy.hit(self.item, principal, endpoint):
+                wait = 0.0
+            else:
+                reset = self.strategy.get_window_stats(self.item, principal, endpoint).reset_time
+                wait = max(reset - time.time(), 0.001)
+        except Exception as e:  # any failure of the store: the local bucket decides
+            return self._store_failed(e, principal, endpoint)
+        if self._down:
+            self._down = False
+            log.warning("rate-limit store answers again: limits are shared")
+        return wait
+
+    def _store_failed(self, e: Exception, principal: str, endpoint: str) -> float:
+        self._down_until = self._clock() + RETRY_SHARED_S
+        if self.metrics is not None:
+            self.metrics.inc("rate_limit_backend_errors_total")
+        if not self._down:
+            self._down = True
+            # The type only: a driver message can carry the URL and its password.
+            log.warning(
+                "rate-limit store unreachable (%s): each process limits on its own",
+                type(e).__name__,
+            )
+        return self.local.take(principal, endpoint)
+
+
+def limiter_from_settings(settings: Any, metrics: Metrics | None = None) -> Limiter:
+    """Redis-shared limits when RAILPROOF_REDIS_URL is set, else the process's own."""
+    local = RateLimiter.from_settings(settings)
+    url = getattr(settings, "redis_url", None)
+    if not url or not local.enabled:
+        return local
+    return SharedRateLimiter(
+        url,
+        rate=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+        key_prefix=settings.redis_key_prefix,
+        local=local,
+        metrics=metrics,
+    )

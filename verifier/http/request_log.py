@@ -16,6 +16,11 @@ logs, on the `railproof.request` logger, one record whose `http_request` attribu
 The request id is echoed in the X-Request-Id response header and held in `request_id_var`
 for the duration of the request, so anything the request causes (log lines, audit events)
 can carry it: `current_request_id()`.
+
+With `metrics`, the same request counts into `railproof_http_requests_total` and
+`railproof_http_request_duration_seconds` by route template, method and status. A path no
+route matched is counted as route `unmatched` and an unusual method as `other`: label values
+come from the code, never from what a caller typed, so a scan cannot grow the series.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 # Defined in core: the log formatter and audit events read it too.
 from verifier.core.logs import request_id_var
+from verifier.core.metrics import Metrics
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -41,6 +47,8 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # A caller's id is kept only when it cannot forge a log line or smuggle data into one.
 _GOOD_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _MAX_INCIDENT = 128
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
 
 log = logging.getLogger("railproof.request")
 
@@ -72,10 +80,14 @@ def _headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-def _route_of(scope: Scope) -> str:
+def _template_of(scope: Scope) -> str | None:
     route = scope.get("route")
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return template if isinstance(template, str) and template else scope.get("path", "")
+    return template if isinstance(template, str) and template else None
+
+
+def _route_of(scope: Scope) -> str:
+    return _template_of(scope) or scope.get("path", "")
 
 
 class RequestLogMiddleware:
@@ -83,7 +95,8 @@ class RequestLogMiddleware:
     or `app.add_middleware(RequestLogMiddleware, principal=...)` (added last: outermost, so
     answers of the other middleware are logged too).
 
-    `emit` receives each request's document instead of the logger (tests, other sinks)."""
+    `emit` receives each request's document instead of the logger (tests, other sinks);
+    `metrics` counts and times each request (the engine's)."""
 
     def __init__(
         self,
@@ -91,11 +104,13 @@ class RequestLogMiddleware:
         principal: PrincipalOf | None = None,
         emit: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        metrics: Metrics | None = None,
     ):
         self.app = app
         self.principal = principal
         self.emit = emit or _log
         self.clock = clock
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +121,16 @@ class RequestLogMiddleware:
         given = headers.get("x-request-id", "").strip()
         rid = given if _GOOD_ID.fullmatch(given) else uuid.uuid4().hex
         status: list[int] = []
+        counted: list[bool] = []
+
+        def count(answered: int) -> None:
+            if self.metrics is None or counted:
+                return
+            counted.append(True)
+            try:
+                _count(self.metrics, scope, answered, self.clock() - started)
+            except Exception:  # a metric never breaks a request
+                log.exception("request metric failed")
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -115,18 +140,22 @@ class RequestLogMiddleware:
                 ]
                 raw.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": raw}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted before the last byte leaves: a client that has its answer sees the
+                # request in the next scrape.
+                count(status[0] if status else 500)
             await send(message)
 
         token = request_id_var.set(rid)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            answered = status[0] if status else 500
             try:
-                self.emit(
-                    self._document(scope, headers, rid, status[0] if status else 500, started)
-                )
+                self.emit(self._document(scope, headers, rid, answered, started))
             except Exception:  # a log sink never breaks a request
                 log.exception("request log line failed")
+            count(answered)  # no body was sent: the app failed before answering
             request_id_var.reset(token)
 
     def _document(
@@ -156,6 +185,17 @@ class RequestLogMiddleware:
         except Exception:
             found = None
         return found if found is not None else ("none", None)
+
+
+def _count(metrics: Metrics, scope: Scope, status: int, seconds: float) -> None:
+    method = str(scope.get("method", ""))
+    labels: dict[str, str] = {
+        "route": _template_of(scope) or UNMATCHED,
+        "method": method if method in _METHODS else "other",
+        "status": str(status),
+    }
+    metrics.inc("http_requests_total", **labels)
+    metrics.observe("http_request_duration_seconds", max(0.0, seconds), **labels)
 
 
 def _log(doc: dict[str, Any]) -> None:

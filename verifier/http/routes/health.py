@@ -14,6 +14,11 @@ from verifier.http.errors import error_responses
 from verifier.http.models import HealthOut, ReadyOut
 from verifier.http.routes import Router
 from verifier.services.assurance import refresh_gauges
+from verifier.services.observability import (
+    count_readiness,
+    refresh_queue_gauges,
+    refresh_setup_gauge,
+)
 from verifier.services.queries import readiness_checks
 
 # No token; malformed headers (422) and failures can still happen.
@@ -38,6 +43,7 @@ def healthz(engine: EngineDep) -> HealthOut:
 )
 def readyz(engine: EngineDep) -> JSONResponse:
     checks = readiness_checks(engine)
+    count_readiness(engine, checks)
     ready = all(c["ok"] for c in checks)
     body = ReadyOut.checked({"status": "ready" if ready else "not_ready", "checks": checks})
     return JSONResponse(body, status_code=200 if ready else 503)
@@ -56,4 +62,6 @@ def readyz(engine: EngineDep) -> JSONResponse:
 )
 def metrics(engine: EngineDep) -> Response:
     refresh_gauges(engine)
+    refresh_queue_gauges(engine)
+    refresh_setup_gauge(engine)
     return Response(engine.metrics.render(), media_type=PROMETHEUS)
