@@ -7,7 +7,8 @@
   railproof inspect-reconciliation-run RUN_ID
 
 A run is a dry run unless --apply (with --confirm); incident id and reason are required for
-both. Exit codes: 0 the run is complete; 1 refused, or the run is incomplete or failed (what
+both. While the run is under way a progress bar is drawn when stdout is a terminal.
+Exit codes: 0 the run is complete; 1 refused, or the run is incomplete or failed (what
 could not be checked is in its detail); 2 usage or connection error.
 """
 
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 
 from verifier.cli.ops import Client, Incident, JsonOpt, Reason, _die, _out
+from verifier.cli.progress import progress
 
 RUN_COLUMNS = [
     "id",
@@ -86,11 +88,13 @@ def register(app: typer.Typer) -> None:
             "confirm": confirm,
             **c.context,
         }
-        status, data = c.request(
-            "POST",
-            "/v1/admin/reconciliation-runs",
-            {k: v for k, v in body.items() if v is not None},
-        )
+        # The run is one request whose length is unknown: an indeterminate bar on a terminal.
+        with progress(f"reconciliation ({scope})", None):
+            status, data = c.request(
+                "POST",
+                "/v1/admin/reconciliation-runs",
+                {k: v for k, v in body.items() if v is not None},
+            )
         if status >= 400 or as_json:
             _out(status, data, as_json)
         else:

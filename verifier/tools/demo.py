@@ -13,7 +13,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from verifier.core.config import REPO_FIXTURES, default_api_base_url
+from verifier.core.config import DEFAULT_CASSETTE_DIR, default_api_base_url
 
 DEMO_CASSETTE = "solana/generated/demo_payment.json"
 DEMO_SERVICE_TOKEN = "demo-service-token"
@@ -22,10 +22,10 @@ console = Console()
 
 
 def demo_payment() -> dict[str, Any]:
-    base = Path(os.environ.get("RAILPROOF_CASSETTE_DIR") or REPO_FIXTURES)
+    base = Path(os.environ.get("RAILPROOF_CASSETTE_DIR") or DEFAULT_CASSETTE_DIR)
     path = base / DEMO_CASSETTE
-    if not path.is_file():
-        path = REPO_FIXTURES / DEMO_CASSETTE
+    if not path.is_file():  # a cassette directory of one's own: the demo payment is ours
+        path = DEFAULT_CASSETTE_DIR / DEMO_CASSETTE
     return json.loads(path.read_text())["demo"]
 
 

@@ -1,16 +1,19 @@
 """`railproof record`: make a cassette from a live RPC by running exactly the calls one
-verification and one finality refresh make, through a recording transport."""
+verification and one finality refresh make, through a recording transport. A progress bar
+(one unit per proof, one for finality) is drawn when stdout is a terminal."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from rails import adapter_for
 from rails.base import Terms
 from rails.errors import ProofMalformed, RailError
 from rails.recording import RecordingTransport, live_transport_for
 from registry.catalog import CatalogError, RailOverrides, load_catalog
+from verifier.cli.progress import progress
 
 
 def record_cassette(
@@ -21,6 +24,7 @@ def record_cassette(
     out: Path,
     recipient: str,
     amount: int = 1,
+    progress_stream: IO[str] | None = None,
 ) -> int:
     cat = load_catalog()
     if rail_id not in cat.rails:
@@ -38,9 +42,12 @@ def record_cassette(
     rec = RecordingTransport(live_transport_for(network, urls))
     terms = Terms(recipient=recipient, amount=amount, at_least=True, now=datetime.now(UTC))
     try:
-        for p in proofs:
-            adapter.verify(p, terms, rec)
-        adapter.finality(refs, rec)
+        with progress("recording", len(proofs) + 1, stream=progress_stream) as advance:
+            for i, p in enumerate(proofs, 1):
+                adapter.verify(p, terms, rec)
+                advance(f"proof {i}/{len(proofs)}")
+            adapter.finality(refs, rec)
+            advance("finality")
     except RailError as e:
         raise ValueError(f"recording stopped: {type(e).__name__}: {e}") from e
     hosts = ", ".join(u.split("//")[-1].split("/")[0] for u in urls)
