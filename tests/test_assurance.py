@@ -36,15 +36,23 @@ SESSION = {
 OP = {"confirm": True, "incident_id": "INC-9", "operator_reason": "assurance test"}
 
 
-def report(client) -> dict:
-    r = client.get("/v1/admin/assurance", headers=auth(STAFF_TOKEN))
+def report(client, **params) -> dict:
+    r = client.get("/v1/admin/assurance", headers=auth(STAFF_TOKEN), params=params)
     assert r.status_code == 200, r.text
-    doc = r.json()
+    return report_of(r.json())
+
+
+def report_of(doc: dict) -> dict:
+    """The report checked for shape, its summary cut to status, score and alert count."""
     assert set(doc) == {"summary", "issues"}
-    assert set(doc["summary"]) == {"status", "score", "alert_count"}
+    assert set(doc["summary"]) == {"status", "score", "alert_count", "period_days", "since"}
     assert doc["summary"]["alert_count"] == len(doc["issues"])
     for i in doc["issues"]:
-        assert set(i) == {"category", "severity", "subject", "repair"} and i["repair"]
+        assert set(i) == {"id", "category", "severity", "subject", "repair", "repairable"}
+        assert i["repair"] and i["id"].startswith(i["category"] + ":")
+        assert i["severity"] in ("critical", "error", "warning", "info")
+    assert len({i["id"] for i in doc["issues"]}) == len(doc["issues"])  # ids are unique
+    doc["summary"] = {k: doc["summary"][k] for k in ("status", "score", "alert_count")}
     return doc
 
 
@@ -322,7 +330,13 @@ def test_cli_assurance_reports_the_same(client, engine, chain):
     with LiveServer(client.app) as srv:
         r = _cli(srv.url, "--json")
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout)["summary"] == {"status": "ok", "score": 100, "alert_count": 0}
+        assert json.loads(r.stdout)["summary"] == {
+            "status": "ok",
+            "score": 100,
+            "alert_count": 0,
+            "period_days": None,
+            "since": None,
+        }
         r = _cli(srv.url)
         assert r.exit_code == 0 and "assurance: ok (score 100, 0 findings)" in r.stdout
 
@@ -330,7 +344,7 @@ def test_cli_assurance_reports_the_same(client, engine, chain):
         advance(engine, 2 * 3600)
         r = _cli(srv.url, "--json")
         assert r.exit_code == 0, r.output  # warnings do not fail the command
-        doc = json.loads(r.stdout)
+        doc = report_of(json.loads(r.stdout))
         assert doc == report(client)
         assert doc["issues"][0]["subject"] == f"proof {p['id']}"
 

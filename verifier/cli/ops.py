@@ -14,7 +14,6 @@ Exit codes: 0 done; 1 refused (a blocker or a 4xx); 2 usage or connection error.
 import functools
 import inspect
 import json
-import os
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -25,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from verifier.core.config import default_api_base_url
+from verifier.core.config import Settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 Incident = Annotated[str | None, typer.Option("--incident-id", help="incident this belongs to")]
@@ -74,7 +73,15 @@ def global_options(
         ctx.call_on_close(lambda: _CONNECTION.reset(token))  # one invocation only
 
 
-def _staff_token() -> str:
+def _settings() -> Settings:
+    # The one Settings loader of the CLI: a bad value exits 2 naming its variable.
+    from verifier.cli.main import _settings as load
+
+    settings: Settings = load()
+    return settings
+
+
+def _staff_token(settings: Settings | None) -> str:
     path = _CONNECTION.get()[1]
     if path is not None:
         try:
@@ -84,7 +91,7 @@ def _staff_token() -> str:
         if not token:
             _die(f"--staff-token-file: {path} is empty")
         return token
-    env_token = os.environ.get("RAILPROOF_STAFF_TOKEN")
+    env_token = settings.staff_token if settings is not None else None
     if not env_token:
         _die(
             "RAILPROOF_STAFF_TOKEN is not set: export the staff token the API was "
@@ -165,8 +172,11 @@ def limited(rows: Any, limit: int | None) -> Any:
 
 class Client:
     def __init__(self, incident_id: str | None, reason: str | None):
-        self.base = (_CONNECTION.get()[0] or default_api_base_url()).rstrip("/")
-        token = _staff_token()
+        url, token_file = _CONNECTION.get()
+        # Settings are read when an option does not say it, once (warnings print once).
+        settings = None if url and token_file else _settings()
+        self.base = (url or (settings.api_base_url if settings else "")).rstrip("/")
+        token = _staff_token(settings)
         self.headers = {"Authorization": f"Bearer {token}"}
         if incident_id:
             self.headers["X-Incident-Id"] = incident_id
@@ -511,7 +521,8 @@ def register(app: typer.Typer) -> None:
         incident_id: Incident = None,
         operator_reason: Reason = None,
     ):
-        """Idempotency claims still in progress past the threshold (never deleted)."""
+        """Idempotency claims still in progress past the threshold (listing deletes nothing;
+        `assurance-repair` releases one, audited)."""
         s, d = Client(incident_id, operator_reason).request(
             "GET",
             "/v1/admin/idempotency-claims/stuck",
@@ -689,21 +700,237 @@ def register(app: typer.Typer) -> None:
             operator_reason,
         )
 
+    @command("list-entitlements")
+    def list_entitlements(
+        owner_id: Annotated[str, typer.Option("--owner-id", help="whose entitlements")],
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """One owner's entitlements (pending, active, revoked), oldest first."""
+        s, d = Client(incident_id, operator_reason).request(
+            "GET", "/v1/admin/entitlements", params={"owner_id": owner_id, "limit": limit}
+        )
+        _out(
+            s,
+            d,
+            as_json,
+            [
+                "id",
+                "owner_id",
+                "access_product_id",
+                "status",
+                "receipt_id",
+                "session_id",
+                "reorg_flagged",
+                "updated_at",
+            ],
+            "entitlements",
+        )
+
+    @command("inspect-entitlement")
+    def inspect_entitlement(
+        entitlement_id: str,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """One entitlement with the receipt that activated it."""
+        s, d = Client(incident_id, operator_reason).request(
+            "GET", f"/v1/admin/entitlements/{entitlement_id}"
+        )
+        if s < 400 and not as_json:
+            _out(
+                s,
+                [{"field": k, "value": v} for k, v in d.items()],
+                False,
+                ["field", "value"],
+                f"entitlement {entitlement_id}",
+            )
+            return
+        _out(s, d, as_json)
+
+    @command("list-receipts")
+    def list_receipts(
+        owner_id: Annotated[
+            str | None, typer.Option("--owner-id", help="only this owner's receipts")
+        ] = None,
+        rail_id: Annotated[str | None, typer.Option("--rail-id", help="only this rail")] = None,
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Receipts, newest first."""
+        s, d = Client(incident_id, operator_reason).request(
+            "GET",
+            "/v1/admin/receipts",
+            params={"owner_id": owner_id, "rail_id": rail_id, "limit": limit},
+        )
+        _out(
+            s,
+            d,
+            as_json,
+            [
+                "id",
+                "proof_id",
+                "session_id",
+                "owner_id",
+                "access_product_id",
+                "rail_id",
+                "amount",
+                "created_by",
+                "created_at",
+            ],
+            "receipts",
+        )
+
+    @command("list-approvals")
+    def list_approvals(
+        status: Annotated[
+            str | None,
+            typer.Option("--status", help="only approvals in this status, e.g. pending"),
+        ] = None,
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Two-person approvals (production state, treasury), newest first."""
+        s, d = Client(incident_id, operator_reason).request(
+            "GET", "/v1/admin/approvals", params={"status": status, "limit": limit}
+        )
+        _out(
+            s,
+            d,
+            as_json,
+            [
+                "approval_id",
+                "rail_id",
+                "kind",
+                "value",
+                "status",
+                "requested_by",
+                "approved_by",
+                "incident_id",
+                "created_at",
+                "decided_at",
+            ],
+            "approvals",
+        )
+
+    @command("request-treasury-change")
+    def request_treasury(
+        rail_id: Annotated[str, typer.Option("--rail-id", help="the rail whose treasury changes")],
+        treasury: Annotated[str, typer.Option("--treasury", help="the new treasury address")],
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Ask for a treasury change (a second staff member approves, as for production)."""
+        require_operator_context("request-treasury-change", incident_id, operator_reason)
+        c = Client(incident_id, operator_reason)
+        _out(
+            *c.request(
+                "POST",
+                f"/v1/admin/rails/{rail_id}/treasury/request",
+                {"treasury": treasury, **c.context},
+            ),
+            as_json,
+        )
+
+    @command("list-audit-events")
+    def list_audit_events(
+        subject_id: Annotated[
+            str | None,
+            typer.Option("--subject-id", help="only events about this id (proof, rail, ...)"),
+        ] = None,
+        incident: Annotated[
+            str | None,
+            typer.Option("--incident-id", help="only events recorded under this incident"),
+        ] = None,
+        limit: Limit = None,
+        as_json: JsonOpt = False,
+        operator_reason: Reason = None,
+    ):
+        """The audit trail, newest first. --incident-id filters (it is not sent as context)."""
+        s, d = Client(None, operator_reason).request(
+            "GET",
+            "/v1/admin/audit",
+            params={"subject_id": subject_id, "incident_id": incident, "limit": limit},
+        )
+        _out(
+            s,
+            d,
+            as_json,
+            [
+                "id",
+                "at",
+                "actor",
+                "action",
+                "subject_type",
+                "subject_id",
+                "incident_id",
+                "reason",
+                "data",
+            ],
+            "audit events",
+        )
+
     @command("assurance")
     def assurance(
-        as_json: JsonOpt = False, incident_id: Incident = None, operator_reason: Reason = None
+        period_days: Annotated[
+            int | None,
+            typer.Option(
+                "--period-days", min=1, max=3650, help="only rows made in this many days back"
+            ),
+        ] = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
     ):
-        """Invariant findings with severity and repair. Exit 1 when any finding is critical."""
-        s, d = Client(incident_id, operator_reason).request("GET", "/v1/admin/assurance")
+        """Invariant findings with severity (critical, error, warning, info), what to do, and
+        whether `assurance-repair` can repair them. Exit 1 when any finding is critical."""
+        s, d = Client(incident_id, operator_reason).request(
+            "GET", "/v1/admin/assurance", params={"period_days": period_days}
+        )
         if s >= 400:
             _out(s, d, as_json)
         if as_json:
             typer.echo(json.dumps(d))
         else:
             sm = d["summary"]
+            window = f", last {sm['period_days']} days" if sm.get("period_days") else ""
             typer.echo(
-                f"assurance: {sm['status']} (score {sm['score']}, {sm['alert_count']} findings)"
+                f"assurance: {sm['status']} (score {sm['score']}, {sm['alert_count']} "
+                f"findings{window})"
             )
             if d["issues"]:
-                _out(200, d["issues"], False, ["severity", "category", "subject", "repair"])
+                _out(
+                    200,
+                    d["issues"],
+                    False,
+                    ["id", "severity", "category", "subject", "repairable", "repair"],
+                )
         raise typer.Exit(1 if d["summary"]["status"] == "critical" else 0)
+
+    @command("assurance-repair")
+    def assurance_repair(
+        issue_id: Annotated[str, typer.Argument(help="the issue's id, from `assurance`")],
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Repair one assurance issue with the staff action that fixes it (audited)."""
+        require_operator_context("assurance-repair", incident_id, operator_reason, confirm)
+        c = Client(incident_id, operator_reason)
+        _out(
+            *c.request(
+                "POST",
+                "/v1/admin/assurance/repairs",
+                {"issue_id": issue_id, "confirm": True, **c.context},
+            ),
+            as_json,
+        )

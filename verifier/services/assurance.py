@@ -1,193 +1,536 @@
-"""Assurance: the invariants re-checked over stored data, as a report operators can act on.
+"""Assurance: the invariants re-checked over stored data, as a report operators can act on,
+and the safe repairs of the kinds that have one.
 
-summary {status ok|warning|critical, score 0-100, alert_count};
-issues[] {category, severity, subject, repair}.
+summary {status ok|warning|error|critical, score 0-100, alert_count, period_days, since};
+issues[] {id, category, severity critical|error|warning|info, subject, repair, repairable}.
+
+Each check is one function of a `Scope` (the report's transaction, both clocks and the
+window) returning `Issue`s; `CHECKS` lists them in the order the report shows them, so a new
+invariant is one function appended there. An issue's `id` is a function of what it is about
+(its category and subject), so it stays the same while the issue stands and a repair can
+name it.
+
+A repair (`repair`) re-runs the checks, finds the issue by id (an issue that no longer stands
+is not found), and runs the staff action that fixes it — the apply gate for a missing
+receipt, the worker's own release for a lapsed lease, the idempotency service's release for
+a stuck claim — never a direct table edit. Each repair needs confirmation, an incident id and
+a reason, and is audited (`assurance.repaired`) with all three and the staff member.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
 from registry.catalog import Stage
+from registry.readiness import live_verifier_configured
 from verifier.core import timeutil
 from verifier.core.engine import Engine
+from verifier.core.errors import BadInput, Conflict, NotFound
 from verifier.core.timeutil import iso, utc
-from verifier.services import audit, reconciliation
+from verifier.services import audit, gate, rails_admin, reconciliation, release_gates
+from verifier.storage.models import ClaimStatus, ProofStatus
 from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import findings
 from verifier.storage.repo import idempotency as claim_repo
+from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import rail_state as rail_state_repo
 
-PENALTY = {"critical": 40, "warning": 10, "info": 1}
+Severity = Literal["critical", "error", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "error", "warning", "info")  # worst first
+PENALTY: dict[str, int] = {"critical": 40, "error": 20, "warning": 10, "info": 1}
 VERIFIED_WITHOUT_RECEIPT_SLA = timedelta(hours=1)
 PENDING_SLA = timedelta(hours=2)
 LIMIT = 100  # findings listed per category
+MAX_PERIOD_DAYS = 3650
 
 
-def _issue(category: str, severity: str, subject: str, repair: str) -> dict[str, str]:
-    return {"category": category, "severity": severity, "subject": subject, "repair": repair}
+@dataclass(frozen=True)
+class Issue:
+    category: str
+    severity: Severity
+    subject: str
+    repair: str
+    key: str  # what the issue is about, unique within its category (its id's second half)
+    # What a repair acts on (a proof id, a claim's primary key); None: no automatic repair.
+    target: Any = field(default=None, compare=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.category}:{self.key}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "category": self.category,
+            "severity": self.severity,
+            "subject": self.subject,
+            "repair": self.repair,
+            "repairable": self.target is not None and self.category in REPAIRS,
+        }
 
 
-def assurance_report(engine: Engine) -> dict[str, Any]:
-    now = engine.now()
-    issues: list[dict[str, str]] = []
-    with engine.db.tx() as s:
-        # Active entitlements whose settlement is not final, or reorged (critical).
-        for ent_id, finality, reorged in findings.unsettled_active_entitlements(s, LIMIT):
-            issues.append(
-                _issue(
-                    "active_entitlement_unsettled",
-                    "critical",
-                    f"entitlement {ent_id}",
-                    "settlement is "
-                    + ("reorged" if reorged else finality)
-                    + ": investigate the transfer; revoke with incident id if it "
-                    "does not come back",
-                )
-            )
-        # Receipts whose entitlement is not active (and not deliberately revoked).
-        for rid in findings.receipts_without_active_entitlement(s, LIMIT):
-            issues.append(
-                _issue(
-                    "receipt_without_active_entitlement",
-                    "critical",
-                    f"receipt {rid}",
-                    "re-run apply for its proof; it is idempotent",
-                )
-            )
-        # Receipts not backed by final settlement evidence.
-        for rid in findings.receipts_without_final_settlement(s, LIMIT):
-            issues.append(
-                _issue(
-                    "receipt_without_final_settlement",
-                    "critical",
-                    f"receipt {rid}",
-                    "investigate how apply passed; revoke the entitlement",
-                )
-            )
-        # Settlement evidence whose attempt is not a verified one.
-        for eid in findings.settlements_without_verified_attempt(s, LIMIT):
-            issues.append(
-                _issue(
-                    "settlement_without_verified_attempt",
-                    "critical",
-                    f"settlement_evidence {eid}",
-                    "investigate the writer",
-                )
-            )
-        # One transfer claimed twice: one on-chain reference behind more than one receipt.
-        for ref, n in findings.transfers_with_several_receipts(s, LIMIT):
-            issues.append(
-                _issue(
-                    "transfer_claimed_twice",
-                    "critical",
-                    f"transfer {ref[:16]}…",
-                    f"{n} receipts: revoke all but the first, with incident id",
-                )
-            )
-        # Verified and final proofs on the live path without a receipt past the SLA. Gated
-        # rails wait for staff by design, so their proofs are not findings.
-        live = [r for r, d in engine.catalog.rails.items() if d.stage is Stage.live]
+@dataclass(frozen=True)
+class Scope:
+    engine: Engine
+    s: Session
+    now: datetime  # the business clock: when payments happened
+    at: datetime  # process time: leases and idempotency claims age by it, never pinned
+    since: datetime | None  # the window's start on the business clock (None: everything)
+    since_process: datetime | None  # the same window on process time
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+# -- the checks ------------------------------------------------------------------------------
+
+
+def unsettled_active_entitlements(sc: Scope) -> list[Issue]:
+    """Active entitlements whose settlement is not final, or reorged."""
+    return [
+        Issue(
+            "active_entitlement_unsettled",
+            "critical",
+            f"entitlement {ent_id}",
+            "settlement is "
+            + ("reorged" if reorged else finality)
+            + ": investigate the transfer; revoke with incident id if it does not come back",
+            ent_id,
+        )
+        for ent_id, finality, reorged in findings.unsettled_active_entitlements(
+            sc.s, LIMIT, since=sc.since
+        )
+    ]
+
+
+def receipts_without_active_entitlement(sc: Scope) -> list[Issue]:
+    """Receipts whose entitlement is not active (and not deliberately revoked)."""
+    return [
+        Issue(
+            "receipt_without_active_entitlement",
+            "critical",
+            f"receipt {rid}",
+            "re-run apply for its proof; it is idempotent",
+            rid,
+        )
+        for rid in findings.receipts_without_active_entitlement(sc.s, LIMIT, since=sc.since)
+    ]
+
+
+def receipts_without_final_settlement(sc: Scope) -> list[Issue]:
+    return [
+        Issue(
+            "receipt_without_final_settlement",
+            "critical",
+            f"receipt {rid}",
+            "investigate how apply passed; revoke the entitlement",
+            rid,
+        )
+        for rid in findings.receipts_without_final_settlement(sc.s, LIMIT, since=sc.since)
+    ]
+
+
+def settlements_without_verified_attempt(sc: Scope) -> list[Issue]:
+    return [
+        Issue(
+            "settlement_without_verified_attempt",
+            "critical",
+            f"settlement_evidence {eid}",
+            "investigate the writer",
+            str(eid),
+        )
+        for eid in findings.settlements_without_verified_attempt(sc.s, LIMIT, since=sc.since)
+    ]
+
+
+def transfers_claimed_twice(sc: Scope) -> list[Issue]:
+    """One on-chain reference behind more than one receipt."""
+    return [
+        Issue(
+            "transfer_claimed_twice",
+            "critical",
+            f"transfer {ref[:16]}…",
+            f"{n} receipts: revoke all but the first, with incident id",
+            _digest(ref),
+        )
+        for ref, n in findings.transfers_with_several_receipts(sc.s, LIMIT, since=sc.since)
+    ]
+
+
+def verified_without_receipt(sc: Scope) -> list[Issue]:
+    """Verified and final proofs on the live path without a receipt past the SLA. Gated rails
+    wait for staff by design, so their proofs are not findings. Repair: the apply gate."""
+    live = [r for r, d in sc.engine.catalog.rails.items() if d.stage is Stage.live]
+    return [
+        Issue(
+            "verified_without_receipt",
+            "warning",
+            f"proof {pid}",
+            "dry-run-rail-proof-apply to see the blockers; the repair applies it through "
+            "the apply gate (every check holds, or nothing changes)",
+            pid,
+            target=pid,
+        )
         for pid in findings.final_without_receipt(
-            s, live, now - VERIFIED_WITHOUT_RECEIPT_SLA, LIMIT
-        ):
-            issues.append(
-                _issue(
-                    "verified_without_receipt",
-                    "warning",
-                    f"proof {pid}",
-                    "dry-run-rail-proof-apply to see the blockers",
-                )
-            )
-        # Pending proofs past the SLA.
-        for pid in findings.pending_created_before(s, now - PENDING_SLA, LIMIT):
-            issues.append(
-                _issue(
-                    "pending_past_sla",
-                    "warning",
-                    f"proof {pid}",
-                    "check RPC health and the worker; inspect-rail-proof",
-                )
-            )
-        issues += _uncredited_transfers(s)
-        at = timeutil.process_now()  # leases and claim ages are process time, never pinned
-        issues += _lapsed_leases(s, at)
-        issues += _stuck_claims(engine, s, at)
-        chain = audit.verify_chain(s)
-        if not chain.ok:
-            issues.append(
-                _issue(
-                    "audit_chain_broken",
-                    "critical",
-                    f"audit event {chain.first_broken_id}",
-                    chain.message + "; restore from backup and investigate",
-                )
-            )
-    # The latest reconciliation run's unresolved findings, and a run that could not finish.
-    issues += reconciliation.assurance_issues(engine)
-    score = max(0, 100 - sum(PENALTY[i["severity"]] for i in issues))
-    status = (
-        "critical"
-        if any(i["severity"] == "critical" for i in issues)
-        else "warning"
-        if issues
-        else "ok"
-    )
-    return {
-        "summary": {"status": status, "score": score, "alert_count": len(issues)},
-        "issues": issues,
-    }
+            sc.s, live, sc.now - VERIFIED_WITHOUT_RECEIPT_SLA, LIMIT, since=sc.since
+        )
+    ]
 
 
-def _uncredited_transfers(s: Session) -> list[dict[str, str]]:
+def pending_past_sla(sc: Scope) -> list[Issue]:
+    return [
+        Issue(
+            "pending_past_sla",
+            "warning",
+            f"proof {pid}",
+            "check RPC health and the worker; inspect-rail-proof",
+            pid,
+        )
+        for pid in findings.pending_created_before(
+            sc.s, sc.now - PENDING_SLA, LIMIT, since=sc.since
+        )
+    ]
+
+
+def uncredited_transfers(sc: Scope) -> list[Issue]:
     """Verified transfers no receipt can credit: their session was paid by another transfer
     (the payer paid twice, or two transfers raced for one session). The money arrived; it
     must not vanish from view."""
     return [
-        _issue(
+        Issue(
             "verified_transfer_not_credited",
-            "warning",
+            "error",  # money arrived and nothing credits it: someone must act
             f"proof {pid}",
             f"a verified transfer for session {sid} (owner {owner}), which another "
             "transfer already paid: refund the payer, or credit it by hand under an "
             "incident id; it never creates a second receipt",
+            pid,
         )
-        for pid, sid, owner in findings.verified_on_paid_sessions(s, LIMIT)
+        for pid, sid, owner in findings.verified_on_paid_sessions(sc.s, LIMIT, since=sc.since)
     ]
 
 
-def _lapsed_leases(s: Session, at: datetime) -> list[dict[str, str]]:
-    """Proofs still claimed by a worker whose lease ran out: it died or stalled mid-work."""
+def lapsed_leases(sc: Scope) -> list[Issue]:
+    """Proofs still claimed by a worker whose lease ran out: it died or stalled mid-work. A
+    current state, so outside any window. Repair: release the lease, due now."""
     return [
-        _issue(
+        Issue(
             "claim_lease_lapsed",
             "warning",
             f"proof {pid}",
             f"claimed by worker {by} until {iso(until)}, never finished: a running "
             "worker takes it again once it is due; check that workers run and what "
-            f"stopped {by} (its logs)",
+            f"stopped {by} (its logs); the repair re-queues it for the next sweep",
+            pid,
+            target=pid,
         )
-        for pid, by, until in findings.lapsed_leases(s, at, LIMIT)
+        for pid, by, until in findings.lapsed_leases(sc.s, sc.at, LIMIT)
     ]
 
 
-def _stuck_claims(engine: Engine, s: Session, at: datetime) -> list[dict[str, str]]:
+def stuck_claims(sc: Scope) -> list[Issue]:
     """Idempotency claims whose request never completed (the process died mid-request): the
-    client's retries get idempotency_in_progress for good. Claims are never deleted."""
-    cutoff = at - timedelta(seconds=engine.settings.stuck_claim_seconds)
+    client's retries get idempotency_in_progress for good. Repair: release the claim, as a
+    refused request does, so the client's retry runs again."""
+    cutoff = sc.at - timedelta(seconds=sc.engine.settings.stuck_claim_seconds)
     return [
-        _issue(
+        Issue(
             "idempotency_claim_stuck",
             "warning",
             f"idempotency claim {c.principal} {c.endpoint} key {c.key[:64]}",
             f"in progress since {iso(c.created_at)}: find whether its work was done "
             "(audit, list-rail-proofs) and have the client retry with a new "
-            "Idempotency-Key; list-stuck-idempotency-claims lists them all",
+            "Idempotency-Key; list-stuck-idempotency-claims lists them all; the repair "
+            "releases it, so a retry with the same key runs the request again",
+            _digest(c.principal, c.endpoint, c.key),
+            target=(c.principal, c.endpoint, c.key),
         )
-        for c in claim_repo.in_progress_since(s, cutoff, LIMIT)
+        for c in claim_repo.in_progress_since(sc.s, cutoff, LIMIT)
+        if sc.since_process is None or utc(c.created_at) >= sc.since_process
     ]
+
+
+def production_rails_not_live(sc: Scope) -> list[Issue]:
+    """Production-enabled rails without a live verifier on a live chain: the network has no
+    RPC URL (readiness' `live_verifier_configured`, the same fact), so nothing that rail
+    applies was checked against the chain. A cassette deployment replays recordings and
+    verifies nothing live at all, which readiness reports per rail; only the live chain's gap
+    is a finding here. (Whether a gated rail may be in production at all is its release
+    gates' question.)"""
+    cfg = rails_admin.deployment(sc.engine)
+    if cfg.chain_mode != "live":
+        return []
+    out: list[Issue] = []
+    for st in rail_state_repo.all_states(sc.s):
+        d = sc.engine.catalog.rails.get(st.rail_id)
+        if d is None or not sc.engine.production_enabled(st):
+            continue
+        network = cfg.networks.get(st.rail_id, d.network)
+        if live_verifier_configured(cfg, network):
+            continue
+        var = "RAILPROOF_RPC_" + network.upper().replace("-", "_")
+        out.append(
+            Issue(
+                "production_rail_not_live_verified",
+                "critical",
+                f"rail {st.rail_id}",
+                f"production-enabled but no live verifier for {network}: set {var}, or "
+                f"pause-rail {st.rail_id} and request-rail-production {st.rail_id} --disable",
+                st.rail_id,
+            )
+        )
+    return out
+
+
+def production_rails_without_release_evidence(sc: Scope) -> list[Issue]:
+    """A rail whose stage is not `live` but which is production-enabled while a release gate
+    lacks passing evidence (never recorded, failed, or expired since): enabled without what
+    approval requires, or kept enabled past its evidence. Rails enabled by the catalog's
+    `live` stage were released with the code and are not held to the gates here."""
+    from registry.catalog import Stage
+
+    out: list[Issue] = []
+    for st in rail_state_repo.all_states(sc.s):
+        d = sc.engine.catalog.rails.get(st.rail_id)
+        if d is None or d.stage is Stage.live or not sc.engine.production_enabled(st):
+            continue
+        missing = release_gates.incomplete_gates(sc.engine, st.rail_id, sc.s)
+        if not missing:
+            continue
+        listed = ", ".join(f"{g} ({v})" for g, v in missing.items())
+        out.append(
+            Issue(
+                "production_rail_without_release_evidence",
+                "critical",
+                f"rail {st.rail_id}",
+                f"production-enabled without passing release-gate evidence: {listed}; record "
+                f"it (railproof record-release-gate-evidence --rail-id {st.rail_id} …) or "
+                f"pause-rail {st.rail_id} and request-rail-production {st.rail_id} --disable",
+                st.rail_id,
+            )
+        )
+    return out
+
+
+def audit_chain(sc: Scope) -> list[Issue]:
+    chain = audit.verify_chain(sc.s)
+    if chain.ok:
+        return []
+    return [
+        Issue(
+            "audit_chain_broken",
+            "critical",
+            f"audit event {chain.first_broken_id}",
+            chain.message + "; restore from backup and investigate",
+            str(chain.first_broken_id),
+        )
+    ]
+
+
+Check = Callable[[Scope], list[Issue]]
+
+# The report, in order. A new invariant is one function appended here.
+CHECKS: list[Check] = [
+    unsettled_active_entitlements,
+    receipts_without_active_entitlement,
+    receipts_without_final_settlement,
+    settlements_without_verified_attempt,
+    transfers_claimed_twice,
+    verified_without_receipt,
+    pending_past_sla,
+    uncredited_transfers,
+    lapsed_leases,
+    stuck_claims,
+    production_rails_not_live,
+    production_rails_without_release_evidence,
+    audit_chain,
+]
+
+
+def _reconciliation(engine: Engine) -> list[Issue]:
+    """The latest reconciliation run's unresolved findings, and a run that could not finish
+    (its own transaction: read after the checks')."""
+    return [
+        Issue(
+            i["category"],
+            i["severity"] if i["severity"] in SEVERITIES else "warning",
+            i["subject"],
+            i["repair"],
+            _digest(i["subject"]),
+        )
+        for i in reconciliation.assurance_issues(engine)
+    ]
+
+
+def _issues(engine: Engine, period_days: int | None) -> list[Issue]:
+    if period_days is not None and not 1 <= period_days <= MAX_PERIOD_DAYS:
+        raise BadInput(
+            "invalid_request",
+            f"period_days: from 1 to {MAX_PERIOD_DAYS}",
+            field="period_days",
+        )
+    now, at = engine.now(), timeutil.process_now()
+    window = timedelta(days=period_days) if period_days is not None else None
+    issues: list[Issue] = []
+    with engine.db.tx() as s:
+        sc = Scope(
+            engine,
+            s,
+            now,
+            at,
+            now - window if window is not None else None,
+            at - window if window is not None else None,
+        )
+        for check in CHECKS:
+            issues += check(sc)
+    return issues + _reconciliation(engine)
+
+
+def assurance_report(engine: Engine, period_days: int | None = None) -> dict[str, Any]:
+    """The report; `period_days`: only rows made in that many days back (a lapsed lease, the
+    audit chain, rail state and the latest reconciliation run are current state: always)."""
+    issues = _issues(engine, period_days)
+    score = max(0, 100 - sum(PENALTY[i.severity] for i in issues))
+    worst = next((sev for sev in SEVERITIES if any(i.severity == sev for i in issues)), None)
+    return {
+        "summary": {
+            "status": worst if worst in ("critical", "error", "warning") else "ok",
+            "score": score,
+            "alert_count": len(issues),
+            "period_days": period_days,
+            "since": iso(engine.now() - timedelta(days=period_days)) if period_days else None,
+        },
+        "issues": [i.as_dict() for i in issues],
+    }
+
+
+# -- repairs ---------------------------------------------------------------------------------
+
+
+def _apply_through_gate(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str, Any]:
+    # The staff apply itself: every check of the gate, in one transaction, or nothing (a
+    # standing blocker answers 409 apply_blocked with the report).
+    return gate.apply(engine, str(issue.target), op, gate.Via.staff)
+
+
+def _requeue_lapsed(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str, Any]:
+    # What the worker does when it gives work back (worker.loop._release): the lease is
+    # cleared and the proof is due at once, so the next sweep takes it.
+    pid = str(issue.target)
+    with engine.db.tx() as s:
+        p = proof_repo.get(s, pid, lock=True)
+        at = timeutil.process_now()
+        if (
+            p is None
+            or p.claimed_by is None
+            or p.claimed_until is None
+            or utc(p.claimed_until) >= at
+        ):
+            raise Conflict("issue_resolved", f"proof {pid}: its lease is no longer lapsed")
+        was = {"claimed_by": p.claimed_by, "claimed_until": iso(p.claimed_until)}
+        p.claimed_by = p.claimed_until = None
+        if p.status in (ProofStatus.pending, ProofStatus.verified):
+            p.next_check_at = engine.now()
+        _audit_repair(engine, s, issue, op, "requeued", was)
+    return {"proof_id": pid, "released": was, "due": iso(engine.now())}
+
+
+def _release_claim(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str, Any]:
+    # What the idempotency service does when a request is refused: the in-progress claim goes,
+    # so the client's retry with the same key runs. The claim's record stays in the audit log.
+    principal, endpoint, key = issue.target
+    with engine.db.tx() as s:
+        c = claim_repo.get(s, principal, endpoint, key)
+        if c is None or c.status != ClaimStatus.in_progress:
+            raise Conflict("issue_resolved", "the idempotency claim is no longer in progress")
+        claim = {
+            "principal": principal,
+            "endpoint": endpoint,
+            "key": key,
+            "request_hash": c.request_hash,
+            "created_at": iso(c.created_at),
+        }
+        claim_repo.release_in_progress(s, principal, endpoint, key)
+        _audit_repair(engine, s, issue, op, "released", claim)
+    return {"released": claim}
+
+
+def _audit_repair(
+    engine: Engine, s: Session, issue: Issue, op: audit.Operator, action: str, data: Any
+) -> None:
+    audit.append(
+        s,
+        engine.now(),
+        op,
+        "assurance.repaired",
+        "assurance_issue",
+        issue.id[:128],
+        {"category": issue.category, "subject": issue.subject, "action": action, "data": data},
+    )
+
+
+@dataclass(frozen=True)
+class Repair:
+    action: str  # what it does, as the answer says
+    run: Callable[[Engine, Issue, audit.Operator], dict[str, Any]]
+    audited_by_run: bool  # the run appends assurance.repaired in its own transaction
+
+
+REPAIRS: dict[str, Repair] = {
+    "verified_without_receipt": Repair(
+        "applied through the apply gate", _apply_through_gate, audited_by_run=False
+    ),
+    "claim_lease_lapsed": Repair("lease released, proof due now", _requeue_lapsed, True),
+    "idempotency_claim_stuck": Repair("claim released", _release_claim, True),
+}
+
+
+def repair(engine: Engine, issue_id: str, confirm: bool, op: audit.Operator) -> dict[str, Any]:
+    """Repair one standing issue by id with the staff action that fixes it."""
+    if not confirm:
+        raise BadInput(
+            "confirmation_required", "confirm: must be true for this action", field="confirm"
+        )
+    for name, value in (("incident_id", op.incident_id), ("operator_reason", op.reason)):
+        if not (value or "").strip():
+            raise BadInput(
+                "operator_context_required",
+                f"{name}: a repair carries an incident id and a reason",
+                field=name,
+            )
+    issue = next((i for i in _issues(engine, None) if i.id == issue_id), None)
+    if issue is None:
+        raise NotFound(
+            "assurance_issue_not_found",
+            f"issue_id: no standing assurance issue {issue_id!r} (GET /v1/admin/assurance "
+            "lists them)",
+            field="issue_id",
+        )
+    how = REPAIRS.get(issue.category)
+    if how is None or issue.target is None:
+        raise Conflict(
+            "issue_not_repairable",
+            f"issue_id: {issue.category} has no automatic repair: {issue.repair}",
+            field="issue_id",
+        )
+    result = how.run(engine, issue, op)
+    if not how.audited_by_run:
+        with engine.db.tx() as s:
+            _audit_repair(engine, s, issue, op, how.action, result)
+    return {
+        "issue_id": issue.id,
+        "category": issue.category,
+        "subject": issue.subject,
+        "action": how.action,
+        "result": result,
+    }
 
 
 def refresh_gauges(engine: Engine) -> None:

@@ -1,7 +1,8 @@
-"""Reads the HTTP layer needs that no other service owns: an owner's entitlements, the audit
-trail by subject and its chain check, the record of a staff read made under an incident,
-and, before serving, whether the database schema is migrated (and, for /readyz, whether the
-deployment could serve now).
+"""Reads the HTTP layer needs that no other service owns: an owner's entitlements, the staff
+reads of entitlements, receipts and approvals, the audit trail by subject or incident and its
+chain check, whether a rail is paused (shown on session and proof reads), the record of a
+staff read made under an incident, and, before serving, whether the database schema is
+migrated (and, for /readyz, whether the deployment could serve now).
 
 Routes never open a transaction or name a table (tests/test_architecture.py forbids
 verifier.http from importing storage or SQLAlchemy); they call these. The database error
@@ -14,15 +15,16 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError as DatabaseError
+from sqlalchemy.orm import Session
 
 from registry.catalog import Stage
 from verifier.core.engine import Engine
-from verifier.core.errors import EngineError
+from verifier.core.errors import BadInput, EngineError, NotFound
 from verifier.core.timeutil import iso
 from verifier.services import audit
-from verifier.services.views import entitlement_view
+from verifier.services.rails_admin import approval_view
+from verifier.services.views import entitlement_view, receipt_view
 from verifier.storage.db import (
     UPGRADE_HINT,
     current_revision,
@@ -30,7 +32,9 @@ from verifier.storage.db import (
     is_busy,
     require_migrated,
 )
-from verifier.storage.models import AuditEvent, Entitlement
+from verifier.storage.models import ApprovalStatus, AuditEvent
+from verifier.storage.repo import rail_state as rail_state_repo
+from verifier.storage.repo import staff_reads
 
 __all__ = [
     "DatabaseError",
@@ -38,6 +42,12 @@ __all__ = [
     "audit_events",
     "database_busy",
     "entitlements_of",
+    "get_entitlement",
+    "list_approvals",
+    "list_entitlements",
+    "list_receipts",
+    "paused_rails",
+    "rail_paused",
     "readiness_checks",
     "record_staff_read",
     "schema_is_current",
@@ -47,12 +57,63 @@ __all__ = [
 def entitlements_of(engine: Engine, owner_id: str) -> list[dict[str, Any]]:
     """The owner's entitlements, oldest first. The caller has checked the owner is theirs."""
     with engine.db.tx() as s:
-        rows = s.scalars(
-            select(Entitlement)
-            .where(Entitlement.owner_id == owner_id)
-            .order_by(Entitlement.created_at)
-        ).all()
-        return [entitlement_view(e) for e in rows]
+        return [entitlement_view(e) for e in staff_reads.entitlements_of_owner(s, owner_id)]
+
+
+def list_entitlements(engine: Engine, owner_id: str, limit: int) -> list[dict[str, Any]]:
+    """Staff read: one owner's entitlements, oldest first."""
+    with engine.db.tx() as s:
+        return [entitlement_view(e) for e in staff_reads.entitlements_of_owner(s, owner_id, limit)]
+
+
+def get_entitlement(engine: Engine, entitlement_id: str) -> dict[str, Any]:
+    """Staff read: one entitlement with when it was made and the receipt that activated it."""
+    with engine.db.tx() as s:
+        e = staff_reads.entitlement(s, entitlement_id)
+        if e is None:
+            raise NotFound("entitlement_not_found", f"no entitlement {entitlement_id!r}")
+        r = staff_reads.receipt(s, e.receipt_id) if e.receipt_id else None
+        return {
+            **entitlement_view(e),
+            "created_at": iso(e.created_at),
+            "receipt": receipt_view(r) if r is not None else None,
+        }
+
+
+def list_receipts(
+    engine: Engine, owner_id: str | None, rail_id: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Staff read: receipts, newest first, of one owner and/or one rail."""
+    with engine.db.tx() as s:
+        return [receipt_view(r) for r in staff_reads.receipts(s, owner_id, rail_id, limit)]
+
+
+def approval_statuses() -> list[str]:
+    return [st.value for st in ApprovalStatus]
+
+
+def list_approvals(engine: Engine, status: str | None, limit: int) -> list[dict[str, Any]]:
+    """Staff read: two-person approvals, newest first, optionally in one status."""
+    if status is not None and status not in approval_statuses():
+        raise BadInput(
+            "invalid_status",
+            f"status: one of {', '.join(approval_statuses())}",
+            field="status",
+        )
+    with engine.db.tx() as s:
+        return [approval_view(a) for a in staff_reads.approvals(s, status, limit)]
+
+
+def rail_paused(s: Session, rail_id: str) -> bool:
+    """Whether the rail's kill switch is on, for reads that show it (a plain read: no lock,
+    since nothing is written on its strength). `s` is the caller's session."""
+    st = rail_state_repo.get(s, rail_id)
+    return bool(st is not None and st.paused)
+
+
+def paused_rails(s: Session) -> frozenset[str]:
+    """The rails whose kill switch is on (one read for a list of rows)."""
+    return frozenset(st.rail_id for st in rail_state_repo.all_states(s) if st.paused)
 
 
 def audit_event_view(e: AuditEvent) -> dict[str, Any]:
@@ -70,15 +131,14 @@ def audit_event_view(e: AuditEvent) -> dict[str, Any]:
     }
 
 
-def audit_events(engine: Engine, limit: int, subject_id: str | None = None) -> list[dict[str, Any]]:
-    """The newest `limit` audit events, optionally of one subject, newest first."""
-    q = select(AuditEvent)
-    if subject_id:
-        q = q.where(AuditEvent.subject_id == subject_id)
+def audit_events(
+    engine: Engine, limit: int, subject_id: str | None = None, incident_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The newest `limit` audit events, optionally of one subject and/or one incident, newest
+    first."""
     with engine.db.tx() as s:
         return [
-            audit_event_view(e)
-            for e in s.scalars(q.order_by(AuditEvent.id.desc()).limit(limit)).all()
+            audit_event_view(e) for e in staff_reads.audit_events(s, limit, subject_id, incident_id)
         ]
 
 

@@ -18,12 +18,15 @@ from verifier.http.models import (
     ApprovalOut,
     ApprovalRequestOut,
     AssuranceOut,
+    AssuranceRepairOut,
     AttemptOut,
     AuditChainOut,
     AuditEventOut,
     ConfirmIn,
     DryRunIn,
     DryRunOut,
+    EntitlementDetailOut,
+    EntitlementOut,
     EvidenceOut,
     ObservabilitySpecOut,
     OperatorIn,
@@ -33,18 +36,22 @@ from verifier.http.models import (
     ProofOut,
     RailOut,
     ReadinessOut,
+    ReceiptOut,
+    RepairIn,
     RevokeOut,
     StuckClaimOut,
     TreasuryIn,
 )
-from verifier.http.routes import WITH_BODY, staff_router
+from verifier.http.routes import WITH_BODY, staff_router, with_context
 from verifier.services import audit, gate, idempotency, proofs, queries, rails_admin
-from verifier.services.assurance import assurance_report
+from verifier.services.assurance import MAX_PERIOD_DAYS, assurance_report
+from verifier.services.assurance import repair as assurance_repair
 
 router = staff_router("staff")
 NOT_FOUND = error_responses(404)
 ACTION = {**WITH_BODY, **error_responses(404, 409)}  # gated actions: confirm, then the state
 Limit = Annotated[int, Query(ge=1, le=1000)]
+Filter = Annotated[str | None, Query(min_length=1, max_length=128)]
 ProofStatus = Literal["verified", "failed", "pending", "requires_review"]
 
 
@@ -59,7 +66,7 @@ def confirmed(actor: str, body: ConfirmIn) -> audit.Operator:
             "confirm: must be true for this action",
             field="confirm",
         )
-    return operator(actor, body)
+    return with_context(operator(actor, body))
 
 
 # -- reads ----------------------------------------------------------------------------------
@@ -119,15 +126,54 @@ def stuck_claims(
 
 
 @router.get("/approvals", response_model=list[ApprovalOut])
-def approvals(_: StaffDep, engine: EngineDep) -> list[dict[str, Any]]:
-    return rails_admin.list_approvals(engine)
+def approvals(
+    _: StaffDep,
+    engine: EngineDep,
+    status: Annotated[
+        str | None, Query(description="pending | approved | rejected (and later states)")
+    ] = None,
+    limit: Limit = 100,
+) -> list[dict[str, Any]]:
+    return queries.list_approvals(engine, status, limit)
+
+
+@router.get("/entitlements", response_model=list[EntitlementOut])
+def entitlements(
+    _: StaffDep,
+    engine: EngineDep,
+    owner_id: Annotated[str, Query(min_length=1, max_length=128)],
+    limit: Limit = 100,
+) -> list[dict[str, Any]]:
+    return queries.list_entitlements(engine, owner_id, limit)
+
+
+@router.get(
+    "/entitlements/{entitlement_id}", response_model=EntitlementDetailOut, responses=NOT_FOUND
+)
+def inspect_entitlement(entitlement_id: str, _: StaffDep, engine: EngineDep) -> dict[str, Any]:
+    return queries.get_entitlement(engine, entitlement_id)
+
+
+@router.get("/receipts", response_model=list[ReceiptOut])
+def receipts(
+    _: StaffDep,
+    engine: EngineDep,
+    owner_id: Filter = None,
+    rail_id: Filter = None,
+    limit: Limit = 50,
+) -> list[dict[str, Any]]:
+    return queries.list_receipts(engine, owner_id, rail_id, limit)
 
 
 @router.get("/audit", response_model=list[AuditEventOut])
 def audit_events(
-    _: StaffDep, engine: EngineDep, limit: Limit = 100, subject_id: str | None = None
+    _: StaffDep,
+    engine: EngineDep,
+    limit: Limit = 100,
+    subject_id: str | None = None,
+    incident_id: Filter = None,
 ) -> list[dict[str, Any]]:
-    return queries.audit_events(engine, limit, subject_id)
+    return queries.audit_events(engine, limit, subject_id, incident_id)
 
 
 @router.get("/audit/verify", response_model=AuditChainOut)
@@ -136,8 +182,15 @@ def audit_verify(_: StaffDep, engine: EngineDep) -> dict[str, Any]:
 
 
 @router.get("/assurance", response_model=AssuranceOut)
-def assurance(_: StaffDep, engine: EngineDep) -> dict[str, Any]:
-    return assurance_report(engine)
+def assurance(
+    _: StaffDep,
+    engine: EngineDep,
+    period_days: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_PERIOD_DAYS, description="only rows made in this many days back"),
+    ] = None,
+) -> dict[str, Any]:
+    return assurance_report(engine, period_days)
 
 
 @router.get("/observability/spec", response_model=ObservabilitySpecOut)
@@ -246,6 +299,13 @@ def approve(
 )
 def reject(approval_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
     return rails_admin.reject(engine, approval_id, confirmed(actor, body))
+
+
+@router.post("/assurance/repairs", response_model=AssuranceRepairOut, responses=ACTION)
+def repair(body: RepairIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
+    """Repair one standing assurance issue (by its `id`) with the staff action that fixes
+    it; audited with the incident id and reason, which it requires."""
+    return assurance_repair(engine, body.issue_id, True, confirmed(actor, body))
 
 
 @router.post("/entitlements/{entitlement_id}/revoke", response_model=RevokeOut, responses=ACTION)

@@ -1,12 +1,14 @@
 """The assurance report's queries (verifier.services.assurance): rows that break an invariant
-the database cannot hold by itself. Each returns at most `limit` rows."""
+the database cannot hold by itself. Each returns at most `limit` rows; `since` (where taken)
+keeps only rows made at or after it (the report's --period-days window)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import Subquery, func, select
+from sqlalchemy import Select, Subquery, func, select
 from sqlalchemy.orm import Session, aliased
 
 from verifier.storage.models import (
@@ -19,6 +21,12 @@ from verifier.storage.models import (
     VerificationAttempt,
 )
 
+_Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])
+
+
+def _window(q: _Q, column: Any, since: datetime | None) -> _Q:
+    return q if since is None else q.where(column >= since)
+
 
 def _current_settlement() -> Subquery:
     """Each proof's latest settlement evidence."""
@@ -30,7 +38,9 @@ def _current_settlement() -> Subquery:
     return select(SettlementEvidence).join(latest, SettlementEvidence.id == latest.c.mid).subquery()
 
 
-def unsettled_active_entitlements(s: Session, limit: int) -> list[tuple[str, str, bool]]:
+def unsettled_active_entitlements(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[tuple[str, str, bool]]:
     """(entitlement id, finality, reorged) of active entitlements whose receipt's proof's
     latest settlement is not final, or reorged."""
     cur = _current_settlement()
@@ -44,10 +54,13 @@ def unsettled_active_entitlements(s: Session, limit: int) -> list[tuple[str, str
         )
         .limit(limit)
     )
+    q = _window(q, Entitlement.updated_at, since)
     return [(e, f, bool(r)) for e, f, r in s.execute(q)]
 
 
-def receipts_without_active_entitlement(s: Session, limit: int) -> list[str]:
+def receipts_without_active_entitlement(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[str]:
     """Receipts whose entitlement is missing or still pending (a revoked one is deliberate)."""
     q = (
         select(Receipt.id)
@@ -55,31 +68,38 @@ def receipts_without_active_entitlement(s: Session, limit: int) -> list[str]:
         .where((Entitlement.id.is_(None)) | (Entitlement.status == EntitlementStatus.pending))
         .limit(limit)
     )
-    return list(s.scalars(q))
+    return list(s.scalars(_window(q, Receipt.created_at, since)))
 
 
-def receipts_without_final_settlement(s: Session, limit: int) -> list[str]:
+def receipts_without_final_settlement(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[str]:
     q = (
         select(Receipt.id)
         .join(SettlementEvidence, SettlementEvidence.id == Receipt.settlement_id)
         .where(SettlementEvidence.is_final.is_(False))
         .limit(limit)
     )
-    return list(s.scalars(q))
+    return list(s.scalars(_window(q, Receipt.created_at, since)))
 
 
-def settlements_without_verified_attempt(s: Session, limit: int) -> list[int]:
+def settlements_without_verified_attempt(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[int]:
     q = (
         select(SettlementEvidence.id)
         .join(VerificationAttempt, VerificationAttempt.id == SettlementEvidence.attempt_id)
         .where(VerificationAttempt.status != ProofStatus.verified)
         .limit(limit)
     )
-    return list(s.scalars(q))
+    return list(s.scalars(_window(q, SettlementEvidence.observed_at, since)))
 
 
-def transfers_with_several_receipts(s: Session, limit: int) -> list[tuple[str, int]]:
-    """(on-chain reference, receipts) for each reference behind more than one receipt."""
+def transfers_with_several_receipts(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[tuple[str, int]]:
+    """(on-chain reference, receipts) for each reference behind more than one receipt (with
+    `since`: one of them made since; the count is of all)."""
     q = (
         select(Proof.ref, func.count(Receipt.id))
         .join(Receipt, Receipt.proof_id == Proof.id)
@@ -87,11 +107,17 @@ def transfers_with_several_receipts(s: Session, limit: int) -> list[tuple[str, i
         .having(func.count(Receipt.id) > 1)
         .limit(limit)
     )
+    if since is not None:
+        q = q.having(func.max(Receipt.created_at) >= since)
     return [(ref, int(n)) for ref, n in s.execute(q)]
 
 
 def final_without_receipt(
-    s: Session, rail_ids: Sequence[str], updated_before: datetime, limit: int
+    s: Session,
+    rail_ids: Sequence[str],
+    updated_before: datetime,
+    limit: int,
+    since: datetime | None = None,
 ) -> list[str]:
     """Verified proofs on the given rails, final by their latest settlement, without a
     receipt and last updated before `updated_before`."""
@@ -109,19 +135,23 @@ def final_without_receipt(
         )
         .limit(limit)
     )
-    return list(s.scalars(q))
+    return list(s.scalars(_window(q, Proof.created_at, since)))
 
 
-def pending_created_before(s: Session, created_before: datetime, limit: int) -> list[str]:
+def pending_created_before(
+    s: Session, created_before: datetime, limit: int, since: datetime | None = None
+) -> list[str]:
     q = (
         select(Proof.id)
         .where(Proof.status == ProofStatus.pending, Proof.created_at < created_before)
         .limit(limit)
     )
-    return list(s.scalars(q))
+    return list(s.scalars(_window(q, Proof.created_at, since)))
 
 
-def verified_on_paid_sessions(s: Session, limit: int) -> list[tuple[str, str, str]]:
+def verified_on_paid_sessions(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[tuple[str, str, str]]:
     """(proof id, session id, owner id) of verified proofs without a receipt whose session
     another proof's receipt paid, oldest first."""
     other = aliased(Receipt)
@@ -137,7 +167,7 @@ def verified_on_paid_sessions(s: Session, limit: int) -> list[tuple[str, str, st
         .order_by(Proof.created_at)
         .limit(limit)
     )
-    return [(p, sid, o) for p, sid, o in s.execute(q)]
+    return [(p, sid, o) for p, sid, o in s.execute(_window(q, Proof.created_at, since))]
 
 
 def lapsed_leases(

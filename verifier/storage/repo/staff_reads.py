@@ -1,0 +1,52 @@
+"""The staff reads' queries (verifier.services.queries): entitlements, receipts, approvals and
+the audit trail, filtered and newest first, each at most `limit` rows."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from verifier.storage.models import Approval, AuditEvent, Entitlement, Receipt
+
+
+def entitlements_of_owner(s: Session, owner_id: str, limit: int | None = None) -> list[Entitlement]:
+    """The owner's entitlements, oldest first (the order an owner's list has always had)."""
+    q = select(Entitlement).where(Entitlement.owner_id == owner_id).order_by(Entitlement.created_at)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(s.scalars(q).all())
+
+
+def entitlement(s: Session, entitlement_id: str) -> Entitlement | None:
+    return s.get(Entitlement, entitlement_id)
+
+
+def receipt(s: Session, receipt_id: str) -> Receipt | None:
+    return s.get(Receipt, receipt_id)
+
+
+def receipts(s: Session, owner_id: str | None, rail_id: str | None, limit: int) -> list[Receipt]:
+    q = select(Receipt)
+    if owner_id is not None:
+        q = q.where(Receipt.owner_id == owner_id)
+    if rail_id is not None:
+        q = q.where(Receipt.rail_id == rail_id)
+    return list(s.scalars(q.order_by(Receipt.created_at.desc(), Receipt.id).limit(limit)).all())
+
+
+def approvals(s: Session, status: str | None, limit: int) -> list[Approval]:
+    q = select(Approval)
+    if status is not None:
+        q = q.where(Approval.status == status)
+    return list(s.scalars(q.order_by(Approval.created_at.desc(), Approval.id).limit(limit)).all())
+
+
+def audit_events(
+    s: Session, limit: int, subject_id: str | None = None, incident_id: str | None = None
+) -> list[AuditEvent]:
+    q = select(AuditEvent)
+    if subject_id is not None:
+        q = q.where(AuditEvent.subject_id == subject_id)
+    if incident_id is not None:
+        q = q.where(AuditEvent.incident_id == incident_id)
+    return list(s.scalars(q.order_by(AuditEvent.id.desc()).limit(limit)).all())
