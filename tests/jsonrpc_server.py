@@ -4,9 +4,12 @@
         srv.answer("getSlot", 42)                       # a fixed result
         srv.answer("getTransaction", lambda params: …)  # or computed from the params
         srv.push(Fault.status(429), Fault.slow(2.0))    # the next requests misbehave, in order
-        … srv.url … srv.requests (every request received, faults included)
+        srv.answer("getBlock", Fault.rpc_error())       # this method answers an error object
+        … srv.url … srv.requests (every JSON-RPC call received, faults included)
+        … srv.round_trips (HTTP requests received: a batch is one)
 
-Faults apply to the next requests whatever their method; once the queue is empty the server
+Faults apply to the next HTTP requests whatever their method (a batch is one request: an
+rpc_error fault answers each of its calls with the error); once the queue is empty the server
 answers normally. A method with no answer gets a JSON-RPC "method not found" error.
 """
 
@@ -62,6 +65,7 @@ class JsonRpcServer:
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
+        self.round_trips = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -103,9 +107,16 @@ class JsonRpcServer:
 
     def _next(self, request: dict[str, Any]) -> tuple[Fault | None, Any]:
         with self._lock:
+            self.round_trips += 1
             self.requests.append(request)
             fault = self._faults.popleft() if self._faults else None
             return fault, self._answers.get(request.get("method"), _MISSING)
+
+    def _also(self, request: dict[str, Any]) -> Any:
+        """A later call of the same batch: recorded and answered, under the batch's fault."""
+        with self._lock:
+            self.requests.append(request)
+            return self._answers.get(request.get("method"), _MISSING)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -122,7 +133,9 @@ class JsonRpcServer:
                     request = json.loads(raw)
                 except ValueError:
                     request = {"invalid": raw.decode("utf-8", "replace")}
-                fault, answer = server._next(request)
+                calls = request if isinstance(request, list) and request else [request]
+                fault, answer = server._next(calls[0])
+                answers = [answer, *(server._also(c) for c in calls[1:])]
                 if fault is not None and fault.kind == "slow":
                     time.sleep(fault.seconds)
                     fault = None
@@ -130,7 +143,13 @@ class JsonRpcServer:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                status, body = _respond(request, fault, answer)
+                if calls is request:  # a batch: one answer per call, in one array
+                    parts = [_respond(c, fault, a) for c, a in zip(calls, answers, strict=True)]
+                    status, body = parts[0][0], b"[" + b",".join(p[1] for p in parts) + b"]"
+                    if fault is not None and fault.kind in ("status", "malformed"):
+                        status, body = parts[0]
+                else:
+                    status, body = _respond(request, fault, answer)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -158,4 +177,6 @@ def _respond(request: dict[str, Any], fault: Fault | None, answer: Any) -> tuple
         err = {"code": -32601, "message": f"Method not found: {request.get('method')}"}
         return 200, json.dumps({"jsonrpc": "2.0", "id": rid, "error": err}).encode()
     result = answer(request.get("params") or []) if callable(answer) else answer
+    if isinstance(result, Fault) and result.kind == "rpc_error":  # this call answers an error
+        return 200, json.dumps({"jsonrpc": "2.0", "id": rid, "error": result.error}).encode()
     return 200, json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode()

@@ -191,9 +191,9 @@ def test_transient_faults_are_pending_then_verify_once_the_node_recovers(nodes, 
     view = lv.pay()
     assert time.monotonic() - started < BOUND_S
     assert_pending(view)
-    # Bounded in count: the first call (getTransaction) was tried `attempts` times, no more.
-    assert node.count("getTransaction") == FAST.attempts
-    assert node.count("getSignatureStatuses") == 0
+    # Bounded in count: the first call (getTransaction, batched with its status request) was
+    # tried `attempts` times, no more.
+    assert node.count("getTransaction") == FAST.attempts == node.round_trips
 
     node.always(None)
     verdict = proofs.verify_proof(lv.engine, view["id"])
@@ -216,7 +216,8 @@ def test_a_few_transient_faults_are_retried_into_the_real_answer(nodes, live):
     lv = live([node.url])
     view = lv.pay()
     assert view["status"] == "verified", view
-    assert node.count() == 2 + 2  # two retried failures, then getTransaction + getSignatureStatuses
+    # Two retried failures, then one batch: getTransaction + getSignatureStatuses.
+    assert node.round_trips == 2 + 1 and node.count("getTransaction") == 3
     (att,) = lv.attempts(view["id"])
     assert att.rpc_calls == 2  # adapter calls, not HTTP retries
 
@@ -241,7 +242,9 @@ def test_failover_reaches_the_next_url(nodes, live):
     lv = live([down.url, up.url])
     view = lv.pay()
     assert view["status"] == "verified", view
-    assert down.count() == FAST.attempts * 2  # each of the two calls exhausted the first URL
+    # One round trip per try (getTransaction batched with its status): it exhausted the first
+    # URL, then the second answered both calls at once.
+    assert down.round_trips == FAST.attempts and up.round_trips == 1
     assert up.count() == 2
 
 
@@ -272,7 +275,7 @@ def test_a_node_answering_another_transaction_is_rejected(nodes, live):
     assert_pending(view)
     detail = lv.attempts(view["id"])[0].detail
     assert "asked for " + DEMO["signature"] in detail and "MalformedResponse" in detail
-    assert node.count("getSignatureStatuses") == 0  # nothing after the lie was believed
+    assert node.round_trips == 1  # nothing after the lie was asked
 
 
 def test_a_node_behind_says_not_found_yet_never_failed(nodes, live):
@@ -345,7 +348,7 @@ def test_quorum_one_node_down_is_pending_then_verifies(nodes, live):
     view = lv.pay()
     assert time.monotonic() - started < BOUND_S
     assert_pending(view)
-    assert down.count() == FAST.attempts  # its own retries, no failover to the other node
+    assert down.round_trips == FAST.attempts  # its own retries, no failover to the other node
     down.always(None)
     assert proofs.verify_proof(lv.engine, view["id"]).status.value == "verified"
 

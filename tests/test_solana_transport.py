@@ -17,7 +17,7 @@ import pytest
 from rails import adapter_for
 from rails.base import Status, Terms
 from rails.codes import FailureCode
-from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
+from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, UnmatchedRequest
 from rails.solana import SolanaAdapter
 from rails.transport.cassette import CassetteTransport
 from rails.transport.recording import RecordingTransport, record
@@ -107,14 +107,21 @@ def test_returns_the_raw_result_and_sends_params_verbatim(srv, transport_for):
     assert t.call("getSlot", []) == 123
     params = [USDC_SIG, {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0}]
     assert t.call("getTransaction", params) is None  # a null result stays null
-    assert srv.requests[-1]["params"] == params and srv.requests[-1]["method"] == "getTransaction"
+    # Sent with its status request in one batch, the transaction's params exactly as asked.
+    asked = srv.requests[-2]
+    assert asked["params"] == params and asked["method"] == "getTransaction"
+    assert srv.requests[-1]["method"] == "getSignatureStatuses"
 
 
-def test_live_verification_is_verified_with_two_calls(srv, transport_for, adapter):
+def test_live_verification_is_verified_with_two_calls_in_one_round_trip(
+    srv, transport_for, adapter
+):
     serve_usdc(srv)
     c = run_verify(adapter, USDC_SIG, usdc_terms(), transport_for([srv.url]))
     assert c.verdict.status is Status.verified, c.verdict.detail
+    assert c.verdict.settlement is not None and c.verdict.settlement.finality == "finalized"
     assert (c.rpc_calls, c.source) == (2, "live")
+    assert srv.round_trips == 1
     assert [r["method"] for r in srv.requests] == ["getTransaction", "getSignatureStatuses"]
     assert srv.requests[0]["params"][1] == {
         "encoding": "jsonParsed",
@@ -205,7 +212,7 @@ def test_every_url_throttled_is_pending_never_failed(srv, srv2, transport_for, a
     srv2.push(*[Fault.status(503)] * 10)
     c = run_verify(adapter, USDC_SIG, usdc_terms(), transport_for([srv.url, srv2.url]))
     assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
-    assert srv.count() == srv2.count() == FAST.attempts
+    assert srv.round_trips == srv2.round_trips == FAST.attempts
 
 
 # -- answers that are not results -----------------------------------------------------------------------
@@ -305,3 +312,187 @@ def test_record_writes_results_and_errors(srv, tmp_path):
     assert replay.call("getSlot", []) == 77
     with pytest.raises(RpcErrorResponse):
         replay.call("getBlock", [1])
+
+
+# -- one round trip: the transaction and its status in one batch -------------------------------------
+
+GEN = SOL / "generated"
+
+
+# The demo payment's terms, for the cassettes that state none (the demo and what a node
+# may say about it: another transaction, an error, nothing).
+DEMO_TERMS = {"recipient": "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg", "amount": 25_000_000}
+
+
+def generated_terms(doc: dict[str, Any]) -> Terms:
+    exp = doc.get("expect", {}) if "recipient" in doc.get("expect", {}) else DEMO_TERMS
+    base = {"recipient": exp["recipient"], "amount": exp["amount"], "now": GEN_NOW}
+    if "asset" in exp:
+        base["asset"] = exp["asset"]
+    return Terms(**base)
+
+
+GEN_NOW = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)  # inside the generated cassettes' windows
+
+
+def serve_cassette(s: JsonRpcServer, replay: CassetteTransport) -> None:
+    """The node answers what the cassette recorded: results, error objects, and an error for a
+    call it never recorded (as the cassette path raises for it)."""
+
+    def answer(method: str):
+        def one(params: list[Any]) -> Any:
+            try:
+                return replay.call(method, params)
+            except RpcErrorResponse as e:
+                return Fault("rpc_error", error=e.error)
+            except UnmatchedRequest:
+                return Fault.rpc_error(-32601, f"{method} not recorded")
+
+        return one
+
+    s.answer("getTransaction", answer("getTransaction"))
+    s.answer("getSignatureStatuses", answer("getSignatureStatuses"))
+
+
+def verdict_view(c: Any) -> tuple[Any, ...]:
+    v = c.verdict
+    return (v.status, v.code, v.detail, v.observed, v.settlement, v.transfer_keys)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in GEN.glob("*.json")) + ["usdc_transfer"])
+def test_the_batched_live_path_decides_as_the_cassette_path(transport_for, adapter, name):
+    path = GEN / f"{name}.json" if (GEN / f"{name}.json").exists() else SOL / f"{name}.json"
+    doc = orjson.loads(path.read_bytes())
+    sig = doc["calls"][0]["params"][0]
+    terms = usdc_terms() if name == "usdc_transfer" else generated_terms(doc)
+    replayed = run_verify(adapter, sig, terms, CassetteTransport.from_files([path]))
+    with JsonRpcServer() as node:
+        serve_cassette(node, CassetteTransport.from_files([path]))
+        live = run_verify(adapter, sig, terms, transport_for([node.url]))
+        assert verdict_view(live) == verdict_view(replayed)
+        assert live.rpc_calls == replayed.rpc_calls  # the adapter asked the same calls
+        assert node.round_trips == 1  # whatever the verdict: one request to the node
+
+
+def test_a_node_error_on_the_status_half_is_pending_never_failed(srv, transport_for, adapter):
+    answers = real_answers()
+    srv.answer("getTransaction", answers["getTransaction"])
+    srv.answer("getSignatureStatuses", Fault.rpc_error(-32014, "Block status not yet available"))
+    c = run_verify(adapter, USDC_SIG, usdc_terms(), transport_for([srv.url]))
+    assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert "Block status not yet available" in c.verdict.detail
+    assert srv.round_trips == 1  # the node answered: an error object is not retried
+
+
+def test_a_malformed_status_half_is_pending_never_failed(srv, transport_for, adapter):
+    answers = real_answers()
+    srv.answer("getTransaction", answers["getTransaction"])
+    srv.answer("getSignatureStatuses", {"context": {"slot": 1}, "value": "not a list"})
+    c = run_verify(adapter, USDC_SIG, usdc_terms(), transport_for([srv.url]))
+    assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert "MalformedResponse" in c.verdict.detail
+
+
+def test_an_error_on_the_transaction_half_is_pending_and_its_status_is_not_used(
+    srv, transport_for, adapter
+):
+    answers = real_answers()
+    srv.answer("getTransaction", Fault.rpc_error(-32005, "Node is unhealthy"))
+    srv.answer("getSignatureStatuses", answers["getSignatureStatuses"])
+    t = transport_for([srv.url])
+    c = run_verify(adapter, USDC_SIG, usdc_terms(), t)
+    assert (c.verdict.status, c.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    # The status fetched alongside answers nothing later: the next status call goes out.
+    assert t.call("getSignatureStatuses", [[USDC_SIG], {"searchTransactionHistory": True}])
+    assert srv.round_trips == 2
+
+
+def test_the_batch_is_solders_batch_request(srv, transport_for):
+    from solders.rpc.config import RpcSignatureStatusConfig, RpcTransactionConfig
+    from solders.rpc.requests import GetSignatureStatuses, GetTransaction, batch_to_json
+    from solders.signature import Signature
+    from solders.transaction_status import UiTransactionEncoding
+
+    srv.answer("getTransaction", None)
+    srv.answer("getSignatureStatuses", {"context": {"slot": 1}, "value": [None]})
+    opts = {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0}
+    transport_for([srv.url]).call("getTransaction", [USDC_SIG, opts])
+    tx, status = srv.requests
+    sig = Signature.from_string(USDC_SIG)
+    config = RpcTransactionConfig(
+        encoding=UiTransactionEncoding.JsonParsed, max_supported_transaction_version=0
+    )
+    expected = batch_to_json(
+        [
+            GetTransaction(sig, config, tx["id"]),
+            GetSignatureStatuses(
+                [sig], RpcSignatureStatusConfig(search_transaction_history=True), status["id"]
+            ),
+        ]
+    )
+    assert [tx, status] == orjson.loads(expected)
+
+
+def test_a_kept_status_serves_only_the_next_call_for_its_signature(srv, transport_for):
+    answers = real_answers()
+    srv.answer("getTransaction", answers["getTransaction"])
+    statuses = iter(range(1, 100))
+    srv.answer("getSignatureStatuses", lambda params: {"context": {"slot": next(statuses)}})
+    srv.answer("getSlot", 5)
+    t = transport_for([srv.url])
+    tx_params = [USDC_SIG, {"encoding": "jsonParsed", "maxSupportedTransactionVersion": 0}]
+    status_params = [[USDC_SIG], {"searchTransactionHistory": True}]
+    t.call("getTransaction", tx_params)
+    assert t.call("getSignatureStatuses", status_params) == {"context": {"slot": 1}}
+    assert srv.round_trips == 1
+    # Used once: asked again, the node answers anew.
+    assert t.call("getSignatureStatuses", status_params) == {"context": {"slot": 2}}
+    # Another call in between drops it.
+    t.call("getTransaction", tx_params)  # fetches status 3 alongside
+    t.call("getSlot", [])
+    assert t.call("getSignatureStatuses", status_params) == {"context": {"slot": 4}}
+    # Another thread never sees this thread's kept answer.
+    t.call("getTransaction", tx_params)  # status 5 kept for this thread
+    seen: list[Any] = []
+    other = threading.Thread(
+        target=lambda: seen.append(t.call("getSignatureStatuses", status_params))
+    )
+    other.start()
+    other.join(BOUND_S)
+    assert seen == [{"context": {"slot": 6}}]
+    assert t.call("getSignatureStatuses", status_params) == {"context": {"slot": 5}}
+
+
+def test_without_batching_a_verification_takes_two_round_trips(srv, adapter):
+    serve_usdc(srv)
+    with SolanaRpcTransport([srv.url], "solana-mainnet", FAST, batch_status=False) as t:
+        c = run_verify(adapter, USDC_SIG, usdc_terms(), t)
+    assert c.verdict.status is Status.verified
+    assert srv.round_trips == 2 and [r["method"] for r in srv.requests] == [
+        "getTransaction",
+        "getSignatureStatuses",
+    ]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        Fault.status(400),
+        Fault.malformed(
+            b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
+            b'"message":"batch requests are not supported"}}'
+        ),
+    ],
+    ids=["http-400", "one-object"],
+)
+def test_a_node_refusing_batches_is_asked_alone_from_then_on(srv, transport_for, adapter, refusal):
+    serve_usdc(srv)
+    srv.push(refusal)
+    t = transport_for([srv.url])
+    first = run_verify(adapter, USDC_SIG, usdc_terms(), t)
+    assert first.verdict.status is Status.verified, first.verdict.detail
+    assert srv.round_trips == 3  # the refused batch, then each call alone
+    second = run_verify(adapter, USDC_SIG, usdc_terms(), t)
+    assert second.verdict.status is Status.verified
+    assert srv.round_trips == 5  # no batch tried again
+    assert all(isinstance(r, dict) for r in srv.requests[-2:])

@@ -5,7 +5,8 @@
     recording     any transport, wrapped, writing what it saw as a cassette
     rpc_policy    the deployment's per-network bounds (timeout, attempts, total, deadline)
     failover      bounded retries and URL failover for the HTTP transports
-    solana_http   Solana JSON-RPC (solana-py)
+    solana_http   Solana JSON-RPC (solders/solana-py types, urllib3 pool; a transaction and
+                  its status in one batched round trip)
     evm_http      EVM JSON-RPC (web3.py's HTTPProvider)
     tron_http     the Tron HTTP API
 
