@@ -484,7 +484,7 @@ def test_a_held_lock_makes_apply_answer_503_and_change_nothing(pg, pg_url):
         r = client.post(
             f"/v1/admin/proofs/{view['id']}/apply",
             headers=auth(STAFF_TOKEN),
-            json={"confirm": True},
+            json={"confirm": True, "incident_id": "INC-1", "operator_reason": "busy row"},
         )
     finally:
         lock.release()
@@ -497,7 +497,9 @@ def test_a_held_lock_makes_apply_answer_503_and_change_nothing(pg, pg_url):
         assert not s.scalars(select(AuditEvent).where(AuditEvent.action == "proof.applied")).all()
 
     r = client.post(
-        f"/v1/admin/proofs/{view['id']}/apply", headers=auth(STAFF_TOKEN), json={"confirm": True}
+        f"/v1/admin/proofs/{view['id']}/apply",
+        headers=auth(STAFF_TOKEN),
+        json={"confirm": True, "incident_id": "INC-1", "operator_reason": "busy row"},
     )
     assert r.status_code == 200 and r.json()["applied"] is True, r.text
 

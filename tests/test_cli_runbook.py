@@ -41,6 +41,7 @@ STATE_CHANGING = {
     "approve-rail-change": ["apr_x", "--confirm"],
     "revoke-entitlement": ["ent_x", "--confirm"],
     "replay-webhook-event": ["evt_x", "--confirm-no-live-payment"],
+    "record-release-gate-evidence": ["--rail-id", "fake_live", "--gate", "rate_limit_review"],
 }
 LIST_COMMANDS = {  # list command -> arguments it needs
     "rail-production-readiness": [],

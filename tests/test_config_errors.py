@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from registry.catalog import load_catalog
 from registry.readiness import DeploymentConfig, readiness
 from verifier.cli.main import app
-from verifier.core.config import Settings, describe_error, unknown_env
+from verifier.core.config import Settings, describe_error, env_var, unknown_env
 from verifier.storage.db import upgrade
 
 TOKENS = '{"svc": ["owner"]}'
@@ -93,7 +93,7 @@ def test_unknown_railproof_variables_are_warned_about_not_refused(env):
 
 
 def test_known_names_are_not_unknown():
-    names = {"RAILPROOF_" + f.upper(): "x" for f in Settings.model_fields if f != "env"}
+    names = {env_var(f): "x" for f in Settings.model_fields if f != "env"}
     families = {
         "RAILPROOF_RPC_SOLANA_MAINNET": "x",
         "RAILPROOF_RPC_ATTEMPTS_ETHEREUM": "x",
@@ -111,6 +111,21 @@ def test_known_names_are_not_unknown():
         "RAILPROOF_DATABASE_ULR",
         "RAILPROOF_TREASURY_",
     ]
+
+
+def test_port_is_a_setting_named_by_its_own_variable(env, served):
+    env.setenv("PORT", "eighty")
+    r = cli("serve")
+    assert r.exit_code == 2 and served == [], r.output
+    assert "error: PORT: Input should be a valid integer" in r.output
+    env.setenv("PORT", "8123")
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    r = cli("serve")
+    assert r.exit_code == 0 and served[0]["port"] == 8123, r.output
+    assert Settings(env={}).api_base_url == "http://127.0.0.1:8123"
+    env.setenv("RAILPROOF_API_BASE_URL", "http://127.0.0.1:9/")
+    assert Settings(env={}).api_base_url == "http://127.0.0.1:9"
+    assert unknown_env({"RAILPROOF_PORT": "1"}) == ["RAILPROOF_PORT"]  # PORT has no prefix
 
 
 def test_serve_refuses_live_without_rpc_urls(env, served):

@@ -241,6 +241,8 @@ def _actions(proof_id: str) -> list[str]:
         f"/console/proofs/{proof_id}/dry-run",
         "/console/rails/fake_live/pause",
         "/console/rails/fake_live/resume",
+        "/console/rails/fake_gated/production/request",
+        "/console/rails/fake_live/treasury/request",
         "/console/logout",
     ]
 
@@ -310,13 +312,16 @@ def test_every_action_needs_confirm_incident_and_reason(c, engine, chain, missin
         "/console/rails/fake_live/pause",
         "/console/rails/fake_live/resume",
         f"/console/approvals/{approval_id}/approve",
+        "/console/rails/fake_gated/production/request",
+        "/console/rails/fake_live/treasury/request",
     ):
-        r = c.post(url, data={**data, "csrf_token": token})
+        body = {**data, "production": "enable", "treasury": "fanewer", "csrf_token": token}
+        r = c.post(url, data=body)
         assert r.status_code == 422, (url, r.status_code)
         assert "Nothing was done" in r.text
     assert receipts(engine) == 0
     with engine.db.tx() as s:
-        assert s.scalars(select(Approval.status)).one() == "pending"
+        assert s.scalars(select(Approval.status)).one() == "pending"  # and no new request
         assert not s.get(RailState, "fake_live").paused
     assert audit_rows(engine, "rail.paused") == audit_rows(engine, "rail.resumed") == []
 
@@ -556,3 +561,66 @@ def test_reconciliation_dry_run_from_the_console_is_a_persisted_run_on_the_recor
     listing = c.get("/console/reconciliation").text
     assert r.headers["location"] in listing
     assert c.get("/console/reconciliation/runs/nope").status_code == 404
+
+
+# -- release gates and change requests --------------------------------------------------------
+def test_rails_page_shows_release_gate_evidence(c, engine):
+    from tests.gates import pass_release_gates
+
+    login(c)
+    page = c.get("/console/rails").text
+    row = page.split('id="gates-fake_gated"', 1)[1].split("</tr>", 1)[0]
+    assert row.count("gate-missing") == 5 and "gate-passed" not in row
+    pass_release_gates(c, "fake_gated")
+    page = c.get("/console/rails").text
+    row = page.split('id="gates-fake_gated"', 1)[1].split("</tr>", 1)[0]
+    assert row.count("gate-passed") == 5 and "ops1" in row
+
+
+def test_production_request_from_the_console_waits_for_gates_and_a_second_person(c, engine, app):
+    from tests.gates import pass_release_gates
+
+    login(c)
+    url = "/console/rails/fake_gated/production/request"
+    r = c.post(url, data={**OPS, "production": "maybe", "csrf_token": csrf(c)})
+    assert r.status_code == 422 and "production" in r.text
+    r = c.post(url, data={"production": "enable", "csrf_token": csrf(c)})
+    assert r.status_code == 422  # no incident context: nothing asked for
+    with engine.db.tx() as s:
+        assert s.scalars(select(Approval)).all() == []
+    r = c.post(url, data={**OPS, "production": "enable", "csrf_token": csrf(c)})
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/approvals")
+    with engine.db.tx() as s:
+        (a,) = s.scalars(select(Approval)).all()
+        assert (a.kind, a.value, a.requested_by, a.incident_id) == (
+            "production",
+            "true",
+            "ops1",
+            "INC-9",
+        )
+        approval_id = a.id
+    with TestClient(app, follow_redirects=False) as other:
+        login(other, STAFF_TOKEN_2)
+        approve = f"/console/approvals/{approval_id}/approve"
+        r = other.post(approve, data={**OPS, "csrf_token": csrf(other)})
+        assert r.status_code == 409 and "release gates" in r.text
+        with engine.db.tx() as s:
+            assert s.get(RailState, "fake_gated").production_enabled is False
+        pass_release_gates(c, "fake_gated")
+        r = other.post(approve, data={**OPS, "csrf_token": csrf(other)})
+        assert r.status_code == 303
+    with engine.db.tx() as s:
+        assert s.get(RailState, "fake_gated").production_enabled is True
+
+
+def test_treasury_request_from_the_console_is_validated_and_queued(c, engine):
+    login(c)
+    url = "/console/rails/fake_live/treasury/request"
+    r = c.post(url, data={**OPS, "treasury": "", "csrf_token": csrf(c)})
+    assert r.status_code == 422 and "treasury" in r.text
+    r = c.post(url, data={**OPS, "treasury": "fanewtreasury", "csrf_token": csrf(c)})
+    assert r.status_code == 303
+    page = c.get("/console/approvals").text
+    assert "fanewtreasury" in page and "your request" in page
+    with engine.db.tx() as s:
+        assert s.get(RailState, "fake_live").treasury is None  # not before a second person

@@ -294,6 +294,25 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         blocked = d.find_element(By.XPATH, "//table[@id='checks']//tr[th='rail_not_paused']")
         assert "FAIL" in blocked.text and "paused" in blocked.text
 
+        # 5b. Release gates on the rails page, and a treasury change asked for from it: it
+        #     waits in the approval queue for a second staff member.
+        submit(d, "nav a[href='/console/rails']")
+        gates = d.find_element(By.ID, "gates-solana_usdc")
+        assert gates.text.count("missing") == 5
+        new_treasury = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
+        fill(
+            d,
+            {
+                "treasury-solana_usdc-value": new_treasury,
+                "treasury-solana_usdc-incident": "OPS-4",
+                "treasury-solana_usdc-reason": "treasury rotation",
+            },
+        )
+        d.find_element(By.ID, "treasury-solana_usdc-confirm").click()
+        submit(d, "form[action='/console/rails/solana_usdc/treasury/request'] button")
+        assert "/console/approvals" in d.current_url
+        assert new_treasury in d.page_source and "your request" in d.page_source
+
         # 6. Reconciliation: start a dry run with its context and read the persisted run.
         submit(d, "nav a[href='/console/reconciliation']")
         fill(d, {"rec-incident": "OPS-3", "rec-reason": "after the drill"})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rails.codes import FailureCode
 from registry.catalog import load_catalog
-from verifier.core.config import Settings
+from verifier.core.config import Settings, env_var
 from verifier.http.errors import ApiErrorCode
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -46,7 +46,7 @@ def test_every_setting_is_documented():
     for name in Settings.model_fields:
         if name == "env":
             continue
-        assert f"RAILPROOF_{name.upper()}" in README, name
+        assert env_var(name) in README, name
 
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, STAFF_TOKEN, STAFF_TOKEN_2, auth
+from tests.gates import pass_release_gates
 from tests.helpers import (
     FIXTURES,
     GATE_CHECKS,
@@ -247,12 +248,16 @@ def test_gated_rail_needs_every_gate_and_the_staff_receipt_path(db_url):
         )
         assert r.status_code == 201 and r.json()["status"] == "pending"
         approval = r.json()["approval_id"]
-        r = c.post(f"/v1/admin/approvals/{approval}/approve", headers=STAFF, json={"confirm": True})
+        approve_url = f"/v1/admin/approvals/{approval}/approve"
+        r = c.post(approve_url, headers=STAFF, json={"confirm": True, **OPS})
         assert r.status_code == 403 and r.json()["error"]["code"] == "two_person_rule"
         assert "rail_production_enabled" in blockers()
-        r = c.post(
-            f"/v1/admin/approvals/{approval}/approve", headers=STAFF2, json={"confirm": True}
-        )
+        # Two people are not enough: the release gates need passing evidence first.
+        r = c.post(approve_url, headers=STAFF2, json={"confirm": True, **OPS})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "release_gates_incomplete"
+        assert "rail_production_enabled" in blockers()
+        pass_release_gates(c, "evm_usdc")
+        r = c.post(approve_url, headers=STAFF2, json={"confirm": True, **OPS})
         assert r.status_code == 200 and r.json()["approved_by"] == "ops2"
         assert blockers() == {"live_apply_enabled", "rail_allowlisted", "receipt_creation_allowed"}
 

@@ -23,6 +23,7 @@ from verifier.storage.models import (
 
 OP = audit.Operator("ops1", "INC-1", "test")
 STAFF = auth(STAFF_TOKEN)
+CTX = {"incident_id": "INC-1", "operator_reason": "test"}
 _n = iter(range(10_000))
 
 
@@ -136,7 +137,7 @@ def test_apply_failure_after_receipt_insert_rolls_everything_back(engine, chain,
     before = counts(engine)
 
     engine.fail_after_receipt_insert = True
-    r = client.post(f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json={"confirm": True})
+    r = client.post(f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json={"confirm": True, **CTX})
     assert r.status_code == 500
     assert r.json()["error"]["code"] == "internal_error" and "Traceback" not in r.text
     with pytest.raises(RuntimeError):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,16 +58,28 @@ PATH_ROUTES = [  # every route with a path parameter
     ("get", "/v1/admin/proofs/{}/attempts", "proof_id", None),
     ("get", "/v1/admin/proofs/{}/settlement-evidence", "proof_id", None),
     ("post", "/v1/admin/proofs/{}/dry-run-apply", "proof_id", {}),
-    ("post", "/v1/admin/proofs/{}/apply", "proof_id", {"confirm": True}),
-    ("post", "/v1/admin/proofs/{}/receipt", "proof_id", {"confirm": True}),
+    ("post", "/v1/admin/proofs/{}/apply", "proof_id", {"confirm": True, **CONTEXT}),
+    ("post", "/v1/admin/proofs/{}/receipt", "proof_id", {"confirm": True, **CONTEXT}),
     ("post", "/v1/admin/rails/{}/pause", "rail_id", {"confirm": True, **CONTEXT}),
     ("post", "/v1/admin/rails/{}/resume", "rail_id", {"confirm": True, **CONTEXT}),
     ("post", "/v1/admin/rails/{}/production/request", "rail_id", {"enable": True, **CONTEXT}),
     ("post", "/v1/admin/rails/{}/treasury/request", "rail_id", {"treasury": "fa1", **CONTEXT}),
-    ("post", "/v1/admin/approvals/{}/approve", "approval_id", {"confirm": True}),
-    ("post", "/v1/admin/entitlements/{}/revoke", "entitlement_id", {"confirm": True}),
+    ("post", "/v1/admin/approvals/{}/approve", "approval_id", {"confirm": True, **CONTEXT}),
+    ("post", "/v1/admin/entitlements/{}/revoke", "entitlement_id", {"confirm": True, **CONTEXT}),
     ("get", "/v1/admin/webhook-events/{}", "event_id", None),
-    ("post", "/v1/admin/webhook-events/{}/replay", "event_id", {"confirm": True}),
+    ("post", "/v1/admin/webhook-events/{}/replay", "event_id", {"confirm": True, **CONTEXT}),
+    ("post", "/v1/webhook-endpoints/{}/rotate-secret", "endpoint_id", None),
+    ("get", "/v1/admin/entitlements/{}", "entitlement_id", None),
+    ("post", "/v1/admin/approvals/{}/reject", "approval_id", {"confirm": True, **CONTEXT}),
+    ("get", "/v1/admin/reconciliation-runs/{}", "run_id", None),
+    ("get", "/v1/admin/rails/{}/release-gates", "rail_id", None),
+    ("get", "/v1/admin/rails/{}/release-gates/evidence", "rail_id", None),
+    (
+        "post",
+        "/v1/admin/rails/{}/release-gates/rate_limit_review/evidence",
+        "rail_id",
+        CONTEXT,
+    ),
 ]
 
 
@@ -339,3 +352,22 @@ def test_non_ascii_digit_amount_exits_2():
         timeout=60,
     )
     assert r.returncode == 2 and "--amount" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_path_routes_lists_every_route_with_a_path_parameter(engine):
+    # A route added later is tried with control characters too, or this fails.
+    from fastapi.routing import APIRoute
+
+    from verifier.http.api import create_app
+
+    listed = {(m, re.sub(r"\{[a-z_]+\}", "{}", t)) for m, t, _, _ in PATH_ROUTES}
+    listed |= {(m, t.replace("rate_limit_review", "{}")) for m, t in listed}
+    missing = []
+    for route in create_app(engine).routes:
+        if not isinstance(route, APIRoute) or "{" not in route.path:
+            continue
+        for method in route.methods:
+            key = (method.lower(), re.sub(r"\{[a-z_]+\}", "{}", route.path))
+            if key not in listed:
+                missing.append(key)
+    assert missing == [], missing

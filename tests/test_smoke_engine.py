@@ -31,7 +31,9 @@ def test_smoke(client, chain):
     r = client.post(f"/v1/admin/proofs/{pid}/dry-run-apply", headers=auth(STAFF_TOKEN), json={})
     assert r.json()["would_apply"] is True, r.json()
     r = client.post(
-        f"/v1/admin/proofs/{pid}/apply", headers=auth(STAFF_TOKEN), json={"confirm": True}
+        f"/v1/admin/proofs/{pid}/apply",
+        headers=auth(STAFF_TOKEN),
+        json={"confirm": True, "incident_id": "INC-1", "operator_reason": "smoke"},
     )
     assert r.status_code == 200, r.text
     r = client.get("/v1/entitlements?owner_id=alice", headers=auth())

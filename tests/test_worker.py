@@ -13,6 +13,7 @@ from sqlalchemy import select
 from rails.errors import RpcUnavailable
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
+from tests.gates import pass_release_gates_in
 from tests.helpers import FIXTURES, SwitchableTransport, advance, cassette_engine, recorded_calls
 from tests.test_e2e_http import (
     EVM_CLOCK,
@@ -161,6 +162,7 @@ def _activate_evm_usdc(e: Engine) -> tuple[str, str]:
     e.settings.apply_rail_allowlist = ["evm_usdc"]
     e.settings.receipt_creation_rails = ["evm_usdc"]
     a = rails_admin.request_change(e, "evm_usdc", "production", "true", OP)
+    pass_release_gates_in(e, "evm_usdc")
     rails_admin.approve(e, a["approval_id"], OP.__class__("ops2", "INC-1", "second pair of eyes"))
     sess = open_session(
         e,

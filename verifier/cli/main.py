@@ -5,7 +5,6 @@ on stderr that says what to do.
 """
 
 import json
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +20,9 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
-alerts_app = typer.Typer(no_args_is_help=True, help="Prometheus alert rules from the metric spec.")
+alerts_app = typer.Typer(
+    no_args_is_help=True, help="Prometheus alert rules and Grafana dashboard from the metric spec."
+)
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(alerts_app, name="alerts")
@@ -189,9 +190,19 @@ def serve(
     from verifier.core.logs import configure_logging
 
     configure_logging()
-    port = port or int(os.environ.get("PORT", "8000"))
+    if workers < 1:
+        fail("--workers: must be at least 1")
+    # Before anything builds a metric: the processes then count into one shared directory.
+    from verifier.core.multiproc import prepare_metrics_dir
+
+    try:
+        prepare_metrics_dir(workers)
+    except OSError as e:
+        fail(f"PROMETHEUS_MULTIPROC_DIR: cannot prepare it: {e.strerror}")
+    engine = _engine()
+    port = port or engine.settings.port
     # Refuse early, with the migration hint or what to set, before binding the port.
-    _refuse_unservable(_engine())
+    _refuse_unservable(engine)
     uvicorn.run(
         "verifier.http.asgi:make_app",
         factory=True,
@@ -396,17 +407,41 @@ def audit_checkpoint(
 
 @alerts_app.command("generate")
 def alerts_generate(
-    out: Annotated[Path | None, typer.Option(help="file; default stdout")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "--output", help="file; default stdout")
+    ] = None,
+    runbook_base: Annotated[
+        str, typer.Option(help="where runbook_url annotations point (your copy's URL)")
+    ] = "docs/runbook.md",
 ) -> None:
-    """Write Prometheus alert rules generated from the metric spec."""
+    """Write Prometheus alert rules generated from the metric spec (loaded only once added
+    to Prometheus' rule_files)."""
     from verifier.services.alerts import render_rules
 
-    text = render_rules()
-    if out:
-        out.write_text(text)
-        typer.echo(f"wrote {out}")
-    else:
+    _write(render_rules(runbook_base), out)
+
+
+@alerts_app.command("dashboard")
+def alerts_dashboard(
+    out: Annotated[
+        Path | None, typer.Option("--out", "--output", help="file; default stdout")
+    ] = None,
+) -> None:
+    """Write the Grafana dashboard generated from the metric spec (import it in Grafana)."""
+    from verifier.services.alerts import render_dashboard
+
+    _write(render_dashboard(), out)
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
         sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as e:
+        fail(f"--out: cannot write {out}: {e.strerror}")
+    typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -429,18 +464,99 @@ def bench(
         int | None, typer.Option("--stored", help="proofs stored for dry-run latency")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print compact JSON")] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="submission on SQLite and --database-url, one run")
+    ] = False,
+    http: Annotated[
+        bool, typer.Option("--http", help="drive `railproof serve` over HTTP on loopback")
+    ] = False,
+    clients: Annotated[int, typer.Option("--clients", min=1, help="HTTP clients")] = 8,
+    api_workers: Annotated[
+        int, typer.Option("--api-workers", min=1, help="API processes for --http")
+    ] = 1,
+    worker: Annotated[
+        bool, typer.Option("--worker", help="finality and apply sweeps on a loopback RPC")
+    ] = False,
+    scale: Annotated[
+        str | None,
+        typer.Option("--scale", help="HTTP runs with these proofs stored first, e.g. 1000,10000"),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="draw the --scale rows as an SVG file")
+    ] = None,
+    live_rpc: Annotated[
+        bool,
+        typer.Option(
+            "--live-rpc", help="verify through the live Solana transport on a loopback replay node"
+        ),
+    ] = False,
 ) -> None:
-    """Measure verification, submission and dry-run-apply throughput (JSON with --json)."""
-    from verifier.tools.bench import run_bench
+    """Measure verification, submission and dry-run-apply throughput (JSON with --json);
+    --compare, --http, --worker and --scale measure those modes instead (docs/bench.md)."""
+    from verifier.tools.bench_modes import terminal_progress
 
-    result = run_bench(proofs=proofs, database_url=database_url, stored=stored)
+    sizes = None
+    if scale is not None:
+        try:
+            sizes = [int(x) for x in scale.split(",") if x.strip()]
+        except ValueError:
+            fail("--scale: comma-separated whole numbers of stored proofs, e.g. 1000,10000")
+        if not sizes or min(sizes) < 0:
+            fail("--scale: comma-separated whole numbers of stored proofs, e.g. 1000,10000")
+    if plot is not None and not sizes:
+        fail("--plot: draws the --scale rows; give --scale too")
+    if compare and database_url is None:
+        fail("--compare: give --database-url (the PostgreSQL database to compare with SQLite)")
+    with terminal_progress(sys.stdout.isatty()) as progress:
+        if compare or http or worker or sizes:
+            from verifier.tools.bench_modes import run_modes
+
+            result = run_modes(
+                proofs,
+                database_url,
+                compare=compare,
+                http=http,
+                worker=worker,
+                clients=clients,
+                api_workers=api_workers,
+                stored=stored,
+                scale=sizes,
+                plot=plot,
+                progress=progress,
+            )
+        elif live_rpc:
+            result = {}
+        else:
+            from verifier.tools.bench import run_bench
+
+            result = run_bench(
+                proofs=proofs, database_url=database_url, stored=stored, progress=progress
+            )
+    if live_rpc:
+        from verifier.tools.bench_live import run_live_bench
+
+        result.update(run_live_bench(proofs))
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
 @app.command()
 def rehearse(
     database_url: Annotated[str, typer.Option("--database-url", help="a disposable database")],
-    out: Annotated[Path, typer.Option(help="evidence JSON to write")],
+    out: Annotated[Path, typer.Option(help="evidence JSON to write (and OUT.sha256)")],
+    incident_id: Annotated[
+        str, typer.Option("--incident-id", help="incident or change this rehearsal is for")
+    ],
+    operator_reason: Annotated[
+        str, typer.Option("--operator-reason", help="why it is run (kept in the evidence)")
+    ],
+    scrubbed_snapshot: Annotated[
+        str | None,
+        typer.Option(
+            "--scrubbed-snapshot",
+            help="URL of a scrubbed production copy, opened read-only: migration preflight "
+            "and sensitive-column scrub check",
+        ),
+    ] = None,
     confirmed: Annotated[
         bool,
         typer.Option(
@@ -448,10 +564,20 @@ def rehearse(
         ),
     ] = False,
 ) -> None:
-    """Migrate a disposable database and run the live rail end to end on recorded chains."""
+    """Migrate a disposable database and run the live rail end to end on recorded chains;
+    prints the evidence file's sha256."""
     from verifier.tools.rehearse import run_rehearsal
 
-    raise typer.Exit(run_rehearsal(database_url, out, confirmed, echo=typer.echo))
+    result = run_rehearsal(
+        database_url,
+        out,
+        confirmed,
+        echo=typer.echo,
+        incident_id=incident_id,
+        operator_reason=operator_reason,
+        scrubbed_snapshot=scrubbed_snapshot,
+    )
+    raise typer.Exit(result.code)
 
 
 def _print_version(value: bool) -> None:
@@ -490,6 +616,9 @@ def _register_operator_commands() -> None:
     from verifier.cli import reconcile as cli_reconcile
 
     cli_reconcile.register(app)  # noqa: E702
+    from verifier.cli import release_gates as cli_release_gates
+
+    cli_release_gates.register(app)
 
 
 _register_operator_commands()

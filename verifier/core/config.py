@@ -17,13 +17,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rails.rpc_policy import RpcPolicy
 from registry.catalog import RailOverrides
 
 REPO_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+# The cassettes the demo and `railproof rehearse` replay, shipped in the wheel (copies of
+# fixtures/solana/generated/, kept identical by tests/test_packaging.py). A source checkout
+# serves every recorded chain under fixtures/; an installed wheel, the packaged ones.
+PACKAGED_CASSETTES = Path(__file__).resolve().parents[1] / "cassettes"
+DEFAULT_CASSETTE_DIR = REPO_FIXTURES if REPO_FIXTURES.is_dir() else PACKAGED_CASSETTES
 
 CsvList = Annotated[list[str], NoDecode]
 
@@ -37,7 +49,7 @@ class Settings(BaseSettings):
     # the development machine's busy disk, three per submission). See docs/bench.md.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
     chain: Literal["cassette", "live"] = "cassette"
-    cassette_dir: Path = REPO_FIXTURES
+    cassette_dir: Path = DEFAULT_CASSETTE_DIR
     service_tokens: dict[str, list[str]] = Field(default_factory=dict)
     staff_tokens: dict[str, str] = Field(default_factory=dict)
     live_apply: bool = False
@@ -45,7 +57,10 @@ class Settings(BaseSettings):
     apply_rail_allowlist: CsvList = Field(default_factory=lambda: ["solana_usdc"])
     receipt_creation_rails: CsvList = Field(default_factory=list)
     clock: datetime | None = None
-    api_base_url: str = Field(default_factory=lambda: default_api_base_url())
+    # The port `railproof serve` listens on: $PORT, as hosting platforms set it (no prefix).
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("port", "PORT"))
+    # The operator CLI's API and token. Empty: http://127.0.0.1:$PORT (filled in below).
+    api_base_url: str = ""
     staff_token: str | None = None
     # engine policies
     session_ttl_seconds: int = Field(default=3600, ge=60)
@@ -55,6 +70,10 @@ class Settings(BaseSettings):
     claim_lease_seconds: int = Field(default=120, ge=1)
     rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0 turns limiting off
     rate_limit_burst: int = Field(default=40, ge=1)
+    # Rate-limit buckets shared by every API process in Redis (redis://host:6379/0); unset:
+    # each process keeps its own. The prefix separates deployments sharing one Redis.
+    redis_url: str | None = Field(default=None, pattern=r"^(rediss?|unix)://\S+$")
+    redis_key_prefix: str = Field(default="railproof", min_length=1, max_length=64)
     rpc_quorum: int = Field(default=1, ge=1)
     # Live RPC bounds; each also per network (rpc_policy). Defaults of RpcPolicy.
     rpc_timeout_s: float = Field(default=8.0, gt=0)
@@ -69,12 +88,23 @@ class Settings(BaseSettings):
     # The audit chain's HMAC key (docs/security.md): never stored in the database.
     audit_key: SecretStr | None = None
     audit_key_file: str | None = None
+    # Webhook delivery (verifier.services.webhooks).
+    webhook_allow_any_host: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_backoff_initial_seconds: float = Field(default=30.0, ge=0)
+    webhook_backoff_max_seconds: float = Field(default=6 * 3600.0, ge=0)
+    webhook_backoff_jitter_seconds: float = Field(default=30.0, ge=0)
+    webhook_lease_seconds: float = Field(default=120.0, gt=0)
+    webhook_concurrency: int = Field(default=8, ge=1)
     # Reconciliation (verifier.services.reconciliation) and discovery (…discovery).
     reconcile_verified_sla_seconds: int = Field(default=3600, ge=0)
     reconcile_pending_sla_seconds: int = Field(default=7200, ge=0)
     reconcile_max_pages: int = Field(default=50, ge=1)  # getSignaturesForAddress pages per run
     reconcile_evm_max_range: int = Field(default=2000, ge=1)  # eth_getLogs blocks per request
     # None: on with RAILPROOF_CHAIN=live for rails whose treasury is configured; off otherwise.
+    # Release-gate evidence older than this no longer counts (0: never expires).
+    release_gate_max_age_days: int = Field(default=30, ge=0)
     discovery: bool | None = None
     discovery_page_limit: int = Field(default=1000, ge=1, le=1000)
     discovery_max_backoff_s: float = Field(default=60.0, ge=0)
@@ -95,6 +125,26 @@ class Settings(BaseSettings):
             return json.loads(v) if v.strip() else {}
         return v
 
+    @field_validator(
+        "port",
+        "webhook_allow_any_host",
+        "webhook_timeout_seconds",
+        "webhook_max_attempts",
+        "webhook_backoff_initial_seconds",
+        "webhook_backoff_max_seconds",
+        "webhook_backoff_jitter_seconds",
+        "webhook_lease_seconds",
+        "webhook_concurrency",
+        "redis_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_default(cls, v: Any, info: ValidationInfo) -> Any:
+        # An exported but empty variable has always meant "not set" for these.
+        if isinstance(v, str) and not v.strip() and info.field_name:
+            return cls.model_fields[info.field_name].default
+        return v
+
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
@@ -112,6 +162,22 @@ class Settings(BaseSettings):
         # SECURITY: a fixed clock would let expired sessions and authorizations pass on live data.
         if self.chain == "live" and self.clock is not None:
             raise ValueError("RAILPROOF_CLOCK is refused when RAILPROOF_CHAIN=live")
+        return self
+
+    @model_validator(mode="after")
+    def _api_base_url(self) -> Settings:
+        url = self.api_base_url.strip().rstrip("/")
+        self.api_base_url = url or f"http://127.0.0.1:{self.port}"
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_lease(self) -> Settings:
+        # A lease shorter than a POST could hand a delivery in flight to a second worker.
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                "RAILPROOF_WEBHOOK_LEASE_SECONDS must be longer than "
+                "RAILPROOF_WEBHOOK_TIMEOUT_SECONDS"
+            )
         return self
 
     @model_validator(mode="after")
@@ -216,8 +282,7 @@ def default_api_base_url(environ: Mapping[str, str] | None = None) -> str:
 
 
 # RAILPROOF_* names read outside the Settings fields: the open-ended per-network and per-rail
-# families, the webhook delivery bounds (verifier.services.webhooks), and the names the CLI,
-# the demo and the test suites read.
+# families, and the names the demo and the test suites read.
 ENV_PREFIXES = (
     "RAILPROOF_RPC_",  # RAILPROOF_RPC_<NETWORK>, RAILPROOF_RPC_{TIMEOUT_S,ATTEMPTS,TOTAL_S}_<NET>
     "RAILPROOF_TREASURY_",
@@ -227,25 +292,19 @@ ENV_PREFIXES = (
 ENV_NAMES = frozenset(
     {
         "RAILPROOF_TEST_POSTGRES_URL",
-        "RAILPROOF_STAFF_TOKEN",
-        "RAILPROOF_API_BASE_URL",
+        "RAILPROOF_TEST_REDIS_URL",
         "RAILPROOF_DEMO_SERVICE_TOKEN",
         "RAILPROOF_CONSOLE_SCREENSHOTS",
-        "RAILPROOF_WEBHOOK_ALLOW_ANY_HOST",
-        "RAILPROOF_WEBHOOK_TIMEOUT_SECONDS",
-        "RAILPROOF_WEBHOOK_MAX_ATTEMPTS",
-        "RAILPROOF_WEBHOOK_BACKOFF_INITIAL_SECONDS",
-        "RAILPROOF_WEBHOOK_BACKOFF_MAX_SECONDS",
-        "RAILPROOF_WEBHOOK_BACKOFF_JITTER_SECONDS",
-        "RAILPROOF_WEBHOOK_LEASE_SECONDS",
-        "RAILPROOF_WEBHOOK_CONCURRENCY",
     }
 )
 
 
 def env_var(field: str) -> str:
     """The environment variable that sets a Settings field."""
-    return "RAILPROOF_" + field.upper()
+    return _UNPREFIXED.get(field, "RAILPROOF_" + field.upper())
+
+
+_UNPREFIXED = {"port": "PORT"}  # fields read from a name platforms set, not RAILPROOF_*
 
 
 def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:

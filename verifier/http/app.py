@@ -27,7 +27,7 @@ from verifier.http.console import console_router
 from verifier.http.deps import clean_path_params
 from verifier.http.errors import ApiErrorCode
 from verifier.http.guards import BodyGuard, InputGuard
-from verifier.http.ratelimit import RateLimiter
+from verifier.http.ratelimit import limiter_from_settings
 from verifier.http.request_log import RequestLogMiddleware, settings_principal
 from verifier.http.routes import (
     admin,
@@ -36,6 +36,7 @@ from verifier.http.routes import (
     mount,
     proofs,
     reconciliation,
+    release_gates,
     sessions,
     webhooks,
 )
@@ -58,6 +59,7 @@ MOUNTED = (
     entitlements.router,
     admin.router,
     reconciliation.router,
+    release_gates.router,
 )
 INCLUDED = (webhooks.router,)
 
@@ -79,12 +81,16 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.engine = engine
-    app.state.rate_limiter = RateLimiter.from_settings(engine.settings)
+    app.state.rate_limiter = limiter_from_settings(engine.settings, engine.metrics)
     app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)  # chunked, deep, NUL in bodies
     app.add_middleware(InputGuard)  # control characters in query and headers
     app.middleware("http")(limit_declared_body)
     # Outermost: every answer, the guards' refusals included, is logged with its request id.
-    app.add_middleware(RequestLogMiddleware, principal=settings_principal(engine.settings))
+    app.add_middleware(
+        RequestLogMiddleware,
+        principal=settings_principal(engine.settings),
+        metrics=engine.metrics,
+    )
     _add_error_handlers(app)
     _add_docs(app)
     for router in MOUNTED:

@@ -139,15 +139,21 @@ class TreasuryIn(OperatorIn):
     treasury: Text
 
 
+class RepairIn(ConfirmIn):
+    issue_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        description="An issue's `id` from GET /v1/admin/assurance"
+    )
+
+
 class EndpointIn(Model):
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     event_types: Annotated[list[str], Field(min_length=1, max_length=len(EventType))]
 
 
-class ReplayIn(Model):
+class ReplayIn(OperatorIn):
     confirm: StrictBool = False  # only JSON true confirms
+    # The first name of `operator_reason` on this route, still accepted.
     reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
-    incident_id: Annotated[str, Field(max_length=128)] | None = None
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -211,6 +217,11 @@ class SessionOut(Model):
     payment_requirements: Json | None = Field(
         description="What the payer must do; its shape is the rail family's"
     )
+    rail_paused: bool | None = Field(
+        None,
+        description="On reads: the rail's kill switch is on (new sessions, proofs and apply "
+        "are refused until staff resume it)",
+    )
 
 
 class SettlementOut(Model):
@@ -240,6 +251,11 @@ class ProofOut(Model):
     receipt_id: str | None
     created_at: Time
     updated_at: Time
+    rail_paused: bool | None = Field(
+        None,
+        description="On reads: the rail's kill switch is on (new sessions, proofs and apply "
+        "are refused until staff resume it)",
+    )
 
 
 class EntitlementOut(Model):
@@ -299,6 +315,9 @@ class ReadinessOut(Model):
     ready: bool
     blockers: list[str]
     rpc_policy: Json
+    release_gates: dict[str, Literal["passed", "failed", "missing", "expired"]] = Field(
+        description="Each release gate's standing: production enablement needs all passed"
+    )
 
 
 class ProofContractOut(Model):
@@ -374,6 +393,23 @@ class ApprovalRequestOut(Model):
     status: str
 
 
+class ReceiptOut(Model):
+    id: str
+    proof_id: str
+    session_id: str
+    owner_id: str
+    access_product_id: str
+    rail_id: str
+    amount: AmountText
+    created_by: str
+    created_at: Time
+
+
+class EntitlementDetailOut(EntitlementOut):
+    created_at: Time
+    receipt: ReceiptOut | None = Field(description="The receipt that activated it, if any")
+
+
 class AuditEventOut(Model):
     id: int
     at: Time
@@ -396,16 +432,28 @@ class AuditChainOut(Model):
 
 
 class AssuranceSummaryOut(Model):
-    status: str = Field(description="ok | warning | critical")
+    status: str = Field(description="ok | warning | error | critical: the worst severity found")
     score: int
     alert_count: int
+    period_days: int | None = Field(description="The window checked; null: all stored data")
+    since: Time | None = Field(description="Where the window starts")
 
 
 class AssuranceIssueOut(Model):
+    id: str = Field(description="Stable while the issue stands: what a repair names")
     category: str
-    severity: str
+    severity: Literal["critical", "error", "warning", "info"]
     subject: str
-    repair: str
+    repair: str = Field(description="What to do about it")
+    repairable: bool = Field(description="POST /v1/admin/assurance/repairs can repair it")
+
+
+class AssuranceRepairOut(Model):
+    issue_id: str
+    category: str
+    subject: str
+    action: str = Field(description="What the repair did")
+    result: Json = Field(description="The answer of the staff action the repair ran")
 
 
 class AssuranceOut(Model):
@@ -511,6 +559,42 @@ class EventOut(Model):
     resource_id: str
     sequence: int
     deliveries: list[DeliveryOut]
+
+
+class ReleaseGateEvidenceIn(OperatorIn):
+    # Only JSON true confirms: the kill-switch drill pauses the rail for its duration.
+    confirm: StrictBool = False
+    # The evidence file's text (rehearsal evidence, deployed alert rules) and its sha256.
+    evidence: Annotated[str, Field(min_length=1, max_length=60_000)] | None = None
+    evidence_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    note: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class ReleaseGateRecordOut(Model):
+    evidence_id: str
+    rail_id: str
+    gate: str
+    outcome: Literal["passed", "failed"]
+    evidence_sha256: str | None
+    detail: Json
+    recorded_by: str
+    incident_id: str
+    operator_reason: str
+    recorded_at: Time
+
+
+class ReleaseGateOut(Model):
+    gate: str
+    kind: Literal["drill", "rehearsal", "check", "attestation"]
+    description: str
+    status: Literal["passed", "failed", "missing", "expired"]
+    evidence: ReleaseGateRecordOut | None
+
+
+class ReleaseGatesOut(Model):
+    rail_id: str
+    complete: bool
+    gates: list[ReleaseGateOut]
 
 
 class ReplayOut(Model):

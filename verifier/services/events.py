@@ -101,6 +101,19 @@ def emit(
     return event_id
 
 
+def prime_sequences(s: Session, resource_type: str, resource_ids: list[str]) -> None:
+    """Read the last sequence number of many resources in one query, for a transaction about
+    to emit about each of them (a batch): under the lock, kept like emit's own reads."""
+    if _LOCKED_KEY not in s.info:
+        outbox_repo.lock_sequences(s)
+        s.info[_LOCKED_KEY] = True
+    s.flush()
+    last = outbox_repo.last_sequences(s, resource_type, resource_ids)
+    seqs = s.info.setdefault(_SEQ_KEY, {})
+    for rid in resource_ids:
+        seqs.setdefault((resource_type, rid), last.get(rid, 0))
+
+
 # Per transaction, in `s.info` (dropped by `_forget`): whether this transaction holds the
 # lock, the last sequence number it wrote per resource, and the active endpoints.
 _LOCKED_KEY = "railproof.outbox_locked"

@@ -9,7 +9,8 @@ EngineError the work raises: rail_paused, not found, invalid input, a conflict) 
 unexpected failure releases the claim, so a retry with the same key runs again: a request
 refused while a rail was paused goes through once it is resumed. A claim whose process
 died stays in_progress and is listed by `list-stuck-idempotency-claims`; there is
-deliberately no command that deletes claims.
+deliberately no command that deletes claims. One stuck claim can be released (as a refusal
+releases it) by an audited assurance repair (services.assurance), staff's decision.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from verifier.core import timeutil
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict
 from verifier.core.timeutil import iso
-from verifier.storage.models import ClaimStatus, IdempotencyClaim
+from verifier.storage.models import ClaimStatus
 from verifier.storage.repo import idempotency as claim_repo
 
 MAX_KEY = 256
@@ -59,14 +60,16 @@ def run_idempotent(
     try:
         with engine.db.tx() as s:
             # Process time, not the business clock: a pinned clock would never age a claim.
-            claim_repo.add_claim(
+            claim_repo.insert_claim(
                 s,
-                IdempotencyClaim(
+                {
                     **pk,
-                    request_hash=h,
-                    status=ClaimStatus.in_progress,
-                    created_at=timeutil.process_now(),
-                ),
+                    "request_hash": h,
+                    "status": ClaimStatus.in_progress.value,
+                    "response_code": None,
+                    "created_at": timeutil.process_now(),
+                    "completed_at": None,
+                },
             )
     except IntegrityError:
         with engine.db.tx() as s:
@@ -97,10 +100,19 @@ def run_idempotent(
             claim_repo.release_in_progress(s, principal, endpoint, key)
         raise
     with engine.db.tx() as s:
-        c = claim_repo.get(s, principal, endpoint, key)
-        assert c is not None  # ours, in progress: only we complete or release it
-        c.status, c.response_code, c.response = ClaimStatus.completed, status, out
-        c.completed_at = timeutil.process_now()
+        done = claim_repo.complete(
+            s,
+            principal,
+            endpoint,
+            key,
+            {
+                "status": ClaimStatus.completed.value,
+                "response_code": status,
+                "response": out,
+                "completed_at": timeutil.process_now(),
+            },
+        )
+        assert done  # ours, in progress: only we complete or release it
     return status, out
 
 

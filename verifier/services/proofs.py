@@ -32,7 +32,7 @@ from rails.errors import ProofMalformed
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound, Refused
 from verifier.core.timeutil import epoch_of, utc
-from verifier.services import audit, events
+from verifier.services import audit, events, queries
 from verifier.services.sessions import load_session
 from verifier.services.views import attempt_view, evidence_view, proof_view
 from verifier.storage.models import (
@@ -608,14 +608,19 @@ def load_proof(engine: Engine, s: Session, proof_id: str, owners: list[str] | No
 
 def get_proof(engine: Engine, proof_id: str, owners: list[str] | None) -> dict[str, Any]:
     with engine.db.tx() as s:
-        return _view(s, load_proof(engine, s, proof_id, owners))
+        p = load_proof(engine, s, proof_id, owners)
+        return {**_view(s, p), "rail_paused": queries.rail_paused(s, p.rail_id)}
 
 
 def list_proofs(
     engine: Engine, rail_id: str | None = None, status: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
-        return [_view(s, p) for p in proof_repo.recent(s, rail_id, status, limit)]
+        paused = queries.paused_rails(s)
+        return [
+            {**_view(s, p), "rail_paused": p.rail_id in paused}
+            for p in proof_repo.recent(s, rail_id, status, limit)
+        ]
 
 
 def list_attempts(engine: Engine, proof_id: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from registry.readiness import DeploymentConfig, StoredState, readiness
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, Forbidden, NotFound
 from verifier.core.timeutil import iso
-from verifier.services import audit, events
+from verifier.services import audit, events, release_gates
 from verifier.storage.models import Approval, ApprovalStatus
 from verifier.storage.repo import approvals as approval_repo
 from verifier.storage.repo import rail_state as rail_state_repo
@@ -53,7 +53,14 @@ def rail_readiness(engine: Engine) -> list[dict[str, Any]]:
             r.rail_id: StoredState(r.production_enabled, r.paused)
             for r in rail_state_repo.all_states(s)
         }
-    return readiness(engine.catalog, states, deployment(engine))
+    out = readiness(engine.catalog, states, deployment(engine))
+    for row in out:
+        # Shown beside the blockers: production enablement waits on these (approve refuses).
+        row["release_gates"] = {
+            g["gate"]: g["status"]
+            for g in release_gates.gate_status(engine, row["rail_id"])["gates"]
+        }
+    return out
 
 
 def deployment(engine: Engine) -> DeploymentConfig:
@@ -143,6 +150,9 @@ def _approval_view(a: Approval) -> dict[str, Any]:
     }
 
 
+approval_view = _approval_view  # the staff reads (services.queries) show approvals the same way
+
+
 def request_change(
     engine: Engine, rail_id: str, kind: str, value: str, op: audit.Operator
 ) -> dict[str, Any]:
@@ -197,6 +207,8 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
         if a.requested_by == op.actor:
             # SECURITY: two-person rule: the requester cannot approve their own change.
             raise Forbidden("two_person_rule", "the requester cannot approve their own request")
+        if a.kind == "production" and a.value == "true":
+            release_gates.require_complete(engine, s, a.rail_id)
         a.status, a.approved_by, a.decided_at = ApprovalStatus.approved, op.actor, engine.now()
         st = engine.rail_state(s, a.rail_id, lock=True)
         if a.kind == "production":

@@ -83,14 +83,14 @@ def _validate(engine: Engine, req: RunRequest) -> tuple[str, str]:
     incident_id = (req.incident_id or "").strip()
     if not incident_id:
         raise BadInput(
-            "incident_id_required",
+            "operator_context_required",
             "incident_id: every reconciliation run needs an incident id (dry runs too)",
             field="incident_id",
         )
     operator_reason = (req.operator_reason or "").strip()
     if not operator_reason:
         raise BadInput(
-            "operator_reason_required",
+            "operator_context_required",
             "operator_reason: every reconciliation run needs a reason (dry runs too)",
             field="operator_reason",
         )

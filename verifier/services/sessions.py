@@ -15,7 +15,7 @@ from rails.errors import ProofMalformed
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, NotFound, Refused
 from verifier.core.timeutil import utc
-from verifier.services import audit
+from verifier.services import audit, queries
 from verifier.services.views import session_view
 from verifier.storage.models import (
     EntitlementStatus,
@@ -232,4 +232,5 @@ def load_session(
 def get_session(engine: Engine, session_id: str, owners: list[str] | None) -> dict[str, Any]:
     with engine.db.tx() as s:
         ps = load_session(engine, s, session_id, owners, read_only=True)
-    return session_view(ps, requirements(engine, ps))
+        paused = queries.rail_paused(s, ps.rail_id)
+    return {**session_view(ps, requirements(engine, ps)), "rail_paused": paused}

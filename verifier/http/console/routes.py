@@ -42,7 +42,7 @@ from verifier.http.console.auth import (
     derive_key,
     staff_for,
 )
-from verifier.services import audit, gate, proofs, rails_admin, sessions
+from verifier.services import audit, gate, proofs, rails_admin, release_gates, sessions
 from verifier.services import console_reads as queries
 from verifier.services.assurance import assurance_report
 
@@ -382,10 +382,47 @@ def console_router(
             return to_login(request)
         ready = {r["rail_id"]: r for r in rails_admin.rail_readiness(engine)}
         rails = [
-            {**r, "readiness": ready.get(r["rail_id"], {})} for r in rails_admin.list_rails(engine)
+            {
+                **r,
+                "readiness": ready.get(r["rail_id"], {}),
+                "gates": release_gates.gate_status(engine, r["rail_id"]),
+            }
+            for r in rails_admin.list_rails(engine)
         ]
         history = queries.recent_audit(engine, ("rail.paused", "rail.resumed"), 10)
         return render(request, cs, "rails.html", active="rails", rails=rails, history=history)
+
+    async def change_request(request: Request, rail_id: str, kind: str) -> Response:
+        """A production or treasury change asked for from the console: it waits in the
+        approval queue for a second staff member, as one asked for by CLI or API does."""
+        got = await authed_post(request)
+        if isinstance(got, Response):
+            return got
+        cs, form = got
+        try:
+            op = operator(cs, form, required=True)
+            if kind == "production":
+                value = {"enable": "true", "disable": "false"}.get(form.get("production", ""))
+                if value is None:
+                    raise _Refusal(422, "production: choose enable or disable")
+            else:
+                value = form.get("treasury", "").strip()
+                if not value:
+                    raise _Refusal(422, "treasury: the new treasury address is required")
+            await run_in_threadpool(rails_admin.request_change, engine, rail_id, kind, value, op)
+        except _Refusal as r:
+            return refused(request, cs, r.status, r.message)
+        except EngineError as e:
+            return refused(request, cs, e.status, e.message)
+        return headers(RedirectResponse("/console/approvals?done=requested", status_code=303))
+
+    @router.post("/rails/{rail_id}/production/request")
+    async def request_production(request: Request, rail_id: str) -> Response:
+        return await change_request(request, rail_id, "production")
+
+    @router.post("/rails/{rail_id}/treasury/request")
+    async def request_treasury(request: Request, rail_id: str) -> Response:
+        return await change_request(request, rail_id, "treasury")
 
     async def rail_action(request: Request, rail_id: str, paused: bool) -> Response:
         got = await authed_post(request)

@@ -9,7 +9,9 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from verifier.http.errors import error_responses
+from verifier.core.errors import BadInput
+from verifier.http.errors import ApiErrorCode, error_responses
+from verifier.services import audit
 
 
 class Router(APIRouter):
@@ -40,6 +42,19 @@ def reply(status_body: tuple[int, Any], headers: dict[str, str] | None = None) -
 
 
 WITH_BODY = error_responses(413)  # any route that reads a JSON body
+
+
+def with_context(op: audit.Operator) -> audit.Operator:
+    """Every staff action that changes state names its incident and reason (the audit row
+    holds both); blank is missing."""
+    for field, value in (("incident_id", op.incident_id), ("operator_reason", op.reason)):
+        if not (value or "").strip():
+            raise BadInput(
+                ApiErrorCode.operator_context_required,
+                f"{field}: required for every staff action that changes state",
+                field=field,
+            )
+    return op
 
 
 _ROUTE_OPTIONS = (

@@ -2,6 +2,7 @@ from alembic import context
 
 from verifier.storage import (
     reconciliation_models,  # noqa: F401  (registers the reconciliation tables)
+    release_gate_models,  # noqa: F401  (registers the release-gate evidence table)
     webhook_models,  # noqa: F401  (registers the webhook tables on Base)
 )
 from verifier.storage.db import make_engine
