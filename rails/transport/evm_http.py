@@ -14,6 +14,7 @@ from web3 import HTTPProvider
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
 from rails.transport.failover import (
+    FailureObserver,
     RetryPolicy,
     Transient,
     call_with_failover,
@@ -56,6 +57,11 @@ class EvmHttpTransport:
         self.policy = policy or RetryPolicy()
         self._providers = {url: _Provider(url) for url in self.urls}
 
+    on_failure: FailureObserver | None = None  # set by the deployment (provider metrics)
+
+    def set_failure_observer(self, observer: FailureObserver) -> None:
+        self.on_failure = observer
+
     def set_policy(self, policy: RpcPolicy) -> None:
         """The deployment's bounds for this network (settings)."""
         self.policy = RetryPolicy.of(policy)
@@ -67,6 +73,7 @@ class EvmHttpTransport:
             self.policy,
             method,
             deadline,
+            self.on_failure,
         )
         return _rpc_result(method, response)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from tenacity import (
     RetryError,
@@ -26,6 +27,9 @@ from rails.errors import RpcUnavailable
 from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 
 T = TypeVar("T")
+# Told of each URL that failed a call: (provider — the URL's scheme://host[:port], never its
+# path or query, where providers put API keys — and "transient" | "unusable").
+FailureObserver = Callable[[str, str], None]
 
 
 class Transient(Exception):
@@ -58,12 +62,14 @@ def call_with_failover(
     policy: RetryPolicy,
     what: str,
     deadline: float | None = None,
+    on_failure: FailureObserver | None = None,
 ) -> T:
     """Call `attempt(url, timeout)` for each URL in order until one answers. `attempt` raises
     `Transient` for what is worth retrying (tenacity: bounded attempts and time, exponential
     backoff with jitter) and anything else to stop at once. Every URL down → RpcUnavailable.
     `timeout` is the policy's request timeout clipped to the time left before `deadline`
-    (time.monotonic()) or the policy's total, whichever comes first; no try starts after it."""
+    (time.monotonic()) or the policy's total, whichever comes first; no try starts after it.
+    `on_failure(provider, kind)` hears of each URL that failed (provider: scheme://host)."""
     if not urls:
         raise RpcUnavailable(f"{what}: no RPC URL configured")
     end = call_end(policy.total_seconds, deadline)
@@ -96,9 +102,22 @@ def call_with_failover(
             return retrying(bounded, url)
         except RetryError as e:
             failures.append(f"{url}: {e.last_attempt.exception()}")
+            notify(on_failure, url, "transient")
         except RpcUnavailable as e:  # a URL that is unusable but not transient (401, 404)
             failures.append(f"{url}: {e}")
+            notify(on_failure, url, "unusable")
     raise RpcUnavailable(f"{what}: every RPC URL failed: " + "; ".join(failures))
+
+
+def provider_of(url: str) -> str:
+    """scheme://host[:port] only: RPC providers put API keys in paths and query strings."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def notify(observer: FailureObserver | None, url: str, kind: str) -> None:
+    if observer is not None:
+        observer(provider_of(url), kind)
 
 
 def classify_http_status(status: int, url: str) -> None:

@@ -71,6 +71,7 @@ from tenacity import (
 )
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
+from rails.transport.failover import FailureObserver, notify, provider_of
 from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 
 # How long a status answer fetched with its transaction may answer the status call that
@@ -130,10 +131,7 @@ class _BatchRefused(Exception):
     """The URL did not take a batch; the same call may still be sent alone."""
 
 
-def redact_url(url: str) -> str:
-    """scheme://host[:port] only: RPC providers put API keys in paths and query strings."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+redact_url = provider_of  # what logs and errors name of a URL
 
 
 @dataclass(frozen=True)
@@ -247,7 +245,15 @@ class SolanaRpcTransport:
                 return self._call_url(url, method, params, end)
             except (_Transient, _UrlUnusable) as e:
                 failures.append(f"{redact_url(url)}: {e}")
+                notify(
+                    self.on_failure, url, "transient" if isinstance(e, _Transient) else "unusable"
+                )
         raise RpcUnavailable(f"{method}: every RPC URL failed ({'; '.join(failures)})")
+
+    on_failure: FailureObserver | None = None  # set by the deployment (provider metrics)
+
+    def set_failure_observer(self, observer: FailureObserver) -> None:
+        self.on_failure = observer
 
     def set_policy(self, policy: RpcPolicy) -> None:
         """The deployment's bounds for this network (settings), set before the first call."""

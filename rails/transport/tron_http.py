@@ -12,7 +12,12 @@ from typing import Any, ClassVar
 import httpx
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
-from rails.transport.failover import RetryPolicy, Transient, call_with_failover
+from rails.transport.failover import (
+    FailureObserver,
+    RetryPolicy,
+    Transient,
+    call_with_failover,
+)
 from rails.transport.rpc_policy import RpcPolicy
 
 # The seam's method names mapped to the HTTP API's request bodies.
@@ -41,6 +46,11 @@ class TronHttpTransport:
         self.policy = policy or RetryPolicy()
         self._client = client or httpx.Client(timeout=self.policy.timeout)
 
+    on_failure: FailureObserver | None = None  # set by the deployment (provider metrics)
+
+    def set_failure_observer(self, observer: FailureObserver) -> None:
+        self.on_failure = observer
+
     def set_policy(self, policy: RpcPolicy) -> None:
         """The deployment's bounds for this network (settings)."""
         self.policy = RetryPolicy.of(policy)
@@ -55,6 +65,7 @@ class TronHttpTransport:
             self.policy,
             method,
             deadline,
+            self.on_failure,
         )
         if isinstance(answer, dict) and "Error" in answer:
             raise RpcErrorResponse(method, answer["Error"])

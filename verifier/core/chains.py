@@ -60,6 +60,8 @@ class Chains:
         self._by_network: dict[str, Transport] = {}
         self._independent: dict[str, list[Transport]] = {}
         self._cassette_calls: dict[str, list[Call]] | None = None
+        # (network, provider, kind) of each RPC URL that failed a call: the engine counts them.
+        self.on_provider_failure: Callable[[str, str, str], None] | None = None
 
     def _default_live(self, family: str, urls: list[str], network: str) -> Transport:
         transport = adapter_class(family, self.catalog).live_transport(urls, network)
@@ -68,7 +70,14 @@ class Chains:
         set_policy = getattr(transport, "set_policy", None)
         if set_policy is not None:
             set_policy(self.settings.rpc_policy(network))
+        set_observer = getattr(transport, "set_failure_observer", None)
+        if set_observer is not None:
+            set_observer(lambda provider, kind: self._provider_failed(network, provider, kind))
         return transport
+
+    def _provider_failed(self, network: str, provider: str, kind: str) -> None:
+        if self.on_provider_failure is not None:
+            self.on_provider_failure(network, provider, kind)
 
     def _load_cassettes(self) -> dict[str, list[Call]]:
         if self._cassette_calls is None:

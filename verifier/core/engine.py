@@ -42,12 +42,16 @@ class Engine:
         self.catalog = catalog or load_catalog()
         self.chains = chains or Chains(self.settings, self.catalog)
         self.metrics = Metrics()
+        self.chains.on_provider_failure = self._provider_failed
         self._adapters: dict[tuple[str, str, str], Adapter] = {}
         self._rails: dict[tuple[str, str | None, str | None, str | None], Rail] = {}
         self._rails_catalog = self.catalog
         self._lock = threading.Lock()
         # Fault injection for the rollback test of apply (never set outside tests).
         self.fail_after_receipt_insert = False
+
+    def _provider_failed(self, network: str, provider: str, kind: str) -> None:
+        self.metrics.inc("rpc_provider_errors_total", network=network, provider=provider, kind=kind)
 
     def now(self) -> datetime:
         return self.settings.now()

@@ -236,6 +236,23 @@ SPEC: tuple[MetricSpec, ...] = (
         area="chain",
     ),
     MetricSpec(
+        "rpc_provider_errors_total",
+        "counter",
+        "RPC URLs that failed a call (after their retries), by network and provider "
+        "(scheme://host: never a path or query, where API keys live) and kind "
+        "(transient | unusable)",
+        ("network", "provider", "kind"),
+        (
+            Alert(
+                "RailproofRpcProviderDown",
+                "sum by (network, provider) (rate({m}[10m])) > 0.2",
+                "warning",
+                "One RPC provider keeps failing; calls fail over to the next URL",
+            ),
+        ),
+        area="chain",
+    ),
+    MetricSpec(
         "reorgs_total",
         "counter",
         "Settlements found reorged",
