@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -24,7 +25,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 UPGRADE_HINT = "railproof db upgrade"
@@ -93,6 +95,7 @@ def make_engine(
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    url, prepare_threshold = _prepare_threshold(url)
     # Startup options, so they hold on every connection from its first statement (0: off).
     # None (migrations, tools): the server's own, so a long migration is not cut short.
     options = " ".join(
@@ -103,14 +106,64 @@ def make_engine(
         )
         if ms is not None
     )
-    return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=20,
-        connect_args={"options": options} if options else {},
-        **_JSON,
-    )
+    connect_args: dict[str, Any] = {"prepare_threshold": prepare_threshold}
+    if options:
+        connect_args["options"] = options
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args, **_JSON)
+    _ping_when_idle(engine)
+    return engine
+
+
+# psycopg prepares a statement on the server once a connection has run it this many times
+# (its own default): the hot path's statements then skip parsing and planning. Prepared
+# statements belong to a server session, which PgBouncer in transaction mode does not keep
+# for a client: there, put `prepare_threshold=none` in the URL's query (docs/scaling.md).
+PREPARE_THRESHOLD = 5
+# A pooled connection idle longer than this is pinged before it is handed out, so a server
+# restart or a dropped connection costs a reconnect rather than a failed request. One used
+# within it is known to be alive: pinging it too cost a round trip per transaction, about a
+# tenth of a submission (docs/bench.md, "PostgreSQL").
+PING_AFTER_IDLE_S = 1.0
+
+
+def _prepare_threshold(url: str) -> tuple[str, int | None]:
+    """The URL without `prepare_threshold` (not a libpq parameter), and its value: an integer
+    (0: prepare every statement at once) or `none` (never prepare)."""
+    u = make_url(url)
+    raw = u.query.get("prepare_threshold")
+    if raw is None:
+        return url, PREPARE_THRESHOLD
+    value = raw[-1] if isinstance(raw, tuple) else raw
+    rest = u.difference_update_query(["prepare_threshold"]).render_as_string(hide_password=False)
+    if value.lower() == "none":
+        return rest, None
+    if not value.isdigit():
+        raise ValueError("prepare_threshold: a whole number of executions, or none")
+    return rest, int(value)
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """`pool_pre_ping`, for connections that sat idle in the pool (PING_AFTER_IDLE_S)."""
+
+    @event.listens_for(engine.pool, "connect")
+    @event.listens_for(engine.pool, "checkin")
+    def _fresh(_dbapi_conn: Any, record: Any) -> None:  # pragma: no cover - pool hook
+        if record is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:  # pragma: no cover
+        since = record.info.get(_IDLE_SINCE)
+        if since is not None and time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)  # as pool_pre_ping does (outside a transaction)
+        except Exception as e:
+            # The pool discards this connection and checks out a fresh one.
+            raise exc.DisconnectionError(str(e)) from e
+
+
+_IDLE_SINCE = "railproof.idle_since"
 
 
 def is_busy(error: BaseException) -> bool:

@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -302,7 +303,9 @@ def bench_verify_offline(proofs: list[Synthetic]) -> dict[str, Any]:
     }
 
 
-def bench_submit(engine: Any, proofs: list[Synthetic]) -> dict[str, Any]:
+def bench_submit(
+    engine: Any, proofs: list[Synthetic], progress: Callable[[str, int, int], None] | None = None
+) -> dict[str, Any]:
     from verifier.services.proofs import submit_proof
     from verifier.services.sessions import NewSession, open_session
     from verifier.storage.models import VerificationAttempt
@@ -341,6 +344,8 @@ def bench_submit(engine: Any, proofs: list[Synthetic]) -> dict[str, Any]:
     for i, p in enumerate(timed):
         st = one(i, p)
         statuses[st] = statuses.get(st, 0) + 1
+        if progress is not None and (i + 1) % 50 == 0:
+            progress("submit", i + 1, len(timed))
     elapsed = time.perf_counter() - started
     VA = VerificationAttempt
     with engine.db.tx() as s:
@@ -602,7 +607,7 @@ def _prepare_database(url: str) -> None:
         from sqlalchemy import create_engine
 
         admin = create_engine(
-            u.set(drivername="postgresql+psycopg", database="postgres"),
+            u.set(drivername="postgresql+psycopg", database="postgres", query={}),
             isolation_level="AUTOCOMMIT",
         )
         try:
@@ -921,6 +926,40 @@ def _bulk_insert(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
 # -- the whole run ----------------------------------------------------------------------------
 
 
+def submit_only(
+    proofs: int,
+    database_url: str | None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Only the submission phase (`bench_submit`), on a fresh temporary SQLite (None) or on
+    `database_url` as `run_bench` uses it."""
+    from verifier.core.config import Settings
+    from verifier.core.engine import Engine
+
+    tmp = tempfile.mkdtemp(prefix="railproof-bench-")
+    engine = None
+    try:
+        url = database_url or f"sqlite:///{os.path.join(tmp, 'bench.db')}"
+        _prepare_database(url)
+        engine = Engine(
+            Settings(
+                database_url=url,
+                chain="cassette",
+                clock=CLOCK,
+                cassette_dir=Path(tmp) / "no-cassettes",
+                session_ttl_seconds=SESSION_TTL,
+                auto_apply=False,
+            )
+        )
+        engine.ensure_rail_states()
+        out = bench_submit(engine, synthetic_proofs(proofs), progress)
+        return {"database": engine.db.engine.dialect.name, **out}
+    finally:
+        if engine is not None:
+            engine.db.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_bench(
     proofs: int = 2000,
     database_url: str | None = None,
@@ -928,6 +967,7 @@ def run_bench(
     hanging_node_samples: int = HANGING_SAMPLES,
     discovery_sessions: int = 1000,
     reconcile_inflows: int = 10_000,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Every figure of the benchmark contract (DESIGN.md, "Benchmark"), as one dict.
 
@@ -973,7 +1013,7 @@ def run_bench(
         # The history first: submission is measured against `stored` proofs too, so the
         # scale runs show how its cost grows with what is stored.
         fill_stored(engine, stored - proofs)
-        out.update(bench_submit(engine, synthetic))
+        out.update(bench_submit(engine, synthetic, progress))
         del synthetic
         out["stored"] = fill_stored(engine, stored)  # adds nothing unless a submission failed
         out.update(bench_dry_run(engine, min(DRY_RUN_SAMPLES, max(20, out["stored"]))))

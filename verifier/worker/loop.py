@@ -29,8 +29,6 @@ from verifier.core.timeutil import utc
 from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.services.proofs import (
     backoff,
-    latest_settlement,
-    latest_verified_attempt,
     record_settlement,
     verify_proof,
 )
@@ -39,13 +37,15 @@ from verifier.storage.models import (
     EntitlementStatus,
     Proof,
     ProofStatus,
+    SettlementEvidence,
     VerificationAttempt,
 )
 from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import proofs as proof_repo
 from verifier.storage.repo import receipts as receipt_repo
-from verifier.storage.repo import sessions as session_repo
+from verifier.storage.repo import settlements as settlement_repo
+from verifier.storage.repo.rows import Record
 
 log = logging.getLogger("railproof.worker")
 SYSTEM = audit.Operator("worker")
@@ -58,10 +58,7 @@ def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[st
     held = timeutil.process_now()
     lease = timedelta(seconds=engine.settings.claim_lease_seconds)
     with engine.db.tx() as s:
-        rows = proof_repo.claim_due(s, status, now, held, batch)
-        for p in rows:
-            p.claimed_by, p.claimed_until = name, held + lease
-        return [p.id for p in rows]
+        return proof_repo.claim_due(s, status, now, held, batch, name, held + lease)
 
 
 def reverify_pending(engine: Engine, name: str, batch: int) -> int:
@@ -81,18 +78,15 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
     ids = claim(engine, ProofStatus.verified, name, batch)
     if not ids:
         return 0
-    groups: dict[tuple[str, str, str], list[Proof]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
     expected: dict[str, tuple[str, int]] = {}
     with engine.db.tx() as s:
-        for pid in ids:
-            p = proof_repo.get(s, pid)
-            ps = session_repo.get(s, p.session_id) if p is not None else None
-            if p is None or ps is None:  # pragma: no cover - proofs and sessions stay
-                continue
-            groups[(p.rail_id, ps.network, ps.asset)].append(p)
+        # The claimed proofs with their sessions' terms, in one query.
+        for p in proof_repo.finality_targets(s, ids):
+            groups[(p.rail_id, p.network, p.asset)].append(p)
             # SECURITY: where the money had to go, for rails whose ref does not pin the
             # transfer itself (an x402 nonce can be settled by another authorization).
-            expected[p.ref] = (ps.recipient, ps.amount)
+            expected[p.ref] = (p.recipient, p.amount)
     for (rail_id, network, asset), plist in groups.items():
         rail = engine.rail(rail_id, network=network, asset=asset)
         adapter = engine.adapter(rail)
@@ -104,15 +98,23 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
             _release(engine, plist)
             continue
         by_ref = {st.ref: st for st in settlements}
-        for p in plist:
-            try:
-                _record_finality(engine, p.id, by_ref.get(p.ref), source)
-            except Exception:  # e.g. a lock timeout: one proof must not stop the sweep
-                log.exception("recording finality failed", extra={"proof_id": p.id})
+        answers = [(p.id, by_ref.get(p.ref)) for p in plist]
+        try:
+            # The whole batch in one transaction (one commit, not one per proof) ...
+            _record_finality_batch(engine, answers, source)
+        except Exception:
+            # ... and, should any proof of it fail (e.g. a lock timeout), each proof on its
+            # own, so one proof cannot stop the sweep.
+            log.warning("recording a finality batch failed; recording proof by proof")
+            for pid, st in answers:
+                try:
+                    _record_finality(engine, pid, st, source)
+                except Exception:
+                    log.exception("recording finality failed", extra={"proof_id": pid})
     return len(ids)
 
 
-def _release(engine: Engine, plist: list[Proof]) -> None:
+def _release(engine: Engine, plist: list[Record]) -> None:
     with engine.db.tx() as s:
         for p in plist:
             row = proof_repo.get(s, p.id)
@@ -123,62 +125,149 @@ def _release(engine: Engine, plist: list[Proof]) -> None:
 
 
 def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, source: str) -> None:
+    _record_finality_batch(engine, [(proof_id, st)], source)
+
+
+def _record_finality_batch(
+    engine: Engine, answers: list[tuple[str, Settlement | None]], source: str
+) -> None:
+    """What the chain said about each proof's settlement, recorded in one transaction. The
+    proofs are locked first, all together and in id order, before anything is appended to
+    the audit chain: a batch never holds the chain's lock while it waits for a proof's."""
     now = engine.now()
+    ids = [pid for pid, _ in answers]
+    alone: list[tuple[str, Settlement | None]] = []
     with engine.db.tx() as s:
-        p = proof_repo.get(s, proof_id, lock=True)
-        if p is None:  # pragma: no cover - a proof row is never deleted
-            return
+        locked = {p.id: p for p in proof_repo.lock_many(s, ids)}
+        attempts = attempt_repo.latest_verified_ids(s, ids)
+        latest = settlement_repo.latest_many(s, ids)
+        receipts = receipt_repo.ids_for_proofs(s, ids)
+        if len(answers) > 1:
+            # A reorg touches the proof's entitlement before the chain's lock, as every other
+            # writer of an entitlement does: such proofs are recorded on their own, after the
+            # batch, never while the batch holds the chain's lock.
+            alone = [(pid, st) for pid, st in answers if _reorged(latest.get(pid), st)]
+            if alone:
+                answers = [a for a in answers if a not in alone]
+        if len(answers) > 1:
+            # Every proof's event sequence in one query (under the chain's lock, taken now,
+            # after the proofs' locks), not one query per event.
+            events.prime_sequences(s, "proof", list(locked))
+        updates: list[tuple[Proof, dict[str, object]]] = []
+        for pid, st in answers:
+            p = locked.get(pid)
+            if p is None:  # pragma: no cover - a proof row is never deleted
+                continue
+            _finality_of(
+                engine,
+                s,
+                p,
+                st,
+                source,
+                now,
+                attempts.get(pid),
+                latest.get(pid),
+                receipts,
+                updates,
+            )
+        # The proofs' new lease and next check, as one executemany.
+        proof_repo.update_many(s, updates)
+    for pid, st in alone:
+        try:
+            _record_finality(engine, pid, st, source)
+        except Exception:  # the batch is committed: only this proof is left for next time
+            log.exception("recording finality failed", extra={"proof_id": pid})
+
+
+def _reorged(prev: SettlementEvidence | None, st: Settlement | None) -> bool:
+    """The answer takes the reorg path of `_finality_of`: reorged, or final in another block."""
+    if st is None:
+        return False
+    return st.reorged or _moved(prev, st)
+
+
+def _moved(prev: SettlementEvidence | None, st: Settlement) -> bool:
+    # A transfer mined again in another block after a reorg can look final again; the
+    # block it was verified in is gone, so it must be verified afresh.
+    return bool(
+        prev is not None
+        and prev.block_hash
+        and st.block_hash
+        and prev.block_hash.lower() != st.block_hash.lower()
+    )
+
+
+def _finality_of(
+    engine: Engine,
+    s: Session,
+    p: Proof,
+    st: Settlement | None,
+    source: str,
+    now: datetime,
+    att_id: int | None,
+    prev: SettlementEvidence | None,
+    receipts: dict[str, str],
+    updates: list[tuple[Proof, dict[str, object]]],
+) -> None:
+    """One proof's finality answer (`p` locked; `att_id`, `prev`: its latest verified attempt
+    and settlement evidence, read in this transaction; `receipts`: receipt id per proof). The
+    proof's own new values are added to `updates`, written by the caller."""
+    if st is None or att_id is None:
+        updates.append(
+            (p, {"claimed_by": None, "claimed_until": None, "next_check_at": now + backoff(2)})
+        )
+        return
+    changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
+        st.finality,
+        st.is_final and not st.reorged,
+        st.reorged,
+    )
+    moved = _moved(prev, st)
+    ev: SettlementEvidence | Record | None = prev
+    if changed or moved:
+        ev = record_settlement(engine, s, p, att_id, st, source)
+    if st.reorged or moved:
         p.claimed_by = p.claimed_until = None
-        att = latest_verified_attempt(s, p.id)
-        if st is None or att is None:
-            p.next_check_at = now + backoff(2)
-            return
-        prev = latest_settlement(s, p.id)
-        changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
-            st.finality,
-            st.is_final and not st.reorged,
-            st.reorged,
-        )
-        # A transfer mined again in another block after a reorg can look final again; the
-        # block it was verified in is gone, so it must be verified afresh.
-        moved = (
-            prev is not None
-            and prev.block_hash
-            and st.block_hash
-            and prev.block_hash.lower() != st.block_hash.lower()
-        )
-        if changed or moved:
-            record_settlement(engine, s, p, att.id, st, source)
-        if st.reorged or moved:
-            engine.metrics.inc("reorgs_total", rail_id=p.rail_id)
-            _flag_reorg(engine, s, p)
-            _reopen_after_reorg(engine, s, p, st, source, now)
-        elif st.is_final:
-            p.next_check_at = _reorg_watch(engine, s, p, now)
-        else:
-            p.next_check_at = now + backoff(min(p.attempts + 1, 6))
-        if changed:
-            audit.append(
-                s,
-                now,
-                SYSTEM,
-                "settlement."
-                + ("reorged" if st.reorged else "finalized" if st.is_final else "observed"),
-                "proof",
-                p.id,
-                {"finality": st.finality},
+        engine.metrics.inc("reorgs_total", rail_id=p.rail_id)
+        _flag_reorg(engine, s, p)
+        _reopen_after_reorg(engine, s, p, st, source, now)
+    else:
+        # Written by the caller as Core UPDATEs that keep `p` in step: nothing is left for a
+        # flush to write, so the batch's appends and events below run without one per proof.
+        updates.append(
+            (
+                p,
+                {
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "next_check_at": _reorg_watch(engine, s, p, now)
+                    if st.is_final
+                    else now + backoff(min(p.attempts + 1, 6)),
+                },
             )
-        kind = "reorged" if st.reorged or moved else "finalized" if st.is_final else None
-        if kind and (changed or moved):
-            events.emit(
-                s,
-                now,
-                f"settlement.{kind}",
-                p.owner_id,
-                "proof",
-                p.id,
-                proof_view(p, latest_settlement(s, p.id), receipt_repo.id_for_proof(s, p.id)),
-            )
+        )
+    if changed:
+        audit.append(
+            s,
+            now,
+            SYSTEM,
+            "settlement."
+            + ("reorged" if st.reorged else "finalized" if st.is_final else "observed"),
+            "proof",
+            p.id,
+            {"finality": st.finality},
+        )
+    kind = "reorged" if st.reorged or moved else "finalized" if st.is_final else None
+    if kind and (changed or moved):
+        events.emit(
+            s,
+            now,
+            f"settlement.{kind}",
+            p.owner_id,
+            "proof",
+            p.id,
+            proof_view(p, ev, receipts.get(p.id)),
+        )
 
 
 def _reorg_watch(engine: Engine, s: Session, p: Proof, now: datetime) -> datetime | None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import ProofStatus, VerificationAttempt
@@ -35,6 +36,16 @@ def add(s: Session, attempt: VerificationAttempt) -> VerificationAttempt:
 
 def latest_verified(s: Session, proof_id: str) -> VerificationAttempt | None:
     return s.scalar(_LATEST_VERIFIED, {"pid": proof_id})
+
+
+def latest_verified_ids(s: Session, proof_ids: Sequence[str]) -> dict[str, int]:
+    """The latest verified attempt's id of each proof that has one, in one query."""
+    q = (
+        select(_VA.proof_id, func.max(_VA.id))
+        .where(_VA.proof_id.in_(list(proof_ids)), _VA.status == ProofStatus.verified.value)
+        .group_by(_VA.proof_id)
+    )
+    return {pid: int(aid) for pid, aid in s.execute(q).all()}
 
 
 def for_proof(s: Session, proof_id: str) -> list[VerificationAttempt]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import BigInteger, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import AuditEvent
@@ -15,7 +15,8 @@ from verifier.storage.repo.prepared import Prepared
 # One PostgreSQL advisory lock serializes appends to the chain (and outbox sequence numbers,
 # storage.repo.outbox): one lock for both means no lock-order deadlock between them.
 CHAIN_LOCK_KEY = 0x7261696C
-_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_LOCK = Prepared(select(func.pg_advisory_xact_lock(bindparam("k", type_=BigInteger))))
+_LOCKED = "railproof.chain_locked"  # in Session.info: the transaction that holds the lock
 # Built and prepared once (storage.repo.prepared): every append runs the same statements.
 _INSERT = Prepared(insert(rows.table(AuditEvent)))
 _HEAD = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
@@ -23,9 +24,18 @@ _HEAD = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
 
 def lock_chain(s: Session) -> None:
     """Hold the chain's lock to the end of the transaction: the advisory lock on PostgreSQL;
-    on SQLite the write lock BEGIN IMMEDIATE took already keeps every other appender out."""
-    if rows.is_postgres(s):
-        s.connection().execute(_LOCK, {"k": CHAIN_LOCK_KEY})
+    on SQLite the write lock BEGIN IMMEDIATE took already keeps every other appender out.
+
+    Taken once per transaction (the audit append and the outbox both ask for it): a repeat
+    in the same transaction, or savepoint, is answered without a round trip. A lock taken
+    inside a savepoint is not trusted outside it (rolling the savepoint back releases it)."""
+    if not rows.is_postgres(s):
+        return
+    tx = s.get_nested_transaction() or s.get_transaction()
+    if tx is not None and s.info.get(_LOCKED) is tx:
+        return
+    _LOCK.scalar(s.connection(), {"k": CHAIN_LOCK_KEY})
+    s.info[_LOCKED] = tx
 
 
 def head_hash(s: Session) -> str | None:

@@ -56,15 +56,22 @@ def hold(
     ]
     conn = s.connection()
     if is_postgres(s):
-        conn.execute(_INSERT_PG, rows)
-    else:
-        for row in rows:  # a prepared statement per row beats executemany's setup for two
-            _INSERT_SQLITE.execute(conn, row)
+        # One statement for every key, saying which it wrote: only the others (held already,
+        # by this proof or another) are looked up, so the usual new hold costs one round trip.
+        taken = set(conn.scalars(_INSERT_PG.values(rows)))
+        others = [k for k in wanted if k not in taken]
+        return [h for h in holders(s, others) if h.proof_id != proof_id] if others else []
+    for row in rows:  # a prepared statement per row beats executemany's setup for two
+        _INSERT_SQLITE.execute(conn, row)
     return [h for h in holders(s, wanted) if h.proof_id != proof_id]
 
 
 # Built once: the submission path runs them for every proof that holds.
-_INSERT_PG = postgresql.insert(_T).on_conflict_do_nothing(index_elements=["transfer_key"])
+_INSERT_PG = (
+    postgresql.insert(_T)
+    .on_conflict_do_nothing(index_elements=["transfer_key"])
+    .returning(_T.c.transfer_key)
+)
 _INSERT_SQLITE = Prepared(sqlite.insert(_T).on_conflict_do_nothing(index_elements=["transfer_key"]))
 _HOLDER = Prepared(
     select(_T.c.transfer_key, _T.c.proof_id, _T.c.session_id, _T.c.owner_id).where(

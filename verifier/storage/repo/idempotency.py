@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
+
+_C = rows.table(IdempotencyClaim)
+# Every mutating request with a key runs both (storage.repo.prepared): Core statements,
+# no ORM object for a row the request only writes.
+_INSERT = Prepared(insert(_C))
+_COMPLETE = Prepared(
+    update(_C).where(
+        _C.c.principal == bindparam("p"),
+        _C.c.endpoint == bindparam("e"),
+        _C.c.key == bindparam("k"),
+        _C.c.status == ClaimStatus.in_progress.value,
+    )
+)
 
 
-def add_claim(s: Session, claim: IdempotencyClaim) -> None:
-    """Insert a new claim; a claim with the same (principal, endpoint, key) raises
-    IntegrityError at the latest when the transaction commits."""
-    s.add(claim)
+def insert_claim(s: Session, row: dict[str, Any]) -> None:
+    """Insert a new claim now; a claim with the same (principal, endpoint, key) raises
+    IntegrityError here."""
+    _INSERT.insert(s.connection(), row)
+
+
+def complete(s: Session, principal: str, endpoint: str, key: str, values: dict[str, Any]) -> bool:
+    """Set an in-progress claim's completion `values` in one UPDATE; False when no claim of
+    that key is in progress."""
+    n = _COMPLETE.execute(s.connection(), {"p": principal, "e": endpoint, "k": key, **values})
+    return n == 1
 
 
 def get(s: Session, principal: str, endpoint: str, key: str) -> IdempotencyClaim | None:

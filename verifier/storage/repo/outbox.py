@@ -42,6 +42,17 @@ def last_sequence(s: Session, resource_type: str, resource_id: str) -> int:
     return int(_LAST_SEQ.scalar(s.connection(), {"rt": resource_type, "rid": resource_id}) or 0)
 
 
+def last_sequences(s: Session, resource_type: str, resource_ids: list[str]) -> dict[str, int]:
+    """Each resource's last event sequence number, for those that have events, in one query.
+    Read under `lock_sequences`."""
+    q = (
+        select(_OUTBOX.c.resource_id, func.max(_OUTBOX.c.sequence))
+        .where(_OUTBOX.c.resource_type == resource_type, _OUTBOX.c.resource_id.in_(resource_ids))
+        .group_by(_OUTBOX.c.resource_id)
+    )
+    return {rid: int(n) for rid, n in s.execute(q).all()}
+
+
 def active_endpoints(s: Session) -> list[tuple[str, list[str] | None, list[str] | None]]:
     """(id, event types, owners) of every active endpoint, oldest first."""
     return [(r[0], r[1], r[2]) for r in _ACTIVE.all(s.connection())]

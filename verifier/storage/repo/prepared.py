@@ -8,10 +8,14 @@ the values read back and the exception types are those of `Connection.execute`. 
 leaves out is the execution context SQLAlchemy builds around every call, which here costs
 more than SQLite's own work for these rows (docs/bench.md, "Where the time goes").
 
-On PostgreSQL every statement is a network round trip that dwarfs that overhead, and
-SQLAlchemy's disconnect handling matters more: there `Prepared` calls `Connection.execute`. So
-it does on SQLite when the engine or connection has execution event listeners
-(`before_cursor_execute` and the like): the driver path would hide the statements from them.
+On PostgreSQL the same driver path runs on psycopg's cursor: SQLAlchemy's execution context
+costs about as much as the loopback round trip itself (docs/bench.md, "PostgreSQL"), and
+psycopg prepares a statement on the server once the connection has run it
+`prepare_threshold` times (storage.db: off behind PgBouncer in transaction mode). A driver
+error that means the connection is gone invalidates it, as `Connection.execute` would, so
+the pool never hands it out again. `Prepared` calls `Connection.execute` instead when the
+engine or connection has execution event listeners (`before_cursor_execute` and the like):
+the driver path would hide the statements from them.
 
 Used only inside `verifier.storage.repo`, by the hot-path functions that opt in; why it is
 kept rather than removed is measured in docs/bench.md ("The repo layer and prepared
@@ -37,12 +41,16 @@ class _Form:
     values of binds the statement fixes itself (a LIMIT), and the result columns'
     processors."""
 
-    __slots__ = ("sql", "names", "binders", "fixed", "results")
+    __slots__ = ("sql", "names", "binders", "fixed", "results", "positional", "returns")
 
     def __init__(self, stmt: Any, dialect: Any, keys: frozenset[str] | None):
         compiled = stmt.compile(dialect=dialect, column_keys=sorted(keys) if keys else None)
         self.sql = str(compiled)
-        self.names = tuple(compiled.positiontup or ())
+        # SQLite's qmark style takes values in order; psycopg's pyformat takes them by name.
+        self.positional = bool(dialect.positional)
+        self.names = tuple(compiled.positiontup or () if self.positional else compiled.binds)
+        # An INSERT that lets the database assign its key says it back (PostgreSQL RETURNING).
+        self.returns = bool(getattr(compiled, "implicit_returning", None))
         self.binders = tuple(
             compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self.names
         )
@@ -69,8 +77,7 @@ class Prepared:
         )
         self._checked: set[frozenset[str]] = set()
         table = getattr(stmt, "table", None)
-        pk = list(table.primary_key.columns) if self._dml and table is not None else []
-        self._pk = pk[0] if len(pk) == 1 else None
+        self._pk = list(table.primary_key.columns) if self._dml and table is not None else []
 
     # -- running ------------------------------------------------------------------------------
 
@@ -106,16 +113,26 @@ class Prepared:
         values = [params[n] if n in params or n not in fixed else fixed[n] for n in form.names]
         # Every value goes through its processor, None included (a JSON column writes 'null').
         values = [v if p is None else p(v) for p, v in zip(form.binders, values, strict=False)]
+        args: Any = values if form.positional else dict(zip(form.names, values, strict=True))
         driver = conn.connection.driver_connection
         if driver is None:  # only a closed or invalidated connection has none
             raise exc.ResourceClosedError("the connection's driver connection is closed")
         cur = driver.cursor()
         try:
-            cur.execute(form.sql, values)
+            cur.execute(form.sql, args)
         except dialect.loaded_dbapi.Error as e:
+            gone = dialect.is_disconnect(e, driver, cur)
             cur.close()
+            if gone:
+                # As Connection.execute does: the pool must not hand this connection out again.
+                conn.invalidate(e)
             raise exc.DBAPIError.instance(
-                form.sql, values, e, dialect.loaded_dbapi.Error, dialect=dialect
+                form.sql,
+                args,
+                e,
+                dialect.loaded_dbapi.Error,
+                dialect=dialect,
+                connection_invalidated=gone,
             ) from e
         return cur, form
 
@@ -123,7 +140,7 @@ class Prepared:
     def _fast(conn: Connection) -> bool:
         # The driver path skips SQLAlchemy's execution events: taken only where nobody listens
         # for them (a statement listener, for tracing or counting, sees every statement).
-        return conn.dialect.name == "sqlite" and not (conn._has_events or conn.engine._has_events)
+        return not (conn._has_events or conn.engine._has_events)
 
     def insert(self, conn: Connection, row: dict[str, Any]) -> Any:
         """Insert one row; returns its primary key (the one given, or the one assigned)."""
@@ -134,10 +151,14 @@ class Prepared:
                 raise exc.InvalidRequestError(f"{self.stmt}: no primary key was reported")
             (key,) = inserted
             return key
-        cur, _ = self._cursor(conn, row)
+        cur, form = self._cursor(conn, row)
         try:
-            if self._pk is not None and self._pk.key in row:
-                return row[self._pk.key]
+            if self._pk and all(c.key in row for c in self._pk):
+                keys = tuple(row[c.key] for c in self._pk)
+                return keys[0] if len(keys) == 1 else keys
+            if form.returns:
+                (key,) = cur.fetchone()
+                return key
             return cur.lastrowid  # an INTEGER PRIMARY KEY is the rowid
         finally:
             cur.close()

@@ -7,19 +7,25 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from verifier.storage.models import Proof, ProofStatus, Receipt, SettlementEvidence
+from verifier.storage.models import (
+    PaymentSession,
+    Proof,
+    ProofStatus,
+    Receipt,
+    SettlementEvidence,
+)
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared
 from verifier.storage.repo.rows import Record
 
 _P = rows.table(Proof)
 # Built and prepared once (storage.repo.prepared): the submission's own statements.
-_INSERT = Prepared(insert(_P))
+_INSERT = rows.Unique(_P)
 _BY_ID = sql_update(_P).where(_P.c.id == bindparam("pid"))
 _UPDATE = Prepared(_BY_ID)
 _UPDATE_UNATTEMPTED = Prepared(_BY_ID.where(_P.c.attempts == 0))
@@ -29,9 +35,7 @@ def insert_proof(s: Session, row: dict[str, Any]) -> Record:
     """Write a new proof (Core insert, client-side id: nothing in this transaction reads the
     row back) and return it as a record. The fingerprint's unique indexes answer "seen
     before?": a conflict raises IntegrityError and leaves the transaction usable."""
-    conn = s.connection()
-    with rows.guarded(conn):
-        _INSERT.insert(conn, row)
+    _INSERT.insert(s.connection(), row)
     return Record(row)
 
 
@@ -49,6 +53,36 @@ def get(s: Session, proof_id: str, lock: bool = False) -> Proof | None:
     return rows.get(s, Proof, proof_id)
 
 
+def lock_many(s: Session, proof_ids: Sequence[str]) -> list[Proof]:
+    """The proofs as session objects under their row locks (FOR UPDATE on PostgreSQL, taken
+    in id order so two lockers of overlapping sets cannot deadlock; SQLite's write lock is
+    held already)."""
+    q = select(Proof).where(Proof.id.in_(list(proof_ids))).order_by(Proof.id)
+    if rows.is_postgres(s):
+        q = q.with_for_update()
+    return list(s.scalars(q).all())
+
+
+def finality_targets(s: Session, proof_ids: Sequence[str]) -> list[Record]:
+    """Per proof (in id order): id, rail_id, ref, and its session's network, asset,
+    recipient and amount, as plain records read in one query."""
+    q = (
+        select(
+            Proof.id,
+            Proof.rail_id,
+            Proof.ref,
+            PaymentSession.network,
+            PaymentSession.asset,
+            PaymentSession.recipient,
+            PaymentSession.amount,
+        )
+        .join(PaymentSession, PaymentSession.id == Proof.session_id)
+        .where(Proof.id.in_(list(proof_ids)))
+        .order_by(Proof.id)
+    )
+    return [Record(r._mapping) for r in s.execute(q).all()]
+
+
 def locks_rows(s: Session) -> bool:
     """Whether proof rows are locked one by one (PostgreSQL, FOR UPDATE) rather than by the
     database's one writer lock (SQLite, from BEGIN IMMEDIATE). Where they are, a caller
@@ -62,8 +96,15 @@ def for_attempt(s: Session, proof_id: str) -> Proof | Record | None:
     SQLite, whose write lock is already held, it may come back as a plain record. Either way
     it is written back with `update`, never through the unit of work."""
     if rows.is_postgres(s):
-        return s.get(Proof, proof_id, with_for_update=True)
+        if (Proof, (proof_id,), None) in s.identity_map:
+            return s.get(Proof, proof_id, with_for_update=True)
+        # A plain record of the locked row: no ORM instance is built for it.
+        row = _FOR_ATTEMPT.first(s.connection(), {"pk": proof_id})
+        return None if row is None else Record(zip(_FOR_ATTEMPT.keys(), row, strict=True))
     return rows.read(s, Proof, proof_id)
+
+
+_FOR_ATTEMPT = Prepared(select(*_P.columns).where(_P.c.id == bindparam("pk")).with_for_update())
 
 
 def update_unattempted(s: Session, p: Record, values: dict[str, Any]) -> bool:
@@ -90,6 +131,26 @@ def update(s: Session, p: Proof | Record, values: dict[str, Any]) -> None:
         set_committed_value(p, k, v)
 
 
+def update_many(s: Session, items: Sequence[tuple[Proof | Record, dict[str, Any]]]) -> None:
+    """`update` for many proofs: rows that set the same columns go as one executemany (one
+    pipelined batch on PostgreSQL), and each object gets its values as committed state."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for p, values in items:
+        groups.setdefault(tuple(sorted(values)), []).append({"pid": p.id, **values})
+    if not groups:
+        return
+    s.flush([p for p, _ in items if not isinstance(p, Record)])
+    conn = s.connection()
+    for rows_ in groups.values():
+        conn.execute(_BY_ID, rows_)
+    for p, values in items:
+        if isinstance(p, Record):
+            p.__dict__.update(values)
+        else:
+            for k, v in values.items():
+                set_committed_value(p, k, v)
+
+
 def rail_id_of(s: Session, proof_id: str) -> str | None:
     """The proof's rail, read without locking the row."""
     return s.scalar(select(Proof.rail_id).where(Proof.id == proof_id))
@@ -109,25 +170,40 @@ def count(s: Session) -> int:
 
 
 def claim_due(
-    s: Session, status: ProofStatus, due: datetime, lease_free_at: datetime, limit: int
-) -> list[Proof]:
-    """Proofs in `status` due by `due` whose lease (if any) ended before `lease_free_at`,
-    earliest due first. On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so several
-    workers share the queue and never take the same proof; SQLite serializes writers."""
+    s: Session,
+    status: ProofStatus,
+    due: datetime,
+    lease_free_at: datetime,
+    limit: int,
+    claimed_by: str,
+    claimed_until: datetime,
+) -> list[str]:
+    """Claim proofs in `status` due by `due` whose lease (if any) ended before `lease_free_at`,
+    earliest due first: their ids, now leased to `claimed_by` until `claimed_until`. On
+    PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so several workers share the
+    queue and never take the same proof; SQLite serializes writers. Core statements: a
+    batch of hundreds is one SELECT and one UPDATE, with no ORM objects."""
     q = (
-        select(Proof)
+        select(_P.c.id)
         .where(
-            Proof.status == status,
-            Proof.next_check_at.is_not(None),
-            Proof.next_check_at <= due,
-            or_(Proof.claimed_until.is_(None), Proof.claimed_until < lease_free_at),
+            _P.c.status == status,
+            _P.c.next_check_at.is_not(None),
+            _P.c.next_check_at <= due,
+            or_(_P.c.claimed_until.is_(None), _P.c.claimed_until < lease_free_at),
         )
-        .order_by(Proof.next_check_at)
+        .order_by(_P.c.next_check_at)
         .limit(limit)
     )
     if rows.is_postgres(s):
         q = q.with_for_update(skip_locked=True)
-    return list(s.scalars(q).all())
+    ids = list(s.scalars(q).all())
+    if ids:
+        s.execute(
+            sql_update(_P)
+            .where(_P.c.id.in_(ids))
+            .values(claimed_by=claimed_by, claimed_until=claimed_until)
+        )
+    return ids
 
 
 def final_unapplied(s: Session, rail_ids: Sequence[str], limit: int) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import bindparam, select
@@ -14,6 +15,12 @@ _ID_FOR_PROOF = select(Receipt.id).where(Receipt.proof_id == bindparam("pid"))
 
 def id_for_proof(s: Session, proof_id: str) -> str | None:
     return s.scalar(_ID_FOR_PROOF, {"pid": proof_id})
+
+
+def ids_for_proofs(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
+    """Receipt id per proof, for those of `proof_ids` that have one, in one query."""
+    q = select(Receipt.proof_id, Receipt.id).where(Receipt.proof_id.in_(list(proof_ids)))
+    return {pid: rid for pid, rid in s.execute(q).all()}
 
 
 def for_proof(s: Session, proof_id: str) -> Receipt | None:

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, CursorResult, Result, Table, bindparam, select
+from sqlalchemy import Connection, CursorResult, Result, Table, bindparam, exc, insert, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from verifier.storage.repo.prepared import Prepared
@@ -63,6 +64,32 @@ def guarded(conn: Connection) -> Iterator[None]:
             yield
     else:
         yield
+
+
+class Unique:
+    """An INSERT of one new row that a unique constraint may refuse, as the caller goes on in
+    the same transaction: SQLite undoes only the failed statement; on PostgreSQL, where a
+    failed statement aborts the transaction, the row is written with ON CONFLICT DO NOTHING
+    (one statement, where a savepoint around it cost two more round trips) and a row that
+    was not written raises the same IntegrityError."""
+
+    def __init__(self, t: Table):
+        self.table = t
+        self._default = Prepared(insert(t))
+        self._pg = Prepared(postgresql.insert(t).on_conflict_do_nothing())
+
+    def insert(self, conn: Connection, row: dict[str, Any]) -> None:
+        if conn.dialect.name != "postgresql":
+            self._default.insert(conn, row)
+            return
+        if self._pg.execute(conn, row) != 1:
+            # Only a unique (or exclusion) constraint makes DO NOTHING skip the row; a
+            # concurrent insert of the same key was waited for and committed first.
+            raise exc.IntegrityError(
+                f"INSERT INTO {self.table.name}",
+                None,
+                Exception(f"{self.table.name}: a unique constraint refused the row"),
+            )
 
 
 def get(s: Session, model: type[M], pk: Any) -> M | None:

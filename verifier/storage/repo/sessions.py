@@ -6,24 +6,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import PaymentSession, SessionStatus, TransferHold
 from verifier.storage.repo import rows
-from verifier.storage.repo.prepared import Prepared
 from verifier.storage.repo.rows import Record
 
-_INSERT = Prepared(insert(rows.table(PaymentSession)))
+_INSERT = rows.Unique(rows.table(PaymentSession))
 
 
 def insert_session(s: Session, row: dict[str, Any]) -> Record:
     """Write a new session (a Core insert with its client-side id: nothing in the creating
     transaction reads it back, so the unit of work would be pure overhead). A reference
     another session used raises IntegrityError, and the transaction stays usable."""
-    conn = s.connection()
-    with rows.guarded(conn):
-        _INSERT.insert(conn, row)
+    _INSERT.insert(s.connection(), row)
     return Record(row)
 
 

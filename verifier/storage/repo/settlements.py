@@ -3,9 +3,10 @@ verified transfer's finality, newest last."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import SettlementEvidence
@@ -26,6 +27,14 @@ def insert_evidence(s: Session, row: dict[str, Any]) -> int:
 
 def latest(s: Session, proof_id: str) -> SettlementEvidence | None:
     return s.scalar(_LATEST, {"pid": proof_id})
+
+
+def latest_many(s: Session, proof_ids: Sequence[str]) -> dict[str, SettlementEvidence]:
+    """The latest evidence of each proof that has any, in one query."""
+    newest = (
+        select(func.max(_SE.id)).where(_SE.proof_id.in_(list(proof_ids))).group_by(_SE.proof_id)
+    )
+    return {e.proof_id: e for e in s.scalars(select(_SE).where(_SE.id.in_(newest))).all()}
 
 
 def for_proof(s: Session, proof_id: str) -> list[SettlementEvidence]:
