@@ -10,6 +10,7 @@ its own, while this API accepts exactly `Bearer <token>` and refuses anything el
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Header, Request, Security
@@ -65,7 +66,20 @@ def service_principal(engine: EngineDep, token: Token) -> ServicePrincipal:
         raise Unauthorized(
             ApiErrorCode.unauthorized, "Authorization: unknown service token", field="Authorization"
         )
-    return ServicePrincipal("svc:" + ",".join(sorted(owners)), owners)
+    return ServicePrincipal(principal_name(owners), owners)
+
+
+MAX_PRINCIPAL = 128  # the stored key's width (idempotency claims)
+
+
+def principal_name(owners: list[str]) -> str:
+    """The token's principal: its owners, sorted and joined, so every token for the same
+    owners shares claims and limits. A long list is named by its sha256 instead: a token
+    acting for many owners must fit the claim's key, not fail on it."""
+    name = "svc:" + ",".join(sorted(owners))
+    if len(name) <= MAX_PRINCIPAL:
+        return name
+    return "svc:sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def staff_member(
