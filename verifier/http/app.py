@@ -9,7 +9,6 @@ The engine lives on `app.state.engine` (deps.get_engine), the rate limiter on
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,7 +83,6 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     app.state.rate_limiter = limiter_from_settings(engine.settings, engine.metrics)
     app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)  # chunked, deep, NUL in bodies
     app.add_middleware(InputGuard)  # control characters in query and headers
-    app.middleware("http")(limit_declared_body)
     # Outermost: every answer, the guards' refusals included, is logged with its request id.
     app.add_middleware(
         RequestLogMiddleware,
@@ -141,19 +139,6 @@ def _error(
     if field is not None:
         err["field"] = field
     return JSONResponse({"error": err}, status_code=status, headers=headers)
-
-
-async def limit_declared_body(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    # A declared Content-Length over the limit is refused before a byte is read; BodyGuard
-    # counts the bytes of a body that declares none.
-    size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-        return _error(
-            413, ApiErrorCode.body_too_large, f"body: larger than {MAX_BODY_BYTES} bytes", "body"
-        )
-    return await call_next(request)
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:

@@ -14,6 +14,7 @@ import hashlib
 from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Header, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from verifier.core.engine import Engine
@@ -30,7 +31,12 @@ bearer = HTTPBearer(
 )
 
 
-def get_engine(request: Request) -> Engine:
+# The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in
+# the thread pool, a hop per dependency per request that costs more than the work itself
+# (docs/bench.md, "The HTTP path"). Anything that may block stays `def`.
+
+
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
@@ -38,7 +44,7 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def bearer_token(
+async def bearer_token(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> str:
     raw = request.headers.get("authorization")
@@ -60,7 +66,7 @@ class ServicePrincipal(NamedTuple):
     owners: list[str]  # the owners this token may act for; any other answers 404
 
 
-def service_principal(engine: EngineDep, token: Token) -> ServicePrincipal:
+async def service_principal(engine: EngineDep, token: Token) -> ServicePrincipal:
     owners = engine.settings.service_owners(token)
     if owners is None:
         raise Unauthorized(
@@ -118,8 +124,12 @@ class RateLimit:
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
 
-    def __call__(self, request: Request, svc: ServiceDep) -> None:
-        request.app.state.rate_limiter.check(svc.name, self.endpoint)
+    async def __call__(self, request: Request, svc: ServiceDep) -> None:
+        limiter = request.app.state.rate_limiter
+        if getattr(limiter, "blocks", False):  # a shared store answers over the network
+            await run_in_threadpool(limiter.check, svc.name, self.endpoint)
+        else:
+            limiter.check(svc.name, self.endpoint)
 
 
 def acting_for(
@@ -135,7 +145,7 @@ def acting_for(
         )
 
 
-def clean_path_params(request: Request) -> None:
+async def clean_path_params(request: Request) -> None:
     # Ids never hold control characters, and PostgreSQL text cannot hold NUL (%00). Run by
     # every route, before auth, once the route has matched (see guards.py).
     field = control_field(request.path_params)

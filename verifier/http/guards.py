@@ -70,7 +70,21 @@ class BodyGuard:
         self.max_depth = max_depth
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # A declared Content-Length over the limit is refused before a byte is read; the
+        # bytes of a body that declares none are counted below.
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await _refuse(
+                    send,
+                    413,
+                    ApiErrorCode.body_too_large,
+                    f"body: larger than {self.max_bytes} bytes",
+                )
+                return
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

@@ -141,6 +141,8 @@ class SharedRateLimiter(Limiter):
     """One limit per (principal, endpoint) for every API process, in Redis (`limits`'
     moving window). `local` decides while Redis does not answer."""
 
+    blocks = True  # a check waits on the network: callers run it off the event loop
+
     def __init__(
         self,
         url: str,

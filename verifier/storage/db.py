@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ class NotMigrated(RuntimeError):
 
 
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+SQLITE_BUSY_TIMEOUT_S = 30  # how long a transaction waits for SQLite's write lock
 
 
 def _json_dumps(value: Any) -> str:
@@ -63,7 +65,9 @@ def make_engine(
         if sync not in SQLITE_SYNCHRONOUS:
             raise ValueError(f"sqlite_synchronous: one of {', '.join(SQLITE_SYNCHRONOUS)}")
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **_JSON
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+            **_JSON,
         )
 
         @event.listens_for(engine, "connect")
@@ -72,25 +76,62 @@ def make_engine(
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             # WAL + NORMAL: a commit is durable once in the WAL file, fsynced at checkpoints
             # only; an application crash loses nothing, a power loss may lose the last commits.
             # FULL fsyncs the WAL on every commit (Settings.sqlite_synchronous).
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.close()
 
+        # Every transaction takes SQLite's write lock (BEGIN IMMEDIATE). Threads of this
+        # process queue for it on a Python lock first: SQLite's own busy handler polls with
+        # sleeps of up to 100 ms, so under concurrent requests a waiting writer slept long
+        # after the lock was free (docs/bench.md, "The HTTP path"). Other processes still
+        # meet SQLite's lock and its busy timeout; the Python lock only orders this one's.
+        write_lock = threading.Lock()
+        holders: set[int] = set()  # id() of the DBAPI connections holding write_lock
+        commit, rollback = engine.dialect.do_commit, engine.dialect.do_rollback
+
         def _begin_immediate(dbapi_conn):  # pragma: no cover - driver hook
             # The dialect's own begin hook rather than a "begin" event listener: any connection
             # event listener turns on event dispatch around every statement this engine runs.
             # A failure here is wrapped like any statement's (Connection._begin_impl).
+            # Bounded: a thread that opens a second transaction while it holds one falls
+            # through to SQLite's busy timeout, as before, instead of waiting forever.
+            held = write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
+            if held:
+                holders.add(id(dbapi_conn))
             cur = dbapi_conn.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(dbapi_conn)
+                raise
             finally:
                 cur.close()
 
+        def _release(dbapi_conn):  # pragma: no cover - driver hook
+            key = id(dbapi_conn)
+            if key in holders:
+                holders.discard(key)
+                write_lock.release()
+
+        def _commit(dbapi_conn):  # pragma: no cover - driver hook
+            try:
+                commit(dbapi_conn)
+            finally:
+                _release(dbapi_conn)
+
+        def _rollback(dbapi_conn):  # pragma: no cover - driver hook
+            try:
+                rollback(dbapi_conn)
+            finally:
+                _release(dbapi_conn)
+
         # This engine's dialect instance only (setattr: mypy refuses assigning to a method).
         setattr(engine.dialect, "do_begin", _begin_immediate)  # noqa: B010
+        setattr(engine.dialect, "do_commit", _commit)  # noqa: B010
+        setattr(engine.dialect, "do_rollback", _rollback)  # noqa: B010
 
         return engine
     if url.startswith("postgresql://"):

@@ -40,7 +40,7 @@ ERRORS = error_responses(401, 422, 500, 503)
 
 
 def make_router(
-    service_dep: Callable[..., tuple[str, list[str]]] = service_principal,
+    service_dep: Callable[..., Any] = service_principal,  # a sync or async dependency
     staff_dep: Callable[..., str] = staff_member,
 ) -> Router:
     # The principals are parameters so a test can mount these routes with its own; the app
