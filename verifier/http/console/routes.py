@@ -220,6 +220,27 @@ def console_router(
             )
         return cs, form
 
+    async def act(
+        request: Request,
+        do: Callable[[dict[str, str], audit.Operator], Any],
+        done_url: str,
+    ) -> Response:
+        """A state-changing form: session, CSRF and the operator context (confirm, incident,
+        reason) first, then `do` off the event loop, then back to `done_url`; a refusal
+        renders the page that says why, and nothing was done."""
+        got = await authed_post(request)
+        if isinstance(got, Response):
+            return got
+        cs, form = got
+        try:
+            op = operator(cs, form, required=True)
+            await run_in_threadpool(do, form, op)
+        except _Refusal as r:
+            return refused(request, cs, r.status, r.message)
+        except EngineError as e:
+            return refused(request, cs, e.status, e.message)
+        return headers(RedirectResponse(done_url, status_code=303))
+
     def refused(request: Request, cs: ConsoleSession | None, status: int, message: str) -> Response:
         return render(request, cs, "error.html", status=status, title="Refused", message=message)
 
@@ -395,12 +416,8 @@ def console_router(
     async def change_request(request: Request, rail_id: str, kind: str) -> Response:
         """A production or treasury change asked for from the console: it waits in the
         approval queue for a second staff member, as one asked for by CLI or API does."""
-        got = await authed_post(request)
-        if isinstance(got, Response):
-            return got
-        cs, form = got
-        try:
-            op = operator(cs, form, required=True)
+
+        def request_change(form: dict[str, str], op: audit.Operator) -> None:
             if kind == "production":
                 value = {"enable": "true", "disable": "false"}.get(form.get("production", ""))
                 if value is None:
@@ -409,12 +426,9 @@ def console_router(
                 value = form.get("treasury", "").strip()
                 if not value:
                     raise _Refusal(422, "treasury: the new treasury address is required")
-            await run_in_threadpool(rails_admin.request_change, engine, rail_id, kind, value, op)
-        except _Refusal as r:
-            return refused(request, cs, r.status, r.message)
-        except EngineError as e:
-            return refused(request, cs, e.status, e.message)
-        return headers(RedirectResponse("/console/approvals?done=requested", status_code=303))
+            rails_admin.request_change(engine, rail_id, kind, value, op)
+
+        return await act(request, request_change, "/console/approvals?done=requested")
 
     @router.post("/rails/{rail_id}/production/request")
     async def request_production(request: Request, rail_id: str) -> Response:
@@ -425,19 +439,11 @@ def console_router(
         return await change_request(request, rail_id, "treasury")
 
     async def rail_action(request: Request, rail_id: str, paused: bool) -> Response:
-        got = await authed_post(request)
-        if isinstance(got, Response):
-            return got
-        cs, form = got
-        try:
-            op = operator(cs, form, required=True)
-            await run_in_threadpool(rails_admin.set_paused, engine, rail_id, paused, op)
-        except _Refusal as r:
-            return refused(request, cs, r.status, r.message)
-        except EngineError as e:
-            return refused(request, cs, e.status, e.message)
-        done = "paused" if paused else "resumed"
-        return headers(RedirectResponse("/console/rails?done=" + done, status_code=303))
+        return await act(
+            request,
+            lambda _, op: rails_admin.set_paused(engine, rail_id, paused, op),
+            "/console/rails?done=" + ("paused" if paused else "resumed"),
+        )
 
     @router.post("/rails/{rail_id}/pause")
     async def pause(request: Request, rail_id: str) -> Response:
@@ -629,33 +635,19 @@ def console_router(
 
     @router.post("/approvals/{approval_id}/approve")
     async def approve(request: Request, approval_id: str) -> Response:
-        got = await authed_post(request)
-        if isinstance(got, Response):
-            return got
-        cs, form = got
-        try:
-            op = operator(cs, form, required=True)
-            await run_in_threadpool(rails_admin.approve, engine, approval_id, op)
-        except _Refusal as r:
-            return refused(request, cs, r.status, r.message)
-        except EngineError as e:
-            return refused(request, cs, e.status, e.message)
-        return headers(RedirectResponse("/console/approvals?done=approved", status_code=303))
+        return await act(
+            request,
+            lambda _, op: rails_admin.approve(engine, approval_id, op),
+            "/console/approvals?done=approved",
+        )
 
     @router.post("/approvals/{approval_id}/reject")
     async def reject(request: Request, approval_id: str) -> Response:
-        got = await authed_post(request)
-        if isinstance(got, Response):
-            return got
-        cs, form = got
-        try:
-            op = operator(cs, form, required=True)
-            await run_in_threadpool(rails_admin.reject, engine, approval_id, op)
-        except _Refusal as r:
-            return refused(request, cs, r.status, r.message)
-        except EngineError as e:
-            return refused(request, cs, e.status, e.message)
-        return headers(RedirectResponse("/console/approvals?done=rejected", status_code=303))
+        return await act(
+            request,
+            lambda _, op: rails_admin.reject(engine, approval_id, op),
+            "/console/approvals?done=rejected",
+        )
 
     # -- reconciliation and assurance --------------------------------------------------------
     def reconciliation_page(
