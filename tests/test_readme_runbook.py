@@ -20,6 +20,17 @@ from verifier.cli.main import app
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 SECTIONS = ("## Operator CLI", "## Reconciliation and payment discovery")
+# Other sections that show commands: there only lines that start with `railproof` are
+# commands (a hyphenated span may be a header name, such as webhook-id).
+COMMAND_SECTIONS = (
+    "## Quick start",
+    "## Rails, stages and the apply gate",
+    "## Configuration",
+    "## Webhooks",
+    "## Observability",
+    "## Running several instances",
+    "## Performance",
+)
 HYPHENATED = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*$")
 
@@ -122,7 +133,13 @@ def _walk(group: Command) -> list[Command]:
 
 
 def runbook_lines() -> list[str]:
-    return [line for title in SECTIONS for line in spans(section(title))]
+    lines = [line for title in SECTIONS for line in spans(section(title))]
+    return lines + [
+        line
+        for title in COMMAND_SECTIONS
+        for line in spans(section(title))
+        if line.startswith("railproof ")
+    ]
 
 
 def test_every_runbook_command_and_flag_exists():
