@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.conftest import STAFF_TOKEN, auth
@@ -13,17 +14,20 @@ from verifier.core.metrics import alert_rules
 OPS = {"incident_id": "INC-GATE", "operator_reason": "release gates before enablement"}
 
 
-def rehearsal_text(ok: bool) -> str:
+def rehearsal_text(ok: bool, finished_at: datetime | None = None) -> str:
     """A `railproof rehearse` evidence file (the fields release gates read)."""
     steps = [
         {"name": "session", "ok": True, "detail": "201"},
         {"name": "apply", "ok": ok, "detail": "200" if ok else "409 apply_blocked"},
     ]
+    # Wall-clock times, as `railproof rehearse` writes them: a rehearsal counts for the
+    # evidence's validity from when it finished.
+    finished = datetime.now(UTC) if finished_at is None else finished_at
     doc = {
         "railproof_rehearsal": 1,
         "ok": ok,
-        "started_at": "2026-01-01T00:00:00+00:00",
-        "finished_at": "2026-01-01T00:00:05+00:00",
+        "started_at": (finished - timedelta(seconds=5)).isoformat(),
+        "finished_at": finished.isoformat(),
         "steps": steps,
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

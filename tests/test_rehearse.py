@@ -109,7 +109,7 @@ def test_rehearsal_on_sqlite(tmp_path):
     # The file as written is what the e2e_rehearsal release gate accepts, by its hash.
     from verifier.services.release_gates import _check_rehearsal
 
-    passed, detail = _check_rehearsal(out.read_text())
+    passed, detail = _check_rehearsal(out.read_text(), max_age_days=30)
     assert passed and detail["failed_steps"] == [] and detail["rehearsal_operator"]
     # Run again on the same database: it now holds data, so it is no longer disposable.
     r = rehearse(

@@ -450,6 +450,12 @@ def _release_claim(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str
         c = claim_repo.get(s, principal, endpoint, key)
         if c is None or c.status != ClaimStatus.in_progress:
             raise Conflict("issue_resolved", "the idempotency claim is no longer in progress")
+        cutoff = timeutil.process_now() - timedelta(seconds=engine.settings.stuck_claim_seconds)
+        if utc(c.created_at) >= cutoff:
+            # SECURITY: the claim under this key is not the stuck one the issue named (it was
+            # released and the client's retry claimed the key again): releasing it would let
+            # the request run twice.
+            raise Conflict("issue_resolved", "the idempotency claim is no longer stuck")
         claim = {
             "principal": principal,
             "endpoint": endpoint,

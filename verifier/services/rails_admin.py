@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rails import proof_fields
@@ -91,7 +92,15 @@ def contracts(engine: Engine, rail_id: str | None = None) -> list[dict[str, Any]
     )
 
 
-def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -> dict[str, Any]:
+def set_paused(
+    engine: Engine,
+    rail_id: str,
+    paused: bool,
+    op: audit.Operator,
+    keep_paused: Callable[[Any], bool] | None = None,
+) -> dict[str, Any]:
+    """`keep_paused(s)`: asked under the rail's lock before a resume; true leaves the rail
+    paused (the release-gate drill's resume must not lift a pause someone else asked for)."""
     _known(engine, rail_id)
     if not op.incident_id or not op.reason:
         raise BadInput(
@@ -109,6 +118,9 @@ def set_paused(engine: Engine, rail_id: str, paused: bool, op: audit.Operator) -
         # transactions short.
         rail_state_repo.lock_for_pause(s)
         st = engine.rail_state(s, rail_id, lock=True)
+        if not paused and keep_paused is not None and keep_paused(s):
+            # SECURITY: decided under the lock every pause takes, so no pause slips between.
+            return {"rail_id": rail_id, "paused": st.paused, "changed": False}
         changed = st.paused != paused
         st.paused = paused
         st.updated_at, st.updated_by = engine.now(), op.actor
@@ -157,7 +169,8 @@ def request_change(
     engine: Engine, rail_id: str, kind: str, value: str, op: audit.Operator
 ) -> dict[str, Any]:
     _known(engine, rail_id)
-    if not op.incident_id or not op.reason:
+    # SECURITY: blank is missing (whitespace would otherwise stand in for the context).
+    if not (op.incident_id or "").strip() or not (op.reason or "").strip():
         raise BadInput(
             "operator_context_required",
             "incident_id and operator_reason: required",

@@ -3,8 +3,9 @@
 Five gates, each with its own kind of evidence:
 
 - `kill_switch_drill` (drill): railproof runs it — pause the rail, show that a new session and
-  a proof submission are refused with `rail_paused`, resume (unless an operator had paused it
-  before the drill), and record what happened.
+  a proof submission are refused with `rail_paused`, resume (unless the rail was paused before
+  the drill, or someone asked for a pause during it: then it stays paused and the drill
+  fails), and record what happened.
 - `e2e_rehearsal` (rehearsal): the evidence file `railproof rehearse` writes, sent whole with
   its sha256; railproof recomputes the hash, checks the file says the rehearsal passed and keeps
   the hash, so the archived file can be matched to the record later.
@@ -24,7 +25,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -32,7 +33,7 @@ from sqlalchemy.orm import Session
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound
 from verifier.core.metrics import SPEC, alert_rules
-from verifier.core.timeutil import iso, utc
+from verifier.core.timeutil import iso, process_now, utc
 from verifier.services import audit
 from verifier.storage.release_gate_models import GateOutcome, ReleaseGateEvidence
 from verifier.storage.repo import release_gates as repo
@@ -179,8 +180,9 @@ def record(
         raise NotFound(
             "release_gate_unknown", f"gate: no release gate {gate!r} ({', '.join(BY_NAME)})"
         )
-    if not op.incident_id or not op.reason:
-        field = "incident_id" if not op.incident_id else "operator_reason"
+    # SECURITY: blank is missing (whitespace would otherwise stand in for the context).
+    if not (op.incident_id or "").strip() or not (op.reason or "").strip():
+        field = "incident_id" if not (op.incident_id or "").strip() else "operator_reason"
         raise BadInput(
             "operator_context_required",
             f"{field}: release-gate evidence carries an incident id and a reason",
@@ -197,7 +199,7 @@ def record(
         passed, detail = _kill_switch_drill(engine, rail_id, op)
     elif g.kind == "rehearsal":
         text, sha = _hashed(given)
-        passed, detail = _check_rehearsal(text)
+        passed, detail = _check_rehearsal(text, engine.settings.release_gate_max_age_days)
     elif g.kind == "check":
         text, sha = _hashed(given)
         passed, detail = _check_alert_rules(text)
@@ -262,9 +264,21 @@ def _parse(text: str) -> Any:
         return json.loads(text)
     except ValueError as e:
         raise BadInput("evidence_malformed", f"evidence: not JSON ({e})", field="evidence") from e
+    except RecursionError as e:  # deeply nested arrays: a 422, not a 500
+        raise BadInput("evidence_malformed", "evidence: nested too deeply", field="evidence") from e
 
 
-def _check_rehearsal(text: str) -> tuple[bool, dict[str, Any]]:
+def _finished(doc: dict[str, Any]) -> datetime | None:
+    try:
+        return utc(datetime.fromisoformat(str(doc.get("finished_at"))))
+    except ValueError:
+        return None
+
+
+def _check_rehearsal(text: str, max_age_days: int = 0) -> tuple[bool, dict[str, Any]]:
+    """A rehearsal counts when every step passed and it finished within the evidence's
+    validity (process time: the file's timestamps are the wall clock's, whatever clock the
+    deployment's business time runs on)."""
     doc = _parse(text)
     # Formats 1 and 2 (2 adds the operator context and the injected-fault outcome).
     if not isinstance(doc, dict) or doc.get("railproof_rehearsal") not in (1, 2):
@@ -275,9 +289,20 @@ def _check_rehearsal(text: str) -> tuple[bool, dict[str, Any]]:
         )
     raw_steps = doc.get("steps")
     steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
-    failed = [s.get("name") for s in steps if isinstance(s, dict) and not s.get("ok")]
-    passed = doc.get("ok") is True and bool(steps) and not failed
+    # A step that is not an object is not a step that passed.
+    failed = [
+        s.get("name") if isinstance(s, dict) else None
+        for s in steps
+        if not isinstance(s, dict) or s.get("ok") is not True
+    ]
+    finished = _finished(doc)
+    # SECURITY: an old rehearsal file recorded again must not stand for another period.
+    too_old = finished is None or (
+        max_age_days > 0 and process_now() - finished > timedelta(days=max_age_days)
+    )
+    passed = doc.get("ok") is True and bool(steps) and not failed and not too_old
     return passed, {
+        "too_old_or_undated": too_old,
         "rehearsal_ok": doc.get("ok") is True,
         "steps": len(steps),
         "failed_steps": failed,
@@ -317,7 +342,8 @@ def spec_metric_problems(rules: dict[str, Any]) -> list[str]:
 
 
 def _rule_key(rule: dict[str, Any]) -> tuple[str, str, str, str]:
-    labels = rule.get("labels") or {}
+    labels = rule.get("labels")
+    labels = labels if isinstance(labels, dict) else {}  # any JSON may arrive here
     return (
         str(rule.get("alert")),
         " ".join(str(rule.get("expr", "")).split()),
@@ -340,8 +366,8 @@ def _check_alert_rules(text: str) -> tuple[bool, dict[str, Any]]:
         return {
             _rule_key(r)
             for g in doc.get("groups", [])
-            if isinstance(g, dict)
-            for r in g.get("rules", [])
+            if isinstance(g, dict) and isinstance(g.get("rules"), list)
+            for r in g["rules"]
             if isinstance(r, dict)
         }
 
@@ -366,6 +392,8 @@ def _kill_switch_drill(
 
     drill_op = audit.Operator(op.actor, op.incident_id, f"release-gate drill: {op.reason}")
     with engine.db.tx() as s:
+        # The mark first: a pause committed after it is either seen here or counted later.
+        mark = repo.newest_audit_id(s)
         was_paused = engine.rail_state_read(s, rail_id).paused
         session_id = repo.newest_session_id(s, rail_id)
 
@@ -402,7 +430,15 @@ def _kill_switch_drill(
         )
     finally:
         if not was_paused:
-            rails_admin.set_paused(engine, rail_id, False, drill_op)
+            # SECURITY: a pause asked for during the drill (an incident, another drill) stands:
+            # only the drill's own pause is lifted. The drill then fails (paused_after).
+            rails_admin.set_paused(
+                engine,
+                rail_id,
+                False,
+                drill_op,
+                keep_paused=lambda s: repo.pauses_after(s, rail_id, mark) > 1,
+            )
     with engine.db.tx() as s:
         paused_after = engine.rail_state_read(s, rail_id).paused
     passed = (

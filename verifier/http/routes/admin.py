@@ -260,7 +260,12 @@ def request_production(
 ) -> JSONResponse:
     return _requested(
         rails_admin.request_change(
-            engine, rail_id, "production", "true" if body.enable else "false", operator(actor, body)
+            engine,
+            rail_id,
+            "production",
+            "true" if body.enable else "false",
+            # SECURITY: blank incident id or reason is missing (a request leads to an approval).
+            with_context(operator(actor, body)),
         )
     )
 
@@ -276,7 +281,7 @@ def request_treasury(
 ) -> JSONResponse:
     return _requested(
         rails_admin.request_change(
-            engine, rail_id, "treasury", body.treasury, operator(actor, body)
+            engine, rail_id, "treasury", body.treasury, with_context(operator(actor, body))
         )
     )
 

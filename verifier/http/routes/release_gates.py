@@ -15,7 +15,7 @@ from verifier.http.models import (
     ReleaseGateRecordOut,
     ReleaseGatesOut,
 )
-from verifier.http.routes import WITH_BODY, staff_router
+from verifier.http.routes import WITH_BODY, staff_router, with_context
 from verifier.services import audit, release_gates
 
 router = staff_router("release gates")
@@ -50,6 +50,7 @@ def evidence_history(
 def record_evidence(
     rail_id: str, gate: str, body: ReleaseGateEvidenceIn, actor: StaffDep, engine: EngineDep
 ) -> dict[str, Any]:
-    op = audit.Operator(actor, body.incident_id, body.operator_reason)
+    # SECURITY: blank incident id or reason is missing, as on every other staff write.
+    op = with_context(audit.Operator(actor, body.incident_id, body.operator_reason))
     given = release_gates.EvidenceIn(body.evidence, body.evidence_sha256, body.note)
     return release_gates.record(engine, rail_id, gate, op, given, confirm=body.confirm)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from verifier.storage.models import AuditEvent
 from verifier.storage.release_gate_models import ReleaseGateEvidence
 
 
@@ -47,4 +48,28 @@ def newest_session_id(s: Session, rail_id: str) -> str | None:
         .where(PaymentSession.rail_id == rail_id)
         .order_by(PaymentSession.created_at.desc())
         .limit(1)
+    )
+
+
+def newest_audit_id(s: Session) -> int:
+    """The audit chain's newest row id (0 when empty): a mark to count later rows from."""
+    return int(s.scalar(select(func.max(AuditEvent.id))) or 0)
+
+
+def pauses_after(s: Session, rail_id: str, after_id: int) -> int:
+    """Pause requests on the rail recorded after audit row `after_id` (one per request, even
+    when the rail was already paused). Appends to the chain are serialized, so ids follow
+    commit order."""
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.subject_type == "rail",
+                AuditEvent.subject_id == rail_id,
+                AuditEvent.action == "rail.paused",
+                AuditEvent.id > after_id,
+            )
+        )
+        or 0
     )
