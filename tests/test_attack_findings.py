@@ -13,10 +13,10 @@ from sqlalchemy import select
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.gates import OPS, rehearsal_text
 from verifier.core import timeutil
-from verifier.services import assurance, audit, events, rails_admin
+from verifier.services import assurance, audit, events, rails_admin, webhooks
 from verifier.storage.models import Approval, IdempotencyClaim, RailState
 from verifier.storage.release_gate_models import ReleaseGateEvidence
-from verifier.storage.webhook_models import WebhookDelivery
+from verifier.storage.webhook_models import OutboxEvent, WebhookDelivery
 
 STAFF = auth(STAFF_TOKEN)
 
@@ -207,11 +207,6 @@ def test_a_year_old_rehearsal_file_does_not_pass_the_gate_again(client, engine):
     assert r.json()["outcome"] == "passed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="webhook endpoints keep the owners their token had at creation: after the token "
-    "stops acting for an owner, its endpoint still receives that owner's events",
-)
 def test_an_endpoint_stops_receiving_an_owner_its_token_no_longer_acts_for(client, engine):
     r = client.post(
         "/v1/webhook-endpoints",
@@ -220,9 +215,31 @@ def test_an_endpoint_stops_receiving_an_owner_its_token_no_longer_acts_for(clien
     )
     assert r.status_code == 201, r.text
     assert "alice-2" in r.json()["owners"]
-    # The deployment moves owner alice-2 to a token of its own.
+
+    def emit_and_sweep(proof_id: str) -> WebhookDelivery:
+        with engine.db.tx() as s:
+            events.emit(s, engine.now(), "proof.verified", "alice-2", "proof", proof_id, {})
+        webhooks.deliver_due(engine, "w1")
+        with engine.db.tx() as s:
+            (d,) = [
+                d
+                for d, ev in s.execute(
+                    select(WebhookDelivery, OutboxEvent).join(
+                        OutboxEvent, OutboxEvent.id == WebhookDelivery.event_id
+                    )
+                )
+                if ev.resource_id == proof_id
+            ]
+            s.expunge(d)
+            return d
+
+    # The token gains an owner: its endpoint keeps receiving (the POST is tried; nothing
+    # listens on port 9, so it waits for a retry).
+    engine.settings.service_tokens = {SERVICE_TOKEN: ["alice", "alice-2", "alice-3"]}
+    kept = emit_and_sweep("prf_kept")
+    assert kept.attempts == 1 and kept.status == "pending"
+    # The deployment moves owner alice-2 to a token of its own: nothing more is sent there.
     engine.settings.service_tokens = {SERVICE_TOKEN: ["alice"], "svc-token-a2": ["alice-2"]}
-    with engine.db.tx() as s:
-        events.emit(s, engine.now(), "proof.verified", "alice-2", "proof", "prf_x", {"id": "x"})
-    with engine.db.tx() as s:
-        assert s.scalars(select(WebhookDelivery)).all() == []
+    moved = emit_and_sweep("prf_moved")
+    assert (moved.status, moved.attempts) == ("dead_letter", 0)
+    assert "no service token acts any more" in moved.last_error

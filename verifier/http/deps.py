@@ -10,7 +10,6 @@ its own, while this API accepts exactly `Bearer <token>` and refuses anything el
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Header, Request, Security
@@ -22,6 +21,7 @@ from verifier.core.errors import BadInput, NotFound
 from verifier.http.errors import ApiErrorCode, Unauthorized
 from verifier.http.guards import control_field
 from verifier.services import queries
+from verifier.services.principals import MAX_PRINCIPAL, principal_name  # noqa: F401
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -73,19 +73,6 @@ async def service_principal(engine: EngineDep, token: Token) -> ServicePrincipal
             ApiErrorCode.unauthorized, "Authorization: unknown service token", field="Authorization"
         )
     return ServicePrincipal(principal_name(owners), owners)
-
-
-MAX_PRINCIPAL = 128  # the stored key's width (idempotency claims)
-
-
-def principal_name(owners: list[str]) -> str:
-    """The token's principal: its owners, sorted and joined, so every token for the same
-    owners shares claims and limits. A long list is named by its sha256 instead: a token
-    acting for many owners must fit the claim's key, not fail on it."""
-    name = "svc:" + ",".join(sorted(owners))
-    if len(name) <= MAX_PRINCIPAL:
-        return name
-    return "svc:sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def staff_member(

@@ -57,6 +57,7 @@ from verifier.core.metrics import SPEC
 from verifier.core.timeutil import iso, utc
 from verifier.services import audit
 from verifier.services.events import envelope
+from verifier.services.principals import still_held
 from verifier.storage.repo import webhooks as delivery_repo
 from verifier.storage.webhook_models import (
     DeliveryStatus,
@@ -305,6 +306,18 @@ def claim(
     with engine.db.tx() as s:
         for d, ev, ep in delivery_repo.due(s, now, limit):
             d.updated_at = now
+            if ev.owner_id is not None and not still_held(
+                engine.settings.service_tokens, ep.owners or []
+            ):
+                # SECURITY: owner isolation at send time too: no token acts any more for every
+                # owner this endpoint was made for (the deployment moved an owner to another
+                # token), so nothing of theirs is sent; staff may replay it once it is right.
+                d.status, d.next_attempt_at = DeliveryStatus.dead_letter, None
+                d.claimed_by = d.claimed_until = None
+                d.last_error = (
+                    "not sent: no service token acts any more for every owner of this endpoint"
+                )
+                continue
             if d.attempts >= cfg.max_attempts:
                 # The previous holder died during the final try: out of tries, not lost.
                 d.status, d.next_attempt_at = DeliveryStatus.dead_letter, None
