@@ -256,6 +256,8 @@ class Receipt(Base):
         UniqueConstraint("proof_id"),
         UniqueConstraint("session_id"),
         CheckConstraint("amount > 0", name="amount_positive"),
+        # Migration 0010: staff's receipt list by owner, newest first.
+        Index("ix_receipts_owner", "owner_id", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     proof_id: Mapped[str] = mapped_column(ForeignKey("proofs.id"))
@@ -299,6 +301,8 @@ class AuditEvent(Base):
         # Migration 0003: the admin audit view by subject id, newest first. (0004 dropped the
         # (subject_type, subject_id) index: nothing filters on the type.)
         Index("ix_audit_events_subject_id", "subject_id", "id"),
+        # Migration 0010: the audit trail of one incident (list-audit-events --incident-id).
+        Index("ix_audit_events_incident_id", "incident_id", "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
