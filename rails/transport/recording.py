@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from rails.errors import RpcErrorResponse
+from rails.transport.failover import provider_of
 
 
 class RecordingTransport:
@@ -83,11 +83,5 @@ def record(
         close = getattr(inner, "close", None)
         if transport is None and callable(close):
             close()
-    hosts = ", ".join(_redact(u) for u in urls)
+    hosts = ", ".join(provider_of(u) for u in urls)  # never a key-bearing path
     return rec.write(out_path, network, f"recorded by railproof record from {hosts}")
-
-
-def _redact(url: str) -> str:
-    # RPC providers put API keys in paths and query strings: only scheme://host[:port] is kept.
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"

@@ -113,7 +113,7 @@ class RateLimit:
 
     async def __call__(self, request: Request, svc: ServiceDep) -> None:
         limiter = request.app.state.rate_limiter
-        if getattr(limiter, "blocks", False):  # a shared store answers over the network
+        if limiter.blocks:  # a shared store answers over the network
             await run_in_threadpool(limiter.check, svc.name, self.endpoint)
         else:
             limiter.check(svc.name, self.endpoint)

@@ -37,6 +37,7 @@ import logging
 import math
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,12 +77,14 @@ class _Bucket:
     at: float
 
 
-class Limiter:
+class Limiter(ABC):
     """What the routes call: `check(principal, endpoint)`, raising 429 when the bucket is
     empty. Subclasses say how long until a token is back (`take`)."""
 
-    def take(self, principal: str, endpoint: str) -> float:
-        raise NotImplementedError
+    blocks = False  # True: a check waits on the network, so callers run it off the event loop
+
+    @abstractmethod
+    def take(self, principal: str, endpoint: str) -> float: ...
 
     def check(self, principal: str, endpoint: str) -> None:
         """Raise RateLimited (429, Retry-After) when the caller's bucket is empty."""
