@@ -7,7 +7,7 @@ handed and never touches storage. It is built once per resolved `Rail`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -105,6 +105,10 @@ class Verdict(Model):
     # The on-chain transfer's identities, whatever proof type named it: a proof that holds its
     # transfer holds every key, so one transfer backs one session (duplicate_payment).
     transfer_keys: tuple[str, ...] = ()
+    # On rails that bind a reference: every key of the transfer that could be one session's
+    # reference, so the engine can tell whether another open session's reference is in the
+    # same transfer (ambiguous_transfer).
+    references: tuple[str, ...] = ()
 
     @field_validator("observed", mode="before")
     @classmethod
@@ -242,9 +246,11 @@ class Adapter(Protocol):
     def new_reference(self) -> str | None:
         """A fresh reference for a session when the caller asks for "auto" (None: none)."""
 
-    def reserved_references(self) -> frozenset[str]:
-        """Accounts every transfer of the rail may carry (programs, sysvars, the asset), so
-        never a session's reference: a reference must single out one payment."""
+    def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
+        """Accounts every transfer of the rail may carry (programs, sysvars, the asset) and,
+        for each of `wallets` (a recipient, the treasuries), every account a payment to it
+        carries (its token accounts): never a session's reference, which must single out one
+        payment."""
 
     def prepare(self, session: SessionShape) -> PaymentRequirements: ...
 

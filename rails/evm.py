@@ -47,7 +47,7 @@ Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `tok
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -584,7 +584,7 @@ class EvmAdapter:
     def new_reference(self) -> str | None:
         return None  # an ERC-20 transfer has nowhere to carry a reference key
 
-    def reserved_references(self) -> frozenset[str]:
+    def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
         return frozenset()
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:

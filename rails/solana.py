@@ -22,7 +22,7 @@ one `getSignatureStatuses` for the settlement.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
@@ -59,6 +59,7 @@ TOKEN_PROGRAMS = frozenset(
     }
 )
 ATA_PROGRAM = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"
+TOKEN_PROGRAM = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
 MEMO_PROGRAMS = frozenset(
     {
         "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",  # spl-memo v2/v3
@@ -161,6 +162,7 @@ class TxView:
     instructions: tuple[Instr, ...]  # top-level then inner, in order
     pre: tuple[TokenBalance, ...]
     post: tuple[TokenBalance, ...]
+    signers: frozenset[str] = frozenset()
 
 
 def _bad(msg: str) -> NoReturn:
@@ -191,6 +193,18 @@ def account_keys_of(message: dict[str, Any], meta: dict[str, Any]) -> tuple[str,
                 _bad(f"bad loadedAddresses.{part}")
             out.extend(extra)
     return tuple(out)
+
+
+def signers_of(message: dict[str, Any], keys: tuple[str, ...]) -> frozenset[str]:
+    """The keys that signed: jsonParsed marks each key; the raw json encoding puts the
+    header's `numRequiredSignatures` signers first. The fee payer (the first key) always
+    signs."""
+    listed = message.get("accountKeys") or []
+    marked = {k.get("pubkey") for k in listed if isinstance(k, dict) and k.get("signer") is True}
+    header = message.get("header")
+    n = header.get("numRequiredSignatures") if isinstance(header, dict) else None
+    first = keys[: n if isinstance(n, int) and n > 0 else 1]
+    return frozenset(k for k in (*marked, *first) if isinstance(k, str))
 
 
 def _instr(raw: dict[str, Any], keys: tuple[str, ...]) -> Instr:
@@ -268,6 +282,7 @@ def parse_transaction(result: Any, asked: str) -> TxView:
         instructions=instructions_of(message, meta, keys),
         pre=tuple(_balance(b, keys) for b in meta.get("preTokenBalances") or []),
         post=tuple(_balance(b, keys) for b in meta.get("postTokenBalances") or []),
+        signers=signers_of(message, keys),
     )
 
 
@@ -366,6 +381,40 @@ def movements(view: TxView, mint: str) -> list[Movement]:
     return out
 
 
+def ledger_accounts(view: TxView) -> frozenset[str]:
+    """The accounts a transfer carries for what it does, whoever it pays: its signers, every
+    token account it lists a balance for with that account's owner and mint, and the programs
+    it calls. A repeat payer's wallet and token account, and a treasury's token account, are
+    in many payments: none of them can single one out as its reference."""
+    out = set(view.signers)
+    for b in (*view.pre, *view.post):
+        out.update((b.account, b.mint))
+        if b.owner:
+            out.add(b.owner)
+    out.update(owners_from_instructions(view)[0].values())
+    out.update(i.program_id for i in view.instructions)
+    return frozenset(out)
+
+
+def reference_candidates(view: TxView) -> tuple[str, ...]:
+    """The transaction's keys that could be a session's reference (not a ledger account)."""
+    ledger = ledger_accounts(view)
+    return tuple(dict.fromkeys(k for k in view.account_keys if k not in ledger))
+
+
+def token_account(owner: str, mint: str, token_program: str = TOKEN_PROGRAM) -> str:
+    """The associated token account of `owner` for `mint` under `token_program`."""
+    addr, _ = Pubkey.find_program_address(
+        [
+            bytes(Pubkey.from_string(owner)),
+            bytes(Pubkey.from_string(token_program)),
+            bytes(Pubkey.from_string(mint)),
+        ],
+        Pubkey.from_string(ATA_PROGRAM),
+    )
+    return str(addr)
+
+
 # -- the checks ------------------------------------------------------------------------------
 
 
@@ -377,6 +426,7 @@ class Context:
     decimals: int
     moves: list[Movement] = field(default_factory=list)
     memos: list[str] = field(default_factory=list)
+    candidates: tuple[str, ...] = ()  # reference_candidates(view)
 
     @property
     def changed(self) -> list[Movement]:
@@ -445,9 +495,20 @@ def check_amount(c: Context) -> Finding | None:
 def check_reference(c: Context) -> Finding | None:
     # SECURITY: binds the transfer to this session, so one payment cannot be claimed twice.
     ref = c.terms.reference
-    if ref is not None and ref not in c.view.account_keys:
+    if ref is None:
+        return None
+    if ref not in c.view.account_keys:
         return Finding(
             FailureCode.reference_missing, f"reference {ref} is not among the account keys"
+        )
+    # SECURITY: a signer, a token account, its owner or mint, or a program is in other
+    # payments too (a treasury's token account is in every payment to it): it is never what
+    # binds this transfer to one session.
+    if ref not in c.candidates:
+        return Finding(
+            FailureCode.reference_missing,
+            f"reference {ref} is one of the accounts the transfer moves funds with (a signer, "
+            "a token account, its owner or mint, or a program), not a reference",
         )
     return None
 
@@ -522,7 +583,7 @@ def observe(c: Context) -> Observed:
         decimals=decimals[0] if len(decimals) == 1 else (decimals or None),
         slot=c.view.slot,
         block_time=datetime.fromtimestamp(t, tz=UTC) if t is not None else None,
-        reference_found=(c.terms.reference in c.view.account_keys) if c.terms.reference else None,
+        reference_found=(c.terms.reference in c.candidates) if c.terms.reference else None,
         memo=memo[:MEMO_EVIDENCE_MAX] if memo is not None else None,
     )
 
@@ -640,8 +701,17 @@ class SolanaAdapter:
         # A fresh public key nobody holds the secret of: it only marks the transaction.
         return str(Keypair().pubkey())
 
-    def reserved_references(self) -> frozenset[str]:
-        return WELL_KNOWN_ACCOUNTS | {self.rail.asset}
+    def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
+        # A wallet's associated token accounts for the rail's mint (under either token
+        # program) are in every payment to it.
+        atas: set[str] = set()
+        for w in wallets:
+            try:
+                atas.update(token_account(w, self.rail.asset, p) for p in TOKEN_PROGRAMS)
+            except ValueError:  # not a Solana address (another family's treasury)
+                continue
+            atas.add(w)
+        return WELL_KNOWN_ACCOUNTS | {self.rail.asset} | atas
 
     # -- what the payer must do -----------------------------------------------------------------
 
@@ -690,7 +760,15 @@ class SolanaAdapter:
         except (KeyError, TypeError, AttributeError) as e:
             raise MalformedResponse(f"getTransaction: unexpected shape ({e!r})") from e
         mint = terms.asset or self.rail.asset
-        ctx = Context(view, terms, mint, self.rail.decimals, movements(view, mint), memos_of(view))
+        ctx = Context(
+            view,
+            terms,
+            mint,
+            self.rail.decimals,
+            movements(view, mint),
+            memos_of(view),
+            reference_candidates(view),
+        )
         observed = observe(ctx)
         found = first_finding(CHECKS, ctx)
         if found is not None:
@@ -701,6 +779,7 @@ class SolanaAdapter:
             observed=observed.model_copy(update={"finality": settlement.finality}),
             settlement=settlement,
             transfer_keys=(f"solana:{self.rail.network}:{proof}:{mint}:{terms.recipient}",),
+            references=ctx.candidates,
         )
 
     def _status(self, sig: str, chain: Transport) -> Settlement:

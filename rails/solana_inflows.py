@@ -13,28 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from solders.pubkey import Pubkey
-
 from rails.base import Transport
 from rails.errors import CassetteError, MalformedResponse, TransportError
-from rails.solana import GET_TX_OPTIONS, movements, parse_transaction
+from rails.solana import (
+    GET_TX_OPTIONS,
+    movements,
+    parse_transaction,
+    reference_candidates,
+)
 
-TOKEN_PROGRAM = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
-ATA_PROGRAM = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"
 MAX_PAGE = 1000
-
-
-def token_account(owner: str, mint: str, token_program: str = TOKEN_PROGRAM) -> str:
-    """The associated token account of `owner` for `mint` under `token_program`."""
-    addr, _ = Pubkey.find_program_address(
-        [
-            bytes(Pubkey.from_string(owner)),
-            bytes(Pubkey.from_string(token_program)),
-            bytes(Pubkey.from_string(mint)),
-        ],
-        Pubkey.from_string(ATA_PROGRAM),
-    )
-    return str(addr)
 
 
 @dataclass(frozen=True)
@@ -122,7 +110,7 @@ class SolanaInflow:
     block_time: int | None
     amount: int  # net base units received by the treasury owner
     sender: str | None
-    account_keys: tuple[str, ...]
+    account_keys: tuple[str, ...]  # those that could be a session's reference
     result: Any  # the getTransaction answer, for the rail's own checks
 
 
@@ -146,6 +134,6 @@ def fetch_inflow(chain: Transport, signature: str, mint: str, treasury: str) -> 
         view.block_time,
         received,
         ",".join(senders) or None,
-        view.account_keys,
+        reference_candidates(view),
         result,
     )

@@ -30,7 +30,7 @@ Transport exceptions propagate (the engine makes them `pending rpc_unavailable`)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -311,7 +311,7 @@ class TronAdapter:
     def new_reference(self) -> str | None:
         return None  # a TRC-20 transfer has nowhere to carry a reference key
 
-    def reserved_references(self) -> frozenset[str]:
+    def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
         return frozenset()
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -744,7 +744,7 @@ class X402Adapter:
         # The authorization's nonce already makes every payment unique on chain.
         return None
 
-    def reserved_references(self) -> frozenset[str]:
+    def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
         return frozenset()
 
     # -- requirements --------------------------------------------------------------------

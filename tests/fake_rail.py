@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -53,7 +54,7 @@ class FakeAdapter:
     def new_reference(self) -> str | None:
         return "fa" + secrets.token_hex(8)
 
-    def reserved_references(self) -> frozenset[str]:
+    def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
         return frozenset({"fawellknown"})
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:

@@ -134,15 +134,28 @@ def test_usdc_transfer_is_not_a_usdt_payment(adapter):
 
 
 def test_usdc_transfer_reference_and_memo(adapter):
-    ok = verify(
+    # The recipient's new token account is among the keys, but it is where the funds went:
+    # every payment to that wallet carries it, so it never binds this one to a session.
+    ata = verify(
         adapter,
         "usdc_transfer.json",
         USDC_SIG,
         recipient=USDC_TO,
         amount=1000,
         reference=USDC_NEW_ATA,
-    )
-    assert ok.verdict.status is Status.verified and ok.verdict.observed["reference_found"] is True
+    ).verdict
+    assert (ata.status, ata.code) == (Status.failed, FailureCode.reference_missing)
+    assert "moves funds with" in ata.detail and ata.observed["reference_found"] is False
+    for ledger in (FEE_PAYER, USDC_FROM, USDC_TO):  # a signer, a source, an owner
+        v = verify(
+            adapter,
+            "usdc_transfer.json",
+            USDC_SIG,
+            recipient=USDC_TO,
+            amount=1000,
+            reference=ledger,
+        ).verdict
+        assert v.code is FailureCode.reference_missing, ledger
     missing = verify(
         adapter,
         "usdc_transfer.json",

@@ -9,7 +9,7 @@ the fake family's networks (its own `vouchernet`), as x402 settles on EVM networ
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -114,7 +114,7 @@ class VoucherAdapter:
     def new_reference(self) -> str | None:
         return None
 
-    def reserved_references(self) -> frozenset[str]:
+    def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
         return frozenset()
 
     def prepare(self, session: SessionShape) -> PaymentRequirements:

@@ -89,7 +89,8 @@ def _backoff(engine: Engine, idle: int) -> float:
 def watch_solana(engine: Engine, rail: Any, chain: Transport | None = None) -> dict[str, int]:
     """One watch of the rail's treasury (and references of non-treasury sessions). Returns
     {"submitted", "rpc_calls", "inflows"}."""
-    from rails.solana_inflows import fetch_inflow, list_signatures, token_account
+    from rails.solana import token_account
+    from rails.solana_inflows import fetch_inflow, list_signatures
     from verifier.core.timeutil import utc
     from verifier.services.proofs import submit_proof
 

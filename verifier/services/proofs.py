@@ -371,7 +371,7 @@ def _record_attempt(
             f"{verdict.detail}; not found by session expiry plus "
             f"{int(grace.total_seconds())} s grace",
         )
-    if verdict.status is Status.verified and ps.reference is None:
+    if verdict.status is Status.verified:
         verdict = _unambiguous(engine, s, ps, verdict)
     if as_written and proof_repo.locks_rows(s):
         # Lock order on PostgreSQL: the proof's row, then its holds (as the worker does), so
@@ -495,15 +495,21 @@ def _record_attempt(
 def _unambiguous(
     engine: Engine, s: Session, ps: PaymentSession | Record, verdict: Verdict
 ) -> Verdict:
-    """A verified transfer without a reference counts only when no other open session could
-    take it too (same rail, recipient, asset and amount; the payer where a session names
-    one; the transfer inside its window). Otherwise it is held for review with every
-    candidate named in the evidence: amount and treasury never single out a session."""
+    """A verified transfer counts only when no other open session could take it too (same
+    rail, recipient, asset and amount; the payer where a session names one; the transfer
+    inside its window; and for a session bound by reference, another session's reference
+    among the transfer's keys). Otherwise it is held for review with every candidate named in
+    the evidence: amount and treasury never single out a session."""
+    refs = None
+    if ps.reference is not None:
+        refs = [r for r in verdict.references if r != ps.reference]
+        if not refs:  # the usual payment: no other key could be anyone's reference
+            return verdict
     t = epoch_of(verdict.observed.get("block_time"))
     at = datetime.fromtimestamp(t, UTC) if t is not None else engine.now()
     sender = verdict.observed.get("sender")
     others = session_repo.other_open_candidates(
-        s, ps, at, sender.lower() if isinstance(sender, str) else None
+        s, ps, at, sender.lower() if isinstance(sender, str) else None, refs
     )
     if not others:
         return verdict

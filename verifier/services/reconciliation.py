@@ -376,7 +376,8 @@ def solana_inflows(
     limit: int,
     chain: Any = None,
 ) -> Outcome:
-    from rails.solana_inflows import fetch_inflow, list_signatures, token_account
+    from rails.solana import token_account
+    from rails.solana_inflows import fetch_inflow, list_signatures
     from verifier.services.proofs import terms_for
 
     chain = chain or engine.chains.transport(rail.family, rail.network)

@@ -165,11 +165,11 @@ def _reference(
             "generated",
         )
     ref = adapter.normalize_address(given, "reference")
-    if ref == recipient or ref in adapter.reserved_references() or ref in engine.treasuries(s):
+    if ref in adapter.reserved_references({recipient, *engine.treasuries(s)}):
         raise ProofMalformed(
             "reference",
-            "a well-known account (program, sysvar, mint or "
-            "treasury) is in other payments too; use a fresh key or omit "
+            "a well-known account (program, sysvar, mint, a treasury or "
+            "its token account) is in other payments too; use a fresh key or omit "
             "the field",
         )
     return ref

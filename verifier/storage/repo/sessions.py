@@ -43,43 +43,56 @@ class Candidate:
     owner_id: str
 
 
-_CANDIDATES = (
-    select(PaymentSession.id, PaymentSession.owner_id)
-    .where(
-        PaymentSession.rail_id == bindparam("rail_id"),
-        PaymentSession.recipient == bindparam("recipient"),
-        PaymentSession.amount == bindparam("amount"),
-        PaymentSession.asset == bindparam("asset"),
-        PaymentSession.id != bindparam("sid"),
-        PaymentSession.status == SessionStatus.open.value,
-        PaymentSession.reference.is_(None),
-        PaymentSession.created_at <= bindparam("at"),
-        PaymentSession.expires_at >= bindparam("at"),
-        or_(
-            PaymentSession.payer.is_(None), func.lower(PaymentSession.payer) == bindparam("sender")
-        ),
-        # A session another transfer already backs is not waiting for this one.
-        ~select(TransferHold.transfer_key)
-        .where(TransferHold.session_id == PaymentSession.id)
-        .exists(),
+def _candidates(*binding: Any) -> Any:
+    return (
+        select(PaymentSession.id, PaymentSession.owner_id)
+        .where(
+            PaymentSession.rail_id == bindparam("rail_id"),
+            PaymentSession.recipient == bindparam("recipient"),
+            PaymentSession.amount == bindparam("amount"),
+            PaymentSession.asset == bindparam("asset"),
+            PaymentSession.id != bindparam("sid"),
+            PaymentSession.status == SessionStatus.open.value,
+            *binding,
+            PaymentSession.created_at <= bindparam("at"),
+            PaymentSession.expires_at >= bindparam("at"),
+            or_(
+                PaymentSession.payer.is_(None),
+                func.lower(PaymentSession.payer) == bindparam("sender"),
+            ),
+            # A session another transfer already backs is not waiting for this one.
+            ~select(TransferHold.transfer_key)
+            .where(TransferHold.session_id == PaymentSession.id)
+            .exists(),
+        )
+        .order_by(PaymentSession.created_at)
+        .limit(20)
     )
-    .order_by(PaymentSession.created_at)
-    .limit(20)
-)
+
+
+_CANDIDATES = _candidates(PaymentSession.reference.is_(None))
+_BOUND_CANDIDATES = _candidates(PaymentSession.reference.in_(bindparam("refs", expanding=True)))
 
 
 def other_open_candidates(
-    s: Session, ps: PaymentSession | Record, at: datetime, sender: str | None
+    s: Session,
+    ps: PaymentSession | Record,
+    at: datetime,
+    sender: str | None,
+    references: list[str] | None = None,
 ) -> list[Candidate]:
-    """Other open sessions without a reference that a transfer to `ps`'s recipient, of its
-    asset and amount, made at `at` by `sender` (lower case) could back too: same rail, the
-    transfer inside their window, their payer (when they name one) the sender, and no
-    transfer holding them yet. At most 20, oldest first."""
+    """Other open sessions that a transfer to `ps`'s recipient, of its asset and amount, made
+    at `at` by `sender` (lower case) could back too: same rail, the transfer inside their
+    window, their payer (when they name one) the sender, no transfer holding them yet, and
+    without a reference — or, given `references` (the transfer's keys that could be one), with
+    one of those as theirs. At most 20, oldest first."""
+    extra = {"refs": references} if references is not None else {}
     return [
         Candidate(r.id, r.owner_id)
         for r in s.execute(
-            _CANDIDATES,
+            _CANDIDATES if references is None else _BOUND_CANDIDATES,
             {
+                **extra,
                 "rail_id": ps.rail_id,
                 "recipient": ps.recipient,
                 "amount": ps.amount,
