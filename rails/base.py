@@ -193,6 +193,18 @@ class SessionShape(Model):
     now: datetime | None = None  # the engine's clock (fixed when replaying recorded chains)
 
 
+class InflowScan(StrEnum):
+    """How the transfers into a treasury are listed on a family's chain (reconciliation's
+    `chain_inflows` scope and the worker's discovery run the matching scan)."""
+
+    # The treasury's token account's signature history (getSignaturesForAddress, paged),
+    # then each new transaction; a transfer is bound by the session reference it carries.
+    signatures = "signatures"
+    # The token's Transfer(to=treasury) logs (eth_getLogs over bounded block ranges); a
+    # transfer is bound by its sender as a session's payer, with that amount.
+    transfer_logs = "transfer_logs"
+
+
 @runtime_checkable
 class Transport(Protocol):
     """Chain I/O: one JSON-RPC method call, returning the raw `result` member.
@@ -233,6 +245,11 @@ class Adapter(Protocol):
     requires_payer: ClassVar[bool]
     # The refusal when the transfer already backs another session of the same owner.
     replay_code: ClassVar[FailureCode]
+    # How the transfers into a treasury are listed (reconciliation and discovery ask this,
+    # never the family's name); None: the family's inflows are not scanned, and
+    # `inflow_scan_gap` says why (a chain_inflows run then says nothing was checked).
+    inflow_scan: ClassVar[InflowScan | None]
+    inflow_scan_gap: ClassVar[str]
     rail: Rail
 
     def __init__(self, rail: Rail) -> None: ...

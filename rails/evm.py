@@ -65,6 +65,7 @@ from rails.base import (
     Adapter,
     Check,
     Finding,
+    InflowScan,
     Observed,
     PaymentRequirements,
     SessionShape,
@@ -561,6 +562,8 @@ class EvmAdapter:
     binds_payer: ClassVar[bool] = True
     requires_payer: ClassVar[bool] = True
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    inflow_scan: ClassVar[InflowScan | None] = InflowScan.transfer_logs
+    inflow_scan_gap: ClassVar[str] = ""
 
     def __init__(self, rail: Rail):
         if rail.chain_id is None:

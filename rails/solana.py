@@ -38,6 +38,7 @@ from rails.base import (
     Adapter,
     Check,
     Finding,
+    InflowScan,
     Observed,
     PaymentRequirements,
     SessionShape,
@@ -661,6 +662,8 @@ class SolanaAdapter:
     binds_payer: ClassVar[bool] = False
     requires_payer: ClassVar[bool] = False
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    inflow_scan: ClassVar[InflowScan | None] = InflowScan.signatures
+    inflow_scan_gap: ClassVar[str] = ""
 
     def __init__(self, rail: Rail):
         self.rail = rail

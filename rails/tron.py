@@ -43,6 +43,7 @@ from rails.base import (
     Adapter,
     Check,
     Finding,
+    InflowScan,
     Observed,
     PaymentRequirements,
     SessionShape,
@@ -293,6 +294,15 @@ class TronAdapter:
     binds_payer: ClassVar[bool] = True
     requires_payer: ClassVar[bool] = True
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    # Review-only: report, never repair. The node's HTTP API (wallet/*) looks transactions
+    # up by id and has no listing of an account's TRC-20 transfers (only indexers such as
+    # TronGrid's /v1 serve that history, which railproof does not read).
+    inflow_scan: ClassVar[InflowScan | None] = None
+    inflow_scan_gap: ClassVar[str] = (
+        "the Tron node API railproof reads (wallet/*) looks transactions up by id and "
+        "lists no account's TRC-20 transfers; review the treasury's transfers in a block "
+        "explorer and submit each one as its session's proof"
+    )
 
     def __init__(self, rail: Rail):
         if rail.finality.mode != "depth":

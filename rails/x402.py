@@ -59,6 +59,7 @@ from rails.base import (
     Adapter,
     Check,
     Finding,
+    InflowScan,
     Observed,
     PaymentRequirements,
     SessionShape,
@@ -691,6 +692,13 @@ class X402Adapter:
     # The engine's answer when an authorization already backs another session: on chain a
     # nonce settles once, so a second session can never be paid by it.
     replay_code: ClassVar[FailureCode] = FailureCode.nonce_reused
+    # A payment is its signed authorization, submitted by the resource server: there is
+    # no unsubmitted transfer to find.
+    inflow_scan: ClassVar[InflowScan | None] = None
+    inflow_scan_gap: ClassVar[str] = (
+        "an x402 payment is its signed authorization, which the resource server submits; "
+        "its settlements are not listed from the chain"
+    )
 
     def __init__(self, rail: Rail):
         if rail.chain_id is None or rail.eip712 is None:

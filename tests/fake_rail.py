@@ -37,6 +37,8 @@ class FakeAdapter:
     binds_payer = False
     requires_payer = False
     replay_code = FailureCode.duplicate_payment
+    inflow_scan = None
+    inflow_scan_gap = "the fake chain lists no inflows"
 
     def __init__(self, rail: Rail):
         self.rail = rail

@@ -270,3 +270,64 @@ def test_a_session_paying_another_recipient_is_looked_up_by_its_reference(db_url
         assert (p.ref, p.status) == (sig, "verified")
     finally:
         e.db.dispose()
+
+
+class _Counting(_Quiet):
+    """A quiet node that also answers an EVM head (no transfers anywhere)."""
+
+    def call(self, method, params):
+        self.calls += 1
+        return "0x10" if method == "eth_blockNumber" else []
+
+
+@pytest.mark.parametrize(
+    ("chain", "setting", "treasury", "polls"),
+    [
+        ("live", None, True, 1),  # the default on a live chain with a treasury: watched
+        ("live", None, False, 0),  # no treasury: nothing watched, no call at all
+        ("live", False, True, 0),  # RAILPROOF_DISCOVERY=0 turns it off
+        ("cassette", None, True, 0),  # off by default on recorded chains
+        ("cassette", True, True, 1),  # RAILPROOF_DISCOVERY=1 turns it on
+    ],
+)
+def test_discovery_default_follows_the_chain_and_the_treasury(
+    db_url, chain, setting, treasury, polls
+):
+    from tests.conftest import make_settings
+    from tests.fake_rail import catalog_with_fake
+    from verifier.core.engine import Engine
+
+    env = {"RAILPROOF_TREASURY_SOLANA_USDC": DOC["treasury"]} if treasury else {}
+    e = Engine(
+        # (a live chain runs on the real clock)
+        make_settings(
+            db_url,
+            chain=chain,
+            discovery=setting,
+            env=env,
+            **({"clock": None} if chain == "live" else {}),
+        ),
+        catalog=catalog_with_fake(),
+    )
+    try:
+        e.ensure_rail_states()
+        # A session paying the treasury (or, without one configured, that same wallet).
+        s = open_session(
+            e,
+            NewSession(
+                owner_id="alice",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=EXPECT["bound"]["amount"],
+                recipient=DOC["treasury"],
+                reference=str(Keypair().pubkey()),
+            ),
+            actor="svc",
+        )
+        assert s["status"] == "open"
+        node = _Counting()
+        assert discovery.enabled(e) is (setting if setting is not None else chain == "live")
+        assert discovery.cycle(e, chain=node) == 0
+        assert node.calls == polls
+    finally:
+        e.db.dispose()

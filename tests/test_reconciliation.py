@@ -190,6 +190,9 @@ def test_a_node_that_errors_mid_scan_makes_the_run_incomplete(eng):
 def test_tron_is_review_only_and_never_reports_no_drift(eng):
     run = reconciliation.run(eng, req(rail_id="tron_usdt"), "ops1")
     assert run["status"] == "incomplete" and run["findings"] == []
+    # The run says what was not checked and why (the adapter declares no inflow listing).
+    assert run["detail"].startswith("treasury inflows of tron_usdt are not scanned: ")
+    assert "Nothing was checked" in run["detail"] and run["summary"]["inflows_scanned"] == 0
 
 
 def test_failed_then_paid_and_other_stored_findings(eng):

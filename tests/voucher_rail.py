@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from rails.base import (
     Check,
     Finding,
+    InflowScan,
     Observed,
     PaymentRequirements,
     SessionShape,
@@ -96,6 +97,8 @@ class VoucherAdapter:
     binds_payer: ClassVar[bool] = False
     requires_payer: ClassVar[bool] = False
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    inflow_scan: ClassVar[InflowScan | None] = None
+    inflow_scan_gap: ClassVar[str] = "a voucher is redeemed, not transferred to a treasury"
 
     def __init__(self, rail: Rail) -> None:
         self.rail = rail

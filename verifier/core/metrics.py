@@ -436,7 +436,8 @@ SPEC: tuple[MetricSpec, ...] = (
     MetricSpec(
         "reconciliation_drift",
         "gauge",
-        "Unresolved findings of the latest reconciliation run, by kind",
+        "Unresolved findings (not info, not applied) of the latest reconciliation run of each "
+        "scope and rail, by kind",
         ("kind",),
         (
             Alert(

@@ -355,8 +355,8 @@ CHECKS: list[Check] = [
 
 
 def _reconciliation(engine: Engine) -> list[Issue]:
-    """The latest reconciliation run's unresolved findings, and a run that could not finish
-    (its own transaction: read after the checks')."""
+    """The unresolved findings of the latest reconciliation run of each (scope, rail), and
+    each such run that could not finish (its own transaction: read after the checks')."""
     return [
         Issue(
             i["category"],

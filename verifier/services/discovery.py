@@ -11,7 +11,8 @@ finds nothing backs off (up to RAILPROOF_DISCOVERY_MAX_BACKOFF_S); sessions stop
 at expiry plus the not-found grace.
 
 RAILPROOF_DISCOVERY: unset = on with RAILPROOF_CHAIN=live for rails with a treasury; 1 / 0
-forces it on / off (tests and recorded chains turn it on).
+forces it on / off (tests and recorded chains turn it on). Which watch a rail gets is what its
+adapter declares (`Adapter.inflow_scan`); a rail that declares none is not watched.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from rails.base import Transport
+from rails.base import InflowScan, Transport
 from rails.cassette import CountingTransport
 from rails.errors import CassetteError, TransportError
 from registry.catalog import Stage
@@ -53,9 +54,10 @@ def cycle(engine: Engine, name: str = "worker", chain: Transport | None = None) 
             rail = engine.rail(rail_id)
         except EngineError:
             continue
-        watch = {"solana": watch_solana, "evm": watch_evm}.get(rail.family)
-        if watch is None:
-            continue  # x402 binds through its signed authorization; tron is review-only
+        scan = engine.adapter(rail).inflow_scan
+        if scan is None:
+            continue  # the family's inflows are not listed (Adapter.inflow_scan_gap)
+        watch = _WATCHES[scan]
         try:
             submitted += watch(engine, rail, chain)["submitted"]
         except Exception:  # one rail must not stop the sweep
@@ -272,3 +274,7 @@ def watch_evm(engine: Engine, rail: Any, chain: Transport | None = None) -> dict
                 extra={"session_id": ps.id, "rail_id": rail.rail_id},
             )
     return out
+
+
+# The watch each declared way of listing inflows runs (`Adapter.inflow_scan`).
+_WATCHES = {InflowScan.signatures: watch_solana, InflowScan.transfer_logs: watch_evm}

@@ -12,18 +12,23 @@ by the next run, so a second apply run attaches nothing twice.
 
 Binding (README, "binding rules"): a Solana inflow is bound when it carries the reference of
 exactly one session; an EVM inflow when exactly one open session names its sender as payer
-with that amount and recipient. Anything else needs a person (`orphan_unbound`).
+with that amount and recipient. Anything else needs a person (`orphan_unbound`). Which scan a
+rail gets is what its adapter declares (`Adapter.inflow_scan`), never its family's name.
+
+Drift is what a person still has to act on: a finding that is not `info` and was not applied
+by the run. The drift gauge and `railproof assurance` read the latest finished run of each
+(scope, rail), so a run of one rail never hides the drift another rail's run found.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
-from rails.base import fingerprint
+from rails.base import InflowScan, fingerprint
 from rails.errors import CassetteError, TransportError
 from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
@@ -35,7 +40,6 @@ from verifier.storage.reconciliation_models import RepairStatus, RunStatus, Scop
 from verifier.storage.repo import reconciliation as repo
 
 MAX_LIMIT = 10_000
-INFLOW_FAMILIES = ("solana", "evm")
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def _validate(engine: Engine, req: RunRequest) -> tuple[str, str]:
         engine.rail(req.rail_id)  # unknown rail: 422 rail_not_registered
     if req.scope == Scope.chain_inflows and req.rail_id:  # (a rail_id: checked above)
         rail = engine.rail(req.rail_id)
-        if rail.family in INFLOW_FAMILIES and not _treasury(engine, rail):
+        if engine.adapter(rail).inflow_scan is not None and not _treasury(engine, rail):
             raise BadInput(
                 "treasury_required",
                 f"rail_id: no treasury is configured for {rail.rail_id}",
@@ -168,6 +172,7 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
             run_id,
             {"scope": req.scope, "rail_id": req.rail_id, "dry_run": not req.apply},
         )
+    out: Outcome | None = None
     try:
         if req.scope == Scope.rail_proofs:
             out = _rail_proofs(engine, req)
@@ -176,11 +181,16 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
         if req.apply:
             _apply(engine, out.findings, staff)
     except Exception as e:  # recorded, never lost: the run says it failed and why
-        out = Outcome([], RunStatus.failed, f"{type(e).__name__}: {e}"[:2000])
+        # Findings of a scan that finished are kept, with the repairs apply made before it
+        # stopped (each also on the audit trail): a failed run never hides a proof it attached.
+        out = Outcome(
+            out.findings if out is not None else [],
+            RunStatus.failed,
+            f"{type(e).__name__}: {e}"[:2000],
+            out.counts if out is not None else None,
+        )
     kinds = Counter(f["kind"] for f in out.findings)
-    unresolved = Counter(
-        f["kind"] for f in out.findings if f["repair_status"] != RepairStatus.applied.value
-    )
+    unresolved = Counter(f["kind"] for f in out.findings if is_drift(f))
     summary = {
         "findings": len(out.findings),
         "by_kind": dict(kinds),
@@ -207,6 +217,12 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
         )
     refresh_drift_gauge(engine)
     return get_run(engine, run_id)
+
+
+def is_drift(f: dict[str, Any]) -> bool:
+    """Whether a finding still needs someone: not information only, and not repaired by its
+    run (the repo's `unresolved_counts` counts the same)."""
+    return f["severity"] != "info" and f["repair_status"] != RepairStatus.applied.value
 
 
 # -- scope rail_proofs ------------------------------------------------------------------------
@@ -279,6 +295,8 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                 )
             )
         for r in repo.failed_then_paid(s, since, until, n, req.rail_id):
+            # Information for support, never drift: the payer did pay. Crediting that payment
+            # is drift of its own (verified_without_receipt, past the SLA) until it is applied.
             f.append(
                 _finding(
                     "failed_then_paid",
@@ -293,7 +311,8 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "the session successfully",
                     "none: tell support the failure is resolved"
                     if r.receipt_id
-                    else "apply the verified proof once final",
+                    else "none yet: the verified proof is applied once final (reported as "
+                    "verified_without_receipt past the SLA)",
                 )
             )
         for r in repo.verified_not_credited(s, since, until, n, req.rail_id):
@@ -343,20 +362,22 @@ def _chain_inflows(engine: Engine, req: RunRequest) -> Outcome:
     if req.rail_id is None:  # _validate refuses chain_inflows without one
         raise ValueError("rail_id: chain_inflows reads one rail's treasury")
     rail = engine.rail(req.rail_id)
-    treasury = _treasury(engine, rail)
-    if rail.family not in INFLOW_FAMILIES:
-        # Tron (review-only) and x402: no inflow scan; nothing was checked, so no "no drift".
+    adapter = engine.adapter(rail)
+    scan = adapter.inflow_scan
+    if scan is None:
+        # Nothing was checked, so the run never says "no drift": incomplete, and why.
         return Outcome(
             [],
             RunStatus.incomplete,
-            f"no treasury inflow scan for the {rail.family} family: review its "
-            "transfers by hand; nothing was checked",
+            f"treasury inflows of {rail.rail_id} are not scanned: {adapter.inflow_scan_gap}. "
+            "Nothing was checked.",
+            Counter(inflows_scanned=0),
         )
+    treasury = _treasury(engine, rail)
     if treasury is None:  # _validate refused it; a failed run if it was unset since
         raise ValueError(f"no treasury is configured for {rail.rail_id}")
-    if rail.family == "solana":
-        return solana_inflows(engine, rail, treasury, utc(req.since), utc(req.until), req.limit)
-    return evm_inflows(engine, rail, treasury, utc(req.since), utc(req.until), req.limit)
+    scanner = _SCANS[scan]
+    return scanner(engine, rail, treasury, utc(req.since), utc(req.until), req.limit)
 
 
 @overload
@@ -635,6 +656,13 @@ def evm_inflows(
     return _outcome(findings, problems, counts)
 
 
+# The scan each declared way of listing inflows runs (`Adapter.inflow_scan`).
+_SCANS: dict[InflowScan, Callable[..., Outcome]] = {
+    InflowScan.signatures: solana_inflows,
+    InflowScan.transfer_logs: evm_inflows,
+}
+
+
 # -- apply ------------------------------------------------------------------------------------
 
 
@@ -652,6 +680,10 @@ def _apply(engine: Engine, findings: list[dict[str, Any]], staff: str) -> None:
             f["repair_status"] = RepairStatus.failed.value
             f["repair_result"] = {"code": e.code, "message": e.message}
             continue
+        except Exception as e:  # the run fails; this finding says where it stopped
+            f["repair_status"] = RepairStatus.failed.value
+            f["repair_result"] = {"code": "internal_error", "message": type(e).__name__}
+            raise
         f["repair_status"] = RepairStatus.applied.value
         f["repair_result"] = {
             "proof_id": view["id"],
@@ -720,40 +752,40 @@ def list_runs(engine: Engine, scope: str | None = None, limit: int = 50) -> list
 
 
 def assurance_issues(engine: Engine) -> list[dict[str, str]]:
-    """The latest finished run's unresolved findings, as `railproof assurance` issues."""
+    """The unresolved findings of the latest finished run of each (scope, rail), and each such
+    run that did not complete, as `railproof assurance` issues."""
+    out: list[dict[str, str]] = []
     with engine.db.tx() as s:
-        r = repo.latest_finished_run(s)
-        if r is None:
-            return []
-        out = [
-            {
-                "category": f"reconciliation_{f.kind}",
-                "severity": f.severity,
-                "subject": f"reconciliation run {r.id} finding {f.id}",
-                "repair": f.proposed_repair or f.detail,
-            }
-            for f in repo.findings_of(s, r.id)
-            if f.repair_status != RepairStatus.applied.value and f.severity != "info"
-        ]
-        if r.status != RunStatus.complete.value:
-            out.append(
+        for r in repo.latest_finished_runs(s):
+            out += [
                 {
-                    "category": "reconciliation_incomplete",
-                    "severity": "warning",
-                    "subject": f"reconciliation run {r.id}",
-                    "repair": f"the run is {r.status}: {r.detail[:200]}; re-run it",
+                    "category": f"reconciliation_{f.kind}",
+                    "severity": f.severity,
+                    "subject": f"reconciliation run {r.id} finding {f.id}",
+                    "repair": f.proposed_repair or f.detail,
                 }
-            )
-        return out
+                for f in repo.findings_of(s, r.id)
+                if is_drift({"severity": f.severity, "repair_status": f.repair_status})
+            ]
+            if r.status != RunStatus.complete.value:
+                out.append(
+                    {
+                        "category": "reconciliation_incomplete",
+                        "severity": "warning",
+                        "subject": f"reconciliation run {r.id}",
+                        "repair": f"the run is {r.status}: {r.detail[:200]}; re-run it",
+                    }
+                )
+    return out
 
 
 def refresh_drift_gauge(engine: Engine) -> None:
+    """Unresolved findings by kind over the latest finished run of each (scope, rail)."""
     with engine.db.tx() as s:
-        r = repo.latest_finished_run(s)
-        counts = repo.unresolved_counts(s, r.id) if r is not None else {}
+        counts = repo.unresolved_counts(s, [r.id for r in repo.latest_finished_runs(s)])
     for kind, n in counts.items():
         engine.metrics.set("reconciliation_drift", n, kind=kind)
-    # Kinds the latest run no longer reports drop to zero rather than keep an old value.
+    # Kinds the latest runs no longer report drop to zero rather than keep an old value.
     for kind in _DRIFT_KINDS - set(counts):
         engine.metrics.set("reconciliation_drift", 0, kind=kind)
     _DRIFT_KINDS.update(counts)

@@ -98,16 +98,27 @@ def findings_of(s: Session, run_id: str) -> list[ReconciliationFinding]:
     )
 
 
-def latest_finished_run(s: Session, scope: str | None = None) -> ReconciliationRun | None:
+def latest_finished_runs(s: Session) -> list[ReconciliationRun]:
+    """The latest finished run of each (scope, rail_id): a run of one rail (or scope) never
+    replaces what another's found. A NULL rail_id (rail_proofs over every rail) is its own
+    key."""
+    ranked = select(
+        ReconciliationRun.id,
+        func.row_number()
+        .over(
+            partition_by=(ReconciliationRun.scope, ReconciliationRun.rail_id),
+            order_by=(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc()),
+        )
+        .label("n"),
+    ).where(ReconciliationRun.status != RunStatus.running.value)
+    sub = ranked.subquery()
     q = (
         select(ReconciliationRun)
-        .where(ReconciliationRun.status != RunStatus.running.value)
-        .order_by(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc())
-        .limit(1)
+        .join(sub, sub.c.id == ReconciliationRun.id)
+        .where(sub.c.n == 1)
+        .order_by(ReconciliationRun.scope, ReconciliationRun.rail_id, ReconciliationRun.id)
     )
-    if scope:
-        q = q.where(ReconciliationRun.scope == scope)
-    return s.scalar(q)
+    return list(s.scalars(q).all())
 
 
 # -- scope rail_proofs: stored data against its invariants -----------------------------------
@@ -454,17 +465,21 @@ def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> N
         pass
 
 
-def unresolved_counts(s: Session, run_id: str) -> dict[str, int]:
+def unresolved_counts(s: Session, run_ids: list[str]) -> dict[str, int]:
+    """Drift by kind over the given runs: findings a person still has to act on (neither
+    information only nor repaired by their run); `services.reconciliation.is_drift`."""
+    if not run_ids:
+        return {}
     q = (
         select(ReconciliationFinding.kind, func.count())
         .where(
-            ReconciliationFinding.run_id == run_id,
-            ReconciliationFinding.kind != "matched",
+            ReconciliationFinding.run_id.in_(run_ids),
+            ReconciliationFinding.severity != "info",
             ReconciliationFinding.repair_status != RepairStatus.applied.value,
         )
         .group_by(ReconciliationFinding.kind)
     )
-    return {k: n for k, n in s.execute(q)}
+    return {k: int(n) for k, n in s.execute(q)}
 
 
 def set_repair(s: Session, finding_id: int, status: str, result: dict[str, Any]) -> None:
