@@ -11,20 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound
 from verifier.core.timeutil import iso
 from verifier.services import audit, webhooks
-from verifier.storage.repo.rows import rowcount
-from verifier.storage.webhook_models import (
-    DeliveryStatus,
-    EventType,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
+from verifier.storage.repo import webhooks as webhooks_repo
+from verifier.storage.webhook_models import EventType, WebhookEndpoint
 
 MAX_ENDPOINTS_PER_TOKEN = 16  # bounds the fan-out one token can cause per event
 
@@ -65,11 +59,7 @@ def create_endpoint(
     types = _event_types(event_types)
     now = engine.now()
     with engine.db.tx() as s:
-        mine = s.scalars(
-            select(WebhookEndpoint).where(
-                WebhookEndpoint.principal == principal, WebhookEndpoint.active.is_(True)
-            )
-        ).all()
+        mine = webhooks_repo.active_endpoints_of(s, principal)
         if any(ep.url == url for ep in mine):
             # A retried create must not double every delivery; delete to rotate the secret.
             raise Conflict(
@@ -82,17 +72,15 @@ def create_endpoint(
                 "webhook_endpoint_limit",
                 f"at most {MAX_ENDPOINTS_PER_TOKEN} active endpoints per token",
             )
-        ep = WebhookEndpoint(
+        ep = webhooks_repo.add_endpoint(
+            s,
             principal=principal,
             owners=sorted(owners),
             url=url,
             event_types=types,
             secret=webhooks.new_secret(),
-            active=True,
             created_at=now,
         )
-        s.add(ep)
-        s.flush()
         audit.append(
             s,
             now,
@@ -107,12 +95,7 @@ def create_endpoint(
 
 def list_endpoints(engine: Engine, principal: str) -> list[dict[str, Any]]:
     with engine.db.tx() as s:
-        rows = s.scalars(
-            select(WebhookEndpoint)
-            .where(WebhookEndpoint.principal == principal, WebhookEndpoint.active.is_(True))
-            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
-        ).all()
-        return [endpoint_view(ep) for ep in rows]
+        return [endpoint_view(ep) for ep in webhooks_repo.active_endpoints_of(s, principal)]
 
 
 def _own_active_endpoint(
@@ -121,7 +104,7 @@ def _own_active_endpoint(
     """The token's active endpoint, locked; NotFound otherwise."""
     if not webhooks.well_formed_id(endpoint_id, "whe"):
         raise NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
-    ep = s.get(WebhookEndpoint, endpoint_id, with_for_update=engine.db.postgres)
+    ep = webhooks_repo.endpoint_locked(s, endpoint_id)
     if ep is not None and ep.principal != principal:
         # SECURITY: another token's endpoint answers exactly like a missing one.
         engine.metrics.inc("owner_isolation_denials_total", reason="webhook_endpoint")
@@ -139,7 +122,7 @@ def rotate_secret(engine: Engine, principal: str, endpoint_id: str) -> dict[str,
     with engine.db.tx() as s:
         ep = _own_active_endpoint(engine, s, principal, endpoint_id)
         legacy = webhooks.secret_problem(ep.secret) is not None
-        ep.secret = webhooks.new_secret()
+        webhooks_repo.set_secret(s, ep, webhooks.new_secret())
         audit.append(
             s,
             now,
@@ -156,24 +139,7 @@ def delete_endpoint(engine: Engine, principal: str, endpoint_id: str) -> dict[st
     now = engine.now()
     with engine.db.tx() as s:
         ep = _own_active_endpoint(engine, s, principal, endpoint_id)
-        ep.active, ep.deactivated_at = False, now
-        cancelled = rowcount(
-            s.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.endpoint_id == ep.id,
-                    WebhookDelivery.status == DeliveryStatus.pending,
-                )
-                .values(
-                    status=DeliveryStatus.cancelled,
-                    next_attempt_at=None,
-                    claimed_by=None,
-                    claimed_until=None,
-                    last_error="endpoint deleted",
-                    updated_at=now,
-                )
-            )
-        )
+        cancelled = webhooks_repo.deactivate_endpoint(s, ep, now, "endpoint deleted")
         audit.append(
             s,
             now,

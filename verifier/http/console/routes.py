@@ -42,7 +42,15 @@ from verifier.http.console.auth import (
     derive_key,
     staff_for,
 )
-from verifier.services import audit, gate, proofs, rails_admin, release_gates, sessions
+from verifier.services import (
+    audit,
+    console_sessions,
+    gate,
+    proofs,
+    rails_admin,
+    release_gates,
+    sessions,
+)
 from verifier.services import console_reads as queries
 from verifier.services.assurance import assurance_report
 
@@ -322,20 +330,7 @@ def console_router(
             # SECURITY: a service token is not a staff token: the same answer as an unknown one.
             return login_page(request, 401, "Not a staff token.", nxt)
         cs = signer.new_session(staff, token)
-
-        def record() -> None:
-            with engine.db.tx() as s:
-                audit.append(
-                    s,
-                    engine.now(),
-                    audit.Operator(staff),
-                    "console.login",
-                    "console_session",
-                    cs.sid,
-                    {},
-                )
-
-        await run_in_threadpool(record)
+        await run_in_threadpool(console_sessions.record_login, engine, staff, cs.sid)
         resp = RedirectResponse(_safe_next(form.get("next", "/console")), status_code=303)
         set_session(resp, request, cs)
         resp.delete_cookie(
@@ -349,20 +344,7 @@ def console_router(
         if isinstance(got, Response):
             return got
         cs, _ = got
-
-        def record() -> None:
-            with engine.db.tx() as s:
-                audit.append(
-                    s,
-                    engine.now(),
-                    audit.Operator(cs.staff),
-                    "console.logout",
-                    "console_session",
-                    cs.sid,
-                    {},
-                )
-
-        await run_in_threadpool(record)
+        await run_in_threadpool(console_sessions.record_logout, engine, cs.staff, cs.sid)
         resp = RedirectResponse("/console/login", status_code=303)
         resp.delete_cookie(
             SESSION_COOKIE,

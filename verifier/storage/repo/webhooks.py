@@ -1,11 +1,12 @@
-"""Webhook deliveries as the worker and staff handle them (storage.webhook_models): the due
-queue, leases, and deliveries joined with their event and endpoint."""
+"""Webhooks (storage.webhook_models): a token's endpoints as their owner manages them, and the
+deliveries as the worker and staff handle them (the due queue, leases, and deliveries joined
+with their event and endpoint)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from verifier.storage.repo import rows
@@ -17,6 +18,80 @@ from verifier.storage.webhook_models import (
 )
 
 Joined = tuple[WebhookDelivery, OutboxEvent, WebhookEndpoint]
+
+
+# -- endpoints -------------------------------------------------------------------------------
+def active_endpoints_of(s: Session, principal: str) -> list[WebhookEndpoint]:
+    """The token's active endpoints, oldest first."""
+    return list(
+        s.scalars(
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.principal == principal, WebhookEndpoint.active.is_(True))
+            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+        ).all()
+    )
+
+
+def add_endpoint(
+    s: Session,
+    *,
+    principal: str,
+    owners: list[str],
+    url: str,
+    event_types: list[str],
+    secret: str,
+    created_at: datetime,
+) -> WebhookEndpoint:
+    """Insert an active endpoint now, so its id exists for the audit row."""
+    ep = WebhookEndpoint(
+        principal=principal,
+        owners=owners,
+        url=url,
+        event_types=event_types,
+        secret=secret,
+        active=True,
+        created_at=created_at,
+    )
+    s.add(ep)
+    s.flush()
+    return ep
+
+
+def endpoint_locked(s: Session, endpoint_id: str) -> WebhookEndpoint | None:
+    """The endpoint under its row lock to the end of the transaction, whoever owns it."""
+    return rows.get_locked(s, WebhookEndpoint, endpoint_id)
+
+
+def set_secret(s: Session, ep: WebhookEndpoint, secret: str) -> None:
+    """Replace the endpoint's signing secret (written with the transaction)."""
+    ep.secret = secret
+
+
+def deactivate_endpoint(s: Session, ep: WebhookEndpoint, now: datetime, reason: str) -> int:
+    """Deactivate the endpoint and cancel its pending deliveries (`reason` is their last
+    error); returns how many were cancelled. A delivery leased to a worker is cancelled too:
+    the worker discards its outcome for a row that is no longer pending."""
+    ep.active, ep.deactivated_at = False, now
+    return rows.rowcount(
+        s.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.endpoint_id == ep.id,
+                WebhookDelivery.status == DeliveryStatus.pending,
+            )
+            .values(
+                status=DeliveryStatus.cancelled,
+                next_attempt_at=None,
+                claimed_by=None,
+                claimed_until=None,
+                last_error=reason,
+                updated_at=now,
+            )
+        )
+    )
+
+
+# -- deliveries ------------------------------------------------------------------------------
 
 
 def _joined() -> Select[WebhookDelivery, OutboxEvent, WebhookEndpoint]:
