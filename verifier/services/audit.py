@@ -93,9 +93,9 @@ def append(
     subject_type: str,
     subject_id: str,
     data: dict[str, Any] | None = None,
-) -> int:
+) -> None:
     """Append one event inside the caller's transaction (it commits or rolls back with the
-    state change it describes); returns its id.
+    state change it describes).
 
     The chain's head is read once per transaction, under the lock that keeps every other
     appender out until this transaction ends (PostgreSQL: the advisory lock; SQLite: the
@@ -105,8 +105,7 @@ def append(
     key = s.info.get(AUDIT_KEY_INFO)
     prev = s.info.get(_HEAD_KEY)
     if prev is None:
-        audit_repo.lock_chain(s)
-        prev = audit_repo.head_hash(s) or GENESIS
+        prev = audit_repo.lock_and_head(s) or GENESIS
     data = data or {}
     rid = request_id_var.get()
     if rid is not None and "request_id" not in data:
@@ -128,9 +127,8 @@ def append(
         "hash": h,
     }
     # A Core insert: the row is write-only here, so the ORM's unit of work buys nothing.
-    event_id = audit_repo.insert_event(s, row)
+    audit_repo.insert_event(s, row)
     s.info[_HEAD_KEY] = h
-    return event_id
 
 
 @dataclass(frozen=True)

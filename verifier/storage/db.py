@@ -30,6 +30,8 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from verifier.storage.repo.prepared import DEFERS, commit_deferred, drop_deferred
+
 UPGRADE_HINT = "railproof db upgrade"
 
 
@@ -191,6 +193,8 @@ def _ping_when_idle(engine: Engine) -> None:
     def _fresh(_dbapi_conn: Any, record: Any) -> None:  # pragma: no cover - pool hook
         if record is not None:
             record.info[_IDLE_SINCE] = time.monotonic()
+            # Writes deferred by a transaction that never committed are never sent.
+            drop_deferred(record.info)
 
     @event.listens_for(engine.pool, "checkout")
     def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:  # pragma: no cover
@@ -286,15 +290,19 @@ class Database:
         # The key is bound here, once, and reaches every append through the Session; it is
         # never written to the database. None: an unkeyed chain (verifier.audit.event_hash).
         self.sessions = sessionmaker(
-            self.engine, expire_on_commit=False, info={AUDIT_KEY_INFO: audit_key}
+            self.engine, expire_on_commit=False, info={AUDIT_KEY_INFO: audit_key, DEFERS: True}
         )
         self.postgres = is_postgres(self.engine)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any error."""
+        """One transaction: commit on success, roll back on any error. On PostgreSQL the
+        deferred writes (storage.repo.prepared) go with the COMMIT, in one round trip."""
         with self.sessions.begin() as s:
             yield s
+            if self.postgres and s.in_transaction():
+                s.flush()
+                commit_deferred(s.connection())
 
     def dispose(self) -> None:
         self.engine.dispose()

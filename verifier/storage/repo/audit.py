@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from verifier.storage.models import AuditEvent
 from verifier.storage.repo import rows
-from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.prepared import Prepared, fetch_together
 
 # One PostgreSQL advisory lock serializes appends to the chain (and outbox sequence numbers,
 # storage.repo.outbox): one lock for both means no lock-order deadlock between them.
@@ -44,9 +44,22 @@ def head_hash(s: Session) -> str | None:
     return None if h is None else str(h)
 
 
-def insert_event(s: Session, row: dict[str, Any]) -> int:
-    """Write one event (Core insert: write-only here); returns its id."""
-    return int(_INSERT.insert(s.connection(), row))
+def lock_and_head(s: Session) -> str | None:
+    """`lock_chain` then `head_hash`; on PostgreSQL both in one round trip when the lock is
+    not held yet (the head is read by a statement that starts once the lock is granted)."""
+    tx = s.get_nested_transaction() or s.get_transaction()
+    if not rows.is_postgres(s) or (tx is not None and s.info.get(_LOCKED) is tx):
+        lock_chain(s)
+        return head_hash(s)
+    _, head = fetch_together(s.connection(), [(_LOCK, {"k": CHAIN_LOCK_KEY}), (_HEAD, {})])
+    s.info[_LOCKED] = tx
+    return None if not head or head[0][0] is None else str(head[0][0])
+
+
+def insert_event(s: Session, row: dict[str, Any]) -> None:
+    """Write one event (write-only here: sent with the transaction's next statement or its
+    commit, storage.repo.prepared)."""
+    _INSERT.defer(s.connection(), row)
 
 
 def events_after(s: Session, last_id: int, limit: int) -> list[AuditEvent]:

@@ -17,7 +17,7 @@ _INSERT = Prepared(insert(rows.table(Entitlement)))
 
 def insert_entitlement(s: Session, row: dict[str, Any]) -> None:
     """Write a new entitlement (Core insert, client-side id; write-only in its transaction)."""
-    _INSERT.insert(s.connection(), row)
+    _INSERT.defer(s.connection(), row)
 
 
 def get_locked(s: Session, entitlement_id: str) -> Entitlement | None:

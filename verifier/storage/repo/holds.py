@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Receipt, TransferHold
-from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.prepared import Prepared, send_deferred
 from verifier.storage.repo.rows import is_postgres, table
 
 _T = table(TransferHold)
@@ -98,7 +98,9 @@ def holder(s: Session, key: str, other_than_session: str) -> Holder | None:
 def release(s: Session, proof_id: str) -> None:
     """Drop a proof's holds, unless a receipt stands on it (a receipted transfer stays held
     whatever its proof's status: it was credited)."""
-    s.connection().execute(
+    conn = s.connection()
+    send_deferred(conn)
+    conn.execute(
         delete(_T).where(
             _T.c.proof_id == proof_id,
             ~select(Receipt.id).where(Receipt.proof_id == proof_id).exists(),

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from verifier.storage.repo import audit as audit_repo
 from verifier.storage.repo import rows
-from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.prepared import Prepared, send_deferred
 from verifier.storage.webhook_models import OutboxEvent, WebhookDelivery, WebhookEndpoint
 
 _OUTBOX, _ENDPOINTS = rows.table(OutboxEvent), rows.table(WebhookEndpoint)
@@ -59,10 +59,12 @@ def active_endpoints(s: Session) -> list[tuple[str, list[str] | None, list[str] 
 
 
 def insert_event(s: Session, row: dict[str, Any]) -> None:
-    _INSERT_EVENT.insert(s.connection(), row)
+    _INSERT_EVENT.defer(s.connection(), row)
 
 
 def insert_deliveries(s: Session, rows: list[dict[str, Any]]) -> None:
     """Every delivery of one event in one executemany."""
     if rows:
-        s.connection().execute(_INSERT_DELIVERY, rows)
+        conn = s.connection()
+        send_deferred(conn)
+        conn.execute(_INSERT_DELIVERY, rows)

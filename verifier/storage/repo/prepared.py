@@ -21,6 +21,18 @@ Used only inside `verifier.storage.repo`, by the hot-path functions that opt in;
 kept rather than removed is measured in docs/bench.md ("The repo layer and prepared
 statements").
 
+Deferred writes (PostgreSQL). A row nothing in the transaction reads back (an audit event, an
+outbox row, settlement evidence) can be written with `defer`: it is queued on the connection
+and sent in one pipeline with the transaction's next statement, or with its COMMIT
+(`commit_deferred`, storage.db `Database.tx`), so it costs no round trip of its own; the
+transaction's BEGIN rides with its first statement the same way. Anything else that reaches
+the database first sends the queue ahead of it (`send_deferred`: the Session hooks below, and
+the repo's few direct Core calls), so statements still run in the order they were asked for,
+in the same transaction. Nothing is deferred inside a savepoint, and what was queued before
+one is sent before it. A deferred row that fails, fails the transaction as it would have
+where it was asked for; a connection going back to the pool drops any queue (its transaction
+was rolled back).
+
 A compiled form of an INSERT or UPDATE names the columns the call supplies. Python-side column
 defaults are SQLAlchemy's to apply, not the driver's: a statement that would leave out a
 column that has one is refused rather than written without it.
@@ -31,9 +43,17 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from sqlalchemy import exc
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql import Insert, Update
+
+# In the pooled connection's info: (sql, args) of deferred writes not sent yet.
+_QUEUE = "railproof.deferred"
+# In a Session's info (storage.db `Database.sessions`): its transactions may defer writes;
+# copied to the connection's info while such a transaction runs on it. A Session bound to a
+# connection someone else commits never defers: nothing would send its rows.
+DEFERS = "railproof.defers"
 
 
 class _Form:
@@ -106,35 +126,18 @@ class Prepared:
                 )
         self._checked.add(keys)
 
-    def _cursor(self, conn: Connection, params: dict[str, Any]) -> tuple[Any, _Form]:
-        dialect = conn.dialect
+    def _args(self, dialect: Any, params: dict[str, Any]) -> tuple[_Form, Any]:
         form = self._form(dialect, params)
         fixed = form.fixed
         values = [params[n] if n in params or n not in fixed else fixed[n] for n in form.names]
         # Every value goes through its processor, None included (a JSON column writes 'null').
         values = [v if p is None else p(v) for p, v in zip(form.binders, values, strict=False)]
         args: Any = values if form.positional else dict(zip(form.names, values, strict=True))
-        driver = conn.connection.driver_connection
-        if driver is None:  # only a closed or invalidated connection has none
-            raise exc.ResourceClosedError("the connection's driver connection is closed")
-        cur = driver.cursor()
-        try:
-            cur.execute(form.sql, args)
-        except dialect.loaded_dbapi.Error as e:
-            gone = dialect.is_disconnect(e, driver, cur)
-            cur.close()
-            if gone:
-                # As Connection.execute does: the pool must not hand this connection out again.
-                conn.invalidate(e)
-            raise exc.DBAPIError.instance(
-                form.sql,
-                args,
-                e,
-                dialect.loaded_dbapi.Error,
-                dialect=dialect,
-                connection_invalidated=gone,
-            ) from e
-        return cur, form
+        return form, args
+
+    def _cursor(self, conn: Connection, params: dict[str, Any]) -> tuple[Any, _Form]:
+        form, args = self._args(conn.dialect, params)
+        return _run(conn, [(form.sql, args)])[-1], form
 
     @staticmethod
     def _fast(conn: Connection) -> bool:
@@ -162,6 +165,26 @@ class Prepared:
             return cur.lastrowid  # an INTEGER PRIMARY KEY is the rowid
         finally:
             cur.close()
+
+    def defer(self, conn: Connection, row: dict[str, Any]) -> None:
+        """Write one row (an INSERT given its whole key, or an UPDATE) whose result nobody
+        reads: on PostgreSQL sent with the transaction's next statement or its commit (module
+        docstring), elsewhere at once."""
+        self._check(row)
+        # Inside a savepoint a write goes at once: rolling the savepoint back must take it.
+        if (
+            conn.dialect.name != "postgresql"
+            or not conn.info.get(DEFERS)
+            or not self._fast(conn)
+            or conn.in_nested_transaction()
+        ):
+            if isinstance(self.stmt, Insert):
+                self.insert(conn, row)
+            else:
+                self.execute(conn, row)
+            return
+        form, args = self._args(conn.dialect, row)
+        conn.info.setdefault(_QUEUE, []).append((form.sql, args))
 
     def execute(self, conn: Connection, params: dict[str, Any]) -> int:
         """Run an UPDATE (or DELETE); returns the number of rows it matched."""
@@ -206,3 +229,138 @@ class Prepared:
     def keys(self) -> list[str]:
         """The result columns' keys, in order (as `Row._mapping` names them)."""
         return [c.key for c in self.stmt.selected_columns]
+
+
+def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = False) -> list[Any]:
+    """Run `statements` in order on the connection's driver, after any deferred writes, and
+    return their cursors (open: the caller reads and closes the last one). On PostgreSQL
+    whatever goes together — deferred rows, the statement, a transaction's BEGIN, `commit` —
+    goes in one pipeline: one round trip."""
+    driver = conn.connection.driver_connection
+    if driver is None:  # only a closed or invalidated connection has none
+        raise exc.ResourceClosedError("the connection's driver connection is closed")
+    dialect = conn.dialect
+    queued = conn.info.pop(_QUEUE, None) or []
+    batch = [*queued, *statements]
+    cursors: list[Any] = []
+    sql, args = batch[-1] if batch else ("COMMIT", None)
+    try:
+        if dialect.name == "postgresql" and (len(batch) > 1 or commit or _idle(driver)):
+            with driver.pipeline():
+                for sql, args in batch:
+                    cur = driver.cursor()
+                    cursors.append(cur)
+                    cur.execute(sql, args)
+                if commit:
+                    driver.commit()
+        else:
+            for sql, args in batch:
+                cur = driver.cursor()
+                cursors.append(cur)
+                cur.execute(sql, args)
+    except dialect.loaded_dbapi.Error as e:
+        gone = dialect.is_disconnect(e, driver, cursors[-1] if cursors else None)
+        for cur in cursors:
+            cur.close()
+        if gone:
+            # As Connection.execute does: the pool must not hand this connection out again.
+            conn.invalidate(e)
+        raise exc.DBAPIError.instance(
+            sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=gone
+        ) from e
+    for cur in cursors[: len(queued)]:
+        cur.close()
+    return cursors[len(queued) :]
+
+
+def fetch_together(
+    conn: Connection, calls: list[tuple[Prepared, dict[str, Any]]]
+) -> list[list[tuple[Any, ...]]]:
+    """Run SELECTs in order and return each one's rows: one round trip on PostgreSQL. Each
+    still runs as a statement of its own (under READ COMMITTED each sees what committed
+    before it started, so a lock taken by one is held when the next reads)."""
+    if not all(p._fast(conn) for p, _ in calls):
+        return [p.all(conn, params) for p, params in calls]
+    statements, forms = [], []
+    for p, params in calls:
+        form, args = p._args(conn.dialect, params)
+        statements.append((form.sql, args))
+        forms.append(form)
+    out = []
+    for cur, form in zip(_run(conn, statements), forms, strict=True):
+        try:
+            raw = cur.fetchall()
+        finally:
+            cur.close()
+        procs = form.results
+        out.append(
+            [tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw]
+        )
+    return out
+
+
+def _idle(driver: Any) -> bool:
+    # No transaction open yet: psycopg would send BEGIN as a round trip of its own.
+    return bool(driver.info.transaction_status == 0)  # pq.TransactionStatus.IDLE
+
+
+def send_deferred(conn: Connection) -> None:
+    """Send the connection's deferred writes now (before a statement that does not go
+    through `Prepared`)."""
+    if conn.info.get(_QUEUE):
+        _run(conn, [])
+
+
+def commit_deferred(conn: Connection) -> bool:
+    """Send the deferred writes and COMMIT in one round trip; False when nothing was queued
+    (the caller commits as usual)."""
+    if not conn.info.get(_QUEUE):
+        return False
+    _run(conn, [], commit=True)
+    return True
+
+
+def drop_deferred(info: dict[Any, Any]) -> None:
+    """Forget the writes of a transaction that did not commit (a connection back in the
+    pool)."""
+    info.pop(_QUEUE, None)
+    info.pop(DEFERS, None)
+
+
+def _send_for_session(session: Session) -> None:
+    tx = session.get_transaction()
+    # The transaction's connections (SessionTransaction keeps them per bind, first).
+    for held in tx._connections.values() if tx is not None else ():
+        conn = held[0] if isinstance(held, tuple) else held
+        if isinstance(conn, Connection) and not conn.closed:
+            send_deferred(conn)
+
+
+# Every Session statement, flush and commit sends the queue first: statements keep their
+# order whatever path they take to the database.
+@event.listens_for(Session, "do_orm_execute")
+def _before_orm_execute(state: ORMExecuteState) -> None:
+    _send_for_session(state.session)
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
+    _send_for_session(session)
+
+
+@event.listens_for(Session, "after_begin")
+def _on_begin(session: Session, _transaction: Any, connection: Connection) -> None:
+    if session.info.get(DEFERS):
+        connection.info[DEFERS] = True
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _before_savepoint(session: Session, transaction: Any) -> None:
+    # A queue never spans a savepoint: what came before it is sent before SAVEPOINT.
+    if transaction.nested:
+        _send_for_session(session)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    _send_for_session(session)

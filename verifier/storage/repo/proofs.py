@@ -20,7 +20,7 @@ from verifier.storage.models import (
     SettlementEvidence,
 )
 from verifier.storage.repo import rows
-from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.prepared import Prepared, send_deferred
 from verifier.storage.repo.rows import Record
 
 _P = rows.table(Proof)
@@ -141,6 +141,7 @@ def update_many(s: Session, items: Sequence[tuple[Proof | Record, dict[str, Any]
         return
     s.flush([p for p, _ in items if not isinstance(p, Record)])
     conn = s.connection()
+    send_deferred(conn)
     for rows_ in groups.values():
         conn.execute(_BY_ID, rows_)
     for p, values in items:

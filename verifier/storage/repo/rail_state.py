@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from verifier.storage.models import RailState
 from verifier.storage.repo import rows
-from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.prepared import Prepared, fetch_together
 from verifier.storage.repo.rows import Record
 
 _STATE = rows.table(RailState)
@@ -16,6 +16,12 @@ _STATE = rows.table(RailState)
 _STATE_FOR_SHARE = Prepared(
     select(*_STATE.columns).where(_STATE.c.rail_id == bindparam("pk")).with_for_update(read=True)
 )
+_TREASURIES = Prepared(
+    select(RailState.__table__.c.treasury).where(RailState.__table__.c.treasury.is_not(None))
+)
+# In Session.info: the treasuries read with the rail state, and the transaction that read them.
+_TREASURIES_READ = "railproof.treasuries"
+_TREASURIES_TX = "railproof.treasuries_tx"
 _LOCK_TABLE = text(f"LOCK TABLE {RailState.__tablename__} IN EXCLUSIVE MODE")
 
 
@@ -34,9 +40,16 @@ def read_shared(s: Session, rail_id: str) -> RailState | Record | None:
     transaction (see Engine.rail_state_read for why and in which order)."""
     if rows.is_postgres(s):
         # SECURITY: the share lock is what keeps work from committing after a pause.
-        row = _STATE_FOR_SHARE.first(s.connection(), {"pk": rail_id})
-        if row is None:
+        # The treasuries come in the same round trip (a session that names its reference
+        # checks it against them next).
+        found, stored = fetch_together(
+            s.connection(), [(_STATE_FOR_SHARE, {"pk": rail_id}), (_TREASURIES, {})]
+        )
+        s.info[_TREASURIES_READ] = [t for (t,) in stored if t]
+        s.info[_TREASURIES_TX] = s.get_transaction()
+        if not found:
             return None
+        row = found[0]
         if (RailState, (rail_id,), None) in s.identity_map:
             return s.get(RailState, rail_id)
         return Record(zip(_STATE_FOR_SHARE.keys(), row, strict=True))
@@ -58,13 +71,13 @@ def rail_ids(s: Session) -> set[str]:
     return set(s.scalars(select(RailState.rail_id)).all())
 
 
-_TREASURIES = Prepared(
-    select(RailState.__table__.c.treasury).where(RailState.__table__.c.treasury.is_not(None))
-)
-
-
 def treasuries(s: Session) -> list[str]:
-    """The approved treasuries stored per rail (rails without one left out)."""
+    """The approved treasuries stored per rail (rails without one left out). Read once per
+    transaction: a rail state read FOR SHARE (`read_shared`) brought them already."""
+    tx = s.get_transaction()
+    cached = s.info.get(_TREASURIES_READ)
+    if cached is not None and s.info.get(_TREASURIES_TX) is tx:
+        return list(cached)
     return [t for (t,) in _TREASURIES.all(s.connection()) if t]
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, CursorResult, Result, Table, bindparam, exc, 
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.prepared import Prepared, send_deferred
 
 M = TypeVar("M")
 _BY_PK: dict[type, Prepared] = {}
@@ -60,6 +60,7 @@ def guarded(conn: Connection) -> Iterator[None]:
     on in the same transaction: a failed statement aborts a PostgreSQL transaction, so there
     it runs behind a savepoint; SQLite undoes only the failed statement."""
     if conn.dialect.name == "postgresql":
+        send_deferred(conn)  # what came before the savepoint stays outside it
         with conn.begin_nested():
             yield
     else:

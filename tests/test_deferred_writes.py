@@ -1,0 +1,120 @@
+"""Deferred writes (storage.repo.prepared `defer`): on PostgreSQL a row nothing reads back goes
+with the transaction's next statement or its COMMIT. What must hold, on both databases: the
+row is written exactly when its transaction commits, in the order it was asked for, never
+after a rollback, and a savepoint rolled back never takes a row written before it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from verifier.storage.db import Database
+from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared, send_deferred
+from verifier.storage.webhook_models import WebhookEndpoint
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+EP = WebhookEndpoint.__table__
+_INSERT = Prepared(insert(EP))
+
+
+@pytest.fixture
+def db(db_url):
+    d = Database(db_url)
+    yield d
+    d.dispose()
+
+
+def endpoint(i: int) -> dict:
+    return {
+        "id": f"whe_{i}",
+        "principal": "svc:alice",
+        "owners": ["alice"],
+        "url": f"http://127.0.0.1:9/{i}",
+        "event_types": ["proof.verified"],
+        "secret": "s" * 32,
+        "active": True,
+        "created_at": T0,
+        "deactivated_at": None,
+    }
+
+
+def ids(db: Database) -> list[str]:
+    with db.engine.connect() as c:
+        return sorted(c.scalars(select(EP.c.id)).all())
+
+
+def test_a_deferred_row_is_written_with_its_commit(db):
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(1))
+        if db.postgres:  # still queued: nothing sent yet
+            assert s.connection().info.get("railproof.deferred")
+    assert ids(db) == ["whe_1"]
+
+
+def test_a_later_read_in_the_same_transaction_sees_it(db):
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(1))
+        # An ORM read, a Core read through the Session, and a prepared read all see it.
+        assert s.scalar(select(func.count()).select_from(EP)) == 1
+        _INSERT.defer(s.connection(), endpoint(2))
+        assert s.get(WebhookEndpoint, "whe_2") is not None
+        _INSERT.defer(s.connection(), endpoint(3))
+        count = Prepared(select(func.count()).select_from(EP))
+        assert count.scalar(s.connection()) == 3
+    assert ids(db) == ["whe_1", "whe_2", "whe_3"]
+
+
+def test_a_rolled_back_transaction_never_sends_its_rows(db):
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(1))
+        raise Boom
+    # The connection went back to the pool with its queue: the next transaction on it (the
+    # pool hands the same one back) commits only its own row.
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(2))
+    assert ids(db) == ["whe_2"]
+
+
+def test_a_savepoint_rolled_back_keeps_what_came_before_it(db):
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(1))
+        # A unique insert that fails behind a savepoint (rows.guarded) on a duplicate key.
+        _INSERT.insert(s.connection(), endpoint(2))
+        with pytest.raises(IntegrityError), rows.guarded(s.connection()):
+            _INSERT.insert(s.connection(), endpoint(2))
+        # Queued when a Session savepoint begins: sent before it, so kept. Inside the
+        # savepoint a deferred write goes at once, and goes with it.
+        _INSERT.defer(s.connection(), endpoint(4))
+        with pytest.raises(ZeroDivisionError), s.begin_nested():
+            _INSERT.defer(s.connection(), endpoint(3))
+            1 / 0  # noqa: B018 - the savepoint is rolled back
+    assert ids(db) == ["whe_1", "whe_2", "whe_4"]
+
+
+def test_a_deferred_row_that_fails_fails_its_transaction(db):
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(1))
+    with pytest.raises(IntegrityError), db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(2))
+        _INSERT.defer(s.connection(), endpoint(1))  # a duplicate key, found when sent
+        send_deferred(s.connection())
+    assert ids(db) == ["whe_1"]
+
+
+def test_a_session_on_a_connection_someone_else_commits_writes_at_once(db):
+    """Only the service's own transactions (`Database.tx`) defer: a Session bound to a
+    connection that `engine.begin()` commits has nobody to send a queue at its commit."""
+    from sqlalchemy.orm import Session
+
+    with db.engine.begin() as c:
+        s = Session(bind=c)
+        _INSERT.defer(s.connection(), endpoint(1))
+        assert not c.info.get("railproof.deferred")
+    assert ids(db) == ["whe_1"]
