@@ -352,3 +352,32 @@ def test_cli_assurance_reports_the_same(client, engine, chain):
         r = _cli(srv.url)
         assert r.exit_code == 1, r.output  # a critical finding does
         assert "assurance: critical" in r.stdout and "audit_chain_broken" in r.stdout
+
+
+def test_cli_assurance_shows_a_verified_transfer_not_credited(client, chain):
+    """One session paid twice (both transfers carry its reference): the first is credited,
+    the second waits for a refund, and `railproof assurance` says so."""
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=SESSION).json()
+    proofs = []
+    for tx in ("fx000000d1", "fx000000d2"):
+        chain.txs[tx] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": 1500000,
+            "asset": "fusd",
+            "refs": [sess["reference"]],
+        }
+        r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx})
+        assert r.json()["status"] == "verified", r.text
+        proofs.append(r.json()["id"])
+    r = client.post(f"/v1/admin/proofs/{proofs[0]}/apply", headers=auth(STAFF_TOKEN), json=OP)
+    assert r.json()["applied"] is True, r.text
+    with LiveServer(client.app) as srv:
+        r = _cli(srv.url)
+        assert r.exit_code == 0, r.output  # an error, not critical
+        line = next(ln for ln in r.stdout.splitlines() if "verified_transfer_not_credited" in ln)
+        assert f"proof {proofs[1]}" in line and "refund" in line, r.stdout
+        assert proofs[0] not in r.stdout
+        doc = report_of(json.loads(_cli(srv.url, "--json").stdout))
+    found = [i for i in doc["issues"] if i["category"] == "verified_transfer_not_credited"]
+    assert [(i["subject"], i["severity"]) for i in found] == [(f"proof {proofs[1]}", "error")]

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tests.conftest import make_pg_db
 from verifier.cli.main import app
 from verifier.services import audit
-from verifier.storage.db import AUDIT_KEY_INFO, Database, upgrade
+from verifier.storage.db import Database, upgrade
 from verifier.storage.models import AuditEvent
 
 KEY = b"test-audit-key"  # tests/conftest.py make_settings
@@ -50,8 +49,9 @@ def cli(*args: str):
 
 
 def append_events(db: Database, n: int, first: int = 0) -> list[int]:
+    """Append `n` events; their ids, oldest first."""
     with db.tx() as s:
-        return [
+        for i in range(first, first + n):
             audit.append(
                 s,
                 datetime(2026, 1, 1, i % 24),
@@ -61,8 +61,9 @@ def append_events(db: Database, n: int, first: int = 0) -> list[int]:
                 f"t{i}",
                 {"n": i},
             )
-            for i in range(first, first + n)
-        ]
+    with db.tx() as s:
+        ids = s.scalars(text("SELECT id FROM audit_events ORDER BY id DESC LIMIT :n"), {"n": n})
+        return sorted(ids)
 
 
 def as_superuser(db: Database, *sql: str, params: dict | None = None) -> None:
@@ -202,6 +203,60 @@ def test_checkpoint_catches_removed_newest_events(db_url, cli_env, tmp_path):
         db.dispose()
 
 
+def rehash_from(db: Database, first_id: int, key: bytes | None, edit: dict) -> None:
+    """Rewrite event `first_id`'s data to `edit` and re-hash it and every later event under
+    `key`, as someone who holds the key and can write the table would: same events, same
+    ids, a chain that links."""
+    with db.tx() as s:
+        evs = [
+            s.get(AuditEvent, i) for i in s.scalars(text("SELECT id FROM audit_events ORDER BY id"))
+        ]
+    prev = next(e.prev_hash for e in evs if e.id == first_id)
+    for ev in (e for e in evs if e.id >= first_id):
+        data = edit if ev.id == first_id else ev.data
+        h = audit.event_hash(
+            prev,
+            ev.at,
+            ev.actor,
+            ev.action,
+            ev.subject_type,
+            ev.subject_id,
+            data,
+            ev.incident_id,
+            ev.reason,
+            key,
+        )
+        as_superuser(
+            db,
+            "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h WHERE id = :i",
+            params={"d": json.dumps(data), "p": prev, "h": h, "i": ev.id},
+        )
+        prev = h
+
+
+def test_checkpoint_catches_a_same_length_chain_rewritten_with_the_key(db_url, cli_env, tmp_path):
+    """The key leaked: an event is edited and the chain re-hashed under the right key, as many
+    events as before. The chain alone verifies; the checkpoint taken earlier does not."""
+    db = Database(db_url, audit_key=KEY)
+    try:
+        ids = append_events(db, 5)
+        out, cp = _checkpoint(tmp_path)
+        rehash_from(db, ids[2], KEY, {"n": 99})
+        rep = verify(db)
+        assert rep.ok and rep.events == 5
+        assert cli("audit", "verify").exit_code == 0
+        with db.tx() as s:
+            assert (
+                s.scalar(text(f"SELECT hash FROM audit_events WHERE id = {ids[4]}"))
+                != cp["head_hash"]
+            )
+        r = cli("audit", "verify", "--checkpoint", str(out))
+        assert r.exit_code == 1, r.output
+        assert f"event {ids[4]} no longer has the checkpoint's hash" in r.output, r.output
+    finally:
+        db.dispose()
+
+
 def test_forged_checkpoint_is_refused(db_url, cli_env, tmp_path):
     db = Database(db_url, audit_key=KEY)
     try:
@@ -263,6 +318,17 @@ def test_refuses_to_start_without_an_audit_key(migrated_sqlite, args, monkeypatc
     assert "Traceback" not in r.output
 
 
+def test_the_asgi_factory_refuses_to_start_without_an_audit_key(migrated_sqlite, monkeypatch):
+    """`uvicorn --factory verifier.http.asgi:make_app` without `railproof serve`."""
+    from verifier.http.asgi import make_app
+
+    with pytest.raises(RuntimeError, match="RAILPROOF_AUDIT_KEY .*RAILPROOF_AUDIT_KEY_FILE"):
+        make_app()
+    monkeypatch.setenv("RAILPROOF_AUDIT_KEY", KEY.decode())
+    app = make_app()
+    assert any(getattr(r, "path", None) == "/v1/proofs" for r in app.routes)
+
+
 def test_audit_key_from_a_file_and_never_from_two_places(migrated_sqlite, monkeypatch, tmp_path):
     key_file = tmp_path / "audit.key"
     key_file.write_text("  file-key\n")
@@ -322,13 +388,11 @@ def test_runtime_role_cannot_switch_the_guards_off(pg_url):
         as_role(f"UPDATE audit_events SET actor = 'mallory' WHERE id = {ids[0]}", "append-only")
         as_role(f"DELETE FROM audit_events WHERE id = {ids[1]}", "append-only")
         # What the service needs it still has: appending (sequence, advisory lock, insert).
-        with db.engine.begin() as c:
-            c.execute(text(f'SET LOCAL ROLE "{role}"'))
-            s = Session(bind=c, info={AUDIT_KEY_INFO: KEY})
+        with db.tx() as s:  # the service's own transaction, as the runtime role
+            s.execute(text(f'SET LOCAL ROLE "{role}"'))
             audit.append(
                 s, datetime(2026, 1, 2), audit.Operator("svc"), "test.event", "thing", "r1"
             )
-            s.close()
         # A TRUNCATE grant given by mistake still meets the trigger.
         with owner.connect() as c:
             c.execute(text(f'GRANT TRUNCATE ON audit_events TO "{role}"'))

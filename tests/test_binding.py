@@ -9,14 +9,19 @@ version of the cross-owner race is tests/test_pg_concurrency.py.
 
 from __future__ import annotations
 
+import copy
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from solders.keypair import Keypair
 from sqlalchemy import select
 
 from rails.codes import FailureCode
+from rails.solana import TOKEN_PROGRAMS, token_account
+from rails.transport.cassette import Call, CassetteTransport
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.helpers import FIXTURES, audit_actions, cassette_engine
 from tests.test_e2e_http import (
@@ -32,11 +37,31 @@ from verifier.services import gate, proofs, sessions
 from verifier.services.assurance import assurance_report
 from verifier.services.audit import Operator
 from verifier.storage.db import Database, upgrade
-from verifier.storage.models import Proof, TransferHold, VerificationAttempt
+from verifier.storage.models import Proof, Receipt, TransferHold, VerificationAttempt
 
-DEMO = json.loads((FIXTURES / "solana" / "generated" / "demo_payment.json").read_text())["demo"]
+DEMO_CASSETTE = json.loads((FIXTURES / "solana" / "generated" / "demo_payment.json").read_text())
+DEMO = DEMO_CASSETTE["demo"]
 TREASURY = DEMO["recipient"]
 USDC_MINT = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+CONFIGURED_TREASURY = "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui"
+TRON_RECIPIENT = "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn"
+
+
+def _demo_ledger() -> dict[str, str]:
+    """Accounts of the recorded demo payment that other payments carry too: the payer's
+    wallet (the fee payer, a signer), the payer's source token account and the treasury's."""
+    tx = next(c for c in DEMO_CASSETTE["calls"] if c["method"] == "getTransaction")["result"]
+    keys = [k["pubkey"] for k in tx["transaction"]["message"]["accountKeys"]]
+    payer = keys[0]
+    by_owner = {b["owner"]: keys[b["accountIndex"]] for b in tx["meta"]["preTokenBalances"]}
+    return {
+        "payer wallet": payer,
+        "payer token account": by_owner[payer],
+        "treasury token account": by_owner[TREASURY],
+    }
+
+
+DEMO_LEDGER = _demo_ledger()
 STAFF = auth(STAFF_TOKEN)
 OPS = {"incident_id": "INC-9", "operator_reason": "binding test"}
 WELL_KNOWN = {
@@ -46,15 +71,13 @@ WELL_KNOWN = {
     "clock sysvar": "SysvarC1ock11111111111111111111111111111111",
     "system program": "11111111111111111111111111111111",
     "the session's recipient": TREASURY,
-    "a configured treasury": "3i476kTBBTy7pBGx4CXwJpJ6phuwLQgcwLTdHhU3c7ui",
+    "a configured treasury": CONFIGURED_TREASURY,
 }
 
 
 @pytest.fixture
 def sol(db_url):
-    e = cassette_engine(
-        db_url, env={"RAILPROOF_TREASURY_SOLANA_USDT": WELL_KNOWN["a configured treasury"]}
-    )
+    e = cassette_engine(db_url, env={"RAILPROOF_TREASURY_SOLANA_USDT": CONFIGURED_TREASURY})
     with TestClient(create_app(e), raise_server_exceptions=False) as c:
         yield e, c
     e.db.dispose()
@@ -153,6 +176,162 @@ def test_cross_owner_theft_of_a_payment_is_refused_and_cannot_block_it(sol):
         "/v1/entitlements", params={"owner_id": "bob"}, headers=auth(OTHER_SERVICE_TOKEN)
     ).json()
     assert [x["status"] for x in ents] == ["pending"]
+
+
+@pytest.mark.parametrize(
+    "wallet,program",
+    [(TREASURY, p) for p in sorted(TOKEN_PROGRAMS)] + [(CONFIGURED_TREASURY, None)],
+)
+def test_a_treasurys_token_account_is_no_reference(sol, wallet, program):
+    """Every payment to a treasury carries its token account: as a reference it would let a
+    session claim any of them."""
+    _, c = sol
+    ata = token_account(wallet, USDC_MINT, *([program] if program else []))
+    r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=ata)
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (
+        "invalid_reference",
+        "reference",
+    )
+
+
+def test_the_recorded_treasury_token_account_is_refused(sol):
+    _, c = sol
+    ata = DEMO_LEDGER["treasury token account"]
+    assert ata in {token_account(TREASURY, USDC_MINT, p) for p in TOKEN_PROGRAMS}
+    r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=ata)
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_reference"), r.text
+
+
+@pytest.mark.parametrize("bad", ["not-a-key", "0OIl" * 11, "1" * 20, "5d1Gsdrx"])
+def test_a_malformed_reference_is_refused(sol, bad):
+    _, c = sol
+    r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=bad)
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (
+        "invalid_reference",
+        "reference",
+    )
+
+
+@pytest.mark.parametrize("ledger", ["payer wallet", "payer token account"])
+def test_a_payers_account_as_reference_cannot_claim_the_payment(sol, ledger):
+    """A repeat payer's wallet and token account are in each of their payments. Bob binds
+    one as his session's reference (nothing tells at opening time that it is someone's
+    wallet) and submits Alice's payment first: it fails his binding, and Alice is paid."""
+    _, c = sol
+    alice = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"])
+    assert alice.status_code == 201, alice.text
+    bob = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=DEMO_LEDGER[ledger])
+    assert bob.status_code == 201, bob.text
+
+    r = submit(c, bob.json()["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == ("failed", "reference_missing")
+
+    r = submit(c, alice.json()["id"], DEMO["signature"])
+    assert (r.status_code, r.json()["status"]) == (201, "verified"), r.text
+    r = c.post(
+        f"/v1/admin/proofs/{r.json()['id']}/apply", headers=STAFF, json={"confirm": True, **OPS}
+    )
+    assert r.json()["applied"] is True, r.text
+    ents = c.get(
+        "/v1/entitlements", params={"owner_id": "bob"}, headers=auth(OTHER_SERVICE_TOKEN)
+    ).json()
+    assert [x["status"] for x in ents] == ["pending"]
+
+
+def demo_with_extra_key(key: str) -> CassetteTransport:
+    """The recorded demo payment whose message also lists `key`, a read-only non-signer
+    account (as a client adds a reference key to its transfer instruction)."""
+    calls = copy.deepcopy(DEMO_CASSETTE["calls"])
+    tx = next(c for c in calls if c["method"] == "getTransaction")["result"]
+    tx["transaction"]["message"]["accountKeys"].append(
+        {"pubkey": key, "signer": False, "source": "transaction", "writable": False}
+    )
+    for lamports in ("preBalances", "postBalances"):
+        tx["meta"][lamports].append(0)
+    return CassetteTransport([Call(c) for c in calls], "solana-mainnet")
+
+
+@pytest.mark.parametrize("rival", [True, False])
+def test_a_transfer_carrying_two_open_sessions_references_is_held_for_review(sol, rival):
+    """Ambiguity on Solana: the transfer carries session A's reference and session B's (same
+    recipient and amount, another owner). Neither may take it first-come: it is held for
+    review with both named. Without B, the extra key changes nothing."""
+    e, c = sol
+    extra = str(Keypair().pubkey())
+    e.chains.set_transport("solana-mainnet", demo_with_extra_key(extra))
+    a = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"])
+    assert a.status_code == 201, a.text
+    if not rival:
+        r = submit(c, a.json()["id"], DEMO["signature"])
+        assert (r.status_code, r.json()["status"]) == (201, "verified"), r.text
+        return
+    b = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=extra)
+    assert b.status_code == 201, b.text
+
+    r = submit(c, a.json()["id"], DEMO["signature"])
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == (
+        "requires_review",
+        "ambiguous_transfer",
+    )
+    attempts = c.get(f"/v1/admin/proofs/{r.json()['id']}/attempts", headers=STAFF).json()
+    assert set(attempts[-1]["observed"]["candidate_sessions"]) == {a.json()["id"], b.json()["id"]}
+    # Held for review: B cannot take it meanwhile.
+    r = submit(c, b.json()["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_owner_conflict")
+
+
+def test_many_clients_racing_with_ledger_references_never_take_the_payment(sol):
+    """Thieves with the payer's wallet, the payer's token account and fresh references race
+    Alice's own submissions: Alice's session ends verified and credited exactly once, and no
+    thief's proof holds or is credited."""
+    e, c = sol
+    alice = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"]).json()
+    thieves = [
+        solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=ref).json()
+        for ref in (DEMO_LEDGER["payer wallet"], DEMO_LEDGER["payer token account"])
+    ] + [
+        solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob").json(),
+        solana_session(c, owner="alice-2").json(),
+    ]
+    jobs = [(alice, SERVICE_TOKEN)] * 4 + [
+        (t, OTHER_SERVICE_TOKEN if t["owner_id"] == "bob" else SERVICE_TOKEN) for t in thieves
+    ] * 3
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda j: (j[0], submit(c, j[0]["id"], DEMO["signature"], j[1])), jobs)
+        )
+    for sess, r in answers:
+        assert r.status_code in (200, 201, 409), r.text
+        if sess is alice:
+            # A resubmission racing the first may still see the proof being verified.
+            assert r.status_code in (200, 201), r.text
+            assert r.json()["status"] in ("verified", "pending"), r.text
+        elif r.status_code == 409:
+            assert r.json()["error"]["code"] in ("proof_owner_conflict", "duplicate_payment")
+        else:
+            assert r.json()["failure_code"] == "reference_missing", r.text
+    with e.db.tx() as s:
+        held = s.scalars(select(TransferHold.session_id)).all()
+        holding = s.scalars(select(Proof.session_id).where(Proof.status == "verified")).all()
+    assert set(held) == {alice["id"]} and holding == [alice["id"]]
+    (pid,) = {r.json()["id"] for sess, r in answers if sess is alice}
+    assert c.get(f"/v1/proofs/{pid}", headers=auth()).json()["status"] == "verified"
+    for _ in range(3):
+        r = c.post(f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json={"confirm": True, **OPS})
+        assert r.json()["applied"] is True, r.text
+    for owner, token, want in (
+        ("alice", SERVICE_TOKEN, ["active"]),
+        ("alice-2", SERVICE_TOKEN, ["pending"]),
+        ("bob", OTHER_SERVICE_TOKEN, ["pending"] * 3),
+    ):
+        ents = c.get("/v1/entitlements", params={"owner_id": owner}, headers=auth(token)).json()
+        assert [x["status"] for x in ents] == want, owner
+    with e.db.tx() as s:
+        assert s.scalars(select(Receipt.session_id)).all() == [alice["id"]]
 
 
 # -- the fake rail: holds, refusals, two transfers for one session ----------------------
@@ -278,6 +457,23 @@ def test_evm_sessions_must_name_the_payer(evm):
             actor="test",
         )
     assert e.value.field == "payer"
+
+
+@pytest.mark.parametrize(
+    "rail_id,recipient", [("tron_usdt", TRON_RECIPIENT), ("base_usdc", EVM_USDC_TO)]
+)
+def test_sessions_on_rails_without_a_reference_must_name_the_payer(sol, rail_id, recipient):
+    _, c = sol
+    body = {
+        "owner_id": "alice",
+        "rail_id": rail_id,
+        "access_product_id": "pro",
+        "amount": "1000000",
+        "recipient": recipient,
+    }
+    r = c.post("/v1/payment-sessions", headers=auth(), json=body)
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("invalid_payer", "payer")
 
 
 def test_evm_transfer_from_another_payer_is_sender_mismatch(evm):

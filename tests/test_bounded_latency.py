@@ -7,8 +7,12 @@ Proven here (on verdicts and stored rows, never on wall-clock timings):
 - a verification that ignores its deadline is abandoned, and the abandoned run records nothing;
 - RPC timeouts, attempts and total time are read per network, and readiness shows them;
 - with RAILPROOF_RPC_QUORUM=2 a single lying node cannot make a settlement final (or reorged);
+- the same for the EVM (base_usdc), x402 and Tron (tron_usdt) transports: a hanging node
+  answers pending at once, and the worker finishes the proof once the chain answers;
 - PostgreSQL: a client holding the gate's row lock makes apply and submission answer 503
-  database_busy with Retry-After once lock_timeout passes, and nothing half-done is stored.
+  database_busy with Retry-After once lock_timeout passes, and nothing half-done is stored;
+  a timeout while a submission records its attempt answers the proof as stored (pending, or
+  503 naming the stored proof when even that read times out), and the worker finishes it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import pytest
 from fastapi.testclient import TestClient
@@ -35,6 +39,13 @@ from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.fault_rpc import DEMO_CASSETTE, Behaviour, FaultRpcNode, now_block_time
 from tests.jsonrpc_server import Fault
 from tests.test_gate import paid_proof
+from tests.test_transfer_identity import HEADER, OPENED_AT, PAY_TO, PAYER, VALUE, Settled
+from tests.test_tron_adapter import AMOUNT as TRON_AMOUNT
+from tests.test_tron_adapter import BLOCK_TIME as TRON_BLOCK_TIME
+from tests.test_tron_adapter import OK_TX as TRON_TX
+from tests.test_tron_adapter import RECIPIENT as TRON_RECIPIENT
+from tests.test_tron_adapter import SENDER as TRON_SENDER
+from tests.test_tron_adapter import recorded as tron_recorded
 from verifier.core.chains import Chains
 from verifier.core.checking import decide_settlement
 from verifier.core.config import Settings
@@ -211,6 +222,103 @@ def test_the_worker_is_not_held_to_the_submission_budget(live, nodes):
     lv.make_due(view["id"])
     assert worker.sweep(lv.engine, "w1")["reverified"] == 1
     assert lv.proof(view["id"])["status"] == "verified"
+
+
+class _Case(NamedTuple):
+    """A rail's recorded payment: the session, the proof, and the chain once it answers."""
+
+    family: str
+    network: str
+    clock: datetime
+    session: dict[str, Any]
+    proof: str
+    answering: Callable[[], Any]
+    finished: str  # the proof's status once the worker has verified it
+
+
+def _case(rail_id: str) -> _Case:
+    if rail_id == "tron_usdt":  # review-only: the worker's verdict is requires_review
+        return _Case(
+            "tron",
+            "tron-mainnet",
+            TRON_BLOCK_TIME - timedelta(minutes=1),
+            {"amount": TRON_AMOUNT, "recipient": TRON_RECIPIENT, "payer": TRON_SENDER},
+            TRON_TX,
+            tron_recorded,
+            "requires_review",
+        )
+    # The x402 payload and its settlement on the local Base Sepolia chain (py-evm).
+    settled = Settled()
+    session = {"amount": VALUE, "recipient": PAY_TO}
+    if rail_id == "base_usdc":
+        session["payer"] = PAYER
+    proof = HEADER if rail_id == "x402" else settled.settlement
+    clock = datetime.fromtimestamp(OPENED_AT, tz=UTC)
+    return _Case("evm", "base-sepolia", clock, session, proof, lambda: settled.chain, "verified")
+
+
+@pytest.mark.parametrize("rail_id", ["base_usdc", "x402", "tron_usdt"])
+def test_every_familys_hanging_node_is_answered_pending_and_the_worker_finishes_it(
+    tmp_path, silent, rail_id
+):
+    case = _case(rail_id)
+    url = f"sqlite:///{tmp_path}/family.db"
+    upgrade(url)
+    env = {"RAILPROOF_NETWORK_X402": case.network, "RAILPROOF_NETWORK_BASE_USDC": case.network}
+    # A pinned clock (the recorded payments' time) needs recorded mode, so the network's live
+    # transport is built here, as a live deployment builds it (its RPC policy from settings).
+    e = Engine(make_settings(url, clock=case.clock, env=env, submit_verify_budget_s=0.5))
+    hanging = e.chains._default_live(case.family, [silent.url], case.network)
+    e.chains.set_transport(case.network, hanging)
+    e.ensure_rail_states()
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as client:
+            body = {"owner_id": "alice", "rail_id": rail_id, "access_product_id": "api"}
+            r = client.post("/v1/payment-sessions", headers=auth(), json=body | case.session)
+            assert r.status_code == 201, r.text
+            r = client.post(
+                "/v1/proofs",
+                headers=auth(),
+                json={"session_id": r.json()["id"], "proof": case.proof},
+            )
+            assert r.status_code == 201, r.text
+            view = r.json()
+            assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable"), view
+            assert "verification budget of 0.5s ran out" in view["detail"]
+            assert silent.accepted >= 1  # the node was asked, and never answered
+            assert _attempts(e, view["id"]) == ["pending"]
+
+            # The chain answers again: the worker (without the submission's budget) finishes it.
+            e.chains.set_transport(case.network, case.answering())
+            _make_due(e, view["id"])
+            assert worker.sweep(e, "w1")["reverified"] == 1
+            r = client.get(f"/v1/proofs/{view['id']}", headers=auth())
+            assert r.json()["status"] == case.finished, r.text
+            assert _attempts(e, view["id"]) == ["pending", case.finished]
+    finally:
+        if hasattr(hanging, "close"):
+            hanging.close()
+        e.db.dispose()
+
+
+def _attempts(e: Engine, pid: str) -> list[str]:
+    with e.db.tx() as s:
+        return list(
+            s.scalars(
+                select(VerificationAttempt.status)
+                .where(VerificationAttempt.proof_id == pid)
+                .order_by(VerificationAttempt.id)
+            )
+        )
+
+
+def _make_due(e: Engine, pid: str) -> None:
+    with e.db.tx() as s:
+        s.execute(
+            update(Proof)
+            .where(Proof.id == pid)
+            .values(next_check_at=e.now() - timedelta(seconds=1))
+        )
 
 
 class _Stuck:
@@ -544,6 +652,145 @@ def test_a_held_lock_makes_a_submission_answer_503_and_store_nothing(pg, pg_url)
 
     r = client.post("/v1/proofs", headers=headers, json=body)  # the client's retry
     assert r.status_code == 201 and r.json()["status"] == "verified", r.text
+
+
+class _LockingChain(ScriptedChain):
+    """The scripted chain, which lets another client take a lock (`sql`, given the session
+    id) and hold it in an open transaction before answering: between the submission's first
+    transaction (the proof row, committed) and the one that records its attempt."""
+
+    def __init__(self, url: str, sql: str, txs: dict[str, Any]):
+        super().__init__()
+        self.txs = txs
+        self._engine = create_engine(url)
+        self._sql = sql
+        self._conn: Any = None
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method == "fake_getTransfer" and self._conn is None:
+            self._conn = self._engine.connect()
+            self._conn.execute(text(self._sql))
+        return super().call(method, params)
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.rollback()
+            self._conn.close()
+        self._engine.dispose()
+
+
+def _funded_session(client: TestClient, chain: ScriptedChain, tx: str) -> dict[str, Any]:
+    """A session on the fake rail, and a transfer `tx` on the chain that pays it."""
+    r = client.post(
+        "/v1/payment-sessions",
+        headers=auth(),
+        json={
+            "owner_id": "alice",
+            "rail_id": "fake_live",
+            "access_product_id": "pro",
+            "amount": 1_500_000,
+            "recipient": "fatreasury",
+        },
+    )
+    assert r.status_code == 201, r.text
+    sess = r.json()
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": "finalized",
+    }
+    return sess
+
+
+def _stored_proof(e: Engine, session_id: str) -> Proof:
+    with e.db.tx() as s:
+        (p,) = s.scalars(select(Proof).where(Proof.session_id == session_id)).all()
+        s.expunge(p)
+        return p
+
+
+def _submitted_audited(e: Engine, proof_id: str) -> bool:
+    with e.db.tx() as s:
+        return (
+            s.scalar(
+                select(AuditEvent.id).where(
+                    AuditEvent.action == "proof.submitted", AuditEvent.subject_id == proof_id
+                )
+            )
+            is not None
+        )
+
+
+@pytest.mark.postgres
+def test_a_timeout_while_recording_the_attempt_answers_the_stored_pending_proof(pg, pg_url):
+    """The proof row is committed before the chain is asked; another client then holds it
+    past lock_timeout, so the attempt cannot be recorded. The answer is the proof as stored
+    (pending, as any pending proof), never "nothing was changed"; the worker verifies it."""
+    e, chain, client = pg
+    sess = _funded_session(client, chain, "fx00b05e02")
+    locking = _LockingChain(
+        pg_url,
+        f"SELECT id FROM {Proof.__tablename__} WHERE session_id = '{sess['id']}' FOR UPDATE",
+        chain.txs,
+    )
+    e.chains.set_transport("fakenet", locking)
+    body = {"session_id": sess["id"], "proof": "fx00b05e02"}
+    headers = {**auth(), "Idempotency-Key": "busy-step-3"}
+    try:
+        r = client.post("/v1/proofs", headers=headers, json=body)
+    finally:
+        locking.release()
+    assert r.status_code == 201, r.text
+    view = r.json()
+    stored = _stored_proof(e, sess["id"])
+    assert (view["id"], view["status"], view["failure_code"]) == (stored.id, "pending", None)
+    assert (stored.status, stored.attempts) == ("pending", 0)
+    assert _attempts(e, stored.id) == []  # the chain's answer was not recorded
+    assert _submitted_audited(e, stored.id)
+    # The client's retry gets the same answer (a success, kept by its Idempotency-Key).
+    again = client.post("/v1/proofs", headers=headers, json=body)
+    assert (again.status_code, again.json()["id"]) == (201, stored.id), again.text
+
+    e.chains.set_transport("fakenet", chain)
+    assert worker.sweep(e, "w1")["reverified"] == 1
+    assert _stored_proof(e, sess["id"]).status == "verified"
+    assert _attempts(e, stored.id) == ["verified"]
+
+
+@pytest.mark.postgres
+def test_a_timeout_that_blocks_even_the_read_back_names_the_stored_proof(pg, pg_url):
+    """The proofs table itself is locked, so the stored proof cannot be read back either: a
+    503 database_busy with Retry-After that names the stored pending proof."""
+    e, chain, client = pg
+    sess = _funded_session(client, chain, "fx00b05e03")
+    locking = _LockingChain(
+        pg_url, f"LOCK TABLE {Proof.__tablename__} IN ACCESS EXCLUSIVE MODE", chain.txs
+    )
+    e.chains.set_transport("fakenet", locking)
+    body = {"session_id": sess["id"], "proof": "fx00b05e03"}
+    headers = {**auth(), "Idempotency-Key": "busy-read-back"}
+    try:
+        r = client.post("/v1/proofs", headers=headers, json=body)
+    finally:
+        locking.release()
+    _busy(r)
+    stored = _stored_proof(e, sess["id"])
+    err = r.json()["error"]
+    assert (err["proof_id"], err["proof_status"]) == (stored.id, "pending"), err
+    assert f"proof {stored.id} is stored pending" in err["message"]
+    assert "nothing was changed" not in err["message"]
+    assert (stored.status, stored.attempts) == ("pending", 0)
+    assert _submitted_audited(e, stored.id)
+    # The client's retry answers the stored proof.
+    again = client.post("/v1/proofs", headers=headers, json=body)
+    assert (again.status_code, again.json()["id"]) == (200, stored.id), again.text
+
+    e.chains.set_transport("fakenet", chain)
+    assert worker.sweep(e, "w1")["reverified"] == 1
+    assert _stored_proof(e, sess["id"]).status == "verified"
 
 
 def test_busy_means_a_timeout_not_any_database_error():

@@ -6,8 +6,9 @@ recorded Solana chain with the demo clock.
 Hundreds of concurrent HTTP requests then race on overlapping work: each transfer's own
 session (bound by the transfer's reference) submits it many times (with and without one
 Idempotency-Key) while hostile tenants — other owners and another session of the same owner,
-each with a session of the same amount on the same shared treasury — submit the same
-transfer for their own sessions at the same moment; two transfers for one session; and staff
+each with a session of the same amount on the same shared treasury, two of them bound to a
+reference the payment carries but which is no reference (the payer's wallet, the payer's
+token account) — submit the same transfer for their own sessions at the same moment; two transfers for one session; and staff
 applies on every proof from several threads while the workers auto-apply. Afterwards the
 database must hold: the transfer held only by the session it was made for (never a thief's,
 whoever submitted first), one holding proof per fingerprint, one receipt per proof and per
@@ -58,22 +59,35 @@ POOL = 32
 
 def _proof_set() -> list[dict[str, Any]]:
     """Every generated Solana cassette with an expected payment (verified, failed, not final),
-    each a distinct signature with the Solana Pay reference its session binds."""
+    each a distinct signature with the Solana Pay reference its session binds, and its
+    payer's wallet (the fee payer) and source token account."""
     out = []
     for path in sorted(SOLANA_GENERATED.glob("*.json")):
         doc = json.loads(path.read_text())
         want = doc.get("expect") or doc.get("demo")
         if not want or "recipient" not in want or want.get("asset"):
             continue
-        sig = next(c["params"][0] for c in doc["calls"] if c["method"] == "getTransaction")
+        call = next(c for c in doc["calls"] if c["method"] == "getTransaction")
+        tx = call["result"]
+        keys = [
+            k["pubkey"] if isinstance(k, dict) else k
+            for k in tx["transaction"]["message"]["accountKeys"]
+        ]
+        owned = {  # old cassettes name no owner; v0 indexes may reach loaded addresses
+            b.get("owner"): keys[b["accountIndex"]]
+            for b in tx["meta"]["preTokenBalances"]
+            if b["accountIndex"] < len(keys)
+        }
         out.append(
             {
                 "name": path.stem,
-                "signature": sig,
+                "signature": call["params"][0],
                 "recipient": want["recipient"],
                 "amount": int(want["amount"]),
                 "reference": want["reference"],
                 "memo": want.get("memo"),
+                "payer": keys[0],
+                "source": owned.get(keys[0]),
             }
         )
     return out
@@ -177,15 +191,25 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
         for p in proofs_set:
             by_ref[p["reference"]].append(p)
         assert any(len(v) == 2 for v in by_ref.values())
-        plan = []  # (transfers it is for, owner, bound?) — a bound session carries the reference
+        # (transfers it is for, owner, binding): "own" carries the transfer's reference,
+        # "fresh" a generated one, "payer"/"source" the payer's wallet or token account.
+        plan: list[tuple[list[dict[str, Any]], str, str]] = []
         for k, (_ref, ps_) in enumerate(sorted(by_ref.items())):
             rightful = owners[k % len(owners)]
-            plan.append((ps_, rightful, True))
+            plan.append((ps_, rightful, "own"))
             # Thieves: every other owner, and another session of the rightful owner.
-            plan += [(ps_, o, False) for o in owners if o != rightful] + [(ps_, rightful, False)]
+            others = [o for o in owners if o != rightful]
+            plan += [(ps_, o, "fresh") for o in others] + [(ps_, rightful, "fresh")]
+            # A repeat payer's accounts are in each of their payments, and a reference is
+            # unique: one thief of each, on the demo payment.
+            if any(p["name"] == "demo_payment" for p in ps_):
+                assert ps_[0]["payer"] and ps_[0]["source"]
+                plan += [(ps_, others[0], "payer"), (ps_, others[1], "source")]
+        ledger_thieves = [i for i, (_p, _o, b) in enumerate(plan) if b in ("payer", "source")]
+        assert len(ledger_thieves) == 2
 
         def open_session(
-            i: int, ps_: list[dict[str, Any]], owner: str, bound: bool, key: str | None
+            i: int, ps_: list[dict[str, Any]], owner: str, binding: str, key: str | None
         ) -> tuple[int, Any]:
             headers = {"Authorization": f"Bearer {OWNER_TOKEN[owner]}"}
             if key:
@@ -198,8 +222,10 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
                 "amount": p["amount"],
                 "recipient": p["recipient"],
             }
-            if bound:
+            if binding == "own":
                 body.update(reference=p["reference"], memo=p["memo"])
+            elif binding != "fresh":
+                body["reference"] = p[binding]
             return rec.send(
                 client,
                 "session",
@@ -210,14 +236,14 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             )
 
         jobs = []
-        for i, (ps_, owner, bound) in enumerate(plan):
+        for i, (ps_, owner, binding) in enumerate(plan):
             key = f"sess-{i}"
             # Half the sessions are created twice with one key, concurrently, on both APIs.
             for j in range(2 if i % 2 == 0 else 1):
                 jobs.append(
-                    lambda i=i, j=j, ps_=ps_, owner=owner, bound=bound, key=key: (
+                    lambda i=i, j=j, ps_=ps_, owner=owner, binding=binding, key=key: (
                         i,
-                        open_session(i + j, ps_, owner, bound, key),
+                        open_session(i + j, ps_, owner, binding, key),
                     )
                 )
         rng.shuffle(jobs)
@@ -233,8 +259,8 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
         assert set(sessions) == set(range(len(plan))), "a session was lost"
         rightful_session = {
             p["signature"]: sessions[i]["id"]
-            for i, (ps_, _o, bound) in enumerate(plan)
-            if bound
+            for i, (ps_, _o, binding) in enumerate(plan)
+            if binding == "own"
             for p in ps_
         }
 
@@ -254,10 +280,10 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
 
         jobs = []
         n = 0
-        for i, (ps_, _owner, bound) in enumerate(plan):
+        for i, (ps_, _owner, binding) in enumerate(plan):
             sess = sessions[i]
             for p in ps_:
-                for rep in range(6 if bound else 3):
+                for rep in range(6 if binding == "own" else 3):
                     key = f"proof-{i}-{p['name']}" if rep < 2 else None  # two with one key
                     jobs.append(
                         lambda n=n, sess=sess, sig=p["signature"], key=key: (
@@ -361,6 +387,10 @@ def test_many_processes_share_one_postgresql(pg_db, tmp_path):
             for proc in procs:
                 assert proc.alive(), f"{proc.name} died: {proc.output()}"
             check_invariants(db, proofs_set, rightful_session)
+            demo = next(p["signature"] for p in proofs_set if p["name"] == "demo_payment")
+            check_ledger_thieves(
+                db, [sessions[i]["id"] for i in ledger_thieves], demo, rightful_session[demo]
+            )
             with db.tx() as s:
                 applied = s.scalars(
                     select(AuditEvent).where(AuditEvent.action == "proof.applied")
@@ -466,3 +496,17 @@ def check_invariants(
         report = verify_chain(s)
         assert report.ok, report.message
         assert report.events > len(sessions) + len(proofs)
+
+
+def check_ledger_thieves(db: Database, thieves: list[str], demo: str, holder: str) -> None:
+    """Sessions bound to the payer's wallet or token account took nothing: every claim they
+    made failed its binding, no receipt, no active entitlement; the demo payment (`demo`)
+    is verified for its own session (`holder`)."""
+    with db.tx() as s:
+        claims = s.scalars(select(Proof).where(Proof.session_id.in_(thieves))).all()
+        assert all((p.status, p.failure_code) == ("failed", "reference_missing") for p in claims)
+        assert not s.scalars(select(Receipt).where(Receipt.session_id.in_(thieves))).all()
+        ents = s.scalars(select(Entitlement).where(Entitlement.session_id.in_(thieves))).all()
+        assert sorted(e.status for e in ents) == ["pending"] * len(thieves)
+        own = s.scalar(select(Proof).where(Proof.ref == demo, Proof.session_id == holder))
+        assert own is not None and own.status == "verified"

@@ -272,6 +272,13 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _pairs(v: Any) -> str | None:
+    """A flat mapping as `key=value key=value` (None when empty: the cell shows `-`)."""
+    if not isinstance(v, dict) or not v:
+        return None
+    return " ".join(f"{k}={_cell(x)}" for k, x in v.items())
+
+
 def _report(rep: dict[str, Any]) -> None:
     if rep.get("already_applied"):
         # Applied before: nothing would change, and that is not a blocker.
@@ -305,21 +312,28 @@ def register(app: typer.Typer) -> None:
         incident_id: Incident = None,
         operator_reason: Reason = None,
     ):
-        """Per rail: stage, production state, pause, verifier, allowlists, blockers."""
+        """Per rail: stage, network, production state, pause, verifier, allowlists, blockers,
+        and the network's RPC bounds (timeout, attempts, total time, submission budget)."""
         s, d = Client(incident_id, operator_reason).request("GET", "/v1/admin/rails/readiness")
+        rows = limited(d, limit)
+        if not as_json and s < 400 and isinstance(rows, list):
+            # One cell per rail, as the console shows it: key=value for each bound.
+            rows = [{**r, "rpc_policy": _pairs(r.get("rpc_policy"))} for r in rows]
         _out(
             s,
-            limited(d, limit),
+            rows,
             as_json,
             [
                 "rail_id",
                 "stage",
+                "network",
                 "production_enabled",
                 "paused",
                 "live_verifier_configured",
                 "apply_allowlisted",
                 "receipt_creation_allowed",
                 "blockers",
+                "rpc_policy",
             ],
             "rail readiness",
         )

@@ -7,6 +7,11 @@ EngineError
  ├── Conflict        409: proof_owner_conflict, duplicate_payment, idempotency_*, session state
  ├── Forbidden       403: the caller's role may not do this (e.g. approving one's own request)
  └── Refused         409/423: a gate or the kill switch says no (rail_paused, blockers)
+
+Most refusals are decided before anything is written. One that is raised after the request
+ran side effects (a refused claim of a held transfer is audited and counted) is marked
+`executed`: its answer is stored under an Idempotency-Key like a success
+(services.idempotency), so a retry replays it instead of running again.
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ class EngineError(Exception):
     status = 400
 
     def __init__(
-        self, code: str, message: str, field: str | None = None, extra: dict[str, Any] | None = None
+        self,
+        code: str,
+        message: str,
+        field: str | None = None,
+        extra: dict[str, Any] | None = None,
+        executed: bool = False,
     ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.extra = extra or {}
+        self.executed = executed  # raised after side effects: replayed, not run again
 
     def body(self) -> dict[str, Any]:
         err: dict[str, Any] = {"code": self.code, "message": self.message}

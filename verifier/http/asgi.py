@@ -1,14 +1,27 @@
-"""The ASGI application factory used by `railproof serve` (one engine per process)."""
+"""The ASGI application factory used by `railproof serve` (one engine per process), also
+what a process manager runs directly (`uvicorn --factory verifier.http.asgi:make_app`)."""
 
 from fastapi import FastAPI
 
+from verifier.core.config import load_settings
 from verifier.core.engine import Engine
 from verifier.http.app import create_app
 from verifier.services.queries import schema_is_current
 
+AUDIT_KEY_MISSING = (
+    "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
+    "(a file holding it); the audit log is keyed with it (docs/security.md)"
+)
+
 
 def make_app() -> FastAPI:
-    engine = Engine()
+    settings = load_settings()
+    # SECURITY: as `railproof serve` refuses: an API appends to the audit log, and an unkeyed
+    # chain can be rewritten and re-hashed by anyone who can write the table. (ValueError
+    # when the key is set twice or its file is unreadable.)
+    if settings.audit_key_bytes() is None:
+        raise RuntimeError(AUDIT_KEY_MISSING)
+    engine = Engine(settings)
     schema_is_current(engine)
     engine.ensure_rail_states()
     return create_app(engine)

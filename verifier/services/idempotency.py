@@ -4,10 +4,13 @@ A claim row (principal, endpoint, key, request_hash, status, response) is writte
 work starts. Same key and body → the stored response; same key, other body → 409
 idempotency_conflict; still in progress → 409 idempotency_in_progress.
 
-Only requests that executed are stored, i.e. successful (2xx) answers. A refusal (any
-EngineError the work raises: rail_paused, not found, invalid input, a conflict) or an
-unexpected failure releases the claim, so a retry with the same key runs again: a request
-refused while a rail was paused goes through once it is resumed. A claim whose process
+Only results of requests that started executing are stored: successful (2xx) answers, and
+a refusal raised after the work ran side effects (an EngineError marked `executed`, e.g. a
+claim of a held transfer, audited and counted: a retry replays the same 409 and audits
+nothing more). Any other refusal (rail_paused, not found, invalid input, a session state
+conflict) ran nothing and an unexpected failure may not have finished: both release the
+claim, so a retry with the same key runs again (a request refused while a rail was paused
+goes through once it is resumed). A claim whose process
 died stays in_progress and is listed by `list-stuck-idempotency-claims`; there is
 deliberately no command that deletes claims. One stuck claim can be released (as a refusal
 releases it) by an audited assurance repair (services.assurance), staff's decision.
@@ -25,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from rails.base import canonical_json
 from verifier.core import timeutil
 from verifier.core.engine import Engine
-from verifier.core.errors import BadInput, Conflict
+from verifier.core.errors import BadInput, Conflict, EngineError
 from verifier.core.timeutil import iso
 from verifier.storage.models import ClaimStatus
 from verifier.storage.repo import idempotency as claim_repo
@@ -93,18 +96,34 @@ def run_idempotent(
         return c.response_code or 200, c.response
     try:
         status, out = work()
-    except BaseException:
-        # A refusal ran nothing worth replaying, and an unexpected failure may not have
-        # finished: release the claim so the client's retry runs the work again.
-        with engine.db.tx() as s:
-            claim_repo.release_in_progress(s, principal, endpoint, key)
+    except EngineError as e:
+        if not e.executed:
+            _release(engine, pk)
+            raise
+        # Refused after side effects (an audit row, a metric): the answer is the result.
+        _complete(engine, pk, e.status, e.body())
         raise
+    except BaseException:
+        # An unexpected failure may not have finished: the client's retry runs it again.
+        _release(engine, pk)
+        raise
+    _complete(engine, pk, status, out)
+    return status, out
+
+
+def _release(engine: Engine, pk: dict[str, str]) -> None:
+    """A refusal that ran nothing: the claim goes, a retry with the key runs again."""
+    with engine.db.tx() as s:
+        claim_repo.release_in_progress(s, pk["principal"], pk["endpoint"], pk["key"])
+
+
+def _complete(engine: Engine, pk: dict[str, str], status: int, out: Any) -> None:
     with engine.db.tx() as s:
         done = claim_repo.complete(
             s,
-            principal,
-            endpoint,
-            key,
+            pk["principal"],
+            pk["endpoint"],
+            pk["key"],
             {
                 "status": ClaimStatus.completed.value,
                 "response_code": status,
@@ -113,7 +132,6 @@ def run_idempotent(
             },
         )
         assert done  # ours, in progress: only we complete or release it
-    return status, out
 
 
 def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from rails.base import Adapter, Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
 from verifier.core.engine import Engine
-from verifier.core.errors import BadInput, Conflict, NotFound, Refused
+from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refused
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services import audit, events, queries
 from verifier.services.sessions import load_session
@@ -117,7 +117,9 @@ class _Held(Exception):
 
     def conflict(self) -> Conflict:
         extra = {"proof_id": self.proof_id} if self.proof_id else None
-        return Conflict(self.code, self.message, extra=extra)
+        # Raised once the refusal is audited and counted: a retry under the same
+        # Idempotency-Key replays it rather than auditing it again.
+        return Conflict(self.code, self.message, extra=extra, executed=True)
 
 
 def _audit_refusal(engine: Engine, s: Session, h: _Held, actor: str) -> None:
@@ -241,12 +243,20 @@ def _submit(
         adapter, raw, terms_for(engine, ps), budget_s=engine.settings.submit_verify_budget_s
     )
     # 3. The attempt, the new status, any settlement and the answer, in one transaction.
-    with engine.db.tx() as s:
-        # `p` is the row as step 1 wrote it, unless a worker verified it meanwhile (a new
-        # proof is due at once): `_record_attempt` checks that as it writes the attempt.
-        verdict, view, refused = _record_attempt(
-            engine, s, p, ps, checked, None, want_view=True, as_written=True, actor=actor
-        )
+    try:
+        with engine.db.tx() as s:
+            # `p` is the row as step 1 wrote it, unless a worker verified it meanwhile (a new
+            # proof is due at once): `_record_attempt` checks that as it writes the attempt.
+            verdict, view, refused = _record_attempt(
+                engine, s, p, ps, checked, None, want_view=True, as_written=True, actor=actor
+            )
+    except queries.DatabaseError as e:
+        if not queries.database_busy(e):
+            raise
+        # A lock or statement timeout rolled this attempt back, but step 1 committed: the
+        # proof is stored pending and due, so the worker verifies it. The answer is the proof
+        # as stored, as for any pending proof (never "nothing was changed").
+        return _stored_pending(engine, p.id), True
     _count(engine, rail, checked, verdict)
     if refused is not None:
         _count_refusal(engine, refused)
@@ -254,6 +264,34 @@ def _submit(
     if view is None:  # want_view=True: _record_attempt always builds the view
         raise RuntimeError("the attempt was recorded without the proof's view")
     return view, True
+
+
+class StoredPending(EngineError):
+    """503 database_busy for a submission whose proof is stored: the database gave up on
+    recording its first attempt and on reading it back. The worker verifies it."""
+
+    status = 503
+
+    def __init__(self, proof_id: str):
+        super().__init__(
+            "database_busy",
+            f"the database is busy; proof {proof_id} is stored pending and will be verified "
+            f"shortly: read it with GET /v1/proofs/{proof_id}, or retry this request",
+            extra={"proof_id": proof_id, "proof_status": ProofStatus.pending.value},
+        )
+        self.headers = {"Retry-After": "2"}
+
+
+def _stored_pending(engine: Engine, proof_id: str) -> dict[str, Any]:
+    """The view of a submitted proof whose first attempt was not recorded (read without a
+    lock, so a client holding the proof's row does not block it)."""
+    try:
+        with engine.db.tx() as s:
+            return _view(s, load_proof(engine, s, proof_id, None))
+    except queries.DatabaseError as e:
+        if not queries.database_busy(e):
+            raise
+        raise StoredPending(proof_id) from None
 
 
 def _get_proof(s: Session, proof_id: str) -> Proof | Record:
