@@ -2075,7 +2075,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2189,7 +2189,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2294,7 +2294,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2399,7 +2399,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2465,7 +2465,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2559,7 +2559,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2626,7 +2626,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2689,7 +2689,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2755,7 +2755,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2829,7 +2829,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2925,7 +2925,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2990,7 +2990,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3053,7 +3053,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3127,7 +3127,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3194,7 +3194,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3268,7 +3268,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3364,7 +3364,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3438,7 +3438,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3525,7 +3525,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3621,7 +3621,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3695,7 +3695,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3758,7 +3758,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3821,7 +3821,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3908,7 +3908,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4004,7 +4004,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4078,7 +4078,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4154,7 +4154,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4242,7 +4242,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4329,7 +4329,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4425,7 +4425,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4492,7 +4492,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4558,7 +4558,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4652,7 +4652,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4726,7 +4726,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4792,7 +4792,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4866,7 +4866,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4962,7 +4962,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5033,7 +5033,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5138,7 +5138,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5209,7 +5209,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5323,7 +5323,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5394,7 +5394,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5454,7 +5454,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5536,7 +5536,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5607,7 +5607,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5678,7 +5678,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); nothing changed, retry after Retry-After. */
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
             503: {
                 headers: {
                     /** @description seconds */

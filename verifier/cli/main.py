@@ -33,6 +33,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _no_audit_key() -> NoReturn:
+    from verifier.core.config import AUDIT_KEY_MISSING
+
+    fail(AUDIT_KEY_MISSING)
+
+
 def _settings():
     """The settings, or exit 2 with one `error:` line per invalid variable; unknown
     RAILPROOF_* variables (likely typos) are warned about on stderr."""
@@ -80,12 +86,6 @@ def _refuse_unservable(engine) -> None:
         )
 
 
-AUDIT_KEY_MISSING = (
-    "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
-    "(a file holding it); the audit log is keyed with it (docs/security.md)"
-)
-
-
 def _engine(require_migrated: bool = True, writes: bool = True):
     """The engine, refused (exit 2) on an unmigrated database and, when the command `writes`,
     without an audit key."""
@@ -112,7 +112,7 @@ def _engine(require_migrated: bool = True, writes: bool = True):
     # SECURITY: nothing that appends to the audit log runs without the key: an unkeyed chain
     # can be rewritten and re-hashed by anyone who can write the table.
     if writes and key is None:
-        fail(AUDIT_KEY_MISSING)
+        _no_audit_key()
     if require_migrated and writes:
         engine.ensure_rail_states()
     return engine
@@ -359,7 +359,7 @@ def audit_verify(
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         if cp is not None:
-            fail(AUDIT_KEY_MISSING)
+            _no_audit_key()
         typer.echo(
             "warning: no audit key (RAILPROOF_AUDIT_KEY or RAILPROOF_AUDIT_KEY_FILE): "
             "checked as an unkeyed chain, which anyone who can write the table can "
@@ -392,7 +392,7 @@ def audit_checkpoint(
 
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
-        fail(AUDIT_KEY_MISSING)
+        _no_audit_key()
     with engine.db.tx() as s:
         rep, cp = make_checkpoint(s, engine.now())
     if cp is None:

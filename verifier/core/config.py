@@ -40,6 +40,12 @@ DEFAULT_CASSETTE_DIR = REPO_FIXTURES if REPO_FIXTURES.is_dir() else PACKAGED_CAS
 CsvList = Annotated[list[str], NoDecode]
 
 
+AUDIT_KEY_MISSING = (
+    "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
+    "(a file holding it); the audit log is keyed with it (docs/security.md)"
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAILPROOF_", extra="ignore")
 

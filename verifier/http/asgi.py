@@ -3,15 +3,10 @@ what a process manager runs directly (`uvicorn --factory verifier.http.asgi:make
 
 from fastapi import FastAPI
 
-from verifier.core.config import load_settings
+from verifier.core.config import AUDIT_KEY_MISSING, load_settings
 from verifier.core.engine import Engine
 from verifier.http.app import create_app
 from verifier.services.queries import schema_is_current
-
-AUDIT_KEY_MISSING = (
-    "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
-    "(a file holding it); the audit log is keyed with it (docs/security.md)"
-)
 
 
 def make_app() -> FastAPI:

@@ -100,7 +100,8 @@ _WHEN = {
     422: "A field is missing or malformed; `field` names it.",
     429: "Too many requests for this token (`rate_limited`); see Retry-After.",
     500: "An unexpected failure (`internal_error`); nothing was applied.",
-    503: "The database is busy (`database_busy`); nothing changed, retry after Retry-After.",
+    503: "The database is busy (`database_busy`); retry after Retry-After. Nothing changed, "
+    "except a proof submission that names its stored pending proof (`proof_id`).",
 }
 
 
