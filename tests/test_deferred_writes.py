@@ -118,3 +118,19 @@ def test_a_session_on_a_connection_someone_else_commits_writes_at_once(db):
         _INSERT.defer(s.connection(), endpoint(1))
         assert not c.info.get("railproof.deferred")
     assert ids(db) == ["whe_1"]
+
+
+def test_an_update_that_ends_its_transaction_commits_with_it(db):
+    from sqlalchemy import bindparam, update
+
+    deactivate = Prepared(update(EP).where(EP.c.id == bindparam("k")))
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(1))
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(2))  # sent with it
+        matched = deactivate.execute(s.connection(), {"k": "whe_1", "active": False}, commit=True)
+    assert matched == 1 and ids(db) == ["whe_1", "whe_2"]
+    with db.engine.connect() as c:
+        assert c.scalar(select(EP.c.active).where(EP.c.id == "whe_1")) is False
+    with db.tx() as s:
+        assert deactivate.execute(s.connection(), {"k": "nope", "active": False}, commit=True) == 0

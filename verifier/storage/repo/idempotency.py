@@ -27,16 +27,18 @@ _COMPLETE = Prepared(
 
 
 def insert_claim(s: Session, row: dict[str, Any]) -> None:
-    """Insert a new claim now; a claim with the same (principal, endpoint, key) raises
-    IntegrityError here."""
-    _INSERT.insert(s.connection(), row)
+    """Insert a new claim, the only write of its transaction: a claim with the same
+    (principal, endpoint, key) raises IntegrityError by the time the transaction commits (on
+    PostgreSQL the insert goes with the COMMIT, one round trip: storage.repo.prepared)."""
+    _INSERT.defer(s.connection(), row)
 
 
 def complete(s: Session, principal: str, endpoint: str, key: str, values: dict[str, Any]) -> bool:
-    """Set an in-progress claim's completion `values` in one UPDATE; False when no claim of
-    that key is in progress."""
-    n = _COMPLETE.execute(s.connection(), {"p": principal, "e": endpoint, "k": key, **values})
-    return n == 1
+    """Set an in-progress claim's completion `values` in one UPDATE, the last statement of
+    its transaction (committed with it, one round trip on PostgreSQL); False when no claim of
+    that key was in progress."""
+    params = {"p": principal, "e": endpoint, "k": key, **values}
+    return _COMPLETE.execute(s.connection(), params, commit=True) == 1
 
 
 def get(s: Session, principal: str, endpoint: str, key: str) -> IdempotencyClaim | None:

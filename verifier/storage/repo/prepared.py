@@ -186,11 +186,20 @@ class Prepared:
         form, args = self._args(conn.dialect, row)
         conn.info.setdefault(_QUEUE, []).append((form.sql, args))
 
-    def execute(self, conn: Connection, params: dict[str, Any]) -> int:
-        """Run an UPDATE (or DELETE); returns the number of rows it matched."""
+    def execute(self, conn: Connection, params: dict[str, Any], commit: bool = False) -> int:
+        """Run an UPDATE (or DELETE); returns the number of rows it matched. `commit`: the
+        statement ends a `Database.tx` transaction, and on PostgreSQL its COMMIT goes in the
+        same round trip (nothing may run in the transaction after it)."""
         self._check(params)
         if not self._fast(conn):
             return conn.execute(self.stmt, params).rowcount
+        if commit and conn.dialect.name == "postgresql" and conn.info.get(DEFERS):
+            form, args = self._args(conn.dialect, params)
+            (cur,) = _run(conn, [(form.sql, args)], commit=True)
+            try:
+                return int(cur.rowcount)
+            finally:
+                cur.close()
         cur, _ = self._cursor(conn, params)
         try:
             count: int = cur.rowcount
