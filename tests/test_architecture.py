@@ -70,6 +70,10 @@ SERVICES_NEVER_USE = frozenset(
         "is_postgres",
     }
 )
+# Uses of `Any` in verifier/services (names in annotations and code; the `from typing import`
+# lines, comments and prose are not counted). A ratchet: lower it when a precise type replaces
+# one, never raise it — a model, verdict, rail or adapter has its own type.
+SERVICES_ANY_CEILING = 138
 # The HTTP layer never holds the database: no `engine.db`, no transaction of its own.
 HTTP_NEVER_USES = frozenset({"db", "tx", "begin", "begin_nested"})
 
@@ -210,6 +214,41 @@ def test_the_service_rule_catches_sql_however_it_is_written():
         ".execute",
         ".is_postgres",
     }
+
+
+def _any_uses(source: str) -> list[int]:
+    """The line of every use of `Any` (`Any` or `typing.Any`); an import is not a use."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if (isinstance(node, ast.Name) and node.id == "Any")
+        or (isinstance(node, ast.Attribute) and node.attr == "Any")
+    ]
+
+
+def test_services_gain_no_any():
+    uses = {
+        path.relative_to(ROOT): len(_any_uses(path.read_text()))
+        for path in _sources("verifier/services")
+    }
+    total = sum(uses.values())
+    worst = ", ".join(f"{p}: {n}" for p, n in sorted(uses.items(), key=lambda i: -i[1]) if n)
+    assert total <= SERVICES_ANY_CEILING, (
+        f"verifier/services uses Any {total} times, more than {SERVICES_ANY_CEILING}: type the "
+        f"new parameter or return precisely ({worst})"
+    )
+
+
+def test_the_any_count_sees_uses_not_imports_or_prose():
+    source = (
+        '"""Any other refusal."""\n'
+        "from typing import Any\n"
+        "import typing\n"
+        "# Any comment\n"
+        "def f(x: Any, y: dict[str, Any]) -> typing.Any:\n"
+        "    z: list[Any] = []\n"
+    )
+    assert sorted(_any_uses(source)) == [5, 5, 5, 6]
 
 
 def test_http_never_opens_a_transaction():

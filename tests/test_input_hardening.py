@@ -72,6 +72,12 @@ PATH_ROUTES = [  # every route with a path parameter
     ("get", "/v1/admin/entitlements/{}", "entitlement_id", None),
     ("post", "/v1/admin/approvals/{}/reject", "approval_id", {"confirm": True, **CONTEXT}),
     ("get", "/v1/admin/reconciliation-runs/{}", "run_id", None),
+    (
+        "post",
+        "/v1/admin/reconciliation-findings/{}/resolution",
+        "finding_id",
+        {"resolution": "accepted", **CONTEXT},
+    ),
     ("get", "/v1/admin/rails/{}/release-gates", "rail_id", None),
     ("get", "/v1/admin/rails/{}/release-gates/evidence", "rail_id", None),
     (

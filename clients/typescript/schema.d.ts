@@ -569,6 +569,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/reconciliation-findings/{finding_id}/resolution": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resolve Finding
+         * @description Record that a finding was repaired outside railproof (a refund, a credit or an attach
+         *     by hand, a decision): it and every later run's finding of the same kind and subject are
+         *     `resolved`, not drift. Needs the incident id and reason; audited.
+         */
+        post: operations["resolve_finding_v1_admin_reconciliation_findings__finding_id__resolution_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/reconciliation-runs": {
         parameters: {
             query?: never;
@@ -1371,6 +1393,8 @@ export interface components {
             repair_status: string;
             /** Severity */
             severity: string;
+            /** Subject Key */
+            subject_key?: string | null;
             /** Subjects */
             subjects: {
                 [key: string]: unknown;
@@ -1744,6 +1768,46 @@ export interface components {
             replayed: string[];
             /** Status */
             status: string;
+        };
+        /** ResolutionIn */
+        ResolutionIn: {
+            /** Incident Id */
+            incident_id?: string | null;
+            /** Operator Reason */
+            operator_reason?: string | null;
+            /**
+             * Resolution
+             * @description How a person settled it outside railproof; each finding kind takes some (`accepted` fits every kind)
+             * @enum {string}
+             */
+            resolution: "refunded" | "credited_by_hand" | "attached_by_hand" | "not_ours" | "accepted";
+        };
+        /** ResolvedFindingOut */
+        ResolvedFindingOut: {
+            /** Also Resolved */
+            also_resolved: number;
+            /** Detail */
+            detail: string;
+            /** Id */
+            id: number;
+            /** Kind */
+            kind: string;
+            /** Proposed Repair */
+            proposed_repair: string;
+            /** Repair Result */
+            repair_result?: {
+                [key: string]: unknown;
+            } | null;
+            /** Repair Status */
+            repair_status: string;
+            /** Severity */
+            severity: string;
+            /** Subject Key */
+            subject_key?: string | null;
+            /** Subjects */
+            subjects: {
+                [key: string]: unknown;
+            };
         };
         /** RevokeOut */
         RevokeOut: {
@@ -4468,6 +4532,102 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description A field is missing or malformed; `field` names it. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            503: {
+                headers: {
+                    /** @description seconds */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    resolve_finding_v1_admin_reconciliation_findings__finding_id__resolution_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-Incident-Id"?: string | null;
+                "X-Operator-Reason"?: string | null;
+            };
+            path: {
+                finding_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResolutionIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ResolvedFindingOut"];
+                };
+            };
+            /** @description No bearer token, or one this route does not accept (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description No such resource, or not one of the caller's owners: both answer the same. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The resource's state refuses the request (idempotency, replay, apply gate, ...). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

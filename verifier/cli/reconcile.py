@@ -5,11 +5,17 @@
                       [--apply --confirm] --incident-id … --operator-reason …
   railproof list-reconciliation-runs [--scope] [--limit]
   railproof inspect-reconciliation-run RUN_ID
+  railproof resolve-finding FINDING_ID --resolution R --incident-id … --operator-reason …
 
 A run is a dry run unless --apply (with --confirm); incident id and reason are required for
 both. While the run is under way a progress bar is drawn when stdout is a terminal.
 Exit codes: 0 the run is complete; 1 refused, or the run is incomplete or failed (what
 could not be checked is in its detail); 2 usage or connection error.
+
+resolve-finding records a repair made outside railproof (refunded, credited_by_hand,
+attached_by_hand, not_ours, accepted): later runs report the same finding `resolved`, not
+drift. Exit codes: 0 resolved; 1 refused (unknown finding, already resolved, applied by its
+run); 2 a missing or malformed option, or a connection error.
 """
 
 import json
@@ -18,7 +24,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from verifier.cli.ops import Client, Incident, JsonOpt, Reason, _die, _out
+from verifier.cli.ops import (
+    Client,
+    Incident,
+    JsonOpt,
+    Reason,
+    _die,
+    _out,
+    require_operator_context,
+)
 from verifier.cli.progress import progress
 
 RUN_COLUMNS = [
@@ -52,7 +66,19 @@ def _print_run(run: dict[str, Any]) -> None:
     if run.get("detail"):
         typer.echo(run["detail"])
     typer.echo("summary: " + json.dumps(run.get("summary", {}), sort_keys=True))
-    _out(200, run.get("findings", []), False, FINDING_COLUMNS, "findings")
+    findings = run.get("findings", [])
+    _out(200, findings, False, FINDING_COLUMNS, "findings")
+    for f in findings:
+        r = f.get("repair_result") or {}
+        if f.get("repair_status") == "resolved":
+            typer.echo(
+                f"finding {f['id']} resolved: {r.get('resolution')} by {r.get('staff')} at "
+                f"{r.get('resolved_at')} (incident {r.get('incident_id')}: "
+                f"{r.get('operator_reason')})"
+            )
+
+
+RESOLUTIONS = ("refunded", "credited_by_hand", "attached_by_hand", "not_ours", "accepted")
 
 
 def register(app: typer.Typer) -> None:
@@ -130,3 +156,37 @@ def register(app: typer.Typer) -> None:
             _out(s, d, as_json)
         else:
             _print_run(d)
+
+    @app.command("resolve-finding")
+    def resolve(
+        finding_id: str,
+        resolution: Annotated[
+            str | None, typer.Option("--resolution", help=" | ".join(RESOLUTIONS))
+        ] = None,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Record that a finding was repaired outside railproof; later runs report the same
+        finding resolved, not drift (needs --incident-id and --operator-reason)."""
+        require_operator_context("resolve-finding", incident_id, operator_reason)
+        if resolution not in RESOLUTIONS:
+            _die(f"--resolution: one of {', '.join(RESOLUTIONS)}")
+        if not finding_id.isdigit() or not 1 <= int(finding_id) < 2**31:
+            _die(f"FINDING_ID: a finding's id (a positive integer), not {finding_id!r}")
+        c = Client(incident_id, operator_reason)
+        s, d = c.request(
+            "POST",
+            f"/v1/admin/reconciliation-findings/{int(finding_id)}/resolution",
+            {"resolution": resolution, **c.context},
+        )
+        if s >= 400 or as_json:
+            _out(s, d, as_json)
+            return
+        r = d.get("repair_result") or {}
+        typer.echo(
+            f"finding {d['id']} ({d['kind']}, {d.get('subject_key')}) resolved: "
+            f"{r.get('resolution')} under incident {r.get('incident_id')}"
+        )
+        if d.get("also_resolved"):
+            typer.echo(f"{d['also_resolved']} finding(s) of other latest runs resolved with it")

@@ -43,6 +43,7 @@ class ApiErrorCode(StrEnum):
     invalid_limit = "invalid_limit"
     invalid_time = "invalid_time"
     invalid_window = "invalid_window"
+    invalid_resolution = "invalid_resolution"
     rail_id_required = "rail_id_required"
     treasury_required = "treasury_required"
     configuration_error = "configuration_error"
@@ -67,6 +68,7 @@ class ApiErrorCode(StrEnum):
     webhook_event_not_found = "webhook_event_not_found"
     assurance_issue_not_found = "assurance_issue_not_found"
     reconciliation_run_not_found = "reconciliation_run_not_found"
+    reconciliation_finding_not_found = "reconciliation_finding_not_found"
     release_gate_unknown = "release_gate_unknown"
     # the state it is in (409)
     idempotency_conflict = "idempotency_conflict"
@@ -80,6 +82,8 @@ class ApiErrorCode(StrEnum):
     endpoint_inactive = "endpoint_inactive"
     issue_not_repairable = "issue_not_repairable"
     issue_resolved = "issue_resolved"
+    finding_resolved = "finding_resolved"
+    finding_not_resolvable = "finding_not_resolvable"
     release_gates_incomplete = "release_gates_incomplete"
     # the server (5xx)
     database_busy = "database_busy"

@@ -20,7 +20,7 @@ a reason, and is audited (`assurance.repaired`) with all three and the staff mem
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -58,7 +58,7 @@ class Issue:
     repair: str
     key: str  # what the issue is about, unique within its category (its id's second half)
     # What a repair acts on (a proof id, a claim's primary key); None: no automatic repair.
-    target: Any = field(default=None, compare=False)
+    target: str | tuple[str, str, str] | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
@@ -445,6 +445,7 @@ def _requeue_lapsed(engine: Engine, issue: Issue, op: audit.Operator) -> dict[st
 def _release_claim(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str, Any]:
     # What the idempotency service does when a request is refused: the in-progress claim goes,
     # so the client's retry with the same key runs. The claim's record stays in the audit log.
+    assert isinstance(issue.target, tuple)  # a stuck claim's issue names its primary key
     principal, endpoint, key = issue.target
     with engine.db.tx() as s:
         c = claim_repo.get(s, principal, endpoint, key)
@@ -469,7 +470,12 @@ def _release_claim(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str
 
 
 def _audit_repair(
-    engine: Engine, s: Session, issue: Issue, op: audit.Operator, action: str, data: Any
+    engine: Engine,
+    s: Session,
+    issue: Issue,
+    op: audit.Operator,
+    action: str,
+    data: Mapping[str, object],
 ) -> None:
     audit.append(
         s,

@@ -79,7 +79,7 @@ _HEAD_KEY = "railproof.audit_head"
 
 
 @event.listens_for(Session, "after_transaction_end")
-def _forget_head(session: Session, _transaction: Any) -> None:
+def _forget_head(session: Session, _transaction: object) -> None:
     # Every Session, however made: once its transaction ends (commit, rollback, close) or any
     # savepoint in it does, the cached head may no longer be the chain's head.
     session.info.pop(_HEAD_KEY, None)

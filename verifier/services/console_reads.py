@@ -14,7 +14,7 @@ from verifier.core.engine import Engine
 from verifier.core.timeutil import iso
 from verifier.core.timeutil import utc as _utc_or_none
 from verifier.services.views import entitlement_view, proof_view, receipt_view
-from verifier.storage.models import ProofStatus
+from verifier.storage.models import AuditEvent, ProofStatus
 from verifier.storage.repo import console as repo
 
 PROOF_STATUSES = [s.value for s in ProofStatus]
@@ -40,7 +40,7 @@ _REDACTED = {
 }
 
 
-def redact(value: Any) -> Any:
+def redact(value: object) -> object:
     if isinstance(value, dict):
         return {
             k: ("[redacted]" if str(k).lower() in _REDACTED else redact(v))
@@ -102,7 +102,7 @@ def receipt_and_entitlement(
         return (receipt_view(r) if r else None), (entitlement_view(e) if e else None)
 
 
-def _event(e: Any) -> dict[str, Any]:
+def _event(e: AuditEvent) -> dict[str, Any]:
     return {
         "id": e.id,
         "at": iso(e.at),

@@ -24,9 +24,10 @@ from typing import Any
 from rails.base import InflowScan, Transport
 from rails.cassette import CountingTransport
 from rails.errors import CassetteError, TransportError
-from registry.catalog import Stage
+from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
+from verifier.storage.models import PaymentSession
 from verifier.storage.repo import reconciliation as repo
 
 log = logging.getLogger("railproof.discovery")
@@ -65,7 +66,7 @@ def cycle(engine: Engine, name: str = "worker", chain: Transport | None = None) 
     return submitted
 
 
-def _due(engine: Engine, key: str) -> tuple[bool, Any]:
+def _due(engine: Engine, key: str) -> tuple[bool, dict[str, Any] | None]:
     with engine.db.tx() as s:
         c = repo.get_cursor(s, key)
         if c is None:
@@ -88,7 +89,7 @@ def _backoff(engine: Engine, idle: int) -> float:
     return min(engine.settings.discovery_max_backoff_s, BASE_BACKOFF_S * 2 ** (idle - 1))
 
 
-def watch_solana(engine: Engine, rail: Any, chain: Transport | None = None) -> dict[str, int]:
+def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
     """One watch of the rail's treasury (and references of non-treasury sessions). Returns
     {"submitted", "rpc_calls", "inflows"}."""
     from rails.solana import token_account
@@ -112,7 +113,7 @@ def watch_solana(engine: Engine, rail: Any, chain: Transport | None = None) -> d
     by_ref = {ps.reference: ps for ps in sessions if ps.reference}
     at_treasury = [ps for ps in sessions if treasury and ps.recipient == treasury]
     elsewhere = [ps for ps in sessions if not (treasury and ps.recipient == treasury)]
-    found: list[tuple[Any, str]] = []  # (session, signature)
+    found: list[tuple[PaymentSession, str]] = []  # (session, signature)
 
     if treasury and at_treasury:  # (sessions at the treasury: there is one)
         key = f"solana:{rail.rail_id}:{rail.network}:treasury:{treasury}"
@@ -196,7 +197,7 @@ def watch_solana(engine: Engine, rail: Any, chain: Transport | None = None) -> d
     return out
 
 
-def watch_evm(engine: Engine, rail: Any, chain: Transport | None = None) -> dict[str, int]:
+def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
     """One watch of an EVM treasury: the head, then the token's Transfer(to=treasury) logs
     from the last block read (bounded ranges, split when the node refuses), matched to the
     one open session naming the sender as payer with that amount. Returns {"submitted",
@@ -241,11 +242,11 @@ def watch_evm(engine: Engine, rail: Any, chain: Transport | None = None) -> dict
     )
     out["rpc_calls"] = counted.calls
     out["inflows"] = len(scan.inflows)
-    by_payer: dict[tuple[str, int], list[Any]] = {}
+    by_payer: dict[tuple[str, int], list[PaymentSession]] = {}
     for ps in sessions:
         by_payer.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
     taken: set[str] = set()
-    found = []
+    found: list[tuple[PaymentSession, str]] = []
     for i in scan.inflows:
         hits = [ps for ps in by_payer.get((i.sender.lower(), i.value), ()) if ps.id not in taken]
         if len(hits) == 1:  # the binding: exactly one open session names this payer and amount

@@ -123,7 +123,7 @@ _KEYS = (_LOCKED_KEY, _SEQ_KEY, _ENDPOINTS_KEY)
 
 
 @event.listens_for(Session, "after_transaction_end")
-def _forget(session: Session, _transaction: Any) -> None:
+def _forget(session: Session, _transaction: object) -> None:
     # Every Session, however made: once its transaction ends (commit, rollback, close) or any
     # savepoint in it does, the lock may be gone and a rolled-back event or endpoint with it.
     for k in _KEYS:
@@ -131,7 +131,7 @@ def _forget(session: Session, _transaction: Any) -> None:
 
 
 @event.listens_for(Session, "after_flush")
-def _forget_on_flush(session: Session, _context: Any) -> None:
+def _forget_on_flush(session: Session, _context: object) -> None:
     # An ORM flush may have written an endpoint or an outbox row this transaction's cache has
     # not seen; emit's own statements are Core and never flush. (The lock is kept: it is a
     # transaction-level lock.)

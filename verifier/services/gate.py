@@ -24,12 +24,15 @@ from verifier.services import audit, events
 from verifier.services.proofs import latest_settlement, latest_verified_attempt, load_proof
 from verifier.services.views import entitlement_view, receipt_view
 from verifier.storage.models import (
+    Entitlement,
     EntitlementStatus,
+    PaymentSession,
     Proof,
     ProofStatus,
     RailState,
     Receipt,
     SessionStatus,
+    SettlementEvidence,
 )
 from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import proofs as proof_repo
@@ -63,14 +66,24 @@ class Check:
     detail: str
 
 
+@dataclass
+class _Rows:
+    """The rows the checks read, for the report and the apply that follow them."""
+
+    settlement: SettlementEvidence | None = None
+    session: PaymentSession | None = None
+    entitlement: Entitlement | None = None
+    receipt: Receipt | None = None
+
+
 def _evaluate(
     engine: Engine, s: Session, p: Proof, via: Via, st: RailState | Record | None = None
-) -> tuple[list[Check], dict[str, Any]]:
+) -> tuple[list[Check], _Rows]:
     """`st`: the rail's state when the caller has read it (apply: under its share lock)."""
     settings = engine.settings
     checks: list[Check] = []
     add = lambda name, ok, detail: checks.append(Check(name, bool(ok), detail))  # noqa: E731
-    ctx: dict[str, Any] = {}
+    ctx = _Rows()
 
     add(
         "proof_verified",
@@ -79,7 +92,7 @@ def _evaluate(
     )
 
     ev = latest_settlement(s, p.id)
-    ctx["settlement"] = ev
+    ctx.settlement = ev
     if ev is None:
         add("settlement_final", False, "no settlement evidence")
     elif ev.reorged:
@@ -164,12 +177,12 @@ def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Vi
     return "receipt_creation_allowed", False, f"stage {stage}: never creates receipts"
 
 
-def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> tuple[bool, str]:
+def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: _Rows) -> tuple[bool, str]:
     """proof ↔ session ↔ owner ↔ product ↔ receipt all agree, and the chain paid what the
     session asked, to whom it asked, on its rail."""
     ps = session_repo.get(s, p.session_id)
     ent = entitlement_repo.for_session(s, p.session_id)
-    ctx["session"], ctx["entitlement"] = ps, ent
+    ctx.session, ctx.entitlement = ps, ent
     problems = []
     if ps is None:
         return False, "session missing"
@@ -181,7 +194,7 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> t
         problems.append("entitlement does not match session owner/product")
     receipt_for_session = receipt_repo.for_session(s, ps.id)
     receipt_for_proof = receipt_repo.for_proof(s, p.id)
-    ctx["receipt"] = receipt_for_proof
+    ctx.receipt = receipt_for_proof
     if receipt_for_session is not None and receipt_for_session.proof_id != p.id:
         problems.append("session already paid by another proof")
     if receipt_for_proof is not None and receipt_for_proof.session_id != ps.id:
@@ -213,10 +226,10 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: dict[str, Any]) -> t
     return True, "owner, session, product, amount, recipient and rail agree"
 
 
-def _report(p: Proof, checks: list[Check], ctx: dict[str, Any]) -> dict[str, Any]:
+def _report(p: Proof, checks: list[Check], ctx: _Rows) -> dict[str, Any]:
     blockers = [{"code": c.name, "detail": c.detail} for c in checks if not c.passed]
-    applied = ctx.get("receipt") is not None
-    ent = ctx.get("entitlement")
+    applied = ctx.receipt is not None
+    ent = ctx.entitlement
     would = not blockers and not applied
     return {
         "proof_id": p.id,
@@ -278,9 +291,9 @@ def apply(
         assert ps is not None  # nor its session (foreign key)
         checks, ctx = _evaluate(engine, s, p, via, st)
         report = _report(p, checks, ctx)
-        if ctx.get("receipt") is not None:
-            r = ctx["receipt"]
-            ent = ctx["entitlement"]
+        if ctx.receipt is not None:
+            r = ctx.receipt
+            ent = ctx.entitlement
             return {
                 "applied": True,
                 "already_applied": True,
@@ -292,7 +305,8 @@ def apply(
         else:
             blocked = None
             now = engine.now()
-            ev = ctx["settlement"]
+            ev = ctx.settlement
+            assert ev is not None  # settlement_final passed
             r = Receipt(
                 proof_id=p.id,
                 session_id=ps.id,
@@ -307,7 +321,8 @@ def apply(
             receipt_repo.add(s, r)
             if engine.fail_after_receipt_insert:
                 raise RuntimeError("injected failure after receipt insert")
-            ent = ctx["entitlement"]
+            ent = ctx.entitlement
+            assert ent is not None  # tuple_bound passed
             ent.status = EntitlementStatus.active
             ent.receipt_id = r.id
             ent.updated_at = now

@@ -36,7 +36,7 @@ from verifier.storage.repo import idempotency as claim_repo
 MAX_KEY = 256
 
 
-def request_hash(body: Any) -> str:
+def request_hash(body: object) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
@@ -45,9 +45,9 @@ def run_idempotent(
     principal: str,
     endpoint: str,
     key: str | None,
-    body: Any,
-    work: Callable[[], tuple[int, Any]],
-) -> tuple[int, Any]:
+    body: object,
+    work: Callable[[], tuple[int, dict[str, Any]]],
+) -> tuple[int, dict[str, Any] | None]:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body)."""
     if key is None:
         return work()
@@ -117,7 +117,7 @@ def _release(engine: Engine, pk: dict[str, str]) -> None:
         claim_repo.release_in_progress(s, pk["principal"], pk["endpoint"], pk["key"])
 
 
-def _complete(engine: Engine, pk: dict[str, str], status: int, out: Any) -> None:
+def _complete(engine: Engine, pk: dict[str, str], status: int, out: dict[str, Any]) -> None:
     with engine.db.tx() as s:
         done = claim_repo.complete(
             s,

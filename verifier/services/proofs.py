@@ -29,6 +29,8 @@ from sqlalchemy.orm import Session
 from rails.base import Adapter, Settlement, Status, Terms, Verdict, fingerprint
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
+from registry.catalog import Rail
+from verifier.core.checking import Checked
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refused
 from verifier.core.timeutil import epoch_of, utc
@@ -60,7 +62,7 @@ SYSTEM = audit.Operator("system")
 def submit_proof(
     engine: Engine,
     session_id: str,
-    proof: Any,
+    proof: object,
     owners: list[str] | None,
     proof_type: str | None = None,
     actor: str = "service",
@@ -309,7 +311,7 @@ def _refuse_if_paused(engine: Engine, s: Session, rail_id: str) -> None:
         raise Refused(FailureCode.rail_paused, f"rail {rail_id} is paused")
 
 
-def _raw_proof(proof: Any) -> str:
+def _raw_proof(proof: object) -> str:
     if isinstance(proof, dict):
         raw = orjson.dumps(proof).decode()
     elif isinstance(proof, str):
@@ -380,7 +382,7 @@ def _record_attempt(
     s: Session,
     p: Proof | Record,
     ps: PaymentSession | Record,
-    checked: Any,
+    checked: Checked,
     worker: str | None,
     want_view: bool = False,
     as_written: bool = False,
@@ -574,7 +576,7 @@ def _view_after_attempt(
     return proof_view(p, ev if ev is not None else latest_settlement(s, p.id), rid)
 
 
-def _count(engine: Engine, rail: Any, checked: Any, verdict: Verdict) -> None:
+def _count(engine: Engine, rail: Rail, checked: Checked, verdict: Verdict) -> None:
     engine.metrics.inc(
         "verification_attempts_total",
         rail_id=rail.rail_id,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from rails import proof_fields
 from rails.errors import ProofMalformed
 from registry.catalog import Stage
@@ -97,7 +99,7 @@ def set_paused(
     rail_id: str,
     paused: bool,
     op: audit.Operator,
-    keep_paused: Callable[[Any], bool] | None = None,
+    keep_paused: Callable[[Session], bool] | None = None,
 ) -> dict[str, Any]:
     """`keep_paused(s)`: asked under the rail's lock before a resume; true leaves the rail
     paused (the release-gate drill's resume must not lift a pause someone else asked for)."""

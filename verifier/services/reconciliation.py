@@ -15,9 +15,16 @@ exactly one session; an EVM inflow when exactly one open session names its sende
 with that amount and recipient. Anything else needs a person (`orphan_unbound`). Which scan a
 rail gets is what its adapter declares (`Adapter.inflow_scan`), never its family's name.
 
-Drift is what a person still has to act on: a finding that is not `info` and was not applied
-by the run. The drift gauge and `railproof assurance` read the latest finished run of each
-(scope, rail), so a run of one rail never hides the drift another rail's run found.
+Drift is what a person still has to act on: a finding that is not `info`, was not applied
+by the run and is not resolved. The drift gauge and `railproof assurance` read the latest
+finished run of each (scope, rail), so a run of one rail never hides the drift another rail's
+run found.
+
+A repair made outside railproof (a refund, a credit or an attach by hand, a decision that the
+state stands) is recorded on the finding with `resolve_finding`: a resolution keyed by the
+finding's kind and subject key (`subject_key`: what the finding is about, the same in every
+run), with the staff member, incident id and reason. Every later run that finds the same
+(kind, subject key) reports it `resolved`, so "re-run until there is zero drift" ends.
 """
 
 from __future__ import annotations
@@ -32,11 +39,11 @@ from rails.base import InflowScan, fingerprint
 from rails.errors import CassetteError, TransportError
 from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
-from verifier.core.errors import BadInput, EngineError, NotFound
+from verifier.core.errors import BadInput, Conflict, EngineError, NotFound
 from verifier.core.timeutil import iso, utc
 from verifier.services import audit
 from verifier.storage.models import new_id
-from verifier.storage.reconciliation_models import RepairStatus, RunStatus, Scope
+from verifier.storage.reconciliation_models import RepairStatus, Resolution, RunStatus, Scope
 from verifier.storage.repo import reconciliation as repo
 
 MAX_LIMIT = 10_000
@@ -178,6 +185,8 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
             out = _rail_proofs(engine, req)
         else:
             out = _chain_inflows(engine, req)
+        # Before apply: a transfer a person settled (refunded, not ours) is never attached.
+        _carry_resolutions(engine, out.findings, req.rail_id)
         if req.apply:
             _apply(engine, out.findings, staff)
     except Exception as e:  # recorded, never lost: the run says it failed and why
@@ -220,9 +229,187 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
 
 
 def is_drift(f: dict[str, Any]) -> bool:
-    """Whether a finding still needs someone: not information only, and not repaired by its
-    run (the repo's `unresolved_counts` counts the same)."""
-    return f["severity"] != "info" and f["repair_status"] != RepairStatus.applied.value
+    """Whether a finding still needs someone: not information only, not repaired by its run
+    and not resolved by a person (the repo's `unresolved_counts` counts the same)."""
+    return f["severity"] != "info" and f["repair_status"] not in repo.SETTLED
+
+
+# -- resolutions ------------------------------------------------------------------------------
+
+# What a finding is about, by kind: the subject fields that name it the same in every run.
+# Inflow findings are about one transfer of one rail (an EVM transaction may hold several
+# Transfer logs; the same hash on two chains is two transfers).
+_SUBJECT_FIELDS: dict[str, tuple[str, ...]] = {
+    "verified_without_receipt": ("proof_id",),
+    "receipt_without_active_entitlement": ("receipt_id",),
+    "paid_session_without_receipt": ("session_id",),
+    "pending_past_sla": ("proof_id",),
+    "failed_then_paid": ("proof_id",),
+    "verified_transfer_not_credited": ("proof_id",),
+    # A third proof behind the same transfer is a new finding, not the one resolved.
+    "transfer_behind_two_proofs": ("transfer", "proof_ids"),
+    "entitlement_settlement_reorged": ("entitlement_id",),
+    "orphan_bound": ("rail_id", "transfer", "log_index"),
+    "orphan_unbound": ("rail_id", "transfer", "log_index"),
+}
+
+_ANY = frozenset({Resolution.accepted})
+_MONEY_BACK = frozenset({Resolution.refunded, Resolution.credited_by_hand, Resolution.accepted})
+_INFLOW = frozenset(
+    {Resolution.refunded, Resolution.attached_by_hand, Resolution.not_ours, Resolution.accepted}
+)
+# The resolutions that fit each kind: what a person can have done about it outside railproof.
+# `accepted` (reviewed, the state stands) fits every kind; the note says why.
+RESOLUTIONS: dict[str, frozenset[Resolution]] = {
+    "verified_without_receipt": _MONEY_BACK,
+    "receipt_without_active_entitlement": frozenset(
+        {Resolution.credited_by_hand, Resolution.accepted}
+    ),
+    "paid_session_without_receipt": frozenset({Resolution.credited_by_hand, Resolution.accepted}),
+    "pending_past_sla": _MONEY_BACK,
+    "verified_transfer_not_credited": _MONEY_BACK,
+    "transfer_behind_two_proofs": frozenset({Resolution.refunded, Resolution.accepted}),
+    "entitlement_settlement_reorged": _ANY,
+    "orphan_bound": _INFLOW,
+    "orphan_unbound": _INFLOW,
+}
+
+
+def subject_key(kind: str, subjects: dict[str, Any], rail_id: str | None = None) -> str:
+    """The stable identity of what a finding is about, e.g. `proof_id=pr_…` or
+    `rail_id=solana_usdc;transfer=5x…`: the same thing found by another run has the same key.
+    A kind without a declared identity is keyed by all its subjects."""
+    values = {"rail_id": rail_id, **subjects}
+    fields = _SUBJECT_FIELDS.get(kind) or tuple(sorted(subjects))
+    parts = []
+    for name in fields:
+        v = values.get(name)
+        if v is None:
+            continue
+        text = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+        parts.append(f"{name}={text}")
+    return ";".join(parts)[:256]
+
+
+def _resolution_result(r: Any) -> dict[str, Any]:
+    return {
+        "resolution": r.resolution,
+        "resolved_at": iso(r.resolved_at),
+        "staff": r.staff,
+        "incident_id": r.incident_id,
+        "operator_reason": r.operator_reason,
+        "finding_id": r.finding_id,
+    }
+
+
+def _carry_resolutions(engine: Engine, findings: list[dict[str, Any]], rail_id: str | None) -> None:
+    """Key each finding and mark resolved those a person already settled."""
+    for f in findings:
+        f["subject_key"] = subject_key(f["kind"], f["subjects"], rail_id)
+    if not findings:
+        return
+    with engine.db.tx() as s:
+        done = repo.resolutions_for(s, [(f["kind"], f["subject_key"]) for f in findings])
+        for f in findings:
+            r = done.get((f["kind"], f["subject_key"]))
+            if r is not None and is_drift(f):
+                f["repair_status"] = RepairStatus.resolved.value
+                f["repair_result"] = _resolution_result(r)
+
+
+def resolve_finding(
+    engine: Engine, finding_id: int, resolution: str, op: audit.Operator
+) -> dict[str, Any]:
+    """Record that a person settled what a finding is about outside railproof; later runs
+    that find the same (kind, subject key) report it resolved. Returns the finding's view."""
+    # SECURITY: a finding leaves the drift only on the record, with who decided and why.
+    for field, value in (("incident_id", op.incident_id), ("operator_reason", op.reason)):
+        if not (value or "").strip():
+            raise BadInput(
+                "operator_context_required",
+                f"{field}: resolving a finding needs an incident id and a reason",
+                field=field,
+            )
+    if resolution not in {r.value for r in Resolution}:
+        raise BadInput(
+            "invalid_resolution",
+            f"resolution: one of {', '.join(r.value for r in Resolution)}",
+            field="resolution",
+        )
+    now = engine.now()
+    with engine.db.tx() as s:
+        f = repo.get_finding(s, finding_id)
+        if f is None:
+            raise NotFound(
+                "reconciliation_finding_not_found", f"no reconciliation finding {finding_id}"
+            )
+        if f.repair_status == RepairStatus.resolved.value:
+            raise Conflict(
+                "finding_resolved",
+                f"finding {finding_id} is already resolved",
+                extra={"resolution": (f.repair_result or {}).get("resolution")},
+            )
+        if not is_drift({"severity": f.severity, "repair_status": f.repair_status}):
+            raise Conflict(
+                "finding_not_resolvable",
+                f"finding {finding_id} leaves nothing to resolve (it is "
+                f"{'information only' if f.severity == 'info' else 'applied by its run'})",
+            )
+        fits = RESOLUTIONS.get(f.kind, _ANY)
+        if resolution not in fits:
+            raise BadInput(
+                "invalid_resolution",
+                f"resolution: a {f.kind} finding takes {', '.join(sorted(r.value for r in fits))}",
+                field="resolution",
+            )
+        found_by = repo.get_run(s, f.run_id)
+        # A finding with no subject to name resolves itself alone, never its whole kind.
+        key = (
+            f.subject_key
+            or subject_key(f.kind, dict(f.subjects or {}), found_by.rail_id if found_by else None)
+            or f"finding_id={f.id}"
+        )
+        row = {
+            "kind": f.kind,
+            "subject_key": key,
+            "resolution": resolution,
+            "finding_id": f.id,
+            "staff": op.actor,
+            "incident_id": (op.incident_id or "").strip(),
+            "operator_reason": (op.reason or "").strip(),
+            "resolved_at": now,
+        }
+        if not repo.insert_resolution(s, row):
+            # Found again by a later run before this one was resolved, or resolved at once.
+            raise Conflict(
+                "finding_resolved", f"what finding {finding_id} is about is already resolved"
+            )
+        result = {
+            "resolution": resolution,
+            "resolved_at": iso(now),
+            "staff": op.actor,
+            "incident_id": row["incident_id"],
+            "operator_reason": row["operator_reason"],
+            "finding_id": f.id,
+        }
+        # The latest runs stop counting it at once: the gauge and assurance need no re-run.
+        latest = [r.id for r in repo.latest_finished_runs(s)]
+        marked = repo.mark_resolved(s, f.id, latest, f.kind, key, result)
+        audit.append(
+            s,
+            now,
+            op,
+            "reconciliation.finding_resolved",
+            "reconciliation_finding",
+            str(f.id),
+            {"kind": f.kind, "subject_key": key, "resolution": resolution, "run_id": f.run_id},
+        )
+        s.flush()
+        s.refresh(f)
+        view = finding_view(f)
+    refresh_drift_gauge(engine)
+    view["also_resolved"] = max(0, marked - 1)
+    return view
 
 
 # -- scope rail_proofs ------------------------------------------------------------------------
@@ -728,6 +915,7 @@ def finding_view(f: Any) -> dict[str, Any]:
         "proposed_repair": f.proposed_repair,
         "repair_status": f.repair_status,
         "repair_result": f.repair_result,
+        "subject_key": f.subject_key,
     }
 
 

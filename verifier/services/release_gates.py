@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -259,7 +260,7 @@ def _hashed(given: EvidenceIn) -> tuple[str, str]:
     return given.evidence, sha
 
 
-def _parse(text: str) -> Any:
+def _parse(text: str) -> object:
     try:
         return json.loads(text)
     except ValueError as e:
@@ -288,7 +289,7 @@ def _check_rehearsal(text: str, max_age_days: int = 0) -> tuple[bool, dict[str, 
             field="evidence",
         )
     raw_steps = doc.get("steps")
-    steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
+    steps: list[object] = raw_steps if isinstance(raw_steps, list) else []
     # A step that is not an object is not a step that passed.
     failed = [
         s.get("name") if isinstance(s, dict) else None
@@ -397,7 +398,7 @@ def _kill_switch_drill(
         was_paused = engine.rail_state_read(s, rail_id).paused
         session_id = repo.newest_session_id(s, rail_id)
 
-    def outcome(fn: Any) -> str:
+    def outcome(fn: Callable[[], object]) -> str:
         try:
             fn()
         except EngineError as e:

@@ -28,7 +28,6 @@ from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo.rows import Record
 
 AUTO = "auto"
-_UNSET: Any = object()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Tables of reconciliation and discovery: persisted runs with their findings, and the
-position the worker's treasury watch has reached per rail.
+"""Tables of reconciliation and discovery: persisted runs with their findings, the
+resolutions people made of findings repaired outside railproof, and the position the worker's
+treasury watch has reached per rail.
 
 On the same `Base` (and naming convention) as the engine's models, so Alembic sees one schema
-(migration 0007).
+(migrations 0007 and 0011).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ class RepairStatus(StrEnum):
     proposed = "proposed"  # dry run: what apply would do
     applied = "applied"  # apply submitted the transfer as its session's proof
     failed = "failed"  # apply tried and was refused
+    resolved = "resolved"  # a person repaired it outside railproof (a ReconciliationResolution)
+
+
+class Resolution(StrEnum):
+    """How a person settled a finding outside railproof (`railproof resolve-finding`)."""
+
+    refunded = "refunded"  # the sender was paid back
+    credited_by_hand = "credited_by_hand"  # the buyer got what they paid for another way
+    attached_by_hand = "attached_by_hand"  # a person attached the transfer to its session
+    not_ours = "not_ours"  # not a payment for railproof (a top-up, an internal transfer)
+    accepted = "accepted"  # reviewed: the state stands as it is (the note says why)
 
 
 def _in(col: str, enum: type[StrEnum]) -> str:
@@ -84,6 +96,7 @@ class ReconciliationFinding(Base):
         CheckConstraint("severity IN ('critical', 'warning', 'info')", name="severity"),
         CheckConstraint(_in("repair_status", RepairStatus), name="repair_status"),
         Index("ix_reconciliation_findings_run", "run_id", "id"),
+        Index("ix_reconciliation_findings_subject", "kind", "subject_key"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("reconciliation_runs.id"))
@@ -95,6 +108,29 @@ class ReconciliationFinding(Base):
     proposed_repair: Mapped[str] = mapped_column(Text, default="")
     repair_status: Mapped[str] = mapped_column(String(16), default=RepairStatus.none)
     repair_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the finding is about, stable across runs (services.reconciliation.subject_key);
+    # NULL on findings stored before migration 0011.
+    subject_key: Mapped[str | None] = mapped_column(String(256))
+
+
+class ReconciliationResolution(Base):
+    """A person's settlement of what a finding is about: every later run that finds the same
+    (kind, subject key) reports it resolved, not drift (migration 0011)."""
+
+    __tablename__ = "reconciliation_resolutions"
+    __table_args__ = (
+        CheckConstraint(_in("resolution", Resolution), name="resolution"),
+        CheckConstraint("incident_id <> '' AND operator_reason <> ''", name="operator_context"),
+    )
+    kind: Mapped[str] = mapped_column(String(48), primary_key=True)
+    subject_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    resolution: Mapped[str] = mapped_column(String(32))
+    # The finding it was made on.
+    finding_id: Mapped[int] = mapped_column(ForeignKey("reconciliation_findings.id"))
+    staff: Mapped[str] = mapped_column(String(128))
+    incident_id: Mapped[str] = mapped_column(String(128))
+    operator_reason: Mapped[str] = mapped_column(Text)
+    resolved_at: Mapped[datetime]
 
 
 class DiscoveryCursor(Base):

@@ -1,19 +1,20 @@
 """Staff routes of reconciliation runs: start one (dry-run unless `apply` with `confirm`),
-list them, read one with its findings. Every run carries its incident id and reason."""
+list them, read one with its findings, resolve a finding repaired outside railproof. Every
+run and every resolution carries its incident id and reason."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Path, Query
 from pydantic import Field, StrictBool
 
 from verifier.http.deps import EngineDep, StaffDep
 from verifier.http.errors import error_responses
-from verifier.http.models import Model
-from verifier.http.routes import WITH_BODY, staff_router
-from verifier.services import reconciliation
+from verifier.http.models import Model, OperatorIn
+from verifier.http.routes import WITH_BODY, staff_router, with_context
+from verifier.services import audit, reconciliation
 
 router = staff_router("reconciliation")
 Scope = Literal["rail_proofs", "chain_inflows"]
@@ -40,6 +41,23 @@ class FindingOut(Model):
     proposed_repair: str
     repair_status: str
     repair_result: dict[str, Any] | None = None
+    # What the finding is about, the same in every run (null on findings older than it).
+    subject_key: str | None = None
+
+
+ResolutionName = Literal["refunded", "credited_by_hand", "attached_by_hand", "not_ours", "accepted"]
+
+
+class ResolutionIn(OperatorIn):
+    resolution: ResolutionName = Field(
+        description="How a person settled it outside railproof; each finding kind takes some "
+        "(`accepted` fits every kind)"
+    )
+
+
+class ResolvedFindingOut(FindingOut):
+    # Findings of the same kind and subject in the other latest runs, resolved with it.
+    also_resolved: int
 
 
 class RunOut(Model):
@@ -105,3 +123,21 @@ def list_runs(
 )
 def read_run(run_id: str, engine: EngineDep, _: StaffDep) -> dict[str, Any]:
     return reconciliation.get_run(engine, run_id)
+
+
+@router.post(
+    "/reconciliation-findings/{finding_id}/resolution",
+    response_model=ResolvedFindingOut,
+    responses={**WITH_BODY, **error_responses(404, 409)},
+)
+def resolve_finding(
+    body: ResolutionIn,
+    engine: EngineDep,
+    actor: StaffDep,
+    finding_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+) -> dict[str, Any]:
+    """Record that a finding was repaired outside railproof (a refund, a credit or an attach
+    by hand, a decision): it and every later run's finding of the same kind and subject are
+    `resolved`, not drift. Needs the incident id and reason; audited."""
+    op = with_context(audit.Operator(actor, body.incident_id, body.operator_reason))
+    return reconciliation.resolve_finding(engine, finding_id, body.resolution, op)

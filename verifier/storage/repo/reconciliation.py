@@ -1,5 +1,6 @@
-"""SQL of reconciliation and discovery: runs and findings, the stored-data checks of the
-`rail_proofs` scope, the lookups that classify chain inflows, and the discovery cursors."""
+"""SQL of reconciliation and discovery: runs and findings, the resolutions people made of
+findings, the stored-data checks of the `rail_proofs` scope, the lookups that classify chain
+inflows, and the discovery cursors."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from verifier.storage.models import (
 from verifier.storage.reconciliation_models import (
     DiscoveryCursor,
     ReconciliationFinding,
+    ReconciliationResolution,
     ReconciliationRun,
     RepairStatus,
     RunStatus,
@@ -33,6 +35,8 @@ from verifier.storage.repo.rows import rowcount, table
 
 # Proof statuses that say "we have this transfer" (a failed claim of it holds nothing).
 KNOWN = (*HOLDING, ProofStatus.pending.value)
+# Repair statuses that leave nothing for a person to do: repaired by its run, or resolved.
+SETTLED = (RepairStatus.applied.value, RepairStatus.resolved.value)
 
 
 # -- runs and findings -----------------------------------------------------------------------
@@ -65,6 +69,7 @@ def insert_findings(s: Session, run_id: str, findings: Iterable[dict[str, Any]])
             "repair_status": RepairStatus.none.value,
             "detail": "",
             "proposed_repair": "",
+            "subject_key": None,
             **f,
         }
         for f in findings
@@ -95,6 +100,68 @@ def findings_of(s: Session, run_id: str) -> list[ReconciliationFinding]:
             .where(ReconciliationFinding.run_id == run_id)
             .order_by(ReconciliationFinding.id)
         ).all()
+    )
+
+
+def get_finding(s: Session, finding_id: int) -> ReconciliationFinding | None:
+    return s.get(ReconciliationFinding, finding_id)
+
+
+def resolutions_for(
+    s: Session, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], ReconciliationResolution]:
+    """The stored resolutions of the given (kind, subject key) pairs."""
+    wanted = set(keys)
+    out: dict[tuple[str, str], ReconciliationResolution] = {}
+    kinds = sorted({k for k, _ in wanted})
+    subjects = sorted({sk for _, sk in wanted})
+    for i in range(0, len(subjects), 500):
+        part = subjects[i : i + 500]
+        q = select(ReconciliationResolution).where(
+            ReconciliationResolution.kind.in_(kinds),
+            ReconciliationResolution.subject_key.in_(part),
+        )
+        for r in s.scalars(q):
+            if (r.kind, r.subject_key) in wanted:
+                out[(r.kind, r.subject_key)] = r
+    return out
+
+
+def insert_resolution(s: Session, row: dict[str, Any]) -> bool:
+    """Store a resolution; False when its (kind, subject key) already has one (a concurrent
+    resolve of the same thing, which the caller answers as a conflict)."""
+    try:
+        with s.begin_nested():
+            s.execute(table(ReconciliationResolution).insert().values(**row))
+    except IntegrityError:
+        return False
+    return True
+
+
+def mark_resolved(
+    s: Session,
+    finding_id: int,
+    run_ids: list[str],
+    kind: str,
+    subject_key: str,
+    result: dict[str, Any],
+) -> int:
+    """Mark the finding resolved, and with it every finding of the same (kind, subject key)
+    that is still drift in the given runs; returns how many rows changed."""
+    t = table(ReconciliationFinding)
+    same = and_(
+        t.c.run_id.in_(run_ids),
+        t.c.kind == kind,
+        t.c.subject_key == subject_key,
+        t.c.severity != "info",
+        t.c.repair_status.notin_(SETTLED),
+    )
+    return rowcount(
+        s.execute(
+            update(t)
+            .where((t.c.id == finding_id) | same)
+            .values(repair_status=RepairStatus.resolved.value, repair_result=result)
+        )
     )
 
 
@@ -467,7 +534,8 @@ def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> N
 
 def unresolved_counts(s: Session, run_ids: list[str]) -> dict[str, int]:
     """Drift by kind over the given runs: findings a person still has to act on (neither
-    information only nor repaired by their run); `services.reconciliation.is_drift`."""
+    information only, nor repaired by their run, nor resolved by a person);
+    `services.reconciliation.is_drift`."""
     if not run_ids:
         return {}
     q = (
@@ -475,7 +543,7 @@ def unresolved_counts(s: Session, run_ids: list[str]) -> dict[str, int]:
         .where(
             ReconciliationFinding.run_id.in_(run_ids),
             ReconciliationFinding.severity != "info",
-            ReconciliationFinding.repair_status != RepairStatus.applied.value,
+            ReconciliationFinding.repair_status.notin_(SETTLED),
         )
         .group_by(ReconciliationFinding.kind)
     )
