@@ -615,27 +615,7 @@ def test_a_held_lock_makes_apply_answer_503_and_change_nothing(pg, pg_url):
 @pytest.mark.postgres
 def test_a_held_lock_makes_a_submission_answer_503_and_store_nothing(pg, pg_url):
     e, chain, client = pg
-    r = client.post(
-        "/v1/payment-sessions",
-        headers=auth(),
-        json={
-            "owner_id": "alice",
-            "rail_id": "fake_live",
-            "access_product_id": "pro",
-            "amount": 1_500_000,
-            "recipient": "fatreasury",
-        },
-    )
-    assert r.status_code == 201, r.text
-    sess = r.json()
-    chain.txs["fx00b05e01"] = {
-        "status": "ok",
-        "to": "fatreasury",
-        "amount": 1_500_000,
-        "asset": "fusd",
-        "refs": [sess["reference"]],
-        "finality": "finalized",
-    }
+    sess = _funded_session(client, chain, "fx00b05e01")
     body = {"session_id": sess["id"], "proof": "fx00b05e01"}
     headers = {**auth(), "Idempotency-Key": "busy-1"}
 
