@@ -44,9 +44,10 @@ async def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-async def bearer_token(
-    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
-) -> str:
+Scheme = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+
+
+def _token(request: Request) -> str:
     raw = request.headers.get("authorization")
     if not raw or not raw.startswith("Bearer ") or not raw[7:]:
         raise Unauthorized(
@@ -55,6 +56,10 @@ async def bearer_token(
             field="Authorization",
         )
     return raw[7:]
+
+
+async def bearer_token(request: Request, _: Scheme) -> str:
+    return _token(request)
 
 
 Token = Annotated[str, Depends(bearer_token)]
@@ -66,8 +71,11 @@ class ServicePrincipal(NamedTuple):
     owners: list[str]  # the owners this token may act for; any other answers 404
 
 
-async def service_principal(engine: EngineDep, token: Token) -> ServicePrincipal:
-    owners = engine.settings.service_owners(token)
+async def service_principal(request: Request, _: Scheme) -> ServicePrincipal:
+    # Flat on purpose: FastAPI solves a dependency's whole subtree again wherever it is named
+    # (the rate limit and the route both name this one), so each level costs every request.
+    engine: Engine = request.app.state.engine
+    owners = engine.settings.service_owners(_token(request))
     if owners is None:
         raise Unauthorized(
             ApiErrorCode.unauthorized, "Authorization: unknown service token", field="Authorization"

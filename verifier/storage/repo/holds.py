@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Receipt, TransferHold
-from verifier.storage.repo.prepared import Prepared, send_deferred
+from verifier.storage.repo.prepared import Prepared, fetch_together, send_deferred
 from verifier.storage.repo.rows import is_postgres, table
 
 _T = table(TransferHold)
@@ -56,9 +56,12 @@ def hold(
     ]
     conn = s.connection()
     if is_postgres(s):
-        # One statement for every key, saying which it wrote: only the others (held already,
-        # by this proof or another) are looked up, so the usual new hold costs one round trip.
-        taken = set(conn.scalars(_INSERT_PG.values(rows)))
+        # One pipeline for every key, each insert saying whether it wrote: only the others
+        # (held already, by this proof or another) are looked up, so the usual new hold costs
+        # one round trip. A statement per key, prepared once, in the order asked (as one
+        # multi-row VALUES would take them), instead of a VALUES list compiled on every call.
+        written = fetch_together(conn, [(_INSERT_PG, row) for row in rows])
+        taken = {r[0] for rs in written for r in rs}
         others = [k for k in wanted if k not in taken]
         return [h for h in holders(s, others) if h.proof_id != proof_id] if others else []
     for row in rows:  # a prepared statement per row beats executemany's setup for two
@@ -67,7 +70,7 @@ def hold(
 
 
 # Built once: the submission path runs them for every proof that holds.
-_INSERT_PG = (
+_INSERT_PG = Prepared(
     postgresql.insert(_T)
     .on_conflict_do_nothing(index_elements=["transfer_key"])
     .returning(_T.c.transfer_key)

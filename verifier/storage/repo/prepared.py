@@ -79,7 +79,10 @@ class _Form:
             for n in self.names
             if not compiled.binds[n].required
         }
-        cols = getattr(stmt, "selected_columns", None) or ()
+        # A SELECT's columns, or what an INSERT/UPDATE says back with an explicit RETURNING.
+        cols = (
+            getattr(stmt, "selected_columns", None) or getattr(stmt, "exported_columns", None) or ()
+        )
         self.results = tuple(
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols
         )
@@ -285,7 +288,8 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
 def fetch_together(
     conn: Connection, calls: list[tuple[Prepared, dict[str, Any]]]
 ) -> list[list[tuple[Any, ...]]]:
-    """Run SELECTs in order and return each one's rows: one round trip on PostgreSQL. Each
+    """Run statements that return rows (SELECT, INSERT ... RETURNING) in order and return each
+    one's rows: one round trip on PostgreSQL. Each
     still runs as a statement of its own (under READ COMMITTED each sees what committed
     before it started, so a lock taken by one is held when the next reads)."""
     if not all(p._fast(conn) for p, _ in calls):
