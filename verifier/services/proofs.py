@@ -624,9 +624,9 @@ def record_settlement(
         "source": source,
         "observed_at": engine.now(),
     }
-    # Write-only evidence; the returned record of the row is not attached to the session
-    # (callers only read it).
-    row["id"] = settlement_repo.insert_evidence(s, row)
+    # Write-only evidence; the returned record of the row (without its id, which nothing
+    # here needs) is not attached to the session: callers only read it for the proof's view.
+    settlement_repo.insert_evidence(s, row)
     return Record(row)
 
 

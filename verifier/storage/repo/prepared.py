@@ -170,9 +170,9 @@ class Prepared:
             cur.close()
 
     def defer(self, conn: Connection, row: dict[str, Any]) -> None:
-        """Write one row (an INSERT given its whole key, or an UPDATE) whose result nobody
-        reads: on PostgreSQL sent with the transaction's next statement or its commit (module
-        docstring), elsewhere at once."""
+        """Write one row (an INSERT, or an UPDATE) whose result nobody reads, not even a key
+        the database assigns: on PostgreSQL sent with the transaction's next statement or its
+        commit (module docstring), elsewhere at once."""
         self._check(row)
         # Inside a savepoint a write goes at once: rolling the savepoint back must take it.
         if (

@@ -18,11 +18,13 @@ _INSERT = Prepared(insert(rows.table(_SE)))
 _LATEST = select(_SE).where(_SE.proof_id == bindparam("pid")).order_by(_SE.id.desc()).limit(1)
 
 
-def insert_evidence(s: Session, row: dict[str, Any]) -> int:
-    """Write one piece of evidence (Core insert, write-only); returns its id. Flushes first:
-    the attempt it points at may still be pending in the session."""
+def insert_evidence(s: Session, row: dict[str, Any]) -> None:
+    """Write one piece of evidence (Core insert, write-only). Flushes first: the attempt it
+    points at may still be pending in the session. Deferred (storage.repo.prepared): nothing
+    in the transaction needs its id back, and anything that reads evidence sends it first,
+    so a finality sweep's batch writes its evidence without a round trip per proof."""
     s.flush()
-    return int(_INSERT.insert(s.connection(), row))
+    _INSERT.defer(s.connection(), row)
 
 
 def latest(s: Session, proof_id: str) -> SettlementEvidence | None:
