@@ -6,13 +6,14 @@ a verified Solana proof costs exactly two RPC calls, and every synthetic proof v
 from __future__ import annotations
 
 import json
+import os
 
 from typer.testing import CliRunner
 
 from rails.base import Status, Terms
 from rails.transport.cassette import CassetteTransport
 from verifier.core.checking import run_verify
-from verifier.tools import bench
+from verifier.tools import bench, host_cpu
 
 CONTRACT = {
     "verify_offline_per_s": float,
@@ -67,6 +68,28 @@ def test_cli_bench_prints_one_json_object():
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.strip().splitlines()[-1])
     assert out["proofs"] == 10 and out["stored"] == 15
+    # The host's CPU over the run comes with the figures (Linux: /proc/stat).
+    assert out["host_cpus"] == os.cpu_count()
+    assert 0 <= out["host_cpu_steal_pct"] <= 100 and 0 <= out["host_cpu_idle_pct"] <= 100
+
+
+def test_host_cpu_shares_are_the_deltas_of_the_aggregate_line():
+    before = host_cpu.parse("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    after = host_cpu.parse("cpu  160 0 70 900 30 0 5 135 0 0\ncpu0 9 9 9 9 9 9 9 9 0 0\n")
+    assert before is not None and after is not None
+    # 300 ticks passed: 100 stolen by the hypervisor, 120 idle or waiting for I/O.
+    assert host_cpu.shares(before, after) == {
+        "host_cpu_steal_pct": 33.3,
+        "host_cpu_idle_pct": 40.0,
+    }
+    # A kernel without the steal column counts none; no aggregate line: nothing to say.
+    assert host_cpu.parse("cpu  1 2 3 4\n") == dict.fromkeys(host_cpu.FIELDS, 0) | {
+        "user": 1,
+        "nice": 2,
+        "system": 3,
+        "idle": 4,
+    }
+    assert host_cpu.parse("intr 5\n") is None
 
 
 def bench_app():

@@ -511,7 +511,9 @@ def bench(
         fail("--plot: draws the --scale rows; give --scale too")
     if compare and database_url is None:
         fail("--compare: give --database-url (the PostgreSQL database to compare with SQLite)")
-    with terminal_progress(sys.stdout.isatty()) as progress:
+    from verifier.tools.host_cpu import watched
+
+    with terminal_progress(sys.stdout.isatty()) as progress, watched() as host:
         if compare or http or worker or sizes:
             from verifier.tools.bench_modes import run_modes
 
@@ -536,10 +538,11 @@ def bench(
             result = run_bench(
                 proofs=proofs, database_url=database_url, stored=stored, progress=progress
             )
-    if live_rpc:
-        from verifier.tools.bench_live import run_live_bench
+        if live_rpc:
+            from verifier.tools.bench_live import run_live_bench
 
-        result.update(run_live_bench(proofs))
+            result.update(run_live_bench(proofs))
+    result.update(host)  # the host's steal and idle over the run: read the figures with them
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
