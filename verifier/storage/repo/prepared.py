@@ -289,9 +289,9 @@ def fetch_together(
     conn: Connection, calls: list[tuple[Prepared, dict[str, Any]]]
 ) -> list[list[tuple[Any, ...]]]:
     """Run statements that return rows (SELECT, INSERT ... RETURNING) in order and return each
-    one's rows: one round trip on PostgreSQL. Each
-    still runs as a statement of its own (under READ COMMITTED each sees what committed
-    before it started, so a lock taken by one is held when the next reads)."""
+    one's rows: one round trip on PostgreSQL. Each still runs as a statement of its own (under
+    READ COMMITTED each sees what committed before it started, so a lock taken by one is held
+    when the next reads)."""
     if not all(p._fast(conn) for p, _ in calls):
         return [p.all(conn, params) for p, params in calls]
     statements, forms = [], []
