@@ -10,6 +10,8 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from verifier.http.wire import HTTP_PROTOCOL
+
 
 def closed_port() -> int:
     """A port nothing listens on (bound, then released), for connection-refused tests."""
@@ -29,6 +31,8 @@ class LiveServer:
             app,
             host="127.0.0.1",
             port=self.port,
+            http=HTTP_PROTOCOL,  # as `railproof serve` runs the API
+            loop="uvloop",
             log_level="warning",
             lifespan="off",
             access_log=False,

@@ -150,10 +150,14 @@ def test_serve_starts_in_cassette_mode_with_tokens(env, served):
     r = cli("serve", "--port", "1")
     assert r.exit_code == 0, r.output
     assert served[0]["port"] == 1 and "warning" not in r.output
-    # The compiled HTTP parser and loop are what the bench measured; both are pinned.
-    assert (served[0]["http"], served[0]["loop"]) == ("httptools", "uvloop")
-    import httptools  # noqa: F401
+    # The compiled HTTP parser (behind verifier.http.wire's refusals) and loop; both pinned.
+    assert (served[0]["http"], served[0]["loop"]) == (
+        "verifier.http.wire:GuardedHttpToolsProtocol",
+        "uvloop",
+    )
     import uvloop  # noqa: F401
+
+    from verifier.http.wire import GuardedHttpToolsProtocol  # noqa: F401
 
 
 def _config(chain: str, rpc: frozenset[str]) -> DeploymentConfig:

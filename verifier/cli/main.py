@@ -188,6 +188,7 @@ def serve(
     import uvicorn
 
     from verifier.core.logs import configure_logging
+    from verifier.http.wire import HTTP_PROTOCOL
 
     configure_logging()
     if workers < 1:
@@ -209,9 +210,10 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        # The C HTTP parser and event loop: h11 and asyncio's own loop cost the API process
-        # about an eighth of its CPU per request (docs/bench.md, "The HTTP path").
-        http="httptools",
+        # The C HTTP parser (with the refusals llhttp leaves to the server: header size, HTTP
+        # version, Host) and event loop: h11 and asyncio's own loop cost the API process about
+        # an eighth of its CPU per request (docs/bench.md, "This round's changes").
+        http=HTTP_PROTOCOL,
         loop="uvloop",
         log_config=None,
         access_log=False,
