@@ -55,6 +55,16 @@ TABLES = (
 )
 
 
+# The session the HTTP tests open for alice on the fake live rail (copy it before changing it).
+FAKE_SESSION: dict[str, Any] = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+}
+
+
 def cassette_engine(db_url: str, clock=CLOCK, **kw: Any) -> Engine:
     """An engine replaying the repository's recorded chains (plus the fake rails)."""
     e = Engine(

@@ -21,7 +21,7 @@ def closed_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app: FastAPI):
+    def __init__(self, app: FastAPI, log_level: str = "warning"):
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -33,7 +33,7 @@ class LiveServer:
             port=self.port,
             http=HTTP_PROTOCOL,  # as `railproof serve` runs the API
             loop="uvloop",
-            log_level="warning",
+            log_level=log_level,
             lifespan="off",
             access_log=False,
         )

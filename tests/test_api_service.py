@@ -5,6 +5,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
+from tests.helpers import FAKE_SESSION
 from verifier.http.api import SessionIn
 from verifier.services.idempotency import request_hash
 from verifier.storage.models import (
@@ -14,13 +15,7 @@ from verifier.storage.models import (
     Proof,
 )
 
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 
 
 def rows(engine):

@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from tests.conftest import STAFF_TOKEN, auth
-from tests.helpers import advance
+from tests.helpers import FAKE_SESSION, advance
 from tests.live_server import LiveServer
 from verifier.cli.main import app as cli_app
 from verifier.storage.models import (
@@ -26,13 +26,7 @@ from verifier.storage.models import (
     VerificationAttempt,
 )
 
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 OP = {"confirm": True, "incident_id": "INC-9", "operator_reason": "assurance test"}
 
 

@@ -14,19 +14,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, STAFF_TOKEN_2, auth
+from tests.helpers import FAKE_SESSION
 from verifier.http.api import create_app
 from verifier.http.console import console_router, routes
 from verifier.http.console.auth import SESSION_COOKIE
 from verifier.services import console_reads as queries
 from verifier.storage.models import Approval, AuditEvent, Entitlement, RailState, Receipt
 
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 PAGES = [
     "/console",
     "/console/health",

@@ -19,34 +19,27 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import pytest
-import uvicorn
 import uvloop
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tests.conftest import SERVICE_TOKEN
-from tests.helpers import counts
+from tests.helpers import FAKE_SESSION, counts
+from tests.live_server import LiveServer
 from verifier.core.engine import Engine
 from verifier.http.api import create_app
-from verifier.http.wire import HTTP_PROTOCOL, MAX_HEAD_BYTES, GuardedHttpToolsProtocol
+from verifier.http.wire import MAX_HEAD_BYTES, GuardedHttpToolsProtocol
 
 # Longer than uvicorn's 5 s keep-alive: a connection the server keeps open is seen closing
 # rather than timing out; a read that times out means the server hangs.
 TIMEOUT = 8.0
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 BODY = json.dumps(SESSION).encode()
 AUTH = b"Authorization: Bearer " + SERVICE_TOKEN.encode() + b"\r\n"
 JSON = b"Content-Type: application/json\r\n"
@@ -81,47 +74,13 @@ def get(target: bytes, extra: bytes = b"") -> bytes:
 # -- the server and the wire ------------------------------------------------------------------
 
 
-class WireServer:
-    """The app behind uvicorn configured as `railproof serve` runs it (verifier.http.wire's
-    protocol on httptools, loop="uvloop"), in a thread on 127.0.0.1, as
-    tests/live_server.py's LiveServer does."""
+class WireServer(LiveServer):
+    """The app behind uvicorn as `railproof serve` runs it (verifier.http.wire's protocol on
+    httptools, on uvloop: LiveServer's configuration), without the parser's expected
+    "Invalid HTTP request" warnings."""
 
     def __init__(self, app: FastAPI):
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            http=HTTP_PROTOCOL,
-            loop="uvloop",
-            log_level="critical",  # the parser's "Invalid HTTP request" warnings are expected
-            lifespan="off",
-            access_log=False,
-        )
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self.server.run,
-            kwargs={"sockets": [self._sock]},
-            daemon=True,
-            name="railproof-wire-server",
-        )
-
-    def __enter__(self) -> WireServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test API server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
+        super().__init__(app, log_level="critical")
 
     def settle(self) -> None:
         """Wait until no request task is running: whatever the server parsed out of the bytes

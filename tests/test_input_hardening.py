@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import STAFF_TOKEN, auth
-from tests.helpers import counts
+from tests.helpers import FAKE_SESSION, counts
 from verifier.core.errors import BadInput
 from verifier.services import idempotency
 from verifier.storage.models import IdempotencyClaim
@@ -30,13 +30,7 @@ from verifier.storage.models import IdempotencyClaim
 ROOT = Path(__file__).resolve().parent.parent
 X402 = ROOT / "fixtures" / "x402"
 RAILPROOF = str(Path(sys.executable).parent / "railproof")
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 STAFF = auth(STAFF_TOKEN)
 CONTEXT = {"incident_id": "INC-7", "operator_reason": "input hardening test"}
 

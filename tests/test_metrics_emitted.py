@@ -8,17 +8,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import STAFF_TOKEN, STAFF_TOKEN_2, auth
-from tests.helpers import advance
+from tests.helpers import FAKE_SESSION, advance
 
 STAFF = auth(STAFF_TOKEN)
 OP = {"confirm": True, "incident_id": "INC-9", "operator_reason": "metrics test"}
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 
 
 def value(client, name: str, **labels: str) -> float:

@@ -15,16 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import OTHER_SERVICE_TOKEN, STAFF_TOKEN, auth
+from tests.helpers import FAKE_SESSION
 from verifier.core.metrics import SPEC
 
 BIN = Path(sys.executable).parent
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 STAFF = auth(STAFF_TOKEN)
 OP = {"confirm": True, "incident_id": "INC-7", "operator_reason": "observability test"}
 

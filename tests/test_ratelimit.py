@@ -8,17 +8,11 @@ import threading
 import pytest
 
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, auth
-from tests.helpers import counts
+from tests.helpers import FAKE_SESSION, counts
 from verifier.core.config import Settings
 from verifier.http.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimited, RateLimiter
 
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 
 
 class FakeClock:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import auth
+from tests.helpers import FAKE_SESSION
 from tests.live_server import closed_port
 from tests.procs import Api, base_env, migrate
 from verifier.http.ratelimit import (
@@ -27,13 +28,7 @@ from verifier.http.ratelimit import (
 )
 
 REDIS_URL = os.environ.get("RAILPROOF_TEST_REDIS_URL")
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": 1500000,
-    "recipient": "fatreasury",
-}
+SESSION = dict(FAKE_SESSION)
 
 
 @pytest.fixture
