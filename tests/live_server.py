@@ -33,6 +33,7 @@ class LiveServer:
             port=self.port,
             http=HTTP_PROTOCOL,  # as `railproof serve` runs the API
             loop="uvloop",
+            server_header=False,
             log_level=log_level,
             lifespan="off",
             access_log=False,

@@ -155,6 +155,7 @@ def test_serve_starts_in_cassette_mode_with_tokens(env, served):
         "verifier.http.wire:GuardedHttpToolsProtocol",
         "uvloop",
     )
+    assert served[0]["server_header"] is False
     import uvloop  # noqa: F401
 
     from verifier.http.wire import GuardedHttpToolsProtocol  # noqa: F401

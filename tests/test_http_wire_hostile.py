@@ -166,6 +166,7 @@ def wire(engine: Engine) -> Iterator[WireServer]:
 def assert_still_serving(wire: WireServer) -> None:
     [a] = exchange(wire.port, HEALTH)
     assert a.status == 200, a.body
+    assert "server" not in a.headers  # as `railproof serve` answers: no server banner
 
 
 # -- the parser under test --------------------------------------------------------------------

@@ -215,6 +215,7 @@ def serve(
         # an eighth of its CPU per request (docs/bench.md, "This round's changes").
         http=HTTP_PROTOCOL,
         loop="uvloop",
+        server_header=False,  # no "server: uvicorn" on every answer: nothing to fingerprint
         log_config=None,
         access_log=False,
     )
