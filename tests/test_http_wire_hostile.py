@@ -512,3 +512,21 @@ def test_a_broken_body_is_refused_at_once(wire: WireServer, engine: Engine) -> N
     wire.settle()
     assert counts(engine)["payment_sessions"] == before
     assert_wire_refusal(answers, 400, b"HTTP")
+
+
+def test_a_broken_body_behind_a_complete_request_is_refused_after_its_answer(
+    wire: WireServer, engine: Engine
+) -> None:
+    """Pipelined: the first request runs and is answered; the second, whose chunked body does
+    not parse, never runs; the refusal comes last and nothing waits for the broken body."""
+    before = counts(engine)["payment_sessions"]
+    broken = (
+        b"POST /v1/payment-sessions HTTP/1.1\r\nHost: api\r\n"
+        + AUTH
+        + JSON
+        + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+    )
+    answers = exchange(wire.port, post_session() + broken, until_close=True)
+    wire.settle()
+    assert counts(engine)["payment_sessions"] - before == 1
+    assert [a.status for a in answers] == [201, 400], [(a.status, a.body[:200]) for a in answers]

@@ -120,13 +120,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             return
         self._refusal = (status, message)
+        self.flow.pause_reading()
         cycle = self.cycle
-        owed = cycle is not None and not cycle.response_complete
-        if owed and cycle is not None and cycle.more_body and not self._in_head:
-            # The error is in the body of the request being answered: its own refusal.
-            owed = False
-        if owed or self.pipeline:
-            self.flow.pause_reading()
+        if (
+            cycle is not None
+            and cycle.more_body
+            and not cycle.response_complete
+            and not self._in_head
+        ):
+            # The error is in the body of the newest request: that request is the one refused.
+            for i, (queued, _) in enumerate(self.pipeline):
+                if queued is cycle:
+                    del self.pipeline[i]  # never run; answers owed before it still go first
+                    return
+            self._send_refusal()  # it is running: it sees the connection close
+            return
+        if (cycle is not None and not cycle.response_complete) or self.pipeline:
             return  # sent by on_response_complete once every request read is answered
         self._send_refusal()
 
