@@ -88,6 +88,8 @@ def test_a_stuck_idempotency_claim_is_listed_in_process_time(engine, client, mon
     started, release = threading.Event(), threading.Event()
 
     def work():
+        with engine.db.tx():
+            pass  # the work's first transaction, which the claim rides with, commits
         started.set()
         assert release.wait(30)
         return 200, {"ok": True}

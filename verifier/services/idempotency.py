@@ -1,8 +1,11 @@
 """Idempotency-Key claims for mutating endpoints.
 
-A claim row (principal, endpoint, key, request_hash, status, response) is written before the
-work starts. Same key and body → the stored response; same key, other body → 409
-idempotency_conflict; still in progress → 409 idempotency_in_progress.
+A claim row (principal, endpoint, key, request_hash, status, response) is the first statement
+of the work's first transaction and commits with it (storage.db `Database.carrying`), so a
+claim costs no commit of its own. Same key and body → the stored response; same key, other
+body → 409 idempotency_conflict; still in progress → 409 idempotency_in_progress. Checks the
+work makes before its first transaction (the body's own validity) answer before the claim is
+looked at: a key reused with an invalid body gets that 400, not the conflict.
 
 Only results of requests that started executing are stored: successful (2xx) answers, and
 a refusal raised after the work ran side effects (an EngineError marked `executed`, e.g. a
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
 from verifier.core import timeutil
@@ -34,6 +39,9 @@ from verifier.storage.models import ClaimStatus
 from verifier.storage.repo import idempotency as claim_repo
 
 MAX_KEY = 256
+
+Body = dict[str, Any]  # a JSON answer
+Answer = tuple[int, Body | None]  # what a request answered: status, body
 
 
 def request_hash(body: object) -> str:
@@ -46,8 +54,8 @@ def run_idempotent(
     endpoint: str,
     key: str | None,
     body: object,
-    work: Callable[[], tuple[int, dict[str, Any]]],
-) -> tuple[int, dict[str, Any] | None]:
+    work: Callable[[], tuple[int, Body]],
+) -> Answer:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body)."""
     if key is None:
         return work()
@@ -58,80 +66,111 @@ def run_idempotent(
             f"Idempotency-Key: 1 to {MAX_KEY} printable characters",
             field="Idempotency-Key",
         )
-    h = request_hash(body)
-    pk = {"principal": principal, "endpoint": endpoint, "key": key}
+    k = _Key(principal, endpoint, key, request_hash(body))
+    # Process time, not the business clock: a pinned clock would never age a claim.
+    claim = {**k.pk(), "request_hash": k.request_hash, "created_at": timeutil.process_now()}
+
+    def write_claim(s: Session) -> None:
+        row = {**claim, "status": ClaimStatus.in_progress.value, "response_code": None}
+        try:
+            claim_repo.insert_claim_first(s, {**row, "completed_at": None})
+        except IntegrityError:
+            raise _KeyTaken from None
+
+    # The claim is the first statement of the work's first transaction (and committed with
+    # it) rather than a transaction of its own before the work: a request with the same key
+    # waits on the claim's unique index and finds it, as it would have found the claim
+    # committed alone, and a claim is never committed without the work's first changes.
     try:
-        with engine.db.tx() as s:
-            # Process time, not the business clock: a pinned clock would never age a claim.
-            claim_repo.insert_claim(
-                s,
-                {
-                    **pk,
-                    "request_hash": h,
-                    "status": ClaimStatus.in_progress.value,
-                    "response_code": None,
-                    "created_at": timeutil.process_now(),
-                    "completed_at": None,
-                },
-            )
-    except IntegrityError:
-        with engine.db.tx() as s:
-            c = claim_repo.get(s, principal, endpoint, key)
-        if c is None:  # released by a refusal between our insert and this read
-            raise Conflict("idempotency_in_progress", "retry shortly") from None
-        if c.request_hash != h:
-            engine.metrics.inc("idempotency_conflicts_total", kind="body_mismatch")
-            raise Conflict(
-                "idempotency_conflict",
-                "Idempotency-Key was used with a different request body",
-                field="Idempotency-Key",
-            ) from None
-        if c.status != ClaimStatus.completed:
-            engine.metrics.inc("idempotency_conflicts_total", kind="in_progress")
-            raise Conflict(
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is still in progress",
-                field="Idempotency-Key",
-            ) from None
-        return c.response_code or 200, c.response
-    try:
-        status, out = work()
+        with engine.db.carrying(write_claim) as rider:
+            status, out = work()
+    except _KeyTaken:
+        return _stored_answer(engine, k)
     except EngineError as e:
         if not e.executed:
-            _release(engine, pk)
+            _release(engine, k, rider.committed)
             raise
         # Refused after side effects (an audit row, a metric): the answer is the result.
-        _complete(engine, pk, e.status, e.body())
+        stored = _complete(engine, k, claim, rider.committed, (e.status, e.body()))
+        if stored is not None:
+            return stored
         raise
     except BaseException:
         # An unexpected failure may not have finished: the client's retry runs it again.
-        _release(engine, pk)
+        _release(engine, k, rider.committed)
         raise
-    _complete(engine, pk, status, out)
-    return status, out
+    return _complete(engine, k, claim, rider.committed, (status, out)) or (status, out)
 
 
-def _release(engine: Engine, pk: dict[str, str]) -> None:
-    """A refusal that ran nothing: the claim goes, a retry with the key runs again."""
+@dataclass(frozen=True)
+class _Key:
+    principal: str
+    endpoint: str
+    key: str
+    request_hash: str
+
+    def pk(self) -> dict[str, str]:
+        return {"principal": self.principal, "endpoint": self.endpoint, "key": self.key}
+
+
+class _KeyTaken(Exception):
+    """The claim met one of the same key: raised out of the work's first transaction."""
+
+
+def _stored_answer(engine: Engine, k: _Key) -> Answer:
     with engine.db.tx() as s:
-        claim_repo.release_in_progress(s, pk["principal"], pk["endpoint"], pk["key"])
-
-
-def _complete(engine: Engine, pk: dict[str, str], status: int, out: dict[str, Any]) -> None:
-    with engine.db.tx() as s:
-        done = claim_repo.complete(
-            s,
-            pk["principal"],
-            pk["endpoint"],
-            pk["key"],
-            {
-                "status": ClaimStatus.completed.value,
-                "response_code": status,
-                "response": out,
-                "completed_at": timeutil.process_now(),
-            },
+        c = claim_repo.get(s, k.principal, k.endpoint, k.key)
+    if c is None:  # released by a refusal between our insert and this read
+        raise Conflict("idempotency_in_progress", "retry shortly")
+    if c.request_hash != k.request_hash:
+        engine.metrics.inc("idempotency_conflicts_total", kind="body_mismatch")
+        raise Conflict(
+            "idempotency_conflict",
+            "Idempotency-Key was used with a different request body",
+            field="Idempotency-Key",
         )
-        assert done  # ours, in progress: only we complete or release it
+    if c.status != ClaimStatus.completed:
+        engine.metrics.inc("idempotency_conflicts_total", kind="in_progress")
+        raise Conflict(
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is still in progress",
+            field="Idempotency-Key",
+        )
+    return c.response_code or 200, c.response
+
+
+def _release(engine: Engine, k: _Key, written: bool) -> None:
+    """A refusal that ran nothing: the claim goes, a retry with the key runs again."""
+    if not written:  # the work's transactions all rolled back, and the claim with them
+        return
+    with engine.db.tx() as s:
+        claim_repo.release_in_progress(s, k.principal, k.endpoint, k.key)
+
+
+def _complete(
+    engine: Engine, k: _Key, claim: dict[str, object], written: bool, answer: tuple[int, Body]
+) -> Answer | None:
+    """Store the answer under the key. None: ours is the answer; else the one stored first."""
+    done = {
+        "status": ClaimStatus.completed.value,
+        "response_code": answer[0],
+        "response": answer[1],
+        "completed_at": timeutil.process_now(),
+    }
+    if written:
+        with engine.db.tx() as s:
+            ok = claim_repo.complete(s, k.principal, k.endpoint, k.key, done)
+            assert ok  # ours, in progress: only we complete or release it
+        return None
+    # The work committed nothing (a refusal, or it only read), so no transaction carried
+    # the claim: it is written completed now. A claim of the key that is already there
+    # answers instead, as it would have had it been found before the work.
+    try:
+        with engine.db.tx() as s:
+            claim_repo.insert_claim(s, {**claim, **done})
+    except IntegrityError:
+        return _stored_answer(engine, k)
+    return None
 
 
 def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dict[str, Any]]:

@@ -15,8 +15,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,21 @@ def require_migrated(engine: Engine) -> None:
 AUDIT_KEY_INFO = "railproof.audit_key"
 
 
+class Rider:
+    """A write that goes first in the next transaction this context opens, and again in the
+    one after should that one roll back, until a transaction carrying it commits
+    (`Database.carrying`)."""
+
+    def __init__(self, db: Database, write: Callable[[Session], None]):
+        self.db = db
+        self.write = write
+        self.committed = False
+        self.aboard = False  # in a transaction that is open now
+
+
+_RIDER: ContextVar[Rider | None] = ContextVar("railproof_rider", default=None)
+
+
 class Database:
     def __init__(
         self,
@@ -297,12 +313,43 @@ class Database:
     @contextmanager
     def tx(self) -> Iterator[Session]:
         """One transaction: commit on success, roll back on any error. On PostgreSQL the
-        deferred writes (storage.repo.prepared) go with the COMMIT, in one round trip."""
+        deferred writes (storage.repo.prepared) go with the COMMIT, in one round trip.
+        A rider (`carrying`) not yet committed is written first."""
+        rider = _RIDER.get()
+        if rider is None or rider.db is not self or rider.committed or rider.aboard:
+            with self._tx() as s:
+                yield s
+            return
+        rider.aboard = True
+        try:
+            with self._tx() as s:
+                rider.write(s)
+                yield s
+            rider.committed = True
+        finally:
+            rider.aboard = False
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
         with self.sessions.begin() as s:
             yield s
             if self.postgres and s.in_transaction():
                 s.flush()
                 commit_deferred(s.connection())
+
+    @contextmanager
+    def carrying(self, write: Callable[[Session], None]) -> Iterator[Rider]:
+        """Within the block, `write` rides with the first of this context's transactions
+        that commits, as its first statement, instead of taking a commit of its own (an
+        Idempotency-Key claim: services.idempotency). What `write` raises rolls that
+        transaction back and leaves the block through whatever opened it; `Rider.committed`
+        tells afterwards whether it was written."""
+        rider = Rider(self, write)
+        token = _RIDER.set(rider)
+        try:
+            yield rider
+        finally:
+            _RIDER.reset(token)
 
     def dispose(self) -> None:
         self.engine.dispose()

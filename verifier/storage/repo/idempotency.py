@@ -33,6 +33,14 @@ def insert_claim(s: Session, row: dict[str, Any]) -> None:
     _INSERT.defer(s.connection(), row)
 
 
+def insert_claim_first(s: Session, row: dict[str, Any]) -> None:
+    """Insert a new claim as the first statement of a transaction that goes on with other
+    work: a claim with the same (principal, endpoint, key) raises IntegrityError here, before
+    anything else runs (on PostgreSQL the insert goes with the BEGIN, one round trip; a
+    concurrent insert of the same key is waited for)."""
+    _INSERT.insert(s.connection(), row)
+
+
 def complete(s: Session, principal: str, endpoint: str, key: str, values: dict[str, Any]) -> bool:
     """Set an in-progress claim's completion `values` in one UPDATE, the last statement of
     its transaction (committed with it, one round trip on PostgreSQL); False when no claim of

@@ -155,8 +155,8 @@ class Prepared:
             inserted = conn.execute(self.stmt, row).inserted_primary_key
             if inserted is None:  # an INSERT that ran always reports its primary key
                 raise exc.InvalidRequestError(f"{self.stmt}: no primary key was reported")
-            (key,) = inserted
-            return key
+            # As the driver path answers: the value, or the tuple of a composite key.
+            return inserted[0] if len(inserted) == 1 else tuple(inserted)
         cur, form = self._cursor(conn, row)
         try:
             if self._pk and all(c.key in row for c in self._pk):
@@ -195,7 +195,10 @@ class Prepared:
         same round trip (nothing may run in the transaction after it)."""
         self._check(params)
         if not self._fast(conn):
-            return conn.execute(self.stmt, params).rowcount
+            # preserve_rowcount: an INSERT's count (Unique's ON CONFLICT DO NOTHING reads
+            # it) is otherwise gone with its cursor, and reads -1.
+            result = conn.execute(self.stmt, params, execution_options={"preserve_rowcount": True})
+            return result.rowcount
         if commit and conn.dialect.name == "postgresql" and conn.info.get(DEFERS):
             form, args = self._args(conn.dialect, params)
             (cur,) = _run(conn, [(form.sql, args)], commit=True)

@@ -1,0 +1,195 @@
+"""An Idempotency-Key claim rides with the work's first transaction (storage.db
+`Database.carrying`, services.idempotency): no commit of its own, and still at most one run per
+key. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import event, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from tests.conftest import auth
+from tests.helpers import FAKE_SESSION
+from verifier.core.errors import Conflict
+from verifier.services import idempotency
+from verifier.storage.db import Database
+from verifier.storage.models import ClaimStatus, IdempotencyClaim
+from verifier.storage.repo.prepared import Prepared
+from verifier.storage.webhook_models import WebhookEndpoint
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+EP = WebhookEndpoint.__table__
+_INSERT = Prepared(insert(EP))
+
+
+@pytest.fixture
+def db(db_url):
+    d = Database(db_url)
+    yield d
+    d.dispose()
+
+
+def endpoint(i: int) -> dict:
+    return {
+        "id": f"whe_{i}",
+        "principal": "svc:alice",
+        "owners": ["alice"],
+        "url": f"http://127.0.0.1:9/{i}",
+        "event_types": ["proof.verified"],
+        "secret": "s" * 32,
+        "active": True,
+        "created_at": T0,
+        "deactivated_at": None,
+    }
+
+
+def ids(db: Database) -> list[str]:
+    with db.engine.connect() as c:
+        return sorted(c.scalars(select(EP.c.id)).all())
+
+
+def rider(i: int):
+    return lambda s: _INSERT.insert(s.connection(), endpoint(i))
+
+
+def test_a_rider_commits_with_the_first_transaction_and_only_once(db):
+    with db.carrying(rider(0)) as r:
+        with db.tx() as s:
+            _INSERT.insert(s.connection(), endpoint(1))
+        assert r.committed and ids(db) == ["whe_0", "whe_1"]
+        with db.tx() as s:  # it rode already: a second write would be refused
+            _INSERT.insert(s.connection(), endpoint(2))
+    with db.tx() as s:  # outside the block nothing rides
+        _INSERT.insert(s.connection(), endpoint(3))
+    assert ids(db) == ["whe_0", "whe_1", "whe_2", "whe_3"]
+
+
+def test_a_rolled_back_transaction_takes_the_rider_and_the_next_one_carries_it(db):
+    with db.carrying(rider(0)) as r:
+        with pytest.raises(ZeroDivisionError), db.tx() as s:
+            _INSERT.insert(s.connection(), endpoint(1))
+            1 / 0  # noqa: B018
+        assert not r.committed and ids(db) == []
+        with db.tx() as s:
+            pass  # a transaction that only reads carries it too
+        assert r.committed and ids(db) == ["whe_0"]
+
+
+def test_a_transaction_opened_inside_the_carrying_one_does_not_carry_it_again(db):
+    if not db.postgres:
+        pytest.skip("SQLite has one writer: a nested transaction would wait for the outer one")
+    with db.carrying(rider(0)) as r:
+        with db.tx():
+            with db.tx() as inner:
+                _INSERT.insert(inner.connection(), endpoint(1))
+        assert r.committed
+    assert ids(db) == ["whe_0", "whe_1"]
+
+
+def test_what_the_rider_raises_stops_the_transaction_before_its_work(db):
+    with db.tx() as s:
+        _INSERT.insert(s.connection(), endpoint(0))
+    ran = []
+    with db.carrying(rider(0)) as r:
+        with pytest.raises(IntegrityError), db.tx() as s:
+            ran.append(True)
+            _INSERT.insert(s.connection(), endpoint(1))
+        assert not r.committed
+    assert ran == [] and ids(db) == ["whe_0"]
+
+
+def commits(engine) -> list[int]:
+    n = [0]
+    event.listen(engine.db.engine, "commit", lambda _c: n.__setitem__(0, n[0] + 1))
+    return n
+
+
+def test_a_key_costs_one_commit_not_two(client, engine, chain):
+    # A listener also turns the repo's driver path off (storage.repo.prepared `_fast`): the
+    # path a statement tracer takes works too.
+    n = commits(engine)
+
+    def post(path: str, body: dict, key: str | None = None) -> tuple[dict, int]:
+        before = n[0]
+        r = client.post(
+            path, headers={**auth(), **({"Idempotency-Key": key} if key else {})}, json=body
+        )
+        assert r.status_code == 201, r.text
+        return r.json(), n[0] - before
+
+    plain, plain_commits = post("/v1/payment-sessions", FAKE_SESSION)
+    keyed, keyed_commits = post("/v1/payment-sessions", FAKE_SESSION, "k-1")
+    # The claim rides with the session's transaction; only its completion commits apart.
+    assert keyed_commits == plain_commits + 1
+    for i, sess in enumerate((plain, keyed)):
+        chain.txs[f"fx0{i}0{i}0{i}0{i}0{i}"] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": FAKE_SESSION["amount"],
+            "asset": "fusd",
+            "refs": [sess["reference"]],
+        }
+    proof, proof_commits = post("/v1/proofs", {"session_id": plain["id"], "proof": "fx0000000000"})
+    body = {"session_id": keyed["id"], "proof": "fx0101010101"}
+    keyed_proof, keyed_proof_commits = post("/v1/proofs", body, "k-2")
+    assert proof["status"] == keyed_proof["status"] == "verified"
+    assert keyed_proof_commits == proof_commits + 1
+    with engine.db.tx() as s:
+        for key, answer in (("k-1", keyed), ("k-2", keyed_proof)):
+            (claim,) = s.scalars(select(IdempotencyClaim).where(IdempotencyClaim.key == key))
+            assert claim.status == ClaimStatus.completed and claim.response == answer
+
+
+def test_one_run_per_key_while_the_first_is_still_working(engine):
+    """The first request has committed its first transaction (the claim with it) and is
+    still working; the second, and one that starts while the first is inside that
+    transaction, answer in progress without running; once done, the answer is replayed."""
+    inside, go_on, done = threading.Event(), threading.Event(), threading.Event()
+    runs: list[str] = []
+
+    def work(name: str, hold_tx: bool = False):
+        def run():
+            with engine.db.tx() as s:
+                runs.append(name)  # reached only past the claim
+                s.execute(select(1))
+                if hold_tx:
+                    inside.set()
+                    go_on.wait(10)
+            done.wait(10)
+            return 201, {"by": name}
+
+        return run
+
+    results: dict[str, object] = {}
+
+    def call(name: str, hold_tx: bool = False):
+        try:
+            results[name] = idempotency.run_idempotent(
+                engine, "svc:x", "POST /x", "k", {"a": 1}, work(name, hold_tx)
+            )
+        except Conflict as e:
+            results[name] = e.code
+
+    first = threading.Thread(target=call, args=("first", True))
+    first.start()
+    assert inside.wait(10)
+    # Starts while the first holds its claim uncommitted: waits for it, then finds it.
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    threading.Timer(0.3, go_on.set).start()
+    second.join(15)
+    assert results["second"] == "idempotency_in_progress"
+    call("third")
+    assert results["third"] == "idempotency_in_progress"
+    done.set()
+    first.join(15)
+    assert results["first"] == (201, {"by": "first"})
+    call("fourth")
+    assert results["fourth"] == (201, {"by": "first"})
+    with pytest.raises(Conflict) as e:  # the same key with another body
+        idempotency.run_idempotent(engine, "svc:x", "POST /x", "k", {"a": 2}, work("fifth"))
+    assert e.value.code == "idempotency_conflict"
+    assert runs == ["first"]
