@@ -139,6 +139,19 @@ def _forget_on_flush(session: Session, _context: object) -> None:
     session.info.pop(_ENDPOINTS_KEY, None)
 
 
+def expect(s: Session) -> None:
+    """The transaction is about to append to the audit chain and then emit: the active
+    endpoints are read in the round trip that takes the chain's lock, not in one of their
+    own while it is held (PostgreSQL; the same read at the same point: after the lock)."""
+    if _LOCKED_KEY in s.info or _ENDPOINTS_KEY in s.info:
+        return
+
+    def keep(active: list[outbox_repo.Endpoint]) -> None:
+        s.info[_ENDPOINTS_KEY] = active
+
+    outbox_repo.active_endpoints_with_lock(s, keep)
+
+
 def _subscribers(s: Session, et: EventType, owner_id: str | None) -> list[str]:
     # Endpoints are few (capped per token), so filtering JSON lists in Python keeps one query
     # that works the same on SQLite and PostgreSQL. The list is read once per transaction,

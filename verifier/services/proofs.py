@@ -494,6 +494,8 @@ def _record_attempt(
         ev = record_settlement(engine, s, p, attempt_id, verdict.settlement, checked.source)
     view = None
     if old != p.status:
+        if p.status != ProofStatus.pending:
+            events.expect(s)  # emitted below
         audit.append(
             s,
             now,

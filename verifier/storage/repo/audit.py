@@ -3,9 +3,10 @@ The hashing and the rules are verifier.services.audit's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, func, insert, select
+from sqlalchemy import BigInteger, bindparam, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import AuditEvent
@@ -17,6 +18,8 @@ from verifier.storage.repo.prepared import Prepared, fetch_together
 CHAIN_LOCK_KEY = 0x7261696C
 _LOCK = Prepared(select(func.pg_advisory_xact_lock(bindparam("k", type_=BigInteger))))
 _LOCKED = "railproof.chain_locked"  # in Session.info: the transaction that holds the lock
+# In Session.info: reads asked to go in the round trip that takes the lock (`read_with_lock`).
+_WITH_LOCK = "railproof.read_with_chain_lock"
 # Built and prepared once (storage.repo.prepared): every append runs the same statements.
 _INSERT = Prepared(insert(rows.table(AuditEvent)))
 _HEAD = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
@@ -29,6 +32,7 @@ def lock_chain(s: Session) -> None:
     Taken once per transaction (the audit append and the outbox both ask for it): a repeat
     in the same transaction, or savepoint, is answered without a round trip. A lock taken
     inside a savepoint is not trusted outside it (rolling the savepoint back releases it)."""
+    s.info.pop(_WITH_LOCK, None)  # their callers read as usual
     if not rows.is_postgres(s):
         return
     tx = s.get_nested_transaction() or s.get_transaction()
@@ -44,16 +48,39 @@ def head_hash(s: Session) -> str | None:
     return None if h is None else str(h)
 
 
+def read_with_lock(
+    s: Session, stmt: Prepared, keep: Callable[[list[tuple[Any, ...]]], None]
+) -> None:
+    """Ask for `stmt` (a read of something the chain's lock guards) to go in the round trip
+    that takes the lock in this transaction (`lock_and_head`), once the lock is granted, and
+    its rows to be handed to `keep`. Should the lock be taken otherwise, or be held already,
+    `keep` is never called: the caller reads as usual."""
+    s.info.setdefault(_WITH_LOCK, []).append((stmt, keep))
+
+
 def lock_and_head(s: Session) -> str | None:
     """`lock_chain` then `head_hash`; on PostgreSQL both in one round trip when the lock is
-    not held yet (the head is read by a statement that starts once the lock is granted)."""
+    not held yet (the head is read by a statement that starts once the lock is granted), with
+    the reads `read_with_lock` asked for."""
     tx = s.get_nested_transaction() or s.get_transaction()
     if not rows.is_postgres(s) or (tx is not None and s.info.get(_LOCKED) is tx):
         lock_chain(s)
         return head_hash(s)
-    _, head = fetch_together(s.connection(), [(_LOCK, {"k": CHAIN_LOCK_KEY}), (_HEAD, {})])
+    also = s.info.pop(_WITH_LOCK, [])
+    _, head, *more = fetch_together(
+        s.connection(),
+        [(_LOCK, {"k": CHAIN_LOCK_KEY}), (_HEAD, {}), *((stmt, {}) for stmt, _ in also)],
+    )
     s.info[_LOCKED] = tx
+    for (_, keep), got in zip(also, more, strict=True):
+        keep(got)
     return None if not head or head[0][0] is None else str(head[0][0])
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_reads(session: Session, _transaction: object) -> None:
+    # A read asked for in a transaction (or savepoint) that ended without taking the lock.
+    session.info.pop(_WITH_LOCK, None)
 
 
 def insert_event(s: Session, row: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select
@@ -53,9 +54,18 @@ def last_sequences(s: Session, resource_type: str, resource_ids: list[str]) -> d
     return {rid: int(n) for rid, n in s.execute(q).all()}
 
 
-def active_endpoints(s: Session) -> list[tuple[str, list[str] | None, list[str] | None]]:
+Endpoint = tuple[str, list[str] | None, list[str] | None]  # id, event types, owners
+
+
+def active_endpoints(s: Session) -> list[Endpoint]:
     """(id, event types, owners) of every active endpoint, oldest first."""
     return [(r[0], r[1], r[2]) for r in _ACTIVE.all(s.connection())]
+
+
+def active_endpoints_with_lock(s: Session, keep: Callable[[list[Endpoint]], None]) -> None:
+    """`active_endpoints`, read in the round trip that takes `lock_sequences`' lock should
+    this transaction take it next through the audit chain's append (`keep` gets them then)."""
+    audit_repo.read_with_lock(s, _ACTIVE, lambda got: keep([(r[0], r[1], r[2]) for r in got]))
 
 
 def insert_event(s: Session, row: dict[str, Any]) -> None:
