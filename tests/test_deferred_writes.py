@@ -134,3 +134,32 @@ def test_an_update_that_ends_its_transaction_commits_with_it(db):
         assert c.scalar(select(EP.c.active).where(EP.c.id == "whe_1")) is False
     with db.tx() as s:
         assert deactivate.execute(s.connection(), {"k": "nope", "active": False}, commit=True) == 0
+
+
+def test_rows_of_one_statement_go_together_and_keep_their_order(db):
+    """A run of one statement is sent as one executemany (PostgreSQL): only rows queued one
+    after the other go together, so an update queued between two inserts still runs
+    between them."""
+    from sqlalchemy import bindparam, update
+
+    deactivate = Prepared(update(EP).where(EP.c.id == bindparam("k")))
+    with db.tx() as s:
+        for i in (1, 2, 3):
+            _INSERT.defer(s.connection(), endpoint(i))
+        deactivate.defer(s.connection(), {"k": "whe_2", "active": False})
+        deactivate.defer(s.connection(), {"k": "whe_4", "active": False})  # not written yet
+        for i in (4, 5):
+            _INSERT.defer(s.connection(), endpoint(i))
+    with db.engine.connect() as c:
+        active = dict(c.execute(select(EP.c.id, EP.c.active)).all())
+    assert active == {"whe_1": True, "whe_2": False, "whe_3": True, "whe_4": True, "whe_5": True}
+
+
+def test_a_row_that_fails_inside_a_run_fails_the_whole_transaction(db):
+    with pytest.raises(IntegrityError), db.tx() as s:
+        for i in (1, 2, 1, 3):  # the second whe_1 is refused when the run is sent
+            _INSERT.defer(s.connection(), endpoint(i))
+    assert ids(db) == []
+    with db.tx() as s:  # the connection is usable again
+        _INSERT.defer(s.connection(), endpoint(4))
+    assert ids(db) == ["whe_4"]

@@ -262,7 +262,14 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
     try:
         if dialect.name == "postgresql" and (len(batch) > 1 or commit or _idle(driver)):
             with driver.pipeline():
-                for sql, args in batch:
+                for sql, args in _runs(queued):
+                    # Deferred rows of one statement in a row (a batch's evidence, audit and
+                    # outbox rows) as one executemany: one query conversion and cursor for
+                    # all of them, in the same pipeline and order.
+                    cur = driver.cursor()
+                    cursors.append(cur)
+                    cur.executemany(sql, args)
+                for sql, args in statements:
                     cur = driver.cursor()
                     cursors.append(cur)
                     cur.execute(sql, args)
@@ -283,9 +290,21 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
         raise exc.DBAPIError.instance(
             sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=gone
         ) from e
-    for cur in cursors[: len(queued)]:
+    opened_for_queue = len(cursors) - len(statements)
+    for cur in cursors[:opened_for_queue]:
         cur.close()
-    return cursors[len(queued) :]
+    return cursors[opened_for_queue:]
+
+
+def _runs(queued: list[tuple[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """The queue as (sql, [args, ...]) for each run of one statement, in order."""
+    out: list[tuple[str, list[Any]]] = []
+    for sql, args in queued:
+        if out and out[-1][0] == sql:
+            out[-1][1].append(args)
+        else:
+            out.append((sql, [args]))
+    return out
 
 
 def fetch_together(
