@@ -9,6 +9,7 @@ ones while the tests run."""
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -187,3 +188,15 @@ def client(engine) -> Iterator[TestClient]:
 
 def auth(token: str = SERVICE_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs `serve` or `worker` in process configures the root logger with the
+    stderr of that moment (pytest's capture, closed once the test ends): later tests' log
+    lines would meet a closed stream. Each test gets the root logger back as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

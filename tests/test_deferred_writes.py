@@ -163,3 +163,70 @@ def test_a_row_that_fails_inside_a_run_fails_the_whole_transaction(db):
     with db.tx() as s:  # the connection is usable again
         _INSERT.defer(s.connection(), endpoint(4))
     assert ids(db) == ["whe_4"]
+
+
+def test_inserts_into_other_tables_are_gathered_by_statement_but_never_past_a_dependency():
+    """`_runs`, the grouping rule itself: a deferred INSERT joins the last run of its
+    statement only past INSERTs into tables it does not reference; never past an UPDATE, its
+    own table or a table it references."""
+    from verifier.storage.repo.prepared import _runs
+
+    ev, audit_, outbox = (
+        ("INS ev", ("ev", frozenset({"proofs"}))),
+        ("INS au", ("au", frozenset())),
+        (
+            "INS ob",
+            ("ob", frozenset()),
+        ),
+    )
+
+    def q(*items):
+        return [(sql, i, moves) for i, (sql, moves) in enumerate(items)]
+
+    # A batch: evidence, audit, outbox per proof → one run each, rows in their order.
+    assert _runs(q(ev, audit_, outbox, ev, audit_, outbox, ev)) == [
+        ("INS ev", [0, 3, 6]),
+        ("INS au", [1, 4]),
+        ("INS ob", [2, 5]),
+    ]
+    # A child (references "pa") never moves ahead of a parent queued after its run.
+    child, parent = ("INS ch", ("ch", frozenset({"pa"}))), ("INS pa", ("pa", frozenset()))
+    assert _runs(q(child, parent, child)) == [("INS ch", [0]), ("INS pa", [1]), ("INS ch", [2])]
+    # ... while a parent may move ahead of a child.
+    assert _runs(q(parent, child, parent)) == [("INS pa", [0, 2]), ("INS ch", [1])]
+    # Never past an UPDATE, nor past another statement on its own table.
+    update, other_form = ("UPD ev", None), ("INS ev (fewer columns)", ev[1])
+    assert [r for r, _ in _runs(q(ev, update, ev))] == ["INS ev", "UPD ev", "INS ev"]
+    assert [r for r, _ in _runs(q(ev, other_form, ev))] == ["INS ev", other_form[0], "INS ev"]
+    # UPDATEs of one statement in a row still go together.
+    assert _runs(q(update, update)) == [("UPD ev", [0, 1])]
+
+
+def test_a_batch_of_interleaved_rows_keeps_each_tables_order(db):
+    from verifier.storage.models import AuditEvent
+
+    audit_insert = Prepared(insert(AuditEvent.__table__))
+    with db.tx() as s:
+        for i in range(1, 6):
+            _INSERT.defer(s.connection(), endpoint(i))
+            audit_insert.defer(
+                s.connection(),
+                {
+                    "at": T0,
+                    "actor": "t",
+                    "action": "x",
+                    "subject_type": "whe",
+                    "subject_id": f"whe_{i}",
+                    "data": {},
+                    "incident_id": None,
+                    "reason": None,
+                    "prev_hash": f"{i - 1:064x}",
+                    "hash": f"{i:064x}",
+                },
+            )
+    with db.engine.connect() as c:
+        chain = c.execute(
+            select(AuditEvent.subject_id, AuditEvent.prev_hash).order_by(AuditEvent.id)
+        ).all()
+    assert [r[0] for r in chain] == [f"whe_{i}" for i in range(1, 6)]
+    assert ids(db) == [f"whe_{i}" for i in range(1, 6)]

@@ -28,7 +28,9 @@ and sent in one pipeline with the transaction's next statement, or with its COMM
 transaction's BEGIN rides with its first statement the same way. Anything else that reaches
 the database first sends the queue ahead of it (`send_deferred`: the Session hooks below, and
 the repo's few direct Core calls), so statements still run in the order they were asked for,
-in the same transaction. Nothing is deferred inside a savepoint, and what was queued before
+in the same transaction; the one exception is that queued rows of one INSERT go together as
+one executemany, and an INSERT may be sent ahead of queued inserts into other tables it does
+not reference (`_runs`: never past an UPDATE, a row of its own table, or a possible parent). Nothing is deferred inside a savepoint, and what was queued before
 one is sent before it. A deferred row that fails, fails the transaction as it would have
 where it was asked for; a connection going back to the pool drops any queue (its transaction
 was rolled back).
@@ -101,6 +103,13 @@ class Prepared:
         self._checked: set[frozenset[str]] = set()
         table = getattr(stmt, "table", None)
         self._pk = list(table.primary_key.columns) if self._dml and table is not None else []
+        # A deferred INSERT may be sent ahead of queued inserts into other tables this one
+        # does not reference (`_runs`); anything else keeps its place.
+        self._moves: _Movable | None = (
+            (table.name, frozenset(fk.column.table.name for fk in table.foreign_keys))
+            if isinstance(stmt, Insert) and table is not None
+            else None
+        )
 
     # -- running ------------------------------------------------------------------------------
 
@@ -187,7 +196,7 @@ class Prepared:
                 self.execute(conn, row)
             return
         form, args = self._args(conn.dialect, row)
-        conn.info.setdefault(_QUEUE, []).append((form.sql, args))
+        conn.info.setdefault(_QUEUE, []).append((form.sql, args, self._moves))
 
     def execute(self, conn: Connection, params: dict[str, Any], commit: bool = False) -> int:
         """Run an UPDATE (or DELETE); returns the number of rows it matched. `commit`: the
@@ -256,7 +265,7 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
         raise exc.ResourceClosedError("the connection's driver connection is closed")
     dialect = conn.dialect
     queued = conn.info.pop(_QUEUE, None) or []
-    batch = [*queued, *statements]
+    batch = [*((sql, args) for sql, args, _ in queued), *statements]
     cursors: list[Any] = []
     sql, args = batch[-1] if batch else ("COMMIT", None)
     try:
@@ -296,15 +305,36 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
     return cursors[opened_for_queue:]
 
 
-def _runs(queued: list[tuple[str, Any]]) -> list[tuple[str, list[Any]]]:
-    """The queue as (sql, [args, ...]) for each run of one statement, in order."""
-    out: list[tuple[str, list[Any]]] = []
-    for sql, args in queued:
-        if out and out[-1][0] == sql:
+# A deferred INSERT's table and the tables its foreign keys reference.
+_Movable = tuple[str, frozenset[str]]
+
+
+def _runs(queued: list[tuple[str, Any, _Movable | None]]) -> list[tuple[str, list[Any]]]:
+    """The queue as runs of one statement, (sql, [args, ...]), each sent as one executemany.
+
+    A batch queues rows table by table in turn (evidence, audit event, outbox event, for
+    each proof). An INSERT joins the last run of its own statement when everything queued
+    after that run is an INSERT into another table that this one does not reference: no row
+    it could depend on moves behind it, rows of one table keep their order (the audit chain's
+    ids follow its links), and an UPDATE is never passed."""
+    out: list[tuple[str, list[Any], _Movable | None]] = []
+    for sql, args, moves in queued:
+        joined = False
+        if out and out[-1][0] == sql:  # the same statement again: nothing is passed
             out[-1][1].append(args)
-        else:
-            out.append((sql, [args]))
-    return out
+            joined = True
+        elif moves is not None:
+            table, references = moves
+            for run_sql, run_args, run_moves in reversed(out):
+                if run_sql == sql:
+                    run_args.append(args)
+                    joined = True
+                    break
+                if run_moves is None or run_moves[0] == table or run_moves[0] in references:
+                    break
+        if not joined:
+            out.append((sql, [args], moves))
+    return [(sql, rows) for sql, rows, _ in out]
 
 
 def fetch_together(
