@@ -30,10 +30,11 @@ the database first sends the queue ahead of it (`send_deferred`: the Session hoo
 the repo's few direct Core calls), so statements still run in the order they were asked for,
 in the same transaction; the one exception is that queued rows of one INSERT go together as
 one executemany, and an INSERT may be sent ahead of queued inserts into other tables it does
-not reference (`_runs`: never past an UPDATE, a row of its own table, or a possible parent). Nothing is deferred inside a savepoint, and what was queued before
-one is sent before it. A deferred row that fails, fails the transaction as it would have
-where it was asked for; a connection going back to the pool drops any queue (its transaction
-was rolled back).
+not reference (`_runs`: never past an UPDATE, a row of its own table, or a possible
+parent). Nothing is deferred inside a savepoint, and what was queued before one is sent
+before it. A deferred row that fails, fails the transaction as it would have where it was
+asked for; a connection going back to the pool drops any queue (its transaction was rolled
+back).
 
 A compiled form of an INSERT or UPDATE names the columns the call supplies. Python-side column
 defaults are SQLAlchemy's to apply, not the driver's: a statement that would leave out a
