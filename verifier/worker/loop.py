@@ -179,14 +179,14 @@ def _record_finality_batch(
             log.exception("recording finality failed", extra={"proof_id": pid})
 
 
-def _reorged(prev: SettlementEvidence | None, st: Settlement | None) -> bool:
+def _reorged(prev: SettlementEvidence | Record | None, st: Settlement | None) -> bool:
     """The answer takes the reorg path of `_finality_of`: reorged, or final in another block."""
     if st is None:
         return False
     return st.reorged or _moved(prev, st)
 
 
-def _moved(prev: SettlementEvidence | None, st: Settlement) -> bool:
+def _moved(prev: SettlementEvidence | Record | None, st: Settlement) -> bool:
     # A transfer mined again in another block after a reorg can look final again; the
     # block it was verified in is gone, so it must be verified afresh.
     return bool(
@@ -205,7 +205,7 @@ def _finality_of(
     source: str,
     now: datetime,
     att_id: int | None,
-    prev: SettlementEvidence | None,
+    prev: SettlementEvidence | Record | None,
     receipts: dict[str, str],
     updates: list[tuple[Proof, dict[str, object]]],
 ) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from verifier.storage.models import SettlementEvidence
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.rows import Record
 
 _SE = SettlementEvidence
 _INSERT = Prepared(insert(rows.table(_SE)))
@@ -31,12 +32,14 @@ def latest(s: Session, proof_id: str) -> SettlementEvidence | None:
     return s.scalar(_LATEST, {"pid": proof_id})
 
 
-def latest_many(s: Session, proof_ids: Sequence[str]) -> dict[str, SettlementEvidence]:
-    """The latest evidence of each proof that has any, in one query."""
-    newest = (
-        select(func.max(_SE.id)).where(_SE.proof_id.in_(list(proof_ids))).group_by(_SE.proof_id)
-    )
-    return {e.proof_id: e for e in s.scalars(select(_SE).where(_SE.id.in_(newest))).all()}
+def latest_many(s: Session, proof_ids: Sequence[str]) -> dict[str, Record]:
+    """The latest evidence of each proof that has any, in one query, as plain records (a
+    finality batch only compares them: no ORM object per row)."""
+    t = rows.table(_SE)
+    ids = list(proof_ids)
+    newest = select(func.max(t.c.id)).where(t.c.proof_id.in_(ids)).group_by(t.c.proof_id)
+    got = s.execute(select(t).where(t.c.id.in_(newest))).mappings()
+    return {r["proof_id"]: Record(r) for r in got}
 
 
 def for_proof(s: Session, proof_id: str) -> list[SettlementEvidence]:
