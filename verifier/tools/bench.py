@@ -598,14 +598,15 @@ def bench_x402(n: int) -> dict[str, Any]:
 # -- storage ------------------------------------------------------------------------------------
 
 
-def _prepare_database(url: str) -> None:
-    """Create a PostgreSQL database named in the URL if it does not exist; then migrate."""
-    from verifier.storage.db import upgrade
+def _prepare_database(url: str) -> int:
+    """Create a PostgreSQL database named in the URL if it does not exist; then migrate.
+    Returns the seed offset for this run (`run_seed`): the sessions already stored."""
+    from sqlalchemy import create_engine
+
+    from verifier.storage.db import make_engine, upgrade
 
     u = make_url(url)
     if u.get_backend_name() == "postgresql" and u.database:
-        from sqlalchemy import create_engine
-
         admin = create_engine(
             u.set(drivername="postgresql+psycopg", database="postgres", query={}),
             isolation_level="AUTOCOMMIT",
@@ -620,6 +621,19 @@ def _prepare_database(url: str) -> None:
         finally:
             admin.dispose()
     upgrade(url)
+    counter = make_engine(url)  # as the service reads the URL (its prepare_threshold too)
+    try:
+        with counter.connect() as conn:
+            return int(conn.scalar(text("SELECT count(*) FROM payment_sessions")) or 0)
+    finally:
+        counter.dispose()
+
+
+def run_seed(seed: int, stored: int) -> int:
+    """The seed of a run's synthetic transfers: `seed` on a fresh database, so runs repeat;
+    moved by the sessions already stored on a database used before, whose references and
+    signatures the same seed would make again (refused as already used)."""
+    return seed + stored
 
 
 def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
@@ -940,7 +954,7 @@ def submit_only(
     engine = None
     try:
         url = database_url or f"sqlite:///{os.path.join(tmp, 'bench.db')}"
-        _prepare_database(url)
+        seed = run_seed(SEED, _prepare_database(url))
         engine = Engine(
             Settings(
                 database_url=url,
@@ -952,7 +966,7 @@ def submit_only(
             )
         )
         engine.ensure_rail_states()
-        out = bench_submit(engine, synthetic_proofs(proofs), progress)
+        out = bench_submit(engine, synthetic_proofs(proofs, seed), progress)
         return {"database": engine.db.engine.dialect.name, **out}
     finally:
         if engine is not None:
@@ -992,10 +1006,10 @@ def run_bench(
         database_url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
     engine = None
     try:
-        synthetic = synthetic_proofs(proofs)
+        seed = run_seed(SEED, _prepare_database(database_url))
+        synthetic = synthetic_proofs(proofs, seed)
         out: dict[str, Any] = {"proofs": proofs}
         out.update(bench_verify_offline(synthetic))
-        _prepare_database(database_url)
         settings = Settings(
             database_url=database_url,
             chain="cassette",
@@ -1012,10 +1026,11 @@ def run_bench(
             out["sqlite_synchronous"] = settings.sqlite_synchronous
         # The history first: submission is measured against `stored` proofs too, so the
         # scale runs show how its cost grows with what is stored.
-        fill_stored(engine, stored - proofs)
+        fill_stored(engine, stored - proofs, seed)
         out.update(bench_submit(engine, synthetic, progress))
         del synthetic
-        out["stored"] = fill_stored(engine, stored)  # adds nothing unless a submission failed
+        # Adds nothing unless a submission failed.
+        out["stored"] = fill_stored(engine, stored, seed + 1)
         out.update(bench_dry_run(engine, min(DRY_RUN_SAMPLES, max(20, out["stored"]))))
         if hanging_node_samples > 0:
             out.update(bench_submit_hanging_node(settings, hanging_node_samples))

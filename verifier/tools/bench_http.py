@@ -326,12 +326,10 @@ def run_http_bench(
     try:
         if database_url is None:
             database_url = f"sqlite:///{tmp / 'bench.db'}"
-        synthetic = bench.synthetic_proofs(
-            proofs + clients * WARMUP_PER_CLIENT, seed=bench.SEED + 3
-        )
+        seed = bench.run_seed(bench.SEED + 3, bench._prepare_database(database_url))
+        synthetic = bench.synthetic_proofs(proofs + clients * WARMUP_PER_CLIENT, seed=seed)
         cassettes = tmp / "cassettes"
         write_cassette(synthetic, cassettes)
-        bench._prepare_database(database_url)
         engine = Engine(
             Settings(
                 database_url=database_url,
@@ -343,9 +341,9 @@ def run_http_bench(
         )
         try:
             engine.ensure_rail_states()
-            have = bench.fill_stored(engine, 0)
+            have = bench.fill_stored(engine, 0, seed)
             if stored:
-                have = bench.fill_stored(engine, have + stored)
+                have = bench.fill_stored(engine, have + stored, seed)
             dialect = engine.db.engine.dialect.name
         finally:
             engine.db.dispose()

@@ -32,6 +32,7 @@ def run_compare(proofs: int, database_url: str, progress: Progress | None = None
     return {
         "database": other["database"],
         "submit_verify_per_s": other["submit_verify_per_s"],
+        "submit_statuses": other["submit_statuses"],
         "sqlite_submit_verify_per_s": sqlite["submit_verify_per_s"],
         "pg_vs_sqlite_ratio": round(ratio, 3),
     }

@@ -106,7 +106,7 @@ def run_worker_bench(
     try:
         if database_url is None:
             database_url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
-        bench._prepare_database(database_url)
+        seed = bench.run_seed(bench.SEED + 5, bench._prepare_database(database_url))
         base = Settings(
             database_url=database_url,
             chain="cassette",
@@ -115,7 +115,7 @@ def run_worker_bench(
             session_ttl_seconds=bench.SESSION_TTL,
             auto_apply=False,
         )
-        synthetic = bench.synthetic_proofs(proofs, seed=bench.SEED + 5)
+        synthetic = bench.synthetic_proofs(proofs, seed=seed)
         submitter = Engine(base)
         engines.append(submitter)
         submitter.ensure_rail_states()
