@@ -26,7 +26,7 @@ from tests.fake_rail import ScriptedChain, catalog_with_fake
 from verifier.core.config import Settings
 from verifier.core.engine import Engine
 from verifier.http.api import create_app
-from verifier.storage.db import upgrade
+from verifier.storage.db import Database, upgrade
 
 PG_URL = os.environ.get("RAILPROOF_TEST_POSTGRES_URL")
 SERVICE_TOKEN = "svc-token-alice"
@@ -169,6 +169,14 @@ def make_settings(db_url: str, **kw) -> Settings:
 @pytest.fixture
 def chain() -> ScriptedChain:
     return ScriptedChain()
+
+
+@pytest.fixture
+def db(db_url) -> Iterator[Database]:
+    """The database handle alone (no engine), on the test's database."""
+    d = Database(db_url)
+    yield d
+    d.dispose()
 
 
 @pytest.fixture

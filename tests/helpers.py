@@ -10,12 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from rails.transport.cassette import Call, CassetteTransport
 from tests.conftest import CLOCK, make_settings
 from tests.fake_rail import catalog_with_fake
 from verifier.core.engine import Engine
+from verifier.storage.db import Database
 from verifier.storage.models import (
     Approval,
     AuditEvent,
@@ -28,6 +29,8 @@ from verifier.storage.models import (
     SettlementEvidence,
     VerificationAttempt,
 )
+from verifier.storage.repo.prepared import Prepared
+from verifier.storage.webhook_models import WebhookEndpoint
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 GATE_CHECKS = [
@@ -121,3 +124,27 @@ def audit_actions(engine: Engine, subject_id: str | None = None) -> list[AuditEv
         if subject_id is not None:
             q = q.where(AuditEvent.subject_id == subject_id)
         return list(s.scalars(q).all())
+
+
+# Webhook endpoint rows: a table with no foreign keys, for tests of the repo's write paths.
+ENDPOINTS = WebhookEndpoint.__table__
+ENDPOINT_INSERT = Prepared(insert(ENDPOINTS))
+
+
+def endpoint_row(i: int) -> dict[str, Any]:
+    return {
+        "id": f"whe_{i}",
+        "principal": "svc:alice",
+        "owners": ["alice"],
+        "url": f"http://127.0.0.1:9/{i}",
+        "event_types": ["proof.verified"],
+        "secret": "s" * 32,
+        "active": True,
+        "created_at": CLOCK,
+        "deactivated_at": None,
+    }
+
+
+def endpoint_ids(db: Database) -> list[str]:
+    with db.engine.connect() as c:
+        return sorted(c.scalars(select(ENDPOINTS.c.id)).all())

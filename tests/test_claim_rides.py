@@ -5,50 +5,19 @@ key. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import auth
-from tests.helpers import FAKE_SESSION
+from tests.helpers import ENDPOINT_INSERT, ENDPOINTS, FAKE_SESSION, endpoint_ids, endpoint_row
 from verifier.core.errors import Conflict
 from verifier.services import idempotency
-from verifier.storage.db import Database
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
-from verifier.storage.repo.prepared import Prepared
-from verifier.storage.webhook_models import WebhookEndpoint
 
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-EP = WebhookEndpoint.__table__
-_INSERT = Prepared(insert(EP))
-
-
-@pytest.fixture
-def db(db_url):
-    d = Database(db_url)
-    yield d
-    d.dispose()
-
-
-def endpoint(i: int) -> dict:
-    return {
-        "id": f"whe_{i}",
-        "principal": "svc:alice",
-        "owners": ["alice"],
-        "url": f"http://127.0.0.1:9/{i}",
-        "event_types": ["proof.verified"],
-        "secret": "s" * 32,
-        "active": True,
-        "created_at": T0,
-        "deactivated_at": None,
-    }
-
-
-def ids(db: Database) -> list[str]:
-    with db.engine.connect() as c:
-        return sorted(c.scalars(select(EP.c.id)).all())
+EP, _INSERT = ENDPOINTS, ENDPOINT_INSERT
+endpoint, ids = endpoint_row, endpoint_ids
 
 
 def rider(i: int):

@@ -11,40 +11,14 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from verifier.storage.db import Database
+from tests.helpers import ENDPOINT_INSERT, ENDPOINTS, endpoint_ids, endpoint_row
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared, send_deferred
 from verifier.storage.webhook_models import WebhookEndpoint
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-EP = WebhookEndpoint.__table__
-_INSERT = Prepared(insert(EP))
-
-
-@pytest.fixture
-def db(db_url):
-    d = Database(db_url)
-    yield d
-    d.dispose()
-
-
-def endpoint(i: int) -> dict:
-    return {
-        "id": f"whe_{i}",
-        "principal": "svc:alice",
-        "owners": ["alice"],
-        "url": f"http://127.0.0.1:9/{i}",
-        "event_types": ["proof.verified"],
-        "secret": "s" * 32,
-        "active": True,
-        "created_at": T0,
-        "deactivated_at": None,
-    }
-
-
-def ids(db: Database) -> list[str]:
-    with db.engine.connect() as c:
-        return sorted(c.scalars(select(EP.c.id)).all())
+EP, _INSERT = ENDPOINTS, ENDPOINT_INSERT
+endpoint, ids = endpoint_row, endpoint_ids
 
 
 def test_a_deferred_row_is_written_with_its_commit(db):

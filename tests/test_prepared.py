@@ -7,20 +7,12 @@ import pytest
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from verifier.storage.db import Database
 from verifier.storage.models import AuditEvent
 from verifier.storage.repo.prepared import Prepared
 from verifier.storage.webhook_models import OutboxEvent, WebhookEndpoint
 
 T0 = datetime(2026, 1, 1, 12, 30, 45, 123456, tzinfo=UTC)
 EP, EV, AU = WebhookEndpoint.__table__, OutboxEvent.__table__, AuditEvent.__table__
-
-
-@pytest.fixture
-def db(db_url):
-    d = Database(db_url)
-    yield d
-    d.dispose()
 
 
 def endpoint(i: int, **kw):

@@ -123,20 +123,17 @@ def _stored_answer(engine: Engine, k: _Key) -> Answer:
     if c is None:  # released by a refusal between our insert and this read
         raise Conflict("idempotency_in_progress", "retry shortly")
     if c.request_hash != k.request_hash:
-        engine.metrics.inc("idempotency_conflicts_total", kind="body_mismatch")
-        raise Conflict(
-            "idempotency_conflict",
-            "Idempotency-Key was used with a different request body",
-            field="Idempotency-Key",
-        )
+        message = "Idempotency-Key was used with a different request body"
+        raise _refused(engine, "body_mismatch", "idempotency_conflict", message)
     if c.status != ClaimStatus.completed:
-        engine.metrics.inc("idempotency_conflicts_total", kind="in_progress")
-        raise Conflict(
-            "idempotency_in_progress",
-            "a request with this Idempotency-Key is still in progress",
-            field="Idempotency-Key",
-        )
+        message = "a request with this Idempotency-Key is still in progress"
+        raise _refused(engine, "in_progress", "idempotency_in_progress", message)
     return c.response_code or 200, c.response
+
+
+def _refused(engine: Engine, kind: str, code: str, message: str) -> Conflict:
+    engine.metrics.inc("idempotency_conflicts_total", kind=kind)
+    return Conflict(code, message, field="Idempotency-Key")
 
 
 def _release(engine: Engine, k: _Key, written: bool) -> None:
