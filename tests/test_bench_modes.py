@@ -16,11 +16,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from tests.conftest import make_pg_db
 from verifier.cli.main import app
 from verifier.storage.db import Database
+from verifier.storage.models import Proof
 from verifier.tools import bench_http, bench_plot, bench_worker
 
 HTTP_KEYS = {
@@ -55,6 +57,17 @@ def test_http_mode_on_sqlite_reports_every_key_and_no_error(tmp_path):
         assert isinstance(out[key], kind), (key, out[key])
     assert out["http_errors"] == 0
     assert out["http_submissions"] == 24  # every timed unit came back verified
+    # Again on the same database: new transfers under new Idempotency-Keys, really submitted
+    # (not the first run's answers replayed, nor refused as keys used with other bodies).
+    again = bench_http.run_http_bench(proofs=24, database_url=url, clients=3, api_workers=1)
+    assert (again["http_errors"], again["http_submissions"]) == (0, 24)
+    assert again["http_stored_before"] == 33  # the first run: 24 timed, 3 clients × 3 warm-up
+    db = Database(url)
+    try:
+        with db.tx() as s:
+            assert s.scalar(select(func.count()).select_from(Proof)) == 66
+    finally:
+        db.dispose()
     assert out["http_database"] == "sqlite" and out["http_api_workers"] == 1
     assert out["http_p50_ms"] <= out["http_p95_ms"] <= out["http_p99_ms"]
     # What the API wrote over HTTP is a valid keyed audit chain.
