@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -66,14 +66,15 @@ def run_idempotent(
             f"Idempotency-Key: 1 to {MAX_KEY} printable characters",
             field="Idempotency-Key",
         )
-    k = _Key(principal, endpoint, key, request_hash(body))
     # Process time, not the business clock: a pinned clock would never age a claim.
-    claim = {**k.pk(), "request_hash": k.request_hash, "created_at": timeutil.process_now()}
+    k = _Key(principal, endpoint, key, request_hash(body), timeutil.process_now())
 
     def write_claim(s: Session) -> None:
-        row = {**claim, "status": ClaimStatus.in_progress.value, "response_code": None}
         try:
-            claim_repo.insert_claim_first(s, {**row, "completed_at": None})
+            claim_repo.insert_claim_first(
+                s,
+                k.row(status=ClaimStatus.in_progress.value, response_code=None, completed_at=None),
+            )
         except IntegrityError:
             raise _KeyTaken from None
 
@@ -91,7 +92,7 @@ def run_idempotent(
             _release(engine, k, rider.committed)
             raise
         # Refused after side effects (an audit row, a metric): the answer is the result.
-        stored = _complete(engine, k, claim, rider.committed, (e.status, e.body()))
+        stored = _complete(engine, k, rider.committed, (e.status, e.body()))
         if stored is not None:
             return stored
         raise
@@ -99,7 +100,7 @@ def run_idempotent(
         # An unexpected failure may not have finished: the client's retry runs it again.
         _release(engine, k, rider.committed)
         raise
-    return _complete(engine, k, claim, rider.committed, (status, out)) or (status, out)
+    return _complete(engine, k, rider.committed, (status, out)) or (status, out)
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,18 @@ class _Key:
     endpoint: str
     key: str
     request_hash: str
+    created_at: datetime
 
-    def pk(self) -> dict[str, str]:
-        return {"principal": self.principal, "endpoint": self.endpoint, "key": self.key}
+    def row(self, **values: object) -> dict[str, object]:
+        """The claim's row, with `values` (its status and answer)."""
+        return {
+            "principal": self.principal,
+            "endpoint": self.endpoint,
+            "key": self.key,
+            "request_hash": self.request_hash,
+            "created_at": self.created_at,
+            **values,
+        }
 
 
 class _KeyTaken(Exception):
@@ -144,9 +154,7 @@ def _release(engine: Engine, k: _Key, written: bool) -> None:
         claim_repo.release_in_progress(s, k.principal, k.endpoint, k.key)
 
 
-def _complete(
-    engine: Engine, k: _Key, claim: dict[str, object], written: bool, answer: tuple[int, Body]
-) -> Answer | None:
+def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) -> Answer | None:
     """Store the answer under the key. None: ours is the answer; else the one stored first."""
     done = {
         "status": ClaimStatus.completed.value,
@@ -164,7 +172,7 @@ def _complete(
     # answers instead, as it would have had it been found before the work.
     try:
         with engine.db.tx() as s:
-            claim_repo.insert_claim(s, {**claim, **done})
+            claim_repo.insert_claim(s, k.row(**done))
     except IntegrityError:
         return _stored_answer(engine, k)
     return None

@@ -600,7 +600,7 @@ def bench_x402(n: int) -> dict[str, Any]:
 
 def _prepare_database(url: str) -> int:
     """Create a PostgreSQL database named in the URL if it does not exist; then migrate.
-    Returns the seed offset for this run (`run_seed`): the sessions already stored."""
+    Returns the number of sessions already stored (what `run_seed` moves the seed by)."""
     from sqlalchemy import create_engine
 
     from verifier.storage.db import make_engine, upgrade
