@@ -8,8 +8,10 @@ blocker or error, does nothing at all. A blocker's code is the name of the check
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session
 from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier.core.engine import Engine
-from verifier.core.errors import BadInput, Conflict, NotFound, Refused
+from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refused
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services import audit, events
 from verifier.services.proofs import latest_settlement, latest_verified_attempt, load_proof
@@ -33,11 +35,15 @@ from verifier.storage.models import (
     Receipt,
     SessionStatus,
     SettlementEvidence,
+    VerificationAttempt,
+    new_id,
 )
+from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import proofs as proof_repo
 from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
+from verifier.storage.repo import settlements as settlement_repo
 from verifier.storage.repo.rows import Record
 
 # A depth-final EVM/Tron settlement can still leave the canonical chain (a deep reorg, a node
@@ -70,14 +76,73 @@ class Check:
 class _Rows:
     """The rows the checks read, for the report and the apply that follow them."""
 
-    settlement: SettlementEvidence | None = None
+    settlement: SettlementEvidence | Record | None = None
     session: PaymentSession | None = None
     entitlement: Entitlement | None = None
     receipt: Receipt | None = None
 
 
+class _Reads:
+    """Where the checks find the rows they read besides the proof and its session: one query
+    each here (one proof's apply or dry run); `_Prefetched` answers from what an apply batch
+    read for all of its proofs at once."""
+
+    def settlement(self, s: Session, proof_id: str) -> SettlementEvidence | Record | None:
+        return latest_settlement(s, proof_id)
+
+    def entitlement(self, s: Session, session_id: str) -> Entitlement | None:
+        return entitlement_repo.for_session(s, session_id)
+
+    def receipt_for_session(self, s: Session, session_id: str) -> Receipt | None:
+        return receipt_repo.for_session(s, session_id)
+
+    def receipt_for_proof(self, s: Session, proof_id: str) -> Receipt | None:
+        return receipt_repo.for_proof(s, proof_id)
+
+    def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
+        return latest_verified_attempt(s, proof_id)
+
+
+_ONE_BY_ONE = _Reads()
+
+
+class _Prefetched(_Reads):
+    """The same rows for many proofs, one query per table, read once their proofs and
+    sessions are locked (`apply_many`): the answers of `_Reads` for each of them, provided
+    no proof of the batch shares its session with another (a credit changes what the next
+    proof of that session would read)."""
+
+    def __init__(self, s: Session, proof_ids: list[str], session_ids: list[str]):
+        self._settlements = settlement_repo.latest_many(s, proof_ids)
+        self._entitlements = entitlement_repo.for_sessions(s, session_ids)
+        receipts = receipt_repo.touching(s, proof_ids, session_ids)
+        self._by_proof = {r.proof_id: r for r in receipts}
+        self._by_session = {r.session_id: r for r in receipts}
+        self._attempts = attempt_repo.latest_verified_many(s, proof_ids)
+
+    def settlement(self, s: Session, proof_id: str) -> SettlementEvidence | Record | None:
+        return self._settlements.get(proof_id)
+
+    def entitlement(self, s: Session, session_id: str) -> Entitlement | None:
+        return self._entitlements.get(session_id)
+
+    def receipt_for_session(self, s: Session, session_id: str) -> Receipt | None:
+        return self._by_session.get(session_id)
+
+    def receipt_for_proof(self, s: Session, proof_id: str) -> Receipt | None:
+        return self._by_proof.get(proof_id)
+
+    def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
+        return self._attempts.get(proof_id)
+
+
 def _evaluate(
-    engine: Engine, s: Session, p: Proof, via: Via, st: RailState | Record | None = None
+    engine: Engine,
+    s: Session,
+    p: Proof,
+    via: Via,
+    st: RailState | Record | None = None,
+    reads: _Reads = _ONE_BY_ONE,
 ) -> tuple[list[Check], _Rows]:
     """`st`: the rail's state when the caller has read it (apply: under its share lock)."""
     settings = engine.settings
@@ -91,7 +156,7 @@ def _evaluate(
         f"status {p.status}" + (f" ({p.failure_code})" if p.failure_code else ""),
     )
 
-    ev = latest_settlement(s, p.id)
+    ev = reads.settlement(s, p.id)
     ctx.settlement = ev
     if ev is None:
         add("settlement_final", False, "no settlement evidence")
@@ -149,7 +214,7 @@ def _evaluate(
             else f"stage {stage}: RAILPROOF_LIVE_APPLY is off",
         )
     add(*_receipt_creation(engine, p.rail_id, stage, via))
-    ok, detail = _tuple_bound(engine, s, p, ctx)
+    ok, detail = _tuple_bound(s, p, ctx, reads)
     add("tuple_bound", ok, detail)
     return checks, ctx
 
@@ -177,11 +242,11 @@ def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Vi
     return "receipt_creation_allowed", False, f"stage {stage}: never creates receipts"
 
 
-def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: _Rows) -> tuple[bool, str]:
+def _tuple_bound(s: Session, p: Proof, ctx: _Rows, reads: _Reads) -> tuple[bool, str]:
     """proof ↔ session ↔ owner ↔ product ↔ receipt all agree, and the chain paid what the
     session asked, to whom it asked, on its rail."""
     ps = session_repo.get(s, p.session_id)
-    ent = entitlement_repo.for_session(s, p.session_id)
+    ent = reads.entitlement(s, p.session_id)
     ctx.session, ctx.entitlement = ps, ent
     problems = []
     if ps is None:
@@ -192,8 +257,8 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: _Rows) -> tuple[bool
         problems.append("proof rail differs from session rail")
     if ent is None or ent.owner_id != ps.owner_id or ent.access_product_id != ps.access_product_id:
         problems.append("entitlement does not match session owner/product")
-    receipt_for_session = receipt_repo.for_session(s, ps.id)
-    receipt_for_proof = receipt_repo.for_proof(s, p.id)
+    receipt_for_session = reads.receipt_for_session(s, ps.id)
+    receipt_for_proof = reads.receipt_for_proof(s, p.id)
     ctx.receipt = receipt_for_proof
     if receipt_for_session is not None and receipt_for_session.proof_id != p.id:
         problems.append("session already paid by another proof")
@@ -203,7 +268,7 @@ def _tuple_bound(engine: Engine, s: Session, p: Proof, ctx: _Rows) -> tuple[bool
         ps.status == SessionStatus.paid and receipt_for_proof is not None
     ):
         problems.append(f"session is {ps.status}")
-    att = latest_verified_attempt(s, p.id)
+    att = reads.verified_attempt(s, p.id)
     if att is None:
         problems.append("no verified attempt")
     else:
@@ -305,62 +370,13 @@ def apply(
         else:
             blocked = None
             now = engine.now()
-            ev = ctx.settlement
-            assert ev is not None  # settlement_final passed
-            r = Receipt(
-                proof_id=p.id,
-                session_id=ps.id,
-                settlement_id=ev.id,
-                owner_id=ps.owner_id,
-                access_product_id=ps.access_product_id,
-                rail_id=ps.rail_id,
-                amount=ps.amount,
-                created_by=op.actor,
-                created_at=now,
-            )
+            r = _receipt(p, ps, ctx, op, now)
             receipt_repo.add(s, r)
             if engine.fail_after_receipt_insert:
                 raise RuntimeError("injected failure after receipt insert")
-            ent = ctx.entitlement
-            assert ent is not None  # tuple_bound passed
-            ent.status = EntitlementStatus.active
-            ent.receipt_id = r.id
-            ent.updated_at = now
-            ps.status = SessionStatus.paid
-            ps.paid_at = now
-            if watches_reorgs(engine, p.rail_id):
-                p.next_check_at = now + REORG_RECHECK
-            audit.append(
-                s,
-                now,
-                op,
-                "receipt.created",
-                "receipt",
-                r.id,
-                {"proof_id": p.id, "session_id": ps.id, "amount": str(ps.amount)},
-            )
-            audit.append(
-                s,
-                now,
-                op,
-                "entitlement.activated",
-                "entitlement",
-                ent.id,
-                {"receipt_id": r.id, "owner_id": ent.owner_id, "product": ent.access_product_id},
-            )
-            audit.append(
-                s, now, op, "proof.applied", "proof", p.id, {"receipt_id": r.id, "via": via.value}
-            )
-            events.emit(s, now, "receipt.created", r.owner_id, "receipt", r.id, receipt_view(r))
-            events.emit(
-                s,
-                now,
-                "entitlement.activated",
-                ent.owner_id,
-                "entitlement",
-                ent.id,
-                entitlement_view(ent),
-            )
+            ent = _activate(engine, p, ps, ctx, r, now)
+            _audit_credit(s, now, op, via, p, ps, r, ent)
+            _emit_credit(s, now, r, ent)
             result = {
                 "applied": True,
                 "already_applied": False,
@@ -377,6 +393,175 @@ def apply(
         )
     engine.metrics.inc("receipts_total", rail_id=p.rail_id)
     return result
+
+
+def _receipt(
+    p: Proof, ps: PaymentSession, ctx: _Rows, op: audit.Operator, now: datetime
+) -> Receipt:
+    ev = ctx.settlement
+    assert ev is not None  # settlement_final passed
+    return Receipt(
+        id=new_id(),
+        proof_id=p.id,
+        session_id=ps.id,
+        settlement_id=ev.id,
+        owner_id=ps.owner_id,
+        access_product_id=ps.access_product_id,
+        rail_id=ps.rail_id,
+        amount=ps.amount,
+        created_by=op.actor,
+        created_at=now,
+    )
+
+
+def _activate(
+    engine: Engine, p: Proof, ps: PaymentSession, ctx: _Rows, r: Receipt, now: datetime
+) -> Entitlement:
+    """The entitlement active under the receipt, the session paid (flushed with the
+    transaction's next statement)."""
+    ent = ctx.entitlement
+    assert ent is not None  # tuple_bound passed
+    ent.status = EntitlementStatus.active
+    ent.receipt_id = r.id
+    ent.updated_at = now
+    ps.status = SessionStatus.paid
+    ps.paid_at = now
+    if watches_reorgs(engine, p.rail_id):
+        p.next_check_at = now + REORG_RECHECK
+    return ent
+
+
+def _audit_credit(
+    s: Session,
+    now: datetime,
+    op: audit.Operator,
+    via: Via,
+    p: Proof,
+    ps: PaymentSession,
+    r: Receipt,
+    ent: Entitlement,
+) -> None:
+    audit.append(
+        s,
+        now,
+        op,
+        "receipt.created",
+        "receipt",
+        r.id,
+        {"proof_id": p.id, "session_id": ps.id, "amount": str(ps.amount)},
+    )
+    audit.append(
+        s,
+        now,
+        op,
+        "entitlement.activated",
+        "entitlement",
+        ent.id,
+        {"receipt_id": r.id, "owner_id": ent.owner_id, "product": ent.access_product_id},
+    )
+    audit.append(s, now, op, "proof.applied", "proof", p.id, {"receipt_id": r.id, "via": via.value})
+
+
+def _emit_credit(s: Session, now: datetime, r: Receipt, ent: Entitlement) -> None:
+    # The receipt was created in this transaction: no event about it can exist yet.
+    events.emit(
+        s,
+        now,
+        "receipt.created",
+        r.owner_id,
+        "receipt",
+        r.id,
+        receipt_view(r),
+        first_of_resource=True,
+    )
+    events.emit(
+        s,
+        now,
+        "entitlement.activated",
+        ent.owner_id,
+        "entitlement",
+        ent.id,
+        entitlement_view(ent),
+    )
+
+
+def apply_many(
+    engine: Engine, proof_ids: Sequence[str], op: audit.Operator, via: Via = Via.auto
+) -> int:
+    """`apply` for many proofs in one transaction (the worker's apply sweep): the same checks
+    on the same rows, read with one query per table rather than several per proof, the
+    receipts and the rows they change written in one flush, one commit. Proofs that share a
+    session with another of the batch are applied one by one after it, in the order given
+    (the first to pass pays the session; the next ones meet its receipt, as they would in
+    turn). A proof blocked by a check is left as it is and counted as `apply` counts it.
+    Anything else that goes wrong rolls the whole batch back and is raised: the caller then
+    applies proof by proof. Returns how many proofs are applied (already applied ones
+    included, as `apply` answers them)."""
+    ids = list(dict.fromkeys(proof_ids))
+    blocked: list[tuple[str, list[str]]] = []
+    credited: list[str] = []
+    applied = 0
+    alone: list[str] = []
+    with engine.db.tx() as s:
+        rails = proof_repo.rail_ids_of(s, ids)
+        # SECURITY: the rails' states first, under their share locks, then the proofs' and
+        # the sessions' rows, then the audit chain's lock: the order `apply` takes them in
+        # (see there), each set locked in id order.
+        states = {
+            rid: engine.rail_state_read(s, rid) if engine.has_rail(rid) else None
+            for rid in sorted(set(rails.values()))
+        }
+        locked = {p.id: p for p in proof_repo.lock_many(s, list(rails))}
+        shared = Counter(p.session_id for p in locked.values())
+        alone = [pid for pid in ids if pid in locked and shared[locked[pid].session_id] > 1]
+        batch = [locked[pid] for pid in ids if pid in locked and pid not in alone]
+        sessions = {ps.id: ps for ps in session_repo.lock_many(s, [p.session_id for p in batch])}
+        reads = _Prefetched(s, [p.id for p in batch], list(sessions))
+        now = engine.now()
+        passed: list[tuple[Proof, PaymentSession, _Rows, Receipt]] = []
+        for p in batch:
+            checks, ctx = _evaluate(engine, s, p, via, states.get(p.rail_id), reads)
+            if ctx.receipt is not None:
+                applied += 1  # already applied: `apply` answers it again
+                continue
+            failed = [c.name for c in checks if not c.passed]
+            if failed:
+                blocked.append((p.rail_id, failed))
+                continue
+            ps = sessions[p.session_id]
+            passed.append((p, ps, ctx, receipt_repo.stage(s, _receipt(p, ps, ctx, op, now))))
+        if passed:
+            # The receipts are written (one INSERT) before the entitlements that point at them
+            # change: without a relationship between the two models the unit of work would
+            # not order them. Both before the audit chain's lock is taken.
+            s.flush()
+            if engine.fail_after_receipt_insert:
+                raise RuntimeError("injected failure after receipt insert")
+            credits = [
+                (p, ps, r, _activate(engine, p, ps, ctx, r, now)) for p, ps, ctx, r in passed
+            ]
+            s.flush()
+            events.expect(s)
+            for p, ps, r, ent in credits:
+                _audit_credit(s, now, op, via, p, ps, r, ent)
+            # Entitlements may have events already (one query for all); receipts are new.
+            events.prime_sequences(s, "entitlement", [ent.id for *_, ent in credits])
+            for _, _, r, ent in credits:
+                _emit_credit(s, now, r, ent)
+                credited.append(r.rail_id)
+    for rail_id, failed in blocked:
+        for code in failed:
+            engine.metrics.inc("apply_gate_blocks_total", rail_id=rail_id, blocker=code)
+    for rail_id in credited:
+        engine.metrics.inc("receipts_total", rail_id=rail_id)
+    applied += len(credited)
+    for pid in alone:
+        try:
+            apply(engine, pid, op, via)
+            applied += 1
+        except EngineError:
+            pass  # blockers are counted by the gate; staff see them in dry-run
+    return applied
 
 
 def revoke(engine: Engine, entitlement_id: str, op: audit.Operator) -> dict[str, Any]:

@@ -42,6 +42,12 @@ class NotMigrated(RuntimeError):
 
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 SQLITE_BUSY_TIMEOUT_S = 30  # how long a transaction waits for SQLite's write lock
+# Connections kept open per engine, on either database. A request holds one while it waits
+# for the write lock too, so the pool must cover the concurrent requests of a busy API
+# process: with SQLAlchemy's default of 5 on SQLite, every request past the fifth opened a
+# connection (and ran its pragmas) and closed it again (docs/bench.md, "The HTTP path").
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
 
 
 def _json_dumps(value: Any) -> str:
@@ -70,6 +76,7 @@ def make_engine(
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+            **_sqlite_pool(url),
             **_JSON,
         )
 
@@ -153,9 +160,24 @@ def make_engine(
     connect_args: dict[str, Any] = {"prepare_threshold": prepare_threshold}
     if options:
         connect_args["options"] = options
-    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args, **_JSON)
+    engine = create_engine(
+        url,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+        connect_args=connect_args,
+        **_JSON,
+    )
     _ping_when_idle(engine)
     return engine
+
+
+def _sqlite_pool(url: str) -> dict[str, int]:
+    """A file's pool sized as PostgreSQL's; an in-memory database keeps SQLAlchemy's own (one
+    connection per thread, which takes no size)."""
+    db = make_url(url).database
+    if not db or db == ":memory:" or "mode=memory" in url:
+        return {}
+    return {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
 
 
 # psycopg prepares a statement on the server once a connection has run it this many times

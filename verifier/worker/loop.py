@@ -338,6 +338,15 @@ def auto_apply(engine: Engine, batch: int) -> int:
     live = [r for r, d in engine.catalog.rails.items() if d.stage is Stage.live]
     with engine.db.tx() as s:
         ids = proof_repo.final_unapplied(s, live, batch)
+    if not ids:
+        return 0
+    try:
+        # The whole batch in one transaction ...
+        return gate.apply_many(engine, ids, SYSTEM, gate.Via.auto)
+    except Exception:
+        # ... and, should anything in it fail, each proof on its own (apply is idempotent:
+        # a proof the batch did apply is answered as already applied).
+        log.warning("applying a batch failed; applying proof by proof")
     applied = 0
     for pid in ids:
         try:

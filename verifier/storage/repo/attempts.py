@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from verifier.storage.models import ProofStatus, VerificationAttempt
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.rows import Record
 
 _VA = VerificationAttempt
 _INSERT = Prepared(insert(rows.table(_VA)))
@@ -46,6 +47,19 @@ def latest_verified_ids(s: Session, proof_ids: Sequence[str]) -> dict[str, int]:
         .group_by(_VA.proof_id)
     )
     return {pid: int(aid) for pid, aid in s.execute(q).all()}
+
+
+def latest_verified_many(s: Session, proof_ids: Sequence[str]) -> dict[str, Record]:
+    """The latest verified attempt of each proof that has one, in one query, as plain records
+    (an apply batch only reads what was observed)."""
+    t = rows.table(_VA)
+    newest = (
+        select(func.max(t.c.id))
+        .where(t.c.proof_id.in_(list(proof_ids)), t.c.status == ProofStatus.verified.value)
+        .group_by(t.c.proof_id)
+    )
+    got = s.execute(select(t).where(t.c.id.in_(newest))).mappings()
+    return {r["proof_id"]: Record(r) for r in got}
 
 
 def for_proof(s: Session, proof_id: str) -> list[VerificationAttempt]:

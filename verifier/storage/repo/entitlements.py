@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,13 @@ def get_locked(s: Session, entitlement_id: str) -> Entitlement | None:
 
 def for_session(s: Session, session_id: str) -> Entitlement | None:
     return s.scalar(select(Entitlement).where(Entitlement.session_id == session_id))
+
+
+def for_sessions(s: Session, session_ids: Sequence[str]) -> dict[str, Entitlement]:
+    """The entitlement of each session that has one, in one query (session objects: an apply
+    batch activates them)."""
+    q = select(Entitlement).where(Entitlement.session_id.in_(list(session_ids)))
+    return {e.session_id: e for e in s.scalars(q).all()}
 
 
 def for_receipt(s: Session, receipt_id: str) -> Entitlement | None:

@@ -157,6 +157,12 @@ def rail_id_of(s: Session, proof_id: str) -> str | None:
     return s.scalar(select(Proof.rail_id).where(Proof.id == proof_id))
 
 
+def rail_ids_of(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
+    """Each proof's rail, in one query, without locking the rows."""
+    q = select(Proof.id, Proof.rail_id).where(Proof.id.in_(list(proof_ids)))
+    return {pid: rail_id for pid, rail_id in s.execute(q).all()}
+
+
 def recent(s: Session, rail_id: str | None, status: str | None, limit: int) -> list[Proof]:
     q = select(Proof).order_by(Proof.created_at.desc(), Proof.id).limit(limit)
     if rail_id:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Receipt
@@ -29,6 +29,23 @@ def for_proof(s: Session, proof_id: str) -> Receipt | None:
 
 def for_session(s: Session, session_id: str) -> Receipt | None:
     return s.scalar(select(Receipt).where(Receipt.session_id == session_id))
+
+
+def touching(s: Session, proof_ids: Sequence[str], session_ids: Sequence[str]) -> list[Receipt]:
+    """Receipts of any of `proof_ids` or any of `session_ids`, in one query."""
+    q = select(Receipt).where(
+        or_(Receipt.proof_id.in_(list(proof_ids)), Receipt.session_id.in_(list(session_ids)))
+    )
+    return list(s.scalars(q).all())
+
+
+def stage(s: Session, r: Receipt) -> Receipt:
+    """A receipt written with the session's other changes at its next flush (an apply batch:
+    one INSERT for all of them; its id is given, and its unique constraints decide then)."""
+    if r.id is None:
+        raise ValueError("receipts.stage: the receipt's id must be given")
+    s.add(r)
+    return r
 
 
 def created_at_for_proof(s: Session, proof_id: str) -> datetime | None:

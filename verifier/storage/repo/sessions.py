@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,16 @@ def get(s: Session, session_id: str, lock: bool = False) -> PaymentSession | Non
     if lock:
         return rows.get_locked(s, PaymentSession, session_id)
     return rows.get(s, PaymentSession, session_id)
+
+
+def lock_many(s: Session, session_ids: Sequence[str]) -> list[PaymentSession]:
+    """The sessions as session objects under their row locks (FOR UPDATE on PostgreSQL, taken
+    in id order, as `proofs.lock_many` takes proofs'; SQLite's write lock is held already)."""
+    q = select(PaymentSession).where(PaymentSession.id.in_(list(session_ids)))
+    q = q.order_by(PaymentSession.id)
+    if rows.is_postgres(s):
+        q = q.with_for_update()
+    return list(s.scalars(q).all())
 
 
 def read(s: Session, session_id: str) -> PaymentSession | Record | None:

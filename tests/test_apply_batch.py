@@ -1,0 +1,208 @@
+"""The worker's apply sweep in batches (`gate.apply_many`): the same receipts, entitlements,
+sessions, audit events, outbox events and metrics as applying each proof on its own; a blocked
+proof left alone in a batch that applies the others; proofs sharing a session applied in turn;
+a failing batch rolled back whole, after which the sweep applies proof by proof; and two
+sweeps racing over the same proofs crediting each exactly once. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import select, update
+
+from tests.helpers import audit_actions
+from tests.test_gate import OP, paid_proof
+from verifier.services import audit, gate, rails_admin, webhook_endpoints
+from verifier.storage.models import Entitlement, PaymentSession, Proof, Receipt
+from verifier.storage.webhook_models import OutboxEvent, WebhookDelivery
+from verifier.worker import loop as worker
+
+
+def _receipts(engine) -> dict[str, Receipt]:
+    with engine.db.tx() as s:
+        return {r.proof_id: r for r in s.scalars(select(Receipt)).all()}
+
+
+def _credited(engine, proof_ids: list[str]) -> list[dict]:
+    """What applying each proof wrote, as plain values that do not depend on generated ids."""
+    receipts = _receipts(engine)
+    actions = audit_actions(engine)
+    out = []
+    with engine.db.tx() as s:
+        for pid in proof_ids:
+            p = s.get(Proof, pid)
+            ps = s.get(PaymentSession, p.session_id)
+            r = receipts.get(pid)
+            ent = s.scalar(select(Entitlement).where(Entitlement.session_id == ps.id))
+            events = (
+                s.scalars(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.resource_id.in_([r.id, ent.id]))
+                    .order_by(OutboxEvent.type)
+                ).all()
+                if r is not None
+                else []
+            )
+            if r is None:
+                out.append({"receipt": None, "entitlement": ent.status, "session": ps.status})
+                continue
+            out.append(
+                {
+                    "receipt": (r.session_id == ps.id, r.amount, r.owner_id, r.rail_id),
+                    "created_by": r.created_by,
+                    "entitlement": (ent.status, ent.receipt_id == r.id),
+                    "session": ps.status,
+                    "events": [
+                        (e.type, e.sequence, e.owner_id, e.payload["id"] in (r.id, ent.id))
+                        for e in events
+                    ],
+                    "audit": [
+                        (a.action, a.actor)
+                        for a in actions
+                        if a.subject_id in (r.id, ent.id)
+                        or (a.subject_id == pid and a.action == "proof.applied")
+                    ],
+                }
+            )
+    return out
+
+
+def _metric(engine, name: str, **labels: str) -> float:
+    return engine.metrics.registry.get_sample_value(f"railproof_{name}", labels) or 0.0
+
+
+def _chain_intact(engine) -> None:
+    with engine.db.tx() as s:
+        rep = audit.verify_chain(s)
+    assert rep.ok, rep.message
+
+
+def test_a_batch_writes_what_applying_each_proof_writes(engine, chain, monkeypatch):
+    webhook_endpoints.create_endpoint(
+        engine, "svc", ["alice"], "http://127.0.0.1:9/hook", ["receipt.created"]
+    )
+    one_by_one = [paid_proof(engine, chain)[1]["id"] for _ in range(3)]
+    batched = [paid_proof(engine, chain)[1]["id"] for _ in range(3)]
+    for pid in one_by_one:
+        gate.apply(engine, pid, OP, gate.Via.auto)
+    receipts_before = _metric(engine, "receipts_total", rail_id="fake_live")
+
+    # The batch path only: a proof applied on its own here would be a fallback.
+    def refuse(*_a, **_k):
+        raise AssertionError("a proof was applied on its own")
+
+    monkeypatch.setattr(gate, "apply", refuse)
+    assert gate.apply_many(engine, batched, OP, gate.Via.auto) == 3
+
+    assert _credited(engine, batched) == _credited(engine, one_by_one)
+    first = _credited(engine, batched)[0]
+    assert first["receipt"] == (True, 1_500_000, "alice", "fake_live")
+    assert first["entitlement"] == ("active", True) and first["session"] == "paid"
+    assert first["events"] == [
+        ("entitlement.activated", 1, "alice", True),
+        ("receipt.created", 1, "alice", True),
+    ]
+    assert [action for action, _ in first["audit"]] == [
+        "receipt.created",
+        "entitlement.activated",
+        "proof.applied",
+    ]
+    assert _metric(engine, "receipts_total", rail_id="fake_live") == receipts_before + 3
+    with engine.db.tx() as s:
+        # One delivery per receipt.created event, to the endpoint subscribed to it.
+        deliveries = s.scalars(select(WebhookDelivery)).all()
+    assert len(deliveries) == 6
+    _chain_intact(engine)
+    # Applied already: a second batch changes nothing and answers them as applied.
+    before = _receipts(engine)
+    assert gate.apply_many(engine, batched, OP, gate.Via.auto) == 3
+    assert _receipts(engine).keys() == before.keys()
+
+
+def test_a_blocked_proof_is_left_as_it_is_and_counted(engine, chain):
+    ids = [paid_proof(engine, chain)[1]["id"] for _ in range(3)]
+    # The middle proof's session now asks for another amount: its tuple binding fails.
+    with engine.db.tx() as s:
+        sid = s.get(Proof, ids[1]).session_id
+        s.execute(update(PaymentSession).where(PaymentSession.id == sid).values(amount=7))
+    blocks = _metric(engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="tuple_bound")
+    assert gate.apply_many(engine, ids, OP, gate.Via.auto) == 2
+    got = _receipts(engine)
+    assert ids[0] in got and ids[2] in got and ids[1] not in got
+    assert (
+        _metric(engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="tuple_bound")
+        == blocks + 1
+    )
+    with engine.db.tx() as s:
+        assert s.get(PaymentSession, sid).status == "open"
+    _chain_intact(engine)
+
+
+def test_proofs_sharing_a_session_are_applied_in_turn(engine, chain):
+    sess, a = paid_proof(engine, chain)
+    _, b = paid_proof(engine, chain, session=sess)
+    other = paid_proof(engine, chain)[1]["id"]
+    # b first: it pays the session, and a then meets its receipt.
+    assert gate.apply_many(engine, [b["id"], other, a["id"]], OP, gate.Via.auto) == 2
+    got = _receipts(engine)
+    assert b["id"] in got and other in got and a["id"] not in got
+    with engine.db.tx() as s:
+        assert len(s.scalars(select(Receipt).where(Receipt.session_id == sess["id"])).all()) == 1
+
+
+def test_a_paused_rail_blocks_the_whole_batch(engine, chain):
+    ids = [paid_proof(engine, chain)[1]["id"] for _ in range(2)]
+    rails_admin.set_paused(engine, "fake_live", True, OP)
+    assert gate.apply_many(engine, ids, OP, gate.Via.auto) == 0
+    assert _receipts(engine) == {}
+
+
+def test_a_failing_batch_rolls_back_whole_and_the_sweep_goes_proof_by_proof(
+    engine, chain, monkeypatch
+):
+    engine.settings.auto_apply = True
+    ids = [paid_proof(engine, chain)[1]["id"] for _ in range(3)]
+    engine.fail_after_receipt_insert = True
+    with pytest.raises(RuntimeError):
+        gate.apply_many(engine, ids, OP, gate.Via.auto)
+    engine.fail_after_receipt_insert = False
+    assert _receipts(engine) == {}  # the receipts it had written are gone with the batch
+    _chain_intact(engine)
+
+    # Anything else going wrong in the batch: each proof is applied on its own instead.
+    def broken(*_a, **_k):
+        raise RuntimeError("batch read failed")
+
+    monkeypatch.setattr(gate._Prefetched, "__init__", broken)
+    assert worker.auto_apply(engine, 10) == 3
+    assert set(_receipts(engine)) == set(ids)
+    _chain_intact(engine)
+
+
+def test_two_sweeps_racing_over_the_same_proofs_credit_each_once(engine, chain):
+    ids = [paid_proof(engine, chain)[1]["id"] for _ in range(8)]
+    errors: list[BaseException] = []
+    answers: list[int] = []
+    start = threading.Barrier(2)
+
+    def sweep(order: list[str]) -> None:
+        try:
+            start.wait()
+            answers.append(gate.apply_many(engine, order, OP, gate.Via.auto))
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=sweep, args=(ids,)),
+        threading.Thread(target=sweep, args=(list(reversed(ids)),)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert answers == [8, 8]  # the second answers every proof as applied already
+    assert set(_receipts(engine)) == set(ids)
+    assert [a.action for a in audit_actions(engine)].count("proof.applied") == 8
+    _chain_intact(engine)
