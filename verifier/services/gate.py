@@ -426,6 +426,7 @@ def _activate(
     ent.updated_at = now
     ps.status = SessionStatus.paid
     ps.paid_at = now
+    p.applied_at = now  # out of the apply sweep's index (storage.models UNAPPLIED_SQL)
     if watches_reorgs(engine, p.rail_id):
         p.next_check_at = now + REORG_RECHECK
     return ent

@@ -81,6 +81,9 @@ def _in(col: str, enum: type[StrEnum]) -> str:
 # The statuses in which a proof holds its transfer for its session.
 HOLDING = (ProofStatus.verified.value, ProofStatus.requires_review.value)
 HOLDING_SQL = f"status IN ('{HOLDING[0]}', '{HOLDING[1]}')"
+# Proofs without a receipt yet, indexed by status: the apply sweep reads the verified ones
+# (migration 0012).
+UNAPPLIED_SQL = "applied_at IS NULL"
 
 
 class RailState(Base):
@@ -168,6 +171,14 @@ class Proof(Base):
         # Migration 0003: the auto-apply sweep and pending-past-SLA check; the proof listing.
         Index("ix_proofs_status_created", "status", "created_at"),
         Index("ix_proofs_created", "created_at", "id"),
+        # Migration 0012: the apply sweep's candidates, however many proofs are stored.
+        Index(
+            "ix_proofs_unapplied",
+            "status",
+            "created_at",
+            sqlite_where=text(UNAPPLIED_SQL),
+            postgresql_where=text(UNAPPLIED_SQL),
+        ),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     fingerprint: Mapped[str] = mapped_column(String(64))
@@ -188,6 +199,8 @@ class Proof(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # When its receipt was created (in the same transaction); None until then.
+    applied_at: Mapped[datetime | None]
 
 
 class TransferHold(Base):

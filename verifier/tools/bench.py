@@ -731,6 +731,7 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
                     claimed_by=None,
                     created_at=at,
                     updated_at=at,
+                    applied_at=at if applied else None,
                 )
             )
             aid = next_attempt

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import Select, bindparam, exists, func, or_, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -215,24 +215,32 @@ def claim_due(
 
 def final_unapplied(s: Session, rail_ids: Sequence[str], limit: int) -> list[str]:
     """Verified proofs on the given rails whose latest settlement is final and that have no
-    receipt yet, oldest first."""
-    latest = (
-        select(SettlementEvidence.proof_id, func.max(SettlementEvidence.id).label("mid"))
-        .group_by(SettlementEvidence.proof_id)
-        .subquery()
+    receipt yet, oldest first. Read from the partial index of verified proofs not applied,
+    each one's latest evidence by its own index: the cost follows the proofs waiting, not
+    the proofs stored."""
+    return list(s.scalars(final_unapplied_query(rail_ids, limit)).all())
+
+
+def final_unapplied_query(rail_ids: Sequence[str], limit: int) -> Select[str]:
+    se = SettlementEvidence
+    latest_final = (
+        select(se.is_final)
+        .where(se.proof_id == Proof.id)
+        .order_by(se.id.desc())
+        .limit(1)
+        .scalar_subquery()
     )
-    q = (
+    return (
         select(Proof.id)
-        .join(latest, latest.c.proof_id == Proof.id)
-        .join(SettlementEvidence, SettlementEvidence.id == latest.c.mid)
-        .outerjoin(Receipt, Receipt.proof_id == Proof.id)
         .where(
             Proof.status == ProofStatus.verified,
+            Proof.applied_at.is_(None),  # the partial index's predicate (UNAPPLIED_SQL)
             Proof.rail_id.in_(list(rail_ids)),
-            SettlementEvidence.is_final.is_(True),
-            Receipt.id.is_(None),
+            latest_final.is_(True),
+            # Redundant with applied_at, which is set with the receipt: a receipt is what
+            # applied means, so it is still the check.
+            ~exists().where(Receipt.proof_id == Proof.id),
         )
         .order_by(Proof.created_at)
         .limit(limit)
     )
-    return list(s.scalars(q).all())
