@@ -1,8 +1,11 @@
 """The worker's apply sweep in batches (`gate.apply_many`): the same receipts, entitlements,
 sessions, audit events, outbox events and metrics as applying each proof on its own; a blocked
 proof left alone in a batch that applies the others; proofs sharing a session applied in turn;
-a failing batch rolled back whole, after which the sweep applies proof by proof; and two
-sweeps racing over the same proofs crediting each exactly once. On SQLite and PostgreSQL."""
+a failing batch rolled back whole, after which the sweep applies proof by proof; two
+sweeps racing over the same proofs crediting each exactly once. And which proofs a sweep
+picks: from the index of proofs not applied yet, never those that cannot apply (a second
+transfer for a paid order, a paused or unlisted rail), so they cannot crowd the others out.
+On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -274,3 +277,60 @@ def test_the_migration_marks_proofs_applied_before_it(db_url, chain):
         assert _unapplied(engine) == [waiting]
     finally:
         engine.db.dispose()
+
+
+def test_proofs_that_can_never_apply_do_not_hold_up_the_sweep(engine, chain):
+    engine.settings.auto_apply = True
+    # Two orders paid twice each: the second transfer of each is verified and final, but its
+    # session is paid already, so no sweep can ever apply it.
+    for _ in range(2):
+        sess, first = paid_proof(engine, chain)
+        _, second = paid_proof(engine, chain, session=sess)
+        assert worker.auto_apply(engine, 10) == 1  # the first transfer pays the order
+        assert second["id"] not in _receipts(engine)
+    blocks = _metric(engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="tuple_bound")
+    # A newer payment, with sweeps of two: the two doubles are older and would fill them.
+    newer = paid_proof(engine, chain)[1]["id"]
+    assert worker.auto_apply(engine, 2) == 1
+    assert newer in _receipts(engine)
+    # And they are not tried (and counted as blocked) over and over.
+    assert (
+        _metric(engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="tuple_bound")
+        == blocks
+    )
+
+
+def test_a_paused_rail_is_not_swept_until_it_resumes(engine, chain):
+    engine.settings.auto_apply = True
+    ids = [paid_proof(engine, chain)[1]["id"] for _ in range(2)]
+    rails_admin.set_paused(engine, "fake_live", True, OP)
+    paused = _metric(
+        engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="rail_not_paused"
+    )
+    assert worker.auto_apply(engine, 10) == 0
+    assert _receipts(engine) == {}
+    assert (
+        _metric(engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="rail_not_paused")
+        == paused
+    )
+    rails_admin.set_paused(engine, "fake_live", False, OP)
+    assert worker.auto_apply(engine, 10) == 2
+    assert set(_receipts(engine)) == set(ids)
+
+
+def test_a_rail_outside_the_apply_allowlist_is_not_swept(engine, chain):
+    engine.settings.auto_apply = True
+    pid = paid_proof(engine, chain)[1]["id"]
+    engine.settings.apply_rail_allowlist = []
+    listed = _metric(
+        engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="rail_allowlisted"
+    )
+    assert worker.auto_apply(engine, 10) == 0
+    # Not tried: it could only be blocked (and counted) on every sweep.
+    assert (
+        _metric(engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="rail_allowlisted")
+        == listed
+    )
+    engine.settings.apply_rail_allowlist = ["fake_live"]
+    assert worker.auto_apply(engine, 10) == 1
+    assert pid in _receipts(engine)

@@ -335,9 +335,15 @@ def auto_apply(engine: Engine, batch: int) -> int:
     # blocked again on every sweep (and inflate apply_gate_blocks_total).
     # Only live rails: the automatic path can never pass a gated or review-only rail's
     # receipt_creation_allowed check, so trying them would only count blocks every sweep.
-    live = [r for r, d in engine.catalog.rails.items() if d.stage is Stage.live]
+    # Likewise a rail outside the apply allowlist, paused or not production-enabled: its
+    # proofs would be blocked, and being older they would fill every batch ahead of other
+    # rails' proofs. (The gate checks all of it again under the rail state's lock.)
+    allow = set(engine.settings.apply_rail_allowlist)
+    live = [r for r, d in engine.catalog.rails.items() if d.stage is Stage.live and r in allow]
     with engine.db.tx() as s:
-        ids = proof_repo.final_unapplied(s, live, batch)
+        states = [engine.rail_state(s, r) for r in live]
+        ready = [st.rail_id for st in states if not st.paused and engine.production_enabled(st)]
+        ids = proof_repo.final_unapplied(s, ready, batch) if ready else []
     if not ids:
         return 0
     try:

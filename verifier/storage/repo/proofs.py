@@ -214,10 +214,10 @@ def claim_due(
 
 
 def final_unapplied(s: Session, rail_ids: Sequence[str], limit: int) -> list[str]:
-    """Verified proofs on the given rails whose latest settlement is final and that have no
-    receipt yet, oldest first. Read from the partial index of verified proofs not applied,
-    each one's latest evidence by its own index: the cost follows the proofs waiting, not
-    the proofs stored."""
+    """Verified proofs on the given rails whose latest settlement is final and whose session
+    has no receipt yet, oldest first. Read from the partial index of verified proofs not
+    applied, each one's latest evidence by its own index: the cost follows the proofs
+    waiting, not the proofs stored."""
     return list(s.scalars(final_unapplied_query(rail_ids, limit)).all())
 
 
@@ -237,9 +237,12 @@ def final_unapplied_query(rail_ids: Sequence[str], limit: int) -> Select[str]:
             Proof.applied_at.is_(None),  # the partial index's predicate (UNAPPLIED_SQL)
             Proof.rail_id.in_(list(rail_ids)),
             latest_final.is_(True),
-            # Redundant with applied_at, which is set with the receipt: a receipt is what
-            # applied means, so it is still the check.
-            ~exists().where(Receipt.proof_id == Proof.id),
+            # A session pays once: a proof whose session is paid (by it, which applied_at
+            # already says, or by another proof: a second transfer for one order) can never
+            # be applied. Left in, such proofs would come first in every sweep and, once a
+            # batch's worth had gathered, stop the sweep from reaching any other proof.
+            # Staff see them (`railproof assurance`: verified_without_receipt).
+            ~exists().where(Receipt.session_id == Proof.session_id),
         )
         .order_by(Proof.created_at)
         .limit(limit)
