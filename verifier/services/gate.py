@@ -555,13 +555,21 @@ def apply_many(
             engine.metrics.inc("apply_gate_blocks_total", rail_id=rail_id, blocker=code)
     for rail_id in credited:
         engine.metrics.inc("receipts_total", rail_id=rail_id)
-    applied += len(credited)
-    for pid in alone:
+    return applied + len(credited) + apply_each(engine, alone, op, via)
+
+
+def apply_each(
+    engine: Engine, proof_ids: Sequence[str], op: audit.Operator, via: Via = Via.auto
+) -> int:
+    """`apply` for each proof in turn, a transaction each; returns how many are applied (a
+    blocked proof is counted by the gate, and staff see why in dry-run)."""
+    applied = 0
+    for pid in proof_ids:
         try:
             apply(engine, pid, op, via)
             applied += 1
         except EngineError:
-            pass  # blockers are counted by the gate; staff see them in dry-run
+            pass
     return applied
 
 

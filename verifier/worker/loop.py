@@ -24,7 +24,6 @@ from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier.core import timeutil
 from verifier.core.engine import Engine
-from verifier.core.errors import EngineError
 from verifier.core.timeutil import utc
 from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.services.proofs import (
@@ -353,14 +352,7 @@ def auto_apply(engine: Engine, batch: int) -> int:
         # ... and, should anything in it fail, each proof on its own (apply is idempotent:
         # a proof the batch did apply is answered as already applied).
         log.warning("applying a batch failed; applying proof by proof")
-    applied = 0
-    for pid in ids:
-        try:
-            gate.apply(engine, pid, SYSTEM, gate.Via.auto)
-            applied += 1
-        except EngineError:
-            pass  # blockers are counted by the gate; staff see them in dry-run
-    return applied
+    return gate.apply_each(engine, ids, SYSTEM, gate.Via.auto)
 
 
 def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
