@@ -44,6 +44,7 @@ from rails.cassette import CountingTransport
 from rails.codes import FailureCode
 from rails.errors import CassetteError, RpcUnavailable, TransportError
 from registry.catalog import Stage
+from verifier.core import inline
 
 # What two nodes must both report for their answers to count as the same transfer. Finality
 # is left out on purpose: one node may have seen the block finalize a moment before another.
@@ -349,7 +350,8 @@ def verify_within(
             done.set()
 
     threading.Thread(target=work, name="verify-budget", daemon=True).start()
-    if not done.wait(budget_s + ABANDON_GRACE_S):
+    # Work on the API's event loop hands the loop to other requests while it waits.
+    if not inline.wait(done, budget_s + ABANDON_GRACE_S):
         # Abandoned: its later chain calls are refused, and whatever it concludes goes nowhere
         # (a run only computes; the caller records, and it records this answer instead).
         for b in bounded:

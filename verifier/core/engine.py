@@ -39,6 +39,9 @@ class Engine:
             pg_lock_timeout_ms=self.settings.pg_lock_timeout_ms,
             pg_statement_timeout_ms=self.settings.pg_statement_timeout_ms,
         )
+        # The submission path's service work runs on the API's event loop on SQLite, on a pool
+        # thread on PostgreSQL (core.inline).
+        self.work_on_loop = not self.db.postgres
         self.catalog = catalog or load_catalog()
         self.chains = chains or Chains(self.settings, self.catalog)
         self.metrics = Metrics()

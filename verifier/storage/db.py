@@ -31,6 +31,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from verifier.core import inline
 from verifier.storage.repo.prepared import DEFERS, commit_deferred, drop_deferred
 
 UPGRADE_HINT = "railproof db upgrade"
@@ -353,7 +354,9 @@ class Database:
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
-        with self.sessions.begin() as s:
+        # inline.transaction: work on the event loop holds SQLite's write lock until the end
+        # of this block, so it must not hand the loop to another request before then.
+        with inline.transaction(), self.sessions.begin() as s:
             yield s
             if self.postgres and s.in_transaction():
                 s.flush()

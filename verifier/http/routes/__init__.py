@@ -3,12 +3,15 @@ answer its dict validated by the route's Out model (verifier.http.models)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from verifier.core import inline
+from verifier.core.engine import Engine
 from verifier.core.errors import BadInput
 from verifier.http.errors import ApiErrorCode, error_responses
 from verifier.services import audit
@@ -39,6 +42,15 @@ def reply(status_body: tuple[int, Any], headers: dict[str, str] | None = None) -
     """An answer whose status the service decided (201 created, 200 the same again)."""
     status, body = status_body
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+T = TypeVar("T")
+
+
+async def run_service(engine: Engine, call: Callable[[], T]) -> T:
+    """A submission-path route's service call: on the event loop's thread on SQLite, on a pool
+    thread on PostgreSQL (core.inline). The route itself is `async def`."""
+    return await inline.run(call, engine.work_on_loop)
 
 
 WITH_BODY = error_responses(413)  # any route that reads a JSON body

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep
 from verifier.http.errors import error_responses
 from verifier.http.models import ProofIn, ProofOut
-from verifier.http.routes import WITH_BODY, reply, service_router
+from verifier.http.routes import WITH_BODY, reply, run_service, service_router
 from verifier.services import idempotency, proofs
 
 router = service_router("proofs")
@@ -32,7 +32,7 @@ SUBMIT = "POST /v1/proofs"
         **error_responses(404, 409, 429),
     },
 )
-def submit_proof(
+async def submit_proof(
     body: ProofIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
 ) -> JSONResponse:
     def work() -> tuple[int, dict[str, Any]]:
@@ -41,11 +41,12 @@ def submit_proof(
         )
         return (201 if created else 200), ProofOut.checked(view)
 
-    return reply(
-        idempotency.run_idempotent(
+    def call() -> idempotency.Answer:
+        return idempotency.run_idempotent(
             engine, svc.name, SUBMIT, key, body.model_dump(mode="json"), work
         )
-    )
+
+    return reply(await run_service(engine, call))
 
 
 @router.get("/v1/proofs/{proof_id}", response_model=ProofOut, responses=error_responses(404))

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep, acting_for
 from verifier.http.errors import error_responses
 from verifier.http.models import SessionIn, SessionOut
-from verifier.http.routes import WITH_BODY, reply, service_router
+from verifier.http.routes import WITH_BODY, reply, run_service, service_router
 from verifier.services import idempotency, sessions
 
 router = service_router("payment sessions")
@@ -24,7 +24,7 @@ CREATE = "POST /v1/payment-sessions"
     dependencies=[Depends(RateLimit(CREATE))],
     responses={**WITH_BODY, **error_responses(404, 409, 429)},
 )
-def create_session(
+async def create_session(
     body: SessionIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
 ) -> JSONResponse:
     def work() -> tuple[int, dict[str, Any]]:
@@ -34,12 +34,13 @@ def create_session(
         )
         return 201, SessionOut.checked(view)
 
-    # A replay answers the stored body as it was stored.
-    return reply(
-        idempotency.run_idempotent(
+    def call() -> idempotency.Answer:
+        return idempotency.run_idempotent(
             engine, svc.name, CREATE, key, body.model_dump(mode="json"), work
         )
-    )
+
+    # A replay answers the stored body as it was stored.
+    return reply(await run_service(engine, call))
 
 
 @router.get(

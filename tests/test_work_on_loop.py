@@ -1,0 +1,180 @@
+"""Where the submission path's service work runs (verifier.core.inline), on both databases.
+
+- On SQLite `POST /v1/payment-sessions` and `POST /v1/proofs` run their service call on the
+  API's event loop; on PostgreSQL on a pool thread.
+- Either way, a submission waiting on a slow chain does not hold the API: other tenants'
+  sessions are opened and read meanwhile, and the waiting proof is verified once the chain
+  answers.
+- Work on the loop never hands the loop to another request while a transaction is open (it
+  holds SQLite's write lock), and does once none is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import OTHER_SERVICE_TOKEN, auth, make_settings
+from tests.fake_rail import ScriptedChain, catalog_with_fake
+from verifier.core import inline
+from verifier.core.engine import Engine
+from verifier.http.api import create_app
+from verifier.services import sessions
+from verifier.storage.db import Database
+
+_n = itertools.count(1)
+
+
+class _SlowChain(ScriptedChain):
+    """A live node that answers only once the test releases it."""
+
+    source = "live"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        self.asked.set()
+        self.release.wait(30)
+        return super().call(method, params)
+
+
+@pytest.fixture
+def slow(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
+    e = Engine(make_settings(db_url, submit_verify_budget_s=20.0), catalog=catalog_with_fake())
+    chain = _SlowChain()
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    # One client for the whole test: its requests share one event loop, as a server's do.
+    with TestClient(create_app(e), raise_server_exceptions=False) as client:
+        yield e, chain, client
+    chain.release.set()
+    e.db.dispose()
+
+
+def _session(client: TestClient, owner: str = "alice", token: str | None = None) -> Any:
+    body = {
+        "owner_id": owner,
+        "rail_id": "fake_live",
+        "access_product_id": "pro",
+        "amount": 1_500_000,
+        "recipient": "fatreasury",
+    }
+    r = client.post(
+        "/v1/payment-sessions",
+        headers={**(auth(token) if token else auth()), "Idempotency-Key": f"s-{next(_n)}"},
+        json=body,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_the_sessions_work_runs_on_the_loop_on_sqlite_and_on_a_pool_thread_on_postgres(
+    engine, client, monkeypatch
+):
+    seen: list[bool] = []
+    real = sessions.open_session
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:  # no loop runs on a pool thread
+            seen.append(False)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sessions, "open_session", spy)
+    _session(client)
+    assert engine.work_on_loop is (not engine.db.postgres)
+    assert seen == [engine.work_on_loop]
+
+
+def test_a_submission_waiting_on_the_chain_does_not_hold_other_tenants(slow):
+    e, chain, client = slow
+    s = _session(client)
+    tx = f"fx{next(_n):08x}"
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": "fusd",
+        "refs": [s["reference"]],
+        "finality": "finalized",
+    }
+    answers: list[Any] = []
+
+    def submit() -> None:
+        r = client.post(
+            "/v1/proofs",
+            headers={**auth(), "Idempotency-Key": "waits"},
+            json={"session_id": s["id"], "proof": tx},
+        )
+        answers.append(r)
+
+    waiting = threading.Thread(target=submit)
+    waiting.start()
+    try:
+        assert chain.asked.wait(10), "the submission never reached the chain"
+        # Meanwhile another tenant opens a session and reads it back, and alice reads hers.
+        other = _session(client, owner="bob", token=OTHER_SERVICE_TOKEN)
+        r = client.get(f"/v1/payment-sessions/{other['id']}", headers=auth(OTHER_SERVICE_TOKEN))
+        assert r.status_code == 200, r.text
+        r = client.get(f"/v1/payment-sessions/{s['id']}", headers=auth())
+        assert r.status_code == 200, r.text
+        # ... all while the first submission still waits on the chain.
+        assert waiting.is_alive() and not answers
+    finally:
+        chain.release.set()
+    waiting.join(30)
+    (r,) = answers
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "verified", r.json()
+
+
+def test_work_on_the_loop_keeps_it_inside_a_transaction(tmp_path):
+    db = Database(f"sqlite:///{tmp_path}/inline.db")
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    def later(event: threading.Event) -> None:
+        threading.Timer(0.2, event.set).start()
+
+    def work() -> list[list[str]]:
+        seen = []
+        asyncio.get_running_loop().create_task(other())
+        inside = threading.Event()
+        later(inside)
+        with db.tx():
+            assert inline.wait(inside, 5)
+            seen.append(list(ran))  # the loop was not handed over: `other` has not run
+        outside = threading.Event()
+        later(outside)
+        assert inline.wait(outside, 5)
+        seen.append(list(ran))  # handed over while waiting: `other` ran
+        return seen
+
+    async def main() -> list[list[str]]:
+        return await inline.run(work, on_loop=True)
+
+    try:
+        assert asyncio.run(main()) == [[], ["other"]]
+    finally:
+        db.dispose()
+
+
+def test_a_pool_thread_waits_plainly():
+    """Off the loop (the worker, the CLI, PostgreSQL's pool threads) `wait` is Event.wait."""
+    event = threading.Event()
+    assert inline.wait(event, 0.01) is False
+    event.set()
+    assert inline.wait(event, 0.01) is True

@@ -1,0 +1,63 @@
+"""Where a request's service work runs: on the event loop's own thread, or on a pool thread.
+
+A route that is a plain `def` runs on one of the API's pool threads. On SQLite that hop costs
+more than the work itself: the database is a local file with one writer at a time, and the
+loop's thread and the pool's threads trade the GIL around every sqlite3 call (the sqlite3
+module lets it go for each step). The submission path (`POST /v1/payment-sessions`,
+`POST /v1/proofs`) therefore runs its service call on the loop's thread when the engine's
+database is SQLite (`Engine.work_on_loop`), in a greenlet (SQLAlchemy's `greenlet_spawn`,
+what its asyncio layer runs synchronous ORM code in). On PostgreSQL it stays on a pool thread:
+there a request waits on the network for each round trip and on row locks, and a pool thread
+lets the process serve others meanwhile.
+
+Work on the loop must not block on anything but SQLite's own short calls. The one long wait on
+the submission path, the chain's verification within its budget (core.checking), goes through
+`wait`, which hands the loop back to other requests until the verification thread is done:
+except inside a transaction, where the request holds SQLite's write lock and every other
+request on the loop would queue behind it, so a transaction's work never yields (and the
+chain is asked outside any transaction by design).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
+
+from anyio import to_thread
+from sqlalchemy.util import await_, greenlet_spawn
+from sqlalchemy.util.concurrency import in_greenlet
+
+T = TypeVar("T")
+
+# Transactions open in this context (storage.db `Database._tx`): work on the loop yields it only
+# when none is.
+_OPEN_TX: ContextVar[int] = ContextVar("railproof_open_tx", default=0)
+
+
+async def run(fn: Callable[[], T], on_loop: bool) -> T:
+    """`fn()` on the loop's thread (`on_loop`, SQLite) or on a pool thread."""
+    if on_loop:
+        return await greenlet_spawn(fn)
+    return await to_thread.run_sync(fn)
+
+
+def wait(event: threading.Event, timeout: float) -> bool:
+    """`event.wait(timeout)`; work running on the loop (`run`) lets the loop serve other
+    requests meanwhile, unless a transaction is open in it."""
+    if not in_greenlet() or _OPEN_TX.get():
+        return event.wait(timeout)
+    return await_(asyncio.to_thread(event.wait, timeout))
+
+
+@contextmanager
+def transaction() -> Iterator[None]:
+    """Marks a transaction open for `wait` (storage.db)."""
+    token = _OPEN_TX.set(_OPEN_TX.get() + 1)
+    try:
+        yield
+    finally:
+        _OPEN_TX.reset(token)
