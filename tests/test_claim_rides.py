@@ -1,6 +1,6 @@
-"""An Idempotency-Key claim rides with the work's first transaction (storage.db
-`Database.carrying`, services.idempotency): no commit of its own, and still at most one run per
-key. SQLite and PostgreSQL."""
+"""An Idempotency-Key claim rides with the work's first transaction and its completion with the
+work's last (storage.db `Database.carrying` and `Database.finish`, services.idempotency): no
+commit of its own, and still at most one run per key. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def commits(engine) -> list[int]:
     return n
 
 
-def test_a_key_costs_one_commit_not_two(client, engine, chain):
+def test_a_key_costs_no_commit_of_its_own(client, engine, chain):
     # A listener also turns the repo's driver path off (storage.repo.prepared `_fast`): the
     # path a statement tracer takes works too.
     n = commits(engine)
@@ -91,8 +91,8 @@ def test_a_key_costs_one_commit_not_two(client, engine, chain):
 
     plain, plain_commits = post("/v1/payment-sessions", FAKE_SESSION)
     keyed, keyed_commits = post("/v1/payment-sessions", FAKE_SESSION, "k-1")
-    # The claim rides with the session's transaction; only its completion commits apart.
-    assert keyed_commits == plain_commits + 1
+    # The claim and its completion ride with the session's transaction.
+    assert keyed_commits == plain_commits
     for i, sess in enumerate((plain, keyed)):
         chain.txs[f"fx0{i}0{i}0{i}0{i}0{i}"] = {
             "status": "ok",
@@ -105,11 +105,58 @@ def test_a_key_costs_one_commit_not_two(client, engine, chain):
     body = {"session_id": keyed["id"], "proof": "fx0101010101"}
     keyed_proof, keyed_proof_commits = post("/v1/proofs", body, "k-2")
     assert proof["status"] == keyed_proof["status"] == "verified"
-    assert keyed_proof_commits == proof_commits + 1
+    # The claim with the proof row, its completion with the attempt.
+    assert keyed_proof_commits == proof_commits
     with engine.db.tx() as s:
         for key, answer in (("k-1", keyed), ("k-2", keyed_proof)):
             (claim,) = s.scalars(select(IdempotencyClaim).where(IdempotencyClaim.key == key))
             assert claim.status == ClaimStatus.completed and claim.response == answer
+
+
+def _finisher(log: list[object]):
+    def finish(s, result):
+        log.append(result)
+        return ("answer", result)
+
+    return finish
+
+
+def test_a_finish_commits_with_the_works_last_transaction_or_not_at_all(db):
+    log: list[object] = []
+    with db.carrying(rider(0), _finisher(log)) as r:
+        with db.tx() as s:
+            _INSERT.insert(s.connection(), endpoint(1))
+        with pytest.raises(RuntimeError), db.tx() as s:
+            db.finish(s, "first")
+            raise RuntimeError("the last transaction fails after finishing")
+        assert r.answer is None  # rolled back with its transaction
+        with db.tx() as s:
+            db.finish(s, "second")
+            assert r.answer is None  # not before the commit
+        assert r.answer == ("answer", "second")
+    assert log == ["first", "second"]
+    assert ids(db) == ["whe_0", "whe_1"]
+
+
+def test_a_finish_outside_the_riders_transaction_does_nothing(db):
+    log: list[object] = []
+    # No rider: nothing to finish.
+    with db.tx() as s:
+        db.finish(s, "alone")
+    # A rider without `finish` (a work that answers after its last transaction).
+    with db.carrying(rider(0)) as r, db.tx() as s:
+        db.finish(s, "no finisher")
+    assert r.committed and r.answer is None
+    # A transaction the rider is not aboard (another Database's).
+    other = type(db)(db.url)
+    try:
+        with db.carrying(rider(1), _finisher(log)) as r:
+            with other.tx() as s:
+                db.finish(s, "elsewhere")
+        assert r.answer is None
+    finally:
+        other.dispose()
+    assert log == []
 
 
 def test_one_run_per_key_while_the_first_is_still_working(engine):

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, auth, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
@@ -26,7 +27,9 @@ from verifier.core import inline
 from verifier.core.engine import Engine
 from verifier.http.api import create_app
 from verifier.services import sessions
+from verifier.services.principals import principal_name
 from verifier.storage.db import Database
+from verifier.storage.models import IdempotencyClaim as Claim
 
 _n = itertools.count(1)
 
@@ -137,6 +140,13 @@ def test_a_submission_waiting_on_the_chain_does_not_hold_other_tenants(slow):
     (r,) = answers
     assert r.status_code == 201, r.text
     assert r.json()["status"] == "verified", r.json()
+    # Requests interleaved on one loop kept their own Idempotency-Key claims: each stores
+    # its own answer, under its own principal.
+    with e.db.tx() as db:
+        stored = {(c.principal, c.key): (c.status, c.response) for c in db.scalars(select(Claim))}
+    alice, bob = principal_name(["alice", "alice-2"]), principal_name(["bob"])
+    assert stored[(alice, "waits")] == ("completed", r.json())
+    assert [v for (p, _), v in stored.items() if p == bob] == [("completed", other)]
 
 
 def test_work_on_the_loop_keeps_it_inside_a_transaction(tmp_path):

@@ -1,11 +1,14 @@
 """Idempotency-Key claims for mutating endpoints.
 
 A claim row (principal, endpoint, key, request_hash, status, response) is the first statement
-of the work's first transaction and commits with it (storage.db `Database.carrying`), so a
-claim costs no commit of its own. Same key and body → the stored response; same key, other
-body → 409 idempotency_conflict; still in progress → 409 idempotency_in_progress. Checks the
-work makes before its first transaction (the body's own validity) answer before the claim is
-looked at: a key reused with an invalid body gets that 400, not the conflict.
+of the work's first transaction and commits with it (storage.db `Database.carrying`), and where
+the route gives `finish` and its service marks its last transaction (`Database.finish`: opening
+a session, a proof's attempt) the completion commits with that one, so a claim costs no commit
+of its own and a process that dies after the work's last commit leaves no claim in progress.
+Same key and body → the stored response; same key, other body → 409 idempotency_conflict;
+still in progress → 409 idempotency_in_progress. Checks the work makes before its first
+transaction (the body's own validity) answer before the claim is looked at: a key reused with
+an invalid body gets that 400, not the conflict.
 
 Only results of requests that started executing are stored: successful (2xx) answers, and
 a refusal raised after the work ran side effects (an EngineError marked `executed`, e.g. a
@@ -25,7 +28,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -42,6 +45,7 @@ MAX_KEY = 256
 
 Body = dict[str, Any]  # a JSON answer
 Answer = tuple[int, Body | None]  # what a request answered: status, body
+R = TypeVar("R")  # what a request's service returned
 
 
 def request_hash(body: object) -> str:
@@ -55,8 +59,13 @@ def run_idempotent(
     key: str | None,
     body: object,
     work: Callable[[], tuple[int, Body]],
+    finish: Callable[[R], tuple[int, Body]] | None = None,
 ) -> Answer:
-    """Run `work` at most once per (principal, endpoint, key); returns (status, body)."""
+    """Run `work` at most once per (principal, endpoint, key); returns (status, body).
+
+    `finish`: the answer `work` gives for the result its service passes to `Database.finish`
+    in its last transaction; the claim's completion is then written in that transaction
+    (committed with the work's last changes, no transaction of its own)."""
     if key is None:
         return work()
     # A key is an id: no control characters (NUL would break PostgreSQL text).
@@ -78,16 +87,25 @@ def run_idempotent(
         except IntegrityError:
             raise _KeyTaken from None
 
+    def complete_with_work(s: Session, result: R) -> Answer:
+        assert finish is not None
+        answer = finish(result)
+        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, _done(answer))
+        return answer
+
     # The claim is the first statement of the work's first transaction (and committed with
     # it) rather than a transaction of its own before the work: a request with the same key
     # waits on the claim's unique index and finds it, as it would have found the claim
     # committed alone, and a claim is never committed without the work's first changes.
     try:
-        with engine.db.carrying(write_claim) as rider:
+        with engine.db.carrying(write_claim, complete_with_work if finish else None) as rider:
             status, out = work()
     except _KeyTaken:
         return _stored_answer(engine, k)
     except EngineError as e:
+        if rider.answer is not None:
+            # Refused after its last transaction committed the answer: that stays the answer.
+            return cast(Answer, rider.answer)
         if not e.executed:
             _release(engine, k, rider.committed)
             raise
@@ -97,9 +115,13 @@ def run_idempotent(
             return stored
         raise
     except BaseException:
-        # An unexpected failure may not have finished: the client's retry runs it again.
-        _release(engine, k, rider.committed)
+        # An unexpected failure may not have finished: the client's retry runs it again
+        # (unless the answer committed with the work: the retry replays it).
+        if rider.answer is None:
+            _release(engine, k, rider.committed)
         raise
+    if rider.answer is not None:  # completed with the work's last changes
+        return cast(Answer, rider.answer)
     return _complete(engine, k, rider.committed, (status, out)) or (status, out)
 
 
@@ -156,12 +178,7 @@ def _release(engine: Engine, k: _Key, written: bool) -> None:
 
 def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) -> Answer | None:
     """Store the answer under the key. None: ours is the answer; else the one stored first."""
-    done = {
-        "status": ClaimStatus.completed.value,
-        "response_code": answer[0],
-        "response": answer[1],
-        "completed_at": timeutil.process_now(),
-    }
+    done = _done(answer)
     if written:
         with engine.db.tx() as s:
             ok = claim_repo.complete(s, k.principal, k.endpoint, k.key, done)
@@ -176,6 +193,16 @@ def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) 
     except IntegrityError:
         return _stored_answer(engine, k)
     return None
+
+
+def _done(answer: tuple[int, Body]) -> dict[str, Any]:
+    """A claim's completion: its status and the answer stored under it."""
+    return {
+        "status": ClaimStatus.completed.value,
+        "response_code": answer[0],
+        "response": answer[1],
+        "completed_at": timeutil.process_now(),
+    }
 
 
 def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dict[str, Any]]:

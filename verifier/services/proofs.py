@@ -252,6 +252,9 @@ def _submit(
             verdict, view, refused = _record_attempt(
                 engine, s, p, ps, checked, None, want_view=True, as_written=True, actor=actor
             )
+            if refused is None and view is not None:
+                # The answer commits with the attempt (an Idempotency-Key's completion).
+                engine.db.finish(s, (view, True))
     except queries.DatabaseError as e:
         if not queries.database_busy(e):
             raise

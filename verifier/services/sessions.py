@@ -139,7 +139,10 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 "product": ps.access_product_id,
             },
         )
-    return session_view(ps, requirements(engine, ps))
+        view = session_view(ps, requirements(engine, ps))
+        # The answer commits with the session (an Idempotency-Key's completion: storage.db).
+        engine.db.finish(s, view)
+    return view
 
 
 def _reference(

@@ -296,13 +296,22 @@ AUDIT_KEY_INFO = "railproof.audit_key"
 class Rider:
     """A write that goes first in the next transaction this context opens, and again in the
     one after should that one roll back, until a transaction carrying it commits
-    (`Database.carrying`)."""
+    (`Database.carrying`). With `finish`, the work's last transaction can carry a closing
+    write too (`Database.finish`): `answer` is what it returned, once committed."""
 
-    def __init__(self, db: Database, write: Callable[[Session], None]):
+    def __init__(
+        self,
+        db: Database,
+        write: Callable[[Session], None],
+        finish: Callable[[Session, Any], Any] | None = None,
+    ):
         self.db = db
         self.write = write
+        self.finish = finish
         self.committed = False
-        self.aboard = False  # in a transaction that is open now
+        self.aboard: Session | None = None  # the transaction open now, if any
+        self.closing: Any = None  # what `finish` returned in the open transaction
+        self.answer: Any = None  # ... once that transaction committed
 
 
 _RIDER: ContextVar[Rider | None] = ContextVar("railproof_rider", default=None)
@@ -339,18 +348,33 @@ class Database:
         deferred writes (storage.repo.prepared) go with the COMMIT, in one round trip.
         A rider (`carrying`) not yet committed is written first."""
         rider = _RIDER.get()
-        if rider is None or rider.db is not self or rider.committed or rider.aboard:
+        if rider is None or rider.db is not self or rider.aboard is not None:
             with self._tx() as s:
                 yield s
             return
-        rider.aboard = True
+        boarding = not rider.committed
         try:
             with self._tx() as s:
-                rider.write(s)
+                rider.aboard = s
+                if boarding:
+                    rider.write(s)
                 yield s
             rider.committed = True
+            if rider.closing is not None:
+                rider.answer = rider.closing
         finally:
-            rider.aboard = False
+            rider.aboard = None
+            rider.closing = None
+
+    def finish(self, s: Session, result: object) -> None:
+        """The work of this context ends with transaction `s` and returns `result`: a rider
+        that closes (an Idempotency-Key's completion, services.idempotency) writes its answer
+        to `result` here, committed with the work's last changes rather than in a
+        transaction of its own. Elsewhere nothing happens."""
+        rider = _RIDER.get()
+        if rider is None or rider.db is not self or rider.finish is None or rider.aboard is not s:
+            return
+        rider.closing = rider.finish(s, result)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -363,13 +387,19 @@ class Database:
                 commit_deferred(s.connection())
 
     @contextmanager
-    def carrying(self, write: Callable[[Session], None]) -> Iterator[Rider]:
+    def carrying(
+        self,
+        write: Callable[[Session], None],
+        finish: Callable[[Session, Any], Any] | None = None,
+    ) -> Iterator[Rider]:
         """Within the block, `write` rides with the first of this context's transactions
         that commits, as its first statement, instead of taking a commit of its own (an
         Idempotency-Key claim: services.idempotency). What `write` raises rolls that
         transaction back and leaves the block through whatever opened it; `Rider.committed`
-        tells afterwards whether it was written."""
-        rider = Rider(self, write)
+        tells afterwards whether it was written. `finish(s, result)` is called by
+        `Database.finish` in the work's last transaction; `Rider.answer` holds what it
+        returned once that transaction committed."""
+        rider = Rider(self, write, finish)
         token = _RIDER.set(rider)
         try:
             yield rider

@@ -35,15 +35,20 @@ SUBMIT = "POST /v1/proofs"
 async def submit_proof(
     body: ProofIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
 ) -> JSONResponse:
-    def work() -> tuple[int, dict[str, Any]]:
-        view, created = proofs.submit_proof(
-            engine, body.session_id, body.proof, svc.owners, body.proof_type, actor=svc.name
-        )
+    def answer(result: tuple[dict[str, Any], bool]) -> tuple[int, dict[str, Any]]:
+        view, created = result
         return (201 if created else 200), ProofOut.checked(view)
+
+    def work() -> tuple[int, dict[str, Any]]:
+        return answer(
+            proofs.submit_proof(
+                engine, body.session_id, body.proof, svc.owners, body.proof_type, actor=svc.name
+            )
+        )
 
     def call() -> idempotency.Answer:
         return idempotency.run_idempotent(
-            engine, svc.name, SUBMIT, key, body.model_dump(mode="json"), work
+            engine, svc.name, SUBMIT, key, body.model_dump(mode="json"), work, answer
         )
 
     return reply(await run_service(engine, call))

@@ -27,16 +27,18 @@ CREATE = "POST /v1/payment-sessions"
 async def create_session(
     body: SessionIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
 ) -> JSONResponse:
+    def answer(view: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 201, SessionOut.checked(view)
+
     def work() -> tuple[int, dict[str, Any]]:
         acting_for(engine, svc, body.owner_id, "session_create")
-        view = sessions.open_session(
-            engine, sessions.NewSession(**body.model_dump()), actor=svc.name
+        return answer(
+            sessions.open_session(engine, sessions.NewSession(**body.model_dump()), actor=svc.name)
         )
-        return 201, SessionOut.checked(view)
 
     def call() -> idempotency.Answer:
         return idempotency.run_idempotent(
-            engine, svc.name, CREATE, key, body.model_dump(mode="json"), work
+            engine, svc.name, CREATE, key, body.model_dump(mode="json"), work, answer
         )
 
     # A replay answers the stored body as it was stored.

@@ -49,6 +49,15 @@ def complete(s: Session, principal: str, endpoint: str, key: str, values: dict[s
     return _COMPLETE.execute(s.connection(), params, commit=True) == 1
 
 
+def complete_with_work(
+    s: Session, principal: str, endpoint: str, key: str, values: dict[str, Any]
+) -> None:
+    """Set this request's own in-progress claim's completion `values` in the transaction of
+    the work's last changes: sent with its COMMIT on PostgreSQL (storage.repo.prepared), at
+    once elsewhere. Nothing reads its count: the claim was written by this request."""
+    _COMPLETE.defer(s.connection(), {"p": principal, "e": endpoint, "k": key, **values})
+
+
 def get(s: Session, principal: str, endpoint: str, key: str) -> IdempotencyClaim | None:
     return s.get(IdempotencyClaim, (principal, endpoint, key))
 
