@@ -15,12 +15,14 @@ import json
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from alembic import command
@@ -43,6 +45,13 @@ class NotMigrated(RuntimeError):
 
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 SQLITE_BUSY_TIMEOUT_S = 30  # how long a transaction waits for SQLite's write lock
+# SQLite copies its WAL back into the database file (a checkpoint, fsynced) inside the commit
+# that crosses its threshold, on the thread that committed: under load, an API request's
+# commit. A Database on a file checkpoints from a thread of its own instead, this often
+# (`Checkpointer`); the commits' own threshold stays only as a backstop for a process without
+# one (docs/bench.md, "The submission path on SQLite on the event loop").
+SQLITE_CHECKPOINT_EVERY_S = 0.1
+SQLITE_AUTOCHECKPOINT_PAGES = 10_000
 # Connections kept open per engine, on either database. A request holds one while it waits
 # for the write lock too, so the pool must cover the concurrent requests of a busy API
 # process: with SQLAlchemy's default of 5 on SQLite, every request past the fifth opened a
@@ -92,6 +101,7 @@ def make_engine(
             # only; an application crash loses nothing, a power loss may lose the last commits.
             # FULL fsyncs the WAL on every commit (Settings.sqlite_synchronous).
             cur.execute(f"PRAGMA synchronous={sync}")
+            cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
             cur.close()
 
         # Every transaction takes SQLite's write lock (BEGIN IMMEDIATE). Threads of this
@@ -317,6 +327,45 @@ class Rider:
 _RIDER: ContextVar[Rider | None] = ContextVar("railproof_rider", default=None)
 
 
+class Checkpointer:
+    """Checkpoints a SQLite file's WAL every `every_s` seconds from a daemon thread of its own
+    (PASSIVE: it never waits for or blocks a writer or a reader; what a reader still needs is
+    copied on a later round). The file is opened read-write, never created: until it exists
+    a round does nothing."""
+
+    def __init__(self, path: str, every_s: float = SQLITE_CHECKPOINT_EVERY_S):
+        self.path = path
+        self.every_s = every_s
+        self.rounds = 0  # checkpoints run (tests)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(self.every_s):
+                try:
+                    if conn is None:
+                        uri = f"file:{quote(self.path)}?mode=rw"
+                        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.rounds += 1
+                except sqlite3.Error:
+                    continue  # not created yet, or busy: the next round
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def halt(self) -> None:
+        """Stop after the current round, without waiting for it."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 class Database:
     def __init__(
         self,
@@ -341,6 +390,12 @@ class Database:
             self.engine, expire_on_commit=False, info={AUDIT_KEY_INFO: audit_key, DEFERS: True}
         )
         self.postgres = is_postgres(self.engine)
+        path = sqlite_path(url)
+        memory = path is None or str(path) in ("", ":memory:") or "mode=memory" in url
+        self.checkpointer = None if self.postgres or memory else Checkpointer(str(path))
+        if self.checkpointer is not None:
+            # A Database dropped without dispose() still stops its thread.
+            weakref.finalize(self, self.checkpointer.halt)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -407,6 +462,8 @@ class Database:
             _RIDER.reset(token)
 
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
 
 
