@@ -62,12 +62,17 @@ def test_the_wal_is_copied_back_by_the_checkpointer_not_by_commits(tmp_path):
         db.dispose()
 
 
-def test_dispose_stops_the_checkpointer(tmp_path):
-    url = f"sqlite:///{tmp_path}/stop.db"
+def _migrated(tmp_path: Path, name: str) -> tuple[Database, threading.Thread]:
+    """A Database on a migrated file, and its checkpointer's thread."""
+    url = f"sqlite:///{tmp_path}/{name}.db"
     upgrade(url)
     db = Database(url)
     assert db.checkpointer is not None
-    thread = db.checkpointer._thread
+    return db, db.checkpointer._thread
+
+
+def test_dispose_stops_the_checkpointer(tmp_path):
+    db, thread = _migrated(tmp_path, "stop")
     assert _until(lambda: db.checkpointer is not None and db.checkpointer.rounds > 0)
     db.dispose()
     assert not thread.is_alive()
@@ -75,11 +80,7 @@ def test_dispose_stops_the_checkpointer(tmp_path):
 
 
 def test_a_database_dropped_without_dispose_stops_its_checkpointer(tmp_path):
-    url = f"sqlite:///{tmp_path}/dropped.db"
-    upgrade(url)
-    db = Database(url)
-    assert db.checkpointer is not None
-    thread = db.checkpointer._thread
+    db, thread = _migrated(tmp_path, "dropped")
     db.engine.dispose()
     del db
     gc.collect()
