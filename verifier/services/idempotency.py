@@ -2,7 +2,7 @@
 
 A claim row (principal, endpoint, key, request_hash, status, response) is the first statement
 of the work's first transaction and commits with it (storage.db `Database.carrying`), and where
-the route gives `finish` and its service marks its last transaction (`Database.finish`: opening
+the route gives `answer` and its service marks its last transaction (`Database.finish`: opening
 a session, a proof's attempt) the completion commits with that one, so a claim costs no commit
 of its own and a process that dies after the work's last commit leaves no claim in progress.
 Same key and body → the stored response; same key, other body → 409 idempotency_conflict;
@@ -58,16 +58,22 @@ def run_idempotent(
     endpoint: str,
     key: str | None,
     body: object,
-    work: Callable[[], tuple[int, Body]],
-    finish: Callable[[R], tuple[int, Body]] | None = None,
+    work: Callable[[], R],
+    answer: Callable[[R], tuple[int, Body]] | None = None,
 ) -> Answer:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body).
 
-    `finish`: the answer `work` gives for the result its service passes to `Database.finish`
-    in its last transaction; the claim's completion is then written in that transaction
-    (committed with the work's last changes, no transaction of its own)."""
+    Without `answer`, `work` returns the (status, body) itself. With it, `work` returns its
+    service's result and `answer` makes the answer of it: where the service passes that result
+    to `Database.finish` in its last transaction, the answer is made there and the claim's
+    completion written in that transaction (committed with the work's last changes, no
+    transaction of its own)."""
+
+    def answer_of(result: R) -> tuple[int, Body]:
+        return answer(result) if answer is not None else cast(tuple[int, Body], result)
+
     if key is None:
-        return work()
+        return answer_of(work())
     # A key is an id: no control characters (NUL would break PostgreSQL text).
     if not key or len(key) > MAX_KEY or not key.isprintable():
         raise BadInput(
@@ -88,18 +94,20 @@ def run_idempotent(
             raise _KeyTaken from None
 
     def complete_with_work(s: Session, result: R) -> Answer:
-        assert finish is not None
-        answer = finish(result)
-        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, _done(answer))
-        return answer
+        made = answer_of(result)
+        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, _done(made))
+        return made
 
     # The claim is the first statement of the work's first transaction (and committed with
     # it) rather than a transaction of its own before the work: a request with the same key
     # waits on the claim's unique index and finds it, as it would have found the claim
     # committed alone, and a claim is never committed without the work's first changes.
     try:
-        with engine.db.carrying(write_claim, complete_with_work if finish else None) as rider:
-            status, out = work()
+        with engine.db.carrying(write_claim, complete_with_work if answer else None) as rider:
+            result = work()
+            if rider.answer is not None:  # made and stored with the work's last changes
+                return cast(Answer, rider.answer)
+            status, out = answer_of(result)
     except _KeyTaken:
         return _stored_answer(engine, k)
     except EngineError as e:
@@ -120,8 +128,6 @@ def run_idempotent(
         if rider.answer is None:
             _release(engine, k, rider.committed)
         raise
-    if rider.answer is not None:  # completed with the work's last changes
-        return cast(Answer, rider.answer)
     return _complete(engine, k, rider.committed, (status, out)) or (status, out)
 
 

@@ -39,11 +39,9 @@ async def submit_proof(
         view, created = result
         return (201 if created else 200), ProofOut.checked(view)
 
-    def work() -> tuple[int, dict[str, Any]]:
-        return answer(
-            proofs.submit_proof(
-                engine, body.session_id, body.proof, svc.owners, body.proof_type, actor=svc.name
-            )
+    def work() -> tuple[dict[str, Any], bool]:
+        return proofs.submit_proof(
+            engine, body.session_id, body.proof, svc.owners, body.proof_type, actor=svc.name
         )
 
     def call() -> idempotency.Answer:

@@ -30,10 +30,10 @@ async def create_session(
     def answer(view: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 201, SessionOut.checked(view)
 
-    def work() -> tuple[int, dict[str, Any]]:
+    def work() -> dict[str, Any]:
         acting_for(engine, svc, body.owner_id, "session_create")
-        return answer(
-            sessions.open_session(engine, sessions.NewSession(**body.model_dump()), actor=svc.name)
+        return sessions.open_session(
+            engine, sessions.NewSession(**body.model_dump()), actor=svc.name
         )
 
     def call() -> idempotency.Answer:
