@@ -6,20 +6,22 @@
   sessions are opened and read meanwhile, and the waiting proof is verified once the chain
   answers.
 - Work on the loop never hands the loop to another request while a transaction is open (it
-  holds SQLite's write lock), and does once none is.
+  holds SQLite's write lock), and does once none is, and while its transaction waits for the
+  write lock another process or a pool thread holds (within the busy timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.conftest import OTHER_SERVICE_TOKEN, auth, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
@@ -28,6 +30,7 @@ from verifier.core.engine import Engine
 from verifier.http.api import create_app
 from verifier.services import sessions
 from verifier.services.principals import principal_name
+from verifier.storage import db as storage_db
 from verifier.storage.db import Database
 from verifier.storage.models import IdempotencyClaim as Claim
 
@@ -188,3 +191,130 @@ def test_a_pool_thread_waits_plainly():
     assert inline.wait(event, 0.01) is False
     event.set()
     assert inline.wait(event, 0.01) is True
+
+
+def _table(path: str) -> None:
+    """A database in WAL mode (as every Database's is) with one table."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (who TEXT)")
+    conn.close()
+
+
+def _holding_the_write_lock(db: Database, path: str, holder: str, until: threading.Event):
+    """A thread that takes SQLite's write lock as `holder` (another process's connection, or
+    a pool thread of this one through `db`) and keeps it until `until` is set or 10 s pass.
+    Returns the thread, an event set once it holds the lock, and a list that receives whether
+    `until` was set while it held it."""
+    locked = threading.Event()
+    seen: list[bool] = []
+
+    def hold() -> None:
+        if holder == "another process":
+            conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES ('holder')")
+            locked.set()
+            seen.append(until.wait(10))
+            conn.execute("COMMIT")
+            conn.close()
+            return
+        with db.tx() as s:
+            s.execute(text("INSERT INTO t VALUES ('holder')"))
+            locked.set()
+            seen.append(until.wait(10))
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    return thread, locked, seen
+
+
+@pytest.mark.parametrize("holder", ["another process", "a pool thread"])
+def test_work_on_the_loop_waiting_for_the_write_lock_lets_the_loop_serve_others(tmp_path, holder):
+    path = str(tmp_path / "lock.db")
+    _table(path)
+    db = Database(f"sqlite:///{path}")
+    served = threading.Event()  # set by another request on the loop
+    thread, locked, seen = _holding_the_write_lock(db, path, holder, served)
+
+    def work() -> None:
+        with db.tx() as s:
+            s.execute(text("INSERT INTO t VALUES ('loop')"))
+
+    async def main() -> None:
+        assert await asyncio.to_thread(locked.wait, 10)
+        waiting = asyncio.ensure_future(inline.run(work, on_loop=True))
+        await asyncio.sleep(0.05)  # the work has started and waits for the lock
+        assert not waiting.done()
+        served.set()  # another request, served by the loop meanwhile
+        await waiting
+
+    try:
+        asyncio.run(main())
+        thread.join(10)
+        # The loop served the other request while the lock was held (not after it was
+        # released), and the waiting work then wrote once the holder committed.
+        assert seen == [True]
+        with db.tx() as s:
+            assert s.scalars(text("SELECT who FROM t ORDER BY rowid")).all() == ["holder", "loop"]
+    finally:
+        served.set()
+        db.dispose()
+
+
+def test_work_on_the_loop_gives_up_on_the_write_lock_after_the_busy_timeout(tmp_path, monkeypatch):
+    path = str(tmp_path / "lock.db")
+    _table(path)
+    monkeypatch.setattr(storage_db, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    db = Database(f"sqlite:///{path}")
+    release = threading.Event()
+    thread, locked, seen = _holding_the_write_lock(db, path, "another process", release)
+
+    def work() -> None:
+        with db.tx() as s:
+            s.execute(text("INSERT INTO t VALUES ('loop')"))
+
+    async def main() -> BaseException | None:
+        assert await asyncio.to_thread(locked.wait, 10)
+        try:
+            await inline.run(work, on_loop=True)
+        except Exception as e:  # noqa: BLE001 - the error is what the test checks
+            return e
+        return None
+
+    try:
+        error = asyncio.run(main())
+        assert error is not None and storage_db.is_busy(error), error
+        release.set()
+        thread.join(10)
+        # Nothing of the work was written; the next transaction on the loop takes the lock.
+        asyncio.run(inline.run(work, on_loop=True))
+        with db.tx() as s:
+            assert s.scalars(text("SELECT who FROM t ORDER BY rowid")).all() == ["holder", "loop"]
+    finally:
+        release.set()
+        db.dispose()
+
+
+def test_the_api_answers_while_another_process_holds_the_write_lock(engine, client):
+    """The worker or a migration holds SQLite's write lock: a session opened meanwhile waits
+    for it, and the API process still answers (here its liveness probe) in the meantime."""
+    if engine.db.postgres:
+        pytest.skip("SQLite's write lock")
+    path = storage_db.sqlite_path(engine.settings.database_url)
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=0)
+    conn.execute("BEGIN IMMEDIATE")
+    answers: list[Any] = []
+    opening = threading.Thread(target=lambda: answers.append(_session(client)))
+    try:
+        opening.start()
+        assert not opening.join(0.2) and opening.is_alive()  # waits for the lock
+        r = client.get("/healthz")
+        assert r.status_code == 200, r.text
+        assert opening.is_alive() and not answers  # answered while the lock was held
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+    opening.join(30)
+    (s,) = answers
+    assert s["status"] == "open", s

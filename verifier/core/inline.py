@@ -15,13 +15,16 @@ the submission path, the chain's verification within its budget (core.checking),
 `wait`, which hands the loop back to other requests until the verification thread is done:
 except inside a transaction, where the request holds SQLite's write lock and every other
 request on the loop would queue behind it, so a transaction's work never yields (and the
-chain is asked outside any transaction by design).
+chain is asked outside any transaction by design). The other wait is for that write lock
+itself while a pool thread or another process (the worker, a migration) holds it: the
+transaction's BEGIN tries without blocking and `pause`s between tries (storage.db).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -51,6 +54,21 @@ def wait(event: threading.Event, timeout: float) -> bool:
     if not in_greenlet() or _OPEN_TX.get():
         return event.wait(timeout)
     return await_(asyncio.to_thread(event.wait, timeout))
+
+
+def on_loop() -> bool:
+    """Whether this is work running on the loop (`run`)."""
+    return in_greenlet()
+
+
+def pause(seconds: float) -> None:
+    """Sleeps `seconds`: work on the loop hands it to other requests meanwhile, even inside a
+    transaction. For a transaction still waiting for its lock (storage.db), which holds
+    nothing another request could queue behind."""
+    if in_greenlet():
+        await_(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
 
 
 @contextmanager

@@ -119,12 +119,50 @@ def make_engine(
             # A failure here is wrapped like any statement's (Connection._begin_impl).
             # Bounded: a thread that opens a second transaction while it holds one falls
             # through to SQLite's busy timeout, as before, instead of waiting forever.
+            if inline.on_loop():
+                _begin_on_loop(dbapi_conn)
+                return
             held = write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
             if held:
                 holders.add(id(dbapi_conn))
             cur = dbapi_conn.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(dbapi_conn)
+                raise
+            finally:
+                cur.close()
+
+        def _begin_on_loop(dbapi_conn):  # pragma: no cover - driver hook
+            # Work on the event loop (core.inline) shares its thread with every request of the
+            # API process: waiting there for the write lock, on the Python lock or in SQLite's
+            # busy handler, stalled them all (reads and /healthz too) for as long as a pool
+            # thread, the worker or a migration held it. Here each try is non-blocking, and
+            # the loop serves others between tries; the same deadline bounds the wait.
+            deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+            pause = _LOCK_POLL_FIRST_S
+            while not write_lock.acquire(blocking=False):
+                if time.monotonic() >= deadline:
+                    break  # SQLite's lock decides, as on a thread
+                pause = _pause(pause)
+            else:
+                holders.add(id(dbapi_conn))
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("PRAGMA busy_timeout=0")
+                try:
+                    while True:
+                        try:
+                            cur.execute("BEGIN IMMEDIATE")
+                            break
+                        except sqlite3.OperationalError as e:
+                            if not is_busy(e) or time.monotonic() >= deadline:
+                                raise
+                        pause = _pause(pause)
+                finally:
+                    # The transaction's own statements wait in SQLite's handler, as before.
+                    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             except BaseException:
                 _release(dbapi_conn)
                 raise
@@ -180,6 +218,18 @@ def make_engine(
     )
     _ping_when_idle(engine)
     return engine
+
+
+# Work on the event loop polls for SQLite's write lock: first after this long, then twice as
+# long each time up to the last (SQLite's own handler sleeps up to 100 ms between tries).
+_LOCK_POLL_FIRST_S = 0.0005
+_LOCK_POLL_MAX_S = 0.01
+
+
+def _pause(seconds: float) -> float:
+    """Lets the loop serve other requests for `seconds`; the next pause's length."""
+    inline.pause(seconds)
+    return min(seconds * 2, _LOCK_POLL_MAX_S)
 
 
 def _sqlite_pool(url: str) -> dict[str, int]:
