@@ -318,3 +318,122 @@ def test_the_api_answers_while_another_process_holds_the_write_lock(engine, clie
     opening.join(30)
     (s,) = answers
     assert s["status"] == "open", s
+
+
+# -- PostgreSQL: the work slots of an API process (core.inline.Slots) ---------------------------
+
+
+@pytest.fixture
+def one_slot(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
+    """An API process on PostgreSQL with one work slot, its live chain answering on release."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("work slots are PostgreSQL's (SQLite works on the loop)")
+    e = Engine(
+        make_settings(db_url, submit_verify_budget_s=20.0, pg_work_slots=1),
+        catalog=catalog_with_fake(),
+    )
+    chain = _SlowChain()
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    with TestClient(create_app(e), raise_server_exceptions=False) as client:
+        yield e, chain, client
+    chain.release.set()
+    e.db.dispose()
+
+
+def test_a_process_works_on_at_most_its_slots_at_once(db_url, monkeypatch):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("work slots are PostgreSQL's (SQLite works on the loop)")
+    e = Engine(make_settings(db_url, pg_work_slots=2), catalog=catalog_with_fake())
+    e.ensure_rail_states()
+    assert e.work_slots is not None and e.work_slots.size == 2
+    inside, most, lock = [0], [0], threading.Lock()
+    go = threading.Event()
+    real = sessions.open_session
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            go.wait(10)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(sessions, "open_session", counted)
+    answers: list[Any] = []
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as client:
+            threads = [
+                threading.Thread(target=lambda: answers.append(_session(client))) for _ in range(6)
+            ]
+            for t in threads:
+                t.start()
+            for _ in range(100):  # until two are inside (the rest wait for a slot)
+                if most[0] >= 2:
+                    break
+                threading.Event().wait(0.02)
+            threading.Event().wait(0.2)  # room for a third to enter, were it let in
+            assert inside[0] == 2
+            go.set()
+            for t in threads:
+                t.join(30)
+        assert most[0] == 2
+        assert len(answers) == 6 and len({s["id"] for s in answers}) == 6
+    finally:
+        go.set()
+        e.db.dispose()
+
+
+def test_a_submission_waiting_on_the_chain_gives_its_slot_up(one_slot):
+    e, chain, client = one_slot
+    s = _session(client)
+    tx = f"fx{next(_n):08x}"
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": "fusd",
+        "refs": [s["reference"]],
+        "finality": "finalized",
+    }
+    answers: list[Any] = []
+
+    def submit() -> None:
+        answers.append(
+            client.post(
+                "/v1/proofs",
+                headers={**auth(), "Idempotency-Key": "slot-waits"},
+                json={"session_id": s["id"], "proof": tx},
+            )
+        )
+
+    waiting = threading.Thread(target=submit)
+    waiting.start()
+    try:
+        assert chain.asked.wait(10), "the submission never reached the chain"
+        # The process's one slot is free while the chain is asked: another tenant's
+        # session is opened meanwhile.
+        other = _session(client, owner="bob", token=OTHER_SERVICE_TOKEN)
+        assert other["status"] == "open"
+        assert waiting.is_alive() and not answers
+    finally:
+        chain.release.set()
+    waiting.join(30)
+    (r,) = answers
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "verified", r.json()
+
+
+def test_slots_are_postgres_only_and_can_be_turned_off(db_url):
+    for n, expected in ((0, None), (3, 3)):
+        e = Engine(make_settings(db_url, pg_work_slots=n), catalog=catalog_with_fake())
+        try:
+            got = e.work_slots.size if e.work_slots is not None else None
+            assert got == (expected if e.db.postgres else None)
+        finally:
+            e.db.dispose()
+    with pytest.raises(ValueError):
+        inline.Slots(0)

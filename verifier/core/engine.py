@@ -13,6 +13,7 @@ from rails import adapter_for
 from rails.base import Adapter
 from rails.codes import FailureCode
 from registry.catalog import Catalog, CatalogError, Rail, RailOverrides, Stage, load_catalog
+from verifier.core import inline
 from verifier.core.chains import Chains
 from verifier.core.config import Settings, load_settings
 from verifier.core.errors import BadInput
@@ -42,6 +43,8 @@ class Engine:
         # The submission path's service work runs on the API's event loop on SQLite, on a pool
         # thread on PostgreSQL (core.inline).
         self.work_on_loop = not self.db.postgres
+        n = self.settings.pg_work_slots
+        self.work_slots = inline.Slots(n) if self.db.postgres and n > 0 else None
         self.catalog = catalog or load_catalog()
         self.chains = chains or Chains(self.settings, self.catalog)
         self.metrics = Metrics()

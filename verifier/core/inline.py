@@ -18,6 +18,9 @@ request on the loop would queue behind it, so a transaction's work never yields 
 chain is asked outside any transaction by design). The other wait is for that write lock
 itself while a pool thread or another process (the worker, a migration) holds it: the
 transaction's BEGIN tries without blocking and `pause`s between tries (storage.db).
+
+On PostgreSQL a process works on at most a few such requests at once (`Slots`); the others wait
+on the loop. A request waiting on the chain gives its slot up meanwhile (`wait`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
-from anyio import to_thread
+from anyio import CapacityLimiter, from_thread, to_thread
 from sqlalchemy.util import await_, greenlet_spawn
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -41,19 +44,88 @@ T = TypeVar("T")
 _OPEN_TX: ContextVar[int] = ContextVar("railproof_open_tx", default=0)
 
 
-async def run(fn: Callable[[], T], on_loop: bool) -> T:
-    """`fn()` on the loop's thread (`on_loop`, SQLite) or on a pool thread."""
+class Slots:
+    """At most `size` submission-path requests worked on at once by this process's pool threads
+    (PostgreSQL, Settings.pg_work_slots); the others wait on the event loop, in order, holding
+    no thread. The work is mostly Python between round trips: with every request on a thread
+    of its own (up to 40), they took turns at the GIL, and the request holding the audit
+    chain's lock waited among them for its turn to send its commit while every other appender
+    waited on it (docs/bench.md, "Many clients"). Work gives its slot up while it waits on the
+    chain for longer than `KEPT_S` (`wait`), so a slow node does not hold other requests."""
+
+    KEPT_S = 0.005  # a chain answer this quick (a cassette) keeps the slot: no loop hops
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError("slots: at least 1")
+        self.size = size
+        self.limiter = CapacityLimiter(size)
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        slot = _Slot(self.limiter)
+        await slot.take()
+        try:
+            return await to_thread.run_sync(slot.work, fn)
+        finally:
+            slot.give_back()
+
+
+class _Slot:
+    """One request's slot; `holding` says whether it has it now (`wait` gives it up)."""
+
+    def __init__(self, limiter: CapacityLimiter):
+        self.limiter = limiter
+        self.holding = False
+
+    async def take(self) -> None:
+        await self.limiter.acquire_on_behalf_of(self)
+        self.holding = True
+
+    def give_back(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.limiter.release_on_behalf_of(self)
+
+    def work(self, fn: Callable[[], T]) -> T:
+        token = _HELD.set(self)
+        try:
+            return fn()
+        finally:
+            _HELD.reset(token)
+
+
+# The slot the work running in this context holds (`Slots.run`), on its pool thread.
+_HELD: ContextVar[_Slot | None] = ContextVar("railproof_work_slot", default=None)
+
+
+async def run(fn: Callable[[], T], on_loop: bool, slots: Slots | None = None) -> T:
+    """`fn()` on the loop's thread (`on_loop`, SQLite) or on a pool thread, in one of `slots`
+    when given."""
     if on_loop:
         return await greenlet_spawn(fn)
-    return await to_thread.run_sync(fn)
+    if slots is None:
+        return await to_thread.run_sync(fn)
+    return await slots.run(fn)
 
 
 def wait(event: threading.Event, timeout: float) -> bool:
     """`event.wait(timeout)`; work running on the loop (`run`) lets the loop serve other
-    requests meanwhile, unless a transaction is open in it."""
-    if not in_greenlet() or _OPEN_TX.get():
+    requests meanwhile, and work holding a slot (`Slots`) gives it up meanwhile, unless a
+    transaction is open in it."""
+    if _OPEN_TX.get():
         return event.wait(timeout)
-    return await_(asyncio.to_thread(event.wait, timeout))
+    if in_greenlet():
+        return await_(asyncio.to_thread(event.wait, timeout))
+    slot = _HELD.get()
+    if slot is None or not slot.holding:
+        return event.wait(timeout)
+    if event.wait(min(timeout, Slots.KEPT_S)):
+        return True
+    from_thread.run_sync(slot.give_back)
+    try:
+        return event.wait(max(0.0, timeout - Slots.KEPT_S))
+    finally:
+        from_thread.run(slot.take)
 
 
 def on_loop() -> bool:

@@ -49,8 +49,9 @@ T = TypeVar("T")
 
 async def run_service(engine: Engine, call: Callable[[], T]) -> T:
     """A submission-path route's service call: on the event loop's thread on SQLite, on a pool
-    thread on PostgreSQL (core.inline). The route itself is `async def`."""
-    return await inline.run(call, engine.work_on_loop)
+    thread in one of the engine's work slots on PostgreSQL (core.inline). The route itself is
+    `async def`."""
+    return await inline.run(call, engine.work_on_loop, engine.work_slots)
 
 
 WITH_BODY = error_responses(413)  # any route that reads a JSON body
