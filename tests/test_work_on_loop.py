@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import sqlite3
 import threading
@@ -53,9 +54,11 @@ class _SlowChain(ScriptedChain):
         return super().call(method, params)
 
 
-@pytest.fixture
-def slow(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
-    e = Engine(make_settings(db_url, submit_verify_budget_s=20.0), catalog=catalog_with_fake())
+def _slow_app(db_url: str, **settings: Any) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
+    e = Engine(
+        make_settings(db_url, submit_verify_budget_s=20.0, **settings),
+        catalog=catalog_with_fake(),
+    )
     chain = _SlowChain()
     e.chains.set_transport("fakenet", chain)
     e.ensure_rail_states()
@@ -64,6 +67,43 @@ def slow(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
         yield e, chain, client
     chain.release.set()
     e.db.dispose()
+
+
+@pytest.fixture
+def slow(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
+    yield from _slow_app(db_url)
+
+
+def _submitting(
+    client: TestClient, chain: _SlowChain, key: str
+) -> tuple[Any, threading.Thread, list[Any]]:
+    """Alice's session and a thread submitting its payment, which the slow chain holds; the
+    thread's answer goes to the list."""
+    s = _session(client)
+    tx = f"fx{next(_n):08x}"
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": "fusd",
+        "refs": [s["reference"]],
+        "finality": "finalized",
+    }
+    answers: list[Any] = []
+
+    def submit() -> None:
+        answers.append(
+            client.post(
+                "/v1/proofs",
+                headers={**auth(), "Idempotency-Key": key},
+                json={"session_id": s["id"], "proof": tx},
+            )
+        )
+
+    waiting = threading.Thread(target=submit)
+    waiting.start()
+    assert chain.asked.wait(10), "the submission never reached the chain"
+    return s, waiting, answers
 
 
 def _session(client: TestClient, owner: str = "alice", token: str | None = None) -> Any:
@@ -103,32 +143,19 @@ def test_the_sessions_work_runs_on_the_loop_on_sqlite_and_on_a_pool_thread_on_po
     assert seen == [engine.work_on_loop]
 
 
+def _answered(waiting: threading.Thread, answers: list[Any]) -> Any:
+    """The submission's answer once the chain was released: verified."""
+    waiting.join(30)
+    (r,) = answers
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "verified", r.json()
+    return r
+
+
 def test_a_submission_waiting_on_the_chain_does_not_hold_other_tenants(slow):
     e, chain, client = slow
-    s = _session(client)
-    tx = f"fx{next(_n):08x}"
-    chain.txs[tx] = {
-        "status": "ok",
-        "to": "fatreasury",
-        "amount": 1_500_000,
-        "asset": "fusd",
-        "refs": [s["reference"]],
-        "finality": "finalized",
-    }
-    answers: list[Any] = []
-
-    def submit() -> None:
-        r = client.post(
-            "/v1/proofs",
-            headers={**auth(), "Idempotency-Key": "waits"},
-            json={"session_id": s["id"], "proof": tx},
-        )
-        answers.append(r)
-
-    waiting = threading.Thread(target=submit)
-    waiting.start()
+    s, waiting, answers = _submitting(client, chain, "waits")
     try:
-        assert chain.asked.wait(10), "the submission never reached the chain"
         # Meanwhile another tenant opens a session and reads it back, and alice reads hers.
         other = _session(client, owner="bob", token=OTHER_SERVICE_TOKEN)
         r = client.get(f"/v1/payment-sessions/{other['id']}", headers=auth(OTHER_SERVICE_TOKEN))
@@ -139,10 +166,7 @@ def test_a_submission_waiting_on_the_chain_does_not_hold_other_tenants(slow):
         assert waiting.is_alive() and not answers
     finally:
         chain.release.set()
-    waiting.join(30)
-    (r,) = answers
-    assert r.status_code == 201, r.text
-    assert r.json()["status"] == "verified", r.json()
+    r = _answered(waiting, answers)
     # Requests interleaved on one loop kept their own Idempotency-Key claims: each stores
     # its own answer, under its own principal.
     with e.db.tx() as db:
@@ -201,6 +225,16 @@ def _table(path: str) -> None:
     conn.close()
 
 
+def _write(db: Database, who: str) -> None:
+    with db.tx() as s:
+        s.execute(text("INSERT INTO t VALUES (:who)"), {"who": who})
+
+
+def _rows(db: Database) -> list[str]:
+    with db.tx() as s:
+        return list(s.scalars(text("SELECT who FROM t ORDER BY rowid")))
+
+
 def _holding_the_write_lock(db: Database, path: str, holder: str, until: threading.Event):
     """A thread that takes SQLite's write lock as `holder` (another process's connection, or
     a pool thread of this one through `db`) and keeps it until `until` is set or 10 s pass.
@@ -237,9 +271,7 @@ def test_work_on_the_loop_waiting_for_the_write_lock_lets_the_loop_serve_others(
     served = threading.Event()  # set by another request on the loop
     thread, locked, seen = _holding_the_write_lock(db, path, holder, served)
 
-    def work() -> None:
-        with db.tx() as s:
-            s.execute(text("INSERT INTO t VALUES ('loop')"))
+    work = functools.partial(_write, db, "loop")
 
     async def main() -> None:
         assert await asyncio.to_thread(locked.wait, 10)
@@ -255,8 +287,7 @@ def test_work_on_the_loop_waiting_for_the_write_lock_lets_the_loop_serve_others(
         # The loop served the other request while the lock was held (not after it was
         # released), and the waiting work then wrote once the holder committed.
         assert seen == [True]
-        with db.tx() as s:
-            assert s.scalars(text("SELECT who FROM t ORDER BY rowid")).all() == ["holder", "loop"]
+        assert _rows(db) == ["holder", "loop"]
     finally:
         served.set()
         db.dispose()
@@ -270,9 +301,7 @@ def test_work_on_the_loop_gives_up_on_the_write_lock_after_the_busy_timeout(tmp_
     release = threading.Event()
     thread, locked, seen = _holding_the_write_lock(db, path, "another process", release)
 
-    def work() -> None:
-        with db.tx() as s:
-            s.execute(text("INSERT INTO t VALUES ('loop')"))
+    work = functools.partial(_write, db, "loop")
 
     async def main() -> BaseException | None:
         assert await asyncio.to_thread(locked.wait, 10)
@@ -289,8 +318,7 @@ def test_work_on_the_loop_gives_up_on_the_write_lock_after_the_busy_timeout(tmp_
         thread.join(10)
         # Nothing of the work was written; the next transaction on the loop takes the lock.
         asyncio.run(inline.run(work, on_loop=True))
-        with db.tx() as s:
-            assert s.scalars(text("SELECT who FROM t ORDER BY rowid")).all() == ["holder", "loop"]
+        assert _rows(db) == ["holder", "loop"]
     finally:
         release.set()
         db.dispose()
@@ -328,17 +356,7 @@ def one_slot(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
     """An API process on PostgreSQL with one work slot, its live chain answering on release."""
     if not db_url.startswith("postgresql"):
         pytest.skip("work slots are PostgreSQL's (SQLite works on the loop)")
-    e = Engine(
-        make_settings(db_url, submit_verify_budget_s=20.0, pg_work_slots=1),
-        catalog=catalog_with_fake(),
-    )
-    chain = _SlowChain()
-    e.chains.set_transport("fakenet", chain)
-    e.ensure_rail_states()
-    with TestClient(create_app(e), raise_server_exceptions=False) as client:
-        yield e, chain, client
-    chain.release.set()
-    e.db.dispose()
+    yield from _slow_app(db_url, pg_work_slots=1)
 
 
 def test_a_process_works_on_at_most_its_slots_at_once(db_url, monkeypatch):
@@ -388,32 +406,9 @@ def test_a_process_works_on_at_most_its_slots_at_once(db_url, monkeypatch):
 
 
 def test_a_submission_waiting_on_the_chain_gives_its_slot_up(one_slot):
-    e, chain, client = one_slot
-    s = _session(client)
-    tx = f"fx{next(_n):08x}"
-    chain.txs[tx] = {
-        "status": "ok",
-        "to": "fatreasury",
-        "amount": 1_500_000,
-        "asset": "fusd",
-        "refs": [s["reference"]],
-        "finality": "finalized",
-    }
-    answers: list[Any] = []
-
-    def submit() -> None:
-        answers.append(
-            client.post(
-                "/v1/proofs",
-                headers={**auth(), "Idempotency-Key": "slot-waits"},
-                json={"session_id": s["id"], "proof": tx},
-            )
-        )
-
-    waiting = threading.Thread(target=submit)
-    waiting.start()
+    _, chain, client = one_slot
+    _, waiting, answers = _submitting(client, chain, "slot-waits")
     try:
-        assert chain.asked.wait(10), "the submission never reached the chain"
         # The process's one slot is free while the chain is asked: another tenant's
         # session is opened meanwhile.
         other = _session(client, owner="bob", token=OTHER_SERVICE_TOKEN)
@@ -421,10 +416,7 @@ def test_a_submission_waiting_on_the_chain_gives_its_slot_up(one_slot):
         assert waiting.is_alive() and not answers
     finally:
         chain.release.set()
-    waiting.join(30)
-    (r,) = answers
-    assert r.status_code == 201, r.text
-    assert r.json()["status"] == "verified", r.json()
+    _answered(waiting, answers)
 
 
 def test_slots_are_postgres_only_and_can_be_turned_off(db_url):
