@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from rails.base import Settlement, Terms
 from rails.transport.cassette import Call, CassetteTransport, read_cassette
@@ -781,6 +782,52 @@ def test_busy_means_a_timeout_not_any_database_error():
     assert is_busy(OperationalError("SELECT", {}, psycopg.errors.LockNotAvailable()))
     assert is_busy(OperationalError("SELECT", {}, psycopg.errors.QueryCanceled()))
     assert not is_busy(OperationalError("SELECT", {}, psycopg.errors.UndefinedTable()))
+
+
+def _pool_timeout(*_a: Any, **_k: Any) -> Any:
+    raise PoolTimeout("QueuePool limit of size 10 overflow 20 reached, connection timed out")
+
+
+def test_no_pooled_connection_in_time_is_busy_not_an_internal_error(engine, client, monkeypatch):
+    """Every pooled connection in use past the pool's timeout (a long write lock elsewhere,
+    more waiting requests than connections): 503 database_busy with Retry-After, never 500."""
+    from verifier.services import sessions
+
+    assert is_busy(PoolTimeout("QueuePool limit reached"))
+    monkeypatch.setattr(sessions, "open_session", _pool_timeout)
+    r = client.post(
+        "/v1/payment-sessions",
+        headers={**auth(), "Idempotency-Key": "pool-timeout"},
+        json={
+            "owner_id": "alice",
+            "rail_id": "fake_live",
+            "access_product_id": "pro",
+            "amount": 1_500_000,
+            "recipient": "fatreasury",
+        },
+    )
+    _busy(r)
+
+
+def test_no_connection_for_the_attempt_answers_the_stored_pending_proof(
+    engine, client, chain, monkeypatch
+):
+    """The proof row committed, then no connection came free to record the attempt: the
+    answer is the stored pending proof, as for a lock timeout there, and the worker verifies
+    it."""
+    from verifier.services import proofs
+
+    sess = _funded_session(client, chain, "fx00b05e04")
+    monkeypatch.setattr(proofs, "_record_attempt", _pool_timeout)
+    r = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx00b05e04"}
+    )
+    assert r.status_code == 201, r.text
+    stored = _stored_proof(engine, sess["id"])
+    assert (r.json()["id"], r.json()["status"]) == (stored.id, "pending")
+    monkeypatch.undo()
+    assert worker.sweep(engine, "w1")["reverified"] == 1
+    assert _stored_proof(engine, sess["id"]).status == "verified"
 
 
 def test_bench_measures_submission_against_a_hanging_node(tmp_path):

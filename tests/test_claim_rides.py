@@ -209,3 +209,46 @@ def test_one_run_per_key_while_the_first_is_still_working(engine):
         idempotency.run_idempotent(engine, "svc:x", "POST /x", "k", {"a": 2}, work("fifth"))
     assert e.value.code == "idempotency_conflict"
     assert runs == ["first"]
+
+
+def test_the_answer_is_made_before_the_chains_lock_is_taken(client, engine, chain, monkeypatch):
+    """The audit append takes the chain's lock (PostgreSQL's advisory lock; on SQLite the head
+    read under the write lock), which every other appender waits on until the transaction
+    commits: a keyed session and proof make their answers before it, not while holding it."""
+    from verifier.services import audit as audit_service
+    from verifier.storage.db import Database
+
+    order: list[str] = []
+    lock_and_head, finish = audit_service.audit_repo.lock_and_head, Database.finish
+
+    def locking(s):
+        order.append("lock")
+        return lock_and_head(s)
+
+    def finishing(self, s, result):
+        order.append("answer")
+        return finish(self, s, result)
+
+    monkeypatch.setattr(audit_service.audit_repo, "lock_and_head", locking)
+    monkeypatch.setattr(Database, "finish", finishing)
+    r = client.post(
+        "/v1/payment-sessions", headers={**auth(), "Idempotency-Key": "k-s"}, json=FAKE_SESSION
+    )
+    assert r.status_code == 201, r.text
+    assert order == ["answer", "lock"]
+    chain.txs["fx0202020202"] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": FAKE_SESSION["amount"],
+        "asset": "fusd",
+        "refs": [r.json()["reference"]],
+    }
+    order.clear()
+    r = client.post(
+        "/v1/proofs",
+        headers={**auth(), "Idempotency-Key": "k-p"},
+        json={"session_id": r.json()["id"], "proof": "fx0202020202"},
+    )
+    assert r.status_code == 201 and r.json()["status"] == "verified", r.text
+    # The proof row's transaction (its own append), then the attempt's: answer, then lock.
+    assert order == ["lock", "answer", "lock"]

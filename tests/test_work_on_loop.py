@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from anyio import to_thread
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
@@ -429,3 +430,90 @@ def test_slots_are_postgres_only_and_can_be_turned_off(db_url):
             e.db.dispose()
     with pytest.raises(ValueError):
         inline.Slots(0)
+
+
+def test_requests_waiting_for_the_write_lock_hold_no_pooled_connection(db_url, monkeypatch):
+    """Many requests waiting on the loop for the write lock another process holds: they wait
+    for their turn before taking a connection, so a pool smaller than the crowd never blocks
+    the loop's thread (which would freeze every waiter until the pool's timeout)."""
+    if db_url.startswith("postgresql"):
+        pytest.skip("SQLite's write lock")
+    monkeypatch.setattr(storage_db, "POOL_SIZE", 1)
+    monkeypatch.setattr(storage_db, "POOL_OVERFLOW", 0)
+    e = Engine(make_settings(db_url), catalog=catalog_with_fake())
+    e.ensure_rail_states()
+    conn = sqlite3.connect(str(storage_db.sqlite_path(db_url)), isolation_level=None, timeout=0)
+    answers: list[Any] = []
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as client:
+            conn.execute("BEGIN IMMEDIATE")
+            opening = [
+                threading.Thread(target=lambda: answers.append(_session(client))) for _ in range(3)
+            ]
+            for t in opening:
+                t.start()
+            threading.Event().wait(0.3)  # all three are waiting for the lock by now
+            r = client.get("/healthz")
+            assert r.status_code == 200, r.text
+            assert all(t.is_alive() for t in opening) and not answers
+            conn.execute("COMMIT")
+            for t in opening:
+                t.join(30)
+        assert len(answers) == 3 and all(s["status"] == "open" for s in answers)
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+        conn.close()
+        e.db.dispose()
+
+
+def test_a_slot_given_up_on_a_chain_wait_is_not_taken_back(one_slot):
+    """More submissions wait on a slow chain than the process has pool threads: each gives its
+    slot up and finishes without one once the chain answers, so the request holding the slot
+    meanwhile gets a thread (taking the slot back would block every thread for good)."""
+    e, chain, client = one_slot
+
+    def threads_of_the_loop(n: int) -> None:
+        async def set_tokens() -> None:
+            to_thread.current_default_thread_limiter().total_tokens = n
+
+        client.portal.call(set_tokens)
+
+    threads_of_the_loop(3)
+    sessions_ = [_session(client) for _ in range(4)]
+    txs = []
+    for s in sessions_:
+        tx = f"fx{next(_n):08x}"
+        chain.txs[tx] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": 1_500_000,
+            "asset": "fusd",
+            "refs": [s["reference"]],
+            "finality": "finalized",
+        }
+        txs.append(tx)
+    answers: list[Any] = []
+
+    def submit(s: Any, tx: str) -> None:
+        answers.append(
+            client.post("/v1/proofs", headers=auth(), json={"session_id": s["id"], "proof": tx})
+        )
+
+    threads = [threading.Thread(target=submit, args=a) for a in zip(sessions_, txs, strict=True)]
+    for t in threads:
+        t.start()
+    assert chain.asked.wait(10)
+    threading.Event().wait(0.3)  # three threads wait on the chain, the fourth for a thread
+    chain.release.set()
+    try:
+        for t in threads:
+            t.join(20)
+        stuck = any(t.is_alive() for t in threads)
+    finally:
+        threads_of_the_loop(40)  # frees a deadlocked process, so a failure ends the test
+        for t in threads:
+            t.join(30)
+    assert not stuck, "the submissions deadlocked"
+    assert sorted(r.status_code for r in answers) == [201] * 4
+    assert {r.json()["status"] for r in answers} == {"verified"}

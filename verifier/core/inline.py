@@ -20,7 +20,7 @@ itself while a pool thread or another process (the worker, a migration) holds it
 transaction's BEGIN tries without blocking and `pause`s between tries (storage.db).
 
 On PostgreSQL a process works on at most a few such requests at once (`Slots`); the others wait
-on the loop. A request waiting on the chain gives its slot up meanwhile (`wait`).
+on the loop. A request that waits on the chain gives its slot up (`wait`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 from anyio import CapacityLimiter, from_thread, to_thread
+from greenlet import getcurrent  # type: ignore[import-untyped]
 from sqlalchemy.util import await_, greenlet_spawn
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -50,8 +51,9 @@ class Slots:
     no thread. The work is mostly Python between round trips: with every request on a thread
     of its own (up to 40), they took turns at the GIL, and the request holding the audit
     chain's lock waited among them for its turn to send its commit while every other appender
-    waited on it (docs/bench.md, "Many clients"). Work gives its slot up while it waits on the
-    chain for longer than `KEPT_S` (`wait`), so a slow node does not hold other requests."""
+    waited on it (docs/bench.md, "Many clients"). Work that waits on the chain for longer than
+    `KEPT_S` gives its slot up and finishes without one (`wait`), so a slow node does not hold
+    other requests."""
 
     KEPT_S = 0.005  # a chain answer this quick (a cassette) keeps the slot: no loop hops
 
@@ -71,7 +73,7 @@ class Slots:
 
 
 class _Slot:
-    """One request's slot; `holding` says whether it has it now (`wait` gives it up)."""
+    """One request's slot; `holding` says whether it still has it (`wait` gives it up)."""
 
     def __init__(self, limiter: CapacityLimiter):
         self.limiter = limiter
@@ -110,8 +112,8 @@ async def run(fn: Callable[[], T], on_loop: bool, slots: Slots | None = None) ->
 
 def wait(event: threading.Event, timeout: float) -> bool:
     """`event.wait(timeout)`; work running on the loop (`run`) lets the loop serve other
-    requests meanwhile, and work holding a slot (`Slots`) gives it up meanwhile, unless a
-    transaction is open in it."""
+    requests meanwhile, and work holding a slot (`Slots`) gives it up once the wait outlasts
+    `Slots.KEPT_S`; neither while a transaction is open in it."""
     if _OPEN_TX.get():
         return event.wait(timeout)
     if in_greenlet():
@@ -121,16 +123,21 @@ def wait(event: threading.Event, timeout: float) -> bool:
         return event.wait(timeout)
     if event.wait(min(timeout, Slots.KEPT_S)):
         return True
+    # Given up for good: the rest of the work runs without a slot. Taking one back here would
+    # block this pool thread, and with every pool thread blocked so, the requests holding the
+    # slots would never get a thread to run on (a deadlock).
     from_thread.run_sync(slot.give_back)
-    try:
-        return event.wait(max(0.0, timeout - Slots.KEPT_S))
-    finally:
-        from_thread.run(slot.take)
+    return event.wait(max(0.0, timeout - Slots.KEPT_S))
 
 
 def on_loop() -> bool:
     """Whether this is work running on the loop (`run`)."""
     return in_greenlet()
+
+
+def current() -> object:
+    """The piece of work running on the loop now (its greenlet)."""
+    return getcurrent()
 
 
 def pause(seconds: float) -> None:

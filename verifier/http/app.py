@@ -39,7 +39,7 @@ from verifier.http.routes import (
     sessions,
     webhooks,
 )
-from verifier.services.queries import DatabaseError, database_busy
+from verifier.services.queries import DatabaseError, PoolTimeout, database_busy
 
 log = logging.getLogger("railproof.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -177,7 +177,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, ApiErrorCode.internal_error, "internal error; nothing was applied")
 
     @app.exception_handler(DatabaseError)
-    async def database_error(request: Request, e: DatabaseError) -> JSONResponse:
+    @app.exception_handler(PoolTimeout)
+    async def database_error(request: Request, e: DatabaseError | PoolTimeout) -> JSONResponse:
         if not database_busy(e):
             return await unexpected(request, e)
         # A lock or statement timeout: the transaction rolled back, so retrying is safe.

@@ -19,6 +19,7 @@ A transfer without a reference that could back more than one open session is nev
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -249,13 +250,20 @@ def _submit(
         with engine.db.tx() as s:
             # `p` is the row as step 1 wrote it, unless a worker verified it meanwhile (a new
             # proof is due at once): `_record_attempt` checks that as it writes the attempt.
+            # The answer commits with the attempt (an Idempotency-Key's completion).
             verdict, view, refused = _record_attempt(
-                engine, s, p, ps, checked, None, want_view=True, as_written=True, actor=actor
+                engine,
+                s,
+                p,
+                ps,
+                checked,
+                None,
+                want_view=True,
+                as_written=True,
+                actor=actor,
+                answer=lambda v: engine.db.finish(s, (v, True)),
             )
-            if refused is None and view is not None:
-                # The answer commits with the attempt (an Idempotency-Key's completion).
-                engine.db.finish(s, (view, True))
-    except queries.DatabaseError as e:
+    except (queries.DatabaseError, queries.PoolTimeout) as e:
         if not queries.database_busy(e):
             raise
         # A lock or statement timeout rolled this attempt back, but step 1 committed: the
@@ -293,7 +301,7 @@ def _stored_pending(engine: Engine, proof_id: str) -> dict[str, Any]:
     try:
         with engine.db.tx() as s:
             return _view(s, load_proof(engine, s, proof_id, None))
-    except queries.DatabaseError as e:
+    except (queries.DatabaseError, queries.PoolTimeout) as e:
         if not queries.database_busy(e):
             raise
         raise StoredPending(proof_id) from None
@@ -390,11 +398,13 @@ def _record_attempt(
     want_view: bool = False,
     as_written: bool = False,
     actor: str = "system",
+    answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Verdict, dict[str, Any] | None, _Held | None]:
     """The attempt row, the proof's new status (its latest attempt's), the transfer holds,
     settlement evidence for a verified attempt, the next check, and an audit row when the
     status changes. Returns the verdict, the proof's view when asked for or needed for an
-    event, and the refusal when another session holds the transfer.
+    event, and the refusal when another session holds the transfer. `answer` is given the
+    view, when nothing refused the transfer, before the audit chain's lock is taken.
 
     `p`: the proof read under its row lock (`_get_proof`), or with `as_written` the record
     a submission inserted in an earlier transaction, which holds only while the row has no
@@ -495,8 +505,17 @@ def _record_attempt(
     ev = None
     if verdict.status is Status.verified and verdict.settlement is not None:
         ev = record_settlement(engine, s, p, attempt_id, verdict.settlement, checked.source)
+    changed = old != p.status
     view = None
-    if old != p.status:
+    if want_view or (changed and p.status != ProofStatus.pending):
+        # One view for every event and the answer: nothing below changes the proof, its
+        # settlement or its receipt (emit copies the payload it stores). Made, and the answer
+        # given, before the audit append below takes the chain's lock, which every other
+        # appender waits on until this transaction commits.
+        view = _view_after_attempt(s, p, ev, first)
+        if answer is not None and refused is None:
+            answer(view)
+    if changed:
         if p.status != ProofStatus.pending:
             events.expect(s)  # emitted below
         audit.append(
@@ -508,10 +527,7 @@ def _record_attempt(
             p.id,
             {"code": p.failure_code, "attempt_id": attempt_id},
         )
-        if p.status != ProofStatus.pending:
-            # One view for every event and the answer: nothing below changes the proof, its
-            # settlement or its receipt (emit copies the payload it stores).
-            view = _view_after_attempt(s, p, ev, first)
+        if p.status != ProofStatus.pending and view is not None:
             events.emit(
                 s,
                 now,
@@ -532,8 +548,6 @@ def _record_attempt(
                     p.id,
                     view,
                 )
-    if want_view and view is None:
-        view = _view_after_attempt(s, p, ev, first)
     return verdict, view, refused
 
 

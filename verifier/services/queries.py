@@ -16,6 +16,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError as DatabaseError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from registry.catalog import Stage
@@ -38,6 +39,7 @@ from verifier.storage.repo import staff_reads
 
 __all__ = [
     "DatabaseError",
+    "PoolTimeout",
     "audit_chain",
     "audit_events",
     "database_busy",
@@ -165,8 +167,9 @@ def record_staff_read(
 
 
 def database_busy(error: BaseException) -> bool:
-    """A lock or statement timeout: the transaction rolled back, so a retry is safe."""
-    return isinstance(error, DatabaseError) and is_busy(error)
+    """A lock or statement timeout, or no pooled connection free in time: the transaction
+    rolled back or never began, so a retry is safe."""
+    return isinstance(error, (DatabaseError, PoolTimeout)) and is_busy(error)
 
 
 def schema_is_current(engine: Engine) -> None:

@@ -125,6 +125,11 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 "updated_at": now,
             },
         )
+        view = session_view(ps, requirements(engine, ps))
+        # The answer commits with the session (an Idempotency-Key's completion: storage.db).
+        engine.db.finish(s, view)
+        # Last: the append takes the audit chain's lock, which every other appender waits on
+        # until this transaction commits, so nothing that can be done before it is done after.
         audit.append(
             s,
             now,
@@ -139,9 +144,6 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 "product": ps.access_product_id,
             },
         )
-        view = session_view(ps, requirements(engine, ps))
-        # The answer commits with the session (an Idempotency-Key's completion: storage.db).
-        engine.db.finish(s, view)
     return view
 
 

@@ -297,7 +297,10 @@ _IDLE_SINCE = "railproof.idle_since"
 
 def is_busy(error: BaseException) -> bool:
     """The database gave up waiting (a lock or statement timeout, or SQLite still locked after
-    its busy timeout): the work was rolled back and may be retried."""
+    its busy timeout, or no pooled connection came free in time): the work was rolled back, or
+    never began, and may be retried."""
+    if isinstance(error, exc.TimeoutError):  # the pool's checkout
+        return True
     orig = getattr(error, "orig", error)
     if isinstance(orig, sqlite3.OperationalError):
         return "locked" in str(orig)
@@ -440,6 +443,7 @@ class Database:
             self.engine, expire_on_commit=False, info={AUDIT_KEY_INFO: audit_key, DEFERS: True}
         )
         self.postgres = is_postgres(self.engine)
+        self._loop_holder: object | None = None  # the work on the loop in a transaction now
         path = sqlite_path(url)
         memory = path is None or str(path) in ("", ":memory:") or "mode=memory" in url
         self.checkpointer = None if self.postgres or memory else Checkpointer(str(path))
@@ -485,11 +489,35 @@ class Database:
     def _tx(self) -> Iterator[Session]:
         # inline.transaction: work on the event loop holds SQLite's write lock until the end
         # of this block, so it must not hand the loop to another request before then.
-        with inline.transaction(), self.sessions.begin() as s:
+        with self._loop_turn(), inline.transaction(), self.sessions.begin() as s:
             yield s
             if self.postgres and s.in_transaction():
                 s.flush()
                 commit_deferred(s.connection())
+
+    @contextmanager
+    def _loop_turn(self) -> Iterator[None]:
+        """Work on the event loop (SQLite) opens its transactions one at a time. One waiting
+        for the write lock (storage.db `_begin_on_loop`) hands the loop to other requests, and
+        each of those would otherwise take a pooled connection and wait too: past the pool's
+        size the next checkout blocked the loop's thread itself, so none of the waiters could
+        resume (a frozen API for the pool's 30 s timeout). They wait here instead, before any
+        connection is taken, sleeping on the loop between looks."""
+        if self.postgres or not inline.on_loop():
+            yield
+            return
+        me = inline.current()
+        if self._loop_holder is me:  # a transaction inside its own: no second turn
+            yield
+            return
+        pause = _LOCK_POLL_FIRST_S
+        while self._loop_holder is not None:
+            pause = _pause(pause)
+        self._loop_holder = me
+        try:
+            yield
+        finally:
+            self._loop_holder = None
 
     @contextmanager
     def carrying(
