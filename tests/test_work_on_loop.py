@@ -517,3 +517,43 @@ def test_a_slot_given_up_on_a_chain_wait_is_not_taken_back(one_slot):
     assert not stuck, "the submissions deadlocked"
     assert sorted(r.status_code for r in answers) == [201] * 4
     assert {r.json()["status"] for r in answers} == {"verified"}
+
+
+def test_liveness_answers_while_every_pool_thread_is_busy(client, monkeypatch):
+    """/healthz runs on the event loop: a process whose pool threads all wait (here its one
+    thread, held by a readiness check) is still alive, and says so at once."""
+    from verifier.http.routes import health
+
+    release = threading.Event()
+    real = health.readiness_checks
+
+    def slow_checks(engine: Engine) -> Any:
+        release.wait(30)
+        return real(engine)
+
+    async def one_thread() -> None:
+        to_thread.current_default_thread_limiter().total_tokens = 1
+
+    async def threads_back() -> None:
+        to_thread.current_default_thread_limiter().total_tokens = 40
+
+    monkeypatch.setattr(health, "readiness_checks", slow_checks)
+    client.portal.call(one_thread)
+    ready: list[Any] = []
+    live: list[Any] = []
+    readiness = threading.Thread(target=lambda: ready.append(client.get("/readyz")))
+    liveness = threading.Thread(target=lambda: live.append(client.get("/healthz")))
+    try:
+        readiness.start()
+        threading.Event().wait(0.2)  # the readiness check holds the one pool thread
+        liveness.start()
+        liveness.join(10)
+        answered_while_busy = bool(live) and not ready
+    finally:
+        release.set()
+        client.portal.call(threads_back)
+        readiness.join(30)
+        liveness.join(30)
+    assert answered_while_busy
+    assert live[0].status_code == 200 and live[0].json()["status"] == "ok"
+    assert ready and ready[0].status_code in (200, 503)

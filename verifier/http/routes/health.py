@@ -27,7 +27,9 @@ PROMETHEUS = "text/plain; version=0.0.4"
 
 
 @router.get("/healthz")
-def healthz(engine: EngineDep) -> HealthOut:
+async def healthz(engine: EngineDep) -> HealthOut:
+    # On the event loop, not a pool thread: the process is alive while every pool thread waits
+    # (on the chain, on the database), and a liveness probe must say so rather than queue.
     return HealthOut(status="ok", chain=engine.settings.chain)
 
 
