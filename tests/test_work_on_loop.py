@@ -325,6 +325,34 @@ def test_work_on_the_loop_gives_up_on_the_write_lock_after_the_busy_timeout(tmp_
         db.dispose()
 
 
+def test_waiting_for_the_loops_turn_is_bounded_like_the_lock(tmp_path, monkeypatch):
+    """Work on the loop waiting for its turn (another transaction on the loop is still waiting
+    for the write lock) gives up as busy after the busy timeout too, having written nothing."""
+    path = str(tmp_path / "lock.db")
+    _table(path)
+    monkeypatch.setattr(storage_db, "SQLITE_BUSY_TIMEOUT_S", 0.1)
+    db = Database(f"sqlite:///{path}")
+    db._loop_holder = object()  # the turn another piece of work on the loop has
+
+    async def main() -> BaseException | None:
+        try:
+            # Unbounded, it would wait until cancelled here (a TimeoutError, not busy).
+            await asyncio.wait_for(
+                inline.run(functools.partial(_write, db, "loop"), on_loop=True), 5
+            )
+        except Exception as e:  # noqa: BLE001 - the error is what the test checks
+            return e
+        return None
+
+    try:
+        error = asyncio.run(main())
+        assert error is not None and storage_db.is_busy(error), error
+        db._loop_holder = None
+        assert _rows(db) == []
+    finally:
+        db.dispose()
+
+
 def test_the_api_answers_while_another_process_holds_the_write_lock(engine, client):
     """The worker or a migration holds SQLite's write lock: a session opened meanwhile waits
     for it, and the API process still answers (here its liveness probe) in the meantime."""

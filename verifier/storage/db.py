@@ -502,7 +502,8 @@ class Database:
         each of those would otherwise take a pooled connection and wait too: past the pool's
         size the next checkout blocked the loop's thread itself, so none of the waiters could
         resume (a frozen API for the pool's 30 s timeout). They wait here instead, before any
-        connection is taken, sleeping on the loop between looks."""
+        connection is taken, sleeping on the loop between looks, for as long as a transaction
+        waits for the lock itself (then busy, as it would be)."""
         if self.postgres or not inline.on_loop():
             yield
             return
@@ -510,8 +511,13 @@ class Database:
         if self._loop_holder is me:  # a transaction inside its own: no second turn
             yield
             return
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
         pause = _LOCK_POLL_FIRST_S
         while self._loop_holder is not None:
+            if time.monotonic() >= deadline:
+                raise exc.OperationalError(
+                    "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+                )
             pause = _pause(pause)
         self._loop_holder = me
         try:
