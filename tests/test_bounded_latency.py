@@ -660,19 +660,18 @@ class _LockingChain(ScriptedChain):
         self._engine.dispose()
 
 
+_ALICES_SESSION = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1_500_000,
+    "recipient": "fatreasury",
+}
+
+
 def _funded_session(client: TestClient, chain: ScriptedChain, tx: str) -> dict[str, Any]:
     """A session on the fake rail, and a transfer `tx` on the chain that pays it."""
-    r = client.post(
-        "/v1/payment-sessions",
-        headers=auth(),
-        json={
-            "owner_id": "alice",
-            "rail_id": "fake_live",
-            "access_product_id": "pro",
-            "amount": 1_500_000,
-            "recipient": "fatreasury",
-        },
-    )
+    r = client.post("/v1/payment-sessions", headers=auth(), json=_ALICES_SESSION)
     assert r.status_code == 201, r.text
     sess = r.json()
     chain.txs[tx] = {
@@ -798,13 +797,7 @@ def test_no_pooled_connection_in_time_is_busy_not_an_internal_error(engine, clie
     r = client.post(
         "/v1/payment-sessions",
         headers={**auth(), "Idempotency-Key": "pool-timeout"},
-        json={
-            "owner_id": "alice",
-            "rail_id": "fake_live",
-            "access_product_id": "pro",
-            "amount": 1_500_000,
-            "recipient": "fatreasury",
-        },
+        json=_ALICES_SESSION,
     )
     _busy(r)
 

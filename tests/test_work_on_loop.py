@@ -75,21 +75,27 @@ def slow(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
     yield from _slow_app(db_url)
 
 
-def _submitting(
-    client: TestClient, chain: _SlowChain, key: str
-) -> tuple[Any, threading.Thread, list[Any]]:
-    """Alice's session and a thread submitting its payment, which the slow chain holds; the
-    thread's answer goes to the list."""
-    s = _session(client)
+def _paying(chain: _SlowChain, session: Any) -> str:
+    """A finalized transfer on the chain that pays `session`; its signature."""
     tx = f"fx{next(_n):08x}"
     chain.txs[tx] = {
         "status": "ok",
         "to": "fatreasury",
         "amount": 1_500_000,
         "asset": "fusd",
-        "refs": [s["reference"]],
+        "refs": [session["reference"]],
         "finality": "finalized",
     }
+    return tx
+
+
+def _submitting(
+    client: TestClient, chain: _SlowChain, key: str
+) -> tuple[Any, threading.Thread, list[Any]]:
+    """Alice's session and a thread submitting its payment, which the slow chain holds; the
+    thread's answer goes to the list."""
+    s = _session(client)
+    tx = _paying(chain, s)
     answers: list[Any] = []
 
     def submit() -> None:
@@ -236,6 +242,15 @@ def _rows(db: Database) -> list[str]:
         return list(s.scalars(text("SELECT who FROM t ORDER BY rowid")))
 
 
+async def _raised(awaitable: Any) -> BaseException | None:
+    """What awaiting `awaitable` raised (None: nothing)."""
+    try:
+        await awaitable
+    except Exception as e:  # noqa: BLE001 - the error is what the tests check
+        return e
+    return None
+
+
 def _holding_the_write_lock(db: Database, path: str, holder: str, until: threading.Event):
     """A thread that takes SQLite's write lock as `holder` (another process's connection, or
     a pool thread of this one through `db`) and keeps it until `until` is set or 10 s pass.
@@ -306,11 +321,7 @@ def test_work_on_the_loop_gives_up_on_the_write_lock_after_the_busy_timeout(tmp_
 
     async def main() -> BaseException | None:
         assert await asyncio.to_thread(locked.wait, 10)
-        try:
-            await inline.run(work, on_loop=True)
-        except Exception as e:  # noqa: BLE001 - the error is what the test checks
-            return e
-        return None
+        return await _raised(inline.run(work, on_loop=True))
 
     try:
         error = asyncio.run(main())
@@ -334,18 +345,10 @@ def test_waiting_for_the_loops_turn_is_bounded_like_the_lock(tmp_path, monkeypat
     db = Database(f"sqlite:///{path}")
     db._loop_holder = object()  # the turn another piece of work on the loop has
 
-    async def main() -> BaseException | None:
-        try:
-            # Unbounded, it would wait until cancelled here (a TimeoutError, not busy).
-            await asyncio.wait_for(
-                inline.run(functools.partial(_write, db, "loop"), on_loop=True), 5
-            )
-        except Exception as e:  # noqa: BLE001 - the error is what the test checks
-            return e
-        return None
-
+    work = inline.run(functools.partial(_write, db, "loop"), on_loop=True)
     try:
-        error = asyncio.run(main())
+        # Unbounded, it would wait until cancelled here (a TimeoutError, not busy).
+        error = asyncio.run(_raised(asyncio.wait_for(work, 5)))
         assert error is not None and storage_db.is_busy(error), error
         db._loop_holder = None
         assert _rows(db) == []
@@ -509,18 +512,7 @@ def test_a_slot_given_up_on_a_chain_wait_is_not_taken_back(one_slot):
 
     threads_of_the_loop(3)
     sessions_ = [_session(client) for _ in range(4)]
-    txs = []
-    for s in sessions_:
-        tx = f"fx{next(_n):08x}"
-        chain.txs[tx] = {
-            "status": "ok",
-            "to": "fatreasury",
-            "amount": 1_500_000,
-            "asset": "fusd",
-            "refs": [s["reference"]],
-            "finality": "finalized",
-        }
-        txs.append(tx)
+    txs = [_paying(chain, s) for s in sessions_]
     answers: list[Any] = []
 
     def submit(s: Any, tx: str) -> None:
