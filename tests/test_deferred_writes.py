@@ -204,3 +204,44 @@ def test_a_batch_of_interleaved_rows_keeps_each_tables_order(db):
         ).all()
     assert [r[0] for r in chain] == [f"whe_{i}" for i in range(1, 6)]
     assert ids(db) == [f"whe_{i}" for i in range(1, 6)]
+
+
+def test_a_commit_and_the_rows_it_carries_are_one_round_trip(db, monkeypatch):
+    """PostgreSQL: the queued rows and the COMMIT go in one pipeline with one sync, and the
+    connection is out of its transaction afterwards. psycopg's `commit()` inside a pipeline
+    syncs on its own before the pipeline's exit syncs again: a second round trip."""
+    if not db.postgres:
+        pytest.skip("deferred writes are PostgreSQL's (SQLite writes at once)")
+    from psycopg import pq
+    from psycopg._pipeline_base import BasePipeline
+
+    syncs: list[int] = []
+    enqueue = BasePipeline._enqueue_sync
+
+    def counted(self):
+        syncs.append(1)
+        return enqueue(self)
+
+    monkeypatch.setattr(BasePipeline, "_enqueue_sync", counted)
+    with db.tx() as s:
+        conn = s.connection()
+        send_deferred(conn)  # the transaction's BEGIN, before counting
+        _INSERT.defer(conn, endpoint(1))
+        _INSERT.defer(conn, endpoint(2))
+        driver = conn.connection.driver_connection
+        syncs.clear()
+    assert syncs == [1]
+    assert driver.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    assert ids(db) == ["whe_1", "whe_2"]
+
+
+def test_a_row_refused_at_commit_leaves_nothing_and_the_connection_usable(db):
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(1))
+    with pytest.raises(IntegrityError), db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(2))
+        _INSERT.defer(s.connection(), endpoint(1))  # refused by the COMMIT's pipeline
+    assert ids(db) == ["whe_1"]
+    with db.tx() as s:
+        _INSERT.defer(s.connection(), endpoint(3))
+    assert ids(db) == ["whe_1", "whe_3"]

@@ -268,10 +268,14 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
     queued = conn.info.pop(_QUEUE, None) or []
     batch = [*((sql, args) for sql, args, _ in queued), *statements]
     cursors: list[Any] = []
+    closing = None
     sql, args = batch[-1] if batch else ("COMMIT", None)
     try:
         if dialect.name == "postgresql" and (len(batch) > 1 or commit or _idle(driver)):
-            with driver.pipeline():
+            opens = _idle(driver) and not driver.autocommit
+            with driver.pipeline() as pipe:
+                if opens:
+                    _begin(driver, pipe)
                 for sql, args in _runs(queued):
                     # Deferred rows of one statement in a row (a batch's evidence, audit and
                     # outbox rows) as one executemany: one query conversion and cursor for
@@ -284,7 +288,13 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
                     cursors.append(cur)
                     cur.execute(sql, args)
                 if commit:
-                    driver.commit()
+                    # COMMIT as the pipeline's last statement, not `driver.commit()`: inside a
+                    # pipeline that syncs and waits on its own, and the pipeline's exit syncs
+                    # again, one more round trip per transaction (docs/bench.md). psycopg reads
+                    # the transaction's end from the server's status, as after commit().
+                    # Never prepared: a statement that ends the transaction is not worth one.
+                    closing = driver.cursor()
+                    closing.execute("COMMIT", prepare=False)
         else:
             for sql, args in batch:
                 cur = driver.cursor()
@@ -294,12 +304,16 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
         gone = dialect.is_disconnect(e, driver, cursors[-1] if cursors else None)
         for cur in cursors:
             cur.close()
+        if closing is not None:
+            closing.close()
         if gone:
             # As Connection.execute does: the pool must not hand this connection out again.
             conn.invalidate(e)
         raise exc.DBAPIError.instance(
             sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=gone
         ) from e
+    if closing is not None:
+        closing.close()
     opened_for_queue = len(cursors) - len(statements)
     for cur in cursors[:opened_for_queue]:
         cur.close()
@@ -368,6 +382,18 @@ def fetch_together(
 def _idle(driver: Any) -> bool:
     # No transaction open yet: psycopg would send BEGIN as a round trip of its own.
     return bool(driver.info.transaction_status == 0)  # pq.TransactionStatus.IDLE
+
+
+def _begin(driver: Any, pipe: Any) -> None:
+    """Open the transaction as the pipeline's first statement. Left to psycopg, the first
+    statement in a pipeline sends BEGIN and then syncs and waits for it: a round trip of its
+    own before anything else goes (three per submission; docs/bench.md, "BEGIN and COMMIT
+    in the pipeline"). Sent here the way psycopg sends its own commands in a pipeline, with
+    psycopg's own BEGIN statement (isolation level and all): once libpq has it, the
+    connection reports a transaction under way and psycopg sends no BEGIN of its own; its
+    result is checked with the pipeline's others (`tests/test_deferred_writes.py`)."""
+    driver.pgconn.send_query_params(driver._get_tx_start_command(), None)
+    pipe.result_queue.append(None)  # a command's result: checked for an error, nothing kept
 
 
 def send_deferred(conn: Connection) -> None:
