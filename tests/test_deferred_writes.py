@@ -245,3 +245,47 @@ def test_a_row_refused_at_commit_leaves_nothing_and_the_connection_usable(db):
     with db.tx() as s:
         _INSERT.defer(s.connection(), endpoint(3))
     assert ids(db) == ["whe_1", "whe_3"]
+
+
+def test_a_proofs_new_state_goes_with_the_next_statement_and_is_read_back(engine, client):
+    """`proofs.update` (an attempt's new state, under the row's lock) is deferred: a read of
+    the row later in the transaction sees it, the commit writes it, a rollback drops it."""
+    from tests.conftest import auth
+    from verifier.services import proofs as proof_service
+    from verifier.storage.models import Proof
+    from verifier.storage.repo import proofs as proof_repo
+
+    sess = client.post(
+        "/v1/payment-sessions",
+        headers=auth(),
+        json={
+            "owner_id": "alice",
+            "rail_id": "fake_live",
+            "access_product_id": "pro",
+            "amount": 1500000,
+            "recipient": "fatreasury",
+        },
+    ).json()
+    view, _ = proof_service.submit_proof(engine, sess["id"], "fx00defe01", ["alice"], verify=False)
+    pid = view["id"]
+
+    def status() -> str:
+        with engine.db.engine.connect() as c:
+            return str(c.scalar(select(Proof.status).where(Proof.id == pid)))
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), engine.db.tx() as s:
+        p = proof_repo.for_attempt(s, pid)
+        proof_repo.update(s, p, {"status": "failed", "detail": "rolled back"})
+        raise Boom
+    assert status() == "pending"
+    with engine.db.tx() as s:
+        p = proof_repo.for_attempt(s, pid)
+        proof_repo.update(s, p, {"status": "failed", "detail": "deferred"})
+        if engine.db.postgres:  # queued, not sent yet
+            assert s.connection().info.get("railproof.deferred")
+        read = s.execute(select(Proof.status, Proof.detail).where(Proof.id == pid)).one()
+        assert tuple(read) == ("failed", "deferred")
+    assert status() == "failed"

@@ -119,14 +119,18 @@ def update_unattempted(s: Session, p: Record, values: dict[str, Any]) -> bool:
 def update(s: Session, p: Proof | Record, values: dict[str, Any]) -> None:
     """One Core UPDATE of the proof row, and the same values set on `p` as its committed
     state: the object stays in step with the row without the unit of work's change tracking
-    (and its flush) on the hot path."""
+    (and its flush) on the hot path.
+
+    The caller holds the row's lock (`for_attempt`) and reads nothing back, so the UPDATE is
+    deferred (storage.repo.prepared): on PostgreSQL it goes with the transaction's next
+    statement, the attempt's insert, and anything that reads the row sends it first."""
     if isinstance(p, Record):
         # Not in the session: nothing of it is pending, and its attributes are plain ones.
-        _UPDATE.execute(s.connection(), {"pid": p.id, **values})
+        _UPDATE.defer(s.connection(), {"pid": p.id, **values})
         p.__dict__.update(values)
         return
     s.flush([p])  # anything already pending on p goes first, as a flush would order it
-    _UPDATE.execute(s.connection(), {"pid": p.id, **values})
+    _UPDATE.defer(s.connection(), {"pid": p.id, **values})
     for k, v in values.items():
         set_committed_value(p, k, v)
 
