@@ -43,7 +43,7 @@ def latest_verified_ids(s: Session, proof_ids: Sequence[str]) -> dict[str, int]:
     """The latest verified attempt's id of each proof that has one, in one query."""
     q = (
         select(_VA.proof_id, func.max(_VA.id))
-        .where(_VA.proof_id.in_(list(proof_ids)), _VA.status == ProofStatus.verified.value)
+        .where(rows.among(s, _VA.proof_id, proof_ids), _VA.status == ProofStatus.verified.value)
         .group_by(_VA.proof_id)
     )
     return {pid: int(aid) for pid, aid in s.execute(q).all()}
@@ -55,7 +55,7 @@ def latest_verified_many(s: Session, proof_ids: Sequence[str]) -> dict[str, Reco
     t = rows.table(_VA)
     newest = (
         select(func.max(t.c.id))
-        .where(t.c.proof_id.in_(list(proof_ids)), t.c.status == ProofStatus.verified.value)
+        .where(rows.among(s, t.c.proof_id, proof_ids), t.c.status == ProofStatus.verified.value)
         .group_by(t.c.proof_id)
     )
     got = s.execute(select(t).where(t.c.id.in_(newest))).mappings()

@@ -48,7 +48,10 @@ def last_sequences(s: Session, resource_type: str, resource_ids: list[str]) -> d
     Read under `lock_sequences`."""
     q = (
         select(_OUTBOX.c.resource_id, func.max(_OUTBOX.c.sequence))
-        .where(_OUTBOX.c.resource_type == resource_type, _OUTBOX.c.resource_id.in_(resource_ids))
+        .where(
+            _OUTBOX.c.resource_type == resource_type,
+            rows.among(s, _OUTBOX.c.resource_id, resource_ids),
+        )
         .group_by(_OUTBOX.c.resource_id)
     )
     return {rid: int(n) for rid, n in s.execute(q).all()}

@@ -391,7 +391,9 @@ def _begin(driver: Any, pipe: Any) -> None:
     in the pipeline"). Sent here the way psycopg sends its own commands in a pipeline, with
     psycopg's own BEGIN statement (isolation level and all): once libpq has it, the
     connection reports a transaction under way and psycopg sends no BEGIN of its own; its
-    result is checked with the pipeline's others (`tests/test_deferred_writes.py`)."""
+    result is checked with the pipeline's others (`tests/test_deferred_writes.py`). Nothing
+    can be queued ahead of it: outside autocommit psycopg opens a transaction (BEGIN, synced)
+    before it queues any statement, so a connection still idle has no command waiting."""
     driver.pgconn.send_query_params(driver._get_tx_start_command(), None)
     pipe.result_queue.append(None)  # a command's result: checked for an error, nothing kept
 

@@ -57,7 +57,7 @@ def lock_many(s: Session, proof_ids: Sequence[str]) -> list[Proof]:
     """The proofs as session objects under their row locks (FOR UPDATE on PostgreSQL, taken
     in id order so two lockers of overlapping sets cannot deadlock; SQLite's write lock is
     held already)."""
-    q = select(Proof).where(Proof.id.in_(list(proof_ids))).order_by(Proof.id)
+    q = select(Proof).where(rows.among(s, Proof.id, proof_ids)).order_by(Proof.id)
     if rows.is_postgres(s):
         q = q.with_for_update()
     return list(s.scalars(q).all())
@@ -77,7 +77,7 @@ def finality_targets(s: Session, proof_ids: Sequence[str]) -> list[Record]:
             PaymentSession.amount,
         )
         .join(PaymentSession, PaymentSession.id == Proof.session_id)
-        .where(Proof.id.in_(list(proof_ids)))
+        .where(rows.among(s, Proof.id, proof_ids))
         .order_by(Proof.id)
     )
     return [Record(r._mapping) for r in s.execute(q).all()]
@@ -163,7 +163,7 @@ def rail_id_of(s: Session, proof_id: str) -> str | None:
 
 def rail_ids_of(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
     """Each proof's rail, in one query, without locking the rows."""
-    q = select(Proof.id, Proof.rail_id).where(Proof.id.in_(list(proof_ids)))
+    q = select(Proof.id, Proof.rail_id).where(rows.among(s, Proof.id, proof_ids))
     return {pid: rail_id for pid, rail_id in s.execute(q).all()}
 
 
@@ -211,7 +211,7 @@ def claim_due(
     if ids:
         s.execute(
             sql_update(_P)
-            .where(_P.c.id.in_(ids))
+            .where(rows.among(s, _P.c.id, ids))
             .values(claimed_by=claimed_by, claimed_until=claimed_until)
         )
     return ids

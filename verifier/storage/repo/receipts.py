@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Receipt
+from verifier.storage.repo import rows
 
 _ID_FOR_PROOF = select(Receipt.id).where(Receipt.proof_id == bindparam("pid"))
 
@@ -19,7 +20,7 @@ def id_for_proof(s: Session, proof_id: str) -> str | None:
 
 def ids_for_proofs(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
     """Receipt id per proof, for those of `proof_ids` that have one, in one query."""
-    q = select(Receipt.proof_id, Receipt.id).where(Receipt.proof_id.in_(list(proof_ids)))
+    q = select(Receipt.proof_id, Receipt.id).where(rows.among(s, Receipt.proof_id, proof_ids))
     return {pid: rid for pid, rid in s.execute(q).all()}
 
 
@@ -34,7 +35,10 @@ def for_session(s: Session, session_id: str) -> Receipt | None:
 def touching(s: Session, proof_ids: Sequence[str], session_ids: Sequence[str]) -> list[Receipt]:
     """Receipts of any of `proof_ids` or any of `session_ids`, in one query."""
     q = select(Receipt).where(
-        or_(Receipt.proof_id.in_(list(proof_ids)), Receipt.session_id.in_(list(session_ids)))
+        or_(
+            rows.among(s, Receipt.proof_id, proof_ids),
+            rows.among(s, Receipt.session_id, session_ids),
+        )
     )
     return list(s.scalars(q).all())
 

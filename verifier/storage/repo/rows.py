@@ -3,11 +3,22 @@ on. Shared by the repo's modules; nothing outside `storage.repo` imports it for 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, CursorResult, Result, Table, bindparam, exc, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    Result,
+    Table,
+    any_,
+    bindparam,
+    exc,
+    insert,
+    select,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -52,6 +63,19 @@ def is_postgres(s: Session | Connection) -> bool:
     Asked of the bind, so it never begins a transaction by itself."""
     bind = s.get_bind() if isinstance(s, Session) else s
     return bind.dialect.name == "postgresql"
+
+
+def among(s: Session | Connection, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN (values)` for a batch (a sweep's hundreds of ids). On PostgreSQL as
+    `column = ANY(:array)`: one parameter, so the statement's text is the same for every batch
+    size. An IN list of n parameters is a new statement per n: SQLAlchemy renders it per call,
+    and psycopg neither caches the conversion of a text that long nor prepares it (a finality
+    sweep spent a quarter of its client time there; docs/bench.md, "The worker's batches")."""
+    items = list(values)
+    if is_postgres(s):
+        array = bindparam(None, items, type_=postgresql.ARRAY(column.type))
+        return cast(ColumnElement[bool], column == any_(array))
+    return cast(ColumnElement[bool], column.in_(items))
 
 
 @contextmanager

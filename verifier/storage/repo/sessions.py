@@ -36,7 +36,7 @@ def get(s: Session, session_id: str, lock: bool = False) -> PaymentSession | Non
 def lock_many(s: Session, session_ids: Sequence[str]) -> list[PaymentSession]:
     """The sessions as session objects under their row locks (FOR UPDATE on PostgreSQL, taken
     in id order, as `proofs.lock_many` takes proofs'; SQLite's write lock is held already)."""
-    q = select(PaymentSession).where(PaymentSession.id.in_(list(session_ids)))
+    q = select(PaymentSession).where(rows.among(s, PaymentSession.id, session_ids))
     q = q.order_by(PaymentSession.id)
     if rows.is_postgres(s):
         q = q.with_for_update()

@@ -37,7 +37,7 @@ def latest_many(s: Session, proof_ids: Sequence[str]) -> dict[str, Record]:
     finality batch only compares them: no ORM object per row)."""
     t = rows.table(_SE)
     ids = list(proof_ids)
-    newest = select(func.max(t.c.id)).where(t.c.proof_id.in_(ids)).group_by(t.c.proof_id)
+    newest = select(func.max(t.c.id)).where(rows.among(s, t.c.proof_id, ids)).group_by(t.c.proof_id)
     got = s.execute(select(t).where(t.c.id.in_(newest))).mappings()
     return {r["proof_id"]: Record(r) for r in got}
 

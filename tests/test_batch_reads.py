@@ -1,0 +1,52 @@
+"""`rows.among`, the repo's `IN (...)` for a batch of ids: on PostgreSQL `= ANY(:array)`,
+one parameter whatever the batch's size, so a sweep's statement is one prepared text rather
+than a new one per batch size; on SQLite a plain IN. Either way it selects what IN selects."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tests.helpers import ENDPOINT_INSERT, ENDPOINTS, endpoint_row
+from verifier.storage.repo import rows
+
+EP = ENDPOINTS
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [[], ["whe_2"], ["whe_1", "whe_3", "whe_404"], [f"whe_{i}" for i in range(1, 6)] * 2],
+    ids=["none", "one", "some-and-unknown", "all-twice"],
+)
+def test_among_selects_what_in_selects(db, ids):
+    with db.tx() as s:
+        for i in range(1, 6):
+            ENDPOINT_INSERT.insert(s.connection(), endpoint_row(i))
+    with db.tx() as s:
+        got = sorted(s.scalars(select(EP.c.id).where(rows.among(s, EP.c.id, iter(ids)))))
+        want = sorted(s.scalars(select(EP.c.id).where(EP.c.id.in_(ids))))
+    assert got == want == sorted({i for i in ids if i != "whe_404"})
+
+
+def test_a_batch_is_one_statement_whatever_its_size_on_postgresql(db):
+    """The text psycopg is given (and prepares once it has run it five times) is the same for
+    2, 256 or no ids; an IN list would hand it a new text per batch size."""
+    if not db.postgres:
+        pytest.skip("SQLite's IN list is the statement SQLite prepares per call anyway")
+    from sqlalchemy import event
+
+    sent: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        sent.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        for n in (2, 256, 0):
+            with db.tx() as s:
+                ids = [f"whe_{i}" for i in range(n)]
+                s.scalars(select(EP.c.id).where(rows.among(s, EP.c.id, ids))).all()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    selects = [t for t in sent if t.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3 and len(set(selects)) == 1
