@@ -50,3 +50,16 @@ def test_a_batch_is_one_statement_whatever_its_size_on_postgresql(db):
         event.remove(db.engine, "before_cursor_execute", seen)
     selects = [t for t in sent if t.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 3 and len(set(selects)) == 1
+
+
+def test_an_over_long_id_never_matches_the_id_it_starts_with(db):
+    """An id column is VARCHAR(n): a value cast to VARCHAR(n) is cut to n characters, so a
+    batch read would find the stored id that an over-long value starts with."""
+    width = EP.c.id.type.length
+    stored = "whe_" + "x" * (width - 4)
+    with db.tx() as s:
+        ENDPOINT_INSERT.insert(s.connection(), {**endpoint_row(1), "id": stored})
+    with db.tx() as s:
+        found = list(s.scalars(select(EP.c.id).where(rows.among(s, EP.c.id, [stored + "tail"]))))
+        exact = list(s.scalars(select(EP.c.id).where(rows.among(s, EP.c.id, [stored]))))
+    assert found == [] and exact == [stored]

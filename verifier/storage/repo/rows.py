@@ -12,6 +12,7 @@ from sqlalchemy import (
     Connection,
     CursorResult,
     Result,
+    String,
     Table,
     any_,
     bindparam,
@@ -73,7 +74,12 @@ def among(s: Session | Connection, column: Any, values: Iterable[Any]) -> Column
     sweep spent a quarter of its client time there; docs/bench.md, "The worker's batches")."""
     items = list(values)
     if is_postgres(s):
-        array = bindparam(None, items, type_=postgresql.ARRAY(column.type))
+        item = column.type
+        if isinstance(item, String) and item.length is not None:
+            # SECURITY: an explicit cast to VARCHAR(n) truncates, so an over-long value would
+            # match a stored one that is its first n characters; an unbounded array does not.
+            item = String()
+        array = bindparam(None, items, type_=postgresql.ARRAY(item))
         return cast(ColumnElement[bool], column == any_(array))
     return cast(ColumnElement[bool], column.in_(items))
 
