@@ -247,25 +247,15 @@ def test_a_row_refused_at_commit_leaves_nothing_and_the_connection_usable(db):
     assert ids(db) == ["whe_1", "whe_3"]
 
 
-def test_a_proofs_new_state_goes_with_the_next_statement_and_is_read_back(engine, client):
+def test_a_proofs_new_state_goes_with_the_next_statement_and_is_read_back(engine):
     """`proofs.update` (an attempt's new state, under the row's lock) is deferred: a read of
     the row later in the transaction sees it, the commit writes it, a rollback drops it."""
-    from tests.conftest import auth
+    from tests.test_engine_proofs import open_session
     from verifier.services import proofs as proof_service
     from verifier.storage.models import Proof
     from verifier.storage.repo import proofs as proof_repo
 
-    sess = client.post(
-        "/v1/payment-sessions",
-        headers=auth(),
-        json={
-            "owner_id": "alice",
-            "rail_id": "fake_live",
-            "access_product_id": "pro",
-            "amount": 1500000,
-            "recipient": "fatreasury",
-        },
-    ).json()
+    sess = open_session(engine)
     view, _ = proof_service.submit_proof(engine, sess["id"], "fx00defe01", ["alice"], verify=False)
     pid = view["id"]
 
