@@ -63,3 +63,26 @@ def test_an_over_long_id_never_matches_the_id_it_starts_with(db):
         found = list(s.scalars(select(EP.c.id).where(rows.among(s, EP.c.id, [stored + "tail"]))))
         exact = list(s.scalars(select(EP.c.id).where(rows.among(s, EP.c.id, [stored]))))
     assert found == [] and exact == [stored]
+
+
+def test_a_decorated_string_column_is_never_cut_either(db):
+    """A column whose type wraps a bounded string (a TypeDecorator) keeps IN: an array of it
+    would be cast to VARCHAR(n)[] and cut an over-long value to the stored one."""
+    from sqlalchemy import Column, MetaData, String, Table, TypeDecorator, insert
+
+    class Tag(TypeDecorator[str]):
+        impl = String(8)
+        cache_ok = True
+
+    scratch = Table("batch_reads_scratch", MetaData(), Column("tag", Tag(), primary_key=True))
+    scratch.create(db.engine)
+    try:
+        with db.tx() as s:
+            s.execute(insert(scratch).values(tag="x" * 8))
+        with db.tx() as s:
+            q = select(scratch.c.tag).where(rows.among(s, scratch.c.tag, ["x" * 8 + "tail"]))
+            assert list(s.scalars(q)) == []
+            q = select(scratch.c.tag).where(rows.among(s, scratch.c.tag, ["x" * 8]))
+            assert list(s.scalars(q)) == ["x" * 8]
+    finally:
+        scratch.drop(db.engine)

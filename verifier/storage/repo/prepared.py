@@ -393,7 +393,10 @@ def _begin(driver: Any, pipe: Any) -> None:
     connection reports a transaction under way and psycopg sends no BEGIN of its own; its
     result is checked with the pipeline's others (`tests/test_deferred_writes.py`). Nothing
     can be queued ahead of it: outside autocommit psycopg opens a transaction (BEGIN, synced)
-    before it queues any statement, so a connection still idle has no command waiting."""
+    before it queues any statement, so a connection still idle has no command waiting. It uses
+    two private names of the pinned psycopg (`_get_tx_start_command`, the pipeline's
+    `result_queue`); the sync count in `tests/test_deferred_writes.py` fails should an upgrade
+    change what they do."""
     driver.pgconn.send_query_params(driver._get_tx_start_command(), None)
     pipe.result_queue.append(None)  # a command's result: checked for an error, nothing kept
 

@@ -8,9 +8,11 @@ from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     CursorResult,
+    Integer,
     Result,
     String,
     Table,
@@ -73,9 +75,12 @@ def among(s: Session | Connection, column: Any, values: Iterable[Any]) -> Column
     and psycopg neither caches the conversion of a text that long nor prepares it (a finality
     sweep spent a quarter of its client time there; docs/bench.md, "The worker's batches")."""
     items = list(values)
-    if is_postgres(s):
-        item = column.type
-        if isinstance(item, String) and item.length is not None:
+    item = column.type
+    # Only plain string and integer columns (ids): an array of any other type (an Enum, a
+    # TypeDecorator) would not carry its casts and bind processing the way IN does, so those
+    # keep IN, which is always right.
+    if is_postgres(s) and type(item) in (String, Integer, BigInteger):
+        if type(item) is String:
             # SECURITY: an explicit cast to VARCHAR(n) truncates, so an over-long value would
             # match a stored one that is its first n characters; an unbounded array does not.
             item = String()
