@@ -86,3 +86,36 @@ def test_a_decorated_string_column_is_never_cut_either(db):
             assert list(s.scalars(q)) == ["x" * 8]
     finally:
         scratch.drop(db.engine)
+
+
+def test_last_sequences_per_resource_in_one_read(db):
+    """The outbox's last sequence per resource for a batch (a finality sweep primes its event
+    numbers with it): resources with events get their highest, others are left out, and the
+    other resource type's events are never counted."""
+    from sqlalchemy import insert
+
+    from tests.helpers import CLOCK
+    from verifier.storage.repo import outbox as outbox_repo
+    from verifier.storage.webhook_models import OutboxEvent
+
+    def event(n: int, rtype: str, rid: str, seq: int) -> dict:
+        return {
+            "id": f"evt_{n}",
+            "type": "proof.verified",
+            "owner_id": "alice",
+            "resource_type": rtype,
+            "resource_id": rid,
+            "sequence": seq,
+            "payload": {},
+            "created_at": CLOCK,
+        }
+
+    stored = [("proof", "p1", 1), ("proof", "p1", 3), ("proof", "p1", 2), ("proof", "p2", 1)]
+    stored += [("entitlement", "p3", 7), ("entitlement", "p1", 9)]
+    with db.tx() as s:
+        s.execute(insert(OutboxEvent), [event(n, *e) for n, e in enumerate(stored)])
+    with db.tx() as s:
+        got = outbox_repo.last_sequences(s, "proof", ["p1", "p2", "p3", "p4", "p1"])
+        assert got == {"p1": 3, "p2": 1}
+        assert outbox_repo.last_sequences(s, "proof", []) == {}
+        assert outbox_repo.last_sequences(s, "entitlement", ["p1", "p3"]) == {"p1": 9, "p3": 7}
