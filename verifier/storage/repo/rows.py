@@ -73,7 +73,8 @@ def among(s: Session | Connection, column: Any, values: Iterable[Any]) -> Column
     `column = ANY(:array)`: one parameter, so the statement's text is the same for every batch
     size. An IN list of n parameters is a new statement per n: SQLAlchemy renders it per call,
     and psycopg neither caches the conversion of a text that long nor prepares it (a finality
-    sweep spent a quarter of its client time there; docs/bench.md, "The worker's batches")."""
+    sweep spent a quarter of its profiled client time there; docs/bench.md, "The worker's
+    batches")."""
     items = list(values)
     item = column.type
     # Only plain string and integer columns (ids): an array of any other type (an Enum, a
