@@ -39,6 +39,7 @@ from tests.conftest import STAFF_TOKEN, auth, make_pg_db, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.fault_rpc import DEMO_CASSETTE, Behaviour, FaultRpcNode, now_block_time
 from tests.jsonrpc_server import Fault
+from tests.test_engine_proofs import pay
 from tests.test_gate import paid_proof
 from tests.test_transfer_identity import HEADER, OPENED_AT, PAY_TO, PAYER, VALUE, Settled
 from tests.test_tron_adapter import AMOUNT as TRON_AMOUNT
@@ -674,14 +675,7 @@ def _funded_session(client: TestClient, chain: ScriptedChain, tx: str) -> dict[s
     r = client.post("/v1/payment-sessions", headers=auth(), json=_ALICES_SESSION)
     assert r.status_code == 201, r.text
     sess = r.json()
-    chain.txs[tx] = {
-        "status": "ok",
-        "to": "fatreasury",
-        "amount": 1_500_000,
-        "asset": "fusd",
-        "refs": [sess["reference"]],
-        "finality": "finalized",
-    }
+    pay(chain, tx, sess, finality="finalized")
     return sess
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import event, func, select
 
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
+from tests.test_engine_proofs import pay
 from tests.test_gate import OP, paid_proof
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
@@ -99,14 +100,7 @@ def test_nothing_of_a_rail_commits_after_its_pause_answered(db_url, engine, chai
     for i in range(PER_KIND):
         sess = new_session(engine, f"sub-{i}")
         tx = f"fx{next(_tx):08x}"
-        chain.txs[tx] = {
-            "status": "ok",
-            "to": "fatreasury",
-            "amount": 1_500_000,
-            "asset": "fusd",
-            "refs": [sess["reference"]],
-            "finality": "finalized",
-        }
+        pay(chain, tx, sess, finality="finalized")
         submittable.append((sess["id"], tx))
     jobs = (
         [("apply", pid) for pid in applicable]

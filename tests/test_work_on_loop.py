@@ -27,6 +27,7 @@ from sqlalchemy import select, text
 
 from tests.conftest import OTHER_SERVICE_TOKEN, auth, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
+from tests.test_engine_proofs import pay
 from verifier.core import inline
 from verifier.core.engine import Engine
 from verifier.http.api import create_app
@@ -78,14 +79,7 @@ def slow(db_url) -> Iterator[tuple[Engine, _SlowChain, TestClient]]:
 def _paying(chain: _SlowChain, session: Any) -> str:
     """A finalized transfer on the chain that pays `session`; its signature."""
     tx = f"fx{next(_n):08x}"
-    chain.txs[tx] = {
-        "status": "ok",
-        "to": "fatreasury",
-        "amount": 1_500_000,
-        "asset": "fusd",
-        "refs": [session["reference"]],
-        "finality": "finalized",
-    }
+    pay(chain, tx, session, finality="finalized")
     return tx
 
 
