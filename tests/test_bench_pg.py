@@ -14,6 +14,7 @@ from tests.conftest import CLOCK
 from verifier.storage.db import PREPARE_THRESHOLD, Database, _prepare_threshold
 from verifier.storage.models import PaymentSession, new_id
 from verifier.storage.repo import sessions as session_repo
+from verifier.storage.repo.prepared import PREPARE_AFTER
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/railproof"
 
@@ -42,7 +43,10 @@ def test_connections_get_the_threshold_the_url_names(pg_template):
             try:
                 raw = db.engine.raw_connection()
                 try:
-                    assert raw.driver_connection.prepare_threshold == want
+                    # The repo prepares; psycopg never does (its DEALLOCATE ALL on a rollback
+                    # would drop the repo's statements too).
+                    assert raw.info[PREPARE_AFTER] == want
+                    assert raw.driver_connection.prepare_threshold is None
                 finally:
                     raw.close()
             finally:

@@ -207,32 +207,49 @@ def test_a_batch_of_interleaved_rows_keeps_each_tables_order(db):
 
 
 def test_a_commit_and_the_rows_it_carries_are_one_round_trip(db, monkeypatch):
-    """PostgreSQL: the queued rows and the COMMIT go in one pipeline with one sync, and the
-    connection is out of its transaction afterwards. psycopg's `commit()` inside a pipeline
-    syncs on its own before the pipeline's exit syncs again: a second round trip."""
+    """PostgreSQL: the queued rows and the COMMIT go to the server with one sync (one round
+    trip), and the connection is out of its transaction afterwards; the transaction's BEGIN
+    rides with its first statement the same way. Counted: every way a statement can reach
+    the server (the repo's pipeline sync; psycopg's own pipeline sync, its cursor's send, and
+    the BEGIN or COMMIT it sends by itself)."""
     if not db.postgres:
         pytest.skip("deferred writes are PostgreSQL's (SQLite writes at once)")
     from psycopg import pq
+    from psycopg._connection_base import BaseConnection
+    from psycopg._cursor_base import BaseCursor
     from psycopg._pipeline_base import BasePipeline
 
-    syncs: list[int] = []
-    enqueue = BasePipeline._enqueue_sync
+    from verifier.storage.repo import prepared
 
-    def counted(self):
-        syncs.append(1)
-        return enqueue(self)
+    sent: list[str] = []
+    for owner, name in (
+        (prepared, "_sync"),
+        (BasePipeline, "_enqueue_sync"),
+        (BaseCursor, "_execute_send"),
+        (BaseConnection, "_exec_command"),
+    ):
+        real = getattr(owner, name)
 
-    monkeypatch.setattr(BasePipeline, "_enqueue_sync", counted)
+        def counted(*args, _real=real, _name=name, **kwargs):
+            sent.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
     with db.tx() as s:
         conn = s.connection()
-        send_deferred(conn)  # the transaction's BEGIN, before counting
-        _INSERT.defer(conn, endpoint(1))
-        _INSERT.defer(conn, endpoint(2))
         driver = conn.connection.driver_connection
-        syncs.clear()
-    assert syncs == [1]
+        sent.clear()  # a new engine's first connection: the dialect's own queries
+        send_deferred(conn)  # nothing queued: nothing sent, no BEGIN either
+        assert sent == [] and driver.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        _INSERT.defer(conn, endpoint(1))
+        assert rows.read(s, WebhookEndpoint, "whe_1") is not None  # BEGIN, row, read
+        assert sent == ["_sync"]
+        _INSERT.defer(conn, endpoint(2))
+        _INSERT.defer(conn, endpoint(3))
+        sent.clear()
+    assert sent == ["_sync"]  # rows 2 and 3, COMMIT
     assert driver.pgconn.transaction_status == pq.TransactionStatus.IDLE
-    assert ids(db) == ["whe_1", "whe_2"]
+    assert ids(db) == ["whe_1", "whe_2", "whe_3"]
 
 
 def test_a_row_refused_at_commit_leaves_nothing_and_the_connection_usable(db):

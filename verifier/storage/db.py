@@ -34,7 +34,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from verifier.core import inline
-from verifier.storage.repo.prepared import DEFERS, commit_deferred, drop_deferred
+from verifier.storage.repo.prepared import (
+    DEFERS,
+    PREPARE_AFTER,
+    commit_deferred,
+    drop_deferred,
+)
 
 UPGRADE_HINT = "railproof db upgrade"
 
@@ -206,7 +211,10 @@ def make_engine(
         )
         if ms is not None
     )
-    connect_args: dict[str, Any] = {"prepare_threshold": prepare_threshold}
+    # psycopg itself never prepares: the repo's statements are prepared by the repo
+    # (storage.repo.prepared `_pipeline`), and psycopg answers any rollback after it has
+    # prepared one of its own with DEALLOCATE ALL, which would drop the repo's too.
+    connect_args: dict[str, Any] = {"prepare_threshold": None}
     if options:
         connect_args["options"] = options
     engine = create_engine(
@@ -216,6 +224,11 @@ def make_engine(
         connect_args=connect_args,
         **_JSON,
     )
+
+    @event.listens_for(engine.pool, "connect")
+    def _prepares(_dbapi_conn: Any, record: Any) -> None:  # pragma: no cover - pool hook
+        record.info[PREPARE_AFTER] = prepare_threshold
+
     _ping_when_idle(engine)
     return engine
 
@@ -241,10 +254,10 @@ def _sqlite_pool(url: str) -> dict[str, int]:
     return {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
 
 
-# psycopg prepares a statement on the server once a connection has run it this many times
-# (its own default): the hot path's statements then skip parsing and planning. Prepared
-# statements belong to a server session, which PgBouncer in transaction mode does not keep
-# for a client: there, put `prepare_threshold=none` in the URL's query (docs/scaling.md).
+# The repo prepares a statement on the server once a connection has run it this many times
+# (psycopg's own default and rule): the hot path's statements then skip parsing and planning.
+# Prepared statements belong to a server session, which PgBouncer in transaction mode does not
+# keep for a client: there, put `prepare_threshold=none` in the URL's query (docs/scaling.md).
 PREPARE_THRESHOLD = 5
 # A pooled connection idle longer than this is pinged before it is handed out, so a server
 # restart or a dropped connection costs a reconnect rather than a failed request. One used

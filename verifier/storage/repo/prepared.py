@@ -8,14 +8,14 @@ the values read back and the exception types are those of `Connection.execute`. 
 leaves out is the execution context SQLAlchemy builds around every call, which here costs
 more than SQLite's own work for these rows (docs/bench.md, "Where the time goes").
 
-On PostgreSQL the same driver path runs on psycopg's cursor: SQLAlchemy's execution context
-costs about as much as the loopback round trip itself (docs/bench.md, "PostgreSQL"), and
-psycopg prepares a statement on the server once the connection has run it
-`prepare_threshold` times (storage.db: off behind PgBouncer in transaction mode). A driver
-error that means the connection is gone invalidates it, as `Connection.execute` would, so
-the pool never hands it out again. `Prepared` calls `Connection.execute` instead when the
-engine or connection has execution event listeners (`before_cursor_execute` and the like):
-the driver path would hide the statements from them.
+On PostgreSQL the statements go to libpq through psycopg's lower layer (`_pipeline`):
+SQLAlchemy's execution context costs about as much as the loopback round trip itself
+(docs/bench.md, "PostgreSQL"), and psycopg's pipeline object as much again. A statement is
+prepared on the server once the connection has run it `prepare_threshold` times (storage.db:
+off behind PgBouncer in transaction mode). A driver error that means the connection is gone
+invalidates it, as `Connection.execute` would, so the pool never hands it out again. `Prepared`
+calls `Connection.execute` instead when the engine or connection has execution event listeners
+(`before_cursor_execute` and the like): the driver path would hide the statements from them.
 
 Used only inside `verifier.storage.repo`, by the hot-path functions that opt in; why it is
 kept rather than removed is measured in docs/bench.md ("The repo layer and prepared
@@ -44,8 +44,13 @@ column that has one is refused rather than written without it.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
+from psycopg import errors, pq
+from psycopg._queries import PostgresQuery
+from psycopg.adapt import Transformer
+from psycopg.generators import fetch_many, send
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import ORMExecuteState, Session
@@ -57,6 +62,10 @@ _QUEUE = "railproof.deferred"
 # copied to the connection's info while such a transaction runs on it. A Session bound to a
 # connection someone else commits never defers: nothing would send its rows.
 DEFERS = "railproof.defers"
+# In the pooled connection's info (storage.db): after how many runs on the connection a
+# statement is prepared on the server; None or absent: never (PgBouncer in transaction mode,
+# or an engine storage.db did not make, whose psycopg may prepare and deallocate its own).
+PREPARE_AFTER = "railproof.prepare_after"
 
 
 class _Form:
@@ -260,64 +269,201 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
     """Run `statements` in order on the connection's driver, after any deferred writes, and
     return their cursors (open: the caller reads and closes the last one). On PostgreSQL
     whatever goes together — deferred rows, the statement, a transaction's BEGIN, `commit` —
-    goes in one pipeline: one round trip."""
+    goes in one pipeline: one round trip (`_pipeline`)."""
     driver = conn.connection.driver_connection
     if driver is None:  # only a closed or invalidated connection has none
         raise exc.ResourceClosedError("the connection's driver connection is closed")
     dialect = conn.dialect
     queued = conn.info.pop(_QUEUE, None) or []
-    batch = [*((sql, args) for sql, args, _ in queued), *statements]
     cursors: list[Any] = []
-    closing = None
-    sql, args = batch[-1] if batch else ("COMMIT", None)
+    sql, args = statements[-1] if statements else ("COMMIT", None)
     try:
-        if dialect.name == "postgresql" and (len(batch) > 1 or commit or _idle(driver)):
-            opens = _idle(driver) and not driver.autocommit
-            with driver.pipeline() as pipe:
-                if opens:
-                    _begin(driver, pipe)
-                for sql, args in _runs(queued):
-                    # Deferred rows of one statement in a row (a batch's evidence, audit and
-                    # outbox rows) as one executemany: one query conversion and cursor for
-                    # all of them, in the same pipeline and order.
-                    cur = driver.cursor()
-                    cursors.append(cur)
-                    cur.executemany(sql, args)
-                for sql, args in statements:
-                    cur = driver.cursor()
-                    cursors.append(cur)
-                    cur.execute(sql, args)
-                if commit:
-                    # COMMIT as the pipeline's last statement, not `driver.commit()`: inside a
-                    # pipeline that syncs and waits on its own, and the pipeline's exit syncs
-                    # again, one more round trip per transaction (docs/bench.md). psycopg reads
-                    # the transaction's end from the server's status, as after commit().
-                    # Never prepared: a statement that ends the transaction is not worth one.
-                    closing = driver.cursor()
-                    closing.execute("COMMIT", prepare=False)
-        else:
-            for sql, args in batch:
-                cur = driver.cursor()
-                cursors.append(cur)
-                cur.execute(sql, args)
+        if dialect.name == "postgresql":
+            batch = [(q, a) for q, rows in _runs(queued) for a in rows]
+            return _pipeline(driver, batch, statements, commit, conn.info.get(PREPARE_AFTER))
+        for sql, args in [*((q, a) for q, a, _ in queued), *statements]:
+            cur = driver.cursor()
+            cursors.append(cur)
+            cur.execute(sql, args)
+    except _Failed as failed:
+        e, sql, args = failed.error, failed.sql, failed.args
+        gone = dialect.is_disconnect(e, driver, None)
+        _raise(conn, e, sql, args, gone)
     except dialect.loaded_dbapi.Error as e:
         gone = dialect.is_disconnect(e, driver, cursors[-1] if cursors else None)
         for cur in cursors:
             cur.close()
-        if closing is not None:
-            closing.close()
-        if gone:
-            # As Connection.execute does: the pool must not hand this connection out again.
-            conn.invalidate(e)
-        raise exc.DBAPIError.instance(
-            sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=gone
-        ) from e
-    if closing is not None:
-        closing.close()
+        _raise(conn, e, sql, args, gone)
     opened_for_queue = len(cursors) - len(statements)
     for cur in cursors[:opened_for_queue]:
         cur.close()
     return cursors[opened_for_queue:]
+
+
+def _raise(conn: Connection, e: Exception, sql: str, args: Any, gone: bool) -> NoReturn:
+    dialect = conn.dialect
+    if gone:
+        # As Connection.execute does: the pool must not hand this connection out again.
+        conn.invalidate(e)
+    raise exc.DBAPIError.instance(
+        sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=gone
+    ) from e
+
+
+class _Failed(Exception):
+    """A statement of a pipeline the server refused: its error, SQL and values."""
+
+    def __init__(self, error: Any, sql: str, args: Any):
+        super().__init__(str(error))
+        self.error, self.sql, self.args = error, sql, args
+
+
+class _Rows:
+    """What a statement of `_pipeline` returned, read as its cursor would be."""
+
+    __slots__ = ("rows", "rowcount")
+
+    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int):
+        self.rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        return self.rows[:size]
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.rows
+
+    def close(self) -> None:
+        pass
+
+
+class _Names:
+    """A server connection's prepared statements: (statement text, parameter types) -> the
+    name it was prepared under, or how many times it ran unprepared so far (psycopg's
+    `prepare_threshold` counts the same way, and keys its own by the types too: the same text
+    with a value dumped as another type is another statement)."""
+
+    __slots__ = ("known", "made")
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[bytes, Any], bytes | int] = {}
+        self.made = 0
+
+    def name(self, key: tuple[bytes, Any], threshold: int | None) -> tuple[bytes | None, bool]:
+        """The name to run it under (None: unprepared), and whether to prepare it first."""
+        seen = self.known.get(key, 0)
+        if isinstance(seen, bytes):
+            return seen, False
+        if threshold is None or seen < threshold:
+            self.known[key] = seen + 1
+            return None, False
+        self.made += 1
+        made = self.known[key] = b"_rp_%d" % self.made
+        return made, True
+
+    def forget(self, key: tuple[bytes, Any]) -> None:
+        """A PREPARE the server did not run (refused, or after a statement that failed)."""
+        self.known.pop(key, None)
+
+
+_NAMES: weakref.WeakKeyDictionary[Any, _Names] = weakref.WeakKeyDictionary()
+
+
+def _pipeline(
+    driver: Any,
+    queued: list[tuple[str, Any]],
+    statements: list[tuple[str, Any]],
+    commit: bool,
+    threshold: int | None,
+) -> list[_Rows]:
+    """Send the transaction's BEGIN (when none is open), the queued rows, `statements` and
+    `commit` in one libpq pipeline with one sync, and read every result back.
+
+    Written on psycopg's libpq layer (`pgconn`, its C send/receive loop, its parameter
+    dumpers and row loaders) rather than through `Connection.pipeline()`: psycopg's pipeline
+    object costs ~100 µs of client CPU per pipeline over the same libpq calls, more than a
+    loopback round trip (docs/bench.md, "psycopg's pipeline, and libpq's"). Statements are
+    converted and their values dumped by psycopg exactly as its cursor does, and prepared on
+    the server once a connection has run one `threshold` times (never when it is None:
+    PgBouncer in transaction mode; storage.db `PREPARE_THRESHOLD`). `tests/test_pipeline.py`
+    runs the same statements both ways and compares rows, counts and errors."""
+    pg = driver.pgconn
+    tx = Transformer(driver)
+    names = _NAMES.get(driver)
+    if names is None:
+        names = _NAMES[driver] = _Names()
+    sends: list[Any] = []
+    # One entry per result the pipeline gives back: the statement it belongs to, its values,
+    # whether the caller reads it (not the BEGIN, a PREPARE, a queued row or the COMMIT), and
+    # for a PREPARE the key it was named under.
+    owners: list[tuple[str, Any, bool, tuple[bytes, Any] | None]] = []
+    if not driver.autocommit and pg.transaction_status == _IDLE:
+        # psycopg's own BEGIN (isolation level and all); libpq then reports a transaction
+        # under way and psycopg opens none of its own.
+        begin = driver._get_tx_start_command()
+        sends.append(partial(pg.send_query_params, begin, None))
+        owners.append((begin.decode(), None, False, None))
+    for i, (sql, args) in enumerate([*queued, *statements]):
+        query = PostgresQuery(tx)
+        query.convert(sql, args)
+        key = (query.query, query.types)
+        name, prepare = names.name(key, threshold)
+        if prepare:
+            sends.append(partial(pg.send_prepare, name, query.query, query.types))
+            owners.append((sql, args, False, key))
+        if name is not None:
+            sends.append(partial(pg.send_query_prepared, name, query.params, query.formats))
+        else:
+            sends.append(
+                partial(pg.send_query_params, query.query, query.params, query.types, query.formats)
+            )
+        owners.append((sql, args, i >= len(queued), None))
+    if commit:
+        # Never prepared: a statement that ends the transaction is not worth one.
+        sends.append(partial(pg.send_query_params, b"COMMIT", None))
+        owners.append(("COMMIT", None, False, None))
+    sends.append(partial(_sync, pg))
+
+    with driver.lock:
+        pg.enter_pipeline_mode()
+        try:
+            # Queued in libpq's buffer (a connection in nonblocking mode never blocks on a
+            # send), then flushed at once: one packet, not one per statement. psycopg's
+            # `send` reads while it flushes, so a long batch cannot deadlock on full buffers.
+            for command in sends:
+                command()
+            driver.wait(send(pg))
+            results: list[list[Any]] = []
+            while (group := driver.wait(fetch_many(pg))) and group[0].status != _SYNC:
+                results.append(group)
+        finally:
+            if pg.status == _OK:
+                pg.exit_pipeline_mode()
+    if len(results) != len(owners):
+        raise errors.InternalError(f"{len(results)} results for {len(owners)} statements")
+    for (_, _, _, prepared), group in zip(owners, results, strict=True):
+        if prepared is not None and group[-1].status != _COMMAND_OK:
+            names.forget(prepared)
+    out: list[_Rows] = []
+    for (sql, args, read, _), group in zip(owners, results, strict=True):
+        res = group[-1]
+        status = res.status
+        if status == _FATAL:
+            error = errors.error_from_result(res, encoding=driver.info.encoding)
+            if error.sqlstate == _NO_SUCH_STATEMENT:  # dropped behind our back (DISCARD ALL)
+                names.known.clear()
+            raise _Failed(error, sql, args)
+        if not read or status == _ABORTED:  # aborted: after a statement that failed, above
+            continue
+        if status == _TUPLES:
+            tx.set_pgresult(res)
+            out.append(_Rows(tx.load_rows(0, res.ntuples, tuple), res.ntuples))
+        else:
+            count = res.command_tuples
+            out.append(_Rows([], -1 if count is None else count))
+    return out
 
 
 # A deferred INSERT's table and the tables its foreign keys reference.
@@ -379,26 +525,19 @@ def fetch_together(
     return out
 
 
-def _idle(driver: Any) -> bool:
-    # No transaction open yet: psycopg would send BEGIN as a round trip of its own.
-    return bool(driver.info.transaction_status == 0)  # pq.TransactionStatus.IDLE
+def _sync(pg: Any) -> None:
+    """End a pipeline's statements: the server answers them all when it reads this."""
+    pg.pipeline_sync()
 
 
-def _begin(driver: Any, pipe: Any) -> None:
-    """Open the transaction as the pipeline's first statement. Left to psycopg, the first
-    statement in a pipeline sends BEGIN and then syncs and waits for it: a round trip of its
-    own before anything else goes (three per submission; docs/bench.md, "BEGIN and COMMIT
-    in the pipeline"). Sent here the way psycopg sends its own commands in a pipeline, with
-    psycopg's own BEGIN statement (isolation level and all): once libpq has it, the
-    connection reports a transaction under way and psycopg sends no BEGIN of its own; its
-    result is checked with the pipeline's others (`tests/test_deferred_writes.py`). Nothing
-    can be queued ahead of it: outside autocommit psycopg opens a transaction (BEGIN, synced)
-    before it queues any statement, so a connection still idle has no command waiting. It uses
-    two private names of the pinned psycopg (`_get_tx_start_command`, the pipeline's
-    `result_queue`); the sync count in `tests/test_deferred_writes.py` fails should an upgrade
-    change what they do."""
-    driver.pgconn.send_query_params(driver._get_tx_start_command(), None)
-    pipe.result_queue.append(None)  # a command's result: checked for an error, nothing kept
+_IDLE = pq.TransactionStatus.IDLE
+_OK = pq.ConnStatus.OK
+_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_FATAL = pq.ExecStatus.FATAL_ERROR
+_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
+_TUPLES = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
+_NO_SUCH_STATEMENT = "26000"  # invalid_sql_statement_name
 
 
 def send_deferred(conn: Connection) -> None:
