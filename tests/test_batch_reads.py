@@ -119,3 +119,51 @@ def test_last_sequences_per_resource_in_one_read(db):
         assert got == {"p1": 3, "p2": 1}
         assert outbox_repo.last_sequences(s, "proof", []) == {}
         assert outbox_repo.last_sequences(s, "entitlement", ["p1", "p3"]) == {"p1": 9, "p3": 7}
+
+
+def test_an_over_long_key_never_makes_a_session_a_candidate(db):
+    """The sessions a transfer's keys could be the reference of (repo.sessions
+    `other_open_candidates`, one array on PostgreSQL): a key longer than the column is never
+    cut to a stored reference it starts with."""
+    from datetime import timedelta
+
+    from tests.conftest import CLOCK
+    from verifier.storage.models import PaymentSession, new_id
+    from verifier.storage.repo import sessions as session_repo
+
+    width = PaymentSession.__table__.c.reference.type.length
+    stored = "r" * width
+
+    def row(reference: str | None) -> dict:
+        return {
+            "id": new_id(),
+            "owner_id": "alice",
+            "rail_id": "solana_usdc",
+            "access_product_id": "pro",
+            "amount": 1_000_000,
+            "network": "solana-mainnet",
+            "asset": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
+            "recipient": "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+            "reference": reference,
+            "payer": None,
+            "memo": None,
+            "status": "open",
+            "created_at": CLOCK,
+            "expires_at": CLOCK + timedelta(hours=1),
+            "paid_at": None,
+        }
+
+    mine, theirs = row("mine"), row(stored)
+    with db.tx() as s:
+        for r in (mine, theirs):
+            session_repo.insert_session(s, r)
+    at = CLOCK + timedelta(minutes=1)
+    with db.tx() as s:
+        ps = session_repo.read(s, mine["id"])
+
+        def keys(*refs: str) -> list[str]:
+            return [c.id for c in session_repo.other_open_candidates(s, ps, at, None, list(refs))]
+
+        assert keys(stored + "tail") == []
+        assert keys(stored) == keys("other", stored) == [theirs["id"]]
+        assert keys("other") == []

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import String, any_, bindparam, func, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import PaymentSession, SessionStatus, TransferHold
 from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
 from verifier.storage.repo.rows import Record
 
 _INSERT = rows.Unique(rows.table(PaymentSession))
@@ -81,8 +83,15 @@ def _candidates(*binding: Any) -> Any:
     )
 
 
-_CANDIDATES = _candidates(PaymentSession.reference.is_(None))
-_BOUND_CANDIDATES = _candidates(PaymentSession.reference.in_(bindparam("refs", expanding=True)))
+_CANDIDATES = Prepared(_candidates(PaymentSession.reference.is_(None)))
+# A transfer's keys that could be a reference: on PostgreSQL one array, so one statement text
+# (prepared) whatever their number; SQLite renders an IN list per call.
+_BOUND_CANDIDATES = Prepared(
+    # SECURITY: an unbounded VARCHAR array: a cast to the column's VARCHAR(n) would truncate
+    # a longer key into one that matches a stored reference (as rows.among).
+    _candidates(PaymentSession.reference == any_(bindparam("refs", type_=ARRAY(String()))))
+)
+_BOUND_CANDIDATES_IN = _candidates(PaymentSession.reference.in_(bindparam("refs", expanding=True)))
 
 
 def other_open_candidates(
@@ -97,20 +106,22 @@ def other_open_candidates(
     window, their payer (when they name one) the sender, no transfer holding them yet, and
     without a reference — or, given `references` (the transfer's keys that could be one), with
     one of those as theirs. At most 20, oldest first."""
-    extra = {"refs": references} if references is not None else {}
-    return [
-        Candidate(r.id, r.owner_id)
-        for r in s.execute(
-            _CANDIDATES if references is None else _BOUND_CANDIDATES,
-            {
-                **extra,
-                "rail_id": ps.rail_id,
-                "recipient": ps.recipient,
-                "amount": ps.amount,
-                "asset": ps.asset,
-                "sid": ps.id,
-                "at": at,
-                "sender": sender,
-            },
-        ).all()
-    ]
+    params = {
+        "rail_id": ps.rail_id,
+        "recipient": ps.recipient,
+        "amount": ps.amount,
+        "asset": ps.asset,
+        "sid": ps.id,
+        "at": at,
+        "sender": sender,
+    }
+    if s.new or s.dirty or s.deleted:
+        s.flush()  # as the session's own execute would: a hold not flushed yet counts
+    conn = s.connection()
+    if references is None:
+        found = _CANDIDATES.all(conn, params)
+    elif rows.is_postgres(s):
+        found = _BOUND_CANDIDATES.all(conn, {**params, "refs": references})
+    else:
+        found = [tuple(r) for r in s.execute(_BOUND_CANDIDATES_IN, {**params, "refs": references})]
+    return [Candidate(sid, owner) for sid, owner in found]
