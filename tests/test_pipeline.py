@@ -194,3 +194,26 @@ def test_a_connection_gone_mid_transaction_is_invalidated_and_replaced(pg, chain
     assert gone.value.connection_invalidated
     with pg.db.tx() as s:
         assert len(q.all(s.connection())) == 1
+
+
+def test_a_batch_of_rows_with_values_of_changing_types_is_stored_exactly(pg, chain):
+    """Rows of one statement go as one run, each dumping only its values (as executemany
+    does): a None after a string, or an amount past int4 after a small one, changes the
+    parameter types between rows of the same text."""
+    paid(pg, chain)
+    t = PaymentSession.__table__
+    with pg.db.tx() as s:
+        (row,) = s.connection().execute(select(t)).mappings().all()
+    rows = [
+        {**row, "id": f"ps_batch_{i}", "reference": f"ref-batch-{i}", "payer": payer, "amount": amt}
+        for i, (payer, amt) in enumerate([(None, 7), ("payer-1", 10**15), (None, 2**31), ("p", 1)])
+    ]
+    with pg.db.tx() as s:
+        conn = s.connection()
+        for r in rows:
+            Prepared(insert(t)).defer(conn, r)
+    with pg.db.tx() as s:
+        stored = s.connection().execute(
+            select(t.c.id, t.c.payer, t.c.amount).where(t.c.id.like("ps_batch_%")).order_by(t.c.id)
+        )
+        assert [tuple(r) for r in stored] == [(r["id"], r["payer"], r["amount"]) for r in rows]

@@ -405,9 +405,13 @@ def _pipeline(
         begin = driver._get_tx_start_command()
         sends.append(partial(pg.send_query_params, begin, None))
         owners.append((begin.decode(), None, False, None))
+    query, last = None, None
     for i, (sql, args) in enumerate([*queued, *statements]):
-        query = PostgresQuery(tx)
-        query.convert(sql, args)
+        if query is not None and sql == last:
+            query.dump(args)  # a batch's next row: only its values, as executemany does
+        else:
+            query, last = PostgresQuery(tx), sql
+            query.convert(sql, args)
         key = (query.query, query.types)
         name, prepare = names.name(key, threshold)
         if prepare:
@@ -430,10 +434,14 @@ def _pipeline(
         pg.enter_pipeline_mode()
         try:
             # Queued in libpq's buffer (a connection in nonblocking mode never blocks on a
-            # send), then flushed at once: one packet, not one per statement. psycopg's
-            # `send` reads while it flushes, so a long batch cannot deadlock on full buffers.
-            for command in sends:
+            # send) and flushed together: one packet, not one per statement. A long batch
+            # (a sweep's hundreds of rows) is flushed every _FLUSH_EVERY statements without
+            # waiting, so the server works on the first rows while the rest are dumped;
+            # psycopg's `send` reads while it flushes, so full buffers cannot deadlock.
+            for n, command in enumerate(sends, 1):
                 command()
+                if not n % _FLUSH_EVERY:
+                    pg.flush()
             driver.wait(send(pg))
             results: list[list[Any]] = []
             while (group := driver.wait(fetch_many(pg))) and group[0].status != _SYNC:
@@ -537,6 +545,7 @@ _FATAL = pq.ExecStatus.FATAL_ERROR
 _ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 _TUPLES = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
+_FLUSH_EVERY = 32
 _NO_SUCH_STATEMENT = "26000"  # invalid_sql_statement_name
 
 
