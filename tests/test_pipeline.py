@@ -49,9 +49,9 @@ def by_cursor(conn, sql: str, args) -> tuple[list[tuple], int]:
 
 
 def by_pipeline(conn, sql: str, args) -> tuple[list[tuple], int]:
-    (res,) = prepared._pipeline(
-        conn.connection.driver_connection, [], [(sql, args)], False, conn.info.get(PREPARE_AFTER)
-    )
+    driver = conn.connection.driver_connection
+    items = prepared._dump(driver, [], [(sql, args)])
+    (res,) = prepared._pipeline(driver, items, False, conn.info.get(PREPARE_AFTER))
     return res.fetchall(), res.rowcount
 
 
@@ -217,3 +217,100 @@ def test_a_batch_of_rows_with_values_of_changing_types_is_stored_exactly(pg, cha
             select(t.c.id, t.c.payer, t.c.amount).where(t.c.id.like("ps_batch_%")).order_by(t.c.id)
         )
         assert [tuple(r) for r in stored] == [(r["id"], r["payer"], r["amount"]) for r in rows]
+
+
+def test_a_commit_the_server_refuses_raises_its_own_error(pg):
+    """A COMMIT refused by the server (a deferred constraint; a serialization failure is the
+    same case) fails as the database error it is, with the COMMIT as its statement."""
+    from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table
+
+    scratch = Table(
+        "pipeline_deferred_fk",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column(
+            "parent",
+            Integer,
+            ForeignKey("pipeline_deferred_fk.id", deferrable=True, initially="DEFERRED"),
+        ),
+    )
+    scratch.create(pg.db.engine)
+    try:
+        with pytest.raises(IntegrityError) as refused, pg.db.tx() as s:
+            Prepared(insert(scratch)).defer(s.connection(), {"id": 1, "parent": 99})
+        assert refused.value.statement == "COMMIT"
+        with pg.db.tx() as s:
+            Prepared(insert(scratch)).defer(s.connection(), {"id": 2, "parent": 2})
+        with pg.db.tx() as s:
+            assert s.execute(select(scratch.c.id)).scalars().all() == [2]
+    finally:
+        scratch.drop(pg.db.engine)
+
+
+def test_a_value_psycopg_refuses_sends_nothing_and_loses_nothing(pg, chain):
+    """A NUL in a string is refused by psycopg before anything is sent: the queued rows stay
+    queued (the transaction commits them), and a statement that was to be prepared in that
+    pipeline is not taken for prepared."""
+    paid(pg, chain)
+    t = PaymentSession.__table__
+    q = Prepared(select(t.c.id).where(t.c.owner_id == bindparam("o")))
+    with pg.db.tx() as s:
+        (row,) = s.connection().execute(select(t)).mappings().all()
+    with pg.db.tx() as s:
+        conn = s.connection()
+        for _ in range(5):  # one run short of being prepared
+            assert len(q.all(conn, {"o": "alice"})) == 1
+        Prepared(insert(t)).defer(conn, {**row, "id": "ps_kept", "reference": "ref-kept"})
+        with pytest.raises(DBAPIError):
+            prepared._run(conn, [_text(q, conn, "alice"), _text(q, conn, "a\x00b")])
+        assert len(q.all(conn, {"o": "alice"})) == 2  # the kept row went with it, prepared
+    with pg.db.tx() as s:
+        assert s.execute(select(t.c.id).where(t.c.id == "ps_kept")).scalar() == "ps_kept"
+
+
+def _text(q: Prepared, conn, owner: str) -> tuple[str, object]:
+    form, args = q._args(conn.dialect, {"o": owner})
+    return form.sql, args
+
+
+class _Deadline(Exception):
+    pass
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, _Deadline])
+def test_an_interruption_mid_wait_never_leaves_the_connection_out_of_step(pg, interrupt):
+    """Ctrl-C while the server works: psycopg cancels it and the whole exchange is read, so
+    the connection is usable (its transaction failed). Any other exception there (a request
+    deadline's alarm) closes the connection, which the pool then drops: nothing can tell
+    what the server did. Either way the interruption itself reaches the caller."""
+    import signal
+
+    from psycopg import pq
+
+    def alarm(*_):
+        raise interrupt()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        with pg.db.tx() as s:
+            conn = s.connection()
+            driver = conn.connection.driver_connection
+            slow = [("SELECT pg_sleep(%(s)s)", {"s": 2}), ("SELECT %(a)s::int", {"a": 1})]
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(interrupt):
+                prepared._pipeline(driver, prepared._dump(driver, [], slow), False, None)
+            assert driver.pgconn.pipeline_status == pq.PipelineStatus.OFF
+            if interrupt is KeyboardInterrupt:
+                assert driver.pgconn.transaction_status == pq.TransactionStatus.INERROR
+                driver.rollback()
+                assert by_pipeline(conn, "SELECT %(a)s::text", {"a": "mine"})[0] == [("mine",)]
+            else:
+                assert driver.closed
+            s.rollback()
+    except DBAPIError:
+        assert interrupt is _Deadline  # the closed connection's rollback, as any lost one
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    with pg.db.tx() as s:  # the pool hands out a working connection
+        assert by_pipeline(s.connection(), "SELECT %(a)s::int", {"a": 7})[0] == [(7,)]

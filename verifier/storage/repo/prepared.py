@@ -280,13 +280,20 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
     try:
         if dialect.name == "postgresql":
             batch = [(q, a) for q, rows in _runs(queued) for a in rows]
-            return _pipeline(driver, batch, statements, commit, conn.info.get(PREPARE_AFTER))
+            try:
+                items = _dump(driver, batch, statements)
+            except BaseException:
+                # A value psycopg refuses (a NUL in a string): nothing was sent, so the
+                # queued rows stay queued for the transaction's next statement or commit.
+                conn.info[_QUEUE] = queued
+                raise
+            return _pipeline(driver, items, commit, conn.info.get(PREPARE_AFTER))
         for sql, args in [*((q, a) for q, a, _ in queued), *statements]:
             cur = driver.cursor()
             cursors.append(cur)
             cur.execute(sql, args)
     except _Failed as failed:
-        e, sql, args = failed.error, failed.sql, failed.args
+        e, sql, args = failed.error, failed.sql, failed.params
         gone = dialect.is_disconnect(e, driver, None)
         _raise(conn, e, sql, args, gone)
     except dialect.loaded_dbapi.Error as e:
@@ -313,9 +320,10 @@ def _raise(conn: Connection, e: Exception, sql: str, args: Any, gone: bool) -> N
 class _Failed(Exception):
     """A statement of a pipeline the server refused: its error, SQL and values."""
 
-    def __init__(self, error: Any, sql: str, args: Any):
+    def __init__(self, error: Any, sql: str, params: Any):
         super().__init__(str(error))
-        self.error, self.sql, self.args = error, sql, args
+        # Not `args`: that is BaseException's own (and a None there fails the raise itself).
+        self.error, self.sql, self.params = error, sql, params
 
 
 class _Rows:
@@ -371,15 +379,35 @@ class _Names:
 _NAMES: weakref.WeakKeyDictionary[Any, _Names] = weakref.WeakKeyDictionary()
 
 
-def _pipeline(
-    driver: Any,
-    queued: list[tuple[str, Any]],
-    statements: list[tuple[str, Any]],
-    commit: bool,
-    threshold: int | None,
-) -> list[_Rows]:
-    """Send the transaction's BEGIN (when none is open), the queued rows, `statements` and
-    `commit` in one libpq pipeline with one sync, and read every result back.
+# A statement ready to send: its SQL and values (as the caller gave them, for errors), whether
+# the caller reads its result, and psycopg's conversion: the query, dumped values, their types
+# and formats.
+_Item = tuple[str, Any, bool, bytes, Any, Any, Any]
+
+
+def _dump(
+    driver: Any, queued: list[tuple[str, Any]], statements: list[tuple[str, Any]]
+) -> list[_Item]:
+    """Convert every statement and dump its values as psycopg's cursor does, before anything
+    is sent or named: a value psycopg refuses fails here with nothing sent. Rows of one
+    statement in a row dump only their values, as `executemany` does."""
+    tx = Transformer(driver)
+    items: list[_Item] = []
+    query, last = None, None
+    for i, (sql, args) in enumerate([*queued, *statements]):
+        if query is not None and sql == last:
+            query.dump(args)
+        else:
+            query, last = PostgresQuery(tx), sql
+            query.convert(sql, args)
+        read = i >= len(queued)
+        items.append((sql, args, read, query.query, query.params, query.types, query.formats))
+    return items
+
+
+def _pipeline(driver: Any, items: list[_Item], commit: bool, threshold: int | None) -> list[_Rows]:
+    """Send the transaction's BEGIN (when none is open), `items` (`_dump`) and `commit` in one
+    libpq pipeline with one sync, and read every result back.
 
     Written on psycopg's libpq layer (`pgconn`, its C send/receive loop, its parameter
     dumpers and row loaders) rather than through `Connection.pipeline()`: psycopg's pipeline
@@ -390,71 +418,73 @@ def _pipeline(
     PgBouncer in transaction mode; storage.db `PREPARE_THRESHOLD`). `tests/test_pipeline.py`
     runs the same statements both ways and compares rows, counts and errors."""
     pg = driver.pgconn
-    tx = Transformer(driver)
-    names = _NAMES.get(driver)
-    if names is None:
-        names = _NAMES[driver] = _Names()
-    sends: list[Any] = []
-    # One entry per result the pipeline gives back: the statement it belongs to, its values,
-    # whether the caller reads it (not the BEGIN, a PREPARE, a queued row or the COMMIT), and
-    # for a PREPARE the key it was named under.
-    owners: list[tuple[str, Any, bool, tuple[bytes, Any] | None]] = []
-    if not driver.autocommit and pg.transaction_status == _IDLE:
-        # psycopg's own BEGIN (isolation level and all); libpq then reports a transaction
-        # under way and psycopg opens none of its own.
-        begin = driver._get_tx_start_command()
-        sends.append(partial(pg.send_query_params, begin, None))
-        owners.append((begin.decode(), None, False, None))
-    query, last = None, None
-    for i, (sql, args) in enumerate([*queued, *statements]):
-        if query is not None and sql == last:
-            query.dump(args)  # a batch's next row: only its values, as executemany does
-        else:
-            query, last = PostgresQuery(tx), sql
-            query.convert(sql, args)
-        key = (query.query, query.types)
-        name, prepare = names.name(key, threshold)
-        if prepare:
-            sends.append(partial(pg.send_prepare, name, query.query, query.types))
-            owners.append((sql, args, False, key))
-        if name is not None:
-            sends.append(partial(pg.send_query_prepared, name, query.params, query.formats))
-        else:
-            sends.append(
-                partial(pg.send_query_params, query.query, query.params, query.types, query.formats)
-            )
-        owners.append((sql, args, i >= len(queued), None))
-    if commit:
-        # Never prepared: a statement that ends the transaction is not worth one.
-        sends.append(partial(pg.send_query_params, b"COMMIT", None))
-        owners.append(("COMMIT", None, False, None))
-    sends.append(partial(_sync, pg))
-
     with driver.lock:
+        names = _NAMES.get(driver)
+        if names is None:
+            names = _NAMES[driver] = _Names()
+        sends: list[Any] = []
+        # One entry per result the pipeline gives back: the statement it belongs to, its
+        # values, whether the caller reads it (not the BEGIN, a PREPARE, a queued row or the
+        # COMMIT), and for a PREPARE the key it was named under.
+        owners: list[tuple[str, Any, bool, tuple[bytes, Any] | None]] = []
+        if not driver.autocommit and pg.transaction_status == _IDLE:
+            # psycopg's own BEGIN (isolation level and all); libpq then reports a transaction
+            # under way and psycopg opens none of its own.
+            begin = driver._get_tx_start_command()
+            sends.append(partial(pg.send_query_params, begin, None))
+            owners.append((begin.decode(), None, False, None))
+        for sql, args, read, query, params, types, formats in items:
+            key = (query, types)
+            name, prepare = names.name(key, threshold)
+            if prepare:
+                sends.append(partial(pg.send_prepare, name, query, types))
+                owners.append((sql, args, False, key))
+            if name is not None:
+                sends.append(partial(pg.send_query_prepared, name, params, formats))
+            else:
+                sends.append(partial(pg.send_query_params, query, params, types, formats))
+            owners.append((sql, args, read, None))
+        if commit:
+            # Never prepared: a statement that ends the transaction is not worth one.
+            sends.append(partial(pg.send_query_params, b"COMMIT", None))
+            owners.append(("COMMIT", None, False, None))
+        sends.append(partial(_sync, pg))
+
+        drained: list[bool] = []
         pg.enter_pipeline_mode()
         try:
             # Queued in libpq's buffer (a connection in nonblocking mode never blocks on a
-            # send) and flushed together: one packet, not one per statement. A long batch
-            # (a sweep's hundreds of rows) is flushed every _FLUSH_EVERY statements without
-            # waiting, so the server works on the first rows while the rest are dumped;
-            # psycopg's `send` reads while it flushes, so full buffers cannot deadlock.
+            # send) and flushed together: one packet, not one per statement. A long batch (a
+            # sweep's hundreds of rows) is flushed every _FLUSH_EVERY statements without
+            # waiting, so the server works on the first rows while the rest are queued.
             for n, command in enumerate(sends, 1):
                 command()
                 if not n % _FLUSH_EVERY:
                     pg.flush()
-            driver.wait(send(pg))
-            results: list[list[Any]] = []
-            while (group := driver.wait(fetch_many(pg))) and group[0].status != _SYNC:
-                results.append(group)
-        finally:
+            # One wait for the whole exchange: interrupted (Ctrl-C), psycopg cancels the
+            # server's work and finishes this same exchange, so every result is read.
+            results = driver.wait(_exchange(pg, drained))
+        except BaseException:
+            for _, _, _, made in owners:  # no PREPARE of this pipeline is known to have run
+                if made is not None:
+                    names.forget(made)
             if pg.status == _OK:
-                pg.exit_pipeline_mode()
+                if drained:
+                    pg.exit_pipeline_mode()
+                else:
+                    # Results left unread or commands unsent: nothing can tell what the
+                    # server did, so the connection is closed (the pool then drops it)
+                    # rather than handed on out of step with it.
+                    driver.close()
+            raise
+        pg.exit_pipeline_mode()
     if len(results) != len(owners):
         raise errors.InternalError(f"{len(results)} results for {len(owners)} statements")
     for (_, _, _, prepared), group in zip(owners, results, strict=True):
         if prepared is not None and group[-1].status != _COMMAND_OK:
             names.forget(prepared)
     out: list[_Rows] = []
+    tx: Any = None
     for (sql, args, read, _), group in zip(owners, results, strict=True):
         res = group[-1]
         status = res.status
@@ -466,12 +496,28 @@ def _pipeline(
         if not read or status == _ABORTED:  # aborted: after a statement that failed, above
             continue
         if status == _TUPLES:
+            if tx is None:
+                tx = Transformer(driver)
             tx.set_pgresult(res)
             out.append(_Rows(tx.load_rows(0, res.ntuples, tuple), res.ntuples))
         else:
             count = res.command_tuples
             out.append(_Rows([], -1 if count is None else count))
     return out
+
+
+def _exchange(pg: Any, drained: list[bool]) -> Any:
+    """psycopg's generators for one pipeline: flush what is queued (reading as it goes), then
+    every result up to the sync; `drained` is set once the sync is read."""
+    yield from send(pg)
+    results: list[list[Any]] = []
+    while True:
+        group = yield from fetch_many(pg)
+        if group and group[0].status == _SYNC:
+            drained.append(True)
+            return results
+        if group:
+            results.append(group)
 
 
 # A deferred INSERT's table and the tables its foreign keys reference.
