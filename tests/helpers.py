@@ -28,6 +28,7 @@ from verifier.storage.models import (
     Receipt,
     SettlementEvidence,
     VerificationAttempt,
+    new_id,
 )
 from verifier.storage.repo.prepared import Prepared
 from verifier.storage.webhook_models import WebhookEndpoint
@@ -148,3 +149,24 @@ def endpoint_row(i: int) -> dict[str, Any]:
 def endpoint_ids(db: Database) -> list[str]:
     with db.engine.connect() as c:
         return sorted(c.scalars(select(ENDPOINTS.c.id)).all())
+
+
+def session_row(reference: str | None) -> dict[str, Any]:
+    """A payment session row as the repo writes it: open, alice's, one USDC on Solana."""
+    return {
+        "id": new_id(),
+        "owner_id": "alice",
+        "rail_id": "solana_usdc",
+        "access_product_id": "pro",
+        "amount": 1_000_000,
+        "network": "solana-mainnet",
+        "asset": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
+        "recipient": "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+        "reference": reference,
+        "payer": None,
+        "memo": None,
+        "status": "open",
+        "created_at": CLOCK,
+        "expires_at": CLOCK + timedelta(hours=1),
+        "paid_at": None,
+    }

@@ -128,32 +128,14 @@ def test_an_over_long_key_never_makes_a_session_a_candidate(db):
     from datetime import timedelta
 
     from tests.conftest import CLOCK
-    from verifier.storage.models import PaymentSession, new_id
+    from tests.helpers import session_row
+    from verifier.storage.models import PaymentSession
     from verifier.storage.repo import sessions as session_repo
 
     width = PaymentSession.__table__.c.reference.type.length
     stored = "r" * width
 
-    def row(reference: str | None) -> dict:
-        return {
-            "id": new_id(),
-            "owner_id": "alice",
-            "rail_id": "solana_usdc",
-            "access_product_id": "pro",
-            "amount": 1_000_000,
-            "network": "solana-mainnet",
-            "asset": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
-            "recipient": "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-            "reference": reference,
-            "payer": None,
-            "memo": None,
-            "status": "open",
-            "created_at": CLOCK,
-            "expires_at": CLOCK + timedelta(hours=1),
-            "paid_at": None,
-        }
-
-    mine, theirs = row("mine"), row(stored)
+    mine, theirs = session_row("mine"), session_row(stored)
     with db.tx() as s:
         for r in (mine, theirs):
             session_repo.insert_session(s, r)

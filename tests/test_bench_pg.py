@@ -4,15 +4,13 @@ savepoint (storage.repo.rows.Unique), on both databases."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from tests.conftest import CLOCK
+from tests.helpers import session_row
 from verifier.storage.db import PREPARE_THRESHOLD, Database, _prepare_threshold
-from verifier.storage.models import PaymentSession, new_id
+from verifier.storage.models import PaymentSession
 from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo.prepared import PREPARE_AFTER
 
@@ -55,35 +53,15 @@ def test_connections_get_the_threshold_the_url_names(pg_template):
         drop()
 
 
-def _session_row(reference: str) -> dict:
-    return {
-        "id": new_id(),
-        "owner_id": "alice",
-        "rail_id": "solana_usdc",
-        "access_product_id": "pro",
-        "amount": 1_000_000,
-        "network": "solana-mainnet",
-        "asset": "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
-        "recipient": "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
-        "reference": reference,
-        "payer": None,
-        "memo": None,
-        "status": "open",
-        "created_at": CLOCK,
-        "expires_at": CLOCK + timedelta(hours=1),
-        "paid_at": None,
-    }
-
-
 def test_a_refused_unique_insert_leaves_the_transaction_usable(db_url):
     db = Database(db_url)
     try:
         with db.tx() as s:
-            session_repo.insert_session(s, _session_row("ref-1"))
+            session_repo.insert_session(s, session_row("ref-1"))
             with pytest.raises(IntegrityError):
-                session_repo.insert_session(s, _session_row("ref-1"))  # reference in use
+                session_repo.insert_session(s, session_row("ref-1"))  # reference in use
             # The transaction goes on: no savepoint was needed to keep it.
-            session_repo.insert_session(s, _session_row("ref-2"))
+            session_repo.insert_session(s, session_row("ref-2"))
         with db.tx() as s:
             refs = s.scalars(select(PaymentSession.reference).order_by(PaymentSession.reference))
             assert list(refs) == ["ref-1", "ref-2"]
