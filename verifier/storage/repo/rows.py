@@ -76,18 +76,27 @@ def among(s: Session | Connection, column: Any, values: Iterable[Any]) -> Column
     sweep spent a quarter of its profiled client time there; docs/bench.md, "The worker's
     batches")."""
     items = list(values)
-    item = column.type
     # Only plain string and integer columns (ids): an array of any other type (an Enum, a
     # TypeDecorator) would not carry its casts and bind processing the way IN does, so those
     # keep IN, which is always right.
-    if is_postgres(s) and type(item) in (String, Integer, BigInteger):
-        if type(item) is String:
-            # SECURITY: an explicit cast to VARCHAR(n) truncates, so an over-long value would
-            # match a stored one that is its first n characters; an unbounded array does not.
-            item = String()
-        array = bindparam(None, items, type_=postgresql.ARRAY(item))
-        return cast(ColumnElement[bool], column == any_(array))
+    if is_postgres(s) and type(column.type) in (String, Integer, BigInteger):
+        return any_of(column, bindparam(None, items, type_=array_of(column)))
     return cast(ColumnElement[bool], column.in_(items))
+
+
+def array_of(column: Any) -> Any:
+    """The PostgreSQL array type for values compared with a plain string or integer column."""
+    item = column.type
+    if type(item) is String:
+        # SECURITY: an explicit cast to VARCHAR(n) truncates, so an over-long value would
+        # match a stored one that is its first n characters; an unbounded array does not.
+        item = String()
+    return postgresql.ARRAY(item)
+
+
+def any_of(column: Any, array: Any) -> ColumnElement[bool]:
+    """`column = ANY(array)` (PostgreSQL); `array` a bind of type `array_of(column)`."""
+    return cast(ColumnElement[bool], column == any_(array))
 
 
 @contextmanager

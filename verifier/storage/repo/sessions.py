@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam, func, or_, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import PaymentSession, SessionStatus, TransferHold
@@ -86,10 +85,9 @@ def _candidates(*binding: Any) -> Any:
 _CANDIDATES = Prepared(_candidates(PaymentSession.reference.is_(None)))
 # A transfer's keys that could be a reference: on PostgreSQL one array, so one statement text
 # (prepared) whatever their number; SQLite renders an IN list per call.
+_REFERENCE = PaymentSession.__table__.c.reference
 _BOUND_CANDIDATES = Prepared(
-    # SECURITY: an unbounded VARCHAR array: a cast to the column's VARCHAR(n) would truncate
-    # a longer key into one that matches a stored reference (as rows.among).
-    _candidates(PaymentSession.reference == any_(bindparam("refs", type_=ARRAY(String()))))
+    _candidates(rows.any_of(_REFERENCE, bindparam("refs", type_=rows.array_of(_REFERENCE))))
 )
 _BOUND_CANDIDATES_IN = _candidates(PaymentSession.reference.in_(bindparam("refs", expanding=True)))
 
