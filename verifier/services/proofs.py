@@ -170,25 +170,62 @@ def _submit(
         ps = load_session(engine, s, session_id, owners, read_only=True)
         rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
         adapter = engine.adapter(rail)
-        _refuse_if_paused(engine, s, rail.rail_id)
         ptype = proof_type or rail.proof_types[0]
+        ref: str | None = None
+        malformed: ProofMalformed | None = None
+        if ptype in rail.proof_types:
+            try:
+                ref = adapter.normalize_proof(ptype, raw)
+            except ProofMalformed as e:
+                malformed = e
+        fp = held_by = write = None
+        if ref is not None:
+            fp = fingerprint(rail.family, rail.network, ptype, ref)
+            row = {
+                "id": new_id(),
+                "fingerprint": fp,
+                "rail_id": rail.rail_id,
+                "proof_type": ptype,
+                "ref": ref,
+                "raw": raw,
+                "owner_id": ps.owner_id,
+                "session_id": ps.id,
+                "status": ProofStatus.pending.value,
+                "failure_code": None,
+                "detail": "submitted",
+                "attempts": 0,
+                "next_check_at": now,
+                "claimed_until": None,
+                "claimed_by": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            # The hold read and the insert run right behind the rail's state below, in its
+            # round trip on PostgreSQL, exactly where they ran after it one by one: the
+            # pause and the hold are still checked before either answer is used, and a
+            # refusal rolls the transaction (and the insert) back.
+            held_by = holds.holder_behind(s, holds.fingerprint_key(fp), ps.id)
+            if ps.status == SessionStatus.open:
+                # Insert first: the fingerprint's unique index answers "seen before?" and
+                # the usual new proof costs no lookup.
+                write = proof_repo.insert_proof_behind(s, row)
+        _refuse_if_paused(engine, s, rail.rail_id)
         if ptype not in rail.proof_types:
             raise BadInput(
                 "invalid_proof_type",
                 f"proof_type: {rail.rail_id} accepts {', '.join(rail.proof_types)}",
                 field="proof_type",
             )
-        try:
-            ref = adapter.normalize_proof(ptype, raw)
-        except ProofMalformed as e:
-            raise BadInput(FailureCode.proof_malformed, str(e), field="proof") from e
-        fp = fingerprint(rail.family, rail.network, ptype, ref)
+        if malformed is not None or fp is None or held_by is None:
+            raise BadInput(FailureCode.proof_malformed, str(malformed), field="proof") from (
+                malformed
+            )
         # SECURITY: a transfer another session holds is refused before the chain is asked.
         # (Only a hold refuses: someone else's failed or pending claim reserves nothing.)
-        held = holds.holder(s, holds.fingerprint_key(fp), ps.id)
+        held = held_by()
         if held is not None:
             raise _Held.of(adapter, held, ps)
-        if ps.status != SessionStatus.open:
+        if write is None:
             # A closed session takes no new proof, but a resubmission of one it took is
             # still answered as a replay.
             existing = proof_repo.by_fingerprint(s, fp, ps.id)
@@ -198,30 +235,9 @@ def _submit(
                 FailureCode.session_not_open,
                 f"session {ps.id} is {ps.status}; it takes no new proofs",
             )
-        row = {
-            "id": new_id(),
-            "fingerprint": fp,
-            "rail_id": rail.rail_id,
-            "proof_type": ptype,
-            "ref": ref,
-            "raw": raw,
-            "owner_id": ps.owner_id,
-            "session_id": ps.id,
-            "status": ProofStatus.pending.value,
-            "failure_code": None,
-            "detail": "submitted",
-            "attempts": 0,
-            "next_check_at": now,
-            "claimed_until": None,
-            "claimed_by": None,
-            "created_at": now,
-            "updated_at": now,
-        }
         try:
-            # Insert first: the fingerprint's unique index answers "seen before?" and the
-            # usual new proof costs no lookup. `p` is the row as written; only read below
-            # (its id, the view).
-            p = proof_repo.insert_proof(s, row)
+            # `p` is the row as written; only read below (its id, the view).
+            p = write()
         except IntegrityError:
             # Submitted to this session before (or lost the insert race): that row answers.
             winner = proof_repo.by_fingerprint(s, fp, ps.id)
@@ -426,23 +442,24 @@ def _record_attempt(
         )
     if verdict.status is Status.verified:
         verdict = _unambiguous(engine, s, ps, verdict)
+    holding = verdict.status.value in HOLDING
+    # SECURITY: the hold is what makes a verdict count for this session; the insert decides
+    # between concurrent claims of one transfer, on every identity it has.
+    keys = (holds.fingerprint_key(p.fingerprint), *verdict.transfer_keys)
+    taking = None
     if as_written and proof_repo.locks_rows(s):
         # Lock order on PostgreSQL: the proof's row, then its holds (as the worker does), so
         # a submission and a worker recording the same proof never wait on each other
-        # crosswise. SQLite's single writer needs no order.
+        # crosswise. SQLite's single writer needs no order. The holds' inserts run right
+        # behind the lock, in its round trip (the proof's id and fingerprint never change).
+        if holding:
+            taking = holds.hold_behind(s, keys, p.id, ps.id, ps.owner_id, now)
         p, as_written = _get_proof(s, p.id), False
     refused = None
-    if verdict.status.value in HOLDING:
-        # SECURITY: the hold is what makes a verdict count for this session; the insert
-        # decides between concurrent claims of one transfer, on every identity it has.
-        taken = holds.hold(
-            s,
-            (holds.fingerprint_key(p.fingerprint), *verdict.transfer_keys),
-            p.id,
-            ps.id,
-            ps.owner_id,
-            now,
-        )
+    if holding:
+        if taking is None:
+            taking = holds.hold_behind(s, keys, p.id, ps.id, ps.owner_id, now)
+        taken = taking()
         if taken:
             adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network, asset=ps.asset))
             refused = _Held.of(adapter, taken[0], ps, p.id)

@@ -4,7 +4,7 @@ verifier.services.proofs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Receipt, TransferHold
-from verifier.storage.repo.prepared import Prepared, fetch_together, send_deferred
+from verifier.storage.repo.prepared import Prepared, send_deferred
 from verifier.storage.repo.rows import is_postgres, table
 
 _T = table(TransferHold)
@@ -41,9 +41,16 @@ def hold(
 
     Under concurrency the insert of a key another transaction is inserting waits for that
     transaction (both databases), so the read that follows sees the winner."""
+    return hold_behind(s, keys, proof_id, session_id, owner_id, now)()
+
+
+def hold_behind(
+    s: Session, keys: Iterable[str], proof_id: str, session_id: str, owner_id: str, now: datetime
+) -> Callable[[], list[Holder]]:
+    """`hold`, its inserts run behind the transaction's next statement, in its round trip on
+    PostgreSQL (prepared.Prepared.behind): call the answer for `hold`'s, which the caller
+    must do before committing."""
     wanted = list(dict.fromkeys(keys))
-    if not wanted:
-        return []
     rows = [
         {
             "transfer_key": k,
@@ -55,18 +62,28 @@ def hold(
         for k in wanted
     ]
     conn = s.connection()
-    if is_postgres(s):
-        # One pipeline for every key, each insert saying whether it wrote: only the others
-        # (held already, by this proof or another) are looked up, so the usual new hold costs
-        # one round trip. A statement per key, prepared once, in the order asked (as one
-        # multi-row VALUES would take them), instead of a VALUES list compiled on every call.
-        written = fetch_together(conn, [(_INSERT_PG, row) for row in rows])
-        taken = {r[0] for rs in written for r in rs}
+    if not wanted:
+        return lambda: []
+    if not is_postgres(s):
+
+        def one_by_one() -> list[Holder]:
+            for row in rows:  # a prepared statement per row beats executemany's setup for two
+                _INSERT_SQLITE.execute(conn, row)
+            return [h for h in holders(s, wanted) if h.proof_id != proof_id]
+
+        return one_by_one
+    # A statement per key, each saying whether it wrote, prepared once, in the order asked
+    # (as one multi-row VALUES would take them), instead of a VALUES list compiled on every
+    # call: only the others (held already, by this proof or another) are looked up, so the
+    # usual new hold costs no round trip of its own.
+    written = [_INSERT_PG.behind(conn, row) for row in rows]
+
+    def answer() -> list[Holder]:
+        taken = {r[0] for later in written for r in later.rows()}
         others = [k for k in wanted if k not in taken]
         return [h for h in holders(s, others) if h.proof_id != proof_id] if others else []
-    for row in rows:  # a prepared statement per row beats executemany's setup for two
-        _INSERT_SQLITE.execute(conn, row)
-    return [h for h in holders(s, wanted) if h.proof_id != proof_id]
+
+    return answer
 
 
 # Built once: the submission path runs them for every proof that holds.
@@ -96,6 +113,20 @@ def holder(s: Session, key: str, other_than_session: str) -> Holder | None:
         if h.session_id != other_than_session:
             return h
     return None
+
+
+def holder_behind(s: Session, key: str, other_than_session: str) -> Callable[[], Holder | None]:
+    """`holder`, read behind the transaction's next statement, in its round trip
+    (prepared.Prepared.behind): call the answer for the holder."""
+    later = _HOLDER.behind(s.connection(), {"k": key})
+
+    def answer() -> Holder | None:
+        for h in (Holder(*r) for r in later.rows()):
+            if h.session_id != other_than_session:
+                return h
+        return None
+
+    return answer
 
 
 def release(s: Session, proof_id: str) -> None:

@@ -58,6 +58,10 @@ from sqlalchemy.sql import Insert, Update
 
 # In the pooled connection's info: (sql, args) of deferred writes not sent yet.
 _QUEUE = "railproof.deferred"
+# In the pooled connection's info: statements to send behind the transaction's next one
+# (`Prepared.behind`), and how many writes sent that way nobody has read yet.
+_BEHIND = "railproof.behind"
+_UNREAD = "railproof.unread_behind"
 # In a Session's info (storage.db `Database.sessions`): its transactions may defer writes;
 # copied to the connection's info while such a transaction runs on it. A Session bound to a
 # connection someone else commits never defers: nothing would send its rows.
@@ -208,6 +212,33 @@ class Prepared:
         form, args = self._args(conn.dialect, row)
         conn.info.setdefault(_QUEUE, []).append((form.sql, args, self._moves))
 
+    def behind(self, conn: Connection, params: dict[str, Any]) -> Later:
+        """Run this statement right behind the transaction's next one, in its round trip,
+        and answer its rows and count when the caller gets to them (`Later`). On PostgreSQL
+        it waits on the connection (as a deferred write does) and goes after the next
+        statement sent, before any COMMIT; elsewhere it runs when it is read.
+
+        For a statement the caller would have run right after that next one, with nothing
+        of its own in between. SECURITY: a write sent this way has run even when the caller
+        then raises instead of reading it, so it must read it or fail the transaction: a
+        COMMIT with such a write unread is refused."""
+        if self._dml:
+            self._check(params)
+        later = Later(self, conn, params)
+        if (
+            conn.dialect.name != "postgresql"
+            or not conn.info.get(DEFERS)
+            or not self._fast(conn)
+            or conn.in_nested_transaction()
+        ):
+            return later  # runs when read
+        form, args = self._args(conn.dialect, params)
+        later.form = form
+        if self._dml:
+            conn.info[_UNREAD] = conn.info.get(_UNREAD, 0) + 1
+        conn.info.setdefault(_BEHIND, []).append((form.sql, args, later))
+        return later
+
     def execute(self, conn: Connection, params: dict[str, Any], commit: bool = False) -> int:
         """Run an UPDATE (or DELETE); returns the number of rows it matched. `commit`: the
         statement ends a `Database.tx` transaction, and on PostgreSQL its COMMIT goes in the
@@ -260,9 +291,71 @@ class Prepared:
             tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw
         ]
 
+    def _both(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+        """Run it now: its rows (none for a write without RETURNING) and its count."""
+        if not self._fast(conn):
+            result = conn.execute(self.stmt, params, execution_options={"preserve_rowcount": True})
+            got = [tuple(r) for r in result.all()] if result.returns_rows else []
+            return got, result.rowcount
+        cur, form = self._cursor(conn, params)
+        try:
+            raw = cur.fetchall()  # a write without RETURNING: none (sqlite3 and _Rows alike)
+            count = cur.rowcount
+        finally:
+            cur.close()
+        procs = form.results
+        return [
+            tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw
+        ], count
+
     def keys(self) -> list[str]:
         """The result columns' keys, in order (as `Row._mapping` names them)."""
         return [c.key for c in self.stmt.selected_columns]
+
+
+class Later:
+    """A statement sent behind the next one (`Prepared.behind`): its rows and count, read
+    once the round trip that carried it is back (or, where nothing waits on the connection,
+    by running it then)."""
+
+    __slots__ = ("prepared", "conn", "params", "form", "result", "read")
+
+    def __init__(self, prepared: Prepared, conn: Connection, params: dict[str, Any]):
+        self.prepared, self.conn, self.params = prepared, conn, params
+        self.form: _Form | None = None  # set when queued
+        self.result: tuple[list[tuple[Any, ...]], int] | None = None
+        self.read = False
+
+    def _filled(self, got: _Rows) -> None:
+        procs = self.form.results if self.form is not None else ()
+        rows = [
+            tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False))
+            for r in got.rows
+        ]
+        self.result = (rows, got.rowcount)
+
+    def _get(self) -> tuple[list[tuple[Any, ...]], int]:
+        if self.result is None:
+            if self.form is None:
+                self.result = self.prepared._both(self.conn, self.params)
+            else:
+                send_deferred(self.conn)  # nothing was sent since: send it now
+                if self.result is None:
+                    raise exc.InvalidRequestError(
+                        f"{self.prepared.stmt}: a statement sent behind another did not run"
+                    )
+        if not self.read:
+            self.read = True
+            if self.form is not None and self.prepared._dml:
+                self.conn.info[_UNREAD] = self.conn.info.get(_UNREAD, 1) - 1
+        return self.result
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return self._get()[0]
+
+    def rowcount(self) -> int:
+        """A write's count of rows (a read's is the driver's: -1 on SQLite)."""
+        return self._get()[1]
 
 
 def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = False) -> list[Any]:
@@ -274,20 +367,28 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
     if driver is None:  # only a closed or invalidated connection has none
         raise exc.ResourceClosedError("the connection's driver connection is closed")
     dialect = conn.dialect
+    if commit:
+        _refuse_unread(conn)
     queued = conn.info.pop(_QUEUE, None) or []
     cursors: list[Any] = []
     sql, args = statements[-1] if statements else ("COMMIT", None)
     try:
         if dialect.name == "postgresql":
+            behind = conn.info.pop(_BEHIND, None) or []
             batch = [(q, a) for q, rows in _runs(queued) for a in rows]
             try:
-                items = _dump(driver, batch, statements)
+                items = _dump(driver, batch, [*statements, *((q, a) for q, a, _ in behind)])
             except BaseException:
                 # A value psycopg refuses (a NUL in a string): nothing was sent, so the
                 # queued rows stay queued for the transaction's next statement or commit.
                 conn.info[_QUEUE] = queued
+                if behind:
+                    conn.info[_BEHIND] = behind
                 raise
-            return _pipeline(driver, items, commit, conn.info.get(PREPARE_AFTER))
+            out = _pipeline(driver, items, commit, conn.info.get(PREPARE_AFTER))
+            for (_, _, later), got in zip(behind, out[len(statements) :], strict=True):
+                later._filled(got)
+            return out[: len(statements)]
         for sql, args in [*((q, a) for q, a, _ in queued), *statements]:
             cur = driver.cursor()
             cursors.append(cur)
@@ -596,35 +697,53 @@ _NO_SUCH_STATEMENT = "26000"  # invalid_sql_statement_name
 
 
 def send_deferred(conn: Connection) -> None:
-    """Send the connection's deferred writes now (before a statement that does not go
-    through `Prepared`)."""
-    if conn.info.get(_QUEUE):
+    """Send the connection's deferred writes (and any statement sent behind them) now:
+    before a statement that does not go through `Prepared`."""
+    if conn.info.get(_QUEUE) or conn.info.get(_BEHIND):
         _run(conn, [])
 
 
 def commit_deferred(conn: Connection) -> bool:
     """Send the deferred writes and COMMIT in one round trip; False when nothing was queued
     (the caller commits as usual)."""
+    _refuse_unread(conn)
+    conn.info.pop(_BEHIND, None)  # only reads are left, and nobody wants them any more
     if not conn.info.get(_QUEUE):
         return False
     _run(conn, [], commit=True)
     return True
 
 
+def _refuse_unread(conn: Connection) -> None:
+    if conn.info.get(_UNREAD):
+        # SECURITY: a write sent behind another that nobody read would commit unchecked.
+        raise exc.InvalidRequestError("a write sent behind another was never read: not committed")
+
+
 def drop_deferred(info: dict[Any, Any]) -> None:
     """Forget the writes of a transaction that did not commit (a connection back in the
     pool)."""
     info.pop(_QUEUE, None)
+    info.pop(_BEHIND, None)
+    info.pop(_UNREAD, None)
     info.pop(DEFERS, None)
 
 
-def _send_for_session(session: Session) -> None:
+def _connections(session: Session) -> list[Connection]:
+    """The session transaction's open connections (SessionTransaction keeps them per bind,
+    first)."""
     tx = session.get_transaction()
-    # The transaction's connections (SessionTransaction keeps them per bind, first).
-    for held in tx._connections.values() if tx is not None else ():
-        conn = held[0] if isinstance(held, tuple) else held
-        if isinstance(conn, Connection) and not conn.closed:
-            send_deferred(conn)
+    held = (
+        [h[0] if isinstance(h, tuple) else h for h in tx._connections.values()]
+        if tx is not None
+        else []
+    )
+    return [c for c in held if isinstance(c, Connection) and not c.closed]
+
+
+def _send_for_session(session: Session) -> None:
+    for conn in _connections(session):
+        send_deferred(conn)
 
 
 # Every Session statement, flush and commit sends the queue first: statements keep their
@@ -655,3 +774,5 @@ def _before_savepoint(session: Session, transaction: Any) -> None:
 @event.listens_for(Session, "before_commit")
 def _before_commit(session: Session) -> None:
     _send_for_session(session)
+    for conn in _connections(session):
+        _refuse_unread(conn)

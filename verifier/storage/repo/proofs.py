@@ -3,7 +3,7 @@ the worker's queue."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,18 @@ def insert_proof(s: Session, row: dict[str, Any]) -> Record:
     before?": a conflict raises IntegrityError and leaves the transaction usable."""
     _INSERT.insert(s.connection(), row)
     return Record(row)
+
+
+def insert_proof_behind(s: Session, row: dict[str, Any]) -> Callable[[], Record]:
+    """`insert_proof`, run behind the transaction's next statement, in its round trip
+    (prepared.Prepared.behind): call the answer for the record, or the IntegrityError."""
+    written = _INSERT.behind(s.connection(), row)
+
+    def record() -> Record:
+        written()
+        return Record(row)
+
+    return record
 
 
 def by_fingerprint(s: Session, fingerprint: str, session_id: str) -> Proof | None:

@@ -3,8 +3,9 @@ on. Shared by the repo's modules; nothing outside `storage.repo` imports it for 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -128,7 +129,19 @@ class Unique:
         if conn.dialect.name != "postgresql":
             self._default.insert(conn, row)
             return
-        if self._pg.execute(conn, row) != 1:
+        self._written(self._pg.execute(conn, row))
+
+    def behind(self, conn: Connection, row: dict[str, Any]) -> Callable[[], None]:
+        """`insert`, run behind the transaction's next statement (prepared.Prepared.behind);
+        calling the answer raises what `insert` would have. Elsewhere than on PostgreSQL the
+        row is written when the answer is called."""
+        if conn.dialect.name != "postgresql":
+            return partial(self._default.insert, conn, row)
+        later = self._pg.behind(conn, row)
+        return lambda: self._written(later.rowcount())
+
+    def _written(self, count: int) -> None:
+        if count != 1:
             # Only a unique (or exclusion) constraint makes DO NOTHING skip the row; a
             # concurrent insert of the same key was waited for and committed first.
             raise exc.IntegrityError(

@@ -1,0 +1,157 @@
+"""Statements sent behind the transaction's next one (storage.repo.prepared
+`Prepared.behind`): they run right after it, in its round trip on PostgreSQL (elsewhere when
+read), and a write sent that way is never committed unread. The submission sends its hold read
+and its proof's insert behind the rail's state, and its holds behind the proof's lock: a
+refusal after them still stores nothing."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
+
+from tests.test_engine_proofs import count, open_session, pay
+from verifier.core.errors import Conflict, Refused
+from verifier.services import audit, proofs, rails_admin
+from verifier.storage.models import PaymentSession, Proof, TransferHold
+from verifier.storage.repo import prepared
+from verifier.storage.repo.prepared import Prepared
+
+_T = PaymentSession.__table__
+_STATUS = Prepared(select(_T.c.status).where(_T.c.id == bindparam("pk")))
+_SET_STATUS = Prepared(update(_T).where(_T.c.id == bindparam("pk")))
+
+
+def status(engine, session_id: str) -> str:
+    with engine.db.tx() as s:
+        return s.scalar(select(PaymentSession.status).where(PaymentSession.id == session_id))
+
+
+@pytest.fixture
+def round_trips(monkeypatch):
+    """How many pipelines reached the server (one `_sync` each)."""
+    seen = []
+    real = prepared._sync
+    monkeypatch.setattr(prepared, "_sync", lambda pg: (seen.append(1), real(pg))[1])
+    return seen
+
+
+def test_a_read_sent_behind_sees_what_the_next_statement_wrote(engine, round_trips):
+    sess = open_session(engine)
+    postgres = engine.db.postgres
+    with pytest.raises(RuntimeError, match="roll back"), engine.db.tx() as s:
+        conn = s.connection()
+        _STATUS.first(conn, {"pk": sess["id"]})  # the transaction under way
+        before = len(round_trips)
+        later = _STATUS.behind(conn, {"pk": sess["id"]})
+        assert _SET_STATUS.execute(conn, {"pk": sess["id"], "status": "expired"}) == 1
+        assert later.rows() == [("expired",)]
+        # On PostgreSQL the read rode with the UPDATE: one round trip for both.
+        assert len(round_trips) - before == (1 if postgres else 0)
+        raise RuntimeError("roll back")
+    assert status(engine, sess["id"]) == "open"
+
+
+def test_a_write_sent_behind_that_nobody_read_is_never_committed(engine):
+    sess = open_session(engine)
+    other = open_session(engine)
+    # Sent with the next statement, then not read: PostgreSQL refuses the COMMIT (it ran);
+    # elsewhere it never ran.
+    with engine.db.tx() as s:
+        conn = s.connection()
+        _SET_STATUS.behind(conn, {"pk": sess["id"], "status": "expired"})
+        if engine.db.postgres:
+            _STATUS.first(conn, {"pk": other["id"]})
+            with pytest.raises(InvalidRequestError, match="never read"):
+                prepared.commit_deferred(conn)
+            s.rollback()
+    assert status(engine, sess["id"]) == "open"
+    # Not even sent before the commit: refused the same way.
+    with pytest.raises(InvalidRequestError, match="never read") if engine.db.postgres else _no():
+        with engine.db.tx() as s:
+            _SET_STATUS.behind(s.connection(), {"pk": sess["id"], "status": "expired"})
+    assert status(engine, sess["id"]) == "open"
+    # Read, it commits as any write does.
+    with engine.db.tx() as s:
+        later = _SET_STATUS.behind(s.connection(), {"pk": sess["id"], "status": "expired"})
+        assert later.rowcount() == 1
+    assert status(engine, sess["id"]) == "expired"
+
+
+class _no:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_statement_behind_one_that_failed_never_answers(pg_only_engine):
+    engine = pg_only_engine
+    sess = open_session(engine)
+    other = open_session(engine)
+    with pytest.raises(IntegrityError), engine.db.tx() as s:
+        conn = s.connection()
+        later = _STATUS.behind(conn, {"pk": other["id"]})
+        try:
+            # The reference is unique: the UPDATE fails, and what rode behind it never ran.
+            _SET_STATUS.execute(conn, {"pk": sess["id"], "reference": other["reference"]})
+        finally:
+            with pytest.raises(InvalidRequestError, match="did not run"):
+                later.rows()
+
+
+@pytest.fixture
+def pg_only_engine(engine):
+    if not engine.db.postgres:
+        pytest.skip("the pipeline is PostgreSQL's")
+    return engine
+
+
+def test_a_submission_to_a_paused_rail_or_a_held_transfer_stores_no_proof(engine, chain):
+    alice = open_session(engine)
+    pay(chain, "fxbe000001", alice)
+    assert proofs.submit_proof(engine, alice["id"], "fxbe000001", ["alice"])[0]["status"] == (
+        "verified"
+    )
+    stored = count(engine, Proof)
+    # Another session of the same terms submits the transfer alice's session holds: refused
+    # before the chain is asked, and the proof row that was inserted with the hold read is
+    # rolled back with it.
+    bob = open_session(engine, owner="bob")
+    with pytest.raises(Conflict):
+        proofs.submit_proof(engine, bob["id"], "fxbe000001", ["bob"])
+    assert count(engine, Proof) == stored
+    # A paused rail: refused, nothing stored.
+    pay(chain, "fxbe000002", bob)
+    op = audit.Operator("ops1", "INC-7", "drill")
+    rails_admin.set_paused(engine, "fake_live", True, op)
+    with pytest.raises(Refused):
+        proofs.submit_proof(engine, bob["id"], "fxbe000002", ["bob"])
+    assert count(engine, Proof) == stored
+    rails_admin.set_paused(engine, "fake_live", False, op)
+    view, created = proofs.submit_proof(engine, bob["id"], "fxbe000002", ["bob"])
+    assert (view["status"], created) == ("verified", True)
+    assert count(engine, Proof) == stored + 1
+    with engine.db.tx() as s:
+        holders = set(s.scalars(select(TransferHold.session_id)))
+    assert holders == {alice["id"], bob["id"]}
+    # The same transfer again to bob's session: answered as the replay it is.
+    again, created = proofs.submit_proof(engine, bob["id"], "fxbe000002", ["bob"])
+    assert (again["id"], created) == (view["id"], False)
+
+
+def test_a_submission_costs_eight_round_trips_on_postgresql(pg_only_engine, chain, round_trips):
+    """After the session is open: [BEGIN + the session], [the rail's state FOR SHARE, the
+    treasuries, the hold read, the proof's insert], [the chain's lock, its head], [the audit
+    row + COMMIT]; then [BEGIN + the proof FOR UPDATE, its holds' inserts], [the proof's
+    update + the attempt's insert], [the evidence, the chain's lock, its head, the webhook
+    endpoints], [the audit and outbox rows + COMMIT]."""
+    engine = pg_only_engine
+    for n in range(3):  # past the first runs: the same count once statements are prepared
+        sess = open_session(engine)
+        pay(chain, f"fxa0{n:06d}", sess)
+        before = len(round_trips)
+        view, _ = proofs.submit_proof(engine, sess["id"], f"fxa0{n:06d}", ["alice"])
+        assert view["status"] == "verified"
+        assert len(round_trips) - before == 8
