@@ -13,7 +13,13 @@ from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from tests.test_engine_proofs import count, open_session, pay
 from verifier.core.errors import Conflict, Refused
 from verifier.services import audit, proofs, rails_admin
-from verifier.storage.models import PaymentSession, Proof, TransferHold
+from verifier.storage.models import (
+    PaymentSession,
+    Proof,
+    SettlementEvidence,
+    TransferHold,
+    VerificationAttempt,
+)
 from verifier.storage.repo import prepared
 from verifier.storage.repo.prepared import Prepared
 
@@ -141,17 +147,29 @@ def test_a_submission_to_a_paused_rail_or_a_held_transfer_stores_no_proof(engine
     assert (again["id"], created) == (view["id"], False)
 
 
-def test_a_submission_costs_eight_round_trips_on_postgresql(pg_only_engine, chain, round_trips):
+def test_a_submission_costs_seven_round_trips_on_postgresql(pg_only_engine, chain, round_trips):
     """After the session is open: [BEGIN + the session], [the rail's state FOR SHARE, the
     treasuries, the hold read, the proof's insert], [the chain's lock, its head], [the audit
-    row + COMMIT]; then [BEGIN + the proof FOR UPDATE, its holds' inserts], [the proof's
-    update + the attempt's insert], [the evidence, the chain's lock, its head, the webhook
+    row + COMMIT]; then [BEGIN + the proof FOR UPDATE, its holds' inserts, the attempt's id],
+    [the proof's update, the attempt, the evidence, the chain's lock, its head, the webhook
     endpoints], [the audit and outbox rows + COMMIT]."""
     engine = pg_only_engine
+    ids = []
     for n in range(3):  # past the first runs: the same count once statements are prepared
         sess = open_session(engine)
         pay(chain, f"fxa0{n:06d}", sess)
         before = len(round_trips)
         view, _ = proofs.submit_proof(engine, sess["id"], f"fxa0{n:06d}", ["alice"])
         assert view["status"] == "verified"
-        assert len(round_trips) - before == 8
+        assert len(round_trips) - before == 7
+        with engine.db.tx() as s:
+            (attempt,) = s.scalars(
+                select(VerificationAttempt).where(VerificationAttempt.proof_id == view["id"])
+            )
+            evidence = s.scalar(
+                select(SettlementEvidence).where(SettlementEvidence.proof_id == view["id"])
+            )
+        # The drawn id is the attempt's, and the evidence names it.
+        assert evidence is not None and evidence.attempt_id == attempt.id
+        ids.append(attempt.id)
+    assert ids == sorted(ids) and len(set(ids)) == 3

@@ -447,6 +447,7 @@ def _record_attempt(
     # between concurrent claims of one transfer, on every identity it has.
     keys = (holds.fingerprint_key(p.fingerprint), *verdict.transfer_keys)
     taking = None
+    reserving = None
     if as_written and proof_repo.locks_rows(s):
         # Lock order on PostgreSQL: the proof's row, then its holds (as the worker does), so
         # a submission and a worker recording the same proof never wait on each other
@@ -454,6 +455,8 @@ def _record_attempt(
         # behind the lock, in its round trip (the proof's id and fingerprint never change).
         if holding:
             taking = holds.hold_behind(s, keys, p.id, ps.id, ps.owner_id, now)
+        # The attempt's id too, so its row waits for the next round trip with the others.
+        reserving = attempt_repo.reserve_id_behind(s)
         p, as_written = _get_proof(s, p.id), False
     refused = None
     if holding:
@@ -501,7 +504,8 @@ def _record_attempt(
         proof_repo.update(s, p, new_state(p.attempts + 1))
     if verdict.status is Status.failed and not first and refused is None:
         holds.release(s, p.id)  # a failed proof holds nothing (unless credited)
-    # Core insert: the attempt is write-only here; its id comes back from the insert.
+    # Core insert: the attempt is write-only here; its id comes back from the insert (or was
+    # drawn with the proof's lock).
     attempt_id = attempt_repo.insert_attempt(
         s,
         {
@@ -516,6 +520,7 @@ def _record_attempt(
             "worker": worker,
             "created_at": now,
         },
+        reserving() if reserving is not None else None,
     )
     if refused is not None:
         _audit_refusal(engine, s, refused, actor)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import ProofStatus, VerificationAttempt
@@ -24,9 +24,31 @@ _LATEST_VERIFIED = (
 )
 
 
-def insert_attempt(s: Session, row: dict[str, Any]) -> int:
-    """Write one attempt (Core insert: write-only in its transaction); returns its id."""
+def insert_attempt(s: Session, row: dict[str, Any], reserved: int | None = None) -> int:
+    """Write one attempt (Core insert: write-only in its transaction); returns its id.
+    `reserved`: the id `reserve_id_behind` drew for it, so the row is deferred to the
+    transaction's next round trip (storage.repo.prepared) instead of taking one now."""
+    if reserved is not None:
+        _INSERT.defer(s.connection(), {**row, "id": reserved})
+        return reserved
     return int(_INSERT.insert(s.connection(), row))
+
+
+# The attempts' own sequence, as the column's default draws from it.
+_NEXT_ID = Prepared(
+    select(func.nextval(func.pg_get_serial_sequence(literal(_VA.__tablename__), literal("id"))))
+)
+
+
+def reserve_id_behind(s: Session) -> Callable[[], int | None]:
+    """An id for the transaction's next attempt, drawn behind its next statement, in that
+    round trip, on PostgreSQL (prepared.Prepared.behind); the answer is None elsewhere (the
+    insert assigns it). Drawn as the column's default would draw it: ids still follow the
+    order attempts of one proof are recorded in, under its row lock."""
+    if not rows.is_postgres(s):
+        return lambda: None
+    later = _NEXT_ID.behind(s.connection(), {})
+    return lambda: int(later.rows()[0][0])
 
 
 def add(s: Session, attempt: VerificationAttempt) -> VerificationAttempt:
