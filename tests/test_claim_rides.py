@@ -15,6 +15,7 @@ from tests.helpers import ENDPOINT_INSERT, ENDPOINTS, FAKE_SESSION, endpoint_ids
 from verifier.core.errors import Conflict
 from verifier.services import idempotency
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
+from verifier.storage.repo import prepared
 
 EP, _INSERT = ENDPOINTS, ENDPOINT_INSERT
 endpoint, ids = endpoint_row, endpoint_ids
@@ -113,6 +114,45 @@ def test_a_key_costs_no_commit_of_its_own(client, engine, chain):
             assert claim.status == ClaimStatus.completed and claim.response == answer
 
 
+def test_a_key_costs_no_round_trip_of_its_own(client, engine, chain, monkeypatch):
+    """On PostgreSQL the claim rides behind the work's first statement, and its completion
+    with the work's COMMIT: a keyed request makes as many round trips as a plain one."""
+    if not engine.db.postgres:
+        pytest.skip("round trips are PostgreSQL's")
+    seen: list[int] = []
+    real = prepared._sync
+    monkeypatch.setattr(prepared, "_sync", lambda pg: (seen.append(1), real(pg))[1])
+
+    def post(path: str, body: dict, key: str | None = None) -> tuple[dict, int]:
+        before = len(seen)
+        r = client.post(
+            path, headers={**auth(), **({"Idempotency-Key": key} if key else {})}, json=body
+        )
+        assert r.status_code == 201, r.text
+        return r.json(), len(seen) - before
+
+    counts: dict[str, list[int]] = {"plain": [], "keyed": []}
+    for n in range(3):
+        for kind in ("plain", "keyed"):
+            key = f"rt-s-{n}" if kind == "keyed" else None
+            sess, trips = post("/v1/payment-sessions", FAKE_SESSION, key)
+            tx = f"fx{n}{len(counts[kind])}{'ab'[kind == 'keyed']}" + "0" * 7
+            chain.txs[tx] = {
+                "status": "ok",
+                "to": "fatreasury",
+                "amount": FAKE_SESSION["amount"],
+                "asset": "fusd",
+                "refs": [sess["reference"]],
+            }
+            key = f"rt-p-{n}" if kind == "keyed" else None
+            proof, more = post("/v1/proofs", {"session_id": sess["id"], "proof": tx}, key)
+            assert proof["status"] == "verified"
+            counts[kind].append(trips + more)
+    # Past the first requests (statements prepared, caches warm): the same count.
+    assert counts["keyed"][1:] == counts["plain"][1:]
+    assert all(c > 0 for c in counts["plain"])
+
+
 def _finisher(log: list[object]):
     def finish(s, result):
         log.append(result)
@@ -169,8 +209,10 @@ def test_one_run_per_key_while_the_first_is_still_working(engine):
     def work(name: str, hold_tx: bool = False):
         def run():
             with engine.db.tx() as s:
-                runs.append(name)  # reached only past the claim
+                # Reached only past the claim: on PostgreSQL it rides behind the work's first
+                # statement and is checked before that statement answers.
                 s.execute(select(1))
+                runs.append(name)
                 if hold_tx:
                     inside.set()
                     go_on.wait(10)

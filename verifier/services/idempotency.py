@@ -85,30 +85,31 @@ def run_idempotent(
     k = _Key(principal, endpoint, key, request_hash(body), timeutil.process_now())
 
     def write_claim(s: Session) -> None:
-        try:
-            claim_repo.insert_claim_first(
-                s,
-                k.row(status=ClaimStatus.in_progress.value, response_code=None, completed_at=None),
-            )
-        except IntegrityError:
-            raise _KeyTaken from None
+        # SECURITY: raises ClaimTaken (here, or out of the work's first statement) before the
+        # work gets any answer from the database: one key, one run of the work.
+        claim_repo.insert_claim_first(
+            s, k.row(status=ClaimStatus.in_progress.value, response_code=None, completed_at=None)
+        )
 
     def complete_with_work(s: Session, result: R) -> Answer:
         made = answer_of(result)
         claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, _done(made))
         return made
 
-    # The claim is the first statement of the work's first transaction (and committed with
-    # it) rather than a transaction of its own before the work: a request with the same key
-    # waits on the claim's unique index and finds it, as it would have found the claim
-    # committed alone, and a claim is never committed without the work's first changes.
+    # The claim is written at the start of the work's first transaction (and committed with
+    # it) rather than in a transaction of its own before the work: a request with the same
+    # key waits on the claim's unique index and finds it, as it would have found the claim
+    # committed alone, and a claim is never committed without the work's first changes. On
+    # PostgreSQL it rides behind the work's first statement (a read: the session, or the
+    # rail's state), checked before that statement answers; both works act on nothing
+    # outside the database before it.
     try:
         with engine.db.carrying(write_claim, complete_with_work if answer else None) as rider:
             result = work()
             if rider.answer is not None:  # made and stored with the work's last changes
                 return cast(Answer, rider.answer)
             status, out = answer_of(result)
-    except _KeyTaken:
+    except claim_repo.ClaimTaken:
         return _stored_answer(engine, k)
     except EngineError as e:
         if rider.answer is not None:
@@ -149,10 +150,6 @@ class _Key:
             "created_at": self.created_at,
             **values,
         }
-
-
-class _KeyTaken(Exception):
-    """The claim met one of the same key: raised out of the work's first transaction."""
 
 
 def _stored_answer(engine: Engine, k: _Key) -> Answer:

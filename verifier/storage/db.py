@@ -545,8 +545,10 @@ class Database:
         finish: Callable[[Session, Any], Any] | None = None,
     ) -> Iterator[Rider]:
         """Within the block, `write` rides with the first of this context's transactions
-        that commits, as its first statement, instead of taking a commit of its own (an
-        Idempotency-Key claim: services.idempotency). What `write` raises rolls that
+        that commits, written at its start, instead of taking a commit of its own (an
+        Idempotency-Key claim: services.idempotency; on PostgreSQL it goes behind the work's
+        first statement and is checked before that statement answers, so the work must do
+        nothing outside the database before its first statement). What `write` raises rolls that
         transaction back and leaves the block through whatever opened it; `Rider.committed`
         tells afterwards whether it was written. `finish(s, result)` is called by
         `Database.finish` in the work's last transaction; `Rider.answer` holds what it

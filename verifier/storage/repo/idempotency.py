@@ -6,16 +6,19 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
 from verifier.storage.repo import rows
-from verifier.storage.repo.prepared import Prepared
+from verifier.storage.repo.prepared import Later, Prepared
 
 _C = rows.table(IdempotencyClaim)
 # Every mutating request with a key runs both (storage.repo.prepared): Core statements,
 # no ORM object for a row the request only writes.
 _INSERT = Prepared(insert(_C))
+_INSERT_PG = Prepared(postgresql.insert(_C).on_conflict_do_nothing())
 _COMPLETE = Prepared(
     update(_C).where(
         _C.c.principal == bindparam("p"),
@@ -33,12 +36,36 @@ def insert_claim(s: Session, row: dict[str, Any]) -> None:
     _INSERT.defer(s.connection(), row)
 
 
+class ClaimTaken(Exception):
+    """A claim of the same (principal, endpoint, key) exists (or was committed while this one
+    waited for it). Its own type, not IntegrityError: on PostgreSQL it is raised out of the
+    work's first statement, whose caller may handle an IntegrityError of its own."""
+
+
 def insert_claim_first(s: Session, row: dict[str, Any]) -> None:
-    """Insert a new claim as the first statement of a transaction that goes on with other
-    work: a claim with the same (principal, endpoint, key) raises IntegrityError here, before
-    anything else runs (on PostgreSQL the insert goes with the BEGIN, one round trip; a
-    concurrent insert of the same key is waited for)."""
-    _INSERT.insert(s.connection(), row)
+    """Insert a new claim at the start of a transaction that goes on with other work: a claim
+    with the same (principal, endpoint, key) raises ClaimTaken before the work sees any
+    answer from the database. On PostgreSQL the insert rides behind the work's first
+    statement, in its round trip with the BEGIN (prepared.Prepared.behind), and the claim is
+    checked as that round trip comes back: the first statement only read (a session, a
+    rail's state) when ClaimTaken comes out of it, and a concurrent insert of the same key
+    is waited for as before. Elsewhere it is inserted now."""
+    conn = s.connection()
+    if rows.is_postgres(s):
+        later = _INSERT_PG.behind(conn, row, check=_taken)
+        if later.queued:
+            return
+        _taken(later)  # nothing could wait for a next statement: it runs now
+        return
+    try:
+        _INSERT.insert(conn, row)
+    except IntegrityError:
+        raise ClaimTaken from None
+
+
+def _taken(later: Later) -> None:
+    if later.rowcount() != 1:  # DO NOTHING skipped it: only the claim's key can conflict
+        raise ClaimTaken
 
 
 def complete(s: Session, principal: str, endpoint: str, key: str, values: dict[str, Any]) -> bool:

@@ -44,6 +44,7 @@ column that has one is refused rather than written without it.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NoReturn
 
@@ -212,7 +213,12 @@ class Prepared:
         form, args = self._args(conn.dialect, row)
         conn.info.setdefault(_QUEUE, []).append((form.sql, args, self._moves))
 
-    def behind(self, conn: Connection, params: dict[str, Any]) -> Later:
+    def behind(
+        self,
+        conn: Connection,
+        params: dict[str, Any],
+        check: Callable[[Later], None] | None = None,
+    ) -> Later:
         """Run this statement right behind the transaction's next one, in its round trip,
         and answer its rows and count when the caller gets to them (`Later`). On PostgreSQL
         it waits on the connection (as a deferred write does) and goes after the next
@@ -221,10 +227,12 @@ class Prepared:
         For a statement the caller would have run right after that next one, with nothing
         of its own in between. SECURITY: a write sent this way has run even when the caller
         then raises instead of reading it, so it must read it or fail the transaction: a
-        COMMIT with such a write unread is refused."""
+        COMMIT with such a write unread is refused. `check` reads it as soon as it is back,
+        before whatever statement carried it returns (what it raises, that statement raises);
+        `Later.queued` tells whether it waits at all (if not, nothing ran: read it now)."""
         if self._dml:
             self._check(params)
-        later = Later(self, conn, params)
+        later = Later(self, conn, params, check)
         if (
             conn.dialect.name != "postgresql"
             or not conn.info.get(DEFERS)
@@ -318,13 +326,24 @@ class Later:
     once the round trip that carried it is back (or, where nothing waits on the connection,
     by running it then)."""
 
-    __slots__ = ("prepared", "conn", "params", "form", "result", "read")
+    __slots__ = ("prepared", "conn", "params", "check", "form", "result", "read")
 
-    def __init__(self, prepared: Prepared, conn: Connection, params: dict[str, Any]):
-        self.prepared, self.conn, self.params = prepared, conn, params
+    def __init__(
+        self,
+        prepared: Prepared,
+        conn: Connection,
+        params: dict[str, Any],
+        check: Callable[[Later], None] | None = None,
+    ):
+        self.prepared, self.conn, self.params, self.check = prepared, conn, params, check
         self.form: _Form | None = None  # set when queued
         self.result: tuple[list[tuple[Any, ...]], int] | None = None
         self.read = False
+
+    @property
+    def queued(self) -> bool:
+        """Sent behind the next statement (False: it runs when read)."""
+        return self.form is not None
 
     def _filled(self, got: _Rows) -> None:
         procs = self.form.results if self.form is not None else ()
@@ -388,6 +407,9 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
             out = _pipeline(driver, items, commit, conn.info.get(PREPARE_AFTER))
             for (_, _, later), got in zip(behind, out[len(statements) :], strict=True):
                 later._filled(got)
+            for _, _, later in behind:
+                if later.check is not None:
+                    later.check(later)
             return out[: len(statements)]
         for sql, args in [*((q, a) for q, a, _ in queued), *statements]:
             cur = driver.cursor()
@@ -706,6 +728,8 @@ def send_deferred(conn: Connection) -> None:
 def commit_deferred(conn: Connection) -> bool:
     """Send the deferred writes and COMMIT in one round trip; False when nothing was queued
     (the caller commits as usual)."""
+    if any(later.check is not None for _, _, later in conn.info.get(_BEHIND, ())):
+        send_deferred(conn)  # what is checked on its way back is checked before the COMMIT
     _refuse_unread(conn)
     conn.info.pop(_BEHIND, None)  # only reads are left, and nobody wants them any more
     if not conn.info.get(_QUEUE):
