@@ -294,3 +294,98 @@ def test_the_answer_is_made_before_the_chains_lock_is_taken(client, engine, chai
     assert r.status_code == 201 and r.json()["status"] == "verified", r.text
     # The proof row's transaction (its own append), then the attempt's: answer, then lock.
     assert order == ["lock", "answer", "lock"]
+
+
+def test_a_completion_asked_for_before_the_works_first_statement_follows_its_claim(engine):
+    """A work whose one transaction finishes before any statement: the claim (waiting behind
+    the next statement on PostgreSQL) is written before its completion, which completes it."""
+
+    def work():
+        with engine.db.tx() as s:
+            engine.db.finish(s, {"ok": 1})
+        return {"ok": 1}
+
+    got = idempotency.run_idempotent(
+        engine, "svc:x", "POST /x", "k-fin", {"a": 1}, work, lambda r: (201, r)
+    )
+    assert got == (201, {"ok": 1})
+    with engine.db.tx() as s:
+        claim = s.get(IdempotencyClaim, ("svc:x", "POST /x", "k-fin"))
+        assert claim is not None
+        assert (claim.status, claim.response) == (ClaimStatus.completed, {"ok": 1})
+
+
+def test_a_refusal_and_a_submission_with_one_key_never_deadlock(engine, chain, monkeypatch):
+    """A's transfer is held by another session: its first transaction rolls back and the
+    refusal's own transaction carries its claim, and starts with the chain's lock. B, the same
+    key and another body, holds the claim uncommitted and is about to take that lock. The
+    claim must not ride behind the lock (A would hold the lock waiting on B's claim, B wait
+    on the lock): A waits for B's claim without the lock and finds it taken."""
+    import time
+    from contextlib import contextmanager
+
+    from tests.test_engine_proofs import open_session, pay
+    from verifier.services import audit, proofs
+
+    if not engine.db.postgres:
+        pytest.skip("PostgreSQL's row and advisory locks")
+    alice = open_session(engine)
+    pay(chain, "fxdd000001", alice)
+    assert proofs.submit_proof(engine, alice["id"], "fxdd000001", ["alice"])[0]["status"] == (
+        "verified"
+    )
+    bob = open_session(engine, owner="bob")
+    pay(chain, "fxdd000002", bob)
+    b_claimed, a_going = threading.Event(), threading.Event()
+    threads: dict[str, int] = {}
+    real_append, real_tx = audit.append, engine.db.tx
+
+    def append(s, now, op, action, *args, **kw):
+        if threading.get_ident() == threads.get("B") and action == "proof.submitted":
+            b_claimed.set()  # B holds the claim, uncommitted, and not yet the chain's lock
+            a_going.wait(10)
+            time.sleep(0.5)  # A's refusal transaction is waiting by now
+        return real_append(s, now, op, action, *args, **kw)
+
+    a_txs: list[int] = []
+
+    @contextmanager
+    def tx():
+        if threading.get_ident() == threads.get("A"):
+            a_txs.append(1)
+            if len(a_txs) == 2:  # the refusal's transaction: after B has claimed the key
+                b_claimed.wait(10)
+                a_going.set()
+        with real_tx() as s:
+            yield s
+
+    monkeypatch.setattr(audit, "append", append)
+    monkeypatch.setattr(engine.db, "tx", tx)
+    out: dict[str, object] = {}
+
+    def run(name: str, signature: str) -> None:
+        threads[name] = threading.get_ident()
+        try:
+            out[name] = idempotency.run_idempotent(
+                engine,
+                "svc:x",
+                "POST /v1/proofs",
+                "k-one",
+                {"session_id": bob["id"], "proof": signature},
+                lambda: proofs.submit_proof(engine, bob["id"], signature, ["bob"]),
+                lambda r: (201 if r[1] else 200, r[0]),
+            )
+        except Exception as e:  # the outcome is what is checked
+            out[name] = e
+
+    a = threading.Thread(target=run, args=("A", "fxdd000001"))
+    a.start()
+    time.sleep(0.3)  # A's first transaction: claimed, then refused and rolled back
+    b = threading.Thread(target=run, args=("B", "fxdd000002"))
+    b.start()
+    a.join(30)
+    b.join(30)
+    assert isinstance(out["B"], tuple) and out["B"][0] == 201, out["B"]
+    # A answers as any other request with a key already taken by another body.
+    assert isinstance(out["A"], Conflict), out["A"]
+    assert out["A"].code == "idempotency_conflict"

@@ -173,3 +173,35 @@ def test_a_submission_costs_seven_round_trips_on_postgresql(pg_only_engine, chai
         assert evidence is not None and evidence.attempt_id == attempt.id
         ids.append(attempt.id)
     assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+def test_nothing_rides_behind_the_chains_lock(pg_only_engine, round_trips):
+    """A statement waiting behind the next one goes alone before the audit chain's lock: held
+    to the commit, the lock must never wait on what rides behind it."""
+    from verifier.storage.repo import audit as audit_repo
+
+    engine = pg_only_engine
+    sess = open_session(engine)
+    with pytest.raises(RuntimeError, match="roll back"), engine.db.tx() as s:
+        conn = s.connection()
+        _STATUS.first(conn, {"pk": sess["id"]})
+        later = _STATUS.behind(conn, {"pk": sess["id"]})
+        before = len(round_trips)
+        audit_repo.lock_and_head(s)
+        assert len(round_trips) - before == 2  # the waiting read, then the lock and head
+        assert later.rows() == [("open",)]
+        raise RuntimeError("roll back")
+
+
+def test_a_savepoint_released_before_a_write_sent_behind_is_read(pg_only_engine):
+    """The savepoint's release is not the transaction's COMMIT: the write is read after it."""
+    engine = pg_only_engine
+    sess = open_session(engine)
+    with engine.db.tx() as s:
+        conn = s.connection()
+        _STATUS.first(conn, {"pk": sess["id"]})
+        later = _SET_STATUS.behind(conn, {"pk": sess["id"], "status": "expired"})
+        with s.begin_nested():
+            _STATUS.first(s.connection(), {"pk": sess["id"]})
+        assert later.rowcount() == 1
+    assert status(engine, sess["id"]) == "expired"

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from verifier.storage.models import AuditEvent
 from verifier.storage.repo import rows
-from verifier.storage.repo.prepared import Prepared, fetch_together
+from verifier.storage.repo.prepared import Prepared, fetch_together, send_waiting
 
 # One PostgreSQL advisory lock serializes appends to the chain (and outbox sequence numbers,
 # storage.repo.outbox): one lock for both means no lock-order deadlock between them.
@@ -38,6 +38,7 @@ def lock_chain(s: Session) -> None:
     tx = s.get_nested_transaction() or s.get_transaction()
     if tx is not None and s.info.get(_LOCKED) is tx:
         return
+    send_waiting(s.connection())  # SECURITY: nothing rides behind the lock (`lock_and_head`)
     _LOCK.scalar(s.connection(), {"k": CHAIN_LOCK_KEY})
     s.info[_LOCKED] = tx
 
@@ -66,6 +67,11 @@ def lock_and_head(s: Session) -> str | None:
     if not rows.is_postgres(s) or (tx is not None and s.info.get(_LOCKED) is tx):
         lock_chain(s)
         return head_hash(s)
+    # SECURITY: a statement waiting behind the next one (an Idempotency-Key's claim, when a
+    # refusal's own transaction is the first to carry it) goes first, alone: behind the lock
+    # it would wait for another request's claim while holding the lock that request needs,
+    # and every append of every tenant would wait on both.
+    send_waiting(s.connection())
     also = s.info.pop(_WITH_LOCK, [])
     _, head, *more = fetch_together(
         s.connection(),

@@ -210,6 +210,10 @@ class Prepared:
             else:
                 self.execute(conn, row)
             return
+        if conn.info.get(_BEHIND):
+            # Asked for after a statement that waits behind the next one: it would otherwise
+            # run before that statement (a claim's completion before the claim).
+            send_deferred(conn)
         form, args = self._args(conn.dialect, row)
         conn.info.setdefault(_QUEUE, []).append((form.sql, args, self._moves))
 
@@ -225,11 +229,13 @@ class Prepared:
         statement sent, before any COMMIT; elsewhere it runs when it is read.
 
         For a statement the caller would have run right after that next one, with nothing
-        of its own in between. SECURITY: a write sent this way has run even when the caller
-        then raises instead of reading it, so it must read it or fail the transaction: a
-        COMMIT with such a write unread is refused. `check` reads it as soon as it is back,
-        before whatever statement carried it returns (what it raises, that statement raises);
-        `Later.queued` tells whether it waits at all (if not, nothing ran: read it now)."""
+        of its own in between (a write deferred meanwhile sends it first, alone; and nothing
+        rides behind the audit chain's lock: storage.repo.audit sends it before). SECURITY:
+        a write sent this way has run even when the caller then raises instead of reading
+        it, so it must read it or fail the transaction: a COMMIT with such a write unread is
+        refused. `check` reads it as soon as it is back, before whatever statement carried it
+        returns (what it raises, that statement raises); `Later.queued` tells whether it
+        waits at all (if not, nothing ran: read it now)."""
         if self._dml:
             self._check(params)
         later = Later(self, conn, params, check)
@@ -725,6 +731,13 @@ def send_deferred(conn: Connection) -> None:
         _run(conn, [])
 
 
+def send_waiting(conn: Connection) -> None:
+    """Send what waits behind the transaction's next statement now, with the deferred writes,
+    in a round trip of its own: for a next statement nothing may ride behind."""
+    if conn.info.get(_BEHIND):
+        _run(conn, [])
+
+
 def commit_deferred(conn: Connection) -> bool:
     """Send the deferred writes and COMMIT in one round trip; False when nothing was queued
     (the caller commits as usual)."""
@@ -798,5 +811,7 @@ def _before_savepoint(session: Session, transaction: Any) -> None:
 @event.listens_for(Session, "before_commit")
 def _before_commit(session: Session) -> None:
     _send_for_session(session)
+    if session.in_nested_transaction():
+        return  # a savepoint's release: the transaction's own COMMIT checks what is unread
     for conn in _connections(session):
         _refuse_unread(conn)
