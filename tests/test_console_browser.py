@@ -154,13 +154,16 @@ def check_page(driver, shots: Path, name: str) -> None:
 
 def submit(driver, css: str) -> None:
     """Click a submit button (or link) and wait for the next page to replace this one."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.CSS_SELECTOR, css).click()
-    WebDriverWait(driver, 15).until(EC.staleness_of(old))
+    # Asked while the page is being replaced, chromium may answer "Node with given id does not
+    # belong to the document" (a WebDriverException, not a stale element): look again.
+    WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(EC.staleness_of(old))
 
 
 def fill(driver, by_id: dict[str, str]) -> None:
