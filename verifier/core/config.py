@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     pg_statement_timeout_ms: int = Field(default=30000, ge=0)
     # PostgreSQL: submission-path requests one API process works on at once, a request
     # waiting on the chain not counted (core.inline.Slots). 0: no limit.
-    pg_work_slots: int = Field(default=4, ge=0)
+    pg_work_slots: int = Field(default=2, ge=0)
     # The audit chain's HMAC key (docs/security.md): never stored in the database.
     audit_key: SecretStr | None = None
     audit_key_file: str | None = None
