@@ -235,7 +235,10 @@ class Prepared:
         it, so it must read it or fail the transaction: a COMMIT with such a write unread is
         refused. `check` reads it as soon as it is back, before whatever statement carried it
         returns (what it raises, that statement raises); `Later.queued` tells whether it
-        waits at all (if not, nothing ran: read it now)."""
+        waits at all (if not, nothing ran: read it now). Inside a savepoint, pass the
+        savepoint's own `s.connection()` (SQLAlchemy sends SAVEPOINT with its first statement,
+        so a connection taken before does not know it is nested yet) and read the answer
+        before the savepoint ends: read after, it runs in the transaction around it."""
         if self._dml:
             self._check(params)
         later = Later(self, conn, params, check)
