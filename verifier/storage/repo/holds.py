@@ -107,17 +107,10 @@ def holders(s: Session, keys: list[str]) -> list[Holder]:
     return [Holder(*r) for k in keys for r in _HOLDER.all(conn, {"k": k})]
 
 
-def holder(s: Session, key: str, other_than_session: str) -> Holder | None:
-    """The holder of `key` when it holds it for another session than the given one."""
-    for h in holders(s, [key]):
-        if h.session_id != other_than_session:
-            return h
-    return None
-
-
 def holder_behind(s: Session, key: str, other_than_session: str) -> Callable[[], Holder | None]:
-    """`holder`, read behind the transaction's next statement, in its round trip
-    (prepared.Prepared.behind): call the answer for the holder."""
+    """The holder of `key` when it holds it for another session than the given one, read
+    behind the transaction's next statement, in its round trip (prepared.Prepared.behind):
+    call the answer for it."""
     later = _HOLDER.behind(s.connection(), {"k": key})
 
     def answer() -> Holder | None:

@@ -303,10 +303,7 @@ class Prepared:
             raw = cur.fetchmany(1) if one else cur.fetchall()
         finally:
             cur.close()
-        procs = form.results
-        return [
-            tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw
-        ]
+        return _loaded(form.results, raw)
 
     def _both(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
         """Run it now: its rows (none for a write without RETURNING) and its count."""
@@ -320,14 +317,16 @@ class Prepared:
             count = cur.rowcount
         finally:
             cur.close()
-        procs = form.results
-        return [
-            tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw
-        ], count
+        return _loaded(form.results, raw), count
 
     def keys(self) -> list[str]:
         """The result columns' keys, in order (as `Row._mapping` names them)."""
         return [c.key for c in self.stmt.selected_columns]
+
+
+def _loaded(procs: tuple[Any, ...], raw: list[Any]) -> list[tuple[Any, ...]]:
+    """Rows as the driver gave them, through their columns' result processors."""
+    return [tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw]
 
 
 class Later:
@@ -356,11 +355,7 @@ class Later:
 
     def _filled(self, got: _Rows) -> None:
         procs = self.form.results if self.form is not None else ()
-        rows = [
-            tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False))
-            for r in got.rows
-        ]
-        self.result = (rows, got.rowcount)
+        self.result = (_loaded(procs, got.rows), got.rowcount)
 
     def _get(self) -> tuple[list[tuple[Any, ...]], int]:
         if self.result is None:
@@ -704,10 +699,7 @@ def fetch_together(
             raw = cur.fetchall()
         finally:
             cur.close()
-        procs = form.results
-        out.append(
-            [tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=False)) for r in raw]
-        )
+        out.append(_loaded(form.results, raw))
     return out
 
 

@@ -31,17 +31,12 @@ _UPDATE = Prepared(_BY_ID)
 _UPDATE_UNATTEMPTED = Prepared(_BY_ID.where(_P.c.attempts == 0))
 
 
-def insert_proof(s: Session, row: dict[str, Any]) -> Record:
-    """Write a new proof (Core insert, client-side id: nothing in this transaction reads the
-    row back) and return it as a record. The fingerprint's unique indexes answer "seen
-    before?": a conflict raises IntegrityError and leaves the transaction usable."""
-    _INSERT.insert(s.connection(), row)
-    return Record(row)
-
-
 def insert_proof_behind(s: Session, row: dict[str, Any]) -> Callable[[], Record]:
-    """`insert_proof`, run behind the transaction's next statement, in its round trip
-    (prepared.Prepared.behind): call the answer for the record, or the IntegrityError."""
+    """Write a new proof (Core insert, client-side id: nothing in this transaction reads the
+    row back), run behind the transaction's next statement, in its round trip
+    (prepared.Prepared.behind). Call the answer for it as a record; the fingerprint's unique
+    indexes answer "seen before?": a conflict raises IntegrityError there and leaves the
+    transaction usable."""
     written = _INSERT.behind(s.connection(), row)
 
     def record() -> Record:
