@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from tests.helpers import session_row
 from verifier.storage.db import PREPARE_THRESHOLD, Database, _prepare_threshold
 from verifier.storage.models import PaymentSession
-from verifier.storage.repo import sessions as session_repo
+from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import PREPARE_AFTER
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/railproof"
@@ -55,13 +55,14 @@ def test_connections_get_the_threshold_the_url_names(pg_template):
 
 def test_a_refused_unique_insert_leaves_the_transaction_usable(db_url):
     db = Database(db_url)
+    unique = rows.Unique(rows.table(PaymentSession))
     try:
         with db.tx() as s:
-            session_repo.insert_session(s, session_row("ref-1"))
+            unique.insert(s.connection(), session_row("ref-1"))
             with pytest.raises(IntegrityError):
-                session_repo.insert_session(s, session_row("ref-1"))  # reference in use
+                unique.insert(s.connection(), session_row("ref-1"))  # reference in use
             # The transaction goes on: no savepoint was needed to keep it.
-            session_repo.insert_session(s, session_row("ref-2"))
+            unique.insert(s.connection(), session_row("ref-2"))
         with db.tx() as s:
             refs = s.scalars(select(PaymentSession.reference).order_by(PaymentSession.reference))
             assert list(refs) == ["ref-1", "ref-2"]

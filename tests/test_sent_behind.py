@@ -147,21 +147,25 @@ def test_a_submission_to_a_paused_rail_or_a_held_transfer_stores_no_proof(engine
     assert (again["id"], created) == (view["id"], False)
 
 
-def test_a_submission_costs_seven_round_trips_on_postgresql(pg_only_engine, chain, round_trips):
+def test_a_submission_costs_six_round_trips_on_postgresql(pg_only_engine, chain, round_trips):
     """After the session is open: [BEGIN + the session], [the rail's state FOR SHARE, the
-    treasuries, the hold read, the proof's insert], [the chain's lock, its head], [the audit
+    treasuries, the hold read, the proof's insert, the chain's lock, its head], [the audit
     row + COMMIT]; then [BEGIN + the proof FOR UPDATE, its holds' inserts, the attempt's id],
     [the proof's update, the attempt, the evidence, the chain's lock, its head, the webhook
-    endpoints], [the audit and outbox rows + COMMIT]."""
+    endpoints], [the audit and outbox rows + COMMIT]. Opening the session: [BEGIN + the
+    rail's state, the treasuries], [the session, its entitlement, the chain's lock, its
+    head], [the audit row + COMMIT]."""
     engine = pg_only_engine
     ids = []
     for n in range(3):  # past the first runs: the same count once statements are prepared
+        before = len(round_trips)
         sess = open_session(engine)
+        assert len(round_trips) - before == 3
         pay(chain, f"fxa0{n:06d}", sess)
         before = len(round_trips)
         view, _ = proofs.submit_proof(engine, sess["id"], f"fxa0{n:06d}", ["alice"])
         assert view["status"] == "verified"
-        assert len(round_trips) - before == 7
+        assert len(round_trips) - before == 6
         with engine.db.tx() as s:
             (attempt,) = s.scalars(
                 select(VerificationAttempt).where(VerificationAttempt.proof_id == view["id"])
@@ -191,6 +195,95 @@ def test_nothing_rides_behind_the_chains_lock(pg_only_engine, round_trips):
         assert len(round_trips) - before == 2  # the waiting read, then the lock and head
         assert later.rows() == [("open",)]
         raise RuntimeError("roll back")
+
+
+def test_nothing_rides_behind_the_chains_lock_sent_behind(pg_only_engine, round_trips):
+    """The lock sent behind the next statement (`lock_behind`) goes last in that round trip:
+    a statement asked to go behind after it waits for the next one."""
+    from verifier.storage.repo import audit as audit_repo
+
+    engine = pg_only_engine
+    sess = open_session(engine)
+    with pytest.raises(RuntimeError, match="roll back"), engine.db.tx() as s:
+        conn = s.connection()
+        _STATUS.first(conn, {"pk": sess["id"]})
+        audit_repo.lock_behind(s)
+        before = len(round_trips)
+        later = _STATUS.behind(conn, {"pk": sess["id"]})
+        assert len(round_trips) - before == 1  # the lock and its head went, alone
+        assert later.queued and later.result is None
+        head = audit_repo.lock_and_head(s)  # answered from that round trip
+        assert len(round_trips) - before == 1
+        assert head == audit_repo.head_hash(s) and head is not None
+        _STATUS.first(conn, {"pk": sess["id"]})  # the next statement carries the read
+        assert len(round_trips) - before == 3 and later.rows() == [("open",)]
+        raise RuntimeError("roll back")
+
+
+def test_the_lock_sent_behind_is_held_until_the_transaction_ends(pg_only_engine):
+    """Once its round trip is back, the lock is held: another appender waits for the commit,
+    and the chain stays one line."""
+    import threading
+
+    from verifier.storage.repo import audit as audit_repo
+
+    engine = pg_only_engine
+    sess = open_session(engine)
+    appended = threading.Event()
+
+    def other() -> None:
+        open_session(engine, owner="bob")
+        appended.set()
+
+    with engine.db.tx() as s:
+        conn = s.connection()
+        audit_repo.lock_behind(s)
+        _STATUS.first(conn, {"pk": sess["id"]})  # carries the lock
+        t = threading.Thread(target=other)
+        t.start()
+        assert not appended.wait(0.5)  # waits on the lock this transaction holds
+        audit.append(s, engine.now(), audit.Operator("test"), "probe", "payment_session", "x")
+    t.join(10)
+    assert appended.is_set()
+    with engine.db.tx() as s:
+        report = audit.verify_chain(s)
+    assert report.ok, report.message
+
+
+def test_one_reference_raced_by_two_sessions_opens_one(engine):
+    """A client-chosen reference goes to one session only, and the other is refused naming
+    the field, when both are opened at once (the insert is sent with the chain's lock on
+    PostgreSQL: the refusal is raised there, before the lock is held)."""
+    import threading
+
+    from verifier.core.errors import BadInput
+
+    barrier = threading.Barrier(4)
+    out: list[object] = []
+
+    def one(owner: str) -> None:
+        barrier.wait()
+        try:
+            out.append(open_session(engine, owner=owner, reference="faraced01"))
+        except BadInput as e:
+            out.append(e)
+
+    threads = [threading.Thread(target=one, args=(f"o{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    opened = [o for o in out if isinstance(o, dict)]
+    refused = [o for o in out if isinstance(o, BadInput)]
+    assert len(opened) == 1 and len(refused) == 3, out
+    assert {(e.code, e.field) for e in refused} == {("reference_in_use", "reference")}
+    with engine.db.tx() as s:
+        refs = s.scalars(select(PaymentSession.reference))
+        assert list(refs).count("faraced01") == 1
+        report = audit.verify_chain(s)
+    assert report.ok, report.message
+    # The chain and the refused owners are not stuck: each opens a session at once.
+    assert open_session(engine, owner="o1")["status"] == "open"
 
 
 def test_a_savepoint_released_before_a_write_sent_behind_is_read(pg_only_engine):

@@ -85,6 +85,14 @@ def _forget_head(session: Session, _transaction: object) -> None:
     session.info.pop(_HEAD_KEY, None)
 
 
+def lock_with_next_statement(s: Session) -> None:
+    """For a transaction that appends as soon as its next statement is answered: the chain's
+    lock is taken, and its head read, in that statement's round trip (on PostgreSQL;
+    storage.repo.audit `lock_behind`) instead of one of their own at the `append`."""
+    if s.info.get(_HEAD_KEY) is None:
+        audit_repo.lock_behind(s)
+
+
 def append(
     s: Session,
     now: datetime,

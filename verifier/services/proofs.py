@@ -209,6 +209,11 @@ def _submit(
                 # Insert first: the fingerprint's unique index answers "seen before?" and
                 # the usual new proof costs no lookup.
                 write = proof_repo.insert_proof_behind(s, row)
+                # And the chain's lock last, for the append below: after the insert, so a
+                # concurrent insert of this fingerprint is waited for before the lock is held
+                # (as when the lock had a round trip of its own). A refusal or a replay then
+                # holds it until its rollback, one round trip longer than it needed.
+                audit.lock_with_next_statement(s)
         _refuse_if_paused(engine, s, rail.rail_id)
         if ptype not in rail.proof_types:
             raise BadInput(

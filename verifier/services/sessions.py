@@ -101,9 +101,48 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
         }
         try:
             # Written with client-side ids and read back by nobody in this transaction; the
-            # record of the row is only read from here on (the view, the requirements).
+            # record of the row is only read from here on (the view, the requirements). On
+            # PostgreSQL both rows go with the append's lock, in its round trip, and a
+            # refused reference is raised there (before the lock is taken).
             ps = session_repo.insert_session(s, row)
+            entitlement_repo.insert_entitlement(
+                s,
+                {
+                    "id": new_id(),
+                    "owner_id": ps.owner_id,
+                    "access_product_id": ps.access_product_id,
+                    "session_id": ps.id,
+                    "status": EntitlementStatus.pending.value,
+                    "receipt_id": None,
+                    "reorg_flagged": False,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            view = session_view(ps, requirements(engine, ps))
+            # The answer commits with the session (an Idempotency-Key's completion:
+            # storage.db).
+            engine.db.finish(s, view)
+            # Last: the append takes the audit chain's lock, which every other appender
+            # waits on until this transaction commits, so nothing that can be done before it
+            # is done after.
+            audit.append(
+                s,
+                now,
+                audit.Operator(actor),
+                "session.opened",
+                "payment_session",
+                ps.id,
+                {
+                    "owner_id": ps.owner_id,
+                    "rail_id": ps.rail_id,
+                    "amount": str(ps.amount),
+                    "product": ps.access_product_id,
+                },
+            )
         except IntegrityError as e:
+            if not session_repo.refused_reference(e):
+                raise
             # SECURITY: a reference another session ever used would let that session's
             # payment be claimed here (the unique constraint decides under any race).
             raise BadInput(
@@ -111,39 +150,6 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 "reference: already used by another session; omit it to have a fresh one generated",
                 field="reference",
             ) from e
-        entitlement_repo.insert_entitlement(
-            s,
-            {
-                "id": new_id(),
-                "owner_id": ps.owner_id,
-                "access_product_id": ps.access_product_id,
-                "session_id": ps.id,
-                "status": EntitlementStatus.pending.value,
-                "receipt_id": None,
-                "reorg_flagged": False,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        view = session_view(ps, requirements(engine, ps))
-        # The answer commits with the session (an Idempotency-Key's completion: storage.db).
-        engine.db.finish(s, view)
-        # Last: the append takes the audit chain's lock, which every other appender waits on
-        # until this transaction commits, so nothing that can be done before it is done after.
-        audit.append(
-            s,
-            now,
-            audit.Operator(actor),
-            "session.opened",
-            "payment_session",
-            ps.id,
-            {
-                "owner_id": ps.owner_id,
-                "rail_id": ps.rail_id,
-                "amount": str(ps.amount),
-                "product": ps.access_product_id,
-            },
-        )
     return view
 
 

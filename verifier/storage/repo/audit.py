@@ -20,6 +20,9 @@ _LOCK = Prepared(select(func.pg_advisory_xact_lock(bindparam("k", type_=BigInteg
 _LOCKED = "railproof.chain_locked"  # in Session.info: the transaction that holds the lock
 # In Session.info: reads asked to go in the round trip that takes the lock (`read_with_lock`).
 _WITH_LOCK = "railproof.read_with_chain_lock"
+# In Session.info: (transaction, the lock, the head) sent behind its next statement
+# (`lock_behind`), not read yet.
+_LOCK_SENT = "railproof.chain_lock_sent"
 # Built and prepared once (storage.repo.prepared): every append runs the same statements.
 _INSERT = Prepared(insert(rows.table(AuditEvent)))
 _HEAD = Prepared(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
@@ -37,6 +40,8 @@ def lock_chain(s: Session) -> None:
         return
     tx = s.get_nested_transaction() or s.get_transaction()
     if tx is not None and s.info.get(_LOCKED) is tx:
+        return
+    if _sent_head(s, tx)[0]:
         return
     send_waiting(s.connection())  # SECURITY: nothing rides behind the lock (`lock_and_head`)
     _LOCK.scalar(s.connection(), {"k": CHAIN_LOCK_KEY})
@@ -59,14 +64,55 @@ def read_with_lock(
     s.info.setdefault(_WITH_LOCK, []).append((stmt, keep))
 
 
+def lock_behind(s: Session) -> None:
+    """Take the chain's lock, and read its head, right behind the transaction's next
+    statement, in its round trip (prepared.Prepared.behind), for a transaction that appends
+    once that statement is answered: `lock_and_head` then answers from that round trip.
+
+    The lock goes last in it (`last`: nothing rides behind it), after every statement sent
+    before or with that one, so whatever those wait for is waited for before the lock is
+    held, as when the lock went in a round trip of its own after them. Elsewhere than on
+    PostgreSQL, or where nothing can wait on the connection, nothing is sent: `lock_and_head`
+    takes the lock as usual."""
+    if not rows.is_postgres(s) or s.in_nested_transaction():
+        return
+    tx = s.get_transaction()
+    if tx is None or s.info.get(_LOCKED) is tx or _LOCK_SENT in s.info:
+        return
+    conn = s.connection()
+    lock = _LOCK.behind(conn, {"k": CHAIN_LOCK_KEY})
+    head = _HEAD.behind(conn, {}, last=True)
+    if lock.queued and head.queued:
+        s.info[_LOCK_SENT] = (tx, lock, head)
+    # Otherwise nothing was sent and both would run only when read: they are not.
+
+
+def _sent_head(s: Session, tx: object) -> tuple[bool, str | None]:
+    """(True, the head) when `lock_behind` sent the lock in this transaction (it is then
+    held), (False, None) otherwise."""
+    sent = s.info.get(_LOCK_SENT)
+    if sent is None or sent[0] is not tx:
+        return False, None
+    del s.info[_LOCK_SENT]
+    _, lock, head = sent
+    lock.rows()  # sends them now if their round trip has not gone yet
+    got = head.rows()
+    s.info[_LOCKED] = tx
+    return True, None if not got or got[0][0] is None else str(got[0][0])
+
+
 def lock_and_head(s: Session) -> str | None:
     """`lock_chain` then `head_hash`; on PostgreSQL both in one round trip when the lock is
     not held yet (the head is read by a statement that starts once the lock is granted), with
-    the reads `read_with_lock` asked for."""
+    the reads `read_with_lock` asked for — or none, when `lock_behind` sent them."""
     tx = s.get_nested_transaction() or s.get_transaction()
     if not rows.is_postgres(s) or (tx is not None and s.info.get(_LOCKED) is tx):
         lock_chain(s)
         return head_hash(s)
+    sent, sent_head = _sent_head(s, tx)
+    if sent:
+        s.info.pop(_WITH_LOCK, None)  # their callers read as usual
+        return sent_head
     # SECURITY: a statement waiting behind the next one (an Idempotency-Key's claim, when a
     # refusal's own transaction is the first to carry it) goes first, alone: behind the lock
     # it would wait for another request's claim while holding the lock that request needs,
@@ -84,9 +130,12 @@ def lock_and_head(s: Session) -> str | None:
 
 
 @event.listens_for(Session, "after_transaction_end")
-def _forget_reads(session: Session, _transaction: object) -> None:
+def _forget_reads(session: Session, transaction: object) -> None:
     # A read asked for in a transaction (or savepoint) that ended without taking the lock.
     session.info.pop(_WITH_LOCK, None)
+    sent = session.info.get(_LOCK_SENT)
+    if sent is not None and sent[0] is transaction:
+        del session.info[_LOCK_SENT]
 
 
 def insert_event(s: Session, row: dict[str, Any]) -> None:

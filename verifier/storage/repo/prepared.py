@@ -222,6 +222,7 @@ class Prepared:
         conn: Connection,
         params: dict[str, Any],
         check: Callable[[Later], None] | None = None,
+        last: bool = False,
     ) -> Later:
         """Run this statement right behind the transaction's next one, in its round trip,
         and answer its rows and count when the caller gets to them (`Later`). On PostgreSQL
@@ -238,10 +239,15 @@ class Prepared:
         waits at all (if not, nothing ran: read it now). Inside a savepoint, pass the
         savepoint's own `s.connection()` (SQLAlchemy sends SAVEPOINT with its first statement,
         so a connection taken before does not know it is nested yet) and read the answer
-        before the savepoint ends: read after, it runs in the transaction around it."""
+        before the savepoint ends: read after, it runs in the transaction around it.
+        `last`: nothing may ride behind this one in its round trip (a statement that takes a
+        lock held to the commit); what is asked for behind it later waits for the next one."""
         if self._dml:
             self._check(params)
-        later = Later(self, conn, params, check)
+        waiting = conn.info.get(_BEHIND)
+        if waiting and waiting[-1][2].last:
+            send_waiting(conn)
+        later = Later(self, conn, params, check, last)
         if (
             conn.dialect.name != "postgresql"
             or not conn.info.get(DEFERS)
@@ -334,7 +340,7 @@ class Later:
     once the round trip that carried it is back (or, where nothing waits on the connection,
     by running it then)."""
 
-    __slots__ = ("prepared", "conn", "params", "check", "form", "result", "read")
+    __slots__ = ("prepared", "conn", "params", "check", "last", "form", "result", "read")
 
     def __init__(
         self,
@@ -342,8 +348,10 @@ class Later:
         conn: Connection,
         params: dict[str, Any],
         check: Callable[[Later], None] | None = None,
+        last: bool = False,
     ):
         self.prepared, self.conn, self.params, self.check = prepared, conn, params, check
+        self.last = last
         self.form: _Form | None = None  # set when queued
         self.result: tuple[list[tuple[Any, ...]], int] | None = None
         self.read = False

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import PaymentSession, SessionStatus, TransferHold
@@ -15,15 +16,26 @@ from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared
 from verifier.storage.repo.rows import Record
 
-_INSERT = rows.Unique(rows.table(PaymentSession))
+_INSERT = Prepared(insert(rows.table(PaymentSession)))
+_REFERENCE_UNIQUE = "uq_payment_sessions_reference"
 
 
 def insert_session(s: Session, row: dict[str, Any]) -> Record:
     """Write a new session (a Core insert with its client-side id: nothing in the creating
-    transaction reads it back, so the unit of work would be pure overhead). A reference
-    another session used raises IntegrityError, and the transaction stays usable."""
-    _INSERT.insert(s.connection(), row)
+    transaction reads it back), sent with the transaction's next statement on PostgreSQL
+    (a deferred write, storage.repo.prepared). A reference another session used raises
+    IntegrityError (`refused_reference`) from that statement there, from here elsewhere;
+    either way the transaction can only roll back."""
+    _INSERT.defer(s.connection(), row)
     return Record(row)
+
+
+def refused_reference(e: IntegrityError) -> bool:
+    """Whether `e` is the refusal of a session whose reference another session used."""
+    diag = getattr(e.orig, "diag", None)
+    if diag is not None:  # PostgreSQL names the constraint
+        return bool(diag.constraint_name == _REFERENCE_UNIQUE)
+    return "payment_sessions.reference" in str(e.orig)  # SQLite names the column
 
 
 def get(s: Session, session_id: str, lock: bool = False) -> PaymentSession | None:
