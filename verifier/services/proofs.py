@@ -163,6 +163,36 @@ def _submit(
     verify: bool,
 ) -> tuple[dict[str, Any], bool]:
     now = engine.now()
+    try:
+        return _submit_stored(engine, session_id, raw, owners, proof_type, actor, verify, now)
+    except _Replay as replay:
+        # The transaction that found it held the chain's lock (taken with its insert): the
+        # stored proof is read in one of its own, without it.
+        with engine.db.tx() as s:
+            winner = proof_repo.by_fingerprint(s, replay.fingerprint, replay.session_id)
+            if winner is None:
+                raise replay.error from None
+            return _view(s, winner), False
+
+
+class _Replay(Exception):
+    """The proof's insert found this transfer already submitted to this session."""
+
+    def __init__(self, error: IntegrityError, fingerprint: str, session_id: str):
+        super().__init__(str(error))
+        self.error, self.fingerprint, self.session_id = error, fingerprint, session_id
+
+
+def _submit_stored(
+    engine: Engine,
+    session_id: str,
+    raw: str,
+    owners: list[str] | None,
+    proof_type: str | None,
+    actor: str,
+    verify: bool,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
@@ -212,7 +242,7 @@ def _submit(
                 # And the chain's lock last, for the append below: after the insert, so a
                 # concurrent insert of this fingerprint is waited for before the lock is held
                 # (as when the lock had a round trip of its own). A refusal or a replay then
-                # holds it until its rollback, one round trip longer than it needed.
+                # holds it until its rollback, which follows at once.
                 audit.lock_with_next_statement(s)
         _refuse_if_paused(engine, s, rail.rail_id)
         if ptype not in rail.proof_types:
@@ -243,12 +273,9 @@ def _submit(
         try:
             # `p` is the row as written; only read below (its id, the view).
             p = write()
-        except IntegrityError:
+        except IntegrityError as e:
             # Submitted to this session before (or lost the insert race): that row answers.
-            winner = proof_repo.by_fingerprint(s, fp, ps.id)
-            if winner is None:
-                raise
-            return _view(s, winner), False
+            raise _Replay(e, fp, ps.id) from e
         audit.append(
             s,
             now,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, event, func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from verifier.storage.models import AuditEvent
 from verifier.storage.repo import rows
@@ -73,7 +73,8 @@ def lock_behind(s: Session) -> None:
     before or with that one, so whatever those wait for is waited for before the lock is
     held, as when the lock went in a round trip of its own after them. Elsewhere than on
     PostgreSQL, or where nothing can wait on the connection, nothing is sent: `lock_and_head`
-    takes the lock as usual."""
+    takes the lock as usual. Ask for it right before the statement meant to carry it: a write
+    deferred in between sends what waits at once, the lock ahead of that statement."""
     if not rows.is_postgres(s) or s.in_nested_transaction():
         return
     tx = s.get_transaction()
@@ -130,11 +131,13 @@ def lock_and_head(s: Session) -> str | None:
 
 
 @event.listens_for(Session, "after_transaction_end")
-def _forget_reads(session: Session, transaction: object) -> None:
+def _forget_reads(session: Session, transaction: SessionTransaction) -> None:
     # A read asked for in a transaction (or savepoint) that ended without taking the lock.
     session.info.pop(_WITH_LOCK, None)
+    # The head `lock_behind` read, at the end of its transaction, or of any savepoint after
+    # it: what a savepoint appended and released is past that head.
     sent = session.info.get(_LOCK_SENT)
-    if sent is not None and sent[0] is transaction:
+    if sent is not None and (sent[0] is transaction or transaction.nested):
         del session.info[_LOCK_SENT]
 
 
