@@ -58,6 +58,8 @@ from verifier.storage.repo.rows import Record
 
 MAX_PROOF_BYTES = 16_384
 SYSTEM = audit.Operator("system")
+# A submission's answer: (the proof's view, whether this request stored it).
+Submitted = tuple[dict[str, Any], bool]
 
 
 def submit_proof(
@@ -68,7 +70,7 @@ def submit_proof(
     proof_type: str | None = None,
     actor: str = "service",
     verify: bool = True,
-) -> tuple[dict[str, Any], bool]:
+) -> Submitted:
     """Returns (proof view, created)."""
     raw = _raw_proof(proof)
     try:
@@ -161,7 +163,7 @@ def _submit(
     proof_type: str | None,
     actor: str,
     verify: bool,
-) -> tuple[dict[str, Any], bool]:
+) -> Submitted:
     now = engine.now()
     try:
         return _submit_stored(engine, session_id, raw, owners, proof_type, actor, verify, now)
@@ -192,7 +194,7 @@ def _submit_stored(
     actor: str,
     verify: bool,
     now: datetime,
-) -> tuple[dict[str, Any], bool]:
+) -> Submitted:
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
