@@ -195,6 +195,38 @@ def test_a_treasurys_token_account_is_no_reference(sol, wallet, program):
     )
 
 
+def test_a_stored_treasurys_token_account_is_no_reference(sol):
+    """A treasury approved and stored for a rail, not named by the configuration: a session
+    that names its recipient is sent with the rail's state read, and its reference is checked
+    against the stored treasuries once they are back. Refused, nothing stored."""
+    from solders.pubkey import Pubkey
+    from sqlalchemy import func, update
+
+    from verifier.storage.models import PaymentSession, RailState
+
+    e, c = sol
+    stored = str(Pubkey.new_unique())
+    with e.db.tx() as s:
+        s.execute(
+            update(RailState).where(RailState.rail_id == "solana_usdt").values(treasury=stored)
+        )
+        before = s.scalar(select(func.count()).select_from(PaymentSession))
+    r = solana_session(
+        c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=token_account(stored, USDC_MINT)
+    )
+    assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["field"]) == (
+        422,
+        "invalid_reference",
+        "reference",
+    ), r.text
+    with e.db.tx() as s:
+        assert s.scalar(select(func.count()).select_from(PaymentSession)) == before
+    # A fresh key still opens one.
+    fresh = str(Keypair().pubkey())
+    r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=fresh)
+    assert r.status_code == 201, r.text
+
+
 def test_the_recorded_treasury_token_account_is_refused(sol):
     _, c = sol
     ata = DEMO_LEDGER["treasury token account"]

@@ -152,15 +152,15 @@ def test_a_submission_costs_six_round_trips_on_postgresql(pg_only_engine, chain,
     treasuries, the hold read, the proof's insert, the chain's lock, its head], [the audit
     row + COMMIT]; then [BEGIN + the proof FOR UPDATE, its holds' inserts, the attempt's id],
     [the proof's update, the attempt, the evidence, the chain's lock, its head, the webhook
-    endpoints], [the audit and outbox rows + COMMIT]. Opening the session: [BEGIN + the
-    rail's state, the treasuries], [the session, its entitlement, the chain's lock, its
-    head], [the audit row + COMMIT]."""
+    endpoints], [the audit and outbox rows + COMMIT]. Opening the session, which names its
+    recipient: [BEGIN + the rail's state, the treasuries, the session, its entitlement, the
+    chain's lock, its head], [the audit row + COMMIT]."""
     engine = pg_only_engine
     ids = []
     for n in range(3):  # past the first runs: the same count once statements are prepared
         before = len(round_trips)
         sess = open_session(engine)
-        assert len(round_trips) - before == 3
+        assert len(round_trips) - before == 2
         pay(chain, f"fxa0{n:06d}", sess)
         before = len(round_trips)
         view, _ = proofs.submit_proof(engine, sess["id"], f"fxa0{n:06d}", ["alice"])
@@ -195,6 +195,64 @@ def test_nothing_rides_behind_the_chains_lock(pg_only_engine, round_trips):
         assert len(round_trips) - before == 2  # the waiting read, then the lock and head
         assert later.rows() == [("open",)]
         raise RuntimeError("roll back")
+
+
+def test_a_session_paid_to_the_treasury_reads_it_first(db_url, round_trips):
+    """Without a recipient the session is paid to the rail's treasury, which comes with the
+    rail's state: [BEGIN + the rail's state, the treasuries], [the session, its entitlement,
+    the chain's lock, its head], [the audit row + COMMIT] on PostgreSQL."""
+    from tests.conftest import make_settings
+    from tests.fake_rail import catalog_with_fake
+    from verifier.core.engine import Engine
+    from verifier.services import sessions
+
+    engine = Engine(
+        make_settings(db_url, env={"RAILPROOF_TREASURY_FAKE_LIVE": "fatreasury2"}),
+        catalog=catalog_with_fake(),
+    )
+    try:
+        engine.ensure_rail_states()
+        req = sessions.NewSession(
+            owner_id="alice", rail_id="fake_live", access_product_id="pro", amount=7
+        )
+        for _ in range(3):
+            before = len(round_trips)
+            view = sessions.open_session(engine, req, actor="test")
+            assert view["recipient"] == "fatreasury2"
+            assert len(round_trips) - before == (3 if engine.db.postgres else 0)
+    finally:
+        engine.db.dispose()
+
+
+def test_a_session_refused_by_a_paused_rail_stores_nothing(engine):
+    """Its rows went with the rail's state, ahead of the answer that refuses it: the refusal
+    rolls them back, and lifting the pause opens it."""
+    from sqlalchemy import func
+
+    from verifier.storage.models import AuditEvent, Entitlement
+
+    def stored() -> list[int]:
+        with engine.db.tx() as s:
+            return [
+                s.scalar(select(func.count()).select_from(m))
+                for m in (PaymentSession, Entitlement, AuditEvent)
+            ]
+
+    op = audit.Operator("ops1", "INC-8", "drill")
+    rails_admin.set_paused(engine, "fake_live", True, op)
+    before = stored()
+    with pytest.raises(Refused):
+        open_session(engine)
+    with pytest.raises(Refused):
+        open_session(engine, reference="fapaused01")
+    assert stored() == before
+    rails_admin.set_paused(engine, "fake_live", False, op)
+    assert open_session(engine, reference="fapaused01")["reference"] == "fapaused01"
+    after = stored()
+    assert after[:2] == [before[0] + 1, before[1] + 1]
+    with engine.db.tx() as s:
+        report = audit.verify_chain(s)
+    assert report.ok, report.message
 
 
 def test_nothing_rides_behind_the_chains_lock_sent_behind(pg_only_engine, round_trips):

@@ -109,9 +109,13 @@ class Engine:
     def treasuries(self, s: Session) -> set[str]:
         """Every treasury address the deployment knows: the catalog's, the environment's and
         the approved ones stored per rail."""
-        out = {r for rid in self.catalog.rails if (r := self.rail(rid).treasury)}
+        out = self.configured_treasuries()
         out.update(rail_state_repo.treasuries(s))
         return out
+
+    def configured_treasuries(self) -> set[str]:
+        """The treasury addresses of the catalog and the environment (not those stored)."""
+        return {r for rid in self.catalog.rails if (r := self.rail(rid).treasury)}
 
     def ensure_rail_states(self) -> None:
         # API processes and workers starting at once on a fresh PostgreSQL database can both

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session
 from rails.base import Adapter, SessionShape
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
+from registry.catalog import Rail
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, NotFound, Refused
 from verifier.core.timeutil import utc
@@ -59,66 +62,43 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
             field="expires_in_seconds",
         )
     with engine.db.tx() as s:
-        st = engine.rail_state_read(s, rail.rail_id)  # read only: paused, treasury
-        if st.paused:
-            engine.metrics.inc("rail_paused_attempts_total", rail_id=rail.rail_id)
-            raise Refused(FailureCode.rail_paused, f"rail {rail.rail_id} is paused")
-        recipient = req.recipient or engine.treasury(s, rail, st)
-        if not recipient:
-            raise BadInput(
-                "recipient_required",
-                f"recipient: no treasury is configured for {rail.rail_id}; pass recipient",
-                field="recipient",
-            )
         try:
-            recipient = adapter.normalize_address(recipient, "recipient")
-            reference = _reference(engine, s, adapter, req.reference, recipient)
-            payer = _payer(adapter, req.payer)
-        except ProofMalformed as e:
-            raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
-        if req.memo is not None and not adapter.binds_reference:
-            raise BadInput(
-                "invalid_memo",
-                f"memo: rail {rail.rail_id} cannot bind a memo on chain",
-                field="memo",
-            )
-        row = {
-            "id": new_id(),
-            "owner_id": req.owner_id,
-            "rail_id": rail.rail_id,
-            "access_product_id": req.access_product_id,
-            "amount": req.amount,
-            "network": rail.network,
-            "asset": rail.asset,
-            "recipient": recipient,
-            "reference": reference,
-            "payer": payer,
-            "memo": req.memo,
-            "status": SessionStatus.open.value,
-            "created_at": now,
-            "expires_at": now + timedelta(seconds=ttl),
-            "paid_at": None,
-        }
-        try:
-            # Written with client-side ids and read back by nobody in this transaction; the
-            # record of the row is only read from here on (the view, the requirements). On
-            # PostgreSQL both rows go with the append's lock, in its round trip, and a
-            # refused reference is raised there (before the lock is taken).
-            ps = session_repo.insert_session(s, row)
-            entitlement_repo.insert_entitlement(
-                s,
-                {
-                    "id": new_id(),
-                    "owner_id": ps.owner_id,
-                    "access_product_id": ps.access_product_id,
-                    "session_id": ps.id,
-                    "status": EntitlementStatus.pending.value,
-                    "receipt_id": None,
-                    "reorg_flagged": False,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
+            # A session that names its recipient needs nothing from the rail's state but
+            # "not paused" (and, for a reference it chose, the stored treasuries): its rows,
+            # and the chain's lock for the append, go right behind that read, in its round
+            # trip on PostgreSQL.
+            early = _sent_with_rail_read(engine, s, adapter, rail, req, now, ttl)
+            st = engine.rail_state_read(s, rail.rail_id)  # read only: paused, treasury
+            if st.paused:
+                engine.metrics.inc("rail_paused_attempts_total", rail_id=rail.rail_id)
+                raise Refused(FailureCode.rail_paused, f"rail {rail.rail_id} is paused")
+            if early is not None:
+                ps = early()
+            else:
+                recipient = req.recipient or engine.treasury(s, rail, st)
+                if not recipient:
+                    raise BadInput(
+                        "recipient_required",
+                        f"recipient: no treasury is configured for {rail.rail_id}; pass recipient",
+                        field="recipient",
+                    )
+                try:
+                    recipient = adapter.normalize_address(recipient, "recipient")
+                    reference = _reference(
+                        partial(engine.treasuries, s), adapter, req.reference, recipient
+                    )
+                    payer = _payer(adapter, req.payer)
+                except ProofMalformed as e:
+                    raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
+                _check_memo(adapter, rail.rail_id, req.memo)
+                # Written with client-side ids and read back by nobody in this transaction;
+                # the record of the row is only read from here on (the view, the
+                # requirements). On PostgreSQL both rows go with the append's lock, in its
+                # round trip, and a refused reference is raised there (before the lock is
+                # taken).
+                row = _session_row(rail, req, now, ttl, recipient, reference, payer)
+                ps = session_repo.insert_session(s, row)
+                entitlement_repo.insert_entitlement(s, _entitlement_row(row, now))
             view = session_view(ps, requirements(engine, ps))
             # The answer commits with the session (an Idempotency-Key's completion:
             # storage.db).
@@ -153,10 +133,109 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
     return view
 
 
+def _sent_with_rail_read(
+    engine: Engine,
+    s: Session,
+    adapter: Adapter,
+    rail: Rail,
+    req: NewSession,
+    now: datetime,
+    ttl: int,
+) -> Callable[[], Record] | None:
+    """For a session whose rows depend on nothing the rail's state holds (its recipient named,
+    every field valid; a reference it chose is checked against the stored treasuries once they
+    are read): the session's and its entitlement's inserts and the chain's lock, sent behind
+    the transaction's next statement (the rail's state, read first as always:
+    prepared.Prepared.behind). Call the answer, once that state allowed the session, for its
+    record. None: nothing was sent; the caller checks and writes after the read, raising its
+    errors in their usual order. A reference another session used is refused from that read
+    on PostgreSQL (IntegrityError, ahead of a pause)."""
+    if req.recipient is None:
+        return None
+    try:
+        recipient = adapter.normalize_address(req.recipient, "recipient")
+        # The treasuries the deployment's configuration names; those approved and stored per
+        # rail come with the rail's state, and the reference is checked against them then.
+        reference = _reference(engine.configured_treasuries, adapter, req.reference, recipient)
+        payer = _payer(adapter, req.payer)
+        _check_memo(adapter, rail.rail_id, req.memo)
+    except (ProofMalformed, BadInput):
+        return None
+    row = _session_row(rail, req, now, ttl, recipient, reference, payer)
+    written = session_repo.insert_session_behind(s, row)
+    entitled = entitlement_repo.insert_entitlement_behind(s, _entitlement_row(row, now))
+    audit.lock_with_next_statement(s)
+
+    def record() -> Record:
+        ps = written()
+        entitled()
+        if req.reference != AUTO:
+            try:
+                # SECURITY: against every treasury, the stored ones too (read by now).
+                _reference(partial(engine.treasuries, s), adapter, reference, recipient)
+            except ProofMalformed as e:
+                raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
+        return ps
+
+    return record
+
+
+def _check_memo(adapter: Adapter, rail_id: str, memo: str | None) -> None:
+    if memo is not None and not adapter.binds_reference:
+        raise BadInput(
+            "invalid_memo",
+            f"memo: rail {rail_id} cannot bind a memo on chain",
+            field="memo",
+        )
+
+
+def _session_row(
+    rail: Rail,
+    req: NewSession,
+    now: datetime,
+    ttl: int,
+    recipient: str,
+    reference: str | None,
+    payer: str | None,
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "owner_id": req.owner_id,
+        "rail_id": rail.rail_id,
+        "access_product_id": req.access_product_id,
+        "amount": req.amount,
+        "network": rail.network,
+        "asset": rail.asset,
+        "recipient": recipient,
+        "reference": reference,
+        "payer": payer,
+        "memo": req.memo,
+        "status": SessionStatus.open.value,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ttl),
+        "paid_at": None,
+    }
+
+
+def _entitlement_row(session: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "owner_id": session["owner_id"],
+        "access_product_id": session["access_product_id"],
+        "session_id": session["id"],
+        "status": EntitlementStatus.pending.value,
+        "receipt_id": None,
+        "reorg_flagged": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def _reference(
-    engine: Engine, s: Session, adapter: Adapter, given: str | None, recipient: str
+    treasuries: Callable[[], set[str]], adapter: Adapter, given: str | None, recipient: str
 ) -> str | None:
-    """The session's reference: generated by default where the rail binds one."""
+    """The session's reference: generated by default where the rail binds one. `treasuries`:
+    the treasury addresses a reference must not be (Engine.treasuries)."""
     if given == AUTO:
         return adapter.new_reference() if adapter.binds_reference else None
     if not adapter.binds_reference:
@@ -175,7 +254,7 @@ def _reference(
             "generated",
         )
     ref = adapter.normalize_address(given, "reference")
-    if ref in adapter.reserved_references({recipient, *engine.treasuries(s)}):
+    if ref in adapter.reserved_references({recipient, *treasuries()}):
         raise ProofMalformed(
             "reference",
             "a well-known account (program, sysvar, mint, a treasury or "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,18 @@ _INSERT = Prepared(insert(rows.table(Entitlement)))
 def insert_entitlement(s: Session, row: dict[str, Any]) -> None:
     """Write a new entitlement (Core insert, client-side id; write-only in its transaction)."""
     _INSERT.defer(s.connection(), row)
+
+
+def insert_entitlement_behind(s: Session, row: dict[str, Any]) -> Callable[[], None]:
+    """`insert_entitlement`, run behind the transaction's next statement, in its round trip
+    (prepared.Prepared.behind): call the answer once that statement is through (a write sent
+    behind and never read is never committed)."""
+    written = _INSERT.behind(s.connection(), row)
+
+    def read() -> None:
+        written.rowcount()
+
+    return read
 
 
 def get_locked(s: Session, entitlement_id: str) -> Entitlement | None:

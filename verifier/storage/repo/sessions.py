@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,19 @@ def insert_session(s: Session, row: dict[str, Any]) -> Record:
     either way the transaction can only roll back."""
     _INSERT.defer(s.connection(), row)
     return Record(row)
+
+
+def insert_session_behind(s: Session, row: dict[str, Any]) -> Callable[[], Record]:
+    """`insert_session`, run behind the transaction's next statement, in its round trip
+    (prepared.Prepared.behind): call the answer for the record. A refused reference raises
+    IntegrityError from that statement on PostgreSQL, from the answer elsewhere."""
+    written = _INSERT.behind(s.connection(), row)
+
+    def record() -> Record:
+        written.rowcount()  # read: a write sent behind and never read is never committed
+        return Record(row)
+
+    return record
 
 
 def refused_reference(e: IntegrityError) -> bool:
