@@ -81,6 +81,14 @@ def submit_proof(
             _audit_refusal(engine, s, h, actor)
         _count_refusal(engine, h)
         raise h.conflict() from None
+    except _Replay as replay:
+        # The transaction that found it held the chain's lock (taken with its insert): the
+        # stored proof is read in one of its own, without it.
+        with engine.db.tx() as s:
+            winner = proof_repo.by_fingerprint(s, replay.fingerprint, replay.session_id)
+            if winner is None:
+                raise replay.error from None
+            return _view(s, winner), False
 
 
 class _Held(Exception):
@@ -155,6 +163,14 @@ def _count_refusal(engine: Engine, h: _Held) -> None:
         engine.metrics.inc("owner_isolation_denials_total", reason="proof_owner_conflict")
 
 
+class _Replay(Exception):
+    """The proof's insert found this transfer already submitted to this session."""
+
+    def __init__(self, error: IntegrityError, fingerprint: str, session_id: str):
+        super().__init__(str(error))
+        self.error, self.fingerprint, self.session_id = error, fingerprint, session_id
+
+
 def _submit(
     engine: Engine,
     session_id: str,
@@ -165,36 +181,6 @@ def _submit(
     verify: bool,
 ) -> Submitted:
     now = engine.now()
-    try:
-        return _submit_stored(engine, session_id, raw, owners, proof_type, actor, verify, now)
-    except _Replay as replay:
-        # The transaction that found it held the chain's lock (taken with its insert): the
-        # stored proof is read in one of its own, without it.
-        with engine.db.tx() as s:
-            winner = proof_repo.by_fingerprint(s, replay.fingerprint, replay.session_id)
-            if winner is None:
-                raise replay.error from None
-            return _view(s, winner), False
-
-
-class _Replay(Exception):
-    """The proof's insert found this transfer already submitted to this session."""
-
-    def __init__(self, error: IntegrityError, fingerprint: str, session_id: str):
-        super().__init__(str(error))
-        self.error, self.fingerprint, self.session_id = error, fingerprint, session_id
-
-
-def _submit_stored(
-    engine: Engine,
-    session_id: str,
-    raw: str,
-    owners: list[str] | None,
-    proof_type: str | None,
-    actor: str,
-    verify: bool,
-    now: datetime,
-) -> Submitted:
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
