@@ -31,6 +31,7 @@ from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo.rows import Record
 
 AUTO = "auto"
+_Row = dict[str, Any]  # a row to insert, by column
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _session_row(
     recipient: str,
     reference: str | None,
     payer: str | None,
-) -> dict[str, Any]:
+) -> _Row:
     return {
         "id": new_id(),
         "owner_id": req.owner_id,
@@ -217,7 +218,7 @@ def _session_row(
     }
 
 
-def _entitlement_row(session: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _entitlement_row(session: _Row, now: datetime) -> _Row:
     return {
         "id": new_id(),
         "owner_id": session["owner_id"],
