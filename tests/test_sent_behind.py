@@ -197,6 +197,34 @@ def test_nothing_rides_behind_the_chains_lock(pg_only_engine, round_trips):
         raise RuntimeError("roll back")
 
 
+def test_a_check_answered_before_a_failure_is_raised_first(pg_only_engine):
+    """A statement sent behind with a check (an Idempotency-Key's claim) answered before a
+    later one in the same round trip failed: the check's verdict is what the carrier raises,
+    not the later failure (a stored answer for a key, not a refusal of its replayed work)."""
+    from sqlalchemy import insert
+
+    engine = pg_only_engine
+    sess = open_session(engine)
+    dup = Prepared(insert(_T))
+
+    class Taken(Exception):
+        pass
+
+    def taken(later: prepared.Later) -> None:
+        assert later.rows() == [("open",)]  # it was answered, and read in order
+        raise Taken
+
+    with engine.db.tx() as s:
+        row = s.execute(select(_T).where(_T.c.id == sess["id"])).mappings().one()
+    for check, raised in ((taken, Taken), (None, IntegrityError)):
+        with pytest.raises(raised), engine.db.tx() as s:
+            conn = s.connection()
+            _STATUS.first(conn, {"pk": sess["id"]})
+            _STATUS.behind(conn, {"pk": sess["id"]}, check=check)
+            dup.behind(conn, dict(row))  # the same primary key: refused
+            _STATUS.first(conn, {"pk": sess["id"]})  # carries both
+
+
 def test_a_session_paid_to_the_treasury_reads_it_first(db_url, round_trips):
     """Without a recipient the session is paid to the rail's treasury, which comes with the
     rail's state: [BEGIN + the rail's state, the treasuries], [the session, its entitlement,

@@ -416,7 +416,18 @@ def _run(conn: Connection, statements: list[tuple[str, Any]], commit: bool = Fal
                 if behind:
                     conn.info[_BEHIND] = behind
                 raise
-            out = _pipeline(driver, items, commit, conn.info.get(PREPARE_AFTER))
+            try:
+                out = _pipeline(driver, items, commit, conn.info.get(PREPARE_AFTER))
+            except _Failed as failed:
+                # What was checked on its way back is checked before the failure is told: a
+                # claim found taken (storage.db) answers, not a write that ran after it.
+                answered = list(zip(behind, failed.before[len(statements) :], strict=False))
+                for (_, _, later), got in answered:
+                    later._filled(got)
+                for (_, _, later), _ in answered:
+                    if later.check is not None:
+                        later.check(later)
+                raise
             for (_, _, later), got in zip(behind, out[len(statements) :], strict=True):
                 later._filled(got)
             for _, _, later in behind:
@@ -453,12 +464,14 @@ def _raise(conn: Connection, e: Exception, sql: str, args: Any, gone: bool) -> N
 
 
 class _Failed(Exception):
-    """A statement of a pipeline the server refused: its error, SQL and values."""
+    """A statement of a pipeline the server refused: its error, SQL and values, and what the
+    statements read before it answered."""
 
-    def __init__(self, error: Any, sql: str, params: Any):
+    def __init__(self, error: Any, sql: str, params: Any, before: list[_Rows] | None = None):
         super().__init__(str(error))
         # Not `args`: that is BaseException's own (and a None there fails the raise itself).
         self.error, self.sql, self.params = error, sql, params
+        self.before = before or []
 
 
 class _Rows:
@@ -627,7 +640,7 @@ def _pipeline(driver: Any, items: list[_Item], commit: bool, threshold: int | No
             error = errors.error_from_result(res, encoding=driver.info.encoding)
             if error.sqlstate == _NO_SUCH_STATEMENT:  # dropped behind our back (DISCARD ALL)
                 names.known.clear()
-            raise _Failed(error, sql, args)
+            raise _Failed(error, sql, args, out)
         if not read or status == _ABORTED:  # aborted: after a statement that failed, above
             continue
         if status == _TUPLES:
