@@ -83,15 +83,9 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                         f"recipient: no treasury is configured for {rail.rail_id}; pass recipient",
                         field="recipient",
                     )
-                try:
-                    recipient = adapter.normalize_address(recipient, "recipient")
-                    reference = _reference(
-                        partial(engine.treasuries, s), adapter, req.reference, recipient
-                    )
-                    payer = _payer(adapter, req.payer)
-                except ProofMalformed as e:
-                    raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
-                _check_memo(adapter, rail.rail_id, req.memo)
+                recipient, reference, payer = _fields(
+                    adapter, rail.rail_id, req, recipient, partial(engine.treasuries, s)
+                )
                 # Written with client-side ids and read back by nobody in this transaction;
                 # the record of the row is only read from here on (the view, the
                 # requirements). On PostgreSQL both rows go with the append's lock, in its
@@ -154,13 +148,12 @@ def _sent_with_rail_read(
     if req.recipient is None:
         return None
     try:
-        recipient = adapter.normalize_address(req.recipient, "recipient")
         # The treasuries the deployment's configuration names; those approved and stored per
         # rail come with the rail's state, and the reference is checked against them then.
-        reference = _reference(engine.configured_treasuries, adapter, req.reference, recipient)
-        payer = _payer(adapter, req.payer)
-        _check_memo(adapter, rail.rail_id, req.memo)
-    except (ProofMalformed, BadInput):
+        recipient, reference, payer = _fields(
+            adapter, rail.rail_id, req, req.recipient, engine.configured_treasuries
+        )
+    except BadInput:
         return None
     row = _session_row(rail, req, now, ttl, recipient, reference, payer)
     written = session_repo.insert_session_behind(s, row)
@@ -171,23 +164,35 @@ def _sent_with_rail_read(
         ps = written()
         entitled()
         if req.reference != AUTO:
-            try:
-                # SECURITY: against every treasury, the stored ones too (read by now).
-                _reference(partial(engine.treasuries, s), adapter, reference, recipient)
-            except ProofMalformed as e:
-                raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
+            # SECURITY: against every treasury, the stored ones too (read by now).
+            _fields(adapter, rail.rail_id, req, recipient, partial(engine.treasuries, s))
         return ps
 
     return record
 
 
-def _check_memo(adapter: Adapter, rail_id: str, memo: str | None) -> None:
-    if memo is not None and not adapter.binds_reference:
+def _fields(
+    adapter: Adapter,
+    rail_id: str,
+    req: NewSession,
+    recipient: str,
+    treasuries: Callable[[], set[str]],
+) -> tuple[str, str | None, str | None]:
+    """The session's recipient, reference and payer as stored, or BadInput naming the field
+    (`treasuries`: as for `_reference`)."""
+    try:
+        recipient = adapter.normalize_address(recipient, "recipient")
+        reference = _reference(treasuries, adapter, req.reference, recipient)
+        payer = _payer(adapter, req.payer)
+    except ProofMalformed as e:
+        raise BadInput("invalid_" + e.field, str(e), field=e.field) from e
+    if req.memo is not None and not adapter.binds_reference:
         raise BadInput(
             "invalid_memo",
             f"memo: rail {rail_id} cannot bind a memo on chain",
             field="memo",
         )
+    return recipient, reference, payer
 
 
 def _session_row(
