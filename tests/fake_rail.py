@@ -94,7 +94,12 @@ class FakeAdapter:
             return Verdict.fail(FailureCode.reference_missing, "no reference", observed=obs)
         if t is not None and terms.not_after and t > terms.not_after.timestamp():
             return Verdict.fail(FailureCode.session_expired, "late", observed=obs)
-        return Verdict.ok("paid", observed=obs, settlement=self._settlement(proof, tx))
+        return Verdict.ok(
+            "paid",
+            observed=obs,
+            settlement=self._settlement(proof, tx),
+            references=tuple(tx.get("refs", [])),
+        )
 
     def _settlement(self, ref: str, tx: dict[str, Any]) -> Settlement:
         fin = tx.get("finality", "finalized")

@@ -23,7 +23,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, Refused
 from verifier.core.timeutil import utc
 from verifier.services import audit, proofs
-from verifier.storage.models import AuditEvent, PaymentSession, Proof, TransferHold
+from verifier.storage.models import HOLDING, AuditEvent, PaymentSession, Proof, TransferHold
 from verifier.storage.repo import audit as audit_repo
 from verifier.storage.repo import prepared
 from verifier.storage.repo import rail_state as rail_state_repo
@@ -427,21 +427,24 @@ def _race_one_transfer(engine, chain, tx: str) -> None:
     no_deadlock(errors)
     won = [v for v in out if not isinstance(v, str)]
     lost = [v for v in out if isinstance(v, str)]
-    assert len(won) == 1 and won[0][0]["status"] == "verified", out
+    # The transfer carries every session's reference, so the one that takes it holds it for
+    # review (ambiguous_transfer): a holding proof all the same.
+    assert len(won) == 1 and won[0][0]["status"] == "requires_review", out
+    assert won[0][0]["failure_code"] == "ambiguous_transfer"
     assert set(lost) <= {"duplicate_payment", "proof_owner_conflict"} and len(lost) == 3
     with engine.db.tx() as s:
         held = set(s.scalars(select(TransferHold.proof_id).distinct()))
-        verified = s.scalar(
+        holding = s.scalar(
             select(func.count())
             .select_from(Proof)
-            .where(Proof.ref == tx, Proof.status == "verified")
+            .where(Proof.ref == tx, Proof.status.in_(HOLDING))
         )
-    assert won[0][0]["id"] in held and verified == 1
+    assert won[0][0]["id"] in held and holding == 1
 
 
 def test_sessions_racing_for_one_transfer_one_holds_it(pg, chain):
     """Several sessions (two owners) submit one transfer that carries all their references,
-    at once, for a few transfers in a row: exactly one proof verifies and holds it, the
+    at once, for a few transfers in a row: exactly one proof holds it (for review), the
     others are refused; never a deadlock; the chain verifies."""
     for n in range(3):
         _race_one_transfer(pg, chain, f"fxac{n:06d}")

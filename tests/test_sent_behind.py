@@ -150,18 +150,22 @@ def test_a_submission_to_a_paused_rail_or_a_held_transfer_stores_no_proof(engine
 def test_a_submission_costs_six_round_trips_on_postgresql(pg_only_engine, chain, round_trips):
     """After the session is open: [BEGIN + the session], [the rail's state FOR SHARE, the
     treasuries, the hold read, the proof's insert, the chain's lock, its head], [the audit
-    row + COMMIT]; then [BEGIN + the proof FOR UPDATE, its holds' inserts, the attempt's id],
-    [the proof's update, the attempt, the evidence, the chain's lock, its head, the webhook
-    endpoints], [the audit and outbox rows + COMMIT]. Opening the session, which names its
-    recipient: [BEGIN + the rail's state, the treasuries, the session, its entitlement, the
-    chain's lock, its head], [the audit row + COMMIT]."""
+    row + COMMIT]; then [BEGIN + the proof FOR UPDATE, the other open sessions its transfer
+    could back, its holds' inserts, the attempt's id], [the proof's update, the attempt, the
+    evidence, the chain's lock, its head, the webhook endpoints], [the audit and outbox rows +
+    COMMIT]. Opening the session, which names its recipient: [BEGIN + the rail's state, the
+    treasuries, the session, its entitlement, the chain's lock, its head], [the audit row +
+    COMMIT]. A transfer carrying keys besides the session's reference (as every real one
+    does: the payer, the token accounts) needs the other sessions read; one carrying only the
+    reference does not: the same count either way."""
     engine = pg_only_engine
     ids = []
-    for n in range(3):  # past the first runs: the same count once statements are prepared
+    for n in range(4):  # past the first runs: the same count once statements are prepared
         before = len(round_trips)
         sess = open_session(engine)
         assert len(round_trips) - before == 2
-        pay(chain, f"fxa0{n:06d}", sess)
+        keys = [sess["reference"], f"fakepayer{n}"] if n % 2 else [sess["reference"]]
+        pay(chain, f"fxa0{n:06d}", sess, refs=keys)
         before = len(round_trips)
         view, _ = proofs.submit_proof(engine, sess["id"], f"fxa0{n:06d}", ["alice"])
         assert view["status"] == "verified"
@@ -176,7 +180,37 @@ def test_a_submission_costs_six_round_trips_on_postgresql(pg_only_engine, chain,
         # The drawn id is the attempt's, and the evidence names it.
         assert evidence is not None and evidence.attempt_id == attempt.id
         ids.append(attempt.id)
-    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+def test_a_transfer_another_session_could_take_is_decided_in_the_same_round_trips(
+    engine, chain, round_trips
+):
+    """The other open sessions a verified transfer could back are read behind the proof's
+    lock, in its round trip on PostgreSQL: a transfer carrying a rival session's reference is
+    still held for review with both named (its holds taken as for a verified one, so the rival
+    cannot take it), and costs no round trip more."""
+    alice = open_session(engine)
+    bob = open_session(engine, owner="bob")
+    pay(chain, "fxab000001", alice, refs=[alice["reference"], bob["reference"]])
+    before = len(round_trips)
+    view, _ = proofs.submit_proof(engine, alice["id"], "fxab000001", ["alice"])
+    assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
+    assert len(round_trips) - before == (6 if engine.db.postgres else 0)
+    with engine.db.tx() as s:
+        attempt = s.scalar(
+            select(VerificationAttempt).where(VerificationAttempt.proof_id == view["id"])
+        )
+        held = set(s.scalars(select(TransferHold.session_id)))
+    assert set(attempt.observed["candidate_sessions"]) == {alice["id"], bob["id"]}
+    assert held == {alice["id"]}
+    with pytest.raises(Conflict):
+        proofs.submit_proof(engine, bob["id"], "fxab000001", ["bob"])
+    # A key besides the reference that is no other session's changes nothing.
+    carol = open_session(engine, owner="carol")
+    pay(chain, "fxab000002", carol, refs=[carol["reference"], "fakepayer"])
+    view, _ = proofs.submit_proof(engine, carol["id"], "fxab000002", ["carol"])
+    assert (view["status"], view["failure_code"]) == ("verified", None)
 
 
 def test_nothing_rides_behind_the_chains_lock(pg_only_engine, round_trips):

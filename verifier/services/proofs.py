@@ -460,8 +460,12 @@ def _record_attempt(
             f"{verdict.detail}; not found by session expiry plus "
             f"{int(grace.total_seconds())} s grace",
         )
-    if verdict.status is Status.verified:
-        verdict = _unambiguous(engine, s, ps, verdict)
+    # A verified transfer's other candidates are read behind the proof's lock below, in its
+    # round trip; the verdict holds either way (verified or held for review), so the holds
+    # it takes do not wait for the answer.
+    deciding = (
+        _unambiguous_behind(engine, s, ps, verdict) if verdict.status is Status.verified else None
+    )
     holding = verdict.status.value in HOLDING
     # SECURITY: the hold is what makes a verdict count for this session; the insert decides
     # between concurrent claims of one transfer, on every identity it has.
@@ -478,10 +482,12 @@ def _record_attempt(
         # The attempt's id too, so its row waits for the next round trip with the others.
         reserving = attempt_repo.reserve_id_behind(s)
         p, as_written = _get_proof(s, p.id), False
+    if holding and taking is None:
+        taking = holds.hold_behind(s, keys, p.id, ps.id, ps.owner_id, now)
+    if deciding is not None:
+        verdict = deciding()
     refused = None
-    if holding:
-        if taking is None:
-            taking = holds.hold_behind(s, keys, p.id, ps.id, ps.owner_id, now)
+    if taking is not None:
         taken = taking()
         if taken:
             adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network, asset=ps.asset))
@@ -593,36 +599,43 @@ def _record_attempt(
     return verdict, view, refused
 
 
-def _unambiguous(
+def _unambiguous_behind(
     engine: Engine, s: Session, ps: PaymentSession | Record, verdict: Verdict
-) -> Verdict:
+) -> Callable[[], Verdict]:
     """A verified transfer counts only when no other open session could take it too (same
     rail, recipient, asset and amount; the payer where a session names one; the transfer
     inside its window; and for a session bound by reference, another session's reference
     among the transfer's keys). Otherwise it is held for review with every candidate named in
-    the evidence: amount and treasury never single out a session."""
+    the evidence: amount and treasury never single out a session. The candidates are read
+    behind the transaction's next statement (storage.repo.sessions
+    `other_open_candidates_behind`): call the answer for the verdict."""
     refs = None
     if ps.reference is not None:
         refs = [r for r in verdict.references if r != ps.reference]
         if not refs:  # the usual payment: no other key could be anyone's reference
-            return verdict
+            return lambda: verdict
     t = epoch_of(verdict.observed.get("block_time"))
     at = datetime.fromtimestamp(t, UTC) if t is not None else engine.now()
     sender = verdict.observed.get("sender")
-    others = session_repo.other_open_candidates(
+    reading = session_repo.other_open_candidates_behind(
         s, ps, at, sender.lower() if isinstance(sender, str) else None, refs
     )
-    if not others:
-        return verdict
-    # SECURITY: first come would be first served with someone else's payment.
-    candidates = [ps.id, *(o.id for o in others)]
-    return Verdict.review(
-        FailureCode.ambiguous_transfer,
-        f"this transfer could back {len(candidates)} open sessions (same recipient, asset and "
-        "amount); held for review",
-        observed={**verdict.observed, "candidate_sessions": candidates},
-        transfer_keys=verdict.transfer_keys,
-    )
+
+    def decided() -> Verdict:
+        others = reading()
+        if not others:
+            return verdict
+        # SECURITY: first come would be first served with someone else's payment.
+        candidates = [ps.id, *(o.id for o in others)]
+        return Verdict.review(
+            FailureCode.ambiguous_transfer,
+            f"this transfer could back {len(candidates)} open sessions (same recipient, "
+            "asset and amount); held for review",
+            observed={**verdict.observed, "candidate_sessions": candidates},
+            transfer_keys=verdict.transfer_keys,
+        )
+
+    return decided
 
 
 def _view_after_attempt(

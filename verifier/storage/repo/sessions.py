@@ -129,6 +129,20 @@ def other_open_candidates(
     window, their payer (when they name one) the sender, no transfer holding them yet, and
     without a reference — or, given `references` (the transfer's keys that could be one), with
     one of those as theirs. At most 20, oldest first."""
+    return other_open_candidates_behind(s, ps, at, sender, references)()
+
+
+def other_open_candidates_behind(
+    s: Session,
+    ps: PaymentSession | Record,
+    at: datetime,
+    sender: str | None,
+    references: list[str] | None = None,
+) -> Callable[[], list[Candidate]]:
+    """`other_open_candidates`, its read run behind the transaction's next statement, in its
+    round trip on PostgreSQL (prepared.Prepared.behind), elsewhere when the answer is
+    called: call it for the candidates. The sessions it excludes (`ps`'s own, those a
+    transfer holds) are the same whether it runs before or after that statement."""
     params = {
         "rail_id": ps.rail_id,
         "recipient": ps.recipient,
@@ -141,10 +155,15 @@ def other_open_candidates(
     if s.new or s.dirty or s.deleted:
         s.flush()  # as the session's own execute would: a hold not flushed yet counts
     conn = s.connection()
+    if references is not None and not rows.is_postgres(s):
+
+        def expanded() -> list[Candidate]:
+            found = s.execute(_BOUND_CANDIDATES_IN, {**params, "refs": references})
+            return [Candidate(sid, owner) for sid, owner in found]
+
+        return expanded
     if references is None:
-        found = _CANDIDATES.all(conn, params)
-    elif rows.is_postgres(s):
-        found = _BOUND_CANDIDATES.all(conn, {**params, "refs": references})
+        found = _CANDIDATES.behind(conn, params)
     else:
-        found = [tuple(r) for r in s.execute(_BOUND_CANDIDATES_IN, {**params, "refs": references})]
-    return [Candidate(sid, owner) for sid, owner in found]
+        found = _BOUND_CANDIDATES.behind(conn, {**params, "refs": references})
+    return lambda: [Candidate(sid, owner) for sid, owner in found.rows()]
