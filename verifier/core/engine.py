@@ -17,6 +17,7 @@ from verifier.core import inline
 from verifier.core.chains import Chains
 from verifier.core.config import Settings, load_settings
 from verifier.core.errors import BadInput
+from verifier.core.known_sessions import KnownSessions
 from verifier.core.metrics import Metrics
 from verifier.storage.db import Database
 from verifier.storage.models import RailState
@@ -53,6 +54,7 @@ class Engine:
         self._rails: dict[tuple[str, str | None, str | None, str | None], Rail] = {}
         self._rails_catalog = self.catalog
         self._lock = threading.Lock()
+        self.known_sessions = KnownSessions()
         # Fault injection for the rollback test of apply (never set outside tests).
         self.fail_after_receipt_insert = False
 

@@ -34,6 +34,7 @@ from registry.catalog import Rail
 from verifier.core.checking import Checked
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refused
+from verifier.core.known_sessions import SessionKey
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services import audit, events, queries
 from verifier.services.sessions import load_session
@@ -43,6 +44,7 @@ from verifier.storage.models import (
     PaymentSession,
     Proof,
     ProofStatus,
+    RailState,
     SessionStatus,
     SettlementEvidence,
     VerificationAttempt,
@@ -51,6 +53,7 @@ from verifier.storage.models import (
 from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import holds
 from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import rail_state as rail_state_repo
 from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo import settlements as settlement_repo
@@ -171,6 +174,84 @@ class _Replay(Exception):
         self.error, self.fingerprint, self.session_id = error, fingerprint, session_id
 
 
+class _Guessed(Exception):
+    """The session as read is not the one its statements were sent for (storage row
+    changed, or no longer open): the transaction rolls back and the submission is made again
+    the usual way."""
+
+
+class _Sent:
+    """A submission's statements, sent for one session: the proof's fingerprint and row, its
+    hold read and insert, and when sent ahead of the session's read, the rail's state."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        s: Session,
+        key: SessionKey,
+        is_open: bool,
+        raw: str,
+        proof_type: str | None,
+        now: datetime,
+        ahead: bool,
+    ):
+        self.key = key
+        self.rail = rail = engine.rail(key.rail_id, network=key.network, asset=key.asset)
+        self.adapter = adapter = engine.adapter(rail)
+        self.ptype = ptype = proof_type or rail.proof_types[0]
+        ref: str | None = None
+        self.malformed: ProofMalformed | None = None
+        if ptype in rail.proof_types:
+            try:
+                ref = adapter.normalize_proof(ptype, raw)
+            except ProofMalformed as e:
+                self.malformed = e
+        # SECURITY: ahead of the session's read the rail's share lock is still the first lock
+        # this transaction takes (any Idempotency-Key claim aside, as always): it goes first
+        # behind that read, before the hold read, the insert and the chain's lock.
+        self.state = rail_state_repo.read_shared_behind(s, rail.rail_id) if ahead else None
+        self.fp: str | None = None
+        self.held_by: Callable[[], holds.Holder | None] | None = None
+        self.write: Callable[[], Record] | None = None
+        if ref is None:
+            return
+        self.fp = fp = fingerprint(rail.family, rail.network, ptype, ref)
+        row = {
+            "id": new_id(),
+            "fingerprint": fp,
+            "rail_id": rail.rail_id,
+            "proof_type": ptype,
+            "ref": ref,
+            "raw": raw,
+            "owner_id": key.owner_id,
+            "session_id": key.id,
+            "status": ProofStatus.pending.value,
+            "failure_code": None,
+            "detail": "submitted",
+            "attempts": 0,
+            "next_check_at": now,
+            "claimed_until": None,
+            "claimed_by": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        # The hold read and the insert run right behind the rail's state (or the session's
+        # read, with the state ahead of them), in its round trip on PostgreSQL, exactly
+        # where they ran after it one by one: the pause and the hold are still checked
+        # before either answer is used, and a refusal rolls the transaction (and the insert)
+        # back.
+        self.held_by = holds.holder_behind(s, holds.fingerprint_key(fp), key.id)
+        if is_open:
+            # Insert first: the fingerprint's unique index answers "seen before?" and the
+            # usual new proof costs no lookup.
+            self.write = proof_repo.insert_proof_behind(s, row)
+            # And the chain's lock last, for the append below: after the insert, so a
+            # concurrent insert of this fingerprint is waited for before the lock is held
+            # (as when the lock had a round trip of its own). A refusal or a replay then
+            # holds it until its rollback, which follows at once.
+            audit.lock_with_next_statement(s)
+
+
 def _submit(
     engine: Engine,
     session_id: str,
@@ -181,74 +262,73 @@ def _submit(
     verify: bool,
 ) -> Submitted:
     now = engine.now()
+    # A session seen here before (opened or read by this process) is known by its owner and
+    # rail, which never change: the proof's statements go ahead of the session's read, in its
+    # round trip, and are used only if the session read is that one, still open. Never for a
+    # caller the session does not belong to: that one is answered as always.
+    known = engine.known_sessions.get(session_id)
+    if known is not None and owners is not None and known.owner_id not in owners:
+        known = None
+    try:
+        return _submit_as(engine, session_id, raw, owners, proof_type, actor, verify, now, known)
+    except _Guessed:
+        engine.known_sessions.forget(session_id)
+        return _submit_as(engine, session_id, raw, owners, proof_type, actor, verify, now, None)
+
+
+def _submit_as(
+    engine: Engine,
+    session_id: str,
+    raw: str,
+    owners: list[str] | None,
+    proof_type: str | None,
+    actor: str,
+    verify: bool,
+    now: datetime,
+    known: SessionKey | None,
+) -> Submitted:
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
+        sent = None if known is None else _Sent(engine, s, known, True, raw, proof_type, now, True)
         # Read only: the session is not changed by a submission.
         ps = load_session(engine, s, session_id, owners, read_only=True)
-        rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
-        adapter = engine.adapter(rail)
-        ptype = proof_type or rail.proof_types[0]
-        ref: str | None = None
-        malformed: ProofMalformed | None = None
-        if ptype in rail.proof_types:
-            try:
-                ref = adapter.normalize_proof(ptype, raw)
-            except ProofMalformed as e:
-                malformed = e
-        fp = held_by = write = None
-        if ref is not None:
-            fp = fingerprint(rail.family, rail.network, ptype, ref)
-            row = {
-                "id": new_id(),
-                "fingerprint": fp,
-                "rail_id": rail.rail_id,
-                "proof_type": ptype,
-                "ref": ref,
-                "raw": raw,
-                "owner_id": ps.owner_id,
-                "session_id": ps.id,
-                "status": ProofStatus.pending.value,
-                "failure_code": None,
-                "detail": "submitted",
-                "attempts": 0,
-                "next_check_at": now,
-                "claimed_until": None,
-                "claimed_by": None,
-                "created_at": now,
-                "updated_at": now,
-            }
-            # The hold read and the insert run right behind the rail's state below, in its
-            # round trip on PostgreSQL, exactly where they ran after it one by one: the
-            # pause and the hold are still checked before either answer is used, and a
-            # refusal rolls the transaction (and the insert) back.
-            held_by = holds.holder_behind(s, holds.fingerprint_key(fp), ps.id)
+        if sent is not None:
+            st = sent.state() if sent.state is not None else None
+            if st is None or ps.status != SessionStatus.open or not sent.key.fits(ps):
+                raise _Guessed  # rolls back whatever was sent for it
+        else:
             if ps.status == SessionStatus.open:
-                # Insert first: the fingerprint's unique index answers "seen before?" and
-                # the usual new proof costs no lookup.
-                write = proof_repo.insert_proof_behind(s, row)
-                # And the chain's lock last, for the append below: after the insert, so a
-                # concurrent insert of this fingerprint is waited for before the lock is held
-                # (as when the lock had a round trip of its own). A refusal or a replay then
-                # holds it until its rollback, which follows at once.
-                audit.lock_with_next_statement(s)
-        _refuse_if_paused(engine, s, rail.rail_id)
+                engine.known_sessions.remember(ps)
+            sent = _Sent(
+                engine,
+                s,
+                SessionKey.of(ps),
+                ps.status == SessionStatus.open,
+                raw,
+                proof_type,
+                now,
+                False,
+            )
+            st = engine.rail_state_read(s, sent.rail.rail_id)
+        rail, adapter, ptype, fp = sent.rail, sent.adapter, sent.ptype, sent.fp
+        _refuse_if_paused(engine, st, rail.rail_id)
         if ptype not in rail.proof_types:
             raise BadInput(
                 "invalid_proof_type",
                 f"proof_type: {rail.rail_id} accepts {', '.join(rail.proof_types)}",
                 field="proof_type",
             )
-        if malformed is not None or fp is None or held_by is None:
-            raise BadInput(FailureCode.proof_malformed, str(malformed), field="proof") from (
-                malformed
+        if sent.malformed is not None or fp is None or sent.held_by is None:
+            raise BadInput(FailureCode.proof_malformed, str(sent.malformed), field="proof") from (
+                sent.malformed
             )
         # SECURITY: a transfer another session holds is refused before the chain is asked.
         # (Only a hold refuses: someone else's failed or pending claim reserves nothing.)
-        held = held_by()
+        held = sent.held_by()
         if held is not None:
             raise _Held.of(adapter, held, ps)
-        if write is None:
+        if sent.write is None:
             # A closed session takes no new proof, but a resubmission of one it took is
             # still answered as a replay.
             existing = proof_repo.by_fingerprint(s, fp, ps.id)
@@ -260,7 +340,7 @@ def _submit(
             )
         try:
             # `p` is the row as written; only read below (its id, the view).
-            p = write()
+            p = sent.write()
         except IntegrityError as e:
             # Submitted to this session before (or lost the insert race): that row answers.
             raise _Replay(e, fp, ps.id) from e
@@ -352,8 +432,8 @@ def _get_proof(s: Session, proof_id: str) -> Proof | Record:
     return p
 
 
-def _refuse_if_paused(engine: Engine, s: Session, rail_id: str) -> None:
-    if engine.rail_state_read(s, rail_id).paused:
+def _refuse_if_paused(engine: Engine, st: RailState | Record, rail_id: str) -> None:
+    if st.paused:
         engine.metrics.inc("rail_paused_attempts_total", rail_id=rail_id)
         raise Refused(FailureCode.rail_paused, f"rail {rail_id} is paused")
 

@@ -125,6 +125,9 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 "reference: already used by another session; omit it to have a fresh one generated",
                 field="reference",
             ) from e
+    # Committed: a submission to it from this process can send its proof ahead of the
+    # session's read (services.proofs).
+    engine.known_sessions.remember(ps)
     return view
 
 

@@ -3,6 +3,8 @@ treasury per rail, and the locks that order a pause with the work it stops."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
@@ -54,6 +56,31 @@ def read_shared(s: Session, rail_id: str) -> RailState | Record | None:
             return s.get(RailState, rail_id)
         return Record(zip(_STATE_FOR_SHARE.keys(), row, strict=True))
     return rows.read(s, RailState, rail_id)
+
+
+def read_shared_behind(s: Session, rail_id: str) -> Callable[[], RailState | Record | None]:
+    """`read_shared`, its statements run behind the transaction's next one, in its round trip
+    on PostgreSQL (prepared.Prepared.behind), elsewhere when the answer is called: call it
+    for the row. The share lock is taken when that round trip runs, before anything sent
+    behind it after this call."""
+    if not rows.is_postgres(s):
+        return lambda: read_shared(s, rail_id)
+    conn = s.connection()
+    state = _STATE_FOR_SHARE.behind(conn, {"pk": rail_id})
+    stored = _TREASURIES.behind(conn, {})
+    tx = s.get_transaction()
+
+    def answer() -> RailState | Record | None:
+        found = state.rows()
+        s.info[_TREASURIES_READ] = [t for (t,) in stored.rows() if t]
+        s.info[_TREASURIES_TX] = tx
+        if not found:
+            return None
+        if (RailState, (rail_id,), None) in s.identity_map:
+            return s.get(RailState, rail_id)
+        return Record(zip(_STATE_FOR_SHARE.keys(), found[0], strict=True))
+
+    return answer
 
 
 def add(s: Session, st: RailState) -> RailState:
