@@ -8,7 +8,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -176,6 +176,10 @@ def db_history() -> None:
         typer.echo(f"{rev.revision}  {doc}".rstrip())
 
 
+# The ASGI factory every API process runs (one engine per process).
+APP = "verifier.http.asgi:make_app"
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -186,8 +190,10 @@ def serve(
 ) -> None:
     """Serve the HTTP API (refuses an unmigrated database)."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from verifier.core.logs import configure_logging
+    from verifier.http import processes
     from verifier.http.wire import HTTP_PROTOCOL
 
     configure_logging()
@@ -204,21 +210,30 @@ def serve(
     port = port or engine.settings.port
     # Refuse early, with the migration hint or what to set, before binding the port.
     _refuse_unservable(engine)
-    uvicorn.run(
-        "verifier.http.asgi:make_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
         # The C HTTP parser (with the refusals llhttp leaves to the server: header size, HTTP
         # version, Host) and event loop: h11 and asyncio's own loop cost the API process about
         # an eighth of its CPU per request (docs/bench.md, "This round's changes").
-        http=HTTP_PROTOCOL,
-        loop="uvloop",
-        server_header=False,  # no "server: uvicorn" on every answer: nothing to fingerprint
-        log_config=None,
-        access_log=False,
-    )
+        "http": HTTP_PROTOCOL,
+        "loop": "uvloop",
+        "server_header": False,  # no "server: uvicorn" on every answer: nothing to fingerprint
+        "log_config": None,
+        "access_log": False,
+    }
+    if workers > 1 and processes.spreads():
+        # A socket per process, so connections spread over them (http/processes.py).
+        try:
+            supervisor = processes.Processes(uvicorn.Config(APP, **options), workers)
+        except OSError as e:
+            fail(f"--port: cannot listen on {host}:{port}: {e.strerror}")
+        supervisor.run()
+        if supervisor.failed:
+            raise typer.Exit(STARTUP_FAILURE)
+        return
+    uvicorn.run(APP, workers=workers, **options)
 
 
 @app.command()
