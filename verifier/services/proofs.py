@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,7 +78,7 @@ def submit_proof(
     """Returns (proof view, created)."""
     raw = _raw_proof(proof)
     try:
-        return _submit(engine, session_id, raw, owners, proof_type, actor, verify)
+        return _submit(engine, _Asked(session_id, raw, owners, proof_type, actor, verify))
     except _Held as h:
         # Refused before any proof row: on the record in a transaction of its own.
         with engine.db.tx() as s:
@@ -252,47 +253,42 @@ class _Sent:
             audit.lock_with_next_statement(s)
 
 
-def _submit(
-    engine: Engine,
-    session_id: str,
-    raw: str,
-    owners: list[str] | None,
-    proof_type: str | None,
-    actor: str,
-    verify: bool,
-) -> Submitted:
+@dataclass(frozen=True)
+class _Asked:
+    """A submission as asked for."""
+
+    session_id: str
+    raw: str
+    owners: list[str] | None
+    proof_type: str | None
+    actor: str
+    verify: bool
+
+
+def _submit(engine: Engine, asked: _Asked) -> Submitted:
     now = engine.now()
     # A session seen here before (opened or read by this process) is known by its owner and
     # rail, which never change: the proof's statements go ahead of the session's read, in its
     # round trip, and are used only if the session read is that one, still open. Never for a
     # caller the session does not belong to: that one is answered as always.
-    known = engine.known_sessions.get(session_id)
-    if known is not None and owners is not None and known.owner_id not in owners:
+    known = engine.known_sessions.get(asked.session_id)
+    if known is not None and asked.owners is not None and known.owner_id not in asked.owners:
         known = None
     try:
-        return _submit_as(engine, session_id, raw, owners, proof_type, actor, verify, now, known)
+        return _submit_as(engine, asked, now, known)
     except _Guessed:
-        engine.known_sessions.forget(session_id)
-        return _submit_as(engine, session_id, raw, owners, proof_type, actor, verify, now, None)
+        engine.known_sessions.forget(asked.session_id)
+        return _submit_as(engine, asked, now, None)
 
 
-def _submit_as(
-    engine: Engine,
-    session_id: str,
-    raw: str,
-    owners: list[str] | None,
-    proof_type: str | None,
-    actor: str,
-    verify: bool,
-    now: datetime,
-    known: SessionKey | None,
-) -> Submitted:
+def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey | None) -> Submitted:
+    raw, proof_type, actor = asked.raw, asked.proof_type, asked.actor
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
         sent = None if known is None else _Sent(engine, s, known, True, raw, proof_type, now, True)
         # Read only: the session is not changed by a submission.
-        ps = load_session(engine, s, session_id, owners, read_only=True)
+        ps = load_session(engine, s, asked.session_id, asked.owners, read_only=True)
         if sent is not None:
             st = sent.state() if sent.state is not None else None
             if st is None or ps.status != SessionStatus.open or not sent.key.fits(ps):
@@ -353,7 +349,7 @@ def _submit_as(
             p.id,
             {"session_id": ps.id, "rail_id": rail.rail_id, "fingerprint": fp},
         )
-        if not verify:
+        if not asked.verify:
             # Not committed yet, so nothing can refer to it: no settlement, no receipt.
             return proof_view(p, None, None), True
     # 2. The chain, outside any transaction, within the submission budget: what it cannot
