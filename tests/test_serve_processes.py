@@ -1,7 +1,7 @@
 """`railproof serve --workers N` (verifier/http/processes.py): each API process listens on a
 socket of its own on the one address (SO_REUSEPORT), so keep-alive connections opened in a
 burst are spread over the processes instead of all going to the one that waits first; a
-process that dies is replaced; SIGTERM ends them all.
+process that dies is replaced; SIGTERM (or a hang-up) ends them all.
 
 Real servers on 127.0.0.1 with a SQLite file and recorded chains. Which process holds a
 connection is read from /proc: the socket inodes each process has open, matched against the
@@ -179,7 +179,8 @@ def test_connections_opened_at_once_are_spread_over_the_processes(env, tmp_path)
         api.stop()
 
 
-def test_a_process_that_dies_is_replaced_and_sigterm_ends_them_all(env, tmp_path):
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])
+def test_a_process_that_dies_is_replaced_and_a_signal_ends_them_all(env, tmp_path, ending):
     api = Api(env, tmp_path, workers=2).wait_ready()
     try:
         wait_until("two API processes listening", lambda: len(_api_processes(api)) == 2, 30)
@@ -196,7 +197,7 @@ def test_a_process_that_dies_is_replaced_and_sigterm_ends_them_all(env, tmp_path
         for c in _burst(api):
             c.close()
         serving = _api_processes(api)
-        os.kill(api.pid, signal.SIGTERM)
+        os.kill(api.pid, ending)  # to the supervisor alone: it ends its processes
         assert api._reap(20), api.output()
         assert api.popen.returncode == 0, api.output()
         for pid in serving:

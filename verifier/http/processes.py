@@ -59,7 +59,8 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
 
 
 class Processes:
-    """One uvicorn process per socket, replaced when it dies, all ended on SIGINT or SIGTERM."""
+    """One uvicorn process per socket, replaced when it dies, all ended on SIGINT, SIGTERM or
+    SIGHUP (a hang-up must not leave the processes serving without their supervisor)."""
 
     def __init__(self, config: Config, workers: int):
         self.config = config
@@ -73,7 +74,7 @@ class Processes:
         self.failed = False
 
     def run(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._exit)
         try:
             self.processes = [self._start(sock) for sock in self.sockets]
