@@ -286,9 +286,22 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
     # 1. Checks and the proof row, committed before the chain is asked: a process that dies
     #    mid-verification loses nothing (the worker finishes a pending proof).
     with engine.db.tx() as s:
-        sent = None if known is None else _Sent(engine, s, known, True, raw, proof_type, now, True)
-        # Read only: the session is not changed by a submission.
-        ps = load_session(engine, s, asked.session_id, asked.owners, read_only=True)
+        sent = None
+        if known is not None:
+            try:
+                sent = _Sent(engine, s, known, True, raw, proof_type, now, True)
+            except EngineError:
+                # A rail this process cannot resolve: the guess decides nothing.
+                raise _Guessed from None
+        try:
+            # Read only: the session is not changed by a submission.
+            ps = load_session(engine, s, asked.session_id, asked.owners, read_only=True)
+        except IntegrityError:
+            if sent is None:
+                raise
+            # What was sent ahead failed with the read (the proof's insert names a session
+            # that is not stored): the usual way answers, from the session's row alone.
+            raise _Guessed from None
         if sent is not None:
             st = sent.state() if sent.state is not None else None
             if st is None or ps.status != SessionStatus.open or not sent.key.fits(ps):
