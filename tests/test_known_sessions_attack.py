@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from tests.conftest import OTHER_SERVICE_TOKEN, auth
 from tests.test_engine_proofs import count, open_session, pay
+from tests.test_lock_behind_attack import join_all
 from verifier.core.errors import Conflict, EngineError, NotFound, Refused
 from verifier.core.known_sessions import KnownSessions, SessionKey
 from verifier.services import audit, idempotency, proofs, rails_admin
@@ -29,7 +30,6 @@ from verifier.storage.models import (
 
 OP = audit.Operator("ops1", "INC-KS", "known sessions attack")
 DEADLOCK = "40P01"
-JOIN_S = 30
 
 
 @pytest.fixture
@@ -102,14 +102,21 @@ def holders(engine) -> list[tuple[str, str, str]]:
         return [(h.transfer_key, h.session_id, h.owner_id) for h in s.scalars(select(TransferHold))]
 
 
+def refused_storing_nothing(engine, code: str, session_id: str, tx: str, owners: list[str]):
+    """The submission is refused with `code`, nothing is stored and the chain verifies."""
+    before = stored(engine)
+    with pytest.raises(EngineError) as refused:
+        proofs.submit_proof(engine, session_id, tx, owners)
+    assert refused.value.code == code
+    assert stored(engine) == before
+    chain_ok(engine)
+
+
 def run_threads(targets: list) -> None:
     threads = [threading.Thread(target=t) for t in targets]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + JOIN_S
-    for t in threads:
-        t.join(max(0.1, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "a thread is stuck (deadlock?)"
+    join_all(threads)
 
 
 def no_deadlock(errors: list[BaseException]) -> None:
@@ -212,12 +219,7 @@ def test_a_stale_memory_of_a_session_that_is_not_stored_answers_404(engine, chai
     }
     forge(engine, ghost)
     chain.txs["fxdead00001"] = {"status": "ok", "to": "fatreasury", "amount": 1, "asset": "fusd"}
-    before = stored(engine)
-    with pytest.raises(NotFound) as nf:
-        proofs.submit_proof(engine, ghost["id"], "fxdead00001", ["alice"])
-    assert nf.value.code == "session_not_found"
-    assert stored(engine) == before
-    chain_ok(engine)
+    refused_storing_nothing(engine, "session_not_found", ghost["id"], "fxdead00001", ["alice"])
 
 
 def test_a_stale_memory_of_a_session_that_is_not_stored_is_404_over_http(client, engine):
@@ -301,12 +303,7 @@ def test_a_guessed_rail_that_is_paused_does_not_refuse_the_sessions_own(engine, 
     rails_admin.set_paused(engine, "fake_live", True, OP)
     forge(engine, sess, rail_id="fake_gated")
     pay(chain, "fxbad0000002", sess)
-    before = stored(engine)
-    with pytest.raises(Refused) as r:
-        proofs.submit_proof(engine, sess["id"], "fxbad0000002", ["alice"])
-    assert r.value.code == "rail_paused"
-    assert stored(engine) == before
-    chain_ok(engine)
+    refused_storing_nothing(engine, "rail_paused", sess["id"], "fxbad0000002", ["alice"])
 
 
 def test_a_wrong_guess_with_a_proof_the_guessed_rail_cannot_read(engine, chain):
