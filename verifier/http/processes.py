@@ -2,11 +2,12 @@
 all bound to the one address with SO_REUSEPORT, so the kernel spreads new connections over
 them (by a hash of each connection's addresses).
 
-uvicorn's own multi-process mode binds one socket and shares it; Linux then hands a burst of
-connections to whichever process waits first, the same one each time, and a client that keeps
-its connection (a backend's keep-alive pool, a load balancer's) stays with it: measured with
-eight clients and two processes, all eight connections went to one process in three runs out
-of five while the other idled (docs/bench.md, "Two API processes, one doing the work").
+uvicorn's own multi-process mode binds one socket and shares it: connections made while one
+process is still starting are all accepted by the one already up, and a client that keeps
+its connection (a backend's keep-alive pool, a load balancer's) stays with it. Measured with
+eight clients connecting at the server's first answer and two processes, all eight went to
+one process in three runs out of five while the other idled (docs/bench.md, "Two API
+processes, one doing the work").
 
 Each process is uvicorn's (`uvicorn.supervisors.multiprocess.Process`: spawned, pinged, ended
 with SIGTERM) serving uvicorn's `Server` on its own socket; this module only binds the
