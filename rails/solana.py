@@ -164,6 +164,7 @@ class TxView:
     pre: tuple[TokenBalance, ...]
     post: tuple[TokenBalance, ...]
     signers: frozenset[str] = frozenset()
+    writable: frozenset[str] = frozenset()
 
 
 def _bad(msg: str) -> NoReturn:
@@ -206,6 +207,40 @@ def signers_of(message: dict[str, Any], keys: tuple[str, ...]) -> frozenset[str]
     n = header.get("numRequiredSignatures") if isinstance(header, dict) else None
     first = keys[: n if isinstance(n, int) and n > 0 else 1]
     return frozenset(k for k in (*marked, *first) if isinstance(k, str))
+
+
+def writable_of(
+    message: dict[str, Any], meta: dict[str, Any], keys: tuple[str, ...]
+) -> frozenset[str]:
+    """The keys the transaction may change (lamports, data): jsonParsed marks each key; the raw
+    json encoding orders the static keys writable signers, read-only signers, writable
+    non-signers, read-only non-signers (the header counts them), and lists the lookup tables'
+    writable keys in `meta.loadedAddresses.writable`."""
+    listed = message.get("accountKeys") or []
+    if listed and all(isinstance(k, dict) for k in listed):
+        if not all(isinstance(k.get("writable"), bool) for k in listed):
+            _bad("an account key without its writable flag")
+        return frozenset(k["pubkey"] for k in listed if k["writable"])
+    header = message.get("header")
+    counts = [
+        header.get(f) if isinstance(header, dict) else None
+        for f in (
+            "numRequiredSignatures",
+            "numReadonlySignedAccounts",
+            "numReadonlyUnsignedAccounts",
+        )
+    ]
+    n = len(listed)
+    if not all(isinstance(c, int) and 0 <= c <= n for c in counts):
+        _bad("message.header does not count the signers and read-only keys")
+    signed, ro_signed, ro_unsigned = counts
+    if ro_signed > signed or signed + ro_unsigned > n:
+        _bad("message.header counts more keys than the message lists")
+    out = {
+        k for i, k in enumerate(keys[:n]) if i < signed - ro_signed or signed <= i < n - ro_unsigned
+    }
+    out.update((meta.get("loadedAddresses") or {}).get("writable") or ())
+    return frozenset(out)
 
 
 def _instr(raw: dict[str, Any], keys: tuple[str, ...]) -> Instr:
@@ -284,6 +319,7 @@ def parse_transaction(result: Any, asked: str) -> TxView:
         pre=tuple(_balance(b, keys) for b in meta.get("preTokenBalances") or []),
         post=tuple(_balance(b, keys) for b in meta.get("postTokenBalances") or []),
         signers=signers_of(message, keys),
+        writable=writable_of(message, meta, keys),
     )
 
 
@@ -384,10 +420,14 @@ def movements(view: TxView, mint: str) -> list[Movement]:
 
 def ledger_accounts(view: TxView) -> frozenset[str]:
     """The accounts a transfer carries for what it does, whoever it pays: its signers, every
+    account it may change (a SOL transfer's destination, a tip or fee account: writable), every
     token account it lists a balance for with that account's owner and mint, and the programs
-    it calls. A repeat payer's wallet and token account, and a treasury's token account, are
-    in many payments: none of them can single one out as its reference."""
-    out = set(view.signers)
+    it calls. A repeat payer's wallet and token account, a treasury's token account, a wallet's
+    fee or tip account are in many payments: none of them can single one out as its reference
+    (Solana Pay adds a reference as a read-only, non-signer key)."""
+    # SECURITY: a writable key is one the transaction may pay into; tip and fee accounts are
+    # shared by many payments, so another tenant could name one as its session's reference.
+    out = set(view.signers) | view.writable
     for b in (*view.pre, *view.post):
         out.update((b.account, b.mint))
         if b.owner:
@@ -502,14 +542,16 @@ def check_reference(c: Context) -> Finding | None:
         return Finding(
             FailureCode.reference_missing, f"reference {ref} is not among the account keys"
         )
-    # SECURITY: a signer, a token account, its owner or mint, or a program is in other
-    # payments too (a treasury's token account is in every payment to it): it is never what
-    # binds this transfer to one session.
+    # SECURITY: a signer, an account the transaction may pay into (writable: a tip or fee
+    # account), a token account, its owner or mint, or a program is in other payments too (a
+    # treasury's token account is in every payment to it): it is never what binds this
+    # transfer to one session.
     if ref not in c.candidates:
         return Finding(
             FailureCode.reference_missing,
             f"reference {ref} is one of the accounts the transfer moves funds with (a signer, "
-            "a token account, its owner or mint, or a program), not a reference",
+            "a writable account, a token account, its owner or mint, or a program), not a "
+            "reference (a read-only key)",
         )
     return None
 

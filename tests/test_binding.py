@@ -178,6 +178,51 @@ def test_cross_owner_theft_of_a_payment_is_refused_and_cannot_block_it(sol):
     assert [x["status"] for x in ents] == ["pending"]
 
 
+TIPPED = json.loads((FIXTURES / "solana" / "generated" / "extra_instructions_a.json").read_text())
+TIPPED_SIG = next(c for c in TIPPED["calls"] if c["method"] == "getTransaction")["params"][0]
+TIP_ACCOUNT = "HH42wyq3g8DdUsY6pAM8FaBmFVyoj5NQDhbkYCai3eyK"  # the wallet's SOL tip goes here
+
+
+@pytest.mark.parametrize("alice_open", [True, False], ids=["alice-open", "alice-expired"])
+def test_a_tip_account_the_payment_pays_into_is_no_reference(sol, alice_open):
+    """A wallet's payment carries a SOL tip to an account shared by many payments (a tip or
+    fee account: writable, not a signer, no token balance). Bob names it as his session's
+    reference, same amount, same treasury, and submits Alice's payment: he is never paid by
+    it and never holds it, whether Alice's session is still open (he would block her) or
+    expired (he would take it)."""
+    e, c = sol
+    want = TIPPED["expect"]
+    if alice_open:
+        alice = solana_session(
+            c, amount=want["amount"], reference=want["reference"], memo=want["memo"]
+        )
+    else:
+        alice = solana_session(c, amount=want["amount"], expires_in_seconds=60)
+    assert alice.status_code == 201, alice.text
+    bob = solana_session(
+        c, token=OTHER_SERVICE_TOKEN, owner="bob", amount=want["amount"], reference=TIP_ACCOUNT
+    )
+    assert bob.status_code == 201, bob.text  # the key is no program, treasury or mint
+
+    r = submit(c, bob.json()["id"], TIPPED_SIG, OTHER_SERVICE_TOKEN)
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == ("failed", "reference_missing")
+    assert "writable" in r.json()["detail"]
+    with e.db.tx() as s:
+        assert s.scalars(select(TransferHold)).all() == []  # nothing reserved for Bob
+
+    r = submit(c, alice.json()["id"], TIPPED_SIG)
+    if alice_open:
+        assert (r.status_code, r.json()["status"]) == (201, "verified"), r.text
+    else:  # her session ran out before the payment landed: hers to sort out, not Bob's
+        assert (r.status_code, r.json()["status"]) == (201, "failed"), r.text
+        assert r.json()["failure_code"] != "proof_owner_conflict"
+    ents = c.get(
+        "/v1/entitlements", params={"owner_id": "bob"}, headers=auth(OTHER_SERVICE_TOKEN)
+    ).json()
+    assert [x["status"] for x in ents] == ["pending"]
+
+
 @pytest.mark.parametrize(
     "wallet,program",
     [(TREASURY, p) for p in sorted(TOKEN_PROGRAMS)] + [(CONFIGURED_TREASURY, None)],

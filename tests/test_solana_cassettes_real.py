@@ -200,9 +200,14 @@ def test_v0_native_transfer_recipient_is_a_lookup_table_key(adapter):
         recipient in view.account_keys
         and keys[view.account_keys.index(recipient)]["source"] == "lookupTable"
     )
-    # The lookup-table key is seen as an account key: used as a reference, it is found.
+    # The lookup-table key is seen as an account key, and as one the transaction pays into
+    # (writable): named as a reference it is among the keys but is not taken for one, as no
+    # account that moves funds is (the reference check answers before the asset's).
+    assert view.writable == {"web3xFMwEPrc92NeeXdAigni95NDnnd2NPuajTirao2", recipient}
     v = verify(adapter, name, sig, recipient=recipient, amount=1000, reference=recipient).verdict
-    assert v.observed["reference_found"] is True
+    assert v.observed["reference_found"] is False
+    assert (v.status, v.code) == (Status.failed, FailureCode.reference_missing), v
+    assert f"reference {recipient} is one of the accounts" in v.detail
 
 
 # -- sol_failed_tx_err_instructionerror_mainnet -----------------------------------------------------------
