@@ -59,6 +59,9 @@ def create_endpoint(
     types = _event_types(event_types)
     now = engine.now()
     with engine.db.tx() as s:
+        # SECURITY: checked and created under the token's lock: a burst of creates otherwise
+        # stored duplicates (each event delivered once per copy) and went past the limit.
+        webhooks_repo.lock_endpoints_of(s, principal)
         mine = webhooks_repo.active_endpoints_of(s, principal)
         if any(ep.url == url for ep in mine):
             # A retried create must not double every delivery; delete to rotate the secret.

@@ -6,10 +6,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Select, exists, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from verifier.storage.repo import rows
+from verifier.storage.repo.prepared import Prepared
 from verifier.storage.webhook_models import (
     DeliveryStatus,
     OutboxEvent,
@@ -21,6 +33,28 @@ Joined = tuple[WebhookDelivery, OutboxEvent, WebhookEndpoint]
 
 
 # -- endpoints -------------------------------------------------------------------------------
+
+# A token's endpoint list is changed under a PostgreSQL advisory lock of its own (two int4 keys:
+# this namespace and the token's hash), apart from the audit chain's one-bigint lock.
+_ENDPOINTS_LOCK_SPACE = 0x77656268
+_LOCK_ENDPOINTS = Prepared(
+    select(
+        func.pg_advisory_xact_lock(
+            literal(_ENDPOINTS_LOCK_SPACE, Integer), func.hashtext(bindparam("p", type_=String))
+        )
+    )
+)
+
+
+def lock_endpoints_of(s: Session, principal: str) -> None:
+    """Hold the token's endpoint list to the end of the transaction, so that what it reads
+    next (its active endpoints) stays what it checks: two creates at once would both find the
+    URL free and the count under the limit. SQLite's BEGIN IMMEDIATE holds every writer out
+    already."""
+    if rows.is_postgres(s):
+        _LOCK_ENDPOINTS.scalar(s.connection(), {"p": principal})
+
+
 def active_endpoints_of(s: Session, principal: str) -> list[WebhookEndpoint]:
     """The token's active endpoints, oldest first."""
     return list(
