@@ -220,3 +220,43 @@ def test_the_app_echoes_the_request_id_and_stamps_it_on_audit_events(client, eng
     # Without one, the app makes one up and still echoes it.
     r = client.get("/healthz")
     assert len(r.headers["X-Request-Id"]) == 32
+
+
+def test_a_client_that_hangs_up_mid_upload_is_499_not_a_server_error(engine, caplog):
+    """A client that sends part of a body and closes gets no answer, and the request is
+    counted and logged as closed by its client (499), not as a server error: anyone could
+    otherwise raise the 5xx alert without a token."""
+    import socket
+    import time
+
+    import httpx
+
+    from tests.live_server import LiveServer
+    from verifier.http.api import create_app
+
+    with (
+        caplog.at_level(logging.INFO, logger="railproof.request"),
+        LiveServer(create_app(engine)) as server,
+    ):
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(
+                    b"POST /v1/proofs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100\r\n\r\n" + b'{"session_id": '
+                )
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = httpx.get(f"{server.url}/metrics").text
+            closed = [ln for ln in metrics.splitlines() if 'status="499"' in ln]
+            if closed or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert closed and closed[0].startswith("railproof_http_requests_total{")
+    assert closed[0].endswith(" 5.0"), closed
+    assert not [ln for ln in metrics.splitlines() if 'status="500"' in ln]
+    logged = [
+        (r.http_request["route"], r.http_request["status"])
+        for r in caplog.records
+        if r.name == "railproof.request" and r.http_request["method"] == "POST"
+    ]
+    assert logged == [("/v1/proofs", 499)] * 5

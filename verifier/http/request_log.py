@@ -49,6 +49,7 @@ _GOOD_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _MAX_INCIDENT = 128
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
+CLIENT_GONE = 499  # the status logged and counted for a request its client closed unanswered
 
 log = logging.getLogger("railproof.request")
 
@@ -146,11 +147,21 @@ class RequestLogMiddleware:
                 count(status[0] if status else 500)
             await send(message)
 
+        gone: list[bool] = []
+
+        async def receive_watched() -> dict[str, Any]:
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.disconnect":
+                gone.append(True)
+            return message
+
         token = request_id_var.set(rid)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watched, send_with_id)
         finally:
-            answered = status[0] if status else 500
+            # No answer: the client hung up first (499, as proxies log it: a client that
+            # closes mid-upload is no server error) or the app failed before answering.
+            answered = status[0] if status else (CLIENT_GONE if gone else 500)
             try:
                 self.emit(self._document(scope, headers, rid, answered, started))
             except Exception:  # a log sink never breaks a request
