@@ -37,7 +37,13 @@ from verifier.services import gate, proofs, sessions
 from verifier.services.assurance import assurance_report
 from verifier.services.audit import Operator
 from verifier.storage.db import Database, upgrade
-from verifier.storage.models import Proof, Receipt, TransferHold, VerificationAttempt
+from verifier.storage.models import (
+    PaymentSession,
+    Proof,
+    Receipt,
+    TransferHold,
+    VerificationAttempt,
+)
 
 DEMO_CASSETTE = json.loads((FIXTURES / "solana" / "generated" / "demo_payment.json").read_text())
 DEMO = DEMO_CASSETTE["demo"]
@@ -505,14 +511,14 @@ def evm(db_url):
     e.db.dispose()
 
 
-def evm_session(engine, owner="alice", payer=EVM_USDC_FROM, **kw):
+def evm_session(engine, owner="alice", payer=EVM_USDC_FROM, amount=EVM_USDC_AMOUNT, **kw):
     return sessions.open_session(
         engine,
         sessions.NewSession(
             owner_id=owner,
             rail_id="evm_usdc",
             access_product_id="pro",
-            amount=EVM_USDC_AMOUNT,
+            amount=amount,
             recipient=EVM_USDC_TO,
             payer=payer,
             **kw,
@@ -567,11 +573,35 @@ def test_evm_transfer_from_another_payer_is_sender_mismatch(evm):
     assert (view["status"], view["failure_code"]) == ("failed", "sender_mismatch")
 
 
-def test_evm_transfer_two_open_sessions_could_take_is_held_for_review(evm):
-    """Same rail, recipient, amount and payer, both windows open: first come is not first
-    served with someone else's payment."""
+def test_a_second_open_session_for_one_payer_and_amount_is_refused(evm):
+    """Same rail, recipient, amount and payer: a transfer could back either session, so the
+    second is refused when it is opened, whoever's it is, before anyone pays."""
     mine = evm_session(evm)
-    theirs = evm_session(evm, owner="bob")
+    for owner in ("bob", "alice"):
+        with pytest.raises(BadInput) as e:
+            evm_session(evm, owner=owner)
+        assert (e.value.code, e.value.field) == ("payer_in_use", "payer")
+        with pytest.raises(BadInput) as e:  # the payer's address in another case is the same
+            evm_session(evm, owner=owner, payer=EVM_USDC_FROM.upper().replace("0X", "0x"))
+        assert e.value.code == "payer_in_use"
+    # Another payer, or another amount, can be told apart.
+    evm_session(evm, owner="bob", payer="0x" + "22" * 20)
+    evm_session(evm, owner="bob", amount=EVM_USDC_AMOUNT + 1)
+    # Once the first is paid, the same payer and amount may be asked for again.
+    view, _ = proofs.submit_proof(evm, mine["id"], EVM_USDC_TX, ["alice"])
+    assert view["status"] == "verified", view
+    again = evm_session(evm, owner="bob")
+    assert again["payer"].lower() == EVM_USDC_FROM.lower()
+
+
+def test_a_second_session_from_before_the_rule_still_sends_the_transfer_to_review(evm):
+    """Two such sessions stored before sessions were refused at opening (here: the second
+    opened for another amount, then given the first's): the transfer is held for review, and
+    the other session cannot take it meanwhile."""
+    mine = evm_session(evm)
+    theirs = evm_session(evm, owner="bob", amount=EVM_USDC_AMOUNT + 1)
+    with evm.db.tx() as s:
+        s.get(PaymentSession, theirs["id"]).amount = EVM_USDC_AMOUNT
     view, _ = proofs.submit_proof(evm, mine["id"], EVM_USDC_TX, ["alice"])
     assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
     with evm.db.tx() as s:
@@ -579,7 +609,6 @@ def test_evm_transfer_two_open_sessions_could_take_is_held_for_review(evm):
             select(VerificationAttempt).where(VerificationAttempt.proof_id == view["id"])
         )
         assert att.observed["candidate_sessions"] == [mine["id"], theirs["id"]]
-    # Review holds the transfer for review: the other session cannot take it meanwhile.
     with pytest.raises(Conflict) as e:
         proofs.submit_proof(evm, theirs["id"], EVM_USDC_TX, ["bob"])
     assert e.value.code == "proof_owner_conflict"

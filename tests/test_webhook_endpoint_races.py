@@ -6,13 +6,12 @@ endpoints neither count against it nor are touched. On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.bursts import codes, post_at_once
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, auth, make_settings
 from tests.fake_rail import catalog_with_fake
 from tests.live_server import LiveServer
@@ -35,25 +34,7 @@ def servers(db_url) -> Iterator[tuple[Engine, list[str]]]:
 
 
 def _burst(urls: list[str], bodies: list[dict[str, object]], token: str) -> list[httpx.Response]:
-    """Every body posted at once, from a thread each, alternating between the servers."""
-    start = threading.Barrier(len(bodies))
-    out: list[httpx.Response] = []
-    lock = threading.Lock()
-
-    def post(i: int, body: dict[str, object]) -> None:
-        with httpx.Client(base_url=urls[i % len(urls)], timeout=30) as c:
-            start.wait()
-            r = c.post("/v1/webhook-endpoints", headers=auth(token), json=body)
-        with lock:
-            out.append(r)
-
-    threads = [threading.Thread(target=post, args=(i, b)) for i, b in enumerate(bodies)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert len(out) == len(bodies)
-    return out
+    return post_at_once(urls, [("/v1/webhook-endpoints", token, b) for b in bodies])
 
 
 def _listed(url: str, token: str) -> list[dict[str, object]]:
@@ -62,18 +43,11 @@ def _listed(url: str, token: str) -> list[dict[str, object]]:
     return list(r.json())
 
 
-def _codes(answers: list[httpx.Response]) -> Counter[object]:
-    return Counter(
-        r.status_code if r.status_code < 400 else (r.status_code, r.json()["error"]["code"])
-        for r in answers
-    )
-
-
 def test_the_same_url_at_once_is_stored_once(servers):
     _, urls = servers
     body = {"url": "http://127.0.0.1:9/race", "event_types": ["proof.verified"]}
     answers = _burst(urls, [body] * BURST, SERVICE_TOKEN)
-    assert _codes(answers) == {201: 1, (409, "webhook_endpoint_exists"): BURST - 1}
+    assert codes(answers) == {201: 1, (409, "webhook_endpoint_exists"): BURST - 1}
     stored = _listed(urls[1], SERVICE_TOKEN)
     assert [e["url"] for e in stored] == [body["url"]]
     (created,) = [r.json() for r in answers if r.status_code == 201]
@@ -86,13 +60,13 @@ def test_many_urls_at_once_never_pass_the_limit(servers):
     bob = [
         {"url": f"http://127.0.0.1:9/bob-{i}", "event_types": ["proof.verified"]} for i in range(3)
     ]
-    assert _codes(_burst(urls, bob, OTHER_SERVICE_TOKEN)) == {201: 3}
+    assert codes(_burst(urls, bob, OTHER_SERVICE_TOKEN)) == {201: 3}
     n = MAX_ENDPOINTS_PER_TOKEN + 14
     bodies = [
         {"url": f"http://127.0.0.1:9/hook-{i}", "event_types": ["proof.verified"]} for i in range(n)
     ]
     answers = _burst(urls, bodies, SERVICE_TOKEN)
-    assert _codes(answers) == {
+    assert codes(answers) == {
         201: MAX_ENDPOINTS_PER_TOKEN,
         (409, "webhook_endpoint_limit"): n - MAX_ENDPOINTS_PER_TOKEN,
     }

@@ -31,6 +31,7 @@ class ApiErrorCode(StrEnum):
     invalid_proof_type = "invalid_proof_type"
     invalid_reference = "invalid_reference"
     reference_in_use = "reference_in_use"
+    payer_in_use = "payer_in_use"
     recipient_required = "recipient_required"
     invalid_status = "invalid_status"
     invalid_treasury = "invalid_treasury"

@@ -86,6 +86,20 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 recipient, reference, payer = _fields(
                     adapter, rail.rail_id, req, recipient, partial(engine.treasuries, s)
                 )
+                if payer is not None and session_repo.open_for_same_payer(
+                    s, rail.rail_id, recipient, rail.asset, req.amount, payer, now
+                ):
+                    # SECURITY: a transfer carries nothing else to tell the two apart: whoever
+                    # submitted it first would hold it for review, and the other session's
+                    # owner be refused (another tenant copying a known payer and amount).
+                    raise BadInput(
+                        "payer_in_use",
+                        "payer: another open session on this rail already waits for this "
+                        "amount from this payer to this recipient, and one transfer could not "
+                        "tell them apart; use another amount, or wait until that one is paid "
+                        "or expires",
+                        field="payer",
+                    )
                 # Written with client-side ids and read back by nobody in this transaction;
                 # the record of the row is only read from here on (the view, the
                 # requirements). On PostgreSQL both rows go with the append's lock, in its
@@ -148,8 +162,8 @@ def _sent_with_rail_read(
     record. None: nothing was sent; the caller checks and writes after the read, raising its
     errors in their usual order. A reference another session used is refused from that read
     on PostgreSQL (IntegrityError, ahead of a pause)."""
-    if req.recipient is None:
-        return None
+    if req.recipient is None or req.payer is not None:
+        return None  # a payer-bound session is checked against the open ones first
     try:
         # The treasuries the deployment's configuration names; those approved and stored per
         # rail come with the rail's state, and the reference is checked against them then.

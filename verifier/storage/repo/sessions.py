@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy import Integer, String, bindparam, func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,53 @@ def refused_reference(e: IntegrityError) -> bool:
     if diag is not None:  # PostgreSQL names the constraint
         return bool(diag.constraint_name == _REFERENCE_UNIQUE)
     return "payment_sessions.reference" in str(e.orig)  # SQLite names the column
+
+
+# Sessions waiting for one payment (rail, recipient, amount) are opened one at a time under a
+# PostgreSQL advisory lock of their own (two int4 keys: this namespace and the payment's hash).
+_PAYMENT_LOCK_SPACE = 0x70617973
+_LOCK_PAYMENT = Prepared(
+    select(
+        func.pg_advisory_xact_lock(
+            literal(_PAYMENT_LOCK_SPACE, Integer), func.hashtext(bindparam("k", type_=String))
+        )
+    )
+)
+
+
+def open_for_same_payer(
+    s: Session,
+    rail_id: str,
+    recipient: str,
+    asset: str,
+    amount: int,
+    payer: str,
+    now: datetime,
+) -> bool:
+    """Whether another open session on the rail waits for the same amount of the asset at the
+    same recipient from `payer` (or from any payer: one that names none), with no transfer
+    backing it yet: one transfer from that payer could back either. Asked under a lock held to
+    the end of the transaction, so two such sessions opened at once see each other (SQLite's
+    BEGIN IMMEDIATE holds every writer out already)."""
+    if rows.is_postgres(s):
+        _LOCK_PAYMENT.scalar(s.connection(), {"k": f"{rail_id}|{recipient}|{amount}"})
+    found = s.execute(
+        select(PaymentSession.id)
+        .where(
+            PaymentSession.rail_id == rail_id,
+            PaymentSession.recipient == recipient,
+            PaymentSession.amount == amount,
+            PaymentSession.asset == asset,
+            PaymentSession.status == SessionStatus.open.value,
+            PaymentSession.expires_at >= now,
+            or_(PaymentSession.payer.is_(None), func.lower(PaymentSession.payer) == payer.lower()),
+            ~select(TransferHold.transfer_key)
+            .where(TransferHold.session_id == PaymentSession.id)
+            .exists(),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def get(s: Session, session_id: str, lock: bool = False) -> PaymentSession | None:
