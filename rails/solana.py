@@ -222,17 +222,14 @@ def writable_of(
             _bad("an account key without its writable flag")
         return frozenset(k["pubkey"] for k in listed if k["writable"])
     header = message.get("header")
-    counts = [
-        header.get(f) if isinstance(header, dict) else None
-        for f in (
-            "numRequiredSignatures",
-            "numReadonlySignedAccounts",
-            "numReadonlyUnsignedAccounts",
-        )
-    ]
+    header = header if isinstance(header, dict) else {}
     n = len(listed)
-    if not all(isinstance(c, int) and 0 <= c <= n for c in counts):
-        _bad("message.header does not count the signers and read-only keys")
+    counts: list[int] = []
+    for f in ("numRequiredSignatures", "numReadonlySignedAccounts", "numReadonlyUnsignedAccounts"):
+        c = header.get(f)
+        if not (isinstance(c, int) and 0 <= c <= n):
+            _bad("message.header does not count the signers and read-only keys")
+        counts.append(c)
     signed, ro_signed, ro_unsigned = counts
     if ro_signed > signed or signed + ro_unsigned > n:
         _bad("message.header counts more keys than the message lists")

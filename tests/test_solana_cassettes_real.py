@@ -15,7 +15,14 @@ import pytest
 from rails import adapter_for
 from rails.base import Status, Terms
 from rails.codes import FailureCode
-from rails.solana import memos_of, movements, owners_from_instructions, parse_transaction
+from rails.errors import MalformedResponse
+from rails.solana import (
+    memos_of,
+    movements,
+    owners_from_instructions,
+    parse_transaction,
+    reference_candidates,
+)
 from rails.transport.cassette import Call, CassetteTransport
 from registry.catalog import load_catalog
 from verifier.core.checking import run_verify
@@ -290,6 +297,30 @@ def test_json_encoding_index_space_includes_loaded_addresses():
         14_516,
     )
     assert sum(d for _, d in moves.values()) == 0
+
+
+def test_json_encoding_writable_keys_come_from_the_header_and_the_loaded_writable_list():
+    """Header {1 signer, 0 read-only signed, 6 read-only unsigned} over 16 static keys: the fee
+    payer and static keys 1-9 may change, 10-15 (ComputeBudget, Jupiter, ...) may not; the 17
+    loaded writable keys may, the 9 loaded read-only ones (Token program, pools' programs) not.
+    A reference is only ever one of the read-only ones that is no program."""
+    result = result_of("v0_json_loadedaddresses_usdc_swap.json")
+    view = parse_transaction(result, SWAP_SIG)
+    static = result["transaction"]["message"]["accountKeys"]
+    loaded = result["meta"]["loadedAddresses"]
+    assert view.writable == {*static[:10], *loaded["writable"]}
+    assert not view.writable & {*static[10:], *loaded["readonly"]}
+    assert set(reference_candidates(view)) <= {*static[10:], *loaded["readonly"]}
+
+
+def test_a_header_that_counts_more_keys_than_listed_is_malformed():
+    result = copy.deepcopy(result_of("v0_json_loadedaddresses_usdc_swap.json"))
+    result["transaction"]["message"]["header"]["numReadonlyUnsignedAccounts"] = 16
+    with pytest.raises(MalformedResponse, match="header"):
+        parse_transaction(result, SWAP_SIG)
+    del result["transaction"]["message"]["header"]
+    with pytest.raises(MalformedResponse, match="header"):
+        parse_transaction(result, SWAP_SIG)
 
 
 def test_swap_pays_the_loaded_address_owner(adapter):
