@@ -172,6 +172,40 @@ def test_other_control_characters_in_free_text_are_stored(client):
     assert audit[0]["reason"] == "line 1\nline 2\tx\x1b"
 
 
+@pytest.mark.parametrize(
+    "path,raw,field",
+    [
+        ("/v1/proofs", b'{"session_id": "a\\u0001", "proof": "x"}', "session_id"),
+        ("/v1/proofs", b'{"session_id": "a\\nb", "proof": "x"}', "session_id"),
+        (
+            "/v1/payment-sessions",
+            b'{"owner_id": "alice", "rail_id": "fake_live\\u001b", "access_product_id": "p",'
+            b' "amount": 1}',
+            "rail_id",
+        ),
+        ("/v1/proofs", b'{"session_id": "\xff\xfe", "proof": "x"}', "body"),  # not UTF-8
+        ("/v1/proofs", b'{"session_id": "a", "proof": ' + b"9" * 5000 + b"}", "body"),
+    ],
+    ids=[
+        "control-in-session-id",
+        "newline-in-session-id",
+        "escape-in-rail-id",
+        "not-utf8",
+        "huge-int",
+    ],
+)
+def test_body_ids_with_control_characters_and_unreadable_bodies_name_the_field(
+    client, engine, path, raw, field
+):
+    """An id in a body is made of an id's characters: a control character is refused naming
+    the field, never looked up (a 404 echoing it). A body the JSON parser cannot read (not
+    UTF-8, an integer past its 4300 digits) is 422 naming `body`, as invalid JSON is."""
+    before = counts(engine)
+    r = client.post(path, headers={**auth(), "Content-Type": "application/json"}, content=raw)
+    refused(r, field)
+    assert counts(engine) == before
+
+
 def test_escaped_backslash_u0000_is_text_not_nul(client):
     body = json.dumps({**SESSION, "memo": "\\u0000"}).encode()  # the six characters \u0000
     assert b"\\\\u0000" in body

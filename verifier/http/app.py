@@ -166,6 +166,15 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 400 and isinstance(e.__cause__, ValueError):
+            # FastAPI's "error parsing the body": a body that is not UTF-8, or an integer the
+            # parser refuses (over 4300 digits); the body is not JSON this API reads.
+            return _error(
+                422,
+                ApiErrorCode.invalid_request,
+                "body: not valid JSON (UTF-8 text, integers of at most 4300 digits)",
+                "body",
+            )
         code = {404: ApiErrorCode.not_found, 405: ApiErrorCode.method_not_allowed}.get(
             e.status_code, ApiErrorCode.http_error
         )

@@ -78,6 +78,9 @@ AmountText = Annotated[
 ]
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"}, description="ISO-8601, UTC")]
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
+# A rail's or a stored row's id as a body names it: the characters ids are made of, so a
+# control character (or anything else) is refused naming the field, not looked up.
+ShortId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 Text = Annotated[str, Field(min_length=1, max_length=128)]
 Json = dict[str, Any]
 
@@ -87,7 +90,7 @@ Json = dict[str, Any]
 
 class SessionIn(Model):
     owner_id: Id
-    rail_id: Annotated[str, Field(min_length=1, max_length=64)]
+    rail_id: ShortId
     access_product_id: Id
     amount: Amount
     recipient: Text | None = None
@@ -104,7 +107,7 @@ class SessionIn(Model):
 
 
 class ProofIn(Model):
-    session_id: Annotated[str, Field(min_length=1, max_length=64)]
+    session_id: ShortId
     proof: Annotated[
         Annotated[str, Field(min_length=1, max_length=proofs.MAX_PROOF_BYTES)] | Json,
         AfterValidator(encodable_object),
