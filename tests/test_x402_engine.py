@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import make_settings
 from verifier.core.engine import Engine
-from verifier.core.errors import Conflict
+from verifier.core.errors import BadInput, Conflict
 from verifier.services import gate, proofs, sessions
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
@@ -70,3 +70,44 @@ def test_payload_verifies_and_replay_for_another_session_is_nonce_reused(x402_en
         "live_apply_enabled",
         "receipt_creation_allowed",
     } <= blockers
+
+
+def test_a_session_naming_no_payer_refuses_no_payer_bound_session(x402_engine):
+    """On x402 a payer is optional. Sessions naming none never refuse each other (many
+    clients paying one price at once), nor do they refuse a session that names a payer, or
+    one tenant could keep every payer's sessions at its amounts from being opened; two
+    sessions naming one payer are refused, as on every rail that binds it."""
+    payer = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
+    for owner in ("bob", "bob", "alice"):
+        sessions.open_session(
+            x402_engine,
+            sessions.NewSession(
+                owner_id=owner,
+                rail_id="x402",
+                access_product_id="api",
+                amount=10000,
+                recipient=PAY_TO,
+                reference=None,
+            ),
+            actor="test",
+        )
+
+    def with_payer(owner: str) -> dict:
+        return sessions.open_session(
+            x402_engine,
+            sessions.NewSession(
+                owner_id=owner,
+                rail_id="x402",
+                access_product_id="api",
+                amount=10000,
+                recipient=PAY_TO,
+                payer=payer,
+                reference=None,
+            ),
+            actor="test",
+        )
+
+    assert with_payer("alice")["payer"].lower() == payer.lower()
+    with pytest.raises(BadInput) as e:
+        with_payer("bob")
+    assert (e.value.code, e.value.field) == ("payer_in_use", "payer")

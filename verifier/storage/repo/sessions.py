@@ -73,10 +73,12 @@ def open_for_same_payer(
     now: datetime,
 ) -> bool:
     """Whether another open session on the rail waits for the same amount of the asset at the
-    same recipient from `payer` (or from any payer: one that names none), with no transfer
-    backing it yet: one transfer from that payer could back either. Asked under a lock held to
-    the end of the transaction, so two such sessions opened at once see each other (SQLite's
-    BEGIN IMMEDIATE holds every writer out already)."""
+    same recipient from `payer`, with no transfer backing it yet: one transfer from that payer
+    could back either. A session naming no payer (x402's, where one is optional) does not
+    count: it would let one tenant refuse every payer's sessions at its amounts (it is a
+    candidate for any payer's transfer, and sends such a transfer to review instead). Asked
+    under a lock held to the end of the transaction, so two such sessions opened at once see
+    each other (SQLite's BEGIN IMMEDIATE holds every writer out already)."""
     if rows.is_postgres(s):
         _LOCK_PAYMENT.scalar(s.connection(), {"k": f"{rail_id}|{recipient}|{amount}"})
     found = s.execute(
@@ -88,7 +90,7 @@ def open_for_same_payer(
             PaymentSession.asset == asset,
             PaymentSession.status == SessionStatus.open.value,
             PaymentSession.expires_at >= now,
-            or_(PaymentSession.payer.is_(None), func.lower(PaymentSession.payer) == payer.lower()),
+            func.lower(PaymentSession.payer) == payer.lower(),
             ~select(TransferHold.transfer_key)
             .where(TransferHold.session_id == PaymentSession.id)
             .exists(),
