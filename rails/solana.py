@@ -67,6 +67,9 @@ MEMO_PROGRAMS = frozenset(
         "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo",  # spl-memo v1
     }
 )
+# The programs whose instructions a payment's reference rides on (Solana Pay appends it to
+# the transfer; a memo may carry it): any other program's accounts are shared state.
+_REFERENCE_CARRIERS = TOKEN_PROGRAMS | MEMO_PROGRAMS | {str(system_program.ID)}
 # getSignatureStatuses accepts at most this many signatures per request.
 STATUS_BATCH = 256
 COMMITMENT_RANK = {"processed": 0, "confirmed": 1, "finalized": 2}
@@ -418,13 +421,22 @@ def movements(view: TxView, mint: str) -> list[Movement]:
 def ledger_accounts(view: TxView) -> frozenset[str]:
     """The accounts a transfer carries for what it does, whoever it pays: its signers, every
     account it may change (a SOL transfer's destination, a tip or fee account: writable), every
-    token account it lists a balance for with that account's owner and mint, and the programs
-    it calls. A repeat payer's wallet and token account, a treasury's token account, a wallet's
-    fee or tip account are in many payments: none of them can single one out as its reference
-    (Solana Pay adds a reference as a read-only, non-signer key)."""
+    account it passes to a program other than the token, system and memo programs (a swap's
+    markets, pools and event authorities), every token account it lists a balance for with
+    that account's owner and mint, and the programs it calls. A repeat payer's wallet and
+    token account, a treasury's token account, a wallet's fee or tip account, a swap's pool
+    are in many payments: none of them can single one out as its reference (Solana Pay adds a
+    reference as a read-only, non-signer key of the transfer)."""
     # SECURITY: a writable key is one the transaction may pay into; tip and fee accounts are
     # shared by many payments, so another tenant could name one as its session's reference.
     out = set(view.signers) | view.writable
+    # SECURITY: a key passed to any program but the ones a Solana Pay transfer carries its
+    # reference to (the token programs, the system program, a memo) is that program's state:
+    # a swap's market, pool, oracle or event authority, the same in every payment routed
+    # through it. Named as a reference, it would find (and take, or hold) those payments.
+    for ins in view.instructions:
+        if ins.program_id not in _REFERENCE_CARRIERS:
+            out.update(ins.accounts)
     for b in (*view.pre, *view.post):
         out.update((b.account, b.mint))
         if b.owner:

@@ -310,7 +310,51 @@ def test_json_encoding_writable_keys_come_from_the_header_and_the_loaded_writabl
     loaded = result["meta"]["loadedAddresses"]
     assert view.writable == {*static[:10], *loaded["writable"]}
     assert not view.writable & {*static[10:], *loaded["readonly"]}
-    assert set(reference_candidates(view)) <= {*static[10:], *loaded["readonly"]}
+
+
+# Read-only keys of the swap that other payments routed the same way carry too: Jupiter v6's
+# event authority, OpenBook v3 passed to a pool, the pools' and markets' accounts.
+SWAP_SHARED = [
+    "D8cy77BBepLMngZx6ZukaTff5hCt1HrWyKk3Hnd9oitf",
+    "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin",
+    "923j69hYbT5Set5kYfiQr1D8jPL6z15tbfTbVLSwUWJD",
+    "7aDTsspkQNGKmrexAN7FLx9oxU3iPczSSvHNggyuqYkR",
+    "H8oVxtJnyN81BjE5wZTz4DkX53k1BNRNyC9eT61q2bRH",
+]
+
+
+@pytest.mark.parametrize("shared", SWAP_SHARED)
+def test_a_key_passed_to_a_swap_program_is_no_reference(adapter, shared):
+    """Each is read-only, no signer, no token account and no program the transaction calls,
+    but each is passed to a program other than the token, system and memo programs: that
+    program's state, in every payment routed through it. Named as a session's reference it
+    would find this payment (and any like it) for a session it was never made for."""
+    view = parse_transaction(result_of("v0_json_loadedaddresses_usdc_swap.json"), SWAP_SIG)
+    assert shared in view.account_keys and shared not in view.writable
+    assert reference_candidates(view) == ()
+    owner = "3HSYXeGc3LjEPCuzoNDjQN37F1ebsSiR4CqXVqQCdekZ"
+    v = verify(
+        adapter,
+        "v0_json_loadedaddresses_usdc_swap.json",
+        SWAP_SIG,
+        recipient=owner,
+        amount=54_178_834,
+        reference=shared,
+    ).verdict
+    assert (v.status, v.code, v.observed["reference_found"]) == (
+        Status.failed,
+        FailureCode.reference_missing,
+        False,
+    ), v
+    # Without a reference asked, the same payment is the recipient's as before.
+    plain = verify(
+        adapter,
+        "v0_json_loadedaddresses_usdc_swap.json",
+        SWAP_SIG,
+        recipient=owner,
+        amount=54_178_834,
+    ).verdict
+    assert plain.status is Status.verified, plain
 
 
 def test_a_header_that_counts_more_keys_than_listed_is_malformed():
