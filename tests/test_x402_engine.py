@@ -111,3 +111,32 @@ def test_a_session_naming_no_payer_refuses_no_payer_bound_session(x402_engine):
     with pytest.raises(BadInput) as e:
         with_payer("bob")
     assert (e.value.code, e.value.field) == ("payer_in_use", "payer")
+
+
+def test_a_session_naming_the_payer_does_not_take_a_payment_another_naming_none_could_back(
+    x402_engine,
+):
+    """Alice's session names no payer; Bob's names the payer who signed (a known address).
+    The payment could be either's, and the one naming the sender is not preferred: a
+    settlement's transaction hash is public, so Bob, submitting it first, would take a payment
+    made for Alice. Both candidates go to review."""
+    payer = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
+    alice = open_x402(x402_engine)  # names no payer
+    bob = sessions.open_session(
+        x402_engine,
+        sessions.NewSession(
+            owner_id="bob",
+            rail_id="x402",
+            access_product_id="api",
+            amount=10000,
+            recipient=PAY_TO,
+            payer=payer,
+            reference=None,
+        ),
+        actor="test",
+    )
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, bob["id"], header, ["bob"])
+    assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
+    attempts = proofs.list_attempts(x402_engine, view["id"])
+    assert attempts[-1]["observed"]["candidate_sessions"] == [bob["id"], alice["id"]]
