@@ -13,19 +13,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import base58
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import auth, make_pg_db
+from tests.conftest import auth
 from tests.live_server import LiveServer
 from tests.test_bounded_latency import SERVICE, Live
 from verifier.core import inline
 from verifier.http.api import create_app
-from verifier.storage.db import upgrade
 from verifier.storage.models import Proof, VerificationAttempt
 from verifier.tools.bench import SilentNode
 
@@ -83,19 +82,7 @@ def test_a_burst_waits_on_the_chain_all_at_once(on_loop):
     assert chain_answered.most == BURST
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/burst.db"
-        upgrade(url)
-        yield url
-        return
-    url, drop = make_pg_db(request.getfixturevalue("pg_template"))
-    yield url
-    drop()
-
-
-def test_a_burst_of_submissions_all_ask_the_hanging_node_at_once(store):
+def test_a_burst_of_submissions_all_ask_the_hanging_node_at_once(db_url):
     """Over HTTP, BURST submissions of one tenant against a node that accepts and never
     answers, with a budget longer than the test waits: every one has asked the node before any
     is answered. The node then goes away, and each is answered pending and stored once."""
@@ -103,7 +90,7 @@ def test_a_burst_of_submissions_all_ask_the_hanging_node_at_once(store):
     # One try per call, longer than the test waits: a connection the node accepted is one
     # submission asking, never a retry.
     lv = Live(
-        store,
+        db_url,
         [node.url],
         submit_verify_budget_s=SETTLE_S * 2,
         rpc_timeout_s=SETTLE_S * 2,

@@ -13,6 +13,7 @@ from verifier.services import gate, proofs, sessions
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "x402"
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+SIGNER = "0x857b06519E91e3A54538791bDbb0E22373e36b66"  # who signed the fixture's payload
 
 
 @pytest.fixture
@@ -29,13 +30,14 @@ def x402_engine(db_url):
     e.db.dispose()
 
 
-def open_x402(engine):
+def open_x402(engine, owner="alice", payer=None):
     req = sessions.NewSession(
-        owner_id="alice",
+        owner_id=owner,
         rail_id="x402",
         access_product_id="api",
         amount=10000,
         recipient=PAY_TO,
+        payer=payer,
         reference=None,
     )
     return sessions.open_session(engine, req, actor="test")
@@ -77,39 +79,12 @@ def test_a_session_naming_no_payer_refuses_no_payer_bound_session(x402_engine):
     clients paying one price at once), nor do they refuse a session that names a payer, or
     one tenant could keep every payer's sessions at its amounts from being opened; two
     sessions naming one payer are refused, as on every rail that binds it."""
-    payer = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
+    payer = SIGNER
     for owner in ("bob", "bob", "alice"):
-        sessions.open_session(
-            x402_engine,
-            sessions.NewSession(
-                owner_id=owner,
-                rail_id="x402",
-                access_product_id="api",
-                amount=10000,
-                recipient=PAY_TO,
-                reference=None,
-            ),
-            actor="test",
-        )
-
-    def with_payer(owner: str) -> dict:
-        return sessions.open_session(
-            x402_engine,
-            sessions.NewSession(
-                owner_id=owner,
-                rail_id="x402",
-                access_product_id="api",
-                amount=10000,
-                recipient=PAY_TO,
-                payer=payer,
-                reference=None,
-            ),
-            actor="test",
-        )
-
-    assert with_payer("alice")["payer"].lower() == payer.lower()
+        open_x402(x402_engine, owner)
+    assert open_x402(x402_engine, "alice", payer)["payer"].lower() == payer.lower()
     with pytest.raises(BadInput) as e:
-        with_payer("bob")
+        open_x402(x402_engine, "bob", payer)
     assert (e.value.code, e.value.field) == ("payer_in_use", "payer")
 
 
@@ -120,21 +95,8 @@ def test_a_session_naming_the_payer_does_not_take_a_payment_another_naming_none_
     The payment could be either's, and the one naming the sender is not preferred: a
     settlement's transaction hash is public, so Bob, submitting it first, would take a payment
     made for Alice. Both candidates go to review."""
-    payer = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
     alice = open_x402(x402_engine)  # names no payer
-    bob = sessions.open_session(
-        x402_engine,
-        sessions.NewSession(
-            owner_id="bob",
-            rail_id="x402",
-            access_product_id="api",
-            amount=10000,
-            recipient=PAY_TO,
-            payer=payer,
-            reference=None,
-        ),
-        actor="test",
-    )
+    bob = open_x402(x402_engine, "bob", SIGNER)
     header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
     view, _ = proofs.submit_proof(x402_engine, bob["id"], header, ["bob"])
     assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
