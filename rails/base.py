@@ -44,6 +44,9 @@ class Terms(Model):
     not_after: datetime | None = None  # session expires_at
     now: datetime  # the engine's clock (fixed when replaying recorded chains)
     sender: str | None = None  # when the payment names its payer (x402)
+    # The reference is one railproof generated (Adapter.new_reference with the session's
+    # seed): a key no one else can have put in a transaction, found wherever it is carried.
+    reference_generated: bool = False
 
 
 class Settlement(Model):
@@ -260,8 +263,10 @@ class Adapter(Protocol):
     def normalize_address(self, address: str, field: str = "recipient") -> str:
         """A valid address for this family in canonical form; raises ProofMalformed."""
 
-    def new_reference(self) -> str | None:
-        """A fresh reference for a session when the caller asks for "auto" (None: none)."""
+    def new_reference(self, seed: bytes | None = None) -> str | None:
+        """A fresh reference for a session when the caller asks for "auto" (None: none): from
+        `seed` (32 secret bytes only the deployment can compute again) when given, else
+        random."""
 
     def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
         """Accounts every transfer of the rail may carry (programs, sysvars, the asset) and,

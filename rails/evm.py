@@ -584,7 +584,7 @@ class EvmAdapter:
     def normalize_address(self, address: str, field: str = "recipient") -> str:
         return normalize_evm_address(address, field)
 
-    def new_reference(self) -> str | None:
+    def new_reference(self, seed: bytes | None = None) -> str | None:
         return None  # an ERC-20 transfer has nowhere to carry a reference key
 
     def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:

@@ -555,6 +555,11 @@ def check_reference(c: Context) -> Finding | None:
     # account), a token account, its owner or mint, or a program is in other payments too (a
     # treasury's token account is in every payment to it): it is never what binds this
     # transfer to one session.
+    if c.terms.reference_generated:
+        # SECURITY: railproof made this key from a secret for this session alone: nobody else
+        # can have put it in a transaction, wherever it sits (a smart wallet's execute, a
+        # swap's route). A key the client chose is taken only where no shared account can be.
+        return None
     if ref not in c.candidates:
         return Finding(
             FailureCode.reference_missing,
@@ -563,6 +568,13 @@ def check_reference(c: Context) -> Finding | None:
             "reference (a read-only key)",
         )
     return None
+
+
+def _reference_found(c: Context) -> bool:
+    ref = c.terms.reference
+    if c.terms.reference_generated:
+        return ref in c.view.account_keys
+    return ref in c.candidates
 
 
 def check_memo(c: Context) -> Finding | None:
@@ -635,7 +647,7 @@ def observe(c: Context) -> Observed:
         decimals=decimals[0] if len(decimals) == 1 else (decimals or None),
         slot=c.view.slot,
         block_time=datetime.fromtimestamp(t, tz=UTC) if t is not None else None,
-        reference_found=(c.terms.reference in c.candidates) if c.terms.reference else None,
+        reference_found=_reference_found(c) if c.terms.reference else None,
         memo=memo[:MEMO_EVIDENCE_MAX] if memo is not None else None,
     )
 
@@ -751,8 +763,11 @@ class SolanaAdapter:
             raise ProofMalformed(field, "not the canonical base58 form of a 32-byte address")
         return address
 
-    def new_reference(self) -> str | None:
-        # A fresh public key nobody holds the secret of: it only marks the transaction.
+    def new_reference(self, seed: bytes | None = None) -> str | None:
+        # A fresh public key nobody holds the secret of: it only marks the transaction. From a
+        # seed, 32 bytes taken as the key: no secret key exists for it either.
+        if seed is not None:
+            return str(Pubkey.from_bytes(seed[:32]))
         return str(Keypair().pubkey())
 
     def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:

@@ -318,7 +318,7 @@ class TronAdapter:
     def normalize_address(self, address: str, field: str = "recipient") -> str:
         return normalize_tron_address(address, field)
 
-    def new_reference(self) -> str | None:
+    def new_reference(self, seed: bytes | None = None) -> str | None:
         return None  # a TRC-20 transfer has nowhere to carry a reference key
 
     def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:

@@ -748,7 +748,7 @@ class X402Adapter:
             raise ProofMalformed(field, "EIP-55 checksum does not match")
         return to_checksum_address("0x" + body.lower())
 
-    def new_reference(self) -> str | None:
+    def new_reference(self, seed: bytes | None = None) -> str | None:
         # The authorization's nonce already makes every payment unique on chain.
         return None
 

@@ -53,8 +53,8 @@ class FakeAdapter:
             raise ProofMalformed(field, "not a fake address (fa + 4..40 chars)")
         return address
 
-    def new_reference(self) -> str | None:
-        return "fa" + secrets.token_hex(8)
+    def new_reference(self, seed: bytes | None = None) -> str | None:
+        return "fa" + (seed[:8].hex() if seed is not None else secrets.token_hex(8))
 
     def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:
         return frozenset({"fawellknown"})

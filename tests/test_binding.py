@@ -337,6 +337,49 @@ def demo_with_extra_key(key: str) -> CassetteTransport:
     return CassetteTransport([Call(c) for c in calls], "solana-mainnet")
 
 
+SMART_WALLET = "SQDS4ep65T869zMMBKyuUq6aD6EgTu8psMjkvj52pCf"  # a vault's execute instruction
+
+
+def demo_through_a_smart_wallet(reference: str) -> CassetteTransport:
+    """The recorded demo payment carrying `reference` (instead of its own) both on its transfer
+    and in the accounts of another program's instruction, as a payment a smart wallet's
+    execute makes: the wallet's program lists every account its inner transfer uses."""
+    calls = copy.deepcopy(DEMO_CASSETTE["calls"])
+    tx = next(c for c in calls if c["method"] == "getTransaction")["result"]
+    message = tx["transaction"]["message"]
+    for k in message["accountKeys"]:
+        if k["pubkey"] == DEMO["reference"]:
+            k["pubkey"] = reference
+    message["accountKeys"].append(
+        {"pubkey": SMART_WALLET, "signer": False, "source": "transaction", "writable": False}
+    )
+    for lamports in ("preBalances", "postBalances"):
+        tx["meta"][lamports].append(0)
+    message["instructions"].insert(
+        0, {"programId": SMART_WALLET, "accounts": [reference], "data": "", "stackHeight": None}
+    )
+    return CassetteTransport([Call(c) for c in calls], "solana-mainnet")
+
+
+@pytest.mark.parametrize("generated", [True, False], ids=["generated", "chosen"])
+def test_a_generated_reference_is_found_wherever_the_transaction_carries_it(sol, generated):
+    """A reference railproof generated (from a secret, for this session alone) is this
+    payment's wherever it sits, also passed to another program (a smart wallet paying from
+    its vault): verified. A key the client chose is taken only where no program's shared
+    accounts can be: there it is `reference_missing`."""
+    e, c = sol
+    body = {"memo": DEMO["memo"]} if generated else {"reference": str(Keypair().pubkey())}
+    r = solana_session(c, **body)
+    assert r.status_code == 201, r.text
+    reference = r.json()["reference"]
+    e.chains.set_transport("solana-mainnet", demo_through_a_smart_wallet(reference))
+    view = submit(c, r.json()["id"], DEMO["signature"]).json()
+    if generated:
+        assert (view["status"], view["failure_code"]) == ("verified", None), view
+    else:
+        assert (view["status"], view["failure_code"]) == ("failed", "reference_missing"), view
+
+
 @pytest.mark.parametrize("rival", [True, False])
 def test_a_transfer_carrying_two_open_sessions_references_is_held_for_review(sol, rival):
     """Ambiguity on Solana: the transfer carries session A's reference and session B's (same

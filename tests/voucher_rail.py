@@ -114,7 +114,7 @@ class VoucherAdapter:
             raise ProofMalformed(field, "not a fake address (fa + 4..40 chars)")
         return address
 
-    def new_reference(self) -> str | None:
+    def new_reference(self, seed: bytes | None = None) -> str | None:
         return None
 
     def reserved_references(self, wallets: Collection[str] = ()) -> frozenset[str]:

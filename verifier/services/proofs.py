@@ -38,7 +38,7 @@ from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refu
 from verifier.core.known_sessions import SessionKey
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services import audit, events, queries
-from verifier.services.sessions import load_session
+from verifier.services.sessions import load_session, reference_generated
 from verifier.services.views import attempt_view, evidence_view, proof_view
 from verifier.storage.models import (
     HOLDING,
@@ -368,7 +368,10 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
     # 2. The chain, outside any transaction, within the submission budget: what it cannot
     #    decide by then is answered pending and finished by the worker.
     checked = engine.chains.verify(
-        adapter, raw, terms_for(engine, ps), budget_s=engine.settings.submit_verify_budget_s
+        adapter,
+        raw,
+        terms_for(engine, ps, adapter),
+        budget_s=engine.settings.submit_verify_budget_s,
     )
     # 3. The attempt, the new status, any settlement and the answer, in one transaction.
     try:
@@ -467,7 +470,7 @@ def _raw_proof(proof: object) -> str:
     return raw
 
 
-def terms_for(engine: Engine, ps: PaymentSession | Record) -> Terms:
+def terms_for(engine: Engine, ps: PaymentSession | Record, adapter: Adapter) -> Terms:
     return Terms(
         recipient=ps.recipient,
         amount=ps.amount,
@@ -478,6 +481,7 @@ def terms_for(engine: Engine, ps: PaymentSession | Record) -> Terms:
         not_after=utc(ps.expires_at),
         now=engine.now(),
         sender=ps.payer,
+        reference_generated=reference_generated(engine, adapter, ps),
     )
 
 
@@ -499,7 +503,7 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
         assert ps is not None  # a proof's session is never deleted (foreign key)
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
-    checked = engine.chains.verify(adapter, p.raw, terms_for(engine, ps))
+    checked = engine.chains.verify(adapter, p.raw, terms_for(engine, ps, adapter))
     with engine.db.tx() as s:
         locked = _get_proof(s, proof_id)
         if worker is not None and locked.claimed_by != worker:

@@ -665,7 +665,7 @@ def solana_inflows(
                     )
                 )
             else:
-                checks.append((i, ps.id, subjects, terms_for(engine, ps)))
+                checks.append((i, ps.id, subjects, terms_for(engine, ps, adapter)))
     for i, sid, subjects, terms in checks:
         # The rail's own checks, on the transaction already fetched (only the settlement
         # status is asked of the node, for a transfer that passes them).
