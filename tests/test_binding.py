@@ -706,3 +706,26 @@ def test_upgrade_gives_todays_holding_proofs_their_hold(tmp_path):
         holds = s.scalars(select(TransferHold)).all()
     assert [(h.transfer_key, h.proof_id) for h in holds] == [("proof:" + "f" * 64, "p1")]
     db.dispose()
+
+
+def test_a_deployment_can_refuse_every_reference_a_client_chooses(db_url):
+    """RAILPROOF_CLIENT_REFERENCES=0: no tenant can name a key other payments carry (an
+    Actions provider's identity, a processor's delegate), because no tenant names any; every
+    session gets one railproof generated, recognised as its own."""
+    e = cassette_engine(db_url, client_references=False)
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as c:
+            for chosen in (str(Keypair().pubkey()), DEMO["reference"]):
+                r = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=chosen)
+                assert r.status_code == 422, r.text
+                err = r.json()["error"]
+                assert (err["code"], err["field"]) == ("invalid_reference", "reference")
+                assert "RAILPROOF_CLIENT_REFERENCES" in err["message"]
+            r = solana_session(c)
+            assert r.status_code == 201, r.text
+            with e.db.tx() as s:
+                ps = s.get(PaymentSession, r.json()["id"])
+                rail = e.rail(ps.rail_id)
+                assert sessions.reference_generated(e, e.adapter(rail), ps)
+    finally:
+        e.db.dispose()

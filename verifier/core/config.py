@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     staff_tokens: dict[str, str] = Field(default_factory=dict)
     live_apply: bool = False
     auto_apply: bool = False
+    # Whether a session may name its own Solana reference (DESIGN allows it). A chosen key
+    # cannot be proven unique to one payment (README, "Binding"): off where tenants are not
+    # trusted with that, and every reference is one railproof generated.
+    client_references: bool = True
     apply_rail_allowlist: CsvList = Field(default_factory=lambda: ["solana_usdc"])
     receipt_creation_rails: CsvList = Field(default_factory=list)
     clock: datetime | None = None
