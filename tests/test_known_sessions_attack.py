@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from tests.conftest import OTHER_SERVICE_TOKEN, auth
 from tests.test_engine_proofs import count, open_session, pay
-from tests.test_lock_behind_attack import join_all
+from tests.test_lock_behind_attack import chain_ok, join_all
 from verifier.core.errors import Conflict, EngineError, NotFound, Refused
 from verifier.core.known_sessions import KnownSessions, SessionKey
 from verifier.services import audit, idempotency, proofs, rails_admin
@@ -52,11 +52,19 @@ def stored(engine) -> dict[str, int]:
     }
 
 
-def chain_ok(engine) -> int:
-    with engine.db.tx() as s:
-        report = audit.verify_chain(s)
-    assert report.ok, report.message
-    return report.events
+_FAILED = object()  # what `answered` gives for an error it kept
+
+
+def answered(call, refusal: type[EngineError], errors: list[BaseException]) -> object:
+    """A thread's `call()`: its answer, the code of a `refusal` it raised, or `_FAILED` with
+    anything else kept in `errors` (a thread must not die silently)."""
+    try:
+        return call()
+    except refusal as e:
+        return e.code
+    except BaseException as e:
+        errors.append(e)
+        return _FAILED
 
 
 def forge(engine, sess: dict, **wrong: str) -> SessionKey:
@@ -452,12 +460,11 @@ def test_a_session_closed_while_guessed_submissions_run(pg, chain):
     def submit(tx: str):
         def run():
             go.wait(10)
-            try:
-                answers[tx] = proofs.submit_proof(engine, sess["id"], tx, ["alice"])
-            except Conflict as e:
-                answers[tx] = e.code
-            except BaseException as e:
-                errors.append(e)
+            got = answered(
+                lambda: proofs.submit_proof(engine, sess["id"], tx, ["alice"]), Conflict, errors
+            )
+            if got is not _FAILED:
+                answers[tx] = got
 
         return run
 
@@ -563,12 +570,13 @@ def test_a_rail_paused_while_guessed_submissions_run(pg, chain):
             for i in range(3):
                 tx = f"fxa5e{n:02x}{i:04x}"
                 pay(chain, tx, sess)
-                try:
-                    answers.append(proofs.submit_proof(engine, sess["id"], tx, [sess["owner_id"]]))
-                except Refused as e:
-                    answers.append(e.code)
-                except BaseException as e:
-                    errors.append(e)
+                got = answered(
+                    lambda tx=tx: proofs.submit_proof(engine, sess["id"], tx, [sess["owner_id"]]),
+                    Refused,
+                    errors,
+                )
+                if got is not _FAILED:
+                    answers.append(got)
 
         return run
 
@@ -632,8 +640,8 @@ def test_one_key_many_threads_every_guess_wrong(pg, chain, monkeypatch):
     assert not errors, errors
     (p,) = proofs_of(engine, sess["id"])
     assert (p.rail_id, p.owner_id) == ("fake_live", "alice")  # as read, never as guessed
-    answered = [a for a in out if isinstance(a, tuple)]
-    assert answered and all(code == 201 and v["id"] == p.id for code, v in answered), out
+    replies = [a for a in out if isinstance(a, tuple)]
+    assert replies and all(code == 201 and v["id"] == p.id for code, v in replies), out
     assert set(a for a in out if not isinstance(a, tuple)) <= {"idempotency_in_progress"}
     (claim,) = claims(engine)
     assert claim.status == "completed" and claim.response["id"] == p.id
