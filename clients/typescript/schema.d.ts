@@ -382,6 +382,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/proofs/{proof_id}/review": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resolve Review
+         * @description Decide a proof held for review (services.reviews): credit it to its own session, or
+         *     release the transfer it holds.
+         */
+        post: operations["resolve_review_v1_admin_proofs__proof_id__review_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/proofs/{proof_id}/settlement-evidence": {
         parameters: {
             query?: never;
@@ -1808,6 +1829,24 @@ export interface components {
             subjects: {
                 [key: string]: unknown;
             };
+        };
+        /** ReviewIn */
+        ReviewIn: {
+            /**
+             * Confirm
+             * @default false
+             */
+            confirm?: boolean;
+            /**
+             * Decision
+             * @description credit: the transfer was made for this proof's session (an ambiguous_transfer hold only; the chain must verify it again); release: it was not, and the proof gives the transfer up
+             * @enum {string}
+             */
+            decision: "credit" | "release";
+            /** Incident Id */
+            incident_id?: string | null;
+            /** Operator Reason */
+            operator_reason?: string | null;
         };
         /** RevokeOut */
         RevokeOut: {
@@ -3627,6 +3666,102 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ApplyOut"];
+                };
+            };
+            /** @description No bearer token, or one this route does not accept (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description No such resource, or not one of the caller's owners: both answer the same. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The resource's state refuses the request (idempotency, replay, apply gate, ...). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description A field is missing or malformed; `field` names it. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            503: {
+                headers: {
+                    /** @description seconds */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    resolve_review_v1_admin_proofs__proof_id__review_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-Incident-Id"?: string | null;
+                "X-Operator-Reason"?: string | null;
+            };
+            path: {
+                proof_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReviewIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProofOut"];
                 };
             };
             /** @description No bearer token, or one this route does not accept (`unauthorized`). */

@@ -559,12 +559,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool,
         incident_id: str | None,
         operator_reason: str | None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         """A state-changing staff call: refused here without --confirm, --incident-id and
         --operator-reason; sent with the operator context otherwise."""
         require_operator_context(what, incident_id, operator_reason, confirm)
         c = Client(incident_id, operator_reason)
-        _out(*c.request("POST", path, {"confirm": True, **c.context}), as_json)
+        _out(*c.request("POST", path, {**(body or {}), "confirm": True, **c.context}), as_json)
 
     @command("pause-rail")
     def pause(
@@ -636,6 +637,36 @@ def register(app: typer.Typer) -> None:
             as_json,
             incident_id,
             operator_reason,
+        )
+
+    @command("resolve-rail-proof-review")
+    def resolve_review(
+        proof_id: str,
+        credit: Annotated[
+            bool,
+            typer.Option("--credit", help="the transfer was made for this proof's session"),
+        ] = False,
+        release: Annotated[
+            bool,
+            typer.Option("--release", help="it was not: the proof gives the transfer up"),
+        ] = False,
+        confirm: Confirm = False,
+        as_json: JsonOpt = False,
+        incident_id: Incident = None,
+        operator_reason: Reason = None,
+    ):
+        """Decide a proof held for review: --credit (an ambiguous transfer, verified again on
+        chain) or --release."""
+        if credit == release:
+            _die("resolve-rail-proof-review: give exactly one of --credit and --release")
+        _confirmed_post(
+            "resolve-rail-proof-review",
+            f"/v1/admin/proofs/{proof_id}/review",
+            confirm,
+            as_json,
+            incident_id,
+            operator_reason,
+            {"decision": "credit" if credit else "release"},
         )
 
     @command("revoke-entitlement")

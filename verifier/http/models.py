@@ -148,6 +148,14 @@ class RepairIn(ConfirmIn):
     )
 
 
+class ReviewIn(ConfirmIn):
+    decision: Literal["credit", "release"] = Field(
+        description="credit: the transfer was made for this proof's session (an "
+        "ambiguous_transfer hold only; the chain must verify it again); release: it was not, "
+        "and the proof gives the transfer up"
+    )
+
+
 class EndpointIn(Model):
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     event_types: Annotated[list[str], Field(min_length=1, max_length=len(EventType))]

@@ -39,7 +39,7 @@ from verifier.core.known_sessions import SessionKey
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services import audit, events, queries
 from verifier.services.sessions import load_session, reference_generated
-from verifier.services.views import attempt_view, evidence_view, proof_view
+from verifier.services.views import View, attempt_view, evidence_view, proof_view
 from verifier.storage.models import (
     HOLDING,
     PaymentSession,
@@ -528,6 +528,7 @@ def _record_attempt(
     as_written: bool = False,
     actor: str = "system",
     answer: Callable[[dict[str, Any]], None] | None = None,
+    resolved: bool = False,
 ) -> tuple[Verdict, dict[str, Any] | None, _Held | None]:
     """The attempt row, the proof's new status (its latest attempt's), the transfer holds,
     settlement evidence for a verified attempt, the next check, and an audit row when the
@@ -538,7 +539,10 @@ def _record_attempt(
     `p`: the proof read under its row lock (`_get_proof`), or with `as_written` the record
     a submission inserted in an earlier transaction, which holds only while the row has no
     attempt: the first attempt's UPDATE checks exactly that, and the row is read (and locked)
-    only when it fails."""
+    only when it fails.
+
+    `resolved`: staff have decided which session the transfer was for (services.reviews), so
+    other open sessions that could take it do not send it to review again."""
     verdict = checked.verdict
     now = engine.now()
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
@@ -557,7 +561,9 @@ def _record_attempt(
     # round trip; the verdict holds either way (verified or held for review), so the holds
     # it takes do not wait for the answer.
     deciding = (
-        _unambiguous_behind(engine, s, ps, verdict) if verdict.status is Status.verified else None
+        _unambiguous_behind(engine, s, ps, verdict)
+        if verdict.status is Status.verified and not resolved
+        else None
     )
     holding = verdict.status.value in HOLDING
     # SECURITY: the hold is what makes a verdict count for this session; the insert decides
@@ -690,6 +696,22 @@ def _record_attempt(
                     view,
                 )
     return verdict, view, refused
+
+
+def record_resolved_attempt(
+    engine: Engine,
+    s: Session,
+    p: Proof | Record,
+    ps: PaymentSession | Record,
+    checked: Checked,
+    actor: str,
+) -> tuple[Verdict, View | None, _Held | None]:
+    """A staff decision's attempt on a proof held for review (`p` under its row lock): the
+    chain's verdict recorded as a submission's would be, without the ambiguity check staff
+    have just settled (services.reviews)."""
+    return _record_attempt(
+        engine, s, p, ps, checked, None, want_view=True, actor=actor, resolved=True
+    )
 
 
 def _unambiguous_behind(

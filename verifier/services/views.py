@@ -16,10 +16,10 @@ from verifier.storage.models import (
 )
 from verifier.storage.repo.rows import Record
 
+View = dict[str, Any]  # a resource's JSON view, as the API answers it
 
-def session_view(
-    ps: PaymentSession | Record, requirements: dict[str, Any] | None = None
-) -> dict[str, Any]:
+
+def session_view(ps: PaymentSession | Record, requirements: dict[str, Any] | None = None) -> View:
     return {
         "id": ps.id,
         "status": ps.status,
@@ -42,10 +42,10 @@ def session_view(
 
 def settlement_view(
     ev: SettlementEvidence | Record | None,
-) -> dict[str, Any] | None:
+) -> View | None:
     if ev is None:
         return None
-    out: dict[str, Any] = {
+    out: View = {
         "finality": ev.finality,
         "is_final": ev.is_final,
         "reorged": ev.reorged,
@@ -61,7 +61,7 @@ def settlement_view(
 
 def proof_view(
     p: Proof | Record, settlement: SettlementEvidence | Record | None, receipt_id: str | None
-) -> dict[str, Any]:
+) -> View:
     return {
         "id": p.id,
         "fingerprint": p.fingerprint,
@@ -81,7 +81,7 @@ def proof_view(
     }
 
 
-def attempt_view(a: VerificationAttempt) -> dict[str, Any]:
+def attempt_view(a: VerificationAttempt) -> View:
     return {
         "id": a.id,
         "proof_id": a.proof_id,
@@ -97,7 +97,7 @@ def attempt_view(a: VerificationAttempt) -> dict[str, Any]:
     }
 
 
-def evidence_view(ev: SettlementEvidence) -> dict[str, Any]:
+def evidence_view(ev: SettlementEvidence) -> View:
     return {
         "id": ev.id,
         "proof_id": ev.proof_id,
@@ -115,7 +115,7 @@ def evidence_view(ev: SettlementEvidence) -> dict[str, Any]:
     }
 
 
-def entitlement_view(e: Entitlement) -> dict[str, Any]:
+def entitlement_view(e: Entitlement) -> View:
     return {
         "id": e.id,
         "owner_id": e.owner_id,
@@ -128,7 +128,7 @@ def entitlement_view(e: Entitlement) -> dict[str, Any]:
     }
 
 
-def receipt_view(r: Receipt) -> dict[str, Any]:
+def receipt_view(r: Receipt) -> View:
     return {
         "id": r.id,
         "proof_id": r.proof_id,

@@ -38,12 +38,13 @@ from verifier.http.models import (
     ReadinessOut,
     ReceiptOut,
     RepairIn,
+    ReviewIn,
     RevokeOut,
     StuckClaimOut,
     TreasuryIn,
 )
 from verifier.http.routes import WITH_BODY, staff_router, with_context
-from verifier.services import audit, gate, idempotency, proofs, queries, rails_admin
+from verifier.services import audit, gate, idempotency, proofs, queries, rails_admin, reviews
 from verifier.services.assurance import MAX_PERIOD_DAYS, assurance_report
 from verifier.services.assurance import repair as assurance_repair
 
@@ -224,6 +225,17 @@ def create_receipt(
     proof_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep
 ) -> dict[str, Any]:
     return gate.apply(engine, proof_id, confirmed(actor, body), gate.Via.staff_receipt)
+
+
+@router.post("/proofs/{proof_id}/review", response_model=ProofOut, responses=ACTION)
+def resolve_review(
+    proof_id: str, body: ReviewIn, actor: StaffDep, engine: EngineDep
+) -> dict[str, Any]:
+    """Decide a proof held for review (services.reviews): credit it to its own session, or
+    release the transfer it holds."""
+    return reviews.resolve_review(
+        engine, proof_id, reviews.Decision(body.decision), confirmed(actor, body)
+    )
 
 
 @router.post(

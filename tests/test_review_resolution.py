@@ -1,0 +1,224 @@
+"""Staff decide a proof held for review (services.reviews): credit it to its own session after
+the chain verifies it again, or release the transfer it holds so the session it was made for
+can take it. On SQLite and PostgreSQL, over the staff API and the CLI.
+
+The ambiguity is the one tests/test_binding.py builds: the recorded demo payment carries
+Alice's reference and Bob's, so it could back either open session.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from solders.keypair import Keypair
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from rails.transport.cassette import CassetteTransport
+from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
+from tests.helpers import audit_actions, cassette_engine
+from tests.test_binding import DEMO, demo_with_extra_key, solana_session, submit
+from tests.test_engine_proofs import open_session, pay
+from verifier.cli.main import app as cli
+from verifier.core.errors import BadInput, Conflict
+from verifier.http.api import create_app
+from verifier.services import proofs, reviews
+from verifier.services.audit import Operator
+from verifier.storage.models import Receipt, TransferHold, VerificationAttempt
+
+STAFF = auth(STAFF_TOKEN)
+OPS = {"incident_id": "INC-42", "operator_reason": "payer confirmed the order"}
+
+
+@pytest.fixture
+def held(db_url):
+    """Alice's proof held for review between her session and Bob's; Bob is refused meanwhile."""
+    e = cassette_engine(db_url)
+    rival = str(Keypair().pubkey())
+    e.chains.set_transport("solana-mainnet", demo_with_extra_key(rival))
+    with TestClient(create_app(e), raise_server_exceptions=False) as c:
+        alice = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"]).json()
+        bob = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=rival).json()
+        r = submit(c, alice["id"], DEMO["signature"])
+        assert (r.json()["status"], r.json()["failure_code"]) == (
+            "requires_review",
+            "ambiguous_transfer",
+        ), r.text
+        yield e, c, alice, bob, r.json()["id"]
+    e.db.dispose()
+
+
+def review(c, proof_id, choice, **body):
+    return c.post(
+        f"/v1/admin/proofs/{proof_id}/review",
+        headers=STAFF,
+        json={"decision": choice, "confirm": True, **OPS, **body},
+    )
+
+
+def entitlements(c, owner, token):
+    r = c.get("/v1/entitlements", params={"owner_id": owner}, headers=auth(token))
+    return [x["status"] for x in r.json()]
+
+
+def test_credit_verifies_the_proof_for_its_own_session_and_keeps_the_transfer(held):
+    e, c, alice, bob, pid = held
+    r = review(c, pid, "credit")
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == ("verified", None)
+    assert r.json()["settlement"]["is_final"] is True
+    # The transfer stays Alice's: Bob still cannot take it.
+    r = submit(c, bob["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_owner_conflict"), r.text
+    # The decision is an attempt asked of the chain again, and an audit row naming who and why.
+    attempts = c.get(f"/v1/admin/proofs/{pid}/attempts", headers=STAFF).json()
+    assert (attempts[-1]["status"], attempts[-1]["observed"]["decision"]) == ("verified", "credit")
+    assert attempts[-1]["rpc_calls"] >= 1 and attempts[-1]["source"] == "cassette"
+    (done,) = [a for a in audit_actions(e, pid) if a.action == "proof.review_credited"]
+    assert (done.actor, done.incident_id, done.reason) == (
+        "ops1",
+        OPS["incident_id"],
+        OPS["operator_reason"],
+    )
+    assert set(done.data["candidate_sessions"]) == {alice["id"], bob["id"]}
+    # From here on it is any verified proof: the apply gate decides, once.
+    for _ in range(2):
+        a = c.post(f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json={"confirm": True, **OPS})
+        assert a.json()["applied"] is True, a.text
+    assert entitlements(c, "alice", SERVICE_TOKEN) == ["active"]
+    assert entitlements(c, "bob", OTHER_SERVICE_TOKEN) == ["pending"]
+    # And it is decided: a second decision finds nothing to resolve.
+    again = review(c, pid, "release")
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "proof_not_in_review")
+
+
+def test_release_frees_the_transfer_for_the_session_it_was_made_for(held):
+    e, c, alice, bob, pid = held
+    r = review(c, pid, "release")
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == ("failed", "ambiguous_transfer")
+    with e.db.tx() as s:
+        assert s.scalars(select(TransferHold).where(TransferHold.proof_id == pid)).all() == []
+    # Bob may submit it now; Alice's session is still open, so it waits for review again ...
+    b = submit(c, bob["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
+    assert b.status_code == 201, b.text
+    assert (b.json()["status"], b.json()["failure_code"]) == (
+        "requires_review",
+        "ambiguous_transfer",
+    )
+    # ... and Bob's proof holds it now: Alice cannot take it back meanwhile.
+    r = submit(c, alice["id"], DEMO["signature"])
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_owner_conflict"), r.text
+    assert c.get(f"/v1/admin/proofs/{pid}", headers=STAFF).json()["status"] == "failed"
+    r = review(c, b.json()["id"], "credit")
+    assert (r.status_code, r.json()["status"]) == (200, "verified"), r.text
+    a = c.post(
+        f"/v1/admin/proofs/{b.json()['id']}/apply", headers=STAFF, json={"confirm": True, **OPS}
+    )
+    assert a.json()["applied"] is True, a.text
+    assert entitlements(c, "bob", OTHER_SERVICE_TOKEN) == ["active"]
+    assert entitlements(c, "alice", SERVICE_TOKEN) == ["pending"]
+    with e.db.tx() as s:
+        assert s.scalars(select(Receipt.session_id)).all() == [bob["id"]]
+    released = [a for a in audit_actions(e, pid) if a.action == "proof.review_released"]
+    assert [(a.actor, a.incident_id) for a in released] == [("ops1", "INC-42")]
+
+
+def test_refusals_change_nothing(held):
+    e, c, alice, bob, pid = held
+
+    def count():
+        with e.db.tx() as s:
+            q = select(VerificationAttempt.id).where(VerificationAttempt.proof_id == pid)
+            return len(s.scalars(q).all())
+
+    before = count()
+    cases = [
+        ({"confirm": False}, 422, "confirmation_required"),
+        ({"incident_id": ""}, 422, "operator_context_required"),
+        ({"operator_reason": "  "}, 422, "operator_context_required"),
+        ({"decision": "approve"}, 422, "invalid_request"),
+    ]
+    for body, status, code in cases:
+        r = review(c, pid, "credit", **body)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (body, r.text)
+    r = review(c, "no-such-proof", "credit")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "proof_not_found")
+    # Only staff decide: a service token is not accepted, Alice's or Bob's.
+    for token in (SERVICE_TOKEN, OTHER_SERVICE_TOKEN):
+        r = c.post(
+            f"/v1/admin/proofs/{pid}/review",
+            headers=auth(token),
+            json={"decision": "credit", "confirm": True, **OPS},
+        )
+        assert r.status_code == 401, r.text
+    # The chain must verify it now: a node that does not answer leaves the review standing.
+    e.chains.set_transport("solana-mainnet", CassetteTransport([], "solana-mainnet"))
+    r = review(c, pid, "credit")
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "review_not_verified"), r.text
+    # A paused rail credits nothing.
+    e.chains.set_transport("solana-mainnet", demo_with_extra_key(bob["reference"]))
+    p = c.post("/v1/admin/rails/solana_usdc/pause", headers=STAFF, json={"confirm": True, **OPS})
+    assert p.status_code == 200, p.text
+    r = review(c, pid, "credit")
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "rail_paused"), r.text
+    assert count() == before
+    assert c.get(f"/v1/admin/proofs/{pid}", headers=STAFF).json()["status"] == "requires_review"
+
+
+def test_a_rails_own_review_is_released_never_credited(engine, chain):
+    """A review-only rail's proof waits for review by its rail's rule: staff cannot credit it,
+    only release it."""
+    sess = open_session(engine, rail="fake_review")
+    pay(chain, "fx77777777", sess)
+    view, _ = proofs.submit_proof(engine, sess["id"], "fx77777777", ["alice"])
+    assert (view["status"], view["failure_code"]) == ("requires_review", "review_only_rail")
+    op = Operator("staff-carol", "INC-7", "not ours")
+    with pytest.raises(Conflict) as refused:
+        reviews.resolve_review(engine, view["id"], reviews.Decision.credit, op)
+    assert refused.value.code == "review_not_ambiguous"
+    assert proofs.get_proof(engine, view["id"], None)["status"] == "requires_review"
+    with pytest.raises(BadInput) as refused:
+        reviews.resolve_review(engine, view["id"], reviews.Decision.release, Operator("carol"))
+    assert refused.value.field == "incident_id"
+    out = reviews.resolve_review(engine, view["id"], reviews.Decision.release, op)
+    assert (out["status"], out["failure_code"]) == ("failed", "review_only_rail")
+
+
+@pytest.mark.postgres
+def test_concurrent_decisions_record_exactly_one(held):
+    """Staff members deciding at once (credit against release, many times over): one decision
+    is recorded, every other is refused, and the proof's holds match the one recorded."""
+    e, c, alice, bob, pid = held
+    if e.db.engine.dialect.name != "postgresql":
+        pytest.skip("the row lock race is PostgreSQL's; SQLite serializes every writer")
+    start = threading.Barrier(8)
+
+    def decide(i):
+        start.wait()
+        return review(c, pid, "credit" if i % 2 else "release")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(decide, range(8)))
+    won = [r for r in answers if r.status_code == 200]
+    assert len(won) == 1, [r.text for r in answers]
+    assert {r.json()["error"]["code"] for r in answers if r.status_code != 200} == {
+        "proof_not_in_review"
+    }
+    status = won[0].json()["status"]
+    with e.db.tx() as s:
+        holds = s.scalars(select(TransferHold).where(TransferHold.proof_id == pid)).all()
+    assert (status, bool(holds)) in (("verified", True), ("failed", False))
+
+
+def test_the_cli_needs_one_decision_and_the_operators_context():
+    runner = CliRunner()
+    r = runner.invoke(cli, ["resolve-rail-proof-review", "p1", "--confirm"])
+    assert r.exit_code == 2 and "exactly one of --credit and --release" in r.output
+    r = runner.invoke(cli, ["resolve-rail-proof-review", "p1", "--credit", "--release"])
+    assert r.exit_code == 2
+    r = runner.invoke(cli, ["resolve-rail-proof-review", "p1", "--credit", "--confirm"])
+    assert r.exit_code == 2 and "--incident-id" in r.output and "nothing was sent" in r.output
