@@ -193,3 +193,38 @@ def test_readiness_says_recorded_cassettes_are_why_and_what_to_set():
         "live_verifier_configured: no RPC URL for solana-mainnet: set RAILPROOF_RPC_SOLANA_MAINNET"
     ]
     assert _solana(_config("live", frozenset({"solana-mainnet"})))["ready"] is True
+
+
+@pytest.mark.parametrize("owners", ['["owner-a,owner-b"]', "[]", '["owner a"]', '[""]'])
+def test_a_token_may_act_only_for_owner_ids_a_session_can_name(env, owners):
+    """A token's owners name its principal (sorted and joined with commas), which keys its
+    idempotency claims, rate limits and webhook endpoints: `["a,b"]` would share the principal
+    of `["a", "b"]`. Refused at start, naming the variable and never the token."""
+    env.setenv(
+        "RAILPROOF_SERVICE_TOKENS",
+        f'{{"tok-secret-1": ["owner-a", "owner-b"], "tok-secret-2": {owners}}}',
+    )
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2, r.output
+    assert "error: RAILPROOF_SERVICE_TOKENS:" in r.output
+    assert "tok-secret" not in r.output and "Traceback" not in r.output
+
+
+def test_the_owner_ids_a_token_takes_are_those_a_session_takes():
+    from pydantic import TypeAdapter, ValidationError
+
+    from verifier.http.models import Id
+
+    session_owner = TypeAdapter(Id)
+    for owner in ("owner-a", "a:b@c.d_e", "x" * 128, "x" * 129, "a,b", "a b", "", "é", "a\n"):
+        try:
+            session_owner.validate_python(owner)
+            takes = True
+        except ValidationError:
+            takes = False
+        try:
+            Settings(service_tokens={"t": [owner]})
+            configured = True
+        except ValidationError:
+            configured = False
+        assert configured == takes, owner

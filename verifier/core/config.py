@@ -40,6 +40,10 @@ DEFAULT_CASSETTE_DIR = REPO_FIXTURES if REPO_FIXTURES.is_dir() else PACKAGED_CAS
 CsvList = Annotated[list[str], NoDecode]
 
 
+# The owner ids a session can name (http.models `Id`, SessionIn.owner_id), and so the only
+# ones a service token may act for.
+OWNER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+
 AUDIT_KEY_MISSING = (
     "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
     "(a file holding it); the audit log is keyed with it (docs/security.md)"
@@ -136,6 +140,24 @@ class Settings(BaseSettings):
     def _json(cls, v: Any) -> Any:
         if isinstance(v, str):
             return json.loads(v) if v.strip() else {}
+        return v
+
+    @field_validator("service_tokens", mode="after")
+    @classmethod
+    def _owner_ids(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        # SECURITY: a token's owners name its principal (services.principals: sorted, joined
+        # with commas), which keys its idempotency claims, rate limits and webhook endpoints;
+        # an owner id holding a comma would give two tokens for different owners one principal.
+        # The message never repeats a token.
+        for owners in v.values():
+            if not owners:
+                raise ValueError("every token acts for at least one owner id")
+            for owner in owners:
+                if not OWNER_ID.fullmatch(owner):
+                    raise ValueError(
+                        f"owner id {owner!r} is not one a session can name (1-128 of "
+                        "A-Z a-z 0-9 _ . : @ -)"
+                    )
         return v
 
     @field_validator(
