@@ -425,7 +425,7 @@ def check_window(c: TokenCtx) -> Finding | None:
     if terms.not_before is not None and when < _utc(terms.not_before):
         return Finding(
             FailureCode.session_not_open,
-            f"transfer at {when.isoformat()} predates the session "
+            f"transfer at {when.isoformat()} predates the session's window "
             f"({_utc(terms.not_before).isoformat()})",
         )
     # SECURITY: a payment after the session expired does not pay it (the price may be stale).

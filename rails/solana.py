@@ -604,7 +604,7 @@ def check_window(c: Context) -> Finding | None:
     if lo is not None and t < _epoch(lo):
         return Finding(
             FailureCode.session_not_open,
-            f"blockTime {t} is before the session opened ({lo.isoformat()})",
+            f"blockTime {t} is before the session's window opened ({lo.isoformat()})",
         )
     if hi is not None and t > _epoch(hi):
         return Finding(

@@ -729,3 +729,60 @@ def test_a_deployment_can_refuse_every_reference_a_client_chooses(db_url):
                 assert sessions.reference_generated(e, e.adapter(rail), ps)
     finally:
         e.db.dispose()
+
+
+# -- the chain's clock against railproof's ---------------------------------------------------
+
+DEMO_BLOCK_TIME = datetime.fromtimestamp(
+    next(c for c in DEMO_CASSETTE["calls"] if c["method"] == "getTransaction")["result"][
+        "blockTime"
+    ],
+    UTC,
+)
+
+
+@pytest.mark.parametrize(
+    "opened_after,skew,want",
+    [
+        (1, None, ("verified", None)),
+        (30, None, ("verified", None)),
+        (31, None, ("failed", "session_not_open")),
+        (1, 0, ("failed", "session_not_open")),
+    ],
+)
+def test_a_block_time_just_before_the_session_opened_is_the_clocks_not_the_payment(
+    db_url, opened_after, skew, want
+):
+    """A Solana block time is the validators' estimate (an EVM block's, its slot's start): a
+    payment made just after the session opened may carry an earlier time. Up to
+    RAILPROOF_CHAIN_CLOCK_SKEW_SECONDS (30) before the session's creation it counts; beyond, or
+    with 0, it is `session_not_open`."""
+    kw = {} if skew is None else {"chain_clock_skew_seconds": skew}
+    e = cassette_engine(db_url, clock=DEMO_BLOCK_TIME + timedelta(seconds=opened_after), **kw)
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as c:
+            a = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"])
+            r = submit(c, a.json()["id"], DEMO["signature"])
+            assert (r.json()["status"], r.json()["failure_code"]) == want, r.text
+    finally:
+        e.db.dispose()
+
+
+def test_a_session_opened_within_the_clock_skew_is_still_a_candidate(db_url):
+    """The ambiguity check allows the same clock difference: a rival session opened after the
+    block time, but within the skew, could be the payment's too."""
+    e = cassette_engine(db_url, clock=DEMO_BLOCK_TIME + timedelta(seconds=5))
+    rival = str(Keypair().pubkey())
+    e.chains.set_transport("solana-mainnet", demo_with_extra_key(rival))
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as c:
+            a = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"])
+            b = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=rival)
+            assert b.status_code == 201, b.text
+            r = submit(c, a.json()["id"], DEMO["signature"])
+            assert (r.json()["status"], r.json()["failure_code"]) == (
+                "requires_review",
+                "ambiguous_transfer",
+            ), r.text
+    finally:
+        e.db.dispose()

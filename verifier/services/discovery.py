@@ -120,6 +120,7 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
         due, state = _due(engine, key)
         if due:
             oldest = min(int(utc(ps.created_at).timestamp()) for ps in at_treasury)
+            oldest -= engine.settings.chain_clock_skew_seconds  # as verification allows
             scan = list_signatures(
                 counted,
                 token_account(treasury, rail.asset),

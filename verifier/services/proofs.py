@@ -477,12 +477,18 @@ def terms_for(engine: Engine, ps: PaymentSession | Record, adapter: Adapter) -> 
         asset=ps.asset,
         reference=ps.reference,
         memo=ps.memo,
-        not_before=utc(ps.created_at),
+        # The chain's clock is not railproof's (Settings.chain_clock_skew_seconds).
+        not_before=utc(ps.created_at) - opening_skew(engine),
         not_after=utc(ps.expires_at),
         now=engine.now(),
         sender=ps.payer,
         reference_generated=reference_generated(engine, adapter, ps),
     )
+
+
+def opening_skew(engine: Engine) -> timedelta:
+    """How much earlier than a session's creation its transfer's chain time may be."""
+    return timedelta(seconds=engine.settings.chain_clock_skew_seconds)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -733,7 +739,7 @@ def _unambiguous_behind(
     at = datetime.fromtimestamp(t, UTC) if t is not None else engine.now()
     sender = verdict.observed.get("sender")
     reading = session_repo.other_open_candidates_behind(
-        s, ps, at, sender.lower() if isinstance(sender, str) else None, refs
+        s, ps, at, sender.lower() if isinstance(sender, str) else None, refs, opening_skew(engine)
     )
 
     def decided() -> Verdict:
