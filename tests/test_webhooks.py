@@ -857,3 +857,36 @@ def test_wired_metrics_spec_cli_and_router(engine, api, receiver):
     assert "railproof_webhook_delivery_failures_total" in text
     names = {c.name for c in cli_app.registered_commands}
     assert {"list-webhook-events", "inspect-webhook-event", "replay-webhook-event"} <= names
+
+
+def test_another_spelling_of_an_endpoints_url_is_the_same_endpoint(api):
+    """The duplicate check compares receivers, not strings: each spelling below would have
+    doubled every delivery to one receiver. A trailing or doubled slash, another path or port
+    may be another receiver and is accepted."""
+    base = "http://127.0.0.1:9000/h"
+    TYPES = {"event_types": ["proof.verified"]}
+    first = api.post("/v1/webhook-endpoints", headers=auth(), json={"url": base, **TYPES})
+    assert first.status_code == 201, first.text
+    for same in (
+        base,
+        "HTTP://127.0.0.1:9000/h",
+        "http://127.0.0.1:9000/h?",
+        "http://127.0.0.1:9000/h#x",
+        "http://localhost:9000/h",
+        "http://LOCALHOST:9000/h",
+        "http://127.0.0.1:9000/%68",
+        "http://127.0.0.1:9000/a/../h",
+    ):
+        r = api.post("/v1/webhook-endpoints", headers=auth(), json={"url": same, **TYPES})
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "webhook_endpoint_exists"), same
+    for other in ("http://127.0.0.1:9000/h/", "http://127.0.0.1:9001/h", "http://127.0.0.1:9000/g"):
+        r = api.post("/v1/webhook-endpoints", headers=auth(), json={"url": other, **TYPES})
+        assert r.status_code == 201, (other, r.text)
+    # Another token's endpoint for the same receiver is its own.
+    r = api.post(
+        "/v1/webhook-endpoints", headers=auth(OTHER_SERVICE_TOKEN), json={"url": base, **TYPES}
+    )
+    assert r.status_code == 201, r.text
+    assert webhooks.endpoint_key("http://127.0.0.1:80/h") == webhooks.endpoint_key(
+        "http://127.0.0.1/h"
+    )

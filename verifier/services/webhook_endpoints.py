@@ -63,7 +63,8 @@ def create_endpoint(
         # stored duplicates (each event delivered once per copy) and went past the limit.
         webhooks_repo.lock_endpoints_of(s, principal)
         mine = webhooks_repo.active_endpoints_of(s, principal)
-        if any(ep.url == url for ep in mine):
+        key = webhooks.endpoint_key(url)
+        if any(webhooks.endpoint_key(ep.url) == key for ep in mine):
             # A retried create must not double every delivery; delete to rotate the secret.
             raise Conflict(
                 "webhook_endpoint_exists",

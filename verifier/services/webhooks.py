@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 import httpx
 import standardwebhooks
 import tenacity
+import yarl
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import EmptyWebhookSecretError
 
@@ -168,6 +169,17 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def endpoint_key(url: str) -> str:
+    """The receiver a URL names, for telling duplicates apart: RFC 3986 normalization (scheme
+    and host case, the default port, dot segments, needless percent-encoding, an empty query)
+    without the fragment, which is never sent, and `localhost` as 127.0.0.1. A trailing slash
+    or a doubled one is kept: a server may route those elsewhere."""
+    u = yarl.URL(url).with_fragment(None)
+    if u.host == "localhost":
+        u = u.with_host("127.0.0.1")
+    return str(u)
 
 
 def redact_url(url: str) -> str:
