@@ -54,6 +54,12 @@ PATH_ROUTES = [  # every route with a path parameter
     ("post", "/v1/admin/proofs/{}/dry-run-apply", "proof_id", {}),
     ("post", "/v1/admin/proofs/{}/apply", "proof_id", {"confirm": True, **CONTEXT}),
     ("post", "/v1/admin/proofs/{}/receipt", "proof_id", {"confirm": True, **CONTEXT}),
+    (
+        "post",
+        "/v1/admin/proofs/{}/review",
+        "proof_id",
+        {"decision": "release", "confirm": True, **CONTEXT},
+    ),
     ("post", "/v1/admin/rails/{}/pause", "rail_id", {"confirm": True, **CONTEXT}),
     ("post", "/v1/admin/rails/{}/resume", "rail_id", {"confirm": True, **CONTEXT}),
     ("post", "/v1/admin/rails/{}/production/request", "rail_id", {"enable": True, **CONTEXT}),
