@@ -234,6 +234,7 @@ def _actions(proof_id: str) -> list[str]:
         f"/console/proofs/{proof_id}/apply",
         f"/console/proofs/{proof_id}/receipt",
         f"/console/proofs/{proof_id}/dry-run",
+        f"/console/proofs/{proof_id}/review",
         "/console/rails/fake_live/pause",
         "/console/rails/fake_live/resume",
         "/console/rails/fake_gated/production/request",
@@ -304,13 +305,20 @@ def test_every_action_needs_confirm_incident_and_reason(c, engine, chain, missin
     for url in (
         f"/console/proofs/{proof['id']}/apply",
         f"/console/proofs/{proof['id']}/receipt",
+        f"/console/proofs/{proof['id']}/review",
         "/console/rails/fake_live/pause",
         "/console/rails/fake_live/resume",
         f"/console/approvals/{approval_id}/approve",
         "/console/rails/fake_gated/production/request",
         "/console/rails/fake_live/treasury/request",
     ):
-        body = {**data, "production": "enable", "treasury": "fanewer", "csrf_token": token}
+        body = {
+            **data,
+            "production": "enable",
+            "treasury": "fanewer",
+            "decision": "release",
+            "csrf_token": token,
+        }
         r = c.post(url, data=body)
         assert r.status_code == 422, (url, r.status_code)
         assert "Nothing was done" in r.text
@@ -619,3 +627,36 @@ def test_treasury_request_from_the_console_is_validated_and_queued(c, engine):
     assert "fanewtreasury" in page and "your request" in page
     with engine.db.tx() as s:
         assert s.get(RailState, "fake_live").treasury is None  # not before a second person
+
+
+def test_a_review_is_released_from_the_console_and_never_credited_against_its_rail(
+    c, engine, chain
+):
+    """A review-only rail's proof on its page: the release form only; a credit posted anyway
+    is refused on the page, naming why; the release is the API's, audited with the context."""
+    proof = paid_proof(c, chain, "fx7777abcd", rail_id="fake_review")
+    assert (proof["status"], proof["failure_code"]) == ("requires_review", "review_only_rail")
+    login(c)
+    page = c.get(f"/console/proofs/{proof['id']}")
+    assert 'id="release-form"' in page.text and 'id="credit-form"' not in page.text
+    token = _CSRF.search(page.text)[1]
+    r = c.post(
+        f"/console/proofs/{proof['id']}/review",
+        data={**OPS, "decision": "credit", "csrf_token": token},
+    )
+    assert r.status_code == 409 and "it can be released, not credited" in r.text
+    r = c.post(
+        f"/console/proofs/{proof['id']}/review",
+        data={**OPS, "decision": "approve", "csrf_token": token},
+    )
+    assert r.status_code == 422 and "decision: credit or release" in r.text
+    r = c.post(
+        f"/console/proofs/{proof['id']}/review",
+        data={**OPS, "decision": "release", "csrf_token": token},
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("?done=released")
+    page = c.get(r.headers["location"])
+    assert '<span class="badge failed" id="proof-status">failed</span>' in page.text
+    assert "Released: the proof failed" in page.text
+    (row,) = audit_rows(engine, "proof.review_released")
+    assert (row.actor, row.incident_id) == ("ops1", OPS["incident_id"])

@@ -346,3 +346,75 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         actions = [a for (a,) in s.execute(select(AuditEvent.action).order_by(AuditEvent.id))]
     assert actions.count("console.login") == 1 and actions[-1] == "console.logout"
     assert "rail.paused" in actions
+
+
+def test_operator_credits_an_ambiguous_payment_from_the_console(demo_engine, browser, shots):
+    """The demo payment carries its session's reference and another open session's: it waits
+    for review. The operator reads both candidates on the proof's page and credits it to its
+    own session with the incident context; the chain is asked again, the proof is verified and
+    the apply gate can take it from there."""
+    from selenium.webdriver.common.by import By
+    from solders.keypair import Keypair
+
+    from tests.test_binding import demo_with_extra_key
+
+    rival = str(Keypair().pubkey())
+    demo_engine.chains.set_transport("solana-mainnet", demo_with_extra_key(rival))
+    app = create_app(demo_engine)
+    with LiveServer(app) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as api:
+            opened = []
+            for reference, memo in ((DEMO["reference"], DEMO["memo"]), (rival, None)):
+                body = {
+                    "owner_id": "demo-owner",
+                    "rail_id": "solana_usdc",
+                    "access_product_id": "pro-monthly",
+                    "amount": DEMO["amount"],
+                    "reference": reference,
+                    **({"memo": memo} if memo else {}),
+                }
+                r = api.post("/v1/payment-sessions", headers=SVC, json=body)
+                assert r.status_code == 201, r.text
+                opened.append(r.json()["id"])
+            r = api.post(
+                "/v1/proofs",
+                headers=SVC,
+                json={"session_id": opened[0], "proof": DEMO["signature"]},
+            )
+            assert (r.json()["status"], r.json()["failure_code"]) == (
+                "requires_review",
+                "ambiguous_transfer",
+            ), r.text
+            proof_id = r.json()["id"]
+
+        d = browser
+        d.get(srv.url + "/console/login")
+        fill(d, {"token": "demo-staff-token"})
+        submit(d, "form.login button[type=submit]")
+        d.get(f"{srv.url}/console/proofs/{proof_id}")
+        assert d.find_element(By.ID, "proof-status").text == "requires_review"
+        assert "could back several open sessions" in d.find_element(By.ID, "review-why").text
+        for sid in opened:  # both candidates are on the page, in the attempt's evidence
+            assert sid in d.page_source
+        check_page(d, shots, "10-proof-review")
+
+        fill(d, {"credit-incident": "OPS-7", "credit-reason": "payer confirmed order 1001"})
+        d.find_element(By.ID, "credit-confirm").click()
+        submit(d, "#credit-form button")
+        assert "done=credited" in d.current_url
+        assert d.find_element(By.ID, "proof-status").text == "verified"
+        assert "Credited" in d.find_element(By.CSS_SELECTOR, "[role=status]").text
+        assert not d.find_elements(By.ID, "credit-form")
+        trail = d.find_element(By.ID, "audit").text
+        assert "proof.review_credited" in trail and "OPS-7" in trail
+        check_page(d, shots, "11-proof-credited")
+
+    with demo_engine.db.tx() as s:
+        (row,) = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "proof.review_credited")
+        ).all()
+        assert (row.actor, row.incident_id, row.data["candidate_sessions"]) == (
+            "demo-operator",
+            "OPS-7",
+            opened,
+        )

@@ -49,6 +49,7 @@ from verifier.services import (
     proofs,
     rails_admin,
     release_gates,
+    reviews,
     sessions,
 )
 from verifier.services import console_reads as queries
@@ -73,6 +74,9 @@ DONE = {
     "resumed": "Rail resumed.",
     "approved": "Approved: the change is in effect.",
     "rejected": "Rejected: nothing of the change takes effect.",
+    "credited": "Credited: the chain verified the transfer again; the proof is verified for "
+    "its session and goes through the apply gate.",
+    "released": "Released: the proof failed and holds its transfer no more.",
 }
 NAV = [
     ("health", "Health", "/console"),
@@ -595,6 +599,30 @@ def console_router(
     @router.post("/proofs/{proof_id}/receipt")
     async def receipt(request: Request, proof_id: str) -> Response:
         return await apply_action(request, proof_id, gate.Via.staff_receipt)
+
+    @router.post("/proofs/{proof_id}/review")
+    async def review(request: Request, proof_id: str) -> Response:
+        """A proof held for review: credit it to its session or release its transfer
+        (services.reviews); a refusal is shown on the proof's page."""
+        got = await authed_post(request)
+        if isinstance(got, Response):
+            return got
+        cs, form = got
+        keep = {k: form.get(k, "") for k in ("incident_id", "operator_reason")}
+        try:
+            decision = reviews.Decision(form.get("decision", ""))
+        except ValueError:
+            return refused(request, cs, 422, "decision: credit or release")
+        try:
+            op = operator(cs, form, required=True)
+            await run_in_threadpool(reviews.resolve_review, engine, proof_id, decision, op)
+        except (_Refusal, EngineError) as err:
+            page = partial(
+                proof_page, request, cs, proof_id, status=err.status, error=err.message, form=keep
+            )
+            return await run_in_threadpool(page)
+        done = "credited" if decision is reviews.Decision.credit else "released"
+        return headers(RedirectResponse(f"/console/proofs/{proof_id}?done={done}", status_code=303))
 
     # -- approvals ---------------------------------------------------------------------------
     @router.get("/approvals")
