@@ -40,7 +40,7 @@ class Terms(Model):
     asset: str | None = None  # None: the rail's asset
     reference: str | None = None
     memo: str | None = None
-    not_before: datetime | None = None  # session created_at, less the chain clock skew
+    not_before: datetime | None = None  # session created_at (less the clock skew: generated refs)
     not_after: datetime | None = None  # session expires_at
     now: datetime  # the engine's clock (fixed when replaying recorded chains)
     sender: str | None = None  # when the payment names its payer (x402)

@@ -741,48 +741,72 @@ DEMO_BLOCK_TIME = datetime.fromtimestamp(
 )
 
 
+EVM_BLOCK_TIME = datetime.fromtimestamp(0x67BC518F, UTC)  # fixtures/evm/eth_usdc_transfer.json
+
+
 @pytest.mark.parametrize(
-    "opened_after,skew,want",
+    "generated,opened_after,skew,want",
     [
-        (1, None, ("verified", None)),
-        (30, None, ("verified", None)),
-        (31, None, ("failed", "session_not_open")),
-        (1, 0, ("failed", "session_not_open")),
+        (True, 1, None, ("verified", None)),
+        (True, 30, None, ("verified", None)),
+        (True, 31, None, ("failed", "session_not_open")),
+        (True, 1, 0, ("failed", "session_not_open")),
+        # A key anyone can read off the chain and name: no skew, or a tenant who saw the
+        # transfer could open a session for it afterwards and take it.
+        (False, 1, None, ("failed", "session_not_open")),
     ],
+    ids=["generated-1s", "generated-30s", "generated-31s", "generated-no-skew", "chosen-1s"],
 )
-def test_a_block_time_just_before_the_session_opened_is_the_clocks_not_the_payment(
-    db_url, opened_after, skew, want
+def test_a_block_time_just_before_a_generated_references_session_is_the_clocks(
+    db_url, generated, opened_after, skew, want
 ):
-    """A Solana block time is the validators' estimate (an EVM block's, its slot's start): a
-    payment made just after the session opened may carry an earlier time. Up to
-    RAILPROOF_CHAIN_CLOCK_SKEW_SECONDS (30) before the session's creation it counts; beyond, or
-    with 0, it is `session_not_open`."""
+    """A Solana block time is the validators' estimate: a payment made just after its session
+    opened may carry an earlier time. A reference railproof generated cannot be carried before
+    its session exists, so up to RAILPROOF_CHAIN_CLOCK_SKEW_SECONDS (30) earlier counts there;
+    a chosen reference allows nothing."""
     kw = {} if skew is None else {"chain_clock_skew_seconds": skew}
     e = cassette_engine(db_url, clock=DEMO_BLOCK_TIME + timedelta(seconds=opened_after), **kw)
     try:
         with TestClient(create_app(e), raise_server_exceptions=False) as c:
-            a = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"])
+            body = {"memo": DEMO["memo"]}
+            if not generated:
+                body["reference"] = DEMO["reference"]
+            a = solana_session(c, **body)
+            assert a.status_code == 201, a.text
+            reference = a.json()["reference"]
+            if generated:
+                e.chains.set_transport("solana-mainnet", demo_through_a_smart_wallet(reference))
             r = submit(c, a.json()["id"], DEMO["signature"])
             assert (r.json()["status"], r.json()["failure_code"]) == want, r.text
     finally:
         e.db.dispose()
 
 
-def test_a_session_opened_within_the_clock_skew_is_still_a_candidate(db_url):
-    """The ambiguity check allows the same clock difference: a rival session opened after the
-    block time, but within the skew, could be the payment's too."""
-    e = cassette_engine(db_url, clock=DEMO_BLOCK_TIME + timedelta(seconds=5))
+def test_a_payer_bound_session_opened_after_the_transfer_cannot_take_it(db_url):
+    """EVM binds the payer, which anyone reads off the chain: a session opened 15 s after a
+    transfer (for no session, or for another that has expired) is not its payment."""
+    e = cassette_engine(db_url, clock=EVM_BLOCK_TIME + timedelta(seconds=15))
+    try:
+        sess = evm_session(e, owner="bob")
+        view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["bob"])
+        assert (view["status"], view["failure_code"]) == ("failed", "session_not_open"), view
+    finally:
+        e.db.dispose()
+
+
+def test_a_session_opened_after_the_transfer_is_no_candidate_for_it(db_url):
+    """The ambiguity check allows no skew: a session opened after the transfer's chain time,
+    naming one of its keys, cannot send the payment to review."""
+    e = cassette_engine(db_url, clock=DEMO_BLOCK_TIME - timedelta(seconds=60))
     rival = str(Keypair().pubkey())
     e.chains.set_transport("solana-mainnet", demo_with_extra_key(rival))
     try:
         with TestClient(create_app(e), raise_server_exceptions=False) as c:
             a = solana_session(c, reference=DEMO["reference"], memo=DEMO["memo"])
+            e.settings.clock = DEMO_BLOCK_TIME + timedelta(seconds=5)
             b = solana_session(c, token=OTHER_SERVICE_TOKEN, owner="bob", reference=rival)
             assert b.status_code == 201, b.text
             r = submit(c, a.json()["id"], DEMO["signature"])
-            assert (r.json()["status"], r.json()["failure_code"]) == (
-                "requires_review",
-                "ambiguous_transfer",
-            ), r.text
+            assert (r.json()["status"], r.json()["failure_code"]) == ("verified", None), r.text
     finally:
         e.db.dispose()

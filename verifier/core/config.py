@@ -80,9 +80,9 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = Field(default=3600, ge=60)
     max_session_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     tx_not_found_grace_seconds: int = Field(default=900, ge=0)
-    # How far a transfer's chain time may be before the session's creation on railproof's
-    # clock: a Solana block time is the validators' estimate, an EVM block's time its slot's
-    # start, so a payment made just after a session opened can carry an earlier time.
+    # How far a transfer's chain time may be before the creation, on railproof's clock, of a
+    # session whose reference railproof generated (a Solana block time is the validators'
+    # estimate); other sessions allow none (services.proofs.terms_for).
     chain_clock_skew_seconds: int = Field(default=30, ge=0, le=600)
     stuck_claim_seconds: int = Field(default=300, ge=1)
     claim_lease_seconds: int = Field(default=120, ge=1)

@@ -471,23 +471,29 @@ def _raw_proof(proof: object) -> str:
 
 
 def terms_for(engine: Engine, ps: PaymentSession | Record, adapter: Adapter) -> Terms:
+    generated = reference_generated(engine, adapter, ps)
+    # SECURITY: the chain's clock is not railproof's, but only a reference railproof generated
+    # proves a transfer was made for this session whatever its chain time: nobody can carry it
+    # before the session exists. A payer-bound or chosen-reference session allows no skew, or
+    # whoever saw a transfer on chain could open a session for it and take it.
+    skew = opening_skew(engine) if generated else timedelta(0)
     return Terms(
         recipient=ps.recipient,
         amount=ps.amount,
         asset=ps.asset,
         reference=ps.reference,
         memo=ps.memo,
-        # The chain's clock is not railproof's (Settings.chain_clock_skew_seconds).
-        not_before=utc(ps.created_at) - opening_skew(engine),
+        not_before=utc(ps.created_at) - skew,
         not_after=utc(ps.expires_at),
         now=engine.now(),
         sender=ps.payer,
-        reference_generated=reference_generated(engine, adapter, ps),
+        reference_generated=generated,
     )
 
 
 def opening_skew(engine: Engine) -> timedelta:
-    """How much earlier than a session's creation its transfer's chain time may be."""
+    """How much earlier than the creation of a session with a generated reference its
+    transfer's chain time may be."""
     return timedelta(seconds=engine.settings.chain_clock_skew_seconds)
 
 
@@ -739,7 +745,7 @@ def _unambiguous_behind(
     at = datetime.fromtimestamp(t, UTC) if t is not None else engine.now()
     sender = verdict.observed.get("sender")
     reading = session_repo.other_open_candidates_behind(
-        s, ps, at, sender.lower() if isinstance(sender, str) else None, refs, opening_skew(engine)
+        s, ps, at, sender.lower() if isinstance(sender, str) else None, refs
     )
 
     def decided() -> Verdict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Integer, String, bindparam, func, insert, literal, or_, select
@@ -140,7 +140,7 @@ def _candidates(*binding: Any) -> Any:
             PaymentSession.id != bindparam("sid"),
             PaymentSession.status == SessionStatus.open.value,
             *binding,
-            PaymentSession.created_at <= bindparam("opened_by"),
+            PaymentSession.created_at <= bindparam("at"),
             PaymentSession.expires_at >= bindparam("at"),
             or_(
                 PaymentSession.payer.is_(None),
@@ -172,15 +172,13 @@ def other_open_candidates(
     at: datetime,
     sender: str | None,
     references: list[str] | None = None,
-    skew: timedelta = timedelta(0),
 ) -> list[Candidate]:
     """Other open sessions that a transfer to `ps`'s recipient, of its asset and amount, made
     at `at` by `sender` (lower case) could back too: same rail, the transfer inside their
     window, their payer (when they name one) the sender, no transfer holding them yet, and
     without a reference — or, given `references` (the transfer's keys that could be one), with
-    one of those as theirs. At most 20, oldest first. `skew`: how much earlier than a
-    session's creation its transfer's chain time may be (as its own verification allows)."""
-    return other_open_candidates_behind(s, ps, at, sender, references, skew)()
+    one of those as theirs. At most 20, oldest first."""
+    return other_open_candidates_behind(s, ps, at, sender, references)()
 
 
 def other_open_candidates_behind(
@@ -189,7 +187,6 @@ def other_open_candidates_behind(
     at: datetime,
     sender: str | None,
     references: list[str] | None = None,
-    skew: timedelta = timedelta(0),
 ) -> Callable[[], list[Candidate]]:
     """`other_open_candidates`, its read run behind the transaction's next statement, in its
     round trip on PostgreSQL (prepared.Prepared.behind), elsewhere when the answer is
@@ -202,7 +199,6 @@ def other_open_candidates_behind(
         "asset": ps.asset,
         "sid": ps.id,
         "at": at,
-        "opened_by": at + skew,
         "sender": sender,
     }
     if s.new or s.dirty or s.deleted:
