@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -222,3 +223,31 @@ def test_the_cli_needs_one_decision_and_the_operators_context():
     assert r.exit_code == 2
     r = runner.invoke(cli, ["resolve-rail-proof-review", "p1", "--credit", "--confirm"])
     assert r.exit_code == 2 and "--incident-id" in r.output and "nothing was sent" in r.output
+
+
+def test_an_x402_payment_is_credited_as_of_when_it_was_held_not_when_staff_decide(db_url):
+    """An EIP-3009 authorization is valid for about a minute; a review may wait an hour. The
+    credit asks the chain again with the time of the hold: the authorization that was valid
+    then is creditable after it expired."""
+    from datetime import timedelta
+
+    from tests.helpers import advance
+    from tests.test_x402_engine import FIX, SIGNER, open_x402
+
+    e = cassette_engine(
+        db_url,
+        clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=UTC),
+        env={"RAILPROOF_NETWORK_X402": "base-sepolia"},
+    )
+    try:
+        mine = open_x402(e, "alice", payer=SIGNER)
+        open_x402(e, "bob")  # another owner's payer-less session at the same price
+        payload = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+        view, _ = proofs.submit_proof(e, mine["id"], payload, ["alice"])
+        assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
+        advance(e, timedelta(minutes=70).total_seconds())  # the authorization expired long ago
+        op = Operator("ops1", "INC-8", "payer confirmed")
+        out = reviews.resolve_review(e, view["id"], reviews.Decision.credit, op)
+        assert (out["status"], out["failure_code"]) == ("verified", None), out
+    finally:
+        e.db.dispose()

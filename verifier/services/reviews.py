@@ -7,7 +7,8 @@ decide, with an incident id and a reason, as the runbook's RailproofAmbiguousTra
   hold can be credited: the one review railproof itself decides, because another open session
   could take the same transfer. The chain is asked again and must verify the transfer exactly
   as a submission would (recipient, amount, binding, window, finality), with only the
-  ambiguity left out: staff pick among sessions, they never vouch for a payment. The proof is
+  ambiguity left out, and what depends on the time as of when the proof was held (an x402
+  authorization expires within minutes): staff pick among sessions, never vouch for a payment. The proof is
   then `verified` and goes through the apply gate like any other. A rail's own review
   (review-only rails, a reference or memo an EVM transfer cannot carry) is never credited here.
 - **release**: the transfer was not made for this session. The proof becomes `failed` with
@@ -24,6 +25,7 @@ chain answer is also recorded as the proof's verification attempt (its evidence 
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy.orm import Session
@@ -33,6 +35,7 @@ from rails.codes import FailureCode
 from verifier.core.checking import Checked
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound, Refused
+from verifier.core.timeutil import utc
 from verifier.services import audit, events, proofs
 from verifier.services.views import View, proof_view
 from verifier.storage.models import Proof, ProofStatus, SessionStatus
@@ -117,10 +120,15 @@ def _credit(engine: Engine, proof_id: str, op: audit.Operator) -> View:
         _ambiguous(p.failure_code)
         ps = session_repo.get(s, p.session_id)
         assert ps is not None  # a proof's session is never deleted (foreign key)
+        held_at = _held_at(s, p.id)
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
-    # The chain decides again, outside any transaction, as for a submission.
-    checked = engine.chains.verify(adapter, p.raw, proofs.terms_for(engine, ps, adapter))
+    # The chain decides again, outside any transaction, as for a submission; what depends on
+    # the time (an x402 authorization's validity) as of when the proof was held for review,
+    # not of when staff decide: an authorization valid for a minute would otherwise never be
+    # creditable after the hour a review may wait.
+    terms = proofs.terms_for(engine, ps, adapter).model_copy(update={"now": held_at})
+    checked = engine.chains.verify(adapter, p.raw, terms)
     verdict = checked.verdict
     if verdict.status is not Status.verified:
         code = verdict.code.value if verdict.code else None
@@ -187,6 +195,14 @@ def _ambiguous(code: str | None) -> None:
             f"the proof waits for review as {code}, a rule of its rail: it can be released, "
             "not credited",
         )
+
+
+def _held_at(s: Session, proof_id: str) -> datetime:
+    """When the proof was held for review (its latest ambiguous attempt)."""
+    for a in reversed(attempt_repo.for_proof(s, proof_id)):
+        if a.failure_code == FailureCode.ambiguous_transfer.value:
+            return utc(a.created_at)
+    raise Conflict("proof_not_in_review", "the proof has no review to resolve")  # pragma: no cover
 
 
 def _candidates(s: Session, proof_id: str) -> list[str]:
