@@ -211,3 +211,30 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_every_process_writes_the_request_log(env, tmp_path):
+    """The request log (JSON, redacted) the runbook reads comes from every API process, not
+    only from a single-process server: spawned processes configure logging themselves."""
+    api = Api(env, tmp_path, workers=2).wait_ready()
+    try:
+        wait_until("two API processes listening", lambda: len(_api_processes(api)) == 2, 30)
+        for c in _burst(api):
+            c.request("GET", "/v1/payment-sessions/nope", headers={"Authorization": "Bearer x"})
+            c.getresponse().read()
+            c.close()
+
+        def logged() -> list[dict]:
+            import json
+
+            api.output()  # flushes
+            text = api.log.read_text(errors="replace")
+            lines = [ln for ln in text.splitlines() if '"railproof.request"' in ln]
+            return [json.loads(ln) for ln in lines]
+
+        wait_until("request lines logged", lambda: len(logged()) >= 2 * BURST, 15)
+        assert {line["pid"] for line in logged()} == set(_api_processes(api))
+        assert {line.get("status") for line in logged()} >= {200, 401}
+        assert "Bearer x" not in api.output()
+    finally:
+        api.stop()

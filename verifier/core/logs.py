@@ -26,6 +26,7 @@ class JsonFormatter(logging.Formatter):
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,  # which API process, with `serve --workers N`
             "msg": redact(record.getMessage()),
         }
         for k in ("proof_id", "rail_id", "status", "code", "worker"):

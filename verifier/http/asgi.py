@@ -5,11 +5,15 @@ from fastapi import FastAPI
 
 from verifier.core.config import AUDIT_KEY_MISSING, load_settings
 from verifier.core.engine import Engine
+from verifier.core.logs import configure_logging
 from verifier.http.app import create_app
 from verifier.services.queries import schema_is_current
 
 
 def make_app() -> FastAPI:
+    # Each API process logs as `serve` does, in JSON with secrets redacted: the processes of
+    # `serve --workers N` are spawned, so none inherits the supervisor's handlers.
+    configure_logging()
     settings = load_settings()
     # SECURITY: as `railproof serve` refuses: an API appends to the audit log, and an unkeyed
     # chain can be rewritten and re-hashed by anyone who can write the table. (ValueError
