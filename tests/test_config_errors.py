@@ -2,6 +2,8 @@
 `serve` refuses a deployment it could not serve, saying what to set; readiness says when
 recorded cassettes are why a rail is not live."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -228,3 +230,28 @@ def test_the_owner_ids_a_token_takes_are_those_a_session_takes():
         except ValidationError:
             configured = False
         assert configured == takes, owner
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("op1", "op1 "),  # a trailing space
+        ("op1", "OP1"),  # case
+        ("op1", ""),
+        ("op1", "op\u00a01"),
+    ],
+)
+def test_staff_names_cannot_pass_one_person_off_as_two(env, names):
+    """The two-person rule compares staff names: names that differ only by a space or case
+    would let one person request and approve. Refused at start, never naming a token."""
+    tokens = {"staff-secret-1": names[0], "staff-secret-2": names[1]}
+    env.setenv("RAILPROOF_STAFF_TOKENS", json.dumps(tokens))
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2, r.output
+    assert "error: RAILPROOF_STAFF_TOKENS:" in r.output
+    assert "staff-secret" not in r.output and "Traceback" not in r.output
+
+
+def test_one_staff_name_on_two_tokens_is_one_person():
+    s = Settings(staff_tokens={"t1": "op1", "t2": "op1", "t3": "op2"})
+    assert s.staff_name("t1") == s.staff_name("t2") == "op1"

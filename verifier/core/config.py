@@ -164,6 +164,23 @@ class Settings(BaseSettings):
                     )
         return v
 
+    @field_validator("staff_tokens", mode="after")
+    @classmethod
+    def _staff_names(cls, v: dict[str, str]) -> dict[str, str]:
+        # SECURITY: the two-person rule compares staff names, and the audit trail shows them:
+        # "op1 " or "OP1" beside "op1" would be one person passing as two. A name may be on
+        # several tokens (the same person's); names that differ only in case are refused.
+        seen: dict[str, str] = {}
+        for name in v.values():
+            if not OWNER_ID.fullmatch(name):
+                raise ValueError(
+                    f"staff name {name!r} is not a name (1-128 of A-Z a-z 0-9 _ . : @ -)"
+                )
+            other = seen.setdefault(name.casefold(), name)
+            if other != name:
+                raise ValueError(f"staff names {other!r} and {name!r} differ only in case")
+        return v
+
     @field_validator(
         "port",
         "webhook_allow_any_host",
