@@ -887,6 +887,15 @@ def test_another_spelling_of_an_endpoints_url_is_the_same_endpoint(api):
         "/v1/webhook-endpoints", headers=auth(OTHER_SERVICE_TOKEN), json={"url": base, **TYPES}
     )
     assert r.status_code == 201, r.text
-    assert webhooks.endpoint_key("http://127.0.0.1:80/h") == webhooks.endpoint_key(
-        "http://127.0.0.1/h"
-    )
+    key = webhooks.endpoint_key
+    assert key("http://127.0.0.1:80/h") == key("http://127.0.0.1/h")
+    assert key("http://127.0.0.1:9000") == key("http://127.0.0.1:9000/")  # both POST /
+    assert key("http://127.0.0.1:9000/%7e/%7E") == key("http://127.0.0.1:9000/~/~")
+    assert key("http://127.0.0.1:9000/a%3bb") == key("http://127.0.0.1:9000/a%3Bb")
+    # An escaped reserved character is not the character to a server (RFC 3986 6.2.2.2).
+    for escaped, plain in (("a%3Bv=2", "a;v=2"), ("a%2Fb", "a/b"), ("a%3Fb", "a?b")):
+        assert key(f"http://127.0.0.1:9000/{escaped}") != key(f"http://127.0.0.1:9000/{plain}")
+    r = api.post("/v1/webhook-endpoints", headers=auth(), json={"url": base + "/a;v=2", **TYPES})
+    assert r.status_code == 201, r.text
+    r = api.post("/v1/webhook-endpoints", headers=auth(), json={"url": base + "/a%3Bv=2", **TYPES})
+    assert r.status_code == 201, r.text

@@ -35,6 +35,7 @@ import ipaddress
 import logging
 import re
 import secrets
+import string
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,6 @@ from urllib.parse import urlsplit
 import httpx
 import standardwebhooks
 import tenacity
-import yarl
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import EmptyWebhookSecretError
 
@@ -172,14 +172,28 @@ def _loopback(host: str) -> bool:
 
 
 def endpoint_key(url: str) -> str:
-    """The receiver a URL names, for telling duplicates apart: RFC 3986 normalization (scheme
-    and host case, the default port, dot segments, needless percent-encoding, an empty query)
-    without the fragment, which is never sent, and `localhost` as 127.0.0.1. A trailing slash
-    or a doubled one is kept: a server may route those elsewhere."""
-    u = yarl.URL(url).with_fragment(None)
-    if u.host == "localhost":
-        u = u.with_host("127.0.0.1")
-    return str(u)
+    """The receiver a URL names, for telling duplicates apart (RFC 3986 section 6.2.2): scheme
+    and host in lower case, the port always, dot segments removed (httpx's parser), an escaped
+    unreserved character as itself and other escapes in upper case, an empty path as `/`, an
+    empty query dropped, the fragment (never sent) dropped, and `localhost` as 127.0.0.1. An
+    escaped reserved character stays escaped (`%3B` is not `;` to a server), and a trailing
+    or doubled slash stays: a server may route those elsewhere."""
+    u = httpx.URL(url)
+    path, _, query = u.raw_path.decode("ascii").partition("?")
+    path = _ESCAPE.sub(_unescaped, path) or "/"
+    host = "127.0.0.1" if u.host == "localhost" else u.host
+    port = u.port or _DEFAULT_PORTS.get(u.scheme)
+    return f"{u.scheme}://{host}:{port}{path}" + (f"?{query}" if query else "")
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _unescaped(m: re.Match[str]) -> str:
+    c = chr(int(m[1], 16))
+    return c if c in _UNRESERVED else "%" + m[1].upper()
 
 
 def redact_url(url: str) -> str:
