@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import typer
+import yarl
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -892,6 +893,11 @@ def test_another_spelling_of_an_endpoints_url_is_the_same_endpoint(api):
     assert key("http://127.0.0.1:9000") == key("http://127.0.0.1:9000/")  # both POST /
     assert key("http://127.0.0.1:9000/%7e/%7E") == key("http://127.0.0.1:9000/~/~")
     assert key("http://127.0.0.1:9000/a%3bb") == key("http://127.0.0.1:9000/a%3Bb")
+    # Where yarl's normalization is right (unreserved escapes, non-ASCII, dot segments), the
+    # key's path is yarl's; yarl also decodes escaped reserved characters, which the key keeps.
+    for path in ("/%7e%41/b/./c/../d", "/x%2Dy%5f", "/%C3%A9t%c3%a9", "/"):
+        u = "http://127.0.0.1:9000" + path
+        assert key(u) == "http://127.0.0.1:9000" + yarl.URL(u).raw_path, u
     # An escaped reserved character is not the character to a server (RFC 3986 6.2.2.2).
     for escaped, plain in (("a%3Bv=2", "a;v=2"), ("a%2Fb", "a/b"), ("a%3Fb", "a?b")):
         assert key(f"http://127.0.0.1:9000/{escaped}") != key(f"http://127.0.0.1:9000/{plain}")
