@@ -55,7 +55,7 @@ def proof_contracts(
                 "rail_id": rid,
                 "stage": d.stage.value,
                 "family": d.family,
-                "network": d.network,
+                "network": network,  # the deployment's (RAILPROOF_NETWORK_<RAIL>)
                 "asset_symbol": d.asset_symbol,
                 "decimals": d.decimals,
                 "accepted_proof_types": list(d.proof_types),

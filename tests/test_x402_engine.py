@@ -102,3 +102,13 @@ def test_a_session_naming_the_payer_does_not_take_a_payment_another_naming_none_
     assert (view["status"], view["failure_code"]) == ("requires_review", "ambiguous_transfer")
     attempts = proofs.list_attempts(x402_engine, view["id"])
     assert attempts[-1]["observed"]["candidate_sessions"] == [bob["id"], alice["id"]]
+
+
+def test_the_proof_contract_names_the_network_the_deployment_verifies_on(x402_engine):
+    """RAILPROOF_NETWORK_X402=base-sepolia: the contract an integrator reads says so, as the
+    sessions' payment requirements and verification do, not the catalog's default."""
+    from verifier.services import rails_admin
+
+    (contract,) = rails_admin.contracts(x402_engine, "x402")
+    s = open_x402(x402_engine)
+    assert contract["network"] == s["network"] == "base-sepolia"
