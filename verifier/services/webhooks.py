@@ -179,11 +179,11 @@ def endpoint_key(url: str) -> str:
     escaped reserved character stays escaped (`%3B` is not `;` to a server), and a trailing
     or doubled slash stays: a server may route those elsewhere."""
     u = httpx.URL(url)
-    path, _, query = u.raw_path.decode("ascii").partition("?")
+    path, _, params = u.raw_path.decode("ascii").partition("?")
     path = _ESCAPE.sub(_unescaped, path) or "/"
     host = "127.0.0.1" if u.host == "localhost" else u.host
     port = u.port or _DEFAULT_PORTS.get(u.scheme)
-    return f"{u.scheme}://{host}:{port}{path}" + (f"?{query}" if query else "")
+    return f"{u.scheme}://{host}:{port}{path}" + (f"?{params}" if params else "")
 
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
