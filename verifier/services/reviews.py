@@ -26,6 +26,7 @@ chain answer is also recorded as the proof's verification attempt (its evidence 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -121,14 +122,14 @@ def _credit(engine: Engine, proof_id: str, op: audit.Operator) -> View:
         _ambiguous(p.failure_code)
         ps = session_repo.get(s, p.session_id)
         assert ps is not None  # a proof's session is never deleted (foreign key)
-        held_at = _held_at(s, p.id)
+        held = _hold(s, p.id)
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
     # The chain decides again, outside any transaction, as for a submission; what depends on
     # the time (an x402 authorization's validity) as of when the proof was held for review,
     # not of when staff decide: an authorization valid for a minute would otherwise never be
     # creditable after the hour a review may wait.
-    terms = proofs.terms_for(engine, ps, adapter).model_copy(update={"now": held_at})
+    terms = proofs.terms_for(engine, ps, adapter).model_copy(update={"now": held.at})
     checked = engine.chains.verify(adapter, p.raw, terms)
     verdict = checked.verdict
     if verdict.status is not Status.verified:
@@ -180,7 +181,7 @@ def _credit(engine: Engine, proof_id: str, op: audit.Operator) -> View:
             locked.id,
             {
                 "session_id": locked.session_id,
-                "candidate_sessions": _candidates(s, locked.id),
+                "candidate_sessions": held.candidates,
             },
         )
     assert view is not None
@@ -198,18 +199,16 @@ def _ambiguous(code: str | None) -> None:
         )
 
 
-def _held_at(s: Session, proof_id: str) -> datetime:
-    """When the proof was held for review (its latest ambiguous attempt)."""
-    for a in reversed(attempt_repo.for_proof(s, proof_id)):
-        if a.failure_code == FailureCode.ambiguous_transfer.value:
-            return utc(a.created_at)
-    raise Conflict("proof_not_in_review", "the proof has no review to resolve")  # pragma: no cover
+@dataclass(frozen=True)
+class _Hold:
+    at: datetime  # when the proof was held for review
+    candidates: list[str]  # the sessions the review named
 
 
-def _candidates(s: Session, proof_id: str) -> list[str]:
-    """The sessions the review named (the latest ambiguous attempt's evidence)."""
+def _hold(s: Session, proof_id: str) -> _Hold:
+    """The proof's latest ambiguous attempt: when it was held and whom it named."""
     for a in reversed(attempt_repo.for_proof(s, proof_id)):
         if a.failure_code == FailureCode.ambiguous_transfer.value:
             found = (a.observed or {}).get("candidate_sessions")
-            return list(found) if isinstance(found, list) else []
-    return []
+            return _Hold(utc(a.created_at), list(found) if isinstance(found, list) else [])
+    raise Conflict("proof_not_in_review", "the proof has no review to resolve")  # pragma: no cover
