@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
@@ -51,6 +52,20 @@ def burst_engine(url: str, chain: ScriptedChain) -> Engine:
     e.chains.set_transport("fakenet", chain)
     event.listen(e.db.sessions, "before_commit", lambda _s: time.sleep(COMMIT_DELAY_S))
     return e
+
+
+def _pause(engine: Engine) -> dict:
+    """The operator's pause, asked again while the database is busy, as the CLI's operator
+    would on a 503: on SQLite, engines of their own meet only SQLite's busy handler, which is
+    not fair to a waiting writer, and eight busy ones can keep it out past the busy timeout.
+    What the test holds to is what committed after the pause answered."""
+    for attempt in range(3):
+        try:
+            return rails_admin.set_paused(engine, RAIL, True, OP)
+        except OperationalError as e:
+            if "locked" not in str(e) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def new_session(engine: Engine, product: str) -> dict:
@@ -143,7 +158,7 @@ def test_nothing_of_a_rail_commits_after_its_pause_answered(db_url, engine, chai
             assert time.monotonic() < deadline, "the burst made no progress"
             time.sleep(0.005)
         pause_called = time.monotonic()
-        assert rails_admin.set_paused(engine, RAIL, True, OP)["changed"]
+        assert _pause(engine)["changed"]
         paused = time.monotonic()
         paused_evt.set()
         at_pause = rail_rows(counter)
