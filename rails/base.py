@@ -43,6 +43,9 @@ class Terms(Model):
     not_before: datetime | None = None  # session created_at (less the clock skew: generated refs)
     not_after: datetime | None = None  # session expires_at
     now: datetime  # the engine's clock (fixed when replaying recorded chains)
+    # When the proof was submitted: a deadline the payment met then stays met when the proof
+    # is checked again later (x402's validBefore). None: now.
+    submitted_at: datetime | None = None
     sender: str | None = None  # when the payment names its payer (x402)
     # The reference is one railproof generated (Adapter.new_reference with the session's
     # seed): a key no one else can have put in a transaction, found wherever it is carried.

@@ -21,8 +21,13 @@ exactly what it says. Checks run in this fixed order, each one small function, o
        under the token domain PINNED by the rail           signature_invalid
     7. authorization.from is the named payer (if any)      sender_mismatch
     8. validAfter <= now                                   authorization_not_yet_valid
-    9. now < validBefore                                   authorization_expired
-   10. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled)
+    9. submitted < validBefore                             authorization_expired
+   10. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled);
+       unused and now past validBefore (+ a margin)        authorization_expired
+
+`now` is the clock of this check; `submitted` is when the proof was submitted (Terms.
+submitted_at, or now). A pending proof checked again after validBefore is still the payment
+it was when submitted in time: settled, it verifies; unused, it never will.
 
 Amount and recipient come before the signature on purpose: a tampered `value` against an
 unchanged session is reported as the business mismatch it is (amount_mismatch); a tampered
@@ -81,6 +86,9 @@ SCHEME_EXACT = "exact"
 # could only be an attempt to make us parse a lot.
 MAX_PROOF_CHARS = 16 * 1024
 MAX_SIGNATURE_BYTES = 1024  # ERC-6492 wrapped signatures are longer than 65 bytes, not huge
+
+# How long past validBefore an unused nonce still waits for a block stamped in time.
+EXPIRY_MARGIN_S = 60
 
 UINT256_MAX = (1 << 256) - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -402,6 +410,9 @@ class Expect:
     at_least: bool
     sender: bytes | None
     now: int  # unix seconds
+    # The moment validBefore is checked at: the proof's submission (or now). An authorization
+    # submitted in time and settled stays paid when a pending proof is checked again later.
+    submitted: int
     separator: bytes  # the pinned domain's separator for (chain, asset)
 
 
@@ -500,11 +511,13 @@ def check_valid_after(c: Ctx) -> Finding | None:
 
 def check_valid_before(c: Ctx) -> Finding | None:
     p, e = c.p, c.e
-    # SECURITY: an expired authorization can never settle (the token reverts).
-    if e.now >= p.authorization.valid_before:
+    # SECURITY: an expired authorization can never settle (the token reverts). The clock is
+    # the submission's, never earlier than the session (a proof is submitted to an open
+    # session), so an old settlement cannot pay a session opened after its window.
+    if e.submitted >= p.authorization.valid_before:
         return Finding(
             FailureCode.authorization_expired,
-            (f"valid before {p.authorization.valid_before}, now {e.now}"),
+            (f"valid before {p.authorization.valid_before}, submitted {e.submitted}"),
         )
     return None
 
@@ -672,6 +685,30 @@ def _settlement(
     )
 
 
+def _unsettled(a: Authorization, e: Expect, observed: Observed, key: tuple[str, ...]) -> Verdict:
+    """An authorization the chain has not used: payable until validBefore, then never.
+
+    Checked again after validBefore (a pending proof), an unused nonce is definitive once a
+    margin has passed: a block stamped before the deadline may reach the node late, and the
+    chain's clock is not ours."""
+    if e.now < a.valid_before:
+        return Verdict.ok(
+            "authorization verified; nonce unused on chain", observed=observed, transfer_keys=key
+        )
+    if e.now < a.valid_before + EXPIRY_MARGIN_S:
+        return Verdict.wait(
+            FailureCode.tx_not_found,
+            f"nonce unused on chain at validBefore {a.valid_before}; waiting for a late block",
+            observed=observed,
+        )
+    # SECURITY: past validBefore the token reverts any settlement of it: nothing will pay.
+    return Verdict.fail(
+        FailureCode.authorization_expired,
+        f"never settled: nonce unused on chain past validBefore {a.valid_before}, now {e.now}",
+        observed=observed,
+    )
+
+
 # -- the adapter -------------------------------------------------------------------------
 
 
@@ -800,6 +837,7 @@ class X402Adapter:
             at_least=terms.at_least,
             sender=_address(terms.sender, "sender") if terms.sender else None,
             now=_epoch(terms.now),
+            submitted=_epoch(min(_aware(terms.now), _aware(terms.submitted_at or terms.now))),
             separator=domain_separator(domain.name, domain.version, self.rail.chain_id, asset),
         )
 
@@ -831,11 +869,7 @@ class X402Adapter:
     ) -> Verdict:
         a = p.authorization
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
-            return Verdict.ok(
-                "authorization verified; nonce unused on chain",
-                observed=observed,
-                transfer_keys=key,
-            )
+            return _unsettled(a, e, observed, key)
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
         # SECURITY: a used nonce is this payment only if its settlement moved exactly these
         # funds; otherwise the payer spent the nonce elsewhere (or cancelled it).

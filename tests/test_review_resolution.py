@@ -225,9 +225,9 @@ def test_the_cli_needs_one_decision_and_the_operators_context():
     assert r.exit_code == 2 and "--incident-id" in r.output and "nothing was sent" in r.output
 
 
-def test_an_x402_payment_is_credited_as_of_when_it_was_held_not_when_staff_decide(db_url):
+def test_an_x402_payment_is_credited_as_of_when_it_was_submitted_not_when_staff_decide(db_url):
     """An EIP-3009 authorization is valid for about a minute; a review may wait an hour. The
-    credit asks the chain again with the time of the hold: the authorization that was valid
+    credit checks its window as of the proof's submission: the authorization that was valid
     then is creditable after it expired."""
     from datetime import timedelta
 

@@ -22,6 +22,7 @@ from rails.codes import FailureCode
 from rails.errors import ProofMalformed, RpcUnavailable
 from rails.x402 import (
     AUTHORIZATION_USED_TOPIC,
+    EXPIRY_MARGIN_S,
     MAX_PROOF_CHARS,
     SECP256K1_N,
     TRANSFER_TOPIC,
@@ -767,6 +768,66 @@ def test_live_transport_trouble_is_pending_not_failed(sepolia):
         Status.pending,
         FailureCode.rpc_unavailable,
     )
+
+
+# -- checked again later: the window as of the submission --------------------------------
+
+LATE = VALID_BEFORE + 3600  # a pending proof's next check, long after the window closed
+
+
+def resubmitted(now: int | float, submitted: int | float = INSIDE, **kw: Any) -> Terms:
+    return terms(now, submitted_at=at(submitted), **kw)
+
+
+def test_a_proof_submitted_in_its_window_is_still_valid_offline_after_it(sepolia):
+    verdict = sepolia.verify(V1_JSON, resubmitted(LATE), NoChain())
+    assert verdict.status is Status.verified, verdict.detail
+
+
+@pytest.mark.parametrize("submitted", [VALID_BEFORE, LATE])
+def test_a_proof_submitted_at_or_after_validbefore_is_expired(sepolia, submitted):
+    # SECURITY: the submission's clock, not an earlier one: an old settlement cannot pay a
+    # session opened (and so a proof submitted) after its window.
+    verdict = sepolia.verify(V1_JSON, resubmitted(LATE, submitted), NoChain())
+    assert verdict.code is FailureCode.authorization_expired
+    settled = live_chain(used=True, logs=settlement_logs())
+    assert sepolia.verify(V1_JSON, resubmitted(LATE, submitted), settled).code is (
+        FailureCode.authorization_expired
+    )
+    assert settled.calls == []
+
+
+def test_a_submission_clock_later_than_now_does_not_widen_the_window(sepolia):
+    verdict = sepolia.verify(V1_JSON, resubmitted(VALID_BEFORE, INSIDE - 10), NoChain())
+    assert verdict.status is Status.verified
+    assert sepolia.verify(V1_JSON, resubmitted(VALID_BEFORE, LATE), NoChain()).code is (
+        FailureCode.authorization_expired
+    )
+
+
+def test_settled_in_time_and_checked_after_validbefore_is_verified_with_its_settlement(sepolia):
+    verdict = sepolia.verify(
+        V1_JSON, resubmitted(LATE), live_chain(used=True, logs=settlement_logs())
+    )
+    assert verdict.status is Status.verified, verdict.detail
+    assert verdict.settlement is not None and verdict.settlement.ref == REF
+
+
+@pytest.mark.parametrize(
+    ("now", "status", "code"),
+    [
+        (VALID_BEFORE - 1, Status.verified, None),  # still payable
+        (VALID_BEFORE, Status.pending, FailureCode.tx_not_found),  # a late block may come
+        (VALID_BEFORE + EXPIRY_MARGIN_S - 1, Status.pending, FailureCode.tx_not_found),
+        (VALID_BEFORE + EXPIRY_MARGIN_S, Status.failed, FailureCode.authorization_expired),
+        (LATE, Status.failed, FailureCode.authorization_expired),
+    ],
+)
+def test_unused_on_chain_after_validbefore_waits_a_margin_then_never_settles(
+    sepolia, now, status, code
+):
+    verdict = sepolia.verify(V1_JSON, resubmitted(now), live_chain(used=False))
+    assert (verdict.status, verdict.code) == (status, code), verdict.detail
 
 
 # -- finality ----------------------------------------------------------------------------

@@ -112,3 +112,68 @@ def test_the_proof_contract_names_the_network_the_deployment_verifies_on(x402_en
     (contract,) = rails_admin.contracts(x402_engine, "x402")
     s = open_x402(x402_engine)
     assert contract["network"] == s["network"] == "base-sepolia"
+
+
+def _pending_x402(engine, chain):
+    """A payer-bound session and its proof, submitted while the chain cannot be asked."""
+    from rails.errors import RpcUnavailable
+
+    def down(params):
+        raise RpcUnavailable("connection refused")
+
+    engine.chains.set_transport("base-sepolia", chain)
+    chain.answers["eth_call"] = down
+    ps = open_x402(engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable"), view
+    return view
+
+
+def test_a_pending_payment_settled_in_time_verifies_when_checked_after_its_window(x402_engine):
+    """The worker checks a pending proof again after the authorization's minute is over: the
+    facilitator settled it in time, so it is paid, not expired."""
+    from tests.helpers import advance
+    from tests.test_x402_adapter import live_chain, settlement_logs
+
+    chain = live_chain(used=True, logs=settlement_logs())
+    settled = chain.answers["eth_call"]
+    view = _pending_x402(x402_engine, chain)
+    advance(x402_engine, 3600)
+    chain.answers["eth_call"] = settled
+    verdict = proofs.verify_proof(x402_engine, view["id"])
+    assert (verdict.status.value, verdict.code) == ("verified", None), verdict.detail
+    stored = proofs.get_proof(x402_engine, view["id"], ["alice"])
+    assert stored["status"] == "verified" and stored["settlement"]["block_number"] == 100
+
+
+def test_a_pending_payment_never_settled_fails_expired_once_its_window_is_over(x402_engine):
+    from rails.x402 import EXPIRY_MARGIN_S
+    from tests.helpers import advance
+    from tests.test_x402_adapter import VALID_BEFORE, live_chain
+
+    chain = live_chain(used=False)
+    unused = chain.answers["eth_call"]
+    view = _pending_x402(x402_engine, chain)
+    chain.answers["eth_call"] = unused
+    advance(x402_engine, VALID_BEFORE - x402_engine.now().timestamp())  # at validBefore
+    verdict = proofs.verify_proof(x402_engine, view["id"])
+    assert (verdict.status.value, verdict.code) == ("pending", "tx_not_found"), verdict.detail
+    advance(x402_engine, EXPIRY_MARGIN_S)
+    verdict = proofs.verify_proof(x402_engine, view["id"])
+    assert (verdict.status.value, verdict.code) == ("failed", "authorization_expired")
+    assert proofs.get_proof(x402_engine, view["id"], ["alice"])["status"] == "failed"
+
+
+def test_a_settled_authorization_cannot_pay_a_session_opened_after_its_window(x402_engine):
+    """SECURITY: the window is the submission's, so a settlement seen on chain cannot be
+    claimed by a session opened (and a proof submitted) after it closed."""
+    from tests.helpers import advance
+    from tests.test_x402_adapter import live_chain, settlement_logs
+
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=True, logs=settlement_logs()))
+    advance(x402_engine, 3600)
+    ps = open_x402(x402_engine, owner="mallory")
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["mallory"])
+    assert (view["status"], view["failure_code"]) == ("failed", "authorization_expired")

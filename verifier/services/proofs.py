@@ -470,7 +470,14 @@ def _raw_proof(proof: object) -> str:
     return raw
 
 
-def terms_for(engine: Engine, ps: PaymentSession | Record, adapter: Adapter) -> Terms:
+def terms_for(
+    engine: Engine,
+    ps: PaymentSession | Record,
+    adapter: Adapter,
+    submitted_at: datetime | None = None,
+) -> Terms:
+    """The session as the rail checks it; `submitted_at`: when the proof was stored (None:
+    being submitted now)."""
     generated = reference_generated(engine, adapter, ps)
     # SECURITY: the chain's clock is not railproof's, but only a reference railproof generated
     # proves a transfer was made for this session whatever its chain time: nobody can carry it
@@ -486,6 +493,7 @@ def terms_for(engine: Engine, ps: PaymentSession | Record, adapter: Adapter) -> 
         not_before=utc(ps.created_at) - skew,
         not_after=utc(ps.expires_at),
         now=engine.now(),
+        submitted_at=utc(submitted_at) if submitted_at is not None else None,
         sender=ps.payer,
         reference_generated=generated,
     )
@@ -515,7 +523,7 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
         assert ps is not None  # a proof's session is never deleted (foreign key)
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
-    checked = engine.chains.verify(adapter, p.raw, terms_for(engine, ps, adapter))
+    checked = engine.chains.verify(adapter, p.raw, terms_for(engine, ps, adapter, p.created_at))
     with engine.db.tx() as s:
         locked = _get_proof(s, proof_id)
         if worker is not None and locked.claimed_by != worker:

@@ -27,7 +27,6 @@ chain answer is also recorded as the proof's verification attempt (its evidence 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy.orm import Session
@@ -37,7 +36,6 @@ from rails.codes import FailureCode
 from verifier.core.checking import Checked
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound, Refused
-from verifier.core.timeutil import utc
 from verifier.services import audit, events, proofs
 from verifier.services.views import View, proof_view
 from verifier.storage.models import Proof, ProofStatus, SessionStatus
@@ -125,11 +123,11 @@ def _credit(engine: Engine, proof_id: str, op: audit.Operator) -> View:
         held = _hold(s, p.id)
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
-    # The chain decides again, outside any transaction, as for a submission; what depends on
-    # the time (an x402 authorization's validity) as of when the proof was held for review,
-    # not of when staff decide: an authorization valid for a minute would otherwise never be
-    # creditable after the hour a review may wait.
-    terms = proofs.terms_for(engine, ps, adapter).model_copy(update={"now": held.at})
+    # The chain decides again, outside any transaction, as for a submission. An x402
+    # authorization's window is checked as of the proof's submission, not of when staff
+    # decide: one valid for a minute would otherwise never be creditable after the hour a
+    # review may wait (unused on chain by now, it is refused: it can no longer settle).
+    terms = proofs.terms_for(engine, ps, adapter, p.created_at)
     checked = engine.chains.verify(adapter, p.raw, terms)
     verdict = checked.verdict
     if verdict.status is not Status.verified:
@@ -201,14 +199,13 @@ def _ambiguous(code: str | None) -> None:
 
 @dataclass(frozen=True)
 class _Hold:
-    at: datetime  # when the proof was held for review
     candidates: list[str]  # the sessions the review named
 
 
 def _hold(s: Session, proof_id: str) -> _Hold:
-    """The proof's latest ambiguous attempt: when it was held and whom it named."""
+    """The proof's latest ambiguous attempt: whom it named."""
     for a in reversed(attempt_repo.for_proof(s, proof_id)):
         if a.failure_code == FailureCode.ambiguous_transfer.value:
             found = (a.observed or {}).get("candidate_sessions")
-            return _Hold(utc(a.created_at), list(found) if isinstance(found, list) else [])
+            return _Hold(list(found) if isinstance(found, list) else [])
     raise Conflict("proof_not_in_review", "the proof has no review to resolve")  # pragma: no cover
