@@ -65,7 +65,7 @@ DESCRIPTIONS: dict[FailureCode, str] = {
     FailureCode.reference_missing: "the session's reference key is not in the transaction",
     FailureCode.memo_mismatch: "the session's memo is not in the transaction",
     FailureCode.signature_invalid: "the authorization's signature does not recover to its payer",
-    FailureCode.authorization_expired: "submitted at or past its validBefore, or never settled by then",
+    FailureCode.authorization_expired: "submitted past validBefore, or never settled by then",
     FailureCode.authorization_not_yet_valid: "now is before the authorization's validAfter",
     FailureCode.nonce_reused: "the authorization's nonce was already used",
     FailureCode.ambiguous_transfer: "the chain data cannot be read unambiguously; needs review",
