@@ -181,6 +181,10 @@ def endpoint_key(url: str) -> str:
     u = httpx.URL(url)
     path, _, params = u.raw_path.decode("ascii").partition("?")
     path = _ESCAPE.sub(_unescaped, path) or "/"
+    if "." in path:
+        # An escaped dot segment (`%2e%2e`) is a dot segment once unescaped (RFC 3986
+        # 6.2.2: escapes first, then dot segments): httpx's parser removes it this time.
+        path = httpx.URL("http://h" + path).raw_path.decode("ascii")
     host = "127.0.0.1" if u.host == "localhost" else u.host
     port = u.port or _DEFAULT_PORTS.get(u.scheme)
     return f"{u.scheme}://{host}:{port}{path}" + (f"?{params}" if params else "")
