@@ -517,6 +517,15 @@ def test_endpoints_api_secret_once_validation_and_owner_isolation(
     refused({**ok, "url": "http://example.com/hook"}, "url")  # off this machine
     refused({**ok, "url": "http://user:pw@127.0.0.1/hook"}, "url")
     refused({**ok, "url": "not a url"}, "url")
+    # What the delivering client cannot parse, or reads another host from, is refused as the
+    # URL it is (never a 500), and the loopback check reads the host it would connect to.
+    for bad in (
+        "http://[::1]x/hook",
+        "http://[::1].example.com/hook",
+        "http://[::1]]/hook",
+        "http://127.0.0.1:0/hook",
+    ):
+        refused({**ok, "url": bad}, "url")
     for raw, field in (
         (
             b'{"url": "http://127.0.0.1/\\ud800", "event_types": ["proof.verified"]}',
@@ -891,6 +900,8 @@ def test_another_spelling_of_an_endpoints_url_is_the_same_endpoint(api):
     assert r.status_code == 201, r.text
     key = webhooks.endpoint_key
     assert key("http://127.0.0.1:80/h") == key("http://127.0.0.1/h")
+    for ipv6 in ("[0::1]", "[::0001]", "[0:0:0:0:0:0:0:1]", "[::1]"):
+        assert key(f"http://{ipv6}:9/h") == "http://[::1]:9/h", ipv6
     assert key("http://127.0.0.1:9000") == key("http://127.0.0.1:9000/")  # both POST /
     assert key("http://127.0.0.1:9000/%7e/%7E") == key("http://127.0.0.1:9000/~/~")
     assert key("http://127.0.0.1:9000/a%3bb") == key("http://127.0.0.1:9000/a%3Bb")

@@ -146,19 +146,27 @@ def url_problem(url: str, allow_any_host: bool) -> str | None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
+        # The delivering client's own parser: what it cannot read is never delivered to.
+        sent = httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
         return "not a valid URL"
     if parts.scheme not in ("http", "https"):
         return "must be an http or https URL"
-    if not parts.hostname:
+    if not parts.hostname or not sent.host:
         return "must name a host"
+    if parts.hostname != sent.host.lower():
+        # Two parsers reading two hosts: the one checked below must be the one connected to.
+        return "not a valid URL (its host is read differently by URL parsers)"
+    if sent.port == 0:
+        return "port: must be 1-65535"
     if parts.username or parts.password:
         # SECURITY: credentials in a URL end up in logs and staff views; use the secret.
         return "must not carry credentials (user:password@)"
     # SECURITY: unless a deployment allows other hosts, deliveries never leave this machine
-    # (tests and local runs must not send payment events anywhere else).
-    if not allow_any_host and not _loopback(parts.hostname):
-        return f"host {parts.hostname!r} is not a loopback address ({ALLOW_ANY_HOST_ENV} is off)"
+    # (tests and local runs must not send payment events anywhere else). The host is the one
+    # the delivering client connects to.
+    if not allow_any_host and not _loopback(sent.host):
+        return f"host {sent.host!r} is not a loopback address ({ALLOW_ANY_HOST_ENV} is off)"
     return None
 
 
@@ -173,7 +181,7 @@ def _loopback(host: str) -> bool:
 
 def endpoint_key(url: str) -> str:
     """The receiver a URL names, for telling duplicates apart (RFC 3986 section 6.2.2): scheme
-    and host in lower case, the port always, dot segments removed (httpx's parser), an escaped
+    and host in lower case (an IP address in its canonical text), the port always, dot segments removed (httpx's parser), an escaped
     unreserved character as itself and other escapes in upper case, an empty path as `/`, an
     empty query dropped, the fragment (never sent) dropped, and `localhost` as 127.0.0.1. An
     escaped reserved character stays escaped (`%3B` is not `;` to a server), and a trailing
@@ -185,7 +193,7 @@ def endpoint_key(url: str) -> str:
         # An escaped dot segment (`%2e%2e`) is a dot segment once unescaped (RFC 3986
         # 6.2.2: escapes first, then dot segments): httpx's parser removes it this time.
         path = httpx.URL("http://h" + path).raw_path.decode("ascii")
-    host = "127.0.0.1" if u.host == "localhost" else u.host
+    host = "127.0.0.1" if u.host == "localhost" else _ip_text(u.host)
     port = u.port or _DEFAULT_PORTS.get(u.scheme)
     return f"{u.scheme}://{host}:{port}{path}" + (f"?{params}" if params else "")
 
@@ -193,6 +201,16 @@ def endpoint_key(url: str) -> str:
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _ip_text(host: str) -> str:
+    """An IP address in its one canonical text (`[0::1]`, `[::0001]` are `[::1]`); a name as
+    it is."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
 
 
 def _unescaped(m: re.Match[str]) -> str:
