@@ -181,11 +181,12 @@ def _loopback(host: str) -> bool:
 
 def endpoint_key(url: str) -> str:
     """The receiver a URL names, for telling duplicates apart (RFC 3986 section 6.2.2): scheme
-    and host in lower case (an IP address in its canonical text), the port always, dot segments removed (httpx's parser), an escaped
-    unreserved character as itself and other escapes in upper case, an empty path as `/`, an
-    empty query dropped, the fragment (never sent) dropped, and `localhost` as 127.0.0.1. An
-    escaped reserved character stays escaped (`%3B` is not `;` to a server), and a trailing
-    or doubled slash stays: a server may route those elsewhere."""
+    and host in lower case (an IP address in its canonical text), the port always, dot
+    segments removed (httpx's parser), an escaped unreserved character as itself and other
+    escapes in upper case, an empty path as `/`, an empty query dropped, the fragment (never
+    sent) dropped, and `localhost` as 127.0.0.1. An escaped reserved character stays escaped
+    (`%3B` is not `;` to a server), and a trailing or doubled slash stays: a server may route
+    those elsewhere."""
     u = httpx.URL(url)
     path, _, params = u.raw_path.decode("ascii").partition("?")
     path = _ESCAPE.sub(_unescaped, path) or "/"
