@@ -489,6 +489,10 @@ def test_proofs_filter_and_page(c, chain, monkeypatch):
     assert 'rel="next"' in first and 'rel="prev"' not in first
     second = c.get("/console/proofs?page=2").text
     assert 'rel="prev"' in second and 'rel="next"' not in second
+    # A page that is not an ASCII number is the first page (Unicode "digits" included).
+    for junk in ("%C2%B2", "%E2%91%A0", "%D9%A3", "-1", "0", "x"):
+        r = c.get(f"/console/proofs?page={junk}")
+        assert r.status_code == 200 and 'rel="prev"' not in r.text, junk
     assert {ok["id"], bad["id"]} == {i for i in (ok["id"], bad["id"]) if i in first + second}
 
 

@@ -138,9 +138,32 @@ def _validate(engine: Engine, req: RunRequest) -> tuple[str, str]:
             )
     if not 1 <= req.limit <= MAX_LIMIT:
         raise BadInput("invalid_limit", f"limit: between 1 and {MAX_LIMIT}", field="limit")
+    for field in ("since", "until"):
+        _in_range(getattr(req, field), field)
     if req.since and req.until and utc(req.since) >= utc(req.until):
         raise BadInput("invalid_window", "since: must be before until", field="since")
     return incident_id, operator_reason
+
+
+# A window bound is a chain time: from the epoch, and far enough from datetime's ends that
+# the UTC conversion and the scan's margins stay inside it.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_range(value: datetime | None, field: str) -> None:
+    if value is None:
+        return
+    try:
+        ok = EARLIEST <= utc(value) <= LATEST
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise BadInput(
+            "invalid_time",
+            f"{field}: a time between {EARLIEST.date()} and {LATEST.date()} (UTC)",
+            field=field,
+        )
 
 
 def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:

@@ -457,7 +457,8 @@ def console_router(
             owner_id=(qp.get("owner_id") or None),
             older_than=(qp.get("older_than") if qp.get("older_than") in queries.AGES else None),
             q=(qp.get("q") or "")[:200] or None,
-            page=int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1,
+            # ASCII digits only: `"²".isdigit()` is true, and int() refuses it.
+            page=int(page) if page.isascii() and page.isdigit() and 0 < int(page) < 100_000 else 1,
         )
         rows, more = queries.list_proofs(engine, f, PAGE_SIZE)
         args = {
