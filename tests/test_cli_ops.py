@@ -319,3 +319,44 @@ def test_connection_and_token_errors_exit_2(world):
     # A service token is not a staff token.
     r = run(world, "list-rail-proofs", token="svc-token-alice")
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        "x/../../rails/fake_live/pause?",
+        "../../rails/fake_live/pause",
+        "..",
+        "%2e%2e",
+        "a?b#c",
+        "prf_x/../../../approvals/1/approve",
+    ],
+)
+def test_an_id_is_one_path_segment_never_another_route(world, crafted):
+    """SECURITY: an id pasted from a ticket reaches its own route as an id that does not
+    exist; it never pauses a rail (or does anything else) under the operator's name."""
+    from verifier.cli.ops import api_path
+
+    r = run(
+        world,
+        "apply-rail-proof",
+        crafted,
+        "--confirm",
+        "--json",
+        "--incident-id",
+        "INC-20",
+        "--operator-reason",
+        "from a ticket",
+    )
+    # The proof route's 404, or no route's (the server decodes an escaped slash in a path).
+    assert r.exit_code == 1 and '_found"' in r.output, r.output
+    rails = httpx.get(world["url"] + "/v1/admin/rails/readiness", headers=auth(STAFF_TOKEN))
+    assert rails.status_code == 200
+    assert not any(a["action"] == "rail.paused" for a in audit(world, "fake_live"))
+    assert all(not row.get("paused") for row in rails.json()), rails.json()
+    assert api_path("/v1/admin/proofs/{}/apply", crafted).count("/") == 5
+
+
+def test_an_empty_id_is_refused_before_any_request(world):
+    r = run(world, "inspect-rail-proof", "", "--base-url", "http://127.0.0.1:9")
+    assert r.exit_code == 2 and "empty" in r.output

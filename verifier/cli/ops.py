@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -219,6 +220,23 @@ class Client:
         return r.status_code, data
 
 
+def api_path(template: str, *ids: object) -> str:
+    """`template`'s `{}` placeholders filled with ids, each one path segment.
+
+    SECURITY: an id comes from a ticket or a paste: `x/../../rails/x402/pause?` must reach the
+    proof route as a proof id that does not exist, not pause a rail under the operator's name.
+    Every character but the unreserved ones is escaped, and a dot segment too (a client or
+    server would resolve it)."""
+    return template.format(*(_segment(str(i)) for i in ids))
+
+
+def _segment(value: str) -> str:
+    if not value:
+        _die("an id argument is empty")
+    seg = quote(value, safe="")
+    return seg.replace(".", "%2E") if seg in {".", ".."} else seg
+
+
 def _die(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -407,7 +425,9 @@ def register(app: typer.Typer) -> None:
         operator_reason: Reason = None,
     ):
         """One proof with its status, settlement and receipt."""
-        s, d = Client(incident_id, operator_reason).request("GET", f"/v1/admin/proofs/{proof_id}")
+        s, d = Client(incident_id, operator_reason).request(
+            "GET", api_path("/v1/admin/proofs/{}", proof_id)
+        )
         if s < 400 and not as_json:
             _out(
                 s,
@@ -429,7 +449,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Every verification attempt of a proof, with the redacted evidence."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", f"/v1/admin/proofs/{proof_id}/attempts"
+            "GET", api_path("/v1/admin/proofs/{}/attempts", proof_id)
         )
         _out(
             s,
@@ -458,7 +478,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Settlement evidence rows (finality over time) of a proof."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", f"/v1/admin/proofs/{proof_id}/settlement-evidence"
+            "GET", api_path("/v1/admin/proofs/{}/settlement-evidence", proof_id)
         )
         _out(
             s,
@@ -501,7 +521,7 @@ def register(app: typer.Typer) -> None:
         the call is refused."""
         c = Client(incident_id, operator_reason)
         body = {**c.context, "path": "receipt" if receipt_path else "apply"}
-        s, d = c.request("POST", f"/v1/admin/proofs/{proof_id}/dry-run-apply", body)
+        s, d = c.request("POST", api_path("/v1/admin/proofs/{}/dry-run-apply", proof_id), body)
         if s >= 400:
             _out(s, d, as_json)
         if as_json:
@@ -578,7 +598,7 @@ def register(app: typer.Typer) -> None:
         """Kill switch: refuse new sessions and proofs on a rail, block apply."""
         _confirmed_post(
             "pause-rail",
-            f"/v1/admin/rails/{rail_id}/pause",
+            api_path("/v1/admin/rails/{}/pause", rail_id),
             confirm,
             as_json,
             incident_id,
@@ -596,7 +616,7 @@ def register(app: typer.Typer) -> None:
         """Lift the kill switch of a rail."""
         _confirmed_post(
             "resume-rail",
-            f"/v1/admin/rails/{rail_id}/resume",
+            api_path("/v1/admin/rails/{}/resume", rail_id),
             confirm,
             as_json,
             incident_id,
@@ -614,7 +634,7 @@ def register(app: typer.Typer) -> None:
         """Apply a verified, final proof: receipt + active entitlement, or nothing."""
         _confirmed_post(
             "apply-rail-proof",
-            f"/v1/admin/proofs/{proof_id}/apply",
+            api_path("/v1/admin/proofs/{}/apply", proof_id),
             confirm,
             as_json,
             incident_id,
@@ -632,7 +652,7 @@ def register(app: typer.Typer) -> None:
         """Staff receipt creation for a gated rail (RAILPROOF_RECEIPT_CREATION_RAILS)."""
         _confirmed_post(
             "create-rail-proof-receipt",
-            f"/v1/admin/proofs/{proof_id}/receipt",
+            api_path("/v1/admin/proofs/{}/receipt", proof_id),
             confirm,
             as_json,
             incident_id,
@@ -661,7 +681,7 @@ def register(app: typer.Typer) -> None:
             _die("resolve-rail-proof-review: give exactly one of --credit and --release")
         _confirmed_post(
             "resolve-rail-proof-review",
-            f"/v1/admin/proofs/{proof_id}/review",
+            api_path("/v1/admin/proofs/{}/review", proof_id),
             confirm,
             as_json,
             incident_id,
@@ -680,7 +700,7 @@ def register(app: typer.Typer) -> None:
         """Revoke an active entitlement (needs --incident-id and --operator-reason)."""
         _confirmed_post(
             "revoke-entitlement",
-            f"/v1/admin/entitlements/{entitlement_id}/revoke",
+            api_path("/v1/admin/entitlements/{}/revoke", entitlement_id),
             confirm,
             as_json,
             incident_id,
@@ -703,7 +723,7 @@ def register(app: typer.Typer) -> None:
         _out(
             *c.request(
                 "POST",
-                f"/v1/admin/rails/{rail_id}/production/request",
+                api_path("/v1/admin/rails/{}/production/request", rail_id),
                 {"enable": enable, **c.context},
             ),
             as_json,
@@ -720,7 +740,7 @@ def register(app: typer.Typer) -> None:
         """Approve another staff member's request (two-person rule)."""
         _confirmed_post(
             "approve-rail-change",
-            f"/v1/admin/approvals/{approval_id}/approve",
+            api_path("/v1/admin/approvals/{}/approve", approval_id),
             confirm,
             as_json,
             incident_id,
@@ -738,7 +758,7 @@ def register(app: typer.Typer) -> None:
         """Refuse another staff member's request: nothing of it takes effect."""
         _confirmed_post(
             "reject-rail-change",
-            f"/v1/admin/approvals/{approval_id}/reject",
+            api_path("/v1/admin/approvals/{}/reject", approval_id),
             confirm,
             as_json,
             incident_id,
@@ -783,7 +803,7 @@ def register(app: typer.Typer) -> None:
     ):
         """One entitlement with the receipt that activated it."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", f"/v1/admin/entitlements/{entitlement_id}"
+            "GET", api_path("/v1/admin/entitlements/{}", entitlement_id)
         )
         if s < 400 and not as_json:
             _out(
@@ -879,7 +899,7 @@ def register(app: typer.Typer) -> None:
         _out(
             *c.request(
                 "POST",
-                f"/v1/admin/rails/{rail_id}/treasury/request",
+                api_path("/v1/admin/rails/{}/treasury/request", rail_id),
                 {"treasury": treasury, **c.context},
             ),
             as_json,

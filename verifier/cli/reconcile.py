@@ -31,6 +31,7 @@ from verifier.cli.ops import (
     Reason,
     _die,
     _out,
+    api_path,
     require_operator_context,
 )
 from verifier.cli.progress import progress
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
     ):
         """A reconciliation run with its findings and their repairs."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", f"/v1/admin/reconciliation-runs/{run_id}"
+            "GET", api_path("/v1/admin/reconciliation-runs/{}", run_id)
         )
         if s >= 400 or as_json:
             _out(s, d, as_json)
@@ -177,7 +178,7 @@ def register(app: typer.Typer) -> None:
         c = Client(incident_id, operator_reason)
         s, d = c.request(
             "POST",
-            f"/v1/admin/reconciliation-findings/{int(finding_id)}/resolution",
+            api_path("/v1/admin/reconciliation-findings/{}/resolution", int(finding_id)),
             {"resolution": resolution, **c.context},
         )
         if s >= 400 or as_json:

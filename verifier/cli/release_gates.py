@@ -25,6 +25,7 @@ from verifier.cli.ops import (
     Reason,
     _die,
     _out,
+    api_path,
     operator_command,
     require_operator_context,
 )
@@ -40,7 +41,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ):
         """Each release gate of a rail: passed, failed, missing or expired, and its evidence."""
-        status, data = Client(None, None).request("GET", f"/v1/admin/rails/{rail_id}/release-gates")
+        status, data = Client(None, None).request(
+            "GET", api_path("/v1/admin/rails/{}/release-gates", rail_id)
+        )
         if status >= 400 or as_json:
             _out(status, data, as_json)
             return
@@ -110,7 +113,7 @@ def register(app: typer.Typer) -> None:
         c = Client(incident_id, operator_reason)
         status, data = c.request(
             "POST",
-            f"/v1/admin/rails/{rail_id}/release-gates/{gate}/evidence",
+            api_path("/v1/admin/rails/{}/release-gates/{}/evidence", rail_id, gate),
             {**body, **c.context},
         )
         _out(status, data, as_json)

@@ -16,6 +16,7 @@ from verifier.cli.ops import (
     JsonOpt,
     Reason,
     _out,
+    api_path,
     operator_command,
     require_operator_context,
 )
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
         """One event (by event or delivery id) and every delivery of it; its payload only
         with --include-payload."""
         s, d = Client(incident_id, operator_reason).request(
-            "GET", f"/v1/admin/webhook-events/{event_id}"
+            "GET", api_path("/v1/admin/webhook-events/{}", event_id)
         )
         if s >= 400:
             _out(s, d, as_json)
@@ -133,7 +134,7 @@ def register(app: typer.Typer) -> None:
         _out(
             *c.request(
                 "POST",
-                f"/v1/admin/webhook-events/{event_id}/replay",
+                api_path("/v1/admin/webhook-events/{}/replay", event_id),
                 {"confirm": True, **c.context},
             ),
             as_json,
