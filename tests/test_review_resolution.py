@@ -251,3 +251,124 @@ def test_an_x402_payment_is_credited_as_of_when_it_was_submitted_not_when_staff_
         assert (out["status"], out["failure_code"]) == ("verified", None), out
     finally:
         e.db.dispose()
+
+
+DEPTH_RAIL = """
+[rails.fake_depth]
+family = "fake"
+stage = "live"
+production_enabled = true
+network = "fakenet"
+asset_symbol = "FUSD"
+decimals = 6
+proof_types = ["fake_tx"]
+finality = { mode = "depth", confirmations = 10 }
+assets = { fakenet = "fusd" }
+"""
+
+
+def test_a_credited_and_applied_payment_reorged_and_reincluded_stays_verified(db_url):
+    """Staff credit Alice's proof and it is applied; its block is reorged and the transfer
+    re-included while Bob's session is still open. Verified again, the proof keeps the
+    decision (it is not sent back to review under its receipt), and a proof backing a receipt
+    is never released: the transfer stays Alice's alone."""
+    from tests.conftest import make_settings
+    from tests.fake_rail import ScriptedChain, catalog_with_fake
+    from tests.helpers import advance
+    from verifier.core.engine import Engine
+    from verifier.services import gate, sessions
+    from verifier.worker import loop as worker
+
+    e = Engine(
+        make_settings(db_url, apply_rail_allowlist=["fake_depth"]),
+        catalog=catalog_with_fake(DEPTH_RAIL),
+    )
+    chain = ScriptedChain()
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    op = Operator("ops1", "INC-1", "payer confirmed the order")
+    try:
+
+        def open_for(owner):
+            req = sessions.NewSession(
+                owner_id=owner,
+                rail_id="fake_depth",
+                access_product_id="pro",
+                amount=1000,
+                recipient="fatreasury",
+            )
+            return sessions.open_session(e, req, actor="test")
+
+        alice, bob = open_for("alice"), open_for("bob")
+        tx = "fx0000000000000001"
+        chain.txs[tx] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": 1000,
+            "asset": "fusd",
+            "time": int(e.now().timestamp()) + 5,
+            "finality": "finalized",
+            "refs": [alice["reference"], bob["reference"]],
+            "slot": 1,
+        }
+        chain.statuses[tx] = "finalized"
+        advance(e, 10)
+        view, _ = proofs.submit_proof(e, alice["id"], tx, ["alice"])
+        assert view["status"] == "requires_review"
+        pid = reviews.resolve_review(e, view["id"], reviews.Decision.credit, op)["id"]
+        receipt = gate.apply(e, pid, op, gate.Via.staff)["receipt_id"]
+        assert receipt is not None
+
+        chain.statuses[tx] = "reorged"
+        advance(e, 3600)
+        worker.sweep(e, "w1")
+        assert proofs.get_proof(e, pid, None)["failure_code"] == "reorged"
+        chain.statuses[tx] = "finalized"  # re-included; Bob's session is still open
+        advance(e, 60)
+        worker.sweep(e, "w1")
+        got = proofs.get_proof(e, pid, None)
+        assert (got["status"], got["failure_code"], got["receipt_id"]) == (
+            "verified",
+            None,
+            receipt,
+        )
+        with pytest.raises(Conflict) as refused:
+            proofs.submit_proof(e, bob["id"], tx, ["bob"])
+        assert refused.value.code == "proof_owner_conflict"
+    finally:
+        e.db.dispose()
+
+
+def test_a_proof_backing_a_receipt_is_never_released_or_credited(held):
+    """Whatever brought it back to review (data from before reviews kept their decision), a
+    proof under a receipt keeps its transfer: release and credit are refused by name."""
+    e, c, alice, bob, pid = held
+    assert review(c, pid, "credit").status_code == 200
+    applied = c.post(f"/v1/admin/proofs/{pid}/apply", headers=STAFF, json={"confirm": True, **OPS})
+    assert applied.status_code == 200 and applied.json()["receipt_id"], applied.text
+    with e.db.tx() as s:  # as a proof reviewed before this rule would have been left
+        s.execute(
+            VerificationAttempt.__table__.insert().values(
+                proof_id=pid,
+                status="requires_review",
+                failure_code="ambiguous_transfer",
+                detail="held again",
+                observed={"candidate_sessions": [alice["id"], bob["id"]]},
+                rpc_calls=0,
+                latency_ms=0,
+                source="cassette",
+                created_at=e.now(),
+            )
+        )
+        from verifier.storage.models import Proof
+
+        s.execute(
+            Proof.__table__.update()
+            .where(Proof.id == pid)
+            .values(status="requires_review", failure_code="ambiguous_transfer")
+        )
+    for choice in ("release", "credit"):
+        r = review(c, pid, choice)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_has_receipt"), r.text
+    r = submit(c, bob["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_owner_conflict"), r.text

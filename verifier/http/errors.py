@@ -81,6 +81,7 @@ class ApiErrorCode(StrEnum):
     review_not_ambiguous = "review_not_ambiguous"
     review_not_verified = "review_not_verified"
     session_already_paid = "session_already_paid"
+    proof_has_receipt = "proof_has_receipt"
     webhook_endpoint_exists = "webhook_endpoint_exists"
     webhook_endpoint_limit = "webhook_endpoint_limit"
     not_dead_letter = "not_dead_letter"

@@ -530,7 +530,13 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
             # Our lease ran out during a slow chain call and another worker holds the proof
             # now: its answer will be recorded, ours is dropped (one attempt per claim).
             return checked.verdict
-        verdict, _, refused = _record_attempt(engine, s, locked, ps, checked, worker)
+        # SECURITY: which session a transfer pays is decided once, when it is first verified
+        # (or by staff): verified again after a reorg, a proof that may hold a receipt by now
+        # is not sent back to review by a session opened since.
+        decided = bool(locked.attempts) and attempt_repo.latest_verified(s, proof_id) is not None
+        verdict, _, refused = _record_attempt(
+            engine, s, locked, ps, checked, worker, resolved=decided
+        )
     _count(engine, rail, checked, verdict)
     if refused is not None:
         _count_refusal(engine, refused)
@@ -561,8 +567,9 @@ def _record_attempt(
     attempt: the first attempt's UPDATE checks exactly that, and the row is read (and locked)
     only when it fails.
 
-    `resolved`: staff have decided which session the transfer was for (services.reviews), so
-    other open sessions that could take it do not send it to review again."""
+    `resolved`: staff have decided which session the transfer was for (services.reviews), or
+    an earlier attempt verified it, so other open sessions that could take it do not send it
+    to review again."""
     verdict = checked.verdict
     now = engine.now()
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)

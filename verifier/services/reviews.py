@@ -81,6 +81,15 @@ def _release(engine: Engine, proof_id: str, op: audit.Operator) -> View:
         if p is None:
             raise NotFound("proof_not_found", f"no proof {proof_id!r}")
         _waiting(p)
+        receipt = receipt_repo.id_for_proof(s, p.id)
+        if receipt is not None:
+            # SECURITY: a receipt's transfer stays its own; the entitlement it activated is
+            # revoked through its own path, never by failing the proof under it.
+            raise Conflict(
+                "proof_has_receipt",
+                f"the proof backs receipt {receipt}: it cannot be released; revoke the "
+                "entitlement (revoke-entitlement) if the payment was not for this session",
+            )
         code = p.failure_code
         detail = f"released by staff review ({op.incident_id}): not made for this session"
         proof_repo.update(
@@ -144,7 +153,13 @@ def _credit(engine: Engine, proof_id: str, op: audit.Operator) -> View:
         _ambiguous(locked.failure_code)
         session = session_repo.get(s, locked.session_id, lock=True)
         assert session is not None
-        if session.status == SessionStatus.paid or receipt_repo.for_session(s, session.id):
+        paid = receipt_repo.for_session(s, session.id)
+        if paid is not None and paid.proof_id == locked.id:
+            raise Conflict(
+                "proof_has_receipt",
+                f"the proof already backs receipt {paid.id}: there is nothing to credit",
+            )
+        if session.status == SessionStatus.paid or paid is not None:
             raise Conflict(
                 "session_already_paid",
                 "the proof's session is already paid by another transfer: release this one",
