@@ -8,10 +8,11 @@ decide, with an incident id and a reason, as the runbook's RailproofAmbiguousTra
   could take the same transfer. The chain is asked again and must verify the transfer exactly
   as a submission would (recipient, amount, binding, window, finality), with only the
   ambiguity left out, and an x402 authorization's validity as of the proof's submission (it
-  expires within minutes): staff pick among sessions, never vouch for a payment. A proof
-  backing a receipt is neither credited nor released (`proof_has_receipt`). The proof is then `verified` and goes through the apply gate like any other. A
-  rail's own review (review-only rails, a reference or memo an EVM transfer cannot carry) is
-  never credited here.
+  expires within minutes): staff pick among sessions, never vouch for a payment. The proof
+  is then `verified` and goes through the apply gate like any other. A rail's own review
+  (review-only rails, a reference or memo an EVM transfer cannot carry) is never credited
+  here, and a proof backing a receipt is neither credited nor released
+  (`proof_has_receipt`).
 - **release**: the transfer was not made for this session. The proof becomes `failed` with
   the code it was held under and holds nothing any more, so the transfer can be submitted for
   the session it was made for (where it may be held for review again while this session is
