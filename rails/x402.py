@@ -22,8 +22,10 @@ exactly what it says. Checks run in this fixed order, each one small function, o
     7. authorization.from is the named payer (if any)      sender_mismatch
     8. validAfter <= now                                   authorization_not_yet_valid
     9. submitted < validBefore                             authorization_expired
-   10. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled);
-       unused and now past validBefore (+ a margin)        authorization_expired
+   10. submitted by the session's expiry                   session_expired
+   11. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled);
+       unused and now past validBefore (+ a margin)        authorization_expired;
+       settled in a block older than the session           session_not_open
 
 `now` is the clock of this check; `submitted` is when the proof was submitted (Terms.
 submitted_at, or now). A pending proof checked again after validBefore is still the payment
@@ -413,6 +415,8 @@ class Expect:
     # The moment validBefore is checked at: the proof's submission (or now). An authorization
     # submitted in time and settled stays paid when a pending proof is checked again later.
     submitted: int
+    not_before: int | None  # the session's window (unix seconds), when it has one
+    not_after: int | None
     separator: bytes  # the pinned domain's separator for (chain, asset)
 
 
@@ -522,6 +526,18 @@ def check_valid_before(c: Ctx) -> Finding | None:
     return None
 
 
+def check_session_open(c: Ctx) -> Finding | None:
+    e = c.e
+    # SECURITY: the payer hands the authorization over when it is submitted; handed over
+    # after the session expired, it does not pay it (the price may be stale).
+    if e.not_after is not None and e.submitted > e.not_after:
+        return Finding(
+            FailureCode.session_expired,
+            f"submitted at {e.submitted}, after the session expired ({e.not_after})",
+        )
+    return None
+
+
 CHECKS: tuple[Check[Ctx], ...] = (
     check_scheme,
     check_network,
@@ -532,6 +548,7 @@ CHECKS: tuple[Check[Ctx], ...] = (
     check_sender,
     check_valid_after,
     check_valid_before,
+    check_session_open,
 )
 
 
@@ -667,7 +684,7 @@ class _SweepHead:
 
 def _settlement(
     ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, rail: Rail
-) -> Settlement:
+) -> tuple[Settlement, int | None]:
     """How final the settlement transaction is: the EVM rail's depth, finalized-tag and reorg
     policy (the canonical hash at the receipt's height must still be the receipt's block)."""
     from rails.evm import read_block, settlement_for_receipt
@@ -678,11 +695,13 @@ def _settlement(
         ref, tx.block_number, tx.block_hash, canonical, head.get(), rail.finality
     )
     to = f"0x{tx.to.hex()}" if tx.to is not None else "?"
-    return s.model_copy(
+    stamp = block.get("timestamp") if block is not None else None
+    settled = s.model_copy(
         update={
             "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}"
         }
     )
+    return settled, _word(stamp, "block.timestamp") if stamp is not None else None
 
 
 def _unsettled(a: Authorization, e: Expect, observed: Observed, key: tuple[str, ...]) -> Verdict:
@@ -838,6 +857,8 @@ class X402Adapter:
             sender=_address(terms.sender, "sender") if terms.sender else None,
             now=_epoch(terms.now),
             submitted=_epoch(min(_aware(terms.now), _aware(terms.submitted_at or terms.now))),
+            not_before=_epoch(terms.not_before) if terms.not_before is not None else None,
+            not_after=_epoch(terms.not_after) if terms.not_after is not None else None,
             separator=domain_separator(domain.name, domain.version, self.rail.chain_id, asset),
         )
 
@@ -881,14 +902,28 @@ class X402Adapter:
                 observed=observed,
             )
         ref = _ref(e.chain_id, e.asset, a)
-        settlement = _settlement(ref, tx, chain, _SweepHead(chain, self.rail), self.rail)
+        settlement, when = _settlement(ref, tx, chain, _SweepHead(chain, self.rail), self.rail)
         observed = observed.model_copy(
             update={
                 "block_number": tx.block_number,
                 "tx_hash": tx.tx_hash,
                 "finality": settlement.finality,
+                **({"block_time": datetime.fromtimestamp(when, UTC)} if when is not None else {}),
             }
         )
+        if e.not_before is not None:
+            if when is None:
+                # Real nodes always return it; without it the window cannot be checked.
+                raise MalformedResponse(f"block {tx.block_number} has no timestamp")
+            # SECURITY: a settlement is public once mined; one older than the session was a
+            # payment made before it existed, which a session opened after cannot take.
+            if when < e.not_before:
+                return Verdict.fail(
+                    FailureCode.session_not_open,
+                    f"settled by {tx.tx_hash} at {when}, before the session opened "
+                    f"({e.not_before})",
+                    observed=observed,
+                )
         return Verdict.ok(
             "authorization already settled on chain",
             observed=observed,
@@ -945,7 +980,7 @@ class X402Adapter:
                         "not this payment"
                     ),
                 )
-        return _settlement(ref, tx, chain, head, self.rail)
+        return _settlement(ref, tx, chain, head, self.rail)[0]
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Transport:

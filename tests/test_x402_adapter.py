@@ -674,6 +674,7 @@ def live_chain(
     head: int = 104,
     finalized: int | None = 50,
     canonical: str = BLOCK_HASH,
+    mined: int | None = INSIDE + 5,  # the settlement block's timestamp
     **extra: Any,
 ) -> ScriptedChain:
     auth_log = [{"transactionHash": TX, "blockNumber": "0x64", "removed": False}] if logs else []
@@ -685,7 +686,8 @@ def live_chain(
                 if finalized is not None
                 else None
             )
-        return {"number": params[0], "hash": canonical}
+        stamp = {"timestamp": hex(mined)} if mined is not None else {}
+        return {"number": params[0], "hash": canonical, **stamp}
 
     return ScriptedChain(
         {
@@ -828,6 +830,45 @@ def test_unused_on_chain_after_validbefore_waits_a_margin_then_never_settles(
 ):
     verdict = sepolia.verify(V1_JSON, resubmitted(now), live_chain(used=False))
     assert (verdict.status, verdict.code) == (status, code), verdict.detail
+
+
+# -- the session's window ----------------------------------------------------------------
+
+
+def windowed(now: int, opened: int, expires: int, **kw: Any) -> Terms:
+    return terms(now, not_before=at(opened), not_after=at(expires), **kw)
+
+
+def test_an_authorization_handed_over_after_the_session_expired_is_session_expired(sepolia):
+    verdict = sepolia.verify(V1_JSON, windowed(INSIDE, INSIDE - 600, INSIDE - 1), NoChain())
+    assert (verdict.status, verdict.code) == (Status.failed, FailureCode.session_expired)
+    # Submitted in time and checked again after the session expired: still its payment.
+    late = windowed(LATE, INSIDE - 600, INSIDE + 60, submitted_at=at(INSIDE))
+    assert sepolia.verify(V1_JSON, late, NoChain()).status is Status.verified
+
+
+def test_a_settlement_older_than_the_session_is_session_not_open(sepolia):
+    """SECURITY: the settlement is public once mined; a session opened after it cannot take
+    it, though the authorization's window is still open."""
+    chain = live_chain(used=True, logs=settlement_logs(), mined=INSIDE - 30)
+    verdict = sepolia.verify(V1_JSON, windowed(INSIDE, INSIDE - 10, INSIDE + 600), chain)
+    assert (verdict.status, verdict.code) == (Status.failed, FailureCode.session_not_open)
+    chain = live_chain(used=True, logs=settlement_logs(), mined=INSIDE - 5)
+    verdict = sepolia.verify(V1_JSON, windowed(INSIDE, INSIDE - 10, INSIDE + 600), chain)
+    assert verdict.status is Status.verified, verdict.detail
+    assert verdict.observed["block_time"] == at(INSIDE - 5).isoformat()
+
+
+def test_a_settlement_block_without_a_timestamp_is_pending_when_a_window_is_asked(sepolia):
+    chain = live_chain(used=True, logs=settlement_logs(), mined=None)
+    checked = run_verify(sepolia, V1_JSON, windowed(INSIDE, INSIDE - 10, INSIDE + 600), chain)
+    assert checked.verdict.status is Status.pending, checked.verdict.detail
+    assert (
+        sepolia.verify(
+            V1_JSON, terms(), live_chain(used=True, logs=settlement_logs(), mined=None)
+        ).status
+        is Status.verified
+    )
 
 
 # -- finality ----------------------------------------------------------------------------

@@ -177,3 +177,39 @@ def test_a_settled_authorization_cannot_pay_a_session_opened_after_its_window(x4
     header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
     view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["mallory"])
     assert (view["status"], view["failure_code"]) == ("failed", "authorization_expired")
+
+
+def test_an_authorization_submitted_after_its_session_expired_does_not_pay_it(x402_engine):
+    from tests.helpers import advance
+
+    advance(x402_engine, -3600)
+    req = sessions.NewSession(
+        owner_id="alice",
+        rail_id="x402",
+        access_product_id="api",
+        amount=10000,
+        recipient=PAY_TO,
+        expires_in_seconds=600,
+    )
+    ps = sessions.open_session(x402_engine, req, actor="test")
+    advance(x402_engine, 3600)  # the session expired 50 minutes ago
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["failure_code"]) == ("failed", "session_expired"), view
+
+
+def test_a_session_opened_after_the_proof_was_submitted_is_no_candidate(x402_engine):
+    """The proof waits (its node did not answer); meanwhile another owner opens a payer-less
+    session at the same price. Verified later, the payment is as of its submission: the new
+    session could not have been what it was made for, and does not send it to review."""
+    from tests.helpers import advance
+    from tests.test_x402_adapter import live_chain
+
+    chain = live_chain(used=False)  # not settled yet: the payment has no chain time
+    unused = chain.answers["eth_call"]
+    view = _pending_x402(x402_engine, chain)
+    advance(x402_engine, 10)
+    open_x402(x402_engine, owner="mallory")
+    chain.answers["eth_call"] = unused
+    verdict = proofs.verify_proof(x402_engine, view["id"])
+    assert (verdict.status.value, verdict.code) == ("verified", None), verdict.detail

@@ -588,7 +588,7 @@ def _record_attempt(
     # round trip; the verdict holds either way (verified or held for review), so the holds
     # it takes do not wait for the answer.
     deciding = (
-        _unambiguous_behind(engine, s, ps, verdict)
+        _unambiguous_behind(engine, s, ps, verdict, p.created_at)
         if verdict.status is Status.verified and not resolved
         else None
     )
@@ -742,7 +742,11 @@ def record_resolved_attempt(
 
 
 def _unambiguous_behind(
-    engine: Engine, s: Session, ps: PaymentSession | Record, verdict: Verdict
+    engine: Engine,
+    s: Session,
+    ps: PaymentSession | Record,
+    verdict: Verdict,
+    submitted_at: datetime,
 ) -> Callable[[], Verdict]:
     """A verified transfer counts only when no other open session could take it too (same
     rail, recipient, asset and amount; the payer where a session names one; the transfer
@@ -750,14 +754,16 @@ def _unambiguous_behind(
     among the transfer's keys). Otherwise it is held for review with every candidate named in
     the evidence: amount and treasury never single out a session. The candidates are read
     behind the transaction's next statement (storage.repo.sessions
-    `other_open_candidates_behind`): call the answer for the verdict."""
+    `other_open_candidates_behind`): call the answer for the verdict. A payment without a
+    chain time (an x402 authorization verified offline) is as of its submission: a session
+    opened after the proof was submitted is no candidate."""
     refs = None
     if ps.reference is not None:
         refs = [r for r in verdict.references if r != ps.reference]
         if not refs:  # the usual payment: no other key could be anyone's reference
             return lambda: verdict
     t = epoch_of(verdict.observed.get("block_time"))
-    at = datetime.fromtimestamp(t, UTC) if t is not None else engine.now()
+    at = datetime.fromtimestamp(t, UTC) if t is not None else utc(submitted_at)
     sender = verdict.observed.get("sender")
     reading = session_repo.other_open_candidates_behind(
         s, ps, at, sender.lower() if isinstance(sender, str) else None, refs
