@@ -174,11 +174,15 @@ def test_nothing_of_a_rail_commits_after_its_pause_answered(db_url, engine, chai
     assert len(outcomes) >= len(jobs)
     odd = [o for o in outcomes if o.result not in ("ok", "rail_paused")]
     assert not odd, odd[:5]
-    # Work was in flight when the pause came (started before it, succeeded, finished after
-    # it was called), and work after it was refused: the burst really straddled the pause.
-    in_flight = [o for o in outcomes if o.result == "ok" and o.started < pause_called < o.ended]
+    # Work was in flight when the pause came (started before it, finished after it was
+    # called), and work after it was refused: the burst really straddled the pause. On
+    # PostgreSQL some of it commits first; on SQLite the pause may take the single write lock
+    # ahead of every waiting writer, and all of that work is then refused.
+    in_flight = [o for o in outcomes if o.started < pause_called < o.ended]
     refused = [o for o in outcomes if o.result == "rail_paused"]
     assert in_flight and refused, (len(in_flight), len(refused))
+    if engine.db.postgres:
+        assert any(o.result == "ok" for o in in_flight)
     assert all(o.ended > pause_called for o in refused)
     assert all(o.result == "rail_paused" for o in outcomes if o.started > paused)
     if engine.db.postgres:
