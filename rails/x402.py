@@ -21,6 +21,7 @@ exactly what it says. Checks run in this fixed order, each one small function, o
        under the token domain PINNED by the rail           signature_invalid
     7. authorization.from is the named payer (if any)      sender_mismatch
     8. validAfter <= now                                   authorization_not_yet_valid
+       (pending while it will be valid inside the session, failed otherwise)
     9. submitted < validBefore                             authorization_expired
    10. submitted by the session's expiry                   session_expired
    11. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled);
@@ -704,6 +705,16 @@ def _settlement(
     return settled, _word(stamp, "block.timestamp") if stamp is not None else None
 
 
+def _valid_later(failed: Finding, a: Authorization, e: Expect) -> bool:
+    """An authorization not valid yet that becomes valid before it expires and while the
+    session is open (the worker checks it again)."""
+    return (
+        failed.code is FailureCode.authorization_not_yet_valid
+        and a.valid_after < a.valid_before
+        and (e.not_after is None or a.valid_after <= e.not_after)
+    )
+
+
 def _unsettled(a: Authorization, e: Expect, observed: Observed, key: tuple[str, ...]) -> Verdict:
     """An authorization the chain has not used: payable until validBefore, then never.
 
@@ -870,6 +881,10 @@ class X402Adapter:
         e = self.expect(terms)
         observed = _observed(p, e, self.rail.network)
         failed = first_failure(p, e)
+        if failed is not None and _valid_later(failed, p.authorization, e):
+            # The payer's clock ran ahead of ours: the same authorization will be valid while
+            # the session is open, so it is not a failed payment, only an early one.
+            return Verdict.wait(failed.code, failed.detail, observed=observed)
         if failed is not None:
             return failed.verdict(observed)
         a = p.authorization

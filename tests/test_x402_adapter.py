@@ -164,8 +164,24 @@ def test_expiry_is_exclusive_at_valid_before(sepolia):
 
 
 @pytest.mark.parametrize("form", SPEC_FORMS)
-def test_spec_payload_before_valid_after_is_not_yet_valid(sepolia, form):
+def test_spec_payload_before_valid_after_waits_while_it_will_be_valid_in_the_session(
+    sepolia, form
+):
+    """The payer's clock ahead of ours: the authorization becomes valid while the session is
+    open, so it is pending (checked again), not a failed payment."""
     verdict = sepolia.verify(SPEC_FORMS[form], terms(VALID_AFTER - 1), NoChain())
+    assert (verdict.status, verdict.code) == (
+        Status.pending,
+        FailureCode.authorization_not_yet_valid,
+    )
+    opened = dict(not_before=at(VALID_AFTER - 60), not_after=at(VALID_AFTER))
+    verdict = sepolia.verify(SPEC_FORMS[form], terms(VALID_AFTER - 1, **opened), NoChain())
+    assert verdict.status is Status.pending
+
+
+def test_an_authorization_valid_only_after_the_session_expires_fails(sepolia):
+    closes = dict(not_before=at(VALID_AFTER - 60), not_after=at(VALID_AFTER - 1))
+    verdict = sepolia.verify(V1_JSON, terms(VALID_AFTER - 2, **closes), NoChain())
     assert (verdict.status, verdict.code) == (
         Status.failed,
         FailureCode.authorization_not_yet_valid,

@@ -213,3 +213,18 @@ def test_a_session_opened_after_the_proof_was_submitted_is_no_candidate(x402_eng
     chain.answers["eth_call"] = unused
     verdict = proofs.verify_proof(x402_engine, view["id"])
     assert (verdict.status.value, verdict.code) == ("verified", None), verdict.detail
+
+
+def test_an_authorization_submitted_early_waits_and_verifies_once_valid(x402_engine):
+    """The payer's clock ran ahead of ours: submitted 11 s before its validAfter, the payment
+    is pending, not failed, and the worker verifies it once it is valid."""
+    from tests.helpers import advance
+
+    advance(x402_engine, -20)
+    ps = open_x402(x402_engine)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["failure_code"]) == ("pending", "authorization_not_yet_valid")
+    advance(x402_engine, 20)
+    verdict = proofs.verify_proof(x402_engine, view["id"])
+    assert (verdict.status.value, verdict.code) == ("verified", None), verdict.detail
