@@ -164,9 +164,7 @@ def test_expiry_is_exclusive_at_valid_before(sepolia):
 
 
 @pytest.mark.parametrize("form", SPEC_FORMS)
-def test_spec_payload_before_valid_after_waits_while_it_will_be_valid_in_the_session(
-    sepolia, form
-):
+def test_spec_payload_before_valid_after_waits_while_it_will_be_valid_in_the_session(sepolia, form):
     """The payer's clock ahead of ours: the authorization becomes valid while the session is
     open, so it is pending (checked again), not a failed payment."""
     verdict = sepolia.verify(SPEC_FORMS[form], terms(VALID_AFTER - 1), NoChain())
