@@ -123,42 +123,37 @@ class FakeAdapter:
         raise RuntimeError("the fake rail has no live chain")
 
 
-FAKE_CATALOG_EXTRA = """
+def fake_rail_toml(
+    rail_id: str,
+    stage: str = "live",
+    production_enabled: bool = True,
+    finality: str = '{ mode = "commitment", level = "finalized" }',
+) -> str:
+    """One fake rail's catalog entry (a test adds its own with `catalog_with_fake`)."""
+    return f"""[rails.{rail_id}]
+family = "fake"
+stage = "{stage}"
+production_enabled = {str(production_enabled).lower()}
+network = "fakenet"
+asset_symbol = "FUSD"
+decimals = 6
+proof_types = ["fake_tx"]
+finality = {finality}
+assets = {{ fakenet = "fusd" }}
+"""
+
+
+FAKE_CATALOG_EXTRA = (
+    """
 [families]
 fake = "tests.fake_rail:FakeAdapter"
 [networks.fakenet]
 family = "fake"
-[rails.fake_live]
-family = "fake"
-stage = "live"
-production_enabled = true
-network = "fakenet"
-asset_symbol = "FUSD"
-decimals = 6
-proof_types = ["fake_tx"]
-finality = { mode = "commitment", level = "finalized" }
-assets = { fakenet = "fusd" }
-[rails.fake_gated]
-family = "fake"
-stage = "gated"
-production_enabled = false
-network = "fakenet"
-asset_symbol = "FUSD"
-decimals = 6
-proof_types = ["fake_tx"]
-finality = { mode = "commitment", level = "finalized" }
-assets = { fakenet = "fusd" }
-[rails.fake_review]
-family = "fake"
-stage = "review_only"
-production_enabled = false
-network = "fakenet"
-asset_symbol = "FUSD"
-decimals = 6
-proof_types = ["fake_tx"]
-finality = { mode = "commitment", level = "finalized" }
-assets = { fakenet = "fusd" }
 """
+    + fake_rail_toml("fake_live")
+    + fake_rail_toml("fake_gated", stage="gated", production_enabled=False)
+    + fake_rail_toml("fake_review", stage="review_only", production_enabled=False)
+)
 
 
 def catalog_text_with_fake() -> str:

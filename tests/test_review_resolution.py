@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from rails.transport.cassette import CassetteTransport
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth
+from tests.fake_rail import fake_rail_toml
 from tests.helpers import audit_actions, cassette_engine
 from tests.test_binding import DEMO, demo_with_extra_key, solana_session, submit
 from tests.test_engine_proofs import open_session, pay
@@ -253,18 +254,7 @@ def test_an_x402_payment_is_credited_as_of_when_it_was_submitted_not_when_staff_
         e.db.dispose()
 
 
-DEPTH_RAIL = """
-[rails.fake_depth]
-family = "fake"
-stage = "live"
-production_enabled = true
-network = "fakenet"
-asset_symbol = "FUSD"
-decimals = 6
-proof_types = ["fake_tx"]
-finality = { mode = "depth", confirmations = 10 }
-assets = { fakenet = "fusd" }
-"""
+DEPTH_RAIL = fake_rail_toml("fake_depth", finality='{ mode = "depth", confirmations = 10 }')
 
 
 def test_a_credited_and_applied_payment_reorged_and_reincluded_stays_verified(db_url):
