@@ -26,7 +26,7 @@ exactly what it says. Checks run in this fixed order, each one small function, o
    10. submitted by the session's expiry                   session_expired
    11. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled);
        unused and now past validBefore (+ a margin)        authorization_expired;
-       settled in a block older than the session           session_not_open
+       settled in a block older than the session (+ 30 s)  session_not_open
 
 `now` is the clock of this check; `submitted` is when the proof was submitted (Terms.
 submitted_at, or now). A pending proof checked again after validBefore is still the payment
@@ -92,6 +92,11 @@ MAX_SIGNATURE_BYTES = 1024  # ERC-6492 wrapped signatures are longer than 65 byt
 
 # How long past validBefore an unused nonce still waits for a block stamped in time.
 EXPIRY_MARGIN_S = 60
+# How much older than its session a settlement block's timestamp may be. An x402 payment is
+# settled seconds after its session opened, an L2 block's timestamp is its slot's (it can
+# precede the transaction's arrival by a block time), and our clock is not the chain's; a
+# settlement older than this was mined before the session existed.
+SETTLEMENT_CLOCK_MARGIN_S = 30
 
 UINT256_MAX = (1 << 256) - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -932,7 +937,7 @@ class X402Adapter:
                 raise MalformedResponse(f"block {tx.block_number} has no timestamp")
             # SECURITY: a settlement is public once mined; one older than the session was a
             # payment made before it existed, which a session opened after cannot take.
-            if when < e.not_before:
+            if when < e.not_before - SETTLEMENT_CLOCK_MARGIN_S:
                 return Verdict.fail(
                     FailureCode.session_not_open,
                     f"settled by {tx.tx_hash} at {when}, before the session opened "
