@@ -524,6 +524,9 @@ def test_endpoints_api_secret_once_validation_and_owner_isolation(
         "http://[::1].example.com/hook",
         "http://[::1]]/hook",
         "http://127.0.0.1:0/hook",
+        "http://xn--/hook",  # malformed A-labels: the client could not send to them
+        "http://xn--zz/hook",
+        "http://[::1%25eth0]/hook",  # an IPv6 zone id
     ):
         refused({**ok, "url": bad}, "url")
     for raw, field in (
@@ -585,11 +588,23 @@ def test_send_time_host_check_when_a_setting_is_withdrawn(engine, api, monkeypat
         json={"url": "https://hooks.example.invalid/railproof", "event_types": ["proof.verified"]},
     )
     assert r.status_code == 201, r.text
+    # An IDN host in punycode, as the client sends it (its Unicode spelling is refused).
+    idn = {"event_types": ["proof.verified"]}
+    r = api.post(
+        "/v1/webhook-endpoints",
+        headers=auth(),
+        json={"url": "https://xn--bcher-kva.example/h", **idn},
+    )
+    assert r.status_code == 201, r.text
+    r = api.post(
+        "/v1/webhook-endpoints", headers=auth(), json={"url": "https://bücher.example/h", **idn}
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "url", r.text
     monkeypatch.setattr(engine.settings, "webhook_allow_any_host", False)
     ev = emit_now(engine, "proof.verified")
     out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=replace(FAST, max_attempts=1))
     d = delivery_of(engine, ev)
-    assert out["dead_lettered"] == 1 and d.last_error.startswith("not sent")
+    assert out["dead_lettered"] == 2 and d.last_error.startswith("not sent")  # both endpoints
 
 
 # -- policies, migration, CLI ---------------------------------------------------------------------

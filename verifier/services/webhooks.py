@@ -146,17 +146,22 @@ def url_problem(url: str, allow_any_host: bool) -> str | None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a malformed port
-        # The delivering client's own parser: what it cannot read is never delivered to.
+        # The delivering client's own parser: what it cannot read is never delivered to. Its
+        # host as sent (IDN hosts in punycode); `.host` would decode IDNA, and can raise.
         sent = httpx.URL(url)
+        host = sent.raw_host.decode("ascii").lower()
+        sent.host  # noqa: B018 - raises for a malformed A-label (xn--), as a send would
     except (ValueError, httpx.InvalidURL):
         return "not a valid URL"
     if parts.scheme not in ("http", "https"):
         return "must be an http or https URL"
-    if not parts.hostname or not sent.host:
+    if not parts.hostname or not host:
         return "must name a host"
-    if parts.hostname != sent.host.lower():
+    if parts.hostname != host:
         # Two parsers reading two hosts: the one checked below must be the one connected to.
         return "not a valid URL (its host is read differently by URL parsers)"
+    if "%" in host:
+        return "must not carry an IPv6 zone id (the client cannot send to one)"
     if sent.port == 0:
         return "port: must be 1-65535"
     if parts.username or parts.password:
@@ -165,8 +170,8 @@ def url_problem(url: str, allow_any_host: bool) -> str | None:
     # SECURITY: unless a deployment allows other hosts, deliveries never leave this machine
     # (tests and local runs must not send payment events anywhere else). The host is the one
     # the delivering client connects to.
-    if not allow_any_host and not _loopback(sent.host):
-        return f"host {sent.host!r} is not a loopback address ({ALLOW_ANY_HOST_ENV} is off)"
+    if not allow_any_host and not _loopback(host):
+        return f"host {host!r} is not a loopback address ({ALLOW_ANY_HOST_ENV} is off)"
     return None
 
 
@@ -194,7 +199,8 @@ def endpoint_key(url: str) -> str:
         # An escaped dot segment (`%2e%2e`) is a dot segment once unescaped (RFC 3986
         # 6.2.2: escapes first, then dot segments): httpx's parser removes it this time.
         path = httpx.URL("http://h" + path).raw_path.decode("ascii")
-    host = "127.0.0.1" if u.host == "localhost" else _ip_text(u.host)
+    raw = u.raw_host.decode("ascii").lower()
+    host = "127.0.0.1" if raw == "localhost" else _ip_text(raw)
     port = u.port or _DEFAULT_PORTS.get(u.scheme)
     return f"{u.scheme}://{host}:{port}{path}" + (f"?{params}" if params else "")
 
