@@ -228,3 +228,65 @@ def test_an_authorization_submitted_early_waits_and_verifies_once_valid(x402_eng
     advance(x402_engine, 20)
     verdict = proofs.verify_proof(x402_engine, view["id"])
     assert (verdict.status.value, verdict.code) == ("verified", None), verdict.detail
+
+
+def test_a_payment_submitted_in_time_is_not_taken_by_a_session_that_saw_it_settle(x402_engine):
+    """Bob submits his customer's authorization to his payer-less session while the node is
+    down (pending, holding nothing); the facilitator settles it after Bob's short session
+    expired. Mallory, with a payer-less session at the same price, submits the now public
+    payload: Bob's pending claim makes it ambiguous (held for review naming both), and Bob's
+    proof, checked again, waits for that decision instead of failing. Staff release
+    Mallory's, and Bob's proof takes the payment."""
+    from rails.errors import RpcUnavailable
+    from tests.helpers import advance
+    from tests.test_x402_adapter import live_chain, settlement_logs
+    from verifier.services import reviews
+    from verifier.services.audit import Operator
+
+    def down(params):
+        raise RpcUnavailable("connection refused")
+
+    advance(x402_engine, -10)  # 090
+    bob_s = sessions.open_session(
+        x402_engine,
+        sessions.NewSession(
+            owner_id="bob",
+            rail_id="x402",
+            access_product_id="api",
+            amount=10000,
+            recipient=PAY_TO,
+            expires_in_seconds=20,  # open until 110
+        ),
+        actor="test",
+    )
+    mallory_s = open_x402(x402_engine, owner="mallory")
+    chain = live_chain(used=True, logs=settlement_logs(), mined=1740672120)
+    settled = chain.answers["eth_call"]
+    x402_engine.chains.set_transport("base-sepolia", chain)
+    chain.answers["eth_call"] = down
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    advance(x402_engine, 10)  # 100
+    bob, _ = proofs.submit_proof(x402_engine, bob_s["id"], header, ["bob"])
+    assert bob["status"] == "pending"
+
+    advance(x402_engine, 25)  # 125: settled at 120, after Bob's session expired
+    chain.answers["eth_call"] = settled
+    mallory, _ = proofs.submit_proof(x402_engine, mallory_s["id"], header, ["mallory"])
+    assert (mallory["status"], mallory["failure_code"]) == ("requires_review", "ambiguous_transfer")
+    [held] = [a for a in proofs.list_attempts(x402_engine, mallory["id"])][-1:]
+    assert set(held["observed"]["candidate_sessions"]) == {mallory_s["id"], bob_s["id"]}
+
+    waiting = proofs.verify_proof(x402_engine, bob["id"])
+    assert (waiting.status.value, waiting.code) == ("pending", "ambiguous_transfer")
+
+    op = Operator("ops1", "INC-9", "the payer paid Bob")
+    reviews.resolve_review(x402_engine, mallory["id"], reviews.Decision.release, op)
+    paid = proofs.verify_proof(x402_engine, bob["id"])
+    # Mallory's session is still open and could take the payment: held for review again,
+    # now under Bob's proof, which staff credit.
+    assert (paid.status.value, paid.code) == ("requires_review", "ambiguous_transfer")
+    credited = reviews.resolve_review(x402_engine, bob["id"], reviews.Decision.credit, op)
+    assert (credited["status"], credited["failure_code"]) == ("verified", None)
+    with pytest.raises(Conflict) as refused:  # the transfer is Bob's now
+        proofs.submit_proof(x402_engine, mallory_s["id"], header, ["mallory"])
+    assert refused.value.code == "proof_owner_conflict"

@@ -390,6 +390,7 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
                 as_written=True,
                 actor=actor,
                 answer=lambda v: engine.db.finish(s, (v, True)),
+                payload_claims=not adapter.reads_chain,
             )
     except (queries.DatabaseError, queries.PoolTimeout) as e:
         if not queries.database_busy(e):
@@ -535,7 +536,14 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
         # is not sent back to review by a session opened since.
         decided = bool(locked.attempts) and attempt_repo.latest_verified(s, proof_id) is not None
         verdict, _, refused = _record_attempt(
-            engine, s, locked, ps, checked, worker, resolved=decided
+            engine,
+            s,
+            locked,
+            ps,
+            checked,
+            worker,
+            resolved=decided,
+            payload_claims=not adapter.reads_chain,
         )
     _count(engine, rail, checked, verdict)
     if refused is not None:
@@ -555,6 +563,7 @@ def _record_attempt(
     actor: str = "system",
     answer: Callable[[dict[str, Any]], None] | None = None,
     resolved: bool = False,
+    payload_claims: bool = False,
 ) -> tuple[Verdict, dict[str, Any] | None, _Held | None]:
     """The attempt row, the proof's new status (its latest attempt's), the transfer holds,
     settlement evidence for a verified attempt, the next check, and an audit row when the
@@ -569,7 +578,11 @@ def _record_attempt(
 
     `resolved`: staff have decided which session the transfer was for (services.reviews), or
     an earlier attempt verified it, so other open sessions that could take it do not send it
-    to review again."""
+    to review again.
+
+    `payload_claims`: the proof is the payment itself (an x402 authorization: the rail reads
+    no chain to verify it), so another session's pending proof of it, which passed every
+    check the payload allows, is a claim as good as an open session's: it is a candidate."""
     verdict = checked.verdict
     now = engine.now()
     grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
@@ -588,7 +601,9 @@ def _record_attempt(
     # round trip; the verdict holds either way (verified or held for review), so the holds
     # it takes do not wait for the answer.
     deciding = (
-        _unambiguous_behind(engine, s, ps, verdict, p.created_at)
+        _unambiguous_behind(
+            engine, s, ps, verdict, p.created_at, (p.fingerprint, p.id) if payload_claims else None
+        )
         if verdict.status is Status.verified and not resolved
         else None
     )
@@ -615,7 +630,15 @@ def _record_attempt(
     refused = None
     if taking is not None:
         taken = taking()
-        if taken:
+        waiting = (
+            _review_naming(s, taken, ps.id, verdict.observed) if taken and payload_claims else None
+        )
+        if waiting is not None:
+            # Another proof of this payment is held for review, naming this session among its
+            # candidates: this one waits for the staff decision rather than failing.
+            holds.release(s, p.id)
+            verdict = waiting
+        elif taken:
             adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network, asset=ps.asset))
             refused = _Held.of(adapter, taken[0], ps, p.id)
             holds.release(s, p.id)
@@ -741,12 +764,34 @@ def record_resolved_attempt(
     )
 
 
+def _review_naming(
+    s: Session, taken: list[holds.Holder], session_id: str, observed: dict[str, Any]
+) -> Verdict | None:
+    """Pending, when the proof holding the transfer is held for review with `session_id`
+    among its candidates; None otherwise."""
+    holder = taken[0]
+    attempts = attempt_repo.for_proof(s, holder.proof_id)
+    last = attempts[-1] if attempts else None
+    if last is None or last.failure_code != FailureCode.ambiguous_transfer.value:
+        return None
+    found = (last.observed or {}).get("candidate_sessions")
+    if not isinstance(found, list) or session_id not in found:
+        return None
+    return Verdict.wait(
+        FailureCode.ambiguous_transfer,
+        f"proof {holder.proof_id} of this payment is held for review between this session "
+        "and others; this proof waits for the decision",
+        observed={**observed, "candidate_sessions": found, "held_by_proof_id": holder.proof_id},
+    )
+
+
 def _unambiguous_behind(
     engine: Engine,
     s: Session,
     ps: PaymentSession | Record,
     verdict: Verdict,
     submitted_at: datetime,
+    claims: tuple[str, str] | None = None,
 ) -> Callable[[], Verdict]:
     """A verified transfer counts only when no other open session could take it too (same
     rail, recipient, asset and amount; the payer where a session names one; the transfer
@@ -770,11 +815,16 @@ def _unambiguous_behind(
     )
 
     def decided() -> Verdict:
-        others = reading()
+        others = [o.id for o in reading()]
+        if claims is not None:
+            # SECURITY: a pending proof of the same payload in a session that has expired
+            # since (its node did not answer) is still that session's claim.
+            others += [c for c in proof_repo.pending_claims(s, *claims) if c not in others]
+        others = [o for o in others if o != ps.id]
         if not others:
             return verdict
         # SECURITY: first come would be first served with someone else's payment.
-        candidates = [ps.id, *(o.id for o in others)]
+        candidates = [ps.id, *others]
         return Verdict.review(
             FailureCode.ambiguous_transfer,
             f"this transfer could back {len(candidates)} open sessions (same recipient, "

@@ -52,6 +52,21 @@ def by_fingerprint(s: Session, fingerprint: str, session_id: str) -> Proof | Non
     )
 
 
+def pending_claims(s: Session, fingerprint: str, proof_id: str) -> list[str]:
+    """The sessions of other pending proofs of the same fingerprint (any owner)."""
+    return list(
+        s.scalars(
+            select(Proof.session_id)
+            .where(
+                Proof.fingerprint == fingerprint,
+                Proof.id != proof_id,
+                Proof.status == ProofStatus.pending,
+            )
+            .order_by(Proof.created_at)
+        )
+    )
+
+
 def get(s: Session, proof_id: str, lock: bool = False) -> Proof | None:
     """The proof as a session object; `lock`: under its row lock (FOR UPDATE on PostgreSQL;
     SQLite's BEGIN IMMEDIATE already holds the write lock)."""
