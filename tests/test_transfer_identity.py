@@ -329,3 +329,57 @@ def test_an_ordinary_transfer_by_the_same_payer_is_another_transfer(api, settled
         held_by_proof=held["id"],
         session_id=c,
     )
+
+
+class _Flaky:
+    """The chain behind a node that is down until the test says otherwise. Down, it is
+    `live`, so x402 asks it (and is left pending); up, it is the local chain, on which x402
+    verifies offline and the EVM rail reads the settlement."""
+
+    def __init__(self, chain: LocalEvmChain):
+        self.chain, self.down = chain, True
+
+    @property
+    def source(self) -> str:
+        return "live" if self.down else "local"
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if self.down:
+            from rails.errors import RpcUnavailable
+
+            raise RpcUnavailable("connection refused")
+        return self.chain.call(method, params)
+
+
+@pytest.mark.parametrize("bob_submits", [True, False], ids=["bob_pending", "bob_not_yet"])
+def test_a_session_of_the_other_rail_is_a_candidate_for_the_same_transfer(
+    api, settled, bob_submits
+):
+    """SECURITY: Bob's x402 session waits for his customer's payment; Mallory opened a Base
+    USDC session naming the same payer for the same price. Seeing the payment settle, she
+    submits the settlement's hash: the transfer could back either session, so it is held for
+    review naming both (never verified for her), and Bob's pending proof waits for the
+    decision."""
+    flaky = _Flaky(settled.chain)
+    api.engine.chains.set_transport("base-sepolia", flaky)
+    bob_s = api.open("x402", "bob")
+    mallory_s = api.open("base_usdc", "alice")
+    bob = api.submit(bob_s, HEADER, "bob").json() if bob_submits else None
+    if bob is not None:
+        assert bob["status"] == "pending", bob
+    flaky.down = False
+    r = api.submit(mallory_s, settled.settlement, "alice")
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == (
+        "requires_review",
+        "ambiguous_transfer",
+    )
+    attempts = api.client.get(
+        f"/v1/admin/proofs/{r.json()['id']}/attempts", headers=auth(STAFF_TOKEN)
+    ).json()
+    assert set(attempts[-1]["observed"]["candidate_sessions"]) == {mallory_s, bob_s}
+    if bob is not None:
+        from verifier.services import proofs
+
+        waiting = proofs.verify_proof(api.engine, bob["id"])
+        assert (waiting.status.value, waiting.code) == ("pending", "ambiguous_transfer")

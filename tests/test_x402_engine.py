@@ -278,6 +278,8 @@ def test_a_payment_submitted_in_time_is_not_taken_by_a_session_that_saw_it_settl
 
     waiting = proofs.verify_proof(x402_engine, bob["id"])
     assert (waiting.status.value, waiting.code) == ("pending", "ambiguous_transfer")
+    mine = proofs.get_proof(x402_engine, bob["id"], ["bob"])
+    assert mallory["id"] not in mine["detail"] and mallory_s["id"] not in mine["detail"]
 
     op = Operator("ops1", "INC-9", "the payer paid Bob")
     reviews.resolve_review(x402_engine, mallory["id"], reviews.Decision.release, op)
@@ -290,3 +292,25 @@ def test_a_payment_submitted_in_time_is_not_taken_by_a_session_that_saw_it_settl
     with pytest.raises(Conflict) as refused:  # the transfer is Bob's now
         proofs.submit_proof(x402_engine, mallory_s["id"], header, ["mallory"])
     assert refused.value.code == "proof_owner_conflict"
+
+
+def test_a_pending_proof_not_checked_yet_is_no_claim(x402_engine):
+    """A proof stored but not checked yet (its first attempt in flight) passed nothing: its
+    session, at another price and recipient, does not send another's payment to review."""
+    bob_s = open_x402(x402_engine, owner="bob")
+    mallory_s = sessions.open_session(
+        x402_engine,
+        sessions.NewSession(
+            owner_id="mallory",
+            rail_id="x402",
+            access_product_id="api",
+            amount=1,
+            recipient="0x000000000000000000000000000000000000bEEF",
+        ),
+        actor="test",
+    )
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    stored, _ = proofs.submit_proof(x402_engine, mallory_s["id"], header, ["mallory"], verify=False)
+    assert stored["status"] == "pending"
+    bob, _ = proofs.submit_proof(x402_engine, bob_s["id"], header, ["bob"])
+    assert (bob["status"], bob["failure_code"]) == ("verified", None), bob

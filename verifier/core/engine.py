@@ -104,6 +104,22 @@ class Engine:
                 a = self._adapters[key] = adapter_for(rail, self.catalog)
             return a
 
+    def sibling_rails(self, rail_id: str, network: str, asset: str) -> list[tuple[str, str]]:
+        """The other rails (id, asset as they store it) whose sessions are paid in the same
+        token on the same network, as this deployment resolves them: one transfer can back a
+        session of either (an x402 payment and a Base USDC one)."""
+        out = []
+        for other in self.catalog.rails:
+            if other == rail_id:
+                continue
+            try:
+                r = self.rail(other)
+            except BadInput:  # a rail this deployment's overrides make unresolvable
+                continue
+            if r.network == network and r.asset.lower() == asset.lower():
+                out.append((other, r.asset))
+        return out
+
     def binds_reference(self, rail: Rail) -> bool:
         """Whether the rail's adapter can bind a session reference (or memo) on chain."""
         return bool(self.adapter(rail).binds_reference)

@@ -779,8 +779,9 @@ def _review_naming(
         return None
     return Verdict.wait(
         FailureCode.ambiguous_transfer,
-        f"proof {holder.proof_id} of this payment is held for review between this session "
-        "and others; this proof waits for the decision",
+        # Another owner's proof is theirs: named only in the evidence staff read.
+        "another proof of this payment is held for review between this session and others; "
+        "this proof waits for the decision",
         observed={**observed, "candidate_sessions": found, "held_by_proof_id": holder.proof_id},
     )
 
@@ -810,12 +811,19 @@ def _unambiguous_behind(
     t = epoch_of(verdict.observed.get("block_time"))
     at = datetime.fromtimestamp(t, UTC) if t is not None else utc(submitted_at)
     sender = verdict.observed.get("sender")
-    reading = session_repo.other_open_candidates_behind(
-        s, ps, at, sender.lower() if isinstance(sender, str) else None, refs
-    )
+    payer = sender.lower() if isinstance(sender, str) else None
+    readings = [session_repo.other_open_candidates_behind(s, ps, at, payer, refs)]
+    if refs is None:
+        # SECURITY: one transfer of a token can back a session of any rail paid in it (an
+        # x402 payment, or its settlement's hash on Base USDC): those sessions are
+        # candidates too, or another tenant's session on the other rail would take it.
+        readings += [
+            session_repo.other_open_candidates_behind(s, ps, at, payer, None, sibling)
+            for sibling in engine.sibling_rails(ps.rail_id, ps.network, ps.asset)
+        ]
 
     def decided() -> Verdict:
-        others = [o.id for o in reading()]
+        others = [o.id for reading in readings for o in reading()]
         if claims is not None:
             # SECURITY: a pending proof of the same payload in a session that has expired
             # since (its node did not answer) is still that session's claim.

@@ -53,7 +53,8 @@ def by_fingerprint(s: Session, fingerprint: str, session_id: str) -> Proof | Non
 
 
 def pending_claims(s: Session, fingerprint: str, proof_id: str) -> list[str]:
-    """The sessions of other pending proofs of the same fingerprint (any owner)."""
+    """The sessions of other pending proofs of the same fingerprint (any owner) that were
+    checked at least once: one stored but not checked yet has passed nothing."""
     return list(
         s.scalars(
             select(Proof.session_id)
@@ -61,6 +62,7 @@ def pending_claims(s: Session, fingerprint: str, proof_id: str) -> list[str]:
                 Proof.fingerprint == fingerprint,
                 Proof.id != proof_id,
                 Proof.status == ProofStatus.pending,
+                Proof.attempts > 0,
             )
             .order_by(Proof.created_at)
         )

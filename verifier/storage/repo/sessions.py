@@ -187,16 +187,19 @@ def other_open_candidates_behind(
     at: datetime,
     sender: str | None,
     references: list[str] | None = None,
+    rail: tuple[str, str] | None = None,
 ) -> Callable[[], list[Candidate]]:
     """`other_open_candidates`, its read run behind the transaction's next statement, in its
     round trip on PostgreSQL (prepared.Prepared.behind), elsewhere when the answer is
     called: call it for the candidates. The sessions it excludes (`ps`'s own, those a
-    transfer holds) are the same whether it runs before or after that statement."""
+    transfer holds) are the same whether it runs before or after that statement. `rail`:
+    (rail id, asset) of another rail paid in the same token, to read its sessions instead."""
+    rail_id, asset = rail if rail is not None else (ps.rail_id, ps.asset)
     params = {
-        "rail_id": ps.rail_id,
+        "rail_id": rail_id,
         "recipient": ps.recipient,
         "amount": ps.amount,
-        "asset": ps.asset,
+        "asset": asset,
         "sid": ps.id,
         "at": at,
         "sender": sender,
