@@ -256,6 +256,11 @@ class Adapter(Protocol):
     # `inflow_scan_gap` says why (a chain_inflows run then says nothing was checked).
     inflow_scan: ClassVar[InflowScan | None]
     inflow_scan_gap: ClassVar[str]
+    # The kind of transfer identity every payment of this rail carries (the prefix of its
+    # `Verdict.transfer_keys`, e.g. "eip3009"); None: any transfer of the rail's token can
+    # pay it. A transfer found through another rail of the same token is a candidate for
+    # this rail's sessions only if it is of that kind.
+    paid_by: ClassVar[str | None]
     rail: Rail
 
     def __init__(self, rail: Rail) -> None: ...

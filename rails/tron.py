@@ -297,6 +297,7 @@ class TronAdapter:
     # Review-only: report, never repair. The node's HTTP API (wallet/*) looks transactions
     # up by id and has no listing of an account's TRC-20 transfers (only indexers such as
     # TronGrid's /v1 serve that history, which railproof does not read).
+    paid_by: ClassVar[str | None] = None
     inflow_scan: ClassVar[InflowScan | None] = None
     inflow_scan_gap: ClassVar[str] = (
         "the Tron node API railproof reads (wallet/*) looks transactions up by id and "

@@ -766,6 +766,9 @@ class X402Adapter:
     replay_code: ClassVar[FailureCode] = FailureCode.nonce_reused
     # A payment is its signed authorization, submitted by the resource server: there is
     # no unsubmitted transfer to find.
+    # Only an EIP-3009 authorization pays an x402 session: an ordinary transfer of the token
+    # (found through Base USDC) could not back one.
+    paid_by: ClassVar[str | None] = "eip3009"
     inflow_scan: ClassVar[InflowScan | None] = None
     inflow_scan_gap: ClassVar[str] = (
         "an x402 payment is its signed authorization, which the resource server submits; "

@@ -36,6 +36,7 @@ class FakeAdapter:
     binds_reference = True
     binds_payer = False
     requires_payer = False
+    paid_by = None
     replay_code = FailureCode.duplicate_payment
     inflow_scan = None
     inflow_scan_gap = "the fake chain lists no inflows"

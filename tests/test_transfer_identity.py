@@ -383,3 +383,11 @@ def test_a_session_of_the_other_rail_is_a_candidate_for_the_same_transfer(
 
         waiting = proofs.verify_proof(api.engine, bob["id"])
         assert (waiting.status.value, waiting.code) == ("pending", "ambiguous_transfer")
+
+
+def test_an_ordinary_transfer_is_no_candidate_for_an_x402_session(api, settled):
+    """Only an EIP-3009 authorization pays an x402 session: another owner's payer-less x402
+    session at the same price does not send an ordinary Base USDC payment to review."""
+    api.open("x402", "bob")
+    mine = api.open("base_usdc")
+    api.verified(mine, settled.ordinary)

@@ -96,6 +96,7 @@ class VoucherAdapter:
     binds_reference: ClassVar[bool] = False
     binds_payer: ClassVar[bool] = False
     requires_payer: ClassVar[bool] = False
+    paid_by: ClassVar[str | None] = None
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
     inflow_scan: ClassVar[InflowScan | None] = None
     inflow_scan_gap: ClassVar[str] = "a voucher is redeemed, not transferred to a treasury"

@@ -818,8 +818,9 @@ def _unambiguous_behind(
         # x402 payment, or its settlement's hash on Base USDC): those sessions are
         # candidates too, or another tenant's session on the other rail would take it.
         readings += [
-            session_repo.other_open_candidates_behind(s, ps, at, payer, None, sibling)
-            for sibling in engine.sibling_rails(ps.rail_id, ps.network, ps.asset)
+            session_repo.other_open_candidates_behind(s, ps, at, payer, None, (rail, asset))
+            for rail, asset, paid_by in engine.sibling_rails(ps.rail_id, ps.network, ps.asset)
+            if paid_by is None or any(k.startswith(paid_by + ":") for k in verdict.transfer_keys)
         ]
 
     def decided() -> Verdict:
