@@ -271,6 +271,10 @@ class Adapter(Protocol):
     def normalize_address(self, address: str, field: str = "recipient") -> str:
         """A valid address for this family in canonical form; raises ProofMalformed."""
 
+    def proof_of(self, transfer_key: str) -> str | None:
+        """The normalized proof of this rail that is, by itself, the transfer with this
+        identity (an x402 authorization is its EIP-3009 identity), or None: none is."""
+
     def new_reference(self, seed: bytes | None = None) -> str | None:
         """A fresh reference for a session when the caller asks for "auto" (None: none): from
         `seed` (32 secret bytes only the deployment can compute again) when given, else

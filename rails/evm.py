@@ -585,6 +585,9 @@ class EvmAdapter:
     def normalize_address(self, address: str, field: str = "recipient") -> str:
         return normalize_evm_address(address, field)
 
+    def proof_of(self, transfer_key: str) -> str | None:
+        return None  # a transaction is named by its hash, which no transfer key holds
+
     def new_reference(self, seed: bytes | None = None) -> str | None:
         return None  # an ERC-20 transfer has nowhere to carry a reference key
 

@@ -768,6 +768,9 @@ class SolanaAdapter:
             raise ProofMalformed(field, "not the canonical base58 form of a 32-byte address")
         return address
 
+    def proof_of(self, transfer_key: str) -> str | None:
+        return None  # a transaction is named by its hash, which no transfer key holds
+
     def new_reference(self, seed: bytes | None = None) -> str | None:
         # A fresh public key nobody holds the secret of: it only marks the transaction. From a
         # seed, 32 bytes taken as the key: no secret key exists for it either.

@@ -823,6 +823,11 @@ class X402Adapter:
             raise ProofMalformed(field, "EIP-55 checksum does not match")
         return to_checksum_address("0x" + body.lower())
 
+    def proof_of(self, transfer_key: str) -> str | None:
+        # The normalized proof is `chain_id:asset:from:nonce`, the EIP-3009 identity's body.
+        prefix = f"eip3009:{self.rail.chain_id}:"
+        return transfer_key.removeprefix("eip3009:") if transfer_key.startswith(prefix) else None
+
     def new_reference(self, seed: bytes | None = None) -> str | None:
         # The authorization's nonce already makes every payment unique on chain.
         return None

@@ -54,6 +54,9 @@ class FakeAdapter:
             raise ProofMalformed(field, "not a fake address (fa + 4..40 chars)")
         return address
 
+    def proof_of(self, transfer_key: str) -> str | None:
+        return None  # a transaction is named by its hash, which no transfer key holds
+
     def new_reference(self, seed: bytes | None = None) -> str | None:
         return "fa" + (seed[:8].hex() if seed is not None else secrets.token_hex(8))
 

@@ -121,14 +121,18 @@ class Api:
     def __init__(self, engine: Engine, client: TestClient):
         self.engine, self.client = engine, client
 
-    def open(self, rail_id: str, owner: str = "alice") -> str:
-        body = {
+    def open(
+        self, rail_id: str, owner: str = "alice", expires_in_seconds: int | None = None
+    ) -> str:
+        body: dict[str, Any] = {
             "owner_id": owner,
             "rail_id": rail_id,
             "access_product_id": "api",
             "amount": VALUE,
             "recipient": PAY_TO,
         }
+        if expires_in_seconds is not None:
+            body["expires_in_seconds"] = expires_in_seconds
         if rail_id == "base_usdc":
             body["payer"] = PAYER  # EVM rails bind a transfer to its session by the payer
         r = self.client.post("/v1/payment-sessions", json=body, headers=auth(TOKENS[owner]))
@@ -270,6 +274,10 @@ def test_payload_and_settlement_receipt_name_the_same_transfer(as_bytes):
     assert IDENTITY in by_receipt.transfer_keys
     assert not any(k.startswith("eip3009:") for k in ordinary.transfer_keys)
     assert set(ordinary.transfer_keys).isdisjoint(by_receipt.transfer_keys)
+    # The identity leads back to the payload's own proof (its pending claims are found by it).
+    assert x402.proof_of(IDENTITY) == x402.normalize_proof("x402_payment_payload", HEADER)
+    assert x402.proof_of(IDENTITY.replace(":84532:", ":8453:")) is None  # another chain's
+    assert evm.proof_of(IDENTITY) is None
 
 
 # -- through the engine ------------------------------------------------------------------
@@ -351,22 +359,30 @@ class _Flaky:
         return self.chain.call(method, params)
 
 
-@pytest.mark.parametrize("bob_submits", [True, False], ids=["bob_pending", "bob_not_yet"])
+@pytest.mark.parametrize(
+    "bob_submits, bob_ttl",
+    [(True, None), (False, None), (True, 10)],
+    ids=["bob_pending", "bob_not_yet", "bob_pending_session_expired"],
+)
 def test_a_session_of_the_other_rail_is_a_candidate_for_the_same_transfer(
-    api, settled, bob_submits
+    api, settled, bob_submits, bob_ttl
 ):
     """SECURITY: Bob's x402 session waits for his customer's payment; Mallory opened a Base
     USDC session naming the same payer for the same price. Seeing the payment settle, she
     submits the settlement's hash: the transfer could back either session, so it is held for
     review naming both (never verified for her), and Bob's pending proof waits for the
-    decision."""
+    decision. Bob's session may even have expired before the payment settled: his proof,
+    submitted in time, is his claim on it."""
+    from tests.helpers import advance
+
     flaky = _Flaky(settled.chain)
     api.engine.chains.set_transport("base-sepolia", flaky)
-    bob_s = api.open("x402", "bob")
+    bob_s = api.open("x402", "bob", expires_in_seconds=bob_ttl)
     mallory_s = api.open("base_usdc", "alice")
     bob = api.submit(bob_s, HEADER, "bob").json() if bob_submits else None
     if bob is not None:
         assert bob["status"] == "pending", bob
+    advance(api.engine, SETTLED_AT + 5 - OPENED_AT)  # Bob's 10 s session is over by then
     flaky.down = False
     r = api.submit(mallory_s, settled.settlement, "alice")
     assert r.status_code == 201, r.text

@@ -104,13 +104,10 @@ class Engine:
                 a = self._adapters[key] = adapter_for(rail, self.catalog)
             return a
 
-    def sibling_rails(
-        self, rail_id: str, network: str, asset: str
-    ) -> list[tuple[str, str, str | None]]:
-        """The other rails (id, asset as they store it, the kind of transfer that pays them:
-        `Adapter.paid_by`) whose sessions are paid in the same token on the same network, as
-        this deployment resolves them: one transfer can back a session of either (an x402
-        payment and a Base USDC one)."""
+    def sibling_rails(self, rail_id: str, network: str, asset: str) -> list[tuple[Rail, Adapter]]:
+        """The other rails (and their adapters) whose sessions are paid in the same token on
+        the same network, as this deployment resolves them: one transfer can back a session
+        of either (an x402 payment and a Base USDC one)."""
         out = []
         for other in self.catalog.rails:
             if other == rail_id:
@@ -120,7 +117,7 @@ class Engine:
             except BadInput:  # a rail this deployment's overrides make unresolvable
                 continue
             if r.network == network and r.asset.lower() == asset.lower():
-                out.append((other, r.asset, self.adapter(r).paid_by))
+                out.append((r, self.adapter(r)))
         return out
 
     def binds_reference(self, rail: Rail) -> bool:

@@ -602,7 +602,7 @@ def _record_attempt(
     # it takes do not wait for the answer.
     deciding = (
         _unambiguous_behind(
-            engine, s, ps, verdict, p.created_at, (p.fingerprint, p.id) if payload_claims else None
+            engine, s, ps, verdict, p.created_at, (p.fingerprint, p.id), payload_claims
         )
         if verdict.status is Status.verified and not resolved
         else None
@@ -792,7 +792,8 @@ def _unambiguous_behind(
     ps: PaymentSession | Record,
     verdict: Verdict,
     submitted_at: datetime,
-    claims: tuple[str, str] | None = None,
+    proof: tuple[str, str],
+    payload_claims: bool = False,
 ) -> Callable[[], Verdict]:
     """A verified transfer counts only when no other open session could take it too (same
     rail, recipient, asset and amount; the payer where a session names one; the transfer
@@ -813,22 +814,37 @@ def _unambiguous_behind(
     sender = verdict.observed.get("sender")
     payer = sender.lower() if isinstance(sender, str) else None
     readings = [session_repo.other_open_candidates_behind(s, ps, at, payer, refs)]
+    # Proofs that are the payment itself (an x402 authorization): another session's pending
+    # one passed every check the payload allows, so it is a claim as good as an open session.
+    fp_self, proof_id = proof
+    claimed = [fp_self] if payload_claims else []
     if refs is None:
         # SECURITY: one transfer of a token can back a session of any rail paid in it (an
         # x402 payment, or its settlement's hash on Base USDC): those sessions are
-        # candidates too, or another tenant's session on the other rail would take it.
-        readings += [
-            session_repo.other_open_candidates_behind(s, ps, at, payer, None, (rail, asset))
-            for rail, asset, paid_by in engine.sibling_rails(ps.rail_id, ps.network, ps.asset)
-            if paid_by is None or any(k.startswith(paid_by + ":") for k in verdict.transfer_keys)
-        ]
+        # candidates too, or another tenant's session on the other rail would take it; and
+        # so are pending proofs on that rail that are this transfer.
+        for rail, adapter in engine.sibling_rails(ps.rail_id, ps.network, ps.asset):
+            kind = adapter.paid_by
+            if kind is None or any(k.startswith(kind + ":") for k in verdict.transfer_keys):
+                readings.append(
+                    session_repo.other_open_candidates_behind(
+                        s, ps, at, payer, None, (rail.rail_id, rail.asset)
+                    )
+                )
+            for key in verdict.transfer_keys:
+                ref = adapter.proof_of(key)
+                if ref is not None:
+                    claimed += [
+                        fingerprint(adapter.family, rail.network, t, ref)
+                        for t in adapter.proof_types
+                    ]
 
     def decided() -> Verdict:
         others = [o.id for reading in readings for o in reading()]
-        if claims is not None:
-            # SECURITY: a pending proof of the same payload in a session that has expired
+        for fp in claimed:
+            # SECURITY: a pending proof of the same payment in a session that has expired
             # since (its node did not answer) is still that session's claim.
-            others += [c for c in proof_repo.pending_claims(s, *claims) if c not in others]
+            others += [c for c in proof_repo.pending_claims(s, fp, proof_id) if c not in others]
         others = [o for o in others if o != ps.id]
         if not others:
             return verdict
