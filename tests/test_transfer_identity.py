@@ -407,3 +407,30 @@ def test_an_ordinary_transfer_is_no_candidate_for_an_x402_session(api, settled):
     api.open("x402", "bob")
     mine = api.open("base_usdc")
     api.verified(mine, settled.ordinary)
+
+
+def test_a_rail_its_overrides_leave_unusable_is_no_sibling(db_url):
+    """x402 moved to sepolia, where the catalog pins no token domain, cannot build its
+    adapter: Ethereum USDC's payments there are not held up by it (no candidate, no 500)."""
+    engine = Engine(
+        make_settings(
+            db_url,
+            env={
+                "RAILPROOF_NETWORK_EVM_USDC": "sepolia",
+                "RAILPROOF_NETWORK_X402": "sepolia",
+                "RAILPROOF_ASSET_X402": "0x1c7D4B196Cb0C7B01d743Fbc6116a902379C7238",
+            },
+        )
+    )
+    try:
+        usdc = engine.rail("evm_usdc")
+        assert (usdc.network, usdc.asset.lower()) == (
+            "sepolia",
+            "0x1c7d4b196cb0c7b01d743fbc6116a902379c7238",
+        )
+        assert engine.sibling_rails("evm_usdc", usdc.network, usdc.asset) == []
+        # Moved off base, x402 is not Base USDC's sibling either.
+        base = engine.rail("base_usdc")
+        assert engine.sibling_rails("base_usdc", "base", base.asset) == []
+    finally:
+        engine.db.dispose()

@@ -114,10 +114,13 @@ class Engine:
                 continue
             try:
                 r = self.rail(other)
-            except BadInput:  # a rail this deployment's overrides make unresolvable
-                continue
-            if r.network == network and r.asset.lower() == asset.lower():
+                if r.network != network or r.asset.lower() != asset.lower():
+                    continue
                 out.append((r, self.adapter(r)))
+            except (BadInput, ValueError):
+                # A rail this deployment's overrides leave unusable (no token domain for its
+                # network, say) takes no session, so it has no candidate; its own use says so.
+                continue
         return out
 
     def binds_reference(self, rail: Rail) -> bool:
