@@ -30,15 +30,20 @@ def x402_engine(db_url):
     e.db.dispose()
 
 
-def open_x402(engine, owner="alice", payer=None):
+def open_x402(engine, owner="alice", payer=None, **terms):
+    """A session for the fixture's payment (its price and recipient unless `terms` say
+    otherwise: amount, recipient, expires_in_seconds)."""
     req = sessions.NewSession(
-        owner_id=owner,
-        rail_id="x402",
-        access_product_id="api",
-        amount=10000,
-        recipient=PAY_TO,
-        payer=payer,
-        reference=None,
+        **{
+            "owner_id": owner,
+            "rail_id": "x402",
+            "access_product_id": "api",
+            "amount": 10000,
+            "recipient": PAY_TO,
+            "payer": payer,
+            "reference": None,
+            **terms,
+        }
     )
     return sessions.open_session(engine, req, actor="test")
 
@@ -183,15 +188,7 @@ def test_an_authorization_submitted_after_its_session_expired_does_not_pay_it(x4
     from tests.helpers import advance
 
     advance(x402_engine, -3600)
-    req = sessions.NewSession(
-        owner_id="alice",
-        rail_id="x402",
-        access_product_id="api",
-        amount=10000,
-        recipient=PAY_TO,
-        expires_in_seconds=600,
-    )
-    ps = sessions.open_session(x402_engine, req, actor="test")
+    ps = open_x402(x402_engine, expires_in_seconds=600)
     advance(x402_engine, 3600)  # the session expired 50 minutes ago
     header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
     view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
@@ -247,18 +244,7 @@ def test_a_payment_submitted_in_time_is_not_taken_by_a_session_that_saw_it_settl
         raise RpcUnavailable("connection refused")
 
     advance(x402_engine, -10)  # 090
-    bob_s = sessions.open_session(
-        x402_engine,
-        sessions.NewSession(
-            owner_id="bob",
-            rail_id="x402",
-            access_product_id="api",
-            amount=10000,
-            recipient=PAY_TO,
-            expires_in_seconds=20,  # open until 110
-        ),
-        actor="test",
-    )
+    bob_s = open_x402(x402_engine, owner="bob", expires_in_seconds=20)  # open until 110
     mallory_s = open_x402(x402_engine, owner="mallory")
     chain = live_chain(used=True, logs=settlement_logs(), mined=1740672120)
     settled = chain.answers["eth_call"]
@@ -298,16 +284,11 @@ def test_a_pending_proof_not_checked_yet_is_no_claim(x402_engine):
     """A proof stored but not checked yet (its first attempt in flight) passed nothing: its
     session, at another price and recipient, does not send another's payment to review."""
     bob_s = open_x402(x402_engine, owner="bob")
-    mallory_s = sessions.open_session(
+    mallory_s = open_x402(
         x402_engine,
-        sessions.NewSession(
-            owner_id="mallory",
-            rail_id="x402",
-            access_product_id="api",
-            amount=1,
-            recipient="0x000000000000000000000000000000000000bEEF",
-        ),
-        actor="test",
+        owner="mallory",
+        amount=1,
+        recipient="0x000000000000000000000000000000000000bEEF",
     )
     header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
     stored, _ = proofs.submit_proof(x402_engine, mallory_s["id"], header, ["mallory"], verify=False)
