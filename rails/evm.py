@@ -531,8 +531,39 @@ AUTHORIZATION_USED_TOPIC = "0x" + keccak(b"AuthorizationUsed(address,bytes32)").
 def authorization_keys(receipt: Receipt, token: str, chain_id: int) -> list[str]:
     """eip3009_key of every AuthorizationUsed(authorizer, nonce) the token emitted in the
     receipt: the transaction settled those authorizations."""
+    return [key for key, _ in _authorizations(receipt, token, chain_id)]
+
+
+def authorizations_paid(receipt: Receipt, token: str, chain_id: int) -> list[dict[str, str]]:
+    """Each authorization the transaction settled with what it paid: its key, the payer,
+    and the recipient and amount of the token's Transfer that follows it (EIP-3009 tokens
+    mark the authorization used, then transfer), as evidence of the authorization on its own
+    (a transaction can settle several, or transfer more besides)."""
+    token_logs = [
+        lg for lg in receipt.logs if isinstance(lg, dict) and same_address(lg.get("address"), token)
+    ]
+    out = []
+    for key, i in _authorizations(receipt, token, chain_id):
+        at = next((j for j, lg in enumerate(token_logs) if lg is receipt.logs[i]), None)
+        following = token_logs[at + 1] if at is not None and at + 1 < len(token_logs) else None
+        transfer = decode_transfer(following) if following is not None else None
+        payer = "0x" + key.split(":")[3][-40:]
+        if transfer is not None and transfer.sender.lower() == payer:
+            out.append(
+                {
+                    "key": key,
+                    "sender": payer,
+                    "recipient": to_checksum_address(transfer.recipient),
+                    "amount": str(transfer.value),
+                }
+            )
+    return out
+
+
+def _authorizations(receipt: Receipt, token: str, chain_id: int) -> list[tuple[str, int]]:
+    """(eip3009_key, index in receipt.logs) of every AuthorizationUsed the token emitted."""
     keys = []
-    for log in receipt.logs:
+    for index, log in enumerate(receipt.logs):
         topics = log.get("topics")
         if (
             log.get("removed") is True
@@ -545,7 +576,7 @@ def authorization_keys(receipt: Receipt, token: str, chain_id: int) -> list[str]
             continue
         authorizer, nonce = str(topics[1]), str(topics[2])
         if len(authorizer) == 66 and len(nonce) == 66:
-            keys.append(eip3009_key(chain_id, token, "0x" + authorizer[-40:], nonce))
+            keys.append((eip3009_key(chain_id, token, "0x" + authorizer[-40:], nonce), index))
     return keys
 
 
@@ -679,6 +710,11 @@ class EvmAdapter:
             read_head(chain, self.rail.finality),
             self.rail.finality,
         )
+        paid = authorizations_paid(receipt, token, self.chain_id)
+        if paid:
+            # What each EIP-3009 authorization in it paid on its own: another rail's session
+            # (x402) can be paid by one of them, not by the transaction's total.
+            observed = observed.model_copy(update={"authorizations": paid})
         return Verdict.ok(
             f"{amount} base units of {token} to {recipient} in block {receipt.block_number}",
             observed=observed,

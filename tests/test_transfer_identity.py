@@ -434,3 +434,110 @@ def test_a_rail_its_overrides_leave_unusable_is_no_sibling(db_url):
         assert engine.sibling_rails("base_usdc", "base", base.asset) == []
     finally:
         engine.db.dispose()
+
+
+def _batching_initcode(token: str, calls: list[bytes]) -> bytes:
+    """Contract creation code that CALLs `token` with each calldata in turn, then stops: a
+    facilitator settling an authorization in one transaction with other transfers."""
+    from eth_utils import to_canonical_address
+
+    per_call = 3 + 3 + 2 + 1 + 4 + 3 + 4 + 21 + 3
+    header = per_call * len(calls) + 1
+    code, offset = b"", header
+    for data in calls:
+        n = len(data).to_bytes(2, "big")
+        code += b"\x61" + n + b"\x61" + offset.to_bytes(2, "big") + b"\x60\x00\x39"  # CODECOPY
+        code += b"\x60\x00\x60\x00\x61" + n + b"\x60\x00\x60\x00"  # ret, args, value
+        code += b"\x73" + to_canonical_address(token) + b"\x5a\xf1\x50"  # CALL, POP
+        offset += len(data)
+    code += b"\x00"
+    assert len(code) == header
+    return code + b"".join(calls)
+
+
+@pytest.mark.parametrize("others", ["x402_at_the_authorizations_value", "x402_at_the_total"])
+def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(db_url, others):
+    """One transaction settles the payer's authorization (VALUE) and transfers VALUE more from
+    the same payer to the same recipient. A Base USDC session naming the payer for the total
+    takes the transaction, but an x402 session at the authorization's value could take the
+    authorization in it: held for review. An x402 session at the total could not (no
+    authorization in it pays that much): the Base USDC payment verifies."""
+    import rlp
+    from eth_utils import keccak as eth_keccak
+    from eth_utils import to_canonical_address, to_checksum_address
+
+    batcher = to_checksum_address(
+        eth_keccak(rlp.encode([to_canonical_address(FACILITATOR), 0]))[12:]
+    )
+    chain = LocalEvmChain.base_sepolia(
+        balances={PAYER: 3 * VALUE}, allowances={(PAYER, batcher): VALUE}
+    )
+    token = chain.eip3009_token()
+    sig = bytes.fromhex(SIGNATURE.removeprefix("0x"))
+    settle = token.get_function_by_signature(
+        "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
+    )(PAYER, PAY_TO, VALUE, VALID_AFTER, VALID_BEFORE, NONCE, sig[64], sig[:32], sig[32:64])
+    more = token.functions.transferFrom(PAYER, PAY_TO, VALUE)
+    calls = [bytes.fromhex(f._encode_transaction_data()[2:]) for f in (settle, more)]
+    engine = Engine(
+        make_settings(
+            db_url,
+            clock=datetime.fromtimestamp(OPENED_AT, tz=UTC),
+            env={
+                "RAILPROOF_NETWORK_X402": "base-sepolia",
+                "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia",
+            },
+        )
+    )
+    engine.ensure_rail_states()
+    engine.chains.set_transport("base-sepolia", chain)
+    try:
+        with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+            api = Api(engine, client)
+            x402_amount = VALUE if others == "x402_at_the_authorizations_value" else 2 * VALUE
+            r = client.post(
+                "/v1/payment-sessions",
+                json={
+                    "owner_id": "bob",
+                    "rail_id": "x402",
+                    "access_product_id": "api",
+                    "amount": x402_amount,
+                    "recipient": PAY_TO,
+                },
+                headers=auth(OTHER_SERVICE_TOKEN),
+            )
+            assert r.status_code == 201, r.text
+            r = client.post(
+                "/v1/payment-sessions",
+                json={
+                    "owner_id": "alice",
+                    "rail_id": "base_usdc",
+                    "access_product_id": "api",
+                    "amount": 2 * VALUE,
+                    "recipient": PAY_TO,
+                    "payer": PAYER,
+                },
+                headers=auth(SERVICE_TOKEN),
+            )
+            assert r.status_code == 201, r.text
+            total = r.json()["id"]
+            chain.set_next_block_timestamp(SETTLED_AT)
+            tx = chain.w3.eth.send_transaction(
+                {
+                    "from": FACILITATOR,
+                    "data": "0x" + _batching_initcode(BASE_SEPOLIA_USDC, calls).hex(),
+                    "gas": 600_000,
+                }
+            ).to_0x_hex()
+            assert token.functions.authorizationState(PAYER, NONCE).call() is True
+            assert token.functions.balanceOf(PAY_TO).call() == 2 * VALUE
+            r = api.submit(total, tx)
+            assert r.status_code == 201, r.text
+            want = (
+                ("requires_review", "ambiguous_transfer")
+                if others == "x402_at_the_authorizations_value"
+                else ("verified", None)
+            )
+            assert (r.json()["status"], r.json()["failure_code"]) == want, r.json()
+    finally:
+        engine.db.dispose()

@@ -786,6 +786,28 @@ def _review_naming(
     )
 
 
+def _paying(
+    kind: str | None, verdict: Verdict, payer: str | None
+) -> list[tuple[str | None, tuple[str, int] | None]]:
+    """What of a verified transfer a session of a rail paid by `kind` of transfer could take:
+    (sender, (recipient, amount) or None for the transfer's own). Any transfer: the whole one.
+    Only an EIP-3009 authorization: each one it carries, as it paid on its own (a
+    transaction may settle several, or transfer more besides); none when it carries none."""
+    if kind is None:
+        return [(payer, None)]
+    prefix = kind + ":"
+    found = verdict.observed.get("authorizations")
+    parts: list[tuple[str | None, tuple[str, int] | None]] = [
+        (str(a["sender"]).lower(), (str(a["recipient"]), int(a["amount"])))
+        for a in (found if isinstance(found, list) else [])
+        if isinstance(a, dict) and str(a.get("key", "")).startswith(prefix)
+    ]
+    if parts:
+        return parts
+    # Its identity alone, with nothing said of what it paid: the transfer's own terms.
+    return [(payer, None)] if any(k.startswith(prefix) for k in verdict.transfer_keys) else []
+
+
 def _unambiguous_behind(
     engine: Engine,
     s: Session,
@@ -824,11 +846,10 @@ def _unambiguous_behind(
         # candidates too, or another tenant's session on the other rail would take it; and
         # so are pending proofs on that rail that are this transfer.
         for rail, adapter in engine.sibling_rails(ps.rail_id, ps.network, ps.asset):
-            kind = adapter.paid_by
-            if kind is None or any(k.startswith(kind + ":") for k in verdict.transfer_keys):
+            for sender, paid in _paying(adapter.paid_by, verdict, payer):
                 readings.append(
                     session_repo.other_open_candidates_behind(
-                        s, ps, at, payer, None, (rail.rail_id, rail.asset)
+                        s, ps, at, sender, None, (rail.rail_id, rail.asset), paid
                     )
                 )
             for key in verdict.transfer_keys:

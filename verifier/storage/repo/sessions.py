@@ -188,17 +188,21 @@ def other_open_candidates_behind(
     sender: str | None,
     references: list[str] | None = None,
     rail: tuple[str, str] | None = None,
+    paid: tuple[str, int] | None = None,
 ) -> Callable[[], list[Candidate]]:
     """`other_open_candidates`, its read run behind the transaction's next statement, in its
     round trip on PostgreSQL (prepared.Prepared.behind), elsewhere when the answer is
     called: call it for the candidates. The sessions it excludes (`ps`'s own, those a
     transfer holds) are the same whether it runs before or after that statement. `rail`:
-    (rail id, asset) of another rail paid in the same token, to read its sessions instead."""
+    (rail id, asset) of another rail paid in the same token, to read its sessions instead;
+    `paid`: (recipient, amount) of the part of the transfer they could take, when it is not
+    `ps`'s (one authorization among a transaction's transfers)."""
     rail_id, asset = rail if rail is not None else (ps.rail_id, ps.asset)
+    recipient, amount = paid if paid is not None else (ps.recipient, ps.amount)
     params = {
         "rail_id": rail_id,
-        "recipient": ps.recipient,
-        "amount": ps.amount,
+        "recipient": recipient,
+        "amount": amount,
         "asset": asset,
         "sid": ps.id,
         "at": at,
