@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,9 @@ def settled() -> Settled:
 # -- the engine, over HTTP ---------------------------------------------------------------
 
 
-@pytest.fixture
-def api(db_url, settled) -> Iterator[Api]:
+@contextmanager
+def served(db_url: str, chain: Any) -> Iterator[Api]:
+    """The engine with both rails on base-sepolia, where one chain answers for both."""
     engine = Engine(
         make_settings(
             db_url,
@@ -110,11 +112,18 @@ def api(db_url, settled) -> Iterator[Api]:
         )
     )
     engine.ensure_rail_states()
-    # Both rails are on base-sepolia: one chain answers for both.
-    engine.chains.set_transport("base-sepolia", settled.chain)
-    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
-        yield Api(engine, client)
-    engine.db.dispose()
+    engine.chains.set_transport("base-sepolia", chain)
+    try:
+        with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+            yield Api(engine, client)
+    finally:
+        engine.db.dispose()
+
+
+@pytest.fixture
+def api(db_url, settled) -> Iterator[Api]:
+    with served(db_url, settled.chain) as a:
+        yield a
 
 
 class Api:
@@ -479,65 +488,50 @@ def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(d
     )(PAYER, PAY_TO, VALUE, VALID_AFTER, VALID_BEFORE, NONCE, sig[64], sig[:32], sig[32:64])
     more = token.functions.transferFrom(PAYER, PAY_TO, VALUE)
     calls = [bytes.fromhex(f._encode_transaction_data()[2:]) for f in (settle, more)]
-    engine = Engine(
-        make_settings(
-            db_url,
-            clock=datetime.fromtimestamp(OPENED_AT, tz=UTC),
-            env={
-                "RAILPROOF_NETWORK_X402": "base-sepolia",
-                "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia",
+    with served(db_url, chain) as api:
+        client = api.client
+        x402_amount = VALUE if others == "x402_at_the_authorizations_value" else 2 * VALUE
+        r = client.post(
+            "/v1/payment-sessions",
+            json={
+                "owner_id": "bob",
+                "rail_id": "x402",
+                "access_product_id": "api",
+                "amount": x402_amount,
+                "recipient": PAY_TO,
             },
+            headers=auth(OTHER_SERVICE_TOKEN),
         )
-    )
-    engine.ensure_rail_states()
-    engine.chains.set_transport("base-sepolia", chain)
-    try:
-        with TestClient(create_app(engine), raise_server_exceptions=False) as client:
-            api = Api(engine, client)
-            x402_amount = VALUE if others == "x402_at_the_authorizations_value" else 2 * VALUE
-            r = client.post(
-                "/v1/payment-sessions",
-                json={
-                    "owner_id": "bob",
-                    "rail_id": "x402",
-                    "access_product_id": "api",
-                    "amount": x402_amount,
-                    "recipient": PAY_TO,
-                },
-                headers=auth(OTHER_SERVICE_TOKEN),
-            )
-            assert r.status_code == 201, r.text
-            r = client.post(
-                "/v1/payment-sessions",
-                json={
-                    "owner_id": "alice",
-                    "rail_id": "base_usdc",
-                    "access_product_id": "api",
-                    "amount": 2 * VALUE,
-                    "recipient": PAY_TO,
-                    "payer": PAYER,
-                },
-                headers=auth(SERVICE_TOKEN),
-            )
-            assert r.status_code == 201, r.text
-            total = r.json()["id"]
-            chain.set_next_block_timestamp(SETTLED_AT)
-            tx = chain.w3.eth.send_transaction(
-                {
-                    "from": FACILITATOR,
-                    "data": "0x" + _batching_initcode(BASE_SEPOLIA_USDC, calls).hex(),
-                    "gas": 600_000,
-                }
-            ).to_0x_hex()
-            assert token.functions.authorizationState(PAYER, NONCE).call() is True
-            assert token.functions.balanceOf(PAY_TO).call() == 2 * VALUE
-            r = api.submit(total, tx)
-            assert r.status_code == 201, r.text
-            want = (
-                ("requires_review", "ambiguous_transfer")
-                if others == "x402_at_the_authorizations_value"
-                else ("verified", None)
-            )
-            assert (r.json()["status"], r.json()["failure_code"]) == want, r.json()
-    finally:
-        engine.db.dispose()
+        assert r.status_code == 201, r.text
+        r = client.post(
+            "/v1/payment-sessions",
+            json={
+                "owner_id": "alice",
+                "rail_id": "base_usdc",
+                "access_product_id": "api",
+                "amount": 2 * VALUE,
+                "recipient": PAY_TO,
+                "payer": PAYER,
+            },
+            headers=auth(SERVICE_TOKEN),
+        )
+        assert r.status_code == 201, r.text
+        total = r.json()["id"]
+        chain.set_next_block_timestamp(SETTLED_AT)
+        tx = chain.w3.eth.send_transaction(
+            {
+                "from": FACILITATOR,
+                "data": "0x" + _batching_initcode(BASE_SEPOLIA_USDC, calls).hex(),
+                "gas": 600_000,
+            }
+        ).to_0x_hex()
+        assert token.functions.authorizationState(PAYER, NONCE).call() is True
+        assert token.functions.balanceOf(PAY_TO).call() == 2 * VALUE
+        r = api.submit(total, tx)
+        assert r.status_code == 201, r.text
+        want = (
+            ("requires_review", "ambiguous_transfer")
+            if others == "x402_at_the_authorizations_value"
+            else ("verified", None)
+        )
+        assert (r.json()["status"], r.json()["failure_code"]) == want, r.json()
