@@ -112,8 +112,9 @@ def normalize_evm_address(address: str, field: str = "recipient") -> str:
     return to_checksum_address(address)
 
 
-def same_address(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and a.lower() == b.lower()
+def same_address(a: object, b: object) -> bool:
+    # A node's log may carry anything where an address belongs: only text compares.
+    return isinstance(a, str) and isinstance(b, str) and a.lower() == b.lower()
 
 
 # --------------------------------------------------------------------------------------------
@@ -711,6 +712,11 @@ class EvmAdapter:
             self.rail.finality,
         )
         paid = authorizations_paid(receipt, token, self.chain_id)
+        # SECURITY: an authorization the transaction settled to another address is another
+        # merchant's payment: this proof neither holds it nor is matched on it. One whose
+        # Transfer cannot be told is kept (it may be this payment, counted once).
+        elsewhere = {a["key"] for a in paid if not same_address(a["recipient"], recipient)}
+        paid = [a for a in paid if a["key"] not in elsewhere]
         if paid:
             # What each EIP-3009 authorization in it paid on its own: another rail's session
             # (x402) can be paid by one of them, not by the transaction's total.
@@ -721,7 +727,11 @@ class EvmAdapter:
             settlement=settlement,
             transfer_keys=(
                 f"eip155:{self.rail.chain_id}:{tx_hash}:{token.lower()}:{recipient.lower()}",
-                *authorization_keys(receipt, token, self.chain_id),
+                *(
+                    k
+                    for k in authorization_keys(receipt, token, self.chain_id)
+                    if k not in elsewhere
+                ),
             ),
         )
 

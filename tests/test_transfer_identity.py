@@ -464,13 +464,10 @@ def _batching_initcode(token: str, calls: list[bytes]) -> bytes:
     return code + b"".join(calls)
 
 
-@pytest.mark.parametrize("others", ["x402_at_the_authorizations_value", "x402_at_the_total"])
-def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(db_url, others):
-    """One transaction settles the payer's authorization (VALUE) and transfers VALUE more from
-    the same payer to the same recipient. A Base USDC session naming the payer for the total
-    takes the transaction, but an x402 session at the authorization's value could take the
-    authorization in it: held for review. An x402 session at the total could not (no
-    authorization in it pays that much): the Base USDC payment verifies."""
+def _batch_settling_the_authorization_and(also_to: str) -> tuple[LocalEvmChain, Any, str]:
+    """A chain where the payer approved a batching contract for VALUE, that contract's
+    creation code (to send): it settles the payload's authorization (VALUE to PAY_TO) and
+    transfers VALUE more from the payer to `also_to`."""
     import rlp
     from eth_utils import keccak as eth_keccak
     from eth_utils import to_canonical_address, to_checksum_address
@@ -486,8 +483,19 @@ def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(d
     settle = token.get_function_by_signature(
         "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
     )(PAYER, PAY_TO, VALUE, VALID_AFTER, VALID_BEFORE, NONCE, sig[64], sig[:32], sig[32:64])
-    more = token.functions.transferFrom(PAYER, PAY_TO, VALUE)
+    more = token.functions.transferFrom(PAYER, also_to, VALUE)
     calls = [bytes.fromhex(f._encode_transaction_data()[2:]) for f in (settle, more)]
+    return chain, token, "0x" + _batching_initcode(BASE_SEPOLIA_USDC, calls).hex()
+
+
+@pytest.mark.parametrize("others", ["x402_at_the_authorizations_value", "x402_at_the_total"])
+def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(db_url, others):
+    """One transaction settles the payer's authorization (VALUE) and transfers VALUE more from
+    the same payer to the same recipient. A Base USDC session naming the payer for the total
+    takes the transaction, but an x402 session at the authorization's value could take the
+    authorization in it: held for review. An x402 session at the total could not (no
+    authorization in it pays that much): the Base USDC payment verifies."""
+    chain, token, batch = _batch_settling_the_authorization_and(PAY_TO)
     with served(db_url, chain) as api:
         client = api.client
         x402_amount = VALUE if others == "x402_at_the_authorizations_value" else 2 * VALUE
@@ -521,7 +529,7 @@ def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(d
         tx = chain.w3.eth.send_transaction(
             {
                 "from": FACILITATOR,
-                "data": "0x" + _batching_initcode(BASE_SEPOLIA_USDC, calls).hex(),
+                "data": batch,
                 "gas": 600_000,
             }
         ).to_0x_hex()
@@ -535,3 +543,69 @@ def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(d
             else ("verified", None)
         )
         assert (r.json()["status"], r.json()["failure_code"]) == want, r.json()
+
+
+MERCHANT = "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC"
+
+
+@pytest.mark.parametrize("first", ["merchant", "x402"])
+def test_an_authorization_paying_another_merchant_is_not_this_payments(db_url, first):
+    """One transaction settles Bob's x402 authorization (to PAY_TO) and transfers VALUE from
+    the same payer to another merchant, whose Base USDC session it pays. Two payments: each
+    verifies for its own session, whichever is submitted first; the merchant's proof neither
+    holds nor is matched on an authorization that paid someone else."""
+    chain, token, batch = _batch_settling_the_authorization_and(MERCHANT)
+    with served(db_url, chain) as api:
+        bob = api.client.post(
+            "/v1/payment-sessions",
+            json={
+                "owner_id": "bob",
+                "rail_id": "x402",
+                "access_product_id": "api",
+                "amount": VALUE,
+                "recipient": PAY_TO,
+            },
+            headers=auth(OTHER_SERVICE_TOKEN),
+        ).json()["id"]
+        merchant = api.client.post(
+            "/v1/payment-sessions",
+            json={
+                "owner_id": "alice",
+                "rail_id": "base_usdc",
+                "access_product_id": "api",
+                "amount": VALUE,
+                "recipient": MERCHANT,
+                "payer": PAYER,
+            },
+            headers=auth(SERVICE_TOKEN),
+        ).json()["id"]
+        chain.set_next_block_timestamp(SETTLED_AT)
+        tx = chain.w3.eth.send_transaction(
+            {"from": FACILITATOR, "data": batch, "gas": 600_000}
+        ).to_0x_hex()
+        assert token.functions.balanceOf(MERCHANT).call() == VALUE
+        submissions = [(merchant, tx, "alice"), (bob, HEADER, "bob")]
+        for session_id, proof, owner in submissions if first == "merchant" else submissions[::-1]:
+            api.verified(session_id, proof, owner)
+
+
+def test_a_nodes_odd_logs_and_amounts_are_no_authorizations(settled):
+    """A log whose address is not text, or an authorization's Transfer larger than any
+    session can ask, is nothing a session is matched on (never a 500)."""
+    from rails.base import Verdict
+    from rails.evm import authorizations_paid, parse_receipt
+    from verifier.services.proofs import MAX_AMOUNT, _paying
+
+    raw = settled.receipt(settled.settlement)
+    raw["logs"] = [{"address": 7, "topics": [], "data": "0x"}, *raw["logs"]]
+    receipt = parse_receipt(raw, settled.settlement)
+    [paid] = authorizations_paid(receipt, BASE_SEPOLIA_USDC, BASE_SEPOLIA_CHAIN_ID)
+    assert (paid["key"], paid["recipient"], paid["amount"]) == (IDENTITY, PAY_TO, str(VALUE))
+    for amount, kept in ((VALUE, True), (MAX_AMOUNT + 1, False), (0, False)):
+        verdict = Verdict.ok(
+            "",
+            observed={"authorizations": [{**paid, "amount": str(amount)}]},
+            transfer_keys=(IDENTITY,),
+        )
+        parts = _paying("eip3009", verdict, PAYER.lower())
+        assert parts == ([(PAYER.lower(), (PAY_TO, amount))] if kept else [(PAYER.lower(), None)])

@@ -26,7 +26,7 @@ from verifier.http.guards import encodable_object
 from verifier.services import proofs, sessions
 from verifier.services.events import EventType
 
-MAX_AMOUNT = 2**63 - 1
+MAX_AMOUNT = proofs.MAX_AMOUNT
 
 
 class Model(BaseModel):

@@ -786,6 +786,9 @@ def _review_naming(
     )
 
 
+MAX_AMOUNT = (1 << 63) - 1  # the sessions' BIGINT amount column
+
+
 def _paying(
     kind: str | None, verdict: Verdict, payer: str | None
 ) -> list[tuple[str | None, tuple[str, int] | None]]:
@@ -800,7 +803,10 @@ def _paying(
     parts: list[tuple[str | None, tuple[str, int] | None]] = [
         (str(a["sender"]).lower(), (str(a["recipient"]), int(a["amount"])))
         for a in (found if isinstance(found, list) else [])
-        if isinstance(a, dict) and str(a.get("key", "")).startswith(prefix)
+        if isinstance(a, dict)
+        and str(a.get("key", "")).startswith(prefix)
+        # No session asks for more than a stored amount can hold (a node's lie may).
+        and 0 < int(a.get("amount", 0)) <= MAX_AMOUNT
     ]
     if parts:
         return parts
