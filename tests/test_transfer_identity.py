@@ -131,14 +131,19 @@ class Api:
         self.engine, self.client = engine, client
 
     def open(
-        self, rail_id: str, owner: str = "alice", expires_in_seconds: int | None = None
+        self,
+        rail_id: str,
+        owner: str = "alice",
+        expires_in_seconds: int | None = None,
+        amount: int = VALUE,
+        recipient: str = PAY_TO,
     ) -> str:
         body: dict[str, Any] = {
             "owner_id": owner,
             "rail_id": rail_id,
             "access_product_id": "api",
-            "amount": VALUE,
-            "recipient": PAY_TO,
+            "amount": amount,
+            "recipient": recipient,
         }
         if expires_in_seconds is not None:
             body["expires_in_seconds"] = expires_in_seconds
@@ -497,34 +502,9 @@ def test_an_authorization_among_a_transactions_transfers_is_matched_on_its_own(d
     authorization in it pays that much): the Base USDC payment verifies."""
     chain, token, batch = _batch_settling_the_authorization_and(PAY_TO)
     with served(db_url, chain) as api:
-        client = api.client
         x402_amount = VALUE if others == "x402_at_the_authorizations_value" else 2 * VALUE
-        r = client.post(
-            "/v1/payment-sessions",
-            json={
-                "owner_id": "bob",
-                "rail_id": "x402",
-                "access_product_id": "api",
-                "amount": x402_amount,
-                "recipient": PAY_TO,
-            },
-            headers=auth(OTHER_SERVICE_TOKEN),
-        )
-        assert r.status_code == 201, r.text
-        r = client.post(
-            "/v1/payment-sessions",
-            json={
-                "owner_id": "alice",
-                "rail_id": "base_usdc",
-                "access_product_id": "api",
-                "amount": 2 * VALUE,
-                "recipient": PAY_TO,
-                "payer": PAYER,
-            },
-            headers=auth(SERVICE_TOKEN),
-        )
-        assert r.status_code == 201, r.text
-        total = r.json()["id"]
+        api.open("x402", "bob", amount=x402_amount)
+        total = api.open("base_usdc", amount=2 * VALUE)
         chain.set_next_block_timestamp(SETTLED_AT)
         tx = chain.w3.eth.send_transaction(
             {
@@ -556,29 +536,8 @@ def test_an_authorization_paying_another_merchant_is_not_this_payments(db_url, f
     holds nor is matched on an authorization that paid someone else."""
     chain, token, batch = _batch_settling_the_authorization_and(MERCHANT)
     with served(db_url, chain) as api:
-        bob = api.client.post(
-            "/v1/payment-sessions",
-            json={
-                "owner_id": "bob",
-                "rail_id": "x402",
-                "access_product_id": "api",
-                "amount": VALUE,
-                "recipient": PAY_TO,
-            },
-            headers=auth(OTHER_SERVICE_TOKEN),
-        ).json()["id"]
-        merchant = api.client.post(
-            "/v1/payment-sessions",
-            json={
-                "owner_id": "alice",
-                "rail_id": "base_usdc",
-                "access_product_id": "api",
-                "amount": VALUE,
-                "recipient": MERCHANT,
-                "payer": PAYER,
-            },
-            headers=auth(SERVICE_TOKEN),
-        ).json()["id"]
+        bob = api.open("x402", "bob")
+        merchant = api.open("base_usdc", recipient=MERCHANT)
         chain.set_next_block_timestamp(SETTLED_AT)
         tx = chain.w3.eth.send_transaction(
             {"from": FACILITATOR, "data": batch, "gas": 600_000}
