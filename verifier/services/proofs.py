@@ -862,8 +862,8 @@ def _unambiguous_behind(
                 ref = adapter.proof_of(key)
                 if ref is not None:
                     claimed += [
-                        fingerprint(adapter.family, rail.network, t, ref)
-                        for t in adapter.proof_types
+                        fingerprint(adapter.family, rail.network, proof_type, ref)
+                        for proof_type in adapter.proof_types
                     ]
 
     def decided() -> Verdict:
