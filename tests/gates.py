@@ -10,6 +10,7 @@ from typing import Any
 
 from tests.conftest import STAFF_TOKEN, auth
 from verifier.core.metrics import alert_rules
+from verifier.services.release_gates import REHEARSAL_STEPS
 
 OPS = {"incident_id": "INC-GATE", "operator_reason": "release gates before enablement"}
 
@@ -17,8 +18,8 @@ OPS = {"incident_id": "INC-GATE", "operator_reason": "release gates before enabl
 def rehearsal_text(ok: bool, finished_at: datetime | None = None) -> str:
     """A `railproof rehearse` evidence file (the fields release gates read)."""
     steps = [
-        {"name": "session", "ok": True, "detail": "201"},
-        {"name": "apply", "ok": ok, "detail": "200" if ok else "409 apply_blocked"},
+        {"name": name, "ok": ok or name != "apply", "detail": "ok" if ok else "409 apply_blocked"}
+        for name in REHEARSAL_STEPS
     ]
     # Wall-clock times, as `railproof rehearse` writes them: a rehearsal counts for the
     # evidence's validity from when it finished.

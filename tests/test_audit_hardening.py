@@ -203,6 +203,26 @@ def test_checkpoint_catches_removed_newest_events(db_url, cli_env, tmp_path):
         db.dispose()
 
 
+def test_checkpoint_files_that_cannot_be_used_exit_2_with_a_message(db_url, cli_env, tmp_path):
+    db = Database(db_url, audit_key=KEY)
+    try:
+        append_events(db, 1)
+        deep = tmp_path / "deep.json"
+        deep.write_text("[" * 100_000 + "]" * 100_000)
+        binary = tmp_path / "binary.json"
+        binary.write_bytes(b"\xff\xfe{}")
+        for path in (deep, binary):
+            r = cli("audit", "verify", "--checkpoint", str(path))
+            assert r.exit_code == 2 and "--checkpoint" in r.output, r.output
+            assert r.exception is None or isinstance(r.exception, SystemExit)
+        for out in (tmp_path, tmp_path / "missing" / "cp.json"):  # a directory, no directory
+            r = cli("audit", "checkpoint", "--out", str(out))
+            assert r.exit_code == 2 and "--out" in r.output, r.output
+            assert r.exception is None or isinstance(r.exception, SystemExit)
+    finally:
+        db.dispose()
+
+
 def rehash_from(db: Database, first_id: int, key: bytes | None, edit: dict) -> None:
     """Rewrite event `first_id`'s data to `edit` and re-hash it and every later event under
     `key`, as someone who holds the key and can write the table would: same events, same

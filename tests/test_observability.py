@@ -68,6 +68,32 @@ def test_metrics_exposes_every_metric_in_spec(client):
         assert f"# HELP {s.full_name}" in r.text or f"# HELP {family}" in r.text
 
 
+def test_metrics_token_keeps_the_counters_from_tenants(db_url):
+    # The counters tell an existing id of another owner from a missing one (a denial is
+    # counted only for the former): with RAILPROOF_METRICS_TOKEN only the scraper reads them.
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import SERVICE_TOKEN, make_settings
+    from tests.fake_rail import catalog_with_fake
+    from verifier.core.engine import Engine
+    from verifier.http.api import create_app
+
+    engine = Engine(make_settings(db_url, metrics_token="scrape-me"), catalog=catalog_with_fake())
+    engine.ensure_rail_states()
+    try:
+        with TestClient(create_app(engine)) as c:
+            for headers in ({}, auth(SERVICE_TOKEN), STAFF, {"Authorization": "Bearer scrape-m"}):
+                r = c.get("/metrics", headers=headers)
+                assert r.status_code == 401, r.text
+                assert r.json()["error"]["field"] == "Authorization"
+                assert "scrape-me" not in r.text
+            r = c.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+            assert r.status_code == 200 and "railproof_owner_isolation_denials_total" in r.text
+            assert c.get("/healthz").status_code == 200  # probes need no token
+    finally:
+        engine.db.dispose()
+
+
 def test_admin_spec_lists_the_spec(client):
     r = client.get("/v1/admin/observability/spec", headers=STAFF)
     assert r.status_code == 200

@@ -3,10 +3,13 @@ rate limits) still fits the stored key, on PostgreSQL too, where a too-long key 
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from tests.conftest import make_settings
 from tests.fake_rail import catalog_with_fake
+from verifier.core.config import describe_error
 from verifier.core.engine import Engine
 from verifier.http.api import create_app
 from verifier.http.deps import MAX_PRINCIPAL, principal_name
@@ -47,3 +50,19 @@ def test_a_token_for_many_owners_gets_idempotent_sessions(db_url):
             assert claim.principal == principal_name(OWNERS)
     finally:
         engine.db.dispose()
+
+
+def test_no_owner_id_can_take_the_name_of_a_token_for_many_owners():
+    # `svc:sha256:<hex>` names a long owner list; a token for the one owner `sha256:<hex>`
+    # would share its idempotency claims, rate limits and webhook endpoints.
+    wide = principal_name(OWNERS)
+    lookalike = wide.removeprefix("svc:")
+    with pytest.raises(ValidationError, match="must not begin with 'sha256:'") as e:
+        make_settings("sqlite://", service_tokens={WIDE: OWNERS, "evil": [lookalike]})
+    shown = " ".join(describe_error(e.value))  # what `railproof serve` prints
+    assert "RAILPROOF_SERVICE_TOKENS" in shown and "sha256:" in shown
+    assert WIDE not in shown and "evil" not in shown  # never a token
+    with pytest.raises(ValidationError, match="must not begin with"):
+        make_settings("sqlite://", service_tokens={"evil": ["SHA256:" + "0" * 64]})
+    # Any other owner id with a colon is still one a token may act for.
+    assert make_settings("sqlite://", service_tokens={"t": ["acme:eu"]}).service_tokens

@@ -16,6 +16,7 @@ from tests.gates import OPS, pass_release_gates, rehearsal_text
 from tests.helpers import audit_actions
 from verifier.core.metrics import alert_rules
 from verifier.services import release_gates
+from verifier.services.release_gates import REHEARSAL_STEPS
 from verifier.storage.models import RailState
 
 GATES_URL = "/v1/admin/rails/{}/release-gates"
@@ -173,6 +174,21 @@ def test_rehearsal_evidence_is_checked_by_hash_and_content(client):
     r = _record(client, "fake_gated", "e2e_rehearsal", **_file(text))
     assert r.status_code == 201 and r.json()["outcome"] == "passed"
     assert r.json()["evidence_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_rehearsal_file_must_show_every_step_the_rehearsal_runs(client):
+    # A hand-written file claiming success with a step of its own rehearsed nothing.
+    forged = json.loads(rehearsal_text(ok=True))
+    forged["steps"] = [{"name": "anything", "ok": True}]
+    r = _record(client, "fake_gated", "e2e_rehearsal", **_file(json.dumps(forged)))
+    assert r.status_code == 201 and r.json()["outcome"] == "failed"
+    assert r.json()["detail"]["missing_steps"] == list(REHEARSAL_STEPS)
+    # One step left out is enough to fail it; the others all passed.
+    short = json.loads(rehearsal_text(ok=True))
+    short["steps"] = [s for s in short["steps"] if s["name"] != "rollback_proof"]
+    r = _record(client, "fake_gated", "e2e_rehearsal", **_file(json.dumps(short)))
+    assert r.json()["outcome"] == "failed"
+    assert r.json()["detail"]["missing_steps"] == ["rollback_proof"]
 
 
 def test_attestations_name_the_staff_member_and_need_context(client):

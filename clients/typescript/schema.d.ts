@@ -2160,6 +2160,17 @@ export interface operations {
                     "text/plain; version=0.0.4": string;
                 };
             };
+            /** @description No bearer token, or one this route does not accept (`unauthorized`). */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {

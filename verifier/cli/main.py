@@ -12,6 +12,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from verifier.cli import show
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -29,7 +31,7 @@ app.add_typer(alerts_app, name="alerts")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    show.say(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -319,14 +321,14 @@ def verify_offline_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{rail}: {out['status']}")
+    t = Table(title=show.text(f"{rail}: {out['status']}"))
     t.add_column("field")
     t.add_column("value")
-    t.add_row("failure_code", str(out["failure_code"]))
-    t.add_row("detail", out["detail"])
+    t.add_row("failure_code", show.text(out["failure_code"]))
+    t.add_row("detail", show.text(out["detail"]))
     for k, v in out["observed"].items():
-        t.add_row(k, str(v))
-    t.add_row("rpc_calls", str(out["rpc_calls"]))
+        t.add_row(show.text(k), show.text(v))
+    t.add_row("rpc_calls", show.text(out["rpc_calls"]))
     Console().print(t)
 
 
@@ -376,8 +378,10 @@ def audit_verify(
     if checkpoint is not None:
         try:
             cp = json.loads(checkpoint.read_text())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
             fail(f"--checkpoint: cannot read {checkpoint}: {e}")
+        except RecursionError:
+            fail(f"--checkpoint: {checkpoint} is nested too deeply to be a checkpoint")
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         if cp is not None:
@@ -398,9 +402,9 @@ def audit_verify(
             doc.update(ok=ok, checkpoint=cpr.as_dict())
         typer.echo(json.dumps(doc))
     else:
-        typer.echo(f"{'ok' if rep.ok else 'BROKEN'}: {rep.message} ({rep.events} events checked)")
+        show.say(f"{'ok' if rep.ok else 'BROKEN'}: {rep.message} ({rep.events} events checked)")
         if cpr is not None:
-            typer.echo(f"{'ok' if cpr.ok else 'BROKEN'}: {cpr.message}")
+            show.say(f"{'ok' if cpr.ok else 'BROKEN'}: {cpr.message}")
     raise typer.Exit(0 if ok else 1)
 
 
@@ -419,12 +423,15 @@ def audit_checkpoint(
         rep, cp = make_checkpoint(s, engine.now())
     if cp is None:
         fail(f"audit chain BROKEN, no checkpoint written: {rep.message}", 1)
-    text = json.dumps(cp) + "\n"
+    doc = json.dumps(cp) + "\n"
     if out:
-        out.write_text(text)
+        try:
+            out.write_text(doc)
+        except OSError as e:
+            fail(f"--out: cannot write {out}: {e.strerror}")
         typer.echo(f"wrote {out} ({cp['events']} events, head event {cp['head_id']})")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(doc)
 
 
 @alerts_app.command("generate")

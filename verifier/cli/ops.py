@@ -24,7 +24,9 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from verifier.cli.show import plain, say, text
 from verifier.core.config import Settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
@@ -86,19 +88,26 @@ def _staff_token(settings: Settings | None) -> str:
     path = _CONNECTION.get()[1]
     if path is not None:
         try:
-            token = Path(path).read_text().strip()
-        except OSError as e:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
             _die(f"--staff-token-file: cannot read {path} ({type(e).__name__})")
         if not token:
             _die(f"--staff-token-file: {path} is empty")
-        return token
+        return _usable(token, "--staff-token-file")
     env_token = settings.staff_token if settings is not None else None
     if not env_token:
         _die(
             "RAILPROOF_STAFF_TOKEN is not set: export the staff token the API was "
             "started with (`make serve` prints one), or pass --staff-token-file"
         )
-    return env_token
+    return _usable(env_token, "RAILPROOF_STAFF_TOKEN")
+
+
+def _usable(token: str, source: str) -> str:
+    # An Authorization header carries printable ASCII; never echo the token itself.
+    if not (token.isascii() and token.isprintable()):
+        _die(f"{source}: the staff token must be printable ASCII")
+    return token
 
 
 def operator_command(app: typer.Typer, name: str) -> Callable[[Callable[..., Any]], Any]:
@@ -178,11 +187,12 @@ class Client:
         settings = None if url and token_file else _settings()
         self.base = (url or (settings.api_base_url if settings else "")).rstrip("/")
         token = _staff_token(settings)
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.headers = {b"Authorization": f"Bearer {token}".encode()}
+        # UTF-8, which the API reads these headers as: an operator may write in any language.
         if incident_id:
-            self.headers["X-Incident-Id"] = incident_id
+            self.headers[b"X-Incident-Id"] = _header_text(incident_id, "--incident-id")
         if reason:
-            self.headers["X-Operator-Reason"] = reason
+            self.headers[b"X-Operator-Reason"] = _header_text(reason, "--operator-reason")
         self.context = {"incident_id": incident_id, "operator_reason": reason}
 
     def request(
@@ -201,6 +211,8 @@ class Client:
                 params={k: v for k, v in (params or {}).items() if v is not None},
                 timeout=30.0,
             )
+        except httpx.InvalidURL as e:
+            _die(f"--base-url: not a usable URL: {self.base!r} ({e})")
         except httpx.HTTPError as e:
             _die(
                 f"cannot reach the API at {self.base} ({type(e).__name__}); is "
@@ -218,6 +230,15 @@ class Client:
                 1 if r.status_code == 403 else 2,
             )
         return r.status_code, data
+
+
+def _header_text(value: str, option: str) -> bytes:
+    if plain(value) != value:
+        _die(f"{option}: must not contain control characters")
+    try:
+        return value.encode()
+    except UnicodeEncodeError:  # undecodable bytes in the argument (surrogate escapes)
+        _die(f"{option}: not valid text in this locale's encoding")
 
 
 def api_path(template: str, *ids: object) -> str:
@@ -238,7 +259,7 @@ def _segment(value: str) -> str:
 
 
 def _die(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    say(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -250,7 +271,7 @@ def _out(
         if as_json:
             typer.echo(json.dumps(data))
         else:
-            typer.echo(f"refused ({status}) {err.get('code')}: {err.get('message')}", err=True)
+            say(f"refused ({status}) {err.get('code')}: {err.get('message')}", err=True)
             if "report" in err:
                 _report(err["report"])
         raise typer.Exit(1)
@@ -271,9 +292,9 @@ def _out(
 def _table(title: str | None, columns: list[str]) -> Table:
     # Never an ellipsis: a cut id is useless in an incident note. On a terminal a long value
     # folds onto the next line; elsewhere _console() leaves room for every value whole.
-    t = Table(title=title)
+    t = Table(title=text(title) if title else None)
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(text(c), overflow="fold")
     return t
 
 
@@ -282,7 +303,11 @@ def _console() -> Console:
     return c if c.is_terminal else Console(width=_UNBOUNDED)
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any) -> Text:
+    return text(_value(v))
+
+
+def _value(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, (dict, list)):
@@ -294,7 +319,7 @@ def _pairs(v: Any) -> str | None:
     """A flat mapping as `key=value key=value` (None when empty: the cell shows `-`)."""
     if not isinstance(v, dict) or not v:
         return None
-    return " ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    return " ".join(f"{k}={_value(x)}" for k, x in v.items())
 
 
 def _report(rep: dict[str, Any]) -> None:
@@ -305,7 +330,7 @@ def _report(rep: dict[str, Any]) -> None:
         state = f"would_apply={rep['would_apply']}"
     t = _table(f"dry-run apply {rep['proof_id']}: {state}", ["check", "passed", "detail"])
     for c in rep["checks"]:
-        t.add_row(c["name"], "yes" if c["passed"] else "NO", c["detail"])
+        t.add_row(text(c["name"]), "yes" if c["passed"] else "NO", text(c["detail"]))
     _console().print(t)
 
 

@@ -22,7 +22,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from verifier.cli.ops import (
     Client,
@@ -35,6 +34,7 @@ from verifier.cli.ops import (
     require_operator_context,
 )
 from verifier.cli.progress import progress
+from verifier.cli.show import say
 
 RUN_COLUMNS = [
     "id",
@@ -60,19 +60,19 @@ FINDING_COLUMNS = [
 
 
 def _print_run(run: dict[str, Any]) -> None:
-    Console().print(
+    say(
         f"reconciliation run {run['id']}: {run['status']} "
         f"({'dry run' if run['dry_run'] else 'apply'}, scope {run['scope']})"
     )
     if run.get("detail"):
-        typer.echo(run["detail"])
+        say(run["detail"])
     typer.echo("summary: " + json.dumps(run.get("summary", {}), sort_keys=True))
     findings = run.get("findings", [])
     _out(200, findings, False, FINDING_COLUMNS, "findings")
     for f in findings:
         r = f.get("repair_result") or {}
         if f.get("repair_status") == "resolved":
-            typer.echo(
+            say(
                 f"finding {f['id']} resolved: {r.get('resolution')} by {r.get('staff')} at "
                 f"{r.get('resolved_at')} (incident {r.get('incident_id')}: "
                 f"{r.get('operator_reason')})"
@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
             _out(s, d, as_json)
             return
         r = d.get("repair_result") or {}
-        typer.echo(
+        say(
             f"finding {d['id']} ({d['kind']}, {d.get('subject_key')}) resolved: "
             f"{r.get('resolution')} under incident {r.get('incident_id')}"
         )

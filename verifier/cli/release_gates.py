@@ -29,6 +29,7 @@ from verifier.cli.ops import (
     operator_command,
     require_operator_context,
 )
+from verifier.cli.show import say
 
 GATE_COLUMNS = ["gate", "kind", "status", "recorded_by", "recorded_at", "incident_id", "sha256"]
 FILE_GATES = ("e2e_rehearsal", "alert_rule_integrity")
@@ -118,5 +119,5 @@ def register(app: typer.Typer) -> None:
         )
         _out(status, data, as_json)
         if status < 400 and data.get("outcome") != "passed":
-            typer.echo(f"{gate}: evidence recorded as FAILED: {data.get('detail')}", err=True)
+            say(f"{gate}: evidence recorded as FAILED: {data.get('detail')}", err=True)
             raise typer.Exit(1)

@@ -43,6 +43,8 @@ CsvList = Annotated[list[str], NoDecode]
 # The owner ids a session can name (http.models `Id`, SessionIn.owner_id), and so the only
 # ones a service token may act for.
 OWNER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+# How a token's principal names a long owner list (services.principals), so no owner id's.
+HASHED_PRINCIPAL = "sha256:"
 
 AUDIT_KEY_MISSING = (
     "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
@@ -109,6 +111,9 @@ class Settings(BaseSettings):
     # The audit chain's HMAC key (docs/security.md): never stored in the database.
     audit_key: SecretStr | None = None
     audit_key_file: str | None = None
+    # When set, GET /metrics answers only `Authorization: Bearer <this>` (Prometheus'
+    # `authorization.credentials_file`): its counters are not for tenants to read.
+    metrics_token: SecretStr | None = None
     # Webhook delivery (verifier.services.webhooks).
     webhook_allow_any_host: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -161,6 +166,14 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"owner id {owner!r} is not one a session can name (1-128 of "
                         "A-Z a-z 0-9 _ . : @ -)"
+                    )
+                # SECURITY: a token for many owners is named `svc:sha256:<hex>`; a token for
+                # the one owner `sha256:<hex>` would be named the same and share its claims,
+                # rate limits and webhook endpoints.
+                if owner.lower().startswith(HASHED_PRINCIPAL):
+                    raise ValueError(
+                        f"owner id {owner!r}: an owner id must not begin with "
+                        f"{HASHED_PRINCIPAL!r} (the form a token for many owners is named by)"
                     )
         return v
 

@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, NotFound
 from verifier.http.errors import ApiErrorCode, Unauthorized
-from verifier.http.guards import control_field
+from verifier.http.guards import control_field, header_text
 from verifier.services import queries
 from verifier.services.principals import MAX_PRINCIPAL, principal_name  # noqa: F401
 
@@ -95,9 +95,20 @@ def staff_member(
         raise Unauthorized(
             ApiErrorCode.unauthorized, "Authorization: unknown staff token", field="Authorization"
         )
+    incident = _utf8(incident, "X-Incident-Id")
+    reason = _utf8(reason, "X-Operator-Reason")
     if request.method == "GET" and (incident or reason):
         queries.record_staff_read(engine, name, incident, reason, request.url.path)
     return name
+
+
+def _utf8(value: str | None, header: str) -> str | None:
+    if value is None:
+        return None
+    text = header_text(value)
+    if text is None:
+        raise BadInput(ApiErrorCode.invalid_request, f"{header}: must be UTF-8 text", field=header)
+    return text
 
 
 ServiceDep = Annotated[ServicePrincipal, Depends(service_principal)]

@@ -35,6 +35,16 @@ _HEADER_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP allows HTAB o
 _NUL_ESCAPE = re.compile(rb"\\u0000")  # how NUL appears in a JSON body
 
 
+def header_text(value: str) -> str | None:
+    """A header's value read as UTF-8 (the ASGI server hands it over as Latin-1, one
+    character a byte), or None when its bytes are not UTF-8. Only for headers that carry an
+    operator's free text (X-Incident-Id, X-Operator-Reason), which may be in any language."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+
+
 def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when arrays/objects in `body` nest deeper than `limit` (brackets inside JSON
     strings do not count). Not a validator: malformed JSON is the parser's business."""

@@ -35,6 +35,7 @@ from typing import Any
 # Defined in core: the log formatter and audit events read it too.
 from verifier.core.logs import request_id_var
 from verifier.core.metrics import Metrics
+from verifier.http.guards import header_text
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -183,7 +184,8 @@ class RequestLogMiddleware:
         }
         if owner:
             doc["owner"] = owner
-        incident = headers.get("x-incident-id", "").strip()
+        raw = headers.get("x-incident-id", "")
+        incident = (header_text(raw) or raw).strip()
         if incident:
             doc["incident_id"] = incident[:_MAX_INCIDENT]
         return doc

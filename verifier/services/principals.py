@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
+from verifier.core.config import HASHED_PRINCIPAL
+
 MAX_PRINCIPAL = 128  # the stored key's width (idempotency claims)
 
 
@@ -18,7 +20,8 @@ def principal_name(owners: Iterable[str]) -> str:
     name = "svc:" + ",".join(sorted(owners))
     if len(name) <= MAX_PRINCIPAL:
         return name
-    return "svc:sha256:" + hashlib.sha256(name.encode()).hexdigest()
+    # No owner id begins with HASHED_PRINCIPAL (core.config), so this never names one owner.
+    return "svc:" + HASHED_PRINCIPAL + hashlib.sha256(name.encode()).hexdigest()
 
 
 def still_held(service_tokens: Mapping[str, list[str]], owners: Iterable[str]) -> bool:

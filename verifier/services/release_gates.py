@@ -276,10 +276,37 @@ def _finished(doc: dict[str, Any]) -> datetime | None:
         return None
 
 
+# The steps `railproof rehearse` runs (verifier.tools.rehearse), in order; evidence must show
+# each one passed. A file is not signed: the gate's second person, who approves the rail
+# change, is what stands between one staff member and a hand-written file.
+REHEARSAL_STEPS = (
+    "alert_rules",
+    "operator_commands",
+    "migration_preflight",
+    "migrate",
+    "session",
+    "proof",
+    "verify",
+    "finality",
+    "dry_run",
+    "apply",
+    "entitlement_active",
+    "apply_idempotent",
+    "revoke",
+    "rollback_session",
+    "rollback_proof",
+    "forced_rollback",
+    "apply_after_rollback",
+    "audit_chain",
+    "assurance",
+    "no_unhandled_errors",
+)
+
+
 def _check_rehearsal(text: str, max_age_days: int = 0) -> tuple[bool, dict[str, Any]]:
-    """A rehearsal counts when every step passed and it finished within the evidence's
-    validity (process time: the file's timestamps are the wall clock's, whatever clock the
-    deployment's business time runs on)."""
+    """A rehearsal counts when every step it runs is there and passed, and it finished
+    within the evidence's validity (process time: the file's timestamps are the wall clock's,
+    whatever clock the deployment's business time runs on)."""
     doc = _parse(text)
     # Formats 1 and 2 (2 adds the operator context and the injected-fault outcome).
     if not isinstance(doc, dict) or doc.get("railproof_rehearsal") not in (1, 2):
@@ -296,17 +323,21 @@ def _check_rehearsal(text: str, max_age_days: int = 0) -> tuple[bool, dict[str, 
         for s in steps
         if not isinstance(s, dict) or s.get("ok") is not True
     ]
+    # SECURITY: `{"ok": true, "steps": [{"name": "anything", "ok": true}]}` rehearsed nothing.
+    ran = {s.get("name") for s in steps if isinstance(s, dict) and s.get("ok") is True}
+    missing = [name for name in REHEARSAL_STEPS if name not in ran]
     finished = _finished(doc)
     # SECURITY: an old rehearsal file recorded again must not stand for another period.
     too_old = finished is None or (
         max_age_days > 0 and process_now() - finished > timedelta(days=max_age_days)
     )
-    passed = doc.get("ok") is True and bool(steps) and not failed and not too_old
+    passed = doc.get("ok") is True and not missing and not failed and not too_old
     return passed, {
         "too_old_or_undated": too_old,
         "rehearsal_ok": doc.get("ok") is True,
         "steps": len(steps),
         "failed_steps": failed,
+        "missing_steps": missing,
         "started_at": doc.get("started_at"),
         "finished_at": doc.get("finished_at"),
         "rehearsal_operator": doc.get("operator")

@@ -66,6 +66,7 @@ from rails.base import canonical_json
 from rails.cassette import CassetteTransport
 from verifier.cli.progress import progress
 from verifier.core.config import DEFAULT_CASSETTE_DIR, REPO_FIXTURES
+from verifier.services.release_gates import REHEARSAL_STEPS
 
 EVIDENCE_FORMAT = 2
 DISPOSABLE_WORDS = ("rehearsal", "test", "tmp", "scratch")
@@ -155,28 +156,7 @@ SENSITIVE_WORDS: dict[str, str] = {
 EMPTY_VALUES = ("", "null", "{}", "[]", '""')
 _TEXTLIKE = re.compile(r"char|text|json|clob|string", re.IGNORECASE)
 
-STEP_NAMES = (
-    "alert_rules",
-    "operator_commands",
-    "migration_preflight",
-    "migrate",
-    "session",
-    "proof",
-    "verify",
-    "finality",
-    "dry_run",
-    "apply",
-    "entitlement_active",
-    "apply_idempotent",
-    "revoke",
-    "rollback_session",
-    "rollback_proof",
-    "forced_rollback",
-    "apply_after_rollback",
-    "audit_chain",
-    "assurance",
-    "no_unhandled_errors",
-)
+STEP_NAMES = REHEARSAL_STEPS  # what the e2e_rehearsal release gate requires
 SNAPSHOT_STEP_NAMES = ("snapshot_migration_preflight", "snapshot_scrub")
 
 

@@ -1,4 +1,5 @@
-"""Public routes (no token): liveness, readiness and Prometheus metrics.
+"""Public routes (no token): liveness, readiness and Prometheus metrics (which need the
+metrics token when RAILPROOF_METRICS_TOKEN is set).
 
 /healthz is liveness only: the process answers. /readyz is readiness: the database answers,
 its schema is at the head migration, and with a live chain every live rail has an RPC URL
@@ -6,11 +7,14 @@ its schema is at the head migration, and with a live chain every live rail has a
 
 from __future__ import annotations
 
-from fastapi import Response
+import hmac
+from typing import Annotated
+
+from fastapi import Header, Response
 from fastapi.responses import JSONResponse
 
 from verifier.http.deps import EngineDep
-from verifier.http.errors import error_responses
+from verifier.http.errors import ApiErrorCode, Unauthorized, error_responses
 from verifier.http.models import HealthOut, ReadyOut
 from verifier.http.routes import Router
 from verifier.services.assurance import refresh_gauges
@@ -59,10 +63,24 @@ def readyz(engine: EngineDep) -> JSONResponse:
             "description": "Prometheus text exposition",
             "content": {PROMETHEUS: {"schema": {"type": "string"}}},
         },
-        **error_responses(503),
+        **error_responses(401, 503),
     },
 )
-def metrics(engine: EngineDep) -> Response:
+def metrics(
+    engine: EngineDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    want = engine.settings.metrics_token
+    # SECURITY: the counters tell apart what the API answers alike (an owner-isolation denial
+    # is counted only for an id that exists): behind RAILPROOF_METRICS_TOKEN when set.
+    if want is not None and not hmac.compare_digest(
+        (authorization or "").encode(), f"Bearer {want.get_secret_value()}".encode()
+    ):
+        raise Unauthorized(
+            ApiErrorCode.unauthorized,
+            "Authorization: GET /metrics needs the metrics token (RAILPROOF_METRICS_TOKEN)",
+            field="Authorization",
+        )
     refresh_gauges(engine)
     refresh_queue_gauges(engine)
     refresh_setup_gauge(engine)
