@@ -7,8 +7,8 @@ Five gates, each with its own kind of evidence:
   the drill, or someone asked for a pause during it: then it stays paused and the drill
   fails), and record what happened.
 - `e2e_rehearsal` (rehearsal): the evidence file `railproof rehearse` writes, sent whole with
-  its sha256; railproof recomputes the hash, checks the file says the rehearsal passed and keeps
-  the hash, so the archived file can be matched to the record later.
+  its sha256; railproof recomputes the hash, checks the file shows every step the rehearsal
+  runs passed, and keeps the hash, so the archived file can be matched to the record later.
 - `alert_rule_integrity` (check): the rules file deployed to Prometheus, with its sha256;
   it must hold exactly the rules generated from the metric spec, and every generated rule
   must name a metric the spec exports.
