@@ -376,12 +376,14 @@ def audit_verify(
 
     cp = None
     if checkpoint is not None:
+        import orjson  # stops at 1,024 levels (json.loads: the EVM libraries' recursion limit)
+
         try:
-            cp = json.loads(checkpoint.read_text())
-        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-            fail(f"--checkpoint: cannot read {checkpoint}: {e}")
-        except RecursionError:
-            fail(f"--checkpoint: {checkpoint} is nested too deeply to be a checkpoint")
+            cp = orjson.loads(checkpoint.read_bytes())
+        except OSError as e:
+            fail(f"--checkpoint: cannot read {checkpoint}: {e.strerror}")
+        except orjson.JSONDecodeError as e:
+            fail(f"--checkpoint: {checkpoint} is not a checkpoint (not JSON: {e})")
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         if cp is not None:

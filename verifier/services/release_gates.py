@@ -22,13 +22,13 @@ Evidence is append-only; a gate stands on its newest record, which counts for
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session
 
 from verifier.core.engine import Engine
@@ -261,12 +261,13 @@ def _hashed(given: EvidenceIn) -> tuple[str, str]:
 
 
 def _parse(text: str) -> object:
+    # orjson stops at 1,024 levels. json.loads recurses in C down to the recursion limit, which
+    # the EVM libraries raise to 100,000 once loaded: deep enough to overflow a thread's stack
+    # and end the process, where the default limit gave a RecursionError.
     try:
-        return json.loads(text)
-    except ValueError as e:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as e:
         raise BadInput("evidence_malformed", f"evidence: not JSON ({e})", field="evidence") from e
-    except RecursionError as e:  # deeply nested arrays: a 422, not a 500
-        raise BadInput("evidence_malformed", "evidence: nested too deeply", field="evidence") from e
 
 
 def _finished(doc: dict[str, Any]) -> datetime | None:
