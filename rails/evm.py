@@ -796,12 +796,13 @@ class EvmAdapter:
         if not refs:
             return []
         head = read_head(chain, self.rail.finality)
-        return [self._settle_one(normalize_tx_hash(ref), head, chain) for ref in refs]
+        settled = (self._settle_one(normalize_tx_hash(ref), head, chain) for ref in refs)
+        return [st for st in settled if st is not None]  # left out: nothing decided
 
-    def _settle_one(self, tx_hash: str, head: Head, chain: Transport) -> Settlement:
+    def _settle_one(self, tx_hash: str, head: Head, chain: Transport) -> Settlement | None:
         raw = chain.call("eth_getTransactionReceipt", [tx_hash])
         if raw is None:
-            return vanished_settlement(tx_hash, "the receipt is gone from the node")
+            return self._receipt_missing(tx_hash, chain)
         receipt = parse_receipt(raw, tx_hash)
         if not receipt.success:
             return vanished_settlement(tx_hash, "the transaction was re-mined and reverted")
@@ -810,6 +811,25 @@ class EvmAdapter:
         return settlement_for_receipt(
             tx_hash, receipt.block_number, receipt.block_hash, canonical, head, self.rail.finality
         )
+
+    @staticmethod
+    def _receipt_missing(tx_hash: str, chain: Transport) -> Settlement | None:
+        """No receipt for a transfer verified before: it left the canonical chain, or this
+        node cannot answer for it (a pool member that is behind or pruned). The transaction
+        decides: mined in the block the node holds as canonical at its height, the node's
+        answers disagree and nothing is decided; back in the mempool, in a block that is not
+        canonical, or unknown, the settlement is gone (`reorged`: verified again at once)."""
+        tx = chain.call("eth_getTransactionByHash", [tx_hash])
+        if tx is None:
+            return vanished_settlement(tx_hash, "the receipt and the transaction are gone")
+        tx = _as_dict(tx, "transaction")
+        if tx.get("blockHash") is None:
+            return vanished_settlement(tx_hash, "the transaction is back in the mempool")
+        mined_in = _hex_str(tx.get("blockHash"), "transaction.blockHash")
+        block = read_block(chain, hex_int(tx.get("blockNumber"), "transaction.blockNumber"))
+        if block is not None and str(block["hash"]).lower() == mined_in.lower():
+            return None
+        return vanished_settlement(tx_hash, "the receipt is gone; its block is not canonical")
 
     # -- transport ---------------------------------------------------------------------------
 

@@ -883,8 +883,28 @@ class SolanaAdapter:
         # `expected` is unused: the ref (a signature / tx hash) is the very transfer verified.
         out: list[Settlement] = []
         for batch in _batches(list(refs), STATUS_BATCH):
-            out.extend(self._statuses(batch, chain))
+            for st in self._statuses(batch, chain):
+                decided = self._gone_or_undecided(st, chain) if st.finality == "not_found" else st
+                if decided is not None:  # left out: nothing decided, asked again later
+                    out.append(decided)
         return out
+
+    def _gone_or_undecided(self, st: Settlement, chain: Transport) -> Settlement | None:
+        """A verified transfer the node has no status for (statuses are searched through
+        history): gone with an abandoned fork, or the node lacks it (behind, pruned, another
+        node of a pool). The transaction decides: none either, and the settlement is gone
+        (`reorged`: the proof is verified again, and fails once not found past the session
+        and the grace); the transaction there, and the node's answers disagree: nothing."""
+        # SECURITY: a transfer "confirmed" on a fork that was dropped must not stay verified.
+        if chain.call("getTransaction", [st.ref, dict(GET_TX_OPTIONS)]) is None:
+            return Settlement(
+                ref=st.ref,
+                finality="reorged",
+                reorged=True,
+                is_final=False,
+                detail="the node has neither a status nor the transaction: its fork was dropped",
+            )
+        return None
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Transport:

@@ -441,12 +441,42 @@ def test_finality_sweep_reads_the_head_once_for_many_proofs():
     assert methods.count("eth_getTransactionReceipt") == 2
 
 
-def test_finality_of_a_vanished_receipt_is_reorged():
+def _receipt_gone(tx: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The real transfer's cassette, its receipt gone, with what the node says of the
+    transaction (eth_getTransactionByHash)."""
     calls = with_result(
         calls_of("eth_usdc_transfer.json"), "eth_getTransactionReceipt", USDC_TX, None
     )
-    [s] = adapter("evm_usdc").finality([USDC_TX], transport_from(calls))
-    assert (s.reorged, s.finality, s.is_final) == (True, "reorged", False)
+    return [*calls, {"method": "eth_getTransactionByHash", "params": [USDC_TX], "result": tx}]
+
+
+def _mined_in(block_hash: str | None) -> dict[str, Any]:
+    receipt = next(
+        c["result"]
+        for c in calls_of("eth_usdc_transfer.json")
+        if c["method"] == "eth_getTransactionReceipt"
+    )
+    return {"hash": USDC_TX, "blockNumber": receipt["blockNumber"], "blockHash": block_hash}
+
+
+def test_finality_of_a_vanished_receipt_is_reorged():
+    # Unknown to the node, back in the mempool, or in a block the node does not hold as
+    # canonical: the transfer left the chain.
+    for tx in (None, _mined_in(None), _mined_in("0x" + "ab" * 32)):
+        [s] = adapter("evm_usdc").finality([USDC_TX], transport_from(_receipt_gone(tx)))
+        assert (s.reorged, s.finality, s.is_final) == (True, "reorged", False), tx
+
+
+def test_a_missing_receipt_of_a_transaction_in_its_canonical_block_decides_nothing():
+    # A node with no receipt for a transaction it holds mined in its canonical block (a pool
+    # member behind on receipts): its answers disagree, so no reorg and no settlement.
+    canonical = next(
+        c["result"]["blockHash"]
+        for c in calls_of("eth_usdc_transfer.json")
+        if c["method"] == "eth_getTransactionReceipt"
+    )
+    chain = transport_from(_receipt_gone(_mined_in(canonical.upper().replace("0X", "0x"))))
+    assert adapter("evm_usdc").finality([USDC_TX], chain) == []
 
 
 # --- pure pieces ------------------------------------------------------------------------------

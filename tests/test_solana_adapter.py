@@ -548,10 +548,13 @@ class StatusNode:
 
     source = "cassette"
 
-    def __init__(self, unknown: set[str]):
-        self.unknown, self.batches = unknown, []
+    def __init__(self, unknown: set[str], has_tx: frozenset[str] = frozenset()):
+        self.unknown, self.has_tx, self.batches, self.tx_asked = unknown, has_tx, [], []
 
     def call(self, method: str, params: list[Any]) -> Any:
+        if method == "getTransaction":  # of an unknown signature: has the node the transaction?
+            self.tx_asked.append(params[0])
+            return {"slot": 10} if params[0] in self.has_tx else None
         assert method == "getSignatureStatuses" and params[1] == {"searchTransactionHistory": True}
         sigs = params[0]
         self.batches.append(len(sigs))
@@ -572,14 +575,28 @@ class StatusNode:
 
 def test_finality_for_600_proofs_costs_3_calls(adapter):
     refs = [str(Keypair.from_seed(i.to_bytes(32, "big")).sign_message(b"r")) for i in range(1, 601)]
-    node = StatusNode(unknown=set(refs[::100]))
+    node = StatusNode(unknown=set())
     meter = CountingTransport(node)
     out = adapter.finality(refs, meter)
     assert meter.calls == 3 == -(-600 // STATUS_BATCH)
     assert node.batches == [256, 256, 88]
-    assert [s.ref for s in out] == refs
-    assert sum(1 for s in out if s.finality == "not_found" and not s.is_final) == 6
-    assert sum(1 for s in out if s.is_final) == 594
+    assert [s.ref for s in out] == refs and all(s.is_final for s in out)
+
+
+def test_a_transfer_without_status_is_gone_only_when_its_transaction_is_too(adapter):
+    # Statuses are searched through history: a verified transfer without one went with a
+    # dropped fork, or the node lacks it. One getTransaction per such signature decides.
+    refs = [str(Keypair.from_seed(i.to_bytes(32, "big")).sign_message(b"r")) for i in range(1, 601)]
+    unknown = refs[::100]
+    node = StatusNode(unknown=set(unknown), has_tx=frozenset(unknown[::2]))
+    meter = CountingTransport(node)
+    out = {s.ref: s for s in adapter.finality(refs, meter)}
+    assert meter.calls == 3 + 6 and node.tx_asked == unknown
+    gone = [r for r in unknown if r not in node.has_tx]
+    assert all(out[r].reorged and not out[r].is_final for r in gone)
+    # The node has the transaction but no status for it: nothing is decided (left out).
+    assert not any(r in out for r in node.has_tx)
+    assert sum(1 for s in out.values() if s.is_final) == 594
 
 
 def test_finality_rejects_a_status_list_of_the_wrong_length(adapter):

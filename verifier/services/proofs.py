@@ -551,6 +551,15 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     return verdict
 
 
+def _not_found_since(s: Session, p: Proof | Record, now: datetime) -> datetime:
+    """When the chain began answering "not found" for this proof without a break: its first
+    such attempt since any other answer (a reorg's, the node's being unreachable), else now."""
+    if not p.attempts:
+        return now
+    since = attempt_repo.pending_since(s, p.id, FailureCode.tx_not_found.value)
+    return now if since is None else utc(since)
+
+
 def _record_attempt(
     engine: Engine,
     s: Session,
@@ -590,8 +599,11 @@ def _record_attempt(
         verdict.status is Status.pending
         and verdict.code is FailureCode.tx_not_found
         and now > utc(ps.expires_at) + grace
+        and now > _not_found_since(s, p, now) + grace
     ):
-        # Give up only when the session is long over: the transfer can no longer count.
+        # Give up only when the session is long over (the transfer can no longer count) and
+        # the chain has said "not found" for the whole grace: a proof submitted late, or sent
+        # back to pending by a reorg, gives a node that is behind the same grace to catch up.
         verdict = Verdict.fail(
             FailureCode.tx_not_found,
             f"{verdict.detail}; not found by session expiry plus "

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, literal, select
+from sqlalchemy import bindparam, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import ProofStatus, VerificationAttempt
@@ -49,6 +50,29 @@ def reserve_id_behind(s: Session) -> Callable[[], int | None]:
         return lambda: None
     later = _NEXT_ID.behind(s.connection(), {})
     return lambda: int(later.rows()[0][0])
+
+
+def pending_since(s: Session, proof_id: str, code: str) -> datetime | None:
+    """When the proof's latest unbroken run of attempts `pending` with `code` began; None when
+    its latest attempt is another (or it has none)."""
+    other = (
+        select(func.max(_VA.id))
+        .where(
+            _VA.proof_id == proof_id,
+            or_(
+                _VA.status != ProofStatus.pending.value,
+                _VA.failure_code.is_(None),
+                _VA.failure_code != code,
+            ),
+        )
+        .scalar_subquery()
+    )
+    first: datetime | None = s.scalar(
+        select(func.min(_VA.created_at)).where(
+            _VA.proof_id == proof_id, _VA.id > func.coalesce(other, 0)
+        )
+    )
+    return first
 
 
 def add(s: Session, attempt: VerificationAttempt) -> VerificationAttempt:
