@@ -286,6 +286,34 @@ def test_redact_masks_a_full_authorization_header(text):
     assert SERVICE_TOKEN not in redact(text), redact(text)
 
 
+def test_redact_drops_every_url_query_whatever_its_parameters_are_called():
+    # An RPC provider's key and a webhook receiver's credentials sit in queries named freely.
+    for text in (
+        'HTTP Request: POST http://127.0.0.1:9/hook?key=SuperSecret&sig=SuperSecret "200"',
+        "rpc https://mainnet.example-rpc.com/?api-key=SuperSecret timed out",
+        "wss://node.example/ws?code=SuperSecret#frag",
+    ):
+        out = redact(text)
+        assert "SuperSecret" not in out and "?[redacted]" in out, out
+    assert redact("http://127.0.0.1:9/hook done") == "http://127.0.0.1:9/hook done"
+    assert redact("is this a question? yes=1") == "is this a question? yes=1"
+
+
+def test_http_client_request_lines_stay_out_of_the_logs():
+    # httpx logs each request's URL at INFO; the service's logging keeps it below that.
+    from verifier.core.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging()
+        for name in ("httpx", "httpcore"):
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
 def test_json_formatter_redacts_message_and_exception():
     rec = logging.LogRecord(
         "railproof", logging.ERROR, __file__, 1, "calling with Bearer %s", (SERVICE_TOKEN,), None

@@ -29,6 +29,11 @@ class Receiver:
         self.fail_after_processing = 0  # process, then 500 (the sender must retry; we dedupe)
         self.fail_ids: set[str] = set()
         self.hang = False
+        # Answer only once this is set (or the receiver stops): a delivery held in flight.
+        self.hold: threading.Event | None = None
+        # Send the answer a byte at a time, this many seconds apart: each read is quick, the
+        # whole answer slow (a receiver dripping its answer).
+        self.drip_gap: float | None = None
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -98,6 +103,10 @@ class Receiver:
         if hang:
             self._stop.wait(HANG_SECONDS)
             return 503
+        hold = self.hold
+        if hold is not None:
+            while not (hold.is_set() or self._stop.is_set()):
+                hold.wait(0.05)
         with self.lock:
             if self.fail_next > 0:
                 self.fail_next -= 1
@@ -123,6 +132,9 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 code = receiver._handle(self.headers, body)
+                if receiver.drip_gap is not None:
+                    self._drip(code, receiver.drip_gap)
+                    return
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "text/plain")
@@ -131,6 +143,17 @@ class Receiver:
                     self.wfile.write(b"ok" if code == 200 else b"no")
                 except OSError:
                     pass  # the sender gave up (timeout) and closed the connection
+
+            def _drip(self, code: int, gap: float) -> None:
+                answer = f"HTTP/1.1 {code} X\r\nContent-Length: 2\r\n\r\nok".encode()
+                try:
+                    for i in range(len(answer)):
+                        if receiver._stop.wait(gap):
+                            return
+                        self.wfile.write(answer[i : i + 1])
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the sender gave up and closed the connection
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -16,7 +16,13 @@ _SECRETS = re.compile(
 )
 
 
+# A URL's query (an RPC provider's api-key=, a webhook receiver's key= or sig=) whatever its
+# parameters are called.
+_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#\"']*)\?[^\s#\"']*", re.IGNORECASE)
+
+
 def redact(text: str) -> str:
+    text = _URL_QUERY.sub(lambda m: m.group(1) + "?[redacted]", text)
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
 
 
@@ -55,6 +61,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [h]
     root.setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request's URL at INFO: RPC and webhook URLs may carry credentials.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

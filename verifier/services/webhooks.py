@@ -15,11 +15,12 @@ and retries with backoff (then dead-letters, replayable) until the endpoint's ow
 the secret (POST /v1/webhook-endpoints/{id}/rotate-secret) and updates its receiver.
 
 Delivery. `deliver_due` claims due deliveries (FOR UPDATE SKIP LOCKED on PostgreSQL) with a
-lease, POSTs them with a timeout, and records the outcome: 2xx → delivered; anything else →
-retry at a time from tenacity's exponential-with-jitter wait, persisted in next_attempt_at
-(the retry spans worker sweeps, so it survives restarts); after the last try → dead_letter
-with the last error. A worker that dies mid-delivery leaves a lease that expires, and another
-worker takes the row again. Order per resource: a delivery is claimable only when no earlier
+lease, POSTs them with a timeout on the whole POST, and records the outcome: 2xx → delivered;
+anything else → retry at a time from tenacity's exponential-with-jitter wait, persisted in
+next_attempt_at (the retry spans worker sweeps, so it survives restarts); after the last try
+→ dead_letter with the last error. A worker that dies mid-delivery leaves a lease that
+expires, and another worker takes the row again. `railproof worker` delivers from a thread of
+its own, so receivers (the tenants') never hold up proofs' checks or apply. Order per resource: a delivery is claimable only when no earlier
 event of the same resource is still pending for the same endpoint.
 
 Clocks. Leases and retry times run on the wall clock, not the engine's clock: the engine's
@@ -29,6 +30,7 @@ live in real time. Tests pass `now` explicitly.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
@@ -38,7 +40,6 @@ import secrets
 import string
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -329,26 +330,48 @@ def deliver_due(
     resource goes out in the same sweep once event n is delivered."""
     cfg = config or DeliveryConfig.from_settings(engine.settings)
     out = {"claimed": 0, "delivered": 0, "retrying": 0, "dead_lettered": 0, "stale": 0}
-    with httpx.Client(
-        timeout=cfg.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
-    ) as http:
-        while out["claimed"] < batch:
-            jobs = claim(
-                engine,
-                worker_name,
-                min(cfg.concurrency, batch - out["claimed"]),
-                now or wall_now(),
-                cfg,
-            )
-            if not jobs:
-                break
-            out["claimed"] += len(jobs)
-            with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-                results = list(pool.map(lambda j: post(http, j, cfg.allow_any_host), jobs))
-            for job, res in zip(jobs, results, strict=False):
-                out[_record(engine, job, res, worker_name, cfg, now)] += 1
+    while out["claimed"] < batch:
+        jobs = claim(
+            engine,
+            worker_name,
+            min(cfg.concurrency, batch - out["claimed"]),
+            now or wall_now(),
+            cfg,
+        )
+        if not jobs:
+            break
+        out["claimed"] += len(jobs)
+        results = asyncio.run(_post_all(jobs, cfg))
+        for job, res in zip(jobs, results, strict=True):
+            out[_record(engine, job, res, worker_name, cfg, now)] += 1
     refresh_webhook_gauges(engine)
     return out
+
+
+async def _post_all(jobs: list[Job], cfg: DeliveryConfig) -> list[Result]:
+    """One round's POSTs, concurrently; the round ends when the slowest ends, and none takes
+    longer than the timeout."""
+    async with httpx.AsyncClient(
+        timeout=cfg.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
+    ) as http:
+        return list(await asyncio.gather(*(_within(http, j, cfg) for j in jobs)))
+
+
+async def _within(http: httpx.AsyncClient, job: Job, cfg: DeliveryConfig) -> Result:
+    # SECURITY: the timeout bounds the whole POST, not each read of it. httpx's own timeouts
+    # are per operation: a receiver dripping its answer a byte at a time held the round, and
+    # every other tenant's deliveries waiting behind it, for as long as it kept dripping.
+    start = time.perf_counter()
+    try:
+        return await asyncio.wait_for(post(http, job, cfg.allow_any_host), cfg.timeout_s)
+    except TimeoutError:
+        return Result(
+            False,
+            None,
+            f"timeout: no complete answer within {cfg.timeout_s:g} s",
+            "timeout",
+            time.perf_counter() - start,
+        )
 
 
 def claim(
@@ -386,7 +409,7 @@ def claim(
     return jobs
 
 
-def post(http: httpx.Client, job: Job, allow_any_host: bool = False) -> Result:
+async def post(http: httpx.AsyncClient, job: Job, allow_any_host: bool = False) -> Result:
     """One signed POST; never raises (a failure is a result to record)."""
     problem = url_problem(job.url, allow_any_host)
     if problem is not None:
@@ -411,8 +434,8 @@ def post(http: httpx.Client, job: Job, allow_any_host: bool = False) -> Result:
     }
     start = time.perf_counter()
     try:
-        with http.stream("POST", job.url, content=job.body, headers=headers) as r:
-            snippet = _read_some(r)
+        async with http.stream("POST", job.url, content=job.body, headers=headers) as r:
+            snippet = await _read_some(r)
             code = r.status_code
     except httpx.TimeoutException as e:
         return Result(
@@ -436,10 +459,10 @@ def post(http: httpx.Client, job: Job, allow_any_host: bool = False) -> Result:
     )
 
 
-def _read_some(r: httpx.Response) -> str:
+async def _read_some(r: httpx.Response) -> str:
     # Only the start of the answer: a receiver cannot make us buffer a large body.
     got = b""
-    for chunk in r.iter_raw():
+    async for chunk in r.aiter_raw():
         got += chunk
         if len(got) >= _ERROR_CHARS:
             break

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -355,7 +355,8 @@ def auto_apply(engine: Engine, batch: int) -> int:
     return gate.apply_each(engine, ids, SYSTEM, gate.Via.auto)
 
 
-def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
+def sweep(engine: Engine, name: str, batch: int = 100, deliveries: bool = True) -> dict[str, int]:
+    """One pass of every job; `deliveries=False` leaves webhooks to a thread of their own."""
     discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
     out = {
         "reverified": reverify_pending(engine, name, batch),
@@ -365,9 +366,10 @@ def sweep(engine: Engine, name: str, batch: int = 100) -> dict[str, int]:
         out["applied"] = auto_apply(engine, batch)
     if discovered:
         out["discovered"] = discovered
-    delivered = webhooks.deliver_due(engine, name, batch)["delivered"]
-    if delivered:
-        out["webhooks_delivered"] = delivered
+    if deliveries:
+        delivered = webhooks.deliver_due(engine, name, batch)["delivered"]
+        if delivered:
+            out["webhooks_delivered"] = delivered
     return out
 
 
@@ -377,12 +379,51 @@ def run_worker(
     interval: float = 2.0,
     batch: int = 100,
     name: str | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
+    """Sweep until `stop` is set (or the process ends); `once`: one sweep, deliveries too."""
     name = name or f"{socket.gethostname()}:{os.getpid()}"
-    while True:
-        done = sweep(engine, name, batch)
-        log.info("sweep %s", done, extra={"worker": name})
-        if once:
-            return
-        if not any(done.values()):
-            time.sleep(interval)
+    if once:
+        log.info("sweep %s", sweep(engine, name, batch), extra={"worker": name})
+        return
+    stop = stop or threading.Event()
+    # SECURITY: webhooks go out from a thread of their own. Receivers are the tenants': a slow
+    # one may delay other webhooks (each POST is bounded by the timeout), never another
+    # tenant's re-verification, finality or apply.
+    deliveries = threading.Thread(
+        target=deliver_forever,
+        args=(engine, name, batch, interval, stop),
+        name="webhooks",
+        daemon=True,
+    )
+    deliveries.start()
+    try:
+        while not stop.is_set():
+            done = sweep(engine, name, batch, deliveries=False)
+            log.info("sweep %s", done, extra={"worker": name})
+            if not any(done.values()):
+                stop.wait(interval)
+    finally:
+        stop.set()
+        deliveries.join(timeout=interval)
+
+
+def deliver_forever(
+    engine: Engine,
+    name: str,
+    batch: int,
+    interval: float,
+    stop: threading.Event | None = None,
+) -> None:
+    """The worker's webhook deliveries, until `stop` is set (or the process ends)."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        try:
+            out = webhooks.deliver_due(engine, name, batch)
+        except Exception:  # a broken round is logged and tried again, never the thread's end
+            log.exception("webhook deliveries failed", extra={"worker": name})
+            out = {"claimed": 0}
+        if out["claimed"]:
+            log.info("webhooks %s", out, extra={"worker": name})
+        else:
+            stop.wait(interval)
