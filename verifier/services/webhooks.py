@@ -20,8 +20,9 @@ anything else → retry at a time from tenacity's exponential-with-jitter wait, 
 next_attempt_at (the retry spans worker sweeps, so it survives restarts); after the last try
 → dead_letter with the last error. A worker that dies mid-delivery leaves a lease that
 expires, and another worker takes the row again. `railproof worker` delivers from a thread of
-its own, so receivers (the tenants') never hold up proofs' checks or apply. Order per resource: a delivery is claimable only when no earlier
-event of the same resource is still pending for the same endpoint.
+its own, so receivers (the tenants') never hold up proofs' checks or apply. Order per
+resource: a delivery is claimable only when no earlier event of the same resource is still
+pending for the same endpoint.
 
 Clocks. Leases and retry times run on the wall clock, not the engine's clock: the engine's
 clock can be pinned to replay recorded chains, while receivers and their signature checks
