@@ -24,7 +24,7 @@ from rails.evm import (
 )
 from rails.transport.cassette import Call, CassetteTransport
 from rails.transport.evm_http import EvmHttpTransport
-from rails.transport.failover import RetryPolicy
+from rails.transport.failover import RetryPolicy, provider_of, scrub
 from registry.catalog import FinalityPolicy, load_catalog
 from tests.evm_chain import ScriptedNode, closed_port_url, jsonrpc_answer
 from verifier.core.checking import run_verify
@@ -614,13 +614,37 @@ def test_all_urls_down_is_rpc_unavailable_and_pending(nodes):
     chain = EvmHttpTransport([closed_port_url(), always_500.url], "ethereum", FAST)
     with pytest.raises(RpcUnavailable) as e:
         chain.call("eth_chainId", [])
-    assert always_500.url in str(e.value)
+    assert provider_of(always_500.url) in str(e.value)
     checked = run_verify(adapter("evm_usdc"), USDC_TX, terms(), chain)
     assert (checked.verdict.status, checked.verdict.code) == (
         Status.pending,
         FailureCode.rpc_unavailable,
     )
     assert checked.source == "live"
+
+
+@pytest.mark.parametrize("status", [401, 500])
+def test_an_rpc_urls_key_never_reaches_a_proofs_detail(nodes, status):
+    # Providers put their key in the path or the query; the error becomes the proof's detail,
+    # which its tenant reads. Only scheme://host:port names a URL there.
+    node = nodes(answer=lambda path, body: (status, b"no"))
+    keyed = node.url.rstrip("/") + "/v2/PROVIDERKEY1?api-key=PROVIDERKEY2"
+    closed = closed_port_url().rstrip("/") + "/v3/PROVIDERKEY3"
+    checked = run_verify(
+        adapter("evm_usdc"), USDC_TX, terms(), EvmHttpTransport([closed, keyed], "ethereum", FAST)
+    )
+    assert checked.verdict.code is FailureCode.rpc_unavailable
+    detail = checked.verdict.detail
+    assert "PROVIDERKEY" not in detail and "/v2/" not in detail, detail
+    assert provider_of(keyed) in detail and provider_of(closed) in detail
+
+
+def test_scrub_cuts_every_part_of_a_url_that_may_hold_a_key():
+    url = "https://user:PASS@rpc.example:8443/v2/KEY?api-key=KEY2"
+    quoted = f"HTTPSConnectionPool: Max retries exceeded with url: /v2/KEY?api-key=KEY2 ({url})"
+    out = scrub(quoted, [url])
+    assert "KEY" not in out and "PASS" not in out and "https://rpc.example:8443" in out, out
+    assert scrub("http://h/ answered 500", ["http://h/"]) == "http://h answered 500"
 
 
 def test_jsonrpc_error_and_garbage_are_not_retried_into_an_answer(nodes):

@@ -119,6 +119,40 @@ def test_a_late_proof_the_chain_never_has_fails_after_the_grace(engine):
     assert (stored["status"], stored["failure_code"]) == ("failed", "tx_not_found")
 
 
+class FlakyNode:
+    """A node that alternates: "not found", then unreachable, and so on."""
+
+    source = "live"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise RpcUnavailable("connection refused")
+        assert method == "getTransaction"
+        return None
+
+
+def test_an_unreachable_node_between_not_found_answers_does_not_keep_a_proof_pending(engine):
+    # Unreachable answers say nothing: they do not restart the grace, or a flaky node would
+    # keep a transfer that never existed pending for good.
+    engine.chains.set_transport("solana-mainnet", FlakyNode())
+    session = _demo_session(engine)
+    _past_grace(engine, session, 5)
+    view, _ = proofs.submit_proof(engine, session["id"], DEMO["signature"], ["alice"])
+    assert (view["status"], view["failure_code"]) == ("pending", "tx_not_found"), view
+    grace = engine.settings.tx_not_found_grace_seconds
+    for _ in range(12):  # the worker's re-checks over three graces
+        advance(engine, grace / 4)
+        worker.sweep(engine, "w1")
+    seen = [a["failure_code"] for a in proofs.list_attempts(engine, view["id"])]
+    assert "rpc_unavailable" in seen[1:-1], seen
+    stored = proofs.get_proof(engine, view["id"], None)
+    assert (stored["status"], stored["failure_code"]) == ("failed", "tx_not_found"), seen
+
+
 def test_a_confirmed_transfer_whose_fork_is_dropped_does_not_stay_verified(engine):
     calls = recorded_calls(CONFIRMED)
     sig = calls[0]["params"][0]

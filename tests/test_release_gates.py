@@ -189,6 +189,14 @@ def test_a_rehearsal_file_must_show_every_step_the_rehearsal_runs(client):
     r = _record(client, "fake_gated", "e2e_rehearsal", **_file(json.dumps(short)))
     assert r.json()["outcome"] == "failed"
     assert r.json()["detail"]["missing_steps"] == ["rollback_proof"]
+    # A step named by anything but text is not a step that ran (and never a 500).
+    for name in (["alert_rules"], {"step": "alert_rules"}, 7):
+        odd = json.loads(rehearsal_text(ok=True))
+        odd["steps"] = [s for s in odd["steps"] if s["name"] != "alert_rules"]
+        odd["steps"].append({"name": name, "ok": True})
+        r = _record(client, "fake_gated", "e2e_rehearsal", **_file(json.dumps(odd)))
+        assert r.status_code == 201 and r.json()["outcome"] == "failed", r.text
+        assert r.json()["detail"]["missing_steps"] == ["alert_rules"]
 
 
 def test_attestations_name_the_staff_member_and_need_context(client):

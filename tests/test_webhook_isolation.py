@@ -37,8 +37,20 @@ def test_a_receiver_dripping_its_answer_is_cut_off_at_the_timeout(engine, api): 
         out = webhooks.deliver_due(engine, "w1", config=FAST)
         assert (out["claimed"], out["delivered"], out["retrying"]) == (1, 0, 1), out
         d = _delivery(engine)
-        assert d.status == "pending" and d.last_error == "timeout: no complete answer within 1.5 s"
+        assert d.status == "pending" and d.last_error == "timeout: no answer within 1.5 s"
         assert rcv.ids()  # the receiver had the event; its answer never came in time
+
+
+def test_a_2xx_is_an_acknowledgement_whatever_the_body_does(engine, api):  # noqa: F811
+    # The status line and headers come at once, the body a byte every 1 s (timeout 1.5 s):
+    # the receiver has the event and said so; its body is not waited for.
+    with Receiver() as rcv:
+        subscribe(api, rcv)
+        rcv.drip_gap, rcv.drip_body_only = 1.0, True
+        emit_now(engine, "proof.verified")
+        out = webhooks.deliver_due(engine, "w1", config=FAST)
+        assert (out["claimed"], out["delivered"]) == (1, 1), out
+        assert _delivery(engine).status == "delivered" and len(rcv.requests) == 1
 
 
 def test_a_receiver_holding_its_answer_delays_no_other_tenants_apply(engine, api, chain):  # noqa: F811

@@ -34,6 +34,7 @@ class Receiver:
         # Send the answer a byte at a time, this many seconds apart: each read is quick, the
         # whole answer slow (a receiver dripping its answer).
         self.drip_gap: float | None = None
+        self.drip_body_only = False  # the status line and headers at once, then the drip
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -146,8 +147,12 @@ class Receiver:
 
             def _drip(self, code: int, gap: float) -> None:
                 answer = f"HTTP/1.1 {code} X\r\nContent-Length: 2\r\n\r\nok".encode()
+                first = len(answer) - 2 if receiver.drip_body_only else 0
                 try:
-                    for i in range(len(answer)):
+                    if first:
+                        self.wfile.write(answer[:first])
+                        self.wfile.flush()
+                    for i in range(first, len(answer)):
                         if receiver._stop.wait(gap):
                             return
                         self.wfile.write(answer[i : i + 1])

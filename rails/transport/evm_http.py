@@ -19,6 +19,7 @@ from rails.transport.failover import (
     Transient,
     call_with_failover,
     classify_http_status,
+    provider_of,
 )
 from rails.transport.rpc_policy import RpcPolicy
 
@@ -83,11 +84,11 @@ class EvmHttpTransport:
         except requests.HTTPError as e:
             status = e.response.status_code if e.response is not None else 599
             classify_http_status(status, url)
-            raise RpcUnavailable(f"{url}: HTTP {status}") from e
+            raise RpcUnavailable(f"{provider_of(url)}: HTTP {status}") from e
         except (requests.Timeout, requests.ConnectionError) as e:
             raise Transient(f"{type(e).__name__}: {e}") from e
         except ValueError as e:  # not JSON (JSONDecodeError, UnicodeDecodeError)
-            raise MalformedResponse(f"{url} {method}: answer is not JSON ({e})") from e
+            raise MalformedResponse(f"{provider_of(url)} {method}: answer is not JSON ({e})") from e
 
 
 def _rpc_result(method: str, response: Any) -> Any:

@@ -84,7 +84,7 @@ def call_with_failover(
     for url in urls:
         left = time_left(end)
         if left <= 0:
-            failures.append(f"{url}: not tried (time budget spent)")
+            failures.append(f"{provider_of(url)}: not tried (time budget spent)")
             break
         retrying = Retrying(
             stop=(
@@ -101,12 +101,27 @@ def call_with_failover(
         try:
             return retrying(bounded, url)
         except RetryError as e:
-            failures.append(f"{url}: {e.last_attempt.exception()}")
+            failures.append(f"{provider_of(url)}: {e.last_attempt.exception()}")
             notify(on_failure, url, "transient")
         except RpcUnavailable as e:  # a URL that is unusable but not transient (401, 404)
-            failures.append(f"{url}: {e}")
+            failures.append(f"{provider_of(url)}: {e}")
             notify(on_failure, url, "unusable")
-    raise RpcUnavailable(f"{what}: every RPC URL failed: " + "; ".join(failures))
+    # SECURITY: the message becomes a proof's detail, which its tenant reads: no URL's path,
+    # query or credentials in it, whatever the driver's own error text quoted.
+    raise RpcUnavailable(scrub(f"{what}: every RPC URL failed: " + "; ".join(failures), urls))
+
+
+def scrub(text: str, urls: Sequence[str]) -> str:
+    """`text` without the parts of `urls` that may hold a key (the path, the query, user
+    information), each URL named by its provider; drivers quote the URL they failed on."""
+    for url in urls:
+        parts = urlsplit(url)
+        text = text.replace(url, provider_of(url))
+        tail = parts.path + (f"?{parts.query}" if parts.query else "")
+        for secret in (tail, parts.query, parts.path, parts.netloc.rpartition("@")[0]):
+            if len(secret) > 1:  # never "/" alone
+                text = text.replace(secret, "[redacted]")
+    return text
 
 
 def provider_of(url: str) -> str:
@@ -125,4 +140,4 @@ def classify_http_status(status: int, url: str) -> None:
     if status == 429 or status >= 500:
         raise Transient(f"HTTP {status}")
     if status >= 400:
-        raise RpcUnavailable(f"{url}: HTTP {status}")
+        raise RpcUnavailable(f"{provider_of(url)}: HTTP {status}")

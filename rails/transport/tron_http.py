@@ -17,6 +17,7 @@ from rails.transport.failover import (
     RetryPolicy,
     Transient,
     call_with_failover,
+    provider_of,
 )
 from rails.transport.rpc_policy import RpcPolicy
 
@@ -80,13 +81,13 @@ class TronHttpTransport:
         if response.status_code == 429 or response.status_code >= 500:
             raise Transient(f"HTTP {response.status_code}")
         if response.status_code >= 400:
-            raise RpcUnavailable(f"{url}: HTTP {response.status_code}")
+            raise RpcUnavailable(f"{provider_of(url)}: HTTP {response.status_code}")
         try:
             answer = response.json()
         except ValueError as e:
-            raise MalformedResponse(f"{url} {method}: answer is not JSON") from e
+            raise MalformedResponse(f"{provider_of(url)} {method}: answer is not JSON") from e
         if not isinstance(answer, dict):
-            raise MalformedResponse(f"{url} {method}: answer is not a JSON object")
+            raise MalformedResponse(f"{provider_of(url)} {method}: answer is not a JSON object")
         return answer
 
     def close(self) -> None:

@@ -553,10 +553,14 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
 
 def _not_found_since(s: Session, p: Proof | Record, now: datetime) -> datetime:
     """When the chain began answering "not found" for this proof without a break: its first
-    such attempt since any other answer (a reorg's, the node's being unreachable), else now."""
+    such attempt since any other answer (a reorg, a verdict), else now. An unreachable node
+    said nothing: it neither breaks the run (a flaky node would keep a proof pending for good)
+    nor starts one (a proof first checked while its node was down starts at its first answer)."""
     if not p.attempts:
         return now
-    since = attempt_repo.pending_since(s, p.id, FailureCode.tx_not_found.value)
+    since = attempt_repo.pending_since(
+        s, p.id, FailureCode.tx_not_found.value, neutral=(FailureCode.rpc_unavailable.value,)
+    )
     return now if since is None else utc(since)
 
 

@@ -325,7 +325,11 @@ def _check_rehearsal(text: str, max_age_days: int = 0) -> tuple[bool, dict[str, 
         if not isinstance(s, dict) or s.get("ok") is not True
     ]
     # SECURITY: `{"ok": true, "steps": [{"name": "anything", "ok": true}]}` rehearsed nothing.
-    ran = {s.get("name") for s in steps if isinstance(s, dict) and s.get("ok") is True}
+    ran = {
+        s["name"]
+        for s in steps
+        if isinstance(s, dict) and s.get("ok") is True and isinstance(s.get("name"), str)
+    }
     missing = [name for name in REHEARSAL_STEPS if name not in ran]
     finished = _finished(doc)
     # SECURITY: an old rehearsal file recorded again must not stand for another period.

@@ -355,23 +355,8 @@ async def _post_all(jobs: list[Job], cfg: DeliveryConfig) -> list[Result]:
     async with httpx.AsyncClient(
         timeout=cfg.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
     ) as http:
-        return list(await asyncio.gather(*(_within(http, j, cfg) for j in jobs)))
-
-
-async def _within(http: httpx.AsyncClient, job: Job, cfg: DeliveryConfig) -> Result:
-    # SECURITY: the timeout bounds the whole POST, not each read of it. httpx's own timeouts
-    # are per operation: a receiver dripping its answer a byte at a time held the round, and
-    # every other tenant's deliveries waiting behind it, for as long as it kept dripping.
-    start = time.perf_counter()
-    try:
-        return await asyncio.wait_for(post(http, job, cfg.allow_any_host), cfg.timeout_s)
-    except TimeoutError:
-        return Result(
-            False,
-            None,
-            f"timeout: no complete answer within {cfg.timeout_s:g} s",
-            "timeout",
-            time.perf_counter() - start,
+        return list(
+            await asyncio.gather(*(post(http, j, cfg.allow_any_host, cfg.timeout_s) for j in jobs))
         )
 
 
@@ -410,8 +395,11 @@ def claim(
     return jobs
 
 
-async def post(http: httpx.AsyncClient, job: Job, allow_any_host: bool = False) -> Result:
-    """One signed POST; never raises (a failure is a result to record)."""
+async def post(
+    http: httpx.AsyncClient, job: Job, allow_any_host: bool = False, timeout_s: float = 10.0
+) -> Result:
+    """One signed POST, answered within `timeout_s`; never raises (a failure is a result to
+    record)."""
     problem = url_problem(job.url, allow_any_host)
     if problem is not None:
         # SECURITY: re-checked at send time, so a URL stored before a setting changed (or
@@ -434,13 +422,21 @@ async def post(http: httpx.AsyncClient, job: Job, allow_any_host: bool = False) 
         **signed_headers(job.secret, job.event_id, job.body, signing_time()),
     }
     start = time.perf_counter()
+    # SECURITY: the timeout bounds the whole exchange, not each read of it (httpx's own
+    # timeouts are per operation): a receiver dripping its answer a byte at a time held the
+    # round, and every other tenant's deliveries behind it, for as long as it kept dripping.
+    end = asyncio.get_running_loop().time() + timeout_s
     try:
-        async with http.stream("POST", job.url, content=job.body, headers=headers) as r:
-            snippet = await _read_some(r)
-            code = r.status_code
-    except httpx.TimeoutException as e:
+        async with asyncio.timeout_at(end):
+            request = http.build_request("POST", job.url, content=job.body, headers=headers)
+            r = await http.send(request, stream=True)
+    except (TimeoutError, httpx.TimeoutException):
         return Result(
-            False, None, f"timeout: {type(e).__name__}", "timeout", time.perf_counter() - start
+            False,
+            None,
+            f"timeout: no answer within {timeout_s:g} s",
+            "timeout",
+            time.perf_counter() - start,
         )
     except httpx.HTTPError as e:
         return Result(
@@ -452,12 +448,22 @@ async def post(http: httpx.AsyncClient, job: Job, allow_any_host: bool = False) 
         )
     except Exception as e:  # noqa: BLE001 - one broken receiver must not stop the sweep
         return Result(False, None, f"{type(e).__name__}", "error", time.perf_counter() - start)
-    latency = time.perf_counter() - start
-    if 200 <= code < 300:
-        return Result(True, code, None, "delivered", latency)
-    return Result(
-        False, code, f"HTTP {code}: {snippet}".rstrip(": "), f"http_{code // 100}xx", latency
-    )
+    try:
+        code = r.status_code
+        latency = time.perf_counter() - start
+        if 200 <= code < 300:
+            # A 2xx is the receiver's acknowledgement: its body is never waited for.
+            return Result(True, code, None, "delivered", latency)
+        try:
+            async with asyncio.timeout_at(end):
+                snippet = await _read_some(r)
+        except (TimeoutError, httpx.HTTPError):
+            snippet = ""  # the status says what happened; the rest of the answer is noise
+        return Result(
+            False, code, f"HTTP {code}: {snippet}".rstrip(": "), f"http_{code // 100}xx", latency
+        )
+    finally:
+        await r.aclose()
 
 
 async def _read_some(r: httpx.Response) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -52,24 +52,29 @@ def reserve_id_behind(s: Session) -> Callable[[], int | None]:
     return lambda: int(later.rows()[0][0])
 
 
-def pending_since(s: Session, proof_id: str, code: str) -> datetime | None:
-    """When the proof's latest unbroken run of attempts `pending` with `code` began; None when
-    its latest attempt is another (or it has none)."""
-    other = (
+def pending_since(
+    s: Session, proof_id: str, code: str, neutral: Collection[str] = ()
+) -> datetime | None:
+    """When the proof's latest unbroken run of attempts `pending` with `code` began: its first
+    such attempt with no other attempt after it but ones `pending` with a `neutral` code
+    (which neither break the run nor start one). None when there is no such attempt."""
+    breaks = (
         select(func.max(_VA.id))
         .where(
             _VA.proof_id == proof_id,
             or_(
                 _VA.status != ProofStatus.pending.value,
                 _VA.failure_code.is_(None),
-                _VA.failure_code != code,
+                _VA.failure_code.not_in([code, *neutral]),
             ),
         )
         .scalar_subquery()
     )
     first: datetime | None = s.scalar(
         select(func.min(_VA.created_at)).where(
-            _VA.proof_id == proof_id, _VA.id > func.coalesce(other, 0)
+            _VA.proof_id == proof_id,
+            _VA.id > func.coalesce(breaks, 0),
+            _VA.failure_code == code,
         )
     )
     return first
