@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import requests
 from web3 import HTTPProvider
 
-from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
+from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
 from rails.transport.failover import (
     FailureObserver,
     RetryPolicy,
@@ -20,6 +20,7 @@ from rails.transport.failover import (
     call_with_failover,
     classify_http_status,
     provider_of,
+    scrubbed,
 )
 from rails.transport.rpc_policy import RpcPolicy
 
@@ -68,15 +69,18 @@ class EvmHttpTransport:
         self.policy = RetryPolicy.of(policy)
 
     def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
-        response = call_with_failover(
-            self.urls,
-            lambda url, timeout: self._once(url, method, params, timeout),
-            self.policy,
-            method,
-            deadline,
-            self.on_failure,
-        )
-        return _rpc_result(method, response)
+        try:
+            response = call_with_failover(
+                self.urls,
+                lambda url, timeout: self._once(url, method, params, timeout),
+                self.policy,
+                method,
+                deadline,
+                self.on_failure,
+            )
+            return _rpc_result(method, response)
+        except TransportError as e:
+            raise scrubbed(e, self.urls) from None
 
     def _once(self, url: str, method: str, params: list[Any], timeout: float) -> Any:
         try:
@@ -85,10 +89,11 @@ class EvmHttpTransport:
             status = e.response.status_code if e.response is not None else 599
             classify_http_status(status, url)
             raise RpcUnavailable(f"{provider_of(url)}: HTTP {status}") from e
-        except (requests.Timeout, requests.ConnectionError) as e:
-            raise Transient(f"{type(e).__name__}: {e}") from e
         except ValueError as e:  # not JSON (JSONDecodeError, UnicodeDecodeError)
             raise MalformedResponse(f"{provider_of(url)} {method}: answer is not JSON ({e})") from e
+        except requests.RequestException as e:
+            # Timeouts, refused or dropped connections, an answer cut short: try again.
+            raise Transient(f"{type(e).__name__}: {e}") from e
 
 
 def _rpc_result(method: str, response: Any) -> Any:

@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from rails.errors import RpcUnavailable
+from rails.errors import RpcErrorResponse, RpcUnavailable, TransportError
 from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 
 T = TypeVar("T")
@@ -122,6 +122,26 @@ def scrub(text: str, urls: Sequence[str]) -> str:
             if len(secret) > 1:  # never "/" alone
                 text = text.replace(secret, "[redacted]")
     return text
+
+
+def scrubbed(error: TransportError, urls: Sequence[str]) -> TransportError:
+    """`error`, its message and a node's error object scrubbed of `urls`' secrets. Every error a
+    transport raises goes through here: a node quoting its own URL (in an HTML error page, a
+    JSON-RPC error's message) must not put the key into a proof's detail, which tenants read."""
+    error.args = tuple(scrub(a, urls) if isinstance(a, str) else a for a in error.args)
+    if isinstance(error, RpcErrorResponse):
+        error.error = _scrub_value(error.error, urls)
+    return error
+
+
+def _scrub_value(value: object, urls: Sequence[str]) -> object:
+    if isinstance(value, str):
+        return scrub(value, urls)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, urls) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(v, urls) for v in value]
+    return value
 
 
 def provider_of(url: str) -> str:

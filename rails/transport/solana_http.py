@@ -70,8 +70,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
-from rails.transport.failover import FailureObserver, notify, provider_of
+from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
+from rails.transport.failover import FailureObserver, notify, provider_of, scrubbed
 from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 
 # How long a status answer fetched with its transaction may answer the status call that
@@ -224,6 +224,12 @@ class SolanaRpcTransport:
 
     def call(self, method: str, params: list[Any], deadline: float | None = None) -> Any:
         """`deadline` (time.monotonic()): the caller's own bound, on top of the policy's."""
+        try:
+            return self._call(method, params, deadline)
+        except TransportError as e:
+            raise scrubbed(e, self.urls) from None
+
+    def _call(self, method: str, params: list[Any], deadline: float | None) -> Any:
         kept: _Kept | None = getattr(self._local, "kept", None)
         if kept is not None:
             self._local.kept = None  # whatever this call is, a kept answer serves it or nobody

@@ -11,13 +11,14 @@ from typing import Any, ClassVar
 
 import httpx
 
-from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable
+from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
 from rails.transport.failover import (
     FailureObserver,
     RetryPolicy,
     Transient,
     call_with_failover,
     provider_of,
+    scrubbed,
 )
 from rails.transport.rpc_policy import RpcPolicy
 
@@ -60,16 +61,19 @@ class TronHttpTransport:
         if method not in _BODIES:
             raise ValueError(f"the Tron transport does not speak {method!r}")
         body = _BODIES[method](params)
-        answer = call_with_failover(
-            self.urls,
-            lambda url, timeout: self._once(url, method, body, timeout),
-            self.policy,
-            method,
-            deadline,
-            self.on_failure,
-        )
-        if isinstance(answer, dict) and "Error" in answer:
-            raise RpcErrorResponse(method, answer["Error"])
+        try:
+            answer = call_with_failover(
+                self.urls,
+                lambda url, timeout: self._once(url, method, body, timeout),
+                self.policy,
+                method,
+                deadline,
+                self.on_failure,
+            )
+            if isinstance(answer, dict) and "Error" in answer:
+                raise RpcErrorResponse(method, answer["Error"])
+        except TransportError as e:
+            raise scrubbed(e, self.urls) from None
         return answer
 
     def _once(self, url: str, method: str, body: dict[str, Any], timeout: float) -> Any:
