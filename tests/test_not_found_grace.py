@@ -50,19 +50,26 @@ def engine(db_url):
     e.db.dispose()
 
 
+def _session(e: Engine, rail_id: str, amount: int, recipient: str, **terms: Any) -> dict[str, Any]:
+    new = NewSession(
+        owner_id="alice",
+        rail_id=rail_id,
+        access_product_id="pro",
+        amount=amount,
+        recipient=recipient,
+        **terms,
+    )
+    return open_session(e, new, actor="svc")
+
+
 def _demo_session(e: Engine) -> dict[str, Any]:
-    return open_session(
+    return _session(
         e,
-        NewSession(
-            owner_id="alice",
-            rail_id="solana_usdc",
-            access_product_id="pro",
-            amount=int(DEMO["amount"]),
-            recipient=DEMO["recipient"],
-            reference=DEMO["reference"],
-            memo=DEMO["memo"],
-        ),
-        actor="svc",
+        "solana_usdc",
+        int(DEMO["amount"]),
+        DEMO["recipient"],
+        reference=DEMO["reference"],
+        memo=DEMO["memo"],
     )
 
 
@@ -159,17 +166,8 @@ def test_a_confirmed_transfer_whose_fork_is_dropped_does_not_stay_verified(engin
     chain = SwitchableTransport(calls)
     engine.chains.set_transport("solana-mainnet", chain)
     exp = cassette_expect(CONFIRMED)
-    session = open_session(
-        engine,
-        NewSession(
-            owner_id="alice",
-            rail_id="solana_usdc",
-            access_product_id="pro",
-            amount=int(exp["amount"]),
-            recipient=exp["recipient"],
-            reference=exp["reference"],
-        ),
-        actor="svc",
+    session = _session(
+        engine, "solana_usdc", int(exp["amount"]), exp["recipient"], reference=exp["reference"]
     )
     view, _ = proofs.submit_proof(engine, session["id"], sig, ["alice"])
     assert view["status"] == "verified" and not view["settlement"]["is_final"]
@@ -341,18 +339,13 @@ def test_x402_waits_its_minute_for_a_late_block_whatever_the_session(x402_engine
     # block reached the node: the minute's wait is pending, and the settlement verifies.
     e, node = x402_engine, FacilitatorNode()
     e.chains.set_transport(e.rail("x402").network, node)
-    session = open_session(
+    session = _session(
         e,
-        NewSession(
-            owner_id="alice",
-            rail_id="x402",
-            access_product_id="api",
-            amount=int(AUTH["value"]),
-            recipient=SIGNED["pay_to"],
-            reference=None,
-            expires_in_seconds=session_seconds,
-        ),
-        actor="test",
+        "x402",
+        int(AUTH["value"]),
+        SIGNED["pay_to"],
+        reference=None,
+        expires_in_seconds=session_seconds,
     )
     view, _ = proofs.submit_proof(e, session["id"], json.dumps(DOC), ["alice"])
     assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable"), view
