@@ -152,7 +152,7 @@ def console_router(
         return resp
 
     def current(request: Request) -> ConsoleSession | None:
-        cs = signer.load(request.cookies.get(SESSION_COOKIE))
+        cs = signer.load(only_cookie(request, SESSION_COOKIE))
         if cs is None or not staff_for(dict(settings.staff_tokens), cs):
             return None
         if queries.logged_out(engine, cs.sid):
@@ -165,6 +165,7 @@ def console_router(
             nxt += "?" + request.url.query
         resp = RedirectResponse("/console/login?" + urlencode({"next": nxt}), status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+        clear_planted(resp, request)
         return headers(resp)
 
     def render(
@@ -297,6 +298,7 @@ def console_router(
             login_csrf=signer.login_csrf(nonce),
             next=_safe_next(nxt),
         )
+        clear_planted(resp, request)
         resp.set_cookie(
             LOGIN_COOKIE,
             nonce,
@@ -320,7 +322,7 @@ def console_router(
             return login_page(request, r.status, r.message)
         nxt = form.get("next")
         if not same_origin(request) or not signer.login_csrf_ok(
-            request.cookies.get(LOGIN_COOKIE), form.get("csrf_token")
+            only_cookie(request, LOGIN_COOKIE), form.get("csrf_token")
         ):
             return login_page(
                 request,
@@ -763,6 +765,32 @@ def console_router(
         )
 
     return router
+
+
+def only_cookie(request: Request, name: str) -> str | None:
+    """The value of cookie `name` when the request carries it exactly once.
+
+    SECURITY: another page on this host (another port, a sibling subdomain) can set a cookie of
+    the same name for Path=/, which the browser sends beside the console's own; Starlette keeps
+    the last one, the planted one. Its session would act under someone else's name, or a junk
+    one lock staff out. Two of a name are no session and no login form at all."""
+    found = [
+        value
+        for part in request.headers.get("cookie", "").split(";")
+        for key, eq, value in [part.strip().partition("=")]
+        if eq and key == name
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def clear_planted(resp: Response, request: Request) -> None:
+    """Expire the console's cookie names where another page could have planted them, so the
+    next login works: the host's root and the page asked for (deleting needs the same path;
+    the console's own cookies, at its path, are left alone)."""
+    for path in {"/", request.url.path}:
+        if path != COOKIE_PATH:
+            for name in (SESSION_COOKIE, LOGIN_COOKIE):
+                resp.delete_cookie(name, path=path)
 
 
 def _safe_next(nxt: str) -> str:
