@@ -11,6 +11,7 @@ import pytest
 
 from rails.rpc_policy import RpcPolicy
 from rails.transport.evm_http import EvmHttpTransport
+from tests.conftest import CLOCK
 from tests.helpers import FIXTURES, cassette_engine
 from tests.jsonrpc_server import Fault, JsonRpcServer
 from tests.test_reconciliation import OPS, by_kind
@@ -42,8 +43,13 @@ def serve(srv: JsonRpcServer, cap: int, refuse_block: int | None = None) -> list
         assert f["address"] == EXP["token"] and f["topics"][2].endswith(EXP["treasury"].lower()[2:])
         return [x for x in LOGS if lo <= int(x["blockNumber"], 16) <= hi]
 
+    def block(params):  # a block's time: a minute after the engine's clock (sessions open then)
+        stamp = int(CLOCK.timestamp()) + 60
+        return {"number": params[0], "hash": "0x" + "b" * 64, "timestamp": hex(stamp)}
+
     srv.answer("eth_blockNumber", hex(EXP["head"]))
     srv.answer("eth_getLogs", get_logs)
+    srv.answer("eth_getBlockByNumber", block)
     return asked
 
 
@@ -106,7 +112,8 @@ def test_refused_ranges_are_split_over_http(eng):
         assert asked[0] == (0, EXP["head"])
         answered = sorted(r for r in asked if r[1] - r[0] + 1 <= 2)
         assert [b for lo, hi in answered for b in range(lo, hi + 1)] == list(range(EXP["head"] + 1))
-        assert out["summary"]["rpc_calls"] == srv.count() == len(asked) + 1  # + eth_blockNumber
+        # + eth_blockNumber, + the bound transfer's block (its time against the session's)
+        assert out["summary"]["rpc_calls"] == srv.count() == len(asked) + 2
 
 
 def test_a_block_the_node_refuses_even_alone_makes_the_run_incomplete(eng):

@@ -27,6 +27,7 @@ from rails.errors import CassetteError, TransportError
 from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
+from verifier.services import reconciliation
 from verifier.storage.models import PaymentSession
 from verifier.storage.repo import reconciliation as repo
 
@@ -185,6 +186,7 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
             )
 
     out["rpc_calls"] = counted.calls
+    found = _unsettled(engine, rail, found, {})
     for ps, sig in found:
         try:
             submit_proof(engine, ps.id, sig, None, actor=ACTOR)
@@ -246,9 +248,15 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     by_payer: dict[tuple[str, int], list[PaymentSession]] = {}
     for ps in sessions:
         by_payer.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
+    # A transfer a proof already holds (the payer's earlier payment, submitted by its tenant)
+    # is no candidate: matched first, it used a later session's turn and hid the payment
+    # that session was waiting for. Nor is one staff settled (below).
+    known = reconciliation.backed_transfers(engine, rail, [i.tx_hash for i in scan.inflows])
     taken: set[str] = set()
     found: list[tuple[PaymentSession, str]] = []
     for i in scan.inflows:
+        if i.tx_hash in known:
+            continue
         hits = [ps for ps in by_payer.get((i.sender.lower(), i.value), ()) if ps.id not in taken]
         if len(hits) == 1:  # the binding: exactly one open session names this payer and amount
             taken.add(hits[0].id)
@@ -265,6 +273,8 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         values["last_block"] = None
     with engine.db.tx() as s:
         repo.save_cursor(s, key, rail.rail_id, values)
+    logs = {i.tx_hash: i.log_index for i in scan.inflows}
+    found = _unsettled(engine, rail, found, logs)
     for ps, tx in found:
         try:
             submit_proof(engine, ps.id, tx, None, actor=ACTOR)
@@ -276,6 +286,21 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
                 extra={"session_id": ps.id, "rail_id": rail.rail_id},
             )
     return out
+
+
+def _unsettled(
+    engine: Engine,
+    rail: Rail,
+    found: list[tuple[PaymentSession, str]],
+    log_index: dict[str, int | None],
+) -> list[tuple[PaymentSession, str]]:
+    """`found` without the transfers staff resolved in reconciliation.
+
+    SECURITY: a transfer refunded, or found not ours, must never be credited afterwards."""
+    settled = reconciliation.settled_transfers(
+        engine, rail.rail_id, [(t, log_index.get(t)) for _, t in found]
+    )
+    return [(ps, t) for ps, t in found if t not in settled]
 
 
 # The watch each declared way of listing inflows runs (`Adapter.inflow_scan`).

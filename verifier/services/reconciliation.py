@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
+from sqlalchemy.orm import Session
+
 from rails.base import InflowScan, fingerprint
 from rails.errors import CassetteError, TransportError
 from registry.catalog import Rail, Stage
@@ -42,7 +44,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound
 from verifier.core.timeutil import iso, utc
 from verifier.services import audit
-from verifier.storage.models import new_id
+from verifier.storage.models import ProofStatus, new_id
 from verifier.storage.reconciliation_models import RepairStatus, Resolution, RunStatus, Scope
 from verifier.storage.repo import reconciliation as repo
 
@@ -325,19 +327,78 @@ def _resolution_result(r: Any) -> dict[str, Any]:
     }
 
 
+# Kinds about the same thing: an inflow is one transfer whether a run finds it bound to a
+# session or not (a session may open, or stop being held, between runs).
+_INFLOW_KINDS = ("orphan_bound", "orphan_unbound")
+
+
+def _kinds_of(kind: str) -> tuple[str, ...]:
+    return _INFLOW_KINDS if kind in _INFLOW_KINDS else (kind,)
+
+
+def _resolved(s: Session, kind: str, key: str) -> Any:
+    """The stored resolution of what (kind, key) is about, under any kind naming it."""
+    done = repo.resolutions_for(s, [(k, key) for k in _kinds_of(kind)])
+    return next((done[(k, key)] for k in _kinds_of(kind) if (k, key) in done), None)
+
+
 def _carry_resolutions(engine: Engine, findings: list[dict[str, Any]], rail_id: str | None) -> None:
-    """Key each finding and mark resolved those a person already settled."""
+    """Key each finding and mark resolved those a person already settled.
+
+    SECURITY: a transfer resolved `refunded` or `not_ours` while unbound stays resolved once
+    a run finds it bound, so apply never credits money already sent back."""
     for f in findings:
         f["subject_key"] = subject_key(f["kind"], f["subjects"], rail_id)
     if not findings:
         return
     with engine.db.tx() as s:
-        done = repo.resolutions_for(s, [(f["kind"], f["subject_key"]) for f in findings])
+        done = repo.resolutions_for(
+            s, [(k, f["subject_key"]) for f in findings for k in _kinds_of(f["kind"])]
+        )
         for f in findings:
-            r = done.get((f["kind"], f["subject_key"]))
+            r = next(
+                (
+                    done[(k, f["subject_key"])]
+                    for k in _kinds_of(f["kind"])
+                    if (k, f["subject_key"]) in done
+                ),
+                None,
+            )
             if r is not None and is_drift(f):
                 f["repair_status"] = RepairStatus.resolved.value
                 f["repair_result"] = _resolution_result(r)
+
+
+def settled_transfers(
+    engine: Engine, rail_id: str, transfers: list[tuple[str, int | None]]
+) -> set[str]:
+    """Which of these inflows (transfer, log index) a person already resolved (refunded, not
+    ours, attached by hand, accepted): discovery must not submit them."""
+    keys = {
+        subject_key(kind, {"transfer": t, "log_index": i}, rail_id): t
+        for t, i in transfers
+        for kind in _INFLOW_KINDS
+    }
+    if not keys:
+        return set()
+    with engine.db.tx() as s:
+        done = repo.resolutions_for(s, [(k, key) for key in keys for k in _INFLOW_KINDS])
+    return {keys[key] for _, key in done}
+
+
+def backed_transfers(engine: Engine, rail: Rail, refs: list[str]) -> set[str]:
+    """Which of these transfers a proof already holds (pending, verified or in review)."""
+    adapter = engine.adapter(rail)
+    ptype = rail.proof_types[0]
+    fps = {
+        fingerprint(rail.family, rail.network, ptype, adapter.normalize_proof(ptype, r)): r
+        for r in refs
+    }
+    if not fps:
+        return set()
+    with engine.db.tx() as s:
+        known = repo.proofs_by_fingerprint(s, list(fps))
+    return {fps[fp] for fp, ps in known.items() if any(p.status in repo.KNOWN for p in ps)}
 
 
 def resolve_finding(
@@ -392,6 +453,10 @@ def resolve_finding(
             or subject_key(f.kind, dict(f.subjects or {}), found_by.rail_id if found_by else None)
             or f"finding_id={f.id}"
         )
+        if _resolved(s, f.kind, key) is not None:
+            raise Conflict(
+                "finding_resolved", f"what finding {finding_id} is about is already resolved"
+            )
         row = {
             "kind": f.kind,
             "subject_key": key,
@@ -835,6 +900,13 @@ def evm_inflows(
             s, rail.rail_id, treasury, [(i.sender, i.value) for i in fresh]
         )
         held = repo.session_has_hold(s, [ps.id for v in cands.values() for ps in v])
+        # SECURITY: a payer and an amount can be read off the chain; a session opened after
+        # the transfer (by anyone) must not be proposed to take it, as verification would
+        # refuse it (`session_not_open`) and the transfer would drop out of the drift.
+        times = _block_times(
+            chain, [i.block_number for i in fresh if cands.get((i.sender.lower(), i.value))]
+        )
+        counts["rpc_calls"] += len(times)
         for i in fresh:
             subjects = {
                 "transfer": i.tx_hash,
@@ -843,8 +915,15 @@ def evm_inflows(
                 "sender": i.sender,
                 "block_number": i.block_number,
             }
+            when = times.get(i.block_number)
+            if when is None and cands.get((i.sender.lower(), i.value)):
+                problems.append(f"block {i.block_number}'s time could not be read")
             sessions = [
-                ps for ps in cands.get((i.sender.lower(), i.value), ()) if ps.id not in held
+                ps
+                for ps in cands.get((i.sender.lower(), i.value), ())
+                if ps.id not in held
+                and when is not None
+                and utc(ps.created_at) <= when <= utc(ps.expires_at)
             ]
             if len(sessions) == 1:
                 subjects["session_id"] = sessions[0].id
@@ -864,6 +943,22 @@ def evm_inflows(
     if len(scan.inflows) > limit:
         problems.append(f"{len(scan.inflows) - limit} more inflows in the window than --limit")
     return _outcome(findings, problems, counts)
+
+
+def _block_times(chain: Any, numbers: list[int]) -> dict[int, datetime]:
+    """Each block's time (read once a block); a block the node cannot give is left out."""
+    from rails.evm import hex_int, read_block
+
+    out: dict[int, datetime] = {}
+    for n in sorted(set(numbers)):
+        try:
+            block = read_block(chain, n)
+            if block is not None and block.get("timestamp") is not None:
+                stamp = hex_int(block["timestamp"], "block.timestamp")
+                out[n] = datetime.fromtimestamp(stamp, tz=UTC)
+        except (TransportError, CassetteError):
+            continue
+    return out
 
 
 # The scan each declared way of listing inflows runs (`Adapter.inflow_scan`).
@@ -894,11 +989,14 @@ def _apply(engine: Engine, findings: list[dict[str, Any]], staff: str) -> None:
             f["repair_status"] = RepairStatus.failed.value
             f["repair_result"] = {"code": "internal_error", "message": type(e).__name__}
             raise
-        f["repair_status"] = RepairStatus.applied.value
+        # A proof the chain refused repaired nothing: the transfer stays in the drift.
+        done = view["status"] != ProofStatus.failed.value
+        f["repair_status"] = (RepairStatus.applied if done else RepairStatus.failed).value
         f["repair_result"] = {
             "proof_id": view["id"],
             "proof_status": view["status"],
             "created": created,
+            **({} if done else {"code": view.get("failure_code")}),
         }
 
 
