@@ -99,9 +99,10 @@ def test_planted_junk_cookies_do_not_lock_staff_out(demo_engine, browser):  # no
             browser.delete_all_cookies()
 
 
-def test_two_session_cookies_are_no_session(demo_engine):  # noqa: F811
+def test_two_live_sessions_of_two_people_are_no_session(demo_engine):  # noqa: F811
     # Planted after the login, beside the console's own: neither is taken (Starlette would
-    # take the last one), and the login page expires the names at the host's root.
+    # take the last one), and the redirect to the login expires the names at the host's root.
+    # Junk beside a live session, in any order and at any path, is ignored.
     with LiveServer(create_app(demo_engine)) as srv:
         mine = _session_of(srv.url, "demo-staff-token")
         insider = _session_of(srv.url, "demo-staff-token-2")
@@ -115,3 +116,29 @@ def test_two_session_cookies_are_no_session(demo_engine):  # noqa: F811
             assert both.status_code == 303 and "/console/login" in both.headers["location"]
             cleared = both.headers.get_list("set-cookie")
             assert any("railproof_console=" in h and "Path=/;" in h for h in cleared), cleared
+            for pair in (f"junk.junk; railproof_console={mine}", f"{mine}; railproof_console=x"):
+                r = c.get("/console", headers={"Cookie": f"railproof_console={pair}"})
+                assert r.status_code == 200 and "<strong>demo-operator<" in r.text, pair
+
+
+def test_a_planted_cookie_at_any_path_or_domain_locks_no_one_out(demo_engine):  # noqa: F811
+    # Sent first (a longer path, Path=/console/) or from the parent domain (which the login
+    # page cannot expire without knowing it): junk, so ignored, and the login holds.
+    with LiveServer(create_app(demo_engine)) as srv, httpx.Client(base_url=srv.url) as c:
+        c.cookies.set("railproof_console", "junk.junk", domain="127.0.0.1", path="/console/")
+        c.cookies.set("railproof_console_login", "x.1.y", domain="127.0.0.1", path="/console/")
+        page = c.get("/console/login?next=/console/proofs").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert csrf is not None
+        r = c.post(
+            "/console/login",
+            data={
+                "csrf_token": csrf.group(1),
+                "token": "demo-staff-token",
+                "next": "/console/proofs",
+            },
+            headers={"Origin": srv.url},
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/console/proofs", r.text
+        r = c.get("/console/proofs")
+        assert r.status_code == 200 and "<strong>demo-operator<" in r.text

@@ -8,10 +8,14 @@ holds, so a repeat payer's new payment is found."""
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from tests.helpers import advance
 from tests.test_reconciliation import by_kind, evm, evm_session, proofs_of, req  # noqa: F401
+from tests.test_reconciliation_resolve import OP
 from verifier.services import discovery, proofs, reconciliation
 from verifier.services.sessions import NewSession, open_session
+from verifier.storage.models import Entitlement
 
 
 def _setup(evm):  # noqa: F811
@@ -89,3 +93,71 @@ def test_evm_discovery_finds_a_repeat_payers_new_payment(evm):  # noqa: F811
     # (control: the transfer does pay v1 when submitted)
     direct = None if got else proofs.submit_proof(e, v1["id"], t1, ["alice"])[0]["status"]
     assert (t1, "verified") in got, f"v1's payment not discovered: {got}; submitted: {direct}"
+
+
+# -- a refunded payment in a transaction of several logs ---------------------------------------
+
+
+def _batcher(chain, token: str, treasury: str, amounts: list[int]) -> str:
+    """Deploy a contract that, when called, transfers each amount of `token` to `treasury`: a
+    smart wallet paying in one transaction with several Transfer logs."""
+    code = b""
+    for amt in amounts:
+        code += (
+            bytes([0x63]) + bytes.fromhex("a9059cbb") + bytes([0x60, 0xE0, 0x1B, 0x60, 0x00, 0x52])
+        )
+        code += bytes([0x73]) + bytes.fromhex(treasury[2:]) + bytes([0x60, 0x04, 0x52])
+        code += bytes([0x7F]) + amt.to_bytes(32, "big") + bytes([0x60, 0x24, 0x52])
+        code += bytes([0x60, 0x20, 0x60, 0x00, 0x60, 0x44, 0x60, 0x00, 0x60, 0x00])
+        code += bytes([0x73]) + bytes.fromhex(token[2:]) + bytes([0x5A, 0xF1, 0x50])
+    code += b"\x00"
+    n = len(code)
+    init = bytes([0x61]) + n.to_bytes(2, "big") + bytes([0x60, 14, 0x60, 0x00, 0x39])
+    init += bytes([0x61]) + n.to_bytes(2, "big") + bytes([0x60, 0x00, 0xF3])
+    assert len(init) == 14
+    w3 = chain.w3
+    h = w3.eth.send_transaction(
+        {"from": chain.accounts[0], "data": (init + code).hex(), "gas": 1_000_000}
+    )
+    return w3.eth.wait_for_transaction_receipt(h).contractAddress
+
+
+def test_refunded_smart_wallet_payment_is_not_credited_by_discovery(evm):  # noqa: F811
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    wallet = _batcher(chain, token.address, evm["treasury"], [5_000_000, 0])
+    token.functions.mint(wallet, 1_000 * 10**6).transact({"from": chain.accounts[0]})
+    v = open_session(
+        e,
+        NewSession(
+            owner_id="alice",
+            rail_id="evm_usdc",
+            access_product_id="pro",
+            amount=5_000_000,
+            payer=wallet,
+            reference=None,
+        ),
+        actor="svc",
+    )
+    advance(e, 60)
+    chain.mine(5)
+    tx = chain.w3.eth.send_transaction({"from": chain.accounts[0], "to": wallet, "gas": 300_000})
+    rcpt = chain.w3.eth.wait_for_transaction_receipt(tx)
+    assert rcpt.status == 1 and len(rcpt.logs) == 2
+    tx = tx.to_0x_hex().lower()
+    chain.mine(2)
+
+    dry = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    [f] = [x for x in by_kind(dry).get("orphan_bound", []) if x["subjects"]["transfer"] == tx]
+    assert f["subjects"]["session_id"] == v["id"]
+    # Staff refund the wallet and record it.
+    reconciliation.resolve_finding(e, f["id"], "refunded", OP)
+
+    discovery.watch_evm(e, e.rail("evm_usdc"))
+    got = [(p.ref, p.status) for p in proofs_of(e, v["id"])]
+    with e.db.tx() as s:
+        ents = [
+            x.status
+            for x in s.scalars(select(Entitlement).where(Entitlement.session_id == v["id"]))
+        ]
+    assert got == [], f"discovery submitted the refunded transfer: {got}; entitlements {ents}"

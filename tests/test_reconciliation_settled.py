@@ -98,3 +98,50 @@ def test_discovery_never_submits_a_refunded_transfer_once_the_session_is_free(db
         )
     finally:
         e.db.dispose()
+
+
+# -- `accepted` holds for the state it was given on -------------------------------------------
+# Reviewed while unbound (the session was held by another, pending claim): once the session is
+# free, its own transfer is still discovered and applied.
+
+
+def test_accepted_unbound_transfer_is_still_discovered_once_session_is_free(db_url):
+    e = make_engine(db_url)
+    try:
+        sig = EXPECT["bound"]["signature"]
+        bound = session_for(e, "bound")
+        pend, _ = proofs.submit_proof(
+            e, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
+        )
+        run1 = reconciliation.run(e, req(), "ops1")
+        [f] = [x for x in by_kind(run1)["orphan_unbound"] if x["subjects"]["transfer"] == sig]
+        reconciliation.resolve_finding(e, f["id"], "accepted", OP)
+        proofs.verify_proof(e, pend["id"])  # the pending claim fails: the session is free
+        discovery.cycle(e)
+        got = [(p.ref, p.status) for p in proofs_of(e, bound["id"]) if p.ref == sig]
+        assert got, "the session's own transfer is never discovered after an `accepted` review"
+    finally:
+        e.db.dispose()
+
+
+def test_accepted_unbound_transfer_is_still_applied_once_bound(eng):  # noqa: F811
+    sig = EXPECT["bound"]["signature"]
+    bound = session_for(eng, "bound")
+    pend, _ = proofs.submit_proof(
+        eng, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
+    )
+    run1 = reconciliation.run(eng, req(), "ops1")
+    [f] = [x for x in by_kind(run1)["orphan_unbound"] if x["subjects"]["transfer"] == sig]
+    reconciliation.resolve_finding(eng, f["id"], "accepted", OP)
+    proofs.verify_proof(eng, pend["id"])
+    advance(eng, 1)
+    run2 = reconciliation.run(eng, req(apply=True, confirm=True), "ops1")
+    kinds = {
+        x["kind"]: x["repair_status"]
+        for x in run2["findings"]
+        if x["subjects"].get("transfer") == sig
+    }
+    attached = [p.status for p in proofs_of(eng, bound["id"]) if p.ref == sig]
+    assert attached, (
+        f"bound transfer never attached after `accepted` on its unbound finding: {kinds}"
+    )

@@ -186,7 +186,9 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
             )
 
     out["rpc_calls"] = counted.calls
-    found = _unsettled(engine, rail, found, {})
+    settled = reconciliation.settled_transfers(engine, rail.rail_id, [(t, None) for _, t in found])
+    # SECURITY: a transfer staff refunded, or found not ours, is never credited afterwards.
+    found = [(ps, t) for ps, t in found if (t, None) not in settled]
     for ps, sig in found:
         try:
             submit_proof(engine, ps.id, sig, None, actor=ACTOR)
@@ -250,12 +252,20 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         by_payer.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
     # A transfer a proof already holds (the payer's earlier payment, submitted by its tenant)
     # is no candidate: matched first, it used a later session's turn and hid the payment
-    # that session was waiting for. Nor is one staff settled (below).
+    # that session was waiting for.
     known = reconciliation.backed_transfers(engine, rail, [i.tx_hash for i in scan.inflows])
+    # SECURITY: nor is a transaction staff settled any log of (refunded, not ours, attached by
+    # hand): its proof would count every log of it, and money sent back is never credited.
+    settled = {
+        tx
+        for tx, _ in reconciliation.settled_transfers(
+            engine, rail.rail_id, [(i.tx_hash, i.log_index) for i in scan.inflows]
+        )
+    }
     taken: set[str] = set()
     found: list[tuple[PaymentSession, str]] = []
     for i in scan.inflows:
-        if i.tx_hash in known:
+        if i.tx_hash in known or i.tx_hash in settled:
             continue
         hits = [ps for ps in by_payer.get((i.sender.lower(), i.value), ()) if ps.id not in taken]
         if len(hits) == 1:  # the binding: exactly one open session names this payer and amount
@@ -273,8 +283,6 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         values["last_block"] = None
     with engine.db.tx() as s:
         repo.save_cursor(s, key, rail.rail_id, values)
-    logs = {i.tx_hash: i.log_index for i in scan.inflows}
-    found = _unsettled(engine, rail, found, logs)
     for ps, tx in found:
         try:
             submit_proof(engine, ps.id, tx, None, actor=ACTOR)
@@ -286,21 +294,6 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
                 extra={"session_id": ps.id, "rail_id": rail.rail_id},
             )
     return out
-
-
-def _unsettled(
-    engine: Engine,
-    rail: Rail,
-    found: list[tuple[PaymentSession, str]],
-    log_index: dict[str, int | None],
-) -> list[tuple[PaymentSession, str]]:
-    """`found` without the transfers staff resolved in reconciliation.
-
-    SECURITY: a transfer refunded, or found not ours, must never be credited afterwards."""
-    settled = reconciliation.settled_transfers(
-        engine, rail.rail_id, [(t, log_index.get(t)) for _, t in found]
-    )
-    return [(ps, t) for ps, t in found if t not in settled]
 
 
 # The watch each declared way of listing inflows runs (`Adapter.inflow_scan`).

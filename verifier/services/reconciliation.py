@@ -336,10 +336,33 @@ def _kinds_of(kind: str) -> tuple[str, ...]:
     return _INFLOW_KINDS if kind in _INFLOW_KINDS else (kind,)
 
 
+# What a person did with the money itself (sent it back, found it someone else's, credited it
+# by hand): it holds for the transfer under any kind. `accepted` (reviewed, the state stands)
+# holds only for the state it was given on: a transfer accepted while unbound may be credited
+# once it is bound.
+_SETTLES_TRANSFER = frozenset(
+    {Resolution.refunded.value, Resolution.not_ours.value, Resolution.attached_by_hand.value}
+)
+
+
+def _carried(done: dict[tuple[str, str], Any], kind: str, key: str) -> Any:
+    """The resolution that settles (kind, key): its own kind's, else a sibling kind's that
+    settled the transfer itself."""
+    if (kind, key) in done:
+        return done[(kind, key)]
+    return next(
+        (
+            done[(k, key)]
+            for k in _kinds_of(kind)
+            if (k, key) in done and done[(k, key)].resolution in _SETTLES_TRANSFER
+        ),
+        None,
+    )
+
+
 def _resolved(s: Session, kind: str, key: str) -> Any:
-    """The stored resolution of what (kind, key) is about, under any kind naming it."""
-    done = repo.resolutions_for(s, [(k, key) for k in _kinds_of(kind)])
-    return next((done[(k, key)] for k in _kinds_of(kind) if (k, key) in done), None)
+    """The stored resolution that settles what (kind, key) is about."""
+    return _carried(repo.resolutions_for(s, [(k, key) for k in _kinds_of(kind)]), kind, key)
 
 
 def _carry_resolutions(engine: Engine, findings: list[dict[str, Any]], rail_id: str | None) -> None:
@@ -356,14 +379,7 @@ def _carry_resolutions(engine: Engine, findings: list[dict[str, Any]], rail_id: 
             s, [(k, f["subject_key"]) for f in findings for k in _kinds_of(f["kind"])]
         )
         for f in findings:
-            r = next(
-                (
-                    done[(k, f["subject_key"])]
-                    for k in _kinds_of(f["kind"])
-                    if (k, f["subject_key"]) in done
-                ),
-                None,
-            )
+            r = _carried(done, f["kind"], f["subject_key"])
             if r is not None and is_drift(f):
                 f["repair_status"] = RepairStatus.resolved.value
                 f["repair_result"] = _resolution_result(r)
@@ -371,19 +387,18 @@ def _carry_resolutions(engine: Engine, findings: list[dict[str, Any]], rail_id: 
 
 def settled_transfers(
     engine: Engine, rail_id: str, transfers: list[tuple[str, int | None]]
-) -> set[str]:
-    """Which of these inflows (transfer, log index) a person already resolved (refunded, not
-    ours, attached by hand, accepted): discovery must not submit them."""
+) -> set[tuple[str, int | None]]:
+    """Which of these inflows (transfer, log index) a person settled (refunded, found not
+    ours, attached by hand): discovery must not submit them."""
     keys = {
-        subject_key(kind, {"transfer": t, "log_index": i}, rail_id): t
+        subject_key(_INFLOW_KINDS[0], {"transfer": t, "log_index": i}, rail_id): (t, i)
         for t, i in transfers
-        for kind in _INFLOW_KINDS
     }
     if not keys:
         return set()
     with engine.db.tx() as s:
         done = repo.resolutions_for(s, [(k, key) for key in keys for k in _INFLOW_KINDS])
-    return {keys[key] for _, key in done}
+    return {keys[key] for (_, key), r in done.items() if r.resolution in _SETTLES_TRANSFER}
 
 
 def backed_transfers(engine: Engine, rail: Rail, refs: list[str]) -> set[str]:

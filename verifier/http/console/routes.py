@@ -152,12 +152,22 @@ def console_router(
         return resp
 
     def current(request: Request) -> ConsoleSession | None:
-        cs = signer.load(only_cookie(request, SESSION_COOKIE))
-        if cs is None or not staff_for(dict(settings.staff_tokens), cs):
-            return None
-        if queries.logged_out(engine, cs.sid):
-            return None
-        return cs
+        # SECURITY: another page on this host (another port, a sibling subdomain) can set a
+        # cookie of the same name for another path or the parent domain, which the browser
+        # sends beside the console's own, in an order the page can choose; Starlette keeps the
+        # last one. Junk is ignored (no lock-out); two live sessions of different people are
+        # no session at all: a planted one must never act under someone else's login.
+        live: dict[str, ConsoleSession] = {}
+        for value in cookie_values(request, SESSION_COOKIE):
+            cs = signer.load(value)
+            if cs is None or not staff_for(dict(settings.staff_tokens), cs):
+                continue
+            if queries.logged_out(engine, cs.sid):
+                continue
+            newest = live.get(cs.staff)
+            if newest is None or cs.auth_at > newest.auth_at:
+                live[cs.staff] = cs
+        return next(iter(live.values())) if len(live) == 1 else None
 
     def to_login(request: Request) -> Response:
         nxt = request.url.path if request.method == "GET" else "/console"
@@ -321,8 +331,9 @@ def console_router(
         except _Refusal as r:
             return login_page(request, r.status, r.message)
         nxt = form.get("next")
-        if not same_origin(request) or not signer.login_csrf_ok(
-            only_cookie(request, LOGIN_COOKIE), form.get("csrf_token")
+        given = form.get("csrf_token")
+        if not same_origin(request) or not any(
+            signer.login_csrf_ok(nonce, given) for nonce in cookie_values(request, LOGIN_COOKIE)
         ):
             return login_page(
                 request,
@@ -767,20 +778,15 @@ def console_router(
     return router
 
 
-def only_cookie(request: Request, name: str) -> str | None:
-    """The value of cookie `name` when the request carries it exactly once.
-
-    SECURITY: another page on this host (another port, a sibling subdomain) can set a cookie of
-    the same name for Path=/, which the browser sends beside the console's own; Starlette keeps
-    the last one, the planted one. Its session would act under someone else's name, or a junk
-    one lock staff out. Two of a name are no session and no login form at all."""
-    found = [
+def cookie_values(request: Request, name: str) -> list[str]:
+    """Every value of cookie `name` the request carries (a browser sends one per path and
+    domain it was set for; Starlette's own parsing keeps only the last)."""
+    return [
         value
-        for part in request.headers.get("cookie", "").split(";")
+        for part in ";".join(request.headers.getlist("cookie")).split(";")
         for key, eq, value in [part.strip().partition("=")]
         if eq and key == name
     ]
-    return found[0] if len(found) == 1 else None
 
 
 def clear_planted(resp: Response, request: Request) -> None:
