@@ -17,33 +17,38 @@ from verifier.storage.models import Entitlement
 from verifier.worker import loop as worker
 
 
-@pytest.mark.parametrize("resolution", ["refunded", "not_ours"])
-def test_refunded_unbound_transfer_is_never_attached_once_it_becomes_bound(eng, resolution):  # noqa: F811
+def _resolved_while_held(e, resolution: str) -> tuple[dict, str]:
+    """The `bound` session held by its tenant's earlier claim (another transfer, waiting for
+    its node), so a run reports the session's own transfer unbound; staff resolve that
+    finding; then the claim is checked, fails, and the session is free. Returns the session
+    and its transfer's signature."""
     sig = EXPECT["bound"]["signature"]
-    bound = session_for(eng, "bound")
-    # The tenant's earlier claim (another transfer) waits for its node: the session is held.
+    bound = session_for(e, "bound")
     pend, _ = proofs.submit_proof(
-        eng, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
+        e, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
     )
     assert pend["status"] == "pending"
-
-    run1 = reconciliation.run(eng, req(), "ops1")
+    run1 = reconciliation.run(e, req(), "ops1")
     [f] = [x for x in by_kind(run1)["orphan_unbound"] if x["subjects"]["transfer"] == sig]
-    # Staff follow the proposed repair: refund the sender, and record it.
-    out = reconciliation.resolve_finding(eng, f["id"], resolution, OP)
+    out = reconciliation.resolve_finding(e, f["id"], resolution, OP)
     assert out["repair_status"] == "resolved"
+    proofs.verify_proof(e, pend["id"])
+    assert [p.status for p in proofs_of(e, bound["id"])] == ["failed"]
+    advance(e, 1)
+    return bound, sig
 
-    # The pending claim is checked: it was not this session's transfer.
-    proofs.verify_proof(eng, pend["id"])
-    assert [p.status for p in proofs_of(eng, bound["id"])] == ["failed"]
 
-    advance(eng, 1)
+def _attached(e, session: dict, sig: str) -> list[str]:
+    return [p.status for p in proofs_of(e, session["id"]) if p.ref == sig]
+
+
+@pytest.mark.parametrize("resolution", ["refunded", "not_ours"])
+def test_refunded_unbound_transfer_is_never_attached_once_it_becomes_bound(eng, resolution):  # noqa: F811
+    bound, sig = _resolved_while_held(eng, resolution)
     run2 = reconciliation.run(eng, req(apply=True, confirm=True), "ops1")
-    attached = [p for p in proofs_of(eng, bound["id"]) if p.ref == sig]
-    kinds = {x["kind"]: x for x in run2["findings"] if x["subjects"].get("transfer") == sig}
-    assert attached == [], (
-        f"refunded transfer attached by apply: {[(p.status) for p in attached]}; finding {kinds}"
-    )
+    [f] = [x for x in run2["findings"] if x["subjects"].get("transfer") == sig]
+    assert (f["kind"], f["repair_status"]) == ("orphan_bound", "resolved")
+    assert _attached(eng, bound, sig) == []
 
 
 # -- discovery --------------------------------------------------------------------------------
@@ -81,21 +86,9 @@ def test_discovery_never_submits_a_refunded_transfer_once_the_session_is_free(db
     recorded, then the claim fails; discovery's next cycle must not attach it."""
     e = make_engine(db_url)
     try:
-        sig = EXPECT["bound"]["signature"]
-        bound = session_for(e, "bound")
-        pend, _ = proofs.submit_proof(
-            e, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
-        )
-        assert discovery.cycle(e) == 0  # held: not watched
-        run1 = reconciliation.run(e, req(), "ops1")
-        [f] = [x for x in by_kind(run1)["orphan_unbound"] if x["subjects"]["transfer"] == sig]
-        reconciliation.resolve_finding(e, f["id"], "refunded", OP)
-        proofs.verify_proof(e, pend["id"])
+        bound, sig = _resolved_while_held(e, "refunded")
         discovery.cycle(e)
-        attached = [p for p in proofs_of(e, bound["id"]) if p.ref == sig]
-        assert attached == [], (
-            f"discovery attached a refunded transfer: {[p.status for p in attached]}"
-        )
+        assert _attached(e, bound, sig) == []
     finally:
         e.db.dispose()
 
@@ -108,40 +101,16 @@ def test_discovery_never_submits_a_refunded_transfer_once_the_session_is_free(db
 def test_accepted_unbound_transfer_is_still_discovered_once_session_is_free(db_url):
     e = make_engine(db_url)
     try:
-        sig = EXPECT["bound"]["signature"]
-        bound = session_for(e, "bound")
-        pend, _ = proofs.submit_proof(
-            e, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
-        )
-        run1 = reconciliation.run(e, req(), "ops1")
-        [f] = [x for x in by_kind(run1)["orphan_unbound"] if x["subjects"]["transfer"] == sig]
-        reconciliation.resolve_finding(e, f["id"], "accepted", OP)
-        proofs.verify_proof(e, pend["id"])  # the pending claim fails: the session is free
+        bound, sig = _resolved_while_held(e, "accepted")
         discovery.cycle(e)
-        got = [(p.ref, p.status) for p in proofs_of(e, bound["id"]) if p.ref == sig]
-        assert got, "the session's own transfer is never discovered after an `accepted` review"
+        assert _attached(e, bound, sig) == ["verified"]
     finally:
         e.db.dispose()
 
 
 def test_accepted_unbound_transfer_is_still_applied_once_bound(eng):  # noqa: F811
-    sig = EXPECT["bound"]["signature"]
-    bound = session_for(eng, "bound")
-    pend, _ = proofs.submit_proof(
-        eng, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
-    )
-    run1 = reconciliation.run(eng, req(), "ops1")
-    [f] = [x for x in by_kind(run1)["orphan_unbound"] if x["subjects"]["transfer"] == sig]
-    reconciliation.resolve_finding(eng, f["id"], "accepted", OP)
-    proofs.verify_proof(eng, pend["id"])
-    advance(eng, 1)
+    bound, sig = _resolved_while_held(eng, "accepted")
     run2 = reconciliation.run(eng, req(apply=True, confirm=True), "ops1")
-    kinds = {
-        x["kind"]: x["repair_status"]
-        for x in run2["findings"]
-        if x["subjects"].get("transfer") == sig
-    }
-    attached = [p.status for p in proofs_of(eng, bound["id"]) if p.ref == sig]
-    assert attached, (
-        f"bound transfer never attached after `accepted` on its unbound finding: {kinds}"
-    )
+    [f] = [x for x in run2["findings"] if x["subjects"].get("transfer") == sig]
+    assert (f["kind"], f["repair_status"]) == ("orphan_bound", "applied")
+    assert _attached(eng, bound, sig) == ["verified"]
