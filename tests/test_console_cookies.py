@@ -19,6 +19,8 @@ from sqlalchemy import select
 from tests.live_server import LiveServer
 from tests.test_console_browser import browser, demo_engine, fill, submit  # noqa: F401
 from verifier.http.api import create_app
+from verifier.http.console.auth import Signer, derive_key
+from verifier.services import console_reads
 from verifier.storage.models import AuditEvent
 
 
@@ -116,7 +118,8 @@ def test_two_live_sessions_of_two_people_are_no_session(demo_engine):  # noqa: F
             assert both.status_code == 303 and "/console/login" in both.headers["location"]
             cleared = both.headers.get_list("set-cookie")
             assert any("railproof_console=" in h and "Path=/;" in h for h in cleared), cleared
-            for pair in (f"junk.junk; railproof_console={mine}", f"{mine}; railproof_console=x"):
+            fresh = _session_of(srv.url, "demo-staff-token")  # both sessions above have ended
+            for pair in (f"junk.junk; railproof_console={fresh}", f"{fresh}; railproof_console=x"):
                 r = c.get("/console", headers={"Cookie": f"railproof_console={pair}"})
                 assert r.status_code == 200 and "<strong>demo-operator<" in r.text, pair
 
@@ -142,3 +145,50 @@ def test_a_planted_cookie_at_any_path_or_domain_locks_no_one_out(demo_engine):  
         assert r.status_code == 303 and r.headers["location"] == "/console/proofs", r.text
         r = c.get("/console/proofs")
         assert r.status_code == 200 and "<strong>demo-operator<" in r.text
+
+
+def _sid(engine, cookie: str) -> str:
+    settings = engine.settings
+    key = derive_key(settings.audit_key_bytes(), dict(settings.staff_tokens))
+    cs = Signer(key).load(cookie)
+    assert cs is not None
+    return cs.sid
+
+
+def test_crossed_sessions_both_end_so_the_planted_one_is_never_taken(demo_engine):  # noqa: F811
+    # A planted session the console cannot expire (the parent domain's), beside the staff
+    # member's own: the request is refused and both sessions end on the record, so the
+    # browser's next request, carrying only the planted one, is no session either. A logout
+    # pressed meanwhile ends them as well.
+    with LiveServer(create_app(demo_engine)) as srv, httpx.Client(base_url=srv.url) as c:
+        mine = _session_of(srv.url, "demo-staff-token")  # demo-operator
+        insider = _session_of(srv.url, "demo-staff-token-2")  # demo-approver, planted
+        both = f"railproof_console={mine}; railproof_console={insider}"
+        assert c.get("/console", headers={"Cookie": both}).status_code == 303
+        after = c.get("/console", headers={"Cookie": f"railproof_console={insider}"})
+        assert after.status_code == 303 and "demo-approver" not in after.text
+        for cookie in (mine, insider):
+            assert console_reads.logged_out(demo_engine, _sid(demo_engine, cookie))
+        # One value repeated is read once.
+        fresh = _session_of(srv.url, "demo-staff-token")
+        r = c.get("/console", headers={"Cookie": "; ".join([f"railproof_console={fresh}"] * 50)})
+        assert r.status_code == 200 and "<strong>demo-operator<" in r.text
+
+
+def test_a_logout_beside_a_planted_session_ends_the_session(demo_engine):  # noqa: F811
+    with LiveServer(create_app(demo_engine)) as srv, httpx.Client(base_url=srv.url) as c:
+        mine = _session_of(srv.url, "demo-staff-token")
+        insider = _session_of(srv.url, "demo-staff-token-2")
+        page = c.get("/console", headers={"Cookie": f"railproof_console={mine}"}).text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert csrf is not None
+        r = c.post(
+            "/console/logout",
+            data={"csrf_token": csrf.group(1)},
+            headers={
+                "Cookie": f"railproof_console={mine}; railproof_console={insider}",
+                "Origin": srv.url,
+            },
+        )
+        assert r.status_code == 303
+        assert console_reads.logged_out(demo_engine, _sid(demo_engine, mine))

@@ -114,3 +114,22 @@ def test_accepted_unbound_transfer_is_still_applied_once_bound(eng):  # noqa: F8
     [f] = [x for x in run2["findings"] if x["subjects"].get("transfer") == sig]
     assert (f["kind"], f["repair_status"]) == ("orphan_bound", "applied")
     assert _attached(eng, bound, sig) == ["verified"]
+
+
+def test_accepted_as_bound_is_not_submitted_by_discovery(db_url):
+    # Reviewed while bound (the state stands: not credited): reconciliation's apply skips it,
+    # and so does discovery.
+    e = make_engine(db_url)
+    try:
+        sig = EXPECT["bound"]["signature"]
+        bound = session_for(e, "bound")
+        dry = reconciliation.run(e, req(), "ops1")
+        [f] = [x for x in by_kind(dry)["orphan_bound"] if x["subjects"]["transfer"] == sig]
+        reconciliation.resolve_finding(e, f["id"], "accepted", OP)
+        again = reconciliation.run(e, req(), "ops1")
+        [g] = [x for x in again["findings"] if x["subjects"].get("transfer") == sig]
+        assert (g["kind"], g["repair_status"]) == ("orphan_bound", "resolved")
+        worker.sweep(e, "w1")
+        assert _attached(e, bound, sig) == []
+    finally:
+        e.db.dispose()

@@ -389,7 +389,8 @@ def settled_transfers(
     engine: Engine, rail_id: str, transfers: list[tuple[str, int | None]]
 ) -> set[tuple[str, int | None]]:
     """Which of these inflows (transfer, log index) a person settled (refunded, found not
-    ours, attached by hand): discovery must not submit them."""
+    ours, attached by hand; or accepted as bound, not to be submitted): discovery must not
+    submit them."""
     keys = {
         subject_key(_INFLOW_KINDS[0], {"transfer": t, "log_index": i}, rail_id): (t, i)
         for t, i in transfers
@@ -398,7 +399,13 @@ def settled_transfers(
         return set()
     with engine.db.tx() as s:
         done = repo.resolutions_for(s, [(k, key) for key in keys for k in _INFLOW_KINDS])
-    return {keys[key] for (_, key), r in done.items() if r.resolution in _SETTLES_TRANSFER}
+    # `accepted` on the bound finding settles what discovery would do: submit it.
+    return {
+        keys[key]
+        for (kind, key), r in done.items()
+        if r.resolution in _SETTLES_TRANSFER
+        or (r.resolution == Resolution.accepted.value and kind == "orphan_bound")
+    }
 
 
 def backed_transfers(engine: Engine, rail: Rail, refs: list[str]) -> set[str]:

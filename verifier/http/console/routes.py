@@ -158,7 +158,8 @@ def console_router(
         # last one. Junk is ignored (no lock-out); two live sessions of different people are
         # no session at all: a planted one must never act under someone else's login.
         live: dict[str, ConsoleSession] = {}
-        for value in cookie_values(request, SESSION_COOKIE):
+        # Each distinct value once, a handful at most: a browser sends one per path and domain.
+        for value in list(dict.fromkeys(cookie_values(request, SESSION_COOKIE)))[:MAX_COOKIES]:
             cs = signer.load(value)
             if cs is None or not staff_for(dict(settings.staff_tokens), cs):
                 continue
@@ -167,7 +168,12 @@ def console_router(
             newest = live.get(cs.staff)
             if newest is None or cs.auth_at > newest.auth_at:
                 live[cs.staff] = cs
-        return next(iter(live.values())) if len(live) == 1 else None
+        if len(live) > 1:
+            # Which one is planted is not known: both end, on the record, so the planted value
+            # is dead and the next login is the only session this browser holds.
+            console_sessions.end_crossed(engine, [(cs.staff, cs.sid) for cs in live.values()])
+            return None
+        return next(iter(live.values()), None)
 
     def to_login(request: Request) -> Response:
         nxt = request.url.path if request.method == "GET" else "/console"
@@ -333,7 +339,8 @@ def console_router(
         nxt = form.get("next")
         given = form.get("csrf_token")
         if not same_origin(request) or not any(
-            signer.login_csrf_ok(nonce, given) for nonce in cookie_values(request, LOGIN_COOKIE)
+            signer.login_csrf_ok(nonce, given)
+            for nonce in cookie_values(request, LOGIN_COOKIE)[:MAX_COOKIES]
         ):
             return login_page(
                 request,
@@ -776,6 +783,9 @@ def console_router(
         )
 
     return router
+
+
+MAX_COOKIES = 8  # values of one console cookie name read from a request
 
 
 def cookie_values(request: Request, name: str) -> list[str]:
