@@ -7,16 +7,15 @@ said so), or could not log in at all. Driven in real headless chromium."""
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, handler_server
 from tests.test_console_browser import browser, demo_engine, fill, submit  # noqa: F401
 from verifier.http.api import create_app
 from verifier.http.console.auth import Signer, derive_key
@@ -39,14 +38,8 @@ def planting(cookie: str) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        host, port = server.server_address[:2]
-        yield f"http://{host}:{port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with handler_server(Handler) as url:
+        yield url + "/"
 
 
 def _login(driver, url: str, token: str) -> str:

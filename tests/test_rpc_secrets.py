@@ -10,9 +10,8 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from threading import Thread
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from rails.transport.failover import RetryPolicy
 from registry.catalog import load_catalog
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.helpers import cassette_engine
+from tests.live_server import handler_server
 from verifier.core.checking import run_verify
 from verifier.core.config import Settings
 from verifier.core.engine import Engine
@@ -86,15 +86,8 @@ def node(answer: Answer) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        host, port = server.server_address[:2]
-        yield f"http://{host}:{port}/v2/{KEY}1?api-key={KEY}2"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with handler_server(Handler) as url:
+        yield f"{url}/v2/{KEY}1?api-key={KEY}2"
 
 
 def html_page(url: str, body: bytes) -> tuple[int, str, bytes, int]:
