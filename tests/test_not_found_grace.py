@@ -160,6 +160,63 @@ def test_an_unreachable_node_between_not_found_answers_does_not_keep_a_proof_pen
     assert (stored["status"], stored["failure_code"]) == ("failed", "tx_not_found"), seen
 
 
+class DownNode:
+    """A node that is unreachable while `down` is set, and answers `inner` otherwise."""
+
+    source = "live"
+
+    def __init__(self, inner: SwitchableTransport) -> None:
+        self.inner = inner
+        self.down = False
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if self.down:
+            raise RpcUnavailable("connection refused")
+        return self.inner.call(method, params)
+
+
+def test_a_node_still_behind_after_a_long_outage_gets_the_grace_again(engine):
+    # "Not found", then the node is unreachable for longer than the grace (and two re-checks),
+    # then it answers "not found" again, still catching up: the grace counts from that answer,
+    # not from the one before the outage, so the payment verifies once the node has it.
+    calls = recorded_calls(DEMO_FILE)
+    behind = SwitchableTransport(_without_the_transaction(calls))
+    node = DownNode(behind)
+    engine.chains.set_transport("solana-mainnet", node)
+    session = _demo_session(engine)
+    _past_grace(engine, session, 5)
+    view, _ = proofs.submit_proof(engine, session["id"], DEMO["signature"], ["alice"])
+    assert (view["status"], view["failure_code"]) == ("pending", "tx_not_found"), view
+    node.down = True
+    outage = 2 * proofs.LONGEST_RECHECK.total_seconds() + 60
+    for _ in range(6):
+        advance(engine, outage / 6)
+        worker.sweep(engine, "w1")
+    node.down = False
+    stored = _checked(engine, view["id"])
+    assert (stored["status"], stored["failure_code"]) == ("pending", "tx_not_found"), stored
+    advance(engine, engine.settings.tx_not_found_grace_seconds - 60)
+    assert _checked(engine, view["id"])["status"] == "pending"
+    behind.load(calls)  # the node caught up
+    advance(engine, 30)
+    assert _checked(engine, view["id"])["status"] == "verified"
+
+
+def test_a_node_that_never_has_the_transfer_fails_a_grace_after_a_long_outage(engine):
+    node = DownNode(SwitchableTransport(_without_the_transaction(recorded_calls(DEMO_FILE))))
+    engine.chains.set_transport("solana-mainnet", node)
+    session = _demo_session(engine)
+    _past_grace(engine, session, 5)
+    view, _ = proofs.submit_proof(engine, session["id"], DEMO["signature"], ["alice"])
+    node.down = True
+    advance(engine, 2 * proofs.LONGEST_RECHECK.total_seconds() + 60)
+    node.down = False
+    assert _checked(engine, view["id"])["status"] == "pending"
+    advance(engine, engine.settings.tx_not_found_grace_seconds + 1)
+    stored = _checked(engine, view["id"])
+    assert (stored["status"], stored["failure_code"]) == ("failed", "tx_not_found"), stored
+
+
 def test_a_confirmed_transfer_whose_fork_is_dropped_does_not_stay_verified(engine):
     calls = recorded_calls(CONFIRMED)
     sig = calls[0]["params"][0]

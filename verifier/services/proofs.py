@@ -506,11 +506,17 @@ def opening_skew(engine: Engine) -> timedelta:
     return timedelta(seconds=engine.settings.chain_clock_skew_seconds)
 
 
+_BACKOFF_CAP_S = 600.0
+_JITTER = 0.2
+# The longest a pending proof waits for its next re-check.
+LONGEST_RECHECK = timedelta(seconds=_BACKOFF_CAP_S * (1 + _JITTER))
+
+
 def backoff(attempts: int) -> timedelta:
     """Next re-check of a pending proof: exponential from 5 s, capped at 10 min, with jitter
     so a batch of proofs does not re-check in lockstep."""
-    base = min(600.0, 5.0 * (2 ** max(0, attempts - 1)))
-    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+    base = min(_BACKOFF_CAP_S, 5.0 * (2 ** max(0, attempts - 1)))
+    return timedelta(seconds=base * random.uniform(1 - _JITTER, 1 + _JITTER))
 
 
 def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Verdict:
@@ -551,17 +557,27 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     return verdict
 
 
-def _not_found_since(s: Session, p: Proof | Record, now: datetime) -> datetime:
+def _not_found_since(s: Session, p: Proof | Record, now: datetime, grace: timedelta) -> datetime:
     """When the chain began answering "not found" for this proof without a break: its first
     such attempt since any other answer (a reorg, a verdict), else now. An unreachable node
     said nothing: it neither breaks the run (a flaky node would keep a proof pending for good)
-    nor starts one (a proof first checked while its node was down starts at its first answer)."""
+    nor starts one (a proof first checked while its node was down starts at its first answer).
+    But a silence between two "not found" answers longer than the grace and than two re-checks
+    (an outage, a stopped worker) starts the run again: the node answering after it may be one
+    still catching up, and it gets the whole grace too."""
     if not p.attempts:
         return now
-    since = attempt_repo.pending_since(
-        s, p.id, FailureCode.tx_not_found.value, neutral=(FailureCode.rpc_unavailable.value,)
-    )
-    return now if since is None else utc(since)
+    silence = max(grace, 2 * LONGEST_RECHECK)
+    since = now
+    for said in reversed(
+        attempt_repo.pending_run(
+            s, p.id, FailureCode.tx_not_found.value, neutral=(FailureCode.rpc_unavailable.value,)
+        )
+    ):
+        if since - utc(said) > silence:
+            break
+        since = utc(said)
+    return since
 
 
 def _record_attempt(
@@ -603,7 +619,7 @@ def _record_attempt(
         verdict.status is Status.pending
         and verdict.code is FailureCode.tx_not_found
         and now > utc(ps.expires_at) + grace
-        and now > _not_found_since(s, p, now) + grace
+        and now > _not_found_since(s, p, now, grace) + grace
     ):
         # Give up only when the session is long over (the transfer can no longer count) and
         # the chain has said "not found" for the whole grace: a proof submitted late, or sent

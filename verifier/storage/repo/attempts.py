@@ -52,12 +52,13 @@ def reserve_id_behind(s: Session) -> Callable[[], int | None]:
     return lambda: int(later.rows()[0][0])
 
 
-def pending_since(
+def pending_run(
     s: Session, proof_id: str, code: str, neutral: Collection[str] = ()
-) -> datetime | None:
-    """When the proof's latest unbroken run of attempts `pending` with `code` began: its first
-    such attempt with no other attempt after it but ones `pending` with a `neutral` code
-    (which neither break the run nor start one). None when there is no such attempt."""
+) -> list[datetime]:
+    """When each attempt of the proof's latest unbroken run of attempts `pending` with `code`
+    was recorded, oldest first: its attempts with that code after any other attempt but ones
+    `pending` with a `neutral` code (which neither break the run nor belong to it). Empty
+    when there is no such attempt."""
     breaks = (
         select(func.max(_VA.id))
         .where(
@@ -70,14 +71,17 @@ def pending_since(
         )
         .scalar_subquery()
     )
-    first: datetime | None = s.scalar(
-        select(func.min(_VA.created_at)).where(
-            _VA.proof_id == proof_id,
-            _VA.id > func.coalesce(breaks, 0),
-            _VA.failure_code == code,
+    return list(
+        s.scalars(
+            select(_VA.created_at)
+            .where(
+                _VA.proof_id == proof_id,
+                _VA.id > func.coalesce(breaks, 0),
+                _VA.failure_code == code,
+            )
+            .order_by(_VA.id)
         )
     )
-    return first
 
 
 def add(s: Session, attempt: VerificationAttempt) -> VerificationAttempt:
