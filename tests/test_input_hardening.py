@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import FAKE_SESSION, counts
+from tests.live_server import LiveServer
 from verifier.core.errors import BadInput
 from verifier.services import idempotency
 from verifier.storage.models import IdempotencyClaim
@@ -245,6 +247,41 @@ def test_idempotency_key_is_printable(client, engine):
     assert r.status_code == 422 and r.json()["error"]["field"] == "Idempotency-Key", r.text
     with pytest.raises(BadInput):
         idempotency.run_idempotent(engine, "svc:x", "POST /x", "k\x00", {}, lambda: (201, {}))
+
+
+def _raw_post(url: str, path: str, body: dict, headers: list[tuple[bytes, bytes]]) -> dict:
+    """A request written byte for byte (a client library would trim the header itself)."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    head = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: " + host.encode()]
+    head += [k + b": " + v for k, v in headers]
+    head += [b"Content-Type: application/json", b"Content-Length: %d" % len(data)]
+    head += [b"Connection: close"]
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"\r\n".join(head) + b"\r\n\r\n" + data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    status_line, _, rest = out.partition(b"\r\n")
+    assert status_line.split()[1] in (b"200", b"201"), out
+    return json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_a_key_padded_with_whitespace_is_the_same_key(client, engine):
+    # RFC 9110 5.5: a field value has no surrounding whitespace. The server drops the leading
+    # kind; a trailing space (a proxy, a client building the header another way) used to make
+    # another key, and a retry opened a second payment session.
+    before = counts(engine)
+    authz = (b"Authorization", b"Bearer " + auth()["Authorization"].split()[1].encode())
+    with LiveServer(client.app) as srv:
+        ids = {
+            _raw_post(srv.url, "/v1/payment-sessions", SESSION, [authz, (b"Idempotency-Key", k)])[
+                "id"
+            ]
+            for k in (b"order-77", b" order-77", b"order-77 ", b"order-77 \t ")
+        }
+    assert len(ids) == 1, ids
+    assert counts(engine)["payment_sessions"] == before["payment_sessions"] + 1
 
 
 # -- strict confirmation ------------------------------------------------------------------

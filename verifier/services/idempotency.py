@@ -74,6 +74,9 @@ def run_idempotent(
 
     if key is None:
         return answer_of(work())
+    # A header's value has no surrounding whitespace (RFC 9110 5.5): servers drop the leading
+    # kind, so the trailing kind must go too, or a retry padded by a proxy is another key.
+    key = key.strip(" \t")
     # A key is an id: no control characters (NUL would break PostgreSQL text).
     if not key or len(key) > MAX_KEY or not key.isprintable():
         raise BadInput(
