@@ -151,6 +151,21 @@ def db_url(request, tmp_path) -> Iterator[str]:
     drop()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request, tmp_path) -> Iterator[str]:
+    """An empty database, never migrated (a migration test brings it to the revision it
+    needs)."""
+    if request.param == "sqlite":
+        (tmp_path / "empty.db").touch()
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    request.getfixturevalue("pg_template")  # skips (or fails under CI) without PostgreSQL
+    # From template0, not from the migrated template.
+    url, drop = make_pg_db("template0")
+    yield url
+    drop()
+
+
 def make_settings(db_url: str, **kw) -> Settings:
     base = dict(
         database_url=db_url,

@@ -3,12 +3,10 @@
 import re
 from importlib.metadata import version
 
-import pytest
 import typer
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
-from tests.conftest import make_pg_db
 from verifier.cli.main import app
 from verifier.storage.db import upgrade
 
@@ -33,19 +31,6 @@ def test_db_history_lists_migrations_oldest_first_with_descriptions():
     assert all(re.fullmatch(r"\d{4}  \S.*", line) for line in lines)
     # A description wrapped over two lines in the migration is printed whole.
     assert any(line.endswith("one holding proof per fingerprint, transfer holds") for line in lines)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_url(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/empty.db"
-        (tmp_path / "empty.db").touch()
-        yield url
-        return
-    request.getfixturevalue("pg_template")  # skips (or fails under CI) without PostgreSQL
-    url, drop = make_pg_db("template0")
-    yield url
-    drop()
 
 
 def test_db_current_says_whether_the_database_is_at_head(empty_url, monkeypatch):

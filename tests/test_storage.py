@@ -8,7 +8,6 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
-from tests.conftest import make_pg_db
 from verifier.cli.main import app
 from verifier.services import audit
 from verifier.storage.db import (
@@ -32,18 +31,6 @@ TABLES = {
     "audit_events",
     "idempotency_claims",
 }
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/empty.db"
-        return
-    request.getfixturevalue("pg_template")  # skips (or fails under CI) without PostgreSQL
-    # An empty database: from template0, not from the migrated template.
-    url, drop = make_pg_db("template0")
-    yield url
-    drop()
 
 
 def test_migration_from_empty_and_refusal_before(empty_url):

@@ -23,7 +23,43 @@ depends_on = None
 HOLDING_SQL = "status IN ('verified', 'requires_review')"
 
 
+class SharedReferences(RuntimeError):
+    """Sessions of different rails carry one reference: this revision makes references unique
+    across rails, and which session a reference belongs to is not the migration's to decide."""
+
+
+def _refuse_shared_references() -> None:
+    # Until now a reference was unique per rail, so a solana_usdc and a solana_usdt session
+    # could carry one. Name them for the operator rather than die on the unique constraint.
+    rows = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT reference, id, rail_id, status FROM payment_sessions WHERE reference IN "
+                "(SELECT reference FROM payment_sessions WHERE reference IS NOT NULL "
+                "GROUP BY reference HAVING count(*) > 1) ORDER BY reference, created_at, id"
+            )
+        )
+        .all()
+    )
+    if not rows:
+        return
+    shared: dict[str, list[str]] = {}
+    for reference, sid, rail_id, status in rows:
+        shared.setdefault(reference, []).append(f"{sid} ({rail_id}, {status})")
+    listed = "; ".join(f"{ref}: {', '.join(s)}" for ref, s in list(shared.items())[:20])
+    more = f" and {len(shared) - 20} more" if len(shared) > 20 else ""
+    raise SharedReferences(
+        f"{len(shared)} reference(s) shared by sessions of different rails, which this "
+        f"version refuses (a transfer carrying one could back either): {listed}{more}. "
+        "Give each a reference of its own by hand (a session never paid and no longer open "
+        "can drop its reference), then run the upgrade again; the database is left at "
+        "revision 0004"
+    )
+
+
 def upgrade() -> None:
+    _refuse_shared_references()
     with op.batch_alter_table("payment_sessions") as b:
         b.add_column(sa.Column("payer", sa.String(length=128), nullable=True))
         b.drop_constraint("uq_payment_sessions_rail_id_reference", type_="unique")

@@ -1,0 +1,221 @@
+"""Upgrades of databases holding what earlier versions stored: the new guarantees hold for
+the old rows, and data a revision cannot carry stops it with a message naming the rows,
+never a raw constraint error.
+
+On both stores; the x402 payment is the recorded Base Sepolia payload, settled on a local
+chain (tests/test_transfer_identity.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import create_engine, select, text
+
+from rails.base import fingerprint
+from rails.x402 import X402Adapter
+from registry.catalog import RailOverrides, load_catalog
+from tests.procs import base_env, cli
+from tests.test_transfer_identity import (
+    HEADER,
+    IDENTITY,
+    OPENED_AT,
+    PAY_TO,
+    SETTLED_AT,
+    VALUE,
+    Settled,
+    served,
+)
+from verifier.storage.db import Database, current_revision, upgrade
+from verifier.storage.models import TransferHold
+
+
+def _insert(url: str, *rows: tuple[str, dict]) -> None:
+    eng = create_engine(url)
+    with eng.begin() as c:
+        for sql, params in rows:
+            c.execute(text(sql), params)
+    eng.dispose()
+
+
+def _credited_x402(url: str, settled: Settled) -> str:
+    """Alice's x402 payment as the schema before transfer holds stored it: session paid,
+    proof verified, settlement final, receipt and active entitlement. Returns its fingerprint."""
+    rail = load_catalog().resolve("x402", RailOverrides(network="base-sepolia"))
+    ref = X402Adapter(rail).normalize_proof("x402_payment_payload", HEADER)
+    fp = fingerprint(rail.family, rail.network, "x402_payment_payload", ref)
+    opened = datetime.fromtimestamp(OPENED_AT - 60, tz=UTC)
+    paid = datetime.fromtimestamp(SETTLED_AT + 60, tz=UTC)
+    receipt = settled.receipt(settled.settlement)
+    eng = create_engine(url)
+    with eng.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
+                "network, asset, recipient, reference, memo, status, created_at, expires_at, "
+                "paid_at) VALUES ('ses_x402', 'alice', 'x402', 'api', :amount, 'base-sepolia', "
+                ":asset, :to, NULL, NULL, 'paid', :opened, :expires, :paid)"
+            ),
+            dict(
+                amount=VALUE,
+                asset=rail.asset,
+                to=PAY_TO,
+                opened=opened,
+                expires=opened + timedelta(hours=1),
+                paid=paid,
+            ),
+        )
+        c.execute(
+            text(
+                "INSERT INTO proofs (id, fingerprint, rail_id, proof_type, ref, raw, owner_id, "
+                "session_id, status, failure_code, detail, attempts, created_at, updated_at) "
+                "VALUES ('prf_x402', :fp, 'x402', 'x402_payment_payload', :ref, :raw, 'alice', "
+                "'ses_x402', 'verified', NULL, 'authorization verified', 1, :at, :paid)"
+            ),
+            dict(fp=fp, ref=ref, raw=HEADER, at=opened + timedelta(seconds=30), paid=paid),
+        )
+        attempt = c.execute(
+            text(
+                "INSERT INTO verification_attempts (proof_id, status, failure_code, detail, "
+                "observed, rpc_calls, latency_ms, source, worker, created_at) VALUES "
+                "('prf_x402', 'verified', NULL, 'settled', '{}', 3, 5, 'live', 'w1', :paid) "
+                "RETURNING id"
+            ),
+            dict(paid=paid),
+        ).scalar_one()
+        settlement = c.execute(
+            text(
+                "INSERT INTO settlement_evidence (proof_id, attempt_id, finality, is_final, "
+                "reorged, slot, block_number, block_hash, confirmations, detail, source, "
+                "observed_at) VALUES ('prf_x402', :a, 'finalized', true, false, NULL, :bn, "
+                ":bh, 20, 'finalized', 'live', :paid) RETURNING id"
+            ),
+            dict(a=attempt, bn=int(receipt["blockNumber"], 16), bh=receipt["blockHash"], paid=paid),
+        ).scalar_one()
+        c.execute(
+            text(
+                "INSERT INTO receipts (id, proof_id, session_id, settlement_id, owner_id, "
+                "access_product_id, rail_id, amount, created_by, created_at) VALUES "
+                "('rcp_x402', 'prf_x402', 'ses_x402', :st, 'alice', 'api', 'x402', :amount, "
+                "'ops1', :paid)"
+            ),
+            dict(st=settlement, amount=VALUE, paid=paid),
+        )
+        c.execute(
+            text(
+                "INSERT INTO entitlements (id, owner_id, access_product_id, session_id, status, "
+                "receipt_id, reorg_flagged, created_at, updated_at) VALUES ('ent_x402', "
+                "'alice', 'api', 'ses_x402', 'active', 'rcp_x402', false, :paid, :paid)"
+            ),
+            dict(paid=paid),
+        )
+    eng.dispose()
+    return fp
+
+
+def _holds(url: str) -> dict[str, str]:
+    db = Database(url)
+    with db.tx() as s:
+        held = {h.transfer_key: h.proof_id for h in s.scalars(select(TransferHold))}
+    db.dispose()
+    return held
+
+
+def test_an_x402_payment_credited_before_transfer_holds_cannot_be_credited_again(empty_url):
+    # SECURITY: the upgrade gave an x402 payment held before transfer holds only its
+    # fingerprint, never its EIP-3009 identity, which is what refuses the same transfer named
+    # by its settlement's hash: another owner's Base USDC session was credited it (201
+    # verified) where a payment made on today's schema is refused.
+    settled = Settled()
+    upgrade(empty_url, "0004")
+    fp = _credited_x402(empty_url, settled)
+    upgrade(empty_url)
+    assert _holds(empty_url) == {"proof:" + fp: "prf_x402", IDENTITY: "prf_x402"}
+
+    with served(empty_url, settled.chain) as api:
+        bob = api.open("base_usdc", "bob")
+        r = api.submit(bob, settled.settlement, "bob")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "proof_owner_conflict"
+    assert _holds(empty_url)[IDENTITY] == "prf_x402"
+
+
+def test_a_payment_already_held_twice_is_left_for_staff_not_a_failed_upgrade(empty_url, caplog):
+    # A Base USDC proof of the same settlement verified after 0005 holds the identity already:
+    # the upgrade keeps both rows as they are and names the pair.
+    settled = Settled()
+    upgrade(empty_url, "0012")
+    fp = _credited_x402(empty_url, settled)
+    now = datetime.fromtimestamp(SETTLED_AT + 120, tz=UTC)
+    _insert(
+        empty_url,
+        (
+            "INSERT INTO transfer_holds (transfer_key, proof_id, session_id, owner_id, "
+            "created_at) VALUES (:fp, 'prf_x402', 'ses_x402', 'alice', :now)",
+            dict(fp="proof:" + fp, now=now),
+        ),
+        (
+            "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
+            "network, asset, recipient, status, created_at, expires_at, payer) VALUES "
+            "('ses_bob', 'bob', 'base_usdc', 'api', 1, 'base-sepolia', 'a', 'r', 'paid', :now, "
+            ":later, 'p')",
+            dict(now=now, later=now + timedelta(hours=1)),
+        ),
+        (
+            "INSERT INTO proofs (id, fingerprint, rail_id, proof_type, ref, raw, owner_id, "
+            "session_id, status, detail, attempts, created_at, updated_at) VALUES ('prf_bob', "
+            "'b', 'base_usdc', 'evm_tx_hash', 'h', 'h', 'bob', 'ses_bob', 'verified', '', 1, "
+            ":now, :now)",
+            dict(now=now),
+        ),
+        (
+            "INSERT INTO transfer_holds (transfer_key, proof_id, session_id, owner_id, "
+            "created_at) VALUES (:key, 'prf_bob', 'ses_bob', 'bob', :now)",
+            dict(key=IDENTITY, now=now),
+        ),
+    )
+    with caplog.at_level("WARNING", logger="alembic.runtime.migration"):
+        upgrade(empty_url)
+    assert _holds(empty_url) == {"proof:" + fp: "prf_x402", IDENTITY: "prf_bob"}
+    assert "prf_x402" in caplog.text and "prf_bob" in caplog.text, caplog.text
+
+
+def test_sessions_sharing_a_reference_across_rails_stop_the_upgrade_by_name(empty_url):
+    # References were unique per rail, so a solana_usdc and a solana_usdt session could share
+    # one; the revision making them unique everywhere died on the unique index with a raw
+    # IntegrityError and named nothing.
+    upgrade(empty_url, "0004")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ref = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
+    _insert(
+        empty_url,
+        *(
+            (
+                "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, "
+                "amount, network, asset, recipient, reference, memo, status, created_at, "
+                "expires_at) VALUES (:id, 'alice', :rail, 'pro', 5, 'solana-mainnet', :mint, "
+                "'C1bLvQGPqJx3xD3gtQqm4wP7P1q3u8TrRBh3GhDZ3DCb', :ref, NULL, 'open', :now, :exp)",
+                dict(
+                    id=sid, rail=rail_id, mint=mint, ref=ref, now=now, exp=now + timedelta(hours=1)
+                ),
+            )
+            for sid, rail_id, mint in (
+                ("ses_usdc", "solana_usdc", "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"),
+                ("ses_usdt", "solana_usdt", "Es9vMFrzaCERmJfrF4H2FYD4KCoNkY11McCe8BenwNYB"),
+            )
+        ),
+    )
+    out = cli(["db", "upgrade"], base_env(database_url=empty_url))
+    message = out.stdout + out.stderr
+    assert out.returncode == 2, message
+    assert "ses_usdc (solana_usdc, open)" in message and "ses_usdt (solana_usdt, open)" in message
+    assert ref in message and "IntegrityError" not in message, message
+    eng = create_engine(empty_url)
+    assert current_revision(eng) == "0004"
+    with eng.connect() as c:
+        kept = c.execute(text("SELECT id, reference FROM payment_sessions ORDER BY id")).all()
+    eng.dispose()
+    assert [tuple(r) for r in kept] == [("ses_usdc", ref), ("ses_usdt", ref)]
+
+    _insert(empty_url, ("UPDATE payment_sessions SET reference = NULL WHERE id = 'ses_usdt'", {}))
+    out = cli(["db", "upgrade"], base_env(database_url=empty_url))
+    assert out.returncode == 0, out.stdout + out.stderr
