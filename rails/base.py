@@ -251,6 +251,13 @@ class Adapter(Protocol):
     requires_payer: ClassVar[bool]
     # The refusal when the transfer already backs another session of the same owner.
     replay_code: ClassVar[FailureCode]
+    # When a payment was made, for its session's window: False, its transfer's chain time;
+    # True, when its proof was submitted (a signed authorization handed over inside the
+    # window and settled by someone else, possibly after it closed). `chain_time_margin_s`:
+    # how much earlier than the window's start the transfer's chain time may be, the chain's
+    # clock not being railproof's. The apply gate checks the window as the rail does.
+    paid_at_submission: ClassVar[bool]
+    chain_time_margin_s: ClassVar[int]
     # How the transfers into a treasury are listed (reconciliation and discovery ask this,
     # never the family's name); None: the family's inflows are not scanned, and
     # `inflow_scan_gap` says why (a chain_inflows run then says nothing was checked).

@@ -594,6 +594,8 @@ class EvmAdapter:
     binds_payer: ClassVar[bool] = True
     requires_payer: ClassVar[bool] = True
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    paid_at_submission: ClassVar[bool] = False
+    chain_time_margin_s: ClassVar[int] = 0
     paid_by: ClassVar[str | None] = None
     inflow_scan: ClassVar[InflowScan | None] = InflowScan.transfer_logs
     inflow_scan_gap: ClassVar[str] = ""

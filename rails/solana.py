@@ -729,6 +729,8 @@ class SolanaAdapter:
     binds_payer: ClassVar[bool] = False
     requires_payer: ClassVar[bool] = False
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    paid_at_submission: ClassVar[bool] = False
+    chain_time_margin_s: ClassVar[int] = 0
     paid_by: ClassVar[str | None] = None
     inflow_scan: ClassVar[InflowScan | None] = InflowScan.signatures
     inflow_scan_gap: ClassVar[str] = ""

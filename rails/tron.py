@@ -294,6 +294,8 @@ class TronAdapter:
     binds_payer: ClassVar[bool] = True
     requires_payer: ClassVar[bool] = True
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    paid_at_submission: ClassVar[bool] = False
+    chain_time_margin_s: ClassVar[int] = 0
     # Review-only: report, never repair. The node's HTTP API (wallet/*) looks transactions
     # up by id and has no listing of an account's TRC-20 transfers (only indexers such as
     # TronGrid's /v1 serve that history, which railproof does not read).

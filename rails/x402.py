@@ -764,6 +764,10 @@ class X402Adapter:
     # The engine's answer when an authorization already backs another session: on chain a
     # nonce settles once, so a second session can never be paid by it.
     replay_code: ClassVar[FailureCode] = FailureCode.nonce_reused
+    # The payer hands the authorization over inside the session; the facilitator settles it
+    # when it does (checks 10 and 11 of the module's docstring).
+    paid_at_submission: ClassVar[bool] = True
+    chain_time_margin_s: ClassVar[int] = SETTLEMENT_CLOCK_MARGIN_S
     # A payment is its signed authorization, submitted by the resource server: there is
     # no unsubmitted transfer to find.
     # Only an EIP-3009 authorization pays an x402 session: an ordinary transfer of the token

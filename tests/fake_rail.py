@@ -38,6 +38,8 @@ class FakeAdapter:
     requires_payer = False
     paid_by = None
     replay_code = FailureCode.duplicate_payment
+    paid_at_submission = False
+    chain_time_margin_s = 0
     inflow_scan = None
     inflow_scan_gap = "the fake chain lists no inflows"
 

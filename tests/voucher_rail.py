@@ -98,6 +98,8 @@ class VoucherAdapter:
     requires_payer: ClassVar[bool] = False
     paid_by: ClassVar[str | None] = None
     replay_code: ClassVar[FailureCode] = FailureCode.duplicate_payment
+    paid_at_submission: ClassVar[bool] = False
+    chain_time_margin_s: ClassVar[int] = 0
     inflow_scan: ClassVar[InflowScan | None] = None
     inflow_scan_gap: ClassVar[str] = "a voucher is redeemed, not transferred to a treasury"
 

@@ -23,7 +23,12 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refused
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services import audit, events
-from verifier.services.proofs import latest_settlement, latest_verified_attempt, load_proof
+from verifier.services.proofs import (
+    latest_settlement,
+    latest_verified_attempt,
+    load_proof,
+    terms_for,
+)
 from verifier.services.views import entitlement_view, receipt_view
 from verifier.storage.models import (
     Entitlement,
@@ -214,7 +219,7 @@ def _evaluate(
             else f"stage {stage}: RAILPROOF_LIVE_APPLY is off",
         )
     add(*_receipt_creation(engine, p.rail_id, stage, via))
-    ok, detail = _tuple_bound(s, p, ctx, reads)
+    ok, detail = _tuple_bound(engine, s, p, ctx, reads)
     add("tuple_bound", ok, detail)
     return checks, ctx
 
@@ -242,7 +247,9 @@ def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Vi
     return "receipt_creation_allowed", False, f"stage {stage}: never creates receipts"
 
 
-def _tuple_bound(s: Session, p: Proof, ctx: _Rows, reads: _Reads) -> tuple[bool, str]:
+def _tuple_bound(
+    engine: Engine, s: Session, p: Proof, ctx: _Rows, reads: _Reads
+) -> tuple[bool, str]:
     """proof ↔ session ↔ owner ↔ product ↔ receipt all agree, and the chain paid what the
     session asked, to whom it asked, on its rail."""
     ps = session_repo.get(s, p.session_id)
@@ -281,14 +288,37 @@ def _tuple_bound(s: Session, p: Proof, ctx: _Rows, reads: _Reads) -> tuple[bool,
         # SECURITY: a session that names its payer binds the transfer's sender.
         if ps.payer and str(obs.get("sender") or "").lower() != ps.payer.lower():
             problems.append("observed sender differs from the session's payer")
-        bt = epoch_of(obs.get("block_time"))
-        if bt is not None:
-            # Chain times are whole seconds: compare at that resolution, as the adapters do.
-            if not int(utc(ps.created_at).timestamp()) <= bt <= utc(ps.expires_at).timestamp():
-                problems.append("transfer time outside the session window")
+        problems += _outside_window(engine, p, ps, epoch_of(obs.get("block_time")))
     if problems:
         return False, "; ".join(problems)
     return True, "owner, session, product, amount, recipient and rail agree"
+
+
+def _outside_window(
+    engine: Engine, p: Proof, ps: PaymentSession | Record, chain_time: float | None
+) -> list[str]:
+    """Why the payment is outside the session's window, read as its rail reads it: the window
+    its verification had (a generated reference's skew included), the chain's margin, and a
+    payment made at its submission (x402) checked at that time."""
+    if not engine.has_rail(ps.rail_id):
+        return []  # rail_registered blocks it already
+    adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network, asset=ps.asset))
+    terms = terms_for(engine, ps, adapter, p.created_at)
+    assert terms.not_before is not None and terms.not_after is not None
+    # Chain times are whole seconds: compare at that resolution, as the adapters do.
+    start = int(terms.not_before.timestamp()) - adapter.chain_time_margin_s
+    end = terms.not_after.timestamp()
+    problems = []
+    if adapter.paid_at_submission:
+        # SECURITY: handed over after the session closed, it is not this session's payment,
+        # whenever it settled.
+        if utc(p.created_at) > terms.not_after:
+            problems.append("proof submitted after the session expired")
+        if chain_time is not None and chain_time < start:
+            problems.append("settled before the session opened")
+    elif chain_time is not None and not start <= chain_time <= end:
+        problems.append("transfer time outside the session window")
+    return problems
 
 
 def _report(p: Proof, checks: list[Check], ctx: _Rows) -> dict[str, Any]:
