@@ -3,12 +3,14 @@
 import re
 from importlib.metadata import version
 
+import pytest
 import typer
+from sqlalchemy import text
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from verifier.cli.main import app
-from verifier.storage.db import upgrade
+from verifier.storage.db import Database, NotMigrated, require_migrated, upgrade
 
 
 def cli(*args: str):
@@ -49,6 +51,23 @@ def test_db_current_says_whether_the_database_is_at_head(empty_url, monkeypatch)
     r = cli("db", "current")
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith(f"{head} (head): ")
+
+
+def test_a_database_a_newer_version_migrated_is_named_as_such(empty_url, monkeypatch):
+    # Its revision is unknown here: `db upgrade` cannot help, and used to be what every
+    # message asked for (then failed with alembic's "Can't locate revision").
+    monkeypatch.setenv("RAILPROOF_DATABASE_URL", empty_url)
+    upgrade(empty_url)
+    db = Database(empty_url)
+    with db.engine.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    for args in (("db", "current"), ("db", "upgrade")):
+        r = cli(*args)
+        assert r.exit_code in (1, 2) and "does not know" in r.output, (args, r.output)
+        assert "run `railproof db upgrade`" not in r.output and "Traceback" not in r.output
+    with pytest.raises(NotMigrated, match="a newer version migrated it"):
+        require_migrated(db.engine)
+    db.dispose()
 
 
 def test_db_current_does_not_create_a_missing_sqlite_file(tmp_path, monkeypatch):

@@ -127,20 +127,44 @@ def db_upgrade(
     ] = "head",
 ) -> None:
     """Migrate the database at RAILPROOF_DATABASE_URL to the latest schema."""
-    from verifier.storage.db import upgrade
+    from verifier.storage.db import known_revision, unknown_revision, upgrade
 
     settings = _settings()
     try:
         upgrade(settings.database_url, revision)
     except Exception as e:
+        current = _revision_or_none(settings.database_url)
+        if current is not None and not known_revision(settings.database_url, current):
+            fail(f"migration failed: the database is {unknown_revision(current)}")
         fail(f"migration failed: {type(e).__name__}: {str(e).splitlines()[0]}")
     typer.echo(f"database at {revision}: {settings.database_url.split('@')[-1]}")
+
+
+def _revision_or_none(url: str) -> str | None:
+    """The database's revision, or None when it has none or cannot be read."""
+    from verifier.storage.db import current_revision, make_engine
+
+    try:
+        engine = make_engine(url)
+        try:
+            return current_revision(engine)
+        finally:
+            engine.dispose()
+    except Exception:
+        return None
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's Alembic revision and whether it is at head (exit 1 when not)."""
-    from verifier.storage.db import current_revision, head_revision, make_engine, sqlite_path
+    from verifier.storage.db import (
+        current_revision,
+        head_revision,
+        known_revision,
+        make_engine,
+        sqlite_path,
+        unknown_revision,
+    )
 
     settings = _settings()
     where = settings.database_url.split("@")[-1]
@@ -159,6 +183,9 @@ def db_current() -> None:
     if current == head:
         typer.echo(f"{current} (head): {where}")
         return
+    if current is not None and not known_revision(settings.database_url, current):
+        typer.echo(f"{where}: {unknown_revision(current)}")
+        raise typer.Exit(1)
     state = "empty (never migrated)" if current is None else f"{current}, head is {head}"
     typer.echo(f"{state}: {where}; run `railproof db upgrade`")
     raise typer.Exit(1)

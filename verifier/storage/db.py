@@ -358,11 +358,29 @@ def require_migrated(engine: Engine) -> None:
     url = engine.url.render_as_string(hide_password=False)
     current, head = current_revision(engine), head_revision(url)
     if current != head:
+        where = engine.url.render_as_string(hide_password=True)
+        if current is not None and not known_revision(url, current):
+            raise NotMigrated(f"database {where} is {unknown_revision(current)}")
         state = "empty (never migrated)" if current is None else f"at {current}, head is {head}"
         raise NotMigrated(
-            f"database {engine.url.render_as_string(hide_password=True)} is {state}; "
+            f"database {where} is {state}; "
             f"run `{UPGRADE_HINT}` (with RAILPROOF_DATABASE_URL set to it) first"
         )
+
+
+def known_revision(url: str, revision: str) -> bool:
+    """Whether this version's migrations include `revision` (a newer version's do not)."""
+    try:
+        return ScriptDirectory.from_config(alembic_config(url)).get_revision(revision) is not None
+    except Exception:  # alembic raises its own errors for an unknown id
+        return False
+
+
+def unknown_revision(revision: str) -> str:
+    return (
+        f"at {revision}, a revision this version of railproof does not know: a newer version "
+        "migrated it; run that version (a database is never migrated down)"
+    )
 
 
 # Where a Session made by `Database.sessions` carries the audit chain's key (verifier.audit).
