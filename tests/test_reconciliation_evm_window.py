@@ -8,6 +8,8 @@ holds, so a repeat payer's new payment is found."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import select
 
 from tests.helpers import advance
@@ -161,3 +163,66 @@ def test_refunded_smart_wallet_payment_is_not_credited_by_discovery(evm):  # noq
             for x in s.scalars(select(Entitlement).where(Entitlement.session_id == v["id"]))
         ]
     assert got == [], f"discovery submitted the refunded transfer: {got}; entitlements {ents}"
+
+
+# -- discovery: only a transfer made while the session was open is its payment -----------------
+
+
+def test_evm_discovery_finds_the_payment_behind_the_payers_older_same_amount_transfer(evm):  # noqa: F811
+    # The payer's earlier 5 USDC (a late payment to an expired session, or one made outside
+    # railproof: no proof holds it) used to be matched by payer and amount alone: it took the
+    # new session's turn, was submitted (failed session_not_open), and the session's real
+    # payment in the same scan was skipped for good as the cursor moved past both.
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    old = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000).lower()
+    mined = chain.w3.eth.get_block(chain.w3.eth.get_transaction_receipt(old).blockNumber)
+    e.settings.clock = datetime.fromtimestamp(mined.timestamp + 1, tz=UTC)
+    v = evm_session(e, evm["payer"], 5_000_000)  # opened just after that transfer's block
+    paid = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000).lower()
+    chain.mine(1)
+    advance(e, 60)
+
+    out = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert out["submitted"] == 1 and out["inflows"] == 2
+    assert [(p.ref, p.status) for p in proofs_of(e, v["id"])] == [(paid, "verified")]
+    # The older transfer is nobody's proof: it stays for reconciliation to report.
+    dry = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    [f] = [f for f in dry["findings"] if f["subjects"]["transfer"] == old]
+    assert f["kind"] == "orphan_unbound"
+
+
+def test_evm_discovery_tries_the_next_transfer_when_one_fails_the_session(evm):  # noqa: F811
+    # A smart wallet's first payment carries its 5 USDC and 1 unit more in one transaction
+    # (amount_mismatch); its next one pays exactly. The failed candidate used to mark the
+    # session taken, so the exact payment, in the same scan, was never submitted.
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    wallet = _batcher(chain, token.address, evm["treasury"], [5_000_000, 1])
+    v = open_session(
+        e,
+        NewSession(
+            owner_id="alice",
+            rail_id="evm_usdc",
+            access_product_id="pro",
+            amount=5_000_000,
+            payer=wallet,
+            reference=None,
+        ),
+        actor="svc",
+    )
+    advance(e, 60)
+    chain.mine(5)
+    calls = []
+    for balance in (5_000_001, 5_000_000):  # the second time, the extra unit's call reverts
+        token.functions.mint(wallet, balance).transact({"from": chain.accounts[0]})
+        h = chain.w3.eth.send_transaction({"from": chain.accounts[0], "to": wallet, "gas": 300_000})
+        calls.append(chain.w3.eth.wait_for_transaction_receipt(h))
+    assert [len(r.logs) for r in calls] == [2, 1]
+    wrong, exact = (r.transactionHash.to_0x_hex().lower() for r in calls)
+    chain.mine(2)
+
+    out = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert out["submitted"] == 2
+    got = {p.ref: (p.status, p.failure_code) for p in proofs_of(e, v["id"])}
+    assert got == {wrong: ("failed", "amount_mismatch"), exact: ("verified", None)}

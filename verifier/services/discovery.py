@@ -28,7 +28,7 @@ from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
 from verifier.services import reconciliation
-from verifier.storage.models import PaymentSession
+from verifier.storage.models import PaymentSession, ProofStatus
 from verifier.storage.repo import reconciliation as repo
 
 log = logging.getLogger("railproof.discovery")
@@ -205,8 +205,9 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
 def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
     """One watch of an EVM treasury: the head, then the token's Transfer(to=treasury) logs
     from the last block read (bounded ranges, split when the node refuses), matched to the
-    one open session naming the sender as payer with that amount. Returns {"submitted",
-    "rpc_calls", "inflows"}."""
+    one open session naming the sender as payer with that amount and open at the transfer's
+    block time (one block read per block with a candidate). A transfer whose proof fails for
+    the session leaves it to the next one. Returns {"submitted", "rpc_calls", "inflows"}."""
     from rails.evm_inflows import head, transfer_logs
     from verifier.services.proofs import submit_proof
 
@@ -245,14 +246,13 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     scan = transfer_logs(
         counted, rail.asset, treasury, start, top, max_range=engine.settings.reconcile_evm_max_range
     )
-    out["rpc_calls"] = counted.calls
-    out["inflows"] = len(scan.inflows)
     by_payer: dict[tuple[str, int], list[PaymentSession]] = {}
     for ps in sessions:
         by_payer.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
     # A transfer a proof already holds (the payer's earlier payment, submitted by its tenant)
     # is no candidate: matched first, it used a later session's turn and hid the payment
-    # that session was waiting for.
+    # that session was waiting for. A pending proof holds nothing: another tenant's claim of
+    # the transfer (submitted from the mempool) must not hide it from its own session.
     known = reconciliation.backed_transfers(engine, rail, [i.tx_hash for i in scan.inflows])
     # SECURITY: nor is a transaction staff settled any log of (refunded, not ours, attached by
     # hand): its proof would count every log of it, and money sent back is never credited.
@@ -262,37 +262,62 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
             engine, rail.rail_id, [(i.tx_hash, i.log_index) for i in scan.inflows]
         )
     }
-    taken: set[str] = set()
-    found: list[tuple[PaymentSession, str]] = []
-    for i in scan.inflows:
-        if i.tx_hash in known or i.tx_hash in settled:
-            continue
-        hits = [ps for ps in by_payer.get((i.sender.lower(), i.value), ()) if ps.id not in taken]
-        if len(hits) == 1:  # the binding: exactly one open session names this payer and amount
-            taken.add(hits[0].id)
-            found.append((hits[0], i.tx_hash))
+    inflows = [
+        i
+        for i in scan.inflows
+        if i.tx_hash not in known
+        and i.tx_hash not in settled
+        and (i.sender.lower(), i.value) in by_payer
+    ]
+    times = reconciliation.block_times(counted, [i.block_number for i in inflows])
+    out["rpc_calls"] = counted.calls
+    out["inflows"] = len(scan.inflows)
+    # A block whose time the node did not give is read again next cycle, with what follows it.
+    unread = min((i.block_number for i in inflows if i.block_number not in times), default=None)
+    scanned_to = scan.scanned_to
+    if unread is not None:
+        inflows = [i for i in inflows if i.block_number < unread]
+        scanned_to = unread - 1 if scanned_to is None else min(scanned_to, unread - 1)
     idle = 0 if scan.inflows else ((state or {}).get("idle_polls", 0) + 1)
     values: dict[str, Any] = {
         "idle_polls": idle,
         "updated_at": now,
         "next_poll_at": now + timedelta(seconds=_backoff(engine, idle)),
     }
-    if scan.scanned_to is not None and scan.scanned_to >= start:
-        values["last_block"] = scan.scanned_to
+    if scanned_to is not None and scanned_to >= start:
+        values["last_block"] = scanned_to
     elif state is None:
         values["last_block"] = None
     with engine.db.tx() as s:
         repo.save_cursor(s, key, rail.rail_id, values)
-    for ps, tx in found:
+    taken: set[str] = set()
+    for i in inflows:  # oldest first
+        # SECURITY: a payer and an amount can be read off the chain; only a transfer made
+        # while the session was open can be its payment (verification refuses any other:
+        # `session_not_open`), so an older one of the same payer never takes its turn.
+        when = times[i.block_number]
+        hits = [
+            ps
+            for ps in by_payer[(i.sender.lower(), i.value)]
+            if ps.id not in taken and reconciliation.in_window(ps, when)
+        ]
+        if len(hits) != 1:  # the binding: exactly one open session names this payer and amount
+            continue
+        ps = hits[0]
         try:
-            submit_proof(engine, ps.id, tx, None, actor=ACTOR)
-            out["submitted"] += 1
+            view, _ = submit_proof(engine, ps.id, i.tx_hash, None, actor=ACTOR)
         except EngineError as e:
             log.info(
                 "discovered transfer refused: %s",
                 e.code,
                 extra={"session_id": ps.id, "rail_id": rail.rail_id},
             )
+            continue
+        out["submitted"] += 1
+        # A transfer the chain refused for the session does not take it: a later one of the
+        # same scan may still be its payment.
+        if view["status"] != ProofStatus.failed.value:
+            taken.add(ps.id)
     return out
 
 

@@ -12,8 +12,11 @@ by the next run, so a second apply run attaches nothing twice.
 
 Binding (README, "binding rules"): a Solana inflow is bound when it carries the reference of
 exactly one session; an EVM inflow when exactly one open session names its sender as payer
-with that amount and recipient. Anything else needs a person (`orphan_unbound`). Which scan a
-rail gets is what its adapter declares (`Adapter.inflow_scan`), never its family's name.
+with that amount and recipient, and was open at the transfer's block time. Anything else
+needs a person (`orphan_unbound`). A pending proof holds nothing: it matches a transfer only
+for a session the transfer binds to, never hiding it from that session (`_claim_waits`).
+Which scan a rail gets is what its adapter declares (`Adapter.inflow_scan`), never its
+family's name.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the latest
@@ -30,10 +33,10 @@ run), with the staff member, incident id and reason. Every later run that finds 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 from sqlalchemy.orm import Session
 
@@ -44,7 +47,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound
 from verifier.core.timeutil import iso, utc
 from verifier.services import audit
-from verifier.storage.models import ProofStatus, new_id
+from verifier.storage.models import HOLDING, PaymentSession, ProofStatus, new_id
 from verifier.storage.reconciliation_models import RepairStatus, Resolution, RunStatus, Scope
 from verifier.storage.repo import reconciliation as repo
 
@@ -409,7 +412,9 @@ def settled_transfers(
 
 
 def backed_transfers(engine: Engine, rail: Rail, refs: list[str]) -> set[str]:
-    """Which of these transfers a proof already holds (pending, verified or in review)."""
+    """Which of these transfers a proof already holds (verified or in review). A pending
+    proof holds nothing: a claim of the transfer for another session (its hash seen in the
+    mempool) never hides it from the session it was made for."""
     adapter = engine.adapter(rail)
     ptype = rail.proof_types[0]
     fps = {
@@ -420,7 +425,7 @@ def backed_transfers(engine: Engine, rail: Rail, refs: list[str]) -> set[str]:
         return set()
     with engine.db.tx() as s:
         known = repo.proofs_by_fingerprint(s, list(fps))
-    return {fps[fp] for fp, ps in known.items() if any(p.status in repo.KNOWN for p in ps)}
+    return {fps[fp] for fp, ps in known.items() if any(p.status in HOLDING for p in ps)}
 
 
 def resolve_finding(
@@ -723,11 +728,12 @@ def solana_inflows(
         known = repo.proofs_by_fingerprint(s, list(fps.values()))
     findings: list[dict[str, Any]] = []
     inflows = []
+    claims: dict[str, set[str]] = {}
     for e in entries[:limit]:
-        holders = [p for p in known.get(fps[e.signature], ()) if p.status in repo.KNOWN]
-        if holders:
+        if any(p.status in HOLDING for p in known.get(fps[e.signature], ())):
             counts["matched"] += 1
             continue
+        claims[e.signature] = _claims(known.get(fps[e.signature], ()))
         counts["rpc_calls"] += 1
         try:
             inflow = fetch_inflow(chain, e.signature, rail.asset, treasury)
@@ -748,6 +754,10 @@ def solana_inflows(
         for i in inflows:
             subjects = {"transfer": i.signature, "amount": str(i.amount), "sender": i.sender}
             sessions = [by_ref[k] for k in i.account_keys if k in by_ref]
+            free = [ps for ps in sessions if ps.status == "open" and ps.id not in held]
+            if _claim_waits(claims.get(i.signature, set()), sessions, free):
+                counts["matched"] += 1
+                continue
             if len(sessions) != 1:
                 findings.append(
                     _finding(
@@ -914,8 +924,9 @@ def evm_inflows(
         fresh = [
             i
             for i in scan.inflows[:limit]
-            if not [p for p in known.get(fps[i.tx_hash], ()) if p.status in repo.KNOWN]
+            if not any(p.status in HOLDING for p in known.get(fps[i.tx_hash], ()))
         ]
+        claims = {i.tx_hash: _claims(known.get(fps[i.tx_hash], ())) for i in fresh}
         counts["matched"] = min(len(scan.inflows), limit) - len(fresh)
         counts["inflows"] = min(len(scan.inflows), limit)
         cands = repo.sessions_for_payer(
@@ -925,7 +936,7 @@ def evm_inflows(
         # SECURITY: a payer and an amount can be read off the chain; a session opened after
         # the transfer (by anyone) must not be proposed to take it, as verification would
         # refuse it (`session_not_open`) and the transfer would drop out of the drift.
-        times = _block_times(
+        times = block_times(
             chain, [i.block_number for i in fresh if cands.get((i.sender.lower(), i.value))]
         )
         counts["rpc_calls"] += len(times)
@@ -940,13 +951,15 @@ def evm_inflows(
             when = times.get(i.block_number)
             if when is None and cands.get((i.sender.lower(), i.value)):
                 problems.append(f"block {i.block_number}'s time could not be read")
-            sessions = [
+            bound = [
                 ps
                 for ps in cands.get((i.sender.lower(), i.value), ())
-                if ps.id not in held
-                and when is not None
-                and utc(ps.created_at) <= when <= utc(ps.expires_at)
+                if when is not None and in_window(ps, when)
             ]
+            sessions = [ps for ps in bound if ps.id not in held]
+            if _claim_waits(claims[i.tx_hash], bound, sessions):
+                counts["matched"] += 1
+                continue
             if len(sessions) == 1:
                 subjects["session_id"] = sessions[0].id
                 findings.append(_bound(rail, subjects, sessions[0].id, "by payer and amount"))
@@ -967,8 +980,33 @@ def evm_inflows(
     return _outcome(findings, problems, counts)
 
 
-def _block_times(chain: Any, numbers: list[int]) -> dict[int, datetime]:
-    """Each block's time (read once a block); a block the node cannot give is left out."""
+class _Proofed(Protocol):
+    session_id: str
+    status: str
+
+
+def _claims(proofs: Iterable[_Proofed]) -> set[str]:
+    """The sessions whose pending proofs claim a transfer no proof holds."""
+    return {p.session_id for p in proofs if p.status == ProofStatus.pending.value}
+
+
+def _claim_waits(
+    claims: set[str], bound: Sequence[PaymentSession], free: Sequence[PaymentSession]
+) -> bool:
+    """Whether a transfer's pending claims match it: a pending proof holds nothing, so it
+    waits for the transfer only as a proof of a session the transfer binds to (`bound`), or
+    when no other session could take it (`free`: bound and without a proof of its own).
+
+    SECURITY: another session's claim (a hash seen in the mempool, submitted first) never
+    hides the transfer from the one session it was made for: that is `orphan_bound` there."""
+    if not claims:
+        return False
+    return bool(claims & {ps.id for ps in bound}) or len(free) != 1
+
+
+def block_times(chain: Any, numbers: list[int]) -> dict[int, datetime]:
+    """Each block's time (read once a block); a block the node cannot give, or gives with a
+    timestamp no clock has, is left out."""
     from rails.evm import hex_int, read_block
 
     out: dict[int, datetime] = {}
@@ -978,9 +1016,15 @@ def _block_times(chain: Any, numbers: list[int]) -> dict[int, datetime]:
             if block is not None and block.get("timestamp") is not None:
                 stamp = hex_int(block["timestamp"], "block.timestamp")
                 out[n] = datetime.fromtimestamp(stamp, tz=UTC)
-        except (TransportError, CassetteError):
+        except (TransportError, CassetteError, OverflowError, OSError, ValueError):
             continue
     return out
+
+
+def in_window(ps: PaymentSession, when: datetime) -> bool:
+    """Whether a transfer at chain time `when` was made while the payer-bound session was
+    open (such a session allows no clock skew: proofs.terms_for)."""
+    return utc(ps.created_at) <= when <= utc(ps.expires_at)
 
 
 # The scan each declared way of listing inflows runs (`Adapter.inflow_scan`).

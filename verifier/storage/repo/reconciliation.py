@@ -33,7 +33,9 @@ from verifier.storage.reconciliation_models import (
 )
 from verifier.storage.repo.rows import rowcount, table
 
-# Proof statuses that say "we have this transfer" (a failed claim of it holds nothing).
+# Proof statuses that occupy their session: a proof holding its transfer, or waiting for it
+# (a failed one holds nothing). About sessions only: a pending proof never says a transfer
+# is had, as it may be another session's claim of it (services.reconciliation._claims).
 KNOWN = (*HOLDING, ProofStatus.pending.value)
 # Repair statuses that leave nothing for a person to do: repaired by its run, or resolved.
 SETTLED = (RepairStatus.applied.value, RepairStatus.resolved.value)
