@@ -295,3 +295,121 @@ def test_a_pending_proof_not_checked_yet_is_no_claim(x402_engine):
     assert stored["status"] == "pending"
     bob, _ = proofs.submit_proof(x402_engine, bob_s["id"], header, ["bob"])
     assert (bob["status"], bob["failure_code"]) == ("verified", None), bob
+
+
+# -- the worker: a verified authorization whose nonce the payer spent elsewhere --------------
+
+
+def _verified_unsettled(engine):
+    """A payer-bound session and its proof, verified while the nonce was still unused (no
+    settlement yet)."""
+    from tests.test_x402_adapter import live_chain
+
+    engine.chains.set_transport("base-sepolia", live_chain(used=False))
+    ps = open_x402(engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["failure_code"], view["settlement"]) == ("verified", None, None)
+    return view["id"]
+
+
+def test_a_verified_authorization_whose_nonce_is_spent_elsewhere_ends_nonce_reused(x402_engine):
+    """The payer spends the verified authorization's nonce on another one paying someone
+    else: the token will never run this payment. The worker's finality check saw it ("nonce
+    used by … not this payment") yet left the proof `verified`, re-polled for good, where a
+    submission on the same chain state is `failed nonce_reused`. Now the finality sweep asks
+    the rail's checks again and records that failure like any other."""
+    from sqlalchemy import select
+
+    from tests.helpers import advance, audit_actions
+    from tests.test_x402_adapter import live_chain, settlement_logs
+    from verifier.storage.models import TransferHold
+    from verifier.storage.webhook_models import OutboxEvent
+    from verifier.worker import loop as worker
+
+    pid = _verified_unsettled(x402_engine)
+    burnt = settlement_logs(to="0x000000000000000000000000000000000000bEEF")
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=True, logs=burnt))
+    advance(x402_engine, 700)
+    assert worker.refresh_finality(x402_engine, "w1", 10) == 1
+
+    after = proofs.get_proof(x402_engine, pid, ["alice"])
+    assert (after["status"], after["failure_code"]) == ("failed", "nonce_reused"), after
+    last = proofs.list_attempts(x402_engine, pid)[-1]
+    assert (last["status"], last["failure_code"]) == ("failed", "nonce_reused")
+    with x402_engine.db.tx() as s:
+        assert s.scalars(select(TransferHold).where(TransferHold.proof_id == pid)).all() == []
+        events = [
+            e.type for e in s.scalars(select(OutboxEvent).where(OutboxEvent.resource_id == pid))
+        ]
+    assert events[-1] == "proof.failed"
+    assert "proof.failed" in [a.action for a in audit_actions(x402_engine, pid)]
+    # Failed is terminal: neither sweep takes it again.
+    advance(x402_engine, 700)
+    assert worker.refresh_finality(x402_engine, "w1", 10) == 0
+    assert worker.reverify_pending(x402_engine, "w1", 10) == 0
+
+
+def test_a_verified_authorization_not_settled_yet_stays_verified(x402_engine):
+    """The nonce is still unused: the payment may be settled any time before validBefore.
+    The checks asked again say so, and nothing is recorded but the settlement answer."""
+    from tests.helpers import advance
+    from verifier.worker import loop as worker
+
+    pid = _verified_unsettled(x402_engine)
+    advance(x402_engine, 20)
+    assert worker.refresh_finality(x402_engine, "w1", 10) == 1
+    after = proofs.get_proof(x402_engine, pid, ["alice"])
+    assert (after["status"], after["settlement"]["finality"]) == ("verified", "not_found")
+    assert len(proofs.list_attempts(x402_engine, pid)) == 1
+
+
+def test_a_credited_authorization_whose_nonce_is_spent_elsewhere_is_flagged_not_failed(
+    x402_engine,
+):
+    """A proof with a receipt is never failed by the worker: as under a reorg, the active
+    entitlement it credited is flagged (a critical finding for a person), never revoked."""
+    from sqlalchemy import select
+
+    from tests.helpers import advance
+    from tests.test_x402_adapter import live_chain, settlement_logs
+    from verifier.storage.models import Entitlement, Proof, Receipt, SettlementEvidence
+    from verifier.worker import loop as worker
+
+    chain = live_chain(used=True, logs=settlement_logs(), head=200, finalized=150)
+    x402_engine.chains.set_transport("base-sepolia", chain)
+    ps = open_x402(x402_engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert view["status"] == "verified" and view["settlement"]["is_final"], view
+    now = x402_engine.now()
+    with x402_engine.db.tx() as s:
+        # What the apply gate writes (its gated-rail release steps are tested on their own).
+        ev = s.scalars(select(SettlementEvidence).where(SettlementEvidence.proof_id == view["id"]))
+        r = Receipt(
+            proof_id=view["id"],
+            session_id=ps["id"],
+            settlement_id=ev.one().id,
+            owner_id="alice",
+            access_product_id="api",
+            rail_id="x402",
+            amount=10000,
+            created_by="ops1",
+            created_at=now,
+        )
+        s.add(r)
+        s.flush()
+        ent = s.scalars(select(Entitlement).where(Entitlement.session_id == ps["id"])).one()
+        ent.status, ent.receipt_id, ent_id = "active", r.id, ent.id
+        s.get(Proof, view["id"]).next_check_at = now  # due, as within the reorg watch
+
+    burnt = settlement_logs(to="0x000000000000000000000000000000000000bEEF")
+    x402_engine.chains.set_transport(
+        "base-sepolia", live_chain(used=True, logs=burnt, head=200, finalized=150)
+    )
+    advance(x402_engine, 60)
+    assert worker.refresh_finality(x402_engine, "w1", 10) == 1
+    assert proofs.get_proof(x402_engine, view["id"], ["alice"])["status"] == "verified"
+    with x402_engine.db.tx() as s:
+        ent = s.get(Entitlement, ent_id)
+        assert (ent.status, ent.reorg_flagged) == ("active", True)

@@ -522,6 +522,28 @@ def backoff(attempts: int) -> timedelta:
 def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Verdict:
     """One verification run: fetch through the chain transport (outside any transaction),
     then record the attempt, the proof's new status and any settlement in one transaction."""
+    return _verify(engine, proof_id, worker)[0]
+
+
+def recheck_unsettled(engine: Engine, proof_id: str, worker: str) -> Verdict | None:
+    """A verified proof whose settlement the chain does not show (an x402 authorization not
+    settled yet) asked again by its rail's own checks, which alone can tell that the payment
+    can no longer arrive (its nonce spent on another transfer: `nonce_reused`; its validity
+    over unsettled). Only such a failure is recorded, as any verification's is (attempt,
+    holds released, audit, event): every other answer leaves the proof verified, and its
+    settlement is asked again. Returns the failure, else None.
+
+    A proof with a receipt is never failed here (the failure is returned, not recorded): it
+    was credited on a settlement that was final, and the caller reports it as a reorg."""
+    verdict, _ = _verify(engine, proof_id, worker, only_failure=True)
+    return verdict if verdict.status is Status.failed else None
+
+
+def _verify(
+    engine: Engine, proof_id: str, worker: str | None, only_failure: bool = False
+) -> tuple[Verdict, bool]:
+    """verify_proof; `only_failure`: record the attempt only on a verified proof without a
+    receipt that the checks now fail. Returns the verdict and whether it was recorded."""
     with engine.db.tx() as s:
         p = proof_repo.get(s, proof_id)
         if p is None:
@@ -536,7 +558,13 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
         if worker is not None and locked.claimed_by != worker:
             # Our lease ran out during a slow chain call and another worker holds the proof
             # now: its answer will be recorded, ours is dropped (one attempt per claim).
-            return checked.verdict
+            return checked.verdict, False
+        if only_failure and (
+            checked.verdict.status is not Status.failed
+            or locked.status != ProofStatus.verified
+            or receipt_repo.ids_for_proofs(s, [proof_id])
+        ):
+            return checked.verdict, False
         # SECURITY: which session a transfer pays is decided once, when it is first verified
         # (or by staff): verified again after a reorg, a proof that may hold a receipt by now
         # is not sent back to review by a session opened since.
@@ -554,7 +582,7 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     _count(engine, rail, checked, verdict)
     if refused is not None:
         _count_refusal(engine, refused)
-    return verdict
+    return verdict, True
 
 
 def _not_found_since(s: Session, p: Proof | Record, now: datetime, grace: timedelta) -> datetime:

@@ -28,6 +28,7 @@ from verifier.core.timeutil import utc
 from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.services.proofs import (
     backoff,
+    recheck_unsettled,
     record_settlement,
     verify_proof,
 )
@@ -97,7 +98,8 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
             _release(engine, plist)
             continue
         by_ref = {st.ref: st for st in settlements}
-        answers = [(p.id, by_ref.get(p.ref)) for p in plist]
+        failed = _recheck_unsettled(engine, name, plist, by_ref)
+        answers = [(p.id, by_ref.get(p.ref)) for p in plist if p.id not in failed]
         try:
             # The whole batch in one transaction (one commit, not one per proof) ...
             _record_finality_batch(engine, answers, source)
@@ -111,6 +113,41 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
                 except Exception:
                     log.exception("recording finality failed", extra={"proof_id": pid})
     return len(ids)
+
+
+def _recheck_unsettled(
+    engine: Engine, name: str, plist: list[Record], by_ref: dict[str, Settlement]
+) -> set[str]:
+    """Proofs verified before their settlement whose chain shows none (an x402 authorization
+    not settled yet) are asked again by their rail's checks (proofs.recheck_unsettled): a
+    payment that can no longer arrive (the nonce spent on another transfer, the validity over)
+    must not stay `verified`, re-polled for good. Returns the proofs now failed, whose
+    settlement answer is not recorded.
+
+    SECURITY: a proof with a receipt is never failed by the worker: as for a reorg under it,
+    its active entitlement is flagged (never revoked) and a person decides."""
+    unsettled = [
+        p for p in plist if (st := by_ref.get(p.ref)) is not None and st.finality == "not_found"
+    ]
+    if not unsettled:
+        return set()
+    with engine.db.tx() as s:
+        credited = receipt_repo.ids_for_proofs(s, [p.id for p in unsettled])
+    failed: set[str] = set()
+    for p in unsettled:
+        try:
+            verdict = recheck_unsettled(engine, p.id, name)
+        except Exception:  # one proof must not stop the sweep; its settlement is still recorded
+            log.exception("re-checking an unsettled proof failed", extra={"proof_id": p.id})
+            continue
+        if verdict is None:
+            continue
+        if p.id in credited:
+            with engine.db.tx() as s:
+                _flag_reorg(engine, s, p.id, verdict.detail)
+        else:
+            failed.add(p.id)
+    return failed
 
 
 def _release(engine: Engine, plist: list[Record]) -> None:
@@ -228,7 +265,7 @@ def _finality_of(
     if st.reorged or moved:
         p.claimed_by = p.claimed_until = None
         engine.metrics.inc("reorgs_total", rail_id=p.rail_id)
-        _flag_reorg(engine, s, p)
+        _flag_reorg(engine, s, p.id)
         _reopen_after_reorg(engine, s, p, st, source, now)
     else:
         # Written by the caller as Core UPDATEs that keep `p` in step: nothing is left for a
@@ -309,9 +346,11 @@ def _reopen_after_reorg(
     p.updated_at, p.next_check_at = now, now
 
 
-def _flag_reorg(engine: Engine, s: Session, p: Proof) -> None:
+def _flag_reorg(engine: Engine, s: Session, proof_id: str, why: str | None = None) -> None:
+    """Flag the active entitlement credited by this proof: its settlement no longer stands
+    (reorged; or, `why`, the chain shows the payment can no longer be this one)."""
     # A reorg under an active entitlement is a critical finding, never a silent revoke.
-    r = receipt_repo.for_proof(s, p.id)
+    r = receipt_repo.for_proof(s, proof_id)
     if r is None:
         return
     ent = entitlement_repo.for_receipt(s, r.id)
@@ -324,7 +363,7 @@ def _flag_reorg(engine: Engine, s: Session, p: Proof) -> None:
             "entitlement.reorg_flagged",
             "entitlement",
             ent.id,
-            {"proof_id": p.id},
+            {"proof_id": proof_id, **({"detail": why} if why else {})},
         )
 
 
