@@ -86,6 +86,7 @@ TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 
 _TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_QUANTITY = re.compile(r"0[xX][0-9a-fA-F]+")
 
 T = TypeVar("T")
 
@@ -148,12 +149,21 @@ class Receipt:
 
 def hex_int(value: Any, what: str) -> int:
     """A JSON-RPC quantity ("0x1a") as an int; anything else is a malformed answer."""
-    if isinstance(value, str) and value.startswith(("0x", "0X")):
-        try:
-            return int(value, 16)
-        except ValueError:
-            pass
-    raise MalformedResponse(f"{what}: expected a hex quantity, got {value!r}")
+    # Only hex digits: int() alone would also take "0x1_0" or trailing whitespace.
+    if isinstance(value, str) and _QUANTITY.fullmatch(value):
+        return int(value, 16)
+    raise MalformedResponse(f"{what}: expected a hex quantity, got {value!r:.80}")
+
+
+def unix_time(seconds: int, what: str) -> datetime:
+    """A node's Unix timestamp as a UTC datetime; one no calendar holds (negative, or past
+    year 9999) is a malformed answer, not an OverflowError out of the adapter."""
+    try:
+        if seconds < 0:
+            raise ValueError("negative")
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise MalformedResponse(f"{what}: {seconds} is not a time") from None
 
 
 def _hex_str(value: Any, what: str) -> str:
@@ -221,7 +231,8 @@ def decode_transfer(log: dict[str, Any]) -> TokenTransfer | None:
         sender=to_checksum_address(sender),
         recipient=to_checksum_address(recipient),
         value=value,
-        log_index=int(index, 16) if isinstance(index, str) and index.startswith("0x") else None,
+        # null in a pending block's log; anything else but a quantity is a broken answer.
+        log_index=None if index is None else hex_int(index, "log.logIndex"),
     )
 
 
@@ -782,7 +793,7 @@ class EvmAdapter:
                 return None
             # Real nodes always return the timestamp; without it the window cannot be checked.
             raise MalformedResponse(f"block {receipt.block_number} has no timestamp")
-        return datetime.fromtimestamp(hex_int(raw, "block.timestamp"), tz=UTC)
+        return unix_time(hex_int(raw, "block.timestamp"), "block.timestamp")
 
     # -- finality ----------------------------------------------------------------------------
 
@@ -860,6 +871,7 @@ __all__ = [
     "settlement_for_receipt",
     "token_transfers",
     "transfers_in_receipt",
+    "unix_time",
 ]
 
 

@@ -87,28 +87,42 @@ def transfer_logs(
         except (TransportError, CassetteError) as e:
             scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
             return scan
-        for log in logs:
-            t = decode_transfer(log) if isinstance(log, dict) else None
-            if (
-                t is None
-                or t.token.lower() != token.lower()
-                or t.recipient.lower() != recipient.lower()
-            ):
-                continue
-            tx = log.get("transactionHash")
-            bn = log.get("blockNumber")
-            if not isinstance(tx, str) or not isinstance(bn, str):
-                continue
-            scan.inflows.append(
-                EvmInflow(
-                    tx.lower(),
-                    hex_int(bn, "log.blockNumber"),
-                    t.log_index,
-                    t.sender,
-                    t.recipient,
-                    t.value,
-                )
-            )
+        try:
+            found = _inflows(logs, token, recipient)
+        except MalformedResponse as e:  # a number that is not one: the range was not read
+            scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
+            return scan
+        scan.inflows.extend(found)
         scan.scanned_to = hi
     scan.inflows.sort(key=lambda i: (i.block_number, i.log_index or 0))
     return scan
+
+
+def _inflows(logs: list[object], token: str, recipient: str) -> list[EvmInflow]:
+    """The Transfers of `token` to `recipient` among one eth_getLogs answer."""
+    out = []
+    for log in logs:
+        if not isinstance(log, dict):
+            continue
+        t = decode_transfer(log)
+        if (
+            t is None
+            or t.token.lower() != token.lower()
+            or t.recipient.lower() != recipient.lower()
+        ):
+            continue
+        tx = log.get("transactionHash")
+        bn = log.get("blockNumber")
+        if not isinstance(tx, str) or not isinstance(bn, str):
+            continue
+        out.append(
+            EvmInflow(
+                tx.lower(),
+                hex_int(bn, "log.blockNumber"),
+                t.log_index,
+                t.sender,
+                t.recipient,
+                t.value,
+            )
+        )
+    return out

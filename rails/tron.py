@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import base58
@@ -63,6 +63,7 @@ from rails.evm import (
     check_window,
     confirmations_at,
     is_final_at_depth,
+    unix_time,
     vanished_settlement,
 )
 from registry.catalog import Rail
@@ -200,7 +201,8 @@ def block_time(info: dict[str, Any]) -> datetime:
     if not isinstance(ms, int) or isinstance(ms, bool):
         raise MalformedResponse(f"transaction info: blockTimeStamp {ms!r} is not an integer")
     # Integer arithmetic on milliseconds: no float touches the timestamp.
-    return datetime.fromtimestamp(ms // 1000, tz=UTC) + timedelta(milliseconds=ms % 1000)
+    seconds = unix_time(ms // 1000, "transaction info: blockTimeStamp")
+    return seconds + timedelta(milliseconds=ms % 1000)
 
 
 def _block_number(info: dict[str, Any]) -> int:

@@ -357,6 +357,55 @@ def test_rpc_error_is_pending_rpc_unavailable_through_run_verify():
     assert "header not found" in checked.verdict.detail
 
 
+def _receipt_with_log(**over: Any) -> list[dict[str, Any]]:
+    """The real transfer's cassette, its Transfer log's fields replaced."""
+    calls = calls_of("eth_usdc_transfer.json")
+    calls[1]["result"]["logs"][0].update(over)
+    return calls
+
+
+def test_a_log_index_that_is_not_a_quantity_is_pending_not_an_exception():
+    # decode_transfer parsed logIndex with a bare int(…, 16): the ValueError escaped the
+    # engine (POST /v1/proofs answered 500, every worker re-check raised again).
+    for bad in ("0xzz", "0x", "0x1_0", 7):
+        checked = run_verify(
+            adapter("evm_usdc"), USDC_TX, terms(), transport_from(_receipt_with_log(logIndex=bad))
+        )
+        v = checked.verdict
+        assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable), bad
+        assert "log.logIndex" in v.detail
+    # A pending block's log carries none: nothing wrong with that.
+    v = adapter("evm_usdc").verify(
+        USDC_TX, terms(), transport_from(_receipt_with_log(logIndex=None))
+    )
+    assert v.status is Status.verified
+
+
+@pytest.mark.parametrize("where", ["block", "log"])
+@pytest.mark.parametrize("stamp", [hex(10**20), hex(2**64 - 1), hex(253402300800)])
+def test_a_timestamp_no_calendar_holds_is_pending_not_an_exception(where, stamp):
+    # datetime.fromtimestamp raised OverflowError/ValueError out of the adapter: a 500.
+    calls = calls_of("eth_usdc_transfer.json")
+    if where == "block":
+        with_result(
+            calls,
+            "eth_getBlockByNumber",
+            hex(USDC_BLOCK),
+            {
+                "number": hex(USDC_BLOCK),
+                "timestamp": stamp,
+                "hash": "0x3da09c83e6beee5b50540a0fd330a1b3c5f7528bc8f5be43ef1c7fd6df6851fa",
+            },
+        )
+    else:
+        calls[1]["result"]["logs"][0]["blockTimestamp"] = stamp
+    v = run_verify(
+        adapter("evm_usdc"), USDC_TX, terms(not_after=NOW), transport_from(calls)
+    ).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert "block.timestamp" in v.detail
+
+
 def test_a_session_reference_cannot_be_proven_on_evm_and_goes_to_review():
     v = adapter("evm_usdc").verify(
         USDC_TX, terms(reference="R-1"), cassette("eth_usdc_transfer.json")
@@ -507,6 +556,24 @@ def test_transfers_to_the_recipient_are_summed():
         2 * USDC_AMOUNT,
         [USDC_FROM],
     )
+
+
+def test_a_treasury_scan_stops_at_a_log_whose_numbers_are_not_numbers():
+    # A malformed logIndex (now a malformed answer, not "no log index") ends the scan with
+    # what was read and the error, as a refused range does: never an exception, never "no
+    # transfers" for the range.
+    from rails.evm_inflows import transfer_logs
+
+    logs = FIXTURES / "inflows" / "treasury_transfer_logs.json"
+    doc = json.loads(logs.read_text())
+    exp = doc["expect"]
+    for c in doc["calls"]:
+        if c["method"] == "eth_getLogs" and c["params"][0]["fromBlock"] == "0x6":
+            c["result"][0]["logIndex"] = "0xzz"
+    chain = transport_from(doc["calls"])
+    scan = transfer_logs(chain, exp["token"], exp["treasury"], 0, exp["head"], max_range=8)
+    assert scan.error is not None and "log.logIndex" in scan.error
+    assert scan.scanned_to == 5 and len(scan.inflows) == 2
 
 
 @pytest.mark.parametrize(

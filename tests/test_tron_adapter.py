@@ -183,6 +183,17 @@ def test_time_window_from_block_timestamp_in_ms():
     )
 
 
+@pytest.mark.parametrize("ms", [10**20, 2**63 - 1, 253402300800 * 1000, -1])
+def test_a_block_timestamp_no_calendar_holds_is_pending_not_an_exception(ms):
+    # datetime.fromtimestamp raised OverflowError/OSError out of run_verify (the engine
+    # catches transport errors only): a 500 where a malformed answer is pending.
+    info = ok_info()
+    info["blockTimeStamp"] = ms
+    v = run_verify(adapter(), OK_TX, terms(), chain_with(info)).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert "blockTimeStamp" in v.detail
+
+
 def test_not_final_below_19_confirmations():
     s = adapter().verify(OK_TX, terms(), chain_with(ok_info(), head=BLOCK + 17)).settlement
     assert (s.confirmations, s.is_final, s.finality) == (18, False, "confirmed")
