@@ -3,8 +3,9 @@ proven from the transaction's receipt.
 
 What a proof is worth is read from the ledger's effect, never from the transaction's input:
 the amount is the sum of the ERC-20 `Transfer(from, to, value)` logs that the rail's token
-contract emitted to the session's recipient. A receipt may hold other tokens' logs (a swap),
-and `tx.to` may be a router rather than the token; neither matters.
+contract emitted from the session's payer to the session's recipient. A receipt may hold other
+tokens' logs (a swap), other senders' transfers to the same recipient (a batch, an ERC-4337
+bundle), and `tx.to` may be a router rather than the token; none of them counts.
 
 Check order (one check, one code; chain calls just before the checks that need them):
 
@@ -248,21 +249,41 @@ def token_transfers(logs: Iterable[dict[str, Any]]) -> list[TokenTransfer]:
 
 
 def transfers_in_receipt(
-    receipt: dict[str, Any] | Receipt, token: str, recipient: str
+    receipt: dict[str, Any] | Receipt, token: str, recipient: str, payer: str | None = None
 ) -> tuple[int, list[str]]:
     """(amount, senders): the sum of Transfer values emitted by `token` to `recipient`, and
     the distinct senders of those logs in log order. Pure; addresses compared case-insensitively.
-    Accepts a raw JSON-RPC receipt or a parsed `Receipt`."""
+    Accepts a raw JSON-RPC receipt or a parsed `Receipt`.
+
+    With a `payer` who sent the recipient anything, only the payer's transfers count; without
+    one, or when the payer sent nothing, every sender's (what arrived, and from whom, for the
+    checks to name)."""
     logs = receipt.logs if isinstance(receipt, Receipt) else receipt.get("logs") or []
-    amount, senders = 0, []
-    for t in token_transfers(logs):
-        # SECURITY: only the rail's token contract mints value; a look-alike token's Transfer
-        # (or any other contract emitting the same event) is not a payment.
-        if same_address(t.token, token) and same_address(t.recipient, recipient):
-            amount += t.value
-            if t.sender not in senders:
-                senders.append(t.sender)
-    return amount, senders
+    counted = counted_transfers(token_transfers(logs), token, recipient, payer)
+    return sum(t.value for t in counted), _senders(counted)
+
+
+def counted_transfers(
+    transfers: Iterable[TokenTransfer], token: str, recipient: str, payer: str | None
+) -> list[TokenTransfer]:
+    """The transfers that make the payment: `token`'s to `recipient`, only `payer`'s when the
+    payer sent any (see `transfers_in_receipt`)."""
+    # SECURITY: only the rail's token contract mints value; a look-alike token's Transfer
+    # (or any other contract emitting the same event) is not a payment.
+    to_recipient = [
+        t
+        for t in transfers
+        if same_address(t.token, token) and same_address(t.recipient, recipient)
+    ]
+    # SECURITY: another sender's transfer in the same transaction (a batch, an ERC-4337
+    # bundle: whoever builds it can add one) is never the payer's money: added to the payer's,
+    # it would fail an exact payment (amount_mismatch, for good) or make up a short one.
+    own = [t for t in to_recipient if payer is not None and same_address(t.sender, payer)]
+    return own or to_recipient
+
+
+def _senders(transfers: Iterable[TokenTransfer]) -> list[str]:
+    return list(dict.fromkeys(t.sender for t in transfers))
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,8 +532,9 @@ def check_recipient(c: EvmCtx) -> Finding | None:
 def check_sender(c: TokenCtx) -> Finding | None:
     if c.terms.sender is None:
         return None
-    # SECURITY: when the payment names its payer (x402), every counted transfer must come
-    # from that payer; someone else's transfer to the treasury is not their payment.
+    # SECURITY: when the terms name the payer (a session's on EVM and Tron), the counted
+    # transfers must be that payer's: they are only when the payer sent the recipient
+    # anything (counted_transfers); someone else's transfer to the treasury is not a payment.
     if c.senders and all(same_address(s, c.terms.sender) for s in c.senders):
         return None
     return Finding(
@@ -559,7 +581,7 @@ def authorizations_paid(receipt: Receipt, token: str, chain_id: int) -> list[dic
         at = next((j for j, lg in enumerate(token_logs) if lg is receipt.logs[i]), None)
         following = token_logs[at + 1] if at is not None and at + 1 < len(token_logs) else None
         transfer = decode_transfer(following) if following is not None else None
-        payer = "0x" + key.split(":")[3][-40:]
+        payer = _authorizer(key)
         if transfer is not None and transfer.sender.lower() == payer:
             out.append(
                 {
@@ -570,6 +592,11 @@ def authorizations_paid(receipt: Receipt, token: str, chain_id: int) -> list[dic
                 }
             )
     return out
+
+
+def _authorizer(key: str) -> str:
+    """The payer of an eip3009_key, lower-case."""
+    return "0x" + key.split(":")[3][-40:]
 
 
 def _authorizations(receipt: Receipt, token: str, chain_id: int) -> list[tuple[str, int]]:
@@ -590,6 +617,21 @@ def _authorizations(receipt: Receipt, token: str, chain_id: int) -> list[tuple[s
         if len(authorizer) == 66 and len(nonce) == 66:
             keys.append((eip3009_key(chain_id, token, "0x" + authorizer[-40:], nonce), index))
     return keys
+
+
+def _others_to(
+    transfers: list[TokenTransfer], counted: list[TokenTransfer], token: str, recipient: str
+) -> dict[str, Any]:
+    """Evidence of the token's transfers to the recipient that were not counted (other
+    senders' in the same transaction): {"other_senders": [{sender, amount}]}, or nothing."""
+    kept = {id(t) for t in counted}
+    others: dict[str, int] = {}
+    for t in counted_transfers(transfers, token, recipient, None):
+        if id(t) not in kept:
+            others[t.sender] = others.get(t.sender, 0) + t.value
+    if not others:
+        return {}
+    return {"other_senders": [{"sender": k, "amount": str(v)} for k, v in others.items()]}
 
 
 class EvmAdapter:
@@ -683,23 +725,18 @@ class EvmAdapter:
                 observed=observed,
             )
 
-        amount, senders = transfers_in_receipt(receipt, token, recipient)
+        transfers = token_transfers(receipt.logs)
+        counted = counted_transfers(transfers, token, recipient, terms.sender)
+        amount, senders = sum(t.value for t in counted), _senders(counted)
         observed = observed.model_copy(
             update={
                 "amount": str(amount),
                 "sender": senders[0] if len(senders) == 1 else None,
                 "senders": senders,
+                **_others_to(transfers, counted, token, recipient),
             }
         )
-        ctx = EvmCtx(
-            terms,
-            token,
-            recipient,
-            amount,
-            senders,
-            "ERC-20",
-            transfers=token_transfers(receipt.logs),
-        )
+        ctx = EvmCtx(terms, token, recipient, amount, senders, "ERC-20", transfers=transfers)
         found = first_finding(RECEIPT_CHECKS, ctx)
         if found is not None:
             return found.verdict(observed)
@@ -727,8 +764,15 @@ class EvmAdapter:
         paid = authorizations_paid(receipt, token, self.chain_id)
         # SECURITY: an authorization the transaction settled to another address is another
         # merchant's payment: this proof neither holds it nor is matched on it. One whose
-        # Transfer cannot be told is kept (it may be this payment, counted once).
+        # Transfer cannot be told is kept (it may be this payment, counted once). Nor is one
+        # another payer authorized: only the payer's transfers were counted.
         elsewhere = {a["key"] for a in paid if not same_address(a["recipient"], recipient)}
+        if terms.sender is not None:
+            elsewhere |= {
+                k
+                for k in authorization_keys(receipt, token, self.chain_id)
+                if not same_address(_authorizer(k), terms.sender)
+            }
         paid = [a for a in paid if a["key"] not in elsewhere]
         if paid:
             # What each EIP-3009 authorization in it paid on its own: another rail's session
@@ -738,8 +782,13 @@ class EvmAdapter:
             f"{amount} base units of {token} to {recipient} in block {receipt.block_number}",
             observed=observed,
             settlement=settlement,
+            # The transfers counted: each sender's of the token to the recipient in it.
             transfer_keys=(
-                f"eip155:{self.rail.chain_id}:{tx_hash}:{token.lower()}:{recipient.lower()}",
+                *(
+                    f"eip155:{self.chain_id}:{tx_hash}:{token.lower()}:{recipient.lower()}"
+                    f":{sender.lower()}"
+                    for sender in senders
+                ),
                 *(
                     k
                     for k in authorization_keys(receipt, token, self.chain_id)
@@ -861,6 +910,7 @@ __all__ = [
     "TRANSFER_TOPIC",
     "check_window",
     "confirmations_at",
+    "counted_transfers",
     "decode_transfer",
     "is_final_at_depth",
     "normalize_evm_address",

@@ -11,6 +11,11 @@ log is decoded with eth-abi; only the address forms differ:
 `normalize_address` accepts all three and returns the T-address; comparisons are on the
 20-byte account.
 
+The amount is the sum of the token's Transfer logs from the session's payer to its recipient;
+another sender's transfer to the same recipient in the transaction is not counted. A field the
+node answers that is not what its API promises (an id of another transaction, a timestamp no
+calendar holds) is a `MalformedResponse`, never a verdict.
+
 Check order: shape → gettransactioninfobyid ({}: pending tx_not_found) → execution result
 (`receipt.result` other than SUCCESS, e.g. OUT_OF_ENERGY or REVERT, or top-level
 `result: FAILED` → tx_failed_onchain) → wrong_asset → wrong_recipient → amount_mismatch →
@@ -124,6 +129,8 @@ def normalize_tx_id(raw: str, field: str = "proof") -> str:
 # Transaction info and TRC-20 logs (pure)
 # --------------------------------------------------------------------------------------------
 
+Trc20Transfer = tuple[bytes, bytes, bytes, int]  # (token, sender, recipient, value), accounts
+
 
 def decode_trc20_transfer(log: Any) -> tuple[bytes, bytes, bytes, int] | None:
     """(token, sender, recipient, value) as 20-byte accounts, or None when the log is not an
@@ -149,21 +156,51 @@ def decode_trc20_transfer(log: Any) -> tuple[bytes, bytes, bytes, int] | None:
 
 
 def trc20_transfers_in_info(
-    info: dict[str, Any], token: str, recipient: str
+    info: dict[str, Any], token: str, recipient: str, payer: str | None = None
 ) -> tuple[int, list[str]]:
     """(amount, senders as T-addresses): the sum of Transfer values emitted by `token` to
-    `recipient` in a gettransactioninfobyid answer. Pure."""
+    `recipient` in a gettransactioninfobyid answer. Pure. With a `payer` who sent the
+    recipient anything, only the payer's transfers count; without one, or when the payer sent
+    nothing, every sender's (what arrived, and from whom, for the checks to name)."""
+    counted = counted_trc20(_transfers(info), token, recipient, payer)
+    return sum(t[3] for t in counted), _senders(counted)
+
+
+def counted_trc20(
+    transfers: list[Trc20Transfer], token: str, recipient: str, payer: str | None
+) -> list[Trc20Transfer]:
+    """The transfers that make the payment: `token`'s to `recipient`, only `payer`'s when the
+    payer sent any."""
     token_acct, recipient_acct = account_bytes(token, "asset"), account_bytes(recipient)
-    amount, senders = 0, []
-    for t in _transfers(info):
-        # SECURITY: only the rail's TRC-20 contract counts; the same event from another
-        # contract is not USDT.
-        if t[0] == token_acct and t[2] == recipient_acct:
-            amount += t[3]
+    # SECURITY: only the rail's TRC-20 contract counts; the same event from another
+    # contract is not USDT.
+    to_recipient = [t for t in transfers if t[0] == token_acct and t[2] == recipient_acct]
+    # SECURITY: another sender's transfer in the same transaction is never the payer's money:
+    # added to the payer's, it would fail an exact payment or make up a short one.
+    payer_acct = account_bytes(payer, "sender") if payer is not None else None
+    own = [t for t in to_recipient if t[1] == payer_acct]
+    return own or to_recipient
+
+
+def _senders(transfers: list[Trc20Transfer]) -> list[str]:
+    return list(dict.fromkeys(to_base58(t[1]) for t in transfers))
+
+
+def _others_to(
+    transfers: list[Trc20Transfer], counted: list[Trc20Transfer], token: str, recipient: str
+) -> dict[str, Any]:
+    """Evidence of the token's transfers to the recipient that were not counted (other
+    senders' in the same transaction): {"other_senders": [{sender, amount}]}, or nothing."""
+    kept = {id(t) for t in counted}
+    everyone = counted_trc20(transfers, token, recipient, None)
+    others: dict[str, int] = {}
+    for t in everyone:
+        if id(t) not in kept:
             sender = to_base58(t[1])
-            if sender not in senders:
-                senders.append(sender)
-    return amount, senders
+            others[sender] = others.get(sender, 0) + t[3]
+    if not others:
+        return {}
+    return {"other_senders": [{"sender": k, "amount": str(v)} for k, v in others.items()]}
 
 
 def _transfers(info: dict[str, Any]) -> list[tuple[bytes, bytes, bytes, int]]:
@@ -227,8 +264,6 @@ def read_now_block(chain: Transport) -> int:
 # The checks (amount, binding and window are the EVM family's, on the same context)
 # --------------------------------------------------------------------------------------------
 
-Trc20Transfer = tuple[bytes, bytes, bytes, int]  # (token, sender, recipient, value), accounts
-
 
 @dataclass
 class TronCtx(TokenCtx):
@@ -259,7 +294,8 @@ def check_sender(c: TronCtx) -> Finding | None:
     if c.terms.sender is None:
         return None
     expected = account_bytes(c.terms.sender, "sender")
-    # SECURITY: when the payment names its payer, every counted transfer must be theirs.
+    # SECURITY: the counted transfers must be the payer's: they are only when the payer sent
+    # the recipient anything (counted_trc20); someone else's transfer is not a payment.
     if c.senders and all(account_bytes(s) == expected for s in c.senders):
         return None
     return Finding(
@@ -370,12 +406,15 @@ class TronAdapter:
                 observed=observed,
             )
 
-        amount, senders = trc20_transfers_in_info(info, token, recipient)
+        transfers = _transfers(info)
+        counted = counted_trc20(transfers, token, recipient, terms.sender)
+        amount, senders = sum(t[3] for t in counted), _senders(counted)
         observed = observed.model_copy(
             update={
                 "amount": str(amount),
                 "sender": senders[0] if len(senders) == 1 else None,
                 "senders": senders,
+                **_others_to(transfers, counted, token, recipient),
             }
         )
         ctx = TronCtx(
@@ -386,7 +425,7 @@ class TronAdapter:
             senders,
             "TRC-20",
             when=block_time(info),
-            transfers=_transfers(info),
+            transfers=transfers,
         )
         found = first_finding(CHECKS, ctx)
         if found is not None:
@@ -397,7 +436,11 @@ class TronAdapter:
             f"{amount} base units of {token} to {recipient} in block {_block_number(info)}",
             observed=observed,
             settlement=settlement,
-            transfer_keys=(f"tron:{self.rail.network}:{tx_id}:{token}:{recipient}",),
+            # The transfers counted: each sender's of the token to the recipient in it.
+            transfer_keys=tuple(
+                f"tron:{self.rail.network}:{tx_id}:{token}:{recipient}:{sender}"
+                for sender in senders
+            ),
         )
 
     @staticmethod
@@ -477,6 +520,7 @@ class TronAdapter:
 __all__ = [
     "TronAdapter",
     "account_bytes",
+    "counted_trc20",
     "decode_trc20_transfer",
     "execution_failure",
     "normalize_tron_address",

@@ -114,9 +114,11 @@ def test_real_ethereum_usdc_transfer_verifies_with_sender_and_finality():
         0x14E68A7 - USDC_BLOCK + 1,
     )
     assert s.is_final and not s.reorged and s.finality == "finalized"
-    # The transfer's identity: the transaction's transfer of the token to the recipient (no
-    # EIP-3009 authorization was used in it).
-    assert verdict.transfer_keys == (f"eip155:1:{USDC_TX}:{o['asset'].lower()}:{USDC_TO.lower()}",)
+    # The transfer's identity: the transaction's transfer of the token from its sender to the
+    # recipient (no EIP-3009 authorization was used in it).
+    assert verdict.transfer_keys == (
+        f"eip155:1:{USDC_TX}:{o['asset'].lower()}:{USDC_TO.lower()}:{USDC_FROM.lower()}",
+    )
     # Exactly the calls the cassette records, with its params.
     assert chain.calls == [
         ("eth_chainId", []),
@@ -406,6 +408,58 @@ def test_a_timestamp_no_calendar_holds_is_pending_not_an_exception(where, stamp)
     assert "block.timestamp" in v.detail
 
 
+OTHER_SENDER = "0x" + "11" * 20
+
+
+def _with_transfer(sender: str, value: int, index: int) -> list[dict[str, Any]]:
+    """The real transfer's cassette with one more USDC Transfer to the same recipient in the
+    transaction, from `sender` (a batch, an ERC-4337 bundle)."""
+    calls = calls_of("eth_usdc_transfer.json")
+    logs = calls[1]["result"]["logs"]
+    log = copy.deepcopy(logs[0])
+    log["topics"] = [log["topics"][0], "0x" + "00" * 12 + sender[2:].lower(), log["topics"][2]]
+    log["data"] = "0x" + value.to_bytes(32, "big").hex()
+    log["logIndex"] = hex(index)
+    logs.append(log)
+    return calls
+
+
+def test_another_senders_transfer_in_the_same_transaction_is_not_the_payers():
+    # The payer paid exactly; someone else's 1 unit to the same treasury in the same
+    # transaction used to be summed in: `failed amount_mismatch`, for good.
+    calls = _with_transfer(OTHER_SENDER, 1, 0xC4)
+    v = adapter("evm_usdc").verify(USDC_TX, terms(sender=USDC_FROM), transport_from(calls))
+    assert v.status is Status.verified, v.detail
+    o = v.observed
+    assert (o["amount"], o["sender"], o["senders"]) == (str(USDC_AMOUNT), USDC_FROM, [USDC_FROM])
+    # What was left out is in the evidence; what the proof holds is the payer's transfer.
+    assert o["other_senders"] == [{"sender": OTHER_SENDER, "amount": "1"}]
+    token = o["asset"].lower()
+    assert v.transfer_keys == (f"eip155:1:{USDC_TX}:{token}:{USDC_TO.lower()}:{USDC_FROM.lower()}",)
+
+
+def test_another_sender_never_makes_up_a_short_payment():
+    # The payer sent one unit short; another sender's unit in the same transaction is not theirs.
+    calls = _with_transfer(OTHER_SENDER, 1, 0xC4)
+    v = adapter("evm_usdc").verify(
+        USDC_TX, terms(amount=USDC_AMOUNT + 1, sender=USDC_FROM), transport_from(calls)
+    )
+    assert (v.status, v.code) == (Status.failed, FailureCode.amount_mismatch)
+    assert v.observed["amount"] == str(USDC_AMOUNT)
+
+
+def test_a_transaction_in_which_the_payer_sent_nothing_fails_on_what_arrived():
+    # Unchanged: every sender's transfer is then what the checks name, in their order.
+    calls = _with_transfer(OTHER_SENDER, 1, 0xC4)
+    v = adapter("evm_usdc").verify(USDC_TX, terms(sender=SWAPPER), transport_from(calls))
+    assert (v.status, v.code) == (Status.failed, FailureCode.amount_mismatch)  # what arrived
+    v = adapter("evm_usdc").verify(
+        USDC_TX, terms(amount=USDC_AMOUNT + 1, sender=SWAPPER), transport_from(calls)
+    )
+    assert (v.status, v.code) == (Status.failed, FailureCode.sender_mismatch)
+    assert v.observed["senders"] == [USDC_FROM, OTHER_SENDER]
+
+
 def test_a_session_reference_cannot_be_proven_on_evm_and_goes_to_review():
     v = adapter("evm_usdc").verify(
         USDC_TX, terms(reference="R-1"), cassette("eth_usdc_transfer.json")
@@ -556,6 +610,20 @@ def test_transfers_to_the_recipient_are_summed():
         2 * USDC_AMOUNT,
         [USDC_FROM],
     )
+
+
+def test_only_the_payers_transfers_count_when_the_payer_sent_any():
+    other = _log(logIndex="0xc4")
+    other["topics"] = [other["topics"][0], "0x" + "00" * 12 + "11" * 20, other["topics"][2]]
+    receipt = {"logs": [_log(), other]}
+    usdc = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
+    both = (2 * USDC_AMOUNT, [USDC_FROM, "0x" + "11" * 20])
+    assert transfers_in_receipt(receipt, usdc, USDC_TO) == both
+    assert transfers_in_receipt(receipt, usdc, USDC_TO, USDC_FROM.lower()) == (
+        USDC_AMOUNT,
+        [USDC_FROM],
+    )
+    assert transfers_in_receipt(receipt, usdc, USDC_TO, SWAPPER) == both  # sent nothing
 
 
 def test_a_treasury_scan_stops_at_a_log_whose_numbers_are_not_numbers():

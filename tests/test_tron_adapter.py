@@ -100,7 +100,7 @@ def test_real_usdt_transfer_is_review_only_with_sender_and_evidence():
     )
     s = v.settlement
     assert (s.block_number, s.confirmations, s.is_final) == (BLOCK, HEAD - BLOCK + 1, True)
-    assert v.transfer_keys == (f"tron:tron-mainnet:{OK_TX}:{USDT}:{RECIPIENT}",)
+    assert v.transfer_keys == (f"tron:tron-mainnet:{OK_TX}:{USDT}:{RECIPIENT}:{SENDER}",)
     assert checked.rpc_calls == 2
 
 
@@ -192,6 +192,37 @@ def test_a_block_timestamp_no_calendar_holds_is_pending_not_an_exception(ms):
     v = run_verify(adapter(), OK_TX, terms(), chain_with(info)).verdict
     assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
     assert "blockTimeStamp" in v.detail
+
+
+OTHER_SENDER_HEX20 = "11" * 20
+
+
+def with_transfer_from(sender_hex20: str, value: int) -> dict[str, Any]:
+    """The real answer with one more USDT Transfer to the same recipient in the transaction,
+    from another sender."""
+    info = ok_info()
+    log = copy.deepcopy(info["log"][0])
+    log["topics"][1] = "00" * 12 + sender_hex20
+    log["data"] = value.to_bytes(32, "big").hex()
+    info["log"].append(log)
+    return info
+
+
+def test_another_senders_transfer_in_the_same_transaction_is_not_the_payers():
+    # The payer paid exactly; another sender's unit to the same recipient used to be summed in
+    # (`failed amount_mismatch`, for good).
+    info = with_transfer_from(OTHER_SENDER_HEX20, 1)
+    v = adapter().verify(OK_TX, terms(sender=SENDER), chain_with(info))
+    assert v.status is Status.verified, v.detail
+    other = to_base58(bytes.fromhex(OTHER_SENDER_HEX20))
+    assert (v.observed["amount"], v.observed["senders"]) == (str(AMOUNT), [SENDER])
+    assert v.observed["other_senders"] == [{"sender": other, "amount": "1"}]
+    assert v.transfer_keys == (f"tron:tron-mainnet:{OK_TX}:{USDT}:{RECIPIENT}:{SENDER}",)
+    # Nor does it make up a short payment.
+    v = adapter().verify(OK_TX, terms(amount=AMOUNT + 1, sender=SENDER), chain_with(info))
+    assert (v.status, v.code) == (Status.failed, FailureCode.amount_mismatch)
+    assert trc20_transfers_in_info(info, USDT, RECIPIENT, SENDER) == (AMOUNT, [SENDER])
+    assert trc20_transfers_in_info(info, USDT, RECIPIENT) == (AMOUNT + 1, [SENDER, other])
 
 
 def test_not_final_below_19_confirmations():
