@@ -9,7 +9,8 @@ bundle), and `tx.to` may be a router rather than the token; none of them counts.
 
 Check order (one check, one code; chain calls just before the checks that need them):
 
-    shape (proof_malformed) → eth_chainId (chain_mismatch) → eth_getTransactionReceipt
+    shape (proof_malformed) → eth_chainId (a node on another chain: pending rpc_unavailable)
+    → eth_getTransactionReceipt
     (null: pending tx_not_found; status 0: tx_failed_onchain) → wrong_asset → wrong_recipient
     → amount_mismatch → sender_mismatch (only when the terms name a payer) → reference/memo
     (EVM transfers carry none) → eth_getBlockByNumber(receipt block) → time window
@@ -36,9 +37,10 @@ longer equals the receipt's `blockHash`, or the receipt vanished → `Settlement
 finality="reorged")`; the apply gate blocks on it.
 
 Transport exceptions (rails.errors.TransportError) are not caught here: the engine turns them
-into `pending rpc_unavailable`. A receipt about another transaction than the one asked for, or
-with fields that are not what JSON-RPC promises, is a `MalformedResponse` (a lying or broken
-node), never a verdict.
+into `pending rpc_unavailable`. A receipt about another transaction than the one asked for, a
+node that serves another chain than the rail's, or fields that are not what JSON-RPC promises
+(a quantity that is not hex, a timestamp no calendar holds) are a `MalformedResponse` (a
+lying, broken or misconfigured node), never a verdict.
 
 Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `token_transfers`,
 `parse_receipt`, `settlement_for_receipt`, `is_final_at_depth`, `read_head`, and
@@ -707,9 +709,7 @@ class EvmAdapter:
         token = normalize_evm_address(terms.asset or self.rail.asset, "asset")
         recipient = normalize_evm_address(terms.recipient)
 
-        mismatch = self._check_chain_id(chain)
-        if mismatch is not None:
-            return mismatch
+        self._check_chain_id(chain)
         raw = chain.call("eth_getTransactionReceipt", [tx_hash])
         if raw is None:
             return Verdict.wait(
@@ -797,18 +797,18 @@ class EvmAdapter:
             ),
         )
 
-    def _check_chain_id(self, chain: Transport) -> Verdict | None:
+    def _check_chain_id(self, chain: Transport) -> None:
         chain_id = hex_int(chain.call("eth_chainId", []), "eth_chainId")
         # SECURITY: the same hash format exists on every EVM chain; a receipt read from a
-        # testnet or another L2 must not pay a mainnet session.
-        if chain_id != self.rail.chain_id:
-            return Verdict.fail(
-                FailureCode.chain_mismatch,
-                f"node is on chain {chain_id}; rail {self.rail.rail_id} is on "
-                f"{self.rail.chain_id} ({self.rail.network})",
-                observed=Observed(chain_id=chain_id, expected_chain_id=self.rail.chain_id),
+        # testnet or another L2 must not pay a mainnet session. Nor may its silence fail one:
+        # the node's chain is configuration (an RPC URL of another network), not a fact about
+        # the transaction, so it is an unusable answer (pending rpc_unavailable, counted in
+        # rpc_errors_total) until the URL is fixed.
+        if chain_id != self.chain_id:
+            raise MalformedResponse(
+                f"the RPC node is on chain {chain_id}; rail {self.rail.rail_id} is on "
+                f"{self.chain_id} ({self.rail.network}): an RPC URL of another network?"
             )
-        return None
 
     def _observed(self, receipt: Receipt, token: str, recipient: str) -> Observed:
         return Observed(
@@ -857,6 +857,8 @@ class EvmAdapter:
         the canonical hash at its height."""
         if not refs:
             return []
+        # A node on another chain has none of these receipts: not a reorg, an unusable node.
+        self._check_chain_id(chain)
         head = read_head(chain, self.rail.finality)
         settled = (self._settle_one(normalize_tx_hash(ref), head, chain) for ref in refs)
         return [st for st in settled if st is not None]  # left out: nothing decided

@@ -278,12 +278,25 @@ def test_null_receipt_is_pending_tx_not_found():
     assert (v.status, v.code) == (Status.pending, FailureCode.tx_not_found)
 
 
-def test_node_on_another_chain_is_chain_mismatch():
-    v = adapter("base_usdc").verify(
-        USDC_TX, terms(), cassette("synthetic/base_rpc_answers_chain_1.json")
+def test_a_node_on_another_chain_is_pending_rpc_unavailable_not_a_verdict():
+    # Used to be `failed chain_mismatch`, final: the node's chain (an RPC URL of another
+    # network) is configuration, not a fact about the transaction, and once the URL was fixed a
+    # resubmission still answered the failed proof.
+    checked = run_verify(
+        adapter("base_usdc"), USDC_TX, terms(), cassette("synthetic/base_rpc_answers_chain_1.json")
     )
-    assert (v.status, v.code) == (Status.failed, FailureCode.chain_mismatch)
-    assert v.observed == {"chain_id": 1, "expected_chain_id": 8453}
+    v = checked.verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert "on chain 1; rail base_usdc is on 8453 (base)" in v.detail
+    assert checked.rpc_calls == 1  # nothing else is asked of it
+
+
+def test_a_node_on_another_chain_reorgs_nothing_in_a_finality_sweep():
+    # A node of another chain has none of the receipts: it used to settle every swept proof
+    # `reorged` (apply blocked, an active entitlement flagged critical).
+    sepolia = transport_from(with_result(_receipt_gone(None), "eth_chainId", None, "0xaa36a7"))
+    with pytest.raises(MalformedResponse, match="chain 11155111; rail evm_usdc is on 1"):
+        adapter("evm_usdc").finality([USDC_TX], sepolia)
 
 
 def test_receipt_whose_block_left_the_chain_settles_reorged():
@@ -666,6 +679,51 @@ def test_settlement_for_receipt_flags_a_different_canonical_hash():
     assert (ok.reorged, ok.is_final, ok.confirmations) == (False, True, 21)
     gone = settlement_for_receipt("0xr", 100, "0xaa", "0xbb", Head(120, 110), policy)
     assert (gone.reorged, gone.is_final, gone.finality) == (True, False, "reorged")
+
+
+# --- through the engine -----------------------------------------------------------------------
+
+
+def test_a_proof_pending_on_a_node_of_another_chain_verifies_once_the_url_is_fixed(db_url):
+    # Used to be stored `failed chain_mismatch`: final, so the client's retry after the
+    # operator fixed the URL answered the failed proof, and the worker never looked again.
+    from tests.helpers import SwitchableTransport, advance, cassette_engine
+    from tests.test_e2e_http import EVM_CLOCK
+    from verifier.services import proofs
+    from verifier.services.sessions import NewSession, open_session
+    from verifier.worker import loop as worker
+
+    e = cassette_engine(db_url, clock=EVM_CLOCK)
+    try:
+        calls = calls_of("eth_usdc_transfer.json")
+        chain = SwitchableTransport(
+            with_result(copy.deepcopy(calls), "eth_chainId", None, "0xaa36a7")
+        )
+        e.chains.set_transport("ethereum", chain)
+        session = NewSession(
+            owner_id="alice",
+            rail_id="evm_usdc",
+            access_product_id="pro",
+            amount=USDC_AMOUNT,
+            recipient=USDC_TO,
+            payer=USDC_FROM,
+        )
+        sid = open_session(e, session, actor="svc")["id"]
+        first, _ = proofs.submit_proof(e, sid, USDC_TX, ["alice"])
+        assert (first["status"], first["failure_code"]) == ("pending", "rpc_unavailable")
+        assert "on chain 11155111; rail evm_usdc is on 1 (ethereum)" in first["detail"]
+        # The operator sees it: an RPC error of the network, and the proof's detail.
+        assert b'railproof_rpc_errors_total{kind="verify",network="ethereum"}' in (
+            e.metrics.render()
+        )
+        chain.load(calls)  # the RPC URL is fixed
+        again, _ = proofs.submit_proof(e, sid, USDC_TX, ["alice"])  # the client retries
+        assert again["id"] == first["id"]
+        advance(e, 900)
+        worker.reverify_pending(e, "w1", 10)
+        assert proofs.get_proof(e, first["id"], None)["status"] == "verified"
+    finally:
+        e.db.dispose()
 
 
 # --- the live transport against scripted nodes on 127.0.0.1 -----------------------------------
