@@ -24,8 +24,11 @@ exactly what it says. Checks run in this fixed order, each one small function, o
        (pending while it will be valid inside the session, failed otherwise)
     9. submitted < validBefore                             authorization_expired
    10. submitted by the session's expiry                   session_expired
-   11. live chain only: authorizationState(from, nonce)    nonce_reused (or: already settled);
-       unused and now past validBefore (+ a margin)        authorization_expired;
+   11. live chain only: authorizationState(from, nonce)
+       unused and now past validBefore (+ a margin)        authorization_expired
+       used: the AuthorizationUsed log's transaction moved
+       other funds, or the payer cancelled the nonce       nonce_reused
+       used, but the node serves neither yet               pending rpc_unavailable
        settled in a block older than the session (+ 30 s)  session_not_open
 
 `now` is the clock of this check; `submitted` is when the proof was submitted (Terms.
@@ -121,6 +124,7 @@ TRANSFER_WITH_AUTHORIZATION_FIELDS = [
 # authorizationState(address,bytes32) -> bool
 AUTHORIZATION_STATE_SELECTOR = keccak(b"authorizationState(address,bytes32)")[:4]
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(b"AuthorizationUsed(address,bytes32)").hex()
+AUTHORIZATION_CANCELED_TOPIC = "0x" + keccak(b"AuthorizationCanceled(address,bytes32)").hex()
 TRANSFER_TOPIC = "0x" + keccak(b"Transfer(address,address,uint256)").hex()
 
 _ZERO12 = b"\x00" * 12
@@ -598,12 +602,11 @@ def authorization_used(chain: Transport, asset: bytes, auth_from: bytes, nonce: 
     return _word(result, "authorizationState") != 0
 
 
-def find_settlement(
-    chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes
-) -> SettlementTx | None:
-    """The successful transaction that used (from, nonce), via the token's AuthorizationUsed log."""
-    from rails.evm import parse_receipt
-
+def _nonce_logs(
+    chain: Transport, topic: str, asset: bytes, auth_from: bytes, nonce: bytes
+) -> list[dict[str, Any]]:
+    """The token's canonical logs of one (authorizer, nonce) event: AuthorizationUsed or
+    AuthorizationCanceled."""
     # Both event arguments are indexed, so the filter is exact; a node that refuses the
     # whole-history range answers an error, which stays a transient transport failure.
     logs = chain.call(
@@ -611,11 +614,7 @@ def find_settlement(
         [
             {
                 "address": "0x" + asset.hex(),
-                "topics": [
-                    AUTHORIZATION_USED_TOPIC,
-                    "0x" + (_ZERO12 + auth_from).hex(),
-                    "0x" + nonce.hex(),
-                ],
+                "topics": [topic, "0x" + (_ZERO12 + auth_from).hex(), "0x" + nonce.hex()],
                 "fromBlock": "0x0",
                 "toBlock": "latest",
             }
@@ -624,7 +623,20 @@ def find_settlement(
     if not isinstance(logs, list):
         raise MalformedResponse(f"eth_getLogs: expected a list, got {type(logs).__name__}")
     # SECURITY: a removed log belongs to a block that left the canonical chain.
-    live = [lg for lg in logs if isinstance(lg, dict) and lg.get("removed") is not True]
+    return [lg for lg in logs if isinstance(lg, dict) and lg.get("removed") is not True]
+
+
+def find_settlement(
+    chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes
+) -> SettlementTx | None:
+    """The successful transaction that used (from, nonce), via the token's AuthorizationUsed log.
+
+    None when this node shows none: the nonce is unused, or cancelled, or the node has not
+    caught up with it (no log yet, a log whose receipt it does not serve yet or that does not
+    hold the log). Only a settlement it shows tells where the money went."""
+    from rails.evm import parse_receipt
+
+    live = _nonce_logs(chain, AUTHORIZATION_USED_TOPIC, asset, auth_from, nonce)
     if not live:
         return None
     tx_hash = live[0].get("transactionHash")
@@ -632,13 +644,36 @@ def find_settlement(
         raise MalformedResponse("eth_getLogs: log without transactionHash")
     raw = chain.call("eth_getTransactionReceipt", [tx_hash])
     if raw is None:
-        return None
+        return None  # a load-balanced node a block behind the one that served the log
     receipt = parse_receipt(raw, tx_hash)
-    if not receipt.success:
-        return None  # a reverted transaction consumed nothing
+    # A reverted transaction consumed nothing and logged nothing: a log naming one, or a
+    # receipt without the log, is a node that disagrees with itself, not an answer.
+    if not receipt.success or not _holds_authorization_used(receipt.logs, asset, auth_from, nonce):
+        return None
     to, value = transfer_after_authorization(receipt.logs, asset, auth_from, nonce)
     return SettlementTx(
         receipt.tx_hash, receipt.block_number, receipt.block_hash.lower(), to, value
+    )
+
+
+def authorization_cancelled(chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes) -> bool:
+    """Whether the payer cancelled (from, nonce): the token's AuthorizationCanceled log."""
+    return bool(_nonce_logs(chain, AUTHORIZATION_CANCELED_TOPIC, asset, auth_from, nonce))
+
+
+def _authorization_used_topics(auth_from: bytes, nonce: bytes) -> list[str]:
+    return [AUTHORIZATION_USED_TOPIC, "0x" + (_ZERO12 + auth_from).hex(), "0x" + nonce.hex()]
+
+
+def _holds_authorization_used(
+    logs: Iterable[Any], asset: bytes, auth_from: bytes, nonce: bytes
+) -> bool:
+    wanted = _authorization_used_topics(auth_from, nonce)
+    return any(
+        isinstance(lg, dict)
+        and str(lg.get("address", "")).lower() == "0x" + asset.hex()
+        and [str(t).lower() for t in lg.get("topics") or []] == wanted
+        for lg in logs
     )
 
 
@@ -656,7 +691,7 @@ def transfer_after_authorization(
     from rails.evm import decode_transfer
 
     asset_hex = "0x" + asset.hex()
-    wanted = [AUTHORIZATION_USED_TOPIC, "0x" + (_ZERO12 + auth_from).hex(), "0x" + nonce.hex()]
+    wanted = _authorization_used_topics(auth_from, nonce)
     ours = [
         lg
         for lg in logs
@@ -708,6 +743,24 @@ def _settlement(
         }
     )
     return settled, _word(stamp, "block.timestamp") if stamp is not None else None
+
+
+def _used_unseen(chain: Transport, e: Expect, a: Authorization, observed: Observed) -> Verdict:
+    """authorizationState says used, yet the node shows no settlement: cancelled by the payer
+    (nothing will pay), or a node behind itself (its logs or receipts lag its state)."""
+    if authorization_cancelled(chain, e.asset, a.from_, a.nonce):
+        return Verdict.fail(
+            FailureCode.nonce_reused,
+            "nonce cancelled on chain by its payer (AuthorizationCanceled)",
+            observed=observed,
+        )
+    # SECURITY: failed is final, and this may be the payment itself, settled a block ago:
+    # only a settlement the chain shows moving other funds, or a cancellation, fails it.
+    return Verdict.wait(
+        FailureCode.rpc_unavailable,
+        "nonce used on chain, but the node serves no settlement or cancellation of it yet",
+        observed=observed,
+    )
 
 
 def _valid_later(failed: Finding, a: Authorization, e: Expect) -> bool:
@@ -924,13 +977,14 @@ class X402Adapter:
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
             return _unsettled(a, e, observed, key)
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
+        if tx is None:
+            return _used_unseen(chain, e, a, observed)
         # SECURITY: a used nonce is this payment only if its settlement moved exactly these
-        # funds; otherwise the payer spent the nonce elsewhere (or cancelled it).
-        if tx is None or tx.to != a.to or tx.value != a.value:
-            where = f" by {tx.tx_hash}" if tx else ""
+        # funds; otherwise the payer spent the nonce on another authorization.
+        if tx.to != a.to or tx.value != a.value:
             return Verdict.fail(
                 FailureCode.nonce_reused,
-                f"nonce already used on chain{where} by another transfer",
+                f"nonce already used on chain by {tx.tx_hash}, which did not make this transfer",
                 observed=observed,
             )
         ref = _ref(e.chain_id, e.asset, a)

@@ -24,14 +24,16 @@ from typing import Any
 
 import pytest
 from eth_tester.backends.pyevm.main import get_default_account_keys
+from eth_utils import to_checksum_address
 from fastapi.testclient import TestClient
 
 from rails.base import Status, Terms, eip3009_key
+from rails.codes import FailureCode
 from rails.evm import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, EvmAdapter
 from rails.x402 import X402Adapter, domain_separator
 from registry.catalog import RailOverrides, load_catalog
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, STAFF_TOKEN, auth, make_settings
-from tests.evm_chain import BASE_SEPOLIA_CHAIN_ID, BASE_SEPOLIA_USDC, LocalEvmChain
+from tests.evm_chain import BASE_SEPOLIA_CHAIN_ID, BASE_SEPOLIA_USDC, LocalEvmChain, to_wire
 from verifier.core.engine import Engine
 from verifier.core.metrics import PREFIX
 from verifier.http.api import create_app
@@ -292,6 +294,41 @@ def test_payload_and_settlement_receipt_name_the_same_transfer(as_bytes):
     assert x402.proof_of(IDENTITY) == x402.normalize_proof("x402_payment_payload", HEADER)
     assert x402.proof_of(IDENTITY.replace(":84532:", ":8453:")) is None  # another chain's
     assert evm.proof_of(IDENTITY) is None
+
+
+class Live:
+    """The local chain as a live node (the x402 rail reads authorizationState only there);
+    `hides` the answers of a method whose pool member has not caught up (a receipt: null,
+    logs: none), as a load-balanced RPC's members lag each other."""
+
+    source = "live"
+
+    def __init__(self, chain: LocalEvmChain, hides: str | None = None):
+        self.chain, self.hides = chain, hides
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method == self.hides:
+            return [] if method == "eth_getLogs" else None
+        if method == "eth_call":  # eth-tester wants a funded sender; a node needs none
+            params = [{"from": FACILITATOR, **params[0]}, *params[1:]]
+        if method == "eth_getLogs":  # eth-tester takes a filter only through web3's formatters
+            query = {**params[0], "address": to_checksum_address(params[0]["address"])}
+            return to_wire([dict(log) for log in self.chain.w3.eth.get_logs(query)])
+        return self.chain.call(method, params)
+
+
+@pytest.mark.parametrize("hides", ["eth_getTransactionReceipt", "eth_getLogs"])
+def test_a_settlement_a_lagging_node_does_not_serve_yet_is_pending(settled, hides):
+    """authorizationState says used; the node serving the receipt (or the logs) is a block
+    behind. This used to be `failed nonce_reused` for good: the payer's own settlement taken
+    for a transfer elsewhere."""
+    x402 = X402Adapter(load_catalog().resolve("x402", RailOverrides(network="base-sepolia")))
+    terms = Terms(recipient=PAY_TO, amount=VALUE, now=datetime.fromtimestamp(OPENED_AT, tz=UTC))
+    behind = x402.verify(HEADER, terms, Live(settled.chain, hides))
+    assert (behind.status, behind.code) == (Status.pending, FailureCode.rpc_unavailable)
+    caught_up = x402.verify(HEADER, terms, Live(settled.chain))
+    assert caught_up.status is Status.verified, caught_up.detail
+    assert caught_up.observed["tx_hash"] == settled.settlement
 
 
 # -- through the engine ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from rails.base import SessionShape, Status, Terms
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed, RpcUnavailable
 from rails.x402 import (
+    AUTHORIZATION_CANCELED_TOPIC,
     AUTHORIZATION_USED_TOPIC,
     EXPIRY_MARGIN_S,
     MAX_PROOF_CHARS,
@@ -692,9 +693,20 @@ def live_chain(
     finalized: int | None = 50,
     canonical: str = BLOCK_HASH,
     mined: int | None = INSIDE + 5,  # the settlement block's timestamp
+    cancelled: bool = False,  # the payer cancelled the nonce (AuthorizationCanceled)
     **extra: Any,
 ) -> ScriptedChain:
-    auth_log = [{"transactionHash": TX, "blockNumber": "0x64", "removed": False}] if logs else []
+    def nonce_logs(params: list[Any]) -> list[dict[str, Any]]:
+        topics = params[0]["topics"]
+        event = topics[0]
+        named = (event == AUTHORIZATION_USED_TOPIC and logs) or (
+            event == AUTHORIZATION_CANCELED_TOPIC and cancelled
+        )
+        return (
+            [{"transactionHash": TX, "blockNumber": "0x64", "topics": topics, "removed": False}]
+            if named
+            else []
+        )
 
     def block(params: list[Any]) -> Any:
         if params[0] == "finalized":  # a node without the tag answers null
@@ -709,7 +721,7 @@ def live_chain(
     return ScriptedChain(
         {
             "eth_call": "0x" + ("1" if used else "0").rjust(64, "0"),
-            "eth_getLogs": auth_log,
+            "eth_getLogs": nonce_logs,
             "eth_getTransactionReceipt": receipt(logs or []),
             "eth_blockNumber": hex(head),
             "eth_getBlockByNumber": block,
@@ -762,12 +774,51 @@ def test_live_used_nonce_settled_by_this_payment_reports_the_settlement(sepolia)
         settlement_logs(to=OTHER),  # the payer spent the nonce on another authorization
         settlement_logs(value=9999),
         settlement_logs()[:1],  # AuthorizationUsed without a Transfer
-        [],  # used but no AuthorizationUsed log: cancelled
     ],
 )
 def test_live_used_nonce_not_settled_as_this_payment_is_nonce_reused(sepolia, logs):
     verdict = sepolia.verify(V1_JSON, terms(), live_chain(used=True, logs=logs))
     assert (verdict.status, verdict.code) == (Status.failed, FailureCode.nonce_reused)
+
+
+def test_live_used_nonce_cancelled_by_the_payer_is_nonce_reused(sepolia):
+    chain = live_chain(used=True, cancelled=True)
+    verdict = sepolia.verify(V1_JSON, terms(), chain)
+    assert (verdict.status, verdict.code) == (Status.failed, FailureCode.nonce_reused)
+    assert "cancelled" in verdict.detail
+    assert chain.calls[-1][1][0]["topics"] == [AUTHORIZATION_CANCELED_TOPIC, _topic(PAYER), NONCE]
+
+
+@pytest.mark.parametrize(
+    "lag",
+    [
+        "receipt_not_served",  # the log's node is a block ahead of the receipt's
+        "logs_behind_state",  # authorizationState already used, eth_getLogs not there yet
+        "receipt_reverted",  # a reverted transaction logs nothing: the node disagrees
+        "receipt_without_the_log",
+    ],
+)
+def test_live_used_nonce_the_node_does_not_show_yet_is_pending(sepolia, lag):
+    """The nonce is used, but this node shows no settlement of it, nor a cancellation: it is
+    behind itself (a load-balanced RPC). This used to be `failed nonce_reused`, which is
+    final: the customer's own payment, settled a block ago, was lost for its session."""
+    chain = live_chain(used=True, logs=settlement_logs())
+    if lag == "receipt_not_served":
+        chain.answers["eth_getTransactionReceipt"] = None
+    elif lag == "logs_behind_state":
+        chain = live_chain(used=True)
+    elif lag == "receipt_reverted":
+        chain.answers["eth_getTransactionReceipt"] = receipt(settlement_logs(), status="0x0")
+    else:
+        chain.answers["eth_getTransactionReceipt"] = receipt(settlement_logs()[1:])
+    checked = run_verify(sepolia, V1_JSON, terms(), chain)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    ), checked.verdict.detail
+    # Caught up, the same node shows the settlement: the payment verifies.
+    caught_up = live_chain(used=True, logs=settlement_logs())
+    assert sepolia.verify(V1_JSON, terms(), caught_up).status is Status.verified
 
 
 def test_live_chain_only_asked_after_offline_checks_pass(sepolia):

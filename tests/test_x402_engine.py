@@ -170,6 +170,27 @@ def test_a_pending_payment_never_settled_fails_expired_once_its_window_is_over(x
     assert proofs.get_proof(x402_engine, view["id"], ["alice"])["status"] == "failed"
 
 
+def test_a_settlement_the_node_does_not_serve_yet_waits_and_then_verifies(x402_engine):
+    """The facilitator has just settled the authorization: the node says the nonce is used
+    and its AuthorizationUsed log names the transaction, but the receipt read (a load-balanced
+    node a block behind) answers null. This used to end `failed nonce_reused` ("used by
+    another transfer"), never checked again, and a resubmission answered that failed proof:
+    the customer's payment was lost for its session."""
+    from tests.test_x402_adapter import live_chain, receipt, settlement_logs
+
+    ps = open_x402(x402_engine, payer=SIGNER)
+    chain = live_chain(used=True, logs=settlement_logs())
+    chain.answers["eth_getTransactionReceipt"] = None
+    x402_engine.chains.set_transport("base-sepolia", chain)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable"), view
+
+    chain.answers["eth_getTransactionReceipt"] = receipt(settlement_logs())  # caught up
+    verdict = proofs.verify_proof(x402_engine, view["id"])
+    assert (verdict.status.value, verdict.code) == ("verified", None), verdict.detail
+
+
 def test_a_settled_authorization_cannot_pay_a_session_opened_after_its_window(x402_engine):
     """SECURITY: the window is the submission's, so a settlement seen on chain cannot be
     claimed by a session opened (and a proof submitted) after it closed."""

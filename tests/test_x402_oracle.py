@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from rails.base import SessionShape, Status, Terms
-from rails.x402 import X402Adapter
+from rails.x402 import AUTHORIZATION_CANCELED_TOPIC, X402Adapter
 from registry.catalog import RailOverrides, load_catalog
 from tests import x402_oracle as oracle
 
@@ -211,7 +211,9 @@ def test_high_s_twin_is_where_we_are_stricter_than_the_sdk(facilitator, monkeypa
 
 def test_used_nonce_both_refuse(monkeypatch):
     # Offline we cannot know the nonce is used (the engine's records do); on a live chain
-    # authorizationState says so. The SDK learns it from its simulation (v2 maps the revert).
+    # authorizationState says so, and the token's logs say how (here: cancelled; a used
+    # nonce the node cannot show yet is pending, not refused). The SDK learns it from its
+    # simulation (v2 maps the revert).
     pin(monkeypatch, INSIDE)
     auth = V2["payload"]["authorization"]
     used = oracle.make_facilitator(
@@ -221,10 +223,16 @@ def test_used_nonce_both_refuse(monkeypatch):
     assert not sdk.is_valid and "nonce" in sdk.invalid_reason
 
     class UsedChain:
+        """authorizationState says used; the payer cancelled it (AuthorizationCanceled)."""
+
         source = "live"
 
         def call(self, method, params):
-            return {"eth_call": "0x" + "0" * 63 + "1", "eth_getLogs": []}[method]
+            if method == "eth_call":
+                return "0x" + "0" * 63 + "1"
+            if params[0]["topics"][0] == AUTHORIZATION_CANCELED_TOPIC:
+                return [{"transactionHash": "0x" + "ab" * 32, "topics": params[0]["topics"]}]
+            return []
 
     terms = Terms(recipient=V1_REQ["payTo"], amount=10000, now=datetime.fromtimestamp(INSIDE, UTC))
     assert adapter("base-sepolia").verify(json.dumps(V2), terms, UsedChain()).code == "nonce_reused"
