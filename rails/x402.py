@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 from coincurve import PublicKey
 from eth_hash.auto import keccak
-from eth_utils.address import is_checksum_address, to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from rails.base import (
     Adapter,
@@ -245,12 +245,12 @@ def _str(obj: Mapping[str, Any], key: str, field: str) -> str:
 
 
 def _address(value: Any, field: str) -> bytes:
-    if not isinstance(value, str) or len(value) != 42 or value[:2] not in ("0x", "0X"):
-        raise ProofMalformed(field, "must be a 0x-prefixed 20-byte hex address")
+    """The 20 bytes of `0x` + exactly 40 hex digits: the shape normalize_address (the EVM
+    rail's parser) takes, without the checksum work a payload's bytes do not need."""
     try:
-        return bytes.fromhex(value[2:])
-    except ValueError:
-        raise ProofMalformed(field, "must be a 0x-prefixed 20-byte hex address") from None
+        return _hex_bytes(value, field, exact=20)
+    except ProofMalformed:
+        raise ProofMalformed(field, "must be 0x followed by 40 hex digits") from None
 
 
 def _uint256(value: Any, field: str) -> int:
@@ -274,6 +274,9 @@ def _hex_bytes(value: Any, field: str, exact: int | None = None, limit: int | No
         data = bytes.fromhex(value[2:])
     except ValueError:
         raise ProofMalformed(field, "must be 0x-prefixed hex") from None
+    # bytes.fromhex skips whitespace: "0x" + 38 digits + two spaces would be a 19-byte address.
+    if len(value) != 2 + 2 * len(data):
+        raise ProofMalformed(field, "must be 0x-prefixed hex, without spaces")
     if exact is not None and len(data) != exact:
         raise ProofMalformed(field, f"must be {exact} bytes")
     if limit is not None and not 0 < len(data) <= limit:
@@ -871,14 +874,11 @@ class X402Adapter:
         return _address(asset, "asset")
 
     def normalize_address(self, address: str, field: str = "recipient") -> str:
-        if not isinstance(address, str):
-            raise ProofMalformed(field, "must be a 0x-prefixed 20-byte hex address")
-        _address(address, field)
-        body = address[2:]
-        # A mixed-case address carries an EIP-55 checksum; a wrong one is a typo, not a payee.
-        if body != body.lower() and body != body.upper() and not is_checksum_address("0x" + body):
-            raise ProofMalformed(field, "EIP-55 checksum does not match")
-        return to_checksum_address("0x" + body.lower())
+        # The exact scheme pays EVM addresses: the EVM rail's parser (exactly 40 hex digits,
+        # a mixed-case one with a valid EIP-55 checksum), in its checksum form.
+        from rails.evm import normalize_evm_address
+
+        return normalize_evm_address(address, field)
 
     def proof_of(self, transfer_key: str) -> str | None:
         # The normalized proof is `chain_id:asset:from:nonce`, the EIP-3009 identity's body.

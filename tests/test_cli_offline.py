@@ -222,3 +222,51 @@ def test_x402_payload_file_or_header_with_pinned_clock(proof_file):
     assert inside["rpc_calls"] == 0
     late = json.loads(run(*common).stdout)
     assert (late["status"], late["failure_code"]) == ("failed", "authorization_expired")
+
+
+# -- x402 addresses -----------------------------------------------------------------------
+
+X402_PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+SPACED = X402_PAY_TO[:40].lower() + "  "  # 42 characters that bytes.fromhex read as 19 bytes
+
+
+def x402(*extra: str, proof: str = str(FIX / "x402" / "x402_base_sepolia_payload_v1.json")):
+    return run(
+        "--rail",
+        "x402",
+        "--network",
+        "base-sepolia",
+        "--proof",
+        proof,
+        "--amount",
+        "10000",
+        "--now",
+        "2025-02-27T16:01:40Z",
+        "--json",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--recipient", SPACED], "--recipient"),  # was a ValueError traceback, exit 1
+        # was exit 0, `failed signature_invalid` under a 19-byte token contract
+        (["--recipient", X402_PAY_TO, "--asset", SPACED], "--asset"),
+    ],
+)
+def test_x402_address_with_spaces_exits_2_naming_the_option(args, needle):
+    r = x402(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr[-400:])
+    assert needle in r.stderr and "40 hex digits" in r.stderr and r.stdout == ""
+    assert "Traceback" not in r.stderr
+
+
+def test_x402_payload_address_with_spaces_exits_2_naming_the_proof(tmp_path):
+    doc = json.loads((FIX / "x402" / "x402_base_sepolia_payload_v1.json").read_text())
+    doc["payload"]["authorization"]["to"] = SPACED
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps(doc))
+    r = x402("--recipient", X402_PAY_TO, proof=str(payload))
+    assert r.returncode == 2, (r.returncode, r.stdout)
+    assert "--proof: authorization.to" in r.stderr

@@ -51,6 +51,7 @@ VALID_AFTER, VALID_BEFORE = 1740672089, 1740672154
 INSIDE = 1740672100
 OTHER = "0x000000000000000000000000000000000000bEEF"
 REF = f"84532:{SEPOLIA_USDC.lower()}:{PAYER.lower()}:{NONCE}"
+SPACED_PAY_TO = PAY_TO[:40].lower() + "  "  # 42 characters, 38 hex digits
 
 
 def at(ts: int | float) -> datetime:
@@ -85,6 +86,7 @@ V2_JSON = read("x402_base_sepolia_payload_v2.json")
 V2_B64 = read("x402_base_sepolia_payload_v2.b64").strip()
 SPEC_FORMS = {"v1_json": V1_JSON, "v1_b64": V1_B64, "v2_json": V2_JSON, "v2_b64": V2_B64}
 SIGNED = json.loads(read("x402_base_signed.json"))
+SIG = json.loads(V1_JSON)["payload"]["signature"]
 
 
 def tamper(raw: str, path: str, value: Any) -> str:
@@ -550,6 +552,12 @@ MALFORMED = {
     "nonce_short": tamper(V1_JSON, "payload.authorization.nonce", "0x1234"),
     "from_short": tamper(V1_JSON, "payload.authorization.from", PAYER[:-2]),
     "to_not_hex": tamper(V1_JSON, "payload.authorization.to", "0x" + "g" * 40),
+    # bytes.fromhex skips whitespace: these were read as 19-byte addresses (and a signature
+    # with a space in it as the signature), and a proof of them stored as failed.
+    "to_with_spaces": tamper(V1_JSON, "payload.authorization.to", SPACED_PAY_TO),
+    "from_with_spaces": tamper(V1_JSON, "payload.authorization.from", PAYER[:40] + "  "),
+    "asset_with_spaces": tamper(V2_JSON, "accepted.asset", SEPOLIA_USDC[:40] + " \t"),
+    "signature_with_a_space": tamper(V1_JSON, "payload.signature", SIG[:10] + " " + SIG[10:]),
     "value_negative": tamper(V1_JSON, "payload.authorization.value", "-1"),
     "value_float": tamper(V1_JSON, "payload.authorization.value", 10000.0),
     "value_underscore": tamper(V1_JSON, "payload.authorization.value", "10_000"),
@@ -572,6 +580,14 @@ def test_malformed_names_the_field(sepolia):
     with pytest.raises(ProofMalformed) as e:
         sepolia.normalize_proof("x402_payment_payload", MALFORMED["nonce_short"])
     assert e.value.field == "authorization.nonce"
+    for case, field in (
+        ("to_with_spaces", "authorization.to"),
+        ("from_with_spaces", "authorization.from"),
+        ("asset_with_spaces", "accepted.asset"),
+    ):
+        with pytest.raises(ProofMalformed) as e:
+            sepolia.normalize_proof("x402_payment_payload", MALFORMED[case])
+        assert e.value.field == field
 
 
 def test_unknown_network_or_proof_type_does_not_normalize(sepolia):
@@ -597,6 +613,11 @@ def test_normalize_address(sepolia):
         "209693Bc6afc0C5328bA36FaF03C514EF312287C00",
         "",
         "0x" + "z" * 40,
+        # 42 characters that bytes.fromhex read as 19 bytes; eth_utils then raised a
+        # ValueError (a 500 at session creation, a traceback from verify-offline).
+        SPACED_PAY_TO,
+        " " + PAY_TO[:41],
+        PAY_TO[:20] + "  " + PAY_TO[22:],
     ):
         with pytest.raises(ProofMalformed) as e:
             sepolia.normalize_address(bad, field="treasury")

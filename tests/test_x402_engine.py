@@ -1,6 +1,7 @@
 """x402 through the engine: the signed spec payload verifies offline, the authorization can
 back one session only (nonce_reused), and a gated rail never applies without its gates."""
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -434,3 +435,51 @@ def test_a_credited_authorization_whose_nonce_is_spent_elsewhere_is_flagged_not_
     with x402_engine.db.tx() as s:
         ent = s.get(Entitlement, ent_id)
         assert (ent.status, ent.reorg_flagged) == ("active", True)
+
+
+# -- addresses: exactly 0x and 40 hex digits ---------------------------------------------------
+#
+# bytes.fromhex skips whitespace, so "0x" + 38 hex digits + two spaces (42 characters) was read
+# as a 19-byte address.
+
+SPACED_PAY_TO = PAY_TO[:40].lower() + "  "
+
+
+@pytest.mark.parametrize("field", ["recipient", "payer"])
+def test_a_session_address_with_spaces_is_a_422_naming_the_field(x402_engine, field):
+    """It used to pass the x402 shape check and then make eth_utils raise: a 500."""
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import auth
+    from verifier.http.api import create_app
+
+    body = {
+        "owner_id": "alice",
+        "rail_id": "x402",
+        "access_product_id": "api",
+        "amount": 10000,
+        "recipient": PAY_TO,
+        field: SPACED_PAY_TO,
+    }
+    with TestClient(create_app(x402_engine), raise_server_exceptions=False) as c:
+        r = c.post(
+            "/v1/payment-sessions", json=body, headers={**auth(), "Idempotency-Key": "k-" + field}
+        )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field, r.text
+
+
+@pytest.mark.parametrize("field", ["to", "from"])
+def test_a_payload_address_with_spaces_is_refused_as_malformed(x402_engine, field):
+    """It used to be read as a 19-byte address and stored as a proof that failed
+    (wrong_recipient / signature_invalid) under a reference holding that address."""
+    ps = open_x402(x402_engine)
+    doc = json.loads((FIX / "x402_base_sepolia_payload_v1.json").read_text())
+    address = doc["payload"]["authorization"][field]
+    doc["payload"]["authorization"][field] = address[:40].lower() + "  "
+    with pytest.raises(BadInput) as refused:
+        proofs.submit_proof(x402_engine, ps["id"], json.dumps(doc), ["alice"])
+    assert refused.value.code == "proof_malformed"
+    assert refused.value.field == "proof"
+    assert f"authorization.{field}" in refused.value.message
+    assert proofs.list_proofs(x402_engine, "x402") == []  # nothing stored

@@ -15,6 +15,9 @@ from rails.errors import CassetteError, ProofMalformed, UnmatchedRequest
 from registry.catalog import CatalogError, RailOverrides, load_catalog
 from verifier.core.checking import run_verify
 
+# The command's options an adapter's ProofMalformed can name (by their field name).
+_OPTIONS = frozenset({"proof", "recipient", "asset"})
+
 
 class UsageError(ValueError):
     """Bad arguments or an unreadable cassette (the CLI exits 2 with this message)."""
@@ -84,14 +87,18 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         raise UsageError(f"--network/--asset: {e}") from e
     if req.amount <= 0:
         raise UsageError("--amount: must be a positive integer of base units")
-    adapter = adapter_for(rail)
     proof = proof_text(req.proof)
     try:
+        # An adapter may parse its rail's asset when it is built (x402: the token domain).
+        adapter = adapter_for(rail)
+        if req.asset is not None:
+            adapter.normalize_address(req.asset, "asset")
         adapter.normalize_proof(rail.proof_types[0], proof)
         recipient = adapter.normalize_address(req.recipient, "recipient")
     except ProofMalformed as e:
-        field = "--proof" if e.field == "proof" else f"--{e.field}"
-        raise UsageError(f"{field}: {e.message}") from e
+        # A field of the proof itself (x402: `authorization.to`) is named inside --proof.
+        where = f"--{e.field}" if e.field in _OPTIONS else f"--proof: {e.field}"
+        raise UsageError(f"{where}: {e.message}") from e
     try:
         chain = (
             CassetteTransport.from_files([req.cassette]) if req.cassette else CassetteTransport([])
