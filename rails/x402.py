@@ -20,11 +20,13 @@ exactly what it says. Checks run in this fixed order, each one small function, o
     6. the EIP-712 signature recovers to authorization.from,
        under the token domain PINNED by the rail           signature_invalid
     7. authorization.from is the named payer (if any)      sender_mismatch
-    8. validAfter <= now                                   authorization_not_yet_valid
+    8. no reference or memo asked (none can be signed)     reference_missing / memo_mismatch
+                                                           (requires_review)
+    9. validAfter <= now                                   authorization_not_yet_valid
        (pending while it will be valid inside the session, failed otherwise)
-    9. submitted < validBefore                             authorization_expired
-   10. submitted by the session's expiry                   session_expired
-   11. live chain only: authorizationState(from, nonce)
+   10. submitted < validBefore                             authorization_expired
+   11. submitted by the session's expiry                   session_expired
+   12. live chain only: authorizationState(from, nonce)
        unused and now past validBefore (+ a margin)        authorization_expired
        used: the AuthorizationUsed log's transaction moved
        other funds, or the payer cancelled the nonce       nonce_reused
@@ -424,6 +426,10 @@ class Expect:
     amount: int
     at_least: bool
     sender: bytes | None
+    # Terms an authorization cannot carry (sessions refuse them on this rail); asked anyway,
+    # they go to review rather than pass unchecked.
+    reference: str | None
+    memo: str | None
     now: int  # unix seconds
     # The moment validBefore is checked at: the proof's submission (or now). An authorization
     # submitted in time and settled stays paid when a pending proof is checked again later.
@@ -514,6 +520,25 @@ def check_sender(c: Ctx) -> Finding | None:
     return None
 
 
+def check_no_binding(c: Ctx) -> Finding | None:
+    e = c.e
+    # SECURITY: EIP-3009 signs from, to, value, window and nonce, nothing else; a reference
+    # or memo asked of it cannot be proven, so it is never `verified` as if it had been.
+    if e.reference is not None:
+        return Finding(
+            FailureCode.reference_missing,
+            "an x402 authorization carries no reference; the one asked cannot be proven",
+            review=True,
+        )
+    if e.memo is not None:
+        return Finding(
+            FailureCode.memo_mismatch,
+            "an x402 authorization carries no memo; the one asked cannot be proven",
+            review=True,
+        )
+    return None
+
+
 def check_valid_after(c: Ctx) -> Finding | None:
     p, e = c.p, c.e
     # The token itself demands block.timestamp > validAfter; accepting equality here only
@@ -559,6 +584,7 @@ CHECKS: tuple[Check[Ctx], ...] = (
     check_amount,
     check_signature,
     check_sender,
+    check_no_binding,
     check_valid_after,
     check_valid_before,
     check_session_open,
@@ -936,6 +962,8 @@ class X402Adapter:
             amount=terms.amount,
             at_least=terms.at_least,
             sender=_address(terms.sender, "sender") if terms.sender else None,
+            reference=terms.reference,
+            memo=terms.memo,
             now=_epoch(terms.now),
             submitted=_epoch(min(_aware(terms.now), _aware(terms.submitted_at or terms.now))),
             not_before=_epoch(terms.not_before) if terms.not_before is not None else None,

@@ -224,7 +224,7 @@ def test_x402_payload_file_or_header_with_pinned_clock(proof_file):
     assert (late["status"], late["failure_code"]) == ("failed", "authorization_expired")
 
 
-# -- x402 addresses -----------------------------------------------------------------------
+# -- x402: addresses and terms it cannot check ---------------------------------------------
 
 X402_PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 SPACED = X402_PAY_TO[:40].lower() + "  "  # 42 characters that bytes.fromhex read as 19 bytes
@@ -270,3 +270,12 @@ def test_x402_payload_address_with_spaces_exits_2_naming_the_proof(tmp_path):
     r = x402("--recipient", X402_PAY_TO, proof=str(payload))
     assert r.returncode == 2, (r.returncode, r.stdout)
     assert "--proof: authorization.to" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--memo", "--reference"])
+def test_x402_refuses_a_memo_or_reference_it_cannot_check(flag):
+    """An authorization signs no memo or reference (x402 sessions refuse both). The command
+    used to ignore the term and answer `verified`."""
+    r = x402("--recipient", X402_PAY_TO, flag, "order-42")
+    assert r.returncode == 2, r.stdout
+    assert flag in r.stderr and r.stdout == ""

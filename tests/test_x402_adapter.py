@@ -842,6 +842,20 @@ def test_live_used_nonce_the_node_does_not_show_yet_is_pending(sepolia, lag):
     assert sepolia.verify(V1_JSON, terms(), caught_up).status is Status.verified
 
 
+@pytest.mark.parametrize(
+    ("asked", "code"),
+    [
+        ({"reference": "R-1"}, FailureCode.reference_missing),
+        ({"memo": "order-42"}, FailureCode.memo_mismatch),
+    ],
+)
+def test_a_reference_or_memo_asked_of_an_authorization_goes_to_review(sepolia, asked, code):
+    """EIP-3009 signs no reference or memo. Asked for one, the adapter used to ignore it and
+    answer verified; it cannot prove it, so a human decides (as on the EVM rails)."""
+    verdict = sepolia.verify(V1_JSON, terms(**asked), NoChain())
+    assert (verdict.status, verdict.code) == (Status.requires_review, code), verdict.detail
+
+
 def test_live_chain_only_asked_after_offline_checks_pass(sepolia):
     chain = live_chain(used=False)
     assert (

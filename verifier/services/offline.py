@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from rails import adapter_for
-from rails.base import Terms
+from rails.base import Adapter, Terms
 from rails.cassette import CassetteTransport
 from rails.errors import CassetteError, ProofMalformed, UnmatchedRequest
 from registry.catalog import CatalogError, RailOverrides, load_catalog
 from verifier.core.checking import run_verify
 
 # The command's options an adapter's ProofMalformed can name (by their field name).
-_OPTIONS = frozenset({"proof", "recipient", "asset"})
+_OPTIONS = frozenset({"proof", "recipient", "asset", "reference", "memo"})
 
 
 class UsageError(ValueError):
@@ -77,6 +77,22 @@ def proof_text(arg: str) -> str:
         ) from e
 
 
+def _unbindable_terms(req: OfflineRequest, adapter: Adapter) -> None:
+    """A reference or memo asked of a rail whose proof is only a signed authorization (x402):
+    refused, as a session on that rail refuses them. The command checks exactly the terms it
+    is given, and this proof could never carry one. (Rails that read a transaction answer such
+    a term requires_review: reference_missing or memo_mismatch.)"""
+    if adapter.binds_reference or adapter.reads_chain:
+        return
+    for field, value in (("reference", req.reference), ("memo", req.memo)):
+        if value is not None:
+            raise ProofMalformed(
+                field,
+                f"rail {adapter.rail.rail_id} cannot bind a {field}: its proof is a signed "
+                "authorization, which carries none",
+            )
+
+
 def verify_offline(req: OfflineRequest) -> dict[str, Any]:
     cat = load_catalog()
     if req.rail not in cat.rails:
@@ -93,6 +109,7 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         adapter = adapter_for(rail)
         if req.asset is not None:
             adapter.normalize_address(req.asset, "asset")
+        _unbindable_terms(req, adapter)
         adapter.normalize_proof(rail.proof_types[0], proof)
         recipient = adapter.normalize_address(req.recipient, "recipient")
     except ProofMalformed as e:
