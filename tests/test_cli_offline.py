@@ -224,10 +224,12 @@ def test_x402_payload_file_or_header_with_pinned_clock(proof_file):
     assert (late["status"], late["failure_code"]) == ("failed", "authorization_expired")
 
 
-# -- x402: addresses and terms it cannot check ---------------------------------------------
+# -- x402: addresses, terms it cannot check, and --payer -----------------------------------
 
 X402_PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+X402_SIGNER = "0x857b06519E91e3A54538791bDbb0E22373e36b66"
 SPACED = X402_PAY_TO[:40].lower() + "  "  # 42 characters that bytes.fromhex read as 19 bytes
+OTHER = "0x000000000000000000000000000000000000bEEF"
 
 
 def x402(*extra: str, proof: str = str(FIX / "x402" / "x402_base_sepolia_payload_v1.json")):
@@ -247,10 +249,28 @@ def x402(*extra: str, proof: str = str(FIX / "x402" / "x402_base_sepolia_payload
     )
 
 
+X402_ARGS = [
+    "--rail",
+    "x402",
+    "--network",
+    "base-sepolia",
+    "--proof",
+    str(FIX / "x402" / "x402_base_sepolia_payload_v1.json"),
+    "--recipient",
+    X402_PAY_TO,
+    "--amount",
+    "10000",
+    "--now",
+    "2025-02-27T16:01:40Z",
+    "--json",
+]
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
         (["--recipient", SPACED], "--recipient"),  # was a ValueError traceback, exit 1
+        (["--recipient", X402_PAY_TO, "--payer", SPACED], "--payer"),
         # was exit 0, `failed signature_invalid` under a 19-byte token contract
         (["--recipient", X402_PAY_TO, "--asset", SPACED], "--asset"),
     ],
@@ -279,3 +299,56 @@ def test_x402_refuses_a_memo_or_reference_it_cannot_check(flag):
     r = x402("--recipient", X402_PAY_TO, flag, "order-42")
     assert r.returncode == 2, r.stdout
     assert flag in r.stderr and r.stdout == ""
+
+
+EVM_ARGS = [
+    "--rail",
+    "evm_usdc",
+    "--cassette",
+    str(FIX / "evm/eth_usdc_transfer.json"),
+    "--proof",
+    "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7",
+    "--recipient",
+    "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8",
+    "--amount",
+    "59691936965",
+    "--json",
+]
+TRON_ARGS = [
+    "--rail",
+    "tron_usdt",
+    "--cassette",
+    str(FIX / "tron/usdt_transfer.json"),
+    "--proof",
+    "b69c51db8f9d974e6a38c76852c8ce1adcb682dbacb25ad8ad4f6876121fe9dc",
+    "--recipient",
+    "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn",
+    "--amount",
+    "3500000",
+    "--json",
+]
+
+
+@pytest.mark.parametrize(
+    "args,payer,want",
+    [
+        (X402_ARGS, X402_SIGNER.lower(), ("verified", None)),
+        (X402_ARGS, OTHER, ("failed", "sender_mismatch")),
+        (EVM_ARGS, "0x28C6c06298d514Db089934071355E5743bf21d60", ("verified", None)),
+        (EVM_ARGS, OTHER, ("failed", "sender_mismatch")),
+        (TRON_ARGS, "TJoaVSdktrnndU4dmKm33SWMKoXt4LLFbU", ("requires_review", "review_only_rail")),
+        (TRON_ARGS, "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn", ("failed", "sender_mismatch")),
+    ],
+)
+def test_payer_is_checked_on_the_rails_that_bind_one(args, payer, want):
+    """The design's optional --payer (the session's payer term) was missing: a payment could
+    not be checked offline against the payer it had to come from."""
+    r = run(*args, "--payer", payer)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["status"], out["failure_code"]) == want, out
+
+
+def test_payer_on_a_rail_that_binds_by_reference_exits_2():
+    r = solana("--payer", "8fusVwhgo4oS1fGpZKeRaXrJXQk9auKnAgcj9A97wR3t", "--json")
+    assert r.returncode == 2 and "--payer" in r.stderr and r.stdout == ""

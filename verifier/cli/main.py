@@ -302,6 +302,10 @@ def verify_offline_cmd(
     ] = None,
     reference: Annotated[str | None, typer.Option(help="expected payment reference")] = None,
     memo: Annotated[str | None, typer.Option(help="expected memo")] = None,
+    payer: Annotated[
+        str | None,
+        typer.Option(help="expected sender, on rails that bind a payer (EVM, Tron, x402)"),
+    ] = None,
     not_before: Annotated[
         str | None, typer.Option("--not-before", help="ISO-8601: paid no earlier than this")
     ] = None,
@@ -333,6 +337,7 @@ def verify_offline_cmd(
         network=network,
         reference=reference,
         memo=memo,
+        payer=payer,
         not_before=_dt(not_before, "--not-before"),
         not_after=_dt(not_after, "--not-after"),
         now=_dt(now, "--now"),

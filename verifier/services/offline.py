@@ -16,7 +16,7 @@ from registry.catalog import CatalogError, RailOverrides, load_catalog
 from verifier.core.checking import run_verify
 
 # The command's options an adapter's ProofMalformed can name (by their field name).
-_OPTIONS = frozenset({"proof", "recipient", "asset", "reference", "memo"})
+_OPTIONS = frozenset({"proof", "recipient", "asset", "payer", "reference", "memo"})
 
 
 class UsageError(ValueError):
@@ -34,6 +34,7 @@ class OfflineRequest:
     network: str | None = None
     reference: str | None = None
     memo: str | None = None
+    payer: str | None = None
     not_before: datetime | None = None
     not_after: datetime | None = None
     now: datetime | None = None
@@ -93,6 +94,16 @@ def _unbindable_terms(req: OfflineRequest, adapter: Adapter) -> None:
             )
 
 
+def _payer(adapter: Adapter, given: str | None) -> str | None:
+    if given is None:
+        return None
+    if not adapter.binds_payer:
+        raise ProofMalformed(
+            "payer", f"rail {adapter.rail.rail_id} binds payments by reference, not by payer"
+        )
+    return adapter.normalize_address(given, "payer")
+
+
 def verify_offline(req: OfflineRequest) -> dict[str, Any]:
     cat = load_catalog()
     if req.rail not in cat.rails:
@@ -112,6 +123,7 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         _unbindable_terms(req, adapter)
         adapter.normalize_proof(rail.proof_types[0], proof)
         recipient = adapter.normalize_address(req.recipient, "recipient")
+        payer = _payer(adapter, req.payer)
     except ProofMalformed as e:
         # A field of the proof itself (x402: `authorization.to`) is named inside --proof.
         where = f"--{e.field}" if e.field in _OPTIONS else f"--proof: {e.field}"
@@ -130,6 +142,7 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         asset=rail.asset,
         reference=req.reference,
         memo=req.memo,
+        sender=payer,
         not_before=_utc(req.not_before),
         not_after=_utc(req.not_after),
         now=_utc(req.now) or datetime.now(UTC),
