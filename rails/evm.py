@@ -636,6 +636,21 @@ def _others_to(
     return {"other_senders": [{"sender": k, "amount": str(v)} for k, v in others.items()]}
 
 
+def require_chain(chain: Transport, chain_id: int, rail: Rail) -> None:
+    """The node serves the rail's chain, or its answers are unusable (`MalformedResponse`)."""
+    served = hex_int(chain.call("eth_chainId", []), "eth_chainId")
+    # SECURITY: the same hash format exists on every EVM chain; a receipt read from a
+    # testnet or another L2 must not pay a mainnet session. Nor may its silence fail one:
+    # the node's chain is configuration (an RPC URL of another network), not a fact about
+    # the transaction, so it is an unusable answer (pending rpc_unavailable, counted in
+    # rpc_errors_total) until the URL is fixed.
+    if served != chain_id:
+        raise MalformedResponse(
+            f"the RPC node is on chain {served}; rail {rail.rail_id} is on "
+            f"{chain_id} ({rail.network}): an RPC URL of another network?"
+        )
+
+
 class EvmAdapter:
     family: ClassVar[str] = "evm"
     network_family: ClassVar[str] = "evm"
@@ -798,17 +813,7 @@ class EvmAdapter:
         )
 
     def _check_chain_id(self, chain: Transport) -> None:
-        chain_id = hex_int(chain.call("eth_chainId", []), "eth_chainId")
-        # SECURITY: the same hash format exists on every EVM chain; a receipt read from a
-        # testnet or another L2 must not pay a mainnet session. Nor may its silence fail one:
-        # the node's chain is configuration (an RPC URL of another network), not a fact about
-        # the transaction, so it is an unusable answer (pending rpc_unavailable, counted in
-        # rpc_errors_total) until the URL is fixed.
-        if chain_id != self.chain_id:
-            raise MalformedResponse(
-                f"the RPC node is on chain {chain_id}; rail {self.rail.rail_id} is on "
-                f"{self.chain_id} ({self.rail.network}): an RPC URL of another network?"
-            )
+        require_chain(chain, self.chain_id, self.rail)
 
     def _observed(self, receipt: Receipt, token: str, recipient: str) -> Observed:
         return Observed(
@@ -916,6 +921,7 @@ __all__ = [
     "decode_transfer",
     "is_final_at_depth",
     "normalize_evm_address",
+    "require_chain",
     "normalize_tx_hash",
     "parse_receipt",
     "read_block",

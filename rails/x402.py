@@ -870,6 +870,7 @@ class X402Adapter:
                 "EIP-712 token domain for the network"
             )
         self.rail = rail
+        self.chain_id: int = rail.chain_id
         self._asset = _address(rail.asset, "asset")
 
     # -- proofs and addresses ------------------------------------------------------------
@@ -1001,6 +1002,10 @@ class X402Adapter:
     def _verify_on_chain(
         self, p: Payment, e: Expect, chain: Transport, observed: Observed, key: tuple[str, ...]
     ) -> Verdict:
+        from rails.evm import require_chain
+
+        # A node of another chain would answer every nonce "unused": never a verdict.
+        require_chain(chain, e.chain_id, self.rail)
         a = p.authorization
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
             return _unsettled(a, e, observed, key)
@@ -1057,6 +1062,12 @@ class X402Adapter:
 
         A ref alone does not say where the money had to go; pass `expected` (ref → (payTo,
         amount)) to have a settlement that paid someone else reported as not ours."""
+        from rails.evm import require_chain
+
+        if not refs:
+            return []
+        # Every authorization looks unused on another chain's node: nothing is decided there.
+        require_chain(chain, self.chain_id, self.rail)
         head = _SweepHead(chain, self.rail)
         return [self._settle_one(ref, chain, head, (expected or {}).get(ref)) for ref in refs]
 

@@ -19,7 +19,7 @@ from eth_utils import keccak, to_checksum_address
 from rails import adapter_for
 from rails.base import SessionShape, Status, Terms
 from rails.codes import FailureCode
-from rails.errors import ProofMalformed, RpcUnavailable
+from rails.errors import MalformedResponse, ProofMalformed, RpcUnavailable
 from rails.x402 import (
     AUTHORIZATION_CANCELED_TOPIC,
     AUTHORIZATION_USED_TOPIC,
@@ -741,6 +741,7 @@ def live_chain(
 
     return ScriptedChain(
         {
+            "eth_chainId": hex(84532),  # Base Sepolia, the rail's
             "eth_call": "0x" + ("1" if used else "0").rjust(64, "0"),
             "eth_getLogs": nonce_logs,
             "eth_getTransactionReceipt": receipt(logs or []),
@@ -762,12 +763,29 @@ def test_live_unused_nonce_reads_authorization_state_once(sepolia):
     chain = live_chain(used=False)
     verdict = sepolia.verify(V1_JSON, terms(), chain)
     assert verdict.status is Status.verified and verdict.settlement is None
-    assert chain.methods() == ["eth_call"]
-    call, tag = chain.calls[0][1]
+    assert chain.methods() == ["eth_chainId", "eth_call"]
+    call, tag = chain.calls[1][1]
     expected = keccak(text="authorizationState(address,bytes32)")[:4] + abi_encode(
         ["address", "bytes32"], [PAYER, bytes.fromhex(NONCE[2:])]
     )
     assert call == {"to": SEPOLIA_USDC.lower(), "data": "0x" + expected.hex()} and tag == "latest"
+
+
+@pytest.mark.parametrize("used", [False, True])
+def test_a_node_on_another_chain_decides_nothing(sepolia, used):
+    # Every authorization looks unused on another chain's node (a Base mainnet URL for Base
+    # Sepolia): it would verify one unsettled now and fail it authorization_expired later.
+    # Its answers are unusable instead: pending rpc_unavailable, and no settlement read.
+    chain = live_chain(used=used, logs=settlement_logs(), eth_chainId=hex(8453))
+    checked = run_verify(sepolia, V1_JSON, terms(), chain)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    ), checked.verdict.detail
+    assert "chain 8453" in checked.verdict.detail
+    with pytest.raises(MalformedResponse, match="chain 8453"):
+        sepolia.finality([REF], chain)
+    assert set(chain.methods()) == {"eth_chainId"}
 
 
 def test_live_used_nonce_settled_by_this_payment_reports_the_settlement(sepolia):
@@ -781,7 +799,7 @@ def test_live_used_nonce_settled_by_this_payment_reports_the_settlement(sepolia)
         False,
     )  # 5 of 10 confirmations, above finalized
     assert verdict.observed["tx_hash"] == TX and verdict.observed["block_number"] == 100
-    filt = chain.calls[1][1][0]
+    filt = chain.calls[2][1][0]
     assert filt["address"] == SEPOLIA_USDC.lower() and filt["topics"] == [
         AUTHORIZATION_USED_TOPIC,
         _topic(PAYER),
