@@ -352,3 +352,44 @@ def test_payer_is_checked_on_the_rails_that_bind_one(args, payer, want):
 def test_payer_on_a_rail_that_binds_by_reference_exits_2():
     r = solana("--payer", "8fusVwhgo4oS1fGpZKeRaXrJXQk9auKnAgcj9A97wR3t", "--json")
     assert r.returncode == 2 and "--payer" in r.stderr and r.stdout == ""
+
+
+def _edited(tmp_path: Path, edit) -> str:
+    doc = json.loads((FIX / "solana" / "usdc_transfer.json").read_text())
+    edit(doc)
+    out = tmp_path / "edited.json"
+    out.write_text(json.dumps(doc))
+    return str(out)
+
+
+def test_a_cassette_recorded_on_another_network_is_refused_naming_both(tmp_path):
+    # Nothing in a Solana answer names its cluster: the cassette's label is the only evidence,
+    # and a devnet transfer used to come back `verified` for the mainnet rail.
+    cassette = _edited(tmp_path, lambda d: d.update(network="solana-devnet"))
+    r = solana("--json", cassette=cassette)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert "--cassette: recorded on solana-devnet" in r.stderr and "solana-mainnet" in r.stderr
+    # On its own network it is checked (there USDC is another mint: wrong_asset).
+    there = solana("--json", "--network", "solana-devnet", cassette=cassette)
+    assert there.returncode == 0, there.stderr
+    assert json.loads(there.stdout)["failure_code"] == "wrong_asset"
+
+
+def test_a_settlement_its_node_contradicts_is_reported_not_final(tmp_path):
+    # getTransaction says it succeeded, getSignatureStatuses that it failed on chain: the
+    # settlement is not final (the apply gate would block it), which the report left out.
+    def contradict(doc: dict) -> None:
+        status = doc["calls"][1]["result"]["value"][0]
+        status["err"] = {"InstructionError": [0, {"Custom": 1}]}
+        status["status"] = {"Err": {"InstructionError": [0, {"Custom": 1}]}}
+
+    out = json.loads(solana("--json", cassette=_edited(tmp_path, contradict)).stdout)
+    assert out["observed"]["is_final"] is False and out["observed"]["settlement_detail"], out
+    plain = json.loads(solana("--json").stdout)["observed"]
+    assert plain["is_final"] is True and "settlement_detail" not in plain
+
+
+def test_an_amount_no_token_holds_exits_2_naming_amount():
+    r = solana(amount="9" * 5000)
+    assert r.returncode == 2 and "--amount" in r.stderr and "Traceback" not in r.stderr
+    assert solana("--json", amount="0" * 100 + "1000").returncode == 0

@@ -323,6 +323,8 @@ def verify_offline_cmd(
 
     if not (amount.isascii() and amount.isdigit()):  # "²".isdigit() is True, int() refuses it
         fail("--amount: must be an integer of base units, e.g. 1500000")
+    if len(amount.lstrip("0")) > 78:  # int() refuses past 4,300 digits; no token holds them
+        fail("--amount: at most 78 digits (a uint256 of base units)")
     from rails import reads_chain
 
     if cassette is None and reads_chain(rail):  # the proof is a chain transaction

@@ -10,7 +10,7 @@ from typing import Any
 
 from rails import adapter_for
 from rails.base import Adapter, Terms
-from rails.cassette import CassetteTransport
+from rails.cassette import CassetteTransport, read_cassette
 from rails.errors import CassetteError, ProofMalformed, UnmatchedRequest
 from registry.catalog import CatalogError, RailOverrides, load_catalog
 from verifier.core.checking import run_verify
@@ -132,8 +132,16 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         chain = (
             CassetteTransport.from_files([req.cassette]) if req.cassette else CassetteTransport([])
         )
+        recorded = read_cassette(req.cassette)["network"] if req.cassette else rail.network
     except CassetteError as e:
         raise UsageError(f"--cassette: {e}") from e
+    # SECURITY: nothing in a Solana answer names its cluster: the cassette's label is the only
+    # evidence of where a transfer happened, and a devnet transfer pays no mainnet session.
+    if recorded != rail.network:
+        raise UsageError(
+            f"--cassette: recorded on {recorded}; rail {rail.rail_id} is on {rail.network} "
+            f"(--network {recorded} to verify it there)"
+        )
     watch = _Watch(chain)
     terms = Terms(
         recipient=recipient,
@@ -154,6 +162,11 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
     observed = dict(v.observed)
     if v.settlement is not None:
         observed["finality"] = v.settlement.finality
+        # A settlement the node's own answers disagree on (a status with an error) is not
+        # final whatever its level: say so, as the apply gate would.
+        observed["is_final"] = v.settlement.is_final
+        if not v.settlement.is_final and v.settlement.detail:
+            observed["settlement_detail"] = v.settlement.detail
         if v.settlement.slot is not None:
             observed.setdefault("slot", v.settlement.slot)
         if v.settlement.block_number is not None:
