@@ -120,7 +120,7 @@ def settlement_from_status(ref: str, status: Any, policy: FinalityPolicy) -> Set
         # Older nodes omit confirmationStatus; `confirmations: null` there means rooted.
         confs = status.get("confirmations")
         commitment = "finalized" if confs is None else ("processed" if confs == 0 else "confirmed")
-    if commitment not in COMMITMENT_RANK:
+    if not isinstance(commitment, str) or commitment not in COMMITMENT_RANK:
         raise MalformedResponse(f"getSignatureStatuses: unknown confirmationStatus {commitment!r}")
     slot = status.get("slot")
     failed = status.get("err") is not None
@@ -169,6 +169,10 @@ class TxView:
     post: tuple[TokenBalance, ...]
     signers: frozenset[str] = frozenset()
     writable: frozenset[str] = frozenset()
+
+
+# 9999-12-31T23:59:59Z + 1 s: the last second a datetime holds.
+_MAX_TIME = 253402300800
 
 
 def _bad(msg: str) -> NoReturn:
@@ -244,18 +248,37 @@ def writable_of(
     return frozenset(out)
 
 
+# The programs whose parsed instructions are read (`owners_from_instructions`).
+_PARSED_READ = TOKEN_PROGRAMS | {ATA_PROGRAM}
+
+
 def _instr(raw: dict[str, Any], keys: tuple[str, ...]) -> Instr:
     if not isinstance(raw, dict):
-        _bad(f"bad instruction {raw!r}")
+        _bad(f"bad instruction {raw!r:.200}")
+    data = raw.get("data")
+    if not (data is None or isinstance(data, str)):
+        _bad("instruction data is not a string")
     if "programIdIndex" in raw:  # json encoding: indices into the account index space
         idx = [raw["programIdIndex"], *raw.get("accounts", [])]
         if not all(isinstance(i, int) and 0 <= i < len(keys) for i in idx):
             _bad("instruction index out of range")
-        return Instr(keys[idx[0]], None, tuple(keys[i] for i in idx[1:]), raw.get("data"))
+        return Instr(keys[idx[0]], None, tuple(keys[i] for i in idx[1:]), data)
     pid = raw.get("programId")
     if not isinstance(pid, str):
-        _bad(f"instruction without programId {raw!r}")
-    return Instr(pid, raw.get("parsed"), tuple(raw.get("accounts") or ()), raw.get("data"))
+        _bad(f"instruction without programId {raw!r:.200}")
+    accounts = raw.get("accounts") or []
+    if not (isinstance(accounts, list) and all(isinstance(a, str) for a in accounts)):
+        _bad(f"instruction accounts of {pid} are not a list of keys")
+    parsed = raw.get("parsed")
+    if pid in _PARSED_READ and isinstance(parsed, dict):
+        # A parsed instruction is {"type": str, "info": {...}}; its info names token-account
+        # owners, so anything else is a node's garbage, not a transaction to decide on.
+        kind, info = parsed.get("type"), parsed.get("info")
+        if not (kind is None or isinstance(kind, str)) or not (
+            info is None or isinstance(info, dict)
+        ):
+            _bad(f"parsed instruction of {pid} is not {{type, info}} ({parsed!r:.200})")
+    return Instr(pid, parsed, tuple(accounts), data)
 
 
 def instructions_of(
@@ -308,8 +331,9 @@ def parse_transaction(result: Any, asked: str) -> TxView:
     slot, block_time = result.get("slot"), result.get("blockTime")
     if not (slot is None or isinstance(slot, int)):
         _bad("slot is not an integer")
-    if not (block_time is None or isinstance(block_time, int)):
-        _bad("blockTime is not an integer")
+    # The window check and the evidence read it as a date: one no calendar holds is garbage.
+    if not (block_time is None or (isinstance(block_time, int) and 0 <= block_time < _MAX_TIME)):
+        _bad("blockTime is not an integer time")
     return TxView(
         signature=asked,
         slot=slot,
@@ -357,8 +381,9 @@ def owners_from_instructions(view: TxView) -> tuple[dict[str, str], set[str]]:
     owners: dict[str, str] = {}
     changed: set[str] = set()
     for ins in view.instructions:
-        if not isinstance(ins.parsed, dict):
+        if ins.program_id not in _PARSED_READ or not isinstance(ins.parsed, dict):
             continue
+        # parse_transaction holds these to {"type": str, "info": object}.
         kind, info = ins.parsed.get("type"), ins.parsed.get("info") or {}
         if ins.program_id in TOKEN_PROGRAMS and kind in _INIT_TYPES:
             _claim(owners, info.get("account"), info.get("owner"))

@@ -141,6 +141,46 @@ def test_unreadable_cassette_exits_2(tmp_path):
     assert r.returncode == 2 and "not a cassette" in r.stderr
 
 
+def test_a_garbled_recorded_answer_is_pending_never_a_traceback(tmp_path):
+    # A parsed instruction whose `info` is not an object escaped the Solana adapter as an
+    # AttributeError traceback. A node's garbage is `pending rpc_unavailable`.
+    doc = json.loads((FIX / "solana/usdc_transfer.json").read_text())
+    inner = doc["calls"][0]["result"]["meta"]["innerInstructions"][0]["instructions"]
+    inner[3]["parsed"]["info"] = "x"
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text(json.dumps(doc))
+    r = solana("--json", cassette=str(garbled))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-600:]
+    out = json.loads(r.stdout)
+    assert (out["status"], out["failure_code"]) == ("pending", "rpc_unavailable")
+
+
+def test_an_adapter_that_raises_is_pending_and_logged_offline_too(monkeypatch, caplog):
+    # Offline verification runs the service's run_verify: an adapter's bug over an answer
+    # leaves the proof pending (never verified, never failed) and is logged with its traceback.
+    from rails.solana import SolanaAdapter
+    from verifier.services.offline import OfflineRequest, verify_offline
+
+    def trips(self, proof, terms, chain):
+        chain.call("getTransaction", [proof, {}])
+        return {}["missing"]
+
+    monkeypatch.setattr(SolanaAdapter, "verify", trips)
+    req = OfflineRequest(
+        rail="solana_usdc",
+        proof=SOL_SIG,
+        recipient=SOL_TO,
+        amount=1000,
+        cassette=FIX / "solana/usdc_transfer.json",
+    )
+    with caplog.at_level("ERROR", logger="railproof.verify"):
+        out = verify_offline(req)
+    assert (out["status"], out["failure_code"]) == ("pending", "rpc_unavailable")
+    (rec,) = caplog.records
+    assert rec.exc_info and rec.exc_info[0] is KeyError and "solana_usdc" in rec.getMessage()
+    assert SOL_SIG not in caplog.text  # a signature never reaches a log
+
+
 def test_proof_missing_from_the_cassette_names_the_call():
     other = (
         "5hJfaZoyjTrJcchXLFXRySgDMtGRiLsqvmrtpXcQjZq1Zc2d7Qj3LisaAtaFDtS9tDdv4aZ5n4fbtJNfVMCNV8Lj"

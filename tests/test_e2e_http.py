@@ -487,3 +487,33 @@ def test_demo_walks_to_an_active_entitlement_against_a_served_api(tmp_path, monk
         assert run_demo(f"http://127.0.0.1:{closed_port()}") == 2
     finally:
         e.db.dispose()
+
+
+def test_a_garbled_node_answer_leaves_the_proof_pending_until_the_node_answers(sol_engine):
+    # A parsed instruction whose `info` is not an object used to escape the Solana adapter:
+    # POST /v1/proofs answered 500 internal_error. It is the node's garbage: pending
+    # rpc_unavailable, and the worker verifies the proof once the node answers properly.
+    calls = recorded_calls(SOL / "demo_payment.json")
+    garbled = copy.deepcopy(calls)
+    ata_create = {"programId": "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"}
+    ata_create["parsed"] = {"type": "createIdempotent", "info": "x"}
+    garbled[0]["result"]["meta"]["innerInstructions"] = [{"index": 0, "instructions": [ata_create]}]
+    chain = SwitchableTransport(garbled)
+    sol_engine.chains.set_transport("solana-mainnet", chain)
+    c = _client(sol_engine)
+    demo = cassette_expect(SOL / "demo_payment.json")
+    r = open_session(c, amount=demo["amount"], reference=demo["reference"], memo=demo["memo"])
+    assert r.status_code == 201, r.text
+    r = c.post(
+        "/v1/proofs",
+        headers=auth(),
+        json={"session_id": r.json()["id"], "proof": demo["signature"]},
+    )
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == ("pending", "rpc_unavailable")
+
+    chain.load(calls)
+    advance(sol_engine, 120)
+    assert worker.reverify_pending(sol_engine, "w1", 100) == 1
+    proof = c.get(f"/v1/proofs/{r.json()['id']}", headers=auth()).json()
+    assert proof["status"] == "verified", (proof["failure_code"], proof.get("detail"))

@@ -1,6 +1,7 @@
 """Engine core on the fake rail, on SQLite and PostgreSQL: sessions, replay rules,
 concurrency on the fingerprint, transient chain trouble, stages."""
 
+import logging
 import threading
 from datetime import timedelta
 
@@ -126,6 +127,34 @@ def test_transient_chain_trouble_is_pending_never_failed(engine, chain):
     verdict = proofs.verify_proof(engine, view["id"])
     assert verdict.status.value == "verified"
     assert proofs.get_proof(engine, view["id"], None)["attempts"] == 2
+
+
+def test_an_adapter_tripping_over_an_answer_leaves_the_proof_pending_and_logs_it(
+    engine, chain, client, caplog
+):
+    # An adapter raising over an answer it did not foresee (here the fake rail indexing a
+    # list as a transfer) used to reach the route: POST /v1/proofs answered 500. It decides
+    # nothing: pending rpc_unavailable, re-checked later, and logged at ERROR to be fixed.
+    from tests.conftest import auth
+
+    sess = open_session(engine)
+    chain.txs["fx4a4a4a4a"] = ["not", "a", "transfer"]
+    with caplog.at_level(logging.ERROR, logger="railproof.verify"):
+        r = client.post(
+            "/v1/proofs",
+            headers={**auth(), "Idempotency-Key": "garbled-1"},
+            json={"session_id": sess["id"], "proof": "fx4a4a4a4a"},
+        )
+    assert r.status_code == 201, r.text
+    view = r.json()
+    assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable")
+    assert "TypeError" in view["detail"] and "fx4a4a4a4a" not in caplog.text
+    (rec,) = [x for x in caplog.records if x.name == "railproof.verify"]
+    assert rec.levelno == logging.ERROR and rec.exc_info and rec.exc_info[0] is TypeError
+    assert "fake_rail.py" in rec.getMessage()  # where the adapter tripped
+
+    pay(chain, "fx4a4a4a4a", sess)
+    assert proofs.verify_proof(engine, view["id"]).status.value == "verified"
 
 
 def test_not_found_is_pending_then_failed_after_expiry_and_grace(engine, chain):

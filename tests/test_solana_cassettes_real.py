@@ -419,3 +419,61 @@ def test_memo_in_json_encoding_is_read_from_raw_instruction_data(adapter):
         adapter, SWAP_SIG, Terms(recipient=owner, amount=54_178_834, memo="invoice 8", now=NOW), tr
     )
     assert bad.verdict.code is FailureCode.memo_mismatch
+
+
+# -- a node's garbage inside the real answer ----------------------------------------------------
+
+
+def _inner(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return r["meta"]["innerInstructions"][0]["instructions"]
+
+
+def _top(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return r["transaction"]["message"]["instructions"]
+
+
+def _memo_data_not_text(r: dict[str, Any]) -> None:
+    memo = _top(r)[2]
+    del memo["parsed"]
+    memo["data"] = 7
+
+
+def _status_level_a_list(r: dict[str, Any]) -> None:
+    r["value"][0]["confirmationStatus"] = ["finalized"]
+
+
+GARBLED = {
+    "initializeAccount3 info a string": lambda r: _inner(r)[3]["parsed"].update(info="x"),
+    "ata create info a list": lambda r: _top(r)[0]["parsed"].update(info=["x"]),
+    "instruction type a list": lambda r: _inner(r)[3]["parsed"].update(type=["x"]),
+    "system accounts not keys": lambda r: _inner(r)[1].update(accounts=[{"k": 1}]),
+    "memo data not text": _memo_data_not_text,
+    "blockTime past any calendar": lambda r: r.update(blockTime=10**20),
+}
+
+
+@pytest.mark.parametrize("edit", list(GARBLED.values()), ids=list(GARBLED))
+def test_a_garbled_answer_is_malformed_and_pending_never_a_crash(adapter, caplog, edit):
+    # Used to escape the adapter as AttributeError/TypeError/OverflowError: POST /v1/proofs
+    # answered 500 and verify-offline printed a traceback. A node's garbage decides nothing.
+    doc = orjson.loads((SOL / "usdc_transfer.json").read_bytes())
+    edit(doc["calls"][0]["result"])
+    chain = CassetteTransport([Call(c) for c in doc["calls"]])
+    t = Terms(recipient=USDC_TO, amount=1000, now=NOW)
+    with pytest.raises(MalformedResponse):
+        adapter.verify(USDC_SIG, t, chain)
+    with caplog.at_level("ERROR", logger="railproof.verify"):
+        v = run_verify(adapter, USDC_SIG, t, chain).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert not caplog.records  # read as malformed by the adapter, not caught as a bug
+
+
+def test_a_status_whose_level_is_not_text_is_malformed(adapter):
+    # Used to raise TypeError (an unhashable level looked up among the known levels).
+    doc = orjson.loads((SOL / "usdc_transfer.json").read_bytes())
+    _status_level_a_list(doc["calls"][1]["result"])
+    chain = CassetteTransport([Call(c) for c in doc["calls"]])
+    with pytest.raises(MalformedResponse):
+        adapter.finality([USDC_SIG], chain)
+    v = run_verify(adapter, USDC_SIG, Terms(recipient=USDC_TO, amount=1000, now=NOW), chain)
+    assert (v.verdict.status, v.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)

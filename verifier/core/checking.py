@@ -25,6 +25,10 @@ a settlement becomes final only when a quorum of nodes answer for it, they agree
 and every one of them calls it final; it becomes reorged only when a quorum say so. Anything
 else leaves the stored settlement as it is, to be asked again later.
 
+An adapter that raises anything else over a node's answer has met a shape its checks did not
+foresee (or has a bug): that run is `pending rpc_unavailable` too — never verified, never
+failed, never a 500 — and the exception is logged at ERROR with its traceback, to be fixed.
+
 A budget (`verify_within`, the submission path) bounds one verification in time: the
 transports get its deadline, and a run that still has not finished shortly after it is
 abandoned and answered `pending rpc_unavailable`; the worker finishes the proof.
@@ -32,8 +36,10 @@ abandoned and answered `pending rpc_unavailable`; the worker finishes the proof.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -49,6 +55,8 @@ from verifier.core import inline
 # What two nodes must both report for their answers to count as the same transfer. Finality
 # is left out on purpose: one node may have seen the block finalize a moment before another.
 AGREEMENT_FIELDS = ("amount", "recipient", "sender", "asset", "slot", "block_number", "block_hash")
+
+log = logging.getLogger("railproof.verify")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,26 @@ def _run(adapter: Adapter, proof: str, terms: Terms, chain: Transport) -> Checke
         verdict = adapter.verify(proof, terms, meter)
     except (TransportError, CassetteError) as e:
         verdict = Verdict.wait(FailureCode.rpc_unavailable, f"{type(e).__name__}: {e}")
+    except Exception as e:
+        # SECURITY: an adapter that trips over an answer it did not foresee has decided nothing:
+        # the proof stays pending (a 500 or a traceback would hide it; failed is terminal, and
+        # verified would pay for it). Loud in the log, so the adapter gets fixed; the message
+        # (node data) stays out of the proof's detail.
+        where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        at = f" at {where.filename}:{where.lineno} in {where.name}" if where else ""
+        # The proof is not logged: a signature or a payload never reaches a log (core.logs).
+        log.exception(
+            "rail %s: the adapter raised %s%s over the node's answer; left pending rpc_unavailable",
+            adapter.rail.rail_id,
+            type(e).__name__,
+            at,
+            extra={"rail_id": adapter.rail.rail_id, "code": FailureCode.rpc_unavailable.value},
+        )
+        verdict = Verdict.wait(
+            FailureCode.rpc_unavailable,
+            f"the node's answer could not be read ({type(e).__name__}, logged as an internal "
+            "error); asked again later",
+        )
     latency = int((time.perf_counter() - started) * 1000)
     return Checked(verdict, meter.calls, latency, chain.source)
 
