@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from rails.errors import CassetteUnreadable, RpcErrorResponse, UnmatchedRequest
+from rails.files import read_regular
 
 
 class Call:
@@ -48,10 +49,12 @@ def _param_matches(asked: Any, recorded: Any) -> bool:
 
 def read_cassette(path: Path) -> dict[str, Any]:
     try:
-        doc = orjson.loads(path.read_bytes())
+        doc = orjson.loads(read_regular(path))
     except FileNotFoundError as e:
         raise CassetteUnreadable(f"{path}: no such file") from e
-    except (OSError, orjson.JSONDecodeError) as e:
+    except OSError as e:
+        raise CassetteUnreadable(f"{path}: cannot read it ({e.strerror})") from e
+    except orjson.JSONDecodeError as e:
         raise CassetteUnreadable(f"{path}: not readable JSON ({e})") from e
     if not isinstance(doc, dict) or doc.get("cassette") != 1:
         raise CassetteUnreadable(f'{path}: not a cassette (needs "cassette": 1)')
@@ -76,7 +79,7 @@ def discover(directory: Path) -> list[Path]:
     found = []
     for p in sorted(directory.rglob("*.json")):
         try:
-            head = orjson.loads(p.read_bytes())
+            head = orjson.loads(read_regular(p))  # a pipe named *.json is skipped, not awaited
         except (OSError, orjson.JSONDecodeError):
             continue
         if isinstance(head, dict) and head.get("cassette") == 1:

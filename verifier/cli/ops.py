@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rails.files import read_regular
 from verifier.cli.show import plain, say, text
 from verifier.core.config import Settings
 
@@ -88,9 +89,11 @@ def _staff_token(settings: Settings | None) -> str:
     path = _CONNECTION.get()[1]
     if path is not None:
         try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            _die(f"--staff-token-file: cannot read {path} ({type(e).__name__})")
+            token = read_regular(path).decode("utf-8").strip()
+        except OSError as e:
+            _die(f"--staff-token-file: cannot read {path} ({e.strerror or type(e).__name__})")
+        except UnicodeDecodeError:
+            _die(f"--staff-token-file: {path} is not UTF-8 text")
         if not token:
             _die(f"--staff-token-file: {path} is empty")
         return _usable(token, "--staff-token-file")

@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from rails.files import read_regular
 from verifier.cli.ops import (
     Client,
     Confirm,
@@ -104,9 +105,11 @@ def register(app: typer.Typer) -> None:
             if evidence_file is None:
                 _die(f"--evidence-file is required for {gate}")
             try:
-                raw = evidence_file.read_bytes()
+                raw = read_regular(evidence_file)
                 text = raw.decode()
-            except (OSError, UnicodeDecodeError) as e:
+            except OSError as e:
+                _die(f"--evidence-file: cannot read {evidence_file} ({e.strerror or e})")
+            except UnicodeDecodeError as e:
                 _die(f"--evidence-file: cannot read {evidence_file} ({e})")
             body.update(evidence=text, evidence_sha256=hashlib.sha256(raw).hexdigest())
         if note:
