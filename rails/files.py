@@ -4,6 +4,9 @@ Read (a cassette, a token file, an evidence file): a regular file only. `Path.re
 a named pipe waits for a writer that may never come, and on a device (/dev/zero, a terminal)
 reads forever: the command hangs instead of saying what is wrong. The file is opened without
 blocking and looked at before a byte is read.
+
+Written (a recorded cassette, a plot): `unwritable` says, before a long run, why its result
+could not be saved there, rather than losing the run to an OSError at the end.
 """
 
 from __future__ import annotations
@@ -47,3 +50,21 @@ def read_regular(path: str | Path) -> bytes:
             return f.read()
     finally:
         os.close(fd)
+
+
+def unwritable(path: str | Path, make_dirs: bool = False) -> str | None:
+    """Why a file could not be written at `path`, or None. `make_dirs`: the writer creates the
+    missing directories above it. A best guess made ahead: the write itself may still fail (a
+    full disk)."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        return f"{p} is not a file (a directory?): name the file to write"
+    parent = p.parent
+    if make_dirs:  # the nearest directory that exists: the missing ones below it are made
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory" if parent.exists() else f"no directory {parent}"
+    if p.exists():
+        return None if os.access(p, os.W_OK) else f"{p}: permission denied"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent}: permission denied"

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.jsonrpc_server import JsonRpcServer
@@ -80,6 +82,61 @@ def test_record_writes_a_cassette_that_replays_and_prints_no_bar_when_piped(tmp_
     assert len(doc["calls"]) == calls >= 2
     assert {c["method"] for c in doc["calls"]} == {"getTransaction", "getSignatureStatuses"}
     assert _replay(out)["status"] == "verified"
+
+
+def _record(rpc: str, out: Path):
+    pay = DEMO["demo"]
+    return CliRunner().invoke(
+        cli_app,
+        [
+            *("record", "--network", "solana-mainnet", "--rpc", rpc),
+            *("--proof", pay["signature"], "--recipient", pay["recipient"], "--out", str(out)),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "secret_url",
+    [
+        "http://rpcuser:SECRETKEY123@{hostport}/",
+        "http://{hostport}?api-key=SECRETKEY123",
+        "http://{hostport}/v2/SECRETKEY123",
+    ],
+    ids=["userinfo", "query-without-path", "path"],
+)
+def test_record_names_the_node_by_host_only_in_the_cassette(tmp_path, secret_url):
+    # `source` was built by splitting the URL on "//" and "/": a key in the user information
+    # or in a query with no path before it was written into a cassette meant to be committed.
+    out = tmp_path / "rec.json"
+    with _node() as srv:
+        hostport = srv.url.split("//")[1].rstrip("/")
+        r = _record(secret_url.format(hostport=hostport), out)
+    assert r.exit_code == 0, r.output
+    assert "SECRETKEY123" not in out.read_text() and "SECRETKEY123" not in r.output
+    assert json.loads(out.read_text())["source"] == f"railproof record from http://{hostport}"
+
+
+@pytest.mark.parametrize("where", ["directory", "under-a-file", "read-only-directory"])
+def test_record_refuses_an_unwritable_out_before_asking_the_node(tmp_path, where):
+    # --out naming a directory used to run the whole recording, then end in an
+    # IsADirectoryError traceback.
+    if where == "directory":
+        out = tmp_path
+    elif where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "rec.json"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only directory")
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        out = ro / "rec.json"
+    with _node() as srv:
+        r = _record(srv.url, out)
+        asked = srv.count()
+    assert r.exit_code == 2, (r.exit_code, repr(r.exception))
+    assert "--out" in r.output and "Traceback" not in r.output
+    assert asked == 0
 
 
 def test_record_draws_a_progress_bar_on_a_terminal(tmp_path):

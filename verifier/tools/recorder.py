@@ -11,7 +11,9 @@ from typing import IO
 from rails import adapter_for
 from rails.base import Terms
 from rails.errors import ProofMalformed, RailError
+from rails.files import unwritable
 from rails.recording import RecordingTransport, live_transport_for
+from rails.transport.failover import provider_of
 from registry.catalog import CatalogError, RailOverrides, load_catalog
 from verifier.cli.progress import progress
 
@@ -26,6 +28,7 @@ def record_cassette(
     amount: int = 1,
     progress_stream: IO[str] | None = None,
 ) -> int:
+    check_out(out)
     cat = load_catalog()
     if rail_id not in cat.rails:
         raise ValueError(f"--rail: unknown rail {rail_id!r}")
@@ -50,6 +53,19 @@ def record_cassette(
             advance("finality")
     except RailError as e:
         raise ValueError(f"recording stopped: {type(e).__name__}: {e}") from e
-    hosts = ", ".join(u.split("//")[-1].split("/")[0] for u in urls)
-    rec.write(out, network, f"railproof record from {hosts}")
+    # SECURITY: cassettes are committed and shipped: the source names each node by scheme and
+    # host only (a key rides in a URL's user information, path or query).
+    hosts = ", ".join(provider_of(u) for u in urls)
+    try:
+        rec.write(out, network, f"railproof record from {hosts}")
+    except OSError as e:  # the checks before recording cannot foresee everything (a full disk)
+        raise ValueError(f"--out: cannot write {out}: {e.strerror or e}") from e
     return len(rec.calls)
+
+
+def check_out(out: Path) -> None:
+    """ValueError naming --out when the cassette could not be written there: said before the
+    recording runs (many calls to a paid node), not after it."""
+    why = unwritable(out, make_dirs=True)  # RecordingTransport.write makes them
+    if why is not None:
+        raise ValueError(f"--out: cannot write {out}: {why}")
