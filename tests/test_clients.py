@@ -17,6 +17,7 @@ import ast
 import asyncio
 import base64
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +55,7 @@ from railproof_client import (
 from railproof_client.client import VERSION as CLIENT_VERSION
 from railproof_client.models import OPENAPI_SCHEMAS
 
+from tests.live_server import closed_port, handler_server
 from tests.procs import REPO, Api, Worker, base_env, migrate
 from tests.webhook_receiver import Receiver
 from verifier.core.config import Settings
@@ -421,6 +424,58 @@ def test_readiness_returns_the_503_report_without_retrying():
 
 def test_the_token_is_not_in_the_clients_repr():
     assert "tok" not in repr(Script().client())
+
+
+@pytest.mark.parametrize("cls", [RailproofClient, AsyncRailproofClient])
+def test_the_clients_repr_hides_credentials_in_its_base_url(cls):
+    # repr() printed the base URL whole: a password in its user information, a key in its query.
+    c = cls("http://ops:hunter2@127.0.0.1:1/api?key=gw-key", "tok")
+    assert repr(c) == f"{cls.__name__}('http://127.0.0.1:1/api')"
+
+
+@pytest.mark.parametrize("token", ["s3cret-token\n", "s3cret-token\r\n", " s3cret-token", ""])
+@pytest.mark.parametrize("cls", [RailproofClient, AsyncRailproofClient])
+def test_a_token_no_header_can_carry_is_refused_when_the_client_is_built(cls, token):
+    # A token read from a file kept its newline: httpx refused the header and the client put
+    # httpx's message, `Illegal header value b'Bearer <token>'`, into ConnectionFailed.
+    with pytest.raises(ValueError, match="^token: ") as e:
+        cls("http://127.0.0.1:1", token)
+    if token:
+        assert "s3cret" not in f"{e.value}{e.value!r}"
+
+
+class _Health(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = b'{"status": "ok", "chain": "cassette"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_header_httpx_refuses_is_not_quoted_into_the_error(caplog):
+    # httpx names the header value it refuses; that text (and httpx's exception, as the cause)
+    # used to be carried into ConnectionFailed and the retry log.
+    caplog.set_level(logging.WARNING, logger="railproof_client")
+    with handler_server(_Health) as url, RailproofClient(url, "tok", max_attempts=1) as c:
+        assert c.health().status == "ok"
+        with pytest.raises(ConnectionFailed) as e:
+            c.open_session(**OPEN, idempotency_key="order-s3cret\r\nX-Injected: 1")
+    text = f"{e.value}{e.value!r}{e.value.__cause__!r}{e.value.__context__!r}{caplog.text}"
+    assert "s3cret" not in text and "LocalProtocolError" in str(e.value)
+    assert e.value.__cause__ is None and not e.value.retryable
+
+
+def test_a_network_failure_keeps_its_own_words_and_cause():
+    with RailproofClient(f"http://127.0.0.1:{closed_port()}", "tok", max_attempts=1) as c:
+        with pytest.raises(ConnectionFailed) as e:
+            c.health()
+    assert "ConnectError" in str(e.value) and isinstance(e.value.__cause__, httpx.ConnectError)
+    assert e.value.retryable
 
 
 def test_the_async_client_retries_the_same_way():

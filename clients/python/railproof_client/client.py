@@ -170,10 +170,17 @@ def _result(call: _Call[T], response: httpx.Response) -> T:
 
 
 def _connection_failed(call: _Call[Any], e: httpx.TransportError) -> ConnectionFailed:
-    return ConnectionFailed(
-        f"{call.method} {call.path}: {type(e).__name__}: {e}",
+    """The failure as this client reports it. httpx quotes what it refused to send (a
+    LocalProtocolError names the header value: the bearer token) and a URL it could not use, so
+    only a network failure's own words (the OS's) are kept, and only it stays the cause."""
+    network = isinstance(e, httpx.NetworkError | httpx.TimeoutException)
+    said = f": {e}" if network else " (the request could not be sent as built)"
+    failed = ConnectionFailed(
+        f"{call.method} {call.path}: {type(e).__name__}{said}",
         retryable=isinstance(e, _TRANSIENT_TRANSPORT),
     )
+    failed.__cause__ = e if network else None
+    return failed
 
 
 class _Base:
@@ -206,6 +213,12 @@ class _Base:
         }
 
 
+def _public(url: httpx.URL) -> str:
+    """The base URL as a repr may show it: no user information, no query (a password or a
+    gateway's key rides there)."""
+    return str(url.copy_with(username=None, password=None, query=None))
+
+
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
@@ -213,6 +226,15 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 def _headers(token: str) -> dict[str, str]:
+    # A token read from a file keeps its newline, which no header may carry: said here, once,
+    # without the token (httpx's own refusal quotes the header whole).
+    if not (isinstance(token, str) and token and token.isascii() and token.isprintable()):
+        raise ValueError(
+            "token: must be printable ASCII, without line breaks (a token read from a file "
+            "keeps its trailing newline: strip it)"
+        )
+    if token != token.strip():
+        raise ValueError("token: has spaces around it (strip it)")
     return {
         "Authorization": f"Bearer {token}",
         "Accept": "application/json",
@@ -242,7 +264,7 @@ class RailproofClient(_Base):
         self._sleep = sleep
 
     def __repr__(self) -> str:  # never the token
-        return f"RailproofClient({str(self._http.base_url)!r})"
+        return f"RailproofClient({_public(self._http.base_url)!r})"
 
     def close(self) -> None:
         self._http.close()
@@ -321,8 +343,10 @@ class RailproofClient(_Base):
                 call.method, call.path, json=call.body, params=call.params, headers=call.headers()
             )
         except httpx.TransportError as e:
-            raise _connection_failed(call, e) from e
-        return _result(call, response)
+            failed = _connection_failed(call, e)
+        else:
+            return _result(call, response)
+        raise failed  # outside the except: httpx's error is no implicit context either
 
 
 class AsyncRailproofClient(_Base):
@@ -346,7 +370,7 @@ class AsyncRailproofClient(_Base):
         self._sleep = sleep
 
     def __repr__(self) -> str:  # never the token
-        return f"AsyncRailproofClient({str(self._http.base_url)!r})"
+        return f"AsyncRailproofClient({_public(self._http.base_url)!r})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -421,8 +445,10 @@ class AsyncRailproofClient(_Base):
                 call.method, call.path, json=call.body, params=call.params, headers=call.headers()
             )
         except httpx.TransportError as e:
-            raise _connection_failed(call, e) from e
-        return _result(call, response)
+            failed = _connection_failed(call, e)
+        else:
+            return _result(call, response)
+        raise failed  # outside the except: httpx's error is no implicit context either
 
 
 # The operations this client covers, as (method, path) of the OpenAPI document, with the
