@@ -218,7 +218,7 @@ def test_gated_rail_needs_every_gate_and_the_staff_receipt_path(db_url):
         )
         assert r.status_code == 201, r.text
         proof = r.json()
-        assert proof["status"] == "verified", proof
+        assert proof["status"] == "verified", (proof["failure_code"], proof.get("detail"))
         assert proof["settlement"]["is_final"] and proof["settlement"]["block_number"] == 0x14E6867
         pid = proof["id"]
 
@@ -448,14 +448,14 @@ def test_cross_owner_replay_is_refused_and_the_original_untouched(sol_engine):
     assert 'reason="proof_owner_conflict"' in c.get("/metrics").text
 
 
-def test_demo_walks_to_an_active_entitlement_against_a_served_api(tmp_path, monkeypatch):
-    """`railproof demo` against the deployment `make serve` starts (demo tokens, treasury from
-    the environment, recorded chains, the demo's clock), through the public API only."""
-    from tests.live_server import LiveServer, closed_port
+@pytest.fixture
+def demo_api(tmp_path, monkeypatch):
+    """The deployment `make serve` starts (demo tokens, treasury from the environment,
+    recorded chains, the demo's clock), served on loopback: (engine, base URL)."""
+    from tests.live_server import LiveServer
     from verifier.core.config import Settings
     from verifier.core.engine import Engine
     from verifier.storage.db import upgrade
-    from verifier.tools.demo import run_demo
 
     url = f"sqlite:///{tmp_path}/demo.db"
     upgrade(url)
@@ -475,18 +475,69 @@ def test_demo_walks_to_an_active_entitlement_against_a_served_api(tmp_path, monk
     )
     e.ensure_rail_states()
     monkeypatch.setenv("RAILPROOF_STAFF_TOKEN", "demo-staff-token")
+    monkeypatch.delenv("RAILPROOF_DEMO_SERVICE_TOKEN", raising=False)
     monkeypatch.delenv("RAILPROOF_CASSETTE_DIR", raising=False)
     try:
         with LiveServer(create_app(e)) as srv:
-            assert run_demo(srv.url) == 0
-            with e.db.tx() as s:
-                r = s.scalars(select(Receipt)).one()
-            assert (r.owner_id, r.amount, r.created_by) == ("demo-owner", 25000000, "demo-operator")
-            # One transfer pays one session: a second run is refused, not applied twice.
-            assert run_demo(srv.url) == 1
-        assert run_demo(f"http://127.0.0.1:{closed_port()}") == 2
+            yield e, srv.url
     finally:
         e.db.dispose()
+
+
+def test_demo_walks_to_an_active_entitlement_against_a_served_api(demo_api):
+    """`railproof demo` against the deployment `make serve` starts, through the public API
+    only."""
+    from tests.live_server import closed_port
+    from verifier.tools.demo import run_demo
+
+    e, url = demo_api
+    assert run_demo(url) == 0
+    with e.db.tx() as s:
+        r = s.scalars(select(Receipt)).one()
+    assert (r.owner_id, r.amount, r.created_by) == ("demo-owner", 25000000, "demo-operator")
+    # One transfer pays one session: a second run is refused, not applied twice.
+    assert run_demo(url) == 1
+    assert run_demo(f"http://127.0.0.1:{closed_port()}") == 2
+
+
+def test_demo_with_a_staff_token_the_server_refuses_names_it_and_stops(
+    demo_api, monkeypatch, capsys
+):
+    # The dry-run answered 401 and the demo read `would_apply` from the error body: a
+    # KeyError traceback.
+    from verifier.tools.demo import run_demo
+
+    e, url = demo_api
+    monkeypatch.setenv("RAILPROOF_STAFF_TOKEN", "another-deployments-token")
+    assert run_demo(url) == 1
+    out = capsys.readouterr()
+    assert "refused the token from RAILPROOF_STAFF_TOKEN (HTTP 401)" in out.err
+    assert "another-deployments-token" not in out.out + out.err
+    assert counts(e)["receipts"] == 0
+
+
+@pytest.mark.parametrize("var", ["RAILPROOF_DEMO_SERVICE_TOKEN", "RAILPROOF_STAFF_TOKEN"])
+def test_demo_refuses_a_token_it_cannot_send_without_printing_it(
+    demo_api, monkeypatch, capsys, var
+):
+    # A token with its file's newline: httpx's LocalProtocolError escaped as a traceback
+    # ending `Illegal header value b'Bearer <token>'`.
+    from verifier.tools.demo import run_demo
+
+    _, url = demo_api
+    monkeypatch.setenv(var, "demo-SECRET-token\n")
+    assert run_demo(url) == 2
+    out = capsys.readouterr()
+    assert var in out.err and "SECRET" not in out.out + out.err
+
+
+@pytest.mark.parametrize("base", ["http://[::1", "ftp://127.0.0.1:1"])
+def test_demo_with_an_unusable_base_url_exits_2_naming_it(capsys, base):
+    # `http://[::1` raised httpx.InvalidURL, which the demo did not catch: a traceback.
+    from verifier.tools.demo import run_demo
+
+    assert run_demo(base) == 2
+    assert base in capsys.readouterr().err
 
 
 def test_a_garbled_node_answer_leaves_the_proof_pending_until_the_node_answers(sol_engine):
