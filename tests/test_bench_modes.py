@@ -135,6 +135,52 @@ def test_bad_mode_options_exit_2_with_a_message(args, message):
     assert message in res.output
 
 
+def _no_run(monkeypatch) -> None:
+    from verifier.tools import bench, bench_modes
+
+    def ran(*_a, **_k):
+        raise AssertionError("the bench ran before its options were checked")
+
+    monkeypatch.setattr(bench, "run_bench", ran)
+    monkeypatch.setattr(bench_modes, "run_modes", ran)
+
+
+@pytest.mark.parametrize(
+    "database_url, message",
+    [
+        ("garbage://x", "railproof runs on sqlite or postgresql, not 'garbage'"),
+        ("not a url", "not a database URL"),
+        ("sqlite:////nonexistent-dir/bench.db", "cannot connect to sqlite:////nonexistent-dir"),
+        ("postgresql+psycopg://postgres:pw-SECRET@127.0.0.1:{port}/bench", "cannot connect to"),
+    ],
+    ids=["unknown-dialect", "not-a-url", "sqlite-in-no-directory", "unreachable"],
+)
+@pytest.mark.parametrize("mode", [[], ["--http"]], ids=["default", "http"])
+def test_a_bad_database_url_exits_2_naming_it_before_any_work(
+    monkeypatch, database_url, message, mode
+):
+    # NoSuchModuleError / ArgumentError / OperationalError used to escape as tracebacks, some
+    # after minutes of work.
+    from tests.live_server import closed_port
+
+    _no_run(monkeypatch)
+    url = database_url.format(port=closed_port())
+    res = CliRunner().invoke(app, ["bench", "--proofs", "10", *mode, "--database-url", url])
+    assert res.exit_code == 2, (res.exit_code, repr(res.exception))
+    assert "--database-url" in res.output and message in res.output
+    assert "pw-SECRET" not in res.output
+
+
+@pytest.mark.parametrize("where", ["missing-directory", "a-directory"])
+def test_an_unwritable_plot_exits_2_naming_it_before_any_work(monkeypatch, tmp_path, where):
+    # --plot into a missing directory ran the whole scale bench, then FileNotFoundError.
+    _no_run(monkeypatch)
+    plot = tmp_path / "missing" / "scale.svg" if where == "missing-directory" else tmp_path
+    res = CliRunner().invoke(app, ["bench", "--proofs", "10", "--scale", "10", "--plot", str(plot)])
+    assert res.exit_code == 2, (res.exit_code, repr(res.exception))
+    assert f"--plot: cannot write {plot}" in res.output
+
+
 @pytest.mark.slow
 def test_scale_rows_and_plot(tmp_path):
     svg_path = tmp_path / "scale.svg"

@@ -572,6 +572,18 @@ def bench(
         fail("--plot: draws the --scale rows; give --scale too")
     if compare and database_url is None:
         fail("--compare: give --database-url (the PostgreSQL database to compare with SQLite)")
+    # Before any work: a run takes minutes, and its figures are lost to an error at the end.
+    from rails.files import unwritable
+
+    if plot is not None and (why := unwritable(plot)) is not None:
+        fail(f"--plot: cannot write {plot}: {why}")
+    if database_url is not None:
+        from verifier.tools.bench import check_database_url
+
+        try:
+            check_database_url(database_url)
+        except ValueError as e:
+            fail(str(e))
     from verifier.tools.host_cpu import watched
 
     with terminal_progress(sys.stdout.isatty()) as progress, watched() as host:

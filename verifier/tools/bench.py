@@ -598,6 +598,45 @@ def bench_x402(n: int) -> dict[str, Any]:
 # -- storage ------------------------------------------------------------------------------------
 
 
+# How long the check before a run waits for the database server to accept a connection.
+CONNECT_CHECK_S = 5
+
+
+def check_database_url(url: str) -> None:
+    """ValueError naming --database-url when the run could not use `url`: not a URL, not a
+    database railproof runs on, or a server that does not answer. Said before any work (a
+    bench runs for minutes). The password is never repeated."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "--database-url: not a database URL (sqlite:///FILE or postgresql+psycopg://...)"
+        ) from None
+    backend = u.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"--database-url: railproof runs on sqlite or postgresql, not {backend!r}")
+    where = u.render_as_string(hide_password=True)
+    if backend == "postgresql":
+        # The server's own database, as _prepare_database connects: the named one may not
+        # exist yet (it is created).
+        u = u.set(drivername="postgresql+psycopg", database="postgres", query={})
+        probe = create_engine(u, connect_args={"connect_timeout": CONNECT_CHECK_S})
+    else:
+        probe = create_engine(u)
+    try:
+        with probe.connect():
+            pass
+    except SQLAlchemyError as e:
+        # The driver's message names the host and the reason, never the password.
+        reason = str(getattr(e, "orig", None) or type(e).__name__).strip().splitlines()[0]
+        raise ValueError(f"--database-url: cannot connect to {where}: {reason}") from None
+    finally:
+        probe.dispose()
+
+
 def _prepare_database(url: str) -> int:
     """Create a PostgreSQL database named in the URL if it does not exist; then migrate.
     Returns the number of sessions already stored (what `run_seed` moves the seed by)."""

@@ -116,4 +116,7 @@ def svg(rows: list[dict[str, Any]]) -> str:
 def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
     if not rows:
         raise ValueError("--plot: no scale rows to draw; pass --scale 1000,10000 with --http")
-    Path(path).write_text(svg(rows), encoding="utf-8")
+    try:
+        Path(path).write_text(svg(rows), encoding="utf-8")
+    except OSError as e:  # checked before the run (bench's CLI); a full disk still ends here
+        raise ValueError(f"--plot: cannot write {path}: {e.strerror or e}") from e
