@@ -31,6 +31,10 @@ def command(option: str, path: Path) -> list[str]:
         ]
     if option == "--staff-token-file":
         return ["--staff-token-file", str(path), "--base-url", NOWHERE, "list-rail-proofs"]
+    if option == "--checkpoint":
+        return ["audit", "verify", "--checkpoint", str(path)]
+    if option == "RAILPROOF_AUDIT_KEY_FILE":
+        return ["audit", "verify"]
     return [
         *("--base-url", NOWHERE, "record-release-gate-evidence", "--rail-id", "evm_usdc"),
         *("--gate", "e2e_rehearsal", "--evidence-file", str(path)),
@@ -38,9 +42,10 @@ def command(option: str, path: Path) -> list[str]:
     ]
 
 
-def railproof(args: list[str]) -> subprocess.CompletedProcess[str]:
+def railproof(args: list[str], **railproof_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAILPROOF_")}
     env["RAILPROOF_STAFF_TOKEN"] = "staff-token"
+    env.update(railproof_env)
     try:
         return subprocess.run(
             [RAILPROOF, *args], capture_output=True, text=True, cwd=ROOT, timeout=30, env=env
@@ -49,7 +54,23 @@ def railproof(args: list[str]) -> subprocess.CompletedProcess[str]:
         pytest.fail(f"railproof {' '.join(args)}: still waiting after 30 s")
 
 
-OPTIONS = ["--cassette", "--staff-token-file", "--evidence-file"]
+OPTIONS = [
+    "--cassette",
+    "--staff-token-file",
+    "--evidence-file",
+    "--checkpoint",
+    "RAILPROOF_AUDIT_KEY_FILE",
+]
+
+
+def _env(option: str, path: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment a command reading `path` needs (an audit key file is an environment
+    variable; audit verify needs a database and a key)."""
+    if option == "RAILPROOF_AUDIT_KEY_FILE":
+        return {"RAILPROOF_AUDIT_KEY_FILE": str(path), "RAILPROOF_DATABASE_URL": "sqlite://"}
+    if option == "--checkpoint":
+        return {"RAILPROOF_AUDIT_KEY": "k" * 32, "RAILPROOF_DATABASE_URL": "sqlite://"}
+    return {}
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -57,7 +78,7 @@ def test_a_named_pipe_is_refused_not_waited_on(tmp_path, option):
     # Each command used to open the pipe and wait forever for a writer.
     pipe = tmp_path / "pipe.json"
     os.mkfifo(pipe)
-    r = railproof(command(option, pipe))
+    r = railproof(command(option, pipe), **_env(option, pipe, tmp_path))
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert option in r.stderr and "a named pipe, not a regular file" in r.stderr
     assert "Traceback" not in r.stderr
@@ -68,7 +89,7 @@ def test_a_named_pipe_is_refused_not_waited_on(tmp_path, option):
 def test_a_device_or_a_directory_is_refused(tmp_path, option, special):
     # A device used to be read like a file (/dev/zero until memory ran out).
     path = tmp_path if special == "directory" else Path(special)
-    r = railproof(command(option, path))
+    r = railproof(command(option, path), **_env(option, path, tmp_path))
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert option in r.stderr and "not a regular file" in r.stderr
 

@@ -413,7 +413,9 @@ def audit_verify(
         import orjson  # stops at 1,024 levels (json.loads: the EVM libraries' recursion limit)
 
         try:
-            cp = orjson.loads(checkpoint.read_bytes())
+            from rails.files import read_regular
+
+            cp = orjson.loads(read_regular(checkpoint))
         except OSError as e:
             fail(f"--checkpoint: cannot read {checkpoint}: {e.strerror}")
         except orjson.JSONDecodeError as e:

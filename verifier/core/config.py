@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from rails.files import read_regular
 from rails.rpc_policy import RpcPolicy
 from registry.catalog import RailOverrides
 
@@ -312,7 +313,7 @@ class Settings(BaseSettings):
                 "RAILPROOF_AUDIT_KEY and RAILPROOF_AUDIT_KEY_FILE are both set; set one of them"
             )
         try:
-            key = path.read_bytes().strip()
+            key = read_regular(path).strip()  # a pipe or a device would hang the process
         except OSError as e:
             raise ValueError(
                 f"RAILPROOF_AUDIT_KEY_FILE: cannot read {path}: {e.strerror}"
