@@ -217,6 +217,46 @@ def test_a_node_that_never_has_the_transfer_fails_a_grace_after_a_long_outage(en
     assert (stored["status"], stored["failure_code"]) == ("failed", "tx_not_found"), stored
 
 
+class RarelyUpNode:
+    """A node reachable on one call in three (a rate-limited public RPC answering 429 to the
+    others); when it answers, it has no such transaction."""
+
+    source = "live"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        self.calls += 1
+        if self.calls % 3 != 1:
+            raise RpcUnavailable("429 too many requests")
+        return None
+
+
+def test_a_node_that_answers_rarely_still_fails_a_transfer_that_never_existed(engine):
+    # At the backoff's cap its "not found" answers come ~30 min apart, each after a silence
+    # longer than the grace and two re-checks, so each restarted the grace: the proof stayed
+    # pending for good. The run's patience bounds it.
+    engine.chains.set_transport("solana-mainnet", RarelyUpNode())
+    session = _demo_session(engine)
+    _past_grace(engine, session, 5)
+    view, _ = proofs.submit_proof(engine, session["id"], DEMO["signature"], ["alice"])
+    assert (view["status"], view["failure_code"]) == ("pending", "tx_not_found"), view
+    patience = max(proofs.NOT_FOUND_PATIENCE.total_seconds(), 4 * 900)
+    for _ in range(int(patience // 600) - 1):
+        advance(engine, 600)
+        proofs.verify_proof(engine, view["id"])
+    assert proofs.get_proof(engine, view["id"], None)["status"] == "pending"
+    for _ in range(6):  # the next "not found" answer, at the latest three re-checks on
+        advance(engine, 600)
+        proofs.verify_proof(engine, view["id"])
+        if proofs.get_proof(engine, view["id"], None)["status"] != "pending":
+            break
+    seen = [a["failure_code"] for a in proofs.list_attempts(engine, view["id"])]
+    stored = proofs.get_proof(engine, view["id"], None)
+    assert (stored["status"], stored["failure_code"]) == ("failed", "tx_not_found"), seen
+
+
 def test_a_confirmed_transfer_whose_fork_is_dropped_does_not_stay_verified(engine):
     calls = recorded_calls(CONFIRMED)
     sig = calls[0]["params"][0]

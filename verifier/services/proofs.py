@@ -510,6 +510,9 @@ _BACKOFF_CAP_S = 600.0
 _JITTER = 0.2
 # The longest a pending proof waits for its next re-check.
 LONGEST_RECHECK = timedelta(seconds=_BACKOFF_CAP_S * (1 + _JITTER))
+# The longest an unbroken run of "not found" answers is given before it may fail a proof,
+# however its silences restarted the grace (services.proofs._not_found_since).
+NOT_FOUND_PATIENCE = timedelta(hours=6)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -590,18 +593,25 @@ def _not_found_since(s: Session, p: Proof | Record, now: datetime, grace: timede
     such attempt since any other answer (a reorg, a verdict), else now. An unreachable node
     said nothing: it neither breaks the run (a flaky node would keep a proof pending for good)
     nor starts one (a proof first checked while its node was down starts at its first answer).
-    But a silence between two "not found" answers longer than the grace and than two re-checks
+    A silence between two "not found" answers longer than the grace and than two re-checks
     (an outage, a stopped worker) starts the run again: the node answering after it may be one
-    still catching up, and it gets the whole grace too."""
+    still catching up, and it gets the whole grace too. Never past the run's patience, though
+    (`NOT_FOUND_PATIENCE`, or four graces): a node that answers rarely enough that every
+    answer follows such a silence would otherwise keep a transfer that never existed pending
+    for good."""
     if not p.attempts:
         return now
     silence = max(grace, 2 * LONGEST_RECHECK)
+    run = attempt_repo.pending_run(
+        s, p.id, FailureCode.tx_not_found.value, neutral=(FailureCode.rpc_unavailable.value,)
+    )
+    if not run:
+        return now
+    first = utc(run[0])
+    if now - first > max(NOT_FOUND_PATIENCE, 4 * grace):
+        return first
     since = now
-    for said in reversed(
-        attempt_repo.pending_run(
-            s, p.id, FailureCode.tx_not_found.value, neutral=(FailureCode.rpc_unavailable.value,)
-        )
-    ):
+    for said in reversed(run):
         if since - utc(said) > silence:
             break
         since = utc(said)

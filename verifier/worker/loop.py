@@ -125,16 +125,22 @@ def _recheck_unsettled(
     settlement answer is not recorded.
 
     SECURITY: a proof with a receipt is never failed by the worker: as for a reorg under it,
-    its active entitlement is flagged (never revoked) and a person decides."""
+    its active entitlement is flagged (never revoked) and a person decides. Nor is a proof the
+    chain has shown settled: a node that does not show it now may be behind, and one such
+    answer must not fail a payment seen made. Under a receipt, only the chain showing the
+    nonce spent on another transfer flags it (a lagging node's "unused" is no alarm)."""
     unsettled = [
         p for p in plist if (st := by_ref.get(p.ref)) is not None and st.finality == "not_found"
     ]
     if not unsettled:
         return set()
     with engine.db.tx() as s:
-        credited = receipt_repo.ids_for_proofs(s, [p.id for p in unsettled])
+        ids = [p.id for p in unsettled]
+        seen, credited = settlement_repo.ever_settled(s, ids), receipt_repo.ids_for_proofs(s, ids)
     failed: set[str] = set()
     for p in unsettled:
+        if p.id in seen and p.id not in credited:
+            continue
         try:
             verdict = recheck_unsettled(engine, p.id, name)
         except Exception:  # one proof must not stop the sweep; its settlement is still recorded
@@ -143,8 +149,9 @@ def _recheck_unsettled(
         if verdict is None:
             continue
         if p.id in credited:
-            with engine.db.tx() as s:
-                _flag_reorg(engine, s, p.id, verdict.detail)
+            if p.id not in seen or verdict.code is FailureCode.nonce_reused:
+                with engine.db.tx() as s:
+                    _flag_reorg(engine, s, p.id, verdict.detail)
         else:
             failed.add(p.id)
     return failed

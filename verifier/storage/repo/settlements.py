@@ -42,5 +42,20 @@ def latest_many(s: Session, proof_ids: Sequence[str]) -> dict[str, Record]:
     return {r["proof_id"]: Record(r) for r in got}
 
 
+def ever_settled(s: Session, proof_ids: Sequence[str]) -> set[str]:
+    """Which of these proofs the chain has ever shown settled (evidence naming a block or a
+    slot), in one query."""
+    t = rows.table(_SE)
+    q = (
+        select(t.c.proof_id)
+        .where(
+            rows.among(s, t.c.proof_id, list(proof_ids)),
+            (t.c.block_number.is_not(None)) | (t.c.slot.is_not(None)),
+        )
+        .distinct()
+    )
+    return set(s.scalars(q))
+
+
 def for_proof(s: Session, proof_id: str) -> list[SettlementEvidence]:
     return list(s.scalars(select(_SE).where(_SE.proof_id == proof_id).order_by(_SE.id)).all())
