@@ -78,6 +78,10 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
         dependencies=[Depends(clean_path_params)],
         docs_url=None,  # FastAPI's own pages load their assets from a CDN: _add_docs
         redoc_url=None,
+        # SECURITY: a path with a trailing slash is not found, never a 307 to a URL built from
+        # the request's Host and scheme (behind a TLS proxy, http://) that a client following
+        # it would re-send its body and bearer token to.
+        redirect_slashes=False,
     )
     app.state.engine = engine
     app.state.rate_limiter = limiter_from_settings(engine.settings, engine.metrics)
@@ -142,8 +146,26 @@ def _error(
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    # Only the first element says where the value came from: a body field may be named
+    # "path" or "query" itself.
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or "body"
+
+
+# The documented code of a field's refusal, where the request's model refuses it before a
+# service could (README, "API error codes"); any other field: invalid_request.
+_FIELD_CODES = {
+    "amount": ApiErrorCode.invalid_amount,
+    "expires_in_seconds": ApiErrorCode.invalid_expiry,
+    "memo": ApiErrorCode.invalid_memo,
+    "status": ApiErrorCode.invalid_status,
+    "scope": ApiErrorCode.invalid_scope,
+    "limit": ApiErrorCode.invalid_limit,
+    "since": ApiErrorCode.invalid_time,
+    "until": ApiErrorCode.invalid_time,
+    "resolution": ApiErrorCode.invalid_resolution,
+}
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -162,7 +184,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         if first.get("type") == "json_invalid":
             field, msg = "body", "not valid JSON"
-        return _error(422, ApiErrorCode.invalid_request, f"{field}: {msg}", field)
+        code = _FIELD_CODES.get(field, ApiErrorCode.invalid_request)
+        return _error(422, code, f"{field}: {msg}", field)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:

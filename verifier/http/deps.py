@@ -20,7 +20,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, NotFound
 from verifier.http.errors import ApiErrorCode, Unauthorized
 from verifier.http.guards import control_field, header_text
-from verifier.services import queries
+from verifier.services import audit, queries
 from verifier.services.principals import MAX_PRINCIPAL, principal_name  # noqa: F401
 
 bearer = HTTPBearer(
@@ -83,6 +83,29 @@ async def service_principal(request: Request, _: Scheme) -> ServicePrincipal:
     return ServicePrincipal(principal_name(owners), owners)
 
 
+class StaffMember(str):
+    """A staff member's name, carrying the X-Incident-Id and X-Operator-Reason its request
+    sent (an action's body may give them instead: `staff_operator`)."""
+
+    incident: str | None
+    reason: str | None
+
+    def __new__(cls, name: str, incident: str | None, reason: str | None) -> StaffMember:
+        member = super().__new__(cls, name)
+        member.incident, member.reason = incident, reason
+        return member
+
+
+def staff_operator(actor: str, incident: str | None, reason: str | None) -> audit.Operator:
+    """Who did a staff action, and under which incident and reason: the body's, else the
+    headers' (declared on every staff operation, so a client may send them either way)."""
+    return audit.Operator(
+        actor,
+        incident or getattr(actor, "incident", None),
+        reason or getattr(actor, "reason", None),
+    )
+
+
 def staff_member(
     request: Request,
     engine: EngineDep,
@@ -99,7 +122,7 @@ def staff_member(
     reason = _utf8(reason, "X-Operator-Reason")
     if request.method == "GET" and (incident or reason):
         queries.record_staff_read(engine, name, incident, reason, request.url.path)
-    return name
+    return StaffMember(name, incident, reason)
 
 
 def _utf8(value: str | None, header: str) -> str | None:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from verifier.core.errors import BadInput
 from verifier.core.metrics import spec_document
-from verifier.http.deps import EngineDep, StaffDep
+from verifier.http.deps import EngineDep, StaffDep, staff_operator
 from verifier.http.errors import ApiErrorCode, error_responses
 from verifier.http.models import (
     ApplyOut,
@@ -57,7 +57,7 @@ ProofStatus = Literal["verified", "failed", "pending", "requires_review"]
 
 
 def operator(actor: str, body: OperatorIn) -> audit.Operator:
-    return audit.Operator(actor, body.incident_id, body.operator_reason)
+    return staff_operator(actor, body.incident_id, body.operator_reason)
 
 
 def confirmed(actor: str, body: ConfirmIn) -> audit.Operator:

@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import Field, StrictBool
 
-from verifier.http.deps import EngineDep, StaffDep
+from verifier.http.deps import EngineDep, StaffDep, staff_operator
 from verifier.http.errors import error_responses
 from verifier.http.models import Model, OperatorIn
 from verifier.http.routes import WITH_BODY, staff_router, with_context
-from verifier.services import audit, reconciliation
+from verifier.services import reconciliation
 
 router = staff_router("reconciliation")
 Scope = Literal["rail_proofs", "chain_inflows"]
@@ -139,5 +139,5 @@ def resolve_finding(
     """Record that a finding was repaired outside railproof (a refund, a credit or an attach
     by hand, a decision): it and every later run's finding of the same kind and subject are
     `resolved`, not drift. Needs the incident id and reason; audited."""
-    op = with_context(audit.Operator(actor, body.incident_id, body.operator_reason))
+    op = with_context(staff_operator(actor, body.incident_id, body.operator_reason))
     return reconciliation.resolve_finding(engine, finding_id, body.resolution, op)

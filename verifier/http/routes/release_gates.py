@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Query
 
-from verifier.http.deps import EngineDep, StaffDep
+from verifier.http.deps import EngineDep, StaffDep, staff_operator
 from verifier.http.errors import error_responses
 from verifier.http.models import (
     ReleaseGateEvidenceIn,
@@ -16,7 +16,7 @@ from verifier.http.models import (
     ReleaseGatesOut,
 )
 from verifier.http.routes import WITH_BODY, staff_router, with_context
-from verifier.services import audit, release_gates
+from verifier.services import release_gates
 
 router = staff_router("release gates")
 NOT_FOUND = error_responses(404)
@@ -51,6 +51,6 @@ def record_evidence(
     rail_id: str, gate: str, body: ReleaseGateEvidenceIn, actor: StaffDep, engine: EngineDep
 ) -> dict[str, Any]:
     # SECURITY: blank incident id or reason is missing, as on every other staff write.
-    op = with_context(audit.Operator(actor, body.incident_id, body.operator_reason))
+    op = with_context(staff_operator(actor, body.incident_id, body.operator_reason))
     given = release_gates.EvidenceIn(body.evidence, body.evidence_sha256, body.note)
     return release_gates.record(engine, rail_id, gate, op, given, confirm=body.confirm)

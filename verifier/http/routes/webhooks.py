@@ -21,7 +21,7 @@ from fastapi import Depends, Query
 from fastapi.responses import JSONResponse
 
 from verifier.core.errors import BadInput
-from verifier.http.deps import EngineDep, service_principal, staff_member
+from verifier.http.deps import EngineDep, service_principal, staff_member, staff_operator
 from verifier.http.errors import ApiErrorCode, error_responses
 from verifier.http.models import (
     DeliveryOut,
@@ -34,7 +34,7 @@ from verifier.http.models import (
     ReplayOut,
 )
 from verifier.http.routes import WITH_BODY, Router, with_context
-from verifier.services import audit, webhook_endpoints, webhooks
+from verifier.services import webhook_endpoints, webhooks
 
 ERRORS = error_responses(401, 422, 500, 503)
 
@@ -118,7 +118,7 @@ def make_router(
                 "confirm: must be true for this action",
                 field="confirm",
             )
-        op = audit.Operator(actor, body.incident_id, body.operator_reason or body.reason)
+        op = staff_operator(actor, body.incident_id, body.operator_reason or body.reason)
         return webhooks.replay(engine, event_id, with_context(op))
 
     return router
