@@ -202,19 +202,7 @@ def test_proof_missing_from_the_cassette_names_the_call():
 
 
 def test_evm_rail():
-    r = run(
-        "--rail",
-        "evm_usdc",
-        "--cassette",
-        str(FIX / "evm/eth_usdc_transfer.json"),
-        "--proof",
-        "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7",
-        "--recipient",
-        "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8",
-        "--amount",
-        "59691936965",
-        "--json",
-    )
+    r = run(*EVM_ARGS)
     out = json.loads(r.stdout)
     assert out["status"] == "verified", out
     assert out["observed"]["block_number"] == 21915751

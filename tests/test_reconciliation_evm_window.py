@@ -100,6 +100,22 @@ def test_evm_discovery_finds_a_repeat_payers_new_payment(evm):  # noqa: F811
 # -- a refunded payment in a transaction of several logs ---------------------------------------
 
 
+def _wallet_session(e, wallet: str) -> dict:
+    """Alice's 5 USDC session paid by the contract wallet `wallet`."""
+    return open_session(
+        e,
+        NewSession(
+            owner_id="alice",
+            rail_id="evm_usdc",
+            access_product_id="pro",
+            amount=5_000_000,
+            payer=wallet,
+            reference=None,
+        ),
+        actor="svc",
+    )
+
+
 def _batcher(chain, token: str, treasury: str, amounts: list[int]) -> str:
     """Deploy a contract that, when called, transfers each amount of `token` to `treasury`: a
     smart wallet paying in one transaction with several Transfer logs."""
@@ -129,18 +145,7 @@ def test_refunded_smart_wallet_payment_is_not_credited_by_discovery(evm):  # noq
     e.settings.discovery = True
     wallet = _batcher(chain, token.address, evm["treasury"], [5_000_000, 0])
     token.functions.mint(wallet, 1_000 * 10**6).transact({"from": chain.accounts[0]})
-    v = open_session(
-        e,
-        NewSession(
-            owner_id="alice",
-            rail_id="evm_usdc",
-            access_product_id="pro",
-            amount=5_000_000,
-            payer=wallet,
-            reference=None,
-        ),
-        actor="svc",
-    )
+    v = _wallet_session(e, wallet)
     advance(e, 60)
     chain.mine(5)
     tx = chain.w3.eth.send_transaction({"from": chain.accounts[0], "to": wallet, "gas": 300_000})
@@ -199,18 +204,7 @@ def test_evm_discovery_tries_the_next_transfer_when_one_fails_the_session(evm): 
     e, chain, token = evm["engine"], evm["chain"], evm["token"]
     e.settings.discovery = True
     wallet = _batcher(chain, token.address, evm["treasury"], [5_000_000, 1])
-    v = open_session(
-        e,
-        NewSession(
-            owner_id="alice",
-            rail_id="evm_usdc",
-            access_product_id="pro",
-            amount=5_000_000,
-            payer=wallet,
-            reference=None,
-        ),
-        actor="svc",
-    )
+    v = _wallet_session(e, wallet)
     advance(e, 60)
     chain.mine(5)
     calls = []
