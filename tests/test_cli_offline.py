@@ -209,19 +209,7 @@ def test_evm_rail():
 
 
 def test_review_only_rails_end_in_review():
-    r = run(
-        "--rail",
-        "tron_usdt",
-        "--cassette",
-        str(FIX / "tron/usdt_transfer.json"),
-        "--proof",
-        "b69c51db8f9d974e6a38c76852c8ce1adcb682dbacb25ad8ad4f6876121fe9dc",
-        "--recipient",
-        "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn",
-        "--amount",
-        "3500000",
-        "--json",
-    )
+    r = run(*TRON_ARGS)
     out = json.loads(r.stdout)
     assert (out["status"], out["failure_code"]) == ("requires_review", "review_only_rail")
     assert out["observed"]["sender"] == "TJoaVSdktrnndU4dmKm33SWMKoXt4LLFbU"
