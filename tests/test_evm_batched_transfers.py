@@ -100,6 +100,29 @@ def test_the_payers_exact_payment_verifies_beside_another_senders_transfer(evm):
     ]
 
 
+def test_a_second_payers_transfer_in_a_held_transaction_is_reported_not_matched(evm):  # noqa: F811
+    # Two customers pay in one transaction: the first proof holds the transaction, and the
+    # second customer's proof of it is refused (one transaction, one proof). Reconciliation
+    # counted the whole transaction as matched, so the second payment left no trace; it is
+    # now a finding bound to the session waiting for it, for staff to credit.
+    from tests.test_reconciliation import by_kind, req
+    from verifier.services import reconciliation
+
+    e, payer, other = evm["engine"], evm["payer"], evm["other"]
+    first = evm_session(e, payer, PRICE)
+    second = evm_session(e, other, PRICE)
+    tx = batch(evm, (payer, PRICE), (other, PRICE))
+    view, _ = proofs.submit_proof(e, first["id"], tx, ["alice"])
+    assert view["status"] == "verified", view["detail"]
+    run = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    found = [f for f in run["findings"] if f["subjects"].get("transfer") == tx.lower()]
+    assert [(f["kind"], f["subjects"]["sender"]) for f in found] == [("orphan_bound", other)]
+    assert found[0]["subjects"]["session_id"] == second["id"]
+    assert not [
+        f for f in by_kind(run).get("orphan_unbound", []) if f["subjects"].get("sender") == payer
+    ]
+
+
 def test_another_sender_never_makes_up_the_payers_short_payment(evm):  # noqa: F811
     # Counting the payer's transfers only opens no hole: their short payment stays short.
     e, payer, other = evm["engine"], evm["payer"], evm["other"]

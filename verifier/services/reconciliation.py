@@ -921,10 +921,15 @@ def evm_inflows(
     findings: list[dict[str, Any]] = []
     with engine.db.tx() as s:
         known = repo.proofs_by_fingerprint(s, list(fps.values()))
+        # A transaction is one proof, but it may carry several payers' transfers (a bundle):
+        # the one its holding proof's payer did not make is nobody's payment yet.
         fresh = [
             i
             for i in scan.inflows[:limit]
-            if not any(p.status in HOLDING for p in known.get(fps[i.tx_hash], ()))
+            if not any(
+                p.status in HOLDING and (p.payer is None or p.payer.lower() == i.sender.lower())
+                for p in known.get(fps[i.tx_hash], ())
+            )
         ]
         claims = {i.tx_hash: _claims(known.get(fps[i.tx_hash], ())) for i in fresh}
         counts["matched"] = min(len(scan.inflows), limit) - len(fresh)

@@ -437,9 +437,11 @@ def proofs_by_fingerprint(s: Session, fingerprints: list[str]) -> dict[str, list
     for i in range(0, len(fingerprints), 500):
         part = fingerprints[i : i + 500]
         for row in s.execute(
-            select(Proof.id, Proof.fingerprint, Proof.session_id, Proof.status).where(
-                Proof.fingerprint.in_(part)
+            select(
+                Proof.id, Proof.fingerprint, Proof.session_id, Proof.status, PaymentSession.payer
             )
+            .join(PaymentSession, PaymentSession.id == Proof.session_id)
+            .where(Proof.fingerprint.in_(part))
         ):
             out.setdefault(row.fingerprint, []).append(row)
     return out
