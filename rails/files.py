@@ -36,9 +36,24 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
+# Cassettes, payloads, tokens and evidence are kilobytes to a few megabytes; a file past this
+# was named by mistake (a log, a disk image) and would be read into memory whole.
+MAX_READ_BYTES = 256 << 20
+
+
+class TooLarge(OSError):
+    """The file is larger than MAX_READ_BYTES. `strerror` says so."""
+
+    def __init__(self, path: Path, size: int):
+        super().__init__(
+            errno.EFBIG, f"{size} bytes, larger than {MAX_READ_BYTES >> 20} MiB", str(path)
+        )
+
+
 def read_regular(path: str | Path) -> bytes:
     """The bytes of `path` (symbolic links followed), or OSError: FileNotFoundError and the
-    like as `open` raises them, NotARegularFile for anything but a regular file."""
+    like as `open` raises them, NotARegularFile for anything but a regular file, TooLarge for
+    one past MAX_READ_BYTES."""
     p = Path(path)
     # O_NONBLOCK: opening a pipe with no writer returns at once instead of waiting for one.
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -46,6 +61,9 @@ def read_regular(path: str | Path) -> bytes:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotARegularFile(p, _kind(mode))
+        size = os.fstat(fd).st_size
+        if size > MAX_READ_BYTES:
+            raise TooLarge(p, size)
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     finally:

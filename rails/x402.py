@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -792,6 +792,14 @@ def _used_unseen(chain: Transport, e: Expect, a: Authorization, observed: Observ
     )
 
 
+def _latest_time(chain: Transport) -> int | None:
+    """The timestamp of the node's latest block (None: it gave none)."""
+    block = chain.call("eth_getBlockByNumber", ["latest", False])
+    if not isinstance(block, dict) or block.get("timestamp") is None:
+        return None
+    return _word(block["timestamp"], "block.timestamp")
+
+
 def _valid_later(failed: Finding, a: Authorization, e: Expect) -> bool:
     """An authorization not valid yet that becomes valid before it expires and while the
     session is open (the worker checks it again)."""
@@ -802,12 +810,20 @@ def _valid_later(failed: Finding, a: Authorization, e: Expect) -> bool:
     )
 
 
-def _unsettled(a: Authorization, e: Expect, observed: Observed, key: tuple[str, ...]) -> Verdict:
+def _unsettled(
+    a: Authorization,
+    e: Expect,
+    observed: Observed,
+    key: tuple[str, ...],
+    head_time: Callable[[], int | None],
+) -> Verdict:
     """An authorization the chain has not used: payable until validBefore, then never.
 
-    Checked again after validBefore (a pending proof), an unused nonce is definitive once a
-    margin has passed: a block stamped before the deadline may reach the node late, and the
-    chain's clock is not ours."""
+    Checked again after validBefore (a pending proof, or a verified one the worker asks
+    again), an unused nonce is definitive once a margin has passed and the node's own latest
+    block is stamped at validBefore or later (`head_time`, read only then): a block stamped
+    before the deadline may reach the node late, the chain's clock is not ours, and a node
+    whose head is still before the deadline cannot know yet."""
     if e.now < a.valid_before:
         return Verdict.ok(
             "authorization verified; nonce unused on chain", observed=observed, transfer_keys=key
@@ -816,6 +832,15 @@ def _unsettled(a: Authorization, e: Expect, observed: Observed, key: tuple[str, 
         return Verdict.wait(
             FailureCode.tx_not_found,
             f"nonce unused on chain at validBefore {a.valid_before}; waiting for a late block",
+            observed=observed,
+        )
+    stamped = head_time()
+    if stamped is None or stamped < a.valid_before:
+        # SECURITY: failed is final; a node behind the deadline may still show it settled.
+        return Verdict.wait(
+            FailureCode.rpc_unavailable,
+            f"nonce unused on a node whose latest block ({stamped}) is before validBefore "
+            f"{a.valid_before}: it has not caught up",
             observed=observed,
         )
     # SECURITY: past validBefore the token reverts any settlement of it: nothing will pay.
@@ -1008,7 +1033,7 @@ class X402Adapter:
         require_chain(chain, e.chain_id, self.rail)
         a = p.authorization
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
-            return _unsettled(a, e, observed, key)
+            return _unsettled(a, e, observed, key, lambda: _latest_time(chain))
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
         if tx is None:
             return _used_unseen(chain, e, a, observed)

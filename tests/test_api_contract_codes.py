@@ -139,3 +139,14 @@ def test_rail_not_registered_comes_with_a_documented_status(client, method, path
     r = client.request(method, path, headers=STAFF, json=body)
     assert r.json()["error"]["code"] == "rail_not_registered", r.text
     assert str(r.status_code) in documented, (documented, r.text)
+
+
+def test_a_reconciliation_run_takes_the_incident_its_headers_carry(client):
+    # The one staff action that read only its body: header-only context was refused (422).
+    r = client.post(
+        "/v1/admin/reconciliation-runs",
+        headers={**STAFF, "X-Incident-Id": "INC-HDR", "X-Operator-Reason": "drift"},
+        json={"scope": "rail_proofs"},
+    )
+    assert r.status_code == 201, r.text
+    assert (r.json()["incident_id"], r.json()["operator_reason"]) == ("INC-HDR", "drift")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rails.files import NotARegularFile, read_regular
+from rails.files import MAX_READ_BYTES, NotARegularFile, read_regular
 from rails.transport.cassette import discover
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +121,22 @@ def test_a_pipe_among_a_directorys_cassettes_is_skipped(tmp_path):
         os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # lets the waiting read go
         pytest.fail("discover() waited on a named pipe")
     assert found == [[tmp_path / "a.json"]]
+
+
+@pytest.mark.parametrize("option", ["--cassette", "--proof"])
+def test_a_file_too_large_to_be_one_is_refused_before_it_is_read(tmp_path, option):
+    # A regular file of gigabytes (a log or an image named by mistake) was read into memory
+    # whole: a MemoryError traceback, or the process killed. Sparse: no disk is used.
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(MAX_READ_BYTES + 1)
+    if option == "--cassette":
+        args = command("--cassette", big)
+    else:
+        args = [
+            *("verify-offline", "--rail", "x402", "--network", "base-sepolia", "--proof", str(big)),
+            *("--recipient", "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "--amount", "10000"),
+        ]
+    r = railproof(args)
+    assert r.returncode == 2 and option in r.stderr and "larger than" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -715,6 +715,7 @@ def live_chain(
     canonical: str = BLOCK_HASH,
     mined: int | None = INSIDE + 5,  # the settlement block's timestamp
     cancelled: bool = False,  # the payer cancelled the nonce (AuthorizationCanceled)
+    latest_at: int = VALID_BEFORE + 3600,  # the node's latest block's timestamp
     **extra: Any,
 ) -> ScriptedChain:
     def nonce_logs(params: list[Any]) -> list[dict[str, Any]]:
@@ -730,6 +731,8 @@ def live_chain(
         )
 
     def block(params: list[Any]) -> Any:
+        if params[0] == "latest":
+            return {"number": hex(head), "hash": "0x" + "ab" * 32, "timestamp": hex(latest_at)}
         if params[0] == "finalized":  # a node without the tag answers null
             return (
                 {"number": hex(finalized), "hash": "0x" + "ee" * 32}
@@ -951,6 +954,18 @@ def test_unused_on_chain_after_validbefore_waits_a_margin_then_never_settles(
 ):
     verdict = sepolia.verify(V1_JSON, resubmitted(now), live_chain(used=False))
     assert (verdict.status, verdict.code) == (status, code), verdict.detail
+
+
+@pytest.mark.parametrize("latest", [VALID_BEFORE - 1, None])
+def test_unused_on_a_node_whose_head_is_before_validbefore_is_never_expired(sepolia, latest):
+    # Our clock is long past validBefore, but the node's latest block is stamped before it
+    # (or it gives none): it cannot know of a settlement made just in time. It waits.
+    chain = live_chain(used=False, latest_at=VALID_BEFORE - 1)
+    if latest is None:
+        chain.answers["eth_getBlockByNumber"] = lambda params: None
+    verdict = sepolia.verify(V1_JSON, resubmitted(LATE), chain)
+    assert (verdict.status, verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert "has not caught up" in verdict.detail
 
 
 # -- the session's window ----------------------------------------------------------------

@@ -508,3 +508,108 @@ def test_a_settlement_seen_is_never_failed_by_a_node_that_lags(x402_engine):
     after = proofs.get_proof(x402_engine, view["id"], ["alice"])
     assert after["status"] == "verified", after
     assert [a["status"] for a in proofs.list_attempts(x402_engine, view["id"])] == ["verified"]
+
+
+def test_a_settlement_seen_then_the_nonce_spent_elsewhere_ends_nonce_reused(x402_engine):
+    # Seen settled in block 100, then the chain shows the nonce spent paying someone else (the
+    # first settlement reorged away, the nonce re-spent): the money will never arrive. The
+    # re-check skipped every proof once seen settled, leaving it verified for good.
+    from tests.helpers import advance
+    from tests.test_x402_adapter import live_chain, settlement_logs
+    from verifier.worker import loop as worker
+
+    x402_engine.chains.set_transport(
+        "base-sepolia", live_chain(used=True, logs=settlement_logs(), head=104, finalized=50)
+    )
+    ps = open_x402(x402_engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert view["status"] == "verified" and view["settlement"]["block_number"] == 100, view
+
+    burnt = settlement_logs(to="0x000000000000000000000000000000000000bEEF")
+    x402_engine.chains.set_transport(
+        "base-sepolia", live_chain(used=True, logs=burnt, head=130, finalized=50)
+    )
+    for _ in range(3):
+        advance(x402_engine, 700)
+        worker.refresh_finality(x402_engine, "w1", 10)
+    after = proofs.get_proof(x402_engine, view["id"], ["alice"])
+    codes = [
+        (a["status"], a["failure_code"]) for a in proofs.list_attempts(x402_engine, view["id"])
+    ]
+    assert (after["status"], after["failure_code"]) == ("failed", "nonce_reused"), (after, codes)
+
+
+def test_a_settlement_seen_only_in_a_reorged_block_does_not_keep_an_expired_one_verified(
+    x402_engine,
+):
+    # The only settlement the sweep saw was in a block already replaced (recorded reorged);
+    # verified again, the authorization then runs out unsettled. The reorged row counted as
+    # "seen settled", so the proof stayed verified for good, holding the payer's nonce.
+    from tests.helpers import advance
+    from tests.test_x402_adapter import live_chain, settlement_logs
+    from verifier.worker import loop as worker
+
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
+    ps = open_x402(x402_engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    pid = view["id"]
+    assert (view["status"], view["settlement"]) == ("verified", None), view
+
+    # A node shows the settlement in block 100, whose canonical hash is another block's.
+    x402_engine.chains.set_transport(
+        "base-sepolia",
+        live_chain(used=True, logs=settlement_logs(), canonical="0x" + "99" * 32),
+    )
+    advance(x402_engine, 10)
+    worker.refresh_finality(x402_engine, "w1", 10)
+    mid = proofs.get_proof(x402_engine, pid, ["alice"])
+    assert (mid["status"], mid["failure_code"]) == ("pending", "reorged"), mid
+
+    # The fork is gone: the nonce is unused; still inside validBefore, verified again.
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
+    advance(x402_engine, 5)
+    worker.reverify_pending(x402_engine, "w1", 10)
+    again = proofs.get_proof(x402_engine, pid, ["alice"])
+    assert again["status"] == "verified", again
+
+    # validBefore (+ margin) passes with the nonce never used: the payment cannot arrive.
+    for _ in range(3):
+        advance(x402_engine, 700)
+        worker.refresh_finality(x402_engine, "w1", 10)
+    after = proofs.get_proof(x402_engine, pid, ["alice"])
+    codes = [(a["status"], a["failure_code"]) for a in proofs.list_attempts(x402_engine, pid)]
+    assert (after["status"], after["failure_code"]) == (
+        "failed",
+        "authorization_expired",
+    ), codes
+
+
+def test_an_unsettled_recheck_waits_for_a_node_whose_head_is_before_validbefore(
+    x402_engine,
+):
+    # Verified before settlement; the node the sweep asks is stuck before validBefore (its
+    # latest block stamped then): it cannot know of a settlement made just before the
+    # deadline, yet its "unused" failed the proof authorization_expired for good.
+    from tests.helpers import advance
+    from tests.test_x402_adapter import INSIDE, live_chain
+    from verifier.worker import loop as worker
+
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
+    ps = open_x402(x402_engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["settlement"]) == ("verified", None), view
+
+    # The node is stuck at block 90, stamped INSIDE + 5 (before validBefore).
+    x402_engine.chains.set_transport(
+        "base-sepolia", live_chain(used=False, head=90, latest_at=INSIDE + 5)
+    )
+    advance(x402_engine, 700)
+    worker.refresh_finality(x402_engine, "w1", 10)
+    after = proofs.get_proof(x402_engine, view["id"], ["alice"])
+    codes = [
+        (a["status"], a["failure_code"]) for a in proofs.list_attempts(x402_engine, view["id"])
+    ]
+    assert after["status"] != "failed", codes

@@ -12,6 +12,7 @@ from rails import adapter_for
 from rails.base import Adapter, Terms
 from rails.cassette import CassetteTransport, read_cassette
 from rails.errors import CassetteError, ProofMalformed, UnmatchedRequest
+from rails.files import read_regular
 from registry.catalog import CatalogError, RailOverrides, load_catalog
 from verifier.core.checking import run_verify
 
@@ -71,7 +72,7 @@ def proof_text(arg: str) -> str:
     if not is_file:
         return arg
     try:
-        return Path(arg).read_text(encoding="utf-8")
+        return read_regular(arg).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(
             f"--proof: cannot read {arg}: {type(e).__name__}: {getattr(e, 'strerror', None) or e}"

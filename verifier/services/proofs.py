@@ -528,7 +528,9 @@ def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Ve
     return _verify(engine, proof_id, worker)[0]
 
 
-def recheck_unsettled(engine: Engine, proof_id: str, worker: str) -> Verdict | None:
+def recheck_unsettled(
+    engine: Engine, proof_id: str, worker: str, only: FailureCode | None = None
+) -> Verdict | None:
     """A verified proof whose settlement the chain does not show (an x402 authorization not
     settled yet) asked again by its rail's own checks, which alone can tell that the payment
     can no longer arrive (its nonce spent on another transfer: `nonce_reused`; its validity
@@ -537,13 +539,19 @@ def recheck_unsettled(engine: Engine, proof_id: str, worker: str) -> Verdict | N
     settlement is asked again. Returns the failure, else None.
 
     A proof with a receipt is never failed here (the failure is returned, not recorded): it
-    was credited on a settlement that was final, and the caller reports it as a reorg."""
-    verdict, _ = _verify(engine, proof_id, worker, only_failure=True)
-    return verdict if verdict.status is Status.failed else None
+    was credited on a settlement that was final, and the caller reports it as a reorg.
+    `only`: the one failure that counts (any other is neither recorded nor returned)."""
+    verdict, _ = _verify(engine, proof_id, worker, only_failure=True, only=only)
+    failed = verdict.status is Status.failed and (only is None or verdict.code is only)
+    return verdict if failed else None
 
 
 def _verify(
-    engine: Engine, proof_id: str, worker: str | None, only_failure: bool = False
+    engine: Engine,
+    proof_id: str,
+    worker: str | None,
+    only_failure: bool = False,
+    only: FailureCode | None = None,
 ) -> tuple[Verdict, bool]:
     """verify_proof; `only_failure`: record the attempt only on a verified proof without a
     receipt that the checks now fail. Returns the verdict and whether it was recorded."""
@@ -564,6 +572,7 @@ def _verify(
             return checked.verdict, False
         if only_failure and (
             checked.verdict.status is not Status.failed
+            or (only is not None and checked.verdict.code is not only)
             or locked.status != ProofStatus.verified
             or receipt_repo.ids_for_proofs(s, [proof_id])
         ):

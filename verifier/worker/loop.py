@@ -125,10 +125,10 @@ def _recheck_unsettled(
     settlement answer is not recorded.
 
     SECURITY: a proof with a receipt is never failed by the worker: as for a reorg under it,
-    its active entitlement is flagged (never revoked) and a person decides. Nor is a proof the
-    chain has shown settled: a node that does not show it now may be behind, and one such
-    answer must not fail a payment seen made. Under a receipt, only the chain showing the
-    nonce spent on another transfer flags it (a lagging node's "unused" is no alarm)."""
+    its active entitlement is flagged (never revoked) and a person decides. A proof the chain
+    has shown settled (since its last reorg) is failed, or flagged, only on the chain showing
+    the nonce spent on another transfer: a node that now shows nothing may be behind, and its
+    "unused" must not fail (or raise an alarm over) a payment seen made."""
     unsettled = [
         p for p in plist if (st := by_ref.get(p.ref)) is not None and st.finality == "not_found"
     ]
@@ -136,22 +136,22 @@ def _recheck_unsettled(
         return set()
     with engine.db.tx() as s:
         ids = [p.id for p in unsettled]
-        seen, credited = settlement_repo.ever_settled(s, ids), receipt_repo.ids_for_proofs(s, ids)
+        seen = settlement_repo.settled_since_reorg(s, ids)
+        credited = receipt_repo.ids_for_proofs(s, ids)
     failed: set[str] = set()
     for p in unsettled:
-        if p.id in seen and p.id not in credited:
-            continue
         try:
-            verdict = recheck_unsettled(engine, p.id, name)
+            verdict = recheck_unsettled(
+                engine, p.id, name, only=FailureCode.nonce_reused if p.id in seen else None
+            )
         except Exception:  # one proof must not stop the sweep; its settlement is still recorded
             log.exception("re-checking an unsettled proof failed", extra={"proof_id": p.id})
             continue
         if verdict is None:
             continue
         if p.id in credited:
-            if p.id not in seen or verdict.code is FailureCode.nonce_reused:
-                with engine.db.tx() as s:
-                    _flag_reorg(engine, s, p.id, verdict.detail)
+            with engine.db.tx() as s:
+                _flag_reorg(engine, s, p.id, verdict.detail)
         else:
             failed.add(p.id)
     return failed

@@ -89,6 +89,7 @@ class RunWithFindingsOut(RunOut):
     responses={**WITH_BODY, **error_responses(404, 409)},
 )
 def create_run(body: RunIn, engine: EngineDep, actor: StaffDep) -> dict[str, Any]:
+    op = staff_operator(actor, body.incident_id, body.operator_reason)
     return reconciliation.run(
         engine,
         reconciliation.RunRequest(
@@ -99,8 +100,8 @@ def create_run(body: RunIn, engine: EngineDep, actor: StaffDep) -> dict[str, Any
             limit=body.limit,
             apply=body.apply,
             confirm=body.confirm,
-            incident_id=body.incident_id,
-            operator_reason=body.operator_reason,
+            incident_id=op.incident_id,
+            operator_reason=op.reason,
         ),
         actor,
     )

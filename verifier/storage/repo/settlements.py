@@ -42,15 +42,23 @@ def latest_many(s: Session, proof_ids: Sequence[str]) -> dict[str, Record]:
     return {r["proof_id"]: Record(r) for r in got}
 
 
-def ever_settled(s: Session, proof_ids: Sequence[str]) -> set[str]:
-    """Which of these proofs the chain has ever shown settled (evidence naming a block or a
-    slot), in one query."""
+def settled_since_reorg(s: Session, proof_ids: Sequence[str]) -> set[str]:
+    """Which of these proofs the chain has shown settled (evidence naming a block or a slot,
+    not reorged) since its last reorg, if any, in one query."""
     t = rows.table(_SE)
+    r = t.alias("reorged")
+    last_reorg = (
+        select(func.coalesce(func.max(r.c.id), 0))
+        .where(r.c.proof_id == t.c.proof_id, r.c.reorged.is_(True))
+        .scalar_subquery()
+    )
     q = (
         select(t.c.proof_id)
         .where(
             rows.among(s, t.c.proof_id, list(proof_ids)),
             (t.c.block_number.is_not(None)) | (t.c.slot.is_not(None)),
+            t.c.reorged.is_(False),
+            t.c.id > last_reorg,
         )
         .distinct()
     )
