@@ -485,22 +485,30 @@ def test_a_payload_address_with_spaces_is_refused_as_malformed(x402_engine, fiel
     assert proofs.list_proofs(x402_engine, "x402") == []  # nothing stored
 
 
+def _verified_with_settlement_seen(engine) -> dict:
+    """The payload's proof, verified with its settlement seen in block 100 (not final yet)."""
+    from tests.test_x402_adapter import live_chain, settlement_logs
+
+    engine.chains.set_transport(
+        "base-sepolia", live_chain(used=True, logs=settlement_logs(), head=104, finalized=50)
+    )
+    ps = open_x402(engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(engine, ps["id"], header, ["alice"])
+    assert view["status"] == "verified" and view["settlement"]["block_number"] == 100, view
+    return view
+
+
 def test_a_settlement_seen_is_never_failed_by_a_node_that_lags(x402_engine):
     # Verified with its settlement seen (block 100, not final yet); one later finality answer
     # comes from a node behind it (no AuthorizationUsed log, the nonce unused), well past
     # validBefore. The worker's re-check of unsettled proofs failed it authorization_expired:
     # a payment railproof saw made, lost on one stale answer.
     from tests.helpers import advance
-    from tests.test_x402_adapter import live_chain, settlement_logs
+    from tests.test_x402_adapter import live_chain
     from verifier.worker import loop as worker
 
-    x402_engine.chains.set_transport(
-        "base-sepolia", live_chain(used=True, logs=settlement_logs(), head=104, finalized=50)
-    )
-    ps = open_x402(x402_engine, payer=SIGNER)
-    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
-    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
-    assert view["status"] == "verified" and view["settlement"]["block_number"] == 100, view
+    view = _verified_with_settlement_seen(x402_engine)
 
     x402_engine.chains.set_transport("base-sepolia", live_chain(used=False, head=90))
     advance(x402_engine, 700)
@@ -518,13 +526,7 @@ def test_a_settlement_seen_then_the_nonce_spent_elsewhere_ends_nonce_reused(x402
     from tests.test_x402_adapter import live_chain, settlement_logs
     from verifier.worker import loop as worker
 
-    x402_engine.chains.set_transport(
-        "base-sepolia", live_chain(used=True, logs=settlement_logs(), head=104, finalized=50)
-    )
-    ps = open_x402(x402_engine, payer=SIGNER)
-    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
-    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
-    assert view["status"] == "verified" and view["settlement"]["block_number"] == 100, view
+    view = _verified_with_settlement_seen(x402_engine)
 
     burnt = settlement_logs(to="0x000000000000000000000000000000000000bEEF")
     x402_engine.chains.set_transport(
