@@ -88,6 +88,41 @@ def test_worker_mode_finalizes_and_applies_every_proof_with_batched_status_calls
         assert isinstance(out["worker_apply_per_s"], float)
 
 
+@pytest.mark.postgres
+def test_worker_processes_share_the_finality_sweeps_without_doing_a_proof_twice(pg_template):
+    from verifier.storage.models import SettlementEvidence
+
+    url, drop = make_pg_db(pg_template)
+    try:
+        # 300 proofs: two batches of ≤ 256, one per process when both claim at once.
+        out = bench_worker.run_worker_bench(proofs=300, database_url=url, processes=2)
+        db = Database(url)
+        try:
+            with db.tx() as s:
+                final_rows = s.scalar(
+                    select(func.count())
+                    .select_from(SettlementEvidence)
+                    .where(SettlementEvidence.is_final.is_(True))
+                )
+        finally:
+            db.dispose()
+    finally:
+        drop()
+    assert out["worker_processes"] == 2
+    assert out["worker_pending_finality"] == 300
+    assert out["worker_finalized"] == 300 and out["worker_applied"] == 300
+    assert final_rows == 300  # each proof's final settlement recorded once, by one process
+    # One call per claimed batch: two, or three when both processes' claims split the last
+    # 44 (SKIP LOCKED scans running at once may each lock part of them).
+    assert out["worker_status_calls_bound"] == 2
+    assert 2 <= out["worker_status_calls"] <= 3
+
+
+def test_worker_processes_must_be_positive():
+    with pytest.raises(ValueError, match="worker processes"):
+        bench_worker.run_worker_bench(proofs=10, processes=0)
+
+
 def test_confirmed_only_proofs_say_confirmed_and_keep_the_transfer():
     (p,) = bench_worker.bench.synthetic_proofs(1)
     c = bench_worker.confirmed_only(p)

@@ -544,6 +544,12 @@ def bench(
     worker: Annotated[
         bool, typer.Option("--worker", help="finality and apply sweeps on a loopback RPC")
     ] = False,
+    worker_processes: Annotated[
+        int,
+        typer.Option(
+            "--worker-processes", min=1, max=64, help="processes running --worker's finality sweeps"
+        ),
+    ] = 1,
     scale: Annotated[
         str | None,
         typer.Option("--scale", help="HTTP runs with these proofs stored first, e.g. 1000,10000"),
@@ -600,6 +606,7 @@ def bench(
                 worker=worker,
                 clients=clients,
                 api_workers=api_workers,
+                worker_processes=worker_processes,
                 stored=stored,
                 scale=sizes,
                 plot=plot,

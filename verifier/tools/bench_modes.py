@@ -3,7 +3,8 @@
     --compare          the in-process submission on a temporary SQLite and on --database-url
                        (PostgreSQL), in one run: `pg_vs_sqlite_ratio`
     --http             the API over HTTP (verifier.tools.bench_http): `http_*`
-    --worker           finality and apply sweeps (verifier.tools.bench_worker): `worker_*`
+    --worker           finality and apply sweeps (verifier.tools.bench_worker): `worker_*`;
+                       --worker-processes K runs the finality sweeps in K processes at once
     --scale N,N,...    the HTTP mode repeated with N proofs stored first, per database: `scale`
     --plot FILE.svg    the scale rows drawn (verifier.tools.bench_plot)
 
@@ -47,6 +48,7 @@ def run_modes(
     worker: bool = False,
     clients: int = 8,
     api_workers: int = 1,
+    worker_processes: int = 1,
     stored: int | None = None,
     scale: list[int] | None = None,
     plot: Path | None = None,
@@ -107,7 +109,11 @@ def run_modes(
         # A database of its own: the apply sweep takes every final, unapplied proof, and the
         # other modes leave theirs unapplied.
         with _fresh(database_url, "worker") as url:
-            out.update(run_worker_bench(proofs, url, progress=_label(progress, "worker")))
+            out.update(
+                run_worker_bench(
+                    proofs, url, progress=_label(progress, "worker"), processes=worker_processes
+                )
+            )
     if plot is not None:
         from verifier.tools.bench_plot import write_plot
 

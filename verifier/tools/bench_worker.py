@@ -92,7 +92,10 @@ def submit_confirmed(
 
 
 def run_worker_bench(
-    proofs: int = 2000, database_url: str | None = None, progress: Progress | None = None
+    proofs: int = 2000,
+    database_url: str | None = None,
+    progress: Progress | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     from verifier.core.config import Settings
     from verifier.core.engine import Engine
@@ -101,6 +104,8 @@ def run_worker_bench(
 
     if proofs < 1:
         raise ValueError("proofs: at least 1")
+    if processes < 1:
+        raise ValueError("worker processes: at least 1")
     tmp = tempfile.mkdtemp(prefix="railproof-bench-worker-")
     engines: list[Any] = []
     try:
@@ -134,16 +139,10 @@ def run_worker_bench(
             worker.chains.set_transport(bench.NETWORK, transport)
             try:
                 before = node.stats()
-                finalized, t_final = 0, 0.0
-                while True:
-                    started = time.perf_counter()
-                    n = loop.refresh_finality(worker, WORKER, BATCH)
-                    t_final += time.perf_counter() - started
-                    if not n:
-                        break
-                    finalized += n
-                    if progress is not None:
-                        progress("finality", min(finalized, pending), pending)
+                if processes == 1:
+                    t_final = _finality_here(worker, pending, progress)
+                else:
+                    t_final = _finality_in_processes(worker.settings, node.url, processes)
                 after = node.stats()
                 applied, t_apply = 0, 0.0
                 while True:
@@ -164,6 +163,7 @@ def run_worker_bench(
         calls = after["calls"] - before["calls"]
         return {
             "worker_proofs": proofs,
+            "worker_processes": processes,
             "worker_pending_finality": pending,
             "worker_finalized": final,
             "worker_finalize_per_s": bench._rate(final, t_final),
@@ -178,6 +178,83 @@ def run_worker_bench(
         for e in engines:
             e.db.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _finality_here(worker: Any, pending: int, progress: Progress | None) -> float:
+    """Finality sweeps in this process until none is due; returns the seconds they took."""
+    from verifier.worker import loop
+
+    finalized, took = 0, 0.0
+    while True:
+        started = time.perf_counter()
+        n = loop.refresh_finality(worker, WORKER, BATCH)
+        took += time.perf_counter() - started
+        if not n:
+            return took
+        finalized += n
+        if progress is not None:
+            progress("finality", min(finalized, pending), pending)
+
+
+def _finality_in_processes(settings: Any, node_url: str, processes: int) -> float:
+    """Finality sweeps in `processes` worker processes at once, sharing the due proofs as
+    `railproof worker` processes do (claims taken with SKIP LOCKED); returns the seconds from
+    the moment all were ready (engine opened, transport built) to the last one's end."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Barrier(processes + 1)
+    done = ctx.Queue()
+    procs = [
+        ctx.Process(target=_sweeper, args=(settings, node_url, f"{WORKER}-{i}", ready, done))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        ready.wait(timeout=120)
+        started = time.perf_counter()
+        failures = [done.get(timeout=600) for _ in procs]
+        took = time.perf_counter() - started
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    errors = [f for f in failures if f]
+    if errors:
+        raise RuntimeError(f"a worker process failed: {errors[0]}")
+    return took
+
+
+def _sweeper(settings: Any, node_url: str, name: str, ready: Any, done: Any) -> None:
+    """One worker process of `_finality_in_processes`: reports "" when no proof is due any
+    more, or what went wrong."""
+    try:
+        from verifier.core.engine import Engine
+        from verifier.worker import loop
+
+        engine = Engine(settings)
+        transport = engine.adapter(engine.rail(bench.RAIL_ID)).live_transport(
+            [node_url], bench.NETWORK
+        )
+        engine.chains.set_transport(bench.NETWORK, transport)
+    except Exception as e:
+        ready.abort()
+        done.put(repr(e))
+        return
+    try:
+        ready.wait(timeout=120)
+        while loop.refresh_finality(engine, name, BATCH):
+            pass
+        done.put("")
+    except Exception as e:
+        done.put(repr(e))
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()
+        engine.db.dispose()
 
 
 def _final_count(engine: Any, proof_ids: list[str]) -> int:
