@@ -15,12 +15,14 @@ from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import FAKE_SESSION, advance
 from tests.live_server import LiveServer
 from verifier.cli.main import app as cli_app
+from verifier.services.assurance import refresh_gauges
 from verifier.storage.models import (
     AuditEvent,
     Entitlement,
     EntitlementStatus,
     PaymentSession,
     Proof,
+    ProofStatus,
     Receipt,
     SettlementEvidence,
     VerificationAttempt,
@@ -170,6 +172,34 @@ def test_active_entitlement_whose_settlement_is_reorged_or_not_final(
     issue = doc["issues"][0]
     assert issue["subject"] == f"entitlement {p['entitlement_id']}"
     assert shown in issue["repair"]
+
+
+def test_a_flagged_entitlement_whose_proof_failed_is_named_and_counted_by_the_alert(
+    client, engine, chain
+):
+    # The alert's gauge counts flagged active entitlements whose payment does not stand;
+    # whatever it counts, assurance names (the runbook's first step), including a proof that
+    # failed while its latest settlement still reads final.
+    p = paid(client, chain, "fx000000e2")
+    refresh_gauges(engine)
+    assert "railproof_reorged_active_entitlements 0.0" in engine.metrics.render().decode()
+    with engine.db.tx() as s:
+        s.get(Entitlement, p["entitlement_id"]).reorg_flagged = True
+        proof = s.get(Proof, p["id"])
+        proof.status, proof.failure_code = ProofStatus.failed, "nonce_reused"
+    doc = report(client)
+    assert categories(doc) == {"active_entitlement_payment_gone": "critical"}
+    issue = doc["issues"][0]
+    assert issue["subject"] == f"entitlement {p['entitlement_id']}"
+    assert "failed (nonce_reused)" in issue["repair"]
+    refresh_gauges(engine)
+    assert "railproof_reorged_active_entitlements 1.0" in engine.metrics.render().decode()
+    # Revoked, it is neither counted nor named.
+    with engine.db.tx() as s:
+        s.get(Entitlement, p["entitlement_id"]).status = EntitlementStatus.revoked
+    refresh_gauges(engine)
+    assert "railproof_reorged_active_entitlements 0.0" in engine.metrics.render().decode()
+    assert "active_entitlement_payment_gone" not in categories(report(client))
 
 
 def test_one_transfer_claimed_twice(client, engine, chain):

@@ -362,3 +362,38 @@ def test_a_proof_backing_a_receipt_is_never_released_or_credited(held):
         assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_has_receipt"), r.text
     r = submit(c, bob["id"], DEMO["signature"], OTHER_SERVICE_TOKEN)
     assert (r.status_code, r.json()["error"]["code"]) == (409, "proof_owner_conflict"), r.text
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_pause_waits_for_a_credit_in_flight_and_no_credit_commits_after_it(held, monkeypatch):
+    # README: once pause-rail has answered, nothing of that rail commits. A pause asked while
+    # a credit's transaction is open must wait for it (the credit read the rail FOR SHARE),
+    # never answer first and let the credit commit on the paused rail.
+    from verifier.services import rails_admin
+
+    e, c, _alice, _bob, pid = held
+    original = proofs.record_resolved_attempt
+    pauses: list[threading.Thread] = []
+    answered: list[dict] = []
+    early: list[bool] = []
+
+    def pause_meanwhile(*a, **k):
+        t = threading.Thread(
+            target=lambda: answered.append(
+                rails_admin.set_paused(e, "solana_usdc", True, Operator("ops2", "INC-9", "why"))
+            )
+        )
+        pauses.append(t)
+        t.start()
+        t.join(timeout=1.5)  # unlocked, a pause answers in milliseconds
+        early.append(bool(answered))
+        return original(*a, **k)
+
+    monkeypatch.setattr(proofs, "record_resolved_attempt", pause_meanwhile)
+    r = review(c, pid, "credit")
+    assert early == [False], "the pause answered while the credit's transaction was open"
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "verified"
+    pauses[0].join(timeout=10)
+    assert answered and answered[0]["paused"] is True  # it answered once the credit committed

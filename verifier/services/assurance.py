@@ -110,6 +110,25 @@ def unsettled_active_entitlements(sc: Scope) -> list[Issue]:
     ]
 
 
+def flagged_active_entitlements(sc: Scope) -> list[Issue]:
+    """Active entitlements the worker flagged whose proof is no longer verified though its
+    settlement still reads final (the chain shows the payment can no longer be this one)."""
+    return [
+        Issue(
+            "active_entitlement_payment_gone",
+            "critical",
+            f"entitlement {ent_id}",
+            f"its proof is {status}"
+            + (f" ({code})" if code else "")
+            + ": inspect-entitlement, then revoke with incident id if the payment is gone",
+            ent_id,
+        )
+        for ent_id, status, code in findings.flagged_active_entitlements_with_failed_proof(
+            sc.s, LIMIT, since=sc.since
+        )
+    ]
+
+
 def receipts_without_active_entitlement(sc: Scope) -> list[Issue]:
     """Receipts whose entitlement is not active (and not deliberately revoked)."""
     return [
@@ -339,6 +358,7 @@ Check = Callable[[Scope], list[Issue]]
 # The report, in order. A new invariant is one function appended here.
 CHECKS: list[Check] = [
     unsettled_active_entitlements,
+    flagged_active_entitlements,
     receipts_without_active_entitlement,
     receipts_without_final_settlement,
     settlements_without_verified_attempt,
@@ -551,7 +571,7 @@ def refresh_gauges(engine: Engine) -> None:
     with engine.db.tx() as s:
         # Only entitlements someone has paid for: an unpaid session's entitlement waits by design.
         oldest = entitlement_repo.oldest_paid_pending_since(s)
-        flagged = entitlement_repo.count_reorg_flagged_active(s)
+        flagged = findings.count_flagged_active_entitlements(s)
     age = (now - utc(oldest)).total_seconds() if oldest is not None else 0
     engine.metrics.set("pending_entitlement_age_seconds", max(0.0, age))
     engine.metrics.set("reorged_active_entitlements", flagged)

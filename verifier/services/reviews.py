@@ -43,7 +43,6 @@ from verifier.storage.models import Proof, ProofStatus, SessionStatus
 from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import holds
 from verifier.storage.repo import proofs as proof_repo
-from verifier.storage.repo import rail_state as rail_state_repo
 from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo.rows import Record
@@ -148,6 +147,10 @@ def _credit(engine: Engine, proof_id: str, op: audit.Operator) -> View:
             "nothing changed; try again when it does, or release it",
         )
     with engine.db.tx() as s:
+        # SECURITY: read FOR SHARE first in the transaction, as every path that acts on a rail
+        # does, so a pause either waits for this credit or is seen by it: once pause-rail has
+        # answered, no credit of that rail commits (a session's rail never changes).
+        state = engine.rail_state_read(s, ps.rail_id)
         locked = proof_repo.for_attempt(s, proof_id)
         assert locked is not None  # a proof row is never deleted
         _waiting(locked)  # another decision may have been recorded meanwhile
@@ -165,8 +168,7 @@ def _credit(engine: Engine, proof_id: str, op: audit.Operator) -> View:
                 "session_already_paid",
                 "the proof's session is already paid by another transfer: release this one",
             )
-        state = rail_state_repo.get(s, session.rail_id)
-        if state is not None and state.paused:
+        if state.paused:
             raise Refused(
                 FailureCode.rail_paused,
                 f"rail {session.rail_id} is paused: no review is credited while it is",

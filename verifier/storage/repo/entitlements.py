@@ -63,16 +63,3 @@ def oldest_paid_pending_since(s: Session) -> datetime | None:
             Entitlement.status == EntitlementStatus.pending, Proof.status == ProofStatus.verified
         )
     )
-
-
-def count_reorg_flagged_active(s: Session) -> int:
-    return (
-        s.scalar(
-            select(func.count())
-            .select_from(Entitlement)
-            .where(
-                Entitlement.status == EntitlementStatus.active, Entitlement.reorg_flagged.is_(True)
-            )
-        )
-        or 0
-    )

@@ -58,6 +58,56 @@ def unsettled_active_entitlements(
     return [(e, f, bool(r)) for e, f, r in s.execute(q)]
 
 
+def _flagged_active(*columns: Any) -> Select[Any]:
+    """Active entitlements flagged by the worker (a reorg, or an x402 nonce spent elsewhere)
+    whose payment does not stand again: the receipt's proof is not verified, or its latest
+    settlement is missing, not final or reorged. A flagged entitlement whose transfer was
+    re-included and is final again is backed, and not counted."""
+    latest = (
+        select(func.max(SettlementEvidence.id))
+        .where(SettlementEvidence.proof_id == Proof.id)
+        .correlate(Proof)
+        .scalar_subquery()
+    )
+    return (
+        select(*columns)
+        .select_from(Entitlement)
+        .join(Receipt, Receipt.id == Entitlement.receipt_id)
+        .join(Proof, Proof.id == Receipt.proof_id)
+        .outerjoin(SettlementEvidence, SettlementEvidence.id == latest)
+        .where(
+            Entitlement.status == EntitlementStatus.active,
+            Entitlement.reorg_flagged.is_(True),
+            (Proof.status != ProofStatus.verified)
+            | SettlementEvidence.id.is_(None)
+            | SettlementEvidence.is_final.is_(False)
+            | SettlementEvidence.reorged.is_(True),
+        )
+    )
+
+
+def count_flagged_active_entitlements(s: Session) -> int:
+    """How many entitlements `_flagged_active` finds (the alert's gauge)."""
+    flagged = _flagged_active(Entitlement.id).subquery()
+    return int(s.scalar(select(func.count()).select_from(flagged)) or 0)
+
+
+def flagged_active_entitlements_with_failed_proof(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[tuple[str, str, str | None]]:
+    """(entitlement id, proof status, failure code) of flagged active entitlements whose proof
+    is no longer verified while its latest settlement still reads final: the ones
+    `unsettled_active_entitlements` does not name (e.g. an x402 nonce spent by another
+    authorization)."""
+    q = _flagged_active(Entitlement.id, Proof.status, Proof.failure_code).where(
+        Proof.status != ProofStatus.verified,
+        SettlementEvidence.is_final.is_(True),
+        SettlementEvidence.reorged.is_(False),
+    )
+    q = _window(q.limit(limit), Entitlement.updated_at, since)
+    return [(e, str(getattr(st, "value", st)), code) for e, st, code in s.execute(q)]
+
+
 def receipts_without_active_entitlement(
     s: Session, limit: int, since: datetime | None = None
 ) -> list[str]:
