@@ -255,3 +255,37 @@ def test_staff_names_cannot_pass_one_person_off_as_two(env, names):
 def test_one_staff_name_on_two_tokens_is_one_person():
     s = Settings(staff_tokens={"t1": "op1", "t2": "op1", "t3": "op2"})
     assert s.staff_name("t1") == s.staff_name("t2") == "op1"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("RAILPROOF_WEBHOOK_LEASE_SECONDS", "inf"),
+        ("RAILPROOF_WEBHOOK_LEASE_SECONDS", "1e12"),
+        ("RAILPROOF_WEBHOOK_BACKOFF_INITIAL_SECONDS", "inf"),
+        ("RAILPROOF_WEBHOOK_BACKOFF_MAX_SECONDS", "nan"),
+        ("RAILPROOF_WEBHOOK_TIMEOUT_SECONDS", "Infinity"),
+        ("RAILPROOF_RPC_TIMEOUT_S", "inf"),
+    ],
+)
+def test_a_duration_no_sweep_could_use_stops_the_start_naming_it(env, name, value):
+    # `inf` passed a `gt=0` bound, and a lease or backoff that large overflowed the first
+    # datetime it was added to, in the worker's delivery sweep, logged and retried for good.
+    env.setenv(name, value)
+    with pytest.raises(ValueError) as e:
+        Settings()
+    assert any(line.startswith(name) for line in describe_error(e.value)), describe_error(e.value)
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2 and name in r.output, r.output
+
+
+def test_the_longest_webhook_durations_allowed_still_make_dates(env):
+    from datetime import UTC, datetime, timedelta
+
+    from verifier.services import webhooks
+
+    for name in ("LEASE", "BACKOFF_INITIAL", "BACKOFF_MAX", "BACKOFF_JITTER"):
+        env.setenv(f"RAILPROOF_WEBHOOK_{name}_SECONDS", str(365 * 24 * 3600))
+    cfg = webhooks.DeliveryConfig.from_settings(Settings())
+    later = datetime(2026, 12, 6, tzinfo=UTC) + timedelta(seconds=cfg.lease_s)
+    assert later + webhooks.backoff(cfg.max_attempts, cfg) > later

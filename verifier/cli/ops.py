@@ -205,6 +205,9 @@ class Client:
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> tuple[int, Any]:
+        for name, value in (params or {}).items():
+            if isinstance(value, str):
+                _text(value, f"--{name.replace('_', '-')}")
         try:
             r = httpx.request(
                 method,
@@ -215,7 +218,12 @@ class Client:
                 timeout=30.0,
             )
         except httpx.InvalidURL as e:
-            _die(f"--base-url: not a usable URL: {self.base!r} ({e})")
+            try:
+                httpx.URL(self.base)
+            except httpx.InvalidURL:
+                _die(f"--base-url: not a usable URL: {self.base!r} ({e})")
+            # The base is fine: an id or an option made the request's URL unusable.
+            _die(f"an id or option makes the request's URL unusable ({e})")
         except httpx.HTTPError as e:
             _die(
                 f"cannot reach the API at {self.base} ({type(e).__name__}); is "
@@ -238,6 +246,10 @@ class Client:
 def _header_text(value: str, option: str) -> bytes:
     if plain(value) != value:
         _die(f"{option}: must not contain control characters")
+    return _text(value, option)
+
+
+def _text(value: str, option: str) -> bytes:
     try:
         return value.encode()
     except UnicodeEncodeError:  # undecodable bytes in the argument (surrogate escapes)
@@ -257,6 +269,7 @@ def api_path(template: str, *ids: object) -> str:
 def _segment(value: str) -> str:
     if not value:
         _die("an id argument is empty")
+    _text(value, "an id argument")
     seg = quote(value, safe="")
     return seg.replace(".", "%2E") if seg in {".", ".."} else seg
 

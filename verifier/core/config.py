@@ -41,6 +41,7 @@ DEFAULT_CASSETTE_DIR = REPO_FIXTURES if REPO_FIXTURES.is_dir() else PACKAGED_CAS
 CsvList = Annotated[list[str], NoDecode]
 
 
+_YEAR_S = 365 * 24 * 3600.0  # the longest a webhook duration may be
 # The owner ids a session can name (http.models `Id`, SessionIn.owner_id), and so the only
 # ones a service token may act for.
 OWNER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
@@ -54,7 +55,9 @@ AUDIT_KEY_MISSING = (
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAILPROOF_", extra="ignore")
+    # No infinite or NaN durations or rates: `inf` passes a `gt=0` bound and then overflows
+    # the first datetime it is added to, in a sweep that logs it and tries again for good.
+    model_config = SettingsConfigDict(env_prefix="RAILPROOF_", extra="ignore", allow_inf_nan=False)
 
     database_url: str = "sqlite:///./railproof.db"
     # SQLite only. NORMAL (WAL) survives any application or process crash, but a power loss
@@ -115,14 +118,15 @@ class Settings(BaseSettings):
     # When set, GET /metrics answers only `Authorization: Bearer <this>` (Prometheus'
     # `authorization.credentials_file`): its counters are not for tenants to read.
     metrics_token: SecretStr | None = None
-    # Webhook delivery (verifier.services.webhooks).
+    # Webhook delivery (verifier.services.webhooks): durations up to a year, so that a lease
+    # or a backoff added to now stays a date.
     webhook_allow_any_host: bool = False
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=_YEAR_S)
     webhook_max_attempts: int = Field(default=10, ge=1)
-    webhook_backoff_initial_seconds: float = Field(default=30.0, ge=0)
-    webhook_backoff_max_seconds: float = Field(default=6 * 3600.0, ge=0)
-    webhook_backoff_jitter_seconds: float = Field(default=30.0, ge=0)
-    webhook_lease_seconds: float = Field(default=120.0, gt=0)
+    webhook_backoff_initial_seconds: float = Field(default=30.0, ge=0, le=_YEAR_S)
+    webhook_backoff_max_seconds: float = Field(default=6 * 3600.0, ge=0, le=_YEAR_S)
+    webhook_backoff_jitter_seconds: float = Field(default=30.0, ge=0, le=_YEAR_S)
+    webhook_lease_seconds: float = Field(default=120.0, gt=0, le=_YEAR_S)
     webhook_concurrency: int = Field(default=8, ge=1)
     # Reconciliation (verifier.services.reconciliation) and discovery (…discovery).
     reconcile_verified_sla_seconds: int = Field(default=3600, ge=0)
