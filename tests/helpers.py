@@ -44,6 +44,7 @@ GATE_CHECKS = [
     "live_apply_enabled",
     "receipt_creation_allowed",
     "tuple_bound",
+    "transfer_not_sent_back",
 ]
 TABLES = (
     RailState,

@@ -352,6 +352,7 @@ def test_dry_run_then_apply_leave_the_apis_audit_rows(c, engine, chain):
         "live_apply_enabled",
         "receipt_creation_allowed",
         "tuple_bound",
+        "transfer_not_sent_back",
     ]
     assert all(p == "pass" for p, _ in checks)
     (dry,) = audit_rows(engine, "proof.dry_run_apply")

@@ -248,6 +248,7 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
                 "live_apply_enabled",
                 "receipt_creation_allowed",
                 "tuple_bound",
+                "transfer_not_sent_back",
             )
         }
         check_page(d, shots, "03-proof-dry-run")

@@ -327,14 +327,16 @@ def test_tuple_binding_rechecks_the_transfer_time_on_evm_too(db_url):
         )
         view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
         assert view["status"] == "verified"
-        assert gate.dry_run_apply(e, view["id"])["checks"][-1]["passed"] is True
+        checks = {c["name"]: c for c in gate.dry_run_apply(e, view["id"])["checks"]}
+        assert checks["tuple_bound"]["passed"] is True
         # The session row now says it opened after the transfer (a bad migration, an edit).
         with e.db.tx() as s:
             ps = s.get(PaymentSession, sess["id"])
             ps.created_at = EVM_CLOCK + timedelta(hours=1)
             ps.expires_at = EVM_CLOCK + timedelta(hours=2)
-        tb = gate.dry_run_apply(e, view["id"])["checks"][-1]
-        assert tb["name"] == "tuple_bound" and tb["passed"] is False
+        checks = {c["name"]: c for c in gate.dry_run_apply(e, view["id"])["checks"]}
+        tb = checks["tuple_bound"]
+        assert tb["passed"] is False
         assert "outside the session window" in tb["detail"]
     finally:
         e.db.dispose()

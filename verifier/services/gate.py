@@ -22,7 +22,7 @@ from registry.catalog import Stage
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refused
 from verifier.core.timeutil import epoch_of, utc
-from verifier.services import audit, events
+from verifier.services import audit, events, reconciliation
 from verifier.services.proofs import (
     latest_settlement,
     latest_verified_attempt,
@@ -43,6 +43,7 @@ from verifier.storage.models import (
     VerificationAttempt,
     new_id,
 )
+from verifier.storage.reconciliation_models import ReconciliationResolution
 from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import proofs as proof_repo
@@ -107,6 +108,9 @@ class _Reads:
     def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
         return latest_verified_attempt(s, proof_id)
 
+    def sent_back(self, s: Session, p: Proof) -> ReconciliationResolution | None:
+        return reconciliation.sent_back(s, [(p.rail_id, p.ref)]).get((p.rail_id, p.ref))
+
 
 _ONE_BY_ONE = _Reads()
 
@@ -117,7 +121,9 @@ class _Prefetched(_Reads):
     no proof of the batch shares its session with another (a credit changes what the next
     proof of that session would read)."""
 
-    def __init__(self, s: Session, proof_ids: list[str], session_ids: list[str]):
+    def __init__(self, s: Session, proofs: list[Proof], session_ids: list[str]):
+        proof_ids = [p.id for p in proofs]
+        self._sent_back = reconciliation.sent_back(s, [(p.rail_id, p.ref) for p in proofs])
         self._settlements = settlement_repo.latest_many(s, proof_ids)
         self._entitlements = entitlement_repo.for_sessions(s, session_ids)
         receipts = receipt_repo.touching(s, proof_ids, session_ids)
@@ -139,6 +145,9 @@ class _Prefetched(_Reads):
 
     def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
         return self._attempts.get(proof_id)
+
+    def sent_back(self, s: Session, p: Proof) -> ReconciliationResolution | None:
+        return self._sent_back.get((p.rail_id, p.ref))
 
 
 def _evaluate(
@@ -221,6 +230,17 @@ def _evaluate(
     add(*_receipt_creation(engine, p.rail_id, stage, via))
     ok, detail = _tuple_bound(engine, s, p, ctx, reads)
     add("tuple_bound", ok, detail)
+    # SECURITY: money staff sent back to the payer (or found not a payment of ours) in
+    # reconciliation is never credited afterwards, whoever submits the transfer and when.
+    back = reads.sent_back(s, p)
+    add(
+        "transfer_not_sent_back",
+        back is None,
+        "no reconciliation resolution sent it back"
+        if back is None
+        else f"resolved {back.resolution} in reconciliation (finding {back.finding_id}, "
+        f"incident {back.incident_id}, by {back.staff})",
+    )
     return checks, ctx
 
 
@@ -547,7 +567,7 @@ def apply_many(
         alone = [pid for pid in ids if pid in locked and shared[locked[pid].session_id] > 1]
         batch = [locked[pid] for pid in ids if pid in locked and pid not in alone]
         sessions = {ps.id: ps for ps in session_repo.lock_many(s, [p.session_id for p in batch])}
-        reads = _Prefetched(s, [p.id for p in batch], list(sessions))
+        reads = _Prefetched(s, batch, list(sessions))
         now = engine.now()
         passed: list[tuple[Proof, PaymentSession, _Rows, Receipt]] = []
         for p in batch:

@@ -48,7 +48,13 @@ from verifier.core.errors import BadInput, Conflict, EngineError, NotFound
 from verifier.core.timeutil import iso, utc
 from verifier.services import audit
 from verifier.storage.models import HOLDING, PaymentSession, ProofStatus, new_id
-from verifier.storage.reconciliation_models import RepairStatus, Resolution, RunStatus, Scope
+from verifier.storage.reconciliation_models import (
+    ReconciliationResolution,
+    RepairStatus,
+    Resolution,
+    RunStatus,
+    Scope,
+)
 from verifier.storage.repo import reconciliation as repo
 
 MAX_LIMIT = 10_000
@@ -409,6 +415,30 @@ def settled_transfers(
         if r.resolution in _SETTLES_TRANSFER
         or (r.resolution == Resolution.accepted.value and kind == "orphan_bound")
     }
+
+
+# Resolutions saying the money is not ours to credit: sent back to the payer, or not a payment
+# of ours at all (attached by hand is a credit, accepted a finding left as it is).
+SENT_BACK = (Resolution.refunded.value, Resolution.not_ours.value)
+INFLOW_KINDS = _INFLOW_KINDS
+
+
+def sent_back(
+    s: Session, transfers: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], ReconciliationResolution]:
+    """Which of these (rail id, transfer) a person resolved refunded or not ours in
+    reconciliation, for any log of an EVM transaction, with the resolution: the apply gate
+    never credits them, whoever submits the transfer."""
+    bases = {
+        subject_key(_INFLOW_KINDS[0], {"transfer": ref}, rail_id): (rail_id, ref)
+        for rail_id, ref in transfers
+    }
+    out: dict[tuple[str, str], ReconciliationResolution] = {}
+    for r in repo.resolutions_of_transfers(s, _INFLOW_KINDS, sorted(bases), SENT_BACK):
+        base = r.subject_key.split(";log_index=", 1)[0]
+        if base in bases:
+            out.setdefault(bases[base], r)
+    return out
 
 
 def backed_transfers(engine: Engine, rail: Rail, refs: list[str]) -> set[str]:

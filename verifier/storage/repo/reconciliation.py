@@ -4,11 +4,11 @@ inflows, and the discovery cursors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -127,6 +127,20 @@ def resolutions_for(
             if (r.kind, r.subject_key) in wanted:
                 out[(r.kind, r.subject_key)] = r
     return out
+
+
+def resolutions_of_transfers(
+    s: Session, kinds: Sequence[str], bases: Sequence[str], resolutions: Sequence[str]
+) -> list[ReconciliationResolution]:
+    """Stored resolutions among `resolutions` of findings of `kinds` whose subject key is one of
+    `bases` or extends one with more fields (`base;log_index=…`: any log of a transaction)."""
+    if not bases:
+        return []
+    R = ReconciliationResolution
+    longer = (R.subject_key.startswith(b + ";", autoescape=True) for b in bases)
+    about = or_(R.subject_key.in_(bases), *longer)
+    q = select(R).where(R.kind.in_(kinds), R.resolution.in_(resolutions), about)
+    return list(s.scalars(q))
 
 
 def insert_resolution(s: Session, row: dict[str, Any]) -> bool:
