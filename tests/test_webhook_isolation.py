@@ -1,21 +1,26 @@
 """A tenant's webhook receiver cannot hold up anyone else: one POST takes at most the delivery
 timeout, however the receiver dribbles its answer out, and the worker's webhooks go out from a
 thread of their own, so a receiver that holds its answer delays no proof's re-check, finality
-or apply."""
+or apply. Whatever a receiver answers is stored only as text any database holds, and one
+delivery's outcome that cannot be recorded leaves the others of its round recorded."""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sqlalchemy import select
 
-from tests.test_webhooks import FAST, api, emit_now, subscribe  # noqa: F401 - fixture
+from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, SERVICE_TOKEN
+from tests.test_webhooks import FAST, api, delivery_of, emit_now, subscribe  # noqa: F401
 from tests.webhook_receiver import Receiver
 from verifier.services import proofs, webhooks
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import Receipt
-from verifier.storage.webhook_models import WebhookDelivery
+from verifier.storage.repo import webhooks as webhooks_repo
+from verifier.storage.webhook_models import DeliveryStatus, WebhookDelivery
 from verifier.worker import loop as worker
 
 
@@ -110,3 +115,89 @@ def test_a_receiver_holding_its_answer_delays_no_other_tenants_apply(engine, api
             run.join(timeout=30)
         assert not run.is_alive()
         assert _delivery(engine).status == "delivered"
+
+
+class _ControlCharsAnswer(BaseHTTPRequestHandler):
+    """A receiver answering 500 with a NUL and other control characters in its body."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b"bad\x00request\r\n\x1b[31m\xed\xa0\x80 " + b"x" * 2000
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_a_receivers_control_characters_are_not_stored_nor_stop_the_round(engine, api):  # noqa: F811
+    # PostgreSQL text cannot hold NUL: the start of this answer, stored as last_error as it
+    # came, failed the write, and the sweep with it before bob's delivery of the same round
+    # was recorded (bob had the event; his delivery stayed leased, was sent again, and could
+    # dead-letter though his receiver took it).
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), _ControlCharsAnswer)
+    evil.daemon_threads = True
+    threading.Thread(target=evil.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        with Receiver() as bob_rcv:
+            r = api.post(
+                "/v1/webhook-endpoints",
+                headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+                json={
+                    "url": f"http://127.0.0.1:{evil.server_address[1]}/h",
+                    "event_types": ["proof.verified"],
+                },
+            )
+            assert r.status_code == 201, r.text
+            subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+            alice_ev = emit_now(engine, "proof.verified", "alice", rid="pa")
+            bob_ev = emit_now(engine, "proof.verified", "bob", rid="pb")
+
+            out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
+
+            assert (out["delivered"], out["retrying"], out["unrecorded"]) == (1, 1, 0), out
+            assert bob_rcv.ids() == [bob_ev]
+            assert delivery_of(engine, bob_ev).status == DeliveryStatus.delivered
+            d = delivery_of(engine, alice_ev)
+            assert d.status == DeliveryStatus.pending and d.claimed_by is None
+            assert d.last_status_code == 500
+            assert d.last_error.startswith("HTTP 500: bad request ")
+            assert d.last_error.isprintable() and len(d.last_error) <= 1024
+    finally:
+        evil.shutdown()
+        evil.server_close()
+
+
+def test_an_outcome_that_cannot_be_recorded_leaves_the_rest_of_the_round_recorded(
+    engine,
+    api,  # noqa: F811
+    monkeypatch,
+):
+    with Receiver() as alice_rcv, Receiver() as bob_rcv:
+        subscribe(api, alice_rcv, ["proof.verified"])
+        subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+        alice_ev = emit_now(engine, "proof.verified", "alice", rid="pa")
+        bob_ev = emit_now(engine, "proof.verified", "bob", rid="pb")
+        alice_d = delivery_of(engine, alice_ev).id
+        real = webhooks_repo.delivery_locked
+
+        def failing(s, delivery_id):
+            if delivery_id == alice_d:  # any database error writing this one outcome
+                raise RuntimeError("cannot record this outcome")
+            return real(s, delivery_id)
+
+        monkeypatch.setattr(webhooks_repo, "delivery_locked", failing)
+        out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
+        assert (out["claimed"], out["delivered"], out["unrecorded"]) == (2, 1, 1), out
+        assert delivery_of(engine, bob_ev).status == DeliveryStatus.delivered
+        # Alice's keeps its lease, and goes out again once the lease has run out.
+        d = delivery_of(engine, alice_ev)
+        assert d.status == DeliveryStatus.pending and d.claimed_by == "w1"
+        monkeypatch.undo()
+        later = CLOCK + timedelta(seconds=FAST.lease_s + 1)
+        out = webhooks.deliver_due(engine, "w2", now=later, config=FAST)
+        assert (out["claimed"], out["delivered"]) == (1, 1), out
+        assert delivery_of(engine, alice_ev).status == DeliveryStatus.delivered
+        assert alice_rcv.ids() == [alice_ev] and bob_rcv.ids() == [bob_ev]

@@ -80,6 +80,7 @@ MIN_SECRET_BYTES = 24
 ALLOW_ANY_HOST_ENV = "RAILPROOF_WEBHOOK_ALLOW_ANY_HOST"
 USER_AGENT = "railproof-webhooks/1"
 _ERROR_CHARS = 300  # last_error keeps the start of a receiver's answer, not all of it
+_STORED_ERROR_CHARS = 1024  # last_error as stored: that start, and what we say around it
 _ID = re.compile(r"^(evt|whd|whe)_[0-9a-f]{32}$")
 
 
@@ -330,7 +331,14 @@ def deliver_due(
     """Deliver what is due, at most `batch` attempts. Rounds repeat so that event n+1 of a
     resource goes out in the same sweep once event n is delivered."""
     cfg = config or DeliveryConfig.from_settings(engine.settings)
-    out = {"claimed": 0, "delivered": 0, "retrying": 0, "dead_lettered": 0, "stale": 0}
+    out = {
+        "claimed": 0,
+        "delivered": 0,
+        "retrying": 0,
+        "dead_lettered": 0,
+        "stale": 0,
+        "unrecorded": 0,
+    }
     while out["claimed"] < batch:
         jobs = claim(
             engine,
@@ -344,7 +352,18 @@ def deliver_due(
         out["claimed"] += len(jobs)
         results = asyncio.run(_post_all(jobs, cfg))
         for job, res in zip(jobs, results, strict=True):
-            out[_record(engine, job, res, worker_name, cfg, now)] += 1
+            try:
+                out[_record(engine, job, res, worker_name, cfg, now)] += 1
+            except Exception:  # noqa: BLE001 - logged; the others of the round still count
+                # SECURITY: one delivery's outcome that cannot be written (whatever its
+                # receiver answered) must not leave the rest of the round unrecorded: those
+                # are other tenants' deliveries, sent and then sent again. This one keeps its
+                # lease, and is tried again once the lease runs out.
+                log.exception(
+                    "webhook delivery outcome not recorded",
+                    extra={"delivery_id": job.delivery_id, "event_id": job.event_id},
+                )
+                out["unrecorded"] += 1
     refresh_webhook_gauges(engine)
     return out
 
@@ -476,6 +495,19 @@ async def _read_some(r: httpx.Response) -> str:
     return got[:_ERROR_CHARS].decode("utf-8", "replace").strip()
 
 
+def stored_text(text: str | None) -> str | None:
+    """Text a receiver chose (the start of its answer, or an error about it), as it may be
+    stored: control characters (NUL, which PostgreSQL text cannot hold, among them), and
+    what is not a character at all (lone surrogates), each run of them a space, and bounded.
+    """
+    if text is None:
+        return None
+    # SECURITY: a receiver writes this text; a NUL in it made the write of the whole round
+    # fail on PostgreSQL, and other control characters garble logs and staff views.
+    clean = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return clean[:_STORED_ERROR_CHARS]
+
+
 def _record(
     engine: Engine,
     job: Job,
@@ -508,7 +540,7 @@ def _record(
             return "delivered"
         if d.claimed_by != worker_name:
             return "stale"  # our lease ran out and another worker owns the row now
-        d.last_error, d.last_status_code = res.error, res.status_code
+        d.last_error, d.last_status_code = stored_text(res.error), res.status_code
         d.claimed_by = d.claimed_until = None
         if d.attempts >= cfg.max_attempts:
             d.status, d.next_attempt_at = DeliveryStatus.dead_letter, None
