@@ -2,14 +2,21 @@
 engines (and connection pools) of their own, as two API processes are: the same URL is stored
 once, and the token never holds more than the limit of active endpoints. Another token's
 endpoints neither count against it nor are touched. On SQLite and PostgreSQL.
+
+And an endpoint's rotate or delete at the same time as an event emitted to it, or as a staff
+replay of one of its dead letters (PostgreSQL, where these run at once): neither deadlocks,
+and no delivery is left pending to a deleted endpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tests.bursts import codes, post_at_once
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, auth, make_settings
@@ -17,7 +24,13 @@ from tests.fake_rail import catalog_with_fake
 from tests.live_server import LiveServer
 from verifier.core.engine import Engine
 from verifier.http.api import create_app
+from verifier.services import audit, rails_admin, webhook_endpoints
 from verifier.services.webhook_endpoints import MAX_ENDPOINTS_PER_TOKEN
+from verifier.storage.repo import outbox as outbox_repo
+from verifier.storage.webhook_models import DeliveryStatus, WebhookDelivery
+
+PRINCIPAL = "svc:alice,alice-2"
+OP = audit.Operator("ops1", "INC-1", "maintenance")
 
 BURST = 30
 
@@ -74,3 +87,66 @@ def test_many_urls_at_once_never_pass_the_limit(servers):
     assert len(mine) == MAX_ENDPOINTS_PER_TOKEN
     assert {e["id"] for e in mine} == {r.json()["id"] for r in answers if r.status_code == 201}
     assert len(_listed(urls[1], OTHER_SERVICE_TOKEN)) == 3
+
+
+def _postgres_only(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL: SQLite runs one writer at a time")
+
+
+def _in_thread(out: dict[str, object], key: str, fn: Callable[[], object]) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[key] = fn()
+        except BaseException as e:  # noqa: BLE001 - the test reads it
+            out[key] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("action", ["rotate", "delete"])
+def test_endpoint_rotate_or_delete_during_an_emit_to_it_does_not_deadlock(
+    engine, db_url, monkeypatch, action
+):
+    # An emitting transaction (a staff pause here) holds the audit chain's lock when its
+    # delivery row's foreign key takes a share lock on the endpoint's row. Rotate and delete
+    # locked that row first and took the chain's lock next: PostgreSQL found the cycle and
+    # aborted one of the two (a 500 for the owner, or a failed pause).
+    _postgres_only(db_url)
+    ep = webhook_endpoints.create_endpoint(
+        engine, PRINCIPAL, ["alice", "alice-2"], "http://127.0.0.1:9/h", ["rail.paused"]
+    )
+    holding = threading.Event()
+    real = outbox_repo.insert_deliveries
+
+    def slow_insert(s, rows):
+        # The emit holds the chain's lock here: time for the owner's call to go as far as
+        # it can (before the fix: lock the endpoint's row, then queue for the chain's lock).
+        if rows and not holding.is_set():
+            holding.set()
+            time.sleep(0.7)
+        return real(s, rows)
+
+    monkeypatch.setattr(outbox_repo, "insert_deliveries", slow_insert)
+    fn = (
+        webhook_endpoints.rotate_secret if action == "rotate" else webhook_endpoints.delete_endpoint
+    )
+    out: dict[str, object] = {}
+    threads = [
+        _in_thread(out, "pause", lambda: rails_admin.set_paused(engine, "fake_live", True, OP))
+    ]
+    assert holding.wait(5)
+    threads.append(_in_thread(out, "owner", lambda: fn(engine, PRINCIPAL, ep["id"])))
+    for t in threads:
+        t.join(15)
+    assert not isinstance(out["pause"], BaseException), repr(out["pause"])
+    assert not isinstance(out["owner"], BaseException), repr(out["owner"])
+    assert out["pause"]["changed"] is True
+    if action == "delete":
+        # The emit committed first: its delivery was queued, and the delete cancelled it.
+        assert out["owner"]["cancelled_deliveries"] == 1
+        with engine.db.tx() as s:
+            (d,) = s.scalars(select(WebhookDelivery)).all()
+            assert d.status == DeliveryStatus.cancelled

@@ -105,16 +105,23 @@ def list_endpoints(engine: Engine, principal: str) -> list[dict[str, Any]]:
 def _own_active_endpoint(
     engine: Engine, s: Session, principal: str, endpoint_id: str
 ) -> WebhookEndpoint:
-    """The token's active endpoint, locked; NotFound otherwise."""
+    """The token's active endpoint, locked (after the audit chain's lock, which the caller's
+    audit append holds next anyway: `webhooks_repo.endpoint_locked`); NotFound otherwise."""
+    missing = NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
     if not webhooks.well_formed_id(endpoint_id, "whe"):
-        raise NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
-    ep = webhooks_repo.endpoint_locked(s, endpoint_id)
-    if ep is not None and ep.principal != principal:
+        raise missing
+    # Whose it is, before any lock: an id that is not this token's answers without waiting
+    # for (or holding) the audit chain's lock, which every tenant's state changes share.
+    owner = webhooks_repo.endpoint_principal(s, endpoint_id)
+    if owner is not None and owner != principal:
         # SECURITY: another token's endpoint answers exactly like a missing one.
         engine.metrics.inc("owner_isolation_denials_total", reason="webhook_endpoint")
-        ep = None
-    if ep is None or not ep.active:
-        raise NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
+        raise missing
+    ep = webhooks_repo.endpoint_locked(s, endpoint_id) if owner is not None else None
+    # SECURITY: checked again under the lock (an endpoint's token never changes, but a
+    # delete may have committed meanwhile).
+    if ep is None or ep.principal != principal or not ep.active:
+        raise missing
     return ep
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from verifier.storage.repo import audit as audit_repo
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared
 from verifier.storage.webhook_models import (
@@ -91,9 +92,25 @@ def add_endpoint(
     return ep
 
 
+def endpoint_principal(s: Session, endpoint_id: str) -> str | None:
+    """The token an endpoint belongs to (None: no such endpoint), read without a lock: it
+    never changes."""
+    return s.scalar(select(WebhookEndpoint.principal).where(WebhookEndpoint.id == endpoint_id))
+
+
 def endpoint_locked(s: Session, endpoint_id: str) -> WebhookEndpoint | None:
-    """The endpoint under its row lock to the end of the transaction, whoever owns it."""
-    return rows.get_locked(s, WebhookEndpoint, endpoint_id)
+    """The endpoint under its row lock to the end of the transaction, whoever owns it; the
+    audit chain's lock is taken first, and held too.
+
+    That order is the emitting transactions' (services.events): they hold the chain's lock
+    when their delivery rows' foreign key takes its share lock on the endpoint's row. Locking
+    the row first and the chain next (the audit append of a rotate or delete) closed a cycle
+    with them, which PostgreSQL broke by aborting one side."""
+    audit_repo.lock_chain(s)
+    if rows.is_postgres(s):
+        # Read again under the lock, whatever this session loaded before.
+        return s.get(WebhookEndpoint, endpoint_id, with_for_update=True, populate_existing=True)
+    return rows.get(s, WebhookEndpoint, endpoint_id)
 
 
 def set_secret(s: Session, ep: WebhookEndpoint, secret: str) -> None:
