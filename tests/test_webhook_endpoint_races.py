@@ -16,16 +16,19 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.bursts import codes, post_at_once
-from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, auth, make_settings
+from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, SERVICE_TOKEN, auth, make_settings
 from tests.fake_rail import catalog_with_fake
 from tests.live_server import LiveServer
 from verifier.core.engine import Engine
+from verifier.core.errors import Conflict
 from verifier.http.api import create_app
-from verifier.services import audit, rails_admin, webhook_endpoints
+from verifier.services import audit, rails_admin, webhook_endpoints, webhooks
+from verifier.services.events import emit
 from verifier.services.webhook_endpoints import MAX_ENDPOINTS_PER_TOKEN
+from verifier.storage.repo import audit as audit_repo
 from verifier.storage.repo import outbox as outbox_repo
 from verifier.storage.webhook_models import DeliveryStatus, WebhookDelivery
 
@@ -150,3 +153,61 @@ def test_endpoint_rotate_or_delete_during_an_emit_to_it_does_not_deadlock(
         with engine.db.tx() as s:
             (d,) = s.scalars(select(WebhookDelivery)).all()
             assert d.status == DeliveryStatus.cancelled
+
+
+@pytest.mark.parametrize("first", ["replay", "delete"])
+def test_replay_and_delete_at_once_leave_no_pending_delivery_to_a_deleted_endpoint(
+    engine, db_url, first
+):
+    # Replay read the endpoint as active without a lock, and delete cancelled only what was
+    # pending in its view (the replayed row was a dead letter there): both committed, and the
+    # delivery stayed pending for good (never claimed: its endpoint is inactive).
+    _postgres_only(db_url)
+    ep = webhook_endpoints.create_endpoint(
+        engine, PRINCIPAL, ["alice", "alice-2"], "http://127.0.0.1:9/h", ["proof.verified"]
+    )
+    with engine.db.tx() as s:
+        ev = emit(s, CLOCK, "proof.verified", "alice", "proof", "p1", {"id": "p1"})
+    with engine.db.tx() as s:  # as after its last try
+        s.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.event_id == ev)
+            .values(status=DeliveryStatus.dead_letter, attempts=3, next_attempt_at=None)
+        )
+    held, release = threading.Event(), threading.Event()
+
+    def other_appender() -> None:  # any state change holding the audit chain's lock a moment
+        with engine.db.tx() as s:
+            audit_repo.lock_chain(s)
+            held.set()
+            release.wait(10)
+
+    calls = {
+        "replay": lambda: webhooks.replay(engine, ev, audit.Operator("ops1", "INC-1", "fixed")),
+        "delete": lambda: webhook_endpoints.delete_endpoint(engine, PRINCIPAL, ep["id"]),
+    }
+    out: dict[str, object] = {}
+    threads = [_in_thread(out, "appender", other_appender)]
+    assert held.wait(5)
+    # Both queue behind the appender, `first` ahead: each has gone as far as it can.
+    for key in (first, "delete" if first == "replay" else "replay"):
+        threads.append(_in_thread(out, key, calls[key]))
+        time.sleep(0.3)
+    release.set()
+    for t in threads:
+        t.join(15)
+    assert not isinstance(out["delete"], BaseException), repr(out["delete"])
+    with engine.db.tx() as s:
+        d = s.scalar(select(WebhookDelivery).where(WebhookDelivery.event_id == ev))
+    # The endpoint is gone: its delivery must not be left pending (never sent, never ended).
+    assert d.status != DeliveryStatus.pending, (d.status, out)
+    if first == "delete":
+        # The endpoint was gone by the time replay read it: refused, the dead letter kept.
+        assert isinstance(out["replay"], Conflict), repr(out["replay"])
+        assert out["delete"]["cancelled_deliveries"] == 0
+        assert d.status == DeliveryStatus.dead_letter
+    else:
+        # Replayed first, then cancelled with the endpoint.
+        assert isinstance(out["replay"], dict), repr(out["replay"])
+        assert out["delete"]["cancelled_deliveries"] == 1
+        assert d.status == DeliveryStatus.cancelled

@@ -648,6 +648,9 @@ def replay(
             raise Conflict("not_dead_letter", f"{any_id}: nothing in the dead-letter queue")
         replayed = []
         for d, _, ep in rows:
+            # SECURITY: read under the endpoint's row lock (dead_letters_locked): a delete
+            # at the same time cancelled only what was pending in its view, so a delivery put
+            # back in the queue unseen stayed pending for good to an endpoint no longer there.
             if not ep.active:
                 raise Conflict(
                     "endpoint_inactive",

@@ -233,13 +233,17 @@ def of_event(s: Session, event_id: str) -> list[Joined]:
 
 
 def dead_letters_locked(s: Session, event_id: str, delivery_id: str | None) -> list[Joined]:
-    """The event's dead-lettered deliveries (only `delivery_id` when given), their rows
-    locked FOR UPDATE on PostgreSQL."""
+    """The event's dead-lettered deliveries (only `delivery_id` when given), their rows and
+    their endpoints' rows locked FOR UPDATE on PostgreSQL, after the audit chain's lock: the
+    order `endpoint_locked` takes them in. An endpoint read here is as committed, so a delete
+    either committed before (the endpoint reads inactive) or waits for this transaction (and
+    then cancels what it put back in the queue)."""
+    audit_repo.lock_chain(s)
     q = _joined().where(
         WebhookDelivery.event_id == event_id, WebhookDelivery.status == DeliveryStatus.dead_letter
     )
     if delivery_id is not None:
         q = q.where(WebhookDelivery.id == delivery_id)
     if rows.is_postgres(s):
-        q = q.with_for_update(of=WebhookDelivery)
-    return _triples(s, q)
+        q = q.with_for_update(of=[WebhookDelivery, WebhookEndpoint])
+    return _triples(s, q.execution_options(populate_existing=True))
