@@ -33,6 +33,7 @@ from verifier.storage.repo import outbox as outbox_repo
 from verifier.storage.webhook_models import DeliveryStatus, WebhookDelivery
 
 PRINCIPAL = "svc:alice,alice-2"
+OWNERS = ["alice", "alice-2"]
 OP = audit.Operator("ops1", "INC-1", "maintenance")
 
 BURST = 30
@@ -141,7 +142,7 @@ def test_endpoint_rotate_or_delete_during_an_emit_to_it_does_not_deadlock(
         _in_thread(out, "pause", lambda: rails_admin.set_paused(engine, "fake_live", True, OP))
     ]
     assert holding.wait(5)
-    threads.append(_in_thread(out, "owner", lambda: fn(engine, PRINCIPAL, ep["id"])))
+    threads.append(_in_thread(out, "owner", lambda: fn(engine, PRINCIPAL, OWNERS, ep["id"])))
     for t in threads:
         t.join(15)
     assert not isinstance(out["pause"], BaseException), repr(out["pause"])
@@ -184,7 +185,7 @@ def test_replay_and_delete_at_once_leave_no_pending_delivery_to_a_deleted_endpoi
 
     calls = {
         "replay": lambda: webhooks.replay(engine, ev, audit.Operator("ops1", "INC-1", "fixed")),
-        "delete": lambda: webhook_endpoints.delete_endpoint(engine, PRINCIPAL, ep["id"]),
+        "delete": lambda: webhook_endpoints.delete_endpoint(engine, PRINCIPAL, OWNERS, ep["id"]),
     }
     out: dict[str, object] = {}
     threads = [_in_thread(out, "appender", other_appender)]

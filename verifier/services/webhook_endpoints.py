@@ -62,7 +62,9 @@ def create_endpoint(
         # SECURITY: checked and created under the token's lock: a burst of creates otherwise
         # stored duplicates (each event delivered once per copy) and went past the limit.
         webhooks_repo.lock_endpoints_of(s, principal)
-        mine = webhooks_repo.active_endpoints_of(s, principal)
+        # Every endpoint the token manages, its own and those it gained with its owners: a
+        # second copy of one of them would double its deliveries.
+        mine = webhooks_repo.active_endpoints_within(s, owners)
         key = webhooks.endpoint_key(url)
         if any(webhooks.endpoint_key(ep.url) == key for ep in mine):
             # A retried create must not double every delivery; delete to rotate the secret.
@@ -97,41 +99,48 @@ def create_endpoint(
         return {**endpoint_view(ep), "secret": ep.secret}
 
 
-def list_endpoints(engine: Engine, principal: str) -> list[dict[str, Any]]:
+def list_endpoints(engine: Engine, owners: list[str]) -> list[dict[str, Any]]:
+    """The active endpoints the token manages: those made for owners it all acts for, so a
+    token that gains owners keeps its endpoints (and one acting for another token's owners
+    manages that token's endpoints too: it may do all they may)."""
     with engine.db.tx() as s:
-        return [endpoint_view(ep) for ep in webhooks_repo.active_endpoints_of(s, principal)]
+        return [endpoint_view(ep) for ep in webhooks_repo.active_endpoints_within(s, owners)]
 
 
 def _own_active_endpoint(
-    engine: Engine, s: Session, principal: str, endpoint_id: str
+    engine: Engine, s: Session, owners: list[str], endpoint_id: str
 ) -> WebhookEndpoint:
-    """The token's active endpoint, locked (after the audit chain's lock, which the caller's
-    audit append holds next anyway: `webhooks_repo.endpoint_locked`); NotFound otherwise."""
+    """An active endpoint the token manages (made for owners it all acts for), locked (after
+    the audit chain's lock, which the caller's audit append holds next anyway:
+    `webhooks_repo.endpoint_locked`); NotFound otherwise."""
     missing = NotFound("webhook_endpoint_not_found", f"no webhook endpoint {endpoint_id!r}")
     if not webhooks.well_formed_id(endpoint_id, "whe"):
         raise missing
     # Whose it is, before any lock: an id that is not this token's answers without waiting
     # for (or holding) the audit chain's lock, which every tenant's state changes share.
-    owner = webhooks_repo.endpoint_principal(s, endpoint_id)
-    if owner is not None and owner != principal:
-        # SECURITY: another token's endpoint answers exactly like a missing one.
+    made_for = webhooks_repo.endpoint_owners(s, endpoint_id)
+    if made_for is not None and not set(made_for) <= set(owners):
+        # SECURITY: an endpoint made for an owner this token does not act for answers exactly
+        # like a missing one.
         engine.metrics.inc("owner_isolation_denials_total", reason="webhook_endpoint")
         raise missing
-    ep = webhooks_repo.endpoint_locked(s, endpoint_id) if owner is not None else None
-    # SECURITY: checked again under the lock (an endpoint's token never changes, but a
+    ep = webhooks_repo.endpoint_locked(s, endpoint_id) if made_for is not None else None
+    # SECURITY: checked again under the lock (an endpoint's owners never change, but a
     # delete may have committed meanwhile).
-    if ep is None or ep.principal != principal or not ep.active:
+    if ep is None or not set(ep.owners) <= set(owners) or not ep.active:
         raise missing
     return ep
 
 
-def rotate_secret(engine: Engine, principal: str, endpoint_id: str) -> dict[str, Any]:
+def rotate_secret(
+    engine: Engine, principal: str, owners: list[str], endpoint_id: str
+) -> dict[str, Any]:
     """A new signing secret for the token's endpoint, shown once; the old one stops signing at
     once (deliveries already queued go out under the new one). Also how an endpoint whose
     secret predates Standard Webhooks gets deliveries again."""
     now = engine.now()
     with engine.db.tx() as s:
-        ep = _own_active_endpoint(engine, s, principal, endpoint_id)
+        ep = _own_active_endpoint(engine, s, owners, endpoint_id)
         legacy = webhooks.secret_problem(ep.secret) is not None
         webhooks_repo.set_secret(s, ep, webhooks.new_secret())
         audit.append(
@@ -146,10 +155,12 @@ def rotate_secret(engine: Engine, principal: str, endpoint_id: str) -> dict[str,
         return {**endpoint_view(ep), "secret": ep.secret}
 
 
-def delete_endpoint(engine: Engine, principal: str, endpoint_id: str) -> dict[str, Any]:
+def delete_endpoint(
+    engine: Engine, principal: str, owners: list[str], endpoint_id: str
+) -> dict[str, Any]:
     now = engine.now()
     with engine.db.tx() as s:
-        ep = _own_active_endpoint(engine, s, principal, endpoint_id)
+        ep = _own_active_endpoint(engine, s, owners, endpoint_id)
         cancelled = webhooks_repo.deactivate_endpoint(s, ep, now, "endpoint deleted")
         audit.append(
             s,

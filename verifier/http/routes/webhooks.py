@@ -67,7 +67,7 @@ def make_router(
 
     @router.get("/v1/webhook-endpoints", response_model=list[EndpointOut])
     def read_all(svc: Service, engine: EngineDep) -> list[dict[str, Any]]:
-        return webhook_endpoints.list_endpoints(engine, svc[0])
+        return webhook_endpoints.list_endpoints(engine, svc[1])
 
     @router.post(
         "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
@@ -75,7 +75,7 @@ def make_router(
         responses=error_responses(404),
     )
     def rotate_secret(endpoint_id: str, svc: Service, engine: EngineDep) -> JSONResponse:
-        view = webhook_endpoints.rotate_secret(engine, svc[0], endpoint_id)
+        view = webhook_endpoints.rotate_secret(engine, svc[0], svc[1], endpoint_id)
         # SECURITY: carries the new secret; no cache may keep it.
         return JSONResponse(EndpointCreatedOut.checked(view), headers={"Cache-Control": "no-store"})
 
@@ -85,7 +85,7 @@ def make_router(
         responses=error_responses(404),
     )
     def delete(endpoint_id: str, svc: Service, engine: EngineDep) -> dict[str, Any]:
-        return webhook_endpoints.delete_endpoint(engine, svc[0], endpoint_id)
+        return webhook_endpoints.delete_endpoint(engine, svc[0], svc[1], endpoint_id)
 
     @router.get("/v1/admin/webhook-events", response_model=list[DeliveryOut])
     def admin_list(

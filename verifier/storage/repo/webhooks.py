@@ -4,6 +4,7 @@ with their event and endpoint)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlalchemy import (
@@ -11,6 +12,7 @@ from sqlalchemy import (
     Select,
     String,
     bindparam,
+    cast,
     exists,
     func,
     literal,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from verifier.storage.repo import audit as audit_repo
@@ -65,6 +68,30 @@ def active_endpoints_of(s: Session, principal: str) -> list[WebhookEndpoint]:
             .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
         ).all()
     )
+
+
+def active_endpoints_within(s: Session, owners: list[str]) -> list[WebhookEndpoint]:
+    """Active endpoints made for owners all among `owners`, oldest first: those a token acting
+    for `owners` manages, whichever token made them."""
+    q = (
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.active.is_(True))
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    )
+    if rows.is_postgres(s):
+        within = cast(WebhookEndpoint.owners, JSONB).contained_by(
+            cast(literal(json.dumps(sorted(owners))), JSONB)
+        )
+        return list(s.scalars(q.where(within)).all())
+    held = set(owners)
+    return [ep for ep in s.scalars(q).all() if set(ep.owners) <= held]
+
+
+def endpoint_owners(s: Session, endpoint_id: str) -> list[str] | None:
+    """The owners an endpoint was made for (None: no such endpoint), read without a lock:
+    they never change."""
+    got = s.scalar(select(WebhookEndpoint.owners).where(WebhookEndpoint.id == endpoint_id))
+    return None if got is None else list(got)
 
 
 def add_endpoint(
