@@ -343,14 +343,15 @@ def _outside_window(
 
 def _report(p: Proof, checks: list[Check], ctx: _Rows) -> dict[str, Any]:
     blockers = [{"code": c.name, "detail": c.detail} for c in checks if not c.passed]
-    applied = ctx.receipt is not None
+    # A receipt whose entitlement is pending is a credit half written: apply finishes it.
+    applied = ctx.receipt is not None and not _half_credited(p, ctx)
     ent = ctx.entitlement
     would = not blockers and not applied
     return {
         "proof_id": p.id,
         "rail_id": p.rail_id,
         "would_apply": would,
-        "would_create_receipt": would,
+        "would_create_receipt": would and ctx.receipt is None,
         "would_activate_entitlement": would
         and ent is not None
         and ent.status == EntitlementStatus.pending,
@@ -406,7 +407,7 @@ def apply(
         assert ps is not None  # nor its session (foreign key)
         checks, ctx = _evaluate(engine, s, p, via, st)
         report = _report(p, checks, ctx)
-        if ctx.receipt is not None:
+        if ctx.receipt is not None and not _half_credited(p, ctx):
             r = ctx.receipt
             ent = ctx.entitlement
             return {
@@ -417,6 +418,38 @@ def apply(
             }
         if report["blockers"]:
             blocked = report
+        elif ctx.receipt is not None:
+            # The proof's receipt stands but its entitlement is still pending (a credit half
+            # written: restored from a backup taken mid-way, or edited by hand). Every check
+            # passed again: the credit is finished, as assurance's repair says.
+            blocked = None
+            now = engine.now()
+            r = ctx.receipt
+            ent = _activate(engine, p, ps, ctx, r, now)
+            audit.append(
+                s,
+                now,
+                op,
+                "entitlement.activated",
+                "entitlement",
+                ent.id,
+                {"receipt_id": r.id, "owner_id": ent.owner_id, "completed_credit": True},
+            )
+            events.emit(
+                s,
+                now,
+                "entitlement.activated",
+                ent.owner_id,
+                "entitlement",
+                ent.id,
+                entitlement_view(ent),
+            )
+            result = {
+                "applied": True,
+                "already_applied": False,
+                "receipt_id": r.id,
+                "entitlement_id": ent.id,
+            }
         else:
             blocked = None
             now = engine.now()
@@ -443,6 +476,18 @@ def apply(
         )
     engine.metrics.inc("receipts_total", rail_id=p.rail_id)
     return result
+
+
+def _half_credited(p: Proof, ctx: _Rows) -> bool:
+    """The proof's own receipt with its session's entitlement still pending."""
+    r, ent = ctx.receipt, ctx.entitlement
+    return (
+        r is not None
+        and r.proof_id == p.id
+        and ent is not None
+        and ent.status == EntitlementStatus.pending
+        and ent.receipt_id in (None, r.id)
+    )
 
 
 def _receipt(
