@@ -2,10 +2,11 @@
 
 The watched address is the treasury's *token account* for the rail's mint (an SPL transfer
 names the destination token account, not the owner wallet). `getSignaturesForAddress` lists
-newest first: pages go backwards with `before` = the oldest signature seen, and stop at
-`until` (the newest signature already processed), at a blockTime older than the window, or
-after `max_pages`. A node error mid-scan is returned with what was read, never swallowed:
-the caller reports the scan incomplete.
+newest first: pages go backwards with `before` = the oldest signature seen (a caller may
+start there too, to go on with a walk an earlier scan left unfinished), and stop at `until`
+(the newest signature already processed), at a blockTime older than the window, or after
+`max_pages`. A node error mid-scan is returned with what was read, never swallowed: the
+caller reports the scan incomplete.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rails.base import Transport
+from rails.base import Finding, Terms, Transport, first_finding
 from rails.errors import CassetteError, MalformedResponse, TransportError
 from rails.solana import (
+    CHECKS,
     GET_TX_OPTIONS,
+    Context,
+    memos_of,
     movements,
     parse_transaction,
     reference_candidates,
@@ -58,15 +62,16 @@ def list_signatures(
     address: str,
     *,
     until: str | None = None,
+    before: str | None = None,
     not_before: int | None = None,
     page_limit: int = MAX_PAGE,
     max_pages: int = 20,
     commitment: str = "confirmed",
 ) -> SignatureScan:
-    """Signatures touching `address`, newest first, down to `until` (exclusive) or the first
-    entry whose blockTime is before `not_before`."""
+    """Signatures touching `address`, newest first, from just older than `before` (None: the
+    newest) down to `until` (exclusive) or the first entry whose blockTime is before
+    `not_before`."""
     scan = SignatureScan()
-    before: str | None = None
     limit = max(1, min(MAX_PAGE, page_limit))
     for _ in range(max_pages):
         opts: dict[str, Any] = {"limit": limit, "commitment": commitment}
@@ -117,9 +122,7 @@ class SolanaInflow:
 def fetch_inflow(chain: Transport, signature: str, mint: str, treasury: str) -> SolanaInflow | None:
     """The transaction's effect on `treasury` (an owner wallet); None when it moved no `mint`
     into it (an outflow, a failed or unrelated transaction). Transport errors propagate."""
-    result = chain.call("getTransaction", [signature, dict(GET_TX_OPTIONS)])
-    if result is None:
-        raise MalformedResponse(f"getTransaction: {signature} listed for the address but not found")
+    result = fetch_transaction(chain, signature)
     view = parse_transaction(result, signature)
     if view.err is not None:
         return None
@@ -137,3 +140,32 @@ def fetch_inflow(chain: Transport, signature: str, mint: str, treasury: str) -> 
         reference_candidates(view),
         result,
     )
+
+
+def fetch_transaction(chain: Transport, signature: str) -> Any:
+    """The getTransaction answer for a listed signature. Transport errors propagate; a
+    signature the node listed but does not return is one too (read again later)."""
+    result = chain.call("getTransaction", [signature, dict(GET_TX_OPTIONS)])
+    if result is None:
+        raise MalformedResponse(f"getTransaction: {signature} listed for the address but not found")
+    return result
+
+
+def refusal(result: Any, signature: str, terms: Terms, mint: str, decimals: int) -> Finding | None:
+    """What the rail's verification would fail the transaction for against `terms`, decided
+    from its getTransaction answer alone by the rail's own checks in their order; None when
+    it would not fail it (it passes them, or only a person can decide). A watcher uses it to
+    leave aside a transaction that merely names a session's reference (anyone can add one)
+    instead of submitting a proof bound to fail."""
+    view = parse_transaction(result, signature)
+    ctx = Context(
+        view,
+        terms,
+        mint,
+        decimals,
+        movements(view, mint),
+        memos_of(view),
+        reference_candidates(view),
+    )
+    found = first_finding(CHECKS, ctx)
+    return found if found is not None and not found.review else None

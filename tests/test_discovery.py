@@ -14,9 +14,10 @@ from sqlalchemy import select
 
 from tests.helpers import FIXTURES, SwitchableTransport, cassette_engine
 from tests.test_reconciliation import evm, evm_session  # noqa: F401  (the local EVM chain)
-from verifier.services import discovery
+from verifier.services import audit, discovery, rails_admin
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import Entitlement, Proof
+from verifier.storage.reconciliation_models import DiscoveryCursor
 from verifier.worker import loop as worker
 
 INFLOWS = FIXTURES / "solana" / "generated" / "inflows" / "treasury_inflows.json"
@@ -329,5 +330,266 @@ def test_discovery_default_follows_the_chain_and_the_treasury(
         assert discovery.enabled(e) is (setting if setting is not None else chain == "live")
         assert discovery.cycle(e, chain=node) == 0
         assert node.calls == polls
+    finally:
+        e.db.dispose()
+
+
+# -- a watch's position moves only past what is done with ----------------------------------
+
+OP = audit.Operator("ops1", "INC-1", "incident drill")
+
+
+class _Node:
+    """A node in front of the recorded (or local) chain: it lists the treasury's signatures
+    as a real node does (newest first, with `limit`, `before` and `until`: the cassette
+    ignores them), and runs `hooks[method]` before the first call of that method (something
+    that happens while a watch reads the chain)."""
+
+    source = "cassette"
+
+    def __init__(self, inner, listing=None, hooks=None):
+        self.inner, self.listing, self.hooks = inner, listing, dict(hooks or {})
+        self.listed: list[list[str]] = []  # the signatures of each listing answered
+
+    def call(self, method, params):
+        if method in self.hooks:
+            self.hooks.pop(method)()
+        if method == "getSignaturesForAddress" and self.listing is not None:
+            opts = params[1]
+            sigs = [x["signature"] for x in self.listing]
+            lo = sigs.index(opts["before"]) + 1 if opts.get("before") else 0
+            hi = sigs.index(opts["until"]) if opts.get("until") in sigs else len(sigs)
+            page = self.listing[lo:hi][: opts["limit"]]
+            self.listed.append([x["signature"] for x in page])
+            return page
+        return self.inner.call(method, params)
+
+
+def _treasury_node(n: int, hooks=None):
+    chain, pairs = synthetic_chain(n)
+    listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
+    return _Node(chain, listing, hooks), pairs
+
+
+def _refs(e, session_id):
+    return [(p.ref, p.status) for p in _proofs(e) if p.session_id == session_id]
+
+
+def test_evm_payment_made_while_the_rail_is_paused_is_discovered_after_resume(evm):  # noqa: F811
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    s5 = evm_session(e, evm["payer"], 5_000_000)
+    rails_admin.set_paused(e, "evm_usdc", True, OP)
+    tx = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000)
+    chain.mine(1)
+    assert discovery.watch_evm(e, e.rail("evm_usdc"))["rpc_calls"] == 0  # paused: not read
+    rails_admin.set_paused(e, "evm_usdc", False, OP)
+    out = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert _refs(e, s5["id"]) == [(tx.lower(), "verified")], out
+
+
+def test_solana_payment_made_while_the_rail_is_paused_is_discovered_after_resume(db_url):
+    e = make_engine(db_url, discovery_page_limit=1000)
+    try:
+        node, [(sig, ref)] = _treasury_node(1)
+        e.chains.set_transport("solana-mainnet", node)
+        ps = session_for(e, "discovered", reference=ref)
+        rails_admin.set_paused(e, "solana_usdc", True, OP)
+        assert discovery.watch_solana(e, e.rail("solana_usdc"))["rpc_calls"] == 0
+        rails_admin.set_paused(e, "solana_usdc", False, OP)
+        out = discovery.watch_solana(e, e.rail("solana_usdc"))
+        assert _refs(e, ps["id"]) == [(sig, "verified")], out
+    finally:
+        e.db.dispose()
+
+
+def test_evm_transfer_refused_by_a_pause_during_the_watch_is_read_again(evm):  # noqa: F811
+    # The rail is paused while the watch reads the logs: the submission is refused
+    # (`rail_paused`), and the watch's position stays before that transfer's block.
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    rail = e.rail("evm_usdc")
+    s5 = evm_session(e, evm["payer"], 5_000_000)
+    tx = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000)
+    chain.mine(1)
+    pause = {"eth_getLogs": lambda: rails_admin.set_paused(e, "evm_usdc", True, OP)}
+    node = _Node(e.chains.transport(rail.family, rail.network), hooks=pause)
+    assert discovery.watch_evm(e, rail, node)["submitted"] == 0
+    assert _refs(e, s5["id"]) == []
+    rails_admin.set_paused(e, "evm_usdc", False, OP)
+    discovery.watch_evm(e, rail)
+    assert _refs(e, s5["id"]) == [(tx.lower(), "verified")]
+
+
+def test_solana_transfer_refused_by_a_pause_during_the_watch_is_read_again(db_url):
+    e = make_engine(db_url, discovery_page_limit=1000)
+    try:
+        pause = {"getTransaction": lambda: rails_admin.set_paused(e, "solana_usdc", True, OP)}
+        node, [(sig, ref)] = _treasury_node(1, pause)
+        e.chains.set_transport("solana-mainnet", node)
+        ps = session_for(e, "discovered", reference=ref)
+        assert discovery.watch_solana(e, e.rail("solana_usdc"))["submitted"] == 0
+        assert _refs(e, ps["id"]) == []
+        rails_admin.set_paused(e, "solana_usdc", False, OP)
+        discovery.watch_solana(e, e.rail("solana_usdc"))
+        assert _refs(e, ps["id"]) == [(sig, "verified")]
+    finally:
+        e.db.dispose()
+
+
+# -- every open session is a candidate, however many are open -------------------------------
+
+
+def test_many_open_evm_sessions_never_hide_a_newer_sessions_payment(evm, monkeypatch):  # noqa: F811
+    # A tenant holds open (never paid) more sessions than a bounded list of them would hold
+    # (3 here for 5,000): the payment of a session opened after them is still discovered.
+    monkeypatch.setattr(discovery, "SESSIONS_PER_CYCLE", 3)
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    for i in range(3):
+        open_session(
+            e,
+            NewSession(
+                owner_id="mallory",
+                rail_id="evm_usdc",
+                access_product_id="pro",
+                amount=1_000_000 + i,
+                payer="0x" + f"{i + 1:040x}",
+            ),
+            actor="svc",
+        )
+        e.settings.clock = e.settings.now() + timedelta(seconds=1)
+    victim = evm_session(e, evm["payer"], 5_000_000)
+    tx = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000)
+    chain.mine(1)
+    assert discovery.watch_evm(e, e.rail("evm_usdc"))["submitted"] == 1
+    assert _refs(e, victim["id"]) == [(tx.lower(), "verified")]
+
+
+def test_many_open_solana_sessions_never_hide_a_newer_sessions_payment(db_url, monkeypatch):
+    monkeypatch.setattr(discovery, "SESSIONS_PER_CYCLE", 3)
+    e = make_engine(db_url, discovery_page_limit=1000)
+    try:
+        chain, [(sig, ref)] = synthetic_chain(1)
+        e.chains.set_transport("solana-mainnet", chain)
+        for _ in range(3):
+            session_for(e, "discovered", reference=str(Keypair().pubkey()))
+            e.settings.clock = e.settings.now() + timedelta(seconds=1)
+        victim = session_for(e, "discovered", reference=ref)
+        assert discovery.watch_solana(e, e.rail("solana_usdc"))["submitted"] == 1
+        assert _refs(e, victim["id"]) == [(sig, "verified")]
+    finally:
+        e.db.dispose()
+
+
+# -- a backlog longer than one scan ---------------------------------------------------------
+
+
+def test_a_backlog_longer_than_one_scan_is_walked_over_the_next_cycles(db_url):
+    # One scan reads 2 pages of 1 signature here (50 of 1,000 by default); 3 transfers
+    # arrived since the last one done with (dust transfers to the treasury are enough).
+    e = make_engine(db_url, discovery_page_limit=1, reconcile_max_pages=2)
+    try:
+        node, pairs = _treasury_node(3)
+        e.chains.set_transport("solana-mainnet", node)
+        sessions = [session_for(e, "discovered", reference=ref) for _, ref in pairs]
+        newest_first = [sig for sig, _ in reversed(pairs)]
+        rail = e.rail("solana_usdc")
+        assert discovery.watch_solana(e, rail)["submitted"] == 2
+        # The next cycle goes on from the oldest signature done with, not from the newest.
+        assert discovery.watch_solana(e, rail)["submitted"] == 1
+        assert node.listed == [newest_first[:1], newest_first[1:2], newest_first[2:], []]
+        assert [_refs(e, ps["id"]) for ps in sessions] == [[(s, "verified")] for s, _ in pairs]
+        # The walk is over: the newest signature is the cursor, from which the next one reads.
+        discovery.watch_solana(e, rail)
+        assert node.listed[-1] == []
+        with e.db.tx() as s:
+            [c] = s.scalars(select(DiscoveryCursor)).all()
+            assert (c.last_signature, c.walk_before, c.walk_newest) == (newest_first[0], None, None)
+    finally:
+        e.db.dispose()
+
+
+# -- a transaction that merely names a reference --------------------------------------------
+
+
+def _grief_listing(reference: str, real_sig: str, real: dict) -> tuple[str, list[dict]]:
+    """A recorded transfer to the treasury (not the session's recipient) rewritten to name
+    `reference` as one more read-only key, sent after the payment, and the reference's
+    listing naming both, newest first. Returns (its signature, the calls)."""
+    calls = {c["method"] + ":" + json.dumps(c["params"][0]): c for c in DOC["calls"]}
+    usig, uref = EXPECT["unbound"]["signature"], EXPECT["unbound"]["reference"]
+    utx = calls["getTransaction:" + json.dumps(usig)]
+    ustat = calls["getSignatureStatuses:" + json.dumps([usig])]
+    gsig = str(Keypair().sign_message(b"grief"))
+    gtx = json.loads(
+        orjson.dumps(utx["result"]).decode().replace(usig, gsig).replace(uref, reference)
+    )
+    gtx["blockTime"], gtx["slot"] = real["blockTime"] + 5, real["slot"] + 5
+
+    def entry(sig: str, result: dict) -> dict:
+        return {
+            "signature": sig,
+            "slot": result["slot"],
+            "blockTime": result["blockTime"],
+            "err": None,
+            "memo": None,
+            "confirmationStatus": "finalized",
+        }
+
+    return gsig, [
+        {
+            "method": "getSignaturesForAddress",
+            "params": [reference, {"limit": 10}],
+            "result": [entry(gsig, gtx), entry(real_sig, real)],
+        },
+        {"method": "getTransaction", "params": [gsig, utx["params"][1]], "result": gtx},
+        {
+            "method": "getSignatureStatuses",
+            "params": [[gsig], ustat["params"][1]],
+            "result": ustat["result"],
+        },
+    ]
+
+
+def test_a_transaction_naming_the_reference_never_hides_the_payment(db_url):
+    # A session paying a merchant's wallet is watched through its reference: anyone can add a
+    # transaction naming that public key. The payment is still submitted, and the other
+    # transaction (the rail's checks fail it for the session) leaves no failed proof.
+    doc = json.loads((FIXTURES / "solana" / "generated" / "ata_created_same_tx.json").read_text())
+    exp, sig, real = doc["expect"], doc["calls"][0]["params"][0], doc["calls"][0]["result"]
+    _, extra = _grief_listing(exp["reference"], sig, real)
+    e = make_engine(db_url)
+    try:
+        e.chains.set_transport("solana-mainnet", SwitchableTransport([*extra, *doc["calls"]]))
+        s = open_session(
+            e,
+            NewSession(
+                owner_id="alice",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=exp["amount"],
+                recipient=exp["recipient"],
+                reference=exp["reference"],
+            ),
+            actor="svc",
+        )
+        assert discovery.watch_solana(e, e.rail("solana_usdc"))["submitted"] == 1
+        assert _refs(e, s["id"]) == [(sig, "verified")]
+    finally:
+        e.db.dispose()
+
+
+def test_a_transfer_into_the_treasury_the_checks_fail_leaves_no_failed_proof(db_url):
+    # Dust naming an open session's reference (here: the recorded transfer, for a session
+    # asking one base unit more) is left aside; nothing is stored for it.
+    e = make_engine(db_url, discovery_page_limit=1000)
+    try:
+        chain, [(_, ref)] = synthetic_chain(1)
+        e.chains.set_transport("solana-mainnet", chain)
+        ps = session_for(e, "discovered", reference=ref, amount=EXPECT["discovered"]["amount"] + 1)
+        out = discovery.watch_solana(e, e.rail("solana_usdc"))
+        assert (out["inflows"], out["submitted"]) == (1, 0)
+        assert _refs(e, ps["id"]) == []
     finally:
         e.db.dispose()

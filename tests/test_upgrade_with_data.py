@@ -219,3 +219,35 @@ def test_sessions_sharing_a_reference_across_rails_stop_the_upgrade_by_name(empt
     _insert(empty_url, ("UPDATE payment_sessions SET reference = NULL WHERE id = 'ses_usdt'", {}))
     out = cli(["db", "upgrade"], base_env(database_url=empty_url))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_discovery_cursors_gain_their_walk_and_references_are_read_again(empty_url):
+    # 0014: a treasury's cursor is kept (its watch goes on from it); a reference's, written
+    # but never read before, is cleared, so that a payment listed behind it is not skipped.
+    upgrade(empty_url, "0013")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    row = (
+        "INSERT INTO discovery_cursors (watch_key, rail_id, last_signature, last_block, "
+        "idle_polls, next_poll_at, updated_at) VALUES (:key, 'solana_usdc', :sig, NULL, 0, "
+        "NULL, :at)"
+    )
+    treasury, reference = "solana:solana_usdc:mainnet:treasury:T", "solana:solana_usdc:ref:R"
+    _insert(
+        empty_url,
+        (row, dict(key=treasury, sig="sigT", at=at)),
+        (row, dict(key=reference, sig="sigR", at=at)),
+    )
+    upgrade(empty_url)
+    eng = create_engine(empty_url)
+    with eng.begin() as c:
+        rows = c.execute(
+            text(
+                "SELECT watch_key, last_signature, walk_before, walk_newest "
+                "FROM discovery_cursors ORDER BY watch_key"
+            )
+        ).all()
+    eng.dispose()
+    assert [tuple(r) for r in rows] == [
+        (treasury, "sigT", None, None),
+        (reference, None, None, None),
+    ]

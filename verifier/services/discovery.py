@@ -3,12 +3,17 @@ proof, and submits them as any proof (actor `discovery`): verified, finalized an
 through the normal path.
 
 Per cycle and rail, the treasury is watched once (shared by every open session, never one
-poll per session): one paged `getSignaturesForAddress` of the treasury's token account from
-the last signature seen, then one `getTransaction` per new transfer, matched to open sessions
-by their binding (the reference the transfer carries). Sessions paying a recipient that is
-not the treasury are looked up by their reference (one call per such session). A watch that
-finds nothing backs off (up to RAILPROOF_DISCOVERY_MAX_BACKOFF_S); sessions stop being watched
-at expiry plus the not-found grace.
+poll per session): `getSignaturesForAddress` of the treasury's token account, newest first
+down to the last signature done with (a walk longer than one cycle goes on in the next from
+where it stopped), then one `getTransaction` per new transfer, matched to the open sessions
+its references name (looked up by those keys: however many sessions are open, none is left
+out). Sessions paying a recipient that is not the treasury are looked up by their reference
+(one walk per such session); a transaction naming it is submitted only when the rail's own
+checks would not fail it (anyone can add one that merely names the key). A watch that finds
+nothing backs off (up to RAILPROOF_DISCOVERY_MAX_BACKOFF_S); sessions stop being watched at
+expiry plus the not-found grace. A paused rail is not watched, and a watch's position moves
+past a transfer only once its submission is done with: one refused for a reason that may
+not hold next cycle (a pause, a busy database) is read again.
 
 RAILPROOF_DISCOVERY: unset = on with RAILPROOF_CHAIN=live for rails with a treasury; 1 / 0
 forces it on / off (tests and recorded chains turn it on). Which watch a rail gets is what its
@@ -18,11 +23,13 @@ adapter declares (`Adapter.inflow_scan`); a rail that declares none is not watch
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from rails.base import InflowScan, Transport
 from rails.cassette import CountingTransport
+from rails.codes import FailureCode
 from rails.errors import CassetteError, TransportError
 from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
@@ -31,10 +38,16 @@ from verifier.services import reconciliation
 from verifier.storage.models import PaymentSession, ProofStatus
 from verifier.storage.repo import reconciliation as repo
 
+if TYPE_CHECKING:
+    from rails.solana_inflows import SignatureEntry
+
 log = logging.getLogger("railproof.discovery")
 ACTOR = "discovery"
 BASE_BACKOFF_S = 2.0
+# Sessions paying another recipient than the treasury, watched one by one per cycle.
 SESSIONS_PER_CYCLE = 5000
+# One page of a reference's signatures per cycle: a payment and rarely more name it.
+REFERENCE_PAGE = 10
 
 
 def enabled(engine: Engine) -> bool:
@@ -74,6 +87,8 @@ def _due(engine: Engine, key: str) -> tuple[bool, dict[str, Any] | None]:
             return True, None
         state = {
             "last_signature": c.last_signature,
+            "walk_before": c.walk_before,
+            "walk_newest": c.walk_newest,
             "last_block": c.last_block,
             "idle_polls": c.idle_polls,
             "next_poll_at": c.next_poll_at,
@@ -90,74 +105,159 @@ def _backoff(engine: Engine, idle: int) -> float:
     return min(engine.settings.discovery_max_backoff_s, BASE_BACKOFF_S * 2 ** (idle - 1))
 
 
+def _transient(e: EngineError) -> bool:
+    """A refusal that may not hold next cycle: the rail is paused, or the server could not
+    store or answer the proof (a proof it stored is replayed by a new submission)."""
+    return e.code == FailureCode.rail_paused or e.status >= 500
+
+
+def _submit(engine: Engine, rail: Rail, ps: PaymentSession, ref: str) -> tuple[bool, str | None]:
+    """`ref` submitted as the session's proof: (whether the transfer is done with, the
+    proof's status or None when it was refused)."""
+    from verifier.services.proofs import submit_proof
+
+    try:
+        view, _ = submit_proof(engine, ps.id, ref, None, actor=ACTOR)
+    except EngineError as e:
+        log.info(
+            "discovered transfer refused: %s",
+            e.code,
+            extra={"session_id": ps.id, "rail_id": rail.rail_id},
+        )
+        # SECURITY: a watch whose position moved past a transfer never reads it again: one
+        # refused for a reason that may not hold next cycle (the rail paused meanwhile) is
+        # not done with, or the session would never be paid by it.
+        return not _transient(e), None
+    return True, str(view["status"])
+
+
+def _paused(engine: Engine, rail: Rail) -> tuple[bool, str | None]:
+    """(whether the rail is paused, its treasury)."""
+    with engine.db.tx() as s:
+        st = engine.rail_state_read(s, rail.rail_id)
+        return bool(st.paused), engine.treasury(s, rail, st)
+
+
+# A walk's handler: the entries read (newest first) → (how many of the first are done with,
+# how many transfers were new: the watch is not idle).
+Handler = Callable[[list["SignatureEntry"]], tuple[int, int]]
+
+
+def _walk(
+    engine: Engine,
+    rail: Rail,
+    chain: Transport,
+    address: str,
+    key: str,
+    state: dict[str, Any] | None,
+    handle: Handler,
+    *,
+    not_before: int | None,
+    page_limit: int,
+    max_pages: int,
+) -> None:
+    """One stretch of the walk of `address`'s signatures (newest first, down to the cursor:
+    `DiscoveryCursor`), handled, then the cursor moved past what the handler is done with."""
+    from rails.solana_inflows import list_signatures
+
+    st = state or {}
+    last, newest = st.get("last_signature"), st.get("walk_newest")
+    scan = list_signatures(
+        chain,
+        address,
+        until=last,
+        before=st.get("walk_before"),
+        not_before=not_before,
+        page_limit=page_limit,
+        max_pages=max_pages,
+    )
+    done, found = handle(scan.entries)
+    walked = scan.entries[:done]
+    if newest is None and walked:
+        newest = walked[0].signature
+    now = engine.now()
+    values: dict[str, Any] = {"updated_at": now}
+    going_on = False
+    if done == len(scan.entries) and scan.error is None:
+        # The walk reached the cursor (or the window's start, or the first signature): what
+        # was newest when it started is done with, and all that is older.
+        values.update(last_signature=newest or last, walk_before=None, walk_newest=None)
+    elif walked:
+        # SECURITY: more than one stretch reads (a backlog, a node error, a refusal that may
+        # not hold): the next cycle goes on from the oldest signature done with, not from the
+        # newest again, or a backlog longer than one stretch (dust transfers are enough)
+        # would hide every payment behind it for good.
+        values.update(walk_before=walked[-1].signature, walk_newest=newest)
+        going_on = True
+    idle = 0 if found or going_on else st.get("idle_polls", 0) + 1
+    values["idle_polls"] = idle
+    values["next_poll_at"] = now + timedelta(seconds=_backoff(engine, idle))
+    with engine.db.tx() as s:
+        repo.save_cursor(s, key, rail.rail_id, values)
+
+
+def _refused(engine: Engine, rail: Rail, ps: PaymentSession, sig: str, result: object) -> bool:
+    """Whether the rail's own checks fail the transaction for the session: submitting it
+    would only store a failed proof (verification still decides every other one)."""
+    from rails.solana_inflows import refusal
+    from verifier.services.proofs import terms_for
+
+    terms = terms_for(engine, ps, engine.adapter(rail))
+    try:
+        found = refusal(result, sig, terms, terms.asset or rail.asset, rail.decimals)
+    except (TransportError, KeyError, TypeError, AttributeError, ValueError):
+        return False  # an answer the checks cannot read: verification says why
+    if found is None:
+        return False
+    log.info(
+        "discovered transaction left aside: %s",
+        found.code,
+        extra={"session_id": ps.id, "rail_id": rail.rail_id},
+    )
+    return True
+
+
 def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
     """One watch of the rail's treasury (and references of non-treasury sessions). Returns
     {"submitted", "rpc_calls", "inflows"}."""
     from rails.solana import token_account
-    from rails.solana_inflows import fetch_inflow, list_signatures
     from verifier.core.timeutil import utc
-    from verifier.services.proofs import submit_proof
 
     out = {"submitted": 0, "rpc_calls": 0, "inflows": 0}
-    now = engine.now()
-    grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
+    alive = engine.now() - timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
+    skew = engine.settings.chain_clock_skew_seconds  # as verification allows
+    paused, treasury = _paused(engine, rail)
+    if not treasury and engine.settings.discovery is None:
+        return out  # on by default only where a treasury is configured
+    if paused:
+        # SECURITY: a paused rail takes no proof: a watch would move past the transfers it
+        # reads and never submit them. It is read once the rail is resumed.
+        return out
     with engine.db.tx() as s:
-        treasury = engine.treasury(s, rail)
-        if not treasury and engine.settings.discovery is None:
-            return out  # on by default only where a treasury is configured
-        sessions = repo.open_sessions(s, rail.rail_id, now - grace, SESSIONS_PER_CYCLE)
-        for ps in sessions:
+        oldest = repo.oldest_watched(s, rail.rail_id, alive, treasury) if treasury else None
+        elsewhere = repo.open_sessions(s, rail.rail_id, alive, SESSIONS_PER_CYCLE, treasury)
+        for ps in elsewhere:
             s.expunge(ps)
-    if not sessions:
+    if oldest is None and not elsewhere:
         return out  # nothing open: no polling at all
     counted = CountingTransport(chain or engine.chains.transport(rail.family, rail.network))
-    by_ref = {ps.reference: ps for ps in sessions if ps.reference}
-    at_treasury = [ps for ps in sessions if treasury and ps.recipient == treasury]
-    elsewhere = [ps for ps in sessions if not (treasury and ps.recipient == treasury)]
-    found: list[tuple[PaymentSession, str]] = []  # (session, signature)
 
-    if treasury and at_treasury:  # (sessions at the treasury: there is one)
+    if treasury and oldest is not None:  # (sessions at the treasury: there is one)
         key = f"solana:{rail.rail_id}:{rail.network}:treasury:{treasury}"
         due, state = _due(engine, key)
         if due:
-            oldest = min(int(utc(ps.created_at).timestamp()) for ps in at_treasury)
-            oldest -= engine.settings.chain_clock_skew_seconds  # as verification allows
-            scan = list_signatures(
+            _walk(
+                engine,
+                rail,
                 counted,
                 token_account(treasury, rail.asset),
-                until=(state or {}).get("last_signature"),
-                not_before=oldest,
+                key,
+                state,
+                _treasury_handler(engine, rail, counted, treasury, alive, out),
+                not_before=int(utc(oldest).timestamp()) - skew,
                 page_limit=engine.settings.discovery_page_limit,
                 max_pages=engine.settings.reconcile_max_pages,
             )
-            newest = scan.entries[0].signature if scan.entries else None
-            ok = scan.error is None
-            for e in scan.entries:
-                if e.failed:
-                    continue
-                try:
-                    inflow = fetch_inflow(counted, e.signature, rail.asset, treasury)
-                except (TransportError, CassetteError):
-                    ok = False  # read again next cycle from the old position
-                    break
-                if inflow is None:
-                    continue
-                out["inflows"] += 1
-                hits = [by_ref[k] for k in inflow.account_keys if k in by_ref]
-                if len(hits) == 1:  # the binding: exactly one open session's reference
-                    found.append((hits[0], e.signature))
-            idle = 0 if out["inflows"] else ((state or {}).get("idle_polls", 0) + 1)
-            values: dict[str, Any] = {
-                "idle_polls": idle,
-                "updated_at": now,
-                "next_poll_at": now + timedelta(seconds=_backoff(engine, idle)),
-            }
-            if ok and newest is not None:
-                values["last_signature"] = newest
-            elif state is None:
-                values["last_signature"] = None
-            with engine.db.tx() as s:
-                repo.save_cursor(s, key, rail.rail_id, values)
 
     for ps in elsewhere:
         # A recipient that is not the treasury is not watched: its session's reference is.
@@ -167,39 +267,110 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
         due, state = _due(engine, key)
         if not due:
             continue
-        scan = list_signatures(counted, ps.reference, page_limit=10, max_pages=1)
-        sigs = [e.signature for e in scan.entries if not e.failed]
-        if len(sigs) == 1:
-            found.append((ps, sigs[0]))
-        idle = 0 if sigs else ((state or {}).get("idle_polls", 0) + 1)
-        with engine.db.tx() as s:
-            repo.save_cursor(
-                s,
-                key,
-                rail.rail_id,
-                {
-                    "idle_polls": idle,
-                    "updated_at": now,
-                    "last_signature": sigs[0] if sigs else None,
-                    "next_poll_at": now + timedelta(seconds=_backoff(engine, idle)),
-                },
-            )
+        _walk(
+            engine,
+            rail,
+            counted,
+            ps.reference,
+            key,
+            state,
+            _reference_handler(engine, rail, counted, ps, out),
+            not_before=int(utc(ps.created_at).timestamp()) - skew,
+            page_limit=REFERENCE_PAGE,
+            max_pages=1,
+        )
 
     out["rpc_calls"] = counted.calls
-    settled = reconciliation.settled_transfers(engine, rail.rail_id, [(t, None) for _, t in found])
-    # SECURITY: a transfer staff refunded, or found not ours, is never credited afterwards.
-    found = [(ps, t) for ps, t in found if (t, None) not in settled]
-    for ps, sig in found:
-        try:
-            submit_proof(engine, ps.id, sig, None, actor=ACTOR)
-            out["submitted"] += 1
-        except EngineError as e:
-            log.info(
-                "discovered transfer refused: %s",
-                e.code,
-                extra={"session_id": ps.id, "rail_id": rail.rail_id},
-            )
     return out
+
+
+def _treasury_handler(
+    engine: Engine,
+    rail: Rail,
+    chain: Transport,
+    treasury: str,
+    alive: datetime,
+    out: dict[str, int],
+) -> Handler:
+    """Each new transfer into the treasury, bound to the one open session whose reference it
+    carries, submitted as that session's proof."""
+    from rails.solana_inflows import fetch_inflow
+
+    def handle(entries: list[SignatureEntry]) -> tuple[int, int]:
+        upto = len(entries)
+        inflows = []
+        for n, e in enumerate(entries):
+            if e.failed:
+                continue
+            try:
+                inflow = fetch_inflow(chain, e.signature, rail.asset, treasury)
+            except (TransportError, CassetteError):
+                upto = n  # read again next cycle, with all that is older
+                break
+            if inflow is not None:
+                inflows.append((n, inflow))
+        out["inflows"] += len(inflows)
+        # SECURITY: the sessions a transfer may pay are looked up by the keys it carries, not
+        # picked from a bounded list of open sessions: the watch moves past every transfer it
+        # reads, so a session left out of such a list (behind many older open ones) would
+        # never be paid.
+        with engine.db.tx() as s:
+            by_ref = repo.watched_by_reference(
+                s, rail.rail_id, alive, [k for _, i in inflows for k in i.account_keys]
+            )
+            for ps in by_ref.values():
+                s.expunge(ps)
+        found = []
+        for n, i in inflows:
+            hits = [by_ref[k] for k in i.account_keys if k in by_ref]
+            if len(hits) == 1:  # the binding: exactly one open session's reference
+                found.append((n, hits[0], i))
+        settled = reconciliation.settled_transfers(
+            engine, rail.rail_id, [(i.signature, None) for _, _, i in found]
+        )
+        for n, ps, i in found:
+            # SECURITY: a transfer staff refunded, or found not ours, is never credited
+            # afterwards.
+            if (i.signature, None) in settled or _refused(engine, rail, ps, i.signature, i.result):
+                continue
+            done, status = _submit(engine, rail, ps, i.signature)
+            if not done:
+                return n, len(inflows)
+            out["submitted"] += int(status is not None)
+        return upto, len(inflows)
+
+    return handle
+
+
+def _reference_handler(
+    engine: Engine, rail: Rail, chain: Transport, ps: PaymentSession, out: dict[str, int]
+) -> Handler:
+    """Each transaction naming the session's reference that the rail's checks do not fail
+    for it, submitted as its proof."""
+    from rails.solana_inflows import fetch_transaction
+
+    def handle(entries: list[SignatureEntry]) -> tuple[int, int]:
+        live = 0
+        for n, e in enumerate(entries):
+            if e.failed:
+                continue
+            live += 1
+            try:
+                result = fetch_transaction(chain, e.signature)
+            except (TransportError, CassetteError):
+                return n, live  # read again next cycle
+            # SECURITY: anyone can send a transaction that merely names the reference (it is
+            # public in the payment request): every one is considered, and one the checks
+            # fail is left aside without a proof, never in the way of the payment.
+            if _refused(engine, rail, ps, e.signature, result):
+                continue
+            done, status = _submit(engine, rail, ps, e.signature)
+            if not done:
+                return n, live
+            out["submitted"] += int(status is not None)
+        return len(entries), live
+
+    return handle
 
 
 def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
@@ -209,23 +380,22 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     block time (one block read per block with a candidate). A transfer whose proof fails for
     the session leaves it to the next one. Returns {"submitted", "rpc_calls", "inflows"}."""
     from rails.evm_inflows import head, transfer_logs
-    from verifier.services.proofs import submit_proof
 
     out = {"submitted": 0, "rpc_calls": 0, "inflows": 0}
     now = engine.now()
-    grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
+    alive = now - timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
+    paused, treasury = _paused(engine, rail)
+    if not treasury:
+        return out  # EVM sessions pay the treasury; nothing to watch without one
+    if paused:
+        # SECURITY: a paused rail takes no proof: a watch would move past the transfers it
+        # reads and never submit them. It is read once the rail is resumed.
+        return out
     with engine.db.tx() as s:
-        treasury = engine.treasury(s, rail)
-        if not treasury:
-            return out  # EVM sessions pay the treasury; nothing to watch without one
-        sessions = [
-            ps
-            for ps in repo.open_sessions(s, rail.rail_id, now - grace, SESSIONS_PER_CYCLE)
-            if ps.payer and ps.recipient.lower() == treasury.lower()
-        ]
-        for ps in sessions:
-            s.expunge(ps)
-    if not sessions:
+        watched = repo.oldest_watched(
+            s, rail.rail_id, alive, treasury, any_case=True, payer_named=True
+        )
+    if watched is None:
         return out
     key = f"evm:{rail.rail_id}:{rail.network}:treasury:{treasury.lower()}"
     due, state = _due(engine, key)
@@ -246,9 +416,6 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     scan = transfer_logs(
         counted, rail.asset, treasury, start, top, max_range=engine.settings.reconcile_evm_max_range
     )
-    by_payer: dict[tuple[str, int], list[PaymentSession]] = {}
-    for ps in sessions:
-        by_payer.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
     # A transfer a proof already holds (the payer's earlier payment, submitted by its tenant)
     # is no candidate: matched first, it used a later session's turn and hid the payment
     # that session was waiting for. A pending proof holds nothing: another tenant's claim of
@@ -262,13 +429,20 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
             engine, rail.rail_id, [(i.tx_hash, i.log_index) for i in scan.inflows]
         )
     }
-    inflows = [
-        i
-        for i in scan.inflows
-        if i.tx_hash not in known
-        and i.tx_hash not in settled
-        and (i.sender.lower(), i.value) in by_payer
-    ]
+    fresh = [i for i in scan.inflows if i.tx_hash not in known and i.tx_hash not in settled]
+    # SECURITY: the sessions a transfer may pay are looked up by its sender, not picked from
+    # a bounded list of open sessions: the watch moves past every block it reads, so a
+    # session left out of such a list (behind many older open ones) would never be paid.
+    with engine.db.tx() as s:
+        sessions = repo.watched_by_payer(
+            s, rail.rail_id, alive, treasury, [i.sender for i in fresh]
+        )
+        for ps in sessions:
+            s.expunge(ps)
+    by_payer: dict[tuple[str, int], list[PaymentSession]] = {}
+    for ps in sessions:
+        by_payer.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
+    inflows = [i for i in fresh if (i.sender.lower(), i.value) in by_payer]
     times = reconciliation.block_times(counted, [i.block_number for i in inflows])
     out["rpc_calls"] = counted.calls
     out["inflows"] = len(scan.inflows)
@@ -278,18 +452,6 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     if unread is not None:
         inflows = [i for i in inflows if i.block_number < unread]
         scanned_to = unread - 1 if scanned_to is None else min(scanned_to, unread - 1)
-    idle = 0 if scan.inflows else ((state or {}).get("idle_polls", 0) + 1)
-    values: dict[str, Any] = {
-        "idle_polls": idle,
-        "updated_at": now,
-        "next_poll_at": now + timedelta(seconds=_backoff(engine, idle)),
-    }
-    if scanned_to is not None and scanned_to >= start:
-        values["last_block"] = scanned_to
-    elif state is None:
-        values["last_block"] = None
-    with engine.db.tx() as s:
-        repo.save_cursor(s, key, rail.rail_id, values)
     taken: set[str] = set()
     for i in inflows:  # oldest first
         # SECURITY: a payer and an amount can be read off the chain; only a transfer made
@@ -304,20 +466,33 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         if len(hits) != 1:  # the binding: exactly one open session names this payer and amount
             continue
         ps = hits[0]
-        try:
-            view, _ = submit_proof(engine, ps.id, i.tx_hash, None, actor=ACTOR)
-        except EngineError as e:
-            log.info(
-                "discovered transfer refused: %s",
-                e.code,
-                extra={"session_id": ps.id, "rail_id": rail.rail_id},
+        done, status = _submit(engine, rail, ps, i.tx_hash)
+        if not done:
+            # Its block and what follows are read again next cycle (transfers of it already
+            # submitted are then held, or their session waits: no candidate twice).
+            scanned_to = (
+                i.block_number - 1 if scanned_to is None else min(scanned_to, i.block_number - 1)
             )
+            break
+        if status is None:
             continue
         out["submitted"] += 1
         # A transfer the chain refused for the session does not take it: a later one of the
         # same scan may still be its payment.
-        if view["status"] != ProofStatus.failed.value:
+        if status != ProofStatus.failed.value:
             taken.add(ps.id)
+    idle = 0 if scan.inflows else ((state or {}).get("idle_polls", 0) + 1)
+    values: dict[str, Any] = {
+        "idle_polls": idle,
+        "updated_at": now,
+        "next_poll_at": now + timedelta(seconds=_backoff(engine, idle)),
+    }
+    if scanned_to is not None and scanned_to >= start:
+        values["last_block"] = scanned_to
+    elif state is None:
+        values["last_block"] = None
+    with engine.db.tx() as s:
+        repo.save_cursor(s, key, rail.rail_id, values)
     return out
 
 

@@ -135,12 +135,19 @@ class ReconciliationResolution(Base):
 
 class DiscoveryCursor(Base):
     """How far the worker's watch of one address (a treasury token account, a treasury on an
-    EVM chain, or one session's reference) has read, and when to look again."""
+    EVM chain, or one session's reference) has read, and when to look again.
+
+    A Solana watch reads signatures newest first down to `last_signature` (every one older
+    is done with). A walk longer than one cycle goes on in the next from `walk_before` (the
+    oldest signature it has done with), and once it reaches `last_signature`, `walk_newest`
+    (the newest signature when it started) takes its place."""
 
     __tablename__ = "discovery_cursors"
     watch_key: Mapped[str] = mapped_column(String(256), primary_key=True)
     rail_id: Mapped[str] = mapped_column(String(64))
     last_signature: Mapped[str | None] = mapped_column(String(128))
+    walk_before: Mapped[str | None] = mapped_column(String(128))
+    walk_newest: Mapped[str | None] = mapped_column(String(128))
     last_block: Mapped[int | None] = mapped_column(BigInteger)
     idle_polls: Mapped[int] = mapped_column(Integer, default=0)
     next_poll_at: Mapped[datetime | None]

@@ -501,7 +501,7 @@ def session_has_hold(s: Session, session_ids: list[str]) -> set[str]:
 # -- discovery --------------------------------------------------------------------------------
 
 
-def open_sessions(s: Session, rail_id: str, alive_after: datetime, limit: int) -> list[Any]:
+def _watched(rail_id: str, alive_after: datetime) -> tuple[Any, ...]:
     """Open sessions of a rail still worth watching (expiry plus grace not past), with no
     proof that holds or waits for a transfer."""
     waiting = (
@@ -509,18 +509,81 @@ def open_sessions(s: Session, rail_id: str, alive_after: datetime, limit: int) -
         .where(Proof.session_id == PaymentSession.id, Proof.status.in_(KNOWN))
         .exists()
     )
-    q = (
-        select(PaymentSession)
-        .where(
-            PaymentSession.rail_id == rail_id,
-            PaymentSession.status == SessionStatus.open.value,
-            PaymentSession.expires_at >= alive_after,
-            ~waiting,
-        )
-        .order_by(PaymentSession.created_at)
-        .limit(limit)
+    return (
+        PaymentSession.rail_id == rail_id,
+        PaymentSession.status == SessionStatus.open.value,
+        PaymentSession.expires_at >= alive_after,
+        ~waiting,
     )
-    return list(s.scalars(q).all())
+
+
+def open_sessions(
+    s: Session,
+    rail_id: str,
+    alive_after: datetime,
+    limit: int,
+    other_than: str | None = None,
+) -> list[Any]:
+    """The oldest `limit` watched sessions (`_watched`), those paying `other_than` left out."""
+    q = select(PaymentSession).where(*_watched(rail_id, alive_after))
+    if other_than is not None:
+        q = q.where(PaymentSession.recipient != other_than)
+    return list(s.scalars(q.order_by(PaymentSession.created_at).limit(limit)).all())
+
+
+def oldest_watched(
+    s: Session,
+    rail_id: str,
+    alive_after: datetime,
+    recipient: str,
+    *,
+    any_case: bool = False,
+    payer_named: bool = False,
+) -> datetime | None:
+    """When the oldest watched session paying `recipient` (compared in any case: an EVM
+    address) was opened; None when there is none."""
+    paying = (
+        func.lower(PaymentSession.recipient) == recipient.lower()
+        if any_case
+        else PaymentSession.recipient == recipient
+    )
+    q = select(func.min(PaymentSession.created_at)).where(*_watched(rail_id, alive_after), paying)
+    if payer_named:
+        q = q.where(PaymentSession.payer.is_not(None))
+    return s.scalar(q)
+
+
+def watched_by_reference(
+    s: Session, rail_id: str, alive_after: datetime, references: Iterable[str]
+) -> dict[str, Any]:
+    """The watched sessions whose reference is one of `references`, by reference."""
+    out: dict[str, Any] = {}
+    refs = sorted(set(references))
+    for i in range(0, len(refs), 500):
+        q = select(PaymentSession).where(
+            *_watched(rail_id, alive_after), PaymentSession.reference.in_(refs[i : i + 500])
+        )
+        for ps in s.scalars(q):
+            if ps.reference is not None:  # always: NULL is in no list
+                out[ps.reference] = ps
+    return out
+
+
+def watched_by_payer(
+    s: Session, rail_id: str, alive_after: datetime, recipient: str, payers: Iterable[str]
+) -> list[Any]:
+    """The watched sessions paying `recipient` (an EVM address: any case) that name one of
+    `payers` as their payer."""
+    out: list[Any] = []
+    wanted = sorted({p.lower() for p in payers})
+    for i in range(0, len(wanted), 500):
+        q = select(PaymentSession).where(
+            *_watched(rail_id, alive_after),
+            func.lower(PaymentSession.recipient) == recipient.lower(),
+            func.lower(PaymentSession.payer).in_(wanted[i : i + 500]),
+        )
+        out.extend(s.scalars(q).all())
+    return out
 
 
 def get_cursor(s: Session, key: str) -> DiscoveryCursor | None:
@@ -539,6 +602,8 @@ def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> N
         "rail_id": rail_id,
         "last_signature": None,
         "last_block": None,
+        "walk_before": None,
+        "walk_newest": None,
         "idle_polls": 0,
         "next_poll_at": None,
         **values,
