@@ -2,7 +2,7 @@
 
 Revision ID: 0014
 Revises: 0013
-Create Date: 2026-12-08 12:00:00.000000
+Create Date: 2026-12-06 14:40:00.000000
 
 A Solana watch read the signatures of its address newest first, and gave up past a number of
 pages without moving its cursor: a backlog longer than one scan (dust transfers to the
