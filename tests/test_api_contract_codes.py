@@ -150,3 +150,16 @@ def test_a_reconciliation_run_takes_the_incident_its_headers_carry(client):
     )
     assert r.status_code == 201, r.text
     assert (r.json()["incident_id"], r.json()["operator_reason"]) == ("INC-HDR", "drift")
+
+
+@pytest.mark.parametrize("path", ["/v1/admin/proofs", "/v1/admin/receipts"])
+def test_a_staff_filter_on_an_unknown_rail_is_rail_not_registered(client, path):
+    # README: rail_not_registered is 404 where a staff path or filter addresses it. A list
+    # filtered on a mistyped rail answered 200 [], which `list-rail-proofs --rail-id RAIL
+    # --status failed` showed as "(none)": a clean bill for a rail that does not exist.
+    r = client.get(path, params={"rail_id": "solana_usdcc"}, headers=auth(STAFF_TOKEN))
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "rail_not_registered"
+    assert r.json()["error"]["field"] == "rail_id"
+    ok = client.get(path, params={"rail_id": "solana_usdc"}, headers=auth(STAFF_TOKEN))
+    assert ok.status_code == 200, ok.text

@@ -3290,6 +3290,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description No such resource, or not one of the caller's owners: both answer the same. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -4678,6 +4687,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description No such resource, or not one of the caller's owners: both answer the same. */
+            404: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

@@ -1064,6 +1064,9 @@ def get_proof(engine: Engine, proof_id: str, owners: list[str] | None) -> dict[s
 def list_proofs(
     engine: Engine, rail_id: str | None = None, status: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
+    if rail_id is not None and not engine.has_rail(rail_id):
+        # A filter on a mistyped rail is not an empty list: "(none)" would read as all clear.
+        raise NotFound("rail_not_registered", f"rail_id: no rail {rail_id!r}", field="rail_id")
     with engine.db.tx() as s:
         paused = queries.paused_rails(s)
         return [

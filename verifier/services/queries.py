@@ -86,6 +86,8 @@ def list_receipts(
     engine: Engine, owner_id: str | None, rail_id: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Staff read: receipts, newest first, of one owner and/or one rail."""
+    if rail_id is not None and not engine.has_rail(rail_id):
+        raise NotFound("rail_not_registered", f"rail_id: no rail {rail_id!r}", field="rail_id")
     with engine.db.tx() as s:
         return [receipt_view(r) for r in staff_reads.receipts(s, owner_id, rail_id, limit)]
 

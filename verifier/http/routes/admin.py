@@ -88,7 +88,7 @@ def contracts(_: StaffDep, engine: EngineDep, rail_id: str | None = None) -> lis
     return rails_admin.contracts(engine, rail_id)
 
 
-@router.get("/proofs", response_model=list[ProofOut])
+@router.get("/proofs", response_model=list[ProofOut], responses=NOT_FOUND)
 def list_proofs(
     _: StaffDep,
     engine: EngineDep,
@@ -155,7 +155,7 @@ def inspect_entitlement(entitlement_id: str, _: StaffDep, engine: EngineDep) -> 
     return queries.get_entitlement(engine, entitlement_id)
 
 
-@router.get("/receipts", response_model=list[ReceiptOut])
+@router.get("/receipts", response_model=list[ReceiptOut], responses=NOT_FOUND)
 def receipts(
     _: StaffDep,
     engine: EngineDep,
