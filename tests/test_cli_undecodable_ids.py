@@ -1,7 +1,8 @@
 """Operator commands given an id or option that is not valid text (a byte that is not UTF-8
 on the command line arrives as a lone surrogate, e.g. `railproof inspect-webhook-event
-$'\\xff'`) exit 2 with a message naming it, before sending anything; an id too long for a URL
-is not blamed on --base-url."""
+$'\\xff'`) exit 2 with a message naming it, before sending anything, wherever the value would
+travel (URL path, query, JSON body, or --base-url itself); an id too long for a URL is not
+blamed on --base-url."""
 
 from __future__ import annotations
 
@@ -56,3 +57,76 @@ def test_a_bad_base_url_is_still_named():
         env={"RAILPROOF_API_BASE_URL": "http://[::1", "RAILPROOF_STAFF_TOKEN": STAFF_TOKEN},
     )
     assert r.exit_code == 2 and "--base-url" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (("assurance-repair", "idempotency_claim_stuck:\udcff", "--confirm", *OPS), "an id"),
+        (
+            (
+                "record-release-gate-evidence",
+                "--rail-id",
+                "evm_usdc",
+                "--gate",
+                "rate_limit_review",
+                "--note",
+                "20/s\udcff",
+                *OPS,
+            ),
+            "--note",
+        ),
+        (
+            ("request-treasury-change", "--rail-id", "solana_usdc", "--treasury", "C1\udcff", *OPS),
+            "--treasury",
+        ),
+        (("reconcile", "--scope", "rail_proofs\udcff", *OPS), "--scope"),
+        (
+            ("reconcile", "--scope", "chain_inflows", "--rail-id", "solana_usdc\udcff", *OPS),
+            "--rail-id",
+        ),
+        (
+            (
+                "reconcile",
+                "--scope",
+                "chain_inflows",
+                "--rail-id",
+                "solana_usdc",
+                "--since",
+                "2026-01-01\udcff",
+                *OPS,
+            ),
+            "--since",
+        ),
+    ],
+    ids=["assurance-repair", "gate-note", "treasury", "scope", "rail-id", "since"],
+)
+def test_undecodable_value_in_a_request_body_exits_2_naming_it(args, named):
+    # A value sent in the JSON body (not the URL) escaped as UnicodeEncodeError, exit 1.
+    r = _run(*args)
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code == 2, (r.exit_code, repr(r.exception), r.output)
+    assert f"error: {named}" in r.output and "not valid text" in r.output, r.output
+    assert "cannot reach the API" not in r.output  # refused before any request
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_undecodable_base_url_exits_2_naming_it(where):
+    url = f"http://127.0.0.1:{closed_port()}/\udcff"
+    if where == "option":
+        r = CliRunner().invoke(
+            cli_app,
+            ["--base-url", url, "list-approvals"],
+            env={"RAILPROOF_STAFF_TOKEN": STAFF_TOKEN},
+        )
+    else:
+        r = CliRunner().invoke(
+            cli_app,
+            ["list-approvals"],
+            env={"RAILPROOF_API_BASE_URL": url, "RAILPROOF_STAFF_TOKEN": STAFF_TOKEN},
+        )
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code == 2, (r.exit_code, repr(r.exception), r.output)
+    assert "error: --base-url" in r.output and "not valid text" in r.output, r.output
+    if where == "environment":
+        assert "RAILPROOF_API_BASE_URL" in r.output, r.output

@@ -189,6 +189,7 @@ class Client:
         # Settings are read when an option does not say it, once (warnings print once).
         settings = None if url and token_file else _settings()
         self.base = (url or (settings.api_base_url if settings else "")).rstrip("/")
+        self.base_option = "--base-url" if url else "--base-url (RAILPROOF_API_BASE_URL)"
         token = _staff_token(settings)
         self.headers = {b"Authorization": f"Bearer {token}".encode()}
         # UTF-8, which the API reads these headers as: an operator may write in any language.
@@ -205,9 +206,13 @@ class Client:
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> tuple[int, Any]:
+        # Undecodable text (a byte that is not UTF-8 on the command line) is named and
+        # refused before anything is sent, wherever it would travel: URL, query or body.
+        _text(self.base, self.base_option)
         for name, value in (params or {}).items():
             if isinstance(value, str):
-                _text(value, f"--{name.replace('_', '-')}")
+                _text(value, _option_name(name))
+        _body_text(body)
         try:
             r = httpx.request(
                 method,
@@ -221,7 +226,7 @@ class Client:
             try:
                 httpx.URL(self.base)
             except httpx.InvalidURL:
-                _die(f"--base-url: not a usable URL: {self.base!r} ({e})")
+                _die(f"{self.base_option}: not a usable URL: {self.base!r} ({e})")
             # The base is fine: an id or an option made the request's URL unusable.
             _die(f"an id or option makes the request's URL unusable ({e})")
         except httpx.HTTPError as e:
@@ -247,6 +252,28 @@ def _header_text(value: str, option: str) -> bytes:
     if plain(value) != value:
         _die(f"{option}: must not contain control characters")
     return _text(value, option)
+
+
+# Body fields that come from a positional argument rather than from `--<field>`.
+_ARGUMENT_FIELDS = {"issue_id": "an id argument"}
+
+
+def _option_name(field: str) -> str:
+    """The command-line name of the option a request field comes from."""
+    return _ARGUMENT_FIELDS.get(field) or f"--{field.replace('_', '-')}"
+
+
+def _body_text(value: Any, field: str | None = None) -> None:
+    """Every string in a JSON body (however nested) is valid text; else exit 2 naming the
+    option it came from (the top-level field's)."""
+    if isinstance(value, str):
+        _text(value, _option_name(field or "body"))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _body_text(v, field or str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _body_text(v, field)
 
 
 def _text(value: str, option: str) -> bytes:
