@@ -529,3 +529,42 @@ def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path):
         progress_stream=piped,
     )
     assert res.code == 0 and piped.getvalue() == ""
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file", "its .sha256 a directory"])
+def test_unwritable_out_is_refused_before_any_work(tmp_path, where):
+    # `--out DIR` ran the whole rehearsal, then died writing the evidence (IsADirectoryError,
+    # a traceback): the run was lost. Like `bench --plot`, --out is checked first.
+    db = tmp_path / "rehearsal.db"
+    if where == "a directory":
+        out = tmp_path
+    elif where == "under a file":
+        (tmp_path / "plain").write_text("x")
+        out = tmp_path / "plain" / "ev.json"
+    else:
+        out = tmp_path / "ev.json"
+        (tmp_path / "ev.json.sha256").mkdir()
+    r = rehearse("--database-url", f"sqlite:///{db}", "--out", str(out))
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code == 2, (r.exit_code, r.output[-500:])
+    assert "error: --out: cannot write" in r.output, r.output[-500:]
+    assert "ok  " not in r.output  # no step ran
+    assert not db.exists(), "nothing is migrated before --out is known to be writable"
+
+
+def test_evidence_that_cannot_be_written_at_the_end_is_a_message_not_a_traceback(
+    tmp_path, monkeypatch
+):
+    # Checked up front, the write can still fail (a full disk): say so, exit 2.
+    from verifier.tools import rehearse as mod
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mod, "_run", lambda *a, **k: None)
+    monkeypatch.setattr(Path, "write_bytes", full)
+    out = tmp_path / "ev.json"
+    r = rehearse("--database-url", f"sqlite:///{tmp_path}/rehearsal.db", "--out", str(out))
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code == 2, (r.exit_code, r.output[-500:])
+    assert "--out: cannot write" in r.output and "No space left" in r.output, r.output

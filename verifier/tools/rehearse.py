@@ -64,6 +64,7 @@ from sqlalchemy.sql.expression import ColumnClause
 
 from rails.base import canonical_json
 from rails.cassette import CassetteTransport
+from rails.files import unwritable
 from verifier.cli.progress import progress
 from verifier.core.config import DEFAULT_CASSETTE_DIR, REPO_FIXTURES
 from verifier.services.release_gates import REHEARSAL_STEPS
@@ -611,6 +612,12 @@ def run_rehearsal(
         if not value or not value.strip():
             echo(f"error: {flag}: required, and not blank (it is recorded in the evidence)")
             return RehearsalResult(2)
+    # Before any work: the rehearsal takes a while, and its evidence would be lost to an
+    # error at the end. OUT's directories are made; OUT.sha256 is written beside it.
+    for path in (out, _digest_path(out)):
+        if (why := unwritable(path, make_dirs=True)) is not None:
+            echo(f"error: --out: cannot write {path}: {why}")
+            return RehearsalResult(2)
     if scrubbed_snapshot is not None:
         problem = _snapshot_problem(scrubbed_snapshot)
         if problem:
@@ -664,18 +671,27 @@ def run_rehearsal(
         "scrubbed_snapshot": snapshot_doc,
         "steps": [s.__dict__ for s in reh.steps],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    body = evidence_bytes(evidence)
-    out.write_bytes(body)
-    digest = hashlib.sha256(body).hexdigest()
-    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
     for s in reh.steps:
         mark = "ok  " if s.ok else "FAIL"
         note = " (expected: injected fault)" if s.expected_fault and s.ok else ""
         echo(f"{mark} {s.name}: {s.detail}{note}")
+    body = evidence_bytes(evidence)
+    digest = hashlib.sha256(body).hexdigest()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(body)
+        _digest_path(out).write_text(f"{digest}  {out.name}\n")
+    except OSError as e:  # checked up front; still possible (a full disk)
+        echo(f"error: --out: cannot write {out}: {e.strerror or e}; no evidence was kept")
+        return RehearsalResult(2)
     echo(f"rehearsal {'passed' if reh.ok else 'FAILED'}; evidence in {out}")
     echo(f"evidence sha256: {digest}")
     return RehearsalResult(0 if reh.ok else 1, out, digest)
+
+
+def _digest_path(out: Path) -> Path:
+    """OUT.sha256, beside OUT."""
+    return out.with_name(out.name + ".sha256") if out.name else out / ".sha256"
 
 
 def _refuse_non_empty(url: str) -> None:
