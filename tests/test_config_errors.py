@@ -1,5 +1,6 @@
 """Configuration errors name the variable; unknown RAILPROOF_* variables are warned about;
-`serve` refuses a deployment it could not serve, saying what to set; readiness says when
+`serve` refuses a deployment it could not serve, saying what to set, and a port outside
+1..65535; `worker` refuses a batch or interval it could not work with; readiness says when
 recorded cassettes are why a rail is not live."""
 
 import json
@@ -289,3 +290,69 @@ def test_the_longest_webhook_durations_allowed_still_make_dates(env):
     cfg = webhooks.DeliveryConfig.from_settings(Settings())
     later = datetime(2026, 12, 6, tzinfo=UTC) + timedelta(seconds=cfg.lease_s)
     assert later + webhooks.backoff(cfg.max_attempts, cfg) > later
+
+
+@pytest.fixture
+def worked(monkeypatch):
+    """run_worker recorded instead of run: a worker that got past every refusal."""
+    import verifier.worker.loop as loop
+
+    calls: list[dict] = []
+    monkeypatch.setattr(loop, "run_worker", lambda *a, **k: calls.append(k))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--batch", "-5"], "--batch"),  # PostgreSQL: LIMIT -5, a DataError traceback
+        (["--batch", "0"], "--batch"),  # claims nothing, ever: a worker that does nothing
+        (["--batch", "10001"], "--batch"),
+        (["--batch", "99999999999999999999"], "--batch"),  # bigint overflow traceback
+        (["--interval", "-1"], "--interval"),  # a busy loop on the database
+        (["--interval", "0"], "--interval"),  # the same
+        (["--interval", "nan"], "--interval"),  # passes any range check: the same busy loop
+        (["--interval", "inf"], "--interval"),  # OverflowError traceback in Event.wait
+        (["--interval", "86401"], "--interval"),
+    ],
+)
+def test_worker_refuses_an_unusable_batch_or_interval_naming_it(env, worked, args, flag):
+    r = cli("worker", *args)
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert flag in r.output and "Traceback" not in r.output, r.output
+    assert worked == [], "the worker ran with an unusable setting"
+
+
+@pytest.mark.parametrize(
+    ("args", "batch", "interval"),
+    [([], 100, 2.0), (["--batch", "10000", "--interval", "86400"], 10000, 86400.0)],
+)
+def test_worker_takes_the_widest_usable_batch_and_interval(env, worked, args, batch, interval):
+    r = cli("worker", *args)
+    assert r.exit_code == 0, r.output
+    assert (worked[0]["batch"], worked[0]["interval"]) == (batch, interval)
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1"])
+def test_serve_refuses_a_port_outside_1_65535_naming_it(env, served, port):
+    # 99999 printed "running on :99999" and listened on 34463 (mod 65536); -1 died inside
+    # uvicorn with exit 3; 0 quietly became $PORT.
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    r = cli("serve", "--port", port)
+    assert r.exit_code == 2 and served == [], (r.exit_code, r.output)
+    assert "--port" in r.output, r.output
+
+
+@pytest.mark.parametrize("port", ["65536", "0", "-1"])
+def test_serve_refuses_a_port_variable_outside_1_65535_naming_it(env, served, port):
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    env.setenv("PORT", port)
+    r = cli("serve")
+    assert r.exit_code == 2 and served == [], (r.exit_code, r.output)
+    assert "error: PORT:" in r.output, r.output
+
+
+def test_serve_takes_port_65535(env, served):
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    r = cli("serve", "--port", "65535")
+    assert r.exit_code == 0 and served[0]["port"] == 65535, r.output

@@ -5,6 +5,7 @@ on stderr that says what to do.
 """
 
 import json
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -213,7 +214,8 @@ APP = "verifier.http.asgi:make_app"
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[
-        int | None, typer.Option(help="port to listen on (default: $PORT, else 8000)")
+        int | None,
+        typer.Option(min=1, max=65535, help="port to listen on (default: $PORT, else 8000)"),
     ] = None,
     workers: Annotated[int, typer.Option(help="API processes")] = 1,
 ) -> None:
@@ -236,7 +238,7 @@ def serve(
     except OSError as e:
         fail(f"PROMETHEUS_MULTIPROC_DIR: cannot prepare it: {e.strerror}")
     engine = _engine()
-    port = port or engine.settings.port
+    port = port if port is not None else engine.settings.port  # PORT: 1..65535 (Settings)
     # Refuse early, with the migration hint or what to set, before binding the port.
     _refuse_unservable(engine)
     options: dict[str, Any] = {
@@ -265,11 +267,31 @@ def serve(
     uvicorn.run(APP, workers=workers, **options)
 
 
+# --interval: how long a sweep that found nothing waits. Above 0 (else the worker polls the
+# database in a busy loop) and at most a day (a longer pause is not a worker).
+MAX_WORKER_INTERVAL = 86_400.0
+# A claim's ids go back to the database as one IN list: SQLite allows 32766 parameters.
+MAX_WORKER_BATCH = 10_000
+
+
+def _worker_interval(value: float) -> float:
+    # NaN passes any range check (every comparison is false): refuse it by name.
+    if not math.isfinite(value) or not 0 < value <= MAX_WORKER_INTERVAL:
+        raise typer.BadParameter(
+            f"{value} seconds: give a number above 0 and at most {MAX_WORKER_INTERVAL:.0f} (a day)"
+        )
+    return value
+
+
 @app.command()
 def worker(
     once: bool = typer.Option(False, help="one sweep, then exit"),
-    interval: float = typer.Option(2.0, help="seconds between sweeps"),
-    batch: int = typer.Option(100, help="proofs per sweep"),
+    interval: float = typer.Option(
+        2.0, callback=_worker_interval, help="seconds between sweeps (above 0, at most a day)"
+    ),
+    batch: int = typer.Option(
+        100, min=1, max=MAX_WORKER_BATCH, help="proofs per sweep (each step claims this many)"
+    ),
     name: str | None = typer.Option(None, help="worker name in attempts"),
 ) -> None:
     """Re-verify pending proofs, refresh finality, check reorgs, auto-apply when enabled."""
