@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -498,6 +499,62 @@ def test_demo_walks_to_an_active_entitlement_against_a_served_api(demo_api):
     # One transfer pays one session: a second run is refused, not applied twice.
     assert run_demo(url) == 1
     assert run_demo(f"http://127.0.0.1:{closed_port()}") == 2
+
+
+def test_demo_run_again_on_the_same_database_says_why_it_stopped(demo_api, capsys):
+    # The second run replays the first's session and proof (the same Idempotency-Keys), and
+    # the dry run answers would_apply false (already applied): demo returned 1 and said nothing.
+    from verifier.tools.demo import run_demo
+
+    e, url = demo_api
+    assert run_demo(url) == 0
+    capsys.readouterr()
+    assert run_demo(url) == 1
+    err = capsys.readouterr().err
+    assert "one transfer pays one session" in err and "make clean serve" in err, err
+    assert counts(e)["receipts"] == 1
+
+
+def test_demo_whose_transfer_backs_another_session_says_why_it_stopped(demo_api, capsys):
+    # Another session holds the demo's reference: the API answers 422 reference_in_use; the
+    # demo looked for a 409, and said only "HTTP 422 reference_in_use".
+    from verifier.tools.demo import demo_payment, run_demo
+
+    e, url = demo_api
+    pay = demo_payment()
+    r = httpx.post(
+        f"{url}/v1/payment-sessions",
+        headers={"Authorization": "Bearer demo-service-token", "Idempotency-Key": "earlier"},
+        json={
+            "owner_id": "demo-owner",
+            "rail_id": "solana_usdc",
+            "access_product_id": "pro-monthly",
+            "amount": pay["amount"],
+            "reference": pay["reference"],
+            "memo": pay["memo"],
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert run_demo(url) == 1
+    err = capsys.readouterr().err
+    assert "one transfer pays one session" in err and "make clean serve" in err, err
+    assert counts(e)["receipts"] == 0
+
+
+def test_demo_a_dry_run_would_refuse_names_the_failed_checks():
+    from verifier.tools.demo import _would_not_apply
+
+    said = _would_not_apply(
+        {
+            "would_apply": False,
+            "already_applied": False,
+            "checks": [
+                {"name": "proof_verified", "passed": True},
+                {"name": "rail_not_paused", "passed": False},
+            ],
+        }
+    )
+    assert "failed: rail_not_paused" in said and "make serve" in said, said
 
 
 def test_demo_with_a_staff_token_the_server_refuses_names_it_and_stops(

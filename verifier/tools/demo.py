@@ -86,35 +86,67 @@ class _Api:
             raise _Stop(f"--base-url: not a usable URL: {self.base!r} ({e})", 2) from None
         except httpx.HTTPError as e:
             raise _Stop(
-                f"{method} {path}: lost the API at {self.base} ({type(e).__name__})", 2
+                f"{method} {path}: lost the API at {self.base} ({type(e).__name__}); is "
+                "`make serve` still running?",
+                2,
             ) from None
         try:
             body = r.json()
         except ValueError:
             raise _Stop(
-                f"{method} {path}: HTTP {r.status_code}, and the answer is not JSON", 1
+                f"{method} {path}: HTTP {r.status_code}, and the answer is not JSON: is "
+                f"{self.base} the railproof API (`make serve`)?",
+                1,
             ) from None
         console.print(f"   HTTP {r.status_code}: " + json.dumps(body)[:600])
         if r.status_code in expect:
             return body
         said = refused(r.status_code, body) if refused else None
         if said is None and r.status_code in (401, 403):
-            said = f"the API refused the token from {var} (HTTP {r.status_code})"
+            said = (
+                f"the API refused the token from {var} (HTTP {r.status_code}): set it to a "
+                "token of this deployment (`make serve` prints them)"
+            )
         if said is None:
             error = body.get("error") if isinstance(body, dict) else None
             code = error.get("code") if isinstance(error, dict) else None
-            said = f"{method} {path}: HTTP {r.status_code}" + (f" {code}" if code else "")
+            message = error.get("message") if isinstance(error, dict) else None
+            said = (
+                f"{method} {path}: HTTP {r.status_code}"
+                + (f" {code}" if code else "")
+                + (f": {message}" if message else "")
+                + "; the demo needs the deployment `make serve` starts"
+            )
         raise _Stop(said, 1)
 
 
+# What a second run on the same database is told, whichever step notices it (README: run the
+# demo again on a fresh database).
+ALREADY_RUN = (
+    "the recorded demo transfer already backs a session: one transfer pays one session. "
+    "Run the demo again on a fresh database: `make clean serve`."
+)
+
+
 def _reference_in_use(status: int, body: Any) -> str | None:
+    # Known by its code, whatever the status (the API answers it 422).
     error = body.get("error") if isinstance(body, dict) else None
-    if status == 409 and isinstance(error, dict) and error.get("code") == "reference_in_use":
-        return (
-            "the recorded demo transfer already backs a session: one transfer pays one "
-            "session. Start again with a fresh database: `make clean serve`."
-        )
+    if isinstance(error, dict) and error.get("code") == "reference_in_use":
+        return ALREADY_RUN
     return None
+
+
+def _would_not_apply(report: dict[str, Any]) -> str:
+    """Why the dry run says apply would not apply the proof, and what to do."""
+    if report.get("already_applied"):
+        # The same Idempotency-Keys replayed the first run's session and proof.
+        return ALREADY_RUN
+    failed = [c.get("name") for c in report.get("checks", []) if not c.get("passed")]
+    return (
+        f"the dry run says apply would refuse the proof (failed: {', '.join(failed) or 'none'}; "
+        "see the report above): the demo needs the deployment `make serve` starts (recorded "
+        "chains, its clock, treasury and allowlist)"
+    )
 
 
 def run_demo(base_url: str | None = None) -> int:
@@ -176,7 +208,11 @@ def _walk(base: str) -> int:
         json={"session_id": sess["id"], "proof": pay["signature"]},
     )
     if proof.get("status") != "verified":
-        raise _Stop(f"the proof is {proof.get('status')} ({proof.get('failure_code')})", 1)
+        raise _Stop(
+            f"the proof is {proof.get('status')} ({proof.get('failure_code')}), not verified: "
+            "the demo replays the recorded chain `make serve` starts (RAILPROOF_CHAIN=cassette)",
+            1,
+        )
 
     _step(3, "the same proof again: idempotent, the same proof comes back (200)")
     proof_again = {"session_id": sess["id"], "proof": pay["signature"]}
@@ -194,7 +230,7 @@ def _walk(base: str) -> int:
         t.add_row(ch["name"], "yes" if ch["passed"] else "NO", ch["detail"])
     console.print(t)
     if not rep["would_apply"]:
-        return 1
+        raise _Stop(_would_not_apply(rep), 1)
 
     apply = {"confirm": True, **context}
     _step(5, "staff: apply (receipt + entitlement in one transaction)")
@@ -210,9 +246,13 @@ def _walk(base: str) -> int:
         and again.get("already_applied")
         and any(e["status"] == "active" and e["receipt_id"] == applied["receipt_id"] for e in ents)
     )
-    console.print(
-        "\n[green]demo complete: entitlement active[/green]"
-        if ok
-        else "\n[red]demo did not reach an active entitlement[/red]"
-    )
-    return 0 if ok else 1
+    if not ok:
+        raise _Stop(
+            "the demo did not reach an active entitlement (apply "
+            f"{'applied' if applied.get('applied') else 'did not apply'}, the second apply "
+            f"{'was' if again.get('already_applied') else 'was not'} idempotent; see the "
+            "answers above): the demo needs the deployment `make serve` starts",
+            1,
+        )
+    console.print("\n[green]demo complete: entitlement active[/green]")
+    return 0
