@@ -2,20 +2,15 @@
 timeout, however the receiver dribbles its answer out, and the worker's webhooks go out from a
 thread of their own, so a receiver that holds its answer delays no proof's re-check, finality
 or apply. Whatever a receiver answers is stored only as text any database holds, and one
-delivery's outcome that cannot be recorded leaves the others of its round recorded. Each round
-takes endpoints in turn, so one tenant's backlog to a hanging receiver delays another tenant's
-event by at most the round it is in."""
+delivery's outcome that cannot be recorded leaves the others of its round recorded."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
-from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 from sqlalchemy import select
 
 from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, SERVICE_TOKEN
@@ -206,65 +201,3 @@ def test_an_outcome_that_cannot_be_recorded_leaves_the_rest_of_the_round_recorde
         assert (out["claimed"], out["delivered"]) == (1, 1), out
         assert delivery_of(engine, alice_ev).status == DeliveryStatus.delivered
         assert alice_rcv.ids() == [alice_ev] and bob_rcv.ids() == [bob_ev]
-
-
-def test_one_tenants_backlog_to_a_hanging_receiver_delays_another_by_at_most_a_round(
-    engine,
-    api,  # noqa: F811
-):
-    # README: "a slow receiver delays other webhooks by at most a round of POSTs". The queue
-    # was one queue by due time across tenants: alice's eight events, due first, filled four
-    # rounds of two, each held to the timeout, before bob's event went out.
-    cfg = replace(FAST, timeout_s=0.3, lease_s=1.0, concurrency=2)
-    with Receiver() as alice_rcv, Receiver() as bob_rcv:
-        subscribe(api, alice_rcv, ["proof.verified"])
-        subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
-        alice_rcv.hang = True
-        for i in range(8):  # eight of alice's payments, each a resource of its own
-            emit_now(engine, "proof.verified", "alice", rid=f"pa{i}")
-        bob_ev = emit_now(engine, "proof.verified", "bob", rid="pb")
-        # One round of POSTs (batch = concurrency): alice's first event and bob's.
-        out = webhooks.deliver_due(engine, "w1", cfg.concurrency, now=CLOCK, config=cfg)
-        assert (out["claimed"], out["delivered"], out["retrying"]) == (2, 1, 1), out
-        assert bob_rcv.ids() == [bob_ev]
-
-
-def test_a_claim_takes_endpoints_in_turn_and_one_endpoint_alone_gets_the_whole_batch(
-    engine,
-    api,  # noqa: F811
-):
-    with Receiver() as alice_rcv, Receiver() as bob_rcv:
-        alice = subscribe(api, alice_rcv, ["proof.verified"])["id"]
-        bob = subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)["id"]
-        for i in range(8):
-            emit_now(engine, "proof.verified", "alice", rid=f"pa{i}")
-        for i in range(2):
-            emit_now(engine, "proof.verified", "bob", rid=f"pb{i}")
-
-        def claimed(limit: int) -> Counter[str]:
-            jobs = webhooks.claim(engine, "w1", limit, CLOCK, FAST)
-            return Counter(j.endpoint_id for j in jobs)
-
-        # Each endpoint's first, then each one's second, ...
-        assert claimed(4) == {alice: 2, bob: 2}
-        # Bob has nothing left to claim (his are leased): alice gets the whole batch.
-        assert claimed(5) == {alice: 5}
-        assert claimed(5) == {alice: 1}
-        assert claimed(5) == {}
-
-
-def test_a_claim_skips_what_another_claim_holds_and_takes_the_next(engine, api, db_url):  # noqa: F811
-    # The turns are ranked in a subquery and the rows locked outside it (PostgreSQL refuses
-    # FOR UPDATE beside a window function): rows another worker's claim holds at that moment
-    # are skipped, and the claim still fills its batch from the next ones.
-    if not db_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL: SQLite runs one claim at a time")
-    with Receiver() as rcv:
-        subscribe(api, rcv, ["proof.verified"])
-        for i in range(6):
-            emit_now(engine, "proof.verified", "alice", rid=f"pa{i}")
-        with engine.db.tx() as s:
-            held = {d.id for d, _, _ in webhooks_repo.due(s, CLOCK, 2)}  # locked till the end
-            assert len(held) == 2
-            jobs = webhooks.claim(engine, "w2", 2, CLOCK, FAST)
-            assert len(jobs) == 2 and not held & {j.delivery_id for j in jobs}

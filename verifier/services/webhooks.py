@@ -22,9 +22,7 @@ next_attempt_at (the retry spans worker sweeps, so it survives restarts); after 
 expires, and another worker takes the row again. `railproof worker` delivers from a thread of
 its own, so receivers (the tenants') never hold up proofs' checks or apply. Order per
 resource: a delivery is claimable only when no earlier event of the same resource is still
-pending for the same endpoint. Across endpoints a claim takes them in turn (each endpoint's
-earliest due delivery before any endpoint's second), so one tenant's backlog to a slow
-receiver delays another's deliveries by at most the round it is in.
+pending for the same endpoint.
 
 Clocks. Leases and retry times run on the wall clock, not the engine's clock: the engine's
 clock can be pinned to replay recorded chains, while receivers and their signature checks

@@ -187,19 +187,11 @@ def _triples(
     return [(d, ev, ep) for d, ev, ep in s.execute(q).all()]
 
 
-# How many candidates a claim ranks for each delivery it leases: another worker's claim, at the
-# same moment, locks some of the first ones (skipped here, not waited for), and the claim then
-# takes the next ones rather than fewer.
-_CANDIDATES_PER_CLAIM = 4
-
-
 def due(s: Session, now: datetime, limit: int) -> list[Joined]:
     """Up to `limit` pending deliveries to active endpoints that are due at `now` and not
-    leased, each the earliest pending event of its resource for its endpoint; taken in turn
-    across endpoints (every endpoint with work due gets its earliest before any gets a
-    second), earliest due first within each turn. One endpoint alone still gets all `limit`.
-    On PostgreSQL the delivery rows are locked FOR UPDATE SKIP LOCKED, so workers share the
-    queue without taking the same row."""
+    leased, each the earliest pending event of its resource for its endpoint; earliest due
+    first. On PostgreSQL the delivery rows are locked FOR UPDATE SKIP LOCKED, so workers
+    share the queue without taking the same row."""
     D, E, EP = WebhookDelivery, OutboxEvent, WebhookEndpoint
     d2, e2 = aliased(WebhookDelivery), aliased(OutboxEvent)
     earlier_pending = exists().where(
@@ -210,51 +202,16 @@ def due(s: Session, now: datetime, limit: int) -> list[Joined]:
         e2.resource_id == E.resource_id,
         e2.sequence < E.sequence,
     )
-    leasable = (
-        D.status == DeliveryStatus.pending,
-        or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
-        or_(D.claimed_until.is_(None), D.claimed_until < now),
-    )
-    # SECURITY: one queue for every tenant, taken in turn by endpoint: ordered by due time
-    # alone, one tenant's backlog to a receiver that hangs filled round after round (each
-    # held to the timeout) while another tenant's event waited behind all of it. Now a slow
-    # receiver delays the others by at most the round it is in.
-    turn = (
-        func.row_number()
-        .over(
-            partition_by=D.endpoint_id,
-            order_by=(D.next_attempt_at, E.created_at, E.sequence),
-        )
-        .label("turn")
-    )
-    candidates = (
-        select(
-            D.id.label("id"),
-            turn,
-            D.next_attempt_at.label("next_attempt_at"),
-            E.created_at.label("created_at"),
-            E.sequence.label("sequence"),
-        )
-        .join(E, E.id == D.event_id)
-        .join(EP, EP.id == D.endpoint_id)
-        .where(*leasable, EP.active.is_(True), ~earlier_pending)
-        .order_by(turn, D.next_attempt_at, E.created_at, E.sequence)
-        .limit(limit * _CANDIDATES_PER_CLAIM)
-        .subquery("due")
-    )
     q = (
         _joined()
-        .where(D.id == candidates.c.id)
-        # Again on the row as locked: PostgreSQL checks these once more on a row another
-        # worker leased after this statement's snapshot (a window function's query level
-        # cannot lock rows, so the ranking is a subquery and the lock is taken here).
-        .where(*leasable)
-        .order_by(
-            candidates.c.turn,
-            candidates.c.next_attempt_at,
-            candidates.c.created_at,
-            candidates.c.sequence,
+        .where(
+            D.status == DeliveryStatus.pending,
+            EP.active.is_(True),
+            or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
+            or_(D.claimed_until.is_(None), D.claimed_until < now),
+            ~earlier_pending,
         )
+        .order_by(D.next_attempt_at, E.created_at, E.sequence)
         .limit(limit)
     )
     if rows.is_postgres(s):
