@@ -59,9 +59,9 @@ def create_endpoint(
     types = _event_types(event_types)
     now = engine.now()
     with engine.db.tx() as s:
-        # SECURITY: checked and created under the token's lock: a burst of creates otherwise
+        # SECURITY: checked and created under its owners' locks: a burst of creates otherwise
         # stored duplicates (each event delivered once per copy) and went past the limit.
-        webhooks_repo.lock_endpoints_of(s, principal)
+        webhooks_repo.lock_endpoints_of(s, owners)
         # Every endpoint the token manages, its own and those it gained with its owners: a
         # second copy of one of them would double its deliveries.
         mine = webhooks_repo.active_endpoints_within(s, owners)

@@ -50,13 +50,16 @@ _LOCK_ENDPOINTS = Prepared(
 )
 
 
-def lock_endpoints_of(s: Session, principal: str) -> None:
-    """Hold the token's endpoint list to the end of the transaction, so that what it reads
-    next (its active endpoints) stays what it checks: two creates at once would both find the
-    URL free and the count under the limit. SQLite's BEGIN IMMEDIATE holds every writer out
-    already."""
+def lock_endpoints_of(s: Session, owners: list[str]) -> None:
+    """Hold, to the end of the transaction, the endpoint lists of every owner a token acts
+    for, one lock per owner taken in sorted order (so two such calls never wait on each other
+    in a cycle): what the token reads next (the endpoints it manages, made for owners all
+    among its own) stays what it checks. Two creates whose managed sets can meet share an
+    owner, hence a lock: otherwise both would find the URL free and the count under the
+    limit. SQLite's BEGIN IMMEDIATE holds every writer out already."""
     if rows.is_postgres(s):
-        _LOCK_ENDPOINTS.scalar(s.connection(), {"p": principal})
+        for owner in sorted(set(owners)):
+            _LOCK_ENDPOINTS.scalar(s.connection(), {"p": "owner:" + owner})
 
 
 def active_endpoints_of(s: Session, principal: str) -> list[WebhookEndpoint]:

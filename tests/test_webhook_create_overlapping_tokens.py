@@ -1,0 +1,94 @@
+"""Create's duplicate check reads every endpoint the token manages (made for owners it all acts
+for, whichever token made them), so it must be serialized with every create that can add to
+that set: one lock per owner, not per token. Two creates of the same URL at once, one
+by a token acting for alice and one by a token acting for alice and alice-2 (or the same
+token during a rolling restart that added alice-2 to it), both pass the check: the second
+token then manages two endpoints for one URL and alice's events reach that receiver twice.
+README: 409 webhook_endpoint_exists, "the token already has an active endpoint for this URL".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import make_settings
+from tests.fake_rail import catalog_with_fake
+from verifier.core.engine import Engine
+from verifier.core.errors import Conflict
+from verifier.services import webhook_endpoints
+from verifier.services.principals import principal_name
+from verifier.storage.repo import audit as audit_repo
+from verifier.storage.webhook_models import WebhookEndpoint
+
+URL = "http://127.0.0.1:9/dup"
+OLD = ["alice"]  # the token before a restart, or a second token for alice
+NEW = ["alice", "alice-2"]  # the token after it gained alice-2
+
+
+def _in_thread(out: dict, key: str, fn) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[key] = fn()
+        except BaseException as e:  # noqa: BLE001 - the test reads it
+            out[key] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _race(engine, url_old: str, url_new: str) -> dict[str, object]:
+    """A create by each token at once, both queued behind another appender's chain lock."""
+    held, release = threading.Event(), threading.Event()
+
+    def other_appender() -> None:  # any tenant's state change holding the chain a moment
+        with engine.db.tx() as s:
+            audit_repo.lock_chain(s)
+            held.set()
+            release.wait(10)
+
+    def create(owners: list[str], url: str):
+        return webhook_endpoints.create_endpoint(
+            engine, principal_name(owners), owners, url, ["proof.verified"]
+        )
+
+    out: dict[str, object] = {}
+    threads = [_in_thread(out, "appender", other_appender)]
+    assert held.wait(5)
+    threads.append(_in_thread(out, "old", lambda: create(OLD, url_old)))
+    threads.append(_in_thread(out, "new", lambda: create(NEW, url_new)))
+    time.sleep(0.8)  # both have gone as far as they can: queued for the chain's lock
+    release.set()
+    for t in threads:
+        t.join(15)
+    return out
+
+
+def _engine(db_url: str) -> Engine:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL: SQLite runs one writer at a time")
+    return Engine(
+        make_settings(db_url, service_tokens={"t-old": OLD, "t-new": NEW}),
+        catalog=catalog_with_fake(),
+    )
+
+
+def test_two_creates_of_one_url_by_overlapping_tokens_store_it_once(db_url):
+    engine = _engine(db_url)
+    try:
+        out = _race(engine, URL, URL)
+        made = [k for k in ("old", "new") if isinstance(out[k], dict)]
+        refused = [k for k in ("old", "new") if isinstance(out[k], Conflict)]
+        # The token acting for alice and alice-2 manages both: one URL, one endpoint.
+        managed = webhook_endpoints.list_endpoints(engine, NEW)
+        assert [e["url"] for e in managed] == [URL], (out, managed)
+        assert len(made) == 1 and len(refused) == 1, out
+        with engine.db.tx() as s:
+            n = len(s.scalars(select(WebhookEndpoint).where(WebhookEndpoint.active)).all())
+        assert n == 1
+    finally:
+        engine.db.dispose()
