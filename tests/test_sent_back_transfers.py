@@ -46,13 +46,10 @@ def test_a_transfer_sent_back_is_never_credited_when_its_tenant_submits_it(db_ur
             ents = s.scalars(
                 select(Entitlement.status).where(Entitlement.session_id == bound["id"])
             ).all()
-            waiting = proof_repo.final_unapplied(
-                s, ["solana_usdc"], 100, (reconciliation.INFLOW_KINDS, reconciliation.SENT_BACK)
-            )
-            unfiltered = proof_repo.final_unapplied(s, ["solana_usdc"], 100)
+            waiting = proof_repo.final_unapplied(s, ["solana_usdc"], 100)
         assert receipts == [] and "active" not in ents, ents
         # The sweep leaves it out (it would be blocked every time), and never counted it.
-        assert view["id"] in unfiltered and view["id"] not in waiting
+        assert view["id"] in waiting and gate.sent_back_of(e, waiting) == {view["id"]}
         assert _blocks(e) == 0
 
         # Staff apply is refused by the gate, naming the resolution.
@@ -89,7 +86,8 @@ def test_an_accepted_finding_does_not_block_the_credit(db_url):
 
 def test_any_log_of_an_evm_transaction_sent_back_blocks_it_and_no_other(db_url):
     # Reconciliation keys an EVM inflow by its log (`…;log_index=N`); the proof pins the
-    # transaction, so a resolution of any of its logs counts, and only of that transaction.
+    # transaction, so a resolution of any of its logs counts (when the log's sender is the
+    # proof's payer, or the finding names none), and only of that transaction.
     from verifier.storage.reconciliation_models import ReconciliationResolution
 
     e = make_engine(db_url)
@@ -116,10 +114,26 @@ def test_any_log_of_an_evm_transaction_sent_back_blocks_it_and_no_other(db_url):
                         resolved_at=e.now(),
                     )
                 )
+
+        def claim(pid: str, rail: str, ref: str) -> reconciliation.Claimed:
+            return reconciliation.Claimed(pid, rail, ref, None, None, (rail,))
+
         with e.db.tx() as s:
             got = reconciliation.sent_back(
-                s, [("evm_usdc", tx), ("evm_usdc", tx[:-4]), ("base_usdc", tx)]
+                s,
+                [
+                    claim("p1", "evm_usdc", tx),
+                    claim("p2", "evm_usdc", tx[:-4]),
+                    claim("p3", "base_usdc", tx),
+                ],
             )
-        assert {k: r.resolution for k, r in got.items()} == {("evm_usdc", tx): "refunded"}
+        assert {k: r.resolution for k, r in got.items()} == {"p1": "refunded"}
+        # An x402 payload's ref is no transaction: the settlement the chain showed for it is
+        # matched on every rail of its network (there it is base_usdc's or evm_usdc's inflow).
+        x402 = reconciliation.Claimed(
+            "p4", "x402", "84532:0xasset:0xfrom:0xnonce", tx, None, ("x402", "evm_usdc")
+        )
+        with e.db.tx() as s:
+            assert set(reconciliation.sent_back(s, [x402])) == {"p4"}
     finally:
         e.db.dispose()

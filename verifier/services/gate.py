@@ -108,11 +108,46 @@ class _Reads:
     def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
         return latest_verified_attempt(s, proof_id)
 
-    def sent_back(self, s: Session, p: Proof) -> ReconciliationResolution | None:
-        return reconciliation.sent_back(s, [(p.rail_id, p.ref)]).get((p.rail_id, p.ref))
+    def sent_back(
+        self, s: Session, engine: Engine, p: Proof, ps: PaymentSession | None
+    ) -> ReconciliationResolution | None:
+        claim = claimed(engine, p, ps, self.verified_attempt(s, p.id))
+        return reconciliation.sent_back(s, [claim]).get(p.id)
+
+
+def claimed(
+    engine: Engine,
+    p: Proof | Record,
+    ps: PaymentSession | Record | None,
+    attempt: VerificationAttempt | Record | None,
+) -> reconciliation.Claimed:
+    """What `transfer_not_sent_back` asks reconciliation's resolutions about this proof."""
+    observed = (attempt.observed if attempt is not None else None) or {}
+    tx = observed.get("tx_hash")
+    network = engine.rail(p.rail_id).network if engine.has_rail(p.rail_id) else None
+    rails = tuple(
+        r for r in engine.catalog.rails if network is None or engine.rail(r).network == network
+    )
+    return reconciliation.Claimed(
+        proof_id=p.id,
+        rail_id=p.rail_id,
+        ref=p.ref,
+        tx=tx.lower() if isinstance(tx, str) and tx.startswith("0x") else None,
+        payer=ps.payer if ps is not None else None,
+        rails=rails if network is not None else (p.rail_id,),
+    )
 
 
 _ONE_BY_ONE = _Reads()
+
+
+def sent_back_of(engine: Engine, proof_ids: Sequence[str]) -> set[str]:
+    """Which of these proofs `transfer_not_sent_back` blocks (read in one transaction)."""
+    with engine.db.tx() as s:
+        targets = proof_repo.finality_targets(s, proof_ids)
+        attempts = attempt_repo.latest_verified_many(s, proof_ids)
+        claims = [claimed(engine, t, t, attempts.get(t.id)) for t in targets]
+        return set(reconciliation.sent_back(s, claims))
 
 
 class _Prefetched(_Reads):
@@ -121,15 +156,28 @@ class _Prefetched(_Reads):
     no proof of the batch shares its session with another (a credit changes what the next
     proof of that session would read)."""
 
-    def __init__(self, s: Session, proofs: list[Proof], session_ids: list[str]):
+    def __init__(
+        self,
+        s: Session,
+        engine: Engine,
+        proofs: list[Proof],
+        sessions: dict[str, PaymentSession],
+    ):
         proof_ids = [p.id for p in proofs]
-        self._sent_back = reconciliation.sent_back(s, [(p.rail_id, p.ref) for p in proofs])
+        session_ids = list(sessions)
         self._settlements = settlement_repo.latest_many(s, proof_ids)
         self._entitlements = entitlement_repo.for_sessions(s, session_ids)
         receipts = receipt_repo.touching(s, proof_ids, session_ids)
         self._by_proof = {r.proof_id: r for r in receipts}
         self._by_session = {r.session_id: r for r in receipts}
         self._attempts = attempt_repo.latest_verified_many(s, proof_ids)
+        self._sent_back = reconciliation.sent_back(
+            s,
+            [
+                claimed(engine, p, sessions.get(p.session_id), self._attempts.get(p.id))
+                for p in proofs
+            ],
+        )
 
     def settlement(self, s: Session, proof_id: str) -> SettlementEvidence | Record | None:
         return self._settlements.get(proof_id)
@@ -146,8 +194,10 @@ class _Prefetched(_Reads):
     def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
         return self._attempts.get(proof_id)
 
-    def sent_back(self, s: Session, p: Proof) -> ReconciliationResolution | None:
-        return self._sent_back.get((p.rail_id, p.ref))
+    def sent_back(
+        self, s: Session, engine: Engine, p: Proof, ps: PaymentSession | None
+    ) -> ReconciliationResolution | None:
+        return self._sent_back.get(p.id)
 
 
 def _evaluate(
@@ -232,7 +282,7 @@ def _evaluate(
     add("tuple_bound", ok, detail)
     # SECURITY: money staff sent back to the payer (or found not a payment of ours) in
     # reconciliation is never credited afterwards, whoever submits the transfer and when.
-    back = reads.sent_back(s, p)
+    back = reads.sent_back(s, engine, p, ctx.session)
     add(
         "transfer_not_sent_back",
         back is None,
@@ -612,7 +662,7 @@ def apply_many(
         alone = [pid for pid in ids if pid in locked and shared[locked[pid].session_id] > 1]
         batch = [locked[pid] for pid in ids if pid in locked and pid not in alone]
         sessions = {ps.id: ps for ps in session_repo.lock_many(s, [p.session_id for p in batch])}
-        reads = _Prefetched(s, batch, list(sessions))
+        reads = _Prefetched(s, engine, batch, sessions)
         now = engine.now()
         passed: list[tuple[Proof, PaymentSession, _Rows, Receipt]] = []
         for p in batch:

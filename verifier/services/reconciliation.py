@@ -420,24 +420,65 @@ def settled_transfers(
 # Resolutions saying the money is not ours to credit: sent back to the payer, or not a payment
 # of ours at all (attached by hand is a credit, accepted a finding left as it is).
 SENT_BACK = (Resolution.refunded.value, Resolution.not_ours.value)
-INFLOW_KINDS = _INFLOW_KINDS
+# Findings about one proof (keyed `proof_id=…`) whose resolution can send its money back.
+_PROOF_KINDS = ("verified_without_receipt", "pending_past_sla", "verified_transfer_not_credited")
 
 
-def sent_back(
-    s: Session, transfers: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], ReconciliationResolution]:
-    """Which of these (rail id, transfer) a person resolved refunded or not ours in
-    reconciliation, for any log of an EVM transaction, with the resolution: the apply gate
-    never credits them, whoever submits the transfer."""
-    bases = {
-        subject_key(_INFLOW_KINDS[0], {"transfer": ref}, rail_id): (rail_id, ref)
-        for rail_id, ref in transfers
-    }
-    out: dict[tuple[str, str], ReconciliationResolution] = {}
-    for r in repo.resolutions_of_transfers(s, _INFLOW_KINDS, sorted(bases), SENT_BACK):
-        base = r.subject_key.split(";log_index=", 1)[0]
-        if base in bases:
-            out.setdefault(bases[base], r)
+@dataclass(frozen=True)
+class Claimed:
+    """What a proof says it was paid with, as the apply gate asks `sent_back`: its rail and
+    reference, the transaction the chain showed (an x402 payload's settlement; None when the
+    reference is the transaction), the session's payer (an EVM proof counts only that payer's
+    transfers) and the rails the same transaction can be seen on (its network's)."""
+
+    proof_id: str
+    rail_id: str
+    ref: str
+    tx: str | None
+    payer: str | None
+    rails: tuple[str, ...]
+
+
+def sent_back(s: Session, claims: Iterable[Claimed]) -> dict[str, ReconciliationResolution]:
+    """Which of these proofs' money a person resolved refunded or not ours in
+    reconciliation, by proof id: found about the proof itself, about its transfer as a
+    transfer behind two proofs, or about an inflow into a treasury of its network (any rail:
+    an x402 settlement is base_usdc's inflow) that is its transaction, and, on EVM, a log of
+    the proof's own payer (another payer's transfer in the same bundle is not this money)."""
+    claims = list(claims)
+    exact: list[tuple[str, str]] = []
+    prefixed: list[tuple[str, str]] = []
+    whose: dict[tuple[str, str], list[Claimed]] = {}
+    for c in claims:
+        for kind in _PROOF_KINDS:
+            key = subject_key(kind, {"proof_id": c.proof_id})
+            exact.append((kind, key))
+            whose.setdefault((kind, key), []).append(c)
+        base = subject_key("transfer_behind_two_proofs", {"transfer": c.ref})
+        prefixed.append(("transfer_behind_two_proofs", base))
+        whose.setdefault(("transfer_behind_two_proofs", base), []).append(c)
+        for tx in {c.ref, c.tx} - {None}:
+            for rail_id in c.rails:
+                base = subject_key(_INFLOW_KINDS[0], {"transfer": tx}, rail_id)
+                for kind in _INFLOW_KINDS:
+                    exact.append((kind, base))
+                    prefixed.append((kind, base))
+                    whose.setdefault((kind, base), []).append(c)
+    out: dict[str, ReconciliationResolution] = {}
+    for r, subjects in repo.sent_back_resolutions(s, SENT_BACK, exact, prefixed):
+        base = r.subject_key.split(";log_index=", 1)[0].split(";proof_ids=", 1)[0]
+        for c in whose.get((r.kind, base), []) + whose.get((r.kind, r.subject_key), []):
+            sender = subjects.get("sender")
+            # SECURITY: a payer's own payment is not blocked by another payer's transfer in
+            # the same transaction being sent back: the proof never counted it.
+            if (
+                r.kind in _INFLOW_KINDS
+                and c.payer
+                and isinstance(sender, str)
+                and sender.lower() != c.payer.lower()
+            ):
+                continue
+            out.setdefault(c.proof_id, r)
     return out
 
 

@@ -25,7 +25,7 @@ from registry.catalog import Stage
 from verifier.core import timeutil
 from verifier.core.engine import Engine
 from verifier.core.timeutil import utc
-from verifier.services import audit, discovery, events, gate, reconciliation, webhooks
+from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.services.proofs import (
     backoff,
     recheck_unsettled,
@@ -388,13 +388,12 @@ def auto_apply(engine: Engine, batch: int) -> int:
     with engine.db.tx() as s:
         states = [engine.rail_state(s, r) for r in live]
         ready = [st.rail_id for st in states if not st.paused and engine.production_enabled(st)]
-        ids = (
-            proof_repo.final_unapplied(
-                s, ready, batch, (reconciliation.INFLOW_KINDS, reconciliation.SENT_BACK)
-            )
-            if ready
-            else []
-        )
+        ids = proof_repo.final_unapplied(s, ready, batch) if ready else []
+    if ids:
+        # Money staff sent back is blocked by the gate every time: left out, not counted as a
+        # block on every sweep (`railproof assurance` still lists the proof).
+        back = gate.sent_back_of(engine, ids)
+        ids = [i for i in ids if i not in back]
     if not ids:
         return 0
     try:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, func, literal, or_, select
+from sqlalchemy import Select, bindparam, exists, func, or_, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -19,7 +19,6 @@ from verifier.storage.models import (
     Receipt,
     SettlementEvidence,
 )
-from verifier.storage.reconciliation_models import ReconciliationResolution
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared, send_deferred
 from verifier.storage.repo.rows import Record
@@ -90,7 +89,7 @@ def lock_many(s: Session, proof_ids: Sequence[str]) -> list[Proof]:
 
 def finality_targets(s: Session, proof_ids: Sequence[str]) -> list[Record]:
     """Per proof (in id order): id, rail_id, ref, and its session's network, asset,
-    recipient and amount, as plain records read in one query."""
+    recipient, amount and payer, as plain records read in one query."""
     q = (
         select(
             Proof.id,
@@ -100,6 +99,7 @@ def finality_targets(s: Session, proof_ids: Sequence[str]) -> list[Record]:
             PaymentSession.asset,
             PaymentSession.recipient,
             PaymentSession.amount,
+            PaymentSession.payer,
         )
         .join(PaymentSession, PaymentSession.id == Proof.session_id)
         .where(rows.among(s, Proof.id, proof_ids))
@@ -242,25 +242,15 @@ def claim_due(
     return ids
 
 
-def final_unapplied(
-    s: Session,
-    rail_ids: Sequence[str],
-    limit: int,
-    sent_back: tuple[Sequence[str], Sequence[str]] | None = None,
-) -> list[str]:
+def final_unapplied(s: Session, rail_ids: Sequence[str], limit: int) -> list[str]:
     """Verified proofs on the given rails whose latest settlement is final and whose session
     has no receipt yet, oldest first. Read from the partial index of verified proofs not
     applied, each one's latest evidence by its own index: the cost follows the proofs
-    waiting, not the proofs stored. `sent_back` (finding kinds, resolutions): leave out the
-    proofs whose transfer a reconciliation resolution of those settles."""
-    return list(s.scalars(final_unapplied_query(rail_ids, limit, sent_back)).all())
+    waiting, not the proofs stored."""
+    return list(s.scalars(final_unapplied_query(rail_ids, limit)).all())
 
 
-def final_unapplied_query(
-    rail_ids: Sequence[str],
-    limit: int,
-    sent_back: tuple[Sequence[str], Sequence[str]] | None = None,
-) -> Select[str]:
+def final_unapplied_query(rail_ids: Sequence[str], limit: int) -> Select[str]:
     se = SettlementEvidence
     latest_final = (
         select(se.is_final)
@@ -269,7 +259,7 @@ def final_unapplied_query(
         .limit(1)
         .scalar_subquery()
     )
-    q = (
+    return (
         select(Proof.id)
         .where(
             Proof.status == ProofStatus.verified,
@@ -286,17 +276,3 @@ def final_unapplied_query(
         .order_by(Proof.created_at)
         .limit(limit)
     )
-    if sent_back is not None:
-        # Money staff sent back would be blocked by the gate in every sweep, ahead of the
-        # rest. The transfer's key as reconciliation writes it (services.reconciliation
-        # .subject_key): `rail_id=R;transfer=T`, then `;log_index=N` for an EVM log.
-        R = ReconciliationResolution
-        key = literal("rail_id=") + Proof.rail_id + literal(";transfer=") + Proof.ref
-        q = q.where(
-            ~exists().where(
-                R.kind.in_(list(sent_back[0])),
-                R.resolution.in_(list(sent_back[1])),
-                or_(R.subject_key == key, R.subject_key.like(key + literal(";%"))),
-            )
-        )
-    return q

@@ -129,18 +129,28 @@ def resolutions_for(
     return out
 
 
-def resolutions_of_transfers(
-    s: Session, kinds: Sequence[str], bases: Sequence[str], resolutions: Sequence[str]
-) -> list[ReconciliationResolution]:
-    """Stored resolutions among `resolutions` of findings of `kinds` whose subject key is one of
-    `bases` or extends one with more fields (`base;log_index=…`: any log of a transaction)."""
-    if not bases:
+def sent_back_resolutions(
+    s: Session,
+    resolutions: Sequence[str],
+    exact: Sequence[tuple[str, str]],
+    prefixed: Sequence[tuple[str, str]],
+) -> list[tuple[ReconciliationResolution, dict[str, Any]]]:
+    """Stored resolutions among `resolutions` of (kind, subject key) in `exact`, or of a kind
+    whose subject key extends a (kind, base) of `prefixed` (`base;…`: e.g. any log of an EVM
+    transaction), each with the subjects of the finding it was made on."""
+    if not exact and not prefixed:
         return []
-    R = ReconciliationResolution
-    longer = (R.subject_key.startswith(b + ";", autoescape=True) for b in bases)
-    about = or_(R.subject_key.in_(bases), *longer)
-    q = select(R).where(R.kind.in_(kinds), R.resolution.in_(resolutions), about)
-    return list(s.scalars(q))
+    R, F = ReconciliationResolution, ReconciliationFinding
+    about = [and_(R.kind == k, R.subject_key == key) for k, key in exact] + [
+        and_(R.kind == k, R.subject_key.startswith(base + ";", autoescape=True))
+        for k, base in prefixed
+    ]
+    q = (
+        select(R, F.subjects)
+        .join(F, F.id == R.finding_id)
+        .where(R.resolution.in_(list(resolutions)), or_(*about))
+    )
+    return [(r, dict(subjects or {})) for r, subjects in s.execute(q).all()]
 
 
 def insert_resolution(s: Session, row: dict[str, Any]) -> bool:
