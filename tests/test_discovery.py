@@ -593,3 +593,125 @@ def test_a_transfer_into_the_treasury_the_checks_fail_leaves_no_failed_proof(db_
         assert _refs(e, ps["id"]) == []
     finally:
         e.db.dispose()
+
+
+# -- a listed transaction the node does not return ------------------------------------------
+
+
+class _Unreadable(_Node):
+    """The node lists `bad` for the treasury but does not return it (getTransaction: null, as
+    a node answers for a transaction it does not serve) the first `times` times it is asked
+    (None: never)."""
+
+    def __init__(self, inner, listing, bad, times=None):
+        super().__init__(inner, listing)
+        self.bad, self.times, self.refused = bad, times, 0
+
+    def call(self, method, params):
+        if method == "getTransaction" and params[0] == self.bad:
+            if self.times is None or self.refused < self.times:
+                self.refused += 1
+                return None
+        return super().call(method, params)
+
+
+def _stuck_treasury(db_url, times=None):
+    """Four transfers s0..s3 (oldest first) paying sessions a..d (in that order); the node lists s2..s0 (s3
+    is not made yet) and does not return s1 (`_Unreadable`). Returns (engine, node, the
+    signatures newest first, the sessions a..d)."""
+    e = make_engine(db_url, discovery_page_limit=1000)
+    chain, pairs = synthetic_chain(4)
+    full = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
+    newest_first = [x["signature"] for x in full]
+    assert newest_first == [sig for sig, _ in reversed(pairs)]
+    node = _Unreadable(chain, full[1:], pairs[1][0], times)
+    node.full = full
+    e.chains.set_transport("solana-mainnet", node)
+    sessions = [session_for(e, "discovered", reference=ref) for _, ref in pairs]
+    return e, node, newest_first, sessions
+
+
+def _later(e, rail, seconds=120):
+    e.settings.clock = e.settings.now() + timedelta(seconds=seconds)  # past any backoff
+    return discovery.watch_solana(e, rail)
+
+
+def _cursor(e):
+    with e.db.tx() as s:
+        [c] = s.scalars(select(DiscoveryCursor)).all()
+        return c.last_signature, c.walk_before, c.walk_newest, c.stuck_signature, c.stuck_failures
+
+
+def test_a_transaction_the_node_does_not_return_never_hides_later_payments(db_url):
+    # A walk stopped at a listed transaction the node does not return went on from it every
+    # later cycle, stopped at it again, and never read the newest signatures: no payment made
+    # after it (any tenant's) was ever discovered. The next cycle reads what is newer first.
+    e, node, [s3, s2, s1, s0], [a, _, c, d] = _stuck_treasury(db_url)
+    try:
+        rail = e.rail("solana_usdc")
+        discovery.watch_solana(e, rail)
+        assert _refs(e, c["id"]) == [(s2, "verified")] and _refs(e, a["id"]) == []
+        assert _cursor(e) == (None, s2, s2, s1, 1)
+        node.listing = node.full  # s3, paying session d, is made now
+        _later(e, rail)
+        assert _refs(e, d["id"]) == [(s3, "verified")], node.listed
+        # What arrived since the walk started is done with; the walk still waits at s1.
+        assert node.listed[-2:] == [[s3], [s1, s0]]
+        assert _cursor(e) == (None, s2, s3, s1, 2)
+        _later(e, rail)
+        assert node.listed[-2:] == [[], [s1, s0]]  # read down to s3 only
+    finally:
+        e.db.dispose()
+
+
+def test_a_transaction_the_node_returns_again_is_read_on_a_later_cycle(db_url, caplog):
+    # The node does not return s1 twice (it lags, it fails for a while), then does: the walk
+    # reads it again on the next cycles, pays its session and the one behind it, and ends.
+    e, node, [s3, s2, s1, s0], [a, b, c, d] = _stuck_treasury(db_url, times=2)
+    try:
+        rail = e.rail("solana_usdc")
+        discovery.watch_solana(e, rail)
+        node.listing = node.full
+        _later(e, rail)
+        assert _refs(e, d["id"]) == [(s3, "verified")] and _refs(e, b["id"]) == []
+        _later(e, rail)
+        assert node.refused == 2
+        assert [_refs(e, ps["id"]) for ps in (a, b, c, d)] == [
+            [(s, "verified")] for s in (s0, s1, s2, s3)
+        ]
+        assert _cursor(e) == (s3, None, None, None, None)
+        assert "passed over" not in caplog.text
+        session_for(e, "bound", reference=str(Keypair().pubkey()))  # one still watched
+        _later(e, rail)
+        assert node.listed[-1] == []  # from the cursor: nothing new, nothing read twice
+    finally:
+        e.db.dispose()
+
+
+def test_a_transaction_the_node_never_returns_is_passed_over_after_a_bound(db_url, caplog):
+    # One the node never returns is tried STUCK_LIMIT cycles in a row, then passed over with
+    # a warning naming it (reconciliation's chain_inflows still reports it): the payment
+    # behind it is discovered, and the walk ends instead of stalling for good.
+    e, node, [s3, s2, s1, s0], [a, b, c, d] = _stuck_treasury(db_url)
+    try:
+        rail = e.rail("solana_usdc")
+        discovery.watch_solana(e, rail)
+        for _ in range(discovery.STUCK_LIMIT - 2):
+            _later(e, rail)
+        assert _refs(e, a["id"]) == [] and "passed over" not in caplog.text
+        assert _cursor(e) == (None, s2, s2, s1, discovery.STUCK_LIMIT - 1)
+        with caplog.at_level("WARNING", logger="railproof.discovery"):
+            _later(e, rail)
+        assert node.refused == discovery.STUCK_LIMIT
+        [warning] = [r for r in caplog.records if "passed over" in r.getMessage()]
+        assert warning.levelname == "WARNING" and s1 in warning.getMessage()
+        assert b'kind="discovery_passed_over"' in e.metrics.render()
+        assert _refs(e, a["id"]) == [(s0, "verified")] and _refs(e, b["id"]) == []
+        assert _cursor(e) == (s2, None, None, None, None)
+        # It is not read again: the next payment is discovered from the cursor.
+        node.listing = node.full
+        _later(e, rail)
+        assert _refs(e, d["id"]) == [(s3, "verified")] and node.refused == discovery.STUCK_LIMIT
+        assert node.listed[-1] == [s3]
+    finally:
+        e.db.dispose()

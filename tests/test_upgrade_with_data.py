@@ -242,12 +242,13 @@ def test_discovery_cursors_gain_their_walk_and_references_are_read_again(empty_u
     with eng.begin() as c:
         rows = c.execute(
             text(
-                "SELECT watch_key, last_signature, walk_before, walk_newest "
-                "FROM discovery_cursors ORDER BY watch_key"
+                "SELECT watch_key, last_signature, walk_before, walk_newest, "
+                "stuck_signature, stuck_failures FROM discovery_cursors ORDER BY watch_key"
             )
         ).all()
     eng.dispose()
+    # No walk is under way, and none is stuck at a transaction the node did not return.
     assert [tuple(r) for r in rows] == [
-        (treasury, "sigT", None, None),
-        (reference, None, None, None),
+        (treasury, "sigT", None, None, None, None),
+        (reference, None, None, None, None, None),
     ]

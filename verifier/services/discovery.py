@@ -13,7 +13,10 @@ checks would not fail it (anyone can add one that merely names the key). A watch
 nothing backs off (up to RAILPROOF_DISCOVERY_MAX_BACKOFF_S); sessions stop being watched at
 expiry plus the not-found grace. A paused rail is not watched, and a watch's position moves
 past a transfer only once its submission is done with: one refused for a reason that may
-not hold next cycle (a pause, a busy database) is read again.
+not hold next cycle (a pause, a busy database) is read again. A listed transaction the node
+does not return is read again on later cycles, each of which first reads what arrived since
+the walk started (so it hides no later payment); after `STUCK_LIMIT` cycles in a row it is
+passed over with a warning naming it (`rpc_errors_total{kind="discovery_passed_over"}`).
 
 RAILPROOF_DISCOVERY: unset = on with RAILPROOF_CHAIN=live for rails with a treasury; 1 / 0
 forces it on / off (tests and recorded chains turn it on). Which watch a rail gets is what its
@@ -89,6 +92,8 @@ def _due(engine: Engine, key: str) -> tuple[bool, dict[str, Any] | None]:
             "last_signature": c.last_signature,
             "walk_before": c.walk_before,
             "walk_newest": c.walk_newest,
+            "stuck_signature": c.stuck_signature,
+            "stuck_failures": c.stuck_failures,
             "last_block": c.last_block,
             "idle_polls": c.idle_polls,
             "next_poll_at": c.next_poll_at,
@@ -139,8 +144,52 @@ def _paused(engine: Engine, rail: Rail) -> tuple[bool, str | None]:
 
 
 # A walk's handler: the entries read (newest first) → (how many of the first are done with,
-# how many transfers were new: the watch is not idle).
-Handler = Callable[[list["SignatureEntry"]], tuple[int, int]]
+# how many transfers were new: the watch is not idle, whether it stopped at the next entry
+# because the node did not return that transaction).
+Handler = Callable[[list["SignatureEntry"]], tuple[int, int, bool]]
+
+# Cycles in a row a walk may stop at the same listed transaction the node does not return
+# (getTransaction null, a transport error) before it is passed over. A node lagging behind
+# its own listing, or a provider rate limiting or failing for a while, answers again within
+# seconds to a minute; the watch's next look backs off meanwhile (2 s, 4 s, 8 s, ... up to
+# RAILPROOF_DISCOVERY_MAX_BACKOFF_S), so 6 tries span about a minute with the defaults. One
+# still not returned by then most likely never will be (history the node does not keep, an
+# answer it cannot give), and holding the walk longer only delays every payment behind it.
+STUCK_LIMIT = 6
+
+
+def _handled(
+    engine: Engine,
+    handle: Handler,
+    entries: list[SignatureEntry],
+    pass_over: str | None,
+    rail: Rail,
+    key: str,
+) -> tuple[int, int, bool]:
+    """`handle` over `entries`, going on past `pass_over` when the node does not return it:
+    (how many are done with, how many transfers were new, whether it stopped at the next
+    entry because the node did not return it)."""
+    done = found = 0
+    while True:
+        n, f, unreadable = handle(entries[done:])
+        done, found = done + n, found + f
+        if not unreadable or entries[done].signature != pass_over:
+            return done, found, unreadable
+        # SECURITY: one transaction the node never returns must not stall the walk (and
+        # every payment behind it) for good. It is not lost silently: a transfer into the
+        # treasury is still in reconciliation's `chain_inflows` run, as orphan_bound /
+        # orphan_unbound once a node returns it, and until then as an unreadable transaction
+        # that leaves the run incomplete, naming it. One naming a session's reference (a
+        # session paying another recipient) can still be submitted as its proof by its
+        # client, as any payment discovery did not find.
+        log.warning(
+            "discovery passed over %s: the node did not return it in %d cycles",
+            pass_over,
+            STUCK_LIMIT,
+            extra={"rail_id": rail.rail_id, "watch_key": key},
+        )
+        engine.metrics.inc("rpc_errors_total", network=rail.network, kind="discovery_passed_over")
+        done += 1
 
 
 def _walk(
@@ -157,22 +206,54 @@ def _walk(
     max_pages: int,
 ) -> None:
     """One stretch of the walk of `address`'s signatures (newest first, down to the cursor:
-    `DiscoveryCursor`), handled, then the cursor moved past what the handler is done with."""
+    `DiscoveryCursor`), handled, then the cursor moved past what the handler is done with.
+    A walk stuck at a transaction the node does not return first reads what is newer than
+    where it started, and passes it over after `STUCK_LIMIT` cycles in a row."""
     from rails.solana_inflows import list_signatures
 
     st = state or {}
-    last, newest = st.get("last_signature"), st.get("walk_newest")
+    last, before, newest = st.get("last_signature"), st.get("walk_before"), st.get("walk_newest")
+    stuck, fails = st.get("stuck_signature"), st.get("stuck_failures") or 0
+    found = 0
+    if before is not None and newest is not None and stuck is not None:
+        # SECURITY: a walk that could not get past a transaction goes on from it next cycle:
+        # what arrived since the walk started is read first (one page, newest first, down to
+        # where the walk started), or one transaction the node does not return would hide
+        # every later payment. Read to its end, it is done with, and the walk's newest
+        # signature moves up to it; otherwise it is read again next cycle (a proof submitted
+        # again is replayed, never stored twice).
+        head = list_signatures(
+            chain,
+            address,
+            until=newest,
+            not_before=not_before,
+            page_limit=page_limit,
+            max_pages=1,
+        )
+        n, found, _ = _handled(engine, handle, head.entries, None, rail, key)
+        if n == len(head.entries) and head.error is None and head.entries:
+            newest = head.entries[0].signature
     scan = list_signatures(
         chain,
         address,
         until=last,
-        before=st.get("walk_before"),
+        before=before,
         not_before=not_before,
         page_limit=page_limit,
         max_pages=max_pages,
     )
-    done, found = handle(scan.entries)
+    pass_over = stuck if fails + 1 >= STUCK_LIMIT else None
+    done, n, unreadable = _handled(engine, handle, scan.entries, pass_over, rail, key)
+    found += n
     walked = scan.entries[:done]
+    if unreadable:
+        # The same transaction again: one more cycle in a row (retried next cycle, up to
+        # STUCK_LIMIT); another one: its first.
+        at = scan.entries[done].signature
+        fails = fails + 1 if at == stuck else 1
+        stuck = at
+    elif stuck is not None and any(e.signature == stuck for e in scan.entries[: done + 1]):
+        stuck, fails = None, 0  # read (or passed over) this time
     if newest is None and walked:
         newest = walked[0].signature
     now = engine.now()
@@ -182,6 +263,7 @@ def _walk(
         # The walk reached the cursor (or the window's start, or the first signature): what
         # was newest when it started is done with, and all that is older.
         values.update(last_signature=newest or last, walk_before=None, walk_newest=None)
+        stuck, fails = None, 0
     elif walked:
         # SECURITY: more than one stretch reads (a backlog, a node error, a refusal that may
         # not hold): the next cycle goes on from the oldest signature done with, not from the
@@ -189,9 +271,15 @@ def _walk(
         # would hide every payment behind it for good.
         values.update(walk_before=walked[-1].signature, walk_newest=newest)
         going_on = True
+    elif before is not None:
+        values["walk_newest"] = newest  # what arrived since it started may be done with
+    values.update(stuck_signature=stuck, stuck_failures=fails or None)
     idle = 0 if found or going_on else st.get("idle_polls", 0) + 1
     values["idle_polls"] = idle
-    values["next_poll_at"] = now + timedelta(seconds=_backoff(engine, idle))
+    delay = _backoff(engine, idle)
+    if unreadable:
+        delay = max(delay, _backoff(engine, fails))  # a node that lags: give it time
+    values["next_poll_at"] = now + timedelta(seconds=delay)
     with engine.db.tx() as s:
         repo.save_cursor(s, key, rail.rail_id, values)
 
@@ -296,8 +384,8 @@ def _treasury_handler(
     carries, submitted as that session's proof."""
     from rails.solana_inflows import fetch_inflow
 
-    def handle(entries: list[SignatureEntry]) -> tuple[int, int]:
-        upto = len(entries)
+    def handle(entries: list[SignatureEntry]) -> tuple[int, int, bool]:
+        upto, unreadable = len(entries), False
         inflows = []
         for n, e in enumerate(entries):
             if e.failed:
@@ -305,7 +393,7 @@ def _treasury_handler(
             try:
                 inflow = fetch_inflow(chain, e.signature, rail.asset, treasury)
             except (TransportError, CassetteError):
-                upto = n  # read again next cycle, with all that is older
+                upto, unreadable = n, True  # read again next cycle, with all that is older
                 break
             if inflow is not None:
                 inflows.append((n, inflow))
@@ -335,9 +423,9 @@ def _treasury_handler(
                 continue
             done, status = _submit(engine, rail, ps, i.signature)
             if not done:
-                return n, len(inflows)
+                return n, len(inflows), False
             out["submitted"] += int(status is not None)
-        return upto, len(inflows)
+        return upto, len(inflows), unreadable
 
     return handle
 
@@ -349,7 +437,7 @@ def _reference_handler(
     for it, submitted as its proof."""
     from rails.solana_inflows import fetch_transaction
 
-    def handle(entries: list[SignatureEntry]) -> tuple[int, int]:
+    def handle(entries: list[SignatureEntry]) -> tuple[int, int, bool]:
         live = 0
         for n, e in enumerate(entries):
             if e.failed:
@@ -358,7 +446,7 @@ def _reference_handler(
             try:
                 result = fetch_transaction(chain, e.signature)
             except (TransportError, CassetteError):
-                return n, live  # read again next cycle
+                return n, live, True  # read again next cycle
             # SECURITY: anyone can send a transaction that merely names the reference (it is
             # public in the payment request): every one is considered, and one the checks
             # fail is left aside without a proof, never in the way of the payment.
@@ -366,9 +454,9 @@ def _reference_handler(
                 continue
             done, status = _submit(engine, rail, ps, e.signature)
             if not done:
-                return n, live
+                return n, live, False
             out["submitted"] += int(status is not None)
-        return len(entries), live
+        return len(entries), live, False
 
     return handle
 

@@ -140,7 +140,9 @@ class DiscoveryCursor(Base):
     A Solana watch reads signatures newest first down to `last_signature` (every one older
     is done with). A walk longer than one cycle goes on in the next from `walk_before` (the
     oldest signature it has done with), and once it reaches `last_signature`, `walk_newest`
-    (the newest signature when it started) takes its place."""
+    (the newest signature when it started) takes its place. A walk that stopped at a listed
+    transaction the node did not return names it in `stuck_signature`, with the number of
+    cycles in a row it stopped there (`stuck_failures`): `services.discovery.STUCK_LIMIT`."""
 
     __tablename__ = "discovery_cursors"
     watch_key: Mapped[str] = mapped_column(String(256), primary_key=True)
@@ -148,6 +150,8 @@ class DiscoveryCursor(Base):
     last_signature: Mapped[str | None] = mapped_column(String(128))
     walk_before: Mapped[str | None] = mapped_column(String(128))
     walk_newest: Mapped[str | None] = mapped_column(String(128))
+    stuck_signature: Mapped[str | None] = mapped_column(String(128))
+    stuck_failures: Mapped[int | None] = mapped_column(Integer)
     last_block: Mapped[int | None] = mapped_column(BigInteger)
     idle_polls: Mapped[int] = mapped_column(Integer, default=0)
     next_poll_at: Mapped[datetime | None]

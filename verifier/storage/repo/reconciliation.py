@@ -614,6 +614,8 @@ def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> N
         "last_block": None,
         "walk_before": None,
         "walk_newest": None,
+        "stuck_signature": None,
+        "stuck_failures": None,
         "idle_polls": 0,
         "next_poll_at": None,
         **values,

@@ -11,6 +11,11 @@ them were never reached. A walk now goes on in the next cycle from the oldest si
 has done with (`walk_before`), and the newest signature when it started (`walk_newest`)
 becomes the cursor once it reaches the last one.
 
+A walk stopped at a listed transaction the node does not return (or not yet) names it
+(`stuck_signature`) with the number of cycles in a row it stopped there (`stuck_failures`):
+while it is stuck, each cycle reads the newest signatures first, and after a bounded number
+of such cycles the transaction is passed over (logged; reconciliation still reports it).
+
 A reference's watch now reads from its cursor as the treasury's does. Until now its cursor
 was written (the newest signature naming the reference) but never read: every one is
 cleared, so that no payment listed behind it is skipped.
@@ -28,6 +33,8 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("discovery_cursors", sa.Column("walk_before", sa.String(128), nullable=True))
     op.add_column("discovery_cursors", sa.Column("walk_newest", sa.String(128), nullable=True))
+    op.add_column("discovery_cursors", sa.Column("stuck_signature", sa.String(128), nullable=True))
+    op.add_column("discovery_cursors", sa.Column("stuck_failures", sa.Integer(), nullable=True))
     op.execute(
         "UPDATE discovery_cursors SET last_signature = NULL WHERE watch_key LIKE 'solana:%:ref:%'"
     )
@@ -35,5 +42,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("discovery_cursors") as b:
+        b.drop_column("stuck_failures")
+        b.drop_column("stuck_signature")
         b.drop_column("walk_newest")
         b.drop_column("walk_before")
