@@ -151,11 +151,12 @@ Handler = Callable[[list["SignatureEntry"]], tuple[int, int, bool]]
 # Cycles in a row a walk may stop at the same listed transaction the node does not return
 # (getTransaction null, a transport error) before it is passed over. A node lagging behind
 # its own listing, or a provider rate limiting or failing for a while, answers again within
-# seconds to a minute; the watch's next look backs off meanwhile (2 s, 4 s, 8 s, ... up to
-# RAILPROOF_DISCOVERY_MAX_BACKOFF_S), so 6 tries span about a minute with the defaults. One
-# still not returned by then most likely never will be (history the node does not keep, an
-# answer it cannot give), and holding the walk longer only delays every payment behind it.
-STUCK_LIMIT = 6
+# seconds to minutes; the watch's next look backs off meanwhile (2 s, 4 s, 8 s, ... up to
+# RAILPROOF_DISCOVERY_MAX_BACKOFF_S), so 10 tries span about five minutes with the defaults.
+# One still not returned by then most likely never will be (history the node does not keep,
+# an answer it cannot give); holding the walk longer would delay only the older payments
+# behind it (newer ones are read first every cycle), and reconciliation still reports it.
+STUCK_LIMIT = 10
 
 
 def _handled(
