@@ -115,26 +115,35 @@ class _Reads:
         return reconciliation.sent_back(s, [claim]).get(p.id)
 
 
+def network_rails(engine: Engine) -> dict[str, tuple[str, ...]]:
+    """The catalog's rails by the network each is configured on."""
+    out: dict[str, list[str]] = {}
+    for rail_id in engine.catalog.rails:
+        out.setdefault(engine.rail(rail_id).network, []).append(rail_id)
+    return {network: tuple(rails) for network, rails in out.items()}
+
+
 def claimed(
     engine: Engine,
     p: Proof | Record,
     ps: PaymentSession | Record | None,
     attempt: VerificationAttempt | Record | None,
+    by_network: dict[str, tuple[str, ...]] | None = None,
 ) -> reconciliation.Claimed:
     """What `transfer_not_sent_back` asks reconciliation's resolutions about this proof."""
     observed = (attempt.observed if attempt is not None else None) or {}
     tx = observed.get("tx_hash")
-    network = engine.rail(p.rail_id).network if engine.has_rail(p.rail_id) else None
-    rails = tuple(
-        r for r in engine.catalog.rails if network is None or engine.rail(r).network == network
-    )
+    rails: tuple[str, ...] = (p.rail_id,)
+    if engine.has_rail(p.rail_id):
+        by_network = by_network if by_network is not None else network_rails(engine)
+        rails = by_network.get(engine.rail(p.rail_id).network, rails)
     return reconciliation.Claimed(
         proof_id=p.id,
         rail_id=p.rail_id,
         ref=p.ref,
         tx=tx.lower() if isinstance(tx, str) and tx.startswith("0x") else None,
         payer=ps.payer if ps is not None else None,
-        rails=rails if network is not None else (p.rail_id,),
+        rails=rails,
     )
 
 
@@ -146,7 +155,8 @@ def sent_back_of(engine: Engine, proof_ids: Sequence[str]) -> set[str]:
     with engine.db.tx() as s:
         targets = proof_repo.finality_targets(s, proof_ids)
         attempts = attempt_repo.latest_verified_many(s, proof_ids)
-        claims = [claimed(engine, t, t, attempts.get(t.id)) for t in targets]
+        by_network = network_rails(engine)
+        claims = [claimed(engine, t, t, attempts.get(t.id), by_network) for t in targets]
         return set(reconciliation.sent_back(s, claims))
 
 
@@ -171,10 +181,11 @@ class _Prefetched(_Reads):
         self._by_proof = {r.proof_id: r for r in receipts}
         self._by_session = {r.session_id: r for r in receipts}
         self._attempts = attempt_repo.latest_verified_many(s, proof_ids)
+        by_network = network_rails(engine)
         self._sent_back = reconciliation.sent_back(
             s,
             [
-                claimed(engine, p, sessions.get(p.session_id), self._attempts.get(p.id))
+                claimed(engine, p, sessions.get(p.session_id), self._attempts.get(p.id), by_network)
                 for p in proofs
             ],
         )

@@ -445,29 +445,26 @@ def sent_back(s: Session, claims: Iterable[Claimed]) -> dict[str, Reconciliation
     transfer behind two proofs, or about an inflow into a treasury of its network (any rail:
     an x402 settlement is base_usdc's inflow) that is its transaction, and, on EVM, a log of
     the proof's own payer (another payer's transfer in the same bundle is not this money)."""
-    claims = list(claims)
-    exact: list[tuple[str, str]] = []
-    prefixed: list[tuple[str, str]] = []
     whose: dict[tuple[str, str], list[Claimed]] = {}
     for c in claims:
         for kind in _PROOF_KINDS:
-            key = subject_key(kind, {"proof_id": c.proof_id})
-            exact.append((kind, key))
-            whose.setdefault((kind, key), []).append(c)
+            whose.setdefault((kind, subject_key(kind, {"proof_id": c.proof_id})), []).append(c)
         base = subject_key("transfer_behind_two_proofs", {"transfer": c.ref})
-        prefixed.append(("transfer_behind_two_proofs", base))
         whose.setdefault(("transfer_behind_two_proofs", base), []).append(c)
         for tx in {c.ref, c.tx} - {None}:
             for rail_id in c.rails:
                 base = subject_key(_INFLOW_KINDS[0], {"transfer": tx}, rail_id)
                 for kind in _INFLOW_KINDS:
-                    exact.append((kind, base))
-                    prefixed.append((kind, base))
                     whose.setdefault((kind, base), []).append(c)
     out: dict[str, ReconciliationResolution] = {}
-    for r, subjects in repo.sent_back_resolutions(s, SENT_BACK, exact, prefixed):
+    if not whose:
+        return out
+    kinds = (*_PROOF_KINDS, "transfer_behind_two_proofs", *_INFLOW_KINDS)
+    for r, subjects in repo.sent_back_resolutions(s, kinds, SENT_BACK):
+        # A key names its transfer first: an EVM log's index or the proofs behind a transfer
+        # follow it.
         base = r.subject_key.split(";log_index=", 1)[0].split(";proof_ids=", 1)[0]
-        for c in whose.get((r.kind, base), []) + whose.get((r.kind, r.subject_key), []):
+        for c in whose.get((r.kind, base), []):
             sender = subjects.get("sender")
             # SECURITY: a payer's own payment is not blocked by another payer's transfer in
             # the same transaction being sent back: the proof never counted it.

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -130,25 +130,17 @@ def resolutions_for(
 
 
 def sent_back_resolutions(
-    s: Session,
-    resolutions: Sequence[str],
-    exact: Sequence[tuple[str, str]],
-    prefixed: Sequence[tuple[str, str]],
+    s: Session, kinds: Sequence[str], resolutions: Sequence[str]
 ) -> list[tuple[ReconciliationResolution, dict[str, Any]]]:
-    """Stored resolutions among `resolutions` of (kind, subject key) in `exact`, or of a kind
-    whose subject key extends a (kind, base) of `prefixed` (`base;…`: e.g. any log of an EVM
-    transaction), each with the subjects of the finding it was made on."""
-    if not exact and not prefixed:
-        return []
+    """Every stored resolution among `resolutions` of a finding of `kinds`, with the subjects
+    of the finding it was made on. People make these one at a time (a refund, a transfer not
+    ours): few rows, read whole and matched by the caller, rather than one condition per
+    proof and key in a query an apply batch would spend more time planning than running."""
     R, F = ReconciliationResolution, ReconciliationFinding
-    about = [and_(R.kind == k, R.subject_key == key) for k, key in exact] + [
-        and_(R.kind == k, R.subject_key.startswith(base + ";", autoescape=True))
-        for k, base in prefixed
-    ]
     q = (
         select(R, F.subjects)
         .join(F, F.id == R.finding_id)
-        .where(R.resolution.in_(list(resolutions)), or_(*about))
+        .where(R.kind.in_(list(kinds)), R.resolution.in_(list(resolutions)))
     )
     return [(r, dict(subjects or {})) for r, subjects in s.execute(q).all()]
 
