@@ -119,7 +119,13 @@ def network_rails(engine: Engine) -> dict[str, tuple[str, ...]]:
     """The catalog's rails by the network each is configured on."""
     out: dict[str, list[str]] = {}
     for rail_id in engine.catalog.rails:
-        out.setdefault(engine.rail(rail_id).network, []).append(rail_id)
+        try:
+            network = engine.rail(rail_id).network
+        except (BadInput, ValueError):
+            # A rail this deployment's overrides leave unusable takes no session, and must
+            # not stop another rail's apply (as Engine.sibling_rails).
+            continue
+        out.setdefault(network, []).append(rail_id)
     return {network: tuple(rails) for network, rails in out.items()}
 
 
@@ -134,9 +140,10 @@ def claimed(
     observed = (attempt.observed if attempt is not None else None) or {}
     tx = observed.get("tx_hash")
     rails: tuple[str, ...] = (p.rail_id,)
-    if engine.has_rail(p.rail_id):
-        by_network = by_network if by_network is not None else network_rails(engine)
-        rails = by_network.get(engine.rail(p.rail_id).network, rails)
+    by_network = by_network if by_network is not None else network_rails(engine)
+    for network_of in by_network.values():
+        if p.rail_id in network_of:
+            rails = network_of
     return reconciliation.Claimed(
         proof_id=p.id,
         rail_id=p.rail_id,
