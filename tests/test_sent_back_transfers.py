@@ -19,6 +19,16 @@ from verifier.storage.repo import proofs as proof_repo
 from verifier.worker import loop as worker
 
 
+def _bound_and_resolved(e, resolution: str) -> tuple[str, dict]:
+    """The recorded transfer, its session open, found `orphan_bound` and resolved."""
+    sig = EXPECT["bound"]["signature"]
+    bound = session_for(e, "bound")
+    dry = reconciliation.run(e, req(), "ops1")
+    [f] = [x for x in by_kind(dry)["orphan_bound"] if x["subjects"]["transfer"] == sig]
+    reconciliation.resolve_finding(e, f["id"], resolution, OP)
+    return sig, bound
+
+
 def _blocks(e) -> float:
     text = e.metrics.render().decode()
     return sum(
@@ -33,11 +43,7 @@ def _blocks(e) -> float:
 def test_a_transfer_sent_back_is_never_credited_when_its_tenant_submits_it(db_url, resolution):
     e = make_engine(db_url)
     try:
-        sig = EXPECT["bound"]["signature"]
-        bound = session_for(e, "bound")
-        dry = reconciliation.run(e, req(), "ops1")
-        [f] = [x for x in by_kind(dry)["orphan_bound"] if x["subjects"]["transfer"] == sig]
-        reconciliation.resolve_finding(e, f["id"], resolution, OP)
+        sig, bound = _bound_and_resolved(e, resolution)
 
         view, _ = proofs.submit_proof(e, bound["id"], sig, ["alice"])
         worker.sweep(e, "w1")  # finality and the automatic apply
@@ -69,11 +75,7 @@ def test_an_accepted_finding_does_not_block_the_credit(db_url):
     # `accepted` leaves the transfer as it is: its session's proof applies as usual.
     e = make_engine(db_url)
     try:
-        sig = EXPECT["bound"]["signature"]
-        bound = session_for(e, "bound")
-        dry = reconciliation.run(e, req(), "ops1")
-        [f] = [x for x in by_kind(dry)["orphan_bound"] if x["subjects"]["transfer"] == sig]
-        reconciliation.resolve_finding(e, f["id"], "accepted", OP)
+        sig, bound = _bound_and_resolved(e, "accepted")
         view, _ = proofs.submit_proof(e, bound["id"], sig, ["alice"])
         worker.sweep(e, "w1")
         report = gate.dry_run_apply(e, view["id"])

@@ -503,15 +503,7 @@ def apply(
                 ent.id,
                 {"receipt_id": r.id, "owner_id": ent.owner_id, "completed_credit": True},
             )
-            events.emit(
-                s,
-                now,
-                "entitlement.activated",
-                ent.owner_id,
-                "entitlement",
-                ent.id,
-                entitlement_view(ent),
-            )
+            _emit_activated(s, now, ent)
             result = {
                 "applied": True,
                 "already_applied": False,
@@ -638,14 +630,12 @@ def _emit_credit(s: Session, now: datetime, r: Receipt, ent: Entitlement) -> Non
         receipt_view(r),
         first_of_resource=True,
     )
+    _emit_activated(s, now, ent)
+
+
+def _emit_activated(s: Session, now: datetime, ent: Entitlement) -> None:
     events.emit(
-        s,
-        now,
-        "entitlement.activated",
-        ent.owner_id,
-        "entitlement",
-        ent.id,
-        entitlement_view(ent),
+        s, now, "entitlement.activated", ent.owner_id, "entitlement", ent.id, entitlement_view(ent)
     )
 
 
