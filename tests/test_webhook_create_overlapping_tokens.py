@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from tests.conftest import make_settings
 from tests.fake_rail import catalog_with_fake
+from tests.test_webhook_endpoint_races import _in_thread
 from verifier.core.engine import Engine
 from verifier.core.errors import Conflict
 from verifier.services import webhook_endpoints
@@ -27,18 +28,6 @@ from verifier.storage.webhook_models import WebhookEndpoint
 URL = "http://127.0.0.1:9/dup"
 OLD = ["alice"]  # the token before a restart, or a second token for alice
 NEW = ["alice", "alice-2"]  # the token after it gained alice-2
-
-
-def _in_thread(out: dict, key: str, fn) -> threading.Thread:
-    def run() -> None:
-        try:
-            out[key] = fn()
-        except BaseException as e:  # noqa: BLE001 - the test reads it
-            out[key] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
 def _race(engine, url_old: str, url_new: str) -> dict[str, object]:
