@@ -25,6 +25,23 @@ DOC = json.loads(INFLOWS.read_text())
 EXPECT = DOC["expect"]
 
 
+def _paying_elsewhere(engine, exp: dict):
+    """Alice's session paying the recorded transfer's recipient (not the treasury): watched by
+    its reference."""
+    return open_session(
+        engine,
+        NewSession(
+            owner_id="alice",
+            rail_id="solana_usdc",
+            access_product_id="pro",
+            amount=exp["amount"],
+            recipient=exp["recipient"],
+            reference=exp["reference"],
+        ),
+        actor="svc",
+    )
+
+
 def make_engine(db_url, **kw):
     opts = {
         "discovery": True,
@@ -253,18 +270,7 @@ def test_a_session_paying_another_recipient_is_looked_up_by_its_reference(db_url
     try:
         chain = SwitchableTransport([listing, *doc["calls"]])
         e.chains.set_transport("solana-mainnet", chain)
-        s = open_session(
-            e,
-            NewSession(
-                owner_id="alice",
-                rail_id="solana_usdc",
-                access_product_id="pro",
-                amount=exp["amount"],
-                recipient=exp["recipient"],
-                reference=exp["reference"],
-            ),
-            actor="svc",
-        )
+        s = _paying_elsewhere(e, exp)
         out = discovery.watch_solana(e, e.rail("solana_usdc"))
         assert out["submitted"] == 1 and chain.by_method["getSignaturesForAddress"] == 1
         [p] = [p for p in _proofs(e) if p.session_id == s["id"]]
@@ -562,18 +568,7 @@ def test_a_transaction_naming_the_reference_never_hides_the_payment(db_url):
     e = make_engine(db_url)
     try:
         e.chains.set_transport("solana-mainnet", SwitchableTransport([*extra, *doc["calls"]]))
-        s = open_session(
-            e,
-            NewSession(
-                owner_id="alice",
-                rail_id="solana_usdc",
-                access_product_id="pro",
-                amount=exp["amount"],
-                recipient=exp["recipient"],
-                reference=exp["reference"],
-            ),
-            actor="svc",
-        )
+        s = _paying_elsewhere(e, exp)
         assert discovery.watch_solana(e, e.rail("solana_usdc"))["submitted"] == 1
         assert _refs(e, s["id"]) == [(sig, "verified")]
     finally:
