@@ -4,7 +4,10 @@ that set: one lock per owner, not per token. Two creates of the same URL at once
 by a token acting for alice and one by a token acting for alice and alice-2 (or the same
 token during a rolling restart that added alice-2 to it), both pass the check: the second
 token then manages two endpoints for one URL and alice's events reach that receiver twice.
-README: 409 webhook_endpoint_exists, "the token already has an active endpoint for this URL".
+Whichever create comes first, the second is refused: an endpoint made for alice and alice-2 already
+receives alice's events, so another one for alice at its URL would deliver them twice.
+README: 409 webhook_endpoint_exists, "an active endpoint for this URL already receives events of
+an owner the token acts for".
 """
 
 from __future__ import annotations
@@ -79,5 +82,40 @@ def test_two_creates_of_one_url_by_overlapping_tokens_store_it_once(db_url):
         with engine.db.tx() as s:
             n = len(s.scalars(select(WebhookEndpoint).where(WebhookEndpoint.active)).all())
         assert n == 1
+    finally:
+        engine.db.dispose()
+
+
+def _create(engine, owners: list[str], url: str):
+    return webhook_endpoints.create_endpoint(
+        engine, principal_name(owners), owners, url, ["proof.verified"]
+    )
+
+
+@pytest.mark.parametrize("first,second", [(OLD, NEW), (NEW, OLD), (["alice-2"], NEW)])
+def test_a_url_already_receiving_an_owners_events_is_refused_in_either_order(db_url, first, second):
+    engine = Engine(make_settings(db_url), catalog=catalog_with_fake())
+    try:
+        made = _create(engine, first, URL)
+        with pytest.raises(Conflict) as refused:
+            _create(engine, second, URL)
+        assert refused.value.code == "webhook_endpoint_exists"
+        assert refused.value.field == "url"
+        for owners in (first, second, NEW):
+            got = [e["id"] for e in webhook_endpoints.list_endpoints(engine, owners)]
+            assert got == ([made["id"]] if set(first) <= set(owners) else [])
+    finally:
+        engine.db.dispose()
+
+
+def test_owners_apart_may_each_send_to_one_url(db_url):
+    # bob's endpoint at the URL carries none of alice's events: no delivery is doubled.
+    engine = Engine(make_settings(db_url), catalog=catalog_with_fake())
+    try:
+        bob = _create(engine, ["bob"], URL)
+        alice = _create(engine, OLD, URL)
+        assert bob["id"] != alice["id"]
+        both = webhook_endpoints.list_endpoints(engine, ["alice", "bob"])
+        assert sorted(e["id"] for e in both) == sorted([bob["id"], alice["id"]])
     finally:
         engine.db.dispose()

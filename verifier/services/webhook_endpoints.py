@@ -62,17 +62,22 @@ def create_endpoint(
         # SECURITY: checked and created under its owners' locks: a burst of creates otherwise
         # stored duplicates (each event delivered once per copy) and went past the limit.
         webhooks_repo.lock_endpoints_of(s, owners)
-        # Every endpoint the token manages, its own and those it gained with its owners: a
-        # second copy of one of them would double its deliveries.
-        mine = webhooks_repo.active_endpoints_within(s, owners)
+        # Every endpoint already receiving events of one of the token's owners, whichever
+        # token made it: a second one at the same URL would deliver those events twice (and
+        # a token acting for both endpoints' owners would manage two copies).
         key = webhooks.endpoint_key(url)
-        if any(webhooks.endpoint_key(ep.url) == key for ep in mine):
+        if any(
+            webhooks.endpoint_key(ep.url) == key
+            for ep in webhooks_repo.active_endpoints_sharing(s, owners)
+        ):
             # A retried create must not double every delivery; delete to rotate the secret.
             raise Conflict(
                 "webhook_endpoint_exists",
-                "url: this token already has an active endpoint for this URL",
+                "url: an active endpoint for this URL already receives events of an owner "
+                "this token acts for",
                 field="url",
             )
+        mine = webhooks_repo.active_endpoints_within(s, owners)
         if len(mine) >= MAX_ENDPOINTS_PER_TOKEN:
             raise Conflict(
                 "webhook_endpoint_limit",

@@ -20,6 +20,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
@@ -88,6 +89,20 @@ def active_endpoints_within(s: Session, owners: list[str]) -> list[WebhookEndpoi
         return list(s.scalars(q.where(within)).all())
     held = set(owners)
     return [ep for ep in s.scalars(q).all() if set(ep.owners) <= held]
+
+
+def active_endpoints_sharing(s: Session, owners: list[str]) -> list[WebhookEndpoint]:
+    """Active endpoints made for at least one of `owners`: each already receives some of
+    their events. Read under `lock_endpoints_of(owners)`: every create adding such an
+    endpoint held the lock of the owner they share."""
+    q = select(WebhookEndpoint).where(WebhookEndpoint.active.is_(True))
+    if rows.is_postgres(s):
+        shared = cast(WebhookEndpoint.owners, JSONB).has_any(
+            postgresql.array(sorted(set(owners)), type_=String)
+        )
+        return list(s.scalars(q.where(shared)).all())
+    held = set(owners)
+    return [ep for ep in s.scalars(q).all() if held & set(ep.owners)]
 
 
 def endpoint_owners(s: Session, endpoint_id: str) -> list[str] | None:
