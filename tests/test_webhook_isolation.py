@@ -201,3 +201,55 @@ def test_an_outcome_that_cannot_be_recorded_leaves_the_rest_of_the_round_recorde
         assert (out["claimed"], out["delivered"]) == (1, 1), out
         assert delivery_of(engine, alice_ev).status == DeliveryStatus.delivered
         assert alice_rcv.ids() == [alice_ev] and bob_rcv.ids() == [bob_ev]
+
+
+def test_a_hanging_receivers_backlog_does_not_hold_up_another_tenants_delivery(engine, api):  # noqa: F811
+    # Alice's receiver answers nothing and she has twenty deliveries due before bob's one.
+    # Rounds of `concurrency` POSTs, earliest due first, each waiting for its slowest, sent
+    # bob's only after five rounds of alice's timeouts; she now holds `per_endpoint` slots
+    # and bob's goes out in the first claim.
+    with Receiver() as alice_rcv, Receiver() as bob_rcv:
+        subscribe(api, alice_rcv, ["proof.verified"])
+        subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+        alice_rcv.hold = threading.Event()
+        for i in range(20):
+            emit_now(engine, "proof.verified", "alice", rid=f"pa{i}")
+        bob_ev = emit_now(engine, "proof.verified", "bob", rid="pb")
+        out: dict[str, dict[str, int]] = {}
+        sweep = threading.Thread(
+            target=lambda: out.setdefault(
+                "w1", webhooks.deliver_due(engine, "w1", 6, now=CLOCK, config=FAST)
+            )
+        )
+        sweep.start()
+        try:
+            assert [e["id"] for e in bob_rcv.wait_for(1, deadline_s=15)] == [bob_ev]
+            with alice_rcv.lock:
+                alice_seen = len(alice_rcv.requests)
+            assert alice_seen <= FAST.per_endpoint, alice_seen
+        finally:
+            alice_rcv.hold.set()
+            sweep.join(30)
+        assert out["w1"]["claimed"] == 6 and out["w1"]["delivered"] >= 1, out
+
+
+def test_an_endpoint_has_at_most_per_endpoint_deliveries_leased_across_workers(engine, api):  # noqa: F811
+    with Receiver() as alice_rcv, Receiver() as bob_rcv:
+        subscribe(api, alice_rcv, ["proof.verified"])
+        subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+        alice = [emit_now(engine, "proof.verified", "alice", rid=f"pa{i}") for i in range(5)]
+        bob = emit_now(engine, "proof.verified", "bob", rid="pb")
+
+        def owners(*claims: list[webhooks.Job]) -> dict[str, int]:
+            ids = [j.event_id for c in claims for j in c]
+            assert len(set(ids)) == len(ids), ids  # no delivery leased twice
+            return {"alice": sum(i in alice for i in ids), "bob": ids.count(bob)}
+
+        first = webhooks.claim(engine, "w1", 1, CLOCK, FAST)
+        second = webhooks.claim(engine, "w2", 10, CLOCK, FAST)
+        # w1's lease counts: alice has two in flight in all, whatever w2's limit asked.
+        assert owners(first, second) == {"alice": 2, "bob": 1}
+        assert webhooks.claim(engine, "w3", 10, CLOCK, FAST) == []
+        later = CLOCK + timedelta(seconds=FAST.lease_s + 1)  # both workers gone: leases out
+        third = webhooks.claim(engine, "w3", 10, later, FAST)
+        assert owners(third) == {"alice": 2, "bob": 1}

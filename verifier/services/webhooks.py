@@ -22,7 +22,9 @@ next_attempt_at (the retry spans worker sweeps, so it survives restarts); after 
 expires, and another worker takes the row again. `railproof worker` delivers from a thread of
 its own, so receivers (the tenants') never hold up proofs' checks or apply. Order per
 resource: a delivery is claimable only when no earlier event of the same resource is still
-pending for the same endpoint.
+pending for the same endpoint. Fairness: `concurrency` POSTs at a time, a freed slot claiming
+at once, and at most `per_endpoint` of them to one endpoint (leases count), so a hanging
+receiver holds its own slots and not the other tenants' deliveries.
 
 Clocks. Leases and retry times run on the wall clock, not the engine's clock: the engine's
 clock can be pinned to replay recorded chains, while receivers and their signature checks
@@ -246,12 +248,20 @@ class DeliveryConfig:
     backoff_max_s: float = 6 * 3600.0
     backoff_jitter_s: float = 30.0
     lease_s: float = 120.0
-    concurrency: int = 8  # POSTs in flight per round (each round claims this many)
+    concurrency: int = 8  # POSTs in flight at once, per worker
+    per_endpoint: int = 2  # of them, at most this many to one endpoint (leases count)
     allow_any_host: bool = False  # re-checked at send time (url_problem)
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.concurrency < 1 or self.timeout_s <= 0:
-            raise ValueError("webhook delivery: max_attempts, concurrency, timeout must be > 0")
+        if (
+            self.max_attempts < 1
+            or self.concurrency < 1
+            or self.per_endpoint < 1
+            or self.timeout_s <= 0
+        ):
+            raise ValueError(
+                "webhook delivery: max_attempts, concurrency, per_endpoint, timeout must be > 0"
+            )
         # A lease shorter than a POST could hand a row in flight to a second worker.
         if self.lease_s <= self.timeout_s:
             raise ValueError("webhook delivery: the lease must be longer than the timeout")
@@ -266,6 +276,7 @@ class DeliveryConfig:
             backoff_jitter_s=settings.webhook_backoff_jitter_seconds,
             lease_s=settings.webhook_lease_seconds,
             concurrency=settings.webhook_concurrency,
+            per_endpoint=settings.webhook_endpoint_concurrency,
             allow_any_host=settings.webhook_allow_any_host,
         )
 
@@ -328,8 +339,10 @@ def deliver_due(
     now: datetime | None = None,
     config: DeliveryConfig | None = None,
 ) -> dict[str, int]:
-    """Deliver what is due, at most `batch` attempts. Rounds repeat so that event n+1 of a
-    resource goes out in the same sweep once event n is delivered."""
+    """Deliver what is due, at most `batch` attempts, `concurrency` POSTs at a time. A slot
+    that frees claims the next due delivery at once (event n+1 of a resource goes out in the
+    same sweep once event n is delivered): a receiver that hangs holds its own slots (at most
+    `per_endpoint`) to the timeout, never the others' deliveries behind it."""
     cfg = config or DeliveryConfig.from_settings(engine.settings)
     out = {
         "claimed": 0,
@@ -339,44 +352,58 @@ def deliver_due(
         "stale": 0,
         "unrecorded": 0,
     }
-    while out["claimed"] < batch:
-        jobs = claim(
-            engine,
-            worker_name,
-            min(cfg.concurrency, batch - out["claimed"]),
-            now or wall_now(),
-            cfg,
-        )
-        if not jobs:
-            break
-        out["claimed"] += len(jobs)
-        results = asyncio.run(_post_all(jobs, cfg))
-        for job, res in zip(jobs, results, strict=True):
-            try:
-                out[_record(engine, job, res, worker_name, cfg, now)] += 1
-            except Exception:  # noqa: BLE001 - logged; the others of the round still count
-                # SECURITY: one delivery's outcome that cannot be written (whatever its
-                # receiver answered) must not leave the rest of the round unrecorded: those
-                # are other tenants' deliveries, sent and then sent again. This one keeps its
-                # lease, and is tried again once the lease runs out.
-                log.exception(
-                    "webhook delivery outcome not recorded",
-                    extra={"delivery_id": job.delivery_id, "event_id": job.event_id},
-                )
-                out["unrecorded"] += 1
+    asyncio.run(_deliver(engine, worker_name, batch, now, cfg, out))
     refresh_webhook_gauges(engine)
     return out
 
 
-async def _post_all(jobs: list[Job], cfg: DeliveryConfig) -> list[Result]:
-    """One round's POSTs, concurrently; the round ends when the slowest ends, and none takes
-    longer than the timeout."""
+async def _deliver(
+    engine: Engine,
+    worker_name: str,
+    batch: int,
+    now: datetime | None,
+    cfg: DeliveryConfig,
+    out: dict[str, int],
+) -> None:
+    async def send(http: httpx.AsyncClient, job: Job) -> None:
+        res = await post(http, job, cfg.allow_any_host, cfg.timeout_s)
+        try:
+            outcome = await asyncio.to_thread(_record, engine, job, res, worker_name, cfg, now)
+        except Exception:  # noqa: BLE001 - logged; the other deliveries still count
+            # SECURITY: one delivery's outcome that cannot be written (whatever its receiver
+            # answered) must not leave the others unrecorded: those are other tenants'
+            # deliveries, sent and then sent again. This one keeps its lease, and is tried
+            # again once the lease runs out.
+            log.exception(
+                "webhook delivery outcome not recorded",
+                extra={"delivery_id": job.delivery_id, "event_id": job.event_id},
+            )
+            outcome = "unrecorded"
+        out[outcome] += 1
+
+    in_flight: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient(
         timeout=cfg.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
     ) as http:
-        return list(
-            await asyncio.gather(*(post(http, j, cfg.allow_any_host, cfg.timeout_s) for j in jobs))
-        )
+        try:
+            while True:
+                free = min(cfg.concurrency - len(in_flight), batch - out["claimed"])
+                if free > 0:
+                    jobs = await asyncio.to_thread(
+                        claim, engine, worker_name, free, now or wall_now(), cfg
+                    )
+                    out["claimed"] += len(jobs)
+                    in_flight |= {asyncio.create_task(send(http, j)) for j in jobs}
+                if not in_flight:
+                    return  # nothing due, or the batch is spent and every POST recorded
+                # Claim again when any POST ends: its slot, or the next event of its resource.
+                done, pending = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                in_flight = set(pending)
+                for task in done:
+                    task.result()  # what `send` does not catch ends the sweep, as before
+        finally:
+            if in_flight:  # the sweep is ending early: the POSTs under way still end
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 def claim(
@@ -387,7 +414,7 @@ def claim(
     its worker every time still runs out of tries."""
     jobs: list[Job] = []
     with engine.db.tx() as s:
-        for d, ev, ep in delivery_repo.due(s, now, limit):
+        for d, ev, ep in delivery_repo.due(s, now, limit, cfg.per_endpoint):
             d.updated_at = now
             if ev.owner_id is not None and not still_held(
                 engine.settings.service_tokens, ep.owners or []

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -115,7 +116,15 @@ class WebhookDelivery(Base):
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         CheckConstraint("status <> 'delivered' OR delivered_at IS NOT NULL", name="delivered_at"),
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
-        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "status"),
+        Index("ix_webhook_deliveries_endpoint_due", "endpoint_id", "status", "next_attempt_at"),
+        # The leases in force (few): an endpoint's deliveries in flight, counted per claim.
+        Index(
+            "ix_webhook_deliveries_leased",
+            "endpoint_id",
+            "claimed_until",
+            postgresql_where=text("claimed_until IS NOT NULL"),
+            sqlite_where=text("claimed_until IS NOT NULL"),
+        ),
     )
     id: Mapped[str] = mapped_column(
         String(40), primary_key=True, default=lambda: prefixed_id("whd")

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Integer,
+    Row,
     Select,
     String,
     bindparam,
     cast,
-    exists,
     func,
     literal,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -205,36 +208,128 @@ def _triples(
     return [(d, ev, ep) for d, ev, ep in s.execute(q).all()]
 
 
-def due(s: Session, now: datetime, limit: int) -> list[Joined]:
-    """Up to `limit` pending deliveries to active endpoints that are due at `now` and not
-    leased, each the earliest pending event of its resource for its endpoint; earliest due
-    first. On PostgreSQL the delivery rows are locked FOR UPDATE SKIP LOCKED, so workers
-    share the queue without taking the same row."""
-    D, E, EP = WebhookDelivery, OutboxEvent, WebhookEndpoint
+def _claimable(now: datetime) -> list[ColumnElement[bool]]:
+    """A delivery `due` may lease at `now`: pending, due, not leased, and the earliest pending
+    event of its resource for its endpoint (events of one resource go out in order)."""
+    D, E = WebhookDelivery, OutboxEvent
     d2, e2 = aliased(WebhookDelivery), aliased(OutboxEvent)
-    earlier_pending = exists().where(
-        d2.endpoint_id == D.endpoint_id,
-        d2.status == DeliveryStatus.pending,
-        d2.event_id == e2.id,
-        e2.resource_type == E.resource_type,
-        e2.resource_id == E.resource_id,
-        e2.sequence < E.sequence,
-    )
-    q = (
-        _joined()
+    earlier_pending = (
+        select(d2.id)
+        .join(e2, e2.id == d2.event_id)
         .where(
-            D.status == DeliveryStatus.pending,
-            EP.active.is_(True),
-            or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
-            or_(D.claimed_until.is_(None), D.claimed_until < now),
-            ~earlier_pending,
+            d2.endpoint_id == D.endpoint_id,
+            d2.status == DeliveryStatus.pending,
+            e2.resource_type == E.resource_type,
+            e2.resource_id == E.resource_id,
+            e2.sequence < E.sequence,
         )
-        .order_by(D.next_attempt_at, E.created_at, E.sequence)
-        .limit(limit)
+        .exists()
+    )
+    return [
+        D.status == DeliveryStatus.pending,
+        or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
+        or_(D.claimed_until.is_(None), D.claimed_until < now),
+        ~earlier_pending,
+    ]
+
+
+def _candidates(s: Session, now: datetime, per_endpoint: int) -> list[Row[Any]]:
+    """Up to `per_endpoint` claimable deliveries of each active endpoint, earliest due first,
+    each with its endpoint's deliveries in flight (leased). One endpoint's backlog, however
+    long, yields `per_endpoint` rows: what one tenant piles up is never read whole to find
+    another's next delivery."""
+    D, E, EP = WebhookDelivery, OutboxEvent, WebhookEndpoint
+    d3 = aliased(WebhookDelivery)
+    in_flight = (
+        select(func.count())
+        .where(
+            d3.endpoint_id == EP.id,
+            d3.status == DeliveryStatus.pending,
+            d3.claimed_until >= now,
+        )
+        .scalar_subquery()
+    )
+    order = (D.next_attempt_at, E.created_at, E.sequence)
+    cols = (D.id, D.next_attempt_at.label("due_at"), E.created_at, E.sequence)
+    if rows.is_postgres(s):
+        # One index probe per endpoint (ix_webhook_deliveries_endpoint_due).
+        probe = (
+            select(*cols)
+            .join(E, E.id == D.event_id)
+            .where(D.endpoint_id == EP.id, *_claimable(now))
+            .order_by(*order)
+            .limit(per_endpoint)
+            .lateral("probe")
+        )
+        q = (
+            select(EP.id.label("endpoint_id"), in_flight.label("in_flight"), probe)
+            .select_from(EP)
+            .join(probe, true())
+            .where(EP.active.is_(True))
+        )
+        return list(s.execute(q).all())
+    # SQLite (one writer, the embedded store's small queues): every claimable row, ranked
+    # per endpoint in SQL.
+    n = func.row_number().over(partition_by=D.endpoint_id, order_by=order).label("n")
+    ranked = (
+        select(D.endpoint_id, *cols, n)
+        .join(E, E.id == D.event_id)
+        .join(EP, EP.id == D.endpoint_id)
+        .where(EP.active.is_(True), *_claimable(now))
+        .subquery()
+    )
+    ep_in_flight = (
+        select(func.count())
+        .where(
+            d3.endpoint_id == ranked.c.endpoint_id,
+            d3.status == DeliveryStatus.pending,
+            d3.claimed_until >= now,
+        )
+        .scalar_subquery()
+    )
+    q = select(
+        ranked.c.endpoint_id,
+        ep_in_flight.label("in_flight"),
+        ranked.c.id,
+        ranked.c.due_at,
+        ranked.c.created_at,
+        ranked.c.sequence,
+    ).where(ranked.c.n <= per_endpoint)
+    return list(s.execute(q).all())
+
+
+def due(s: Session, now: datetime, limit: int, per_endpoint: int) -> list[Joined]:
+    """Lease candidates: up to `limit` claimable deliveries, earliest due first, and at most
+    `per_endpoint` in flight to any one endpoint counting those already leased: a receiver
+    that hangs holds that many slots, never the others' (a tenant's backlog waits behind its
+    own receiver). On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so workers share
+    the queue without taking the same row (two workers choosing at once may each send one
+    to an endpoint: a bound per worker, not a global one)."""
+    D = WebhookDelivery
+    picked: list[tuple[tuple[bool, datetime | None, datetime, int], str]] = []
+    taken: dict[str, int] = {}
+    for r in sorted(
+        _candidates(s, now, per_endpoint),
+        key=lambda r: (r.due_at is None, r.due_at, r.created_at, r.sequence),
+    ):
+        if r.in_flight + taken.get(r.endpoint_id, 0) >= per_endpoint:
+            continue
+        taken[r.endpoint_id] = taken.get(r.endpoint_id, 0) + 1
+        picked.append(((r.due_at is None, r.due_at, r.created_at, r.sequence), r.id))
+    ids = [i for _, i in picked[:limit]]
+    if not ids:
+        return []
+    # Taken again, locked, with the lease re-checked: another worker may have leased one of
+    # them since it was read.
+    q = _joined().where(
+        D.id.in_(ids),
+        D.status == DeliveryStatus.pending,
+        or_(D.claimed_until.is_(None), D.claimed_until < now),
     )
     if rows.is_postgres(s):
         q = q.with_for_update(skip_locked=True, of=D)
-    return _triples(s, q)
+    rank = {i: n for n, i in enumerate(ids)}
+    return sorted(_triples(s, q), key=lambda j: rank[j[0].id])
 
 
 def delivery_locked(s: Session, delivery_id: str) -> WebhookDelivery | None:
