@@ -5374,7 +5374,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable characters. */
+                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters. */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -5550,7 +5550,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable characters. */
+                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters. */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;

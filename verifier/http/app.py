@@ -9,6 +9,7 @@ The engine lives on `app.state.engine` (deps.get_engine), the rate limiter on
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +146,18 @@ def _error(
     return JSONResponse({"error": err}, status_code=status, headers=headers)
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _field_of(loc: tuple[Any, ...]) -> str:
     # Only the first element says where the value came from: a body field may be named
-    # "path" or "query" itself.
-    if loc and loc[0] in ("body", "query", "path", "header"):
+    # "path" or "query" itself. A union's branches show in the path by their schema's tag
+    # ("constrained-str", "function-after[...]"): no field of a request is named so.
+    source = loc[0] if loc and loc[0] in ("body", "query", "path", "header") else None
+    if source is not None:
         loc = loc[1:]
+    if source != "header":  # header names hold dashes; they are never a union's
+        loc = tuple(p for p in loc if isinstance(p, int) or _FIELD_NAME.fullmatch(str(p)))
     return ".".join(str(p) for p in loc) or "body"
 
 

@@ -141,7 +141,7 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         description="Same key and body: the stored answer again; same "
-        "key, other body: 409 idempotency_conflict. 1 to 256 printable characters.",
+        "key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters.",
     ),
 ]
 

@@ -77,11 +77,13 @@ def run_idempotent(
     # A header's value has no surrounding whitespace (RFC 9110 5.5): servers drop the leading
     # kind, so the trailing kind must go too, or a retry padded by a proxy is another key.
     key = key.strip(" \t")
-    # A key is an id: no control characters (NUL would break PostgreSQL text).
-    if not key or len(key) > MAX_KEY or not key.isprintable():
+    # A key is an id: printable ASCII, a Structured Fields string's characters (no control
+    # characters: NUL would break PostgreSQL text). The server hands a header over one
+    # character a byte, so a non-ASCII key would be judged and stored by its UTF-8 bytes.
+    if not key or len(key) > MAX_KEY or not (key.isascii() and key.isprintable()):
         raise BadInput(
             "invalid_idempotency_key",
-            f"Idempotency-Key: 1 to {MAX_KEY} printable characters",
+            f"Idempotency-Key: 1 to {MAX_KEY} printable ASCII characters",
             field="Idempotency-Key",
         )
     # Process time, not the business clock: a pinned clock would never age a claim.
