@@ -16,6 +16,8 @@ reason.
 from __future__ import annotations
 
 import importlib
+import logging
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -42,6 +44,7 @@ from verifier.http.console.auth import (
     derive_key,
     staff_for,
 )
+from verifier.http.ratelimit import Limiter, login_limiter_from_settings
 from verifier.services import (
     audit,
     console_sessions,
@@ -58,6 +61,8 @@ from verifier.services.assurance import assurance_report
 HERE = Path(__file__).resolve().parent
 MAX_FORM_BYTES = 16 * 1024
 PAGE_SIZE = 25  # proofs per page of the list
+LOGIN_ENDPOINT = "console_login"  # the failed logins' bucket, beside the API's
+log = logging.getLogger("railproof.console")
 SECURITY_HEADERS = {
     # Everything the pages use is served from here: no inline script, no CDN.
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -116,12 +121,14 @@ def console_router(
     secure_cookies: bool | None = None,
     session_ttl_s: int | None = None,
     key: bytes | None = None,
+    login_limiter: Limiter | None = None,
 ) -> APIRouter:
     """The console's routes, for the app: `app.include_router(console_router(engine))`.
 
     `secure_cookies`: None marks cookies Secure when the request came over https; True always
     (behind a TLS-terminating proxy), False never. `clock`: wall-clock seconds (tests)."""
     settings = engine.settings
+    failed_logins = login_limiter or login_limiter_from_settings(settings, engine.metrics)
     signer = Signer(
         key or derive_key(settings.audit_key_bytes(), dict(settings.staff_tokens)),
         clock,
@@ -348,9 +355,26 @@ def console_router(
                 "The login form expired or did not come from this console: try again.",
                 nxt,
             )
+        # SECURITY: guessing staff tokens is bounded per client address: past the failures a
+        # minute allows, every login from there is refused (a right token too, or the bound
+        # would tell a right guess), until the failures age out.
+        client = request.client.host if request.client else "unknown"
+        wait = await run_in_threadpool(failed_logins.wait, client, LOGIN_ENDPOINT)
+        if wait > 0:
+            after = max(1, math.ceil(wait))
+            resp = login_page(
+                request,
+                429,
+                f"Too many failed logins from this address: try again in {after} s.",
+                nxt,
+            )
+            resp.headers["Retry-After"] = str(after)
+            return resp
         token = form.get("token", "")
         staff = settings.staff_name(token) if token else None
         if staff is None:
+            await run_in_threadpool(failed_logins.take, client, LOGIN_ENDPOINT)
+            log.warning("console login refused: not a staff token", extra={"client": client})
             # SECURITY: a service token is not a staff token: the same answer as an unknown one.
             return login_page(request, 401, "Not a staff token.", nxt)
         cs = signer.new_session(staff, token)

@@ -1,0 +1,83 @@
+"""Guessing staff tokens at the console's login is bounded per client address: past
+RAILPROOF_CONSOLE_LOGIN_FAILURES_PER_MINUTE failures, every login from that address is refused
+with 429 and Retry-After (a right token too: otherwise the refusal would tell a right guess)
+until the failures age out. Other addresses log in meanwhile. With RAILPROOF_REDIS_URL the
+failures are counted for every API process at once."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import STAFF_TOKEN, make_settings
+from tests.test_console import Clock, login
+from tests.test_ratelimit_redis import prefix, redis_url  # noqa: F401 - fixtures
+from verifier.http.api import create_app
+from verifier.http.console import console_router
+from verifier.http.console.auth import SESSION_COOKIE
+from verifier.http.ratelimit import RateLimiter, SharedRateLimiter, login_limiter_from_settings
+
+PER_MINUTE = 10
+
+
+def _client(app, address: str = "203.0.113.7") -> TestClient:
+    return TestClient(
+        app, raise_server_exceptions=False, follow_redirects=False, client=(address, 5000)
+    )
+
+
+def test_failed_logins_past_the_bound_refuse_every_login_from_that_address(engine):
+    clock = Clock()
+    limiter = RateLimiter(rate=PER_MINUTE / 60.0, burst=PER_MINUTE, clock=clock)
+    app = create_app(engine, console=console_router(engine, login_limiter=limiter))
+    with _client(app) as guesser, _client(app, "198.51.100.2") as colleague:
+        for i in range(PER_MINUTE):
+            assert login(guesser, f"guess-{i}").status_code == 401
+        r = login(guesser, "guess-next")
+        assert r.status_code == 429 and "Too many failed logins" in r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        # The right token is refused as well, and says nothing of being right.
+        r = login(guesser, STAFF_TOKEN)
+        assert r.status_code == 429 and SESSION_COOKIE not in {c.name for c in guesser.cookies.jar}
+        # Another address is not held up.
+        assert login(colleague, STAFF_TOKEN).status_code == 303
+        # A failure ages out: one more try, after its share of the minute.
+        clock.t += 60.0 / PER_MINUTE + 0.1
+        assert login(guesser, STAFF_TOKEN).status_code == 303
+
+
+def test_a_right_token_counts_nothing_against_the_address(engine):
+    clock = Clock()
+    limiter = RateLimiter(rate=PER_MINUTE / 60.0, burst=PER_MINUTE, clock=clock)
+    app = create_app(engine, console=console_router(engine, login_limiter=limiter))
+    with _client(app) as staff:
+        for _ in range(3 * PER_MINUTE):
+            assert login(staff, STAFF_TOKEN).status_code == 303
+
+
+def test_zero_turns_the_bound_off(engine, db_url):
+    settings = make_settings(db_url, console_login_failures_per_minute=0)
+    limiter = login_limiter_from_settings(settings)
+    assert not limiter.enabled
+    app = create_app(engine, console=console_router(engine, login_limiter=limiter))
+    with _client(app) as guesser:
+        for i in range(PER_MINUTE + 5):
+            assert login(guesser, f"guess-{i}").status_code == 401
+
+
+def test_failures_are_counted_for_every_api_process_through_redis(
+    engine,
+    db_url,
+    redis_url,  # noqa: F811
+    prefix,  # noqa: F811
+):
+    settings = make_settings(db_url, redis_url=redis_url, redis_key_prefix=prefix)
+    # Two processes' limiters: each built from the settings, sharing the failures in Redis.
+    first, second = login_limiter_from_settings(settings), login_limiter_from_settings(settings)
+    assert isinstance(first, SharedRateLimiter) and isinstance(second, SharedRateLimiter)
+    one = create_app(engine, console=console_router(engine, login_limiter=first))
+    two = create_app(engine, console=console_router(engine, login_limiter=second))
+    with _client(one) as a, _client(two) as b:
+        for i in range(PER_MINUTE):
+            assert login(a if i % 2 else b, f"guess-{i}").status_code == 401
+        assert login(a, STAFF_TOKEN).status_code == 429
+        assert login(b, STAFF_TOKEN).status_code == 429
