@@ -11,7 +11,8 @@ Check order (one check, one code; chain calls just before the checks that need t
 
     shape (proof_malformed) → eth_chainId (a node on another chain: pending rpc_unavailable)
     → eth_getTransactionReceipt
-    (null: pending tx_not_found; status 0: tx_failed_onchain) → wrong_asset → wrong_recipient
+    (null: pending tx_not_found; status 0: tx_failed_onchain from a final canonical block,
+    else pending reorged / not_final) → wrong_asset → wrong_recipient
     → amount_mismatch → sender_mismatch (only when the terms name a payer) → reference/memo
     (EVM transfers carry none) → eth_getBlockByNumber(receipt block) → time window
     (session_not_open, session_expired) → settlement (eth_blockNumber, `finalized` block).
@@ -719,6 +720,37 @@ class EvmAdapter:
 
     # -- verification ------------------------------------------------------------------------
 
+    def _reverted(
+        self, chain: Transport, tx_hash: str, receipt: Receipt, observed: Observed
+    ) -> Verdict:
+        block = read_block(chain, receipt.block_number)
+        if block is None:
+            raise MalformedResponse(
+                f"receipt in block {receipt.block_number} but the node has no such block"
+            )
+        where = settlement_for_receipt(
+            tx_hash,
+            receipt.block_number,
+            receipt.block_hash,
+            block["hash"],
+            read_head(chain, self.rail.finality),
+            self.rail.finality,
+        )
+        said = f"transaction {tx_hash} reverted (status 0) in block {receipt.block_number}"
+        if where.reorged:
+            return Verdict.wait(
+                FailureCode.reorged,
+                f"{said}, which is no longer the chain's block at that height: asked again",
+                observed=observed,
+            )
+        if not where.is_final:
+            return Verdict.wait(
+                FailureCode.not_final,
+                f"{said}, not final yet ({where.detail}): failed once final",
+                observed=observed,
+            )
+        return Verdict.fail(FailureCode.tx_failed_onchain, said, observed=observed)
+
     def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
         tx_hash = normalize_tx_hash(proof)
         token = normalize_evm_address(terms.asset or self.rail.asset, "asset")
@@ -732,13 +764,12 @@ class EvmAdapter:
             )
         receipt = parse_receipt(raw, tx_hash)
         observed = self._observed(receipt, token, recipient)
-        # SECURITY: a reverted transaction moved nothing, whatever its input or logs say.
+        # SECURITY: a reverted transaction moved nothing, whatever its input or logs say. It
+        # is a definitive `failed` only from a final block of the canonical chain: a node
+        # behind a reorg serves a fork's receipt, and a block not final yet may be replaced
+        # by one where the transaction succeeds.
         if not receipt.success:
-            return Verdict.fail(
-                FailureCode.tx_failed_onchain,
-                f"transaction {tx_hash} reverted (status 0)",
-                observed=observed,
-            )
+            return self._reverted(chain, tx_hash, receipt, observed)
 
         transfers = token_transfers(receipt.logs)
         counted = counted_transfers(transfers, token, recipient, terms.sender)

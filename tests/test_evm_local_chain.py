@@ -148,12 +148,43 @@ def test_stale_receipt_from_a_lagging_node_is_reorged_by_the_canonical_hash(chai
     assert s.reorged
 
 
-def test_reverted_transfer_is_tx_failed_onchain(chain, token):
+def test_reverted_transfer_is_tx_failed_onchain_once_its_block_is_final(chain, token):
     too_much = 10**12  # more than the payer holds: the token reverts
     tx = chain.transfer(token, payer(chain), treasury(chain), too_much, gas=200_000)
     assert chain.w3.eth.get_transaction_receipt(tx).status == 0
-    v = EvmAdapter(chain.rail(token.address)).verify(tx, terms(chain, too_much), chain)
+    adapter = EvmAdapter(chain.rail(token.address, confirmations=3))
+    # One confirmation of three: a reorg may yet put the transaction in another block.
+    v = adapter.verify(tx, terms(chain, too_much), chain)
+    assert (v.status, v.code) == (Status.pending, FailureCode.not_final)
+    assert "reverted" in v.detail and "failed once final" in v.detail
+    chain.mine(2)
+    v = adapter.verify(tx, terms(chain, too_much), chain)
     assert (v.status, v.code) == (Status.failed, FailureCode.tx_failed_onchain)
+
+
+def test_a_reverted_receipt_from_a_block_the_chain_left_is_pending(chain, token):
+    # A node behind a reorg serves the receipt as the orphaned block had it: the transaction
+    # reverted there, and what it did on the canonical chain is not known from that answer.
+    too_much = 10**12
+    before = chain.snapshot()
+    tx = chain.transfer(token, payer(chain), treasury(chain), too_much, gas=200_000)
+    stale = chain.call("eth_getTransactionReceipt", [tx])
+    chain.revert(before)
+    chain.transfer(token, payer(chain), chain.accounts[3], PAID)  # another block there now
+    chain.mine(5)  # and the chain well past it
+
+    class Lagging:
+        source = "local"
+
+        def call(self, method, params):
+            if method == "eth_getTransactionReceipt":
+                return stale
+            return chain.call(method, params)
+
+    adapter = EvmAdapter(chain.rail(token.address, confirmations=3))
+    v = adapter.verify(tx, terms(chain, too_much), Lagging())
+    assert (v.status, v.code) == (Status.pending, FailureCode.reorged)
+    assert "no longer the chain's block" in v.detail
 
 
 def test_a_look_alike_token_is_wrong_asset(chain, token):
