@@ -206,7 +206,7 @@ def test_an_outcome_that_cannot_be_recorded_leaves_the_rest_of_the_round_recorde
 def test_a_hanging_receivers_backlog_does_not_hold_up_another_tenants_delivery(engine, api):  # noqa: F811
     # Alice's receiver answers nothing and she has twenty deliveries due before bob's one.
     # Rounds of `concurrency` POSTs, earliest due first, each waiting for its slowest, sent
-    # bob's only after five rounds of alice's timeouts; she now holds `per_endpoint` slots
+    # bob's only after five rounds of alice's timeouts; she now holds `per_token` slots
     # and bob's goes out in the first claim.
     with Receiver() as alice_rcv, Receiver() as bob_rcv:
         subscribe(api, alice_rcv, ["proof.verified"])
@@ -226,24 +226,28 @@ def test_a_hanging_receivers_backlog_does_not_hold_up_another_tenants_delivery(e
             assert [e["id"] for e in bob_rcv.wait_for(1, deadline_s=15)] == [bob_ev]
             with alice_rcv.lock:
                 alice_seen = len(alice_rcv.requests)
-            assert alice_seen <= FAST.per_endpoint, alice_seen
+            assert alice_seen <= FAST.per_token, alice_seen
         finally:
             alice_rcv.hold.set()
             sweep.join(30)
         assert out["w1"]["claimed"] == 6 and out["w1"]["delivered"] >= 1, out
 
 
-def test_an_endpoint_has_at_most_per_endpoint_deliveries_leased_across_workers(engine, api):  # noqa: F811
-    with Receiver() as alice_rcv, Receiver() as bob_rcv:
-        subscribe(api, alice_rcv, ["proof.verified"])
+def test_a_token_has_at_most_per_token_deliveries_leased_across_workers(engine, api):  # noqa: F811
+    # Alice's events go to three endpoints of her token: together they get `per_token`
+    # deliveries in flight, counting other workers' leases, and bob's goes out beside them.
+    with Receiver() as a1, Receiver() as a2, Receiver() as a3, Receiver() as bob_rcv:
+        for rcv in (a1, a2, a3):
+            subscribe(api, rcv, ["proof.verified"])
         subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
-        alice = [emit_now(engine, "proof.verified", "alice", rid=f"pa{i}") for i in range(5)]
+        alice = [emit_now(engine, "proof.verified", "alice", rid=f"pa{i}") for i in range(3)]
         bob = emit_now(engine, "proof.verified", "bob", rid="pb")
 
         def owners(*claims: list[webhooks.Job]) -> dict[str, int]:
-            ids = [j.event_id for c in claims for j in c]
+            ids = [(j.event_id, j.endpoint_id) for c in claims for j in c]
             assert len(set(ids)) == len(ids), ids  # no delivery leased twice
-            return {"alice": sum(i in alice for i in ids), "bob": ids.count(bob)}
+            events = [e for e, _ in ids]
+            return {"alice": sum(e in alice for e in events), "bob": events.count(bob)}
 
         first = webhooks.claim(engine, "w1", 1, CLOCK, FAST)
         second = webhooks.claim(engine, "w2", 10, CLOCK, FAST)

@@ -385,7 +385,7 @@ def test_worker_killed_after_claiming_loses_nothing(engine, api, receiver):
     subscribe(api, receiver)
     ids = [emit_now(engine, "proof.verified", rid=f"p{i}") for i in range(5)]
     ids.append(emit_now(engine, "settlement.finalized", rid="p0"))  # behind p0's first event
-    doomed = webhooks.claim(engine, "doomed", 10, CLOCK, replace(FAST, per_endpoint=10))
+    doomed = webhooks.claim(engine, "doomed", 10, CLOCK, replace(FAST, per_token=10))
     assert len(doomed) == 5  # the worker took them... and died without sending anything
 
     quiet = webhooks.deliver_due(engine, "rescuer", now=CLOCK + timedelta(seconds=1), config=FAST)
@@ -415,7 +415,7 @@ def test_worker_killed_between_post_and_record_redelivers_and_receiver_dedupes(
 
     monkeypatch.setattr(webhooks, "_record", record_or_die)
     with pytest.raises(_Killed):
-        webhooks.deliver_due(engine, "doomed", now=CLOCK, config=replace(FAST, per_endpoint=3))
+        webhooks.deliver_due(engine, "doomed", now=CLOCK, config=replace(FAST, per_token=3))
     monkeypatch.undo()
     assert sorted(receiver.ids()) == sorted(ids)  # POSTed, but no outcome written
     assert pending_count(engine) == 3
@@ -625,12 +625,12 @@ def test_delivery_settings_come_from_the_settings_class(monkeypatch):
     monkeypatch.setenv("RAILPROOF_WEBHOOK_MAX_ATTEMPTS", "4")
     monkeypatch.setenv("RAILPROOF_WEBHOOK_ALLOW_ANY_HOST", "1")
     monkeypatch.setenv("RAILPROOF_WEBHOOK_CONCURRENCY", "")  # empty: the default, as before
-    monkeypatch.setenv("RAILPROOF_WEBHOOK_ENDPOINT_CONCURRENCY", "3")
+    monkeypatch.setenv("RAILPROOF_WEBHOOK_TOKEN_CONCURRENCY", "3")
     assert webhooks.DeliveryConfig.from_settings(Settings(env={})) == webhooks.DeliveryConfig(
-        timeout_s=2.5, max_attempts=4, allow_any_host=True, per_endpoint=3
+        timeout_s=2.5, max_attempts=4, allow_any_host=True, per_token=3
     )
     for name, value, words in (
-        ("RAILPROOF_WEBHOOK_ENDPOINT_CONCURRENCY", "0", "greater than or equal to 1"),
+        ("RAILPROOF_WEBHOOK_TOKEN_CONCURRENCY", "0", "greater than or equal to 1"),
         ("RAILPROOF_WEBHOOK_MAX_ATTEMPTS", "0", "greater than or equal to 1"),
         ("RAILPROOF_WEBHOOK_TIMEOUT_SECONDS", "soon", "valid number"),
         ("RAILPROOF_WEBHOOK_ALLOW_ANY_HOST", "perhaps", "valid boolean"),

@@ -129,9 +129,9 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(default=6 * 3600.0, ge=0, le=_YEAR_S)
     webhook_backoff_jitter_seconds: float = Field(default=30.0, ge=0, le=_YEAR_S)
     webhook_lease_seconds: float = Field(default=120.0, gt=0, le=_YEAR_S)
-    webhook_concurrency: int = Field(default=8, ge=1)
-    # Deliveries in flight to one endpoint at a time: a receiver that hangs holds no more.
-    webhook_endpoint_concurrency: int = Field(default=2, ge=1)
+    webhook_concurrency: int = Field(default=32, ge=1)
+    # Deliveries in flight to one token's endpoints at a time: receivers that hang hold no more.
+    webhook_token_concurrency: int = Field(default=2, ge=1)
     # Reconciliation (verifier.services.reconciliation) and discovery (…discovery).
     reconcile_verified_sla_seconds: int = Field(default=3600, ge=0)
     reconcile_pending_sla_seconds: int = Field(default=7200, ge=0)
@@ -213,7 +213,7 @@ class Settings(BaseSettings):
         "webhook_backoff_jitter_seconds",
         "webhook_lease_seconds",
         "webhook_concurrency",
-        "webhook_endpoint_concurrency",
+        "webhook_token_concurrency",
         "redis_url",
         mode="before",
     )

@@ -23,8 +23,9 @@ expires, and another worker takes the row again. `railproof worker` delivers fro
 its own, so receivers (the tenants') never hold up proofs' checks or apply. Order per
 resource: a delivery is claimable only when no earlier event of the same resource is still
 pending for the same endpoint. Fairness: `concurrency` POSTs at a time, a freed slot claiming
-at once, and at most `per_endpoint` of them to one endpoint (leases count), so a hanging
-receiver holds its own slots and not the other tenants' deliveries.
+at once and newly due deliveries claimed while POSTs are in flight, and at most `per_token` of
+them to the endpoints of one token (leases count), so a tenant's hanging receivers hold its own
+slots and not the other tenants' deliveries.
 
 Clocks. Leases and retry times run on the wall clock, not the engine's clock: the engine's
 clock can be pinned to replay recorded chains, while receivers and their signature checks
@@ -41,8 +42,9 @@ import logging
 import re
 import secrets
 import string
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -193,13 +195,14 @@ def endpoint_key(url: str) -> str:
     """The receiver a URL names, for telling duplicates apart (RFC 3986 section 6.2.2): scheme
     and host in lower case (an IP address in its canonical text), the port always, dot
     segments removed (httpx's parser), an escaped unreserved character as itself and other
-    escapes in upper case, an empty path as `/`, an empty query dropped, the fragment (never
-    sent) dropped, and `localhost` as 127.0.0.1. An escaped reserved character stays escaped
-    (`%3B` is not `;` to a server), and a trailing or doubled slash stays: a server may route
-    those elsewhere."""
+    escapes in upper case (in the path and the query), an empty path as `/`, an empty query
+    dropped, the fragment (never sent) dropped, and `localhost` as 127.0.0.1. An escaped
+    reserved character stays escaped (`%3B` is not `;` to a server), and a trailing or
+    doubled slash stays: a server may route those elsewhere."""
     u = httpx.URL(url)
     path, _, params = u.raw_path.decode("ascii").partition("?")
     path = _ESCAPE.sub(_unescaped, path) or "/"
+    params = _ESCAPE.sub(_unescaped, params)  # the query's escapes alike (6.2.2.1-2)
     if "." in path:
         # An escaped dot segment (`%2e%2e`) is a dot segment once unescaped (RFC 3986
         # 6.2.2: escapes first, then dot segments): httpx's parser removes it this time.
@@ -248,19 +251,21 @@ class DeliveryConfig:
     backoff_max_s: float = 6 * 3600.0
     backoff_jitter_s: float = 30.0
     lease_s: float = 120.0
-    concurrency: int = 8  # POSTs in flight at once, per worker
-    per_endpoint: int = 2  # of them, at most this many to one endpoint (leases count)
+    concurrency: int = 32  # POSTs in flight at once, per worker
+    per_token: int = 2  # of them, at most this many to one token's endpoints (leases count)
+    poll_s: float = 1.0  # while POSTs are in flight, how often newly due deliveries are claimed
     allow_any_host: bool = False  # re-checked at send time (url_problem)
 
     def __post_init__(self) -> None:
         if (
             self.max_attempts < 1
             or self.concurrency < 1
-            or self.per_endpoint < 1
+            or self.per_token < 1
             or self.timeout_s <= 0
+            or self.poll_s <= 0
         ):
             raise ValueError(
-                "webhook delivery: max_attempts, concurrency, per_endpoint, timeout must be > 0"
+                "webhook delivery: max_attempts, concurrency, per_token, timeout, poll must be > 0"
             )
         # A lease shorter than a POST could hand a row in flight to a second worker.
         if self.lease_s <= self.timeout_s:
@@ -276,7 +281,7 @@ class DeliveryConfig:
             backoff_jitter_s=settings.webhook_backoff_jitter_seconds,
             lease_s=settings.webhook_lease_seconds,
             concurrency=settings.webhook_concurrency,
-            per_endpoint=settings.webhook_endpoint_concurrency,
+            per_token=settings.webhook_token_concurrency,
             allow_any_host=settings.webhook_allow_any_host,
         )
 
@@ -331,6 +336,12 @@ class Result:
     latency_s: float
 
 
+def _counts() -> dict[str, int]:
+    return dict.fromkeys(
+        ("claimed", "delivered", "retrying", "dead_lettered", "stale", "unrecorded"), 0
+    )
+
+
 def deliver_due(
     engine: Engine,
     worker_name: str,
@@ -339,32 +350,57 @@ def deliver_due(
     now: datetime | None = None,
     config: DeliveryConfig | None = None,
 ) -> dict[str, int]:
-    """Deliver what is due, at most `batch` attempts, `concurrency` POSTs at a time. A slot
-    that frees claims the next due delivery at once (event n+1 of a resource goes out in the
-    same sweep once event n is delivered): a receiver that hangs holds its own slots (at most
-    `per_endpoint`) to the timeout, never the others' deliveries behind it."""
+    """Deliver what is due until nothing is, at most `batch` attempts (`railproof worker
+    --once`, and tests, which pass `now`); `deliver_until` is the worker's own loop."""
     cfg = config or DeliveryConfig.from_settings(engine.settings)
-    out = {
-        "claimed": 0,
-        "delivered": 0,
-        "retrying": 0,
-        "dead_lettered": 0,
-        "stale": 0,
-        "unrecorded": 0,
-    }
-    asyncio.run(_deliver(engine, worker_name, batch, now, cfg, out))
+    out = _counts()
+    asyncio.run(_deliver(engine, worker_name, cfg, out, batch=batch, now=now))
     refresh_webhook_gauges(engine)
     return out
+
+
+def deliver_until(
+    engine: Engine,
+    worker_name: str,
+    stop: threading.Event,
+    idle_s: float,
+    config: DeliveryConfig | None = None,
+) -> None:
+    """Deliver as deliveries fall due, until `stop` is set: the worker's webhook thread. With
+    nothing due and nothing in flight it looks again every `idle_s`; the outcome counts are
+    logged when they change and it goes idle. Raises what the database raises (the caller
+    logs it and starts again)."""
+    cfg = config or DeliveryConfig.from_settings(engine.settings)
+    out = _counts()
+    logged = dict(out)
+
+    def idle() -> None:
+        nonlocal logged
+        if out != logged:
+            log.info("webhooks %s", out, extra={"worker": worker_name})
+            logged = dict(out)
+        refresh_webhook_gauges(engine)
+        stop.wait(idle_s)
+
+    asyncio.run(_deliver(engine, worker_name, cfg, out, stop=stop, idle=idle))
 
 
 async def _deliver(
     engine: Engine,
     worker_name: str,
-    batch: int,
-    now: datetime | None,
     cfg: DeliveryConfig,
     out: dict[str, int],
+    *,
+    batch: int | None = None,
+    now: datetime | None = None,
+    stop: threading.Event | None = None,
+    idle: Callable[[], None] | None = None,
 ) -> None:
+    """`concurrency` POSTs at a time. A slot that frees claims the next due delivery at once
+    (event n+1 of a resource goes out as soon as event n is delivered), and while POSTs are
+    in flight, deliveries falling due are claimed every `poll_s`: a receiver that hangs holds
+    its token's slots (at most `per_token`) to the timeout, never another's delivery."""
+
     async def send(http: httpx.AsyncClient, job: Job) -> None:
         res = await post(http, job, cfg.allow_any_host, cfg.timeout_s)
         try:
@@ -387,22 +423,31 @@ async def _deliver(
     ) as http:
         try:
             while True:
-                free = min(cfg.concurrency - len(in_flight), batch - out["claimed"])
-                if free > 0:
+                stopping = stop is not None and stop.is_set()
+                free = cfg.concurrency - len(in_flight)
+                if batch is not None:
+                    free = min(free, batch - out["claimed"])
+                if free > 0 and not stopping:
                     jobs = await asyncio.to_thread(
                         claim, engine, worker_name, free, now or wall_now(), cfg
                     )
                     out["claimed"] += len(jobs)
                     in_flight |= {asyncio.create_task(send(http, j)) for j in jobs}
                 if not in_flight:
-                    return  # nothing due, or the batch is spent and every POST recorded
-                # Claim again when any POST ends: its slot, or the next event of its resource.
-                done, pending = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    if idle is None or stopping:
+                        return  # nothing due, or the batch is spent and every POST recorded
+                    await asyncio.to_thread(idle)
+                    continue
+                # Claim again when a POST ends (its slot, or the next event of its resource),
+                # or after `poll_s` for what fell due meanwhile.
+                done, pending = await asyncio.wait(
+                    in_flight, timeout=cfg.poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 in_flight = set(pending)
                 for task in done:
-                    task.result()  # what `send` does not catch ends the sweep, as before
+                    task.result()  # what `send` does not catch ends the loop
         finally:
-            if in_flight:  # the sweep is ending early: the POSTs under way still end
+            if in_flight:  # ending early: the POSTs under way still end and are recorded
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
 
@@ -414,7 +459,7 @@ def claim(
     its worker every time still runs out of tries."""
     jobs: list[Job] = []
     with engine.db.tx() as s:
-        for d, ev, ep in delivery_repo.due(s, now, limit, cfg.per_endpoint):
+        for d, ev, ep in delivery_repo.due(s, now, limit, cfg.per_token):
             d.updated_at = now
             if ev.owner_id is not None and not still_held(
                 engine.settings.service_tokens, ep.owners or []

@@ -466,15 +466,13 @@ def deliver_forever(
     interval: float,
     stop: threading.Event | None = None,
 ) -> None:
-    """The worker's webhook deliveries, until `stop` is set (or the process ends)."""
+    """The worker's webhook deliveries, until `stop` is set (or the process ends): sent as
+    they fall due (`webhooks.deliver_until`), looking again every `interval` when nothing is.
+    `batch` bounds the sweeps of `--once`, not this loop."""
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
-            out = webhooks.deliver_due(engine, name, batch)
-        except Exception:  # a broken round is logged and tried again, never the thread's end
+            webhooks.deliver_until(engine, name, stop, interval)
+        except Exception:  # a failure is logged and the loop starts again, never the thread's end
             log.exception("webhook deliveries failed", extra={"worker": name})
-            out = {"claimed": 0}
-        if out["claimed"]:
-            log.info("webhooks %s", out, extra={"worker": name})
-        else:
             stop.wait(interval)

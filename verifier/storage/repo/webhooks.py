@@ -233,24 +233,15 @@ def _claimable(now: datetime) -> list[ColumnElement[bool]]:
     ]
 
 
-def _candidates(s: Session, now: datetime, per_endpoint: int) -> list[Row[Any]]:
-    """Up to `per_endpoint` claimable deliveries of each active endpoint, earliest due first,
-    each with its endpoint's deliveries in flight (leased). One endpoint's backlog, however
-    long, yields `per_endpoint` rows: what one tenant piles up is never read whole to find
-    another's next delivery."""
+def _candidates(s: Session, now: datetime, per_token: int) -> list[Row[Any]]:
+    """Up to `per_token` claimable deliveries of each active endpoint, earliest due first,
+    each with its endpoint's token (principal). One endpoint's backlog, however long, yields
+    `per_token` rows: what one tenant piles up is never read whole to find another's next
+    delivery."""
     D, E, EP = WebhookDelivery, OutboxEvent, WebhookEndpoint
-    d3 = aliased(WebhookDelivery)
-    in_flight = (
-        select(func.count())
-        .where(
-            d3.endpoint_id == EP.id,
-            d3.status == DeliveryStatus.pending,
-            d3.claimed_until >= now,
-        )
-        .scalar_subquery()
-    )
     order = (D.next_attempt_at, E.created_at, E.sequence)
     cols = (D.id, D.next_attempt_at.label("due_at"), E.created_at, E.sequence)
+
     if rows.is_postgres(s):
         # One index probe per endpoint (ix_webhook_deliveries_endpoint_due).
         probe = (
@@ -258,11 +249,11 @@ def _candidates(s: Session, now: datetime, per_endpoint: int) -> list[Row[Any]]:
             .join(E, E.id == D.event_id)
             .where(D.endpoint_id == EP.id, *_claimable(now))
             .order_by(*order)
-            .limit(per_endpoint)
+            .limit(per_token)
             .lateral("probe")
         )
         q = (
-            select(EP.id.label("endpoint_id"), in_flight.label("in_flight"), probe)
+            select(EP.principal, probe)
             .select_from(EP)
             .join(probe, true())
             .where(EP.active.is_(True))
@@ -272,51 +263,54 @@ def _candidates(s: Session, now: datetime, per_endpoint: int) -> list[Row[Any]]:
     # per endpoint in SQL.
     n = func.row_number().over(partition_by=D.endpoint_id, order_by=order).label("n")
     ranked = (
-        select(D.endpoint_id, *cols, n)
+        select(EP.principal, *cols, n)
         .join(E, E.id == D.event_id)
         .join(EP, EP.id == D.endpoint_id)
         .where(EP.active.is_(True), *_claimable(now))
         .subquery()
     )
-    ep_in_flight = (
-        select(func.count())
-        .where(
-            d3.endpoint_id == ranked.c.endpoint_id,
-            d3.status == DeliveryStatus.pending,
-            d3.claimed_until >= now,
-        )
-        .scalar_subquery()
-    )
     q = select(
-        ranked.c.endpoint_id,
-        ep_in_flight.label("in_flight"),
-        ranked.c.id,
-        ranked.c.due_at,
-        ranked.c.created_at,
-        ranked.c.sequence,
-    ).where(ranked.c.n <= per_endpoint)
+        ranked.c.principal, ranked.c.id, ranked.c.due_at, ranked.c.created_at, ranked.c.sequence
+    ).where(ranked.c.n <= per_token)
     return list(s.execute(q).all())
 
 
-def due(s: Session, now: datetime, limit: int, per_endpoint: int) -> list[Joined]:
-    """Lease candidates: up to `limit` claimable deliveries, earliest due first, and at most
-    `per_endpoint` in flight to any one endpoint counting those already leased: a receiver
-    that hangs holds that many slots, never the others' (a tenant's backlog waits behind its
-    own receiver). On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so workers share
-    the queue without taking the same row (two workers choosing at once may each send one
-    to an endpoint: a bound per worker, not a global one)."""
+def _in_flight(s: Session, now: datetime) -> dict[str, int]:
+    """Deliveries leased at `now`, per token (the endpoints' principal): read on the partial
+    index of the leases in force (ix_webhook_deliveries_leased), a handful of rows."""
+    D, EP = WebhookDelivery, WebhookEndpoint
+    q = (
+        select(EP.principal, func.count())
+        .select_from(D)
+        .join(EP, EP.id == D.endpoint_id)
+        .where(
+            D.claimed_until.is_not(None),
+            D.claimed_until >= now,
+            D.status == DeliveryStatus.pending,
+        )
+        .group_by(EP.principal)
+    )
+    return {principal: int(n) for principal, n in s.execute(q).all()}
+
+
+def due(s: Session, now: datetime, limit: int, per_token: int) -> list[Joined]:
+    """Lease candidates: up to `limit` claimable deliveries, earliest due first, with at most
+    `per_token` in flight to the endpoints of any one token (its principal), counting those
+    already leased: a tenant's receivers that hang hold that many slots, never the others'
+    (its backlog waits behind its own receivers). On PostgreSQL the rows are locked FOR
+    UPDATE SKIP LOCKED, so workers share the queue without taking the same row (two workers
+    choosing at once may each send that many: a bound per worker, not a global one)."""
     D = WebhookDelivery
-    picked: list[tuple[tuple[bool, datetime | None, datetime, int], str]] = []
-    taken: dict[str, int] = {}
-    for r in sorted(
-        _candidates(s, now, per_endpoint),
-        key=lambda r: (r.due_at is None, r.due_at, r.created_at, r.sequence),
-    ):
-        if r.in_flight + taken.get(r.endpoint_id, 0) >= per_endpoint:
+    cands = _candidates(s, now, per_token)
+    busy = _in_flight(s, now) if cands else {}
+    ids: list[str] = []
+    for r in sorted(cands, key=lambda r: (r.due_at is None, r.due_at, r.created_at, r.sequence)):
+        if len(ids) >= limit:
+            break
+        if busy.get(r.principal, 0) >= per_token:
             continue
-        taken[r.endpoint_id] = taken.get(r.endpoint_id, 0) + 1
-        picked.append(((r.due_at is None, r.due_at, r.created_at, r.sequence), r.id))
-    ids = [i for _, i in picked[:limit]]
+        busy[r.principal] = busy.get(r.principal, 0) + 1
+        ids.append(r.id)
     if not ids:
         return []
     # Taken again, locked, with the lease re-checked: another worker may have leased one of

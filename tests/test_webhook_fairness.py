@@ -1,0 +1,166 @@
+"""One tenant's hanging receivers hold up no other tenant's deliveries (README "Webhooks"): a
+worker's POSTs go out as slots, at most RAILPROOF_WEBHOOK_TOKEN_CONCURRENCY of them to one
+token's endpoints together (leases of other workers count), what falls due while POSTs are in
+flight is claimed every poll, and the worker's webhook thread never waits for a batch's last
+POST. Before: rounds of `concurrency` POSTs each waited for their slowest, the cap was per
+endpoint (a token may have 16), and a delivery falling due waited for a hanging POST to end.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN
+from tests.test_webhooks import FAST, api, subscribe  # noqa: F401
+from tests.webhook_receiver import Receiver
+from verifier.services import webhooks
+from verifier.services.events import emit
+from verifier.worker import loop as worker
+
+# A timeout long enough that alice's held receivers are still held when bob's is looked for.
+SLOW = replace(FAST, timeout_s=30.0, lease_s=60.0)
+
+
+def _emit(engine, at, owner: str, rid: str) -> str:
+    with engine.db.tx() as s:
+        return emit(s, at, "proof.verified", owner, "proof", rid, {"id": rid})
+
+
+def _held_receivers(n: int, hold: threading.Event) -> list[Receiver]:
+    rcvs = [Receiver().__enter__() for _ in range(n)]
+    for r in rcvs:
+        r.hold = hold
+    return rcvs
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tenants_several_hanging_endpoints_do_not_hold_up_another_tenants_delivery(
+    engine,
+    api,  # noqa: F811
+    workers,
+):
+    """Alice has as many hanging endpoints as would fill every worker's slots two at a time
+    (paths of one server of her own will do): together they get `per_token` slots, and bob's
+    delivery goes out beside them, with one worker or two."""
+    n_alice = workers * SLOW.concurrency // SLOW.per_token
+    hold = threading.Event()
+    alice_rcvs = _held_receivers(n_alice, hold)
+    try:
+        with Receiver() as bob_rcv:
+            for rcv in alice_rcvs:
+                subscribe(api, rcv, ["proof.verified"])  # alice's token, one endpoint each
+            subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+            for i in range(5):  # a small backlog of alice's, due before bob's
+                _emit(engine, CLOCK + timedelta(seconds=i), "alice", f"pa{i}")
+            bob_ev = _emit(engine, CLOCK + timedelta(seconds=10), "bob", "pb")
+            now = CLOCK + timedelta(minutes=1)
+            sweeps = [
+                threading.Thread(
+                    target=webhooks.deliver_due,
+                    args=(engine, f"w{w}", 50),
+                    kwargs={"now": now, "config": SLOW},
+                )
+                for w in range(workers)
+            ]
+            for sweep in sweeps:
+                sweep.start()
+            try:
+                # Bob's delivery goes out beside alice's held ones, long before any of hers
+                # times out (30 s).
+                got = [e["id"] for e in bob_rcv.wait_for(1, deadline_s=10)]
+                assert got == [bob_ev], "bob's delivery waited behind alice's hanging receivers"
+            finally:
+                hold.set()
+                for sweep in sweeps:
+                    sweep.join(60)
+    finally:
+        hold.set()
+        for rcv in alice_rcvs:
+            rcv.__exit__(None, None, None)
+
+
+def test_one_hanging_endpoint_does_not_stall_the_worker_at_every_batch_end(engine, api):  # noqa: F811
+    """Alice has one endpoint, which hangs. The worker's webhook thread used to run sweeps of
+    `batch` deliveries, each returning once its last POST ended: the rest of bob's waited for
+    alice's receiver at the end of every sweep. It now claims as slots free, whatever the
+    batch."""
+    s = engine.settings
+    s.webhook_timeout_seconds, s.webhook_lease_seconds = 30.0, 60.0
+    s.webhook_concurrency, s.webhook_token_concurrency = 4, 2
+    hold = threading.Event()
+    (alice_rcv,) = _held_receivers(1, hold)
+    stop = threading.Event()
+    try:
+        with Receiver() as bob_rcv:
+            subscribe(api, alice_rcv, ["proof.verified"])
+            subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+            for i in range(2):
+                _emit(engine, CLOCK + timedelta(seconds=i), "alice", f"pa{i}")
+            bob = [
+                _emit(engine, CLOCK + timedelta(seconds=10 + i), "bob", f"pb{i}") for i in range(6)
+            ]
+            run = threading.Thread(
+                target=worker.deliver_forever,
+                args=(engine, "w1", 4, 0.05, stop),  # batch 4: one of alice's pair + bob's two
+                daemon=True,
+            )
+            run.start()
+            try:
+                got = [e["id"] for e in bob_rcv.wait_for(len(bob), deadline_s=10)]
+                assert sorted(got) == sorted(bob), (
+                    f"{len(got)} of bob's {len(bob)} deliveries went out while alice's held"
+                )
+            finally:
+                stop.set()
+                hold.set()
+                run.join(60)
+    finally:
+        stop.set()
+        hold.set()
+        alice_rcv.__exit__(None, None, None)
+
+
+def test_a_delivery_due_while_a_receiver_hangs_goes_out_beside_it(engine, api):  # noqa: F811
+    """Alice has one endpoint, which hangs; the worker has free slots. Bob's event is written
+    while alice's POST is in flight: it is claimed at the next poll, not once alice's POST
+    ends."""
+    hold = threading.Event()
+    (alice_rcv,) = _held_receivers(1, hold)
+    try:
+        with Receiver() as bob_rcv:
+            subscribe(api, alice_rcv, ["proof.verified"])
+            subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+            _emit(engine, CLOCK, "alice", "pa")
+            now = CLOCK + timedelta(minutes=1)
+            sweep = threading.Thread(
+                target=webhooks.deliver_due,
+                args=(engine, "w1", 50),
+                kwargs={"now": now, "config": SLOW},
+            )
+            sweep.start()
+            try:
+                # Alice's POST is in flight (held) before bob's event exists.
+                assert _wait_requests(alice_rcv, 1)
+                bob_ev = _emit(engine, CLOCK + timedelta(seconds=1), "bob", "pb")
+                got = [e["id"] for e in bob_rcv.wait_for(1, deadline_s=10)]
+                assert got == [bob_ev], "bob's delivery waited for alice's hanging receiver"
+            finally:
+                hold.set()
+                sweep.join(60)
+    finally:
+        hold.set()
+        alice_rcv.__exit__(None, None, None)
+
+
+def _wait_requests(rcv: Receiver, n: int, deadline_s: float = 10.0) -> bool:
+    done = threading.Event()
+    for _ in range(int(deadline_s / 0.01)):
+        with rcv.lock:
+            if len(rcv.requests) >= n:
+                return True
+        done.wait(0.01)
+    return False
