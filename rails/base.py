@@ -66,6 +66,9 @@ class Settlement(Model):
     block_hash: str | None = None
     confirmations: int | None = None
     detail: str = ""
+    # The transaction that settled it, where the proof does not name one (an x402 payment's
+    # settlement, found on chain after the proof was verified).
+    tx_hash: str | None = None
 
 
 class Observed(BaseModel):

@@ -768,7 +768,8 @@ def _settlement(
     stamp = block.get("timestamp") if block is not None else None
     settled = s.model_copy(
         update={
-            "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}"
+            "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}",
+            "tx_hash": tx.tx_hash.lower(),
         }
     )
     return settled, _word(stamp, "block.timestamp") if stamp is not None else None

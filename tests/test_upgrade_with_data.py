@@ -252,3 +252,34 @@ def test_discovery_cursors_gain_their_walk_and_references_are_read_again(empty_u
         (treasury, "sigT", None, None, None, None),
         (reference, None, None, None, None, None),
     ]
+
+
+def test_settlement_evidence_gains_the_transaction_its_detail_names(empty_url):
+    # 0016: an x402 settlement found after verification named its transaction only in the
+    # evidence's detail; the column is filled from it, so the apply gate's
+    # transfer_not_sent_back reads it for payments settled before the upgrade too.
+    settled = Settled()
+    upgrade(empty_url, "0004")
+    _credited_x402(empty_url, settled)
+    upgrade(empty_url, "0015")
+    tx = "0x" + "Ab" * 32
+    eng = create_engine(empty_url)
+    with eng.begin() as c:
+        c.execute(
+            text("UPDATE settlement_evidence SET detail = :d"),
+            {"d": f"settled by {tx} (transfer to 0xto, value 1); 12 confirmations"},
+        )
+        c.execute(
+            text(
+                "INSERT INTO settlement_evidence (proof_id, attempt_id, finality, is_final, "
+                "reorged, slot, block_number, block_hash, confirmations, detail, source, "
+                "observed_at) SELECT proof_id, attempt_id, 'confirmed', false, false, NULL, "
+                "NULL, NULL, NULL, 'no settlement yet', source, observed_at "
+                "FROM settlement_evidence"
+            )
+        )
+    upgrade(empty_url)
+    with eng.begin() as c:
+        got = c.execute(text("SELECT detail, tx_hash FROM settlement_evidence ORDER BY id")).all()
+    eng.dispose()
+    assert [r[1] for r in got] == [tx.lower(), None], got

@@ -1395,6 +1395,8 @@ export interface components {
             slot: number | null;
             /** Source */
             source: string | null;
+            /** Tx Hash */
+            tx_hash?: string | null;
         };
         /** FindingOut */
         FindingOut: {
@@ -2066,6 +2068,8 @@ export interface components {
             reorged: boolean;
             /** Slot */
             slot?: number | null;
+            /** Tx Hash */
+            tx_hash?: string | null;
         };
         /** StuckClaimOut */
         StuckClaimOut: {

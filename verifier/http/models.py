@@ -236,7 +236,8 @@ class SessionOut(Model):
 
 
 class SettlementOut(Model):
-    # slot (Solana) or block_number and confirmations (EVM) appear only where they apply.
+    # slot (Solana) or block_number and confirmations (EVM) appear only where they apply;
+    # tx_hash where the proof names no transaction (an x402 payment's settlement).
     finality: str
     is_final: bool
     reorged: bool
@@ -244,6 +245,7 @@ class SettlementOut(Model):
     slot: int | None = None
     block_number: int | None = None
     confirmations: int | None = None
+    tx_hash: str | None = None
 
 
 class ProofOut(Model):
@@ -371,6 +373,7 @@ class EvidenceOut(Model):
     block_number: int | None
     block_hash: str | None
     confirmations: int | None
+    tx_hash: str | None = None
     detail: str | None
     source: str | None
     observed_at: Time

@@ -111,7 +111,7 @@ class _Reads:
     def sent_back(
         self, s: Session, engine: Engine, p: Proof, ps: PaymentSession | None
     ) -> ReconciliationResolution | None:
-        claim = claimed(engine, p, ps, self.verified_attempt(s, p.id))
+        claim = claimed(engine, p, ps, self.verified_attempt(s, p.id), self.settlement(s, p.id))
         return reconciliation.sent_back(s, [claim]).get(p.id)
 
 
@@ -134,11 +134,14 @@ def claimed(
     p: Proof | Record,
     ps: PaymentSession | Record | None,
     attempt: VerificationAttempt | Record | None,
+    settled: SettlementEvidence | Record | None,
     by_network: dict[str, tuple[str, ...]] | None = None,
 ) -> reconciliation.Claimed:
-    """What `transfer_not_sent_back` asks reconciliation's resolutions about this proof."""
+    """What `transfer_not_sent_back` asks reconciliation's resolutions about this proof: its
+    transaction is the one verification observed, or else the one its settlement was found
+    in (an x402 payment verified before it was settled)."""
     observed = (attempt.observed if attempt is not None else None) or {}
-    tx = observed.get("tx_hash")
+    tx = observed.get("tx_hash") or (settled.tx_hash if settled is not None else None)
     rails: tuple[str, ...] = (p.rail_id,)
     by_network = by_network if by_network is not None else network_rails(engine)
     for network_of in by_network.values():
@@ -162,8 +165,12 @@ def sent_back_of(engine: Engine, proof_ids: Sequence[str]) -> set[str]:
     with engine.db.tx() as s:
         targets = proof_repo.finality_targets(s, proof_ids)
         attempts = attempt_repo.latest_verified_many(s, proof_ids)
+        settled = settlement_repo.latest_many(s, proof_ids)
         by_network = network_rails(engine)
-        claims = [claimed(engine, t, t, attempts.get(t.id), by_network) for t in targets]
+        claims = [
+            claimed(engine, t, t, attempts.get(t.id), settled.get(t.id), by_network)
+            for t in targets
+        ]
         return set(reconciliation.sent_back(s, claims))
 
 
@@ -192,7 +199,14 @@ class _Prefetched(_Reads):
         self._sent_back = reconciliation.sent_back(
             s,
             [
-                claimed(engine, p, sessions.get(p.session_id), self._attempts.get(p.id), by_network)
+                claimed(
+                    engine,
+                    p,
+                    sessions.get(p.session_id),
+                    self._attempts.get(p.id),
+                    self._settlements.get(p.id),
+                    by_network,
+                )
                 for p in proofs
             ],
         )

@@ -1024,6 +1024,7 @@ def record_settlement(
         "block_hash": st.block_hash,
         "confirmations": st.confirmations,
         "detail": st.detail,
+        "tx_hash": st.tx_hash,
         "source": source,
         "observed_at": engine.now(),
     }

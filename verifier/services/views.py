@@ -56,6 +56,8 @@ def settlement_view(
     if ev.block_number is not None:
         out["block_number"] = ev.block_number
         out["confirmations"] = ev.confirmations
+    if ev.tx_hash is not None:
+        out["tx_hash"] = ev.tx_hash
     return out
 
 
@@ -109,6 +111,7 @@ def evidence_view(ev: SettlementEvidence) -> View:
         "block_number": ev.block_number,
         "block_hash": ev.block_hash,
         "confirmations": ev.confirmations,
+        "tx_hash": ev.tx_hash,
         "detail": ev.detail,
         "source": ev.source,
         "observed_at": iso(ev.observed_at),

@@ -258,6 +258,9 @@ class SettlementEvidence(Base):
     block_hash: Mapped[str | None] = mapped_column(String(80))
     confirmations: Mapped[int | None] = mapped_column(BigInteger)
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The settling transaction where the proof does not name it (x402), for reconciliation's
+    # resolutions about that transaction (gate check transfer_not_sent_back).
+    tx_hash: Mapped[str | None] = mapped_column(String(80))
     source: Mapped[str] = mapped_column(String(16))
     observed_at: Mapped[datetime]
 

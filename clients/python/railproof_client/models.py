@@ -77,6 +77,7 @@ class Settlement(_Response):
     slot: int | None = None
     block_number: int | None = None
     confirmations: int | None = None
+    tx_hash: str | None = None  # the settling transaction where the proof names none (x402)
 
 
 class Proof(_Response):
