@@ -720,15 +720,18 @@ class EvmAdapter:
 
     # -- verification ------------------------------------------------------------------------
 
-    def _reverted(
-        self, chain: Transport, tx_hash: str, receipt: Receipt, observed: Observed
-    ) -> Verdict:
+    def _receipt_block(self, chain: Transport, receipt: Receipt) -> dict[str, Any]:
         block = read_block(chain, receipt.block_number)
         if block is None:
             raise MalformedResponse(
                 f"receipt in block {receipt.block_number} but the node has no such block"
             )
-        where = settlement_for_receipt(
+        return block
+
+    def _settlement(
+        self, chain: Transport, tx_hash: str, receipt: Receipt, block: Mapping[str, Any]
+    ) -> Settlement:
+        return settlement_for_receipt(
             tx_hash,
             receipt.block_number,
             receipt.block_hash,
@@ -736,6 +739,11 @@ class EvmAdapter:
             read_head(chain, self.rail.finality),
             self.rail.finality,
         )
+
+    def _reverted(
+        self, chain: Transport, tx_hash: str, receipt: Receipt, observed: Observed
+    ) -> Verdict:
+        where = self._settlement(chain, tx_hash, receipt, self._receipt_block(chain, receipt))
         said = f"transaction {tx_hash} reverted (status 0) in block {receipt.block_number}"
         if where.reorged:
             return Verdict.wait(
@@ -787,11 +795,7 @@ class EvmAdapter:
         if found is not None:
             return found.verdict(observed)
 
-        block = read_block(chain, receipt.block_number)
-        if block is None:
-            raise MalformedResponse(
-                f"receipt in block {receipt.block_number} but the node has no such block"
-            )
+        block = self._receipt_block(chain, receipt)
         ctx.when = self._block_time(block, receipt, terms)
         if ctx.when is not None:
             observed = observed.model_copy(update={"block_time": ctx.when})
@@ -799,14 +803,7 @@ class EvmAdapter:
         if found is not None:
             return found.verdict(observed)
 
-        settlement = settlement_for_receipt(
-            tx_hash,
-            receipt.block_number,
-            receipt.block_hash,
-            block["hash"],
-            read_head(chain, self.rail.finality),
-            self.rail.finality,
-        )
+        settlement = self._settlement(chain, tx_hash, receipt, block)
         paid = authorizations_paid(receipt, token, self.chain_id)
         # SECURITY: an authorization the transaction settled to another address is another
         # merchant's payment: this proof neither holds it nor is matched on it. One whose
