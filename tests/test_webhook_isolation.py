@@ -257,3 +257,26 @@ def test_a_token_has_at_most_per_token_deliveries_leased_across_workers(engine, 
         later = CLOCK + timedelta(seconds=FAST.lease_s + 1)  # both workers gone: leases out
         third = webhooks.claim(engine, "w3", 10, later, FAST)
         assert owners(third) == {"alice": 2, "bob": 1}
+
+
+def test_a_resources_next_events_wait_out_of_the_claims_way_while_its_first_retries(
+    engine,
+    api,  # noqa: F811
+):
+    # Event 2 of a resource cannot go before event 1; while event 1 waits out its backoff,
+    # event 2 waits with it (its due time moved to event 1's), so claims do not read it and
+    # pass it over every time. Once event 1 is delivered, event 2 goes in the same sweep.
+    with Receiver() as rcv:
+        subscribe(api, rcv, ["proof.verified", "settlement.finalized"])
+        first = emit_now(engine, "proof.verified", rid="p1")
+        second = emit_now(engine, "settlement.finalized", rid="p1")
+        rcv.fail_next = 1
+        out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
+        assert (out["claimed"], out["retrying"]) == (1, 1), out
+        head, tail = delivery_of(engine, first), delivery_of(engine, second)
+        assert head.next_attempt_at > CLOCK.replace(tzinfo=head.next_attempt_at.tzinfo)
+        assert tail.next_attempt_at == head.next_attempt_at
+        later = CLOCK + timedelta(seconds=FAST.backoff_max_s + FAST.backoff_jitter_s + 1)
+        out = webhooks.deliver_due(engine, "w1", now=later, config=FAST)
+        assert (out["claimed"], out["delivered"]) == (2, 2), out
+        assert rcv.ids() == [first, second]

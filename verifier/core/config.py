@@ -94,8 +94,8 @@ class Settings(BaseSettings):
     claim_lease_seconds: int = Field(default=120, ge=1)
     rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0 turns limiting off
     rate_limit_burst: int = Field(default=40, ge=1)
-    # Failed console logins per client address a minute (0: not limited).
-    console_login_failures_per_minute: int = Field(default=10, ge=0, le=10_000)
+    # Console logins tried per client address a minute (0: not limited).
+    console_logins_per_minute: int = Field(default=10, ge=0, le=10_000)
     # Rate-limit buckets shared by every API process in Redis (redis://host:6379/0); unset:
     # each process keeps its own. The prefix separates deployments sharing one Redis.
     redis_url: str | None = Field(default=None, pattern=r"^(rediss?|unix)://\S+$")

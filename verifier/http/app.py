@@ -9,7 +9,6 @@ The engine lives on `app.state.engine` (deps.get_engine), the rate limiter on
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -146,19 +145,28 @@ def _error(
     return JSONResponse({"error": err}, status_code=status, headers=headers)
 
 
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _field_of(loc: tuple[Any, ...]) -> str:
+def _field_of(loc: tuple[Any, ...], body: Any = None, missing: bool = False) -> str:
     # Only the first element says where the value came from: a body field may be named
-    # "path" or "query" itself. A union's branches show in the path by their schema's tag
-    # ("constrained-str", "function-after[...]"): no field of a request is named so.
+    # "path" or "query" itself. In a body, a union's branches show in the path by their
+    # schema's tag ("constrained-str", "function-after[...]"): the path is walked through the
+    # body as sent, and a step the value does not have is such a tag, unless it is the field
+    # found missing.
     source = loc[0] if loc and loc[0] in ("body", "query", "path", "header") else None
     if source is not None:
         loc = loc[1:]
-    if source != "header":  # header names hold dashes; they are never a union's
-        loc = tuple(p for p in loc if isinstance(p, int) or _FIELD_NAME.fullmatch(str(p)))
-    return ".".join(str(p) for p in loc) or "body"
+    if source != "body":
+        return ".".join(str(p) for p in loc) or "body"
+    kept: list[str] = []
+    node = body
+    for i, step in enumerate(loc):
+        if isinstance(node, dict) and step in node:
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            node = node[step]
+        elif not (missing and i == len(loc) - 1):
+            continue
+        kept.append(str(step))
+    return ".".join(kept) or "body"
 
 
 # The documented code of a field's refusal, where the request's model refuses it before a
@@ -188,7 +196,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         errs = e.errors()
         first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_of(tuple(first.get("loc", ())))
+        field = _field_of(tuple(first.get("loc", ())), e.body, first.get("type") == "missing")
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         if first.get("type") == "json_invalid":
             field, msg = "body", "not valid JSON"

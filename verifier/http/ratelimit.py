@@ -86,10 +86,6 @@ class Limiter(ABC):
     @abstractmethod
     def take(self, principal: str, endpoint: str) -> float: ...
 
-    @abstractmethod
-    def wait(self, principal: str, endpoint: str) -> float:
-        """Seconds until `take` would be allowed (0: now), taking nothing."""
-
     def check(self, principal: str, endpoint: str) -> None:
         """Raise RateLimited (429, Retry-After) when the caller's bucket is empty."""
         wait = self.take(principal, endpoint)
@@ -138,16 +134,6 @@ class RateLimiter(Limiter):
                 b.tokens -= 1.0
                 return 0.0
             return (1.0 - b.tokens) / self.rate
-
-    def wait(self, principal: str, endpoint: str) -> float:
-        if not self.enabled:
-            return 0.0
-        with self._lock:
-            b = self._buckets.get((principal, endpoint))
-            if b is None:
-                return 0.0
-            tokens = min(float(self.burst), b.tokens + (self._clock() - b.at) * self.rate)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     @classmethod
     def from_settings(cls, settings: Any) -> RateLimiter:
@@ -211,23 +197,7 @@ class SharedRateLimiter(Limiter):
             log.warning("rate-limit store answers again: limits are shared")
         return wait
 
-    def wait(self, principal: str, endpoint: str) -> float:
-        if not self.enabled:
-            return 0.0
-        if self._clock() < self._down_until:
-            return self.local.wait(principal, endpoint)
-        try:
-            if self.strategy.test(self.item, principal, endpoint):
-                return 0.0
-            reset = self.strategy.get_window_stats(self.item, principal, endpoint).reset_time
-            return max(reset - time.time(), 0.001)
-        except Exception as e:  # any failure of the store: the local bucket decides
-            self._store_failed(e, principal, endpoint, take=False)
-            return self.local.wait(principal, endpoint)
-
-    def _store_failed(
-        self, e: Exception, principal: str, endpoint: str, take: bool = True
-    ) -> float:
+    def _store_failed(self, e: Exception, principal: str, endpoint: str) -> float:
         self._down_until = self._clock() + RETRY_SHARED_S
         if self.metrics is not None:
             self.metrics.inc("rate_limit_backend_errors_total")
@@ -238,13 +208,13 @@ class SharedRateLimiter(Limiter):
                 "rate-limit store unreachable (%s): each process limits on its own",
                 type(e).__name__,
             )
-        return self.local.take(principal, endpoint) if take else 0.0
+        return self.local.take(principal, endpoint)
 
 
 def login_limiter_from_settings(settings: Any, metrics: Metrics | None = None) -> Limiter:
-    """The console's failed logins per client address: RAILPROOF_CONSOLE_LOGIN_FAILURES_PER_MINUTE
-    a minute, all of them at once at most; shared through Redis like the API's limits."""
-    per_minute = settings.console_login_failures_per_minute
+    """The console's logins per client address: RAILPROOF_CONSOLE_LOGINS_PER_MINUTE a
+    minute, all of them at once at most; shared through Redis like the API's limits."""
+    per_minute = settings.console_logins_per_minute
     local = RateLimiter(rate=per_minute / 60.0, burst=max(1, per_minute))
     if not settings.redis_url or not local.enabled:
         return local

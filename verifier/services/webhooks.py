@@ -472,12 +472,14 @@ def claim(
                 d.last_error = (
                     "not sent: no service token acts any more for every owner of this endpoint"
                 )
+                delivery_repo.followers_due_at(s, d, now, later=False)
                 continue
             if d.attempts >= cfg.max_attempts:
                 # The previous holder died during the final try: out of tries, not lost.
                 d.status, d.next_attempt_at = DeliveryStatus.dead_letter, None
                 d.claimed_by = d.claimed_until = None
                 d.last_error = "worker lost during the final attempt (lease expired)"
+                delivery_repo.followers_due_at(s, d, now, later=False)
                 continue
             d.attempts += 1
             d.claimed_by, d.claimed_until = worker_name, now + timedelta(seconds=cfg.lease_s)
@@ -609,6 +611,7 @@ def _record(
             d.last_status_code = res.status_code
             d.next_attempt_at = None
             d.claimed_by = d.claimed_until = None
+            delivery_repo.followers_due_at(s, d, t, later=False)
             return "delivered"
         if d.claimed_by != worker_name:
             return "stale"  # our lease ran out and another worker owns the row now
@@ -616,8 +619,11 @@ def _record(
         d.claimed_by = d.claimed_until = None
         if d.attempts >= cfg.max_attempts:
             d.status, d.next_attempt_at = DeliveryStatus.dead_letter, None
+            delivery_repo.followers_due_at(s, d, t, later=False)
             return "dead_lettered"
         d.next_attempt_at = t + backoff(d.attempts, cfg)
+        # The resource's next events wait for this one: out of the claims' way meanwhile.
+        delivery_repo.followers_due_at(s, d, d.next_attempt_at, later=True)
         return "retrying"
 
 

@@ -115,7 +115,8 @@ class WebhookDelivery(Base):
         CheckConstraint(_in("status", DeliveryStatus), name="status"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         CheckConstraint("status <> 'delivered' OR delivered_at IS NOT NULL", name="delivered_at"),
-        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        # Staff lists by status, newest first (the claim walks each endpoint's own index).
+        Index("ix_webhook_deliveries_status", "status", "created_at"),
         Index("ix_webhook_deliveries_endpoint_due", "endpoint_id", "status", "next_attempt_at"),
         # The leases in force (few): an endpoint's deliveries in flight, counted per claim.
         Index(

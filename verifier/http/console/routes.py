@@ -61,7 +61,7 @@ from verifier.services.assurance import assurance_report
 HERE = Path(__file__).resolve().parent
 MAX_FORM_BYTES = 16 * 1024
 PAGE_SIZE = 25  # proofs per page of the list
-LOGIN_ENDPOINT = "console_login"  # the failed logins' bucket, beside the API's
+LOGIN_ENDPOINT = "console_login"  # the logins' bucket, beside the API's
 log = logging.getLogger("railproof.console")
 SECURITY_HEADERS = {
     # Everything the pages use is served from here: no inline script, no CDN.
@@ -128,7 +128,7 @@ def console_router(
     `secure_cookies`: None marks cookies Secure when the request came over https; True always
     (behind a TLS-terminating proxy), False never. `clock`: wall-clock seconds (tests)."""
     settings = engine.settings
-    failed_logins = login_limiter or login_limiter_from_settings(settings, engine.metrics)
+    logins = login_limiter or login_limiter_from_settings(settings, engine.metrics)
     signer = Signer(
         key or derive_key(settings.audit_key_bytes(), dict(settings.staff_tokens)),
         clock,
@@ -355,17 +355,19 @@ def console_router(
                 "The login form expired or did not come from this console: try again.",
                 nxt,
             )
-        # SECURITY: guessing staff tokens is bounded per client address: past the failures a
-        # minute allows, every login from there is refused (a right token too, or the bound
-        # would tell a right guess), until the failures age out.
+        # SECURITY: guessing staff tokens is bounded per client address: every try takes
+        # from the address's bucket before the token is read (so tries sent at once cannot
+        # all pass a check made before any of them counted), and past the bound every login
+        # from there is refused, a right token too, until the tries age out.
         client = request.client.host if request.client else "unknown"
-        wait = await run_in_threadpool(failed_logins.wait, client, LOGIN_ENDPOINT)
+        wait = await run_in_threadpool(logins.take, client, LOGIN_ENDPOINT)
         if wait > 0:
             after = max(1, math.ceil(wait))
+            log.warning("console login refused: too many tries", extra={"client": client})
             resp = login_page(
                 request,
                 429,
-                f"Too many failed logins from this address: try again in {after} s.",
+                f"Too many logins from this address: try again in {after} s.",
                 nxt,
             )
             resp.headers["Retry-After"] = str(after)
@@ -373,7 +375,6 @@ def console_router(
         token = form.get("token", "")
         staff = settings.staff_name(token) if token else None
         if staff is None:
-            await run_in_threadpool(failed_logins.take, client, LOGIN_ENDPOINT)
             log.warning("console login refused: not a staff token", extra={"client": client})
             # SECURITY: a service token is not a staff token: the same answer as an unknown one.
             return login_page(request, 401, "Not a staff token.", nxt)

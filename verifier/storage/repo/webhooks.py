@@ -227,7 +227,9 @@ def _claimable(now: datetime) -> list[ColumnElement[bool]]:
     )
     return [
         D.status == DeliveryStatus.pending,
-        or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now),
+        # A pending delivery always has its time (migration 0015 gave it to any without):
+        # no OR here, so each endpoint's probe is a range of its index.
+        D.next_attempt_at <= now,
         or_(D.claimed_until.is_(None), D.claimed_until < now),
         ~earlier_pending,
     ]
@@ -243,12 +245,16 @@ def _candidates(s: Session, now: datetime, per_token: int) -> list[Row[Any]]:
     cols = (D.id, D.next_attempt_at.label("due_at"), E.created_at, E.sequence)
 
     if rows.is_postgres(s):
-        # One index probe per endpoint (ix_webhook_deliveries_endpoint_due).
+        # One walk of a range of ix_webhook_deliveries_endpoint_due per endpoint, in its
+        # order, stopping at `per_token` rows (ties of due time between resources may go
+        # either way). It is the only index in due order: with one across all endpoints the
+        # planner walked every tenant's due deliveries hoping to meet this endpoint's soon,
+        # and read one tenant's backlog once per endpoint (migration 0015 dropped it).
         probe = (
             select(*cols)
             .join(E, E.id == D.event_id)
             .where(D.endpoint_id == EP.id, *_claimable(now))
-            .order_by(*order)
+            .order_by(D.next_attempt_at)
             .limit(per_token)
             .lateral("probe")
         )
@@ -324,6 +330,34 @@ def due(s: Session, now: datetime, limit: int, per_token: int) -> list[Joined]:
         q = q.with_for_update(skip_locked=True, of=D)
     rank = {i: n for n, i in enumerate(ids)}
     return sorted(_triples(s, q), key=lambda j: rank[j[0].id])
+
+
+def followers_due_at(s: Session, d: WebhookDelivery, at: datetime, *, later: bool) -> None:
+    """Give the pending deliveries of the same endpoint and resource that come after `d`
+    (its events of higher sequence) the due time `at`: at least `at` when `later` (they cannot
+    go before `d` retries, so they wait out of the claim's range instead of being read and
+    passed over in every claim), at most `at` otherwise (`d` is done: they go now)."""
+    D, E = WebhookDelivery, OutboxEvent
+    ev = s.get(OutboxEvent, d.event_id)
+    if ev is None:
+        return
+    after = select(E.id).where(
+        E.resource_type == ev.resource_type,
+        E.resource_id == ev.resource_id,
+        E.sequence > ev.sequence,
+    )
+    moved = D.next_attempt_at < at if later else D.next_attempt_at > at
+    s.execute(
+        update(D)
+        .where(
+            D.endpoint_id == d.endpoint_id,
+            D.status == DeliveryStatus.pending,
+            D.event_id.in_(after),
+            moved,
+        )
+        .values(next_attempt_at=at)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def delivery_locked(s: Session, delivery_id: str) -> WebhookDelivery | None:
