@@ -705,7 +705,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Entitlements */
+        /**
+         * Entitlements
+         * @description The owner's entitlements, oldest first, a page at a time: a full page's last id as
+         *     `after` gives the next.
+         */
         get: operations["entitlements_v1_entitlements_get"];
         put?: never;
         post?: never;
@@ -5307,6 +5311,10 @@ export interface operations {
         parameters: {
             query: {
                 owner_id: string;
+                /** @description At most this many */
+                limit?: number;
+                /** @description The previous page's last id */
+                after?: string | null;
             };
             header?: never;
             path?: never;

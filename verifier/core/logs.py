@@ -26,6 +26,24 @@ def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
 
 
+# The `extra=` keys the code logs with (ids and labels, never payloads or secrets): each
+# becomes a field of the line.
+_EXTRAS = (
+    "proof_id",
+    "proof_status",
+    "rail_id",
+    "session_id",
+    "status",
+    "code",
+    "worker",
+    "event_id",
+    "delivery_id",
+    "watch_key",
+    "gates",
+    "client",
+)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -35,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,  # which API process, with `serve --workers N`
             "msg": redact(record.getMessage()),
         }
-        for k in ("proof_id", "rail_id", "status", "code", "worker"):
+        for k in _EXTRAS:
             if hasattr(record, k):
                 doc[k] = getattr(record, k)
         doc.update(getattr(record, "http_request", {}))

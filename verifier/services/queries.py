@@ -56,10 +56,24 @@ __all__ = [
 ]
 
 
-def entitlements_of(engine: Engine, owner_id: str) -> list[dict[str, Any]]:
-    """The owner's entitlements, oldest first. The caller has checked the owner is theirs."""
+def entitlements_of(
+    engine: Engine, owner_id: str, limit: int, after: str | None = None
+) -> list[dict[str, Any]]:
+    """The owner's entitlements, oldest first, a page of at most `limit` after the entitlement
+    `after` (the previous page's last). The caller has checked the owner is theirs."""
     with engine.db.tx() as s:
-        return [entitlement_view(e) for e in staff_reads.entitlements_of_owner(s, owner_id)]
+        last = None
+        if after is not None:
+            last = staff_reads.entitlement(s, after)
+            # SECURITY: another owner's entitlement is no page mark: the same 404 as none.
+            if last is None or last.owner_id != owner_id:
+                raise NotFound(
+                    "entitlement_not_found",
+                    f"after: no entitlement {after!r} of this owner",
+                    field="after",
+                )
+        got = staff_reads.entitlements_of_owner(s, owner_id, limit, last)
+        return [entitlement_view(e) for e in got]
 
 
 def list_entitlements(engine: Engine, owner_id: str, limit: int) -> list[dict[str, Any]]:

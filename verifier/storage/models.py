@@ -295,6 +295,16 @@ class Entitlement(Base):
         # SECURITY: no active (or revoked) entitlement without the receipt that activated it.
         CheckConstraint("status = 'pending' OR receipt_id IS NOT NULL", name="receipt_required"),
         Index("ix_entitlements_owner", "owner_id", "access_product_id"),
+        # Migration 0017: an owner's list, a page at a time, oldest first.
+        Index("ix_entitlements_owner_created", "owner_id", "created_at", "id"),
+        # Migration 0017: the flagged ones (few), counted at every metrics scrape.
+        Index(
+            "ix_entitlements_flagged",
+            "status",
+            # The very term the count's query has, so each planner sees it is implied.
+            postgresql_where=text("reorg_flagged IS true"),
+            sqlite_where=text("reorg_flagged IS 1"),
+        ),
         # Migration 0003: the entitlement a receipt activated (reorg handling, assurance).
         Index("ix_entitlements_receipt", "receipt_id"),
     )

@@ -113,10 +113,15 @@ def _get_proof(proof_id: str) -> _Call[Proof]:
     return _Call("GET", f"/v1/proofs/{_segment(proof_id)}", Proof.model_validate)
 
 
-def _list_entitlements(owner_id: str) -> _Call[list[Entitlement]]:
-    return _Call(
-        "GET", "/v1/entitlements", _ENTITLEMENTS.validate_python, params={"owner_id": owner_id}
-    )
+def _list_entitlements(
+    owner_id: str, limit: int | None, after: str | None
+) -> _Call[list[Entitlement]]:
+    params = {"owner_id": owner_id}
+    if limit is not None:
+        params["limit"] = str(limit)
+    if after is not None:
+        params["after"] = after
+    return _Call("GET", "/v1/entitlements", _ENTITLEMENTS.validate_python, params=params)
 
 
 def _health() -> _Call[Health]:
@@ -322,8 +327,12 @@ class RailproofClient(_Base):
     def get_proof(self, proof_id: str) -> Proof:
         return self._run(_get_proof(proof_id))
 
-    def list_entitlements(self, owner_id: str) -> list[Entitlement]:
-        return self._run(_list_entitlements(owner_id))
+    def list_entitlements(
+        self, owner_id: str, limit: int | None = None, after: str | None = None
+    ) -> list[Entitlement]:
+        """A page (at most `limit`, 1,000 by default), oldest first; pass the last one's id
+        as `after` for the next."""
+        return self._run(_list_entitlements(owner_id, limit, after))
 
     def health(self) -> Health:
         return self._run(_health())
@@ -425,8 +434,10 @@ class AsyncRailproofClient(_Base):
     async def get_proof(self, proof_id: str) -> Proof:
         return await self._run(_get_proof(proof_id))
 
-    async def list_entitlements(self, owner_id: str) -> list[Entitlement]:
-        return await self._run(_list_entitlements(owner_id))
+    async def list_entitlements(
+        self, owner_id: str, limit: int | None = None, after: str | None = None
+    ) -> list[Entitlement]:
+        return await self._run(_list_entitlements(owner_id, limit, after))
 
     async def health(self) -> Health:
         return await self._run(_health())

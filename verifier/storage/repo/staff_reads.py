@@ -3,17 +3,21 @@ the audit trail, filtered and newest first, each at most `limit` rows."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Approval, AuditEvent, Entitlement, Receipt
 
 
-def entitlements_of_owner(s: Session, owner_id: str, limit: int | None = None) -> list[Entitlement]:
-    """The owner's entitlements, oldest first (the order an owner's list has always had)."""
-    q = select(Entitlement).where(Entitlement.owner_id == owner_id).order_by(Entitlement.created_at)
-    if limit is not None:
-        q = q.limit(limit)
+def entitlements_of_owner(
+    s: Session, owner_id: str, limit: int, after: Entitlement | None = None
+) -> list[Entitlement]:
+    """The owner's entitlements, oldest first (the order an owner's list has always had), at
+    most `limit`, those after `after` (a page's last); a walk of ix_entitlements_owner_created."""
+    E = Entitlement
+    q = select(E).where(E.owner_id == owner_id).order_by(E.created_at, E.id).limit(limit)
+    if after is not None:
+        q = q.where(tuple_(E.created_at, E.id) > tuple_(after.created_at, after.id))
     return list(s.scalars(q).all())
 
 
