@@ -6,6 +6,12 @@ stricter about smuggling (Transfer-Encoding with Content-Length, obs-fold, bad c
 all refused), but it leaves four things to whoever drives it, checked here before a request
 reaches the app (tests/test_http_wire_hostile.py):
 
+- **Header time.** uvicorn times a connection out only between requests (its keep-alive
+  timeout, armed once an answer went out): a connection that never sends a request, or sends
+  its head a byte at a time, was held for good, and enough of them took every file the
+  process may open. A head (request line and headers) must now be complete within
+  `MAX_HEAD_SECONDS` of its first byte, or of the connection's start; past it the answer is
+  408 and the connection closes.
 - **Header size.** llhttp buffers a header block of any size, and an unfinished one stays in
   memory as long as the connection lasts. The request line and headers together may take
   `MAX_HEAD_BYTES` (h11's default limit, which the API had before); past it the answer is 431
@@ -26,6 +32,7 @@ Refusals are JSON like every other API error (`{"error": {"code", "message"}}`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -34,9 +41,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 # Dotted path for uvicorn's `http` option: each worker process imports it.
 HTTP_PROTOCOL = "verifier.http.wire:GuardedHttpToolsProtocol"
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers, as h11's max_incomplete_event_size
+MAX_HEAD_SECONDS = 10.0  # for a request line and headers to arrive, once they began
 HTTP_VERSIONS = frozenset({"1.0", "1.1"})
 
-_REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 _TOO_LARGE = f"request line and headers: at most {MAX_HEAD_BYTES} bytes"
 
 
@@ -58,6 +70,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._raw_bytes = 0  # bytes of reads that began and ended inside this head
         self._cause: _Refused | None = None  # a callback's refusal, for send_400_response
         self._refusal: tuple[int, str] | None = None  # decided; sent once answers owed are
+        self._head_timer: asyncio.TimerHandle | None = None  # the head's MAX_HEAD_SECONDS
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()  # the first request's head, from the connection's start
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -66,6 +87,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return  # refused already: nothing more on this connection is read
         in_head, heads = self._in_head, self._heads
         super().data_received(data)
+        if self._refusal is None and self._in_head:
+            self._arm_head_timer()  # a new head began in this read (a running one keeps its own)
         # A read that began and ended inside one unfinished head holds nothing else: it all
         # counts, so a header block that never ends is bounded too (llhttp would keep it).
         if self._refusal is None and in_head and self._in_head and heads == self._heads:
@@ -95,6 +118,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._disarm_head_timer()
         self._in_head = False
         self._heads += 1
         version = self.parser.get_http_version()
@@ -104,6 +128,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             self._stop(400, "Host: an HTTP/1.1 request has exactly one Host header")
         super().on_headers_complete()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(MAX_HEAD_SECONDS, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(
+                408, f"request line and headers: not complete within {MAX_HEAD_SECONDS:g} s"
+            )
 
     def _count(self, n: int) -> None:
         self._field_bytes += n
@@ -162,4 +202,4 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-__all__ = ["HTTP_PROTOCOL", "MAX_HEAD_BYTES", "GuardedHttpToolsProtocol"]
+__all__ = ["HTTP_PROTOCOL", "MAX_HEAD_BYTES", "MAX_HEAD_SECONDS", "GuardedHttpToolsProtocol"]
