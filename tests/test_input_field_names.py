@@ -9,14 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import auth
-
-SESSION = {
-    "owner_id": "alice",
-    "rail_id": "fake_live",
-    "access_product_id": "pro",
-    "amount": "1500000",
-    "recipient": "fatreasury",
-}
+from tests.test_tenant_api_input import SESSION
 
 
 @pytest.mark.parametrize("key", ["owner-id", "access-product-id", "2nd_owner"])
