@@ -7,6 +7,7 @@ other connections are served. The limit is shortened here so that each test take
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -80,3 +81,30 @@ def test_each_head_of_a_kept_alive_connection_has_its_own_time(wire: WireServer)
             assert second is not None and second.status == 200
             s.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
         _timed_out(s)
+
+
+def test_a_pipelined_head_the_server_stopped_reading_is_not_timed_out(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow request, then two pipelined behind it, the last one's head cut in two. The server
+    # stops reading while the first runs: the rest of that head cannot arrive before, so its
+    # time starts over instead of it being refused for the server's own pause.
+    limit = 2.0
+    monkeypatch.setattr(wire_mod, "MAX_HEAD_SECONDS", limit, raising=False)
+    app = create_app(engine)
+
+    @app.get("/slow")
+    async def slow() -> dict[str, bool]:
+        await asyncio.sleep(1.5 * limit)
+        return {"ok": True}
+
+    with WireServer(app) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+            s.sendall(
+                b"GET /slow HTTP/1.1\r\nHost: api\r\n\r\n" + HEALTH + b"GET /healthz HTTP/1.1\r\n"
+            )
+            time.sleep(1.75 * limit)  # the first has answered; the third head's time is fresh
+            s.sendall(b"Host: api\r\n\r\n")
+            with s.makefile("rb") as fp:
+                got = [read_answer(fp) for _ in range(3)]
+    assert [a.status if a else None for a in got] == [200, 200, 200], got

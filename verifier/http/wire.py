@@ -140,6 +140,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        if self.flow.read_paused and self._refusal is None:
+            # The server stopped reading (pipelined requests wait for the one before them):
+            # the rest of this head cannot have come. It gets its time once reading resumes.
+            self._arm_head_timer()
+            return
         if self._in_head and not self.transport.is_closing():
             self._refuse(
                 408, f"request line and headers: not complete within {MAX_HEAD_SECONDS:g} s"
