@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import SERVICE_TOKEN
+from tests.helpers import counts
 from tests.test_http_wire_hostile import (
     HEALTH,
     TIMEOUT,
@@ -31,6 +33,7 @@ LIMIT = 1.0
 @pytest.fixture
 def wire(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[WireServer]:
     monkeypatch.setattr(wire_mod, "MAX_HEAD_SECONDS", LIMIT, raising=False)
+    monkeypatch.setattr(wire_mod, "MAX_BODY_SECONDS", LIMIT, raising=False)
     with WireServer(create_app(engine)) as server:
         yield server
 
@@ -108,3 +111,35 @@ def test_a_pipelined_head_the_server_stopped_reading_is_not_timed_out(
             with s.makefile("rb") as fp:
                 got = [read_answer(fp) for _ in range(3)]
     assert [a.status if a else None for a in got] == [200, 200, 200], got
+
+
+POST_HEAD = (
+    b"POST /v1/payment-sessions HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer " + SERVICE_TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n"
+)
+
+
+def test_a_body_that_never_finishes_is_cut_off(wire: WireServer, engine: Engine) -> None:
+    # The head came at once; the body never does. The app's request waits on it, and the
+    # connection was held for good: now 408 and close, and nothing stored.
+    with socket.create_connection(("127.0.0.1", wire.port), timeout=TIMEOUT) as s:
+        s.sendall(POST_HEAD + b"{")
+        with s.makefile("rb") as fp:
+            answer = read_answer(fp)
+            assert answer is not None and answer.status == 408, answer
+            assert b"request body: not complete within" in answer.body
+            assert fp.read() == b""
+    assert_still_serving(wire)
+    assert counts(engine)["payment_sessions"] == 0
+
+
+def test_a_body_that_arrives_in_time_is_served_however_it_is_cut(wire: WireServer) -> None:
+    body = b'{"owner_id": "alice"}'.ljust(100)
+    with socket.create_connection(("127.0.0.1", wire.port), timeout=TIMEOUT) as s:
+        s.sendall(POST_HEAD)
+        for i in range(0, 100, 25):  # four pieces, all inside the limit
+            time.sleep(LIMIT / 8)
+            s.sendall(body[i : i + 25])
+        with s.makefile("rb") as fp:
+            answer = read_answer(fp)
+    assert answer is not None and answer.status == 422, answer  # answered, not cut off

@@ -10,8 +10,10 @@ reaches the app (tests/test_http_wire_hostile.py):
   timeout, armed once an answer went out): a connection that never sends a request, or sends
   its head a byte at a time, was held for good, and enough of them took every file the
   process may open. A head (request line and headers) must now be complete within
-  `MAX_HEAD_SECONDS` of its first byte, or of the connection's start; past it the answer is
-  408 and the connection closes.
+  `MAX_HEAD_SECONDS` of its first byte, or of the connection's start, and a body within
+  `MAX_BODY_SECONDS` of its head's end; past either the answer is 408 and the connection
+  closes. Time the server itself stops reading (a pipelined request waiting for the one
+  before it, a body the app has yet to take) is not counted against the client.
 - **Header size.** llhttp buffers a header block of any size, and an unfinished one stays in
   memory as long as the connection lasts. The request line and headers together may take
   `MAX_HEAD_BYTES` (h11's default limit, which the API had before); past it the answer is 431
@@ -42,6 +44,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HTTP_PROTOCOL = "verifier.http.wire:GuardedHttpToolsProtocol"
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers, as h11's max_incomplete_event_size
 MAX_HEAD_SECONDS = 10.0  # for a request line and headers to arrive, once they began
+MAX_BODY_SECONDS = 30.0  # for a request's body to arrive, once its head has
 HTTP_VERSIONS = frozenset({"1.0", "1.1"})
 
 _REASONS = {
@@ -71,6 +74,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cause: _Refused | None = None  # a callback's refusal, for send_400_response
         self._refusal: tuple[int, str] | None = None  # decided; sent once answers owed are
         self._head_timer: asyncio.TimerHandle | None = None  # the head's MAX_HEAD_SECONDS
+        self._body_timer: asyncio.TimerHandle | None = None  # the body's MAX_BODY_SECONDS
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -78,6 +82,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     # -- reading ---------------------------------------------------------------------------
@@ -128,6 +133,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             self._stop(400, "Host: an HTTP/1.1 request has exactly one Host header")
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.more_body:
+            self._disarm_body_timer()
+            self._body_timer = self.loop.call_later(MAX_BODY_SECONDS, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._disarm_body_timer()
+        super().on_message_complete()
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -149,6 +161,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(
                 408, f"request line and headers: not complete within {MAX_HEAD_SECONDS:g} s"
             )
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            return
+        if self.flow.read_paused and self._refusal is None:
+            # Reading is paused until the app takes what came: not the client's time.
+            self._body_timer = self.loop.call_later(MAX_BODY_SECONDS, self._body_timed_out)
+            return
+        self._refuse(408, f"request body: not complete within {MAX_BODY_SECONDS:g} s")
 
     def _count(self, n: int) -> None:
         self._field_bytes += n
@@ -207,4 +235,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-__all__ = ["HTTP_PROTOCOL", "MAX_HEAD_BYTES", "MAX_HEAD_SECONDS", "GuardedHttpToolsProtocol"]
+__all__ = [
+    "HTTP_PROTOCOL",
+    "MAX_BODY_SECONDS",
+    "MAX_HEAD_BYTES",
+    "MAX_HEAD_SECONDS",
+    "GuardedHttpToolsProtocol",
+]
