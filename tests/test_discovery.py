@@ -28,18 +28,7 @@ EXPECT = DOC["expect"]
 def _paying_elsewhere(engine, exp: dict):
     """Alice's session paying the recorded transfer's recipient (not the treasury): watched by
     its reference."""
-    return open_session(
-        engine,
-        NewSession(
-            owner_id="alice",
-            rail_id="solana_usdc",
-            access_product_id="pro",
-            amount=exp["amount"],
-            recipient=exp["recipient"],
-            reference=exp["reference"],
-        ),
-        actor="svc",
-    )
+    return _alices(engine, exp["amount"], exp["reference"], exp["recipient"])
 
 
 def make_engine(db_url, **kw):
@@ -56,14 +45,22 @@ def make_engine(db_url, **kw):
 
 def session_for(engine, case: str, reference: str | None = None, amount: int | None = None):
     exp = EXPECT[case]
+    return _alices(engine, amount or exp["amount"], reference or exp["reference"])
+
+
+def _alices(engine, amount: int, reference: str, recipient: str | None = None):
+    """Alice's Solana USDC session for `amount`, by `reference` (paying the treasury unless
+    `recipient` is given)."""
+    terms = {"recipient": recipient} if recipient is not None else {}
     return open_session(
         engine,
         NewSession(
             owner_id="alice",
             rail_id="solana_usdc",
             access_product_id="pro",
-            amount=amount or exp["amount"],
-            reference=reference or exp["reference"],
+            amount=amount,
+            reference=reference,
+            **terms,
         ),
         actor="svc",
     )

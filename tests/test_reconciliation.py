@@ -6,6 +6,7 @@ exactly once across runs; a chain that cannot be read is `incomplete`, never "no
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC
 
 import pytest
@@ -372,8 +373,9 @@ def test_evm_range_the_node_refuses_even_alone_is_an_error_not_no_transfers():
     assert scan.scanned_to == 9 and len(scan.inflows) == 3
 
 
-@pytest.fixture
-def evm(db_url):
+def evm_world(db_url, env: dict[str, str] | None = None) -> Iterator[dict]:
+    """A local EVM chain with a token, two funded payers and the treasury, and an engine on
+    it (its logs answered two at a time); `env` adds to the engine's settings."""
     from scripts.make_evm_inflow_cassettes import GENESIS, LogsNode
     from tests.evm_chain import LocalEvmChain
 
@@ -385,7 +387,11 @@ def evm(db_url):
     e = cassette_engine(
         db_url,
         reconcile_evm_max_range=8,
-        env={"RAILPROOF_TREASURY_EVM_USDC": treasury, "RAILPROOF_ASSET_EVM_USDC": token.address},
+        env={
+            "RAILPROOF_TREASURY_EVM_USDC": treasury,
+            "RAILPROOF_ASSET_EVM_USDC": token.address,
+            **(env or {}),
+        },
     )
     e.chains.set_transport("ethereum", LogsNode(chain, cap=2))
     yield {
@@ -397,6 +403,11 @@ def evm(db_url):
         "treasury": treasury,
     }
     e.db.dispose()
+
+
+@pytest.fixture
+def evm(db_url):
+    yield from evm_world(db_url)
 
 
 def evm_session(engine, payer: str, amount: int):

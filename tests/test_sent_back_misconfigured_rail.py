@@ -7,40 +7,14 @@ from __future__ import annotations
 import pytest
 
 from tests.test_evm_batched_transfers import PRICE, batch
-from tests.test_reconciliation import evm_session
+from tests.test_reconciliation import evm_session, evm_world
 from verifier.services import gate, proofs
 
 
 @pytest.fixture
 def evm_bad_other_rail(db_url):
-    from scripts.make_evm_inflow_cassettes import GENESIS, LogsNode
-    from tests.evm_chain import LocalEvmChain
-    from tests.helpers import cassette_engine
-
-    chain = LocalEvmChain(chain_id=1, genesis_timestamp=GENESIS, block_time=12)
-    token = chain.deploy_token()
-    payer, other, treasury = chain.accounts[1], chain.accounts[3], chain.accounts[2]
-    token.functions.mint(payer, 1_000 * 10**6).transact({"from": chain.accounts[0]})
-    e = cassette_engine(
-        db_url,
-        reconcile_evm_max_range=8,
-        env={
-            "RAILPROOF_TREASURY_EVM_USDC": treasury,
-            "RAILPROOF_ASSET_EVM_USDC": token.address,
-            # A review_only rail nobody uses, pointed at a network it cannot take.
-            "RAILPROOF_NETWORK_TRON_USDT": "ethereum",
-        },
-    )
-    e.chains.set_transport("ethereum", LogsNode(chain, cap=2))
-    yield {
-        "engine": e,
-        "chain": chain,
-        "token": token,
-        "payer": payer,
-        "other": other,
-        "treasury": treasury,
-    }
-    e.db.dispose()
+    # A review_only rail nobody uses, pointed at a network it cannot take.
+    yield from evm_world(db_url, {"RAILPROOF_NETWORK_TRON_USDT": "ethereum"})
 
 
 def test_an_unused_misconfigured_rail_does_not_break_applying_another_rails_proof(
