@@ -16,8 +16,9 @@ Checks run in a fixed order, each a small function returning a `Finding` or None
 The session's reference comes first: a transfer that does not carry it is another session's
 payment, whatever else it is (and must not end in review, which would hold it).
 
-A verification is exactly two calls: `getTransaction`, then — only when every check passed —
-one `getSignatureStatuses` for the settlement.
+A verification is exactly two calls: `getTransaction`, then — only when every check passed,
+or the transaction failed on chain (a `failed` waits for the rail's finality) — one
+`getSignatureStatuses` for the settlement.
 """
 
 from __future__ import annotations
@@ -875,6 +876,8 @@ class SolanaAdapter:
         )
         observed = observe(ctx)
         found = first_finding(CHECKS, ctx)
+        if found is not None and found.code is FailureCode.tx_failed_onchain:
+            return self._failed(proof, chain, found, observed)
         if found is not None:
             return found.verdict(observed)
         settlement = self._status(proof, chain)
@@ -884,6 +887,21 @@ class SolanaAdapter:
             settlement=settlement,
             transfer_keys=(f"solana:{self.rail.network}:{proof}:{mint}:{terms.recipient}",),
             references=ctx.candidates,
+        )
+
+    def _failed(self, sig: str, chain: Transport, found: Finding, observed: Observed) -> Verdict:
+        """A transaction that failed on chain is a definitive `failed` only once its status
+        meets the rail's finality: read at `confirmed`, its block may still be dropped and the
+        same signed transaction land in another, where it may succeed."""
+        # SECURITY: a wrong "failed" is final for the customer; the status answer comes in
+        # the same batch as the transaction on the live path, so this costs no round trip.
+        st = self._status(sig, chain)
+        if is_final(st.finality, self.rail.finality):
+            return found.verdict(observed)
+        return Verdict.wait(
+            FailureCode.not_final,
+            f"{found.detail}; {st.finality}, not final yet: failed once final",
+            observed=observed.model_copy(update={"finality": st.finality}),
         )
 
     def _status(self, sig: str, chain: Transport) -> Settlement:

@@ -230,11 +230,47 @@ def test_failed_transaction_is_failed_whatever_its_instructions_say(adapter, ass
         amount=10_000_000,
         asset=asset,
     )
+    # Two calls: the failure is definitive only once the status is finalized.
     assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (
         Status.failed,
         FailureCode.tx_failed_onchain,
-        1,
+        2,
     )
+
+
+def _failed_with_status(status: dict[str, Any] | None) -> CassetteTransport:
+    calls = orjson.loads((SOL / "failed_tx.json").read_bytes())["calls"]
+    tx = next(c for c in calls if c["method"] == "getTransaction")
+    st = copy.deepcopy(next(c for c in calls if c["method"] == "getSignatureStatuses"))
+    st["result"]["value"] = [status]
+    return CassetteTransport([Call(tx), Call(st)])
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"slot": 83929593, "confirmations": 12, "confirmationStatus": "confirmed"},
+        {"slot": 83929593, "confirmations": 0, "confirmationStatus": "processed"},
+        {"slot": 83929593, "confirmations": 3},  # an older node: no level, some confirmations
+        None,  # the node answered the transaction but has no status for it
+    ],
+    ids=["confirmed", "processed", "confirmations", "no-status"],
+)
+def test_a_failed_transaction_not_final_yet_is_pending_not_failed(adapter, status):
+    # Read at `confirmed`, the failed transaction's block may still be dropped and the same
+    # signed transaction land in another block, where it may succeed: no `failed` yet.
+    err = {"InstructionError": [3, {"Custom": 16}]}
+    if status is not None:
+        status = status | {"err": err, "status": {"Err": err}}
+    c = run_verify(
+        adapter,
+        FAILED_SIG,
+        Terms(recipient=FAILED_OWNER, amount=10_000_000, now=NOW),
+        _failed_with_status(status),
+    )
+    v = c.verdict
+    assert (v.status, v.code, c.rpc_calls) == (Status.pending, FailureCode.not_final, 2), v
+    assert "failed on chain" in v.detail and "failed once final" in v.detail
 
 
 def test_old_format_owners_resolved_only_from_owner_proving_instructions():
