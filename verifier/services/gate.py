@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -24,10 +24,12 @@ from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refu
 from verifier.core.timeutil import epoch_of, utc
 from verifier.services import audit, events, reconciliation
 from verifier.services.proofs import (
+    REORG_RECHECK,
     latest_settlement,
     latest_verified_attempt,
     load_proof,
     terms_for,
+    watches_reorgs,
 )
 from verifier.services.views import entitlement_view, receipt_view
 from verifier.storage.models import (
@@ -51,18 +53,6 @@ from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo import settlements as settlement_repo
 from verifier.storage.repo.rows import Record
-
-# A depth-final EVM/Tron settlement can still leave the canonical chain (a deep reorg, a node
-# that answered wrongly). Once a receipt depends on it, the worker re-checks it every
-# REORG_RECHECK for REORG_WATCH after the receipt, so a reorg under an active entitlement is
-# flagged. Commitment-final (Solana `finalized`) settlements are irreversible: not watched.
-REORG_RECHECK = timedelta(minutes=10)
-REORG_WATCH = timedelta(hours=6)
-
-
-def watches_reorgs(engine: Engine, rail_id: str) -> bool:
-    rail_def = engine.catalog.rails.get(rail_id)
-    return rail_def is not None and rail_def.finality.mode == "depth"
 
 
 class Via(StrEnum):

@@ -755,7 +755,13 @@ def _record_attempt(
             p = _get_proof(s, p.id)
         first = not p.attempts
         old = None if first else p.status  # a new proof's first attempt always counts
-        proof_repo.update(s, p, new_state(p.attempts + 1))
+        state = new_state(p.attempts + 1)
+        if not first and state["next_check_at"] is None and verdict.status is Status.verified:
+            # SECURITY: a credited proof verified again (a reorg sent it back, its transfer
+            # was re-included and is final at once) stays under the reorg watch: a second
+            # reorg must not go unseen. (A first attempt has no receipt yet.)
+            state["next_check_at"] = reorg_watch(engine, s, p.id, p.rail_id, now)
+        proof_repo.update(s, p, state)
     if verdict.status is Status.failed and not first and refused is None:
         holds.release(s, p.id)  # a failed proof holds nothing (unless credited)
     # Core insert: the attempt is write-only here; its id comes back from the insert (or was
@@ -991,6 +997,32 @@ def _count(engine: Engine, rail: Rail, checked: Checked, verdict: Verdict) -> No
     )
     if verdict.code is FailureCode.rpc_unavailable:
         engine.metrics.inc("rpc_errors_total", network=rail.network, kind="verify")
+
+
+# A depth-final EVM/Tron settlement can still leave the canonical chain (a deep reorg, a node
+# that answered wrongly). Once a receipt depends on it, the worker re-checks it every
+# REORG_RECHECK for REORG_WATCH after the receipt, so a reorg under an active entitlement is
+# flagged. Commitment-final (Solana `finalized`) settlements are irreversible: not watched.
+REORG_RECHECK = timedelta(minutes=10)
+REORG_WATCH = timedelta(hours=6)
+
+
+def watches_reorgs(engine: Engine, rail_id: str) -> bool:
+    rail_def = engine.catalog.rails.get(rail_id)
+    return rail_def is not None and rail_def.finality.mode == "depth"
+
+
+def reorg_watch(
+    engine: Engine, s: Session, proof_id: str, rail_id: str, now: datetime
+) -> datetime | None:
+    """Next re-check of a final settlement: only while a receipt depends on it, on a rail
+    whose finality is depth-based, within the watch window."""
+    if not watches_reorgs(engine, rail_id):
+        return None
+    created = receipt_repo.created_at_for_proof(s, proof_id)
+    if created is None or now >= utc(created) + REORG_WATCH:
+        return None
+    return now + REORG_RECHECK
 
 
 def _next_check(attempts: int, verdict: Verdict, now: datetime) -> datetime | None:

@@ -24,12 +24,12 @@ from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier.core import timeutil
 from verifier.core.engine import Engine
-from verifier.core.timeutil import utc
 from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.services.proofs import (
     backoff,
     recheck_unsettled,
     record_settlement,
+    reorg_watch,
     verify_proof,
 )
 from verifier.services.views import proof_view
@@ -102,14 +102,14 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
         answers = [(p.id, by_ref.get(p.ref)) for p in plist if p.id not in failed]
         try:
             # The whole batch in one transaction (one commit, not one per proof) ...
-            _record_finality_batch(engine, answers, source)
+            _record_finality_batch(engine, answers, source, name)
         except Exception:
             # ... and, should any proof of it fail (e.g. a lock timeout), each proof on its
             # own, so one proof cannot stop the sweep.
             log.warning("recording a finality batch failed; recording proof by proof")
             for pid, st in answers:
                 try:
-                    _record_finality(engine, pid, st, source)
+                    _record_finality(engine, pid, st, source, name)
                 except Exception:
                     log.exception("recording finality failed", extra={"proof_id": pid})
     return len(ids)
@@ -167,12 +167,14 @@ def _release(engine: Engine, plist: list[Record]) -> None:
             row.next_check_at = engine.now() + backoff(2)
 
 
-def _record_finality(engine: Engine, proof_id: str, st: Settlement | None, source: str) -> None:
-    _record_finality_batch(engine, [(proof_id, st)], source)
+def _record_finality(
+    engine: Engine, proof_id: str, st: Settlement | None, source: str, worker: str
+) -> None:
+    _record_finality_batch(engine, [(proof_id, st)], source, worker)
 
 
 def _record_finality_batch(
-    engine: Engine, answers: list[tuple[str, Settlement | None]], source: str
+    engine: Engine, answers: list[tuple[str, Settlement | None]], source: str, worker: str
 ) -> None:
     """What the chain said about each proof's settlement, recorded in one transaction. The
     proofs are locked first, all together and in id order, before anything is appended to
@@ -181,7 +183,17 @@ def _record_finality_batch(
     ids = [pid for pid, _ in answers]
     alone: list[tuple[str, Settlement | None]] = []
     with engine.db.tx() as s:
-        locked = {p.id: p for p in proof_repo.lock_many(s, ids)}
+        # SECURITY: an answer is recorded only under the lease it was asked under. A worker
+        # whose lease ran out during a slow finality call holds an answer from before the
+        # other worker's (a reorg it saw, a proof sent back to pending): writing it would put
+        # "final" back on a transfer that is gone.
+        locked = {
+            p.id: p
+            for p in proof_repo.lock_many(s, ids)
+            if p.claimed_by == worker and p.status == ProofStatus.verified
+        }
+        answers = [a for a in answers if a[0] in locked]
+        ids = list(locked)
         attempts = attempt_repo.latest_verified_ids(s, ids)
         latest = settlement_repo.latest_many(s, ids)
         receipts = receipt_repo.ids_for_proofs(s, ids)
@@ -217,7 +229,7 @@ def _record_finality_batch(
         proof_repo.update_many(s, updates)
     for pid, st in alone:
         try:
-            _record_finality(engine, pid, st, source)
+            _record_finality(engine, pid, st, source, worker)
         except Exception:  # the batch is committed: only this proof is left for next time
             log.exception("recording finality failed", extra={"proof_id": pid})
 
@@ -231,12 +243,20 @@ def _reorged(prev: SettlementEvidence | Record | None, st: Settlement | None) ->
 
 def _moved(prev: SettlementEvidence | Record | None, st: Settlement) -> bool:
     # A transfer mined again in another block after a reorg can look final again; the
-    # block it was verified in is gone, so it must be verified afresh.
-    return bool(
-        prev is not None
-        and prev.block_hash
-        and st.block_hash
-        and prev.block_hash.lower() != st.block_hash.lower()
+    # block it was verified in is gone, so it must be verified afresh (what it moved there
+    # may differ). EVM names the block by its hash; a Solana status only its slot, a Tron
+    # answer only its number.
+    # SECURITY: crediting on evidence from an abandoned fork pays what the chain never moved.
+    if prev is None:
+        return False
+    if prev.block_hash and st.block_hash:
+        return bool(prev.block_hash.lower() != st.block_hash.lower())
+    if prev.slot is not None and st.slot is not None:
+        return bool(prev.slot != st.slot)
+    return (
+        prev.block_number is not None
+        and st.block_number is not None
+        and prev.block_number != st.block_number
     )
 
 
@@ -260,12 +280,33 @@ def _finality_of(
             (p, {"claimed_by": None, "claimed_until": None, "next_check_at": now + backoff(2)})
         )
         return
+    moved = _moved(prev, st)
+    if (
+        prev is not None
+        and prev.is_final
+        and not prev.reorged
+        and not (st.is_final or st.reorged or moved)
+    ):
+        # SECURITY: final is for good in the same block; only a reorg (or the transfer in
+        # another block) takes it back. A node answering "not final" for that block is behind
+        # (a lagging node of a quorum, another node of a pool): its answer would raise an
+        # alarm over a paid, final transfer and finalize it a second time once it caught up.
+        updates.append(
+            (
+                p,
+                {
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "next_check_at": reorg_watch(engine, s, p.id, p.rail_id, now),
+                },
+            )
+        )
+        return
     changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
         st.finality,
         st.is_final and not st.reorged,
         st.reorged,
     )
-    moved = _moved(prev, st)
     ev: SettlementEvidence | Record | None = prev
     if changed or moved:
         ev = record_settlement(engine, s, p, att_id, st, source)
@@ -283,7 +324,7 @@ def _finality_of(
                 {
                     "claimed_by": None,
                     "claimed_until": None,
-                    "next_check_at": _reorg_watch(engine, s, p, now)
+                    "next_check_at": reorg_watch(engine, s, p.id, p.rail_id, now)
                     if st.is_final
                     else now + backoff(min(p.attempts + 1, 6)),
                 },
@@ -311,17 +352,6 @@ def _finality_of(
             p.id,
             proof_view(p, ev, receipts.get(p.id)),
         )
-
-
-def _reorg_watch(engine: Engine, s: Session, p: Proof, now: datetime) -> datetime | None:
-    """Next re-check of a final settlement: only while a receipt depends on it, on a rail whose
-    finality is depth-based, within the watch window (see gate.REORG_WATCH)."""
-    if not gate.watches_reorgs(engine, p.rail_id):
-        return None
-    created = receipt_repo.created_at_for_proof(s, p.id)
-    if created is None or now >= utc(created) + gate.REORG_WATCH:
-        return None
-    return now + gate.REORG_RECHECK
 
 
 def _reopen_after_reorg(
