@@ -192,6 +192,10 @@ class Client:
         self.base_option = "--base-url" if url else "--base-url (RAILPROOF_API_BASE_URL)"
         token = _staff_token(settings)
         self.headers = {b"Authorization": f"Bearer {token}".encode()}
+        # Pasted from a ticket or read with "$(cat reason.txt)": the space around a value is
+        # not part of it (and HTTP refuses a header value that starts or ends with one).
+        incident_id = (incident_id or "").strip() or None
+        reason = (reason or "").strip() or None
         # UTF-8, which the API reads these headers as: an operator may write in any language.
         if incident_id:
             self.headers[b"X-Incident-Id"] = _header_text(incident_id, "--incident-id")
@@ -229,6 +233,9 @@ class Client:
                 _die(f"{self.base_option}: not a usable URL: {self.base!r} ({e})")
             # The base is fine: an id or an option made the request's URL unusable.
             _die(f"an id or option makes the request's URL unusable ({e})")
+        except httpx.LocalProtocolError as e:
+            # Refused before anything was sent: the request itself is not valid HTTP.
+            _die(f"an id or option cannot be sent in an HTTP request ({e}); nothing was sent")
         except httpx.HTTPError as e:
             _die(
                 f"cannot reach the API at {self.base} ({type(e).__name__}); is "

@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         operator_reason: Reason = None,
     ):
         """A reconciliation run, persisted with its findings (dry run unless --apply)."""
-        if not incident_id or not operator_reason:
+        if not (incident_id or "").strip() or not (operator_reason or "").strip():
             _die(
                 "--incident-id and --operator-reason are required for every reconciliation "
                 "run (dry runs too)"

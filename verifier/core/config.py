@@ -224,6 +224,14 @@ class Settings(BaseSettings):
             return cls.model_fields[info.field_name].default
         return v
 
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url(cls, v: str) -> str:
+        from verifier.storage.db import check_url  # storage imports this module
+
+        check_url(v)
+        return v
+
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:

@@ -266,6 +266,23 @@ PREPARE_THRESHOLD = 5
 PING_AFTER_IDLE_S = 1.0
 
 
+def check_url(url: str) -> None:
+    """ValueError when railproof could not open `url`: not a database URL, a database it does
+    not run on, or a `prepare_threshold` that is not one. Said before any connection, so a
+    command refuses a typo with a message rather than a driver's traceback."""
+    try:
+        u = make_url(url)
+    except exc.ArgumentError:
+        raise ValueError(
+            "not a database URL (sqlite:///FILE or postgresql+psycopg://...)"
+        ) from None
+    backend = u.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"railproof runs on sqlite or postgresql, not {backend!r}")
+    if backend == "postgresql":
+        _prepare_threshold(url)
+
+
 def _prepare_threshold(url: str) -> tuple[str, int | None]:
     """The URL without `prepare_threshold` (not a libpq parameter), and its value: an integer
     (0: prepare every statement at once) or `none` (never prepare)."""

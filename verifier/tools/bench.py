@@ -607,17 +607,16 @@ def check_database_url(url: str) -> None:
     database railproof runs on, or a server that does not answer. Said before any work (a
     bench runs for minutes). The password is never repeated."""
     from sqlalchemy import create_engine
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from verifier.storage.db import check_url
 
     try:
-        u = make_url(url)
-    except ArgumentError:
-        raise ValueError(
-            "--database-url: not a database URL (sqlite:///FILE or postgresql+psycopg://...)"
-        ) from None
+        check_url(url)
+    except ValueError as e:
+        raise ValueError(f"--database-url: {e}") from None
+    u = make_url(url)
     backend = u.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise ValueError(f"--database-url: railproof runs on sqlite or postgresql, not {backend!r}")
     where = u.render_as_string(hide_password=True)
     if backend == "postgresql":
         # The server's own database, as _prepare_database connects: the named one may not
