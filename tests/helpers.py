@@ -45,6 +45,7 @@ GATE_CHECKS = [
     "receipt_creation_allowed",
     "tuple_bound",
     "transfer_not_sent_back",
+    "settlement_not_another_proof",
 ]
 TABLES = (
     RailState,

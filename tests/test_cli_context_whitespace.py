@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from verifier.cli.main import app as cli_app
 
+
 class _Api(BaseHTTPRequestHandler):
     seen: list[dict[str, str]] = []
 

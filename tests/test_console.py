@@ -353,6 +353,7 @@ def test_dry_run_then_apply_leave_the_apis_audit_rows(c, engine, chain):
         "receipt_creation_allowed",
         "tuple_bound",
         "transfer_not_sent_back",
+        "settlement_not_another_proof",
     ]
     assert all(p == "pass" for p, _ in checks)
     (dry,) = audit_rows(engine, "proof.dry_run_apply")

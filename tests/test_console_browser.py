@@ -249,6 +249,7 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
                 "receipt_creation_allowed",
                 "tuple_bound",
                 "transfer_not_sent_back",
+                "settlement_not_another_proof",
             )
         }
         check_page(d, shots, "03-proof-dry-run")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import create_engine, select, text
 
-from rails.base import fingerprint
-from rails.x402 import X402Adapter
+from rails import adapter_for
+from rails.base import Settlement, fingerprint
 from registry.catalog import RailOverrides, load_catalog
 from tests.procs import base_env, cli
 from tests.test_transfer_identity import (
@@ -25,8 +26,11 @@ from tests.test_transfer_identity import (
     Settled,
     served,
 )
+from verifier.core.engine import Engine
+from verifier.core.errors import Refused
+from verifier.services import audit, gate, proofs
 from verifier.storage.db import Database, current_revision, upgrade
-from verifier.storage.models import TransferHold
+from verifier.storage.models import Proof, Receipt, TransferHold
 
 
 def _insert(url: str, *rows: tuple[str, dict]) -> None:
@@ -40,9 +44,19 @@ def _insert(url: str, *rows: tuple[str, dict]) -> None:
 def _credited_x402(url: str, settled: Settled) -> str:
     """Alice's x402 payment as the schema before transfer holds stored it: session paid,
     proof verified, settlement final, receipt and active entitlement. Returns its fingerprint."""
-    rail = load_catalog().resolve("x402", RailOverrides(network="base-sepolia"))
-    ref = X402Adapter(rail).normalize_proof("x402_payment_payload", HEADER)
-    fp = fingerprint(rail.family, rail.network, "x402_payment_payload", ref)
+    return _credited(url, settled, "x402", "x402_payment_payload", HEADER)
+
+
+def _credited(url: str, settled: Settled, rail_id: str, proof_type: str, raw: str) -> str:
+    """Alice's payment on `rail_id` (rows named after it), as `_credited_x402` says."""
+    rail = load_catalog().resolve(rail_id, RailOverrides(network="base-sepolia"))
+    ref = adapter_for(rail).normalize_proof(proof_type, raw)
+    fp = fingerprint(rail.family, rail.network, proof_type, ref)
+    tag = "x402" if rail_id == "x402" else "base"
+    ids = {k: f"{k}_{tag}" for k in ("ses", "prf", "rcp", "ent")} | {
+        "rail": rail_id,
+        "ptype": proof_type,
+    }
     opened = datetime.fromtimestamp(OPENED_AT - 60, tz=UTC)
     paid = datetime.fromtimestamp(SETTLED_AT + 60, tz=UTC)
     receipt = settled.receipt(settled.settlement)
@@ -52,10 +66,11 @@ def _credited_x402(url: str, settled: Settled) -> str:
             text(
                 "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
                 "network, asset, recipient, reference, memo, status, created_at, expires_at, "
-                "paid_at) VALUES ('ses_x402', 'alice', 'x402', 'api', :amount, 'base-sepolia', "
+                "paid_at) VALUES (:ses, 'alice', :rail, 'api', :amount, 'base-sepolia', "
                 ":asset, :to, NULL, NULL, 'paid', :opened, :expires, :paid)"
             ),
             dict(
+                **ids,
                 amount=VALUE,
                 asset=rail.asset,
                 to=PAY_TO,
@@ -68,48 +83,76 @@ def _credited_x402(url: str, settled: Settled) -> str:
             text(
                 "INSERT INTO proofs (id, fingerprint, rail_id, proof_type, ref, raw, owner_id, "
                 "session_id, status, failure_code, detail, attempts, created_at, updated_at) "
-                "VALUES ('prf_x402', :fp, 'x402', 'x402_payment_payload', :ref, :raw, 'alice', "
-                "'ses_x402', 'verified', NULL, 'authorization verified', 1, :at, :paid)"
+                "VALUES (:prf, :fp, :rail, :ptype, :ref, :raw, 'alice', "
+                ":ses, 'verified', NULL, 'authorization verified', 1, :at, :paid)"
             ),
-            dict(fp=fp, ref=ref, raw=HEADER, at=opened + timedelta(seconds=30), paid=paid),
+            dict(**ids, fp=fp, ref=ref, raw=raw, at=opened + timedelta(seconds=30), paid=paid),
         )
         attempt = c.execute(
             text(
                 "INSERT INTO verification_attempts (proof_id, status, failure_code, detail, "
                 "observed, rpc_calls, latency_ms, source, worker, created_at) VALUES "
-                "('prf_x402', 'verified', NULL, 'settled', '{}', 3, 5, 'live', 'w1', :paid) "
+                "(:prf, 'verified', NULL, 'settled', '{}', 3, 5, 'live', 'w1', :paid) "
                 "RETURNING id"
             ),
-            dict(paid=paid),
+            dict(**ids, paid=paid),
         ).scalar_one()
         settlement = c.execute(
             text(
                 "INSERT INTO settlement_evidence (proof_id, attempt_id, finality, is_final, "
                 "reorged, slot, block_number, block_hash, confirmations, detail, source, "
-                "observed_at) VALUES ('prf_x402', :a, 'finalized', true, false, NULL, :bn, "
+                "observed_at) VALUES (:prf, :a, 'finalized', true, false, NULL, :bn, "
                 ":bh, 20, 'finalized', 'live', :paid) RETURNING id"
             ),
-            dict(a=attempt, bn=int(receipt["blockNumber"], 16), bh=receipt["blockHash"], paid=paid),
+            dict(
+                **ids,
+                a=attempt,
+                bn=int(receipt["blockNumber"], 16),
+                bh=receipt["blockHash"],
+                paid=paid,
+            ),
         ).scalar_one()
         c.execute(
             text(
                 "INSERT INTO receipts (id, proof_id, session_id, settlement_id, owner_id, "
                 "access_product_id, rail_id, amount, created_by, created_at) VALUES "
-                "('rcp_x402', 'prf_x402', 'ses_x402', :st, 'alice', 'api', 'x402', :amount, "
+                "(:rcp, :prf, :ses, :st, 'alice', 'api', :rail, :amount, "
                 "'ops1', :paid)"
             ),
-            dict(st=settlement, amount=VALUE, paid=paid),
+            dict(**ids, st=settlement, amount=VALUE, paid=paid),
         )
         c.execute(
             text(
                 "INSERT INTO entitlements (id, owner_id, access_product_id, session_id, status, "
-                "receipt_id, reorg_flagged, created_at, updated_at) VALUES ('ent_x402', "
-                "'alice', 'api', 'ses_x402', 'active', 'rcp_x402', false, :paid, :paid)"
+                "receipt_id, reorg_flagged, created_at, updated_at) VALUES (:ent, "
+                "'alice', 'api', :ses, 'active', :rcp, false, :paid, :paid)"
             ),
-            dict(paid=paid),
+            dict(**ids, paid=paid),
         )
     eng.dispose()
     return fp
+
+
+def _settled_in(engine: Engine, proof_id: str, settled: Settled) -> None:
+    receipt = settled.receipt(settled.settlement)
+    with engine.db.tx() as s:
+        p = s.get(Proof, proof_id)
+        att = proofs.latest_verified_attempt(s, proof_id)
+        proofs.record_settlement(
+            engine,
+            s,
+            p,
+            att.id,
+            Settlement(
+                ref=p.ref,
+                finality="finalized",
+                is_final=True,
+                block_number=int(receipt["blockNumber"], 16),
+                block_hash=receipt["blockHash"],
+                tx_hash=settled.settlement.lower(),
+            ),
+            "live",
+        )
 
 
 def _holds(url: str) -> dict[str, str]:
@@ -283,3 +326,36 @@ def test_settlement_evidence_gains_the_transaction_its_detail_names(empty_url):
         got = c.execute(text("SELECT detail, tx_hash FROM settlement_evidence ORDER BY id")).all()
     eng.dispose()
     assert [r[1] for r in got] == [tx.lower(), None], got
+
+
+def test_a_base_usdc_settlement_credited_before_transfer_holds_is_not_credited_again_as_x402(
+    empty_url,
+):
+    # SECURITY: the other way round. A Base USDC proof of an x402 facilitator's settlement,
+    # credited before transfer holds, keeps only its fingerprint after the upgrade (its
+    # authorization's identity is in the receipt's logs, which the database never stored).
+    # The same payment named by its x402 payload then verifies for another owner; the apply
+    # gate refuses it once its settlement is found to be that transaction.
+    settled = Settled()
+    upgrade(empty_url, "0004")
+    fp = _credited(empty_url, settled, "base_usdc", "evm_tx_hash", settled.settlement)
+    upgrade(empty_url)
+    assert _holds(empty_url) == {"proof:" + fp: "prf_base"}
+
+    with served(empty_url, settled.chain) as api:
+        bob = api.open("x402", "bob")
+        r = api.submit(bob, HEADER, "bob")
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        # What the worker's finality sweep records once it finds the authorization used
+        # (the local chain's tester cannot filter logs by block range: the x402 rail's own
+        # tests run that search, tests/test_sent_back_x402_settled_later.py).
+        _settled_in(api.engine, pid, settled)
+        assert api.proof(pid, "bob")["settlement"]["tx_hash"] == settled.settlement.lower()
+        report = gate.dry_run_apply(api.engine, pid)
+        (blocker,) = [b for b in report["blockers"] if b["code"] == "settlement_not_another_proof"]
+        assert "prf_base" in blocker["detail"], blocker
+        with pytest.raises(Refused):
+            gate.apply(api.engine, pid, audit.Operator("ops1"), gate.Via.staff_receipt)
+    with Database(empty_url).tx() as s:
+        assert [r.proof_id for r in s.scalars(select(Receipt))] == ["prf_base"]

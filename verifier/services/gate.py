@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from rails.base import fingerprint
 from rails.codes import FailureCode
+from rails.errors import ProofMalformed
 from registry.catalog import Stage
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound, Refused
@@ -48,6 +50,7 @@ from verifier.storage.models import (
 from verifier.storage.reconciliation_models import ReconciliationResolution
 from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import entitlements as entitlement_repo
+from verifier.storage.repo import holds
 from verifier.storage.repo import proofs as proof_repo
 from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
@@ -313,7 +316,41 @@ def _evaluate(
         else f"resolved {back.resolution} in reconciliation (finding {back.finding_id}, "
         f"incident {back.incident_id}, by {back.staff})",
     )
+    # SECURITY: a payment settled by a transaction that is another proof's own (a Base USDC
+    # proof of an x402 facilitator's settlement) is one payment. Holds name both since
+    # transfer holds exist; a proof credited before them holds only its own fingerprint.
+    elsewhere = _settled_as_another_proof(engine, s, p, ctx)
+    add(
+        "settlement_not_another_proof",
+        elsewhere is None,
+        "the settling transaction is no other proof's payment"
+        if elsewhere is None
+        else f"{FailureCode.duplicate_payment}: the transaction that settled it is proof "
+        f"{elsewhere.proof_id} (session {elsewhere.session_id})",
+    )
     return checks, ctx
+
+
+def _settled_as_another_proof(
+    engine: Engine, s: Session, p: Proof, ctx: _Rows
+) -> holds.Holder | None:
+    """Another proof holding, as its own proof, the transaction this proof's settlement was
+    found in (a payment verified before it settled: an x402 authorization)."""
+    ev, ps = ctx.settlement, ctx.session
+    tx = ev.tx_hash if ev is not None else None
+    if not tx or ps is None:
+        return None
+    keys = []
+    for rail, adapter in engine.sibling_rails(p.rail_id, ps.network, ps.asset):
+        for proof_type in adapter.proof_types:
+            try:
+                ref = adapter.normalize_proof(proof_type, tx)
+            except ProofMalformed:
+                continue
+            keys.append(
+                holds.fingerprint_key(fingerprint(rail.family, rail.network, proof_type, ref))
+            )
+    return next((h for h in holds.holders(s, keys) if h.proof_id != p.id), None)
 
 
 def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Via):
