@@ -205,6 +205,10 @@ def count(s: Session) -> int:
     return s.scalar(select(func.count()).select_from(Proof)) or 0
 
 
+# How many candidates a fair claim takes per proof it claims (see claim_due).
+_CLAIM_SLACK = 4
+
+
 def claim_due(
     s: Session,
     status: ProofStatus,
@@ -215,23 +219,47 @@ def claim_due(
     claimed_until: datetime,
 ) -> list[str]:
     """Claim proofs in `status` due by `due` whose lease (if any) ended before `lease_free_at`,
-    earliest due first: their ids, now leased to `claimed_by` until `claimed_until`. On
-    PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so several workers share the
-    queue and never take the same proof; SQLite serializes writers. Core statements: a
+    earliest due first (pending proofs: owner by owner, see below): their ids, now leased to
+    `claimed_by` until `claimed_until`. On PostgreSQL the rows are locked FOR UPDATE SKIP
+    LOCKED, so several workers share the queue and never take the same proof; SQLite
+    serializes writers. Core statements: a
     batch of hundreds is one SELECT and one UPDATE, with no ORM objects."""
-    q = (
-        select(_P.c.id)
-        .where(
-            _P.c.status == status,
-            _P.c.next_check_at.is_not(None),
-            _P.c.next_check_at <= due,
-            or_(_P.c.claimed_until.is_(None), _P.c.claimed_until < lease_free_at),
-        )
-        .order_by(_P.c.next_check_at)
-        .limit(limit)
+    where = (
+        _P.c.status == status,
+        _P.c.next_check_at.is_not(None),
+        _P.c.next_check_at <= due,
+        or_(_P.c.claimed_until.is_(None), _P.c.claimed_until < lease_free_at),
     )
+    if status == ProofStatus.pending:
+        # SECURITY: pending proofs are taken owner by owner: every owner's earliest due proof,
+        # then every owner's second, and so on. Any tenant can keep proofs pending (a
+        # signature the chain does not know is re-checked until its session is over), and
+        # in due order one tenant's thousands would be ahead of every other tenant's payment.
+        # The window reads every due row: a sweep's chain calls cost far more.
+        turn = (
+            func.row_number()
+            .over(partition_by=_P.c.owner_id, order_by=(_P.c.next_check_at, _P.c.id))
+            .label("turn")
+        )
+        due_rows = select(_P.c.id, _P.c.next_check_at, turn).where(*where).subquery()
+        # Candidates beyond the batch: rows another worker has locked (claiming them right
+        # now) are skipped after this order is taken, and must not leave the batch short.
+        fair = (
+            select(due_rows)
+            .order_by(due_rows.c.turn, due_rows.c.next_check_at)
+            .limit(limit * _CLAIM_SLACK)
+            .subquery()
+        )
+        q = (
+            select(_P.c.id)
+            .join(fair, fair.c.id == _P.c.id)
+            .order_by(fair.c.turn, fair.c.next_check_at)
+            .limit(limit)
+        )
+    else:
+        q = select(_P.c.id).where(*where).order_by(_P.c.next_check_at).limit(limit)
     if rows.is_postgres(s):
-        q = q.with_for_update(skip_locked=True)
+        q = q.with_for_update(skip_locked=True, of=_P)
     ids = list(s.scalars(q).all())
     if ids:
         s.execute(
