@@ -92,7 +92,68 @@ def submit_proof(
             winner = proof_repo.by_fingerprint(s, replay.fingerprint, replay.session_id)
             if winner is None:
                 raise replay.error from None
-            return _view(s, winner), False
+            stored = _view(s, winner), False
+            other_payload = winner.status == ProofStatus.failed and winner.raw != raw
+        if other_payload:
+            return _another_payload(engine, winner.id, raw, actor) or stored
+        return stored
+
+
+def _another_payload(engine: Engine, proof_id: str, raw: str, actor: str) -> Submitted | None:
+    """A failed proof whose transfer is named again by another payload (an x402 authorization:
+    its fingerprint is the payer's nonce, not the payload). A tampered copy submitted first,
+    failed on its signature or terms, must not answer for the payer's genuine one: the new
+    payload is verified, and recorded on the proof only if it does not fail (None: the stored
+    answer stands)."""
+    with engine.db.tx() as s:
+        p = proof_repo.get(s, proof_id)
+        if p is None:  # pragma: no cover - a proof row is never deleted
+            return None
+        ps = session_repo.get(s, p.session_id)
+        assert ps is not None  # a proof's session is never deleted (foreign key)
+        was = p.raw
+    rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
+    adapter = engine.adapter(rail)
+    checked = engine.chains.verify(
+        adapter,
+        raw,
+        terms_for(engine, ps, adapter),
+        budget_s=engine.settings.submit_verify_budget_s,
+    )
+    if checked.verdict.status is Status.failed:
+        return None
+    with engine.db.tx() as s:
+        locked = _get_proof(s, proof_id)
+        if locked.status != ProofStatus.failed or locked.raw != was:
+            return None  # another submission changed it meanwhile: it answers
+        proof_repo.update(s, locked, {"raw": raw})
+        audit.append(
+            s,
+            engine.now(),
+            audit.Operator(actor),
+            "proof.payload_replaced",
+            "proof",
+            proof_id,
+            {"session_id": ps.id, "rail_id": rail.rail_id},
+        )
+        verdict, view, refused = _record_attempt(
+            engine,
+            s,
+            locked,
+            ps,
+            checked,
+            None,
+            want_view=True,
+            actor=actor,
+            payload_claims=not adapter.reads_chain,
+        )
+    _count(engine, rail, checked, verdict)
+    if refused is not None:
+        _count_refusal(engine, refused)
+        raise refused.conflict()
+    if view is None:  # want_view=True: _record_attempt always builds the view
+        raise RuntimeError("the attempt was recorded without the proof's view")
+    return view, False
 
 
 class _Held(Exception):
