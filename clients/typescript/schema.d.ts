@@ -2130,6 +2130,15 @@ export interface operations {
                     "application/json": components["schemas"]["HealthOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -2173,6 +2182,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2226,6 +2244,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ReadyOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
                 };
             };
             /** @description A field is missing or malformed; `field` names it. */
@@ -2287,6 +2314,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2569,6 +2605,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -2730,6 +2775,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -2787,6 +2841,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2853,6 +2916,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2926,6 +2998,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3094,6 +3175,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -3151,6 +3241,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3224,6 +3323,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3307,6 +3415,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -3374,6 +3491,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3544,6 +3670,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3904,6 +4039,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -3967,6 +4111,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -4024,6 +4177,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -4287,6 +4449,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -4356,6 +4527,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4710,6 +4890,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -4866,6 +5055,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -5040,6 +5238,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -5100,6 +5307,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -5173,6 +5389,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5351,6 +5576,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -5520,6 +5754,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5712,6 +5955,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -5766,6 +6018,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -5925,6 +6186,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description A field is missing or malformed; `field` names it. */
             422: {
                 headers: {
@@ -5989,6 +6259,15 @@ export interface operations {
             };
             /** @description No such resource, or not one of the caller's owners: both answer the same. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description The body is larger than the limit (`body_too_large`). */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -24,7 +24,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
 from verifier.http.console import console_router
 from verifier.http.deps import clean_path_params
-from verifier.http.errors import ApiErrorCode
+from verifier.http.errors import ApiErrorCode, error_responses
 from verifier.http.guards import BodyGuard, InputGuard
 from verifier.http.ratelimit import limiter_from_settings
 from verifier.http.request_log import RequestLogMiddleware, settings_principal
@@ -82,6 +82,9 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
         # the request's Host and scheme (behind a TLS proxy, http://) that a client following
         # it would re-send its body and bearer token to.
         redirect_slashes=False,
+        # The body guard refuses a declared Content-Length over the limit on every route,
+        # whatever its method, before any route runs.
+        responses=error_responses(413),
     )
     app.state.engine = engine
     app.state.rate_limiter = limiter_from_settings(engine.settings, engine.metrics)

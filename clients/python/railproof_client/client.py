@@ -133,8 +133,11 @@ def _readiness() -> _Call[Readiness]:
 
 
 def _segment(value: str) -> str:
-    # An id is one path segment: "../x" or "a/b" must not reach another route.
-    return quote(value, safe="")
+    # An id is one path segment: "../x" or "a/b" must not reach another route. An id made of
+    # dots alone is a dot segment to URL resolution (removed with the one before it): its
+    # dots go percent-encoded, which no resolution removes.
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _retry_after(response: httpx.Response, error: ErrorDetail) -> float | None:

@@ -54,9 +54,6 @@ async def run_service(engine: Engine, call: Callable[[], T]) -> T:
     return await inline.run(call, engine.work_on_loop, engine.work_slots)
 
 
-WITH_BODY = error_responses(413)  # any route that reads a JSON body
-
-
 def with_context(op: audit.Operator) -> audit.Operator:
     """Every staff action that changes state names its incident and reason (the audit row
     holds both); blank is missing."""

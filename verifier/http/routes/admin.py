@@ -43,14 +43,14 @@ from verifier.http.models import (
     StuckClaimOut,
     TreasuryIn,
 )
-from verifier.http.routes import WITH_BODY, staff_router, with_context
+from verifier.http.routes import staff_router, with_context
 from verifier.services import audit, gate, idempotency, proofs, queries, rails_admin, reviews
 from verifier.services.assurance import MAX_PERIOD_DAYS, assurance_report
 from verifier.services.assurance import repair as assurance_repair
 
 router = staff_router("staff")
 NOT_FOUND = error_responses(404)
-ACTION = {**WITH_BODY, **error_responses(404, 409)}  # gated actions: confirm, then the state
+ACTION = error_responses(404, 409)  # gated actions: confirm, then the state
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Filter = Annotated[str | None, Query(min_length=1, max_length=128)]
 ProofStatus = Literal["verified", "failed", "pending", "requires_review"]
@@ -205,7 +205,7 @@ def observability_spec(_: StaffDep) -> dict[str, Any]:
 @router.post(
     "/proofs/{proof_id}/dry-run-apply",
     response_model=DryRunOut,
-    responses={**WITH_BODY, **NOT_FOUND},
+    responses=NOT_FOUND,
 )
 def dry_run_apply(
     proof_id: str, actor: StaffDep, engine: EngineDep, body: DryRunIn | None = None
@@ -238,16 +238,12 @@ def resolve_review(
     )
 
 
-@router.post(
-    "/rails/{rail_id}/pause", response_model=PauseOut, responses={**WITH_BODY, **NOT_FOUND}
-)
+@router.post("/rails/{rail_id}/pause", response_model=PauseOut, responses=NOT_FOUND)
 def pause(rail_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
     return rails_admin.set_paused(engine, rail_id, True, confirmed(actor, body))
 
 
-@router.post(
-    "/rails/{rail_id}/resume", response_model=PauseOut, responses={**WITH_BODY, **NOT_FOUND}
-)
+@router.post("/rails/{rail_id}/resume", response_model=PauseOut, responses=NOT_FOUND)
 def resume(rail_id: str, body: ConfirmIn, actor: StaffDep, engine: EngineDep) -> dict[str, Any]:
     return rails_admin.set_paused(engine, rail_id, False, confirmed(actor, body))
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep
 from verifier.http.errors import error_responses
 from verifier.http.models import ProofIn, ProofOut
-from verifier.http.routes import WITH_BODY, reply, run_service, service_router
+from verifier.http.routes import reply, run_service, service_router
 from verifier.services import idempotency, proofs
 
 router = service_router("proofs")
@@ -28,7 +28,6 @@ SUBMIT = "POST /v1/proofs"
             "description": "The same proof again (same "
             "transfer, owner and session): nothing new was stored",
         },
-        **WITH_BODY,
         **error_responses(404, 409, 429),
     },
 )

@@ -13,7 +13,7 @@ from pydantic import Field, StrictBool
 from verifier.http.deps import EngineDep, StaffDep, staff_operator
 from verifier.http.errors import error_responses
 from verifier.http.models import Model, OperatorIn
-from verifier.http.routes import WITH_BODY, staff_router, with_context
+from verifier.http.routes import staff_router, with_context
 from verifier.services import reconciliation
 
 router = staff_router("reconciliation")
@@ -86,7 +86,7 @@ class RunWithFindingsOut(RunOut):
     "/reconciliation-runs",
     status_code=201,
     response_model=RunWithFindingsOut,
-    responses={**WITH_BODY, **error_responses(404, 409)},
+    responses=error_responses(404, 409),
 )
 def create_run(body: RunIn, engine: EngineDep, actor: StaffDep) -> dict[str, Any]:
     op = staff_operator(actor, body.incident_id, body.operator_reason)
@@ -129,7 +129,7 @@ def read_run(run_id: str, engine: EngineDep, _: StaffDep) -> dict[str, Any]:
 @router.post(
     "/reconciliation-findings/{finding_id}/resolution",
     response_model=ResolvedFindingOut,
-    responses={**WITH_BODY, **error_responses(404, 409)},
+    responses=error_responses(404, 409),
 )
 def resolve_finding(
     body: ResolutionIn,

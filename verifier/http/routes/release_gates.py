@@ -15,7 +15,7 @@ from verifier.http.models import (
     ReleaseGateRecordOut,
     ReleaseGatesOut,
 )
-from verifier.http.routes import WITH_BODY, staff_router, with_context
+from verifier.http.routes import staff_router, with_context
 from verifier.services import release_gates
 
 router = staff_router("release gates")
@@ -45,7 +45,7 @@ def evidence_history(
     "/rails/{rail_id}/release-gates/{gate}/evidence",
     response_model=ReleaseGateRecordOut,
     status_code=201,
-    responses={**WITH_BODY, **NOT_FOUND},
+    responses=NOT_FOUND,
 )
 def record_evidence(
     rail_id: str, gate: str, body: ReleaseGateEvidenceIn, actor: StaffDep, engine: EngineDep

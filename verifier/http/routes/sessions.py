@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep, acting_for
 from verifier.http.errors import error_responses
 from verifier.http.models import SessionIn, SessionOut
-from verifier.http.routes import WITH_BODY, reply, run_service, service_router
+from verifier.http.routes import reply, run_service, service_router
 from verifier.services import idempotency, sessions
 
 router = service_router("payment sessions")
@@ -22,7 +22,7 @@ CREATE = "POST /v1/payment-sessions"
     status_code=201,
     response_model=SessionOut,
     dependencies=[Depends(RateLimit(CREATE))],
-    responses={**WITH_BODY, **error_responses(404, 409, 429)},
+    responses=error_responses(404, 409, 429),
 )
 async def create_session(
     body: SessionIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None

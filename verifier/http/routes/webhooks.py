@@ -33,7 +33,7 @@ from verifier.http.models import (
     ReplayIn,
     ReplayOut,
 )
-from verifier.http.routes import WITH_BODY, Router, with_context
+from verifier.http.routes import Router, with_context
 from verifier.services import webhook_endpoints, webhooks
 
 ERRORS = error_responses(401, 422, 500, 503)
@@ -53,7 +53,7 @@ def make_router(
         "/v1/webhook-endpoints",
         status_code=201,
         response_model=EndpointCreatedOut,
-        responses={**WITH_BODY, **error_responses(409)},
+        responses=error_responses(409),
     )
     def create(body: EndpointIn, svc: Service, engine: EngineDep) -> JSONResponse:
         principal, owners = svc
@@ -107,7 +107,7 @@ def make_router(
     @router.post(
         "/v1/admin/webhook-events/{event_id}/replay",
         response_model=ReplayOut,
-        responses={**WITH_BODY, **error_responses(404, 409)},
+        responses=error_responses(404, 409),
     )
     def admin_replay(
         event_id: str, body: ReplayIn, actor: Staff, engine: EngineDep
