@@ -59,7 +59,7 @@ def _session(client) -> str:
 
 
 def _submit(client, session_id: str, payload_text: str):
-    body = '{"session_id": "%s", "proof": %s}' % (session_id, payload_text)
+    body = f'{{"session_id": "{session_id}", "proof": {payload_text}}}'
     return client.post(
         "/v1/proofs",
         headers={**auth(), "Content-Type": "application/json"},
