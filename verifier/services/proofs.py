@@ -103,8 +103,9 @@ def _another_payload(engine: Engine, proof_id: str, raw: str, actor: str) -> Sub
     """A failed proof whose transfer is named again by another payload (an x402 authorization:
     its fingerprint is the payer's nonce, not the payload). A tampered copy submitted first,
     failed on its signature or terms, must not answer for the payer's genuine one: the new
-    payload is verified, and recorded on the proof only if it does not fail (None: the stored
-    answer stands)."""
+    payload is verified, and recorded on the proof only if it verifies or needs a person (None:
+    the stored answer stands). Only on rails whose proof is the payment itself (no chain read:
+    elsewhere another spelling names the same transaction)."""
     with engine.db.tx() as s:
         p = proof_repo.get(s, proof_id)
         if p is None:  # pragma: no cover - a proof row is never deleted
@@ -114,13 +115,19 @@ def _another_payload(engine: Engine, proof_id: str, raw: str, actor: str) -> Sub
         was = p.raw
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     adapter = engine.adapter(rail)
+    if adapter.reads_chain:
+        # Another spelling of the same transaction id: the chain's answer cannot differ.
+        return None
     checked = engine.chains.verify(
         adapter,
         raw,
         terms_for(engine, ps, adapter),
         budget_s=engine.settings.submit_verify_budget_s,
     )
-    if checked.verdict.status is Status.failed:
+    if checked.verdict.status not in (Status.verified, Status.requires_review):
+        # SECURITY: `failed` is definitive: only a payload that verifies (or needs a person)
+        # replaces it, never a transient answer (a node down) that would reopen it.
+        _count(engine, rail, checked, checked.verdict)
         return None
     with engine.db.tx() as s:
         locked = _get_proof(s, proof_id)

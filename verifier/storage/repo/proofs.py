@@ -250,9 +250,13 @@ def claim_due(
             .limit(limit * _CLAIM_SLACK)
             .subquery()
         )
+        # The conditions again on the locked rows themselves: a row another worker claimed
+        # and committed after this statement's snapshot is not skipped as locked, and
+        # PostgreSQL re-checks its new version against these (not the subquery's).
         q = (
             select(_P.c.id)
             .join(fair, fair.c.id == _P.c.id)
+            .where(*where)
             .order_by(fair.c.turn, fair.c.next_check_at)
             .limit(limit)
         )
