@@ -98,6 +98,21 @@ def _seed(db: Database) -> None:
         s.execute(insert(Proof), proofs)
 
 
+def _claim(
+    db: Database,
+    start: threading.Barrier,
+    got: dict[str, list[str]],
+    name: str,
+    lease: timedelta,
+) -> None:
+    start.wait()
+    held = datetime.now(UTC)
+    with db.tx() as s:
+        got[name] = proof_repo.claim_due(
+            s, ProofStatus.pending, NOW, held, BATCH, name, held + lease
+        )
+
+
 def test_two_workers_claiming_at_once_never_take_the_same_pending_proof(pg_db):
     _seed(pg_db)
     lease = timedelta(minutes=5)
@@ -107,15 +122,10 @@ def test_two_workers_claiming_at_once_never_take_the_same_pending_proof(pg_db):
         got: dict[str, list[str]] = {}
         start = threading.Barrier(2)
 
-        def worker(name: str) -> None:
-            start.wait()
-            held = datetime.now(UTC)
-            with pg_db.tx() as s:
-                got[name] = proof_repo.claim_due(
-                    s, ProofStatus.pending, NOW, held, BATCH, name, held + lease
-                )
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in ("w1", "w2")]
+        threads = [
+            threading.Thread(target=_claim, args=(pg_db, start, got, n, lease))
+            for n in ("w1", "w2")
+        ]
         for t in threads:
             t.start()
         for t in threads:

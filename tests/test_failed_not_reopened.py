@@ -40,7 +40,13 @@ def test_a_failed_proof_is_not_reopened_by_a_recased_hash_during_an_rpc_outage(e
     e, chain = engine
     ps = open_session(
         e,
-        NewSession(owner_id="alice", rail_id="fake_live", access_product_id="pro", amount=5, recipient="fatreasury"),
+        NewSession(
+            owner_id="alice",
+            rail_id="fake_live",
+            access_product_id="pro",
+            amount=5,
+            recipient="fatreasury",
+        ),
         actor="svc",
     )
     chain.txs[TX] = {"status": "failed"}
