@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ import requests
 from web3 import HTTPProvider
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
+from rails.transport.bodies import AnswerTooSlow, read_bounded, urllib3_chunks
 from rails.transport.failover import (
     FailureObserver,
     RetryPolicy,
@@ -25,16 +27,49 @@ from rails.transport.failover import (
 from rails.transport.rpc_policy import RpcPolicy
 
 
+class _Session(requests.Session):
+    """The provider's HTTP session. SECURITY: a redirect is never followed (the node's
+    answer would come from wherever it points: an internal service, another host), and the
+    answer is read within the call's time and a size (rails.transport.bodies): a node that
+    trickles it, or sends a compression bomb, holds nothing."""
+
+    def __init__(self, end_of: Any, provider: str):
+        super().__init__()
+        self._end_of, self._provider = end_of, provider
+
+    def post(self, url: Any, data: Any = None, json: Any = None, **kwargs: Any) -> Any:
+        kwargs.update(stream=True, allow_redirects=False)
+        response = super().post(url, data=data, json=json, **kwargs)
+        if not 200 <= response.status_code < 300:
+            response.close()  # an error's body is not read (it may trickle too)
+            if 300 <= response.status_code < 400:
+                raise RpcUnavailable(f"{self._provider}: HTTP {response.status_code} (redirect)")
+            return response
+        try:
+            response._content = read_bounded(  # noqa: SLF001 - what .content returns
+                urllib3_chunks(response.raw), self._end_of(), self._provider
+            )
+        except BaseException:
+            response.close()  # cut off mid-answer: the connection serves no other
+            raise
+        return response
+
+
 class _Provider(HTTPProvider):
     """web3's HTTPProvider with the timeout chosen per request (clipped to a deadline), for
     the calling thread: one provider serves every thread, each with its own deadline."""
 
     def __init__(self, url: str):
-        super().__init__(url, exception_retry_configuration=None)
         self._local = threading.local()
+        super().__init__(
+            url,
+            exception_retry_configuration=None,
+            session=_Session(lambda: self._local.end, provider_of(url)),
+        )
 
     def request(self, method: str, params: list[Any], timeout: float) -> Any:
         self._local.timeout = timeout
+        self._local.end = time.monotonic() + timeout
         try:
             return self.make_request(method, params)
         finally:
@@ -85,12 +120,18 @@ class EvmHttpTransport:
     def _once(self, url: str, method: str, params: list[Any], timeout: float) -> Any:
         try:
             return self._providers[url].request(method, params, timeout)
+        except AnswerTooSlow as e:
+            raise Transient(str(e)) from e
         except requests.HTTPError as e:
             status = e.response.status_code if e.response is not None else 599
             classify_http_status(status, url)
             raise RpcUnavailable(f"{provider_of(url)}: HTTP {status}") from e
         except ValueError as e:  # not JSON (JSONDecodeError, UnicodeDecodeError)
-            raise MalformedResponse(f"{provider_of(url)} {method}: answer is not JSON ({e})") from e
+            # web3 quotes the whole answer: a few characters say what it was, no more.
+            said = str(e)[:120]
+            raise MalformedResponse(
+                f"{provider_of(url)} {method}: answer is not JSON ({said})"
+            ) from e
         except requests.RequestException as e:
             # Timeouts, refused or dropped connections, an answer cut short: try again.
             raise Transient(f"{type(e).__name__}: {e}") from e

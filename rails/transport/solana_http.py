@@ -71,6 +71,7 @@ from tenacity import (
 )
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
+from rails.transport.bodies import AnswerTooSlow, read_bounded, urllib3_chunks
 from rails.transport.failover import FailureObserver, notify, provider_of, scrubbed
 from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 
@@ -356,6 +357,24 @@ class SolanaRpcTransport:
             self.attempts += 1
         try:
             response = self._endpoint(url).post(body, timeout)
+            code = response.status
+            if 200 <= code < 300:
+                # SECURITY: within the call's time and a size: a node trickling its answer
+                # or sending a compression bomb holds nothing (rails.transport.bodies).
+                try:
+                    answer = read_bounded(
+                        urllib3_chunks(response),
+                        min(end, time.monotonic() + timeout),
+                        provider_of(url),
+                    )
+                except BaseException as e:
+                    response.close()  # cut off mid-answer: the connection serves no other
+                    if isinstance(e, AnswerTooSlow):
+                        raise _Transient(str(e)) from e
+                    raise
+                response.release_conn()
+                return answer
+            response.close()  # an error's body is not read (it may trickle too)
         except urllib3.exceptions.TimeoutError as e:  # connect or read
             raise _Transient(f"timeout ({type(e).__name__})") from e
         except (
@@ -367,9 +386,6 @@ class SolanaRpcTransport:
             raise _Transient(f"connection failed ({type(e).__name__})") from e
         except urllib3.exceptions.HTTPError as e:
             raise _UrlUnusable(f"HTTP client error ({type(e).__name__})") from e
-        code = response.status
-        if 200 <= code < 300:
-            return bytes(response.data)
         if code == 429 or code >= 500:
             raise _Transient(f"HTTP {code}")
         if batch and 400 <= code < 500:
@@ -417,11 +433,11 @@ class _Endpoint:
         if self.pool is not None:
             return self.pool.urlopen(
                 "POST", self.path, body=body, headers=self.headers,
-                retries=False, redirect=False, timeout=bounds,
+                retries=False, redirect=False, timeout=bounds, preload_content=False,
             )  # fmt: skip
         return self.manager.urlopen(
             "POST", self.url, body=body, headers=self.headers,
-            retries=False, redirect=False, timeout=bounds,
+            retries=False, redirect=False, timeout=bounds, preload_content=False,
         )  # fmt: skip
 
     def close(self) -> None:

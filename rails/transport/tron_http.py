@@ -6,12 +6,16 @@ same); a body with an `Error` member is the node's error answer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import orjson
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
+from rails.transport.bodies import AnswerTooSlow, read_bounded
 from rails.transport.failover import (
     FailureObserver,
     RetryPolicy,
@@ -77,17 +81,40 @@ class TronHttpTransport:
         return answer
 
     def _once(self, url: str, method: str, body: dict[str, Any], timeout: float) -> Any:
+        end = time.monotonic() + timeout
         try:
-            # Per request: the policy's timeout clipped to the call's time left.
-            response = self._client.post(f"{url}/wallet/{method}", json=body, timeout=timeout)
+            # Per request: the policy's timeout clipped to the call's time left. SECURITY: the
+            # answer within that time and a size (rails.transport.bodies); no redirect.
+            # Uncompressed: httpx inflates a chunk whole, so a compressed answer is refused
+            # rather than inflated (a node asked for identity has no reason to send one).
+            with self._client.stream(
+                "POST",
+                _method_url(url, method),
+                json=body,
+                timeout=timeout,
+                headers={"Accept-Encoding": "identity"},
+            ) as response:
+                code = response.status_code
+                encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                if 200 <= code < 300 and encoding != "identity":
+                    raise MalformedResponse(
+                        f"{provider_of(url)} {method}: a compressed answer ({encoding:.20})"
+                    )
+                content = (
+                    read_bounded(response.iter_raw(), end, provider_of(url))
+                    if 200 <= code < 300
+                    else b""
+                )
+        except AnswerTooSlow as e:
+            raise Transient(str(e)) from e
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise Transient(f"{type(e).__name__}: {e}") from e
-        if response.status_code == 429 or response.status_code >= 500:
-            raise Transient(f"HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise RpcUnavailable(f"{provider_of(url)}: HTTP {response.status_code}")
+        if code == 429 or code >= 500:
+            raise Transient(f"HTTP {code}")
+        if code >= 300:
+            raise RpcUnavailable(f"{provider_of(url)}: HTTP {code}")
         try:
-            answer = response.json()
+            answer = orjson.loads(content)
         except ValueError as e:
             raise MalformedResponse(f"{provider_of(url)} {method}: answer is not JSON") from e
         if not isinstance(answer, dict):
@@ -96,3 +123,10 @@ class TronHttpTransport:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _method_url(url: str, method: str) -> str:
+    """`/wallet/<method>` added to the URL's path; its query (a key) stays the query."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/") + f"/wallet/{method}"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
