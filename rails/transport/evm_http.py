@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import orjson
 import requests
 from web3 import HTTPProvider
 
@@ -71,9 +72,21 @@ class _Provider(HTTPProvider):
         self._local.timeout = timeout
         self._local.end = time.monotonic() + timeout
         try:
-            return self.make_request(method, params)
+            response = self.make_request(method, params)
         finally:
             self._local.timeout = None
+        # SECURITY: an answer under another id is another request's (a proxy mixing answers
+        # up), whatever it says.
+        asked = self._local.id
+        if not isinstance(response, dict) or response.get("id") != asked:
+            got = response.get("id") if isinstance(response, dict) else None
+            raise MalformedResponse(f"{method}: answered id {got!r:.40}, asked {asked}")
+        return response
+
+    def encode_rpc_request(self, method: Any, params: Any) -> bytes:
+        data = super().encode_rpc_request(method, params)
+        self._local.id = orjson.loads(data)["id"]  # the id web3 gave this request
+        return data
 
     def get_request_kwargs(self) -> Any:
         kwargs = super().get_request_kwargs()

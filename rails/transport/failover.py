@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from tenacity import (
     RetryError,
@@ -121,7 +121,28 @@ def scrub(text: str, urls: Sequence[str]) -> str:
         for secret in (tail, parts.query, parts.path, parts.netloc.rpartition("@")[0]):
             if len(secret) > 1:  # never "/" alone
                 text = text.replace(secret, "[redacted]")
+        # SECURITY: a node may quote the key alone ("invalid api key K"): each path segment,
+        # query value and password long enough to be one, as written and decoded.
+        for secret in _key_like(parts):
+            text = text.replace(secret, "[redacted]")
     return text
+
+
+# Shorter parts of an RPC URL ("v2", "rpc", "mainnet") are names, not keys.
+_KEY_MIN_CHARS = 8
+
+
+def _key_like(parts: SplitResult) -> list[str]:
+    pieces = [*parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))]
+    if parts.password:
+        pieces.append(parts.password)
+    out: set[str] = set()
+    for piece in pieces:
+        for form in (piece, unquote(piece), quote(piece, safe="")):
+            if len(form) >= _KEY_MIN_CHARS:
+                out.add(form)
+    # The longest first, so a key is never left half-replaced by a shorter form of it.
+    return sorted(out, key=len, reverse=True)
 
 
 def scrubbed(error: TransportError, urls: Sequence[str]) -> TransportError:

@@ -312,11 +312,18 @@ class SolanaRpcTransport:
         body = JsonRpcRequest(method=method, params=params, id=request_id).to_json()
         content = self._post(url, body.encode(), end, batch=False)
         try:
-            return JsonRpcResponseEnvelope.model_validate_json(content)
+            answer = JsonRpcResponseEnvelope.model_validate_json(content)
         except ValidationError as e:
             raise MalformedResponse(
                 f"{method}: the answer of {redact_url(url)} is not a JSON-RPC response"
             ) from e
+        # SECURITY: an answer under another id is another request's (a proxy mixing answers
+        # up): its statuses would settle this call's signatures. Batches check theirs too.
+        if answer.id != request_id:
+            raise MalformedResponse(
+                f"{method}: {redact_url(url)} answered id {answer.id!r:.40}, asked {request_id}"
+            )
+        return answer
 
     def _pair_once(self, url: str, pair: _Pair, end: float) -> JsonRpcResponseEnvelope:
         with self._lock:

@@ -1,0 +1,95 @@
+"""A node that quotes the API key itself (not the whole URL) never puts it in a proof's
+detail, which the tenant reads.
+
+`rails.transport.failover.scrub` removed the configured URL, its path and query, its query,
+its path and its user information, each as one whole string. A provider's error that names the
+key alone ("invalid api key K", as gateways write them) contains none of those, so the key
+went into the verdict's detail. Each path segment, query value and password long enough to be
+a key is now removed too, as written and decoded."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from rails import adapter_class
+from rails.base import Terms
+from rails.codes import FailureCode
+from rails.transport.failover import RetryPolicy
+from registry.catalog import load_catalog
+from verifier.core.checking import run_verify
+
+KEY = "PROVIDERKEY"
+CASES = {  # rail: (proof, recipient)
+    "evm_usdc": (
+        "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7",
+        "0xc1AF05a7A4F27Cd1b61De823EA31aB5049b38eA8",
+    ),
+    "solana_usdc": (
+        "2QDmA4v3FomQSDNL2KuZVbq9pfWQ1PcABZjZnZ4ZA51jsmZrdCbo9nAZQ2iqT5tcx1HKD8bfHtUXnbWmDLUzhH2T",
+        "C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg",
+    ),
+    "tron_usdt": (
+        "b69c51db8f9d974e6a38c76852c8ce1adcb682dbacb25ad8ad4f6876121fe9dc",
+        "TUikLT3nTTjTkXPAuC4xUGj84vfSERCWRn",
+    ),
+}
+FAST = RetryPolicy(attempts=1, per_url_seconds=3, total_seconds=5, timeout=2, initial_wait=0.01)
+
+
+@pytest.fixture
+def echoing_node() -> Iterator[str]:
+    """Answers every call with the provider's usual refusal, naming the key it was given."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            key = parse_qs(urlsplit(self.path).query).get("api-key", ["?"])[0]
+            if "/wallet/" in self.path:  # Tron's HTTP API
+                out: Any = {"Error": f"invalid api key {key}"}
+            else:
+                err = {"code": -32052, "message": f"invalid api key {key}"}
+                req = json.loads(raw or b"{}")
+                one = lambda r: {"jsonrpc": "2.0", "id": r.get("id"), "error": err}  # noqa: E731
+                out = [one(r) for r in req] if isinstance(req, list) else one(req)
+            body = json.dumps(out).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/rpc?api-key={KEY}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("rail_id", list(CASES))
+def test_a_node_naming_the_key_never_puts_it_in_a_verdict(echoing_node, rail_id):
+    rail = load_catalog().resolve(rail_id)
+    proof, recipient = CASES[rail_id]
+    chain = adapter_class(rail.family).live_transport([echoing_node], rail.network)
+    if isinstance(getattr(chain, "policy", None), RetryPolicy):
+        chain.policy = FAST
+    adapter = adapter_class(rail.family)(rail)
+    terms = Terms(recipient=recipient, amount=1, now=datetime(2027, 2, 1, tzinfo=UTC))
+    v = run_verify(adapter, proof, terms, chain).verdict
+    assert v.code is FailureCode.rpc_unavailable, v
+    assert KEY not in v.detail, f"the provider's key reached the tenant: {v.detail}"
