@@ -14,9 +14,7 @@ a status answered under another request's id makes the settlement final.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ from rails.transport.evm_http import EvmHttpTransport
 from rails.transport.failover import RetryPolicy as FailoverPolicy
 from rails.transport.solana_http import RetryPolicy, SolanaRpcTransport
 from registry.catalog import load_catalog
+from tests import loopback_http as loopback
 
 SIG = "2QDmA4v3FomQSDNL2KuZVbq9pfWQ1PcABZjZnZ4ZA51jsmZrdCbo9nAZQ2iqT5tcx1HKD8bfHtUXnbWmDLUzhH2T"
 FINALIZED = {"slot": 1, "confirmations": None, "err": None, "confirmationStatus": "finalized"}
@@ -36,34 +35,19 @@ FINALIZED = {"slot": 1, "confirmations": None, "err": None, "confirmationStatus"
 def wrong_id_node() -> Iterator[str]:
     """Answers each call correctly in content, but under another request's id."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(loopback.Handler):
         def do_POST(self) -> None:  # noqa: N802
-            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            req = json.loads(self.body())
             method = req.get("method")
             if method == "getSignatureStatuses":
                 result: Any = {"context": {"slot": 5}, "value": [FINALIZED] * len(req["params"][0])}
             else:
                 result = "0x1"
             body = json.dumps({"jsonrpc": "2.0", "id": 987654, "result": result}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.serving(Handler) as base:
+        yield f"{base}/"
 
 
 def test_a_solana_status_answered_under_another_id_settles_nothing(wrong_id_node):

@@ -13,10 +13,8 @@ MalformedResponse) keeps every real answer.
 from __future__ import annotations
 
 import gzip
-import threading
 import tracemalloc
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ from rails.transport.failover import RetryPolicy as FailoverPolicy
 from rails.transport.solana_http import RetryPolicy as SolanaPolicy
 from rails.transport.solana_http import SolanaRpcTransport
 from rails.transport.tron_http import TronHttpTransport
+from tests import loopback_http as loopback
 
 INFLATED = 32 * 1024 * 1024  # what the body inflates to
 BOUND = 12 * 1024 * 1024  # far above any real answer, far below the bomb
@@ -35,29 +34,13 @@ BOMB = gzip.compress(b"[" + b" " * INFLATED + b"]", 9)
 
 @pytest.fixture(scope="module")
 def bomb_node() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(loopback.Handler):
         def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(BOMB)))
-            self.end_headers()
-            self.wfile.write(BOMB)
+            self.body()
+            self.answer(BOMB, {"Content-Encoding": "gzip"})
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.serving(Handler) as base:
+        yield f"{base}/"
 
 
 @pytest.mark.parametrize("family", ["solana", "evm", "tron"])

@@ -10,10 +10,8 @@ a key is now removed too, as written and decoded."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +22,7 @@ from rails.base import Terms
 from rails.codes import FailureCode
 from rails.transport.failover import RetryPolicy
 from registry.catalog import load_catalog
+from tests import loopback_http as loopback
 from verifier.core.checking import run_verify
 
 KEY = "PROVIDERKEY"
@@ -48,11 +47,9 @@ FAST = RetryPolicy(attempts=1, per_url_seconds=3, total_seconds=5, timeout=2, in
 def echoing_node() -> Iterator[str]:
     """Answers every call with the provider's usual refusal, naming the key it was given."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(loopback.Handler):
         def do_POST(self) -> None:  # noqa: N802
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            raw = self.body()
             key = parse_qs(urlsplit(self.path).query).get("api-key", ["?"])[0]
             if "/wallet/" in self.path:  # Tron's HTTP API
                 out: Any = {"Error": f"invalid api key {key}"}
@@ -62,23 +59,10 @@ def echoing_node() -> Iterator[str]:
                 one = lambda r: {"jsonrpc": "2.0", "id": r.get("id"), "error": err}  # noqa: E731
                 out = [one(r) for r in req] if isinstance(req, list) else one(req)
             body = json.dumps(out).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/rpc?api-key={KEY}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.serving(Handler) as base:
+        yield f"{base}/rpc?api-key={KEY}"
 
 
 @pytest.mark.parametrize("rail_id", list(CASES))

@@ -18,11 +18,8 @@ is `pending rpc_unavailable`, and the other host never hears from us.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
@@ -31,6 +28,7 @@ from rails.base import Status, Terms
 from rails.codes import FailureCode
 from rails.transport.failover import RetryPolicy
 from registry.catalog import load_catalog
+from tests import loopback_http as loopback
 from verifier.core.checking import run_verify
 
 ETH_TX = "0x225853c513c75a4276979841a480ad1856bc649c496c16765107cb5d62d1def7"
@@ -39,73 +37,42 @@ INTERNAL = b"INTERNAL-ONLY role=admin token=AKIA-NOT-FOR-TENANTS"
 FAST = RetryPolicy(attempts=1, per_url_seconds=5, total_seconds=5, timeout=3, initial_wait=0.01)
 
 
-def _serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    return server, server.server_address[1]
-
-
 @pytest.fixture
-def internal_host() -> Iterator[tuple[int, list[str]]]:
+def internal_host() -> Iterator[tuple[str, list[str]]]:
     """A host nobody configured (an internal service): records every request it gets."""
     seen: list[str] = []
 
-    class Internal(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Internal(loopback.Handler):
         def _answer(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.body()
             seen.append(f"{self.command} {self.path}")
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(INTERNAL)))
-            self.end_headers()
-            self.wfile.write(INTERNAL)
+            self.answer(INTERNAL, {"Content-Type": "text/plain"})
 
         do_GET = do_POST = _answer  # noqa: N815
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server, port = _serve(Internal)
-    try:
-        yield port, seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.serving(Internal) as base:
+        yield base, seen
 
 
 @pytest.mark.parametrize("code", [303, 307])
 def test_the_evm_transport_does_not_follow_a_redirect_to_another_host(internal_host, code):
-    port, seen = internal_host
+    internal, seen = internal_host
 
-    class Redirecting(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Redirecting(loopback.Handler):
         def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.body()
             self.send_response(code)
-            self.send_header("Location", f"http://localhost:{port}/latest/meta-data/iam")
+            self.send_header("Location", f"{internal}/latest/meta-data/iam")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server, rport = _serve(Redirecting)
-    try:
-        rail = load_catalog().resolve("evm_usdc")
-        chain = adapter_class(rail.family).live_transport(
-            [f"http://127.0.0.1:{rport}/v2/PROVIDERKEY"], rail.network
-        )
+    rail = load_catalog().resolve("evm_usdc")
+    with loopback.serving(Redirecting) as base:
+        chain = adapter_class(rail.family).live_transport([f"{base}/v2/PROVIDERKEY"], rail.network)
         chain.policy = FAST
         adapter = adapter_class(rail.family)(rail)
         terms = Terms(recipient=ETH_TO, amount=1, now=datetime(2027, 2, 1, tzinfo=UTC))
         v = run_verify(adapter, ETH_TX, terms, chain).verdict
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable), v
     assert "INTERNAL-ONLY" not in v.detail, (
         f"the other host's answer reached the tenant: {v.detail}"

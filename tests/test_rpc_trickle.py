@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from rails.transport.solana_http import RetryPolicy as SolanaPolicy
 from rails.transport.solana_http import SolanaRpcTransport
 from rails.transport.tron_http import TronHttpTransport
 from registry.catalog import load_catalog
+from tests import loopback_http as loopback
 from verifier.core.chains import Chains
 from verifier.core.config import Settings
 
@@ -42,11 +42,9 @@ def trickling_node() -> Iterator[str]:
     """A node that answers 200 with a 1 MB Content-Length, then one byte every 0.1 s."""
     stop = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(loopback.Handler):
         def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.body()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(1 << 20))
@@ -61,18 +59,11 @@ def trickling_node() -> Iterator[str]:
                 pass
             self.close_connection = True
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v2/KEY"
+        with loopback.serving(Handler) as base:
+            yield f"{base}/v2/KEY"
     finally:
         stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def _ends_within(fn: Any, wait_s: float) -> tuple[bool, float, Any]:

@@ -11,41 +11,24 @@ node something else than `gettransactioninfobyid`.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from rails.transport.failover import RetryPolicy
 from rails.transport.tron_http import TronHttpTransport
+from tests import loopback_http as loopback
 
 
 def test_the_method_goes_in_the_path_and_the_query_is_kept():
     seen: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(loopback.Handler):
         def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.body()
             seen.append(self.path)
             body = json.dumps({}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/rpc?apikey=K1"
+    with loopback.serving(Handler) as base:
+        url = f"{base}/rpc?apikey=K1"
         t = TronHttpTransport([url], "tron-mainnet", RetryPolicy(attempts=1, timeout=3))
         t.call("gettransactioninfobyid", ["ab" * 32])
-    finally:
-        server.shutdown()
-        server.server_close()
     assert seen == ["/rpc/wallet/gettransactioninfobyid?apikey=K1"], seen
