@@ -5,46 +5,29 @@ which HTTP refuses, and the command said "cannot reach the API" while the API wa
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from typer.testing import CliRunner
 
+from tests import loopback_http as loopback
 from verifier.cli.main import app as cli_app
 
 
-class _Api(BaseHTTPRequestHandler):
+class _Api(loopback.Handler):
     seen: list[dict[str, str]] = []
 
     def _answer(self) -> None:
-        n = int(self.headers.get("content-length") or 0)
-        if n:
-            self.rfile.read(n)
+        self.body()
         _Api.seen.append(dict(self.headers))
-        body = json.dumps({"paused": True, "rail_id": "solana_usdc"}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.answer(json.dumps({"paused": True, "rail_id": "solana_usdc"}).encode())
 
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args):
-        pass
+    do_GET = do_POST = _answer  # noqa: N815
 
 
 @pytest.fixture(scope="module")
 def api():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.serving(_Api) as base:
+        yield base
 
 
 CASES = {

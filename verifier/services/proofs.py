@@ -154,13 +154,7 @@ def _another_payload(engine: Engine, proof_id: str, raw: str, actor: str) -> Sub
             actor=actor,
             payload_claims=not adapter.reads_chain,
         )
-    _count(engine, rail, checked, verdict)
-    if refused is not None:
-        _count_refusal(engine, refused)
-        raise refused.conflict()
-    if view is None:  # want_view=True: _record_attempt always builds the view
-        raise RuntimeError("the attempt was recorded without the proof's view")
-    return view, False
+    return _answered(engine, rail, checked, verdict, view, refused), False
 
 
 class _Held(Exception):
@@ -467,13 +461,25 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
         # proof is stored pending and due, so the worker verifies it. The answer is the proof
         # as stored, as for any pending proof (never "nothing was changed").
         return _stored_pending(engine, p.id), True
+    return _answered(engine, rail, checked, verdict, view, refused), True
+
+
+def _answered(
+    engine: Engine,
+    rail: Rail,
+    checked: Checked,
+    verdict: Verdict,
+    view: dict[str, Any] | None,
+    refused: _Held | None,
+) -> dict[str, Any]:
+    """A submission's recorded attempt, counted: its proof's view, or its refusal raised."""
     _count(engine, rail, checked, verdict)
     if refused is not None:
         _count_refusal(engine, refused)
         raise refused.conflict()
     if view is None:  # want_view=True: _record_attempt always builds the view
         raise RuntimeError("the attempt was recorded without the proof's view")
-    return view, True
+    return view
 
 
 class StoredPending(EngineError):
