@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import orjson
 import requests
+import urllib3
 from web3 import HTTPProvider
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
@@ -135,6 +136,18 @@ class EvmHttpTransport:
             return self._providers[url].request(method, params, timeout)
         except AnswerTooSlow as e:
             raise Transient(str(e)) from e
+        # The answer's body is read by _Session from urllib3 itself, whose errors requests
+        # would have wrapped: cut off, stalled, or not decodable.
+        except (
+            urllib3.exceptions.TimeoutError,
+            urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.SSLError,
+        ) as e:
+            raise Transient(f"answer cut short ({type(e).__name__})") from e
+        except urllib3.exceptions.HTTPError as e:  # DecodeError: the next URL is asked
+            raise RpcUnavailable(
+                f"{provider_of(url)}: answer unreadable ({type(e).__name__})"
+            ) from e
         except requests.HTTPError as e:
             status = e.response.status_code if e.response is not None else 599
             classify_http_status(status, url)

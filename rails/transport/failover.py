@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 from tenacity import (
     RetryError,
@@ -133,12 +133,16 @@ _KEY_MIN_CHARS = 8
 
 
 def _key_like(parts: SplitResult) -> list[str]:
-    pieces = [*parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))]
+    pieces = [
+        *parts.path.split("/"),
+        *(v for _, v in parse_qsl(parts.query)),  # decoded ("+" a space, "%2b" a "+")
+        *(p.partition("=")[2] for p in parts.query.split("&")),  # as written
+    ]
     if parts.password:
         pieces.append(parts.password)
     out: set[str] = set()
     for piece in pieces:
-        for form in (piece, unquote(piece), quote(piece, safe="")):
+        for form in (piece, unquote(piece), unquote_plus(piece), quote(piece, safe="")):
             if len(form) >= _KEY_MIN_CHARS:
                 out.add(form)
     # The longest first, so a key is never left half-replaced by a shorter form of it.

@@ -1,0 +1,79 @@
+"""A node that quotes the API key as written in the URL's query never puts it in a detail.
+
+Query values were taken only as `parse_qsl` decodes them: a `+` becomes a space and `%2b` a
+`+` (re-quoted as `%2B`). A key holding `+` (base64 keys do), or written percent-encoded in
+lower case, echoed by the provider exactly as it arrived ("invalid api key K"), was in none of
+the forms replaced and reached the proof's detail, which the tenant reads. Each query value is
+now also taken as written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from rails import adapter_class
+from rails.base import Terms
+from rails.codes import FailureCode
+from rails.transport.failover import RetryPolicy, scrub
+from registry.catalog import load_catalog
+from tests import loopback_http as loopback
+from tests.test_rpc_key_echo import CASES
+from verifier.core.checking import run_verify
+
+FAST = RetryPolicy(attempts=1, per_url_seconds=3, total_seconds=5, timeout=2, initial_wait=0.01)
+KEYS = ("Prov+Key0123456789abcdef", "Prov%2bKey0123456789abcdef")
+
+
+def _as_written(path: str) -> str:
+    """The api-key value exactly as it arrived (no decoding)."""
+    for part in urlsplit(path).query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "api-key":
+            return value
+    return "?"
+
+
+@pytest.fixture
+def echoing_node() -> Iterator[str]:
+    class Handler(loopback.Handler):
+        def do_POST(self) -> None:  # noqa: N802
+            raw = self.body()
+            key = _as_written(self.path)
+            if "/wallet/" in self.path:  # Tron's HTTP API
+                out: Any = {"Error": f"invalid api key {key}"}
+            else:
+                err = {"code": -32052, "message": f"invalid api key {key}"}
+                req = json.loads(raw or b"{}")
+                one = lambda r: {"jsonrpc": "2.0", "id": r.get("id"), "error": err}  # noqa: E731
+                out = [one(r) for r in req] if isinstance(req, list) else one(req)
+            self.answer(json.dumps(out).encode())
+
+    with loopback.serving(Handler) as base:
+        yield base
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_scrub_removes_a_query_key_as_written(key):
+    url = f"https://rpc.example/v1?api-key={key}"
+    assert key not in scrub(f"invalid api key {key}", [url])
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("rail_id", list(CASES))
+def test_a_node_echoing_the_key_as_written_never_puts_it_in_a_verdict(echoing_node, rail_id, key):
+    rail = load_catalog().resolve(rail_id)
+    proof, recipient = CASES[rail_id]
+    url = f"{echoing_node}/rpc?api-key={key}"
+    chain = adapter_class(rail.family).live_transport([url], rail.network)
+    if isinstance(getattr(chain, "policy", None), RetryPolicy):
+        chain.policy = FAST
+    adapter = adapter_class(rail.family)(rail)
+    terms = Terms(recipient=recipient, amount=1, now=datetime(2027, 2, 1, tzinfo=UTC))
+    v = run_verify(adapter, proof, terms, chain).verdict
+    assert v.code is FailureCode.rpc_unavailable, v
+    assert key not in v.detail, f"the provider's key reached the tenant: {v.detail}"
