@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from rails import adapter_class
-from rails.base import Terms
 from rails.codes import FailureCode
-from rails.transport.failover import RetryPolicy, scrub
-from registry.catalog import load_catalog
+from rails.transport.failover import scrub
 from tests import loopback_http as loopback
-from tests.test_rpc_key_echo import CASES
-from verifier.core.checking import run_verify
+from tests.test_rpc_key_echo import CASES, verdict_through
 
-FAST = RetryPolicy(attempts=1, per_url_seconds=3, total_seconds=5, timeout=2, initial_wait=0.01)
 KEYS = ("Prov+Key0123456789abcdef", "Prov%2bKey0123456789abcdef")
 
 
@@ -66,14 +60,6 @@ def test_scrub_removes_a_query_key_as_written(key):
 @pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("rail_id", list(CASES))
 def test_a_node_echoing_the_key_as_written_never_puts_it_in_a_verdict(echoing_node, rail_id, key):
-    rail = load_catalog().resolve(rail_id)
-    proof, recipient = CASES[rail_id]
-    url = f"{echoing_node}/rpc?api-key={key}"
-    chain = adapter_class(rail.family).live_transport([url], rail.network)
-    if isinstance(getattr(chain, "policy", None), RetryPolicy):
-        chain.policy = FAST
-    adapter = adapter_class(rail.family)(rail)
-    terms = Terms(recipient=recipient, amount=1, now=datetime(2027, 2, 1, tzinfo=UTC))
-    v = run_verify(adapter, proof, terms, chain).verdict
+    v = verdict_through(f"{echoing_node}/rpc?api-key={key}", rail_id)
     assert v.code is FailureCode.rpc_unavailable, v
     assert key not in v.detail, f"the provider's key reached the tenant: {v.detail}"

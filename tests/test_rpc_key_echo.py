@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from rails import adapter_class
-from rails.base import Terms
+from rails.base import Terms, Verdict
 from rails.codes import FailureCode
 from rails.transport.failover import RetryPolicy
 from registry.catalog import load_catalog
@@ -67,13 +67,18 @@ def echoing_node() -> Iterator[str]:
 
 @pytest.mark.parametrize("rail_id", list(CASES))
 def test_a_node_naming_the_key_never_puts_it_in_a_verdict(echoing_node, rail_id):
+    v = verdict_through(echoing_node, rail_id)
+    assert v.code is FailureCode.rpc_unavailable, v
+    assert KEY not in v.detail, f"the provider's key reached the tenant: {v.detail}"
+
+
+def verdict_through(url: str, rail_id: str) -> Verdict:
+    """The verdict on the rail's recorded proof, asked of the node at `url` alone."""
     rail = load_catalog().resolve(rail_id)
     proof, recipient = CASES[rail_id]
-    chain = adapter_class(rail.family).live_transport([echoing_node], rail.network)
+    chain = adapter_class(rail.family).live_transport([url], rail.network)
     if isinstance(getattr(chain, "policy", None), RetryPolicy):
         chain.policy = FAST
     adapter = adapter_class(rail.family)(rail)
     terms = Terms(recipient=recipient, amount=1, now=datetime(2027, 2, 1, tzinfo=UTC))
-    v = run_verify(adapter, proof, terms, chain).verdict
-    assert v.code is FailureCode.rpc_unavailable, v
-    assert KEY not in v.detail, f"the provider's key reached the tenant: {v.detail}"
+    return run_verify(adapter, proof, terms, chain).verdict
