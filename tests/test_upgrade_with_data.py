@@ -359,3 +359,38 @@ def test_a_base_usdc_settlement_credited_before_transfer_holds_is_not_credited_a
             gate.apply(api.engine, pid, audit.Operator("ops1"), gate.Via.staff_receipt)
     with Database(empty_url).tx() as s:
         assert [r.proof_id for r in s.scalars(select(Receipt))] == ["prf_base"]
+
+
+# The identity of a transfer the Base USDC proof counted, not this x402 payment's.
+OTHER_TRANSFER = "eip155:84532:{}:0xtoken:0xrecipient:0xsender"
+
+
+def test_a_proof_naming_its_transfers_blocks_no_other_authorization_of_its_transaction(
+    empty_url,
+):
+    # A Base USDC proof verified since transfer holds holds the identities it counted. One
+    # that does not name this authorization's (a settlement of several authorizations, one
+    # of them another tenant's) is not this payment: the gate does not block on it.
+    settled = Settled()
+    upgrade(empty_url, "0004")
+    fp = _credited(empty_url, settled, "base_usdc", "evm_tx_hash", settled.settlement)
+    upgrade(empty_url)
+    _insert(
+        empty_url,
+        (
+            "INSERT INTO transfer_holds (transfer_key, proof_id, session_id, owner_id, "
+            "created_at) VALUES (:k, 'prf_base', 'ses_base', 'alice', :at)",
+            {"k": OTHER_TRANSFER.format(settled.settlement.lower()), "at": datetime.now(UTC)},
+        ),
+    )
+    assert set(_holds(empty_url)) == {
+        "proof:" + fp,
+        OTHER_TRANSFER.format(settled.settlement.lower()),
+    }
+
+    with served(empty_url, settled.chain) as api:
+        bob = api.open("x402", "bob")
+        pid = api.submit(bob, HEADER, "bob").json()["id"]
+        _settled_in(api.engine, pid, settled)
+        report = gate.dry_run_apply(api.engine, pid)
+        assert "settlement_not_another_proof" not in [b["code"] for b in report["blockers"]]

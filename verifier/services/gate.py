@@ -350,7 +350,14 @@ def _settled_as_another_proof(
             keys.append(
                 holds.fingerprint_key(fingerprint(rail.family, rail.network, proof_type, ref))
             )
-    return next((h for h in holds.holders(s, keys) if h.proof_id != p.id), None)
+    for h in holds.holders(s, keys):
+        # A proof verified since transfer holds exist holds every identity it counted (its
+        # transfers', the authorizations it settled): one that does not name this payment's
+        # was not this payment (a settlement of several authorizations). Only a proof that
+        # holds its fingerprint alone, credited before holds, cannot tell.
+        if h.proof_id != p.id and holds.keys_of(s, h.proof_id) == [h.transfer_key]:
+            return h
+    return None
 
 
 def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Via):

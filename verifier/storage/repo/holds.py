@@ -107,6 +107,11 @@ def holders(s: Session, keys: list[str]) -> list[Holder]:
     return [Holder(*r) for k in keys for r in _HOLDER.all(conn, {"k": k})]
 
 
+def keys_of(s: Session, proof_id: str) -> list[str]:
+    """Every transfer key the proof holds."""
+    return list(s.scalars(select(_T.c.transfer_key).where(_T.c.proof_id == proof_id)))
+
+
 def holder_behind(s: Session, key: str, other_than_session: str) -> Callable[[], Holder | None]:
     """The holder of `key` when it holds it for another session than the given one, read
     behind the transaction's next statement, in its round trip (prepared.Prepared.behind):
