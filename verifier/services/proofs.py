@@ -469,9 +469,9 @@ def _answered(
     rail: Rail,
     checked: Checked,
     verdict: Verdict,
-    view: dict[str, Any] | None,
+    view: View | None,
     refused: _Held | None,
-) -> dict[str, Any]:
+) -> View:
     """A submission's recorded attempt, counted: its proof's view, or its refusal raised."""
     _count(engine, rail, checked, verdict)
     if refused is not None:
