@@ -8,9 +8,7 @@ now also taken as written."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from rails.codes import FailureCode
 from rails.transport.failover import scrub
 from tests import loopback_http as loopback
-from tests.test_rpc_key_echo import CASES, verdict_through
+from tests.test_rpc_key_echo import CASES, echoing_handler, verdict_through
 
 KEYS = ("Prov+Key0123456789abcdef", "Prov%2bKey0123456789abcdef")
 
@@ -34,19 +32,7 @@ def _as_written(path: str) -> str:
 
 @pytest.fixture
 def echoing_node() -> Iterator[str]:
-    class Handler(loopback.Handler):
-        def do_POST(self) -> None:  # noqa: N802
-            raw = self.body()
-            key = _as_written(self.path)
-            if "/wallet/" in self.path:  # Tron's HTTP API
-                out: Any = {"Error": f"invalid api key {key}"}
-            else:
-                err = {"code": -32052, "message": f"invalid api key {key}"}
-                req = json.loads(raw or b"{}")
-                one = lambda r: {"jsonrpc": "2.0", "id": r.get("id"), "error": err}  # noqa: E731
-                out = [one(r) for r in req] if isinstance(req, list) else one(req)
-            self.answer(json.dumps(out).encode())
-
+    Handler = echoing_handler(_as_written)  # noqa: N806
     with loopback.serving(Handler) as base:
         yield base
 

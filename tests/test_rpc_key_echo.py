@@ -10,7 +10,7 @@ a key is now removed too, as written and decoded."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -43,14 +43,14 @@ CASES = {  # rail: (proof, recipient)
 FAST = RetryPolicy(attempts=1, per_url_seconds=3, total_seconds=5, timeout=2, initial_wait=0.01)
 
 
-@pytest.fixture
-def echoing_node() -> Iterator[str]:
-    """Answers every call with the provider's usual refusal, naming the key it was given."""
+def echoing_handler(key_of: Callable[[str], str]) -> type[loopback.Handler]:
+    """A node answering every call with the provider's usual refusal, naming the key
+    `key_of` reads from the request's path."""
 
     class Handler(loopback.Handler):
         def do_POST(self) -> None:  # noqa: N802
             raw = self.body()
-            key = parse_qs(urlsplit(self.path).query).get("api-key", ["?"])[0]
+            key = key_of(self.path)
             if "/wallet/" in self.path:  # Tron's HTTP API
                 out: Any = {"Error": f"invalid api key {key}"}
             else:
@@ -58,9 +58,17 @@ def echoing_node() -> Iterator[str]:
                 req = json.loads(raw or b"{}")
                 one = lambda r: {"jsonrpc": "2.0", "id": r.get("id"), "error": err}  # noqa: E731
                 out = [one(r) for r in req] if isinstance(req, list) else one(req)
-            body = json.dumps(out).encode()
-            self.answer(body)
+            self.answer(json.dumps(out).encode())
 
+    return Handler
+
+
+@pytest.fixture
+def echoing_node() -> Iterator[str]:
+    """The key as the node decodes it from the query."""
+    Handler = echoing_handler(  # noqa: N806
+        lambda path: parse_qs(urlsplit(path).query).get("api-key", ["?"])[0]
+    )
     with loopback.serving(Handler) as base:
         yield f"{base}/rpc?api-key={KEY}"
 

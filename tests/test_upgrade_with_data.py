@@ -328,6 +328,15 @@ def test_settlement_evidence_gains_the_transaction_its_detail_names(empty_url):
     assert [r[1] for r in got] == [tx.lower(), None], got
 
 
+def _base_usdc_credited_before_holds(url: str) -> tuple[Settled, str]:
+    """Alice's Base USDC proof of the x402 settlement, credited at revision 0004, upgraded."""
+    settled = Settled()
+    upgrade(url, "0004")
+    fp = _credited(url, settled, "base_usdc", "evm_tx_hash", settled.settlement)
+    upgrade(url)
+    return settled, fp
+
+
 def test_a_base_usdc_settlement_credited_before_transfer_holds_is_not_credited_again_as_x402(
     empty_url,
 ):
@@ -336,10 +345,7 @@ def test_a_base_usdc_settlement_credited_before_transfer_holds_is_not_credited_a
     # authorization's identity is in the receipt's logs, which the database never stored).
     # The same payment named by its x402 payload then verifies for another owner; the apply
     # gate refuses it once its settlement is found to be that transaction.
-    settled = Settled()
-    upgrade(empty_url, "0004")
-    fp = _credited(empty_url, settled, "base_usdc", "evm_tx_hash", settled.settlement)
-    upgrade(empty_url)
+    settled, fp = _base_usdc_credited_before_holds(empty_url)
     assert _holds(empty_url) == {"proof:" + fp: "prf_base"}
 
     with served(empty_url, settled.chain) as api:
@@ -371,10 +377,7 @@ def test_a_proof_naming_its_transfers_blocks_no_other_authorization_of_its_trans
     # A Base USDC proof verified since transfer holds holds the identities it counted. One
     # that does not name this authorization's (a settlement of several authorizations, one
     # of them another tenant's) is not this payment: the gate does not block on it.
-    settled = Settled()
-    upgrade(empty_url, "0004")
-    fp = _credited(empty_url, settled, "base_usdc", "evm_tx_hash", settled.settlement)
-    upgrade(empty_url)
+    settled, fp = _base_usdc_credited_before_holds(empty_url)
     _insert(
         empty_url,
         (
