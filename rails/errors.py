@@ -7,7 +7,8 @@ RailError
  │    ├── RpcUnavailable       transient: timeout, connection refused, 429, 5xx, every URL down
  │    ├── RpcErrorResponse     the node answered a JSON-RPC error object (has .error)
  │    └── MalformedResponse    the answer is not JSON, not the shape asked for, or not about
- │                             the transaction asked for (a lying or broken node)
+ │         │                   the transaction asked for (a lying or broken node)
+ │         └── AnswerTooLarge  larger than any answer railproof asks for (8 MiB decoded)
  └── CassetteError
       ├── CassetteUnreadable   the cassette file is missing, not JSON or not a cassette
       └── UnmatchedRequest     no recorded call matches (names method and params)
@@ -44,6 +45,10 @@ class RpcErrorResponse(TransportError):
 
 class MalformedResponse(TransportError):
     pass
+
+
+class AnswerTooLarge(MalformedResponse):
+    """A range query (eth_getLogs) answers this for too wide a range: ask for less."""
 
 
 class CassetteError(RailError):

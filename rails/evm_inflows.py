@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rails.base import Transport
-from rails.errors import CassetteError, MalformedResponse, RpcErrorResponse, TransportError
+from rails.errors import (
+    AnswerTooLarge,
+    CassetteError,
+    MalformedResponse,
+    RpcErrorResponse,
+    TransportError,
+)
 from rails.evm import TRANSFER_TOPIC, decode_transfer, hex_int
 
 
@@ -77,8 +83,8 @@ def transfer_logs(
             )
             if not isinstance(logs, list):
                 raise MalformedResponse(f"eth_getLogs: expected a list, got {logs!r:.120}")
-        except RpcErrorResponse as e:
-            if hi > lo:  # the node refuses the range: ask for each half
+        except (RpcErrorResponse, AnswerTooLarge) as e:
+            if hi > lo:  # the node refuses the range, or it holds too many: ask for each half
                 mid = (lo + hi) // 2
                 todo.extend([(mid + 1, hi), (lo, mid)])
                 continue

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from rails.errors import MalformedResponse
+from rails.errors import AnswerTooLarge
 
 # Decoded bytes of one answer. A Solana getTransaction (jsonParsed, a busy v0 swap) is tens
 # of KB; a batch of 256 signature statuses ~40 KB; an EVM receipt with hundreds of logs a few
@@ -27,13 +27,13 @@ class AnswerTooSlow(Exception):
 
 
 def read_bounded(chunks: Iterable[bytes], end: float, what: str) -> bytes:
-    """The answer's bytes; AnswerTooSlow past `end` (time.monotonic()), MalformedResponse past
-    MAX_ANSWER_BYTES (a node that answers that is not one to wait for)."""
+    """The answer's bytes; AnswerTooSlow past `end` (time.monotonic()), AnswerTooLarge (a
+    MalformedResponse) past MAX_ANSWER_BYTES."""
     body = bytearray()
     for chunk in chunks:
         body += chunk
         if len(body) > MAX_ANSWER_BYTES:
-            raise MalformedResponse(f"{what}: answer larger than {MAX_ANSWER_BYTES} bytes")
+            raise AnswerTooLarge(f"{what}: answer larger than {MAX_ANSWER_BYTES} bytes")
         if time.monotonic() > end:
             raise AnswerTooSlow(f"{what}: answer still arriving when the time was up")
     return bytes(body)

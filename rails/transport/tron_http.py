@@ -86,7 +86,8 @@ class TronHttpTransport:
             # Per request: the policy's timeout clipped to the call's time left. SECURITY: the
             # answer within that time and a size (rails.transport.bodies); no redirect.
             # Uncompressed: httpx inflates a chunk whole, so a compressed answer is refused
-            # rather than inflated (a node asked for identity has no reason to send one).
+            # rather than inflated, and the next URL asked (a node asked for identity has no
+            # reason to send one, but one behind a proxy that compresses anyway is no liar).
             with self._client.stream(
                 "POST",
                 _method_url(url, method),
@@ -97,7 +98,7 @@ class TronHttpTransport:
                 code = response.status_code
                 encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
                 if 200 <= code < 300 and encoding != "identity":
-                    raise MalformedResponse(
+                    raise RpcUnavailable(
                         f"{provider_of(url)} {method}: a compressed answer ({encoding:.20})"
                     )
                 content = (
