@@ -60,6 +60,7 @@ VERSION = "0.1.0"
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_MAX_WAIT_S = 30.0
+MAX_IDEMPOTENCY_KEY = 256  # the server's bound
 # Failures after which the request may not have reached the server, or its answer was lost:
 # safe to send again because the Idempotency-Key makes a repeated POST answer the first one.
 _TRANSIENT_TRANSPORT = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
@@ -88,6 +89,10 @@ class _Call(Generic[T]):
 
 
 def _post(path: str, parse: Callable[[Any], T], body: BaseModel, key: str | None) -> _Call[T]:
+    # The server's rule, said before sending: httpx would fail on a non-ASCII header value
+    # with a UnicodeEncodeError naming no field.
+    if key and not (len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()):
+        raise ValueError(f"idempotency_key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
     return _Call(
         "POST",
         path,
@@ -102,7 +107,8 @@ def _open_session(req: OpenSessionRequest, key: str | None) -> _Call[Session]:
 
 
 def _get_session(session_id: str) -> _Call[Session]:
-    return _Call("GET", f"/v1/payment-sessions/{_segment(session_id)}", Session.model_validate)
+    path = f"/v1/payment-sessions/{_segment(session_id, 'session_id')}"
+    return _Call("GET", path, Session.model_validate)
 
 
 def _submit_proof(req: SubmitProofRequest, key: str | None) -> _Call[Proof]:
@@ -110,17 +116,17 @@ def _submit_proof(req: SubmitProofRequest, key: str | None) -> _Call[Proof]:
 
 
 def _get_proof(proof_id: str) -> _Call[Proof]:
-    return _Call("GET", f"/v1/proofs/{_segment(proof_id)}", Proof.model_validate)
+    return _Call("GET", f"/v1/proofs/{_segment(proof_id, 'proof_id')}", Proof.model_validate)
 
 
 def _list_entitlements(
     owner_id: str, limit: int | None, after: str | None
 ) -> _Call[list[Entitlement]]:
-    params = {"owner_id": owner_id}
+    params = {"owner_id": _text(owner_id, "owner_id")}
     if limit is not None:
         params["limit"] = str(limit)
     if after is not None:
-        params["after"] = after
+        params["after"] = _text(after, "after")
     return _Call("GET", "/v1/entitlements", _ENTITLEMENTS.validate_python, params=params)
 
 
@@ -132,11 +138,20 @@ def _readiness() -> _Call[Readiness]:
     return _Call("GET", "/readyz", Readiness.model_validate, answers=frozenset({503}))
 
 
-def _segment(value: str) -> str:
+def _text(value: str, name: str) -> str:
+    """`value`, refused (naming it) when it cannot be sent: a lone surrogate has no UTF-8."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{name}: not valid text (a lone surrogate)") from None
+    return value
+
+
+def _segment(value: str, name: str) -> str:
     # An id is one path segment: "../x" or "a/b" must not reach another route. An id made of
     # dots alone is a dot segment to URL resolution (removed with the one before it): its
     # dots go percent-encoded, which no resolution removes.
-    quoted = quote(value, safe="")
+    quoted = quote(_text(value, name), safe="")
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
