@@ -436,6 +436,10 @@ class Expect:
     submitted: int
     not_before: int | None  # the session's window (unix seconds), when it has one
     not_after: int | None
+    # Submitted after the session's expiry, judged at the clock's full precision as the apply
+    # gate judges it: in whole seconds, a proof handed over in the second of expiry verified
+    # here and was refused by the gate for good, its transfer held by a proof never credited.
+    submitted_late: bool
     separator: bytes  # the pinned domain's separator for (chain, asset)
 
 
@@ -568,7 +572,7 @@ def check_session_open(c: Ctx) -> Finding | None:
     e = c.e
     # SECURITY: the payer hands the authorization over when it is submitted; handed over
     # after the session expired, it does not pay it (the price may be stale).
-    if e.not_after is not None and e.submitted > e.not_after:
+    if e.submitted_late:
         return Finding(
             FailureCode.session_expired,
             f"submitted at {e.submitted}, after the session expired ({e.not_after})",
@@ -980,6 +984,7 @@ class X402Adapter:
         asset = _address(terms.asset, "asset") if terms.asset else self._asset
         domain = self.rail.eip712
         assert domain is not None and self.rail.chain_id is not None  # checked in __init__
+        submitted = min(_aware(terms.now), _aware(terms.submitted_at or terms.now))
         return Expect(
             chain_id=self.rail.chain_id,
             network=self.rail.network,
@@ -992,9 +997,10 @@ class X402Adapter:
             reference=terms.reference,
             memo=terms.memo,
             now=_epoch(terms.now),
-            submitted=_epoch(min(_aware(terms.now), _aware(terms.submitted_at or terms.now))),
+            submitted=_epoch(submitted),
             not_before=_epoch(terms.not_before) if terms.not_before is not None else None,
             not_after=_epoch(terms.not_after) if terms.not_after is not None else None,
+            submitted_late=terms.not_after is not None and submitted > _aware(terms.not_after),
             separator=domain_separator(domain.name, domain.version, self.rail.chain_id, asset),
         )
 
