@@ -258,7 +258,7 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         assert d.find_element(By.ID, "apply-incident").get_attribute("value") == "OPS-1"
         d.find_element(By.ID, "apply-confirm").click()
         submit(d, "#apply-form button")
-        assert "done=applied" in d.current_url
+        assert "done=applied." in d.current_url
         assert d.find_element(By.CSS_SELECTOR, "#entitlement .badge").text == "active"
         trail = d.find_element(By.ID, "audit").text
         for action in (
@@ -279,7 +279,7 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
         fill(d, {"pause-solana_usdc-incident": "OPS-2", "pause-solana_usdc-reason": "drill"})
         d.find_element(By.ID, "pause-solana_usdc-confirm").click()
         submit(d, "form[action='/console/rails/solana_usdc/pause'] button")
-        assert "done=paused" in d.current_url
+        assert "done=paused." in d.current_url
         assert d.find_element(By.CSS_SELECTOR, "#rail-solana_usdc .rail-state").text == "paused"
         check_page(d, shots, "05-rails-paused")
         with httpx.Client(base_url=srv.url, timeout=30) as api:
@@ -403,7 +403,7 @@ def test_operator_credits_an_ambiguous_payment_from_the_console(demo_engine, bro
         fill(d, {"credit-incident": "OPS-7", "credit-reason": "payer confirmed order 1001"})
         d.find_element(By.ID, "credit-confirm").click()
         submit(d, "#credit-form button")
-        assert "done=credited" in d.current_url
+        assert "done=credited." in d.current_url
         assert d.find_element(By.ID, "proof-status").text == "verified"
         assert "Credited" in d.find_element(By.CSS_SELECTOR, "[role=status]").text
         assert not d.find_elements(By.ID, "credit-form")

@@ -146,6 +146,17 @@ class Signer:
             return False
         return hmac.compare_digest(given.encode(), self.csrf_token(cs).encode())
 
+    # -- what an action did -------------------------------------------------------------
+    def done_mark(self, cs: ConsoleSession, done: str) -> str:
+        """`done` for the page an action redirects to, bound to the session: a link from
+        anyone else cannot make the console say something was done."""
+        return f"{done}.{self._mac('done', f'{cs.sid}:{done}')[:32]}"
+
+    def done_of(self, cs: ConsoleSession, mark: str | None) -> str | None:
+        done, _, mac = (mark or "").rpartition(".")
+        expected = self.done_mark(cs, done)[-32:]
+        return done if done and hmac.compare_digest(mac.encode(), expected.encode()) else None
+
     def login_nonce(self) -> str:
         # The nonce cookie carries its own issue time, signed, so an old one is refused.
         body = f"{secrets.token_hex(16)}.{int(self.clock())}"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -187,14 +187,20 @@ def console_router(
         if request.method == "GET" and request.url.query:
             nxt += "?" + request.url.query
         resp = RedirectResponse("/console/login?" + urlencode({"next": nxt}), status_code=303)
-        resp.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+        # SECURITY: only a cookie this request carried, from this site: a cross-site link or
+        # form arrives without the (SameSite=Strict) cookie, and its answer must not end the
+        # session the operator holds in every other tab.
+        carried = cookie_values(request, SESSION_COOKIE)
+        if carried and request.headers.get("sec-fetch-site") != "cross-site":
+            resp.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
         clear_planted(resp, request)
         return headers(resp)
 
     def render(
         request: Request, cs: ConsoleSession | None, name: str, status: int = 200, **ctx: Any
     ) -> Response:
-        done = request.query_params.get("done")
+        # SECURITY: what an action did is said only when the session's action said it.
+        done = signer.done_of(cs, request.query_params.get("done")) if cs else None
         ctx.setdefault("error", None)
         base = {
             "staff": cs.staff if cs else None,
@@ -259,10 +265,11 @@ def console_router(
     async def act(
         request: Request,
         do: Callable[[dict[str, str], audit.Operator], Any],
-        done_url: str,
+        path: str,
+        done: str,
     ) -> Response:
         """A state-changing form: session, CSRF and the operator context (confirm, incident,
-        reason) first, then `do` off the event loop, then back to `done_url`; a refusal
+        reason) first, then `do` off the event loop, then back to `path` saying `done`; a refusal
         renders the page that says why, and nothing was done."""
         got = await authed_post(request)
         if isinstance(got, Response):
@@ -275,7 +282,12 @@ def console_router(
             return refused(request, cs, r.status, r.message)
         except EngineError as e:
             return refused(request, cs, e.status, e.message)
-        return headers(RedirectResponse(done_url, status_code=303))
+        return back(cs, path, done)
+
+    def back(cs: ConsoleSession, path: str, done: str) -> Response:
+        """303 to `path`, whose page says what was `done` (signed for this session)."""
+        url = f"{path}?{urlencode({'done': signer.done_mark(cs, done)})}"
+        return headers(RedirectResponse(url, status_code=303))
 
     def refused(request: Request, cs: ConsoleSession | None, status: int, message: str) -> Response:
         return render(request, cs, "error.html", status=status, title="Refused", message=message)
@@ -459,7 +471,7 @@ def console_router(
                     raise _Refusal(422, "treasury: the new treasury address is required")
             rails_admin.request_change(engine, rail_id, kind, value, op)
 
-        return await act(request, request_change, "/console/approvals?done=requested")
+        return await act(request, request_change, "/console/approvals", "requested")
 
     @router.post("/rails/{rail_id}/production/request")
     async def request_production(request: Request, rail_id: str) -> Response:
@@ -473,7 +485,8 @@ def console_router(
         return await act(
             request,
             lambda _, op: rails_admin.set_paused(engine, rail_id, paused, op),
-            "/console/rails?done=" + ("paused" if paused else "resumed"),
+            "/console/rails",
+            "paused" if paused else "resumed",
         )
 
     @router.post("/rails/{rail_id}/pause")
@@ -636,7 +649,7 @@ def console_router(
             )
             return await run_in_threadpool(page)
         done = "already_applied" if result.get("already_applied") else "applied"
-        return headers(RedirectResponse(f"/console/proofs/{proof_id}?done={done}", status_code=303))
+        return back(cs, f"/console/proofs/{quote(proof_id, safe='')}", done)
 
     @router.post("/proofs/{proof_id}/apply")
     async def apply(request: Request, proof_id: str) -> Response:
@@ -668,7 +681,7 @@ def console_router(
             )
             return await run_in_threadpool(page)
         done = "credited" if decision is reviews.Decision.credit else "released"
-        return headers(RedirectResponse(f"/console/proofs/{proof_id}?done={done}", status_code=303))
+        return back(cs, f"/console/proofs/{quote(proof_id, safe='')}", done)
 
     # -- approvals ---------------------------------------------------------------------------
     @router.get("/approvals")
@@ -694,7 +707,8 @@ def console_router(
         return await act(
             request,
             lambda _, op: rails_admin.approve(engine, approval_id, op),
-            "/console/approvals?done=approved",
+            "/console/approvals",
+            "approved",
         )
 
     @router.post("/approvals/{approval_id}/reject")
@@ -702,7 +716,8 @@ def console_router(
         return await act(
             request,
             lambda _, op: rails_admin.reject(engine, approval_id, op),
-            "/console/approvals?done=rejected",
+            "/console/approvals",
+            "rejected",
         )
 
     # -- reconciliation and assurance --------------------------------------------------------
