@@ -419,6 +419,25 @@ class Movement:
     delta: int
     decimals: frozenset[int]
     owner_changed: bool = False
+    # Each side as the balances list it: (owner or None, amount); None: no account then.
+    before: tuple[str | None, int] | None = None
+    after: tuple[str | None, int] | None = None
+
+    def worth_to(self, wallet: str) -> tuple[int, int]:
+        """What this account's change is worth to `wallet` at least and at most: exact when
+        its owners are known on each side it exists (an account handed over between owners
+        is its whole balance to whoever got or gave it); else anything its owner could be."""
+        if self.owner is not None and not self.owner_changed:
+            gain = self.delta if self.owner == wallet else 0
+            return gain, gain
+        sides = [x for x in (self.before, self.after) if x is not None]
+        if self.owner_changed and sides and all(owner for owner, _ in sides):
+            got = self.after[1] if self.after and self.after[0] == wallet else 0
+            gave = self.before[1] if self.before and self.before[0] == wallet else 0
+            return got - gave, got - gave
+        if not self.owner_changed:  # one owner, not named: the wallet's or not
+            return min(0, self.delta), max(0, self.delta)
+        return -(self.before[1] if self.before else 0), (self.after[1] if self.after else 0)
 
 
 def movements(view: TxView, mint: str) -> list[Movement]:
@@ -440,6 +459,8 @@ def movements(view: TxView, mint: str) -> list[Movement]:
                 delta=(b.amount if b else 0) - (a.amount if a else 0),
                 decimals=frozenset(x.decimals for x in (a, b) if x is not None),
                 owner_changed=len(owners) > 1 or account in reassigned,
+                before=(a.owner or None, a.amount) if a else None,
+                after=(b.owner or None, b.amount) if b else None,
             )
         )
     return out
@@ -541,16 +562,41 @@ def check_decimals(c: Context) -> Finding | None:
 
 
 def check_owners_known(c: Context) -> Finding | None:
-    # SECURITY: never guess whose account moved; an unknown or changed owner goes to review.
-    unknown = [m.account for m in c.changed if m.owner is None or m.owner_changed]
-    if unknown:
+    # SECURITY: never guess whose account moved; an unknown or changed owner goes to review,
+    # unless no reading of it pays the session: then the chain has decided, and a review
+    # would hold the transfer for a session it cannot pay. (Anyone who knows a reference can
+    # send 1 base unit carrying it from an account whose owner they change: held for review,
+    # the session was watched no more and its real payment never discovered.)
+    unknown = [m for m in c.changed if m.owner is None or m.owner_changed]
+    if not unknown:
+        return None
+    worth = [m.worth_to(c.terms.recipient) for m in c.changed]
+    lo, hi = sum(w[0] for w in worth), sum(w[1] for w in worth)
+    want = c.terms.amount
+
+    def pays(low: int, high: int) -> bool:
+        return high >= want if c.terms.at_least else low <= want <= high
+
+    accounts = ", ".join(m.account for m in unknown)
+    # Two readings: an account handed over is worth its balance to whoever got it, or only
+    # the transfers count (what `received` sums). Either paying the session is for a person.
+    plain = c.received()
+    if hi <= 0 and plain <= 0:
         return Finding(
-            FailureCode.ambiguous_transfer,
-            f"owner of token account(s) {', '.join(unknown)} is unknown or changed in the "
-            "transaction",
-            review=True,
+            FailureCode.wrong_recipient,
+            f"{c.terms.recipient} received no {c.mint}, whoever owns {accounts}",
         )
-    return None
+    if not (pays(lo, hi) or pays(plain, plain)):
+        return Finding(
+            FailureCode.amount_mismatch,
+            f"received {lo} to {hi} base units whoever owns {accounts}, expected "
+            f"{'at least ' if c.terms.at_least else ''}{want}",
+        )
+    return Finding(
+        FailureCode.ambiguous_transfer,
+        f"owner of token account(s) {accounts} is unknown or changed in the transaction",
+        review=True,
+    )
 
 
 def check_recipient(c: Context) -> Finding | None:

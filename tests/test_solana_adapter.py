@@ -509,6 +509,42 @@ def test_token_account_owner_change_is_ambiguous(adapter):
     assert (v.status, v.code) == (Status.requires_review, FailureCode.ambiguous_transfer)
 
 
+@pytest.mark.parametrize(
+    "new_owner,sent,left,verdict",
+    [
+        # 1 base unit from an account handed to a third wallet: whoever owns it, 1 is not the
+        # price (anyone knowing a reference could otherwise hold its session for review)
+        ("third", 1, 999_999_999, (Status.failed, FailureCode.amount_mismatch)),
+        # ...or handed to the recipient with far more than the price in it
+        ("recipient", 1, 999_999_999, (Status.failed, FailureCode.amount_mismatch)),
+        # handed to the recipient holding the rest of the price: worth the price, for a person
+        ("recipient", 1, 1_499_999, (Status.requires_review, FailureCode.ambiguous_transfer)),
+        # handed to a third wallet, the price transferred: the transfer may be the payment
+        ("third", 1_500_000, 5, (Status.requires_review, FailureCode.ambiguous_transfer)),
+    ],
+)
+def test_an_account_handed_over_is_held_only_when_it_could_pay(
+    adapter, new_owner, sent, left, verdict
+):
+    d = doc("usdc_reference_memo")
+    r = copy.deepcopy(d["calls"][0]["result"])
+    exp = d["expect"]
+    third = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"
+    for b in r["meta"]["postTokenBalances"]:
+        if b["owner"] == exp["sender"]:
+            b["owner"] = exp["recipient"] if new_owner == "recipient" else third
+            b["uiTokenAmount"]["amount"] = str(left)
+        else:
+            b["uiTokenAmount"]["amount"] = str(sent)
+    sig = r["transaction"]["signatures"][0]
+    v = adapter.verify(
+        sig,
+        terms("usdc_reference_memo"),
+        CassetteTransport([Call({"method": "getTransaction", "params": [sig], "result": r})]),
+    )
+    assert (v.status, v.code) == verdict, v.detail
+
+
 def test_confirmed_is_verified_but_not_final(adapter):
     c = check(adapter, "confirmed_not_final")
     s = c.verdict.settlement

@@ -293,7 +293,9 @@ def test_old_format_owners_resolved_only_from_owner_proving_instructions():
 
 def test_old_format_movement_to_an_unknown_owner_goes_to_review(adapter):
     # Had the swap succeeded and moved KIN from the user's account to the pool's, whose owner
-    # no instruction proves, the verdict must be review, never a guessed owner.
+    # no instruction proves, the verdict must be review, never a guessed owner: for a
+    # recipient who may own the pool's account. The user (who owns the account it left) gets
+    # at most nothing whoever owns the other: that is decided, not held.
     r = copy.deepcopy(result_of("failed_tx.json"))
     r["meta"]["err"] = None
     pre = {b["accountIndex"]: b for b in r["meta"]["preTokenBalances"]}
@@ -304,17 +306,19 @@ def test_old_format_movement_to_an_unknown_owner_goes_to_review(adapter):
         [Call({"method": "getTransaction", "params": [FAILED_SIG], "result": r})]
     )
     kin_rail = load_catalog().resolve("solana_usdc").model_copy(update={"decimals": 5})
-    for recipient in (FAILED_OWNER, "CzcUkjjimSCHSCnCapqsbrkpvKzVbgWfDHchBYmzG8sB"):
+    review = (Status.requires_review, FailureCode.ambiguous_transfer)
+    for recipient, verdict in (
+        ("CzcUkjjimSCHSCnCapqsbrkpvKzVbgWfDHchBYmzG8sB", review),
+        ("9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin", review),
+        (FAILED_OWNER, (Status.failed, FailureCode.wrong_recipient)),
+    ):
         c = run_verify(
             adapter_for(kin_rail),
             FAILED_SIG,
             Terms(recipient=recipient, amount=1000, asset=KIN, now=NOW),
             tr,
         )
-        assert (c.verdict.status, c.verdict.code) == (
-            Status.requires_review,
-            FailureCode.ambiguous_transfer,
-        )
+        assert (c.verdict.status, c.verdict.code) == verdict, recipient
 
 
 # -- sol_v0_json_loadedaddresses_usdc_swap_mainnet (encoding json) ---------------------------------------
