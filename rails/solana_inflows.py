@@ -115,8 +115,11 @@ class SolanaInflow:
     block_time: int | None
     amount: int  # net base units received by the treasury owner
     sender: str | None
-    account_keys: tuple[str, ...]  # those that could be a session's reference
+    account_keys: tuple[str, ...]  # those that could be a session's chosen reference
     result: Any  # the getTransaction answer, for the rail's own checks
+    # Every key it carries: a reference railproof generated binds wherever it sits (a smart
+    # wallet's execute, a swap's route), as verification takes it.
+    keys: tuple[str, ...] = ()
 
 
 def fetch_inflow(chain: Transport, signature: str, mint: str, treasury: str) -> SolanaInflow | None:
@@ -139,6 +142,7 @@ def fetch_inflow(chain: Transport, signature: str, mint: str, treasury: str) -> 
         ",".join(senders) or None,
         reference_candidates(view),
         result,
+        tuple(dict.fromkeys(view.account_keys)),
     )
 
 

@@ -405,13 +405,14 @@ def _treasury_handler(
         # never be paid.
         with engine.db.tx() as s:
             by_ref = repo.watched_by_reference(
-                s, rail.rail_id, alive, [k for _, i in inflows for k in i.account_keys]
+                s, rail.rail_id, alive, [k for _, i in inflows for k in i.keys]
             )
             for ps in by_ref.values():
                 s.expunge(ps)
         found = []
+        adapter = engine.adapter(rail)
         for n, i in inflows:
-            hits = [by_ref[k] for k in i.account_keys if k in by_ref]
+            hits = reconciliation.carried_sessions(engine, adapter, i, by_ref)
             if len(hits) == 1:  # the binding: exactly one open session's reference
                 found.append((n, hits[0], i))
         settled = reconciliation.settled_transfers(

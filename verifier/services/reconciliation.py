@@ -36,11 +36,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from sqlalchemy.orm import Session
 
-from rails.base import InflowScan, fingerprint
+from rails.base import Adapter, InflowScan, fingerprint
 from rails.errors import CassetteError, TransportError
 from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
@@ -56,6 +56,9 @@ from verifier.storage.reconciliation_models import (
     Scope,
 )
 from verifier.storage.repo import reconciliation as repo
+
+if TYPE_CHECKING:
+    from rails.solana_inflows import SolanaInflow
 
 MAX_LIMIT = 10_000
 
@@ -814,14 +817,14 @@ def solana_inflows(
     if len(entries) > limit:
         problems.append(f"{len(entries) - limit} more transactions in the window than --limit")
     counts["inflows"] = counts["matched"] + len(inflows)
-    refs = sorted({k for i in inflows for k in i.account_keys})
+    refs = sorted({k for i in inflows for k in i.keys})
     checks: list[tuple[Any, str, dict[str, Any], Any]] = []
     with engine.db.tx() as s:
         by_ref = repo.sessions_by_reference(s, refs)
         held = repo.session_has_hold(s, [ps.id for ps in by_ref.values()])
         for i in inflows:
             subjects = {"transfer": i.signature, "amount": str(i.amount), "sender": i.sender}
-            sessions = [by_ref[k] for k in i.account_keys if k in by_ref]
+            sessions = carried_sessions(engine, adapter, i, by_ref)
             free = [ps for ps in sessions if ps.status == "open" and ps.id not in held]
             if _claim_waits(claims.get(i.signature, set()), sessions, free):
                 counts["matched"] += 1
@@ -1250,3 +1253,22 @@ def parse_time(value: str | None, field: str) -> datetime | None:
     except ValueError:
         raise BadInput("invalid_time", f"{field}: an ISO-8601 time", field=field) from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def carried_sessions(
+    engine: Engine, adapter: Adapter, inflow: SolanaInflow, by_ref: dict[str, PaymentSession]
+) -> list[PaymentSession]:
+    """The sessions (of `by_ref`, by reference) whose reference a Solana inflow carries where
+    it binds: a chosen one among the keys no shared account can be, one railproof generated
+    wherever it sits, as verification takes them. A chosen reference matched elsewhere (a
+    payer's wallet, a pool) would make other tenants' payments look ambiguous."""
+    from verifier.services.sessions import reference_generated
+
+    out = []
+    for key in inflow.keys:
+        ps = by_ref.get(key)
+        if ps is not None and (
+            key in inflow.account_keys or reference_generated(engine, adapter, ps)
+        ):
+            out.append(ps)
+    return out
