@@ -189,10 +189,12 @@ def parse_receipt(raw: Any, tx_hash: str) -> Receipt:
         # Pre-Byzantium receipts carry a state root instead; success cannot be read.
         raise MalformedResponse("receipt has no status field")
     status = hex_int(raw["status"], "receipt.status")
+    if status not in (0, 1):  # EIP-658: a status is 1 (success) or 0, nothing else
+        raise MalformedResponse(f"receipt.status: {status} is neither 0 nor 1")
     logs = raw.get("logs")
     if not isinstance(logs, list) or not all(isinstance(x, dict) for x in logs):
         raise MalformedResponse("receipt.logs: expected a list of objects")
-    return Receipt(
+    receipt = Receipt(
         tx_hash=tx_hash.lower(),
         success=status == 1,
         block_number=hex_int(raw.get("blockNumber"), "receipt.blockNumber"),
@@ -201,6 +203,32 @@ def parse_receipt(raw: Any, tx_hash: str) -> Receipt:
         tx_to=raw.get("to"),
         logs=tuple(logs),
     )
+    _check_logs(receipt)
+    return receipt
+
+
+def _check_logs(r: Receipt) -> None:
+    """SECURITY: the logs are this receipt's, each once. One listed twice would be counted
+    twice (a second payment made of the first); one naming another transaction or block is
+    not this transaction's transfer; one the node marks removed is of a block that left the
+    chain, so the receipt is a fork's (read again, never a verdict on what it lacks)."""
+    seen: set[int] = set()
+    for log in r.logs:
+        if log.get("removed") is True:
+            raise MalformedResponse("receipt: a log marked removed (the block left the chain)")
+        tx, block, number = log.get("transactionHash"), log.get("blockHash"), log.get("blockNumber")
+        if tx is not None and (not isinstance(tx, str) or tx.lower() != r.tx_hash):
+            raise MalformedResponse(f"receipt: a log of another transaction ({tx!r:.80})")
+        if block is not None and (not isinstance(block, str) or block.lower() != r.block_hash):
+            raise MalformedResponse(f"receipt: a log of another block ({block!r:.80})")
+        if number is not None and hex_int(number, "log.blockNumber") != r.block_number:
+            raise MalformedResponse(f"receipt: a log of block {number!r:.40}")
+        index = log.get("logIndex")
+        if index is not None:
+            i = hex_int(index, "log.logIndex")
+            if i in seen:
+                raise MalformedResponse(f"receipt: log {i} listed twice")
+            seen.add(i)
 
 
 def decode_transfer(log: dict[str, Any]) -> TokenTransfer | None:
@@ -444,6 +472,9 @@ class TokenCtx:
     senders: list[str]
     kind: str  # "ERC-20", "TRC-20": how a detail names the transfer
     when: datetime | None = None  # the block's time, once read
+    # The block's time is whole seconds (EVM), not milliseconds (Tron): the session's opening
+    # is then compared at that resolution.
+    whole_seconds: bool = True
 
 
 @dataclass
@@ -458,11 +489,17 @@ def check_window(c: TokenCtx) -> Finding | None:
         return None
     # SECURITY: a transfer older than the session cannot pay it (stops re-using an old payment
     # to the same treasury for a new session).
-    if terms.not_before is not None and when < _utc(terms.not_before):
+    # A block time in whole seconds: the second the session opened in is inside it (as the
+    # apply gate and the other rails judge it; an Ethereum block's time is its slot's start,
+    # and it carries transactions sent after that).
+    opened = terms.not_before
+    if opened is not None and c.whole_seconds:
+        opened = _utc(opened).replace(microsecond=0)
+    if opened is not None and when < _utc(opened):
         return Finding(
             FailureCode.session_not_open,
             f"transfer at {when.isoformat()} predates the session's window "
-            f"({_utc(terms.not_before).isoformat()})",
+            f"({_utc(opened).isoformat()})",
         )
     # SECURITY: a payment after the session expired does not pay it (the price may be stale).
     if terms.not_after is not None and when > _utc(terms.not_after):

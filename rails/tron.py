@@ -425,6 +425,7 @@ class TronAdapter:
             senders,
             "TRC-20",
             when=block_time(info),
+            whole_seconds=False,  # blockTimeStamp is in milliseconds
             transfers=transfers,
         )
         found = first_finding(CHECKS, ctx)

@@ -498,14 +498,20 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         out["rpc_calls"] = counted.calls
         return out
     last = (state or {}).get("last_block")
+    # SECURITY: a block near the head is not final: its rival after a reorg may hold a
+    # payment the block first read did not. The blocks read that the rail does not take as
+    # final yet are read again each cycle; what was submitted from them is held, or answered
+    # with its stored proof.
+    again = rail.finality.confirmations or 1
     start = (
-        last + 1
+        max(0, last + 1 - again)
         if last is not None
         else max(0, top - engine.settings.discovery_evm_lookback_blocks)
     )
     scan = transfer_logs(
         counted, rail.asset, treasury, start, top, max_range=engine.settings.reconcile_evm_max_range
     )
+    new = [i for i in scan.inflows if last is None or i.block_number > last]  # first read
     # A transfer a proof already holds (the payer's earlier payment, submitted by its tenant)
     # is no candidate: matched first, it used a later session's turn and hid the payment
     # that session was waiting for. A pending proof holds nothing: another tenant's claim of
@@ -535,7 +541,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     inflows = [i for i in fresh if (i.sender.lower(), i.value) in by_payer]
     times = reconciliation.block_times(counted, [i.block_number for i in inflows])
     out["rpc_calls"] = counted.calls
-    out["inflows"] = len(scan.inflows)
+    out["inflows"] = len(new)
     # A block whose time the node did not give is read again next cycle, with what follows it.
     unread = min((i.block_number for i in inflows if i.block_number not in times), default=None)
     scanned_to = scan.scanned_to
@@ -571,7 +577,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         # same scan may still be its payment.
         if status != ProofStatus.failed.value:
             taken.add(ps.id)
-    idle = 0 if scan.inflows else ((state or {}).get("idle_polls", 0) + 1)
+    idle = 0 if new else ((state or {}).get("idle_polls", 0) + 1)
     values: dict[str, Any] = {
         "idle_polls": idle,
         "updated_at": now,

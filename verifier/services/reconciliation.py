@@ -1099,8 +1099,9 @@ def block_times(chain: Any, numbers: list[int]) -> dict[int, datetime]:
 
 def in_window(ps: PaymentSession, when: datetime) -> bool:
     """Whether a transfer at chain time `when` was made while the payer-bound session was
-    open (such a session allows no clock skew: proofs.terms_for)."""
-    return utc(ps.created_at) <= when <= utc(ps.expires_at)
+    open (such a session allows no clock skew: proofs.terms_for). Chain times are whole
+    seconds: the second it opened in counts, as verification judges it."""
+    return utc(ps.created_at).replace(microsecond=0) <= when <= utc(ps.expires_at)
 
 
 # The scan each declared way of listing inflows runs (`Adapter.inflow_scan`).
