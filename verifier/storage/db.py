@@ -74,7 +74,13 @@ def _json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
-_JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+# SECURITY: a database error's text carries its statement's parameters unless hidden (a
+# proof's payload, a session's memo), and errors are logged: hidden.
+_ENGINE_OPTIONS = {
+    "json_serializer": _json_dumps,
+    "json_deserializer": orjson.loads,
+    "hide_parameters": True,
+}
 
 
 def make_engine(
@@ -92,7 +98,7 @@ def make_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
             **_sqlite_pool(url),
-            **_JSON,
+            **_ENGINE_OPTIONS,
         )
 
         @event.listens_for(engine, "connect")
@@ -222,7 +228,7 @@ def make_engine(
         pool_size=POOL_SIZE,
         max_overflow=POOL_OVERFLOW,
         connect_args=connect_args,
-        **_JSON,
+        **_ENGINE_OPTIONS,
     )
 
     @event.listens_for(engine.pool, "connect")

@@ -480,7 +480,15 @@ def run_worker(
     deliveries.start()
     try:
         while not stop.is_set():
-            done = sweep(engine, name, batch, deliveries=False)
+            try:
+                done = sweep(engine, name, batch, deliveries=False)
+            except Exception:
+                # A connection dropped (a database restart, a failover, a proxy's idle cut),
+                # a lock timeout: logged, and the next sweep tries again. Ending here would
+                # stop every re-check, finality refresh and apply until someone noticed.
+                log.exception("sweep failed", extra={"worker": name})
+                stop.wait(interval)
+                continue
             log.info("sweep %s", done, extra={"worker": name})
             if not any(done.values()):
                 stop.wait(interval)
