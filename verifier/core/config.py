@@ -240,8 +240,11 @@ class Settings(BaseSettings):
     @field_validator("clock", mode="after")
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            v = v.replace(tzinfo=UTC)
+        # In UTC whatever offset it was written with: SQLite keeps a time's digits, not its
+        # offset, so 00:00+05:00 was read back as 00:00 UTC (every stored time five hours
+        # off, and the audit chain, hashed over the instant, reported as tampered).
+        if v is not None:
+            v = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
         return v
 
     @model_validator(mode="after")
