@@ -74,15 +74,18 @@ def submit_proof(
     proof_type: str | None = None,
     actor: str = "service",
     verify: bool = True,
+    operator: audit.Operator | None = None,
 ) -> Submitted:
-    """Returns (proof view, created)."""
+    """Returns (proof view, created). `operator`: a staff member's submission, audited with
+    the incident and reason it is made under (a reconciliation repair); its actor is `actor`."""
     raw = _raw_proof(proof)
+    op = operator or audit.Operator(actor)
     try:
-        return _submit(engine, _Asked(session_id, raw, owners, proof_type, actor, verify))
+        return _submit(engine, _Asked(session_id, raw, owners, proof_type, op.actor, verify, op))
     except _Held as h:
         # Refused before any proof row: on the record in a transaction of its own.
         with engine.db.tx() as s:
-            _audit_refusal(engine, s, h, actor)
+            _audit_refusal(engine, s, h, op)
         _count_refusal(engine, h)
         raise h.conflict() from None
     except _Replay as replay:
@@ -201,14 +204,14 @@ class _Held(Exception):
         return Conflict(self.code, self.message, extra=extra, executed=True)
 
 
-def _audit_refusal(engine: Engine, s: Session, h: _Held, actor: str) -> None:
+def _audit_refusal(engine: Engine, s: Session, h: _Held, actor: str | audit.Operator) -> None:
     action = (
         "proof.owner_conflict" if h.code == FailureCode.proof_owner_conflict else f"proof.{h.code}"
     )
     audit.append(
         s,
         engine.now(),
-        audit.Operator(actor),
+        actor if isinstance(actor, audit.Operator) else audit.Operator(actor),
         action,
         "proof",
         h.holder.proof_id,
@@ -325,6 +328,7 @@ class _Asked:
     proof_type: str | None
     actor: str
     verify: bool
+    op: audit.Operator  # who, and for a staff member under which incident and why
 
 
 def _submit(engine: Engine, asked: _Asked) -> Submitted:
@@ -418,7 +422,7 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
         audit.append(
             s,
             now,
-            audit.Operator(actor),
+            asked.op,
             "proof.submitted",
             "proof",
             p.id,

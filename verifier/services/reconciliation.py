@@ -183,7 +183,7 @@ def _in_range(value: datetime | None, field: str) -> None:
 def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
     """One reconciliation run, persisted with its findings; returns its view."""
     incident_id, operator_reason = _validate(engine, req)
-    op = audit.Operator(staff, req.incident_id, req.operator_reason)
+    op = audit.Operator(staff, incident_id, operator_reason)
     run_id = new_id()
     started = engine.now()
     with engine.db.tx() as s:
@@ -225,7 +225,7 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
         # Before apply: a transfer a person settled (refunded, not ours) is never attached.
         _carry_resolutions(engine, out.findings, req.rail_id)
         if req.apply:
-            _apply(engine, out.findings, staff)
+            _apply(engine, out.findings, op)
     except Exception as e:  # recorded, never lost: the run says it failed and why
         # Findings of a scan that finished are kept, with the repairs apply made before it
         # stopped (each also on the audit trail): a failed run never hides a proof it attached.
@@ -1114,7 +1114,7 @@ _SCANS: dict[InflowScan, Callable[..., Outcome]] = {
 # -- apply ------------------------------------------------------------------------------------
 
 
-def _apply(engine: Engine, findings: list[dict[str, Any]], staff: str) -> None:
+def _apply(engine: Engine, findings: list[dict[str, Any]], op: audit.Operator) -> None:
     from verifier.services.proofs import submit_proof
 
     for f in findings:
@@ -1122,8 +1122,9 @@ def _apply(engine: Engine, findings: list[dict[str, Any]], staff: str) -> None:
             continue
         sid, transfer = f["subjects"]["session_id"], f["subjects"]["transfer"]
         try:
-            # The normal submission path: checks, holds, audit (actor = the staff member).
-            view, created = submit_proof(engine, sid, transfer, None, actor=staff)
+            # The normal submission path: checks, holds, audit (the staff member, under the
+            # run's incident and reason).
+            view, created = submit_proof(engine, sid, transfer, None, actor=op.actor, operator=op)
         except EngineError as e:
             f["repair_status"] = RepairStatus.failed.value
             f["repair_result"] = {"code": e.code, "message": e.message}
