@@ -452,7 +452,7 @@ def audit_verify(
             "recompute",
             err=True,
         )
-    with engine.db.tx() as s:
+    with engine.db.read() as s:
         rep = verify_chain(s)
         cpr = check_checkpoint(s, cp, rep) if cp is not None else None
     ok = rep.ok and (cpr is None or cpr.ok)
@@ -479,7 +479,7 @@ def audit_checkpoint(
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         _no_audit_key()
-    with engine.db.tx() as s:
+    with engine.db.read() as s:
         rep, cp = make_checkpoint(s, engine.now())
     if cp is None:
         fail(f"audit chain BROKEN, no checkpoint written: {rep.message}", 1)

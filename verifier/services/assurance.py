@@ -399,7 +399,7 @@ def _issues(engine: Engine, period_days: int | None) -> list[Issue]:
     now, at = engine.now(), timeutil.process_now()
     window = timedelta(days=period_days) if period_days is not None else None
     issues: list[Issue] = []
-    with engine.db.tx() as s:
+    with engine.db.read() as s:  # a long walk (the audit chain): no writer waits for it
         sc = Scope(
             engine,
             s,

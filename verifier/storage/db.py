@@ -130,6 +130,14 @@ def make_engine(
             # A failure here is wrapped like any statement's (Connection._begin_impl).
             # Bounded: a thread that opens a second transaction while it holds one falls
             # through to SQLite's busy timeout, as before, instead of waiting forever.
+            if _READING.get():
+                # Database.read: a snapshot beside the writer (WAL), no write lock taken.
+                cur = dbapi_conn.cursor()
+                try:
+                    cur.execute("BEGIN DEFERRED")
+                finally:
+                    cur.close()
+                return
             if inline.on_loop():
                 _begin_on_loop(dbapi_conn)
                 return
@@ -432,6 +440,8 @@ class Rider:
 
 
 _RIDER: ContextVar[Rider | None] = ContextVar("railproof_rider", default=None)
+# Set while a Database.read transaction begins (SQLite: BEGIN DEFERRED, no write lock).
+_READING: ContextVar[bool] = ContextVar("railproof_reading", default=False)
 
 
 class Checkpointer:
@@ -528,6 +538,19 @@ class Database:
         finally:
             rider.aboard = None
             rider.closing = None
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads. On SQLite it takes no write lock: a long walk (the
+        audit chain's, an assurance report) reads a snapshot while writers go on, where a
+        `tx` would stop every writer for its length, past their busy timeout on a large
+        database. A write inside it is an error on SQLite."""
+        token = _READING.set(True)
+        try:
+            with self._tx() as s:
+                yield s
+        finally:
+            _READING.reset(token)
 
     def finish(self, s: Session, result: object) -> None:
         """The work of this context ends with transaction `s` and returns `result`: a rider
