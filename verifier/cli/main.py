@@ -93,7 +93,7 @@ def _engine(require_migrated: bool = True, writes: bool = True):
     """The engine, refused (exit 2) on an unmigrated database and, when the command `writes`,
     without an audit key."""
     from verifier.core.engine import Engine
-    from verifier.storage.db import NotMigrated
+    from verifier.storage.db import NotMigrated, shown_url
     from verifier.storage.db import require_migrated as check
 
     settings = _settings()
@@ -109,7 +109,7 @@ def _engine(require_migrated: bool = True, writes: bool = True):
             fail(str(e))
         except Exception as e:  # connection refused, bad URL
             fail(
-                f"database: cannot open {engine.settings.database_url.split('@')[-1]}: "
+                f"database: cannot open {shown_url(engine.settings.database_url)}: "
                 f"{type(e).__name__}"
             )
     # SECURITY: nothing that appends to the audit log runs without the key: an unkeyed chain
@@ -128,7 +128,7 @@ def db_upgrade(
     ] = "head",
 ) -> None:
     """Migrate the database at RAILPROOF_DATABASE_URL to the latest schema."""
-    from verifier.storage.db import known_revision, unknown_revision, upgrade
+    from verifier.storage.db import known_revision, shown_url, unknown_revision, upgrade
 
     settings = _settings()
     try:
@@ -138,7 +138,7 @@ def db_upgrade(
         if current is not None and not known_revision(settings.database_url, current):
             fail(f"migration failed: the database is {unknown_revision(current)}")
         fail(f"migration failed: {type(e).__name__}: {str(e).splitlines()[0]}")
-    typer.echo(f"database at {revision}: {settings.database_url.split('@')[-1]}")
+    typer.echo(f"database at {revision}: {shown_url(settings.database_url)}")
 
 
 def _revision_or_none(url: str) -> str | None:
@@ -163,12 +163,13 @@ def db_current() -> None:
         head_revision,
         known_revision,
         make_engine,
+        shown_url,
         sqlite_path,
         unknown_revision,
     )
 
     settings = _settings()
-    where = settings.database_url.split("@")[-1]
+    where = shown_url(settings.database_url)
     path = sqlite_path(settings.database_url)
     if path is not None and not path.exists():  # opening it would create it
         fail(f"database: no SQLite file at {path}; run `railproof db upgrade` to create it")

@@ -12,6 +12,7 @@ hold the gate's locks (or run a statement) for ever: the waiting statement fails
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -297,6 +298,29 @@ def check_url(url: str) -> None:
         _prepare_threshold(url)
 
 
+# Query parameters whose value is a credential: libpq takes `password` and `sslpassword` in a
+# URI's query, and a driver or a proxy may take another such key.
+_SECRET_PARAM = re.compile(r"password|secret|key|token", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """`url` as messages and evidence show it: backend, user, host, port, database and query,
+    with the password hidden wherever it is written (the user information, or a query
+    parameter such as libpq's `?password=`)."""
+    try:
+        u = make_url(url)
+        shown = u.set(query={}).render_as_string(hide_password=True)
+    except Exception:  # not a URL: nothing of it is repeated
+        return "<not a database URL>"
+    # SECURITY: hide_password hides the user information's password only.
+    params = [
+        f"{k}={'***' if _SECRET_PARAM.search(k) else v}"
+        for k, values in u.query.items()
+        for v in (values if isinstance(values, tuple) else (values,))
+    ]
+    return shown + ("?" + "&".join(params) if params else "")
+
+
 def _prepare_threshold(url: str) -> tuple[str, int | None]:
     """The URL without `prepare_threshold` (not a libpq parameter), and its value: an integer
     (0: prepare every statement at once) or `none` (never prepare)."""
@@ -389,7 +413,7 @@ def require_migrated(engine: Engine) -> None:
     url = engine.url.render_as_string(hide_password=False)
     current, head = current_revision(engine), head_revision(url)
     if current != head:
-        where = engine.url.render_as_string(hide_password=True)
+        where = shown_url(url)
         if current is not None and not known_revision(url, current):
             raise NotMigrated(f"database {where} is {unknown_revision(current)}")
         state = "empty (never migrated)" if current is None else f"at {current}, head is {head}"

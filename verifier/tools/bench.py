@@ -609,7 +609,7 @@ def check_database_url(url: str) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
 
-    from verifier.storage.db import check_url
+    from verifier.storage.db import check_url, shown_url
 
     try:
         check_url(url)
@@ -617,7 +617,7 @@ def check_database_url(url: str) -> None:
         raise ValueError(f"--database-url: {e}") from None
     u = make_url(url)
     backend = u.get_backend_name()
-    where = u.render_as_string(hide_password=True)
+    where = shown_url(url)
     if backend == "postgresql":
         # The server's own database, as _prepare_database connects: the named one may not
         # exist yet (it is created).

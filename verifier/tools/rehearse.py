@@ -205,10 +205,9 @@ def check_target(url: str, confirmed: bool) -> None:
 
 
 def _safe(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
+    from verifier.storage.db import shown_url
+
+    return shown_url(url)
 
 
 def _sha256_json(obj: Any) -> str:
