@@ -152,6 +152,8 @@ class EvmHttpTransport:
             status = e.response.status_code if e.response is not None else 599
             classify_http_status(status, url)
             raise RpcUnavailable(f"{provider_of(url)}: HTTP {status}") from e
+        except requests.exceptions.InvalidURL:  # its message quotes the URL
+            raise RpcUnavailable(f"{provider_of(url)}: not a URL that can be read") from None
         except ValueError as e:  # not JSON (JSONDecodeError, UnicodeDecodeError)
             # web3 quotes the whole answer: a few characters say what it was, no more.
             said = str(e)[:120]

@@ -172,6 +172,12 @@ def _scrub_value(value: object, urls: Sequence[str]) -> object:
 def provider_of(url: str) -> str:
     """scheme://host[:port] only: RPC providers put API keys in paths and query strings."""
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        # SECURITY: a password with an unescaped '#', '/' or '?' ends the host early and is
+        # read as the port: no part of such a URL is named.
+        return f"{parts.scheme}://[unreadable URL]"
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 

@@ -405,7 +405,10 @@ class SolanaRpcTransport:
             with self._lock:
                 endpoint = self._endpoints.get(url)
                 if endpoint is None:
-                    endpoint = self._endpoints[url] = _Endpoint(url)
+                    try:
+                        endpoint = self._endpoints[url] = _Endpoint(url)
+                    except ValueError:  # urllib's message quotes what it took for the port
+                        raise _UrlUnusable("not a URL that can be read") from None
         return endpoint
 
 

@@ -108,6 +108,8 @@ class TronHttpTransport:
                 )
         except AnswerTooSlow as e:
             raise Transient(str(e)) from e
+        except httpx.InvalidURL:  # its message quotes what it took for the port
+            raise RpcUnavailable(f"{provider_of(url)}: not a URL that can be read") from None
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise Transient(f"{type(e).__name__}: {e}") from e
         if code == 429 or code >= 500:

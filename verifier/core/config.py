@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -232,6 +233,13 @@ class Settings(BaseSettings):
         check_url(v)
         return v
 
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_service_url("RAILPROOF_REDIS_URL", v, host=not v.startswith("unix:"))
+        return v
+
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
@@ -277,6 +285,21 @@ class Settings(BaseSettings):
             for prefix in _RPC_POLICY_KEYS:
                 if key.startswith(prefix) and len(key) > len(prefix):
                     self.rpc_policy(key[len(prefix) :])
+        return self
+
+    @model_validator(mode="after")
+    def _rpc_urls(self) -> Settings:
+        # A URL the transport could not read fails at startup, naming the variable, not at
+        # the first call with the driver's message (which quotes the password).
+        fields = {env_var(f) for f in Settings.model_fields}
+        for key in self.env:
+            if (
+                key.startswith("RAILPROOF_RPC_")
+                and key not in fields
+                and not any(key.startswith(prefix) for prefix in _RPC_POLICY_KEYS)
+            ):
+                for url in self.rpc_urls(key.removeprefix("RAILPROOF_RPC_")):
+                    _check_service_url(key, url, schemes=("http", "https"))
         return self
 
     # -- derived ------------------------------------------------------------------------
@@ -348,6 +371,30 @@ _RPC_POLICY_KEYS = {
     "RAILPROOF_RPC_ATTEMPTS_": "attempts",
     "RAILPROOF_RPC_TOTAL_S_": "total_s",
 }
+
+
+def _check_service_url(
+    name: str, url: str, *, host: bool = True, schemes: tuple[str, ...] = ()
+) -> None:
+    """ValueError naming `name`, never the URL (it may hold a password), when `url` is not one
+    its client can read: a credential with an unescaped '#', '/' or '?' ends the host early,
+    and urllib then takes the password for the port (and says so, quoting it)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        # SECURITY: an '@' after the host is the rest of a misread user information.
+        readable = "@" not in parts.path + parts.query + parts.fragment
+    except ValueError:
+        readable = False
+    if not readable:
+        raise ValueError(
+            f"{name}: not a URL that can be read; percent-encode a '#', '/', '?' or '@' in "
+            "its user name or password"
+        )
+    if schemes and parts.scheme not in schemes:
+        raise ValueError(f"{name}: the scheme must be {' or '.join(schemes)}")
+    if host and not parts.hostname:
+        raise ValueError(f"{name}: a URL without a host")
 
 
 def _lookup(table: Mapping[str, Any], token: str) -> Any:
