@@ -103,8 +103,8 @@ def test_unknown_or_missing_token_unmatched_route_and_fresh_ids(logged):
     r2 = client.get("/nowhere/123")
     assert (r1.status_code, r2.status_code) == (404, 404)
     assert [(d["route"], d["status"], d["principal"]) for d in docs] == [
-        ("/nowhere/123", 404, "none"),
-        ("/nowhere/123", 404, "none"),
+        ("unmatched", 404, "none"),
+        ("unmatched", 404, "none"),
     ]
     assert "owner" not in docs[0] and "who-knows" not in json.dumps(docs[0])
     assert r1.headers["X-Request-Id"] != r2.headers["X-Request-Id"]

@@ -56,7 +56,10 @@ class JsonFormatter(logging.Formatter):
         for k in _EXTRAS:
             if hasattr(record, k):
                 doc[k] = getattr(record, k)
-        doc.update(getattr(record, "http_request", {}))
+        # SECURITY: the request log's fields (a route, an incident id) are redacted as the
+        # message is: a field holding what the message hid would repeat it.
+        for k, v in getattr(record, "http_request", {}).items():
+            doc[k] = redact(v) if isinstance(v, str) else v
         rid = request_id_var.get()
         if rid:
             doc.setdefault("request_id", rid)
@@ -80,7 +83,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # httpx logs every request's URL at INFO: RPC and webhook URLs may carry credentials.
-    for name in ("httpx", "httpcore"):
+    # (httpx2: the in-process client `railproof rehearse` calls the API with.)
+    for name in ("httpx", "httpx2", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []

@@ -6,7 +6,7 @@ logs, on the `railproof.request` logger, one record whose `http_request` attribu
     request_id   X-Request-Id when the caller sent a well-formed one, else a new uuid4 hex
     method       GET, POST, ...
     route        the route template (/v1/admin/proofs/{proof_id}) once routing matched,
-                 else the raw path
+                 or, when a guard answered first, would have; else `unmatched`
     status       the response status (500 when the app raised before answering)
     duration_ms  wall time from the first byte in to the last byte out
     principal    staff | service | none: which kind of token, never the token itself
@@ -31,6 +31,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from starlette.routing import Match
 
 # Defined in core: the log formatter and audit events read it too.
 from verifier.core.logs import request_id_var
@@ -89,7 +91,16 @@ def _template_of(scope: Scope) -> str | None:
 
 
 def _route_of(scope: Scope) -> str:
-    return _template_of(scope) or scope.get("path", "")
+    # SECURITY: a path is the caller's text (a token pasted into a URL): what is logged is a
+    # route's template (the one the path leads to, when a guard answered before routing), else
+    # `unmatched`, as metrics count it.
+    template = _template_of(scope)
+    if template is None:
+        for route in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
+            if route.matches(scope)[0] is not Match.NONE:
+                template = _template_of({"route": route})
+                break
+    return template or UNMATCHED
 
 
 class RequestLogMiddleware:
