@@ -230,6 +230,9 @@ class Client:
             try:
                 httpx.URL(self.base)
             except httpx.InvalidURL:
+                # SECURITY: httpx's reason may quote part of a password (or of a key).
+                if "@" in self.base or "?" in self.base:
+                    _die(f"{self.base_option}: not a usable URL")
                 _die(f"{self.base_option}: not a usable URL: {self.base!r} ({e})")
             # The base is fine: an id or an option made the request's URL unusable.
             _die(f"an id or option makes the request's URL unusable ({e})")
@@ -238,7 +241,7 @@ class Client:
             _die(f"an id or option cannot be sent in an HTTP request ({e}); nothing was sent")
         except httpx.HTTPError as e:
             _die(
-                f"cannot reach the API at {self.base} ({type(e).__name__}); is "
+                f"cannot reach the API at {_shown(self.base)} ({type(e).__name__}); is "
                 "`railproof serve` running? pass --base-url or set RAILPROOF_API_BASE_URL "
                 "(or PORT, as `make serve` uses)"
             )
@@ -253,6 +256,13 @@ class Client:
                 1 if r.status_code == 403 else 2,
             )
         return r.status_code, data
+
+
+def _shown(url: str) -> str:
+    """`url` as messages say it: scheme, host, port and path; never user information (a
+    proxy's password, which httpx sends as Authorization) or a query."""
+    u = httpx.URL(url)
+    return f"{u.scheme}://{u.netloc.decode('ascii')}{u.path}".rstrip("/")
 
 
 def _header_text(value: str, option: str) -> bytes:
