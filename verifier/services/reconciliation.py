@@ -61,6 +61,9 @@ if TYPE_CHECKING:
     from rails.solana_inflows import SolanaInflow
 
 MAX_LIMIT = 10_000
+# Longer than any run takes (bounded by --limit, pages and RPC timeouts): one still running
+# after it was left by a process that ended.
+STALE_RUN = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -1229,6 +1232,20 @@ def assurance_issues(engine: Engine) -> list[dict[str, str]]:
                         "repair": f"the run is {r.status}: {r.detail[:200]}; re-run it",
                     }
                 )
+        # A run whose process died (killed, restarted) stays `running`: none finishes it.
+        for r in repo.runs_running_since(s, engine.now() - STALE_RUN):
+            out.append(
+                {
+                    "category": "reconciliation_incomplete",
+                    "severity": "warning",
+                    "subject": f"reconciliation run {r.id}",
+                    "repair": (
+                        f"the run has been running since {iso(utc(r.started_at))}: its process "
+                        "most likely ended before it did; re-run it (an --apply run's repairs "
+                        "so far are in the audit log under its incident id)"
+                    ),
+                }
+            )
     return out
 
 

@@ -206,6 +206,20 @@ def latest_finished_runs(s: Session) -> list[ReconciliationRun]:
     return list(s.scalars(q).all())
 
 
+def runs_running_since(s: Session, before: datetime) -> list[ReconciliationRun]:
+    """Runs still `running` that started before `before`, oldest first."""
+    q = (
+        select(ReconciliationRun)
+        .where(
+            ReconciliationRun.status == RunStatus.running.value,
+            ReconciliationRun.started_at < before,
+        )
+        .order_by(ReconciliationRun.started_at, ReconciliationRun.id)
+        .limit(50)
+    )
+    return list(s.scalars(q).all())
+
+
 # -- scope rail_proofs: stored data against its invariants -----------------------------------
 
 
