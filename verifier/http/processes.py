@@ -18,9 +18,11 @@ Where the platform has no SO_REUSEPORT, `serve` falls back to uvicorn's mode.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 from uvicorn import Config
@@ -93,7 +95,7 @@ class Processes:
         self.should_exit.set()
 
     def _start(self, sock: socket.socket) -> Process:
-        p = Process(self.config, [sock])
+        p = _Process(self.config, [sock])
         p.start()
         return p
 
@@ -112,3 +114,24 @@ class Processes:
                 return
             log.warning("API process %s ended (exit code %s); starting another", p.pid, p.exitcode)
             self.processes[i] = self._start(self.sockets[i])
+
+
+class _Process(Process):
+    """uvicorn's process, which ends (as on SIGTERM: its requests answered first) once its
+    supervisor is gone. A supervisor killed outright (SIGKILL: the OOM killer, a deploy tool)
+    runs no clean-up: its processes went on serving for good, never replaced nor stopped,
+    holding the port, so a `serve` started again could not bind it, or served beside them."""
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover
+        threading.Thread(
+            target=_end_when_orphaned, args=(os.getppid(),), daemon=True, name="supervisor"
+        ).start()
+        super().target(sockets)
+
+
+def _end_when_orphaned(supervisor: int) -> None:  # pragma: no cover - runs in the process
+    # An orphan is adopted by another process (init, a subreaper): its parent id changes.
+    while os.getppid() == supervisor:
+        time.sleep(_LOOK_EVERY_S)
+    log.warning("the supervisor (pid %s) is gone; this API process ends", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
