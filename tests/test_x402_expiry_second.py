@@ -41,3 +41,27 @@ def test_handed_over_by_expiry_is_verified_and_bound(x402_engine, in_time):  # n
     view, bound = _submit_after(x402_engine, in_time)
     assert view["status"] == "verified", view
     assert bound["passed"], bound["detail"]
+
+
+def test_stored_by_expiry_and_checked_a_moment_later_is_in_time(x402_engine, monkeypatch):  # noqa: F811
+    # The proof is stored at the expiry (its created_at: what the gate judges); the chain is
+    # asked a millisecond later (the insert's commit). The rail judges the hand-over by the
+    # stored time too: the verification's own clock was taken for it, and the payment, in
+    # time, failed `session_expired` for good.
+    session = _x402_session(x402_engine, expires_in=20)
+    mined = int(CLOCK.timestamp()) + 10
+    x402_engine.chains.set_transport(
+        "base-sepolia", live_chain(used=True, logs=settlement_logs(), mined=mined)
+    )
+    advance(x402_engine, 20.0)
+    real = proofs.terms_for
+
+    def a_moment_later(engine, ps, adapter, submitted_at=None):
+        advance(engine, 0.001)
+        return real(engine, ps, adapter, submitted_at)
+
+    monkeypatch.setattr(proofs, "terms_for", a_moment_later)
+    view, _ = proofs.submit_proof(x402_engine, session, HEADER, ["alice"])
+    monkeypatch.setattr(proofs, "terms_for", real)
+    assert (view["status"], view["failure_code"]) == ("verified", None), view
+    assert _bound(x402_engine, view["id"])["passed"]

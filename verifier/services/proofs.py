@@ -436,7 +436,9 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
     checked = engine.chains.verify(
         adapter,
         raw,
-        terms_for(engine, ps, adapter),
+        # Handed over when stored (the row's created_at), as the apply gate judges it: the
+        # insert's time must not make a payment stored by the expiry late.
+        terms_for(engine, ps, adapter, now),
         budget_s=engine.settings.submit_verify_budget_s,
     )
     # 3. The attempt, the new status, any settlement and the answer, in one transaction.

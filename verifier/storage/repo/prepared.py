@@ -458,8 +458,15 @@ def _raise(conn: Connection, e: Exception, sql: str, args: Any, gone: bool) -> N
     if gone:
         # As Connection.execute does: the pool must not hand this connection out again.
         conn.invalidate(e)
+    # SECURITY: the parameters hidden, as the engine hides them (storage.db): the text is logged.
     raise exc.DBAPIError.instance(
-        sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=gone
+        sql,
+        args,
+        e,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=conn.engine.hide_parameters,
+        dialect=dialect,
+        connection_invalidated=gone,
     ) from e
 
 
