@@ -201,6 +201,28 @@ def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
             prev, count, last_id = ev.hash, count + 1, ev.id
 
 
+def key_fits(s: Session) -> bool:
+    """Whether the session's audit key is the one the chain's newest event was hashed with
+    (True for an empty chain). A process with another key appends events that never verify:
+    it must not start. One event, not the walk: a check at every start."""
+    ev = audit_repo.newest_event(s)
+    if ev is None:
+        return True
+    want = event_hash(
+        ev.prev_hash,
+        ev.at,
+        ev.actor,
+        ev.action,
+        ev.subject_type,
+        ev.subject_id,
+        ev.data or {},
+        ev.incident_id,
+        ev.reason,
+        s.info.get(AUDIT_KEY_INFO),
+    )
+    return hmac.compare_digest(want, ev.hash)
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 # A checkpoint records the chain's head and length, signed with the audit key. Kept off the
 # host, it catches what the chain alone cannot: the newest events removed (the rest still

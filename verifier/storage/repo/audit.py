@@ -155,6 +155,10 @@ def events_after(s: Session, last_id: int, limit: int) -> list[AuditEvent]:
     )
 
 
+def newest_event(s: Session) -> AuditEvent | None:
+    return s.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1)).first()
+
+
 def hash_of(s: Session, event_id: int) -> str | None:
     return s.scalar(select(AuditEvent.hash).where(AuditEvent.id == event_id))
 
