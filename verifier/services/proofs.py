@@ -789,12 +789,13 @@ def _record_attempt(
     refused = None
     if taking is not None:
         taken = taking()
-        waiting = (
-            _review_naming(s, taken, ps.id, verdict.observed) if taken and payload_claims else None
-        )
+        waiting = _review_naming(s, taken, ps.id, verdict.observed) if taken else None
         if waiting is not None:
             # Another proof of this payment is held for review, naming this session among its
-            # candidates: this one waits for the staff decision rather than failing.
+            # candidates: this one waits for the staff decision rather than failing. On every
+            # rail: a proof of another rail's spelling (a settlement's hash for an x402
+            # payload's payment) refused here was stored `failed`, and answered every later
+            # submission so, after staff released the review for this session too.
             holds.release(s, p.id)
             verdict = waiting
         elif taken:
