@@ -170,8 +170,10 @@ def final_without_receipt(
     since: datetime | None = None,
 ) -> list[str]:
     """Verified proofs on the given rails, final by their latest settlement, without a
-    receipt and last updated before `updated_before`."""
+    receipt and last updated before `updated_before`, whose session no other proof paid (that
+    one is a transfer to send back: `verified_transfer_not_credited`, never applied)."""
     cur = _current_settlement()
+    paid = aliased(Receipt)
     q = (
         select(Proof.id)
         .join(cur, cur.c.proof_id == Proof.id)
@@ -182,6 +184,7 @@ def final_without_receipt(
             Proof.rail_id.in_(list(rail_ids)),
             Receipt.id.is_(None),
             Proof.updated_at < updated_before,
+            ~select(paid.id).where(paid.session_id == Proof.session_id).exists(),
         )
         .limit(limit)
     )

@@ -253,6 +253,9 @@ def verified_final_without_receipt(
     limit: int,
 ) -> list[Any]:
     cur = _latest_settlement()
+    # A session another proof paid: that one is `verified_transfer_not_credited` (money to
+    # send back), never a receipt to create.
+    paid = aliased(Receipt)
     q = (
         select(Proof.id, Proof.session_id, Proof.rail_id, Proof.updated_at)
         .join(cur, cur.c.proof_id == Proof.id)
@@ -263,6 +266,7 @@ def verified_final_without_receipt(
             Proof.rail_id.in_(rails),
             Receipt.id.is_(None),
             Proof.updated_at < older_than,
+            ~select(paid.id).where(paid.session_id == Proof.session_id).exists(),
         )
     )
     return list(
