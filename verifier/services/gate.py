@@ -145,9 +145,20 @@ def claimed(
         rail_id=p.rail_id,
         ref=p.ref,
         tx=tx.lower() if isinstance(tx, str) and tx.startswith("0x") else None,
-        payer=ps.payer if ps is not None else None,
+        payer=(ps.payer if ps is not None else None) or _evm_sender(observed),
         rails=rails,
     )
+
+
+def _evm_sender(observed: dict[str, Any]) -> str | None:
+    """The one EVM address verification saw paying (an x402 authorization's `from`), for a
+    session that names no payer: another payer's log of a batched settlement, sent back, is
+    not this payment's. None for anything else (a Solana transfer's senders are not one
+    address: its resolutions stand)."""
+    sender = observed.get("sender")
+    if isinstance(sender, str) and len(sender) == 42 and sender[:2].lower() == "0x":
+        return sender
+    return None
 
 
 _ONE_BY_ONE = _Reads()
