@@ -55,6 +55,7 @@ from verifier.storage.reconciliation_models import (
     RunStatus,
     Scope,
 )
+from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import reconciliation as repo
 
 if TYPE_CHECKING:
@@ -997,12 +998,24 @@ def evm_inflows(
         known = repo.proofs_by_fingerprint(s, list(fps.values()))
         # A transaction is one proof, but it may carry several payers' transfers (a bundle):
         # the one its holding proof's payer did not make is nobody's payment yet.
+        # And a payment another rail's proof holds, settled in this transaction (an x402
+        # authorization, in its facilitator's): matched, by the payer that proof verified.
+        settled = repo.holding_settled_in(s, [i.tx_hash for i in scan.inflows[:limit]])
+        payers = {
+            pid: str((a.observed or {}).get("sender", "")).lower()
+            for pid, a in attempt_repo.latest_verified_many(
+                s, [pid for ids in settled.values() for pid in ids]
+            ).items()
+        }
         fresh = [
             i
             for i in scan.inflows[:limit]
             if not any(
                 p.status in HOLDING and (p.payer is None or p.payer.lower() == i.sender.lower())
                 for p in known.get(fps[i.tx_hash], ())
+            )
+            and not any(
+                payers.get(pid) == i.sender.lower() for pid in settled.get(i.tx_hash.lower(), ())
             )
         ]
         claims = {i.tx_hash: _claims(known.get(fps[i.tx_hash], ())) for i in fresh}

@@ -206,6 +206,26 @@ def latest_finished_runs(s: Session) -> list[ReconciliationRun]:
     return list(s.scalars(q).all())
 
 
+def holding_settled_in(s: Session, tx_hashes: Sequence[str]) -> dict[str, list[str]]:
+    """The holding proofs whose settlement was found in each of these transactions (an x402
+    payment's, in its facilitator's transaction), by transaction (lower case)."""
+    out: dict[str, list[str]] = {}
+    wanted = sorted({t.lower() for t in tx_hashes})
+    for i in range(0, len(wanted), 500):
+        q = (
+            select(func.lower(SettlementEvidence.tx_hash), Proof.id)
+            .join(Proof, Proof.id == SettlementEvidence.proof_id)
+            .where(
+                func.lower(SettlementEvidence.tx_hash).in_(wanted[i : i + 500]),
+                Proof.status.in_(HOLDING),
+            )
+            .distinct()
+        )
+        for tx, proof_id in s.execute(q):
+            out.setdefault(tx, []).append(proof_id)
+    return out
+
+
 def runs_running_since(s: Session, before: datetime) -> list[ReconciliationRun]:
     """Runs still `running` that started before `before`, oldest first."""
     q = (
