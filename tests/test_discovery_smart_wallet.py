@@ -66,6 +66,21 @@ def smart_wallet_calls(reference: str, through_wallet: bool = True) -> list[dict
     return [listing, *calls]
 
 
+def _session(e, reference: str | None = None) -> dict:
+    extra = {"reference": reference} if reference else {}
+    return open_session(
+        e,
+        NewSession(
+            owner_id="alice",
+            rail_id="solana_usdc",
+            access_product_id="pro",
+            amount=int(DEMO["amount"]),
+            **extra,
+        ),
+        actor="svc",
+    )
+
+
 def test_fetch_inflow_names_a_generated_reference_carried_through_a_smart_wallet():
     ref = "9Zvs9LUPtNiQUeqafPNffSt9xJvKJq2fFVMeus1Ae8C7"  # any fresh key
     chain = CassetteTransport([Call(c) for c in smart_wallet_calls(ref)], "solana-mainnet")
@@ -81,16 +96,7 @@ def test_discovery_pays_a_treasury_session_paid_from_a_smart_wallet(db_url, thro
     reference also passed to the wallet's execute): discovered, verified."""
     e = make_engine(db_url, env={"RAILPROOF_TREASURY_SOLANA_USDC": TREASURY})
     try:
-        ps = open_session(
-            e,
-            NewSession(
-                owner_id="alice",
-                rail_id="solana_usdc",
-                access_product_id="pro",
-                amount=int(DEMO["amount"]),
-            ),
-            actor="svc",
-        )
+        ps = _session(e)
         node = SwitchableTransport(smart_wallet_calls(ps["reference"], through_wallet))
         e.chains.set_transport("solana-mainnet", node)
         out = worker.sweep(e, "w1")
@@ -109,16 +115,7 @@ def test_the_smart_wallet_payment_is_verified_when_submitted_by_hand(db_url):
     """The premise: the same transaction is this session's payment."""
     e = make_engine(db_url, env={"RAILPROOF_TREASURY_SOLANA_USDC": TREASURY})
     try:
-        ps = open_session(
-            e,
-            NewSession(
-                owner_id="alice",
-                rail_id="solana_usdc",
-                access_product_id="pro",
-                amount=int(DEMO["amount"]),
-            ),
-            actor="svc",
-        )
+        ps = _session(e)
         e.chains.set_transport(
             "solana-mainnet", SwitchableTransport(smart_wallet_calls(ps["reference"]))
         )
@@ -126,21 +123,6 @@ def test_the_smart_wallet_payment_is_verified_when_submitted_by_hand(db_url):
         assert view["status"] == "verified", view
     finally:
         e.db.dispose()
-
-
-def _session(e, reference: str | None = None) -> dict:
-    extra = {"reference": reference} if reference else {}
-    return open_session(
-        e,
-        NewSession(
-            owner_id="alice",
-            rail_id="solana_usdc",
-            access_product_id="pro",
-            amount=int(DEMO["amount"]),
-            **extra,
-        ),
-        actor="svc",
-    )
 
 
 def _reconcile(e) -> dict[str, list[dict]]:

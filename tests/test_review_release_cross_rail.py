@@ -12,41 +12,24 @@ waits for the decision (pending), as an x402 proof did; the worker then decides 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from tests.conftest import make_settings
 from tests.helpers import advance
 from tests.test_x402_adapter import PAY_TO, TX, live_chain, settlement_logs
 from tests.test_x402_engine import FIX, SIGNER, open_x402
-from verifier.core.engine import Engine
+from tests.test_x402_inflow_matched import x402_engine  # noqa: F401  (one treasury, two rails)
 from verifier.services import proofs, reviews, sessions
 from verifier.services.audit import Operator
 from verifier.worker import loop as worker
 
 
 @pytest.fixture
-def engine(db_url):
-    e = Engine(
-        make_settings(
-            db_url,
-            clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=UTC),
-            env={
-                "RAILPROOF_NETWORK_X402": "base-sepolia",
-                "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia",
-                "RAILPROOF_TREASURY_X402": PAY_TO,
-                "RAILPROOF_TREASURY_BASE_USDC": PAY_TO,
-            },
-        )
-    )
-    e.ensure_rail_states()
+def engine(x402_engine):  # noqa: F811
     # The facilitator's settlement of the fixture's authorization, mined inside both windows.
-    e.chains.set_transport(
+    x402_engine.chains.set_transport(
         "base-sepolia", live_chain(used=True, logs=settlement_logs(), head=200, finalized=150)
     )
-    yield e
-    e.db.dispose()
+    return x402_engine
 
 
 def _both(e):

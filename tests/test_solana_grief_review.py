@@ -26,7 +26,7 @@ from registry.catalog import load_catalog
 from tests.helpers import SwitchableTransport, advance
 from tests.test_binding import DEMO, DEMO_CASSETTE
 from tests.test_discovery import make_engine
-from verifier.services.sessions import NewSession, open_session
+from tests.test_discovery_smart_wallet import _session
 from verifier.storage.models import Proof
 from verifier.worker import loop as worker
 
@@ -139,16 +139,7 @@ def test_a_one_unit_grief_transfer_stops_discovery_of_the_real_payment(db_url, g
     griefed: the 1-unit transfer first; the real payment is never submitted."""
     e = make_engine(db_url, env={"RAILPROOF_TREASURY_SOLANA_USDC": TREASURY})
     try:
-        ps = open_session(
-            e,
-            NewSession(
-                owner_id="alice",
-                rail_id="solana_usdc",
-                access_product_id="pro",
-                amount=int(DEMO["amount"]),
-            ),
-            actor="svc",
-        )
+        ps = _session(e)
         ref = ps["reference"]
         grief = grief_calls(ref) if griefed else []
         node = SwitchableTransport([listing(grief)] + grief if griefed else [listing()])

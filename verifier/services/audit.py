@@ -24,6 +24,7 @@ from rails.base import canonical_json
 from verifier.core.logs import request_id_var
 from verifier.core.timeutil import iso
 from verifier.storage.db import AUDIT_KEY_INFO
+from verifier.storage.models import AuditEvent
 from verifier.storage.repo import audit as audit_repo
 
 GENESIS = "0" * 64
@@ -178,19 +179,7 @@ def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
                     f"event {ev.id}: prev_hash does not link to the event before it",
                     keyed=key is not None,
                 )
-            want = event_hash(
-                ev.prev_hash,
-                ev.at,
-                ev.actor,
-                ev.action,
-                ev.subject_type,
-                ev.subject_id,
-                ev.data or {},
-                ev.incident_id,
-                ev.reason,
-                key,
-            )
-            if want != ev.hash:
+            if _rehashed(ev, key) != ev.hash:
                 return ChainReport(
                     False,
                     count,
@@ -206,9 +195,12 @@ def key_fits(s: Session) -> bool:
     (True for an empty chain). A process with another key appends events that never verify:
     it must not start. One event, not the walk: a check at every start."""
     ev = audit_repo.newest_event(s)
-    if ev is None:
-        return True
-    want = event_hash(
+    return ev is None or hmac.compare_digest(_rehashed(ev, s.info.get(AUDIT_KEY_INFO)), ev.hash)
+
+
+def _rehashed(ev: AuditEvent, key: bytes | None) -> str:
+    """The hash a stored event must have under `key`."""
+    return event_hash(
         ev.prev_hash,
         ev.at,
         ev.actor,
@@ -218,9 +210,8 @@ def key_fits(s: Session) -> bool:
         ev.data or {},
         ev.incident_id,
         ev.reason,
-        s.info.get(AUDIT_KEY_INFO),
+        key,
     )
-    return hmac.compare_digest(want, ev.hash)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
