@@ -11,11 +11,8 @@ is used now.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from tests.conftest import make_settings
 from tests.helpers import advance
 from tests.test_x402_adapter import (
     AUTHORIZATION_USED_TOPIC,
@@ -28,6 +25,7 @@ from tests.test_x402_adapter import (
     settlement_logs,
 )
 from tests.test_x402_engine import FIX, SIGNER, open_x402
+from tests.test_x402_inflow_matched import x402_engine  # noqa: F401  (one treasury, two rails)
 from verifier.core.engine import Engine
 from verifier.services import gate, proofs
 from verifier.storage.reconciliation_models import (
@@ -39,23 +37,6 @@ from verifier.worker import loop as worker
 
 OTHER_PAYER = "0x00000000000000000000000000000000000a11CE"
 OTHER_NONCE = "0x" + "77" * 32
-
-
-@pytest.fixture
-def x402_engine(db_url):
-    e = Engine(
-        make_settings(
-            db_url,
-            clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=UTC),
-            env={
-                "RAILPROOF_NETWORK_X402": "base-sepolia",
-                "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia",
-            },
-        )
-    )
-    e.ensure_rail_states()
-    yield e
-    e.db.dispose()
 
 
 def _batched_settlement() -> list[dict]:
@@ -130,7 +111,8 @@ def _refund_other_payers_log(engine: Engine, sender: str = OTHER_PAYER, log_inde
 
 @pytest.mark.parametrize("payer", [SIGNER, None], ids=["payer_bound", "payer_less"])
 def test_another_payers_refund_in_a_batched_x402_settlement_blocks_no_other_payment(
-    x402_engine, payer
+    x402_engine,  # noqa: F811
+    payer,
 ):
     e = x402_engine
     e.chains.set_transport("base-sepolia", live_chain(used=False))
