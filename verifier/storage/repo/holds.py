@@ -77,13 +77,31 @@ def hold_behind(
     # call: only the others (held already, by this proof or another) are looked up, so the
     # usual new hold costs no round trip of its own.
     written = [_INSERT_PG.behind(conn, row) for row in rows]
+    by_key = {row["transfer_key"]: row for row in rows}
 
     def answer() -> list[Holder]:
         taken = {r[0] for later in written for r in later.rows()}
         others = [k for k in wanted if k not in taken]
-        return [h for h in holders(s, others) if h.proof_id != proof_id] if others else []
+        out: list[Holder] = []
+        for _ in range(_SETTLE_TRIES):
+            if not others:
+                return out
+            found = holders(s, others)
+            out += [h for h in found if h.proof_id != proof_id]
+            # SECURITY: each statement sees the latest commit (READ COMMITTED): a key another
+            # proof held at the insert and released before this read (a staff release) is
+            # neither this proof's nor anyone's. Counted as this proof's, it was held by
+            # nobody, and another session's proof took the same payment. It is taken now.
+            gone = [k for k in others if not any(h.transfer_key == k for h in found)]
+            others = [k for k in gone if not _INSERT_PG.all(conn, by_key[k])]
+        raise RuntimeError(f"transfer holds changed hands {_SETTLE_TRIES} times while read")
 
     return answer
+
+
+# A key released between the insert and the read is inserted again; each try settles it but
+# for another release in between, a one-off per holder.
+_SETTLE_TRIES = 5
 
 
 # Built once: the submission path runs them for every proof that holds.
