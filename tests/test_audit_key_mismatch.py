@@ -56,3 +56,18 @@ def test_an_empty_chain_takes_any_key(tmp_path):
     assert cli(["db", "upgrade"], env).returncode == 0
     env["RAILPROOF_AUDIT_KEY"] = "a-new-deployments-key"
     assert cli(["worker", "--once"], env, timeout=60).returncode == 0
+
+
+def test_the_asgi_factory_refuses_another_key(chain_db, monkeypatch):
+    # What a process manager runs directly (`uvicorn --factory verifier.http.asgi:make_app`).
+    from verifier.http.asgi import make_app
+
+    monkeypatch.setenv("RAILPROOF_DATABASE_URL", chain_db)
+    monkeypatch.setenv("RAILPROOF_SERVICE_TOKENS", '{"svc": ["alice"]}')
+    monkeypatch.setenv("RAILPROOF_AUDIT_KEY", "another-audit-key")
+    with pytest.raises(RuntimeError) as refused:
+        make_app()
+    assert "RAILPROOF_AUDIT_KEY" in str(refused.value)
+    assert "another-audit-key" not in str(refused.value)
+    monkeypatch.setenv("RAILPROOF_AUDIT_KEY", "test-audit-key")
+    assert make_app() is not None

@@ -123,18 +123,11 @@ def _engine(require_migrated: bool = True, writes: bool = True):
 
 
 def _check_audit_key(engine) -> None:
-    """SECURITY: refuse a key the chain was not written with (a typo in one host's secret, a
-    rotation on one process only): every event it appended would break the chain."""
-    from verifier.services.audit import key_fits
+    from verifier.core.config import AUDIT_KEY_MISMATCH
+    from verifier.services.queries import audit_key_fits
 
-    with engine.db.read() as s:
-        fits = key_fits(s)
-    if not fits:
-        fail(
-            "RAILPROOF_AUDIT_KEY: not the key the audit chain was written with (its newest "
-            "event's hash does not match); set the deployment's key, or run `railproof audit "
-            "verify` with it to see whether the chain itself was altered"
-        )
+    if not audit_key_fits(engine):
+        fail(AUDIT_KEY_MISMATCH)
 
 
 @db_app.command("upgrade")

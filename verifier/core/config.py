@@ -53,6 +53,11 @@ AUDIT_KEY_MISSING = (
     "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
     "(a file holding it); the audit log is keyed with it (docs/security.md)"
 )
+AUDIT_KEY_MISMATCH = (
+    "RAILPROOF_AUDIT_KEY: not the key the audit chain was written with (its newest event's "
+    "hash does not match); set the deployment's key, or run `railproof audit verify` with it "
+    "to see whether the chain itself was altered"
+)
 
 
 class Settings(BaseSettings):

@@ -160,6 +160,14 @@ def audit_events(
         ]
 
 
+def audit_key_fits(engine: Engine) -> bool:
+    """SECURITY: whether the configured audit key is the one the chain was written with (a
+    typo in one host's secret, a rotation on one process only): every event a process with
+    another key appended would break the chain. Checked by everything that starts to write."""
+    with engine.db.read() as s:
+        return audit.key_fits(s)
+
+
 def audit_chain(engine: Engine) -> dict[str, Any]:
     """Every link and hash of the audit chain, checked from the genesis."""
     with engine.db.read() as s:
