@@ -1001,8 +1001,11 @@ def evm_inflows(
         # And a payment another rail's proof holds, settled in this transaction (an x402
         # authorization, in its facilitator's): matched, by the payer that proof verified.
         settled = repo.holding_settled_in(s, [i.tx_hash for i in scan.inflows[:limit]])
-        payers = {
-            pid: str((a.observed or {}).get("sender", "")).lower()
+        paid = {
+            pid: (
+                str((a.observed or {}).get("sender", "")).lower(),
+                str((a.observed or {}).get("amount", "")),
+            )
             for pid, a in attempt_repo.latest_verified_many(
                 s, [pid for ids in settled.values() for pid in ids]
             ).items()
@@ -1014,9 +1017,7 @@ def evm_inflows(
                 p.status in HOLDING and (p.payer is None or p.payer.lower() == i.sender.lower())
                 for p in known.get(fps[i.tx_hash], ())
             )
-            and not any(
-                payers.get(pid) == i.sender.lower() for pid in settled.get(i.tx_hash.lower(), ())
-            )
+            and not _settles(paid, settled.get(i.tx_hash.lower(), []), i)
         ]
         claims = {i.tx_hash: _claims(known.get(fps[i.tx_hash], ())) for i in fresh}
         counts["matched"] = min(len(scan.inflows), limit) - len(fresh)
@@ -1285,6 +1286,18 @@ def parse_time(value: str | None, field: str) -> datetime | None:
     except ValueError:
         raise BadInput("invalid_time", f"{field}: an ISO-8601 time", field=field) from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _settles(paid: dict[str, tuple[str, str]], proof_ids: list[str], inflow: Any) -> bool:
+    """Whether one of these proofs (settled in the inflow's transaction) paid it: its payer's
+    transfer of its amount. Each proof matches one inflow (removed from `proof_ids` once it
+    does): a payer's second authorization settled in the same transaction is not paid by
+    the first's proof."""
+    for pid in proof_ids:
+        if paid.get(pid) == (inflow.sender.lower(), str(inflow.value)):
+            proof_ids.remove(pid)
+            return True
+    return False
 
 
 def carried_sessions(
