@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.test_reconciliation import eng  # noqa: F401  (fixture)
+from tests.test_reconciliation import eng, req  # noqa: F401  (fixture)
+from verifier.services import reconciliation
 from verifier.services.assurance import assurance_report
 from verifier.storage.models import new_id
 from verifier.storage.reconciliation_models import RunStatus
@@ -47,3 +48,21 @@ def test_a_run_left_running_by_a_process_that_ended_is_reported(eng):  # noqa: F
     assert [i["subject"] for i in named] == [f"reconciliation run {left}"], issues
     assert "running since" in named[0]["repair"]
     assert all(current not in i["subject"] for i in issues)
+
+
+def test_running_the_same_scope_again_as_asked_clears_it(eng):  # noqa: F811
+    left = _running_run(eng, timedelta(hours=3))  # chain_inflows on solana_usdc, died
+    named = [
+        i for i in assurance_report(eng)["issues"] if i["category"] == "reconciliation_incomplete"
+    ]
+    assert [i["subject"] for i in named] == [f"reconciliation run {left}"]
+    run = reconciliation.run(eng, req(), "ops1")
+    assert (run["scope"], run["rail_id"], run["status"]) == (
+        "chain_inflows",
+        "solana_usdc",
+        "complete",
+    )
+    still = [
+        i for i in assurance_report(eng)["issues"] if i["category"] == "reconciliation_incomplete"
+    ]
+    assert still == [], still

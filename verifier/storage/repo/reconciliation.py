@@ -227,12 +227,22 @@ def holding_settled_in(s: Session, tx_hashes: Sequence[str]) -> dict[str, list[s
 
 
 def runs_running_since(s: Session, before: datetime) -> list[ReconciliationRun]:
-    """Runs still `running` that started before `before`, oldest first."""
+    """Runs still `running` that started before `before`, oldest first, unless a run of the
+    same scope and rail finished since it started (it was run again)."""
+    later = aliased(ReconciliationRun)
     q = (
         select(ReconciliationRun)
         .where(
             ReconciliationRun.status == RunStatus.running.value,
             ReconciliationRun.started_at < before,
+            ~select(later.id)
+            .where(
+                later.scope == ReconciliationRun.scope,
+                later.rail_id.is_not_distinct_from(ReconciliationRun.rail_id),
+                later.status != RunStatus.running.value,
+                later.started_at > ReconciliationRun.started_at,
+            )
+            .exists(),
         )
         .order_by(ReconciliationRun.started_at, ReconciliationRun.id)
         .limit(50)
