@@ -109,7 +109,7 @@ def test_history_is_stored_first_and_submissions_follow_it(db_url):
     assert out["stored"] == 40
     assert out["submit_statuses"] == {"verified": 10}  # 2 warm-up proofs are not timed
     assert out["rpc_calls_per_verified_proof"] == 2.0  # this run's attempts, not the history's
-    db = Database(db_url)
+    db = Database(db_url, audit_key=bench.AUDIT_KEY.encode())
     try:
         with db.tx() as s:
             assert audit.verify_chain(s).ok

@@ -9,7 +9,7 @@ blocker or error, does nothing at all. A blocker's code is the name of the check
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -150,7 +150,7 @@ def claimed(
     )
 
 
-def _evm_sender(observed: dict[str, Any]) -> str | None:
+def _evm_sender(observed: Mapping[str, object]) -> str | None:
     """The one EVM address verification saw paying (an x402 authorization's `from`), for a
     session that names no payer: another payer's log of a batched settlement, sent back, is
     not this payment's. None for anything else (a Solana transfer's senders are not one

@@ -59,6 +59,7 @@ from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import reconciliation as repo
 
 if TYPE_CHECKING:
+    from rails.evm_inflows import EvmInflow
     from rails.solana_inflows import SolanaInflow
 
 MAX_LIMIT = 10_000
@@ -1288,7 +1289,7 @@ def parse_time(value: str | None, field: str) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def _settles(paid: dict[str, tuple[str, str]], proof_ids: list[str], inflow: Any) -> bool:
+def _settles(paid: dict[str, tuple[str, str]], proof_ids: list[str], inflow: EvmInflow) -> bool:
     """Whether one of these proofs (settled in the inflow's transaction) paid it: its payer's
     transfer of its amount. Each proof matches one inflow (removed from `proof_ids` once it
     does): a payer's second authorization settled in the same transaction is not paid by

@@ -49,6 +49,9 @@ USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
 # at this pinned clock and live an hour, so every synthetic transfer falls inside its window.
 CLOCK = datetime(2026, 1, 1, tzinfo=UTC)
 SESSION_TTL = 3600
+# A disposable database's own key, for every engine and process of one run: the chain the
+# stored history starts is continued by `serve`, which refuses another key.
+AUDIT_KEY = "bench-audit-key-" + "0" * 32
 SEED = 7  # synthetic proofs are reproducible run to run
 DRY_RUN_SAMPLES = 500
 # The hanging-node phase: the submission budget is shrunk from its 3 s default so the phase
@@ -1002,6 +1005,7 @@ def submit_only(
                 cassette_dir=Path(tmp) / "no-cassettes",
                 session_ttl_seconds=SESSION_TTL,
                 auto_apply=False,
+                audit_key=AUDIT_KEY,
             )
         )
         engine.ensure_rail_states()
@@ -1056,6 +1060,7 @@ def run_bench(
             cassette_dir=Path(tmp or tempfile.gettempdir()) / "no-cassettes",
             session_ttl_seconds=SESSION_TTL,
             auto_apply=False,
+            audit_key=AUDIT_KEY,
         )
         engine = Engine(settings)
         engine.ensure_rail_states()

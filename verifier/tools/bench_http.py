@@ -85,8 +85,8 @@ def server_env(database_url: str, cassette_dir: Path) -> dict[str, str]:
             "RAILPROOF_SERVICE_TOKENS": orjson.dumps(
                 {TOKEN: [_owner(i) for i in range(OWNERS)]}
             ).decode(),
-            # A disposable database's own key; the chain is verified like any other.
-            "RAILPROOF_AUDIT_KEY": "bench-audit-key-" + "0" * 32,
+            # The key the stored history was written with; verified like any other.
+            "RAILPROOF_AUDIT_KEY": bench.AUDIT_KEY,
             "RAILPROOF_RATE_LIMIT_PER_SECOND": "0",  # the bench is the only client
             "RAILPROOF_LOG_LEVEL": "WARNING",
         }
@@ -341,6 +341,7 @@ def run_http_bench(
                 clock=bench.CLOCK,
                 cassette_dir=cassettes,
                 session_ttl_seconds=bench.SESSION_TTL,
+                audit_key=bench.AUDIT_KEY,
             )
         )
         try:

@@ -119,6 +119,7 @@ def run_worker_bench(
             cassette_dir=Path(tmp) / "no-cassettes",
             session_ttl_seconds=bench.SESSION_TTL,
             auto_apply=False,
+            audit_key=bench.AUDIT_KEY,
         )
         synthetic = bench.synthetic_proofs(proofs, seed=seed)
         submitter = Engine(base)
