@@ -14,18 +14,18 @@ holders are read (another Engine, another connection, its own transaction)."""
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
 from tests.helpers import advance
-from tests.test_x402_adapter import PAY_TO, TX, live_chain, settlement_logs
-from tests.test_x402_engine import FIX, SIGNER, open_x402
+from tests.test_review_release_cross_rail import _both
+from tests.test_x402_adapter import live_chain, settlement_logs
+from tests.test_x402_engine import FIX, open_x402
+from tests.test_x402_inflow_matched import two_rail_engine
 from verifier.core.engine import Engine
 from verifier.core.errors import Conflict
-from verifier.services import gate, proofs, reviews, sessions
+from verifier.services import gate, proofs, reviews
 from verifier.services.audit import Operator
 from verifier.storage.models import RailState, Receipt
 from verifier.storage.repo import holds
@@ -37,19 +37,7 @@ OPS = Operator("ops1", incident_id="INC-5", reason="payer says which session it 
 
 
 def _engine(url: str) -> Engine:
-    e = Engine(
-        make_settings(
-            url,
-            clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=UTC),
-            env={
-                "RAILPROOF_NETWORK_X402": "base-sepolia",
-                "RAILPROOF_NETWORK_BASE_USDC": "base-sepolia",
-                "RAILPROOF_TREASURY_X402": PAY_TO,
-                "RAILPROOF_TREASURY_BASE_USDC": PAY_TO,
-            },
-        )
-    )
-    e.ensure_rail_states()
+    e = two_rail_engine(url)
     e.chains.set_transport(
         "base-sepolia", live_chain(used=True, logs=settlement_logs(), head=200, finalized=150)
     )
@@ -69,23 +57,7 @@ def two(request, db_url):
 def test_release_committed_during_the_workers_hold_read_leaves_the_payment_unheld(two, monkeypatch):
     worker_engine, staff_engine = two
     e = worker_engine
-    alice = open_x402(e)  # payer-less x402 session
-    bob = sessions.open_session(
-        e,
-        sessions.NewSession(
-            owner_id="bob",
-            rail_id="base_usdc",
-            access_product_id="api",
-            amount=10000,
-            recipient=PAY_TO,
-            payer=SIGNER,
-            reference=None,
-        ),
-        actor="test",
-    )
-    held, _ = proofs.submit_proof(e, alice["id"], HEADER, ["alice"])
-    waiting, _ = proofs.submit_proof(e, bob["id"], TX, ["bob"])
-    assert (held["status"], waiting["status"]) == ("requires_review", "pending")
+    held, waiting = _both(e)  # Alice's x402 proof in review; Bob's Base USDC proof waiting
 
     original = holds.holders
     fired: list[bool] = []

@@ -6,42 +6,25 @@ matches one inflow: its payer's transfer of its amount."""
 
 from __future__ import annotations
 
-from tests.helpers import advance
 from tests.test_x402_adapter import (
-    AUTHORIZATION_USED_TOPIC,
-    PAY_TO,
-    SEPOLIA_USDC,
     TRANSFER_TOPIC,
     TX,
-    _topic,
     live_chain,
     settlement_logs,
 )
-from tests.test_x402_engine import FIX, SIGNER, open_x402
-from tests.test_x402_inflow_matched import x402_engine  # noqa: F401
-from verifier.services import proofs, reconciliation
-from verifier.worker import loop as worker
+from tests.test_x402_engine import SIGNER
+from tests.test_x402_inflow_matched import (  # noqa: F401
+    authorization_logs,
+    settled_and_reconciled,
+    x402_engine,
+)
 
 SECOND_NONCE = "0x" + "42" * 32
 SECOND_VALUE = 25000  # another purchase by the same payer, never proven to us
 
 
 def _two_authorizations_of_one_payer() -> list[dict]:
-    second = [
-        {
-            "address": SEPOLIA_USDC.lower(),
-            "topics": [AUTHORIZATION_USED_TOPIC, _topic(SIGNER), SECOND_NONCE],
-            "data": "0x",
-            "logIndex": "0x2",
-        },
-        {
-            "address": SEPOLIA_USDC.lower(),
-            "topics": [TRANSFER_TOPIC, _topic(SIGNER), _topic(PAY_TO)],
-            "data": "0x" + SECOND_VALUE.to_bytes(32, "big").hex(),
-            "logIndex": "0x3",
-        },
-    ]
-    return settlement_logs() + second
+    return settlement_logs() + authorization_logs(SIGNER, SECOND_NONCE, SECOND_VALUE, 2)
 
 
 def _chain():
@@ -65,30 +48,7 @@ def _chain():
 def test_a_second_transfer_of_the_same_payer_in_an_x402_settlement_is_not_matched(
     x402_engine,  # noqa: F811
 ):
-    e = x402_engine
-    e.chains.set_transport("base-sepolia", live_chain(used=False))
-    ps = open_x402(e)
-    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
-    view, _ = proofs.submit_proof(e, ps["id"], header, ["alice"])
-    assert view["status"] == "verified", view
-
-    e.chains.set_transport("base-sepolia", _chain())
-    advance(e, 20)
-    assert worker.refresh_finality(e, "w1", 10) == 1
-    settled = proofs.get_proof(e, view["id"], ["alice"])["settlement"]
-    assert settled["is_final"] and settled["tx_hash"] == TX.lower()
-
-    run = reconciliation.run(
-        e,
-        reconciliation.RunRequest(
-            scope="chain_inflows",
-            rail_id="base_usdc",
-            incident_id="INC-1",
-            operator_reason="daily inflow check",
-        ),
-        "ops1",
-    )
-    assert run["status"] == "complete"
+    run = settled_and_reconciled(x402_engine, _chain())
     assert run["summary"]["inflows"] == 2
     # The proof paid one authorization (10000); the payer's second transfer (25000) in the
     # same transaction is no proof's payment: it must stay drift.

@@ -15,17 +15,15 @@ import pytest
 
 from tests.helpers import advance
 from tests.test_x402_adapter import (
-    AUTHORIZATION_USED_TOPIC,
-    PAY_TO,
-    SEPOLIA_USDC,
-    TRANSFER_TOPIC,
     TX,
-    _topic,
     live_chain,
     settlement_logs,
 )
 from tests.test_x402_engine import FIX, SIGNER, open_x402
-from tests.test_x402_inflow_matched import x402_engine  # noqa: F401  (one treasury, two rails)
+from tests.test_x402_inflow_matched import (  # noqa: F401  (one treasury, two rails)
+    authorization_logs,
+    x402_engine,
+)
 from verifier.core.engine import Engine
 from verifier.services import gate, proofs
 from verifier.storage.reconciliation_models import (
@@ -42,21 +40,7 @@ OTHER_NONCE = "0x" + "77" * 32
 def _batched_settlement() -> list[dict]:
     """One facilitator transaction settling two authorizations: the fixture payer's (logs 0,
     1) and another payer's (logs 2, 3), both to the shared treasury."""
-    other = [
-        {
-            "address": SEPOLIA_USDC.lower(),
-            "topics": [AUTHORIZATION_USED_TOPIC, _topic(OTHER_PAYER), OTHER_NONCE],
-            "data": "0x",
-            "logIndex": "0x2",
-        },
-        {
-            "address": SEPOLIA_USDC.lower(),
-            "topics": [TRANSFER_TOPIC, _topic(OTHER_PAYER), _topic(PAY_TO)],
-            "data": "0x" + (10000).to_bytes(32, "big").hex(),
-            "logIndex": "0x3",
-        },
-    ]
-    return settlement_logs() + other
+    return settlement_logs() + authorization_logs(OTHER_PAYER, OTHER_NONCE, 10000, 2)
 
 
 def _refund_other_payers_log(engine: Engine, sender: str = OTHER_PAYER, log_index: int = 3) -> None:
