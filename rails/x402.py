@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -179,7 +180,26 @@ def decode_proof(raw: str) -> dict[str, Any]:
         raise ProofMalformed("proof", f"not valid JSON ({e.msg})") from None
     if not isinstance(doc, dict):
         raise ProofMalformed("proof", "the payload must be a JSON object")
+    _refuse_repeated_keys(body)
     return doc
+
+
+def _refuse_repeated_keys(body: bytes) -> None:
+    # SECURITY: a name given twice ({"to": A, ..., "to": B}) is read as its last value here and
+    # as its first by some parsers (or refused, by serde): a facilitator, a log reader or an
+    # operator could see another payment than the one verified. One reading only.
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise ProofMalformed("proof", f"the name {key[:64]!r} is given twice")
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except ValueError:  # orjson read it already; only an over-long number lands here
+        raise ProofMalformed("proof", "not valid JSON") from None
 
 
 def _unbase64(text: str) -> bytes:

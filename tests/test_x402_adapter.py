@@ -565,6 +565,12 @@ MALFORMED = {
     "value_over_uint256": tamper(V1_JSON, "payload.authorization.value", str(1 << 256)),
     "valid_before_hex": tamper(V1_JSON, "payload.authorization.validBefore", "0x10"),
     "network_not_string": tamper(V1_JSON, "network", 84532),
+    # Read as the last "to" here, as the first elsewhere: one payload, two payments.
+    "to_given_twice": V1_JSON.replace('"to":', '"to": "0x' + "11" * 20 + '", "to":', 1),
+    "version_given_twice": V1_JSON.replace("{", '{"x402Version": 2, ', 1),
+    "twice_in_base64": base64.b64encode(
+        V2_JSON.replace('"accepted":', '"accepted": {}, "accepted":', 1).encode()
+    ).decode(),
 }
 
 
