@@ -299,6 +299,26 @@ def test_redact_drops_every_url_query_whatever_its_parameters_are_called():
     assert redact("is this a question? yes=1") == "is this a question? yes=1"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "rpc https://user:SuperSecret@node.example/ timed out",  # an RPC node's basic auth
+        "postgresql+psycopg://railproof:SuperSecret@127.0.0.1:5432/railproof refused",
+        "GET /v1/x?next=1 Authorization: Bearer%20SuperSecret",  # a header quoted in a URL
+        "authorization%3A%20Bearer+SuperSecret",
+    ],
+)
+def test_redact_masks_url_credentials_and_encoded_bearer_tokens(text):
+    out = redact(text)
+    assert "SuperSecret" not in out and "[redacted]" in out, out
+
+
+def test_redact_leaves_addresses_that_are_not_url_credentials():
+    assert redact("mail ops@example.com, see http://127.0.0.1:9/hook") == (
+        "mail ops@example.com, see http://127.0.0.1:9/hook"
+    )
+
+
 def test_http_client_request_lines_stay_out_of_the_logs():
     # httpx logs each request's URL at INFO; the service's logging keeps it below that.
     from verifier.core.logs import configure_logging

@@ -10,7 +10,7 @@ from contextvars import ContextVar
 import orjson
 
 _SECRETS = re.compile(
-    r"(Bearer\s+)[^\s\"']+|(\"?(?:signature|token|secret|payload|authorization)\"?\s*[:=]\s*\"?"
+    r"(Bearer(?:\s+|%20|\+))[^\s\"'&]+|(\"?(?:signature|token|secret|payload|authorization)\"?\s*[:=]\s*\"?"
     r"(?:Bearer\s+)?)[^\s\",}]+",
     re.IGNORECASE,
 )
@@ -21,8 +21,13 @@ _SECRETS = re.compile(
 _URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#\"']*)\?[^\s#\"']*", re.IGNORECASE)
 
 
+# A URL's user information (https://user:key@node, a database URL's password).
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s/?#\"'@]+@", re.IGNORECASE)
+
+
 def redact(text: str) -> str:
     text = _URL_QUERY.sub(lambda m: m.group(1) + "?[redacted]", text)
+    text = _URL_USERINFO.sub(lambda m: m.group(1) + "[redacted]@", text)
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
 
 
