@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -418,8 +419,16 @@ async def _deliver(
         out[outcome] += 1
 
     in_flight: set[asyncio.Task[None]] = set()
+    # SECURITY: one client delivers every tenant's events, so it keeps nothing a receiver
+    # answers (a cookie set by one would go to every other on the same host) and takes no
+    # proxy from the environment (a loopback delivery would go to the proxy, signed, and its
+    # answer be recorded as the receiver's).
     async with httpx.AsyncClient(
-        timeout=cfg.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
+        timeout=cfg.timeout_s,
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        trust_env=False,
     ) as http:
         try:
             while True:
