@@ -49,6 +49,11 @@ OWNER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
 # How a token's principal names a long owner list (services.principals), so no owner id's.
 HASHED_PRINCIPAL = "sha256:"
 
+# The names railproof's own actors sign the audit trail with (the worker, a submission,
+# discovery, the catalog, a service), and the prefix of a tenant's principal: a staff member
+# so named would pass for them there.
+SYSTEM_ACTORS = frozenset({"worker", "system", "discovery", "catalog", "service"})
+PRINCIPAL_PREFIX = "svc:"
 AUDIT_KEY_MISSING = (
     "no audit key: set RAILPROOF_AUDIT_KEY (the key) or RAILPROOF_AUDIT_KEY_FILE "
     "(a file holding it); the audit log is keyed with it (docs/security.md)"
@@ -204,7 +209,14 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"staff name {name!r} is not a name (1-128 of A-Z a-z 0-9 _ . : @ -)"
                 )
-            other = seen.setdefault(name.casefold(), name)
+            folded = name.casefold()
+            if folded in SYSTEM_ACTORS or folded.startswith((PRINCIPAL_PREFIX, HASHED_PRINCIPAL)):
+                raise ValueError(
+                    f"staff name {name!r} is reserved: the audit trail names railproof's own "
+                    f"actors so ({', '.join(sorted(SYSTEM_ACTORS))}), and tenants by names "
+                    f"beginning {PRINCIPAL_PREFIX!r}"
+                )
+            other = seen.setdefault(folded, name)
             if other != name:
                 raise ValueError(f"staff names {other!r} and {name!r} differ only in case")
         return v
@@ -259,6 +271,25 @@ class Settings(BaseSettings):
         if v is not None:
             v = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
         return v
+
+    @model_validator(mode="after")
+    def _token_scopes(self) -> Settings:
+        # SECURITY: a token is a tenant's, a staff member's or the metrics scraper's, never two
+        # of these: a tenant's token that is also staff would reach every /v1/admin route.
+        # The message never repeats a token.
+        tables = {
+            "RAILPROOF_SERVICE_TOKENS": set(self.service_tokens),
+            "RAILPROOF_STAFF_TOKENS": set(self.staff_tokens),
+            "RAILPROOF_METRICS_TOKEN": (
+                {self.metrics_token.get_secret_value()} if self.metrics_token else set()
+            ),
+        }
+        names = list(tables)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if tables[a] & tables[b]:
+                    raise ValueError(f"a token is in both {a} and {b}: give each its own")
+        return self
 
     @model_validator(mode="after")
     def _no_fixed_clock_live(self) -> Settings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from verifier.core.config import HASHED_PRINCIPAL
+from verifier.core.config import HASHED_PRINCIPAL, PRINCIPAL_PREFIX
 
 MAX_PRINCIPAL = 128  # the stored key's width (idempotency claims)
 
@@ -17,11 +17,11 @@ MAX_PRINCIPAL = 128  # the stored key's width (idempotency claims)
 def principal_name(owners: Iterable[str]) -> str:
     """The owners, sorted and joined. A long list is named by its sha256 instead: a token
     acting for many owners must fit the claim's key, not fail on it."""
-    name = "svc:" + ",".join(sorted(owners))
+    name = PRINCIPAL_PREFIX + ",".join(sorted(owners))
     if len(name) <= MAX_PRINCIPAL:
         return name
     # No owner id begins with HASHED_PRINCIPAL (core.config), so this never names one owner.
-    return "svc:" + HASHED_PRINCIPAL + hashlib.sha256(name.encode()).hexdigest()
+    return PRINCIPAL_PREFIX + HASHED_PRINCIPAL + hashlib.sha256(name.encode()).hexdigest()
 
 
 def still_held(service_tokens: Mapping[str, list[str]], owners: Iterable[str]) -> bool:
