@@ -399,12 +399,17 @@ class TronAdapter:
         observed = self._observed(info, tx_id, token, recipient)
         failure = execution_failure(info)
         # SECURITY: a failed contract call moved no tokens, whatever it targeted or paid in fees.
+        # Failed for good only once its block is final: a fork may yet run it again, and pay.
         if failure is not None:
-            return Verdict.fail(
-                FailureCode.tx_failed_onchain,
-                f"transaction {tx_id} failed: {failure}",
-                observed=observed,
-            )
+            said = f"transaction {tx_id} failed: {failure}"
+            where = self._settlement(tx_id, _block_number(info), read_now_block(chain))
+            if not where.is_final:
+                return Verdict.wait(
+                    FailureCode.not_final,
+                    f"{said}, in a block not final yet ({where.detail}): failed once final",
+                    observed=observed,
+                )
+            return Verdict.fail(FailureCode.tx_failed_onchain, said, observed=observed)
 
         transfers = _transfers(info)
         counted = counted_trc20(transfers, token, recipient, terms.sender)

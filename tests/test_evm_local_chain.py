@@ -218,8 +218,15 @@ def test_window_is_judged_by_the_block_time(chain, token):
 
 
 def test_review_only_rail_on_a_real_transfer_ends_in_review(chain, token):
-    adapter = EvmAdapter(chain.rail(token.address, stage=Stage.review_only, rail_id="local_usdt"))
+    adapter = EvmAdapter(
+        chain.rail(token.address, stage=Stage.review_only, rail_id="local_usdt", confirmations=2)
+    )
     tx = chain.transfer(token, payer(chain), treasury(chain), PAID)
+    # Not to review before the rail's finality: nothing re-checks a proof in review.
+    early = run_verify(adapter, tx, terms(chain), chain).verdict
+    assert (early.status, early.code) == (Status.pending, FailureCode.not_final)
+    assert early.observed["amount"] == str(PAID) and "1/2 confirmations" in early.detail
+    chain.mine()
     checked = run_verify(adapter, tx, terms(chain), chain)
     assert (checked.verdict.status, checked.verdict.code) == (
         Status.requires_review,

@@ -109,6 +109,15 @@ def _run(adapter: Adapter, proof: str, terms: Terms, chain: Transport) -> Checke
 def apply_stage(adapter: Adapter, verdict: Verdict) -> Verdict:
     # SECURITY: review_only rails record evidence but can never end verified (so never apply).
     if adapter.rail.stage is Stage.review_only and verdict.status is Status.verified:
+        where = verdict.settlement
+        if where is not None and not where.is_final:
+            # A reviewer reads requires_review as "this paid": not before the rail's finality
+            # (a block not final may yet be dropped, and nothing re-checks a proof in review).
+            return Verdict.wait(
+                FailureCode.not_final,
+                f"{verdict.detail}, not final yet ({where.detail}): put to review once final",
+                observed=verdict.observed,
+            )
         return verdict.model_copy(
             update={
                 "status": Status.requires_review,
