@@ -306,6 +306,11 @@ def _refused(engine: Engine, rail: Rail, ps: PaymentSession, sig: str, result: o
     return True
 
 
+def _reference_key(rail: Rail, reference: str) -> str:
+    """The watch of one session's reference."""
+    return f"solana:{rail.rail_id}:ref:{reference}"
+
+
 def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
     """One watch of the rail's treasury (and references of non-treasury sessions). Returns
     {"submitted", "rpc_calls", "inflows"}."""
@@ -324,7 +329,9 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
         return out
     with engine.db.tx() as s:
         oldest = repo.oldest_watched(s, rail.rail_id, alive, treasury) if treasury else None
-        elsewhere = repo.open_sessions(s, rail.rail_id, alive, SESSIONS_PER_CYCLE, treasury)
+        elsewhere = repo.sessions_by_reference_turn(
+            s, rail.rail_id, alive, SESSIONS_PER_CYCLE, _reference_key(rail, ""), treasury
+        )
         for ps in elsewhere:
             s.expunge(ps)
     if oldest is None and not elsewhere:
@@ -352,7 +359,7 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
         # A recipient that is not the treasury is not watched: its session's reference is.
         if not ps.reference:
             continue
-        key = f"solana:{rail.rail_id}:ref:{ps.reference}"
+        key = _reference_key(rail, ps.reference)
         due, state = _due(engine, key)
         if not due:
             continue

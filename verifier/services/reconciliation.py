@@ -1307,14 +1307,26 @@ def carried_sessions(
     """The sessions (of `by_ref`, by reference) whose reference a Solana inflow carries where
     it binds: a chosen one among the keys no shared account can be, one railproof generated
     wherever it sits, as verification takes them. A chosen reference matched elsewhere (a
-    payer's wallet, a pool) would make other tenants' payments look ambiguous."""
+    payer's wallet, a pool) would make other tenants' payments look ambiguous. A session
+    whose window does not hold the transfer's chain time is not carried, as verification
+    judges it: one opened after a payment, naming one of its keys, would hide that payment."""
+    from verifier.services.proofs import terms_for
     from verifier.services.sessions import reference_generated
 
     out = []
     for key in inflow.keys:
         ps = by_ref.get(key)
-        if ps is not None and (
+        if ps is None or not (
             key in inflow.account_keys or reference_generated(engine, adapter, ps)
         ):
-            out.append(ps)
+            continue
+        if inflow.block_time is not None:  # without one, verification holds it for review
+            terms = terms_for(engine, ps, adapter)
+            opens, closes = terms.not_before, terms.not_after
+            # Chain times are whole seconds: the second a bound falls in counts.
+            if (opens is not None and inflow.block_time < int(opens.timestamp())) or (
+                closes is not None and inflow.block_time > int(closes.timestamp())
+            ):
+                continue
+        out.append(ps)
     return out

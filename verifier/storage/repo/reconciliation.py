@@ -567,18 +567,29 @@ def _watched(rail_id: str, alive_after: datetime) -> tuple[Any, ...]:
     )
 
 
-def open_sessions(
+def sessions_by_reference_turn(
     s: Session,
     rail_id: str,
     alive_after: datetime,
     limit: int,
+    watch_prefix: str,
     other_than: str | None = None,
 ) -> list[Any]:
-    """The oldest `limit` watched sessions (`_watched`), those paying `other_than` left out."""
-    q = select(PaymentSession).where(*_watched(rail_id, alive_after))
+    """`limit` watched sessions (`_watched`) with a reference, those paying `other_than` left
+    out, whose turn it is: the watch of each reference (the cursor `watch_prefix` +
+    reference) never polled first, then the longest due, then the oldest."""
+    # SECURITY: chosen by turn, not by age: one tenant's many open sessions, the oldest, would
+    # otherwise take every slot for their week and leave the others' never watched.
+    cursor = aliased(DiscoveryCursor)
+    q = (
+        select(PaymentSession)
+        .outerjoin(cursor, cursor.watch_key == watch_prefix + PaymentSession.reference)
+        .where(*_watched(rail_id, alive_after), PaymentSession.reference.is_not(None))
+    )
     if other_than is not None:
         q = q.where(PaymentSession.recipient != other_than)
-    return list(s.scalars(q.order_by(PaymentSession.created_at).limit(limit)).all())
+    q = q.order_by(cursor.next_poll_at.asc().nulls_first(), PaymentSession.created_at)
+    return list(s.scalars(q.limit(limit)).all())
 
 
 def oldest_watched(

@@ -1,0 +1,183 @@
+"""Solana discovery against hostile tenants, on the recorded chains (fixtures/solana/generated).
+
+- Sessions paying a recipient that is not the treasury are watched one by one, through their
+  reference, `SESSIONS_PER_CYCLE` (5,000) a cycle. They are taken by turn: one tenant keeping
+  that many open, unpaid sessions (a week each, 20 a second at the default rate limit) must
+  not leave a session opened after them, another tenant's, never watched.
+- A session opened after a payment, naming one of its keys as its reference, is not a session
+  the payment could be for (verification says `session_not_open`): it must not make the
+  payment look ambiguous and hide it from discovery.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from solders.keypair import Keypair
+
+from tests.conftest import CLOCK
+from tests.helpers import FIXTURES
+from tests.test_discovery import _paying_elsewhere, _refs, make_engine
+from verifier.services import discovery
+from verifier.services.sessions import NewSession, open_session
+
+ELSEWHERE = FIXTURES / "solana" / "generated" / "ata_created_same_tx.json"
+
+
+class _Node:
+    """The recorded chain, and a reference's listing: the victim's names its payment, any
+    other reference (the hostile tenant's) has none."""
+
+    source = "cassette"
+
+    def __init__(self, inner, reference: str, listing: list[dict]):
+        self.inner, self.reference, self.listing = inner, reference, listing
+        self.listed: list[str] = []
+
+    def call(self, method, params):
+        if method == "getSignaturesForAddress":
+            self.listed.append(params[0])
+            return self.listing if params[0] == self.reference else []
+        return self.inner.call(method, params)
+
+
+def test_many_open_sessions_of_one_tenant_never_starve_another_tenants_session(db_url, monkeypatch):
+    # (3 stands for SESSIONS_PER_CYCLE's 5,000, as tests/test_discovery does for its bounds)
+    monkeypatch.setattr(discovery, "SESSIONS_PER_CYCLE", 3)
+    from tests.helpers import SwitchableTransport
+
+    doc = json.loads(ELSEWHERE.read_text())
+    exp, sig, real = doc["expect"], doc["calls"][0]["params"][0], doc["calls"][0]["result"]
+    listing = [
+        {
+            "signature": sig,
+            "slot": real["slot"],
+            "blockTime": real["blockTime"],
+            "err": None,
+            "memo": None,
+            "confirmationStatus": "finalized",
+        }
+    ]
+    e = make_engine(db_url)
+    try:
+        node = _Node(SwitchableTransport(doc["calls"]), exp["reference"], listing)
+        e.chains.set_transport("solana-mainnet", node)
+        # The hostile tenant: open sessions paying its own wallet, a week each, never paid.
+        e.settings.clock = CLOCK - timedelta(seconds=60)
+        for _ in range(3):
+            open_session(
+                e,
+                NewSession(
+                    owner_id="bob",
+                    rail_id="solana_usdc",
+                    access_product_id="pro",
+                    amount=1,
+                    recipient=str(Keypair().pubkey()),
+                    expires_in_seconds=7 * 24 * 3600,
+                ),
+                actor="svc",
+            )
+        e.settings.clock = CLOCK
+        victim = _paying_elsewhere(e, exp)  # alice's session, paying a merchant's wallet
+        rail = e.rail("solana_usdc")
+        for _ in range(6):  # six worker cycles, each past every watch's back-off
+            discovery.watch_solana(e, rail)
+            e.settings.clock = e.settings.now() + timedelta(seconds=120)
+        assert exp["reference"] in node.listed, "alice's session was never watched"
+        assert _refs(e, victim["id"]) == [(sig, "verified")]
+    finally:
+        e.db.dispose()
+
+
+# -- a key of the payment chosen as another session's reference after it was made -----------
+
+
+def _with_second_key(extra: str):
+    """The recorded "discovered" transfer into the treasury (fresh signature) carrying one more
+    read-only, non-signer key (`extra`) after its reference, as a Solana Pay request with two
+    references or an Actions provider's identity puts it; the treasury's listing of it."""
+    import orjson
+
+    from tests.helpers import SwitchableTransport
+    from tests.test_discovery import DOC, EXPECT, _Node
+
+    calls = {c["method"] + ":" + json.dumps(c["params"][0]): c for c in DOC["calls"]}
+    sig = EXPECT["discovered"]["signature"]
+    tx = calls["getTransaction:" + json.dumps(sig)]
+    status = calls["getSignatureStatuses:" + json.dumps([sig])]
+    new_sig = str(Keypair().sign_message(b"a second key"))
+    result = json.loads(orjson.dumps(tx["result"]).decode().replace(sig, new_sig))
+    message = result["transaction"]["message"]
+    message["accountKeys"].append(
+        {"pubkey": extra, "signer": False, "source": "transaction", "writable": False}
+    )
+    message["instructions"][0]["parsed"]["info"]["signers"].append(extra)
+    entry = {
+        "blockTime": result["blockTime"],
+        "confirmationStatus": "finalized",
+        "err": None,
+        "memo": None,
+        "signature": new_sig,
+        "slot": result["slot"],
+    }
+    inner = SwitchableTransport(
+        [
+            {"method": "getTransaction", "params": [new_sig, tx["params"][1]], "result": result},
+            {
+                "method": "getSignatureStatuses",
+                "params": [[new_sig], status["params"][1]],
+                "result": status["result"],
+            },
+        ]
+    )
+    return new_sig, result["blockTime"], _Node(inner, [entry])
+
+
+def test_a_session_opened_after_the_payment_naming_one_of_its_keys_never_hides_it(db_url):
+    # Bob's session (its reference R) is paid by a transfer that also carries a read-only key
+    # K. Once the transfer is on chain, Alice (another tenant) opens a session choosing K as
+    # its reference. That session was opened after the transfer: it cannot be its payment
+    # (verification says so: `session_not_open`, and Bob's own submission of it verifies,
+    # the later session being no candidate). Discovery counts it anyway: "the transfer carries
+    # the references of 2 sessions", and its watch moved past Bob's payment for good.
+    from tests.test_discovery import EXPECT
+
+    extra = str(Keypair().pubkey())
+    sig, block_time, node = _with_second_key(extra)
+    e = make_engine(db_url, discovery_page_limit=1000)
+    try:
+        e.chains.set_transport("solana-mainnet", node)
+        bobs = open_session(
+            e,
+            NewSession(
+                owner_id="bob",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=EXPECT["discovered"]["amount"],
+                reference=EXPECT["discovered"]["reference"],
+            ),
+            actor="svc",
+        )
+        # After the transfer's block time (past any clock skew verification allows):
+        e.settings.clock = CLOCK + timedelta(
+            seconds=block_time - int(CLOCK.timestamp()) + e.settings.chain_clock_skew_seconds + 60
+        )
+        open_session(
+            e,
+            NewSession(
+                owner_id="alice",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=EXPECT["discovered"]["amount"],
+                reference=extra,
+            ),
+            actor="svc",
+        )
+        rail = e.rail("solana_usdc")
+        for _ in range(3):
+            discovery.watch_solana(e, rail)
+            e.settings.clock = e.settings.now() + timedelta(seconds=120)
+        assert _refs(e, bobs["id"]) == [(sig, "verified")]
+    finally:
+        e.db.dispose()
