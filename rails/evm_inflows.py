@@ -4,11 +4,14 @@ ranges, pure functions over a `Transport`.
 Providers cap `eth_getLogs` (a block range, or a number of results) and refuse a larger
 request with an error (-32005, -32602, …): the range is split in two and each half asked
 again, down to one block. A refusal of one block, or a node that cannot be reached, ends the
-scan with what was read and the error: never "no transfers".
+scan with what was read and the error: never "no transfers". Given the senders wanted (a
+watch that binds by payer), a block refused whole is asked sender by sender instead: anyone
+can fill one block with more transfers to a shared treasury than a node answers at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from rails.base import Transport
@@ -42,6 +45,8 @@ class LogScan:
     calls: int = 0
     scanned_to: int | None = None  # every block up to here was read
     error: str | None = None
+    # (block, sender) whose transfers the node refused to list even alone: passed over.
+    passed_over: list[tuple[int, str]] = field(default_factory=list)
 
 
 def head(chain: Transport) -> int:
@@ -56,8 +61,10 @@ def transfer_logs(
     to_block: int,
     *,
     max_range: int = 2000,
+    senders: Collection[str] | None = None,
 ) -> LogScan:
-    """Transfers of `token` to `recipient` in [from_block, to_block], in block order."""
+    """Transfers of `token` to `recipient` in [from_block, to_block], in block order. With
+    `senders`, only theirs are wanted: a block the node refuses whole is asked for each."""
     scan = LogScan(scanned_to=from_block - 1)
     todo: list[tuple[int, int]] = []
     lo = from_block
@@ -68,28 +75,21 @@ def transfer_logs(
     todo.reverse()
     while todo:
         lo, hi = todo.pop()
-        scan.calls += 1
         try:
-            logs = chain.call(
-                "eth_getLogs",
-                [
-                    {
-                        "address": token,
-                        "fromBlock": hex(lo),
-                        "toBlock": hex(hi),
-                        "topics": [TRANSFER_TOPIC, None, address_topic(recipient)],
-                    }
-                ],
-            )
-            if not isinstance(logs, list):
-                raise MalformedResponse(f"eth_getLogs: expected a list, got {logs!r:.120}")
+            logs = _get_logs(scan, chain, token, lo, hi, None, recipient)
         except (RpcErrorResponse, AnswerTooLarge) as e:
             if hi > lo:  # the node refuses the range, or it holds too many: ask for each half
                 mid = (lo + hi) // 2
                 todo.extend([(mid + 1, hi), (lo, mid)])
                 continue
-            scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
-            return scan
+            if senders is None:
+                scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
+                return scan
+            try:
+                logs = _by_sender(scan, chain, token, lo, senders, recipient)
+            except (TransportError, CassetteError) as e2:
+                scan.error = f"eth_getLogs [{lo}, {hi}]: {e2}"
+                return scan
         except (TransportError, CassetteError) as e:
             scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
             return scan
@@ -102,6 +102,55 @@ def transfer_logs(
         scan.scanned_to = hi
     scan.inflows.sort(key=lambda i: (i.block_number, i.log_index or 0))
     return scan
+
+
+def _get_logs(
+    scan: LogScan,
+    chain: Transport,
+    token: str,
+    lo: int,
+    hi: int,
+    sender: str | None,
+    recipient: str,
+) -> list[object]:
+    scan.calls += 1
+    logs = chain.call(
+        "eth_getLogs",
+        [
+            {
+                "address": token,
+                "fromBlock": hex(lo),
+                "toBlock": hex(hi),
+                "topics": [
+                    TRANSFER_TOPIC,
+                    None if sender is None else address_topic(sender),
+                    address_topic(recipient),
+                ],
+            }
+        ],
+    )
+    if not isinstance(logs, list):
+        raise MalformedResponse(f"eth_getLogs: expected a list, got {logs!r:.120}")
+    return logs
+
+
+def _by_sender(
+    scan: LogScan,
+    chain: Transport,
+    token: str,
+    block: int,
+    senders: Collection[str],
+    recipient: str,
+) -> list[object]:
+    """One block's transfers from each of `senders`; a sender whose own the node still
+    refuses (its own flood) is passed over. Transport errors propagate."""
+    out: list[object] = []
+    for sender in sorted({s.lower() for s in senders}):
+        try:
+            out.extend(_get_logs(scan, chain, token, block, block, sender, recipient))
+        except (RpcErrorResponse, AnswerTooLarge):
+            scan.passed_over.append((block, sender))
+    return out
 
 
 def _inflows(logs: list[object], token: str, recipient: str) -> list[EvmInflow]:

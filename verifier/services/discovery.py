@@ -498,6 +498,8 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     due, state = _due(engine, key)
     if not due:
         return out
+    with engine.db.tx() as s:
+        payers = repo.watched_payers(s, rail.rail_id, alive, treasury)
     counted = CountingTransport(chain or engine.chains.transport(rail.family, rail.network))
     try:
         top = head(counted)
@@ -515,9 +517,25 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         if last is not None
         else max(0, top - engine.settings.discovery_evm_lookback_blocks)
     )
+    # SECURITY: only the watched payers' transfers can bind here, so a block the node refuses
+    # whole (anyone's flood of transfers to the shared treasury) is asked payer by payer,
+    # never left in the way of every later payment.
     scan = transfer_logs(
-        counted, rail.asset, treasury, start, top, max_range=engine.settings.reconcile_evm_max_range
+        counted,
+        rail.asset,
+        treasury,
+        start,
+        top,
+        max_range=engine.settings.reconcile_evm_max_range,
+        senders=payers,
     )
+    for block, payer in scan.passed_over:
+        log.warning(
+            "discovery passed over block %s: the node refuses to list payer %s's transfers",
+            block,
+            payer,
+            extra={"rail_id": rail.rail_id},
+        )
     new = [i for i in scan.inflows if last is None or i.block_number > last]  # first read
     # A transfer a proof already holds (the payer's earlier payment, submitted by its tenant)
     # is no candidate: matched first, it used a later session's turn and hid the payment

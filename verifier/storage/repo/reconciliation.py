@@ -630,6 +630,16 @@ def watched_by_reference(
     return out
 
 
+def watched_payers(s: Session, rail_id: str, alive_after: datetime, recipient: str) -> set[str]:
+    """The payers (lower case) the watched sessions paying `recipient` (any case) name."""
+    q = select(func.lower(PaymentSession.payer)).where(
+        *_watched(rail_id, alive_after),
+        func.lower(PaymentSession.recipient) == recipient.lower(),
+        PaymentSession.payer.is_not(None),
+    )
+    return set(s.scalars(q.distinct()).all())
+
+
 def watched_by_payer(
     s: Session, rail_id: str, alive_after: datetime, recipient: str, payers: Iterable[str]
 ) -> list[Any]:
