@@ -4,6 +4,8 @@ submission, discovery, the catalog, a tenant's principal)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -63,3 +65,17 @@ def test_the_reserved_names_are_the_ones_the_code_signs_with():
     assert {loop.SYSTEM.actor, proofs.SYSTEM.actor, discovery.ACTOR} <= SYSTEM_ACTORS
     assert principal_name(["alice"]).startswith(PRINCIPAL_PREFIX)
     assert principal_name(["alice", "bob"]).startswith(PRINCIPAL_PREFIX)
+
+
+def test_the_asgi_factory_names_a_bad_variable_without_quoting_its_value(monkeypatch):
+    """`uvicorn --factory verifier.http.asgi:make_app` prints what the factory raises: the
+    variable and what is wrong, never the token table pydantic's own message quotes."""
+    import traceback
+
+    from verifier.http.asgi import make_app
+
+    monkeypatch.setenv("RAILPROOF_SERVICE_TOKENS", json.dumps({SERVICE_TOKEN: ["bad,owner"]}))
+    with pytest.raises(RuntimeError, match="RAILPROOF_SERVICE_TOKENS") as e:
+        make_app()
+    printed = "".join(traceback.format_exception(e.value))
+    assert SERVICE_TOKEN not in printed, printed
