@@ -37,10 +37,11 @@ def progress(
     if not _is_terminal(out):
         yield lambda _label: None
         return
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    # An operator's --scope and a run's labels are text, never rich markup.
+    columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn()]
     if total is not None:
         columns.append(MofNCompleteColumn())
-    columns += [TimeElapsedColumn(), TextColumn("{task.fields[label]}")]
+    columns += [TimeElapsedColumn(), TextColumn("{task.fields[label]}", markup=False)]
     bar = Progress(*columns, console=Console(file=out, force_terminal=True), transient=True)
     with bar:
         task = bar.add_task(description, total=total, label="")

@@ -5,26 +5,20 @@ by the API.
 SECURITY: such text reaches an operator's terminal. Rich reads `[...]` in a plain string as
 markup (a tenant's URL holding `[/x]` crashed the table, `[conceal]` hid what is stored) and
 passes ESC through, so a receiver's error body could clear the screen, retitle the window or
-plant a link. Every such value is printed as a `Text` (never markup) with its control
-characters (C0, DEL, C1) and the bidirectional overrides written as escapes: `\\x1b`, `\\n`,
-`\\u202e`. JSON output needs none of this: `json.dumps` escapes them all.
+plant a link. Every such value is printed as a `Text` (never markup) with every character
+that does not print written as its escape (core.shown): `\\x1b`, `\\n`, `\\u202e`, `\\u200b`.
+JSON output needs none of this: `json.dumps` escapes them all.
 """
-
-import re
 
 import typer
 from rich.text import Text
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _escape(m: re.Match[str]) -> str:
-    return m.group().encode("unicode_escape").decode("ascii")
+from verifier.core.shown import printable
 
 
 def plain(value: object) -> str:
-    """`value` as text with every control character written as its escape."""
-    return _UNSAFE.sub(_escape, str(value))
+    """`value` as text with every character that does not print written as its escape."""
+    return printable(value)
 
 
 def text(value: object) -> Text:

@@ -29,10 +29,12 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
+from verifier.core.shown import printable
 from verifier.http.console import charts
 from verifier.http.console.auth import (
     COOKIE_PATH,
@@ -103,8 +105,18 @@ def _templates() -> Jinja2Templates:
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
+        finalize=_shown,
     )
     return Jinja2Templates(env=env)
+
+
+def _shown(value: object) -> object:
+    # SECURITY: autoescape stops HTML, not a tenant's memo holding U+202E or a zero-width
+    # space, which a browser shows as another order's id: every value printed is escaped so
+    # (markup the console built itself, a chart, is left as it is; line breaks collapse).
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable(value, keep="\n\r\t")
+    return value
 
 
 def _reconciliation_module() -> Any:

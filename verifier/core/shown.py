@@ -1,0 +1,23 @@
+"""Text railproof did not write (a tenant's memo, an incident id, a receiver's answer), made safe
+to show a person: every character that does not print is written as its escape.
+
+SECURITY: control characters move a terminal's cursor or retitle its window; the
+bidirectional overrides (U+202E) reverse what follows; zero-width and other invisible
+characters (U+200B, U+2060, U+FEFF, a soft hyphen) make one id print exactly as another. What
+`str.isprintable` refuses (Unicode's Other and Separator categories, but the ASCII space) is
+all of these."""
+
+from __future__ import annotations
+
+
+def _escape(ch: str) -> str:
+    return ch.encode("unicode_escape").decode("ascii")
+
+
+def printable(value: object, keep: str = "") -> str:
+    """`value` as text with every character that does not print (but those in `keep`)
+    written as its escape: `\\x1b`, `\\n`, `\\u202e`, `\\u200b`."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escape(c) for c in text)
