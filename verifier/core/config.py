@@ -42,7 +42,13 @@ DEFAULT_CASSETTE_DIR = REPO_FIXTURES if REPO_FIXTURES.is_dir() else PACKAGED_CAS
 CsvList = Annotated[list[str], NoDecode]
 
 
-_YEAR_S = 365 * 24 * 3600.0  # the longest a webhook duration may be
+# The longest any duration may be: added to (or taken from) now, it stays a date, where a
+# larger one overflowed the first datetime it met (a 500 on every request that did).
+_YEAR_S = 365 * 24 * 3600
+_YEAR_DAYS = 365
+# PostgreSQL's own largest lock_timeout / statement_timeout (a 32-bit count of ms, ~24.8 days):
+# a larger one fails every connection.
+_PG_MAX_MS = 2**31 - 1
 # The owner ids a session can name (http.models `Id`, SessionIn.owner_id), and so the only
 # ones a service token may act for.
 OWNER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
@@ -94,15 +100,15 @@ class Settings(BaseSettings):
     api_base_url: str = ""
     staff_token: str | None = None
     # engine policies
-    session_ttl_seconds: int = Field(default=3600, ge=60)
-    max_session_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
-    tx_not_found_grace_seconds: int = Field(default=900, ge=0)
+    session_ttl_seconds: int = Field(default=3600, ge=60, le=_YEAR_S)
+    max_session_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=_YEAR_S)
+    tx_not_found_grace_seconds: int = Field(default=900, ge=0, le=_YEAR_S)
     # How far a transfer's chain time may be before the creation, on railproof's clock, of a
     # session whose reference railproof generated (a Solana block time is the validators'
     # estimate); other sessions allow none (services.proofs.terms_for).
     chain_clock_skew_seconds: int = Field(default=30, ge=0, le=600)
-    stuck_claim_seconds: int = Field(default=300, ge=1)
-    claim_lease_seconds: int = Field(default=120, ge=1)
+    stuck_claim_seconds: int = Field(default=300, ge=1, le=_YEAR_S)
+    claim_lease_seconds: int = Field(default=120, ge=1, le=_YEAR_S)
     rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0 turns limiting off
     rate_limit_burst: int = Field(default=40, ge=1)
     # Console logins tried per client address a minute (0: not limited).
@@ -120,8 +126,8 @@ class Settings(BaseSettings):
     # keeps the RPC policy's longer bounds.
     submit_verify_budget_s: float = Field(default=3.0, gt=0)
     # PostgreSQL: no transaction waits for a lock, or runs a statement, for ever (0: no limit).
-    pg_lock_timeout_ms: int = Field(default=5000, ge=0)
-    pg_statement_timeout_ms: int = Field(default=30000, ge=0)
+    pg_lock_timeout_ms: int = Field(default=5000, ge=0, le=_PG_MAX_MS)
+    pg_statement_timeout_ms: int = Field(default=30000, ge=0, le=_PG_MAX_MS)
     # PostgreSQL: submission-path requests one API process works on at once, a request
     # waiting on the chain not counted (core.inline.Slots). 0: no limit.
     pg_work_slots: int = Field(default=2, ge=0)
@@ -144,16 +150,16 @@ class Settings(BaseSettings):
     # Deliveries in flight to one token's endpoints at a time: receivers that hang hold no more.
     webhook_token_concurrency: int = Field(default=2, ge=1)
     # Reconciliation (verifier.services.reconciliation) and discovery (…discovery).
-    reconcile_verified_sla_seconds: int = Field(default=3600, ge=0)
-    reconcile_pending_sla_seconds: int = Field(default=7200, ge=0)
+    reconcile_verified_sla_seconds: int = Field(default=3600, ge=0, le=_YEAR_S)
+    reconcile_pending_sla_seconds: int = Field(default=7200, ge=0, le=_YEAR_S)
     reconcile_max_pages: int = Field(default=50, ge=1)  # getSignaturesForAddress pages per run
     reconcile_evm_max_range: int = Field(default=2000, ge=1)  # eth_getLogs blocks per request
     # None: on with RAILPROOF_CHAIN=live for rails whose treasury is configured; off otherwise.
     # Release-gate evidence older than this no longer counts (0: never expires).
-    release_gate_max_age_days: int = Field(default=30, ge=0)
+    release_gate_max_age_days: int = Field(default=30, ge=0, le=_YEAR_DAYS)
     discovery: bool | None = None
     discovery_page_limit: int = Field(default=1000, ge=1, le=1000)
-    discovery_max_backoff_s: float = Field(default=60.0, ge=0)
+    discovery_max_backoff_s: float = Field(default=60.0, ge=0, le=_YEAR_S)
     discovery_evm_lookback_blocks: int = Field(default=2000, ge=1)
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 
@@ -269,7 +275,10 @@ class Settings(BaseSettings):
         # offset, so 00:00+05:00 was read back as 00:00 UTC (every stored time five hours
         # off, and the audit chain, hashed over the instant, reported as tampered).
         if v is not None:
-            v = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+            try:
+                v = v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+            except OverflowError:  # 0001-01-01T00:00+01:00 is a time before year 1 in UTC
+                raise ValueError("outside the representable UTC range") from None
         return v
 
     @model_validator(mode="after")
