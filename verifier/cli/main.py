@@ -137,17 +137,36 @@ def db_upgrade(
     ] = "head",
 ) -> None:
     """Migrate the database at RAILPROOF_DATABASE_URL to the latest schema."""
-    from verifier.storage.db import known_revision, shown_url, unknown_revision, upgrade
+    from verifier.storage.db import (
+        known_revision,
+        shown_url,
+        target_revision,
+        unknown_revision,
+        upgrade,
+    )
 
     settings = _settings()
+    url = settings.database_url
     try:
-        upgrade(settings.database_url, revision)
+        upgrade(url, revision)
     except Exception as e:
-        current = _revision_or_none(settings.database_url)
-        if current is not None and not known_revision(settings.database_url, current):
+        current = _revision_or_none(url)
+        if current is not None and not known_revision(url, current):
             fail(f"migration failed: the database is {unknown_revision(current)}")
-        fail(f"migration failed: {type(e).__name__}: {str(e).splitlines()[0]}")
-    typer.echo(f"database at {revision}: {shown_url(settings.database_url)}")
+        # Alembic answers some revisions ('', 'head+1') with an AssertionError and no text.
+        lines = str(e).strip().splitlines()
+        detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        option = f" (--revision {revision!r})" if revision != "head" else ""
+        fail(f"migration failed{option}: {detail}")
+    # An upgrade to a revision below the database's is no move at all: say where it is.
+    at = _revision_or_none(url) or "base"
+    wanted = target_revision(url, revision)
+    if wanted is not None and at != wanted:
+        fail(
+            f"--revision {revision!r}: the database stays at {at}, not {wanted} "
+            f"(`db upgrade` never goes down): {shown_url(url)}"
+        )
+    typer.echo(f"database at {at}: {shown_url(url)}")
 
 
 def _revision_or_none(url: str) -> str | None:
@@ -423,7 +442,7 @@ def record(
         n = record_cassette(rail, network, urls, proof, out, recipient)
     except ValueError as e:
         fail(str(e))
-    typer.echo(f"wrote {out} ({n} calls)")
+    typer.echo(f"wrote {show.path(out)} ({n} calls)")
 
 
 @audit_app.command("verify")
@@ -499,7 +518,7 @@ def audit_checkpoint(
             out.write_text(doc)
         except OSError as e:
             fail(f"--out: cannot write {out}: {e.strerror}")
-        typer.echo(f"wrote {out} ({cp['events']} events, head event {cp['head_id']})")
+        typer.echo(f"wrote {show.path(out)} ({cp['events']} events, head event {cp['head_id']})")
     else:
         sys.stdout.write(doc)
 
@@ -540,7 +559,7 @@ def _write(text: str, out: Path | None) -> None:
         out.write_text(text)
     except OSError as e:
         fail(f"--out: cannot write {out}: {e.strerror}")
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {show.path(out)}")
 
 
 @app.command()
@@ -689,6 +708,9 @@ def rehearse(
     prints the evidence file's sha256."""
     from verifier.tools.rehearse import run_rehearsal
 
+    # Its name goes into OUT.sha256 and the messages: bytes that are not UTF-8 cannot.
+    if show.path(out) != show.plain(out):
+        fail("--out: not valid text in this locale's encoding")
     result = run_rehearsal(
         database_url,
         out,

@@ -29,6 +29,7 @@ from rich.text import Text
 from rails.files import read_regular
 from verifier.cli.show import plain, say, text
 from verifier.core.config import Settings
+from verifier.http.guards import MAX_INCIDENT_ID, MAX_OPERATOR_REASON
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 Incident = Annotated[str | None, typer.Option("--incident-id", help="incident this belongs to")]
@@ -198,9 +199,13 @@ class Client:
         reason = (reason or "").strip() or None
         # UTF-8, which the API reads these headers as: an operator may write in any language.
         if incident_id:
-            self.headers[b"X-Incident-Id"] = _header_text(incident_id, "--incident-id")
+            self.headers[b"X-Incident-Id"] = _header_text(
+                incident_id, "--incident-id", MAX_INCIDENT_ID
+            )
         if reason:
-            self.headers[b"X-Operator-Reason"] = _header_text(reason, "--operator-reason")
+            self.headers[b"X-Operator-Reason"] = _header_text(
+                reason, "--operator-reason", MAX_OPERATOR_REASON
+            )
         self.context = {"incident_id": incident_id, "operator_reason": reason}
 
     def request(
@@ -265,10 +270,15 @@ def _shown(url: str) -> str:
     return f"{u.scheme}://{u.netloc.decode('ascii')}{u.path}".rstrip("/")
 
 
-def _header_text(value: str, option: str) -> bytes:
+def _header_text(value: str, option: str, limit: int) -> bytes:
     if plain(value) != value:
         _die(f"{option}: must not contain control characters")
-    return _text(value, option)
+    raw = _text(value, option)
+    # The API's own limit (counted in bytes, as it reads a header), checked here so that the
+    # refusal names the option rather than the header, or the server's 431 for a long one.
+    if len(raw) > limit:
+        _die(f"{option}: at most {limit} bytes of UTF-8, not {len(raw)}; nothing was sent")
+    return raw
 
 
 # Body fields that come from a positional argument rather than from `--<field>`.

@@ -10,6 +10,8 @@ that does not print written as its escape (core.shown): `\\x1b`, `\\n`, `\\u202e
 JSON output needs none of this: `json.dumps` escapes them all.
 """
 
+import os
+
 import typer
 from rich.text import Text
 
@@ -24,6 +26,12 @@ def plain(value: object) -> str:
 def text(value: object) -> Text:
     """A table cell or title: `plain`, and never read as markup."""
     return Text(plain(value))
+
+
+def path(value: os.PathLike[str] | str) -> str:
+    """A file name as typed: bytes that are not UTF-8 (argv keeps them as surrogate escapes,
+    which stdout refuses to encode) written as `\\xff`, control characters as `plain` does."""
+    return plain(os.fsencode(value).decode("utf-8", "backslashreplace"))
 
 
 def say(message: object, err: bool = False) -> None:

@@ -19,7 +19,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, NotFound
 from verifier.http.errors import ApiErrorCode, Unauthorized
-from verifier.http.guards import control_field, header_text
+from verifier.http.guards import (
+    MAX_INCIDENT_ID,
+    MAX_OPERATOR_REASON,
+    control_field,
+    header_text,
+)
 from verifier.services import audit, queries
 from verifier.services.principals import MAX_PRINCIPAL, principal_name  # noqa: F401
 
@@ -110,8 +115,12 @@ def staff_member(
     request: Request,
     engine: EngineDep,
     token: Token,
-    incident: Annotated[str | None, Header(alias="X-Incident-Id", max_length=128)] = None,
-    reason: Annotated[str | None, Header(alias="X-Operator-Reason", max_length=1000)] = None,
+    incident: Annotated[
+        str | None, Header(alias="X-Incident-Id", max_length=MAX_INCIDENT_ID)
+    ] = None,
+    reason: Annotated[
+        str | None, Header(alias="X-Operator-Reason", max_length=MAX_OPERATOR_REASON)
+    ] = None,
 ) -> str:
     name = engine.settings.staff_name(token)
     if name is None:

@@ -30,6 +30,10 @@ import orjson
 from verifier.http.errors import ApiErrorCode
 
 MAX_JSON_DEPTH = 32
+# The longest incident id and operator reason a staff request takes, as X-Incident-Id and
+# X-Operator-Reason (bytes: the server reads headers one character a byte) or in a body.
+MAX_INCIDENT_ID = 128
+MAX_OPERATOR_REASON = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP allows HTAB only
 _NUL_ESCAPE = re.compile(rb"\\u0000")  # how NUL appears in a JSON body

@@ -22,7 +22,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from verifier.http.guards import encodable_object
+from verifier.http.guards import MAX_INCIDENT_ID, MAX_OPERATOR_REASON, encodable_object
 from verifier.services import proofs, sessions
 from verifier.services.events import EventType
 
@@ -121,8 +121,8 @@ class ProofIn(Model):
 
 
 class OperatorIn(Model):
-    incident_id: Annotated[str, Field(max_length=128)] | None = None
-    operator_reason: Annotated[str, Field(max_length=1000)] | None = None
+    incident_id: Annotated[str, Field(max_length=MAX_INCIDENT_ID)] | None = None
+    operator_reason: Annotated[str, Field(max_length=MAX_OPERATOR_REASON)] | None = None
 
 
 class DryRunIn(OperatorIn):
@@ -164,7 +164,7 @@ class EndpointIn(Model):
 class ReplayIn(OperatorIn):
     confirm: StrictBool = False  # only JSON true confirms
     # The first name of `operator_reason` on this route, still accepted.
-    reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_OPERATOR_REASON)] | None = None
 
 
 # -- errors ---------------------------------------------------------------------------------

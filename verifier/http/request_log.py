@@ -37,7 +37,7 @@ from starlette.routing import Match
 # Defined in core: the log formatter and audit events read it too.
 from verifier.core.logs import request_id_var
 from verifier.core.metrics import Metrics
-from verifier.http.guards import header_text
+from verifier.http.guards import MAX_INCIDENT_ID, header_text
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -49,7 +49,6 @@ REQUEST_ID_HEADER = "X-Request-Id"
 
 # A caller's id is kept only when it cannot forge a log line or smuggle data into one.
 _GOOD_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_MAX_INCIDENT = 128
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
 CLIENT_GONE = 499  # the status logged and counted for a request its client closed unanswered
@@ -198,7 +197,7 @@ class RequestLogMiddleware:
         raw = headers.get("x-incident-id", "")
         incident = (header_text(raw) or raw).strip()
         if incident:
-            doc["incident_id"] = incident[:_MAX_INCIDENT]
+            doc["incident_id"] = incident[:MAX_INCIDENT_ID]
         return doc
 
     def _principal(self, authorization: str | None) -> tuple[str, str | None]:

@@ -396,6 +396,16 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def target_revision(url: str, revision: str) -> str | None:
+    """The revision id `revision` names ("base" for none), or None when it names none by
+    itself (a relative one, such as +1, or one Alembic cannot find)."""
+    try:
+        script = ScriptDirectory.from_config(alembic_config(url)).get_revision(revision)
+    except Exception:  # alembic raises its own errors (and AssertionError) for these
+        return None
+    return "base" if script is None else script.revision
+
+
 def head_revision(url: str) -> str:
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     if head is None:  # the package always ships its migrations

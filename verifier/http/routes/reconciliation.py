@@ -12,6 +12,7 @@ from pydantic import Field, StrictBool
 
 from verifier.http.deps import EngineDep, StaffDep, staff_operator
 from verifier.http.errors import error_responses
+from verifier.http.guards import MAX_INCIDENT_ID, MAX_OPERATOR_REASON
 from verifier.http.models import Model, OperatorIn
 from verifier.http.routes import staff_router, with_context
 from verifier.services import reconciliation
@@ -28,8 +29,8 @@ class RunIn(Model):
     limit: Annotated[int, Field(ge=1, le=reconciliation.MAX_LIMIT, strict=True)] = 1000
     apply: StrictBool = False
     confirm: StrictBool = False  # only JSON true confirms
-    incident_id: Annotated[str, Field(max_length=128)] | None = None
-    operator_reason: Annotated[str, Field(max_length=1000)] | None = None
+    incident_id: Annotated[str, Field(max_length=MAX_INCIDENT_ID)] | None = None
+    operator_reason: Annotated[str, Field(max_length=MAX_OPERATOR_REASON)] | None = None
 
 
 class FindingOut(Model):
