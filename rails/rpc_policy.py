@@ -2,6 +2,7 @@
 package imports it."""
 
 from rails.transport.rpc_policy import (
+    MAX_RPC_S,
     RpcPolicy,
     call_end,
     stop_at,
@@ -9,6 +10,7 @@ from rails.transport.rpc_policy import (
 )
 
 __all__ = [
+    "MAX_RPC_S",
     "RpcPolicy",
     "call_end",
     "stop_at",

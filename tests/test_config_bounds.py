@@ -51,6 +51,11 @@ TOO_LONG = [
     {"RAILPROOF_RECONCILE_PENDING_SLA_SECONDS": str(YEAR_S + 1)},
     {"RAILPROOF_DISCOVERY_MAX_BACKOFF_S": str(YEAR_S + 1)},
     {"RAILPROOF_RELEASE_GATE_MAX_AGE_DAYS": "366"},
+    # RPC bounds: an hour at most (a far larger one overflowed the socket's timeout).
+    {"RAILPROOF_RPC_TIMEOUT_S": "3600.5"},
+    {"RAILPROOF_RPC_TOTAL_S": "3601"},
+    {"RAILPROOF_SUBMIT_VERIFY_BUDGET_S": "1e12"},
+    {"RAILPROOF_RPC_TIMEOUT_S_SOLANA_MAINNET": "1e12"},
     # PostgreSQL's own largest lock_timeout / statement_timeout is 2**31 - 1 ms.
     {"RAILPROOF_PG_LOCK_TIMEOUT_MS": str(2**31)},
     {"RAILPROOF_PG_STATEMENT_TIMEOUT_MS": str(2**31)},

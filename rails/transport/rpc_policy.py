@@ -18,13 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import RetryCallState
 from tenacity.stop import stop_base
 
+# The longest a bound may be: an hour already holds a submission (or a worker's sweep) for
+# far too long, and a far larger one overflows the socket's own timeout.
+MAX_RPC_S = 3600.0
+
 
 class RpcPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timeout_s: float = Field(default=8.0, gt=0)  # one HTTP request
+    timeout_s: float = Field(default=8.0, gt=0, le=MAX_RPC_S)  # one HTTP request
     attempts: int = Field(default=3, ge=1, le=100)  # tries per URL
-    total_s: float = Field(default=20.0, gt=0)  # one call: every try on every URL
+    total_s: float = Field(default=20.0, gt=0, le=MAX_RPC_S)  # one call: every try on every URL
 
 
 def call_end(total_s: float, deadline: float | None) -> float:

@@ -22,6 +22,7 @@ from pydantic import (
     AliasChoices,
     Field,
     SecretStr,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -29,7 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rails.files import read_regular
-from rails.rpc_policy import RpcPolicy
+from rails.rpc_policy import MAX_RPC_S, RpcPolicy
 from registry.catalog import RailOverrides
 
 REPO_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -119,12 +120,12 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field(default="railproof", min_length=1, max_length=64)
     rpc_quorum: int = Field(default=1, ge=1)
     # Live RPC bounds; each also per network (rpc_policy). Defaults of RpcPolicy.
-    rpc_timeout_s: float = Field(default=8.0, gt=0)
+    rpc_timeout_s: float = Field(default=8.0, gt=0, le=MAX_RPC_S)
     rpc_attempts: int = Field(default=3, ge=1, le=100)
-    rpc_total_s: float = Field(default=20.0, gt=0)
+    rpc_total_s: float = Field(default=20.0, gt=0, le=MAX_RPC_S)
     # What is not decided by then is answered pending and finished by the worker, which
     # keeps the RPC policy's longer bounds.
-    submit_verify_budget_s: float = Field(default=3.0, gt=0)
+    submit_verify_budget_s: float = Field(default=3.0, gt=0, le=MAX_RPC_S)
     # PostgreSQL: no transaction waits for a lock, or runs a statement, for ever (0: no limit).
     pg_lock_timeout_ms: int = Field(default=5000, ge=0, le=_PG_MAX_MS)
     pg_statement_timeout_ms: int = Field(default=30000, ge=0, le=_PG_MAX_MS)
@@ -378,8 +379,13 @@ class Settings(BaseSettings):
                 values[field] = raw
         try:
             return RpcPolicy(**values)
-        except ValueError as e:
-            raise ValueError(f"RPC policy for {network} (RAILPROOF_RPC_*_{key}): {e}") from None
+        except ValidationError as e:
+            # One line naming the variable, as every other setting's error does.
+            by_field = {f: p + key for p, f in _RPC_POLICY_KEYS.items()}
+            err = e.errors(include_url=False)[0]
+            field = str(err["loc"][0]) if err.get("loc") else ""
+            name = by_field.get(field, f"RAILPROOF_RPC_*_{key}")
+            raise ValueError(f"{name}: {err.get('msg', 'invalid')}") from None
 
     def service_owners(self, token: str) -> list[str] | None:
         return _lookup(self.service_tokens, token)
