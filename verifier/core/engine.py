@@ -3,6 +3,7 @@ rail lookups every service needs. Services are modules of functions over an Engi
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import datetime
 
@@ -21,8 +22,11 @@ from verifier.core.known_sessions import KnownSessions
 from verifier.core.metrics import Metrics
 from verifier.storage.db import Database
 from verifier.storage.models import RailState
+from verifier.storage.repo import approvals as approval_repo
 from verifier.storage.repo import rail_state as rail_state_repo
 from verifier.storage.repo.rows import Record
+
+log = logging.getLogger("railproof.engine")
 
 
 class Engine:
@@ -145,6 +149,7 @@ class Engine:
             try:
                 with self.db.tx() as s:
                     have = rail_state_repo.rail_ids(s)
+                    self._demoted(s, have)
                     for rail_id, d in self.catalog.rails.items():
                         if rail_id not in have:
                             rail_state_repo.add(
@@ -161,6 +166,29 @@ class Engine:
             except IntegrityError:
                 if retry:
                     raise
+
+    def _demoted(self, s: Session, have: set[str]) -> None:
+        # SECURITY: a rail's row is made production-enabled by the catalog's default for a
+        # live rail. A release that demotes the rail (to gated) leaves that row as it was: a
+        # gated rail no two staff members enabled, without release-gate evidence, creating
+        # receipts. Such a row is disabled, unless its last approved production change
+        # enabled it.
+        for rail_id, d in self.catalog.rails.items():
+            if rail_id not in have or d.production_enabled:
+                continue
+            st = rail_state_repo.get(s, rail_id, lock=True)
+            if st is None or not st.production_enabled:
+                continue
+            if approval_repo.production_approved(s, rail_id):
+                continue
+            st.production_enabled = False
+            st.updated_at, st.updated_by = self.now(), "catalog"
+            log.warning(
+                "rail %s is no longer production-enabled: the catalog no longer enables it, "
+                "and no approved production change did",
+                rail_id,
+                extra={"rail_id": rail_id},
+            )
 
     def rail_state(self, s: Session, rail_id: str, lock: bool = False) -> RailState:
         # One read per transaction: a repeat is answered from the session's identity map;

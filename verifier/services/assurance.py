@@ -156,6 +156,36 @@ def receipts_without_final_settlement(sc: Scope) -> list[Issue]:
     ]
 
 
+def entitlements_on_another_receipt(sc: Scope) -> list[Issue]:
+    """Active entitlements standing on a receipt that is not their session's own."""
+    return [
+        Issue(
+            "entitlement_on_another_receipt",
+            "critical",
+            f"entitlement {ent_id}",
+            "its receipt is another session's, owner's or product's, or backs another "
+            "entitlement too: investigate the writer; revoke with incident id",
+            ent_id,
+        )
+        for ent_id in findings.entitlements_on_another_receipt(sc.s, LIMIT, since=sc.since)
+    ]
+
+
+def receipts_on_another_proof(sc: Scope) -> list[Issue]:
+    """Receipts whose settlement or proof does not back them."""
+    return [
+        Issue(
+            "receipt_without_verified_proof",
+            "critical",
+            f"receipt {rid}",
+            "its settlement is another proof's, or its proof is not verified while the "
+            "entitlement stands: investigate how apply passed; revoke the entitlement",
+            rid,
+        )
+        for rid in findings.receipts_on_another_proof(sc.s, LIMIT, since=sc.since)
+    ]
+
+
 def settlements_without_verified_attempt(sc: Scope) -> list[Issue]:
     return [
         Issue(
@@ -361,6 +391,8 @@ CHECKS: list[Check] = [
     flagged_active_entitlements,
     receipts_without_active_entitlement,
     receipts_without_final_settlement,
+    receipts_on_another_proof,
+    entitlements_on_another_receipt,
     settlements_without_verified_attempt,
     transfers_claimed_twice,
     verified_without_receipt,

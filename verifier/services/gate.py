@@ -394,6 +394,10 @@ def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Vi
     return "receipt_creation_allowed", False, f"stage {stage}: never creates receipts"
 
 
+def _same_address(a: str, b: str) -> bool:
+    return a == b or (a[:2].lower() == "0x" and a.lower() == b.lower())
+
+
 def _tuple_bound(
     engine: Engine, s: Session, p: Proof, ctx: _Rows, reads: _Reads
 ) -> tuple[bool, str]:
@@ -432,6 +436,11 @@ def _tuple_bound(
         rcpt = str(obs.get("recipient") or "")
         if rcpt.lower() != ps.recipient.lower():
             problems.append("observed recipient differs from session recipient")
+        # SECURITY: the token moved is the one the session asked for (a hex address in any
+        # case; a Solana mint exactly).
+        seen = obs.get("asset")
+        if seen is not None and not _same_address(str(seen), ps.asset):
+            problems.append("observed asset differs from the session's asset")
         # SECURITY: a session that names its payer binds the transfer's sender.
         if ps.payer and str(obs.get("sender") or "").lower() != ps.payer.lower():
             problems.append("observed sender differs from the session's payer")

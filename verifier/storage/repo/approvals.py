@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from verifier.storage.models import Approval
+from verifier.storage.models import Approval, ApprovalStatus
 from verifier.storage.repo import rows
 
 
@@ -22,3 +22,19 @@ def get_locked(s: Session, approval_id: str) -> Approval | None:
 
 def newest_first(s: Session) -> list[Approval]:
     return list(s.scalars(select(Approval).order_by(Approval.created_at.desc())).all())
+
+
+def production_approved(s: Session, rail_id: str) -> bool:
+    """Whether the last production change two staff members approved for the rail enabled
+    it."""
+    last = s.scalar(
+        select(Approval.value)
+        .where(
+            Approval.rail_id == rail_id,
+            Approval.kind == "production",
+            Approval.status == ApprovalStatus.approved.value,
+        )
+        .order_by(Approval.decided_at.desc())
+        .limit(1)
+    )
+    return last == "true"

@@ -133,6 +133,54 @@ def receipts_without_final_settlement(
     return list(s.scalars(_window(q, Receipt.created_at, since)))
 
 
+def entitlements_on_another_receipt(
+    s: Session, limit: int, since: datetime | None = None
+) -> list[str]:
+    """Active entitlements whose receipt is another session's, owner's or product's, or is
+    one that another active entitlement stands on too."""
+    shared = (
+        select(Entitlement.receipt_id)
+        .where(Entitlement.status == EntitlementStatus.active, Entitlement.receipt_id.is_not(None))
+        .group_by(Entitlement.receipt_id)
+        .having(func.count(Entitlement.id) > 1)
+    )
+    q = (
+        select(Entitlement.id)
+        .join(Receipt, Receipt.id == Entitlement.receipt_id)
+        .where(
+            Entitlement.status == EntitlementStatus.active,
+            (Receipt.session_id != Entitlement.session_id)
+            | (Receipt.owner_id != Entitlement.owner_id)
+            | (Receipt.access_product_id != Entitlement.access_product_id)
+            | Entitlement.receipt_id.in_(shared),
+        )
+        .limit(limit)
+    )
+    return list(s.scalars(_window(q, Entitlement.updated_at, since)))
+
+
+def receipts_on_another_proof(s: Session, limit: int, since: datetime | None = None) -> list[str]:
+    """Receipts whose settlement is another proof's, or whose proof is not verified while
+    the entitlement stands unflagged (the worker flags one whose payment it finds gone)."""
+    q = (
+        select(Receipt.id)
+        .join(SettlementEvidence, SettlementEvidence.id == Receipt.settlement_id)
+        .join(Proof, Proof.id == Receipt.proof_id)
+        .outerjoin(Entitlement, Entitlement.receipt_id == Receipt.id)
+        .where(
+            (SettlementEvidence.proof_id != Receipt.proof_id)
+            | (
+                (Proof.status != ProofStatus.verified)
+                & (Entitlement.status == EntitlementStatus.active)
+                & Entitlement.reorg_flagged.is_not(True)
+            )
+        )
+        .distinct()
+        .limit(limit)
+    )
+    return list(s.scalars(_window(q, Receipt.created_at, since)))
+
+
 def settlements_without_verified_attempt(
     s: Session, limit: int, since: datetime | None = None
 ) -> list[int]:
