@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rails import adapter_class
 from rails.base import Adapter, Settlement, Terms, Transport
@@ -127,8 +128,12 @@ class Chains:
         with self._lock:
             ts = self._independent.get(network)
             if ts is None:
-                # The same URL listed twice is one node, not two votes.
-                urls = list(dict.fromkeys(self.settings.rpc_urls(network)))
+                # SECURITY: the same node listed twice is one vote, however its URL is
+                # written (case, a slash, an empty query, another API key on the same host).
+                by_node: dict[tuple[str, int | None], str] = {}
+                for url in self.settings.rpc_urls(network):
+                    by_node.setdefault(node_of(url), url)
+                urls = list(by_node.values())
                 ts = [self._live_factory(family, [url], network) for url in urls]
                 self._independent[network] = ts
             return ts
@@ -183,3 +188,17 @@ class Chains:
             )
         chain = self.transport(rail.family, rail.network)
         return adapter.finality(refs, chain, expected=expected), chain.source
+
+
+def node_of(url: str) -> tuple[str, int | None]:
+    """The node a URL reaches, as the quorum counts nodes: its host (any case) and port (the
+    scheme's default written out)."""
+    u = urlsplit(url.strip())
+    try:
+        port = u.port
+    except ValueError:  # refused with its variable named at startup (config)
+        port = None
+    scheme = u.scheme.lower()
+    if port is None:
+        port = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+    return ((u.hostname or "").rstrip(".").lower(), port)

@@ -54,7 +54,19 @@ from verifier.core import inline
 
 # What two nodes must both report for their answers to count as the same transfer. Finality
 # is left out on purpose: one node may have seen the block finalize a moment before another.
-AGREEMENT_FIELDS = ("amount", "recipient", "sender", "asset", "slot", "block_number", "block_hash")
+# The block time and the transfer's keys are in: the engine decides with them (the session
+# window, and whether another session's reference rides in the transfer), so one node must
+# not be able to change them alone.
+AGREEMENT_FIELDS = (
+    "amount",
+    "recipient",
+    "sender",
+    "asset",
+    "slot",
+    "block_number",
+    "block_hash",
+    "block_time",
+)
 
 log = logging.getLogger("railproof.verify")
 
@@ -169,6 +181,8 @@ def agreement_key(verdict: Verdict) -> bytes:
     for name in AGREEMENT_FIELDS:
         value = obs.get(name)
         doc[name] = None if value is None else str(value)
+    doc["references"] = sorted(verdict.references)
+    doc["transfer_keys"] = sorted(verdict.transfer_keys)
     return canonical_json(doc)
 
 
