@@ -8,6 +8,10 @@ from verifier.storage import (
 from verifier.storage.db import make_engine
 from verifier.storage.models import Base
 
+# The advisory lock `db upgrade` holds on PostgreSQL while it migrates (its own key: the audit
+# chain's and the payments' are others).
+MIGRATION_LOCK_KEY = 0x6D696772
+
 config = context.config
 target_metadata = Base.metadata
 
@@ -47,6 +51,11 @@ def _run(connection) -> None:
         connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Two `db upgrade`s at once (the replicas of one deploy) would both run the same
+            # migration, and all but one fail on what the first created. One waits for the
+            # other's commit, then reads the version it left and has nothing to do.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         context.run_migrations()
         if sqlite:
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
