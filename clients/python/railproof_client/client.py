@@ -63,7 +63,14 @@ DEFAULT_MAX_WAIT_S = 30.0
 MAX_IDEMPOTENCY_KEY = 256  # the server's bound
 # Failures after which the request may not have reached the server, or its answer was lost:
 # safe to send again because the Idempotency-Key makes a repeated POST answer the first one.
-_TRANSIENT_TRANSPORT = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+# A body that cannot be decoded (a proxy's corrupt gzip) is as good as lost on the way: a retry
+# with the same Idempotency-Key gets the stored answer.
+_TRANSIENT_TRANSPORT = (
+    httpx.NetworkError,
+    httpx.TimeoutException,
+    httpx.RemoteProtocolError,
+    httpx.DecodingError,
+)
 _ENTITLEMENTS: TypeAdapter[list[Entitlement]] = TypeAdapter(list[Entitlement])
 
 
@@ -192,11 +199,13 @@ def _result(call: _Call[T], response: httpx.Response) -> T:
         ) from e
 
 
-def _connection_failed(call: _Call[Any], e: httpx.TransportError) -> ConnectionFailed:
+def _connection_failed(
+    call: _Call[Any], e: httpx.TransportError | httpx.DecodingError
+) -> ConnectionFailed:
     """The failure as this client reports it. httpx quotes what it refused to send (a
     LocalProtocolError names the header value: the bearer token) and a URL it could not use, so
     only a network failure's own words (the OS's) are kept, and only it stays the cause."""
-    network = isinstance(e, httpx.NetworkError | httpx.TimeoutException)
+    network = isinstance(e, httpx.NetworkError | httpx.TimeoutException | httpx.DecodingError)
     said = f": {e}" if network else " (the request could not be sent as built)"
     failed = ConnectionFailed(
         f"{call.method} {call.path}: {type(e).__name__}{said}",
@@ -369,7 +378,7 @@ class RailproofClient(_Base):
             response = self._http.request(
                 call.method, call.path, json=call.body, params=call.params, headers=call.headers()
             )
-        except httpx.TransportError as e:
+        except (httpx.TransportError, httpx.DecodingError) as e:
             failed = _connection_failed(call, e)
         else:
             return _result(call, response)
@@ -473,7 +482,7 @@ class AsyncRailproofClient(_Base):
             response = await self._http.request(
                 call.method, call.path, json=call.body, params=call.params, headers=call.headers()
             )
-        except httpx.TransportError as e:
+        except (httpx.TransportError, httpx.DecodingError) as e:
             failed = _connection_failed(call, e)
         else:
             return _result(call, response)

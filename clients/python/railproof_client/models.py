@@ -28,7 +28,8 @@ class OpenSessionRequest(_Request):
     owner_id: str
     rail_id: str
     access_product_id: str
-    amount: int = Field(description="base units of the rail's asset, never a decimal")
+    # Strict, as the API is: a bool or a float is refused here, not sent as 1 or rounded.
+    amount: int = Field(strict=True, description="base units of the rail's asset, never a decimal")
     reference: str | None = Field(
         default="auto",
         description='"auto": the server makes one; None: none (rails binding by payer)',
@@ -36,7 +37,7 @@ class OpenSessionRequest(_Request):
     memo: str | None = None
     payer: str | None = None
     recipient: str | None = None
-    expires_in_seconds: int | None = None
+    expires_in_seconds: int | None = Field(default=None, strict=True)
 
 
 class SubmitProofRequest(_Request):
