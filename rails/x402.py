@@ -198,6 +198,8 @@ def _refuse_repeated_keys(body: bytes) -> None:
 
     try:
         json.loads(body, object_pairs_hook=pairs)
+    except RecursionError:  # orjson reads 1023 levels; this reader, the interpreter's limit
+        raise ProofMalformed("proof", "nested too deeply") from None
     except ValueError:  # orjson read it already; only an over-long number lands here
         raise ProofMalformed("proof", "not valid JSON") from None
 

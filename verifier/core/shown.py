@@ -4,10 +4,13 @@ to show a person: every character that does not print is written as its escape.
 SECURITY: control characters move a terminal's cursor or retitle its window; the
 bidirectional overrides (U+202E) reverse what follows; zero-width and other invisible
 characters (U+200B, U+2060, U+FEFF, a soft hyphen) make one id print exactly as another. What
-`str.isprintable` refuses (Unicode's Other and Separator categories, but the ASCII space) is
-all of these."""
+`str.isprintable` refuses (Unicode's Other and Separator categories) is all of these; the
+spaces of other scripts (U+3000, a no-break space) are left as they are, being seen as
+spaces."""
 
 from __future__ import annotations
+
+import unicodedata
 
 
 def _escape(ch: str) -> str:
@@ -20,4 +23,8 @@ def printable(value: object, keep: str = "") -> str:
     text = str(value)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c in keep else _escape(c) for c in text)
+    return "".join(c if _shows(c) or c in keep else _escape(c) for c in text)
+
+
+def _shows(c: str) -> bool:
+    return c.isprintable() or unicodedata.category(c) == "Zs"

@@ -29,7 +29,7 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from starlette.concurrency import run_in_threadpool
 
 from verifier.core.engine import Engine
@@ -107,7 +107,14 @@ def _templates() -> Jinja2Templates:
         undefined=jinja2.StrictUndefined,
         finalize=_shown,
     )
+    env.filters["as_typed"] = _as_typed
     return Jinja2Templates(env=env)
+
+
+def _as_typed(value: object) -> Markup:
+    # A form's value goes back exactly as the operator typed it (HTML-escaped only): one
+    # shown with escapes would be submitted, and audited, with them.
+    return escape(value)
 
 
 def _shown(value: object) -> object:
