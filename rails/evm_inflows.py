@@ -45,7 +45,10 @@ class LogScan:
     calls: int = 0
     scanned_to: int | None = None  # every block up to here was read
     error: str | None = None
-    # (block, sender) whose transfers the node refused to list even alone: passed over.
+    # A block one sender's transfers the node refused to list even alone (its own flood, or
+    # a node's trouble): the scan stopped before it.
+    stuck_block: int | None = None
+    # (block, sender) passed over there, when the caller said to (`pass_over_block`).
     passed_over: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -62,9 +65,12 @@ def transfer_logs(
     *,
     max_range: int = 2000,
     senders: Collection[str] | None = None,
+    pass_over_block: int | None = None,
 ) -> LogScan:
     """Transfers of `token` to `recipient` in [from_block, to_block], in block order. With
-    `senders`, only theirs are wanted: a block the node refuses whole is asked for each."""
+    `senders`, only theirs are wanted: a block the node refuses whole is asked for each, and
+    the scan stops before one where a sender's own are refused too (`stuck_block`), unless
+    it is `pass_over_block`: then that sender's are passed over there."""
     scan = LogScan(scanned_to=from_block - 1)
     todo: list[tuple[int, int]] = []
     lo = from_block
@@ -86,7 +92,12 @@ def transfer_logs(
                 scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
                 return scan
             try:
-                logs = _by_sender(scan, chain, token, lo, senders, recipient)
+                logs = _by_sender(scan, chain, token, lo, senders, recipient, pass_over_block)
+            except (RpcErrorResponse, AnswerTooLarge) as e2:
+                # A refusal may be a node's passing trouble (a rate limit answered as an
+                # error): read again next cycle, passed over only when it lasts.
+                scan.error, scan.stuck_block = f"eth_getLogs [{lo}, {hi}]: {e2}", lo
+                return scan
             except (TransportError, CassetteError) as e2:
                 scan.error = f"eth_getLogs [{lo}, {hi}]: {e2}"
                 return scan
@@ -141,14 +152,17 @@ def _by_sender(
     block: int,
     senders: Collection[str],
     recipient: str,
+    pass_over_block: int | None,
 ) -> list[object]:
-    """One block's transfers from each of `senders`; a sender whose own the node still
-    refuses (its own flood) is passed over. Transport errors propagate."""
+    """One block's transfers from each of `senders`. A sender whose own the node refuses
+    too raises, unless the block is `pass_over_block`: then they are passed over."""
     out: list[object] = []
     for sender in sorted({s.lower() for s in senders}):
         try:
             out.extend(_get_logs(scan, chain, token, block, block, sender, recipient))
         except (RpcErrorResponse, AnswerTooLarge):
+            if block != pass_over_block:
+                raise
             scan.passed_over.append((block, sender))
     return out
 

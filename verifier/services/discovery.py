@@ -519,7 +519,12 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     )
     # SECURITY: only the watched payers' transfers can bind here, so a block the node refuses
     # whole (anyone's flood of transfers to the shared treasury) is asked payer by payer,
-    # never left in the way of every later payment.
+    # never left in the way of every later payment. A payer's own refused too (its own
+    # flood, or a node's passing trouble) stops the watch before the block, read again each
+    # cycle, and passed over for that payer after STUCK_LIMIT cycles in a row.
+    st = state or {}
+    stuck_at, fails = st.get("stuck_signature"), st.get("stuck_failures") or 0
+    stuck = int(stuck_at[6:]) if isinstance(stuck_at, str) and stuck_at[:6] == "block:" else None
     scan = transfer_logs(
         counted,
         rail.asset,
@@ -528,14 +533,23 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         top,
         max_range=engine.settings.reconcile_evm_max_range,
         senders=payers,
+        pass_over_block=stuck if stuck is not None and fails + 1 >= STUCK_LIMIT else None,
     )
+    if scan.stuck_block is not None:
+        fails = fails + 1 if scan.stuck_block == stuck else 1
+        stuck = scan.stuck_block
+    elif stuck is not None and scan.scanned_to is not None and scan.scanned_to >= stuck:
+        stuck, fails = None, 0
     for block, payer in scan.passed_over:
         log.warning(
-            "discovery passed over block %s: the node refuses to list payer %s's transfers",
+            "discovery passed over block %s for payer %s: the node refused to list its "
+            "transfers in %d cycles",
             block,
             payer,
-            extra={"rail_id": rail.rail_id},
+            STUCK_LIMIT,
+            extra={"rail_id": rail.rail_id, "watch_key": key},
         )
+        engine.metrics.inc("rpc_errors_total", network=rail.network, kind="discovery_passed_over")
     new = [i for i in scan.inflows if last is None or i.block_number > last]  # first read
     # A transfer a proof already holds (the payer's earlier payment, submitted by its tenant)
     # is no candidate: matched first, it used a later session's turn and hid the payment
@@ -607,6 +621,8 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         "idle_polls": idle,
         "updated_at": now,
         "next_poll_at": now + timedelta(seconds=_backoff(engine, idle)),
+        "stuck_signature": None if stuck is None else f"block:{stuck}",
+        "stuck_failures": fails if stuck is not None else None,
     }
     if scanned_to is not None and scanned_to >= start:
         values["last_block"] = scanned_to
