@@ -345,6 +345,13 @@ class SolanaRpcTransport:
                 f"getTransaction: the answer of {redact_url(url)} is not a JSON-RPC response"
             ) from e
         by_id = {a.id: a for a in answers}
+        # SECURITY: one answer per request asked. An id twice, or one not asked, is another
+        # request's answer (a proxy mixing answers up); which of two wins is only position.
+        if len(by_id) != len(answers) or not by_id.keys() <= {tx_id, status_id}:
+            raise MalformedResponse(
+                f"getTransaction: the batch answer of {redact_url(url)} repeats an id or "
+                "answers one not asked"
+            )
         tx_answer = by_id.get(tx_id)
         if tx_answer is None:
             raise MalformedResponse(
