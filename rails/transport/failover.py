@@ -1,14 +1,16 @@
 """Retries and URL failover for the live HTTP transports (EVM JSON-RPC, the Tron HTTP API).
 
 One call, per configured URL in order, within the policy's total time and the caller's
-deadline: a `Transient` failure (timeout, connection error, HTTP 429, 5xx) is retried with
-exponential backoff and jitter, a URL that is unusable but not transient (401, 404) is
-skipped at once, and when every URL failed the call raises `RpcUnavailable`. A verdict is
-never retried, only the read of one answer.
+deadline, each URL within its share of the time left (the time left / the URLs left, so a URL
+that hangs leaves every other its turn): a `Transient` failure (timeout, connection error,
+HTTP 429, 5xx) is retried with exponential backoff and jitter, a URL that is unusable but not
+transient (401, 404) is skipped at once, and when every URL failed the call raises
+`RpcUnavailable`. A verdict is never retried, only the read of one answer.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -19,7 +21,6 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
     wait_exponential_jitter,
 )
 
@@ -68,30 +69,29 @@ def call_with_failover(
     `Transient` for what is worth retrying (tenacity: bounded attempts and time, exponential
     backoff with jitter) and anything else to stop at once. Every URL down → RpcUnavailable.
     `timeout` is the policy's request timeout clipped to the time left before `deadline`
-    (time.monotonic()) or the policy's total, whichever comes first; no try starts after it.
+    (time.monotonic()) or the policy's total, whichever comes first, and to the URL's share of
+    it (the time left / the URLs left); no try starts after it.
     `on_failure(provider, kind)` hears of each URL that failed (provider: scheme://host)."""
     if not urls:
         raise RpcUnavailable(f"{what}: no RPC URL configured")
     end = call_end(policy.total_seconds, deadline)
     failures: list[str] = []
 
-    def bounded(url: str) -> T:
-        timeout = min(policy.timeout, time_left(end))
+    def bounded(url: str, url_end: float) -> T:
+        timeout = min(policy.timeout, time_left(url_end))
         if timeout <= 0:
             raise Transient("time budget spent")
         return attempt(url, timeout)
 
-    for url in urls:
+    for i, url in enumerate(urls):
         left = time_left(end)
         if left <= 0:
             failures.append(f"{provider_of(url)}: not tried (time budget spent)")
             break
+        # Each URL its share of the time left: one that hangs leaves the others their turn.
+        url_end = time.monotonic() + min(left / (len(urls) - i), policy.per_url_seconds)
         retrying = Retrying(
-            stop=(
-                stop_after_attempt(policy.attempts)
-                | stop_after_delay(min(left, policy.per_url_seconds))
-                | stop_at(end)
-            ),
+            stop=stop_after_attempt(policy.attempts) | stop_at(url_end),
             wait=wait_exponential_jitter(
                 multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
             ),
@@ -99,7 +99,7 @@ def call_with_failover(
             reraise=False,
         )
         try:
-            return retrying(bounded, url)
+            return retrying(bounded, url, url_end)
         except RetryError as e:
             failures.append(f"{provider_of(url)}: {e.last_attempt.exception()}")
             notify(on_failure, url, "transient")

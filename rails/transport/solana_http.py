@@ -23,7 +23,8 @@ caller's own: no event loop, no hop to another thread. (httpx2, solana-py's own 
 costs twice urllib3's CPU per request, measured in docs/bench.md.)
 
 What happens to one call, per configured URL in order, all within the policy's total time
-(and the caller's deadline, when it gives one):
+(and the caller's deadline, when it gives one), each URL within its share of the time left
+(the time left / the URLs left, so a URL that hangs leaves every other its turn):
 
     timeout, connection error, HTTP 429, HTTP 5xx  → retried (exponential backoff with full
                                                      jitter, bounded attempts AND bounded time),
@@ -106,8 +107,8 @@ POOL_SIZE = 64
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounds for one call: at most `attempts` tries per URL and `total_seconds` of trying
-    across every URL; no request outlives either."""
+    """Bounds for one call: at most `attempts` tries per URL, each URL within its share of the
+    time left, and `total_seconds` of trying across every URL; no request outlives either."""
 
     attempts: int = 4
     timeout: float = 8.0  # per HTTP request
@@ -244,12 +245,15 @@ class SolanaRpcTransport:
                 return _unwrap(kept.answer, method)
         end = call_end(self.policy.total_seconds, deadline)
         failures: list[str] = []
-        for url in self.urls:
-            if time_left(end) <= 0:
+        for i, url in enumerate(self.urls):
+            left = time_left(end)
+            if left <= 0:
                 failures.append(f"{redact_url(url)}: not tried (time budget spent)")
                 break
+            # Each URL its share of the time left: one that hangs leaves the others their turn.
+            url_end = time.monotonic() + left / (len(self.urls) - i)
             try:
-                return self._call_url(url, method, params, end)
+                return self._call_url(url, method, params, url_end)
             except (_Transient, _UrlUnusable) as e:
                 failures.append(f"{redact_url(url)}: {e}")
                 notify(
