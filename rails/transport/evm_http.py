@@ -12,10 +12,12 @@ from typing import Any, ClassVar
 
 import orjson
 import requests
+import requests.adapters
 import urllib3
 from web3 import HTTPProvider
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
+from rails.transport import heads
 from rails.transport.bodies import AnswerTooSlow, read_bounded, urllib3_chunks
 from rails.transport.failover import (
     FailureObserver,
@@ -29,18 +31,38 @@ from rails.transport.failover import (
 from rails.transport.rpc_policy import RpcPolicy
 
 
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections read the answer's head within the request's
+    timeout, as a whole (rails.transport.heads): a node trickling it holds nothing."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = heads.POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: Any, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if type(manager) is urllib3.ProxyManager:  # a SOCKS proxy's pools are its own
+            manager.pool_classes_by_scheme = heads.POOL_CLASSES
+        return manager
+
+
 class _Session(requests.Session):
     """The provider's HTTP session. SECURITY: a redirect is never followed (the node's
     answer would come from wherever it points: an internal service, another host), and the
-    answer is read within the call's time and a size (rails.transport.bodies): a node that
-    trickles it, or sends a compression bomb, holds nothing."""
+    answer is read within the call's time — its head too (_Adapter) — and a size
+    (rails.transport.bodies): a node that trickles it, or sends a compression bomb, holds
+    nothing."""
 
     def __init__(self, end_of: Any, provider: str):
         super().__init__()
         self._end_of, self._provider = end_of, provider
+        for scheme in ("http://", "https://"):
+            self.mount(scheme, _Adapter())
 
     def post(self, url: Any, data: Any = None, json: Any = None, **kwargs: Any) -> Any:
         kwargs.update(stream=True, allow_redirects=False)
+        if isinstance(kwargs.get("timeout"), (int, float)):  # connecting and the head within it
+            kwargs["timeout"] = heads.request_timeout(kwargs["timeout"])
         response = super().post(url, data=data, json=json, **kwargs)
         if not 200 <= response.status_code < 300:
             response.close()  # an error's body is not read (it may trickle too)

@@ -72,6 +72,7 @@ from tenacity import (
 )
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
+from rails.transport import heads
 from rails.transport.bodies import AnswerTooSlow, read_bounded, urllib3_chunks
 from rails.transport.failover import FailureObserver, notify, provider_of, scrubbed
 from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
@@ -439,18 +440,23 @@ class _Endpoint:
         # The URL without its credentials (they travel in the header).
         self.url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         proxy = urllib.request.getproxies_environment().get(parts.scheme)
-        self.manager: urllib3.PoolManager
         if proxy and not urllib.request.proxy_bypass(host):
-            self.manager = urllib3.ProxyManager(proxy, maxsize=POOL_SIZE)
-            self.pool = None
+            self.manager: urllib3.PoolManager = urllib3.ProxyManager(proxy, maxsize=POOL_SIZE)
         else:
             self.manager = urllib3.PoolManager(maxsize=POOL_SIZE)
-            self.pool = self.manager.connection_from_url(self.url)
+        # SECURITY: the answer's head within the request's timeout, as a whole (a node
+        # trickling its status line or headers holds nothing): rails.transport.heads.
+        self.manager.pool_classes_by_scheme = heads.POOL_CLASSES
+        self.pool = (
+            None
+            if isinstance(self.manager, urllib3.ProxyManager)
+            else self.manager.connection_from_url(self.url)
+        )
         self.path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
 
     def post(self, body: bytes, timeout: float) -> urllib3.BaseHTTPResponse:
         # retries=False: the one retry policy is the transport's own (tenacity).
-        bounds = urllib3.Timeout(connect=timeout, read=timeout)
+        bounds = heads.request_timeout(timeout)
         if self.pool is not None:
             return self.pool.urlopen(
                 "POST", self.path, body=body, headers=self.headers,

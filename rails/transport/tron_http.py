@@ -15,6 +15,7 @@ import httpx
 import orjson
 
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
+from rails.transport import heads
 from rails.transport.bodies import AnswerTooSlow, read_bounded
 from rails.transport.failover import (
     FailureObserver,
@@ -50,7 +51,7 @@ class TronHttpTransport:
         self.urls = [u.rstrip("/") for u in urls]
         self.network = network
         self.policy = policy or RetryPolicy()
-        self._client = client or httpx.Client(timeout=self.policy.timeout)
+        self._client = client or heads.clipped_client(self.policy.timeout)
 
     on_failure: FailureObserver | None = None  # set by the deployment (provider metrics)
 
@@ -84,17 +85,21 @@ class TronHttpTransport:
         end = time.monotonic() + timeout
         try:
             # Per request: the policy's timeout clipped to the call's time left. SECURITY: the
-            # answer within that time and a size (rails.transport.bodies); no redirect.
+            # answer within that time — its head too (rails.transport.heads) — and a size
+            # (rails.transport.bodies); no redirect.
             # Uncompressed: httpx inflates a chunk whole, so a compressed answer is refused
             # rather than inflated, and the next URL asked (a node asked for identity has no
             # reason to send one, but one behind a proxy that compresses anyway is no liar).
-            with self._client.stream(
-                "POST",
-                _method_url(url, method),
-                json=body,
-                timeout=timeout,
-                headers={"Accept-Encoding": "identity"},
-            ) as response:
+            with (
+                heads.until(end),
+                self._client.stream(
+                    "POST",
+                    _method_url(url, method),
+                    json=body,
+                    timeout=timeout,
+                    headers={"Accept-Encoding": "identity"},
+                ) as response,
+            ):
                 code = response.status_code
                 encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
                 if 200 <= code < 300 and encoding != "identity":
