@@ -88,8 +88,10 @@ def call_with_failover(
         if left <= 0:
             failures.append(f"{provider_of(url)}: not tried (time budget spent)")
             break
-        # Each URL its share of the time left: one that hangs leaves the others their turn.
-        url_end = time.monotonic() + min(left / (len(urls) - i), policy.per_url_seconds)
+        # Each URL its share of the time left, never less than one request's timeout (a slow
+        # but healthy node answers its first try): one that hangs leaves the others a turn.
+        share = max(left / (len(urls) - i), min(policy.timeout, left))
+        url_end = time.monotonic() + min(share, policy.per_url_seconds)
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts) | stop_at(url_end),
             wait=wait_exponential_jitter(

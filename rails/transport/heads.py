@@ -71,7 +71,7 @@ class _Watchdog:
                 heapq.heapify(self._heap)
             heapq.heappush(self._heap, (end, next(self._seq), alarm))
             self._armed += 1
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rpc-head", daemon=True)
                 self._thread.start()
             if self._heap[0][2] is alarm:
@@ -104,9 +104,17 @@ class _Watchdog:
                 try:
                     # socket.socket's own: SSLSocket.shutdown also drops its TLS state under
                     # the reading thread's feet.
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # type: ignore[arg-type]
-                except OSError:
-                    pass  # already closed
+                    socket.socket.shutdown(_raw(sock), socket.SHUT_RDWR)
+                except Exception:  # noqa: BLE001 - already closed, or not a socket: one bad
+                    pass  # connection must never end the watch of every other
+
+
+def _raw(sock: Any) -> socket.socket:
+    """The OS socket under a connection's: TLS through an HTTPS proxy is urllib3's
+    SSLTransport over an SSLSocket, which `socket.socket.shutdown` does not take."""
+    while not isinstance(sock, socket.socket) and hasattr(sock, "socket"):
+        sock = sock.socket
+    return sock  # type: ignore[no-any-return]
 
 
 _WATCHDOG = _Watchdog()

@@ -251,8 +251,11 @@ class SolanaRpcTransport:
             if left <= 0:
                 failures.append(f"{redact_url(url)}: not tried (time budget spent)")
                 break
-            # Each URL its share of the time left: one that hangs leaves the others their turn.
-            url_end = time.monotonic() + left / (len(self.urls) - i)
+            # Each URL its share of the time left, never less than one request's timeout (a
+            # slow but healthy node answers its first try): one that hangs leaves the others
+            # a turn.
+            share = max(left / (len(self.urls) - i), min(self.policy.timeout, left))
+            url_end = time.monotonic() + share
             try:
                 return self._call_url(url, method, params, url_end)
             except (_Transient, _UrlUnusable) as e:

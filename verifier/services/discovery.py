@@ -538,6 +538,10 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     if scan.stuck_block is not None:
         fails = fails + 1 if scan.stuck_block == stuck else 1
         stuck = scan.stuck_block
+    elif stuck is not None and any(block == stuck for block, _ in scan.passed_over):
+        # Passed over: so again at once while the blocks read again each cycle reach it,
+        # not after another STUCK_LIMIT cycles of stopping there.
+        fails = STUCK_LIMIT
     elif stuck is not None and scan.scanned_to is not None and scan.scanned_to >= stuck:
         stuck, fails = None, 0
     for block, payer in scan.passed_over:

@@ -1,0 +1,62 @@
+"""Each RPC URL's share of a call's time is never less than one request's timeout.
+
+RAILPROOF_RPC_TIMEOUT_S is one request's timeout. With three URLs configured and the shipped
+ratio of bounds (8 s a request, 20 s a call; scaled tenfold down here as in
+tests/test_rpc_failover_budget.py), a share of total/URLs-left (6.7 s) would cut off nodes
+that answer within the timeout (7 s, healthy), one after the other: "every RPC URL failed",
+pending, for every proof while every node is up. The first URL answers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rails.transport.evm_http import EvmHttpTransport
+from rails.transport.solana_http import SolanaRpcTransport
+from rails.transport.tron_http import TronHttpTransport
+from tests import loopback_http as loopback
+from tests.test_rpc_failover_budget import FAILOVER, SCALED, SOLANA
+
+ANSWER_S = 0.7  # within the request timeout (SCALED.timeout_s = 0.8)
+
+
+@pytest.fixture
+def slow_healthy_nodes() -> Iterator[list[str]]:
+    """Three URLs, each answering every call correctly after ANSWER_S."""
+
+    class Handler(loopback.Handler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.body()
+            time.sleep(ANSWER_S)
+            if "/wallet/" in self.path:
+                self.answer(b'{"blockID": "00"}')
+            else:
+                rid = json.loads(body)["id"]
+                self.answer(json.dumps({"jsonrpc": "2.0", "id": rid, "result": "0x1"}).encode())
+
+    with loopback.serving(Handler) as base:
+        yield [f"{base}/a/", f"{base}/b/", f"{base}/c/"]
+
+
+@pytest.mark.parametrize("family", ["solana", "evm", "tron"])
+def test_healthy_nodes_answering_within_the_request_timeout_are_not_all_cut_off(
+    slow_healthy_nodes, family
+):
+    assert ANSWER_S < SCALED.timeout_s and ANSWER_S * 2 < SCALED.total_s
+    urls = slow_healthy_nodes
+    t: Any
+    if family == "solana":
+        t = SolanaRpcTransport(urls, "solana-mainnet", SOLANA)
+        call = lambda: t.call("getSlot", [])  # noqa: E731
+    elif family == "evm":
+        t = EvmHttpTransport(urls, "ethereum", FAILOVER)
+        call = lambda: t.call("eth_blockNumber", [])  # noqa: E731
+    else:
+        t = TronHttpTransport(urls, "tron-mainnet", FAILOVER)
+        call = lambda: t.call("getnowblock", [])  # noqa: E731
+    assert call() in ("0x1", {"blockID": "00"})
