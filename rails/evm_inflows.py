@@ -11,7 +11,7 @@ can fill one block with more transfers to a shared treasury than a node answers 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from rails.base import Transport
@@ -48,7 +48,7 @@ class LogScan:
     # A block one sender's transfers the node refused to list even alone (its own flood, or
     # a node's trouble): the scan stopped before it.
     stuck_block: int | None = None
-    # (block, sender) passed over there, when the caller said to (`pass_over_block`).
+    # (block, sender) passed over there, when the caller said to (`pass_over`).
     passed_over: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -65,12 +65,12 @@ def transfer_logs(
     *,
     max_range: int = 2000,
     senders: Collection[str] | None = None,
-    pass_over_block: int | None = None,
+    pass_over: Callable[[int], bool] | None = None,
 ) -> LogScan:
     """Transfers of `token` to `recipient` in [from_block, to_block], in block order. With
     `senders`, only theirs are wanted: a block the node refuses whole is asked for each, and
     the scan stops before one where a sender's own are refused too (`stuck_block`), unless
-    it is `pass_over_block`: then that sender's are passed over there."""
+    `pass_over` says to pass it over: then that sender's are passed over there."""
     scan = LogScan(scanned_to=from_block - 1)
     todo: list[tuple[int, int]] = []
     lo = from_block
@@ -92,7 +92,7 @@ def transfer_logs(
                 scan.error = f"eth_getLogs [{lo}, {hi}]: {e}"
                 return scan
             try:
-                logs = _by_sender(scan, chain, token, lo, senders, recipient, pass_over_block)
+                logs = _by_sender(scan, chain, token, lo, senders, recipient, pass_over)
             except (RpcErrorResponse, AnswerTooLarge) as e2:
                 # A refusal may be a node's passing trouble (a rate limit answered as an
                 # error): read again next cycle, passed over only when it lasts.
@@ -152,16 +152,16 @@ def _by_sender(
     block: int,
     senders: Collection[str],
     recipient: str,
-    pass_over_block: int | None,
+    pass_over: Callable[[int], bool] | None,
 ) -> list[object]:
     """One block's transfers from each of `senders`. A sender whose own the node refuses
-    too raises, unless the block is `pass_over_block`: then they are passed over."""
+    too raises, unless `pass_over` says to pass the block over: then they are passed over."""
     out: list[object] = []
     for sender in sorted({s.lower() for s in senders}):
         try:
             out.extend(_get_logs(scan, chain, token, block, block, sender, recipient))
         except (RpcErrorResponse, AnswerTooLarge):
-            if block != pass_over_block:
+            if pass_over is None or not pass_over(block):
                 raise
             scan.passed_over.append((block, sender))
     return out

@@ -57,6 +57,15 @@ class RetryPolicy:
         )
 
 
+def url_share(left: float, urls_left: int, timeout: float) -> float:
+    """One URL's share of the `left` seconds of a call, `urls_left` URLs (this one included)
+    still to ask: an equal part, or one request's timeout when that is more (a slow but
+    healthy node answers its first try), yet never all that is left while another URL waits
+    (one that hangs leaves the others a turn)."""
+    floor = min(timeout, left if urls_left <= 1 else left / 2)
+    return max(left / urls_left, floor)
+
+
 def call_with_failover(
     urls: Sequence[str],
     attempt: Callable[[str, float], T],
@@ -88,9 +97,7 @@ def call_with_failover(
         if left <= 0:
             failures.append(f"{provider_of(url)}: not tried (time budget spent)")
             break
-        # Each URL its share of the time left, never less than one request's timeout (a slow
-        # but healthy node answers its first try): one that hangs leaves the others a turn.
-        share = max(left / (len(urls) - i), min(policy.timeout, left))
+        share = url_share(left, len(urls) - i, policy.timeout)
         url_end = time.monotonic() + min(share, policy.per_url_seconds)
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts) | stop_at(url_end),

@@ -74,7 +74,7 @@ from tenacity import (
 from rails.errors import MalformedResponse, RpcErrorResponse, RpcUnavailable, TransportError
 from rails.transport import heads
 from rails.transport.bodies import AnswerTooSlow, read_bounded, urllib3_chunks
-from rails.transport.failover import FailureObserver, notify, provider_of, scrubbed
+from rails.transport.failover import FailureObserver, notify, provider_of, scrubbed, url_share
 from rails.transport.rpc_policy import RpcPolicy, call_end, stop_at, time_left
 
 # How long a status answer fetched with its transaction may answer the status call that
@@ -251,11 +251,7 @@ class SolanaRpcTransport:
             if left <= 0:
                 failures.append(f"{redact_url(url)}: not tried (time budget spent)")
                 break
-            # Each URL its share of the time left, never less than one request's timeout (a
-            # slow but healthy node answers its first try): one that hangs leaves the others
-            # a turn.
-            share = max(left / (len(self.urls) - i), min(self.policy.timeout, left))
-            url_end = time.monotonic() + share
+            url_end = time.monotonic() + url_share(left, len(self.urls) - i, self.policy.timeout)
             try:
                 return self._call_url(url, method, params, url_end)
             except (_Transient, _UrlUnusable) as e:

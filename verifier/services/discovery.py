@@ -523,8 +523,16 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     # flood, or a node's passing trouble) stops the watch before the block, read again each
     # cycle, and passed over for that payer after STUCK_LIMIT cycles in a row.
     st = state or {}
-    stuck_at, fails = st.get("stuck_signature"), st.get("stuck_failures") or 0
-    stuck = int(stuck_at[6:]) if isinstance(stuck_at, str) and stuck_at[:6] == "block:" else None
+    stuck, passed = _evm_stuck(st.get("stuck_signature"))
+    fails = st.get("stuck_failures") or 0
+
+    def pass_over(block: int) -> bool:
+        # Passed over before (and met again, the blocks near the head being read again each
+        # cycle): so again at once; the block stopped before: once it has lasted.
+        return (passed is not None and block <= passed) or (
+            block == stuck and fails + 1 >= STUCK_LIMIT
+        )
+
     scan = transfer_logs(
         counted,
         rail.asset,
@@ -533,18 +541,28 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         top,
         max_range=engine.settings.reconcile_evm_max_range,
         senders=payers,
-        pass_over_block=stuck if stuck is not None and fails + 1 >= STUCK_LIMIT else None,
+        pass_over=pass_over,
     )
+    newly = sorted({b for b, _ in scan.passed_over if passed is None or b > passed})
+    if scan.passed_over:
+        passed = (
+            max(b for b, _ in scan.passed_over)
+            if passed is None
+            else max(passed, *(b for b, _ in scan.passed_over))
+        )
+    if passed is not None and passed < start:
+        passed = None  # no longer read again
     if scan.stuck_block is not None:
         fails = fails + 1 if scan.stuck_block == stuck else 1
         stuck = scan.stuck_block
-    elif stuck is not None and any(block == stuck for block, _ in scan.passed_over):
-        # Passed over: so again at once while the blocks read again each cycle reach it,
-        # not after another STUCK_LIMIT cycles of stopping there.
-        fails = STUCK_LIMIT
-    elif stuck is not None and scan.scanned_to is not None and scan.scanned_to >= stuck:
+    elif stuck is not None and (
+        (passed is not None and stuck <= passed)
+        or (scan.scanned_to is not None and scan.scanned_to >= stuck)
+    ):
         stuck, fails = None, 0
     for block, payer in scan.passed_over:
+        if block not in newly:
+            continue
         log.warning(
             "discovery passed over block %s for payer %s: the node refused to list its "
             "transfers in %d cycles",
@@ -625,7 +643,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         "idle_polls": idle,
         "updated_at": now,
         "next_poll_at": now + timedelta(seconds=_backoff(engine, idle)),
-        "stuck_signature": None if stuck is None else f"block:{stuck}",
+        "stuck_signature": _evm_stuck_text(stuck, passed),
         "stuck_failures": fails if stuck is not None else None,
     }
     if scanned_to is not None and scanned_to >= start:
@@ -635,6 +653,26 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     with engine.db.tx() as s:
         repo.save_cursor(s, key, rail.rail_id, values)
     return out
+
+
+def _evm_stuck(text: object) -> tuple[int | None, int | None]:
+    """An EVM watch's cursor `stuck_signature`: the block it stopped before (`block:N`) and
+    the highest block passed over that it still reads again (`passed:M`)."""
+    stuck = passed = None
+    for part in text.split() if isinstance(text, str) else ():
+        name, _, value = part.partition(":")
+        if value.isdigit():
+            if name == "block":
+                stuck = int(value)
+            elif name == "passed":
+                passed = int(value)
+    return stuck, passed
+
+
+def _evm_stuck_text(stuck: int | None, passed: int | None) -> str | None:
+    parts = [f"block:{stuck}"] if stuck is not None else []
+    parts += [f"passed:{passed}"] if passed is not None else []
+    return " ".join(parts) or None
 
 
 # The watch each declared way of listing inflows runs (`Adapter.inflow_scan`).

@@ -142,7 +142,9 @@ class DiscoveryCursor(Base):
     oldest signature it has done with), and once it reaches `last_signature`, `walk_newest`
     (the newest signature when it started) takes its place. A walk that stopped at a listed
     transaction the node did not return names it in `stuck_signature`, with the number of
-    cycles in a row it stopped there (`stuck_failures`): `services.discovery.STUCK_LIMIT`."""
+    cycles in a row it stopped there (`stuck_failures`): `services.discovery.STUCK_LIMIT`. An
+    EVM watch keeps in `stuck_signature` the block it stopped before (`block:N`) and the
+    highest block it passed over that it still reads again (`passed:M`)."""
 
     __tablename__ = "discovery_cursors"
     watch_key: Mapped[str] = mapped_column(String(256), primary_key=True)
