@@ -8,37 +8,14 @@ needs 19 confirmations (README "Finality")."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
-
-import pytest
-
-from tests.helpers import SwitchableTransport, advance, cassette_engine
-from tests.test_tron_adapter import AMOUNT, BLOCK, BLOCK_TIME, OK_TX, RECIPIENT, SENDER, ok_info
+from tests.helpers import advance
+from tests.test_tron_adapter import BLOCK, ok_info
+from tests.test_tron_failed_unsolidified import _calls, engine, submitted_one_block_deep  # noqa: F401
 from verifier.services import proofs
-from verifier.services.sessions import NewSession, open_session
 from verifier.worker import loop as worker
 
 
-def _calls(info: Any, head: int) -> list[dict[str, Any]]:
-    return [
-        {"method": "gettransactioninfobyid", "params": [OK_TX], "result": info},
-        {
-            "method": "getnowblock",
-            "params": [],
-            "result": {"block_header": {"raw_data": {"number": head}}},
-        },
-    ]
-
-
-@pytest.fixture
-def engine(db_url):
-    e = cassette_engine(db_url, clock=BLOCK_TIME - timedelta(minutes=5))
-    yield e
-    e.db.dispose()
-
-
-def _says_not_final(engine, proof_id: str) -> bool:
+def _says_not_final(engine, proof_id: str) -> bool:  # noqa: F811
     """The proof is still waiting for finality, or what a reviewer reads says it is not final."""
     view = proofs.get_proof(engine, proof_id, None)
     if (view["status"], view["failure_code"]) == ("pending", "not_final"):
@@ -48,43 +25,13 @@ def _says_not_final(engine, proof_id: str) -> bool:
     return observed.get("is_final") is False or any(not e.get("is_final") for e in evidence)
 
 
-def test_an_unsolidified_transfer_is_not_put_to_review_as_paid(engine):
-    node = SwitchableTransport(_calls(ok_info(), head=BLOCK))  # 1 of 19 confirmations
-    engine.chains.set_transport("tron-mainnet", node)
-    session = open_session(
-        engine,
-        NewSession(
-            owner_id="alice",
-            rail_id="tron_usdt",
-            access_product_id="pro",
-            amount=AMOUNT,
-            recipient=RECIPIENT,
-            payer=SENDER,
-        ),
-        actor="svc",
-    )
-    advance(engine, 6 * 60 + 3)
-    view, _ = proofs.submit_proof(engine, session["id"], OK_TX, ["alice"])
+def test_an_unsolidified_transfer_is_not_put_to_review_as_paid(engine):  # noqa: F811
+    node, _, view = submitted_one_block_deep(engine, ok_info())  # 1 of 19 confirmations
     assert _says_not_final(engine, view["id"]), (view["status"], view["failure_code"])
 
 
-def test_a_transfer_dropped_after_review_does_not_stay_paid(engine):
-    node = SwitchableTransport(_calls(ok_info(), head=BLOCK))
-    engine.chains.set_transport("tron-mainnet", node)
-    session = open_session(
-        engine,
-        NewSession(
-            owner_id="alice",
-            rail_id="tron_usdt",
-            access_product_id="pro",
-            amount=AMOUNT,
-            recipient=RECIPIENT,
-            payer=SENDER,
-        ),
-        actor="svc",
-    )
-    advance(engine, 6 * 60 + 3)
-    view, _ = proofs.submit_proof(engine, session["id"], OK_TX, ["alice"])
+def test_a_transfer_dropped_after_review_does_not_stay_paid(engine):  # noqa: F811
+    node, _, view = submitted_one_block_deep(engine, ok_info())
     # The block was on a fork that was dropped: the node no longer knows the transaction.
     node.load(_calls({}, head=BLOCK + 40))
     for _ in range(6):

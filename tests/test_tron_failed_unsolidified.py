@@ -79,8 +79,12 @@ def engine(db_url):
     e.db.dispose()
 
 
-def test_the_payment_re_executed_on_the_canonical_chain_still_reaches_review(engine):
-    node = SwitchableTransport(_calls(_failed_in_fresh_block(), head=BLOCK))
+def submitted_one_block_deep(
+    engine, info: dict[str, Any]
+) -> tuple[SwitchableTransport, str, dict[str, Any]]:
+    """A payer-bound tron_usdt session of alice's and its proof, submitted while the node
+    answers `info` with its head at the transaction's own block: (node, session id, view)."""
+    node = SwitchableTransport(_calls(info, head=BLOCK))
     engine.chains.set_transport("tron-mainnet", node)
     session = open_session(
         engine,
@@ -96,6 +100,11 @@ def test_the_payment_re_executed_on_the_canonical_chain_still_reaches_review(eng
     )
     advance(engine, 6 * 60 + 3)  # 3 s after the block: the node's head is that block
     view, _ = proofs.submit_proof(engine, session["id"], OK_TX, ["alice"])
+    return node, session["id"], view
+
+
+def test_the_payment_re_executed_on_the_canonical_chain_still_reaches_review(engine):
+    node, session_id, view = submitted_one_block_deep(engine, _failed_in_fresh_block())
     assert (view["status"], view["failure_code"]) == ("pending", "not_final"), view
     # The fork is resolved: the transaction ran again in the canonical block and paid.
     moved = ok_info()
@@ -104,6 +113,6 @@ def test_the_payment_re_executed_on_the_canonical_chain_still_reaches_review(eng
     node.load(_calls(moved, head=BLOCK + 40))
     advance(engine, 3600)
     worker.sweep(engine, "w1")
-    again, created = proofs.submit_proof(engine, session["id"], OK_TX, ["alice"])
+    again, created = proofs.submit_proof(engine, session_id, OK_TX, ["alice"])
     assert not created
     assert (again["status"], again["failure_code"]) == ("requires_review", "review_only_rail")

@@ -545,11 +545,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     )
     newly = sorted({b for b, _ in scan.passed_over if passed is None or b > passed})
     if scan.passed_over:
-        passed = (
-            max(b for b, _ in scan.passed_over)
-            if passed is None
-            else max(passed, *(b for b, _ in scan.passed_over))
-        )
+        passed = max([b for b, _ in scan.passed_over] + ([] if passed is None else [passed]))
     if passed is not None and passed < start:
         passed = None  # no longer read again
     if scan.stuck_block is not None:
