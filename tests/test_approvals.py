@@ -56,3 +56,17 @@ def test_cli_reject_needs_incident_context_before_sending(monkeypatch):
     monkeypatch.setenv("RAILPROOF_API_BASE_URL", "http://127.0.0.1:9")  # nothing listens
     r = CliRunner().invoke(app, ["reject-rail-change", "a1", "--confirm"])
     assert r.exit_code == 2 and "--incident-id" in r.output
+
+
+def test_a_request_whose_requester_left_the_staff_list_is_not_approved(client, engine):
+    """Two people on the staff list agree when the change takes effect: a request left pending
+    by a member since removed is refused, and stays rejectable."""
+    aid = _request(client)  # by ops1
+    del engine.settings.staff_tokens[STAFF_TOKEN]
+    url = f"/v1/admin/approvals/{aid}"
+    r = client.post(f"{url}/approve", headers=auth(STAFF_TOKEN_2), json={"confirm": True, **OPS})
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "requester_not_staff")
+    with engine.db.tx() as s:
+        assert s.get(RailState, "fake_live").treasury is None
+    r = client.post(f"{url}/reject", headers=auth(STAFF_TOKEN_2), json={"confirm": True, **OPS})
+    assert (r.status_code, r.json()["status"]) == (200, "rejected")

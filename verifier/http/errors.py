@@ -76,6 +76,7 @@ class ApiErrorCode(StrEnum):
     idempotency_in_progress = "idempotency_in_progress"
     apply_blocked = "apply_blocked"
     approval_decided = "approval_decided"
+    requester_not_staff = "requester_not_staff"
     entitlement_not_active = "entitlement_not_active"
     proof_not_in_review = "proof_not_in_review"
     review_not_ambiguous = "review_not_ambiguous"

@@ -222,6 +222,14 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
         if a.requested_by == op.actor:
             # SECURITY: two-person rule: the requester cannot approve their own change.
             raise Forbidden("two_person_rule", "the requester cannot approve their own request")
+        if a.requested_by not in engine.settings.staff_tokens.values():
+            # SECURITY: two people on the staff list agree, at the time it takes effect: a
+            # request left pending by someone since removed (left, token revoked) is not one.
+            raise Conflict(
+                "requester_not_staff",
+                f"{a.requested_by!r} is no longer on the staff list: reject this request "
+                "and ask for the change again",
+            )
         if a.kind == "production" and a.value == "true":
             release_gates.require_complete(engine, s, a.rail_id)
         a.status, a.approved_by, a.decided_at = ApprovalStatus.approved, op.actor, engine.now()
