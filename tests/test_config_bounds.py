@@ -128,6 +128,13 @@ def test_a_year_of_session_ttl_opens_sessions(db_url):
     with TestClient(create_app(engine), raise_server_exceptions=False) as c:
         r = c.post("/v1/payment-sessions", headers=auth(SERVICE_TOKEN), json=FAKE_SESSION)
         assert r.status_code == 201, r.text
+        # Asked for by the client too: the API's schema admits what the deployment allows.
+        body = {**FAKE_SESSION, "expires_in_seconds": YEAR_S}
+        r = c.post("/v1/payment-sessions", headers=auth(SERVICE_TOKEN), json=body)
+        assert r.status_code == 201, r.text
+        body["expires_in_seconds"] = YEAR_S + 1
+        r = c.post("/v1/payment-sessions", headers=auth(SERVICE_TOKEN), json=body)
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "expires_in_seconds"), r.text
     engine.db.dispose()
 
 

@@ -46,6 +46,7 @@ CsvList = Annotated[list[str], NoDecode]
 # The longest any duration may be: added to (or taken from) now, it stays a date, where a
 # larger one overflowed the first datetime it met (a 500 on every request that did).
 _YEAR_S = 365 * 24 * 3600
+MAX_DURATION_S = _YEAR_S  # what the API's schema admits; a deployment sets its own below
 _YEAR_DAYS = 365
 # PostgreSQL's own largest lock_timeout / statement_timeout (a 32-bit count of ms, ~24.8 days):
 # a larger one fails every connection.

@@ -22,6 +22,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from verifier.core.config import MAX_DURATION_S
 from verifier.http.guards import MAX_INCIDENT_ID, MAX_OPERATOR_REASON, encodable_object
 from verifier.services import proofs, sessions
 from verifier.services.events import EventType
@@ -103,7 +104,20 @@ class SessionIn(Model):
     )
     payer: Text | None = None
     memo: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    expires_in_seconds: Annotated[int, Field(gt=0, le=30 * 24 * 3600, strict=True)] | None = None
+    # The schema admits what any deployment may allow; RAILPROOF_MAX_SESSION_TTL_SECONDS is
+    # this one's bound (422 naming the field, from the service).
+    expires_in_seconds: (
+        Annotated[
+            int,
+            Field(
+                gt=0,
+                le=MAX_DURATION_S,
+                strict=True,
+                description="at most the deployment's RAILPROOF_MAX_SESSION_TTL_SECONDS",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ProofIn(Model):

@@ -232,6 +232,11 @@ def _count_refusal(engine: Engine, h: _Held) -> None:
         engine.metrics.inc("owner_isolation_denials_total", reason="proof_owner_conflict")
 
 
+class _Superseded(Exception):
+    """A submission's own attempt came after another's on its new proof (a worker took it,
+    due at once, while the submission asked the chain): the one recorded first stands."""
+
+
 class _Replay(Exception):
     """The proof's insert found this transfer already submitted to this session."""
 
@@ -445,7 +450,8 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
     try:
         with engine.db.tx() as s:
             # `p` is the row as step 1 wrote it, unless a worker verified it meanwhile (a new
-            # proof is due at once): `_record_attempt` checks that as it writes the attempt.
+            # proof is due at once): `_record_attempt` checks that as it writes the attempt,
+            # and then records nothing (`_Superseded`).
             # The answer commits with the attempt (an Idempotency-Key's completion).
             verdict, view, refused = _record_attempt(
                 engine,
@@ -460,6 +466,17 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
                 answer=lambda v: engine.db.finish(s, (v, True)),
                 payload_claims=not adapter.reads_chain,
             )
+    except _Superseded:
+        # SECURITY: a worker verified (and may have credited) the proof meanwhile: an answer
+        # asked no later than its own does not overwrite it (a node behind would send a
+        # credited proof back to pending, and its events out again). Rolled back, holds
+        # included; kept as evidence only, and the answer is the proof as stored.
+        try:
+            _record_superseded(engine, p.id, checked)
+        except (queries.DatabaseError, queries.PoolTimeout) as e:
+            if not queries.database_busy(e):
+                raise
+        return _stored_pending(engine, p.id), True
     except (queries.DatabaseError, queries.PoolTimeout) as e:
         if not queries.database_busy(e):
             raise
@@ -502,6 +519,30 @@ class StoredPending(EngineError):
             extra={"proof_id": proof_id, "proof_status": ProofStatus.pending.value},
         )
         self.headers = {"Retry-After": "2"}
+
+
+def _record_superseded(engine: Engine, proof_id: str, checked: Checked) -> None:
+    """A submission's attempt that came second (`_Superseded`): its row, as every attempt
+    has one, changing nothing the first decided (status, holds, settlement, next check)."""
+    verdict = checked.verdict
+    with engine.db.tx() as s:
+        p = _get_proof(s, proof_id)
+        proof_repo.update(s, p, {"attempts": p.attempts + 1, "updated_at": engine.now()})
+        attempt_repo.insert_attempt(
+            s,
+            {
+                "proof_id": p.id,
+                "status": verdict.status.value,
+                "failure_code": verdict.code.value if verdict.code else None,
+                "detail": verdict.detail,
+                "observed": {**_redact(verdict.observed), "superseded": True},
+                "rpc_calls": checked.rpc_calls,
+                "latency_ms": checked.latency_ms,
+                "source": checked.source,
+                "worker": None,
+                "created_at": engine.now(),
+            },
+        )
 
 
 def _stored_pending(engine: Engine, proof_id: str) -> dict[str, Any]:
@@ -730,7 +771,7 @@ def _record_attempt(
     `p`: the proof read under its row lock (`_get_proof`), or with `as_written` the record
     a submission inserted in an earlier transaction, which holds only while the row has no
     attempt: the first attempt's UPDATE checks exactly that, and the row is read (and locked)
-    only when it fails.
+    only when it fails. An attempt recorded meanwhile stands: this one raises `_Superseded`.
 
     `resolved`: staff have decided which session the transfer was for (services.reviews), or
     an earlier attempt verified it, so other open sessions that could take it do not send it
@@ -782,6 +823,8 @@ def _record_attempt(
         # The attempt's id too, so its row waits for the next round trip with the others.
         reserving = attempt_repo.reserve_id_behind(s)
         p, as_written = _get_proof(s, p.id), False
+        if p.attempts:
+            raise _Superseded
     if holding and taking is None:
         taking = holds.hold_behind(s, keys, p.id, ps.id, ps.owner_id, now)
     if deciding is not None:
@@ -834,6 +877,8 @@ def _record_attempt(
     else:
         if as_written:
             p = _get_proof(s, p.id)
+            if p.attempts:
+                raise _Superseded
         first = not p.attempts
         old = None if first else p.status  # a new proof's first attempt always counts
         state = new_state(p.attempts + 1)
