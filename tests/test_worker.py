@@ -167,6 +167,27 @@ def test_finality_refresh_rpc_error_keeps_proofs_for_later(engine, chain):
     assert gate.dry_run_apply(engine, pid)["would_apply"] is True
 
 
+def test_a_finality_error_leaves_a_claim_another_worker_took_meanwhile(engine, chain):
+    """The lease ran out while the node hung, and a second worker claimed the proof: the first
+    worker's error does not free that claim (two workers would ask the chain at once)."""
+    pid = paid_proof(engine, chain, finality="confirmed")[1]["id"]
+    advance(engine, 60)
+    plain_call = chain.call
+
+    def hang_then_fail(method, params):
+        if method == "fake_getStatuses":
+            with engine.db.tx() as s:
+                row = s.get(Proof, pid)
+                row.claimed_by, row.claimed_until = "w2", engine.now() + timedelta(minutes=5)
+            raise RpcUnavailable("down")
+        return plain_call(method, params)
+
+    chain.call = hang_then_fail
+    assert worker.refresh_finality(engine, "w1", 10) == 1
+    p = proof_row(engine, pid)
+    assert p.claimed_by == "w2" and utc(p.claimed_until) > engine.now()
+
+
 def _activate_evm_usdc(e: Engine) -> tuple[str, str]:
     """The real Ethereum USDC transfer through the gated staff path to an active entitlement."""
     e.settings.live_apply = True

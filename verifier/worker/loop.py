@@ -95,7 +95,7 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
         except Exception as e:
             engine.metrics.inc("rpc_errors_total", network=network, kind="finality")
             log.warning("finality refresh failed: %s", type(e).__name__, extra={"rail_id": rail_id})
-            _release(engine, plist)
+            _release(engine, plist, name)
             continue
         by_ref = {st.ref: st for st in settlements}
         failed = _recheck_unsettled(engine, name, plist, by_ref)
@@ -157,11 +157,12 @@ def _recheck_unsettled(
     return failed
 
 
-def _release(engine: Engine, plist: list[Record]) -> None:
+def _release(engine: Engine, plist: list[Record], worker: str) -> None:
     with engine.db.tx() as s:
         for p in plist:
-            row = proof_repo.get(s, p.id)
-            if row is None:  # pragma: no cover - a proof row is never deleted
+            row = proof_repo.get(s, p.id, lock=True)
+            # A lease that ran out while the node hung may be another worker's claim now.
+            if row is None or row.claimed_by != worker:
                 continue
             row.claimed_by = row.claimed_until = None
             row.next_check_at = engine.now() + backoff(2)
