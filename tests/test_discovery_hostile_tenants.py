@@ -181,3 +181,97 @@ def test_a_session_opened_after_the_payment_naming_one_of_its_keys_never_hides_i
         assert _refs(e, bobs["id"]) == [(sig, "verified")]
     finally:
         e.db.dispose()
+
+
+# -- the watches of many open sessions against the sweep's other work -----------------------
+
+
+def test_many_open_sessions_of_one_tenant_hold_neither_the_sweep_nor_its_turns(
+    db_url, monkeypatch, chain
+):
+    """A tenant's many sessions paying wallets of its own each cost a reference lookup: the
+    worker re-checks submitted proofs before any of them, and a cycle stops at its budget
+    (RAILPROOF_DISCOVERY_CYCLE_BUDGET_S), the rest first in turn next cycle."""
+    from tests.fake_rail import catalog_with_fake
+    from verifier.services import proofs
+    from verifier.worker import loop as worker
+
+    clock = [0.0]
+    monkeypatch.setattr(discovery, "_clock", lambda: clock[0])
+    e = make_engine(db_url)
+    e.catalog = catalog_with_fake()
+    e.ensure_rail_states()
+    e.chains.set_transport("fakenet", chain)
+    e.settings.discovery_cycle_budget_s = 4.5
+    events: list[str] = []
+
+    class _Slow:
+        """A node that takes a second (on the cycle's clock) to list a reference's none."""
+
+        source = "cassette"
+
+        def call(self, method, params):
+            assert method == "getSignaturesForAddress", method
+            events.append(params[0])
+            clock[0] += 1.0
+            return []
+
+    e.chains.set_transport("solana-mainnet", _Slow())
+    try:
+        bob = [
+            open_session(
+                e,
+                NewSession(
+                    owner_id="bob",
+                    rail_id="solana_usdc",
+                    access_product_id="pro",
+                    amount=1,
+                    recipient=str(Keypair().pubkey()),
+                    expires_in_seconds=7 * 24 * 3600,
+                ),
+                actor="svc",
+            )["reference"]
+            for _ in range(12)
+        ]
+        ps = open_session(
+            e,
+            NewSession(
+                owner_id="alice",
+                rail_id="fake_live",
+                access_product_id="pro",
+                amount=1_000_000,
+                recipient="fatreasury",
+            ),
+            actor="svc",
+        )
+        view, _ = proofs.submit_proof(e, ps["id"], "fx00aa11bb", ["alice"])
+        assert (view["status"], view["failure_code"]) == ("pending", "tx_not_found")
+        chain.txs["fx00aa11bb"] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": 1_000_000,
+            "asset": "fusd",
+            "refs": [ps["reference"]],
+        }
+        plain = chain.call
+
+        def recorded(method, params):
+            events.append(method)
+            return plain(method, params)
+
+        chain.call = recorded
+        e.settings.clock = e.settings.now() + timedelta(seconds=120)  # alice's proof is due
+        out = worker.sweep(e, "w1", deliveries=False)
+        assert out["reverified"] == 1
+        # alice's proof was asked before any of bob's watches, and the cycle stopped at its
+        # budget: five lookups (the fifth passes 4.5 s), not twelve.
+        assert events[0] == "fake_getTransfer", events[:3]
+        first = events[1:]
+        assert len(first) == 5 and set(first) <= set(bob), first
+        # The next cycles take the references not reached first: every one within three.
+        events.clear()
+        for _ in range(2):
+            discovery.cycle(e)
+        assert set(bob) - set(first) <= set(events), "a reference never had its turn"
+    finally:
+        e.db.dispose()

@@ -438,12 +438,15 @@ def auto_apply(engine: Engine, batch: int) -> int:
 
 
 def sweep(engine: Engine, name: str, batch: int = 100, deliveries: bool = True) -> dict[str, int]:
-    """One pass of every job; `deliveries=False` leaves webhooks to a thread of their own."""
-    discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
+    """One pass of every job; `deliveries=False` leaves webhooks to a thread of their own.
+    Proofs already submitted are asked first: discovery, whose watches any tenant can multiply
+    by opening sessions, comes after them, within its budget, and before the apply, which
+    takes what it found in the same sweep."""
     out = {
         "reverified": reverify_pending(engine, name, batch),
         "finality_refreshed": refresh_finality(engine, name, batch),
     }
+    discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
     if engine.settings.auto_apply:
         out["applied"] = auto_apply(engine, batch)
     if discovered:
