@@ -666,3 +666,21 @@ def test_a_review_is_released_from_the_console_and_never_credited_against_its_ra
     assert "Released: the proof failed" in page.text
     (row,) = audit_rows(engine, "proof.review_released")
     assert (row.actor, row.incident_id) == ("ops1", OPS["incident_id"])
+
+
+@pytest.mark.parametrize(
+    "path, field",
+    [
+        ("/console/rails/fake_gated/production/request", {"production": "enable"}),
+        ("/console/rails/fake_live/treasury/request", {"treasury": "fanewtreasury"}),
+    ],
+)
+def test_a_queued_change_request_says_it_was_queued(c, path, field):
+    """Without a notice a queued request looks like a form that did nothing, and is sent
+    again: a second pending request."""
+    login(c)
+    r = c.post(path, data={**OPS, **field, "csrf_token": csrf(c)})
+    assert r.status_code == 303 and "done=requested." in r.headers["location"], r.headers
+    page = c.get(r.headers["location"])
+    notice = re.search(r'<p class="notice" role="status">([^<]*)</p>', page.text)
+    assert notice is not None and "second staff member" in notice.group(1), page.text

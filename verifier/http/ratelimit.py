@@ -33,6 +33,7 @@ RAILPROOF_RATE_LIMIT_BURST (default 40), RAILPROOF_REDIS_URL, RAILPROOF_REDIS_KE
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import threading
@@ -86,6 +87,10 @@ class Limiter(ABC):
     @abstractmethod
     def take(self, principal: str, endpoint: str) -> float: ...
 
+    @abstractmethod
+    def waiting(self, principal: str, endpoint: str) -> float:
+        """Seconds until a try would pass (0: it would now), taking nothing."""
+
     def check(self, principal: str, endpoint: str) -> None:
         """Raise RateLimited (429, Retry-After) when the caller's bucket is empty."""
         wait = self.take(principal, endpoint)
@@ -134,6 +139,16 @@ class RateLimiter(Limiter):
                 b.tokens -= 1.0
                 return 0.0
             return (1.0 - b.tokens) / self.rate
+
+    def waiting(self, principal: str, endpoint: str) -> float:
+        if not self.enabled:
+            return 0.0
+        with self._lock:
+            b = self._buckets.get((principal, endpoint))
+            if b is None:
+                return 0.0
+            tokens = min(float(self.burst), b.tokens + (self._clock() - b.at) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     @classmethod
     def from_settings(cls, settings: Any) -> RateLimiter:
@@ -197,7 +212,23 @@ class SharedRateLimiter(Limiter):
             log.warning("rate-limit store answers again: limits are shared")
         return wait
 
-    def _store_failed(self, e: Exception, principal: str, endpoint: str) -> float:
+    def waiting(self, principal: str, endpoint: str) -> float:
+        if not self.enabled:
+            return 0.0
+        if self._clock() < self._down_until:
+            return self.local.waiting(principal, endpoint)
+        try:
+            if self.strategy.test(self.item, principal, endpoint):
+                return 0.0
+            reset = self.strategy.get_window_stats(self.item, principal, endpoint).reset_time
+            return max(reset - time.time(), 0.001)
+        except Exception as e:  # any failure of the store: the local bucket decides
+            self._store_failed(e, principal, endpoint, take=False)
+            return self.local.waiting(principal, endpoint)
+
+    def _store_failed(
+        self, e: Exception, principal: str, endpoint: str, take: bool = True
+    ) -> float:
         self._down_until = self._clock() + RETRY_SHARED_S
         if self.metrics is not None:
             self.metrics.inc("rate_limit_backend_errors_total")
@@ -208,7 +239,23 @@ class SharedRateLimiter(Limiter):
                 "rate-limit store unreachable (%s): each process limits on its own",
                 type(e).__name__,
             )
-        return self.local.take(principal, endpoint)
+        return self.local.take(principal, endpoint) if take else 0.0
+
+
+def client_key(host: str | None) -> str:
+    """Whom a sign-in limit counts: the client's address, an IPv6 one by its /64 (one host is
+    routinely given a whole /64, and would otherwise have 2^64 fresh buckets)."""
+    if not host:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def login_limiter_from_settings(settings: Any, metrics: Metrics | None = None) -> Limiter:

@@ -46,7 +46,7 @@ from verifier.http.console.auth import (
     derive_key,
     staff_for,
 )
-from verifier.http.ratelimit import Limiter, login_limiter_from_settings
+from verifier.http.ratelimit import Limiter, client_key, login_limiter_from_settings
 from verifier.services import (
     audit,
     console_sessions,
@@ -84,6 +84,7 @@ DONE = {
     "credited": "Credited: the chain verified the transfer again; the proof is verified for "
     "its session and goes through the apply gate.",
     "released": "Released: the proof failed and holds its transfer no more.",
+    "requested": "Requested: the change waits in Approvals for a second staff member.",
 }
 NAV = [
     ("health", "Health", "/console"),
@@ -390,7 +391,7 @@ def console_router(
         # from the address's bucket before the token is read (so tries sent at once cannot
         # all pass a check made before any of them counted), and past the bound every login
         # from there is refused, a right token too, until the tries age out.
-        client = request.client.host if request.client else "unknown"
+        client = client_key(request.client.host if request.client else None)
         wait = await run_in_threadpool(logins.take, client, LOGIN_ENDPOINT)
         if wait > 0:
             after = max(1, math.ceil(wait))
