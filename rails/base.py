@@ -69,6 +69,9 @@ class Settlement(Model):
     # The transaction that settled it, where the proof does not name one (an x402 payment's
     # settlement, found on chain after the proof was verified).
     tx_hash: str | None = None
+    # The settling block's timestamp, where the rail reads it (x402: a payment verified
+    # before it settled has no other chain time for the apply gate's window check).
+    block_time: datetime | None = None
 
 
 class Observed(BaseModel):

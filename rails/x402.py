@@ -780,9 +780,10 @@ class _SweepHead:
 
 def _settlement(
     ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, rail: Rail
-) -> tuple[Settlement, int | None]:
+) -> Settlement:
     """How final the settlement transaction is: the EVM rail's depth, finalized-tag and reorg
-    policy (the canonical hash at the receipt's height must still be the receipt's block)."""
+    policy (the canonical hash at the receipt's height must still be the receipt's block),
+    and when its block was stamped (None: the node gave no timestamp)."""
     from rails.evm import read_block, settlement_for_receipt
 
     block = read_block(chain, tx.block_number)
@@ -792,13 +793,17 @@ def _settlement(
     )
     to = f"0x{tx.to.hex()}" if tx.to is not None else "?"
     stamp = block.get("timestamp") if block is not None else None
-    settled = s.model_copy(
+    return s.model_copy(
         update={
             "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}",
             "tx_hash": tx.tx_hash.lower(),
+            # The apply gate checks a settlement found after verification against the
+            # session's window with this time: the same rule as _verify_on_chain's.
+            "block_time": datetime.fromtimestamp(_word(stamp, "block.timestamp"), UTC)
+            if stamp is not None
+            else None,
         }
     )
-    return settled, _word(stamp, "block.timestamp") if stamp is not None else None
 
 
 def _used_unseen(chain: Transport, e: Expect, a: Authorization, observed: Observed) -> Verdict:
@@ -1075,21 +1080,23 @@ class X402Adapter:
                 observed=observed,
             )
         ref = _ref(e.chain_id, e.asset, a)
-        settlement, when = _settlement(ref, tx, chain, _SweepHead(chain, self.rail), self.rail)
+        settlement = _settlement(ref, tx, chain, _SweepHead(chain, self.rail), self.rail)
+        stamped = settlement.block_time
         observed = observed.model_copy(
             update={
                 "block_number": tx.block_number,
                 "tx_hash": tx.tx_hash,
                 "finality": settlement.finality,
-                **({"block_time": datetime.fromtimestamp(when, UTC)} if when is not None else {}),
+                **({"block_time": stamped} if stamped is not None else {}),
             }
         )
         if e.not_before is not None:
-            if when is None:
+            if stamped is None:
                 # Real nodes always return it; without it the window cannot be checked.
                 raise MalformedResponse(f"block {tx.block_number} has no timestamp")
             # SECURITY: a settlement is public once mined; one older than the session was a
             # payment made before it existed, which a session opened after cannot take.
+            when = int(stamped.timestamp())
             if when < e.not_before - SETTLEMENT_CLOCK_MARGIN_S:
                 return Verdict.fail(
                     FailureCode.session_not_open,
@@ -1159,7 +1166,7 @@ class X402Adapter:
                         "not this payment"
                     ),
                 )
-        return _settlement(ref, tx, chain, head, self.rail)[0]
+        return _settlement(ref, tx, chain, head, self.rail)
 
     @classmethod
     def live_transport(cls, urls: list[str], network: str) -> Transport:

@@ -444,10 +444,19 @@ def _tuple_bound(
         # SECURITY: a session that names its payer binds the transfer's sender.
         if ps.payer and str(obs.get("sender") or "").lower() != ps.payer.lower():
             problems.append("observed sender differs from the session's payer")
-        problems += _outside_window(engine, p, ps, epoch_of(obs.get("block_time")))
+        problems += _outside_window(engine, p, ps, _chain_time(obs, ctx.settlement))
     if problems:
         return False, "; ".join(problems)
     return True, "owner, session, product, amount, recipient and rail agree"
+
+
+def _chain_time(observed: dict[str, Any], ev: SettlementEvidence | Record | None) -> float | None:
+    """When the chain says the payment was made: its verification's block time, else (a
+    payment verified before it settled, x402) its settlement evidence's block time."""
+    seen = epoch_of(observed.get("block_time"))
+    if seen is None and ev is not None and ev.block_time is not None:
+        return utc(ev.block_time).timestamp()
+    return seen
 
 
 def _outside_window(
@@ -470,7 +479,11 @@ def _outside_window(
         # whenever it settled.
         if utc(p.created_at) > terms.not_after:
             problems.append("proof submitted after the session expired")
-        if chain_time is not None and chain_time < start:
+        # SECURITY: a settlement is public once mined; one whose time is unknown may be a
+        # payment made before the session existed, which it cannot take.
+        if chain_time is None:
+            problems.append("settlement time unknown: not checked against the session's window")
+        elif chain_time < start:
             problems.append("settled before the session opened")
     elif chain_time is not None and not start <= chain_time <= end:
         problems.append("transfer time outside the session window")

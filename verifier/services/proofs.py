@@ -1183,6 +1183,7 @@ def record_settlement(
         "confirmations": st.confirmations,
         "detail": st.detail,
         "tx_hash": st.tx_hash,
+        "block_time": st.block_time,
         "source": source,
         "observed_at": engine.now(),
     }

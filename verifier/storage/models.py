@@ -261,6 +261,9 @@ class SettlementEvidence(Base):
     # The settling transaction where the proof does not name it (x402), for reconciliation's
     # resolutions about that transaction (gate check transfer_not_sent_back).
     tx_hash: Mapped[str | None] = mapped_column(String(80))
+    # Migration 0018: the settling block's timestamp where the rail reads it (x402), for the
+    # apply gate's window check of a settlement found after the proof was verified.
+    block_time: Mapped[datetime | None]
     source: Mapped[str] = mapped_column(String(16))
     observed_at: Mapped[datetime]
 

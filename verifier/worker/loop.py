@@ -303,10 +303,12 @@ def _finality_of(
             )
         )
         return
-    changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
-        st.finality,
-        st.is_final and not st.reorged,
-        st.reorged,
+    changed = (
+        prev is None
+        or (prev.finality, prev.is_final, prev.reorged)
+        != (st.finality, st.is_final and not st.reorged, st.reorged)
+        # Evidence recorded before it kept the settlement's time gets it (the gate needs it).
+        or (st.block_time is not None and prev.block_time is None)
     )
     ev: SettlementEvidence | Record | None = prev
     if changed or moved:

@@ -1,0 +1,95 @@
+"""x402: a settlement older than its session never pays it, however it is found.
+
+The rail refuses a settlement mined before the session opened (`session_not_open`) when the
+verification sees it. A proof verified while the node's `authorizationState` still read
+"unused" (its state a block behind) has no settlement and no chain time; the worker's
+finality sweep finds the settlement later. Its evidence keeps the settling block's time, and
+the apply gate's window check reads it (`tuple_bound`: "settled before the session opened");
+a proof of a rail paid at submission whose settlement time is unknown does not pass it.
+"""
+
+from __future__ import annotations
+
+from tests.helpers import advance
+from tests.test_x402_adapter import VALID_AFTER, VALID_BEFORE, live_chain, settlement_logs
+from tests.test_x402_engine import FIX, open_x402, x402_engine  # noqa: F401  (fixture)
+from verifier.services import gate, proofs
+from verifier.storage.models import Proof, SettlementEvidence
+from verifier.worker import loop as worker
+
+SETTLED_AT = VALID_AFTER + 5  # the facilitator's block: inside the authorization's window
+OPENED_AT = VALID_BEFORE - 14  # the session: opened 50 s after the settlement
+HEADER = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+assert SETTLED_AT < OPENED_AT - 30 < OPENED_AT < VALID_BEFORE
+
+
+def _settled_chain(mined: int = SETTLED_AT):
+    # The settlement, deep and final (head 200, finalized 150), mined at `mined`.
+    return live_chain(used=True, logs=settlement_logs(), head=200, finalized=150, mined=mined)
+
+
+def _verified_before_settled(engine, mined: int = SETTLED_AT) -> str:
+    """A proof verified on a node whose authorizationState lags the settlement, whose
+    settlement the worker's finality sweep then finds, final. Returns the proof's id."""
+    advance(engine, OPENED_AT - engine.now().timestamp())
+    lagging = _settled_chain(mined)
+    lagging.answers["eth_call"] = "0x" + "0" * 64
+    engine.chains.set_transport("base-sepolia", lagging)
+    ps = open_x402(engine, owner="mallory")
+    view, _ = proofs.submit_proof(engine, ps["id"], HEADER, ["mallory"])
+    assert (view["status"], view["settlement"]) == ("verified", None), view
+    engine.chains.set_transport("base-sepolia", _settled_chain(mined))
+    advance(engine, 10)  # past the finality re-check (5 s, with jitter)
+    assert worker.refresh_finality(engine, "w1", 10) == 1
+    after = proofs.get_proof(engine, view["id"], ["mallory"])
+    assert (after["status"], after["settlement"]["is_final"]) == ("verified", True), after
+    return view["id"]
+
+
+def _checks(engine, proof_id: str) -> dict[str, dict]:
+    return {c["name"]: c for c in gate.dry_run_apply(engine, proof_id)["checks"]}
+
+
+def test_a_settlement_before_the_session_is_refused_when_the_node_shows_it(x402_engine):  # noqa: F811
+    """The same chain answered at submission → failed session_not_open."""
+    advance(x402_engine, OPENED_AT - x402_engine.now().timestamp())
+    x402_engine.chains.set_transport("base-sepolia", _settled_chain())
+    ps = open_x402(x402_engine, owner="mallory")
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], HEADER, ["mallory"])
+    assert (view["status"], view["failure_code"]) == ("failed", "session_not_open"), view
+
+
+def test_a_settlement_before_the_session_found_by_the_finality_sweep_is_not_creditable(
+    x402_engine,  # noqa: F811
+):
+    pid = _verified_before_settled(x402_engine)
+    checks = _checks(x402_engine, pid)
+    assert checks["settlement_final"]["passed"]
+    bound = checks["tuple_bound"]
+    assert not bound["passed"] and "settled before the session opened" in bound["detail"], bound
+
+
+def test_a_settlement_after_the_session_opened_found_by_the_sweep_passes_the_window(
+    x402_engine,  # noqa: F811
+):
+    pid = _verified_before_settled(x402_engine, mined=OPENED_AT + 5)
+    bound = _checks(x402_engine, pid)["tuple_bound"]
+    assert bound["passed"], bound
+
+
+def test_evidence_without_the_settlement_time_fails_closed_until_the_sweep_fills_it(
+    x402_engine,  # noqa: F811
+):
+    pid = _verified_before_settled(x402_engine, mined=OPENED_AT + 5)
+    with x402_engine.db.tx() as s:  # evidence as written before it kept the block's time
+        for ev in s.query(SettlementEvidence).filter_by(proof_id=pid):
+            ev.block_time = None
+    bound = _checks(x402_engine, pid)["tuple_bound"]
+    assert not bound["passed"] and "settlement time unknown" in bound["detail"], bound
+
+    # The reorg watch's next answer for the (unchanged, final) settlement records its time.
+    with x402_engine.db.tx() as s:
+        s.get(Proof, pid).next_check_at = x402_engine.now()
+    assert worker.refresh_finality(x402_engine, "w1", 10) == 1
+    bound = _checks(x402_engine, pid)["tuple_bound"]
+    assert bound["passed"], bound
