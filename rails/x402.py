@@ -28,6 +28,8 @@ exactly what it says. Checks run in this fixed order, each one small function, o
    11. submitted by the session's expiry                   session_expired
    12. live chain only: authorizationState(from, nonce)
        unused and now past validBefore (+ a margin)        authorization_expired
+       ... but the token's logs show it settled            as used (below); paying other
+                                                           funds: pending rpc_unavailable
        used: the AuthorizationUsed log's transaction moved
        other funds, or the payer cancelled the nonce       nonce_reused
        used, but the node serves neither yet               pending rpc_unavailable
@@ -1067,7 +1069,10 @@ class X402Adapter:
         require_chain(chain, e.chain_id, self.rail)
         a = p.authorization
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
-            return _unsettled(a, e, observed, key, lambda: _latest_time(chain))
+            unsettled = _unsettled(a, e, observed, key, lambda: _latest_time(chain))
+            if unsettled.code is not FailureCode.authorization_expired:
+                return unsettled
+            return self._expired_unless_settled(p, e, chain, observed, key, unsettled)
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
         if tx is None:
             return _used_unseen(chain, e, a, observed)
@@ -1079,6 +1084,46 @@ class X402Adapter:
                 f"nonce already used on chain by {tx.tx_hash}, which did not make this transfer",
                 observed=observed,
             )
+        return self._settled(p, e, chain, observed, key, tx)
+
+    def _expired_unless_settled(
+        self,
+        p: Payment,
+        e: Expect,
+        chain: Transport,
+        observed: Observed,
+        key: tuple[str, ...],
+        expired: Verdict,
+    ) -> Verdict:
+        """`expired` (the nonce read unused past validBefore) unless the token's logs show it
+        settled: behind one load-balanced URL a member whose state lags answers "unused"
+        while the others serve the settlement's log and receipt."""
+        a = p.authorization
+        # SECURITY: failed is final; the state read alone must not lose a settled payment.
+        tx = find_settlement(chain, e.asset, a.from_, a.nonce)
+        if tx is None:
+            return expired
+        if tx.to != a.to or tx.value != a.value:
+            # Used by another transfer per the logs, unused per the state: no answer yet.
+            return Verdict.wait(
+                FailureCode.rpc_unavailable,
+                f"nonce unused per authorizationState, but used by {tx.tx_hash} per the "
+                "token's logs: the node disagrees with itself",
+                observed=observed,
+            )
+        return self._settled(p, e, chain, observed, key, tx)
+
+    def _settled(
+        self,
+        p: Payment,
+        e: Expect,
+        chain: Transport,
+        observed: Observed,
+        key: tuple[str, ...],
+        tx: SettlementTx,
+    ) -> Verdict:
+        """The settlement that made exactly this transfer: its finality and its time."""
+        a = p.authorization
         ref = _ref(e.chain_id, e.asset, a)
         settlement = _settlement(ref, tx, chain, _SweepHead(chain, self.rail), self.rail)
         stamped = settlement.block_time
