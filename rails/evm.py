@@ -40,8 +40,9 @@ finality="reorged")`; the apply gate blocks on it.
 Transport exceptions (rails.errors.TransportError) are not caught here: the engine turns them
 into `pending rpc_unavailable`. A receipt about another transaction than the one asked for, a
 node that serves another chain than the rail's, or fields that are not what JSON-RPC promises
-(a quantity that is not hex, a timestamp no calendar holds) are a `MalformedResponse` (a
-lying, broken or misconfigured node), never a verdict.
+(a quantity that is not hex, a timestamp no calendar holds, a Transfer log of the rail's
+token that no ERC-20 can emit) are a `MalformedResponse` (a lying, broken or misconfigured
+node), never a verdict.
 
 Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `token_transfers`,
 `parse_receipt`, `settlement_for_receipt`, `is_final_at_depth`, `read_head`, and
@@ -266,6 +267,29 @@ def decode_transfer(log: dict[str, Any]) -> TokenTransfer | None:
         # null in a pending block's log; anything else but a quantity is a broken answer.
         log_index=None if index is None else hex_int(index, "log.logIndex"),
     )
+
+
+def check_token_transfers(logs: Iterable[dict[str, Any]], token: str) -> None:
+    """SECURITY: every Transfer log `token` emitted is an ERC-20 Transfer. The rail's token
+    (Solidity's ABI encoder) cannot emit one with dirty address padding or a value that is not
+    one word: such a log is a broken node's (a proxy or cache mangling it), like a log marked
+    removed or listed twice, so it is read again, never skipped into a definitive verdict on
+    what the receipt then lacks. Other contracts' logs are not this check's to judge."""
+    for log in logs:
+        topics = log.get("topics")
+        address = log.get("address")
+        if (
+            isinstance(topics, list)
+            and topics
+            and isinstance(topics[0], str)
+            and topics[0].lower() == TRANSFER_TOPIC
+            and isinstance(address, str)
+            and address.lower() == token.lower()
+            and decode_transfer(log) is None
+        ):
+            raise MalformedResponse(
+                f"receipt: a Transfer log of the token {token} that no ERC-20 can emit"
+            )
 
 
 def _strip0x(value: Any) -> str:
@@ -816,6 +840,7 @@ class EvmAdapter:
         if not receipt.success:
             return self._reverted(chain, tx_hash, receipt, observed)
 
+        check_token_transfers(receipt.logs, token)
         transfers = token_transfers(receipt.logs)
         counted = counted_transfers(transfers, token, recipient, terms.sender)
         amount, senders = sum(t.value for t in counted), _senders(counted)
@@ -980,6 +1005,7 @@ __all__ = [
     "Receipt",
     "TokenTransfer",
     "TRANSFER_TOPIC",
+    "check_token_transfers",
     "check_window",
     "confirmations_at",
     "counted_transfers",

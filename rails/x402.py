@@ -691,7 +691,7 @@ def find_settlement(
     None when this node shows none: the nonce is unused, or cancelled, or the node has not
     caught up with it (no log yet, a log whose receipt it does not serve yet or that does not
     hold the log). Only a settlement it shows tells where the money went."""
-    from rails.evm import parse_receipt
+    from rails.evm import check_token_transfers, parse_receipt
 
     live = _nonce_logs(chain, AUTHORIZATION_USED_TOPIC, asset, auth_from, nonce)
     if not live:
@@ -707,6 +707,8 @@ def find_settlement(
     # receipt without the log, is a node that disagrees with itself, not an answer.
     if not receipt.success or not _holds_authorization_used(receipt.logs, asset, auth_from, nonce):
         return None
+    # A Transfer of the token no ERC-20 can emit would read as a settlement paying nothing.
+    check_token_transfers(receipt.logs, "0x" + asset.hex())
     to, value = transfer_after_authorization(receipt.logs, asset, auth_from, nonce)
     return SettlementTx(
         receipt.tx_hash, receipt.block_number, receipt.block_hash.lower(), to, value
