@@ -1,12 +1,15 @@
 """The bound on guessing staff tokens (README, "Operator console"): past
-RAILPROOF_CONSOLE_LOGINS_PER_MINUTE tries from an address every login from it gets 429. An
-IPv6 host is counted by its /64: one host is routinely given all of it, and each of its
-2^64 addresses would otherwise be a first try."""
+RAILPROOF_CONSOLE_LOGINS_PER_MINUTE tries from an address every login from it gets 429. The
+staff API's bearer tokens are the same tokens, so its unknown ones count with the console's
+tries, and past the bound it refuses a right token too. An IPv6 host is counted by its /64:
+one host is routinely given all of it, and each of its 2^64 addresses would otherwise be a
+first try."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.test_console import login
 from verifier.http.api import create_app
 from verifier.http.console import console_router
@@ -42,3 +45,31 @@ def test_client_keys():
     )
     assert client_key("203.0.113.7") == client_key("::ffff:203.0.113.7") == "203.0.113.7"
     assert client_key(None) == "unknown" and client_key("testclient") == "testclient"
+
+
+def test_staff_token_guesses_through_the_staff_api_are_bounded_with_the_consoles(engine):
+    app = create_app(engine)  # the console and the API with one limiter from the settings
+    with _client(app, "203.0.113.7") as staff:
+        # A staff member's own requests, and a tenant's token on a staff route, are no guess.
+        for _ in range(2 * PER_MINUTE):
+            assert staff.get("/v1/admin/audit/verify", headers=auth(STAFF_TOKEN)).status_code == 200
+            r = staff.get("/v1/admin/audit/verify", headers=auth(SERVICE_TOKEN))
+            assert r.status_code == 401
+    with _client(app, "203.0.113.8") as guesser:
+        api = [
+            guesser.get("/v1/admin/audit/verify", headers=auth(f"guess-{i}")).status_code
+            for i in range(PER_MINUTE + 1)
+        ]
+        assert api == [401] * PER_MINUTE + [429], api
+        r = guesser.get("/v1/admin/audit/verify", headers=auth(STAFF_TOKEN))
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert r.json()["error"]["code"] == "rate_limited"
+        # One count for both doors: the console refuses this address too.
+        assert login(guesser, STAFF_TOKEN).status_code == 429
+    with _client(app, "203.0.113.9") as other:
+        for i in range(PER_MINUTE):
+            assert login(other, f"guess-{i}").status_code == 401
+        r = other.get("/v1/admin/audit/verify", headers=auth(STAFF_TOKEN))
+        assert r.status_code == 429
+    with _client(app, "203.0.113.10") as fresh:
+        assert fresh.get("/v1/admin/audit/verify", headers=auth(STAFF_TOKEN)).status_code == 200

@@ -397,6 +397,15 @@ class Settings(BaseSettings):
     def staff_name(self, token: str) -> str | None:
         return _lookup(self.staff_tokens, token)
 
+    def known_token(self, token: str) -> bool:
+        """Whether `token` is on any list (service, staff, metrics)."""
+        metrics = self.metrics_token.get_secret_value() if self.metrics_token else None
+        return (
+            self.service_owners(token) is not None
+            or self.staff_name(token) is not None
+            or (metrics is not None and hmac.compare_digest(metrics.encode(), token.encode()))
+        )
+
     def audit_key_bytes(self) -> bytes | None:
         """The audit chain's key: RAILPROOF_AUDIT_KEY, or the contents (stripped) of
         RAILPROOF_AUDIT_KEY_FILE; None when neither is set. ValueError when both are set or

@@ -26,7 +26,7 @@ from verifier.http.console import console_router
 from verifier.http.deps import clean_path_params
 from verifier.http.errors import ApiErrorCode, error_responses
 from verifier.http.guards import BodyGuard, InputGuard
-from verifier.http.ratelimit import limiter_from_settings
+from verifier.http.ratelimit import limiter_from_settings, login_limiter_from_settings
 from verifier.http.request_log import RequestLogMiddleware, settings_principal
 from verifier.http.routes import (
     admin,
@@ -88,6 +88,8 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.rate_limiter = limiter_from_settings(engine.settings, engine.metrics)
+    # Staff-token tries, the console's sign-ins and the staff API's unknown tokens together.
+    app.state.login_limiter = login_limiter_from_settings(engine.settings, engine.metrics)
     app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)  # chunked, deep, NUL in bodies
     app.add_middleware(InputGuard)  # control characters in query and headers
     # Outermost: every answer, the guards' refusals included, is logged with its request id.
@@ -106,7 +108,7 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     for router in INCLUDED:
         app.include_router(router)
     # Server-rendered pages for operators: not part of the API's OpenAPI contract.
-    app.include_router(console or console_router(engine))
+    app.include_router(console or console_router(engine, login_limiter=app.state.login_limiter))
     return app
 
 

@@ -10,6 +10,7 @@ its own, while this API accepts exactly `Bearer <token>` and refuses anything el
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Header, Request, Security
@@ -25,6 +26,7 @@ from verifier.http.guards import (
     control_field,
     header_text,
 )
+from verifier.http.ratelimit import STAFF_SIGN_IN, Limiter, RateLimited, client_key
 from verifier.services import audit, queries
 from verifier.services.principals import MAX_PRINCIPAL, principal_name  # noqa: F401
 
@@ -122,16 +124,33 @@ def staff_member(
         str | None, Header(alias="X-Operator-Reason", max_length=MAX_OPERATOR_REASON)
     ] = None,
 ) -> str:
-    name = engine.settings.staff_name(token)
-    if name is None:
-        raise Unauthorized(
-            ApiErrorCode.unauthorized, "Authorization: unknown staff token", field="Authorization"
-        )
+    name = _staff_signed_in(request, engine, token)
     incident = _utf8(incident, "X-Incident-Id")
     reason = _utf8(reason, "X-Operator-Reason")
     if request.method == "GET" and (incident or reason):
         queries.record_staff_read(engine, name, incident, reason, request.url.path)
     return StaffMember(name, incident, reason)
+
+
+def _staff_signed_in(request: Request, engine: Engine, token: str) -> str:
+    """The staff member `token` names. SECURITY: guessing staff tokens is bounded per client
+    address as the console's sign-in is, and counted with it: past the bound every staff
+    request from there is refused, a right token too, so neither door tells a right guess.
+    Only unknown tokens count (a tenant's or the scraper's token is no guess): a staff
+    member's own requests never use the bound up."""
+    limiter: Limiter = request.app.state.login_limiter
+    client = client_key(request.client.host if request.client else None)
+    wait = limiter.waiting(client, STAFF_SIGN_IN)
+    name = engine.settings.staff_name(token)
+    if name is None and not engine.settings.known_token(token):
+        wait = max(wait, limiter.take(client, STAFF_SIGN_IN))
+    if wait > 0:
+        raise RateLimited("staff sign-in", max(1, math.ceil(wait)))
+    if name is None:
+        raise Unauthorized(
+            ApiErrorCode.unauthorized, "Authorization: unknown staff token", field="Authorization"
+        )
+    return name
 
 
 def _utf8(value: str | None, header: str) -> str | None:

@@ -242,6 +242,11 @@ class SharedRateLimiter(Limiter):
         return self.local.take(principal, endpoint) if take else 0.0
 
 
+# The bucket of staff-token tries, per client address: console sign-ins and staff API
+# requests with an unknown token take from it (one count for both doors).
+STAFF_SIGN_IN = "console_login"
+
+
 def client_key(host: str | None) -> str:
     """Whom a sign-in limit counts: the client's address, an IPv6 one by its /64 (one host is
     routinely given a whole /64, and would otherwise have 2^64 fresh buckets)."""

@@ -46,7 +46,12 @@ from verifier.http.console.auth import (
     derive_key,
     staff_for,
 )
-from verifier.http.ratelimit import Limiter, client_key, login_limiter_from_settings
+from verifier.http.ratelimit import (
+    STAFF_SIGN_IN,
+    Limiter,
+    client_key,
+    login_limiter_from_settings,
+)
 from verifier.services import (
     audit,
     console_sessions,
@@ -63,7 +68,7 @@ from verifier.services.assurance import assurance_report
 HERE = Path(__file__).resolve().parent
 MAX_FORM_BYTES = 16 * 1024
 PAGE_SIZE = 25  # proofs per page of the list
-LOGIN_ENDPOINT = "console_login"  # the logins' bucket, beside the API's
+LOGIN_ENDPOINT = STAFF_SIGN_IN  # the logins' bucket, shared with the staff API's
 log = logging.getLogger("railproof.console")
 SECURITY_HEADERS = {
     # Everything the pages use is served from here: no inline script, no CDN.

@@ -34,7 +34,7 @@ def service_router(*tags: str) -> Router:
 
 def staff_router(*tags: str) -> Router:
     return Router(
-        prefix="/v1/admin", tags=list(tags), responses=error_responses(401, 422, 500, 503)
+        prefix="/v1/admin", tags=list(tags), responses=error_responses(401, 422, 429, 500, 503)
     )
 
 
