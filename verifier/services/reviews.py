@@ -47,6 +47,8 @@ from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import sessions as session_repo
 from verifier.storage.repo.rows import Record
 
+RELEASED_DETAIL = "released by staff review: not made for this session"
+
 
 class Decision(StrEnum):
     credit = "credit"
@@ -91,7 +93,9 @@ def _release(engine: Engine, proof_id: str, op: audit.Operator) -> View:
                 "entitlement (revoke-entitlement) if the payment was not for this session",
             )
         code = p.failure_code
-        detail = f"released by staff review ({op.incident_id}): not made for this session"
+        # The tenant reads this detail (and gets it in proof.failed): a fixed text, never the
+        # staff's incident id or reason, which stay on the audit row.
+        detail = RELEASED_DETAIL
         proof_repo.update(
             s,
             p,
