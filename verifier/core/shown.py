@@ -28,3 +28,22 @@ def printable(value: object, keep: str = "") -> str:
 
 def _shows(c: str) -> bool:
     return c.isprintable() or unicodedata.category(c) == "Zs"
+
+
+# Characters nobody can read or type back: controls (Cc: line breaks, tabs, escapes), format
+# characters (Cf: zero-width, BOM, direction overrides, soft hyphen) and the line and
+# paragraph separators (Zl, Zp).
+_UNREADABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def unreadable(text: str) -> bool:
+    """True when `text` holds a control, format, or line or paragraph separator character:
+    an id holding one cannot be typed back to search for it (the CLI and the audit filter
+    refuse control characters) and may print exactly as another."""
+    return any(unicodedata.category(c) in _UNREADABLE for c in text)
+
+
+def blank(text: str | None) -> bool:
+    """True when nothing readable is left of `text` once those characters and whitespace
+    are removed."""
+    return not "".join(c for c in text or "" if unicodedata.category(c) not in _UNREADABLE).strip()

@@ -106,11 +106,13 @@ class StaffMember(str):
 def staff_operator(actor: str, incident: str | None, reason: str | None) -> audit.Operator:
     """Who did a staff action, and under which incident and reason: the body's, else the
     headers' (declared on every staff operation, so a client may send them either way)."""
-    return audit.Operator(
+    op = audit.Operator(
         actor,
         incident or getattr(actor, "incident", None),
         reason or getattr(actor, "reason", None),
     )
+    audit.check_incident_id(op.incident_id)
+    return op
 
 
 def staff_member(
@@ -127,6 +129,7 @@ def staff_member(
     name = _staff_signed_in(request, engine, token)
     incident = _utf8(incident, "X-Incident-Id")
     reason = _utf8(reason, "X-Operator-Reason")
+    audit.check_incident_id(incident, "X-Incident-Id")
     if request.method == "GET" and (incident or reason):
         queries.record_staff_read(engine, name, incident, reason, request.url.path)
     return StaffMember(name, incident, reason)

@@ -562,13 +562,7 @@ def repair(engine: Engine, issue_id: str, confirm: bool, op: audit.Operator) -> 
         raise BadInput(
             "confirmation_required", "confirm: must be true for this action", field="confirm"
         )
-    for name, value in (("incident_id", op.incident_id), ("operator_reason", op.reason)):
-        if not (value or "").strip():
-            raise BadInput(
-                "operator_context_required",
-                f"{name}: a repair carries an incident id and a reason",
-                field=name,
-            )
+    audit.require_context(op, "for a repair")
     issue = next((i for i in _issues(engine, None) if i.id == issue_id), None)
     if issue is None:
         raise NotFound(

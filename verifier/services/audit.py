@@ -21,7 +21,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
+from verifier.core.errors import BadInput
 from verifier.core.logs import request_id_var
+from verifier.core.shown import blank, unreadable
 from verifier.core.timeutil import iso
 from verifier.storage.db import AUDIT_KEY_INFO
 from verifier.storage.models import AuditEvent
@@ -38,6 +40,39 @@ class Operator:
     actor: str
     incident_id: str | None = None
     reason: str | None = None
+
+
+def check_incident_id(incident_id: str | None, field: str = "incident_id") -> None:
+    """Refuse an incident id holding a control, invisible or line-separator character: the
+    CLI and the audit filter refuse such text, so the action could never be looked up by it,
+    and it may print exactly as another incident's id."""
+    if incident_id is None or not unreadable(incident_id):
+        return
+    if blank(incident_id):  # blank is missing, as where the context is required
+        raise BadInput(
+            "operator_context_required",
+            f"{field}: blank (spaces or invisible characters only): give the incident id",
+            field=field,
+        )
+    raise BadInput(
+        "invalid_request",
+        f"{field}: must be plain text, without control, invisible (zero-width, BOM, "
+        "direction) or line-separator characters",
+        field=field,
+    )
+
+
+def require_context(op: Operator, purpose: str, incident: bool = True) -> None:
+    """The operator context every staff action that changes state carries: an incident id
+    (unless `incident` is False: then only checked when given) and a reason, neither blank
+    once invisible characters are removed; `purpose` ends the refusal ("to revoke")."""
+    # SECURITY: the audit row is how a money-moving staff action is traced back to a person
+    # and a ticket; one that names neither readably is refused before anything is done.
+    needed = [("incident_id", op.incident_id)] if incident else []
+    for field, value in (*needed, ("operator_reason", op.reason)):
+        if blank(value):
+            raise BadInput("operator_context_required", f"{field}: required {purpose}", field=field)
+    check_incident_id(op.incident_id)
 
 
 class AuditKeyMissing(RuntimeError):

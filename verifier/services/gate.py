@@ -808,12 +808,7 @@ def apply_each(
 
 
 def revoke(engine: Engine, entitlement_id: str, op: audit.Operator) -> dict[str, Any]:
-    if not op.incident_id or not op.reason:
-        raise BadInput(
-            "operator_context_required",
-            "incident_id and operator_reason: required to revoke",
-            field="incident_id",
-        )
+    audit.require_context(op, "to revoke")
     with engine.db.tx() as s:
         ent = entitlement_repo.get_locked(s, entitlement_id)
         if ent is None:

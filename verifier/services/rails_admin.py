@@ -104,12 +104,7 @@ def set_paused(
     """`keep_paused(s)`: asked under the rail's lock before a resume; true leaves the rail
     paused (the release-gate drill's resume must not lift a pause someone else asked for)."""
     _known(engine, rail_id)
-    if not op.incident_id or not op.reason:
-        raise BadInput(
-            "operator_context_required",
-            "incident_id and operator_reason: required to pause or resume",
-            field="incident_id",
-        )
+    audit.require_context(op, "to pause or resume")
     with engine.db.tx() as s:
         # SECURITY: FOR UPDATE on the rail's row, first in this transaction: it waits for every
         # session, proof and apply holding the row FOR SHARE (Engine.rail_state_read) to
@@ -171,13 +166,7 @@ def request_change(
     engine: Engine, rail_id: str, kind: str, value: str, op: audit.Operator
 ) -> dict[str, Any]:
     _known(engine, rail_id)
-    # SECURITY: blank is missing (whitespace would otherwise stand in for the context).
-    if not (op.incident_id or "").strip() or not (op.reason or "").strip():
-        raise BadInput(
-            "operator_context_required",
-            "incident_id and operator_reason: required",
-            field="incident_id",
-        )
+    audit.require_context(op, "to request a change")
     stage = engine.catalog.rails[rail_id].stage
     if kind == "production" and value == "true" and stage is Stage.review_only:
         # SECURITY: review_only rails can never be production-enabled, not even by two people.
@@ -213,6 +202,7 @@ def request_change(
 
 
 def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
+    audit.require_context(op, "to approve a request")
     with engine.db.tx() as s:
         a = approval_repo.get_locked(s, approval_id)
         if a is None:
@@ -259,13 +249,7 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
 def reject(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
     """Refuse a pending change: nothing of it takes effect. Decided by another staff member
     (as approval is), with incident id and reason on the record."""
-    if not op.incident_id or not op.reason:
-        field = "incident_id" if not op.incident_id else "operator_reason"
-        raise BadInput(
-            "operator_context_required",
-            f"{field}: a rejection carries an incident id and a reason",
-            field=field,
-        )
+    audit.require_context(op, "to reject a request")
     with engine.db.tx() as s:
         a = approval_repo.get_locked(s, approval_id)
         if a is None:

@@ -111,19 +111,11 @@ def _validate(engine: Engine, req: RunRequest) -> tuple[str, str]:
     """Refuses a request that cannot run; returns its incident id and reason, stripped."""
     # SECURITY: every run, dry or not, is on the record with who asked and why.
     incident_id = (req.incident_id or "").strip()
-    if not incident_id:
-        raise BadInput(
-            "operator_context_required",
-            "incident_id: every reconciliation run needs an incident id (dry runs too)",
-            field="incident_id",
-        )
     operator_reason = (req.operator_reason or "").strip()
-    if not operator_reason:
-        raise BadInput(
-            "operator_context_required",
-            "operator_reason: every reconciliation run needs a reason (dry runs too)",
-            field="operator_reason",
-        )
+    audit.require_context(
+        audit.Operator("", incident_id, operator_reason),
+        "for every reconciliation run (dry runs too)",
+    )
     if req.scope not in {s.value for s in Scope}:
         raise BadInput(
             "invalid_scope", f"scope: one of {', '.join(s.value for s in Scope)}", field="scope"
@@ -510,13 +502,7 @@ def resolve_finding(
     """Record that a person settled what a finding is about outside railproof; later runs
     that find the same (kind, subject key) report it resolved. Returns the finding's view."""
     # SECURITY: a finding leaves the drift only on the record, with who decided and why.
-    for field, value in (("incident_id", op.incident_id), ("operator_reason", op.reason)):
-        if not (value or "").strip():
-            raise BadInput(
-                "operator_context_required",
-                f"{field}: resolving a finding needs an incident id and a reason",
-                field=field,
-            )
+    audit.require_context(op, "to resolve a finding")
     if resolution not in {r.value for r in Resolution}:
         raise BadInput(
             "invalid_resolution",

@@ -181,14 +181,7 @@ def record(
         raise NotFound(
             "release_gate_unknown", f"gate: no release gate {gate!r} ({', '.join(BY_NAME)})"
         )
-    # SECURITY: blank is missing (whitespace would otherwise stand in for the context).
-    if not (op.incident_id or "").strip() or not (op.reason or "").strip():
-        field = "incident_id" if not (op.incident_id or "").strip() else "operator_reason"
-        raise BadInput(
-            "operator_context_required",
-            f"{field}: release-gate evidence carries an incident id and a reason",
-            field=field,
-        )
+    audit.require_context(op, "for release-gate evidence")
     sha: str | None = None
     if g.kind == "drill":
         if not confirm:

@@ -36,7 +36,7 @@ from rails.base import Status
 from rails.codes import FailureCode
 from verifier.core.checking import Checked
 from verifier.core.engine import Engine
-from verifier.core.errors import BadInput, Conflict, NotFound, Refused
+from verifier.core.errors import Conflict, NotFound, Refused
 from verifier.services import audit, events, proofs
 from verifier.services.views import View, proof_view
 from verifier.storage.models import Proof, ProofStatus, SessionStatus
@@ -57,12 +57,7 @@ class Decision(StrEnum):
 
 def resolve_review(engine: Engine, proof_id: str, decision: Decision, op: audit.Operator) -> View:
     """Record the staff decision on a proof held for review; returns the proof's view."""
-    if not (op.incident_id or "").strip() or not (op.reason or "").strip():
-        raise BadInput(
-            "operator_context_required",
-            "incident_id and operator_reason: required to resolve a review",
-            field="incident_id",
-        )
+    audit.require_context(op, "to resolve a review")
     if decision is Decision.release:
         return _release(engine, proof_id, op)
     return _credit(engine, proof_id, op)

@@ -725,8 +725,7 @@ def replay(
 ) -> dict[str, Any]:
     """Put dead letters back in the queue (a delivery id: that one; an event id: all of its
     dead letters) for a fresh set of tries, audited with the operator's reason."""
-    if not op.reason:
-        raise BadInput("operator_context_required", "reason: required to replay", field="reason")
+    audit.require_context(op, "to replay", incident=False)
     t = now or wall_now()
     with engine.db.tx() as s:
         ev = _event_of(s, any_id)

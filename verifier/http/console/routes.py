@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
-from verifier.core.shown import printable
+from verifier.core.shown import blank, printable, unreadable
 from verifier.http.console import charts
 from verifier.http.console.auth import (
     COOKIE_PATH,
@@ -322,16 +322,22 @@ def console_router(
         reason = form.get("operator_reason", "").strip()
         if len(incident) > 128 or len(reason) > 1000:
             raise _Refusal(422, "incident id: at most 128 characters; reason: at most 1000")
+        problems = []
+        # The same rules as the API's (services.audit): an incident id that can be searched
+        # for, and neither it nor the reason blank once invisible characters are removed.
+        if unreadable(incident):
+            problems.append(
+                "write the incident id without control, invisible or line-break characters"
+            )
         if required:
-            problems = []
             if form.get("confirm") != "yes":
                 problems.append("tick confirm")
-            if not incident:
+            if blank(incident):
                 problems.append("give the incident id")
-            if not reason:
+            if blank(reason):
                 problems.append("give a reason")
-            if problems:
-                raise _Refusal(422, "Nothing was done: " + ", ".join(problems) + ".")
+        if problems:
+            raise _Refusal(422, "Nothing was done: " + ", ".join(problems) + ".")
         return audit.Operator(cs.staff, incident or None, reason or None)
 
     # -- static -----------------------------------------------------------------------------

@@ -12,8 +12,7 @@ from fastapi.routing import APIRoute
 
 from verifier.core import inline
 from verifier.core.engine import Engine
-from verifier.core.errors import BadInput
-from verifier.http.errors import ApiErrorCode, error_responses
+from verifier.http.errors import error_responses
 from verifier.services import audit
 
 
@@ -56,14 +55,8 @@ async def run_service(engine: Engine, call: Callable[[], T]) -> T:
 
 def with_context(op: audit.Operator) -> audit.Operator:
     """Every staff action that changes state names its incident and reason (the audit row
-    holds both); blank is missing."""
-    for field, value in (("incident_id", op.incident_id), ("operator_reason", op.reason)):
-        if not (value or "").strip():
-            raise BadInput(
-                ApiErrorCode.operator_context_required,
-                f"{field}: required for every staff action that changes state",
-                field=field,
-            )
+    holds both); blank is missing, invisible characters counting as blank."""
+    audit.require_context(op, "for every staff action that changes state")
     return op
 
 
