@@ -6,6 +6,7 @@ recorded cassettes are why a rail is not live."""
 import json
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from registry.catalog import load_catalog
@@ -356,3 +357,20 @@ def test_serve_takes_port_65535(env, served):
     env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
     r = cli("serve", "--port", "65535")
     assert r.exit_code == 0 and served[0]["port"] == 65535, r.output
+
+
+@pytest.mark.parametrize("other", ["ops1.", "ops1..", ".ops1", "ops-1", "OPS_1", "o.p.s.1"])
+def test_staff_names_that_differ_only_by_separators_are_one_person(other):
+    """`ops1` and `ops1.` would let one person holding both tokens request and approve: names
+    are compared case-folded and without . - _, and the refusal names both."""
+    with pytest.raises(ValidationError) as e:
+        Settings(staff_tokens={"staff-secret-1": "ops1", "staff-secret-2": other})
+    message = "\n".join(describe_error(e.value))
+    assert "'ops1'" in message and repr(other) in message, message
+    assert "staff-secret" not in message
+
+
+@pytest.mark.parametrize("name", ["work.er", "Sys-tem", "cata_log"])
+def test_a_staff_name_spelling_one_of_railproofs_actors_is_reserved(name):
+    with pytest.raises(ValidationError, match="reserved"):
+        Settings(staff_tokens={"t1": name})

@@ -56,6 +56,14 @@ _PG_MAX_MS = 2**31 - 1
 OWNER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
 # How a token's principal names a long owner list (services.principals), so no owner id's.
 HASHED_PRINCIPAL = "sha256:"
+_SEPARATORS = str.maketrans("", "", ".-_")
+
+
+def staff_name_key(name: str) -> str:
+    """What two staff names must not share: the name case-folded, without . - _ (names are
+    ASCII), so "ops1", "OPS1" and "ops-1." are one person."""
+    return name.casefold().translate(_SEPARATORS)
+
 
 # The names railproof's own actors sign the audit trail with (the worker, a submission,
 # discovery, the catalog, a service), and the prefix of a tenant's principal: a staff member
@@ -212,8 +220,9 @@ class Settings(BaseSettings):
     @classmethod
     def _staff_names(cls, v: dict[str, str]) -> dict[str, str]:
         # SECURITY: the two-person rule compares staff names, and the audit trail shows them:
-        # "op1 " or "OP1" beside "op1" would be one person passing as two. A name may be on
-        # several tokens (the same person's); names that differ only in case are refused.
+        # "op1 ", "OP1" or "op1." beside "op1" would be one person passing as two. A name may
+        # be on several tokens (the same person's); names that differ only in case or in the
+        # separators . - _ are refused.
         seen: dict[str, str] = {}
         for name in v.values():
             if not OWNER_ID.fullmatch(name):
@@ -221,15 +230,20 @@ class Settings(BaseSettings):
                     f"staff name {name!r} is not a name (1-128 of A-Z a-z 0-9 _ . : @ -)"
                 )
             folded = name.casefold()
-            if folded in SYSTEM_ACTORS or folded.startswith((PRINCIPAL_PREFIX, HASHED_PRINCIPAL)):
+            if staff_name_key(name) in SYSTEM_ACTORS or folded.startswith(
+                (PRINCIPAL_PREFIX, HASHED_PRINCIPAL)
+            ):
                 raise ValueError(
                     f"staff name {name!r} is reserved: the audit trail names railproof's own "
                     f"actors so ({', '.join(sorted(SYSTEM_ACTORS))}), and tenants by names "
                     f"beginning {PRINCIPAL_PREFIX!r}"
                 )
-            other = seen.setdefault(folded, name)
+            other = seen.setdefault(staff_name_key(name), name)
             if other != name:
-                raise ValueError(f"staff names {other!r} and {name!r} differ only in case")
+                raise ValueError(
+                    f"staff names {other!r} and {name!r} differ only in case or in . - _ "
+                    "(the two-person rule would take one person for two)"
+                )
         return v
 
     @field_validator(
