@@ -70,3 +70,34 @@ def test_a_request_whose_requester_left_the_staff_list_is_not_approved(client, e
         assert s.get(RailState, "fake_live").treasury is None
     r = client.post(f"{url}/reject", headers=auth(STAFF_TOKEN_2), json={"confirm": True, **OPS})
     assert (r.status_code, r.json()["status"]) == (200, "rejected")
+
+
+def test_a_refused_self_decision_is_on_the_audit_record(client, engine):
+    """The requester trying to approve or reject their own request is refused (403), and the
+    attempt is an audit row of its own (the decision it asked for rolled back)."""
+    aid = _request(client)
+    for verb in ("approve", "reject"):
+        r = client.post(
+            f"/v1/admin/approvals/{aid}/{verb}",
+            headers=auth(STAFF_TOKEN),
+            json={"confirm": True, "incident_id": "INC-5", "operator_reason": "self"},
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "two_person_rule")
+    rows = [
+        (a.action, a.actor, a.incident_id, {k: a.data[k] for k in ("decision", "code")})
+        for a in audit_actions(engine, aid)
+        if a.action != "approval.requested"
+    ]
+    assert rows == [
+        (
+            "approval.self_decision_refused",
+            "ops1",
+            "INC-5",
+            {"decision": decision, "code": "two_person_rule"},
+        )
+        for decision in ("approve", "reject")
+    ]
+    with engine.db.tx() as s:
+        assert s.get(RailState, "fake_live").treasury is None
+    # The chain still verifies with the refusal's rows in it.
+    assert client.get("/v1/admin/audit/verify", headers=auth(STAFF_TOKEN)).json()["ok"] is True

@@ -203,6 +203,14 @@ def request_change(
 
 def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
     audit.require_context(op, "to approve a request")
+    try:
+        return _approve(engine, approval_id, op)
+    except Forbidden as e:
+        _self_decision_refused(engine, approval_id, op, "approve", e)
+        raise
+
+
+def _approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
     with engine.db.tx() as s:
         a = approval_repo.get_locked(s, approval_id)
         if a is None:
@@ -250,6 +258,33 @@ def reject(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, An
     """Refuse a pending change: nothing of it takes effect. Decided by another staff member
     (as approval is), with incident id and reason on the record."""
     audit.require_context(op, "to reject a request")
+    try:
+        return _reject(engine, approval_id, op)
+    except Forbidden as e:
+        _self_decision_refused(engine, approval_id, op, "reject", e)
+        raise
+
+
+def _self_decision_refused(
+    engine: Engine, approval_id: str, op: audit.Operator, decision: str, e: Forbidden
+) -> None:
+    """The audit row of a refused attempt to decide one's own request. The decision's own
+    transaction rolled back with the refusal, so this one is written in a transaction of its
+    own: the attempt stays on the record."""
+    # SECURITY: an attempt at passing the two-person rule is what an audit must show.
+    with engine.db.tx() as s:
+        audit.append(
+            s,
+            engine.now(),
+            op,
+            "approval.self_decision_refused",
+            "approval",
+            approval_id,
+            {"decision": decision, "code": e.code},
+        )
+
+
+def _reject(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
     with engine.db.tx() as s:
         a = approval_repo.get_locked(s, approval_id)
         if a is None:
