@@ -105,6 +105,16 @@ def _payer(adapter: Adapter, given: str | None) -> str | None:
     return adapter.normalize_address(given, "payer")
 
 
+def _reference(adapter: Adapter, given: str | None) -> str | None:
+    """The reference in the rail's own form, as a session takes it: a typo or a pasted key
+    with a space is bad input (exit 2), never a genuine payment's `reference_missing`. Rails
+    that bind none answer the term `reference_missing` from the transaction (see
+    `_unbindable_terms`)."""
+    if given is None or not adapter.binds_reference:
+        return given
+    return adapter.normalize_address(given, "reference")
+
+
 def verify_offline(req: OfflineRequest) -> dict[str, Any]:
     cat = load_catalog()
     if req.rail not in cat.rails:
@@ -125,6 +135,7 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         adapter.normalize_proof(rail.proof_types[0], proof)
         recipient = adapter.normalize_address(req.recipient, "recipient")
         payer = _payer(adapter, req.payer)
+        reference = _reference(adapter, req.reference)
     except ProofMalformed as e:
         # A field of the proof itself (x402: `authorization.to`) is named inside --proof.
         where = f"--{e.field}" if e.field in _OPTIONS else f"--proof: {e.field}"
@@ -149,7 +160,7 @@ def verify_offline(req: OfflineRequest) -> dict[str, Any]:
         amount=req.amount,
         at_least=req.at_least,
         asset=rail.asset,
-        reference=req.reference,
+        reference=reference,
         memo=req.memo,
         sender=payer,
         not_before=_utc(req.not_before),
