@@ -101,3 +101,33 @@ def test_a_refused_self_decision_is_on_the_audit_record(client, engine):
         assert s.get(RailState, "fake_live").treasury is None
     # The chain still verifies with the refusal's rows in it.
     assert client.get("/v1/admin/audit/verify", headers=auth(STAFF_TOKEN)).json()["ok"] is True
+
+
+def test_a_refusal_whose_audit_row_cannot_be_written_is_still_the_two_person_rule(
+    client, engine, monkeypatch
+):
+    """The refusal is the answer; its audit row is written on top of it, and a busy database
+    there must not turn it into "nothing was changed; retry" (503)."""
+    import sqlite3
+
+    from sqlalchemy import exc
+
+    from verifier.services import audit
+
+    aid = _request(client)
+    real = audit.append
+
+    def append(s, now, op, action, *a, **kw):
+        if action == "approval.self_decision_refused":
+            raise exc.OperationalError(
+                "SELECT", None, sqlite3.OperationalError("database is locked")
+            )
+        return real(s, now, op, action, *a, **kw)
+
+    monkeypatch.setattr(audit, "append", append)
+    r = client.post(
+        f"/v1/admin/approvals/{aid}/approve",
+        headers=auth(STAFF_TOKEN),
+        json={"confirm": True, **OPS},
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "two_person_rule"), r.text

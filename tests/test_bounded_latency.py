@@ -530,6 +530,13 @@ def test_decide_settlement_needs_a_quorum_for_final_and_for_reorged():
     assert decide_settlement([final, reorged], 2) is None  # one node alone cannot undo it
     assert decide_settlement([final, final, reorged], 2) is None  # nor be outvoted into final
     assert decide_settlement([reorged, reorged, final], 2).reorged
+    # The block's time (x402: the apply gate's window reads it) is agreed on like the block.
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    timed = final.model_copy(update={"block_time": at})
+    later = final.model_copy(update={"block_time": at + timedelta(hours=1)})
+    assert decide_settlement([timed, timed], 2).block_time == at
+    assert decide_settlement([later, timed], 2) is None  # one node does not pick it
+    assert decide_settlement([final, timed], 2) is None
 
 
 # -- PostgreSQL: lock and statement timeouts -------------------------------------------------------

@@ -18,7 +18,7 @@ from solders.keypair import Keypair
 
 from tests.conftest import CLOCK
 from tests.helpers import FIXTURES
-from tests.test_discovery import _paying_elsewhere, _refs, make_engine
+from tests.test_discovery import DOC, _alices, _paying_elsewhere, _refs, make_engine
 from verifier.services import discovery
 from verifier.services.sessions import NewSession, open_session
 
@@ -273,5 +273,52 @@ def test_many_open_sessions_of_one_tenant_hold_neither_the_sweep_nor_its_turns(
         for _ in range(2):
             discovery.cycle(e)
         assert set(bob) - set(first) <= set(events), "a reference never had its turn"
+    finally:
+        e.db.dispose()
+
+
+def test_a_slow_treasury_walk_leaves_the_references_their_budget(db_url, monkeypatch):
+    """A busy treasury's walk may take longer than the budget: the references' budget starts
+    after it, and one reference at least is looked up every cycle."""
+    from rails.solana import token_account
+
+    clock = [0.0]
+    monkeypatch.setattr(discovery, "_clock", lambda: clock[0])
+    e = make_engine(db_url, discovery_max_backoff_s=0.0)
+    treasury_account = None
+    listed: list[str] = []
+
+    class _Node:
+        """Lists nothing new; the treasury's token account takes 3 s (a big page), a
+        reference's listing a tenth of a second (on the cycle's clock)."""
+
+        source = "cassette"
+
+        def call(self, method, params):
+            assert method == "getSignaturesForAddress", method
+            listed.append(params[0])
+            clock[0] += 3.0 if params[0] == treasury_account else 0.1
+            return []
+
+    e.chains.set_transport("solana-mainnet", _Node())
+    try:
+        _alices(e, 1_000, str(Keypair().pubkey()))  # a session paying the treasury
+        rail = e.rail("solana_usdc")
+        treasury_account = str(token_account(DOC["treasury"], rail.asset))
+        bobs = open_session(
+            e,
+            NewSession(
+                owner_id="bob",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=1,
+                recipient=str(Keypair().pubkey()),  # not the treasury: watched by reference
+                expires_in_seconds=24 * 3600,
+            ),
+            actor="svc",
+        )
+        discovery.cycle(e)
+        # The treasury's walk (3 s, past the 2 s budget) leaves the references theirs.
+        assert listed == [treasury_account, bobs["reference"]], listed
     finally:
         e.db.dispose()

@@ -397,3 +397,23 @@ def test_a_proof_naming_its_transfers_blocks_no_other_authorization_of_its_trans
         _settled_in(api.engine, pid, settled)
         report = gate.dry_run_apply(api.engine, pid)
         assert "settlement_not_another_proof" not in [b["code"] for b in report["blockers"]]
+
+
+def test_an_x402_payment_final_before_settlement_times_and_not_credited_is_asked_again(empty_url):
+    # 0018: evidence keeps the settling block's time, and the apply gate refuses an x402
+    # proof without it. One final and not credited at the upgrade had no next check (the
+    # reorg watch asks only under a receipt): it is made due, so the worker fills the time in.
+    settled = Settled()
+    upgrade(empty_url, "0004")
+    _credited_x402(empty_url, settled)
+    upgrade(empty_url, "0017")
+    eng = create_engine(empty_url)
+    with eng.begin() as c:
+        c.execute(text("DELETE FROM entitlements"))
+        c.execute(text("DELETE FROM receipts"))
+        c.execute(text("UPDATE proofs SET next_check_at = NULL"))
+    upgrade(empty_url)
+    with eng.begin() as c:
+        due, updated = c.execute(text("SELECT next_check_at, updated_at FROM proofs")).one()
+    eng.dispose()
+    assert due is not None and due == updated

@@ -10,11 +10,14 @@ a proof of a rail paid at submission whose settlement time is unknown does not p
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from tests.helpers import advance
 from tests.test_x402_adapter import VALID_AFTER, VALID_BEFORE, live_chain, settlement_logs
 from tests.test_x402_engine import FIX, open_x402, x402_engine  # noqa: F401  (fixture)
 from verifier.services import gate, proofs
 from verifier.storage.models import Proof, SettlementEvidence
+from verifier.storage.webhook_models import OutboxEvent
 from verifier.worker import loop as worker
 
 SETTLED_AT = VALID_AFTER + 5  # the facilitator's block: inside the authorization's window
@@ -93,3 +96,41 @@ def test_evidence_without_the_settlement_time_fails_closed_until_the_sweep_fills
     assert worker.refresh_finality(x402_engine, "w1", 10) == 1
     bound = _checks(x402_engine, pid)["tuple_bound"]
     assert bound["passed"], bound
+    # Nothing happened on chain: the tenant hears `settlement.finalized` once.
+    with x402_engine.db.tx() as s:
+        types = list(
+            s.scalars(
+                select(OutboxEvent.type)
+                .where(OutboxEvent.resource_id == pid)
+                .order_by(OutboxEvent.sequence)
+            )
+        )
+    assert types.count("settlement.finalized") == 1, types
+
+
+def test_a_final_settlement_whose_time_the_node_leaves_out_is_asked_again(
+    x402_engine,  # noqa: F811
+    monkeypatch,
+):
+    """Final, but its block's time unknown (a node without timestamps): the gate refuses it
+    until the time is known, so the worker keeps asking rather than leaving it final for good
+    (the reorg watch asks only while a receipt depends on it)."""
+    from rails.x402 import X402Adapter
+
+    answered = X402Adapter.finality
+
+    def untimed(self, *args, **kwargs):
+        return [
+            st.model_copy(update={"block_time": None}) for st in answered(self, *args, **kwargs)
+        ]
+
+    monkeypatch.setattr(X402Adapter, "finality", untimed)
+    pid = _verified_before_settled(x402_engine, mined=OPENED_AT + 5)
+    bound = _checks(x402_engine, pid)["tuple_bound"]
+    assert not bound["passed"] and "settlement time unknown" in bound["detail"], bound
+    with x402_engine.db.tx() as s:
+        assert s.get(Proof, pid).next_check_at is not None
+    monkeypatch.setattr(X402Adapter, "finality", answered)
+    advance(x402_engine, 3600)
+    assert worker.refresh_finality(x402_engine, "w1", 10) == 1
+    assert _checks(x402_engine, pid)["tuple_bound"]["passed"]

@@ -335,7 +335,9 @@ def decide_settlement(answers: Sequence[Settlement | None], quorum: int) -> Sett
 
 
 def _block_of(st: Settlement) -> tuple[Any, ...]:
-    return (st.slot, st.block_number, (st.block_hash or "").lower())
+    # SECURITY: the block's time too, where the rail reads it (x402): the apply gate checks the
+    # session's window with it, so one node must not pick it for the others.
+    return (st.slot, st.block_number, (st.block_hash or "").lower(), st.block_time)
 
 
 def _agreed(st: Settlement, agreeing: int, total: int, quorum: int) -> Settlement:

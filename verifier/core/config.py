@@ -171,8 +171,8 @@ class Settings(BaseSettings):
     discovery_page_limit: int = Field(default=1000, ge=1, le=1000)
     discovery_max_backoff_s: float = Field(default=60.0, ge=0, le=_YEAR_S)
     discovery_evm_lookback_blocks: int = Field(default=2000, ge=1)
-    # The longest one discovery cycle runs before the sweep's other work: the references it did
-    # not reach have the first turn next cycle.
+    # How long one discovery cycle looks up a rail's references (after its treasury's walk):
+    # those it did not reach have the first turn next cycle.
     discovery_cycle_budget_s: float = Field(default=2.0, gt=0, le=3600)
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 

@@ -60,17 +60,16 @@ def enabled(engine: Engine) -> bool:
     return engine.settings.chain == "live"
 
 
-# Elapsed time for a cycle's budget (tests count it in RPC calls instead).
+# Elapsed time for the references' budget (tests count it in RPC calls instead).
 _clock = time.monotonic
 
 
 def cycle(engine: Engine, name: str = "worker", chain: Transport | None = None) -> int:
-    """One discovery cycle over every rail that can be watched, within
-    RAILPROOF_DISCOVERY_CYCLE_BUDGET_S; the number of proofs submitted."""
+    """One discovery cycle over every rail that can be watched; the number of proofs
+    submitted."""
     if not enabled(engine):
         return 0
     submitted = 0
-    deadline = _clock() + engine.settings.discovery_cycle_budget_s
     for rail_id, d in engine.catalog.rails.items():
         if d.stage is Stage.review_only:
             continue  # never repaired, never applied: nothing to discover for
@@ -83,7 +82,7 @@ def cycle(engine: Engine, name: str = "worker", chain: Transport | None = None) 
             continue  # the family's inflows are not listed (Adapter.inflow_scan_gap)
         watch = _WATCHES[scan]
         try:
-            submitted += watch(engine, rail, chain, deadline)["submitted"]
+            submitted += watch(engine, rail, chain)["submitted"]
         except Exception:  # one rail must not stop the sweep
             log.exception("discovery failed", extra={"rail_id": rail_id})
     return submitted
@@ -317,11 +316,9 @@ def _reference_key(rail: Rail, reference: str) -> str:
     return f"solana:{rail.rail_id}:ref:{reference}"
 
 
-def watch_solana(
-    engine: Engine, rail: Rail, chain: Transport | None = None, deadline: float | None = None
-) -> dict[str, int]:
-    """One watch of the rail's treasury (and references of non-treasury sessions), the
-    references only until `deadline` (`_clock`). Returns {"submitted", "rpc_calls",
+def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
+    """One watch of the rail's treasury (and references of non-treasury sessions, for
+    RAILPROOF_DISCOVERY_CYCLE_BUDGET_S at most). Returns {"submitted", "rpc_calls",
     "inflows"}."""
     from rails.solana import token_account
     from verifier.core.timeutil import utc
@@ -364,11 +361,14 @@ def watch_solana(
                 max_pages=engine.settings.reconcile_max_pages,
             )
 
+    # The references' own budget, from here: the treasury's walk does not use it up (one
+    # reference at least is looked up every cycle, so each has its turn).
+    deadline = _clock() + engine.settings.discovery_cycle_budget_s
     for ps in elsewhere:
         # A recipient that is not the treasury is not watched: its session's reference is.
         if not ps.reference:
             continue
-        if deadline is not None and _clock() > deadline:
+        if _clock() > deadline:
             # SECURITY: any tenant may open thousands of sessions paying an address of its
             # own; their watches must not hold every other tenant's re-checks, finality and
             # apply for minutes each sweep. The rest are first in turn next cycle.
@@ -484,11 +484,8 @@ def _reference_handler(
     return handle
 
 
-def watch_evm(
-    engine: Engine, rail: Rail, chain: Transport | None = None, deadline: float | None = None
-) -> dict[str, int]:
-    """One watch of an EVM treasury (one scan whatever `deadline`: it has no per-session
-    watches to stop between): the head, then the token's Transfer(to=treasury) logs
+def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
+    """One watch of an EVM treasury: the head, then the token's Transfer(to=treasury) logs
     from the last block read (bounded ranges, split when the node refuses), matched to the
     one open session naming the sender as payer with that amount and open at the transfer's
     block time (one block read per block with a candidate). A transfer whose proof fails for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from verifier.services import audit, events, release_gates
 from verifier.storage.models import Approval, ApprovalStatus
 from verifier.storage.repo import approvals as approval_repo
 from verifier.storage.repo import rail_state as rail_state_repo
+
+log = logging.getLogger("railproof.rails_admin")
 
 
 def _known(engine: Engine, rail_id: str) -> None:
@@ -271,7 +274,17 @@ def _self_decision_refused(
     """The audit row of a refused attempt to decide one's own request. The decision's own
     transaction rolled back with the refusal, so this one is written in a transaction of its
     own: the attempt stays on the record."""
-    # SECURITY: an attempt at passing the two-person rule is what an audit must show.
+    # SECURITY: an attempt at passing the two-person rule is what an audit must show; the
+    # refusal stands whether or not its row could be written (then the log says so).
+    try:
+        _append_refusal(engine, approval_id, op, decision, e)
+    except Exception:
+        log.exception("could not audit a refused self-decision", extra={"approval_id": approval_id})
+
+
+def _append_refusal(
+    engine: Engine, approval_id: str, op: audit.Operator, decision: str, e: Forbidden
+) -> None:
     with engine.db.tx() as s:
         audit.append(
             s,

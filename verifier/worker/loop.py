@@ -261,6 +261,15 @@ def _moved(prev: SettlementEvidence | Record | None, st: Settlement) -> bool:
     )
 
 
+def _untimed(engine: Engine, p: Proof, ev: SettlementEvidence | Record | None) -> bool:
+    """A payment verified before it settled (x402) whose settlement's time is not known yet:
+    the apply gate refuses it until it is (gate `_outside_window`), so its finality is asked
+    again, never left final for good without it."""
+    if ev is None or ev.block_time is not None or not engine.has_rail(p.rail_id):
+        return False
+    return engine.adapter(engine.rail(p.rail_id)).paid_at_submission
+
+
 def _finality_of(
     engine: Engine,
     s: Session,
@@ -298,20 +307,23 @@ def _finality_of(
                 {
                     "claimed_by": None,
                     "claimed_until": None,
-                    "next_check_at": reorg_watch(engine, s, p.id, p.rail_id, now),
+                    "next_check_at": now + backoff(min(p.attempts + 1, 6))
+                    if _untimed(engine, p, prev)
+                    else reorg_watch(engine, s, p.id, p.rail_id, now),
                 },
             )
         )
         return
-    changed = (
-        prev is None
-        or (prev.finality, prev.is_final, prev.reorged)
-        != (st.finality, st.is_final and not st.reorged, st.reorged)
-        # Evidence recorded before it kept the settlement's time gets it (the gate needs it).
-        or (st.block_time is not None and prev.block_time is None)
+    changed = prev is None or (prev.finality, prev.is_final, prev.reorged) != (
+        st.finality,
+        st.is_final and not st.reorged,
+        st.reorged,
     )
+    # Evidence recorded before it kept the settlement's time gets it (the gate needs it): a
+    # new evidence row, but nothing happened on chain, so no audit row or event of its own.
+    timed = prev is not None and st.block_time is not None and prev.block_time is None
     ev: SettlementEvidence | Record | None = prev
-    if changed or moved:
+    if changed or moved or timed:
         ev = record_settlement(engine, s, p, att_id, st, source)
     if st.reorged or moved:
         p.claimed_by = p.claimed_until = None
@@ -328,7 +340,7 @@ def _finality_of(
                     "claimed_by": None,
                     "claimed_until": None,
                     "next_check_at": reorg_watch(engine, s, p.id, p.rail_id, now)
-                    if st.is_final
+                    if st.is_final and not _untimed(engine, p, ev)
                     else now + backoff(min(p.attempts + 1, 6)),
                 },
             )

@@ -9,7 +9,9 @@ on chain. The apply gate's window check ("settled before the session opened") re
 time only from the verified attempt, which has none for such a payment, so a settlement mined
 before its session passed it. Evidence now keeps the settling block's timestamp where the
 rail reads it. Rows written before have none: the worker's next finality answer for the proof
-fills it, and until then the gate refuses an x402 proof whose settlement time is unknown.
+fills it, and until then the gate refuses an x402 proof whose settlement time is unknown. An
+x402 proof verified and not yet credited whose settlement was already final is asked nothing
+more by the worker (its next check is unset): it is made due again here.
 """
 
 import sqlalchemy as sa
@@ -25,6 +27,13 @@ def upgrade() -> None:
     op.add_column(
         "settlement_evidence",
         sa.Column("block_time", sa.DateTime(timezone=True), nullable=True),
+    )
+    # Due at once (a time already stored in the column's own form is in the past).
+    op.execute(
+        "UPDATE proofs SET next_check_at = updated_at"
+        " WHERE status = 'verified' AND next_check_at IS NULL"
+        " AND proof_type = 'x402_payment_payload'"
+        " AND id NOT IN (SELECT proof_id FROM receipts)"
     )
 
 
