@@ -86,6 +86,7 @@ class ApiErrorCode(StrEnum):
     webhook_endpoint_exists = "webhook_endpoint_exists"
     webhook_endpoint_limit = "webhook_endpoint_limit"
     not_dead_letter = "not_dead_letter"
+    event_superseded = "event_superseded"
     endpoint_inactive = "endpoint_inactive"
     issue_not_repairable = "issue_not_repairable"
     issue_resolved = "issue_resolved"

@@ -742,6 +742,17 @@ def replay(
                     "endpoint_inactive",
                     f"endpoint {ep.id} was deleted; its deliveries cannot be replayed",
                 )
+            # SECURITY: a receiver applies a resource's events in the order they arrive: an
+            # `entitlement.activated` replayed after the `entitlement.revoked` it already has
+            # would give back access staff took away.
+            newer = delivery_repo.later_sent(s, ep.id, ev)
+            if newer is not None:
+                raise Conflict(
+                    "event_superseded",
+                    f"endpoint {ep.id} was already sent a later event about "
+                    f"{ev.resource_type} {ev.resource_id} ({newer}): replayed, this one would "
+                    "arrive after it as the current state; nothing was replayed",
+                )
             prev = {
                 "attempts": d.attempts,
                 "last_error": d.last_error,

@@ -39,6 +39,9 @@ class EventType(StrEnum):
     receipt_created = "receipt.created"
     entitlement_activated = "entitlement.activated"
     entitlement_revoked = "entitlement.revoked"
+    # The payment under an active entitlement left the chain (a reorg) or can no longer be
+    # its payment: a person decides, and the backend hears of it at once.
+    entitlement_reorg_flagged = "entitlement.reorg_flagged"
     rail_paused = "rail.paused"
     rail_resumed = "rail.resumed"
 

@@ -32,7 +32,7 @@ from verifier.services.proofs import (
     reorg_watch,
     verify_proof,
 )
-from verifier.services.views import proof_view
+from verifier.services.views import entitlement_view, proof_view
 from verifier.storage.models import (
     EntitlementStatus,
     Proof,
@@ -407,7 +407,7 @@ def _flag_reorg(engine: Engine, s: Session, proof_id: str, why: str | None = Non
         return
     ent = entitlement_repo.for_receipt(s, r.id)
     if ent is not None and ent.status == EntitlementStatus.active and not ent.reorg_flagged:
-        ent.reorg_flagged = True
+        ent.reorg_flagged, ent.updated_at = True, engine.now()
         audit.append(
             s,
             engine.now(),
@@ -416,6 +416,17 @@ def _flag_reorg(engine: Engine, s: Session, proof_id: str, why: str | None = Non
             "entitlement",
             ent.id,
             {"proof_id": proof_id, **({"detail": why} if why else {})},
+        )
+        # SECURITY: a backend that grants access by events (or by updated_at) must learn that
+        # the payment under it no longer stands, not only the proof's settlement.reorged.
+        events.emit(
+            s,
+            engine.now(),
+            "entitlement.reorg_flagged",
+            ent.owner_id,
+            "entitlement",
+            ent.id,
+            entitlement_view(ent),
         )
 
 

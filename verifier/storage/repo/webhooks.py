@@ -400,6 +400,24 @@ def of_event(s: Session, event_id: str) -> list[Joined]:
     )
 
 
+def later_sent(s: Session, endpoint_id: str, ev: OutboxEvent) -> str | None:
+    """The id of a later event about `ev`'s resource that the endpoint was sent, or has
+    waiting: one a replay of `ev` would arrive after, as if it were the resource's state."""
+    return s.scalar(
+        select(OutboxEvent.id)
+        .join(WebhookDelivery, WebhookDelivery.event_id == OutboxEvent.id)
+        .where(
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.status.in_((DeliveryStatus.delivered, DeliveryStatus.pending)),
+            OutboxEvent.resource_type == ev.resource_type,
+            OutboxEvent.resource_id == ev.resource_id,
+            OutboxEvent.sequence > ev.sequence,
+        )
+        .order_by(OutboxEvent.sequence.desc())
+        .limit(1)
+    )
+
+
 def dead_letters_locked(s: Session, event_id: str, delivery_id: str | None) -> list[Joined]:
     """The event's dead-lettered deliveries (only `delivery_id` when given), their rows and
     their endpoints' rows locked FOR UPDATE on PostgreSQL, after the audit chain's lock: the
