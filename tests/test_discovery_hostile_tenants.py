@@ -25,6 +25,26 @@ from verifier.services.sessions import NewSession, open_session
 ELSEWHERE = FIXTURES / "solana" / "generated" / "ata_created_same_tx.json"
 
 
+def _bobs_wallets(e, n: int) -> list[str]:
+    """The hostile tenant's open sessions paying wallets of its own, a week each, never paid:
+    their references."""
+    return [
+        open_session(
+            e,
+            NewSession(
+                owner_id="bob",
+                rail_id="solana_usdc",
+                access_product_id="pro",
+                amount=1,
+                recipient=str(Keypair().pubkey()),
+                expires_in_seconds=7 * 24 * 3600,
+            ),
+            actor="svc",
+        )["reference"]
+        for _ in range(n)
+    ]
+
+
 class _Node:
     """The recorded chain, and a reference's listing: the victim's names its payment, any
     other reference (the hostile tenant's) has none."""
@@ -65,19 +85,7 @@ def test_many_open_sessions_of_one_tenant_never_starve_another_tenants_session(d
         e.chains.set_transport("solana-mainnet", node)
         # The hostile tenant: open sessions paying its own wallet, a week each, never paid.
         e.settings.clock = CLOCK - timedelta(seconds=60)
-        for _ in range(3):
-            open_session(
-                e,
-                NewSession(
-                    owner_id="bob",
-                    rail_id="solana_usdc",
-                    access_product_id="pro",
-                    amount=1,
-                    recipient=str(Keypair().pubkey()),
-                    expires_in_seconds=7 * 24 * 3600,
-                ),
-                actor="svc",
-            )
+        _bobs_wallets(e, 3)
         e.settings.clock = CLOCK
         victim = _paying_elsewhere(e, exp)  # alice's session, paying a merchant's wallet
         rail = e.rail("solana_usdc")
@@ -218,21 +226,7 @@ def test_many_open_sessions_of_one_tenant_hold_neither_the_sweep_nor_its_turns(
 
     e.chains.set_transport("solana-mainnet", _Slow())
     try:
-        bob = [
-            open_session(
-                e,
-                NewSession(
-                    owner_id="bob",
-                    rail_id="solana_usdc",
-                    access_product_id="pro",
-                    amount=1,
-                    recipient=str(Keypair().pubkey()),
-                    expires_in_seconds=7 * 24 * 3600,
-                ),
-                actor="svc",
-            )["reference"]
-            for _ in range(12)
-        ]
+        bob = _bobs_wallets(e, 12)
         ps = open_session(
             e,
             NewSession(
