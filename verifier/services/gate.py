@@ -450,7 +450,9 @@ def _tuple_bound(
     return True, "owner, session, product, amount, recipient and rail agree"
 
 
-def _chain_time(observed: dict[str, Any], ev: SettlementEvidence | Record | None) -> float | None:
+def _chain_time(
+    observed: Mapping[str, object], ev: SettlementEvidence | Record | None
+) -> float | None:
     """When the chain says the payment was made: its verification's block time, else (a
     payment verified before it settled, x402) its settlement evidence's block time."""
     seen = epoch_of(observed.get("block_time"))

@@ -17,6 +17,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, Forbidden, NotFound
 from verifier.core.timeutil import iso
 from verifier.services import audit, events, release_gates
+from verifier.services.views import View
 from verifier.storage.models import Approval, ApprovalStatus
 from verifier.storage.repo import approvals as approval_repo
 from verifier.storage.repo import rail_state as rail_state_repo
@@ -213,7 +214,7 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
         raise
 
 
-def _approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
+def _approve(engine: Engine, approval_id: str, op: audit.Operator) -> View:
     with engine.db.tx() as s:
         a = approval_repo.get_locked(s, approval_id)
         if a is None:
@@ -297,7 +298,7 @@ def _append_refusal(
         )
 
 
-def _reject(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, Any]:
+def _reject(engine: Engine, approval_id: str, op: audit.Operator) -> View:
     with engine.db.tx() as s:
         a = approval_repo.get_locked(s, approval_id)
         if a is None:
