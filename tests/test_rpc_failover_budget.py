@@ -72,21 +72,21 @@ def answering_node() -> Iterator[Any]:
         yield f"{base}/", asked
 
 
+def head_call(family: str, urls: list[str]) -> Any:
+    """The family's cheapest call (the chain's head) through its live transport on `urls`,
+    with this file's scaled policies: `"0x1"` or `{"blockID": "00"}` from the test nodes."""
+    if family == "solana":
+        return SolanaRpcTransport(urls, "solana-mainnet", SOLANA).call("getSlot", [])
+    if family == "evm":
+        return EvmHttpTransport(urls, "ethereum", FAILOVER).call("eth_blockNumber", [])
+    return TronHttpTransport(urls, "tron-mainnet", FAILOVER).call("getnowblock", [])
+
+
 @pytest.mark.parametrize("family", ["solana", "evm", "tron"])
 def test_a_hanging_first_url_leaves_time_for_the_second(hanging_node, answering_node, family):
     url, asked = answering_node
     urls = [hanging_node, url]
-    t: Any
-    if family == "solana":
-        t = SolanaRpcTransport(urls, "solana-mainnet", SOLANA)
-        call = lambda: t.call("getSlot", [])  # noqa: E731
-    elif family == "evm":
-        t = EvmHttpTransport(urls, "ethereum", FAILOVER)
-        call = lambda: t.call("eth_blockNumber", [])  # noqa: E731
-    else:
-        t = TronHttpTransport(urls, "tron-mainnet", FAILOVER)
-        call = lambda: t.call("getnowblock", [])  # noqa: E731
-    assert call() in ("0x1", {"blockID": "00"})
+    assert head_call(family, urls) in ("0x1", {"blockID": "00"})
     assert len(asked) == 1
 
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from rails.transport.evm_http import EvmHttpTransport
-from rails.transport.solana_http import SolanaRpcTransport
-from rails.transport.tron_http import TronHttpTransport
 from tests import loopback_http as loopback
-from tests.test_rpc_failover_budget import FAILOVER, SCALED, SOLANA
+from tests.test_rpc_failover_budget import SCALED, head_call
 
 ANSWER_S = 0.7  # within the request timeout (SCALED.timeout_s = 0.8)
 
@@ -49,14 +45,4 @@ def test_healthy_nodes_answering_within_the_request_timeout_are_not_all_cut_off(
 ):
     assert ANSWER_S < SCALED.timeout_s and ANSWER_S * 2 < SCALED.total_s
     urls = slow_healthy_nodes
-    t: Any
-    if family == "solana":
-        t = SolanaRpcTransport(urls, "solana-mainnet", SOLANA)
-        call = lambda: t.call("getSlot", [])  # noqa: E731
-    elif family == "evm":
-        t = EvmHttpTransport(urls, "ethereum", FAILOVER)
-        call = lambda: t.call("eth_blockNumber", [])  # noqa: E731
-    else:
-        t = TronHttpTransport(urls, "tron-mainnet", FAILOVER)
-        call = lambda: t.call("getnowblock", [])  # noqa: E731
-    assert call() in ("0x1", {"blockID": "00"})
+    assert head_call(family, urls) in ("0x1", {"blockID": "00"})
