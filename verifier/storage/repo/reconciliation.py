@@ -577,9 +577,12 @@ def sessions_by_reference_turn(
 ) -> list[Any]:
     """`limit` watched sessions (`_watched`) with a reference, those paying `other_than` left
     out, whose turn it is: the watch of each reference (the cursor `watch_prefix` +
-    reference) never polled first, then the longest due, then the oldest."""
+    reference) in the order their turn came: a polled one when it fell due, one never polled
+    when its session was opened."""
     # SECURITY: chosen by turn, not by age: one tenant's many open sessions, the oldest, would
-    # otherwise take every slot for their week and leave the others' never watched.
+    # otherwise take every slot for their week and leave the others' never watched. Nor are
+    # never-polled watches put first: a tenant opening more sessions each cycle than a
+    # cycle's budget reaches would keep every other session from its second look.
     cursor = aliased(DiscoveryCursor)
     q = (
         select(PaymentSession)
@@ -588,7 +591,8 @@ def sessions_by_reference_turn(
     )
     if other_than is not None:
         q = q.where(PaymentSession.recipient != other_than)
-    q = q.order_by(cursor.next_poll_at.asc().nulls_first(), PaymentSession.created_at)
+    turn = func.coalesce(cursor.next_poll_at, PaymentSession.created_at)
+    q = q.order_by(turn, PaymentSession.created_at, PaymentSession.id)
     return list(s.scalars(q.limit(limit)).all())
 
 
