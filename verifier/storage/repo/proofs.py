@@ -219,49 +219,47 @@ def claim_due(
     claimed_until: datetime,
 ) -> list[str]:
     """Claim proofs in `status` due by `due` whose lease (if any) ended before `lease_free_at`,
-    earliest due first (pending proofs: owner by owner, see below): their ids, now leased to
-    `claimed_by` until `claimed_until`. On PostgreSQL the rows are locked FOR UPDATE SKIP
-    LOCKED, so several workers share the queue and never take the same proof; SQLite
-    serializes writers. Core statements: a
-    batch of hundreds is one SELECT and one UPDATE, with no ORM objects."""
+    owner by owner and earliest due first (see below): their ids, now leased to `claimed_by`
+    until `claimed_until`. On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so
+    several workers share the queue and never take the same proof; SQLite serializes writers.
+    Core statements: a batch of hundreds is one SELECT and one UPDATE, with no ORM objects."""
     where = (
         _P.c.status == status,
         _P.c.next_check_at.is_not(None),
         _P.c.next_check_at <= due,
         or_(_P.c.claimed_until.is_(None), _P.c.claimed_until < lease_free_at),
     )
-    if status == ProofStatus.pending:
-        # SECURITY: pending proofs are taken owner by owner: every owner's earliest due proof,
-        # then every owner's second, and so on. Any tenant can keep proofs pending (a
-        # signature the chain does not know is re-checked until its session is over), and
-        # in due order one tenant's thousands would be ahead of every other tenant's payment.
-        # The window reads every due row: a sweep's chain calls cost far more.
-        turn = (
-            func.row_number()
-            .over(partition_by=_P.c.owner_id, order_by=(_P.c.next_check_at, _P.c.id))
-            .label("turn")
-        )
-        due_rows = select(_P.c.id, _P.c.next_check_at, turn).where(*where).subquery()
-        # Candidates beyond the batch: rows another worker has locked (claiming them right
-        # now) are skipped after this order is taken, and must not leave the batch short.
-        fair = (
-            select(due_rows)
-            .order_by(due_rows.c.turn, due_rows.c.next_check_at)
-            .limit(limit * _CLAIM_SLACK)
-            .subquery()
-        )
-        # The conditions again on the locked rows themselves: a row another worker claimed
-        # and committed after this statement's snapshot is not skipped as locked, and
-        # PostgreSQL re-checks its new version against these (not the subquery's).
-        q = (
-            select(_P.c.id)
-            .join(fair, fair.c.id == _P.c.id)
-            .where(*where)
-            .order_by(fair.c.turn, fair.c.next_check_at)
-            .limit(limit)
-        )
-    else:
-        q = select(_P.c.id).where(*where).order_by(_P.c.next_check_at).limit(limit)
+    # SECURITY: proofs are taken owner by owner: every owner's earliest due proof, then
+    # every owner's second, and so on. Any tenant can keep proofs pending (a signature the
+    # chain does not know is re-checked until its session is over) or verified and
+    # waiting for a settlement (an x402 authorization, signed offline by a key with no
+    # funds, valid for as long as it says), and in due order one tenant's thousands would
+    # be ahead of every other tenant's payment, or its finality.
+    # The window reads every due row: a sweep's chain calls cost far more.
+    turn = (
+        func.row_number()
+        .over(partition_by=_P.c.owner_id, order_by=(_P.c.next_check_at, _P.c.id))
+        .label("turn")
+    )
+    due_rows = select(_P.c.id, _P.c.next_check_at, turn).where(*where).subquery()
+    # Candidates beyond the batch: rows another worker has locked (claiming them right
+    # now) are skipped after this order is taken, and must not leave the batch short.
+    fair = (
+        select(due_rows)
+        .order_by(due_rows.c.turn, due_rows.c.next_check_at)
+        .limit(limit * _CLAIM_SLACK)
+        .subquery()
+    )
+    # The conditions again on the locked rows themselves: a row another worker claimed
+    # and committed after this statement's snapshot is not skipped as locked, and
+    # PostgreSQL re-checks its new version against these (not the subquery's).
+    q = (
+        select(_P.c.id)
+        .join(fair, fair.c.id == _P.c.id)
+        .where(*where)
+        .order_by(fair.c.turn, fair.c.next_check_at)
+        .limit(limit)
+    )
     if rows.is_postgres(s):
         q = q.with_for_update(skip_locked=True, of=_P)
     ids = list(s.scalars(q).all())
