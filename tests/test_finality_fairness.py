@@ -167,3 +167,18 @@ def test_another_owners_backlog_does_not_delay_a_finalized_payment_by_a_sweep(en
         advance(engine, 4)  # a sweep's own time: one eth_getLogs per junk proof
     assert seen_at == 1, f"alice's finalized payment was first seen final after {seen_at} sweeps"
     assert len(junk) == 60
+
+
+def test_an_unsettled_x402_proof_is_asked_for_its_settlement_at_growing_intervals(engine):
+    """The node's cost of one proof never settled, counted over an hour of sweeps (one every
+    5 s of the clock): its checks back off to one per 10 min (proofs.unsettled_backoff), as a
+    pending proof's do, rather than one every ~10 s until its validBefore (a year here)."""
+    base = SilentBase()
+    engine.chains.set_transport("base", base)
+    _unsettled_backlog(engine, 1)
+    base.calls.clear()
+    for _ in range(3600 // 5):
+        advance(engine, 5)
+        worker.refresh_finality(engine, "w1", 100)
+    asked = base.calls.get("eth_getLogs", 0)
+    assert asked <= 30, f"one unsettled x402 proof cost {asked} eth_getLogs in an hour"

@@ -643,6 +643,20 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(1 - _JITTER, 1 + _JITTER))
 
 
+def unsettled_backoff(verified_at: datetime, now: datetime) -> timedelta:
+    """Next finality check of a payment verified before it settled (x402) whose settlement the
+    chain does not show: as long again as it has waited since it was verified, from 10 s,
+    capped at 10 min, with `backoff`'s jitter. The checks come at doubling intervals, as a
+    pending proof's re-checks do.
+
+    SECURITY: a tenant can sign authorizations that never settle (a key with no funds), valid
+    for as long as it writes; each one's settlement asked every 10 s until then would load the
+    node every tenant of the network shares without bound."""
+    waited = (now - utc(verified_at)).total_seconds()
+    base = min(_BACKOFF_CAP_S, max(10.0, waited))
+    return timedelta(seconds=base * random.uniform(1 - _JITTER, 1 + _JITTER))
+
+
 def verify_proof(engine: Engine, proof_id: str, worker: str | None = None) -> Verdict:
     """One verification run: fetch through the chain transport (outside any transaction),
     then record the attempt, the proof's new status and any settlement in one transaction."""

@@ -30,6 +30,7 @@ from verifier.services.proofs import (
     recheck_unsettled,
     record_settlement,
     reorg_watch,
+    unsettled_backoff,
     verify_proof,
 )
 from verifier.services.views import entitlement_view, proof_view
@@ -270,6 +271,16 @@ def _untimed(engine: Engine, p: Proof, ev: SettlementEvidence | Record | None) -
     return engine.adapter(engine.rail(p.rail_id)).paid_at_submission
 
 
+def _unsettled(engine: Engine, p: Proof, st: Settlement) -> bool:
+    """A payment verified before it settled (x402) that the chain shows no settlement of yet:
+    its finality is asked at growing intervals (`unsettled_backoff`), from when it was
+    verified (the proof's `updated_at`: a finality answer does not move it). Another rail's
+    transfer was on chain when verified: its "not found" may be a reorg, asked again soon."""
+    if st.finality != "not_found" or not engine.has_rail(p.rail_id):
+        return False
+    return engine.adapter(engine.rail(p.rail_id)).paid_at_submission
+
+
 def _finality_of(
     engine: Engine,
     s: Session,
@@ -341,6 +352,8 @@ def _finality_of(
                     "claimed_until": None,
                     "next_check_at": reorg_watch(engine, s, p.id, p.rail_id, now)
                     if st.is_final and not _untimed(engine, p, ev)
+                    else now + unsettled_backoff(p.updated_at, now)
+                    if _unsettled(engine, p, st)
                     else now + backoff(min(p.attempts + 1, 6)),
                 },
             )
