@@ -63,13 +63,43 @@ def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[st
 
 
 def reverify_pending(engine: Engine, name: str, batch: int) -> int:
+    """Re-verify the due pending proofs claimed, one by one. Once a proof's node could not be
+    asked (rpc_unavailable: a timeout, a 5xx, after the RPC policy's retries), the other
+    proofs of its network are given back unasked, still due, for the next sweep.
+
+    SECURITY: each call to a node that is down costs the RPC policy's whole total
+    (RAILPROOF_RPC_TOTAL_S). Any tenant can keep a batch of proofs pending on a network, and
+    asked one after the other they would hold every other network's finality refresh and
+    apply behind them for the whole sweep, on every worker."""
     ids = claim(engine, ProofStatus.pending, name, batch)
+    if not ids:
+        return 0
+    with engine.db.tx() as s:
+        networks = proof_repo.networks_of(s, ids)
+    down: set[str] = set()
+    skipped: list[str] = []
     for pid in ids:
+        network = networks.get(pid)
+        if network in down:
+            skipped.append(pid)
+            continue
         try:
-            verify_proof(engine, pid, worker=name)
+            verdict = verify_proof(engine, pid, worker=name)
         except Exception:  # one bad proof must not stop the sweep
             log.exception("re-verification failed", extra={"proof_id": pid})
-    return len(ids)
+            continue
+        if verdict.code is FailureCode.rpc_unavailable and network is not None:
+            down.add(network)
+    if skipped:
+        log.warning(
+            "re-verification: %d proofs of %s left for the next sweep, their node unavailable",
+            len(skipped),
+            ", ".join(sorted(down)),
+            extra={"worker": name},
+        )
+        with engine.db.tx() as s:
+            proof_repo.release_claims(s, skipped, name)
+    return len(ids) - len(skipped)
 
 
 def refresh_finality(engine: Engine, name: str, batch: int) -> int:

@@ -108,6 +108,28 @@ def finality_targets(s: Session, proof_ids: Sequence[str]) -> list[Record]:
     return [Record(r._mapping) for r in s.execute(q).all()]
 
 
+def networks_of(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
+    """Each proof's network (its session's), in one query, without locking the rows."""
+    q = (
+        select(Proof.id, PaymentSession.network)
+        .join(PaymentSession, PaymentSession.id == Proof.session_id)
+        .where(rows.among(s, Proof.id, proof_ids))
+    )
+    return {pid: network for pid, network in s.execute(q).all()}
+
+
+def release_claims(s: Session, proof_ids: Sequence[str], claimed_by: str) -> None:
+    """Give back claims not worked on: the proofs keep their `next_check_at` (still due, so
+    the next sweep takes them first). A claim that is no longer `claimed_by`'s (its lease ran
+    out and another worker took the proof) is left alone."""
+    if proof_ids:
+        s.execute(
+            sql_update(_P)
+            .where(rows.among(s, _P.c.id, proof_ids), _P.c.claimed_by == claimed_by)
+            .values(claimed_by=None, claimed_until=None)
+        )
+
+
 def locks_rows(s: Session) -> bool:
     """Whether proof rows are locked one by one (PostgreSQL, FOR UPDATE) rather than by the
     database's one writer lock (SQLite, from BEGIN IMMEDIATE). Where they are, a caller
