@@ -14,9 +14,9 @@ import threading
 import pytest
 from sqlalchemy import select, text, update
 
-from tests.helpers import audit_actions
+from tests.helpers import advance, audit_actions
 from tests.test_gate import OP, paid_proof
-from verifier.services import audit, gate, rails_admin, webhook_endpoints
+from verifier.services import audit, gate, rails_admin, reconciliation, webhook_endpoints
 from verifier.storage.models import Entitlement, PaymentSession, Proof, Receipt
 from verifier.storage.repo import proofs as proof_repo
 from verifier.storage.webhook_models import OutboxEvent, WebhookDelivery
@@ -334,3 +334,30 @@ def test_a_rail_outside_the_apply_allowlist_is_not_swept(engine, chain):
     engine.settings.apply_rail_allowlist = ["fake_live"]
     assert worker.auto_apply(engine, 10) == 1
     assert pid in _receipts(engine)
+
+
+def test_proofs_staff_sent_back_do_not_hold_up_the_sweep(engine, chain):
+    # Two payments staff refunded in reconciliation: verified and final, never applied (the
+    # gate's transfer_not_sent_back), and older than the next payment.
+    back = [paid_proof(engine, chain)[1]["id"] for _ in range(2)]
+    advance(engine, engine.settings.reconcile_verified_sla_seconds + 60)
+    run = reconciliation.run(
+        engine,
+        reconciliation.RunRequest(
+            scope="rail_proofs", incident_id="INC-1", operator_reason="past the SLA"
+        ),
+        "ops1",
+    )
+    found = [f for f in run["findings"] if f["kind"] == "verified_without_receipt"]
+    assert sorted(f["subjects"]["proof_id"] for f in found) == sorted(back)
+    for f in found:
+        reconciliation.resolve_finding(engine, f["id"], "refunded", OP)
+    # A newer payment, with sweeps of two: the two sent back are older and would fill them.
+    newer = paid_proof(engine, chain)[1]["id"]
+    assert worker.auto_apply(engine, 2) == 1
+    assert set(_receipts(engine)) == {newer}
+    # Nor are they tried, and counted blocked, on every sweep.
+    assert worker.auto_apply(engine, 2) == 0
+    assert not _metric(
+        engine, "apply_gate_blocks_total", rail_id="fake_live", blocker="transfer_not_sent_back"
+    )

@@ -487,12 +487,21 @@ def auto_apply(engine: Engine, batch: int) -> int:
     with engine.db.tx() as s:
         states = [engine.rail_state(s, r) for r in live]
         ready = [st.rail_id for st in states if not st.paused and engine.production_enabled(st)]
-        ids = proof_repo.final_unapplied(s, ready, batch) if ready else []
-    if ids:
-        # Money staff sent back is blocked by the gate every time: left out, not counted as a
-        # block on every sweep (`railproof assurance` still lists the proof).
-        back = gate.sent_back_of(engine, ids)
-        ids = [i for i in ids if i not in back]
+    if not ready:
+        return 0
+    # Money staff sent back is blocked by the gate every time: left out, not counted as a
+    # block on every sweep (`railproof assurance` still lists the proof). Left out by the
+    # query, before its limit, and read again until a batch holds none: being older, a
+    # batch's worth of them would otherwise take every batch and stop the apply for everyone.
+    # Staff make these resolutions one at a time: few proofs, few reads.
+    back: set[str] = set()
+    while True:
+        with engine.db.tx() as s:
+            ids = proof_repo.final_unapplied(s, ready, batch, leave_out=back)
+        found = gate.sent_back_of(engine, ids) if ids else set()
+        if not found:
+            break
+        back |= found
     if not ids:
         return 0
     try:

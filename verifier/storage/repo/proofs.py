@@ -3,7 +3,7 @@ the worker's queue."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -294,15 +294,20 @@ def claim_due(
     return ids
 
 
-def final_unapplied(s: Session, rail_ids: Sequence[str], limit: int) -> list[str]:
+def final_unapplied(
+    s: Session, rail_ids: Sequence[str], limit: int, leave_out: Collection[str] = ()
+) -> list[str]:
     """Verified proofs on the given rails whose latest settlement is final and whose session
-    has no receipt yet, oldest first. Read from the partial index of verified proofs not
-    applied, each one's latest evidence by its own index: the cost follows the proofs
-    waiting, not the proofs stored."""
-    return list(s.scalars(final_unapplied_query(rail_ids, limit)).all())
+    has no receipt yet, oldest first, but for those of `leave_out` (left out before the
+    limit: they never take a place in the batch). Read from the partial index of verified
+    proofs not applied, each one's latest evidence by its own index: the cost follows the
+    proofs waiting, not the proofs stored."""
+    return list(s.scalars(final_unapplied_query(rail_ids, limit, leave_out)).all())
 
 
-def final_unapplied_query(rail_ids: Sequence[str], limit: int) -> Select[str]:
+def final_unapplied_query(
+    rail_ids: Sequence[str], limit: int, leave_out: Collection[str] = ()
+) -> Select[str]:
     se = SettlementEvidence
     latest_final = (
         select(se.is_final)
@@ -311,7 +316,7 @@ def final_unapplied_query(rail_ids: Sequence[str], limit: int) -> Select[str]:
         .limit(1)
         .scalar_subquery()
     )
-    return (
+    q = (
         select(Proof.id)
         .where(
             Proof.status == ProofStatus.verified,
@@ -328,3 +333,6 @@ def final_unapplied_query(rail_ids: Sequence[str], limit: int) -> Select[str]:
         .order_by(Proof.created_at)
         .limit(limit)
     )
+    if leave_out:
+        q = q.where(Proof.id.not_in(sorted(leave_out)))
+    return q
