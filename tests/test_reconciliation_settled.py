@@ -12,27 +12,29 @@ from tests.helpers import advance
 from tests.test_discovery import make_engine
 from tests.test_reconciliation import EXPECT, by_kind, proofs_of, req, session_for
 from tests.test_reconciliation_resolve import OP, eng  # noqa: F401
-from verifier.services import discovery, proofs, reconciliation
-from verifier.storage.models import Entitlement
+from verifier.services import discovery, proofs, reconciliation, reviews
+from verifier.storage.models import Entitlement, Proof
 from verifier.worker import loop as worker
 
 
 def _resolved_while_held(e, resolution: str) -> tuple[dict, str]:
-    """The `bound` session held by its tenant's earlier claim (another transfer, waiting for
-    its node), so a run reports the session's own transfer unbound; staff resolve that
-    finding; then the claim is checked, fails, and the session is free. Returns the session
-    and its transfer's signature."""
+    """The `bound` session held by its tenant's earlier claim (another transfer, held for
+    review), so a run reports the session's own transfer unbound; staff resolve that finding;
+    then the review is released, and the session is free. Returns the session and its
+    transfer's signature."""
     sig = EXPECT["bound"]["signature"]
     bound = session_for(e, "bound")
-    pend, _ = proofs.submit_proof(
+    held, _ = proofs.submit_proof(
         e, bound["id"], EXPECT["matched"]["signature"], ["alice"], verify=False
     )
-    assert pend["status"] == "pending"
+    with e.db.tx() as s:
+        p = s.get(Proof, held["id"])
+        p.status, p.failure_code = "requires_review", "ambiguous_transfer"
     run1 = reconciliation.run(e, req(), "ops1")
     [f] = [x for x in by_kind(run1)["orphan_unbound"] if x["subjects"]["transfer"] == sig]
     out = reconciliation.resolve_finding(e, f["id"], resolution, OP)
     assert out["repair_status"] == "resolved"
-    proofs.verify_proof(e, pend["id"])
+    reviews.resolve_review(e, held["id"], reviews.Decision.release, OP)
     assert [p.status for p in proofs_of(e, bound["id"])] == ["failed"]
     advance(e, 1)
     return bound, sig
@@ -94,8 +96,8 @@ def test_discovery_never_submits_a_refunded_transfer_once_the_session_is_free(db
 
 
 # -- `accepted` holds for the state it was given on -------------------------------------------
-# Reviewed while unbound (the session was held by another, pending claim): once the session is
-# free, its own transfer is still discovered and applied.
+# Reviewed while unbound (the session was held by another claim, in review): once the session
+# is free, its own transfer is still discovered and applied.
 
 
 def test_accepted_unbound_transfer_is_still_discovered_once_session_is_free(db_url):

@@ -1,6 +1,8 @@
-"""Discovery: the worker finds the payments of open sessions whose client never submitted a
-proof, and submits them as any proof (actor `discovery`): verified, finalized and applied
-through the normal path.
+"""Discovery: the worker finds the payments of open sessions no proof holds a transfer for
+(their client submitted none, or only pending ones: a hash a wallet replaced, a signature it
+re-sent under another, never lands), and submits them as any proof (actor `discovery`):
+verified, finalized and applied through the normal path. A transfer a session's own pending
+proof already names is left to the worker's re-checks, never submitted twice.
 
 Per cycle and rail, the treasury is watched once (shared by every open session, never one
 poll per session): `getSignaturesForAddress` of the treasury's token account, newest first
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rails.base import InflowScan, Transport
+from rails.base import InflowScan, Transport, fingerprint
 from rails.cassette import CountingTransport
 from rails.codes import FailureCode
 from rails.errors import CassetteError, TransportError
@@ -139,6 +141,31 @@ def _submit(engine: Engine, rail: Rail, ps: PaymentSession, ref: str) -> tuple[b
         # not done with, or the session would never be paid by it.
         return not _transient(e), None
     return True, str(view["status"])
+
+
+def _awaited(engine: Engine, rail: Rail, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those of the (session id, transfer) pairs whose session has a pending proof that is
+    this transfer: it waits for it (the worker asks the chain again), and submitting it once
+    more would only answer that proof. A session's pending proof of another transfer leaves
+    it watched: its client's hash may never land (a wallet's replaced or re-sent one)."""
+    if not pairs:
+        return set()
+    adapter = engine.adapter(rail)
+    ptype = rail.proof_types[0]
+    fps = {
+        (sid, ref): fingerprint(
+            rail.family, rail.network, ptype, adapter.normalize_proof(ptype, ref)
+        )
+        for sid, ref in pairs
+    }
+    with engine.db.tx() as s:
+        known = repo.proofs_by_fingerprint(s, sorted(set(fps.values())))
+    pending = ProofStatus.pending.value
+    return {
+        (sid, ref)
+        for (sid, ref), fp in fps.items()
+        if any(p.session_id == sid and p.status == pending for p in known.get(fp, ()))
+    }
 
 
 def _paused(engine: Engine, rail: Rail) -> tuple[bool, str | None]:
@@ -439,7 +466,10 @@ def _treasury_handler(
         settled = reconciliation.settled_transfers(
             engine, rail.rail_id, [(i.signature, None) for _, _, i in found]
         )
+        awaited = _awaited(engine, rail, [(ps.id, i.signature) for _, ps, i in found])
         for n, ps, i in found:
+            if (ps.id, i.signature) in awaited:
+                continue  # the session's own pending proof: the worker asks the chain again
             # SECURITY: a transfer staff refunded, or found not ours, is never credited
             # afterwards.
             if (i.signature, None) in settled or _refused(engine, rail, ps, i.signature, i.result):
@@ -462,10 +492,13 @@ def _reference_handler(
 
     def handle(entries: list[SignatureEntry]) -> tuple[int, int, bool]:
         live = 0
+        awaited = _awaited(engine, rail, [(ps.id, e.signature) for e in entries if not e.failed])
         for n, e in enumerate(entries):
             if e.failed:
                 continue
             live += 1
+            if (ps.id, e.signature) in awaited:
+                continue  # the session's own pending proof: the worker asks the chain again
             try:
                 result = fetch_transaction(chain, e.signature)
             except (TransportError, CassetteError):
@@ -619,6 +652,11 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     if unread is not None:
         inflows = [i for i in inflows if i.block_number < unread]
         scanned_to = unread - 1 if scanned_to is None else min(scanned_to, unread - 1)
+    awaited = _awaited(
+        engine,
+        rail,
+        [(ps.id, i.tx_hash) for i in inflows for ps in by_payer[(i.sender.lower(), i.value)]],
+    )
     taken: set[str] = set()
     for i in inflows:  # oldest first
         # SECURITY: a payer and an amount can be read off the chain; only a transfer made
@@ -633,10 +671,16 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         if len(hits) != 1:  # the binding: exactly one open session names this payer and amount
             continue
         ps = hits[0]
+        if (ps.id, i.tx_hash) in awaited:
+            # The session's own pending proof is this transfer (its client submitted it
+            # before it was mined): the worker asks the chain again, and a later transfer
+            # of the payer's in this scan is not submitted as a second payment.
+            taken.add(ps.id)
+            continue
         done, status = _submit(engine, rail, ps, i.tx_hash)
         if not done:
             # Its block and what follows are read again next cycle (transfers of it already
-            # submitted are then held, or their session waits: no candidate twice).
+            # submitted are then held, or their session's pending proof: no candidate twice).
             scanned_to = (
                 i.block_number - 1 if scanned_to is None else min(scanned_to, i.block_number - 1)
             )

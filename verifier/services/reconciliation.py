@@ -1075,7 +1075,9 @@ def _claim_waits(
 ) -> bool:
     """Whether a transfer's pending claims match it: a pending proof holds nothing, so it
     waits for the transfer only as a proof of a session the transfer binds to (`bound`), or
-    when no other session could take it (`free`: bound and without a proof of its own).
+    when no other session could take it (`free`: bound and no proof of its holding a
+    transfer; a session's pending proof of another transfer, a hash that never landed, does
+    not keep its real payment from binding to it).
 
     SECURITY: another session's claim (a hash seen in the mempool, submitted first) never
     hides the transfer from the one session it was made for: that is `orphan_bound` there."""

@@ -33,10 +33,6 @@ from verifier.storage.reconciliation_models import (
 )
 from verifier.storage.repo.rows import rowcount, table
 
-# Proof statuses that occupy their session: a proof holding its transfer, or waiting for it
-# (a failed one holds nothing). About sessions only: a pending proof never says a transfer
-# is had, as it may be another session's claim of it (services.reconciliation._claims).
-KNOWN = (*HOLDING, ProofStatus.pending.value)
 # Repair statuses that leave nothing for a person to do: repaired by its run, or resolved.
 SETTLED = (RepairStatus.applied.value, RepairStatus.resolved.value)
 
@@ -542,9 +538,13 @@ def sessions_for_payer(
 
 
 def session_has_hold(s: Session, session_ids: list[str]) -> set[str]:
+    """Those of the sessions a proof of theirs holds a transfer for (verified or in review).
+    A pending proof holds nothing, not even for its own session: it may be a hash that never
+    lands (a wallet's replaced or re-sent transaction), and the session's real payment must
+    still be bound to it."""
     if not session_ids:
         return set()
-    q = select(Proof.session_id).where(Proof.session_id.in_(session_ids), Proof.status.in_(KNOWN))
+    q = select(Proof.session_id).where(Proof.session_id.in_(session_ids), Proof.status.in_(HOLDING))
     return set(s.scalars(q).all())
 
 
@@ -553,17 +553,20 @@ def session_has_hold(s: Session, session_ids: list[str]) -> set[str]:
 
 def _watched(rail_id: str, alive_after: datetime) -> tuple[Any, ...]:
     """Open sessions of a rail still worth watching (expiry plus grace not past), with no
-    proof that holds or waits for a transfer."""
-    waiting = (
+    proof that holds a transfer. A session whose proofs are only pending is watched: its
+    client's hash may never land (an EVM wallet's "speed up" replaces it, a Solana wallet
+    re-sends under a new signature), and such a proof fails only after the watch has ended
+    (services.discovery leaves out the transfer a pending proof of the session already is)."""
+    held = (
         select(Proof.id)
-        .where(Proof.session_id == PaymentSession.id, Proof.status.in_(KNOWN))
+        .where(Proof.session_id == PaymentSession.id, Proof.status.in_(HOLDING))
         .exists()
     )
     return (
         PaymentSession.rail_id == rail_id,
         PaymentSession.status == SessionStatus.open.value,
         PaymentSession.expires_at >= alive_after,
-        ~waiting,
+        ~held,
     )
 
 
