@@ -602,7 +602,7 @@ def apply(
                 raise RuntimeError("injected failure after receipt insert")
             ent = _activate(engine, p, ps, ctx, r, now)
             _audit_credit(s, now, op, via, p, ps, r, ent)
-            _emit_credit(s, now, r, ent)
+            _emit_credit(s, now, r, ent, via)
             result = {
                 "applied": True,
                 "already_applied": False,
@@ -701,7 +701,12 @@ def _audit_credit(
     audit.append(s, now, op, "proof.applied", "proof", p.id, {"receipt_id": r.id, "via": via.value})
 
 
-def _emit_credit(s: Session, now: datetime, r: Receipt, ent: Entitlement) -> None:
+def _emit_credit(s: Session, now: datetime, r: Receipt, ent: Entitlement, via: Via) -> None:
+    view = receipt_view(r)
+    if via is not Via.auto:
+        # SECURITY: staff identities are staff-only data (the audit log keeps the name, the
+        # incident and the reason); the tenant is told only that staff created the receipt.
+        view["created_by"] = "staff"
     # The receipt was created in this transaction: no event about it can exist yet.
     events.emit(
         s,
@@ -710,7 +715,7 @@ def _emit_credit(s: Session, now: datetime, r: Receipt, ent: Entitlement) -> Non
         r.owner_id,
         "receipt",
         r.id,
-        receipt_view(r),
+        view,
         first_of_resource=True,
     )
     _emit_activated(s, now, ent)
@@ -784,7 +789,7 @@ def apply_many(
             # Entitlements may have events already (one query for all); receipts are new.
             events.prime_sequences(s, "entitlement", [ent.id for *_, ent in credits])
             for _, _, r, ent in credits:
-                _emit_credit(s, now, r, ent)
+                _emit_credit(s, now, r, ent, via)
                 credited.append(r.rail_id)
     for rail_id, failed in blocked:
         for code in failed:
