@@ -140,3 +140,41 @@ def test_an_active_entitlement_whose_settlement_reorged(engine, chain):
         ent_id = s.scalar(select(Entitlement.id).where(Entitlement.session_id == sess["id"]))
     [f] = run(engine)["entitlement_settlement_reorged"]
     assert f["subjects"]["entitlement_id"] == ent_id and f["subjects"]["proof_id"] == view["id"]
+
+
+def _limited(engine, limit: int) -> dict:
+    return reconciliation.run(
+        engine,
+        reconciliation.RunRequest(
+            scope="rail_proofs",
+            rail_id="fake_live",
+            limit=limit,
+            incident_id="INC-13",
+            operator_reason="stored-data reconciliation",
+        ),
+        "ops1",
+    )
+
+
+def test_a_kind_with_more_rows_than_the_limit_makes_the_run_incomplete(engine, chain):
+    # Any tenant can leave proofs pending (its own sessions, hashes nobody sent): older ones
+    # fill the limit, and another tenant's stuck payment is not reported.
+    for i in range(3):
+        sess = fake_session(engine, owner="bob", amount=1_000_000 + i)
+        view, _ = proofs.submit_proof(engine, sess["id"], f"fxb0b0b0b0{i:02d}", ["bob"])
+        assert view["status"] == "pending"
+    advance(engine, 1)
+    alice = fake_session(engine)
+    stuck, _ = proofs.submit_proof(engine, alice["id"], "fxa11ce00001", ["alice"])
+    advance(engine, engine.settings.reconcile_pending_sla_seconds + 60)
+
+    r = _limited(engine, 3)
+    reported = {f["subjects"]["proof_id"] for f in r["findings"]}
+    assert stuck["id"] not in reported and len(reported) == 3
+    assert r["status"] == "incomplete"
+    assert "pending_past_sla" in r["detail"] and "--limit" in r["detail"]
+    assert "narrow the window" in r["detail"]
+
+    r = _limited(engine, 4)  # every row fits: complete, the stuck payment reported
+    assert r["status"] == "complete", r["detail"]
+    assert stuck["id"] in {f["subjects"]["proof_id"] for f in r["findings"]}

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from sqlalchemy.orm import Session
 
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from rails.solana_inflows import SolanaInflow
 
 MAX_LIMIT = 10_000
+Row = TypeVar("Row")  # a row of one rail_proofs check
 # Longer than any run takes (bounded by --limit, pages and RPC timeouts): one still running
 # after it was left by a process that ended.
 STALE_RUN = timedelta(hours=1)
@@ -602,9 +603,22 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
         if d.stage is Stage.live and (req.rail_id is None or r == req.rail_id)
     ]
     f: list[dict[str, Any]] = []
+    # One row past the limit says a kind has more than the run reports: oldest first, the
+    # rest would be left out of a run that says it checked everything.
+    m = n + 1
+    over: list[str] = []
+
+    def capped(kind: str, rows: list[Row]) -> list[Row]:
+        if len(rows) > n:
+            over.append(kind)
+        return rows[:n]
+
     with engine.db.tx() as s:
-        for r in repo.verified_final_without_receipt(
-            s, live, now - timedelta(seconds=st.reconcile_verified_sla_seconds), since, until, n
+        for r in capped(
+            "verified_without_receipt",
+            repo.verified_final_without_receipt(
+                s, live, now - timedelta(seconds=st.reconcile_verified_sla_seconds), since, until, m
+            ),
         ):
             f.append(
                 _finding(
@@ -616,7 +630,10 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "dry-run-rail-proof-apply to see the blockers, then apply-rail-proof",
                 )
             )
-        for r in repo.receipts_without_active_entitlement(s, since, until, n, req.rail_id):
+        for r in capped(
+            "receipt_without_active_entitlement",
+            repo.receipts_without_active_entitlement(s, since, until, m, req.rail_id),
+        ):
             f.append(
                 _finding(
                     "receipt_without_active_entitlement",
@@ -631,7 +648,10 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "re-run apply-rail-proof for its proof (idempotent)",
                 )
             )
-        for r in repo.paid_sessions_without_receipt(s, since, until, n, req.rail_id):
+        for r in capped(
+            "paid_session_without_receipt",
+            repo.paid_sessions_without_receipt(s, since, until, m, req.rail_id),
+        ):
             f.append(
                 _finding(
                     "paid_session_without_receipt",
@@ -641,13 +661,16 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "investigate the writer; inspect the session's proofs",
                 )
             )
-        for r in repo.pending_past(
-            s,
-            now - timedelta(seconds=st.reconcile_pending_sla_seconds),
-            since,
-            until,
-            n,
-            req.rail_id,
+        for r in capped(
+            "pending_past_sla",
+            repo.pending_past(
+                s,
+                now - timedelta(seconds=st.reconcile_pending_sla_seconds),
+                since,
+                until,
+                m,
+                req.rail_id,
+            ),
         ):
             f.append(
                 _finding(
@@ -658,7 +681,7 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "check RPC health and the worker; inspect-rail-proof",
                 )
             )
-        for r in repo.failed_then_paid(s, since, until, n, req.rail_id):
+        for r in capped("failed_then_paid", repo.failed_then_paid(s, since, until, m, req.rail_id)):
             # Information for support, never drift: the payer did pay. Crediting that payment
             # is drift of its own (verified_without_receipt, past the SLA) until it is applied.
             f.append(
@@ -679,7 +702,10 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "verified_without_receipt past the SLA)",
                 )
             )
-        for r in repo.verified_not_credited(s, since, until, n, req.rail_id):
+        for r in capped(
+            "verified_transfer_not_credited",
+            repo.verified_not_credited(s, since, until, m, req.rail_id),
+        ):
             f.append(
                 _finding(
                     "verified_transfer_not_credited",
@@ -690,7 +716,10 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "refund the payer, or review; it never creates a second receipt",
                 )
             )
-        for r in repo.transfers_behind_two_proofs(s, since, until, n, req.rail_id):
+        for r in capped(
+            "transfer_behind_two_proofs",
+            repo.transfers_behind_two_proofs(s, since, until, m, req.rail_id),
+        ):
             f.append(
                 _finding(
                     "transfer_behind_two_proofs",
@@ -700,7 +729,10 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "revoke all but the first under an incident id",
                 )
             )
-        for r in repo.reorged_entitlements(s, since, until, n, req.rail_id):
+        for r in capped(
+            "entitlement_settlement_reorged",
+            repo.reorged_entitlements(s, since, until, m, req.rail_id),
+        ):
             f.append(
                 _finding(
                     "entitlement_settlement_reorged",
@@ -711,6 +743,15 @@ def _rail_proofs(engine: Engine, req: RunRequest) -> Outcome:
                     "does not come back",
                 )
             )
+    if over:
+        # SECURITY: anyone can make rows of some kinds (pending proofs of their own sessions):
+        # a run that reported only the oldest `limit` of them must not say nothing else drifts.
+        return Outcome(
+            f,
+            RunStatus.incomplete,
+            f"more than {n} rows of {', '.join(over)}: only the oldest {n} of each were "
+            "checked; raise --limit or narrow the window (--since/--until) and re-run",
+        )
     return Outcome(f)
 
 
