@@ -1,10 +1,13 @@
 """Reconciliation drift: what a person still has to act on. It reaches zero once the drift is
 repaired and the runs repeated (information-only findings such as failed_then_paid never count);
 the gauge and `railproof assurance` read the latest run of each (scope, rail), so a clean run
-of another rail hides nothing; a run that fails keeps the repairs it made. On SQLite and
+of another rail hides nothing, and each earlier one whose window no later run covers, so a
+run over a narrower window hides nothing either; a run that fails keeps the repairs it made. On SQLite and
 PostgreSQL, over the recorded treasury history (fixtures/solana/generated/inflows/)."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
@@ -16,6 +19,7 @@ from verifier.services import gate, proofs, reconciliation
 from verifier.services.assurance import assurance_report
 from verifier.services.audit import Operator
 from verifier.storage.models import AuditEvent, Proof
+from verifier.storage.repo import reconciliation as repo
 
 OP = Operator("ops1", "INC-13", "credit the reconciled payments")
 
@@ -135,6 +139,55 @@ def test_a_clean_run_of_another_rail_hides_nothing(eng):
     reconciliation.run(eng, req("rail_proofs", rail_id="solana_usdc"), "ops1")
     assert nonzero(eng) == {}
     assert [i["category"] for i in reconciliation_issues(eng)] == ["reconciliation_incomplete"]
+
+
+def _at(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def test_a_run_over_a_narrower_window_hides_nothing_an_earlier_run_found(eng):
+    bound = session_for(eng, "bound")
+    full = reconciliation.run(eng, req(), "ops1")
+    [orphan] = by_kind(full)["orphan_bound"]
+    assert orphan["subjects"]["session_id"] == bound["id"]
+    found = {"orphan_bound": 1.0, "orphan_unbound": 3.0}
+    assert nonzero(eng) == found
+
+    # After every transfer: it cannot see them, so it repairs and replaces nothing.
+    advance(eng, 1)
+    later = reconciliation.run(eng, req(since=_at(EXPECT["discovered"]["block_time"] + 1)), "ops1")
+    assert later["status"] == "complete" and later["findings"] == []
+    assert nonzero(eng) == found
+    assert sorted(i["category"] for i in reconciliation_issues(eng)) == [
+        "reconciliation_orphan_bound",
+        *["reconciliation_orphan_unbound"] * 3,
+    ]
+
+    # A window that holds the bound payment finds it again: one payment to attach, counted
+    # once.
+    window = {
+        "since": _at(EXPECT["bound"]["block_time"]),
+        "until": _at(EXPECT["bound"]["block_time"] + 1),
+    }
+    advance(eng, 1)
+    again = reconciliation.run(eng, req(**window), "ops1")
+    assert [f["subject_key"] for f in again["findings"]] == [orphan["subject_key"]]
+    assert nonzero(eng) == found
+    assert len(reconciliation_issues(eng)) == 4
+
+    # Attached there: the latest run's finding of it stands, repaired; the others are left.
+    advance(eng, 1)
+    applied = reconciliation.run(eng, req(apply=True, confirm=True, **window), "ops1")
+    assert applied["summary"]["applied"] == 1
+    assert nonzero(eng) == {"orphan_unbound": 3.0}
+    assert {i["category"] for i in reconciliation_issues(eng)} == {"reconciliation_orphan_unbound"}
+
+    # A run over the whole history covers every earlier window: it alone stands.
+    advance(eng, 1)
+    whole = reconciliation.run(eng, req(), "ops1")
+    with eng.db.tx() as s:
+        assert [r.id for r in repo.current_runs(s) if r.scope == "chain_inflows"] == [whole["id"]]
+    assert nonzero(eng) == {"orphan_unbound": 3.0}
 
 
 def test_a_run_that_fails_keeps_the_repairs_it_made(eng, monkeypatch):

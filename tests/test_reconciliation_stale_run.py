@@ -66,3 +66,13 @@ def test_running_the_same_scope_again_as_asked_clears_it(eng):  # noqa: F811
         i for i in assurance_report(eng)["issues"] if i["category"] == "reconciliation_incomplete"
     ]
     assert still == [], still
+
+
+def test_a_run_over_a_narrower_window_does_not_clear_it(eng):  # noqa: F811
+    left = _running_run(eng, timedelta(hours=3))  # over the whole history, died
+    narrow = reconciliation.run(eng, req(since=eng.now() - timedelta(hours=1)), "ops1")
+    assert narrow["status"] == "complete"
+    named = [
+        i for i in assurance_report(eng)["issues"] if i["category"] == "reconciliation_incomplete"
+    ]
+    assert [i["subject"] for i in named] == [f"reconciliation run {left}"]

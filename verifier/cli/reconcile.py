@@ -190,4 +190,4 @@ def register(app: typer.Typer) -> None:
             f"{r.get('resolution')} under incident {r.get('incident_id')}"
         )
         if d.get("also_resolved"):
-            typer.echo(f"{d['also_resolved']} finding(s) of other latest runs resolved with it")
+            typer.echo(f"{d['also_resolved']} finding(s) of other current runs resolved with it")

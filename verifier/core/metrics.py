@@ -437,14 +437,14 @@ SPEC: tuple[MetricSpec, ...] = (
         "reconciliation_drift",
         "gauge",
         "Unresolved findings (not info, not applied) of the latest reconciliation run of each "
-        "scope and rail, by kind",
+        "scope and rail and of earlier ones whose window no later run covers, by kind",
         ("kind",),
         (
             Alert(
                 "RailproofReconciliationDrift",
                 "sum({m}) > 0",
                 "warning",
-                "The latest reconciliation run left unresolved drift: inspect the run",
+                "Reconciliation runs left unresolved drift: inspect the runs",
                 "30m",
             ),
         ),

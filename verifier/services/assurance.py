@@ -407,8 +407,9 @@ CHECKS: list[Check] = [
 
 
 def _reconciliation(engine: Engine) -> list[Issue]:
-    """The unresolved findings of the latest reconciliation run of each (scope, rail), and
-    each such run that could not finish (its own transaction: read after the checks')."""
+    """The unresolved findings of the current reconciliation runs (the latest of each (scope,
+    rail), and earlier ones whose window no later run covers), and each such run that could
+    not finish (its own transaction: read after the checks')."""
     return [
         Issue(
             i["category"],

@@ -19,9 +19,11 @@ Which scan a rail gets is what its adapter declares (`Adapter.inflow_scan`), nev
 family's name.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
-by the run and is not resolved. The drift gauge and `railproof assurance` read the latest
-finished run of each (scope, rail), so a run of one rail never hides the drift another rail's
-run found.
+by the run and is not resolved. The drift gauge and `railproof assurance` read the current
+runs (`repo.current_runs`): the latest finished run of each (scope, rail), and each earlier
+one whose window no later run covers, so neither a run of one rail nor a run over a narrower
+window (which cannot see what was found outside it) hides the drift another run found. A
+thing several current runs found counts once, as the latest of them found it.
 
 A repair made outside railproof (a refund, a credit or an attach by hand, a decision that the
 state stands) is recorded on the finding with `resolve_finding`: a resolution keyed by the
@@ -570,8 +572,8 @@ def resolve_finding(
             "operator_reason": row["operator_reason"],
             "finding_id": f.id,
         }
-        # The latest runs stop counting it at once: the gauge and assurance need no re-run.
-        latest = [r.id for r in repo.latest_finished_runs(s)]
+        # The current runs stop counting it at once: the gauge and assurance need no re-run.
+        latest = [r.id for r in repo.current_runs(s)]
         marked = repo.mark_resolved(s, f.id, latest, f.kind, key, result)
         audit.append(
             s,
@@ -1252,11 +1254,13 @@ def list_runs(engine: Engine, scope: str | None = None, limit: int = 50) -> list
 
 
 def assurance_issues(engine: Engine) -> list[dict[str, str]]:
-    """The unresolved findings of the latest finished run of each (scope, rail), and each such
-    run that did not complete, as `railproof assurance` issues."""
+    """The drift of the current runs (`repo.current_runs`), and each such run that did not
+    complete, as `railproof assurance` issues."""
     out: list[dict[str, str]] = []
     with engine.db.tx() as s:
-        for r in repo.latest_finished_runs(s):
+        runs = repo.current_runs(s)
+        drift = repo.drift_finding_ids(s, [r.id for r in runs])
+        for r in runs:
             out += [
                 {
                     "category": f"reconciliation_{f.kind}",
@@ -1265,7 +1269,7 @@ def assurance_issues(engine: Engine) -> list[dict[str, str]]:
                     "repair": f.proposed_repair or f.detail,
                 }
                 for f in repo.findings_of(s, r.id)
-                if is_drift({"severity": f.severity, "repair_status": f.repair_status})
+                if f.id in drift
             ]
             if r.status != RunStatus.complete.value:
                 out.append(
@@ -1294,12 +1298,12 @@ def assurance_issues(engine: Engine) -> list[dict[str, str]]:
 
 
 def refresh_drift_gauge(engine: Engine) -> None:
-    """Unresolved findings by kind over the latest finished run of each (scope, rail)."""
+    """Unresolved findings by kind over the current runs (`repo.current_runs`)."""
     with engine.db.tx() as s:
-        counts = repo.unresolved_counts(s, [r.id for r in repo.latest_finished_runs(s)])
+        counts = repo.unresolved_counts(s, [r.id for r in repo.current_runs(s)])
     for kind, n in counts.items():
         engine.metrics.set("reconciliation_drift", n, kind=kind)
-    # Kinds the latest runs no longer report drop to zero rather than keep an old value.
+    # Kinds the current runs no longer report drop to zero rather than keep an old value.
     for kind in _DRIFT_KINDS - set(counts):
         engine.metrics.set("reconciliation_drift", 0, kind=kind)
     _DRIFT_KINDS.update(counts)

@@ -57,7 +57,7 @@ class ResolutionIn(OperatorIn):
 
 
 class ResolvedFindingOut(FindingOut):
-    # Findings of the same kind and subject in the other latest runs, resolved with it.
+    # Findings of the same kind and subject in the other current runs, resolved with it.
     also_resolved: int
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -179,25 +179,42 @@ def mark_resolved(
     )
 
 
-def latest_finished_runs(s: Session) -> list[ReconciliationRun]:
-    """The latest finished run of each (scope, rail_id): a run of one rail (or scope) never
-    replaces what another's found. A NULL rail_id (rail_proofs over every rail) is its own
-    key."""
-    ranked = select(
-        ReconciliationRun.id,
-        func.row_number()
-        .over(
-            partition_by=(ReconciliationRun.scope, ReconciliationRun.rail_id),
-            order_by=(ReconciliationRun.started_at.desc(), ReconciliationRun.id.desc()),
-        )
-        .label("n"),
-    ).where(ReconciliationRun.status != RunStatus.running.value)
-    sub = ranked.subquery()
+def _replaced_by(later: Any, r: Any) -> Any:
+    """Whether `later` (finished) is a run of `r`'s scope and rail, started after it, whose
+    window covers `r`'s (an unset bound is open), so it looked again at everything `r` could
+    see. A narrower window (a `--since` run over the last hour) replaces nothing: what `r`
+    found outside it stands until a run looks there again."""
+    return and_(
+        later.scope == r.scope,
+        later.rail_id.is_not_distinct_from(r.rail_id),
+        later.status != RunStatus.running.value,
+        or_(
+            later.started_at > r.started_at,
+            and_(later.started_at == r.started_at, later.id > r.id),
+        ),
+        or_(later.since.is_(None), and_(r.since.is_not(None), later.since <= r.since)),
+        or_(later.until.is_(None), and_(r.until.is_not(None), later.until >= r.until)),
+    )
+
+
+def current_runs(s: Session) -> list[ReconciliationRun]:
+    """The finished runs no later run replaced (`_replaced_by`): the latest of each (scope,
+    rail_id), and each earlier one whose window no later run covers. A run of one rail (or
+    scope) never replaces what another's found; a NULL rail_id (rail_proofs over every rail)
+    is its own key."""
+    later = aliased(ReconciliationRun)
     q = (
         select(ReconciliationRun)
-        .join(sub, sub.c.id == ReconciliationRun.id)
-        .where(sub.c.n == 1)
-        .order_by(ReconciliationRun.scope, ReconciliationRun.rail_id, ReconciliationRun.id)
+        .where(
+            ReconciliationRun.status != RunStatus.running.value,
+            ~select(later.id).where(_replaced_by(later, ReconciliationRun)).exists(),
+        )
+        .order_by(
+            ReconciliationRun.scope,
+            ReconciliationRun.rail_id,
+            ReconciliationRun.started_at,
+            ReconciliationRun.id,
+        )
     )
     return list(s.scalars(q).all())
 
@@ -224,21 +241,14 @@ def holding_settled_in(s: Session, tx_hashes: Sequence[str]) -> dict[str, list[s
 
 def runs_running_since(s: Session, before: datetime) -> list[ReconciliationRun]:
     """Runs still `running` that started before `before`, oldest first, unless a run of the
-    same scope and rail finished since it started (it was run again)."""
+    same scope and rail over a window that covers theirs finished since (it was run again)."""
     later = aliased(ReconciliationRun)
     q = (
         select(ReconciliationRun)
         .where(
             ReconciliationRun.status == RunStatus.running.value,
             ReconciliationRun.started_at < before,
-            ~select(later.id)
-            .where(
-                later.scope == ReconciliationRun.scope,
-                later.rail_id.is_not_distinct_from(ReconciliationRun.rail_id),
-                later.status != RunStatus.running.value,
-                later.started_at > ReconciliationRun.started_at,
-            )
-            .exists(),
+            ~select(later.id).where(_replaced_by(later, ReconciliationRun)).exists(),
         )
         .order_by(ReconciliationRun.started_at, ReconciliationRun.id)
         .limit(50)
@@ -695,22 +705,58 @@ def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> N
         pass
 
 
+def _newest_findings(run_ids: list[str]) -> Any:
+    """The findings of the given runs, each numbered `n` within its (kind, subject key),
+    1 for the one the latest run made: what a thing found by several current runs is now.
+    A finding without a subject key is its own."""
+    F, R = ReconciliationFinding, ReconciliationRun
+    return (
+        select(
+            F.id,
+            F.kind,
+            F.severity,
+            F.repair_status,
+            func.row_number()
+            .over(
+                partition_by=(F.kind, F.subject_key, case((F.subject_key.is_(None), F.id))),
+                order_by=(R.started_at.desc(), R.id.desc(), F.id.desc()),
+            )
+            .label("n"),
+        )
+        .join(R, R.id == F.run_id)
+        .where(F.run_id.in_(run_ids))
+        .subquery()
+    )
+
+
+def _drift_of(run_ids: list[str]) -> tuple[Any, Any]:
+    """Each thing's latest finding over the given runs, where it still needs a person:
+    neither information only, nor repaired by its run, nor resolved by a person
+    (`services.reconciliation.is_drift`)."""
+    newest = _newest_findings(run_ids)
+    return newest, and_(
+        newest.c.n == 1,
+        newest.c.severity != "info",
+        newest.c.repair_status.notin_(SETTLED),
+    )
+
+
 def unresolved_counts(s: Session, run_ids: list[str]) -> dict[str, int]:
-    """Drift by kind over the given runs: findings a person still has to act on (neither
-    information only, nor repaired by their run, nor resolved by a person);
-    `services.reconciliation.is_drift`."""
+    """Drift by kind over the given runs (`_drift_of`): a thing two of them found counts
+    once."""
     if not run_ids:
         return {}
-    q = (
-        select(ReconciliationFinding.kind, func.count())
-        .where(
-            ReconciliationFinding.run_id.in_(run_ids),
-            ReconciliationFinding.severity != "info",
-            ReconciliationFinding.repair_status.notin_(SETTLED),
-        )
-        .group_by(ReconciliationFinding.kind)
-    )
+    newest, drift = _drift_of(run_ids)
+    q = select(newest.c.kind, func.count()).where(drift).group_by(newest.c.kind)
     return {k: int(n) for k, n in s.execute(q)}
+
+
+def drift_finding_ids(s: Session, run_ids: list[str]) -> set[int]:
+    """The ids of the findings that are drift over the given runs (`_drift_of`)."""
+    if not run_ids:
+        return set()
+    newest, drift = _drift_of(run_ids)
+    return set(s.scalars(select(newest.c.id).where(drift)).all())
 
 
 def set_repair(s: Session, finding_id: int, status: str, result: dict[str, Any]) -> None:
