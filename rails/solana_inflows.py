@@ -5,7 +5,8 @@ names the destination token account, not the owner wallet). `getSignaturesForAdd
 newest first: pages go backwards with `before` = the oldest signature seen (a caller may
 start there too, to go on with a walk an earlier scan left unfinished), and stop at `until`
 (the newest signature already processed), at a blockTime older than the window, or after
-`max_pages`. A node error mid-scan is returned with what was read, never swallowed: the
+`max_pages`. A window with an end is reached through the pages after it, which have their
+own budget. A node error mid-scan is returned with what was read, never swallowed: the
 caller reports the scan incomplete.
 """
 
@@ -43,6 +44,9 @@ class SignatureScan:
     calls: int = 0
     error: str | None = None  # why the scan stopped before its end
     reached_end: bool = False  # the history (or `until`, or the window's start) was reached
+    # Which page budget ran out when one did: "window" (`max_pages`) or "later"
+    # (`max_later_pages`, the pages after the window's end).
+    out_of: str | None = None
 
 
 def _entry(raw: Any) -> SignatureEntry:
@@ -64,16 +68,27 @@ def list_signatures(
     until: str | None = None,
     before: str | None = None,
     not_before: int | None = None,
+    not_after: int | None = None,
     page_limit: int = MAX_PAGE,
     max_pages: int = 20,
+    max_later_pages: int = 0,
+    confirm_end: bool = False,
     commitment: str = "confirmed",
 ) -> SignatureScan:
     """Signatures touching `address`, newest first, from just older than `before` (None: the
     newest) down to `until` (exclusive) or the first entry whose blockTime is before
-    `not_before`."""
+    `not_before`, leaving out those whose blockTime is `not_after` or later.
+
+    A page whose every entry is `not_after` or later holds nothing of the window: with
+    `max_later_pages`, up to that many such pages are passed over without counting against
+    `max_pages`, so a window behind many later transfers is still reached. With
+    `confirm_end`, once `max_pages` full pages of the window are read, one more page is read
+    only to find whether the window ends there (its first entry is before `not_before`, or it
+    is empty): a window of exactly `max_pages` pages is then read whole."""
     scan = SignatureScan()
     limit = max(1, min(MAX_PAGE, page_limit))
-    for _ in range(max_pages):
+    pages = later_pages = 0
+    while True:
         opts: dict[str, Any] = {"limit": limit, "commitment": commitment}
         if before is not None:
             opts["before"] = before
@@ -90,19 +105,44 @@ def list_signatures(
         except (TransportError, CassetteError) as e:
             scan.error = f"getSignaturesForAddress({address}): {e}"
             return scan
-        for entry in entries:
-            t = entry.block_time
-            if not_before is not None and t is not None and t < not_before:
+        later = (
+            max_later_pages > 0
+            and not_after is not None
+            and bool(entries)
+            and all(e.block_time is not None and e.block_time >= not_after for e in entries)
+        )
+        if later:
+            if later_pages == max_later_pages:
+                return _out_of(
+                    scan, "later", f"more than {max_later_pages} pages after the window", address
+                )
+            later_pages += 1
+        elif pages == max_pages:  # the page read only to find the window's end
+            first = entries[0].block_time if entries else None
+            if not entries or (not_before is not None and first is not None and first < not_before):
                 scan.reached_end = True
                 return scan
-            scan.entries.append(entry)
+            return _out_of(scan, "window", f"more than {max_pages} pages in the window", address)
+        else:
+            pages += 1
+            for entry in entries:
+                t = entry.block_time
+                if not_before is not None and t is not None and t < not_before:
+                    scan.reached_end = True
+                    return scan
+                if not_after is None or t is None or t < not_after:
+                    scan.entries.append(entry)
         if len(entries) < limit:
             scan.reached_end = True
             return scan
         before = entries[-1].signature
-    scan.error = (
-        f"getSignaturesForAddress({address}): more than {max_pages} pages; narrow the window"
-    )
+        if not later and pages >= max_pages and not confirm_end:
+            return _out_of(scan, "window", f"more than {max_pages} pages in the window", address)
+
+
+def _out_of(scan: SignatureScan, budget: str, what: str, address: str) -> SignatureScan:
+    scan.out_of = budget
+    scan.error = f"getSignaturesForAddress({address}): {what}"
     return scan
 
 

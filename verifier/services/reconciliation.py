@@ -69,6 +69,9 @@ Row = TypeVar("Row")  # a row of one rail_proofs check
 # Longer than any run takes (bounded by --limit, pages and RPC timeouts): one still running
 # after it was left by a process that ended.
 STALE_RUN = timedelta(hours=1)
+# Pages of signatures after a Solana window's end a run may read, per page of the window it
+# may read (RAILPROOF_RECONCILE_MAX_PAGES).
+LATER_PAGES = 10
 
 
 @dataclass(frozen=True)
@@ -812,15 +815,22 @@ def solana_inflows(
     adapter = engine.adapter(rail)
     ptype = rail.proof_types[0]
     watched = token_account(treasury, rail.asset)
+    pages, per_page = engine.settings.reconcile_max_pages, engine.settings.discovery_page_limit
+    hi = _epoch(until)
+    # The listing starts at the newest signature: the pages after the window's end (a busy
+    # treasury's later transfers, anyone's dust) have a budget of their own, larger but
+    # bounded, or an old window could never be read whole however narrow.
     scan = list_signatures(
         chain,
         watched,
         not_before=_epoch(since),
-        page_limit=engine.settings.discovery_page_limit,
-        max_pages=engine.settings.reconcile_max_pages,
+        not_after=hi,
+        page_limit=per_page,
+        max_pages=pages,
+        max_later_pages=LATER_PAGES * pages,
+        confirm_end=True,
     )
     counts: Counter = Counter(rpc_calls=scan.calls)
-    hi = _epoch(until)
     entries = [
         e
         for e in scan.entries
@@ -828,6 +838,17 @@ def solana_inflows(
     ]
     counts["failed_transactions_skipped"] = sum(1 for e in scan.entries if e.failed)
     problems = [scan.error] if scan.error else []
+    if scan.out_of == "window":
+        problems = [
+            f"more than {pages} pages of {per_page} signatures in the window "
+            "(RAILPROOF_RECONCILE_MAX_PAGES): raise it or narrow the window (--since/--until)"
+        ]
+    elif scan.out_of == "later":
+        problems = [
+            f"the window ends behind more than {LATER_PAGES * pages} pages of {per_page} later "
+            f"signatures ({LATER_PAGES} x RAILPROOF_RECONCILE_MAX_PAGES): raise "
+            "RAILPROOF_RECONCILE_MAX_PAGES"
+        ]
     fps = {e.signature: fingerprint(rail.family, rail.network, ptype, e.signature) for e in entries}
     with engine.db.tx() as s:
         known = repo.proofs_by_fingerprint(s, list(fps.values()))
