@@ -3,34 +3,122 @@ to create" (runbook, RailproofApplyGateBlocks), reported as `verified_transfer_n
 Assurance listed the same proof as `verified_without_receipt` too, offered as repairable ("the
 repair applies it through the apply gate": always 409 apply_blocked, the session is paid) and
 counted twice in the score; a reconciliation run reported it twice. Once now, as the money to
-send back it is."""
+send back it is.
+
+The second transfer is recorded the same way whenever it is handed over: before the first was
+credited, or after (the session paid by then still takes the proof, verifies it and never
+credits it)."""
 
 from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
 
 from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import FAKE_SESSION, advance
 from verifier.services import reconciliation
+from verifier.storage.webhook_models import OutboxEvent
+from verifier.worker import loop as worker
 
 OP = {"confirm": True, "incident_id": "INC-DOC", "operator_reason": "docs walk"}
+STAFF = auth(STAFF_TOKEN)
 
 
-def _session_paid_twice(client, chain) -> tuple[str, str]:
+def _pay(chain, sess: dict, tx: str) -> None:
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1500000,
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": "finalized",
+    }
+
+
+def _submit(client, sess: dict, tx: str):
+    return client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx})
+
+
+def _session_paid_twice(client, chain, second_after_credit: bool = False) -> tuple[str, str]:
+    """The payer pays one session twice; the first transfer is credited. The second is handed
+    over before that credit, or (`second_after_credit`) after it."""
     sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
-    proofs = []
-    for tx in ("fx0000d0c1", "fx0000d0c2"):
-        chain.txs[tx] = {
-            "status": "ok",
-            "to": "fatreasury",
-            "amount": 1500000,
-            "asset": "fusd",
-            "refs": [sess["reference"]],
-        }
-        r = client.post("/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx})
-        assert r.json()["status"] == "verified", r.text
-        proofs.append(r.json()["id"])
-    r = client.post(f"/v1/admin/proofs/{proofs[0]}/apply", headers=auth(STAFF_TOKEN), json=OP)
+    _pay(chain, sess, "fx0000d0c1")
+    _pay(chain, sess, "fx0000d0c2")
+    first = _submit(client, sess, "fx0000d0c1")
+    assert first.status_code == 201 and first.json()["status"] == "verified", first.text
+    if not second_after_credit:
+        second = _submit(client, sess, "fx0000d0c2")
+    r = client.post(f"/v1/admin/proofs/{first.json()['id']}/apply", headers=STAFF, json=OP)
     assert r.json()["applied"] is True, r.text
-    return proofs[0], proofs[1]
+    if second_after_credit:
+        second = _submit(client, sess, "fx0000d0c2")
+    assert second.status_code == 201 and second.json()["status"] == "verified", second.text
+    assert second.json()["receipt_id"] is None
+    return first.json()["id"], second.json()["id"]
+
+
+def _events(engine, proof_id: str) -> list[OutboxEvent]:
+    with engine.db.tx() as s:
+        return list(
+            s.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.resource_id == proof_id)
+                .order_by(OutboxEvent.sequence)
+            )
+        )
+
+
+@pytest.mark.parametrize("second_after_credit", [False, True], ids=["before", "after"])
+def test_a_second_transfer_is_recorded_and_reported_whenever_it_is_handed_over(
+    client, chain, engine, second_after_credit
+):
+    _, second = _session_paid_twice(client, chain, second_after_credit)
+    got = client.get(f"/v1/proofs/{second}", headers=auth()).json()
+    assert (got["status"], got["receipt_id"]) == ("verified", None)
+    doc = client.get("/v1/admin/assurance", headers=STAFF).json()
+    found = [i for i in doc["issues"] if i["category"] == "verified_transfer_not_credited"]
+    assert [i["subject"] for i in found] == [f"proof {second}"]
+    assert doc["summary"]["status"] != "ok"
+    ents = client.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()
+    assert [e["status"] for e in ents] == ["active"]
+
+
+def test_a_second_transfer_after_the_credit_says_it_is_not_credited(client, chain, engine):
+    first, second = _session_paid_twice(client, chain, second_after_credit=True)
+    got = client.get(f"/v1/proofs/{second}", headers=auth()).json()
+    assert "not credited" in got["detail"] and "already paid" in got["detail"], got["detail"]
+    # Its event says so too: a backend reading proof.verified is not told of access paid.
+    events = _events(engine, second)
+    assert [e.type for e in events] == ["proof.verified", "settlement.finalized"]
+    assert all("not credited" in e.payload["detail"] for e in events)
+    assert all(e.payload["receipt_id"] is None for e in events)
+    # The credited proof's own detail is left alone.
+    assert "not credited" not in client.get(f"/v1/proofs/{first}", headers=auth()).json()["detail"]
+    # And the gate never credits it.
+    r = client.post(f"/v1/admin/proofs/{second}/apply", headers=STAFF, json=OP)
+    assert r.status_code == 409, r.text
+    assert "already paid by another proof" in r.text
+
+
+def test_a_second_transfer_never_brings_back_a_revoked_entitlement(client, chain, engine):
+    engine.settings.auto_apply = True
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    _pay(chain, sess, "fx0000d0c3")
+    first = _submit(client, sess, "fx0000d0c3").json()
+    assert worker.auto_apply(engine, 10) == 1
+    (ent,) = client.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()
+    r = client.post(f"/v1/admin/entitlements/{ent['id']}/revoke", headers=STAFF, json=OP)
+    assert r.status_code == 200, r.text
+    _pay(chain, sess, "fx0000d0c4")
+    second = _submit(client, sess, "fx0000d0c4")
+    assert second.status_code == 201 and second.json()["status"] == "verified", second.text
+    assert worker.auto_apply(engine, 10) == 0
+    r = client.post(f"/v1/admin/proofs/{second.json()['id']}/apply", headers=STAFF, json=OP)
+    assert r.status_code == 409, r.text
+    ents = client.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()).json()
+    assert [(e["status"], e["receipt_id"]) for e in ents] == [("revoked", ent["receipt_id"])]
+    assert first["id"] != second.json()["id"]
 
 
 def test_no_repairable_issue_offers_an_apply_that_the_gate_always_refuses(client, chain, engine):

@@ -104,6 +104,21 @@ def test_a_known_session_no_longer_open_takes_no_proof_and_replays_its_own(engin
     chain_ok(engine)
 
 
+def test_a_known_session_paid_since_still_takes_a_second_transfer_as_it_is_guessed(engine, chain):
+    """Paid after this process saw it: a second transfer the payer made for it is stored and
+    verified (for refund: the gate never credits it), through the guess, which still holds."""
+    sess = open_session(engine)
+    pay(chain, "fxc0000013", sess)
+    proofs.submit_proof(engine, sess["id"], "fxc0000013", ["alice"])
+    set_status(engine, sess["id"], "paid")
+    pay(chain, "fxc0000014", sess)
+    second, created = proofs.submit_proof(engine, sess["id"], "fxc0000014", ["alice"])
+    assert (second["status"], second["receipt_id"], created) == ("verified", None, True)
+    assert "not credited" in second["detail"]
+    assert engine.known_sessions.get(sess["id"]) is not None
+    chain_ok(engine)
+
+
 def test_a_known_session_on_a_paused_rail_or_with_a_malformed_proof_stores_nothing(engine, chain):
     sess = open_session(engine)
     pay(chain, "fxc0000005", sess)

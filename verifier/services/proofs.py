@@ -61,6 +61,11 @@ from verifier.storage.repo import settlements as settlement_repo
 from verifier.storage.repo.rows import Record
 
 MAX_PROOF_BYTES = 16_384
+# Sessions a new proof is stored and verified for. A paid one too: a second transfer the
+# payer made for it is money that arrived, recorded for refund whenever it is handed over
+# (before or after the first was credited); the apply gate never credits it (tuple_bound:
+# the session is already paid by another proof).
+TAKES_PROOFS = (SessionStatus.open, SessionStatus.paid)
 SYSTEM = audit.Operator("system")
 # A submission's answer: (the proof's view, whether this request stored it).
 Submitted = tuple[dict[str, Any], bool]
@@ -260,7 +265,7 @@ class _Sent:
         engine: Engine,
         s: Session,
         key: SessionKey,
-        is_open: bool,
+        takes_proofs: bool,
         raw: str,
         proof_type: str | None,
         now: datetime,
@@ -312,7 +317,7 @@ class _Sent:
         # before either answer is used, and a refusal rolls the transaction (and the insert)
         # back.
         self.held_by = holds.holder_behind(s, holds.fingerprint_key(fp), key.id)
-        if is_open:
+        if takes_proofs:
             # Insert first: the fingerprint's unique index answers "seen before?" and the
             # usual new proof costs no lookup.
             self.write = proof_repo.insert_proof_behind(s, row)
@@ -375,7 +380,7 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
             raise _Guessed from None
         if sent is not None:
             st = sent.state() if sent.state is not None else None
-            if st is None or ps.status != SessionStatus.open or not sent.key.fits(ps):
+            if st is None or ps.status not in TAKES_PROOFS or not sent.key.fits(ps):
                 raise _Guessed  # rolls back whatever was sent for it
         else:
             if ps.status == SessionStatus.open:
@@ -384,7 +389,7 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
                 engine,
                 s,
                 SessionKey.of(ps),
-                ps.status == SessionStatus.open,
+                ps.status in TAKES_PROOFS,
                 raw,
                 proof_type,
                 now,
@@ -409,8 +414,8 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
         if held is not None:
             raise _Held.of(adapter, held, ps)
         if sent.write is None:
-            # A closed session takes no new proof, but a resubmission of one it took is
-            # still answered as a replay.
+            # A closed (cancelled) session takes no new proof, but a resubmission of one it
+            # took is still answered as a replay.
             existing = proof_repo.by_fingerprint(s, fp, ps.id)
             if existing is not None:
                 return _view(s, existing), False
@@ -868,6 +873,8 @@ def _record_attempt(
                     "held_by_proof_id": taken[0].proof_id,
                 },
             )
+    if verdict.status is Status.verified and ps.status == SessionStatus.paid:
+        verdict = _not_credited(s, p, ps, verdict)
     failure_code = verdict.code.value if verdict.code else None
 
     def new_state(attempts: int) -> dict[str, Any]:
@@ -971,6 +978,24 @@ def _record_attempt(
                     view,
                 )
     return verdict, view, refused
+
+
+def _not_credited(
+    s: Session, p: Proof | Record, ps: PaymentSession | Record, v: Verdict
+) -> Verdict:
+    """A verified transfer for a session another proof paid (the payer paid twice): its
+    detail says it is not credited, and the answer, `GET /v1/proofs/{id}` and its
+    `proof.verified` event carry it, so no backend takes it for access paid. The session's
+    own credited proof, verified again (a reorg re-check), keeps its detail."""
+    if receipt_repo.id_for_proof(s, p.id) is not None:
+        return v
+    said = f"{v.detail}; " if v.detail else ""
+    return v.model_copy(
+        update={
+            "detail": f"{said}not credited: session {ps.id} is already paid by another "
+            "transfer (refund the payer, or credit it by hand)"
+        }
+    )
 
 
 def record_resolved_attempt(
