@@ -81,7 +81,11 @@ def test_a_duration_past_its_bound_stops_the_start_naming_it(env, values):  # no
 
 
 def test_the_longest_durations_are_accepted(env):  # noqa: F811
-    for name in ("RAILPROOF_SESSION_TTL_SECONDS", "RAILPROOF_CLAIM_LEASE_SECONDS"):
+    for name in (
+        "RAILPROOF_SESSION_TTL_SECONDS",
+        "RAILPROOF_MAX_SESSION_TTL_SECONDS",
+        "RAILPROOF_CLAIM_LEASE_SECONDS",
+    ):
         env.setenv(name, str(YEAR_S))
     env.setenv("RAILPROOF_RELEASE_GATE_MAX_AGE_DAYS", "365")
     env.setenv("RAILPROOF_PG_LOCK_TIMEOUT_MS", str(2**31 - 1))

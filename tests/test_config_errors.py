@@ -77,6 +77,18 @@ def test_bad_json_and_cross_field_refusals_name_the_variable(env):
     assert r.exit_code == 2 and "error: RAILPROOF_RPC_TIMEOUT_S_BASE: " in r.output, r.output
 
 
+def test_a_default_session_lifetime_above_the_longest_is_refused_naming_both(env):
+    env.setenv("RAILPROOF_MAX_SESSION_TTL_SECONDS", "600")  # the default lifetime is 3600
+    r = cli("db", "upgrade")
+    assert r.exit_code == 2, r.output
+    assert (
+        "error: RAILPROOF_SESSION_TTL_SECONDS (3600) must not be longer than "
+        "RAILPROOF_MAX_SESSION_TTL_SECONDS (600)" in r.output
+    ), r.output
+    env.setenv("RAILPROOF_SESSION_TTL_SECONDS", "600")  # equal: every session's default fits
+    assert cli("db", "upgrade").exit_code == 0
+
+
 def test_describe_error_lines():
     with pytest.raises(ValueError) as e:
         Settings(chain="live", clock="2026-01-01T00:00:00Z", env={})

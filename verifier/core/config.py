@@ -333,6 +333,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _session_ttls(self) -> Settings:
+        # The default lifetime is what a session asking for none gets: above the longest
+        # allowed, every such session would be refused, blaming a field the client never sent.
+        if self.session_ttl_seconds > self.max_session_ttl_seconds:
+            raise ValueError(
+                f"RAILPROOF_SESSION_TTL_SECONDS ({self.session_ttl_seconds}) must not be longer "
+                f"than RAILPROOF_MAX_SESSION_TTL_SECONDS ({self.max_session_ttl_seconds})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _webhook_lease(self) -> Settings:
         # A lease shorter than a POST could hand a delivery in flight to a second worker.
         if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
