@@ -362,7 +362,11 @@ def _payer(adapter: Adapter, given: str | None) -> str | None:
     return adapter.normalize_address(given, "payer")
 
 
-def requirements(engine: Engine, ps: PaymentSession | Record) -> dict[str, Any]:
+def requirements(engine: Engine, ps: PaymentSession | Record) -> dict[str, Any] | None:
+    """What the payer must do, in the rail family's shape. None for a session whose rail the
+    catalog no longer has: the session (and its payment) still reads, with nothing to pay."""
+    if not engine.has_rail(ps.rail_id):
+        return None
     rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
     shape = SessionShape(
         id=ps.id,
