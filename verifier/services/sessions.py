@@ -21,7 +21,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, NotFound, Refused
 from verifier.core.timeutil import utc
 from verifier.services import audit, queries
-from verifier.services.views import session_view
+from verifier.services.views import session_status, session_view
 from verifier.storage.models import (
     EntitlementStatus,
     PaymentSession,
@@ -117,7 +117,7 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                 row = _session_row(sid, rail, req, now, ttl, recipient, reference, payer)
                 ps = session_repo.insert_session(s, row)
                 entitlement_repo.insert_entitlement(s, _entitlement_row(row, now))
-            view = session_view(ps, requirements(engine, ps))
+            view = session_view(ps, now, requirements(engine, ps))
             # The answer commits with the session (an Idempotency-Key's completion:
             # storage.db).
             engine.db.finish(s, view)
@@ -411,4 +411,9 @@ def get_session(engine: Engine, session_id: str, owners: list[str] | None) -> di
     with engine.db.tx() as s:
         ps = load_session(engine, s, session_id, owners, read_only=True)
         paused = queries.rail_paused(s, ps.rail_id)
-    return {**session_view(ps, requirements(engine, ps)), "rail_paused": paused}
+    now = engine.now()
+    # An expired session shows no payment instructions: a payment made now would fail
+    # `session_expired`. (One made inside its window is still taken and credited.)
+    expired = session_status(ps, now) == SessionStatus.expired
+    asks = None if expired else requirements(engine, ps)
+    return {**session_view(ps, now, asks), "rail_paused": paused}

@@ -3,14 +3,16 @@ and never a raw proof payload."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from verifier.core.timeutil import iso
+from verifier.core.timeutil import iso, utc
 from verifier.storage.models import (
     Entitlement,
     PaymentSession,
     Proof,
     Receipt,
+    SessionStatus,
     SettlementEvidence,
     VerificationAttempt,
 )
@@ -19,10 +21,22 @@ from verifier.storage.repo.rows import Record
 View = dict[str, Any]  # a resource's JSON view, as the API answers it
 
 
-def session_view(ps: PaymentSession | Record, requirements: dict[str, Any] | None = None) -> View:
+def session_status(ps: PaymentSession | Record, now: datetime) -> str:
+    """The session's status as read at `now`: an open session past its expiry reads
+    `expired`. Derived, never stored: the apply gate refuses a session whose stored status is
+    not open, and a payment made inside the window may still be handed over (and credited)
+    after the expiry."""
+    if ps.status == SessionStatus.open and utc(now) > utc(ps.expires_at):
+        return SessionStatus.expired.value
+    return str(ps.status)
+
+
+def session_view(
+    ps: PaymentSession | Record, now: datetime, requirements: dict[str, Any] | None = None
+) -> View:
     return {
         "id": ps.id,
-        "status": ps.status,
+        "status": session_status(ps, now),
         "owner_id": ps.owner_id,
         "rail_id": ps.rail_id,
         "access_product_id": ps.access_product_id,
