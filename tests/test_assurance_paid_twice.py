@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import STAFF_TOKEN, auth
+from tests.conftest import OTHER_SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.helpers import FAKE_SESSION, advance
 from verifier.services import reconciliation
 from verifier.storage.webhook_models import OutboxEvent
@@ -159,3 +159,35 @@ def test_a_reconciliation_run_reports_it_once(client, chain, engine):
     )
     kinds = [f["kind"] for f in run["findings"] if f["subjects"].get("proof_id") == second]
     assert kinds == ["verified_transfer_not_credited"], kinds
+
+
+def test_a_paid_session_never_holds_a_transfer_another_open_session_could_take(
+    client, chain, engine
+):
+    """A tenant hands its own paid session a transfer another tenant's open session could
+    take too: the paid session has no claim to it. Its proof fails, holding nothing (it is
+    not held for review, which would keep the payment from the session it was made for), and
+    the other session takes it."""
+    paid = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    _pay(chain, paid, "fx0000d0c1")
+    first = _submit(client, paid, "fx0000d0c1")
+    r = client.post(f"/v1/admin/proofs/{first.json()['id']}/apply", headers=STAFF, json=OP)
+    assert r.json()["applied"] is True, r.text
+    theirs = client.post(
+        "/v1/payment-sessions",
+        headers=auth(OTHER_SERVICE_TOKEN),
+        json={**FAKE_SESSION, "owner_id": "bob"},
+    ).json()
+    _pay(chain, theirs, "fx0000d0c3")
+    chain.txs["fx0000d0c3"]["refs"] = [theirs["reference"], paid["reference"]]
+    grab = _submit(client, paid, "fx0000d0c3")
+    assert grab.status_code == 201, grab.text
+    assert (grab.json()["status"], grab.json()["failure_code"]) == ("failed", "session_not_open")
+    got = client.post(
+        "/v1/proofs",
+        headers=auth(OTHER_SERVICE_TOKEN),
+        json={"session_id": theirs["id"], "proof": "fx0000d0c3"},
+    )
+    assert got.status_code == 201 and got.json()["status"] == "verified", got.text
+    r = client.post(f"/v1/admin/proofs/{got.json()['id']}/apply", headers=STAFF, json=OP)
+    assert r.json()["applied"] is True, r.text

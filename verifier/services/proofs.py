@@ -846,8 +846,21 @@ def _record_attempt(
             raise _Superseded
     if holding and taking is None:
         taking = holds.hold_behind(s, keys, p.id, ps.id, ps.owner_id, now)
+    left = False
     if deciding is not None:
         verdict = deciding()
+        if verdict.status is Status.requires_review and ps.status == SessionStatus.paid:
+            # SECURITY: a session already paid has no claim to a transfer another open
+            # session could take: held for review, it would keep that session's payment
+            # from it (any tenant can hand its own paid session a payment it saw on chain).
+            # Failed, it holds nothing and the other session takes it.
+            verdict = Verdict.fail(
+                FailureCode.session_not_open,
+                f"session {ps.id} is already paid, and another open session could take this "
+                "transfer: left to it",
+                observed=verdict.observed,
+            )
+            left = True
     refused = None
     if taking is not None:
         taken = taking()
@@ -873,6 +886,8 @@ def _record_attempt(
                     "held_by_proof_id": taken[0].proof_id,
                 },
             )
+        elif left:
+            holds.release(s, p.id)
     if verdict.status is Status.verified and ps.status == SessionStatus.paid:
         verdict = _not_credited(s, p, ps, verdict)
     failure_code = verdict.code.value if verdict.code else None
