@@ -47,6 +47,7 @@ SESSION: dict[str, Any] = {
         (lambda c: c.open_session(**SESSION, idempotency_key="clé-1"), "idempotency_key"),
         (lambda c: c.open_session(**SESSION, idempotency_key="k\n1"), "idempotency_key"),
         (lambda c: c.open_session(**SESSION, idempotency_key="k" * 257), "idempotency_key"),
+        (lambda c: c.open_session(**SESSION, idempotency_key="order-1,2"), "idempotency_key"),
         (
             lambda c: c.submit_proof(session_id="s", proof="p", idempotency_key="ключ"),
             "idempotency_key",

@@ -6005,7 +6005,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters. */
+                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -6190,7 +6190,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters. */
+                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;

@@ -167,14 +167,32 @@ def _utf8(value: str | None, header: str) -> str | None:
 
 ServiceDep = Annotated[ServicePrincipal, Depends(service_principal)]
 StaffDep = Annotated[str, Depends(staff_member)]
-IdempotencyKey = Annotated[
+KeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         description="Same key and body: the stored answer again; same "
-        "key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters.",
+        "key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, "
+        "no comma; one header line.",
     ),
 ]
+
+
+async def idempotency_key(request: Request, _: KeyHeader = None) -> str | None:
+    """The request's Idempotency-Key. A singleton field: two lines (a client's default
+    header and a per-call one, or a proxy's) are refused rather than joined into one key,
+    which a retry carrying only one of them would not match (the work would run again)."""
+    lines = request.headers.getlist("idempotency-key")
+    if len(lines) > 1:
+        raise BadInput(
+            ApiErrorCode.invalid_idempotency_key,
+            "Idempotency-Key: one header line, not several",
+            field="Idempotency-Key",
+        )
+    return lines[0] if lines else None
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 
 
 class RateLimit:

@@ -80,10 +80,12 @@ def run_idempotent(
     # A key is an id: printable ASCII, a Structured Fields string's characters (no control
     # characters: NUL would break PostgreSQL text). The server hands a header over one
     # character a byte, so a non-ASCII key would be judged and stored by its UTF-8 bytes.
-    if not key or len(key) > MAX_KEY or not (key.isascii() and key.isprintable()):
+    # No comma either: a proxy may fold two Idempotency-Key lines into one, joined by ", ",
+    # and that key would run the work again for a retry carrying only one of them.
+    if not key or len(key) > MAX_KEY or not (key.isascii() and key.isprintable()) or "," in key:
         raise BadInput(
             "invalid_idempotency_key",
-            f"Idempotency-Key: 1 to {MAX_KEY} printable ASCII characters",
+            f"Idempotency-Key: 1 to {MAX_KEY} printable ASCII characters, no comma",
             field="Idempotency-Key",
         )
     # Process time, not the business clock: a pinned clock would never age a claim.

@@ -98,8 +98,12 @@ class _Call(Generic[T]):
 def _post(path: str, parse: Callable[[Any], T], body: BaseModel, key: str | None) -> _Call[T]:
     # The server's rule, said before sending: httpx would fail on a non-ASCII header value
     # with a UnicodeEncodeError naming no field.
-    if key and not (len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()):
-        raise ValueError(f"idempotency_key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    if key and not (
+        len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable() and "," not in key
+    ):
+        raise ValueError(
+            f"idempotency_key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, no comma"
+        )
     return _Call(
         "POST",
         path,

@@ -32,7 +32,7 @@ SUBMIT = "POST /v1/proofs"
     },
 )
 async def submit_proof(
-    body: ProofIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
+    body: ProofIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey
 ) -> JSONResponse:
     def answer(result: tuple[dict[str, Any], bool]) -> tuple[int, dict[str, Any]]:
         view, created = result

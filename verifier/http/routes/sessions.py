@@ -25,7 +25,7 @@ CREATE = "POST /v1/payment-sessions"
     responses=error_responses(404, 409, 429),
 )
 async def create_session(
-    body: SessionIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey = None
+    body: SessionIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey
 ) -> JSONResponse:
     def answer(view: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 201, SessionOut.checked(view)
