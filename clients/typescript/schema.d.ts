@@ -6005,7 +6005,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
+                /** @description Same key and body: the stored answer again, as first answered (marked Idempotent-Replayed: true); same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -6020,6 +6020,8 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
+                    /** @description Present on an answer stored under this Idempotency-Key by an earlier request and given again as it was then; read the resource's state now with GET. */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -6190,7 +6192,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Same key and body: the stored answer again; same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
+                /** @description Same key and body: the stored answer again, as first answered (marked Idempotent-Replayed: true); same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
                 "Idempotency-Key"?: string | null;
             };
             path?: never;
@@ -6205,6 +6207,8 @@ export interface operations {
             /** @description The same proof again (same transfer, owner and session): nothing new was stored */
             200: {
                 headers: {
+                    /** @description Present on an answer stored under this Idempotency-Key by an earlier request and given again as it was then; read the resource's state now with GET. */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -6214,6 +6218,8 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
+                    /** @description Present on an answer stored under this Idempotency-Key by an earlier request and given again as it was then; read the resource's state now with GET. */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -6243,6 +6249,8 @@ export interface operations {
             /** @description The resource's state refuses the request (idempotency, replay, apply gate, ...). */
             409: {
                 headers: {
+                    /** @description Present on an answer stored under this Idempotency-Key by an earlier request and given again as it was then; read the resource's state now with GET. */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {

@@ -171,9 +171,9 @@ KeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        description="Same key and body: the stored answer again; same "
-        "key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, "
-        "no comma; one header line.",
+        description="Same key and body: the stored answer again, as first answered (marked "
+        "Idempotent-Replayed: true); same key, other body: 409 idempotency_conflict. 1 to 256 "
+        "printable ASCII characters, no comma; one header line.",
     ),
 ]
 
@@ -193,6 +193,15 @@ async def idempotency_key(request: Request, _: KeyHeader = None) -> str | None:
 
 
 IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+# A response header: the answer is one stored under the request's Idempotency-Key before.
+REPLAYED = "Idempotent-Replayed"
+REPLAYED_HEADER = {
+    REPLAYED: {
+        "schema": {"type": "string", "enum": ["true"]},
+        "description": "Present on an answer stored under this Idempotency-Key by an earlier "
+        "request and given again as it was then; read the resource's state now with GET.",
+    }
+}
 
 
 class RateLimit:

@@ -5,7 +5,8 @@ of the work's first transaction and commits with it (storage.db `Database.carryi
 the route gives `answer` and its service marks its last transaction (`Database.finish`: opening
 a session, a proof's attempt) the completion commits with that one, so a claim costs no commit
 of its own and a process that dies after the work's last commit leaves no claim in progress.
-Same key and body → the stored response; same key, other body → 409 idempotency_conflict;
+Same key and body → the stored response, as it was first answered (`Answer.replayed`: the
+API marks it `Idempotent-Replayed: true`); same key, other body → 409 idempotency_conflict;
 still in progress → 409 idempotency_in_progress. Checks the work makes before its first
 transaction (the body's own validity) answer before the claim is looked at: a key reused with
 an invalid body gets that 400, not the conflict.
@@ -44,8 +45,21 @@ from verifier.storage.repo import idempotency as claim_repo
 MAX_KEY = 256
 
 Body = dict[str, Any]  # a JSON answer
-Answer = tuple[int, Body | None]  # what a request answered: status, body
 R = TypeVar("R")  # what a request's service returned
+
+
+class Answer(tuple[int, Body | None]):
+    """What a request answered: (status, body). `replayed`: the answer an earlier request
+    with the key stored, given again as it was then (the resource may have moved on since:
+    a proof answered pending is read as it is now with GET)."""
+
+    replayed = False
+
+    @classmethod
+    def of(cls, answer: tuple[int, Body | None], replayed: bool = False) -> Answer:
+        made = cls(answer)
+        made.replayed = replayed
+        return made
 
 
 def request_hash(body: object) -> str:
@@ -73,7 +87,7 @@ def run_idempotent(
         return answer(result) if answer is not None else cast(tuple[int, Body], result)
 
     if key is None:
-        return answer_of(work())
+        return Answer.of(answer_of(work()))
     # A header's value has no surrounding whitespace (RFC 9110 5.5): servers drop the leading
     # kind, so the trailing kind must go too, or a retry padded by a proxy is another key.
     key = key.strip(" \t")
@@ -98,7 +112,7 @@ def run_idempotent(
             s, k.row(status=ClaimStatus.in_progress.value, response_code=None, completed_at=None)
         )
 
-    def complete_with_work(s: Session, result: R) -> Answer:
+    def complete_with_work(s: Session, result: R) -> tuple[int, Body]:
         made = answer_of(result)
         claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, _done(made))
         return made
@@ -114,14 +128,14 @@ def run_idempotent(
         with engine.db.carrying(write_claim, complete_with_work if answer else None) as rider:
             result = work()
             if rider.answer is not None:  # made and stored with the work's last changes
-                return cast(Answer, rider.answer)
+                return Answer.of(rider.answer)
             status, out = answer_of(result)
     except claim_repo.ClaimTaken:
         return _stored_answer(engine, k)
     except EngineError as e:
         if rider.answer is not None:
             # Refused after its last transaction committed the answer: that stays the answer.
-            return cast(Answer, rider.answer)
+            return Answer.of(rider.answer)
         if not e.executed:
             _release(engine, k, rider.committed)
             raise
@@ -136,7 +150,7 @@ def run_idempotent(
         if rider.answer is None:
             _release(engine, k, rider.committed)
         raise
-    return _complete(engine, k, rider.committed, (status, out)) or (status, out)
+    return _complete(engine, k, rider.committed, (status, out)) or Answer.of((status, out))
 
 
 @dataclass(frozen=True)
@@ -170,7 +184,7 @@ def _stored_answer(engine: Engine, k: _Key) -> Answer:
     if c.status != ClaimStatus.completed:
         message = "a request with this Idempotency-Key is still in progress"
         raise _refused(engine, "in_progress", "idempotency_in_progress", message)
-    return c.response_code or 200, c.response
+    return Answer.of((c.response_code or 200, c.response), replayed=True)
 
 
 def _refused(engine: Engine, kind: str, code: str, message: str) -> Conflict:

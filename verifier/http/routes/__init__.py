@@ -12,8 +12,9 @@ from fastapi.routing import APIRoute
 
 from verifier.core import inline
 from verifier.core.engine import Engine
+from verifier.http.deps import REPLAYED, REPLAYED_HEADER
 from verifier.http.errors import error_responses
-from verifier.services import audit
+from verifier.services import audit, idempotency
 
 
 class Router(APIRouter):
@@ -38,9 +39,25 @@ def staff_router(*tags: str) -> Router:
 
 
 def reply(status_body: tuple[int, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    """An answer whose status the service decided (201 created, 200 the same again)."""
+    """An answer whose status the service decided (201 created, 200 the same again). One
+    stored under an Idempotency-Key and given again says so (Idempotent-Replayed: true): it
+    is the first answer as it was, so a client can tell it from the resource's state now."""
     status, body = status_body
+    if isinstance(status_body, idempotency.Answer) and status_body.replayed:
+        headers = {**(headers or {}), REPLAYED: "true"}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def replayable(
+    responses: dict[int | str, dict[str, Any]], *statuses: int
+) -> dict[int | str, dict[str, Any]]:
+    """`responses` with Idempotent-Replayed declared on `statuses`: those an Idempotency-Key
+    stores (the route's successes, and a 409 raised after its side effects)."""
+    out = {status: dict(entry) for status, entry in responses.items()}
+    for status in statuses:
+        entry = out.setdefault(status, {})
+        entry["headers"] = {**entry.get("headers", {}), **REPLAYED_HEADER}
+    return out
 
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep
 from verifier.http.errors import error_responses
 from verifier.http.models import ProofIn, ProofOut
-from verifier.http.routes import reply, run_service, service_router
+from verifier.http.routes import replayable, reply, run_service, service_router
 from verifier.services import idempotency, proofs
 
 router = service_router("proofs")
@@ -22,14 +22,19 @@ SUBMIT = "POST /v1/proofs"
     status_code=201,
     response_model=ProofOut,
     dependencies=[Depends(RateLimit(SUBMIT))],
-    responses={
-        200: {
-            "model": ProofOut,
-            "description": "The same proof again (same "
-            "transfer, owner and session): nothing new was stored",
+    responses=replayable(
+        {
+            200: {
+                "model": ProofOut,
+                "description": "The same proof again (same "
+                "transfer, owner and session): nothing new was stored",
+            },
+            **error_responses(404, 409, 429),
         },
-        **error_responses(404, 409, 429),
-    },
+        201,
+        200,
+        409,
+    ),
 )
 async def submit_proof(
     body: ProofIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey

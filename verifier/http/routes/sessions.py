@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from verifier.http.deps import EngineDep, IdempotencyKey, RateLimit, ServiceDep, acting_for
 from verifier.http.errors import error_responses
 from verifier.http.models import SessionIn, SessionOut
-from verifier.http.routes import reply, run_service, service_router
+from verifier.http.routes import replayable, reply, run_service, service_router
 from verifier.services import idempotency, sessions
 
 router = service_router("payment sessions")
@@ -22,7 +22,7 @@ CREATE = "POST /v1/payment-sessions"
     status_code=201,
     response_model=SessionOut,
     dependencies=[Depends(RateLimit(CREATE))],
-    responses=error_responses(404, 409, 429),
+    responses=replayable(error_responses(404, 409, 429), 201),
 )
 async def create_session(
     body: SessionIn, svc: ServiceDep, engine: EngineDep, key: IdempotencyKey
@@ -41,7 +41,7 @@ async def create_session(
             engine, svc.name, CREATE, key, body.model_dump(mode="json"), work, answer
         )
 
-    # A replay answers the stored body as it was stored.
+    # A replay answers the stored body as it was stored, marked Idempotent-Replayed.
     return reply(await run_service(engine, call))
 
 
