@@ -1,4 +1,5 @@
-"""Idempotency-Key over HTTP: a replay is the first answer as it was and says so
+"""Idempotency-Key over HTTP: every service POST takes it (webhook endpoints too: a lost 201 is
+the only answer carrying a signing secret), a replay is the first answer as it was and says so
 (`Idempotent-Replayed: true`), and a key is one header line without a comma."""
 
 from __future__ import annotations
@@ -7,17 +8,105 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import auth
+from tests.conftest import OTHER_SERVICE_TOKEN, auth
 from tests.helpers import FAKE_SESSION, advance
 from verifier.storage.models import IdempotencyClaim, PaymentSession
 from verifier.worker import loop as worker
 
+HOOK = {"url": "http://127.0.0.1:9/railproof-hook", "event_types": ["proof.verified"]}
 REPLAYED = "Idempotent-Replayed"
 
 
 def _count(engine, model) -> int:
     with engine.db.tx() as s:
         return s.scalar(select(func.count()).select_from(model))
+
+
+def _endpoints(client, token=None):
+    r = client.get("/v1/webhook-endpoints", headers=auth(token) if token else auth())
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_webhook_endpoint_create_retried_with_its_key_gets_the_secret_again(client):
+    headers = {**auth(), "Idempotency-Key": "wh-create-1"}
+    first = client.post("/v1/webhook-endpoints", headers=headers, json=HOOK)
+    assert first.status_code == 201, first.text
+    assert first.json()["secret"].startswith("whsec_")
+    assert REPLAYED not in first.headers
+    # The answer was lost on the way (a proxy timeout); the client retries the same call.
+    again = client.post("/v1/webhook-endpoints", headers=headers, json=HOOK)
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()  # its id and its secret
+    assert again.headers[REPLAYED] == "true"
+    assert again.headers["Cache-Control"] == "no-store"
+    assert [ep["id"] for ep in _endpoints(client)] == [first.json()["id"]]
+    # Without the key a second create is what it always was: the URL is taken.
+    fresh = client.post("/v1/webhook-endpoints", headers=auth(), json=HOOK)
+    assert fresh.status_code == 409 and fresh.json()["error"]["code"] == "webhook_endpoint_exists"
+
+
+def test_a_webhook_endpoint_create_key_with_another_body_is_a_conflict(client):
+    headers = {**auth(), "Idempotency-Key": "wh-create-2"}
+    assert client.post("/v1/webhook-endpoints", headers=headers, json=HOOK).status_code == 201
+    other = {**HOOK, "url": "http://127.0.0.1:9/another-hook"}
+    r = client.post("/v1/webhook-endpoints", headers=headers, json=other)
+    assert r.status_code == 409, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (
+        "idempotency_conflict",
+        "Idempotency-Key",
+    )
+    assert len(_endpoints(client)) == 1  # no second endpoint
+
+
+def test_a_webhook_endpoint_create_is_replayed_only_to_the_token_that_made_it(client):
+    headers = {"Idempotency-Key": "wh-create-3"}
+    mine = client.post("/v1/webhook-endpoints", headers={**auth(), **headers}, json=HOOK)
+    assert mine.status_code == 201, mine.text
+    # Another token's owners, the same key and body: its own create, never alice's secret.
+    theirs = client.post(
+        "/v1/webhook-endpoints", headers={**auth(OTHER_SERVICE_TOKEN), **headers}, json=HOOK
+    )
+    assert theirs.status_code == 201, theirs.text
+    assert REPLAYED not in theirs.headers
+    assert theirs.json()["id"] != mine.json()["id"]
+    assert theirs.json()["secret"] != mine.json()["secret"]
+    assert theirs.json()["owners"] == ["bob"]
+
+
+def test_a_refused_webhook_endpoint_create_releases_its_key(client):
+    headers = {**auth(), "Idempotency-Key": "wh-create-4"}
+    assert client.post("/v1/webhook-endpoints", headers=auth(), json=HOOK).status_code == 201
+    taken = client.post("/v1/webhook-endpoints", headers=headers, json=HOOK)
+    assert taken.json()["error"]["code"] == "webhook_endpoint_exists"
+    # The refusal ran nothing, so the key is free for the request once it can succeed.
+    client.delete(f"/v1/webhook-endpoints/{_endpoints(client)[0]['id']}", headers=auth())
+    created = client.post("/v1/webhook-endpoints", headers=headers, json=HOOK)
+    assert created.status_code == 201 and REPLAYED not in created.headers, created.text
+
+
+def test_a_rotate_secret_retried_with_its_key_rotates_once(client):
+    ep = client.post("/v1/webhook-endpoints", headers=auth(), json=HOOK).json()
+    other = client.post(
+        "/v1/webhook-endpoints",
+        headers=auth(),
+        json={**HOOK, "url": "http://127.0.0.1:9/another-hook"},
+    ).json()
+    headers = {**auth(), "Idempotency-Key": "wh-rotate-1"}
+    url = f"/v1/webhook-endpoints/{ep['id']}/rotate-secret"
+    first = client.post(url, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["secret"] != ep["secret"] and REPLAYED not in first.headers
+    again = client.post(url, headers=headers)
+    assert again.status_code == 200 and again.json() == first.json(), again.text
+    assert again.headers[REPLAYED] == "true"
+    assert again.headers["Cache-Control"] == "no-store"
+    # The same key for another endpoint is another request.
+    r = client.post(f"/v1/webhook-endpoints/{other['id']}/rotate-secret", headers=headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
+    # Without a key each call rotates anew.
+    third = client.post(url, headers=auth())
+    assert third.json()["secret"] not in (ep["secret"], first.json()["secret"])
 
 
 def test_a_session_replay_is_marked_and_a_first_answer_is_not(client):
@@ -61,7 +150,10 @@ def test_a_proof_replay_is_its_first_answer_marked_and_get_reads_it_now(client, 
     assert REPLAYED not in fresh.headers
 
 
-@pytest.mark.parametrize("path,body", [("/v1/payment-sessions", FAKE_SESSION)])
+@pytest.mark.parametrize(
+    "path,body",
+    [("/v1/payment-sessions", FAKE_SESSION), ("/v1/webhook-endpoints", HOOK)],
+)
 def test_two_idempotency_key_lines_are_refused_not_joined(client, engine, path, body):
     """Idempotency-Key is a singleton field. Sent twice (a client's default header and a
     per-call one, or a proxy adding its own), the lines are not joined into one key "a, b"
@@ -73,6 +165,7 @@ def test_two_idempotency_key_lines_are_refused_not_joined(client, engine, path, 
     assert (err["code"], err["field"]) == ("invalid_idempotency_key", "Idempotency-Key")
     assert _count(engine, IdempotencyClaim) == 0
     assert _count(engine, PaymentSession) == 0
+    assert _endpoints(client) == []
 
 
 @pytest.mark.parametrize("key", ["a, b", "a,b", ","])
@@ -91,6 +184,8 @@ def test_a_key_holding_a_comma_is_refused(client, engine, key):
 KEYED = [
     ("/v1/payment-sessions", ["201"]),
     ("/v1/proofs", ["200", "201", "409"]),
+    ("/v1/webhook-endpoints", ["201"]),
+    ("/v1/webhook-endpoints/{endpoint_id}/rotate-secret", ["200"]),
 ]
 
 

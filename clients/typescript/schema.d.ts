@@ -6460,7 +6460,10 @@ export interface operations {
     create_v1_webhook_endpoints_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Same key and body: the stored answer again, as first answered (marked Idempotent-Replayed: true); same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -6473,6 +6476,8 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
+                    /** @description Present on an answer stored under this Idempotency-Key by an earlier request and given again as it was then; read the resource's state now with GET. */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {
@@ -6622,7 +6627,10 @@ export interface operations {
     rotate_secret_v1_webhook_endpoints__endpoint_id__rotate_secret_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Same key and body: the stored answer again, as first answered (marked Idempotent-Replayed: true); same key, other body: 409 idempotency_conflict. 1 to 256 printable ASCII characters, no comma; one header line. */
+                "Idempotency-Key"?: string | null;
+            };
             path: {
                 endpoint_id: string;
             };
@@ -6633,6 +6641,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description Present on an answer stored under this Idempotency-Key by an earlier request and given again as it was then; read the resource's state now with GET. */
+                    "Idempotent-Replayed"?: "true";
                     [name: string]: unknown;
                 };
                 content: {

@@ -2,8 +2,10 @@
 
 Service (bearer service token):
   POST   /v1/webhook-endpoints        {url, event_types} → 201, the signing secret shown once
+                                      (and again to a retry with the same Idempotency-Key)
   GET    /v1/webhook-endpoints        this token's active endpoints (never the secret)
-  POST   /v1/webhook-endpoints/{id}/rotate-secret   a new signing secret, shown once
+  POST   /v1/webhook-endpoints/{id}/rotate-secret   a new signing secret, shown once (and
+                                      again to a retry with the same Idempotency-Key)
   DELETE /v1/webhook-endpoints/{id}   404 for another token's endpoint (owner isolation)
 Staff (bearer staff token):
   GET  /v1/admin/webhook-events?status=&limit=    deliveries (event × endpoint)
@@ -21,7 +23,13 @@ from fastapi import Depends, Query
 from fastapi.responses import JSONResponse
 
 from verifier.core.errors import BadInput
-from verifier.http.deps import EngineDep, service_principal, staff_member, staff_operator
+from verifier.http.deps import (
+    EngineDep,
+    IdempotencyKey,
+    service_principal,
+    staff_member,
+    staff_operator,
+)
 from verifier.http.errors import ApiErrorCode, error_responses
 from verifier.http.models import (
     DeliveryOut,
@@ -33,10 +41,12 @@ from verifier.http.models import (
     ReplayIn,
     ReplayOut,
 )
-from verifier.http.routes import Router, with_context
-from verifier.services import webhook_endpoints, webhooks
+from verifier.http.routes import Router, replayable, reply, with_context
+from verifier.services import idempotency, webhook_endpoints, webhooks
 
 ERRORS = error_responses(401, 422, 500, 503)
+CREATE = "POST /v1/webhook-endpoints"
+ROTATE = "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret"
 
 
 def make_router(
@@ -53,17 +63,27 @@ def make_router(
         "/v1/webhook-endpoints",
         status_code=201,
         response_model=EndpointCreatedOut,
-        responses=error_responses(409),
+        responses=replayable(error_responses(409), 201),
     )
-    def create(body: EndpointIn, svc: Service, engine: EngineDep) -> JSONResponse:
+    def create(
+        body: EndpointIn, svc: Service, engine: EngineDep, key: IdempotencyKey
+    ) -> JSONResponse:
         principal, owners = svc
-        view = webhook_endpoints.create_endpoint(
-            engine, principal, owners, body.url, body.event_types
+
+        def work() -> tuple[int, dict[str, Any]]:
+            view = webhook_endpoints.create_endpoint(
+                engine, principal, owners, body.url, body.event_types
+            )
+            return 201, EndpointCreatedOut.checked(view)
+
+        # A lost 201 is the only answer with the secret: a retry with the key gets it again,
+        # where a fresh create finds the URL taken. SECURITY: claims are keyed by the
+        # principal, so another token's owners never get this secret from the key.
+        answer = idempotency.run_idempotent(
+            engine, principal, CREATE, key, body.model_dump(mode="json"), work
         )
         # SECURITY: the only response that carries the secret; no cache may keep it.
-        return JSONResponse(
-            EndpointCreatedOut.checked(view), status_code=201, headers={"Cache-Control": "no-store"}
-        )
+        return reply(answer, headers={"Cache-Control": "no-store"})
 
     @router.get("/v1/webhook-endpoints", response_model=list[EndpointOut])
     def read_all(svc: Service, engine: EngineDep) -> list[dict[str, Any]]:
@@ -72,12 +92,21 @@ def make_router(
     @router.post(
         "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
         response_model=EndpointCreatedOut,
-        responses=error_responses(404),
+        responses=replayable(error_responses(404), 200),
     )
-    def rotate_secret(endpoint_id: str, svc: Service, engine: EngineDep) -> JSONResponse:
-        view = webhook_endpoints.rotate_secret(engine, svc[0], svc[1], endpoint_id)
+    def rotate_secret(
+        endpoint_id: str, svc: Service, engine: EngineDep, key: IdempotencyKey
+    ) -> JSONResponse:
+        def work() -> tuple[int, dict[str, Any]]:
+            view = webhook_endpoints.rotate_secret(engine, svc[0], svc[1], endpoint_id)
+            return 200, EndpointCreatedOut.checked(view)
+
+        # The request is its path: the same key for another endpoint is a conflict.
+        answer = idempotency.run_idempotent(
+            engine, svc[0], ROTATE, key, {"endpoint_id": endpoint_id}, work
+        )
         # SECURITY: carries the new secret; no cache may keep it.
-        return JSONResponse(EndpointCreatedOut.checked(view), headers={"Cache-Control": "no-store"})
+        return reply(answer, headers={"Cache-Control": "no-store"})
 
     @router.delete(
         "/v1/webhook-endpoints/{endpoint_id}",
