@@ -17,6 +17,7 @@ from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, NotFound
 from verifier.core.timeutil import iso
 from verifier.services import audit, webhooks
+from verifier.services.principals import still_held
 from verifier.storage.repo import webhooks as webhooks_repo
 from verifier.storage.webhook_models import EventType, WebhookEndpoint
 
@@ -66,10 +67,29 @@ def create_endpoint(
         # token made it: a second one at the same URL would deliver those events twice (and
         # a token acting for both endpoints' owners would manage two copies).
         key = webhooks.endpoint_key(url)
-        if any(
-            webhooks.endpoint_key(ep.url) == key
+        same = [
+            ep
             for ep in webhooks_repo.active_endpoints_sharing(s, owners)
-        ):
+            if webhooks.endpoint_key(ep.url) == key
+        ]
+        for ep in [ep for ep in same if not still_held(engine.settings.service_tokens, ep.owners)]:
+            # No token acts any more for every owner it was made for (the deployment moved
+            # one to another token): nobody can list or delete it and it receives nothing,
+            # so it must not keep its URL from the tokens that now act for those owners. It
+            # is retired, so it never delivers twice with the new one should the old
+            # configuration come back.
+            cancelled = webhooks_repo.deactivate_endpoint(s, ep, now, "endpoint replaced")
+            audit.append(
+                s,
+                now,
+                audit.Operator(principal),
+                "webhook_endpoint.retired",
+                "webhook_endpoint",
+                ep.id,
+                {"cancelled_deliveries": cancelled, "reason": "no token holds its owners"},
+            )
+            same.remove(ep)
+        if same:
             # A retried create must not double every delivery; delete to rotate the secret.
             raise Conflict(
                 "webhook_endpoint_exists",

@@ -19,7 +19,7 @@ Staff (bearer staff token):
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from verifier.core.errors import BadInput
@@ -47,6 +47,15 @@ from verifier.services import idempotency, webhook_endpoints, webhooks
 ERRORS = error_responses(401, 422, 500, 503)
 CREATE = "POST /v1/webhook-endpoints"
 ROTATE = "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret"
+# One bucket for a token's endpoint writes (create, rotate-secret, delete).
+WRITES = "webhook endpoint writes"
+
+
+def _limited(request: Request, principal: str) -> None:
+    # SECURITY: each write appends to the one audit chain every tenant's payments append to,
+    # under its lock, and keeps rows for good: a token looping rotate-secret or create and
+    # delete must not grow them without bound, nor queue other tenants' writes behind it.
+    request.app.state.rate_limiter.check(principal, WRITES)
 
 
 def make_router(
@@ -63,12 +72,13 @@ def make_router(
         "/v1/webhook-endpoints",
         status_code=201,
         response_model=EndpointCreatedOut,
-        responses=replayable(error_responses(409), 201),
+        responses=replayable(error_responses(409, 429), 201),
     )
     def create(
-        body: EndpointIn, svc: Service, engine: EngineDep, key: IdempotencyKey
+        request: Request, body: EndpointIn, svc: Service, engine: EngineDep, key: IdempotencyKey
     ) -> JSONResponse:
         principal, owners = svc
+        _limited(request, principal)
 
         def work() -> tuple[int, dict[str, Any]]:
             view = webhook_endpoints.create_endpoint(
@@ -92,11 +102,13 @@ def make_router(
     @router.post(
         "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
         response_model=EndpointCreatedOut,
-        responses=replayable(error_responses(404), 200),
+        responses=replayable(error_responses(404, 429), 200),
     )
     def rotate_secret(
-        endpoint_id: str, svc: Service, engine: EngineDep, key: IdempotencyKey
+        request: Request, endpoint_id: str, svc: Service, engine: EngineDep, key: IdempotencyKey
     ) -> JSONResponse:
+        _limited(request, svc[0])
+
         def work() -> tuple[int, dict[str, Any]]:
             view = webhook_endpoints.rotate_secret(engine, svc[0], svc[1], endpoint_id)
             return 200, EndpointCreatedOut.checked(view)
@@ -111,9 +123,12 @@ def make_router(
     @router.delete(
         "/v1/webhook-endpoints/{endpoint_id}",
         response_model=EndpointDeletedOut,
-        responses=error_responses(404),
+        responses=error_responses(404, 429),
     )
-    def delete(endpoint_id: str, svc: Service, engine: EngineDep) -> dict[str, Any]:
+    def delete(
+        request: Request, endpoint_id: str, svc: Service, engine: EngineDep
+    ) -> dict[str, Any]:
+        _limited(request, svc[0])
         return webhook_endpoints.delete_endpoint(engine, svc[0], svc[1], endpoint_id)
 
     @router.get("/v1/admin/webhook-events", response_model=list[DeliveryOut])
