@@ -163,3 +163,25 @@ def test_a_staff_filter_on_an_unknown_rail_is_rail_not_registered(client, path):
     assert r.json()["error"]["field"] == "rail_id"
     ok = client.get(path, params={"rail_id": "solana_usdc"}, headers=auth(STAFF_TOKEN))
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(
+    ("amount", "said"),
+    [
+        ("1" + "0" * 5000, "must be at most"),  # thousands of digits: refused unread
+        ("1" + "0" * 19, "must be at most"),
+        (2**64, "must be at most"),
+        ("0" * 30, "positive"),
+    ],
+)
+def test_an_amount_out_of_range_is_refused_in_the_services_words(client, amount, said):
+    r = client.post(SESSIONS, headers=auth(), json={**FAKE_SESSION, "amount": amount})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["field"]) == ("invalid_amount", "amount")
+    assert said in err["message"] and "sys." not in err["message"], err["message"]
+
+
+def test_an_amount_with_leading_zeros_is_its_digits(client):
+    r = client.post(SESSIONS, headers=auth(), json={**FAKE_SESSION, "amount": "0" * 25 + "1500000"})
+    assert r.status_code == 201 and r.json()["amount"] == "1500000", r.text

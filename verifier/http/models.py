@@ -52,11 +52,18 @@ def parse_amount(v: Any) -> int:
     if isinstance(v, int):
         n = v
     elif isinstance(v, str) and v.isascii() and v.isdigit():
-        n = int(v)
+        # Leading zeros are taken; past the largest amount's length it is refused unread
+        # (int() of thousands of digits is refused with an interpreter's message).
+        digits = v.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_AMOUNT)):
+            raise ValueError(f"must be at most {MAX_AMOUNT} base units")
+        n = int(digits)
     else:
         raise ValueError("must be an integer of base units or a string of digits")
-    if not 0 < n <= MAX_AMOUNT:
+    if n <= 0:
         raise ValueError("must be a positive integer of base units")
+    if n > MAX_AMOUNT:
+        raise ValueError(f"must be at most {MAX_AMOUNT} base units")
     return n
 
 
@@ -68,7 +75,7 @@ Amount = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT},
-                {"type": "string", "pattern": "^[0-9]+$", "maxLength": 19},
+                {"type": "string", "pattern": "^[0-9]+$"},
             ],
             "description": f"An integer, or a string of digits: {_AMOUNT_DOC}.",
         }
