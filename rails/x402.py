@@ -176,6 +176,10 @@ def decode_proof(raw: str) -> dict[str, Any]:
         body = text.encode() if text[0] == "{" else _unbase64(text)
     except UnicodeEncodeError as e:  # lone surrogates cannot be a payload
         raise ProofMalformed("proof", "not valid UTF-8 text") from e
+    if text[0] != "{" and not _utf8(body):
+        # Base64 of something that is not text (a transaction hash's digits read as base64):
+        # no payload's encoding.
+        raise ProofMalformed("proof", "neither payload JSON nor the base64 of one")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -204,6 +208,14 @@ def _refuse_repeated_keys(body: bytes) -> None:
         raise ProofMalformed("proof", "nested too deeply") from None
     except ValueError:  # orjson read it already; only an over-long number lands here
         raise ProofMalformed("proof", "not valid JSON") from None
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _unbase64(text: str) -> bytes:

@@ -29,6 +29,7 @@ from rails.x402 import (
     TRANSFER_TOPIC,
     X402Adapter,
     authorization_digest,
+    decode_proof,
     domain_separator,
     parse_payment,
     recover_signer,
@@ -1087,3 +1088,13 @@ def test_live_transport_is_the_evm_rails():
         ["http://127.0.0.1:9"], "base-sepolia"
     )  # built, never called
     assert isinstance(transport, EvmHttpTransport) and transport.source == "live"
+
+
+@pytest.mark.parametrize("raw", ["1234", "12345678", base64.b64encode(b"\xff\xfe{}").decode()])
+def test_base64_of_no_text_is_named_as_such(raw):
+    # A transaction hash's digits pasted as an x402 proof read as base64 of bytes that are no
+    # text: said so, not as a JSON parser's complaint about surrogates.
+    with pytest.raises(ProofMalformed) as e:
+        decode_proof(raw)
+    assert "neither payload JSON nor the base64 of one" in str(e.value)
+    assert "surrogate" not in str(e.value)
