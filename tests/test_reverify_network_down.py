@@ -2,11 +2,13 @@
 
 The sweep re-verifies pending proofs one by one before it refreshes any finality or applies
 anything, and each call to a node that is down costs the RPC policy's whole total
-(RAILPROOF_RPC_TOTAL_S, 20 s by default). Once a proof's node could not be asked, the other
-proofs of its network wait for the next sweep (worker/loop.py `reverify_pending`).
+(RAILPROOF_RPC_TOTAL_S, 20 s by default). Once a network's proofs have spent that total in a
+sweep on a node that could not be asked, the other proofs of its network wait for the next
+sweep (worker/loop.py `reverify_pending`). A node that is up and refuses one proof's own
+request at once sends no one else's proof to the next sweep.
 
-Counted in calls to the failing node before the healthy network's finality call, never in
-wall-clock time."""
+Counted in calls to the failing node before the healthy network's finality call, on a clock
+each timed-out call moves by the RPC policy's total, never in wall-clock time."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rails.errors import RpcUnavailable
+from rails.errors import RpcErrorResponse, RpcUnavailable
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.helpers import advance
@@ -47,11 +49,12 @@ class TimingOut:
 
     source = "live"
 
-    def __init__(self, events: list[str]):
-        self.events = events
+    def __init__(self, events: list[str], clock: list[float], total_s: float):
+        self.events, self.clock, self.total_s = events, clock, total_s
 
     def call(self, method: str, params: list[Any]) -> Any:
         self.events.append("timeout")
+        self.clock[0] += self.total_s
         raise RpcUnavailable(f"{method}: read timed out")
 
 
@@ -66,12 +69,14 @@ class Recording(ScriptedChain):
 
 
 @pytest.fixture
-def two_networks(db_url):
+def two_networks(db_url, monkeypatch):
     events: list[str] = []
+    clock = [0.0]
+    monkeypatch.setattr(worker, "_clock", lambda: clock[0])
     e = Engine(make_settings(db_url, auto_apply=True), catalog=catalog_with_fake(OTHER_NETWORK))
     healthy = Recording(events)
     e.chains.set_transport("fakenet", healthy)
-    e.chains.set_transport("fakenet2", TimingOut(events))
+    e.chains.set_transport("fakenet2", TimingOut(events, clock, e.settings.rpc_total_s))
     e.ensure_rail_states()
     yield e, healthy, events
     e.db.dispose()
@@ -147,3 +152,52 @@ def test_the_proofs_left_for_the_next_sweep_stay_due_and_unclaimed(two_networks)
     assert worker.reverify_pending(e, "w1", 100) == 1
     with e.db.tx() as s:
         assert sum(proof_repo.get(s, p.id).attempts == 2 for p in left) == 1
+
+
+class OneRequestRefused(ScriptedChain):
+    """A node that is up and answers some requests (one tenant's proofs') with a JSON-RPC
+    error at once (a provider refusing an eth_getLogs range, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: set[str] = set()
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method == "fake_getTransfer" and params[0] in self.refused:
+            raise RpcErrorResponse(method, {"code": -32005, "message": "range too large"})
+        return super().call(method, params)
+
+
+def test_one_tenants_refused_requests_do_not_send_anothers_proof_to_the_next_sweep(db_url):
+    e = Engine(make_settings(db_url), catalog=catalog_with_fake())
+    chain = OneRequestRefused()
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    try:
+        # Alice keeps proofs whose own request the node refuses: pending rpc_unavailable.
+        mine = _session(e, "alice", "fake_live")
+        for i in range(5):
+            tx = f"fx{i:08x}"
+            chain.refused.add(tx)
+            view, _ = proofs.submit_proof(e, mine["id"], tx, ["alice"])
+            assert (view["status"], view["failure_code"]) == ("pending", "rpc_unavailable")
+        advance(e, 30)
+        # Bob's payment, handed over before the node saw it, which the node now answers.
+        theirs = _session(e, "bob", "fake_live")
+        tx = "fx" + "cd" * 16
+        view, _ = proofs.submit_proof(e, theirs["id"], tx, ["bob"])
+        assert (view["status"], view["failure_code"]) == ("pending", "tx_not_found")
+        chain.txs[tx] = {
+            "status": "ok",
+            "to": "fatreasury",
+            "amount": 1_000_000,
+            "asset": "fusd",
+            "refs": [theirs["reference"]],
+        }
+        advance(e, 120)
+
+        assert worker.reverify_pending(e, "w1", 100) == 6  # every claimed proof asked
+        got = proofs.get_proof(e, view["id"], ["bob"])
+        assert got["status"] == "verified", (got["status"], got["failure_code"])
+    finally:
+        e.db.dispose()

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -50,6 +51,8 @@ from verifier.storage.repo.rows import Record
 
 log = logging.getLogger("railproof.worker")
 SYSTEM = audit.Operator("worker")
+# Elapsed time of the re-verifications of a sweep (tests count it in calls instead).
+_clock = time.monotonic
 
 
 def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[str]:
@@ -63,19 +66,24 @@ def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[st
 
 
 def reverify_pending(engine: Engine, name: str, batch: int) -> int:
-    """Re-verify the due pending proofs claimed, one by one. Once a proof's node could not be
-    asked (rpc_unavailable: a timeout, a 5xx, after the RPC policy's retries), the other
-    proofs of its network are given back unasked, still due, for the next sweep.
+    """Re-verify the due pending proofs claimed, one by one. Once a network's proofs have
+    spent the RPC policy's total (RAILPROOF_RPC_TOTAL_S) in this sweep on answers that the
+    node could not be asked (rpc_unavailable), its other proofs are given back unasked,
+    still due, for the next sweep.
 
-    SECURITY: each call to a node that is down costs the RPC policy's whole total
-    (RAILPROOF_RPC_TOTAL_S). Any tenant can keep a batch of proofs pending on a network, and
-    asked one after the other they would hold every other network's finality refresh and
-    apply behind them for the whole sweep, on every worker."""
+    SECURITY: each call to a node that is down costs the RPC policy's whole total. Any
+    tenant can keep a batch of proofs pending on a network, and asked one after the other
+    they would hold every other network's finality refresh and apply behind them for the
+    whole sweep, on every worker. The time counts, not the verdict alone: a node that is up
+    answers some proofs' own requests with an error at once (a tenant's x402 authorization
+    whose nonce logs a provider will not list), and one tenant's such proofs, first of the
+    sweep, must not send every other tenant's proof on the network to the next one."""
     ids = claim(engine, ProofStatus.pending, name, batch)
     if not ids:
         return 0
     with engine.db.tx() as s:
         networks = proof_repo.networks_of(s, ids)
+    spent: dict[str, float] = defaultdict(float)
     down: set[str] = set()
     skipped: list[str] = []
     for pid in ids:
@@ -83,13 +91,16 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
         if network in down:
             skipped.append(pid)
             continue
+        started = _clock()
         try:
             verdict = verify_proof(engine, pid, worker=name)
         except Exception:  # one bad proof must not stop the sweep
             log.exception("re-verification failed", extra={"proof_id": pid})
             continue
         if verdict.code is FailureCode.rpc_unavailable and network is not None:
-            down.add(network)
+            spent[network] += _clock() - started
+            if spent[network] >= engine.settings.rpc_total_s:
+                down.add(network)
     if skipped:
         log.warning(
             "re-verification: %d proofs of %s left for the next sweep, their node unavailable",
