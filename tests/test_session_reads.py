@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import STAFF_TOKEN, auth, make_settings
+from tests.fake_rail import catalog_with_fake
 from tests.helpers import FAKE_SESSION, advance
 from tests.test_console import _CSRF
 from verifier.core.engine import Engine
@@ -124,3 +125,23 @@ def test_a_stored_session_of_a_rail_gone_from_the_catalog_still_reads(client, db
         assert got["payment_requirements"] is None
     finally:
         shipped.db.dispose()
+
+
+def test_a_stored_session_whose_network_left_the_catalog_still_reads(client, db_url):
+    # The rail stays; its network is retired (a testnet at a mainnet launch).
+    r = client.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+    assert r.status_code == 201, r.text
+    sess = r.json()
+    cat = catalog_with_fake()
+    without = cat.model_copy(
+        update={"networks": {k: v for k, v in cat.networks.items() if k != sess["network"]}}
+    )
+    assert FAKE_SESSION["rail_id"] in without.rails
+    eng = Engine(make_settings(db_url), catalog=without)
+    try:
+        with TestClient(create_app(eng), raise_server_exceptions=False) as c:
+            got = c.get(f"/v1/payment-sessions/{sess['id']}", headers=auth())
+        assert got.status_code == 200, got.text
+        assert got.json()["payment_requirements"] is None
+    finally:
+        eng.db.dispose()

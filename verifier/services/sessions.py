@@ -363,11 +363,15 @@ def _payer(adapter: Adapter, given: str | None) -> str | None:
 
 
 def requirements(engine: Engine, ps: PaymentSession | Record) -> dict[str, Any] | None:
-    """What the payer must do, in the rail family's shape. None for a session whose rail the
-    catalog no longer has: the session (and its payment) still reads, with nothing to pay."""
+    """What the payer must do, in the rail family's shape. None for a session whose rail, or
+    its network or asset, the catalog no longer has: the session (and its payment) still
+    reads, with nothing to pay."""
     if not engine.has_rail(ps.rail_id):
         return None
-    rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
+    try:
+        rail = engine.rail(ps.rail_id, network=ps.network, asset=ps.asset)
+    except BadInput:
+        return None  # its network or asset retired (a testnet at a mainnet launch)
     shape = SessionShape(
         id=ps.id,
         recipient=ps.recipient,
