@@ -1,9 +1,10 @@
 """Reconciliation drift: what a person still has to act on. It reaches zero once the drift is
 repaired and the runs repeated (information-only findings such as failed_then_paid never count);
-the gauge and `railproof assurance` read the latest run of each (scope, rail), so a clean run
-of another rail hides nothing, and each earlier one whose window no later run covers, so a
-run over a narrower window hides nothing either; a run that fails keeps the repairs it made. On SQLite and
-PostgreSQL, over the recorded treasury history (fixtures/solana/generated/inflows/)."""
+the gauge and `railproof assurance` read the current runs of each (scope, rail), so a clean run
+of another rail hides nothing, and the latest complete whole-history run stays current beside
+any later one, so a run over a narrower window hides nothing either; a run that fails keeps
+the repairs it made. On SQLite and PostgreSQL, over the recorded treasury history
+(fixtures/solana/generated/inflows/)."""
 
 from __future__ import annotations
 
@@ -182,7 +183,7 @@ def test_a_run_over_a_narrower_window_hides_nothing_an_earlier_run_found(eng):
     assert nonzero(eng) == {"orphan_unbound": 3.0}
     assert {i["category"] for i in reconciliation_issues(eng)} == {"reconciliation_orphan_unbound"}
 
-    # A run over the whole history covers every earlier window: it alone stands.
+    # A complete run over the whole history looked again at everything: it alone stands.
     advance(eng, 1)
     whole = reconciliation.run(eng, req(), "ops1")
     with eng.db.tx() as s:

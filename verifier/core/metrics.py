@@ -436,8 +436,9 @@ SPEC: tuple[MetricSpec, ...] = (
     MetricSpec(
         "reconciliation_drift",
         "gauge",
-        "Unresolved findings (not info, not applied) of the latest reconciliation run of each "
-        "scope and rail and of earlier ones whose window no later run covers, by kind",
+        "Unresolved findings (not info, not applied) of the current reconciliation runs of "
+        "each scope and rail (the latest complete whole-history run and the latest finished run "
+        "after it), by kind",
         ("kind",),
         (
             Alert(

@@ -407,9 +407,9 @@ CHECKS: list[Check] = [
 
 
 def _reconciliation(engine: Engine) -> list[Issue]:
-    """The unresolved findings of the current reconciliation runs (the latest of each (scope,
-    rail), and earlier ones whose window no later run covers), and each such run that could
-    not finish (its own transaction: read after the checks')."""
+    """The unresolved findings of the current reconciliation runs (of each (scope, rail): the
+    latest complete whole-history run, and the latest finished run after it), and each such
+    run that could not finish (its own transaction: read after the checks')."""
     return [
         Issue(
             i["category"],

@@ -20,10 +20,12 @@ family's name.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
-runs (`repo.current_runs`): the latest finished run of each (scope, rail), and each earlier
-one whose window no later run covers, so neither a run of one rail nor a run over a narrower
-window (which cannot see what was found outside it) hides the drift another run found. A
-thing several current runs found counts once, as the latest of them found it.
+runs (`repo.current_runs`), at most two of each (scope, rail): the latest run that completed
+over the whole history, and the latest finished run after it, whatever its window and
+status. So neither a run of another rail, nor a run over a narrower window, nor one that
+could not read its window hides what the whole-history run found, not even a thing such a
+run saw repaired: that clears at the next complete whole-history run. A thing both found
+counts once, as the later of them found it.
 
 A repair made outside railproof (a refund, a credit or an attach by hand, a decision that the
 state stands) is recorded on the finding with `resolve_finding`: a resolution keyed by the

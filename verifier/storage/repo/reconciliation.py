@@ -161,7 +161,8 @@ def mark_resolved(
     result: dict[str, Any],
 ) -> int:
     """Mark the finding resolved, and with it every finding of the same (kind, subject key)
-    that is still drift in the given runs; returns how many rows changed."""
+    that is still drift in the given runs (the current runs: a few of each scope and rail);
+    returns how many rows changed."""
     t = table(ReconciliationFinding)
     same = and_(
         t.c.run_id.in_(run_ids),
@@ -179,43 +180,48 @@ def mark_resolved(
     )
 
 
-def _replaced_by(later: Any, r: Any) -> Any:
-    """Whether `later` (finished) is a run of `r`'s scope and rail, started after it, whose
-    window covers `r`'s (an unset bound is open), so it looked again at everything `r` could
-    see. A narrower window (a `--since` run over the last hour) replaces nothing: what `r`
-    found outside it stands until a run looks there again."""
-    return and_(
-        later.scope == r.scope,
-        later.rail_id.is_not_distinct_from(r.rail_id),
-        later.status != RunStatus.running.value,
-        or_(
-            later.started_at > r.started_at,
-            and_(later.started_at == r.started_at, later.id > r.id),
-        ),
-        or_(later.since.is_(None), and_(r.since.is_not(None), later.since <= r.since)),
-        or_(later.until.is_(None), and_(r.until.is_not(None), later.until >= r.until)),
-    )
-
-
 def current_runs(s: Session) -> list[ReconciliationRun]:
-    """The finished runs no later run replaced (`_replaced_by`): the latest of each (scope,
-    rail_id), and each earlier one whose window no later run covers. A run of one rail (or
-    scope) never replaces what another's found; a NULL rail_id (rail_proofs over every rail)
-    is its own key."""
-    later = aliased(ReconciliationRun)
-    q = (
-        select(ReconciliationRun)
-        .where(
-            ReconciliationRun.status != RunStatus.running.value,
-            ~select(later.id).where(_replaced_by(later, ReconciliationRun)).exists(),
-        )
-        .order_by(
-            ReconciliationRun.scope,
-            ReconciliationRun.rail_id,
-            ReconciliationRun.started_at,
-            ReconciliationRun.id,
-        )
+    """The runs drift is read from, at most two of each (scope, rail_id): the latest run that
+    completed over the whole history (no `--since`, no `--until`), and the latest finished
+    run of any status when it started after that one (or there is none). A run of one rail
+    (or scope) never replaces what another's found; a NULL rail_id (rail_proofs over every
+    rail) is its own key."""
+    # SECURITY: only a complete whole-history run stands for everything: a later run over a
+    # narrower window, or one that could not read its window (a treasury flooded with dust
+    # runs out of pages), never hides what that run found. Bounded whatever the schedule: a
+    # rolling `--since` run replaces the previous one rather than adding to a set that grows.
+    R = ReconciliationRun
+    whole = case(
+        (
+            and_(
+                R.status == RunStatus.complete.value,
+                R.since.is_(None),
+                R.until.is_(None),
+            ),
+            1,
+        ),
+        else_=0,
     )
+    newest_first = (R.started_at.desc(), R.id.desc())
+    ranked = (
+        select(
+            R.id,
+            whole.label("whole"),
+            func.row_number()
+            .over(partition_by=(R.scope, R.rail_id), order_by=newest_first)
+            .label("latest"),
+            func.row_number()
+            .over(partition_by=(R.scope, R.rail_id, whole), order_by=newest_first)
+            .label("latest_of_kind"),
+        )
+        .where(R.status != RunStatus.running.value)
+        .subquery()
+    )
+    # The latest finished run started after the latest whole-history one, or is it.
+    ids = select(ranked.c.id).where(
+        or_(ranked.c.latest == 1, and_(ranked.c.whole == 1, ranked.c.latest_of_kind == 1))
+    )
+    q = select(R).where(R.id.in_(ids)).order_by(R.scope, R.rail_id, R.started_at, R.id)
     return list(s.scalars(q).all())
 
 
@@ -240,17 +246,31 @@ def holding_settled_in(s: Session, tx_hashes: Sequence[str]) -> dict[str, list[s
 
 
 def runs_running_since(s: Session, before: datetime) -> list[ReconciliationRun]:
-    """Runs still `running` that started before `before`, oldest first, unless a run of the
-    same scope and rail over a window that covers theirs finished since (it was run again)."""
-    later = aliased(ReconciliationRun)
-    q = (
-        select(ReconciliationRun)
+    """Runs still `running` that started before `before`, oldest first (at most 50), unless
+    a run of the same scope and rail started after it, over a window that covers its own (an
+    unset bound is open), has finished: it was run again."""
+    R, later = ReconciliationRun, aliased(ReconciliationRun)
+    # Only the runs a process left running are looked at, each against the later runs of
+    # its scope (ix_reconciliation_runs_scope): however many runs a schedule has made.
+    run_again = (
+        select(later.id)
         .where(
-            ReconciliationRun.status == RunStatus.running.value,
-            ReconciliationRun.started_at < before,
-            ~select(later.id).where(_replaced_by(later, ReconciliationRun)).exists(),
+            later.scope == R.scope,
+            later.rail_id.is_not_distinct_from(R.rail_id),
+            later.status != RunStatus.running.value,
+            or_(
+                later.started_at > R.started_at,
+                and_(later.started_at == R.started_at, later.id > R.id),
+            ),
+            or_(later.since.is_(None), and_(R.since.is_not(None), later.since <= R.since)),
+            or_(later.until.is_(None), and_(R.until.is_not(None), later.until >= R.until)),
         )
-        .order_by(ReconciliationRun.started_at, ReconciliationRun.id)
+        .exists()
+    )
+    q = (
+        select(R)
+        .where(R.status == RunStatus.running.value, R.started_at < before, ~run_again)
+        .order_by(R.started_at, R.id)
         .limit(50)
     )
     return list(s.scalars(q).all())
