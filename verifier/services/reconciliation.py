@@ -53,6 +53,7 @@ from verifier.core.timeutil import iso, utc
 from verifier.services import audit
 from verifier.storage.models import HOLDING, PaymentSession, ProofStatus, new_id
 from verifier.storage.reconciliation_models import (
+    ReconciliationFinding,
     ReconciliationResolution,
     RepairStatus,
     Resolution,
@@ -1282,7 +1283,9 @@ def assurance_issues(engine: Engine) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     with engine.db.tx() as s:
         runs = repo.current_runs(s)
-        drift = repo.drift_finding_ids(s, [r.id for r in runs])
+        drift: dict[str, list[ReconciliationFinding]] = {}
+        for f in repo.drift_findings(s, [r.id for r in runs]):
+            drift.setdefault(f.run_id, []).append(f)
         for r in runs:
             out += [
                 {
@@ -1291,8 +1294,7 @@ def assurance_issues(engine: Engine) -> list[dict[str, str]]:
                     "subject": f"reconciliation run {r.id} finding {f.id}",
                     "repair": f.proposed_repair or f.detail,
                 }
-                for f in repo.findings_of(s, r.id)
-                if f.id in drift
+                for f in drift.get(r.id, [])
             ]
             if r.status != RunStatus.complete.value:
                 out.append(

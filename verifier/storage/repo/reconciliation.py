@@ -771,12 +771,17 @@ def unresolved_counts(s: Session, run_ids: list[str]) -> dict[str, int]:
     return {k: int(n) for k, n in s.execute(q)}
 
 
-def drift_finding_ids(s: Session, run_ids: list[str]) -> set[int]:
-    """The ids of the findings that are drift over the given runs (`_drift_of`)."""
+def drift_findings(s: Session, run_ids: list[str]) -> list[ReconciliationFinding]:
+    """The findings that are drift over the given runs (`_drift_of`), in one query, by id."""
     if not run_ids:
-        return set()
+        return []
     newest, drift = _drift_of(run_ids)
-    return set(s.scalars(select(newest.c.id).where(drift)).all())
+    q = (
+        select(ReconciliationFinding)
+        .where(ReconciliationFinding.id.in_(select(newest.c.id).where(drift)))
+        .order_by(ReconciliationFinding.id)
+    )
+    return list(s.scalars(q).all())
 
 
 def set_repair(s: Session, finding_id: int, status: str, result: dict[str, Any]) -> None:
