@@ -1,8 +1,11 @@
 """Idempotency-Key over HTTP: every service POST takes it (webhook endpoints too: a lost 201 is
-the only answer carrying a signing secret), a replay is the first answer as it was and says so
+the only answer carrying a signing secret, which the key keeps only as a digest and replays
+only while it is the endpoint's secret), a replay is the first answer as it was and says so
 (`Idempotent-Replayed: true`), and a key is one header line without a comma."""
 
 from __future__ import annotations
+
+import hashlib
 
 import httpx
 import pytest
@@ -107,6 +110,70 @@ def test_a_rotate_secret_retried_with_its_key_rotates_once(client):
     # Without a key each call rotates anew.
     third = client.post(url, headers=auth())
     assert third.json()["secret"] not in (ep["secret"], first.json()["secret"])
+
+
+def _stale(r) -> None:
+    assert r.status_code == 409, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (
+        "idempotency_answer_stale",
+        "Idempotency-Key",
+    )
+    assert "whsec_" not in r.text
+
+
+def test_a_signing_secret_is_never_kept_under_its_key(client, engine):
+    created = client.post(
+        "/v1/webhook-endpoints", headers={**auth(), "Idempotency-Key": "wh-kept-1"}, json=HOOK
+    ).json()
+    url = f"/v1/webhook-endpoints/{created['id']}/rotate-secret"
+    rotated = client.post(url, headers={**auth(), "Idempotency-Key": "wh-kept-2"}).json()
+    with engine.db.tx() as s:
+        stored = [c.response for c in s.scalars(select(IdempotencyClaim))]
+    assert len(stored) == 2
+    for answer in stored:
+        assert "secret" not in answer
+        assert created["secret"] not in str(answer) and rotated["secret"] not in str(answer)
+    assert sorted(a["secret_sha256"] for a in stored) == sorted(
+        hashlib.sha256(x["secret"].encode()).hexdigest() for x in (created, rotated)
+    )
+
+
+def test_a_create_replayed_after_a_rotation_is_refused_not_given_the_old_secret(client):
+    headers = {**auth(), "Idempotency-Key": "wh-stale-1"}
+    first = client.post("/v1/webhook-endpoints", headers=headers, json=HOOK)
+    assert first.status_code == 201, first.text
+    rotated = client.post(
+        f"/v1/webhook-endpoints/{first.json()['id']}/rotate-secret", headers=auth()
+    )
+    assert rotated.status_code == 200, rotated.text
+    # The client's delayed retry of its create (a queue, a redeploy of a provisioning job).
+    _stale(client.post("/v1/webhook-endpoints", headers=headers, json=HOOK))
+
+
+def test_a_create_replayed_after_the_endpoint_was_deleted_is_refused(client):
+    headers = {**auth(), "Idempotency-Key": "wh-stale-2"}
+    first = client.post("/v1/webhook-endpoints", headers=headers, json=HOOK)
+    assert first.status_code == 201, first.text
+    gone = client.delete(f"/v1/webhook-endpoints/{first.json()['id']}", headers=auth())
+    assert gone.status_code == 200, gone.text
+    # Not a 201 "active" with a secret for an endpoint that receives nothing.
+    _stale(client.post("/v1/webhook-endpoints", headers=headers, json=HOOK))
+    assert _endpoints(client) == []
+
+
+def test_a_rotate_replayed_after_a_later_rotation_is_refused(client):
+    ep = client.post("/v1/webhook-endpoints", headers=auth(), json=HOOK).json()
+    url = f"/v1/webhook-endpoints/{ep['id']}/rotate-secret"
+    k1 = {**auth(), "Idempotency-Key": "wh-stale-3"}
+    first = client.post(url, headers=k1)
+    assert first.status_code == 200, first.text
+    latest = client.post(url, headers={**auth(), "Idempotency-Key": "wh-stale-4"})
+    assert latest.status_code == 200, latest.text
+    _stale(client.post(url, headers=k1))
+    # The latest one still replays: its secret is the one that signs.
+    again = client.post(url, headers={**auth(), "Idempotency-Key": "wh-stale-4"})
+    assert again.status_code == 200 and again.json() == latest.json(), again.text
+    assert again.headers[REPLAYED] == "true"
 
 
 def test_a_session_replay_is_marked_and_a_first_answer_is_not(client):

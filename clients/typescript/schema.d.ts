@@ -6691,6 +6691,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
+            /** @description The resource's state refuses the request (idempotency, replay, apply gate, ...). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
             /** @description The body is larger than the limit (`body_too_large`). */
             413: {
                 headers: {

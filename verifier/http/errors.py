@@ -74,6 +74,7 @@ class ApiErrorCode(StrEnum):
     # the state it is in (409)
     idempotency_conflict = "idempotency_conflict"
     idempotency_in_progress = "idempotency_in_progress"
+    idempotency_answer_stale = "idempotency_answer_stale"
     apply_blocked = "apply_blocked"
     approval_decided = "approval_decided"
     requester_not_staff = "requester_not_staff"

@@ -7,9 +7,12 @@ a session, a proof's attempt) the completion commits with that one, so a claim c
 of its own and a process that dies after the work's last commit leaves no claim in progress.
 Same key and body → the stored response, as it was first answered (`Answer.replayed`: the
 API marks it `Idempotent-Replayed: true`); same key, other body → 409 idempotency_conflict;
-still in progress → 409 idempotency_in_progress. Checks the work makes before its first
-transaction (the body's own validity) answer before the claim is looked at: a key reused with
-an invalid body gets that 400, not the conflict.
+still in progress → 409 idempotency_in_progress. An answer holding what must not be kept (a
+webhook endpoint's signing secret) is stored as the route's `keep` makes it, and given again
+as its `on_replay` makes it of that, as the resource is now (or refused once it no longer
+holds). Checks the work makes before its first transaction (the body's own validity) answer
+before the claim is looked at: a key reused with an invalid body gets that 400, not the
+conflict.
 
 Only results of requests that started executing are stored: successful (2xx) answers, and
 a refusal raised after the work ran side effects (an EngineError marked `executed`, e.g. a
@@ -45,6 +48,7 @@ from verifier.storage.repo import idempotency as claim_repo
 MAX_KEY = 256
 
 Body = dict[str, Any]  # a JSON answer
+Reply = tuple[int, Body | None]  # an answer's status and body
 R = TypeVar("R")  # what a request's service returned
 
 
@@ -74,6 +78,8 @@ def run_idempotent(
     body: object,
     work: Callable[[], R],
     answer: Callable[[R], tuple[int, Body]] | None = None,
+    keep: Callable[[Body], Body] | None = None,
+    on_replay: Callable[[Reply], Reply] | None = None,
 ) -> Answer:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body).
 
@@ -81,7 +87,11 @@ def run_idempotent(
     service's result and `answer` makes the answer of it: where the service passes that result
     to `Database.finish` in its last transaction, the answer is made there and the claim's
     completion written in that transaction (committed with the work's last changes, no
-    transaction of its own)."""
+    transaction of its own).
+
+    `keep` makes what the key stores of an answer (without it, the answer itself), and
+    `on_replay` the answer a replay gives of what was stored; it may raise an EngineError
+    instead, when the stored answer no longer holds."""
 
     def answer_of(result: R) -> tuple[int, Body]:
         return answer(result) if answer is not None else cast(tuple[int, Body], result)
@@ -103,7 +113,7 @@ def run_idempotent(
             field="Idempotency-Key",
         )
     # Process time, not the business clock: a pinned clock would never age a claim.
-    k = _Key(principal, endpoint, key, request_hash(body), timeutil.process_now())
+    k = _Key(principal, endpoint, key, request_hash(body), timeutil.process_now(), keep, on_replay)
 
     def write_claim(s: Session) -> None:
         # SECURITY: raises ClaimTaken (here, or out of the work's first statement) before the
@@ -114,7 +124,7 @@ def run_idempotent(
 
     def complete_with_work(s: Session, result: R) -> tuple[int, Body]:
         made = answer_of(result)
-        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, _done(made))
+        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, k.done(made))
         return made
 
     # The claim is written at the start of the work's first transaction (and committed with
@@ -155,11 +165,15 @@ def run_idempotent(
 
 @dataclass(frozen=True)
 class _Key:
+    """A claim's identity, and how its answer is stored and given again."""
+
     principal: str
     endpoint: str
     key: str
     request_hash: str
     created_at: datetime
+    keep: Callable[[Body], Body] | None = None
+    on_replay: Callable[[Reply], Reply] | None = None
 
     def row(self, **values: object) -> dict[str, object]:
         """The claim's row, with `values` (its status and answer)."""
@@ -171,6 +185,20 @@ class _Key:
             "created_at": self.created_at,
             **values,
         }
+
+    def done(self, answer: tuple[int, Body]) -> dict[str, Any]:
+        """A claim's completion: its status and the answer stored under it."""
+        status, body = answer
+        return {
+            "status": ClaimStatus.completed.value,
+            "response_code": status,
+            "response": self.keep(body) if self.keep is not None and body is not None else body,
+            "completed_at": timeutil.process_now(),
+        }
+
+    def replay(self, status: int, body: Body | None) -> Answer:
+        stored = (status, body)
+        return Answer.of(self.on_replay(stored) if self.on_replay else stored, replayed=True)
 
 
 def _stored_answer(engine: Engine, k: _Key) -> Answer:
@@ -184,7 +212,7 @@ def _stored_answer(engine: Engine, k: _Key) -> Answer:
     if c.status != ClaimStatus.completed:
         message = "a request with this Idempotency-Key is still in progress"
         raise _refused(engine, "in_progress", "idempotency_in_progress", message)
-    return Answer.of((c.response_code or 200, c.response), replayed=True)
+    return k.replay(c.response_code or 200, c.response)
 
 
 def _refused(engine: Engine, kind: str, code: str, message: str) -> Conflict:
@@ -202,7 +230,7 @@ def _release(engine: Engine, k: _Key, written: bool) -> None:
 
 def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) -> Answer | None:
     """Store the answer under the key. None: ours is the answer; else the one stored first."""
-    done = _done(answer)
+    done = k.done(answer)
     if written:
         with engine.db.tx() as s:
             ok = claim_repo.complete(s, k.principal, k.endpoint, k.key, done)
@@ -217,16 +245,6 @@ def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) 
     except IntegrityError:
         return _stored_answer(engine, k)
     return None
-
-
-def _done(answer: tuple[int, Body]) -> dict[str, Any]:
-    """A claim's completion: its status and the answer stored under it."""
-    return {
-        "status": ClaimStatus.completed.value,
-        "response_code": answer[0],
-        "response": answer[1],
-        "completed_at": timeutil.process_now(),
-    }
 
 
 def stuck_claims(engine: Engine, min_age_seconds: int | None = None) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ stored secret predates that format gets no deliveries until its owner rotates th
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -18,6 +20,7 @@ from verifier.core.errors import BadInput, Conflict, NotFound
 from verifier.core.timeutil import iso
 from verifier.services import audit, webhooks
 from verifier.services.principals import still_held
+from verifier.services.views import View
 from verifier.storage.repo import webhooks as webhooks_repo
 from verifier.storage.webhook_models import EventType, WebhookEndpoint
 
@@ -197,3 +200,47 @@ def delete_endpoint(
             {"cancelled_deliveries": cancelled},
         )
         return {**endpoint_view(ep), "cancelled_deliveries": cancelled}
+
+
+# What an Idempotency-Key keeps of a create's or rotate's answer in place of the secret.
+SECRET_DIGEST = "secret_sha256"
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def kept_answer(body: View) -> View:
+    """An answer as an Idempotency-Key stores it: the secret's digest in place of the secret.
+    SECURITY: a signing secret is never kept in a claim, which is kept for good."""
+    if "secret" not in body:
+        return body
+    kept = {k: v for k, v in body.items() if k != "secret"}
+    return {**kept, SECRET_DIGEST: _digest(str(body["secret"]))}
+
+
+def replayed_answer(
+    engine: Engine, owners: list[str], stored: tuple[int, View | None]
+) -> tuple[int, View | None]:
+    """A stored create's or rotate's answer given again, with the endpoint's secret as it is
+    now, provided the endpoint is still active and its secret the one first answered: a
+    rotated-away secret signs nothing, and a deleted endpoint receives nothing."""
+    status, body = stored
+    # A claim written with the secret in it is judged by its digest alike.
+    body = kept_answer(body) if body is not None else None
+    if body is None or SECRET_DIGEST not in body:
+        return stored  # a refusal's answer: no secret in it
+    with engine.db.read() as s:
+        ep = webhooks_repo.endpoint(s, str(body.get("id")))
+        current = ep.secret if ep is not None and ep.active else None
+        # SECURITY: only to a token that manages the endpoint now (owner isolation).
+        if ep is not None and not set(ep.owners) <= set(owners):
+            current = None
+    if current is None or not hmac.compare_digest(_digest(current), str(body[SECRET_DIGEST])):
+        raise Conflict(
+            "idempotency_answer_stale",
+            "the endpoint's secret changed since (rotated or deleted): rotate the secret",
+            field="Idempotency-Key",
+        )
+    kept = {k: v for k, v in body.items() if k != SECRET_DIGEST}
+    return status, {**kept, "secret": current}

@@ -2,10 +2,12 @@
 
 Service (bearer service token):
   POST   /v1/webhook-endpoints        {url, event_types} → 201, the signing secret shown once
-                                      (and again to a retry with the same Idempotency-Key)
+                                      (and again to a retry with the same Idempotency-Key
+                                      while it is the endpoint's secret)
   GET    /v1/webhook-endpoints        this token's active endpoints (never the secret)
   POST   /v1/webhook-endpoints/{id}/rotate-secret   a new signing secret, shown once (and
-                                      again to a retry with the same Idempotency-Key)
+                                      again to a retry with the same Idempotency-Key
+                                      while it is the endpoint's secret)
   DELETE /v1/webhook-endpoints/{id}   404 for another token's endpoint (owner isolation)
 Staff (bearer staff token):
   GET  /v1/admin/webhook-events?status=&limit=    deliveries (event × endpoint)
@@ -88,9 +90,19 @@ def make_router(
 
         # A lost 201 is the only answer with the secret: a retry with the key gets it again,
         # where a fresh create finds the URL taken. SECURITY: claims are keyed by the
-        # principal, so another token's owners never get this secret from the key.
+        # principal, so another token's owners never get this secret from the key; the claim
+        # keeps only its digest, and a replay carries the endpoint's secret as it is now, or
+        # is refused (idempotency_answer_stale) once it was rotated away or the endpoint
+        # deleted: a dead secret installed fails every delivery's signature check.
         answer = idempotency.run_idempotent(
-            engine, principal, CREATE, key, body.model_dump(mode="json"), work
+            engine,
+            principal,
+            CREATE,
+            key,
+            body.model_dump(mode="json"),
+            work,
+            keep=webhook_endpoints.kept_answer,
+            on_replay=lambda stored: webhook_endpoints.replayed_answer(engine, owners, stored),
         )
         # SECURITY: the only response that carries the secret; no cache may keep it.
         return reply(answer, headers={"Cache-Control": "no-store"})
@@ -102,7 +114,7 @@ def make_router(
     @router.post(
         "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
         response_model=EndpointCreatedOut,
-        responses=replayable(error_responses(404, 429), 200),
+        responses=replayable(error_responses(404, 409, 429), 200),
     )
     def rotate_secret(
         request: Request, endpoint_id: str, svc: Service, engine: EngineDep, key: IdempotencyKey
@@ -113,9 +125,17 @@ def make_router(
             view = webhook_endpoints.rotate_secret(engine, svc[0], svc[1], endpoint_id)
             return 200, EndpointCreatedOut.checked(view)
 
-        # The request is its path: the same key for another endpoint is a conflict.
+        # The request is its path: the same key for another endpoint is a conflict. Its secret
+        # is kept and replayed as create's is.
         answer = idempotency.run_idempotent(
-            engine, svc[0], ROTATE, key, {"endpoint_id": endpoint_id}, work
+            engine,
+            svc[0],
+            ROTATE,
+            key,
+            {"endpoint_id": endpoint_id},
+            work,
+            keep=webhook_endpoints.kept_answer,
+            on_replay=lambda stored: webhook_endpoints.replayed_answer(engine, svc[1], stored),
         )
         # SECURITY: carries the new secret; no cache may keep it.
         return reply(answer, headers={"Cache-Control": "no-store"})

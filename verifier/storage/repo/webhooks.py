@@ -108,6 +108,11 @@ def active_endpoints_sharing(s: Session, owners: list[str]) -> list[WebhookEndpo
     return [ep for ep in s.scalars(q).all() if held & set(ep.owners)]
 
 
+def endpoint(s: Session, endpoint_id: str) -> WebhookEndpoint | None:
+    """The endpoint, read without a lock."""
+    return rows.get(s, WebhookEndpoint, endpoint_id)
+
+
 def endpoint_owners(s: Session, endpoint_id: str) -> list[str] | None:
     """The owners an endpoint was made for (None: no such endpoint), read without a lock:
     they never change."""
