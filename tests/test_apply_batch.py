@@ -212,6 +212,50 @@ def test_two_sweeps_racing_over_the_same_proofs_credit_each_once(engine, chain):
     _chain_intact(engine)
 
 
+def test_appliers_racing_over_sessions_paid_twice_credit_one_transfer_and_tell_the_other(
+    engine, chain
+):
+    # Each session paid twice, both transfers verified and final before any credit. One
+    # sweep starts from the first transfers, another from the second ones, and staff apply
+    # them one by one: each locks the other transfer of a session with its own, in id order,
+    # before the session, so none waits on another's proofs while holding a session.
+    pairs = []
+    for _ in range(4):
+        session, first = paid_proof(engine, chain)
+        pairs.append((first["id"], paid_proof(engine, chain, session=session)[1]["id"]))
+    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def run(call) -> None:
+        try:
+            start.wait()
+            call()
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=run, args=(lambda: gate.apply_many(engine, firsts, OP),)),
+        threading.Thread(
+            target=run, args=(lambda: gate.apply_many(engine, list(reversed(seconds)), OP),)
+        ),
+        threading.Thread(target=run, args=(lambda: gate.apply_each(engine, seconds, OP),)),
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors
+    receipts = _receipts(engine)
+    with engine.db.tx() as s:
+        for a, b in pairs:
+            paid, other = (a, b) if a in receipts else (b, a)
+            assert paid in receipts and other not in receipts
+            assert "not credited" not in (s.get(Proof, paid).detail or "")
+            assert s.get(Proof, other).detail.count("not credited") == 1
+    _chain_intact(engine)
+
+
 # -- which proofs the sweep picks -----------------------------------------------------------
 
 

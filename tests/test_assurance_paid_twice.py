@@ -7,7 +7,9 @@ send back it is.
 
 The second transfer is recorded the same way whenever it is handed over: before the first was
 credited, or after (the session paid by then still takes the proof, verifies it and never
-credits it)."""
+credits it). Its detail says it is not credited either way: verified before the credit, the
+credit tells it (and its tenant, with a `proof.verified` event), so neither it nor its later
+`settlement.finalized` reads as a payment waiting to be applied."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from sqlalchemy import select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.helpers import FAKE_SESSION, advance
-from verifier.services import reconciliation
+from verifier.services import audit, gate, reconciliation
 from verifier.storage.webhook_models import OutboxEvent
 from verifier.worker import loop as worker
 
@@ -24,14 +26,14 @@ OP = {"confirm": True, "incident_id": "INC-DOC", "operator_reason": "docs walk"}
 STAFF = auth(STAFF_TOKEN)
 
 
-def _pay(chain, sess: dict, tx: str) -> None:
+def _pay(chain, sess: dict, tx: str, finality: str = "finalized") -> None:
     chain.txs[tx] = {
         "status": "ok",
         "to": "fatreasury",
         "amount": 1500000,
         "asset": "fusd",
         "refs": [sess["reference"]],
-        "finality": "finalized",
+        "finality": finality,
     }
 
 
@@ -99,6 +101,54 @@ def test_a_second_transfer_after_the_credit_says_it_is_not_credited(client, chai
     r = client.post(f"/v1/admin/proofs/{second}/apply", headers=STAFF, json=OP)
     assert r.status_code == 409, r.text
     assert "already paid by another proof" in r.text
+
+
+@pytest.mark.parametrize("path", ["staff", "sweep"])
+def test_a_second_transfer_verified_before_the_credit_is_told_it_is_not_credited(
+    client, chain, engine, path
+):
+    # Both transfers handed over while the session is open (a wallet retried, the backend
+    # submitted both at once): both verified, the second not final yet.
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    _pay(chain, sess, "fx0000e0c1")
+    _pay(chain, sess, "fx0000e0c2", finality="confirmed")
+    first = _submit(client, sess, "fx0000e0c1").json()
+    second = _submit(client, sess, "fx0000e0c2").json()
+    assert first["status"] == second["status"] == "verified"
+    assert "not credited" not in second["detail"]
+    if path == "staff":
+        r = client.post(f"/v1/admin/proofs/{first['id']}/apply", headers=STAFF, json=OP)
+        assert r.json()["applied"] is True, r.text
+    else:  # the worker's apply sweep: a batch of the first proof alone
+        assert gate.apply_many(engine, [first["id"]], audit.Operator("worker")) == 1
+
+    got = client.get(f"/v1/proofs/{second['id']}", headers=auth()).json()
+    assert (got["status"], got["receipt_id"]) == ("verified", None)
+    assert "not credited" in got["detail"] and f"session {sess['id']}" in got["detail"]
+    # The tenant's receiver is told, in the credit's transaction, after its first event.
+    told = _events(engine, second["id"])
+    assert [(e.type, e.sequence) for e in told] == [("proof.verified", 1), ("proof.verified", 2)]
+    assert told[1].payload == {k: v for k, v in got.items() if k != "rail_paused"}
+    assert told[1].payload.keys() == told[0].payload.keys()
+    # The credited proof's own detail is left alone.
+    assert (
+        "not credited"
+        not in client.get(f"/v1/proofs/{first['id']}", headers=auth()).json()["detail"]
+    )
+
+    # The second settles after the session was paid: its event says so too.
+    chain.statuses["fx0000e0c2"] = "finalized"
+    advance(engine, 120)
+    worker.refresh_finality(engine, "w1", 100)
+    finalized = [e for e in _events(engine, second["id"]) if e.type == "settlement.finalized"]
+    assert finalized, "no settlement.finalized event for the second proof"
+    assert all("not credited" in e.payload["detail"] for e in finalized)
+    assert all(e.payload["receipt_id"] is None for e in finalized)
+    # Said once, however often the session's proofs are applied again.
+    r = client.post(f"/v1/admin/proofs/{first['id']}/apply", headers=STAFF, json=OP)
+    assert r.json()["already_applied"] is True, r.text
+    detail = client.get(f"/v1/proofs/{second['id']}", headers=auth()).json()["detail"]
+    assert detail.count("not credited") == 1, detail
 
 
 def test_a_second_transfer_never_brings_back_a_revoked_entitlement(client, chain, engine):

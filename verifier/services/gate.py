@@ -30,10 +30,11 @@ from verifier.services.proofs import (
     latest_settlement,
     latest_verified_attempt,
     load_proof,
+    not_credited,
     terms_for,
     watches_reorgs,
 )
-from verifier.services.views import entitlement_view, receipt_view
+from verifier.services.views import entitlement_view, proof_view, receipt_view
 from verifier.storage.models import (
     Entitlement,
     EntitlementStatus,
@@ -551,8 +552,16 @@ def apply(
         if rail_id is None:
             raise NotFound("proof_not_found", f"no proof {proof_id!r}")
         st = engine.rail_state_read(s, rail_id) if engine.has_rail(rail_id) else None
-        # Then the proof's row and its session's, locked in that order (PostgreSQL).
-        p = proof_repo.get(s, proof_id, lock=True)
+        # Then the proof's row and its session's, locked in that order (PostgreSQL); with the
+        # proof, in id order, the session's other verified proofs without a receipt, told
+        # they are not credited should this apply pay the session. Before the session, as
+        # apply_many locks them: no two appliers wait on each other's proofs.
+        siblings = proof_repo.unapplied_siblings(s, [proof_id])
+        if siblings:
+            held = {q.id: q for q in proof_repo.lock_many(s, [proof_id, *siblings])}
+            p, others = held.get(proof_id), [held[i] for i in siblings if i in held]
+        else:
+            p, others = proof_repo.get(s, proof_id, lock=True), []
         assert p is not None  # a proof row is never deleted
         ps = session_repo.get(s, p.session_id, lock=True)
         assert ps is not None  # nor its session (foreign key)
@@ -587,6 +596,7 @@ def apply(
                 {"receipt_id": r.id, "owner_id": ent.owner_id, "completed_credit": True},
             )
             _emit_activated(s, now, ent)
+            _tell_not_credited(s, now, {ps.id}, others)
             result = {
                 "applied": True,
                 "already_applied": False,
@@ -603,6 +613,7 @@ def apply(
             ent = _activate(engine, p, ps, ctx, r, now)
             _audit_credit(s, now, op, via, p, ps, r, ent)
             _emit_credit(s, now, r, ent, via)
+            _tell_not_credited(s, now, {ps.id}, others)
             result = {
                 "applied": True,
                 "already_applied": False,
@@ -619,6 +630,33 @@ def apply(
         )
     engine.metrics.inc("receipts_total", rail_id=p.rail_id)
     return result
+
+
+def _tell_not_credited(s: Session, now: datetime, paid: set[str], others: Sequence[Proof]) -> None:
+    """The paid sessions' other verified proofs without a receipt (the payer paid twice, and
+    both transfers were verified before this credit), locked with the credited ones: their
+    detail now says they are not credited, as it says of a transfer verified after the credit
+    (services.proofs), and a `proof.verified` event carries it to the tenant, so none reads as
+    a payment waiting to be applied, nor does its later `settlement.finalized`."""
+    told = [
+        q
+        for q in others
+        if q.session_id in paid
+        and q.status == ProofStatus.verified
+        and q.applied_at is None
+        and not (q.detail or "").endswith(not_credited(None, q.session_id))
+    ]
+    if not told:
+        return
+    proof_repo.update_many(
+        s, [(q, {"detail": not_credited(q.detail, q.session_id), "updated_at": now}) for q in told]
+    )
+    ids = [q.id for q in told]
+    settled = settlement_repo.latest_many(s, ids)
+    events.prime_sequences(s, "proof", ids)  # one query for all of them
+    for q in told:
+        view = proof_view(q, settled.get(q.id), None)
+        events.emit(s, now, "proof.verified", q.owner_id, "proof", q.id, view)
 
 
 def _half_credited(p: Proof, ctx: _Rows) -> bool:
@@ -746,6 +784,10 @@ def apply_many(
     alone: list[str] = []
     with engine.db.tx() as s:
         rails = proof_repo.rail_ids_of(s, ids)
+        # Verified proofs without a receipt sharing a session with the batch's, not in it (a
+        # payer's second transfer): one query, most batches have none. Told they are not
+        # credited when the batch pays their session (`_tell_not_credited`).
+        siblings = proof_repo.unapplied_siblings(s, list(rails))
         # SECURITY: the rails' states first, under their share locks, then the proofs' and
         # the sessions' rows, then the audit chain's lock: the order `apply` takes them in
         # (see there), each set locked in id order.
@@ -753,7 +795,9 @@ def apply_many(
             rid: engine.rail_state_read(s, rid) if engine.has_rail(rid) else None
             for rid in sorted(set(rails.values()))
         }
-        locked = {p.id: p for p in proof_repo.lock_many(s, list(rails))}
+        held = {p.id: p for p in proof_repo.lock_many(s, [*rails, *siblings])}
+        locked = {pid: p for pid, p in held.items() if pid in rails}
+        others = [held[pid] for pid in siblings if pid in held]
         shared = Counter(p.session_id for p in locked.values())
         alone = [pid for pid in ids if pid in locked and shared[locked[pid].session_id] > 1]
         batch = [locked[pid] for pid in ids if pid in locked and pid not in alone]
@@ -791,6 +835,7 @@ def apply_many(
             for _, _, r, ent in credits:
                 _emit_credit(s, now, r, ent, via)
                 credited.append(r.rail_id)
+            _tell_not_credited(s, now, {ps.id for _, ps, _, _ in credits}, others)
     for rail_id, failed in blocked:
         for code in failed:
             engine.metrics.inc("apply_gate_blocks_total", rail_id=rail_id, blocker=code)

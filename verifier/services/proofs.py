@@ -1004,12 +1004,16 @@ def _not_credited(
     own credited proof, verified again (a reorg re-check), keeps its detail."""
     if receipt_repo.id_for_proof(s, p.id) is not None:
         return v
-    said = f"{v.detail}; " if v.detail else ""
-    return v.model_copy(
-        update={
-            "detail": f"{said}not credited: session {ps.id} is already paid by another "
-            "transfer (refund the payer, or credit it by hand)"
-        }
+    return v.model_copy(update={"detail": not_credited(v.detail, ps.id)})
+
+
+def not_credited(detail: str | None, session_id: str) -> str:
+    """A verified proof's detail once another transfer paid its session (the gate says so of
+    the session's proofs verified before that credit)."""
+    said = f"{detail}; " if detail else ""
+    return (
+        f"{said}not credited: session {session_id} is already paid by another transfer "
+        "(refund the payer, or credit it by hand)"
     )
 
 

@@ -214,6 +214,25 @@ def rail_ids_of(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
     return {pid: rail_id for pid, rail_id in s.execute(q).all()}
 
 
+def unapplied_siblings(s: Session, proof_ids: Sequence[str]) -> list[str]:
+    """The verified proofs without a receipt that share a session with one of `proof_ids`,
+    not among them (a payer's second transfer for one session), in one query, without
+    locking the rows."""
+    ids = list(proof_ids)
+    if not ids:
+        return []
+    given = _P.alias("given")
+    sessions = select(given.c.session_id).where(rows.among(s, given.c.id, ids))
+    q = select(Proof.id).where(
+        Proof.session_id.in_(sessions),
+        Proof.status == ProofStatus.verified,
+        Proof.applied_at.is_(None),
+        ~exists().where(Receipt.proof_id == Proof.id),
+        ~rows.among(s, Proof.id, ids),
+    )
+    return list(s.scalars(q).all())
+
+
 def recent(s: Session, rail_id: str | None, status: str | None, limit: int) -> list[Proof]:
     q = select(Proof).order_by(Proof.created_at.desc(), Proof.id).limit(limit)
     if rail_id:
