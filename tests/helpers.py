@@ -172,3 +172,16 @@ def session_row(reference: str | None) -> dict[str, Any]:
         "expires_at": CLOCK + timedelta(hours=1),
         "paid_at": None,
     }
+
+
+def fake_payment(chain: Any, sess: dict[str, Any], tx: str, finality: str = "finalized") -> None:
+    """The fake rail's transfer `tx` paying `sess` (its amount, treasury and reference) in
+    full, at `finality`, put on the scripted chain."""
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": int(sess["amount"]),
+        "asset": "fusd",
+        "refs": [sess["reference"]],
+        "finality": finality,
+    }

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, STAFF_TOKEN, auth
-from tests.helpers import FAKE_SESSION, advance
+from tests.helpers import FAKE_SESSION, advance, fake_payment
 from verifier.services import audit, gate, reconciliation
 from verifier.storage.webhook_models import OutboxEvent
 from verifier.worker import loop as worker
@@ -27,14 +27,7 @@ STAFF = auth(STAFF_TOKEN)
 
 
 def _pay(chain, sess: dict, tx: str, finality: str = "finalized") -> None:
-    chain.txs[tx] = {
-        "status": "ok",
-        "to": "fatreasury",
-        "amount": 1500000,
-        "asset": "fusd",
-        "refs": [sess["reference"]],
-        "finality": finality,
-    }
+    fake_payment(chain, sess, tx, finality)
 
 
 def _submit(client, sess: dict, tx: str):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from tests.conftest import STAFF_TOKEN, auth
-from tests.helpers import FAKE_SESSION, advance
+from tests.helpers import FAKE_SESSION, advance, fake_payment
 from verifier.storage.webhook_models import OutboxEvent
 from verifier.worker import loop as worker
 
@@ -22,14 +22,7 @@ def test_a_staff_created_receipt_event_says_staff_not_the_staff_members_name(cli
     )
     assert made.status_code == 201, made.text
     sess = client.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION).json()
-    chain.txs["fx0123abcd"] = {
-        "status": "ok",
-        "to": "fatreasury",
-        "amount": 1500000,
-        "asset": "fusd",
-        "refs": [sess["reference"]],
-        "finality": "confirmed",
-    }
+    fake_payment(chain, sess, "fx0123abcd", "confirmed")
     proof = client.post(
         "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0123abcd"}
     ).json()
