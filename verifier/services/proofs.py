@@ -826,6 +826,9 @@ def _record_attempt(
         if verdict.status is Status.verified and not resolved
         else None
     )
+    # The session's status now, in the same round trip: another proof of it may have been
+    # credited while this one's chain call ran, and the row read before that says open.
+    reading = session_repo.status_behind(s, ps.id) if verdict.status is Status.verified else None
     holding = verdict.status.value in HOLDING
     # SECURITY: the hold is what makes a verdict count for this session; the insert decides
     # between concurrent claims of one transfer, on every identity it has.
@@ -849,7 +852,7 @@ def _record_attempt(
     left = False
     if deciding is not None:
         verdict = deciding()
-        if verdict.status is Status.requires_review and ps.status == SessionStatus.paid:
+        if verdict.status is Status.requires_review and _paid(ps, reading):
             # SECURITY: a session already paid has no claim to a transfer another open
             # session could take: held for review, it would keep that session's payment
             # from it (any tenant can hand its own paid session a payment it saw on chain).
@@ -888,7 +891,7 @@ def _record_attempt(
             )
         elif left:
             holds.release(s, p.id)
-    if verdict.status is Status.verified and ps.status == SessionStatus.paid:
+    if verdict.status is Status.verified and _paid(ps, reading):
         verdict = _not_credited(s, p, ps, verdict)
     failure_code = verdict.code.value if verdict.code else None
 
@@ -993,6 +996,12 @@ def _record_attempt(
                     view,
                 )
     return verdict, view, refused
+
+
+def _paid(ps: PaymentSession | Record, reading: Callable[[], str | None] | None) -> bool:
+    """Whether the session is paid: as read now (`reading`), else as read before."""
+    status = reading() if reading is not None else ps.status
+    return status == SessionStatus.paid
 
 
 def _not_credited(

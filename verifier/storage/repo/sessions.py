@@ -223,3 +223,21 @@ def other_open_candidates_behind(
     else:
         found = _BOUND_CANDIDATES.behind(conn, {**params, "refs": references})
     return lambda: [Candidate(sid, owner) for sid, owner in found.rows()]
+
+
+_STATUS = Prepared(select(PaymentSession.status).where(PaymentSession.id == bindparam("sid")))
+
+
+def status_behind(s: Session, session_id: str) -> Callable[[], str | None]:
+    """The session's stored status as the transaction sees it now (not as read before a chain
+    call: another proof may have paid it meanwhile), read behind the transaction's next
+    statement, in its round trip on PostgreSQL: call it for the status."""
+    if s.new or s.dirty or s.deleted:
+        s.flush()
+    found = _STATUS.behind(s.connection(), {"sid": session_id})
+
+    def status() -> str | None:
+        got = found.rows()
+        return str(got[0][0]) if got else None
+
+    return status
