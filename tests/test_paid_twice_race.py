@@ -6,9 +6,16 @@ yet, so the second's attempt reads the session's status again when it is recorde
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
 from tests.conftest import auth
 from tests.helpers import FAKE_SESSION, advance, fake_payment
 from verifier.services import audit, gate
+from verifier.services import proofs as proofs_service
 from verifier.worker import loop as worker
 
 
@@ -115,3 +122,75 @@ def test_ambiguous_transfer_of_a_session_paid_during_its_chain_call_is_left_to_t
     assert got.status_code == 201 and got.json()["status"] == "verified", got.text
     # ...because the paid session's proof left it, as it does without the race.
     assert (grab.json()["status"], grab.json()["failure_code"]) == ("failed", "session_not_open")
+
+
+def _until_done_or_waiting(url: str, t: threading.Thread, timeout: float = 20.0) -> None:
+    """Until the thread has finished, or waits on a lock this test's transaction holds."""
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        deadline = time.monotonic() + timeout
+        with admin.connect() as c:
+            while t.is_alive():
+                waiting = c.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                    )
+                )
+                if waiting:
+                    return
+                assert time.monotonic() < deadline, "the credit neither ended nor waited"
+                time.sleep(0.01)
+    finally:
+        admin.dispose()
+
+
+def test_credit_committing_after_the_second_attempt_reads_the_session_still_says_not_credited(
+    client, chain, engine, monkeypatch
+):
+    """PostgreSQL, the last window: the second transfer's attempt has read its session open
+    (behind its proof's lock) and not yet committed when the first one's credit runs. The
+    credit must not miss the second proof because it was still pending when the credit read
+    the session's other proofs: it waits for the attempt and tells it."""
+    if not engine.db.postgres:
+        pytest.skip("SQLite's one writer leaves no such window")
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    _pay(chain, sess, "fx0000f0c1")
+    _pay(chain, sess, "fx0000f0c2")
+    first = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000f0c1"}
+    ).json()
+    assert first["status"] == "verified"
+    real = proofs_service.attempt_repo.insert_attempt
+    crediting: list[threading.Thread] = []
+    errors: list[BaseException] = []
+
+    def credit() -> None:
+        try:
+            gate.apply_many(engine, [first["id"]], audit.Operator("worker"))
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            errors.append(e)
+
+    def insert_attempt(s, values, *a, **kw):
+        if not crediting:
+            # The session's status was read in this transaction's last round trip: the credit
+            # runs now, in its own, before this attempt commits.
+            t = threading.Thread(target=credit)
+            crediting.append(t)
+            t.start()
+            _until_done_or_waiting(engine.settings.database_url, t)
+        return real(s, values, *a, **kw)
+
+    monkeypatch.setattr(proofs_service.attempt_repo, "insert_attempt", insert_attempt)
+    second = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000f0c2"}
+    )
+    assert second.status_code == 201, second.text
+    crediting[0].join(20)
+    assert not crediting[0].is_alive() and not errors, errors
+    assert (
+        client.get(f"/v1/payment-sessions/{sess['id']}", headers=auth()).json()["status"] == "paid"
+    )
+    got = client.get(f"/v1/proofs/{second.json()['id']}", headers=auth()).json()
+    assert (got["status"], got["receipt_id"]) == ("verified", None)
+    assert "not credited" in got["detail"], got["detail"]

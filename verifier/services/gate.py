@@ -553,8 +553,10 @@ def apply(
             raise NotFound("proof_not_found", f"no proof {proof_id!r}")
         st = engine.rail_state_read(s, rail_id) if engine.has_rail(rail_id) else None
         # Then the proof's row and its session's, locked in that order (PostgreSQL); with the
-        # proof, in id order, the session's other verified proofs without a receipt, told
-        # they are not credited should this apply pay the session. Before the session, as
+        # proof, in id order, the session's other verified (and pending) proofs without a
+        # receipt, told they are not credited should this apply pay the session (a pending
+        # one's attempt may be recording it verified, its session read open: locked, it is
+        # seen as it commits). Before the session, as
         # apply_many locks them: no two appliers wait on each other's proofs.
         siblings = proof_repo.unapplied_siblings(s, [proof_id])
         if siblings:
@@ -784,8 +786,9 @@ def apply_many(
     alone: list[str] = []
     with engine.db.tx() as s:
         rails = proof_repo.rail_ids_of(s, ids)
-        # Verified proofs without a receipt sharing a session with the batch's, not in it (a
-        # payer's second transfer): one query, most batches have none. Told they are not
+        # Verified (and pending, see `apply`) proofs without a receipt sharing a session with
+        # the batch's, not in it (a payer's second transfer): one query, most batches have
+        # none. Told they are not
         # credited when the batch pays their session (`_tell_not_credited`).
         siblings = proof_repo.unapplied_siblings(s, list(rails))
         # SECURITY: the rails' states first, under their share locks, then the proofs' and

@@ -215,9 +215,11 @@ def rail_ids_of(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
 
 
 def unapplied_siblings(s: Session, proof_ids: Sequence[str]) -> list[str]:
-    """The verified proofs without a receipt that share a session with one of `proof_ids`,
-    not among them (a payer's second transfer for one session), in one query, without
-    locking the rows."""
+    """The verified and pending proofs without a receipt that share a session with one of
+    `proof_ids`, not among them (a payer's second transfer for one session), in one query,
+    without locking the rows. Pending ones too: an attempt recording one verified may have
+    read its session open already and not yet committed, and a credit that locks it waits
+    for that commit and sees it verified."""
     ids = list(proof_ids)
     if not ids:
         return []
@@ -225,7 +227,7 @@ def unapplied_siblings(s: Session, proof_ids: Sequence[str]) -> list[str]:
     sessions = select(given.c.session_id).where(rows.among(s, given.c.id, ids))
     q = select(Proof.id).where(
         Proof.session_id.in_(sessions),
-        Proof.status == ProofStatus.verified,
+        Proof.status.in_((ProofStatus.verified, ProofStatus.pending)),
         Proof.applied_at.is_(None),
         ~exists().where(Receipt.proof_id == Proof.id),
         ~rows.among(s, Proof.id, ids),
