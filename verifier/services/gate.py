@@ -598,7 +598,8 @@ def apply(
                 {"receipt_id": r.id, "owner_id": ent.owner_id, "completed_credit": True},
             )
             _emit_activated(s, now, ent)
-            _tell_not_credited(s, now, {ps.id}, others)
+            late = proof_repo.late_siblings(s, [proof_id], siblings)
+            _tell_not_credited(s, now, {ps.id}, [*others, *late])
             result = {
                 "applied": True,
                 "already_applied": False,
@@ -615,7 +616,8 @@ def apply(
             ent = _activate(engine, p, ps, ctx, r, now)
             _audit_credit(s, now, op, via, p, ps, r, ent)
             _emit_credit(s, now, r, ent, via)
-            _tell_not_credited(s, now, {ps.id}, others)
+            late = proof_repo.late_siblings(s, [proof_id], siblings)
+            _tell_not_credited(s, now, {ps.id}, [*others, *late])
             result = {
                 "applied": True,
                 "already_applied": False,
@@ -788,8 +790,8 @@ def apply_many(
         rails = proof_repo.rail_ids_of(s, ids)
         # Verified (and pending, see `apply`) proofs without a receipt sharing a session with
         # the batch's, not in it (a payer's second transfer): one query, most batches have
-        # none. Told they are not
-        # credited when the batch pays their session (`_tell_not_credited`).
+        # none. Told they are not credited when the batch pays their session
+        # (`_tell_not_credited`).
         siblings = proof_repo.unapplied_siblings(s, list(rails))
         # SECURITY: the rails' states first, under their share locks, then the proofs' and
         # the sessions' rows, then the audit chain's lock: the order `apply` takes them in
@@ -838,7 +840,9 @@ def apply_many(
             for _, _, r, ent in credits:
                 _emit_credit(s, now, r, ent, via)
                 credited.append(r.rail_id)
-            _tell_not_credited(s, now, {ps.id for _, ps, _, _ in credits}, others)
+            paid = [p.id for p, _, _, _ in credits]
+            late = proof_repo.late_siblings(s, paid, [*siblings, *ids])
+            _tell_not_credited(s, now, {ps.id for _, ps, _, _ in credits}, [*others, *late])
     for rail_id, failed in blocked:
         for code in failed:
             engine.metrics.inc("apply_gate_blocks_total", rail_id=rail_id, blocker=code)

@@ -235,6 +235,33 @@ def unapplied_siblings(s: Session, proof_ids: Sequence[str]) -> list[str]:
     return list(s.scalars(q).all())
 
 
+def late_siblings(s: Session, proof_ids: Sequence[str], known: Sequence[str]) -> list[Proof]:
+    """The verified proofs without a receipt that share a session with one of `proof_ids`,
+    neither among them nor `known`: read again once the sessions are locked, for a second
+    transfer stored after `unapplied_siblings` ran and verified since. Locked, skipping any
+    row another transaction holds (on PostgreSQL): an attempt holding one has not read its
+    session yet, and will find it paid (its read waits for the session's lock)."""
+    ids = list(proof_ids)
+    if not ids:
+        return []
+    given = _P.alias("given")
+    sessions = select(given.c.session_id).where(rows.among(s, given.c.id, ids))
+    q = (
+        select(Proof)
+        .where(
+            Proof.session_id.in_(sessions),
+            Proof.status == ProofStatus.verified,
+            Proof.applied_at.is_(None),
+            ~exists().where(Receipt.proof_id == Proof.id),
+            ~rows.among(s, Proof.id, [*ids, *known]),
+        )
+        .order_by(Proof.id)
+    )
+    if rows.is_postgres(s):
+        q = q.with_for_update(skip_locked=True)
+    return list(s.scalars(q).all())
+
+
 def recent(s: Session, rail_id: str | None, status: str | None, limit: int) -> list[Proof]:
     q = select(Proof).order_by(Proof.created_at.desc(), Proof.id).limit(limit)
     if rail_id:

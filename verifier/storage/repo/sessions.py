@@ -225,13 +225,20 @@ def other_open_candidates_behind(
     return lambda: [Candidate(sid, owner) for sid, owner in found.rows()]
 
 
-_STATUS = Prepared(select(PaymentSession.status).where(PaymentSession.id == bindparam("sid")))
+# FOR SHARE (PostgreSQL): a credit holding the session's row lock is waited for, and its
+# `paid` read; one that locks it later sees this attempt among the session's proofs.
+_STATUS = Prepared(
+    select(PaymentSession.status)
+    .where(PaymentSession.id == bindparam("sid"))
+    .with_for_update(read=True)
+)
 
 
 def status_behind(s: Session, session_id: str) -> Callable[[], str | None]:
     """The session's stored status as the transaction sees it now (not as read before a chain
     call: another proof may have paid it meanwhile), read behind the transaction's next
-    statement, in its round trip on PostgreSQL: call it for the status."""
+    statement, in its round trip on PostgreSQL, under a share lock on the row (a credit in
+    progress is waited for): call it for the status."""
     if s.new or s.dirty or s.deleted:
         s.flush()
     found = _STATUS.behind(s.connection(), {"sid": session_id})
