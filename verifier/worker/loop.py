@@ -69,7 +69,8 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
     """Re-verify the due pending proofs claimed, one by one. Once a network's proofs have
     spent the RPC policy's total (RAILPROOF_RPC_TOTAL_S) in this sweep on answers that the
     node could not be asked (rpc_unavailable), its other proofs are given back unasked,
-    still due, for the next sweep.
+    still due, for the next sweep: those of owners none of whose proofs on the network was
+    asked in this sweep go first in it.
 
     SECURITY: each call to a node that is down costs the RPC policy's whole total. Any
     tenant can keep a batch of proofs pending on a network, and asked one after the other
@@ -77,20 +78,25 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
     whole sweep, on every worker. The time counts, not the verdict alone: a node that is up
     answers some proofs' own requests with an error at once (a tenant's x402 authorization
     whose nonce logs a provider will not list), and one tenant's such proofs, first of the
-    sweep, must not send every other tenant's proof on the network to the next one."""
+    sweep, must not send every other tenant's proof on the network to the next one. Nor
+    sweep after sweep: a node that hangs on one tenant's requests only (a heavy log query
+    timing out) would otherwise see that tenant's next older proof first every time."""
     ids = claim(engine, ProofStatus.pending, name, batch)
     if not ids:
         return 0
     with engine.db.tx() as s:
-        networks = proof_repo.networks_of(s, ids)
+        targets = proof_repo.sweep_targets(s, ids)
     spent: dict[str, float] = defaultdict(float)
+    asked: dict[str, set[str]] = defaultdict(set)  # owners asked on each network
     down: set[str] = set()
     skipped: list[str] = []
     for pid in ids:
-        network = networks.get(pid)
+        network, owner, _ = targets.get(pid, (None, None, None))
         if network in down:
             skipped.append(pid)
             continue
+        if network is not None and owner is not None:
+            asked[network].add(owner)
         started = _clock()
         try:
             verdict = verify_proof(engine, pid, worker=name)
@@ -109,8 +115,28 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
             extra={"worker": name},
         )
         with engine.db.tx() as s:
-            proof_repo.release_claims(s, skipped, name)
+            proof_repo.release_claims(s, skipped, name, _first_next(targets, skipped, asked))
     return len(ids) - len(skipped)
+
+
+def _first_next(
+    targets: dict[str, tuple[str, str, datetime | None]],
+    skipped: list[str],
+    asked: dict[str, set[str]],
+) -> dict[str, datetime]:
+    """New due times for the skipped proofs of owners not asked on their network this
+    sweep: before every proof the sweep claimed, in their order, so the next sweep's turns
+    (owner by owner, earliest due first) start with them."""
+    dues = {pid: due for pid, (_, _, due) in targets.items() if due is not None}
+    first = {
+        pid: dues[pid]
+        for pid in skipped
+        if pid in dues and targets[pid][1] not in asked[targets[pid][0]]
+    }
+    if not first:
+        return {}
+    shift = max(first.values()) - min(dues.values()) + timedelta(milliseconds=1)
+    return {pid: due - shift for pid, due in first.items()}
 
 
 def refresh_finality(engine: Engine, name: str, batch: int) -> int:

@@ -3,7 +3,7 @@ the worker's queue."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -108,25 +108,43 @@ def finality_targets(s: Session, proof_ids: Sequence[str]) -> list[Record]:
     return [Record(r._mapping) for r in s.execute(q).all()]
 
 
-def networks_of(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
-    """Each proof's network (its session's), in one query, without locking the rows."""
+def sweep_targets(
+    s: Session, proof_ids: Sequence[str]
+) -> dict[str, tuple[str, str, datetime | None]]:
+    """Each proof's network (its session's), owner and due time, in one query, without
+    locking the rows."""
     q = (
-        select(Proof.id, PaymentSession.network)
+        select(Proof.id, PaymentSession.network, Proof.owner_id, Proof.next_check_at)
         .join(PaymentSession, PaymentSession.id == Proof.session_id)
         .where(rows.among(s, Proof.id, proof_ids))
     )
-    return {pid: network for pid, network in s.execute(q).all()}
+    return {pid: (network, owner, due) for pid, network, owner, due in s.execute(q).all()}
 
 
-def release_claims(s: Session, proof_ids: Sequence[str], claimed_by: str) -> None:
+def release_claims(
+    s: Session,
+    proof_ids: Sequence[str],
+    claimed_by: str,
+    due: Mapping[str, datetime] | None = None,
+) -> None:
     """Give back claims not worked on: the proofs keep their `next_check_at` (still due, so
-    the next sweep takes them first). A claim that is no longer `claimed_by`'s (its lease ran
-    out and another worker took the proof) is left alone."""
-    if proof_ids:
+    the next sweep takes them first), but for those `due` moves (earlier: ahead of the
+    others in the next sweep's turns). A claim that is no longer `claimed_by`'s (its lease
+    ran out and another worker took the proof) is left alone."""
+    moved = dict(due or {})
+    kept = [pid for pid in proof_ids if pid not in moved]
+    if kept:
         s.execute(
             sql_update(_P)
-            .where(rows.among(s, _P.c.id, proof_ids), _P.c.claimed_by == claimed_by)
+            .where(rows.among(s, _P.c.id, kept), _P.c.claimed_by == claimed_by)
             .values(claimed_by=None, claimed_until=None)
+        )
+    if moved:
+        s.connection().execute(
+            sql_update(_P)
+            .where(_P.c.id == bindparam("pid_"), _P.c.claimed_by == claimed_by)
+            .values(claimed_by=None, claimed_until=None, next_check_at=bindparam("due_")),
+            [{"pid_": pid, "due_": at} for pid, at in moved.items()],
         )
 
 
