@@ -744,14 +744,16 @@ def replay(
                 )
             # SECURITY: a receiver applies a resource's events in the order they arrive: an
             # `entitlement.activated` replayed after the `entitlement.revoked` it already has
-            # would give back access staff took away.
+            # would give back access staff took away. Nor replayed alone when that revocation
+            # dead-lettered too: the receiver would take "active" as the current state.
             newer = delivery_repo.later_sent(s, ep.id, ev)
             if newer is not None:
                 raise Conflict(
                     "event_superseded",
-                    f"endpoint {ep.id} was already sent a later event about "
-                    f"{ev.resource_type} {ev.resource_id} ({newer}): replayed, this one would "
-                    "arrive after it as the current state; nothing was replayed",
+                    f"endpoint {ep.id} has a later event about {ev.resource_type} "
+                    f"{ev.resource_id} ({newer}), sent or to be sent: replayed, this one would "
+                    "arrive as the current state; replay the later one (it carries the "
+                    "current state); nothing was replayed",
                 )
             prev = {
                 "attempts": d.attempts,

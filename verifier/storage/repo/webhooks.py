@@ -406,14 +406,16 @@ def of_event(s: Session, event_id: str) -> list[Joined]:
 
 
 def later_sent(s: Session, endpoint_id: str, ev: OutboxEvent) -> str | None:
-    """The id of a later event about `ev`'s resource that the endpoint was sent, or has
-    waiting: one a replay of `ev` would arrive after, as if it were the resource's state."""
+    """The id of a later event about `ev`'s resource that the endpoint was sent, has
+    waiting, or dead-lettered: one a replay of `ev` would arrive after, as if it were the
+    resource's state, or that carries a newer state the receiver never had (replay that one).
+    Only a delivery cancelled with its endpoint does not count."""
     return s.scalar(
         select(OutboxEvent.id)
         .join(WebhookDelivery, WebhookDelivery.event_id == OutboxEvent.id)
         .where(
             WebhookDelivery.endpoint_id == endpoint_id,
-            WebhookDelivery.status.in_((DeliveryStatus.delivered, DeliveryStatus.pending)),
+            WebhookDelivery.status != DeliveryStatus.cancelled,
             OutboxEvent.resource_type == ev.resource_type,
             OutboxEvent.resource_id == ev.resource_id,
             OutboxEvent.sequence > ev.sequence,
