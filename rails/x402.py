@@ -654,12 +654,11 @@ class SettlementTx:
 
 
 def _word(hexstr: Any, what: str) -> int:
-    if not isinstance(hexstr, str) or not hexstr.startswith("0x"):
-        raise MalformedResponse(f"{what}: expected a hex quantity, got {hexstr!r}")
-    try:
-        return int(hexstr, 16) if len(hexstr) > 2 else 0
-    except ValueError:
-        raise MalformedResponse(f"{what}: expected a hex quantity, got {hexstr!r}") from None
+    """A node's hex number, as strictly as the EVM rail reads one: an empty "0x" (an
+    eth_call to an address without code) is a malformed answer, not a zero."""
+    from rails.evm import hex_int
+
+    return hex_int(hexstr, what)
 
 
 def authorization_used(chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes) -> bool:
@@ -800,7 +799,7 @@ def _settlement(
     """How final the settlement transaction is: the EVM rail's depth, finalized-tag and reorg
     policy (the canonical hash at the receipt's height must still be the receipt's block),
     and when its block was stamped (None: the node gave no timestamp)."""
-    from rails.evm import read_block, settlement_for_receipt
+    from rails.evm import read_block, settlement_for_receipt, unix_time
 
     block = read_block(chain, tx.block_number)
     canonical = block["hash"] if block is not None else None
@@ -815,7 +814,7 @@ def _settlement(
             "tx_hash": tx.tx_hash.lower(),
             # The apply gate checks a settlement found after verification against the
             # session's window with this time: the same rule as _verify_on_chain's.
-            "block_time": datetime.fromtimestamp(_word(stamp, "block.timestamp"), UTC)
+            "block_time": unix_time(_word(stamp, "block.timestamp"), "block.timestamp")
             if stamp is not None
             else None,
         }
