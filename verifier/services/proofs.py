@@ -141,6 +141,10 @@ def _another_payload(engine: Engine, proof_id: str, raw: str, actor: str) -> Sub
         locked = _get_proof(s, proof_id)
         if locked.status != ProofStatus.failed or locked.raw != was:
             return None  # another submission changed it meanwhile: it answers
+        # The session's row under a share lock before the chain's: the order an attempt takes
+        # them in (proof, session, chain), so a credit of the session (session, then chain)
+        # and this replacement never wait on each other crosswise.
+        session_repo.status_behind(s, ps.id)()
         proof_repo.update(s, locked, {"raw": raw})
         audit.append(
             s,

@@ -7,16 +7,19 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, func, or_, select
+from sqlalchemy import Select, bindparam, exists, func, or_, select, text
 from sqlalchemy import update as sql_update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from verifier.storage.db import is_busy
 from verifier.storage.models import (
     PaymentSession,
     Proof,
     ProofStatus,
     Receipt,
+    SessionStatus,
     SettlementEvidence,
 )
 from verifier.storage.repo import rows
@@ -133,6 +136,15 @@ def release_claims(
     ran out and another worker took the proof) is left alone."""
     moved = dict(due or {})
     kept = [pid for pid in proof_ids if pid not in moved]
+    if moved and rows.is_postgres(s):
+        # Their rows locked in id order first, as a credit locks a session's proofs: the
+        # updates below, one statement each, would otherwise take them in another order.
+        s.execute(
+            select(_P.c.id)
+            .where(rows.among(s, _P.c.id, list(proof_ids)))
+            .order_by(_P.c.id)
+            .with_for_update()
+        )
     if kept:
         s.execute(
             sql_update(_P)
@@ -242,7 +254,13 @@ def unapplied_siblings(s: Session, proof_ids: Sequence[str]) -> list[str]:
     if not ids:
         return []
     given = _P.alias("given")
-    sessions = select(given.c.session_id).where(rows.among(s, given.c.id, ids))
+    # A session paid already is credited by none of them: its proofs need no lock (however
+    # many a tenant keeps pending on it), and a re-apply of its credited proof takes none.
+    sessions = (
+        select(given.c.session_id)
+        .join(PaymentSession, PaymentSession.id == given.c.session_id)
+        .where(rows.among(s, given.c.id, ids), PaymentSession.status != SessionStatus.paid)
+    )
     q = select(Proof.id).where(
         Proof.session_id.in_(sessions),
         Proof.status.in_((ProofStatus.verified, ProofStatus.pending)),
@@ -253,31 +271,62 @@ def unapplied_siblings(s: Session, proof_ids: Sequence[str]) -> list[str]:
     return list(s.scalars(q).all())
 
 
+# How long a credit waits for a late sibling's row another transaction holds: a finality
+# sweep or a claim holds one for milliseconds; the proof's own attempt holds it until the
+# credit commits (it waits for the session's lock), so the wait ends well before PostgreSQL
+# would look for a deadlock (deadlock_timeout, 1 s by default).
+LATE_SIBLING_WAIT_MS = 250
+
+
 def late_siblings(s: Session, proof_ids: Sequence[str], known: Sequence[str]) -> list[Proof]:
     """The verified proofs without a receipt that share a session with one of `proof_ids`,
     neither among them nor `known`: read again once the sessions are locked, for a second
-    transfer stored after `unapplied_siblings` ran and verified since. Locked, skipping any
-    row another transaction holds (on PostgreSQL): an attempt holding one has not read its
-    session yet, and will find it paid (its read waits for the session's lock)."""
+    transfer stored after `unapplied_siblings` ran and verified since. Locked (PostgreSQL):
+    a row another transaction holds is waited for up to LATE_SIBLING_WAIT_MS, then left out.
+    What holds one longer is the proof's own attempt, which reads its session under a share
+    lock after this credit commits, finds it paid and says so itself."""
     ids = list(proof_ids)
     if not ids:
         return []
     given = _P.alias("given")
     sessions = select(given.c.session_id).where(rows.among(s, given.c.id, ids))
-    q = (
-        select(Proof)
-        .where(
-            Proof.session_id.in_(sessions),
-            Proof.status == ProofStatus.verified,
-            Proof.applied_at.is_(None),
-            ~exists().where(Receipt.proof_id == Proof.id),
-            ~rows.among(s, Proof.id, [*ids, *known]),
-        )
-        .order_by(Proof.id)
+    where = (
+        Proof.session_id.in_(sessions),
+        Proof.status == ProofStatus.verified,
+        Proof.applied_at.is_(None),
+        ~exists().where(Receipt.proof_id == Proof.id),
+        ~rows.among(s, Proof.id, [*ids, *known]),
     )
-    if rows.is_postgres(s):
-        q = q.with_for_update(skip_locked=True)
-    return list(s.scalars(q).all())
+    if not rows.is_postgres(s):
+        return list(s.scalars(select(Proof).where(*where).order_by(Proof.id)).all())
+    found = list(s.scalars(select(Proof.id).where(*where).order_by(Proof.id)).all())
+    if not found:
+        return []
+    got = list(
+        s.scalars(
+            select(Proof)
+            .where(rows.among(s, Proof.id, found))
+            .order_by(Proof.id)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+    rest = sorted(set(found) - {p.id for p in got})
+    if rest:
+        try:
+            with s.begin_nested():  # a lock timeout undoes only this, and the SET with it
+                restore = s.scalar(text("SELECT current_setting('lock_timeout')"))
+                s.execute(text(f"SET LOCAL lock_timeout = {LATE_SIBLING_WAIT_MS}"))
+                got += s.scalars(
+                    select(Proof)
+                    .where(rows.among(s, Proof.id, rest))
+                    .order_by(Proof.id)
+                    .with_for_update()
+                ).all()
+                s.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": restore})
+        except OperationalError as e:
+            if not is_busy(e):
+                raise
+    return sorted(got, key=lambda p: p.id)
 
 
 def recent(s: Session, rail_id: str | None, status: str | None, limit: int) -> list[Proof]:

@@ -1,0 +1,284 @@
+"""Lock order between a credit and the other writers of its session's proofs, on PostgreSQL
+(deadlocks, SQLSTATE 40P01), and a late sibling another transaction holds for a moment.
+
+1. A credit locks the session's pending proofs too (proof_repo.unapplied_siblings), in id
+   order; the reverify sweep gives skipped claims back with `release_claims(due=...)`, one
+   row at a time: it locks them in id order first.
+
+2. An attempt reads its session FOR SHARE (sessions.status_behind). A payload replacement
+   (proofs._another_payload: x402's failed proof named again by another payload) appends
+   `proof.payload_replaced` to the audit chain: it takes the session's share lock first, as
+   an attempt does, since a credit takes the session FOR UPDATE, then the audit lock.
+
+3. A credit reads the session's verified proofs again once it holds the session
+   (`late_siblings`), waiting a moment for one another transaction holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import auth
+from tests.fake_rail import FakeAdapter
+from tests.helpers import FAKE_SESSION, fake_payment
+from verifier.services import audit, gate
+from verifier.services import proofs as proofs_service
+from verifier.storage.models import ProofStatus
+from verifier.storage.repo import proofs as proof_repo
+from verifier.worker import loop as worker
+
+
+def _waiting(url: str, n: int, timeout: float = 15.0) -> None:
+    """Until `n` backends of this database wait on a lock."""
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        deadline = time.monotonic() + timeout
+        with admin.connect() as c:
+            while True:
+                got = c.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type IN ('Lock') AND pid <> pg_backend_pid()"
+                    )
+                )
+                if got >= n:
+                    return
+                assert time.monotonic() < deadline, f"only {got} of {n} waiting"
+                time.sleep(0.01)
+    finally:
+        admin.dispose()
+
+
+def _run(fn, errors: list) -> threading.Thread:
+    def body() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - asserted by the test
+            errors.append(e)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t
+
+
+def test_release_of_skipped_claims_and_a_credit_locking_pending_siblings_do_not_deadlock(
+    client, chain, engine
+):
+    if not engine.db.postgres:
+        pytest.skip("row locks: PostgreSQL only")
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    fake_payment(chain, sess, "fx0000b1c1")
+    first = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000b1c1"}
+    ).json()
+    assert first["status"] == "verified"
+    # Two more transfers of the payer, not on chain yet: pending, due, claimed by a sweep.
+    pend = [
+        client.post(
+            "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx}
+        ).json()["id"]
+        for tx in ("fx0000b1c2", "fx0000b1c3")
+    ]
+    lo, hi = sorted(pend)
+    with engine.db.tx() as s:
+        # Claimed with `hi` due first (the sweep's order is turn then due, not id).
+        proof_repo.update(
+            s, proof_repo.for_attempt(s, hi), {"next_check_at": engine.now() - timedelta(seconds=2)}
+        )
+        proof_repo.update(
+            s, proof_repo.for_attempt(s, lo), {"next_check_at": engine.now() - timedelta(seconds=1)}
+        )
+    ids = worker.claim(engine, ProofStatus.pending, "w1", 10)
+    assert ids.index(hi) < ids.index(lo), ids
+    due = {hi: engine.now() - timedelta(minutes=1), lo: engine.now() - timedelta(seconds=59)}
+
+    url = engine.settings.database_url
+    holder = create_engine(url)
+    errors: list[BaseException] = []
+    with holder.connect() as c:
+        tx = c.begin()
+        # Whatever holds `hi` for a moment (an attempt recording it): the sweep's release
+        # updates `hi` first and waits here.
+        c.execute(text("SELECT id FROM proofs WHERE id = :i FOR UPDATE"), {"i": hi})
+
+        def release() -> None:
+            with engine.db.tx() as s:
+                proof_repo.release_claims(s, [hi, lo], "w1", due)
+
+        t1 = _run(release, errors)
+        _waiting(url, 1)
+        # The credit locks the proof and its pending siblings in id order: `lo`, then waits
+        # on `hi` behind the release.
+        t2 = _run(lambda: gate.apply_many(engine, [first["id"]], audit.Operator("worker")), errors)
+        _waiting(url, 2)
+        tx.commit()
+    t1.join(20)
+    t2.join(20)
+    holder.dispose()
+    assert not t1.is_alive() and not t2.is_alive(), "stuck"
+    assert not errors, [f"{type(e).__name__}: {str(e)[:200]}" for e in errors]
+
+
+def test_payload_replacement_and_a_credit_of_the_same_session_do_not_deadlock(
+    client, chain, engine, monkeypatch
+):
+    """The fake rail stands in for x402 (a rail whose proof is the payment: reads_chain
+    False, so a failed proof named again by another spelling is verified again)."""
+    if not engine.db.postgres:
+        pytest.skip("row and advisory locks: PostgreSQL only")
+    monkeypatch.setattr(FakeAdapter, "reads_chain", False)
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    fake_payment(chain, sess, "fx0000c1c1")
+    first = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000c1c1"}
+    ).json()
+    assert first["status"] == "verified"
+    # A copy that fails first (here: the chain says failed), then the genuine one, spelled
+    # otherwise (same fingerprint, other raw): the payload replacement path.
+    fake_payment(chain, sess, "fx0000c1c2")
+    chain.txs["fx0000c1c2"]["status"] = "failed"
+    bad = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000c1c2"}
+    ).json()
+    assert bad["status"] == "failed", bad
+    chain.txs["fx0000c1c2"]["status"] = "ok"
+
+    url = engine.settings.database_url
+    errors: list[BaseException] = []
+    started: list[threading.Thread] = []
+    real = proofs_service.audit.append
+
+    def append(s, now, op, action, *a, **kw):
+        out = real(s, now, op, action, *a, **kw)
+        if action == "proof.payload_replaced" and not started:
+            # The audit chain's lock is held: the worker's credit of the session's first
+            # transfer runs now (session FOR UPDATE, then the chain's lock).
+            started.append(
+                _run(
+                    lambda: gate.apply_many(engine, [first["id"]], audit.Operator("worker")),
+                    errors,
+                )
+            )
+            _waiting(url, 1)
+        return out
+
+    monkeypatch.setattr(proofs_service.audit, "append", append)
+    genuine = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "FX0000C1C2"}
+    )
+    assert started, "the payload replacement path did not run"
+    started[0].join(20)
+    assert not started[0].is_alive(), "stuck"
+    assert not errors, [f"{type(e).__name__}: {str(e)[:200]}" for e in errors]
+    assert genuine.status_code in (200, 201), genuine.text
+    assert genuine.json()["status"] == "verified", genuine.text
+
+
+def test_late_sibling_locked_by_the_finality_sweep_is_still_told_not_credited(
+    client, chain, engine, monkeypatch
+):
+    """A second transfer stored and verified after the credit read the session's proofs,
+    whose row the worker's finality sweep holds at that instant (it locks the verified proofs
+    it records), is still told it is not credited: the credit waits a moment for the row."""
+    if not engine.db.postgres:
+        pytest.skip("SKIP LOCKED: PostgreSQL only")
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    fake_payment(chain, sess, "fx0000d1c1")
+    # The second transfer is not final yet: the finality sweep checks it.
+    fake_payment(chain, sess, "fx0000d1c2", finality="confirmed")
+    first = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000d1c1"}
+    ).json()
+    assert first["status"] == "verified"
+    real_siblings = proof_repo.unapplied_siblings
+    real_late = proof_repo.late_siblings
+    second: list[dict] = []
+    holder = create_engine(engine.settings.database_url)
+    conn = holder.connect()
+    tx = conn.begin()
+
+    def siblings(s, ids):
+        out = real_siblings(s, ids)
+        if not second:
+            # Another API process: the payer's second transfer, stored and verified now.
+            got: list = []
+            t = threading.Thread(
+                target=lambda: got.append(
+                    client.post(
+                        "/v1/proofs",
+                        headers=auth(),
+                        json={"session_id": sess["id"], "proof": "fx0000d1c2"},
+                    ).json()
+                )
+            )
+            t.start()
+            t.join(20)
+            second.append(got[0])
+        return out
+
+    def late(s, ids, known):
+        # The finality sweep records the second proof's settlement right now (its row lock),
+        # committing a moment later.
+        conn.execute(text("SELECT id FROM proofs WHERE id = :i FOR UPDATE"), {"i": second[0]["id"]})
+        threading.Timer(0.1, tx.commit).start()
+        return real_late(s, ids, known)
+
+    monkeypatch.setattr(gate.proof_repo, "unapplied_siblings", siblings)
+    monkeypatch.setattr(gate.proof_repo, "late_siblings", late)
+    op = audit.Operator("staff-a", incident_id="INC-1", reason="credit")
+    try:
+        assert gate.apply(engine, first["id"], op)["applied"]
+    finally:
+        if tx.is_active:
+            tx.commit()
+        conn.close()
+        holder.dispose()
+    assert second[0]["status"] == "verified", second[0]
+    assert (
+        client.get(f"/v1/payment-sessions/{sess['id']}", headers=auth()).json()["status"] == "paid"
+    )
+    got = client.get(f"/v1/proofs/{second[0]['id']}", headers=auth()).json()
+    assert (got["status"], got["receipt_id"]) == ("verified", None)
+    assert "not credited" in got["detail"], got["detail"]
+
+
+def test_a_paid_sessions_pending_proofs_are_not_locked_by_a_re_apply(client, chain, engine):
+    """However many proofs a tenant keeps pending on a paid session, applying its credited
+    proof again (idempotent) takes none of their locks: it waits for no attempt of theirs."""
+    if not engine.db.postgres:
+        pytest.skip("row locks: PostgreSQL only")
+    from tests.test_paid_twice_race import _until_done_or_waiting
+
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    fake_payment(chain, sess, "fx0000e1c1")
+    first = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000e1c1"}
+    ).json()
+    op = audit.Operator("staff-a", incident_id="INC-1", reason="credit")
+    assert gate.apply(engine, first["id"], op)["applied"]
+    pending = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000e1c2"}
+    ).json()
+    assert pending["status"] == "pending", pending
+    holder = create_engine(engine.settings.database_url)
+    errors: list = []
+    answers: list = []
+    try:
+        with holder.connect() as conn, conn.begin():
+            # An attempt of the pending proof in flight: its row locked.
+            conn.execute(
+                text("SELECT id FROM proofs WHERE id = :i FOR UPDATE"), {"i": pending["id"]}
+            )
+            t = _run(lambda: answers.append(gate.apply(engine, first["id"], op)), errors)
+            _until_done_or_waiting(engine.settings.database_url, t)
+            assert not t.is_alive(), "the re-apply waits on the paid session's pending proof"
+    finally:
+        holder.dispose()
+    t.join(20)
+    assert not errors, errors
+    assert answers[0]["already_applied"], answers
