@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -870,11 +871,26 @@ def cookie_values(request: Request, name: str) -> list[str]:
     ]
 
 
+# A path as the browser sent it (percent-encoded), fit for a Set-Cookie Path attribute: no
+# ';' or ',' (a new attribute or cookie), no space, control or non-ASCII byte (a header is
+# Latin-1, and a browser never sends such a path raw).
+_COOKIE_PATH_SAFE = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+=:@%/]*")
+
+
+def planted_paths(request: Request) -> set[str]:
+    """Where to expire planted cookie names: the host's root and the page asked for, in the
+    form the browser matches cookie paths against (the raw, percent-encoded path). A path
+    that cannot be written into an attribute as it is gets the root only."""
+    raw = request.scope.get("raw_path") or request.url.path.encode("utf-8")
+    page = raw.decode("latin-1")
+    return {"/", page} if _COOKIE_PATH_SAFE.fullmatch(page) else {"/"}
+
+
 def clear_planted(resp: Response, request: Request) -> None:
     """Expire the console's cookie names where another page could have planted them, so the
     next login works: the host's root and the page asked for (deleting needs the same path;
     the console's own cookies, at its path, are left alone)."""
-    for path in {"/", request.url.path}:
+    for path in planted_paths(request):
         if path != COOKIE_PATH:
             for name in (SESSION_COOKIE, LOGIN_COOKIE):
                 resp.delete_cookie(name, path=path)
