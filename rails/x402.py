@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,6 +87,7 @@ from rails.base import (
 )
 from rails.codes import FailureCode
 from rails.errors import MalformedResponse, ProofMalformed
+from rails.jsontext import RepeatedName, loads_unique
 from registry.catalog import Rail, load_catalog
 
 PROOF_TYPE = "x402_payment_payload"
@@ -194,16 +194,10 @@ def _refuse_repeated_keys(body: bytes) -> None:
     # SECURITY: a name given twice ({"to": A, ..., "to": B}) is read as its last value here and
     # as its first by some parsers (or refused, by serde): a facilitator, a log reader or an
     # operator could see another payment than the one verified. One reading only.
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in items:
-            if key in seen:
-                raise ProofMalformed("proof", f"the name {key[:64]!r} is given twice")
-            seen.add(key)
-        return dict(items)
-
     try:
-        json.loads(body, object_pairs_hook=pairs)
+        loads_unique(body)
+    except RepeatedName as e:
+        raise ProofMalformed("proof", f"the name {e.path!r} is given twice") from None
     except RecursionError:  # orjson reads 1023 levels; this reader, the interpreter's limit
         raise ProofMalformed("proof", "nested too deeply") from None
     except ValueError:  # orjson read it already; only an over-long number lands here

@@ -41,7 +41,7 @@ from rails.errors import (
 from rails.transport.cassette import Call, CassetteTransport, read_cassette
 from rails.x402 import decode_proof, parse_payment
 from registry.catalog import RailOverrides, load_catalog
-from verifier.http.guards import body_nul_field, param_control_field
+from verifier.http.guards import body_refusal, param_control_field
 from verifier.services.offline import UsageError, proof_text
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
@@ -459,7 +459,8 @@ def _nul_paths(value, path=""):
 @given(nasty_json, st.booleans())
 def test_every_nul_in_a_json_body_is_found_and_named(value, ascii_only):
     body = json.dumps(value, ensure_ascii=ascii_only).encode()
-    found = body_nul_field(body)
+    refusal = body_refusal(body)
+    found = refusal[0] if refusal else None
     expected = _nul_paths(value)
     assert (found is None) == (not expected)
     assert found is None or found in expected

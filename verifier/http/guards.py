@@ -1,5 +1,5 @@
-"""ASGI guards in front of the API for hostile input: bodies too large or nested too deep,
-and control characters where no text needs them.
+"""ASGI guards in front of the API for hostile input: bodies too large, nested too deep or
+naming a field twice, and control characters where no text needs them.
 
 The Content-Length check alone misses a chunked body (no Content-Length), so the guard
 counts the bytes as they arrive and stops reading at the limit. A small body can still be
@@ -7,6 +7,9 @@ nested thousands of levels deep: Python's parser gives up with a RecursionError,
 hundred levels inside `proof` pass parsing but overflow the canonical-JSON encoder used for
 fingerprints and idempotency hashes. No request this API takes nests deeper than a handful
 of levels, so anything past MAX_JSON_DEPTH is refused before it is parsed.
+
+A JSON object naming a field twice is refused (422 naming its dotted path): Python's parser
+takes the last value, other readers of the same body the first.
 
 PostgreSQL text cannot hold NUL: a \\u0000 in a JSON string, or %00 in a path or query,
 would reach the database as a DataError (a 500 and a dropped connection). So, before any
@@ -20,13 +23,13 @@ them fine.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
+from rails.jsontext import RepeatedName, loads_unique
 from verifier.http.errors import ApiErrorCode
 
 MAX_JSON_DEPTH = 32
@@ -76,7 +79,8 @@ def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 
 class BodyGuard:
     """Reads the whole request body (at most `max_bytes`), refuses it with a 4xx JSON answer
-    when it is too large or too deep, and replays it to the app otherwise."""
+    when it is too large, too deep, names a field twice or holds NUL, and replays it to the
+    app otherwise."""
 
     def __init__(self, app: Any, max_bytes: int, max_depth: int = MAX_JSON_DEPTH):
         self.app = app
@@ -129,15 +133,10 @@ class BodyGuard:
                 f"body: JSON nested deeper than {self.max_depth} levels",
             )
             return
-        field = body_nul_field(body)
-        if field is not None:
-            await _refuse(
-                send,
-                422,
-                ApiErrorCode.invalid_request,
-                f"{field}: must not contain NUL characters (\\u0000)",
-                field,
-            )
+        refusal = body_refusal(body)
+        if refusal is not None:
+            field, why = refusal
+            await _refuse(send, 422, ApiErrorCode.invalid_request, f"{field}: {why}", field)
             return
         replayed = False
 
@@ -172,14 +171,27 @@ def nul_path(value: Any, path: str = "") -> str | None:
     return None
 
 
-def body_nul_field(body: bytes) -> str | None:
-    if not _NUL_ESCAPE.search(body):  # a raw NUL byte is not valid JSON: the parser's business
+def body_refusal(body: bytes) -> tuple[str, str] | None:
+    """(field, why) when a JSON body names a field twice or holds NUL in a string or key; None
+    when it is clean, empty or no JSON (malformed JSON is the parser's business). One parse
+    for both checks."""
+    if not body:
         return None
     try:
-        doc = json.loads(body)  # the parser FastAPI uses, so both read the same strings
+        # The parser FastAPI uses, so both read the same strings.
+        doc = loads_unique(body)
+    except RepeatedName as e:
+        # SECURITY: {"amount": 1500000, "amount": 1} is read as its last value here and as its
+        # first by other readers (a proxy, a log, the client's own checks): one body, two
+        # requests. Refused at any depth, for every route.
+        return e.path, "given twice; name each field once"
     except (ValueError, RecursionError):
         return None
-    return nul_path(doc)
+    if _NUL_ESCAPE.search(body):  # a raw NUL byte is not valid JSON: the parser's business
+        field = nul_path(doc)
+        if field is not None:
+            return field, "must not contain NUL characters (\\u0000)"
+    return None
 
 
 def _header_name(raw: bytes) -> str:
