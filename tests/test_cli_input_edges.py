@@ -8,6 +8,8 @@ traceback, and never a success message that is not true.
   written and echoed with those bytes escaped, in any UTF-8 locale.
 - `--incident-id` / `--operator-reason` longer than the API takes are refused before sending,
   naming the option, not by the server's header limit (431).
+- `record-release-gate-evidence --evidence-file` with a gate that takes no file is refused
+  before sending, rather than recorded without the file.
 """
 
 from __future__ import annotations
@@ -138,3 +140,42 @@ def test_operator_context_at_the_api_limits_is_sent(world):
         "r" * MAX_OPERATOR_REASON,
     )
     assert r.exit_code == 0, (r.exit_code, r.output[-300:])
+
+
+# -- record-release-gate-evidence --evidence-file -----------------------------------------------
+
+
+@pytest.mark.parametrize("gate", ["rate_limit_review", "provider_alerting_review"])
+def test_an_evidence_file_for_an_attestation_gate_is_refused_before_any_call(
+    env,  # noqa: F811
+    tmp_path,
+    gate,
+):
+    # Nothing listens at this address: a call would say "cannot reach".
+    env.setenv("RAILPROOF_API_BASE_URL", "http://127.0.0.1:9")
+    env.setenv("RAILPROOF_STAFF_TOKEN", "staff-token-ops1")
+    env.setenv("COLUMNS", "200")
+    evidence = tmp_path / "review.json"
+    evidence.write_text("{}")
+    for path in (evidence, tmp_path / "missing.json"):
+        r = cli(
+            "record-release-gate-evidence",
+            "--rail-id",
+            "evm_usdc",
+            "--gate",
+            gate,
+            "--note",
+            "reviewed",
+            "--evidence-file",
+            str(path),
+            "--incident-id",
+            "INC-1",
+            "--operator-reason",
+            "review",
+        )
+        assert r.exit_code == 2, r.output
+        assert (
+            "error: --evidence-file is for e2e_rehearsal and alert_rule_integrity only, "
+            f"not {gate}" in r.stderr
+        ), r.stderr
+        assert "cannot reach" not in r.stderr

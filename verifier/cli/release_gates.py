@@ -112,6 +112,10 @@ def register(app: typer.Typer) -> None:
             except UnicodeDecodeError as e:
                 _die(f"--evidence-file: cannot read {evidence_file} ({e})")
             body.update(evidence=text, evidence_sha256=hashlib.sha256(raw).hexdigest())
+        elif evidence_file is not None:
+            # Not sent with any other gate: recording the gate without it would leave the
+            # operator believing the file went on the record.
+            _die(f"--evidence-file is for {' and '.join(FILE_GATES)} only, not {gate}")
         if note:
             body["note"] = note
         c = Client(incident_id, operator_reason)
