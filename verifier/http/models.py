@@ -10,6 +10,7 @@ the documented contract.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -85,6 +86,22 @@ AmountText = Annotated[
     str, Field(pattern=r"^[0-9]+$", description=f"A string of digits: {_AMOUNT_DOC}.")
 ]
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"}, description="ISO-8601, UTC")]
+
+
+def _iso_time(value: Any) -> Any:
+    # Text only: pydantic takes a number (or a string of digits) for a Unix time, and one
+    # above 2e10 for milliseconds (253402300799, the year 9999 in seconds, read as 1978).
+    if not isinstance(value, str):
+        raise ValueError("an ISO-8601 time as text (2024-01-01T00:00:00Z), not a number")
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("an ISO-8601 time (2024-01-01T00:00:00Z)") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # no offset: UTC, as everywhere
+
+
+# A time a request gives: ISO-8601 text, read as UTC when it names no offset.
+TimeIn = Annotated[datetime, BeforeValidator(_iso_time)]
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 # A rail's or a stored row's id as a body names it: the characters ids are made of, so a
 # control character (or anything else) is refused naming the field, not looked up.

@@ -4,7 +4,6 @@ run and every resolution carries its incident id and reason."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
@@ -13,7 +12,7 @@ from pydantic import Field, StrictBool
 from verifier.http.deps import EngineDep, StaffDep, staff_operator
 from verifier.http.errors import error_responses
 from verifier.http.guards import MAX_INCIDENT_ID, MAX_OPERATOR_REASON
-from verifier.http.models import Model, OperatorIn
+from verifier.http.models import Model, OperatorIn, TimeIn
 from verifier.http.routes import staff_router, with_context
 from verifier.services import reconciliation
 
@@ -24,8 +23,8 @@ Scope = Literal["rail_proofs", "chain_inflows"]
 class RunIn(Model):
     scope: Scope
     rail_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: TimeIn | None = None
+    until: TimeIn | None = None
     limit: Annotated[int, Field(ge=1, le=reconciliation.MAX_LIMIT, strict=True)] = 1000
     apply: StrictBool = False
     confirm: StrictBool = False  # only JSON true confirms
