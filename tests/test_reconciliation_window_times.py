@@ -42,3 +42,13 @@ def test_iso_text_is_taken_and_a_time_without_offset_is_utc(client):
         "2024-01-01T00:00:00Z",
         "2024-01-02T00:00:00Z",
     )
+
+
+def test_rfc3339_lower_case_separators_are_taken(client):
+    r = client.post(
+        RUNS,
+        json={"scope": "rail_proofs", "since": "2024-01-01t00:00:00z", **OPS},
+        headers=auth(STAFF_TOKEN),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["since"] == "2024-01-01T00:00:00Z"

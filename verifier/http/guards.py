@@ -245,6 +245,11 @@ class InputGuard:
 async def _refuse(
     send: Any, status: int, code: ApiErrorCode, message: str, field: str = "body"
 ) -> None:
+    # A name from the body may hold a lone surrogate ("\ud800"), which no UTF-8 holds:
+    # written escaped, as the body gave it, never an encoding error (a 500).
+    message, field = (
+        v.encode("utf-8", "backslashreplace").decode("utf-8") for v in (message, field)
+    )
     payload = orjson.dumps({"error": {"code": code, "message": message, "field": field}})
     await send(
         {

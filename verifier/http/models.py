@@ -94,7 +94,7 @@ def _iso_time(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("an ISO-8601 time as text (2024-01-01T00:00:00Z), not a number")
     try:
-        at = datetime.fromisoformat(value)
+        at = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         raise ValueError("an ISO-8601 time (2024-01-01T00:00:00Z)") from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)  # no offset: UTC, as everywhere

@@ -586,6 +586,9 @@ def apply(
             # passed again: the credit is finished, as assurance's repair says.
             blocked = None
             now = engine.now()
+            # Before the audit chain's lock: a finality sweep holding a late sibling's row
+            # waits for that lock, and would wait for this credit while it waits for the row.
+            late = proof_repo.late_siblings(s, [proof_id], siblings)
             r = ctx.receipt
             ent = _activate(engine, p, ps, ctx, r, now)
             audit.append(
@@ -598,7 +601,6 @@ def apply(
                 {"receipt_id": r.id, "owner_id": ent.owner_id, "completed_credit": True},
             )
             _emit_activated(s, now, ent)
-            late = proof_repo.late_siblings(s, [proof_id], siblings)
             _tell_not_credited(s, now, {ps.id}, [*others, *late])
             result = {
                 "applied": True,
@@ -609,6 +611,7 @@ def apply(
         else:
             blocked = None
             now = engine.now()
+            late = proof_repo.late_siblings(s, [proof_id], siblings)  # before the chain's lock
             r = _receipt(p, ps, ctx, op, now)
             receipt_repo.add(s, r)
             if engine.fail_after_receipt_insert:
@@ -616,7 +619,6 @@ def apply(
             ent = _activate(engine, p, ps, ctx, r, now)
             _audit_credit(s, now, op, via, p, ps, r, ent)
             _emit_credit(s, now, r, ent, via)
-            late = proof_repo.late_siblings(s, [proof_id], siblings)
             _tell_not_credited(s, now, {ps.id}, [*others, *late])
             result = {
                 "applied": True,
@@ -822,6 +824,9 @@ def apply_many(
             ps = sessions[p.session_id]
             passed.append((p, ps, ctx, receipt_repo.stage(s, _receipt(p, ps, ctx, op, now))))
         if passed:
+            # Before the audit chain's lock (see `apply`).
+            paid = [p.id for p, _, _, _ in passed]
+            late = proof_repo.late_siblings(s, paid, [*siblings, *ids])
             # The receipts are written (one INSERT) before the entitlements that point at them
             # change: without a relationship between the two models the unit of work would
             # not order them. Both before the audit chain's lock is taken.
@@ -840,8 +845,6 @@ def apply_many(
             for _, _, r, ent in credits:
                 _emit_credit(s, now, r, ent, via)
                 credited.append(r.rail_id)
-            paid = [p.id for p, _, _, _ in credits]
-            late = proof_repo.late_siblings(s, paid, [*siblings, *ids])
             _tell_not_credited(s, now, {ps.id for _, ps, _, _ in credits}, [*others, *late])
     for rail_id, failed in blocked:
         for code in failed:

@@ -272,9 +272,10 @@ def unapplied_siblings(s: Session, proof_ids: Sequence[str]) -> list[str]:
 
 
 # How long a credit waits for a late sibling's row another transaction holds: a finality
-# sweep or a claim holds one for milliseconds; the proof's own attempt holds it until the
-# credit commits (it waits for the session's lock), so the wait ends well before PostgreSQL
-# would look for a deadlock (deadlock_timeout, 1 s by default).
+# sweep or a claim holds one for milliseconds (the credit reads its late siblings before it
+# takes the audit chain's lock, which a finality sweep then waits on); the proof's own
+# attempt holds it until the credit commits (it waits for the session's lock), so the wait
+# ends well before PostgreSQL would look for a deadlock (deadlock_timeout, 1 s by default).
 LATE_SIBLING_WAIT_MS = 250
 
 
