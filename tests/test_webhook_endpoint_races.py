@@ -125,13 +125,13 @@ def test_endpoint_rotate_or_delete_during_an_emit_to_it_does_not_deadlock(
     holding = threading.Event()
     real = outbox_repo.insert_deliveries
 
-    def slow_insert(s, rows):
+    def slow_insert(s, rows, *a):
         # The emit holds the chain's lock here: time for the owner's call to go as far as
         # it can (before the fix: lock the endpoint's row, then queue for the chain's lock).
         if rows and not holding.is_set():
             holding.set()
             time.sleep(0.7)
-        return real(s, rows)
+        return real(s, rows, *a)
 
     monkeypatch.setattr(outbox_repo, "insert_deliveries", slow_insert)
     fn = (

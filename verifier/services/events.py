@@ -91,13 +91,12 @@ def emit(
             "endpoint_id": ep_id,
             "status": DeliveryStatus.pending.value,
             "attempts": 0,
-            "next_attempt_at": now,
             "created_at": now,
             "updated_at": now,
         }
         for ep_id in _subscribers(s, et, owner_id)
     ]
-    outbox_repo.insert_deliveries(s, rows)
+    outbox_repo.insert_deliveries(s, rows, (resource_type, resource_id, seq), now)
     return event_id
 
 

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, insert, select
+from sqlalchemy import String, bindparam, case, func, insert, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,31 @@ _ACTIVE = Prepared(
     .order_by(_ENDPOINTS.c.created_at, _ENDPOINTS.c.id)
 )
 _INSERT_EVENT = Prepared(insert(_OUTBOX))
-_INSERT_DELIVERY = insert(rows.table(WebhookDelivery))
+_DELIVERIES = rows.table(WebhookDelivery)
+_D2, _E2 = _DELIVERIES.alias("before_d"), _OUTBOX.alias("before_e")
+# The latest due time of the endpoint's pending deliveries of earlier events about the same
+# resource: a new event cannot go before them, so it is due no sooner.
+_BLOCKED_UNTIL = (
+    select(func.max(_D2.c.next_attempt_at))
+    .select_from(_D2.join(_E2, _E2.c.id == _D2.c.event_id))
+    .where(
+        _D2.c.endpoint_id == bindparam("endpoint_id"),
+        _D2.c.status == "pending",
+        _E2.c.resource_type == bindparam("rt"),
+        _E2.c.resource_id == bindparam("rid"),
+        _E2.c.sequence < bindparam("seq"),
+    )
+    .scalar_subquery()
+)
+_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
+_COLS = ("id", "event_id", "endpoint_id", "status", "attempts", "created_at", "updated_at")
+_INSERT_DELIVERY = insert(_DELIVERIES).from_select(
+    [*_COLS, "next_attempt_at"],
+    select(
+        *(bindparam(c, type_=_DELIVERIES.c[c].type) for c in _COLS),
+        case((_BLOCKED_UNTIL > _NOW, _BLOCKED_UNTIL), else_=_NOW),  # NULL: none blocks it
+    ),
+)
 
 
 def lock_sequences(s: Session) -> None:
@@ -92,9 +117,19 @@ def insert_event(s: Session, row: dict[str, Any]) -> None:
     _INSERT_EVENT.defer(s.connection(), row)
 
 
-def insert_deliveries(s: Session, rows: list[dict[str, Any]]) -> None:
-    """Every delivery of one event in one executemany."""
+def insert_deliveries(
+    s: Session, rows: list[dict[str, Any]], resource: tuple[str, str, int], now: datetime
+) -> None:
+    """Every delivery of one event (`resource`: its type, id and sequence) in one executemany,
+    each due `now`, or when the endpoint's pending delivery of an earlier event about the
+    resource is due if that is later. Such a delivery waits for that one anyway: due now, it
+    would sit in every claim's range, read and passed over (for up to the backoff's
+    longest wait) while its earlier event retries."""
     if rows:
+        rt, rid, seq = resource
         conn = s.connection()
         send_deferred(conn)
-        conn.execute(_INSERT_DELIVERY, rows)
+        conn.execute(
+            _INSERT_DELIVERY,
+            [{**r, "rt": rt, "rid": rid, "seq": seq, "now": now} for r in rows],
+        )
