@@ -132,6 +132,10 @@ def test_a_clean_run_of_another_rail_hides_nothing(eng):
         ("reconciliation_verified_without_receipt", f"reconciliation run {first['id']}"),
         ("reconciliation_incomplete", f"reconciliation run {tron['id']}"),
     }
+    # Incomplete by design: no warning a re-run would clear (a re-run checks nothing).
+    [told] = [i for i in reconciliation_issues(eng) if i["category"] == "reconciliation_incomplete"]
+    assert told["severity"] == "info", told
+    assert "explorer" in told["repair"] and "re-run it" not in told["repair"], told
 
     # A later run of the same scope and rail does replace its predecessor.
     [p] = proofs_of(eng, s["id"])
