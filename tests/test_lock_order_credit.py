@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -26,32 +25,12 @@ from sqlalchemy import create_engine, text
 from tests.conftest import auth
 from tests.fake_rail import FakeAdapter
 from tests.helpers import FAKE_SESSION, fake_payment
+from tests.test_lock_behind_attack import wait_for_lock_wait
 from verifier.services import audit, gate
 from verifier.services import proofs as proofs_service
 from verifier.storage.models import ProofStatus
 from verifier.storage.repo import proofs as proof_repo
 from verifier.worker import loop as worker
-
-
-def _waiting(url: str, n: int, timeout: float = 15.0) -> None:
-    """Until `n` backends of this database wait on a lock."""
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        deadline = time.monotonic() + timeout
-        with admin.connect() as c:
-            while True:
-                got = c.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type IN ('Lock') AND pid <> pg_backend_pid()"
-                    )
-                )
-                if got >= n:
-                    return
-                assert time.monotonic() < deadline, f"only {got} of {n} waiting"
-                time.sleep(0.01)
-    finally:
-        admin.dispose()
 
 
 def _run(fn, errors: list) -> threading.Thread:
@@ -111,11 +90,11 @@ def test_release_of_skipped_claims_and_a_credit_locking_pending_siblings_do_not_
                 proof_repo.release_claims(s, [hi, lo], "w1", due)
 
         t1 = _run(release, errors)
-        _waiting(url, 1)
+        wait_for_lock_wait(url, "the other writer", 1, 15.0)
         # The credit locks the proof and its pending siblings in id order: `lo`, then waits
         # on `hi` behind the release.
         t2 = _run(lambda: gate.apply_many(engine, [first["id"]], audit.Operator("worker")), errors)
-        _waiting(url, 2)
+        wait_for_lock_wait(url, "both writers", 2, 15.0)
         tx.commit()
     t1.join(20)
     t2.join(20)
@@ -164,7 +143,7 @@ def test_payload_replacement_and_a_credit_of_the_same_session_do_not_deadlock(
                     errors,
                 )
             )
-            _waiting(url, 1)
+            wait_for_lock_wait(url, "the other writer", 1, 15.0)
         return out
 
     monkeypatch.setattr(proofs_service.audit, "append", append)

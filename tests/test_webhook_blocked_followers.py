@@ -15,22 +15,13 @@ import pytest
 from sqlalchemy import event, text, update
 
 from tests.conftest import make_pg_db
+from tests.test_webhook_claim_scan import _rows_read
 from verifier.services.events import emit
 from verifier.storage.db import Database
 from verifier.storage.repo import webhooks as repo
 from verifier.storage.webhook_models import WebhookDelivery, WebhookEndpoint
 
 RESOURCES = 1500
-
-
-def _rows_read(plan: dict[str, Any], table: str) -> float:
-    n = 0.0
-    if plan.get("Relation Name") == table:
-        per_loop = plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
-        n += per_loop * plan.get("Actual Loops", 1)
-    for child in plan.get("Plans", []):
-        n += _rows_read(child, table)
-    return n
 
 
 @pytest.fixture
