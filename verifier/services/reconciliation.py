@@ -772,6 +772,9 @@ def _treasury(engine: Engine, rail: Rail) -> str | None:
         return engine.treasury(s, rail)
 
 
+_NOT_SCANNED = "are not scanned"
+
+
 def _chain_inflows(engine: Engine, req: RunRequest) -> Outcome:
     if req.rail_id is None:  # _validate refuses chain_inflows without one
         raise ValueError("rail_id: chain_inflows reads one rail's treasury")
@@ -783,7 +786,7 @@ def _chain_inflows(engine: Engine, req: RunRequest) -> Outcome:
         return Outcome(
             [],
             RunStatus.incomplete,
-            f"treasury inflows of {rail.rail_id} are not scanned: {adapter.inflow_scan_gap}. "
+            f"treasury inflows of {rail.rail_id} {_NOT_SCANNED}: {adapter.inflow_scan_gap}. "
             "Nothing was checked.",
             Counter(inflows_scanned=0),
         )
@@ -1279,10 +1282,16 @@ def list_runs(engine: Engine, scope: str | None = None, limit: int = 50) -> list
 
 
 def _unscannable(engine: Engine, r: ReconciliationRun) -> bool:
-    """A treasury scan of a rail whose adapter cannot list inflows (`inflow_scan` None)."""
+    """A treasury scan that checked nothing because its rail's adapter cannot list inflows
+    (`inflow_scan` None): so said by the run itself, and still so of the rail today."""
     if r.scope != Scope.chain_inflows.value or r.rail_id is None or not engine.has_rail(r.rail_id):
         return False
-    return engine.adapter(engine.rail(r.rail_id)).inflow_scan is None
+    if f"{r.rail_id} {_NOT_SCANNED}" not in (r.detail or ""):
+        return False
+    try:
+        return engine.adapter(engine.rail(r.rail_id)).inflow_scan is None
+    except (BadInput, ValueError):  # a rail its overrides leave unbuildable keeps its warning
+        return False
 
 
 def assurance_issues(engine: Engine) -> list[dict[str, str]]:
