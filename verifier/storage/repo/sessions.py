@@ -225,12 +225,14 @@ def other_open_candidates_behind(
     return lambda: [Candidate(sid, owner) for sid, owner in found.rows()]
 
 
-# FOR SHARE (PostgreSQL): a credit holding the session's row lock is waited for, and its
-# `paid` read; one that locks it later sees this attempt among the session's proofs.
+# FOR KEY SHARE (PostgreSQL): a credit holding the session's row lock (FOR UPDATE) is waited
+# for, and its `paid` read; one that locks it later sees this attempt among the session's
+# proofs. The weakest lock that does so, and the one the holds' foreign keys take anyway: it
+# costs the submission nothing measurable (FOR SHARE cost ~7 % of the in-process rate).
 _STATUS = Prepared(
     select(PaymentSession.status)
     .where(PaymentSession.id == bindparam("sid"))
-    .with_for_update(read=True)
+    .with_for_update(read=True, key_share=True)
 )
 
 
