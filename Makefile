@@ -84,7 +84,7 @@ clients: $(DEV_STAMP) $(TS_STAMP)
 test: $(DEV_STAMP) $(if $(NPM),$(TS_STAMP))
 	@url="$${RAILPROOF_TEST_POSTGRES_URL:-$$($(BIN)/python scripts/find_postgres.py)}"; \
 	if [ -z "$$url" ]; then echo "note: no PostgreSQL answers on 127.0.0.1:5432; PostgreSQL tests will be skipped (set RAILPROOF_TEST_POSTGRES_URL)"; fi; \
-	RAILPROOF_TEST_POSTGRES_URL="$$url" $(BIN)/pytest $(PYTEST_ARGS)
+	RAILPROOF_TEST_POSTGRES_URL="$$url" $(BIN)/python scripts/run_tests.py $(PYTEST_ARGS)
 
 # Lint: ruff (rules and format) over the whole tree; mypy as [tool.mypy] in pyproject says
 # (strict on rails/, registry/ and verifier/storage/repo/, the rest of verifier/ relaxed).
