@@ -8,9 +8,9 @@ is shared between test files but the servers themselves.
 
 The test files are dealt out by size, largest first, each to the process with the fewest
 bytes so far (size is a fair proxy for a file's time). The first process writes to the
-terminal as it goes; the others' output follows theirs. The exit status is the worst of
-them. Arguments go to every process; arguments naming files or values (`-k expr`), or
-TEST_JOBS=1, run one process over what they name, as pytest alone would.
+terminal as it goes; the others' output follows theirs. The exit status is 0 only when every
+process passed. Arguments go to every process; arguments naming files or values (`-k expr`),
+or TEST_JOBS=1, run one process over what they name, as pytest alone would.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         sys.stdout.buffer.write(log.read())
     sys.stdout.write(f"\ntest processes' exit statuses: {codes}\n")
-    return max(codes)
+    # A process killed by a signal returns a negative code: a failure, whatever the others say.
+    failed = [c for c in codes if c != 0]
+    return max(failed) if failed and max(failed) > 0 else (1 if failed else 0)
 
 
 if __name__ == "__main__":
