@@ -944,3 +944,129 @@ def test_another_spelling_of_an_endpoints_url_is_the_same_endpoint(api):
     assert r.status_code == 201, r.text
     r = api.post("/v1/webhook-endpoints", headers=auth(), json={"url": base + "/a%3Bv=2", **TYPES})
     assert r.status_code == 201, r.text
+
+
+# -- with any host allowed: public addresses only, the address checked is the one reached ----------
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "10.1.2.3",
+        "172.16.0.9",
+        "192.168.1.1",
+        "169.254.169.254",  # the cloud's metadata service
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "[::ffff:10.0.0.1]",
+        "[fd00::1]",
+        "[fe80::1]",
+    ],
+)
+def test_any_host_still_refuses_addresses_that_are_not_public(host):
+    problem = webhooks.url_problem(f"https://{host}/hook", allow_any_host=True)
+    assert problem is not None and "not a public address" in problem, problem
+
+
+def test_any_host_takes_public_addresses_names_and_listed_private_networks():
+    for url in (
+        "https://93.184.216.34/h",
+        "https://[2606:4700::1111]/h",
+        "https://hooks.example/h",
+    ):
+        assert webhooks.url_problem(url, allow_any_host=True) is None, url
+    nets = ["10.0.0.0/8"]
+    assert webhooks.url_problem("https://10.1.2.3/h", True, nets) is None
+    assert webhooks.url_problem("https://[::ffff:10.1.2.3]/h", True, nets) is None
+    assert "not a public address" in (webhooks.url_problem("https://192.168.1.1/h", True, nets))
+
+
+def test_registering_a_private_address_with_any_host_names_the_url(engine, api, monkeypatch):
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", True)
+    r = api.post(
+        "/v1/webhook-endpoints",
+        headers=auth(),
+        json={"url": "http://169.254.169.254/latest/meta-data", "event_types": ["proof.verified"]},
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "url", r.text
+    assert "not a public address" in r.json()["error"]["message"]
+    monkeypatch.setattr(engine.settings, "webhook_private_networks", ["169.254.0.0/16"])
+    r = api.post(
+        "/v1/webhook-endpoints",
+        headers=auth(),
+        json={"url": "http://169.254.169.254/latest/meta-data", "event_types": ["proof.verified"]},
+    )
+    assert r.status_code == 201, r.text
+
+
+def _named_receiver(api, receiver: Receiver, name: str) -> dict[str, Any]:
+    url = receiver.url.replace("127.0.0.1", name)
+    r = api.post(
+        "/v1/webhook-endpoints", headers=auth(), json={"url": url, "event_types": ALL_TYPES}
+    )
+    assert r.status_code == 201, r.text
+    receiver.secret = r.json()["secret"]
+    return r.json()
+
+
+def _resolving(monkeypatch, *addresses: str) -> list[str]:
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[Any]:
+        asked.append(host)
+        return [webhooks.ipaddress.ip_address(a) for a in addresses]
+
+    monkeypatch.setattr(webhooks, "_resolve", resolve)
+    return asked
+
+
+def test_a_name_resolving_to_a_private_address_is_not_sent_to(engine, api, receiver, monkeypatch):
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", True)
+    _named_receiver(api, receiver, "hooks.example")
+    cfg = replace(FAST, allow_any_host=True, max_attempts=1)
+    for addresses in (["127.0.0.1"], ["93.184.216.34", "10.0.0.7"]):
+        asked = _resolving(monkeypatch, *addresses)
+        ev = emit_now(engine, "proof.verified", rid=f"p-{len(addresses)}")
+        out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=cfg)
+        d = delivery_of(engine, ev)
+        assert asked == ["hooks.example"] and out["dead_lettered"] == 1, out
+        assert "resolves to an address that is not a public address" in d.last_error
+    assert receiver.requests == []
+
+
+def test_a_name_is_resolved_once_and_the_address_checked_is_the_one_reached(
+    engine, api, receiver, monkeypatch
+):
+    # A listed private network lets the loopback receiver stand in for a public one.
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", True)
+    ep = _named_receiver(api, receiver, "hooks.example")
+    asked = _resolving(monkeypatch, "127.0.0.1")
+    cfg = replace(FAST, allow_any_host=True, private_networks=("127.0.0.0/8",))
+    ev = emit_now(engine, "proof.verified")
+    assert webhooks.deliver_due(engine, "w1", now=CLOCK, config=cfg)["delivered"] == 1
+    (req,) = receiver.requests
+    port = receiver.url.split(":")[2].split("/")[0]
+    assert asked == ["hooks.example"]
+    assert req["headers"]["host"] == f"hooks.example:{port}"
+    assert req["headers"]["webhook-id"] == ev and verify_signature(
+        ep["secret"], req["headers"], req["body"]
+    )
+
+
+def test_private_networks_setting_is_read_and_checked(monkeypatch):
+    monkeypatch.setenv("RAILPROOF_WEBHOOK_PRIVATE_NETWORKS", "10.0.0.0/8, 192.168.1.7")
+    settings = Settings(env={})
+    assert settings.webhook_private_networks == ["10.0.0.0/8", "192.168.1.7/32"]
+    assert webhooks.DeliveryConfig.from_settings(settings).private_networks == (
+        "10.0.0.0/8",
+        "192.168.1.7/32",
+    )
+    monkeypatch.setenv("RAILPROOF_WEBHOOK_PRIVATE_NETWORKS", "10.0.0.0/8,intranet")
+    with pytest.raises(ValueError) as e:
+        Settings(env={})
+    lines = describe_error(e.value)
+    assert any(
+        ln.startswith("RAILPROOF_WEBHOOK_PRIVATE_NETWORKS") and "'intranet'" in ln for ln in lines
+    ), lines

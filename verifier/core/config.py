@@ -9,6 +9,7 @@ were built from.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -150,6 +151,9 @@ class Settings(BaseSettings):
     # Webhook delivery (verifier.services.webhooks): durations up to a year, so that a lease
     # or a backoff added to now stays a date.
     webhook_allow_any_host: bool = False
+    # With any host allowed, the private networks (CIDR) receivers may still be in: every
+    # other non-public address (loopback, RFC 1918, link-local, metadata) is refused.
+    webhook_private_networks: CsvList = Field(default_factory=list)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=_YEAR_S)
     webhook_max_attempts: int = Field(default=10, ge=1)
     webhook_backoff_initial_seconds: float = Field(default=30.0, ge=0, le=_YEAR_S)
@@ -176,12 +180,25 @@ class Settings(BaseSettings):
     discovery_cycle_budget_s: float = Field(default=2.0, gt=0, le=3600)
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 
-    @field_validator("apply_rail_allowlist", "receipt_creation_rails", mode="before")
+    @field_validator(
+        "apply_rail_allowlist", "receipt_creation_rails", "webhook_private_networks", mode="before"
+    )
     @classmethod
     def _csv(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
+
+    @field_validator("webhook_private_networks", mode="after")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+        return out
 
     @field_validator("service_tokens", "staff_tokens", mode="before")
     @classmethod

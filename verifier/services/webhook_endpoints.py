@@ -57,7 +57,9 @@ def _event_types(given: list[str]) -> list[str]:
 def create_endpoint(
     engine: Engine, principal: str, owners: list[str], url: str, event_types: list[str]
 ) -> dict[str, Any]:
-    problem = webhooks.url_problem(url, engine.settings.webhook_allow_any_host)
+    problem = webhooks.url_problem(
+        url, engine.settings.webhook_allow_any_host, engine.settings.webhook_private_networks
+    )
     if problem:
         raise BadInput("invalid_url", f"url: {problem}", field="url")
     types = _event_types(event_types)

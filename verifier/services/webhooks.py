@@ -41,10 +41,11 @@ import ipaddress
 import logging
 import re
 import secrets
+import socket
 import string
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -75,6 +76,7 @@ from verifier.storage.webhook_models import (
 )
 
 log = logging.getLogger("railproof.webhooks")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ID_HEADER = "webhook-id"
 TIMESTAMP_HEADER = "webhook-timestamp"
@@ -83,6 +85,7 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # the spec asks for 24 to 64 random bytes
 MIN_SECRET_BYTES = 24
 ALLOW_ANY_HOST_ENV = "RAILPROOF_WEBHOOK_ALLOW_ANY_HOST"
+PRIVATE_NETWORKS_ENV = "RAILPROOF_WEBHOOK_PRIVATE_NETWORKS"
 USER_AGENT = "railproof-webhooks/1"
 _ERROR_CHARS = 300  # last_error keeps the start of a receiver's answer, not all of it
 _STORED_ERROR_CHARS = 1024  # last_error as stored: that start, and what we say around it
@@ -146,9 +149,10 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes | str)
 
 
 # -- where we may send -------------------------------------------------------------------------
-def url_problem(url: str, allow_any_host: bool) -> str | None:
+def url_problem(url: str, allow_any_host: bool, private_networks: Sequence[str] = ()) -> str | None:
     """Why a webhook URL is refused, or None when it is acceptable (`allow_any_host`:
-    RAILPROOF_WEBHOOK_ALLOW_ANY_HOST)."""
+    RAILPROOF_WEBHOOK_ALLOW_ANY_HOST; `private_networks`: RAILPROOF_WEBHOOK_PRIVATE_NETWORKS).
+    A host given by name is checked again once resolved, at send time (`resolved_problem`)."""
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
         return "must be ASCII without spaces or control characters (IDN hosts in punycode)"
     try:
@@ -180,7 +184,39 @@ def url_problem(url: str, allow_any_host: bool) -> str | None:
     # the delivering client connects to.
     if not allow_any_host and not _loopback(host):
         return f"host {host!r} is not a loopback address ({ALLOW_ANY_HOST_ENV} is off)"
+    if allow_any_host:
+        literal = _literal_ip(host)
+        if literal is not None and not address_allowed(literal, private_networks):
+            return f"host {host!r} {_NOT_PUBLIC}"
     return None
+
+
+_NOT_PUBLIC = (
+    f"is not a public address (a private network a receiver may be in is listed in "
+    f"{PRIVATE_NETWORKS_ENV})"
+)
+
+
+def _literal_ip(host: str) -> IPAddress | None:
+    if host == "localhost":
+        return ipaddress.ip_address("127.0.0.1")
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def address_allowed(ip: IPAddress, private_networks: Sequence[str] = ()) -> bool:
+    """Whether a delivery may connect to `ip` with any host allowed: a public unicast address,
+    or one in a network the deployment listed."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1 to the kernel
+    if any(ip in ipaddress.ip_network(n) for n in private_networks):
+        return True
+    # SECURITY: a tenant's endpoint must not make this machine POST (and record the start of
+    # the answer, which the tenant reads) to loopback services, the private network or the
+    # cloud's metadata address (169.254.169.254).
+    return ip.is_global and not ip.is_multicast
 
 
 def _loopback(host: str) -> bool:
@@ -256,6 +292,7 @@ class DeliveryConfig:
     per_token: int = 2  # of them, at most this many to one token's endpoints (leases count)
     poll_s: float = 1.0  # while POSTs are in flight, how often newly due deliveries are claimed
     allow_any_host: bool = False  # re-checked at send time (url_problem)
+    private_networks: tuple[str, ...] = ()  # with any host allowed, the private ones allowed
 
     def __post_init__(self) -> None:
         if (
@@ -284,6 +321,7 @@ class DeliveryConfig:
             concurrency=settings.webhook_concurrency,
             per_token=settings.webhook_token_concurrency,
             allow_any_host=settings.webhook_allow_any_host,
+            private_networks=tuple(settings.webhook_private_networks),
         )
 
 
@@ -403,7 +441,7 @@ async def _deliver(
     its token's slots (at most `per_token`) to the timeout, never another's delivery."""
 
     async def send(http: httpx.AsyncClient, job: Job) -> None:
-        res = await post(http, job, cfg.allow_any_host, cfg.timeout_s)
+        res = await post(http, job, cfg.allow_any_host, cfg.timeout_s, cfg.private_networks)
         try:
             outcome = await asyncio.to_thread(_record, engine, job, res, worker_name, cfg, now)
         except Exception:  # noqa: BLE001 - logged; the other deliveries still count
@@ -498,11 +536,16 @@ def claim(
 
 
 async def post(
-    http: httpx.AsyncClient, job: Job, allow_any_host: bool = False, timeout_s: float = 10.0
+    http: httpx.AsyncClient,
+    job: Job,
+    allow_any_host: bool = False,
+    timeout_s: float = 10.0,
+    private_networks: Sequence[str] = (),
 ) -> Result:
     """One signed POST, answered within `timeout_s`; never raises (a failure is a result to
-    record)."""
-    problem = url_problem(job.url, allow_any_host)
+    record). With any host allowed, a host named is resolved here and the POST goes to the
+    address checked (`_pinned`), with the name as Host and TLS server name."""
+    problem = url_problem(job.url, allow_any_host, private_networks)
     if problem is not None:
         # SECURITY: re-checked at send time, so a URL stored before a setting changed (or
         # written to the table directly) still cannot make this machine send elsewhere.
@@ -531,6 +574,10 @@ async def post(
     try:
         async with asyncio.timeout_at(end):
             request = http.build_request("POST", job.url, content=job.body, headers=headers)
+            if allow_any_host:
+                refused = await _pinned(request, private_networks)
+                if refused is not None:
+                    return Result(False, None, refused, "host_not_allowed", 0.0)
             r = await http.send(request, stream=True)
     except (TimeoutError, httpx.TimeoutException):
         return Result(
@@ -566,6 +613,35 @@ async def post(
         )
     finally:
         await r.aclose()
+
+
+async def _pinned(request: httpx.Request, private_networks: Sequence[str]) -> str | None:
+    """Resolve a named host once, refuse it when any of its addresses is not allowed, and
+    point the request at the first: the address checked is the one connected to, so a name
+    that resolves to a public address when checked and to a private one when connecting
+    (DNS rebinding) reaches nothing private. None when the request may go."""
+    host = request.url.host
+    if _literal_ip(host) is not None:
+        return None  # checked by url_problem; nothing to resolve
+    port = request.url.port or _DEFAULT_PORTS[request.url.scheme]
+    try:
+        found = await _resolve(host, port)
+    except OSError as e:
+        raise httpx.ConnectError(f"name not resolved: {e.strerror or e}") from None
+    # SECURITY: every address, not only the first: a name with one public and one private
+    # address would otherwise reach the private one whenever the resolver's order changes.
+    if not found or not all(address_allowed(ip, private_networks) for ip in found):
+        return f"not sent: url host {host!r} resolves to an address that {_NOT_PUBLIC}"
+    # The Host header was written from the name when the request was built; the TLS
+    # certificate is checked against the name too (httpcore's sni_hostname).
+    request.url = request.url.copy_with(host=str(found[0]))
+    request.extensions["sni_hostname"] = host
+    return None
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
 
 
 async def _read_some(r: httpx.Response) -> str:
