@@ -241,3 +241,25 @@ def test_dashboard_queries_name_only_exported_metrics():
             assert [name for name, _ in found] and all(
                 EXPORTED.get(name) is s for name, _ in found
             ), (s.name, q["expr"])
+
+
+def test_every_command_the_runbook_shows_carries_the_flags_the_cli_requires():
+    # An operator copies these during an incident: a changing command without --confirm,
+    # --incident-id and --operator-reason exits 2 and sends nothing.
+    import typer.main
+
+    from verifier.cli.main import app
+
+    root = typer.main.get_command(app)
+    text = (Path(__file__).resolve().parent.parent / "docs" / "runbook.md").read_text()
+    shown = re.findall(r"`railproof ([a-z0-9-]+)([^`]*)`", text.replace("\n", " "))
+    assert len(shown) >= 10
+    bad = []
+    for name, rest in shown:
+        cmd = root.commands.get(name)  # type: ignore[attr-defined]
+        assert cmd is not None, f"railproof {name}: no such command"
+        flags = {o for p in cmd.params for o in getattr(p, "opts", ())}
+        needed = {"--confirm", "--incident-id", "--operator-reason"} & flags
+        if "--confirm" in needed and not all(f in rest.split() for f in needed):
+            bad.append(f"railproof {name}{rest}")
+    assert bad == []

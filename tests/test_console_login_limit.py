@@ -12,7 +12,7 @@ import asyncio
 import httpx
 from fastapi.testclient import TestClient
 
-from tests.conftest import STAFF_TOKEN, make_settings
+from tests.conftest import STAFF_TOKEN, auth, make_settings
 from tests.test_console import _CSRF, Clock, login
 from tests.test_ratelimit_redis import prefix, redis_url  # noqa: F401 - fixtures
 from verifier.http.api import create_app
@@ -102,3 +102,31 @@ def test_failures_are_counted_for_every_api_process_through_redis(
             assert login(a if i % 2 else b, f"guess-{i}").status_code == 401
         assert login(a, STAFF_TOKEN).status_code == 429
         assert login(b, STAFF_TOKEN).status_code == 429
+
+
+STRONG = "a3f1" * 16  # 64 characters, as `openssl rand -hex 32` makes
+
+
+def test_a_locked_address_still_lets_an_unguessable_staff_token_pause_a_rail(engine, monkeypatch):
+    # Whoever shares the operators' address (a NAT, a bastion, a proxy not trusted for its
+    # X-Forwarded-For) can use the address's tries up; the kill switch must stay reachable.
+    monkeypatch.setattr(engine.settings, "staff_tokens", {STAFF_TOKEN: "ops1", STRONG: "ops3"})
+    app = create_app(engine)  # one bucket for both doors, RAILPROOF_CONSOLE_LOGINS_PER_MINUTE
+    pause = {"confirm": True, "incident_id": "INC-7", "operator_reason": "wallet mismatch"}
+    with _client(app) as c:
+        for i in range(PER_MINUTE):
+            assert c.get("/v1/admin/rails", headers=auth(f"guess-{i}")).status_code == 401
+        # Still locked for guesses, a guess as long as a strong token included, and for a
+        # right token short enough to be guessed.
+        assert c.get("/v1/admin/rails", headers=auth("b" * 64)).status_code == 429
+        r = c.post("/v1/admin/rails/fake_live/pause", headers=auth(STAFF_TOKEN), json=pause)
+        assert r.status_code == 429
+        with engine.db.tx() as s:
+            assert not engine.rail_state_read(s, "fake_live").paused
+        r = c.post("/v1/admin/rails/fake_live/pause", headers=auth(STRONG), json=pause)
+        assert r.status_code == 200, r.text
+        with engine.db.tx() as s:
+            assert engine.rail_state_read(s, "fake_live").paused
+        # The console's sign-in alike.
+        assert login(c, STAFF_TOKEN).status_code == 429
+        assert login(c, STRONG).status_code == 303

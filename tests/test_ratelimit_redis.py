@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ from verifier.http.ratelimit import (
     RateLimiter,
     SharedRateLimiter,
     limiter_from_settings,
+    shared_window,
 )
 
 REDIS_URL = os.environ.get("RAILPROOF_TEST_REDIS_URL")
@@ -72,6 +74,38 @@ def test_two_limiters_share_one_bucket_and_prefixes_separate_them(redis_url, pre
     a.check("svc:bob", "proofs")
     other = SharedRateLimiter(redis_url, rate=0.01, burst=3, key_prefix=prefix + "-other")
     other.check("svc:alice", "proofs")
+
+
+def test_the_shared_window_keeps_the_configured_average_rate():
+    # (rate, burst) -> (requests, seconds): the average is the bucket's, not the burst's.
+    assert shared_window(20, 40) == (40, 2)  # the defaults
+    assert shared_window(20, 10) == (20, 1)  # a burst under the rate: the rate, each second
+    assert shared_window(0.7, 1) == (1, 2)  # never above the rate by rounding the window down
+    assert shared_window(10 / 60, 10) == (10, 60)  # staff sign-in tries: 10 a minute
+    assert shared_window(3, 4) == (6, 2)
+    for rate, burst in ((20, 10), (0.7, 1), (3, 4), (0.01, 3), (100, 1)):
+        requests, seconds = shared_window(rate, burst)
+        assert requests / seconds <= rate + 0.5 / seconds and seconds >= burst / rate
+
+
+def test_a_steady_rate_under_the_limit_is_never_refused_when_shared(redis_url, prefix):
+    # RAILPROOF_RATE_LIMIT_PER_SECOND=20 with a burst of 10: 16 a second, steadily, is within
+    # the limit; each process's bucket lets it all through, and so must the shared one.
+    local = RateLimiter(rate=20, burst=10)
+    shared = SharedRateLimiter(redis_url, rate=20, burst=10, key_prefix=prefix)
+    assert _paced(local, 32, 16) == 0
+    assert _paced(shared, 32, 16) == 0
+
+
+def _paced(limiter, n: int, per_second: float) -> int:
+    refused, start = 0, time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, start + i / per_second - time.monotonic()))
+        try:
+            limiter.check("svc:alice", "proofs")
+        except RateLimited:
+            refused += 1
+    return refused
 
 
 def test_settings_choose_the_store(redis_url, prefix):

@@ -26,7 +26,13 @@ from verifier.http.guards import (
     control_field,
     header_text,
 )
-from verifier.http.ratelimit import STAFF_SIGN_IN, Limiter, RateLimited, client_key
+from verifier.http.ratelimit import (
+    STAFF_SIGN_IN,
+    Limiter,
+    RateLimited,
+    client_key,
+    unguessable,
+)
 from verifier.services import audit, queries
 from verifier.services.principals import MAX_PRINCIPAL, principal_name  # noqa: F401
 
@@ -138,16 +144,18 @@ def staff_member(
 def _staff_signed_in(request: Request, engine: Engine, token: str) -> str:
     """The staff member `token` names. SECURITY: guessing staff tokens is bounded per client
     address as the console's sign-in is, and counted with it: past the bound every staff
-    request from there is refused, a right token too, so neither door tells a right guess.
-    Only unknown tokens count (a tenant's or the scraper's token is no guess): a staff
-    member's own requests never use the bound up."""
+    request from there is refused, a right token too, so neither door tells a right guess;
+    but a right token too long to be guessed (`unguessable`) still passes, so that whoever
+    shares the operators' address cannot keep the kill switch out of their reach. Only
+    unknown tokens count (a tenant's or the scraper's token is no guess): a staff member's
+    own requests never use the bound up."""
     limiter: Limiter = request.app.state.login_limiter
     client = client_key(request.client.host if request.client else None)
     wait = limiter.waiting(client, STAFF_SIGN_IN)
     name = engine.settings.staff_name(token)
     if name is None and not engine.settings.known_token(token):
         wait = max(wait, limiter.take(client, STAFF_SIGN_IN))
-    if wait > 0:
+    if wait > 0 and not (name is not None and unguessable(token)):
         raise RateLimited("staff sign-in", max(1, math.ceil(wait)))
     if name is None:
         raise Unauthorized(

@@ -11,9 +11,11 @@ Where the buckets live:
   several API processes each enforces its own limit, so the effective limit is
   processes × rate.
 - in Redis, when RAILPROOF_REDIS_URL is set: every API process shares one limit per token
-  and endpoint, kept by the `limits` library as a moving window of `burst` requests per
-  `burst / rate` seconds (rounded to whole seconds, at least one; the defaults give 40 per
-  2 s, the same average and burst as the bucket). Keys start with RAILPROOF_REDIS_KEY_PREFIX.
+  and endpoint, kept by the `limits` library as a moving window of `burst / rate` seconds
+  (rounded up to whole seconds, at least one) holding `rate` requests a second of it
+  (`shared_window`: the defaults give 40 per 2 s, the same average and burst as the bucket;
+  a burst under the rate gives the rate per second, so the average is kept, not the
+  burst). Keys start with RAILPROOF_REDIS_KEY_PREFIX.
 
 Redis unreachable: the request is decided by the process's own bucket (fail to local, never
 open and never closed). Refusing every payment because a cache is down would turn a Redis
@@ -187,8 +189,7 @@ class SharedRateLimiter(Limiter):
             socket_connect_timeout=REDIS_TIMEOUT_S,
         )
         self.strategy = MovingWindowRateLimiter(self.storage)
-        window = max(1, round(burst / self.rate)) if self.rate > 0 else 1
-        self.item = RateLimitItemPerSecond(max(1, int(burst)), window)
+        self.item = RateLimitItemPerSecond(*shared_window(self.rate, burst))
 
     @property
     def enabled(self) -> bool:
@@ -242,9 +243,29 @@ class SharedRateLimiter(Limiter):
         return self.local.take(principal, endpoint) if take else 0.0
 
 
+def shared_window(rate: float, burst: int) -> tuple[int, int]:
+    """The moving window (requests, whole seconds) that keeps the bucket's average `rate`:
+    at least `burst / rate` seconds long, holding `rate` × its length (rounded to a whole
+    request). A window of `burst` requests alone would cut the rate when the burst is under
+    it (20/s with a burst of 10 was 10 a second), or raise it past `rate` when rounding
+    shortened the window (0.7/s with a burst of 1 was 1 a second)."""
+    if rate <= 0:
+        return max(1, int(burst)), 1
+    window = max(1, math.ceil(burst / rate - 1e-9))
+    return max(1, round(rate * window)), window
+
+
 # The bucket of staff-token tries, per client address: console sign-ins and staff API
 # requests with an unknown token take from it (one count for both doors).
 STAFF_SIGN_IN = "console_login"
+# A staff token this long (`openssl rand -hex 32` makes 64) is taken as one no bounded
+# guessing finds, so it passes an address's sign-in lockout: telling it right tells a guesser
+# nothing it could use. A shorter one is refused with every other try from a locked address.
+UNGUESSABLE_TOKEN_CHARS = 32
+
+
+def unguessable(token: str) -> bool:
+    return len(token) >= UNGUESSABLE_TOKEN_CHARS
 
 
 def client_key(host: str | None) -> str:

@@ -52,6 +52,7 @@ from verifier.http.ratelimit import (
     Limiter,
     client_key,
     login_limiter_from_settings,
+    unguessable,
 )
 from verifier.services import (
     audit,
@@ -402,10 +403,13 @@ def console_router(
         # SECURITY: guessing staff tokens is bounded per client address: every try takes
         # from the address's bucket before the token is read (so tries sent at once cannot
         # all pass a check made before any of them counted), and past the bound every login
-        # from there is refused, a right token too, until the tries age out.
+        # from there is refused, a right token too, until the tries age out; only a right
+        # token too long to be guessed still signs in (ratelimit.unguessable).
         client = client_key(request.client.host if request.client else None)
         wait = await run_in_threadpool(logins.take, client, LOGIN_ENDPOINT)
-        if wait > 0:
+        token = form.get("token", "")
+        staff = settings.staff_name(token) if token else None
+        if wait > 0 and not (staff is not None and unguessable(token)):
             after = max(1, math.ceil(wait))
             log.warning("console login refused: too many tries", extra={"client": client})
             resp = login_page(
@@ -416,8 +420,6 @@ def console_router(
             )
             resp.headers["Retry-After"] = str(after)
             return resp
-        token = form.get("token", "")
-        staff = settings.staff_name(token) if token else None
         if staff is None:
             log.warning("console login refused: not a staff token", extra={"client": client})
             # SECURITY: a service token is not a staff token: the same answer as an unknown one.
