@@ -2,8 +2,8 @@
 (deadlocks, SQLSTATE 40P01), and a late sibling another transaction holds for a moment.
 
 1. A credit locks the session's pending proofs too (proof_repo.unapplied_siblings), in id
-   order; the reverify sweep gives skipped claims back with `release_claims(due=...)`, one
-   row at a time: it locks them in id order first.
+   order; the reverify sweep gives skipped claims back with `release_claims`: it locks them
+   in id order first, whether or not their due times move.
 
 2. An attempt reads its session FOR SHARE (sessions.status_behind). A payload replacement
    (proofs._another_payload: x402's failed proof named again by another payload) appends
@@ -261,3 +261,77 @@ def test_a_paid_sessions_pending_proofs_are_not_locked_by_a_re_apply(client, cha
     t.join(20)
     assert not errors, errors
     assert answers[0]["already_applied"], answers
+
+
+def test_release_of_skipped_claims_without_moved_dues_and_a_credit_do_not_deadlock(
+    client, chain, engine
+):
+    """Claims given back with no due time moved (every skipped proof's owner was asked) are
+    one multi-row UPDATE, which locks rows in the order it scans them: the rows are locked in
+    id order first, as a credit locks its session's pending proofs, or the two deadlock."""
+    if not engine.db.postgres:
+        pytest.skip("row locks: PostgreSQL only")
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    other = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    fake_payment(chain, sess, "fx0000f1c1")
+    first = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000f1c1"}
+    ).json()
+    assert first["status"] == "verified"
+    # The payer's two more transfers (not on chain yet: pending), and another session's.
+    pend = [
+        client.post(
+            "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx}
+        ).json()["id"]
+        for tx in ("fx0000f1c2", "fx0000f1c3")
+    ]
+    mid = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": other["id"], "proof": "fx0000f1c4"}
+    ).json()["id"]
+    lo, hi = sorted(pend)
+    url = engine.settings.database_url
+    holder = create_engine(url)
+    errors: list = []
+
+    try:
+        with holder.connect() as c:
+            # The sweep's claims, written one row at a time (as attempts and claims happen):
+            # the heap holds `hi`, then `mid`, then `lo`.
+            for pid in (hi, mid, lo):
+                c.execute(
+                    text(
+                        "UPDATE proofs SET claimed_by = 'w1', claimed_until = now() + "
+                        "interval '1 hour' WHERE id = :i"
+                    ),
+                    {"i": pid},
+                )
+            c.commit()
+            tx = c.begin()
+            # An attempt recording `mid` holds its row a moment.
+            c.execute(text("SELECT id FROM proofs WHERE id = :i FOR UPDATE"), {"i": mid})
+
+            def release() -> None:
+                with engine.db.tx() as s:
+                    proof_repo.release_claims(s, [hi, mid, lo], "w1")  # no due moves
+
+            t1 = _run(release, errors)
+            wait_for_lock_wait(url, "the release", 1, 15.0)
+            t2 = _run(
+                lambda: gate.apply_many(engine, [first["id"]], audit.Operator("worker")), errors
+            )
+            # The credit waits for the release, or (its rows all before `mid` in id order,
+            # which the release now locks first) finishes first.
+            for _ in range(30):
+                try:
+                    wait_for_lock_wait(url, "both writers", 2, 0.5)
+                    break
+                except AssertionError:
+                    if not t2.is_alive():
+                        break
+            tx.commit()
+        t1.join(20)
+        t2.join(20)
+    finally:
+        holder.dispose()
+    assert not t1.is_alive() and not t2.is_alive(), "stuck"
+    assert not errors, [f"{type(e).__name__}: {str(e)[:160]}" for e in errors]

@@ -5,7 +5,10 @@ older due proofs is first in turn every sweep, one timing out per sweep."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
+
+from sqlalchemy import func, select
 
 from rails.errors import RpcUnavailable
 from tests.conftest import make_settings
@@ -14,6 +17,7 @@ from tests.helpers import advance
 from verifier.core.engine import Engine
 from verifier.services import proofs
 from verifier.services.sessions import NewSession, open_session
+from verifier.storage.models import Proof
 from verifier.worker import loop as worker
 
 
@@ -128,5 +132,50 @@ def test_a_node_down_for_everyone_is_asked_for_each_owner_in_turn(db_url, monkey
             firsts.append(txs[asked[0]])
             advance(e, 1)
         assert firsts == ["alice", "bob", "alice", "bob"], firsts
+    finally:
+        e.db.dispose()
+
+
+def test_skipped_claims_due_times_do_not_run_away_while_a_node_is_down(db_url, monkeypatch):
+    """A node down for everyone (an ordinary outage) for minutes, several owners with pending
+    proofs on it: the skipped proofs moved ahead each sweep stay near their due times (placed
+    by the spread of the claimed ones, the distance doubled each sweep until the date
+    overflowed, and every sweep, of every network, failed)."""
+    clock = [0.0]
+    monkeypatch.setattr(worker, "_clock", lambda: clock[0])
+    e = Engine(make_settings(db_url), catalog=catalog_with_fake())
+    chain = SlowForSome(clock, e.settings.rpc_total_s)
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    try:
+        owners = [f"o{i}" for i in range(8)]
+        sess = {o: _session(e, o) for o in owners}
+        n = 0
+        for o in owners:
+            for _ in range(12):
+                tx = f"fx{n:08x}"
+                n += 1
+                chain.slow.add(tx)  # the node is down (times out) for every request
+                proofs.submit_proof(e, sess[o]["id"], tx, [o])
+                advance(e, 1)
+        start = e.now()
+        errors = []
+        lowest = None
+        for _ in range(60):  # about five minutes of sweeps
+            advance(e, 5)
+            try:
+                worker.reverify_pending(e, "w1", 100)
+            except Exception as ex:  # noqa: BLE001 - asserted below
+                errors.append(f"{type(ex).__name__}: {ex}")
+                break
+            with e.db.tx() as s:
+                lowest = s.scalar(
+                    select(func.min(Proof.next_check_at)).where(Proof.status == "pending")
+                )
+        assert not errors, errors
+        # Every proof here was submitted within the last two minutes before `start`.
+        assert lowest is None or lowest.replace(tzinfo=None) > (start - timedelta(days=1)).replace(
+            tzinfo=None
+        ), f"next_check_at ran back to {lowest}"
     finally:
         e.db.dispose()

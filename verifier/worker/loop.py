@@ -125,18 +125,25 @@ def _first_next(
     asked: dict[str, set[str]],
 ) -> dict[str, datetime]:
     """New due times for the skipped proofs of owners not asked on their network this
-    sweep: before every proof the sweep claimed, in their order, so the next sweep's turns
-    (owner by owner, earliest due first) start with them."""
+    sweep: just before every other proof the sweep claimed, a millisecond apart in their
+    order, so the next sweep's turns (owner by owner, earliest due first) start with them.
+    Each sweep of an outage moves them by at most a millisecond a proof: placing them by the
+    spread of the claimed due times, which holds the last sweep's moves, doubled the distance
+    every sweep until the date overflowed and every sweep failed."""
     dues = {pid: due for pid, (_, _, due) in targets.items() if due is not None}
-    first = {
-        pid: dues[pid]
-        for pid in skipped
-        if pid in dues and targets[pid][1] not in asked[targets[pid][0]]
-    }
-    if not first:
-        return {}
-    shift = max(first.values()) - min(dues.values()) + timedelta(milliseconds=1)
-    return {pid: due - shift for pid, due in first.items()}
+    first = sorted(
+        (
+            (dues[pid], pid)
+            for pid in skipped
+            if pid in dues and targets[pid][1] not in asked[targets[pid][0]]
+        ),
+    )
+    others = [due for pid, due in dues.items() if pid not in {p for _, p in first}]
+    if not first or not others:
+        return {}  # nobody else claimed: they are first already
+    base = min(others)
+    n = len(first)
+    return {pid: base - timedelta(milliseconds=n - rank) for rank, (_, pid) in enumerate(first)}
 
 
 def refresh_finality(engine: Engine, name: str, batch: int) -> int:

@@ -136,9 +136,10 @@ def release_claims(
     ran out and another worker took the proof) is left alone."""
     moved = dict(due or {})
     kept = [pid for pid in proof_ids if pid not in moved]
-    if moved and rows.is_postgres(s):
+    if len(proof_ids) > 1 and rows.is_postgres(s):
         # Their rows locked in id order first, as a credit locks a session's proofs: the
-        # updates below, one statement each, would otherwise take them in another order.
+        # updates below would otherwise take them in another order (one multi-row UPDATE
+        # locks rows in the order it finds them), and deadlock with that credit.
         s.execute(
             select(_P.c.id)
             .where(rows.among(s, _P.c.id, list(proof_ids)))
