@@ -1070,3 +1070,36 @@ def test_private_networks_setting_is_read_and_checked(monkeypatch):
     assert any(
         ln.startswith("RAILPROOF_WEBHOOK_PRIVATE_NETWORKS") and "'intranet'" in ln for ln in lines
     ), lines
+
+
+def test_a_follower_left_at_its_delivered_predecessors_retry_time_goes_out(engine, api, receiver):
+    # The resource's next event was written while the event ahead of it waited for a retry
+    # hours away, and that one's late 2xx was recorded before the follower's transaction
+    # committed (so `followers_due_at` could not see it): the follower is due in hours
+    # though nothing is ahead of it. The delivering worker brings it forward.
+    subscribe(api, receiver)
+    first = emit_now(engine, "proof.verified", rid="p-late")
+    later = CLOCK + timedelta(hours=3)
+    with engine.db.tx() as s:
+        d = s.scalar(select(WebhookDelivery).where(WebhookDelivery.event_id == first))
+        d.attempts, d.next_attempt_at = 2, later
+    second = emit_now(engine, "settlement.finalized", rid="p-late")
+    assert delivery_of(engine, second).next_attempt_at.replace(tzinfo=None) == later.replace(
+        tzinfo=None
+    )
+    with engine.db.tx() as s:  # the late 2xx, recorded without seeing the follower
+        d = s.scalar(select(WebhookDelivery).where(WebhookDelivery.event_id == first))
+        d.status, d.delivered_at, d.next_attempt_at = DeliveryStatus.delivered, CLOCK, None
+    out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
+    assert out["delivered"] == 1 and receiver.ids() == [second], (out, receiver.ids())
+    # A follower still behind a pending predecessor, or with retries of its own, stays.
+    third = emit_now(engine, "proof.verified", rid="p-other")
+    with engine.db.tx() as s:
+        d = s.scalar(select(WebhookDelivery).where(WebhookDelivery.event_id == third))
+        d.attempts, d.next_attempt_at = 1, later
+    fourth = emit_now(engine, "settlement.finalized", rid="p-other")
+    with engine.db.tx() as s:
+        assert webhooks.delivery_repo.unblock_followers(s, CLOCK) == 0
+    assert delivery_of(engine, fourth).next_attempt_at.replace(tzinfo=None) == later.replace(
+        tzinfo=None
+    )

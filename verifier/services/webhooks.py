@@ -468,9 +468,16 @@ async def _deliver(
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         trust_env=False,
     ) as http:
+        unblocked_at = -UNBLOCK_EVERY_S
         try:
             while True:
                 stopping = stop is not None and stop.is_set()
+                if time.monotonic() - unblocked_at >= UNBLOCK_EVERY_S and not stopping:
+                    unblocked_at = time.monotonic()
+                    try:
+                        await asyncio.to_thread(unblock, engine, now or wall_now())
+                    except Exception:  # noqa: BLE001 - the deliveries go on; tried again later
+                        log.exception("webhook followers not brought forward")
                 free = cfg.concurrency - len(in_flight)
                 if batch is not None:
                     free = min(free, batch - out["claimed"])
@@ -496,6 +503,16 @@ async def _deliver(
         finally:
             if in_flight:  # ending early: the POSTs under way still end and are recorded
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+UNBLOCK_EVERY_S = 60.0  # how often a delivering worker looks for followers left waiting
+
+
+def unblock(engine: Engine, now: datetime) -> int:
+    """`delivery_repo.unblock_followers` in a transaction of its own: a resource's next event
+    left due at its predecessor's retry time though that one was delivered meanwhile."""
+    with engine.db.tx() as s:
+        return delivery_repo.unblock_followers(s, now)
 
 
 def claim(

@@ -365,6 +365,41 @@ def followers_due_at(s: Session, d: WebhookDelivery, at: datetime, *, later: boo
     )
 
 
+def unblock_followers(s: Session, now: datetime) -> int:
+    """Bring forward to `now` the never-tried pending deliveries due later only because an
+    earlier event of their resource was pending for their endpoint when they were written,
+    where nothing earlier is pending any more. `followers_due_at(later=False)` does this when
+    that delivery ends, but cannot see a follower whose transaction had not committed yet:
+    without this pass it waited out its predecessor's whole backoff (hours)."""
+    D = WebhookDelivery
+    d2, e2, this = aliased(WebhookDelivery), aliased(OutboxEvent), aliased(OutboxEvent)
+    earlier_pending = (
+        select(d2.id)
+        .join(e2, e2.id == d2.event_id)
+        .where(
+            this.id == D.event_id,
+            d2.endpoint_id == D.endpoint_id,
+            d2.status == DeliveryStatus.pending,
+            e2.resource_type == this.resource_type,
+            e2.resource_id == this.resource_id,
+            e2.sequence < this.sequence,
+        )
+        .exists()
+    )
+    result = s.execute(
+        update(D)
+        .where(
+            D.status == DeliveryStatus.pending,
+            D.attempts == 0,
+            D.next_attempt_at > now,
+            ~earlier_pending,
+        )
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def delivery_locked(s: Session, delivery_id: str) -> WebhookDelivery | None:
     return rows.get_locked(s, WebhookDelivery, delivery_id)
 
