@@ -32,12 +32,19 @@ def deal(files: list[Path], jobs: int) -> list[list[Path]]:
     return [sorted(g) for g in groups if g]
 
 
+def _selects(arg: str) -> bool:
+    """Whether an argument chooses what runs: a file or value (`tests/x.py`, the `expr` of
+    `-k expr`), or a selection written in one (`-kexpr`, `-mslow`)."""
+    return not arg.startswith("-") or (arg[:2] in ("-k", "-m") and len(arg) > 2)
+
+
 def main(argv: list[str]) -> int:
     jobs = max(1, int(os.environ.get("TEST_JOBS", "2")))
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *argv]
-    if jobs == 1 or any(not a.startswith("-") for a in argv):  # files or a -k: one process
+    if jobs == 1 or any(_selects(a) for a in argv):  # files or a -k: one process
         return subprocess.call(pytest)
-    groups = deal(sorted(Path("tests").glob("test_*.py")), jobs)
+    # Every test file pytest would collect from tests/, those in subfolders too.
+    groups = deal(sorted(Path("tests").rglob("test_*.py")), jobs)
     logs = [tempfile.TemporaryFile() for _ in groups[1:]]
     procs = [subprocess.Popen([*pytest, *map(str, groups[0])])]
     procs += [
