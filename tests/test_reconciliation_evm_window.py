@@ -4,7 +4,12 @@ amount can be read off the chain, so a session opened after the transfer (by any
 be proposed to take it; apply then submitted it there, the proof failed (`session_not_open`)
 and the finding still said `applied`, so the payment left the drift. A repair whose proof
 failed now stays a finding to resolve. And EVM discovery skips a transfer a proof already
-holds, so a repeat payer's new payment is found."""
+holds, so a repeat payer's new payment is found.
+
+The window an EVM run reads: without `--since`, back to the rail's first session (a run that
+read less said `complete` and stood for the whole history); a block the node does not return
+leaves the run `incomplete`; and every treasury a session in the window pays is read, not
+only the current one."""
 
 from __future__ import annotations
 
@@ -220,3 +225,182 @@ def test_evm_discovery_tries_the_next_transfer_when_one_fails_the_session(evm): 
     assert out["submitted"] == 2
     got = {p.ref: (p.status, p.failure_code) for p in proofs_of(e, v["id"])}
     assert got == {wrong: ("failed", "amount_mismatch"), exact: ("verified", None)}
+
+
+# -- the window a run reads: back to what a session could take, never silently less ------------
+
+
+def _orphan(evm) -> str:  # noqa: F811
+    """Money into the treasury that no session can take: a person must refund it."""
+    tx = evm["chain"].transfer(evm["token"], evm["other"], evm["treasury"], 7_000_000)
+    evm["chain"].mine(2)
+    return tx.lower()
+
+
+def _transfers(run) -> set[str]:
+    return {f["subjects"]["transfer"] for f in run["findings"]}
+
+
+def test_a_whole_history_run_reads_back_to_the_rails_first_session(evm):  # noqa: F811
+    # It used to start 10 x RAILPROOF_RECONCILE_EVM_MAX_RANGE blocks (here 80) before the
+    # head and still say `complete`: the run drift stands on, so an orphan older than that,
+    # refunded by nobody, left the drift and assurance.
+    e = evm["engine"]
+    evm_session(e, evm["payer"], 5_000_000)
+    tx = _orphan(evm)
+    first = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert first["status"] == "complete", first["detail"]
+    assert [f["subjects"]["transfer"] for f in by_kind(first)["orphan_unbound"]] == [tx]
+
+    evm["chain"].mine(200)
+    second = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert second["status"] == "complete", second["detail"]
+    assert tx in _transfers(second) and second["summary"]["from_block"] == 0
+    issues = reconciliation.assurance_issues(e)
+    assert any(i["category"] == "reconciliation_orphan_unbound" for i in issues), issues
+
+
+def test_with_no_session_a_run_reads_from_where_the_last_whole_history_run_did(evm):  # noqa: F811
+    e = evm["engine"]
+    tx = _orphan(evm)
+    first = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert first["status"] == "complete" and tx in _transfers(first), first["detail"]
+    evm["chain"].mine(200)
+    second = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert second["status"] == "complete", second["detail"]
+    assert tx in _transfers(second), second["summary"]
+
+
+def test_a_window_longer_than_a_run_reads_is_incomplete_naming_what_was_read(evm):  # noqa: F811
+    e = evm["engine"]
+    evm_session(e, evm["payer"], 5_000_000)
+    evm["chain"].mine(100)
+    tx = _orphan(evm)
+    e.settings.reconcile_evm_max_blocks = 50
+    run = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert run["status"] == "incomplete" and tx not in _transfers(run)
+    assert "RAILPROOF_RECONCILE_EVM_MAX_BLOCKS" in run["detail"], run["detail"]
+    assert "blocks 0..49 were read" in run["detail"], run["detail"]
+    assert (run["summary"]["from_block"], run["summary"]["to_block"]) == (0, 49)
+
+
+def test_a_run_with_only_until_reads_everything_before_it(evm):  # noqa: F811
+    # The start was the head less the lookback whatever --until said: an --until older than
+    # that read no block at all and said `complete`, no drift.
+    e, chain = evm["engine"], evm["chain"]
+    evm_session(e, evm["payer"], 5_000_000)
+    tx = _orphan(evm)
+    until = datetime.fromtimestamp(chain.w3.eth.get_block("latest")["timestamp"] + 1, UTC)
+    chain.mine(200)
+    run = reconciliation.run(e, req(rail_id="evm_usdc", until=until), "ops1")
+    assert run["status"] == "complete", run["detail"]
+    assert tx in _transfers(run) and run["summary"]["from_block"] == 0
+
+
+def test_a_window_between_two_blocks_says_it_read_none(evm):  # noqa: F811
+    e, chain = evm["engine"], evm["chain"]
+    _orphan(evm)
+    chain.mine(5)
+    at = chain.w3.eth.get_block("latest")["timestamp"] - 12 * 3  # blocks are 12 s apart
+    since, until = (datetime.fromtimestamp(at + d, UTC) for d in (1, 5))
+    run = reconciliation.run(e, req(rail_id="evm_usdc", since=since, until=until), "ops1")
+    assert run["findings"] == [] and run["detail"].startswith("no block was read"), run["detail"]
+
+
+class _Lagging:
+    """A node whose block reads lag its head (a load-balanced provider's backend behind the
+    one that answered eth_blockNumber): the newest blocks are null."""
+
+    def __init__(self, inner, lag_from: int):
+        self.inner, self.lag_from = inner, lag_from
+        self.source = inner.source
+
+    def call(self, method, params):
+        if method == "eth_getBlockByNumber" and params[0] not in ("latest", "finalized"):
+            if int(params[0], 16) >= self.lag_from:
+                return None
+        return self.inner.call(method, params)
+
+
+def test_a_block_the_node_does_not_return_leaves_the_run_incomplete(evm):  # noqa: F811
+    # The search for --since's block took a null block as older than the window and moved
+    # the window's start past every block not returned: their transfers went unread, and the
+    # run said `complete`.
+    from scripts.make_evm_inflow_cassettes import LogsNode
+
+    e, chain = evm["engine"], evm["chain"]
+    chain.mine(20)
+    start = chain.w3.eth.get_block("latest")
+    tx = _orphan(evm)
+    e.chains.set_transport("ethereum", _Lagging(LogsNode(chain, cap=2), start["number"] + 1))
+    since = datetime.fromtimestamp(start["timestamp"], UTC)
+    run = reconciliation.run(e, req(rail_id="evm_usdc", since=since), "ops1")
+    assert tx in _transfers(run) or run["status"] == "incomplete", run["summary"]
+    assert run["status"] == "incomplete" and "eth_getBlockByNumber" in run["detail"]
+
+
+# -- every treasury a session in the window pays ----------------------------------------------
+
+
+def _change_treasury(e, address: str) -> None:
+    from verifier.services import rails_admin
+
+    a = rails_admin.request_change(e, "evm_usdc", "treasury", address, OP)
+    rails_admin.approve(e, a["approval_id"], OP.__class__("ops2", "INC-21", "second person"))
+
+
+def test_sessions_opened_before_a_treasury_change_are_reconciled_at_their_recipient(evm):  # noqa: F811
+    # A session's recipient is the treasury when it opened; the run read only the current
+    # treasury, so a payment made as the session asked was neither matched nor reported.
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    configured, approved = evm["treasury"], chain.accounts[4]
+    s0 = evm_session(e, evm["payer"], 5_000_000)  # pays the configured treasury
+    _change_treasury(e, approved)
+    s1 = evm_session(e, evm["payer"], 6_000_000)  # pays the approved one
+    _change_treasury(e, chain.accounts[5])
+    assert (s0["recipient"].lower(), s1["recipient"].lower()) == (
+        configured.lower(),
+        approved.lower(),
+    )
+    advance(e, 60)
+    chain.mine(5)
+    t0 = chain.transfer(token, evm["payer"], configured, 5_000_000).lower()
+    t1 = chain.transfer(token, evm["payer"], approved, 6_000_000).lower()
+    chain.mine(2)
+    run = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert run["status"] == "complete", run["detail"]
+    got = {
+        f["subjects"]["transfer"]: (f["subjects"]["session_id"], f["subjects"]["recipient"])
+        for f in by_kind(run)["orphan_bound"]
+    }
+    assert got == {
+        t0: (s0["id"], configured.lower()),
+        t1: (s1["id"], approved.lower()),
+    }
+    applied = reconciliation.run(e, req(rail_id="evm_usdc", apply=True, confirm=True), "ops1")
+    assert applied["summary"]["applied"] == 2
+    assert [p.status for p in proofs_of(e, s0["id"]) + proofs_of(e, s1["id"])] == ["verified"] * 2
+
+
+def test_a_recipient_a_tenant_named_is_not_read(evm):  # noqa: F811
+    # A session may name any recipient: read as a treasury, anyone's busy address would fill
+    # every run with transfers railproof never received (past --limit: never complete).
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    elsewhere = chain.accounts[5]
+    open_session(
+        e,
+        NewSession(
+            owner_id="mallory",
+            rail_id="evm_usdc",
+            access_product_id="pro",
+            amount=5_000_000,
+            recipient=elsewhere,
+            payer=evm["payer"],
+            reference=None,
+        ),
+        actor="svc",
+    )
+    tx = chain.transfer(token, evm["other"], elsewhere, 7_000_000).lower()
+    chain.mine(2)
+    run = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert run["status"] == "complete" and tx not in _transfers(run), run["findings"]

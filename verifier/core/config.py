@@ -168,6 +168,8 @@ class Settings(BaseSettings):
     reconcile_pending_sla_seconds: int = Field(default=7200, ge=0, le=_YEAR_S)
     reconcile_max_pages: int = Field(default=50, ge=1)  # getSignaturesForAddress pages per run
     reconcile_evm_max_range: int = Field(default=2000, ge=1)  # eth_getLogs blocks per request
+    # Blocks one EVM chain_inflows run reads: a longer window ends the run `incomplete`.
+    reconcile_evm_max_blocks: int = Field(default=1_000_000, ge=1)
     # None: on with RAILPROOF_CHAIN=live for rails whose treasury is configured; off otherwise.
     # Release-gate evidence older than this no longer counts (0: never expires).
     release_gate_max_age_days: int = Field(default=30, ge=0, le=_YEAR_DAYS)

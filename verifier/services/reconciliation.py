@@ -16,7 +16,10 @@ with that amount and recipient, and was open at the transfer's block time. Anyth
 needs a person (`orphan_unbound`). A pending proof holds nothing: it matches a transfer only
 for a session the transfer binds to, never hiding it from that session (`_claim_waits`).
 Which scan a rail gets is what its adapter declares (`Adapter.inflow_scan`), never its
-family's name.
+family's name. An EVM run without `--since` reads back to the rail's first session (and to
+where the last complete whole-history run started): a window shorter than what a session
+could take never says `complete`. It reads every treasury the rail had that a session in the
+window pays, never a recipient a tenant named.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from sqlalchemy.orm import Session
 
-from rails.base import Adapter, InflowScan, fingerprint
+from rails.base import Adapter, InflowScan, Transport, fingerprint
 from rails.errors import CassetteError, TransportError
 from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
@@ -977,30 +980,108 @@ def _bound(rail: Rail, subjects: dict[str, Any], session_id: str, how: str) -> d
     )
 
 
+_UNREAD = "the chain could not be read in full; unchecked: "
+
+
 def _outcome(findings: list[dict[str, Any]], problems: list[str], counts: Counter) -> Outcome:
     if problems:
         return Outcome(
             findings,
             RunStatus.incomplete,
-            "the chain could not be read in full; unchecked: " + "; ".join(problems)[:1800],
+            _UNREAD + "; ".join(problems)[:1800],
             counts,
         )
     return Outcome(findings, RunStatus.complete, "", counts)
 
 
-def _block_at(chain: Any, when: int, head: int) -> int:
-    """The first block at or after `when` (epoch seconds): a binary search on timestamps."""
+def _block_at(chain: Any, when: int, head: int, counts: Counter) -> int:
+    """The first block at or after `when` (epoch seconds): a binary search on timestamps.
+    A block at or below the head that the node does not return is a read error."""
     from rails.evm import hex_int, read_block
 
     lo, hi = 0, head + 1  # head + 1: every block is older than `when`
     while lo < hi:
         mid = (lo + hi) // 2
-        block = read_block(chain, mid) or {}
-        if hex_int(block.get("timestamp", "0x0"), "block.timestamp") < when:
+        counts["rpc_calls"] += 1
+        block = read_block(chain, mid)
+        if block is None:
+            # SECURITY: a node behind the head it reported (a load-balanced provider's lagging
+            # backend) answers null for the newest blocks. Taken as older than `when`, such a
+            # block moved the window's start past every block not returned, and the transfers
+            # there went unread in a run that said `complete`.
+            raise TransportError(
+                f"eth_getBlockByNumber({mid}): no block, though the node's head is {head}"
+            )
+        if hex_int(block.get("timestamp"), "block.timestamp") < when:
             lo = mid + 1
         else:
             hi = mid
     return lo
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """The blocks an EVM run reads: [lo, hi], and where its start comes from."""
+
+    lo: int
+    hi: int
+    start: str
+
+
+def _evm_blocks(
+    engine: Engine,
+    rail: Rail,
+    chain: Transport,
+    since: datetime | None,
+    until: datetime | None,
+    counts: Counter,
+) -> _Blocks:
+    """The window in blocks. Without `since` it reaches back to the block of the rail's
+    first session (its opening less the clock skew verification allows: no older transfer can
+    be bound to a session), to the first block the last complete whole-history run read (what
+    it found stays found until someone resolves it), and at least the lookback before the
+    window's end (10 x RAILPROOF_RECONCILE_EVM_MAX_RANGE blocks, all a rail with neither has)."""
+    from rails.evm_inflows import head as read_head
+    from verifier.services.proofs import opening_skew
+
+    top = read_head(chain)
+    counts["rpc_calls"] += 1
+    hi = _block_at(chain, _epoch(until), top, counts) - 1 if until else top
+    if since is not None:
+        return _Blocks(_block_at(chain, _epoch(since), top, counts), hi, "--since")
+    with engine.db.tx() as s:
+        first = repo.earliest_session(s, rail.rail_id)
+        before = repo.whole_run_first_block(s, rail.rail_id)
+    lookback = 10 * engine.settings.reconcile_evm_max_range
+    starts = {max(0, hi + 1 - lookback): f"the lookback ({lookback} blocks before the end)"}
+    if before is not None:
+        starts.setdefault(before, "the first block the last whole-history run read")
+    if first is not None and min(starts) > 0:
+        opened = utc(first) - opening_skew(engine)
+        at = _block_at(chain, _epoch(opened), top, counts)
+        starts.setdefault(at, f"the rail's first session, opened {iso(utc(first))}")
+    lo = min(starts)
+    return _Blocks(lo, hi, starts[lo])
+
+
+def _treasuries_paid(
+    engine: Engine, rail: Rail, treasury: str, since: datetime | None, until: datetime | None
+) -> list[str]:
+    """The addresses a run reads inflows of: the current treasury, and each treasury the rail
+    had before that a session open in the window pays (it was the treasury when the session
+    opened, and its payer was told to pay there)."""
+    from verifier.storage.repo import approvals as approval_repo
+
+    with engine.db.tx() as s:
+        paid = repo.session_recipients(s, rail.rail_id, since, until)
+        # SECURITY: a session may name any recipient (a tenant's own wallet, or anyone's busy
+        # address): only an address the rail had as its treasury (configured, or approved by
+        # two staff members) is read, or one tenant could fill every run with transfers
+        # railproof never received, past --limit, and keep the rail's run from completing.
+        known = {t.lower() for t in approval_repo.approved_treasuries(s, rail.rail_id)}
+    if rail.treasury:
+        known.add(rail.treasury.lower())
+    return [treasury, *sorted((paid & known) - {treasury.lower()})]
 
 
 def evm_inflows(
@@ -1011,33 +1092,65 @@ def evm_inflows(
     until: datetime | None,
     limit: int,
     chain: Any = None,
-    from_block: int | None = None,
-    to_block: int | None = None,
 ) -> Outcome:
-    from rails.evm_inflows import head as read_head
-    from rails.evm_inflows import transfer_logs
-
     chain = chain or engine.chains.transport(rail.family, rail.network)
     counts: Counter = Counter()
     try:
-        top = read_head(chain)
-        counts["rpc_calls"] += 1
-        lo = (
-            from_block
-            if from_block is not None
-            else (
-                _block_at(chain, _epoch(since), top)
-                if since
-                else max(0, top - 10 * engine.settings.reconcile_evm_max_range)
-            )
-        )
-        hi = (
-            to_block
-            if to_block is not None
-            else (_block_at(chain, _epoch(until), top) - 1 if until else top)
-        )
+        blocks = _evm_blocks(engine, rail, chain, since, until, counts)
     except (TransportError, CassetteError) as err:
         return Outcome([], RunStatus.incomplete, f"the chain could not be read: {err}", counts)
+    lo, hi = blocks.lo, blocks.hi
+    counts["from_block"], counts["to_block"] = lo, hi
+    if lo > hi:
+        # Nothing to read (the rail's first session opened after --until): said, not implied.
+        return Outcome(
+            [],
+            RunStatus.complete,
+            f"no block was read: the window starts at block {lo} ({blocks.start}), after it "
+            f"ends at block {hi}",
+            counts,
+        )
+    problems: list[str] = []
+    most = engine.settings.reconcile_evm_max_blocks
+    if hi - lo + 1 > most:
+        # SECURITY: a window too long for one run is never reported as read whole: what
+        # was left is named, and the run is `incomplete`.
+        problems.append(
+            f"the window holds blocks {lo}..{hi}, more than RAILPROOF_RECONCILE_EVM_MAX_BLOCKS "
+            f"({most}): blocks {lo}..{lo + most - 1} were read, {lo + most}..{hi} were not; "
+            "raise it, or read the rest with a --since after the last block read"
+        )
+        hi = lo + most - 1
+        counts["to_block"] = hi
+    findings: list[dict[str, Any]] = []
+    for n, recipient in enumerate(_treasuries_paid(engine, rail, treasury, since, until)):
+        got = _evm_treasury_inflows(
+            engine, rail, recipient, lo, hi, max(0, limit - counts["inflows"]), chain
+        )
+        if n:  # a former treasury: named, as the repair (a refund, say) is about its money
+            for f in got.findings:
+                f["subjects"]["recipient"] = recipient
+        findings.extend(got.findings)
+        counts.update(got.counts or {})
+        if got.status is not RunStatus.complete:
+            unread = got.detail.removeprefix(_UNREAD)
+            problems.append(f"inflows to {recipient}: {unread}" if n else unread)
+    return _outcome(findings, problems, counts)
+
+
+def _evm_treasury_inflows(
+    engine: Engine,
+    rail: Rail,
+    treasury: str,
+    lo: int,
+    hi: int,
+    limit: int,
+    chain: Transport,
+) -> Outcome:
+    """The Transfer logs to `treasury` in blocks [lo, hi], each matched or reported."""
+    from rails.evm_inflows import transfer_logs
+
+    counts: Counter = Counter()
     scan = transfer_logs(
         chain, rail.asset, treasury, lo, hi, max_range=engine.settings.reconcile_evm_max_range
     )

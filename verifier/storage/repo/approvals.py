@@ -38,3 +38,14 @@ def production_approved(s: Session, rail_id: str) -> bool:
         .limit(1)
     )
     return last == "true"
+
+
+def approved_treasuries(s: Session, rail_id: str) -> set[str]:
+    """Every treasury two staff members approved for the rail, the current one and those it
+    replaced."""
+    q = select(Approval.value).where(
+        Approval.rail_id == rail_id,
+        Approval.kind == "treasury",
+        Approval.status == ApprovalStatus.approved.value,
+    )
+    return set(s.scalars(q).all())

@@ -30,6 +30,7 @@ from verifier.storage.reconciliation_models import (
     ReconciliationRun,
     RepairStatus,
     RunStatus,
+    Scope,
 )
 from verifier.storage.repo.rows import rowcount, table
 
@@ -223,6 +224,26 @@ def current_runs(s: Session) -> list[ReconciliationRun]:
     )
     q = select(R).where(R.id.in_(ids)).order_by(R.scope, R.rail_id, R.started_at, R.id)
     return list(s.scalars(q).all())
+
+
+def whole_run_first_block(s: Session, rail_id: str) -> int | None:
+    """The first block the latest complete whole-history chain_inflows run of an EVM rail
+    read (its summary's `from_block`; None: no such run, or one made before it was kept)."""
+    R = ReconciliationRun
+    summary = s.scalar(
+        select(R.summary)
+        .where(
+            R.scope == Scope.chain_inflows.value,
+            R.rail_id == rail_id,
+            R.status == RunStatus.complete.value,
+            R.since.is_(None),
+            R.until.is_(None),
+        )
+        .order_by(R.started_at.desc(), R.id.desc())
+        .limit(1)
+    )
+    first = (summary or {}).get("from_block")
+    return first if isinstance(first, int) and first >= 0 else None
 
 
 def holding_settled_in(s: Session, tx_hashes: Sequence[str]) -> dict[str, list[str]]:
@@ -565,6 +586,25 @@ def sessions_for_payer(
             if ps.payer is not None:  # always: NULL is in no list
                 out.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
     return out
+
+
+def earliest_session(s: Session, rail_id: str) -> datetime | None:
+    """When the rail's first session opened (None: it has none)."""
+    q = select(func.min(PaymentSession.created_at)).where(PaymentSession.rail_id == rail_id)
+    return s.scalar(q)
+
+
+def session_recipients(
+    s: Session, rail_id: str, since: datetime | None, until: datetime | None
+) -> set[str]:
+    """The recipients (lower case) of the rail's sessions open at some time in the window
+    [since, until): opened before its end, expiring at or after its start."""
+    q = select(func.lower(PaymentSession.recipient)).where(PaymentSession.rail_id == rail_id)
+    if until is not None:
+        q = q.where(PaymentSession.created_at < until)
+    if since is not None:
+        q = q.where(PaymentSession.expires_at >= since)
+    return set(s.scalars(q.distinct()).all())
 
 
 def session_has_hold(s: Session, session_ids: list[str]) -> set[str]:
