@@ -124,6 +124,20 @@ def test_a_trailing_slash_is_not_found_never_a_redirect(client, method, path):
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("PUT", "/v1/proofs", {"POST"}), ("DELETE", "/v1/payment-sessions/x", {"GET"})],
+)
+def test_method_not_allowed_names_the_allowed_methods(client, method, path, allowed):
+    # RFC 9110: a 405 carries Allow. The error body is the shared error model as for any
+    # other refusal.
+    r = client.request(method, path, headers=auth(), json={})
+    assert r.status_code == 405, r.text
+    err = r.json()["error"]
+    assert err == {"code": "method_not_allowed", "message": "Method Not Allowed"}, r.text
+    assert {m.strip() for m in r.headers.get("allow", "").split(",")} == allowed, r.headers
+
+
+@pytest.mark.parametrize(
     ("method", "path", "body"),
     [
         ("GET", "/v1/admin/proof-contracts?rail_id=nope", None),

@@ -73,3 +73,26 @@ def test_staff_token_guesses_through_the_staff_api_are_bounded_with_the_consoles
         assert r.status_code == 429
     with _client(app, "203.0.113.10") as fresh:
         assert fresh.get("/v1/admin/audit/verify", headers=auth(STAFF_TOKEN)).status_code == 200
+
+
+def test_every_staff_operation_past_the_bound_answers_429_and_declares_it(engine):
+    # Past the bound every staff route refuses a right token with 429 rate_limited, so each
+    # staff operation declares 429 in the OpenAPI document: a client generated from it gets
+    # the model, Retry-After and its retry for an answer the service sends.
+    from tests.test_security import call, concrete, every_route
+
+    app = create_app(engine)
+    with _client(app, "203.0.113.11") as guesser:
+        for i in range(PER_MINUTE + 1):
+            guesser.get("/v1/admin/audit/verify", headers=auth(f"guess-{i}"))
+        spec = guesser.get("/openapi.json").json()
+        staff = [(m, p) for m, p in every_route(app) if p.startswith("/v1/admin")]
+        assert len(staff) >= 20
+        undeclared = []
+        for method, path in staff:
+            r = call(guesser, method, concrete(path), auth(STAFF_TOKEN))
+            assert r.status_code == 429, (method, path, r.text)
+            assert r.json()["error"]["code"] == "rate_limited"
+            if "429" not in spec["paths"][path][method.lower()]["responses"]:
+                undeclared.append(f"{method} {path}")
+        assert not undeclared, undeclared

@@ -165,6 +165,15 @@ def test_errors_that_can_happen_are_documented(spec, method, path, statuses):
     assert statuses <= set(spec["paths"][path][method]["responses"])
 
 
+def test_every_staff_operation_declares_the_sign_in_bounds_429(app, spec):
+    # Past the staff sign-in bound every staff request from an address is refused with 429,
+    # a right token too (tests/test_console_login_bound.py).
+    staff = [(m, p) for m, p in operations(app) if p.startswith("/v1/admin")]
+    assert staff
+    for method, path in staff:
+        assert "429" in spec["paths"][path][method]["responses"], f"{method.upper()} {path}"
+
+
 def test_proof_submission_answers_201_new_and_200_the_same_again(spec):
     responses = spec["paths"]["/v1/proofs"]["post"]["responses"]
     for code in ("200", "201"):

@@ -110,6 +110,14 @@ def test_unknown_or_missing_token_unmatched_route_and_fresh_ids(logged):
     assert r1.headers["X-Request-Id"] != r2.headers["X-Request-Id"]
 
 
+def test_two_authorization_lines_are_nobodys_request(logged):
+    # The API refuses them (401): the line is not the first line's principal.
+    client, docs = logged
+    lines = [("Authorization", f"Bearer {STAFF}"), ("Authorization", f"Bearer {SERVICE}")]
+    client.get("/v1/items/a", headers=lines)
+    assert docs[0]["principal"] == "none" and "owner" not in docs[0], docs
+
+
 @pytest.mark.parametrize("bad", ["has space", "x" * 129, "semi;colon", 'quote"d'])
 def test_a_malformed_request_id_is_replaced(logged, bad):
     client, docs = logged

@@ -52,6 +52,21 @@ def api_routes(app) -> list[tuple[str, str]]:
     return out
 
 
+def every_route(app) -> list[tuple[str, str]]:
+    """api_routes and the included routers' (verifier.http.app.INCLUDED: the webhook routes,
+    which app.routes lists as one opaque route)."""
+    from verifier.http.app import INCLUDED
+
+    included = [
+        (m, r.path)
+        for router in INCLUDED
+        for r in router.routes
+        if isinstance(r, APIRoute)
+        for m in sorted(r.methods - {"HEAD", "OPTIONS"})
+    ]
+    return api_routes(app) + included
+
+
 def concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "some-id", path)
 
@@ -116,6 +131,40 @@ def test_service_routes_refuse_staff_tokens_and_no_token(client):
             r = call(client, method, url, headers)
             assert r.status_code == 401, (method, path, headers, r.text)
             assert r.json()["error"]["field"] == "Authorization"
+
+
+def test_two_authorization_lines_are_refused_everywhere(client):
+    # Authorization is a singleton field (RFC 9110): the first line must not win, since a
+    # proxy or gateway in front that checks another line authenticates someone else than
+    # railproof does. Refused like two Idempotency-Key lines, with the right token first.
+    for method, path in every_route(client.app):
+        token = STAFF_TOKEN if path.startswith("/v1/admin") else SERVICE_TOKEN
+        url = concrete(path) + ("?owner_id=alice" if path == "/v1/entitlements" else "")
+        for second in (f"Bearer {token}", "Bearer a-gateway-token", "Basic Zm9vOmJhcg=="):
+            lines = [("Authorization", f"Bearer {token}"), ("Authorization", second)]
+            r = call(client, method, url, lines)
+            assert r.status_code == 401, (method, path, r.text)
+            err = r.json()["error"]
+            assert (err["code"], err["field"]) == ("unauthorized", "Authorization"), r.text
+            assert r.headers.get("WWW-Authenticate") == "Bearer"
+
+
+def test_two_authorization_lines_are_refused_by_metrics(db_url):
+    from tests.conftest import make_settings
+    from tests.fake_rail import catalog_with_fake
+    from verifier.core.engine import Engine
+
+    engine = Engine(make_settings(db_url, metrics_token="scrape-me"), catalog=catalog_with_fake())
+    try:
+        with TestClient(create_app(engine), raise_server_exceptions=False) as c:
+            right = ("Authorization", "Bearer scrape-me")
+            for lines in ([right, ("Authorization", "Bearer other")], [right, right]):
+                r = c.get("/metrics", headers=lines)
+                assert r.status_code == 401, r.text
+                assert r.json()["error"]["field"] == "Authorization"
+            assert c.get("/metrics", headers=[right]).status_code == 200
+    finally:
+        engine.db.dispose()
 
 
 def test_the_right_token_gets_past_auth_everywhere(client):
@@ -205,6 +254,38 @@ def test_owner_isolation_on_every_service_path_with_an_id(client, engine, chain)
     theirs = client.get(f"/v1/proofs/{proof['id']}", headers=bob)
     assert nobody.status_code == theirs.status_code == 404
     assert nobody.json()["error"]["code"] == theirs.json()["error"]["code"]
+
+
+def test_a_refused_id_in_a_body_names_its_field_and_tells_nothing(client, chain):
+    # README: a 4xx names the field. An owner or a session a body names that is not the
+    # token's is refused naming the field, with the same bytes whether it is someone else's
+    # or does not exist (the id itself aside): no existence oracle.
+    sess, _ = _alice_world(client, chain)
+    bob = auth(OTHER_SERVICE_TOKEN)
+
+    def refused(path: str, body: dict, field: str, theirs: str, nobody: str) -> None:
+        answers = []
+        for value in (theirs, nobody):
+            r = client.post(path, headers=bob, json={**body, field: value})
+            assert r.status_code == 404, r.text
+            assert r.json()["error"]["field"] == field, r.text
+            answers.append(r.content.replace(value.encode(), b"<id>"))
+        assert answers[0] == answers[1]
+
+    refused(
+        "/v1/proofs",
+        {"proof": "fx0123abcd"},
+        "session_id",
+        sess["id"],
+        "0" * len(sess["id"]),
+    )
+    session = {
+        "rail_id": "fake_live",
+        "access_product_id": "pro",
+        "amount": 1,
+        "recipient": "fatreasury",
+    }
+    refused("/v1/payment-sessions", session, "owner_id", "alice", "nobdy")
 
 
 # -- tokens never logged -------------------------------------------------------------------

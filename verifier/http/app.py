@@ -9,6 +9,7 @@ The engine lives on `app.state.engine` (deps.get_engine), the rate limiter on
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ def _error(
     code: ApiErrorCode,
     message: str,
     field: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     err: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
@@ -222,7 +223,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         code = {404: ApiErrorCode.not_found, 405: ApiErrorCode.method_not_allowed}.get(
             e.status_code, ApiErrorCode.http_error
         )
-        return _error(e.status_code, code, str(e.detail))
+        # Starlette's own headers stay: a 405 names the methods the route takes (Allow).
+        return _error(e.status_code, code, str(e.detail), headers=e.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, e: Exception) -> JSONResponse:

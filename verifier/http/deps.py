@@ -4,8 +4,8 @@ Idempotency-Key header, and per-token rate limits.
 
 Tokens are bearer tokens. `HTTPBearer` is there to declare the scheme in the OpenAPI
 document (auto_error off): it reads the scheme case-insensitively and would answer 403 on
-its own, while this API accepts exactly `Bearer <token>` and refuses anything else with 401
-`unauthorized` naming the Authorization header.
+its own, while this API accepts exactly `Bearer <token>`, on one header line, and refuses
+anything else with 401 `unauthorized` naming the Authorization header.
 """
 
 from __future__ import annotations
@@ -60,8 +60,22 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 Scheme = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
+def authorization(request: Request) -> str | None:
+    """The request's Authorization header, or None without one. SECURITY: a singleton field:
+    two lines are refused, not read as the first, which a proxy or gateway in front that
+    checks another line would read as someone else's credentials than railproof does."""
+    lines = request.headers.getlist("authorization")
+    if len(lines) > 1:
+        raise Unauthorized(
+            ApiErrorCode.unauthorized,
+            "Authorization: one header line, not several",
+            field="Authorization",
+        )
+    return lines[0] if lines else None
+
+
 def _token(request: Request) -> str:
-    raw = request.headers.get("authorization")
+    raw = authorization(request)
     if not raw or not raw.startswith("Bearer ") or not raw[7:]:
         raise Unauthorized(
             ApiErrorCode.unauthorized,

@@ -79,7 +79,13 @@ def settings_principal(settings: Any) -> PrincipalOf:
 def _headers(scope: Scope) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in scope.get("headers") or []:
-        out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+        name = k.decode("latin-1").lower()
+        if name == "authorization" and name in out:
+            # Two Authorization lines are refused (deps.authorization): the request is
+            # nobody's, not the first line's principal.
+            out[name] = ""
+            continue
+        out.setdefault(name, v.decode("latin-1"))
     return out
 
 

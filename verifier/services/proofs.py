@@ -375,7 +375,9 @@ def _submit_as(engine: Engine, asked: _Asked, now: datetime, known: SessionKey |
                 raise _Guessed from None
         try:
             # Read only: the session is not changed by a submission.
-            ps = load_session(engine, s, asked.session_id, asked.owners, read_only=True)
+            ps = load_session(
+                engine, s, asked.session_id, asked.owners, read_only=True, field="session_id"
+            )
         except IntegrityError:
             if sent is None:
                 raise

@@ -392,9 +392,13 @@ def load_session(
     owners: list[str] | None,
     lock: bool = False,
     read_only: bool = False,
+    field: str | None = None,
 ) -> PaymentSession | Record:
     """The session if the caller may see it; otherwise 404, counted as an isolation denial
     when it exists for someone else (the answer is the same, so ids leak nothing).
+
+    `field`: the request's field that named the session (a body's `session_id`), which the
+    404 names; a path id is not named, as no path id's 404 is.
 
     `read_only`: the caller only reads the session, so the row may come back as a plain
     record (see storage.repo.rows.read) rather than an ORM instance; never with `lock`."""
@@ -407,7 +411,11 @@ def load_session(
         engine.metrics.inc("owner_isolation_denials_total", reason="session")
         ps = None
     if ps is None:
-        raise NotFound(FailureCode.session_not_found, f"no payment session {session_id!r}")
+        # SECURITY: one answer, field included, whether the session is missing or someone
+        # else's: a difference would tell another tenant's session ids from made-up ones.
+        raise NotFound(
+            FailureCode.session_not_found, f"no payment session {session_id!r}", field=field
+        )
     return ps
 
 

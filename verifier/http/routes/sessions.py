@@ -31,7 +31,7 @@ async def create_session(
         return 201, SessionOut.checked(view)
 
     def work() -> dict[str, Any]:
-        acting_for(engine, svc, body.owner_id, "session_create")
+        acting_for(engine, svc, body.owner_id, "session_create", field="owner_id")
         return sessions.open_session(
             engine, sessions.NewSession(**body.model_dump()), actor=svc.name
         )

@@ -151,7 +151,13 @@ def make_router(
         _limited(request, svc[0])
         return webhook_endpoints.delete_endpoint(engine, svc[0], svc[1], endpoint_id)
 
-    @router.get("/v1/admin/webhook-events", response_model=list[DeliveryOut])
+    # The staff routes declare 429 as staff_router's do: past the staff sign-in bound every
+    # staff request from an address is refused (deps._staff_signed_in).
+    @router.get(
+        "/v1/admin/webhook-events",
+        response_model=list[DeliveryOut],
+        responses=error_responses(429),
+    )
     def admin_list(
         _: Staff,
         engine: EngineDep,
@@ -163,7 +169,7 @@ def make_router(
     @router.get(
         "/v1/admin/webhook-events/{event_id}",
         response_model=EventOut,
-        responses=error_responses(404),
+        responses=error_responses(404, 429),
     )
     def admin_inspect(event_id: str, _: Staff, engine: EngineDep) -> dict[str, Any]:
         return webhooks.inspect_event(engine, event_id)
@@ -171,7 +177,7 @@ def make_router(
     @router.post(
         "/v1/admin/webhook-events/{event_id}/replay",
         response_model=ReplayOut,
-        responses=error_responses(404, 409),
+        responses=error_responses(404, 409, 429),
     )
     def admin_replay(
         event_id: str, body: ReplayIn, actor: Staff, engine: EngineDep
