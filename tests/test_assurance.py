@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -15,11 +16,16 @@ from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import FAKE_SESSION, advance
 from tests.live_server import LiveServer
 from verifier.cli.main import app as cli_app
-from verifier.services.assurance import refresh_gauges
+from verifier.core import timeutil
+from verifier.http.console.routes import _templates
+from verifier.services.assurance import LIMIT, assurance_report, refresh_gauges
+from verifier.services.proofs import submit_proof
+from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import (
     AuditEvent,
     Entitlement,
     EntitlementStatus,
+    IdempotencyClaim,
     PaymentSession,
     Proof,
     ProofStatus,
@@ -41,8 +47,22 @@ def report(client, **params) -> dict:
 def report_of(doc: dict) -> dict:
     """The report checked for shape, its summary cut to status, score and alert count."""
     assert set(doc) == {"summary", "issues"}
-    assert set(doc["summary"]) == {"status", "score", "alert_count", "period_days", "since"}
-    assert doc["summary"]["alert_count"] == len(doc["issues"])
+    assert set(doc["summary"]) == {
+        "status",
+        "score",
+        "alert_count",
+        "period_days",
+        "since",
+        "truncated",
+    }
+    # Every finding is counted, listed or not: a cut category has one `more` issue and a
+    # `truncated` entry saying how many it holds in all.
+    cut = {t["category"]: t for t in doc["summary"]["truncated"]}
+    more = {i["category"] for i in doc["issues"] if i["id"].endswith(":more")}
+    assert more == set(cut)
+    assert doc["summary"]["alert_count"] == len(doc["issues"]) - len(cut) + sum(
+        t["total"] - t["listed"] for t in cut.values()
+    )
     for i in doc["issues"]:
         assert set(i) == {"id", "category", "severity", "subject", "repair", "repairable"}
         assert i["repair"] and i["id"].startswith(i["category"] + ":")
@@ -133,6 +153,88 @@ def test_pending_proof_past_sla(client, engine, chain):
     doc = report(client)
     assert categories(doc) == {"pending_past_sla": "warning"}
     assert doc["issues"][0]["subject"] == f"proof {p['id']}"
+
+
+def _pending(engine, owner: str, tx: str) -> str:
+    """A proof of a transaction the chain never sees, on a long-lived session of `owner`'s
+    (through the service layer: over HTTP the same, only paced under the rate limit)."""
+    ps = open_session(
+        engine,
+        NewSession(**{**SESSION, "owner_id": owner, "expires_in_seconds": 6 * 24 * 3600}),
+        actor=f"svc:{owner}",
+    )
+    view, _ = submit_proof(engine, ps["id"], tx, [owner])
+    assert view["status"] == "pending", view
+    return str(view["id"])
+
+
+def test_one_tenants_flood_does_not_hide_another_tenants_finding(client, engine, chain):
+    """A tenant submitting LIMIT proofs of transactions that never land fills
+    `pending_past_sla`; another tenant's proof stuck pending, newer than all of them, is still
+    listed (each owner's oldest first, round by round, oldest first within a round), and the
+    report says the category was cut and by how much: in its issues, its summary, the CLI's
+    text and the console's page."""
+    bob = []
+    for n in range(LIMIT):
+        bob.append(_pending(engine, "bob", f"fxb{n:07d}"))
+        advance(engine, 1)
+    advance(engine, 60)
+    alice = _pending(engine, "alice", "fxa0000001")
+    advance(engine, 3 * 3600)
+
+    raw = client.get("/v1/admin/assurance", headers=auth(STAFF_TOKEN)).json()
+    assert raw["summary"]["truncated"] == [
+        {"category": "pending_past_sla", "listed": LIMIT, "total": LIMIT + 1}
+    ]
+    doc = report_of(raw)
+    assert doc["summary"]["alert_count"] == LIMIT + 1
+    listed = [i["subject"] for i in doc["issues"] if i["id"] != "pending_past_sla:more"]
+    assert listed == [f"proof {p}" for p in (bob[0], alice, *bob[1 : LIMIT - 1])]
+    more = doc["issues"][-1]
+    assert more["id"] == "pending_past_sla:more" and more["severity"] == "warning"
+    assert more["subject"] == (
+        f"more than {LIMIT} pending_past_sla findings: {LIMIT + 1} in all, 1 not listed"
+    )
+    assert not more["repairable"]
+    assert report(client) == doc  # the same order every time
+
+    with LiveServer(client.app) as srv:
+        r = _cli(srv.url)
+    assert r.exit_code == 0, r.output
+    assert f"{LIMIT + 1} findings" in r.stdout
+    assert f"not all listed: pending_past_sla: {LIMIT} of {LIMIT + 1}" in r.stdout
+    page = _templates().get_template("_assurance.html").render(report=assurance_report(engine))
+    assert f"pending_past_sla — {LIMIT} of {LIMIT + 1}" in page
+
+
+def test_stuck_claims_are_windowed_before_the_list_is_cut(client, engine):
+    """LIMIT stuck claims older than the window, one inside it: the window's report lists the
+    one inside (the window is a condition of the query, not a filter of its first LIMIT
+    rows), and its list is whole."""
+    at = timeutil.process_now()
+    with engine.db.tx() as s:
+        for n in range(LIMIT + 1):
+            s.add(
+                IdempotencyClaim(
+                    principal="svc:bob" if n < LIMIT else "svc:alice",
+                    endpoint="POST /v1/proofs",
+                    key=f"k-{n:04d}",
+                    request_hash="0" * 64,
+                    status="in_progress",
+                    created_at=at - timedelta(days=5 if n < LIMIT else 1),
+                )
+            )
+    raw = client.get(
+        "/v1/admin/assurance", headers=auth(STAFF_TOKEN), params={"period_days": 2}
+    ).json()
+    assert raw["summary"]["truncated"] == []
+    stuck = [i["subject"] for i in report_of(raw)["issues"]]
+    assert stuck == [f"idempotency claim svc:alice POST /v1/proofs key k-{LIMIT:04d}"]
+    # Without the window the list is cut, and says so.
+    doc = client.get("/v1/admin/assurance", headers=auth(STAFF_TOKEN)).json()
+    assert doc["summary"]["truncated"] == [
+        {"category": "idempotency_claim_stuck", "listed": LIMIT, "total": LIMIT + 1}
+    ]
 
 
 def test_receipt_without_active_entitlement(client, engine, chain):
@@ -360,6 +462,7 @@ def test_cli_assurance_reports_the_same(client, engine, chain):
             "alert_count": 0,
             "period_days": None,
             "since": None,
+            "truncated": [],
         }
         r = _cli(srv.url)
         assert r.exit_code == 0 and "assurance: ok (score 100, 0 findings)" in r.stdout

@@ -959,7 +959,10 @@ export interface components {
         };
         /** AssuranceSummaryOut */
         AssuranceSummaryOut: {
-            /** Alert Count */
+            /**
+             * Alert Count
+             * @description Every finding, including those not listed
+             */
             alert_count: number;
             /**
              * Period Days
@@ -978,6 +981,26 @@ export interface components {
              * @description ok | warning | error | critical: the worst severity found
              */
             status: string;
+            /**
+             * Truncated
+             * @description Categories with more findings than the report lists (each also has an issue `<category>:more`); empty: the report is whole
+             */
+            truncated: components["schemas"]["AssuranceTruncatedOut"][];
+        };
+        /** AssuranceTruncatedOut */
+        AssuranceTruncatedOut: {
+            /** Category */
+            category: string;
+            /**
+             * Listed
+             * @description How many of its issues `issues` lists
+             */
+            listed: number;
+            /**
+             * Total
+             * @description How many it has in all
+             */
+            total: number;
         };
         /** AttemptOut */
         AttemptOut: {

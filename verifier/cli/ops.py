@@ -1066,6 +1066,8 @@ def register(app: typer.Typer) -> None:
                 f"assurance: {sm['status']} (score {sm['score']}, {sm['alert_count']} "
                 f"findings{window})"
             )
+            for cut in sm.get("truncated") or []:
+                typer.echo(f"not all listed: {cut['category']}: {cut['listed']} of {cut['total']}")
             if d["issues"]:
                 _out(
                     200,

@@ -483,12 +483,22 @@ class AuditChainOut(Model):
     keyed: bool
 
 
+class AssuranceTruncatedOut(Model):
+    category: str
+    listed: int = Field(description="How many of its issues `issues` lists")
+    total: int = Field(description="How many it has in all")
+
+
 class AssuranceSummaryOut(Model):
     status: str = Field(description="ok | warning | error | critical: the worst severity found")
     score: int
-    alert_count: int
+    alert_count: int = Field(description="Every finding, including those not listed")
     period_days: int | None = Field(description="The window checked; null: all stored data")
     since: Time | None = Field(description="Where the window starts")
+    truncated: list[AssuranceTruncatedOut] = Field(
+        description="Categories with more findings than the report lists (each also has an "
+        "issue `<category>:more`); empty: the report is whole"
+    )
 
 
 class AssuranceIssueOut(Model):

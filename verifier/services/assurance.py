@@ -1,8 +1,15 @@
 """Assurance: the invariants re-checked over stored data, as a report operators can act on,
 and the safe repairs of the kinds that have one.
 
-summary {status ok|warning|error|critical, score 0-100, alert_count, period_days, since};
+summary {status ok|warning|error|critical, score 0-100, alert_count, period_days, since,
+truncated[] {category, listed, total}};
 issues[] {id, category, severity critical|error|warning|info, subject, repair, repairable}.
+
+A category lists at most `LIMIT` issues, in a fixed order: each owner's oldest first, round by
+round over the owners (storage.repo.findings says why), so one tenant's flood of findings
+never hides another's. A category with more gets one more issue, `<category>:more`, saying how
+many it has in all, and a `truncated` entry: a cut list never reads as the whole report, and
+`alert_count` counts every finding, listed or not.
 
 Each check is one function of a `Scope` (the report's transaction, both clocks and the
 window) returning `Issue`s; `CHECKS` lists them in the order the report shows them, so a new
@@ -23,7 +30,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -40,6 +47,7 @@ from verifier.storage.repo import findings
 from verifier.storage.repo import idempotency as claim_repo
 from verifier.storage.repo import proofs as proof_repo
 from verifier.storage.repo import rail_state as rail_state_repo
+from verifier.storage.repo.findings import Capped
 
 Severity = Literal["critical", "error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "error", "warning", "info")  # worst first
@@ -59,6 +67,8 @@ class Issue:
     key: str  # what the issue is about, unique within its category (its id's second half)
     # What a repair acts on (a proof id, a claim's primary key); None: no automatic repair.
     target: str | tuple[str, str, str] | None = field(default=None, compare=False)
+    # A category's `more` issue: how many findings it has in all (its list was cut); else 0.
+    total: int = field(default=0, compare=False)
 
     @property
     def id(self) -> str:
@@ -89,13 +99,45 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
+T = TypeVar("T")
+
+
+def _listed(found: Capped[T], issue: Callable[[T], Issue]) -> list[Issue]:
+    """One issue per row found; and where the query found more than it listed, one issue
+    more that says so (the category's, at its severity), so a cut list is never taken for
+    all there is."""
+    out = [issue(row) for row in found.rows]
+    if not found.cut or not out:
+        return out
+    first = out[0]
+    out.append(
+        Issue(
+            first.category,
+            first.severity,
+            f"more than {len(out)} {first.category} findings: {found.total} in all, "
+            f"{found.total - len(out)} not listed",
+            "the list holds each owner's oldest first, round by round over the owners; act "
+            "on these, or narrow the window (--period-days, newest rows) to list others",
+            "more",
+            total=found.total,
+        )
+    )
+    return out
+
+
+def _listed_rows(found: Capped[tuple[Any, ...]], issue: Callable[..., Issue]) -> list[Issue]:
+    """`_listed` for rows of several columns, each passed to `issue` as its own argument."""
+    return _listed(found, lambda row: issue(*row))
+
+
 # -- the checks ------------------------------------------------------------------------------
 
 
 def unsettled_active_entitlements(sc: Scope) -> list[Issue]:
     """Active entitlements whose settlement is not final, or reorged."""
-    return [
-        Issue(
+    return _listed_rows(
+        findings.unsettled_active_entitlements(sc.s, LIMIT, since=sc.since),
+        lambda ent_id, finality, reorged: Issue(
             "active_entitlement_unsettled",
             "critical",
             f"entitlement {ent_id}",
@@ -103,18 +145,16 @@ def unsettled_active_entitlements(sc: Scope) -> list[Issue]:
             + ("reorged" if reorged else finality)
             + ": investigate the transfer; revoke with incident id if it does not come back",
             ent_id,
-        )
-        for ent_id, finality, reorged in findings.unsettled_active_entitlements(
-            sc.s, LIMIT, since=sc.since
-        )
-    ]
+        ),
+    )
 
 
 def flagged_active_entitlements(sc: Scope) -> list[Issue]:
     """Active entitlements the worker flagged whose proof is no longer verified though its
     settlement still reads final (the chain shows the payment can no longer be this one)."""
-    return [
-        Issue(
+    return _listed_rows(
+        findings.flagged_active_entitlements_with_failed_proof(sc.s, LIMIT, since=sc.since),
+        lambda ent_id, status, code: Issue(
             "active_entitlement_payment_gone",
             "critical",
             f"entitlement {ent_id}",
@@ -122,103 +162,103 @@ def flagged_active_entitlements(sc: Scope) -> list[Issue]:
             + (f" ({code})" if code else "")
             + ": inspect-entitlement, then revoke with incident id if the payment is gone",
             ent_id,
-        )
-        for ent_id, status, code in findings.flagged_active_entitlements_with_failed_proof(
-            sc.s, LIMIT, since=sc.since
-        )
-    ]
+        ),
+    )
 
 
 def receipts_without_active_entitlement(sc: Scope) -> list[Issue]:
     """Receipts whose entitlement is not active (and not deliberately revoked)."""
-    return [
-        Issue(
+    return _listed(
+        findings.receipts_without_active_entitlement(sc.s, LIMIT, since=sc.since),
+        lambda rid: Issue(
             "receipt_without_active_entitlement",
             "critical",
             f"receipt {rid}",
             "re-run apply for its proof; it is idempotent",
             rid,
-        )
-        for rid in findings.receipts_without_active_entitlement(sc.s, LIMIT, since=sc.since)
-    ]
+        ),
+    )
 
 
 def receipts_without_final_settlement(sc: Scope) -> list[Issue]:
-    return [
-        Issue(
+    return _listed(
+        findings.receipts_without_final_settlement(sc.s, LIMIT, since=sc.since),
+        lambda rid: Issue(
             "receipt_without_final_settlement",
             "critical",
             f"receipt {rid}",
             "investigate how apply passed; revoke the entitlement",
             rid,
-        )
-        for rid in findings.receipts_without_final_settlement(sc.s, LIMIT, since=sc.since)
-    ]
+        ),
+    )
 
 
 def entitlements_on_another_receipt(sc: Scope) -> list[Issue]:
     """Active entitlements standing on a receipt that is not their session's own."""
-    return [
-        Issue(
+    return _listed(
+        findings.entitlements_on_another_receipt(sc.s, LIMIT, since=sc.since),
+        lambda ent_id: Issue(
             "entitlement_on_another_receipt",
             "critical",
             f"entitlement {ent_id}",
             "its receipt is another session's, owner's or product's, or backs another "
             "entitlement too: investigate the writer; revoke with incident id",
             ent_id,
-        )
-        for ent_id in findings.entitlements_on_another_receipt(sc.s, LIMIT, since=sc.since)
-    ]
+        ),
+    )
 
 
 def receipts_on_another_proof(sc: Scope) -> list[Issue]:
     """Receipts whose settlement or proof does not back them."""
-    return [
-        Issue(
+    return _listed(
+        findings.receipts_on_another_proof(sc.s, LIMIT, since=sc.since),
+        lambda rid: Issue(
             "receipt_without_verified_proof",
             "critical",
             f"receipt {rid}",
             "its settlement is another proof's, or its proof is not verified while the "
             "entitlement stands: investigate how apply passed; revoke the entitlement",
             rid,
-        )
-        for rid in findings.receipts_on_another_proof(sc.s, LIMIT, since=sc.since)
-    ]
+        ),
+    )
 
 
 def settlements_without_verified_attempt(sc: Scope) -> list[Issue]:
-    return [
-        Issue(
+    return _listed(
+        findings.settlements_without_verified_attempt(sc.s, LIMIT, since=sc.since),
+        lambda eid: Issue(
             "settlement_without_verified_attempt",
             "critical",
             f"settlement_evidence {eid}",
             "investigate the writer",
             str(eid),
-        )
-        for eid in findings.settlements_without_verified_attempt(sc.s, LIMIT, since=sc.since)
-    ]
+        ),
+    )
 
 
 def transfers_claimed_twice(sc: Scope) -> list[Issue]:
     """One on-chain reference behind more than one receipt."""
-    return [
-        Issue(
+    return _listed_rows(
+        findings.transfers_with_several_receipts(sc.s, LIMIT, since=sc.since),
+        lambda ref, n: Issue(
             "transfer_claimed_twice",
             "critical",
             f"transfer {ref[:16]}…",
             f"{n} receipts: revoke all but the first, with incident id",
             _digest(ref),
-        )
-        for ref, n in findings.transfers_with_several_receipts(sc.s, LIMIT, since=sc.since)
-    ]
+        ),
+    )
 
 
 def verified_without_receipt(sc: Scope) -> list[Issue]:
     """Verified and final proofs on the live path without a receipt past the SLA. Gated rails
     wait for staff by design, so their proofs are not findings. Repair: the apply gate."""
     live = [r for r, d in sc.engine.catalog.rails.items() if d.stage is Stage.live]
-    return [
-        Issue(
+    return _listed(
+        findings.final_without_receipt(
+            sc.s, live, sc.now - VERIFIED_WITHOUT_RECEIPT_SLA, LIMIT, since=sc.since
+        ),
+        lambda pid: Issue(
             "verified_without_receipt",
             "warning",
             f"proof {pid}",
@@ -226,34 +266,30 @@ def verified_without_receipt(sc: Scope) -> list[Issue]:
             "the apply gate (every check holds, or nothing changes)",
             pid,
             target=pid,
-        )
-        for pid in findings.final_without_receipt(
-            sc.s, live, sc.now - VERIFIED_WITHOUT_RECEIPT_SLA, LIMIT, since=sc.since
-        )
-    ]
+        ),
+    )
 
 
 def pending_past_sla(sc: Scope) -> list[Issue]:
-    return [
-        Issue(
+    return _listed(
+        findings.pending_created_before(sc.s, sc.now - PENDING_SLA, LIMIT, since=sc.since),
+        lambda pid: Issue(
             "pending_past_sla",
             "warning",
             f"proof {pid}",
             "check RPC health and the worker; inspect-rail-proof",
             pid,
-        )
-        for pid in findings.pending_created_before(
-            sc.s, sc.now - PENDING_SLA, LIMIT, since=sc.since
-        )
-    ]
+        ),
+    )
 
 
 def uncredited_transfers(sc: Scope) -> list[Issue]:
     """Verified transfers no receipt can credit: their session was paid by another transfer
     (the payer paid twice, or two transfers raced for one session). The money arrived; it
     must not vanish from view."""
-    return [
-        Issue(
+    return _listed_rows(
+        findings.verified_on_paid_sessions(sc.s, LIMIT, since=sc.since),
+        lambda pid, sid, owner: Issue(
             "verified_transfer_not_credited",
             "error",  # money arrived and nothing credits it: someone must act
             f"proof {pid}",
@@ -261,16 +297,16 @@ def uncredited_transfers(sc: Scope) -> list[Issue]:
             "transfer already paid: refund the payer, or credit it by hand under an "
             "incident id; it never creates a second receipt",
             pid,
-        )
-        for pid, sid, owner in findings.verified_on_paid_sessions(sc.s, LIMIT, since=sc.since)
-    ]
+        ),
+    )
 
 
 def lapsed_leases(sc: Scope) -> list[Issue]:
     """Proofs still claimed by a worker whose lease ran out: it died or stalled mid-work. A
     current state, so outside any window. Repair: release the lease, due now."""
-    return [
-        Issue(
+    return _listed_rows(
+        findings.lapsed_leases(sc.s, sc.at, LIMIT),
+        lambda pid, by, until: Issue(
             "claim_lease_lapsed",
             "warning",
             f"proof {pid}",
@@ -279,9 +315,8 @@ def lapsed_leases(sc: Scope) -> list[Issue]:
             f"stopped {by} (its logs); the repair re-queues it for the next sweep",
             pid,
             target=pid,
-        )
-        for pid, by, until in findings.lapsed_leases(sc.s, sc.at, LIMIT)
-    ]
+        ),
+    )
 
 
 def stuck_claims(sc: Scope) -> list[Issue]:
@@ -289,21 +324,20 @@ def stuck_claims(sc: Scope) -> list[Issue]:
     client's retries get idempotency_in_progress for good. Repair: release the claim, as a
     refused request does, so the client's retry runs again."""
     cutoff = sc.at - timedelta(seconds=sc.engine.settings.stuck_claim_seconds)
-    return [
-        Issue(
+    return _listed_rows(
+        findings.stuck_claims(sc.s, cutoff, LIMIT, since=sc.since_process),
+        lambda principal, endpoint, key, made_at: Issue(
             "idempotency_claim_stuck",
             "warning",
-            f"idempotency claim {c.principal} {c.endpoint} key {c.key[:64]}",
-            f"in progress since {iso(c.created_at)}: find whether its work was done "
+            f"idempotency claim {principal} {endpoint} key {key[:64]}",
+            f"in progress since {iso(made_at)}: find whether its work was done "
             "(audit, list-rail-proofs) and have the client retry with a new "
             "Idempotency-Key; list-stuck-idempotency-claims lists them all; the repair "
             "releases it, so a retry with the same key runs the request again",
-            _digest(c.principal, c.endpoint, c.key),
-            target=(c.principal, c.endpoint, c.key),
-        )
-        for c in claim_repo.in_progress_since(sc.s, cutoff, LIMIT)
-        if sc.since_process is None or utc(c.created_at) >= sc.since_process
-    ]
+            _digest(principal, endpoint, key),
+            target=(principal, endpoint, key),
+        ),
+    )
 
 
 def production_rails_not_live(sc: Scope) -> list[Issue]:
@@ -452,13 +486,24 @@ def assurance_report(engine: Engine, period_days: int | None = None) -> dict[str
     issues = _issues(engine, period_days)
     score = max(0, 100 - sum(PENALTY[i.severity] for i in issues))
     worst = next((sev for sev in SEVERITIES if any(i.severity == sev for i in issues)), None)
+    cut = {
+        i.category: (sum(1 for j in issues if j.category == i.category and not j.total), i.total)
+        for i in issues
+        if i.total
+    }
     return {
         "summary": {
             "status": worst if worst in ("critical", "error", "warning") else "ok",
             "score": score,
-            "alert_count": len(issues),
+            # Every finding, listed or not (a `more` issue stands for the ones not listed).
+            "alert_count": sum(1 for i in issues if not i.total)
+            + sum(total - listed for listed, total in cut.values()),
             "period_days": period_days,
             "since": iso(engine.now() - timedelta(days=period_days)) if period_days else None,
+            "truncated": [
+                {"category": c, "listed": listed, "total": total}
+                for c, (listed, total) in cut.items()
+            ],
         },
         "issues": [i.as_dict() for i in issues],
     }

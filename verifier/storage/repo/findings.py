@@ -1,19 +1,31 @@
 """The assurance report's queries (verifier.services.assurance): rows that break an invariant
-the database cannot hold by itself. Each returns at most `limit` rows; `since` (where taken)
-keeps only rows made at or after it (the report's --period-days window)."""
+the database cannot hold by itself. Each returns a `Capped`: at most `limit` rows, in a fixed
+order, and how many rows there are in all, so the report can say when its list was cut;
+`since` (where taken) keeps only rows made at or after it (the report's --period-days window).
+
+The order (`_capped`): each owner's oldest row, then each owner's second oldest, and so on,
+oldest first within each round. Oldest first because the oldest finding is the most urgent
+one; round by round over owners because an owner can make rows at will (a tenant submitting
+proofs of transactions that never land fills `pending_past_sla`) but cannot make owners (the
+deployment binds each service token to its owner ids), so one owner's flood never pushes
+another owner's finding off the list while fewer than `limit` owners have findings.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, Subquery, func, select
 from sqlalchemy.orm import Session, aliased
 
 from verifier.storage.models import (
+    ClaimStatus,
     Entitlement,
     EntitlementStatus,
+    IdempotencyClaim,
     Proof,
     ProofStatus,
     Receipt,
@@ -22,10 +34,47 @@ from verifier.storage.models import (
 )
 
 _Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def _window(q: _Q, column: Any, since: datetime | None) -> _Q:
     return q if since is None else q.where(column >= since)
+
+
+@dataclass(frozen=True)
+class Capped(Generic[T]):
+    """At most `limit` rows of a finding query, and how many rows it has in all."""
+
+    rows: list[T]
+    total: int
+
+    @property
+    def cut(self) -> bool:
+        return self.total > len(self.rows)
+
+    def map(self, f: Callable[[T], U]) -> Capped[U]:
+        return Capped([f(r) for r in self.rows], self.total)
+
+
+def _capped(
+    s: Session, q: Select[*tuple[Any, ...]], limit: int, owner: Any, order: Sequence[Any]
+) -> Capped[tuple[Any, ...]]:
+    """The rows of `q` (without an order or a limit of its own), at most `limit`: ranked
+    within their `owner` by `order` (its age first, then a unique tie-break), and listed rank
+    by rank, `order` within a rank (the module's docstring says why); and the count of all
+    its rows, read in the same query (a window over the rows the ranking reads anyway)."""
+    n = len(q.selected_columns)
+    rank = func.row_number().over(partition_by=owner, order_by=list(order))
+    sub = q.add_columns(
+        func.count().over().label("found_total"),
+        rank.label("owner_rank"),
+        *(c.label(f"order_{i}") for i, c in enumerate(order)),
+    ).subquery()
+    cols = list(sub.c)
+    listed = select(*cols[: n + 1]).order_by(*cols[n + 1 :]).limit(limit)
+    rows = s.execute(listed).all()
+    return Capped([tuple(r[:n]) for r in rows], int(rows[0][n]) if rows else 0)
 
 
 def _current_settlement() -> Subquery:
@@ -40,7 +89,7 @@ def _current_settlement() -> Subquery:
 
 def unsettled_active_entitlements(
     s: Session, limit: int, since: datetime | None = None
-) -> list[tuple[str, str, bool]]:
+) -> Capped[tuple[str, str, bool]]:
     """(entitlement id, finality, reorged) of active entitlements whose receipt's proof's
     latest settlement is not final, or reorged."""
     cur = _current_settlement()
@@ -52,10 +101,10 @@ def unsettled_active_entitlements(
             Entitlement.status == EntitlementStatus.active,
             (cur.c.reorged.is_(True)) | (cur.c.is_final.is_(False)),
         )
-        .limit(limit)
     )
     q = _window(q, Entitlement.updated_at, since)
-    return [(e, f, bool(r)) for e, f, r in s.execute(q)]
+    found = _capped(s, q, limit, Entitlement.owner_id, (Entitlement.updated_at, Entitlement.id))
+    return found.map(lambda r: (r[0], r[1], bool(r[2])))
 
 
 def _flagged_active(*columns: Any) -> Select[Any]:
@@ -94,7 +143,7 @@ def count_flagged_active_entitlements(s: Session) -> int:
 
 def flagged_active_entitlements_with_failed_proof(
     s: Session, limit: int, since: datetime | None = None
-) -> list[tuple[str, str, str | None]]:
+) -> Capped[tuple[str, str, str | None]]:
     """(entitlement id, proof status, failure code) of flagged active entitlements whose proof
     is no longer verified while its latest settlement still reads final: the ones
     `unsettled_active_entitlements` does not name (e.g. an x402 nonce spent by another
@@ -104,38 +153,44 @@ def flagged_active_entitlements_with_failed_proof(
         SettlementEvidence.is_final.is_(True),
         SettlementEvidence.reorged.is_(False),
     )
-    q = _window(q.limit(limit), Entitlement.updated_at, since)
-    return [(e, str(getattr(st, "value", st)), code) for e, st, code in s.execute(q)]
+    q = _window(q, Entitlement.updated_at, since)
+    found = _capped(s, q, limit, Entitlement.owner_id, (Entitlement.updated_at, Entitlement.id))
+    return found.map(lambda r: (r[0], str(getattr(r[1], "value", r[1])), r[2]))
+
+
+def _receipt_ids(s: Session, q: Select[Any], limit: int, since: datetime | None) -> Capped[str]:
+    q = _window(q, Receipt.created_at, since)
+    return _capped(s, q, limit, Receipt.owner_id, (Receipt.created_at, Receipt.id)).map(
+        lambda r: str(r[0])
+    )
 
 
 def receipts_without_active_entitlement(
     s: Session, limit: int, since: datetime | None = None
-) -> list[str]:
+) -> Capped[str]:
     """Receipts whose entitlement is missing or still pending (a revoked one is deliberate)."""
     q = (
         select(Receipt.id)
         .outerjoin(Entitlement, Entitlement.receipt_id == Receipt.id)
         .where((Entitlement.id.is_(None)) | (Entitlement.status == EntitlementStatus.pending))
-        .limit(limit)
     )
-    return list(s.scalars(_window(q, Receipt.created_at, since)))
+    return _receipt_ids(s, q, limit, since)
 
 
 def receipts_without_final_settlement(
     s: Session, limit: int, since: datetime | None = None
-) -> list[str]:
+) -> Capped[str]:
     q = (
         select(Receipt.id)
         .join(SettlementEvidence, SettlementEvidence.id == Receipt.settlement_id)
         .where(SettlementEvidence.is_final.is_(False))
-        .limit(limit)
     )
-    return list(s.scalars(_window(q, Receipt.created_at, since)))
+    return _receipt_ids(s, q, limit, since)
 
 
 def entitlements_on_another_receipt(
     s: Session, limit: int, since: datetime | None = None
-) -> list[str]:
+) -> Capped[str]:
     """Active entitlements whose receipt is another session's, owner's or product's, or is
     one that another active entitlement stands on too."""
     shared = (
@@ -154,60 +209,67 @@ def entitlements_on_another_receipt(
             | (Receipt.access_product_id != Entitlement.access_product_id)
             | Entitlement.receipt_id.in_(shared),
         )
-        .limit(limit)
     )
-    return list(s.scalars(_window(q, Entitlement.updated_at, since)))
+    q = _window(q, Entitlement.updated_at, since)
+    found = _capped(s, q, limit, Entitlement.owner_id, (Entitlement.updated_at, Entitlement.id))
+    return found.map(lambda r: str(r[0]))
 
 
-def receipts_on_another_proof(s: Session, limit: int, since: datetime | None = None) -> list[str]:
+def receipts_on_another_proof(s: Session, limit: int, since: datetime | None = None) -> Capped[str]:
     """Receipts whose settlement is another proof's, or whose proof is not verified while
     the entitlement stands unflagged (the worker flags one whose payment it finds gone)."""
+    standing = (
+        select(Entitlement.id)
+        .where(
+            Entitlement.receipt_id == Receipt.id,
+            Entitlement.status == EntitlementStatus.active,
+            Entitlement.reorg_flagged.is_not(True),
+        )
+        .exists()
+    )
     q = (
         select(Receipt.id)
         .join(SettlementEvidence, SettlementEvidence.id == Receipt.settlement_id)
         .join(Proof, Proof.id == Receipt.proof_id)
-        .outerjoin(Entitlement, Entitlement.receipt_id == Receipt.id)
         .where(
             (SettlementEvidence.proof_id != Receipt.proof_id)
-            | (
-                (Proof.status != ProofStatus.verified)
-                & (Entitlement.status == EntitlementStatus.active)
-                & Entitlement.reorg_flagged.is_not(True)
-            )
+            | ((Proof.status != ProofStatus.verified) & standing)
         )
-        .distinct()
-        .limit(limit)
     )
-    return list(s.scalars(_window(q, Receipt.created_at, since)))
+    return _receipt_ids(s, q, limit, since)
 
 
 def settlements_without_verified_attempt(
     s: Session, limit: int, since: datetime | None = None
-) -> list[int]:
+) -> Capped[int]:
     q = (
         select(SettlementEvidence.id)
         .join(VerificationAttempt, VerificationAttempt.id == SettlementEvidence.attempt_id)
+        .join(Proof, Proof.id == SettlementEvidence.proof_id)
         .where(VerificationAttempt.status != ProofStatus.verified)
-        .limit(limit)
     )
-    return list(s.scalars(_window(q, SettlementEvidence.observed_at, since)))
+    q = _window(q, SettlementEvidence.observed_at, since)
+    order = (SettlementEvidence.observed_at, SettlementEvidence.id)
+    return _capped(s, q, limit, Proof.owner_id, order).map(lambda r: int(r[0]))
 
 
 def transfers_with_several_receipts(
     s: Session, limit: int, since: datetime | None = None
-) -> list[tuple[str, int]]:
+) -> Capped[tuple[str, int]]:
     """(on-chain reference, receipts) for each reference behind more than one receipt (with
-    `since`: one of them made since; the count is of all)."""
+    `since`: one of them made since; the count is of all). A reference's owner, for the
+    order, is the first of its receipts' owners; its age, its first receipt's."""
     q = (
         select(Proof.ref, func.count(Receipt.id))
         .join(Receipt, Receipt.proof_id == Proof.id)
         .group_by(Proof.ref)
         .having(func.count(Receipt.id) > 1)
-        .limit(limit)
     )
     if since is not None:
         q = q.having(func.max(Receipt.created_at) >= since)
-    return [(ref, int(n)) for ref, n in s.execute(q)]
+    order = (func.min(Receipt.created_at), Proof.ref)
+    found = _capped(s, q, limit, func.min(Receipt.owner_id), order)
+    return found.map(lambda r: (str(r[0]), int(r[1])))
 
 
 def final_without_receipt(
@@ -216,10 +278,11 @@ def final_without_receipt(
     updated_before: datetime,
     limit: int,
     since: datetime | None = None,
-) -> list[str]:
+) -> Capped[str]:
     """Verified proofs on the given rails, final by their latest settlement, without a
     receipt and last updated before `updated_before`, whose session no other proof paid (that
-    one is a transfer to send back: `verified_transfer_not_credited`, never applied)."""
+    one is a transfer to send back: `verified_transfer_not_credited`, never applied); the
+    longest waiting first."""
     cur = _current_settlement()
     paid = aliased(Receipt)
     q = (
@@ -234,27 +297,28 @@ def final_without_receipt(
             Proof.updated_at < updated_before,
             ~select(paid.id).where(paid.session_id == Proof.session_id).exists(),
         )
-        .limit(limit)
     )
-    return list(s.scalars(_window(q, Proof.created_at, since)))
+    q = _window(q, Proof.created_at, since)
+    found = _capped(s, q, limit, Proof.owner_id, (Proof.updated_at, Proof.id))
+    return found.map(lambda r: str(r[0]))
 
 
 def pending_created_before(
     s: Session, created_before: datetime, limit: int, since: datetime | None = None
-) -> list[str]:
-    q = (
-        select(Proof.id)
-        .where(Proof.status == ProofStatus.pending, Proof.created_at < created_before)
-        .limit(limit)
+) -> Capped[str]:
+    q = select(Proof.id).where(
+        Proof.status == ProofStatus.pending, Proof.created_at < created_before
     )
-    return list(s.scalars(_window(q, Proof.created_at, since)))
+    q = _window(q, Proof.created_at, since)
+    found = _capped(s, q, limit, Proof.owner_id, (Proof.created_at, Proof.id))
+    return found.map(lambda r: str(r[0]))
 
 
 def verified_on_paid_sessions(
     s: Session, limit: int, since: datetime | None = None
-) -> list[tuple[str, str, str]]:
+) -> Capped[tuple[str, str, str]]:
     """(proof id, session id, owner id) of verified proofs without a receipt whose session
-    another proof's receipt paid, oldest first."""
+    another proof's receipt paid."""
     other = aliased(Receipt)
     credited = (
         select(other.id)
@@ -265,21 +329,44 @@ def verified_on_paid_sessions(
         select(Proof.id, Proof.session_id, Proof.owner_id)
         .outerjoin(Receipt, Receipt.proof_id == Proof.id)
         .where(Proof.status == ProofStatus.verified, Receipt.id.is_(None), credited)
-        .order_by(Proof.created_at)
-        .limit(limit)
     )
-    return [(p, sid, o) for p, sid, o in s.execute(_window(q, Proof.created_at, since))]
+    q = _window(q, Proof.created_at, since)
+    found = _capped(s, q, limit, Proof.owner_id, (Proof.created_at, Proof.id))
+    return found.map(lambda r: (str(r[0]), str(r[1]), str(r[2])))
 
 
 def lapsed_leases(
     s: Session, at: datetime, limit: int
-) -> list[tuple[str, str | None, datetime | None]]:
+) -> Capped[tuple[str, str | None, datetime | None]]:
     """(proof id, worker, lease end) of proofs still claimed by a lease that ended before
-    `at`, earliest lease end first."""
-    q = (
-        select(Proof.id, Proof.claimed_by, Proof.claimed_until)
-        .where(Proof.claimed_by.is_not(None), Proof.claimed_until < at)
-        .order_by(Proof.claimed_until)
-        .limit(limit)
+    `at`; the earliest lease end is the oldest."""
+    q = select(Proof.id, Proof.claimed_by, Proof.claimed_until).where(
+        Proof.claimed_by.is_not(None), Proof.claimed_until < at
     )
-    return [(p, by, until) for p, by, until in s.execute(q)]
+    found = _capped(s, q, limit, Proof.owner_id, (Proof.claimed_until, Proof.id))
+    return found.map(lambda r: (r[0], r[1], r[2]))
+
+
+def stuck_claims(
+    s: Session, cutoff: datetime, limit: int, since: datetime | None = None
+) -> Capped[tuple[str, str, str, datetime]]:
+    """(principal, endpoint, key, made at) of idempotency claims still in progress that were
+    made at or before `cutoff` (and at or after `since`, on process time); a claim's owner is
+    its principal (the token that made it)."""
+    q = select(
+        IdempotencyClaim.principal,
+        IdempotencyClaim.endpoint,
+        IdempotencyClaim.key,
+        IdempotencyClaim.created_at,
+    ).where(
+        IdempotencyClaim.status == ClaimStatus.in_progress,
+        IdempotencyClaim.created_at <= cutoff,
+    )
+    q = _window(q, IdempotencyClaim.created_at, since)
+    order = (
+        IdempotencyClaim.created_at,
+        IdempotencyClaim.endpoint,
+        IdempotencyClaim.key,
+    )
+    found = _capped(s, q, limit, IdempotencyClaim.principal, order)
+    return found.map(lambda r: (r[0], r[1], r[2], r[3]))
