@@ -7,12 +7,16 @@ again, down to one block. A refusal of one block, or a node that cannot be reach
 scan with what was read and the error: never "no transfers". Given the senders wanted (a
 watch that binds by payer), a block refused whole is asked sender by sender instead: anyone
 can fill one block with more transfers to a shared treasury than a node answers at once.
+
+A log is not a payment: a smart wallet (or a batch) may pay in one transaction with several
+Transfer logs, and verification counts the sum of the payer's (`rails.evm.counted_transfers`).
+`payments` sums a transaction's logs per sender the same way, for matching to sessions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field, replace
 
 from rails.base import Transport
 from rails.errors import (
@@ -37,6 +41,33 @@ class EvmInflow:
     sender: str
     recipient: str
     value: int
+    # The Transfer logs summed into this inflow (`payments`); empty for one log as read.
+    log_indexes: tuple[int | None, ...] = ()
+
+
+def payments(inflows: Iterable[EvmInflow]) -> list[EvmInflow]:
+    """Each sender's transfers to a recipient in one transaction as one inflow, their values
+    summed, at its first log (`log_index`) and in the order of each one's first log, the
+    logs summed in `log_indexes`.
+
+    SECURITY: the same sum verification credits a session naming the sender as payer
+    (`rails.evm.counted_transfers`: the payer's own transfers of the token to the recipient,
+    another sender's never added). Matched log by log, a payment split over two logs (2 + 3
+    for a session of 5) binds to no session: discovery never submits it, and reconciliation
+    proposes refunding a valid payment."""
+    out: dict[tuple[str, str, str], EvmInflow] = {}
+    for i in inflows:
+        key = (i.tx_hash.lower(), i.sender.lower(), i.recipient.lower())
+        seen = out.get(key)
+        if seen is None:
+            out[key] = replace(i, log_indexes=i.log_indexes or (i.log_index,))
+        else:
+            out[key] = replace(
+                seen,
+                value=seen.value + i.value,
+                log_indexes=seen.log_indexes + (i.log_indexes or (i.log_index,)),
+            )
+    return list(out.values())
 
 
 @dataclass

@@ -175,6 +175,68 @@ def test_refunded_smart_wallet_payment_is_not_credited_by_discovery(evm):  # noq
     assert got == [], f"discovery submitted the refunded transfer: {got}; entitlements {ents}"
 
 
+# -- a payment split over two logs of one transaction ------------------------------------------
+
+
+def _split_payment(evm) -> tuple:  # noqa: F811
+    """A smart wallet pays its 5 USDC session in one transaction of two Transfer logs
+    (2 + 3 USDC): verification sums the payer's transfers to the recipient."""
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    wallet = _batcher(chain, token.address, evm["treasury"], [2_000_000, 3_000_000])
+    token.functions.mint(wallet, 1_000 * 10**6).transact({"from": chain.accounts[0]})
+    v = _wallet_session(e, wallet)
+    advance(e, 60)
+    chain.mine(5)
+    h = chain.w3.eth.send_transaction({"from": chain.accounts[0], "to": wallet, "gas": 300_000})
+    rcpt = chain.w3.eth.wait_for_transaction_receipt(h)
+    assert rcpt.status == 1 and len(rcpt.logs) == 2
+    chain.mine(2)
+    return e, v, h.to_0x_hex().lower()
+
+
+def test_payment_split_over_two_logs_is_bound_to_its_session_not_refunded(evm):  # noqa: F811
+    # Matched log by log (2 and 3 against a session of 5), it was two `orphan_unbound`
+    # transfers, "refund the sender": staff following that refund a valid payment.
+    e, v, tx = _split_payment(evm)
+    dry = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert dry["status"] == "complete", dry["detail"]
+    mine = [f for f in dry["findings"] if f["subjects"]["transfer"] == tx]
+    assert [(f["kind"], f["subjects"].get("session_id")) for f in mine] == [
+        ("orphan_bound", v["id"])
+    ], mine
+    [f] = mine
+    assert f["subjects"]["amount"] == "5000000" and len(f["subjects"]["log_indexes"]) == 2
+    # Apply submits it as the session's proof: verified, as its tenant's submission would be.
+    reconciliation.run(e, req(rail_id="evm_usdc", apply=True, confirm=True), "ops1")
+    assert [(p.ref, p.status) for p in proofs_of(e, v["id"])] == [(tx, "verified")]
+    assert dry["summary"]["inflows"] == 2  # (counted in logs, as read)
+
+
+def test_payment_split_over_two_logs_is_discovered(evm):  # noqa: F811
+    e, v, tx = _split_payment(evm)
+    out = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert out["submitted"] == 1 and out["inflows"] == 2, out
+    assert [(p.ref, p.status) for p in proofs_of(e, v["id"])] == [(tx, "verified")]
+
+
+def test_another_senders_log_is_never_added_to_the_payers(evm):  # noqa: F811
+    # 2 from the payer and 3 from someone else in one transaction (a bundle anyone can add
+    # to) make no 5 USDC payment of the payer's: verification would not count the other's.
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    v = evm_session(e, evm["payer"], 5_000_000)
+    advance(e, 60)
+    chain.mine(5)
+    chain.transfer(token, evm["payer"], evm["treasury"], 2_000_000)
+    chain.transfer(token, evm["other"], evm["treasury"], 3_000_000)
+    chain.mine(2)
+    assert discovery.watch_evm(e, e.rail("evm_usdc"))["submitted"] == 0
+    dry = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+    assert "orphan_bound" not in by_kind(dry)
+    assert proofs_of(e, v["id"]) == []
+
+
 # -- discovery: only a transfer made while the session was open is its payment -----------------
 
 
@@ -204,8 +266,10 @@ def test_evm_discovery_finds_the_payment_behind_the_payers_older_same_amount_tra
 
 def test_evm_discovery_tries_the_next_transfer_when_one_fails_the_session(evm):  # noqa: F811
     # A smart wallet's first payment carries its 5 USDC and 1 unit more in one transaction
-    # (amount_mismatch); its next one pays exactly. The failed candidate used to mark the
-    # session taken, so the exact payment, in the same scan, was never submitted.
+    # (amount_mismatch); its next one pays exactly. The first, matched by its 5 USDC log
+    # alone, was submitted and failed, and used to mark the session taken, so the exact
+    # payment, in the same scan, was never submitted. Its logs summed (5_000_001, as
+    # verification sums them), it is no candidate at all now.
     e, chain, token = evm["engine"], evm["chain"], evm["token"]
     e.settings.discovery = True
     wallet = _batcher(chain, token.address, evm["treasury"], [5_000_000, 1])
@@ -222,9 +286,11 @@ def test_evm_discovery_tries_the_next_transfer_when_one_fails_the_session(evm): 
     chain.mine(2)
 
     out = discovery.watch_evm(e, e.rail("evm_usdc"))
-    assert out["submitted"] == 2
+    assert out["submitted"] == 1
     got = {p.ref: (p.status, p.failure_code) for p in proofs_of(e, v["id"])}
-    assert got == {wrong: ("failed", "amount_mismatch"), exact: ("verified", None)}
+    assert got == {exact: ("verified", None)}
+    # (the first does not pay the session: its tenant's submission of it fails)
+    assert proofs.submit_proof(e, v["id"], wrong, ["alice"])[0]["failure_code"] == "amount_mismatch"
 
 
 # -- the window a run reads: back to what a session could take, never silently less ------------

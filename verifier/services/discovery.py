@@ -519,11 +519,12 @@ def _reference_handler(
 
 def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
     """One watch of an EVM treasury: the head, then the token's Transfer(to=treasury) logs
-    from the last block read (bounded ranges, split when the node refuses), matched to the
-    one open session naming the sender as payer with that amount and open at the transfer's
-    block time (one block read per block with a candidate). A transfer whose proof fails for
+    from the last block read (bounded ranges, split when the node refuses), each sender's in
+    one transaction summed as verification sums them (`payments`), matched to the one open
+    session naming the sender as payer with that amount and open at the transfer's block
+    time (one block read per block with a candidate). A transfer whose proof fails for
     the session leaves it to the next one. Returns {"submitted", "rpc_calls", "inflows"}."""
-    from rails.evm_inflows import head, transfer_logs
+    from rails.evm_inflows import head, payments, transfer_logs
 
     out = {"submitted": 0, "rpc_calls": 0, "inflows": 0}
     now = engine.now()
@@ -629,7 +630,10 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
             engine, rail.rail_id, [(i.tx_hash, i.log_index) for i in scan.inflows]
         )
     }
-    fresh = [i for i in scan.inflows if i.tx_hash not in known and i.tx_hash not in settled]
+    # SECURITY: a payer's logs in one transaction are one payment, summed as verification
+    # credits them (`payments`): matched log by log, a smart wallet's payment split over two
+    # logs (2 + 3 for a session of 5) would bind to no session and never be discovered.
+    fresh = payments(i for i in scan.inflows if i.tx_hash not in known and i.tx_hash not in settled)
     # SECURITY: the sessions a transfer may pay are looked up by its sender, not picked from
     # a bounded list of open sessions: the watch moves past every block it reads, so a
     # session left out of such a list (behind many older open ones) would never be paid.

@@ -1148,7 +1148,7 @@ def _evm_treasury_inflows(
     chain: Transport,
 ) -> Outcome:
     """The Transfer logs to `treasury` in blocks [lo, hi], each matched or reported."""
-    from rails.evm_inflows import transfer_logs
+    from rails.evm_inflows import payments, transfer_logs
 
     counts: Counter = Counter()
     scan = transfer_logs(
@@ -1164,6 +1164,14 @@ def _evm_treasury_inflows(
         )
         for i in scan.inflows
     }
+    # The logs checked: `limit` of them, and the rest of the last one's transaction (its
+    # logs are one payment: cut in two, it would match no session).
+    cut = min(len(scan.inflows), limit)
+    while (
+        0 < cut < len(scan.inflows) and scan.inflows[cut].tx_hash == scan.inflows[cut - 1].tx_hash
+    ):
+        cut += 1
+    window = scan.inflows[:cut]
     findings: list[dict[str, Any]] = []
     with engine.db.tx() as s:
         known = repo.proofs_by_fingerprint(s, list(fps.values()))
@@ -1171,7 +1179,7 @@ def _evm_treasury_inflows(
         # the one its holding proof's payer did not make is nobody's payment yet.
         # And a payment another rail's proof holds, settled in this transaction (an x402
         # authorization, in its facilitator's): matched, by the payer that proof verified.
-        settled = repo.holding_settled_in(s, [i.tx_hash for i in scan.inflows[:limit]])
+        settled = repo.holding_settled_in(s, [i.tx_hash for i in window])
         paid = {
             pid: (
                 str((a.observed or {}).get("sender", "")).lower(),
@@ -1181,18 +1189,23 @@ def _evm_treasury_inflows(
                 s, [pid for ids in settled.values() for pid in ids]
             ).items()
         }
+        # (An authorization pays one log: matched log by log, before they are summed.)
+        unsettled = [i for i in window if not _settles(paid, settled.get(i.tx_hash.lower(), []), i)]
+        # SECURITY: a payer's logs in one transaction are one payment, summed as verification
+        # credits them (`payments`): matched log by log, a smart wallet's payment split over
+        # two logs would bind to no session and be proposed for a refund.
         fresh = [
             i
-            for i in scan.inflows[:limit]
+            for i in payments(unsettled)
             if not any(
                 p.status in HOLDING and (p.payer is None or p.payer.lower() == i.sender.lower())
                 for p in known.get(fps[i.tx_hash], ())
             )
-            and not _settles(paid, settled.get(i.tx_hash.lower(), []), i)
         ]
         claims = {i.tx_hash: _claims(known.get(fps[i.tx_hash], ())) for i in fresh}
-        counts["matched"] = min(len(scan.inflows), limit) - len(fresh)
-        counts["inflows"] = min(len(scan.inflows), limit)
+        # (Counted in logs, as read.)
+        counts["matched"] = len(window) - sum(len(i.log_indexes) for i in fresh)
+        counts["inflows"] = len(window)
         cands = repo.sessions_for_payer(
             s, rail.rail_id, treasury, [(i.sender, i.value) for i in fresh]
         )
@@ -1205,7 +1218,7 @@ def _evm_treasury_inflows(
         )
         counts["rpc_calls"] += len(times)
         for i in fresh:
-            subjects = {
+            subjects: dict[str, Any] = {
                 "transfer": i.tx_hash,
                 "log_index": i.log_index,
                 "amount": str(i.value),
@@ -1222,8 +1235,10 @@ def _evm_treasury_inflows(
             ]
             sessions = [ps for ps in bound if ps.id not in held]
             if _claim_waits(claims[i.tx_hash], bound, sessions):
-                counts["matched"] += 1
+                counts["matched"] += len(i.log_indexes)
                 continue
+            if len(i.log_indexes) > 1:  # the logs summed, `log_index` the first's
+                subjects["log_indexes"] = list(i.log_indexes)
             if len(sessions) == 1:
                 subjects["session_id"] = sessions[0].id
                 findings.append(_bound(rail, subjects, sessions[0].id, "by payer and amount"))
@@ -1239,8 +1254,10 @@ def _evm_treasury_inflows(
                         "needs a person: refund the sender, or attach by hand under an incident id",
                     )
                 )
-    if len(scan.inflows) > limit:
-        problems.append(f"{len(scan.inflows) - limit} more inflows in the window than --limit")
+    if len(scan.inflows) > len(window):
+        problems.append(
+            f"{len(scan.inflows) - len(window)} more inflows in the window than --limit"
+        )
     return _outcome(findings, problems, counts)
 
 
