@@ -12,7 +12,7 @@ import pytest
 from solders.keypair import Keypair
 from sqlalchemy import select
 
-from tests.helpers import FIXTURES, SwitchableTransport, cassette_engine
+from tests.helpers import FIXTURES, SwitchableTransport, advance, cassette_engine
 from tests.test_reconciliation import evm, evm_session  # noqa: F401  (the local EVM chain)
 from verifier.services import audit, discovery, rails_admin
 from verifier.services.sessions import NewSession, open_session
@@ -483,6 +483,77 @@ def test_many_open_solana_sessions_never_hide_a_newer_sessions_payment(db_url, m
         assert _refs(e, victim["id"]) == [(sig, "verified")]
     finally:
         e.db.dispose()
+
+
+# -- a treasury change leaves the sessions opened before it watched ------------------------
+
+
+def _change_treasury(e, rail_id: str, treasury: str) -> None:
+    """An approved treasury change (two staff members)."""
+    e.settings.staff_tokens = {"tok-ops1": "ops1", "tok-ops2": "ops2"}
+    a = rails_admin.request_change(e, rail_id, "treasury", treasury, OP)
+    rails_admin.approve(e, a["approval_id"], audit.Operator("ops2", "INC-1", "second pair of eyes"))
+
+
+def test_evm_session_opened_before_a_treasury_change_is_still_watched(evm):  # noqa: F811
+    # A session's recipient is fixed when it opens: after an approved treasury change, its
+    # payer still pays the old treasury, as the payment request said. The watch read only
+    # the current treasury, so that payment was never discovered.
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    old, new = evm["treasury"], chain.accounts[4]
+    before = evm_session(e, evm["payer"], 5_000_000)
+    assert before["recipient"].lower() == old.lower()
+    discovery.watch_evm(e, e.rail("evm_usdc"))  # the old treasury's watch has a position
+    _change_treasury(e, "evm_usdc", new)
+    after = evm_session(e, evm["other"], 7_000_000)
+    assert after["recipient"].lower() == new.lower()
+    paid_old = chain.transfer(token, evm["payer"], old, 5_000_000).lower()
+    paid_new = chain.transfer(token, evm["other"], new, 7_000_000).lower()
+    chain.mine(1)
+    advance(e, 60)  # past the old treasury's watch's back-off
+    out = discovery.watch_evm(e, e.rail("evm_usdc"))
+    assert out["submitted"] == 2, out
+    assert _refs(e, before["id"]) == [(paid_old, "verified")]
+    assert _refs(e, after["id"]) == [(paid_new, "verified")]
+    # Once paid, the old treasury is no longer watched: no poll at all.
+    assert discovery.watch_evm(e, e.rail("evm_usdc"))["rpc_calls"] == 0
+
+
+def test_evm_recipients_a_tenant_names_never_keep_the_old_treasury_unwatched(
+    evm,  # noqa: F811
+    monkeypatch,
+):
+    # A tenant opens sessions paying addresses of its own (before the change, so first in
+    # turn): the recipients other than the treasury are watched in turn within the cycle's
+    # budget (one here), and the old treasury's comes all the same.
+    ticks = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(discovery, "_clock", lambda: next(ticks))  # each look: over budget
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    e.settings.discovery = True
+    old = evm["treasury"]
+    for i in range(2):
+        open_session(
+            e,
+            NewSession(
+                owner_id="mallory",
+                rail_id="evm_usdc",
+                access_product_id="pro",
+                amount=1_000_000,
+                payer="0x" + f"{i + 1:040x}",
+                recipient=chain.accounts[5 + i],
+            ),
+            actor="svc",
+        )
+    advance(e, 1)
+    victim = evm_session(e, evm["payer"], 5_000_000)
+    _change_treasury(e, "evm_usdc", chain.accounts[4])
+    tx = chain.transfer(token, evm["payer"], old, 5_000_000).lower()
+    chain.mine(1)
+    for _ in range(3):  # the treasury, then one other recipient a cycle
+        discovery.watch_evm(e, e.rail("evm_usdc"))
+        advance(e, 1)
+    assert _refs(e, victim["id"]) == [(tx, "verified")]
 
 
 # -- a backlog longer than one scan ---------------------------------------------------------

@@ -11,13 +11,18 @@ where it stopped), then one `getTransaction` per new transfer, matched to the op
 its references name (looked up by those keys: however many sessions are open, none is left
 out). Sessions paying a recipient that is not the treasury are looked up by their reference
 (one walk per such session); a transaction naming it is submitted only when the rail's own
-checks would not fail it (anyone can add one that merely names the key). A watch that finds
+checks would not fail it (anyone can add one that merely names the key). On EVM, where a
+session binds by its payer, each recipient of the watched sessions is watched the same way
+(the treasury first, then the others in turn: a treasury before an approved change, an
+address a session named): `eth_getLogs` of the token's Transfers to it, each sender's logs
+in one transaction summed into one payment as verification sums them (a smart wallet may pay
+in several), matched to the one session naming that payer and amount. A watch that finds
 nothing backs off (up to RAILPROOF_DISCOVERY_MAX_BACKOFF_S); sessions stop being watched at
 expiry plus the not-found grace. A paused rail is not watched, and a watch's position moves
-past a transfer only once its submission is done with: one refused for a reason that may
-not hold next cycle (a pause, a busy database) is read again. A listed transaction the node
-does not return is read again on later cycles, each of which first reads what arrived since
-the walk started (so it hides no later payment); after `STUCK_LIMIT` cycles in a row it is
+past a transfer only once its submission is done with: one refused for a reason that may not
+hold next cycle (a pause, a busy database) is read again. A listed transaction the node does
+not return is read again on later cycles, each of which first reads what arrived since the
+walk started (so it hides no later payment); after `STUCK_LIMIT` cycles in a row it is
 passed over with a warning naming it (`rpc_errors_total{kind="discovery_passed_over"}`).
 
 RAILPROOF_DISCOVERY: unset = on with RAILPROOF_CHAIN=live for rails with a treasury; 1 / 0
@@ -50,7 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("railproof.discovery")
 ACTOR = "discovery"
 BASE_BACKOFF_S = 2.0
-# Sessions paying another recipient than the treasury, watched one by one per cycle.
+# Sessions paying another recipient than the treasury (Solana), or such recipients (EVM),
+# watched one by one per cycle.
 SESSIONS_PER_CYCLE = 5000
 # One page of a reference's signatures per cycle: a payment and rarely more name it.
 REFERENCE_PAGE = 10
@@ -517,43 +523,82 @@ def _reference_handler(
     return handle
 
 
-def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
-    """One watch of an EVM treasury: the head, then the token's Transfer(to=treasury) logs
-    from the last block read (bounded ranges, split when the node refuses), each sender's in
-    one transaction summed as verification sums them (`payments`), matched to the one open
-    session naming the sender as payer with that amount and open at the transfer's block
-    time (one block read per block with a candidate). A transfer whose proof fails for
-    the session leaves it to the next one. Returns {"submitted", "rpc_calls", "inflows"}."""
-    from rails.evm_inflows import head, payments, transfer_logs
+def _evm_key(rail: Rail, recipient: str) -> str:
+    """The watch of one recipient's inflows (the treasury's, or one a session pays)."""
+    return f"evm:{rail.rail_id}:{rail.network}:treasury:{recipient.lower()}"
 
+
+def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
+    """One watch of each recipient of the rail's watched sessions: the treasury first, then
+    the others (a treasury before an approved change, an address a session named) in turn,
+    for RAILPROOF_DISCOVERY_CYCLE_BUDGET_S at most. Each is `_watch_evm_recipient`. Returns
+    {"submitted", "rpc_calls", "inflows"}."""
     out = {"submitted": 0, "rpc_calls": 0, "inflows": 0}
-    now = engine.now()
-    alive = now - timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
+    alive = engine.now() - timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
     paused, treasury = _paused(engine, rail)
     if not treasury:
-        return out  # EVM sessions pay the treasury; nothing to watch without one
+        return out  # on only for rails with a treasury (see the module's docstring)
     if paused:
         # SECURITY: a paused rail takes no proof: a watch would move past the transfers it
         # reads and never submit them. It is read once the rail is resumed.
         return out
+    # SECURITY: a session's recipient is fixed when it opens. After an approved treasury
+    # change, the sessions opened before it still ask their payers to pay the old treasury:
+    # watching only the current one would never discover those payments.
     with engine.db.tx() as s:
-        watched = repo.oldest_watched(
+        at_treasury = repo.oldest_watched(
             s, rail.rail_id, alive, treasury, any_case=True, payer_named=True
         )
-    if watched is None:
-        return out
-    key = f"evm:{rail.rail_id}:{rail.network}:treasury:{treasury.lower()}"
+        elsewhere = repo.payer_recipients_by_turn(
+            s, rail.rail_id, alive, SESSIONS_PER_CYCLE, _evm_key(rail, ""), treasury
+        )
+    if at_treasury is None and not elsewhere:
+        return out  # nothing open: no polling at all
+    counted = CountingTransport(chain or engine.chains.transport(rail.family, rail.network))
+    if at_treasury is not None:
+        _watch_evm_recipient(engine, rail, counted, treasury.lower(), alive, out)
+    # The other recipients' own budget, from here (one at least is watched every cycle, so
+    # each has its turn).
+    deadline = _clock() + engine.settings.discovery_cycle_budget_s
+    for n, recipient in enumerate(elsewhere):
+        if n and _clock() > deadline:
+            # SECURITY: any tenant may open sessions paying many addresses of its own; their
+            # watches must not hold the worker's other work for minutes each sweep. The rest
+            # are first in turn next cycle.
+            break
+        _watch_evm_recipient(engine, rail, counted, recipient, alive, out)
+    out["rpc_calls"] = counted.calls
+    return out
+
+
+def _watch_evm_recipient(
+    engine: Engine,
+    rail: Rail,
+    counted: CountingTransport,
+    recipient: str,
+    alive: datetime,
+    out: dict[str, int],
+) -> None:
+    """One watch of `recipient` (lower case), when it is due: the head, then the token's
+    Transfer(to=recipient) logs from the last block read (bounded ranges, split when the
+    node refuses), each sender's in one transaction summed as verification sums them
+    (`payments`), matched to the one watched session paying `recipient` that names the
+    sender as payer with that amount and was open at the transfer's block time (one block
+    read per block with a candidate). A transfer whose proof fails for the session leaves it
+    to the next one. Adds to `out` {"submitted", "inflows"}."""
+    from rails.evm_inflows import head, payments, transfer_logs
+
+    now = engine.now()
+    key = _evm_key(rail, recipient)
     due, state = _due(engine, key)
     if not due:
-        return out
+        return
     with engine.db.tx() as s:
-        payers = repo.watched_payers(s, rail.rail_id, alive, treasury)
-    counted = CountingTransport(chain or engine.chains.transport(rail.family, rail.network))
+        payers = repo.watched_payers(s, rail.rail_id, alive, recipient)
     try:
         top = head(counted)
     except (TransportError, CassetteError):
-        out["rpc_calls"] = counted.calls
-        return out
+        return
     last = (state or {}).get("last_block")
     # SECURITY: a block near the head is not final: its rival after a reorg may hold a
     # payment the block first read did not. The blocks read that the rail does not take as
@@ -566,7 +611,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         else max(0, top - engine.settings.discovery_evm_lookback_blocks)
     )
     # SECURITY: only the watched payers' transfers can bind here, so a block the node refuses
-    # whole (anyone's flood of transfers to the shared treasury) is asked payer by payer,
+    # whole (anyone's flood of transfers to a shared treasury) is asked payer by payer,
     # never left in the way of every later payment. A payer's own refused too (its own
     # flood, or a node's passing trouble) stops the watch before the block, read again each
     # cycle, and passed over for that payer after STUCK_LIMIT cycles in a row.
@@ -584,7 +629,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     scan = transfer_logs(
         counted,
         rail.asset,
-        treasury,
+        recipient,
         start,
         top,
         max_range=engine.settings.reconcile_evm_max_range,
@@ -639,7 +684,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
     # session left out of such a list (behind many older open ones) would never be paid.
     with engine.db.tx() as s:
         sessions = repo.watched_by_payer(
-            s, rail.rail_id, alive, treasury, [i.sender for i in fresh]
+            s, rail.rail_id, alive, recipient, [i.sender for i in fresh]
         )
         for ps in sessions:
             s.expunge(ps)
@@ -648,8 +693,7 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         by_payer.setdefault((ps.payer.lower(), ps.amount), []).append(ps)
     inflows = [i for i in fresh if (i.sender.lower(), i.value) in by_payer]
     times = reconciliation.block_times(counted, [i.block_number for i in inflows])
-    out["rpc_calls"] = counted.calls
-    out["inflows"] = len(new)
+    out["inflows"] += len(new)
     # A block whose time the node did not give is read again next cycle, with what follows it.
     unread = min((i.block_number for i in inflows if i.block_number not in times), default=None)
     scanned_to = scan.scanned_to
@@ -710,7 +754,6 @@ def watch_evm(engine: Engine, rail: Rail, chain: Transport | None = None) -> dic
         values["last_block"] = None
     with engine.db.tx() as s:
         repo.save_cursor(s, key, rail.rail_id, values)
-    return out
 
 
 def _evm_stuck(text: object) -> tuple[int | None, int | None]:

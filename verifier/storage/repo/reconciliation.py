@@ -707,6 +707,41 @@ def watched_by_reference(
     return out
 
 
+def payer_recipients_by_turn(
+    s: Session,
+    rail_id: str,
+    alive_after: datetime,
+    limit: int,
+    watch_prefix: str,
+    other_than: str,
+) -> list[str]:
+    """`limit` distinct recipients (lower case: EVM addresses) of watched sessions naming a
+    payer, `other_than` left out, whose turn it is: the watch of each (the cursor
+    `watch_prefix` + recipient) in the order their turn came: a polled one when it fell due,
+    one never polled when its oldest session was opened."""
+    # SECURITY: by turn, as sessions_by_reference_turn: one tenant's many sessions paying
+    # addresses of its own must not keep every other recipient from its watch.
+    paying = func.lower(PaymentSession.recipient)
+    opened = (
+        select(paying.label("recipient"), func.min(PaymentSession.created_at).label("opened"))
+        .where(
+            *_watched(rail_id, alive_after),
+            PaymentSession.payer.is_not(None),
+            paying != other_than.lower(),
+        )
+        .group_by(paying)
+        .subquery()
+    )
+    cursor = aliased(DiscoveryCursor)
+    q = (
+        select(opened.c.recipient)
+        .outerjoin(cursor, cursor.watch_key == watch_prefix + opened.c.recipient)
+        .order_by(func.coalesce(cursor.next_poll_at, opened.c.opened), opened.c.recipient)
+        .limit(limit)
+    )
+    return [r for r in s.scalars(q).all() if r]
+
+
 def watched_payers(s: Session, rail_id: str, alive_after: datetime, recipient: str) -> set[str]:
     """The payers (lower case) the watched sessions paying `recipient` (any case) name."""
     q = select(func.lower(PaymentSession.payer)).where(
