@@ -100,6 +100,7 @@ def _digest(*parts: str) -> str:
 
 
 T = TypeVar("T")
+Row = TypeVar("Row", bound=tuple[object, ...])
 
 
 def _listed(found: Capped[T], issue: Callable[[T], Issue]) -> list[Issue]:
@@ -125,7 +126,7 @@ def _listed(found: Capped[T], issue: Callable[[T], Issue]) -> list[Issue]:
     return out
 
 
-def _listed_rows(found: Capped[tuple[Any, ...]], issue: Callable[..., Issue]) -> list[Issue]:
+def _listed_rows(found: Capped[Row], issue: Callable[..., Issue]) -> list[Issue]:
     """`_listed` for rows of several columns, each passed to `issue` as its own argument."""
     return _listed(found, lambda row: issue(*row))
 

@@ -1218,7 +1218,7 @@ def _evm_treasury_inflows(
         )
         counts["rpc_calls"] += len(times)
         for i in fresh:
-            subjects: dict[str, Any] = {
+            subjects: dict[str, object] = {
                 "transfer": i.tx_hash,
                 "log_index": i.log_index,
                 "amount": str(i.value),
