@@ -38,6 +38,7 @@ GATE_CHECKS = [
     "proof_verified",
     "settlement_final",
     "rail_registered",
+    "rail_network_current",
     "rail_not_paused",
     "rail_production_enabled",
     "rail_allowlisted",

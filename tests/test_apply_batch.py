@@ -282,7 +282,9 @@ def test_applying_takes_a_proof_out_of_the_sweeps_selection(engine, chain):
 def test_the_sweeps_selection_reads_its_partial_index(engine):
     # The planner may only use a partial index whose predicate the query implies; otherwise
     # it reads every verified proof ever stored.
-    q = proof_repo.final_unapplied_query(["fake_live"], 256)
+    q = proof_repo.final_unapplied_query(
+        ["fake_live"], 256, networks={"fake_live": ("fakenet", "fusd")}
+    )
     with engine.db.tx() as s:
         dialect = s.get_bind().dialect
         sql = str(q.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))

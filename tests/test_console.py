@@ -346,6 +346,7 @@ def test_dry_run_then_apply_leave_the_apis_audit_rows(c, engine, chain):
         "proof_verified",
         "settlement_final",
         "rail_registered",
+        "rail_network_current",
         "rail_not_paused",
         "rail_production_enabled",
         "rail_allowlisted",

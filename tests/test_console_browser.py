@@ -242,6 +242,7 @@ def test_operator_walks_the_demo_payment_through_the_console(demo_engine, browse
                 "proof_verified",
                 "settlement_final",
                 "rail_registered",
+                "rail_network_current",
                 "rail_not_paused",
                 "rail_production_enabled",
                 "rail_allowlisted",

@@ -340,3 +340,106 @@ def test_tuple_binding_rechecks_the_transfer_time_on_evm_too(db_url):
         assert "outside the session window" in tb["detail"]
     finally:
         e.db.dispose()
+
+
+# -- the network and token a session was opened on ------------------------------------------
+
+# Fake rails that, like x402 / base_usdc / evm_usdc, have a test network and a production
+# network with tokens of their own: one gated, one live.
+TWO_NETWORKS = """
+[networks.fakenet-test]
+family = "fake"
+""" + "".join(
+    f"""
+[rails.{rail_id}]
+family = "fake"
+stage = "{stage}"
+production_enabled = {"true" if stage == "live" else "false"}
+network = "fakenet"
+asset_symbol = "FUSD"
+decimals = 6
+proof_types = ["fake_tx"]
+finality = {{ mode = "commitment", level = "finalized" }}
+assets = {{ fakenet = "fusd", fakenet-test = "fusd-test" }}
+"""
+    for rail_id, stage in (("fake_multi", "gated"), ("fake_multi_live", "live"))
+)
+
+
+def two_network_engine(db_url, chain, fragment=TWO_NETWORKS, **settings):
+    from tests.conftest import make_settings
+    from tests.fake_rail import catalog_with_fake
+    from verifier.core.engine import Engine
+
+    e = Engine(make_settings(db_url, **settings), catalog=catalog_with_fake(fragment))
+    e.chains.set_transport("fakenet", chain)
+    e.chains.set_transport("fakenet-test", chain)
+    e.ensure_rail_states()
+    return e
+
+
+def pay_on(engine, chain, rail_id, product, asset="fusd"):
+    """A session on `rail_id` as the engine resolves it now, paid in `asset`: the proof's id."""
+    sess = open_session(
+        engine,
+        NewSession(
+            owner_id="alice",
+            rail_id=rail_id,
+            access_product_id=product,
+            amount=1_500_000,
+            recipient="fatreasury",
+        ),
+        actor="svc",
+    )
+    tx = f"fx{next(_n):08x}"
+    chain.txs[tx] = {
+        "status": "ok",
+        "to": "fatreasury",
+        "amount": 1_500_000,
+        "asset": asset,
+        "refs": [sess["reference"]],
+        "finality": "finalized",
+    }
+    view, _ = proofs.submit_proof(engine, sess["id"], tx, ["alice"])
+    assert view["status"] == "verified", view
+    return view["id"]
+
+
+def test_a_test_network_payment_is_not_credited_after_the_rail_moves_to_mainnet(db_url, chain):
+    """Staging runs the gated rail on its test network (RAILPROOF_NETWORK_<RAIL>); at launch
+    the override goes and the rail is opened (production, allowlist, live apply, receipt
+    creation). A proof verified and final on the test network before (a worthless token)
+    never becomes a receipt: its session's network and token are not the rail's any more."""
+    staging = two_network_engine(
+        db_url, chain, env={"RAILPROOF_NETWORK_FAKE_MULTI": "fakenet-test"}
+    )
+    pid = pay_on(staging, chain, "fake_multi", "pro", asset="fusd-test")
+    staging.db.dispose()
+
+    prod = two_network_engine(
+        db_url,
+        chain,
+        live_apply=True,
+        apply_rail_allowlist=["fake_multi"],
+        receipt_creation_rails=["fake_multi"],
+    )
+    with prod.db.tx() as s:
+        s.get(RailState, "fake_multi").production_enabled = True
+    try:
+        rep = gate.dry_run_apply(prod, pid, via=gate.Via.staff_receipt)
+        assert [c["name"] for c in rep["checks"]] == GATE_CHECKS
+        assert [b["code"] for b in rep["blockers"]] == ["rail_network_current"], rep
+        assert rep["blockers"][0]["detail"] == (
+            "session on fakenet-test (fusd-test); the rail is on fakenet (fusd) now"
+        )
+        with pytest.raises(Refused) as refused:
+            gate.apply(prod, pid, OP, gate.Via.staff_receipt)
+        assert refused.value.code == "apply_blocked"
+        with prod.db.tx() as s:
+            assert s.scalars(select(Receipt)).all() == []
+            assert s.scalars(select(Entitlement.status)).one() == "pending"
+        # A session opened on the rail's network now is credited as ever.
+        fresh = pay_on(prod, chain, "fake_multi", "pro-2")
+        assert gate.apply(prod, fresh, OP, gate.Via.staff_receipt)["applied"]
+    finally:
+        prod.db.dispose()

@@ -303,6 +303,43 @@ def test_auto_apply_off_applies_nothing(engine, chain):
     assert gate.dry_run_apply(engine, pid)["would_apply"] is True
 
 
+def test_the_apply_sweep_leaves_a_test_network_backlog_after_the_switch_to_mainnet(db_url, chain):
+    """Staging verified test-network payments on a live rail outside the apply allowlist; at
+    launch the network override goes and the rail joins the allowlist. The sweep credits
+    none of that backlog (rail_network_current), and does not try it: being older, it would
+    fill every batch ahead of the rail's real payments."""
+    from tests.test_gate import pay_on, two_network_engine
+
+    staging = two_network_engine(
+        db_url,
+        chain,
+        env={"RAILPROOF_NETWORK_FAKE_MULTI_LIVE": "fakenet-test"},
+        apply_rail_allowlist=["solana_usdc"],
+    )
+    backlog = [
+        pay_on(staging, chain, "fake_multi_live", f"old-{i}", asset="fusd-test") for i in range(3)
+    ]
+    assert worker.auto_apply(staging, 100) == 0  # not allowlisted in staging
+    staging.db.dispose()
+
+    prod = two_network_engine(db_url, chain, apply_rail_allowlist=["fake_multi_live"])
+    try:
+        good = pay_on(prod, chain, "fake_multi_live", "new")
+        assert worker.auto_apply(prod, 2) == 1
+        with prod.db.tx() as s:
+            assert s.scalars(select(Receipt.proof_id)).all() == [good]
+        blocks = prod.metrics.registry.get_sample_value(
+            "railproof_apply_gate_blocks_total",
+            {"rail_id": "fake_multi_live", "blocker": "rail_network_current"},
+        )
+        assert not blocks  # never tried
+        for pid in backlog:
+            rep = gate.dry_run_apply(prod, pid)
+            assert [b["code"] for b in rep["blockers"]] == ["rail_network_current"], rep
+    finally:
+        prod.db.dispose()
+
+
 def test_three_workers_share_the_work_and_never_process_a_proof_twice(db_url, chain):
     main = Engine(make_settings(db_url), catalog=catalog_with_fake())
     main.chains.set_transport("fakenet", chain)

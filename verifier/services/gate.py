@@ -123,6 +123,20 @@ def network_rails(engine: Engine) -> dict[str, tuple[str, ...]]:
     return {network: tuple(rails) for network, rails in out.items()}
 
 
+def current_networks(engine: Engine, rail_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Each rail's (network, asset) as this deployment resolves it now: what
+    `rail_network_current` holds a proof's session to. Rails that cannot be resolved are
+    left out (every proof of theirs is blocked)."""
+    out = {}
+    for rail_id in rail_ids:
+        try:
+            rail = engine.rail(rail_id)
+        except (BadInput, ValueError):
+            continue
+        out[rail_id] = (rail.network, rail.asset)
+    return out
+
+
 def claimed(
     engine: Engine,
     p: Proof | Record,
@@ -284,6 +298,7 @@ def _evaluate(
 
     registered = engine.has_rail(p.rail_id)
     add("rail_registered", registered, p.rail_id if registered else "not in the catalog")
+    add("rail_network_current", *_on_current_network(engine, s, p, registered))
     stage = engine.catalog.rails[p.rail_id].stage if registered else None
     if st is None and registered:
         st = engine.rail_state(s, p.rail_id)
@@ -397,6 +412,32 @@ def _receipt_creation(engine: Engine, rail_id: str, stage: Stage | None, via: Vi
 
 def _same_address(a: str, b: str) -> bool:
     return a == b or (a[:2].lower() == "0x" and a.lower() == b.lower())
+
+
+def _on_current_network(engine: Engine, s: Session, p: Proof, registered: bool) -> tuple[bool, str]:
+    """The session was opened on the network and token its rail uses now. A rail resolved
+    from the catalog and this deployment's overrides (RAILPROOF_NETWORK_<RAIL>,
+    RAILPROOF_ASSET_<RAIL>) that cannot be resolved any more fails here, as a check."""
+    if not registered:
+        return False, "rail not in the catalog"
+    ps = session_repo.get(s, p.session_id)
+    if ps is None:
+        return False, "session missing"
+    try:
+        rail = engine.rail(p.rail_id)
+    except (BadInput, ValueError) as e:
+        return False, f"the rail cannot be resolved as configured: {e}"
+    # SECURITY: a session opened while the rail ran on another network or token (its test
+    # network, staged by RAILPROOF_NETWORK_<RAIL>, before the switch to mainnet) was paid
+    # in that network's token, worth nothing here: it never becomes a receipt, whoever
+    # applies it and whatever the chain showed.
+    if ps.network != rail.network or not _same_address(ps.asset, rail.asset):
+        return (
+            False,
+            f"session on {ps.network} ({ps.asset}); the rail is on {rail.network} "
+            f"({rail.asset}) now",
+        )
+    return True, f"{rail.network} ({rail.asset})"
 
 
 def _tuple_bound(

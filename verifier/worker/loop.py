@@ -531,7 +531,12 @@ def auto_apply(engine: Engine, batch: int) -> int:
     with engine.db.tx() as s:
         states = [engine.rail_state(s, r) for r in live]
         ready = [st.rail_id for st in states if not st.paused and engine.production_enabled(st)]
-    if not ready:
+    # Each rail's network and token now: proofs of sessions opened on another (a test
+    # network's backlog after the switch to mainnet, a network retired from the catalog)
+    # never apply (rail_network_current), and are left out of the batches as the paid ones
+    # are. A rail this deployment cannot resolve applies nothing.
+    networks = gate.current_networks(engine, ready)
+    if not networks:
         return 0
     # Money staff sent back is blocked by the gate every time: left out, not counted as a
     # block on every sweep (`railproof assurance` still lists the proof). Left out by the
@@ -541,7 +546,9 @@ def auto_apply(engine: Engine, batch: int) -> int:
     back: set[str] = set()
     while True:
         with engine.db.tx() as s:
-            ids = proof_repo.final_unapplied(s, ready, batch, leave_out=back)
+            ids = proof_repo.final_unapplied(
+                s, list(networks), batch, leave_out=back, networks=networks
+            )
         found = gate.sent_back_of(engine, ids) if ids else set()
         if not found:
             break

@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, exists, func, or_, select, text
+from sqlalchemy import Select, and_, bindparam, exists, false, func, or_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -412,18 +412,26 @@ def claim_due(
 
 
 def final_unapplied(
-    s: Session, rail_ids: Sequence[str], limit: int, leave_out: Collection[str] = ()
+    s: Session,
+    rail_ids: Sequence[str],
+    limit: int,
+    leave_out: Collection[str] = (),
+    networks: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[str]:
     """Verified proofs on the given rails whose latest settlement is final and whose session
     has no receipt yet, oldest first, but for those of `leave_out` (left out before the
-    limit: they never take a place in the batch). Read from the partial index of verified
-    proofs not applied, each one's latest evidence by its own index: the cost follows the
-    proofs waiting, not the proofs stored."""
-    return list(s.scalars(final_unapplied_query(rail_ids, limit, leave_out)).all())
+    limit: they never take a place in the batch). `networks`: each rail's current (network,
+    asset); a proof whose session was opened on another is left out the same way. Read from
+    the partial index of verified proofs not applied, each one's latest evidence by its own
+    index: the cost follows the proofs waiting, not the proofs stored."""
+    return list(s.scalars(final_unapplied_query(rail_ids, limit, leave_out, networks)).all())
 
 
 def final_unapplied_query(
-    rail_ids: Sequence[str], limit: int, leave_out: Collection[str] = ()
+    rail_ids: Sequence[str],
+    limit: int,
+    leave_out: Collection[str] = (),
+    networks: Mapping[str, tuple[str, str]] | None = None,
 ) -> Select[str]:
     se = SettlementEvidence
     latest_final = (
@@ -450,6 +458,23 @@ def final_unapplied_query(
         .order_by(Proof.created_at)
         .limit(limit)
     )
+    if networks is not None:
+        # The gate never applies a proof whose session is on another network or token than
+        # its rail's now (rail_network_current: a test network's backlog after a switch, a
+        # network retired from the catalog); being older, such proofs would fill every batch.
+        ps = PaymentSession
+        on = [
+            and_(
+                ps.rail_id == rail_id,
+                ps.network == network,
+                # As the gate compares them: a hex address in any case, anything else exactly.
+                func.lower(ps.asset) == asset.lower()
+                if asset[:2].lower() == "0x"
+                else ps.asset == asset,
+            )
+            for rail_id, (network, asset) in networks.items()
+        ]
+        q = q.where(exists().where(ps.id == Proof.session_id, or_(*on) if on else false()))
     if leave_out:
         q = q.where(Proof.id.not_in(sorted(leave_out)))
     return q
