@@ -365,6 +365,20 @@ assets = {{ fakenet = "fusd", fakenet-test = "fusd-test" }}
     for rail_id, stage in (("fake_multi", "gated"), ("fake_multi_live", "live"))
 )
 
+# The same live rail once a release has retired its test network from the catalog.
+TEST_NETWORK_RETIRED = """
+[rails.fake_multi_live]
+family = "fake"
+stage = "live"
+production_enabled = true
+network = "fakenet"
+asset_symbol = "FUSD"
+decimals = 6
+proof_types = ["fake_tx"]
+finality = { mode = "commitment", level = "finalized" }
+assets = { fakenet = "fusd" }
+"""
+
 
 def two_network_engine(db_url, chain, fragment=TWO_NETWORKS, **settings):
     from tests.conftest import make_settings
@@ -441,5 +455,36 @@ def test_a_test_network_payment_is_not_credited_after_the_rail_moves_to_mainnet(
         # A session opened on the rail's network now is credited as ever.
         fresh = pay_on(prod, chain, "fake_multi", "pro-2")
         assert gate.apply(prod, fresh, OP, gate.Via.staff_receipt)["applied"]
+    finally:
+        prod.db.dispose()
+
+
+def test_a_proof_of_a_retired_network_is_reported_blocked_not_an_error(db_url, chain):
+    """A release retires the rail's test network from the catalog while a proof of it waits:
+    the dry run reports every check (the network cannot even be read any more), and apply
+    refuses with the gate's blockers rather than a configuration error."""
+    staging = two_network_engine(
+        db_url, chain, env={"RAILPROOF_NETWORK_FAKE_MULTI_LIVE": "fakenet-test"}
+    )
+    pid = pay_on(staging, chain, "fake_multi_live", "pro", asset="fusd-test")
+    staging.db.dispose()
+
+    prod = two_network_engine(
+        db_url,
+        chain,
+        fragment=TEST_NETWORK_RETIRED,
+        apply_rail_allowlist=["fake_multi_live"],
+    )
+    try:
+        rep = gate.dry_run_apply(prod, pid, OP)
+        assert [c["name"] for c in rep["checks"]] == GATE_CHECKS
+        assert rep["would_apply"] is False
+        blockers = {b["code"]: b["detail"] for b in rep["blockers"]}
+        assert set(blockers) == {"rail_network_current", "tuple_bound"}, rep
+        assert "(fakenet-test, fusd-test) is not in the catalog" in blockers["tuple_bound"]
+        with pytest.raises(Refused) as refused:
+            gate.apply(prod, pid, OP)
+        assert refused.value.code == "apply_blocked"
+        assert gate.apply_many(prod, [pid], OP) == 0  # blocked, the batch not failed
     finally:
         prod.db.dispose()

@@ -340,6 +340,35 @@ def test_the_apply_sweep_leaves_a_test_network_backlog_after_the_switch_to_mainn
         prod.db.dispose()
 
 
+def test_proofs_of_a_retired_network_do_not_stop_the_apply_sweep(db_url, chain):
+    """A release retires a test network from the catalog while verified, final proofs of it
+    wait on a live rail. They are older than the rail's real payments: taken into the
+    sweep's batches they would fail each batch and fill it again on every sweep. They are
+    left out, and a payment behind them is credited."""
+    from tests.test_gate import TEST_NETWORK_RETIRED, pay_on, two_network_engine
+
+    staging = two_network_engine(
+        db_url,
+        chain,
+        env={"RAILPROOF_NETWORK_FAKE_MULTI_LIVE": "fakenet-test"},
+        apply_rail_allowlist=["solana_usdc"],
+    )
+    old = [pay_on(staging, chain, "fake_multi_live", f"old-{i}", "fusd-test") for i in range(2)]
+    staging.db.dispose()
+
+    prod = two_network_engine(
+        db_url, chain, fragment=TEST_NETWORK_RETIRED, apply_rail_allowlist=["fake_multi_live"]
+    )
+    try:
+        good = pay_on(prod, chain, "fake_multi_live", "new")
+        assert worker.auto_apply(prod, 2) == 1
+        with prod.db.tx() as s:
+            assert s.scalars(select(Receipt.proof_id)).all() == [good]
+        assert gate.dry_run_apply(prod, old[0])["would_apply"] is False
+    finally:
+        prod.db.dispose()
+
+
 def test_three_workers_share_the_work_and_never_process_a_proof_twice(db_url, chain):
     main = Engine(make_settings(db_url), catalog=catalog_with_fake())
     main.chains.set_transport("fakenet", chain)

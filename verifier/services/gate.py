@@ -511,7 +511,13 @@ def _outside_window(
     payment made at its submission (x402) checked at that time."""
     if not engine.has_rail(ps.rail_id):
         return []  # rail_registered blocks it already
-    adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network, asset=ps.asset))
+    try:
+        adapter = engine.adapter(engine.rail(ps.rail_id, network=ps.network, asset=ps.asset))
+    except (BadInput, ValueError):
+        # The session's network or token was retired from the catalog (a testnet at a
+        # mainnet launch): rail_network_current blocks it; reported, never raised, so a dry
+        # run still answers and an apply batch is not failed by it.
+        return [f"the session's network or token ({ps.network}, {ps.asset}) is not in the catalog"]
     terms = terms_for(engine, ps, adapter, p.created_at)
     assert terms.not_before is not None and terms.not_after is not None
     # Chain times are whole seconds: compare at that resolution, as the adapters do.
