@@ -1,5 +1,6 @@
 """The kill switch and work in flight: once pause-rail has answered, no session, proof or
-receipt of the rail commits.
+receipt of the rail commits. A two-person change of the rail's state (production disabled, a
+treasury changed) is ordered with the same work the same way.
 
 A burst of session opens, proof submissions and applies runs on one rail from several
 threads, each with an engine (and connection pool) of its own, and the rail is paused in the
@@ -14,23 +15,26 @@ from __future__ import annotations
 import itertools
 import queue
 import random
+import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import make_settings
+from tests.conftest import make_pg_db, make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.test_engine_proofs import pay
 from tests.test_gate import OP, paid_proof
 from verifier.core.engine import Engine
 from verifier.core.errors import EngineError
-from verifier.services import gate, proofs, rails_admin
+from verifier.services import audit, gate, proofs, rails_admin
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.db import Database
-from verifier.storage.models import PaymentSession, Proof, Receipt
+from verifier.storage.models import PaymentSession, Proof, RailState, Receipt
 
 RAIL = "fake_live"
 THREADS = 8
@@ -192,3 +196,128 @@ def test_nothing_of_a_rail_commits_after_its_pause_answered(db_url, engine, chai
     # The point: nothing of the rail committed after the pause had answered.
     late = {table: after[table] - at_pause[table] for table in after}
     assert not any(late.values()), f"committed after the pause had answered: {late}"
+
+
+# -- two-person changes under traffic (PostgreSQL's row and table locks) --------------------
+
+
+@pytest.fixture
+def pg_url(pg_template) -> Iterator[str]:
+    url, drop = make_pg_db(pg_template)
+    yield url
+    drop()
+
+
+OP2 = audit.Operator("ops2", "INC-1", "test")
+
+
+def test_a_production_disable_takes_effect_under_traffic_as_a_pause_does(pg_url):
+    """Two staff members disable a rail's production while its applies run: the approval
+    takes effect in about the time a pause does, and no receipt commits after it answered.
+    Then a treasury change is approved at the very moment the rail is paused, under the same
+    traffic: both answer, and no transaction of the rail meets a deadlock."""
+    chain = ScriptedChain()
+    setup = Engine(make_settings(pg_url), catalog=catalog_with_fake())
+    setup.chains.set_transport("fakenet", chain)
+    setup.ensure_rail_states()
+    applied = []
+    for _ in range(THREADS):
+        pid = paid_proof(setup, chain)[1]["id"]
+        gate.apply(setup, pid, OP)
+        applied.append(pid)
+    fresh: queue.Queue[str] = queue.Queue()
+    for _ in range(THREADS * 6):
+        fresh.put(paid_proof(setup, chain)[1]["id"])
+    stop = threading.Event()
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    engines = [burst_engine(pg_url, chain) for _ in range(THREADS)]
+
+    def traffic(e: Engine, again: str) -> None:
+        # Applies, each reading the rail's state FOR SHARE: a fresh proof while some are
+        # left (a receipt, the audit chain's lock), then an applied one again.
+        while not stop.is_set():
+            try:
+                pid = fresh.get_nowait()
+            except queue.Empty:
+                pid = again
+            t0 = time.monotonic()
+            result = run_job(e, "apply", pid)
+            with lock:
+                outcomes.append(Outcome("apply", t0, time.monotonic(), result))
+
+    def timed(change) -> tuple[float, float, str]:
+        t0 = time.monotonic()
+        try:
+            change()
+            result = "ok"
+        except Exception as e:  # any error fails the test below
+            result = f"{type(e).__name__}: {e}"[:300]
+        return t0, time.monotonic(), result
+
+    threads = [
+        threading.Thread(target=traffic, args=(e, p)) for e, p in zip(engines, applied, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        req = rails_admin.request_change(setup, RAIL, "production", "false", OP)
+        asked, answered, result = timed(lambda: rails_admin.approve(setup, req["approval_id"], OP2))
+        credited = rail_rows(setup.db)["receipts"]
+        time.sleep(0.3)
+        after = rail_rows(setup.db)["receipts"]
+
+        # A treasury change approved as the rail is paused, under the same traffic.
+        req = rails_admin.request_change(setup, RAIL, "treasury", "fatreasury2", OP)
+        start = threading.Barrier(2)
+        both: dict[str, tuple[float, float, str]] = {}
+
+        def decide(name: str, change) -> None:
+            start.wait()
+            both[name] = timed(change)
+
+        deciders = [
+            threading.Thread(
+                target=decide,
+                args=("approve", lambda: rails_admin.approve(setup, req["approval_id"], OP2)),
+            ),
+            threading.Thread(
+                target=decide, args=("pause", lambda: rails_admin.set_paused(setup, RAIL, True, OP))
+            ),
+        ]
+        for t in deciders:
+            t.start()
+        for t in deciders:
+            t.join(60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        for e in engines:
+            e.db.dispose()
+    try:
+        assert result == "ok", result
+        took = answered - asked
+        assert took < 2, f"the production disable waited {took:.1f}s behind the traffic"
+        in_flight = [o for o in outcomes if o.started < asked < o.ended]
+        assert in_flight, "no apply was in flight when the approval came"
+        assert after == credited, "a receipt committed after production was disabled"
+        stopped = {"rail_not_paused", "rail_production_enabled"}
+        odd = [
+            o.result
+            for o in outcomes
+            if o.result not in ("ok", "rail_paused")
+            and not (
+                o.result.startswith("apply_blocked [")
+                and set(re.findall(r"'(\w+)'", o.result)) <= stopped
+            )
+        ]
+        assert not odd, odd[:5]
+        assert {name: r for name, (_, _, r) in both.items()} == {"approve": "ok", "pause": "ok"}
+        assert all(end - begin < 2 for begin, end, _ in both.values()), both
+        with setup.db.tx() as s:
+            st = s.get(RailState, RAIL)
+            assert (st.production_enabled, st.paused, st.treasury) == (False, True, "fatreasury2")
+    finally:
+        setup.db.dispose()

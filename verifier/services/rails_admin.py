@@ -216,6 +216,13 @@ def approve(engine: Engine, approval_id: str, op: audit.Operator) -> dict[str, A
 
 def _approve(engine: Engine, approval_id: str, op: audit.Operator) -> View:
     with engine.db.tx() as s:
+        # SECURITY: the rail state's table lock first, then the approval's row, the rail's
+        # row and the audit chain's lock, as a pause takes them (`set_paused`). Without the
+        # table lock, the FOR UPDATE on the rail's row has no queue: under steady traffic
+        # (sessions, proofs and applies reading it FOR SHARE) disabling production or
+        # changing the treasury would wait past the statement timeout while the rail kept
+        # crediting. Queued, it waits only for the transactions already reading the rail.
+        rail_state_repo.lock_for_pause(s)
         a = approval_repo.get_locked(s, approval_id)
         if a is None:
             raise NotFound("approval_not_found", f"no approval {approval_id!r}")
