@@ -488,3 +488,26 @@ def test_a_proof_of_a_retired_network_is_reported_blocked_not_an_error(db_url, c
         assert gate.apply_many(prod, [pid], OP) == 0  # blocked, the batch not failed
     finally:
         prod.db.dispose()
+
+
+def test_the_dry_run_audit_row_names_the_path_it_evaluated(engine, chain, client):
+    """A gated rail's proof passes on the receipt path and is blocked on the apply path: the
+    audit row of each dry run says which one it answered."""
+    engine.settings.live_apply = True
+    engine.settings.apply_rail_allowlist = [*engine.settings.apply_rail_allowlist, "fake_gated"]
+    engine.settings.receipt_creation_rails = ["fake_gated"]
+    with engine.db.tx() as s:
+        s.get(RailState, "fake_gated").production_enabled = True
+    _, view = paid_proof(engine, chain, rail_id="fake_gated")
+    for path in ("receipt", "apply"):
+        r = client.post(
+            f"/v1/admin/proofs/{view['id']}/dry-run-apply",
+            headers=STAFF,
+            json={**CTX, "path": path},
+        )
+        assert r.status_code == 200, r.text
+    rows = [a for a in audit_actions(engine, view["id"]) if a.action == "proof.dry_run_apply"]
+    assert [(row.data["path"], row.data["would_apply"]) for row in rows] == [
+        ("receipt", True),
+        ("apply", False),
+    ]

@@ -65,6 +65,10 @@ class Via(StrEnum):
     staff_receipt = "staff_receipt"  # staff receipt creation (POST …/receipt): gated rails' path
 
 
+# A dry run's path as staff name it (POST …/dry-run-apply `path`, `--receipt-path`).
+PATHS = {Via.staff: "apply", Via.staff_receipt: "receipt", Via.auto: "auto"}
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -577,6 +581,9 @@ def dry_run_apply(
                 "proof",
                 p.id,
                 {
+                    # Which path was evaluated: a gated rail's proof passes on the receipt path
+                    # and is blocked on the apply path; the row must say which it answered.
+                    "path": PATHS[via],
                     "would_apply": report["would_apply"],
                     "blockers": [b["code"] for b in report["blockers"]],
                 },
