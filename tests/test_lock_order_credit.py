@@ -30,6 +30,7 @@ from verifier.services import audit, gate
 from verifier.services import proofs as proofs_service
 from verifier.storage.models import ProofStatus
 from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import sessions as session_repo
 from verifier.worker import loop as worker
 
 
@@ -335,3 +336,75 @@ def test_release_of_skipped_claims_without_moved_dues_and_a_credit_do_not_deadlo
         holder.dispose()
     assert not t1.is_alive() and not t2.is_alive(), "stuck"
     assert not errors, [f"{type(e).__name__}: {str(e)[:160]}" for e in errors]
+
+
+def test_late_sibling_held_by_a_concurrent_apply_of_itself_is_still_told_not_credited(
+    client, chain, engine, monkeypatch
+):
+    """The payer's second transfer B, verified while a credit of the first (A) runs, and
+    applied at the same moment: `apply(B)` locks B (its id the lower), then waits for A, which
+    the credit holds; the credit's `late_siblings` gives up on B after its wait. A pays the
+    session, and apply(B), refused, tells B it is not credited, as the credit would have."""
+
+    if not engine.db.postgres:
+        pytest.skip("row locks: PostgreSQL only")
+    sess = client.post("/v1/payment-sessions", headers=auth(), json=dict(FAKE_SESSION)).json()
+    fake_payment(chain, sess, "fx0000a7c1")
+    first = client.post(
+        "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": "fx0000a7c1"}
+    ).json()
+    assert first["status"] == "verified", first
+    real_siblings = proof_repo.unapplied_siblings
+    real_get = session_repo.get
+    late: list[str] = []
+    applying: list[threading.Thread] = []
+    errors: list[BaseException] = []
+    url = engine.settings.database_url
+    op = audit.Operator("staff-a", incident_id="INC-1", reason="credit")
+
+    def siblings(s, ids):
+        out = real_siblings(s, ids)
+        if not late and first["id"] in ids:
+            # The payer's second transfer(s), stored and verified right now (another API
+            # process): until one has an id below A's (uuid4: one in two).
+            for n in range(2, 40):
+                tx = f"fx0000a7{n:02x}"
+                fake_payment(chain, sess, tx)
+                got = client.post(
+                    "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx}
+                ).json()
+                assert got["status"] == "verified", got
+                if got["id"] < first["id"]:
+                    late.append(got["id"])
+                    break
+        return out
+
+    def get(s, session_id, lock=False):
+        if lock and late and not applying:
+            # A is locked now. B's apply starts: it locks B, then waits for A.
+            def body() -> None:
+                try:
+                    gate.apply(engine, late[0], op)
+                except BaseException as e:  # noqa: BLE001 - refused once A paid the session
+                    errors.append(e)
+
+            t = threading.Thread(target=body, daemon=True)
+            t.start()
+            applying.append(t)
+            wait_for_lock_wait(url, "B's apply", 1, 15.0)
+        return real_get(s, session_id, lock)
+
+    monkeypatch.setattr(gate.proof_repo, "unapplied_siblings", siblings)
+    monkeypatch.setattr(gate.session_repo, "get", get)
+    assert gate.apply(engine, first["id"], op)["applied"]
+    applying[0].join(20)
+    assert not applying[0].is_alive()
+    assert (
+        client.get(f"/v1/payment-sessions/{sess['id']}", headers=auth()).json()["status"] == "paid"
+    )
+    got = client.get(f"/v1/proofs/{late[0]}", headers=auth()).json()
+    assert (got["status"], got["receipt_id"]) == ("verified", None), got
+    assert "not credited" in (got["detail"] or ""), (
+        f"B ({got['id']}) left verified and uncredited, never told: {got['detail']!r}; "
+        f"its apply ended with {[type(e).__name__ + ': ' + str(e)[:120] for e in errors]}"
+    )

@@ -634,6 +634,10 @@ def apply(
             }
         if report["blockers"]:
             blocked = report
+            # Refused because another proof paid the session meanwhile (its credit could not
+            # wait for this proof's row, which this apply held): told, as that credit would
+            # have told it, never left reading as a payment waiting to be applied.
+            _tell_paid_elsewhere(s, engine.now(), [(p, ps)])
         elif ctx.receipt is not None:
             # The proof's receipt stands but its entitlement is still pending (a credit half
             # written: restored from a backup taken mid-way, or edited by hand). Every check
@@ -690,6 +694,18 @@ def apply(
         )
     engine.metrics.inc("receipts_total", rail_id=p.rail_id)
     return result
+
+
+def _tell_paid_elsewhere(
+    s: Session, now: datetime, refused: Sequence[tuple[Proof, PaymentSession]]
+) -> None:
+    """Refused proofs whose session another proof has paid: `_tell_not_credited` for them.
+    A credit tells the session's other verified proofs itself, but one whose row another
+    transaction held past `late_siblings`' wait (an apply of that very proof, waiting for the
+    credit's rows) is told here, by that apply, once it sees the session paid."""
+    paid = [(p, ps) for p, ps in refused if ps.status == SessionStatus.paid]
+    if paid:
+        _tell_not_credited(s, now, {ps.id for _, ps in paid}, [p for p, _ in paid])
 
 
 def _tell_not_credited(s: Session, now: datetime, paid: set[str], others: Sequence[Proof]) -> None:
@@ -866,6 +882,7 @@ def apply_many(
         reads = _Prefetched(s, engine, batch, sessions)
         now = engine.now()
         passed: list[tuple[Proof, PaymentSession, _Rows, Receipt]] = []
+        refused: list[tuple[Proof, PaymentSession]] = []
         for p in batch:
             checks, ctx = _evaluate(engine, s, p, via, states.get(p.rail_id), reads)
             if ctx.receipt is not None:
@@ -874,6 +891,7 @@ def apply_many(
             failed = [c.name for c in checks if not c.passed]
             if failed:
                 blocked.append((p.rail_id, failed))
+                refused.append((p, sessions[p.session_id]))
                 continue
             ps = sessions[p.session_id]
             passed.append((p, ps, ctx, receipt_repo.stage(s, _receipt(p, ps, ctx, op, now))))
@@ -900,6 +918,7 @@ def apply_many(
                 _emit_credit(s, now, r, ent, via)
                 credited.append(r.rail_id)
             _tell_not_credited(s, now, {ps.id for _, ps, _, _ in credits}, [*others, *late])
+        _tell_paid_elsewhere(s, now, refused)  # as `apply` does
     for rail_id, failed in blocked:
         for code in failed:
             engine.metrics.inc("apply_gate_blocks_total", rail_id=rail_id, blocker=code)
