@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_pg_db
 from verifier.cli.main import app
+from verifier.core.errors import BadInput
 from verifier.services import audit
 from verifier.storage.db import Database, upgrade
 from verifier.storage.models import AuditEvent
@@ -367,6 +368,126 @@ def test_audit_key_from_a_file_and_never_from_two_places(migrated_sqlite, monkey
     key_file.write_text("\n")
     r = cli("worker", "--once")
     assert r.exit_code == 2 and "is empty" in r.output
+
+
+# -- a chain written without a key (railproof 0.1.0), adopted under the key ---------------------
+
+OPS = audit.Operator("system", "CHG-1", "upgrade from 0.1.0")
+
+
+def adopt(db: Database) -> audit.Adoption:
+    with db.tx() as s:
+        return audit.adopt_key(s, datetime(2026, 1, 2), OPS)
+
+
+def refused_adoption(db: Database) -> audit.KeyAdoptionRefused:
+    with pytest.raises(audit.KeyAdoptionRefused) as refused:
+        adopt(db)
+    return refused.value
+
+
+def unkeyed_chain(db_url: str, n: int = 3) -> Database:
+    """`n` events as railproof 0.1.0 wrote them (plain SHA-256); the keyed Database on it."""
+    unkeyed = Database(db_url)
+    try:
+        append_events(unkeyed, n)
+    finally:
+        unkeyed.dispose()
+    return Database(db_url, audit_key=KEY)
+
+
+def test_an_adopted_chain_verifies_and_takes_its_key(db_url):
+    db = unkeyed_chain(db_url)
+    try:
+        with db.tx() as s:
+            assert audit.key_state(s) is audit.KeyState.unkeyed and not audit.key_fits(s)
+        rep = verify(db)
+        assert not rep.ok and rep.first_broken_id is not None and "adopt-key" in rep.message
+        assert adopt(db).unkeyed_events == 3
+        append_events(db, 2, first=3)
+        rep = verify(db)
+        assert rep.ok and rep.events == 6 and rep.keyed, rep.message
+        with db.tx() as s:
+            assert audit.key_fits(s)
+        # Another key is still another key, not a history to adopt.
+        other = Database(db_url, audit_key=b"another-key")
+        with other.tx() as s:
+            assert audit.key_state(s) is audit.KeyState.other
+        other.dispose()
+        assert refused_adoption(db).code is audit.AdoptionRefusal.adopted
+    finally:
+        db.dispose()
+
+
+def test_an_unkeyed_anchor_is_a_broken_event(db_url):
+    # Anyone who can write the table can append a plain SHA-256 "anchor": it vouches for
+    # nothing, and neither does the history before it.
+    db = unkeyed_chain(db_url)
+    try:
+        unkeyed = Database(db_url)
+        with unkeyed.tx() as s:
+            audit.append(s, datetime(2026, 1, 2), OPS, audit.KEY_ADOPTED, "audit_chain", "3", {})
+        unkeyed.dispose()
+        rep = verify(db)
+        assert not rep.ok and rep.first_broken_id == 4, rep.message
+        refused = refused_adoption(db)
+        assert refused.code is audit.AdoptionRefusal.broken and refused.event_id == 4
+    finally:
+        db.dispose()
+
+
+def test_a_second_anchor_is_a_broken_event(db_url):
+    db = unkeyed_chain(db_url)
+    try:
+        adopt(db)
+        with db.tx() as s:  # written with the key, past the one adoption
+            audit.append(s, datetime(2026, 1, 3), OPS, audit.KEY_ADOPTED, "audit_chain", "4", {})
+        rep = verify(db)
+        assert not rep.ok and rep.first_broken_id == 5 and "second" in rep.message, rep.message
+    finally:
+        db.dispose()
+
+
+def test_an_anchor_in_a_chain_keyed_from_its_genesis_is_a_broken_event(db_url):
+    db = Database(db_url, audit_key=KEY)
+    try:
+        append_events(db, 2)
+        assert refused_adoption(db).code is audit.AdoptionRefusal.keyed
+        data = {"unkeyed_head": "0" * 64, "unkeyed_events": 2}
+        with db.tx() as s:
+            audit.append(s, datetime(2026, 1, 2), OPS, audit.KEY_ADOPTED, "audit_chain", "2", data)
+        rep = verify(db)
+        assert not rep.ok and rep.first_broken_id == 3, rep.message
+    finally:
+        db.dispose()
+
+
+def test_a_broken_or_empty_unkeyed_chain_is_not_adopted(db_url):
+    db = Database(db_url, audit_key=KEY)
+    try:
+        assert refused_adoption(db).code is audit.AdoptionRefusal.empty
+    finally:
+        db.dispose()
+    db = unkeyed_chain(db_url)
+    try:
+        as_superuser(db, """UPDATE audit_events SET data = '{"n": 9}' WHERE id = 2""")
+        refused = refused_adoption(db)
+        assert refused.code is audit.AdoptionRefusal.broken and refused.event_id == 2
+        assert "event 2" in refused.message
+        with db.tx() as s:
+            assert s.scalar(text("SELECT count(*) FROM audit_events")) == 3  # nothing written
+    finally:
+        db.dispose()
+
+
+def test_adoption_needs_the_operator_context(db_url):
+    db = unkeyed_chain(db_url, 1)
+    try:
+        with pytest.raises(BadInput):
+            with db.tx() as s:
+                audit.adopt_key(s, datetime(2026, 1, 2), audit.Operator("system", "CHG-1"))
+    finally:
+        db.dispose()
 
 
 # -- least privilege (docs/security.md) ---------------------------------------------------------

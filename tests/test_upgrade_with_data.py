@@ -7,6 +7,7 @@ chain (tests/test_transfer_identity.py)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -417,3 +418,108 @@ def test_an_x402_payment_final_before_settlement_times_and_not_credited_is_asked
         due, updated = c.execute(text("SELECT next_check_at, updated_at FROM proofs")).one()
     eng.dispose()
     assert due is not None and due == updated
+
+
+def _chain_of_0_1_0(url: str) -> None:
+    """A session and its audit trail as railproof 0.1.0 (revisions 0001-0004) wrote them:
+    the chain hashed with plain SHA-256 (the key came with 0005's release)."""
+    at = datetime(2025, 12, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    rows = [
+        (
+            "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
+            "network, asset, recipient, reference, status, created_at, expires_at) VALUES "
+            "('ses0', 'alice', 'solana_usdc', 'api', 1500000, 'solana-mainnet', "
+            "'EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v', "
+            "'C1bL1CaQ6PjLKZyYRn11ZtydLqEfGUxdcvUS3frx8ocg', 'ref0', 'open', :at, :later)",
+            dict(at=at, later=at + timedelta(hours=1)),
+        )
+    ]
+    prev = audit.GENESIS
+    for i, action in enumerate(["session.created", "proof.submitted", "proof.failed"]):
+        when = at + timedelta(seconds=i)
+        h = audit.event_hash(prev, when, "svc:alice", action, "x", "ses0", {"n": i}, None, None)
+        rows.append(
+            (
+                "INSERT INTO audit_events (at, actor, action, subject_type, subject_id, data, "
+                "incident_id, reason, prev_hash, hash) VALUES (:at, 'svc:alice', :action, 'x', "
+                "'ses0', :data, NULL, NULL, :prev, :h)",
+                dict(at=when, action=action, data=json.dumps({"n": i}), prev=prev, h=h),
+            )
+        )
+        prev = h
+    _insert(url, *rows)
+
+
+def test_a_database_written_by_0_1_0_is_served_once_its_chain_is_anchored_under_the_key(
+    empty_url, tmp_path, monkeypatch
+):
+    # railproof 0.1.0 hashed the audit chain with plain SHA-256. After `db upgrade` no key
+    # fitted it: `serve` and `worker` refused for good, telling the operator to "set the
+    # deployment's key", which does not exist. `audit adopt-key` anchors the history under
+    # the key once; the old events still verify, and are pinned by the anchor.
+    upgrade(empty_url, "0004")
+    _chain_of_0_1_0(empty_url)
+    env = base_env(
+        database_url=empty_url,
+        chain="cassette",
+        service_tokens=json.dumps({"svc-token-alice": ["alice"]}),
+    )
+    assert cli(["db", "upgrade"], env).returncode == 0
+
+    for command in (["worker", "--once"], ["serve", "--port", "1"]):
+        refused = cli(command, env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "written without a key (railproof 0.1.0)" in refused.stderr, refused.stderr
+        assert "railproof audit adopt-key" in refused.stderr
+        assert "set the deployment's key" not in refused.stderr
+    unadopted = cli(["audit", "verify", "--json"], env)
+    assert unadopted.returncode == 1
+    assert json.loads(unadopted.stdout)["first_broken_id"] == 1
+    assert "adopt-key" in json.loads(unadopted.stdout)["message"]
+
+    # A changing staff command: nothing is written without --confirm and the context.
+    bare = cli(["audit", "adopt-key"], env)
+    assert bare.returncode == 2 and "--confirm" in bare.stderr, bare.stderr
+    context = ["--incident-id", "CHG-0.2", "--operator-reason", "upgrade from 0.1.0", "--confirm"]
+    adopted = cli(["audit", "adopt-key", *context, "--json"], env)
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert json.loads(adopted.stdout)["unkeyed_events"] == 3
+
+    worker = cli(["worker", "--once"], env)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    verify = cli(["audit", "verify", "--json"], env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert report["ok"] is True and report["keyed"] is True and report["events"] >= 4
+    # What `serve` runs in each API process starts too.
+    from verifier.http.asgi import make_app
+
+    for name, value in env.items():
+        if name.startswith("RAILPROOF_"):
+            monkeypatch.setenv(name, value)
+    assert make_app() is not None
+
+    # Checkpoints hold across the anchor.
+    cp = tmp_path / "cp.json"
+    assert cli(["audit", "checkpoint", "--out", str(cp)], env).returncode == 0
+    held = cli(["audit", "verify", "--checkpoint", str(cp), "--json"], env)
+    assert held.returncode == 0, held.stdout + held.stderr
+
+    # Once only.
+    again = cli(["audit", "adopt-key", *context], env)
+    assert again.returncode == 2 and "audit_key_adopted_already" in again.stderr, again.stderr
+
+    # The anchor pins the history before it: a rewritten 0.1.0 event is named.
+    db = Database(empty_url)
+    try:
+        with db.engine.begin() as c:
+            if db.postgres:
+                c.execute(text("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only"))
+            else:
+                c.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
+            c.execute(text("""UPDATE audit_events SET data = '{"n": 7}' WHERE id = 2"""))
+    finally:
+        db.dispose()
+    tampered = cli(["audit", "verify", "--json"], env)
+    assert tampered.returncode == 1
+    assert json.loads(tampered.stdout)["first_broken_id"] == 2, tampered.stdout

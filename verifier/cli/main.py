@@ -123,11 +123,11 @@ def _engine(require_migrated: bool = True, writes: bool = True):
 
 
 def _check_audit_key(engine) -> None:
-    from verifier.core.config import AUDIT_KEY_MISMATCH
-    from verifier.services.queries import audit_key_fits
+    from verifier.services.queries import audit_key_refusal
 
-    if not audit_key_fits(engine):
-        fail(AUDIT_KEY_MISMATCH)
+    refusal = audit_key_refusal(engine)
+    if refusal is not None:
+        fail(refusal)
 
 
 @db_app.command("upgrade")
@@ -521,6 +521,47 @@ def audit_checkpoint(
         typer.echo(f"wrote {show.path(out)} ({cp['events']} events, head event {cp['head_id']})")
     else:
         sys.stdout.write(doc)
+
+
+@audit_app.command("adopt-key")
+def audit_adopt_key(
+    incident_id: Annotated[
+        str | None, typer.Option("--incident-id", help="incident or change this belongs to")
+    ] = None,
+    operator_reason: Annotated[
+        str | None, typer.Option("--operator-reason", help="why you do this")
+    ] = None,
+    confirm: Annotated[bool, typer.Option("--confirm", help="yes, do it")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Once, after upgrading a database written by railproof 0.1.0: anchor its audit chain,
+    hashed without a key, under RAILPROOF_AUDIT_KEY. The whole chain must verify as plain
+    SHA-256; one keyed event `audit.key_adopted` then pins its head, and `serve` and `worker`
+    start. Exit 0 adopted; 2 refused (nothing written)."""
+    from verifier.cli.ops import require_operator_context
+    from verifier.core.errors import EngineError
+    from verifier.services.audit import KEY_ADOPTED, KeyAdoptionRefused, Operator
+    from verifier.services.queries import adopt_audit_key
+
+    require_operator_context("audit adopt-key", incident_id, operator_reason, confirm)
+    engine = _engine(writes=False)
+    if engine.db.audit_key is None:
+        _no_audit_key()
+    op = Operator("system", (incident_id or "").strip(), (operator_reason or "").strip())
+    try:
+        adopted = adopt_audit_key(engine, op)
+    except KeyAdoptionRefused as e:
+        fail(f"{e.code}: {e.message}")
+    except EngineError as e:  # the operator context is not readable text
+        fail(f"{e.code}: {e.message}")
+    if as_json:
+        doc = {"adopted": True, "action": KEY_ADOPTED, "unkeyed_head": adopted.unkeyed_head}
+        typer.echo(json.dumps({**doc, "unkeyed_events": adopted.unkeyed_events}))
+    else:
+        show.say(
+            f"adopted: {adopted.unkeyed_events} events written without a key, head "
+            f"{adopted.unkeyed_head}, anchored under the key ({KEY_ADOPTED})"
+        )
 
 
 @alerts_app.command("generate")

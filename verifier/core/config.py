@@ -80,6 +80,11 @@ AUDIT_KEY_MISMATCH = (
     "hash does not match); set the deployment's key, or run `railproof audit verify` with it "
     "to see whether the chain itself was altered"
 )
+AUDIT_CHAIN_UNKEYED = (
+    "the audit chain was written without a key (railproof 0.1.0): run `railproof audit "
+    "adopt-key --incident-id … --operator-reason … --confirm` once, with the deployment's "
+    "RAILPROOF_AUDIT_KEY, to anchor it under the key (docs/security.md)"
+)
 
 
 class Settings(BaseSettings):

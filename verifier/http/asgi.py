@@ -3,16 +3,11 @@ what a process manager runs directly (`uvicorn --factory verifier.http.asgi:make
 
 from fastapi import FastAPI
 
-from verifier.core.config import (
-    AUDIT_KEY_MISMATCH,
-    AUDIT_KEY_MISSING,
-    describe_error,
-    load_settings,
-)
+from verifier.core.config import AUDIT_KEY_MISSING, describe_error, load_settings
 from verifier.core.engine import Engine
 from verifier.core.logs import configure_logging
 from verifier.http.app import create_app
-from verifier.services.queries import audit_key_fits, schema_is_current
+from verifier.services.queries import audit_key_refusal, schema_is_current
 
 
 def make_app() -> FastAPI:
@@ -34,7 +29,8 @@ def make_app() -> FastAPI:
         raise RuntimeError(AUDIT_KEY_MISSING)
     engine = Engine(settings)
     schema_is_current(engine)
-    if not audit_key_fits(engine):
-        raise RuntimeError(AUDIT_KEY_MISMATCH)
+    refusal = audit_key_refusal(engine)
+    if refusal is not None:
+        raise RuntimeError(refusal)
     engine.ensure_rail_states()
     return create_app(engine)

@@ -6,6 +6,11 @@ RAILPROOF_AUDIT_KEY_FILE, bound to the Database and carried by its Sessions): wh
 write the table but lacks the key cannot recompute a chain that verifies. Removing the newest
 events leaves a shorter chain that still links; signed checkpoints, kept off the host, catch
 that (docs/security.md).
+
+A database written by railproof 0.1.0 holds events hashed with plain SHA-256 (the key came
+later). `adopt_key` anchors that history once under the key (`audit.key_adopted`); from then
+on `verify_chain` checks the events before the anchor as plain SHA-256 and the anchor and
+everything after it with the key.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import event
@@ -30,6 +36,7 @@ from verifier.storage.models import AuditEvent
 from verifier.storage.repo import audit as audit_repo
 
 GENESIS = "0" * 64
+KEY_ADOPTED = "audit.key_adopted"  # the one event that anchors an unkeyed history under the key
 _PG_AUDIT_LOCK = audit_repo.CHAIN_LOCK_KEY  # one advisory lock serializes appends to the chain
 
 
@@ -184,6 +191,8 @@ class ChainReport:
     keyed: bool = True
     head_id: int | None = None  # the last event checked, and its hash
     head_hash: str = GENESIS
+    # Why it broke, for the callers that act on it (`adopt_key`); not reported.
+    broke: Break | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -195,42 +204,212 @@ class ChainReport:
         }
 
 
+class Break(StrEnum):
+    link = "link"  # prev_hash is not the hash of the event before it
+    contents = "contents"  # the hash does not cover the stored fields
+    keyed = "keyed"  # hashed with the key where only plain SHA-256 may be (`adopt_key`)
+    adoption = "adoption"  # an `audit.key_adopted` event where none may be
+    never_adopted = "never_adopted"  # a history written without a key, not anchored under it
+
+
+_NEVER_ADOPTED = (
+    "the audit chain was written without a key (railproof 0.1.0) and the key was never "
+    "adopted: run `railproof audit adopt-key --incident-id … --operator-reason … --confirm` "
+    "once (docs/security.md)"
+)
+
+
 def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
-    key = s.info.get(AUDIT_KEY_INFO)
+    """Every link and every hash, from the genesis. With the key: every event keyed, or an
+    unkeyed history (railproof 0.1.0) followed by its one adoption anchor and keyed events
+    after it. Without the key: every event as plain SHA-256 (an anchor cannot be checked)."""
+    return _walk(s, s.info.get(AUDIT_KEY_INFO), batch)
+
+
+def _walk(s: Session, key: bytes | None, batch: int, unkeyed_only: bool = False) -> ChainReport:
+    """The chain checked from the genesis. `unkeyed_only` (key adoption): every event must be
+    plain SHA-256, and one hashed with `key`, or an anchor, breaks it (`Break.keyed`,
+    `Break.adoption`)."""
+    keyed = key is not None and not unkeyed_only
     prev, count, last_id = GENESIS, 0, 0
+    first_id: int | None = None
+    # None until the first event says which: True, the chain is keyed from its genesis;
+    # False, it begins with a history written without a key. Without a key: unkeyed.
+    keyed_from_genesis: bool | None = None if keyed else False
+    anchor_id: int | None = None
+
+    def broken(ev: AuditEvent, why: Break, message: str) -> ChainReport:
+        return ChainReport(False, count, ev.id, f"event {ev.id}: {message}", keyed, broke=why)
+
     while True:
         rows = audit_repo.events_after(s, last_id, batch)
         if not rows:
-            return ChainReport(
-                True, count, keyed=key is not None, head_id=last_id or None, head_hash=prev
-            )
+            break
         for ev in rows:
             # SECURITY: every link and every hash, from the genesis on.
             if ev.prev_hash != prev:
-                return ChainReport(
-                    False,
-                    count,
-                    ev.id,
-                    f"event {ev.id}: prev_hash does not link to the event before it",
-                    keyed=key is not None,
+                return broken(ev, Break.link, "prev_hash does not link to the event before it")
+            if first_id is None:
+                first_id = ev.id
+            if ev.action == KEY_ADOPTED:
+                refused = _anchor_refused(
+                    ev, key, unkeyed_only, keyed_from_genesis, anchor_id, count
                 )
-            if _rehashed(ev, key) != ev.hash:
-                return ChainReport(
-                    False,
-                    count,
-                    ev.id,
-                    f"event {ev.id}: contents do not match its hash",
-                    keyed=key is not None,
-                )
+                if refused is not None:
+                    return broken(ev, *refused)
+                anchor_id = ev.id
+            elif anchor_id is not None or keyed_from_genesis:
+                # SECURITY: after the anchor, or in a chain keyed from its genesis, every
+                # event is keyed: one re-hashed without the key never verifies.
+                if not _fits(ev, key):
+                    return broken(ev, Break.contents, "contents do not match its hash")
+            elif keyed_from_genesis is None and _fits(ev, key):
+                keyed_from_genesis = True
+            elif _fits(ev, None):
+                # SECURITY: plain SHA-256, before the anchor only: the anchor is keyed and
+                # links to the head of this history, so rewriting any of it changes the head
+                # the anchor links to (a chain never anchored is refused below).
+                keyed_from_genesis = False
+            elif unkeyed_only and key is not None and _fits(ev, key):
+                return broken(ev, Break.keyed, "already hashed with the audit key")
+            else:
+                return broken(ev, Break.contents, "contents do not match its hash")
             prev, count, last_id = ev.hash, count + 1, ev.id
+    if keyed and first_id is not None and keyed_from_genesis is False and anchor_id is None:
+        # SECURITY: a history written without a key counts only once anchored under it:
+        # anyone who can write the table can recompute an unkeyed chain (or a keyed chain
+        # rebuilt unkeyed, its newest events dropped).
+        return ChainReport(
+            False,
+            count,
+            first_id,
+            f"event {first_id}: {_NEVER_ADOPTED}",
+            keyed,
+            broke=Break.never_adopted,
+        )
+    message = "audit chain intact"
+    if anchor_id is not None:
+        message += (
+            f" (the events before event {anchor_id} were written without a key and anchored "
+            f"under it by event {anchor_id}, {KEY_ADOPTED})"
+        )
+    return ChainReport(True, count, None, message, keyed, last_id or None, prev)
+
+
+def _anchor_refused(
+    ev: AuditEvent,
+    key: bytes | None,
+    unkeyed_only: bool,
+    keyed_from_genesis: bool | None,
+    anchor_id: int | None,
+    count: int,
+) -> tuple[Break, str] | None:
+    """Why the key adoption `ev` does not verify where it stands (None: it does)."""
+    # SECURITY: the anchor is what vouches for the unkeyed history before it, so only the
+    # one anchor that ends such a history, hashed with the key (it cannot be forged without
+    # it) and naming that history's head and length, counts. An unkeyed "anchor", a second
+    # one, or one in a chain keyed from its genesis is a broken event.
+    if key is None:
+        return Break.adoption, "a key adoption, checked only with the audit key (none given)"
+    if unkeyed_only:  # adopting: an anchor that is one is "adopted already", else broken
+        if _fits(ev, key):
+            return Break.adoption, f"the key was adopted by this event ({KEY_ADOPTED})"
+        return Break.contents, "a key adoption whose contents do not match its hash under the key"
+    if anchor_id is not None:
+        return Break.adoption, f"a second key adoption (the key was adopted by event {anchor_id})"
+    if keyed_from_genesis is not False:
+        return Break.adoption, "a key adoption in a chain with no history written without a key"
+    if not _fits(ev, key):
+        return Break.contents, "a key adoption whose contents do not match its hash under the key"
+    data = ev.data or {}
+    if data.get("unkeyed_head") != ev.prev_hash or data.get("unkeyed_events") != count:
+        return Break.contents, "a key adoption that does not name the history before it"
+    return None
+
+
+def _fits(ev: AuditEvent, key: bytes | None) -> bool:
+    return hmac.compare_digest(_rehashed(ev, key), ev.hash)
+
+
+class KeyState(StrEnum):
+    fits = "fits"  # the newest event is hashed with the key (or the chain is empty)
+    unkeyed = "unkeyed"  # plain SHA-256 (railproof 0.1.0): `railproof audit adopt-key` once
+    other = "other"  # another key
+
+
+def key_state(s: Session) -> KeyState:
+    """Whether the session's audit key is the one the chain's newest event was hashed with.
+    A process with another key appends events that never verify: it must not start. One
+    event, not the walk: a check at every start."""
+    key = s.info.get(AUDIT_KEY_INFO)
+    ev = audit_repo.newest_event(s)
+    if ev is None or _fits(ev, key):
+        return KeyState.fits
+    return KeyState.unkeyed if key is not None and _fits(ev, None) else KeyState.other
 
 
 def key_fits(s: Session) -> bool:
-    """Whether the session's audit key is the one the chain's newest event was hashed with
-    (True for an empty chain). A process with another key appends events that never verify:
-    it must not start. One event, not the walk: a check at every start."""
-    ev = audit_repo.newest_event(s)
-    return ev is None or hmac.compare_digest(_rehashed(ev, s.info.get(AUDIT_KEY_INFO)), ev.hash)
+    """`key_state` is `fits` (True for an empty chain; after a key adoption, whose anchor and
+    everything after it are keyed)."""
+    return key_state(s) is KeyState.fits
+
+
+class AdoptionRefusal(StrEnum):
+    no_key = "audit_key_missing"
+    empty = "audit_chain_empty"
+    broken = "audit_chain_broken"
+    keyed = "audit_chain_keyed"
+    adopted = "audit_key_adopted_already"
+
+
+class KeyAdoptionRefused(Exception):
+    """`adopt_key` refused; nothing was written. `code` is stable; `event_id` names the event
+    that decided it, where one did."""
+
+    def __init__(self, code: AdoptionRefusal, message: str, event_id: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.event_id = event_id
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What a key adoption anchored: the head hash and the length of the unkeyed history."""
+
+    unkeyed_head: str
+    unkeyed_events: int
+
+
+def adopt_key(s: Session, now: datetime, op: Operator) -> Adoption:
+    """Anchor a history written without a key (railproof 0.1.0) under the session's key,
+    once: the whole chain must verify as plain SHA-256, with no event keyed and no adoption
+    before. Appends `audit.key_adopted` (keyed) naming the history's head hash and length,
+    in the caller's transaction."""
+    require_context(op, "to adopt the audit key")
+    key = s.info.get(AUDIT_KEY_INFO)
+    if key is None:
+        raise KeyAdoptionRefused(AdoptionRefusal.no_key, "the key to adopt is not configured")
+    # SECURITY: the chain's lock to the end of the transaction: no event is appended between
+    # the walk that vouches for the history and the anchor that pins its head.
+    audit_repo.lock_chain(s)
+    rep = _walk(s, key, 5000, unkeyed_only=True)
+    if not rep.ok:
+        if rep.broke is Break.keyed:
+            code, what = AdoptionRefusal.keyed, "the chain is keyed already, nothing to adopt"
+        elif rep.broke is Break.adoption:
+            code, what = AdoptionRefusal.adopted, "the key was adopted already"
+        else:
+            code, what = AdoptionRefusal.broken, "the chain written without a key does not verify"
+        raise KeyAdoptionRefused(code, f"{what}: {rep.message}", rep.first_broken_id)
+    if rep.events == 0:
+        raise KeyAdoptionRefused(
+            AdoptionRefusal.empty, "the audit chain is empty: any key starts it, nothing to adopt"
+        )
+    adoption = Adoption(rep.head_hash, rep.events)
+    data = {"unkeyed_head": adoption.unkeyed_head, "unkeyed_events": adoption.unkeyed_events}
+    append(s, now, op, KEY_ADOPTED, "audit_chain", str(rep.head_id), data)
+    return adoption
 
 
 def _rehashed(ev: AuditEvent, key: bytes | None) -> str:

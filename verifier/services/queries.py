@@ -160,12 +160,26 @@ def audit_events(
         ]
 
 
-def audit_key_fits(engine: Engine) -> bool:
-    """SECURITY: whether the configured audit key is the one the chain was written with (a
-    typo in one host's secret, a rotation on one process only): every event a process with
-    another key appended would break the chain. Checked by everything that starts to write."""
+def audit_key_refusal(engine: Engine) -> str | None:
+    """SECURITY: why the configured audit key may not append to the chain (None: it may). A
+    process with another key than the chain was written with (a typo in one host's secret, a
+    rotation on one process only) would break the chain with every event it appended; one
+    written without a key (railproof 0.1.0) is anchored under the key first, by
+    `railproof audit adopt-key`. Checked by everything that starts to write."""
+    from verifier.core.config import AUDIT_CHAIN_UNKEYED, AUDIT_KEY_MISMATCH
+
     with engine.db.read() as s:
-        return audit.key_fits(s)
+        state = audit.key_state(s)
+    if state is audit.KeyState.fits:
+        return None
+    return AUDIT_CHAIN_UNKEYED if state is audit.KeyState.unkeyed else AUDIT_KEY_MISMATCH
+
+
+def adopt_audit_key(engine: Engine, op: audit.Operator) -> audit.Adoption:
+    """Anchor a chain written without a key (railproof 0.1.0) under the configured key, once
+    (services.audit.adopt_key; audit.KeyAdoptionRefused when it may not)."""
+    with engine.db.tx() as s:
+        return audit.adopt_key(s, engine.now(), op)
 
 
 def audit_chain(engine: Engine) -> dict[str, Any]:
