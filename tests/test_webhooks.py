@@ -1103,3 +1103,37 @@ def test_a_follower_left_at_its_delivered_predecessors_retry_time_goes_out(engin
     assert delivery_of(engine, fourth).next_attempt_at.replace(tzinfo=None) == later.replace(
         tzinfo=None
     )
+
+
+@pytest.mark.parametrize("action", ["create", "rotate"])
+def test_a_secret_committed_before_the_process_died_is_given_again_to_the_keys_retry(
+    engine, api, receiver, monkeypatch, action
+):
+    # The endpoint's transaction commits its secret and the Idempotency-Key's completion
+    # together: a process dying right after that commit (here: failing before it answers)
+    # leaves the key's answer stored, and the retry gets the secret that now signs.
+    from verifier.services import webhook_endpoints
+
+    body = {"url": receiver.url, "event_types": ["proof.verified"]}
+    path = "/v1/webhook-endpoints"
+    if action == "rotate":
+        path = f"{path}/{subscribe(api, receiver)['id']}/rotate-secret"
+    name = "create_endpoint" if action == "create" else "rotate_secret"
+    real = getattr(webhook_endpoints, name)
+
+    def dies_after_commit(*a, **k):
+        real(*a, **k)
+        raise RuntimeError("process lost after the commit")
+
+    monkeypatch.setattr(webhook_endpoints, name, dies_after_commit)
+    key = {**auth(), "Idempotency-Key": f"hook-{action}-1"}
+    assert api.post(path, headers=key, json=body).status_code == 500
+    monkeypatch.setattr(webhook_endpoints, name, real)
+    r = api.post(path, headers=key, json=body)
+    assert r.status_code == (201 if action == "create" else 200), r.text
+    assert r.headers["Idempotent-Replayed"] == "true"
+    receiver.secret = r.json()["secret"]
+    ev = emit_now(engine, "proof.verified", rid=f"p-{action}")
+    assert webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)["delivered"] == 1
+    (req,) = [q for q in receiver.requests if q["headers"]["webhook-id"] == ev]
+    assert verify_signature(r.json()["secret"], req["headers"], req["body"])

@@ -126,7 +126,11 @@ def create_endpoint(
             ep.id,
             {"url": webhooks.redact_url(url), "event_types": types},
         )
-        return {**endpoint_view(ep), "secret": ep.secret}
+        view = {**endpoint_view(ep), "secret": ep.secret}
+        # An Idempotency-Key's completion commits with the endpoint: a process that dies
+        # after this commit leaves no claim in progress, and a retry gets the secret again.
+        engine.db.finish(s, view)
+        return view
 
 
 def list_endpoints(engine: Engine, owners: list[str]) -> list[dict[str, Any]]:
@@ -182,7 +186,9 @@ def rotate_secret(
             ep.id,
             {"replaced_legacy_secret": legacy},
         )
-        return {**endpoint_view(ep), "secret": ep.secret}
+        view = {**endpoint_view(ep), "secret": ep.secret}
+        engine.db.finish(s, view)  # as create_endpoint: the new secret is never lost
+        return view
 
 
 def delete_endpoint(

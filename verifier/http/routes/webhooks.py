@@ -82,10 +82,12 @@ def make_router(
         principal, owners = svc
         _limited(request, principal)
 
-        def work() -> tuple[int, dict[str, Any]]:
-            view = webhook_endpoints.create_endpoint(
+        def work() -> dict[str, Any]:
+            return webhook_endpoints.create_endpoint(
                 engine, principal, owners, body.url, body.event_types
             )
+
+        def made(view: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return 201, EndpointCreatedOut.checked(view)
 
         # A lost 201 is the only answer with the secret: a retry with the key gets it again,
@@ -101,6 +103,7 @@ def make_router(
             key,
             body.model_dump(mode="json"),
             work,
+            made,
             keep=webhook_endpoints.kept_answer,
             on_replay=lambda stored: webhook_endpoints.replayed_answer(engine, owners, stored),
         )
@@ -121,8 +124,10 @@ def make_router(
     ) -> JSONResponse:
         _limited(request, svc[0])
 
-        def work() -> tuple[int, dict[str, Any]]:
-            view = webhook_endpoints.rotate_secret(engine, svc[0], svc[1], endpoint_id)
+        def work() -> dict[str, Any]:
+            return webhook_endpoints.rotate_secret(engine, svc[0], svc[1], endpoint_id)
+
+        def made(view: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return 200, EndpointCreatedOut.checked(view)
 
         # The request is its path: the same key for another endpoint is a conflict. Its secret
@@ -134,6 +139,7 @@ def make_router(
             key,
             {"endpoint_id": endpoint_id},
             work,
+            made,
             keep=webhook_endpoints.kept_answer,
             on_replay=lambda stored: webhook_endpoints.replayed_answer(engine, svc[1], stored),
         )
