@@ -104,7 +104,24 @@ def test_failures_are_counted_for_every_api_process_through_redis(
         assert login(b, STAFF_TOKEN).status_code == 429
 
 
-STRONG = "a3f1" * 16  # 64 characters, as `openssl rand -hex 32` makes
+STRONG = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # rand -hex 32
+
+
+def test_only_a_token_that_reads_as_random_counts_as_unguessable():
+    from verifier.http.ratelimit import unguessable
+
+    assert unguessable(STRONG) and unguessable(STRONG.upper())
+    assert unguessable("q3JtV9xR2mZ8bLw0YfN4pHc6KdTg1sEaUoXiWvQyB7M")  # 32 bytes, base64url
+    for weak in (
+        "a3f1" * 16,  # a pattern
+        "railproof-staff-operations-2026!",  # a passphrase
+        "correcthorsebatterystaplecorrecthorsebatter",  # words, base64's letters only
+        "Correcthorsebatterystaple2026Correcthorseba",  # words, with a case and digits
+        "0123456789" * 7,  # digits only
+        STRONG[:63],  # too short
+        STAFF_TOKEN,
+    ):
+        assert not unguessable(weak), weak
 
 
 def test_a_locked_address_still_lets_an_unguessable_staff_token_pause_a_rail(engine, monkeypatch):

@@ -1137,3 +1137,128 @@ def test_a_secret_committed_before_the_process_died_is_given_again_to_the_keys_r
     assert webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)["delivered"] == 1
     (req,) = [q for q in receiver.requests if q["headers"]["webhook-id"] == ev]
     assert verify_signature(r.json()["secret"], req["headers"], req["body"])
+
+
+# openssl req -x509 -newkey rsa:2048 -nodes -days 36500 -subj /CN=a.hooks.example
+#   -addext subjectAltName=DNS:a.hooks.example (its own CA: valid for that name only)
+A_HOOKS_CERT_AND_KEY = """\
+-----BEGIN CERTIFICATE-----
+MIIDMzCCAhugAwIBAgIUA8rBeYiIAlxjy5rxRvyRFEK4EJAwDQYJKoZIhvcNAQEL
+BQAwGjEYMBYGA1UEAwwPYS5ob29rcy5leGFtcGxlMCAXDTI2MTIwNzEzMTIzN1oY
+DzIxMjYxMTEzMTMxMjM3WjAaMRgwFgYDVQQDDA9hLmhvb2tzLmV4YW1wbGUwggEi
+MA0GCSqGSIb3DQEBAQUAA4IBDwAwggEKAoIBAQDJkIVs2DlSRPB0P9XbkcpnOQId
+z4+PrLVCRl2bLtvshBPHsGsBBxs2WGMGLGi6Dxfu7Zy35IP2Sw11XNoD698QGdGq
+bl1c1gGCetxFJC/PpQKR0cD1FxMC8MEWqbDGu5nfcmr+RD2IiSPk88pv8xcvpTBA
+B709jdhBoSRtLByTp4mpf4RQBxHEtkbxKpmDJuZKTSfacCOsuDCN8UfpfvPYPMww
+aw3aFoSwGAuKZQY0luSbY8nbzJh/FaRQP2RnCAT/heSEWg/bODY3bhnRGeLSiasq
+NBhV1xwit8uMH8Q5u8mQO9jG8vbgI28LGo5qNLE38UXbPYrsHf6Z45h4aqPBAgMB
+AAGjbzBtMB0GA1UdDgQWBBQ2xcokhTsgS5kTEVW1NiKh1P6HFTAfBgNVHSMEGDAW
+gBQ2xcokhTsgS5kTEVW1NiKh1P6HFTAPBgNVHRMBAf8EBTADAQH/MBoGA1UdEQQT
+MBGCD2EuaG9va3MuZXhhbXBsZTANBgkqhkiG9w0BAQsFAAOCAQEAF+JlFsWA8j+k
+XwCfuYtUHq8Y521JjqYv92vGEHd200c285v/Fwf5gOtAC0xR8BOSsT1m31sv76z2
+LM7o6lBjvMCSofIxTiZeLQ4PcuEx68c9JG+tF1OCu+bzb1jFgiAg+lDEOoLrscqS
+PZ/hx+v/Rm95qS+t/q8H99t7U+LW8iYPkJ0YGFbYEdNHxMHc1t+zO4W/JRWxIHWq
+U03dJjQZt+umfavppfBBpmRzjXKlZkPQ13Kthmxrm9ZT3TUnlgWATVfp/sZz2DpD
+00i7qP1e08m+Vmj16KcceL6D0AUJnqHttxfNBQGfJW4RUV/b142M9mRtcBB1Z5zW
+WG/NQIyyCQ==
+-----END CERTIFICATE-----
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDJkIVs2DlSRPB0
+P9XbkcpnOQIdz4+PrLVCRl2bLtvshBPHsGsBBxs2WGMGLGi6Dxfu7Zy35IP2Sw11
+XNoD698QGdGqbl1c1gGCetxFJC/PpQKR0cD1FxMC8MEWqbDGu5nfcmr+RD2IiSPk
+88pv8xcvpTBAB709jdhBoSRtLByTp4mpf4RQBxHEtkbxKpmDJuZKTSfacCOsuDCN
+8UfpfvPYPMwwaw3aFoSwGAuKZQY0luSbY8nbzJh/FaRQP2RnCAT/heSEWg/bODY3
+bhnRGeLSiasqNBhV1xwit8uMH8Q5u8mQO9jG8vbgI28LGo5qNLE38UXbPYrsHf6Z
+45h4aqPBAgMBAAECggEACKGeFQ5TstvHScyx/utvT2kRiu7bpu6Ux6tbtsyuF9Xp
+qVNuQZnPgIEO1hgKVzohb3A2/DW85BiyqtcfC6vxRJWjQZ9+pmSqC+K9XyvKU4n6
+Lv32CIjEatieBbc4HeQXfFbZ96luBe3zEfE4NsyiFL6hVYL/VFnbbA2kEa8h471+
+7WmhDqhV1XjvI/uVGJlctwHxc5xWUcUyX11XDbERoZkt93dy7GzdnfsdjD9z5rE+
+6X8qrWXdziYy1kzZ1yOmk2Zf/Qyiwdw8cf0hCrPP+XgNfETNj9jsE5eRr+3akBxQ
+BmI5EOvUq8lB2bndzzMaXq+Sw4g8MwAngO4XvaiuQQKBgQD8pMlJuN2fUa9mBas1
+F/KoFKcn/kinxAYEfxw+FZ+vPLnRG4iHbPsHd8U0Nj7ktscxqfldgnrlOTcigetI
+hcQgs1gk/Zn42yV4F/M/SToz6KuRX5DnNoeKMDIVfURJDtkZKL61UN54sNlaYz44
+0jXE5aUioys/N3t+vA82D3XzNwKBgQDMPgUuvgEL5iZGfe5dCBjnMDmD4LwIfM78
+D7vu14KBFIqcJ11YPmwDrJSisrUmeiGBNxBtibnDi4+aWniViCvfRp5n70Shyr8e
+57qBE9Y+fIwGbG+A+MWUTwPqgCh2ZA4roj+Yz9TudPOZyKcarYNzT1jZYDoE6mLI
+KOwdCEwMxwKBgG1aqmHFqe/+/Gutgni9v+Ou5NdzwmETgQNLPZ9F3tOL9mYjg8oS
+iumllu9Nl5WJ49iEWRJ3mthDFrFSCNRgSg9ZcYq5Vn8X5DUCMOCwwoebaz/GXMMn
+oC1ZRSR2DyuMSL4SG9IBifo1mi78i/8uReXO/NZsSBjZ3BN0NSVSNdyrAoGALRK2
+1BTsaDLXWZErDG7gCA01dCwhcwIQL8JNKC15SIE/Aa0SRYopDjqE5s7neWFUiY6c
+WoAdddET1O2IVP+jJvgPt0IvdEEpImnjV98H1exofnZpuR2thMhXReYYh+AW3HxG
+6rNa+3Dl3ZdRgWqvasAlDHvW8gTD3gZh7RpKpjsCgYEAkjWSX3LfeOisnVYKr5+g
+gRFmiNWq/cXW3emgqhgmit8UNnfaWTwYWFejtVC25atY+sDADRBKeQdCDscrXQYX
+cmHMjo9WWdnNMol088CuL4lMsQHIPSkhPzpO94DrJWXCB2zvBtc8sXfdDBUER5jO
+2L07YqKcnV7nGv3BYsviCvc=
+-----END PRIVATE KEY-----
+"""
+
+
+def test_a_pinned_connection_is_never_reused_for_another_name_at_the_address(tmp_path, monkeypatch):
+    # Tenant A's https://a.hooks.example and tenant B's https://b.hooks.example resolve to
+    # one address (a CDN, a shared ingress) whose certificate names a.hooks.example only.
+    # B's delivery must fail TLS verification even right after A's (a non-2xx, read whole,
+    # would have left A's connection in the pool): never sent over A's TLS session.
+    import asyncio
+    import http.server
+    import ssl
+
+    pem = tmp_path / "a.pem"
+    pem.write_text(A_HOOKS_CERT_AND_KEY)
+    hosts: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            hosts.append(self.headers["host"])
+            self.send_response(503)
+            self.send_header("content-length", "4")
+            self.end_headers()
+            self.wfile.write(b"busy")
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _resolving(monkeypatch, "127.0.0.1")
+
+    def job(host: str) -> webhooks.Job:
+        url = f"https://{host}:{port}/hook"
+        return webhooks.Job("whd", "evt", "whe", url, webhooks.new_secret(), b"{}")
+
+    async def deliveries() -> tuple[webhooks.Result, webhooks.Result]:
+        verify = ssl.create_default_context(cafile=str(pem))
+        async with httpx.AsyncClient(trust_env=False, verify=verify) as http_client:
+            a = await webhooks.post(http_client, job("a.hooks.example"), True, 5.0, ["127.0.0.0/8"])
+            b = await webhooks.post(http_client, job("b.hooks.example"), True, 5.0, ["127.0.0.0/8"])
+        return a, b
+
+    try:
+        a, b = asyncio.run(deliveries())
+    finally:
+        srv.shutdown()
+    assert a.status_code == 503 and hosts == [f"a.hooks.example:{port}"], (a, hosts)
+    assert not b.ok and b.status_code is None and "certificate" in (b.error or "").lower(), b
+    assert hosts == [f"a.hooks.example:{port}"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b::a9fe:a9fe]",  # NAT64's well-known prefix: 169.254.169.254
+        "[64:ff9b:1::a00:7]",  # a local NAT64 prefix (RFC 8215): 10.0.0.7
+        "[2002:a00:7::1]",  # 6to4: 10.0.0.7
+        "[::10.0.0.7]",  # IPv4-compatible
+        "[2001:0:4136:e378:8000:63bf:f5ff:fff8]",  # Teredo, its client 10.0.0.7
+    ],
+)
+def test_ipv6_addresses_standing_for_a_private_ipv4_one_are_refused(host):
+    problem = webhooks.url_problem(f"http://{host}/hook", allow_any_host=True)
+    assert problem is not None and "not a public address" in problem, problem
+    assert webhooks.url_problem("http://[64:ff9b::808:808]/hook", allow_any_host=True) is None

@@ -206,13 +206,36 @@ def _literal_ip(host: str) -> IPAddress | None:
         return None
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for, where it stands for one."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:10.0.0.1
+    if ip.sixtofour is not None:
+        return ip.sixtofour  # 2002:a00:1::
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client's address
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # 64:ff9b::a00:1 (RFC 6052)
+    if int(ip) >> 32 == 0 and int(ip) > 1:
+        return ipaddress.IPv4Address(int(ip))  # ::10.0.0.1, IPv4-compatible (deprecated)
+    return None
+
+
 def address_allowed(ip: IPAddress, private_networks: Sequence[str] = ()) -> bool:
     """Whether a delivery may connect to `ip` with any host allowed: a public unicast address,
     or one in a network the deployment listed."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1 to the kernel
     if any(ip in ipaddress.ip_network(n) for n in private_networks):
         return True
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        # SECURITY: an IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4, Teredo,
+        # IPv4-compatible) reaches that address through the kernel or a gateway: judged as it.
+        return address_allowed(embedded, private_networks)
     # SECURITY: a tenant's endpoint must not make this machine POST (and record the start of
     # the answer, which the tenant reads) to loopback services, the private network or the
     # cloud's metadata address (169.254.169.254).
@@ -653,6 +676,11 @@ async def _pinned(request: httpx.Request, private_networks: Sequence[str]) -> st
     # certificate is checked against the name too (httpcore's sni_hostname).
     request.url = request.url.copy_with(host=str(found[0]))
     request.extensions["sni_hostname"] = host
+    # SECURITY: the client pools connections by the address a request names, and pinned,
+    # two names at one address (a CDN, a shared ingress) would share one: another tenant's
+    # event sent over a TLS session verified for this name. A pinned connection is never
+    # kept for another request.
+    request.headers["Connection"] = "close"
     return None
 
 
