@@ -1114,14 +1114,17 @@ def evm_inflows(
     most = engine.settings.reconcile_evm_max_blocks
     if hi - lo + 1 > most:
         # SECURITY: a window too long for one run is never reported as read whole: what
-        # was left is named, and the run is `incomplete`.
+        # was left is named, and the run is `incomplete`. The newest blocks are the ones
+        # read: read from the start, every scheduled run re-read the same oldest blocks and
+        # nothing later was ever found (no such run completes to move the start on).
         problems.append(
             f"the window holds blocks {lo}..{hi}, more than RAILPROOF_RECONCILE_EVM_MAX_BLOCKS "
-            f"({most}): blocks {lo}..{lo + most - 1} were read, {lo + most}..{hi} were not; "
-            "raise it, or read the rest with a --since after the last block read"
+            f"({most}): the newest, {hi - most + 1}..{hi}, were read, {lo}..{hi - most} were "
+            f"not; raise it, or read those with a window ending before block {hi - most + 1} "
+            "(--until)"
         )
-        hi = lo + most - 1
-        counts["to_block"] = hi
+        lo = hi - most + 1
+        counts["from_block"] = lo
     findings: list[dict[str, Any]] = []
     for n, recipient in enumerate(_treasuries_paid(engine, rail, treasury, since, until)):
         got = _evm_treasury_inflows(
