@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from rails.base import canonical_json
 from tests.conftest import OTHER_SERVICE_TOKEN, auth
 from tests.helpers import FAKE_SESSION, advance
 from verifier.storage.models import IdempotencyClaim, PaymentSession
@@ -215,6 +216,97 @@ def test_a_proof_replay_is_its_first_answer_marked_and_get_reads_it_now(client, 
     fresh = client.post("/v1/proofs", headers={**auth(), "Idempotency-Key": "other"}, json=body)
     assert (fresh.status_code, fresh.json()["status"]) == (200, "verified"), fresh.text
     assert REPLAYED not in fresh.headers
+
+
+def test_a_field_sent_as_its_default_is_the_same_request_and_another_value_is_not(client, engine):
+    """The key is bound to what the request means: an optional field absent, or sent as the
+    default the service takes without it, is one request (a client whose library writes out
+    every null, a field added by a later version); any other value is another request."""
+    headers = {**auth(), "Idempotency-Key": "order-78-session"}
+    first = client.post("/v1/payment-sessions", headers=headers, json=FAKE_SESSION)
+    assert first.status_code == 201, first.text
+    spelled = {
+        **FAKE_SESSION,
+        "amount": "001500000",
+        "reference": "auto",
+        "payer": None,
+        "memo": None,
+        "expires_in_seconds": None,
+    }
+    again = client.post("/v1/payment-sessions", headers=headers, json=spelled)
+    assert (again.status_code, again.json()) == (201, first.json()), again.text
+    assert again.headers[REPLAYED] == "true"
+    # null is "no reference", not the default "auto": another request.
+    for other in ({**FAKE_SESSION, "reference": None}, {**FAKE_SESSION, "payer": "fapayer"}):
+        r = client.post("/v1/payment-sessions", headers=headers, json=other)
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "idempotency_conflict"
+    assert _count(engine, PaymentSession) == 1
+
+    body = {"session_id": first.json()["id"], "proof": "fx0123abcdef"}
+    proof_headers = {**auth(), "Idempotency-Key": "order-78-proof"}
+    proof = client.post("/v1/proofs", headers=proof_headers, json=body)
+    assert proof.status_code == 201, proof.text
+    again = client.post("/v1/proofs", headers=proof_headers, json={**body, "proof_type": None})
+    assert (again.status_code, again.json()) == (201, proof.json()), again.text
+    other = client.post("/v1/proofs", headers=proof_headers, json={**body, "proof": "fx01"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
+
+
+def _claimed_as(engine, key: str, form: dict) -> None:
+    """The key's claim as a version that hashed `form` for its request stored it."""
+    with engine.db.tx() as s:
+        claim = s.scalar(select(IdempotencyClaim).where(IdempotencyClaim.key == key))
+        claim.request_hash = hashlib.sha256(canonical_json(form)).hexdigest()
+
+
+# The full dump of the session body as each version hashed it: 0.1.0's model had no payer.
+SESSION_DUMP = {
+    "owner_id": "alice",
+    "rail_id": "fake_live",
+    "access_product_id": "pro",
+    "amount": 1500000,
+    "recipient": "fatreasury",
+    "reference": "auto",
+    "memo": None,
+    "expires_in_seconds": None,
+}
+SESSION_FORMS = {"0.1.0": SESSION_DUMP, "0.2.0-dev": {**SESSION_DUMP, "payer": None}}
+
+
+@pytest.mark.parametrize("version", sorted(SESSION_FORMS))
+def test_a_key_claimed_before_an_upgrade_replays_its_answer(client, engine, chain, version):
+    """A backend lost the 201 and retries the same body with the same key; the service was
+    upgraded in between. Its claim was hashed over the whole body model as it was then
+    (`payer: null` in it or not): the retry is the same request and replays."""
+    headers = {**auth(), "Idempotency-Key": "order-79-session"}
+    first = client.post("/v1/payment-sessions", headers=headers, json=FAKE_SESSION)
+    assert first.status_code == 201, first.text
+    _claimed_as(engine, "order-79-session", SESSION_FORMS[version])
+    again = client.post("/v1/payment-sessions", headers=headers, json=FAKE_SESSION)
+    assert (again.status_code, again.json()) == (201, first.json()), again.text
+    assert again.headers[REPLAYED] == "true"
+    # A payer is no request 0.1.0 could make: its form never stands for one that names it.
+    named = client.post(
+        "/v1/payment-sessions", headers=headers, json={**FAKE_SESSION, "payer": "fapayer"}
+    )
+    assert named.status_code == 409 and named.json()["error"]["code"] == "idempotency_conflict"
+    assert _count(engine, PaymentSession) == 1
+
+    body = {"session_id": first.json()["id"], "proof": "fx0123abcdef"}
+    proof_headers = {**auth(), "Idempotency-Key": "order-79-proof"}
+    proof = client.post("/v1/proofs", headers=proof_headers, json=body)
+    assert proof.status_code == 201, proof.text
+    _claimed_as(engine, "order-79-proof", {**body, "proof_type": None})
+    again = client.post("/v1/proofs", headers=proof_headers, json=body)
+    assert (again.status_code, again.json()) == (201, proof.json()), again.text
+
+    hook_headers = {**auth(), "Idempotency-Key": "order-79-hook"}
+    hook = client.post("/v1/webhook-endpoints", headers=hook_headers, json=HOOK)
+    assert hook.status_code == 201, hook.text
+    _claimed_as(engine, "order-79-hook", HOOK)
+    again = client.post("/v1/webhook-endpoints", headers=hook_headers, json=HOOK)
+    assert (again.status_code, again.json()) == (201, hook.json()), again.text
 
 
 @pytest.mark.parametrize(

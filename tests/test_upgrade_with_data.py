@@ -7,15 +7,19 @@ chain (tests/test_transfer_identity.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
 from rails import adapter_for
-from rails.base import Settlement, fingerprint
+from rails.base import Settlement, canonical_json, fingerprint
 from registry.catalog import RailOverrides, load_catalog
+from tests.conftest import SERVICE_TOKEN, make_settings
+from tests.fake_rail import catalog_with_fake
 from tests.procs import base_env, cli
 from tests.test_transfer_identity import (
     HEADER,
@@ -29,6 +33,7 @@ from tests.test_transfer_identity import (
 )
 from verifier.core.engine import Engine
 from verifier.core.errors import Refused
+from verifier.http.api import create_app
 from verifier.services import audit, gate, proofs
 from verifier.storage.db import Database, current_revision, upgrade
 from verifier.storage.models import Proof, Receipt, TransferHold
@@ -418,6 +423,57 @@ def test_an_x402_payment_final_before_settlement_times_and_not_credited_is_asked
         due, updated = c.execute(text("SELECT next_check_at, updated_at FROM proofs")).one()
     eng.dispose()
     assert due is not None and due == updated
+
+
+def test_a_session_create_retried_with_its_key_after_the_upgrade_replays_its_answer(empty_url):
+    """A backend lost the 201 of POST /v1/payment-sessions and retries the same body with the
+    same Idempotency-Key (README: "the same on each retry"); the deploy upgraded the service
+    in between. The claim was hashed over 0.1.0's request model, which had no `payer`: the
+    retry is the same request and gets the session it made, not 409 idempotency_conflict
+    (its customer may be paying that session already)."""
+    upgrade(empty_url, "0004")
+    body = {
+        "owner_id": "alice",
+        "rail_id": "solana_usdc",
+        "access_product_id": "api",
+        "amount": "9007199254740993",
+    }
+    dump = {  # SessionIn.model_dump(mode="json") as 0.1.0 made it
+        **body,
+        "amount": 9_007_199_254_740_993,
+        "recipient": None,
+        "reference": "auto",
+        "memo": None,
+        "expires_in_seconds": None,
+    }
+    at = datetime(2026, 11, 25, tzinfo=UTC)
+    _insert(
+        empty_url,
+        (
+            "INSERT INTO idempotency_claims (principal, endpoint, key, request_hash, status, "
+            "response_code, response, created_at, completed_at) VALUES ('svc:alice,alice-2', "
+            "'POST /v1/payment-sessions', 'order-42', :hash, 'completed', 201, :response, :at, "
+            ":at)",
+            dict(
+                hash=hashlib.sha256(canonical_json(dump)).hexdigest(),
+                response=json.dumps({"id": "ses_0", "status": "open", "owner_id": "alice"}),
+                at=at,
+            ),
+        ),
+    )
+    upgrade(empty_url)
+    engine = Engine(make_settings(empty_url), catalog=catalog_with_fake())
+    try:
+        with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+            r = client.post(
+                "/v1/payment-sessions",
+                json=body,
+                headers={"Authorization": f"Bearer {SERVICE_TOKEN}", "Idempotency-Key": "order-42"},
+            )
+        assert r.status_code == 201, r.text
+        assert r.json()["id"] == "ses_0" and r.headers["Idempotent-Replayed"] == "true"
+    finally:
+        engine.db.dispose()
 
 
 def _chain_of_0_1_0(url: str) -> None:

@@ -11,7 +11,7 @@ the documented contract.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -25,7 +25,7 @@ from pydantic import (
 
 from verifier.core.config import MAX_DURATION_S
 from verifier.http.guards import MAX_INCIDENT_ID, MAX_OPERATOR_REASON, encodable_object
-from verifier.services import proofs, sessions
+from verifier.services import idempotency, proofs, sessions
 from verifier.services.events import EventType
 
 MAX_AMOUNT = proofs.MAX_AMOUNT
@@ -41,6 +41,28 @@ class Model(BaseModel):
         """`data` validated by this model, as JSON: the keys it had, nothing added. For the
         routes that build their own response (status 200 or 201, stored idempotent answers)."""
         return cls.model_validate(data).model_dump(mode="json", exclude_unset=True)
+
+    # The fields this body gained after release 0.1.0 (each with a default that keeps the
+    # request's meaning then): what that release hashed for a key's claim lacks them.
+    ADDED_AFTER_0_1_0: ClassVar[frozenset[str]] = frozenset()
+
+    def idempotent_request(self) -> idempotency.Request:
+        """What an Idempotency-Key is bound to: this body's meaning, its fields at their
+        defaults left out, so an optional field added later, or sent as its default (an
+        explicit `"payer": null`), leaves the request what it was. A default is what the
+        service does without the field; a field set to anything else is kept, so two bodies
+        that mean different requests never hash alike.
+
+        Claims stored before hashed the full dump: of this model (the versions up to this
+        one), or, when the fields added since are at their defaults, of 0.1.0's model (the
+        same fields, less those). Both are taken for the same request, and no other: a full
+        dump names every field's value."""
+        meaning = self.model_dump(mode="json", exclude_defaults=True)
+        full = self.model_dump(mode="json")
+        earlier = [full]
+        if not self.ADDED_AFTER_0_1_0 & meaning.keys():
+            earlier.append({k: v for k, v in full.items() if k not in self.ADDED_AFTER_0_1_0})
+        return idempotency.Request.of(meaning, *earlier)
 
 
 # -- field types ----------------------------------------------------------------------------
@@ -114,6 +136,8 @@ Json = dict[str, Any]
 
 
 class SessionIn(Model):
+    ADDED_AFTER_0_1_0 = frozenset({"payer"})  # with transfer binding (revision 0005)
+
     owner_id: Id
     rail_id: ShortId
     access_product_id: Id

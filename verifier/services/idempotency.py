@@ -5,7 +5,10 @@ of the work's first transaction and commits with it (storage.db `Database.carryi
 the route gives `answer` and its service marks its last transaction (`Database.finish`: opening
 a session, a proof's attempt) the completion commits with that one, so a claim costs no commit
 of its own and a process that dies after the work's last commit leaves no claim in progress.
-Same key and body → the stored response, as it was first answered (`Answer.replayed`: the
+A claim is bound to what its request means (`Request`: a body model's fields at their
+defaults left out, so a field added later with its default is the same request), and also
+takes the hashes earlier versions stored for that request. Same key and body → the stored
+response, as it was first answered (`Answer.replayed`: the
 API marks it `Idempotent-Replayed: true`); same key, other body → 409 idempotency_conflict;
 still in progress → 409 idempotency_in_progress. An answer holding what must not be kept (a
 webhook endpoint's signing secret) is stored as the route's `keep` makes it, and given again
@@ -70,18 +73,44 @@ def request_hash(body: object) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a key's claim is compared by. `hash`: of what the request means, stored by a new
+    claim. `earlier`: the hashes earlier versions stored for this same request (a claim made
+    before an upgrade still replays after it).
+
+    SECURITY: every form hashed is one a request of this meaning, and no other, took; a
+    hash in `earlier` that another request's form could give would replay one request's
+    answer (a session, a signing secret) to another."""
+
+    hash: str
+    earlier: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, meaning: object, *earlier: object) -> Request:
+        made = request_hash(meaning)
+        return cls(made, frozenset(request_hash(form) for form in earlier) - {made})
+
+    def made(self, stored: str) -> bool:
+        """Whether a claim storing `stored` was made for this request."""
+        return stored == self.hash or stored in self.earlier
+
+
 def run_idempotent(
     engine: Engine,
     principal: str,
     endpoint: str,
     key: str | None,
-    body: object,
+    request: Request | object,
     work: Callable[[], R],
     answer: Callable[[R], tuple[int, Body]] | None = None,
     keep: Callable[[Body], Body] | None = None,
     on_replay: Callable[[Reply], Reply] | None = None,
 ) -> Answer:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body).
+
+    `request` is what the key is bound to: a `Request` (a body model's
+    `idempotent_request()`), or any JSON value, hashed as it is.
 
     Without `answer`, `work` returns the (status, body) itself. With it, `work` returns its
     service's result and `answer` makes the answer of it: where the service passes that result
@@ -113,7 +142,9 @@ def run_idempotent(
             field="Idempotency-Key",
         )
     # Process time, not the business clock: a pinned clock would never age a claim.
-    k = _Key(principal, endpoint, key, request_hash(body), timeutil.process_now(), keep, on_replay)
+    if not isinstance(request, Request):
+        request = Request.of(request)
+    k = _Key(principal, endpoint, key, request, timeutil.process_now(), keep, on_replay)
 
     def write_claim(s: Session) -> None:
         # SECURITY: raises ClaimTaken (here, or out of the work's first statement) before the
@@ -170,7 +201,7 @@ class _Key:
     principal: str
     endpoint: str
     key: str
-    request_hash: str
+    request: Request
     created_at: datetime
     keep: Callable[[Body], Body] | None = None
     on_replay: Callable[[Reply], Reply] | None = None
@@ -181,7 +212,7 @@ class _Key:
             "principal": self.principal,
             "endpoint": self.endpoint,
             "key": self.key,
-            "request_hash": self.request_hash,
+            "request_hash": self.request.hash,
             "created_at": self.created_at,
             **values,
         }
@@ -206,7 +237,9 @@ def _stored_answer(engine: Engine, k: _Key) -> Answer:
         c = claim_repo.get(s, k.principal, k.endpoint, k.key)
     if c is None:  # released by a refusal between our insert and this read
         raise Conflict("idempotency_in_progress", "retry shortly")
-    if c.request_hash != k.request_hash:
+    # SECURITY: the stored hash must be one this request's meaning gives (now, or as an
+    # earlier version hashed it): any other body is a conflict, never the stored answer.
+    if not k.request.made(c.request_hash):
         message = "Idempotency-Key was used with a different request body"
         raise _refused(engine, "body_mismatch", "idempotency_conflict", message)
     if c.status != ClaimStatus.completed:
