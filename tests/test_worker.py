@@ -4,17 +4,21 @@ path, and several workers sharing one database without processing a proof twice.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from datetime import timedelta
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import create_engine, select, text
 
 from rails.errors import RpcUnavailable
 from tests.conftest import make_settings
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.gates import pass_release_gates_in
 from tests.helpers import FIXTURES, SwitchableTransport, advance, cassette_engine, recorded_calls
+from tests.procs import Worker, base_env, migrate, wait_until
 from tests.test_e2e_http import (
     EVM_CLOCK,
     EVM_USDC_AMOUNT,
@@ -28,6 +32,7 @@ from verifier.core.timeutil import utc
 from verifier.services import gate, proofs, rails_admin
 from verifier.services.assurance import assurance_report, refresh_gauges
 from verifier.services.sessions import NewSession, open_session
+from verifier.storage.db import head_revision
 from verifier.storage.models import Entitlement, Proof, RailState, Receipt, VerificationAttempt
 from verifier.worker import loop as worker
 
@@ -438,3 +443,82 @@ class _Slow:
         time.sleep(0.005)
         with self._lock:
             return self.inner.call(method, params)
+
+
+def _migrated_to(url: str, revision: str) -> None:
+    """What another version's `db upgrade` (a replica of the next deploy) leaves."""
+    raw = create_engine(url)
+    with raw.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+    raw.dispose()
+
+
+def _receipt(engine, pid):
+    with engine.db.tx() as s:
+        return s.scalar(select(Receipt.id).where(Receipt.proof_id == pid))
+
+
+def test_a_worker_writes_nothing_once_the_database_is_migrated_past_its_code(
+    engine, chain, db_url, caplog
+):
+    """A deploy migrates while the previous version's workers still run: `serve` and `worker`
+    refuse such a database at start, and a running worker checks at every sweep. On a schema
+    this code does not know (whose rules it does not keep) it claims, verifies and credits
+    nothing, says why, and stops."""
+    engine.settings.auto_apply = True
+    paid = paid_proof(engine, chain)[1]["id"]  # verified and final: the apply would credit it
+    waiting = paid_proof(engine, chain, found=False)[1]["id"]
+    due(engine, waiting)
+    _migrated_to(db_url, "0099")
+
+    with pytest.raises(worker.SchemaMoved, match="revision 0099, this worker's code at"):
+        worker.sweep(engine, "old-worker")
+    assert _receipt(engine, paid) is None
+    assert proof_row(engine, waiting).claimed_by is None and len(attempts(engine, waiting)) == 1
+
+    # The loop stops (its webhook thread with it) instead of sweeping on, and logs why.
+    stop = threading.Event()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run_worker(engine, interval=0.05, name="old-worker", stop=stop)
+        except BaseException as e:  # surfaced below; a thread's exception is otherwise lost
+            raised.append(e)
+
+    with caplog.at_level(logging.ERROR, logger="railproof.worker"):
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(timeout=10)
+    assert not t.is_alive() and stop.is_set()
+    assert [type(e) for e in raised] == [worker.SchemaMoved]
+    assert any("worker stopped" in r.getMessage() for r in caplog.records)
+    assert _receipt(engine, paid) is None
+
+    # At this code's head again, the same sweep credits it: the schema was all that stopped it.
+    _migrated_to(db_url, head_revision(db_url))
+    assert worker.sweep(engine, "w1")["applied"] == 1
+    assert _receipt(engine, paid) is not None
+
+
+def test_the_worker_process_exits_2_once_the_database_is_migrated_past_its_code(tmp_path):
+    """`railproof worker` exits 2, as it does at start on such a database, so the process
+    supervisor starts it again (as the version that matches, once deployed)."""
+    url = f"sqlite:///{tmp_path}/railproof.db"
+    env = base_env(
+        database_url=url,
+        chain="cassette",
+        service_tokens=json.dumps({"svc-token-alice": ["alice"]}),
+    )
+    migrate(env)
+    proc = Worker(env, tmp_path, "old-worker", interval=0.05)
+    try:
+        wait_until("a sweep", lambda: "sweep" in proc.output() or not proc.alive(), 30)
+        assert proc.alive(), proc.output()
+        _migrated_to(url, "0099")
+        code = proc.wait(30)
+        out = proc.log.read_text(errors="replace")
+        assert code == 2, out
+        assert "revision 0099, this worker's code at" in out
+    finally:
+        proc.stop()

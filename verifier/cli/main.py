@@ -325,10 +325,15 @@ def worker(
 ) -> None:
     """Re-verify pending proofs, refresh finality, check reorgs, auto-apply when enabled."""
     from verifier.core.logs import configure_logging
-    from verifier.worker.loop import run_worker
+    from verifier.worker.loop import SchemaMoved, run_worker
 
     configure_logging()
-    run_worker(_engine(), once=once, interval=interval, batch=batch, name=name)
+    try:
+        run_worker(_engine(), once=once, interval=interval, batch=batch, name=name)
+    except SchemaMoved as e:
+        # Exit 2, as at start on such a database: the supervisor starts the process again,
+        # and the version that matches the schema is the one to run.
+        fail(str(e))
 
 
 def _dt(value: str | None, flag: str) -> datetime | None:

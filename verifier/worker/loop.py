@@ -6,6 +6,10 @@ row in a short transaction (FOR UPDATE SKIP LOCKED on PostgreSQL, so several wor
 the queue and never take the same proof; SQLite serializes writers anyway). A worker that
 dies leaves a claim that expires after the lease, and the proof is taken again. Leases run on
 process time (timeutil.process_now), not on the business clock, which may be pinned.
+
+Each sweep first reads the schema's revision: a database another version migrated past this
+code (or back) is one whose invariants this code does not keep, so the sweep writes nothing
+and the worker stops (SchemaMoved; `railproof worker` exits 2).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
+from functools import cache
 
 from sqlalchemy.orm import Session
 
@@ -35,6 +40,7 @@ from verifier.services.proofs import (
     verify_proof,
 )
 from verifier.services.views import entitlement_view, proof_view
+from verifier.storage.db import head_revision
 from verifier.storage.models import (
     EntitlementStatus,
     Proof,
@@ -46,6 +52,7 @@ from verifier.storage.repo import attempts as attempt_repo
 from verifier.storage.repo import entitlements as entitlement_repo
 from verifier.storage.repo import proofs as proof_repo
 from verifier.storage.repo import receipts as receipt_repo
+from verifier.storage.repo import schema as schema_repo
 from verifier.storage.repo import settlements as settlement_repo
 from verifier.storage.repo.rows import Record
 
@@ -53,6 +60,34 @@ log = logging.getLogger("railproof.worker")
 SYSTEM = audit.Operator("worker")
 # Elapsed time of the re-verifications of a sweep (tests count it in calls instead).
 _clock = time.monotonic
+
+
+class SchemaMoved(RuntimeError):
+    """The database is no longer at the revision this code migrates to: another version's
+    `db upgrade` moved it on (a deploy migrates while the previous version's workers still
+    run). A revision this code does not know has rules it does not keep (0005's transfer
+    holds were written by no earlier worker), so this worker writes nothing more."""
+
+
+@cache
+def _code_head(url: str) -> str:
+    # A fact of the installed package's migrations: read once, not at every sweep.
+    return head_revision(url)
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaMoved unless the database is at this code's head revision: one read of
+    the version table."""
+    head = _code_head(engine.db.url)
+    with engine.db.read() as s:
+        found = schema_repo.revisions(s)
+    if found != [head]:
+        at = ", ".join(found) or "none (never migrated)"
+        raise SchemaMoved(
+            f"the database's schema is at revision {at}, this worker's code at {head}: "
+            "it was migrated away from this version, which writes nothing more; run the "
+            "workers of the version that migrated it"
+        )
 
 
 def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[str]:
@@ -569,7 +604,11 @@ def sweep(engine: Engine, name: str, batch: int = 100, deliveries: bool = True) 
     """One pass of every job; `deliveries=False` leaves webhooks to a thread of their own.
     Proofs already submitted are asked first: discovery, whose watches any tenant can multiply
     by opening sessions, comes after them, within its budget, and before the apply, which
-    takes what it found in the same sweep."""
+    takes what it found in the same sweep.
+
+    SECURITY: the schema is checked first, before any claim: a worker of an older version
+    credits nothing on a database migrated past its code (SchemaMoved)."""
+    check_schema(engine)
     out = {
         "reverified": reverify_pending(engine, name, batch),
         "finality_refreshed": refresh_finality(engine, name, batch),
@@ -594,10 +633,11 @@ def run_worker(
     name: str | None = None,
     stop: threading.Event | None = None,
 ) -> None:
-    """Sweep until `stop` is set (or the process ends); `once`: one sweep, deliveries too."""
+    """Sweep until `stop` is set (or the process ends); `once`: one sweep, deliveries too.
+    Raises SchemaMoved (logged) once the database's schema is not this code's."""
     name = name or f"{socket.gethostname()}:{os.getpid()}"
     if once:
-        log.info("sweep %s", sweep(engine, name, batch), extra={"worker": name})
+        log.info("sweep %s", _sweep_or_stop(engine, name, batch, True), extra={"worker": name})
         return
     stop = stop or threading.Event()
     # SECURITY: webhooks go out from a thread of their own. Receivers are the tenants': a slow
@@ -613,7 +653,9 @@ def run_worker(
     try:
         while not stop.is_set():
             try:
-                done = sweep(engine, name, batch, deliveries=False)
+                done = _sweep_or_stop(engine, name, batch, False)
+            except SchemaMoved:
+                raise  # the finally below stops the deliveries too
             except Exception:
                 # A connection dropped (a database restart, a failover, a proxy's idle cut),
                 # a lock timeout: logged, and the next sweep tries again. Ending here would
@@ -627,6 +669,14 @@ def run_worker(
     finally:
         stop.set()
         deliveries.join(timeout=interval)
+
+
+def _sweep_or_stop(engine: Engine, name: str, batch: int, deliveries: bool) -> dict[str, int]:
+    try:
+        return sweep(engine, name, batch, deliveries=deliveries)
+    except SchemaMoved as e:
+        log.error("worker stopped: %s", e, extra={"worker": name})
+        raise
 
 
 def deliver_forever(
