@@ -157,7 +157,7 @@ def db_upgrade(
         lines = str(e).strip().splitlines()
         detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
         option = f" (--revision {revision!r})" if revision != "head" else ""
-        fail(f"migration failed{option}: {detail}")
+        fail(f"migration failed{option}: {detail}; {_left_at(url)}")
     # An upgrade to a revision below the database's is no move at all: say where it is.
     at = _revision_or_none(url) or "base"
     wanted = target_revision(url, revision)
@@ -167,6 +167,26 @@ def db_upgrade(
             f"(`db upgrade` never goes down): {shown_url(url)}"
         )
     typer.echo(f"database at {at}: {shown_url(url)}")
+
+
+def _left_at(url: str) -> str:
+    """Where a failed upgrade left the database, as read after it. SQLite commits each
+    revision (Alembic runs no DDL in a transaction there), so it stops at the one before the
+    failing revision; PostgreSQL runs every pending revision in one transaction, so a failure
+    rolls all of them back, and the previous version goes on running on the schema it knows."""
+    from verifier.storage.db import current_revision, make_engine
+
+    try:
+        engine = make_engine(url)
+        try:
+            at = current_revision(engine)
+        finally:
+            engine.dispose()
+    except Exception as e:  # the database went away, or the failure was opening it
+        return f"the database's revision could not be read ({type(e).__name__})"
+    if at is None:
+        return "the database is left unmigrated (no revision)"
+    return f"the database is left at revision {at}"
 
 
 def _revision_or_none(url: str) -> str | None:

@@ -53,8 +53,7 @@ def _refuse_shared_references() -> None:
         f"{len(shared)} reference(s) shared by sessions of different rails, which this "
         f"version refuses (a transfer carrying one could back either): {listed}{more}. "
         "Give each a reference of its own by hand (a session never paid and no longer open "
-        "can drop its reference), then run the upgrade again; the database is left at "
-        "revision 0004"
+        "can drop its reference), then run the upgrade again"
     )
 
 
