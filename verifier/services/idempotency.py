@@ -101,7 +101,7 @@ def run_idempotent(
     principal: str,
     endpoint: str,
     key: str | None,
-    request: Request | object,
+    request: Request | Callable[[], Request] | object,
     work: Callable[[], R],
     answer: Callable[[R], tuple[int, Body]] | None = None,
     keep: Callable[[Body], Body] | None = None,
@@ -109,8 +109,9 @@ def run_idempotent(
 ) -> Answer:
     """Run `work` at most once per (principal, endpoint, key); returns (status, body).
 
-    `request` is what the key is bound to: a `Request` (a body model's
-    `idempotent_request()`), or any JSON value, hashed as it is.
+    `request` is what the key is bound to: a `Request`, a function making one (a body
+    model's `idempotent_request`, called only when a key is given: a request without one
+    is never hashed), or any JSON value, hashed as it is.
 
     Without `answer`, `work` returns the (status, body) itself. With it, `work` returns its
     service's result and `answer` makes the answer of it: where the service passes that result
@@ -142,6 +143,8 @@ def run_idempotent(
             field="Idempotency-Key",
         )
     # Process time, not the business clock: a pinned clock would never age a claim.
+    if callable(request):
+        request = request()  # made only for a request with a key, once the key is good
     if not isinstance(request, Request):
         request = Request.of(request)
     k = _Key(principal, endpoint, key, request, timeutil.process_now(), keep, on_replay)

@@ -50,7 +50,7 @@ async def submit_proof(
 
     def call() -> idempotency.Answer:
         return idempotency.run_idempotent(
-            engine, svc.name, SUBMIT, key, body.idempotent_request(), work, answer
+            engine, svc.name, SUBMIT, key, body.idempotent_request, work, answer
         )
 
     return reply(await run_service(engine, call))

@@ -38,7 +38,7 @@ async def create_session(
 
     def call() -> idempotency.Answer:
         return idempotency.run_idempotent(
-            engine, svc.name, CREATE, key, body.idempotent_request(), work, answer
+            engine, svc.name, CREATE, key, body.idempotent_request, work, answer
         )
 
     # A replay answers the stored body as it was stored, marked Idempotent-Replayed.

@@ -101,7 +101,7 @@ def make_router(
             principal,
             CREATE,
             key,
-            body.idempotent_request(),
+            body.idempotent_request,
             work,
             made,
             keep=webhook_endpoints.kept_answer,
