@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from verifier.core.engine import Engine
-from verifier.core.errors import BadInput, NotFound
+from verifier.core.errors import BadInput, EngineError, NotFound
 from verifier.http.errors import ApiErrorCode, Unauthorized
 from verifier.http.guards import (
     MAX_INCIDENT_ID,
@@ -64,13 +64,16 @@ def authorization(request: Request) -> str | None:
     """The request's Authorization header, or None without one. SECURITY: a singleton field:
     two lines are refused, not read as the first, which a proxy or gateway in front that
     checks another line would read as someone else's credentials than railproof does."""
-    lines = request.headers.getlist("authorization")
+    return _one_line(request, "Authorization", Unauthorized, ApiErrorCode.unauthorized)
+
+
+def _one_line(
+    request: Request, name: str, refusal: type[EngineError], code: ApiErrorCode
+) -> str | None:
+    """A singleton header's value (None without one); several lines are refused, naming it."""
+    lines = request.headers.getlist(name)
     if len(lines) > 1:
-        raise Unauthorized(
-            ApiErrorCode.unauthorized,
-            "Authorization: one header line, not several",
-            field="Authorization",
-        )
+        raise refusal(code, f"{name}: one header line, not several", field=name)
     return lines[0] if lines else None
 
 
@@ -204,14 +207,7 @@ async def idempotency_key(request: Request, _: KeyHeader = None) -> str | None:
     """The request's Idempotency-Key. A singleton field: two lines (a client's default
     header and a per-call one, or a proxy's) are refused rather than joined into one key,
     which a retry carrying only one of them would not match (the work would run again)."""
-    lines = request.headers.getlist("idempotency-key")
-    if len(lines) > 1:
-        raise BadInput(
-            ApiErrorCode.invalid_idempotency_key,
-            "Idempotency-Key: one header line, not several",
-            field="Idempotency-Key",
-        )
-    return lines[0] if lines else None
+    return _one_line(request, "Idempotency-Key", BadInput, ApiErrorCode.invalid_idempotency_key)
 
 
 IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]

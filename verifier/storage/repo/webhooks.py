@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Exists,
     Integer,
     Row,
     Select,
@@ -213,23 +214,30 @@ def _triples(
     return [(d, ev, ep) for d, ev, ep in s.execute(q).all()]
 
 
+def _earlier_pending(ev: Any, *also: ColumnElement[bool]) -> Exists:
+    """A pending delivery, to the endpoint of the `WebhookDelivery` row in the outer query, of
+    an event about `ev`'s resource that comes before `ev` (`also`: more conditions)."""
+    d2, e2 = aliased(WebhookDelivery), aliased(OutboxEvent)
+    return (
+        select(d2.id)
+        .join(e2, e2.id == d2.event_id)
+        .where(
+            *also,
+            d2.endpoint_id == WebhookDelivery.endpoint_id,
+            d2.status == DeliveryStatus.pending,
+            e2.resource_type == ev.resource_type,
+            e2.resource_id == ev.resource_id,
+            e2.sequence < ev.sequence,
+        )
+        .exists()
+    )
+
+
 def _claimable(now: datetime) -> list[ColumnElement[bool]]:
     """A delivery `due` may lease at `now`: pending, due, not leased, and the earliest pending
     event of its resource for its endpoint (events of one resource go out in order)."""
     D, E = WebhookDelivery, OutboxEvent
-    d2, e2 = aliased(WebhookDelivery), aliased(OutboxEvent)
-    earlier_pending = (
-        select(d2.id)
-        .join(e2, e2.id == d2.event_id)
-        .where(
-            d2.endpoint_id == D.endpoint_id,
-            d2.status == DeliveryStatus.pending,
-            e2.resource_type == E.resource_type,
-            e2.resource_id == E.resource_id,
-            e2.sequence < E.sequence,
-        )
-        .exists()
-    )
+    earlier_pending = _earlier_pending(E)
     return [
         D.status == DeliveryStatus.pending,
         # A pending delivery always has its time (migration 0015 gave it to any without):
@@ -371,21 +379,8 @@ def unblock_followers(s: Session, now: datetime) -> int:
     where nothing earlier is pending any more. `followers_due_at(later=False)` does this when
     that delivery ends, but cannot see a follower whose transaction had not committed yet:
     without this pass it waited out its predecessor's whole backoff (hours)."""
-    D = WebhookDelivery
-    d2, e2, this = aliased(WebhookDelivery), aliased(OutboxEvent), aliased(OutboxEvent)
-    earlier_pending = (
-        select(d2.id)
-        .join(e2, e2.id == d2.event_id)
-        .where(
-            this.id == D.event_id,
-            d2.endpoint_id == D.endpoint_id,
-            d2.status == DeliveryStatus.pending,
-            e2.resource_type == this.resource_type,
-            e2.resource_id == this.resource_id,
-            e2.sequence < this.sequence,
-        )
-        .exists()
-    )
+    D, this = WebhookDelivery, aliased(OutboxEvent)
+    earlier_pending = _earlier_pending(this, this.id == D.event_id)
     result = s.execute(
         update(D)
         .where(
