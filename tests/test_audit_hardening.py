@@ -554,3 +554,51 @@ def test_runtime_role_cannot_switch_the_guards_off(pg_url):
                 c.execute(text(f'DROP OWNED BY "{role}"'))  # its grants in this database
                 c.execute(text(f'DROP ROLE "{role}"'))
         owner.dispose()
+
+
+def test_an_event_inserted_below_the_first_id_is_not_outside_the_verified_chain(db_url):
+    """Someone who can only INSERT into audit_events (the append-only triggers refuse UPDATE,
+    DELETE and TRUNCATE, not INSERT) writes a forged event with id 0, a staff approval no one
+    gave, which staff listings show among the real events: the walk starts at the lowest id
+    there is, so it breaks the chain there."""
+    from datetime import datetime
+
+    from sqlalchemy import text
+
+    from verifier.storage.db import Database
+    from verifier.storage.repo import staff_reads
+
+    db = Database(db_url, audit_key=KEY)
+    try:
+        append_events(db, 3)
+        forged = {
+            "id": 0,
+            "at": datetime(2026, 1, 1, 5),
+            "actor": "ops2",
+            "action": "approval.approved",
+            "subject_type": "approval",
+            "subject_id": "apr_forged",
+            "data": '{"kind": "treasury"}',
+            "incident_id": "INC-7",
+            "reason": "approved",
+            "prev_hash": "f" * 64,
+            "hash": "e" * 64,
+        }
+        with db.engine.begin() as c:  # a plain INSERT: no trigger refuses it
+            c.execute(
+                text(
+                    "INSERT INTO audit_events (id, at, actor, action, subject_type, subject_id, "
+                    "data, incident_id, reason, prev_hash, hash) VALUES (:id, :at, :actor, "
+                    ":action, :subject_type, :subject_id, :data, :incident_id, :reason, "
+                    ":prev_hash, :hash)"
+                ),
+                forged,
+            )
+        with db.tx() as s:
+            listed = [e.subject_id for e in staff_reads.audit_events(s, 10, None, "INC-7")]
+        assert "apr_forged" in listed  # what staff are shown
+        rep = verify(db)
+        assert not rep.ok, rep.message  # ... must not verify as an intact chain
+        assert rep.first_broken_id == 0
+    finally:
+        db.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import STAFF_TOKEN, auth, make_settings
@@ -107,34 +108,46 @@ def test_failures_are_counted_for_every_api_process_through_redis(
 STRONG = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # rand -hex 32
 
 
-def test_only_a_token_that_reads_as_random_counts_as_unguessable():
-    from verifier.http.ratelimit import unguessable
+def test_only_a_token_that_reads_as_random_may_be_exempt_from_the_lockout(db_url):
+    from verifier.core.config import reads_as_random
 
-    assert unguessable(STRONG) and unguessable(STRONG.upper())
-    assert unguessable("q3JtV9xR2mZ8bLw0YfN4pHc6KdTg1sEaUoXiWvQyB7M")  # 32 bytes, base64url
+    assert reads_as_random(STRONG) and reads_as_random(STRONG.upper())
+    assert reads_as_random("q3JtV9xR2mZ8bLw0YfN4pHc6KdTg1sEaUoXiWvQyB7M")  # 32 bytes, base64url
     for weak in (
         "a3f1" * 16,  # a pattern
+        "0123456789abcdef" * 4,  # a pattern with every hex digit
         "railproof-staff-operations-2026!",  # a passphrase
-        "correcthorsebatterystaplecorrecthorsebatter",  # words, base64's letters only
-        "Correcthorsebatterystaple2026Correcthorseba",  # words, with a case and digits
+        "railproof-staff-token-for-Production-2026-ops-team",  # base64url's characters
+        "CorrectHorseBatteryStapleRailproofStaff2026",  # words, both cases, digits
         "0123456789" * 7,  # digits only
         STRONG[:63],  # too short
         STAFF_TOKEN,
     ):
-        assert not unguessable(weak), weak
+        assert not reads_as_random(weak), weak
+    # Listed, a staff member's tokens must all read as random, or the service does not start.
+    tokens = {STAFF_TOKEN: "ops1", STRONG: "ops3"}
+    ok = make_settings(db_url, staff_tokens=tokens, staff_lockout_exempt=["ops3"])
+    assert ok.lockout_exempt(STRONG) and not ok.lockout_exempt(STAFF_TOKEN)
+    for exempt, words in ((["ops1"], "does not read as 256"), (["nobody"], "not a staff name")):
+        with pytest.raises(ValueError) as e:
+            make_settings(db_url, staff_tokens=tokens, staff_lockout_exempt=exempt)
+        assert "RAILPROOF_STAFF_LOCKOUT_EXEMPT" in str(e.value) and words in str(e.value)
 
 
-def test_a_locked_address_still_lets_an_unguessable_staff_token_pause_a_rail(engine, monkeypatch):
+def test_a_locked_address_still_lets_an_exempt_staff_member_pause_a_rail(engine, monkeypatch):
     # Whoever shares the operators' address (a NAT, a bastion, a proxy not trusted for its
     # X-Forwarded-For) can use the address's tries up; the kill switch must stay reachable.
-    monkeypatch.setattr(engine.settings, "staff_tokens", {STAFF_TOKEN: "ops1", STRONG: "ops3"})
+    tokens = {STAFF_TOKEN: "ops1", STRONG: "ops3", "b" * 64: "ops4"}
+    monkeypatch.setattr(engine.settings, "staff_tokens", tokens)
     app = create_app(engine)  # one bucket for both doors, RAILPROOF_CONSOLE_LOGINS_PER_MINUTE
     pause = {"confirm": True, "incident_id": "INC-7", "operator_reason": "wallet mismatch"}
     with _client(app) as c:
         for i in range(PER_MINUTE):
             assert c.get("/v1/admin/rails", headers=auth(f"guess-{i}")).status_code == 401
-        # Still locked for guesses, a guess as long as a strong token included, and for a
-        # right token short enough to be guessed.
+        # Not exempt: refused like every try, the strong token of one not listed included.
+        monkeypatch.setattr(engine.settings, "staff_lockout_exempt", [])
+        assert c.get("/v1/admin/rails", headers=auth(STRONG)).status_code == 429
+        monkeypatch.setattr(engine.settings, "staff_lockout_exempt", ["ops3"])
         assert c.get("/v1/admin/rails", headers=auth("b" * 64)).status_code == 429
         r = c.post("/v1/admin/rails/fake_live/pause", headers=auth(STAFF_TOKEN), json=pause)
         assert r.status_code == 429

@@ -1256,6 +1256,8 @@ def test_a_pinned_connection_is_never_reused_for_another_name_at_the_address(tmp
         "[2002:a00:7::1]",  # 6to4: 10.0.0.7
         "[::10.0.0.7]",  # IPv4-compatible
         "[2001:0:4136:e378:8000:63bf:f5ff:fff8]",  # Teredo, its client 10.0.0.7
+        "[2001:0:a00:1::f7f7:f7f7]",  # Teredo, its server 10.0.0.1
+        "[64:ff9b:1:a9fe:a9:fe00:808:808]",  # local-use NAT64 at /48: 169.254.169.254
     ],
 )
 def test_ipv6_addresses_standing_for_a_private_ipv4_one_are_refused(host):

@@ -60,6 +60,34 @@ HASHED_PRINCIPAL = "sha256:"
 _SEPARATORS = str.maketrans("", "", ".-_")
 
 
+_HEX_TOKEN = re.compile(r"[0-9a-fA-F]{64,}")
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{43,}={0,2}|[A-Za-z0-9_-]{43,}={0,2}")
+
+
+def reads_as_random(token: str) -> bool:
+    """Whether a token reads as at least 256 random bits: 64+ hex digits, or 43+ characters of
+    one base64 alphabet, mixing what random text of that length mixes (letters and digits;
+    both cases in base64) with enough distinct characters. A safeguard against a passphrase
+    or a pattern put where a random token belongs, not a proof of randomness: the operator
+    who lists a staff member in RAILPROOF_STAFF_LOCKOUT_EXEMPT makes their token at random."""
+    if _HEX_TOKEN.fullmatch(token):
+        low = token.lower()
+        return (
+            len(set(low)) >= 12
+            and any(c.isdigit() for c in low)
+            and not low.isdigit()
+            and not any(low.count(low[:n]) * n == len(low) for n in range(1, len(low) // 2 + 1))
+        )
+    if _BASE64_TOKEN.fullmatch(token):
+        return (
+            len(set(token)) >= 24
+            and any(c.isdigit() for c in token)
+            and any(c.islower() for c in token)
+            and any(c.isupper() for c in token)
+        )
+    return False
+
+
 def staff_name_key(name: str) -> str:
     """What two staff names must not share: the name case-folded, without . - _ (names are
     ASCII), so "ops1", "OPS1" and "ops-1." are one person."""
@@ -101,6 +129,10 @@ class Settings(BaseSettings):
     cassette_dir: Path = DEFAULT_CASSETTE_DIR
     service_tokens: dict[str, list[str]] = Field(default_factory=dict)
     staff_tokens: dict[str, str] = Field(default_factory=dict)
+    # Staff whose tokens still pass an address whose sign-in tries are used up (the kill
+    # switch within reach of operators sharing an address with a guesser): each of their
+    # tokens must read as 256 random bits (`reads_as_random`), checked at start.
+    staff_lockout_exempt: CsvList = Field(default_factory=list)
     live_apply: bool = False
     auto_apply: bool = False
     # Whether a session may name its own Solana reference (DESIGN allows it). A chosen key
@@ -188,7 +220,11 @@ class Settings(BaseSettings):
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 
     @field_validator(
-        "apply_rail_allowlist", "receipt_creation_rails", "webhook_private_networks", mode="before"
+        "apply_rail_allowlist",
+        "receipt_creation_rails",
+        "webhook_private_networks",
+        "staff_lockout_exempt",
+        mode="before",
     )
     @classmethod
     def _csv(cls, v: Any) -> Any:
@@ -342,6 +378,30 @@ class Settings(BaseSettings):
                 if tables[a] & tables[b]:
                     raise ValueError(f"a token is in both {a} and {b}: give each its own")
         return self
+
+    @model_validator(mode="after")
+    def _lockout_exempt(self) -> Settings:
+        for name in self.staff_lockout_exempt:
+            tokens = [t for t, n in self.staff_tokens.items() if n == name]
+            if not tokens:
+                raise ValueError(
+                    f"RAILPROOF_STAFF_LOCKOUT_EXEMPT: {name!r} is not a staff name of "
+                    "RAILPROOF_STAFF_TOKENS"
+                )
+            # SECURITY: an exempt token is told right from a locked address: only one no
+            # guessing finds may be (a passphrase would be confirmed at any rate).
+            if not all(reads_as_random(t) for t in tokens):
+                raise ValueError(
+                    f"RAILPROOF_STAFF_LOCKOUT_EXEMPT: a token of {name!r} does not read as 256 "
+                    "random bits (make it with `openssl rand -hex 32`)"
+                )
+        return self
+
+    def lockout_exempt(self, token: str) -> bool:
+        """Whether `token` is an exempt staff member's: it passes a locked address."""
+        return bool(self.staff_lockout_exempt) and self.staff_name(token) in set(
+            self.staff_lockout_exempt
+        )
 
     @model_validator(mode="after")
     def _no_fixed_clock_live(self) -> Settings:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -259,29 +258,6 @@ def shared_window(rate: float, burst: int) -> tuple[int, int]:
 # The bucket of staff-token tries, per client address: console sign-ins and staff API
 # requests with an unknown token take from it (one count for both doors).
 STAFF_SIGN_IN = "console_login"
-# A staff token that reads as 256 random bits (`openssl rand -hex 32`, or 32 random bytes in
-# base64) is taken as one no guessing finds, so it passes an address's sign-in lockout:
-# telling it right tells a guesser nothing it could use. Any other one (a passphrase, however
-# long) is refused with every other try from a locked address.
-_HEX_TOKEN = re.compile(r"[0-9a-fA-F]{64,}")
-_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{43,}={0,2}")
-
-
-def unguessable(token: str) -> bool:
-    """Whether `token` reads as random: 64+ hex digits, or 43+ base64 characters, mixing
-    what random text of that length mixes (letters and digits; both cases in base64) and
-    enough distinct characters that words or a repeated pattern do not pass."""
-    if _HEX_TOKEN.fullmatch(token):
-        low = token.lower()
-        return len(set(low)) >= 12 and any(c.isdigit() for c in low) and not low.isdigit()
-    if _BASE64_TOKEN.fullmatch(token):
-        return (
-            len(set(token)) >= 20
-            and any(c.isdigit() for c in token)
-            and any(c.islower() for c in token)
-            and any(c.isupper() for c in token)
-        )
-    return False
 
 
 def client_key(host: str | None) -> str:

@@ -231,7 +231,11 @@ def _walk(s: Session, key: bytes | None, batch: int, unkeyed_only: bool = False)
     plain SHA-256, and one hashed with `key`, or an anchor, breaks it (`Break.keyed`,
     `Break.adoption`)."""
     keyed = key is not None and not unkeyed_only
-    prev, count, last_id = GENESIS, 0, 0
+    # SECURITY: from the lowest id there is, not from id 1: a row inserted by hand with id 0
+    # or below (INSERT is what the append-only triggers allow) is walked, and breaks the
+    # chain, rather than sitting before it unchecked while staff listings show it.
+    prev, count = GENESIS, 0
+    last_id: int | None = None
     first_id: int | None = None
     # None until the first event says which: True, the chain is keyed from its genesis;
     # False, it begins with a history written without a key. Without a key: unkeyed.
@@ -293,7 +297,7 @@ def _walk(s: Session, key: bytes | None, batch: int, unkeyed_only: bool = False)
             f" (the events before event {anchor_id} were written without a key and anchored "
             f"under it by event {anchor_id}, {KEY_ADOPTED})"
         )
-    return ChainReport(True, count, None, message, keyed, last_id or None, prev)
+    return ChainReport(True, count, None, message, keyed, last_id, prev)
 
 
 def _anchor_refused(

@@ -206,7 +206,11 @@ def _literal_ip(host: str) -> IPAddress | None:
         return None
 
 
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix
+# Addresses whose IPv4 address cannot be read from them alone: the local-use NAT64 prefix
+# (RFC 8215; a translator may use it at any length from /48 to /96) and Teredo (it names a
+# server and a client). Refused unless a listed network holds them.
+_OPAQUE = (ipaddress.ip_network("64:ff9b:1::/48"), ipaddress.ip_network("2001::/32"))
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -217,10 +221,8 @@ def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
         return ip.ipv4_mapped  # ::ffff:10.0.0.1
     if ip.sixtofour is not None:
         return ip.sixtofour  # 2002:a00:1::
-    if ip.teredo is not None:
-        return ip.teredo[1]  # the client's address
-    if any(ip in net for net in _NAT64):
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # 64:ff9b::a00:1 (RFC 6052)
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # 64:ff9b::a00:1
     if int(ip) >> 32 == 0 and int(ip) > 1:
         return ipaddress.IPv4Address(int(ip))  # ::10.0.0.1, IPv4-compatible (deprecated)
     return None
@@ -231,6 +233,8 @@ def address_allowed(ip: IPAddress, private_networks: Sequence[str] = ()) -> bool
     or one in a network the deployment listed."""
     if any(ip in ipaddress.ip_network(n) for n in private_networks):
         return True
+    if any(ip in net for net in _OPAQUE):
+        return False
     embedded = _embedded_ipv4(ip)
     if embedded is not None:
         # SECURITY: an IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4, Teredo,

@@ -52,7 +52,6 @@ from verifier.http.ratelimit import (
     Limiter,
     client_key,
     login_limiter_from_settings,
-    unguessable,
 )
 from verifier.services import (
     audit,
@@ -404,12 +403,12 @@ def console_router(
         # from the address's bucket before the token is read (so tries sent at once cannot
         # all pass a check made before any of them counted), and past the bound every login
         # from there is refused, a right token too, until the tries age out; only a right
-        # token too long to be guessed still signs in (ratelimit.unguessable).
+        # token of a staff member listed in RAILPROOF_STAFF_LOCKOUT_EXEMPT still signs in.
         client = client_key(request.client.host if request.client else None)
         wait = await run_in_threadpool(logins.take, client, LOGIN_ENDPOINT)
         token = form.get("token", "")
         staff = settings.staff_name(token) if token else None
-        if wait > 0 and not (staff is not None and unguessable(token)):
+        if wait > 0 and not (staff is not None and settings.lockout_exempt(token)):
             after = max(1, math.ceil(wait))
             log.warning("console login refused: too many tries", extra={"client": client})
             resp = login_page(

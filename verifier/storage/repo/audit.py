@@ -147,12 +147,13 @@ def insert_event(s: Session, row: dict[str, Any]) -> None:
     _INSERT.defer(s.connection(), row)
 
 
-def events_after(s: Session, last_id: int, limit: int) -> list[AuditEvent]:
-    return list(
-        s.scalars(
-            select(AuditEvent).where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(limit)
-        ).all()
-    )
+def events_after(s: Session, last_id: int | None, limit: int) -> list[AuditEvent]:
+    """The events after `last_id` in id order; None: from the lowest id, whatever it is (a row
+    inserted with id 0 or below is the chain's first, checked as every other)."""
+    q = select(AuditEvent)
+    if last_id is not None:
+        q = q.where(AuditEvent.id > last_id)
+    return list(s.scalars(q.order_by(AuditEvent.id).limit(limit)).all())
 
 
 def newest_event(s: Session) -> AuditEvent | None:
