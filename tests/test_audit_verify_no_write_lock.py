@@ -40,7 +40,7 @@ def test_audit_verify_on_sqlite_does_not_stop_writers(tmp_path, monkeypatch):
         def slow_walk(s, last_id, limit):
             # A long chain: the walk is still going while the writer comes.
             rows = real(s, last_id, limit)
-            if last_id == 0:
+            if last_id is None:  # the first read: from the lowest id
                 walking.set()
                 written.wait(6)
             return rows
