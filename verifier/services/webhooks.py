@@ -182,12 +182,11 @@ def url_problem(url: str, allow_any_host: bool, private_networks: Sequence[str] 
     # SECURITY: unless a deployment allows other hosts, deliveries never leave this machine
     # (tests and local runs must not send payment events anywhere else). The host is the one
     # the delivering client connects to.
-    if not allow_any_host and not _loopback(host):
+    literal = _literal_ip(host)
+    if not allow_any_host and (literal is None or not literal.is_loopback):
         return f"host {host!r} is not a loopback address ({ALLOW_ANY_HOST_ENV} is off)"
-    if allow_any_host:
-        literal = _literal_ip(host)
-        if literal is not None and not address_allowed(literal, private_networks):
-            return f"host {host!r} {_NOT_PUBLIC}"
+    if allow_any_host and literal is not None and not address_allowed(literal, private_networks):
+        return f"host {host!r} {_NOT_PUBLIC}"
     return None
 
 
@@ -244,15 +243,6 @@ def address_allowed(ip: IPAddress, private_networks: Sequence[str] = ()) -> bool
     # the answer, which the tenant reads) to loopback services, the private network or the
     # cloud's metadata address (169.254.169.254).
     return ip.is_global and not ip.is_multicast
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def endpoint_key(url: str) -> str:
