@@ -31,8 +31,17 @@ from verifier.storage.db import upgrade
 
 # The shipped defaults (8 s, 3 tries, 20 s), a tenth as long.
 SCALED = RpcPolicy(timeout_s=0.8, attempts=3, total_s=2.0)
-SOLANA = replace(RetryPolicy.of(SCALED), backoff_initial=0.01, backoff_max=0.05)
-FAILOVER = replace(FailoverPolicy.of(SCALED), initial_wait=0.01, max_wait=0.05, jitter=0.01)
+
+
+def solana_policy(policy: RpcPolicy) -> RetryPolicy:
+    return replace(RetryPolicy.of(policy), backoff_initial=0.01, backoff_max=0.05)
+
+
+def failover_policy(policy: RpcPolicy) -> FailoverPolicy:
+    return replace(FailoverPolicy.of(policy), initial_wait=0.01, max_wait=0.05, jitter=0.01)
+
+
+SOLANA, FAILOVER = solana_policy(SCALED), failover_policy(SCALED)
 
 
 @pytest.fixture
@@ -72,14 +81,16 @@ def answering_node() -> Iterator[Any]:
         yield f"{base}/", asked
 
 
-def head_call(family: str, urls: list[str]) -> Any:
+def head_call(family: str, urls: list[str], policy: RpcPolicy = SCALED) -> Any:
     """The family's cheapest call (the chain's head) through its live transport on `urls`,
-    with this file's scaled policies: `"0x1"` or `{"blockID": "00"}` from the test nodes."""
+    with `policy` (this file's scaled one by default): `"0x1"` or `{"blockID": "00"}` from
+    the test nodes."""
     if family == "solana":
-        return SolanaRpcTransport(urls, "solana-mainnet", SOLANA).call("getSlot", [])
+        return SolanaRpcTransport(urls, "solana-mainnet", solana_policy(policy)).call("getSlot", [])
+    failover = failover_policy(policy)
     if family == "evm":
-        return EvmHttpTransport(urls, "ethereum", FAILOVER).call("eth_blockNumber", [])
-    return TronHttpTransport(urls, "tron-mainnet", FAILOVER).call("getnowblock", [])
+        return EvmHttpTransport(urls, "ethereum", failover).call("eth_blockNumber", [])
+    return TronHttpTransport(urls, "tron-mainnet", failover).call("getnowblock", [])
 
 
 @pytest.mark.parametrize("family", ["solana", "evm", "tron"])
