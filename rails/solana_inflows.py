@@ -20,6 +20,7 @@ from rails.errors import CassetteError, MalformedResponse, TransportError
 from rails.solana import (
     CHECKS,
     GET_TX_OPTIONS,
+    STATUS_OPTIONS,
     Context,
     memos_of,
     movements,
@@ -47,6 +48,9 @@ class SignatureScan:
     # Which page budget ran out when one did: "window" (`max_pages`) or "later"
     # (`max_later_pages`, the pages after the window's end).
     out_of: str | None = None
+    # The node answered no page older than `before` and does not know that signature (its
+    # block dropped, or another node of a pool, behind): nothing says the history ends there.
+    before_unknown: bool = False
 
 
 def _entry(raw: Any) -> SignatureEntry:
@@ -102,6 +106,13 @@ def list_signatures(
                     f"getSignaturesForAddress: expected a list, got {page!r:.120}"
                 )
             entries = [_entry(x) for x in page]
+            # SECURITY: a node answers an empty page older than a signature it does not know
+            # (a confirmed block dropped, a node of a pool behind the one that listed it):
+            # taken as the history's end, the walk would pass over every transfer behind it.
+            if not entries and before is not None and not _known(chain, before, scan):
+                scan.before_unknown = True
+                scan.error = f"getSignaturesForAddress({address}): the node does not know {before}"
+                return scan
         except (TransportError, CassetteError) as e:
             scan.error = f"getSignaturesForAddress({address}): {e}"
             return scan
@@ -138,6 +149,16 @@ def list_signatures(
         before = entries[-1].signature
         if not later and pages >= max_pages and not confirm_end:
             return _out_of(scan, "window", f"more than {max_pages} pages in the window", address)
+
+
+def _known(chain: Transport, signature: str, scan: SignatureScan) -> bool:
+    """Whether the node has `signature` (any commitment, its whole history searched)."""
+    scan.calls += 1
+    got = chain.call("getSignatureStatuses", [[signature], dict(STATUS_OPTIONS)])
+    value = got.get("value") if isinstance(got, dict) else None
+    if not isinstance(value, list) or len(value) != 1:
+        raise MalformedResponse(f"getSignatureStatuses: expected one status, got {got!r:.120}")
+    return value[0] is not None
 
 
 def _out_of(scan: SignatureScan, budget: str, what: str, address: str) -> SignatureScan:

@@ -584,6 +584,52 @@ def test_a_backlog_longer_than_one_scan_is_walked_over_the_next_cycles(db_url):
         e.db.dispose()
 
 
+class _Forgetting(_Node):
+    """A node that, while `forgotten` is set, does not know that signature: asked for the
+    signatures before it, it answers an empty page (as a node does for a signature it does not
+    have: its block dropped, or another node of a pool, behind), and has no status for it."""
+
+    forgotten: str | None = None
+
+    def call(self, method, params):
+        if self.forgotten is not None:
+            if method == "getSignaturesForAddress" and params[1].get("before") == self.forgotten:
+                self.listed.append([])
+                return []
+            if method == "getSignatureStatuses" and params[0] == [self.forgotten]:
+                return {"context": {"slot": 1}, "value": [None]}
+        return super().call(method, params)
+
+
+def test_a_walk_the_node_does_not_know_the_position_of_starts_again(db_url):
+    # The walk stopped at a signature the next node asked does not know: its empty page is
+    # not the history's end. Taken as one, the cursor moved to the newest signature and the
+    # rest of the backlog (here the oldest transfer) was passed over for good.
+    e = make_engine(db_url, discovery_page_limit=1, reconcile_max_pages=2)
+    try:
+        chain, pairs = synthetic_chain(3)
+        listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
+        node = _Forgetting(chain, listing)
+        e.chains.set_transport("solana-mainnet", node)
+        sessions = [session_for(e, "discovered", reference=ref) for _, ref in pairs]
+        newest_first = [sig for sig, _ in reversed(pairs)]
+        rail = e.rail("solana_usdc")
+        assert discovery.watch_solana(e, rail)["submitted"] == 2
+        node.forgotten = newest_first[1]  # where the walk goes on from
+        assert _later(e, rail)["submitted"] == 0
+        with e.db.tx() as s:
+            [c] = s.scalars(select(DiscoveryCursor)).all()
+            assert (c.last_signature, c.walk_before, c.walk_newest) == (None, None, None)
+        node.forgotten = None  # the node has caught up
+        for _ in range(3):
+            _later(e, rail)
+        oldest = sessions[0]
+        assert _refs(e, oldest["id"]) == [(pairs[0][0], "verified")]
+        assert [len(_refs(e, ps["id"])) for ps in sessions] == [1, 1, 1]  # nothing twice
+    finally:
+        e.db.dispose()
+
+
 # -- a transaction that merely names a reference --------------------------------------------
 
 

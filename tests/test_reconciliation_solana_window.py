@@ -61,7 +61,9 @@ def test_the_pages_after_the_window_are_bounded_and_the_detail_names_the_setting
     }
     run = reconciliation.run(one_page, req(**before_all), "ops1")
     assert run["status"] == "complete", run["detail"]
-    assert run["findings"] == [] and run["summary"]["rpc_calls"] == 3
+    # Two pages, the empty one after them, and the status of the signature the empty one was
+    # asked before: the node knows it, so the history ends there.
+    assert run["findings"] == [] and run["summary"]["rpc_calls"] == 4
 
     monkeypatch.setattr(reconciliation, "LATER_PAGES", 1)  # one later page a run
     run = reconciliation.run(one_page, req(**before_all), "ops1")
@@ -92,15 +94,42 @@ class _Listing:
         ]
         self.calls = 0
 
+        self.statuses = 0  # getSignatureStatuses asked (the signature an empty page was before)
+        self.forgotten: set[str] = set()  # signatures this node does not have
+
     def call(self, method: str, params: list[Any]) -> Any:
+        known = [e["signature"] for e in self.entries if e["signature"] not in self.forgotten]
+        if method == "getSignatureStatuses":
+            self.statuses += 1
+            return {"value": [{"slot": 1} if sig in known else None for sig in params[0]]}
         assert method == "getSignaturesForAddress"
         self.calls += 1
         opts = params[1]
         start = 0
         if "before" in opts:
+            if opts["before"] not in known:
+                return []  # as a node answers for a signature it does not have
             start = next(i for i, e in enumerate(self.entries) if e["signature"] == opts["before"])
             start += 1
         return self.entries[start : start + opts["limit"]]
+
+
+def test_an_empty_page_before_a_signature_the_node_does_not_have_is_not_the_end():
+    # A node answers an empty page older than a signature it does not have (its block
+    # dropped, a node of a pool behind the one that listed it): the scan says so, never that
+    # the history ends there.
+    chain = _Listing(30)
+    chain.forgotten = {"s1015"}
+    scan = list_signatures(chain, "T", before="s1015", page_limit=10, max_pages=3)
+    assert scan.entries == [] and not scan.reached_end and scan.before_unknown
+    assert scan.error is not None and "does not know s1015" in scan.error
+    assert (chain.calls, chain.statuses) == (1, 1)
+    # The end of the history is still the end: the status of the signature it was asked
+    # before is asked once, and the node has it.
+    chain = _Listing(20)
+    scan = list_signatures(chain, "T", page_limit=10, max_pages=5)
+    assert scan.reached_end and scan.error is None and len(scan.entries) == 20
+    assert (chain.calls, chain.statuses) == (3, 1)
 
 
 def test_later_pages_count_against_their_own_budget():

@@ -303,6 +303,12 @@ def _walk(
         # was newest when it started is done with, and all that is older.
         values.update(last_signature=newest or last, walk_before=None, walk_newest=None)
         stuck, fails = None, 0
+    elif scan.before_unknown:
+        # SECURITY: the node does not know where the walk stopped (its block dropped, or a
+        # node behind): the walk starts again from the newest signature down to the cursor.
+        # What it reads again is replayed (a proof is never stored twice); going on from an
+        # empty page would pass over the rest of the backlog for good.
+        values.update(walk_before=None, walk_newest=None)
     elif walked:
         # SECURITY: more than one stretch reads (a backlog, a node error, a refusal that may
         # not hold): the next cycle goes on from the oldest signature done with, not from the
