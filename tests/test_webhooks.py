@@ -963,6 +963,11 @@ def test_another_spelling_of_an_endpoints_url_is_the_same_endpoint(api):
         "[::ffff:10.0.0.1]",
         "[fd00::1]",
         "[fe80::1]",
+        # Not global, though Python 3.11.7's `is_global` (before the CVE-2024-4032 fix) says so.
+        "192.0.0.100",  # IETF protocol assignments
+        "192.0.0.8",
+        "[fec0::1]",  # site-local
+        "[5f00::1]",  # SRv6 SIDs
     ],
 )
 def test_any_host_still_refuses_addresses_that_are_not_public(host):
@@ -973,6 +978,8 @@ def test_any_host_still_refuses_addresses_that_are_not_public(host):
 def test_any_host_takes_public_addresses_names_and_listed_private_networks():
     for url in (
         "https://93.184.216.34/h",
+        "https://192.0.0.9/h",  # PCP anycast: the globally reachable ones in 192.0.0.0/24
+        "https://192.0.0.10/h",  # TURN anycast
         "https://[2606:4700::1111]/h",
         "https://hooks.example/h",
     ):
@@ -1258,9 +1265,12 @@ def test_a_pinned_connection_is_never_reused_for_another_name_at_the_address(tmp
         "[2001:0:4136:e378:8000:63bf:f5ff:fff8]",  # Teredo, its client 10.0.0.7
         "[2001:0:a00:1::f7f7:f7f7]",  # Teredo, its server 10.0.0.1
         "[64:ff9b:1:a9fe:a9:fe00:808:808]",  # local-use NAT64 at /48: 169.254.169.254
+        "[::ffff:0:7f00:1]",  # IPv4-translated (SIIT): 127.0.0.1
+        "[::ffff:0:a00:1]",  # IPv4-translated: 10.0.0.1
     ],
 )
 def test_ipv6_addresses_standing_for_a_private_ipv4_one_are_refused(host):
     problem = webhooks.url_problem(f"http://{host}/hook", allow_any_host=True)
     assert problem is not None and "not a public address" in problem, problem
     assert webhooks.url_problem("http://[64:ff9b::808:808]/hook", allow_any_host=True) is None
+    assert webhooks.url_problem("http://[::ffff:0:808:808]/hook", allow_any_host=True) is None

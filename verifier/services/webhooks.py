@@ -222,9 +222,24 @@ def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
         return ip.sixtofour  # 2002:a00:1::
     if ip in _NAT64:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # 64:ff9b::a00:1
+    if ip in _TRANSLATED:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # ::ffff:0:a00:1, SIIT (RFC 2765)
     if int(ip) >> 32 == 0 and int(ip) > 1:
         return ipaddress.IPv4Address(int(ip))  # ::10.0.0.1, IPv4-compatible (deprecated)
     return None
+
+
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (SIIT)
+# Ranges the IANA special-purpose registries say are not globally reachable but that
+# `is_global` calls global on some Python builds (3.11.7 predates the CVE-2024-4032 table fix):
+# judged here whatever the interpreter's tables say.
+_NOT_GLOBAL = (
+    ipaddress.ip_network("192.0.0.0/24"),  # IETF protocol assignments (RFC 6890)
+    ipaddress.ip_network("fec0::/10"),  # site-local (deprecated, RFC 3879), still routed inside
+    ipaddress.ip_network("5f00::/16"),  # SRv6 SIDs (RFC 9602)
+)
+# The two 192.0.0.0/24 assignments that are globally reachable: PCP and TURN anycast.
+_GLOBAL_IN_NOT_GLOBAL = (ipaddress.ip_address("192.0.0.9"), ipaddress.ip_address("192.0.0.10"))
 
 
 def address_allowed(ip: IPAddress, private_networks: Sequence[str] = ()) -> bool:
@@ -236,12 +251,14 @@ def address_allowed(ip: IPAddress, private_networks: Sequence[str] = ()) -> bool
         return False
     embedded = _embedded_ipv4(ip)
     if embedded is not None:
-        # SECURITY: an IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4, Teredo,
+        # SECURITY: an IPv6 address that carries an IPv4 one (mapped, translated, NAT64, 6to4,
         # IPv4-compatible) reaches that address through the kernel or a gateway: judged as it.
         return address_allowed(embedded, private_networks)
     # SECURITY: a tenant's endpoint must not make this machine POST (and record the start of
     # the answer, which the tenant reads) to loopback services, the private network or the
     # cloud's metadata address (169.254.169.254).
+    if ip not in _GLOBAL_IN_NOT_GLOBAL and any(ip in net for net in _NOT_GLOBAL):
+        return False
     return ip.is_global and not ip.is_multicast
 
 
