@@ -392,7 +392,7 @@ def two_network_engine(db_url, chain, fragment=TWO_NETWORKS, **settings):
     return e
 
 
-def pay_on(engine, chain, rail_id, product, asset="fusd"):
+def pay_on(engine, chain, rail_id, product, asset="fusd", finality="finalized"):
     """A session on `rail_id` as the engine resolves it now, paid in `asset`: the proof's id."""
     sess = open_session(
         engine,
@@ -412,7 +412,7 @@ def pay_on(engine, chain, rail_id, product, asset="fusd"):
         "amount": 1_500_000,
         "asset": asset,
         "refs": [sess["reference"]],
-        "finality": "finalized",
+        "finality": finality,
     }
     view, _ = proofs.submit_proof(engine, sess["id"], tx, ["alice"])
     assert view["status"] == "verified", view

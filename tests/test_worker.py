@@ -374,6 +374,42 @@ def test_proofs_of_a_retired_network_do_not_stop_the_apply_sweep(db_url, chain):
         prod.db.dispose()
 
 
+def test_an_unfinished_proof_of_a_retired_network_does_not_fail_the_sweep(db_url, chain, caplog):
+    """A proof verified on a test network, not final yet, when a release retires that network
+    from the catalog: its finality cannot be asked any more. The sweep gives it back for a
+    long while, with one warning, and goes on: another proof's apply is not skipped."""
+    from tests.test_gate import TEST_NETWORK_RETIRED, pay_on, two_network_engine
+
+    staging = two_network_engine(
+        db_url, chain, env={"RAILPROOF_NETWORK_FAKE_MULTI_LIVE": "fakenet-test"}
+    )
+    old = pay_on(staging, chain, "fake_multi_live", "pro", "fusd-test", finality="confirmed")
+    staging.db.dispose()
+    prod = two_network_engine(
+        db_url,
+        chain,
+        fragment=TEST_NETWORK_RETIRED,
+        apply_rail_allowlist=["fake_multi_live"],
+        auto_apply=True,
+    )
+    try:
+        with prod.db.tx() as s:
+            s.get(Proof, old).next_check_at = prod.now() - timedelta(seconds=1)  # due
+        good = pay_on(prod, chain, "fake_multi_live", "pro-2")
+        with caplog.at_level(logging.WARNING, logger="railproof.worker"):
+            out = worker.sweep(prod, "w1", deliveries=False)
+        assert out["applied"] == 1, out
+        with prod.db.tx() as s:
+            assert s.scalars(select(Receipt.proof_id)).all() == [good]
+        row = proof_row(prod, old)
+        assert row.status == "verified" and row.claimed_by is None
+        assert utc(row.next_check_at) - prod.now() > timedelta(minutes=50)
+        unasked = [r for r in caplog.records if "left unasked" in r.getMessage()]
+        assert len(unasked) == 1 and "fakenet-test" in unasked[0].getMessage()
+    finally:
+        prod.db.dispose()
+
+
 def test_three_workers_share_the_work_and_never_process_a_proof_twice(db_url, chain):
     main = Engine(make_settings(db_url), catalog=catalog_with_fake())
     main.chains.set_transport("fakenet", chain)

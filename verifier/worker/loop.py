@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from rails.codes import FailureCode
 from registry.catalog import Stage
 from verifier.core import timeutil
 from verifier.core.engine import Engine
+from verifier.core.errors import BadInput
 from verifier.services import audit, discovery, events, gate, webhooks
 from verifier.services.proofs import (
     backoff,
@@ -60,6 +62,9 @@ log = logging.getLogger("railproof.worker")
 SYSTEM = audit.Operator("worker")
 # Elapsed time of the re-verifications of a sweep (tests count it in calls instead).
 _clock = time.monotonic
+# When proofs whose rail, network or token this deployment can no longer resolve are asked
+# again: seldom (each time is a warning), yet soon enough after the setting is restored.
+UNRESOLVED_RECHECK = timedelta(hours=1)
 
 
 class SchemaMoved(RuntimeError):
@@ -198,8 +203,24 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
             # transfer itself (an x402 nonce can be settled by another authorization).
             expected[p.ref] = (p.recipient, p.amount)
     for (rail_id, network, asset), plist in groups.items():
-        rail = engine.rail(rail_id, network=network, asset=asset)
-        adapter = engine.adapter(rail)
+        try:
+            adapter = engine.adapter(engine.rail(rail_id, network=network, asset=asset))
+        except (BadInput, ValueError) as e:
+            # The sessions' network or token was retired from the catalog (a testnet at a
+            # mainnet launch), or their rail was: nothing can ask their finality. Given back
+            # for a long while (a deployment may restore it), never raised: the sweep's other
+            # groups, discovery and every tenant's apply must not stop on them.
+            log.warning(
+                "finality refresh: %d proofs on %s (%s, %s) left unasked: %s",
+                len(plist),
+                rail_id,
+                network,
+                asset,
+                e,
+                extra={"rail_id": rail_id, "worker": name},
+            )
+            _release(engine, plist, name, UNRESOLVED_RECHECK)
+            continue
         try:
             settlements, source = engine.chains.finality(adapter, [p.ref for p in plist], expected)
         except Exception as e:
@@ -267,7 +288,10 @@ def _recheck_unsettled(
     return failed
 
 
-def _release(engine: Engine, plist: list[Record], worker: str) -> None:
+def _release(
+    engine: Engine, plist: list[Record], worker: str, after: timedelta | None = None
+) -> None:
+    """Give the claimed proofs back, due again `after` (by default a transient's backoff)."""
     with engine.db.tx() as s:
         for p in plist:
             row = proof_repo.get(s, p.id, lock=True)
@@ -275,7 +299,12 @@ def _release(engine: Engine, plist: list[Record], worker: str) -> None:
             if row is None or row.claimed_by != worker:
                 continue
             row.claimed_by = row.claimed_until = None
-            row.next_check_at = engine.now() + backoff(2)
+            row.next_check_at = engine.now() + (backoff(2) if after is None else _jittered(after))
+
+
+def _jittered(after: timedelta) -> timedelta:
+    # Proofs given back together do not all fall due in the same sweep again.
+    return after * random.uniform(0.9, 1.1)
 
 
 def _record_finality(
