@@ -49,7 +49,7 @@ def cli(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def append_events(db: Database, n: int, first: int = 0) -> list[int]:
+def append_events(db: Database, n: int, first: int = 0, action: str = "test.event") -> list[int]:
     """Append `n` events; their ids, oldest first."""
     with db.tx() as s:
         for i in range(first, first + n):
@@ -57,7 +57,7 @@ def append_events(db: Database, n: int, first: int = 0) -> list[int]:
                 s,
                 datetime(2026, 1, 1, i % 24),
                 audit.Operator("ops", "INC-7", "why"),
-                "test.event",
+                action,
                 "thing",
                 f"t{i}",
                 {"n": i},
@@ -390,7 +390,7 @@ def unkeyed_chain(db_url: str, n: int = 3) -> Database:
     """`n` events as railproof 0.1.0 wrote them (plain SHA-256); the keyed Database on it."""
     unkeyed = Database(db_url)
     try:
-        append_events(unkeyed, n)
+        append_events(unkeyed, n, action="session.opened")
     finally:
         unkeyed.dispose()
     return Database(db_url, audit_key=KEY)
@@ -478,6 +478,136 @@ def test_a_broken_or_empty_unkeyed_chain_is_not_adopted(db_url):
             assert s.scalar(text("SELECT count(*) FROM audit_events")) == 3  # nothing written
     finally:
         db.dispose()
+
+
+def rebuild_unkeyed(db: Database, forge: dict | None = None) -> None:
+    """What someone who can write the table but lacks the key can do: re-hash the whole chain
+    as plain SHA-256, the second event's data replaced by `forge`."""
+    with db.tx() as s:
+        rows = s.scalars(text("SELECT id FROM audit_events ORDER BY id")).all()
+        evs = [s.get(AuditEvent, i) for i in rows]
+    prev, stmts = audit.GENESIS, []
+    for n, ev in enumerate(evs):
+        data = forge if n == 1 and forge is not None else ev.data
+        h = audit.event_hash(
+            prev,
+            ev.at,
+            ev.actor,
+            ev.action,
+            ev.subject_type,
+            ev.subject_id,
+            data,
+            ev.incident_id,
+            ev.reason,
+            None,
+        )
+        stmts.append((ev.id, json.dumps(data), prev, h))
+        prev = h
+    for i, data, p, h in stmts:
+        as_superuser(
+            db,
+            "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h WHERE id = :i",
+            params={"d": data, "p": p, "h": h, "i": i},
+        )
+
+
+def keyed_chain_rebuilt_unkeyed(db_url: str, *events: tuple[str, dict]) -> Database:
+    """A chain this version wrote with the key, `events` (action, data), rebuilt without it
+    and a forged event in it: the keyed Database on it, refused at start as unkeyed."""
+    db = Database(db_url, audit_key=KEY)
+    with db.tx() as s:
+        for i, (action, data) in enumerate(events):
+            audit.append(s, datetime(2026, 1, 1, i), OPS, action, "thing", f"t{i}", data)
+    assert verify(db).ok
+    rebuild_unkeyed(db, forge={"n": 999, "forged": True})
+    with db.tx() as s:
+        assert audit.key_state(s) is audit.KeyState.unkeyed
+    assert not verify(db).ok
+    return db
+
+
+def assert_nothing_adopted(db: Database, events: int) -> None:
+    with db.tx() as s:
+        assert s.scalar(text("SELECT count(*) FROM audit_events")) == events
+        assert audit.key_state(s) is audit.KeyState.unkeyed
+    assert not verify(db).ok
+
+
+def test_a_keyed_chain_rebuilt_without_the_key_is_not_adopted(db_url):
+    # The startup refusal of such a chain names adoption as one of two readings: adoption
+    # itself must not vouch for a chain a keyed version wrote (an action 0.1.0 never wrote).
+    db = keyed_chain_rebuilt_unkeyed(
+        db_url,
+        ("session.opened", {"n": 0}),
+        ("proof.submitted", {"n": 1}),
+        ("webhook_endpoint.retired", {"n": 2}),
+        ("proof.verified", {"n": 3}),
+    )
+    try:
+        refused = refused_adoption(db)
+        assert refused.code is audit.AdoptionRefusal.newer and refused.event_id == 3
+        assert "'webhook_endpoint.retired'" in refused.message, refused.message
+        assert_nothing_adopted(db, 4)
+    finally:
+        db.dispose()
+
+
+def test_an_event_with_a_request_id_is_not_of_0_1_0(db_url):
+    # 0.1.0's actions only, but one written during an HTTP request by a later version.
+    db = keyed_chain_rebuilt_unkeyed(
+        db_url,
+        ("session.opened", {"n": 0}),
+        ("proof.submitted", {"n": 1}),
+        ("proof.verified", {"n": 2, "request_id": "req-1"}),
+    )
+    try:
+        refused = refused_adoption(db)
+        assert refused.code is audit.AdoptionRefusal.newer and refused.event_id == 3
+        assert_nothing_adopted(db, 3)
+    finally:
+        db.dispose()
+
+
+def test_adoption_is_refused_when_a_checkpoint_does_not_hold(db_url, tmp_path, cli_env):
+    # A rewrite careful enough to look like 0.1.0 is caught by an off-host checkpoint.
+    db = Database(db_url, audit_key=KEY)
+    try:
+        append_events(db, 3, action="session.opened")
+        cp = tmp_path / "cp.json"
+        assert cli("audit", "checkpoint", "--out", str(cp)).exit_code == 0
+        rebuild_unkeyed(db, forge={"n": 999})
+        context = ["--incident-id", "CHG-1", "--operator-reason", "upgrade", "--confirm"]
+        r = cli("audit", "adopt-key", *context, "--checkpoint", str(cp))
+        assert r.exit_code == 2 and "audit_checkpoint_mismatch" in r.output, r.output
+        assert "no longer has the checkpoint's hash" in r.output, r.output
+        assert_nothing_adopted(db, 3)
+    finally:
+        db.dispose()
+
+
+def test_the_startup_refusal_of_an_unkeyed_chain_does_not_assume_0_1_0():
+    from verifier.core.config import AUDIT_CHAIN_UNKEYED
+
+    assert "rewritten by someone without the key" in AUDIT_CHAIN_UNKEYED
+    assert "checkpoint" in AUDIT_CHAIN_UNKEYED and "adopt-key" in AUDIT_CHAIN_UNKEYED
+
+
+def test_every_action_0_1_0_wrote_is_still_one_this_version_writes():
+    # The frozen set names real actions: each is still appended somewhere in the code (a
+    # typo in it would refuse a genuine 0.1.0 history).
+    source = "\n".join(p.read_text() for p in Path(audit.__file__).parents[1].rglob("*.py"))
+    for action in audit.V0_1_0_ACTIONS:
+        head, _, tail = action.partition(".")
+        dynamic = head in ("proof", "settlement") and tail in (
+            "pending",
+            "verified",
+            "failed",
+            "requires_review",
+            "observed",
+            "finalized",
+            "reorged",
+        )
+        assert dynamic or f'"{action}"' in source, action
 
 
 def test_adoption_needs_the_operator_context(db_url):

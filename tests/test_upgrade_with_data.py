@@ -496,7 +496,7 @@ def _chain_of_0_1_0(url: str) -> None:
         )
     ]
     prev = audit.GENESIS
-    for i, action in enumerate(["session.created", "proof.submitted", "proof.failed"]):
+    for i, action in enumerate(["session.opened", "proof.submitted", "proof.failed"]):
         when = at + timedelta(seconds=i)
         h = audit.event_hash(prev, when, "svc:alice", action, "x", "ses0", {"n": i}, None, None)
         rows.append(
@@ -530,7 +530,8 @@ def test_a_database_written_by_0_1_0_is_served_once_its_chain_is_anchored_under_
     for command in (["worker", "--once"], ["serve", "--port", "1"]):
         refused = cli(command, env)
         assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert "written without a key (railproof 0.1.0)" in refused.stderr, refused.stderr
+        assert "verifies only without a key" in refused.stderr, refused.stderr
+        assert "railproof 0.1.0" in refused.stderr and "checkpoint" in refused.stderr
         assert "railproof audit adopt-key" in refused.stderr
         assert "set the deployment's key" not in refused.stderr
     unadopted = cli(["audit", "verify", "--json"], env)

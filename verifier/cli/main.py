@@ -484,18 +484,7 @@ def audit_verify(
     Exit 0 intact, 1 broken."""
     from verifier.services.audit import check_checkpoint, verify_chain
 
-    cp = None
-    if checkpoint is not None:
-        import orjson  # stops at 1,024 levels (json.loads: the EVM libraries' recursion limit)
-
-        try:
-            from rails.files import read_regular
-
-            cp = orjson.loads(read_regular(checkpoint))
-        except OSError as e:
-            fail(f"--checkpoint: cannot read {checkpoint}: {e.strerror}")
-        except orjson.JSONDecodeError as e:
-            fail(f"--checkpoint: {checkpoint} is not a checkpoint (not JSON: {e})")
+    cp = _read_checkpoint(checkpoint)
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         if cp is not None:
@@ -520,6 +509,22 @@ def audit_verify(
         if cpr is not None:
             show.say(f"{'ok' if cpr.ok else 'BROKEN'}: {cpr.message}")
     raise typer.Exit(0 if ok else 1)
+
+
+def _read_checkpoint(checkpoint: Path | None) -> Any:
+    """The JSON of `--checkpoint FILE` (None without one); exit 2 when it cannot be read."""
+    if checkpoint is None:
+        return None
+    import orjson  # stops at 1,024 levels (json.loads: the EVM libraries' recursion limit)
+
+    try:
+        from rails.files import read_regular
+
+        return orjson.loads(read_regular(checkpoint))
+    except OSError as e:
+        fail(f"--checkpoint: cannot read {checkpoint}: {e.strerror}")
+    except orjson.JSONDecodeError as e:
+        fail(f"--checkpoint: {checkpoint} is not a checkpoint (not JSON: {e})")
 
 
 @audit_app.command("checkpoint")
@@ -557,24 +562,32 @@ def audit_adopt_key(
         str | None, typer.Option("--operator-reason", help="why you do this")
     ] = None,
     confirm: Annotated[bool, typer.Option("--confirm", help="yes, do it")] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="a file from `railproof audit checkpoint`: refused unless the chain still "
+            "holds its head"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Once, after upgrading a database written by railproof 0.1.0: anchor its audit chain,
     hashed without a key, under RAILPROOF_AUDIT_KEY. The whole chain must verify as plain
-    SHA-256; one keyed event `audit.key_adopted` then pins its head, and `serve` and `worker`
-    start. Exit 0 adopted; 2 refused (nothing written)."""
+    SHA-256 and hold only events 0.1.0 wrote; one keyed event `audit.key_adopted` then pins
+    its head, and `serve` and `worker` start. Exit 0 adopted; 2 refused (nothing written)."""
     from verifier.cli.ops import require_operator_context
     from verifier.core.errors import EngineError
     from verifier.services.audit import KEY_ADOPTED, KeyAdoptionRefused, Operator
     from verifier.services.queries import adopt_audit_key
 
     require_operator_context("audit adopt-key", incident_id, operator_reason, confirm)
+    cp = _read_checkpoint(checkpoint)
     engine = _engine(writes=False)
     if engine.db.audit_key is None:
         _no_audit_key()
     op = Operator("system", (incident_id or "").strip(), (operator_reason or "").strip())
     try:
-        adopted = adopt_audit_key(engine, op)
+        adopted = adopt_audit_key(engine, op, cp)
     except KeyAdoptionRefused as e:
         fail(f"{e.code}: {e.message}")
     except EngineError as e:  # the operator context is not readable text

@@ -109,9 +109,11 @@ AUDIT_KEY_MISMATCH = (
     "to see whether the chain itself was altered"
 )
 AUDIT_CHAIN_UNKEYED = (
-    "the audit chain was written without a key (railproof 0.1.0): run `railproof audit "
-    "adopt-key --incident-id … --operator-reason … --confirm` once, with the deployment's "
-    "RAILPROOF_AUDIT_KEY, to anchor it under the key (docs/security.md)"
+    "the audit chain verifies only without a key: either a database written by railproof "
+    "0.1.0, to anchor under the deployment's RAILPROOF_AUDIT_KEY once with `railproof audit "
+    "adopt-key --incident-id … --operator-reason … --confirm`, or a chain rewritten by "
+    "someone without the key; compare it with an off-host checkpoint or backup first "
+    "(docs/security.md)"
 )
 
 

@@ -208,15 +208,60 @@ class Break(StrEnum):
     link = "link"  # prev_hash is not the hash of the event before it
     contents = "contents"  # the hash does not cover the stored fields
     keyed = "keyed"  # hashed with the key where only plain SHA-256 may be (`adopt_key`)
+    newer = "newer"  # plain SHA-256, but not an event railproof 0.1.0 wrote (`adopt_key`)
     adoption = "adoption"  # an `audit.key_adopted` event where none may be
     never_adopted = "never_adopted"  # a history written without a key, not anchored under it
 
 
 _NEVER_ADOPTED = (
-    "the audit chain was written without a key (railproof 0.1.0) and the key was never "
-    "adopted: run `railproof audit adopt-key --incident-id … --operator-reason … --confirm` "
-    "once (docs/security.md)"
+    "the audit chain verifies only without a key, and no key adoption anchors it: either a "
+    "database written by railproof 0.1.0, to adopt once with `railproof audit adopt-key "
+    "--incident-id … --operator-reason … --confirm`, or a chain rewritten by someone without "
+    "the key; compare it with an off-host checkpoint or backup first (docs/security.md)"
 )
+
+# Every action railproof 0.1.0 appended to the audit chain (the code at b86d65b, the last
+# commit of the 0.1.0 release: revisions 0001-0004), frozen here. An event any later
+# version wrote was hashed with the key, so in a chain that verifies only as plain SHA-256
+# an action outside this set was written by someone else, or re-hashed without the key.
+V0_1_0_ACTIONS = frozenset(
+    {
+        "session.opened",
+        "proof.submitted",
+        "proof.owner_conflict",
+        "proof.pending",
+        "proof.verified",
+        "proof.failed",
+        "proof.requires_review",
+        "proof.dry_run_apply",
+        "proof.applied",
+        "receipt.created",
+        "entitlement.activated",
+        "entitlement.revoked",
+        "entitlement.reorg_flagged",
+        "settlement.observed",
+        "settlement.finalized",
+        "settlement.reorged",
+        "rail.paused",
+        "rail.resumed",
+        "approval.requested",
+        "approval.approved",
+        "staff.read",
+        "webhook_endpoint.created",
+        "webhook_endpoint.deleted",
+        "webhook.replayed",
+    }
+)
+
+
+def _not_of_0_1_0(ev: AuditEvent) -> str | None:
+    """Why a plain SHA-256 event cannot have been written by railproof 0.1.0 (None: it can)."""
+    if ev.action not in V0_1_0_ACTIONS:
+        return f"action {ev.action!r}, which railproof 0.1.0 never wrote"
+    if "request_id" in (ev.data or {}):
+        # The HTTP request id came into event data after 0.1.0, with the key.
+        return "a request_id in its data, which railproof 0.1.0 never wrote"
+    return None
 
 
 def verify_chain(s: Session, batch: int = 5000) -> ChainReport:
@@ -273,6 +318,12 @@ def _walk(s: Session, key: bytes | None, batch: int, unkeyed_only: bool = False)
                 # SECURITY: plain SHA-256, before the anchor only: the anchor is keyed and
                 # links to the head of this history, so rewriting any of it changes the head
                 # the anchor links to (a chain never anchored is refused below).
+                if unkeyed_only and (newer := _not_of_0_1_0(ev)) is not None:
+                    # SECURITY: adopting vouches for a 0.1.0 history; an event a keyed
+                    # version wrote, now without the key, is a keyed chain rebuilt by someone
+                    # without the key (a careless rewrite: a careful one is caught only by an
+                    # off-host checkpoint or backup).
+                    return broken(ev, Break.newer, f"plain SHA-256 with {newer}")
                 keyed_from_genesis = False
             elif unkeyed_only and key is not None and _fits(ev, key):
                 return broken(ev, Break.keyed, "already hashed with the audit key")
@@ -337,7 +388,9 @@ def _fits(ev: AuditEvent, key: bytes | None) -> bool:
 
 class KeyState(StrEnum):
     fits = "fits"  # the newest event is hashed with the key (or the chain is empty)
-    unkeyed = "unkeyed"  # plain SHA-256 (railproof 0.1.0): `railproof audit adopt-key` once
+    # plain SHA-256: railproof 0.1.0 (`railproof audit adopt-key` once), or rewritten without
+    # the key
+    unkeyed = "unkeyed"
     other = "other"  # another key
 
 
@@ -364,6 +417,8 @@ class AdoptionRefusal(StrEnum):
     broken = "audit_chain_broken"
     keyed = "audit_chain_keyed"
     adopted = "audit_key_adopted_already"
+    newer = "audit_chain_not_0_1_0"
+    checkpoint = "audit_checkpoint_mismatch"
 
 
 class KeyAdoptionRefused(Exception):
@@ -385,11 +440,14 @@ class Adoption:
     unkeyed_events: int
 
 
-def adopt_key(s: Session, now: datetime, op: Operator) -> Adoption:
+def adopt_key(
+    s: Session, now: datetime, op: Operator, checkpoint: Mapping[str, Any] | None = None
+) -> Adoption:
     """Anchor a history written without a key (railproof 0.1.0) under the session's key,
-    once: the whole chain must verify as plain SHA-256, with no event keyed and no adoption
-    before. Appends `audit.key_adopted` (keyed) naming the history's head hash and length,
-    in the caller's transaction."""
+    once: the whole chain must verify as plain SHA-256, with no event keyed, none that 0.1.0
+    could not have written (`V0_1_0_ACTIONS`, no request id) and no adoption before; and a
+    `checkpoint` given (`make_checkpoint`) must hold. Appends `audit.key_adopted` (keyed)
+    naming the history's head hash and length, in the caller's transaction."""
     require_context(op, "to adopt the audit key")
     key = s.info.get(AUDIT_KEY_INFO)
     if key is None:
@@ -403,6 +461,12 @@ def adopt_key(s: Session, now: datetime, op: Operator) -> Adoption:
             code, what = AdoptionRefusal.keyed, "the chain is keyed already, nothing to adopt"
         elif rep.broke is Break.adoption:
             code, what = AdoptionRefusal.adopted, "the key was adopted already"
+        elif rep.broke is Break.newer:
+            code, what = (
+                AdoptionRefusal.newer,
+                "the chain was not written by railproof 0.1.0 but verifies without a key: "
+                "rewritten by someone without the key (restore a backup, investigate)",
+            )
         else:
             code, what = AdoptionRefusal.broken, "the chain written without a key does not verify"
         raise KeyAdoptionRefused(code, f"{what}: {rep.message}", rep.first_broken_id)
@@ -410,6 +474,15 @@ def adopt_key(s: Session, now: datetime, op: Operator) -> Adoption:
         raise KeyAdoptionRefused(
             AdoptionRefusal.empty, "the audit chain is empty: any key starts it, nothing to adopt"
         )
+    if checkpoint is not None:
+        # SECURITY: a checkpoint is signed with the key, so one that verifies was taken of
+        # this deployment's keyed chain: a history it does not find any more was rewritten.
+        held = check_checkpoint(s, checkpoint, rep)
+        if not held.ok:
+            raise KeyAdoptionRefused(
+                AdoptionRefusal.checkpoint,
+                f"the checkpoint does not hold: {held.message}; restore a backup, investigate",
+            )
     adoption = Adoption(rep.head_hash, rep.events)
     data = {"unkeyed_head": adoption.unkeyed_head, "unkeyed_events": adoption.unkeyed_events}
     append(s, now, op, KEY_ADOPTED, "audit_chain", str(rep.head_id), data)

@@ -12,6 +12,7 @@ importing SQLAlchemy itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -175,11 +176,14 @@ def audit_key_refusal(engine: Engine) -> str | None:
     return AUDIT_CHAIN_UNKEYED if state is audit.KeyState.unkeyed else AUDIT_KEY_MISMATCH
 
 
-def adopt_audit_key(engine: Engine, op: audit.Operator) -> audit.Adoption:
-    """Anchor a chain written without a key (railproof 0.1.0) under the configured key, once
-    (services.audit.adopt_key; audit.KeyAdoptionRefused when it may not)."""
+def adopt_audit_key(
+    engine: Engine, op: audit.Operator, checkpoint: Mapping[str, Any] | None = None
+) -> audit.Adoption:
+    """Anchor a chain written without a key (railproof 0.1.0) under the configured key, once,
+    a `checkpoint` given holding (services.audit.adopt_key; audit.KeyAdoptionRefused when it
+    may not)."""
     with engine.db.tx() as s:
-        return audit.adopt_key(s, engine.now(), op)
+        return audit.adopt_key(s, engine.now(), op, checkpoint)
 
 
 def audit_chain(engine: Engine) -> dict[str, Any]:
