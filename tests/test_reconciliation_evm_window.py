@@ -9,7 +9,10 @@ holds, so a repeat payer's new payment is found.
 The window an EVM run reads: without `--since`, back to the rail's first session (a run that
 read less said `complete` and stood for the whole history); a block the node does not return
 leaves the run `incomplete`; and every treasury a session in the window pays is read, not
-only the current one."""
+only the current one. A whole-history run after a complete one reads on from where that one
+ended (less the lookback) and carries what it found that still needs a person: each run
+re-read the rail's whole history, so once that was longer than a run reads every scheduled
+run ended `incomplete`."""
 
 from __future__ import annotations
 
@@ -476,3 +479,95 @@ def test_a_recipient_a_tenant_named_is_not_read(evm):  # noqa: F811
     chain.mine(2)
     run = reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
     assert run["status"] == "complete" and tx not in _transfers(run), run["findings"]
+
+
+# -- a whole-history run follows on from the last complete one ---------------------------------
+
+
+def _whole(e):
+    advance(e, 1)  # runs are ordered by their start: the pinned clock moves on between them
+    return reconciliation.run(e, req(rail_id="evm_usdc"), "ops1")
+
+
+def _drift(e) -> list[dict]:
+    return [
+        i
+        for i in reconciliation.assurance_issues(e)
+        if i["category"].startswith("reconciliation_orphan")
+    ]
+
+
+def test_a_rail_longer_than_a_run_reads_completes_its_scheduled_runs_after_one_complete_run(evm):  # noqa: F811
+    # Every whole-history run read back to the rail's first session: once the rail was older
+    # than RAILPROOF_RECONCILE_EVM_MAX_BLOCKS every scheduled run ended `incomplete` for good.
+    e, chain = evm["engine"], evm["chain"]
+    evm_session(e, evm["payer"], 5_000_000)
+    old = _orphan(evm)
+    chain.mine(200)
+    # More than the lookback (80 blocks), less than the rail's history.
+    e.settings.reconcile_evm_max_blocks = 120
+    assert _whole(e)["status"] == "incomplete"
+    e.settings.reconcile_evm_max_blocks = 10_000  # raised for one run, as the README says
+    first = _whole(e)
+    assert first["status"] == "complete" and old in _transfers(first), first["detail"]
+    e.settings.reconcile_evm_max_blocks = 120
+    for _ in range(3):  # the schedule: each run reads on from the last, less the lookback
+        chain.mine(30)
+        run = _whole(e)
+        assert run["status"] == "complete", run["detail"]
+        assert run["summary"]["from_block"] >= first["summary"]["to_block"] + 1 - 80 > 0
+        [f] = [f for f in run["findings"] if f["subjects"]["transfer"] == old]
+        assert f["kind"] == "orphan_unbound" and f["subjects"]["carried_from"] == first["id"], f
+    assert not any(
+        i["category"] == "reconciliation_incomplete" for i in reconciliation.assurance_issues(e)
+    )
+    assert [i["subject"] for i in _drift(e)] == [
+        f"reconciliation run {run['id']} finding {f['id']}"
+    ]
+
+
+def test_an_orphan_found_by_an_old_run_stays_drift_until_resolved(evm):  # noqa: F811
+    e, chain = evm["engine"], evm["chain"]
+    evm_session(e, evm["payer"], 5_000_000)
+    tx = _orphan(evm)
+    assert tx in _transfers(_whole(e))
+    chain.mine(100)
+    found = _whole(e)  # the last run that reads the orphan's block (the lookback is 80)
+    assert found["status"] == "complete" and tx in _transfers(found), found["detail"]
+    e.settings.reconcile_evm_max_blocks = 200  # less than the rail's history will be
+    for _ in range(2):
+        chain.mine(100)
+        run = _whole(e)
+        assert run["status"] == "complete", run["detail"]
+        [f] = [f for f in run["findings"] if f["subjects"]["transfer"] == tx]
+        assert run["summary"]["from_block"] > f["subjects"]["block_number"]
+        # Carried, naming the run that read it from the chain, and still drift.
+        assert reconciliation.is_drift(f) and f["subjects"]["carried_from"] == found["id"], f
+        assert len(_drift(e)) == 1
+    reconciliation.resolve_finding(e, f["id"], "refunded", OP)
+    assert _drift(e) == []
+    chain.mine(10)
+    after = _whole(e)
+    assert after["status"] == "complete" and _drift(e) == [], after["findings"]
+    assert not any(reconciliation.is_drift(g) for g in after["findings"]), after["findings"]
+
+
+def test_a_carried_orphan_a_proof_now_holds_is_not_drift(evm):  # noqa: F811
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    s = evm_session(e, evm["payer"], 5_000_000)
+    tx = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000).lower()
+    chain.mine(100)
+    found = _whole(e)
+    [f] = by_kind(found)["orphan_bound"]
+    assert f["subjects"]["transfer"] == tx and f["subjects"]["session_id"] == s["id"]
+    chain.mine(100)  # past the lookback: the next run does not read it again
+    carried = _whole(e)
+    [g] = by_kind(carried)["orphan_bound"]
+    assert g["subjects"]["carried_from"] == found["id"] and g["repair_status"] == "proposed", g
+    view, _ = proofs.submit_proof(e, s["id"], tx, ["alice"])
+    assert view["status"] == "verified", view
+    run = _whole(e)
+    assert run["status"] == "complete", run["detail"]
+    assert run["summary"]["from_block"] > f["subjects"]["block_number"]
+    assert tx not in _transfers(run) and run["summary"]["carried_matched"] == 1, run
+    assert _drift(e) == []

@@ -16,10 +16,12 @@ with that amount and recipient, and was open at the transfer's block time. Anyth
 needs a person (`orphan_unbound`). A pending proof holds nothing: it matches a transfer only
 for a session the transfer binds to, never hiding it from that session (`_claim_waits`).
 Which scan a rail gets is what its adapter declares (`Adapter.inflow_scan`), never its
-family's name. An EVM run without `--since` reads back to the rail's first session (and to
-where the last complete whole-history run started): a window shorter than what a session
-could take never says `complete`. It reads every treasury the rail had that a session in the
-window pays, never a recipient a tenant named.
+family's name. An EVM run over the whole history after a complete one reads on from where
+that one ended (less the lookback) and carries what it found and nobody settled
+(`_carry_inflows`); the first, and a run with only `--until`, read back to the rail's first
+session: a window shorter than what a session could take never says `complete`. It reads
+every treasury the rail had that a session in the window pays, never a recipient a tenant
+named.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
@@ -94,12 +96,16 @@ class RunRequest:
     confirm: bool = False
 
 
+Found = dict[str, Any]  # a finding as a run makes it: kind, severity, subjects, repair …
+
+
 @dataclass
 class Outcome:
-    findings: list[dict[str, Any]]
+    findings: list[Found]
     status: RunStatus = RunStatus.complete
     detail: str = ""
     counts: Counter | None = None  # what was looked at (matched, inflows, rpc calls …)
+    notes: dict[str, str] | None = None  # kept in the summary beside the counts
 
 
 def _finding(
@@ -109,7 +115,7 @@ def _finding(
     detail: str,
     repair: str = "",
     status: RepairStatus = RepairStatus.none,
-) -> dict[str, Any]:
+) -> Found:
     return {
         "kind": kind,
         "severity": severity,
@@ -253,6 +259,7 @@ def run(engine: Engine, req: RunRequest, staff: str) -> dict[str, Any]:
         "unresolved": dict(unresolved),
         "applied": sum(1 for f in out.findings if f["repair_status"] == RepairStatus.applied.value),
         **{k: v for k, v in (out.counts or {}).items()},
+        **(out.notes or {}),
     }
     finished = engine.now()
     with engine.db.tx() as s:
@@ -387,7 +394,7 @@ def _resolved(s: Session, kind: str, key: str) -> Any:
     return _carried(repo.resolutions_for(s, [(k, key) for k in _kinds_of(kind)]), kind, key)
 
 
-def _carry_resolutions(engine: Engine, findings: list[dict[str, Any]], rail_id: str | None) -> None:
+def _carry_resolutions(engine: Engine, findings: list[Found], rail_id: str | None) -> None:
     """Key each finding and mark resolved those a person already settled.
 
     SECURITY: a transfer resolved `refunded` or `not_ours` while unbound stays resolved once
@@ -966,7 +973,7 @@ class _Fetched:
         return self.chain.call(method, params)
 
 
-def _bound(rail: Rail, subjects: dict[str, Any], session_id: str, how: str) -> dict[str, Any]:
+def _bound(rail: Rail, subjects: dict[str, Any], session_id: str, how: str) -> Found:
     review = rail.stage is Stage.review_only
     return _finding(
         "orphan_bound",
@@ -983,7 +990,7 @@ def _bound(rail: Rail, subjects: dict[str, Any], session_id: str, how: str) -> d
 _UNREAD = "the chain could not be read in full; unchecked: "
 
 
-def _outcome(findings: list[dict[str, Any]], problems: list[str], counts: Counter) -> Outcome:
+def _outcome(findings: list[Found], problems: list[str], counts: Counter) -> Outcome:
     if problems:
         return Outcome(
             findings,
@@ -1020,12 +1027,27 @@ def _block_at(chain: Any, when: int, head: int, counts: Counter) -> int:
 
 
 @dataclass(frozen=True)
+class _Carry:
+    """The complete whole-history run an EVM run follows on from: its id, and the treasury it
+    read (None: a run made before that was kept)."""
+
+    run_id: str
+    treasury: str | None
+
+
+@dataclass(frozen=True)
 class _Blocks:
-    """The blocks an EVM run reads: [lo, hi], and where its start comes from."""
+    """The blocks an EVM run reads: [lo, hi], where its start comes from, and the earlier run
+    whose findings before it are carried into this one (None: none are)."""
 
     lo: int
     hi: int
     start: str
+    carry: _Carry | None = None
+
+
+def _block_no(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _evm_blocks(
@@ -1036,11 +1058,14 @@ def _evm_blocks(
     until: datetime | None,
     counts: Counter,
 ) -> _Blocks:
-    """The window in blocks. Without `since` it reaches back to the block of the rail's
-    first session (its opening less the clock skew verification allows: no older transfer can
-    be bound to a session), to the first block the last complete whole-history run read (what
-    it found stays found until someone resolves it), and at least the lookback before the
-    window's end (10 x RAILPROOF_RECONCILE_EVM_MAX_RANGE blocks, all a rail with neither has)."""
+    """The window in blocks. A whole-history run (no `since`, no `until`) after a complete
+    one starts where that one ended, less the lookback (10 x RAILPROOF_RECONCILE_EVM_MAX_RANGE
+    blocks: a block reorged since it was read), and carries what that run found before it
+    (`_carry_inflows`): each run reads what is new, not the rail's whole history again.
+    Otherwise, without `since`, it reaches back to the block of the rail's first session (its
+    opening less the clock skew verification allows: no older transfer can be bound to a
+    session), to the first block the last complete whole-history run read, and at least the
+    lookback before the window's end (all a rail with neither has)."""
     from rails.evm_inflows import head as read_head
     from verifier.services.proofs import opening_skew
 
@@ -1051,9 +1076,25 @@ def _evm_blocks(
         return _Blocks(_block_at(chain, _epoch(since), top, counts), hi, "--since")
     with engine.db.tx() as s:
         first = repo.earliest_session(s, rail.rail_id)
-        before = repo.whole_run_first_block(s, rail.rail_id)
+        last = repo.last_whole_run(s, Scope.chain_inflows.value, rail.rail_id)
+        last_id, summary = (last.id, dict(last.summary or {})) if last else (None, {})
     lookback = 10 * engine.settings.reconcile_evm_max_range
+    read_to = _block_no(summary.get("to_block"))
+    if until is None and last_id is not None and read_to is not None:
+        # SECURITY: the earlier run read everything before its end (it completed) and its
+        # findings there are carried, so reading on from it leaves nothing unseen; the
+        # lookback re-reads the blocks a reorg may have changed since.
+        lo = max(0, min(read_to, hi) + 1 - lookback)
+        treasury = summary.get("treasury")
+        return _Blocks(
+            lo,
+            hi,
+            f"the end of the last complete whole-history run {last_id} (block {read_to}) "
+            f"less the lookback ({lookback} blocks)",
+            _Carry(last_id, treasury if isinstance(treasury, str) else None),
+        )
     starts = {max(0, hi + 1 - lookback): f"the lookback ({lookback} blocks before the end)"}
+    before = _block_no(summary.get("from_block"))
     if before is not None:
         starts.setdefault(before, "the first block the last whole-history run read")
     if first is not None and min(starts) > 0:
@@ -1101,6 +1142,7 @@ def evm_inflows(
         return Outcome([], RunStatus.incomplete, f"the chain could not be read: {err}", counts)
     lo, hi = blocks.lo, blocks.hi
     counts["from_block"], counts["to_block"] = lo, hi
+    notes = {"treasury": treasury}
     if lo > hi:
         # Nothing to read (the rail's first session opened after --until): said, not implied.
         return Outcome(
@@ -1109,6 +1151,7 @@ def evm_inflows(
             f"no block was read: the window starts at block {lo} ({blocks.start}), after it "
             f"ends at block {hi}",
             counts,
+            notes,
         )
     problems: list[str] = []
     most = engine.settings.reconcile_evm_max_blocks
@@ -1120,13 +1163,15 @@ def evm_inflows(
         problems.append(
             f"the window holds blocks {lo}..{hi}, more than RAILPROOF_RECONCILE_EVM_MAX_BLOCKS "
             f"({most}): the newest, {hi - most + 1}..{hi}, were read, {lo}..{hi - most} were "
-            f"not; raise it, or read those with a window ending before block {hi - most + 1} "
-            "(--until)"
+            f"not; raise it for one run (a complete run over the whole history is followed "
+            f"on from by the next), or read those with a window ending before block "
+            f"{hi - most + 1} (--until)"
         )
         lo = hi - most + 1
         counts["from_block"] = lo
-    findings: list[dict[str, Any]] = []
-    for n, recipient in enumerate(_treasuries_paid(engine, rail, treasury, since, until)):
+    findings: list[Found] = []
+    recipients = _treasuries_paid(engine, rail, treasury, since, until)
+    for n, recipient in enumerate(recipients):
         got = _evm_treasury_inflows(
             engine, rail, recipient, lo, hi, max(0, limit - counts["inflows"]), chain
         )
@@ -1138,7 +1183,97 @@ def evm_inflows(
         if got.status is not RunStatus.complete:
             unread = got.detail.removeprefix(_UNREAD)
             problems.append(f"inflows to {recipient}: {unread}" if n else unread)
-    return _outcome(findings, problems, counts)
+    if blocks.carry is not None:
+        findings += _carry_inflows(
+            engine, rail, treasury, blocks.carry, (lo, hi), recipients, chain, counts, problems
+        )
+    out = _outcome(findings, problems, counts)
+    out.notes = notes
+    return out
+
+
+def _carry_inflows(
+    engine: Engine,
+    rail: Rail,
+    treasury: str,
+    carry: _Carry,
+    window: tuple[int, int],
+    recipients: list[str],
+    chain: Transport,
+    counts: Counter,
+    problems: list[str],
+) -> list[Found]:
+    """The inflows the earlier complete whole-history run left as drift (not information, not
+    applied, not resolved) that this run did not read again (before its window, or into an
+    address it no longer reads), judged again as a run judges what it reads: a transfer a
+    proof holds now, or one its bound session's pending proof waits for, is matched; the rest
+    are findings of this run, naming the run that read them from the chain (`carried_from`).
+
+    SECURITY: a whole-history run that reads only what is new stands for the whole history:
+    what an earlier one found and nobody settled must stay drift, never drop out because it
+    is older than the window."""
+    from rails.evm_inflows import EvmInflow
+
+    lo, hi = window
+    read = {r.lower() for r in recipients}
+    with engine.db.tx() as s:
+        earlier = [
+            _finding(
+                f.kind,
+                f.severity,
+                dict(f.subjects or {}),
+                f.detail,
+                f.proposed_repair,
+                RepairStatus(f.repair_status),
+            )
+            for f in repo.findings_of(s, carry.run_id)
+            if f.kind in _INFLOW_KINDS
+            and is_drift({"severity": f.severity, "repair_status": f.repair_status})
+        ]
+    out: list[Found] = []
+    by_recipient: dict[str, list[tuple[EvmInflow, str]]] = {}
+    for old in earlier:
+        subjects = old["subjects"]
+        recipient = str(subjects.get("recipient") or carry.treasury or treasury)
+        block = _block_no(subjects.get("block_number"))
+        if block is not None and lo <= block <= hi and recipient.lower() in read:
+            continue  # read again by this run
+        try:
+            inflow = EvmInflow(
+                tx_hash=str(subjects["transfer"]),
+                block_number=block if block is not None else -1,
+                log_index=subjects.get("log_index"),
+                sender=str(subjects["sender"]),
+                recipient=recipient,
+                value=int(subjects["amount"]),
+                log_indexes=tuple(subjects.get("log_indexes") or ()),
+            )
+        except (KeyError, TypeError, ValueError):
+            # A finding this run cannot judge again is carried as it was found, never dropped.
+            subjects.setdefault("carried_from", carry.run_id)
+            counts["carried"] += 1
+            out.append(old)
+            continue
+        origin = str(subjects.get("carried_from") or carry.run_id)
+        by_recipient.setdefault(recipient, []).append((inflow, origin))
+    for recipient, carried in by_recipient.items():
+        origins = {(i.tx_hash.lower(), i.log_index): o for i, o in carried}
+        judged: Counter = Counter()
+        found = _evm_judge(
+            engine, rail, recipient, [i for i, _ in carried], chain, judged, problems
+        )
+        counts["rpc_calls"] += judged["rpc_calls"]
+        counts["carried_matched"] += judged["matched"]
+        counts["carried"] += len(found)
+        for f in found:
+            sub = f["subjects"]
+            origin = origins[(str(sub["transfer"]).lower(), sub["log_index"])]
+            sub["carried_from"] = origin
+            if recipient.lower() != treasury.lower():
+                sub["recipient"] = recipient
+            f["detail"] = f"{f['detail']} (found by run {origin}; not read again by this run)"
+        out += found
+    return out
 
 
 def _evm_treasury_inflows(
@@ -1151,7 +1286,7 @@ def _evm_treasury_inflows(
     chain: Transport,
 ) -> Outcome:
     """The Transfer logs to `treasury` in blocks [lo, hi], each matched or reported."""
-    from rails.evm_inflows import payments, transfer_logs
+    from rails.evm_inflows import transfer_logs
 
     counts: Counter = Counter()
     scan = transfer_logs(
@@ -1159,14 +1294,6 @@ def _evm_treasury_inflows(
     )
     counts["rpc_calls"] += scan.calls
     problems = [scan.error] if scan.error else []
-    adapter = engine.adapter(rail)
-    ptype = rail.proof_types[0]
-    fps = {
-        i.tx_hash: fingerprint(
-            rail.family, rail.network, ptype, adapter.normalize_proof(ptype, i.tx_hash)
-        )
-        for i in scan.inflows
-    }
     # The logs checked: `limit` of them, and the rest of the last one's transaction (its
     # logs are one payment: cut in two, it would match no session).
     cut = min(len(scan.inflows), limit)
@@ -1175,7 +1302,37 @@ def _evm_treasury_inflows(
     ):
         cut += 1
     window = scan.inflows[:cut]
-    findings: list[dict[str, Any]] = []
+    counts["inflows"] = len(window)
+    findings = _evm_judge(engine, rail, treasury, window, chain, counts, problems)
+    if len(scan.inflows) > len(window):
+        problems.append(
+            f"{len(scan.inflows) - len(window)} more inflows in the window than --limit"
+        )
+    return _outcome(findings, problems, counts)
+
+
+def _evm_judge(
+    engine: Engine,
+    rail: Rail,
+    treasury: str,
+    window: list[EvmInflow],
+    chain: Transport,
+    counts: Counter,
+    problems: list[str],
+) -> list[Found]:
+    """Transfers to `treasury` (logs as read, or payments already summed) matched against
+    the proofs we hold (counted in `matched`, in logs) or reported as findings."""
+    from rails.evm_inflows import payments
+
+    adapter = engine.adapter(rail)
+    ptype = rail.proof_types[0]
+    fps = {
+        i.tx_hash: fingerprint(
+            rail.family, rail.network, ptype, adapter.normalize_proof(ptype, i.tx_hash)
+        )
+        for i in window
+    }
+    findings: list[Found] = []
     with engine.db.tx() as s:
         known = repo.proofs_by_fingerprint(s, list(fps.values()))
         # A transaction is one proof, but it may carry several payers' transfers (a bundle):
@@ -1207,8 +1364,9 @@ def _evm_treasury_inflows(
         ]
         claims = {i.tx_hash: _claims(known.get(fps[i.tx_hash], ())) for i in fresh}
         # (Counted in logs, as read.)
-        counts["matched"] = len(window) - sum(len(i.log_indexes) for i in fresh)
-        counts["inflows"] = len(window)
+        counts["matched"] += sum(len(i.log_indexes) or 1 for i in window) - sum(
+            len(i.log_indexes) for i in fresh
+        )
         cands = repo.sessions_for_payer(
             s, rail.rail_id, treasury, [(i.sender, i.value) for i in fresh]
         )
@@ -1257,11 +1415,7 @@ def _evm_treasury_inflows(
                         "needs a person: refund the sender, or attach by hand under an incident id",
                     )
                 )
-    if len(scan.inflows) > len(window):
-        problems.append(
-            f"{len(scan.inflows) - len(window)} more inflows in the window than --limit"
-        )
-    return _outcome(findings, problems, counts)
+    return findings
 
 
 class _Proofed(Protocol):
@@ -1324,7 +1478,7 @@ _SCANS: dict[InflowScan, Callable[..., Outcome]] = {
 # -- apply ------------------------------------------------------------------------------------
 
 
-def _apply(engine: Engine, findings: list[dict[str, Any]], op: audit.Operator) -> None:
+def _apply(engine: Engine, findings: list[Found], op: audit.Operator) -> None:
     from verifier.services.proofs import submit_proof
 
     for f in findings:

@@ -30,7 +30,6 @@ from verifier.storage.reconciliation_models import (
     ReconciliationRun,
     RepairStatus,
     RunStatus,
-    Scope,
 )
 from verifier.storage.repo.rows import rowcount, table
 
@@ -226,14 +225,14 @@ def current_runs(s: Session) -> list[ReconciliationRun]:
     return list(s.scalars(q).all())
 
 
-def whole_run_first_block(s: Session, rail_id: str) -> int | None:
-    """The first block the latest complete whole-history chain_inflows run of an EVM rail
-    read (its summary's `from_block`; None: no such run, or one made before it was kept)."""
+def last_whole_run(s: Session, scope: str, rail_id: str) -> ReconciliationRun | None:
+    """The latest run of `scope` and `rail_id` that completed over the whole history (no
+    `--since`, no `--until`): the one `current_runs` reads drift from."""
     R = ReconciliationRun
-    summary = s.scalar(
-        select(R.summary)
+    return s.scalar(
+        select(R)
         .where(
-            R.scope == Scope.chain_inflows.value,
+            R.scope == scope,
             R.rail_id == rail_id,
             R.status == RunStatus.complete.value,
             R.since.is_(None),
@@ -242,8 +241,6 @@ def whole_run_first_block(s: Session, rail_id: str) -> int | None:
         .order_by(R.started_at.desc(), R.id.desc())
         .limit(1)
     )
-    first = (summary or {}).get("from_block")
-    return first if isinstance(first, int) and first >= 0 else None
 
 
 def holding_settled_in(s: Session, tx_hashes: Sequence[str]) -> dict[str, list[str]]:
