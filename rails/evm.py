@@ -10,11 +10,11 @@ bundle), and `tx.to` may be a router rather than the token; none of them counts.
 Check order (one check, one code; chain calls just before the checks that need them):
 
     shape (proof_malformed) → eth_chainId (a node on another chain: pending rpc_unavailable)
-    → eth_getTransactionReceipt
-    (null: pending tx_not_found; status 0: tx_failed_onchain from a final canonical block,
-    else pending reorged / not_final) → wrong_asset → wrong_recipient
-    → amount_mismatch → sender_mismatch (only when the terms name a payer) → reference/memo
-    (EVM transfers carry none) → eth_getBlockByNumber(receipt block) → time window
+    → eth_getTransactionReceipt (null: pending tx_not_found)
+    → eth_getBlockByNumber(receipt block) (its hash is not the receipt's: pending reorged,
+    before any verdict) → status 0: tx_failed_onchain once final, else pending not_final
+    → wrong_asset → wrong_recipient → amount_mismatch → sender_mismatch (only when the terms
+    name a payer) → reference/memo (EVM transfers carry none) → time window
     (session_not_open, session_expired) → settlement (eth_blockNumber, `finalized` block).
 
 Finality is a pure policy (`is_final_at_depth`) over an observation the adapter refreshes:
@@ -35,7 +35,8 @@ Why the catalog defaults are what they are:
 
 Reorg detection: the canonical block hash at the receipt's height (eth_getBlockByNumber) no
 longer equals the receipt's `blockHash`, or the receipt vanished → `Settlement(reorged=True,
-finality="reorged")`; the apply gate blocks on it.
+finality="reorged")` in a finality sweep; the apply gate blocks on it. At verification the
+same mismatch is `pending reorged`: no verdict is taken from a fork's receipt.
 
 Transport exceptions (rails.errors.TransportError) are not caught here: the engine turns them
 into `pending rpc_unavailable`. A receipt about another transaction than the one asked for, a
@@ -607,7 +608,8 @@ def check_sender(c: TokenCtx) -> Finding | None:
     )
 
 
-# Before the block read (the receipt alone decides them), then after it.
+# The receipt alone decides the first ones, the block's time the last (both once the block
+# is known to be the canonical one).
 RECEIPT_CHECKS: tuple[Check[EvmCtx], ...] = (
     check_asset,
     check_recipient,
@@ -801,17 +803,36 @@ class EvmAdapter:
             self.rail.finality,
         )
 
+    @staticmethod
+    def _forked(
+        tx_hash: str, receipt: Receipt, block: Mapping[str, Any], observed: Observed
+    ) -> Verdict | None:
+        """A wait when the receipt's block is not the chain's block at its height."""
+        canonical = str(block["hash"]).lower()
+        if canonical == receipt.block_hash:
+            return None
+        # SECURITY: a node behind a reorg serves a fork's receipt. Nothing in it is a fact
+        # about the chain: its logs may not be there, its block's time is not the canonical
+        # block's, and the transaction may be re-mined elsewhere (inside the window, paying
+        # in full). No verdict, failed or verified, is given on it; it is asked again.
+        return Verdict.wait(
+            FailureCode.reorged,
+            f"transaction {tx_hash} is in block {receipt.block_number} {receipt.block_hash}, "
+            f"which is no longer the chain's block at that height ({canonical}): asked again",
+            observed=observed,
+        )
+
     def _reverted(
-        self, chain: Transport, tx_hash: str, receipt: Receipt, observed: Observed
+        self,
+        chain: Transport,
+        tx_hash: str,
+        receipt: Receipt,
+        block: Mapping[str, Any],
+        observed: Observed,
     ) -> Verdict:
-        where = self._settlement(chain, tx_hash, receipt, self._receipt_block(chain, receipt))
+        # The block is the canonical one (`_forked` came first).
+        where = self._settlement(chain, tx_hash, receipt, block)
         said = f"transaction {tx_hash} reverted (status 0) in block {receipt.block_number}"
-        if where.reorged:
-            return Verdict.wait(
-                FailureCode.reorged,
-                f"{said}, which is no longer the chain's block at that height: asked again",
-                observed=observed,
-            )
         if not where.is_final:
             return Verdict.wait(
                 FailureCode.not_final,
@@ -833,12 +854,17 @@ class EvmAdapter:
             )
         receipt = parse_receipt(raw, tx_hash)
         observed = self._observed(receipt, token, recipient)
+        # The block first: every check after it, definitive or not, is about a receipt of the
+        # canonical chain.
+        block = self._receipt_block(chain, receipt)
+        forked = self._forked(tx_hash, receipt, block, observed)
+        if forked is not None:
+            return forked
         # SECURITY: a reverted transaction moved nothing, whatever its input or logs say. It
-        # is a definitive `failed` only from a final block of the canonical chain: a node
-        # behind a reorg serves a fork's receipt, and a block not final yet may be replaced
+        # is a definitive `failed` only from a final block: one not final yet may be replaced
         # by one where the transaction succeeds.
         if not receipt.success:
-            return self._reverted(chain, tx_hash, receipt, observed)
+            return self._reverted(chain, tx_hash, receipt, block, observed)
 
         check_token_transfers(receipt.logs, token)
         transfers = token_transfers(receipt.logs)
@@ -857,7 +883,6 @@ class EvmAdapter:
         if found is not None:
             return found.verdict(observed)
 
-        block = self._receipt_block(chain, receipt)
         ctx.when = self._block_time(block, receipt, terms)
         if ctx.when is not None:
             observed = observed.model_copy(update={"block_time": ctx.when})

@@ -33,6 +33,8 @@ exactly what it says. Checks run in this fixed order, each one small function, o
        used: the AuthorizationUsed log's transaction moved
        other funds, or the payer cancelled the nonce       nonce_reused
        used, but the node serves neither yet               pending rpc_unavailable
+       settled in a block that is no longer the chain's
+       block at its height (a node behind a reorg)         pending reorged
        settled in a block older than the session (+ 30 s)  session_not_open
 
 `now` is the clock of this check; `submitted` is when the proof was submitted (Terms.
@@ -801,7 +803,9 @@ def _settlement(
         ref, tx.block_number, tx.block_hash, canonical, head.get(), rail.finality
     )
     to = f"0x{tx.to.hex()}" if tx.to is not None else "?"
-    stamp = block.get("timestamp") if block is not None else None
+    # SECURITY: only the block that holds the settlement dates it; the canonical block at the
+    # height of a reorged one is another block, whose time says nothing about the settlement.
+    stamp = block.get("timestamp") if block is not None and not s.reorged else None
     return s.model_copy(
         update={
             "detail": f"settled by {tx.tx_hash} (transfer to {to}, value {tx.value}); {s.detail}",
@@ -1142,6 +1146,16 @@ class X402Adapter:
                 **({"block_time": stamped} if stamped is not None else {}),
             }
         )
+        # SECURITY: a settlement in a block that is no longer the chain's (a node behind a
+        # reorg) is no fact to judge the window by, nor a payment to verify: the authorization
+        # may be settled again in another block, at another time. Asked again.
+        if settlement.reorged:
+            return Verdict.wait(
+                FailureCode.reorged,
+                f"the settlement's block is no longer the chain's block at its height "
+                f"({settlement.detail}): asked again",
+                observed=observed,
+            )
         if e.not_before is not None:
             if stamped is None:
                 # Real nodes always return it; without it the window cannot be checked.

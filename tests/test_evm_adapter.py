@@ -302,12 +302,56 @@ def test_a_node_on_another_chain_reorgs_nothing_in_a_finality_sweep():
 def test_receipt_whose_block_left_the_chain_settles_reorged():
     a, chain = adapter("evm_usdc"), cassette("synthetic/reorged_block.json")
     v = a.verify(REORGED_TX, terms(), chain)
-    assert v.status is Status.verified  # the transfer checks pass; the settlement blocks apply
-    s = v.settlement
-    assert s.reorged and s.finality == "reorged" and not s.is_final
-    assert s.block_hash == "0x" + "ab" * 32 and ("0x" + "cd" * 32) in s.detail
+    # A fork's receipt is no verdict, not even `verified` with a reorged settlement.
+    assert (v.status, v.code, v.settlement) == (Status.pending, FailureCode.reorged, None)
+    assert ("0x" + "ab" * 32) in v.detail and ("0x" + "cd" * 32) in v.detail
     [swept] = a.finality([REORGED_TX], chain)
-    assert swept.reorged and swept.finality == "reorged"
+    assert swept.reorged and swept.finality == "reorged" and not swept.is_final
+    assert swept.block_hash == "0x" + "ab" * 32 and ("0x" + "cd" * 32) in swept.detail
+
+
+def _forked(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The real transfer's cassette with another block canonical at its height, stamped a
+    little before the transfer's own (a node behind a reorg serving the fork's receipt)."""
+    for c in calls:
+        if c["method"] == "eth_getBlockByNumber" and c["params"][0] == hex(USDC_BLOCK):
+            c["result"]["hash"] = "0x" + "ab" * 32
+            c["result"]["timestamp"] = hex(int(USDC_TIME.timestamp()) - 24)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        # The canonical block's time is before the session opened: failed for good before.
+        dict(not_before=USDC_TIME - timedelta(seconds=6), not_after=USDC_TIME + timedelta(hours=1)),
+        # ... or after it expired.
+        dict(not_after=USDC_TIME - timedelta(seconds=12)),
+        # The receipt checks: definitive verdicts on what the fork's receipt holds.
+        dict(amount=USDC_AMOUNT + 1),
+        dict(recipient=SWAPPER),
+        dict(sender=SWAPPER),
+        dict(asset=USDT),
+        # Or a reverted fork transaction.
+        dict(reverted=True),
+    ],
+)
+def test_a_forks_receipt_waits_and_is_never_a_verdict(what):
+    # A receipt whose blockHash is not the canonical block at its height: the window was
+    # judged on the canonical block's timestamp (a block not holding the transaction) and the
+    # receipt checks on the fork's logs, each a `failed` never checked again.
+    calls = _forked(calls_of("eth_usdc_transfer.json"))
+    what = dict(what, sender=what.get("sender", USDC_FROM))
+    if what.pop("reverted", False):
+        _receipt_of(calls)["status"] = "0x0"
+    v = run_verify(adapter("evm_usdc"), USDC_TX, terms(**what), transport_from(calls)).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.reorged), v.detail
+    assert v.settlement is None and "no longer the chain's block" in v.detail
+
+
+def _receipt_of(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    [r] = [c["result"] for c in calls if c["method"] == "eth_getTransactionReceipt"]
+    return r
 
 
 def test_settlement_not_final_until_deep_enough():

@@ -1005,6 +1005,23 @@ def test_a_settlement_older_than_the_session_is_session_not_open(sepolia):
         assert verdict.observed["block_time"] == at(mined).isoformat()
 
 
+def test_a_settlement_in_a_block_that_left_the_chain_waits_and_is_never_judged(sepolia):
+    # The receipt names a block that is no longer the canonical one at its height (a node
+    # behind a reorg): the window was judged on the canonical block's timestamp, a block not
+    # holding the settlement, and `session_not_open` recorded for good.
+    opened = INSIDE - 10
+    fork = "0x" + "99" * 32
+    for mined in (opened - MARGIN - 1, INSIDE + 5):
+        chain = live_chain(used=True, logs=settlement_logs(), canonical=fork, mined=mined)
+        verdict = sepolia.verify(V1_JSON, windowed(INSIDE, opened, INSIDE + 600), chain)
+        assert (verdict.status, verdict.code) == (Status.pending, FailureCode.reorged), mined
+        assert verdict.settlement is None and "block_time" not in verdict.observed
+        assert fork in verdict.detail
+    # Nor does a finality sweep date a reorged settlement by another block.
+    [s] = sepolia.finality([REF], live_chain(used=True, logs=settlement_logs(), canonical=fork))
+    assert s.reorged and s.block_time is None
+
+
 def test_a_settlement_block_without_a_timestamp_is_pending_when_a_window_is_asked(sepolia):
     chain = live_chain(used=True, logs=settlement_logs(), mined=None)
     checked = run_verify(sepolia, V1_JSON, windowed(INSIDE, INSIDE - 10, INSIDE + 600), chain)
