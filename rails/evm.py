@@ -41,9 +41,9 @@ same mismatch is `pending reorged`: no verdict is taken from a fork's receipt.
 Transport exceptions (rails.errors.TransportError) are not caught here: the engine turns them
 into `pending rpc_unavailable`. A receipt about another transaction than the one asked for, a
 node that serves another chain than the rail's, or fields that are not what JSON-RPC promises
-(a quantity that is not hex, a timestamp no calendar holds, a Transfer log of the rail's
-token that no ERC-20 can emit) are a `MalformedResponse` (a lying, broken or misconfigured
-node), never a verdict.
+(a quantity that is not hex, a timestamp no calendar holds, a receipt's log without its
+logIndex, a Transfer log of the rail's token that no ERC-20 can emit) are a
+`MalformedResponse` (a lying, broken or misconfigured node), never a verdict.
 
 Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `token_transfers`,
 `parse_receipt`, `settlement_for_receipt`, `is_final_at_depth`, `read_head`, and
@@ -213,7 +213,9 @@ def _check_logs(r: Receipt) -> None:
     """SECURITY: the logs are this receipt's, each once. One listed twice would be counted
     twice (a second payment made of the first); one naming another transaction or block is
     not this transaction's transfer; one the node marks removed is of a block that left the
-    chain, so the receipt is a fork's (read again, never a verdict on what it lacks)."""
+    chain, so the receipt is a fork's (read again, never a verdict on what it lacks). A
+    receipt is of a mined transaction, so every log has its place in the block: one without
+    a logIndex could be one listed twice that no index tells apart."""
     seen: set[int] = set()
     for log in r.logs:
         if log.get("removed") is True:
@@ -226,11 +228,12 @@ def _check_logs(r: Receipt) -> None:
         if number is not None and hex_int(number, "log.blockNumber") != r.block_number:
             raise MalformedResponse(f"receipt: a log of block {number!r:.40}")
         index = log.get("logIndex")
-        if index is not None:
-            i = hex_int(index, "log.logIndex")
-            if i in seen:
-                raise MalformedResponse(f"receipt: log {i} listed twice")
-            seen.add(i)
+        if index is None:
+            raise MalformedResponse("receipt: a log without a logIndex")
+        i = hex_int(index, "log.logIndex")
+        if i in seen:
+            raise MalformedResponse(f"receipt: log {i} listed twice")
+        seen.add(i)
 
 
 def decode_transfer(log: dict[str, Any]) -> TokenTransfer | None:

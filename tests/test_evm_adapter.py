@@ -433,11 +433,35 @@ def test_a_log_index_that_is_not_a_quantity_is_pending_not_an_exception():
         v = checked.verdict
         assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable), bad
         assert "log.logIndex" in v.detail
-    # A pending block's log carries none: nothing wrong with that.
-    v = adapter("evm_usdc").verify(
-        USDC_TX, terms(), transport_from(_receipt_with_log(logIndex=None))
-    )
-    assert v.status is Status.verified
+    # A receipt is a mined transaction's: each of its logs has its place in the block.
+    v = run_verify(
+        adapter("evm_usdc"), USDC_TX, terms(), transport_from(_receipt_with_log(logIndex=None))
+    ).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
+    assert "without a logIndex" in v.detail
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_a_log_listed_twice_without_its_log_index_is_not_two_payments(drop):
+    # The guard against a log listed twice keyed on logIndex and passed over logs without one:
+    # the payer's one half-price Transfer listed twice, null or missing logIndex, was summed
+    # twice and verified as the full price.
+    half = USDC_AMOUNT // 2
+    calls = calls_of("eth_usdc_transfer.json")
+    log = _receipt_of(calls)["logs"][0]
+    log["data"] = "0x" + half.to_bytes(32, "big").hex()
+    if drop:
+        log.pop("logIndex")
+    else:
+        log["logIndex"] = None
+    _receipt_of(calls)["logs"].append(copy.deepcopy(log))
+    v = run_verify(
+        adapter("evm_usdc"),
+        USDC_TX,
+        terms(amount=2 * half, sender=USDC_FROM),
+        transport_from(calls),
+    ).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable), v.detail
 
 
 @pytest.mark.parametrize("where", ["block", "log"])

@@ -593,7 +593,7 @@ def test_a_nodes_odd_logs_and_amounts_are_no_authorizations(settled):
     from verifier.services.proofs import MAX_AMOUNT, _paying
 
     raw = settled.receipt(settled.settlement)
-    raw["logs"] = [{"address": 7, "topics": [], "data": "0x"}, *raw["logs"]]
+    raw["logs"] = [{"address": 7, "topics": [], "data": "0x", "logIndex": "0xffff"}, *raw["logs"]]
     receipt = parse_receipt(raw, settled.settlement)
     [paid] = authorizations_paid(receipt, BASE_SEPOLIA_USDC, BASE_SEPOLIA_CHAIN_ID)
     assert (paid["key"], paid["recipient"], paid["amount"]) == (IDENTITY, PAY_TO, str(VALUE))
