@@ -108,3 +108,30 @@ def test_a_token_file_that_is_not_text_exits_2(world, tmp_path):
     r = run(world, "--staff-token-file", str(f), "list-rail-proofs")
     assert r.exit_code == 2 and "--staff-token-file" in r.stderr
     assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize("token", [f"{STAFF_TOKEN} ", f" {STAFF_TOKEN}", f"{STAFF_TOKEN}\t"])
+def test_a_staff_token_with_space_around_it_is_refused_naming_its_variable(world, token):
+    """A token pasted with a stray space is printable ASCII, yet HTTP refuses the header it
+    makes, and httpx says so by quoting the header: the token was printed on stderr. It is
+    refused before anything is sent, naming the variable, never the token."""
+    r = run(world, "list-rail-proofs", token=token)
+    assert r.exit_code == 2, r.output
+    assert "RAILPROOF_STAFF_TOKEN" in r.stderr and "spaces" in r.stderr, r.stderr
+    assert STAFF_TOKEN not in r.output, r.output
+
+
+def test_a_header_httpx_refuses_is_named_never_quoted(world, monkeypatch):
+    """Whatever header HTTP refuses, httpx's reason (which quotes the header's value) is never
+    printed: the message names where the value came from."""
+
+    def refuse(method, url, headers, **kw):
+        raise httpx.LocalProtocolError(f"Illegal header value {headers[b'Authorization']!r}")
+
+    monkeypatch.setattr(httpx, "request", refuse)
+    # As if the token's own check had let it through.
+    monkeypatch.setattr("verifier.cli.ops.bearer_token_ok", lambda token: True, raising=False)
+    r = run(world, "list-rail-proofs", token=f"{STAFF_TOKEN} ")
+    assert r.exit_code == 2, r.output
+    assert "RAILPROOF_STAFF_TOKEN" in r.stderr and "nothing was sent" in r.stderr, r.stderr
+    assert STAFF_TOKEN not in r.output and "Illegal" not in r.output, r.output

@@ -14,6 +14,7 @@ Exit codes: 0 done; 1 refused (a blocker or a 4xx); 2 usage or connection error.
 import functools
 import inspect
 import json
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -28,7 +29,7 @@ from rich.text import Text
 
 from rails.files import read_regular
 from verifier.cli.show import plain, say, text
-from verifier.core.config import Settings
+from verifier.core.config import BEARER_TOKEN_RULE, Settings, bearer_token_ok
 from verifier.http.guards import MAX_INCIDENT_ID, MAX_OPERATOR_REASON
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
@@ -108,9 +109,9 @@ def _staff_token(settings: Settings | None) -> str:
 
 
 def _usable(token: str, source: str) -> str:
-    # An Authorization header carries printable ASCII; never echo the token itself.
-    if not (token.isascii() and token.isprintable()):
-        _die(f"{source}: the staff token must be printable ASCII")
+    # SECURITY: checked before it is sent, never echoed (bearer_token_ok says why).
+    if not bearer_token_ok(token):
+        _die(f"{source}: {BEARER_TOKEN_RULE}")
     return token
 
 
@@ -193,6 +194,12 @@ class Client:
         self.base_option = "--base-url" if url else "--base-url (RAILPROOF_API_BASE_URL)"
         token = _staff_token(settings)
         self.headers = {b"Authorization": f"Bearer {token}".encode()}
+        # Where each header's value came from: a refusal names that, never the value.
+        self.header_sources = {
+            b"Authorization": "--staff-token-file" if token_file else "RAILPROOF_STAFF_TOKEN",
+            b"X-Incident-Id": "--incident-id",
+            b"X-Operator-Reason": "--operator-reason",
+        }
         # Pasted from a ticket or read with "$(cat reason.txt)": the space around a value is
         # not part of it (and HTTP refuses a header value that starts or ends with one).
         incident_id = (incident_id or "").strip() or None
@@ -241,9 +248,11 @@ class Client:
                 _die(f"{self.base_option}: not a usable URL: {self.base!r} ({e})")
             # The base is fine: an id or an option made the request's URL unusable.
             _die(f"an id or option makes the request's URL unusable ({e})")
-        except httpx.LocalProtocolError as e:
+        except httpx.LocalProtocolError:
             # Refused before anything was sent: the request itself is not valid HTTP.
-            _die(f"an id or option cannot be sent in an HTTP request ({e}); nothing was sent")
+            # SECURITY: httpx's reason quotes the header it refused, which may be the
+            # Authorization header and the staff token in it: the source is named instead.
+            _die(f"{self._unsendable()} cannot be sent in an HTTP request; nothing was sent")
         except httpx.HTTPError as e:
             _die(
                 f"cannot reach the API at {_shown(self.base)} ({type(e).__name__}); is "
@@ -261,6 +270,17 @@ class Client:
                 1 if r.status_code == 403 else 2,
             )
         return r.status_code, data
+
+    def _unsendable(self) -> str:
+        """What made the request one HTTP refuses, named by where it came from."""
+        for name, value in self.headers.items():
+            if _HEADER_FORBIDDEN.search(value) or value != value.strip(b" \t"):
+                return self.header_sources.get(name, name.decode("ascii"))
+        return "an id or option"
+
+
+# Bytes HTTP forbids in a header value (HTAB aside).
+_HEADER_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _shown(url: str) -> str:

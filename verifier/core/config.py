@@ -583,6 +583,22 @@ def _lookup(table: Mapping[str, Any], token: str) -> Any:
     return found
 
 
+BEARER_TOKEN_RULE = (
+    "the token must be printable ASCII with no spaces or line breaks around it (a token "
+    "read from a file keeps its newline)"
+)
+
+
+def bearer_token_ok(token: str) -> bool:
+    """Whether `token` can be sent as `Authorization: Bearer <token>` as it is.
+
+    SECURITY: HTTP refuses a header value with control characters or a space at either end,
+    and httpx says so by quoting the whole header, the token included: a client checks its
+    token with this before sending it, and names the variable, never the token
+    (BEARER_TOKEN_RULE says why)."""
+    return bool(token) and token.isascii() and token.isprintable() and token == token.strip()
+
+
 def default_api_base_url(environ: Mapping[str, str] | None = None) -> str:
     """Where the operator CLI and the demo find the API: RAILPROOF_API_BASE_URL, else the
     loopback port `railproof serve` (and `make serve`) listens on: $PORT, else 8000."""

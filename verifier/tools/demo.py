@@ -14,7 +14,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from verifier.core.config import DEFAULT_CASSETTE_DIR, default_api_base_url
+from verifier.core.config import (
+    BEARER_TOKEN_RULE,
+    DEFAULT_CASSETTE_DIR,
+    bearer_token_ok,
+    default_api_base_url,
+)
 
 DEMO_CASSETTE = "solana/generated/demo_payment.json"
 DEMO_SERVICE_TOKEN = "demo-service-token"
@@ -41,15 +46,10 @@ class _Stop(Exception):
 
 
 def _token(var: str, default: str) -> str:
-    # SECURITY: httpx refuses a header it cannot send by quoting it whole, the bearer token
-    # included: the token is checked here and never printed.
+    # SECURITY: checked before it is sent, never printed (bearer_token_ok says why).
     token = os.environ.get(var, default)
-    if not (token and token.isascii() and token.isprintable() and token == token.strip()):
-        raise _Stop(
-            f"{var}: the token must be printable ASCII with no spaces or line breaks around it "
-            "(a token read from a file keeps its newline)",
-            2,
-        )
+    if not bearer_token_ok(token):
+        raise _Stop(f"{var}: {BEARER_TOKEN_RULE}", 2)
     return token
 
 
