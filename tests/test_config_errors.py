@@ -386,3 +386,31 @@ def test_staff_names_that_differ_only_by_separators_are_one_person(other):
 def test_a_staff_name_spelling_one_of_railproofs_actors_is_reserved(name):
     with pytest.raises(ValidationError, match="reserved"):
         Settings(staff_tokens={"t1": name})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ops.example.com",  # no scheme
+        "https://ops.example.com/console",  # a path
+        "ftp://ops.example.com",
+        "https://user@ops.example.com",
+        "https://ops.example.com?x=1",
+        "https://ops example.com",
+        "https://ops.example.com:99999",
+        "*",
+    ],
+)
+def test_a_console_origin_that_is_not_one_stops_the_start_naming_it(env, served, value):
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    env.setenv("RAILPROOF_CONSOLE_ORIGIN", value)
+    r = cli("serve")
+    assert r.exit_code == 2, r.output
+    assert "RAILPROOF_CONSOLE_ORIGIN" in r.output and "not an origin" in r.output, r.output
+    assert served == []
+
+
+def test_console_origins_are_read_as_a_browser_writes_them():
+    s = Settings(console_origin="HTTPS://Ops.Example.com:443/, http://10.0.0.5:8080")
+    assert s.console_origin == ["https://ops.example.com", "http://10.0.0.5:8080"]
+    assert Settings().console_origin == []

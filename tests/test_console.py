@@ -280,6 +280,77 @@ def test_cross_site_posts_are_refused_even_with_the_token(c, engine, chain):
     assert receipts(engine) == 0
 
 
+PUBLIC = "https://ops.example.com"  # the name operators open, in front of a proxy
+
+
+def _behind_proxy(engine, clock, origins: list[str]) -> TestClient:
+    # The proxy sends its upstream's address as Host (nginx's default) and speaks http to us.
+    if origins:
+        engine.settings.console_origin = origins
+    app = create_app(engine, console=console_router(engine, clock=clock))
+    return TestClient(
+        app, base_url="http://10.0.0.5:8000", raise_server_exceptions=False, follow_redirects=False
+    )
+
+
+def _login_from(c: TestClient, origin: str, token: str = STAFF_TOKEN):
+    form = c.get("/console/login")
+    # The login cookie is Secure when the console's origin is https: the browser sends it
+    # back over https, which the proxy turns into this http request.
+    nonce = form.cookies.get("railproof_console_login")
+    return c.post(
+        "/console/login",
+        data={"token": token, "csrf_token": _CSRF.search(form.text)[1]},
+        headers={"Origin": origin, "Cookie": f"railproof_console_login={nonce}"},
+    )
+
+
+def test_behind_a_proxy_the_configured_public_origin_is_the_consoles(engine, clock, chain):
+    """Behind a proxy that sends its upstream's address as Host, the browser's Origin (the
+    public name) never equals the request's scheme and Host: every form was refused, the login
+    included. RAILPROOF_CONSOLE_ORIGIN names the public origin; cookies are Secure when it is
+    https, whatever scheme the proxy speaks to us."""
+    with _behind_proxy(engine, clock, [PUBLIC]) as c:
+        form = c.get("/console/login")
+        assert "secure" in form.headers["set-cookie"].lower()
+        r = _login_from(c, PUBLIC)
+        assert r.status_code == 303, r.text
+        assert "secure" in r.headers["set-cookie"].lower()
+        session = r.cookies.get(SESSION_COOKIE)
+        page = c.get("/console/rails", headers={"Cookie": f"{SESSION_COOKIE}={session}"})
+        token = _CSRF.search(page.text)[1]
+        r = c.post(
+            "/console/rails/fake_live/pause",
+            data={**OPS, "csrf_token": token},
+            headers={"Origin": PUBLIC, "Cookie": f"{SESSION_COOKIE}={session}"},
+        )
+        assert r.status_code == 303 and "done=" in r.headers["location"], r.text
+    assert len(audit_rows(engine, "rail.paused")) == 1
+
+
+def test_the_configured_origin_replaces_the_host_never_adds_to_it(engine, clock):
+    """With RAILPROOF_CONSOLE_ORIGIN set, a form whose Origin is the request's own scheme and
+    Host (what a proxy sends, spoofable by whoever reaches the upstream) is refused too: the
+    setting never loosens the check."""
+    with _behind_proxy(engine, clock, [PUBLIC]) as c:
+        r = _login_from(c, "http://10.0.0.5:8000")
+        assert r.status_code == 403, r.text
+        assert SESSION_COOKIE not in r.cookies
+        r = _login_from(c, "https://evil.example")
+        assert r.status_code == 403, r.text
+
+
+def test_an_origin_mismatch_says_so_and_names_the_setting(engine, clock):
+    """Unset, a proxy's Host makes every login fail: the refusal says the Origin did not
+    match and names RAILPROOF_CONSOLE_ORIGIN, not "expired" (misleading during an incident)."""
+    with _behind_proxy(engine, clock, []) as c:
+        r = _login_from(c, PUBLIC)
+        assert r.status_code == 403
+        assert SESSION_COOKIE not in r.cookies
+        assert "Origin" in r.text and "RAILPROOF_CONSOLE_ORIGIN" in r.text, r.text
+        assert "secure" not in c.get("/console/login").headers["set-cookie"].lower()
+
+
 @pytest.mark.parametrize("missing", ["confirm", "incident_id", "operator_reason"])
 def test_every_action_needs_confirm_incident_and_reason(c, engine, chain, missing):
     proof = paid_proof(c, chain)

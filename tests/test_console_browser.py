@@ -421,3 +421,65 @@ def test_operator_credits_an_ambiguous_payment_from_the_console(demo_engine, bro
             "OPS-7",
             opened,
         )
+
+
+def _host_rewriting_proxy(upstream: dict[str, httpx.Client]):
+    """A reverse proxy as nginx's bare `proxy_pass http://upstream;` is: every request goes on
+    with `Host: <upstream host:port>` (nginx's default `$proxy_host`), not the browser's."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Proxy(BaseHTTPRequestHandler):
+        def _relay(self) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else None
+            headers = [
+                (k, v) for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+            ]
+            r = upstream["client"].request(self.command, self.path, headers=headers, content=body)
+            self.send_response(r.status_code)
+            for k, v in r.headers.multi_items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+        do_GET = do_POST = _relay
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return Proxy
+
+
+def test_the_console_works_behind_a_proxy_that_sends_its_upstreams_host(demo_engine, browser):
+    """Behind nginx's default proxy_pass, the browser's Origin (the public name) never equals
+    the scheme and Host the console is reached with: every form was refused, the login
+    included, with a message blaming an expired form. RAILPROOF_CONSOLE_ORIGIN names the public
+    origin; signing in and pausing a rail then work through the proxy."""
+    from selenium.webdriver.common.by import By
+
+    from tests.live_server import handler_server
+
+    upstream: dict[str, httpx.Client] = {}
+    with handler_server(_host_rewriting_proxy(upstream)) as proxy_url:
+        public = proxy_url.replace("127.0.0.1", "localhost")  # the name the browser uses
+        demo_engine.settings.console_origin = [public]
+        with LiveServer(create_app(demo_engine)) as srv:
+            upstream["client"] = httpx.Client(base_url=srv.url, timeout=30)
+            try:
+                d = browser
+                d.get(public + "/console/login")
+                fill(d, {"token": "demo-staff-token"})
+                submit(d, "form.login button[type=submit]")
+                main = d.find_element(By.TAG_NAME, "main").text
+                assert "/console/login" not in d.current_url, main
+                d.get(public + "/console/rails")
+                fill(
+                    d, {"pause-solana_usdc-incident": "OPS-3", "pause-solana_usdc-reason": "drill"}
+                )
+                d.find_element(By.ID, "pause-solana_usdc-confirm").click()
+                submit(d, "form[action='/console/rails/solana_usdc/pause'] button")
+                assert "done=paused." in d.current_url, d.find_element(By.TAG_NAME, "main").text
+            finally:
+                upstream["client"].close()

@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=40, ge=1)
     # Console logins tried per client address a minute (0: not limited).
     console_logins_per_minute: int = Field(default=10, ge=0, le=10_000)
+    # The console's public origins (scheme://host[:port]) as browsers name them, behind a
+    # proxy that sends its upstream's address as Host or terminates TLS. Empty: the Origin
+    # of a console form must be the request's own scheme and Host.
+    console_origin: CsvList = Field(default_factory=list)
     # Rate-limit buckets shared by every API process in Redis (redis://host:6379/0); unset:
     # each process keeps its own. The prefix separates deployments sharing one Redis.
     redis_url: str | None = Field(default=None, pattern=r"^(rediss?|unix)://\S+$")
@@ -226,6 +230,7 @@ class Settings(BaseSettings):
         "receipt_creation_rails",
         "webhook_private_networks",
         "staff_lockout_exempt",
+        "console_origin",
         mode="before",
     )
     @classmethod
@@ -244,6 +249,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
         return out
+
+    @field_validator("console_origin", mode="after")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(web_origin(item) for item in v))
 
     @field_validator("service_tokens", "staff_tokens", mode="before")
     @classmethod
@@ -570,6 +580,35 @@ def _check_service_url(
         raise ValueError(f"{name}: the scheme must be {' or '.join(schemes)}")
     if host and not parts.hostname:
         raise ValueError(f"{name}: a URL without a host")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ORIGIN_HOST = re.compile(r"[a-z0-9.\-]+|[0-9a-f:.]+")  # a name, IPv4, or IPv6 (bracketed)
+
+
+def web_origin(value: str) -> str:
+    """`value` as a browser's Origin header says it (`https://ops.example.com`,
+    `http://10.0.0.5:8080`: lower case, no default port), or ValueError saying why it is not an
+    origin: an http(s) scheme and a host, a port at most; no path, query or user name."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} is not an origin (scheme://host[:port])") from None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not _ORIGIN_HOST.fullmatch(host):
+        raise ValueError(
+            f"{value!r} is not an origin: http:// or https:// and an ASCII host name (an "
+            "international one in its xn-- form), e.g. https://ops.example.com"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(
+            f"{value!r} is not an origin: scheme://host[:port] only, with no path, query or "
+            "user name"
+        )
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, _DEFAULT_PORTS[scheme]) else "")
 
 
 def _lookup(table: Mapping[str, Any], token: str) -> Any:

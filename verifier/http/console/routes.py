@@ -151,9 +151,14 @@ def console_router(
 ) -> APIRouter:
     """The console's routes, for the app: `app.include_router(console_router(engine))`.
 
-    `secure_cookies`: None marks cookies Secure when the request came over https; True always
-    (behind a TLS-terminating proxy), False never. `clock`: wall-clock seconds (tests)."""
+    `secure_cookies`: None marks cookies Secure when every origin in RAILPROOF_CONSOLE_ORIGIN
+    is https, else when the request came over https; True always (behind a TLS-terminating
+    proxy), False never. `clock`: wall-clock seconds (tests)."""
     settings = engine.settings
+    # The console's public origins, when a proxy in front hides them (RAILPROOF_CONSOLE_ORIGIN).
+    origins = frozenset(settings.console_origin)
+    if secure_cookies is None and origins and all(o.startswith("https://") for o in origins):
+        secure_cookies = True
     logins = login_limiter or login_limiter_from_settings(settings, engine.metrics)
     signer = Signer(
         key or derive_key(settings.audit_key_bytes(), dict(settings.staff_tokens)),
@@ -249,8 +254,45 @@ def console_router(
             return False
         origin = request.headers.get("origin")
         if origin is not None and origin != "null":
-            return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+            if origin_matches(request, origin):
+                return True
+            log.warning(
+                "console form refused: its Origin is not the console's (a proxy in front "
+                "needs RAILPROOF_CONSOLE_ORIGIN)",
+                extra={
+                    "origin": printable(origin[:200]),
+                    "expected": sorted(origins) or [printable(own_origin(request)[:200])],
+                },
+            )
+            return False
         return origin != "null"
+
+    def own_origin(request: Request) -> str:
+        return f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+    def origin_matches(request: Request, origin: str) -> bool:
+        # SECURITY: a form posted from another site names that site as its Origin. The
+        # console's own is the configured public origin when there is one (a proxy may send
+        # its upstream's address as Host, or speak http to us for an https page), else the
+        # scheme and Host this request came with: never both, never looser.
+        if origins:
+            return origin.lower() in origins
+        return origin == own_origin(request)
+
+    def origin_refusal(request: Request) -> str | None:
+        """What to tell an operator whose form came from a page of another origin than the
+        console believes is its own: the usual cause is a proxy in front, not an attack."""
+        origin = request.headers.get("origin")
+        if request.headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
+            return None
+        if origin is None or origin == "null" or origin_matches(request, origin):
+            return None
+        return (
+            "This form's Origin is not the address this console knows as its own, so nothing "
+            "was done. Behind a reverse proxy that sends another Host or terminates TLS, set "
+            "RAILPROOF_CONSOLE_ORIGIN to the address operators open (e.g. "
+            "https://ops.example.com); otherwise reload the page and try again."
+        )
 
     async def read_form(request: Request) -> dict[str, str]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -283,8 +325,9 @@ def console_router(
                 request,
                 cs,
                 403,
-                "CSRF check failed: reload the page and submit the "
-                "form again. Nothing was changed.",
+                origin_refusal(request)
+                or "CSRF check failed: reload the page and submit the form again. Nothing was "
+                "changed.",
             )
         return cs, form
 
@@ -396,7 +439,8 @@ def console_router(
             return login_page(
                 request,
                 403,
-                "The login form expired or did not come from this console: try again.",
+                origin_refusal(request)
+                or "The login form expired or did not come from this console: try again.",
                 nxt,
             )
         # SECURITY: guessing staff tokens is bounded per client address: every try takes
