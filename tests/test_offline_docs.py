@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings
 from tests.fake_rail import catalog_with_fake
+from tests.test_console_browser import browser  # noqa: F401
 from verifier.core.engine import Engine
 from verifier.http.api import create_app
 
@@ -64,3 +65,75 @@ def test_swagger_ui_loads_its_script_and_stylesheet_locally(client):
 def test_the_docs_pages_are_not_operations_of_the_api(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert not any(p.startswith(("/docs", "/redoc")) for p in paths)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc", "/docs/static/swagger-ui-bundle.js"])
+def test_the_docs_run_only_their_own_files_and_are_never_framed(client, page):
+    """SECURITY: the pages run a large script bundle on the console's origin, where a script
+    could read a console page (its CSRF token) with the operator's cookie: they may run only
+    the files served here (Swagger UI's inline start-up script by its hash), fetch only from
+    here, and no other site may frame them."""
+    r = client.get(page)
+    assert r.status_code == 200
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    if page.endswith(".js"):
+        return
+    csp = dict(
+        (d.split(" ", 1) + [""])[:2] for d in r.headers["content-security-policy"].split("; ")
+    )
+    assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
+    assert csp["connect-src"] == "'self'" and csp["base-uri"] == "'none'"
+    scripts = csp["script-src"].split()
+    assert scripts[0] == "'self'" and "'unsafe-inline'" not in scripts
+    assert "'unsafe-eval'" not in scripts
+    inline = re.findall(r"<script>(.*?)</script>", r.text, flags=re.S)
+    assert len(scripts) == 1 + len(inline)  # one hash per inline script, nothing else
+
+
+def test_api_docs_off_serves_no_docs_pages(tmp_path):
+    """RAILPROOF_API_DOCS=0: no /docs, /redoc or their assets (production); the OpenAPI
+    document, a contract and no script, is still served."""
+    settings = make_settings("sqlite:///unused-for-docs.db")
+    settings.api_docs = False
+    engine = Engine(settings, catalog=catalog_with_fake())
+    with TestClient(create_app(engine)) as c:
+        for page in ("/docs", "/redoc", "/docs/static/swagger-ui-bundle.js"):
+            assert c.get(page).status_code == 404, page
+        assert c.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.slow
+def test_the_docs_render_in_a_browser_under_their_policy(browser):  # noqa: F811
+    """The policy lets both pages draw the API from /openapi.json: no script, style or image
+    of theirs is blocked (Chromium logs a refusal as a console error), only what they would
+    fetch from elsewhere."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.live_server import LiveServer
+
+    engine = Engine(make_settings("sqlite:///unused-for-docs.db"), catalog=catalog_with_fake())
+    with LiveServer(create_app(engine)) as srv:
+        for page, drawn in (
+            ("/docs", ".swagger-ui .opblock"),
+            ("/redoc", "[data-section-id^='operation/']"),
+        ):
+            browser.get(srv.url + page)
+            WebDriverWait(browser, 20).until(
+                lambda d, css=drawn: d.find_elements(By.CSS_SELECTOR, css)
+            )
+            refused = [
+                e["message"]
+                for e in browser.get_log("browser")
+                if "Content Security Policy" in e["message"]
+                # Blocked as it should be: ReDoc's "powered by" logo from its CDN.
+                and not _elsewhere(e["message"], srv.url)
+            ]
+            assert refused == [], (page, refused)
+
+
+def _elsewhere(message: str, here: str) -> bool:
+    """Whether the refusal is of a resource on another site (inline code has no URL)."""
+    urls = re.findall(r"'(https?://[^']+)' violates", message)
+    return bool(urls) and not urls[0].startswith(here)

@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     # proxy that sends its upstream's address as Host or terminates TLS. Empty: the Origin
     # of a console form must be the request's own scheme and Host.
     console_origin: CsvList = Field(default_factory=list)
+    # /docs (Swagger UI) and /redoc: a large script bundle on the console's origin. A
+    # production deployment whose operators need no API browser turns them off.
+    api_docs: bool = True
     # Rate-limit buckets shared by every API process in Redis (redis://host:6379/0); unset:
     # each process keeps its own. The prefix separates deployments sharing one Redis.
     redis_url: str | None = Field(default=None, pattern=r"^(rediss?|unix)://\S+$")

@@ -8,7 +8,10 @@ The engine lives on `app.state.engine` (deps.get_engine), the rate limiter on
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,6 +70,22 @@ INCLUDED = (webhooks.router,)
 # itself: /docs and /redoc work without the internet.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 DOCS_STATIC = "/docs/static"
+# SECURITY: the documentation pages run a large script bundle on the console's origin, where
+# a script could read a console page (its CSRF token) with the operator's cookie. They may
+# run only their own files (the one inline script Swagger UI starts with is allowed by its
+# hash), fetch only from here, send nothing elsewhere, and are never framed. Styles may be
+# inline: both bundles set them from script. ReDoc builds its search worker from a blob.
+DOCS_CSP = (
+    "default-src 'none'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src 'self' blob:; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+DOCS_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 
 
 def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
@@ -100,7 +119,8 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
         metrics=engine.metrics,
     )
     _add_error_handlers(app)
-    _add_docs(app)
+    if engine.settings.api_docs:
+        _add_docs(app)
     for router in MOUNTED:
         mount(app, router)
     # Included, not mounted: app.routes then lists these as one opaque route, as before the
@@ -113,29 +133,59 @@ def create_app(engine: Engine, console: APIRouter | None = None) -> FastAPI:
     return app
 
 
-def _add_docs(app: FastAPI) -> None:
-    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
-    favicon = f"{DOCS_STATIC}/favicon.png"
+class _DocsStatic(StaticFiles):
+    """The documentation's assets, with the documentation pages' headers."""
 
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+    async def get_response(self, path: str, scope: Any) -> Response:
+        resp = await super().get_response(path, scope)
+        resp.headers.update(DOCS_HEADERS)
+        return resp
+
+
+def _docs_page(page: HTMLResponse) -> tuple[bytes, dict[str, str]]:
+    """`page`'s body, and the headers that keep it to its own files (DOCS_CSP)."""
+    body = bytes(page.body)
+    scripts = ["'self'"] + [
+        f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
+        for s in _INLINE_SCRIPT.findall(body.decode())
+    ]
+    return body, {
+        **DOCS_HEADERS,
+        "Content-Security-Policy": DOCS_CSP.format(scripts=" ".join(scripts)),
+    }
+
+
+def _add_docs(app: FastAPI) -> None:
+    app.mount(DOCS_STATIC, _DocsStatic(directory=DOCS_ASSETS), name="docs-static")
+    favicon = f"{DOCS_STATIC}/favicon.png"
+    openapi_url = app.openapi_url or "/openapi.json"
+    # Built once: the pages never change while the app runs, nor do their scripts' hashes.
+    swagger = _docs_page(
+        get_swagger_ui_html(
+            openapi_url=openapi_url,
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
             swagger_favicon_url=favicon,
         )
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+    )
+    redoc_page = _docs_page(
+        get_redoc_html(
+            openapi_url=openapi_url,
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
             redoc_favicon_url=favicon,
             with_google_fonts=False,
         )
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return HTMLResponse(swagger[0], headers=swagger[1])
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return HTMLResponse(redoc_page[0], headers=redoc_page[1])
 
 
 def _error(
