@@ -287,15 +287,21 @@ def instructions_of(
 ) -> tuple[Instr, ...]:
     out = [_instr(i, keys) for i in message.get("instructions") or []]
     for group in meta.get("innerInstructions") or []:
+        if not isinstance(group, dict):
+            _bad(f"bad inner instruction group {group!r:.200}")
         out.extend(_instr(i, keys) for i in group.get("instructions") or [])
     return tuple(out)
 
 
 def _balance(raw: dict[str, Any], keys: tuple[str, ...]) -> TokenBalance:
+    if not isinstance(raw, dict):
+        _bad(f"bad token balance {raw!r:.200}")
     idx = raw.get("accountIndex")
     if not (isinstance(idx, int) and 0 <= idx < len(keys)):
         _bad(f"token balance index {idx!r} out of range")
-    ui = raw.get("uiTokenAmount") or {}
+    ui = raw.get("uiTokenAmount")
+    if not isinstance(ui, dict):
+        _bad(f"token balance without uiTokenAmount ({ui!r:.80})")
     amount, decimals = ui.get("amount"), ui.get("decimals")
     # Integer base units only: uiAmount is a float and is never read.
     if not (isinstance(amount, str) and amount.isdigit()):
@@ -313,6 +319,16 @@ def _balance(raw: dict[str, Any], keys: tuple[str, ...]) -> TokenBalance:
 def parse_transaction(result: Any, asked: str) -> TxView:
     """Read a getTransaction result (jsonParsed or json encoding); raise MalformedResponse for
     anything that is not the shape of a transaction, or not the transaction asked for."""
+    try:
+        return _parse_transaction(result, asked)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        # A shape no check above foresaw is a broken answer too, never a crash: every caller
+        # (verification, the treasury watch, reconciliation) then treats it as one node
+        # answer it could not read, and their rules for those (retry, pass over) apply.
+        raise MalformedResponse(f"getTransaction: unexpected shape ({e!r:.200})") from e
+
+
+def _parse_transaction(result: Any, asked: str) -> TxView:
     if not isinstance(result, dict):
         _bad("result is not an object")
     tx, meta = result.get("transaction"), result.get("meta")
@@ -906,10 +922,7 @@ class SolanaAdapter:
             return Verdict.wait(
                 FailureCode.tx_not_found, f"the node does not know transaction {proof} (yet)"
             )
-        try:
-            view = parse_transaction(result, proof)
-        except (KeyError, TypeError, AttributeError) as e:
-            raise MalformedResponse(f"getTransaction: unexpected shape ({e!r})") from e
+        view = parse_transaction(result, proof)
         mint = terms.asset or self.rail.asset
         ctx = Context(
             view,

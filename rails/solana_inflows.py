@@ -185,7 +185,8 @@ class SolanaInflow:
 
 def fetch_inflow(chain: Transport, signature: str, mint: str, treasury: str) -> SolanaInflow | None:
     """The transaction's effect on `treasury` (an owner wallet); None when it moved no `mint`
-    into it (an outflow, a failed or unrelated transaction). Transport errors propagate."""
+    into it (an outflow, a failed or unrelated transaction). Transport errors propagate, an
+    answer that cannot be read among them (MalformedResponse)."""
     result = fetch_transaction(chain, signature)
     view = parse_transaction(result, signature)
     if view.err is not None:

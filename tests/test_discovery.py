@@ -4,6 +4,7 @@ PostgreSQL; the treasury is watched once per cycle, whatever the number of open 
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import timedelta
 
@@ -822,5 +823,48 @@ def test_a_transaction_the_node_never_returns_is_passed_over_after_a_bound(db_ur
         _later(e, rail)
         assert _refs(e, d["id"]) == [(s3, "verified")] and node.refused == discovery.STUCK_LIMIT
         assert node.listed[-1] == [s3]
+    finally:
+        e.db.dispose()
+
+
+class _Garbled(_Node):
+    """The node lists `bad` for the treasury and returns it with one token balance entry that
+    is not an object (a provider's broken rendering of one transaction)."""
+
+    def __init__(self, inner, listing, bad):
+        super().__init__(inner, listing)
+        self.bad, self.garbled = bad, 0
+
+    def call(self, method, params):
+        out = super().call(method, params)
+        if method == "getTransaction" and params[0] == self.bad and out is not None:
+            self.garbled += 1
+            out = copy.deepcopy(out)
+            out["meta"]["preTokenBalances"] = [None, *out["meta"]["preTokenBalances"]]
+        return out
+
+
+def test_a_transaction_the_node_returns_garbled_is_passed_over_as_one_not_returned(db_url):
+    # An answer the transaction parser tripped over (a null token balance) raised out of the
+    # watch: the cursor never moved, the pass-over bound never applied, and no payment behind
+    # it (any tenant's) was discovered again. It is a malformed answer, read again and then
+    # passed over as one the node does not return.
+    e = make_engine(db_url, discovery_page_limit=1000)
+    try:
+        chain, pairs = synthetic_chain(3)
+        listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
+        s2, s1, s0 = (x["signature"] for x in listing)
+        node = _Garbled(chain, listing, s1)
+        e.chains.set_transport("solana-mainnet", node)
+        a, b, c = (session_for(e, "discovered", reference=ref) for _, ref in pairs)
+        rail = e.rail("solana_usdc")
+        discovery.watch_solana(e, rail)
+        assert _refs(e, c["id"]) == [(s2, "verified")]
+        assert _cursor(e) == (None, s2, s2, s1, 1)
+        for _ in range(discovery.STUCK_LIMIT - 1):
+            _later(e, rail)
+        assert node.garbled == discovery.STUCK_LIMIT
+        assert _refs(e, a["id"]) == [(s0, "verified")] and _refs(e, b["id"]) == []
+        assert _cursor(e) == (s2, None, None, None, None)
     finally:
         e.db.dispose()

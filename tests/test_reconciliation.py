@@ -188,6 +188,20 @@ def test_a_node_that_errors_mid_scan_makes_the_run_incomplete(eng):
     assert any(i["category"] == "reconciliation_incomplete" for i in issues)
 
 
+def test_a_transaction_the_node_returns_garbled_makes_the_run_incomplete_not_failed(eng):
+    # A token balance entry that is null (a provider's broken rendering) raised out of the
+    # transaction parser and ended the run `failed`; it is an unreadable answer like any.
+    bad = EXPECT["bound"]["signature"]
+    calls = recorded_calls(INFLOWS)
+    for c in calls:
+        if c["method"] == "getTransaction" and c["params"][0] == bad:
+            c["result"]["meta"]["preTokenBalances"].insert(0, None)
+    eng.chains.set_transport("solana-mainnet", CassetteTransport([Call(c) for c in calls]))
+    run = reconciliation.run(eng, req(), "ops1")
+    assert run["status"] == "incomplete", run["detail"]
+    assert f"getTransaction({bad})" in run["detail"]
+
+
 def test_tron_is_review_only_and_never_reports_no_drift(eng):
     run = reconciliation.run(eng, req(rail_id="tron_usdt"), "ops1")
     assert run["status"] == "incomplete" and run["findings"] == []

@@ -654,6 +654,20 @@ def test_parse_rejects_garbage_shapes():
     r["meta"]["postTokenBalances"][0]["uiTokenAmount"]["amount"] = "1.5"
     with pytest.raises(MalformedResponse):
         parse_transaction(r, r["transaction"]["signatures"][0])
+    # Entries that are not objects, or values of another type where a list or object
+    # belongs: a malformed answer (pending rpc_unavailable), never an exception out of it.
+    sig = r["transaction"]["signatures"][0]
+    for spoil in (
+        lambda m: m.__setitem__("preTokenBalances", [None]),
+        lambda m: m.__setitem__("postTokenBalances", ["x"]),
+        lambda m: m["postTokenBalances"][0].__setitem__("uiTokenAmount", "25"),
+        lambda m: m.__setitem__("innerInstructions", [None]),
+        lambda m: m.__setitem__("preTokenBalances", 7),
+    ):
+        bad = copy.deepcopy(doc("demo_payment")["calls"][0]["result"])
+        spoil(bad["meta"])
+        with pytest.raises(MalformedResponse):
+            parse_transaction(bad, sig)
 
 
 def test_the_whole_fixtures_directory_replays_each_case_as_alone(adapter):

@@ -21,9 +21,10 @@ nothing backs off (up to RAILPROOF_DISCOVERY_MAX_BACKOFF_S); sessions stop being
 expiry plus the not-found grace. A paused rail is not watched, and a watch's position moves
 past a transfer only once its submission is done with: one refused for a reason that may not
 hold next cycle (a pause, a busy database) is read again. A listed transaction the node does
-not return is read again on later cycles, each of which first reads what arrived since the
-walk started (so it hides no later payment); after `STUCK_LIMIT` cycles in a row it is
-passed over with a warning naming it (`rpc_errors_total{kind="discovery_passed_over"}`).
+not return (or returns unreadable: a malformed answer) is read again on later cycles, each of
+which first reads what arrived since the walk started (so it hides no later payment); after
+`STUCK_LIMIT` cycles in a row it is passed over with a warning naming it
+(`rpc_errors_total{kind="discovery_passed_over"}`).
 
 RAILPROOF_DISCOVERY: unset = on with RAILPROOF_CHAIN=live for rails with a treasury; 1 / 0
 forces it on / off (tests and recorded chains turn it on). Which watch a rail gets is what its
