@@ -17,7 +17,21 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from rails.codes import FailureCode
+from rails.errors import MalformedResponse
 from registry.catalog import Rail
+
+# The largest slot, block number or confirmation count railproof keeps: what the settlement
+# columns (BIGINT) hold. No chain comes near it; a node answering more is broken or lying.
+MAX_CHAIN_INT = 2**63 - 1
+
+
+def chain_int(value: Any, what: str) -> int:
+    """A node's slot, block number or confirmation count, held to 0..MAX_CHAIN_INT: anything
+    else is a malformed answer (pending rpc_unavailable), never a database error when the
+    settlement is stored."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CHAIN_INT:
+        raise MalformedResponse(f"{what}: {value!r:.80} is not a slot or block number")
+    return value
 
 
 class Model(BaseModel):

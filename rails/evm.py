@@ -68,6 +68,7 @@ from eth_utils.address import (
 from eth_utils.crypto import keccak
 
 from rails.base import (
+    MAX_CHAIN_INT,
     Adapter,
     Check,
     Finding,
@@ -79,6 +80,7 @@ from rails.base import (
     Terms,
     Transport,
     Verdict,
+    chain_int,
     eip3009_key,
     first_finding,
 )
@@ -161,6 +163,11 @@ def hex_int(value: Any, what: str) -> int:
     raise MalformedResponse(f"{what}: expected a hex quantity, got {value!r:.80}")
 
 
+def block_int(value: Any, what: str) -> int:
+    """A block number: a hex quantity the settlement columns hold (`chain_int`)."""
+    return chain_int(hex_int(value, what), what)
+
+
 def unix_time(seconds: int, what: str) -> datetime:
     """A node's Unix timestamp as a UTC datetime; one no calendar holds (negative, or past
     year 9999) is a malformed answer, not an OverflowError out of the adapter."""
@@ -199,7 +206,7 @@ def parse_receipt(raw: Any, tx_hash: str) -> Receipt:
     receipt = Receipt(
         tx_hash=tx_hash.lower(),
         success=status == 1,
-        block_number=hex_int(raw.get("blockNumber"), "receipt.blockNumber"),
+        block_number=block_int(raw.get("blockNumber"), "receipt.blockNumber"),
         block_hash=_hex_str(raw.get("blockHash"), "receipt.blockHash"),
         tx_from=raw.get("from"),
         tx_to=raw.get("to"),
@@ -352,7 +359,9 @@ def _senders(transfers: Iterable[TokenTransfer]) -> list[str]:
 
 def confirmations_at(head: int, block_number: int) -> int:
     """Blocks on top of and including the transfer's block; 0 when the node is behind it."""
-    return max(0, head - block_number + 1)
+    # Held to what the settlement column holds (head MAX_CHAIN_INT over block 0 is one more):
+    # a count that large is final under any policy either way.
+    return min(MAX_CHAIN_INT, max(0, head - block_number + 1))
 
 
 def is_final_at_depth(
@@ -383,12 +392,12 @@ class Head:
 def read_head(chain: Transport, policy: FinalityPolicy) -> Head:
     """eth_blockNumber, plus the `finalized` block when the policy uses the tag (a node that
     does not know the tag answers null: then only depth counts)."""
-    number = hex_int(chain.call("eth_blockNumber", []), "eth_blockNumber")
+    number = block_int(chain.call("eth_blockNumber", []), "eth_blockNumber")
     finalized = None
     if policy.finalized_tag:
         block = chain.call("eth_getBlockByNumber", ["finalized", False])
         if block is not None:
-            finalized = hex_int(
+            finalized = block_int(
                 _as_dict(block, "finalized block").get("number"), "finalized.number"
             )
     return Head(number, finalized)
@@ -1013,7 +1022,7 @@ class EvmAdapter:
         if tx.get("blockHash") is None:
             return vanished_settlement(tx_hash, "the transaction is back in the mempool")
         mined_in = _hex_str(tx.get("blockHash"), "transaction.blockHash")
-        block = read_block(chain, hex_int(tx.get("blockNumber"), "transaction.blockNumber"))
+        block = read_block(chain, block_int(tx.get("blockNumber"), "transaction.blockNumber"))
         if block is not None and str(block["hash"]).lower() == mined_in.lower():
             return None
         return vanished_settlement(tx_hash, "the receipt is gone; its block is not canonical")

@@ -26,7 +26,7 @@ from rails.errors import (
     RpcErrorResponse,
     TransportError,
 )
-from rails.evm import TRANSFER_TOPIC, decode_transfer, hex_int
+from rails.evm import TRANSFER_TOPIC, block_int, decode_transfer
 
 
 def address_topic(address: str) -> str:
@@ -84,7 +84,7 @@ class LogScan:
 
 
 def head(chain: Transport) -> int:
-    return hex_int(chain.call("eth_blockNumber", []), "eth_blockNumber")
+    return block_int(chain.call("eth_blockNumber", []), "eth_blockNumber")
 
 
 def transfer_logs(
@@ -218,7 +218,7 @@ def _inflows(logs: list[object], token: str, recipient: str) -> list[EvmInflow]:
         out.append(
             EvmInflow(
                 tx.lower(),
-                hex_int(bn, "log.blockNumber"),
+                block_int(bn, "log.blockNumber"),
                 t.log_index,
                 t.sender,
                 t.recipient,

@@ -48,6 +48,7 @@ from rails.base import (
     Terms,
     Transport,
     Verdict,
+    chain_int,
     first_finding,
 )
 from rails.codes import FailureCode
@@ -123,16 +124,16 @@ def settlement_from_status(ref: str, status: Any, policy: FinalityPolicy) -> Set
         commitment = "finalized" if confs is None else ("processed" if confs == 0 else "confirmed")
     if not isinstance(commitment, str) or commitment not in COMMITMENT_RANK:
         raise MalformedResponse(f"getSignatureStatuses: unknown confirmationStatus {commitment!r}")
-    slot = status.get("slot")
+    slot, confs = status.get("slot"), status.get("confirmations")
     failed = status.get("err") is not None
     return Settlement(
         ref=ref,
         finality=commitment,
         # SECURITY: a transaction that failed on chain settles nothing, however final.
         is_final=is_final(commitment, policy) and not failed,
-        slot=slot if isinstance(slot, int) else None,
-        confirmations=status.get("confirmations")
-        if isinstance(status.get("confirmations"), int)
+        slot=chain_int(slot, "getSignatureStatuses: slot") if isinstance(slot, int) else None,
+        confirmations=chain_int(confs, "getSignatureStatuses: confirmations")
+        if isinstance(confs, int)
         else None,
         detail="failed on chain" if failed else "",
     )
@@ -346,8 +347,8 @@ def _parse_transaction(result: Any, asked: str) -> TxView:
         _bad("no message")
     keys = account_keys_of(message, meta)
     slot, block_time = result.get("slot"), result.get("blockTime")
-    if not (slot is None or isinstance(slot, int)):
-        _bad("slot is not an integer")
+    if slot is not None:
+        chain_int(slot, "getTransaction: slot")
     # The window check and the evidence read it as a date: one no calendar holds is garbage.
     if not (block_time is None or (isinstance(block_time, int) and 0 <= block_time < _MAX_TIME)):
         _bad("blockTime is not an integer time")

@@ -56,6 +56,7 @@ from rails.base import (
     Terms,
     Transport,
     Verdict,
+    chain_int,
     first_finding,
 )
 from rails.codes import FailureCode
@@ -244,9 +245,7 @@ def block_time(info: dict[str, Any]) -> datetime:
 
 def _block_number(info: dict[str, Any]) -> int:
     number = info.get("blockNumber")
-    if not isinstance(number, int) or isinstance(number, bool):
-        raise MalformedResponse(f"transaction info: blockNumber {number!r} is not an integer")
-    return number
+    return chain_int(number, "transaction info: blockNumber")
 
 
 def read_now_block(chain: Transport) -> int:
@@ -255,9 +254,7 @@ def read_now_block(chain: Transport) -> int:
         number = block["block_header"]["raw_data"]["number"]
     except (KeyError, TypeError) as e:
         raise MalformedResponse(f"getnowblock: no block_header.raw_data.number ({e})") from e
-    if not isinstance(number, int) or isinstance(number, bool):
-        raise MalformedResponse(f"getnowblock: number {number!r} is not an integer")
-    return number
+    return chain_int(number, "getnowblock: number")
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,6 +90,34 @@ def _finalized(status_call: dict) -> dict:
     return call
 
 
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"confirmations": 2**64, "confirmationStatus": "confirmed"},
+        {"slot": 2**63},
+    ],
+    ids=["confirmations", "slot"],
+)
+def test_a_status_integer_no_column_holds_is_pending_not_a_500(sol_engine, over):
+    # The node's slot or confirmation count went into the settlement's BIGINT columns as
+    # given: past what they hold, POST /v1/proofs answered 500. It is a malformed answer.
+    calls = recorded_calls(SOL / "demo_payment.json")
+    st = next(c for c in calls if c["method"] == "getSignatureStatuses")
+    st["result"]["value"][0].update(over)
+    sol_engine.chains.set_transport("solana-mainnet", SwitchableTransport(calls))
+    demo = cassette_expect(SOL / "demo_payment.json")
+    c = _client(sol_engine)
+    r = open_session(c, amount=demo["amount"], reference=demo["reference"], memo=demo["memo"])
+    assert r.status_code == 201, r.text
+    r = c.post(
+        "/v1/proofs",
+        headers=auth(),
+        json={"session_id": r.json()["id"], "proof": demo["signature"]},
+    )
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["failure_code"]) == ("pending", "rpc_unavailable")
+
+
 def test_session_to_finalized_apply_and_revoke(sol_engine):
     calls = recorded_calls(SOL / "confirmed_not_final.json")
     sig = calls[0]["params"][0]

@@ -489,6 +489,34 @@ def test_a_timestamp_no_calendar_holds_is_pending_not_an_exception(where, stamp)
     assert "block.timestamp" in v.detail
 
 
+@pytest.mark.parametrize("where", ["receipt", "head", "finalized"])
+def test_a_block_number_no_column_holds_is_pending_not_an_exception(where):
+    # Any hex quantity was taken for a block number: one past what the settlement columns
+    # (BIGINT) hold reached the insert (POST /v1/proofs answered 500), or made a count of
+    # confirmations none holds. A node's out-of-range number is a malformed answer.
+    big = hex(2**63)
+    calls = calls_of("eth_usdc_transfer.json")
+    if where == "receipt":
+        receipt = calls[1]["result"]
+        receipt["blockNumber"] = big
+        for log in receipt["logs"]:
+            log["blockNumber"] = big
+        for c in calls:
+            if c["params"][:1] == [hex(USDC_BLOCK)]:
+                c["params"][0] = big
+                c["result"]["number"] = big
+    elif where == "head":
+        with_result(calls, "eth_blockNumber", None, big)
+    else:
+        for c in calls:
+            if c["params"][:1] == ["finalized"]:
+                c["result"]["number"] = big
+    with pytest.raises(MalformedResponse, match="not a slot or block number"):
+        adapter("evm_usdc").verify(USDC_TX, terms(), transport_from(calls))
+    v = run_verify(adapter("evm_usdc"), USDC_TX, terms(), transport_from(calls)).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
+
+
 OTHER_SENDER = "0x" + "11" * 20
 
 

@@ -489,6 +489,7 @@ GARBLED = {
     "system accounts not keys": lambda r: _inner(r)[1].update(accounts=[{"k": 1}]),
     "memo data not text": _memo_data_not_text,
     "blockTime past any calendar": lambda r: r.update(blockTime=10**20),
+    "slot past any column": lambda r: r.update(slot=2**63),
 }
 
 
@@ -514,6 +515,27 @@ def test_a_status_whose_level_is_not_text_is_malformed(adapter):
     _status_level_a_list(doc["calls"][1]["result"])
     chain = CassetteTransport([Call(c) for c in doc["calls"]])
     with pytest.raises(MalformedResponse):
+        adapter.finality([USDC_SIG], chain)
+    v = run_verify(adapter, USDC_SIG, Terms(recipient=USDC_TO, amount=1000, now=NOW), chain)
+    assert (v.verdict.status, v.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"slot": 2**63},
+        {"slot": -1},
+        {"confirmations": 2**64, "confirmationStatus": "confirmed"},
+    ],
+    ids=["slot", "negative-slot", "confirmations"],
+)
+def test_a_status_integer_no_column_holds_is_malformed(adapter, over):
+    # Any int was taken for the slot and the confirmations, both stored in BIGINT columns:
+    # POST /v1/proofs answered 500 (and a finality sweep raised) on a node's huge number.
+    doc = orjson.loads((SOL / "usdc_transfer.json").read_bytes())
+    doc["calls"][1]["result"]["value"][0].update(over)
+    chain = CassetteTransport([Call(c) for c in doc["calls"]])
+    with pytest.raises(MalformedResponse, match="not a slot or block number"):
         adapter.finality([USDC_SIG], chain)
     v = run_verify(adapter, USDC_SIG, Terms(recipient=USDC_TO, amount=1000, now=NOW), chain)
     assert (v.verdict.status, v.verdict.code) == (Status.pending, FailureCode.rpc_unavailable)

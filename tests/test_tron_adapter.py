@@ -194,6 +194,21 @@ def test_a_block_timestamp_no_calendar_holds_is_pending_not_an_exception(ms):
     assert "blockTimeStamp" in v.detail
 
 
+@pytest.mark.parametrize("where", ["blockNumber", "head"])
+def test_a_block_number_no_column_holds_is_pending_not_an_exception(where):
+    # Any int was taken for the block number and the head: one past what the settlement
+    # columns (BIGINT) hold reached the insert, a 500 where a malformed answer is pending.
+    info, head = ok_info(), HEAD
+    if where == "blockNumber":
+        info["blockNumber"] = 2**63
+    else:
+        head = 2**63
+    with pytest.raises(MalformedResponse, match="not a slot or block number"):
+        adapter().verify(OK_TX, terms(), chain_with(info, head=head))
+    v = run_verify(adapter(), OK_TX, terms(), chain_with(info, head=head)).verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable)
+
+
 OTHER_SENDER_HEX20 = "11" * 20
 
 
