@@ -16,9 +16,12 @@ Checks run in a fixed order, each a small function returning a `Finding` or None
 The session's reference comes first: a transfer that does not carry it is another session's
 payment, whatever else it is (and must not end in review, which would hold it).
 
-A verification is exactly two calls: `getTransaction`, then — only when every check passed,
-or the transaction failed on chain (a `failed` waits for the rail's finality) — one
-`getSignatureStatuses` for the settlement.
+A verification is at most two calls: `getTransaction`, then — unless a check fails on the
+transaction's own content (reference_missing, memo_mismatch) or holds it for review — one
+`getSignatureStatuses` for the settlement. Every other failure is read from the effect the
+transaction had where it ran (its balances, its error, its block time), which another slot
+may change if its block is dropped: it is `failed` only once the status meets the rail's
+finality, `pending not_final` before.
 """
 
 from __future__ import annotations
@@ -747,6 +750,10 @@ def observe(c: Context) -> Observed:
 
 # -- the adapter -----------------------------------------------------------------------------
 
+# Failures read from what the transaction says, not from what it did: the same signed
+# transaction carries the same keys and memos in whichever slot it runs.
+CONTENT_FAILURES = frozenset({FailureCode.reference_missing, FailureCode.memo_mismatch})
+
 
 def ui_amount(base_units: int, decimals: int) -> str:
     """Base units as a decimal string (25000000, 6 → "25"; 1500, 6 → "0.0015"), no floats."""
@@ -936,7 +943,10 @@ class SolanaAdapter:
         )
         observed = observe(ctx)
         found = first_finding(CHECKS, ctx)
-        if found is not None and found.code is FailureCode.tx_failed_onchain:
+        # SECURITY: a failed proof is terminal (the signature submitted again returns it):
+        # what a block that may still be dropped says the transaction did decides it only
+        # once that block is final.
+        if found is not None and not found.review and found.code not in CONTENT_FAILURES:
             return self._failed(proof, chain, found, observed)
         if found is not None:
             return found.verdict(observed)
@@ -950,9 +960,12 @@ class SolanaAdapter:
         )
 
     def _failed(self, sig: str, chain: Transport, found: Finding, observed: Observed) -> Verdict:
-        """A transaction that failed on chain is a definitive `failed` only once its status
-        meets the rail's finality: read at `confirmed`, its block may still be dropped and the
-        same signed transaction land in another, where it may succeed."""
+        """A failure read from the transaction's effect (it failed on chain, or moved another
+        amount, asset or recipient than asked, or ran outside the session's window) is a
+        definitive `failed` only once its status meets the rail's finality: read at
+        `confirmed`, its block may still be dropped and the same signed transaction run in
+        another slot, where state-dependent effects (a swap routed to the treasury, a program
+        branching on state) may succeed, or pay another amount."""
         # SECURITY: a wrong "failed" is final for the customer; the status answer comes in
         # the same batch as the transaction on the live path, so this costs no round trip.
         st = self._status(sig, chain)
@@ -960,7 +973,7 @@ class SolanaAdapter:
             return found.verdict(observed)
         return Verdict.wait(
             FailureCode.not_final,
-            f"{found.detail}; {st.finality}, not final yet: failed once final",
+            f"{found.code.value}: {found.detail}; {st.finality}, not final yet: failed once final",
             observed=observed.model_copy(update={"finality": st.finality}),
         )
 

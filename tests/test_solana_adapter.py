@@ -540,7 +540,9 @@ def test_an_account_handed_over_is_held_only_when_it_could_pay(
     v = adapter.verify(
         sig,
         terms("usdc_reference_memo"),
-        CassetteTransport([Call({"method": "getTransaction", "params": [sig], "result": r})]),
+        CassetteTransport(
+            [Call({"method": "getTransaction", "params": [sig], "result": r}), Call(d["calls"][1])]
+        ),
     )
     assert (v.status, v.code) == verdict, v.detail
 
@@ -567,13 +569,68 @@ def test_review_only_rail_never_ends_verified():
     )
 
 
-def test_failing_checks_cost_one_call(adapter):
+def test_failing_checks_cost_one_call_and_one_status_when_read_from_the_effect(adapter):
+    # The reference and the memo are the transaction's own content: one call decides them.
+    for over in ({"reference": adapter.new_reference()}, {"memo": "order-9999"}):
+        c = check(adapter, "usdc_reference_memo", **over)
+        assert (c.verdict.status, c.rpc_calls) == (Status.failed, 1)
+    # What it did (asset, decimals, amount) fails only with a final status: one call more.
     for name, over in [
         ("wrong_mint", {"asset": None}),
         ("underpayment", {}),
         ("decimals_mismatch", {}),
     ]:
-        assert check(adapter, name, **over).rpc_calls == 1
+        c = check(adapter, name, **over)
+        assert (c.verdict.status, c.rpc_calls) == (Status.failed, 2)
+
+
+@pytest.mark.parametrize(
+    "over,code",
+    [
+        ({"amount": 5_000_001}, FailureCode.amount_mismatch),
+        (
+            {"recipient": str(Keypair.from_seed(bytes([3] * 32)).pubkey())},
+            FailureCode.wrong_recipient,
+        ),
+        ({"asset": "Es9vMFrzaCERmJfrF4H2FYD4KCoNkY11McCe8BenwNYB"}, FailureCode.wrong_asset),
+    ],
+    ids=["amount", "recipient", "asset"],
+)
+def test_a_failure_read_from_a_confirmed_block_waits_for_finality(adapter, over, code):
+    # The same signed transaction, dropped with its fork, may run again in another slot,
+    # where state-dependent effects (a swap routed to the treasury, a program branching on
+    # state) move another amount: what it moved is no definitive `failed` before its block is
+    # final, exactly as a transaction that failed on chain is not (a failed proof is terminal
+    # and the same signature submitted again returns it).
+    c = check(adapter, "confirmed_not_final", **over)
+    v = c.verdict
+    assert (v.status, v.code, c.rpc_calls) == (Status.pending, FailureCode.not_final, 2), v
+    assert v.detail.startswith(f"{code.value}: ") and "failed once final" in v.detail
+    assert v.observed["finality"] == "confirmed"
+    # Once the status is finalized, the same answer fails.
+    calls = doc("confirmed_not_final")["calls"]
+    calls[1]["result"]["value"][0].update(confirmations=None, confirmationStatus="finalized")
+    final = CassetteTransport([Call(x) for x in calls])
+    v = run_verify(
+        adapter, sig_of("confirmed_not_final"), terms("confirmed_not_final", **over), final
+    ).verdict
+    assert (v.status, v.code) == (Status.failed, code)
+
+
+def test_a_failure_of_the_transactions_own_content_needs_no_finality(adapter):
+    # A reference or memo the transaction does not carry is missing in whichever slot it runs.
+    c = check(adapter, "confirmed_not_final", reference=adapter.new_reference())
+    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (
+        Status.failed,
+        FailureCode.reference_missing,
+        1,
+    )
+    c = check(adapter, "confirmed_not_final", memo="anything")
+    assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (
+        Status.failed,
+        FailureCode.memo_mismatch,
+        1,
+    )
 
 
 # -- finality batching ------------------------------------------------------------------------------------

@@ -192,10 +192,12 @@ def test_native_sol_transfers_are_wrong_asset_for_the_usdc_rail(
         res["meta"]["postBalances"][i] - res["meta"]["preBalances"][i] == lamports
     )  # what the source shows
     c = verify(adapter, name, sig, recipient=recipient, amount=lamports)
+    # Two calls: a failure read from the transaction's effect is definitive only once its
+    # status is finalized.
     assert (c.verdict.status, c.verdict.code, c.rpc_calls) == (
         Status.failed,
         FailureCode.wrong_asset,
-        1,
+        2,
     )
 
 
@@ -302,8 +304,11 @@ def test_old_format_movement_to_an_unknown_owner_goes_to_review(adapter):
     post = {b["accountIndex"]: b for b in r["meta"]["postTokenBalances"]}
     post[3]["uiTokenAmount"]["amount"] = str(int(pre[3]["uiTokenAmount"]["amount"]) - 1000)
     post[4]["uiTokenAmount"]["amount"] = str(int(pre[4]["uiTokenAmount"]["amount"]) + 1000)
+    calls = orjson.loads((SOL / "failed_tx.json").read_bytes())["calls"]
+    status = next(c for c in calls if c["method"] == "getSignatureStatuses")
+    status["result"]["value"][0].update(err=None, status={"Ok": None})  # finalized, succeeded
     tr = CassetteTransport(
-        [Call({"method": "getTransaction", "params": [FAILED_SIG], "result": r})]
+        [Call({"method": "getTransaction", "params": [FAILED_SIG], "result": r}), Call(status)]
     )
     kin_rail = load_catalog().resolve("solana_usdc").model_copy(update={"decimals": 5})
     review = (Status.requires_review, FailureCode.ambiguous_transfer)
