@@ -2,7 +2,12 @@
 the newest, so the pages after the window's end are read on the way to it. They have a budget
 of their own (ten times RAILPROOF_RECONCILE_MAX_PAGES), so later transfers (anyone's dust to
 the shared treasury) never put a window out of reach, and the RPC calls stay bounded. Over the
-recorded treasury history (fixtures/solana/generated/inflows/) and a synthetic listing."""
+recorded treasury history (fixtures/solana/generated/inflows/) and a synthetic listing.
+
+A whole-history run after a complete one lists down to (a lookback before) the newest
+signature that one listed and carries what it found that still needs a person: each run
+listed the treasury's whole history, so once that was longer than a run reads every scheduled
+run ended `incomplete`."""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from typing import Any
 import pytest
 
 from rails.solana_inflows import list_signatures
-from tests.helpers import cassette_engine
-from tests.test_reconciliation import DOC, EXPECT, by_kind, req, session_for
-from verifier.services import reconciliation
+from rails.transport.cassette import Call, CassetteTransport
+from tests.helpers import advance, cassette_engine, recorded_calls
+from tests.test_reconciliation import DOC, EXPECT, INFLOWS, by_kind, req, session_for
+from tests.test_reconciliation_resolve import OP
+from verifier.services import proofs, reconciliation
 
 
 @pytest.fixture
@@ -192,3 +199,142 @@ def test_without_a_later_budget_every_page_counts_as_before():
     chain = _Listing(100)
     scan = list_signatures(chain, "T", not_before=1_000, page_limit=10, max_pages=3)
     assert scan.out_of == "window" and chain.calls == 3 and len(scan.entries) == 30
+
+
+# -- a whole-history run follows on from the last complete one ---------------------------------
+
+
+class _Growing:
+    """The recorded treasury as its history grows: the oldest `shown` of its transfers are
+    listed, paged newest first as getSignaturesForAddress pages them; every other call is
+    answered from the recording."""
+
+    source = "cassette"
+
+    def __init__(self, shown: int):
+        calls = recorded_calls(INFLOWS)
+        listing = "getSignaturesForAddress"
+        self.recorded = CassetteTransport([Call(c) for c in calls if c["method"] != listing])
+        self.history = sorted(
+            (e for c in calls if c["method"] == listing for e in c["result"]),
+            key=lambda e: e["blockTime"],
+            reverse=True,
+        )
+        self.shown = shown
+        self.listed = 0  # getSignaturesForAddress calls
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method != "getSignaturesForAddress":
+            return self.recorded.call(method, params)
+        self.listed += 1
+        opts = params[1]
+        entries = self.history[len(self.history) - self.shown :]
+        start = 0
+        if "before" in opts:
+            start = 1 + next(i for i, e in enumerate(entries) if e["signature"] == opts["before"])
+        return entries[start : start + opts["limit"]]
+
+
+@pytest.fixture
+def growing(one_page, monkeypatch):
+    # The recorded transfers are 100 s apart: a lookback of 50 s re-lists only the newest.
+    monkeypatch.setattr(reconciliation, "SOLANA_LOOKBACK_SECONDS", 50)
+    chain = _Growing(4)
+    one_page.chains.set_transport("solana-mainnet", chain)
+    return one_page, chain
+
+
+def _whole(e):
+    advance(e, 1)  # runs are ordered by their start: the pinned clock moves on between them
+    return reconciliation.run(e, req(), "ops1")
+
+
+def _first_complete(e):
+    e.settings.reconcile_max_pages = 10  # raised for one run, as the README says
+    run = _whole(e)
+    e.settings.reconcile_max_pages = 1
+    assert run["status"] == "complete", run["detail"]
+    return run
+
+
+def _drift(e) -> list[str]:
+    return [
+        i["subject"]
+        for i in reconciliation.assurance_issues(e)
+        if i["category"].startswith("reconciliation_orphan")
+    ]
+
+
+def _of(run, case: str) -> list[dict]:
+    return [f for f in run["findings"] if f["subjects"]["transfer"] == EXPECT[case]["signature"]]
+
+
+def test_a_history_longer_than_the_budget_completes_its_scheduled_runs_after_one_complete_run(
+    growing,
+):
+    # Every whole-history run listed the treasury back to its first signature: once that was
+    # more than RAILPROOF_RECONCILE_MAX_PAGES pages, every scheduled run ended `incomplete`.
+    e, chain = growing
+    chain.shown = 3
+    session_for(e, "bound")
+    assert _whole(e)["status"] == "incomplete"  # two pages of the window, one a run
+    first = _first_complete(e)
+    [old] = _of(first, "bound")
+    assert (
+        old["kind"] == "orphan_bound"
+        and first["summary"]["newest_signature"] == (EXPECT["unbound"]["signature"])
+    )
+    chain.shown = 4  # a new transfer: the history is longer still
+    run = first
+    for _ in range(3):  # the schedule: each run lists down to the last, less the lookback
+        chain.listed, prev = 0, run["id"]
+        run = _whole(e)
+        assert run["status"] == "complete", run["detail"]
+        # The window's page, and the one that ends the listing.
+        assert chain.listed <= 2 and run["summary"]["follows_run"] == prev
+        [f] = _of(run, "bound")
+        assert f["kind"] == "orphan_bound" and f["subjects"]["carried_from"] == first["id"], f
+        assert f["repair_status"] == "proposed"
+        assert run["summary"]["newest_signature"] == EXPECT["discovered"]["signature"]
+    assert not any(
+        i["category"] == "reconciliation_incomplete" for i in reconciliation.assurance_issues(e)
+    )
+    # Every transfer of the history is in the last run's drift, once.
+    assert len(_drift(e)) == 4
+    assert all(s.startswith(f"reconciliation run {run['id']} ") for s in _drift(e))
+
+
+def test_an_orphan_found_by_an_old_run_stays_drift_until_resolved(growing):
+    e, _ = growing
+    first = _first_complete(e)
+    [found] = _of(first, "matched")  # no session carries its reference
+    assert found["kind"] == "orphan_unbound"
+    for _ in range(2):
+        run = _whole(e)
+        assert run["status"] == "complete", run["detail"]
+        [f] = _of(run, "matched")
+        # Carried, naming the run that read it from the chain, and still drift.
+        assert reconciliation.is_drift(f) and f["subjects"]["carried_from"] == first["id"], f
+        assert f"reconciliation run {run['id']} finding {f['id']}" in _drift(e)
+    reconciliation.resolve_finding(e, f["id"], "refunded", OP)
+    assert len(_drift(e)) == 3
+    after = _whole(e)
+    assert after["status"] == "complete", after["detail"]
+    assert not any(reconciliation.is_drift(g) for g in _of(after, "matched")), after["findings"]
+    assert len(_drift(e)) == 3
+
+
+def test_a_carried_orphan_a_proof_now_holds_is_not_drift(growing):
+    e, _ = growing
+    s = session_for(e, "bound")
+    first = _first_complete(e)
+    assert [f["kind"] for f in _of(first, "bound")] == ["orphan_bound"]
+    carried = _whole(e)
+    [g] = _of(carried, "bound")
+    assert g["kind"] == "orphan_bound" and g["subjects"]["carried_from"] == first["id"], g
+    view, _ = proofs.submit_proof(e, s["id"], EXPECT["bound"]["signature"], ["alice"])
+    assert view["status"] == "verified", view
+    run = _whole(e)
+    assert run["status"] == "complete", run["detail"]
+    assert _of(run, "bound") == [] and run["summary"]["carried_matched"] == 1, run["summary"]
+    assert len(_drift(e)) == 3

@@ -21,7 +21,9 @@ that one ended (less the lookback) and carries what it found and nobody settled
 (`_carry_inflows`); the first, and a run with only `--until`, read back to the rail's first
 session: a window shorter than what a session could take never says `complete`. It reads
 every treasury the rail had that a session in the window pays, never a recipient a tenant
-named.
+named. A Solana run over the whole history after a complete one lists down to (a lookback
+before) the newest signature that one listed and carries what it found and nobody settled
+(`_carry_solana`).
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
@@ -71,7 +73,7 @@ from verifier.storage.repo import reconciliation as repo
 
 if TYPE_CHECKING:
     from rails.evm_inflows import EvmInflow
-    from rails.solana_inflows import SolanaInflow
+    from rails.solana_inflows import SignatureEntry, SolanaInflow
 
 MAX_LIMIT = 10_000
 Row = TypeVar("Row")  # a row of one rail_proofs check
@@ -81,6 +83,10 @@ STALE_RUN = timedelta(hours=1)
 # Pages of signatures after a Solana window's end a run may read, per page of the window it
 # may read (RAILPROOF_RECONCILE_MAX_PAGES).
 LATER_PAGES = 10
+# How far before the newest signature the last complete whole-history Solana run listed the
+# next one starts (blockTime seconds): a blockTime is the validators' estimate, and a node of
+# a pool may list a transaction a little after a later one it already listed.
+SOLANA_LOOKBACK_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -834,13 +840,14 @@ def solana_inflows(
     watched = token_account(treasury, rail.asset)
     pages, per_page = engine.settings.reconcile_max_pages, engine.settings.discovery_page_limit
     hi = _epoch(until)
+    follow = _solana_follow(engine, rail, treasury) if since is None and until is None else None
     # The listing starts at the newest signature: the pages after the window's end (a busy
     # treasury's later transfers, anyone's dust) have a budget of their own, larger but
     # bounded, or an old window could never be read whole however narrow.
     scan = list_signatures(
         chain,
         watched,
-        not_before=_epoch(since),
+        not_before=_epoch(since) if follow is None else follow.not_before,
         not_after=hi,
         page_limit=per_page,
         max_pages=pages,
@@ -848,6 +855,7 @@ def solana_inflows(
         confirm_end=True,
     )
     counts: Counter = Counter(rpc_calls=scan.calls)
+    notes = _newest_listed(scan.entries, treasury, follow, counts)
     entries = [
         e
         for e in scan.entries
@@ -858,7 +866,9 @@ def solana_inflows(
     if scan.out_of == "window":
         problems = [
             f"more than {pages} pages of {per_page} signatures in the window "
-            "(RAILPROOF_RECONCILE_MAX_PAGES): raise it or narrow the window (--since/--until)"
+            "(RAILPROOF_RECONCILE_MAX_PAGES): raise it for one run (a complete run over the "
+            "whole history is followed on from by the next), or narrow the window "
+            "(--since/--until)"
         ]
     elif scan.out_of == "later":
         problems = [
@@ -954,7 +964,147 @@ def solana_inflows(
                     "refund the sender, or review",
                 )
             )
-    return _outcome(findings, problems, counts)
+    if follow is not None:
+        # (A complete run judged every listed transfer: those past --limit, or after a node
+        # error, leave it incomplete, and the next run follows on from an earlier one.)
+        judged = {e.signature for e in entries[:limit]}
+        findings += _carry_solana(engine, rail, follow.carry, judged, counts)
+    out = _outcome(findings, problems, counts)
+    out.notes = notes
+    return out
+
+
+@dataclass(frozen=True)
+class _Newest:
+    """The newest signature a Solana listing met with a blockTime: where the next
+    whole-history run stops (less the lookback)."""
+
+    signature: str
+    block_time: int
+    slot: int | None
+
+
+@dataclass(frozen=True)
+class _Follow:
+    """The complete whole-history run a Solana run follows on from, the newest signature it
+    listed, and the blockTime this run's listing stops before."""
+
+    carry: _Carry
+    newest: _Newest
+    not_before: int
+
+
+def _solana_follow(engine: Engine, rail: Rail, treasury: str) -> _Follow | None:
+    """What a whole-history Solana run follows on from: the latest complete whole-history
+    run, listed down to the newest signature it listed less the lookback. None (the whole
+    history is listed) without such a run, or when it listed another treasury's account."""
+    with engine.db.tx() as s:
+        last = repo.last_whole_run(s, Scope.chain_inflows.value, rail.rail_id)
+        last_id, summary = (last.id, dict(last.summary or {})) if last else (None, {})
+    at = _block_no(summary.get("newest_block_time"))
+    signature = summary.get("newest_signature")
+    if last_id is None or at is None or not isinstance(signature, str):
+        return None
+    if summary.get("treasury") != treasury:
+        return None  # a new treasury's account: its whole history is read once
+    # SECURITY: the earlier run listed everything up to its newest signature (it completed)
+    # and what it found there is carried, so listing down to it leaves nothing unseen. The
+    # stop is a blockTime, never `until` = that signature: a signature the node does not have
+    # (its block dropped, a node of a pool behind) is never met, and the walk would run on.
+    newest = _Newest(signature, at, _block_no(summary.get("newest_slot")))
+    return _Follow(_Carry(last_id, treasury), newest, max(0, at - SOLANA_LOOKBACK_SECONDS))
+
+
+def _newest_listed(
+    listed: list[SignatureEntry], treasury: str, follow: _Follow | None, counts: Counter
+) -> dict[str, str]:
+    """The run's notes (the treasury, the newest signature listed with a blockTime), its slot
+    and blockTime counted beside them; the run followed on from's when this one listed none."""
+    newest = next(
+        (_Newest(e.signature, e.block_time, e.slot) for e in listed if e.block_time is not None),
+        follow.newest if follow is not None else None,
+    )
+    notes = {"treasury": treasury}
+    if newest is not None:
+        notes["newest_signature"] = newest.signature
+        counts["newest_block_time"] = newest.block_time
+        if newest.slot is not None:
+            counts["newest_slot"] = newest.slot
+    if follow is not None:
+        notes["follows_run"] = follow.carry.run_id
+        counts["not_before"] = follow.not_before
+    return notes
+
+
+def _carry_solana(
+    engine: Engine, rail: Rail, carry: _Carry, judged: set[str], counts: Counter
+) -> list[Found]:
+    """The inflows the earlier complete whole-history run left as drift (not information, not
+    applied, not resolved) that this run did not judge again, judged again as far as the
+    database can without the chain, as the scan judges: a transfer a proof holds now, or one
+    its bound session's pending proof waits for, is matched; one bound to a session that was
+    paid or closed since is unbound. The rest are findings of this run, naming the run that
+    read them from the chain (`carried_from`). (A pending proof of another session matches
+    only a transfer bound to a session: which sessions an unbound transfer names is read from
+    the chain, so such a claim leaves it drift.)
+
+    SECURITY: a whole-history run that lists only what is new stands for the whole history:
+    what an earlier one found and nobody settled must stay drift, never drop out because it
+    is older than the listing."""
+    earlier = [
+        f
+        for f in _unsettled_inflows(engine, carry.run_id)
+        if str(f["subjects"].get("transfer")) not in judged
+    ]
+    if not earlier:
+        return []
+    ptype = rail.proof_types[0]
+    fps = {
+        str(f["subjects"].get("transfer")): fingerprint(
+            rail.family, rail.network, ptype, str(f["subjects"].get("transfer"))
+        )
+        for f in earlier
+    }
+    sids = sorted(
+        {str(f["subjects"]["session_id"]) for f in earlier if f["subjects"].get("session_id")}
+    )
+    with engine.db.tx() as s:
+        known = repo.proofs_by_fingerprint(s, list(fps.values()))
+        sessions = repo.sessions_by_id(s, sids)
+        held = repo.session_has_hold(s, sids)
+    out: list[Found] = []
+    for f in earlier:
+        subjects = f["subjects"]
+        transfer = str(subjects.get("transfer"))
+        proofs_ = known.get(fps[transfer], ())
+        ps = sessions.get(str(subjects.get("session_id")))
+        bound = [ps] if ps is not None else []
+        free = [x for x in bound if x.status == "open" and x.id not in held]
+        if any(p.status in HOLDING for p in proofs_) or (
+            ps is not None and _claim_waits(_claims(proofs_), bound, free)
+        ):
+            counts["carried_matched"] += 1
+            continue
+        origin = str(subjects.get("carried_from") or carry.run_id)
+        subjects["carried_from"] = origin
+        if f["kind"] == "orphan_bound" and ps is not None:
+            if free:
+                f = _bound(rail, subjects, ps.id, "by reference")
+            else:
+                f = _finding(
+                    "orphan_unbound",
+                    "warning",
+                    subjects,
+                    f"bound by reference to session {ps.id}, which is {ps.status} or already "
+                    "backed by another transfer",
+                    "refund the sender, or review",
+                )
+        suffix = f" (found by run {origin}; not read again by this run)"
+        if not f["detail"].endswith(suffix):
+            f["detail"] += suffix
+        counts["carried"] += 1
+        out.append(f)
+    return out
 
 
 class _Fetched:
@@ -1028,8 +1178,8 @@ def _block_at(chain: Any, when: int, head: int, counts: Counter) -> int:
 
 @dataclass(frozen=True)
 class _Carry:
-    """The complete whole-history run an EVM run follows on from: its id, and the treasury it
-    read (None: a run made before that was kept)."""
+    """The complete whole-history run a run follows on from: its id, and the treasury it read
+    (None: a run made before that was kept)."""
 
     run_id: str
     treasury: str | None
@@ -1192,6 +1342,25 @@ def evm_inflows(
     return out
 
 
+def _unsettled_inflows(engine: Engine, run_id: str) -> list[Found]:
+    """The inflow findings of run `run_id` that are drift (not information, not applied, not
+    resolved), as a run makes them: what a run following on from it carries."""
+    with engine.db.tx() as s:
+        return [
+            _finding(
+                f.kind,
+                f.severity,
+                dict(f.subjects or {}),
+                f.detail,
+                f.proposed_repair,
+                RepairStatus(f.repair_status),
+            )
+            for f in repo.findings_of(s, run_id)
+            if f.kind in _INFLOW_KINDS
+            and is_drift({"severity": f.severity, "repair_status": f.repair_status})
+        ]
+
+
 def _carry_inflows(
     engine: Engine,
     rail: Rail,
@@ -1216,20 +1385,7 @@ def _carry_inflows(
 
     lo, hi = window
     read = {r.lower() for r in recipients}
-    with engine.db.tx() as s:
-        earlier = [
-            _finding(
-                f.kind,
-                f.severity,
-                dict(f.subjects or {}),
-                f.detail,
-                f.proposed_repair,
-                RepairStatus(f.repair_status),
-            )
-            for f in repo.findings_of(s, carry.run_id)
-            if f.kind in _INFLOW_KINDS
-            and is_drift({"severity": f.severity, "repair_status": f.repair_status})
-        ]
+    earlier = _unsettled_inflows(engine, carry.run_id)
     out: list[Found] = []
     by_recipient: dict[str, list[tuple[EvmInflow, str]]] = {}
     for old in earlier:

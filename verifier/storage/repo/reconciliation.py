@@ -565,6 +565,15 @@ def sessions_by_reference(s: Session, references: list[str]) -> dict[str, Any]:
     return out
 
 
+def sessions_by_id(s: Session, session_ids: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i in range(0, len(session_ids), 500):
+        part = session_ids[i : i + 500]
+        for (ps,) in s.execute(select(PaymentSession).where(PaymentSession.id.in_(part))):
+            out[ps.id] = ps
+    return out
+
+
 def sessions_for_payer(
     s: Session, rail_id: str, recipient: str, pairs: list[tuple[str, int]]
 ) -> dict[tuple[str, int], list[Any]]:
