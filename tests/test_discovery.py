@@ -631,6 +631,38 @@ def test_a_walk_the_node_does_not_know_the_position_of_starts_again(db_url):
         e.db.dispose()
 
 
+def test_a_walk_started_again_without_end_ends_after_the_stuck_limit(db_url, caplog):
+    # A node that never knows where the walk stopped (a pool whose nodes keep different spans
+    # of history): each restart re-reads the stretch before it. After STUCK_LIMIT restarts in
+    # a row the walk ends there, said, rather than re-reading it every cycle for good.
+    e = make_engine(db_url, discovery_page_limit=1, reconcile_max_pages=2)
+    try:
+        chain, pairs = synthetic_chain(3)
+        listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
+        node = _Forgetting(chain, listing)
+        e.chains.set_transport("solana-mainnet", node)
+        for _, ref in pairs:
+            session_for(e, "discovered", reference=ref)
+        newest_first = [sig for sig, _ in reversed(pairs)]
+        rail = e.rail("solana_usdc")
+        node.forgotten = newest_first[1]
+        discovery.watch_solana(e, rail)
+        cycles, restarts = 0, []
+        while _cursor(e)[0] is None:
+            assert cycles < 3 * discovery.STUCK_LIMIT, "the walk never ended"
+            _later(e, rail)
+            cycles += 1
+            if _cursor(e)[3]:
+                restarts.append(_cursor(e)[4])
+        # Each restart reads the stretch again down to the unknown signature (two cycles
+        # here), and counts one more in a row; the last one ends the walk.
+        assert sorted(set(restarts)) == list(range(1, discovery.STUCK_LIMIT))
+        assert _cursor(e) == (newest_first[0], None, None, None, None)
+        assert "did not know" in caplog.text
+    finally:
+        e.db.dispose()
+
+
 # -- a transaction that merely names a reference --------------------------------------------
 
 

@@ -403,7 +403,7 @@ def test_an_unfinished_proof_of_a_retired_network_does_not_fail_the_sweep(db_url
             assert s.scalars(select(Receipt.proof_id)).all() == [good]
         row = proof_row(prod, old)
         assert row.status == "verified" and row.claimed_by is None
-        assert utc(row.next_check_at) - prod.now() > timedelta(minutes=50)
+        assert utc(row.next_check_at) - prod.now() > timedelta(minutes=8)
         unasked = [r for r in caplog.records if "left unasked" in r.getMessage()]
         assert len(unasked) == 1 and "fakenet-test" in unasked[0].getMessage()
     finally:

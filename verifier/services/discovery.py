@@ -196,6 +196,9 @@ Handler = Callable[[list["SignatureEntry"]], tuple[int, int, bool]]
 # an answer it cannot give); holding the walk longer would delay only the older payments
 # behind it (newer ones are read first every cycle), and reconciliation still reports it.
 STUCK_LIMIT = 10
+# `stuck_signature` of a walk started again because the node did not know where it stopped
+# (base58 never holds it), with the restarts in a row in `stuck_failures`.
+_RESTARTED = "?"
 
 
 def _handled(
@@ -305,11 +308,29 @@ def _walk(
         values.update(last_signature=newest or last, walk_before=None, walk_newest=None)
         stuck, fails = None, 0
     elif scan.before_unknown:
-        # SECURITY: the node does not know where the walk stopped (its block dropped, or a
-        # node behind): the walk starts again from the newest signature down to the cursor.
-        # What it reads again is replayed (a proof is never stored twice); going on from an
-        # empty page would pass over the rest of the backlog for good.
-        values.update(walk_before=None, walk_newest=None)
+        restarts = fails + 1 if stuck is not None and stuck.startswith(_RESTARTED) else 1
+        if restarts < STUCK_LIMIT:
+            # SECURITY: the node does not know where the walk stopped (its block dropped, or
+            # a node behind): the walk starts again from the newest signature down to the
+            # cursor. What it reads again is replayed (a proof is never stored twice); going
+            # on from an empty page would pass over the rest of the backlog for good.
+            values.update(walk_before=None, walk_newest=None)
+            stuck, fails = _RESTARTED + str(before), restarts
+        else:
+            # Restarted STUCK_LIMIT times in a row (a pool whose nodes keep different spans
+            # of history, say): each restart re-reads the stretch before it, so the walk
+            # ends here, as it did before, said; reconciliation reads the older history.
+            log.warning(
+                "discovery ended a walk at %s: the node did not know it in %d cycles",
+                before,
+                STUCK_LIMIT,
+                extra={"rail_id": rail.rail_id, "watch_key": key},
+            )
+            engine.metrics.inc(
+                "rpc_errors_total", network=rail.network, kind="discovery_passed_over"
+            )
+            values.update(last_signature=newest or last, walk_before=None, walk_newest=None)
+            stuck, fails = None, 0
     elif walked:
         # SECURITY: more than one stretch reads (a backlog, a node error, a refusal that may
         # not hold): the next cycle goes on from the oldest signature done with, not from the

@@ -63,8 +63,8 @@ SYSTEM = audit.Operator("worker")
 # Elapsed time of the re-verifications of a sweep (tests count it in calls instead).
 _clock = time.monotonic
 # When proofs whose rail, network or token this deployment can no longer resolve are asked
-# again: seldom (each time is a warning), yet soon enough after the setting is restored.
-UNRESOLVED_RECHECK = timedelta(hours=1)
+# again: seldom (each time is a warning), yet soon after a mistyped override is fixed.
+UNRESOLVED_RECHECK = timedelta(minutes=10)
 
 
 class SchemaMoved(RuntimeError):
