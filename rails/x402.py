@@ -32,6 +32,8 @@ exactly what it says. Checks run in this fixed order, each one small function, o
                                                            funds: pending rpc_unavailable
        used: the AuthorizationUsed log's transaction moved
        other funds, or the payer cancelled the nonce       nonce_reused
+       ... in a block no longer the chain's at its height  pending reorged
+       ... in a block not final yet                        pending not_final
        used, but the node serves neither yet               pending rpc_unavailable
        settled in a block that is no longer the chain's
        block at its height (a node behind a reorg)         pending reorged
@@ -722,9 +724,20 @@ def find_settlement(
     )
 
 
-def authorization_cancelled(chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes) -> bool:
-    """Whether the payer cancelled (from, nonce): the token's AuthorizationCanceled log."""
-    return bool(_nonce_logs(chain, AUTHORIZATION_CANCELED_TOPIC, asset, auth_from, nonce))
+def authorization_cancelled(
+    chain: Transport, asset: bytes, auth_from: bytes, nonce: bytes
+) -> tuple[int, str] | None:
+    """Where the payer cancelled (from, nonce): the (block number, block hash) of the token's
+    AuthorizationCanceled log, or None when this node shows none."""
+    from rails.evm import hex_int
+
+    logs = _nonce_logs(chain, AUTHORIZATION_CANCELED_TOPIC, asset, auth_from, nonce)
+    if not logs:
+        return None
+    number, block_hash = logs[0].get("blockNumber"), logs[0].get("blockHash")
+    if not isinstance(block_hash, str):
+        raise MalformedResponse("eth_getLogs: log without blockHash")
+    return hex_int(number, "log.blockNumber"), block_hash.lower()
 
 
 def _authorization_used_topics(auth_from: bytes, nonce: bytes) -> list[str]:
@@ -789,19 +802,29 @@ class _SweepHead:
         return self._head
 
 
+def _where(
+    ref: str, block_number: int, block_hash: str, chain: Transport, head: _SweepHead, rail: Rail
+) -> tuple[Settlement, dict[str, Any] | None]:
+    """How final a block the token's logs name is (the EVM rail's depth, finalized-tag and
+    reorg policy: the canonical hash at its height must still be its hash), and the canonical
+    block at its height (None: the node has none there yet)."""
+    from rails.evm import read_block, settlement_for_receipt
+
+    block = read_block(chain, block_number)
+    canonical = block["hash"] if block is not None else None
+    s = settlement_for_receipt(ref, block_number, block_hash, canonical, head.get(), rail.finality)
+    return s, block
+
+
 def _settlement(
     ref: str, tx: SettlementTx, chain: Transport, head: _SweepHead, rail: Rail
 ) -> Settlement:
     """How final the settlement transaction is: the EVM rail's depth, finalized-tag and reorg
     policy (the canonical hash at the receipt's height must still be the receipt's block),
     and when its block was stamped (None: the node gave no timestamp)."""
-    from rails.evm import read_block, settlement_for_receipt, unix_time
+    from rails.evm import unix_time
 
-    block = read_block(chain, tx.block_number)
-    canonical = block["hash"] if block is not None else None
-    s = settlement_for_receipt(
-        ref, tx.block_number, tx.block_hash, canonical, head.get(), rail.finality
-    )
+    s, block = _where(ref, tx.block_number, tx.block_hash, chain, head, rail)
     to = f"0x{tx.to.hex()}" if tx.to is not None else "?"
     # SECURITY: only the block that holds the settlement dates it; the canonical block at the
     # height of a reorged one is another block, whose time says nothing about the settlement.
@@ -819,14 +842,41 @@ def _settlement(
     )
 
 
-def _used_unseen(chain: Transport, e: Expect, a: Authorization, observed: Observed) -> Verdict:
-    """authorizationState says used, yet the node shows no settlement: cancelled by the payer
-    (nothing will pay), or a node behind itself (its logs or receipts lag its state)."""
-    if authorization_cancelled(chain, e.asset, a.from_, a.nonce):
-        return Verdict.fail(
-            FailureCode.nonce_reused,
-            "nonce cancelled on chain by its payer (AuthorizationCanceled)",
+def _spent_for_good(where: Settlement, said: str, observed: Observed) -> Verdict:
+    """`nonce_reused` for what the chain shows in `where`'s block, once that block is final."""
+    # SECURITY: failed is final, and only the canonical chain's final word is a fact: a node
+    # behind a reorg serves a fork's logs (the nonce may be spent on nothing the chain has),
+    # and a block not final yet may be replaced by one where this payment takes the nonce
+    # first (the other transfer or the cancellation then reverts).
+    if where.reorged:
+        return Verdict.wait(
+            FailureCode.reorged,
+            f"{said}, in a block that is no longer the chain's block at its height "
+            f"({where.detail}): asked again",
             observed=observed,
+        )
+    if not where.is_final:
+        return Verdict.wait(
+            FailureCode.not_final,
+            f"{said}, in a block not final yet ({where.detail}): failed once final",
+            observed=observed,
+        )
+    return Verdict.fail(FailureCode.nonce_reused, said, observed=observed)
+
+
+def _used_unseen(
+    chain: Transport, e: Expect, a: Authorization, observed: Observed, rail: Rail
+) -> Verdict:
+    """authorizationState says used, yet the node shows no settlement: cancelled by the payer
+    (nothing will pay, once final), or a node behind itself (its logs or receipts lag its
+    state)."""
+    cancelled = authorization_cancelled(chain, e.asset, a.from_, a.nonce)
+    if cancelled is not None:
+        where, _ = _where(
+            _ref(e.chain_id, e.asset, a), *cancelled, chain, _SweepHead(chain, rail), rail
+        )
+        return _spent_for_good(
+            where, "nonce cancelled on chain by its payer (AuthorizationCanceled)", observed
         )
     # SECURITY: failed is final, and this may be the payment itself, settled a block ago:
     # only a settlement the chain shows moving other funds, or a cancellation, fails it.
@@ -1086,15 +1136,21 @@ class X402Adapter:
             return self._expired_unless_settled(p, e, chain, observed, key, unsettled)
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
         if tx is None:
-            return _used_unseen(chain, e, a, observed)
+            return _used_unseen(chain, e, a, observed, self.rail)
         # SECURITY: a used nonce is this payment only if its settlement moved exactly these
-        # funds; otherwise the payer spent the nonce on another authorization.
+        # funds; otherwise the payer spent the nonce on another authorization (for good once
+        # that settlement's block is the canonical chain's and final).
         if tx.to != a.to or tx.value != a.value:
-            return Verdict.fail(
-                FailureCode.nonce_reused,
-                f"nonce already used on chain by {tx.tx_hash}, which did not make this transfer",
-                observed=observed,
+            where, _ = _where(
+                _ref(e.chain_id, e.asset, a),
+                tx.block_number,
+                tx.block_hash,
+                chain,
+                _SweepHead(chain, self.rail),
+                self.rail,
             )
+            said = f"nonce already used on chain by {tx.tx_hash}, which did not make this transfer"
+            return _spent_for_good(where, said, observed)
         return self._settled(p, e, chain, observed, key, tx)
 
     def _expired_unless_settled(

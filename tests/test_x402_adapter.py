@@ -732,7 +732,15 @@ def live_chain(
             event == AUTHORIZATION_CANCELED_TOPIC and cancelled
         )
         return (
-            [{"transactionHash": TX, "blockNumber": "0x64", "topics": topics, "removed": False}]
+            [
+                {
+                    "transactionHash": TX,
+                    "blockNumber": "0x64",
+                    "blockHash": BLOCK_HASH,
+                    "topics": topics,
+                    "removed": False,
+                }
+            ]
             if named
             else []
         )
@@ -826,16 +834,75 @@ def test_live_used_nonce_settled_by_this_payment_reports_the_settlement(sepolia)
     ],
 )
 def test_live_used_nonce_not_settled_as_this_payment_is_nonce_reused(sepolia, logs):
-    verdict = sepolia.verify(V1_JSON, terms(), live_chain(used=True, logs=logs))
+    # The other settlement's block (100) is final: 21 confirmations of the 10 required.
+    verdict = sepolia.verify(V1_JSON, terms(), live_chain(used=True, logs=logs, head=120))
     assert (verdict.status, verdict.code) == (Status.failed, FailureCode.nonce_reused)
 
 
 def test_live_used_nonce_cancelled_by_the_payer_is_nonce_reused(sepolia):
-    chain = live_chain(used=True, cancelled=True)
+    chain = live_chain(used=True, cancelled=True, head=120)
     verdict = sepolia.verify(V1_JSON, terms(), chain)
     assert (verdict.status, verdict.code) == (Status.failed, FailureCode.nonce_reused)
     assert "cancelled" in verdict.detail
-    assert chain.calls[-1][1][0]["topics"] == [AUTHORIZATION_CANCELED_TOPIC, _topic(PAYER), NONCE]
+    asked = [params[0]["topics"] for method, params in chain.calls if method == "eth_getLogs"]
+    assert asked[-1] == [AUTHORIZATION_CANCELED_TOPIC, _topic(PAYER), NONCE]
+
+
+@pytest.mark.parametrize(
+    "spent",
+    [
+        dict(logs=settlement_logs(to=OTHER)),  # the nonce settled another authorization
+        dict(logs=settlement_logs()[:1]),  # AuthorizationUsed without a Transfer
+        dict(cancelled=True),  # the payer cancelled it
+    ],
+)
+def test_a_nonce_spent_in_a_fork_or_a_block_not_final_waits_for_the_chains_last_word(
+    sepolia, spent
+):
+    # The nonce spent elsewhere was `failed nonce_reused` for good from any block: one a node
+    # behind a reorg serves from a fork (the canonical chain may not spend it at all), or one
+    # not final yet (replaced, this payment's settlement may take the nonce first).
+    fork = live_chain(used=True, head=120, canonical="0x" + "99" * 32, **spent)
+    verdict = sepolia.verify(V1_JSON, terms(), fork)
+    assert (verdict.status, verdict.code) == (Status.pending, FailureCode.reorged), verdict.detail
+    assert "no longer the chain's block" in verdict.detail and ("0x" + "99" * 32) in verdict.detail
+    # Canonical, 5 confirmations of 10, above the finalized block: not final yet.
+    fresh = live_chain(used=True, head=104, finalized=50, **spent)
+    verdict = sepolia.verify(V1_JSON, terms(), fresh)
+    assert (verdict.status, verdict.code) == (Status.pending, FailureCode.not_final), verdict.detail
+    # The node has no canonical block at that height yet: nothing is known of it.
+    unknown = live_chain(used=True, head=120, **spent)
+    unknown.answers["eth_getBlockByNumber"] = lambda params: None
+    verdict = sepolia.verify(V1_JSON, terms(), unknown)
+    assert (verdict.status, verdict.code) == (Status.pending, FailureCode.not_final), verdict.detail
+    # Final (under the finalized block, too): failed for good.
+    final = live_chain(used=True, head=104, finalized=100, **spent)
+    verdict = sepolia.verify(V1_JSON, terms(), final)
+    assert (verdict.status, verdict.code) == (Status.failed, FailureCode.nonce_reused)
+
+
+def test_a_fork_that_spent_the_nonce_elsewhere_does_not_lose_the_settled_payment(sepolia):
+    # The node behind the reorg said the nonce paid another authorization; the canonical
+    # chain settled this one: once the node has caught up, the payment verifies.
+    fork = live_chain(used=True, logs=settlement_logs(to=OTHER), canonical="0x" + "99" * 32)
+    assert sepolia.verify(V1_JSON, terms(), fork).code is FailureCode.reorged
+    caught_up = live_chain(used=True, logs=settlement_logs())
+    assert sepolia.verify(V1_JSON, terms(), caught_up).status is Status.verified
+
+
+def test_a_cancellation_log_without_its_block_hash_is_no_verdict(sepolia):
+    chain = live_chain(used=True, cancelled=True, head=120)
+    logs = chain.answers["eth_getLogs"]
+
+    def without_hash(params: list[Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in lg.items() if k != "blockHash"} for lg in logs(params)]
+
+    chain.answers["eth_getLogs"] = without_hash
+    checked = run_verify(sepolia, V1_JSON, terms(), chain)
+    assert (checked.verdict.status, checked.verdict.code) == (
+        Status.pending,
+        FailureCode.rpc_unavailable,
+    ), checked.verdict.detail
 
 
 @pytest.mark.parametrize(

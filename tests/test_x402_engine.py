@@ -351,7 +351,8 @@ def test_a_verified_authorization_whose_nonce_is_spent_elsewhere_ends_nonce_reus
 
     pid = _verified_unsettled(x402_engine)
     burnt = settlement_logs(to="0x000000000000000000000000000000000000bEEF")
-    x402_engine.chains.set_transport("base-sepolia", live_chain(used=True, logs=burnt))
+    # The other settlement's block is final (21 confirmations of 10).
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=True, logs=burnt, head=120))
     advance(x402_engine, 700)
     assert worker.refresh_finality(x402_engine, "w1", 10) == 1
 

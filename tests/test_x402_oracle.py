@@ -232,8 +232,19 @@ def test_used_nonce_both_refuse(monkeypatch):
                 return hex(84532)  # Base Sepolia, the rail's
             if method == "eth_call":
                 return "0x" + "0" * 63 + "1"
+            if method == "eth_blockNumber":
+                return hex(200)
+            if method == "eth_getBlockByNumber":  # the cancellation's block, final
+                return {"number": hex(100), "hash": "0x" + "cd" * 32}
             if params[0]["topics"][0] == AUTHORIZATION_CANCELED_TOPIC:
-                return [{"transactionHash": "0x" + "ab" * 32, "topics": params[0]["topics"]}]
+                return [
+                    {
+                        "transactionHash": "0x" + "ab" * 32,
+                        "blockNumber": hex(100),
+                        "blockHash": "0x" + "cd" * 32,
+                        "topics": params[0]["topics"],
+                    }
+                ]
             return []
 
     terms = Terms(recipient=V1_REQ["payTo"], amount=10000, now=datetime.fromtimestamp(INSIDE, UTC))
