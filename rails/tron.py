@@ -16,17 +16,21 @@ another sender's transfer to the same recipient in the transaction is not counte
 node answers that is not what its API promises (an id of another transaction, a timestamp no
 calendar holds) is a `MalformedResponse`, never a verdict.
 
-Check order: shape → gettransactioninfobyid ({}: pending tx_not_found) → execution result
-(`receipt.result` other than SUCCESS, e.g. OUT_OF_ENERGY or REVERT, or top-level
-`result: FAILED` → tx_failed_onchain) → wrong_asset → wrong_recipient → amount_mismatch →
-sender_mismatch → reference/memo → time window (`blockTimeStamp`, ms) → settlement.
+Check order: shape → gettransactioninfobyid ({}: pending tx_not_found) → getblockbynum(its
+block) (the block there does not hold the transaction, or is stamped at another time: pending
+reorged, before any verdict) → execution result (`receipt.result` other than SUCCESS, e.g.
+OUT_OF_ENERGY or REVERT, or top-level `result: FAILED` → tx_failed_onchain once final, else
+pending not_final) → wrong_asset → wrong_recipient → amount_mismatch → sender_mismatch →
+reference/memo → time window (`blockTimeStamp`, ms) → settlement.
 `contractResult` is deliberately not read: USDT's `transfer()` returns nothing meaningful, and
 a successful transfer shows a zero word there.
 
 Finality: confirmations = `getnowblock` height − block + 1 against the rail's depth (19 by
 default: a Tron block is irreversible once 2/3 + 1 of the 27 super representatives have built
 on it, i.e. after 19 blocks ≈ 57 s — the node's "solidified" block). The transaction-info
-answer carries no block hash, so a reorg shows only as the transaction vanishing from the node.
+answer carries no block hash: at verification the node's block at its height must hold the
+transaction at its time (a node behind a reorg serves a fork's answer); in a finality sweep a
+reorg shows as the transaction vanishing from the node, or in another block.
 The Tron HTTP API has no chain id: which network a node serves is configuration.
 
 Transport exceptions propagate (the engine makes them `pending rpc_unavailable`).
@@ -248,6 +252,43 @@ def _block_number(info: dict[str, Any]) -> int:
     return chain_int(number, "transaction info: blockNumber")
 
 
+def read_block(chain: Transport, number: int) -> dict[str, Any] | None:
+    """The node's (canonical) block at `number`, checked to be the block asked for; None when
+    it has no block there (it answers {})."""
+    block = chain.call("getblockbynum", [number])
+    if not block:
+        return None
+    if not isinstance(block, dict):
+        raise MalformedResponse("getblockbynum: expected an object")
+    if _header(block, "number") != number:
+        raise MalformedResponse(f"asked for block {number}, got another")
+    if not isinstance(block.get("transactions", []), list):
+        raise MalformedResponse("getblockbynum: transactions is not a list")
+    return block
+
+
+def _header(block: dict[str, Any], name: str) -> int:
+    try:
+        value = block["block_header"]["raw_data"][name]
+    except (KeyError, TypeError) as e:
+        raise MalformedResponse(f"getblockbynum: no block_header.raw_data.{name} ({e})") from e
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedResponse(f"getblockbynum: {name} {value!r} is not an integer")
+    return value
+
+
+def holds(block: dict[str, Any], tx_id: str, stamped_ms: Any) -> bool:
+    """Whether `block` is the block a transaction info answer names: it holds the transaction
+    and is stamped at the info's blockTimeStamp (a fork's block at the same height may hold
+    the same signed transaction, at another time)."""
+    ids = {
+        str(t.get("txID", "")).lower()
+        for t in block.get("transactions") or []
+        if isinstance(t, dict)
+    }
+    return tx_id in ids and _header(block, "timestamp") == stamped_ms
+
+
 def read_now_block(chain: Transport) -> int:
     block = chain.call("getnowblock", [])
     try:
@@ -394,6 +435,11 @@ class TronAdapter:
             return Verdict.wait(FailureCode.tx_not_found, f"no transaction info for {tx_id} (yet)")
         info = self._checked_info(info, tx_id)
         observed = self._observed(info, tx_id, token, recipient)
+        # The block first: every check after it, definitive or not, is about a transaction of
+        # the canonical chain.
+        forked = self._forked(chain, info, tx_id, observed)
+        if forked is not None:
+            return forked
         failure = execution_failure(info)
         # SECURITY: a failed contract call moved no tokens, whatever it targeted or paid in fees.
         # Failed for good only once its block is final: a fork may yet run it again, and pay.
@@ -444,6 +490,31 @@ class TronAdapter:
                 f"tron:{self.rail.network}:{tx_id}:{token}:{recipient}:{sender}"
                 for sender in senders
             ),
+        )
+
+    @staticmethod
+    def _forked(
+        chain: Transport, info: dict[str, Any], tx_id: str, observed: Observed
+    ) -> Verdict | None:
+        """A wait when the node's block at the info's height is not the block it names."""
+        number = _block_number(info)
+        block = read_block(chain, number)
+        if block is None:
+            raise MalformedResponse(
+                f"transaction info in block {number} but the node has no such block"
+            )
+        if holds(block, tx_id, info.get("blockTimeStamp")):
+            return None
+        # SECURITY: the info carries no block hash; a node behind a reorg serves a fork's.
+        # Nothing in it is a fact about the chain: its block's time, its logs, its failure
+        # may all differ where the transaction is re-executed (inside the window, paying in
+        # full). No verdict, failed or verified, is given on it; it is asked again.
+        return Verdict.wait(
+            FailureCode.reorged,
+            f"transaction {tx_id} is in block {number} stamped {info.get('blockTimeStamp')}, "
+            f"but the chain's block {number} ({block.get('blockID')}) does not hold it "
+            "at that time: asked again",
+            observed=observed,
         )
 
     @staticmethod

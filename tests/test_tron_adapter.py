@@ -60,10 +60,33 @@ def ok_info() -> dict[str, Any]:
     return calls_of("usdt_transfer.json")[0]["result"]
 
 
-def chain_with(info: Any, head: int = HEAD, tx: str = OK_TX) -> CassetteTransport:
+def block_of(info: dict[str, Any]) -> dict[str, Any]:
+    """The canonical block a transaction info answer names: at its height, holding it at its
+    time (getblockbynum's shape, as the recorded cassettes carry it)."""
+    number, stamp = info["blockNumber"], info["blockTimeStamp"]
+    return {
+        "blockID": f"{number:016x}" + "00" * 24,
+        "block_header": {"raw_data": {"number": number, "timestamp": stamp}},
+        "transactions": [{"txID": info["id"]}],
+    }
+
+
+def block_calls(info: Any, block: Any = None) -> list[dict[str, Any]]:
+    """The getblockbynum answer for `info`'s block (`block`, or the one holding it)."""
+    if not isinstance(info, dict) or not isinstance(info.get("blockNumber"), int):
+        return []
+    if block is None:
+        block = block_of(info)
+    return [{"method": "getblockbynum", "params": [info["blockNumber"]], "result": block}]
+
+
+def chain_with(
+    info: Any, head: int = HEAD, tx: str = OK_TX, block: Any = None
+) -> CassetteTransport:
     return CassetteTransport(
         [
             Call({"method": "gettransactioninfobyid", "params": [tx], "result": info}),
+            *map(Call, block_calls(info, block)),
             Call(
                 {
                     "method": "getnowblock",
@@ -101,7 +124,7 @@ def test_real_usdt_transfer_is_review_only_with_sender_and_evidence():
     s = v.settlement
     assert (s.block_number, s.confirmations, s.is_final) == (BLOCK, HEAD - BLOCK + 1, True)
     assert v.transfer_keys == (f"tron:tron-mainnet:{OK_TX}:{USDT}:{RECIPIENT}:{SENDER}",)
-    assert checked.rpc_calls == 2
+    assert checked.rpc_calls == 3
 
 
 def test_contract_result_zero_is_not_a_failure():
@@ -247,6 +270,66 @@ def test_not_final_below_19_confirmations():
     assert (s.confirmations, s.is_final, s.finality) == (19, True, "finalized")
 
 
+FORKS = {
+    # The canonical block at that height does not hold the transaction.
+    "another_block": dict(block=dict(block_of(ok_info()), transactions=[{"txID": FAILED_TX}])),
+    "an_empty_block": dict(
+        block={k: v for k, v in block_of(ok_info()).items() if k != "transactions"}
+    ),
+    # It holds it, at another time: the fork's block ran it a slot earlier.
+    "another_time": dict(stamp=-3000),
+}
+
+
+def forked_chain(info: dict[str, Any], fork: dict[str, Any], head: int = HEAD) -> CassetteTransport:
+    block = fork.get("block")
+    if "stamp" in fork:
+        block = block_of(info)
+        info = dict(info, blockTimeStamp=info["blockTimeStamp"] + fork["stamp"])
+    return chain_with(info, head=head, block=block)
+
+
+@pytest.mark.parametrize("fork", FORKS)
+@pytest.mark.parametrize(
+    "what",
+    [
+        # The fork's block time judged the window: failed for good before.
+        dict(not_after=BLOCK_TIME - timedelta(seconds=2)),
+        dict(not_before=BLOCK_TIME - timedelta(seconds=2)),
+        # The checks on the fork's logs.
+        dict(amount=AMOUNT + 1),
+        dict(recipient=SENDER),
+        dict(sender=RECIPIENT),
+        dict(asset=TRON_USDC),
+        # A fork's execution that failed, from a final block.
+        dict(failed=True),
+        # And one passing everything: verified (to review) on a fork's answer.
+        dict(),
+    ],
+)
+def test_a_forks_transaction_info_waits_and_is_never_a_verdict(fork, what):
+    # gettransactioninfobyid carries no block hash: a node behind a reorg (one member of a
+    # load-balanced API) serves a fork's answer, and every verdict was taken from it.
+    what = dict(what)
+    info = ok_info()
+    if what.pop("failed", False):
+        info["receipt"]["result"] = "REVERT"
+        info.pop("log")
+    v = adapter().verify(OK_TX, terms(**what), forked_chain(info, FORKS[fork]))
+    assert (v.status, v.code) == (Status.pending, FailureCode.reorged), v.detail
+    assert v.settlement is None and f"block {BLOCK}" in v.detail
+    # The same answer from the canonical block is judged as before.
+    assert adapter().verify(OK_TX, terms(**what), chain_with(info)).code is not FailureCode.reorged
+
+
+def test_a_block_the_node_does_not_have_or_another_is_no_verdict():
+    # The node answers {} for a block it does not have (a member a block behind the one that
+    # served the info), or another block than the one asked: unusable, asked again.
+    for block in ({}, dict(block_of(ok_info()), block_header={"raw_data": {"number": BLOCK + 1}})):
+        v = run_verify(adapter(), OK_TX, terms(), chain_with(ok_info(), block=block)).verdict
+        assert (v.status, v.code) == (Status.pending, FailureCode.rpc_unavailable), block
+
+
 def test_answer_about_another_transaction_is_pending_not_a_verdict():
     info = ok_info()
     info["id"] = FAILED_TX
@@ -355,6 +438,7 @@ def tron_api(path: str, body: Any):
     answers = {
         "/wallet/gettransactioninfobyid": ok_info() if body == {"value": OK_TX} else {},
         "/wallet/getnowblock": {"block_header": {"raw_data": {"number": HEAD}}},
+        "/wallet/getblockbynum": block_of(ok_info()) if body == {"num": BLOCK} else {},
     }
     return 200, json.dumps(answers[path]).encode()
 
@@ -380,9 +464,10 @@ def test_http_transport_posts_the_wallet_api_and_verifies(nodes):
     assert v.status is Status.verified and v.observed["sender"] == SENDER
     assert node.requests[2:] == [
         ("/wallet/gettransactioninfobyid", {"value": OK_TX}),
+        ("/wallet/getblockbynum", {"num": BLOCK}),
         ("/wallet/getnowblock", {}),
     ]
-    assert len(node.requests) == 4  # two retried failures first
+    assert len(node.requests) == 5  # two retried failures first
     assert TronAdapter.live_transport([node.url], "tron-mainnet").source == "live"
 
 

@@ -27,6 +27,7 @@ from tests.test_tron_adapter import (
     RECIPIENT,
     SENDER,
     adapter,
+    block_calls,
     calls_of,
     chain_with,
     ok_info,
@@ -52,6 +53,7 @@ def _failed_in_fresh_block(result: str = "OUT_OF_ENERGY") -> dict[str, Any]:
 def _calls(info: dict[str, Any], head: int) -> list[dict[str, Any]]:
     return [
         {"method": "gettransactioninfobyid", "params": [OK_TX], "result": info},
+        *block_calls(info),
         {
             "method": "getnowblock",
             "params": [],

@@ -31,6 +31,7 @@ from rails.transport.rpc_policy import RpcPolicy
 _BODIES: dict[str, Callable[[list[Any]], dict[str, Any]]] = {
     "gettransactioninfobyid": lambda params: {"value": params[0]},
     "getnowblock": lambda params: {},
+    "getblockbynum": lambda params: {"num": params[0]},
 }
 
 
