@@ -571,3 +571,44 @@ def test_a_carried_orphan_a_proof_now_holds_is_not_drift(evm):  # noqa: F811
     assert run["summary"]["from_block"] > f["subjects"]["block_number"]
     assert tx not in _transfers(run) and run["summary"]["carried_matched"] == 1, run
     assert _drift(e) == []
+
+
+def test_a_transfer_a_pending_proof_waited_for_is_reported_once_the_proof_fails(evm):  # noqa: F811
+    # A run counted a transfer a pending proof waited for as matched and kept nothing of it.
+    # The proof then failed, and the runs after read on from their lookback: money received
+    # for a session left unpaid, and no run ever reported it.
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    s = evm_session(e, evm["payer"], 5_000_000)
+    chain.tester.disable_auto_mine_transactions()
+    # Her client submits the hash while it waits in the mempool; what is mined pays less.
+    tx = chain.transfer(token, evm["payer"], evm["treasury"], 4_000_000, gas=100_000).lower()
+    view, _ = proofs.submit_proof(e, s["id"], tx, ["alice"])
+    assert view["status"] == "pending", view
+    chain.tester.enable_auto_mine_transactions()
+    chain.mine(100)  # more than the lookback (80 blocks): the next runs do not read it again
+    found = _whole(e)
+    assert found["status"] == "complete", found["detail"]
+    [f] = [f for f in found["findings"] if f["subjects"]["transfer"] == tx]
+    # Information, not drift: the proof's verification decides. Named for the next run.
+    assert (f["kind"], f["severity"], f["subjects"]["proof_ids"]) == (
+        "inflow_awaiting_proof",
+        "info",
+        [view["id"]],
+    ), f
+    assert found["summary"]["awaiting_proof"] == 1 and _drift(e) == []
+    chain.mine(10)
+    waiting = _whole(e)  # still pending: carried as it is
+    [g] = [g for g in waiting["findings"] if g["subjects"]["transfer"] == tx]
+    assert g["kind"] == "inflow_awaiting_proof" and g["subjects"]["carried_from"] == found["id"]
+    assert proofs.verify_proof(e, view["id"]).status.value == "failed"
+    chain.mine(10)
+    run = _whole(e)
+    assert run["status"] == "complete", run["detail"]
+    assert run["summary"]["from_block"] > f["subjects"]["block_number"]
+    [h] = [h for h in run["findings"] if h["subjects"]["transfer"] == tx]
+    # What a fresh read reports: no session asked for that amount; a refund.
+    assert h["kind"] == "orphan_unbound" and reconciliation.is_drift(h), h
+    assert h["subjects"]["carried_from"] == found["id"]
+    assert [i["subject"] for i in _drift(e)] == [
+        f"reconciliation run {run['id']} finding {h['id']}"
+    ]

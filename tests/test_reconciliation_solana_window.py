@@ -11,6 +11,7 @@ run ended `incomplete`."""
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.helpers import advance, cassette_engine, recorded_calls
 from tests.test_reconciliation import DOC, EXPECT, INFLOWS, by_kind, req, session_for
 from tests.test_reconciliation_resolve import OP
 from verifier.services import proofs, reconciliation
+from verifier.storage.models import PaymentSession
 
 
 @pytest.fixture
@@ -222,8 +224,13 @@ class _Growing:
         )
         self.shown = shown
         self.listed = 0  # getSignaturesForAddress calls
+        self.unfinal: set[str] = set()  # signatures whose status is `confirmed` as yet
 
     def call(self, method: str, params: list[Any]) -> Any:
+        if method == "getSignatureStatuses" and params[0][0] in self.unfinal:
+            answer = copy.deepcopy(self.recorded.call(method, params))
+            answer["value"][0].update(confirmations=5, confirmationStatus="confirmed")
+            return answer
         if method != "getSignaturesForAddress":
             return self.recorded.call(method, params)
         self.listed += 1
@@ -338,3 +345,42 @@ def test_a_carried_orphan_a_proof_now_holds_is_not_drift(growing):
     assert run["status"] == "complete", run["detail"]
     assert _of(run, "bound") == [] and run["summary"]["carried_matched"] == 1, run["summary"]
     assert len(_drift(e)) == 3
+
+
+def test_a_transfer_a_pending_proof_waited_for_is_reported_once_the_proof_fails(growing):
+    # A run counted a transfer its session's pending proof waited for as matched and kept
+    # nothing of it. The proof then failed (what the transfer moved fails only once final:
+    # `pending not_final` until then), and the runs after listed no further back than their
+    # lookback: money received for a session left unpaid, and no run ever reported it.
+    e, chain = growing
+    sig = EXPECT["bound"]["signature"]
+    s = session_for(e, "bound")
+    with e.db.tx() as db:  # the session asked for more than the transfer moved
+        db.get(PaymentSession, s["id"]).amount = EXPECT["bound"]["amount"] + 1
+    chain.unfinal.add(sig)
+    view, _ = proofs.submit_proof(e, s["id"], sig, ["alice"])
+    assert (view["status"], view["failure_code"]) == ("pending", "not_final"), view
+    first = _first_complete(e)
+    [f] = _of(first, "bound")
+    # Information, not drift: the proof's verification decides. Named for the next run.
+    assert (f["kind"], f["severity"]) == ("inflow_awaiting_proof", "info"), f
+    assert f["subjects"]["proof_ids"] == [view["id"]] and f["subjects"]["session_id"] == s["id"]
+    assert not reconciliation.is_drift(f) and first["summary"]["awaiting_proof"] == 1
+    chain.shown = 4
+    waiting = _whole(e)  # still pending: carried as it is
+    [g] = _of(waiting, "bound")
+    assert g["kind"] == "inflow_awaiting_proof" and g["subjects"]["carried_from"] == first["id"]
+    chain.unfinal.clear()  # finalized: the proof fails
+    assert proofs.verify_proof(e, view["id"]).code.value == "amount_mismatch"
+    run = _whole(e)
+    assert run["status"] == "complete", run["detail"]
+    assert run["summary"]["not_before"] > EXPECT["bound"]["block_time"]  # not listed again
+    [h] = _of(run, "bound")
+    # What a fresh scan reports: bound by reference, failing its session's checks; a refund.
+    assert h["kind"] == "orphan_unbound" and reconciliation.is_drift(h), h
+    assert "amount_mismatch" in h["detail"] and h["subjects"]["carried_from"] == first["id"]
+    assert f"reconciliation run {run['id']} finding {h['id']}" in _drift(e)
+    # And it stays drift, carried as any orphan is, until a person settles it.
+    again = _whole(e)
+    [k] = _of(again, "bound")
+    assert k["kind"] == "orphan_unbound" and k["subjects"]["carried_from"] == first["id"], k

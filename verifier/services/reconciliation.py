@@ -13,8 +13,10 @@ by the next run, so a second apply run attaches nothing twice.
 Binding (README, "binding rules"): a Solana inflow is bound when it carries the reference of
 exactly one session; an EVM inflow when exactly one open session names its sender as payer
 with that amount and recipient, and was open at the transfer's block time. Anything else
-needs a person (`orphan_unbound`). A pending proof holds nothing: it matches a transfer only
-for a session the transfer binds to, never hiding it from that session (`_claim_waits`).
+needs a person (`orphan_unbound`). A pending proof holds nothing: it waits for a transfer
+only for a session the transfer binds to, never hiding it from that session (`_claim_waits`),
+and a transfer it waits for is recorded (`inflow_awaiting_proof`, information) so the next
+run judges it again: the proof may fail.
 Which scan a rail gets is what its adapter declares (`Adapter.inflow_scan`), never its
 family's name. An EVM run over the whole history after a complete one reads on from where
 that one ended (less the lookback) and carries what it found and nobody settled
@@ -23,7 +25,7 @@ session: a window shorter than what a session could take never says `complete`. 
 every treasury the rail had that a session in the window pays, never a recipient a tenant
 named. A Solana run over the whole history after a complete one lists down to (a lookback
 before) the newest signature that one listed and carries what it found and nobody settled
-(`_carry_solana`).
+(`_carry_solana`). Both carry the transfers a pending proof waited for too.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
@@ -311,6 +313,8 @@ _SUBJECT_FIELDS: dict[str, tuple[str, ...]] = {
     "entitlement_settlement_reorged": ("entitlement_id",),
     "orphan_bound": ("rail_id", "transfer", "log_index"),
     "orphan_unbound": ("rail_id", "transfer", "log_index"),
+    # Information only (never resolved): a transfer a pending proof waits for.
+    "inflow_awaiting_proof": ("rail_id", "transfer", "log_index"),
 }
 
 _ANY = frozenset({Resolution.accepted})
@@ -365,6 +369,11 @@ def _resolution_result(r: Any) -> dict[str, Any]:
 # Kinds about the same thing: an inflow is one transfer whether a run finds it bound to a
 # session or not (a session may open, or stop being held, between runs).
 _INFLOW_KINDS = ("orphan_bound", "orphan_unbound")
+
+
+# A transfer no proof holds that a pending proof waits for: information, not drift (the
+# proof's verification decides it), but recorded so the run after judges it again.
+AWAITING = "inflow_awaiting_proof"
 
 
 def _kinds_of(kind: str) -> tuple[str, ...]:
@@ -831,12 +840,9 @@ def solana_inflows(
     chain: Any = None,
 ) -> Outcome:
     from rails.solana import token_account
-    from rails.solana_inflows import fetch_inflow, list_signatures
-    from verifier.services.proofs import terms_for
+    from rails.solana_inflows import list_signatures
 
     chain = chain or engine.chains.transport(rail.family, rail.network)
-    adapter = engine.adapter(rail)
-    ptype = rail.proof_types[0]
     watched = token_account(treasury, rail.asset)
     pages, per_page = engine.settings.reconcile_max_pages, engine.settings.discovery_page_limit
     hi = _epoch(until)
@@ -876,29 +882,65 @@ def solana_inflows(
             f"signatures ({LATER_PAGES} x RAILPROOF_RECONCILE_MAX_PAGES): raise "
             "RAILPROOF_RECONCILE_MAX_PAGES"
         ]
-    fps = {e.signature: fingerprint(rail.family, rail.network, ptype, e.signature) for e in entries}
-    with engine.db.tx() as s:
-        known = repo.proofs_by_fingerprint(s, list(fps.values()))
-    findings: list[dict[str, Any]] = []
-    inflows = []
-    claims: dict[str, set[str]] = {}
-    for e in entries[:limit]:
-        if any(p.status in HOLDING for p in known.get(fps[e.signature], ())):
-            counts["matched"] += 1
-            continue
-        claims[e.signature] = _claims(known.get(fps[e.signature], ()))
-        counts["rpc_calls"] += 1
-        try:
-            inflow = fetch_inflow(chain, e.signature, rail.asset, treasury)
-        except (TransportError, CassetteError) as err:
-            problems.append(f"getTransaction({e.signature}): {err}")
-            counts["unreadable"] += 1
-            break  # the node fails: what is left is unchecked, and the run says so
-        if inflow is not None:
-            inflows.append(inflow)
+    findings, _ = _solana_judge(
+        engine, rail, treasury, [e.signature for e in entries[:limit]], chain, counts, problems
+    )
     if len(entries) > limit:
         problems.append(f"{len(entries) - limit} more transactions in the window than --limit")
-    counts["inflows"] = counts["matched"] + len(inflows)
+    if follow is not None:
+        # (A complete run judged every listed transfer: those past --limit, or after a node
+        # error, leave it incomplete, and the next run follows on from an earlier one.)
+        judged = {e.signature for e in entries[:limit]}
+        findings += _carry_solana(
+            engine, rail, treasury, follow.carry, judged, chain, counts, problems
+        )
+    out = _outcome(findings, problems, counts)
+    out.notes = notes
+    return out
+
+
+def _solana_judge(
+    engine: Engine,
+    rail: Rail,
+    treasury: str,
+    signatures: list[str],
+    chain: Any,
+    counts: Counter,
+    problems: list[str],
+) -> tuple[list[Found], list[str]]:
+    """Transactions touching the treasury account, by signature, matched against the proofs
+    we hold (counted in `matched`) or fetched and judged: bound by reference to one open
+    session and passing its checks (`orphan_bound`), waited for by a pending proof
+    (`inflow_awaiting_proof`, information), or a person's to decide (`orphan_unbound`).
+    Returns the findings and the signatures left unread (the node failed)."""
+    from rails.solana_inflows import fetch_inflow
+    from verifier.services.proofs import terms_for
+
+    adapter = engine.adapter(rail)
+    ptype = rail.proof_types[0]
+    fps = {sig: fingerprint(rail.family, rail.network, ptype, sig) for sig in signatures}
+    with engine.db.tx() as s:
+        known = repo.proofs_by_fingerprint(s, list(fps.values()))
+    findings: list[Found] = []
+    inflows = []
+    read = held_n = 0
+    for sig in signatures:
+        if any(p.status in HOLDING for p in known.get(fps[sig], ())):
+            held_n += 1
+            read += 1
+            continue
+        counts["rpc_calls"] += 1
+        try:
+            inflow = fetch_inflow(chain, sig, rail.asset, treasury)
+        except (TransportError, CassetteError) as err:
+            problems.append(f"getTransaction({sig}): {err}")
+            counts["unreadable"] += 1
+            break  # the node fails: what is left is unchecked, and the run says so
+        read += 1
+        if inflow is not None:
+            inflows.append(inflow)
+    counts["matched"] += held_n
+    counts["inflows"] += held_n + len(inflows)
     refs = sorted({k for i in inflows for k in i.keys})
     checks: list[tuple[Any, str, dict[str, Any], Any]] = []
     with engine.db.tx() as s:
@@ -908,8 +950,12 @@ def solana_inflows(
             subjects = {"transfer": i.signature, "amount": str(i.amount), "sender": i.sender}
             sessions = carried_sessions(engine, adapter, i, by_ref)
             free = [ps for ps in sessions if ps.status == "open" and ps.id not in held]
-            if _claim_waits(claims.get(i.signature, set()), sessions, free):
-                counts["matched"] += 1
+            if len(sessions) == 1:
+                subjects["session_id"] = sessions[0].id
+            pending = known.get(fps[i.signature], ())
+            if _claim_waits(_claims(pending), sessions, free):
+                counts["awaiting_proof"] += 1
+                findings.append(_awaiting(subjects, pending))
                 continue
             if len(sessions) != 1:
                 findings.append(
@@ -925,7 +971,6 @@ def solana_inflows(
                 )
                 continue
             ps = sessions[0]
-            subjects["session_id"] = ps.id
             if ps.status != "open" or ps.id in held:
                 findings.append(
                     _finding(
@@ -964,14 +1009,7 @@ def solana_inflows(
                     "refund the sender, or review",
                 )
             )
-    if follow is not None:
-        # (A complete run judged every listed transfer: those past --limit, or after a node
-        # error, leave it incomplete, and the next run follows on from an earlier one.)
-        judged = {e.signature for e in entries[:limit]}
-        findings += _carry_solana(engine, rail, follow.carry, judged, counts)
-    out = _outcome(findings, problems, counts)
-    out.notes = notes
-    return out
+    return findings, signatures[read:]
 
 
 @dataclass(frozen=True)
@@ -1037,20 +1075,31 @@ def _newest_listed(
 
 
 def _carry_solana(
-    engine: Engine, rail: Rail, carry: _Carry, judged: set[str], counts: Counter
+    engine: Engine,
+    rail: Rail,
+    treasury: str,
+    carry: _Carry,
+    judged: set[str],
+    chain: Any,
+    counts: Counter,
+    problems: list[str],
 ) -> list[Found]:
     """The inflows the earlier complete whole-history run left as drift (not information, not
-    applied, not resolved) that this run did not judge again, judged again as far as the
-    database can without the chain, as the scan judges: a transfer a proof holds now, or one
-    its bound session's pending proof waits for, is matched; one bound to a session that was
-    paid or closed since is unbound. The rest are findings of this run, naming the run that
-    read them from the chain (`carried_from`). (A pending proof of another session matches
-    only a transfer bound to a session: which sessions an unbound transfer names is read from
-    the chain, so such a claim leaves it drift.)
+    applied, not resolved), and those a pending proof waited for, that this run did not judge
+    again, judged again as the scan judges: a transfer a proof holds now is matched; one its
+    bound session's pending proof waits for is waited for still (information); one bound to
+    a session that was paid or closed since is unbound. A drift finding is judged from the
+    database (the chain was read when it was found); a waited-for transfer no pending proof
+    of its session waits for any more (the proof failed), or with no one session named, is
+    read again from the chain (`_solana_judge`): its checks were never run. The rest are
+    findings of this run, naming the run that read them from the chain (`carried_from`). (A
+    pending proof of another session matches only a transfer bound to a session: which
+    sessions an unbound transfer names is read from the chain, so such a claim leaves it
+    drift.)
 
     SECURITY: a whole-history run that lists only what is new stands for the whole history:
-    what an earlier one found and nobody settled must stay drift, never drop out because it
-    is older than the listing."""
+    what an earlier one found and nobody settled, and what a proof that may yet fail waited
+    for, must be judged again, never drop out because it is older than the listing."""
     earlier = [
         f
         for f in _unsettled_inflows(engine, carry.run_id)
@@ -1073,21 +1122,24 @@ def _carry_solana(
         sessions = repo.sessions_by_id(s, sids)
         held = repo.session_has_hold(s, sids)
     out: list[Found] = []
+    again: dict[str, tuple[Found, str]] = {}  # judged again from the chain, by signature
     for f in earlier:
         subjects = f["subjects"]
         transfer = str(subjects.get("transfer"))
         proofs_ = known.get(fps[transfer], ())
-        ps = sessions.get(str(subjects.get("session_id")))
-        bound = [ps] if ps is not None else []
-        free = [x for x in bound if x.status == "open" and x.id not in held]
-        if any(p.status in HOLDING for p in proofs_) or (
-            ps is not None and _claim_waits(_claims(proofs_), bound, free)
-        ):
+        if any(p.status in HOLDING for p in proofs_):
             counts["carried_matched"] += 1
             continue
         origin = str(subjects.get("carried_from") or carry.run_id)
-        subjects["carried_from"] = origin
-        if f["kind"] == "orphan_bound" and ps is not None:
+        ps = sessions.get(str(subjects.get("session_id")))
+        bound = [ps] if ps is not None else []
+        free = [x for x in bound if x.status == "open" and x.id not in held]
+        if ps is not None and _claim_waits(_claims(proofs_), bound, free):
+            f = _awaiting(subjects, proofs_)
+        elif f["kind"] == AWAITING and (ps is None or free):
+            again[transfer] = (f, origin)
+            continue
+        elif f["kind"] != "orphan_unbound" and ps is not None:
             if free:
                 f = _bound(rail, subjects, ps.id, "by reference")
             else:
@@ -1099,12 +1151,27 @@ def _carry_solana(
                     "backed by another transfer",
                     "refund the sender, or review",
                 )
-        suffix = f" (found by run {origin}; not read again by this run)"
-        if not f["detail"].endswith(suffix):
-            f["detail"] += suffix
-        counts["carried"] += 1
-        out.append(f)
+        out.append(_carried_from(f, origin))
+    if again:
+        fresh: Counter = Counter()
+        found, unread = _solana_judge(engine, rail, treasury, list(again), chain, fresh, problems)
+        counts["rpc_calls"] += fresh["rpc_calls"]
+        counts["carried_matched"] += fresh["matched"]
+        for f in found:
+            out.append(_carried_from(f, again[str(f["subjects"]["transfer"])][1]))
+        # Left unread (the node failed; the run is incomplete): carried as it was found.
+        out += [_carried_from(*again[sig]) for sig in unread]
+    counts["carried"] += len(out)
     return out
+
+
+def _carried_from(f: Found, origin: str) -> Found:
+    """`f`, naming the run that read it from the chain."""
+    f["subjects"]["carried_from"] = origin
+    suffix = f" (found by run {origin}; not read again by this run)"
+    if not f["detail"].endswith(suffix):
+        f["detail"] += suffix
+    return f
 
 
 class _Fetched:
@@ -1344,7 +1411,8 @@ def evm_inflows(
 
 def _unsettled_inflows(engine: Engine, run_id: str) -> list[Found]:
     """The inflow findings of run `run_id` that are drift (not information, not applied, not
-    resolved), as a run makes them: what a run following on from it carries."""
+    resolved), and the transfers pending proofs waited for, as a run makes them: what a run
+    following on from it carries and judges again."""
     with engine.db.tx() as s:
         return [
             _finding(
@@ -1356,8 +1424,11 @@ def _unsettled_inflows(engine: Engine, run_id: str) -> list[Found]:
                 RepairStatus(f.repair_status),
             )
             for f in repo.findings_of(s, run_id)
-            if f.kind in _INFLOW_KINDS
-            and is_drift({"severity": f.severity, "repair_status": f.repair_status})
+            if f.kind == AWAITING
+            or (
+                f.kind in _INFLOW_KINDS
+                and is_drift({"severity": f.severity, "repair_status": f.repair_status})
+            )
         ]
 
 
@@ -1373,14 +1444,16 @@ def _carry_inflows(
     problems: list[str],
 ) -> list[Found]:
     """The inflows the earlier complete whole-history run left as drift (not information, not
-    applied, not resolved) that this run did not read again (before its window, or into an
-    address it no longer reads), judged again as a run judges what it reads: a transfer a
-    proof holds now, or one its bound session's pending proof waits for, is matched; the rest
-    are findings of this run, naming the run that read them from the chain (`carried_from`).
+    applied, not resolved), and those a pending proof waited for, that this run did not read
+    again (before its window, or into an address it no longer reads), judged again as a run
+    judges what it reads: a transfer a proof holds now is matched; one a pending proof still
+    waits for is carried as information; the rest are findings of this run (a waited-for
+    transfer whose proof failed is an orphan now), each naming the run that read it from the
+    chain (`carried_from`).
 
     SECURITY: a whole-history run that reads only what is new stands for the whole history:
-    what an earlier one found and nobody settled must stay drift, never drop out because it
-    is older than the window."""
+    what an earlier one found and nobody settled, and what a proof that may yet fail waited
+    for, must be judged again, never drop out because it is older than the window."""
     from rails.evm_inflows import EvmInflow
 
     lo, hi = window
@@ -1551,13 +1624,15 @@ def _evm_judge(
                 if when is not None and in_window(ps, when)
             ]
             sessions = [ps for ps in bound if ps.id not in held]
-            if _claim_waits(claims[i.tx_hash], bound, sessions):
-                counts["matched"] += len(i.log_indexes)
-                continue
             if len(i.log_indexes) > 1:  # the logs summed, `log_index` the first's
                 subjects["log_indexes"] = list(i.log_indexes)
             if len(sessions) == 1:
                 subjects["session_id"] = sessions[0].id
+            if _claim_waits(claims[i.tx_hash], bound, sessions):
+                counts["awaiting_proof"] += len(i.log_indexes)
+                findings.append(_awaiting(subjects, known.get(fps[i.tx_hash], ())))
+                continue
+            if len(sessions) == 1:
                 findings.append(_bound(rail, subjects, sessions[0].id, "by payer and amount"))
             else:
                 findings.append(
@@ -1575,6 +1650,7 @@ def _evm_judge(
 
 
 class _Proofed(Protocol):
+    id: str
     session_id: str
     status: str
 
@@ -1582,6 +1658,25 @@ class _Proofed(Protocol):
 def _claims(proofs: Iterable[_Proofed]) -> set[str]:
     """The sessions whose pending proofs claim a transfer no proof holds."""
     return {p.session_id for p in proofs if p.status == ProofStatus.pending.value}
+
+
+def _awaiting(subjects: dict[str, Any], proofs: Iterable[_Proofed]) -> Found:
+    """A transfer no proof holds that a pending proof (named in `proof_ids`) waits for.
+
+    SECURITY: a pending proof holds nothing and may still fail. Counted matched and left
+    unrecorded, such a transfer dropped out of every run once it was older than a run reads
+    again: money received, the session unpaid, nobody told to refund. Recorded, the next
+    run judges it again (`_carry_inflows`, `_carry_solana`) and reports it if the proof
+    failed."""
+    ids = sorted(p.id for p in proofs if p.status == ProofStatus.pending.value)
+    subjects["proof_ids"] = ids
+    return _finding(
+        AWAITING,
+        "info",
+        subjects,
+        f"no proof holds this transfer yet; pending proof {', '.join(ids)} waits for it",
+        "none while the proof is pending: if it fails, a later run reports the transfer",
+    )
 
 
 def _claim_waits(
