@@ -612,3 +612,42 @@ def test_a_transfer_a_pending_proof_waited_for_is_reported_once_the_proof_fails(
     assert [i["subject"] for i in _drift(e)] == [
         f"reconciliation run {run['id']} finding {h['id']}"
     ]
+
+
+def test_a_transfer_a_narrower_run_found_is_carried_by_the_next_whole_history_run(evm):  # noqa: F811
+    # A proof held the transfer for review while a complete whole-history run read it (no
+    # finding); staff then released it. The next scheduled run reads on from the last one's
+    # end and never reads that block again: a run with --since before it reports the
+    # transfer, and what it found is carried by every scheduled run after it, not cleared
+    # by the first of them.
+    from verifier.services import reviews
+    from verifier.storage.models import PaymentSession
+
+    e, chain, token = evm["engine"], evm["chain"], evm["token"]
+    s = evm_session(e, evm["payer"], 5_000_000)
+    # A twin session for the same payer and amount (stored before such a pair was refused at
+    # opening): the transfer is ambiguous, its proof held for review.
+    twin = evm_session(e, evm["payer"], 5_000_001)
+    with e.db.tx() as db:
+        db.get(PaymentSession, twin["id"]).amount = 5_000_000
+    tx = chain.transfer(token, evm["payer"], evm["treasury"], 5_000_000).lower()
+    chain.mine(2)
+    view, _ = proofs.submit_proof(e, s["id"], tx, ["alice"])
+    assert view["status"] == "requires_review", view
+    chain.mine(100)
+    first = _whole(e)
+    assert first["status"] == "complete" and tx not in _transfers(first)  # held: matched
+    reviews.resolve_review(e, view["id"], reviews.Decision.release, OP)
+    chain.mine(100)  # past the next run's lookback
+    advance(e, 1)  # runs are ordered by their start
+    since = reconciliation.run(
+        e, req(rail_id="evm_usdc", since=datetime(2000, 1, 1, tzinfo=UTC)), "ops1"
+    )
+    assert tx in _transfers(since)
+    for _ in range(2):
+        run = _whole(e)
+        assert run["status"] == "complete", run["detail"]
+        [f] = [f for f in run["findings"] if f["subjects"]["transfer"] == tx]
+        assert reconciliation.is_drift(f) and f["subjects"]["carried_from"] == since["id"]
+        assert run["summary"]["from_block"] > f["subjects"]["block_number"]
+        assert len(_drift(e)) == 1

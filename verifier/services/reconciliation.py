@@ -1410,26 +1410,46 @@ def evm_inflows(
 
 
 def _unsettled_inflows(engine: Engine, run_id: str) -> list[Found]:
-    """The inflow findings of run `run_id` that are drift (not information, not applied, not
-    resolved), and the transfers pending proofs waited for, as a run makes them: what a run
-    following on from it carries and judges again."""
+    """The inflow findings of run `run_id`, and of the finished runs of its scope and rail
+    after it (a run with `--since`, one that ended incomplete), that are drift (not
+    information, not applied, not resolved), and the transfers pending proofs waited for, as
+    a run makes them, each transfer once (as the latest run found it): what a run following
+    on from `run_id` carries and judges again.
+
+    SECURITY: a transfer a narrower run found (one read again with `--since` because its
+    proof stopped holding it, say) is carried too: the next whole-history run, which does
+    not read that far back, must not clear it."""
+    out: list[Found] = []
+    seen: set[tuple[str, object]] = set()
     with engine.db.tx() as s:
-        return [
-            _finding(
-                f.kind,
-                f.severity,
-                dict(f.subjects or {}),
-                f.detail,
-                f.proposed_repair,
-                RepairStatus(f.repair_status),
-            )
-            for f in repo.findings_of(s, run_id)
-            if f.kind == AWAITING
-            or (
-                f.kind in _INFLOW_KINDS
-                and is_drift({"severity": f.severity, "repair_status": f.repair_status})
-            )
-        ]
+        run = s.get(ReconciliationRun, run_id)
+        for r in repo.runs_since(s, run) if run is not None else []:
+            for f in repo.findings_of(s, r.id):
+                if not (
+                    f.kind == AWAITING
+                    or (
+                        f.kind in _INFLOW_KINDS
+                        and is_drift({"severity": f.severity, "repair_status": f.repair_status})
+                    )
+                ):
+                    continue
+                subjects = dict(f.subjects or {})
+                key = (str(subjects.get("transfer")), subjects.get("log_index"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                subjects.setdefault("carried_from", r.id)  # the run that read it from the chain
+                out.append(
+                    _finding(
+                        f.kind,
+                        f.severity,
+                        subjects,
+                        f.detail,
+                        f.proposed_repair,
+                        RepairStatus(f.repair_status),
+                    )
+                )
+    return out
 
 
 def _carry_inflows(

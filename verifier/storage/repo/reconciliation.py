@@ -225,6 +225,32 @@ def current_runs(s: Session) -> list[ReconciliationRun]:
     return list(s.scalars(q).all())
 
 
+# Runs after a complete whole-history one whose findings the next such run carries: the
+# windowed and incomplete runs between two complete ones (a schedule makes few).
+RUNS_AFTER = 50
+
+
+def runs_since(s: Session, run: ReconciliationRun) -> list[ReconciliationRun]:
+    """`run` and the finished runs of its scope and rail started after it (at most
+    RUNS_AFTER of them, the latest), newest first."""
+    R = ReconciliationRun
+    later = s.scalars(
+        select(R)
+        .where(
+            R.scope == run.scope,
+            R.rail_id == run.rail_id,
+            R.status != RunStatus.running.value,
+            or_(
+                R.started_at > run.started_at,
+                and_(R.started_at == run.started_at, R.id > run.id),
+            ),
+        )
+        .order_by(R.started_at.desc(), R.id.desc())
+        .limit(RUNS_AFTER)
+    ).all()
+    return [*later, run]
+
+
 def last_whole_run(s: Session, scope: str, rail_id: str) -> ReconciliationRun | None:
     """The latest run of `scope` and `rail_id` that completed over the whole history (no
     `--since`, no `--until`): the one `current_runs` reads drift from."""
