@@ -622,8 +622,14 @@ def test_a_walk_the_node_does_not_know_the_position_of_starts_again(db_url):
             [c] = s.scalars(select(DiscoveryCursor)).all()
             assert (c.last_signature, c.walk_before, c.walk_newest) == (None, None, None)
         node.forgotten = None  # the node has caught up
+        node.listed.clear()
         for _ in range(3):
             _later(e, rail)
+        # From the top again (two pages a cycle here), then on from where that stopped, with
+        # no read of what is newer than the walk first (that is for a walk stuck at a
+        # transaction the node does not return), to the end of the history.
+        s2, s1, s0 = newest_first
+        assert node.listed == [[s2], [s1], [s0], []]
         oldest = sessions[0]
         assert _refs(e, oldest["id"]) == [(pairs[0][0], "verified")]
         assert [len(_refs(e, ps["id"])) for ps in sessions] == [1, 1, 1]  # nothing twice

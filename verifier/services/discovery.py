@@ -197,7 +197,8 @@ Handler = Callable[[list["SignatureEntry"]], tuple[int, int, bool]]
 # behind it (newer ones are read first every cycle), and reconciliation still reports it.
 STUCK_LIMIT = 10
 # `stuck_signature` of a walk started again because the node did not know where it stopped
-# (base58 never holds it), with the restarts in a row in `stuck_failures`.
+# (base58 never holds it), with the restarts during the walk in `stuck_failures` (cleared
+# when the walk reaches its end).
 _RESTARTED = "?"
 
 
@@ -258,7 +259,12 @@ def _walk(
     last, before, newest = st.get("last_signature"), st.get("walk_before"), st.get("walk_newest")
     stuck, fails = st.get("stuck_signature"), st.get("stuck_failures") or 0
     found = 0
-    if before is not None and newest is not None and stuck is not None:
+    if (
+        before is not None
+        and newest is not None
+        and stuck is not None
+        and not stuck.startswith(_RESTARTED)
+    ):
         # SECURITY: a walk that could not get past a transaction goes on from it next cycle:
         # what arrived since the walk started is read first (one page, newest first, down to
         # where the walk started), or one transaction the node does not return would hide
@@ -317,9 +323,9 @@ def _walk(
             values.update(walk_before=None, walk_newest=None)
             stuck, fails = _RESTARTED + str(before), restarts
         else:
-            # Restarted STUCK_LIMIT times in a row (a pool whose nodes keep different spans
-            # of history, say): each restart re-reads the stretch before it, so the walk
-            # ends here, as it did before, said; reconciliation reads the older history.
+            # Restarted STUCK_LIMIT times during one walk (a pool whose nodes keep different
+            # spans of history, say): each restart re-reads the stretch before it, so the
+            # walk ends here, as it did before, said; reconciliation reads the older history.
             log.warning(
                 "discovery ended a walk at %s: the node did not know it in %d cycles",
                 before,
