@@ -174,6 +174,25 @@ class Finding:
             return Verdict.review(self.code, self.detail, observed=obs)
         return Verdict.fail(self.code, self.detail, observed=obs)
 
+    def verdict_once_final(
+        self, where: Settlement, observed: Observed | Mapping[str, Any]
+    ) -> Verdict:
+        """A failure read from what a transaction did in its block (`where`: that block's
+        finality under the rail's policy): `failed` once the block is final, before that
+        `pending not_final` naming the failure it will become (the worker asks again)."""
+        # SECURITY: a failed proof is terminal (the same proof submitted again returns it),
+        # and a block not final yet may be replaced by one where the same signed transaction
+        # does something else (succeeds, pays in full, lands inside the window).
+        if where.is_final:
+            return self.verdict(observed)
+        obs = observed_dict(observed) | dict(self.evidence) | {"finality": where.finality}
+        return Verdict.wait(
+            FailureCode.not_final,
+            f"{self.code.value}: {self.detail}, in a block not final yet ({where.detail}): "
+            "failed once final",
+            observed=obs,
+        )
+
 
 C = TypeVar("C")
 

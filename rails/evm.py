@@ -12,10 +12,17 @@ Check order (one check, one code; chain calls just before the checks that need t
     shape (proof_malformed) → eth_chainId (a node on another chain: pending rpc_unavailable)
     → eth_getTransactionReceipt (null: pending tx_not_found)
     → eth_getBlockByNumber(receipt block) (its hash is not the receipt's: pending reorged,
-    before any verdict) → status 0: tx_failed_onchain once final, else pending not_final
-    → wrong_asset → wrong_recipient → amount_mismatch → sender_mismatch (only when the terms
-    name a payer) → reference/memo (EVM transfers carry none) → time window
-    (session_not_open, session_expired) → settlement (eth_blockNumber, `finalized` block).
+    before any verdict) → status 0 (tx_failed_onchain) → wrong_asset → wrong_recipient
+    → amount_mismatch → sender_mismatch (only when the terms name a payer) → reference/memo
+    (EVM transfers carry none: requires_review) → time window (session_not_open,
+    session_expired) → settlement (eth_blockNumber, `finalized` block).
+
+Every failure after the block read is read from what the transaction did in that block (its
+status, its logs, the block's time): the same signed transaction re-mined in another block,
+if this one is dropped, may succeed or pay in full. Such a failure is `failed` only once the
+block is final under the rail's policy (the settlement's reads, as on success); before that
+it is `pending not_final`, its detail naming the failure it will become, and the worker asks
+again.
 
 Finality is a pure policy (`is_final_at_depth`) over an observation the adapter refreshes:
 
@@ -834,24 +841,25 @@ class EvmAdapter:
             observed=observed,
         )
 
-    def _reverted(
+    def _failed(
         self,
         chain: Transport,
         tx_hash: str,
         receipt: Receipt,
         block: Mapping[str, Any],
+        found: Finding,
         observed: Observed,
     ) -> Verdict:
-        # The block is the canonical one (`_forked` came first).
-        where = self._settlement(chain, tx_hash, receipt, block)
-        said = f"transaction {tx_hash} reverted (status 0) in block {receipt.block_number}"
-        if not where.is_final:
-            return Verdict.wait(
-                FailureCode.not_final,
-                f"{said}, not final yet ({where.detail}): failed once final",
-                observed=observed,
-            )
-        return Verdict.fail(FailureCode.tx_failed_onchain, said, observed=observed)
+        """A failure read from what the transaction did in its block (it reverted, moved
+        another token, recipient, amount or sender than asked, or its block is outside the
+        session's window): `failed` only once that block is final, `pending not_final` before.
+        A review (a reference or memo asked of a transfer that carries none) is not read from
+        the block and needs no finality."""
+        if found.review:
+            return found.verdict(observed)
+        # The block is the canonical one (`_forked` came first). The settlement's reads
+        # (eth_blockNumber, the `finalized` block) are the ones a success makes.
+        return found.verdict_once_final(self._settlement(chain, tx_hash, receipt, block), observed)
 
     def verify(self, proof: str, terms: Terms, chain: Transport) -> Verdict:
         tx_hash = normalize_tx_hash(proof)
@@ -876,7 +884,9 @@ class EvmAdapter:
         # is a definitive `failed` only from a final block: one not final yet may be replaced
         # by one where the transaction succeeds.
         if not receipt.success:
-            return self._reverted(chain, tx_hash, receipt, block, observed)
+            said = f"transaction {tx_hash} reverted (status 0) in block {receipt.block_number}"
+            reverted = Finding(FailureCode.tx_failed_onchain, said)
+            return self._failed(chain, tx_hash, receipt, block, reverted, observed)
 
         check_token_transfers(receipt.logs, token)
         transfers = token_transfers(receipt.logs)
@@ -891,16 +901,19 @@ class EvmAdapter:
             }
         )
         ctx = EvmCtx(terms, token, recipient, amount, senders, "ERC-20", transfers=transfers)
+        # SECURITY: what the logs moved and when the block was stamped are the block's: the
+        # same signed transaction re-mined in another block (this one dropped) may pay in
+        # full, or inside the window. A failure from them is definitive only once final.
         found = first_finding(RECEIPT_CHECKS, ctx)
         if found is not None:
-            return found.verdict(observed)
+            return self._failed(chain, tx_hash, receipt, block, found, observed)
 
         ctx.when = self._block_time(block, receipt, terms)
         if ctx.when is not None:
             observed = observed.model_copy(update={"block_time": ctx.when})
         found = first_finding(BLOCK_CHECKS, ctx)
         if found is not None:
-            return found.verdict(observed)
+            return self._failed(chain, tx_hash, receipt, block, found, observed)
 
         settlement = self._settlement(chain, tx_hash, receipt, block)
         paid = authorizations_paid(receipt, token, self.chain_id)

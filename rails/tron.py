@@ -19,9 +19,12 @@ calendar holds) is a `MalformedResponse`, never a verdict.
 Check order: shape → gettransactioninfobyid ({}: pending tx_not_found) → getblockbynum(its
 block) (the block there does not hold the transaction, or is stamped at another time: pending
 reorged, before any verdict) → execution result (`receipt.result` other than SUCCESS, e.g.
-OUT_OF_ENERGY or REVERT, or top-level `result: FAILED` → tx_failed_onchain once final, else
-pending not_final) → wrong_asset → wrong_recipient → amount_mismatch → sender_mismatch →
-reference/memo → time window (`blockTimeStamp`, ms) → settlement.
+OUT_OF_ENERGY or REVERT, or top-level `result: FAILED` → tx_failed_onchain) → wrong_asset →
+wrong_recipient → amount_mismatch → sender_mismatch → reference/memo (requires_review) → time
+window (`blockTimeStamp`, ms) → settlement (getnowblock).
+Every failure after the block read is read from what the transaction did in that block: it is
+`failed` only once the block is final under the rail's depth (the settlement's read, as on
+success), `pending not_final` naming the failure before, and the worker asks again.
 `contractResult` is deliberately not read: USDT's `transfer()` returns nothing meaningful, and
 a successful transfer shows a zero word there.
 
@@ -445,14 +448,8 @@ class TronAdapter:
         # Failed for good only once its block is final: a fork may yet run it again, and pay.
         if failure is not None:
             said = f"transaction {tx_id} failed: {failure}"
-            where = self._settlement(tx_id, _block_number(info), read_now_block(chain))
-            if not where.is_final:
-                return Verdict.wait(
-                    FailureCode.not_final,
-                    f"{said}, in a block not final yet ({where.detail}): failed once final",
-                    observed=observed,
-                )
-            return Verdict.fail(FailureCode.tx_failed_onchain, said, observed=observed)
+            failed = Finding(FailureCode.tx_failed_onchain, said)
+            return self._failed(chain, tx_id, info, failed, observed)
 
         transfers = _transfers(info)
         counted = counted_trc20(transfers, token, recipient, terms.sender)
@@ -476,9 +473,12 @@ class TronAdapter:
             whole_seconds=False,  # blockTimeStamp is in milliseconds
             transfers=transfers,
         )
+        # SECURITY: what the logs moved and when the block was stamped are the block's: the
+        # same signed transaction run again in another block (this one dropped) may pay in
+        # full, or inside the window. A failure from them is definitive only once final.
         found = first_finding(CHECKS, ctx)
         if found is not None:
-            return found.verdict(observed)
+            return self._failed(chain, tx_id, info, found, observed)
 
         settlement = self._settlement(tx_id, _block_number(info), read_now_block(chain))
         return Verdict.ok(
@@ -491,6 +491,26 @@ class TronAdapter:
                 for sender in senders
             ),
         )
+
+    def _failed(
+        self,
+        chain: Transport,
+        tx_id: str,
+        info: dict[str, Any],
+        found: Finding,
+        observed: Observed,
+    ) -> Verdict:
+        """A failure read from what the transaction did in its block (it failed, moved another
+        token, recipient, amount or sender than asked, or its block is outside the session's
+        window): `failed` only once that block is solidified under the rail's depth, `pending
+        not_final` before. A review (a reference or memo asked of a TRC-20 transfer) is not
+        read from the block and needs no finality."""
+        if found.review:
+            return found.verdict(observed)
+        # The block is the canonical one (`_forked` came first); getnowblock is the read a
+        # success makes for its settlement.
+        where = self._settlement(tx_id, _block_number(info), read_now_block(chain))
+        return found.verdict_once_final(where, observed)
 
     @staticmethod
     def _forked(

@@ -38,6 +38,13 @@ exactly what it says. Checks run in this fixed order, each one small function, o
        settled in a block that is no longer the chain's
        block at its height (a node behind a reorg)         pending reorged
        settled in a block older than the session (+ 30 s)  session_not_open
+       ... in a block not final yet                        pending not_final
+
+Checks 1–11 read only the signed payload (and the clock): no chain state changes them, so
+they fail at once. A failure read from the chain's blocks (a settlement's, a cancellation's)
+is definitive only once that block is final under the rail's policy (the settlement's own
+reads: no chain call more); before that it is `pending not_final`, its detail naming the
+failure it will become, and the worker asks again.
 
 `now` is the clock of this check; `submitted` is when the proof was submitted (Terms.
 submitted_at, or now). A pending proof checked again after validBefore is still the payment
@@ -855,13 +862,7 @@ def _spent_for_good(where: Settlement, said: str, observed: Observed) -> Verdict
             f"({where.detail}): asked again",
             observed=observed,
         )
-    if not where.is_final:
-        return Verdict.wait(
-            FailureCode.not_final,
-            f"{said}, in a block not final yet ({where.detail}): failed once final",
-            observed=observed,
-        )
-    return Verdict.fail(FailureCode.nonce_reused, said, observed=observed)
+    return Finding(FailureCode.nonce_reused, said).verdict_once_final(where, observed)
 
 
 def _used_unseen(
@@ -1218,14 +1219,15 @@ class X402Adapter:
                 raise MalformedResponse(f"block {tx.block_number} has no timestamp")
             # SECURITY: a settlement is public once mined; one older than the session was a
             # payment made before it existed, which a session opened after cannot take.
+            # Definitive only from a final block: one not final yet may be replaced by one
+            # where the same authorization settles later, inside the window.
             when = int(stamped.timestamp())
             if when < e.not_before - SETTLEMENT_CLOCK_MARGIN_S:
-                return Verdict.fail(
+                return Finding(
                     FailureCode.session_not_open,
                     f"settled by {tx.tx_hash} at {when}, before the session opened "
                     f"({e.not_before})",
-                    observed=observed,
-                )
+                ).verdict_once_final(settlement, observed)
         return Verdict.ok(
             "authorization already settled on chain",
             observed=observed,

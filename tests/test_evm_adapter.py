@@ -232,6 +232,59 @@ def test_time_window_uses_the_block_time():
     assert (early.status, early.code) == (Status.failed, FailureCode.session_not_open)
 
 
+def _usdc_not_final() -> CassetteTransport:
+    """The recorded USDC transfer read while its block is the chain's head: one confirmation
+    of the 64 the rail requires, above the node's `finalized` block."""
+    calls = with_result(
+        calls_of("eth_usdc_transfer.json"), "eth_blockNumber", None, hex(USDC_BLOCK)
+    )
+    finalized = {"number": hex(USDC_BLOCK - 40), "hash": "0x" + "ee" * 32}
+    return transport_from(with_result(calls, "eth_getBlockByNumber", "finalized", finalized))
+
+
+@pytest.mark.parametrize(
+    "over,code",
+    [
+        ({"amount": USDC_AMOUNT + 1}, FailureCode.amount_mismatch),
+        ({"recipient": SWAPPER}, FailureCode.wrong_recipient),
+        ({"asset": USDT}, FailureCode.wrong_asset),
+        ({"sender": SWAPPER}, FailureCode.sender_mismatch),
+        ({"not_before": USDC_TIME + timedelta(seconds=1)}, FailureCode.session_not_open),
+        ({"not_after": USDC_TIME - timedelta(seconds=1)}, FailureCode.session_expired),
+    ],
+    ids=["amount", "recipient", "asset", "sender", "not_open", "expired"],
+)
+def test_a_failure_read_from_a_block_not_final_yet_waits_for_finality(over, code):
+    # The same signed transaction, its block dropped, may be re-mined in another block where
+    # it pays in full (state-dependent logs, a swap routed to the treasury) or inside the
+    # window: what one block not final yet shows is no definitive `failed` (a failed proof is
+    # terminal, and the same hash submitted again returns it), as a revert there is not.
+    checked = run_verify(adapter("evm_usdc"), USDC_TX, terms(**over), _usdc_not_final())
+    v = checked.verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.not_final), v.detail
+    assert v.detail.startswith(f"{code.value}: ") and "failed once final" in v.detail
+    assert "1/64 confirmations" in v.detail and v.observed["finality"] == "confirmed"
+    # The settlement's reads, as a success makes them: five calls either way.
+    assert checked.rpc_calls == 5
+    # Once the block is final (the recorded head), the same answer fails.
+    final = run_verify(
+        adapter("evm_usdc"), USDC_TX, terms(**over), cassette("eth_usdc_transfer.json")
+    )
+    assert (final.verdict.status, final.verdict.code, final.rpc_calls) == (Status.failed, code, 5)
+
+
+def test_a_review_needs_no_finality():
+    # A reference asked of a transfer that carries none is no fact about its block.
+    checked = run_verify(
+        adapter("evm_usdc"), USDC_TX, terms(reference="anything"), _usdc_not_final()
+    )
+    assert (checked.verdict.status, checked.verdict.code, checked.rpc_calls) == (
+        Status.requires_review,
+        FailureCode.reference_missing,
+        3,
+    )
+
+
 def test_block_timestamp_is_preferred_over_the_log_timestamp():
     calls = calls_of("eth_usdc_transfer.json")
     block_time = USDC_TIME + timedelta(days=1)

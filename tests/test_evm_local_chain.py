@@ -192,7 +192,13 @@ def test_a_look_alike_token_is_wrong_asset(chain, token):
     fake = chain.deploy_token()  # same bytecode, same name and symbol, another contract
     fake.functions.mint(payer(chain), PAID).transact({"from": chain.accounts[0]})
     tx = chain.transfer(fake, payer(chain), treasury(chain), PAID)
-    v = EvmAdapter(chain.rail(token.address)).verify(tx, terms(chain), chain)
+    adapter = EvmAdapter(chain.rail(token.address))
+    # One confirmation of three: the failure waits for the block to be final.
+    v = adapter.verify(tx, terms(chain), chain)
+    assert (v.status, v.code) == (Status.pending, FailureCode.not_final)
+    assert v.detail.startswith("wrong_asset: ") and "failed once final" in v.detail
+    chain.mine(2)
+    v = adapter.verify(tx, terms(chain), chain)
     assert (v.status, v.code) == (Status.failed, FailureCode.wrong_asset)
     assert v.observed["other_tokens"] == [fake.address]
 
@@ -200,10 +206,18 @@ def test_a_look_alike_token_is_wrong_asset(chain, token):
 def test_payment_to_someone_else_and_underpayment(chain, token):
     adapter = EvmAdapter(chain.rail(token.address))
     elsewhere = chain.transfer(token, payer(chain), chain.accounts[3], PAID)
-    assert adapter.verify(elsewhere, terms(chain), chain).code is FailureCode.wrong_recipient
     short = chain.transfer(token, payer(chain), treasury(chain), PAID - 1)
     v = adapter.verify(short, terms(chain), chain)
-    assert (v.code, v.observed["amount"]) == (FailureCode.amount_mismatch, str(PAID - 1))
+    assert (v.status, v.code) == (Status.pending, FailureCode.not_final)
+    assert v.detail.startswith("amount_mismatch: ")
+    chain.mine(2)
+    assert adapter.verify(elsewhere, terms(chain), chain).code is FailureCode.wrong_recipient
+    v = adapter.verify(short, terms(chain), chain)
+    assert (v.status, v.code, v.observed["amount"]) == (
+        Status.failed,
+        FailureCode.amount_mismatch,
+        str(PAID - 1),
+    )
 
 
 def test_window_is_judged_by_the_block_time(chain, token):
@@ -211,9 +225,13 @@ def test_window_is_judged_by_the_block_time(chain, token):
     tx = chain.transfer(token, payer(chain), treasury(chain), PAID)
     mined = block_time(chain, chain.head())
     early = adapter.verify(tx, terms(chain, not_before=mined + timedelta(seconds=1)), chain)
-    assert early.code is FailureCode.session_not_open
+    assert (early.status, early.code) == (Status.pending, FailureCode.not_final)
+    assert early.detail.startswith("session_not_open: ")
+    chain.mine(2)
+    early = adapter.verify(tx, terms(chain, not_before=mined + timedelta(seconds=1)), chain)
+    assert (early.status, early.code) == (Status.failed, FailureCode.session_not_open)
     late = adapter.verify(tx, terms(chain, not_after=mined - timedelta(seconds=1)), chain)
-    assert late.code is FailureCode.session_expired
+    assert (late.status, late.code) == (Status.failed, FailureCode.session_expired)
     ok = adapter.verify(tx, terms(chain, not_before=mined, not_after=mined), chain)
     assert ok.status is Status.verified
 

@@ -270,6 +270,44 @@ def test_not_final_below_19_confirmations():
     assert (s.confirmations, s.is_final, s.finality) == (19, True, "finalized")
 
 
+@pytest.mark.parametrize(
+    "over,code",
+    [
+        ({"amount": AMOUNT + 1}, FailureCode.amount_mismatch),
+        ({"recipient": SENDER}, FailureCode.wrong_recipient),
+        ({"asset": TRON_USDC}, FailureCode.wrong_asset),
+        ({"sender": RECIPIENT}, FailureCode.sender_mismatch),
+        ({"not_before": BLOCK_TIME + timedelta(milliseconds=1)}, FailureCode.session_not_open),
+        ({"not_after": BLOCK_TIME - timedelta(milliseconds=1)}, FailureCode.session_expired),
+    ],
+    ids=["amount", "recipient", "asset", "sender", "not_open", "expired"],
+)
+def test_a_failure_read_from_a_block_not_solidified_waits_for_finality(over, code):
+    # The same signed transaction, its block dropped, may run again in another block where it
+    # pays in full or lands inside the window: a failed proof is terminal (the same id
+    # submitted again returns it), so what an unsolidified block shows is no `failed` yet.
+    checked = run_verify(adapter(), OK_TX, terms(**over), chain_with(ok_info(), head=BLOCK + 17))
+    v = checked.verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.not_final), v.detail
+    assert v.detail.startswith(f"{code.value}: ") and "failed once final" in v.detail
+    assert "18/19 confirmations" in v.detail and v.observed["finality"] == "confirmed"
+    assert checked.rpc_calls == 3  # the head is the read a success makes too
+    final = run_verify(adapter(), OK_TX, terms(**over), chain_with(ok_info(), head=BLOCK + 18))
+    assert (final.verdict.status, final.verdict.code, final.rpc_calls) == (Status.failed, code, 3)
+
+
+def test_a_review_needs_no_finality():
+    # A reference asked of a TRC-20 transfer, which carries none, is no fact about its block.
+    checked = run_verify(
+        adapter(), OK_TX, terms(reference="anything"), chain_with(ok_info(), head=BLOCK)
+    )
+    assert (checked.verdict.status, checked.verdict.code, checked.rpc_calls) == (
+        Status.requires_review,
+        FailureCode.reference_missing,
+        2,
+    )
+
+
 FORKS = {
     # The canonical block at that height does not hold the transaction.
     "another_block": dict(block=dict(block_of(ok_info()), transactions=[{"txID": FAILED_TX}])),

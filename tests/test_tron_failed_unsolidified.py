@@ -1,5 +1,7 @@
-"""A failed Tron execution (REVERT / OUT_OF_ENERGY) read from a block that is not solidified
-yet is not the chain's last word: `pending not_final` until the block is final, then `failed`.
+"""A failed Tron execution (REVERT / OUT_OF_ENERGY), or any failure read from what the
+transaction did (amount, asset, recipient, sender, window), read from a block that is not
+solidified yet is not the chain's last word: `pending not_final` until the block is final,
+then `failed`.
 
 The EVM rails hold the same rule (tests/test_evm_reverted_fork.py): a block not final yet may
 be replaced by one where the transaction succeeds, and `failed` is terminal (the worker
@@ -118,3 +120,24 @@ def test_the_payment_re_executed_on_the_canonical_chain_still_reaches_review(eng
     again, created = proofs.submit_proof(engine, session_id, OK_TX, ["alice"])
     assert not created
     assert (again["status"], again["failure_code"]) == ("requires_review", "review_only_rail")
+
+
+def test_an_underpayment_in_a_block_not_solidified_fails_once_the_worker_sees_it_final(engine):
+    # The real transfer, paying one base unit less than the session asks.
+    short = ok_info()
+    short["log"][0]["data"] = (AMOUNT - 1).to_bytes(32, "big").hex()
+    node, session_id, view = submitted_one_block_deep(engine, short)
+    assert (view["status"], view["failure_code"]) == ("pending", "not_final"), view
+    assert view["detail"].startswith("amount_mismatch: ")
+    # The worker asks again while the block is not solidified: still pending.
+    advance(engine, 3600)
+    assert worker.sweep(engine, "w1")["reverified"] == 1
+    assert proofs.get_proof(engine, view["id"], None)["failure_code"] == "not_final"
+    # Solidified: the next re-check fails it for good.
+    node.load(_calls(short, head=BLOCK + 18))
+    advance(engine, 3600)
+    assert worker.sweep(engine, "w1")["reverified"] == 1
+    assert proofs.get_proof(engine, view["id"], None)["status"] == "failed"
+    again, created = proofs.submit_proof(engine, session_id, OK_TX, ["alice"])
+    assert not created
+    assert (again["status"], again["failure_code"]) == ("failed", "amount_mismatch"), again

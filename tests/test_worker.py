@@ -4,6 +4,7 @@ path, and several workers sharing one database without processing a proof twice.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -264,6 +265,62 @@ def test_reorg_under_active_entitlement_is_flagged_not_revoked(db_url):
         assert {"proof_verified", "settlement_final"} <= blockers
         assert proofs.get_proof(e, pid, None)["failure_code"] == "reorged"
         assert proofs.list_attempts(e, pid)[-1]["failure_code"] == "reorged"
+    finally:
+        e.db.dispose()
+
+
+def test_a_failure_read_from_a_block_not_final_is_asked_again_and_fails_once_final(db_url):
+    # An underpayment read from a block not final yet is `pending not_final`: the worker asks
+    # again like any pending proof, and only the chain's final word fails it.
+    e = cassette_engine(db_url, clock=EVM_CLOCK)
+    try:
+        final = recorded_calls(FIXTURES / "evm" / "eth_usdc_transfer.json")
+        # The same answers while the node's head is the transfer's own block, above its
+        # `finalized` block: one confirmation of 64.
+        mined = next(c for c in final if c["method"] == "eth_getTransactionReceipt")
+        number = int(mined["result"]["blockNumber"], 16)
+        unfinal = copy.deepcopy(final)
+        for c in unfinal:
+            if c["method"] == "eth_blockNumber":
+                c["result"] = hex(number)
+            elif c["params"][:1] == ["finalized"]:
+                c["result"] = {"number": hex(number - 40), "hash": "0x" + "ee" * 32}
+        chain = SwitchableTransport(unfinal)
+        e.chains.set_transport("ethereum", chain)
+        sess = open_session(
+            e,
+            NewSession(
+                owner_id="alice",
+                rail_id="evm_usdc",
+                access_product_id="pro",
+                amount=EVM_USDC_AMOUNT + 1,
+                recipient=EVM_USDC_TO,
+                payer=EVM_USDC_FROM,
+            ),
+            actor="svc",
+        )
+        view, _ = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
+        pid = view["id"]
+        assert (view["status"], view["failure_code"]) == ("pending", "not_final"), view
+        assert view["detail"].startswith("amount_mismatch: ")
+
+        # Still not final: asked again, still pending.
+        due(e, pid)
+        assert worker.sweep(e, "w1")["reverified"] == 1
+        p = proof_row(e, pid)
+        assert (p.status, p.failure_code) == ("pending", "not_final")
+
+        # The block is final now: the next re-check fails it for good.
+        chain.load(final)
+        due(e, pid)
+        assert worker.sweep(e, "w1")["reverified"] == 1
+        p = proof_row(e, pid)
+        assert (p.status, p.failure_code) == ("failed", "amount_mismatch")
+        again, created = proofs.submit_proof(e, sess["id"], EVM_USDC_TX, ["alice"])
+        assert not created and (again["status"], again["failure_code"]) == (
+            "failed",
+            "amount_mismatch",
+        )
     finally:
         e.db.dispose()
 

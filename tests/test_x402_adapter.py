@@ -1061,7 +1061,9 @@ def test_a_settlement_older_than_the_session_is_session_not_open(sepolia):
     """SECURITY: the settlement is public once mined; a session opened after it cannot take
     it, though the authorization's window is still open."""
     opened = INSIDE - 10
-    older = live_chain(used=True, logs=settlement_logs(), mined=opened - MARGIN - 1)
+    older = live_chain(
+        used=True, logs=settlement_logs(), mined=opened - MARGIN - 1, head=200, finalized=150
+    )
     verdict = sepolia.verify(V1_JSON, windowed(INSIDE, opened, INSIDE + 600), older)
     assert (verdict.status, verdict.code) == (Status.failed, FailureCode.session_not_open)
     # A block stamped a little before the session opened: the chain's clock is not ours.
@@ -1070,6 +1072,27 @@ def test_a_settlement_older_than_the_session_is_session_not_open(sepolia):
         verdict = sepolia.verify(V1_JSON, windowed(INSIDE, opened, INSIDE + 600), chain)
         assert verdict.status is Status.verified, verdict.detail
         assert verdict.observed["block_time"] == at(mined).isoformat()
+
+
+def test_a_settlement_older_than_the_session_in_a_block_not_final_waits(sepolia):
+    # The settlement's block (100) has 5 confirmations of the 10 required, above the node's
+    # finalized block: dropped, the same authorization may settle in a later block, inside
+    # the session's window. A failed proof is terminal, so it waits for the chain's last word.
+    opened = INSIDE - 10
+    terms_ = windowed(INSIDE, opened, INSIDE + 600)
+    unfinal = live_chain(used=True, logs=settlement_logs(), mined=opened - MARGIN - 1)
+    checked = run_verify(sepolia, V1_JSON, terms_, unfinal)
+    v = checked.verdict
+    assert (v.status, v.code) == (Status.pending, FailureCode.not_final), v.detail
+    assert v.detail.startswith("session_not_open: ") and "failed once final" in v.detail
+    assert v.observed["finality"] == "confirmed"
+    final = live_chain(
+        used=True, logs=settlement_logs(), mined=opened - MARGIN - 1, head=200, finalized=150
+    )
+    done = run_verify(sepolia, V1_JSON, terms_, final)
+    assert (done.verdict.status, done.verdict.code) == (Status.failed, FailureCode.session_not_open)
+    # No chain call more than the settlement's own reads, final or not.
+    assert checked.rpc_calls == done.rpc_calls
 
 
 def test_a_settlement_in_a_block_that_left_the_chain_waits_and_is_never_judged(sepolia):

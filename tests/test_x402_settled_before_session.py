@@ -62,6 +62,28 @@ def test_a_settlement_before_the_session_is_refused_when_the_node_shows_it(x402_
     assert (view["status"], view["failure_code"]) == ("failed", "session_not_open"), view
 
 
+def test_a_settlement_before_the_session_in_a_block_not_final_fails_once_final(x402_engine):  # noqa: F811
+    """The same settlement while its block is not final yet (5 of 10 confirmations) →
+    pending not_final; the worker asks again, and fails it once the block is final."""
+    advance(x402_engine, OPENED_AT - x402_engine.now().timestamp())
+    unfinal = live_chain(
+        used=True, logs=settlement_logs(), head=104, finalized=50, mined=SETTLED_AT
+    )
+    x402_engine.chains.set_transport("base-sepolia", unfinal)
+    ps = open_x402(x402_engine, owner="mallory")
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], HEADER, ["mallory"])
+    assert (view["status"], view["failure_code"]) == ("pending", "not_final"), view
+    assert view["detail"].startswith("session_not_open: ")
+    advance(x402_engine, 10)  # past the first re-check (5 s, with jitter)
+    assert worker.sweep(x402_engine, "w1")["reverified"] == 1
+    assert proofs.get_proof(x402_engine, view["id"], ["mallory"])["failure_code"] == "not_final"
+    x402_engine.chains.set_transport("base-sepolia", _settled_chain())
+    advance(x402_engine, 15)  # past the second (10 s, with jitter)
+    assert worker.sweep(x402_engine, "w1")["reverified"] == 1
+    after = proofs.get_proof(x402_engine, view["id"], ["mallory"])
+    assert (after["status"], after["failure_code"]) == ("failed", "session_not_open"), after
+
+
 def test_a_settlement_before_the_session_found_by_the_finality_sweep_is_not_creditable(
     x402_engine,  # noqa: F811
 ):
