@@ -347,6 +347,31 @@ def test_a_carried_orphan_a_proof_now_holds_is_not_drift(growing):
     assert len(_drift(e)) == 3
 
 
+def test_a_carried_transfer_whose_kind_changed_counts_once_in_drift(growing):
+    # The complete run found the transfer bound; its session expired since, and the next
+    # run (incomplete: --limit) carries it unbound. Both are current runs: the transfer is
+    # one thing, counted once, as the later run judged it.
+    e, chain = growing
+    chain.shown = 3
+    s = session_for(e, "bound")
+    first = _first_complete(e)
+    assert [f["kind"] for f in _of(first, "bound")] == ["orphan_bound"]
+    with e.db.tx() as db:
+        db.get(PaymentSession, s["id"]).status = "expired"
+    chain.shown = 4  # a new transfer: the run lists two, and --limit 1 leaves one
+    advance(e, 1)
+    run = reconciliation.run(e, req(limit=1), "ops1")
+    assert run["status"] == "incomplete", run["detail"]
+    [g] = _of(run, "bound")
+    assert g["kind"] == "orphan_unbound" and g["subjects"]["carried_from"] == first["id"], g
+    about = [d for d in _drift(e) if d.endswith(f"finding {g['id']}")]
+    assert about == [f"reconciliation run {run['id']} finding {g['id']}"]
+    # The bound finding of the complete run is not drift beside it.
+    [old] = _of(first, "bound")
+    assert not any(d.endswith(f"finding {old['id']}") for d in _drift(e)), _drift(e)
+    assert len(_drift(e)) == 4  # the four transfers of the history, once each
+
+
 def test_a_transfer_a_pending_proof_waited_for_is_reported_once_the_proof_fails(growing):
     # A run counted a transfer its session's pending proof waited for as matched and kept
     # nothing of it. The proof then failed (what the transfer moved fails only once final:

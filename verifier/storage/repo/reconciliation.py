@@ -832,11 +832,21 @@ def save_cursor(s: Session, key: str, rail_id: str, values: dict[str, Any]) -> N
         pass
 
 
+# The chain_inflows kinds, all about one transfer (keyed by rail, transfer and log index): a
+# run may find bound what an earlier run found unbound, or waited for by a pending proof.
+TRANSFER_KINDS = ("orphan_bound", "orphan_unbound", "inflow_awaiting_proof")
+
+
 def _newest_findings(run_ids: list[str]) -> Any:
     """The findings of the given runs, each numbered `n` within its (kind, subject key),
     1 for the one the latest run made: what a thing found by several current runs is now.
-    A finding without a subject key is its own."""
+    The kinds about one transfer (`TRANSFER_KINDS`) are one kind here. A finding without a
+    subject key is its own."""
     F, R = ReconciliationFinding, ReconciliationRun
+    # SECURITY: one transfer is one thing whatever kind each run gave it (orphan_bound in the
+    # complete run, carried as orphan_unbound by a later one once its session expired): it
+    # counts once in drift, as the latest run judged it, never twice.
+    about = case((F.kind.in_(TRANSFER_KINDS), TRANSFER_KINDS[0]), else_=F.kind)
     return (
         select(
             F.id,
@@ -845,7 +855,7 @@ def _newest_findings(run_ids: list[str]) -> Any:
             F.repair_status,
             func.row_number()
             .over(
-                partition_by=(F.kind, F.subject_key, case((F.subject_key.is_(None), F.id))),
+                partition_by=(about, F.subject_key, case((F.subject_key.is_(None), F.id))),
                 order_by=(R.started_at.desc(), R.id.desc(), F.id.desc()),
             )
             .label("n"),
