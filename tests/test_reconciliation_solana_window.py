@@ -372,6 +372,40 @@ def test_a_carried_transfer_whose_kind_changed_counts_once_in_drift(growing):
     assert len(_drift(e)) == 4  # the four transfers of the history, once each
 
 
+def test_a_since_run_finding_is_carried_however_many_runs_came_after_it(growing, monkeypatch):
+    # A transfer a --since run found (its proof stopped holding it) is carried by the next
+    # whole-history run however many runs a rolling --since schedule made in between: there
+    # was a cap of 50 runs, and the 51st pushed the finding out of drift.
+    from verifier.storage.models import Proof
+    from verifier.storage.repo import reconciliation as repo
+
+    e, _ = growing
+    sig = EXPECT["bound"]["signature"]
+    s = session_for(e, "bound")
+    view, _ = proofs.submit_proof(e, s["id"], sig, ["alice"])
+    assert view["status"] == "verified", view
+    first = _first_complete(e)
+    assert _of(first, "bound") == []  # matched: the proof holds it
+    with e.db.tx() as db:  # the proof stops holding it (a review rejected, say)
+        db.get(Proof, view["id"]).status = "failed"
+    advance(e, 1)
+    e.settings.reconcile_max_pages = 10
+    found = reconciliation.run(e, req(since=_at(EXPECT["bound"]["block_time"] - 1)), "ops1")
+    e.settings.reconcile_max_pages = 1
+    [x] = _of(found, "bound")
+    assert reconciliation.is_drift(x), x
+    newest = _at(EXPECT["discovered"]["block_time"] + 1)
+    for _ in range(51):  # a rolling window over the last minutes, between scheduled runs
+        advance(e, 1)
+        reconciliation.run(e, req(since=newest), "ops1")
+    monkeypatch.setattr(repo, "_PAGE", 1)  # the carried findings are read a page at a time
+    run = _whole(e)
+    assert run["status"] == "complete", run["detail"]
+    assert run["summary"]["carried"] == 3, run["summary"]  # the first run's orphans too
+    [f] = _of(run, "bound")
+    assert reconciliation.is_drift(f) and f["subjects"]["carried_from"] == found["id"], f
+
+
 def test_a_transfer_a_pending_proof_waited_for_is_reported_once_the_proof_fails(growing):
     # A run counted a transfer its session's pending proof waited for as matched and kept
     # nothing of it. The proof then failed (what the transfer moved fails only once final:

@@ -1420,35 +1420,22 @@ def _unsettled_inflows(engine: Engine, run_id: str) -> list[Found]:
     proof stopped holding it, say) is carried too: the next whole-history run, which does
     not read that far back, must not clear it."""
     out: list[Found] = []
-    seen: set[tuple[str, object]] = set()
     with engine.db.tx() as s:
         run = s.get(ReconciliationRun, run_id)
-        for r in repo.runs_since(s, run) if run is not None else []:
-            for f in repo.findings_of(s, r.id):
-                if not (
-                    f.kind == AWAITING
-                    or (
-                        f.kind in _INFLOW_KINDS
-                        and is_drift({"severity": f.severity, "repair_status": f.repair_status})
-                    )
-                ):
-                    continue
-                subjects = dict(f.subjects or {})
-                key = (str(subjects.get("transfer")), subjects.get("log_index"))
-                if key in seen:
-                    continue
-                seen.add(key)
-                subjects.setdefault("carried_from", r.id)  # the run that read it from the chain
-                out.append(
-                    _finding(
-                        f.kind,
-                        f.severity,
-                        subjects,
-                        f.detail,
-                        f.proposed_repair,
-                        RepairStatus(f.repair_status),
-                    )
+        found = repo.unsettled_inflows(s, run, _INFLOW_KINDS, AWAITING) if run else []
+        for f in found:
+            subjects = dict(f.subjects or {})
+            subjects.setdefault("carried_from", f.run_id)  # the run that read it from the chain
+            out.append(
+                _finding(
+                    f.kind,
+                    f.severity,
+                    subjects,
+                    f.detail,
+                    f.proposed_repair,
+                    RepairStatus(f.repair_status),
                 )
+            )
     return out
 
 

@@ -225,30 +225,66 @@ def current_runs(s: Session) -> list[ReconciliationRun]:
     return list(s.scalars(q).all())
 
 
-# Runs after a complete whole-history one whose findings the next such run carries: the
-# windowed and incomplete runs between two complete ones (a schedule makes few).
-RUNS_AFTER = 50
+# Unsettled inflow findings read per query by `unsettled_inflows`.
+_PAGE = 1000
 
 
-def runs_since(s: Session, run: ReconciliationRun) -> list[ReconciliationRun]:
-    """`run` and the finished runs of its scope and rail started after it (at most
-    RUNS_AFTER of them, the latest), newest first."""
-    R = ReconciliationRun
-    later = s.scalars(
-        select(R)
+def unsettled_inflows(
+    s: Session, run: ReconciliationRun, kinds: Sequence[str], awaiting: str
+) -> list[ReconciliationFinding]:
+    """The inflow findings of `run` and of every finished run of its scope and rail started
+    after it that still need someone (of `kinds`, not information, not applied, not resolved)
+    or are a transfer a pending proof waited for (`awaiting`): each transfer (subject key)
+    once, as the latest of those runs found it; by id, read a page at a time."""
+    # SECURITY: every run after `run` counts, however many a schedule made (a rolling
+    # `--since` every few minutes): what one of them found must never drop out of what the
+    # next whole-history run carries because later runs pushed it past a count.
+    F, R = ReconciliationFinding, ReconciliationRun
+    unsettled = or_(
+        F.kind == awaiting,
+        and_(
+            F.kind.in_(list(kinds)),
+            F.severity != "info",
+            F.repair_status.notin_(SETTLED),
+        ),
+    )
+    ranked = (
+        select(
+            F.id,
+            func.row_number()
+            .over(
+                partition_by=(F.subject_key, case((F.subject_key.is_(None), F.id))),
+                order_by=(R.started_at.desc(), R.id.desc(), F.id.desc()),
+            )
+            .label("n"),
+        )
+        .join(R, R.id == F.run_id)
         .where(
             R.scope == run.scope,
             R.rail_id == run.rail_id,
             R.status != RunStatus.running.value,
             or_(
+                R.id == run.id,
                 R.started_at > run.started_at,
                 and_(R.started_at == run.started_at, R.id > run.id),
             ),
+            unsettled,
         )
-        .order_by(R.started_at.desc(), R.id.desc())
-        .limit(RUNS_AFTER)
-    ).all()
-    return [*later, run]
+        .subquery()
+    )
+    newest = select(ranked.c.id).where(ranked.c.n == 1)
+    out: list[ReconciliationFinding] = []
+    after = 0
+    while True:
+        page = list(
+            s.scalars(
+                select(F).where(F.id.in_(newest), F.id > after).order_by(F.id).limit(_PAGE)
+            ).all()
+        )
+        out += page
+        if len(page) < _PAGE:
+            return out
+        after = page[-1].id
 
 
 def last_whole_run(s: Session, scope: str, rail_id: str) -> ReconciliationRun | None:
