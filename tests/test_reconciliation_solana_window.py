@@ -406,6 +406,26 @@ def test_a_since_run_finding_is_carried_however_many_runs_came_after_it(growing,
     assert reconciliation.is_drift(f) and f["subjects"]["carried_from"] == found["id"], f
 
 
+def test_after_a_treasury_change_the_former_treasurys_orphans_stay_drift(growing, monkeypatch):
+    # The first run after a treasury change lists the new account's whole history; it carried
+    # nothing of the former account's, so an orphan found there (a refund owed) left drift
+    # once that run completed. It is carried, naming the account its money came into.
+    e, _ = growing
+    first = _first_complete(e)
+    [x] = _of(first, "matched")  # no session carries its reference
+    assert x["kind"] == "orphan_unbound" and reconciliation.is_drift(x)
+    new = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"  # the treasury approved next
+    monkeypatch.setattr(reconciliation, "_treasury", lambda engine, rail: new)
+    for _ in range(2):  # the new account's history read whole, then followed on from
+        run = _first_complete(e)
+        assert run["summary"]["treasury"] == new
+        [f] = _of(run, "matched")
+        assert reconciliation.is_drift(f) and f["subjects"]["carried_from"] == first["id"], f
+        assert f["subjects"]["recipient"] == DOC["treasury"], f
+        assert f"reconciliation run {run['id']} finding {f['id']}" in _drift(e)
+    assert len(_drift(e)) == 4  # every orphan of the former account, once
+
+
 def test_a_transfer_a_pending_proof_waited_for_is_reported_once_the_proof_fails(growing):
     # A run counted a transfer its session's pending proof waited for as matched and kept
     # nothing of it. The proof then failed (what the transfer moved fails only once final:

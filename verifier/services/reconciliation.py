@@ -25,7 +25,8 @@ session: a window shorter than what a session could take never says `complete`. 
 every treasury the rail had that a session in the window pays, never a recipient a tenant
 named. A Solana run over the whole history after a complete one lists down to (a lookback
 before) the newest signature that one listed and carries what it found and nobody settled
-(`_carry_solana`). Both carry the transfers a pending proof waited for too.
+(`_carry_solana`); the first after a treasury change lists the new account whole and carries
+what was found on the former one. Both carry the transfers a pending proof waited for too.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
@@ -846,7 +847,13 @@ def solana_inflows(
     watched = token_account(treasury, rail.asset)
     pages, per_page = engine.settings.reconcile_max_pages, engine.settings.discovery_page_limit
     hi = _epoch(until)
-    follow = _solana_follow(engine, rail, treasury) if since is None and until is None else None
+    whole = since is None and until is None
+    follow = _solana_follow(engine, rail, treasury) if whole else None
+    # After a treasury change the new account is listed whole, and what was found on the
+    # former one is carried (`_former_treasury`).
+    carry = follow.carry if follow is not None else None
+    if whole and carry is None:
+        carry = _former_treasury(engine, rail, treasury)
     # The listing starts at the newest signature: the pages after the window's end (a busy
     # treasury's later transfers, anyone's dust) have a budget of their own, larger but
     # bounded, or an old window could never be read whole however narrow.
@@ -887,13 +894,11 @@ def solana_inflows(
     )
     if len(entries) > limit:
         problems.append(f"{len(entries) - limit} more transactions in the window than --limit")
-    if follow is not None:
+    if carry is not None:
         # (A complete run judged every listed transfer: those past --limit, or after a node
         # error, leave it incomplete, and the next run follows on from an earlier one.)
         judged = {e.signature for e in entries[:limit]}
-        findings += _carry_solana(
-            engine, rail, treasury, follow.carry, judged, chain, counts, problems
-        )
+        findings += _carry_solana(engine, rail, treasury, carry, judged, chain, counts, problems)
     out = _outcome(findings, problems, counts)
     out.notes = notes
     return out
@@ -1035,7 +1040,8 @@ class _Follow:
 def _solana_follow(engine: Engine, rail: Rail, treasury: str) -> _Follow | None:
     """What a whole-history Solana run follows on from: the latest complete whole-history
     run, listed down to the newest signature it listed less the lookback. None (the whole
-    history is listed) without such a run, or when it listed another treasury's account."""
+    history is listed) without such a run, or when it listed another treasury's account
+    (whose findings are carried all the same: `_former_treasury`)."""
     with engine.db.tx() as s:
         last = repo.last_whole_run(s, Scope.chain_inflows.value, rail.rail_id)
         last_id, summary = (last.id, dict(last.summary or {})) if last else (None, {})
@@ -1051,6 +1057,23 @@ def _solana_follow(engine: Engine, rail: Rail, treasury: str) -> _Follow | None:
     # (its block dropped, a node of a pool behind) is never met, and the walk would run on.
     newest = _Newest(signature, at, _block_no(summary.get("newest_slot")))
     return _Follow(_Carry(last_id, treasury), newest, max(0, at - SOLANA_LOOKBACK_SECONDS))
+
+
+def _former_treasury(engine: Engine, rail: Rail, treasury: str) -> _Carry | None:
+    """The latest complete whole-history run when it listed another treasury's account (the
+    treasury changed since): what it, and the runs after it, found there is carried. None
+    otherwise."""
+    with engine.db.tx() as s:
+        last = repo.last_whole_run(s, Scope.chain_inflows.value, rail.rail_id)
+        if last is None:
+            return None
+        former = dict(last.summary or {}).get("treasury")
+        # SECURITY: a new treasury's listing never holds the former one's transfers: what was
+        # found there and nobody settled (a refund owed) must stay drift, not be replaced by
+        # a complete run that never looked at that account.
+        if isinstance(former, str) and former != treasury:
+            return _Carry(last.id, former)
+        return None
 
 
 def _newest_listed(
@@ -1095,18 +1118,27 @@ def _carry_solana(
     findings of this run, naming the run that read them from the chain (`carried_from`). (A
     pending proof of another session matches only a transfer bound to a session: which
     sessions an unbound transfer names is read from the chain, so such a claim leaves it
-    drift.)
+    drift.) After a treasury change the former account's findings are carried so, naming it
+    (`recipient`): the money to refund is there.
 
     SECURITY: a whole-history run that lists only what is new stands for the whole history:
     what an earlier one found and nobody settled, and what a proof that may yet fail waited
     for, must be judged again, never drop out because it is older than the listing."""
+    former = carry.treasury or treasury  # the account the earlier run listed
+
+    def recipient(f: Found) -> str:
+        return str(f["subjects"].get("recipient") or former)
+
     earlier = [
         f
         for f in _unsettled_inflows(engine, carry.run_id)
-        if str(f["subjects"].get("transfer")) not in judged
+        if str(f["subjects"].get("transfer")) not in judged or recipient(f) != treasury
     ]
     if not earlier:
         return []
+    for f in earlier:
+        if recipient(f) != treasury:  # a former treasury's: its money is refunded from there
+            f["subjects"]["recipient"] = recipient(f)
     ptype = rail.proof_types[0]
     fps = {
         str(f["subjects"].get("transfer")): fingerprint(
@@ -1152,12 +1184,17 @@ def _carry_solana(
                     "refund the sender, or review",
                 )
         out.append(_carried_from(f, origin))
-    if again:
+    by_recipient: dict[str, list[str]] = {}
+    for sig, (f, _) in again.items():
+        by_recipient.setdefault(recipient(f), []).append(sig)
+    for to, sigs in by_recipient.items():
         fresh: Counter = Counter()
-        found, unread = _solana_judge(engine, rail, treasury, list(again), chain, fresh, problems)
+        found, unread = _solana_judge(engine, rail, to, sigs, chain, fresh, problems)
         counts["rpc_calls"] += fresh["rpc_calls"]
         counts["carried_matched"] += fresh["matched"]
         for f in found:
+            if to != treasury:
+                f["subjects"]["recipient"] = to
             out.append(_carried_from(f, again[str(f["subjects"]["transfer"])][1]))
         # Left unread (the node failed; the run is incomplete): carried as it was found.
         out += [_carried_from(*again[sig]) for sig in unread]
