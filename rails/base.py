@@ -158,6 +158,11 @@ class Verdict(Model):
         return cls(status=Status.requires_review, code=code, detail=detail, **kw)
 
 
+# How a pending detail ends when the proof failed a check its block's finality will confirm
+# (`Finding.verdict_once_final`): such a proof claims no transfer for another session.
+FAILS_ONCE_FINAL = "failed once final"
+
+
 @dataclass(frozen=True)
 class Finding:
     """What one failed check says: its code and why. `review` holds the proof for a human
@@ -189,7 +194,7 @@ class Finding:
         return Verdict.wait(
             FailureCode.not_final,
             f"{self.code.value}: {self.detail}, in a block not final yet ({where.detail}): "
-            "failed once final",
+            + FAILS_ONCE_FINAL,
             observed=obs,
         )
 

@@ -40,6 +40,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from rails.base import (
+    FAILS_ONCE_FINAL,
     Adapter,
     Check,
     Finding,
@@ -973,7 +974,8 @@ class SolanaAdapter:
             return found.verdict(observed)
         return Verdict.wait(
             FailureCode.not_final,
-            f"{found.code.value}: {found.detail}; {st.finality}, not final yet: failed once final",
+            f"{found.code.value}: {found.detail}; {st.finality}, not final yet: "
+            + FAILS_ONCE_FINAL,
             observed=observed.model_copy(update={"finality": st.finality}),
         )
 

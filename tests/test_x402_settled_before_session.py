@@ -84,6 +84,26 @@ def test_a_settlement_before_the_session_in_a_block_not_final_fails_once_final(x
     assert (after["status"], after["failure_code"]) == ("failed", "session_not_open"), after
 
 
+def test_a_proof_waiting_to_fail_once_final_claims_nothing_for_another_session(x402_engine):  # noqa: F811
+    # The payer's session opened before the settlement: the payment is theirs. Another
+    # tenant opens a session after it (its amount is theirs to choose) and submits the public
+    # authorization first, while its block is not final: pending, to fail `session_not_open`
+    # once final. That proof passed nothing, so it is no claim: the payer's proof verifies,
+    # not sent to review as "could back 2 open sessions".
+    unfinal = live_chain(
+        used=True, logs=settlement_logs(), head=104, finalized=50, mined=SETTLED_AT
+    )
+    x402_engine.chains.set_transport("base-sepolia", unfinal)
+    advance(x402_engine, SETTLED_AT - 20 - x402_engine.now().timestamp())
+    payer = open_x402(x402_engine, owner="alice", expires_in_seconds=3600)
+    advance(x402_engine, OPENED_AT - x402_engine.now().timestamp())
+    late = open_x402(x402_engine, owner="mallory")
+    hostile, _ = proofs.submit_proof(x402_engine, late["id"], HEADER, ["mallory"])
+    assert (hostile["status"], hostile["failure_code"]) == ("pending", "not_final"), hostile
+    view, _ = proofs.submit_proof(x402_engine, payer["id"], HEADER, ["alice"])
+    assert view["status"] == "verified", (view["failure_code"], view["detail"])
+
+
 def test_a_settlement_before_the_session_found_by_the_finality_sweep_is_not_creditable(
     x402_engine,  # noqa: F811
 ):

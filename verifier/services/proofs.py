@@ -28,7 +28,15 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from rails.base import Adapter, Settlement, Status, Terms, Verdict, fingerprint
+from rails.base import (
+    FAILS_ONCE_FINAL,
+    Adapter,
+    Settlement,
+    Status,
+    Terms,
+    Verdict,
+    fingerprint,
+)
 from rails.codes import FailureCode
 from rails.errors import ProofMalformed
 from registry.catalog import Rail
@@ -67,6 +75,9 @@ MAX_PROOF_BYTES = 16_384
 # the session is already paid by another proof).
 TAKES_PROOFS = (SessionStatus.open, SessionStatus.paid)
 SYSTEM = audit.Operator("system")
+# A pending proof that failed a check and waits only for its block to be final: its code,
+# and how its detail ends (`Finding.verdict_once_final`).
+_FAILING = (FailureCode.not_final.value, FAILS_ONCE_FINAL)
 # A submission's answer: (the proof's view, whether this request stored it).
 Submitted = tuple[dict[str, Any], bool]
 
@@ -1154,8 +1165,11 @@ def _unambiguous_behind(
         others = [o.id for reading in readings for o in reading()]
         for fp in claimed:
             # SECURITY: a pending proof of the same payment in a session that has expired
-            # since (its node did not answer) is still that session's claim.
-            others += [c for c in proof_repo.pending_claims(s, fp, proof_id) if c not in others]
+            # since (its node did not answer) is still that session's claim. One that failed
+            # a check and waits only for finality to fail is none: anyone could submit a
+            # settled payment to a session opened after it and send its payer to review.
+            pending = proof_repo.pending_claims(s, fp, proof_id, _FAILING)
+            others += [c for c in pending if c not in others]
         others = [o for o in others if o != ps.id]
         if not others:
             return verdict

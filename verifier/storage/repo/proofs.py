@@ -55,9 +55,14 @@ def by_fingerprint(s: Session, fingerprint: str, session_id: str) -> Proof | Non
     )
 
 
-def pending_claims(s: Session, fingerprint: str, proof_id: str) -> list[str]:
+def pending_claims(
+    s: Session, fingerprint: str, proof_id: str, failing: tuple[str, str]
+) -> list[str]:
     """The sessions of other pending proofs of the same fingerprint (any owner) that were
-    checked at least once: one stored but not checked yet has passed nothing."""
+    checked at least once: one stored but not checked yet has passed nothing; nor has one
+    whose code and detail end say it failed a check and waits only for its block to be final
+    (`failing`: that code, and how such a detail ends)."""
+    code, ending = failing
     return list(
         s.scalars(
             select(Proof.session_id)
@@ -66,6 +71,7 @@ def pending_claims(s: Session, fingerprint: str, proof_id: str) -> list[str]:
                 Proof.id != proof_id,
                 Proof.status == ProofStatus.pending,
                 Proof.attempts > 0,
+                ~and_(Proof.failure_code == code, Proof.detail.endswith(ending, autoescape=True)),
             )
             .order_by(Proof.created_at)
         )
