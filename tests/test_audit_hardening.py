@@ -112,6 +112,38 @@ def test_truncate_is_refused_on_postgresql_even_for_the_owner(pg_url):
         db.dispose()
 
 
+def rehash(db: Database, start: int, key: bytes | None, forged: dict[int, dict]) -> None:
+    """Re-hash the chain from its `start`-th event (0: from the genesis) with `key` (None:
+    plain SHA-256), the data of the events in `forged` replaced: what someone with write
+    access to the table but without the key can do."""
+    with db.tx() as s:
+        rows = s.scalars(text("SELECT id FROM audit_events ORDER BY id")).all()
+        evs = [s.get(AuditEvent, i) for i in rows]
+    prev, stmts = (evs[start - 1].hash if start else audit.GENESIS), []
+    for ev in evs[start:]:
+        data = forged.get(ev.id, ev.data)
+        h = audit.event_hash(
+            prev,
+            ev.at,
+            ev.actor,
+            ev.action,
+            ev.subject_type,
+            ev.subject_id,
+            data,
+            ev.incident_id,
+            ev.reason,
+            key,
+        )
+        stmts.append((ev.id, json.dumps(data), prev, h))
+        prev = h
+    for i, data, p, h in stmts:
+        as_superuser(
+            db,
+            "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h WHERE id = :i",
+            params={"d": data, "p": p, "h": h, "i": i},
+        )
+
+
 # -- the keyed chain ----------------------------------------------------------------------------
 
 
@@ -123,32 +155,7 @@ def test_rewritten_and_rehashed_chain_is_detected(db_url, cli_env, forger_key):
         assert verify(db).ok
         # Edit event 3, then recompute its hash and every later one, as someone with write
         # access to the table but without the key would.
-        with db.tx() as s:
-            rows = s.scalars(text("SELECT id FROM audit_events ORDER BY id")).all()
-            evs = [s.get(AuditEvent, i) for i in rows]
-        prev, stmts = evs[1].hash, []
-        for ev in evs[2:]:
-            data = {"n": 99} if ev.id == ids[2] else ev.data
-            h = audit.event_hash(
-                prev,
-                ev.at,
-                ev.actor,
-                ev.action,
-                ev.subject_type,
-                ev.subject_id,
-                data,
-                ev.incident_id,
-                ev.reason,
-                forger_key,
-            )
-            stmts.append((ev.id, json.dumps(data), prev, h))
-            prev = h
-        for i, data, p, h in stmts:
-            as_superuser(
-                db,
-                "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h WHERE id = :i",
-                params={"d": data, "p": p, "h": h, "i": i},
-            )
+        rehash(db, 2, forger_key, {ids[2]: {"n": 99}})
         rep = verify(db)
         assert not rep.ok and rep.first_broken_id == ids[2] and rep.keyed
         r = cli("audit", "verify")
@@ -484,31 +491,8 @@ def rebuild_unkeyed(db: Database, forge: dict | None = None) -> None:
     """What someone who can write the table but lacks the key can do: re-hash the whole chain
     as plain SHA-256, the second event's data replaced by `forge`."""
     with db.tx() as s:
-        rows = s.scalars(text("SELECT id FROM audit_events ORDER BY id")).all()
-        evs = [s.get(AuditEvent, i) for i in rows]
-    prev, stmts = audit.GENESIS, []
-    for n, ev in enumerate(evs):
-        data = forge if n == 1 and forge is not None else ev.data
-        h = audit.event_hash(
-            prev,
-            ev.at,
-            ev.actor,
-            ev.action,
-            ev.subject_type,
-            ev.subject_id,
-            data,
-            ev.incident_id,
-            ev.reason,
-            None,
-        )
-        stmts.append((ev.id, json.dumps(data), prev, h))
-        prev = h
-    for i, data, p, h in stmts:
-        as_superuser(
-            db,
-            "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h WHERE id = :i",
-            params={"d": data, "p": p, "h": h, "i": i},
-        )
+        second = s.scalars(text("SELECT id FROM audit_events ORDER BY id")).all()[1]
+    rehash(db, 0, None, {second: forge} if forge is not None else {})
 
 
 def keyed_chain_rebuilt_unkeyed(db_url: str, *events: tuple[str, dict]) -> Database:

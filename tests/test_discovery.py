@@ -602,17 +602,24 @@ class _Forgetting(_Node):
         return super().call(method, params)
 
 
+def _forgetting_treasury(db_url):
+    """Three transfers s0..s2 (oldest first) paying three sessions, listed by a `_Forgetting`
+    node one signature a page, two pages a scan. Returns (engine, node, pairs, sessions)."""
+    e = make_engine(db_url, discovery_page_limit=1, reconcile_max_pages=2)
+    chain, pairs = synthetic_chain(3)
+    listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
+    node = _Forgetting(chain, listing)
+    e.chains.set_transport("solana-mainnet", node)
+    sessions = [session_for(e, "discovered", reference=ref) for _, ref in pairs]
+    return e, node, pairs, sessions
+
+
 def test_a_walk_the_node_does_not_know_the_position_of_starts_again(db_url):
     # The walk stopped at a signature the next node asked does not know: its empty page is
     # not the history's end. Taken as one, the cursor moved to the newest signature and the
     # rest of the backlog (here the oldest transfer) was passed over for good.
-    e = make_engine(db_url, discovery_page_limit=1, reconcile_max_pages=2)
+    e, node, pairs, sessions = _forgetting_treasury(db_url)
     try:
-        chain, pairs = synthetic_chain(3)
-        listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
-        node = _Forgetting(chain, listing)
-        e.chains.set_transport("solana-mainnet", node)
-        sessions = [session_for(e, "discovered", reference=ref) for _, ref in pairs]
         newest_first = [sig for sig, _ in reversed(pairs)]
         rail = e.rail("solana_usdc")
         assert discovery.watch_solana(e, rail)["submitted"] == 2
@@ -641,14 +648,8 @@ def test_a_walk_started_again_without_end_ends_after_the_stuck_limit(db_url, cap
     # A node that never knows where the walk stopped (a pool whose nodes keep different spans
     # of history): each restart re-reads the stretch before it. After STUCK_LIMIT restarts in
     # a row the walk ends there, said, rather than re-reading it every cycle for good.
-    e = make_engine(db_url, discovery_page_limit=1, reconcile_max_pages=2)
+    e, node, pairs, _ = _forgetting_treasury(db_url)
     try:
-        chain, pairs = synthetic_chain(3)
-        listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
-        node = _Forgetting(chain, listing)
-        e.chains.set_transport("solana-mainnet", node)
-        for _, ref in pairs:
-            session_for(e, "discovered", reference=ref)
         newest_first = [sig for sig, _ in reversed(pairs)]
         rail = e.rail("solana_usdc")
         node.forgotten = newest_first[1]
