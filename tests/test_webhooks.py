@@ -10,9 +10,11 @@ until those modules call verifier.events / verifier.webhooks.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -1060,6 +1062,43 @@ def test_a_name_is_resolved_once_and_the_address_checked_is_the_one_reached(
     assert req["headers"]["webhook-id"] == ev and verify_signature(
         ep["secret"], req["headers"], req["body"]
     )
+
+
+IDN_A_LABEL = "xn--fa-hia.de"  # faß.de under IDNA 2008 (what registries and browsers use)
+
+
+def test_an_idn_host_is_resolved_and_named_in_tls_as_registered(engine, api, receiver, monkeypatch):
+    # The host as sent is the A-label; httpx's `.host` is its Unicode form (`faß.de`), which
+    # Python's `idna` codec (IDNA 2003) encodes as `fass.de`, another registered domain: the
+    # POST went to that domain's address, with its certificate checked. The A-label is what
+    # is resolved, and the TLS server name.
+    asked: list[bytes] = []
+    real = socket.getaddrinfo
+
+    def dns(host, port, *a, **k):
+        if host in (IDN_A_LABEL, IDN_A_LABEL.encode()) or (
+            isinstance(host, str) and not host.isascii()
+        ):
+            # What the socket module sends to the resolver: a str through Python's `idna`
+            # codec, bytes as they are. The receiver stands in for the domain.
+            asked.append(host.encode("idna") if isinstance(host, str) else host)
+            return real("127.0.0.1", port, *a, **k)
+        return real(host, port, *a, **k)
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", True)
+    ep = _named_receiver(api, receiver, IDN_A_LABEL)
+    assert webhooks.url_problem(ep["url"], True) is None
+    cfg = replace(FAST, allow_any_host=True, private_networks=("127.0.0.0/8",))
+    ev = emit_now(engine, "proof.verified")
+    assert webhooks.deliver_due(engine, "w1", now=CLOCK, config=cfg)["delivered"] == 1
+    assert set(asked) == {IDN_A_LABEL.encode()}, f"registered {IDN_A_LABEL}, resolved {asked}"
+    assert receiver.ids() == [ev]
+
+    request = httpx.Request("POST", f"https://{IDN_A_LABEL}/hooks")
+    assert asyncio.run(webhooks._pinned(request, ["127.0.0.0/8"])) is None
+    assert request.extensions["sni_hostname"] == IDN_A_LABEL
+    assert request.url.host == "127.0.0.1" and request.headers["host"] == IDN_A_LABEL
 
 
 def test_private_networks_setting_is_read_and_checked(monkeypatch):

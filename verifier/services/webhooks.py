@@ -671,7 +671,11 @@ async def _pinned(request: httpx.Request, private_networks: Sequence[str]) -> st
     point the request at the first: the address checked is the one connected to, so a name
     that resolves to a public address when checked and to a private one when connecting
     (DNS rebinding) reaches nothing private. None when the request may go."""
-    host = request.url.host
+    # SECURITY: the host as sent and as url_problem checked it, in ASCII (an IDN as its
+    # punycode A-label). `.host` is httpx's Unicode form, which the socket and ssl modules
+    # encode again with Python's IDNA 2003 codec: `xn--fa-hia.de` (faß.de) was resolved, and
+    # its certificate checked, as `fass.de`, another registered domain.
+    host = request.url.raw_host.decode("ascii").lower()
     if _literal_ip(host) is not None:
         return None  # checked by url_problem; nothing to resolve
     port = request.url.port or _DEFAULT_PORTS[request.url.scheme]
