@@ -6,21 +6,26 @@ delivery's outcome that cannot be recorded leaves the others of its round record
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from sqlalchemy import select
 
+from rails.base import canonical_json
 from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, SERVICE_TOKEN
 from tests.test_webhooks import FAST, api, delivery_of, emit_now, subscribe  # noqa: F401
 from tests.webhook_receiver import Receiver
 from verifier.services import proofs, webhooks
+from verifier.services.events import envelope
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.models import Receipt
 from verifier.storage.repo import webhooks as webhooks_repo
-from verifier.storage.webhook_models import DeliveryStatus, WebhookDelivery
+from verifier.storage.webhook_models import DeliveryStatus, OutboxEvent, WebhookDelivery
 from verifier.worker import loop as worker
 
 
@@ -117,12 +122,15 @@ def test_a_receiver_holding_its_answer_delays_no_other_tenants_apply(engine, api
         assert _delivery(engine).status == "delivered"
 
 
+_CONTROL_CHARS_BODY = b"bad\x00request\r\n\x1b[31m\xed\xa0\x80 " + b"x" * 2000
+
+
 class _ControlCharsAnswer(BaseHTTPRequestHandler):
     """A receiver answering 500 with a NUL and other control characters in its body."""
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = b"bad\x00request\r\n\x1b[31m\xed\xa0\x80 " + b"x" * 2000
+        body = _CONTROL_CHARS_BODY
         self.send_response(500)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -163,11 +171,84 @@ def test_a_receivers_control_characters_are_not_stored_nor_stop_the_round(engine
             d = delivery_of(engine, alice_ev)
             assert d.status == DeliveryStatus.pending and d.claimed_by is None
             assert d.last_status_code == 500
-            assert d.last_error.startswith("HTTP 500: bad request ")
+            assert d.last_error == webhooks.answer_error(500, _CONTROL_CHARS_BODY[:300])
             assert d.last_error.isprintable() and len(d.last_error) <= 1024
     finally:
         evil.shutdown()
         evil.server_close()
+
+
+class _EchoingAnswer(BaseHTTPRequestHandler):
+    """A receiver that fails and echoes the request it got: in its body (as many frameworks'
+    error pages do), or where the status line goes (not HTTP at all)."""
+
+    in_status_line = False
+
+    def do_POST(self):  # noqa: N802
+        got = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.in_status_line:
+            self.wfile.write(b"HTTP/1.1 " + got + b"\r\n\r\n")
+            self.close_connection = True
+            return
+        body = b"invalid payload: " + got
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("in_status_line", [False, True])
+def test_a_receivers_echo_of_the_payload_is_not_kept(engine, api, in_status_line):  # noqa: F811
+    # A failing receiver that echoed the request put up to 300 characters of the event's
+    # payload in last_error, which listings show without --include-payload. Its answer's
+    # text is not kept: the status, and a fingerprint of the answer's start.
+    handler = type("Echo", (_EchoingAnswer,), {"in_status_line": in_status_line})
+    echo = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    echo.daemon_threads = True
+    threading.Thread(target=echo.serve_forever, args=(0.02,), daemon=True).start()
+    secret_data = {"tx_hash": "0xfeedfacecafe", "amount": "1234.56", "payer": "wallet-789"}
+    try:
+        r = api.post(
+            "/v1/webhook-endpoints",
+            headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+            json={
+                "url": f"http://127.0.0.1:{echo.server_address[1]}/h",
+                "event_types": ["proof.verified"],
+            },
+        )
+        assert r.status_code == 201, r.text
+        ev = emit_now(engine, "proof.verified", "alice", rid="pa", data=secret_data)
+        out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
+        assert out["retrying"] == 1, out
+        d = delivery_of(engine, ev)
+        body = canonical_json(envelope(_event(engine, ev)))
+        if in_status_line:
+            assert d.last_status_code is None
+            assert d.last_error == "RemoteProtocolError: the answer is not valid HTTP (not kept)"
+        else:
+            assert d.last_status_code == 500
+            assert re.fullmatch(
+                r"HTTP 500 \(answer not kept; sha256 of its start: [0-9a-f]{16}\)", d.last_error
+            ), d.last_error
+            assert d.last_error == webhooks.answer_error(500, (b"invalid payload: " + body)[:300])
+        (listed,) = webhooks.list_events(engine)
+        shown = json.dumps(listed)
+        assert "invalid payload" not in shown
+        for value in secret_data.values():
+            assert value not in shown, value
+    finally:
+        echo.shutdown()
+        echo.server_close()
+
+
+def _event(engine, event_id: str) -> OutboxEvent:
+    with engine.db.tx() as s:
+        ev = s.get(OutboxEvent, event_id)
+        s.expunge(ev)
+        return ev
 
 
 def test_an_outcome_that_cannot_be_recorded_leaves_the_rest_of_the_round_recorded(

@@ -27,6 +27,9 @@ at once and newly due deliveries claimed while POSTs are in flight, and at most 
 them to the endpoints of one token (leases count), so a tenant's hanging receivers hold its own
 slots and not the other tenants' deliveries.
 
+Errors. A receiver's answer other than 2xx is recorded as its status and a fingerprint of the
+answer's start (`answer_error`), never its text: a receiver may echo the payload back.
+
 Clocks. Leases and retry times run on the wall clock, not the engine's clock: the engine's
 clock can be pinned to replay recorded chains, while receivers and their signature checks
 live in real time. Tests pass `now` explicitly.
@@ -37,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import ipaddress
 import logging
 import re
@@ -87,8 +91,10 @@ MIN_SECRET_BYTES = 24
 ALLOW_ANY_HOST_ENV = "RAILPROOF_WEBHOOK_ALLOW_ANY_HOST"
 PRIVATE_NETWORKS_ENV = "RAILPROOF_WEBHOOK_PRIVATE_NETWORKS"
 USER_AGENT = "railproof-webhooks/1"
-_ERROR_CHARS = 300  # last_error keeps the start of a receiver's answer, not all of it
-_STORED_ERROR_CHARS = 1024  # last_error as stored: that start, and what we say around it
+_ERROR_CHARS = 300  # of an error's text, what last_error keeps
+_ANSWER_BYTES = 300  # of a failing receiver's answer, what is read (and fingerprinted)
+_FINGERPRINT_HEX = 16  # last_error's fingerprint of that answer: this much of its sha256
+_STORED_ERROR_CHARS = 1024  # last_error as stored: what we say, bounded
 _ID = re.compile(r"^(evt|whd|whe)_[0-9a-f]{32}$")
 
 
@@ -254,8 +260,8 @@ def address_allowed(ip: IPAddress, private_networks: Sequence[str] = ()) -> bool
         # SECURITY: an IPv6 address that carries an IPv4 one (mapped, translated, NAT64, 6to4,
         # IPv4-compatible) reaches that address through the kernel or a gateway: judged as it.
         return address_allowed(embedded, private_networks)
-    # SECURITY: a tenant's endpoint must not make this machine POST (and record the start of
-    # the answer, which the tenant reads) to loopback services, the private network or the
+    # SECURITY: a tenant's endpoint must not make this machine POST (and record how it was
+    # answered, which the tenant reads) to loopback services, the private network or the
     # cloud's metadata address (169.254.169.254).
     if ip not in _GLOBAL_IN_NOT_GLOBAL and any(ip in net for net in _NOT_GLOBAL):
         return False
@@ -638,6 +644,16 @@ async def post(
             "timeout",
             time.perf_counter() - start,
         )
+    except httpx.ProtocolError as e:
+        # SECURITY: the HTTP parser's message quotes the line it could not read, which the
+        # receiver wrote: one echoing the request there put the event's payload in last_error.
+        return Result(
+            False,
+            None,
+            f"{type(e).__name__}: the answer is not valid HTTP (not kept)",
+            "connect",
+            time.perf_counter() - start,
+        )
     except httpx.HTTPError as e:
         return Result(
             False,
@@ -656,12 +672,10 @@ async def post(
             return Result(True, code, None, "delivered", latency)
         try:
             async with asyncio.timeout_at(end):
-                snippet = await _read_some(r)
+                answer = await _read_some(r)
         except (TimeoutError, httpx.HTTPError):
-            snippet = ""  # the status says what happened; the rest of the answer is noise
-        return Result(
-            False, code, f"HTTP {code}: {snippet}".rstrip(": "), f"http_{code // 100}xx", latency
-        )
+            answer = b""  # the status says what happened; the rest of the answer is noise
+        return Result(False, code, answer_error(code, answer), f"http_{code // 100}xx", latency)
     finally:
         await r.aclose()
 
@@ -704,25 +718,39 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
 
 
-async def _read_some(r: httpx.Response) -> str:
+async def _read_some(r: httpx.Response) -> bytes:
     # Only the start of the answer: a receiver cannot make us buffer a large body.
     got = b""
     async for chunk in r.aiter_raw():
         got += chunk
-        if len(got) >= _ERROR_CHARS:
+        if len(got) >= _ANSWER_BYTES:
             break
-    return got[:_ERROR_CHARS].decode("utf-8", "replace").strip()
+    return got[:_ANSWER_BYTES]
+
+
+def answer_error(code: int, answer: bytes) -> str:
+    """last_error for a receiver's answer other than 2xx: its status and, when it had a body,
+    a fingerprint of the body's start (the first 16 hex digits of its sha256: the same on
+    each try when the receiver answers the same), never the body's text."""
+    # SECURITY: a receiver may echo the request in its answer (many frameworks' error pages
+    # do): its text in last_error put the event's payload in listings that show it only with
+    # --include-payload. No part of an answer is kept, only this fixed-length fingerprint.
+    if not answer:
+        return f"HTTP {code}"
+    digest = hashlib.sha256(answer).hexdigest()[:_FINGERPRINT_HEX]
+    return f"HTTP {code} (answer not kept; sha256 of its start: {digest})"
 
 
 def stored_text(text: str | None) -> str | None:
-    """Text a receiver chose (the start of its answer, or an error about it), as it may be
-    stored: control characters (NUL, which PostgreSQL text cannot hold, among them), and
-    what is not a character at all (lone surrogates), each run of them a space, and bounded.
+    """Text about a delivery a receiver may have a hand in (an error about its connection or
+    its answer), as it may be stored: control characters (NUL, which PostgreSQL text cannot
+    hold, among them), and what is not a character at all (lone surrogates), each run of
+    them a space, and bounded.
     """
     if text is None:
         return None
-    # SECURITY: a receiver writes this text; a NUL in it made the write of the whole round
-    # fail on PostgreSQL, and other control characters garble logs and staff views.
+    # SECURITY: a receiver may write some of this text; a NUL in it made the write of the
+    # whole round fail on PostgreSQL, and other control characters garble logs and staff views.
     clean = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return clean[:_STORED_ERROR_CHARS]
 
