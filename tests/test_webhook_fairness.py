@@ -8,13 +8,16 @@ endpoint (a token may have 16), and a delivery falling due waited for a hanging 
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN
+from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, auth
 from tests.test_webhooks import FAST, api, subscribe  # noqa: F401
 from tests.webhook_receiver import Receiver
 from verifier.services import webhooks
@@ -164,3 +167,79 @@ def _wait_requests(rcv: Receiver, n: int, deadline_s: float = 10.0) -> bool:
                 return True
         done.wait(0.01)
     return False
+
+
+def test_a_tenants_host_name_that_never_resolves_holds_only_its_own_slots(
+    engine,
+    api,  # noqa: F811
+    monkeypatch,
+):
+    """With any host allowed a named host is resolved at send time. Alice's name never
+    resolves (her DNS server never answers): the POST times out, but the lookup's thread
+    cannot be stopped and runs on until the resolver gives up. Lookups ran on the event
+    loop's default thread pool, which also runs every claim and outcome write: once alice's
+    had filled it nothing was claimed for anyone, and bob's delivery waited. Lookups now run
+    on threads of the sweep's own, and one still running holds a slot of its token."""
+    hang = ".hang.test"  # names whose (simulated) authoritative server never answers
+    release = threading.Event()
+    lock = threading.Lock()
+    running, most = [0], [0]
+    real = socket.getaddrinfo
+
+    def slow_dns(host, *a, **k):
+        if isinstance(host, str) and host.endswith(hang):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                release.wait(60)  # the resolver waiting on a server that never answers
+            finally:
+                with lock:
+                    running[0] -= 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *a, **k)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
+    monkeypatch.setattr(engine.settings, "webhook_allow_any_host", True)
+    monkeypatch.setattr(engine.settings, "webhook_private_networks", ["127.0.0.0/8"])
+    cfg = replace(
+        FAST,
+        timeout_s=0.3,
+        lease_s=30.0,
+        poll_s=0.05,
+        concurrency=32,
+        per_token=2,
+        allow_any_host=True,
+        private_networks=("127.0.0.0/8",),
+    )
+    default_pool = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
+    with Receiver() as bob_rcv:
+        r = api.post(
+            "/v1/webhook-endpoints",
+            headers=auth(),
+            json={"url": f"http://hooks{hang}/in", "event_types": ["proof.verified"]},
+        )
+        assert r.status_code == 201, r.text
+        subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+        for i in range(default_pool + 8):  # alice's backlog: one resource each, all due
+            _emit(engine, CLOCK, "alice", f"pa{i}")
+        sweep = threading.Thread(
+            target=webhooks.deliver_due,
+            args=(engine, "w1", 1000),
+            kwargs={"now": CLOCK + timedelta(minutes=1), "config": cfg},
+            daemon=True,
+        )
+        sweep.start()
+        try:
+            # Alice's POSTs time out after 0.3 s each: let several timeouts pass.
+            time.sleep(2.0)
+            bob_ev = _emit(engine, CLOCK, "bob", "pb")
+            got = [e["id"] for e in bob_rcv.wait_for(1, deadline_s=6)]
+            assert got == [bob_ev], (
+                f"bob's delivery was not sent while {running[0]} lookups of alice's host hung"
+            )
+            # Her lookups still running held her slots: no more of them were started.
+            assert most[0] == cfg.per_token, most[0]
+        finally:
+            release.set()
+            sweep.join(60)

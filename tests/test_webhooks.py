@@ -1023,7 +1023,7 @@ def _named_receiver(api, receiver: Receiver, name: str) -> dict[str, Any]:
 def _resolving(monkeypatch, *addresses: str) -> list[str]:
     asked: list[str] = []
 
-    async def resolve(host: str, port: int) -> list[Any]:
+    async def resolve(host: str, port: int, *_: Any) -> list[Any]:
         asked.append(host)
         return [webhooks.ipaddress.ip_address(a) for a in addresses]
 

@@ -25,7 +25,10 @@ resource: a delivery is claimable only when no earlier event of the same resourc
 pending for the same endpoint. Fairness: `concurrency` POSTs at a time, a freed slot claiming
 at once and newly due deliveries claimed while POSTs are in flight, and at most `per_token` of
 them to the endpoints of one token (leases count), so a tenant's hanging receivers hold its own
-slots and not the other tenants' deliveries.
+slots and not the other tenants' deliveries. With any host allowed, names are resolved on the
+sweep's own threads (`Lookups`), never where claims and outcomes are written; a lookup that
+outlives its POST's timeout (a DNS server that never answers) holds its slot and its token's
+until the resolver gives up.
 
 Errors. A receiver's answer other than 2xx is recorded as its status and a fingerprint of the
 answer's start (`answer_error`), never its text: a receiver may echo the payload back.
@@ -49,7 +52,9 @@ import socket
 import string
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -401,6 +406,7 @@ class Job:
     url: str
     secret: str
     body: bytes
+    principal: str = ""  # the endpoint's token: whose slots a lookup still running holds
 
     def __repr__(self) -> str:  # SECURITY: never print the secret
         return f"Job({self.delivery_id}, event={self.event_id})"
@@ -478,10 +484,13 @@ async def _deliver(
     """`concurrency` POSTs at a time. A slot that frees claims the next due delivery at once
     (event n+1 of a resource goes out as soon as event n is delivered), and while POSTs are
     in flight, deliveries falling due are claimed every `poll_s`: a receiver that hangs holds
-    its token's slots (at most `per_token`) to the timeout, never another's delivery."""
+    its token's slots (at most `per_token`) to the timeout, a host name lookup that hangs
+    until the resolver gives up, never another's delivery."""
 
     async def send(http: httpx.AsyncClient, job: Job) -> None:
-        res = await post(http, job, cfg.allow_any_host, cfg.timeout_s, cfg.private_networks)
+        res = await post(
+            http, job, cfg.allow_any_host, cfg.timeout_s, cfg.private_networks, lookups
+        )
         try:
             outcome = await asyncio.to_thread(_record, engine, job, res, worker_name, cfg, now)
         except Exception:  # noqa: BLE001 - logged; the other deliveries still count
@@ -497,6 +506,11 @@ async def _deliver(
         out[outcome] += 1
 
     in_flight: set[asyncio.Task[None]] = set()
+    # SECURITY: host names are resolved on threads of the sweep's own (`Lookups`), never on
+    # the default executor that runs claims and outcome writes (asyncio.to_thread): a
+    # tenant's DNS server that never answers tied up its threads, nothing was claimed for
+    # any other tenant, and outcomes written late outlived their leases (sent again).
+    lookups = Lookups(cfg.concurrency)
     # SECURITY: one client delivers every tenant's events, so it keeps nothing a receiver
     # answers (a cookie set by one would go to every other on the same host) and takes no
     # proxy from the environment (a loopback delivery would go to the proxy, signed, and its
@@ -518,18 +532,27 @@ async def _deliver(
                         await asyncio.to_thread(unblock, engine, now or wall_now())
                     except Exception:  # noqa: BLE001 - the deliveries go on; tried again later
                         log.exception("webhook followers not brought forward")
-                free = cfg.concurrency - len(in_flight)
+                # A lookup given up on holds a slot until its thread returns (`Lookups`).
+                free = cfg.concurrency - len(in_flight) - len(lookups)
                 if batch is not None:
                     free = min(free, batch - out["claimed"])
                 if free > 0 and not stopping:
                     jobs = await asyncio.to_thread(
-                        claim, engine, worker_name, free, now or wall_now(), cfg
+                        claim, engine, worker_name, free, now or wall_now(), cfg, lookups.held()
                     )
                     out["claimed"] += len(jobs)
                     in_flight |= {asyncio.create_task(send(http, j)) for j in jobs}
                 if not in_flight:
-                    if idle is None or stopping:
-                        return  # nothing due, or the batch is spent and every POST recorded
+                    spent = batch is not None and out["claimed"] >= batch
+                    if stopping or spent:
+                        return  # every POST recorded
+                    if len(lookups):
+                        # What those lookups' tokens have due waits for their slots: look
+                        # again once they may be free (not an idle wait, nor the end).
+                        await asyncio.sleep(cfg.poll_s)
+                        continue
+                    if idle is None:
+                        return  # nothing due, every POST recorded
                     await asyncio.to_thread(idle)
                     continue
                 # Claim again when a POST ends (its slot, or the next event of its resource),
@@ -543,6 +566,7 @@ async def _deliver(
         finally:
             if in_flight:  # ending early: the POSTs under way still end and are recorded
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            lookups.close()
 
 
 UNBLOCK_EVERY_S = 60.0  # how often a delivering worker looks for followers left waiting
@@ -556,14 +580,21 @@ def unblock(engine: Engine, now: datetime) -> int:
 
 
 def claim(
-    engine: Engine, worker_name: str, limit: int, now: datetime, cfg: DeliveryConfig
+    engine: Engine,
+    worker_name: str,
+    limit: int,
+    now: datetime,
+    cfg: DeliveryConfig,
+    held: Mapping[str, int] | None = None,
 ) -> list[Job]:
     """Lease up to `limit` due deliveries, each the earliest pending event of its resource
-    for its endpoint. Attempts are counted here, before the POST, so a delivery that kills
-    its worker every time still runs out of tries."""
+    for its endpoint, `held` counted against their tokens' slots beside the leases (the
+    sweep's lookups still running after their POSTs ended). Attempts are counted here,
+    before the POST, so a delivery that kills its worker every time still runs out of
+    tries."""
     jobs: list[Job] = []
     with engine.db.tx() as s:
-        for d, ev, ep in delivery_repo.due(s, now, limit, cfg.per_token):
+        for d, ev, ep in delivery_repo.due(s, now, limit, cfg.per_token, held):
             d.updated_at = now
             if ev.owner_id is not None and not still_held(
                 engine.settings.service_tokens, ep.owners or []
@@ -588,7 +619,7 @@ def claim(
             d.attempts += 1
             d.claimed_by, d.claimed_until = worker_name, now + timedelta(seconds=cfg.lease_s)
             body = canonical_json(envelope(ev))
-            jobs.append(Job(d.id, ev.id, ep.id, ep.url, ep.secret, body))
+            jobs.append(Job(d.id, ev.id, ep.id, ep.url, ep.secret, body, ep.principal))
     return jobs
 
 
@@ -598,10 +629,12 @@ async def post(
     allow_any_host: bool = False,
     timeout_s: float = 10.0,
     private_networks: Sequence[str] = (),
+    lookups: Lookups | None = None,
 ) -> Result:
     """One signed POST, answered within `timeout_s`; never raises (a failure is a result to
-    record). With any host allowed, a host named is resolved here and the POST goes to the
-    address checked (`_pinned`), with the name as Host and TLS server name."""
+    record). With any host allowed, a host named is resolved here (on `lookups`, the
+    sweep's, or threads of this POST's own) and the POST goes to the address checked
+    (`_pinned`), with the name as Host and TLS server name."""
     problem = url_problem(job.url, allow_any_host, private_networks)
     if problem is not None:
         # SECURITY: re-checked at send time, so a URL stored before a setting changed (or
@@ -632,7 +665,7 @@ async def post(
         async with asyncio.timeout_at(end):
             request = http.build_request("POST", job.url, content=job.body, headers=headers)
             if allow_any_host:
-                refused = await _pinned(request, private_networks)
+                refused = await _pinned(request, private_networks, lookups, job.principal)
                 if refused is not None:
                     return Result(False, None, refused, "host_not_allowed", 0.0)
             r = await http.send(request, stream=True)
@@ -680,7 +713,12 @@ async def post(
         await r.aclose()
 
 
-async def _pinned(request: httpx.Request, private_networks: Sequence[str]) -> str | None:
+async def _pinned(
+    request: httpx.Request,
+    private_networks: Sequence[str],
+    lookups: Lookups | None = None,
+    principal: str = "",
+) -> str | None:
     """Resolve a named host once, refuse it when any of its addresses is not allowed, and
     point the request at the first: the address checked is the one connected to, so a name
     that resolves to a public address when checked and to a private one when connecting
@@ -694,7 +732,7 @@ async def _pinned(request: httpx.Request, private_networks: Sequence[str]) -> st
         return None  # checked by url_problem; nothing to resolve
     port = request.url.port or _DEFAULT_PORTS[request.url.scheme]
     try:
-        found = await _resolve(host, port)
+        found = await _resolve(host, port, lookups, principal)
     except OSError as e:
         raise httpx.ConnectError(f"name not resolved: {e.strerror or e}") from None
     # SECURITY: every address, not only the first: a name with one public and one private
@@ -713,9 +751,68 @@ async def _pinned(request: httpx.Request, private_networks: Sequence[str]) -> st
     return None
 
 
-async def _resolve(host: str, port: int) -> list[IPAddress]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+async def _resolve(
+    host: str, port: int, lookups: Lookups | None = None, principal: str = ""
+) -> list[IPAddress]:
+    """`host`'s addresses, looked up on `lookups` (a POST on its own: on a pool of its own)."""
+    if lookups is not None:
+        return await lookups.resolve(principal, host, port)
+    own = Lookups(1)
+    try:
+        return await own.resolve(principal, host, port)
+    finally:
+        own.close()
+
+
+def _addresses(host: str, port: int) -> list[IPAddress]:
+    # `socket.getaddrinfo` read at call time (tests stand a resolver in for it).
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
+
+
+class Lookups:
+    """Where a delivery sweep resolves its endpoints' host names (any host allowed): threads
+    of its own, at most `size` (the sweep's concurrency), never the event loop's default
+    executor, which runs every claim and outcome write. A lookup cannot be stopped: one the
+    POST's timeout gave up on (a tenant's DNS server that never answers) runs until the
+    system resolver gives up. Until its thread returns it holds a slot of the sweep (`len`)
+    and one of its token (`held`, counted with the leases when claiming), so the threads in
+    use never outnumber the pool (no lookup waits behind another tenant's), and a tenant's
+    names that hang hold its own slots, never the others'."""
+
+    def __init__(self, size: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="webhook-dns")
+        self._lock = threading.Lock()
+        self._given_up: dict[Future[list[IPAddress]], str] = {}  # lookup -> its token
+
+    async def resolve(self, principal: str, host: str, port: int) -> list[IPAddress]:
+        lookup = self._pool.submit(_addresses, host, port)
+        lookup.add_done_callback(self._returned)
+        try:
+            return await asyncio.wrap_future(lookup)
+        finally:
+            # Cancelled (the POST's timeout) while its thread runs: the thread runs on. The
+            # lock orders this with `_returned`, which runs once the lookup is done.
+            with self._lock:
+                if not lookup.done():
+                    self._given_up[lookup] = principal
+
+    def _returned(self, lookup: Future[list[IPAddress]]) -> None:
+        with self._lock:
+            self._given_up.pop(lookup, None)
+
+    def held(self) -> dict[str, int]:
+        """Per token, the lookups given up on whose threads still run."""
+        with self._lock:
+            return dict(Counter(self._given_up.values()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._given_up)
+
+    def close(self) -> None:
+        # Not waited for: a lookup still running ends on its own, its thread with it.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def _read_some(r: httpx.Response) -> bytes:

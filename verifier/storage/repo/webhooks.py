@@ -5,6 +5,7 @@ with their event and endpoint)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -312,16 +313,26 @@ def _in_flight(s: Session, now: datetime) -> dict[str, int]:
     return {principal: int(n) for principal, n in s.execute(q).all()}
 
 
-def due(s: Session, now: datetime, limit: int, per_token: int) -> list[Joined]:
+def due(
+    s: Session,
+    now: datetime,
+    limit: int,
+    per_token: int,
+    held: Mapping[str, int] | None = None,
+) -> list[Joined]:
     """Lease candidates: up to `limit` claimable deliveries, earliest due first, with at most
     `per_token` in flight to the endpoints of any one token (its principal), counting those
-    already leased: a tenant's receivers that hang hold that many slots, never the others'
-    (its backlog waits behind its own receivers). On PostgreSQL the rows are locked FOR
-    UPDATE SKIP LOCKED, so workers share the queue without taking the same row (two workers
-    choosing at once may each send that many: a bound per worker, not a global one)."""
+    already leased and `held` (slots the caller's worker still holds per token without a
+    lease: a host name lookup still running after its POST ended): a tenant's receivers that
+    hang hold that many slots, never the others' (its backlog waits behind its own
+    receivers). On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so workers share
+    the queue without taking the same row (two workers choosing at once may each send that
+    many: a bound per worker, not a global one)."""
     D = WebhookDelivery
     cands = _candidates(s, now, per_token)
     busy = _in_flight(s, now) if cands else {}
+    for principal, n in (held or {}).items():
+        busy[principal] = busy.get(principal, 0) + n
     ids: list[str] = []
     for r in sorted(cands, key=lambda r: (r.due_at is None, r.due_at, r.created_at, r.sequence)):
         if len(ids) >= limit:
