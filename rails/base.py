@@ -141,6 +141,18 @@ class Verdict(Model):
     def _observed_as_dict(cls, value: Any) -> Any:
         return value.as_dict() if isinstance(value, Observed) else value
 
+    @property
+    def fails_once_final(self) -> FailureCode | None:
+        """The failure this verdict's proof becomes once its block is final, when it failed a
+        check and waits only for that (`pending not_final` from `Finding.verdict_once_final`,
+        marked under FAILS_ONCE_FINAL_KEY); None for any other verdict."""
+        said = self.observed.get(FAILS_ONCE_FINAL_KEY)
+        if self.status is not Status.pending or self.code is not FailureCode.not_final:
+            return None
+        if not isinstance(said, str) or said not in {c.value for c in FailureCode}:
+            return None
+        return FailureCode(said)
+
     @classmethod
     def ok(cls, detail: str = "", **kw: Any) -> Verdict:
         return cls(status=Status.verified, detail=detail, **kw)
@@ -159,8 +171,12 @@ class Verdict(Model):
 
 
 # How a pending detail ends when the proof failed a check its block's finality will confirm
-# (`Finding.verdict_once_final`): such a proof claims no transfer for another session.
+# (`Finding.verdict_once_final`), for people to read.
 FAILS_ONCE_FINAL = "failed once final"
+# The observed key such a pending verdict carries, valued with the failure it becomes: the
+# mark the engine reads (`Verdict.fails_once_final`; never the detail, which the quorum and
+# the stage rules add to). Such a proof claims no transfer for another session.
+FAILS_ONCE_FINAL_KEY = "fails_once_final"
 
 
 @dataclass(frozen=True)
@@ -190,7 +206,8 @@ class Finding:
         # does something else (succeeds, pays in full, lands inside the window).
         if where.is_final:
             return self.verdict(observed)
-        obs = observed_dict(observed) | dict(self.evidence) | {"finality": where.finality}
+        obs = observed_dict(observed) | dict(self.evidence)
+        obs |= {"finality": where.finality, FAILS_ONCE_FINAL_KEY: self.code.value}
         return Verdict.wait(
             FailureCode.not_final,
             f"{self.code.value}: {self.detail}, in a block not final yet ({where.detail}): "

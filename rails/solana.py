@@ -41,6 +41,7 @@ from solders.signature import Signature
 
 from rails.base import (
     FAILS_ONCE_FINAL,
+    FAILS_ONCE_FINAL_KEY,
     Adapter,
     Check,
     Finding,
@@ -976,7 +977,9 @@ class SolanaAdapter:
             FailureCode.not_final,
             f"{found.code.value}: {found.detail}; {st.finality}, not final yet: "
             + FAILS_ONCE_FINAL,
-            observed=observed.model_copy(update={"finality": st.finality}),
+            observed=observed.model_copy(
+                update={"finality": st.finality, FAILS_ONCE_FINAL_KEY: found.code.value}
+            ),
         )
 
     def _status(self, sig: str, chain: Transport) -> Settlement:

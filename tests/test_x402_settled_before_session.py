@@ -10,11 +10,19 @@ a proof of a rail paid at submission whose settlement time is unknown does not p
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
 from sqlalchemy import select
 
+from rails.base import FAILS_ONCE_FINAL, Finding, Settlement, Verdict
+from rails.codes import FailureCode
+from tests.conftest import make_settings
 from tests.helpers import advance
 from tests.test_x402_adapter import VALID_AFTER, VALID_BEFORE, live_chain, settlement_logs
 from tests.test_x402_engine import FIX, open_x402, x402_engine  # noqa: F401  (fixture)
+from verifier.core.checking import decide_quorum
+from verifier.core.engine import Engine
 from verifier.services import gate, proofs
 from verifier.storage.models import Proof, SettlementEvidence
 from verifier.storage.webhook_models import OutboxEvent
@@ -84,24 +92,86 @@ def test_a_settlement_before_the_session_in_a_block_not_final_fails_once_final(x
     assert (after["status"], after["failure_code"]) == ("failed", "session_not_open"), after
 
 
-def test_a_proof_waiting_to_fail_once_final_claims_nothing_for_another_session(x402_engine):  # noqa: F811
-    # The payer's session opened before the settlement: the payment is theirs. Another
-    # tenant opens a session after it (its amount is theirs to choose) and submits the public
-    # authorization first, while its block is not final: pending, to fail `session_not_open`
-    # once final. That proof passed nothing, so it is no claim: the payer's proof verifies,
-    # not sent to review as "could back 2 open sessions".
-    unfinal = live_chain(
-        used=True, logs=settlement_logs(), head=104, finalized=50, mined=SETTLED_AT
-    )
-    x402_engine.chains.set_transport("base-sepolia", unfinal)
-    advance(x402_engine, SETTLED_AT - 20 - x402_engine.now().timestamp())
-    payer = open_x402(x402_engine, owner="alice", expires_in_seconds=3600)
-    advance(x402_engine, OPENED_AT - x402_engine.now().timestamp())
-    late = open_x402(x402_engine, owner="mallory")
-    hostile, _ = proofs.submit_proof(x402_engine, late["id"], HEADER, ["mallory"])
+def _late_claim_first(engine, nodes: int = 1) -> dict:
+    """The payer's session opened before the settlement: the payment is theirs. Another
+    tenant opens a session after it (its amount is theirs to choose) and submits the public
+    authorization first, while its block is not final (on each of `nodes` independent
+    nodes): pending, to fail `session_not_open` once final. Then the payer submits it:
+    their proof's view."""
+    unfinal = [
+        live_chain(used=True, logs=settlement_logs(), head=104, finalized=50, mined=SETTLED_AT)
+        for _ in range(nodes)
+    ]
+    if nodes == 1:
+        engine.chains.set_transport("base-sepolia", unfinal[0])
+    else:
+        engine.chains.set_independent_transports("base-sepolia", unfinal)
+    assert engine.chains.quorum("base-sepolia") == nodes
+    advance(engine, SETTLED_AT - 20 - engine.now().timestamp())
+    payer = open_x402(engine, owner="alice", expires_in_seconds=3600)
+    advance(engine, OPENED_AT - engine.now().timestamp())
+    late = open_x402(engine, owner="mallory")
+    hostile, _ = proofs.submit_proof(engine, late["id"], HEADER, ["mallory"])
     assert (hostile["status"], hostile["failure_code"]) == ("pending", "not_final"), hostile
-    view, _ = proofs.submit_proof(x402_engine, payer["id"], HEADER, ["alice"])
+    assert hostile["detail"].startswith("session_not_open: "), hostile["detail"]
+    view, _ = proofs.submit_proof(engine, payer["id"], HEADER, ["alice"])
+    return view
+
+
+def test_a_proof_waiting_to_fail_once_final_claims_nothing_for_another_session(x402_engine):  # noqa: F811
+    # That proof passed nothing, so it is no claim: the payer's proof verifies, not sent to
+    # review as "could back 2 open sessions".
+    view = _late_claim_first(x402_engine)
     assert view["status"] == "verified", (view["failure_code"], view["detail"])
+
+
+@pytest.fixture
+def quorum_x402_engine(db_url):
+    e = Engine(
+        make_settings(
+            db_url,
+            clock=datetime(2025, 2, 27, 16, 1, 40, tzinfo=UTC),
+            env={"RAILPROOF_NETWORK_X402": "base-sepolia"},
+            rpc_quorum=2,
+        )
+    )
+    e.ensure_rail_states()
+    yield e
+    e.db.dispose()
+
+
+def test_a_proof_waiting_to_fail_once_final_claims_nothing_under_an_rpc_quorum(
+    quorum_x402_engine,
+):
+    # The quorum adds "2 of 2 RPC nodes agree" to the pending proof's detail: what marks it
+    # as waiting only to fail is its evidence, which the quorum keeps.
+    view = _late_claim_first(quorum_x402_engine, nodes=2)
+    assert view["status"] == "verified", (view["failure_code"], view["detail"])
+
+
+def test_the_quorum_keeps_a_failure_awaiting_finality_only_when_its_nodes_agree_on_it():
+    where = Settlement(ref="0x1", finality="confirmed", detail="1/64 confirmations")
+    late = Finding(FailureCode.session_not_open, "mined before the session opened")
+    short = Finding(FailureCode.amount_mismatch, "paid less")
+    failing = late.verdict_once_final(where, {"amount": "10"})
+    assert failing.fails_once_final is FailureCode.session_not_open
+    agreed = decide_quorum([failing, failing], 2)
+    assert agreed.fails_once_final is FailureCode.session_not_open, agreed
+    assert not agreed.detail.endswith(FAILS_ONCE_FINAL)  # the quorum's note follows it
+    # One node that sees it wait for finality without failing, or fail otherwise, leaves
+    # it a claim: no node alone decides that the proof claims nothing.
+    waiting = Verdict.wait(FailureCode.not_final, "confirmed, not final yet")
+    otherwise = short.verdict_once_final(where, {"amount": "10"})
+    for other in (waiting, otherwise):
+        for pair in ([failing, other], [other, failing]):
+            decided = decide_quorum(pair, 2)
+            assert decided.code is FailureCode.not_final, decided
+            assert decided.fails_once_final is None, decided
+    # Only a pending not_final verdict carries the mark.
+    assert (
+        late.verdict_once_final(where.model_copy(update={"is_final": True}), {}).fails_once_final
+        is None
+    )
 
 
 def test_a_settlement_before_the_session_found_by_the_finality_sweep_is_not_creditable(

@@ -16,7 +16,10 @@ RPC URL and `decide_quorum` reads the answers together:
     two nodes give different conclusive answers
                                           → pending rpc_unavailable ("the nodes disagree")
     fewer than quorum conclusive answers  → pending: the shared pending code when ≥ quorum
-                                            nodes report it (tx_not_found), else rpc_unavailable
+                                            nodes report it (tx_not_found), else rpc_unavailable;
+                                            a failure awaiting its block's finality
+                                            (`Verdict.fails_once_final`) is kept only when
+                                            every node of that code names the same one
 
 A single node — honest but behind, or lying — can therefore neither verify nor fail a proof.
 
@@ -45,7 +48,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rails.base import Adapter, Settlement, Status, Terms, Transport, Verdict, canonical_json
+from rails.base import (
+    FAILS_ONCE_FINAL_KEY,
+    Adapter,
+    Settlement,
+    Status,
+    Terms,
+    Transport,
+    Verdict,
+    canonical_json,
+)
 from rails.cassette import CountingTransport
 from rails.codes import FailureCode
 from rails.errors import CassetteError, RpcUnavailable, TransportError
@@ -226,7 +238,7 @@ def decide_quorum(verdicts: Sequence[Verdict], quorum: int) -> Verdict:
         codes.setdefault(v.code, []).append(i)
     for code, idx in codes.items():
         if code is not FailureCode.rpc_unavailable and len(idx) >= quorum:
-            first = verdicts[idx[0]]
+            first = _agreed_pending([verdicts[i] for i in idx])
             return first.model_copy(
                 update={
                     "detail": f"{first.detail}; {len(idx)} of {total} RPC nodes agree "
@@ -237,6 +249,23 @@ def decide_quorum(verdicts: Sequence[Verdict], quorum: int) -> Verdict:
         FailureCode.rpc_unavailable,
         f"no RPC quorum ({quorum} of {total} needed): {_summary(verdicts)}",
     )
+
+
+def _agreed_pending(verdicts: list[Verdict]) -> Verdict:
+    """Among pending answers of one code, the one the quorum keeps, its observed evidence
+    with it: the first, unless the nodes disagree on the failure the proof becomes once its
+    block is final (`Verdict.fails_once_final`)."""
+    marks = {v.fails_once_final for v in verdicts}
+    if len(marks) == 1:
+        return verdicts[0]
+    # SECURITY: a proof waiting only to fail claims no transfer for another session. Nodes
+    # that disagree on whether (or how) it failed decide nothing of the kind: it stays a
+    # claim, so a transfer it may yet pay for goes to review rather than verify elsewhere.
+    plain = next((v for v in verdicts if v.fails_once_final is None), None)
+    if plain is not None:
+        return plain
+    observed = {k: v for k, v in verdicts[0].observed.items() if k != FAILS_ONCE_FINAL_KEY}
+    return verdicts[0].model_copy(update={"observed": observed})
 
 
 _FINALITY_RANK = {"not_found": 0, "processed": 1, "confirmed": 2, "finalized": 3}

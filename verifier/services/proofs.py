@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rails.base import (
-    FAILS_ONCE_FINAL,
+    FAILS_ONCE_FINAL_KEY,
     Adapter,
     Settlement,
     Status,
@@ -76,8 +76,8 @@ MAX_PROOF_BYTES = 16_384
 TAKES_PROOFS = (SessionStatus.open, SessionStatus.paid)
 SYSTEM = audit.Operator("system")
 # A pending proof that failed a check and waits only for its block to be final: its code,
-# and how its detail ends (`Finding.verdict_once_final`).
-_FAILING = (FailureCode.not_final.value, FAILS_ONCE_FINAL)
+# and the observed key naming the failure it becomes (`Verdict.fails_once_final`).
+_FAILING = (FailureCode.not_final.value, FAILS_ONCE_FINAL_KEY)
 # A submission's answer: (the proof's view, whether this request stored it).
 Submitted = tuple[dict[str, Any], bool]
 

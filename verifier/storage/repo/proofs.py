@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, exists, false, func, or_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from verifier.storage.db import is_busy
@@ -21,12 +21,14 @@ from verifier.storage.models import (
     Receipt,
     SessionStatus,
     SettlementEvidence,
+    VerificationAttempt,
 )
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared, send_deferred
 from verifier.storage.repo.rows import Record
 
 _P = rows.table(Proof)
+_VA = VerificationAttempt
 # Built and prepared once (storage.repo.prepared): the submission's own statements.
 _INSERT = rows.Unique(_P)
 _BY_ID = sql_update(_P).where(_P.c.id == bindparam("pid"))
@@ -60,9 +62,25 @@ def pending_claims(
 ) -> list[str]:
     """The sessions of other pending proofs of the same fingerprint (any owner) that were
     checked at least once: one stored but not checked yet has passed nothing; nor has one
-    whose code and detail end say it failed a check and waits only for its block to be final
-    (`failing`: that code, and how such a detail ends)."""
-    code, ending = failing
+    that failed a check and waits only for its block to be final. That one is known by its
+    latest attempt (a superseded one decided nothing): pending with `failing`'s code, its
+    observed evidence naming the failure under `failing`'s key (never by its detail, which
+    the RPC quorum and the stage rules add to)."""
+    code, key = failing
+    later = aliased(VerificationAttempt)
+    latest = (
+        select(func.max(later.id))
+        .where(later.proof_id == Proof.id, later.observed["superseded"].as_string().is_(None))
+        .correlate(Proof)
+        .scalar_subquery()
+    )
+    waiting = exists().where(
+        _VA.proof_id == Proof.id,
+        _VA.id == latest,
+        _VA.status == ProofStatus.pending.value,
+        _VA.failure_code == code,
+        _VA.observed[key].as_string().is_not(None),
+    )
     return list(
         s.scalars(
             select(Proof.session_id)
@@ -71,7 +89,7 @@ def pending_claims(
                 Proof.id != proof_id,
                 Proof.status == ProofStatus.pending,
                 Proof.attempts > 0,
-                ~and_(Proof.failure_code == code, Proof.detail.endswith(ending, autoescape=True)),
+                ~and_(Proof.failure_code == code, waiting),
             )
             .order_by(Proof.created_at)
         )
