@@ -467,6 +467,50 @@ def test_an_unfinished_proof_of_a_retired_network_does_not_fail_the_sweep(db_url
         prod.db.dispose()
 
 
+def test_a_pending_proof_of_a_retired_network_is_given_back_not_retried_each_lease(
+    db_url, chain, caplog
+):
+    """A proof waiting on a test network (its transaction not found yet) when a release
+    retires that network from the catalog: nothing can verify it now. The pending re-check
+    gives it back for a long while, with one warning, as the finality refresh does: not left
+    claimed, taken again at every lease with an internal error each time."""
+    from tests.test_gate import TEST_NETWORK_RETIRED, two_network_engine
+
+    staging = two_network_engine(
+        db_url, chain, env={"RAILPROOF_NETWORK_FAKE_MULTI_LIVE": "fakenet-test"}
+    )
+    sess = open_session(
+        staging,
+        NewSession(
+            owner_id="alice",
+            rail_id="fake_multi_live",
+            access_product_id="pro",
+            amount=1_500_000,
+            recipient="fatreasury",
+        ),
+        actor="svc",
+    )
+    view, _ = proofs.submit_proof(staging, sess["id"], "fxdeadbeef00", ["alice"])
+    assert view["status"] == "pending", view
+    staging.db.dispose()
+
+    prod = two_network_engine(db_url, chain, fragment=TEST_NETWORK_RETIRED)
+    try:
+        with prod.db.tx() as s:
+            s.get(Proof, view["id"]).next_check_at = prod.now() - timedelta(seconds=1)  # due
+        with caplog.at_level(logging.WARNING, logger="railproof.worker"):
+            out = worker.sweep(prod, "w1", deliveries=False)
+        assert out["reverified"] == 0, out
+        row = proof_row(prod, view["id"])
+        assert (row.status, row.attempts, row.claimed_by) == ("pending", 1, None)
+        assert utc(row.next_check_at) - prod.now() > timedelta(minutes=8)
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
+        unasked = [r for r in caplog.records if "left unasked" in r.getMessage()]
+        assert len(unasked) == 1 and "fakenet-test" in unasked[0].getMessage()
+    finally:
+        prod.db.dispose()
+
+
 def test_three_workers_share_the_work_and_never_process_a_proof_twice(db_url, chain):
     main = Engine(make_settings(db_url), catalog=catalog_with_fake())
     main.chains.set_transport("fakenet", chain)

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache
 
@@ -126,12 +127,16 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
         return 0
     with engine.db.tx() as s:
         targets = proof_repo.sweep_targets(s, ids)
+    unresolved = _give_back_unresolved(engine, name, targets)
     spent: dict[str, float] = defaultdict(float)
     asked: dict[str, set[str]] = defaultdict(set)  # owners asked on each network
     down: set[str] = set()
     skipped: list[str] = []
     for pid in ids:
-        network, owner, _ = targets.get(pid, (None, None, None))
+        if pid in unresolved:
+            continue
+        target = targets.get(pid)
+        network, owner = (target.network, target.owner) if target else (None, None)
         if network in down:
             skipped.append(pid)
             continue
@@ -156,11 +161,41 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
         )
         with engine.db.tx() as s:
             proof_repo.release_claims(s, skipped, name, _first_next(targets, skipped, asked))
-    return len(ids) - len(skipped)
+    return len(ids) - len(skipped) - len(unresolved)
+
+
+def _give_back_unresolved(
+    engine: Engine, name: str, targets: dict[str, proof_repo.SweepTarget]
+) -> set[str]:
+    """The claimed pending proofs whose rail, network or token this deployment can no longer
+    resolve (retired from the catalog, a testnet at a mainnet launch): given back for
+    UNRESOLVED_RECHECK (a deployment may restore it), with one warning per rail, network and
+    token, as the finality refresh does. Returns them: nothing can verify them now, and
+    asking would raise at every lease, leaving them claimed."""
+    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for pid, t in targets.items():
+        groups[(t.rail_id, t.network, t.asset)].append(pid)
+    unresolved: set[str] = set()
+    for (rail_id, network, asset), pids in groups.items():
+        try:
+            engine.adapter(engine.rail(rail_id, network=network, asset=asset))
+        except (BadInput, ValueError) as e:
+            log.warning(
+                "re-verification: %d proofs on %s (%s, %s) left unasked: %s",
+                len(pids),
+                rail_id,
+                network,
+                asset,
+                e,
+                extra={"rail_id": rail_id, "worker": name},
+            )
+            _release(engine, pids, name, UNRESOLVED_RECHECK)
+            unresolved.update(pids)
+    return unresolved
 
 
 def _first_next(
-    targets: dict[str, tuple[str, str, datetime | None]],
+    targets: dict[str, proof_repo.SweepTarget],
     skipped: list[str],
     asked: dict[str, set[str]],
 ) -> dict[str, datetime]:
@@ -170,12 +205,12 @@ def _first_next(
     Each sweep of an outage moves them by at most a millisecond a proof: placing them by the
     spread of the claimed due times, which holds the last sweep's moves, doubled the distance
     every sweep until the date overflowed and every sweep failed."""
-    dues = {pid: due for pid, (_, _, due) in targets.items() if due is not None}
+    dues = {pid: t.due for pid, t in targets.items() if t.due is not None}
     first = sorted(
         (
             (dues[pid], pid)
             for pid in skipped
-            if pid in dues and targets[pid][1] not in asked[targets[pid][0]]
+            if pid in dues and targets[pid].owner not in asked[targets[pid].network]
         ),
     )
     others = [due for pid, due in dues.items() if pid not in {p for _, p in first}]
@@ -219,14 +254,14 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
                 e,
                 extra={"rail_id": rail_id, "worker": name},
             )
-            _release(engine, plist, name, UNRESOLVED_RECHECK)
+            _release(engine, [p.id for p in plist], name, UNRESOLVED_RECHECK)
             continue
         try:
             settlements, source = engine.chains.finality(adapter, [p.ref for p in plist], expected)
         except Exception as e:
             engine.metrics.inc("rpc_errors_total", network=network, kind="finality")
             log.warning("finality refresh failed: %s", type(e).__name__, extra={"rail_id": rail_id})
-            _release(engine, plist, name)
+            _release(engine, [p.id for p in plist], name)
             continue
         by_ref = {st.ref: st for st in settlements}
         failed = _recheck_unsettled(engine, name, plist, by_ref)
@@ -289,12 +324,12 @@ def _recheck_unsettled(
 
 
 def _release(
-    engine: Engine, plist: list[Record], worker: str, after: timedelta | None = None
+    engine: Engine, proof_ids: Sequence[str], worker: str, after: timedelta | None = None
 ) -> None:
     """Give the claimed proofs back, due again `after` (by default a transient's backoff)."""
     with engine.db.tx() as s:
-        for p in plist:
-            row = proof_repo.get(s, p.id, lock=True)
+        for pid in proof_ids:
+            row = proof_repo.get(s, pid, lock=True)
             # A lease that ran out while the node hung may be another worker's claim now.
             if row is None or row.claimed_by != worker:
                 continue

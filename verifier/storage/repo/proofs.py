@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, and_, bindparam, exists, false, func, or_, select, text
 from sqlalchemy import update as sql_update
@@ -135,17 +135,35 @@ def finality_targets(s: Session, proof_ids: Sequence[str]) -> list[Record]:
     return [Record(r._mapping) for r in s.execute(q).all()]
 
 
-def sweep_targets(
-    s: Session, proof_ids: Sequence[str]
-) -> dict[str, tuple[str, str, datetime | None]]:
-    """Each proof's network (its session's), owner and due time, in one query, without
-    locking the rows."""
+class SweepTarget(NamedTuple):
+    """What the pending re-check needs of a claimed proof before asking its node: its
+    session's network, rail and token (the rail it resolves to), its owner and due time."""
+
+    network: str
+    owner: str
+    due: datetime | None
+    rail_id: str
+    asset: str
+
+
+def sweep_targets(s: Session, proof_ids: Sequence[str]) -> dict[str, SweepTarget]:
+    """Each proof's SweepTarget, in one query, without locking the rows."""
     q = (
-        select(Proof.id, PaymentSession.network, Proof.owner_id, Proof.next_check_at)
+        select(
+            Proof.id,
+            PaymentSession.network,
+            Proof.owner_id,
+            Proof.next_check_at,
+            PaymentSession.rail_id,
+            PaymentSession.asset,
+        )
         .join(PaymentSession, PaymentSession.id == Proof.session_id)
         .where(rows.among(s, Proof.id, proof_ids))
     )
-    return {pid: (network, owner, due) for pid, network, owner, due in s.execute(q).all()}
+    return {
+        pid: SweepTarget(network, owner, due, rail_id, asset)
+        for pid, network, owner, due, rail_id, asset in s.execute(q).all()
+    }
 
 
 def release_claims(
