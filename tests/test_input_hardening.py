@@ -3,6 +3,8 @@
 - NUL (and, in ids, every control character) in a path parameter, query parameter, header
   or JSON body is a 422 naming the field, never a database error (PostgreSQL text cannot
   hold NUL: it used to be a 500 and a dropped connection);
+- a body that is not UTF-8 (UTF-16, UTF-32, which the JSON parser would read otherwise than
+  the guards) is a 422 naming `body`;
 - only JSON `true` confirms a staff action;
 - an Idempotency-Key stores only a request that executed: a refusal is run again on retry;
 - `railproof verify-offline --proof` takes a real X-PAYMENT header, and anything that is
@@ -26,6 +28,7 @@ from tests.conftest import STAFF_TOKEN, auth
 from tests.helpers import FAKE_SESSION, counts
 from tests.live_server import LiveServer
 from verifier.core.errors import BadInput
+from verifier.http import guards
 from verifier.services import idempotency
 from verifier.storage.models import IdempotencyClaim
 
@@ -221,6 +224,71 @@ def test_escaped_backslash_u0000_is_text_not_nul(client):
         "/v1/payment-sessions", headers={**auth(), "Content-Type": "application/json"}, content=body
     )
     assert r.status_code == 201 and r.json()["memo"] == "\\u0000", r.text
+
+
+# -- bodies in another encoding than UTF-8 --------------------------------------------------
+# json.loads on bytes (FastAPI's parser) also reads UTF-16 and UTF-32: such a body is
+# refused before anything reads it, as the guards read UTF-8 only.
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_utf16_or_utf32_body_is_refused_as_not_utf8_json(client, engine):
+    text = json.dumps(SESSION)
+    before = counts(engine)
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"):
+        r = client.post(
+            "/v1/payment-sessions", content=text.encode(encoding), headers={**auth(), **JSON}
+        )
+        refused(r, "body")
+    assert counts(engine) == before
+
+
+def test_a_utf8_body_with_a_bom_is_read_as_before(client):
+    raw = b"\xef\xbb\xbf" + json.dumps(SESSION).encode()
+    r = client.post("/v1/payment-sessions", content=raw, headers={**auth(), **JSON})
+    assert r.status_code == 201, r.text
+
+
+def test_nul_in_a_utf16_body_is_a_422_never_a_500(client, engine):
+    before = counts(engine)
+    for path, body, headers in (
+        ("/v1/payment-sessions", {**SESSION, "memo": "a\x00b"}, auth()),
+        (
+            "/v1/admin/rails/fake_live/pause",
+            {"confirm": True, "incident_id": "INC-1", "operator_reason": "a\x00b"},
+            STAFF,
+        ),
+    ):
+        r = client.post(
+            path, content=json.dumps(body).encode("utf-16"), headers={**headers, **JSON}
+        )
+        refused(r, "body")
+    assert counts(engine) == before
+    assert client.get("/v1/admin/rails", headers=STAFF).status_code == 200
+
+
+def test_deep_nesting_in_a_utf16_body_is_refused_as_too_deep(client):
+    # U+2200 is the bytes 00 22 in UTF-16-LE: read as bytes, 0x22 is a quote, and none of
+    # the brackets after it would be counted.
+    n = 5000
+    text = '{"session_id":"\u2200","proof":' + "[" * n + "]" * n + "}"
+    r = client.post("/v1/proofs", content=text.encode("utf-16-le"), headers={**auth(), **JSON})
+    declared = client.get("/openapi.json").json()["paths"]["/v1/proofs"]["post"]["responses"]
+    assert str(r.status_code) in declared, (r.status_code, r.text, sorted(declared))
+    refused(r, "body")
+
+
+def test_nesting_the_parser_gives_up_on_is_body_too_deep_not_a_400(client, monkeypatch):
+    # Should nesting ever pass the depth count, the parser's RecursionError is the same
+    # refusal, never FastAPI's undeclared 400.
+    monkeypatch.setattr(guards, "json_depth_exceeds", lambda body, limit=0: False)
+    n = 10_000
+    raw = b'{"session_id": "s", "proof": ' + b"[" * n + b"]" * n + b"}"
+    r = client.post("/v1/proofs", content=raw, headers={**auth(), **JSON})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["field"]) == ("body_too_deep", "body"), err
 
 
 def test_control_characters_in_headers_name_the_header(client, engine):

@@ -29,7 +29,7 @@ from verifier.core.errors import EngineError
 from verifier.http.console import console_router
 from verifier.http.deps import clean_path_params
 from verifier.http.errors import ApiErrorCode, error_responses
-from verifier.http.guards import BodyGuard, InputGuard
+from verifier.http.guards import MAX_JSON_DEPTH, BodyGuard, InputGuard
 from verifier.http.ratelimit import limiter_from_settings, login_limiter_from_settings
 from verifier.http.request_log import RequestLogMiddleware, settings_principal
 from verifier.http.routes import (
@@ -268,6 +268,15 @@ def _add_error_handlers(app: FastAPI) -> None:
                 422,
                 ApiErrorCode.invalid_request,
                 "body: not valid JSON (UTF-8 text, integers of at most 4300 digits)",
+                "body",
+            )
+        if e.status_code == 400 and isinstance(e.__cause__, RecursionError):
+            # The parser gave up on nesting BodyGuard's depth count should have refused first
+            # (guards.MAX_JSON_DEPTH): the same refusal, never an undeclared 400.
+            return _error(
+                422,
+                ApiErrorCode.body_too_deep,
+                f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels",
                 "body",
             )
         code = {404: ApiErrorCode.not_found, 405: ApiErrorCode.method_not_allowed}.get(

@@ -8,6 +8,13 @@ hundred levels inside `proof` pass parsing but overflow the canonical-JSON encod
 fingerprints and idempotency hashes. No request this API takes nests deeper than a handful
 of levels, so anything past MAX_JSON_DEPTH is refused before it is parsed.
 
+Every check here reads the body as UTF-8 text, and so does the parser behind them only for
+such text: json.loads on bytes (FastAPI's, and `loads_unique`) also reads UTF-16 and UTF-32,
+told apart by NUL bytes among the first four, where a bracket, a quote or the NUL escape are
+other bytes than the ones counted or searched, and a character's code unit can hold a byte
+read as a quote. So a body that is not UTF-8, or holds a NUL byte (no UTF-8 JSON text does;
+in a form it is %00), is refused (422 naming `body`) before anything else reads it.
+
 A JSON object naming a field twice is refused (422 naming its dotted path): Python's parser
 takes the last value, other readers of the same body the first.
 
@@ -39,7 +46,6 @@ MAX_INCIDENT_ID = 128
 MAX_OPERATOR_REASON = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTTP allows HTAB only
-_NUL_ESCAPE = re.compile(rb"\\u0000")  # how NUL appears in a JSON body
 
 
 def header_text(value: str) -> str | None:
@@ -52,9 +58,28 @@ def header_text(value: str) -> str | None:
         return None
 
 
+def encoding_refusal(body: bytes) -> str | None:
+    """Why `body` is not text the guards below and the JSON parser read alike, or None: it
+    must be UTF-8 without NUL bytes. json.loads reads such bytes as UTF-8 (a leading BOM
+    aside), as those guards do; bytes with a NUL among the first four it reads as UTF-16 or
+    UTF-32, and a body with a UTF-16 or UTF-32 BOM is no UTF-8."""
+    # SECURITY: a body the guards read as one text and the parser as another passes them
+    # unread: a NUL in a string reaches PostgreSQL (a 500), nesting hides from the depth
+    # count (a RecursionError), a name given twice is not seen.
+    if b"\x00" in body:
+        return "not UTF-8 JSON text (it holds a NUL byte: UTF-16 or UTF-32?)"
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    return None
+
+
 def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when arrays/objects in `body` nest deeper than `limit` (brackets inside JSON
-    strings do not count). Not a validator: malformed JSON is the parser's business."""
+    strings do not count). Not a validator: malformed JSON is the parser's business. Bytes
+    are read one at a time, right for UTF-8 only (`encoding_refusal`), where no byte of a
+    multi-byte character is a bracket, a quote or a backslash."""
     if body.count(b"[") + body.count(b"{") <= limit:
         return False  # cannot nest deeper than the brackets it has
     depth, in_string, escaped = 0, False, False
@@ -79,8 +104,8 @@ def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 
 class BodyGuard:
     """Reads the whole request body (at most `max_bytes`), refuses it with a 4xx JSON answer
-    when it is too large, too deep, names a field twice or holds NUL, and replays it to the
-    app otherwise."""
+    when it is too large, not UTF-8, too deep, names a field twice or holds NUL, and replays it
+    to the app otherwise."""
 
     def __init__(self, app: Any, max_bytes: int, max_depth: int = MAX_JSON_DEPTH):
         self.app = app
@@ -125,6 +150,10 @@ class BodyGuard:
             if not msg.get("more_body", False):
                 break
         body = b"".join(chunks)
+        why = encoding_refusal(body)
+        if why is not None:
+            await _refuse(send, 422, ApiErrorCode.invalid_request, f"body: {why}")
+            return
         if json_depth_exceeds(body, self.max_depth):
             await _refuse(
                 send,
@@ -174,7 +203,8 @@ def nul_path(value: Any, path: str = "") -> str | None:
 def body_refusal(body: bytes) -> tuple[str, str] | None:
     """(field, why) when a JSON body names a field twice or holds NUL in a string or key; None
     when it is clean, empty or no JSON (malformed JSON is the parser's business). One parse
-    for both checks."""
+    for both checks, of a body `encoding_refusal` let through (UTF-8: read as FastAPI reads
+    it)."""
     if not body:
         return None
     try:
@@ -187,10 +217,11 @@ def body_refusal(body: bytes) -> tuple[str, str] | None:
         return e.path, "given twice; name each field once"
     except (ValueError, RecursionError):
         return None
-    if _NUL_ESCAPE.search(body):  # a raw NUL byte is not valid JSON: the parser's business
-        field = nul_path(doc)
-        if field is not None:
-            return field, "must not contain NUL characters (\\u0000)"
+    # SECURITY: the parsed document, whatever the bytes spelled: PostgreSQL text cannot hold
+    # NUL (a DataError, a 500), SQLite would store it.
+    field = nul_path(doc)
+    if field is not None:
+        return field, "must not contain NUL characters (\\u0000)"
     return None
 
 
