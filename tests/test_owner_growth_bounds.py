@@ -8,12 +8,18 @@ them an hour, paid or not, and nothing removes them.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from tests.conftest import STAFF_TOKEN, auth
+from tests.conftest import STAFF_TOKEN, auth, make_pg_db, make_settings
+from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.helpers import FAKE_SESSION
+from verifier.core.engine import Engine
+from verifier.http.api import create_app
 from verifier.services import sessions
 
 # Every other list the API answers takes `limit` and answers at most this many rows
@@ -130,3 +136,73 @@ def test_an_owners_entitlements_come_a_page_at_a_time_and_only_the_owners(client
         )
     r = client.get("/v1/entitlements?owner_id=alice&limit=1001", headers=auth())
     assert (r.status_code, r.json()["error"]["field"]) == (422, "limit")
+
+
+@pytest.fixture
+def live_clock_pg(pg_template) -> Iterator[Engine]:
+    # The real clock (RAILPROOF_CLOCK unset), as in production.
+    url, drop = make_pg_db(pg_template)
+    e = Engine(make_settings(url, clock=None), catalog=catalog_with_fake())
+    e.chains.set_transport("fakenet", ScriptedChain())
+    e.ensure_rail_states()
+    yield e
+    e.db.dispose()
+    drop()
+
+
+@pytest.mark.postgres
+def test_a_page_walk_sees_every_entitlement_committed_during_it(live_clock_pg, monkeypatch):
+    """Pages used to follow (created_at, id), created_at read when the session's request
+    starts, before its transaction commits (behind the audit chain's lock): on PostgreSQL an
+    entitlement could commit behind the page mark a client held, and be on no later page.
+    Pages now follow the order entitlements were committed in."""
+    engine = live_clock_pg
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        for _ in range(2):
+            r = client.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+            assert r.status_code == 201, r.text
+
+        # One session request is slow between reading the clock and committing (a pool
+        # thread preempted, a wait on the audit chain's lock): held at the first step after
+        # `now` was read.
+        entered, release = threading.Event(), threading.Event()
+        real_seed = sessions.reference_seed
+        held: list[str] = []
+
+        def slow_seed(eng, sid):
+            if not held:
+                held.append(sid)
+                entered.set()
+                assert release.wait(30)
+            return real_seed(eng, sid)
+
+        monkeypatch.setattr(sessions, "reference_seed", slow_seed)
+        slow_answer: list = []
+        t = threading.Thread(
+            target=lambda: slow_answer.append(
+                client.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+            )
+        )
+        t.start()
+        assert entered.wait(30)
+        # Meanwhile another session of the same owner is opened and committed.
+        r = client.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+        assert r.status_code == 201, r.text
+
+        # The client walks the owner's entitlements a page at a time.
+        page1 = client.get("/v1/entitlements?owner_id=alice&limit=3", headers=auth())
+        assert page1.status_code == 200, page1.text
+        seen = [e["id"] for e in page1.json()]
+        assert len(seen) == 3
+
+        release.set()
+        t.join(30)
+        assert slow_answer and slow_answer[0].status_code == 201, slow_answer
+
+        r = client.get(f"/v1/entitlements?owner_id=alice&limit=3&after={seen[-1]}", headers=auth())
+        assert r.status_code == 200, r.text
+        seen += [e["id"] for e in r.json()]
+
+        everything = client.get("/v1/entitlements?owner_id=alice", headers=auth()).json()
+        assert len(everything) == 4
+        assert seen == [e["id"] for e in everything], "entitlements committed during the walk"

@@ -20,6 +20,7 @@ from rails.base import Settlement, canonical_json, fingerprint
 from registry.catalog import RailOverrides, load_catalog
 from tests.conftest import SERVICE_TOKEN, make_settings
 from tests.fake_rail import catalog_with_fake
+from tests.helpers import FAKE_SESSION
 from tests.procs import base_env, cli
 from tests.test_transfer_identity import (
     HEADER,
@@ -34,7 +35,7 @@ from tests.test_transfer_identity import (
 from verifier.core.engine import Engine
 from verifier.core.errors import Refused
 from verifier.http.api import create_app
-from verifier.services import audit, gate, proofs
+from verifier.services import audit, gate, proofs, queries, sessions
 from verifier.storage.db import Database, current_revision, upgrade
 from verifier.storage.models import Proof, Receipt, TransferHold
 
@@ -306,6 +307,49 @@ def test_discovery_cursors_gain_their_walk_and_references_are_read_again(empty_u
         (treasury, "sigT", None, None, None, None),
         (reference, None, None, None, None, None),
     ]
+
+
+def test_entitlements_stored_before_keep_their_list_order_and_new_ones_come_after(empty_url):
+    # 0020: an owner's list pages by commit order (`seq`); the rows stored before are
+    # numbered in the order their list had, (created_at, id).
+    upgrade(empty_url, "0019")
+    at = datetime(2025, 6, 1, tzinfo=UTC)
+    session = (
+        "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
+        "network, asset, recipient, reference, memo, status, created_at, expires_at, paid_at) "
+        "VALUES (:id, 'alice', 'fake_live', 'pro', 1500000, 'fakenet', 'FAKE', 'fatreasury', "
+        ":id, NULL, 'expired', :at, :until, NULL)"
+    )
+    entitlement = (
+        "INSERT INTO entitlements (id, owner_id, access_product_id, session_id, status, "
+        "receipt_id, reorg_flagged, created_at, updated_at) VALUES (:id, 'alice', 'pro', "
+        ":sid, 'pending', NULL, false, :at, :at)"
+    )
+    # Ids out of time order, two at one instant: the list's order was (created_at, id).
+    stored = [("ent_c", at), ("ent_a", at + timedelta(seconds=1)), ("ent_b", at)]
+    _insert(
+        empty_url,
+        *((session, dict(id=f"ses_{e}", at=t, until=t + timedelta(hours=1))) for e, t in stored),
+        *((entitlement, dict(id=e, sid=f"ses_{e}", at=t)) for e, t in stored),
+    )
+    upgrade(empty_url)
+    eng = create_engine(empty_url)
+    with eng.begin() as c:
+        numbered = c.execute(text("SELECT id, seq FROM entitlements ORDER BY seq")).all()
+    eng.dispose()
+    assert [tuple(r) for r in numbered] == [("ent_b", 1), ("ent_c", 2), ("ent_a", 3)]
+
+    engine = Engine(make_settings(empty_url), catalog=catalog_with_fake())
+    engine.ensure_rail_states()
+    opened = sessions.open_session(engine, sessions.NewSession(**FAKE_SESSION), actor="svc:t")
+    listed = queries.entitlements_of(engine, "alice", 1000)
+    assert [e["id"] for e in listed[:3]] == ["ent_b", "ent_c", "ent_a"]
+    assert len(listed) == 4 and listed[3]["session_id"] == opened["id"], listed
+    assert [e["id"] for e in queries.entitlements_of(engine, "alice", 2, "ent_c")] == [
+        "ent_a",
+        listed[3]["id"],
+    ]
+    engine.db.dispose()
 
 
 def test_settlement_evidence_gains_the_transaction_its_detail_names(empty_url):

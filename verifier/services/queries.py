@@ -61,7 +61,9 @@ def entitlements_of(
     engine: Engine, owner_id: str, limit: int, after: str | None = None
 ) -> list[dict[str, Any]]:
     """The owner's entitlements, oldest first, a page of at most `limit` after the entitlement
-    `after` (the previous page's last). The caller has checked the owner is theirs."""
+    `after` (the previous page's last), in the order they were committed: one committed after
+    a page was read comes after its last (staff_reads.entitlements_of_owner). The caller has
+    checked the owner is theirs."""
     with engine.db.tx() as s:
         last = None
         if after is not None:

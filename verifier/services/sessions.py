@@ -138,6 +138,9 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
                     "product": ps.access_product_id,
                 },
             )
+            # Under the lock the append took, held to the commit: the entitlement's place in
+            # its owner's list follows commit order (GET /v1/entitlements pages by it).
+            entitlement_repo.number(s, ps.id)
         except IntegrityError as e:
             if not session_repo.refused_reference(e):
                 raise

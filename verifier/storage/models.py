@@ -298,8 +298,10 @@ class Entitlement(Base):
         # SECURITY: no active (or revoked) entitlement without the receipt that activated it.
         CheckConstraint("status = 'pending' OR receipt_id IS NOT NULL", name="receipt_required"),
         Index("ix_entitlements_owner", "owner_id", "access_product_id"),
-        # Migration 0017: an owner's list, a page at a time, oldest first.
-        Index("ix_entitlements_owner_created", "owner_id", "created_at", "id"),
+        # Migration 0020: an owner's list, a page at a time, in commit order (`seq`).
+        Index("ix_entitlements_owner_seq", "owner_id", "seq"),
+        # Migration 0020: one place each; the next one is the largest plus one.
+        Index("ix_entitlements_seq", "seq", unique=True),
         # Migration 0017: the flagged ones (few), counted at every metrics scrape.
         Index(
             "ix_entitlements_flagged",
@@ -320,6 +322,10 @@ class Entitlement(Base):
     reorg_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Its place in its owner's list (GET /v1/entitlements pages by it), in the order
+    # entitlements were committed: given under the audit chain's lock, held to the commit
+    # (storage.repo.entitlements `number`). None only inside the transaction that writes it.
+    seq: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AuditEvent(Base):

@@ -6,14 +6,22 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Entitlement, EntitlementStatus, Proof, ProofStatus
+from verifier.storage.repo import audit as audit_repo
 from verifier.storage.repo import rows
 from verifier.storage.repo.prepared import Prepared
 
-_INSERT = Prepared(insert(rows.table(Entitlement)))
+_E = rows.table(Entitlement)
+_INSERT = Prepared(insert(_E))
+_PLACED = _E.alias("placed")
+_NUMBER = Prepared(
+    update(_E)
+    .where(_E.c.session_id == bindparam("sid"))
+    .values(seq=select(func.coalesce(func.max(_PLACED.c.seq), 0) + 1).scalar_subquery())
+)
 
 
 def insert_entitlement(s: Session, row: dict[str, Any]) -> None:
@@ -31,6 +39,19 @@ def insert_entitlement_behind(s: Session, row: dict[str, Any]) -> Callable[[], N
         written.rowcount()
 
     return read
+
+
+def number(s: Session, session_id: str) -> None:
+    """Give the session's entitlement its place in the owners' lists (`seq`: the largest
+    given plus one), written with the transaction's next statement or its commit.
+
+    Under the audit chain's lock (taken here unless held, as it is after the session's audit
+    append), which every transaction that numbers holds to its end: places follow commit
+    order, and a reader that sees one sees every smaller one. A place taken from the clock
+    (created_at is read when the request starts) could commit behind a page mark a client
+    already holds, and be on no page of its walk."""
+    audit_repo.lock_chain(s)
+    _NUMBER.defer(s.connection(), {"sid": session_id})
 
 
 def get_locked(s: Session, entitlement_id: str) -> Entitlement | None:

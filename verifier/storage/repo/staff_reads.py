@@ -3,7 +3,7 @@ the audit trail, filtered and newest first, each at most `limit` rows."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from verifier.storage.models import Approval, AuditEvent, Entitlement, Receipt
@@ -12,12 +12,15 @@ from verifier.storage.models import Approval, AuditEvent, Entitlement, Receipt
 def entitlements_of_owner(
     s: Session, owner_id: str, limit: int, after: Entitlement | None = None
 ) -> list[Entitlement]:
-    """The owner's entitlements, oldest first (the order an owner's list has always had), at
-    most `limit`, those after `after` (a page's last); a walk of ix_entitlements_owner_created."""
+    """The owner's entitlements in the order they were committed (oldest first), at most
+    `limit`, those after `after` (a page's last); a walk of ix_entitlements_owner_seq.
+
+    By `seq`, not by created_at: a row committed after a page was read is always after that
+    page's last (storage.repo.entitlements `number`), so a walk sees it on a later page."""
     E = Entitlement
-    q = select(E).where(E.owner_id == owner_id).order_by(E.created_at, E.id).limit(limit)
+    q = select(E).where(E.owner_id == owner_id).order_by(E.seq).limit(limit)
     if after is not None:
-        q = q.where(tuple_(E.created_at, E.id) > tuple_(after.created_at, after.id))
+        q = q.where(E.seq > after.seq)
     return list(s.scalars(q).all())
 
 
