@@ -1,6 +1,6 @@
 """Configuration errors name the variable; unknown RAILPROOF_* variables are warned about;
 `serve` refuses a deployment it could not serve, saying what to set, and a port outside
-1..65535; `worker` refuses a batch or interval it could not work with; readiness says when
+1..65535; `worker` refuses a batch, interval or name it could not work with; readiness says when
 recorded cassettes are why a rail is not live."""
 
 import json
@@ -327,9 +327,13 @@ def worked(monkeypatch):
         (["--interval", "nan"], "--interval"),  # passes any range check: the same busy loop
         (["--interval", "inf"], "--interval"),  # OverflowError traceback in Event.wait
         (["--interval", "86401"], "--interval"),
+        # Written into every claim and attempt (64 characters): PostgreSQL refused every claim.
+        (["--name", "w" * 65], "--name"),
+        (["--name", "w\x00"], "--name"),  # PostgreSQL refuses NUL in text
+        (["--name", "w\nforged log line"], "--name"),
     ],
 )
-def test_worker_refuses_an_unusable_batch_or_interval_naming_it(env, worked, args, flag):
+def test_worker_refuses_an_unusable_batch_interval_or_name_naming_it(env, worked, args, flag):
     r = cli("worker", *args)
     assert r.exit_code == 2, (r.exit_code, r.output)
     assert flag in r.output and "Traceback" not in r.output, r.output
@@ -344,6 +348,12 @@ def test_worker_takes_the_widest_usable_batch_and_interval(env, worked, args, ba
     r = cli("worker", *args)
     assert r.exit_code == 0, r.output
     assert (worked[0]["batch"], worked[0]["interval"]) == (batch, interval)
+
+
+def test_worker_takes_a_name_as_wide_as_the_column(env, worked):
+    r = cli("worker", "--name", "w" * 64)
+    assert r.exit_code == 0, r.output
+    assert worked[0]["name"] == "w" * 64
 
 
 @pytest.mark.parametrize("port", ["99999", "65536", "0", "-1"])

@@ -34,7 +34,14 @@ from verifier.services import gate, proofs, rails_admin
 from verifier.services.assurance import assurance_report, refresh_gauges
 from verifier.services.sessions import NewSession, open_session
 from verifier.storage.db import head_revision
-from verifier.storage.models import Entitlement, Proof, RailState, Receipt, VerificationAttempt
+from verifier.storage.models import (
+    WORKER_NAME_MAX,
+    Entitlement,
+    Proof,
+    RailState,
+    Receipt,
+    VerificationAttempt,
+)
 from verifier.worker import loop as worker
 
 
@@ -659,3 +666,41 @@ def test_the_worker_process_exits_2_once_the_database_is_migrated_past_its_code(
         assert "revision 0099, this worker's code at" in out
     finally:
         proc.stop()
+
+
+POD_HOSTNAME = "payments-railproof-worker-production-eu-west-1a-7d9f8c6b5-x2k9p"  # 63 chars
+
+
+def test_the_default_name_fits_the_claim_column_and_keeps_the_pid(monkeypatch):
+    """`<hostname>:<pid>` passes 64 characters on a long hostname (a pod's is up to 63)."""
+    import os
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: POD_HOSTNAME)
+    name = worker.default_name()
+    assert len(name) == WORKER_NAME_MAX and name.endswith(f":{os.getpid()}")
+    assert POD_HOSTNAME.startswith(name.rpartition(":")[0])
+    monkeypatch.setattr(socket, "gethostname", lambda: "host-1")
+    assert worker.default_name() == f"host-1:{os.getpid()}"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_the_default_worker_name_on_a_long_hostname_still_claims_proofs(engine, chain, monkeypatch):
+    """On PostgreSQL a name past the column failed every claim: nothing was re-checked,
+    finalized or credited, and the loop logged 'sweep failed' forever."""
+    import socket
+
+    pid = paid_proof(engine, chain, found=False)[1]["id"]
+    due(engine, pid)
+    monkeypatch.setattr(socket, "gethostname", lambda: POD_HOSTNAME)
+    worker.run_worker(engine, once=True)  # the name `railproof worker` uses without --name
+    tries = attempts(engine, pid)
+    assert len(tries) == 2, "the due proof was not re-checked"
+    assert len(tries[-1].worker) == WORKER_NAME_MAX
+    assert proof_row(engine, pid).claimed_by is None
+
+
+def test_run_worker_refuses_a_name_the_claim_column_cannot_hold(engine):
+    with pytest.raises(ValueError, match="longer than 64"):
+        worker.run_worker(engine, once=True, name="w" * (WORKER_NAME_MAX + 1))

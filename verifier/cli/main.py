@@ -332,6 +332,18 @@ def _worker_interval(value: float) -> float:
     return value
 
 
+def _worker_name(value: str | None) -> str | None:
+    from verifier.storage.models import WORKER_NAME_MAX
+
+    # Written into every claim and attempt: a name the column cannot hold would fail every
+    # claim on PostgreSQL, so the worker would re-check and credit nothing.
+    if value is not None and len(value) > WORKER_NAME_MAX:
+        raise typer.BadParameter(f"{len(value)} characters: give at most {WORKER_NAME_MAX}")
+    if value is not None and any(not c.isprintable() for c in value):
+        raise typer.BadParameter("holds a control character (NUL, newline, ...): give a plain name")
+    return value
+
+
 @app.command()
 def worker(
     once: bool = typer.Option(False, help="one sweep, then exit"),
@@ -341,7 +353,12 @@ def worker(
     batch: int = typer.Option(
         100, min=1, max=MAX_WORKER_BATCH, help="proofs per sweep (each step claims this many)"
     ),
-    name: str | None = typer.Option(None, help="worker name in attempts"),
+    name: str | None = typer.Option(
+        None,
+        callback=_worker_name,
+        help="worker name in claims and attempts, at most 64 characters "
+        "(default: <hostname>:<pid>, the hostname cut to fit)",
+    ),
 ) -> None:
     """Re-verify pending proofs, refresh finality, check reorgs, auto-apply when enabled."""
     from verifier.core.logs import configure_logging

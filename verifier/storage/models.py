@@ -84,6 +84,9 @@ HOLDING_SQL = f"status IN ('{HOLDING[0]}', '{HOLDING[1]}')"
 # Proofs without a receipt yet, indexed by status: the apply sweep reads the verified ones
 # (migration 0012).
 UNAPPLIED_SQL = "applied_at IS NULL"
+# The width of a worker's name where it is written (proofs.claimed_by,
+# verification_attempts.worker): a longer one fails every claim on PostgreSQL.
+WORKER_NAME_MAX = 64
 
 
 class RailState(Base):
@@ -196,7 +199,7 @@ class Proof(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_check_at: Mapped[datetime | None]
     claimed_until: Mapped[datetime | None]
-    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_by: Mapped[str | None] = mapped_column(String(WORKER_NAME_MAX))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     # When its receipt was created (in the same transaction); None until then.
@@ -239,7 +242,7 @@ class VerificationAttempt(Base):
     rpc_calls: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     source: Mapped[str] = mapped_column(String(16))
-    worker: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(WORKER_NAME_MAX))
     created_at: Mapped[datetime]
 
 

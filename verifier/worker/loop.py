@@ -45,6 +45,7 @@ from verifier.services.proofs import (
 from verifier.services.views import entitlement_view, proof_view
 from verifier.storage.db import head_revision
 from verifier.storage.models import (
+    WORKER_NAME_MAX,
     EntitlementStatus,
     Proof,
     ProofStatus,
@@ -689,6 +690,13 @@ def sweep(engine: Engine, name: str, batch: int = 100, deliveries: bool = True) 
     return out
 
 
+def default_name() -> str:
+    """`<hostname>:<pid>`, the hostname cut to fit WORKER_NAME_MAX (a Kubernetes pod's may
+    be 63 characters): the pid keeps two workers on one host apart."""
+    pid = f":{os.getpid()}"
+    return socket.gethostname()[: WORKER_NAME_MAX - len(pid)] + pid
+
+
 def run_worker(
     engine: Engine,
     once: bool = False,
@@ -699,7 +707,10 @@ def run_worker(
 ) -> None:
     """Sweep until `stop` is set (or the process ends); `once`: one sweep, deliveries too.
     Raises SchemaMoved (logged) once the database's schema is not this code's."""
-    name = name or f"{socket.gethostname()}:{os.getpid()}"
+    name = name or default_name()
+    if len(name) > WORKER_NAME_MAX:
+        # `railproof worker --name` refuses it first (exit 2); stored, it would fail every claim.
+        raise ValueError(f"worker name longer than {WORKER_NAME_MAX} characters: {name[:80]!r}")
     if once:
         log.info("sweep %s", _sweep_or_stop(engine, name, batch, True), extra={"worker": name})
         return
