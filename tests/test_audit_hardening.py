@@ -604,6 +604,30 @@ def test_adoption_needs_the_operator_context(db_url):
         db.dispose()
 
 
+@pytest.mark.parametrize(
+    ("option", "context"),
+    [
+        ("--incident-id", ["--incident-id", "CHG-" + "1" * 200, "--operator-reason", "upgrade"]),
+        ("--operator-reason", ["--incident-id", "CHG-1", "--operator-reason", "up\x00grade"]),
+        ("--operator-reason", ["--incident-id", "CHG-1", "--operator-reason", "u" * 1001]),
+    ],
+    ids=["incident-id-too-long", "reason-with-nul", "reason-too-long"],
+)
+def test_adopt_key_refuses_context_the_audit_row_cannot_hold_naming_the_option(
+    db_url, cli_env, option, context
+):
+    # On PostgreSQL the row's INSERT failed: a driver traceback, exit 1.
+    db = unkeyed_chain(db_url)
+    try:
+        r = cli("audit", "adopt-key", "--confirm", *context)
+        assert isinstance(r.exception, SystemExit), repr(r.exception)
+        assert r.exit_code == 2, (r.exit_code, r.output)
+        assert f"error: {option}: invalid_request" in r.output, r.output
+        assert_nothing_adopted(db, 3)
+    finally:
+        db.dispose()
+
+
 # -- least privilege (docs/security.md) ---------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """The incident id and reason a staff action carries must be text an operator can read and
 search for: an incident id holding a control, invisible (zero-width, BOM, direction) or
-line-separator character is refused, as is a reason with nothing readable in it, over the
-API (body or headers), in the console and by the services themselves. The CLI refuses them
+line-separator character is refused, as is a reason with nothing readable in it or a control
+character other than a line break or a tab, and either past its length, over the API (body
+or headers), in the console and by the services themselves. The CLI refuses them
 in --incident-id, and GET /v1/admin/audit?incident_id= refuses control characters, so such
 an action could never be looked up by its incident."""
 
@@ -138,7 +139,27 @@ def test_services_refuse_it_themselves(engine, call):
         with pytest.raises(BadInput) as e:
             call(engine, audit.Operator("ops1", incident, "drill"))
         assert e.value.field == "incident_id"
-    with pytest.raises(BadInput) as e:
-        call(engine, audit.Operator("ops1", "INC-7", "\ufeff"))
-    assert e.value.field == "operator_reason"
+    for reason in ("\ufeff", "dr\x00ill", "drill\x1b[2J", "r" * (audit.MAX_OPERATOR_REASON + 1)):
+        with pytest.raises(BadInput) as e:
+            call(engine, audit.Operator("ops1", "INC-7", reason))
+        assert e.value.field == "operator_reason", reason
+    # Past the width of audit_events.incident_id: PostgreSQL refused the audit row.
+    with pytest.raises(BadInput, match="at most 128 characters") as e:
+        call(engine, audit.Operator("ops1", "INC-" + "7" * audit.MAX_INCIDENT_ID, "drill"))
+    assert e.value.field == "incident_id"
     assert not _paused(engine) and _audit_rows(engine) == before
+
+
+def test_the_longest_context_and_a_reason_laid_out_on_lines_are_taken(engine):
+    lines = "line 1\n\tline 2\r\n"
+    reason = lines + "r" * (audit.MAX_OPERATOR_REASON - len(lines))
+    op = audit.Operator("ops1", "I" * audit.MAX_INCIDENT_ID, reason)
+    rails_admin.set_paused(engine, "fake_live", True, op)
+    assert _paused(engine)
+
+
+def test_the_api_and_the_cli_hold_the_limits_the_services_record():
+    from verifier.http import guards
+
+    assert guards.MAX_INCIDENT_ID == audit.MAX_INCIDENT_ID
+    assert guards.MAX_OPERATOR_REASON == audit.MAX_OPERATOR_REASON

@@ -15,7 +15,7 @@ from tests.conftest import STAFF_TOKEN, STAFF_TOKEN_2, auth
 from tests.gates import OPS, pass_release_gates, rehearsal_text
 from tests.helpers import audit_actions
 from verifier.core.metrics import alert_rules
-from verifier.services import release_gates
+from verifier.services import audit, release_gates
 from verifier.services.release_gates import REHEARSAL_STEPS
 from verifier.storage.models import RailState
 
@@ -117,6 +117,15 @@ def test_kill_switch_drill_pauses_refuses_and_resumes(client, engine):
         assert s.get(RailState, "fake_gated").paused is False
     acts = [a.action for a in audit_actions(engine, "fake_gated")]
     assert acts[-3:] == ["rail.paused", "rail.resumed", "release_gate.recorded"]
+
+
+def test_the_drill_takes_the_longest_reason_an_action_takes(client, engine):
+    # The drill's pause and resume name it in their reason: that reason stays within the limit.
+    reason = "r" * audit.MAX_OPERATOR_REASON
+    r = _record(client, "fake_gated", "kill_switch_drill", confirm=True, operator_reason=reason)
+    assert r.status_code == 201 and r.json()["outcome"] == "passed", r.text
+    paused = [a for a in audit_actions(engine, "fake_gated") if a.action == "rail.paused"][-1]
+    assert paused.reason == ("release-gate drill: " + reason)[: audit.MAX_OPERATOR_REASON]
 
 
 def test_drill_reaches_the_proof_path_when_the_rail_has_a_session(client, engine, chain):

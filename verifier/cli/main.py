@@ -607,8 +607,11 @@ def audit_adopt_key(
         adopted = adopt_audit_key(engine, op, cp)
     except KeyAdoptionRefused as e:
         fail(f"{e.code}: {e.message}")
-    except EngineError as e:  # the operator context is not readable text
-        fail(f"{e.code}: {e.message}")
+    except EngineError as e:  # the operator context is not text the audit row can hold
+        option = {"incident_id": "--incident-id", "operator_reason": "--operator-reason"}.get(
+            e.field or ""
+        )
+        fail(f"{option}: {e.code}: {e.message}" if option else f"{e.code}: {e.message}")
     if as_json:
         doc = {"adopted": True, "action": KEY_ADOPTED, "unkeyed_head": adopted.unkeyed_head}
         typer.echo(json.dumps({**doc, "unkeyed_events": adopted.unkeyed_events}))

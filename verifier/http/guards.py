@@ -41,7 +41,9 @@ from verifier.http.errors import ApiErrorCode
 
 MAX_JSON_DEPTH = 32
 # The longest incident id and operator reason a staff request takes, as X-Incident-Id and
-# X-Operator-Reason (bytes: the server reads headers one character a byte) or in a body.
+# X-Operator-Reason (bytes: the server reads headers one character a byte) or in a body:
+# those of services.audit, which refuses any action whose context passes them (kept equal by
+# tests/test_audit_hardening.py; stated here so the CLI need not load the services).
 MAX_INCIDENT_ID = 128
 MAX_OPERATOR_REASON = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,11 +50,28 @@ class Operator:
     reason: str | None = None
 
 
+# The longest incident id (the width of audit_events.incident_id, the API's limit) and
+# operator reason (the API's limit) an action is recorded with.
+MAX_INCIDENT_ID = 128
+MAX_OPERATOR_REASON = 1000
+# Line breaks and tabs may lay out a reason; any other control character may not (PostgreSQL
+# cannot store NUL in text, and the rest move a terminal's cursor where the row is shown).
+_REASON_LAYOUT = frozenset("\t\n\r")
+
+
 def check_incident_id(incident_id: str | None, field: str = "incident_id") -> None:
-    """Refuse an incident id holding a control, invisible or line-separator character: the
-    CLI and the audit filter refuse such text, so the action could never be looked up by it,
-    and it may print exactly as another incident's id."""
-    if incident_id is None or not unreadable(incident_id):
+    """Refuse an incident id longer than MAX_INCIDENT_ID or holding a control, invisible or
+    line-separator character: the CLI and the audit filter refuse such text, so the action
+    could never be looked up by it, and it may print exactly as another incident's id."""
+    if incident_id is None:
+        return
+    if len(incident_id) > MAX_INCIDENT_ID:
+        raise BadInput(
+            "invalid_request",
+            f"{field}: at most {MAX_INCIDENT_ID} characters, not {len(incident_id)}",
+            field=field,
+        )
+    if not unreadable(incident_id):
         return
     if blank(incident_id):  # blank is missing, as where the context is required
         raise BadInput(
@@ -69,17 +87,39 @@ def check_incident_id(incident_id: str | None, field: str = "incident_id") -> No
     )
 
 
+def check_reason(reason: str | None, field: str = "operator_reason") -> None:
+    """Refuse an operator reason longer than MAX_OPERATOR_REASON or holding a control
+    character other than a line break or a tab."""
+    if reason is None:
+        return
+    if len(reason) > MAX_OPERATOR_REASON:
+        raise BadInput(
+            "invalid_request",
+            f"{field}: at most {MAX_OPERATOR_REASON} characters, not {len(reason)}",
+            field=field,
+        )
+    if any(unicodedata.category(c) == "Cc" and c not in _REASON_LAYOUT for c in reason):
+        raise BadInput(
+            "invalid_request",
+            f"{field}: must not contain control characters (NUL, escape, ...)",
+            field=field,
+        )
+
+
 def require_context(op: Operator, purpose: str, incident: bool = True) -> None:
     """The operator context every staff action that changes state carries: an incident id
     (unless `incident` is False: then only checked when given) and a reason, neither blank
-    once invisible characters are removed; `purpose` ends the refusal ("to revoke")."""
+    once invisible characters are removed, both of a length and text the audit row holds;
+    `purpose` ends the refusal ("to revoke")."""
     # SECURITY: the audit row is how a money-moving staff action is traced back to a person
-    # and a ticket; one that names neither readably is refused before anything is done.
+    # and a ticket; one that names neither readably is refused before anything is done, and
+    # so is one the row cannot hold (the action would fail when its audit row is written).
     needed = [("incident_id", op.incident_id)] if incident else []
     for field, value in (*needed, ("operator_reason", op.reason)):
         if blank(value):
             raise BadInput("operator_context_required", f"{field}: required {purpose}", field=field)
     check_incident_id(op.incident_id)
+    check_reason(op.reason)
 
 
 class AuditKeyMissing(RuntimeError):

@@ -420,7 +420,9 @@ def _kill_switch_drill(
     """Pause, try what the kill switch must refuse, resume; what happened is the evidence."""
     from verifier.services import proofs, rails_admin, sessions
 
-    drill_op = audit.Operator(op.actor, op.incident_id, f"release-gate drill: {op.reason}")
+    # Cut to the longest reason an action takes: the operator's own may be that long already.
+    reason = f"release-gate drill: {op.reason}"[: audit.MAX_OPERATOR_REASON]
+    drill_op = audit.Operator(op.actor, op.incident_id, reason)
     with engine.db.tx() as s:
         # The mark first: a pause committed after it is either seen here or counted later.
         mark = repo.newest_audit_id(s)
