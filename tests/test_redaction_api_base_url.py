@@ -1,4 +1,4 @@
-"""The operator CLI never repeats the API URL's credentials.
+"""The operator CLI and `railproof demo` never repeat the API URL's credentials.
 
 An API behind a proxy with basic auth is reached as `--base-url https://user:pass@host` (httpx
 sends the user information as Authorization). When the API could not be reached the CLI said
@@ -34,4 +34,30 @@ def test_the_operator_cli_never_repeats_the_api_urls_credentials(base, shown):
         assert f"cannot reach the API at {shown.format(port=port)} (" in r.output, r.output
     else:
         assert "--base-url: not a usable URL" in r.output, r.output
+    assert secret not in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    "base, said",
+    [
+        ("http://ops:{secret}@127.0.0.1:{port}", "cannot reach http://127.0.0.1:{port} ("),
+        ("http://127.0.0.1:{port}/?api_key={secret}", "cannot reach http://127.0.0.1:{port} ("),
+        ("http://ops:{secret}@[::1", "{source}: not a usable URL"),  # httpx cannot read it
+    ],
+)
+@pytest.mark.parametrize("source", ["--base-url", "RAILPROOF_API_BASE_URL"])
+def test_the_demo_never_repeats_the_api_urls_credentials_and_names_its_source(
+    base, said, source, monkeypatch
+):
+    # `railproof demo` printed the URL as given, and named --base-url for the variable's.
+    monkeypatch.delenv("RAILPROOF_API_BASE_URL", raising=False)
+    secret, port = "SekretProxyPassw0rd", closed_port()
+    url = base.format(secret=secret, port=port)
+    if source == "--base-url":
+        r = CliRunner().invoke(cli_app, ["demo", "--base-url", url])
+    else:
+        r = CliRunner().invoke(cli_app, ["demo"], env={"RAILPROOF_API_BASE_URL": url})
+    assert r.exit_code == 2, r.output
+    assert said.format(port=port, source=source) in r.output, r.output
+    assert source in r.output, r.output
     assert secret not in r.output, r.output

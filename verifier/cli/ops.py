@@ -242,10 +242,7 @@ class Client:
             try:
                 httpx.URL(self.base)
             except httpx.InvalidURL:
-                # SECURITY: httpx's reason may quote part of a password (or of a key).
-                if "@" in self.base or "?" in self.base:
-                    _die(f"{self.base_option}: not a usable URL")
-                _die(f"{self.base_option}: not a usable URL: {self.base!r} ({e})")
+                _die(unusable_url(self.base_option, self.base, e))
             # The base is fine: an id or an option made the request's URL unusable.
             _die(f"an id or option makes the request's URL unusable ({e})")
         except httpx.LocalProtocolError:
@@ -255,7 +252,7 @@ class Client:
             _die(f"{self._unsendable()} cannot be sent in an HTTP request; nothing was sent")
         except httpx.HTTPError as e:
             _die(
-                f"cannot reach the API at {_shown(self.base)} ({type(e).__name__}); is "
+                f"cannot reach the API at {shown_url(self.base)} ({type(e).__name__}); is "
                 "`railproof serve` running? pass --base-url or set RAILPROOF_API_BASE_URL "
                 "(or PORT, as `make serve` uses)"
             )
@@ -283,11 +280,24 @@ class Client:
 _HEADER_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """`url` as messages say it: scheme, host, port and path; never user information (a
-    proxy's password, which httpx sends as Authorization) or a query."""
-    u = httpx.URL(url)
+    proxy's password, which httpx sends as Authorization) or a query. Also `railproof demo`'s."""
+    try:
+        u = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "a URL that is not usable"
     return f"{u.scheme}://{u.netloc.decode('ascii')}{u.path}".rstrip("/")
+
+
+def unusable_url(source: str, url: str, error: Exception) -> str:
+    """The refusal of a base URL httpx cannot use, naming `source` (the option or variable it
+    came from). Also `railproof demo`'s."""
+    # SECURITY: httpx's reason may quote part of a password (or of a key): a URL that may hold
+    # either is not repeated, nor is the reason.
+    if "@" in url or "?" in url:
+        return f"{source}: not a usable URL"
+    return f"{source}: not a usable URL: {url!r} ({error})"
 
 
 def _header_text(value: str, option: str, limit: int) -> bytes:

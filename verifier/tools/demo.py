@@ -14,6 +14,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from verifier.cli.ops import shown_url, unusable_url
 from verifier.core.config import (
     BEARER_TOKEN_RULE,
     DEFAULT_CASSETTE_DIR,
@@ -58,14 +59,16 @@ def _step(n: int, text: str) -> None:
 
 
 class _Api:
-    """The API as the demo calls it: every answer's status is checked before its body is read."""
+    """The API as the demo calls it: every answer's status is checked before its body is read.
+    `source` names where the base URL came from; messages show it as the operator commands do
+    (shown_url: never its user information or query)."""
 
-    def __init__(self, base: str):
-        self.base = base
+    def __init__(self, base: str, source: str):
+        self.base, self.source, self.shown = base, source, shown_url(base)
         try:
             self.http = httpx.Client(base_url=base, timeout=30.0)
         except httpx.InvalidURL as e:
-            raise _Stop(f"--base-url: not a usable URL: {base!r} ({e})", 2) from None
+            raise _Stop(unusable_url(source, base, e), 2) from None
 
     def call(
         self,
@@ -83,10 +86,10 @@ class _Api:
         try:
             r = self.http.request(method, path, headers=headers, **kw)
         except httpx.InvalidURL as e:
-            raise _Stop(f"--base-url: not a usable URL: {self.base!r} ({e})", 2) from None
+            raise _Stop(unusable_url(self.source, self.base, e), 2) from None
         except httpx.HTTPError as e:
             raise _Stop(
-                f"{method} {path}: lost the API at {self.base} ({type(e).__name__}); is "
+                f"{method} {path}: lost the API at {self.shown} ({type(e).__name__}); is "
                 "`make serve` still running?",
                 2,
             ) from None
@@ -95,7 +98,7 @@ class _Api:
         except ValueError:
             raise _Stop(
                 f"{method} {path}: HTTP {r.status_code}, and the answer is not JSON: is "
-                f"{self.base} the railproof API (`make serve`)?",
+                f"{self.shown} the railproof API (`make serve`)?",
                 1,
             ) from None
         console.print(f"   HTTP {r.status_code}: " + json.dumps(body)[:600])
@@ -152,28 +155,35 @@ def _would_not_apply(report: dict[str, Any]) -> str:
 def run_demo(base_url: str | None = None) -> int:
     """The walk-through; its exit code: 0 an active entitlement, 1 the API refused a step or
     the demo did not reach one, 2 bad tokens or base URL, or the API is unreachable."""
+    if base_url:
+        source = "--base-url"
+    elif os.environ.get("RAILPROOF_API_BASE_URL"):
+        source = "RAILPROOF_API_BASE_URL"
+    else:
+        source = "PORT"  # the loopback port `make serve` listens on
     try:
-        return _walk((base_url or default_api_base_url()).rstrip("/"))
+        return _walk((base_url or default_api_base_url()).rstrip("/"), source)
     except _Stop as stop:
         errors.print(f"error: {stop}", markup=False, highlight=False, soft_wrap=True)
         return stop.code
 
 
-def _walk(base: str) -> int:
+def _walk(base: str, source: str) -> int:
     svc = (
         "RAILPROOF_DEMO_SERVICE_TOKEN",
         _token("RAILPROOF_DEMO_SERVICE_TOKEN", DEMO_SERVICE_TOKEN),
     )
     staff = ("RAILPROOF_STAFF_TOKEN", _token("RAILPROOF_STAFF_TOKEN", DEMO_STAFF_TOKEN))
     pay = demo_payment()
-    api = _Api(base)
+    api = _Api(base, source)
     try:
         api.http.get("/healthz").raise_for_status()
     except httpx.InvalidURL as e:
-        raise _Stop(f"--base-url: not a usable URL: {base!r} ({e})", 2) from None
+        raise _Stop(unusable_url(source, base, e), 2) from None
     except httpx.HTTPError as e:
         raise _Stop(
-            f"cannot reach {base} ({type(e).__name__}): start the service with `make serve` first",
+            f"cannot reach {api.shown} ({type(e).__name__}), from {source}: start the service "
+            "with `make serve` first",
             2,
         ) from None
 
