@@ -61,6 +61,10 @@ OPERATOR_COMMANDS = (
         "dry-run-rail-proof-apply",
         "assurance",
         "inspect-webhook-event",
+        "reconcile",
+        "list-reconciliation-runs",
+        "inspect-reconciliation-run",
+        "resolve-finding",
     }
 )
 
@@ -311,6 +315,31 @@ def test_base_url_before_or_after_the_command_and_the_environment_defaults(world
         assert r.exit_code == 2 and "--staff-token-file" in r.stderr and str(bad) in r.stderr
     r = cli("list-rail-proofs", "--base-url", world["url"])
     assert r.exit_code == 2 and "RAILPROOF_STAFF_TOKEN" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["reconcile", "--scope", "rail_proofs", *CTX, "--json"],
+        ["list-reconciliation-runs", "--json"],
+        ["resolve-finding", "999999", "--resolution", "refunded", *CTX],
+    ],
+    ids=lambda a: a[0],
+)
+def test_reconciliation_commands_take_the_connection_options_after_their_name(
+    world, tmp_path, args
+):
+    # The runbook's scheduled reconcile, as a scheduler runs it: the options after the name
+    # were "No such option" and the run never happened.
+    tok = tmp_path / "staff.token"
+    tok.write_text(STAFF_TOKEN + "\n")
+    r = cli(*args, "--base-url", world["url"], "--staff-token-file", str(tok))
+    assert "No such option" not in r.output, r.output
+    if args[0] == "resolve-finding":  # reached the API: no such finding
+        assert r.exit_code == 1 and "reconciliation_finding_not_found" in r.output, r.output
+    else:
+        assert r.exit_code == 0, r.output
+        json.loads(r.stdout)
 
 
 # -- item 7: whole ids off a terminal ----------------------------------------------------------

@@ -238,10 +238,12 @@ def test_cli_resolve_finding(engine, chain):
         assert r.exit_code == 2 and "--resolution" in r.output
         r = cli.invoke(cli_app, [*base, *ctx], env=env)
         assert r.exit_code == 2 and "--resolution" in r.output
-        r = cli.invoke(
-            cli_app, ["resolve-finding", "abc", "--resolution", "refunded", *ctx], env=env
-        )
-        assert r.exit_code == 2 and "FINDING_ID" in r.output
+        for bad in ("abc", "²", "１２"):  # superscript and fullwidth digits: int() refused "²"
+            r = cli.invoke(
+                cli_app, ["resolve-finding", bad, "--resolution", "refunded", *ctx], env=env
+            )
+            assert isinstance(r.exception, SystemExit), repr(r.exception)
+            assert r.exit_code == 2 and "FINDING_ID" in r.output, r.output
         assert audit_of(engine, f["id"]) == []
         r = cli.invoke(
             cli_app, ["resolve-finding", "999999", "--resolution", "refunded", *ctx], env=env

@@ -31,6 +31,7 @@ from verifier.cli.ops import (
     _die,
     _out,
     api_path,
+    operator_command,
     require_operator_context,
 )
 from verifier.cli.progress import progress
@@ -83,7 +84,7 @@ RESOLUTIONS = ("refunded", "credited_by_hand", "attached_by_hand", "not_ours", "
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("reconcile")
+    @operator_command(app, "reconcile")
     def reconcile(
         scope: Annotated[str, typer.Option("--scope", help="rail_proofs | chain_inflows")],
         rail_id: Annotated[str | None, typer.Option("--rail-id")] = None,
@@ -128,7 +129,7 @@ def register(app: typer.Typer) -> None:
             _print_run(data)
         raise typer.Exit(0 if data.get("status") == "complete" else 1)
 
-    @app.command("list-reconciliation-runs")
+    @operator_command(app, "list-reconciliation-runs")
     def list_runs(
         scope: Annotated[str | None, typer.Option("--scope")] = None,
         limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
@@ -142,7 +143,7 @@ def register(app: typer.Typer) -> None:
         )
         _out(s, d, as_json, RUN_COLUMNS, "reconciliation runs")
 
-    @app.command("inspect-reconciliation-run")
+    @operator_command(app, "inspect-reconciliation-run")
     def inspect(
         run_id: str,
         as_json: JsonOpt = False,
@@ -158,7 +159,7 @@ def register(app: typer.Typer) -> None:
         else:
             _print_run(d)
 
-    @app.command("resolve-finding")
+    @operator_command(app, "resolve-finding")
     def resolve(
         finding_id: str,
         resolution: Annotated[
@@ -173,7 +174,8 @@ def register(app: typer.Typer) -> None:
         require_operator_context("resolve-finding", incident_id, operator_reason)
         if resolution not in RESOLUTIONS:
             _die(f"--resolution: one of {', '.join(RESOLUTIONS)}")
-        if not finding_id.isdigit() or not 1 <= int(finding_id) < 2**31:
+        # ASCII digits only: "²".isdigit() is true, and int() refuses it.
+        if not (finding_id.isascii() and finding_id.isdigit()) or not 1 <= int(finding_id) < 2**31:
             _die(f"FINDING_ID: a finding's id (a positive integer), not {finding_id!r}")
         c = Client(incident_id, operator_reason)
         s, d = c.request(
