@@ -180,6 +180,13 @@ def _no_run(monkeypatch) -> None:
     monkeypatch.setattr(bench_modes, "run_modes", ran)
 
 
+def test_a_negative_stored_count_is_refused_before_any_work(monkeypatch):
+    _no_run(monkeypatch)  # was taken: the bench ran with --stored -5
+    res = CliRunner().invoke(app, ["bench", "--stored", "-5", "--json"])
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    assert "--stored" in res.output, res.output
+
+
 @pytest.mark.parametrize(
     "database_url, message",
     [

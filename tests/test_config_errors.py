@@ -4,6 +4,7 @@
 recorded cassettes are why a rail is not live."""
 
 import json
+import socket
 
 import pytest
 from pydantic import ValidationError
@@ -38,11 +39,15 @@ def env(tmp_path, monkeypatch):
 
 @pytest.fixture
 def served(monkeypatch):
-    """uvicorn.run recorded instead of run: a serve that got past every refusal."""
+    """uvicorn.run recorded instead of run: a serve that got past every refusal (the check
+    that the address is free left out: these tests bind nothing)."""
     import uvicorn
+
+    from verifier.http import processes
 
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(processes, "check_listen", lambda host, port: None)
     return calls
 
 
@@ -379,6 +384,34 @@ def test_serve_takes_port_65535(env, served):
     env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
     r = cli("serve", "--port", "65535")
     assert r.exit_code == 0 and served[0]["port"] == 65535, r.output
+
+
+TAKEN_PORT = 19410
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("source", ["--port", "PORT"])
+def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_why(env, workers, source):
+    # One process: uvicorn's own startup failure, exit 3, naming no option (two processes
+    # were refused naming --port, even when the port came from PORT).
+    import uvicorn
+
+    env.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn ran"))
+    env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    args = ["--port", str(TAKEN_PORT)] if source == "--port" else []
+    if source == "PORT":
+        env.setenv("PORT", str(TAKEN_PORT))
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", TAKEN_PORT))
+        taken.listen()
+        r = cli("serve", *args, "--workers", workers)
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert f"error: {source}: cannot listen on 127.0.0.1:{TAKEN_PORT}: " in r.output, r.output
+    # Not an address of this machine (TEST-NET-1): the host is what to change.
+    r = cli("serve", "--host", "192.0.2.1", *args, "--workers", workers)
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert f"error: --host: cannot listen on 192.0.2.1:{TAKEN_PORT}: " in r.output, r.output
 
 
 @pytest.mark.parametrize("other", ["ops1.", "ops1..", ".ops1", "ops-1", "OPS_1", "o.p.s.1"])

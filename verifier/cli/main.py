@@ -287,6 +287,7 @@ def serve(
     except OSError as e:
         fail(f"PROMETHEUS_MULTIPROC_DIR: cannot prepare it: {e.strerror}")
     engine = _engine()
+    port_source = "--port" if port is not None else "PORT"
     port = port if port is not None else engine.settings.port  # PORT: 1..65535 (Settings)
     # Refuse early, with the migration hint or what to set, before binding the port.
     _refuse_unservable(engine)
@@ -308,12 +309,28 @@ def serve(
         try:
             supervisor = processes.Processes(uvicorn.Config(APP, **options), workers)
         except OSError as e:
-            fail(f"--port: cannot listen on {host}:{port}: {e.strerror}")
+            _cannot_listen(host, port, port_source, e)
         supervisor.run()
         if supervisor.failed:
             raise typer.Exit(STARTUP_FAILURE)
         return
+    try:
+        processes.check_listen(host, port)
+    except OSError as e:
+        _cannot_listen(host, port, port_source, e)
     uvicorn.run(APP, workers=workers, **options)
+
+
+def _cannot_listen(host: str, port: int, port_source: str, e: OSError) -> NoReturn:
+    import errno
+    import socket
+
+    # The host when it is not an address of this machine (or no address at all), else the
+    # port (in use by another process, or a privileged one).
+    host_is_why = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+    fail(
+        f"{'--host' if host_is_why else port_source}: cannot listen on {host}:{port}: {e.strerror}"
+    )
 
 
 # --interval: how long a sweep that found nothing waits. Above 0 (else the worker polls the
@@ -678,7 +695,7 @@ def bench(
         typer.Option("--database-url", help="a disposable database (default: a temporary SQLite)"),
     ] = None,
     stored: Annotated[
-        int | None, typer.Option("--stored", help="proofs stored for dry-run latency")
+        int | None, typer.Option("--stored", min=0, help="proofs stored for dry-run latency")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print compact JSON")] = False,
     compare: Annotated[

@@ -61,6 +61,17 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def check_listen(host: str, port: int) -> None:
+    """Raise the OSError binding (host, port) meets, as uvicorn binds (SO_REUSEADDR): an
+    address in use, a privileged port, a host that is not this machine's. uvicorn's own
+    failure says neither which option to change nor exits 2; the socket is closed again,
+    for uvicorn to bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+
+
 class Processes:
     """One uvicorn process per socket, replaced when it dies, all ended on SIGINT, SIGTERM or
     SIGHUP (a hang-up must not leave the processes serving without their supervisor)."""
