@@ -1,7 +1,7 @@
 """A malformed RAILPROOF_DATABASE_URL (or --database-url) exits 2 with a message naming it, as
 `db current` and `db upgrade` do, never a driver's traceback with exit 1: an unparseable URL,
-a dialect railproof does not run on, or a `prepare_threshold` that is not one is refused when
-the settings are read (storage.db.check_url)."""
+a dialect railproof does not run on, text that is not UTF-8, or a `prepare_threshold` that is
+not one is refused when the settings are read (storage.db.check_url)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.procs import base_env, cli
+from tests.test_config_errors import cli as in_process
+from tests.test_config_errors import env  # noqa: F401  (the fixture)
+from verifier.storage.db import check_url
 
 PG_URL = os.environ.get("RAILPROOF_TEST_POSTGRES_URL")
 
@@ -33,8 +36,8 @@ COMMANDS = {
 @pytest.mark.parametrize("url", list(BAD_URLS.values()), ids=list(BAD_URLS))
 @pytest.mark.parametrize("args", list(COMMANDS.values()), ids=list(COMMANDS))
 def test_a_malformed_database_url_is_a_usage_error_not_a_traceback(args, url):
-    env = base_env(database_url=url, service_tokens='{"svc": ["alice"]}')
-    out = cli(args, env, timeout=60)
+    proc_env = base_env(database_url=url, service_tokens='{"svc": ["alice"]}')
+    out = cli(args, proc_env, timeout=60)
     message = out.stdout + out.stderr
     assert "Traceback" not in message, message[-1500:]
     assert out.returncode == 2, (out.returncode, message[-800:])
@@ -59,3 +62,25 @@ def test_bench_with_a_bad_prepare_threshold_is_a_usage_error():
     message = out.stdout + out.stderr
     assert "Traceback" not in message, message[-1500:]
     assert out.returncode == 2 and "--database-url" in message, (out.returncode, message[-800:])
+
+
+def test_a_database_url_that_is_not_utf8_is_refused_naming_it_and_nothing_is_made(
+    env,  # noqa: F811
+    tmp_path,
+):
+    # argv and the environment keep a byte that is not UTF-8 as a surrogate escape: `db
+    # upgrade` made and migrated that file, which every other command then could not open.
+    path = os.fsdecode(os.fsencode(tmp_path) + b"/rail\xff.db")
+    env.setenv("RAILPROOF_DATABASE_URL", f"sqlite:///{path}")
+    for args in (["db", "upgrade"], ["db", "current"], ["audit", "verify"], ["worker", "--once"]):
+        r = in_process(*args)
+        assert r.exit_code == 2, (args, r.exit_code, r.output)
+        assert "RAILPROOF_DATABASE_URL" in r.output and "not UTF-8" in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+    assert not os.path.exists(os.fsencode(path)), "refused, yet the file was made"
+
+
+def test_a_prepare_threshold_of_other_digits_is_refused():
+    # "²".isdigit() is true, and int() refused it with its own message.
+    with pytest.raises(ValueError, match="prepare_threshold: a whole number"):
+        check_url("postgresql+psycopg://postgres@127.0.0.1:1/railproof_x?prepare_threshold=²")

@@ -283,8 +283,14 @@ PING_AFTER_IDLE_S = 1.0
 
 def check_url(url: str) -> None:
     """ValueError when railproof could not open `url`: not a database URL, a database it does
-    not run on, or a `prepare_threshold` that is not one. Said before any connection, so a
-    command refuses a typo with a message rather than a driver's traceback."""
+    not run on, text that is not UTF-8, or a `prepare_threshold` that is not one. Said before
+    any connection, so a command refuses a typo with a message rather than a driver's
+    traceback."""
+    # A byte that is not UTF-8 (the environment and argv keep it as a surrogate escape):
+    # SQLite's driver and PostgreSQL's cannot pass it on, so `db upgrade` alone would reach a
+    # file the other commands then cannot open.
+    if not _encodable(url):
+        raise ValueError("holds bytes that are not UTF-8 text: give the path or URL in UTF-8")
     try:
         u = make_url(url)
     except exc.ArgumentError:
@@ -296,6 +302,14 @@ def check_url(url: str) -> None:
         raise ValueError(f"railproof runs on sqlite or postgresql, not {backend!r}")
     if backend == "postgresql":
         _prepare_threshold(url)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Query parameters whose value is a credential: libpq takes `password` and `sslpassword` in a
@@ -332,7 +346,7 @@ def _prepare_threshold(url: str) -> tuple[str, int | None]:
     rest = u.difference_update_query(["prepare_threshold"]).render_as_string(hide_password=False)
     if value.lower() == "none":
         return rest, None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²".isdigit() is true; int() refuses it
         raise ValueError("prepare_threshold: a whole number of executions, or none")
     return rest, int(value)
 
