@@ -34,7 +34,9 @@ OTHER_SERVICE_TOKEN = "svc-token-bob"
 STAFF_TOKEN = "staff-token-ops1"
 STAFF_TOKEN_2 = "staff-token-ops2"
 CLOCK = datetime(2026, 1, 1, tzinfo=UTC)
-_TEMPLATE = "railproof_tpl_" + uuid.uuid4().hex[:8]
+# Several checkouts may share a server: RAILPROOF_TEST_DB_PREFIX names their databases apart.
+_DB_PREFIX = os.environ.get("RAILPROOF_TEST_DB_PREFIX", "railproof_")
+_TEMPLATE = _DB_PREFIX + "tpl_" + uuid.uuid4().hex[:8]
 
 
 def _pg_admin():
@@ -83,7 +85,7 @@ class _Spares:
         self.worker = threading.Thread(target=self._run, daemon=True)
         self.worker.start()
         for _ in range(self.READY):
-            self.jobs.put(("create", "railproof_t_" + uuid.uuid4().hex[:12]))
+            self.jobs.put(("create", _DB_PREFIX + "t_" + uuid.uuid4().hex[:12]))
 
     def _run(self) -> None:
         while (job := self.jobs.get()) is not None:
@@ -97,7 +99,7 @@ class _Spares:
                 self.ready.put(name)
 
     def take(self) -> str:
-        self.jobs.put(("create", "railproof_t_" + uuid.uuid4().hex[:12]))
+        self.jobs.put(("create", _DB_PREFIX + "t_" + uuid.uuid4().hex[:12]))
         return self.ready.get(timeout=120)
 
     def give_back(self, name: str) -> None:

@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 AUDIT_KEY = b"test-audit-key"
 CLI_TIMEOUT_S = 60.0
+# The tests' own databases are named with this prefix (several checkouts sharing a server).
+DB_PREFIX = os.environ.get("RAILPROOF_TEST_DB_PREFIX", "railproof_")
 
 
 def free_port() -> int:
@@ -199,7 +201,7 @@ class PgDatabase:
     on close."""
 
     def __init__(self, admin_url: str):
-        self.name = "railproof_p_" + uuid.uuid4().hex[:12]
+        self.name = DB_PREFIX + "p_" + uuid.uuid4().hex[:12]
         base, _, _ = admin_url.rpartition("/")
         self.url = f"{base}/{self.name}"
         self._admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")

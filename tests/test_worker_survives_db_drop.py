@@ -2,6 +2,11 @@
 connection cut by a proxy) exited on the sweep's exception, and with it every re-check,
 finality refresh, apply and discovery stopped until someone restarted it. It logs the failure
 and sweeps again once the database answers, as its webhook thread already did.
+
+The API, meanwhile (through a proxy the test cuts, or with its connections terminated by the
+server): 503 `database_unavailable` with Retry-After, never a 500 "internal error"; a pooled
+connection the server closed is not handed to a request; and an Idempotency-Key whose request
+the outage cut is released once the database answers, so the client's retry runs.
 """
 
 from __future__ import annotations
@@ -11,13 +16,20 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select, text
 
+from tests.conftest import PG_URL, auth, make_settings
+from tests.db_outage import CutProxy, terminate_backends
+from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.fault_rpc import DEMO_CASSETTE, FIXTURES
+from tests.helpers import FAKE_SESSION
 from tests.procs import AUDIT_KEY, Api, Worker, base_env, migrate, wait_until
 from tests.test_pg_concurrency import pg_db  # noqa: F401
-from verifier.storage.db import Database
-from verifier.storage.models import Entitlement
+from verifier.core.engine import Engine
+from verifier.http.api import create_app
+from verifier.storage.db import Database, upgrade
+from verifier.storage.models import Entitlement, IdempotencyClaim, Proof
 
 DEMO = json.loads(DEMO_CASSETTE.read_text())["demo"]
 SVC = {"Authorization": "Bearer svc-1"}
@@ -139,3 +151,118 @@ def test_worker_survives_its_database_connection_dropping(pg_db, procs, tmp_path
         db.dispose()
         locker.dispose()
         admin.dispose()
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+PROXY_PORTS = (19561, 19562)
+
+
+def _api_engine(url: str, chain: ScriptedChain) -> Engine:
+    e = Engine(make_settings(url), catalog=catalog_with_fake())
+    e.chains.set_transport("fakenet", chain)
+    e.ensure_rail_states()
+    return e
+
+
+def _unavailable(r) -> bool:
+    err = r.json().get("error") or {}
+    return (
+        r.status_code == 503
+        and err.get("code") == "database_unavailable"
+        and "message" in err
+        and "nothing" not in err["message"]  # a request may have committed part of its work
+        and r.headers.get("Retry-After") == "2"
+    )
+
+
+@pytest.mark.postgres
+def test_an_unreachable_database_answers_503_database_unavailable(pg_db, caplog):  # noqa: F811
+    upgrade(pg_db.url)
+    proxy = CutProxy(PROXY_PORTS[0])
+    e = _api_engine(proxy.through(pg_db.url), ScriptedChain())
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as c:
+            r = c.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+            assert r.status_code == 201, r.text
+            proxy.down()  # PostgreSQL restarting: connections cut, new ones refused
+            answers = [
+                c.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION),
+                c.get("/v1/entitlements", params={"owner_id": "alice"}, headers=auth()),
+            ]
+            assert all(_unavailable(r) for r in answers), [r.text for r in answers]
+            # Not a bug: no "unhandled error" for the HttpServerErrors alert's runbook.
+            assert "unhandled error" not in caplog.text
+            proxy.up()
+            r = c.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+            assert r.status_code == 201, r.text  # back by itself
+    finally:
+        proxy.down()
+        e.db.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_the_server_closed_is_not_handed_out(pg_db):  # noqa: F811
+    upgrade(pg_db.url)
+    e = _api_engine(pg_db.url, ScriptedChain())
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as c:
+            r = c.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+            assert r.status_code == 201, r.text
+            # A server restart between two requests of a busy process: the pooled connection
+            # was used within the last second, so it is not pinged for being idle.
+            assert terminate_backends(PG_URL, pg_db.url) >= 1
+            r = c.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION)
+            assert r.status_code == 201, r.text
+    finally:
+        e.db.dispose()
+
+
+@pytest.mark.postgres
+def test_an_outage_mid_proof_leaves_its_idempotency_key_free_for_the_retry(pg_db):  # noqa: F811
+    """README: unfinished claims are released when the handler fails, and left in place only
+    when the process dies. Here the process lives on: PostgreSQL goes away while the proof is
+    verified on chain (after its row was stored), and is back seconds later."""
+    upgrade(pg_db.url)
+    proxy = CutProxy(PROXY_PORTS[1])
+
+    class Chain(ScriptedChain):
+        cut = False
+
+        def call(self, method, params):
+            if self.cut:
+                proxy.down()
+            return super().call(method, params)
+
+    chain = Chain()
+    e = _api_engine(proxy.through(pg_db.url), chain)
+    try:
+        with TestClient(create_app(e), raise_server_exceptions=False) as c:
+            sess = c.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION).json()
+            chain.txs["fx0123abcd"] = {
+                "status": "ok",
+                "to": "fatreasury",
+                "amount": 1500000,
+                "asset": "fusd",
+                "refs": [sess["reference"]],
+            }
+            body = {"session_id": sess["id"], "proof": "fx0123abcd"}
+            headers = {**auth(), "Idempotency-Key": "submit-1"}
+            chain.cut = True
+            first = c.post("/v1/proofs", headers=headers, json=body)
+            assert _unavailable(first), first.text  # the proof was stored: not "nothing"
+            chain.cut = False
+            proxy.up()
+            retry = c.post("/v1/proofs", headers=headers, json=body)
+            # The proof as stored (pending: its verification was cut; the worker finishes it).
+            assert retry.status_code in (200, 201), retry.text
+            again = c.post("/v1/proofs", headers=headers, json=body)
+            assert again.json() == retry.json() and again.headers["Idempotent-Replayed"]
+        with e.db.tx() as s:
+            claims = [(k.key, k.status) for k in s.scalars(select(IdempotencyClaim))]
+            proofs = [p.id for p in s.scalars(select(Proof))]
+        assert proofs == [retry.json()["id"]], proofs  # one proof, stored by the first request
+        assert claims == [("submit-1", "completed")], claims
+    finally:
+        proxy.down()
+        e.db.dispose()

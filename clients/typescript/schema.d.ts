@@ -2171,7 +2171,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2229,7 +2229,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2238,7 +2238,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2287,7 +2287,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2372,7 +2372,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2381,7 +2381,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2488,7 +2488,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2497,7 +2497,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2604,7 +2604,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2613,7 +2613,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2690,7 +2690,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2699,7 +2699,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2795,7 +2795,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2804,7 +2804,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2882,7 +2882,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2891,7 +2891,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -2965,7 +2965,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -2974,7 +2974,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3051,7 +3051,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3060,7 +3060,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3145,7 +3145,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3154,7 +3154,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3252,7 +3252,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3261,7 +3261,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3337,7 +3337,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3346,7 +3346,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3420,7 +3420,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3429,7 +3429,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3514,7 +3514,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3523,7 +3523,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3610,7 +3610,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3619,7 +3619,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3704,7 +3704,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3713,7 +3713,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3811,7 +3811,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3820,7 +3820,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -3905,7 +3905,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -3914,7 +3914,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4003,7 +4003,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4012,7 +4012,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4110,7 +4110,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4119,7 +4119,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4217,7 +4217,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4226,7 +4226,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4311,7 +4311,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4320,7 +4320,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4394,7 +4394,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4403,7 +4403,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4477,7 +4477,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4486,7 +4486,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4575,7 +4575,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4584,7 +4584,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4682,7 +4682,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4691,7 +4691,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4776,7 +4776,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4785,7 +4785,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4872,7 +4872,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4881,7 +4881,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -4971,7 +4971,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -4980,7 +4980,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5069,7 +5069,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5078,7 +5078,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5176,7 +5176,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5185,7 +5185,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5272,7 +5272,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5281,7 +5281,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5379,7 +5379,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5388,7 +5388,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5465,7 +5465,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5474,7 +5474,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5570,7 +5570,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5579,7 +5579,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5664,7 +5664,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5673,7 +5673,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5750,7 +5750,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5759,7 +5759,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5844,7 +5844,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5853,7 +5853,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -5951,7 +5951,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -5960,7 +5960,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6035,7 +6035,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6044,7 +6044,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6142,7 +6142,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6151,7 +6151,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6222,7 +6222,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6231,7 +6231,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6342,7 +6342,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6351,7 +6351,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6422,7 +6422,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6431,7 +6431,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6491,7 +6491,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6500,7 +6500,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6589,7 +6589,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6598,7 +6598,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6680,7 +6680,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6689,7 +6689,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */
@@ -6785,7 +6785,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description An unexpected failure (`internal_error`); nothing was applied. */
+            /** @description An unexpected failure (`internal_error`); the request may have been applied in part: read the resource, or retry with the same Idempotency-Key. */
             500: {
                 headers: {
                     [name: string]: unknown;
@@ -6794,7 +6794,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorOut"];
                 };
             };
-            /** @description The database is busy (`database_busy`); retry after Retry-After. Nothing changed, except a proof submission that names its stored pending proof (`proof_id`). */
+            /** @description The database is busy (`database_busy`): nothing changed, except a proof submission that names its stored pending proof (`proof_id`); or it could not be reached (`database_unavailable`): the request may have been applied in part. Retry after Retry-After (with the same Idempotency-Key). */
             503: {
                 headers: {
                     /** @description seconds */

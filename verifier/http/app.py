@@ -43,7 +43,12 @@ from verifier.http.routes import (
     sessions,
     webhooks,
 )
-from verifier.services.queries import DatabaseError, PoolTimeout, database_busy
+from verifier.services.queries import (
+    DatabaseError,
+    PoolTimeout,
+    database_busy,
+    database_unavailable,
+)
 
 log = logging.getLogger("railproof.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -288,11 +293,32 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, e: Exception) -> JSONResponse:
         log.error("unhandled error: %s", type(e).__name__)  # the type only: no values logged
-        return _error(500, ApiErrorCode.internal_error, "internal error; nothing was applied")
+        # Not "nothing was applied": a request of several transactions (a proof's
+        # submission stores the proof first) may have committed some before this one failed.
+        return _error(
+            500,
+            ApiErrorCode.internal_error,
+            "internal error; the request may have been applied in part: read the resource, "
+            "or retry with the same Idempotency-Key",
+        )
 
     @app.exception_handler(DatabaseError)
     @app.exception_handler(PoolTimeout)
     async def database_error(request: Request, e: DatabaseError | PoolTimeout) -> JSONResponse:
+        if database_unavailable(e):
+            # A restart or a failover: the database's answer, not a bug (no error logged as
+            # one). A transaction cut mid-way rolled back, but an earlier one of the same
+            # request may have committed (or this one, cut during its COMMIT): never
+            # "nothing was changed". A retry is safe: with its Idempotency-Key it replays or
+            # runs again (services.idempotency).
+            log.warning("database unavailable: %s", type(e).__name__)
+            return _error(
+                503,
+                ApiErrorCode.database_unavailable,
+                "the database could not be reached; retry shortly (with the same "
+                "Idempotency-Key): what was stored before the loss stays stored",
+                headers={"Retry-After": "2"},
+            )
         if not database_busy(e):
             return await unexpected(request, e)
         # A lock or statement timeout: the transaction rolled back, so retrying is safe.

@@ -96,6 +96,7 @@ class ApiErrorCode(StrEnum):
     release_gates_incomplete = "release_gates_incomplete"
     # the server (5xx)
     database_busy = "database_busy"
+    database_unavailable = "database_unavailable"
     internal_error = "internal_error"
     http_error = "http_error"
 
@@ -112,9 +113,12 @@ _WHEN = {
     413: "The body is larger than the limit (`body_too_large`).",
     422: "A field is missing or malformed; `field` names it.",
     429: "Too many requests for this token (`rate_limited`); see Retry-After.",
-    500: "An unexpected failure (`internal_error`); nothing was applied.",
-    503: "The database is busy (`database_busy`); retry after Retry-After. Nothing changed, "
-    "except a proof submission that names its stored pending proof (`proof_id`).",
+    500: "An unexpected failure (`internal_error`); the request may have been applied in "
+    "part: read the resource, or retry with the same Idempotency-Key.",
+    503: "The database is busy (`database_busy`): nothing changed, except a proof submission "
+    "that names its stored pending proof (`proof_id`); or it could not be reached "
+    "(`database_unavailable`): the request may have been applied in part. Retry after "
+    "Retry-After (with the same Idempotency-Key).",
 }
 
 

@@ -23,21 +23,28 @@ claim of a held transfer, audited and counted: a retry replays the same 409 and 
 nothing more). Any other refusal (rail_paused, not found, invalid input, a session state
 conflict) ran nothing and an unexpected failure may not have finished: both release the
 claim, so a retry with the same key runs again (a request refused while a rail was paused
-goes through once it is resumed). A claim whose process
-died stays in_progress and is listed by `list-stuck-idempotency-claims`; there is
-deliberately no command that deletes claims. One stuck claim can be released (as a refusal
-releases it) by an audited assurance repair (services.assurance), staff's decision.
+goes through once it is resumed). A release the database cannot take (the failure was
+its own: a restart, a failover) is made by the process once it answers (`_Unreleased`).
+A claim whose process died stays in_progress and is listed by
+`list-stuck-idempotency-claims`; there is deliberately no command that deletes claims. One
+stuck claim can be released (as a refusal releases it) by an audited assurance repair
+(services.assurance), staff's decision.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.orm import Session
 
 from rails.base import canonical_json
@@ -47,6 +54,8 @@ from verifier.core.errors import BadInput, Conflict, EngineError
 from verifier.core.timeutil import iso
 from verifier.storage.models import ClaimStatus
 from verifier.storage.repo import idempotency as claim_repo
+
+log = logging.getLogger("railproof.idempotency")
 
 MAX_KEY = 256
 
@@ -148,6 +157,7 @@ def run_idempotent(
     if not isinstance(request, Request):
         request = Request.of(request)
     k = _Key(principal, endpoint, key, request, timeutil.process_now(), keep, on_replay)
+    _flush_unreleased(engine)
 
     def write_claim(s: Session) -> None:
         # SECURITY: raises ClaimTaken (here, or out of the work's first statement) before the
@@ -257,11 +267,115 @@ def _refused(engine: Engine, kind: str, code: str, message: str) -> Conflict:
 
 
 def _release(engine: Engine, k: _Key, written: bool) -> None:
-    """A refusal that ran nothing: the claim goes, a retry with the key runs again."""
+    """A refusal that ran nothing: the claim goes, a retry with the key runs again. Where the
+    database cannot take the release now (the failure that ends the request may be the
+    database's own: a restart, a failover), it is kept and made once it answers
+    (`_Unreleased`), never left for good while this process lives; the request's own error
+    is still the one raised."""
     if not written:  # the work's transactions all rolled back, and the claim with them
         return
-    with engine.db.tx() as s:
-        claim_repo.release_in_progress(s, k.principal, k.endpoint, k.key)
+    try:
+        with engine.db.tx() as s:
+            claim_repo.release_in_progress(s, k.principal, k.endpoint, k.key)
+    except (DBAPIError, SQLAlchemyTimeout) as e:
+        log.warning(
+            "idempotency claim release deferred until the database answers: %s",
+            type(e).__name__,
+            extra={"endpoint": k.endpoint},
+        )
+        _unreleased(engine).add(k)
+
+
+# How long the releases kept by `_Unreleased` wait between tries: first, and at most.
+RELEASE_RETRY_FIRST_S = 1.0
+RELEASE_RETRY_MAX_S = 30.0
+
+
+class _Unreleased:
+    """An engine's claim releases the database could not take when they were made. Each is
+    tried again before this process's next request with a key looks at any claim, and by a
+    thread of its own meanwhile, until the database takes it.
+
+    SECURITY: a release deletes only the claim its own request wrote (its request hash and
+    creation time) and only while in progress: were the first try in fact committed (the
+    connection lost during its COMMIT) and the key claimed again by a retry since, that
+    retry's claim stays, so the work never runs twice at once for one key. A process that
+    dies leaves its claims in progress, as before (`list-stuck-idempotency-claims`)."""
+
+    def __init__(self, engine: Engine):
+        self._engine = weakref.ref(engine)
+        self._lock = threading.Lock()
+        self._keys: list[_Key] = []
+        self._thread: threading.Thread | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def add(self, k: _Key) -> None:
+        with self._lock:
+            self._keys.append(k)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._retry, name="idempotency-releases", daemon=True
+                )
+                self._thread.start()
+
+    def flush(self) -> bool:
+        """Try every kept release once, in order, stopping at the first the database does
+        not take. Whether none is left."""
+        engine = self._engine()
+        while engine is not None:
+            with self._lock:
+                if not self._keys:
+                    return True
+                k = self._keys[0]
+            try:
+                with engine.db.tx() as s:
+                    claim_repo.release_in_progress(
+                        s, k.principal, k.endpoint, k.key, (k.request.hash, k.created_at)
+                    )
+            except (DBAPIError, SQLAlchemyTimeout):
+                return False
+            with self._lock:
+                if self._keys and self._keys[0] is k:
+                    self._keys.pop(0)
+            log.info("idempotency claim released", extra={"endpoint": k.endpoint})
+        return True
+
+    def _retry(self) -> None:
+        pause = RELEASE_RETRY_FIRST_S
+        while True:
+            time.sleep(pause)
+            try:
+                done = self.flush()
+            except Exception:  # never the thread's end while releases wait
+                log.exception("idempotency claim release failed")
+                done = False
+            with self._lock:
+                if done and not self._keys:
+                    self._thread = None
+                    return
+            pause = min(pause * 2, RELEASE_RETRY_MAX_S)
+
+
+_UNRELEASED: weakref.WeakKeyDictionary[Engine, _Unreleased] = weakref.WeakKeyDictionary()
+_UNRELEASED_LOCK = threading.Lock()
+
+
+def _unreleased(engine: Engine) -> _Unreleased:
+    with _UNRELEASED_LOCK:
+        found = _UNRELEASED.get(engine)
+        if found is None:
+            found = _UNRELEASED[engine] = _Unreleased(engine)
+        return found
+
+
+def _flush_unreleased(engine: Engine) -> None:
+    """Releases kept from an outage, made before a request looks at claims: a retry of the
+    request whose release was kept then runs, rather than finding its key in progress."""
+    found = _UNRELEASED.get(engine)
+    if found:
+        found.flush()
 
 
 def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) -> Answer | None:

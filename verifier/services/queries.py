@@ -32,6 +32,7 @@ from verifier.storage.db import (
     current_revision,
     head_revision,
     is_busy,
+    is_unavailable,
     require_migrated,
 )
 from verifier.storage.models import ApprovalStatus, AuditEvent
@@ -44,6 +45,7 @@ __all__ = [
     "audit_chain",
     "audit_events",
     "database_busy",
+    "database_unavailable",
     "entitlements_of",
     "get_entitlement",
     "list_approvals",
@@ -214,6 +216,12 @@ def database_busy(error: BaseException) -> bool:
     """A lock or statement timeout, or no pooled connection free in time: the transaction
     rolled back or never began, so a retry is safe."""
     return isinstance(error, (DatabaseError, PoolTimeout)) and is_busy(error)
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (a restart, a failover):
+    a retry is safe once it answers, but the work may have committed in part."""
+    return isinstance(error, DatabaseError) and is_unavailable(error)
 
 
 def schema_is_current(engine: Engine) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import sqlite3
 import threading
 import time
@@ -365,7 +366,11 @@ def _ping_when_idle(engine: Engine) -> None:
     @event.listens_for(engine.pool, "checkout")
     def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:  # pragma: no cover
         since = record.info.get(_IDLE_SINCE)
-        if since is not None and time.monotonic() - since < PING_AFTER_IDLE_S:
+        if (
+            since is not None
+            and time.monotonic() - since < PING_AFTER_IDLE_S
+            and not _hung_up(dbapi_conn)
+        ):
             return
         try:
             engine.dialect.do_ping(dbapi_conn)  # as pool_pre_ping does (outside a transaction)
@@ -375,6 +380,21 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 _IDLE_SINCE = "railproof.idle_since"
+
+
+def _hung_up(dbapi_conn: Any) -> bool:
+    """Whether the server has written to (or closed) a connection idle in the pool, looked
+    at without a round trip. Between transactions a live server sends nothing, so anything
+    to read is its goodbye: a restart or an administrator's termination (FATAL, then the
+    socket closed), or a proxy's cut. Such a connection is pinged, so the pool opens a fresh
+    one instead of handing the request a dead one (a lost connection without a goodbye still
+    fails the request's first statement: 503 database_unavailable)."""
+    try:
+        poller = select.poll()
+        poller.register(dbapi_conn.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (AttributeError, OSError, ValueError, TypeError):
+        return True  # no socket to look at (closed, or no poll here): pinged
 
 
 def is_busy(error: BaseException) -> bool:
@@ -391,6 +411,31 @@ def is_busy(error: BaseException) -> bool:
     except ImportError:  # pragma: no cover - psycopg is installed with the package
         return False
     return isinstance(orig, (errors.LockNotAvailable, errors.QueryCanceled))
+
+
+# SQLSTATEs of a server that ends or refuses the session: admin_shutdown (a fast shutdown or
+# pg_terminate_backend), crash_shutdown, cannot_connect_now (starting up, or in recovery).
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database could not be reached, or the connection was lost (a restart, a failover,
+    a proxy's cut): no connection could be opened, or the one in use was closed. Unlike
+    `is_busy`, the work's outcome is not known to have been rolled back: a connection lost
+    during a COMMIT may have committed it."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    orig = getattr(error, "orig", error)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is installed with the package
+        return False
+    if not isinstance(orig, psycopg.OperationalError):
+        return False
+    state = orig.sqlstate
+    # No SQLSTATE: the client's own failure, to connect or on the connection (refused,
+    # reset, closed); class 08 is the server's "connection exception".
+    return state is None or state.startswith("08") or state in _SERVER_GONE
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -89,16 +89,27 @@ def get(s: Session, principal: str, endpoint: str, key: str) -> IdempotencyClaim
     return s.get(IdempotencyClaim, (principal, endpoint, key))
 
 
-def release_in_progress(s: Session, principal: str, endpoint: str, key: str) -> None:
-    """Delete the claim while it is still in progress (a completed one is kept for good)."""
-    s.execute(
-        delete(IdempotencyClaim).where(
-            IdempotencyClaim.principal == principal,
-            IdempotencyClaim.endpoint == endpoint,
-            IdempotencyClaim.key == key,
-            IdempotencyClaim.status == ClaimStatus.in_progress,
-        )
+def release_in_progress(
+    s: Session,
+    principal: str,
+    endpoint: str,
+    key: str,
+    made: tuple[str, datetime] | None = None,
+) -> bool:
+    """Delete the claim while it is still in progress (a completed one is kept for good).
+    `made`: only the claim with this request hash and creation time (the one a given request
+    wrote, not a later request's claim of the key). Whether a claim was deleted."""
+    q = delete(IdempotencyClaim).where(
+        IdempotencyClaim.principal == principal,
+        IdempotencyClaim.endpoint == endpoint,
+        IdempotencyClaim.key == key,
+        IdempotencyClaim.status == ClaimStatus.in_progress,
     )
+    if made is not None:
+        q = q.where(
+            IdempotencyClaim.request_hash == made[0], IdempotencyClaim.created_at == made[1]
+        )
+    return bool(getattr(s.execute(q), "rowcount", 0))
 
 
 def in_progress_since(
