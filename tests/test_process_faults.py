@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,7 @@ from verifier.storage.models import (
     IdempotencyClaim,
     PaymentSession,
     Proof,
+    ProofStatus,
     Receipt,
     VerificationAttempt,
 )
@@ -374,3 +377,112 @@ def test_worker_killed_mid_verification(pg_url, node, procs, tmp_path):
     finally:
         client.close()
         db.dispose()
+
+
+class SilentNode:
+    """An RPC node that accepts connections and never answers: a worker asking it is held
+    inside its call (until the RPC policy's timeouts)."""
+
+    def __init__(self, port: int):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{port}"
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(c)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+SILENT_NODE_PORT = 19563
+
+
+@pytest.mark.postgres
+def test_worker_stopped_mid_sweep_hands_its_claims_back(pg_url, procs, tmp_path):
+    """SIGTERM (systemd, Kubernetes, a rolling deploy) while the worker is inside a sweep: it
+    finishes the node call under way (bounded by the RPC policy), gives back the proofs it
+    claimed and did not ask, and exits 0. None waits out the lease (120 s) for another
+    worker, nothing is lost or doubled."""
+    node = SilentNode(SILENT_NODE_PORT)
+    env = base_env(
+        database_url=pg_url,
+        chain="live",
+        rpc_solana_mainnet=node.url,
+        rpc_timeout_s="1",
+        rpc_total_s="2",
+        submit_verify_budget_s="0.3",
+        service_tokens='{"svc-1": ["alice"]}',
+    )
+    migrate(env)
+    api = Api(env, tmp_path)
+    procs.append(api)
+    api.wait_ready()
+    try:
+        with httpx.Client(timeout=30.0) as c:
+            for sig in ("5" + "1" * 87, "5" + "1" * 86 + "2"):  # base58, 64 bytes each
+                r = c.post(
+                    api.url + "/v1/payment-sessions",
+                    headers=SVC,
+                    json={
+                        "owner_id": "alice",
+                        "rail_id": "solana_usdc",
+                        "access_product_id": "pro",
+                        "amount": 1500000,
+                        "recipient": DEMO["recipient"],
+                    },
+                )
+                assert r.status_code == 201, r.text
+                r = c.post(
+                    api.url + "/v1/proofs",
+                    headers=SVC,
+                    json={"session_id": r.json()["id"], "proof": sig},
+                )
+                assert r.status_code == 201 and r.json()["status"] == "pending", r.text
+        db = Database(pg_url)
+        try:
+            with db.tx() as s:  # both due now
+                s.execute(update(Proof).values(next_check_at=func.now()))
+            with db.tx() as s:
+                asked = s.scalar(select(func.count()).select_from(VerificationAttempt))
+            before = node.accepted  # the submissions' own tries
+            w = Worker(env, tmp_path, "w-term", interval=0.2)
+            procs.append(w)
+            wait_until("the worker inside its RPC call", lambda: node.accepted > before, 30)
+            with db.tx() as s:
+                assert {p.claimed_by for p in s.scalars(select(Proof))} == {"w-term"}
+            w._signal(signal.SIGTERM)  # the supervisor stops it
+            assert w._reap(20), w.output()
+            assert w.popen.returncode == 0, w.output()
+            with db.tx() as s:
+                proofs = s.scalars(select(Proof)).all()
+                attempts = s.scalar(select(func.count()).select_from(VerificationAttempt))
+            now = datetime.now(UTC)
+            held = [
+                (p.id, p.claimed_by, p.claimed_until)
+                for p in proofs
+                if p.claimed_until is not None and p.claimed_until > now
+            ]
+            assert not held, f"still claimed: {held}"
+            # The call under way was recorded (unavailable, asked again later); the other
+            # proof was given back unasked, due at once for the next worker.
+            assert all(p.status == ProofStatus.pending for p in proofs)
+            assert attempts == asked + 1, (asked, attempts)
+            assert min(p.next_check_at for p in proofs) <= now
+        finally:
+            db.dispose()
+    finally:
+        node.close()

@@ -5,8 +5,11 @@ on stderr that says what to do.
 """
 
 import json
+import logging
 import math
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -382,12 +385,34 @@ def worker(
     from verifier.worker.loop import SchemaMoved, run_worker
 
     configure_logging()
+    stop = _stop_on_signals()
     try:
-        run_worker(_engine(), once=once, interval=interval, batch=batch, name=name)
+        run_worker(_engine(), once=once, interval=interval, batch=batch, name=name, stop=stop)
     except SchemaMoved as e:
         # Exit 2, as at start on such a database: the supervisor starts the process again,
         # and the version that matches the schema is the one to run.
         fail(str(e))
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM or SIGINT sets (a supervisor's stop, a rolling deploy, Ctrl-C): the
+    worker ends its sweep after the node call under way, gives back the proofs it claimed and
+    did not work on, and exits 0. A second signal ends it at once, as the default would (its
+    claims then wait out their lease)."""
+    stop = threading.Event()
+    log = logging.getLogger("railproof.worker")
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        log.info("%s: stopping after the current call", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+    return stop
 
 
 def _dt(value: str | None, flag: str) -> datetime | None:

@@ -107,7 +107,9 @@ def claim(engine: Engine, status: ProofStatus, name: str, batch: int) -> list[st
         return proof_repo.claim_due(s, status, now, held, batch, name, held + lease)
 
 
-def reverify_pending(engine: Engine, name: str, batch: int) -> int:
+def reverify_pending(
+    engine: Engine, name: str, batch: int, stop: threading.Event | None = None
+) -> int:
     """Re-verify the due pending proofs claimed, one by one. Once a network's proofs have
     spent the RPC policy's total (RAILPROOF_RPC_TOTAL_S) in this sweep on answers that the
     node could not be asked (rpc_unavailable), its other proofs are given back unasked,
@@ -122,7 +124,10 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
     whose nonce logs a provider will not list), and one tenant's such proofs, first of the
     sweep, must not send every other tenant's proof on the network to the next one. Nor
     sweep after sweep: a node that hangs on one tenant's requests only (a heavy log query
-    timing out) would otherwise see that tenant's next older proof first every time."""
+    timing out) would otherwise see that tenant's next older proof first every time.
+
+    Once `stop` is set (the worker is stopping), the proofs not asked yet are given back
+    the same way, for another worker to take at once rather than after the lease."""
     ids = claim(engine, ProofStatus.pending, name, batch)
     if not ids:
         return 0
@@ -138,7 +143,7 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
             continue
         target = targets.get(pid)
         network, owner = (target.network, target.owner) if target else (None, None)
-        if network in down:
+        if network in down or _stopping(stop):
             skipped.append(pid)
             continue
         if network is not None and owner is not None:
@@ -155,9 +160,9 @@ def reverify_pending(engine: Engine, name: str, batch: int) -> int:
                 down.add(network)
     if skipped:
         log.warning(
-            "re-verification: %d proofs of %s left for the next sweep, their node unavailable",
+            "re-verification: %d proofs left for the next sweep: %s",
             len(skipped),
-            ", ".join(sorted(down)),
+            f"nodes of {', '.join(sorted(down))} unavailable" if down else "the worker stops",
             extra={"worker": name},
         )
         with engine.db.tx() as s:
@@ -222,10 +227,17 @@ def _first_next(
     return {pid: base - timedelta(milliseconds=n - rank) for rank, (_, pid) in enumerate(first)}
 
 
-def refresh_finality(engine: Engine, name: str, batch: int) -> int:
+def _stopping(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def refresh_finality(
+    engine: Engine, name: str, batch: int, stop: threading.Event | None = None
+) -> int:
     """Verified proofs whose settlement is not final yet: one batched finality call per
     (rail, network) per sweep — per node with RAILPROOF_RPC_QUORUM > 1, where a settlement
-    changes only as a quorum of nodes agree (Chains.finality); otherwise it is asked again."""
+    changes only as a quorum of nodes agree (Chains.finality); otherwise it is asked again.
+    Once `stop` is set, the groups not asked yet are given back, still due."""
     ids = claim(engine, ProofStatus.verified, name, batch)
     if not ids:
         return 0
@@ -239,6 +251,10 @@ def refresh_finality(engine: Engine, name: str, batch: int) -> int:
             # transfer itself (an x402 nonce can be settled by another authorization).
             expected[p.ref] = (p.recipient, p.amount)
     for (rail_id, network, asset), plist in groups.items():
+        if _stopping(stop):
+            with engine.db.tx() as s:
+                proof_repo.release_claims(s, [p.id for p in plist], name)
+            continue
         try:
             adapter = engine.adapter(engine.rail(rail_id, network=network, asset=asset))
         except (BadInput, ValueError) as e:
@@ -665,8 +681,16 @@ def auto_apply(engine: Engine, batch: int) -> int:
     return gate.apply_each(engine, ids, SYSTEM, gate.Via.auto)
 
 
-def sweep(engine: Engine, name: str, batch: int = 100, deliveries: bool = True) -> dict[str, int]:
+def sweep(
+    engine: Engine,
+    name: str,
+    batch: int = 100,
+    deliveries: bool = True,
+    stop: threading.Event | None = None,
+) -> dict[str, int]:
     """One pass of every job; `deliveries=False` leaves webhooks to a thread of their own.
+    Once `stop` is set the sweep ends after the call to a node under way (each bounded by the
+    RPC policy, RAILPROOF_RPC_TOTAL_S), giving back what it claimed and did not work on.
     Proofs already submitted are asked first: discovery, whose watches any tenant can multiply
     by opening sessions, comes after them, within its budget, and before the apply, which
     takes what it found in the same sweep.
@@ -675,15 +699,17 @@ def sweep(engine: Engine, name: str, batch: int = 100, deliveries: bool = True) 
     credits nothing on a database migrated past its code (SchemaMoved)."""
     check_schema(engine)
     out = {
-        "reverified": reverify_pending(engine, name, batch),
-        "finality_refreshed": refresh_finality(engine, name, batch),
+        "reverified": reverify_pending(engine, name, batch, stop),
+        "finality_refreshed": refresh_finality(engine, name, batch, stop),
     }
+    if _stopping(stop):
+        return out
     discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
-    if engine.settings.auto_apply:
+    if engine.settings.auto_apply and not _stopping(stop):
         out["applied"] = auto_apply(engine, batch)
     if discovered:
         out["discovered"] = discovered
-    if deliveries:
+    if deliveries and not _stopping(stop):
         delivered = webhooks.deliver_due(engine, name, batch)["delivered"]
         if delivered:
             out["webhooks_delivered"] = delivered
@@ -706,15 +732,18 @@ def run_worker(
     stop: threading.Event | None = None,
 ) -> None:
     """Sweep until `stop` is set (or the process ends); `once`: one sweep, deliveries too.
-    Raises SchemaMoved (logged) once the database's schema is not this code's."""
+    Set mid-sweep, the sweep ends after the node call under way and gives its other claims
+    back (`sweep`). Raises SchemaMoved (logged) once the database's schema is not this
+    code's."""
     name = name or default_name()
     if len(name) > WORKER_NAME_MAX:
         # `railproof worker --name` refuses it first (exit 2); stored, it would fail every claim.
         raise ValueError(f"worker name longer than {WORKER_NAME_MAX} characters: {name[:80]!r}")
-    if once:
-        log.info("sweep %s", _sweep_or_stop(engine, name, batch, True), extra={"worker": name})
-        return
     stop = stop or threading.Event()
+    if once:
+        done = _sweep_or_stop(engine, name, batch, True, stop)
+        log.info("sweep %s", done, extra={"worker": name})
+        return
     # SECURITY: webhooks go out from a thread of their own. Receivers are the tenants': a slow
     # one may delay other webhooks (each POST is bounded by the timeout), never another
     # tenant's re-verification, finality or apply.
@@ -728,7 +757,7 @@ def run_worker(
     try:
         while not stop.is_set():
             try:
-                done = _sweep_or_stop(engine, name, batch, False)
+                done = _sweep_or_stop(engine, name, batch, False, stop)
             except SchemaMoved:
                 raise  # the finally below stops the deliveries too
             except Exception:
@@ -746,9 +775,11 @@ def run_worker(
         deliveries.join(timeout=interval)
 
 
-def _sweep_or_stop(engine: Engine, name: str, batch: int, deliveries: bool) -> dict[str, int]:
+def _sweep_or_stop(
+    engine: Engine, name: str, batch: int, deliveries: bool, stop: threading.Event
+) -> dict[str, int]:
     try:
-        return sweep(engine, name, batch, deliveries=deliveries)
+        return sweep(engine, name, batch, deliveries=deliveries, stop=stop)
     except SchemaMoved as e:
         log.error("worker stopped: %s", e, extra={"worker": name})
         raise
