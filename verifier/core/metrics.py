@@ -69,7 +69,7 @@ SPEC: tuple[MetricSpec, ...] = (
         (
             Alert(
                 "RailproofHttpServerErrors",
-                'sum by (route) (rate({m}{{status=~"5..",status!="503"}}[5m])) > 0.1',
+                'sum by (route) (rate({m}{{status=~"5.."}}[5m])) > 0.1',
                 "warning",
                 "A route keeps answering 5xx",
             ),
