@@ -5,14 +5,19 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import gc
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.conftest import OTHER_SERVICE_TOKEN, SERVICE_TOKEN, auth
 from tests.helpers import audit_actions
+from verifier.core import timeutil
 from verifier.core.errors import Conflict, NotFound
 from verifier.services import idempotency
 from verifier.storage.models import ClaimStatus, IdempotencyClaim
+from verifier.storage.repo import idempotency as claim_repo
 
 AMOUNT = 1_500_000
 
@@ -108,3 +113,60 @@ def test_only_an_executed_refusal_keeps_the_claim(engine):
         engine, "svc:x", "POST /x", "a", {}, lambda: (201, {})
     )
     assert (status, body["error"]["code"]) == (409, "proof_owner_conflict")
+
+
+def test_a_refusals_release_leaves_a_later_requests_claim_of_the_key(engine):
+    # Request A hung (an outage), staff released its claim as stuck (an assurance repair),
+    # and the client's retry B claimed the key and runs. A, refused at last, releases only
+    # the claim it wrote: deleting B's, a third try would run the work beside B.
+    p, e, k = "svc:x", "POST /x", "k-a"
+
+    def work():
+        with engine.db.tx() as s:  # the work's first transaction: A's claim rides with it
+            mine = s.get(IdempotencyClaim, (p, e, k))
+            assert mine is not None and mine.status == ClaimStatus.in_progress
+            request_hash = mine.request_hash
+        with engine.db.tx() as s:
+            s.execute(delete(IdempotencyClaim).where(IdempotencyClaim.key == k))
+            claim_repo.insert_claim(
+                s,
+                {
+                    "principal": p,
+                    "endpoint": e,
+                    "key": k,
+                    "request_hash": request_hash,
+                    "created_at": timeutil.process_now() + timedelta(seconds=1),
+                    "status": ClaimStatus.in_progress.value,
+                    "response_code": None,
+                    "completed_at": None,
+                },
+            )
+        raise Conflict("session_not_open", "closed")  # A is refused, having run nothing
+
+    with pytest.raises(Conflict):
+        idempotency.run_idempotent(engine, p, e, k, {}, work)
+    with engine.db.tx() as s:
+        b = s.get(IdempotencyClaim, (p, e, k))
+        assert b is not None and b.status == ClaimStatus.in_progress
+
+
+class _GoneEngine:
+    pass
+
+
+def test_a_kept_releases_thread_ends_once_its_engine_is_gone(monkeypatch):
+    monkeypatch.setattr(idempotency, "RELEASE_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(idempotency, "RELEASE_RETRY_MAX_S", 0.02)
+    engine = _GoneEngine()
+    kept = idempotency._Unreleased(engine)  # type: ignore[arg-type]
+    key = idempotency._Key(
+        "svc:x", "POST /x", "k", idempotency.Request.of({}), timeutil.process_now()
+    )
+    kept.add(key)
+    thread = kept._thread
+    assert thread is not None
+    del engine
+    gc.collect()
+    thread.join(timeout=2.0)
+    assert not thread.is_alive(), "the release thread outlives its engine, looping for good"
+    assert not kept, "the releases of an engine that is gone are kept for good"

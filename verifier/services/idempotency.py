@@ -219,6 +219,11 @@ class _Key:
     keep: Callable[[Body], Body] | None = None
     on_replay: Callable[[Reply], Reply] | None = None
 
+    @property
+    def made(self) -> tuple[str, datetime]:
+        """What tells the claim this request wrote from a later request's claim of the key."""
+        return (self.request.hash, self.created_at)
+
     def row(self, **values: object) -> dict[str, object]:
         """The claim's row, with `values` (its status and answer)."""
         return {
@@ -276,7 +281,10 @@ def _release(engine: Engine, k: _Key, written: bool) -> None:
         return
     try:
         with engine.db.tx() as s:
-            claim_repo.release_in_progress(s, k.principal, k.endpoint, k.key)
+            # SECURITY: only the claim this request wrote. Staff may have released it (an
+            # assurance repair of a claim that looked stuck) and a retry claimed the key
+            # since: deleting that claim would let a third request run the work beside it.
+            claim_repo.release_in_progress(s, k.principal, k.endpoint, k.key, k.made)
     except (DBAPIError, SQLAlchemyTimeout) as e:
         log.warning(
             "idempotency claim release deferred until the database answers: %s",
@@ -324,23 +332,24 @@ class _Unreleased:
         """Try every kept release once, in order, stopping at the first the database does
         not take. Whether none is left."""
         engine = self._engine()
-        while engine is not None:
+        if engine is None:  # its engine is gone, and the database it named with it
+            with self._lock:
+                self._keys.clear()
+            return True
+        while True:
             with self._lock:
                 if not self._keys:
                     return True
                 k = self._keys[0]
             try:
                 with engine.db.tx() as s:
-                    claim_repo.release_in_progress(
-                        s, k.principal, k.endpoint, k.key, (k.request.hash, k.created_at)
-                    )
+                    claim_repo.release_in_progress(s, k.principal, k.endpoint, k.key, k.made)
             except (DBAPIError, SQLAlchemyTimeout):
                 return False
             with self._lock:
                 if self._keys and self._keys[0] is k:
                     self._keys.pop(0)
             log.info("idempotency claim released", extra={"endpoint": k.endpoint})
-        return True
 
     def _retry(self) -> None:
         pause = RELEASE_RETRY_FIRST_S
