@@ -38,6 +38,7 @@ from verifier.http.api import create_app
 from verifier.services import audit, gate, proofs, queries, sessions
 from verifier.storage.db import Database, current_revision, upgrade
 from verifier.storage.models import Proof, Receipt, TransferHold
+from verifier.worker.loop import sweep
 
 
 def _insert(url: str, *rows: tuple[str, dict]) -> None:
@@ -629,3 +630,58 @@ def test_a_database_written_by_0_1_0_is_served_once_its_chain_is_anchored_under_
     tampered = cli(["audit", "verify", "--json"], env)
     assert tampered.returncode == 1
     assert json.loads(tampered.stdout)["first_broken_id"] == 2, tampered.stdout
+
+
+# How a release before 0020 writes a session and its entitlement: it knows no `seq`.
+_SESSION_0019 = (
+    "INSERT INTO payment_sessions (id, owner_id, rail_id, access_product_id, amount, "
+    "network, asset, recipient, reference, memo, status, created_at, expires_at, paid_at) "
+    "VALUES (:id, 'alice', 'fake_live', 'pro', 1500000, 'fakenet', 'FAKE', 'fatreasury', "
+    ":id, NULL, 'open', :at, :until, NULL)"
+)
+_ENTITLEMENT_0019 = (
+    "INSERT INTO entitlements (id, owner_id, access_product_id, session_id, status, "
+    "receipt_id, reorg_flagged, created_at, updated_at) VALUES (:id, 'alice', 'pro', "
+    ":sid, 'pending', NULL, false, :at, :at)"
+)
+
+
+def _walk(engine: Engine, limit: int) -> list[str]:
+    seen: list[str] = []
+    after = None
+    for _ in range(20):
+        page = queries.entitlements_of(engine, "alice", limit, after)
+        seen += [e["id"] for e in page]
+        if len(page) < limit:
+            break
+        after = page[-1]["id"]
+    return seen
+
+
+def test_an_entitlement_the_previous_release_wrote_during_the_upgrade_is_placed(empty_url):
+    # A rolling upgrade: another replica migrated to 0020 while an API process of the
+    # previous release still serves, writing entitlements without a place in the lists.
+    upgrade(empty_url)
+    engine = Engine(make_settings(empty_url), catalog=catalog_with_fake())
+    engine.ensure_rail_states()
+    sessions.open_session(engine, sessions.NewSession(**FAKE_SESSION), actor="svc:t")
+    at = datetime.now(UTC)
+    eng = create_engine(empty_url)
+    with eng.begin() as c:
+        c.execute(text(_SESSION_0019), dict(id="ses_old", at=at, until=at + timedelta(hours=1)))
+        c.execute(text(_ENTITLEMENT_0019), dict(id="ent_old", sid="ses_old", at=at))
+    eng.dispose()
+    for _ in range(2):
+        sessions.open_session(engine, sessions.NewSession(**FAKE_SESSION), actor="svc:t")
+    try:
+        # Until placed it is on no page, and it ends no walk early: the others all come.
+        placed = _walk(engine, 1)
+        assert len(placed) == 3 and "ent_old" not in placed, placed
+        # The worker's sweep places it after every other: a walk holding the last mark
+        # sees it next.
+        assert sweep(engine, "w1", deliveries=False).get("entitlements_placed") == 1
+        assert sessions.number_unplaced(engine) == 0
+        assert queries.entitlements_of(engine, "alice", 10, placed[-1])[0]["id"] == "ent_old"
+        assert _walk(engine, 1) == [*placed, "ent_old"]
+    finally:
+        engine.db.dispose()

@@ -157,6 +157,14 @@ def open_session(engine: Engine, req: NewSession, actor: str) -> dict[str, Any]:
     return view
 
 
+def number_unplaced(engine: Engine) -> int:
+    """Place the entitlements an API process of a release before 0020 wrote without a place
+    in their owners' lists (a rolling upgrade), so lists show them; the worker's sweep runs
+    it. How many."""
+    with engine.db.tx() as s:
+        return entitlement_repo.number_unplaced(s)
+
+
 def _sent_with_rail_read(
     engine: Engine,
     s: Session,

@@ -702,6 +702,7 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
         head = s.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)) or GENESIS
         next_attempt = (s.scalar(select(func.max(VerificationAttempt.id))) or 0) + 1
         next_evidence = (s.scalar(select(func.max(SettlementEvidence.id))) or 0) + 1
+        next_seq = (s.scalar(select(func.max(Entitlement.seq))) or 0) + 1
     missing = max(0, target - have)
     # A stream of its own: the synthetic proofs are drawn from random.Random(seed).
     rng = random.Random(f"stored-history:{seed}:{have}")
@@ -918,8 +919,10 @@ def fill_stored(engine: Any, target: int, seed: int = SEED) -> int:
                     reorg_flagged=False,
                     created_at=created,
                     updated_at=at,
+                    seq=next_seq,  # its place in the owner's list (one each, as the service's)
                 )
             )
+            next_seq += 1
             for actor, action, stype, subject, data in events:
                 h = event_hash(
                     head, at, actor, action, stype, subject, data, None, None, engine.db.audit_key

@@ -33,7 +33,7 @@ from registry.catalog import Stage
 from verifier.core import timeutil
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput
-from verifier.services import audit, discovery, events, gate, webhooks
+from verifier.services import audit, discovery, events, gate, sessions, webhooks
 from verifier.services.proofs import (
     backoff,
     recheck_unsettled,
@@ -702,6 +702,15 @@ def sweep(
         "reverified": reverify_pending(engine, name, batch, stop),
         "finality_refreshed": refresh_finality(engine, name, batch, stop),
     }
+    placed = sessions.number_unplaced(engine)
+    if placed:
+        log.warning(
+            "%d entitlements written without their list place (a release before migration "
+            "0020 still serving?) placed now",
+            placed,
+            extra={"worker": name},
+        )
+        out["entitlements_placed"] = placed
     if _stopping(stop):
         return out
     discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
