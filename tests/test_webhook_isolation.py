@@ -6,6 +6,7 @@ delivery's outcome that cannot be recorded leaves the others of its round record
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -140,42 +141,49 @@ class _ControlCharsAnswer(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _alice_receiver(api, handler):  # noqa: F811 - the api fixture, passed in
+    """A receiver on loopback answering with `handler`, subscribed to proof.verified for the
+    service token (alice's); yields nothing, shut down after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        r = api.post(
+            "/v1/webhook-endpoints",
+            headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+            json={
+                "url": f"http://127.0.0.1:{server.server_address[1]}/h",
+                "event_types": ["proof.verified"],
+            },
+        )
+        assert r.status_code == 201, r.text
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_receivers_control_characters_are_not_stored_nor_stop_the_round(engine, api):  # noqa: F811
     # PostgreSQL text cannot hold NUL: the start of this answer, stored as last_error as it
     # came, failed the write, and the sweep with it before bob's delivery of the same round
     # was recorded (bob had the event; his delivery stayed leased, was sent again, and could
     # dead-letter though his receiver took it).
-    evil = ThreadingHTTPServer(("127.0.0.1", 0), _ControlCharsAnswer)
-    evil.daemon_threads = True
-    threading.Thread(target=evil.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        with Receiver() as bob_rcv:
-            r = api.post(
-                "/v1/webhook-endpoints",
-                headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
-                json={
-                    "url": f"http://127.0.0.1:{evil.server_address[1]}/h",
-                    "event_types": ["proof.verified"],
-                },
-            )
-            assert r.status_code == 201, r.text
-            subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
-            alice_ev = emit_now(engine, "proof.verified", "alice", rid="pa")
-            bob_ev = emit_now(engine, "proof.verified", "bob", rid="pb")
+    with _alice_receiver(api, _ControlCharsAnswer), Receiver() as bob_rcv:
+        subscribe(api, bob_rcv, ["proof.verified"], OTHER_SERVICE_TOKEN)
+        alice_ev = emit_now(engine, "proof.verified", "alice", rid="pa")
+        bob_ev = emit_now(engine, "proof.verified", "bob", rid="pb")
 
-            out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
+        out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
 
-            assert (out["delivered"], out["retrying"], out["unrecorded"]) == (1, 1, 0), out
-            assert bob_rcv.ids() == [bob_ev]
-            assert delivery_of(engine, bob_ev).status == DeliveryStatus.delivered
-            d = delivery_of(engine, alice_ev)
-            assert d.status == DeliveryStatus.pending and d.claimed_by is None
-            assert d.last_status_code == 500
-            assert d.last_error == webhooks.answer_error(500, _CONTROL_CHARS_BODY[:300])
-            assert d.last_error.isprintable() and len(d.last_error) <= 1024
-    finally:
-        evil.shutdown()
-        evil.server_close()
+        assert (out["delivered"], out["retrying"], out["unrecorded"]) == (1, 1, 0), out
+        assert bob_rcv.ids() == [bob_ev]
+        assert delivery_of(engine, bob_ev).status == DeliveryStatus.delivered
+        d = delivery_of(engine, alice_ev)
+        assert d.status == DeliveryStatus.pending and d.claimed_by is None
+        assert d.last_status_code == 500
+        assert d.last_error == webhooks.answer_error(500, _CONTROL_CHARS_BODY[:300])
+        assert d.last_error.isprintable() and len(d.last_error) <= 1024
 
 
 class _EchoingAnswer(BaseHTTPRequestHandler):
@@ -206,20 +214,8 @@ def test_a_receivers_echo_of_the_payload_is_not_kept(engine, api, in_status_line
     # payload in last_error, which listings show without --include-payload. Its answer's
     # text is not kept: the status, and a fingerprint of the answer's start.
     handler = type("Echo", (_EchoingAnswer,), {"in_status_line": in_status_line})
-    echo = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    echo.daemon_threads = True
-    threading.Thread(target=echo.serve_forever, args=(0.02,), daemon=True).start()
     secret_data = {"tx_hash": "0xfeedfacecafe", "amount": "1234.56", "payer": "wallet-789"}
-    try:
-        r = api.post(
-            "/v1/webhook-endpoints",
-            headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
-            json={
-                "url": f"http://127.0.0.1:{echo.server_address[1]}/h",
-                "event_types": ["proof.verified"],
-            },
-        )
-        assert r.status_code == 201, r.text
+    with _alice_receiver(api, handler):
         ev = emit_now(engine, "proof.verified", "alice", rid="pa", data=secret_data)
         out = webhooks.deliver_due(engine, "w1", now=CLOCK, config=FAST)
         assert out["retrying"] == 1, out
@@ -239,9 +235,6 @@ def test_a_receivers_echo_of_the_payload_is_not_kept(engine, api, in_status_line
         assert "invalid payload" not in shown
         for value in secret_data.values():
             assert value not in shown, value
-    finally:
-        echo.shutdown()
-        echo.server_close()
 
 
 def _event(engine, event_id: str) -> OutboxEvent:

@@ -23,7 +23,7 @@ from tests.conftest import PG_URL, auth, make_settings
 from tests.db_outage import CutProxy, terminate_backends
 from tests.fake_rail import ScriptedChain, catalog_with_fake
 from tests.fault_rpc import DEMO_CASSETTE, FIXTURES
-from tests.helpers import FAKE_SESSION
+from tests.helpers import FAKE_SESSION, fake_payment
 from tests.procs import AUDIT_KEY, Api, Worker, base_env, migrate, wait_until
 from tests.test_pg_concurrency import pg_db  # noqa: F401
 from verifier.core.engine import Engine
@@ -239,13 +239,7 @@ def test_an_outage_mid_proof_leaves_its_idempotency_key_free_for_the_retry(pg_db
     try:
         with TestClient(create_app(e), raise_server_exceptions=False) as c:
             sess = c.post("/v1/payment-sessions", headers=auth(), json=FAKE_SESSION).json()
-            chain.txs["fx0123abcd"] = {
-                "status": "ok",
-                "to": "fatreasury",
-                "amount": 1500000,
-                "asset": "fusd",
-                "refs": [sess["reference"]],
-            }
+            fake_payment(chain, sess, "fx0123abcd")
             body = {"session_id": sess["id"], "proof": "fx0123abcd"}
             headers = {**auth(), "Idempotency-Key": "submit-1"}
             chain.cut = True
