@@ -391,13 +391,16 @@ TAKEN_PORT = 19410
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("source", ["--port", "PORT"])
-def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_why(env, workers, source):
+def test_serve_on_an_address_it_cannot_listen_on_exits_2_naming_why(env, tmp_path, workers, source):
     # One process: uvicorn's own startup failure, exit 3, naming no option (two processes
     # were refused naming --port, even when the port came from PORT).
     import uvicorn
 
     env.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn ran"))
     env.setenv("RAILPROOF_SERVICE_TOKENS", TOKENS)
+    # Given, so that two processes' serve does not set it in this process for good (every
+    # later subprocess would inherit it and count its metrics into a directory gone since).
+    env.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     args = ["--port", str(TAKEN_PORT)] if source == "--port" else []
     if source == "PORT":
         env.setenv("PORT", str(TAKEN_PORT))
