@@ -112,6 +112,22 @@ def test_truncate_is_refused_on_postgresql_even_for_the_owner(pg_url):
         db.dispose()
 
 
+def _event_hash(prev: str, ev: AuditEvent, data, key) -> str:
+    """`ev`'s hash after `prev`, with `data` in place of its own (a forger's re-hash)."""
+    return audit.event_hash(
+        prev,
+        ev.at,
+        ev.actor,
+        ev.action,
+        ev.subject_type,
+        ev.subject_id,
+        data,
+        ev.incident_id,
+        ev.reason,
+        key,
+    )
+
+
 def rehash(db: Database, start: int, key: bytes | None, forged: dict[int, dict]) -> None:
     """Re-hash the chain from its `start`-th event (0: from the genesis) with `key` (None:
     plain SHA-256), the data of the events in `forged` replaced: what someone with write
@@ -122,18 +138,7 @@ def rehash(db: Database, start: int, key: bytes | None, forged: dict[int, dict])
     prev, stmts = (evs[start - 1].hash if start else audit.GENESIS), []
     for ev in evs[start:]:
         data = forged.get(ev.id, ev.data)
-        h = audit.event_hash(
-            prev,
-            ev.at,
-            ev.actor,
-            ev.action,
-            ev.subject_type,
-            ev.subject_id,
-            data,
-            ev.incident_id,
-            ev.reason,
-            key,
-        )
+        h = _event_hash(prev, ev, data, key)
         stmts.append((ev.id, json.dumps(data), prev, h))
         prev = h
     for i, data, p, h in stmts:
@@ -242,18 +247,7 @@ def rehash_from(db: Database, first_id: int, key: bytes | None, edit: dict) -> N
     prev = next(e.prev_hash for e in evs if e.id == first_id)
     for ev in (e for e in evs if e.id >= first_id):
         data = edit if ev.id == first_id else ev.data
-        h = audit.event_hash(
-            prev,
-            ev.at,
-            ev.actor,
-            ev.action,
-            ev.subject_type,
-            ev.subject_id,
-            data,
-            ev.incident_id,
-            ev.reason,
-            key,
-        )
+        h = _event_hash(prev, ev, data, key)
         as_superuser(
             db,
             "UPDATE audit_events SET data = :d, prev_hash = :p, hash = :h WHERE id = :i",

@@ -126,16 +126,19 @@ def test_a_receiver_holding_its_answer_delays_no_other_tenants_apply(engine, api
 _CONTROL_CHARS_BODY = b"bad\x00request\r\n\x1b[31m\xed\xa0\x80 " + b"x" * 2000
 
 
+def _answer_500(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    handler.send_response(500)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _ControlCharsAnswer(BaseHTTPRequestHandler):
     """A receiver answering 500 with a NUL and other control characters in its body."""
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = _CONTROL_CHARS_BODY
-        self.send_response(500)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer_500(self, _CONTROL_CHARS_BODY)
 
     def log_message(self, *a):
         pass
@@ -198,11 +201,7 @@ class _EchoingAnswer(BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 " + got + b"\r\n\r\n")
             self.close_connection = True
             return
-        body = b"invalid payload: " + got
-        self.send_response(500)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer_500(self, b"invalid payload: " + got)
 
     def log_message(self, *a):
         pass
