@@ -16,12 +16,14 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, auth
 from tests.test_webhooks import FAST, api, subscribe  # noqa: F401
 from tests.webhook_receiver import Receiver
 from verifier.services import webhooks
 from verifier.services.events import emit
+from verifier.storage.webhook_models import WebhookDelivery
 from verifier.worker import loop as worker
 
 # A timeout long enough that alice's held receivers are still held when bob's is looked for.
@@ -243,3 +245,55 @@ def test_a_tenants_host_name_that_never_resolves_holds_only_its_own_slots(
         finally:
             release.set()
             sweep.join(60)
+
+
+def test_a_lookup_given_up_while_a_claim_waits_for_the_database_is_counted(
+    engine,
+    api,  # noqa: F811
+):
+    """The sweep's claim runs on a thread while POSTs go on. One of alice's two POSTs times out
+    while its host name lookup still runs (the lookup now holds her slot), and its outcome ends
+    its lease, between the claim being started and its transaction reading the leases: the
+    slot was counted neither as a lease (ended) nor as held (read when the claim started), and
+    a third lookup of her hanging name was started. Held lookups are read after the leases."""
+    with Receiver() as rcv:
+        subscribe(api, rcv, ["proof.verified"])  # alice's token
+        for i in range(3):
+            _emit(engine, CLOCK, "alice", f"pa{i}")
+        now = CLOCK + timedelta(minutes=1)
+        cfg = replace(FAST, per_token=2)
+        held: dict[str, int] = {}
+        first = webhooks.claim(engine, "w1", 10, now, cfg, lambda: dict(held))
+        assert len(first) == 2  # her two slots, both leased
+        timed_out = first[0]
+        claimer = threading.get_ident()
+        staged = threading.Event()
+
+        def post_times_out() -> None:
+            # What the sweep does when a POST's timeout gives up on its lookup: the lookup is
+            # held, then the outcome is written, which ends the lease.
+            held[timed_out.principal] = 1
+            with engine.db.tx() as s:
+                d = s.get(WebhookDelivery, timed_out.delivery_id)
+                d.claimed_by = d.claimed_until = None
+                d.next_attempt_at = now + timedelta(minutes=5)
+
+        def on_begin(conn) -> None:
+            if threading.get_ident() == claimer and not staged.is_set():
+                staged.set()  # as the claim's transaction begins (the lock it waited for)
+                t = threading.Thread(target=post_times_out)
+                t.start()
+                t.join()
+
+        sa_engine = engine.db.engine
+        event.listen(sa_engine, "begin", on_begin)
+        try:
+            again = webhooks.claim(engine, "w1", 10, now, cfg, lambda: dict(held))
+        finally:
+            event.remove(sa_engine, "begin", on_begin)
+        assert staged.is_set()
+        assert again == [], "a third of alice's deliveries was claimed beside her two slots"
+        held.clear()  # the lookup returned: its slot is free again
+        last = webhooks.claim(engine, "w1", 10, now, cfg, lambda: dict(held))
+        assert len(last) == 1
+        assert last[0].delivery_id not in {j.delivery_id for j in first}

@@ -538,7 +538,7 @@ async def _deliver(
                     free = min(free, batch - out["claimed"])
                 if free > 0 and not stopping:
                     jobs = await asyncio.to_thread(
-                        claim, engine, worker_name, free, now or wall_now(), cfg, lookups.held()
+                        claim, engine, worker_name, free, now or wall_now(), cfg, lookups.held
                     )
                     out["claimed"] += len(jobs)
                     in_flight |= {asyncio.create_task(send(http, j)) for j in jobs}
@@ -585,7 +585,7 @@ def claim(
     limit: int,
     now: datetime,
     cfg: DeliveryConfig,
-    held: Mapping[str, int] | None = None,
+    held: Callable[[], Mapping[str, int]] | None = None,
 ) -> list[Job]:
     """Lease up to `limit` due deliveries, each the earliest pending event of its resource
     for its endpoint, `held` counted against their tokens' slots beside the leases (the

@@ -5,7 +5,7 @@ with their event and endpoint)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -318,12 +318,13 @@ def due(
     now: datetime,
     limit: int,
     per_token: int,
-    held: Mapping[str, int] | None = None,
+    held: Callable[[], Mapping[str, int]] | None = None,
 ) -> list[Joined]:
     """Lease candidates: up to `limit` claimable deliveries, earliest due first, with at most
     `per_token` in flight to the endpoints of any one token (its principal), counting those
     already leased and `held` (slots the caller's worker still holds per token without a
-    lease: a host name lookup still running after its POST ended): a tenant's receivers that
+    lease: a host name lookup still running after its POST ended, read after the leases): a
+    tenant's receivers that
     hang hold that many slots, never the others' (its backlog waits behind its own
     receivers). On PostgreSQL the rows are locked FOR UPDATE SKIP LOCKED, so workers share
     the queue without taking the same row (two workers choosing at once may each send that
@@ -331,7 +332,11 @@ def due(
     D = WebhookDelivery
     cands = _candidates(s, now, per_token)
     busy = _in_flight(s, now) if cands else {}
-    for principal, n in (held or {}).items():
+    # SECURITY: `held` is read after the leases: a lookup is held before its POST's outcome
+    # ends its lease, so it is counted once or twice, never missed. Read before (a snapshot
+    # taken when the claim started), a lookup given up on and its lease ended meanwhile was
+    # counted nowhere, and its tenant's slots were given out again while it still ran.
+    for principal, n in (held() if held is not None and cands else {}).items():
         busy[principal] = busy.get(principal, 0) + n
     ids: list[str] = []
     for r in sorted(cands, key=lambda r: (r.due_at is None, r.due_at, r.created_at, r.sequence)):
