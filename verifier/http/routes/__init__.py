@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
@@ -103,15 +103,15 @@ _ROUTE_OPTIONS = (
 )
 
 
-def mount(app: FastAPI, router: APIRouter) -> None:
-    """Register the router's routes on the app itself. This FastAPI includes a router as one
-    opaque route, so `app.routes` would no longer list the API's operations, and the tests
-    that hold every operation to its scope, its security and its response model walk that
-    list. Each route keeps its router's prefix, tags, responses and dependencies, after the
-    app's own (clean_path_params)."""
+def mount(target: APIRouter, router: APIRouter) -> None:
+    """Register the router's routes on `target` itself (the app's router, or one built like
+    it). This FastAPI includes a router as one opaque route, so `app.routes` would no longer
+    list the API's operations, and the tests that hold every operation to its scope, its
+    security and its response model walk that list. Each route keeps its router's prefix,
+    tags, responses and dependencies, after the target's own (clean_path_params)."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"{route!r}: only API routes are mounted")
-        app.router.add_api_route(
+        target.add_api_route(
             route.path, route.endpoint, **{k: getattr(route, k) for k in _ROUTE_OPTIONS}
         )
