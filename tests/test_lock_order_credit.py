@@ -366,9 +366,10 @@ def test_late_sibling_held_by_a_concurrent_apply_of_itself_is_still_told_not_cre
         out = real_siblings(s, ids)
         if not late and first["id"] in ids:
             # The payer's second transfer(s), stored and verified right now (another API
-            # process): until one has an id below A's (uuid4: one in two).
-            for n in range(2, 40):
-                tx = f"fx0000a7{n:02x}"
+            # process): until one has an id below A's (uuid4: a fraction p of them, where p
+            # is A's id's own place; up to N tries miss with probability 1/(N+1) over all A).
+            for n in range(2, 5000):
+                tx = f"fx0000a7{n:04x}"
                 fake_payment(chain, sess, tx)
                 got = client.post(
                     "/v1/proofs", headers=auth(), json={"session_id": sess["id"], "proof": tx}
