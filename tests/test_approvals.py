@@ -4,6 +4,8 @@ CLI's state-changing command."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from tests.conftest import STAFF_TOKEN, STAFF_TOKEN_2, auth
 from tests.helpers import audit_actions
 from verifier.storage.models import RailState
@@ -70,6 +72,35 @@ def test_a_request_whose_requester_left_the_staff_list_is_not_approved(client, e
         assert s.get(RailState, "fake_live").treasury is None
     r = client.post(f"{url}/reject", headers=auth(STAFF_TOKEN_2), json={"confirm": True, **OPS})
     assert (r.status_code, r.json()["status"]) == (200, "rejected")
+
+
+def test_a_request_older_than_the_approval_age_is_not_approved(client, engine, monkeypatch):
+    """A second person agrees to a change as it stands now: a request left pending past
+    RAILPROOF_APPROVAL_MAX_AGE_SECONDS (a treasury typed days ago) is refused and changes
+    nothing; it stays rejectable, and one asked for again is approved."""
+    monkeypatch.setattr(engine.settings, "approval_max_age_seconds", 3600)
+    requested = engine.now()
+    aid = _request(client)
+    url = f"/v1/admin/approvals/{aid}"
+    monkeypatch.setattr(engine.settings, "clock", requested + timedelta(hours=1, seconds=1))
+    r = client.post(f"{url}/approve", headers=auth(STAFF_TOKEN_2), json={"confirm": True, **OPS})
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "approval_expired"), r.text
+    assert "reject this request" in r.json()["error"]["message"]
+    with engine.db.tx() as s:
+        assert s.get(RailState, "fake_live").treasury is None
+    assert [a.action for a in audit_actions(engine, aid)] == ["approval.requested"]
+    r = client.post(f"{url}/reject", headers=auth(STAFF_TOKEN_2), json={"confirm": True, **OPS})
+    assert (r.status_code, r.json()["status"]) == (200, "rejected")
+    again = _request(client)  # asked for again: within the age, approved
+    monkeypatch.setattr(engine.settings, "clock", requested + timedelta(hours=2))
+    r = client.post(
+        f"/v1/admin/approvals/{again}/approve",
+        headers=auth(STAFF_TOKEN_2),
+        json={"confirm": True, **OPS},
+    )
+    assert (r.status_code, r.json()["status"]) == (200, "approved"), r.text
+    with engine.db.tx() as s:
+        assert s.get(RailState, "fake_live").treasury == "fanewtreasury"
 
 
 def test_a_refused_self_decision_is_on_the_audit_record(client, engine):

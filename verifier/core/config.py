@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     # session whose reference railproof generated (a Solana block time is the validators'
     # estimate); other sessions allow none (services.proofs.terms_for).
     chain_clock_skew_seconds: int = Field(default=30, ge=0, le=600)
+    # How long a requested rail change (production state, treasury) may wait for its second
+    # staff member: older, it can be rejected, not approved (ask for the change again).
+    approval_max_age_seconds: int = Field(default=72 * 3600, ge=60, le=_YEAR_S)
     stuck_claim_seconds: int = Field(default=300, ge=1, le=_YEAR_S)
     claim_lease_seconds: int = Field(default=120, ge=1, le=_YEAR_S)
     rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0 turns limiting off

@@ -77,6 +77,7 @@ class ApiErrorCode(StrEnum):
     idempotency_answer_stale = "idempotency_answer_stale"
     apply_blocked = "apply_blocked"
     approval_decided = "approval_decided"
+    approval_expired = "approval_expired"
     requester_not_staff = "requester_not_staff"
     entitlement_not_active = "entitlement_not_active"
     proof_not_in_review = "proof_not_in_review"

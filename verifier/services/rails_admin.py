@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -15,7 +16,7 @@ from registry.contracts import proof_contracts
 from registry.readiness import DeploymentConfig, StoredState, readiness
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, Forbidden, NotFound
-from verifier.core.timeutil import iso
+from verifier.core.timeutil import iso, utc
 from verifier.services import audit, events, release_gates
 from verifier.services.views import View
 from verifier.storage.models import Approval, ApprovalStatus
@@ -238,6 +239,17 @@ def _approve(engine: Engine, approval_id: str, op: audit.Operator) -> View:
                 "requester_not_staff",
                 f"{a.requested_by!r} is no longer on the staff list: reject this request "
                 "and ask for the change again",
+            )
+        age = timedelta(seconds=engine.settings.approval_max_age_seconds)
+        if engine.now() - utc(a.created_at) > age:
+            # SECURITY: a second person agrees to a change as it stands now. A request left
+            # pending for weeks (a treasury typed then, a production switch for a rail since
+            # changed) approved in passing would redirect or release money on a stale word.
+            raise Conflict(
+                "approval_expired",
+                f"requested at {iso(a.created_at)}, more than "
+                f"RAILPROOF_APPROVAL_MAX_AGE_SECONDS ({age.total_seconds():g} s) ago: reject "
+                "this request and ask for the change again",
             )
         if a.kind == "production" and a.value == "true":
             release_gates.require_complete(engine, s, a.rail_id)
