@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from tests.conftest import CLOCK, OTHER_SERVICE_TOKEN, auth
 from tests.test_webhooks import FAST, api, subscribe  # noqa: F401
@@ -297,3 +297,42 @@ def test_a_lookup_given_up_while_a_claim_waits_for_the_database_is_counted(
         last = webhooks.claim(engine, "w1", 10, now, cfg, lambda: dict(held))
         assert len(last) == 1
         assert last[0].delivery_id not in {j.delivery_id for j in first}
+
+
+def test_a_worker_stopped_during_its_deliveries_claims_no_more(
+    engine,
+    api,  # noqa: F811
+):
+    """`railproof worker --once` stopped (SIGTERM) while its sweep delivers webhooks: the POSTs
+    under way end and are recorded, nothing more is claimed, and the rest stay due for the next
+    worker, untried. Before, the delivery phase ignored the stop and sent the whole backlog."""
+    hold = threading.Event()
+    with Receiver() as rcv:
+        rcv.hold = hold
+        subscribe(api, rcv, ["proof.verified"])
+        backlog = [_emit(engine, CLOCK + timedelta(seconds=i), "alice", f"pa{i}") for i in range(6)]
+        stop = threading.Event()
+        out: dict[str, int] = {}
+        sweep = threading.Thread(
+            target=lambda: out.update(worker.sweep(engine, "w1", 100, stop=stop)), daemon=True
+        )
+        sweep.start()
+        try:
+            per_token = engine.settings.webhook_token_concurrency
+            assert _wait_requests(rcv, per_token), "no delivery went out"
+            stop.set()  # the supervisor stops the worker
+        finally:
+            hold.set()
+        sweep.join(30)
+        assert not sweep.is_alive()
+        sent = rcv.ids()
+        assert len(sent) == per_token and set(sent) <= set(backlog), sent
+        assert out.get("webhooks_delivered") == per_token, out
+        with engine.db.tx() as s:
+            rest = s.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.event_id.not_in(sent))
+            ).all()
+        assert len(rest) == len(backlog) - per_token
+        assert all((d.status, d.attempts, d.claimed_by) == ("pending", 0, None) for d in rest), [
+            (d.status, d.attempts, d.claimed_by) for d in rest
+        ]

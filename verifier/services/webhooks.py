@@ -434,12 +434,14 @@ def deliver_due(
     *,
     now: datetime | None = None,
     config: DeliveryConfig | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Deliver what is due until nothing is, at most `batch` attempts (`railproof worker
-    --once`, and tests, which pass `now`); `deliver_until` is the worker's own loop."""
+    --once`, and tests, which pass `now`); `deliver_until` is the worker's own loop. Once
+    `stop` is set nothing more is claimed, and the POSTs under way end and are recorded."""
     cfg = config or DeliveryConfig.from_settings(engine.settings)
     out = _counts()
-    asyncio.run(_deliver(engine, worker_name, cfg, out, batch=batch, now=now))
+    asyncio.run(_deliver(engine, worker_name, cfg, out, batch=batch, now=now, stop=stop))
     refresh_webhook_gauges(engine)
     return out
 

@@ -719,7 +719,9 @@ def sweep(
     if discovered:
         out["discovered"] = discovered
     if deliveries and not _stopping(stop):
-        delivered = webhooks.deliver_due(engine, name, batch)["delivered"]
+        # A SIGTERM during the deliveries (`--once`) claims nothing more: the POSTs under way
+        # end (each bounded by its timeout) and are recorded; the rest stay due.
+        delivered = webhooks.deliver_due(engine, name, batch, stop=stop)["delivered"]
         if delivered:
             out["webhooks_delivered"] = delivered
     return out
