@@ -6,6 +6,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import gc
+import threading
 from datetime import timedelta
 
 import pytest
@@ -115,39 +116,123 @@ def test_only_an_executed_refusal_keeps_the_claim(engine):
     assert (status, body["error"]["code"]) == (409, "proof_owner_conflict")
 
 
+def _released_and_claimed_again(engine, p: str, e: str, k: str) -> None:
+    """Request A hung (an outage), staff released its claim as stuck (an assurance repair),
+    and the client's retry B claimed the key (the same request, later) and runs."""
+    with engine.db.tx() as s:
+        mine = s.get(IdempotencyClaim, (p, e, k))
+        assert mine is not None and mine.status == ClaimStatus.in_progress
+        request_hash = mine.request_hash
+    with engine.db.tx() as s:
+        s.execute(delete(IdempotencyClaim).where(IdempotencyClaim.key == k))
+        claim_repo.insert_claim(
+            s,
+            {
+                "principal": p,
+                "endpoint": e,
+                "key": k,
+                "request_hash": request_hash,
+                "created_at": timeutil.process_now() + timedelta(seconds=1),
+                "status": ClaimStatus.in_progress.value,
+                "response_code": None,
+                "completed_at": None,
+            },
+        )
+
+
+def _claim(engine, p: str, e: str, k: str) -> IdempotencyClaim:
+    with engine.db.tx() as s:
+        c = s.get(IdempotencyClaim, (p, e, k))
+        assert c is not None
+        return c
+
+
 def test_a_refusals_release_leaves_a_later_requests_claim_of_the_key(engine):
-    # Request A hung (an outage), staff released its claim as stuck (an assurance repair),
-    # and the client's retry B claimed the key and runs. A, refused at last, releases only
-    # the claim it wrote: deleting B's, a third try would run the work beside B.
+    # A, refused at last, releases only the claim it wrote: deleting B's, a third try would
+    # run the work beside B.
     p, e, k = "svc:x", "POST /x", "k-a"
 
     def work():
         with engine.db.tx() as s:  # the work's first transaction: A's claim rides with it
-            mine = s.get(IdempotencyClaim, (p, e, k))
-            assert mine is not None and mine.status == ClaimStatus.in_progress
-            request_hash = mine.request_hash
-        with engine.db.tx() as s:
-            s.execute(delete(IdempotencyClaim).where(IdempotencyClaim.key == k))
-            claim_repo.insert_claim(
-                s,
-                {
-                    "principal": p,
-                    "endpoint": e,
-                    "key": k,
-                    "request_hash": request_hash,
-                    "created_at": timeutil.process_now() + timedelta(seconds=1),
-                    "status": ClaimStatus.in_progress.value,
-                    "response_code": None,
-                    "completed_at": None,
-                },
-            )
+            s.get(IdempotencyClaim, (p, e, k))
+        _released_and_claimed_again(engine, p, e, k)
         raise Conflict("session_not_open", "closed")  # A is refused, having run nothing
 
     with pytest.raises(Conflict):
         idempotency.run_idempotent(engine, p, e, k, {}, work)
-    with engine.db.tx() as s:
-        b = s.get(IdempotencyClaim, (p, e, k))
-        assert b is not None and b.status == ClaimStatus.in_progress
+    assert _claim(engine, p, e, k).status == ClaimStatus.in_progress
+
+
+def test_a_late_request_does_not_complete_a_later_requests_claim(engine):
+    """A, finishing after its claim was released and B claimed the key, answers its own client
+    but stores nothing: its answer written into B's claim would be replayed as B's while B's
+    work still runs."""
+    p, e, k = "svc:x", "POST /x", "k-late"
+
+    def work():
+        with engine.db.tx() as s:
+            s.get(IdempotencyClaim, (p, e, k))
+        _released_and_claimed_again(engine, p, e, k)
+        return (201, {"made_by": "A"})
+
+    assert idempotency.run_idempotent(engine, p, e, k, {}, work) == (201, {"made_by": "A"})
+    assert _claim(engine, p, e, k).status == ClaimStatus.in_progress
+
+
+def test_a_late_request_completing_with_its_work_leaves_a_later_claim(engine):
+    """The same with the answer stored in the work's last transaction (`Database.finish`)."""
+    p, e, k = "svc:x", "POST /x", "k-late-finish"
+
+    def work():
+        with engine.db.tx() as s:
+            s.get(IdempotencyClaim, (p, e, k))
+        _released_and_claimed_again(engine, p, e, k)
+        with engine.db.tx() as s:  # A's last transaction carries its completion
+            engine.db.finish(s, {"made_by": "A"})
+        return {"made_by": "A"}
+
+    idempotency.run_idempotent(engine, p, e, k, {}, work, answer=lambda r: (201, r))
+    assert _claim(engine, p, e, k).status == ClaimStatus.in_progress
+
+
+def test_the_retry_holding_the_key_gets_its_own_answer_after_a_late_request(engine):
+    """B, the retry holding the key, finishes after A: its answer is stored and returned. Its
+    completion found no claim in progress (A had completed it) and answered 500, "may have
+    been applied in part", for work that committed."""
+    p, e, k = "svc:x", "POST /x", "k-both"
+    b_claimed, a_done = threading.Event(), threading.Event()
+    got: dict[str, object] = {}
+
+    def work_a():
+        with engine.db.tx() as s:
+            s.get(IdempotencyClaim, (p, e, k))
+        with engine.db.tx() as s:  # staff release A's claim as stuck
+            s.execute(delete(IdempotencyClaim).where(IdempotencyClaim.key == k))
+        b.start()  # the client's retry claims the key and runs
+        assert b_claimed.wait(30)
+        return (201, {"made_by": "A"})
+
+    def work_b():
+        with engine.db.tx() as s:  # B's first transaction: its claim rides with it
+            s.get(IdempotencyClaim, (p, e, k))
+        b_claimed.set()
+        assert a_done.wait(30)
+        return (201, {"made_by": "B"})
+
+    def run_b():
+        try:
+            got["b"] = idempotency.run_idempotent(engine, p, e, k, {}, work_b)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            got["b"] = err
+
+    b = threading.Thread(target=run_b)
+    assert idempotency.run_idempotent(engine, p, e, k, {}, work_a) == (201, {"made_by": "A"})
+    a_done.set()
+    b.join(60)
+    assert not b.is_alive()
+    assert got["b"] == (201, {"made_by": "B"}), f"B: {got['b']!r}"
+    c = _claim(engine, p, e, k)
+    assert (c.status, c.response) == (ClaimStatus.completed, {"made_by": "B"})
 
 
 class _GoneEngine:

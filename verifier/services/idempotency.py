@@ -168,7 +168,7 @@ def run_idempotent(
 
     def complete_with_work(s: Session, result: R) -> tuple[int, Body]:
         made = answer_of(result)
-        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, k.done(made))
+        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, k.made, k.done(made))
         return made
 
     # The claim is written at the start of the work's first transaction (and committed with
@@ -392,8 +392,15 @@ def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) 
     done = k.done(answer)
     if written:
         with engine.db.tx() as s:
-            ok = claim_repo.complete(s, k.principal, k.endpoint, k.key, done)
-            assert ok  # ours, in progress: only we complete or release it
+            ok = claim_repo.complete(s, k.principal, k.endpoint, k.key, k.made, done)
+        if not ok:
+            # Released while the work ran (staff took it for stuck), and perhaps claimed
+            # again by a retry: that claim is the retry's to complete. This request's own
+            # answer is still the true one for its client; it is not stored.
+            log.warning(
+                "idempotency claim released while its request ran: answer not stored",
+                extra={"endpoint": k.endpoint},
+            )
         return None
     # The work committed nothing (a refusal, or it only read), so no transaction carried
     # the claim: it is written completed now. A claim of the key that is already there

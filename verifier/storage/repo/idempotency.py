@@ -19,11 +19,17 @@ _C = rows.table(IdempotencyClaim)
 # no ORM object for a row the request only writes.
 _INSERT = Prepared(insert(_C))
 _INSERT_PG = Prepared(postgresql.insert(_C).on_conflict_do_nothing())
+# SECURITY: only the claim the request wrote (its request hash and creation time): staff may
+# release a claim that looked stuck while its request still ran, and the client's retry claim
+# the key again; the first request, finishing late, wrote its answer into the retry's claim
+# (replayed as the retry's) and the retry's own completion found nothing in progress.
 _COMPLETE = Prepared(
     update(_C).where(
         _C.c.principal == bindparam("p"),
         _C.c.endpoint == bindparam("e"),
         _C.c.key == bindparam("k"),
+        _C.c.request_hash == bindparam("made_hash"),
+        _C.c.created_at == bindparam("made_at"),
         _C.c.status == ClaimStatus.in_progress.value,
     )
 )
@@ -68,21 +74,48 @@ def _taken(later: Later) -> None:
         raise ClaimTaken
 
 
-def complete(s: Session, principal: str, endpoint: str, key: str, values: dict[str, Any]) -> bool:
-    """Set an in-progress claim's completion `values` in one UPDATE, the last statement of
-    its transaction (committed with it, one round trip on PostgreSQL); False when no claim of
-    that key was in progress."""
-    params = {"p": principal, "e": endpoint, "k": key, **values}
+def complete(
+    s: Session,
+    principal: str,
+    endpoint: str,
+    key: str,
+    made: tuple[str, datetime],
+    values: dict[str, Any],
+) -> bool:
+    """Set the in-progress claim `made` (its request hash and creation time: the one a given
+    request wrote) to its completion `values` in one UPDATE, the last statement of its
+    transaction (committed with it, one round trip on PostgreSQL); False when that claim is
+    not in progress (released, and the key perhaps claimed again by a retry)."""
+    params = _params(principal, endpoint, key, made, values)
     return _COMPLETE.execute(s.connection(), params, commit=True) == 1
 
 
 def complete_with_work(
-    s: Session, principal: str, endpoint: str, key: str, values: dict[str, Any]
+    s: Session,
+    principal: str,
+    endpoint: str,
+    key: str,
+    made: tuple[str, datetime],
+    values: dict[str, Any],
 ) -> None:
-    """Set this request's own in-progress claim's completion `values` in the transaction of
-    the work's last changes: sent with its COMMIT on PostgreSQL (storage.repo.prepared), at
-    once elsewhere. Nothing reads its count: the claim was written by this request."""
-    _COMPLETE.defer(s.connection(), {"p": principal, "e": endpoint, "k": key, **values})
+    """Set this request's own in-progress claim `made` to its completion `values` in the
+    transaction of the work's last changes: sent with its COMMIT on PostgreSQL
+    (storage.repo.prepared), at once elsewhere. Nothing reads its count: a claim released
+    meanwhile is left as it is (a retry's claim of the key is not this one)."""
+    _COMPLETE.defer(s.connection(), _params(principal, endpoint, key, made, values))
+
+
+def _params(
+    principal: str, endpoint: str, key: str, made: tuple[str, datetime], values: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "p": principal,
+        "e": endpoint,
+        "k": key,
+        "made_hash": made[0],
+        "made_at": made[1],
+        **values,
+    }
 
 
 def get(s: Session, principal: str, endpoint: str, key: str) -> IdempotencyClaim | None:
