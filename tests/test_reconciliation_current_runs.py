@@ -1,5 +1,6 @@
 """Which reconciliation runs drift is read from (`repo.current_runs`): of each scope and rail,
-the latest run that completed over the whole history and the latest finished run after it.
+the latest run that completed over the whole history, the latest finished run after it, and
+a run still reading when that one started.
 
 A run that could not read its window (a chain out of its page budget: anyone's dust transfers
 to the treasury are enough) is no evidence about what the whole-history run found there, and
@@ -10,20 +11,24 @@ PostgreSQL, over the recorded treasury history (fixtures/solana/generated/inflow
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 
-from tests.conftest import CLOCK
+from tests.conftest import CLOCK, make_pg_db
 from tests.helpers import advance, cassette_engine
 from tests.test_reconciliation import DOC, EXPECT, by_kind, req, session_for
 from tests.test_reconciliation_drift import drift, nonzero, reconciliation_issues
+from tests.test_reconciliation_solana_window import _Growing
 from verifier.services import proofs, reconciliation
 from verifier.services.audit import Operator
+from verifier.storage.models import Proof
 from verifier.storage.repo import reconciliation as repo
 
 
@@ -129,6 +134,115 @@ def test_a_rolling_schedule_without_a_whole_history_run_reads_its_latest_run(eng
     second = reconciliation.run(eng, req(**second_window), "ops1")
     assert second["status"] == "complete" and "orphan_bound" not in by_kind(second)
     assert nonzero(eng).get("orphan_bound") is None
+
+
+# -- runs that overlap ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url(pg_template):
+    url, drop = make_pg_db(pg_template)
+    yield url
+    drop()
+
+
+class _Held:
+    """The recorded treasury; the first listing made by the thread named `held` waits at
+    `reached` / `go` (a long run, mid-read)."""
+
+    source = "cassette"
+
+    def __init__(self, inner: _Growing, held: str):
+        self.inner, self.held = inner, held
+        self.reached, self.go = threading.Event(), threading.Event()
+        self._waited = False
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if (
+            method == "getSignaturesForAddress"
+            and threading.current_thread().name == self.held
+            and not self._waited
+        ):
+            self._waited = True
+            self.reached.set()
+            assert self.go.wait(60), "never released"
+        return self.inner.call(method, params)
+
+
+def _of(run, sig: str) -> list[dict]:
+    return [f for f in run["findings"] if f["subjects"].get("transfer") == sig]
+
+
+@pytest.mark.postgres
+def test_a_since_run_still_reading_when_a_whole_history_run_starts_is_drift_and_carried(
+    pg_url, monkeypatch
+):
+    """An operator's `--since` run over an old transfer (its proof stopped holding it) that
+    finishes after the scheduled run started: what it found is drift at once, and the next
+    scheduled run carries it, though neither scheduled run reads back that far."""
+    monkeypatch.setattr(reconciliation, "SOLANA_LOOKBACK_SECONDS", 50)
+    e = cassette_engine(
+        pg_url,
+        live_apply=True,
+        discovery_page_limit=DOC["page"],
+        reconcile_max_pages=10,
+        env={"RAILPROOF_TREASURY_SOLANA_USDC": DOC["treasury"]},
+    )
+    chain = _Held(_Growing(4), held="operator")
+    try:
+        e.chains.set_transport("solana-mainnet", chain)
+        sig = EXPECT["bound"]["signature"]
+        view, _ = proofs.submit_proof(e, session_for(e, "bound")["id"], sig, ["alice"])
+        assert view["status"] == "verified", view
+        advance(e, 1)
+        first = reconciliation.run(e, req(), "ops1")
+        assert first["status"] == "complete", first["detail"]
+        assert _of(first, sig) == []  # matched: the proof holds it
+        with e.db.tx() as db:  # the proof stops holding it (a review rejected, say)
+            db.get(Proof, view["id"]).status = "failed"
+
+        # The operator's run over the old window starts first ...
+        advance(e, 1)
+        result: dict[str, Any] = {}
+
+        def operator() -> None:
+            since = _at(EXPECT["bound"]["block_time"] - 1)
+            result["run"] = reconciliation.run(e, req(since=since), "ops2")
+
+        t = threading.Thread(target=operator, name="operator")
+        t.start()
+        assert chain.reached.wait(60)
+        # ... and while it reads, the scheduled run starts and completes.
+        advance(e, 1)
+        scheduled = reconciliation.run(e, req(), "ops1")
+        assert scheduled["status"] == "complete", scheduled["detail"]
+        assert _of(scheduled, sig) == []  # older than its lookback: not read
+        chain.go.set()
+        t.join(60)
+        found = result["run"]
+        assert found["status"] == "complete", found["detail"]
+        [orphan] = _of(found, sig)
+        assert reconciliation.is_drift(orphan), orphan  # money to send back
+
+        with e.db.tx() as s:
+            current = {r.id for r in repo.current_runs(s) if r.scope == "chain_inflows"}
+        assert current == {scheduled["id"], found["id"]}
+        subjects = [
+            i["subject"]
+            for i in reconciliation_issues(e)
+            if i["category"].startswith("reconciliation_orphan")
+        ]
+        assert f"reconciliation run {found['id']} finding {orphan['id']}" in subjects
+
+        advance(e, 1)
+        nxt = reconciliation.run(e, req(), "ops1")
+        assert nxt["status"] == "complete", nxt["detail"]
+        [carried] = _of(nxt, sig)
+        assert reconciliation.is_drift(carried), carried
+        assert carried["subjects"]["carried_from"] == found["id"]
+    finally:
+        chain.go.set()
+        e.db.dispose()
 
 
 # -- a schedule of many runs ------------------------------------------------------------------

@@ -30,12 +30,13 @@ what was found on the former one. Both carry the transfers a pending proof waite
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
-runs (`repo.current_runs`), at most two of each (scope, rail): the latest run that completed
-over the whole history, and the latest finished run after it, whatever its window and
-status. So neither a run of another rail, nor a run over a narrower window, nor one that
-could not read its window hides what the whole-history run found, not even a thing such a
-run saw repaired: that clears at the next complete whole-history run. A thing both found
-counts once, as the later of them found it.
+runs (`repo.current_runs`) of each (scope, rail): the latest run that completed over the
+whole history, the latest finished run after it, whatever its window and status, and each
+run still reading when that one started (what it found, that one could not carry; the next
+whole-history run carries it). So neither a run of another rail, nor a run over a narrower
+window, nor one that could not read its window hides what the whole-history run found, not
+even a thing such a run saw repaired: that clears at the next complete whole-history run. A
+thing both found counts once, as the later of them found it.
 
 A repair made outside railproof (a refund, a credit or an attach by hand, a decision that the
 state stands) is recorded on the finding with `resolve_finding`: a resolution keyed by the
@@ -1448,7 +1449,8 @@ def evm_inflows(
 
 def _unsettled_inflows(engine: Engine, run_id: str) -> list[Found]:
     """The inflow findings of run `run_id`, and of the finished runs of its scope and rail
-    after it (a run with `--since`, one that ended incomplete), that are drift (not
+    after it or still running when it started (a run with `--since`, one that ended
+    incomplete), that are drift (not
     information, not applied, not resolved), and the transfers pending proofs waited for, as
     a run makes them, each transfer once (as the latest run found it): what a run following
     on from `run_id` carries and judges again.

@@ -181,11 +181,12 @@ def mark_resolved(
 
 
 def current_runs(s: Session) -> list[ReconciliationRun]:
-    """The runs drift is read from, at most two of each (scope, rail_id): the latest run that
-    completed over the whole history (no `--since`, no `--until`), and the latest finished
-    run of any status when it started after that one (or there is none). A run of one rail
-    (or scope) never replaces what another's found; a NULL rail_id (rail_proofs over every
-    rail) is its own key."""
+    """The runs drift is read from, of each (scope, rail_id): the latest run that completed
+    over the whole history (no `--since`, no `--until`), the latest finished run of any
+    status when it started after that one (or there is none), and each run that was still
+    running when that one started and has finished since. A run of one rail (or scope) never
+    replaces what another's found; a NULL rail_id (rail_proofs over every rail) is its own
+    key."""
     # SECURITY: only a complete whole-history run stands for everything: a later run over a
     # narrower window, or one that could not read its window (a treasury flooded with dust
     # runs out of pages), never hides what that run found. Bounded whatever the schedule: a
@@ -206,6 +207,10 @@ def current_runs(s: Session) -> list[ReconciliationRun]:
     ranked = (
         select(
             R.id,
+            R.scope,
+            R.rail_id,
+            R.started_at,
+            R.finished_at,
             whole.label("whole"),
             func.row_number()
             .over(partition_by=(R.scope, R.rail_id), order_by=newest_first)
@@ -218,9 +223,32 @@ def current_runs(s: Session) -> list[ReconciliationRun]:
         .subquery()
     )
     # The latest finished run started after the latest whole-history one, or is it.
-    ids = select(ranked.c.id).where(
-        or_(ranked.c.latest == 1, and_(ranked.c.whole == 1, ranked.c.latest_of_kind == 1))
+    latest = or_(ranked.c.latest == 1, and_(ranked.c.whole == 1, ranked.c.latest_of_kind == 1))
+    # SECURITY: a run that was still reading when the whole-history run started (an
+    # operator's `--since` run over an old transfer) found what that run could not carry: it
+    # is drift until the next whole-history run carries it (`unsettled_inflows`). Bounded by
+    # how many runs overlap one start, not by the schedule. Finished as it started counts:
+    # which came first is unknown.
+    whole_run = (
+        select(ranked.c.scope, ranked.c.rail_id, ranked.c.started_at)
+        .where(ranked.c.whole == 1, ranked.c.latest_of_kind == 1)
+        .subquery()
     )
+    overlapping = (
+        select(ranked.c.id)
+        .join(
+            whole_run,
+            and_(
+                whole_run.c.scope == ranked.c.scope,
+                whole_run.c.rail_id.is_not_distinct_from(ranked.c.rail_id),
+            ),
+        )
+        .where(
+            ranked.c.started_at <= whole_run.c.started_at,
+            ranked.c.finished_at >= whole_run.c.started_at,
+        )
+    )
+    ids = select(ranked.c.id).where(latest).union(overlapping)
     q = select(R).where(R.id.in_(ids)).order_by(R.scope, R.rail_id, R.started_at, R.id)
     return list(s.scalars(q).all())
 
@@ -233,12 +261,16 @@ def unsettled_inflows(
     s: Session, run: ReconciliationRun, kinds: Sequence[str], awaiting: str
 ) -> list[ReconciliationFinding]:
     """The inflow findings of `run` and of every finished run of its scope and rail started
-    after it that still need someone (of `kinds`, not information, not applied, not resolved)
-    or are a transfer a pending proof waited for (`awaiting`): each transfer (subject key)
-    once, as the latest of those runs found it; by id, read a page at a time."""
+    after it, or still running when it started, that still need someone (of `kinds`, not
+    information, not applied, not resolved) or are a transfer a pending proof waited for
+    (`awaiting`): each transfer (subject key) once, as the latest of those runs found it; by
+    id, read a page at a time."""
     # SECURITY: every run after `run` counts, however many a schedule made (a rolling
     # `--since` every few minutes): what one of them found must never drop out of what the
-    # next whole-history run carries because later runs pushed it past a count.
+    # next whole-history run carries because later runs pushed it past a count; nor what
+    # one still reading when `run` started found (an operator's `--since` run over an old
+    # transfer), which `run` could not carry: each finished run is carried by the first
+    # whole-history run after it.
     F, R = ReconciliationFinding, ReconciliationRun
     unsettled = or_(
         F.kind == awaiting,
@@ -267,6 +299,8 @@ def unsettled_inflows(
                 R.id == run.id,
                 R.started_at > run.started_at,
                 and_(R.started_at == run.started_at, R.id > run.id),
+                # Finished as it started counts: which came first is unknown.
+                R.finished_at >= run.started_at,
             ),
             unsettled,
         )
