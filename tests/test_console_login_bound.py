@@ -11,9 +11,16 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import SERVICE_TOKEN, STAFF_TOKEN, auth
 from tests.test_console import login
+from tests.test_ratelimit_redis import prefix, redis_url  # noqa: F401 - fixtures
 from verifier.http.api import create_app
 from verifier.http.console import console_router
-from verifier.http.ratelimit import RateLimiter, client_key
+from verifier.http.ratelimit import (
+    MAX_BUCKETS,
+    STAFF_SIGN_IN,
+    RateLimiter,
+    SharedRateLimiter,
+    client_key,
+)
 
 PER_MINUTE = 10  # RAILPROOF_CONSOLE_LOGINS_PER_MINUTE's default
 
@@ -96,3 +103,112 @@ def test_every_staff_operation_past_the_bound_answers_429_and_declares_it(engine
             if "429" not in spec["paths"][path][method.lower()]["responses"]:
                 undeclared.append(f"{method} {path}")
         assert not undeclared, undeclared
+
+
+# Past the bound a refused try takes nothing, so a guesser may send them as fast as it likes:
+# the bound holds only if a refusal says nothing about the token, its speed included. What a
+# refusal asks of the limiter's store (a Redis round trip each) must not depend on the token.
+
+
+class _StoreCalls:
+    """The calls a SharedRateLimiter makes to Redis, one round trip each."""
+
+    def __init__(self, limiter: SharedRateLimiter):
+        self.calls: list[str] = []
+        strategy = limiter.strategy
+        for name in ("hit", "test", "get_window_stats"):
+            real = getattr(strategy, name)
+
+            def spy(*a, _real=real, _name=name, **kw):
+                self.calls.append(_name)
+                return _real(*a, **kw)
+
+            setattr(strategy, name, spy)
+
+    def during(self, fn) -> list:
+        self.calls.clear()
+        return [fn().status_code, *self.calls]
+
+
+def test_a_locked_address_costs_the_same_redis_round_trips_whatever_the_token(
+    engine,
+    redis_url,  # noqa: F811
+    prefix,  # noqa: F811
+):
+    app = create_app(engine)
+    limiter = SharedRateLimiter(
+        redis_url,
+        rate=PER_MINUTE / 60.0,
+        burst=PER_MINUTE,
+        key_prefix=prefix,
+        local=RateLimiter(rate=PER_MINUTE / 60.0, burst=PER_MINUTE),
+    )
+    app.state.login_limiter = limiter
+    store = _StoreCalls(limiter)
+    with _client(app, "203.0.113.40") as guesser:
+        for i in range(PER_MINUTE):
+            assert guesser.get("/v1/admin/rails", headers=auth(f"guess-{i}")).status_code == 401
+        seen = {
+            label: store.during(lambda t=token: guesser.get("/v1/admin/rails", headers=auth(t)))
+            for label, token in (
+                ("unknown", "guess-x"),
+                ("staff", STAFF_TOKEN),
+                ("tenant", SERVICE_TOKEN),
+            )
+        }
+        assert seen["unknown"][0] == 429
+        assert seen["unknown"] == seen["staff"] == seen["tenant"], seen
+
+
+class _Recording(RateLimiter):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: list[str] = []
+
+    def take(self, principal, endpoint):
+        self.calls.append("take")
+        return super().take(principal, endpoint)
+
+    def waiting(self, principal, endpoint):
+        self.calls.append("waiting")
+        return super().waiting(principal, endpoint)
+
+
+def test_a_locked_address_asks_the_same_of_the_limiter_whatever_the_token(engine):
+    # The same without Redis: the process's buckets, behind their lock.
+    app = create_app(engine)
+    limiter = _Recording(rate=PER_MINUTE / 60.0, burst=PER_MINUTE)
+    app.state.login_limiter = limiter
+    with _client(app, "203.0.113.41") as guesser:
+        for i in range(PER_MINUTE):
+            assert guesser.get("/v1/admin/rails", headers=auth(f"guess-{i}")).status_code == 401
+        seen = {}
+        for label, token in (("unknown", "guess-x"), ("staff", STAFF_TOKEN)):
+            limiter.calls.clear()
+            r = guesser.get("/v1/admin/rails", headers=auth(token))
+            seen[label] = [r.status_code, *limiter.calls]
+        assert seen["unknown"][0] == 429
+        assert seen["unknown"] == seen["staff"], seen
+
+
+class _FrozenClock:
+    def __call__(self) -> float:
+        return 1000.0  # nothing ages out while the test runs
+
+
+def test_tries_from_many_ipv6_64s_do_not_unlock_a_locked_address(engine):
+    # The sign-in buckets are per client address, which the caller picks: MAX_BUCKETS /64s
+    # are less than two /48s. A full table must not forget the addresses it holds back.
+    app = create_app(engine)
+    limiter = RateLimiter(rate=PER_MINUTE / 60.0, burst=PER_MINUTE, clock=_FrozenClock())
+    app.state.login_limiter = limiter
+    with _client(app, "203.0.113.50") as guesser:
+        for i in range(PER_MINUTE):
+            assert guesser.get("/v1/admin/rails", headers=auth(f"guess-{i}")).status_code == 401
+        assert guesser.get("/v1/admin/rails", headers=auth("guess-x")).status_code == 429
+        # One try from each of MAX_BUCKETS /64s (made on the limiter: through HTTP they
+        # would take minutes).
+        for n in range(MAX_BUCKETS):
+            limiter.take(client_key(f"2001:db8:{n >> 16:x}:{n & 0xFFFF:x}::1"), STAFF_SIGN_IN)
+        r = guesser.get("/v1/admin/rails", headers=auth("guess-y"))
+        assert r.status_code == 429, (r.status_code, r.text)

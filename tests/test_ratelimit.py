@@ -44,6 +44,26 @@ def test_buckets_are_per_principal_and_per_endpoint():
     assert rl.take("b", "POST /v1/proofs") == 0
 
 
+def test_a_full_table_forgets_the_fullest_buckets_never_the_emptiest(monkeypatch):
+    from verifier.http import ratelimit
+
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 10)
+    monkeypatch.setattr(ratelimit, "KEEP_ON_OVERFLOW", 6)
+    clock = FakeClock()
+    rl = RateLimiter(rate=1, burst=3, clock=clock)
+    rl.take("refilled", "e")
+    clock.t += 10  # back to the burst: as good as missing
+    assert [rl.take("locked", "e") for _ in range(3)] == [0, 0, 0]
+    assert [rl.take("one left", "e") for _ in range(2)] == [0, 0]
+    for i in range(7):
+        rl.take(f"fresh-{i}", "e")  # two left each; the table is full
+    assert rl.take("new", "e") == 0
+    # Down to 6 before the new one: the refilled bucket went first, then three of the fullest.
+    assert len(rl._buckets) == 7 and ("refilled", "e") not in rl._buckets
+    assert rl.take("locked", "e") > 0
+    assert rl.take("one left", "e") == 0 and rl.take("one left", "e") > 0
+
+
 def test_retry_after_is_whole_seconds_at_least_one():
     rl = RateLimiter(rate=0.25, burst=1, clock=FakeClock())
     rl.check("p", "e")

@@ -165,14 +165,19 @@ def _staff_signed_in(request: Request, engine: Engine, token: str) -> str:
     at start to read as random: no guessing finds it) still passes, so that whoever
     shares the operators' address cannot keep the kill switch out of their reach. Only
     unknown tokens count (a tenant's or the scraper's token is no guess): a staff member's
-    own requests never use the bound up."""
+    own requests never use the bound up. A refusal at a locked address asks the limiter
+    nothing more, whatever the token: a store round trip only an unknown token cost would
+    tell, by the answer's speed, a token on a list from a wrong guess, at any rate."""
     limiter: Limiter = request.app.state.login_limiter
     client = client_key(request.client.host if request.client else None)
     wait = limiter.waiting(client, STAFF_SIGN_IN)
+    # Every list is read for every token, so the work done before answering is the same.
     name = engine.settings.staff_name(token)
-    if name is None and not engine.settings.known_token(token):
-        wait = max(wait, limiter.take(client, STAFF_SIGN_IN))
-    if wait > 0 and not (name is not None and engine.settings.lockout_exempt(token)):
+    known = engine.settings.known_token(token)
+    exempt = engine.settings.lockout_exempt(token)
+    if wait <= 0 and not known:
+        wait = limiter.take(client, STAFF_SIGN_IN)  # > 0 only when tries came at once
+    if wait > 0 and not exempt:
         raise RateLimited("staff sign-in", max(1, math.ceil(wait)))
     if name is None:
         raise Unauthorized(

@@ -57,7 +57,11 @@ log = logging.getLogger("railproof.ratelimit")
 
 DEFAULT_RATE = 20.0
 DEFAULT_BURST = 40
-MAX_BUCKETS = 100_000  # principals are configured tokens, so this is never reached in practice
+# The buckets a process keeps. The API's are per configured token, far fewer; the staff
+# sign-in's are per client address, which the caller picks: a full table drops the buckets
+# that matter least (`_make_room`), never a locked address's.
+MAX_BUCKETS = 100_000
+KEEP_ON_OVERFLOW = MAX_BUCKETS * 3 // 4  # room for many new buckets before the next pass
 REDIS_TIMEOUT_S = 0.25  # a limit check must never hold a request for long
 RETRY_SHARED_S = 5.0  # after a Redis failure, local buckets decide for this long
 
@@ -132,7 +136,7 @@ class RateLimiter(Limiter):
             b = self._buckets.get(key)
             if b is None:
                 if len(self._buckets) >= MAX_BUCKETS:
-                    self._buckets.clear()  # forget everyone rather than grow without bound
+                    self._make_room(now)
                 b = self._buckets[key] = _Bucket(float(self.burst), now)
             else:
                 b.tokens = min(float(self.burst), b.tokens + (now - b.at) * self.rate)
@@ -141,6 +145,23 @@ class RateLimiter(Limiter):
                 b.tokens -= 1.0
                 return 0.0
             return (1.0 - b.tokens) / self.rate
+
+    def _make_room(self, now: float) -> None:
+        """Shrink a full table to KEEP_ON_OVERFLOW buckets (called holding the lock), once per
+        that many new ones. SECURITY: forgetting every bucket would let tries from enough
+        fresh addresses (an IPv6 /47 is 100,000 /64s) unlock every locked one at once.
+        First go the buckets that refilled to the burst, as good as missing; then the
+        fullest: the emptiest, the addresses the bound holds back, stay."""
+        levels = [
+            (min(float(self.burst), b.tokens + (now - b.at) * self.rate), key)
+            for key, b in self._buckets.items()
+        ]
+        drop = [key for tokens, key in levels if tokens >= self.burst]
+        if len(levels) - len(drop) > KEEP_ON_OVERFLOW:
+            rest = sorted((lv for lv in levels if lv[0] < self.burst), key=lambda lv: lv[0])
+            drop += [key for _, key in rest[KEEP_ON_OVERFLOW:]]
+        for key in drop:
+            del self._buckets[key]
 
     def waiting(self, principal: str, endpoint: str) -> float:
         if not self.enabled:

@@ -451,8 +451,10 @@ def console_router(
         client = client_key(request.client.host if request.client else None)
         wait = await run_in_threadpool(logins.take, client, LOGIN_ENDPOINT)
         token = form.get("token", "")
+        # Both read for every token, so a refusal costs the same whatever was sent.
         staff = settings.staff_name(token) if token else None
-        if wait > 0 and not (staff is not None and settings.lockout_exempt(token)):
+        exempt = bool(token) and settings.lockout_exempt(token)
+        if wait > 0 and not exempt:
             after = max(1, math.ceil(wait))
             log.warning("console login refused: too many tries", extra={"client": client})
             resp = login_page(
