@@ -94,6 +94,7 @@ class ApiErrorCode(StrEnum):
     issue_resolved = "issue_resolved"
     finding_resolved = "finding_resolved"
     finding_not_resolvable = "finding_not_resolvable"
+    transfer_credited = "transfer_credited"
     release_gates_incomplete = "release_gates_incomplete"
     # the server (5xx)
     database_busy = "database_busy"

@@ -186,15 +186,18 @@ _ONE_BY_ONE = _Reads()
 def sent_back_of(engine: Engine, proof_ids: Sequence[str]) -> set[str]:
     """Which of these proofs `transfer_not_sent_back` blocks (read in one transaction)."""
     with engine.db.tx() as s:
-        targets = proof_repo.finality_targets(s, proof_ids)
-        attempts = attempt_repo.latest_verified_many(s, proof_ids)
-        settled = settlement_repo.latest_many(s, proof_ids)
-        by_network = network_rails(engine)
-        claims = [
-            claimed(engine, t, t, attempts.get(t.id), settled.get(t.id), by_network)
-            for t in targets
-        ]
-        return set(reconciliation.sent_back(s, claims))
+        return set(reconciliation.sent_back(s, claims_of(s, engine, proof_ids)))
+
+
+def claims_of(s: Session, engine: Engine, proof_ids: Sequence[str]) -> list[reconciliation.Claimed]:
+    """`claimed` for each of these proofs, read in one query per table."""
+    targets = proof_repo.finality_targets(s, proof_ids)
+    attempts = attempt_repo.latest_verified_many(s, proof_ids)
+    settled = settlement_repo.latest_many(s, proof_ids)
+    by_network = network_rails(engine)
+    return [
+        claimed(engine, t, t, attempts.get(t.id), settled.get(t.id), by_network) for t in targets
+    ]
 
 
 class _Prefetched(_Reads):

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 from sqlalchemy.orm import Session
 
 from rails.base import Adapter, InflowScan, Transport, fingerprint
-from rails.errors import CassetteError, TransportError
+from rails.errors import CassetteError, ProofMalformed, TransportError
 from registry.catalog import Rail, Stage
 from verifier.core.engine import Engine
 from verifier.core.errors import BadInput, Conflict, EngineError, NotFound
@@ -73,7 +73,10 @@ from verifier.storage.reconciliation_models import (
     Scope,
 )
 from verifier.storage.repo import attempts as attempt_repo
+from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import receipts as receipt_repo
 from verifier.storage.repo import reconciliation as repo
+from verifier.storage.repo import settlements as settlement_repo
 
 if TYPE_CHECKING:
     from rails.evm_inflows import EvmInflow
@@ -482,6 +485,18 @@ def sent_back(s: Session, claims: Iterable[Claimed]) -> dict[str, Reconciliation
     transfer behind two proofs, or about an inflow into a treasury of its network (any rail:
     an x402 settlement is base_usdc's inflow) that is its transaction, and, on EVM, a log of
     the proof's own payer (another payer's transfer in the same bundle is not this money)."""
+    claims = list(claims)
+    if not claims:
+        return {}
+    kinds = (*_PROOF_KINDS, "transfer_behind_two_proofs", *_INFLOW_KINDS)
+    return _matching(claims, repo.sent_back_resolutions(s, kinds, SENT_BACK))
+
+
+def _matching(
+    claims: Iterable[Claimed],
+    resolutions: Iterable[tuple[ReconciliationResolution, dict[str, Any]]],
+) -> dict[str, ReconciliationResolution]:
+    """`sent_back`'s answer for these resolutions (each with its finding's subjects)."""
     whose: dict[tuple[str, str], list[Claimed]] = {}
     for c in claims:
         for kind in _PROOF_KINDS:
@@ -494,10 +509,7 @@ def sent_back(s: Session, claims: Iterable[Claimed]) -> dict[str, Reconciliation
                 for kind in _INFLOW_KINDS:
                     whose.setdefault((kind, base), []).append(c)
     out: dict[str, ReconciliationResolution] = {}
-    if not whose:
-        return out
-    kinds = (*_PROOF_KINDS, "transfer_behind_two_proofs", *_INFLOW_KINDS)
-    for r, subjects in repo.sent_back_resolutions(s, kinds, SENT_BACK):
+    for r, subjects in resolutions:
         # A key names its transfer first: an EVM log's index or the proofs behind a transfer
         # follow it.
         base = r.subject_key.split(";log_index=", 1)[0].split(";proof_ids=", 1)[0]
@@ -579,6 +591,8 @@ def resolve_finding(
             or subject_key(f.kind, dict(f.subjects or {}), found_by.rail_id if found_by else None)
             or f"finding_id={f.id}"
         )
+        if resolution in _SETTLES_TRANSFER:
+            _refuse_credited(engine, s, f, key)
         if _resolved(s, f.kind, key) is not None:
             raise Conflict(
                 "finding_resolved", f"what finding {finding_id} is about is already resolved"
@@ -624,6 +638,77 @@ def resolve_finding(
     refresh_drift_gauge(engine)
     view["also_resolved"] = max(0, marked - 1)
     return view
+
+
+def _refuse_credited(engine: Engine, s: Session, f: ReconciliationFinding, key: str) -> None:
+    """Refuse a resolution saying railproof does not credit this money (refunded, not ours,
+    attached by hand) while a receipt credits it (its entitlement not revoked): the payer
+    would be paid twice.
+
+    SECURITY: the proofs that could hold the transfer are locked first, as apply locks them
+    (in id order, before any other row and before the audit chain's lock, which this
+    transaction takes after), so an apply under way either commits its receipt before this
+    reads the receipts, or reads this resolution in its gate once it is committed."""
+    from verifier.services.gate import claims_of  # the gate asks this module: no cycle at load
+
+    subjects = dict(f.subjects or {})
+    named = [subjects.get("proof_id"), *(subjects.get("proof_ids") or [])]
+    candidates = {str(i) for i in named if i}
+    transfer = subjects.get("transfer")
+    if isinstance(transfer, str):
+        # Its proofs on any rail of the network, and those whose settlement it is (an x402
+        # payment's): the proofs a receipt for this money can be of.
+        found_by = repo.get_run(s, f.run_id)
+        fps = _fingerprints_of(engine, transfer, found_by.rail_id if found_by else None)
+        candidates |= {
+            p.id for ps in repo.proofs_by_fingerprint(s, sorted(fps)).values() for p in ps
+        }
+        candidates |= settlement_repo.proofs_settled_in(s, sorted({transfer, transfer.lower()}))
+    if not candidates:
+        return
+    held = [p.id for p in proof_repo.lock_many(s, sorted(candidates))]
+    probe = ReconciliationResolution(kind=f.kind, subject_key=key)
+    covered = _matching(claims_of(s, engine, held), [(probe, subjects)])
+    credited = receipt_repo.crediting(s, sorted(covered))
+    if credited:
+        proof_id, receipt_id = min(credited.items())
+        raise Conflict(
+            "transfer_credited",
+            f"finding {f.id}: receipt {receipt_id} (proof {proof_id}) credits this transfer; "
+            "revoke its entitlement first if the money goes back",
+            extra={"receipt_id": receipt_id, "proof_id": proof_id},
+        )
+
+
+def _fingerprints_of(engine: Engine, transfer: str, rail_id: str | None) -> set[str]:
+    """The fingerprints a proof of this transfer has on each rail of the network the run
+    scanned (every rail when the run names none)."""
+    rails = list(engine.catalog.rails)
+    network = _network_of(engine, rail_id) if rail_id is not None else None
+    if network is not None:
+        rails = [r for r in rails if _network_of(engine, r) == network]
+    out = set()
+    for other in rails:
+        try:
+            rail = engine.rail(other)
+            adapter = engine.adapter(rail)
+        except (BadInput, ValueError):
+            continue  # a rail this deployment leaves unusable takes no proof
+        for ptype in adapter.proof_types:
+            try:
+                ref = adapter.normalize_proof(ptype, transfer)
+            except ProofMalformed:
+                continue
+            out.add(fingerprint(rail.family, rail.network, ptype, ref))
+    return out
+
+
+def _network_of(engine: Engine, rail_id: str) -> str | None:
+    """The rail's network as this deployment resolves it; None for a rail it leaves unusable."""
+    try:
+        return engine.rail(rail_id).network
+    except (BadInput, ValueError):
+        return None
 
 
 # -- scope rail_proofs ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from verifier.storage.models import Receipt
+from verifier.storage.models import Entitlement, EntitlementStatus, Receipt
 from verifier.storage.repo import rows
 
 _ID_FOR_PROOF = select(Receipt.id).where(Receipt.proof_id == bindparam("pid"))
@@ -21,6 +21,20 @@ def id_for_proof(s: Session, proof_id: str) -> str | None:
 def ids_for_proofs(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
     """Receipt id per proof, for those of `proof_ids` that have one, in one query."""
     q = select(Receipt.proof_id, Receipt.id).where(rows.among(s, Receipt.proof_id, proof_ids))
+    return {pid: rid for pid, rid in s.execute(q).all()}
+
+
+def crediting(s: Session, proof_ids: Sequence[str]) -> dict[str, str]:
+    """Receipt id per proof, for those of `proof_ids` whose receipt still credits the payer:
+    its entitlement active or pending (a credit half written), not revoked."""
+    q = (
+        select(Receipt.proof_id, Receipt.id)
+        .join(Entitlement, Entitlement.receipt_id == Receipt.id, isouter=True)
+        .where(
+            rows.among(s, Receipt.proof_id, proof_ids),
+            or_(Entitlement.id.is_(None), Entitlement.status != EntitlementStatus.revoked),
+        )
+    )
     return {pid: rid for pid, rid in s.execute(q).all()}
 
 

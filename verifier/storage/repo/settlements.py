@@ -42,6 +42,14 @@ def latest_many(s: Session, proof_ids: Sequence[str]) -> dict[str, Record]:
     return {r["proof_id"]: Record(r) for r in got}
 
 
+def proofs_settled_in(s: Session, tx_hashes: Sequence[str]) -> set[str]:
+    """The proofs with evidence of settling in any of these transactions (every proof a
+    receipt can credit has some: the gate asks for final settlement). Read by hand, for a
+    person's resolution of a transfer: a scan is cheap at that pace, an index is not."""
+    t = rows.table(_SE)
+    return set(s.scalars(select(t.c.proof_id).where(rows.among(s, t.c.tx_hash, list(tx_hashes)))))
+
+
 def settled_since_reorg(s: Session, proof_ids: Sequence[str]) -> set[str]:
     """Which of these proofs the chain has shown settled (evidence naming a block or a slot,
     not reorged) since its last reorg, if any, in one query."""
