@@ -13,11 +13,18 @@ import pytest
 from solders.keypair import Keypair
 from sqlalchemy import select
 
-from tests.helpers import FIXTURES, SwitchableTransport, advance, cassette_engine
+from tests.helpers import (
+    FAKE_SESSION,
+    FIXTURES,
+    SwitchableTransport,
+    advance,
+    cassette_engine,
+    fake_payment,
+)
 from tests.test_reconciliation import evm, evm_session  # noqa: F401  (the local EVM chain)
-from verifier.services import audit, discovery, rails_admin
+from verifier.services import audit, discovery, proofs, rails_admin
 from verifier.services.sessions import NewSession, open_session
-from verifier.storage.models import Entitlement, Proof
+from verifier.storage.models import Entitlement, Proof, Receipt
 from verifier.storage.reconciliation_models import DiscoveryCursor
 from verifier.worker import loop as worker
 
@@ -581,6 +588,97 @@ def test_a_backlog_longer_than_one_scan_is_walked_over_the_next_cycles(db_url):
         with e.db.tx() as s:
             [c] = s.scalars(select(DiscoveryCursor)).all()
             assert (c.last_signature, c.walk_before, c.walk_newest) == (newest_first[0], None, None)
+    finally:
+        e.db.dispose()
+
+
+class _Slow(_Node):
+    """A `_Node` each of whose getTransaction answers takes a second on the cycle's clock
+    (`discovery._clock`), counted by signature."""
+
+    def __init__(self, inner, listing, clock: list[float]):
+        super().__init__(inner, listing)
+        self.clock = clock
+        self.fetched: dict[str, int] = {}
+
+    def call(self, method, params):
+        if method == "getTransaction":
+            self.clock[0] += 1.0
+            self.fetched[params[0]] = self.fetched.get(params[0], 0) + 1
+        return super().call(method, params)
+
+
+def _flooded(e, monkeypatch, n: int) -> tuple[_Slow, list[tuple[str, str]], list[float]]:
+    """The treasury listing n transfers (oldest first in the pairs), read by a `_Slow` node,
+    with the cycle's clock it counts on."""
+    clock = [0.0]
+    monkeypatch.setattr(discovery, "_clock", lambda: clock[0])
+    chain, pairs = synthetic_chain(n)
+    listing = chain.call("getSignaturesForAddress", [DOC["token_account"], {"limit": 1000}])
+    node = _Slow(chain, listing, clock)
+    e.chains.set_transport("solana-mainnet", node)
+    return node, pairs, clock
+
+
+def test_a_dust_flood_is_walked_within_the_budget_and_no_transfer_is_passed_over(
+    db_url, monkeypatch
+):
+    # 12 transfers arrived since the last one done with, the oldest Alice's payment, the rest
+    # dust naming nobody's reference (anyone can send them). One scan lists them all; the
+    # walk reads them for the cycle's budget (2 s, a second a transaction here) and goes on
+    # from where it stopped, cycle after cycle, each read once, to the end of the walk.
+    e = make_engine(db_url, discovery_page_limit=5, reconcile_max_pages=50)
+    e.settings.discovery_cycle_budget_s = 2.0
+    try:
+        node, pairs, clock = _flooded(e, monkeypatch, 12)
+        (paid, ref), dust = pairs[0], [sig for sig, _ in pairs[1:]]
+        ps = session_for(e, "discovered", reference=ref)
+        rail = e.rail("solana_usdc")
+        cycles = 0
+        while not _refs(e, ps["id"]):
+            started = clock[0]
+            discovery.watch_solana(e, rail)
+            cycles += 1
+            # The budget, then the transaction under way when it ran out; and the payment's
+            # verification in the cycle that finds it.
+            assert clock[0] - started <= e.settings.discovery_cycle_budget_s + 2
+            assert cycles < 12
+        assert cycles > 1
+        assert _refs(e, ps["id"]) == [(paid, "verified")]
+        assert {sig: node.fetched.get(sig) for sig in dust} == dict.fromkeys(dust, 1)
+        # The walk is over: the newest signature is the cursor.
+        assert _cursor(e)[:3] == (pairs[-1][0], None, None)
+    finally:
+        e.db.dispose()
+
+
+def test_a_dust_flood_in_the_treasury_never_holds_another_tenants_apply(db_url, monkeypatch, chain):
+    # Bob's payment, submitted by his backend, is verified and final while the treasury's
+    # watch has a flood of dust to read: the sweep applies it before discovery reads any,
+    # and discovery reads the flood for its budget only.
+    e = make_engine(db_url, discovery_page_limit=100, reconcile_max_pages=50)
+    e.settings.discovery_cycle_budget_s = 2.0
+    try:
+        node, _, clock = _flooded(e, monkeypatch, 40)
+        e.chains.set_transport("fakenet", chain)
+        _alices(e, 1_000, str(Keypair().pubkey()))  # an open session at the treasury: watched
+        bob = open_session(e, NewSession(**{**FAKE_SESSION, "owner_id": "bob"}), actor="svc")
+        fake_payment(chain, bob, "fx0b0b0b0b01")
+        view, _ = proofs.submit_proof(e, bob["id"], "fx0b0b0b0b01", None)
+        assert view["status"] == "verified", view
+        applied_at: list[float] = []
+        real = worker.auto_apply
+
+        def auto_apply(engine, batch):
+            applied_at.append(clock[0])
+            return real(engine, batch)
+
+        monkeypatch.setattr(worker, "auto_apply", auto_apply)
+        assert worker.sweep(e, "w1", deliveries=False)["applied"] == 1
+        with e.db.tx() as s:
+            assert s.scalar(select(Receipt.id).where(Receipt.session_id == bob["id"]))
+        assert applied_at[0] == 0.0  # before the watch read anything
+        assert sum(node.fetched.values()) <= e.settings.discovery_cycle_budget_s + 1
     finally:
         e.db.dispose()
 

@@ -226,8 +226,9 @@ class Settings(BaseSettings):
     discovery_page_limit: int = Field(default=1000, ge=1, le=1000)
     discovery_max_backoff_s: float = Field(default=60.0, ge=0, le=_YEAR_S)
     discovery_evm_lookback_blocks: int = Field(default=2000, ge=1)
-    # How long one discovery cycle looks up a rail's references (after its treasury's walk):
-    # those it did not reach have the first turn next cycle.
+    # How long one discovery cycle walks a Solana treasury, and then looks up a rail's
+    # references: the walk goes on from where it stopped, and references not reached have
+    # the first turn, next cycle.
     discovery_cycle_budget_s: float = Field(default=2.0, gt=0, le=3600)
     env: Mapping[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True)
 

@@ -6,8 +6,9 @@ proof already names is left to the worker's re-checks, never submitted twice.
 
 Per cycle and rail, the treasury is watched once (shared by every open session, never one
 poll per session): `getSignaturesForAddress` of the treasury's token account, newest first
-down to the last signature done with (a walk longer than one cycle goes on in the next from
-where it stopped), then one `getTransaction` per new transfer, matched to the open sessions
+down to the last signature done with, then one `getTransaction` per new transfer for
+RAILPROOF_DISCOVERY_CYCLE_BUDGET_S at most (a walk longer than one cycle, or its budget, goes
+on in the next from where it stopped), matched to the open sessions
 its references name (looked up by those keys: however many sessions are open, none is left
 out). Sessions paying a recipient that is not the treasury are looked up by their reference
 (one walk per such session); a transaction naming it is submitted only when the rail's own
@@ -69,7 +70,7 @@ def enabled(engine: Engine) -> bool:
     return engine.settings.chain == "live"
 
 
-# Elapsed time for the references' budget (tests count it in RPC calls instead).
+# Elapsed time for the treasury's and the references' budgets (tests count it in RPC calls).
 _clock = time.monotonic
 
 
@@ -384,8 +385,8 @@ def _reference_key(rail: Rail, reference: str) -> str:
 
 
 def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> dict[str, int]:
-    """One watch of the rail's treasury (and references of non-treasury sessions, for
-    RAILPROOF_DISCOVERY_CYCLE_BUDGET_S at most). Returns {"submitted", "rpc_calls",
+    """One watch of the rail's treasury, then of references of non-treasury sessions, each
+    for RAILPROOF_DISCOVERY_CYCLE_BUDGET_S at most. Returns {"submitted", "rpc_calls",
     "inflows"}."""
     from rails.solana import token_account
     from verifier.core.timeutil import utc
@@ -415,6 +416,11 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
         key = f"solana:{rail.rail_id}:{rail.network}:treasury:{treasury}"
         due, state = _due(engine, key)
         if due:
+            # SECURITY: anyone can fill the public treasury with dust transfers (50,000 cost
+            # about a quarter of a SOL), one getTransaction each: read all in one cycle, they
+            # would hold every tenant's re-checks, finality and apply for as long. The walk
+            # stops at the budget and goes on from there next cycle (`walk_before`).
+            until = _clock() + engine.settings.discovery_cycle_budget_s
             _walk(
                 engine,
                 rail,
@@ -422,7 +428,7 @@ def watch_solana(engine: Engine, rail: Rail, chain: Transport | None = None) -> 
                 token_account(treasury, rail.asset),
                 key,
                 state,
-                _treasury_handler(engine, rail, counted, treasury, alive, out),
+                _treasury_handler(engine, rail, counted, treasury, alive, out, until),
                 not_before=int(utc(oldest).timestamp()) - skew,
                 page_limit=engine.settings.discovery_page_limit,
                 max_pages=engine.settings.reconcile_max_pages,
@@ -468,15 +474,22 @@ def _treasury_handler(
     treasury: str,
     alive: datetime,
     out: dict[str, int],
+    until: float,
 ) -> Handler:
     """Each new transfer into the treasury, bound to the one open session whose reference it
-    carries, submitted as that session's proof."""
+    carries, submitted as that session's proof; those read by `until` (on `_clock`, one at
+    least), the rest left to the next cycle."""
     from rails.solana_inflows import fetch_inflow
 
     def handle(entries: list[SignatureEntry]) -> tuple[int, int, bool]:
         upto, unreadable = len(entries), False
         inflows = []
         for n, e in enumerate(entries):
+            if n and _clock() > until:
+                # Done with those before it only: the walk goes on from here next cycle, so
+                # no transfer is passed over.
+                upto = n
+                break
             if e.failed:
                 continue
             try:

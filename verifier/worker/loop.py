@@ -691,9 +691,10 @@ def sweep(
     """One pass of every job; `deliveries=False` leaves webhooks to a thread of their own.
     Once `stop` is set the sweep ends after the call to a node under way (each bounded by the
     RPC policy, RAILPROOF_RPC_TOTAL_S), giving back what it claimed and did not work on.
-    Proofs already submitted are asked first: discovery, whose watches any tenant can multiply
-    by opening sessions, comes after them, within its budget, and before the apply, which
-    takes what it found in the same sweep.
+    Proofs already submitted are asked first, and those final applied: discovery, whose
+    watches any tenant can multiply by opening sessions (anyone can lengthen the treasury's
+    with dust), comes after them, within its budget, and before the apply again, which takes
+    what it found in the same sweep.
 
     SECURITY: the schema is checked first, before any claim: a worker of an older version
     credits nothing on a database migrated past its code (SchemaMoved)."""
@@ -713,9 +714,15 @@ def sweep(
         out["entitlements_placed"] = placed
     if _stopping(stop):
         return out
+    if engine.settings.auto_apply:
+        # What is final is applied before discovery too: a watch anyone can lengthen (dust
+        # transfers to the treasury) never holds a tenant's submitted payment's receipt.
+        out["applied"] = auto_apply(engine, batch)
+        if _stopping(stop):
+            return out
     discovered = discovery.cycle(engine, name)  # 0 unless RAILPROOF_DISCOVERY (or live chain)
     if engine.settings.auto_apply and not _stopping(stop):
-        out["applied"] = auto_apply(engine, batch)
+        out["applied"] = out.get("applied", 0) + auto_apply(engine, batch)
     if discovered:
         out["discovered"] = discovered
     if deliveries and not _stopping(stop):
