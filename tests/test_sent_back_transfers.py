@@ -4,7 +4,8 @@ the session's own tenant submitting it. The proof may verify (the chain did carr
 transfer); the apply gate's `transfer_not_sent_back` blocks its receipt on every path, and
 the worker's apply sweep leaves it out rather than count it blocked in every sweep. The other
 way round, a transfer a receipt credits is not resolved as sent back, even while its apply is
-under way."""
+under way, and a refund and a receipt for the same transfer never both stand, whichever of
+the two commits first."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from tests.test_reconciliation import EXPECT, by_kind, proofs_of, req, session_f
 from tests.test_reconciliation_resolve import OP
 from verifier.core.errors import Conflict, EngineError, Refused
 from verifier.services import gate, proofs, reconciliation
-from verifier.storage.models import Entitlement, Receipt
+from verifier.storage.models import Entitlement, EntitlementStatus, Receipt
 from verifier.storage.reconciliation_models import ReconciliationResolution
 from verifier.storage.repo import proofs as proof_repo
+from verifier.storage.repo import settlements as settlement_repo
 from verifier.worker import loop as worker
 
 
@@ -253,4 +255,151 @@ def test_a_refund_resolved_while_the_proof_is_applied_is_not_credited_too(pg_url
         assert _resolutions(e) == []
     finally:
         go.set()
+        e.db.dispose()
+
+
+def _credits(e, session_id: str) -> list[str]:
+    """The receipts of the session whose entitlement is not revoked."""
+    with e.db.tx() as s:
+        return list(
+            s.scalars(
+                select(Receipt.id)
+                .join(Entitlement, Entitlement.receipt_id == Receipt.id)
+                .where(
+                    Receipt.session_id == session_id,
+                    Entitlement.status != EntitlementStatus.revoked,
+                )
+            ).all()
+        )
+
+
+def _resolve_held_after_its_lookup(e, monkeypatch, finding_id: int):
+    """A thread resolving the finding `refunded`, held right after it has looked up which
+    proofs could hold the transfer (none yet: an orphan's), before it locks anything.
+    Returns the thread, the event set once it is held, the one that lets it go on, and where
+    its answer goes."""
+    reached, go = threading.Event(), threading.Event()
+    real = settlement_repo.proofs_settled_in
+
+    def proofs_settled_in(s, tx_hashes):
+        out = real(s, tx_hashes)
+        if threading.current_thread().name == "resolve" and not reached.is_set():
+            reached.set()
+            assert go.wait(60), "never released"
+        return out
+
+    monkeypatch.setattr(settlement_repo, "proofs_settled_in", proofs_settled_in)
+    outcome: dict[str, Any] = {}
+
+    def resolve() -> None:
+        try:
+            outcome["resolve"] = reconciliation.resolve_finding(e, finding_id, "refunded", OP)
+        except EngineError as err:
+            outcome["resolve"] = err.code
+
+    return threading.Thread(target=resolve, name="resolve"), reached, go, outcome
+
+
+@pytest.mark.postgres
+def test_a_refund_of_an_orphan_is_refused_when_its_proof_is_credited_meanwhile(pg_url, monkeypatch):
+    # No proof holds an orphan's transfer when its refund looks for one; the tenant submits
+    # it and the worker credits it before the refund commits. The refund sees the receipt
+    # once it holds the audit chain's lock, and is refused.
+    e = make_engine(pg_url)
+    try:
+        sig = EXPECT["bound"]["signature"]
+        bound = session_for(e, "bound")
+        run = reconciliation.run(e, req(), "ops1")
+        [f] = [x for x in by_kind(run)["orphan_bound"] if x["subjects"]["transfer"] == sig]
+        r, reached, go, outcome = _resolve_held_after_its_lookup(e, monkeypatch, f["id"])
+        r.start()
+        assert reached.wait(60)
+
+        view, _ = proofs.submit_proof(e, bound["id"], sig, ["alice"])
+        assert view["status"] == "verified", view
+        worker.sweep(e, "w1")  # finality and the automatic apply
+        [receipt] = _credits(e, bound["id"])
+        go.set()
+        r.join(60)
+        assert not r.is_alive()
+
+        assert outcome["resolve"] == "transfer_credited"
+        assert _resolutions(e) == []
+        assert _credits(e, bound["id"]) == [receipt]
+    finally:
+        go.set()
+        e.db.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", ["staff", "sweep"])
+def test_a_credit_under_way_when_an_orphans_refund_commits_is_refused(pg_url, monkeypatch, path):
+    # The other order: the credit has passed its gate (no resolution yet) when the refund,
+    # which found no proof to wait for, commits. The credit reads the resolutions again once
+    # it holds the audit chain's lock and is refused as the gate refuses money sent back:
+    # `apply` answers `transfer_not_sent_back`; the worker's batch rolls back and its
+    # proof-by-proof apply is blocked by the gate.
+    e = make_engine(pg_url, auto_apply=path == "sweep")
+    held, let_go = threading.Event(), threading.Event()
+    go = threading.Event()
+    try:
+        sig = EXPECT["bound"]["signature"]
+        bound = session_for(e, "bound")
+        run = reconciliation.run(e, req(), "ops1")
+        [f] = [x for x in by_kind(run)["orphan_bound"] if x["subjects"]["transfer"] == sig]
+        r, reached, go, outcome = _resolve_held_after_its_lookup(e, monkeypatch, f["id"])
+        r.start()
+        assert reached.wait(60)
+
+        view, _ = proofs.submit_proof(e, bound["id"], sig, ["alice"])
+        assert view["status"] == "verified", view
+        if path == "staff":
+            worker.sweep(e, "w1")  # finality only: the automatic apply is off
+            assert not gate.dry_run_apply(e, view["id"])["blockers"]
+
+        # The credit stops once its gate has passed, before its first audit append.
+        real = gate._audit_credit
+
+        def audit_credit(*args, **kw):
+            if threading.current_thread().name == "apply" and not held.is_set():
+                held.set()
+                assert let_go.wait(60), "never released"
+            return real(*args, **kw)
+
+        monkeypatch.setattr(gate, "_audit_credit", audit_credit)
+
+        def credit() -> None:
+            try:
+                if path == "staff":
+                    outcome["apply"] = gate.apply(e, view["id"], OP, gate.Via.staff)
+                else:
+                    outcome["apply"] = worker.sweep(e, "w1")
+            except EngineError as err:
+                outcome["apply"] = err
+
+        a = threading.Thread(target=credit, name="apply")
+        a.start()
+        assert held.wait(60)
+        go.set()
+        r.join(60)
+        assert not r.is_alive()
+        assert outcome["resolve"]["repair_status"] == "resolved"
+        let_go.set()
+        a.join(60)
+        assert not a.is_alive()
+
+        assert _credits(e, bound["id"]) == []
+        assert _resolutions(e) == [(f["id"], "refunded")]
+        if path == "staff":
+            refused = outcome["apply"]
+            assert isinstance(refused, Refused) and refused.code == "apply_blocked"
+            blockers = [b["code"] for b in refused.extra["report"]["blockers"]]
+            assert blockers == ["transfer_not_sent_back"]
+        assert _blocks(e) >= 1
+        with e.db.tx() as s:
+            p = proof_repo.get(s, view["id"])
+            assert p is not None and p.applied_at is None
+    finally:
+        go.set()
+        let_go.set()
         e.db.dispose()

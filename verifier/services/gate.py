@@ -84,6 +84,8 @@ class _Rows:
     session: PaymentSession | None = None
     entitlement: Entitlement | None = None
     receipt: Receipt | None = None
+    # What `transfer_not_sent_back` asked about (read again under the chain's lock).
+    claim: reconciliation.Claimed | None = None
 
 
 class _Reads:
@@ -106,11 +108,15 @@ class _Reads:
     def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
         return latest_verified_attempt(s, proof_id)
 
-    def sent_back(
+    def claim(
         self, s: Session, engine: Engine, p: Proof, ps: PaymentSession | None
+    ) -> reconciliation.Claimed:
+        return claimed(engine, p, ps, self.verified_attempt(s, p.id), self.settlement(s, p.id))
+
+    def sent_back(
+        self, s: Session, claim: reconciliation.Claimed
     ) -> ReconciliationResolution | None:
-        claim = claimed(engine, p, ps, self.verified_attempt(s, p.id), self.settlement(s, p.id))
-        return reconciliation.sent_back(s, [claim]).get(p.id)
+        return reconciliation.sent_back(s, [claim]).get(claim.proof_id)
 
 
 def network_rails(engine: Engine) -> dict[str, tuple[str, ...]]:
@@ -222,20 +228,18 @@ class _Prefetched(_Reads):
         self._by_session = {r.session_id: r for r in receipts}
         self._attempts = attempt_repo.latest_verified_many(s, proof_ids)
         by_network = network_rails(engine)
-        self._sent_back = reconciliation.sent_back(
-            s,
-            [
-                claimed(
-                    engine,
-                    p,
-                    sessions.get(p.session_id),
-                    self._attempts.get(p.id),
-                    self._settlements.get(p.id),
-                    by_network,
-                )
-                for p in proofs
-            ],
-        )
+        self._claims = {
+            p.id: claimed(
+                engine,
+                p,
+                sessions.get(p.session_id),
+                self._attempts.get(p.id),
+                self._settlements.get(p.id),
+                by_network,
+            )
+            for p in proofs
+        }
+        self._sent_back = reconciliation.sent_back(s, self._claims.values())
 
     def settlement(self, s: Session, proof_id: str) -> SettlementEvidence | Record | None:
         return self._settlements.get(proof_id)
@@ -252,10 +256,15 @@ class _Prefetched(_Reads):
     def verified_attempt(self, s: Session, proof_id: str) -> VerificationAttempt | Record | None:
         return self._attempts.get(proof_id)
 
-    def sent_back(
+    def claim(
         self, s: Session, engine: Engine, p: Proof, ps: PaymentSession | None
+    ) -> reconciliation.Claimed:
+        return self._claims[p.id]
+
+    def sent_back(
+        self, s: Session, claim: reconciliation.Claimed
     ) -> ReconciliationResolution | None:
-        return self._sent_back.get(p.id)
+        return self._sent_back.get(claim.proof_id)
 
 
 def _evaluate(
@@ -341,15 +350,8 @@ def _evaluate(
     add("tuple_bound", ok, detail)
     # SECURITY: money staff sent back to the payer (or found not a payment of ours) in
     # reconciliation is never credited afterwards, whoever submits the transfer and when.
-    back = reads.sent_back(s, engine, p, ctx.session)
-    add(
-        "transfer_not_sent_back",
-        back is None,
-        "no reconciliation resolution sent it back"
-        if back is None
-        else f"resolved {back.resolution} in reconciliation (finding {back.finding_id}, "
-        f"incident {back.incident_id}, by {back.staff})",
-    )
+    ctx.claim = reads.claim(s, engine, p, ctx.session)
+    checks.append(_not_sent_back(reads.sent_back(s, ctx.claim)))
     # SECURITY: a payment settled by a transaction that is another proof's own (a Base USDC
     # proof of an x402 facilitator's settlement) is one payment. Holds name both since
     # transfer holds exist; a proof credited before them holds only its own fingerprint.
@@ -363,6 +365,32 @@ def _evaluate(
         f"{elsewhere.proof_id} (session {elsewhere.session_id})",
     )
     return checks, ctx
+
+
+def _not_sent_back(back: ReconciliationResolution | None) -> Check:
+    return Check(
+        "transfer_not_sent_back",
+        back is None,
+        "no reconciliation resolution sent it back"
+        if back is None
+        else f"resolved {back.resolution} in reconciliation (finding {back.finding_id}, "
+        f"incident {back.incident_id}, by {back.staff})",
+    )
+
+
+def _sent_back_meanwhile(
+    s: Session, credits: Sequence[tuple[Proof, _Rows]]
+) -> dict[str, ReconciliationResolution]:
+    """The proofs of these credits whose money a resolution sent back since the gate read.
+
+    SECURITY: call it once the audit chain's lock is held (the credit's first append). A
+    resolution appends under the same lock, held to its commit, then asks whether a receipt
+    credits the transfer (reconciliation.resolve_finding): one that took the lock first has
+    committed, and is seen here; one that takes it after this credit commits sees the
+    receipt. Its first lookup, before any lock, cannot find a proof submitted after it (an
+    orphan's transfer) to wait for: without this read both would stand. One query for all."""
+    claims = [ctx.claim for _, ctx in credits if ctx.claim is not None]
+    return reconciliation.sent_back(s, claims)
 
 
 def _settled_as_another_proof(
@@ -661,6 +689,7 @@ def apply(
                 ent.id,
                 {"receipt_id": r.id, "owner_id": ent.owner_id, "completed_credit": True},
             )
+            _refuse_sent_back_meanwhile(engine, s, p, checks, ctx)
             _emit_activated(s, now, ent)
             _tell_not_credited(s, now, {ps.id}, [*others, *late])
             result = {
@@ -679,6 +708,7 @@ def apply(
                 raise RuntimeError("injected failure after receipt insert")
             ent = _activate(engine, p, ps, ctx, r, now)
             _audit_credit(s, now, op, via, p, ps, r, ent)
+            _refuse_sent_back_meanwhile(engine, s, p, checks, ctx)
             _emit_credit(s, now, r, ent, via)
             _tell_not_credited(s, now, {ps.id}, [*others, *late])
             result = {
@@ -697,6 +727,28 @@ def apply(
         )
     engine.metrics.inc("receipts_total", rail_id=p.rail_id)
     return result
+
+
+def _refuse_sent_back_meanwhile(
+    engine: Engine, s: Session, p: Proof, checks: list[Check], ctx: _Rows
+) -> None:
+    """`apply`'s credit, once the chain's lock is held: refused as the gate refuses a
+    transfer sent back (`transfer_not_sent_back`) when a resolution sent it back meanwhile,
+    raised inside the transaction so nothing of the credit is written."""
+    back = _sent_back_meanwhile(s, [(p, ctx)]).get(p.id)
+    if back is None:
+        return
+    report = _report(
+        p, [_not_sent_back(back) if c.name == "transfer_not_sent_back" else c for c in checks], ctx
+    )
+    engine.metrics.inc(
+        "apply_gate_blocks_total", rail_id=p.rail_id, blocker="transfer_not_sent_back"
+    )
+    raise Refused(
+        "apply_blocked",
+        "apply gate blocked: transfer_not_sent_back",
+        extra={"report": report},
+    )
 
 
 def _tell_paid_elsewhere(
@@ -915,6 +967,15 @@ def apply_many(
             events.expect(s)
             for p, ps, r, ent in credits:
                 _audit_credit(s, now, op, via, p, ps, r, ent)
+            back = _sent_back_meanwhile(s, [(p, ctx) for p, _, ctx, _ in passed])
+            if back:
+                # Rolled back whole: the caller applies proof by proof, and `apply`'s gate
+                # refuses these as it refuses any transfer sent back.
+                raise Refused(
+                    "apply_blocked",
+                    "apply gate blocked: transfer_not_sent_back for " + ", ".join(sorted(back)),
+                    extra={"proof_ids": sorted(back)},
+                )
             # Entitlements may have events already (one query for all); receipts are new.
             events.prime_sequences(s, "entitlement", [ent.id for *_, ent in credits])
             for _, _, r, ent in credits:

@@ -632,6 +632,14 @@ def resolve_finding(
             str(f.id),
             {"kind": f.kind, "subject_key": key, "resolution": resolution, "run_id": f.run_id},
         )
+        if resolution in _SETTLES_TRANSFER:
+            # SECURITY: again now that the audit chain's lock is held (the append above, held
+            # to commit): a credit commits under the same lock, so one made meanwhile, of a
+            # proof the first look could not know of (an orphan's transfer submitted since,
+            # a settlement recorded since), is committed and seen here, or else reads this
+            # resolution under that lock and is refused (gate `_sent_back_meanwhile`).
+            # Refused here, the resolution and its audit row roll back.
+            _refuse_credited(engine, s, f, key, lock=False)
         s.flush()
         s.refresh(f)
         view = finding_view(f)
@@ -640,15 +648,20 @@ def resolve_finding(
     return view
 
 
-def _refuse_credited(engine: Engine, s: Session, f: ReconciliationFinding, key: str) -> None:
+def _refuse_credited(
+    engine: Engine, s: Session, f: ReconciliationFinding, key: str, lock: bool = True
+) -> None:
     """Refuse a resolution saying railproof does not credit this money (refunded, not ours,
     attached by hand) while a receipt credits it (its entitlement not revoked): the payer
     would be paid twice.
 
     SECURITY: the proofs that could hold the transfer are locked first, as apply locks them
     (in id order, before any other row and before the audit chain's lock, which this
-    transaction takes after), so an apply under way either commits its receipt before this
-    reads the receipts, or reads this resolution in its gate once it is committed."""
+    transaction takes after), so an apply under way of a proof found here either commits its
+    receipt before this reads the receipts, or reads this resolution in its gate once it is
+    committed. Asked again without locking (`lock=False`: a row lock taken after the chain's
+    would close a cycle with apply) once the chain's lock is held, for the proofs this first
+    look could not find (`resolve_finding`)."""
     from verifier.services.gate import claims_of  # the gate asks this module: no cycle at load
 
     subjects = dict(f.subjects or {})
@@ -666,7 +679,9 @@ def _refuse_credited(engine: Engine, s: Session, f: ReconciliationFinding, key: 
         candidates |= settlement_repo.proofs_settled_in(s, sorted({transfer, transfer.lower()}))
     if not candidates:
         return
-    held = [p.id for p in proof_repo.lock_many(s, sorted(candidates))]
+    held = (
+        [p.id for p in proof_repo.lock_many(s, sorted(candidates))] if lock else sorted(candidates)
+    )
     probe = ReconciliationResolution(kind=f.kind, subject_key=key)
     covered = _matching(claims_of(s, engine, held), [(probe, subjects)])
     credited = receipt_repo.crediting(s, sorted(covered))
