@@ -83,7 +83,7 @@ _APP_RESPONSES = error_responses(413)
 @functools.cache
 def _api_routes() -> tuple[BaseRoute, ...]:
     """The MOUNTED routers' routes as an app serves them, built once per process. Building
-    them (each response model's and dependency's validators) took ~0.3 s of every
+    them (each response model's and dependency's validators) took ~0.1 s of every
     create_app; they hold nothing of an app or its engine (a handler reads
     `request.app.state`), so every app of the process serves the same route objects. (Nor
     do they see an app's `dependency_overrides`, which nothing here uses.)"""
