@@ -7,15 +7,20 @@
   readiness calls `live_verifier_configured`);
 - POST /v1/admin/assurance/repairs repairs a missing receipt through the apply gate, a lapsed
   worker lease and a stuck idempotency claim, each audited with incident id, reason and
-  staff member; bad input is a 4xx naming the field; `railproof assurance-repair` over a
+  staff member in the transaction that acts; a repair finds any standing issue by id, also
+  one listed only in a narrow window; an issue resolved while the repair ran is 409 and
+  writes nothing; bad input is a 4xx naming the field; `railproof assurance-repair` over a
   real socket.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -25,8 +30,10 @@ from tests.live_server import LiveServer
 from tests.test_assurance import paid
 from verifier.cli.main import app as cli_app
 from verifier.core import timeutil
-from verifier.services import assurance, proofs
+from verifier.core.errors import Conflict
+from verifier.services import assurance, audit, gate, proofs
 from verifier.services.assurance import CHECKS, Issue
+from verifier.services.audit import Operator
 from verifier.storage.models import (
     AuditEvent,
     IdempotencyClaim,
@@ -223,6 +230,110 @@ def test_repair_blocked_by_the_gate_changes_nothing(client, engine, chain):
     with engine.db.tx() as s:
         assert s.scalar(select(Receipt).where(Receipt.proof_id == p["id"])) is None
     assert repaired_events(engine) == []
+
+
+def _unapplied_issue(client, engine, chain, tx: str) -> tuple[dict, str]:
+    p = paid(client, chain, tx, apply=False)
+    advance(engine, 2 * 3600)
+    return p, f"verified_without_receipt:{p['id']}"
+
+
+def _receipts(engine, pid: str) -> list[str]:
+    with engine.db.tx() as s:
+        return list(s.scalars(select(Receipt.id).where(Receipt.proof_id == pid)).all())
+
+
+def test_an_issue_listed_in_a_narrow_window_is_repaired(client, engine, chain, monkeypatch):
+    # The whole history lists the oldest findings first (one here; 100 in production): a
+    # newer one is listed with --period-days, and the repair finds it as listed there.
+    monkeypatch.setattr(assurance, "LIMIT", 1)
+    old = paid(client, chain, "fx0000ab01", apply=False)
+    advance(engine, 3 * 86400)
+    new = paid(client, chain, "fx0000ab02", apply=False)
+    advance(engine, 2 * 3600)
+    whole = by_category(report(client), "verified_without_receipt")
+    assert [i["id"] for i in whole] == [
+        f"verified_without_receipt:{old['id']}",
+        "verified_without_receipt:more",
+    ]
+    (issue,) = by_category(report(client, period_days=1), "verified_without_receipt")
+    assert issue["id"] == f"verified_without_receipt:{new['id']}" and issue["repairable"]
+    # The `more` issue stands for findings, not one of them: no repair by that id.
+    r = repair(client, "verified_without_receipt:more")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "issue_not_repairable"
+
+    r = repair(client, issue["id"])
+    assert r.status_code == 200, r.text
+    assert _receipts(engine, new["id"]) == [r.json()["result"]["receipt_id"]]
+    assert _receipts(engine, old["id"]) == []
+
+
+def test_an_issue_resolved_while_the_repair_ran_changes_nothing(client, engine, chain, monkeypatch):
+    p, issue_id = _unapplied_issue(client, engine, chain, "fx0000ac01")
+    apply = gate.apply
+
+    def worker_applies_first(e, pid, *a, **kw):
+        # The worker's apply sweep credits the proof after the repair found the issue.
+        apply(e, pid, Operator("worker"), gate.Via.auto)
+        return apply(e, pid, *a, **kw)
+
+    monkeypatch.setattr(gate, "apply", worker_applies_first)
+    r = repair(client, issue_id)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "issue_resolved", r.text
+    assert len(_receipts(engine, p["id"])) == 1  # the worker's
+    assert repaired_events(engine) == []  # someone else's receipt is not this repair's
+
+
+def test_a_repairs_receipt_and_its_audit_row_commit_together(client, engine, chain, monkeypatch):
+    p, issue_id = _unapplied_issue(client, engine, chain, "fx0000ac02")
+    append = audit.append
+
+    def failing_repaired_row(s, now, op, action, *a, **kw):
+        if action == "assurance.repaired":
+            raise RuntimeError("the audit append failed (lock timeout, lost connection)")
+        return append(s, now, op, action, *a, **kw)
+
+    monkeypatch.setattr(audit, "append", failing_repaired_row)
+    r = repair(client, issue_id)
+    assert r.status_code >= 500
+    assert _receipts(engine, p["id"]) == []  # no receipt without its assurance.repaired row
+    monkeypatch.setattr(audit, "append", append)
+    r = repair(client, issue_id)  # the issue still stands: the retry repairs it
+    assert r.status_code == 200, r.text
+    assert len(_receipts(engine, p["id"])) == 1 and len(repaired_events(engine)) == 1
+
+
+@pytest.mark.postgres
+def test_two_staff_repairing_one_issue_at_once_leave_one_repair(
+    client, engine, chain, db_url, monkeypatch
+):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("real concurrency: PostgreSQL")
+    p, issue_id = _unapplied_issue(client, engine, chain, "fx0000ac03")
+    apply = gate.apply
+    both_found = threading.Barrier(2, timeout=30)
+
+    def once_both_found(*a, **kw):
+        both_found.wait()  # both repairs have seen the issue standing
+        return apply(*a, **kw)
+
+    monkeypatch.setattr(gate, "apply", once_both_found)
+
+    def run(actor: str) -> dict | Exception:
+        op = Operator(actor, OP["incident_id"], OP["operator_reason"])
+        try:
+            return assurance.repair(engine, issue_id, True, op)
+        except Conflict as e:
+            return e
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, ["ops1", "ops2"]))
+    assert len(_receipts(engine, p["id"])) == 1
+    (done,) = [r for r in results if isinstance(r, dict)]
+    (refused,) = [r for r in results if isinstance(r, Conflict)]
+    assert refused.code == "issue_resolved"
+    (ev,) = repaired_events(engine)
+    assert ev.data["data"]["receipt_id"] == done["result"]["receipt_id"]
 
 
 def _later(monkeypatch, seconds: float) -> None:

@@ -17,17 +17,20 @@ invariant is one function appended there. An issue's `id` is a function of what 
 (its category and subject), so it stays the same while the issue stands and a repair can
 name it.
 
-A repair (`repair`) re-runs the checks, finds the issue by id (an issue that no longer stands
-is not found), and runs the staff action that fixes it — the apply gate for a missing
-receipt, the worker's own release for a lapsed lease, the idempotency service's release for
-a stuck claim — never a direct table edit. Each repair needs confirmation, an incident id and
-a reason, and is audited (`assurance.repaired`) with all three and the staff member.
+A repair (`repair`) re-runs the check of the issue's category over all its findings (not
+only the `LIMIT` a report lists: an issue listed in a narrow window is found too), finds the
+issue by id (an issue that no longer stands is not found), and runs the staff action that
+fixes it — the apply gate for a missing receipt, the worker's own release for a lapsed lease,
+the idempotency service's release for a stuck claim — never a direct table edit. Each repair
+needs confirmation, an incident id and a reason, and is audited (`assurance.repaired`) with
+all three and the staff member, in the transaction that acts: no repair commits unaudited,
+and one that finds the issue resolved meanwhile changes nothing and writes no row.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -93,6 +96,7 @@ class Scope:
     at: datetime  # process time: leases and idempotency claims age by it, never pinned
     since: datetime | None  # the window's start on the business clock (None: everything)
     since_process: datetime | None  # the same window on process time
+    limit: int | None  # findings listed per category (None: all, for a repair's look-up)
 
 
 def _digest(*parts: str) -> str:
@@ -137,7 +141,7 @@ def _listed_rows(found: Capped[Row], issue: Callable[..., Issue]) -> list[Issue]
 def unsettled_active_entitlements(sc: Scope) -> list[Issue]:
     """Active entitlements whose settlement is not final, or reorged."""
     return _listed_rows(
-        findings.unsettled_active_entitlements(sc.s, LIMIT, since=sc.since),
+        findings.unsettled_active_entitlements(sc.s, sc.limit, since=sc.since),
         lambda ent_id, finality, reorged: Issue(
             "active_entitlement_unsettled",
             "critical",
@@ -154,7 +158,7 @@ def flagged_active_entitlements(sc: Scope) -> list[Issue]:
     """Active entitlements the worker flagged whose proof is no longer verified though its
     settlement still reads final (the chain shows the payment can no longer be this one)."""
     return _listed_rows(
-        findings.flagged_active_entitlements_with_failed_proof(sc.s, LIMIT, since=sc.since),
+        findings.flagged_active_entitlements_with_failed_proof(sc.s, sc.limit, since=sc.since),
         lambda ent_id, status, code: Issue(
             "active_entitlement_payment_gone",
             "critical",
@@ -170,7 +174,7 @@ def flagged_active_entitlements(sc: Scope) -> list[Issue]:
 def receipts_without_active_entitlement(sc: Scope) -> list[Issue]:
     """Receipts whose entitlement is not active (and not deliberately revoked)."""
     return _listed(
-        findings.receipts_without_active_entitlement(sc.s, LIMIT, since=sc.since),
+        findings.receipts_without_active_entitlement(sc.s, sc.limit, since=sc.since),
         lambda rid: Issue(
             "receipt_without_active_entitlement",
             "critical",
@@ -183,7 +187,7 @@ def receipts_without_active_entitlement(sc: Scope) -> list[Issue]:
 
 def receipts_without_final_settlement(sc: Scope) -> list[Issue]:
     return _listed(
-        findings.receipts_without_final_settlement(sc.s, LIMIT, since=sc.since),
+        findings.receipts_without_final_settlement(sc.s, sc.limit, since=sc.since),
         lambda rid: Issue(
             "receipt_without_final_settlement",
             "critical",
@@ -197,7 +201,7 @@ def receipts_without_final_settlement(sc: Scope) -> list[Issue]:
 def entitlements_on_another_receipt(sc: Scope) -> list[Issue]:
     """Active entitlements standing on a receipt that is not their session's own."""
     return _listed(
-        findings.entitlements_on_another_receipt(sc.s, LIMIT, since=sc.since),
+        findings.entitlements_on_another_receipt(sc.s, sc.limit, since=sc.since),
         lambda ent_id: Issue(
             "entitlement_on_another_receipt",
             "critical",
@@ -212,7 +216,7 @@ def entitlements_on_another_receipt(sc: Scope) -> list[Issue]:
 def receipts_on_another_proof(sc: Scope) -> list[Issue]:
     """Receipts whose settlement or proof does not back them."""
     return _listed(
-        findings.receipts_on_another_proof(sc.s, LIMIT, since=sc.since),
+        findings.receipts_on_another_proof(sc.s, sc.limit, since=sc.since),
         lambda rid: Issue(
             "receipt_without_verified_proof",
             "critical",
@@ -226,7 +230,7 @@ def receipts_on_another_proof(sc: Scope) -> list[Issue]:
 
 def settlements_without_verified_attempt(sc: Scope) -> list[Issue]:
     return _listed(
-        findings.settlements_without_verified_attempt(sc.s, LIMIT, since=sc.since),
+        findings.settlements_without_verified_attempt(sc.s, sc.limit, since=sc.since),
         lambda eid: Issue(
             "settlement_without_verified_attempt",
             "critical",
@@ -240,7 +244,7 @@ def settlements_without_verified_attempt(sc: Scope) -> list[Issue]:
 def transfers_claimed_twice(sc: Scope) -> list[Issue]:
     """One on-chain reference behind more than one receipt."""
     return _listed_rows(
-        findings.transfers_with_several_receipts(sc.s, LIMIT, since=sc.since),
+        findings.transfers_with_several_receipts(sc.s, sc.limit, since=sc.since),
         lambda ref, n: Issue(
             "transfer_claimed_twice",
             "critical",
@@ -257,7 +261,7 @@ def verified_without_receipt(sc: Scope) -> list[Issue]:
     live = [r for r, d in sc.engine.catalog.rails.items() if d.stage is Stage.live]
     return _listed(
         findings.final_without_receipt(
-            sc.s, live, sc.now - VERIFIED_WITHOUT_RECEIPT_SLA, LIMIT, since=sc.since
+            sc.s, live, sc.now - VERIFIED_WITHOUT_RECEIPT_SLA, sc.limit, since=sc.since
         ),
         lambda pid: Issue(
             "verified_without_receipt",
@@ -273,7 +277,7 @@ def verified_without_receipt(sc: Scope) -> list[Issue]:
 
 def pending_past_sla(sc: Scope) -> list[Issue]:
     return _listed(
-        findings.pending_created_before(sc.s, sc.now - PENDING_SLA, LIMIT, since=sc.since),
+        findings.pending_created_before(sc.s, sc.now - PENDING_SLA, sc.limit, since=sc.since),
         lambda pid: Issue(
             "pending_past_sla",
             "warning",
@@ -289,7 +293,7 @@ def uncredited_transfers(sc: Scope) -> list[Issue]:
     (the payer paid twice, or two transfers raced for one session). The money arrived; it
     must not vanish from view."""
     return _listed_rows(
-        findings.verified_on_paid_sessions(sc.s, LIMIT, since=sc.since),
+        findings.verified_on_paid_sessions(sc.s, sc.limit, since=sc.since),
         lambda pid, sid, owner: Issue(
             "verified_transfer_not_credited",
             "error",  # money arrived and nothing credits it: someone must act
@@ -306,7 +310,7 @@ def lapsed_leases(sc: Scope) -> list[Issue]:
     """Proofs still claimed by a worker whose lease ran out: it died or stalled mid-work. A
     current state, so outside any window. Repair: release the lease, due now."""
     return _listed_rows(
-        findings.lapsed_leases(sc.s, sc.at, LIMIT),
+        findings.lapsed_leases(sc.s, sc.at, sc.limit),
         lambda pid, by, until: Issue(
             "claim_lease_lapsed",
             "warning",
@@ -326,7 +330,7 @@ def stuck_claims(sc: Scope) -> list[Issue]:
     refused request does, so the client's retry runs again."""
     cutoff = sc.at - timedelta(seconds=sc.engine.settings.stuck_claim_seconds)
     return _listed_rows(
-        findings.stuck_claims(sc.s, cutoff, LIMIT, since=sc.since_process),
+        findings.stuck_claims(sc.s, cutoff, sc.limit, since=sc.since_process),
         lambda principal, endpoint, key, made_at: Issue(
             "idempotency_claim_stuck",
             "warning",
@@ -457,13 +461,9 @@ def _reconciliation(engine: Engine) -> list[Issue]:
     ]
 
 
-def _issues(engine: Engine, period_days: int | None) -> list[Issue]:
-    if period_days is not None and not 1 <= period_days <= MAX_PERIOD_DAYS:
-        raise BadInput(
-            "invalid_request",
-            f"period_days: from 1 to {MAX_PERIOD_DAYS}",
-            field="period_days",
-        )
+def _checked(
+    engine: Engine, checks: Sequence[Check], period_days: int | None, limit: int | None
+) -> list[Issue]:
     now, at = engine.now(), timeutil.process_now()
     window = timedelta(days=period_days) if period_days is not None else None
     issues: list[Issue] = []
@@ -475,10 +475,21 @@ def _issues(engine: Engine, period_days: int | None) -> list[Issue]:
             at,
             now - window if window is not None else None,
             at - window if window is not None else None,
+            limit,
         )
-        for check in CHECKS:
+        for check in checks:
             issues += check(sc)
-    return issues + _reconciliation(engine)
+    return issues
+
+
+def _issues(engine: Engine, period_days: int | None) -> list[Issue]:
+    if period_days is not None and not 1 <= period_days <= MAX_PERIOD_DAYS:
+        raise BadInput(
+            "invalid_request",
+            f"period_days: from 1 to {MAX_PERIOD_DAYS}",
+            field="period_days",
+        )
+    return _checked(engine, CHECKS, period_days, LIMIT) + _reconciliation(engine)
 
 
 def assurance_report(engine: Engine, period_days: int | None = None) -> dict[str, Any]:
@@ -515,8 +526,20 @@ def assurance_report(engine: Engine, period_days: int | None = None) -> dict[str
 
 def _apply_through_gate(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str, Any]:
     # The staff apply itself: every check of the gate, in one transaction, or nothing (a
-    # standing blocker answers 409 apply_blocked with the report).
-    return gate.apply(engine, str(issue.target), op, gate.Via.staff)
+    # standing blocker answers 409 apply_blocked with the report). The repair's audit row is
+    # written in that transaction, and only when this apply credits.
+    result = gate.apply(
+        engine,
+        str(issue.target),
+        op,
+        gate.Via.staff,
+        on_credit=lambda s, done: _audit_repair(engine, s, issue, op, APPLIED, done),
+    )
+    if result["already_applied"]:
+        # Credited after the issue was read (the worker's sweep, another staff member):
+        # someone else's receipt, not this repair's, and nothing changed.
+        raise Conflict("issue_resolved", f"proof {issue.target}: already applied")
+    return result
 
 
 def _requeue_lapsed(engine: Engine, issue: Issue, op: audit.Operator) -> dict[str, Any]:
@@ -587,20 +610,33 @@ def _audit_repair(
     )
 
 
+APPLIED = "applied through the apply gate"
+
+
 @dataclass(frozen=True)
 class Repair:
     action: str  # what it does, as the answer says
+    # Acts, and appends assurance.repaired in the transaction that acts.
     run: Callable[[Engine, Issue, audit.Operator], dict[str, Any]]
-    audited_by_run: bool  # the run appends assurance.repaired in its own transaction
+    check: Check  # the check that finds the category's issues
 
 
 REPAIRS: dict[str, Repair] = {
-    "verified_without_receipt": Repair(
-        "applied through the apply gate", _apply_through_gate, audited_by_run=False
-    ),
-    "claim_lease_lapsed": Repair("lease released, proof due now", _requeue_lapsed, True),
-    "idempotency_claim_stuck": Repair("claim released", _release_claim, True),
+    "verified_without_receipt": Repair(APPLIED, _apply_through_gate, verified_without_receipt),
+    "claim_lease_lapsed": Repair("lease released, proof due now", _requeue_lapsed, lapsed_leases),
+    "idempotency_claim_stuck": Repair("claim released", _release_claim, stuck_claims),
 }
+
+
+def _standing(engine: Engine, issue_id: str) -> Issue | None:
+    """The standing issue `issue_id`, if any. A repairable category's check reads all its
+    findings, since the issue may be one a report listed only in a narrow window (past the
+    whole history's first `LIMIT`); an issue of another category is looked for in the report,
+    to say it has no repair (as is a category's `more` issue, which a full read never has)."""
+    category, _, key = issue_id.partition(":")
+    how = REPAIRS.get(category) if key != "more" else None
+    found = _checked(engine, [how.check], None, None) if how else _issues(engine, None)
+    return next((i for i in found if i.id == issue_id), None)
 
 
 def repair(engine: Engine, issue_id: str, confirm: bool, op: audit.Operator) -> dict[str, Any]:
@@ -610,7 +646,7 @@ def repair(engine: Engine, issue_id: str, confirm: bool, op: audit.Operator) -> 
             "confirmation_required", "confirm: must be true for this action", field="confirm"
         )
     audit.require_context(op, "for a repair")
-    issue = next((i for i in _issues(engine, None) if i.id == issue_id), None)
+    issue = _standing(engine, issue_id)
     if issue is None:
         raise NotFound(
             "assurance_issue_not_found",
@@ -626,9 +662,6 @@ def repair(engine: Engine, issue_id: str, confirm: bool, op: audit.Operator) -> 
             field="issue_id",
         )
     result = how.run(engine, issue, op)
-    if not how.audited_by_run:
-        with engine.db.tx() as s:
-            _audit_repair(engine, s, issue, op, how.action, result)
     return {
         "issue_id": issue.id,
         "category": issue.category,

@@ -9,7 +9,7 @@ blocker or error, does nothing at all. A blocker's code is the name of the check
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -623,9 +623,16 @@ def dry_run_apply(
 
 
 def apply(
-    engine: Engine, proof_id: str, op: audit.Operator, via: Via = Via.staff
+    engine: Engine,
+    proof_id: str,
+    op: audit.Operator,
+    via: Via = Via.staff,
+    on_credit: Callable[[Session, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Apply inside one transaction. Idempotent: an applied proof returns its receipt again."""
+    """Apply inside one transaction. Idempotent: an applied proof returns its receipt again.
+    `on_credit(s, result)`: called in that transaction when this apply credits (creates the
+    receipt, or finishes a half-written credit), never for an already applied proof, so what
+    it writes (an assurance repair's audit row) commits with the credit or not at all."""
     with engine.db.tx() as s:
         # SECURITY: the rail's state first, under its share lock (Engine.rail_state_read), so
         # a pause either waits for this apply to commit or is seen by it: no receipt commits
@@ -698,6 +705,8 @@ def apply(
                 "receipt_id": r.id,
                 "entitlement_id": ent.id,
             }
+            if on_credit is not None:
+                on_credit(s, result)
         else:
             blocked = None
             now = engine.now()
@@ -717,6 +726,8 @@ def apply(
                 "receipt_id": r.id,
                 "entitlement_id": ent.id,
             }
+            if on_credit is not None:
+                on_credit(s, result)
     if blocked is not None:
         for b in blocked["blockers"]:
             engine.metrics.inc("apply_gate_blocks_total", rail_id=p.rail_id, blocker=b["code"])

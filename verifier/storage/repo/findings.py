@@ -1,7 +1,8 @@
 """The assurance report's queries (verifier.services.assurance): rows that break an invariant
-the database cannot hold by itself. Each returns a `Capped`: at most `limit` rows, in a fixed
-order, and how many rows there are in all, so the report can say when its list was cut;
-`since` (where taken) keeps only rows made at or after it (the report's --period-days window).
+the database cannot hold by itself. Each returns a `Capped`: at most `limit` rows (None: all,
+as a repair's look-up reads them), in a fixed order, and how many rows there are in all, so
+the report can say when its list was cut; `since` (where taken) keeps only rows made at or
+after it (the report's --period-days window).
 
 The order (`_capped`): each owner's oldest row, then each owner's second oldest, and so on,
 oldest first within each round. Oldest first because the oldest finding is the most urgent
@@ -58,7 +59,11 @@ class Capped(Generic[T]):
 
 
 def _capped(
-    s: Session, q: Select[*tuple[Any, ...]], limit: int, owner: Any, order: Sequence[Any]
+    s: Session,
+    q: Select[*tuple[Any, ...]],
+    limit: int | None,
+    owner: Any,
+    order: Sequence[Any],
 ) -> Capped[tuple[Any, ...]]:
     """The rows of `q` (without an order or a limit of its own), at most `limit`: ranked
     within their `owner` by `order` (its age first, then a unique tie-break), and listed rank
@@ -88,7 +93,7 @@ def _current_settlement() -> Subquery:
 
 
 def unsettled_active_entitlements(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[tuple[str, str, bool]]:
     """(entitlement id, finality, reorged) of active entitlements whose receipt's proof's
     latest settlement is not final, or reorged."""
@@ -142,7 +147,7 @@ def count_flagged_active_entitlements(s: Session) -> int:
 
 
 def flagged_active_entitlements_with_failed_proof(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[tuple[str, str, str | None]]:
     """(entitlement id, proof status, failure code) of flagged active entitlements whose proof
     is no longer verified while its latest settlement still reads final: the ones
@@ -158,7 +163,9 @@ def flagged_active_entitlements_with_failed_proof(
     return found.map(lambda r: (r[0], str(getattr(r[1], "value", r[1])), r[2]))
 
 
-def _receipt_ids(s: Session, q: Select[Any], limit: int, since: datetime | None) -> Capped[str]:
+def _receipt_ids(
+    s: Session, q: Select[Any], limit: int | None, since: datetime | None
+) -> Capped[str]:
     q = _window(q, Receipt.created_at, since)
     return _capped(s, q, limit, Receipt.owner_id, (Receipt.created_at, Receipt.id)).map(
         lambda r: str(r[0])
@@ -166,7 +173,7 @@ def _receipt_ids(s: Session, q: Select[Any], limit: int, since: datetime | None)
 
 
 def receipts_without_active_entitlement(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[str]:
     """Receipts whose entitlement is missing or still pending (a revoked one is deliberate)."""
     q = (
@@ -178,7 +185,7 @@ def receipts_without_active_entitlement(
 
 
 def receipts_without_final_settlement(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[str]:
     q = (
         select(Receipt.id)
@@ -189,7 +196,7 @@ def receipts_without_final_settlement(
 
 
 def entitlements_on_another_receipt(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[str]:
     """Active entitlements whose receipt is another session's, owner's or product's, or is
     one that another active entitlement stands on too."""
@@ -215,7 +222,9 @@ def entitlements_on_another_receipt(
     return found.map(lambda r: str(r[0]))
 
 
-def receipts_on_another_proof(s: Session, limit: int, since: datetime | None = None) -> Capped[str]:
+def receipts_on_another_proof(
+    s: Session, limit: int | None, since: datetime | None = None
+) -> Capped[str]:
     """Receipts whose settlement is another proof's, or whose proof is not verified while
     the entitlement stands unflagged (the worker flags one whose payment it finds gone)."""
     standing = (
@@ -240,7 +249,7 @@ def receipts_on_another_proof(s: Session, limit: int, since: datetime | None = N
 
 
 def settlements_without_verified_attempt(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[int]:
     q = (
         select(SettlementEvidence.id)
@@ -254,7 +263,7 @@ def settlements_without_verified_attempt(
 
 
 def transfers_with_several_receipts(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[tuple[str, int]]:
     """(on-chain reference, receipts) for each reference behind more than one receipt (with
     `since`: one of them made since; the count is of all). A reference's owner, for the
@@ -276,7 +285,7 @@ def final_without_receipt(
     s: Session,
     rail_ids: Sequence[str],
     updated_before: datetime,
-    limit: int,
+    limit: int | None,
     since: datetime | None = None,
 ) -> Capped[str]:
     """Verified proofs on the given rails, final by their latest settlement, without a
@@ -304,7 +313,7 @@ def final_without_receipt(
 
 
 def pending_created_before(
-    s: Session, created_before: datetime, limit: int, since: datetime | None = None
+    s: Session, created_before: datetime, limit: int | None, since: datetime | None = None
 ) -> Capped[str]:
     q = select(Proof.id).where(
         Proof.status == ProofStatus.pending, Proof.created_at < created_before
@@ -315,7 +324,7 @@ def pending_created_before(
 
 
 def verified_on_paid_sessions(
-    s: Session, limit: int, since: datetime | None = None
+    s: Session, limit: int | None, since: datetime | None = None
 ) -> Capped[tuple[str, str, str]]:
     """(proof id, session id, owner id) of verified proofs without a receipt whose session
     another proof's receipt paid."""
@@ -336,7 +345,7 @@ def verified_on_paid_sessions(
 
 
 def lapsed_leases(
-    s: Session, at: datetime, limit: int
+    s: Session, at: datetime, limit: int | None
 ) -> Capped[tuple[str, str | None, datetime | None]]:
     """(proof id, worker, lease end) of proofs still claimed by a lease that ended before
     `at`; the earliest lease end is the oldest."""
@@ -348,7 +357,7 @@ def lapsed_leases(
 
 
 def stuck_claims(
-    s: Session, cutoff: datetime, limit: int, since: datetime | None = None
+    s: Session, cutoff: datetime, limit: int | None, since: datetime | None = None
 ) -> Capped[tuple[str, str, str, datetime]]:
     """(principal, endpoint, key, made at) of idempotency claims still in progress that were
     made at or before `cutoff` (and at or after `since`, on process time); a claim's owner is
