@@ -22,6 +22,7 @@ from rails.transport.cassette import Call, CassetteTransport
 from tests.helpers import advance, cassette_engine, recorded_calls
 from tests.test_reconciliation import DOC, EXPECT, INFLOWS, by_kind, req, session_for
 from tests.test_reconciliation_resolve import OP
+from verifier.core.timeutil import utc
 from verifier.services import proofs, reconciliation
 from verifier.storage.models import PaymentSession
 
@@ -424,6 +425,87 @@ def test_after_a_treasury_change_the_former_treasurys_orphans_stay_drift(growing
         assert f["subjects"]["recipient"] == DOC["treasury"], f
         assert f"reconciliation run {run['id']} finding {f['id']}" in _drift(e)
     assert len(_drift(e)) == 4  # every orphan of the former account, once
+
+
+class _Accounts:
+    """`inner` with one account's history: every other account's listing is empty. The
+    accounts listed are kept, in order."""
+
+    source = "cassette"
+
+    def __init__(self, inner: _Growing, account: str):
+        self.inner, self.account = inner, account
+        self.listed: list[str] = []
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method == "getSignaturesForAddress":
+            self.listed.append(params[0])
+            if params[0] != self.account:
+                return []
+        return self.inner.call(method, params)
+
+
+def test_a_former_treasury_a_session_still_pays_is_read(growing, monkeypatch):
+    # A session opened before a treasury change pays the former treasury; only the current
+    # one's account was listed, so money paid there that nobody proved was never reported.
+    from rails.solana import token_account
+
+    e, chain = growing
+    s = session_for(e, "bound")  # opened while the recorded treasury was the rail's
+    former = token_account(DOC["treasury"], e.rail("solana_usdc").asset)
+    accounts = _Accounts(chain, former)
+    e.chains.set_transport("solana-mainnet", accounts)
+    new = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"  # the treasury approved next
+    monkeypatch.setattr(reconciliation, "_treasury", lambda engine, rail: new)
+    first = _first_complete(e)
+    assert former in accounts.listed and first["summary"]["treasury"] == new
+    [f] = _of(first, "bound")
+    assert f["kind"] == "orphan_bound" and f["subjects"]["session_id"] == s["id"], f
+    assert f["subjects"]["recipient"] == DOC["treasury"], f
+    [u] = _of(first, "matched")  # no session carries its reference
+    assert u["kind"] == "orphan_unbound" and u["subjects"]["recipient"] == DOC["treasury"], u
+    assert len(_drift(e)) == 4
+    # Read again while the session may still be paid (from its opening: the budget of
+    # pages holds for it too), and carried beside it: once each.
+    assert _whole(e)["status"] == "incomplete"
+    again = _first_complete(e)
+    [g] = _of(again, "bound")
+    assert g["kind"] == "orphan_bound" and "carried_from" not in g["subjects"], g
+    assert len(again["findings"]) == 4 and len(_drift(e)) == 4
+    # No session pays it any more (expired longer than the grace ago): the former account
+    # is not listed, and what was found there is carried, still drift.
+    with e.db.tx() as db:
+        ended = utc(db.get(PaymentSession, s["id"]).expires_at)
+    advance(e, (ended - e.now()).total_seconds() + e.settings.tx_not_found_grace_seconds)
+    accounts.listed.clear()
+    run = _whole(e)
+    assert run["status"] == "complete", run["detail"]
+    assert former not in accounts.listed and accounts.listed, accounts.listed
+    [h] = _of(run, "bound")
+    assert h["subjects"]["carried_from"] == again["id"], h
+    assert h["subjects"]["recipient"] == DOC["treasury"] and reconciliation.is_drift(h), h
+    assert len(run["findings"]) == 4 and len(_drift(e)) == 4
+
+
+def test_a_window_run_reads_a_former_treasury_over_its_window(growing, monkeypatch):
+    from rails.solana import token_account
+
+    e, chain = growing
+    s = session_for(e, "bound")
+    former = token_account(DOC["treasury"], e.rail("solana_usdc").asset)
+    accounts = _Accounts(chain, former)
+    e.chains.set_transport("solana-mainnet", accounts)
+    new = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"
+    monkeypatch.setattr(reconciliation, "_treasury", lambda engine, rail: new)
+    run = reconciliation.run(e, req(**OLD), "ops1")
+    assert run["status"] == "complete", run["detail"]
+    assert {f["subjects"]["transfer"] for f in run["findings"]} == {
+        EXPECT["matched"]["signature"],
+        EXPECT["bound"]["signature"],
+    }
+    [f] = _of(run, "bound")
+    assert (f["kind"], f["subjects"]["session_id"]) == ("orphan_bound", s["id"]), f
+    assert f["subjects"]["recipient"] == DOC["treasury"], f
 
 
 def test_a_transfer_a_pending_proof_waited_for_is_reported_once_the_proof_fails(growing):

@@ -26,7 +26,9 @@ every treasury the rail had that a session in the window pays, never a recipient
 named. A Solana run over the whole history after a complete one lists down to (a lookback
 before) the newest signature that one listed and carries what it found and nobody settled
 (`_carry_solana`); the first after a treasury change lists the new account whole and carries
-what was found on the former one. Both carry the transfers a pending proof waited for too.
+what was found on the former one. It lists too each former treasury a session still pays
+(`_solana_former`), from the oldest such session's opening. Both carry the transfers a
+pending proof waited for too.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
@@ -950,11 +952,11 @@ def solana_inflows(
     hi = _epoch(until)
     whole = since is None and until is None
     follow = _solana_follow(engine, rail, treasury) if whole else None
-    # After a treasury change the new account is listed whole, and what was found on the
-    # former one is carried (`_former_treasury`).
+    # After a treasury change (or while the account has no signature to follow on from) it
+    # is listed whole, and what was found before is carried (`_former_treasury`).
     carry = follow.carry if follow is not None else None
     if whole and carry is None:
-        carry = _former_treasury(engine, rail, treasury)
+        carry = _former_treasury(engine, rail)
     # The listing starts at the newest signature: the pages after the window's end (a busy
     # treasury's later transfers, anyone's dust) have a budget of their own, larger but
     # bounded, or an old window could never be read whole however narrow.
@@ -976,33 +978,106 @@ def solana_inflows(
         if not e.failed and (hi is None or e.block_time is None or e.block_time < hi)
     ]
     counts["failed_transactions_skipped"] = sum(1 for e in scan.entries if e.failed)
-    problems = [scan.error] if scan.error else []
-    if scan.out_of == "window":
-        problems = [
-            f"more than {pages} pages of {per_page} signatures in the window "
-            "(RAILPROOF_RECONCILE_MAX_PAGES): raise it for one run (a complete run over the "
-            "whole history is followed on from by the next), or narrow the window "
-            "(--since/--until)"
-        ]
-    elif scan.out_of == "later":
-        problems = [
-            f"the window ends behind more than {LATER_PAGES * pages} pages of {per_page} later "
-            f"signatures ({LATER_PAGES} x RAILPROOF_RECONCILE_MAX_PAGES): raise "
-            "RAILPROOF_RECONCILE_MAX_PAGES"
-        ]
+    problems = _listing_problems(scan, pages, per_page)
     findings, _ = _solana_judge(
         engine, rail, treasury, [e.signature for e in entries[:limit]], chain, counts, problems
     )
     if len(entries) > limit:
         problems.append(f"{len(entries) - limit} more transactions in the window than --limit")
+    # (A complete run judged every listed transfer: those past --limit, or after a node
+    # error, leave it incomplete, and the next run follows on from an earlier one.)
+    judged = {(treasury, e.signature) for e in entries[:limit]}
+    for former in _treasuries_paid(engine, rail, treasury, since, until)[1:]:
+        left = max(0, limit - len(judged))
+        findings += _solana_former(
+            engine, rail, former, (since, until), left, chain, counts, problems, judged
+        )
     if carry is not None:
-        # (A complete run judged every listed transfer: those past --limit, or after a node
-        # error, leave it incomplete, and the next run follows on from an earlier one.)
-        judged = {e.signature for e in entries[:limit]}
         findings += _carry_solana(engine, rail, treasury, carry, judged, chain, counts, problems)
     out = _outcome(findings, problems, counts)
     out.notes = notes
     return out
+
+
+def _listing_problems(scan: Any, pages: int, per_page: int) -> list[str]:
+    """What a listing of signatures left unread, said as a run reports it."""
+    if scan.out_of == "window":
+        return [
+            f"more than {pages} pages of {per_page} signatures in the window "
+            "(RAILPROOF_RECONCILE_MAX_PAGES): raise it for one run (a complete run over the "
+            "whole history is followed on from by the next), or narrow the window "
+            "(--since/--until)"
+        ]
+    if scan.out_of == "later":
+        return [
+            f"the window ends behind more than {LATER_PAGES * pages} pages of {per_page} later "
+            f"signatures ({LATER_PAGES} x RAILPROOF_RECONCILE_MAX_PAGES): raise "
+            "RAILPROOF_RECONCILE_MAX_PAGES"
+        ]
+    return [scan.error] if scan.error else []
+
+
+def _solana_former(
+    engine: Engine,
+    rail: Rail,
+    former: str,
+    window: tuple[datetime | None, datetime | None],
+    limit: int,
+    chain: Any,
+    counts: Counter,
+    problems: list[str],
+    judged: set[tuple[str, str]],
+) -> list[Found]:
+    """The transfers into a former treasury's account a session opened before the change
+    still pays, judged as the current treasury's are and naming it (`recipient`: the money
+    is there). A run with --since/--until lists its window; a whole-history run lists from
+    the opening (less the clock skew) of the oldest such session still open or expired less
+    than the not-found grace ago, and lists nothing without one: never the former account's
+    whole history again each run (what an earlier run found there is carried). The pairs
+    (treasury, signature) judged are added to `judged`, so none is carried beside it."""
+    from rails.solana import token_account
+    from rails.solana_inflows import list_signatures
+    from verifier.services.proofs import opening_skew
+
+    since, until = window
+    hi = _epoch(until)
+    not_before = _epoch(since)
+    if since is None and until is None:
+        grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
+        with engine.db.tx() as s:
+            oldest = repo.oldest_paying(s, rail.rail_id, former, engine.now() - grace)
+        if oldest is None:
+            return []  # no session pays it any more
+        not_before = _epoch(utc(oldest) - opening_skew(engine))
+    pages, per_page = engine.settings.reconcile_max_pages, engine.settings.discovery_page_limit
+    scan = list_signatures(
+        chain,
+        token_account(former, rail.asset),
+        not_before=not_before,
+        not_after=hi,
+        page_limit=per_page,
+        max_pages=pages,
+        max_later_pages=LATER_PAGES * pages,
+        confirm_end=True,
+    )
+    counts["rpc_calls"] += scan.calls
+    counts["failed_transactions_skipped"] += sum(1 for e in scan.entries if e.failed)
+    entries = [
+        e.signature
+        for e in scan.entries
+        if not e.failed and (hi is None or e.block_time is None or e.block_time < hi)
+    ]
+    # SECURITY: what this account's listing left unread leaves the run incomplete, named.
+    unread = _listing_problems(scan, pages, per_page)
+    findings, left = _solana_judge(engine, rail, former, entries[:limit], chain, counts, unread)
+    if len(entries) > limit:
+        unread.append(f"{len(entries) - limit} more transactions in the window than --limit")
+    problems += [f"inflows to {former}: {p}" for p in unread]
+    # What the node failed to return is not judged: an earlier finding of it is carried.
+    judged.update((former, sig) for sig in set(entries[:limit]) - set(left))
+    for f in findings:
+        f["subjects"]["recipient"] = former
+    return findings
 
 
 def _solana_judge(
@@ -1160,10 +1235,11 @@ def _solana_follow(engine: Engine, rail: Rail, treasury: str) -> _Follow | None:
     return _Follow(_Carry(last_id, treasury), newest, max(0, at - SOLANA_LOOKBACK_SECONDS))
 
 
-def _former_treasury(engine: Engine, rail: Rail, treasury: str) -> _Carry | None:
-    """The latest complete whole-history run when it listed another treasury's account (the
-    treasury changed since): what it, and the runs after it, found there is carried. None
-    otherwise."""
+def _former_treasury(engine: Engine, rail: Rail) -> _Carry | None:
+    """The latest complete whole-history run a run listing `treasury`'s account whole does
+    not follow on from: it listed another treasury's account (the treasury changed since),
+    or this one's when that listed nothing (a new account): what it, and the runs after it,
+    found is carried. None without one."""
     with engine.db.tx() as s:
         last = repo.last_whole_run(s, Scope.chain_inflows.value, rail.rail_id)
         if last is None:
@@ -1171,8 +1247,9 @@ def _former_treasury(engine: Engine, rail: Rail, treasury: str) -> _Carry | None
         former = dict(last.summary or {}).get("treasury")
         # SECURITY: a new treasury's listing never holds the former one's transfers: what was
         # found there and nobody settled (a refund owed) must stay drift, not be replaced by
-        # a complete run that never looked at that account.
-        if isinstance(former, str) and former != treasury:
+        # a complete run that never looked at that account. Nor by the run after, while the
+        # new account is still empty (no signature to follow on from).
+        if isinstance(former, str):
             return _Carry(last.id, former)
         return None
 
@@ -1203,7 +1280,7 @@ def _carry_solana(
     rail: Rail,
     treasury: str,
     carry: _Carry,
-    judged: set[str],
+    judged: set[tuple[str, str]],
     chain: Any,
     counts: Counter,
     problems: list[str],
@@ -1233,7 +1310,7 @@ def _carry_solana(
     earlier = [
         f
         for f in _unsettled_inflows(engine, carry.run_id)
-        if str(f["subjects"].get("transfer")) not in judged or recipient(f) != treasury
+        if (recipient(f), str(f["subjects"].get("transfer"))) not in judged
     ]
     if not earlier:
         return []
@@ -1465,7 +1542,8 @@ def _treasuries_paid(
 ) -> list[str]:
     """The addresses a run reads inflows of: the current treasury, and each treasury the rail
     had before that a session open in the window pays (it was the treasury when the session
-    opened, and its payer was told to pay there)."""
+    opened, and its payer was told to pay there), as it was configured or approved (a
+    Solana address is case-sensitive)."""
     from verifier.storage.repo import approvals as approval_repo
 
     with engine.db.tx() as s:
@@ -1474,10 +1552,11 @@ def _treasuries_paid(
         # address): only an address the rail had as its treasury (configured, or approved by
         # two staff members) is read, or one tenant could fill every run with transfers
         # railproof never received, past --limit, and keep the rail's run from completing.
-        known = {t.lower() for t in approval_repo.approved_treasuries(s, rail.rail_id)}
+        known = {t.lower(): t for t in approval_repo.approved_treasuries(s, rail.rail_id)}
     if rail.treasury:
-        known.add(rail.treasury.lower())
-    return [treasury, *sorted((paid & known) - {treasury.lower()})]
+        known[rail.treasury.lower()] = rail.treasury
+    former = (paid & known.keys()) - {treasury.lower()}
+    return [treasury, *(known[a] for a in sorted(former))]
 
 
 def evm_inflows(
@@ -1525,7 +1604,9 @@ def evm_inflows(
         lo = hi - most + 1
         counts["from_block"] = lo
     findings: list[Found] = []
-    recipients = _treasuries_paid(engine, rail, treasury, since, until)
+    # An EVM address is not case-sensitive: a former treasury is read and named in lower case.
+    paid = _treasuries_paid(engine, rail, treasury, since, until)
+    recipients = [treasury, *(r.lower() for r in paid[1:])]
     for n, recipient in enumerate(recipients):
         got = _evm_treasury_inflows(
             engine, rail, recipient, lo, hi, max(0, limit - counts["inflows"]), chain

@@ -696,6 +696,20 @@ def earliest_session(s: Session, rail_id: str) -> datetime | None:
     return s.scalar(q)
 
 
+def oldest_paying(
+    s: Session, rail_id: str, recipient: str, alive_after: datetime
+) -> datetime | None:
+    """When the oldest of the rail's sessions paying `recipient` (exactly: a Solana address)
+    whose expiry is not before `alive_after` was opened: those open, or expired less than
+    the grace ago (one paid or cancelled counts until its expiry). None when there is none."""
+    q = select(func.min(PaymentSession.created_at)).where(
+        PaymentSession.rail_id == rail_id,
+        PaymentSession.recipient == recipient,
+        PaymentSession.expires_at >= alive_after,
+    )
+    return s.scalar(q)
+
+
 def session_recipients(
     s: Session, rail_id: str, since: datetime | None, until: datetime | None
 ) -> set[str]:
