@@ -273,12 +273,12 @@ def _credits(e, session_id: str) -> list[str]:
         )
 
 
-def _resolve_held_after_its_lookup(e, monkeypatch, finding_id: int):
+def _resolve_held_after_its_lookup(e, monkeypatch, finding_id: int, go: threading.Event):
     """A thread resolving the finding `refunded`, held right after it has looked up which
-    proofs could hold the transfer (none yet: an orphan's), before it locks anything.
-    Returns the thread, the event set once it is held, the one that lets it go on, and where
-    its answer goes."""
-    reached, go = threading.Event(), threading.Event()
+    proofs could hold the transfer (none yet: an orphan's), before it locks anything, until
+    `go` is set. Returns the thread, the event set once it is held, and where its answer
+    goes."""
+    reached = threading.Event()
     real = settlement_repo.proofs_settled_in
 
     def proofs_settled_in(s, tx_hashes):
@@ -297,7 +297,24 @@ def _resolve_held_after_its_lookup(e, monkeypatch, finding_id: int):
         except EngineError as err:
             outcome["resolve"] = err.code
 
-    return threading.Thread(target=resolve, name="resolve"), reached, go, outcome
+    return threading.Thread(target=resolve, name="resolve"), reached, outcome
+
+
+def _orphan_submitted_while_its_refund_waits(e, monkeypatch, go: threading.Event):
+    """The `bound` transfer's orphan finding, its refund started and held after its lookup
+    (`_resolve_held_after_its_lookup`), and the transfer then submitted for its session and
+    verified. Returns the finding, the session, the proof's view, the refund's thread and
+    where its answer goes."""
+    sig = EXPECT["bound"]["signature"]
+    bound = session_for(e, "bound")
+    run = reconciliation.run(e, req(), "ops1")
+    [f] = [x for x in by_kind(run)["orphan_bound"] if x["subjects"]["transfer"] == sig]
+    r, reached, outcome = _resolve_held_after_its_lookup(e, monkeypatch, f["id"], go)
+    r.start()
+    assert reached.wait(60)
+    view, _ = proofs.submit_proof(e, bound["id"], sig, ["alice"])
+    assert view["status"] == "verified", view
+    return f, bound, view, r, outcome
 
 
 @pytest.mark.postgres
@@ -306,17 +323,9 @@ def test_a_refund_of_an_orphan_is_refused_when_its_proof_is_credited_meanwhile(p
     # it and the worker credits it before the refund commits. The refund sees the receipt
     # once it holds the audit chain's lock, and is refused.
     e = make_engine(pg_url)
+    go = threading.Event()
     try:
-        sig = EXPECT["bound"]["signature"]
-        bound = session_for(e, "bound")
-        run = reconciliation.run(e, req(), "ops1")
-        [f] = [x for x in by_kind(run)["orphan_bound"] if x["subjects"]["transfer"] == sig]
-        r, reached, go, outcome = _resolve_held_after_its_lookup(e, monkeypatch, f["id"])
-        r.start()
-        assert reached.wait(60)
-
-        view, _ = proofs.submit_proof(e, bound["id"], sig, ["alice"])
-        assert view["status"] == "verified", view
+        _, bound, _, r, outcome = _orphan_submitted_while_its_refund_waits(e, monkeypatch, go)
         worker.sweep(e, "w1")  # finality and the automatic apply
         [receipt] = _credits(e, bound["id"])
         go.set()
@@ -343,16 +352,7 @@ def test_a_credit_under_way_when_an_orphans_refund_commits_is_refused(pg_url, mo
     held, let_go = threading.Event(), threading.Event()
     go = threading.Event()
     try:
-        sig = EXPECT["bound"]["signature"]
-        bound = session_for(e, "bound")
-        run = reconciliation.run(e, req(), "ops1")
-        [f] = [x for x in by_kind(run)["orphan_bound"] if x["subjects"]["transfer"] == sig]
-        r, reached, go, outcome = _resolve_held_after_its_lookup(e, monkeypatch, f["id"])
-        r.start()
-        assert reached.wait(60)
-
-        view, _ = proofs.submit_proof(e, bound["id"], sig, ["alice"])
-        assert view["status"] == "verified", view
+        f, bound, view, r, outcome = _orphan_submitted_while_its_refund_waits(e, monkeypatch, go)
         if path == "staff":
             worker.sweep(e, "w1")  # finality only: the automatic apply is off
             assert not gate.dry_run_apply(e, view["id"])["blockers"]
