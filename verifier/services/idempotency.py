@@ -168,7 +168,7 @@ def run_idempotent(
 
     def complete_with_work(s: Session, result: R) -> tuple[int, Body]:
         made = answer_of(result)
-        claim_repo.complete_with_work(s, k.principal, k.endpoint, k.key, k.made, k.done(made))
+        claim_repo.complete_with_work(s, k.written, k.done(made))
         return made
 
     # The claim is written at the start of the work's first transaction (and committed with
@@ -223,6 +223,11 @@ class _Key:
     def made(self) -> tuple[str, datetime]:
         """What tells the claim this request wrote from a later request's claim of the key."""
         return (self.request.hash, self.created_at)
+
+    @property
+    def written(self) -> claim_repo.Written:
+        """The claim this request writes, as the repository completes it."""
+        return claim_repo.Written(self.principal, self.endpoint, self.key, self.made)
 
     def row(self, **values: object) -> dict[str, object]:
         """The claim's row, with `values` (its status and answer)."""
@@ -392,7 +397,7 @@ def _complete(engine: Engine, k: _Key, written: bool, answer: tuple[int, Body]) 
     done = k.done(answer)
     if written:
         with engine.db.tx() as s:
-            ok = claim_repo.complete(s, k.principal, k.endpoint, k.key, k.made, done)
+            ok = claim_repo.complete(s, k.written, done)
         if not ok:
             # Released while the work ran (staff took it for stuck), and perhaps claimed
             # again by a retry: that claim is the retry's to complete. This request's own

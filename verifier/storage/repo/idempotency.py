@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql
@@ -74,46 +74,40 @@ def _taken(later: Later) -> None:
         raise ClaimTaken
 
 
-def complete(
-    s: Session,
-    principal: str,
-    endpoint: str,
-    key: str,
-    made: tuple[str, datetime],
-    values: dict[str, Any],
-) -> bool:
-    """Set the in-progress claim `made` (its request hash and creation time: the one a given
-    request wrote) to its completion `values` in one UPDATE, the last statement of its
-    transaction (committed with it, one round trip on PostgreSQL); False when that claim is
-    not in progress (released, and the key perhaps claimed again by a retry)."""
-    params = _params(principal, endpoint, key, made, values)
-    return _COMPLETE.execute(s.connection(), params, commit=True) == 1
+class Written(NamedTuple):
+    """The claim one request wrote: its key, and its request hash and creation time, which
+    tell it from a later request's claim of the same key."""
+
+    principal: str
+    endpoint: str
+    key: str
+    made: tuple[str, datetime]
 
 
-def complete_with_work(
-    s: Session,
-    principal: str,
-    endpoint: str,
-    key: str,
-    made: tuple[str, datetime],
-    values: dict[str, Any],
-) -> None:
-    """Set this request's own in-progress claim `made` to its completion `values` in the
+def complete(s: Session, claim: Written, values: dict[str, Any]) -> bool:
+    """Set `claim`, while in progress, to its completion `values` in one UPDATE, the last
+    statement of its transaction (committed with it, one round trip on PostgreSQL); False
+    when that claim is not in progress (released, and the key perhaps claimed again by a
+    retry)."""
+    return _COMPLETE.execute(s.connection(), _params(claim, values), commit=True) == 1
+
+
+def complete_with_work(s: Session, claim: Written, values: dict[str, Any]) -> None:
+    """Set this request's own in-progress `claim` to its completion `values` in the
     transaction of the work's last changes: sent with its COMMIT on PostgreSQL
     (storage.repo.prepared), at once elsewhere. Nothing reads its count: a claim released
     meanwhile is left as it is (a retry's claim of the key is not this one)."""
-    _COMPLETE.defer(s.connection(), _params(principal, endpoint, key, made, values))
+    _COMPLETE.defer(s.connection(), _params(claim, values))
 
 
-def _params(
-    principal: str, endpoint: str, key: str, made: tuple[str, datetime], values: dict[str, Any]
-) -> dict[str, Any]:
+def _params(claim: Written, values: dict[str, Any]) -> dict[str, Any]:
+    made_hash, made_at = claim.made
     return {
-        "p": principal,
-        "e": endpoint,
-        "k": key,
-        "made_hash": made[0],
-        "made_at": made[1],
+        "p": claim.principal,
+        "e": claim.endpoint,
+        "k": claim.key,
+        "made_hash": made_hash,
+        "made_at": made_at,
         **values,
     }
 
