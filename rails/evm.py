@@ -53,8 +53,8 @@ logIndex, a Transfer log of the rail's token that no ERC-20 can emit) are a
 `MalformedResponse` (a lying, broken or misconfigured node), never a verdict.
 
 Reusable pieces for other EVM-settled rails (x402): `transfers_in_receipt`, `token_transfers`,
-`parse_receipt`, `settlement_for_receipt`, `is_final_at_depth`, `read_head`, and
-`EvmAdapter(rail).verify` for any Rail with a chain_id and an asset.
+`parse_receipt`, `settlement_for_receipt`, `is_final_at_depth`, `newest_final_block`,
+`read_head`, and `EvmAdapter(rail).verify` for any Rail with a chain_id and an asset.
 """
 
 from __future__ import annotations
@@ -394,6 +394,17 @@ class Head:
 
     number: int
     finalized: int | None
+
+
+def newest_final_block(policy: FinalityPolicy, head: Head) -> int | None:
+    """The highest block `is_final_at_depth` calls final under this head (None: none is yet);
+    every block below it is final too."""
+    if policy.mode != "depth":
+        raise ValueError(f"not a depth finality policy: {policy.mode}")
+    deepest = head.number - policy.confirmations + 1 if policy.confirmations is not None else -1
+    tagged = head.finalized if policy.finalized_tag and head.finalized is not None else -1
+    newest = max(deepest, tagged)
+    return newest if newest >= 0 else None
 
 
 def read_head(chain: Transport, policy: FinalityPolicy) -> Head:

@@ -27,7 +27,10 @@ exactly what it says. Checks run in this fixed order, each one small function, o
    10. submitted < validBefore                             authorization_expired
    11. submitted by the session's expiry                   session_expired
    12. live chain only: authorizationState(from, nonce)
-       unused and now past validBefore (+ a margin)        authorization_expired
+       unused, now past validBefore (+ a margin), and the
+       newest final block stamped at validBefore or later  authorization_expired
+       ... the node's latest block stamped before it       pending rpc_unavailable
+       ... only blocks not final yet stamped after it      pending not_final
        ... but the token's logs show it settled            as used (below); paying other
                                                            funds: pending rpc_unavailable
        used: the AuthorizationUsed log's transaction moved
@@ -41,10 +44,11 @@ exactly what it says. Checks run in this fixed order, each one small function, o
        ... in a block not final yet                        pending not_final
 
 Checks 1–11 read only the signed payload (and the clock): no chain state changes them, so
-they fail at once. A failure read from the chain's blocks (a settlement's, a cancellation's)
-is definitive only once that block is final under the rail's policy (the settlement's own
-reads: no chain call more); before that it is `pending not_final`, its detail naming the
-failure it will become, and the worker asks again.
+they fail at once. A failure read from the chain's blocks (a settlement's, a cancellation's,
+an unused nonce's past validBefore) is definitive only once that block is final under the
+rail's policy (the settlement's own reads; for the unused nonce, the newest final block's
+time, read only past validBefore); before that it is `pending not_final`, its detail naming
+the failure it will become, and the worker asks again.
 
 `now` is the clock of this check; `submitted` is when the proof was submitted (Terms.
 submitted_at, or now). A pending proof checked again after validBefore is still the payment
@@ -896,6 +900,20 @@ def _latest_time(chain: Transport) -> int | None:
     return _word(block["timestamp"], "block.timestamp")
 
 
+def _final_time(chain: Transport, rail: Rail) -> tuple[int, int | None] | None:
+    """The node's newest block final under the rail's policy (depth, or the `finalized` tag
+    when it trusts it) and its timestamp (None: it gave none); None when no block is final."""
+    from rails.evm import newest_final_block, read_block, read_head
+
+    number = newest_final_block(rail.finality, read_head(chain, rail.finality))
+    if number is None:
+        return None
+    block = read_block(chain, number)
+    if block is None or block.get("timestamp") is None:
+        return number, None
+    return number, _word(block["timestamp"], "block.timestamp")
+
+
 def _valid_later(failed: Finding, a: Authorization, e: Expect) -> bool:
     """An authorization not valid yet that becomes valid before it expires and while the
     session is open (the worker checks it again)."""
@@ -912,14 +930,19 @@ def _unsettled(
     observed: Observed,
     key: tuple[str, ...],
     head_time: Callable[[], int | None],
+    final_time: Callable[[], tuple[int, int | None] | None],
 ) -> Verdict:
     """An authorization the chain has not used: payable until validBefore, then never.
 
     Checked again after validBefore (a pending proof, or a verified one the worker asks
-    again), an unused nonce is definitive once a margin has passed and the node's own latest
-    block is stamped at validBefore or later (`head_time`, read only then): a block stamped
-    before the deadline may reach the node late, the chain's clock is not ours, and a node
-    whose head is still before the deadline cannot know yet."""
+    again), an unused nonce is definitive once a margin has passed and the node's newest
+    FINAL block is stamped at validBefore or later (`final_time`: (number, timestamp), read
+    only then): unused at the node's latest block, the nonce is unused at each of its
+    ancestors, and no reorg replaces a final block. A block stamped before the deadline may
+    reach the node late, and the chain's clock is not ours: a node whose latest block
+    (`head_time`) is still before the deadline cannot know yet. Past it, with the deadline
+    not final yet, a reorg may still bring a chain where the settlement landed in time:
+    `pending not_final`, failed once final."""
     if e.now < a.valid_before:
         return Verdict.ok(
             "authorization verified; nonce unused on chain", observed=observed, transfer_keys=key
@@ -940,11 +963,24 @@ def _unsettled(
             observed=observed,
         )
     # SECURITY: past validBefore the token reverts any settlement of it: nothing will pay.
-    return Verdict.fail(
+    expired = Finding(
         FailureCode.authorization_expired,
         f"never settled: nonce unused on chain past validBefore {a.valid_before}, now {e.now}",
-        observed=observed,
     )
+    final = final_time()
+    if final is not None and final[1] is not None and final[1] >= a.valid_before:
+        return expired.verdict(observed)
+    # SECURITY: failed is final, and the latest block is not: a reorg may replace it with a
+    # chain where the facilitator's settlement, sent in time, sits in a block stamped before
+    # validBefore. The deadline must be final before "unused" is.
+    if final is None:
+        said = "no block is final yet"
+    elif final[1] is None:
+        said = f"the newest final block, {final[0]}, has no timestamp yet"
+    else:
+        said = f"the newest final block, {final[0]}, is stamped {final[1]}, before validBefore"
+    where = Settlement(ref=_ref(e.chain_id, e.asset, a), finality="confirmed", detail=said)
+    return expired.verdict_once_final(where, observed)
 
 
 # -- the adapter -------------------------------------------------------------------------
@@ -1131,8 +1167,16 @@ class X402Adapter:
         require_chain(chain, e.chain_id, self.rail)
         a = p.authorization
         if not authorization_used(chain, e.asset, a.from_, a.nonce):
-            unsettled = _unsettled(a, e, observed, key, lambda: _latest_time(chain))
-            if unsettled.code is not FailureCode.authorization_expired:
+            unsettled = _unsettled(
+                a,
+                e,
+                observed,
+                key,
+                lambda: _latest_time(chain),
+                lambda: _final_time(chain, self.rail),
+            )
+            expiring = FailureCode.authorization_expired
+            if expiring not in (unsettled.code, unsettled.fails_once_final):
                 return unsettled
             return self._expired_unless_settled(p, e, chain, observed, key, unsettled)
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)
@@ -1163,9 +1207,10 @@ class X402Adapter:
         key: tuple[str, ...],
         expired: Verdict,
     ) -> Verdict:
-        """`expired` (the nonce read unused past validBefore) unless the token's logs show it
-        settled: behind one load-balanced URL a member whose state lags answers "unused"
-        while the others serve the settlement's log and receipt."""
+        """`expired` (the nonce read unused past validBefore: failed, or failing once the
+        deadline is final) unless the token's logs show it settled: behind one load-balanced
+        URL a member whose state lags answers "unused" while the others serve the
+        settlement's log and receipt."""
         a = p.authorization
         # SECURITY: failed is final; the state read alone must not lose a settled payment.
         tx = find_settlement(chain, e.asset, a.from_, a.nonce)

@@ -19,6 +19,7 @@ from rails.evm import (
     Head,
     decode_transfer,
     is_final_at_depth,
+    newest_final_block,
     settlement_for_receipt,
     transfers_in_receipt,
 )
@@ -820,6 +821,26 @@ def test_a_treasury_scan_stops_at_a_log_whose_numbers_are_not_numbers():
 def test_depth_policy(confs, tag, block, head, finalized, final):
     policy = FinalityPolicy(mode="depth", confirmations=confs, finalized_tag=tag)
     assert is_final_at_depth(policy, block, head, finalized) is final
+
+
+@pytest.mark.parametrize(
+    "confs,tag,head,finalized,newest",
+    [
+        (10, True, 104, 50, 95),  # 10 confirmations, above the finalized block
+        (10, True, 104, 100, 100),  # the finalized block, above the depth's
+        (10, False, 104, 100, 95),  # tag not trusted by this policy
+        (10, True, 5, None, None),  # nothing deep enough, no finalized answer
+        (None, True, 104, None, None),  # tag only, and the node does not know it
+    ],
+)
+def test_newest_final_block_is_the_highest_the_depth_policy_calls_final(
+    confs, tag, head, finalized, newest
+):
+    policy = FinalityPolicy(mode="depth", confirmations=confs, finalized_tag=tag)
+    assert newest_final_block(policy, Head(head, finalized)) == newest
+    if newest is not None:
+        assert is_final_at_depth(policy, newest, head, finalized)
+        assert not is_final_at_depth(policy, newest + 1, head, finalized)
 
 
 def test_settlement_for_receipt_flags_a_different_canonical_hash():

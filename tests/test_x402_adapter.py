@@ -723,8 +723,11 @@ def live_chain(
     mined: int | None = INSIDE + 5,  # the settlement block's timestamp
     cancelled: bool = False,  # the payer cancelled the nonce (AuthorizationCanceled)
     latest_at: int = VALID_BEFORE + 3600,  # the node's latest block's timestamp
+    final_at: int | None = None,  # any other block's (the newest final one): latest_at - 20
     **extra: Any,
 ) -> ScriptedChain:
+    others_at = latest_at - 20 if final_at is None else final_at
+
     def nonce_logs(params: list[Any]) -> list[dict[str, Any]]:
         topics = params[0]["topics"]
         event = topics[0]
@@ -754,7 +757,9 @@ def live_chain(
                 if finalized is not None
                 else None
             )
-        stamp = {"timestamp": hex(mined)} if mined is not None else {}
+        # Block 100 holds the settlement (when there is one); the others are stamped later.
+        when = mined if int(params[0], 16) == 100 else others_at
+        stamp = {"timestamp": hex(when)} if when is not None else {}
         return {"number": params[0], "hash": canonical, **stamp}
 
     return ScriptedChain(
@@ -1040,6 +1045,38 @@ def test_unused_on_a_node_whose_head_is_before_validbefore_is_never_expired(sepo
     verdict = sepolia.verify(V1_JSON, resubmitted(LATE), chain)
     assert (verdict.status, verdict.code) == (Status.pending, FailureCode.rpc_unavailable)
     assert "has not caught up" in verdict.detail
+
+
+def test_unused_past_validbefore_fails_only_once_a_final_block_is_stamped_after_it(sepolia):
+    # The node's latest block is past validBefore, but a reorg may still replace it with a
+    # chain where the facilitator's settlement, sent in time, landed in a block stamped
+    # before it: unused at the latest block is definitive only once a FINAL block (here 95:
+    # 10 confirmations under head 104) is stamped at validBefore or later.
+    chain = live_chain(used=False, final_at=VALID_BEFORE - 1)
+    verdict = sepolia.verify(V1_JSON, resubmitted(LATE), chain)
+    assert (verdict.status, verdict.code) == (Status.pending, FailureCode.not_final)
+    assert verdict.fails_once_final is FailureCode.authorization_expired, verdict.detail
+    assert ["eth_getBlockByNumber", [hex(95), False]] in [[m, p] for m, p in chain.calls]
+
+    final = live_chain(used=False, final_at=VALID_BEFORE)
+    verdict = sepolia.verify(V1_JSON, resubmitted(LATE), final)
+    assert (verdict.status, verdict.code) == (Status.failed, FailureCode.authorization_expired)
+
+
+def test_unused_past_validbefore_on_a_chain_with_no_final_block_is_not_expired(sepolia):
+    # Fewer blocks than the rail's depth and no `finalized` answer: nothing is final yet.
+    chain = live_chain(used=False, head=5, finalized=None)
+    verdict = sepolia.verify(V1_JSON, resubmitted(LATE), chain)
+    assert verdict.fails_once_final is FailureCode.authorization_expired, verdict.detail
+    assert "no block is final yet" in verdict.detail
+
+
+def test_unused_past_a_deadline_not_final_yet_but_settled_per_the_logs_verifies(sepolia):
+    # The state read lags the logs (a load-balanced member): the settlement the logs show is
+    # the answer, whether the deadline is final or not.
+    chain = live_chain(used=False, logs=settlement_logs(), final_at=VALID_BEFORE - 1)
+    verdict = sepolia.verify(V1_JSON, resubmitted(LATE), chain)
+    assert verdict.status is Status.verified, verdict.detail
 
 
 # -- the session's window ----------------------------------------------------------------

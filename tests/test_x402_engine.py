@@ -171,6 +171,31 @@ def test_a_pending_payment_never_settled_fails_expired_once_its_window_is_over(x
     assert proofs.get_proof(x402_engine, view["id"], ["alice"])["status"] == "failed"
 
 
+def test_a_pending_payment_unused_past_its_window_fails_only_once_that_is_final(x402_engine):
+    """The node's latest block is past validBefore with the nonce unused, but its newest
+    final block is stamped before the deadline: a reorg may still bring a chain where the
+    facilitator's settlement landed in time. The worker asks again, and fails the proof once
+    a final block is past the deadline."""
+    from tests.helpers import advance
+    from tests.test_x402_adapter import LATE, VALID_BEFORE, live_chain
+    from verifier.worker import loop as worker
+
+    chain = live_chain(used=False, final_at=VALID_BEFORE - 1)
+    unused = chain.answers["eth_call"]
+    view = _pending_x402(x402_engine, chain)
+    chain.answers["eth_call"] = unused
+    advance(x402_engine, LATE - x402_engine.now().timestamp())
+    worker.reverify_pending(x402_engine, "w1", 10)
+    mid = proofs.get_proof(x402_engine, view["id"], ["alice"])
+    assert (mid["status"], mid["failure_code"]) == ("pending", "not_final"), mid
+
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False, final_at=VALID_BEFORE))
+    advance(x402_engine, 3600)
+    worker.reverify_pending(x402_engine, "w1", 10)
+    after = proofs.get_proof(x402_engine, view["id"], ["alice"])
+    assert (after["status"], after["failure_code"]) == ("failed", "authorization_expired"), after
+
+
 def test_a_settlement_the_node_does_not_serve_yet_waits_and_then_verifies(x402_engine):
     """The facilitator has just settled the authorization: the node says the nonce is used
     and its AuthorizationUsed log names the transaction, but the receipt read (a load-balanced
@@ -616,3 +641,34 @@ def test_an_unsettled_recheck_waits_for_a_node_whose_head_is_before_validbefore(
         (a["status"], a["failure_code"]) for a in proofs.list_attempts(x402_engine, view["id"])
     ]
     assert after["status"] != "failed", codes
+
+
+def test_an_unsettled_recheck_fails_a_verified_one_only_once_the_deadline_is_final(x402_engine):
+    # Verified before settlement; past validBefore the node's latest block shows the nonce
+    # unused, but no final block is stamped past the deadline yet: still verified (a reorg
+    # may bring its settlement), and failed once one is.
+    from tests.helpers import advance
+    from tests.test_x402_adapter import VALID_BEFORE, live_chain
+    from verifier.worker import loop as worker
+
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
+    ps = open_x402(x402_engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["settlement"]) == ("verified", None), view
+
+    x402_engine.chains.set_transport(
+        "base-sepolia", live_chain(used=False, final_at=VALID_BEFORE - 1)
+    )
+    for _ in range(3):
+        advance(x402_engine, 700)
+        worker.refresh_finality(x402_engine, "w1", 10)
+    mid = proofs.get_proof(x402_engine, view["id"], ["alice"])
+    assert mid["status"] == "verified", mid
+
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
+    for _ in range(3):
+        advance(x402_engine, 700)
+        worker.refresh_finality(x402_engine, "w1", 10)
+    after = proofs.get_proof(x402_engine, view["id"], ["alice"])
+    assert (after["status"], after["failure_code"]) == ("failed", "authorization_expired"), after
