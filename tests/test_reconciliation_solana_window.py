@@ -473,18 +473,58 @@ def test_a_former_treasury_a_session_still_pays_is_read(growing, monkeypatch):
     assert g["kind"] == "orphan_bound" and "carried_from" not in g["subjects"], g
     assert len(again["findings"]) == 4 and len(_drift(e)) == 4
     # No session pays it any more (expired longer than the grace ago): the former account
-    # is not listed, and what was found there is carried, still drift.
+    # is listed once more, from where the last run got to there (a payment made since is
+    # still some session's), then no more, and what was found there is carried, still drift.
     with e.db.tx() as db:
         ended = utc(db.get(PaymentSession, s["id"]).expires_at)
-    advance(e, (ended - e.now()).total_seconds() + e.settings.tx_not_found_grace_seconds)
+    advance(e, (ended - e.now()).total_seconds() + e.settings.tx_not_found_grace_seconds + 1)
+    accounts.listed.clear()
+    last = _whole(e)
+    assert last["status"] == "complete", last["detail"]
+    assert former in accounts.listed, accounts.listed
+    assert last["summary"]["former_listed"][DOC["treasury"]]["newest_block_time"]
     accounts.listed.clear()
     run = _whole(e)
     assert run["status"] == "complete", run["detail"]
     assert former not in accounts.listed and accounts.listed, accounts.listed
     [h] = _of(run, "bound")
-    assert h["subjects"]["carried_from"] == again["id"], h
+    assert h["subjects"]["carried_from"] == again["id"], h  # the run that read it
     assert h["subjects"]["recipient"] == DOC["treasury"] and reconciliation.is_drift(h), h
     assert len(run["findings"]) == 4 and len(_drift(e)) == 4
+    accounts.listed.clear()  # nor by the runs after it
+    assert _whole(e)["status"] == "complete" and former not in accounts.listed
+
+
+def test_a_payment_into_a_former_treasury_after_its_last_listing_is_reported(growing, monkeypatch):
+    # A session opened while the former treasury was the treasury is paid there after the
+    # last run listed it, and nobody proves it; the next run comes once that session has
+    # expired longer than the grace ago. The former account is listed from where the last
+    # run got to there (not only from a session still alive): the payment is drift.
+    from rails.solana import token_account
+
+    e, chain = growing
+    chain.shown = 3  # the treasury's history as the last run saw it
+    session_for(e, "bound")
+    first = _first_complete(e)
+    assert first["summary"]["treasury"] == DOC["treasury"]
+    assert _of(first, "discovered") == []
+
+    late = session_for(e, "discovered")  # opened while it is still the treasury ...
+    chain.shown = 4  # ... and paid after that run; nobody submits the proof
+    former = token_account(DOC["treasury"], e.rail("solana_usdc").asset)
+    e.chains.set_transport("solana-mainnet", _Accounts(chain, former))
+    new = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"  # the treasury approved next
+    monkeypatch.setattr(reconciliation, "_treasury", lambda engine, rail: new)
+    with e.db.tx() as db:
+        ended = utc(db.get(PaymentSession, late["id"]).expires_at)
+    advance(e, (ended - e.now()).total_seconds() + e.settings.tx_not_found_grace_seconds + 1)
+
+    run = _first_complete(e)
+    assert run["summary"]["treasury"] == new
+    found = _of(run, "discovered")
+    assert found and all(reconciliation.is_drift(f) for f in found), run["findings"]
+    assert all(f["subjects"]["recipient"] == DOC["treasury"] for f in found), found
+    assert len(_drift(e)) == 4, _drift(e)
 
 
 def test_a_window_run_reads_a_former_treasury_over_its_window(growing, monkeypatch):

@@ -26,9 +26,10 @@ every treasury the rail had that a session in the window pays, never a recipient
 named. A Solana run over the whole history after a complete one lists down to (a lookback
 before) the newest signature that one listed and carries what it found and nobody settled
 (`_carry_solana`); the first after a treasury change lists the new account whole and carries
-what was found on the former one. It lists too each former treasury a session still pays
-(`_solana_former`), from the oldest such session's opening. Both carry the transfers a
-pending proof waited for too.
+what was found on the former one. It lists too each former treasury a session pays
+(`_solana_former`), from where the last run that listed it got to there (or the oldest
+paying session's opening), until one listed it after every such session expired. Both carry
+the transfers a pending proof waited for too.
 
 Drift is what a person still has to act on: a finding that is not `info`, was not applied
 by the run and is not resolved. The drift gauge and `railproof assurance` read the current
@@ -120,7 +121,7 @@ class Outcome:
     status: RunStatus = RunStatus.complete
     detail: str = ""
     counts: Counter | None = None  # what was looked at (matched, inflows, rpc calls …)
-    notes: dict[str, str] | None = None  # kept in the summary beside the counts
+    notes: dict[str, Any] | None = None  # kept in the summary beside the counts
 
 
 def _finding(
@@ -987,15 +988,28 @@ def solana_inflows(
     # (A complete run judged every listed transfer: those past --limit, or after a node
     # error, leave it incomplete, and the next run follows on from an earlier one.)
     judged = {(treasury, e.signature) for e in entries[:limit]}
+    # Where a whole-history run follows each former treasury's account on from, and where
+    # this one got to (the next run's follow points).
+    points = _former_points(engine, rail) if whole else {}
+    listed: dict[str, dict[str, int | None]] = {}
     for former in _treasuries_paid(engine, rail, treasury, since, until)[1:]:
         left = max(0, limit - len(judged))
         findings += _solana_former(
-            engine, rail, former, (since, until), left, chain, counts, problems, judged
+            engine,
+            rail,
+            former,
+            (since, until),
+            left,
+            chain,
+            counts,
+            problems,
+            judged,
+            (points.get(former), listed),
         )
     if carry is not None:
         findings += _carry_solana(engine, rail, treasury, carry, judged, chain, counts, problems)
     out = _outcome(findings, problems, counts)
-    out.notes = notes
+    out.notes = {**notes, "former_listed": listed} if whole else notes
     return out
 
 
@@ -1027,14 +1041,20 @@ def _solana_former(
     counts: Counter,
     problems: list[str],
     judged: set[tuple[str, str]],
+    follow: tuple[dict[str, int | None] | None, dict[str, dict[str, int | None]]],
 ) -> list[Found]:
     """The transfers into a former treasury's account a session opened before the change
     still pays, judged as the current treasury's are and naming it (`recipient`: the money
-    is there). A run with --since/--until lists its window; a whole-history run lists from
-    the opening (less the clock skew) of the oldest such session still open or expired less
-    than the not-found grace ago, and lists nothing without one: never the former account's
-    whole history again each run (what an earlier run found there is carried). The pairs
-    (treasury, signature) judged are added to `judged`, so none is carried beside it."""
+    is there). A run with --since/--until lists its window. A whole-history run follows on
+    from the latest complete one that listed the account (`follow`: its point, from
+    `_former_points`): from the earlier of the newest blockTime that one listed there (less
+    the lookback) and the opening (less the clock skew) of the oldest session paying it
+    still open or expired less than the not-found grace ago; with no such run, from the
+    opening of the oldest session that ever paid it. It stops listing the account once a
+    complete one listed it after every session paying it expired longer than the grace ago
+    (a later transfer there is no session's payment). Where it got to is added to the run's
+    follow points (`follow`'s second part). The pairs (treasury, signature) judged are added
+    to `judged`, so none is carried beside it (what an earlier run found there is carried)."""
     from rails.solana import token_account
     from rails.solana_inflows import list_signatures
     from verifier.services.proofs import opening_skew
@@ -1042,13 +1062,32 @@ def _solana_former(
     since, until = window
     hi = _epoch(until)
     not_before = _epoch(since)
-    if since is None and until is None:
+    point, listed = follow
+    whole = since is None and until is None
+    if whole:
         grace = timedelta(seconds=engine.settings.tx_not_found_grace_seconds)
         with engine.db.tx() as s:
-            oldest = repo.oldest_paying(s, rail.rail_id, former, engine.now() - grace)
-        if oldest is None:
-            return []  # no session pays it any more
-        not_before = _epoch(utc(oldest) - opening_skew(engine))
+            last_expiry = repo.last_paying_expiry(s, rail.rail_id, former)
+            alive = repo.oldest_paying(s, rail.rail_id, former, engine.now() - grace)
+            ever = repo.oldest_paying(s, rail.rail_id, former, None)
+        at = _block_no(point.get("newest_block_time")) if point else None
+        done = _block_no(point.get("listed_at")) if point else None
+        # SECURITY: only a complete listing made after every session paying the account had
+        # expired past the grace has seen every payment owed a check there; until then it is
+        # listed, from where the last one that listed it got to.
+        if point and done is not None and last_expiry is not None:
+            if done > _epoch(utc(last_expiry) + grace):
+                listed[former] = point  # kept: the next run still knows it was done
+                return []
+        starts = [max(0, at - SOLANA_LOOKBACK_SECONDS)] if at is not None else []
+        if alive is not None:
+            starts.append(_epoch(utc(alive) - opening_skew(engine)))
+        if at is None and ever is not None:
+            starts.append(_epoch(utc(ever) - opening_skew(engine)))
+        if not starts:
+            return []  # no session ever paid it
+        not_before = min(starts)
+        listed_at = _epoch(engine.now())
     pages, per_page = engine.settings.reconcile_max_pages, engine.settings.discovery_page_limit
     scan = list_signatures(
         chain,
@@ -1073,6 +1112,9 @@ def _solana_former(
     if len(entries) > limit:
         unread.append(f"{len(entries) - limit} more transactions in the window than --limit")
     problems += [f"inflows to {former}: {p}" for p in unread]
+    if whole:
+        newest = next((e.block_time for e in scan.entries if e.block_time is not None), at)
+        listed[former] = {"newest_block_time": newest, "listed_at": listed_at}
     # What the node failed to return is not judged: an earlier finding of it is carried.
     judged.update((former, sig) for sig in set(entries[:limit]) - set(left))
     for f in findings:
@@ -1233,6 +1275,32 @@ def _solana_follow(engine: Engine, rail: Rail, treasury: str) -> _Follow | None:
     # (its block dropped, a node of a pool behind) is never met, and the walk would run on.
     newest = _Newest(signature, at, _block_no(summary.get("newest_slot")))
     return _Follow(_Carry(last_id, treasury), newest, max(0, at - SOLANA_LOOKBACK_SECONDS))
+
+
+def _former_points(engine: Engine, rail: Rail) -> dict[str, dict[str, int | None]]:
+    """Where the latest complete whole-history run got to on each account it listed, by
+    address: the newest blockTime it listed there (None: none) and when it listed it
+    (`listed_at`): its treasury's, and each former treasury's (`former_listed`). Empty
+    without such a run."""
+    with engine.db.tx() as s:
+        last = repo.last_whole_run(s, Scope.chain_inflows.value, rail.rail_id)
+        if last is None:
+            return {}
+        summary, started = dict(last.summary or {}), _epoch(utc(last.started_at))
+    out: dict[str, dict[str, int | None]] = {}
+    former = summary.get("former_listed")
+    if isinstance(former, dict):
+        for address, point in former.items():
+            if isinstance(point, dict):
+                out[str(address)] = {
+                    "newest_block_time": _block_no(point.get("newest_block_time")),
+                    "listed_at": _block_no(point.get("listed_at")),
+                }
+    treasury = summary.get("treasury")
+    if isinstance(treasury, str):
+        at = _block_no(summary.get("newest_block_time"))
+        out[treasury] = {"newest_block_time": at, "listed_at": started}
+    return out
 
 
 def _former_treasury(engine: Engine, rail: Rail) -> _Carry | None:

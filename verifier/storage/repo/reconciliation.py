@@ -697,15 +697,26 @@ def earliest_session(s: Session, rail_id: str) -> datetime | None:
 
 
 def oldest_paying(
-    s: Session, rail_id: str, recipient: str, alive_after: datetime
+    s: Session, rail_id: str, recipient: str, alive_after: datetime | None
 ) -> datetime | None:
     """When the oldest of the rail's sessions paying `recipient` (exactly: a Solana address)
     whose expiry is not before `alive_after` was opened: those open, or expired less than
-    the grace ago (one paid or cancelled counts until its expiry). None when there is none."""
+    the grace ago (one paid or cancelled counts until its expiry); with no `alive_after`,
+    of every session paying it. None when there is none."""
     q = select(func.min(PaymentSession.created_at)).where(
         PaymentSession.rail_id == rail_id,
         PaymentSession.recipient == recipient,
-        PaymentSession.expires_at >= alive_after,
+    )
+    if alive_after is not None:
+        q = q.where(PaymentSession.expires_at >= alive_after)
+    return s.scalar(q)
+
+
+def last_paying_expiry(s: Session, rail_id: str, recipient: str) -> datetime | None:
+    """The latest expiry of the rail's sessions paying `recipient` (exactly). None: none."""
+    q = select(func.max(PaymentSession.expires_at)).where(
+        PaymentSession.rail_id == rail_id,
+        PaymentSession.recipient == recipient,
     )
     return s.scalar(q)
 
