@@ -143,11 +143,11 @@ def test_repair_never_releases_a_fresh_claim_under_the_stuck_key(client, engine,
                 created_at=timeutil.process_now() - timedelta(hours=1),
             )
         )
-    real = assurance._issues
+    real = assurance._standing
 
-    def issues_then_client_retry(*a, **k):
+    def looked_up_then_client_retry(*a, **k):
         found = real(*a, **k)
-        # Between the listing and the repair's transaction the stuck claim is released (a
+        # Between the repair's look-up and its transaction the stuck claim is released (a
         # first repair) and the client's retry claims the key again: its request is running.
         with engine.db.tx() as s:
             s.delete(s.get(IdempotencyClaim, tuple(pk.values())))
@@ -162,8 +162,10 @@ def test_repair_never_releases_a_fresh_claim_under_the_stuck_key(client, engine,
             )
         return found
 
-    (issue,) = [i for i in real(engine, None) if i.category == "idempotency_claim_stuck"]
-    monkeypatch.setattr(assurance, "_issues", issues_then_client_retry)
+    (issue,) = [
+        i for i in assurance._issues(engine, None) if i.category == "idempotency_claim_stuck"
+    ]
+    monkeypatch.setattr(assurance, "_standing", looked_up_then_client_retry)
     r = client.post(
         "/v1/admin/assurance/repairs",
         headers=STAFF,

@@ -51,7 +51,7 @@ run), with the staff member, incident id and reason. Every later run that finds 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
@@ -83,7 +83,7 @@ from verifier.storage.repo import settlements as settlement_repo
 
 if TYPE_CHECKING:
     from rails.evm_inflows import EvmInflow
-    from rails.solana_inflows import SignatureEntry, SolanaInflow
+    from rails.solana_inflows import SignatureEntry, SignatureScan, SolanaInflow
 
 MAX_LIMIT = 10_000
 Row = TypeVar("Row")  # a row of one rail_proofs check
@@ -121,7 +121,7 @@ class Outcome:
     status: RunStatus = RunStatus.complete
     detail: str = ""
     counts: Counter | None = None  # what was looked at (matched, inflows, rpc calls …)
-    notes: dict[str, Any] | None = None  # kept in the summary beside the counts
+    notes: Mapping[str, object] | None = None  # kept in the summary beside the counts
 
 
 def _finding(
@@ -1013,7 +1013,7 @@ def solana_inflows(
     return out
 
 
-def _listing_problems(scan: Any, pages: int, per_page: int) -> list[str]:
+def _listing_problems(scan: SignatureScan, pages: int, per_page: int) -> list[str]:
     """What a listing of signatures left unread, said as a run reports it."""
     if scan.out_of == "window":
         return [
@@ -1037,7 +1037,7 @@ def _solana_former(
     former: str,
     window: tuple[datetime | None, datetime | None],
     limit: int,
-    chain: Any,
+    chain: Transport,
     counts: Counter,
     problems: list[str],
     judged: set[tuple[str, str]],
