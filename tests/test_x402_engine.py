@@ -614,6 +614,19 @@ def test_a_settlement_seen_only_in_a_reorged_block_does_not_keep_an_expired_one_
     ), codes
 
 
+def _verified_before_settlement(x402_engine) -> dict:
+    """The recorded authorization submitted for a session while the node shows its nonce
+    unused: verified, no settlement yet."""
+    from tests.test_x402_adapter import live_chain
+
+    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
+    ps = open_x402(x402_engine, payer=SIGNER)
+    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
+    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
+    assert (view["status"], view["settlement"]) == ("verified", None), view
+    return view
+
+
 def test_an_unsettled_recheck_waits_for_a_node_whose_head_is_before_validbefore(
     x402_engine,
 ):
@@ -624,11 +637,7 @@ def test_an_unsettled_recheck_waits_for_a_node_whose_head_is_before_validbefore(
     from tests.test_x402_adapter import INSIDE, live_chain
     from verifier.worker import loop as worker
 
-    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
-    ps = open_x402(x402_engine, payer=SIGNER)
-    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
-    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
-    assert (view["status"], view["settlement"]) == ("verified", None), view
+    view = _verified_before_settlement(x402_engine)
 
     # The node is stuck at block 90, stamped INSIDE + 5 (before validBefore).
     x402_engine.chains.set_transport(
@@ -651,11 +660,7 @@ def test_an_unsettled_recheck_fails_a_verified_one_only_once_the_deadline_is_fin
     from tests.test_x402_adapter import VALID_BEFORE, live_chain
     from verifier.worker import loop as worker
 
-    x402_engine.chains.set_transport("base-sepolia", live_chain(used=False))
-    ps = open_x402(x402_engine, payer=SIGNER)
-    header = (FIX / "x402_base_sepolia_payload_v1.b64").read_text().strip()
-    view, _ = proofs.submit_proof(x402_engine, ps["id"], header, ["alice"])
-    assert (view["status"], view["settlement"]) == ("verified", None), view
+    view = _verified_before_settlement(x402_engine)
 
     x402_engine.chains.set_transport(
         "base-sepolia", live_chain(used=False, final_at=VALID_BEFORE - 1)
